@@ -1,0 +1,35 @@
+# mss: the two commands are `make run` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install sysdeps run test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+# System packages the test suite talks to (PostgreSQL, openssl, swaks, Chromium).
+sysdeps:
+	@bash tests/sysdeps.sh
+
+# Development PKI and demo data on first run, then the service.
+run: install
+	$(BIN)/mss pki init --if-missing
+	$(BIN)/mss demo --if-empty
+	$(BIN)/mss serve
+
+# The whole suite, on SQLite and on a throw-away PostgreSQL on loopback.
+test: install sysdeps
+	@bash tests/run-suite.sh $(BIN)/python
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,1 @@
+"""The professional directory: who may send and receive, and their published certificates."""

@@ -1,0 +1,144 @@
+"""The exception tree: one root, one subtree per concern.
+
+Library errors (cryptography, SQLAlchemy, lxml, zipfile ...) are translated at the boundary
+with ``raise X(...) from exc``; callers catch these classes, never the libraries'.
+Messages are safe to show to the person who caused them: they never hold secrets or content.
+"""
+
+from __future__ import annotations
+
+
+class MssError(Exception):
+    """Root of every error mss raises on purpose."""
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class ConfigError(MssError):
+    """A setting is missing or malformed."""
+
+
+class StorageError(MssError):
+    """The database or the data directory refused an operation."""
+
+
+# -- directory ---------------------------------------------------------------------------
+
+
+class DirectoryError(MssError):
+    """A directory operation failed."""
+
+
+class UnknownAddress(DirectoryError):
+    """The address is not in the directory."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"{address} is not in the directory", address=address)
+        self.address = address
+
+
+class RevokedAddress(DirectoryError):
+    """The directory entry exists but is revoked or inactive."""
+
+    def __init__(self, address: str, reason: str | None = None) -> None:
+        text = f"{address} is revoked in the directory"
+        super().__init__(f"{text}: {reason}" if reason else text, address=address)
+        self.address = address
+        self.reason = reason
+
+
+class ImportFileError(DirectoryError):
+    """The extract cannot be read at all (missing file, wrong header, not UTF-8)."""
+
+
+# -- accounts and authentication ---------------------------------------------------------
+
+
+class AccountError(MssError):
+    """An account operation failed."""
+
+
+class AccountExists(AccountError):
+    """An account already exists for this address."""
+
+
+class NoSuchAccount(AccountError):
+    """No account for this address (only raised where telling so leaks nothing)."""
+
+
+class AuthError(MssError):
+    """Authentication failed."""
+
+
+class BadCredentials(AuthError):
+    """Wrong address or password (deliberately not telling which)."""
+
+    def __init__(self) -> None:
+        super().__init__("invalid address or password")
+
+
+class AccountLocked(AuthError):
+    """Too many failures: the account is locked for a while."""
+
+    def __init__(self, until: object) -> None:
+        super().__init__("account temporarily locked after repeated failures", until=until)
+        self.until = until
+
+
+class AccountDisabled(AuthError):
+    """The account was disabled by an administrator."""
+
+    def __init__(self) -> None:
+        super().__init__("account disabled")
+
+
+class BadTotp(AuthError):
+    """The TOTP code is wrong, expired or already used."""
+
+
+class PasswordPolicyError(AccountError):
+    """The new password does not meet the policy."""
+
+
+# -- cryptography ------------------------------------------------------------------------
+
+
+class CryptoError(MssError):
+    """A cryptographic operation failed."""
+
+
+class KeyUnwrapError(CryptoError):
+    """A wrapped private key could not be opened (wrong password or key, or tampered)."""
+
+
+class PkiError(CryptoError):
+    """Certificate issuance, revocation or loading failed."""
+
+
+class SignatureError(CryptoError):
+    """A CMS signature is missing, malformed or does not verify."""
+
+
+class DecryptionError(CryptoError):
+    """A CMS envelope could not be opened with the given key."""
+
+
+# -- audit -------------------------------------------------------------------------------
+
+
+class AuditError(MssError):
+    """The audit trail refused an operation or is inconsistent."""
+
+
+# -- documents and policy (the relay and the web translate these to replies) -------------
+
+
+class PolicyError(MssError):
+    """A message breaks a rule of the trust space (sender, recipient, size ...)."""
+
+
+class DocumentError(MssError):
+    """An attached document is of a refused type or fails its checks."""

@@ -1,0 +1,145 @@
+"""The service's tables (the directory's own live in ``directory.models``).
+
+Nothing here holds a secret or message content in clear: keys are wrapped, TOTP seeds and
+message metadata are sealed with the master key, bodies are CMS ciphertext.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Optional
+
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from directory.models import Certificate, DirectoryEntry  # noqa: F401  (one metadata)
+from mss.db import UTCDateTime, utcnow
+
+
+class SealedSecret(SQLModel, table=True):
+    """A server-side secret (the operator's receipt key, the audit checkpoint key ...), sealed."""
+
+    __tablename__ = "sealed_secret"
+
+    name: str = Field(primary_key=True, max_length=100)
+    value: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Account(SQLModel, table=True):
+    """A login for a directory address, with its wrapped private key and second factor."""
+
+    __tablename__ = "account"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    address: str = Field(max_length=254, unique=True, index=True)
+    password_hash: str = Field(max_length=255)  # argon2id, libsodium's encoded form
+    # The S/MIME private key (PKCS#8 DER) in a SecretBox under argon2id(password, key_salt).
+    key_salt: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    key_opslimit: int
+    key_memlimit: int
+    wrapped_key: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # The same private key sealed to the offline recovery public key (X25519 SealedBox).
+    recovery_sealed_key: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    certificate_id: Optional[int] = Field(default=None, foreign_key="certificate.id")
+    totp_secret_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    totp_confirmed: bool = False  # becomes true with the first accepted code
+    totp_last_step: int = 0  # replay guard: the last accepted 30-second step
+    recovery_codes: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    failed_logins: int = 0
+    locked_until: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    disabled: bool = False
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class AuditEvent(SQLModel, table=True):
+    """One link of the append-only audit chain: who did what, when, with what outcome."""
+
+    __tablename__ = "audit_event"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    seq: int = Field(unique=True, index=True)  # 1, 2, 3 ... with no gap
+    at: datetime = Field(sa_type=UTCDateTime, index=True)
+    actor: str = Field(max_length=254)
+    action: str = Field(max_length=64, index=True)
+    object: str = Field(default="", max_length=500, index=True)
+    outcome: str = Field(max_length=32)
+    request_id: str = Field(default="", max_length=64)
+    detail: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64, unique=True)
+
+
+class AuditCheckpoint(SQLModel, table=True):
+    """A signed record of the chain's head at a purge: verification starts from it."""
+
+    __tablename__ = "audit_checkpoint"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    through_seq: int
+    head_hash: str = Field(max_length=64)
+    at: datetime = Field(sa_type=UTCDateTime)
+    signature: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class Message(SQLModel, table=True):
+    """A message as stored: one CMS object, readable only by its recipients and sender."""
+
+    __tablename__ = "message"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    queue_id: str = Field(max_length=40, unique=True, index=True)
+    message_id: str = Field(max_length=998, index=True)  # the RFC 5322 Message-ID
+    sender: str = Field(max_length=254, index=True)
+    kind: str = Field(max_length=20)  # "signed" (we signed + encrypted), "client" (passed through), "receipt"
+    size: int
+    cms: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # DER EnvelopedData
+    cms_sha256: str = Field(max_length=64)
+    meta_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # subject, documents ...
+    submitted_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+
+
+class Delivery(SQLModel, table=True):
+    """The fate of a message for one recipient."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (UniqueConstraint("message_id", "recipient"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="message.id", index=True)
+    recipient: str = Field(max_length=254, index=True)
+    status: str = Field(max_length=20)  # delivered | failed
+    reason: str = Field(default="", max_length=500)
+    notify: str = Field(default="FAILURE", max_length=40)  # RFC 3461 NOTIFY
+    mdn_requested: bool = False
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class MailboxItem(SQLModel, table=True):
+    """A message as it appears in one person's folder."""
+
+    __tablename__ = "mailbox_item"
+    __table_args__ = (Index("ix_mailbox_owner_folder_time", "owner", "folder", "created_at"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="message.id", index=True)
+    owner: str = Field(max_length=254)
+    folder: str = Field(max_length=20)  # inbox | sent | archive
+    unread: bool = True
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Receipt(SQLModel, table=True):
+    """A delivery (RFC 3464) or disposition (RFC 8098) notification, linked to its message."""
+
+    __tablename__ = "receipt"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="message.id", index=True)
+    recipient: str = Field(max_length=254)
+    kind: str = Field(max_length=3)  # dsn | mdn
+    status: str = Field(max_length=20)  # delivered | relayed | failed | processed | displayed
+    reason: str = Field(default="", max_length=500)
+    notification_id: Optional[int] = Field(default=None, foreign_key="message.id")
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -1,0 +1,210 @@
+"""The service's settings: one typed object built once from ``MSS_*`` environment variables.
+
+Nothing here is read at import time. ``Settings.from_env()`` builds the object; the CLI, the
+SMTP server factory and the web app factory take it as an argument.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping
+
+from mss.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where data lives."""
+
+    data_dir: Path
+    """``MSS_DATA_DIR``: database (SQLite), master key, recovery key. Default ``./var``."""
+    database_url: str
+    """``MSS_DATABASE_URL``: SQLAlchemy URL. Default ``sqlite:///<data_dir>/mss.db``."""
+    master_key_file: Path
+    """``MSS_MASTER_KEY_FILE``: 32-byte key sealing server secrets. Default ``<data_dir>/master.key``."""
+
+
+@dataclass(frozen=True)
+class PkiSettings:
+    """Certificates and keys."""
+
+    certs_dir: Path
+    """``MSS_CERTS_DIR``: CA, CRL and TLS server material. Default ``certs/dev``."""
+    hostnames: tuple[str, ...]
+    """``MSS_HOSTNAMES``: comma-separated names in the TLS certificate. Default ``localhost``."""
+    user_key_bits: int
+    """``MSS_USER_KEY_BITS``: RSA size of issued S/MIME keys. Default 3072."""
+    certificate_days: int
+    """``MSS_CERTIFICATE_DAYS``: validity of issued S/MIME certificates. Default 1095."""
+    recovery_public_key: Path
+    """``MSS_RECOVERY_PUBLIC_KEY``: X25519 public key that escrows private keys. Default ``<data_dir>/recovery.pub``."""
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """Password hashing, lockout and TOTP."""
+
+    argon2_opslimit: int
+    """``MSS_ARGON2_OPSLIMIT``: argon2id passes. Default 3 (libsodium's moderate-interactive)."""
+    argon2_memlimit: int
+    """``MSS_ARGON2_MEMLIMIT``: argon2id memory in bytes. Default 64 MiB."""
+    max_login_failures: int
+    """``MSS_MAX_LOGIN_FAILURES``: failures before the account is locked. Default 5."""
+    lockout_seconds: int
+    """``MSS_LOCKOUT_SECONDS``: how long a lock lasts. Default 900."""
+    totp_issuer: str
+    """``MSS_TOTP_ISSUER``: issuer shown in authenticator apps. Default ``mss``."""
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """The SMTP submission server."""
+
+    host: str
+    """``MSS_SMTP_HOST``: listen address. Default ``127.0.0.1``."""
+    port: int
+    """``MSS_SMTP_PORT``: submission port (STARTTLS). Default 2587."""
+    max_message_size: int
+    """``MSS_MAX_MESSAGE_SIZE``: bytes, advertised with SIZE. Default 20 MB."""
+    max_recipients: int
+    """``MSS_MAX_RECIPIENTS``: recipients per message. Default 50."""
+    max_sessions: int
+    """``MSS_MAX_SESSIONS``: concurrent SMTP sessions. Default 100."""
+    command_timeout: float
+    """``MSS_SMTP_TIMEOUT``: seconds a client may stay idle. Default 300."""
+    dsn_on_success: bool
+    """``MSS_DSN_ON_SUCCESS``: send a success DSN even when not asked. Default off."""
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """The web inbox."""
+
+    host: str
+    """``MSS_WEB_HOST``: listen address. Default ``127.0.0.1``."""
+    port: int
+    """``MSS_WEB_PORT``: HTTPS port. Default 8443."""
+    behind_tls_proxy: bool
+    """``MSS_WEB_BEHIND_TLS_PROXY``: serve plain HTTP behind a TLS-terminating proxy. Default off."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service needs, grouped by concern."""
+
+    environment: str
+    """``MSS_ENV``: ``development`` (generates missing dev material) or ``production``."""
+    domains: tuple[str, ...]
+    """``MSS_DOMAINS``: mail domains this operator serves (and their subdomains). Default ``mss.test``."""
+    audit_retention_days: int
+    """``MSS_AUDIT_RETENTION_DAYS``: audit events kept before purge. Default 183 (six months)."""
+    storage: StorageSettings
+    pki: PkiSettings
+    security: SecuritySettings
+    relay: RelaySettings
+    web: WebSettings
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    def serves(self, address: str) -> bool:
+        """True when the address's domain is one of ours or a subdomain of one."""
+        domain = address.rpartition("@")[2].lower()
+        return any(domain == d or domain.endswith("." + d) for d in self.domains)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Build the settings from ``env`` (default: the process environment).
+
+        Raises ConfigError on a malformed value.
+        """
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str) -> str:
+            return env.get(name, default).strip() or default
+
+        def integer(name: str, default: int) -> int:
+            raw = get(name, str(default))
+            try:
+                return int(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+
+        def number(name: str, default: float) -> float:
+            raw = get(name, str(default))
+            try:
+                return float(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+
+        def flag(name: str, default: bool) -> bool:
+            raw = get(name, "1" if default else "0").lower()
+            if raw in {"1", "true", "yes", "on"}:
+                return True
+            if raw in {"0", "false", "no", "off"}:
+                return False
+            raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+        environment = get("MSS_ENV", "development").lower()
+        if environment not in {"development", "production"}:
+            raise ConfigError(f"MSS_ENV must be development or production, not {environment!r}")
+        data_dir = Path(get("MSS_DATA_DIR", str(PROJECT_ROOT / "var"))).expanduser().resolve()
+        storage = StorageSettings(
+            data_dir=data_dir,
+            database_url=get("MSS_DATABASE_URL", f"sqlite:///{data_dir / 'mss.db'}"),
+            master_key_file=Path(get("MSS_MASTER_KEY_FILE", str(data_dir / "master.key"))),
+        )
+        pki = PkiSettings(
+            certs_dir=Path(get("MSS_CERTS_DIR", str(PROJECT_ROOT / "certs" / "dev"))).resolve(),
+            hostnames=_split(get("MSS_HOSTNAMES", "localhost")),
+            user_key_bits=integer("MSS_USER_KEY_BITS", 3072),
+            certificate_days=integer("MSS_CERTIFICATE_DAYS", 1095),
+            recovery_public_key=Path(get("MSS_RECOVERY_PUBLIC_KEY", str(data_dir / "recovery.pub"))),
+        )
+        if pki.user_key_bits < 2048:
+            raise ConfigError("MSS_USER_KEY_BITS must be at least 2048")
+        security = SecuritySettings(
+            argon2_opslimit=integer("MSS_ARGON2_OPSLIMIT", 3),
+            argon2_memlimit=integer("MSS_ARGON2_MEMLIMIT", 64 * 1024 * 1024),
+            max_login_failures=integer("MSS_MAX_LOGIN_FAILURES", 5),
+            lockout_seconds=integer("MSS_LOCKOUT_SECONDS", 900),
+            totp_issuer=get("MSS_TOTP_ISSUER", "mss"),
+        )
+        relay = RelaySettings(
+            host=get("MSS_SMTP_HOST", "127.0.0.1"),
+            port=integer("MSS_SMTP_PORT", 2587),
+            max_message_size=integer("MSS_MAX_MESSAGE_SIZE", 20 * 1000 * 1000),
+            max_recipients=integer("MSS_MAX_RECIPIENTS", 50),
+            max_sessions=integer("MSS_MAX_SESSIONS", 100),
+            command_timeout=number("MSS_SMTP_TIMEOUT", 300.0),
+            dsn_on_success=flag("MSS_DSN_ON_SUCCESS", False),
+        )
+        web = WebSettings(
+            host=get("MSS_WEB_HOST", "127.0.0.1"),
+            port=integer("MSS_WEB_PORT", 8443),
+            behind_tls_proxy=flag("MSS_WEB_BEHIND_TLS_PROXY", False),
+        )
+        return cls(
+            environment=environment,
+            domains=_split(get("MSS_DOMAINS", "mss.test")),
+            audit_retention_days=integer("MSS_AUDIT_RETENTION_DAYS", 183),
+            storage=storage,
+            pki=pki,
+            security=security,
+            relay=relay,
+            web=web,
+        )
+
+    def with_changes(self, **changes: object) -> "Settings":
+        """A copy with some top-level fields replaced (tests use it)."""
+        return replace(self, **changes)
+
