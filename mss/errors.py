@@ -142,3 +142,35 @@ class PolicyError(MssError):
 
 class DocumentError(MssError):
     """An attached document is of a refused type or fails its checks."""
+
+
+class SenderMismatch(PolicyError):
+    """The envelope sender is not the authenticated account."""
+
+
+class FromHeaderMismatch(PolicyError):
+    """The From: header is not the authenticated account (spoofing)."""
+
+
+class DomainNotServed(PolicyError):
+    """The recipient's domain is not one this operator serves (no open relay)."""
+
+
+class TooManyRecipients(PolicyError):
+    """More recipients than the configured cap."""
+
+
+class MessageTooLarge(PolicyError):
+    """The message exceeds the configured size."""
+
+
+class NotEncryptedForRecipients(PolicyError):
+    """A client-encrypted S/MIME message cannot be opened by every recipient."""
+
+
+class MalformedMessage(DocumentError):
+    """The message is not parseable MIME, or lacks what RFC 5322 requires."""
+
+
+class RecipientHasNoCertificate(PolicyError):
+    """The recipient publishes no valid certificate, so nothing can be encrypted to them."""

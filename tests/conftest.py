@@ -103,3 +103,50 @@ def engine(settings: Settings) -> Iterator[Engine]:
 @pytest.fixture
 def samples() -> Path:
     return SAMPLES
+
+
+# -- a dev PKI made once per run, copied into each test's folders --------------------------
+
+@pytest.fixture(scope="session")
+def _pki_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from mss.crypto import pki
+
+    root = tmp_path_factory.mktemp("pki-template")
+    settings = Settings.from_env({
+        "MSS_DATA_DIR": str(root / "data"), "MSS_CERTS_DIR": str(root / "certs"),
+        "MSS_HOSTNAMES": "localhost,127.0.0.1", "MSS_USER_KEY_BITS": "2048",
+    })
+    pki.init_dev_pki(settings)
+    return root / "certs", root / "data"
+
+
+@pytest.fixture
+def dev_pki(settings: Settings, _pki_template: tuple[Path, Path]) -> Settings:
+    """The test's settings, with a dev CA, TLS certificate and recovery key pair in place."""
+    import shutil
+
+    certs, data = _pki_template
+    shutil.copytree(certs, settings.pki.certs_dir, dirs_exist_ok=True)
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    for item in data.iterdir():
+        if item.name.startswith("recovery"):
+            shutil.copy2(item, settings.storage.data_dir / item.name)
+    return settings
+
+
+@pytest.fixture
+def rt(settings: Settings, engine: Engine, dev_pki: Settings):  # type: ignore[no-untyped-def]
+    from mss.crypto.master import MasterKey
+    from mss.runtime import Runtime
+
+    return Runtime(settings=settings, engine=engine, master_key=MasterKey.load(settings))
+
+
+SAMPLE_EXTRACT = SAMPLES / "annuaire" / "Extraction_Correspondance_MSSante_sample.txt"
+
+
+@pytest.fixture
+def directory_loaded(engine: Engine) -> None:
+    from directory.importer import import_extract
+
+    import_extract(engine, SAMPLE_EXTRACT, actor="test")

@@ -1,0 +1,601 @@
+"""The ``mss`` command: parse, call one service function, print.
+
+Secrets are prompted with hidden input, or read one per line from standard input with
+``--password-stdin`` (in the order the prompts would ask them); there is never a password
+flag. Errors print one line on stderr and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mss.errors import MssError
+from mss.runtime import Runtime, open_runtime
+from mss.settings import Settings
+
+app = typer.Typer(help="mss: secure messaging for health professionals.", no_args_is_help=True, add_completion=False)
+pki_app = typer.Typer(help="Development PKI and S/MIME certificates.", no_args_is_help=True)
+directory_app = typer.Typer(help="The directory of professionals.", no_args_is_help=True)
+account_app = typer.Typer(help="Accounts, passwords, second factor and keys.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
+app.add_typer(pki_app, name="pki")
+app.add_typer(directory_app, name="directory")
+app.add_typer(account_app, name="account")
+app.add_typer(audit_app, name="audit")
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+PasswordStdin = Annotated[
+    bool, typer.Option("--password-stdin", help="Read secrets one per line from standard input, in prompt order.")
+]
+
+
+def handles_errors(fn: F) -> F:
+    """Turn an MssError into one line on stderr and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MssError as exc:
+            err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def runtime() -> Runtime:
+    return open_runtime(Settings.from_env())
+
+
+class SecretReader:
+    """Prompts for secrets (hidden), or reads them line by line from stdin."""
+
+    def __init__(self, from_stdin: bool) -> None:
+        self.from_stdin = from_stdin
+
+    def read(self, prompt: str, *, confirm: bool = False) -> str:
+        if self.from_stdin:
+            line = sys.stdin.readline()
+            if not line:
+                raise MssError(f"standard input ended before: {prompt}")
+            return line.rstrip("\r\n")
+        return typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
+
+
+def print_enrolment(enrolment: Any) -> None:
+    import segno
+
+    out.print(f"TOTP enrolment for {enrolment.address} (scan with an authenticator app):")
+    out.print(enrolment.otpauth_uri, highlight=False, soft_wrap=True)
+    if sys.stdout.isatty():
+        segno.make(enrolment.otpauth_uri, error="m").terminal(compact=True)
+
+
+# -- pki ---------------------------------------------------------------------------------
+
+
+@pki_app.command("init")
+@handles_errors
+def pki_init(
+    if_missing: Annotated[bool, typer.Option("--if-missing", help="Do nothing when the PKI exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Regenerate everything (invalidates issued certificates).")] = False,
+) -> None:
+    """Create the development CA, CRL, TLS certificate and recovery key pair."""
+    from mss.crypto import pki
+
+    settings = Settings.from_env()
+    existed = (settings.pki.certs_dir / "ca.pem").exists()
+    if existed and if_missing and not force:
+        return
+    pki.init_dev_pki(settings, force=force)
+    out.print(f"development PKI ready in {settings.pki.certs_dir} (for development only)")
+    out.print(f"recovery public key: {settings.pki.recovery_public_key}")
+
+
+@pki_app.command("issue")
+@handles_errors
+def pki_issue(address: str) -> None:
+    """Issue a new S/MIME certificate for a directory entry (an account keeps its own key)."""
+    from directory import certificates
+    from mss.db import session_scope
+
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        _key, row = certificates.issue_for_entry(session, rt.settings, address, actor=actor())
+    out.print(f"issued certificate {row.serial} for {row.address}, valid until {row.not_after:%Y-%m-%d}")
+
+
+@pki_app.command("revoke")
+@handles_errors
+def pki_revoke(
+    address: str,
+    reason: Annotated[str, typer.Option(help="keyCompromise, affiliationChanged, superseded, cessationOfOperation ...")] = "unspecified",
+) -> None:
+    """Revoke the certificates of an address and publish the new CRL."""
+    from directory import certificates
+    from mss.db import session_scope
+
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        rows = certificates.revoke_for_address(session, rt.settings, address, reason=reason, actor=actor())
+    for row in rows:
+        out.print(f"revoked certificate {row.serial} of {row.address}")
+
+
+# -- directory ---------------------------------------------------------------------------
+
+
+@directory_app.command("import")
+@handles_errors
+def directory_import(
+    path: Annotated[Path, typer.Argument(help="An Extraction_Correspondance_MSSante file.")],
+    prune: Annotated[bool, typer.Option("--prune", help="Deactivate entries missing from the file.")] = False,
+) -> None:
+    """Import (upsert) the public MSSanté directory extract."""
+    from directory.importer import import_extract
+
+    rt = runtime()
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+        with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                      TimeRemainingColumn(), console=err) as bar:
+            task = bar.add_task("importing", total=path.stat().st_size if path.exists() else None)
+            summary = import_extract(
+                rt.engine, path, prune=prune, actor=actor(),
+                progress=lambda _lines, done, total: bar.update(task, completed=done, total=total),
+            )
+    else:
+        summary = import_extract(rt.engine, path, prune=prune, actor=actor())
+    for line, reason in summary.errors:
+        err.print(f"line {line}: {reason}", highlight=False)
+    out.print(
+        f"added {summary.added}, updated {summary.updated}, unchanged {summary.unchanged}, "
+        f"rejected {summary.rejected}, deactivated {summary.deactivated}"
+    )
+
+
+@directory_app.command("search")
+@handles_errors
+def directory_search(
+    query: str,
+    page: Annotated[int, typer.Option(min=1)] = 1,
+    per_page: Annotated[int, typer.Option(min=1, max=200)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per result.")] = False,
+) -> None:
+    """Search by name, RPPS, address, profession, organisation or city."""
+    from directory.search import search
+    from mss.db import session_scope
+
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        result = search(session, query, page=page, per_page=per_page)
+    if as_json:
+        for e in result.items:
+            out.print_json(json.dumps(entry_dict(e), ensure_ascii=False))
+        return
+    table = Table("address", "name", "RPPS", "profession", "organisation", "city", "status")
+    for e in result.items:
+        table.add_row(e.address, e.display_name, e.rpps, e.profession_label or e.kind, e.org_name, e.city, e.status)
+    out.print(table)
+    out.print(f"page {result.page}" + (" (more with --page)" if result.has_next else ""))
+
+
+def entry_dict(e: Any) -> dict[str, Any]:
+    return {
+        "address": e.address, "kind": e.kind, "rpps": e.rpps, "civility": e.civility, "last_name": e.last_name,
+        "first_name": e.first_name, "profession": e.profession_label, "skill": e.skill_label,
+        "organisation": e.org_name, "service": e.service, "city": e.city, "postal_code": e.postal_code,
+        "status": e.status, "status_reason": e.status_reason,
+    }
+
+
+@directory_app.command("show")
+@handles_errors
+def directory_show(address: str) -> None:
+    """Show one entry and its certificates."""
+    from sqlalchemy import select
+
+    from directory.models import Certificate
+    from directory.service import get_entry
+    from mss.db import session_scope
+    from mss.errors import UnknownAddress
+
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        entry = get_entry(session, address)
+        if entry is None:
+            raise UnknownAddress(address.strip().lower())
+        certs = session.execute(select(Certificate).where(Certificate.address == entry.address)).scalars().all()
+    for key, value in entry_dict(entry).items():
+        out.print(f"{key:>14}: {value}", highlight=False)
+    for c in certs:
+        state = f"revoked {c.revoked_at:%Y-%m-%d}" if c.revoked_at else f"valid until {c.not_after:%Y-%m-%d}"
+        out.print(f"   certificate: {c.serial} ({state})", highlight=False)
+
+
+@directory_app.command("add")
+@handles_errors
+def directory_add(
+    address: Annotated[str, typer.Option(help="Mailbox address.")],
+    kind: Annotated[str, typer.Option(help="PER (a person) or ORG (an organisation).")] = "PER",
+    rpps: Annotated[str, typer.Option(help="RPPS identifier (PER).")] = "",
+    last_name: Annotated[str, typer.Option()] = "",
+    first_name: Annotated[str, typer.Option()] = "",
+    civility: Annotated[str, typer.Option()] = "",
+    profession_code: Annotated[str, typer.Option()] = "",
+    profession_label: Annotated[str, typer.Option()] = "",
+    org_name: Annotated[str, typer.Option("--organisation")] = "",
+    service_name: Annotated[str, typer.Option("--service")] = "",
+    postal_code: Annotated[str, typer.Option()] = "",
+    city: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Add one entry by hand."""
+    from directory import service
+    from mss.db import session_scope
+
+    fields = {
+        "address": address, "kind": kind.upper(), "rpps": rpps, "last_name": last_name, "first_name": first_name,
+        "civility": civility, "profession_code": profession_code, "profession_label": profession_label,
+        "org_name": org_name, "service": service_name, "postal_code": postal_code, "city": city,
+    }
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        entry = service.add_entry(session, actor=actor(), **fields)
+    out.print(f"added {entry.address}")
+
+
+@directory_app.command("revoke")
+@handles_errors
+def directory_revoke(address: str, reason: Annotated[str, typer.Option(help="Why (kept in the trail).")]) -> None:
+    """Revoke an entry: it can no longer send or receive."""
+    from directory import service
+    from mss.db import session_scope
+
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        service.revoke_entry(session, address, reason=reason, actor=actor())
+    out.print(f"revoked {address.strip().lower()}")
+
+
+@directory_app.command("reactivate")
+@handles_errors
+def directory_reactivate(address: str) -> None:
+    """Make a revoked or inactive entry active again."""
+    from directory import service
+    from mss.db import session_scope
+
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        service.reactivate_entry(session, address, actor=actor())
+    out.print(f"reactivated {address.strip().lower()}")
+
+
+# -- accounts ----------------------------------------------------------------------------
+
+
+@account_app.command("create")
+@handles_errors
+def account_create(address: str, password_stdin: PasswordStdin = False) -> None:
+    """Create the account of an active directory entry (key pair, certificate, TOTP)."""
+    from mss import accounts
+    from mss.db import session_scope
+
+    rt = runtime()
+    password = SecretReader(password_stdin).read("Password", confirm=True)
+    with session_scope(rt.engine) as session:
+        enrolment = accounts.create_account(session, rt.settings, rt.master_key, address, password, actor=actor())
+    out.print(f"account created for {enrolment.address}")
+    print_enrolment(enrolment)
+
+
+@account_app.command("passwd")
+@handles_errors
+def account_passwd(address: str, password_stdin: PasswordStdin = False) -> None:
+    """Change the password (the private key is re-wrapped)."""
+    from mss import accounts
+    from mss.db import session_scope
+
+    rt = runtime()
+    reader = SecretReader(password_stdin)
+    old = reader.read("Current password")
+    new = reader.read("New password", confirm=True)
+    with session_scope(rt.engine) as session:
+        accounts.change_password(session, rt.settings, address, old, new, actor=actor())
+    out.print("password changed")
+
+
+@account_app.command("reset-2fa")
+@handles_errors
+def account_reset_2fa(address: str) -> None:
+    """Replace the TOTP secret and print the new enrolment."""
+    from mss import accounts
+    from mss.db import session_scope
+
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        enrolment = accounts.reset_2fa(session, rt.settings, rt.master_key, address, actor=actor())
+    print_enrolment(enrolment)
+
+
+@account_app.command("disable")
+@handles_errors
+def account_disable(address: str) -> None:
+    """Disable an account (it can no longer log in)."""
+    _set_disabled(address, True)
+    out.print(f"disabled {address.strip().lower()}")
+
+
+@account_app.command("enable")
+@handles_errors
+def account_enable(address: str) -> None:
+    """Enable a disabled account again."""
+    _set_disabled(address, False)
+    out.print(f"enabled {address.strip().lower()}")
+
+
+def _set_disabled(address: str, disabled: bool) -> None:
+    from mss import accounts
+    from mss.db import session_scope
+
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        accounts.set_disabled(session, address, disabled, actor=actor())
+
+
+@account_app.command("recover")
+@handles_errors
+def account_recover(
+    address: str,
+    recovery_key: Annotated[Path, typer.Option("--recovery-key", help="The offline recovery private key file.")],
+    password_stdin: PasswordStdin = False,
+) -> None:
+    """Restore access after a lost password, with the offline recovery key."""
+    from mss import accounts
+    from mss.db import session_scope
+
+    rt = runtime()
+    new = SecretReader(password_stdin).read("New password", confirm=True)
+    with session_scope(rt.engine) as session:
+        accounts.recover_account(session, rt.settings, address, recovery_key, new, actor=actor())
+    out.print(f"new password set for {address.strip().lower()}")
+
+
+@account_app.command("export-key")
+@handles_errors
+def account_export_key(
+    address: str,
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the PKCS#12 (.p12) file.")],
+    password_stdin: PasswordStdin = False,
+) -> None:
+    """Export the key and certificate as PKCS#12 for a mail client."""
+    import os
+
+    from mss import accounts
+
+    rt = runtime()
+    reader = SecretReader(password_stdin)
+    password = reader.read("Account password")
+    export_password = reader.read("Export password (protects the .p12 file)", confirm=True)
+    blob = accounts.export_key(rt.engine, rt.settings, address, password, export_password, actor=actor())
+    fd = os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(blob)
+    out.print(f"wrote {out_file}")
+
+
+# -- audit -------------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+@handles_errors
+def audit_verify() -> None:
+    """Check the hash chain; report the first broken link."""
+    from mss import audit
+    from mss.db import session_scope
+
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        report = audit.verify(session, rt.master_key)
+    if report.ok:
+        out.print(f"audit chain intact: {report.checked} events verified")
+        return
+    err.print(f"[red]audit chain broken:[/red] {report.reason}", highlight=False)
+    raise typer.Exit(2)
+
+
+def parse_date(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise MssError(f"not a date: {value!r} (use YYYY-MM-DD or an ISO 8601 time)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+@audit_app.command("export")
+@handles_errors
+def audit_export(
+    since: Annotated[Optional[str], typer.Option(help="YYYY-MM-DD or ISO 8601 time.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="File to write (default: standard output).")] = None,
+) -> None:
+    """Export events (with their hashes, so they can be re-verified elsewhere)."""
+    from mss import audit
+    from mss.db import session_scope
+
+    if fmt not in {"jsonl", "csv"}:
+        raise MssError(f"unknown format {fmt!r}: use jsonl or csv")
+    start = parse_date(since) if since else None
+    rt = runtime()
+    handle = out_file.open("w", encoding="utf-8", newline="") if out_file else sys.stdout
+    try:
+        with session_scope(rt.engine) as session:
+            for line in audit.export(session, since=start, fmt=fmt):
+                handle.write(line)
+    finally:
+        if out_file:
+            handle.close()
+    _ = csv
+
+
+@audit_app.command("purge")
+@handles_errors
+def audit_purge(
+    before: Annotated[Optional[str], typer.Option(help="Default: now minus MSS_AUDIT_RETENTION_DAYS.")] = None,
+) -> None:
+    """Delete events past retention, leaving a signed checkpoint so the chain still verifies."""
+    from mss import audit
+    from mss.db import session_scope
+
+    rt = runtime()
+    cut = parse_date(before) if before else datetime.now(timezone.utc) - timedelta(days=rt.settings.audit_retention_days)
+    with session_scope(rt.engine) as session:
+        result = audit.purge(session, rt.master_key, before=cut)
+    out.print(f"purged {result.deleted} events before {cut:%Y-%m-%d %H:%M} (checkpoint at event {result.through_seq})")
+
+
+# -- messages ----------------------------------------------------------------------------
+
+message_app = typer.Typer(help="Stored messages.", no_args_is_help=True)
+app.add_typer(message_app, name="message")
+
+
+@app.command("trace")
+@handles_errors
+def trace(message: Annotated[str, typer.Argument(help="Message-ID or queue id.")]) -> None:
+    """The journey of a message: submitted, checked, signed, delivered, receipts, readings."""
+    from sqlalchemy import select
+
+    from mss import audit, store
+    from mss.db import session_scope
+    from mss.models import Delivery, Receipt
+
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        row = store.find_message(session, message)
+        events = audit.events_for(session, object_prefix=row.queue_id)
+        deliveries = session.execute(select(Delivery).where(Delivery.message_id == row.id)).scalars().all()
+        receipts = session.execute(select(Receipt).where(Receipt.message_id == row.id)).scalars().all()
+    out.print(f"message {row.message_id}  queue id {row.queue_id}  from {row.sender}", highlight=False)
+    table = Table("time (UTC)", "event", "by", "outcome", "detail")
+    for event in events:
+        detail = json.loads(event.detail)
+        shown = ", ".join(f"{k}={v}" for k, v in detail.items() if k in {"recipient", "status", "reason", "channel", "documents"})
+        table.add_row(f"{event.at:%Y-%m-%d %H:%M:%S}", event.action, event.actor, event.outcome, shown)
+    out.print(table)
+    for d in deliveries:
+        out.print(f"  {d.recipient}: {d.status}" + (f" ({d.reason})" if d.reason else ""), highlight=False)
+    for r in receipts:
+        out.print(f"  receipt {r.kind.upper()} {r.status} for {r.recipient} at {r.at:%Y-%m-%d %H:%M:%S}", highlight=False)
+
+
+@message_app.command("export")
+@handles_errors
+def message_export(
+    queue_id: Annotated[str, typer.Argument(help="Queue id (or Message-ID).")],
+    reader: Annotated[str, typer.Option("--for", help="The recipient or sender the export is for.")],
+    out_file: Annotated[Path, typer.Option("--out", help="The .eml file to write.")],
+) -> None:
+    """Write the stored S/MIME message as an .eml a mail client or openssl cms can open."""
+    from mss import store
+    from mss.crypto import smime
+    from mss.db import session_scope
+
+    rt = runtime()
+    address = reader.strip().lower()
+    with session_scope(rt.engine) as session:
+        row = store.find_message(session, queue_id)
+        if address not in store.readers_of(session, row):
+            raise store.MessageNotFound(f"no message {queue_id} for {address}")
+        meta = store.MessageMeta.open(rt.master_key, row.meta_sealed)
+    headers = {"From": meta.sender, "To": ", ".join(meta.recipients), "Subject": meta.subject,
+               "Date": meta.date, "Message-ID": meta.message_id, **meta.headers}
+    out_file.write_bytes(smime.to_smime_message(row.cms, {k: v for k, v in headers.items() if v}))
+    out.print(f"wrote {out_file}")
+
+
+# -- demo and serving --------------------------------------------------------------------
+
+
+@app.command("demo")
+@handles_errors
+def demo(
+    if_empty: Annotated[bool, typer.Option("--if-empty", help="Only when the directory is empty.")] = False,
+) -> None:
+    """Load the demo directory, issue certificates and create three demo accounts."""
+    from mss import demo as demo_data
+
+    rt = runtime()
+    if if_empty and not demo_data.directory_is_empty(rt.engine):
+        out.print(f"demo data already loaded (credentials in {demo_data.credentials_path(rt.settings)})")
+        return
+    accounts = demo_data.load_demo(rt, actor=actor())
+    out.print("demo directory imported; demo accounts (password, then TOTP enrolment URI):")
+    for item in accounts:
+        out.print(f"  {item.address}  password: {item.password}", highlight=False)
+        out.print(f"    {item.enrolment.otpauth_uri}", highlight=False, soft_wrap=True)
+    out.print(f"(also saved, readable by you only, in {demo_data.credentials_path(rt.settings)})")
+
+
+@app.command("db-upgrade")
+@handles_errors
+def db_upgrade() -> None:
+    """Apply schema migrations (every command also does it on start)."""
+    rt = runtime()
+    out.print(f"database schema up to date ({rt.settings.storage.database_url.split('://')[0]})")
+
+
+@app.command("serve")
+@handles_errors
+def serve(
+    what: Annotated[str, typer.Argument(help="relay, or all (everything this version serves).")] = "all",
+) -> None:
+    """Run the service in the foreground until interrupted."""
+    import asyncio
+    import logging
+    import signal
+
+    from mss.relay import serve_relay
+
+    if what not in {"all", "relay"}:
+        raise MssError(f"unknown part {what!r}: use relay or all")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    rt = runtime()
+
+    async def main_loop() -> None:
+        task = asyncio.ensure_future(serve_relay(rt))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        err.print(f"mss relay: SMTP submission on {rt.settings.relay.host}:{rt.settings.relay.port} (STARTTLS, AUTH)")
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(main_loop())
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

@@ -1,0 +1,400 @@
+"""One pipeline for every door: policy, document checks, sign, encrypt, store, receipts, audit.
+
+The SMTP handler and the web controllers translate their protocol into a ``Submission`` and
+call ``check_sender``, ``check_recipient`` and ``submit``; the rules live here, not there.
+``submit`` is blocking (crypto, parsing, database): async callers run it with
+``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import email.errors
+import email.policy
+import email.utils
+import secrets
+import socket
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+from mss import receipts, store
+from mss.accounts import UnlockedAccount
+from mss.crypto import keys, smime
+from mss.db import session_scope, utcnow
+from mss.documents import Document, DocumentLimits, cda_header_values, inspect_attachment
+from mss.errors import (
+    DirectoryError,
+    DomainNotServed,
+    FromHeaderMismatch,
+    MalformedMessage,
+    MessageTooLarge,
+    NotEncryptedForRecipients,
+    RecipientHasNoCertificate,
+    SenderMismatch,
+)
+from mss.runtime import Runtime
+from mss.store import MessageMeta, Notice
+
+
+@dataclass(frozen=True)
+class RecipientRequest:
+    """A recipient as the client asked for it (RFC 3461 NOTIFY, ORCPT)."""
+
+    address: str
+    notify: frozenset[str] = frozenset({"FAILURE"})  # SUCCESS, FAILURE, DELAY, or NEVER
+    orcpt: str | None = None
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A message handed in by an authenticated account, ready for the pipeline."""
+
+    sender: UnlockedAccount
+    recipients: tuple[RecipientRequest, ...]
+    raw: bytes  # the RFC 5322 message as received (CRLF or LF line ends)
+    channel: str  # "smtp" or "web"
+    request_id: str = ""
+    envelope_id: str | None = None  # RFC 3461 ENVID
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A message durably stored: its queue id and its RFC 5322 Message-ID."""
+
+    queue_id: str
+    message_id: str
+
+
+def normalise_address(address: str) -> str:
+    return address.strip().strip("<>").strip().lower()
+
+
+def check_sender(sender: UnlockedAccount, mail_from: str) -> None:
+    """The envelope sender must be the authenticated account. Raises SenderMismatch."""
+    if normalise_address(mail_from) != sender.address:
+        raise SenderMismatch(f"sender {normalise_address(mail_from)} is not the authenticated account {sender.address}")
+
+
+def check_recipient(rt: Runtime, address: str) -> str:
+    """The normalised address of a recipient that may receive; raises otherwise.
+
+    Raises DomainNotServed (never an open relay), UnknownAddress, RevokedAddress,
+    RecipientHasNoCertificate.
+    """
+    from directory import service
+    from mss.db import session_scope
+
+    address = normalise_address(address)
+    if not rt.settings.serves(address):
+        raise DomainNotServed(f"{address} is not in a domain served here")
+    with session_scope(rt.engine) as session:
+        entry = service.require_active(session, address)
+        _certificate_for(session, entry.address)
+        return entry.address
+
+
+def _certificate_for(session, address: str):  # type: ignore[no-untyped-def]
+    from directory import certificates
+
+    cert = certificates.current_certificate(session, address)
+    if cert is None:
+        raise RecipientHasNoCertificate(f"{address} has no valid certificate: nothing can be encrypted to it")
+    return cert
+
+
+
+# -- submission --------------------------------------------------------------------------
+
+SMIME_TYPES = {"application/pkcs7-mime", "application/x-pkcs7-mime"}
+SIGNATURE_TYPES = {"application/pkcs7-signature", "application/x-pkcs7-signature"}
+BODY_TYPES = {"text/plain", "text/html"}
+# Structural defects that mean the MIME tree is not what the sender meant to send.
+FATAL_DEFECTS = (
+    email.errors.NoBoundaryInMultipartDefect,
+    email.errors.StartBoundaryNotFoundDefect,
+    email.errors.CloseBoundaryNotFoundDefect,
+    email.errors.MissingHeaderBodySeparatorDefect,
+    email.errors.MultipartInvariantViolationDefect,
+    email.errors.InvalidBase64CharactersDefect,
+    email.errors.InvalidBase64LengthDefect,
+    email.errors.InvalidBase64PaddingDefect,
+    email.errors.InvalidHeaderDefect,
+)
+
+
+def _parse(raw: bytes) -> EmailMessage:
+    try:
+        message = BytesParser(policy=email.policy.default).parsebytes(raw)
+    except (ValueError, TypeError, LookupError, IndexError) as exc:
+        raise MalformedMessage(f"the message is not parseable MIME ({exc.__class__.__name__})") from exc
+    for part in message.walk():
+        for defect in part.defects:
+            if isinstance(defect, FATAL_DEFECTS):
+                raise MalformedMessage(f"malformed MIME: {defect.__class__.__name__.removesuffix('Defect')}")
+    return message  # type: ignore[return-value]
+
+
+def _from_address(message: EmailMessage) -> str:
+    try:
+        header = message["From"]
+        addresses = getattr(header, "addresses", ()) if header is not None else ()
+    except (ValueError, IndexError, TypeError) as exc:
+        raise MalformedMessage("the From: header is not a valid address") from exc
+    if len(addresses) != 1:
+        raise MalformedMessage("the message must have exactly one From: address")
+    return normalise_address(addresses[0].addr_spec)
+
+
+def _leaf_parts(message: EmailMessage):  # type: ignore[no-untyped-def]
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        yield part
+
+
+def _inspect_documents(message: EmailMessage, limits: DocumentLimits) -> list[Document]:
+    """Every attachment checked; the text or HTML body is not a document."""
+    found: list[Document] = []
+    for part in _leaf_parts(message):
+        content_type = part.get_content_type()
+        filename = part.get_filename() or ""
+        disposition = part.get_content_disposition()
+        if content_type in SIGNATURE_TYPES and not filename.lower().endswith(".p7m"):
+            continue  # the client's own multipart/signed signature travels inside ours
+        try:
+            data = part.get_payload(decode=True) or b""
+        except (ValueError, TypeError, LookupError) as exc:
+            raise MalformedMessage(f"a part of the message cannot be decoded ({exc.__class__.__name__})") from exc
+        if content_type in BODY_TYPES and not filename and disposition != "attachment":
+            continue
+        found.append(inspect_attachment(filename or "(unnamed part)", content_type, data, limits=limits))
+    return found
+
+
+def _client_envelope(message: EmailMessage) -> bytes | None:
+    """The DER EnvelopedData of a message the client already encrypted, else None."""
+    if message.get_content_type() not in SMIME_TYPES:
+        return None
+    smime_type = (message.get_param("smime-type") or "").lower()
+    if smime_type not in {"enveloped-data", "authenveloped-data", ""}:
+        raise MalformedMessage("opaque signed S/MIME is not accepted: send it as multipart/signed, or unsigned")
+    der = message.get_payload(decode=True) or b""
+    if not smime.is_enveloped(der):
+        raise MalformedMessage("the S/MIME body is not a CMS EnvelopedData")
+    return der
+
+
+def _with_headers(raw: bytes, headers: dict[str, str]) -> bytes:
+    """The message with headers prepended and line ends made CRLF (the form that is signed)."""
+    text = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    prefix = b"".join(f"{name}: {value}\r\n".encode("utf-8") for name, value in headers.items())
+    return prefix + text
+
+
+def new_queue_id() -> str:
+    return secrets.token_hex(10).upper()
+
+
+def submit(rt: Runtime, submission: Submission) -> Accepted:
+    """Check, sign, encrypt and durably store a message with its receipts and audit events.
+
+    Returns only after the commit. Raises MessageTooLarge, MalformedMessage,
+    FromHeaderMismatch, DocumentError subclasses, NotEncryptedForRecipients,
+    RecipientHasNoCertificate, UnknownAddress, RevokedAddress, DomainNotServed.
+    """
+    settings = rt.settings
+    sender = submission.sender
+    if len(submission.raw) > settings.relay.max_message_size:
+        raise MessageTooLarge(f"the message exceeds {settings.relay.max_message_size} bytes")
+    if not submission.recipients:
+        raise MalformedMessage("the message has no recipient")
+    message = _parse(submission.raw)
+    if _from_address(message) != sender.address:
+        raise FromHeaderMismatch(f"the From: header must be {sender.address}")
+    recipients = [r.address for r in submission.recipients]
+    queue_id = new_queue_id()
+    domain = sender.address.rpartition("@")[2]
+    added: dict[str, str] = dict(submission.extra_headers)
+    message_id = (message.get("Message-ID") or "").strip()
+    if not message_id:
+        message_id = f"<{queue_id.lower()}@{domain}>"
+        added["Message-ID"] = message_id
+    if message.get("Date") is None:
+        added["Date"] = email.utils.format_datetime(utcnow())
+
+    # Recipients are re-checked at DATA: one revoked since RCPT fails alone, with a DSN.
+    failed: dict[str, str] = {}
+    deliverable: list[RecipientRequest] = []
+    recipient_certs = []
+    with session_scope(rt.engine) as session:
+        for request in submission.recipients:
+            try:
+                check_recipient_is_active(session, settings, request.address)
+                recipient_certs.append(_certificate_for(session, request.address))
+            except (DirectoryError, DomainNotServed, RecipientHasNoCertificate) as exc:
+                if len(submission.recipients) == 1:
+                    raise
+                failed[request.address] = exc.message
+                continue
+            deliverable.append(request)
+    if not deliverable:
+        raise RecipientHasNoCertificate("no recipient can receive this message")
+    recipients = [r.address for r in deliverable]
+
+    envelope = _client_envelope(message)
+    documents: list[Document] = []
+    if envelope is not None:
+        # True end to end: the client encrypted; we only check every recipient can open it.
+        unreadable = [a for a, c in zip(recipients, recipient_certs) if not smime.can_decrypt_for(envelope, c)]
+        if unreadable:
+            raise NotEncryptedForRecipients(f"the encrypted message cannot be opened by {', '.join(unreadable)}")
+        kind, cms = "client", envelope
+    else:
+        documents = _inspect_documents(message, settings_limits(settings))
+        for document in documents:
+            if document.cda is not None:
+                added.update(cda_header_values(document.cda))
+                break
+        entity = _with_headers(submission.raw, added)
+        signer_key = keys.private_key_from_der(sender.private_key_der)
+        signed = smime.sign(entity, sender.certificate, signer_key)
+        cms = smime.encrypt(signed, [*recipient_certs, sender.certificate])
+        kind = "signed"
+
+    meta = MessageMeta(
+        sender=sender.address,
+        recipients=recipients,
+        subject=str(message.get("Subject", "")),
+        date=str(added.get("Date") or message.get("Date", "")),
+        message_id=message_id,
+        headers={k: v for k, v in added.items() if k.startswith("X-MSS-")},
+        documents=[document_summary(d) for d in documents],
+        mdn_to=receipts.wants_mdn(message),
+    )
+    notices = receipts_for(
+        rt, submission, meta, deliverable=deliverable, failed=failed, original_headers=_header_block(submission.raw)
+    )
+    with session_scope(rt.engine) as session:
+        store.store_submission(
+            session, rt.master_key, queue_id=queue_id, kind=kind, cms=cms, meta=meta,
+            delivered=[(r.address, ",".join(sorted(r.notify)), meta.mdn_to is not None) for r in deliverable],
+            failed=failed, channel=submission.channel, request_id=submission.request_id,
+            checked=[d.kind for d in documents],
+        )
+        store.store_receipts(session, rt.master_key, queue_id=queue_id, notices=notices, request_id=submission.request_id)
+    return Accepted(queue_id=queue_id, message_id=message_id)
+
+
+def document_summary(document: Document) -> dict[str, object]:
+    summary: dict[str, object] = {
+        "filename": document.filename, "kind": document.kind, "size": document.size, "sha256": document.sha256,
+    }
+    if document.cda is not None:
+        summary["cda"] = cda_header_values(document.cda)
+    return summary
+
+
+def check_recipient_is_active(session, settings, address: str) -> None:  # type: ignore[no-untyped-def]
+    """Re-checked at DATA: a revocation between RCPT and DATA still refuses the message."""
+    from directory import service
+
+    if not settings.serves(address):
+        raise DomainNotServed(f"{address} is not in a domain served here")
+    service.require_active(session, address)
+
+
+def settings_limits(settings) -> DocumentLimits:  # type: ignore[no-untyped-def]
+    return DocumentLimits(max_document_size=settings.relay.max_message_size)
+
+
+def _header_block(raw: bytes) -> bytes:
+    """The header section only (receipts quote headers, never content)."""
+    text = raw.replace(b"\r\n", b"\n")
+    head, _sep, _body = text.partition(b"\n\n")
+    return head.replace(b"\n", b"\r\n") + b"\r\n"
+
+
+def _operator_seal(rt: Runtime, notification: EmailMessage, to_certificate) -> bytes:  # type: ignore[no-untyped-def]
+    """A receipt signed with the operator's certificate and encrypted to its reader."""
+    from directory import certificates
+
+    with session_scope(rt.engine) as session:
+        key, cert = certificates.operator_identity(session, rt.settings, rt.master_key)
+    entity = notification.as_bytes(policy=email.policy.SMTP)
+    return smime.encrypt(smime.sign(entity, cert, key), [to_certificate])
+
+
+def _notice(rt: Runtime, *, kind: str, status: str, recipients: list[str], reason: str,
+            notification: EmailMessage, sender: UnlockedAccount) -> Notice:  # type: ignore[name-defined]
+    meta = MessageMeta(
+        sender=str(notification["From"].addresses[0].addr_spec).lower(),
+        recipients=[sender.address],
+        subject=str(notification["Subject"]),
+        date=str(notification["Date"]),
+        message_id=str(notification["Message-ID"]),
+    )
+    return Notice(kind=kind, status=status, recipients=tuple(recipients), reason=reason,
+                  cms=_operator_seal(rt, notification, sender.certificate), meta=meta)
+
+
+def receipts_for(
+    rt: Runtime,
+    submission: Submission,
+    meta: MessageMeta,
+    *,
+    deliverable: list[RecipientRequest],
+    failed: dict[str, str],
+    original_headers: bytes,
+) -> list[Notice]:
+    """The DSN (RFC 3464) and MDN (RFC 8098) a submission calls for, ready to store.
+
+    A failure DSN unless NOTIFY=NEVER; a success DSN when asked (NOTIFY=SUCCESS) or when the
+    operator sends them always; an MDN ``processed`` per recipient when the sender asked
+    with Disposition-Notification-To.
+    """
+    settings = rt.settings
+    reporter = settings.pki.hostnames[0] if settings.pki.hostnames else socket.getfqdn()
+    arrival = utcnow()
+    notices: list[Notice] = []
+    by_address = {r.address: r for r in submission.recipients}
+    success = [
+        r.address for r in deliverable
+        if "SUCCESS" in r.notify or (settings.relay.dsn_on_success and "NEVER" not in r.notify)
+    ]
+    failures = [a for a in failed if "NEVER" not in by_address[a].notify]
+    for status, addresses in (("delivered", success), ("failed", failures)):
+        if not addresses:
+            continue
+        statuses = [
+            receipts.RecipientStatus(address=a, action="delivered", status="2.0.0", diagnostic=None)
+            if status == "delivered"
+            else receipts.RecipientStatus(address=a, action="failed", status="5.7.1", diagnostic=f"smtp; 550 5.7.1 {failed[a]}")
+            for a in addresses
+        ]
+        dsn = receipts.build_dsn(
+            reporting_mta=reporter,
+            original_envelope_id=submission.envelope_id,
+            original_message_id=meta.message_id,
+            sender=meta.sender,
+            recipients=statuses,
+            arrival_date=arrival,
+            original_headers=original_headers,
+        )
+        reason = "" if status == "delivered" else "; ".join(failed[a] for a in addresses)
+        notices.append(_notice(rt, kind="dsn", status=status, recipients=addresses, reason=reason,
+                               notification=dsn, sender=submission.sender))
+    if meta.mdn_to:
+        for request in deliverable:
+            mdn = receipts.build_mdn(
+                reporting_ua=reporter,
+                final_recipient=request.address,
+                original_message_id=meta.message_id,
+                disposition="processed",
+                sender=meta.sender,
+                mode="automatic-action/MDN-sent-automatically",
+                subject_hint=None,
+            )
+            notices.append(_notice(rt, kind="mdn", status="processed", recipients=[request.address], reason="",
+                                   notification=mdn, sender=submission.sender))
+    return notices

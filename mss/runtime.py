@@ -1,0 +1,33 @@
+"""What a running process holds: its settings, the database engine and the master key.
+
+Built once by the CLI, the SMTP server and the web app, and passed to the services.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from mss.crypto.master import MasterKey
+from mss.db import make_engine, migrate
+from mss.settings import Settings
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    engine: Engine
+    master_key: MasterKey
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_runtime(settings: Settings, *, apply_migrations: bool = True) -> Runtime:
+    """Create the data directory, open the database (migrated) and load the master key."""
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings)
+    if apply_migrations:
+        migrate(engine)
+    return Runtime(settings=settings, engine=engine, master_key=MasterKey.load(settings))

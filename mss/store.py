@@ -1,0 +1,167 @@
+"""Durable storage of messages: the CMS, one mailbox row per reader, deliveries, receipts.
+
+What is stored is ciphertext (CMS EnvelopedData) and metadata sealed with the master key;
+a database dump alone reads no subject, no document name and no content. The caller's
+transaction commits the message, its mailbox rows, receipts and audit events together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from sqlalchemy import or_, select
+from sqlmodel import Session
+
+from mss import audit
+from mss.crypto.master import MasterKey
+from mss.errors import MssError
+from mss.models import Delivery, MailboxItem, Message, Receipt
+
+INBOX, SENT, ARCHIVE = "inbox", "sent", "archive"
+
+
+@dataclass
+class MessageMeta:
+    """What the inbox shows of a message, sealed with the master key at rest."""
+
+    sender: str
+    recipients: list[str]
+    subject: str
+    date: str
+    message_id: str
+    headers: dict[str, str] = field(default_factory=dict)  # X-MSS-CODECDA, X-MSS-INS ...
+    documents: list[dict[str, object]] = field(default_factory=list)  # filename, kind, size, sha256 ...
+    mdn_to: str | None = None
+
+    def seal(self, master_key: MasterKey) -> bytes:
+        return master_key.seal(json.dumps(asdict(self), ensure_ascii=False).encode("utf-8"))
+
+    @classmethod
+    def open(cls, master_key: MasterKey, sealed: bytes) -> "MessageMeta":
+        return cls(**json.loads(master_key.open(sealed)))
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A receipt ready to store: its CMS (signed by the operator, encrypted to the sender)."""
+
+    kind: str  # dsn | mdn
+    status: str  # delivered | failed | processed | displayed
+    recipients: tuple[str, ...]
+    reason: str
+    cms: bytes
+    meta: MessageMeta
+
+
+class MessageNotFound(MssError):
+    """No stored message has this queue id or Message-ID (or the reader may not see it)."""
+
+
+def store_submission(
+    session: Session,
+    master_key: MasterKey,
+    *,
+    queue_id: str,
+    kind: str,
+    cms: bytes,
+    meta: MessageMeta,
+    delivered: list[tuple[str, str, bool]],
+    failed: dict[str, str],
+    channel: str,
+    request_id: str,
+    checked: list[str],
+) -> Message:
+    """Add the message, its deliveries and mailbox rows, and the audit events.
+
+    ``delivered`` holds (recipient, RFC 3461 NOTIFY, MDN asked) triples; ``failed`` maps a
+    refused recipient to the reason.
+    """
+    row = Message(
+        queue_id=queue_id,
+        message_id=meta.message_id,
+        sender=meta.sender,
+        kind=kind,
+        size=len(cms),
+        cms=cms,
+        cms_sha256=hashlib.sha256(cms).hexdigest(),
+        meta_sealed=meta.seal(master_key),
+    )
+    session.add(row)
+    session.flush()
+    audit.record(
+        session, actor=meta.sender, action="message.submit", object=queue_id, request_id=request_id,
+        channel=channel, message_id=meta.message_id, recipients=len(delivered) + len(failed),
+    )
+    audit.record(session, actor="system", action="message.check", object=queue_id, request_id=request_id,
+                 documents=checked)
+    audit.record(
+        session, actor="system", action="message.sign" if kind == "signed" else "message.passthrough",
+        object=queue_id, request_id=request_id, cms_sha256=row.cms_sha256,
+    )
+    session.add(MailboxItem(message_id=row.id, owner=meta.sender, folder=SENT, unread=False))
+    for recipient, notify, mdn in delivered:
+        session.add(Delivery(message_id=row.id, recipient=recipient, status="delivered", notify=notify, mdn_requested=mdn))
+        session.add(MailboxItem(message_id=row.id, owner=recipient, folder=INBOX))
+        audit.record(session, actor="system", action="message.deliver", object=queue_id, request_id=request_id,
+                     recipient=recipient)
+    for recipient, reason in failed.items():
+        session.add(Delivery(message_id=row.id, recipient=recipient, status="failed", reason=reason))
+        audit.record(session, actor="system", action="message.deliver", object=queue_id, outcome=audit.FAILURE,
+                     request_id=request_id, recipient=recipient, reason=reason)
+    session.flush()
+    return row
+
+
+def store_receipts(
+    session: Session, master_key: MasterKey, *, queue_id: str, notices: list[Notice], request_id: str
+) -> None:
+    """Store each notice as a message in the sender's inbox, linked to the original by Receipt rows."""
+    if not notices:
+        return
+    original = session.execute(select(Message).where(Message.queue_id == queue_id)).scalars().one()
+    for notice in notices:
+        notification = Message(
+            queue_id=_receipt_queue_id(queue_id, notice),
+            message_id=notice.meta.message_id,
+            sender=notice.meta.sender,
+            kind="receipt",
+            size=len(notice.cms),
+            cms=notice.cms,
+            cms_sha256=hashlib.sha256(notice.cms).hexdigest(),
+            meta_sealed=notice.meta.seal(master_key),
+        )
+        session.add(notification)
+        session.flush()
+        session.add(MailboxItem(message_id=notification.id, owner=original.sender, folder=INBOX))
+        for recipient in notice.recipients:
+            session.add(Receipt(message_id=original.id, recipient=recipient, kind=notice.kind, status=notice.status,
+                                reason=notice.reason, notification_id=notification.id))
+            audit.record(session, actor="system", action=f"receipt.{notice.kind}", object=queue_id,
+                         request_id=request_id, recipient=recipient, status=notice.status)
+    session.flush()
+
+
+def _receipt_queue_id(queue_id: str, notice: Notice) -> str:
+    digest = hashlib.sha256(notice.cms).hexdigest()[:8].upper()
+    return f"{queue_id}-{notice.kind.upper()}-{digest}"
+
+
+def find_message(session: Session, ident: str) -> Message:
+    """The message with this queue id or RFC 5322 Message-ID. Raises MessageNotFound."""
+    ident = ident.strip()
+    bracketed = ident if ident.startswith("<") else f"<{ident}>"
+    row = session.execute(
+        select(Message).where(or_(Message.queue_id == ident.upper(), Message.message_id.in_([ident, bracketed])))
+        .order_by(Message.id)
+    ).scalars().first()
+    if row is None:
+        raise MessageNotFound(f"no message {ident}")
+    return row
+
+
+def readers_of(session: Session, message: Message) -> set[str]:
+    """Addresses that may read a stored message: its mailbox owners."""
+    owners = session.execute(select(MailboxItem.owner).where(MailboxItem.message_id == message.id)).scalars()
+    return set(owners)

@@ -1,0 +1,197 @@
+"""Accounts: creation rules, wrapped keys, password checks, lockout, TOTP, recovery, export."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from urllib.parse import parse_qs, urlparse
+
+import pyotp
+import pytest
+from sqlalchemy import select
+
+from directory import service
+from mss import accounts, audit
+from mss.crypto import keys
+from mss.db import session_scope
+from mss.errors import (
+    AccountDisabled,
+    AccountExists,
+    AccountLocked,
+    BadCredentials,
+    BadTotp,
+    CryptoError,
+    PasswordPolicyError,
+    RevokedAddress,
+    UnknownAddress,
+)
+from mss.models import Account, AuditEvent
+
+DOCTOR = "marc.robert@chu-demo.mss.test"
+PASSWORD = "correct horse battery staple"
+
+
+def _create(rt, address=DOCTOR, password=PASSWORD):  # type: ignore[no-untyped-def]
+    with session_scope(rt.engine) as session:
+        return accounts.create_account(session, rt.settings, rt.master_key, address, password, actor="test")
+
+
+def _secret(enrolment) -> str:  # type: ignore[no-untyped-def]
+    return parse_qs(urlparse(enrolment.otpauth_uri).query)["secret"][0]
+
+
+def test_create_stores_no_secret_in_clear(rt, directory_loaded):  # type: ignore[no-untyped-def]
+    enrolment = _create(rt)
+    assert enrolment.otpauth_uri.startswith("otpauth://totp/")
+    with session_scope(rt.engine) as session:
+        account = session.execute(select(Account)).scalars().one()
+        events = session.execute(select(AuditEvent.action)).scalars().all()
+    secret = _secret(enrolment).encode()
+    assert account.password_hash.startswith("$argon2id$")
+    assert PASSWORD.encode() not in account.wrapped_key
+    assert secret not in account.totp_secret_sealed
+    assert b"PRIVATE KEY" not in account.wrapped_key
+    # The escrow opens with the recovery key and yields the same key the password unwraps.
+    recovery = keys.load_recovery_private_key(rt.settings.storage.data_dir / "recovery.key")
+    escrowed = keys.open_recovery(account.recovery_sealed_key, recovery)
+    unlocked = accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="cli")
+    assert escrowed == unlocked.private_key_der
+    assert "account.create" in events and "pki.issue" in events
+
+
+def test_create_refuses_unknown_revoked_duplicate_and_weak(rt, directory_loaded):  # type: ignore[no-untyped-def]
+    with pytest.raises(UnknownAddress):
+        _create(rt, "nobody@chu-demo.mss.test")
+    with session_scope(rt.engine) as session:
+        service.revoke_entry(session, "joel.petit@chu-demo.mss.test", reason="left", actor="test")
+    with pytest.raises(RevokedAddress):
+        _create(rt, "joel.petit@chu-demo.mss.test")
+    with pytest.raises(PasswordPolicyError):
+        _create(rt, password="short")
+    _create(rt)
+    with pytest.raises(AccountExists):
+        _create(rt)
+    with session_scope(rt.engine) as session:
+        assert session.execute(select(Account)).scalars().all()[0].address == DOCTOR
+
+
+def test_wrong_password_and_unknown_address_look_alike(rt, directory_loaded):  # type: ignore[no-untyped-def]
+    _create(rt)
+    with pytest.raises(BadCredentials) as wrong:
+        accounts.authenticate(rt.engine, rt.settings, DOCTOR, "wrong password!!", channel="smtp")
+    with pytest.raises(BadCredentials) as unknown:
+        accounts.authenticate(rt.engine, rt.settings, "ghost@chu-demo.mss.test", "wrong password!!", channel="smtp")
+    assert str(wrong.value) == str(unknown.value)
+
+
+def test_unknown_address_costs_as_much_as_a_wrong_password(rt, directory_loaded):  # type: ignore[no-untyped-def]
+    # Both paths run one argon2id verification; without the dummy hash the unknown-address
+    # path would be orders of magnitude faster. Medians over a few runs, generous factor.
+    _create(rt)
+
+    def cost(address: str) -> float:
+        runs = []
+        for _ in range(5):
+            start = time.perf_counter()
+            with pytest.raises(BadCredentials):
+                accounts.authenticate(rt.engine, rt.settings, address, "wrong password!!", channel="smtp")
+            runs.append(time.perf_counter() - start)
+        return statistics.median(runs)
+
+    known, unknown = cost(DOCTOR), cost("ghost@chu-demo.mss.test")
+    assert unknown > known / 3
+
+
+def test_lockout_after_repeated_failures(rt, directory_loaded):  # type: ignore[no-untyped-def]
+    _create(rt)
+    for _ in range(rt.settings.security.max_login_failures):
+        with pytest.raises(BadCredentials):
+            accounts.authenticate(rt.engine, rt.settings, DOCTOR, "wrong password!!", channel="smtp")
+    with pytest.raises(AccountLocked):
+        accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="smtp")
+    with session_scope(rt.engine) as session:
+        actions = session.execute(select(AuditEvent.action, AuditEvent.outcome)).all()
+        assert ("account.lock", "success") in actions
+        assert ("smtp.login", "failure") in actions
+        assert audit.verify(session, rt.master_key).ok
+
+
+def test_disabled_account_cannot_log_in(rt, directory_loaded):  # type: ignore[no-untyped-def]
+    _create(rt)
+    with session_scope(rt.engine) as session:
+        accounts.set_disabled(session, DOCTOR, True, actor="test")
+    with pytest.raises(AccountDisabled):
+        accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="web")
+    with session_scope(rt.engine) as session:
+        accounts.set_disabled(session, DOCTOR, False, actor="test")
+    assert accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="web").address == DOCTOR
+
+
+def test_totp_works_once_and_refuses_replay(rt, directory_loaded):  # type: ignore[no-untyped-def]
+    totp = pyotp.TOTP(_secret(_create(rt)))
+    now = time.time()
+    code = totp.at(now)
+    accounts.verify_totp(rt.engine, rt.settings, rt.master_key, DOCTOR, code, at=now)
+    with pytest.raises(BadTotp):
+        accounts.verify_totp(rt.engine, rt.settings, rt.master_key, DOCTOR, code, at=now)
+    with pytest.raises(BadTotp):
+        accounts.verify_totp(rt.engine, rt.settings, rt.master_key, DOCTOR, "000000" if code != "000000" else "111111",
+                             at=now + 30)
+    accounts.verify_totp(rt.engine, rt.settings, rt.master_key, DOCTOR, totp.at(now + 30), at=now + 30)
+
+
+def test_password_change_rewraps_the_key(rt, directory_loaded):  # type: ignore[no-untyped-def]
+    _create(rt)
+    before = accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="cli").private_key_der
+    with session_scope(rt.engine) as session:
+        with pytest.raises(BadCredentials):
+            accounts.change_password(session, rt.settings, DOCTOR, "not my password", "a brand new passphrase", actor="t")
+    with session_scope(rt.engine) as session:
+        accounts.change_password(session, rt.settings, DOCTOR, PASSWORD, "a brand new passphrase", actor="test")
+    with pytest.raises(BadCredentials):
+        accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="cli")
+    after = accounts.authenticate(rt.engine, rt.settings, DOCTOR, "a brand new passphrase", channel="cli")
+    assert after.private_key_der == before
+
+
+def test_recover_with_the_offline_key(rt, directory_loaded, tmp_path):  # type: ignore[no-untyped-def]
+    _create(rt)
+    before = accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="cli").private_key_der
+    stranger = tmp_path / "other.key"
+    keys.generate_recovery_keypair(stranger, tmp_path / "other.pub")
+    with session_scope(rt.engine) as session:
+        with pytest.raises(CryptoError):
+            accounts.recover_account(session, rt.settings, DOCTOR, stranger, "recovered passphrase", actor="test")
+    with session_scope(rt.engine) as session:
+        accounts.recover_account(session, rt.settings, DOCTOR, rt.settings.storage.data_dir / "recovery.key",
+                                 "recovered passphrase", actor="test")
+    after = accounts.authenticate(rt.engine, rt.settings, DOCTOR, "recovered passphrase", channel="cli")
+    assert after.private_key_der == before
+
+
+def test_reset_2fa_replaces_the_secret(rt, directory_loaded):  # type: ignore[no-untyped-def]
+    old = pyotp.TOTP(_secret(_create(rt)))
+    with session_scope(rt.engine) as session:
+        new = pyotp.TOTP(_secret(accounts.reset_2fa(session, rt.settings, rt.master_key, DOCTOR, actor="test")))
+    now = time.time()
+    if old.at(now) != new.at(now):
+        with pytest.raises(BadTotp):
+            accounts.verify_totp(rt.engine, rt.settings, rt.master_key, DOCTOR, old.at(now), at=now)
+    accounts.verify_totp(rt.engine, rt.settings, rt.master_key, DOCTOR, new.at(now + 60), at=now + 60)
+
+
+def test_export_pkcs12_opens_with_openssl(rt, directory_loaded, tmp_path):  # type: ignore[no-untyped-def]
+    _create(rt)
+    with pytest.raises(BadCredentials):
+        accounts.export_key(rt.engine, rt.settings, DOCTOR, "wrong password!!", "export passphrase", actor="test")
+    blob = accounts.export_key(rt.engine, rt.settings, DOCTOR, PASSWORD, "export passphrase", actor="test")
+    p12 = tmp_path / "key.p12"
+    p12.write_bytes(blob)
+    ok = subprocess.run(["openssl", "pkcs12", "-info", "-in", str(p12), "-noenc", "-passin", "pass:export passphrase"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "BEGIN PRIVATE KEY" in ok.stdout and DOCTOR in ok.stdout
+    bad = subprocess.run(["openssl", "pkcs12", "-info", "-in", str(p12), "-noenc", "-passin", "pass:wrong"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0

@@ -1,0 +1,77 @@
+"""Settings parsing, the database engine's guarantees and schema migrations."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlmodel import SQLModel
+
+import mss.models  # noqa: F401
+from mss.crypto.master import MasterKey
+from mss.db import make_engine, migrate
+from mss.errors import ConfigError, CryptoError
+from mss.settings import Settings
+
+
+def test_defaults_and_overrides(tmp_path):  # type: ignore[no-untyped-def]
+    settings = Settings.from_env({"MSS_DATA_DIR": str(tmp_path), "MSS_DOMAINS": "Chu-Demo.fr, mss.test"})
+    assert settings.relay.port == 2587 and settings.web.port == 8443
+    assert settings.relay.max_message_size == 20_000_000
+    assert settings.storage.database_url == f"sqlite:///{tmp_path / 'mss.db'}"
+    assert settings.serves("a@chu-demo.fr") and settings.serves("b@medecin.mss.test")
+    assert not settings.serves("c@mss.test.evil.example") and not settings.serves("d@gmail.com")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("MSS_SMTP_PORT", "twenty", "whole number"),
+        ("MSS_ENV", "staging", "development or production"),
+        ("MSS_DSN_ON_SUCCESS", "maybe", "true or false"),
+        ("MSS_USER_KEY_BITS", "1024", "at least 2048"),
+    ],
+)
+def test_bad_settings_are_named(tmp_path, name, value, words):  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env({"MSS_DATA_DIR": str(tmp_path), name: value})
+    assert words in str(error.value)
+
+
+def test_migrated_schema_matches_the_models(engine):  # type: ignore[no-untyped-def]
+    migrate(engine)  # a second run is a no-op
+    with engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    # Search indexes created by migrations for one dialect are not in the models: ignore
+    # added/removed objects that the models do not describe.
+    relevant = [d for d in diffs if not (isinstance(d, tuple) and d[0] in {"remove_table", "remove_index"})]
+    assert relevant == []
+    tables = set(inspect(engine).get_table_names())
+    assert {"directory_entry", "certificate", "account", "audit_event", "message", "mailbox_item", "receipt"} <= tables
+
+
+@pytest.mark.sqlite_only
+def test_sqlite_is_durable(settings):  # type: ignore[no-untyped-def]
+    engine = make_engine(settings)
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    engine.dispose()
+
+
+def test_master_key_is_private_and_checked(settings, tmp_path):  # type: ignore[no-untyped-def]
+    key = MasterKey.load(settings)
+    path = settings.storage.master_key_file
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    sealed = key.seal(b"totp seed")
+    assert b"totp seed" not in sealed and MasterKey.load(settings).open(sealed) == b"totp seed"
+    with pytest.raises(CryptoError):
+        key.open(sealed[:-1] + bytes([sealed[-1] ^ 1]))
+    path.chmod(0o644)
+    with pytest.raises(ConfigError):
+        MasterKey.load(settings)
+    production = Settings.from_env({"MSS_DATA_DIR": str(tmp_path / "prod"), "MSS_ENV": "production"})
+    with pytest.raises(ConfigError):
+        MasterKey.load(production)
