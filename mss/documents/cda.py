@@ -1,0 +1,763 @@
+"""CDA R2 documents: hardened XML parsing, header metadata and a display structure.
+
+``parse_xml`` is the only way mss reads XML from the outside (CDA documents and the
+METADATA.XML of IHE_XDM packages): lxml with entities, DTD loading, validation, network and
+huge trees off, and any DOCTYPE refused outright, so XXE, billion laughs and parameter
+entities are refused before anything is expanded or fetched.
+
+``parse_cda`` checks the root (``ClinicalDocument`` in ``urn:hl7-org:v3``, directly or inside
+the ANS "auto-presentable" XSL wrapper) and reads the header (type code, title, patient and
+INS, authors, custodian ...) and the body as a sanitised structure that the web can render
+without ever showing raw XML: sections with their narrative ``text`` reduced to the CDA
+narrative elements, embedded files (``nonXMLBody``, ``observationMedia``) by media type and
+size. Embedded PDFs go through the same checks as attached ones.
+
+``cda_header_values`` gives the MSSanté ``X-MSS-CODECDA`` and ``X-MSS-INS`` header values.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from lxml import etree
+
+from mss.documents.detect import (
+    DocumentLimits,
+    MalformedDocument,
+    UnsafeDocument,
+    display_name,
+    executable_kind,
+)
+from mss.documents.pdf import check_pdf
+from mss.errors import DocumentError
+
+HL7 = "urn:hl7-org:v3"
+XSL = "http://www.w3.org/1999/XSL/Transform"
+ANS_WRAPPER = "urn:asip-sante:ci-sis"
+"""Namespace of ``data:Contenu``, the element that holds the CDA in an ANS auto-presentable
+document (an XSL stylesheet carrying its own CDA; the stylesheet is never run)."""
+
+RPPS_ROOT = "1.2.250.1.71.4.2.1"
+"""Authority of national health professional ids (``8`` + RPPS, or ``0`` + ADELI)."""
+
+# INS authorities (ANS, Référentiel INS; the FR Core patient profile lists the same OIDs).
+INS_NIR = "1.2.250.1.213.1.4.8"
+INS_NIA = "1.2.250.1.213.1.4.9"
+INS_NIR_TEST = "1.2.250.1.213.1.4.10"
+INS_NIR_DEMO = "1.2.250.1.213.1.4.11"
+INS_ROOTS: dict[str, str] = {
+    INS_NIR: "INS-NIR",
+    INS_NIA: "INS-NIA",
+    INS_NIR_TEST: "INS-NIR-TEST",
+    INS_NIR_DEMO: "INS-NIR-DEMO",
+}
+PRODUCTION_INS_ROOTS = frozenset({INS_NIR, INS_NIA})
+
+_TYPE_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+_DOCTYPE_MARKERS = tuple(
+    marker.encode(encoding)
+    for marker in ("<!DOCTYPE", "<!ENTITY", "<!doctype")
+    for encoding in ("utf-8", "utf-16-le", "utf-16-be")
+)
+
+
+# -- refusals ----------------------------------------------------------------------------
+
+
+class InvalidXml(MalformedDocument):
+    """The document is not well-formed XML."""
+
+    code = "xml-malformed"
+
+
+class XmlDoctypeForbidden(UnsafeDocument):
+    """The XML carries a DOCTYPE (a DTD, entity declarations): refused, never expanded."""
+
+    code = "xml-doctype"
+
+
+class XmlTooComplex(MalformedDocument):
+    """The XML nests too deep or holds a text node beyond the parser's bound."""
+
+    code = "xml-limits"
+
+
+class InvalidCda(MalformedDocument):
+    """The XML is not an acceptable CDA R2 document."""
+
+    code = "cda-invalid"
+
+
+class NotClinicalDocument(InvalidCda):
+    """The root element is not ``ClinicalDocument``."""
+
+    code = "cda-root"
+
+
+class WrongCdaNamespace(InvalidCda):
+    """The root is ``ClinicalDocument`` but not in the ``urn:hl7-org:v3`` namespace."""
+
+    code = "cda-namespace"
+
+
+# -- hardened XML ------------------------------------------------------------------------
+
+
+def _parser() -> etree.XMLParser:
+    # A new parser per document: lxml parsers keep state and are not shared across threads.
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        dtd_validation=False,
+        load_dtd=False,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+    )
+
+
+def _depth(root: etree._Element) -> int:
+    depth = deepest = 0
+    for event, _ in etree.iterwalk(root, events=("start", "end")):
+        if event == "start":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def parse_xml(data: bytes, *, filename: str, limits: DocumentLimits) -> etree._Element:
+    """Parse untrusted XML and return its root element.
+
+    Raises ``XmlDoctypeForbidden`` for any DOCTYPE or entity declaration (checked in the raw
+    bytes before parsing and again on the parsed tree), ``InvalidXml`` when not well-formed,
+    ``XmlTooComplex`` beyond ``limits.max_xml_depth`` or the parser's text node bound.
+    """
+    # Refused before libxml2 sees it: no DTD is ever processed, not even the internal subset.
+    if any(marker in data for marker in _DOCTYPE_MARKERS):
+        raise XmlDoctypeForbidden(filename, "contains a DOCTYPE declaration, which is not allowed in XML documents")
+    try:
+        root = etree.fromstring(data, _parser())
+    except etree.XMLSyntaxError as exc:
+        text = str(exc).lower()
+        if "huge" in text or "depth" in text or "too large" in text:
+            raise XmlTooComplex(filename, "is too large or too deeply nested to be read safely") from exc
+        line = f" (line {exc.lineno})" if exc.lineno else ""
+        raise InvalidXml(filename, f"is not well-formed XML{line}") from exc
+    except ValueError as exc:
+        # lxml refuses some inputs (e.g. a str with an encoding declaration) with ValueError.
+        raise InvalidXml(filename, "is not well-formed XML") from exc
+    if root is None:
+        raise InvalidXml(filename, "is not well-formed XML: it has no root element")
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
+        # Only reachable with an encoding the byte scan above does not read (UTF-32, EBCDIC).
+        raise XmlDoctypeForbidden(filename, "contains a DOCTYPE declaration, which is not allowed in XML documents")
+    if _depth(root) > limits.max_xml_depth:
+        raise XmlTooComplex(filename, f"nests elements deeper than {limits.max_xml_depth} levels")
+    return root
+
+
+# -- metadata types ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded value (HL7 CD/CE): code, code system OID, display name."""
+
+    code: str
+    code_system: str | None = None
+    display_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Identifier:
+    """An HL7 instance identifier (II): an OID root and an optional extension."""
+
+    root: str
+    extension: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.root}^{self.extension}" if self.extension else self.root
+
+
+@dataclass(frozen=True)
+class PersonName:
+    """A person's name as the CDA gives it (used and birth forms, French qualifiers)."""
+
+    family: str | None
+    """The family name in use (qualifier ``CL``), else the only one given."""
+    given: tuple[str, ...]
+    """Given names in use (``CL``), else the unqualified ones, else the birth ones."""
+    prefix: str | None = None
+    suffix: str | None = None
+    birth_family: str | None = None
+    """Birth family name (qualifier ``BR``, else an unqualified family name)."""
+    first_given: str | None = None
+    """First given name on the birth certificate (``BR``, else the first given name)."""
+
+    def display(self) -> str:
+        """``Dr Charles BOILEAU``-like text for display."""
+        parts = [self.prefix or "", " ".join(self.given), self.family or ""]
+        return " ".join(part for part in parts if part).strip()
+
+
+@dataclass(frozen=True)
+class Organisation:
+    """An organisation: name and identifier (FINESS, SIRET, RPPS-rang ...)."""
+
+    name: str | None
+    id: Identifier | None = None
+
+
+@dataclass(frozen=True)
+class Author:
+    """A document author: a professional, or a device (software) acting for one."""
+
+    name: PersonName | None
+    id: Identifier | None
+    rpps: str | None
+    """RPPS number when ``id`` is a national professional id of the RPPS kind (``8`` + RPPS)."""
+    specialty: Code | None = None
+    organisation: Organisation | None = None
+    time: str | None = None
+    device: str | None = None
+    """Software name, for an authoring device."""
+
+
+@dataclass(frozen=True)
+class Ins:
+    """The patient's national health identifier (INS) read from ``patientRole/id``."""
+
+    value: str
+    root: str
+    kind: str
+    """``INS-NIR``, ``INS-NIA``, ``INS-NIR-TEST`` or ``INS-NIR-DEMO``."""
+
+    @property
+    def is_test(self) -> bool:
+        """True for the test and demonstration authorities (never a real person)."""
+        return self.root not in PRODUCTION_INS_ROOTS
+
+    @property
+    def key_valid(self) -> bool:
+        """For a NIR: the two-digit key matches (97 - number mod 97, Corsica 2A/2B mapped)."""
+        parts = re.fullmatch(r"([0-9]{5})([0-9]{2}|2A|2B)([0-9]{6})([0-9]{2})", self.value)
+        if parts is None:
+            return False
+        head, department, tail, key = parts.groups()
+        number = int(head + {"2A": "19", "2B": "18"}.get(department, department) + tail)
+        return 97 - number % 97 == int(key)
+
+    def cx(self) -> str:
+        """HL7 v2 CX form used in IHE metadata: ``value^^^&root&ISO^NH``."""
+        return f"{self.value}^^^&{self.root}&ISO^NH"
+
+
+@dataclass(frozen=True)
+class Patient:
+    """The patient of the document (``recordTarget/patientRole``)."""
+
+    name: PersonName | None
+    birth_date: str | None
+    """HL7 TS as written, usually ``YYYYMMDD``."""
+    gender: Code | None
+    """``administrativeGenderCode``: ``F``, ``M`` or ``U``."""
+    ids: tuple[Identifier, ...]
+    ins: Ins | None
+
+    def has_identity_traits(self) -> bool:
+        """The four INS traits are present: birth family name, first given name, birth
+        date, gender."""
+        name = self.name
+        return bool(
+            name
+            and name.birth_family
+            and name.first_given
+            and self.birth_date
+            and self.gender
+            and self.gender.code in {"F", "M", "U"}
+        )
+
+
+@dataclass(frozen=True)
+class NarrativeNode:
+    """An element of a section's narrative block, limited to the CDA narrative vocabulary
+    (``paragraph``, ``list``/``item``, ``table``/``tr``/``td``, ``content``, ``br``...).
+
+    Unknown elements are dropped (their text kept), attributes are reduced to a short list
+    (``styleCode``, ``ID``, ``listType``, ``colspan``...), links keep only ``#``, ``http(s)``
+    and ``mailto`` targets. Safe to map to HTML one tag at a time.
+    """
+
+    tag: str
+    attributes: tuple[tuple[str, str], ...] = ()
+    children: tuple[NarrativeNode | str, ...] = ()
+
+    def attribute(self, name: str) -> str | None:
+        """The value of attribute ``name``, or None."""
+        return dict(self.attributes).get(name)
+
+    def plain_text(self) -> str:
+        """The text of this node and its descendants, whitespace collapsed."""
+        return " ".join("".join(_iter_text(self)).split())
+
+
+def _iter_text(node: NarrativeNode | str) -> Iterable[str]:
+    if isinstance(node, str):
+        yield node
+        return
+    for child in node.children:
+        yield from _iter_text(child)
+    if node.tag in {"paragraph", "br", "item", "tr", "td", "th", "caption"}:
+        yield " "
+
+
+@dataclass(frozen=True)
+class Section:
+    """A section of a structured body, for display."""
+
+    title: str | None
+    code: Code | None
+    text: NarrativeNode | None
+    """The narrative block (tag ``text``), sanitised."""
+    sections: tuple[Section, ...] = ()
+
+
+@dataclass(frozen=True)
+class EmbeddedMedia:
+    """A file carried inside the CDA (base64): a level-1 body or an entry's media."""
+
+    media_type: str
+    size: int | None
+    """Decoded size in bytes; None when the element references content instead of holding it."""
+    location: Literal["nonXMLBody", "observationMedia", "entry"]
+    id: str | None = None
+    """The ``ID`` of the ``observationMedia`` (what narrative ``renderMultiMedia`` points to)."""
+    pages: int | None = None
+    """Page count of an embedded PDF (checked like an attached PDF)."""
+
+
+@dataclass(frozen=True)
+class CdaInfo:
+    """What was read from a CDA R2 document that passed its checks."""
+
+    type_code: Code
+    """``ClinicalDocument/code``: the document type (LOINC, or a CI-SIS code)."""
+    title: str | None
+    document_id: Identifier | None
+    set_id: Identifier | None
+    version: str | None
+    effective_time: str | None
+    """HL7 TS as written, e.g. ``20191029111700+0100``."""
+    confidentiality: Code | None
+    language: str | None
+    template_ids: tuple[str, ...]
+    patient: Patient
+    authors: tuple[Author, ...]
+    custodian: Organisation | None
+    legal_authenticator: Author | None
+    practice_setting: Code | None
+    """``documentationOf/serviceEvent/performer/.../standardIndustryClassCode`` (XDS practiceSettingCode)."""
+    facility_type: Code | None
+    """``componentOf/encompassingEncounter/location/healthCareFacility/code`` (XDS healthcareFacilityTypeCode)."""
+    sections: tuple[Section, ...]
+    non_xml_body: EmbeddedMedia | None
+    """The base64 document of a level-1 CDA (usually a PDF)."""
+    media: tuple[EmbeddedMedia, ...]
+    """Files carried in the structured body's entries."""
+    self_presenting: bool
+    """The CDA came inside an ANS auto-presentable XSL wrapper (the XSL is never run)."""
+
+    @property
+    def ins(self) -> Ins | None:
+        """The patient's INS, if the document carries one."""
+        return self.patient.ins
+
+    @property
+    def embedded_pdf(self) -> bool:
+        """True when the document carries a PDF (level-1 body or attached in an entry)."""
+        media = (self.non_xml_body, *self.media)
+        return any(item is not None and item.media_type == "application/pdf" for item in media)
+
+
+# -- reading the header ------------------------------------------------------------------
+
+
+def _h(*names: str) -> str:
+    return "/".join(f"{{{HL7}}}{name}" for name in names)
+
+
+def _clean(text: str | None) -> str | None:
+    if text is None:
+        return None
+    cleaned = " ".join(text.split())
+    return cleaned or None
+
+
+def _text_of(el: etree._Element | None) -> str | None:
+    if el is None:
+        return None
+    return _clean("".join(el.itertext()))
+
+
+def _code(el: etree._Element | None) -> Code | None:
+    if el is None or not el.get("code"):
+        return None
+    return Code(
+        code=el.get("code", "").strip(),
+        code_system=el.get("codeSystem"),
+        display_name=_clean(el.get("displayName")),
+    )
+
+
+def _identifier(el: etree._Element | None) -> Identifier | None:
+    if el is None or not el.get("root"):
+        return None
+    return Identifier(root=el.get("root", "").strip(), extension=_clean(el.get("extension")))
+
+
+def _name(el: etree._Element | None) -> PersonName | None:
+    if el is None:
+        return None
+    families = [(part.get("qualifier"), _text_of(part)) for part in el.findall(_h("family"))]
+    givens = [(part.get("qualifier"), _text_of(part)) for part in el.findall(_h("given"))]
+    families = [(q, t) for q, t in families if t]
+    givens = [(q, t) for q, t in givens if t]
+    if not families and not givens:
+        text = _text_of(el)
+        return PersonName(family=text, given=()) if text else None
+
+    def pick(items: list[tuple[str | None, str]], qualifier: str | None) -> list[str]:
+        return [text for q, text in items if q == qualifier]
+
+    family = (pick(families, "CL") or pick(families, None) or pick(families, "BR") or [None])[0]
+    birth_family = (pick(families, "BR") or pick(families, None) or [None])[0]
+    given = tuple(pick(givens, "CL") or pick(givens, None) or pick(givens, "BR"))
+    first_given = (pick(givens, "BR") or [None])[0]
+    if first_given is None:
+        unqualified = pick(givens, None)
+        first_given = unqualified[0].split()[0] if unqualified else None
+    return PersonName(
+        family=family,
+        given=given,
+        prefix=_text_of(el.find(_h("prefix"))),
+        suffix=_text_of(el.find(_h("suffix"))),
+        birth_family=birth_family,
+        first_given=first_given,
+    )
+
+
+def _organisation(el: etree._Element | None) -> Organisation | None:
+    if el is None:
+        return None
+    name = _text_of(el.find(_h("name")))
+    ident = _identifier(el.find(_h("id")))
+    if name is None and ident is None:
+        return None
+    return Organisation(name=name, id=ident)
+
+
+def _rpps(ident: Identifier | None) -> str | None:
+    if ident is None or ident.root != RPPS_ROOT or not ident.extension:
+        return None
+    ext = ident.extension
+    return ext[1:] if len(ext) == 12 and ext.startswith("8") and ext.isdigit() else None
+
+
+def _assigned(entity: etree._Element | None, time: str | None) -> Author | None:
+    """An ``assignedAuthor`` or ``assignedEntity`` as an ``Author``."""
+    if entity is None:
+        return None
+    ident = _identifier(entity.find(_h("id")))
+    person = entity.find(_h("assignedPerson", "name"))
+    device = entity.find(_h("assignedAuthoringDevice"))
+    return Author(
+        name=_name(person),
+        id=ident,
+        rpps=_rpps(ident),
+        specialty=_code(entity.find(_h("code"))),
+        organisation=_organisation(entity.find(_h("representedOrganization"))),
+        time=time,
+        device=_text_of(device.find(_h("softwareName"))) if device is not None else None,
+    )
+
+
+def _time(el: etree._Element | None) -> str | None:
+    return el.get("value") if el is not None and el.get("value") else None
+
+
+def _patient(filename: str, doc: etree._Element) -> Patient:
+    role = doc.find(_h("recordTarget", "patientRole"))
+    if role is None:
+        raise InvalidCda(filename, "is not a valid CDA R2 document: it names no patient (recordTarget)")
+    ids = tuple(ident for ident in (_identifier(el) for el in role.findall(_h("id"))) if ident)
+    ins = None
+    for ident in ids:
+        if ident.root in INS_ROOTS and ident.extension:
+            ins = Ins(value=ident.extension, root=ident.root, kind=INS_ROOTS[ident.root])
+            break
+    person = role.find(_h("patient"))
+    return Patient(
+        name=_name(person.find(_h("name"))) if person is not None else None,
+        birth_date=_time(person.find(_h("birthTime"))) if person is not None else None,
+        gender=_code(person.find(_h("administrativeGenderCode"))) if person is not None else None,
+        ids=ids,
+        ins=ins,
+    )
+
+
+# -- reading the body --------------------------------------------------------------------
+
+_NARRATIVE_TAGS = frozenset(
+    {
+        "text", "content", "linkHtml", "sub", "sup", "br", "footnote", "footnoteRef",
+        "renderMultiMedia", "paragraph", "list", "item", "caption", "table", "thead", "tbody",
+        "tfoot", "tr", "th", "td", "col", "colgroup",
+    }
+)  # fmt: skip
+_NARRATIVE_ATTRIBUTES = frozenset(
+    {"styleCode", "ID", "IDREF", "listType", "colspan", "rowspan", "span", "scope", "align", "valign", "referencedObject"}
+)
+_SAFE_HREF = re.compile(r"^(#[\w.:-]*|https?://[^\s\"'<>]+|mailto:[^\s\"'<>]+)$", re.IGNORECASE)
+
+
+_STRUCTURAL_TAGS = frozenset({"table", "thead", "tbody", "tfoot", "tr", "list", "colgroup"})
+
+
+def _narrative(el: etree._Element) -> NarrativeNode:
+    tag = etree.QName(el).localname
+    children: list[NarrativeNode | str] = []
+
+    def add_text(text: str | None) -> None:
+        if not text:
+            return
+        if text.isspace():
+            # Indentation between table rows or list items means nothing; between inline
+            # elements it is one word separator.
+            if tag in _STRUCTURAL_TAGS:
+                return
+            text = " "
+        children.append(text)
+
+    add_text(el.text)
+    for child in el:
+        if isinstance(child.tag, str):
+            qname = etree.QName(child)
+            if qname.namespace == HL7 and qname.localname in _NARRATIVE_TAGS:
+                children.append(_narrative(child))
+            else:
+                # Foreign or unknown markup: keep the words, drop the element.
+                add_text("".join(child.itertext()))
+        add_text(child.tail)
+    attributes = []
+    for name, value in el.attrib.items():
+        if name in _NARRATIVE_ATTRIBUTES:
+            attributes.append((name, value))
+        elif name == "href" and _SAFE_HREF.match(value.strip()):
+            attributes.append((name, value.strip()))
+    return NarrativeNode(tag=tag, attributes=tuple(attributes), children=tuple(children))
+
+
+def _section(el: etree._Element) -> Section:
+    text = el.find(_h("text"))
+    return Section(
+        title=_text_of(el.find(_h("title"))),
+        code=_code(el.find(_h("code"))),
+        text=_narrative(text) if text is not None else None,
+        sections=tuple(_section(sub) for sub in el.findall(_h("component", "section"))),
+    )
+
+
+def _decode_media(
+    filename: str, el: etree._Element, location: str, limits: DocumentLimits
+) -> EmbeddedMedia:
+    media_type = (el.get("mediaType") or "text/plain").strip().lower()
+    parent = el.getparent()
+    media_id = parent.get("ID") if parent is not None else None
+    if el.get("representation") != "B64":
+        # Plain text content, or a reference to content elsewhere: nothing embedded to check.
+        has_reference = el.find(_h("reference")) is not None and not (el.text or "").strip()
+        size = None if has_reference else len((el.text or "").encode("utf-8"))
+        return EmbeddedMedia(media_type=media_type, size=size, location=location, id=media_id)  # type: ignore[arg-type]
+    try:
+        raw = base64.b64decode("".join((el.text or "").split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidCda(filename, "is not a valid CDA R2 document: an embedded file is not valid base64") from exc
+    what = executable_kind(raw)
+    if what is not None:
+        raise UnsafeDocument(filename, f"carries {what} inside the document, which is not allowed")
+    pages = None
+    if media_type == "application/pdf":
+        try:
+            pages = check_pdf(filename, raw, limits=limits).pages
+        except DocumentError as exc:
+            problem = getattr(exc, "problem", "is not a valid PDF")
+            raise type(exc)(filename, f"carries an embedded PDF that {problem}") from exc
+    return EmbeddedMedia(media_type=media_type, size=len(raw), location=location, id=media_id, pages=pages)  # type: ignore[arg-type]
+
+
+def _clinical_document(filename: str, root: etree._Element) -> tuple[etree._Element, bool]:
+    """The ``ClinicalDocument`` element and whether it came in an auto-presentable wrapper."""
+    qname = etree.QName(root)
+    if qname.namespace == HL7 and qname.localname == "ClinicalDocument":
+        return root, False
+    if qname.namespace == XSL and qname.localname == "stylesheet":
+        found = root.findall(f"{{{ANS_WRAPPER}}}Contenu/{{{HL7}}}ClinicalDocument")
+        if len(found) == 1:
+            return found[0], True
+        raise NotClinicalDocument(
+            filename, "is not a CDA R2 document: an XSL stylesheet without exactly one embedded ClinicalDocument"
+        )
+    if qname.localname == "ClinicalDocument":
+        namespace = display_name(qname.namespace or "no namespace")
+        raise WrongCdaNamespace(
+            filename, f"is not a CDA R2 document: ClinicalDocument is in {namespace}, not {HL7}"
+        )
+    raise NotClinicalDocument(
+        filename, f"is not a CDA R2 document: its root element is {display_name(qname.localname)}, not ClinicalDocument"
+    )
+
+
+def parse_cda(data: bytes, *, filename: str, limits: DocumentLimits) -> CdaInfo:
+    """Parse and check a CDA R2 document; return its ``CdaInfo``.
+
+    Raises what ``parse_xml`` raises, ``NotClinicalDocument``, ``WrongCdaNamespace``,
+    ``InvalidCda`` (missing type code, patient or body, bad base64), or the PDF checks'
+    errors for an embedded PDF.
+    """
+    root = parse_xml(data, filename=filename, limits=limits)
+    doc, wrapped = _clinical_document(filename, root)
+
+    type_code = _code(doc.find(_h("code")))
+    if type_code is None:
+        raise InvalidCda(filename, "is not a valid CDA R2 document: it has no document type code")
+    if not _TYPE_CODE.match(type_code.code):
+        raise InvalidCda(filename, "is not a valid CDA R2 document: its document type code is malformed")
+    patient = _patient(filename, doc)
+
+    authors = tuple(
+        author
+        for author in (
+            _assigned(el.find(_h("assignedAuthor")), _time(el.find(_h("time"))))
+            for el in doc.findall(_h("author"))
+        )
+        if author is not None
+    )
+    legal = doc.find(_h("legalAuthenticator"))
+    legal_authenticator = (
+        _assigned(legal.find(_h("assignedEntity")), _time(legal.find(_h("time")))) if legal is not None else None
+    )
+
+    component = doc.find(_h("component"))
+    structured = component.find(_h("structuredBody")) if component is not None else None
+    non_xml = component.find(_h("nonXMLBody")) if component is not None else None
+    if structured is None and non_xml is None:
+        raise InvalidCda(filename, "is not a valid CDA R2 document: it has no body")
+
+    sections: tuple[Section, ...] = ()
+    media: list[EmbeddedMedia] = []
+    non_xml_body = None
+    if structured is not None:
+        sections = tuple(_section(el) for el in structured.findall(_h("component", "section")))
+        for el in structured.iter(f"{{{HL7}}}value", f"{{{HL7}}}text"):
+            if el.get("representation") == "B64":
+                parent = el.getparent()
+                local = etree.QName(parent).localname if parent is not None else ""
+                location = "observationMedia" if local == "observationMedia" else "entry"
+                media.append(_decode_media(filename, el, location, limits))
+    if non_xml is not None:
+        body_text = non_xml.find(_h("text"))
+        if body_text is None:
+            raise InvalidCda(filename, "is not a valid CDA R2 document: its nonXMLBody has no text")
+        non_xml_body = _decode_media(filename, body_text, "nonXMLBody", limits)
+
+    return CdaInfo(
+        type_code=type_code,
+        title=_text_of(doc.find(_h("title"))),
+        document_id=_identifier(doc.find(_h("id"))),
+        set_id=_identifier(doc.find(_h("setId"))),
+        version=(doc.find(_h("versionNumber")).get("value") if doc.find(_h("versionNumber")) is not None else None),
+        effective_time=_time(doc.find(_h("effectiveTime"))),
+        confidentiality=_code(doc.find(_h("confidentialityCode"))),
+        language=(doc.find(_h("languageCode")).get("code") if doc.find(_h("languageCode")) is not None else None),
+        template_ids=tuple(el.get("root", "") for el in doc.findall(_h("templateId")) if el.get("root")),
+        patient=patient,
+        authors=authors,
+        custodian=_organisation(doc.find(_h("custodian", "assignedCustodian", "representedCustodianOrganization"))),
+        legal_authenticator=legal_authenticator,
+        practice_setting=_code(
+            doc.find(
+                _h(
+                    "documentationOf", "serviceEvent", "performer", "assignedEntity",
+                    "representedOrganization", "standardIndustryClassCode",
+                )
+            )
+        ),  # fmt: skip
+        facility_type=_code(
+            doc.find(_h("componentOf", "encompassingEncounter", "location", "healthCareFacility", "code"))
+        ),
+        sections=sections,
+        non_xml_body=non_xml_body,
+        media=tuple(media),
+        self_presenting=wrapped,
+    )
+
+
+# -- MSSanté headers ---------------------------------------------------------------------
+
+
+def ins_qualified(info: CdaInfo, *, accept_test_ins: bool = False) -> bool:
+    """True when the CDA carries an INS that may be announced as qualified.
+
+    That is an INS from the NIR or NIA authority (or, with ``accept_test_ins``, the test and
+    demonstration ones, for non-production platforms), a valid NIR key for NIR kinds, and
+    the four identity traits (birth family name, first given name, birth date, gender).
+    """
+    ins = info.patient.ins
+    if ins is None:
+        return False
+    if ins.is_test and not accept_test_ins:
+        return False
+    if ins.root != INS_NIA and not ins.key_valid:
+        return False
+    return info.patient.has_identity_traits()
+
+
+def cda_header_values(info: CdaInfo, *, accept_test_ins: bool = False) -> dict[str, str]:
+    """The MSSanté header values for one CDA (Référentiel socle MSSanté #2, ECO.2.4.1-2).
+
+    ``X-MSS-CODECDA`` is the CDA's type code (``ClinicalDocument/code/@code``, e.g.
+    ``11490-0``); ``X-MSS-INS`` is ``O`` when the document carries a qualified INS (see
+    ``ins_qualified``), else ``N``. The type code was checked at parse time to hold only
+    letters, digits, ``.``, ``_`` and ``-``, so it is safe in a header. For several CDAs use
+    ``message_header_values``.
+    """
+    return {
+        "X-MSS-CODECDA": info.type_code.code,
+        "X-MSS-INS": "O" if ins_qualified(info, accept_test_ins=accept_test_ins) else "N",
+    }
+
+
+def message_header_values(cdas: Iterable[CdaInfo], *, accept_test_ins: bool = False) -> dict[str, str]:
+    """Header values for a message carrying these CDAs (those inside its IHE_XDM packages).
+
+    ``X-MSS-CODECDA`` lists the type codes comma-separated in order, without repeats;
+    ``X-MSS-INS`` is ``O`` if any CDA carries a qualified INS. Empty when there is no CDA:
+    the headers must then be absent.
+    """
+    codes: list[str] = []
+    qualified = False
+    for info in cdas:
+        if info.type_code.code not in codes:
+            codes.append(info.type_code.code)
+        qualified = qualified or ins_qualified(info, accept_test_ins=accept_test_ins)
+    if not codes:
+        return {}
+    return {"X-MSS-CODECDA": ",".join(codes), "X-MSS-INS": "O" if qualified else "N"}

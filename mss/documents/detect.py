@@ -1,0 +1,390 @@
+"""What an attachment is, and whether it may travel: the one entry point for document checks.
+
+``inspect_attachment`` decides the kind from the content (magic bytes, XML root), checks it
+against the declared MIME type and the file extension, then runs that kind's checks
+(``pdf``, ``cda``, ``xdm``). Only four kinds travel: PDF, CDA R2, IHE_XDM.ZIP packages and
+plain text (the message body). Everything else is refused.
+
+This module also owns the limits (``DocumentLimits``), the result (``Document``) and the
+refusal classes shared by the kinds. Every refusal is a ``mss.errors.DocumentError`` with a
+machine ``code``, the SMTP reply it maps to (``smtp_code``, ``enhanced_status``, RFC 3463)
+and a short English ``message`` that names the file and the problem, never its content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from mss.errors import DocumentError
+
+if TYPE_CHECKING:
+    from mss.documents.cda import CdaInfo
+    from mss.documents.pdf import PdfInfo
+    from mss.documents.xdm import XdmInfo
+
+Kind = Literal["pdf", "cda", "xdm", "text"]
+
+MIB = 1024 * 1024
+
+
+# -- limits ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DocumentLimits:
+    """Bounds applied to every attachment; the defaults suit a medical mail service."""
+
+    max_document_size: int = 20 * 1000 * 1000
+    """Bytes of one attachment as received (a PDF, a CDA, a whole IHE_XDM.ZIP). 20 MB."""
+    max_xdm_entries: int = 100
+    """Entries (files and folders) in one archive."""
+    max_xdm_total_size: int = 100 * 1000 * 1000
+    """Bytes of all entries of one archive once decompressed. 100 MB."""
+    max_compression_ratio: int = 100
+    """Uncompressed / compressed size, per entry and for the whole archive."""
+    ratio_threshold: int = 1 * MIB
+    """Entries (and archives) smaller than this once decompressed skip the ratio check:
+    small repetitive files (a short XML) legitimately compress very well."""
+    max_xml_depth: int = 128
+    """Element nesting in an XML document. The ANS examples reach 22."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_document_size",
+            "max_xdm_entries",
+            "max_xdm_total_size",
+            "max_compression_ratio",
+            "max_xml_depth",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"DocumentLimits.{name} must be positive")
+        if self.ratio_threshold < 0:
+            raise ValueError("DocumentLimits.ratio_threshold must not be negative")
+
+
+# -- refusals ----------------------------------------------------------------------------
+
+
+def display_name(filename: str | None) -> str:
+    """A file name safe to put in an SMTP reply or a log line: printable, short, one line."""
+    if not filename:
+        return "the attachment"
+    # An SMTP reply line must not be split or forged by a crafted file name.
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in filename).strip()
+    if not cleaned:
+        return "the attachment"
+    return cleaned if len(cleaned) <= 80 else cleaned[:77] + "..."
+
+
+class _Refusal(DocumentError):
+    """A document refusal with its SMTP reply and a machine code."""
+
+    code: ClassVar[str] = "document-refused"
+    smtp_code: ClassVar[int] = 554
+    enhanced_status: ClassVar[str] = "5.6.0"
+
+    def __init__(self, filename: str | None, problem: str, *, code: str | None = None) -> None:
+        self.filename = display_name(filename)
+        self.problem = problem
+        if code is not None:
+            self.code = code
+        super().__init__(f"{self.filename} {problem}", code=self.code, filename=self.filename)
+
+    @property
+    def smtp_reply(self) -> str:
+        """The reply line: ``554 5.6.0 ordonnance.pdf is not a valid PDF: ...``."""
+        return f"{self.smtp_code} {self.enhanced_status} {self.message}"
+
+
+class DocumentRefused(_Refusal):
+    """The attachment is of a type the trust space does not carry (policy refusal)."""
+
+    code = "type-not-allowed"
+    smtp_code = 550
+    enhanced_status = "5.7.1"
+
+
+class ForbiddenDocumentType(DocumentRefused):
+    """Executables, Office files, images, HTML, archives, unknown types: never carried."""
+
+
+class DocumentTypeMismatch(DocumentRefused):
+    """The content contradicts the declared MIME type or the file extension."""
+
+    code = "type-mismatch"
+
+
+class UnsafeDocument(DocumentRefused):
+    """The document holds a construct refused for safety (DTD, encryption, links ...)."""
+
+    code = "unsafe-content"
+
+
+class DocumentTooLarge(_Refusal):
+    """The attachment (or what it expands to) exceeds a size limit."""
+
+    code = "too-large"
+    smtp_code = 552
+    enhanced_status = "5.3.4"
+
+
+class MalformedDocument(_Refusal):
+    """The document claims a supported kind but fails that kind's checks."""
+
+    code = "malformed"
+    smtp_code = 554
+    enhanced_status = "5.6.0"
+
+
+def too_large_problem(limit: int) -> str:
+    """The end of a ``DocumentTooLarge`` sentence for a limit in bytes."""
+    return f"is larger than the {limit / 1_000_000:g} MB limit for attachments"
+
+
+# -- the result --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Document:
+    """An attachment that passed its checks, with what was read from it."""
+
+    kind: Kind
+    filename: str
+    content_type: str
+    """The declared MIME type, normalised (lower case, no parameters)."""
+    size: int
+    sha256: str
+    """Hex SHA-256 of the bytes as received."""
+    pdf: PdfInfo | None = None
+    cda: CdaInfo | None = None
+    xdm: XdmInfo | None = None
+
+
+# -- sniffing ----------------------------------------------------------------------------
+
+# Magic numbers of what is never carried, checked at offset 0 before anything else so that a
+# polyglot (an executable that also holds "%PDF-" further on) is refused for what it starts as.
+_FORBIDDEN_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x7fELF", "an executable (ELF)"),
+    (b"\xca\xfe\xba\xbe", "an executable (Mach-O or Java class)"),
+    (b"\xcf\xfa\xed\xfe", "an executable (Mach-O)"),
+    (b"\xce\xfa\xed\xfe", "an executable (Mach-O)"),
+    (b"\xfe\xed\xfa\xce", "an executable (Mach-O)"),
+    (b"\xfe\xed\xfa\xcf", "an executable (Mach-O)"),
+    (b"dex\n", "an executable (Android)"),
+    (b"\x00asm", "an executable (WebAssembly)"),
+    (b"#!", "a script"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an Office document"),
+    (b"{\\rtf", "an RTF document"),
+    (b"\x89PNG\r\n\x1a\n", "an image"),
+    (b"\xff\xd8\xff", "an image"),
+    (b"GIF87a", "an image"),
+    (b"GIF89a", "an image"),
+    (b"II*\x00", "an image"),
+    (b"MM\x00*", "an image"),
+    (b"RIFF", "a media file"),
+    (b"Rar!\x1a\x07", "an archive (RAR)"),
+    (b"7z\xbc\xaf\x27\x1c", "an archive (7z)"),
+    (b"\x1f\x8b", "an archive (gzip)"),
+    (b"BZh", "an archive (bzip2)"),
+    (b"\xfd7zXZ\x00", "an archive (xz)"),
+    (b"\x28\xb5\x2f\xfd", "an archive (zstd)"),
+    (b"MSCF", "an archive (cabinet)"),
+)
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
+_PDF_MAGIC = b"%PDF-"
+_PDF_HEADER_WINDOW = 1024
+_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+_HTML_START = re.compile(rb"\s*<(!doctype\s+html|html[\s>]|head[\s>]|body[\s>]|script[\s>])", re.IGNORECASE)
+
+DECLARED_TYPES: dict[str, frozenset[str]] = {
+    # Mail clients often label any attachment application/octet-stream: the content decides.
+    "pdf": frozenset({"application/pdf", "application/x-pdf", "application/octet-stream"}),
+    "cda": frozenset(
+        {"text/xml", "application/xml", "application/hl7-v3+xml", "application/octet-stream"}
+    ),
+    "xdm": frozenset(
+        {"application/zip", "application/x-zip-compressed", "application/x-zip", "application/octet-stream"}
+    ),
+    "text": frozenset({"text/plain"}),
+}
+EXTENSIONS: dict[str, frozenset[str]] = {
+    "pdf": frozenset({".pdf"}),
+    "cda": frozenset({".xml", ".cda"}),
+    "xdm": frozenset({".zip"}),
+    "text": frozenset({".txt", ".text", ""}),
+}
+_KIND_NAMES = {"pdf": "a PDF", "cda": "a CDA R2 document", "xdm": "a ZIP archive", "text": "plain text"}
+
+
+def normalise_content_type(content_type: str | None) -> str:
+    """``Text/Plain; charset=utf-8`` -> ``text/plain``; empty -> ``application/octet-stream``."""
+    value = (content_type or "").split(";", 1)[0].strip().lower()
+    return value or "application/octet-stream"
+
+
+def extension(filename: str | None) -> str:
+    """The lower-case extension with its dot (``.pdf``), or ``""``."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    if "." not in name.strip("."):
+        return ""
+    return "." + name.rsplit(".", 1)[-1].lower()
+
+
+def _forbidden_magic(data: bytes) -> str | None:
+    for magic, what in _FORBIDDEN_MAGIC:
+        if data.startswith(magic):
+            return what
+    # "MZ" and "BM" also start plain words; the binary headers always hold NUL bytes.
+    if data.startswith(b"MZ") and b"\x00" in data[2:64]:
+        return "an executable (Windows)"
+    if data.startswith(b"BM") and b"\x00" in data[2:14]:
+        return "an image"
+    return None
+
+
+_NOT_EXECUTABLE = ("an image", "a media file", "an RTF document")
+
+
+def executable_kind(data: bytes) -> str | None:
+    """What ``data`` is when it is an executable, a script, an archive or an Office binary
+    (never acceptable inside a document), else None."""
+    what = _forbidden_magic(data)
+    if what is None and data.startswith(_ZIP_MAGIC):
+        return "an archive (ZIP)"
+    return None if what in _NOT_EXECUTABLE else what
+
+
+def _looks_like_xml(data: bytes) -> bool:
+    head = data[:512]
+    if head.startswith(_BOMS) or head.lstrip().startswith(b"<"):
+        return True
+    # UTF-16 without a byte order mark: "<" then a NUL, or the reverse.
+    return head.startswith((b"<\x00", b"\x00<"))
+
+
+def _claimed_kind(content_type: str, ext: str) -> Kind | None:
+    """The kind the sender claims by type or extension (for a clearer refusal)."""
+    for kind in ("pdf", "xdm", "cda"):
+        if ext in EXTENSIONS[kind] or (
+            content_type in DECLARED_TYPES[kind] and content_type != "application/octet-stream"
+        ):
+            return kind  # type: ignore[return-value]
+    return None
+
+
+def sniff(data: bytes, content_type: str = "application/octet-stream", filename: str = "") -> Kind:
+    """The kind of ``data`` judged from its content first, then its declared type and name.
+
+    Returns ``pdf``, ``xdm`` (any ZIP), ``cda`` (any XML) or ``text``. Raises
+    ``ForbiddenDocumentType`` for what is never carried (executables, images, HTML, Office,
+    unknown binary) and the claimed kind's ``MalformedDocument`` when the name or type says
+    PDF, XML or ZIP but the content is none of them.
+    """
+    what = _forbidden_magic(data)
+    if what is not None:
+        raise ForbiddenDocumentType(filename, f"is {what}: this type of attachment is not allowed")
+    if _PDF_MAGIC in data[:_PDF_HEADER_WINDOW]:
+        return "pdf"
+    if data.startswith(_ZIP_MAGIC):
+        # The first entry's name (at offset 30 of a local header) gives away the common
+        # ZIP-based formats, for a clearer reply than "not an IHE_XDM package".
+        first_entry = data[30:100]
+        if first_entry.startswith((b"[Content_Types].xml", b"_rels/", b"docProps/", b"word/", b"xl/", b"ppt/")):
+            raise ForbiddenDocumentType(filename, "is an Office document: this type of attachment is not allowed")
+        if first_entry.startswith(b"mimetypeapplication/vnd.oasis.opendocument"):
+            raise ForbiddenDocumentType(filename, "is an Office document: this type of attachment is not allowed")
+        if first_entry.startswith((b"META-INF/", b"AndroidManifest.xml", b"classes.dex")):
+            raise ForbiddenDocumentType(filename, "is an application package: this type of attachment is not allowed")
+        return "xdm"
+    declared = normalise_content_type(content_type)
+    ext = extension(filename)
+    if declared == "text/plain" and ext in EXTENSIONS["text"] and b"\x00" not in data:
+        # A text body may well start with "<" or look like markup: it is shown as text.
+        return "text"
+    if _HTML_START.match(data[:512]):
+        raise ForbiddenDocumentType(filename, "is an HTML document: this type of attachment is not allowed")
+    if _looks_like_xml(data):
+        return "cda"
+    claimed = _claimed_kind(declared, ext)
+    if claimed == "pdf":
+        from mss.documents.pdf import InvalidPdf
+
+        raise InvalidPdf(filename, "is not a valid PDF: no %PDF header")
+    if claimed == "cda":
+        from mss.documents.cda import InvalidXml
+
+        raise InvalidXml(filename, "is not a valid XML document: it does not start with markup")
+    if claimed == "xdm":
+        from mss.documents.xdm import InvalidArchive
+
+        raise InvalidArchive(filename, "is not a valid ZIP archive: no ZIP signature")
+    if b"\x00" in data:
+        raise ForbiddenDocumentType(filename, "is of an unknown type: this type of attachment is not allowed")
+    raise ForbiddenDocumentType(
+        filename,
+        f"is of an unrecognised type ({display_name(declared)}): this type of attachment is not allowed",
+    )
+
+
+def _check_declared(kind: Kind, filename: str, content_type: str) -> None:
+    """Refuse when the declared type or the extension names another kind than the content."""
+    if content_type not in DECLARED_TYPES[kind]:
+        raise DocumentTypeMismatch(
+            filename,
+            f"is {_KIND_NAMES[kind]} but is declared as {display_name(content_type)}",
+        )
+    ext = extension(filename)
+    if filename and ext not in EXTENSIONS[kind]:
+        raise DocumentTypeMismatch(
+            filename, f"is {_KIND_NAMES[kind]} but its name ends in {display_name(ext or 'no extension')}"
+        )
+
+
+def inspect_attachment(
+    filename: str,
+    content_type: str,
+    data: bytes,
+    *,
+    limits: DocumentLimits,
+    allow_archive: bool = True,
+) -> Document:
+    """Check one attachment and return what it is, with its metadata.
+
+    ``allow_archive=False`` refuses ZIP content (used for documents inside an IHE_XDM.ZIP:
+    archives do not nest). Raises a ``DocumentError`` subclass: ``ForbiddenDocumentType``,
+    ``DocumentTypeMismatch``, ``DocumentTooLarge``, ``UnsafeDocument`` or a
+    ``MalformedDocument`` of the kind (``InvalidPdf``, ``InvalidCda``, ``InvalidArchive`` ...).
+    """
+    # The kinds' modules build on the classes above, so they are imported here, not on top.
+    from mss.documents import cda as cda_module
+    from mss.documents import pdf as pdf_module
+    from mss.documents import xdm as xdm_module
+
+    declared = normalise_content_type(content_type)
+    if len(data) > limits.max_document_size:
+        raise DocumentTooLarge(filename, too_large_problem(limits.max_document_size))
+    if not data and declared != "text/plain":
+        raise MalformedDocument(filename, "is empty", code="empty")
+    kind = sniff(data, declared, filename)
+    if kind == "xdm" and not allow_archive:
+        raise xdm_module.NestedArchive(filename, "is an archive inside an archive, which is not allowed")
+    _check_declared(kind, filename, declared)
+
+    common = {
+        "filename": filename,
+        "content_type": declared,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    if kind == "pdf":
+        return Document(kind="pdf", pdf=pdf_module.check_pdf(filename, data, limits=limits), **common)
+    if kind == "cda":
+        return Document(kind="cda", cda=cda_module.parse_cda(data, filename=filename, limits=limits), **common)
+    if kind == "xdm":
+        return Document(kind="xdm", xdm=xdm_module.parse_xdm(data, limits=limits, filename=filename), **common)
+    return Document(kind="text", **common)
