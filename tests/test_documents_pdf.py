@@ -23,7 +23,6 @@ from mss.documents import (
     check_pdf,
     inspect_attachment,
 )
-from mss.errors import DocumentError
 
 # These tests touch no database: once per suite run is enough.
 pytestmark = pytest.mark.sqlite_only
@@ -252,7 +251,8 @@ def test_empty_pdf_is_refused() -> None:
 
 def test_file_name_in_reply_cannot_break_the_smtp_line() -> None:
     with pytest.raises(ForbiddenDocumentType) as caught:
-        inspect_attachment("evil\r\n250 OK.exe", "application/octet-stream", b"MZ\x00\x00" + b"\x00" * 60, limits=LIMITS)
+        exe = b"MZ\x00\x00" + b"\x00" * 60
+        inspect_attachment("evil\r\n250 OK.exe", "application/octet-stream", exe, limits=LIMITS)
     reply = caught.value.smtp_reply
     assert "\r" not in reply and "\n" not in reply
     assert reply.startswith("550 5.7.1 evil??250 OK.exe is an executable")

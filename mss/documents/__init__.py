@@ -31,6 +31,7 @@ from mss.documents.cda import (
 )
 from mss.documents.detect import (
     Document,
+    DocumentCheckError,
     DocumentLimits,
     DocumentRefused,
     DocumentTooLarge,
@@ -70,6 +71,7 @@ __all__ = [
     "CdaInfo",
     "Code",
     "Document",
+    "DocumentCheckError",
     "DocumentLimits",
     "DocumentRefused",
     "DocumentTooLarge",
@@ -105,8 +107,8 @@ __all__ = [
     "build_xdm",
     "cda_header_values",
     "check_pdf",
-    "inspect_attachment",
     "ins_qualified",
+    "inspect_attachment",
     "message_header_values",
     "parse_cda",
     "parse_xdm",

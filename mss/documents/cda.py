@@ -27,6 +27,7 @@ from typing import Literal
 from lxml import etree
 
 from mss.documents.detect import (
+    DocumentCheckError,
     DocumentLimits,
     MalformedDocument,
     UnsafeDocument,
@@ -34,7 +35,6 @@ from mss.documents.detect import (
     executable_kind,
 )
 from mss.documents.pdf import check_pdf
-from mss.errors import DocumentError
 
 HL7 = "urn:hl7-org:v3"
 XSL = "http://www.w3.org/1999/XSL/Transform"
@@ -426,24 +426,30 @@ def _identifier(el: etree._Element | None) -> Identifier | None:
 def _name(el: etree._Element | None) -> PersonName | None:
     if el is None:
         return None
-    families = [(part.get("qualifier"), _text_of(part)) for part in el.findall(_h("family"))]
-    givens = [(part.get("qualifier"), _text_of(part)) for part in el.findall(_h("given"))]
-    families = [(q, t) for q, t in families if t]
-    givens = [(q, t) for q, t in givens if t]
-    if not families and not givens:
-        text = _text_of(el)
-        return PersonName(family=text, given=()) if text else None
+    def parts(tag: str) -> list[tuple[str | None, str]]:
+        found = []
+        for part in el.findall(_h(tag)):
+            text = _text_of(part)
+            if text:
+                found.append((part.get("qualifier"), text))
+        return found
 
     def pick(items: list[tuple[str | None, str]], qualifier: str | None) -> list[str]:
         return [text for q, text in items if q == qualifier]
 
-    family = (pick(families, "CL") or pick(families, None) or pick(families, "BR") or [None])[0]
-    birth_family = (pick(families, "BR") or pick(families, None) or [None])[0]
+    families, givens = parts("family"), parts("given")
+    if not families and not givens:
+        text = _text_of(el)
+        return PersonName(family=text, given=()) if text else None
+    in_use = pick(families, "CL") or pick(families, None) or pick(families, "BR")
+    at_birth = pick(families, "BR") or pick(families, None)
+    first_given: str | None = next(iter(pick(givens, "BR")), None)
+    if first_given is None and pick(givens, None):
+        # Unqualified given names are all the birth given names, first one first.
+        first_given = pick(givens, None)[0].split()[0]
+    family = in_use[0] if in_use else None
+    birth_family = at_birth[0] if at_birth else None
     given = tuple(pick(givens, "CL") or pick(givens, None) or pick(givens, "BR"))
-    first_given = (pick(givens, "BR") or [None])[0]
-    if first_given is None:
-        unqualified = pick(givens, None)
-        first_given = unqualified[0].split()[0] if unqualified else None
     return PersonName(
         family=family,
         given=given,
@@ -489,8 +495,13 @@ def _assigned(entity: etree._Element | None, time: str | None) -> Author | None:
     )
 
 
+def _attribute(el: etree._Element | None, name: str) -> str | None:
+    value = el.get(name) if el is not None else None
+    return value.strip() or None if value else None
+
+
 def _time(el: etree._Element | None) -> str | None:
-    return el.get("value") if el is not None and el.get("value") else None
+    return _attribute(el, "value")
 
 
 def _patient(filename: str, doc: etree._Element) -> Patient:
@@ -523,8 +534,11 @@ _NARRATIVE_TAGS = frozenset(
     }
 )  # fmt: skip
 _NARRATIVE_ATTRIBUTES = frozenset(
-    {"styleCode", "ID", "IDREF", "listType", "colspan", "rowspan", "span", "scope", "align", "valign", "referencedObject"}
-)
+    {
+        "styleCode", "ID", "IDREF", "listType", "colspan", "rowspan", "span", "scope", "align", "valign",
+        "referencedObject",
+    }
+)  # fmt: skip
 _SAFE_HREF = re.compile(r"^(#[\w.:-]*|https?://[^\s\"'<>]+|mailto:[^\s\"'<>]+)$", re.IGNORECASE)
 
 
@@ -575,8 +589,11 @@ def _section(el: etree._Element) -> Section:
     )
 
 
+MediaLocation = Literal["nonXMLBody", "observationMedia", "entry"]
+
+
 def _decode_media(
-    filename: str, el: etree._Element, location: str, limits: DocumentLimits
+    filename: str, el: etree._Element, location: MediaLocation, limits: DocumentLimits
 ) -> EmbeddedMedia:
     media_type = (el.get("mediaType") or "text/plain").strip().lower()
     parent = el.getparent()
@@ -585,7 +602,7 @@ def _decode_media(
         # Plain text content, or a reference to content elsewhere: nothing embedded to check.
         has_reference = el.find(_h("reference")) is not None and not (el.text or "").strip()
         size = None if has_reference else len((el.text or "").encode("utf-8"))
-        return EmbeddedMedia(media_type=media_type, size=size, location=location, id=media_id)  # type: ignore[arg-type]
+        return EmbeddedMedia(media_type=media_type, size=size, location=location, id=media_id)
     try:
         raw = base64.b64decode("".join((el.text or "").split()), validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -597,10 +614,9 @@ def _decode_media(
     if media_type == "application/pdf":
         try:
             pages = check_pdf(filename, raw, limits=limits).pages
-        except DocumentError as exc:
-            problem = getattr(exc, "problem", "is not a valid PDF")
-            raise type(exc)(filename, f"carries an embedded PDF that {problem}") from exc
-    return EmbeddedMedia(media_type=media_type, size=len(raw), location=location, id=media_id, pages=pages)  # type: ignore[arg-type]
+        except DocumentCheckError as exc:
+            raise type(exc)(filename, f"carries an embedded PDF that {exc.problem}", code=exc.code) from exc
+    return EmbeddedMedia(media_type=media_type, size=len(raw), location=location, id=media_id, pages=pages)
 
 
 def _clinical_document(filename: str, root: etree._Element) -> tuple[etree._Element, bool]:
@@ -623,6 +639,12 @@ def _clinical_document(filename: str, root: etree._Element) -> tuple[etree._Elem
     raise NotClinicalDocument(
         filename, f"is not a CDA R2 document: its root element is {display_name(qname.localname)}, not ClinicalDocument"
     )
+
+
+_PRACTICE_SETTING_PATH = _h(
+    "documentationOf", "serviceEvent", "performer", "assignedEntity", "representedOrganization",
+    "standardIndustryClassCode",
+)  # fmt: skip
 
 
 def parse_cda(data: bytes, *, filename: str, limits: DocumentLimits) -> CdaInfo:
@@ -670,7 +692,7 @@ def parse_cda(data: bytes, *, filename: str, limits: DocumentLimits) -> CdaInfo:
             if el.get("representation") == "B64":
                 parent = el.getparent()
                 local = etree.QName(parent).localname if parent is not None else ""
-                location = "observationMedia" if local == "observationMedia" else "entry"
+                location: MediaLocation = "observationMedia" if local == "observationMedia" else "entry"
                 media.append(_decode_media(filename, el, location, limits))
     if non_xml is not None:
         body_text = non_xml.find(_h("text"))
@@ -683,23 +705,16 @@ def parse_cda(data: bytes, *, filename: str, limits: DocumentLimits) -> CdaInfo:
         title=_text_of(doc.find(_h("title"))),
         document_id=_identifier(doc.find(_h("id"))),
         set_id=_identifier(doc.find(_h("setId"))),
-        version=(doc.find(_h("versionNumber")).get("value") if doc.find(_h("versionNumber")) is not None else None),
+        version=_attribute(doc.find(_h("versionNumber")), "value"),
         effective_time=_time(doc.find(_h("effectiveTime"))),
         confidentiality=_code(doc.find(_h("confidentialityCode"))),
-        language=(doc.find(_h("languageCode")).get("code") if doc.find(_h("languageCode")) is not None else None),
+        language=_attribute(doc.find(_h("languageCode")), "code"),
         template_ids=tuple(el.get("root", "") for el in doc.findall(_h("templateId")) if el.get("root")),
         patient=patient,
         authors=authors,
         custodian=_organisation(doc.find(_h("custodian", "assignedCustodian", "representedCustodianOrganization"))),
         legal_authenticator=legal_authenticator,
-        practice_setting=_code(
-            doc.find(
-                _h(
-                    "documentationOf", "serviceEvent", "performer", "assignedEntity",
-                    "representedOrganization", "standardIndustryClassCode",
-                )
-            )
-        ),  # fmt: skip
+        practice_setting=_code(doc.find(_PRACTICE_SETTING_PATH)),
         facility_type=_code(
             doc.find(_h("componentOf", "encompassingEncounter", "location", "healthCareFacility", "code"))
         ),

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
 
 from mss.errors import DocumentError
 
@@ -79,12 +79,14 @@ def display_name(filename: str | None) -> str:
     return cleaned if len(cleaned) <= 80 else cleaned[:77] + "..."
 
 
-class _Refusal(DocumentError):
-    """A document refusal with its SMTP reply and a machine code."""
+class DocumentCheckError(DocumentError):
+    """Base of every document refusal: a machine code, the SMTP reply, a safe sentence."""
 
-    code: ClassVar[str] = "document-refused"
-    smtp_code: ClassVar[int] = 554
-    enhanced_status: ClassVar[str] = "5.6.0"
+    code: str = "document-refused"
+    """Machine code of the refusal (``pdf-invalid``, ``zip-bomb`` ...), stable for callers."""
+    smtp_code: int = 554
+    enhanced_status: str = "5.6.0"
+    """RFC 3463 enhanced status code of the SMTP reply."""
 
     def __init__(self, filename: str | None, problem: str, *, code: str | None = None) -> None:
         self.filename = display_name(filename)
@@ -99,7 +101,7 @@ class _Refusal(DocumentError):
         return f"{self.smtp_code} {self.enhanced_status} {self.message}"
 
 
-class DocumentRefused(_Refusal):
+class DocumentRefused(DocumentCheckError):
     """The attachment is of a type the trust space does not carry (policy refusal)."""
 
     code = "type-not-allowed"
@@ -123,7 +125,7 @@ class UnsafeDocument(DocumentRefused):
     code = "unsafe-content"
 
 
-class DocumentTooLarge(_Refusal):
+class DocumentTooLarge(DocumentCheckError):
     """The attachment (or what it expands to) exceeds a size limit."""
 
     code = "too-large"
@@ -131,7 +133,7 @@ class DocumentTooLarge(_Refusal):
     enhanced_status = "5.3.4"
 
 
-class MalformedDocument(_Refusal):
+class MalformedDocument(DocumentCheckError):
     """The document claims a supported kind but fails that kind's checks."""
 
     code = "malformed"
@@ -375,16 +377,13 @@ def inspect_attachment(
         raise xdm_module.NestedArchive(filename, "is an archive inside an archive, which is not allowed")
     _check_declared(kind, filename, declared)
 
-    common = {
-        "filename": filename,
-        "content_type": declared,
-        "size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
+    document = Document(
+        kind=kind, filename=filename, content_type=declared, size=len(data), sha256=hashlib.sha256(data).hexdigest()
+    )
     if kind == "pdf":
-        return Document(kind="pdf", pdf=pdf_module.check_pdf(filename, data, limits=limits), **common)
+        return replace(document, pdf=pdf_module.check_pdf(filename, data, limits=limits))
     if kind == "cda":
-        return Document(kind="cda", cda=cda_module.parse_cda(data, filename=filename, limits=limits), **common)
+        return replace(document, cda=cda_module.parse_cda(data, filename=filename, limits=limits))
     if kind == "xdm":
-        return Document(kind="xdm", xdm=xdm_module.parse_xdm(data, limits=limits, filename=filename), **common)
-    return Document(kind="text", **common)
+        return replace(document, xdm=xdm_module.parse_xdm(data, limits=limits, filename=filename))
+    return document

@@ -130,11 +130,16 @@ SS_PATIENT_ID = "urn:uuid:6b5aea1a-874d-4603-a4bc-96a0a7b38446"
 SS_SOURCE_ID = "urn:uuid:554ac39e-e3fe-47fe-b233-965d2a147832"
 SS_UNIQUE_ID = "urn:uuid:96fdda7c-d067-4183-912e-bf5ee74998a8"
 HAS_MEMBER = "urn:oasis:names:tc:ebxml-regrep:AssociationType:HasMember"
-FORMAT_MIME_SUFFICIENT = Code("urn:ihe:iti:xds:2017:mimeTypeSufficient", "1.3.6.1.4.1.19376.1.2.3", "mimeType Sufficient")
+FORMAT_MIME_SUFFICIENT = Code(
+    "urn:ihe:iti:xds:2017:mimeTypeSufficient", "1.3.6.1.4.1.19376.1.2.3", "mimeType Sufficient"
+)
+"""IHE format code for a document whose MIME type says all (used for PDFs)."""
 CONFIDENTIALITY_NORMAL = Code("N", "2.16.840.1.113883.5.25", "Normal")
 RPPS_ROOT = "1.2.250.1.71.4.2.1"
 
-_ARCHIVE_EXTENSIONS = (".zip", ".jar", ".war", ".apk", ".7z", ".rar", ".gz", ".tgz", ".tar", ".bz2", ".xz", ".zst", ".cab")
+_ARCHIVE_EXTENSIONS = (
+    ".zip", ".jar", ".war", ".apk", ".7z", ".rar", ".gz", ".tgz", ".tar", ".bz2", ".xz", ".zst", ".cab",
+)  # fmt: skip
 _ROOT_FILES = frozenset({"README.TXT", "INDEX.HTM"})
 _CHUNK = 64 * 1024
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -429,10 +434,14 @@ def parse_xdm(data: bytes, *, limits: DocumentLimits, filename: str = "IHE_XDM.Z
         infos = _check_archive(filename, data, zf, limits)
         files = {info.filename.upper(): info for info in infos if not info.is_dir()}
         if not any(name.startswith("IHE_XDM/") for name in files):
-            raise NotAnXdmPackage(filename, "is a ZIP archive but not an IHE_XDM package: only IHE_XDM.ZIP archives are allowed")
+            raise NotAnXdmPackage(
+                filename, "is a ZIP archive but not an IHE_XDM package: only IHE_XDM.ZIP archives are allowed"
+            )
         metadata_paths = sorted(name for name in files if _METADATA.match(name))
         if not metadata_paths:
-            raise InvalidXdm(filename, "is not a valid IHE_XDM package: no IHE_XDM/SUBSETnn/METADATA.XML", code="xdm-no-metadata")
+            raise InvalidXdm(
+                filename, "is not a valid IHE_XDM package: no IHE_XDM/SUBSETnn/METADATA.XML", code="xdm-no-metadata"
+            )
 
         budget = _Budget(limits.max_xdm_total_size)
         listed: set[str] = set(metadata_paths)
@@ -471,7 +480,9 @@ def parse_xdm(data: bytes, *, limits: DocumentLimits, filename: str = "IHE_XDM.Z
         for name, info in files.items():
             if name not in listed and name not in _ROOT_FILES:
                 raise InvalidXdm(
-                    filename, f"holds a file that METADATA.XML does not list ({_shown(info.filename)})", code="xdm-unlisted"
+                    filename,
+                    f"holds a file that METADATA.XML does not list ({_shown(info.filename)})",
+                    code="xdm-unlisted",
                 )
     return XdmInfo(
         documents=tuple(documents),
@@ -707,7 +718,9 @@ def build_xdm(
     entries: list[str] = []
     for number, (original_name, data, cda) in enumerate(documents, start=1):
         if cda is None:
-            checked = inspect_attachment(original_name, "application/octet-stream", data, limits=limits, allow_archive=False)
+            checked = inspect_attachment(
+                original_name, "application/octet-stream", data, limits=limits, allow_archive=False
+            )
             if checked.kind not in _XDM_KINDS:
                 raise XdmDocumentRefused(original_name, "is neither a CDA nor a PDF document and cannot be packaged")
             cda = checked.cda
@@ -741,7 +754,8 @@ def build_xdm(
         listing.append((uri, title))
         for doc_author in (cda.authors if cda and cda.authors else (author,)):
             metadata.author(entry, DE_AUTHOR, doc_author)
-        metadata.classification(entry, DE_CONFIDENTIALITY, (cda.confidentiality if cda else None) or CONFIDENTIALITY_NORMAL)
+        confidentiality = cda.confidentiality if cda is not None else None
+        metadata.classification(entry, DE_CONFIDENTIALITY, confidentiality or CONFIDENTIALITY_NORMAL)
         metadata.classification(entry, DE_FORMAT, None if cda else FORMAT_MIME_SUFFICIENT)
         if cda is not None:
             metadata.classification(entry, DE_FACILITY, cda.facility_type)
@@ -818,7 +832,8 @@ def _readme(author: Author, moment: datetime) -> bytes:
 
 def _index(listing: list[tuple[str, str]], subset: str) -> bytes:
     rows = "\n".join(
-        f'<li><a href="{html.escape(subset)}/{html.escape(uri)}">{html.escape(title)}</a></li>' for uri, title in listing
+        f'<li><a href="{html.escape(subset)}/{html.escape(uri)}">{html.escape(title)}</a></li>'
+        for uri, title in listing
     )
     page = (
         '<!DOCTYPE html>\n<html lang="fr"><head><meta charset="utf-8"><title>IHE XDM</title></head>\n'
