@@ -157,6 +157,8 @@ def test_pdf_declared_as_another_type_or_extension_is_refused() -> None:
         inspect_attachment("ordonnance.pdf", "image/png", data, limits=LIMITS)
     with pytest.raises(DocumentTypeMismatch):
         inspect_attachment("ordonnance.exe", "application/pdf", data, limits=LIMITS)
+    # No extension at all contradicts nothing.
+    assert inspect_attachment("(unnamed part)", "application/pdf", data, limits=LIMITS).kind == "pdf"
 
 
 def test_password_protected_pdf_is_refused() -> None:

@@ -200,7 +200,7 @@ _FORBIDDEN_MAGIC: tuple[tuple[bytes, str], ...] = (
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 _PDF_MAGIC = b"%PDF-"
 _PDF_HEADER_WINDOW = 1024
-_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
 _HTML_START = re.compile(rb"\s*<(!doctype\s+html|html[\s>]|head[\s>]|body[\s>]|script[\s>])", re.IGNORECASE)
 
 DECLARED_TYPES: dict[str, frozenset[str]] = {
@@ -263,10 +263,11 @@ def executable_kind(data: bytes) -> str | None:
 
 def _looks_like_xml(data: bytes) -> bool:
     head = data[:512]
-    if head.startswith(_BOMS) or head.lstrip().startswith(b"<"):
-        return True
+    for bom, codec in _BOMS:
+        if head.startswith(bom):
+            return head[len(bom) :].decode(codec, "ignore").lstrip().startswith("<")
     # UTF-16 without a byte order mark: "<" then a NUL, or the reverse.
-    return head.startswith((b"<\x00", b"\x00<"))
+    return head.lstrip().startswith(b"<") or head.startswith((b"<\x00", b"\x00<"))
 
 
 def _claimed_kind(content_type: str, ext: str) -> Kind | None:
@@ -341,7 +342,8 @@ def _check_declared(kind: Kind, filename: str, content_type: str) -> None:
             f"is {_KIND_NAMES[kind]} but is declared as {display_name(content_type)}",
         )
     ext = extension(filename)
-    if filename and ext not in EXTENSIONS[kind]:
+    # A name without an extension contradicts nothing; a different extension does.
+    if ext and ext not in EXTENSIONS[kind]:
         raise DocumentTypeMismatch(
             filename, f"is {_KIND_NAMES[kind]} but its name ends in {display_name(ext or 'no extension')}"
         )
