@@ -1,0 +1,336 @@
+"""The directory's certificates: issuance for an entry, revocation and the CRL, lookup, and
+the operator's own receipt-signing identity.
+
+The ``certificate`` table is the record of everything the operator's CA issued; the CRL file
+(``ca.crl.pem``) is derived from it. A revocation rewrites the CRL only once its transaction
+has committed, so a rolled-back revocation never reaches the file, and writers are
+serialised (PostgreSQL advisory lock; SQLite's write lock) so the newest CRL always lists
+every committed revocation.
+
+Private keys are returned to the caller, never stored here in clear: the accounts service
+wraps a user's key; the operator's key is sealed with the master key in ``sealed_secret``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import event, select, text
+from sqlmodel import Session
+
+from directory.models import ACTIVE, Certificate, DirectoryEntry
+from mss import audit
+from mss.crypto import keys, pki
+from mss.crypto.master import MasterKey
+from mss.db import utcnow
+from mss.errors import ConfigError, CryptoError, PkiError, RevokedAddress, UnknownAddress
+from mss.models import SealedSecret
+from mss.settings import Settings
+
+SMIME = "smime"
+OPERATOR = "operator"  # Certificate.address and usage of the operator's own certificate
+OPERATOR_KEY_SECRET = "operator-signing-key"
+# The CRL is refreshed when it has less than this left before its nextUpdate.
+CRL_REFRESH_MARGIN = timedelta(days=1)
+CRL_NEXT_UPDATE_DAYS = 7
+# An operator certificate this close to its end is replaced before it is used again.
+OPERATOR_RENEW_MARGIN = timedelta(days=30)
+
+_CRL_LOCK = 74582
+_OPERATOR_LOCK = 74583
+_PENDING_CRL = "mss.pending_crl"
+_CRL_HOOKED = "mss.crl_hooked"
+
+
+@dataclass(frozen=True)
+class TrustMaterial:
+    """What signature verification trusts: the CA certificates and their CRLs (DER)."""
+
+    roots: list[x509.Certificate]
+    crls: list[bytes]
+
+
+def _normalise(address: str) -> str:
+    if not isinstance(address, str):
+        raise UnknownAddress(str(address))
+    address = address.strip().lower()
+    if "@" not in address and address != OPERATOR:
+        raise UnknownAddress(address)
+    return address
+
+
+def _lock(session: Session, key: int) -> None:
+    # PostgreSQL: a transaction-scoped advisory lock. SQLite: every transaction already
+    # begins IMMEDIATE (mss.db), which holds the database's single write lock.
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _row(certificate: x509.Certificate, *, address: str, usage: str) -> Certificate:
+    return Certificate(
+        address=address,
+        usage=usage,
+        serial=pki.serial_hex(certificate.serial_number),
+        fingerprint=certificate.fingerprint(hashes.SHA256()).hex(),
+        subject=certificate.subject.rfc4514_string()[:500],
+        not_before=certificate.not_valid_before_utc,
+        not_after=certificate.not_valid_after_utc,
+        der=certificate.public_bytes(serialization.Encoding.DER),
+    )
+
+
+def _identity(entry: DirectoryEntry) -> tuple[str, str | None, str | None]:
+    """Common name, organisation and national identifier for an entry's certificate."""
+    organisation = entry.org_name or entry.org_trade_name or None
+    if entry.kind == "PER":
+        common_name = " ".join(p for p in (entry.first_name, entry.last_name) if p) or entry.address
+        national_id = entry.national_id or (entry.rpps_type + entry.rpps if entry.rpps else "")
+    else:
+        # An organisation's mailbox: the service's name, its structure's identifier
+        # (type prefix + number, like the national identifier of a person).
+        common_name = entry.service or organisation or entry.address
+        national_id = entry.org_id_type + entry.org_id if entry.org_id else ""
+    return common_name, organisation, national_id or None
+
+
+def issue_for_entry(
+    session: Session, settings: Settings, address: str, *, actor: str, request_id: str = ""
+) -> tuple[rsa.RSAPrivateKey, Certificate]:
+    """Issue an S/MIME key and certificate for an active directory entry.
+
+    Stores the certificate row and an audit event ``pki.issue`` in the caller's transaction
+    and returns the private key (for the caller to wrap; it is not stored here) with the
+    row. Earlier certificates of the address stay as they are: the newest is the current
+    one. Raises UnknownAddress, RevokedAddress, or PkiError when the CA is unavailable.
+    """
+    address = _normalise(address)
+    entry = session.execute(select(DirectoryEntry).where(DirectoryEntry.address == address)).scalars().first()
+    if entry is None:
+        raise UnknownAddress(address)
+    if entry.status != ACTIVE:
+        raise RevokedAddress(address, entry.status_reason or entry.status)
+    common_name, organisation, national_id = _identity(entry)
+    ca = pki.load_ca(settings)
+    key, certificate = pki.issue_smime_certificate(
+        ca,
+        address=address,
+        rpps_national_id=national_id,
+        common_name=common_name,
+        organisation=organisation,
+        key_bits=settings.pki.user_key_bits,
+        days=settings.pki.certificate_days,
+    )
+    row = _row(certificate, address=address, usage=SMIME)
+    session.add(row)
+    session.flush()
+    audit.record(
+        session, actor=actor, action="pki.issue", object=address, request_id=request_id, serial=row.serial, usage=SMIME
+    )
+    return key, row
+
+
+def _current_query(addresses: Iterable[str], usage: str):  # type: ignore[no-untyped-def]
+    now = utcnow()
+    return (
+        select(Certificate)
+        .where(Certificate.address.in_(list(addresses)))
+        .where(Certificate.usage == usage)
+        .where(Certificate.revoked_at.is_(None))
+        .where(Certificate.not_before <= now)
+        .where(Certificate.not_after > now)
+        .order_by(Certificate.not_before.desc(), Certificate.id.desc())
+    )
+
+
+def certificate_row(session: Session, address: str, *, usage: str = SMIME) -> Certificate | None:
+    """The current certificate row of ``address``: the newest one neither revoked nor expired."""
+    return session.execute(_current_query([_normalise(address)], usage).limit(1)).scalars().first()
+
+
+def current_certificate(session: Session, address: str) -> x509.Certificate | None:
+    """The current S/MIME certificate of ``address``, or None when it has none."""
+    row = certificate_row(session, address)
+    return None if row is None else x509.load_der_x509_certificate(row.der)
+
+
+def current_certificates(session: Session, addresses: Iterable[str]) -> dict[str, x509.Certificate]:
+    """The current S/MIME certificate of each address that has one, in one query."""
+    wanted = {_normalise(a) for a in addresses}
+    found: dict[str, x509.Certificate] = {}
+    if not wanted:
+        return found
+    for row in session.execute(_current_query(wanted, SMIME)).scalars():
+        if row.address not in found:  # rows come newest first
+            found[row.address] = x509.load_der_x509_certificate(row.der)
+    return found
+
+
+def certificate_by_serial(session: Session, serial: int | str) -> Certificate | None:
+    """The row of a certificate the operator issued, by serial: a number, or hex with or
+    without colons (as openssl prints it). Raises PkiError for text that is not hex."""
+    if isinstance(serial, str):
+        try:
+            serial = int(serial.replace(":", "").strip(), 16)
+        except ValueError:
+            raise PkiError(f"{serial!r} is not a hexadecimal serial number") from None
+    serial_hex = pki.serial_hex(serial)
+    return session.execute(select(Certificate).where(Certificate.serial == serial_hex)).scalars().first()
+
+
+# -- revocation and the CRL --------------------------------------------------------------
+
+
+def _build_crl_from_rows(session: Session, ca: pki.CertificateAuthority) -> x509.CertificateRevocationList:
+    now = utcnow()
+    rows = session.execute(
+        select(Certificate.serial, Certificate.revoked_at, Certificate.revocation_reason)
+        .where(Certificate.revoked_at.is_not(None))
+        # RFC 5280 3.3: an expired certificate may leave the list; it is refused anyway.
+        .where(Certificate.not_after > now)
+        .order_by(Certificate.revoked_at)
+    ).all()
+    revoked = [(int(serial, 16), revoked_at, reason or "unspecified") for serial, revoked_at, reason in rows]
+    return pki.build_crl(ca, revoked, next_update_days=CRL_NEXT_UPDATE_DAYS)
+
+
+def _write_pending_crl(session: Session) -> None:
+    pending = session.info.pop(_PENDING_CRL, None)
+    if pending is not None:
+        settings, crl = pending
+        pki.write_crl(settings, crl)
+
+
+def _drop_pending_crl(session: Session, previous_transaction: object = None) -> None:
+    session.info.pop(_PENDING_CRL, None)
+
+
+def _write_crl_after_commit(session: Session, settings: Settings, crl: x509.CertificateRevocationList) -> None:
+    session.info[_PENDING_CRL] = (settings, crl)
+    if not session.info.get(_CRL_HOOKED):
+        event.listen(session, "after_commit", _write_pending_crl)
+        event.listen(session, "after_soft_rollback", _drop_pending_crl)
+        session.info[_CRL_HOOKED] = True
+
+
+def revoke_for_address(
+    session: Session, settings: Settings, address: str, *, reason: str, actor: str, request_id: str = ""
+) -> list[Certificate]:
+    """Revoke every unrevoked certificate of ``address`` (an RFC 5280 ``reason`` such as
+    ``keyCompromise``, ``affiliationChanged``, ``cessationOfOperation``, ``superseded``).
+
+    Records an audit event ``pki.revoke`` and schedules the CRL rewrite for when the
+    caller's transaction commits. Returns the revoked rows (empty when there was nothing to
+    revoke; no event then). Raises PkiError for an unknown reason or an unavailable CA.
+    """
+    flag = pki.revocation_reason(reason)
+    address = _normalise(address)
+    _lock(session, _CRL_LOCK)
+    rows = list(
+        session.execute(
+            select(Certificate).where(Certificate.address == address).where(Certificate.revoked_at.is_(None))
+        ).scalars()
+    )
+    if not rows:
+        return []
+    ca = pki.load_ca(settings)
+    now = utcnow()
+    for row in rows:
+        row.revoked_at = now
+        row.revocation_reason = flag.value
+        session.add(row)
+    session.flush()
+    _write_crl_after_commit(session, settings, _build_crl_from_rows(session, ca))
+    audit.record(
+        session,
+        actor=actor,
+        action="pki.revoke",
+        object=address,
+        request_id=request_id,
+        serials=[row.serial for row in rows],
+        reason=flag.value,
+    )
+    return rows
+
+
+def refresh_crl(session: Session, settings: Settings) -> x509.CertificateRevocationList:
+    """Rebuild the CRL from the committed revocations and install it now.
+
+    Raises PkiError when the CA key is unavailable.
+    """
+    ca = pki.load_ca(settings)
+    _lock(session, _CRL_LOCK)
+    crl = _build_crl_from_rows(session, ca)
+    pki.write_crl(settings, crl)
+    return crl
+
+
+def trust_material(session: Session, settings: Settings) -> TrustMaterial:
+    """The trust root and its CRL for :func:`mss.crypto.verify.verify_signed_data`.
+
+    A missing CRL, or one within a day of its nextUpdate, is rebuilt first when the CA key
+    is here (the development CA, or an operator CA kept by this service); otherwise the
+    file is used as it is and a stale list makes signatures "untrusted", as it should.
+    Raises PkiError when there is no CA certificate.
+    """
+    root = pki.load_ca_certificate(settings)
+    crl = pki.load_crl(settings)
+    stale = crl is None or crl.next_update_utc is None or crl.next_update_utc < utcnow() + CRL_REFRESH_MARGIN
+    if stale and pki.PkiPaths.from_settings(settings).ca_key.exists():
+        crl = refresh_crl(session, settings)
+    crls = [crl.public_bytes(serialization.Encoding.DER)] if crl is not None else []
+    return TrustMaterial(roots=[root], crls=crls)
+
+
+# -- the operator's own identity ---------------------------------------------------------
+
+
+def operator_address(settings: Settings) -> str:
+    """The address in the operator's certificate: postmaster of the first served domain."""
+    if not settings.domains:
+        raise ConfigError("MSS_DOMAINS names no domain")
+    return f"postmaster@{settings.domains[0]}"
+
+
+def operator_identity(
+    session: Session, settings: Settings, master_key: MasterKey
+) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    """The operator's receipt-signing key and certificate, created on first use.
+
+    The key is kept in ``sealed_secret`` (``operator-signing-key``) sealed with the master
+    key; a new pair replaces it when the certificate is revoked or within 30 days of its
+    end. Raises PkiError when the CA is unavailable, CryptoError when the sealed key does
+    not open with this master key.
+    """
+    _lock(session, _OPERATOR_LOCK)
+    secret = session.get(SealedSecret, OPERATOR_KEY_SECRET)
+    if secret is not None:
+        key = keys.private_key_from_der(master_key.open(secret.value))
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise CryptoError("the operator's sealed key is not an RSA key")
+        cutoff = utcnow() + OPERATOR_RENEW_MARGIN
+        for row in session.execute(_current_query([OPERATOR], OPERATOR)).scalars():
+            certificate = x509.load_der_x509_certificate(row.der)
+            if row.not_after > cutoff and keys.key_matches_certificate(key, certificate):
+                return key, certificate
+    ca = pki.load_ca(settings)
+    key, certificate = pki.issue_operator_certificate(
+        ca, address=operator_address(settings), key_bits=settings.pki.user_key_bits, days=settings.pki.certificate_days
+    )
+    sealed = master_key.seal(keys.private_key_to_der(key))
+    if secret is None:
+        session.add(SealedSecret(name=OPERATOR_KEY_SECRET, value=sealed))
+    else:
+        secret.value = sealed
+        secret.created_at = utcnow()
+        session.add(secret)
+    row = _row(certificate, address=OPERATOR, usage=OPERATOR)
+    session.add(row)
+    session.flush()
+    audit.record(session, actor="system", action="pki.issue", object=OPERATOR, serial=row.serial, usage=OPERATOR)
+    return key, certificate
+

@@ -1,0 +1,196 @@
+"""Key custody: password hashes, wrapped keys, recovery escrow, PKCS#12 checked by openssl."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from mss.crypto import keys, pki
+from mss.errors import ConfigError, CryptoError, KeyUnwrapError
+
+pytestmark = pytest.mark.sqlite_only  # no database involved
+
+# libsodium's minimum cost: the tests check behaviour, the benchmarks measure cost.
+OPS = 1
+MEM = 8 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def ca() -> pki.CertificateAuthority:
+    return pki.new_certificate_authority(common_name="test CA", organisation="mss tests")
+
+
+@pytest.fixture(scope="module")
+def user(ca: pki.CertificateAuthority):  # type: ignore[no-untyped-def]
+    return pki.issue_smime_certificate(
+        ca,
+        address="eloise.bernard@medecin.mss.test",
+        rpps_national_id="810000064199",
+        common_name="Éloïse Bernard",
+        organisation="Cabinet médical des Tilleuls",
+        key_bits=2048,
+        days=30,
+    )
+
+
+def test_password_hash_round_trip() -> None:
+    encoded = keys.hash_password("correct horse battery", opslimit=OPS, memlimit=MEM)
+    assert encoded.startswith("$argon2id$v=19$m=8192,t=1,")
+    assert keys.verify_password(encoded, "correct horse battery")
+    assert not keys.verify_password(encoded, "correct horse batterY")
+    assert not keys.verify_password(encoded, "")
+    assert not keys.password_hash_needs_update(encoded, opslimit=OPS, memlimit=MEM)
+    assert keys.password_hash_needs_update(encoded, opslimit=3, memlimit=MEM)
+
+
+def test_password_is_normalised_nfkc() -> None:
+    composed, decomposed = "mot de passe \u00e9t\u00e9", "mot de passe e\u0301te\u0301"
+    encoded = keys.hash_password(composed, opslimit=OPS, memlimit=MEM)
+    assert keys.verify_password(encoded, decomposed)
+
+
+def test_password_hash_rejects_bad_input() -> None:
+    with pytest.raises(CryptoError, match="empty"):
+        keys.hash_password("", opslimit=OPS, memlimit=MEM)
+    with pytest.raises(CryptoError, match="opslimit"):
+        keys.hash_password("x", opslimit=0, memlimit=MEM)
+    with pytest.raises(CryptoError, match="not an argon2id hash"):
+        keys.verify_password("$2b$12$bcrypt-hash", "x")
+
+
+def test_wrap_unwrap_round_trip(user) -> None:  # type: ignore[no-untyped-def]
+    key, _ = user
+    der = keys.private_key_to_der(key)
+    wrapped = keys.wrap_private_key(der, "s3cret passphrase", opslimit=OPS, memlimit=MEM)
+    assert len(wrapped.salt) == keys.SALT_SIZE and (wrapped.opslimit, wrapped.memlimit) == (OPS, MEM)
+    assert der not in wrapped.ciphertext
+    opened = keys.unwrap_private_key(wrapped, "s3cret passphrase")
+    assert opened == der
+    assert keys.private_key_from_der(opened).private_numbers() == key.private_numbers()
+    # Each wrap draws a fresh salt and nonce.
+    again = keys.wrap_private_key(der, "s3cret passphrase", opslimit=OPS, memlimit=MEM)
+    assert again.salt != wrapped.salt and again.ciphertext != wrapped.ciphertext
+
+
+def test_unwrap_with_wrong_password_fails(user) -> None:  # type: ignore[no-untyped-def]
+    wrapped = keys.wrap_private_key(keys.private_key_to_der(user[0]), "right", opslimit=OPS, memlimit=MEM)
+    with pytest.raises(KeyUnwrapError, match="wrong password"):
+        keys.unwrap_private_key(wrapped, "wrong")
+    with pytest.raises(KeyUnwrapError):
+        keys.unwrap_private_key(wrapped, "")
+
+
+def test_unwrap_tampered_ciphertext_or_salt_fails(user) -> None:  # type: ignore[no-untyped-def]
+    wrapped = keys.wrap_private_key(keys.private_key_to_der(user[0]), "right", opslimit=OPS, memlimit=MEM)
+    body = bytearray(wrapped.ciphertext)
+    body[len(body) // 2] ^= 0x01
+    with pytest.raises(KeyUnwrapError):
+        keys.unwrap_private_key(keys.WrappedKey(wrapped.salt, bytes(body), OPS, MEM), "right")
+    salt = bytes([wrapped.salt[0] ^ 1]) + wrapped.salt[1:]
+    with pytest.raises(KeyUnwrapError):
+        keys.unwrap_private_key(keys.WrappedKey(salt, wrapped.ciphertext, OPS, MEM), "right")
+    with pytest.raises(KeyUnwrapError):  # a different cost derives a different key
+        keys.unwrap_private_key(keys.WrappedKey(wrapped.salt, wrapped.ciphertext, 2, MEM), "right")
+    with pytest.raises(KeyUnwrapError, match="salt"):
+        keys.unwrap_private_key(keys.WrappedKey(b"short", wrapped.ciphertext, OPS, MEM), "right")
+
+
+def test_recovery_seal_and_open(user, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    public = keys.generate_recovery_keypair(tmp_path / "recovery.key", tmp_path / "recovery.pub")
+    private = keys.load_recovery_private_key(tmp_path / "recovery.key")
+    assert os.stat(tmp_path / "recovery.key").st_mode & 0o777 == 0o600
+    assert keys.load_recovery_public_key(tmp_path / "recovery.pub") == public
+    assert keys.load_recovery_private_key(tmp_path / "recovery.key") == private
+    assert keys.recovery_public_key_of(private) == public
+
+    der = keys.private_key_to_der(user[0])
+    sealed = keys.seal_for_recovery(der, public)
+    assert der not in sealed
+    assert keys.open_recovery(sealed, private) == der
+    other_private, _ = keys.new_recovery_key_pair()
+    with pytest.raises(KeyUnwrapError):
+        keys.open_recovery(sealed, other_private)
+    with pytest.raises(KeyUnwrapError):
+        keys.open_recovery(sealed[:-1] + bytes([sealed[-1] ^ 1]), private)
+
+
+def test_recovery_key_files_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mss pki init"):
+        keys.load_recovery_public_key(tmp_path / "absent.pub")
+    (tmp_path / "bad.pub").write_text("not base64 at all!\n")
+    with pytest.raises(ConfigError, match="base64"):
+        keys.load_recovery_public_key(tmp_path / "bad.pub")
+    (tmp_path / "short.pub").write_text("AAAA\n")
+    with pytest.raises(ConfigError, match="32-byte"):
+        keys.load_recovery_public_key(tmp_path / "short.pub")
+    with pytest.raises(CryptoError, match="not found"):
+        keys.load_recovery_private_key(tmp_path / "absent.key")
+    private, _ = keys.new_recovery_key_pair()
+    loose = tmp_path / "loose.key"
+    loose.write_bytes(keys.encode_recovery_key(private))
+    loose.chmod(0o644)
+    with pytest.raises(CryptoError, match="chmod 600"):
+        keys.load_recovery_private_key(loose)
+
+
+def test_private_key_serialisation_errors() -> None:
+    with pytest.raises(CryptoError, match="PKCS#8"):
+        keys.private_key_from_der(b"\x30\x03\x02\x01\x00")
+    with pytest.raises(CryptoError, match="PEM"):
+        keys.private_key_from_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    assert keys.private_key_from_pem(keys.private_key_to_pem(key)).private_numbers() == key.private_numbers()
+
+
+def _openssl_pkcs12_info(path: Path, password: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["openssl", "pkcs12", "-info", "-nokeys", "-in", str(path), "-passin", f"pass:{password}"],
+        capture_output=True,
+        text=True,
+        errors="replace",  # openssl prints the BMPString friendly name in Latin-1
+        timeout=60,
+    )
+
+
+def test_pkcs12_opens_with_openssl_and_refuses_wrong_password(ca, user, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    key, certificate = user
+    data = keys.export_pkcs12(key, certificate, ca.certificate, "export pass", friendly_name="Éloïse Bernard")
+    path = tmp_path / "user.p12"
+    path.write_bytes(data)
+
+    good = _openssl_pkcs12_info(path, "export pass")
+    assert good.returncode == 0, good.stderr
+    info = good.stdout + good.stderr
+    assert "PBES2" in info and "AES-256-CBC" in info and "hmacWithSHA256" in info
+    assert "MAC: sha256" in info
+    assert info.count("-----BEGIN CERTIFICATE-----") == 2  # the user's and the CA's
+
+    bad = _openssl_pkcs12_info(path, "wrong pass")
+    assert bad.returncode != 0
+    assert "mac verify error" in (bad.stdout + bad.stderr).lower()
+
+    loaded = pkcs12.load_pkcs12(data, b"export pass")
+    assert loaded.cert is not None and loaded.cert.friendly_name == "Éloïse Bernard".encode()
+
+    # And the key comes back out with the password.
+    out = subprocess.run(
+        ["openssl", "pkcs12", "-in", str(path), "-nocerts", "-nodes", "-passin", "pass:export pass"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert out.returncode == 0
+    assert keys.private_key_from_pem(out.stdout[out.stdout.index(b"-----BEGIN") :]).private_numbers() == key.private_numbers()
+
+
+def test_pkcs12_rejects_mismatched_key_or_empty_password(ca, user) -> None:  # type: ignore[no-untyped-def]
+    key, certificate = user
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(CryptoError, match="does not belong"):
+        keys.export_pkcs12(other, certificate, ca.certificate, "p", friendly_name="x")
+    with pytest.raises(CryptoError, match="password"):
+        keys.export_pkcs12(key, certificate, ca.certificate, "", friendly_name="x")

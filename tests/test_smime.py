@@ -1,0 +1,434 @@
+"""CMS sign/encrypt/decrypt and signature verification, with openssl as the independent peer.
+
+What openssl 3 shows about our DER (checked below): ``openssl cms -decrypt`` then
+``openssl cms -verify`` returns the signed MIME entity byte for byte, with or without
+``-binary`` (with embedded DER content openssl does no line-ending translation on output).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from asn1crypto import cms as asn1_cms
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from mss.crypto import keys, pki, smime
+from mss.crypto.verify import async_verify_signed_data, verify_signed_data
+from mss.errors import CryptoError, DecryptionError, SignatureError
+
+pytestmark = pytest.mark.sqlite_only  # no database involved
+
+ENTITY = (
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: 8bit\r\n"
+    b"\r\n"
+    b"Bonjour Docteur,\r\n"
+    b"From here on: lettre de liaison \xc3\xa0 l'\xc3\xa9tablissement.  \r\n"
+    b".\r\n"
+    b"\r\n"
+)
+
+
+class Party:
+    def __init__(self, key, certificate: x509.Certificate) -> None:  # type: ignore[no-untyped-def]
+        self.key = key
+        self.certificate = certificate
+
+
+@pytest.fixture(scope="module")
+def ca() -> pki.CertificateAuthority:
+    return pki.new_certificate_authority(common_name="test CA", organisation="mss tests")
+
+
+def _party(ca: pki.CertificateAuthority, address: str, name: str) -> Party:
+    key, certificate = pki.issue_smime_certificate(
+        ca, address=address, rpps_national_id="810000064199", common_name=name, organisation="CHU Démo", key_bits=2048, days=30
+    )
+    return Party(key, certificate)
+
+
+@pytest.fixture(scope="module")
+def alice(ca: pki.CertificateAuthority) -> Party:
+    return _party(ca, "alice@mss.test", "Alice Martin")
+
+
+@pytest.fixture(scope="module")
+def bob(ca: pki.CertificateAuthority) -> Party:
+    return _party(ca, "bob@mss.test", "Bob Durand")
+
+
+@pytest.fixture(scope="module")
+def mallory(ca: pki.CertificateAuthority) -> Party:
+    return _party(ca, "mallory@mss.test", "Mallory")
+
+
+@pytest.fixture(scope="module")
+def empty_crl(ca: pki.CertificateAuthority) -> x509.CertificateRevocationList:
+    return pki.build_crl(ca, [])
+
+
+@pytest.fixture(scope="module")
+def pem_dir(tmp_path_factory: pytest.TempPathFactory, ca, alice, bob) -> Path:  # type: ignore[no-untyped-def]
+    folder = tmp_path_factory.mktemp("pem")
+    (folder / "ca.pem").write_bytes(ca.certificate.public_bytes(serialization.Encoding.PEM))
+    for name, party in (("alice", alice), ("bob", bob)):
+        (folder / f"{name}.pem").write_bytes(party.certificate.public_bytes(serialization.Encoding.PEM))
+        (folder / f"{name}.key").write_bytes(keys.private_key_to_pem(party.key))
+    return folder
+
+
+def openssl(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["openssl", *args], input=input, capture_output=True, timeout=120)
+
+
+def _verify(signed: bytes, ca: pki.CertificateAuthority, crls, **kwargs):  # type: ignore[no-untyped-def]
+    return verify_signed_data(signed, trust_roots=[ca.certificate], crls=crls, **kwargs)
+
+
+# -- structure -----------------------------------------------------------------------------
+
+
+def test_sign_embeds_the_entity_byte_for_byte(alice: Party) -> None:
+    signed = smime.sign(ENTITY, alice.certificate, alice.key)
+    assert smime.content_type(signed) == "signed_data" and smime.is_signed(signed)
+    assert smime.signed_content(signed) == ENTITY
+    info = asn1_cms.ContentInfo.load(signed)
+    signer = info["content"]["signer_infos"][0]
+    assert signer["digest_algorithm"]["algorithm"].native == "sha256"
+    embedded = [c.chosen.dump() for c in info["content"]["certificates"]]
+    assert alice.certificate.public_bytes(serialization.Encoding.DER) in embedded
+
+
+def test_sign_rejects_bad_input(alice: Party, bob: Party) -> None:
+    with pytest.raises(CryptoError, match="CRLF"):
+        smime.sign(b"Content-Type: text/plain\n\nhello\n", alice.certificate, alice.key)
+    with pytest.raises(CryptoError, match="CRLF"):
+        smime.sign(b"a\rb\r\n", alice.certificate, alice.key)
+    with pytest.raises(CryptoError, match="no MIME entity"):
+        smime.sign(b"", alice.certificate, alice.key)
+    with pytest.raises(CryptoError, match="does not belong"):
+        smime.sign(ENTITY, alice.certificate, bob.key)
+
+
+def test_encrypt_decrypt_for_each_recipient(alice: Party, bob: Party, mallory: Party) -> None:
+    signed = smime.sign(ENTITY, alice.certificate, alice.key)
+    envelope = smime.encrypt(signed, [bob.certificate, alice.certificate, bob.certificate])
+    assert smime.is_enveloped(envelope) and not smime.is_signed(envelope)
+    info = asn1_cms.ContentInfo.load(envelope)["content"]
+    assert info["encrypted_content_info"]["content_encryption_algorithm"]["algorithm"].native == "aes256_cbc"
+    recipients = smime.envelope_recipients(envelope)
+    assert len(recipients) == 2  # the duplicate was dropped
+    assert {r.serial for r in recipients} == {bob.certificate.serial_number, alice.certificate.serial_number}
+    assert all("test CA" in r.issuer for r in recipients)
+    assert smime.can_decrypt_for(envelope, bob.certificate) and smime.can_decrypt_for(envelope, alice.certificate)
+    assert not smime.can_decrypt_for(envelope, mallory.certificate)
+    assert smime.missing_recipients(envelope, [alice.certificate, mallory.certificate]) == [mallory.certificate]
+    assert smime.decrypt(envelope, bob.certificate, bob.key) == signed
+    assert smime.decrypt(envelope, alice.certificate, alice.key) == signed
+    with pytest.raises(DecryptionError, match="not encrypted for") as caught:
+        smime.decrypt(envelope, mallory.certificate, mallory.key)
+    assert caught.value.details["reason"] == "not_a_recipient"
+    with pytest.raises(DecryptionError, match="does not belong"):
+        smime.decrypt(envelope, bob.certificate, alice.key)
+
+
+def test_encrypt_rejects_bad_recipients(alice: Party, ca: pki.CertificateAuthority) -> None:
+    with pytest.raises(CryptoError, match="at least one recipient"):
+        smime.encrypt(b"x", [])
+    _, tls_certificate = pki.issue_tls_certificate(ca, ["localhost"])
+    with pytest.raises(CryptoError, match="only RSA"):
+        smime.encrypt(b"x", [alice.certificate, tls_certificate])
+
+
+def _locate(der: bytes, field: bytes) -> int:
+    offset = der.find(field)
+    assert offset > 0 and der.find(field, offset + 1) == -1
+    return offset
+
+
+def test_tampered_ciphertext_never_yields_a_valid_message(alice: Party, bob: Party, ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
+    signed = smime.sign(ENTITY, alice.certificate, alice.key)
+    envelope = smime.encrypt(signed, [bob.certificate])
+    ciphertext = asn1_cms.ContentInfo.load(envelope)["content"]["encrypted_content_info"]["encrypted_content"].native
+    start = _locate(envelope, ciphertext)
+
+    # CBC: flipping a byte of the next-to-last block flips the same byte of the last
+    # plaintext block. XOR the final byte with the padding length: it becomes 0, which is
+    # never valid PKCS#7 padding, so decryption must fail.
+    pad = 16 - len(signed) % 16
+    tampered = bytearray(envelope)
+    tampered[start + len(ciphertext) - 17] ^= pad
+    with pytest.raises(DecryptionError, match="altered"):
+        smime.decrypt(bytes(tampered), bob.certificate, bob.key)
+
+    # A flip inside the body decrypts to garbage in that block (CBC is malleable, no error
+    # raised): the signature check is what catches it.
+    block = _locate(signed, b"Bonjour Docteur") // 16
+    tampered = bytearray(envelope)
+    tampered[start + block * 16 + 3] ^= 0x40
+    inner = smime.decrypt(bytes(tampered), bob.certificate, bob.key)
+    assert inner != signed
+    report = _verify(inner, ca, [empty_crl])
+    assert report.status == "invalid" and "altered" in report.reason
+
+
+def test_garbage_gets_specific_errors(alice: Party, bob: Party) -> None:
+    for garbage in (b"garbage", b"\x30\x03\x02\x01\x00", b"-----BEGIN PKCS7-----"):
+        with pytest.raises(CryptoError, match="not a CMS"):
+            smime.content_type(garbage)
+        with pytest.raises(CryptoError, match="not a CMS"):
+            smime.envelope_recipients(garbage)
+        with pytest.raises(DecryptionError, match="not a CMS"):
+            smime.decrypt(garbage, bob.certificate, bob.key)
+        with pytest.raises(SignatureError, match="not a CMS"):
+            smime.signed_content(garbage)
+        with pytest.raises(SignatureError, match="not a CMS"):
+            verify_signed_data(garbage, trust_roots=[alice.certificate], crls=[])
+    signed = smime.sign(ENTITY, alice.certificate, alice.key)
+    envelope = smime.encrypt(signed, [bob.certificate])
+    with pytest.raises(CryptoError, match="expected a CMS EnvelopedData, got signed_data"):
+        smime.envelope_recipients(signed)
+    with pytest.raises(SignatureError, match="expected a CMS SignedData, got enveloped_data"):
+        smime.signed_content(envelope)
+    with pytest.raises(SignatureError, match="expected a CMS SignedData"):
+        verify_signed_data(envelope, trust_roots=[alice.certificate], crls=[])
+    with pytest.raises(CryptoError, match="not a CMS"):
+        smime.content_type(signed + b"trailing")
+    with pytest.raises(CryptoError, match="not a CMS"):
+        smime.content_type(envelope[:-10])
+
+
+# -- openssl interop -----------------------------------------------------------------------
+
+
+def test_openssl_decrypts_and_verifies_what_we_produce(alice: Party, bob: Party, pem_dir: Path, tmp_path: Path) -> None:
+    envelope = smime.sign_and_encrypt(ENTITY, alice.certificate, alice.key, [bob.certificate, alice.certificate])
+    (tmp_path / "env.der").write_bytes(envelope)
+    done = openssl(
+        "cms", "-decrypt", "-inform", "DER", "-in", str(tmp_path / "env.der"),
+        "-recip", str(pem_dir / "bob.pem"), "-inkey", str(pem_dir / "bob.key"), "-out", str(tmp_path / "signed.der"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for binary in ([], ["-binary"]):
+        out = tmp_path / f"content{len(binary)}"
+        done = openssl(
+            "cms", "-verify", *binary, "-inform", "DER", "-in", str(tmp_path / "signed.der"),
+            "-CAfile", str(pem_dir / "ca.pem"), "-out", str(out),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert b"Verification successful" in done.stderr
+        assert out.read_bytes() == ENTITY  # byte for byte, with and without -binary
+
+
+def test_we_decrypt_and_verify_what_openssl_produces(  # type: ignore[no-untyped-def]
+    alice: Party, bob: Party, pem_dir: Path, tmp_path: Path, ca, empty_crl
+) -> None:
+    (tmp_path / "entity").write_bytes(ENTITY)
+    done = openssl(
+        "cms", "-sign", "-binary", "-nodetach", "-md", "sha256", "-in", str(tmp_path / "entity"),
+        "-signer", str(pem_dir / "alice.pem"), "-inkey", str(pem_dir / "alice.key"),
+        "-outform", "DER", "-out", str(tmp_path / "signed.der"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for keyid in ([], ["-keyid"]):  # issuer+serial, then subject key identifier
+        done = openssl(
+            "cms", "-encrypt", "-binary", "-aes256", *keyid, "-in", str(tmp_path / "signed.der"),
+            "-outform", "DER", "-out", str(tmp_path / "env.der"), str(pem_dir / "bob.pem"),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        envelope = (tmp_path / "env.der").read_bytes()
+        recipients = smime.envelope_recipients(envelope)
+        assert (recipients[0].subject_key_identifier is not None) == bool(keyid)
+        assert smime.can_decrypt_for(envelope, bob.certificate)
+        assert not smime.can_decrypt_for(envelope, alice.certificate)
+        inner = smime.decrypt(envelope, bob.certificate, bob.key)
+        assert inner == (tmp_path / "signed.der").read_bytes()
+        report = _verify(inner, ca, [empty_crl])
+        assert report.status == "valid", report.reason
+        assert report.content == ENTITY
+        assert report.signer_address == "alice@mss.test"
+
+
+def test_export_for_a_mail_client_is_standard_smime(alice: Party, bob: Party, pem_dir: Path, tmp_path: Path) -> None:
+    envelope = smime.sign_and_encrypt(ENTITY, alice.certificate, alice.key, [bob.certificate])
+    headers = {"From": "Alice Martin <alice@mss.test>", "To": "bob@mss.test", "Subject": "Lettre de liaison – été"}
+    message = smime.export_for_mail_client(envelope, bob.certificate, bob.key, headers)
+    head, _, body = message.partition(b"\r\n\r\n")
+    assert b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data;\r\n name=smime.p7m\r\n" in head
+    assert b"Subject: Lettre de liaison =?utf-8?" in head and b"\n" not in message.replace(b"\r\n", b"")
+    assert all(len(line) <= 78 for line in message.split(b"\r\n"))
+    assert smime.is_enveloped(smime.smime_payload(message))
+
+    (tmp_path / "message.eml").write_bytes(message)
+    done = openssl(
+        "cms", "-decrypt", "-in", str(tmp_path / "message.eml"), "-recip", str(pem_dir / "bob.pem"),
+        "-inkey", str(pem_dir / "bob.key"), "-out", str(tmp_path / "inner.eml"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "inner.eml").read_bytes().startswith(b"Content-Type: application/pkcs7-mime; smime-type=signed-data")
+    done = openssl(
+        "cms", "-verify", "-in", str(tmp_path / "inner.eml"), "-CAfile", str(pem_dir / "ca.pem"),
+        "-out", str(tmp_path / "content"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "content").read_bytes() == ENTITY
+
+
+def test_smime_message_checks_headers_and_payloads(alice: Party, bob: Party) -> None:
+    envelope = smime.encrypt(b"x", [bob.certificate])
+    assert smime.smime_payload(smime.to_smime_message(envelope, {"To": "bob@mss.test"})) == envelope
+    with pytest.raises(CryptoError, match="one line"):
+        smime.to_smime_message(envelope, {"Subject": "a\r\nBcc: victim@example.org"})
+    with pytest.raises(CryptoError, match="set by the S/MIME encoding"):
+        smime.to_smime_message(envelope, {"Content-Type": "text/plain"})
+    with pytest.raises(CryptoError, match="not a header field name"):
+        smime.to_smime_message(envelope, {"Bad Name": "x"})
+    with pytest.raises(CryptoError, match="only a CMS EnvelopedData"):
+        smime.to_smime_message(smime.sign(ENTITY, alice.certificate, alice.key), {})
+    with pytest.raises(CryptoError, match="expected application/pkcs7-mime"):
+        smime.smime_payload(b"Content-Type: text/plain\r\n\r\nhello\r\n")
+    with pytest.raises(CryptoError, match="base64"):
+        smime.smime_payload(b"Content-Type: application/pkcs7-mime\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!\r\n")
+
+
+# -- verification --------------------------------------------------------------------------
+
+
+def test_valid_signature_report(alice: Party, ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    report = _verify(smime.sign(ENTITY, alice.certificate, alice.key), ca, [empty_crl])
+    assert report.status == "valid" and report.trusted
+    assert report.content == ENTITY
+    assert report.signer_address == "alice@mss.test"
+    assert report.signer_common_name == "Alice Martin"
+    assert report.signer_serial == pki.serial_hex(alice.certificate.serial_number)
+    assert report.signing_time is not None and report.signing_time >= before
+    assert "Bonjour" not in repr(report)  # content never reaches a log through repr()
+    # CRLs may be given as PEM, DER or objects.
+    pem = empty_crl.public_bytes(serialization.Encoding.PEM)
+    assert _verify(smime.sign(ENTITY, alice.certificate, alice.key), ca, [pem]).status == "valid"
+
+
+def test_tampered_signed_content_is_invalid(alice: Party, ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
+    signed = bytearray(smime.sign(ENTITY, alice.certificate, alice.key))
+    offset = _locate(bytes(signed), b"Bonjour Docteur")
+    signed[offset] = ord("b")
+    report = _verify(bytes(signed), ca, [empty_crl])
+    assert report.status == "invalid" and not report.trusted
+    assert "altered" in report.reason
+
+    signature = asn1_cms.ContentInfo.load(bytes(signed))["content"]["signer_infos"][0]["signature"].native
+    signed = bytearray(smime.sign(ENTITY, alice.certificate, alice.key))
+    signature = asn1_cms.ContentInfo.load(bytes(signed))["content"]["signer_infos"][0]["signature"].native
+    signed[_locate(bytes(signed), signature) + 10] ^= 0x01
+    report = _verify(bytes(signed), ca, [empty_crl])
+    assert report.status == "invalid" and "signature does not match" in report.reason
+
+
+def test_unknown_ca_is_untrusted(alice: Party, ca) -> None:  # type: ignore[no-untyped-def]
+    stranger = pki.new_certificate_authority(common_name="test CA", organisation="mss tests")
+    report = verify_signed_data(
+        smime.sign(ENTITY, alice.certificate, alice.key),
+        trust_roots=[stranger.certificate],
+        crls=[pki.build_crl(stranger, [])],
+    )
+    assert report.status == "untrusted"
+    assert "does not chain to a trusted CA" in report.reason
+    assert report.content == ENTITY  # available, but only to show with the warning
+
+
+def test_revoked_signer(alice: Party, bob: Party, ca) -> None:  # type: ignore[no-untyped-def]
+    signed = smime.sign(ENTITY, alice.certificate, alice.key)
+    revoked_at = datetime.now(timezone.utc)
+    crl = pki.build_crl(ca, [(alice.certificate.serial_number, revoked_at, "keyCompromise")])
+    report = _verify(signed, ca, [crl])
+    assert report.status == "revoked" and "revoked" in report.reason
+    # Bob is not on the list.
+    assert _verify(smime.sign(ENTITY, bob.certificate, bob.key), ca, [crl]).status == "valid"
+    # Checked as of a moment before the revocation, with today's list, it held.
+    report = _verify(signed, ca, [crl], moment=revoked_at - timedelta(seconds=30))
+    assert report.status == "valid", report.reason
+
+
+def test_expired_signer(ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
+    key, template = pki.issue_smime_certificate(
+        ca, address="old@mss.test", rpps_national_id=None, common_name="Old", key_bits=2048, days=1
+    )
+    now = datetime.now(timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(template.subject)
+        .issuer_name(template.issuer)
+        .public_key(template.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=40))
+        .not_valid_after(now - timedelta(days=10))
+    )
+    for extension in template.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    expired = builder.sign(ca.private_key, hashes.SHA256())
+    report = _verify(smime.sign(ENTITY, expired, key), ca, [empty_crl])
+    assert report.status == "expired" and "expired" in report.reason
+
+
+def test_missing_revocation_information_is_untrusted(alice: Party, ca) -> None:  # type: ignore[no-untyped-def]
+    report = _verify(smime.sign(ENTITY, alice.certificate, alice.key), ca, [])
+    assert report.status == "untrusted" and "revocation" in report.reason
+    later = datetime.now(timezone.utc) + timedelta(days=3)
+    short_lived = pki.build_crl(ca, [], next_update_days=1)
+    report = _verify(smime.sign(ENTITY, alice.certificate, alice.key), ca, [short_lived], moment=later)
+    assert report.status == "untrusted" and "revocation" in report.reason
+
+
+def test_certificate_without_email_protection_is_untrusted(ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
+    key, certificate = pki.issue_tls_certificate(ca, ["localhost"])  # serverAuth only
+    report = _verify(smime.sign(ENTITY, certificate, key), ca, [empty_crl])
+    assert report.status == "untrusted" and "not valid for e-mail" in report.reason
+
+
+def test_detached_or_multi_signer_input_is_refused(alice: Party, pem_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "entity").write_bytes(ENTITY)
+    done = openssl(
+        "cms", "-sign", "-binary", "-md", "sha256", "-in", str(tmp_path / "entity"),
+        "-signer", str(pem_dir / "alice.pem"), "-inkey", str(pem_dir / "alice.key"),
+        "-outform", "DER", "-out", str(tmp_path / "detached.der"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    detached = (tmp_path / "detached.der").read_bytes()
+    with pytest.raises(SignatureError, match="detached"):
+        verify_signed_data(detached, trust_roots=[alice.certificate], crls=[])
+    with pytest.raises(SignatureError, match="detached"):
+        smime.signed_content(detached)
+    done = openssl(
+        "cms", "-sign", "-binary", "-nodetach", "-md", "sha256", "-in", str(tmp_path / "entity"),
+        "-signer", str(pem_dir / "alice.pem"), "-inkey", str(pem_dir / "alice.key"),
+        "-signer", str(pem_dir / "bob.pem"), "-inkey", str(pem_dir / "bob.key"),
+        "-outform", "DER", "-out", str(tmp_path / "two.der"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(SignatureError, match="exactly one"):
+        verify_signed_data((tmp_path / "two.der").read_bytes(), trust_roots=[alice.certificate], crls=[])
+
+
+def test_verification_needs_trust_roots(alice: Party) -> None:
+    with pytest.raises(CryptoError, match="trust root"):
+        verify_signed_data(smime.sign(ENTITY, alice.certificate, alice.key), trust_roots=[], crls=[])
+
+
+async def test_verification_from_an_event_loop(alice: Party, ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
+    signed = smime.sign(ENTITY, alice.certificate, alice.key)
+    # The service's way: a worker thread while this loop keeps running.
+    report = await asyncio.to_thread(verify_signed_data, signed, trust_roots=[ca.certificate], crls=[empty_crl])
+    assert report.status == "valid"
+    reports = await asyncio.gather(
+        *(asyncio.to_thread(verify_signed_data, signed, trust_roots=[ca.certificate], crls=[empty_crl]) for _ in range(4))
+    )
+    assert {r.status for r in reports} == {"valid"}
+    assert (await async_verify_signed_data(signed, trust_roots=[ca.certificate], crls=[empty_crl])).status == "valid"
+    with pytest.raises(RuntimeError, match="to_thread"):
+        verify_signed_data(signed, trust_roots=[ca.certificate], crls=[empty_crl])
