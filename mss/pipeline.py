@@ -21,7 +21,7 @@ from mss import receipts, store
 from mss.accounts import UnlockedAccount
 from mss.crypto import keys, smime
 from mss.db import session_scope, utcnow
-from mss.documents import Document, DocumentLimits, cda_header_values, inspect_attachment
+from mss.documents import CdaInfo, Document, DocumentLimits, inspect_attachment, message_header_values
 from mss.errors import (
     DirectoryError,
     DomainNotServed,
@@ -252,14 +252,15 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         kind, cms = "client", envelope
     else:
         documents = _inspect_documents(message, settings_limits(settings))
-        for document in documents:
-            if document.cda is not None:
-                added.update(cda_header_values(document.cda))
-                break
+        # X-MSS-CODECDA / X-MSS-INS describe every CDA carried, bare or inside IHE_XDM.ZIP.
+        # Test INS roots count as qualified only outside production.
+        added.update(message_header_values(_cdas(documents), accept_test_ins=not settings.is_production))
         entity = _with_headers(submission.raw, added)
         signer_key = keys.private_key_from_der(sender.private_key_der)
         signed = smime.sign(entity, sender.certificate, signer_key)
-        cms = smime.encrypt(signed, [*recipient_certs, sender.certificate])
+        # The envelope holds the SignedData as an RFC 8551 signed-data entity: what a mail
+        # client expects once it decrypts, and what `openssl cms -verify` reads as S/MIME.
+        cms = smime.encrypt(smime.signed_entity(signed), [*recipient_certs, sender.certificate])
         kind = "signed"
 
     meta = MessageMeta(
@@ -286,12 +287,34 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
     return Accepted(queue_id=queue_id, message_id=message_id)
 
 
+def _cdas(documents: list[Document]) -> list[CdaInfo]:
+    found: list[CdaInfo] = []
+    for document in documents:
+        if document.cda is not None:
+            found.append(document.cda)
+        if document.xdm is not None:
+            found.extend(document.xdm.cdas)
+    return found
+
+
+def _cda_summary(info: CdaInfo) -> dict[str, object]:
+    """What the inbox lists and filters on (sealed at rest with the rest of the metadata)."""
+    return {
+        "title": info.title or "",
+        "type_code": info.type_code.code,
+        "type_label": info.type_code.display_name or "",
+        "ins": info.ins.value if info.ins else "",
+        "effective_time": info.effective_time or "",
+    }
+
+
 def document_summary(document: Document) -> dict[str, object]:
     summary: dict[str, object] = {
         "filename": document.filename, "kind": document.kind, "size": document.size, "sha256": document.sha256,
     }
-    if document.cda is not None:
-        summary["cda"] = cda_header_values(document.cda)
+    cdas = _cdas([document])
+    if cdas:
+        summary["cda"] = [_cda_summary(info) for info in cdas]
     return summary
 
 
@@ -322,7 +345,7 @@ def _operator_seal(rt: Runtime, notification: EmailMessage, to_certificate) -> b
     with session_scope(rt.engine) as session:
         key, cert = certificates.operator_identity(session, rt.settings, rt.master_key)
     entity = notification.as_bytes(policy=email.policy.SMTP)
-    return smime.encrypt(smime.sign(entity, cert, key), [to_certificate])
+    return smime.encrypt(smime.signed_entity(smime.sign(entity, cert, key)), [to_certificate])
 
 
 def _notice(rt: Runtime, *, kind: str, status: str, recipients: list[str], reason: str,

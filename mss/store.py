@@ -161,6 +161,27 @@ def find_message(session: Session, ident: str) -> Message:
     return row
 
 
+def signed_data_in(inner: bytes) -> bytes | None:
+    """The DER SignedData inside a decrypted envelope, or None when it holds none.
+
+    Our envelopes hold an RFC 8551 signed-data entity; a client's may hold a bare SignedData
+    or a MIME entity of its own (then None: the caller shows it as unsigned).
+    """
+    from mss.crypto import smime
+    from mss.errors import CryptoError
+
+    try:
+        if smime.is_signed(inner):
+            return inner
+    except CryptoError:
+        pass  # not bare CMS: a MIME entity
+    try:
+        payload = smime.smime_payload(inner)
+        return payload if smime.is_signed(payload) else None
+    except CryptoError:
+        return None
+
+
 def readers_of(session: Session, message: Message) -> set[str]:
     """Addresses that may read a stored message: its mailbox owners."""
     owners = session.execute(select(MailboxItem.owner).where(MailboxItem.message_id == message.id)).scalars()
