@@ -174,3 +174,18 @@ class MalformedMessage(DocumentError):
 
 class RecipientHasNoCertificate(PolicyError):
     """The recipient publishes no valid certificate, so nothing can be encrypted to them."""
+
+
+class DsnParameterError(PolicyError):
+    """An RFC 3461 parameter (NOTIFY, ORCPT, RET, ENVID) is malformed: answer 501 5.5.4."""
+
+    def __init__(self, keyword: str, message: str) -> None:
+        super().__init__(f"{keyword}: {message}", keyword=keyword)
+        self.keyword = keyword
+
+
+# -- receipts ----------------------------------------------------------------------------
+
+
+class ReceiptError(MssError):
+    """A receipt cannot be built from the values given (malformed address, status, id ...)."""

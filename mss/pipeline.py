@@ -271,7 +271,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         message_id=message_id,
         headers={k: v for k, v in added.items() if k.startswith("X-MSS-")},
         documents=[document_summary(d) for d in documents],
-        mdn_to=receipts.wants_mdn(message),
+        mdn_to=receipts.wants_mdn(message, envelope_sender=sender.address),
     )
     notices = receipts_for(
         rt, submission, meta, deliverable=deliverable, failed=failed, original_headers=_header_block(submission.raw)
@@ -376,6 +376,8 @@ def receipts_for(
     operator sends them always; an MDN ``processed`` per recipient when the sender asked
     with Disposition-Notification-To.
     """
+    from directory import certificates
+
     settings = rt.settings
     reporter = settings.pki.hostnames[0] if settings.pki.hostnames else socket.getfqdn()
     arrival = utcnow()
@@ -403,6 +405,7 @@ def receipts_for(
             recipients=statuses,
             arrival_date=arrival,
             original_headers=original_headers,
+            postmaster=certificates.operator_address(settings),
         )
         reason = "" if status == "delivered" else "; ".join(failed[a] for a in addresses)
         notices.append(_notice(rt, kind="dsn", status=status, recipients=addresses, reason=reason,

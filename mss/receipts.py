@@ -25,7 +25,7 @@ from email.parser import BytesHeaderParser
 from email.utils import format_datetime, getaddresses, make_msgid
 from typing import Literal
 
-from mss.errors import MssError, PolicyError
+from mss.errors import DsnParameterError, ReceiptError
 
 __all__ = [
     "DsnParameterError",
@@ -39,18 +39,6 @@ __all__ = [
     "parse_notify",
     "wants_mdn",
 ]
-
-
-class ReceiptError(MssError):
-    """A receipt cannot be built from the values given (malformed address, status, id ...)."""
-
-
-class DsnParameterError(PolicyError):
-    """An RFC 3461 parameter (NOTIFY, ORCPT, RET, ENVID) is malformed: answer 501 5.5.4."""
-
-    def __init__(self, keyword: str, message: str) -> None:
-        super().__init__(f"{keyword}: {message}", keyword=keyword)
-        self.keyword = keyword
 
 
 # The policy of every message built here: CRLF line ends, as signed and as sent.

@@ -20,6 +20,13 @@ class Runtime:
     engine: Engine
     master_key: MasterKey
 
+    def __post_init__(self) -> None:
+        # Every append to the audit chain from this process also moves the sealed head
+        # anchor, which needs the master key (see mss.audit).
+        from mss import audit
+
+        audit.bind_master_key(self.engine, self.master_key)
+
     def close(self) -> None:
         self.engine.dispose()
 
