@@ -1,0 +1,45 @@
+"""``python -m mss.relay``: run one relay process with the settings from the environment.
+
+The same as ``mss serve relay``: logs to stderr, stops on SIGTERM or SIGINT after letting
+sessions that are storing a message reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from mss.errors import MssError
+from mss.relay.server import run_relay
+from mss.runtime import open_runtime
+from mss.settings import Settings
+
+
+def main() -> int:
+    """Run the relay until stopped; return the process exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # aiosmtpd logs every command line at INFO, Alembic each migration step; our session
+    # lines say what matters.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        rt = open_runtime(Settings.from_env())
+    except MssError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    try:
+        run_relay(rt)
+    except MssError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f"{rt.settings.relay.host}:{rt.settings.relay.port}"
+        print(f"error: cannot listen on {where}: {exc.strerror}", file=sys.stderr)
+        return 1
+    finally:
+        rt.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,415 @@
+"""The SMTP submission protocol on the wire: aiosmtpd's ``SMTP`` with our limits and replies.
+
+``RelaySMTP`` parses and enforces what belongs to the protocol (STARTTLS before anything,
+AUTH before MAIL, ESMTP parameters, SIZE, line length, the header section cap, idle
+timeout, the cap on sessions) and hands every decision to its handler
+(``mss.relay.handler.RelayHandler``), which calls the pipeline. Every reply leaves through
+``push``, which swaps aiosmtpd's own fixed replies for the named ones in ``replies``.
+
+A session has a correlation id, kept across STARTTLS, in every log line and in the request
+id of every audit event written on its behalf. Nothing leaves on the wire about an
+unexpected error but ``451 4.3.0``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+import secrets
+import time
+import traceback
+from typing import Any, Final
+
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
+
+from mss.accounts import UnlockedAccount
+from mss.pipeline import RecipientRequest
+from mss.relay import esmtp, replies
+from mss.relay.auth import PasswordMechanisms
+from mss.runtime import Runtime
+
+log = logging.getLogger("mss.relay")
+
+# RFC 5321 4.5.3.1.3: a path is at most 256 octets with its angle brackets.
+MAX_ADDRESS: Final = 254
+# What aiosmtpd's lenient parser returns must still be local@domain. A quoted local part
+# with spaces is valid RFC 5321 but never a directory address: refused as syntax.
+_MAILBOX = re.compile(r"\A[^@<>\s]+@[^@<>\s]+\Z")
+# The empty line after the header section; a bare LF is tolerated as a line end here (the
+# pipeline reads LF or CRLF).
+_HEADER_END = re.compile(rb"\n\r?\n")
+# The top-level header section (up to the first empty line). Submission clients write a few
+# dozen fields; these bounds stop a header flood before the MIME parser sees it.
+MAX_HEADER_FIELDS: Final = 200
+MAX_HEADER_BYTES: Final = 64 * 1024
+# RFC 5321 4.5.3.1.6: 1000 octets with CRLF, plus one for a transparency dot.
+MAX_LINE: Final = 1001
+# MAIL and RCPT carry DSN parameters (RFC 3461 ENVID, ORCPT): more than RFC 5321's 512.
+MAX_PARAMETER_COMMAND: Final = 1000
+# Per-session command budgets: AUTH costs an argon2id derivation each time.
+COMMAND_CALL_LIMIT: Final = {"AUTH": 3, "*": 10_000}
+DATA_END: Final = b"\r\n.\r\n"
+# Read whatever is buffered in one go (the StreamReader limit only bounds command lines).
+_READ_ALL: Final = 1 << 30
+
+
+class RelaySession(Session):
+    """aiosmtpd's session with our correlation id; ``auth_data`` holds the UnlockedAccount."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, correlation_id: str) -> None:
+        super().__init__(loop)
+        self.correlation_id = correlation_id
+
+    @property
+    def account(self) -> UnlockedAccount | None:
+        """The authenticated account, with its private key open in memory, or None."""
+        return self.auth_data if self.authenticated and isinstance(self.auth_data, UnlockedAccount) else None
+
+    # aiosmtpd's deprecated login_data logs a warning on each successful AUTH; the account
+    # lives in auth_data.
+    @property  # type: ignore[override]
+    def login_data(self) -> None:
+        return None
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        pass
+
+
+class RelayEnvelope(Envelope):
+    """One mail transaction: the parsed MAIL parameters and the accepted recipients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parameters = esmtp.MailParameters()
+        self.recipients: list[RecipientRequest] = []
+        self.request_id = ""
+
+
+class SessionRegistry:
+    """The sessions of one listening server: the cap, and a drain at shutdown.
+
+    In-process only on purpose: each relay process caps its own sessions, so several
+    processes behind one address share nothing but the database.
+    """
+
+    def __init__(self, max_sessions: int) -> None:
+        self.max_sessions = max_sessions
+        self.active: set[RelaySMTP] = set()
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def admit(self, session: "RelaySMTP") -> bool:
+        if self.draining or len(self.active) >= self.max_sessions:
+            return False
+        self.active.add(session)
+        self._idle.clear()
+        return True
+
+    def leave(self, session: "RelaySMTP") -> None:
+        self.active.discard(session)
+        if not self.active:
+            self._idle.set()
+
+    async def drain(self, grace: float) -> None:
+        """Close idle sessions now; let those storing a message reply first, up to ``grace``."""
+        self.draining = True
+        for session in list(self.active):
+            if not session.submitting:
+                session.close_with(replies.SHUTTING_DOWN, outcome="shutdown")
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except asyncio.TimeoutError:
+            for session in list(self.active):
+                session.close_with(replies.SHUTTING_DOWN, outcome="shutdown")
+
+
+class RelaySMTP(PasswordMechanisms, SMTP):
+    """One SMTP session of the submission relay (aiosmtpd protocol, our rules of the wire)."""
+
+    def __init__(self, handler: Any, *, rt: Runtime, registry: SessionRegistry, **kwargs: Any) -> None:
+        self.rt = rt
+        self.registry = registry
+        self.correlation_id = secrets.token_hex(6)
+        self.submitting = False
+        self._admitted = False
+        self._ended = False
+        self._outcome = "disconnected"
+        self._started = time.monotonic()
+        self._transactions = 0
+        self.accepted = 0
+        self.refused = 0
+        super().__init__(handler, **kwargs)
+        # aiosmtpd keeps these limits in a class-level dict shared by every session; ours
+        # are per session.
+        self.command_size_limits = collections.defaultdict(
+            lambda: SMTP.command_size_limit, {"MAIL": MAX_PARAMETER_COMMAND, "RCPT": MAX_PARAMETER_COMMAND}
+        )
+
+    # -- session life ----------------------------------------------------------------------
+
+    def _create_session(self) -> RelaySession:
+        return RelaySession(self.loop, self.correlation_id)
+
+    def _create_envelope(self) -> RelayEnvelope:
+        return RelayEnvelope()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            self._admitted = self.registry.admit(self)
+
+    async def _handle_client(self) -> None:
+        if not self._admitted:
+            self._outcome = "busy"
+            await self.push(replies.SERVICE_BUSY)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        try:
+            super().connection_lost(error)
+        finally:
+            # aiosmtpd may call this twice (a failed TLS handshake): count and log once.
+            if not self._ended:
+                self._ended = True
+                if self._admitted:
+                    self.registry.leave(self)
+                self._log_outcome()
+
+    def _log_outcome(self) -> None:
+        session = self.session
+        account = session.account if isinstance(session, RelaySession) else None
+        tls = session.ssl.get("cipher", ("-",))[0] if session is not None and session.ssl else "-"
+        log.info(
+            "session %s peer=%s tls=%s account=%s accepted=%d refused=%d outcome=%s seconds=%.3f",
+            self.correlation_id,
+            session.peer[0] if session is not None and session.peer else "-",
+            tls,
+            account.address if account else "-",
+            self.accepted,
+            self.refused,
+            self._outcome,
+            time.monotonic() - self._started,
+        )
+
+    def close_with(self, reply: str, *, outcome: str) -> None:
+        """Send a last ``421`` reply and close (used from callbacks, outside a command)."""
+        self._outcome = outcome
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(reply.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
+        transport.close()
+
+    def _timeout_cb(self) -> None:
+        # RFC 5321 4.5.3.2: tell the client why before closing.
+        log.debug("session %s idle timeout", self.correlation_id)
+        self.close_with(replies.IDLE_TIMEOUT, outcome="timeout")
+
+    def new_request_id(self) -> str:
+        """A request id for the next mail transaction: the correlation id and a counter."""
+        self._transactions += 1
+        return f"{self.correlation_id}.{self._transactions}"
+
+    # -- replies and errors ---------------------------------------------------------------
+
+    async def push(self, status: str | bytes) -> None:
+        await super().push(replies.translate(status) if isinstance(status, str) else status)
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            self._outcome = "tls-failed"
+            cause = error.__cause__
+            log.info("session %s TLS handshake failed: %s", self.correlation_id, type(cause).__name__)
+            return replies.LOCAL_ERROR
+        # The exception text may quote what the client sent: the class and the stack only.
+        log.error(
+            "session %s unexpected %s, answered 451\n%s",
+            self.correlation_id,
+            type(error).__name__,
+            "".join(traceback.format_tb(error.__traceback__)).rstrip(),
+        )
+        return replies.LOCAL_ERROR
+
+    # -- commands --------------------------------------------------------------------------
+
+    @syntax("QUIT")
+    async def smtp_QUIT(self, arg: str | None) -> None:
+        if not arg:
+            self._outcome = "quit"
+        await super().smtp_QUIT(arg)
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:
+            await self.push(replies.TLS_ALREADY_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("MAIL"):
+            return
+        assert isinstance(self.envelope, RelayEnvelope) and self.session is not None
+        if self.envelope.mail_from is not None:
+            await self.push(replies.NESTED_MAIL)
+            return
+        rest = self._strip_command_keyword("FROM:", arg or "")
+        if rest is None:
+            await self.push(replies.MAIL_SYNTAX)
+            return
+        address, parameter_text = self._getaddr(rest)
+        if address is None or len(address) > MAX_ADDRESS or not (address == "<>" or _MAILBOX.match(address)):
+            await self.push(replies.SENDER_SYNTAX)
+            return
+        if parameter_text and not self.session.extended_smtp:
+            await self.push(replies.MAIL_SYNTAX)
+            return
+        try:
+            parameters = esmtp.parse_mail(parameter_text or "", size_limit=self.data_size_limit)
+        except esmtp.ParameterRefused as refused:
+            await self.push(refused.reply)
+            return
+        self.envelope.request_id = self.new_request_id()
+        await self.push(await self._call_handler_hook("MAIL", address, parameters))
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("RCPT"):
+            return
+        assert isinstance(self.envelope, RelayEnvelope) and self.session is not None
+        if not self.envelope.mail_from:
+            await self.push(replies.NEED_MAIL)
+            return
+        rest = self._strip_command_keyword("TO:", arg or "")
+        if rest is None:
+            await self.push(replies.RCPT_SYNTAX)
+            return
+        address, parameter_text = self._getaddr(rest)
+        if address is None or len(address) > MAX_ADDRESS or not _MAILBOX.match(address):
+            await self.push(replies.RECIPIENT_SYNTAX)
+            return
+        if parameter_text and not self.session.extended_smtp:
+            await self.push(replies.RCPT_SYNTAX)
+            return
+        try:
+            parameters = esmtp.parse_rcpt(parameter_text or "")
+        except esmtp.ParameterRefused as refused:
+            await self.push(refused.reply)
+            return
+        await self.push(await self._call_handler_hook("RCPT", address, parameters))
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert isinstance(self.envelope, RelayEnvelope)
+        if not self.envelope.recipients:
+            await self.push(replies.NEED_RCPT if self.envelope.mail_from else replies.NEED_MAIL)
+            return
+        if arg:
+            await self.push(replies.NO_ARGUMENTS)
+            return
+        await self.push(replies.START_MAIL_INPUT)
+        refusal, content = await self._receive_data()
+        if refusal is not None:
+            self.refused += 1
+            self._set_post_data_state()
+            await self.push(refusal)
+            return
+        self.envelope.content = self.envelope.original_content = content
+        # The client waits for our answer while the pipeline works: no idle timeout then.
+        assert self._timeout_handle is not None
+        self._timeout_handle.cancel()
+        self.submitting = True
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self.submitting = False
+            self._set_post_data_state()
+            self._reset_timeout()
+        await self.push(status)
+        if self.registry.draining:
+            self.close_with(replies.SHUTTING_DOWN, outcome="shutdown")
+
+    async def _receive_data(self) -> tuple[str | None, bytes]:
+        """Read the message up to ``<CRLF>.<CRLF>``; return (refusal or None, content).
+
+        The whole message is always read, even when it is refused, so that the reply comes
+        after the end of data (RFC 5321 4.2.5); what is refused is discarded as it comes.
+        The content is returned with dot-stuffing removed (RFC 5321 4.5.2).
+        """
+        reader = self._reader
+        size_limit = self.data_size_limit
+        # A virtual CRLF before the first line lets one search find an end marker and a
+        # leading dot there too; it is stripped at the end.
+        buffer = bytearray(b"\r\n")
+        checked = len(buffer)  # buffer[:checked] passed the line and size checks
+        line = 0  # bytes of the line being read so far, before its LF
+        header_end = -1  # where the empty line that ends the header section starts
+        header_scan = 1
+        refusal: str | None = None
+        while True:
+            chunk = await reader.read(_READ_ALL)
+            if not chunk:
+                # aiosmtpd cancels this task on EOF; if it has not yet, nobody is left to answer.
+                raise ConnectionResetError("connection closed during DATA")
+            self._reset_timeout()
+            scan_from = max(0, len(buffer) - len(DATA_END) + 1)
+            buffer += chunk
+            end = buffer.find(DATA_END, scan_from)
+            if end >= 0:
+                leftover = bytes(buffer[end + len(DATA_END) :])
+                if leftover:
+                    # Sent ahead of our reply; read(_READ_ALL) left the reader empty.
+                    reader.feed_data(leftover)
+                del buffer[end + 2 :]  # keep the CRLF that ends the last line
+            if refusal is None:
+                segments = bytes(buffer[checked:]).split(b"\n")
+                checked = len(buffer)
+                if len(segments) > 1:
+                    longest = max(line + len(segments[0]), max(map(len, segments[1:])))
+                    line = len(segments[-1])
+                else:
+                    longest = line = line + len(segments[0])
+                if longest > MAX_LINE - 1:  # a CR and up to 999 octets (1001 with the CRLF)
+                    refusal = replies.LINE_TOO_LONG
+                elif size_limit and len(buffer) - 2 > size_limit:
+                    refusal = replies.MESSAGE_TOO_LARGE
+                elif header_end < 0:
+                    found = _HEADER_END.search(buffer, max(1, header_scan))
+                    header_scan = len(buffer) - 2
+                    header_end = found.start() if found else -1
+                    if (header_end if found else len(buffer)) - 2 > MAX_HEADER_BYTES:
+                        refusal = replies.HEADER_TOO_LARGE
+                    elif found and _count_fields(buffer[2:header_end]) > MAX_HEADER_FIELDS:
+                        refusal = replies.HEADER_TOO_LARGE
+            if end >= 0:
+                break
+            if refusal is not None:
+                # Refused: keep only what the end-marker search needs.
+                del buffer[: -len(DATA_END)]
+        if refusal is not None:
+            return refusal, b""
+        if header_end < 0 and _count_fields(buffer[2:]) > MAX_HEADER_FIELDS:
+            return replies.HEADER_TOO_LARGE, b""
+        # RFC 5321 4.5.2: drop the transparency dot at the start of every line.
+        return None, bytes(buffer.replace(b"\r\n.", b"\r\n")[2:])
+
+
+def _count_fields(header: bytes | bytearray) -> int:
+    """Header fields in a header section (continuation lines start with a space or tab)."""
+    return sum(1 for line in header.split(b"\n") if line.strip(b"\r") and line[:1] not in (b" ", b"\t"))

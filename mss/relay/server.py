@@ -1,0 +1,189 @@
+"""Starting and stopping the submission relay: the listener, ``serve_relay`` and ``RelayServer``.
+
+One listener serves many sessions on one event loop; blocking work (argon2id, directory
+lookups, the pipeline) goes to worker threads. A process holds nothing that another relay
+process would need: several can run side by side against one PostgreSQL database.
+
+``serve_relay`` is what a relay process runs (``mss serve relay``, ``python -m mss.relay``);
+``RelayServer`` runs the same listener on a background thread for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from typing import Final
+
+from mss.relay.handler import RelayHandler
+from mss.relay.protocol import COMMAND_CALL_LIMIT, RelaySMTP, SessionRegistry
+from mss.relay.tls import server_context
+from mss.runtime import Runtime
+
+log = logging.getLogger("mss.relay")
+
+# How long a stopping relay lets sessions that are storing a message finish and reply.
+SHUTDOWN_GRACE: Final = 30.0
+# The greeting names no software or version.
+IDENT: Final = "ESMTP"
+
+
+def smtp_factory(rt: Runtime, registry: SessionRegistry) -> Callable[[], RelaySMTP]:
+    """A protocol factory for ``loop.create_server``: one ``RelaySMTP`` per connection.
+
+    Raises ConfigError when the TLS certificate cannot be loaded.
+    """
+    settings = rt.settings
+    handler = RelayHandler(rt)
+    tls_context = server_context(settings)
+    hostname = settings.pki.hostnames[0] if settings.pki.hostnames else socket.getfqdn()
+
+    def factory() -> RelaySMTP:
+        return RelaySMTP(
+            handler,
+            rt=rt,
+            registry=registry,
+            hostname=hostname,
+            ident=IDENT,
+            tls_context=tls_context,
+            require_starttls=True,
+            auth_required=True,
+            auth_require_tls=True,
+            data_size_limit=settings.relay.max_message_size,
+            timeout=settings.relay.command_timeout,
+            command_call_limit=dict(COMMAND_CALL_LIMIT),
+            loop=asyncio.get_running_loop(),
+        )
+
+    return factory
+
+
+class Listener:
+    """A listening relay socket and its sessions."""
+
+    def __init__(self, server: asyncio.AbstractServer, registry: SessionRegistry) -> None:
+        self.server = server
+        self.registry = registry
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) actually bound (the port is chosen by the system when 0)."""
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return host, port
+
+    async def aclose(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop accepting, then drain the sessions (see ``SessionRegistry.drain``)."""
+        self.server.close()
+        await self.registry.drain(grace)
+        await self.server.wait_closed()
+
+
+async def start_listener(rt: Runtime, *, host: str, port: int) -> Listener:
+    """Bind the relay on ``host:port`` and start accepting sessions.
+
+    Raises ConfigError (TLS material) and OSError (the address cannot be bound).
+    """
+    registry = SessionRegistry(rt.settings.relay.max_sessions)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(smtp_factory(rt, registry), host=host, port=port, reuse_address=True)
+    listener = Listener(server, registry)
+    log.info("relay listening on %s:%d", *listener.address)
+    return listener
+
+
+async def serve_relay(rt: Runtime, *, ready: asyncio.Event | None = None) -> None:
+    """Serve SMTP submission on ``settings.relay.host:port`` until cancelled.
+
+    ``ready`` is set once the socket listens. On cancellation the relay stops accepting and
+    lets sessions that are storing a message reply first (up to ``SHUTDOWN_GRACE``).
+    Raises ConfigError (TLS material) and OSError (the address cannot be bound).
+    """
+    settings = rt.settings.relay
+    listener = await start_listener(rt, host=settings.host, port=settings.port)
+    try:
+        if ready is not None:
+            ready.set()
+        await asyncio.Event().wait()
+    finally:
+        await asyncio.shield(listener.aclose())
+
+
+def run_relay(rt: Runtime) -> None:
+    """Run ``serve_relay`` in this thread until SIGTERM or SIGINT; return after the drain."""
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await serve_relay(rt)
+        except asyncio.CancelledError:
+            log.info("relay stopped")
+
+    asyncio.run(main())
+
+
+class RelayServer:
+    """The relay on a background thread with its own event loop, for tests and benchmarks.
+
+    ``with RelayServer(rt) as relay:`` listens on 127.0.0.1 with a free port
+    (``relay.port``) until the block ends.
+    """
+
+    def __init__(self, rt: Runtime, *, host: str = "127.0.0.1", port: int = 0, grace: float = 5.0) -> None:
+        self.rt = rt
+        self.host = host
+        self.port = port
+        self.grace = grace
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self.registry: SessionRegistry | None = None
+
+    def start(self) -> "RelayServer":
+        """Start listening; return once the socket is bound. Re-raises a startup error."""
+        self._thread = threading.Thread(target=self._run, name="mss-relay", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # handed to the starting thread
+            self._error = exc
+            self._started.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        listener = await start_listener(self.rt, host=self.host, port=self.port)
+        self.registry = listener.registry
+        self.host, self.port = listener.address
+        self._started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await listener.aclose(self.grace)
+
+    def stop(self) -> None:
+        """Stop accepting, drain the sessions and join the thread."""
+        if self._loop is not None and self._stop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join()
+        self._thread = None
+
+    def __enter__(self) -> "RelayServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,200 @@
+"""DATA through the relay over real TLS: what is stored on 250, and every refusal.
+
+A refused message leaves no row in ``message`` or ``mailbox_item``, and the same server
+serves the next client. What is stored is checked by decrypting it with a recipient's key.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from email import message_from_bytes, policy
+
+import aiosmtplib
+import pytest
+from sqlalchemy import select
+
+from mss import accounts
+from mss.crypto import keys, smime
+from mss.db import session_scope
+from mss.documents import ArchiveBomb, ForbiddenDocumentType, XmlDoctypeForbidden
+from mss.models import MailboxItem, Message
+from mss.relay import replies
+from mss.relay.protocol import MAX_HEADER_FIELDS
+
+from relay_support import (
+    MAX_MESSAGE_SIZE,
+    RECIPIENTS,
+    SENDER,
+    Stack,
+    billion_laughs_cda,
+    code_of,
+    login,
+    message,
+    queue_id,
+    referral,
+    running_stack,
+    still_serving,
+    transaction,
+    xxe_cda,
+    zip_bomb_xdm,
+)
+
+
+@pytest.fixture(scope="module")
+def relay_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack and relay for the tests of this module."""
+    yield from running_stack(tmp_path_factory)
+
+
+def opened(stack: Stack, queue: str, reader: str) -> bytes:
+    """The signed entity of a stored message, decrypted with ``reader``'s private key."""
+    with session_scope(stack.rt.engine) as session:
+        stored = session.execute(select(Message).where(Message.queue_id == queue)).scalar_one()
+        owners = sorted(
+            (item.owner, item.folder)
+            for item in session.execute(select(MailboxItem).where(MailboxItem.message_id == stored.id)).scalars()
+        )
+        cms = stored.cms
+    assert (reader, "inbox") in owners or (reader, "sent") in owners
+    account = accounts.authenticate(
+        stack.rt.engine, stack.settings, reader, stack.passwords[reader], channel="cli", request_id="test"
+    )
+    entity = smime.decrypt(cms, account.certificate, keys.private_key_from_der(account.private_key_der))
+    # The envelope holds the signed data as an RFC 8551 application/pkcs7-mime entity.
+    return smime.signed_content(smime.smime_payload(entity))
+
+
+def folders(stack: Stack, queue: str) -> list[tuple[str, str]]:
+    with session_scope(stack.rt.engine) as session:
+        stored = session.execute(select(Message).where(Message.queue_id == queue)).scalar_one()
+        return sorted(
+            (item.owner, item.folder)
+            for item in session.execute(select(MailboxItem).where(MailboxItem.message_id == stored.id)).scalars()
+        )
+
+
+def test_referral_with_pdf_cda_and_xdm_to_two_recipients(relay_stack: Stack) -> None:
+    raw = referral()
+    client = login(relay_stack)
+    replies_ = transaction(client, SENDER, RECIPIENTS, raw)
+    client.quit()
+    assert [r[0] for r in replies_] == [250, 250, 250, 250]
+    queue = queue_id(replies_[-1])
+    assert folders(relay_stack, queue) == sorted([(RECIPIENTS[0], "inbox"), (RECIPIENTS[1], "inbox"), (SENDER, "sent")])
+    entity = message_from_bytes(opened(relay_stack, queue, RECIPIENTS[1]), policy=policy.default)
+    names = sorted(part.get_filename() for part in entity.iter_attachments())
+    assert names == ["IHE_XDM.ZIP", "LDL-SES_2022.01.xml", "courrier.pdf"]
+    assert entity["From"] == SENDER
+
+
+def test_dot_stuffing_and_line_ends_survive(relay_stack: Stack) -> None:
+    body = ".leading dot\n..two dots\n.\nlast line\n"
+    client = login(relay_stack)
+    reply = transaction(client, SENDER, RECIPIENTS[:1], message(SENDER, RECIPIENTS[:1], body=body))[-1]
+    client.quit()
+    entity = message_from_bytes(opened(relay_stack, queue_id(reply), RECIPIENTS[0]), policy=policy.default)
+    assert entity.get_body().get_content().replace("\r\n", "\n") == body
+
+
+async def test_aiosmtplib_submission(relay_stack: Stack) -> None:
+    client = aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=relay_stack.port, start_tls=True, tls_context=relay_stack.client_context()
+    )
+    await client.connect()
+    await client.login(SENDER, relay_stack.passwords[SENDER])
+    refused, reply = await client.sendmail(SENDER, list(RECIPIENTS), referral())
+    await client.quit()
+    assert refused == {}
+    assert reply.startswith("2.0.0 Ok: queued as ")
+    assert len(folders(relay_stack, reply.rsplit(" ", 1)[1])) == 3
+
+
+def test_swaks_submission(relay_stack: Stack, tmp_path) -> None:
+    eml = tmp_path / "referral.eml"
+    eml.write_bytes(referral(recipients=RECIPIENTS[:1]))
+    result = subprocess.run(
+        [
+            "swaks", "--server", "127.0.0.1", "--port", str(relay_stack.port), "--tls", "--tls-verify",
+            "--tls-ca-path", str(relay_stack.ca_file), "--tls-protocol", "tlsv1_2,tlsv1_3",
+            "--auth", "LOGIN", "--auth-user", SENDER, "--auth-password", relay_stack.passwords[SENDER],
+            "--from", SENDER, "--to", RECIPIENTS[0], "--data", str(eml), "--helo", "client.test",
+        ],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "<~  250 2.0.0 Ok: queued as " in result.stdout
+    queued = result.stdout.split("<~  250 2.0.0 Ok: queued as ")[1].split()[0]
+    assert folders(relay_stack, queued) == sorted([(RECIPIENTS[0], "inbox"), (SENDER, "sent")])
+
+
+def refused(stack: Stack, raw: bytes, *, recipients: tuple[str, ...] = RECIPIENTS) -> tuple[int, bytes]:
+    """The DATA reply for ``raw`` (sent after a successful MAIL and RCPT)."""
+    before = stack.counts()
+    client = login(stack)
+    replies_ = transaction(client, SENDER, recipients, raw)
+    assert [r[0] for r in replies_[:-1]] == [250] * len(replies_[:-1])
+    # The session goes on after a refusal.
+    assert client.noop()[0] == 250
+    client.quit()
+    still_serving(stack, before)
+    return replies_[-1]
+
+
+def test_oversize_data(relay_stack: Stack) -> None:
+    big = message(SENDER, RECIPIENTS, [("big.pdf", "application/pdf", b"%PDF-1.4\n" + b"0" * MAX_MESSAGE_SIZE)])
+    assert refused(relay_stack, big) == code_of(replies.MESSAGE_TOO_LARGE)
+
+
+def test_overlong_line(relay_stack: Stack) -> None:
+    raw = message(SENDER, RECIPIENTS).replace(b"Bonjour", b"Bonjour" + b"x" * 1200)
+    assert refused(relay_stack, raw) == code_of(replies.LINE_TOO_LONG)
+    # 998 octets plus CRLF is the most RFC 5322 allows, and it passes.
+    raw = message(SENDER, RECIPIENTS[:1]).replace(b"Bonjour,", b"B" * 998)
+    client = login(relay_stack)
+    assert transaction(client, SENDER, RECIPIENTS[:1], raw)[-1][0] == 250
+    client.quit()
+
+
+def test_header_flood(relay_stack: Stack) -> None:
+    headers = b"".join(b"X-Filler-%d: x\r\n" % i for i in range(MAX_HEADER_FIELDS + 1))
+    assert refused(relay_stack, headers + message(SENDER, RECIPIENTS)) == code_of(replies.HEADER_TOO_LARGE)
+    long_header = b"X-Long: " + b"\r\n ".join([b"y" * 900] * 80) + b"\r\n"
+    assert refused(relay_stack, long_header + message(SENDER, RECIPIENTS)) == code_of(replies.HEADER_TOO_LARGE)
+
+
+def test_spoofed_from_header(relay_stack: Stack) -> None:
+    raw = message(SENDER, RECIPIENTS, from_header=f"Dr Petit <{RECIPIENTS[0]}>")
+    assert refused(relay_stack, raw) == code_of(replies.FROM_HEADER_MISMATCH)
+
+
+def test_forbidden_attachment(relay_stack: Stack) -> None:
+    exe = b"MZ\x90\x00" + b"\x00" * 60 + b"This program cannot be run in DOS mode." + b"\x00" * 200
+    code, text = refused(relay_stack, message(SENDER, RECIPIENTS, [("bilan.exe", "application/octet-stream", exe)]))
+    assert code == ForbiddenDocumentType.smtp_code
+    assert text.startswith(f"{ForbiddenDocumentType.enhanced_status} bilan.exe".encode())
+
+
+def test_malformed_mime(relay_stack: Stack) -> None:
+    raw = (
+        f"From: {SENDER}\r\nTo: {RECIPIENTS[0]}\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="never-closed"\r\n\r\n'
+        "--never-closed\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+    ).encode()
+    code, text = refused(relay_stack, raw)
+    assert (code, text[:5]) == code_of(replies.MALFORMED_MESSAGE)[:1] + (b"5.6.0",)
+    assert text.startswith(code_of(replies.MALFORMED_MESSAGE)[1])
+    # No From: at all.
+    assert refused(relay_stack, b"Subject: nothing else\r\n\r\nhi\r\n")[0] == 554
+
+
+def test_zip_bomb_xdm(relay_stack: Stack) -> None:
+    code, text = refused(relay_stack, message(SENDER, RECIPIENTS, [("IHE_XDM.ZIP", "application/zip", zip_bomb_xdm())]))
+    assert (code, text[:5].decode()) == (ArchiveBomb.smtp_code, ArchiveBomb.enhanced_status)
+
+
+@pytest.mark.parametrize("document", [xxe_cda, billion_laughs_cda], ids=["xxe", "billion-laughs"])
+def test_hostile_cda(relay_stack: Stack, document) -> None:  # type: ignore[no-untyped-def]
+    code, text = refused(relay_stack, message(SENDER, RECIPIENTS, [("cr.xml", "text/xml", document())]))
+    assert (code, text[:5].decode()) == (XmlDoctypeForbidden.smtp_code, XmlDoctypeForbidden.enhanced_status)
+    assert b"passwd" not in text and b"lol" not in text

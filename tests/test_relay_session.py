@@ -1,0 +1,385 @@
+"""The relay's session rules over real TLS on loopback: STARTTLS, AUTH, MAIL, RCPT, limits.
+
+Every refusal is followed by a check that nothing was stored and that the same server still
+serves the next client.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+
+import aiosmtplib
+import pytest
+from sqlalchemy import select, text
+
+from mss.db import session_scope
+from mss.models import AuditEvent, Delivery, Message
+from mss.relay import RelayServer, replies
+
+from relay_support import (
+    FOREIGN,
+    LOCKOUT_ACCOUNT,
+    MAX_LOGIN_FAILURES,
+    MAX_MESSAGE_SIZE,
+    MAX_RECIPIENTS,
+    NO_ACCOUNT,
+    RECIPIENTS,
+    REVOKED,
+    SENDER,
+    UNKNOWN,
+    Stack,
+    code_of,
+    connect,
+    login,
+    message,
+    queue_id,
+    running_stack,
+    still_serving,
+)
+
+
+@pytest.fixture(scope="module")
+def relay_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack and relay for the tests of this module."""
+    yield from running_stack(tmp_path_factory)
+
+
+def auth(client: smtplib.SMTP, mechanism: str, response: str) -> tuple[int, bytes]:
+    """The final AUTH reply for ``mechanism`` with this client response (smtplib raises on 535)."""
+    try:
+        return client.auth(mechanism, lambda challenge=None: response, initial_response_ok=True)
+    except smtplib.SMTPAuthenticationError as exc:
+        return exc.smtp_code, exc.smtp_error
+
+
+def refusals(stack: Stack, *, stage: str) -> list[AuditEvent]:
+    """The ``smtp.refused`` audit events of one stage (``mail`` or ``rcpt``), oldest first."""
+    with session_scope(stack.rt.engine) as session:
+        events = session.execute(
+            select(AuditEvent).where(AuditEvent.action == "smtp.refused").order_by(AuditEvent.seq)
+        ).scalars()
+        return [e for e in events if json.loads(e.detail).get("stage") == stage]
+
+
+def raw_exchange(sock: socket.socket, line: bytes) -> bytes:
+    sock.sendall(line + b"\r\n")
+    return read_reply(sock)
+
+
+def read_reply(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n") or data.split(b"\r\n")[-2][3:4] == b"-":
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+# -- STARTTLS and AUTH --------------------------------------------------------------------
+
+
+def test_nothing_but_starttls_before_tls(relay_stack: Stack) -> None:
+    before = relay_stack.counts()
+    with socket.create_connection(("127.0.0.1", relay_stack.port), timeout=10) as sock:
+        greeting = read_reply(sock)
+        assert greeting.startswith(b"220 ")
+        assert b"Python" not in greeting and b"aiosmtpd" not in greeting
+        ehlo = raw_exchange(sock, b"EHLO client.test")
+        assert b"250-STARTTLS" in ehlo and b"AUTH" not in ehlo
+        plain = b"AUTH PLAIN " + base64.b64encode(b"\0" + SENDER.encode() + b"\0x")
+        for command in (plain, b"MAIL FROM:<" + SENDER.encode() + b">"):
+            assert raw_exchange(sock, command).decode() == replies.STARTTLS_REQUIRED + "\r\n"
+        assert raw_exchange(sock, b"QUIT").decode() == replies.BYE + "\r\n"
+    still_serving(relay_stack, before)
+
+
+def test_ehlo_after_starttls_offers_auth_dsn_size(relay_stack: Stack) -> None:
+    client = connect(relay_stack)
+    assert client.sock.version() in {"TLSv1.2", "TLSv1.3"}
+    features = client.esmtp_features
+    assert set(features["auth"].split()) == {"PLAIN", "LOGIN"}
+    assert "dsn" in features and "enhancedstatuscodes" in features and "starttls" not in features
+    assert features["size"] == str(MAX_MESSAGE_SIZE)
+    # A second STARTTLS inside TLS is refused.
+    assert client.docmd("STARTTLS") == code_of(replies.TLS_ALREADY_ACTIVE)
+    client.quit()
+
+
+def test_mail_before_auth_is_refused(relay_stack: Stack) -> None:
+    before = relay_stack.counts()
+    client = connect(relay_stack)
+    assert client.mail(SENDER) == code_of(replies.AUTH_REQUIRED)
+    assert client.rcpt(RECIPIENTS[0]) == code_of(replies.AUTH_REQUIRED)
+    assert client.docmd("DATA") == code_of(replies.AUTH_REQUIRED)
+    client.quit()
+    still_serving(relay_stack, before)
+
+
+def test_auth_plain_and_login(relay_stack: Stack) -> None:
+    password = relay_stack.passwords[SENDER]
+    client = connect(relay_stack)
+    assert auth(client, "PLAIN", f"\0{SENDER}\0{password}") == code_of(replies.AUTH_SUCCESSFUL)
+    assert client.docmd("AUTH", "PLAIN") == code_of(replies.AUTH_ALREADY)
+    client.quit()
+    client = connect(relay_stack)
+    client.user, client.password = SENDER.upper(), password  # the address is case-insensitive
+    assert client.auth("LOGIN", client.auth_login, initial_response_ok=False) == code_of(replies.AUTH_SUCCESSFUL)
+    client.quit()
+    # PLAIN with an authorisation identity other than the account: nobody acts for another.
+    client = connect(relay_stack)
+    assert auth(client, "PLAIN", f"{RECIPIENTS[0]}\0{SENDER}\0{password}") == code_of(replies.AUTH_FAILED)
+    assert client.docmd("AUTH", "CRAM-MD5") == code_of(replies.AUTH_MECHANISM_UNKNOWN)
+    assert client.docmd("AUTH", "PLAIN not-base64!") == code_of(replies.AUTH_BAD_BASE64)
+    client.quit()
+
+
+async def test_aiosmtplib_login(relay_stack: Stack) -> None:
+    client = aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=relay_stack.port, start_tls=True, tls_context=relay_stack.client_context()
+    )
+    await client.connect()
+    response = await client.login(SENDER, relay_stack.passwords[SENDER])
+    assert (response.code, response.message) == (235, replies.AUTH_SUCCESSFUL[4:])
+    await client.quit()
+
+
+def test_wrong_password_then_lockout(relay_stack: Stack) -> None:
+    before = relay_stack.counts()
+    password = relay_stack.passwords[LOCKOUT_ACCOUNT]
+    client = connect(relay_stack)
+    for _ in range(MAX_LOGIN_FAILURES):
+        assert auth(client, "PLAIN", f"\0{LOCKOUT_ACCOUNT}\0wrong-{password}") == code_of(replies.AUTH_FAILED)
+    client.quit()
+    # Locked: even the right password gets a temporary failure that tells nothing more.
+    client = connect(relay_stack)
+    assert auth(client, "PLAIN", f"\0{LOCKOUT_ACCOUNT}\0{password}") == code_of(replies.AUTH_TEMPORARY_FAILURE)
+    client.quit()
+    # An unknown address gets the same answer as a wrong password.
+    client = connect(relay_stack)
+    assert auth(client, "PLAIN", f"\0{UNKNOWN}\0{password}") == code_of(replies.AUTH_FAILED)
+    # The per-session budget of AUTH commands (argon2id work each).
+    auth(client, "PLAIN", f"\0{UNKNOWN}\0{password}")
+    auth(client, "PLAIN", f"\0{UNKNOWN}\0{password}")
+    assert client.docmd("AUTH", "PLAIN")[0] == 421
+    client.close()
+    with session_scope(relay_stack.rt.engine) as session:
+        outcomes = [
+            json.loads(e.detail).get("reason")
+            for e in session.execute(
+                select(AuditEvent).where(AuditEvent.action == "smtp.login", AuditEvent.object == LOCKOUT_ACCOUNT)
+            ).scalars()
+        ]
+        locks = session.execute(
+            select(AuditEvent).where(AuditEvent.action == "account.lock", AuditEvent.object == LOCKOUT_ACCOUNT)
+        ).all()
+    assert outcomes == ["bad-password"] * MAX_LOGIN_FAILURES + ["locked"]
+    assert len(locks) == 1
+    still_serving(relay_stack, before)
+
+
+# -- MAIL and RCPT ------------------------------------------------------------------------
+
+
+def test_spoofed_envelope_sender_is_refused(relay_stack: Stack) -> None:
+    before = relay_stack.counts()
+    client = login(relay_stack)
+    assert client.mail(RECIPIENTS[0]) == code_of(replies.SENDER_NOT_AUTHENTICATED_ACCOUNT)
+    assert client.mail("<>") == code_of(replies.SENDER_NOT_AUTHENTICATED_ACCOUNT)
+    assert client.docmd("MAIL", "FROM:<not an address>") == code_of(replies.SENDER_SYNTAX)
+    assert client.docmd("MAIL", "FROM:<no-domain>") == code_of(replies.SENDER_SYNTAX)
+    assert client.mail(SENDER.upper()) == code_of(replies.SENDER_OK)
+    assert client.mail(SENDER) == code_of(replies.NESTED_MAIL)
+    client.quit()
+    events = [e for e in refusals(relay_stack, stage="mail") if e.object == RECIPIENTS[0]]
+    assert events and events[-1].actor == SENDER and events[-1].outcome == "denied"
+    assert json.loads(events[-1].detail) == {"reason": "sender-mismatch", "stage": "mail"}
+    still_serving(relay_stack, before)
+
+
+def test_size_parameter_over_the_limit(relay_stack: Stack) -> None:
+    client = login(relay_stack)
+    assert client.mail(SENDER, [f"SIZE={MAX_MESSAGE_SIZE + 1}"]) == code_of(replies.MESSAGE_TOO_LARGE)
+    assert client.mail(SENDER, ["SIZE=12x"]) == code_of(replies.PARAMETER_SYNTAX)
+    assert client.docmd("MAIL", f"FROM:<{SENDER}> SMTPUTF8") == code_of(replies.PARAMETER_NOT_RECOGNIZED)
+    assert client.mail(SENDER, [f"SIZE={MAX_MESSAGE_SIZE}"]) == code_of(replies.SENDER_OK)
+    client.quit()
+
+
+def test_recipient_refusals(relay_stack: Stack) -> None:
+    before = relay_stack.counts()
+    client = login(relay_stack)
+    assert client.rcpt(RECIPIENTS[0]) == code_of(replies.NEED_MAIL)
+    assert client.mail(SENDER) == code_of(replies.SENDER_OK)
+    assert client.docmd("DATA") == code_of(replies.NEED_RCPT)
+    expected = {
+        UNKNOWN: replies.UNKNOWN_RECIPIENT,
+        REVOKED: replies.REVOKED_RECIPIENT,
+        FOREIGN: replies.RELAY_DENIED,
+        "postmaster@mss.test.example.org": replies.RELAY_DENIED,
+        NO_ACCOUNT: replies.RECIPIENT_NO_CERTIFICATE,
+    }
+    for address, reply in expected.items():
+        assert client.rcpt(address) == code_of(reply), address
+    assert client.rcpt("<>") == code_of(replies.RECIPIENT_SYNTAX)
+    assert client.rcpt(RECIPIENTS[0], ["NOTIFY=SOMETIMES"]) == code_of(replies.PARAMETER_SYNTAX)
+    assert client.rcpt(RECIPIENTS[0], ["FOO=BAR"]) == code_of(replies.PARAMETER_NOT_RECOGNIZED)
+    assert client.docmd("DATA") == code_of(replies.NEED_RCPT)
+    client.quit()
+    reasons = {e.object: json.loads(e.detail)["reason"] for e in refusals(relay_stack, stage="rcpt")}
+    assert reasons[UNKNOWN] == "unknown-address"
+    assert reasons[REVOKED] == "revoked-address"
+    assert reasons[FOREIGN] == "domain-not-served"
+    assert reasons[NO_ACCOUNT] == "no-certificate"
+    still_serving(relay_stack, before)
+
+
+def test_too_many_recipients(relay_stack: Stack) -> None:
+    before = relay_stack.counts()
+    client = login(relay_stack)
+    assert client.mail(SENDER) == code_of(replies.SENDER_OK)
+    # Every account and the sender itself: MAX_RECIPIENTS distinct addresses are accepted.
+    allowed = [*RECIPIENTS, LOCKOUT_ACCOUNT, SENDER]
+    assert len(allowed) == MAX_RECIPIENTS
+    for address in allowed:
+        assert client.rcpt(address) == code_of(replies.RECIPIENT_OK)
+    assert client.rcpt(RECIPIENTS[0]) == code_of(replies.TOO_MANY_RECIPIENTS)
+    assert client.rset()[0] == 250
+    client.quit()
+    still_serving(relay_stack, before)
+
+
+def test_dsn_parameters_reach_the_pipeline(relay_stack: Stack) -> None:
+    client = login(relay_stack)
+    assert client.mail(SENDER, ["RET=HDRS", "ENVID=lettre+2B42"]) == code_of(replies.SENDER_OK)
+    assert client.rcpt(RECIPIENTS[0], ["NOTIFY=SUCCESS,FAILURE", f"ORCPT=rfc822;{RECIPIENTS[0]}"])[0] == 250
+    assert client.rcpt(RECIPIENTS[1], ["NOTIFY=NEVER"])[0] == 250
+    reply = client.data(message(SENDER, RECIPIENTS))
+    client.quit()
+    with session_scope(relay_stack.rt.engine) as session:
+        stored = session.execute(select(Message).where(Message.queue_id == queue_id(reply))).scalar_one()
+        notify = dict(
+            session.execute(select(Delivery.recipient, Delivery.notify).where(Delivery.message_id == stored.id)).all()
+        )
+    assert notify == {RECIPIENTS[0]: "FAILURE,SUCCESS", RECIPIENTS[1]: "NEVER"}
+
+
+def test_overlong_command_line(relay_stack: Stack) -> None:
+    client = login(relay_stack)
+    assert client.docmd("NOOP", "x" * 2000) == code_of(replies.COMMAND_TOO_LONG)
+    assert client.docmd("XYZZY") == code_of(replies.COMMAND_NOT_RECOGNIZED)
+    assert client.noop()[0] == 250
+    client.quit()
+
+
+# -- TLS versions and suites ---------------------------------------------------------------
+
+
+def openssl_starttls(stack: Stack, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{stack.port}", "-starttls", "smtp",
+         "-CAfile", str(stack.ca_file), "-verify_return_error", *options],
+        input="QUIT\r\n", capture_output=True, text=True, timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "accepted"),
+    [
+        (("-tls1_3",), True),
+        (("-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"), True),
+        (("-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"), True),
+        (("-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"), False),
+        (("-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA256"), False),  # forward secret, not AEAD
+        (("-tls1_2", "-cipher", "AES128-GCM-SHA256"), False),  # AEAD, no forward secrecy
+        (("-tls1_2", "-cipher", "AES256-SHA"), False),
+    ],
+)
+def test_tls_versions_and_suites_with_openssl(relay_stack: Stack, options: tuple[str, ...], accepted: bool) -> None:
+    result = openssl_starttls(relay_stack, *options)
+    handshake_done = "Verify return code: 0 (ok)" in result.stdout and "Cipher is (NONE)" not in result.stdout
+    assert handshake_done is accepted, result.stdout[-2000:] + result.stderr[-2000:]
+    still_serving(relay_stack, relay_stack.counts())
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+def test_python_client_insisting_on_tls_1_1_is_refused(relay_stack: Stack) -> None:
+    context = relay_stack.client_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1
+    context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        connect(relay_stack, context=context)
+    still_serving(relay_stack, relay_stack.counts())
+
+
+# -- sessions: cap, idle timeout, unexpected errors ------------------------------------------
+
+
+def test_sessions_over_the_cap_get_421(relay_stack: Stack) -> None:
+    with RelayServer(relay_stack.runtime(max_sessions=1)) as relay:
+        first = login(relay_stack, port=relay.port)
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+            assert read_reply(sock).decode() == replies.SERVICE_BUSY + "\r\n"
+            assert sock.recv(10) == b""  # closed by the server
+        first.quit()
+        deadline = time.monotonic() + 5
+        while relay.registry is not None and relay.registry.active and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = login(relay_stack, port=relay.port)
+        second.quit()
+
+
+def test_idle_client_is_told_and_closed(relay_stack: Stack) -> None:
+    with RelayServer(relay_stack.runtime(command_timeout=0.5)) as relay:
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+            assert read_reply(sock).startswith(b"220 ")
+            started = time.monotonic()
+            assert read_reply(sock).decode() == replies.IDLE_TIMEOUT + "\r\n"
+            assert 0.4 < time.monotonic() - started < 5
+            assert sock.recv(10) == b""
+
+
+def test_unexpected_error_answers_451_without_details(relay_stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    """A broken database mid-transaction: 451 4.3.0, the cause only in the log, nothing stored."""
+    before = relay_stack.counts()
+    client = login(relay_stack)
+    assert client.mail(SENDER)[0] == 250
+    assert client.rcpt(RECIPIENTS[0])[0] == 250
+    with relay_stack.rt.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE mailbox_item RENAME TO mailbox_item_away"))
+    try:
+        with caplog.at_level("ERROR", logger="mss.relay"):
+            reply = client.data(message(SENDER, RECIPIENTS[:1]))
+    finally:
+        with relay_stack.rt.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE mailbox_item_away RENAME TO mailbox_item"))
+    assert reply == code_of(replies.LOCAL_ERROR)
+    assert b"mailbox" not in reply[1] and b"Error" not in reply[1]
+    assert any("unexpected" in r.getMessage() for r in caplog.records)
+    # The session goes on: the next transaction on the same connection is stored.
+    assert relay_stack.counts() == before
+    replies_ = client.mail(SENDER), client.rcpt(RECIPIENTS[0]), client.data(message(SENDER, RECIPIENTS[:1]))
+    assert replies_[-1][0] == 250
+    client.quit()
+
+
+def test_unexpected_error_during_auth_answers_451(relay_stack: Stack) -> None:
+    client = connect(relay_stack)
+    with relay_stack.rt.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE account RENAME TO account_away"))
+    try:
+        reply = auth(client, "PLAIN", f"\0{SENDER}\0{relay_stack.passwords[SENDER]}")
+    finally:
+        with relay_stack.rt.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE account_away RENAME TO account"))
+    assert reply == code_of(replies.LOCAL_ERROR)
+    assert auth(client, "PLAIN", f"\0{SENDER}\0{relay_stack.passwords[SENDER]}") == code_of(replies.AUTH_SUCCESSFUL)
+    client.quit()
