@@ -81,9 +81,11 @@ class RelayProcess:
 class Load:
     """Client threads sending numbered messages; what was acknowledged, under which id."""
 
-    def __init__(self, stack: Stack, port: int) -> None:
+    def __init__(self, stack: Stack, port: int, total: int = MESSAGES, first: int = 1) -> None:
         self.stack = stack
         self.port = port
+        self.total = total
+        self.first = first
         self.lock = threading.Lock()
         self.next = 0
         self.acked: dict[str, str] = {}  # queue id -> Message-ID sent
@@ -92,10 +94,10 @@ class Load:
 
     def take(self) -> int | None:
         with self.lock:
-            if self.next >= MESSAGES:
+            if self.next >= self.total:
                 return None
             self.next += 1
-            return self.next
+            return self.first + self.next - 1
 
     def _session(self) -> smtplib.SMTP:
         deadline = time.monotonic() + 60
@@ -158,6 +160,28 @@ def test_sigkill_mid_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
         assert killed_at < MESSAGES and len(load.acked) + len(load.unacked) == MESSAGES
         assert load.unacked, "the kill interrupted no transaction"
         check_store(stack, load.acked)
+    finally:
+        stack.close()
+
+
+def test_two_relay_processes_share_one_database(tmp_path: Path) -> None:
+    """Relays hold nothing another needs: two processes, one database, one audit chain."""
+    stack = build_stack(tmp_path)
+    try:
+        relays = [RelayProcess(stack, free_port(), tmp_path / f"relay-{n}.log") for n in (1, 2)]
+        for relay in relays:
+            relay.start()
+        loads = [Load(stack, relay.port, total=20, first=1 + 100 * n) for n, relay in enumerate(relays)]
+        threads = [threading.Thread(target=load.run) for load in loads for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        for relay in relays:
+            assert relay.stop() == 0
+        acked = {queue: message_id for load in loads for queue, message_id in load.acked.items()}
+        assert len(acked) == 40 and not any(load.unacked for load in loads)
+        check_store(stack, acked)
     finally:
         stack.close()
 

@@ -14,6 +14,7 @@ import aiosmtplib
 import pytest
 from sqlalchemy import select
 
+from directory.certificates import current_certificate
 from mss import accounts
 from mss.crypto import keys, smime
 from mss.db import session_scope
@@ -128,6 +129,26 @@ def test_swaks_submission(relay_stack: Stack, tmp_path) -> None:
     assert folders(relay_stack, queued) == sorted([(RECIPIENTS[0], "inbox"), (SENDER, "sent")])
 
 
+def client_encrypted(stack: Stack, readers: tuple[str, ...]) -> bytes:
+    """An S/MIME message the client encrypted itself, for ``readers`` only."""
+    with session_scope(stack.rt.engine) as session:
+        certificates = [current_certificate(session, address) for address in readers]
+    envelope = smime.encrypt(message(SENDER, RECIPIENTS[:1]), [c for c in certificates if c is not None])
+    headers = {"From": SENDER, "To": RECIPIENTS[0], "Subject": "chiffré par le client"}
+    return smime.to_smime_message(envelope, headers)
+
+
+def test_client_encrypted_message_passes_through(relay_stack: Stack) -> None:
+    raw = client_encrypted(relay_stack, (RECIPIENTS[0], SENDER))
+    client = login(relay_stack)
+    reply = transaction(client, SENDER, RECIPIENTS[:1], raw)[-1]
+    client.quit()
+    with session_scope(relay_stack.rt.engine) as session:
+        stored = session.execute(select(Message).where(Message.queue_id == queue_id(reply))).scalar_one()
+    assert stored.kind == "client"
+    assert stored.cms == smime.smime_payload(raw)
+
+
 def refused(stack: Stack, raw: bytes, *, recipients: tuple[str, ...] = RECIPIENTS) -> tuple[int, bytes]:
     """The DATA reply for ``raw`` (sent after a successful MAIL and RCPT)."""
     before = stack.counts()
@@ -191,6 +212,11 @@ def test_malformed_mime(relay_stack: Stack) -> None:
 def test_zip_bomb_xdm(relay_stack: Stack) -> None:
     code, text = refused(relay_stack, message(SENDER, RECIPIENTS, [("IHE_XDM.ZIP", "application/zip", zip_bomb_xdm())]))
     assert (code, text[:5].decode()) == (ArchiveBomb.smtp_code, ArchiveBomb.enhanced_status)
+
+
+def test_client_encrypted_for_someone_else(relay_stack: Stack) -> None:
+    raw = client_encrypted(relay_stack, (SENDER,))
+    assert refused(relay_stack, raw, recipients=RECIPIENTS[:1]) == code_of(replies.NOT_ENCRYPTED_FOR_RECIPIENTS)
 
 
 @pytest.mark.parametrize("document", [xxe_cda, billion_laughs_cda], ids=["xxe", "billion-laughs"])
