@@ -143,3 +143,43 @@ class Receipt(SQLModel, table=True):
     reason: str = Field(default="", max_length=500)
     notification_id: Optional[int] = Field(default=None, foreign_key="message.id")
     at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class WebSession(SQLModel, table=True):
+    """A web or API login: who, how far through the two factors, and the private key sealed
+    under a key that only the client holds (the second half of its cookie or bearer token)."""
+
+    __tablename__ = "web_session"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True, index=True)  # SHA-256 of the session id
+    address: str = Field(max_length=254, index=True)
+    channel: str = Field(max_length=10)  # web | api
+    stage: str = Field(max_length=10)  # totp | enrol | active
+    # The account's PKCS#8 private key in a SecretBox under the client-held session key.
+    key_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_seen_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)  # absolute end
+
+
+class MailboxIndexed(SQLModel, table=True):
+    """A mailbox row whose search tokens are written (``level`` 1: metadata, 2: content too)."""
+
+    __tablename__ = "mailbox_indexed"
+
+    item_id: int = Field(primary_key=True, foreign_key="mailbox_item.id", ondelete="CASCADE")
+    level: int = 1
+
+
+class MailboxToken(SQLModel, table=True):
+    """A keyed hash, private to one mailbox owner, of one searchable value of a message
+    (a subject word, a document type, a patient INS): no clear text is stored."""
+
+    __tablename__ = "mailbox_token"
+    __table_args__ = (Index("ix_mailbox_token_owner_token", "owner", "token"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    item_id: int = Field(foreign_key="mailbox_item.id", index=True, ondelete="CASCADE")
+    owner: str = Field(max_length=254)
+    token: str = Field(max_length=32)

@@ -1,0 +1,49 @@
+"""The mailbox service shared by the web pages and the JSON API.
+
+Reading (``reading``): list a folder with filters and pages, open a message for its reader
+(decrypt with their key, verify the signature, split the MIME), attachments and the
+documents inside IHE_XDM packages, read and archive marks, the Sent view's journey per
+recipient. Writing (``compose``): a draft becomes an RFC 5322 message submitted through
+``mss.pipeline``. ``disposition`` sends the ``displayed`` notification, ``index`` keeps the
+search tokens that make filters fast without storing metadata in clear, ``content`` holds
+the decryption, verification and MIME splitting.
+"""
+
+from mss.mailbox.compose import Draft, DraftInvalid, KeptAttachment, Problem, Upload, build_message, send, split_addresses
+from mss.mailbox.content import Attachment, Signature
+from mss.mailbox.reading import (
+    ARCHIVE,
+    FOLDERS,
+    INBOX,
+    SENT,
+    AttachmentInfo,
+    Correspondent,
+    Filters,
+    FilterError,
+    Opened,
+    OpenedAttachment,
+    Page,
+    RecipientJourney,
+    Step,
+    Summary,
+    XdmEntry,
+    correspondent,
+    journey,
+    list_folder,
+    mark_unread,
+    move,
+    open_attachment,
+    open_message,
+    unread_count,
+    xdm_document,
+    xdm_entries,
+)
+from mss.store import MessageNotFound
+
+__all__ = [
+    "ARCHIVE", "FOLDERS", "INBOX", "SENT", "Attachment", "AttachmentInfo", "Correspondent", "Draft", "DraftInvalid",
+    "FilterError", "Filters", "KeptAttachment", "Problem", "MessageNotFound", "Opened", "OpenedAttachment", "Page",
+    "RecipientJourney", "Signature", "Step", "Summary", "Upload", "XdmEntry", "build_message", "correspondent",
+    "journey", "list_folder", "mark_unread", "move", "open_attachment", "open_message", "send", "split_addresses",
+    "unread_count", "xdm_document", "xdm_entries",
+]

@@ -1,0 +1,287 @@
+"""Opening a stored message for one reader: decrypt, verify the signature, split the MIME.
+
+The stored CMS is an EnvelopedData; inside is either our SignedData (messages signed at
+submission, receipts signed by the operator) or, for a message the client encrypted itself,
+the client's MIME entity (signed as ``application/pkcs7-mime``, as ``multipart/signed``, or
+not at all). The signature is checked with real path validation and revocation against the
+operator's CA (``mss.crypto.verify``); its outcome is a status, never an exception, so that
+the reader always learns what happened.
+
+The body is text: an HTML-only message is reduced to its text here and its markup never
+reaches a browser. Attachments keep their exact bytes. Everything here is blocking (RSA,
+AES, digest of the whole message): the web runs it in worker threads.
+"""
+
+from __future__ import annotations
+
+import email.policy
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.message import EmailMessage
+from email.parser import BytesParser
+from html.parser import HTMLParser
+
+from cryptography import x509
+from sqlalchemy import select
+from sqlmodel import Session
+
+from directory.models import Certificate
+from mss import store
+from mss.accounts import UnlockedAccount
+from mss.crypto import keys, smime, verify
+from mss.documents import detect
+from mss.errors import CryptoError, DecryptionError, DocumentError, SignatureError
+
+# Statuses beyond mss.crypto.verify's: no signature at all, or one we cannot check.
+UNSIGNED = "unsigned"
+UNVERIFIABLE = "unverifiable"
+SMIME_TYPES = {"application/pkcs7-mime", "application/x-pkcs7-mime"}
+SIGNATURE_TYPES = {"application/pkcs7-signature", "application/x-pkcs7-signature"}
+BODY_TYPES = {"text/plain", "text/html"}
+# Parts of a delivery or disposition report meant for software, not for the reader.
+REPORT_TYPES = {"message/delivery-status", "message/disposition-notification", "text/rfc822-headers",
+                "message/rfc822", "message/global-headers", "message/global-delivery-status"}
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What the signature check found, in a form the pages and the API can show."""
+
+    status: str  # valid | invalid | untrusted | revoked | expired | unsigned | unverifiable
+    reason: str
+    signer_address: str | None = None
+    signer_name: str | None = None
+    signing_time: datetime | None = None
+
+    @property
+    def trusted(self) -> bool:
+        return self.status == verify.VALID
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One attachment of an opened message, with its exact bytes."""
+
+    index: int
+    filename: str
+    content_type: str
+    kind: str  # pdf | cda | xdm | text | other
+    data: bytes = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True)
+class Content:
+    """A decrypted message: signature outcome, headers, text body and attachments."""
+
+    signature: Signature
+    headers: dict[str, str]
+    body: str
+    body_was_html: bool
+    attachments: tuple[Attachment, ...]
+
+
+def _decrypt(session: Session, cms: bytes, reader: UnlockedAccount) -> bytes:
+    """The envelope's content, opened with the reader's key under any of their certificates.
+
+    A certificate renewed for the same key has a new serial number: messages encrypted to
+    the previous one name that one, so the reader's other certificates are tried too.
+    """
+    private_key = keys.private_key_from_der(reader.private_key_der)
+    try:
+        return smime.decrypt(cms, reader.certificate, private_key)
+    except DecryptionError as exc:
+        if exc.details.get("reason") != "not_a_recipient":
+            raise
+        first_error = exc
+    rows = session.execute(
+        select(Certificate.der).where(Certificate.address == reader.address, Certificate.usage == "smime")
+    ).scalars()
+    for der in rows:
+        certificate = x509.load_der_x509_certificate(der)
+        if certificate == reader.certificate or not keys.key_matches_certificate(private_key, certificate):
+            continue
+        if smime.can_decrypt_for(cms, certificate):
+            return smime.decrypt(cms, certificate, private_key)
+    raise first_error
+
+
+def _report(report: verify.SignatureReport) -> Signature:
+    return Signature(
+        status=report.status, reason=report.reason, signer_address=report.signer_address,
+        signer_name=report.signer_common_name, signing_time=report.signing_time,
+    )
+
+
+def _verified(signed_der: bytes, roots: list[x509.Certificate], crls: list[bytes]) -> tuple[Signature, bytes]:
+    """The signature outcome and the signed content (returned even when it does not hold)."""
+    try:
+        report = verify.verify_signed_data(signed_der, trust_roots=roots, crls=crls)
+    except SignatureError as exc:
+        # Not a usable SignedData: show nothing from it as if it were signed.
+        return Signature(status=verify.INVALID, reason=exc.message), smime.signed_content(signed_der)
+    return _report(report), report.content
+
+
+def parse_entity(data: bytes) -> EmailMessage:
+    return BytesParser(policy=email.policy.default).parsebytes(data)  # type: ignore[return-value]
+
+
+def _client_content(inner: bytes) -> tuple[Signature, bytes]:
+    """Signature and entity of what a client encrypted itself without an embedded signature."""
+    entity = parse_entity(inner)
+    if entity.get_content_type() == "multipart/signed":
+        # A detached signature: the content is the first part, shown with a warning because
+        # mss.crypto.verify checks embedded-content signatures only.
+        parts = entity.get_payload()
+        if isinstance(parts, list) and parts:
+            body = parts[0].as_bytes(policy=email.policy.SMTP)
+            return Signature(status=UNVERIFIABLE, reason="detached signatures (multipart/signed) are not checked"), body
+    if entity.get_content_type() in SMIME_TYPES:
+        return Signature(status=UNVERIFIABLE, reason="the message holds a nested envelope"), b""
+    return Signature(status=UNSIGNED, reason="the sender's software did not sign this message"), inner
+
+
+def decrypt_and_verify(
+    session: Session, cms: bytes, kind: str, reader: UnlockedAccount, roots: list[x509.Certificate], crls: list[bytes]
+) -> tuple[Signature, bytes]:
+    """The signature outcome and the signed MIME entity of a stored message.
+
+    Our envelopes hold an RFC 8551 signed-data entity (``store.signed_data_in`` finds the
+    SignedData); a client's may also hold a detached signature or none. Raises
+    DecryptionError when the reader's key cannot open the envelope.
+    """
+    inner = _decrypt(session, cms, reader)
+    signed = store.signed_data_in(inner)
+    if signed is not None:
+        return _verified(signed, roots, crls)
+    if kind != "client":
+        return Signature(status=verify.INVALID, reason="the stored message is not signed as it should be"), b""
+    return _client_content(inner)
+
+
+def unverified_entity(session: Session, cms: bytes, kind: str, reader: UnlockedAccount) -> bytes:
+    """The MIME entity of a stored message without checking its signature (for indexing
+    the reader's own search terms, never for display). Raises DecryptionError, CryptoError."""
+    inner = _decrypt(session, cms, reader)
+    signed = store.signed_data_in(inner)
+    if signed is not None:
+        return smime.signed_content(signed)
+    return _client_content(inner)[1] if kind == "client" else b""
+
+
+class _TextOfHtml(HTMLParser):
+    """Collects the text of an HTML document; scripts, styles and markup are dropped."""
+
+    BLOCKS = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote", "pre", "hr"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.chunks: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in {"script", "style", "head", "title", "template"}:
+            self._skip += 1
+        elif tag in self.BLOCKS:
+            self.chunks.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in {"script", "style", "head", "title", "template"}:
+            self._skip = max(0, self._skip - 1)
+        elif tag in self.BLOCKS:
+            self.chunks.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.chunks.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """The readable text of an HTML body (no markup, no remote content, blank lines folded)."""
+    parser = _TextOfHtml()
+    parser.feed(html)
+    parser.close()
+    lines = [" ".join(line.split()) for line in "".join(parser.chunks).splitlines()]
+    text: list[str] = []
+    for line in lines:
+        if line or (text and text[-1]):
+            text.append(line)
+    return "\n".join(text).strip()
+
+
+def _text_of(part: EmailMessage) -> str:
+    try:
+        return str(part.get_content())
+    except (LookupError, UnicodeError, ValueError, TypeError):
+        raw = part.get_payload(decode=True) or b""
+        return raw.decode("utf-8", errors="replace")
+
+
+def _attachment_kind(data: bytes, content_type: str, filename: str) -> str:
+    try:
+        return detect.sniff(data, content_type, filename)
+    except DocumentError:
+        return "other"
+
+
+def split_entity(entity_bytes: bytes, *, receipt: bool = False) -> tuple[dict[str, str], str, bool, tuple[Attachment, ...]]:
+    """Headers, text body, whether it came from HTML, and attachments of a MIME entity.
+
+    Parts are split as the pipeline did at submission: inline text is the body, every other
+    leaf is an attachment, a client's own detached signature is neither. In a delivery or
+    disposition report, the machine-readable parts are left out.
+    """
+    if not entity_bytes:
+        return {}, "", False, ()
+    entity = parse_entity(entity_bytes)
+    headers: dict[str, str] = {}
+    for name in ("From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To", "References",
+                 "Disposition-Notification-To"):
+        try:
+            value = entity.get(name)
+        except (ValueError, IndexError, TypeError):
+            value = None
+        if value is not None:
+            headers[name] = str(value)
+    plain: list[str] = []
+    html: list[str] = []
+    attachments: list[Attachment] = []
+    skip: set[int] = set()
+    for part in entity.walk():
+        if id(part) in skip:
+            continue
+        content_type = part.get_content_type()
+        if content_type in REPORT_TYPES:
+            for sub in part.walk():
+                skip.add(id(sub))
+            continue
+        if part.is_multipart():
+            continue
+        filename = part.get_filename() or ""
+        disposition = part.get_content_disposition()
+        if content_type in SIGNATURE_TYPES and not filename.lower().endswith(".p7m"):
+            continue
+        if content_type in BODY_TYPES and not filename and disposition != "attachment":
+            (plain if content_type == "text/plain" else html).append(_text_of(part))
+            continue
+        if receipt:
+            continue
+        data = part.get_payload(decode=True) or b""
+        name = filename or f"attachment-{len(attachments) + 1}"
+        attachments.append(
+            Attachment(
+                index=len(attachments), filename=name, content_type=content_type,
+                kind=_attachment_kind(data, content_type, name), data=data,
+            )
+        )
+    if plain:
+        body, was_html = "\n\n".join(text.strip("\n") for text in plain), False
+    elif html:
+        body, was_html = "\n\n".join(html_to_text(text) for text in html), True
+    else:
+        body, was_html = "", False
+    return headers, body, was_html, tuple(attachments)

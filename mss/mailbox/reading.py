@@ -1,0 +1,726 @@
+"""Reading a mailbox: folders with filters and pages, a message opened for its reader, its
+attachments, the read and archive marks, and the Sent view's journey per recipient.
+
+A message is reachable only through a ``mailbox_item`` row of the reader: any other queue id
+is "not found", whether it exists or not. Opening decrypts with the reader's own key (held
+by their session), checks the signature, marks the message read, sends the ``displayed``
+disposition notification when the sender asked for one (first opening only) and records
+``message.open`` in the audit trail. Database transactions are kept short: the crypto runs
+between them, never while a write lock is held.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from directory import certificates
+from directory.models import DirectoryEntry
+from mss import audit, store
+from mss.accounts import UnlockedAccount
+from mss.db import session_scope
+from mss.documents import DocumentLimits, parse_cda
+from mss.documents.xdm import XdmInfo, parse_xdm
+from mss.errors import CryptoError, DecryptionError, DocumentError, MssError
+from mss.mailbox import index
+from mss.mailbox.content import Attachment, Signature, decrypt_and_verify, split_entity, unverified_entity
+from mss.models import Delivery, MailboxItem, Message, Receipt
+from mss.runtime import Runtime
+from mss.store import MessageMeta, MessageNotFound
+
+INBOX, SENT, ARCHIVE = store.INBOX, store.SENT, store.ARCHIVE
+FOLDERS = (INBOX, SENT, ARCHIVE)
+DISPLAY_TZ = ZoneInfo("Europe/Paris")
+MAX_PER_PAGE = 100
+CONTENT_BATCH = 50
+"""Messages decrypted per filtered request to index what only their content tells."""
+DOC_TYPES = ("pdf", "cda", "xdm", "receipt")
+_CDA_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+
+
+class FilterError(MssError):
+    """A folder filter has a value that cannot be searched for (bad date, INS, type)."""
+
+
+# -- what the pages and the API show -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Correspondent:
+    """A directory entry as the reader sees it next to a message."""
+
+    address: str
+    name: str
+    profession: str
+    organisation: str
+    rpps: str
+    city: str
+    status: str
+
+    @classmethod
+    def of(cls, entry: DirectoryEntry) -> "Correspondent":
+        return cls(
+            address=entry.address, name=entry.display_name, profession=entry.profession_label or entry.skill_label,
+            organisation=entry.org_name, rpps=entry.rpps, city=entry.city, status=entry.status,
+        )
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a folder listing is narrowed to; empty fields do not filter."""
+
+    sender: str = ""
+    subject: str = ""
+    ins: str = ""
+    doc_type: str = ""  # pdf | cda | xdm | receipt
+    cda_code: str = ""  # a CDA type code, e.g. 11490-0
+    date_from: date | None = None
+    date_to: date | None = None
+    unread_only: bool = False
+
+    def check(self) -> "Filters":
+        """The filters, normalised. Raises FilterError for a value that means nothing."""
+        ins = index.normalise_ins(self.ins)
+        if ins and not index.is_ins(ins):
+            raise FilterError("the patient INS must be 13 to 15 digits (15 with its key)")
+        doc_type = self.doc_type.strip().lower()
+        if doc_type and doc_type not in DOC_TYPES:
+            raise FilterError(f"unknown document type {doc_type!r}: use pdf, cda, xdm or receipt")
+        code = self.cda_code.strip()
+        if code and not _CDA_CODE.match(code):
+            raise FilterError("the CDA type code may hold only letters, digits, '.', '_' and '-'")
+        if self.date_from and self.date_to and self.date_from > self.date_to:
+            raise FilterError("the start date is after the end date")
+        if len(self.sender) > 200 or len(self.subject) > 200:
+            raise FilterError("a search text is limited to 200 characters")
+        return replace(self, sender=self.sender.strip(), subject=self.subject.strip(), ins=ins, doc_type=doc_type,
+                       cda_code=code)
+
+    @property
+    def active(self) -> bool:
+        return any((self.sender, self.subject, self.ins, self.doc_type, self.cda_code, self.date_from, self.date_to,
+                    self.unread_only))
+
+    def terms(self) -> list[str]:
+        """The index terms every listed message must have."""
+        terms = sorted(index.subject_query_terms(self.subject))
+        if self.ins:
+            terms.append(index.ins_term(self.ins))
+        if self.doc_type:
+            terms.append(index.kind_term(self.doc_type))
+        if self.cda_code:
+            terms.append(index.code_term(self.cda_code))
+        return terms
+
+    @property
+    def needs_content(self) -> bool:
+        """True when matches may hide in content not indexed yet (INS, document types)."""
+        return bool(self.ins or self.cda_code or self.doc_type in {"cda", "xdm"})
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    filename: str
+    kind: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a sent message got, counted over its recipients."""
+
+    recipients: int
+    delivered: int
+    failed: int
+    processed: int
+    displayed: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One line of a folder."""
+
+    queue_id: str
+    folder: str
+    unread: bool
+    kind: str  # signed | client | receipt
+    at: datetime
+    sender: str
+    sender_name: str
+    recipients: tuple[str, ...]
+    subject: str
+    documents: tuple[DocumentInfo, ...]
+    read_receipt_asked: bool
+    progress: Progress | None = None
+    document_types: tuple[str, ...] = ()
+    """The type of each CDA carried (its label, else its code), bare or in an IHE_XDM package."""
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a folder, newest first."""
+
+    folder: str
+    items: tuple[Summary, ...]
+    page: int
+    per_page: int
+    total: int
+    filters: Filters
+    unsearched: int = 0
+    """Messages whose content is not indexed yet, so a filter on INS or type may miss them."""
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+    @property
+    def has_next(self) -> bool:
+        return self.page < self.pages
+
+    @property
+    def has_prev(self) -> bool:
+        return self.page > 1
+
+
+@dataclass(frozen=True)
+class AttachmentInfo:
+    index: int
+    filename: str
+    content_type: str
+    kind: str
+    size: int
+
+    @classmethod
+    def of(cls, attachment: Attachment) -> "AttachmentInfo":
+        return cls(attachment.index, attachment.filename, attachment.content_type, attachment.kind, attachment.size)
+
+
+@dataclass(frozen=True)
+class ReceiptAbout:
+    """For a delivery or disposition notification: which message and recipient it reports."""
+
+    queue_id: str
+    recipient: str
+    kind: str
+    status: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A message opened for its reader."""
+
+    queue_id: str
+    folder: str
+    kind: str
+    at: datetime
+    meta: MessageMeta
+    sender: Correspondent | None
+    recipients: tuple[tuple[str, Correspondent | None], ...]
+    signature: Signature
+    body: str
+    body_was_html: bool
+    attachments: tuple[AttachmentInfo, ...]
+    headers: dict[str, str]
+    receipt_about: ReceiptAbout | None = None
+    displayed_sent: bool = False
+    is_sender: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    status: str  # delivered | failed | processed | displayed
+    at: datetime
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RecipientJourney:
+    """Where a sent message stands for one recipient."""
+
+    address: str
+    correspondent: Correspondent | None
+    steps: tuple[Step, ...]
+    read_receipt_asked: bool
+
+    @property
+    def status(self) -> str:
+        return self.steps[-1].status if self.steps else "pending"
+
+
+@dataclass(frozen=True)
+class XdmEntry:
+    index: int
+    path: str
+    title: str
+    kind: str
+    size: int
+    type_code: str
+    type_name: str
+    patient_id: str
+
+
+@dataclass(frozen=True)
+class OpenedAttachment:
+    """An attachment with its bytes and the signature of the message that carried it."""
+
+    queue_id: str
+    attachment: Attachment
+    signature: Signature
+    meta: MessageMeta = field(repr=False)
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def limits_of(rt: Runtime) -> DocumentLimits:
+    return DocumentLimits(max_document_size=rt.settings.relay.max_message_size)
+
+
+def _entries(session: Session, addresses: set[str]) -> dict[str, DirectoryEntry]:
+    if not addresses:
+        return {}
+    rows = session.execute(select(DirectoryEntry).where(DirectoryEntry.address.in_(sorted(addresses)))).scalars()
+    return {row.address: row for row in rows}
+
+
+def correspondent(rt: Runtime, address: str) -> Correspondent | None:
+    """The directory entry of ``address`` as shown next to a message, or None."""
+    with session_scope(rt.engine) as session:
+        entry = _entries(session, {address}).get(address)
+        return Correspondent.of(entry) if entry else None
+
+
+def _start_of(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=DISPLAY_TZ)
+
+
+def _items_of(session: Session, owner: str, queue_id: str) -> list[tuple[MailboxItem, Message]]:
+    rows = session.execute(
+        select(MailboxItem, Message).join(Message, Message.id == MailboxItem.message_id)
+        .where(MailboxItem.owner == owner, Message.queue_id == queue_id.strip().upper())
+        .order_by(MailboxItem.id)
+    ).all()
+    return [(item, message) for item, message in rows]
+
+
+def _pick(rows: list[tuple[MailboxItem, Message]], folder: str | None) -> tuple[MailboxItem, Message]:
+    """The row to show: the folder asked for, else a received copy, else the sent one."""
+    for wanted in (folder, INBOX, ARCHIVE, SENT):
+        for item, message in rows:
+            if item.folder == wanted:
+                return item, message
+    return rows[0]
+
+
+# -- listing -----------------------------------------------------------------------------
+
+
+def list_folder(
+    rt: Runtime, reader: UnlockedAccount, folder: str, filters: Filters | None = None, *, page: int = 1,
+    per_page: int = 25,
+) -> Page:
+    """One page of ``folder`` for ``reader``, newest first. Raises FilterError, ValueError."""
+    if folder not in FOLDERS:
+        raise ValueError(f"unknown folder {folder!r}")
+    if not 1 <= per_page <= MAX_PER_PAGE or page < 1:
+        raise ValueError("page must be at least 1 and per_page between 1 and 100")
+    filters = (filters or Filters()).check()
+    owner = reader.address
+    terms = filters.terms()
+    unsearched = 0
+    tokens = None
+    if terms:
+        index.ensure_indexed(rt.engine, rt.master_key, owner)
+        if filters.needs_content:
+            unsearched = _index_content_batch(rt, reader)
+        tokens = index.Tokens(index.index_key(rt.engine, rt.master_key), owner)
+
+    with session_scope(rt.engine) as session:
+        conditions = [MailboxItem.owner == owner, MailboxItem.folder == folder]
+        if filters.unread_only:
+            conditions.append(MailboxItem.unread.is_(True))
+        if filters.date_from:
+            conditions.append(MailboxItem.created_at >= _start_of(filters.date_from))
+        if filters.date_to:
+            conditions.append(MailboxItem.created_at < _start_of(filters.date_to + timedelta(days=1)))
+        if tokens is not None:
+            for term in terms:
+                conditions.append(MailboxItem.id.in_(index.matching(tokens, term)))
+        query = select(MailboxItem, Message).join(Message, Message.id == MailboxItem.message_id)
+        count = select(func.count()).select_from(MailboxItem).join(Message, Message.id == MailboxItem.message_id)
+        if filters.sender:
+            sender_condition = _sender_condition(owner, folder, filters.sender)
+            query, count = query.where(sender_condition), count.where(sender_condition)
+        query = query.where(and_(*conditions))
+        count = count.where(and_(*conditions))
+        total = int(session.execute(count).scalar_one())
+        rows = session.execute(
+            query.order_by(MailboxItem.created_at.desc(), MailboxItem.id.desc())
+            .offset((page - 1) * per_page).limit(per_page)
+        ).all()
+        metas = {message.id: MessageMeta.open(rt.master_key, message.meta_sealed) for _item, message in rows}
+        names = _entries(session, {message.sender for _item, message in rows})
+        progress = _progress(session, [message.id for item, message in rows if item.folder == SENT])
+    items = tuple(
+        Summary(
+            queue_id=message.queue_id, folder=item.folder, unread=item.unread, kind=message.kind,
+            at=item.created_at, sender=message.sender,
+            sender_name=names[message.sender].display_name if message.sender in names else "",
+            recipients=tuple(metas[message.id].recipients), subject=metas[message.id].subject,
+            documents=tuple(
+                DocumentInfo(str(d.get("filename", "")), str(d.get("kind", "")), int(d.get("size", 0) or 0))  # type: ignore[call-overload]
+                for d in metas[message.id].documents
+            ),
+            read_receipt_asked=metas[message.id].mdn_to is not None,
+            progress=progress.get(message.id),
+            document_types=_document_types(metas[message.id]),
+        )
+        for item, message in rows
+    )
+    return Page(folder=folder, items=items, page=page, per_page=per_page, total=total, filters=filters,
+                unsearched=unsearched)
+
+
+def _document_types(meta: MessageMeta) -> tuple[str, ...]:
+    found: dict[str, None] = {}
+    for document in meta.documents:
+        cdas = document.get("cda")
+        for cda in cdas if isinstance(cdas, list) else []:
+            if isinstance(cda, dict) and (cda.get("type_label") or cda.get("type_code")):
+                found[str(cda.get("type_label") or cda.get("type_code"))] = None
+    return tuple(found)
+
+
+def _sender_condition(owner: str, folder: str, text: str):  # type: ignore[no-untyped-def]
+    """Messages whose sender's address, or name in the directory, holds every word of ``text``."""
+    needle = text.strip().lower()
+    address_match = Message.sender.contains(needle, autoescape=True)
+    words = index.words(text)
+    if not words:
+        return address_match
+    # Only this mailbox's few distinct senders are looked up in the directory, not all of it.
+    senders = (
+        select(Message.sender).join(MailboxItem, MailboxItem.message_id == Message.id)
+        .where(MailboxItem.owner == owner, MailboxItem.folder == folder).distinct()
+    )
+    named = select(DirectoryEntry.address).where(
+        DirectoryEntry.address.in_(senders), *[DirectoryEntry.search_text.contains(w, autoescape=True) for w in words]
+    )
+    return or_(address_match, Message.sender.in_(named))
+
+
+def _progress(session: Session, message_ids: list[int]) -> dict[int, Progress]:
+    if not message_ids:
+        return {}
+    found: dict[int, dict[str, set[str]]] = {
+        mid: {"all": set(), "delivered": set(), "failed": set(), "processed": set(), "displayed": set()}
+        for mid in message_ids
+    }
+    for mid, recipient, status in session.execute(
+        select(Delivery.message_id, Delivery.recipient, Delivery.status).where(Delivery.message_id.in_(message_ids))
+    ):
+        found[mid]["all"].add(recipient)
+        if status in found[mid]:
+            found[mid][status].add(recipient)
+    for mid, recipient, status in session.execute(
+        select(Receipt.message_id, Receipt.recipient, Receipt.status).where(Receipt.message_id.in_(message_ids))
+    ):
+        if status in found[mid]:
+            found[mid][status].add(recipient)
+    return {
+        mid: Progress(len(v["all"]), len(v["delivered"]), len(v["failed"]), len(v["processed"]), len(v["displayed"]))
+        for mid, v in found.items()
+    }
+
+
+# -- opening -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    item: MailboxItem
+    message: Message
+    item_ids: tuple[int, ...]
+    meta: MessageMeta
+    roots: list
+    crls: list[bytes]
+
+
+def _load(rt: Runtime, reader: UnlockedAccount, queue_id: str, folder: str | None) -> _Loaded:
+    with session_scope(rt.engine) as session:
+        rows = _items_of(session, reader.address, queue_id)
+        if not rows:
+            raise MessageNotFound(f"no message {queue_id.strip()[:40]} in this mailbox")
+        item, message = _pick(rows, folder)
+        trust = certificates.trust_material(session, rt.settings)
+        return _Loaded(
+            item=item, message=message, item_ids=tuple(i.id for i, _m in rows),  # type: ignore[misc]
+            meta=MessageMeta.open(rt.master_key, message.meta_sealed), roots=trust.roots, crls=trust.crls,
+        )
+
+
+def _decrypt(rt: Runtime, reader: UnlockedAccount, loaded: _Loaded) -> tuple[Signature, bytes]:
+    with session_scope(rt.engine) as session:
+        # Certificates only (no write): the reader's other certificates for an older envelope.
+        return decrypt_and_verify(session, loaded.message.cms, loaded.message.kind, reader, loaded.roots, loaded.crls)
+
+
+def open_message(
+    rt: Runtime, reader: UnlockedAccount, queue_id: str, *, folder: str | None = None, request_id: str = ""
+) -> Opened:
+    """Decrypt, verify and split a message of ``reader``'s mailbox; mark it read.
+
+    Sends and stores the ``displayed`` MDN the first time a recipient opens a message whose
+    sender asked for one. Audits ``message.open``. Raises MessageNotFound (also for a
+    message of another mailbox), DecryptionError.
+    """
+    from mss.mailbox import disposition
+
+    loaded = _load(rt, reader, queue_id, folder)
+    message, meta = loaded.message, loaded.meta
+    signature, entity = _decrypt(rt, reader, loaded)
+    headers, body, was_html, attachments = split_entity(entity, receipt=message.kind == "receipt")
+    displayed = False
+    with session_scope(rt.engine) as session:
+        session.execute(
+            update(MailboxItem).where(MailboxItem.id.in_(loaded.item_ids), MailboxItem.unread.is_(True))
+            .values(unread=False)
+        )
+        if loaded.item.folder != SENT:
+            displayed = disposition.send_displayed(
+                session, rt, message=message, meta=meta, reader=reader.address, request_id=request_id
+            )
+        audit.record(session, actor=reader.address, action="message.open", object=message.queue_id,
+                     request_id=request_id, signature=signature.status)
+        about = _receipt_about(session, message) if message.kind == "receipt" else None
+        people = _entries(session, {message.sender, *meta.recipients})
+    _index_opened(rt, reader.address, loaded, meta, attachments)
+    return Opened(
+        queue_id=message.queue_id, folder=loaded.item.folder, kind=message.kind, at=loaded.item.created_at,
+        meta=meta, sender=Correspondent.of(people[message.sender]) if message.sender in people else None,
+        recipients=tuple((a, Correspondent.of(people[a]) if a in people else None) for a in meta.recipients),
+        signature=signature, body=body, body_was_html=was_html,
+        attachments=tuple(AttachmentInfo.of(a) for a in attachments), headers=headers, receipt_about=about,
+        displayed_sent=displayed, is_sender=message.sender == reader.address,
+    )
+
+
+def _receipt_about(session: Session, notification: Message) -> ReceiptAbout | None:
+    row = session.execute(
+        select(Receipt, Message.queue_id).join(Message, Message.id == Receipt.message_id)
+        .where(Receipt.notification_id == notification.id)
+    ).first()
+    if row is None:
+        return None
+    receipt, original = row
+    return ReceiptAbout(queue_id=original, recipient=receipt.recipient, kind=receipt.kind, status=receipt.status,
+                        reason=receipt.reason)
+
+
+def document_facts(rt: Runtime, attachments: tuple[Attachment, ...]) -> tuple[set[str], set[str], set[str]]:
+    """CDA type codes, patient INS and document kinds found in attachments (XDM opened)."""
+    codes: set[str] = set()
+    ins: set[str] = set()
+    kinds: set[str] = set()
+    limits = limits_of(rt)
+    for attachment in attachments:
+        kinds.add(attachment.kind)
+        try:
+            if attachment.kind == "cda":
+                infos = [parse_cda(attachment.data, filename=attachment.filename, limits=limits)]
+            elif attachment.kind == "xdm":
+                infos = list(parse_xdm(attachment.data, limits=limits, filename=attachment.filename).cdas)
+                if infos:
+                    kinds.add("cda")
+            else:
+                continue
+        except DocumentError:
+            continue  # checked at submission; a document that no longer parses adds no term
+        for info in infos:
+            codes.add(info.type_code.code)
+            if info.ins is not None:
+                ins.add(info.ins.value)
+    return codes, ins, kinds
+
+
+def _index_opened(rt: Runtime, owner: str, loaded: _Loaded, meta: MessageMeta, attachments: tuple[Attachment, ...]) -> None:
+    if not index.needs_content(meta, loaded.message.kind):
+        return
+    codes, ins, kinds = document_facts(rt, attachments)
+    key = index.index_key(rt.engine, rt.master_key)
+    try:
+        with session_scope(rt.engine) as session:
+            index.index_content(session, key, owner, loaded.item_ids, index.meta_terms(meta, loaded.message.kind),
+                                index.content_terms(codes, ins, kinds))
+    except IntegrityError:
+        pass  # indexed meanwhile by a listing; its content terms come with the next opening
+
+
+def _index_content_batch(rt: Runtime, reader: UnlockedAccount) -> int:
+    """Index the content of up to CONTENT_BATCH unindexed messages; return how many remain."""
+    pending = index.pending_content(rt.engine, reader.address)
+    key = index.index_key(rt.engine, rt.master_key)
+    for item_id in pending[:CONTENT_BATCH]:
+        with session_scope(rt.engine) as session:
+            row = session.execute(
+                select(MailboxItem, Message).join(Message, Message.id == MailboxItem.message_id)
+                .where(MailboxItem.id == item_id)
+            ).first()
+        if row is None:
+            continue
+        item, message = row
+        meta = MessageMeta.open(rt.master_key, message.meta_sealed)
+        try:
+            with session_scope(rt.engine) as session:
+                entity = unverified_entity(session, message.cms, message.kind, reader)
+        except (DecryptionError, CryptoError):
+            entity = b""
+        _headers, _body, _html, attachments = split_entity(entity) if entity else ({}, "", False, ())
+        codes, ins, kinds = document_facts(rt, attachments)
+        try:
+            with session_scope(rt.engine) as session:
+                index.index_content(session, key, reader.address, [item.id], index.meta_terms(meta, message.kind),
+                                    index.content_terms(codes, ins, kinds))
+        except IntegrityError:
+            continue
+    return max(0, len(pending) - CONTENT_BATCH)
+
+
+# -- attachments -------------------------------------------------------------------------
+
+
+def open_attachment(
+    rt: Runtime, reader: UnlockedAccount, queue_id: str, attachment_index: int, *, action: str = "attachment.download",
+    request_id: str = "",
+) -> OpenedAttachment:
+    """One attachment of a message of ``reader``'s mailbox, with its exact bytes.
+
+    ``action`` is what the audit trail records (``attachment.download`` or
+    ``attachment.view``). Raises MessageNotFound (also for an index out of range).
+    """
+    loaded = _load(rt, reader, queue_id, None)
+    signature, entity = _decrypt(rt, reader, loaded)
+    _headers, _body, _html, attachments = split_entity(entity, receipt=loaded.message.kind == "receipt")
+    if not 0 <= attachment_index < len(attachments):
+        raise MessageNotFound(f"no attachment {attachment_index} in message {loaded.message.queue_id}")
+    attachment = attachments[attachment_index]
+    with session_scope(rt.engine) as session:
+        audit.record(session, actor=reader.address, action=action, object=loaded.message.queue_id,
+                     request_id=request_id, index=attachment_index, kind=attachment.kind)
+    return OpenedAttachment(queue_id=loaded.message.queue_id, attachment=attachment, signature=signature,
+                            meta=loaded.meta)
+
+
+def xdm_entries(rt: Runtime, attachment: Attachment) -> tuple[XdmInfo, tuple[XdmEntry, ...]]:
+    """The documents listed in an IHE_XDM.ZIP attachment. Raises DocumentError."""
+    info = parse_xdm(attachment.data, limits=limits_of(rt), filename=attachment.filename)
+    entries = tuple(
+        XdmEntry(
+            index=i, path=doc.path, title=doc.title or doc.path.rsplit("/", 1)[-1], kind=doc.document.kind,
+            size=doc.document.size, type_code=doc.type_code.code if doc.type_code else "",
+            type_name=(doc.type_code.display_name or "") if doc.type_code else "", patient_id=doc.patient_id or "",
+        )
+        for i, doc in enumerate(info.documents)
+    )
+    return info, entries
+
+
+def xdm_document(rt: Runtime, attachment: Attachment, document_index: int) -> tuple[XdmEntry, bytes]:
+    """One document of an IHE_XDM.ZIP attachment and its bytes. Raises MessageNotFound, DocumentError."""
+    info, entries = xdm_entries(rt, attachment)
+    if not 0 <= document_index < len(entries):
+        raise MessageNotFound(f"no document {document_index} in {attachment.filename}")
+    entry = entries[document_index]
+    # parse_xdm has checked every entry (names, sizes, ratios) before this read.
+    with zipfile.ZipFile(io.BytesIO(attachment.data)) as archive:
+        data = archive.read(info.documents[document_index].path)
+    return entry, data
+
+
+# -- marks and folders -------------------------------------------------------------------
+
+
+def move(rt: Runtime, owner: str, queue_id: str, *, to: str, request_id: str = "") -> None:
+    """Archive a received message (``to=archive``) or put it back (``to=inbox``).
+
+    Audits ``message.archive`` or ``message.unarchive``. Raises MessageNotFound when
+    ``owner`` has no received copy of it.
+    """
+    if to not in {INBOX, ARCHIVE}:
+        raise ValueError("a message moves between inbox and archive only")
+    source = ARCHIVE if to == INBOX else INBOX
+    with session_scope(rt.engine) as session:
+        rows = [(i, m) for i, m in _items_of(session, owner, queue_id) if i.folder == source]
+        if not rows:
+            raise MessageNotFound(f"no message {queue_id.strip()[:40]} in this folder")
+        for item, _message in rows:
+            item.folder = to
+            session.add(item)
+        audit.record(session, actor=owner, action="message.archive" if to == ARCHIVE else "message.unarchive",
+                     object=rows[0][1].queue_id, request_id=request_id)
+
+
+def mark_unread(rt: Runtime, owner: str, queue_id: str) -> None:
+    """Mark a message unread again. Raises MessageNotFound."""
+    with session_scope(rt.engine) as session:
+        rows = _items_of(session, owner, queue_id)
+        if not rows:
+            raise MessageNotFound(f"no message {queue_id.strip()[:40]} in this mailbox")
+        for item, _message in rows:
+            if item.folder != SENT:
+                item.unread = True
+                session.add(item)
+
+
+def unread_count(rt: Runtime, owner: str) -> int:
+    """Unread messages in the inbox."""
+    with session_scope(rt.engine) as session:
+        return int(session.execute(
+            select(func.count()).select_from(MailboxItem)
+            .where(MailboxItem.owner == owner, MailboxItem.folder == INBOX, MailboxItem.unread.is_(True))
+        ).scalar_one())
+
+
+# -- the Sent view -----------------------------------------------------------------------
+
+_ORDER = {"delivered": 0, "relayed": 0, "processed": 1, "displayed": 2, "failed": 3}
+
+
+def journey(rt: Runtime, owner: str, queue_id: str) -> tuple[RecipientJourney, ...]:
+    """Per recipient of a message ``owner`` sent: delivered, processed, displayed or failed,
+    with times and reasons. Raises MessageNotFound when ``owner`` did not send it."""
+    with session_scope(rt.engine) as session:
+        rows = [(i, m) for i, m in _items_of(session, owner, queue_id) if i.folder == SENT]
+        if not rows:
+            raise MessageNotFound(f"no sent message {queue_id.strip()[:40]} in this mailbox")
+        message = rows[0][1]
+        deliveries = session.execute(
+            select(Delivery).where(Delivery.message_id == message.id).order_by(Delivery.id)
+        ).scalars().all()
+        receipts = session.execute(
+            select(Receipt).where(Receipt.message_id == message.id).order_by(Receipt.at, Receipt.id)
+        ).scalars().all()
+        people = _entries(session, {d.recipient for d in deliveries})
+    journeys = []
+    for delivery in deliveries:
+        steps: dict[str, Step] = {delivery.status: Step(delivery.status, delivery.at, delivery.reason)}
+        for receipt in receipts:
+            if receipt.recipient == delivery.recipient and receipt.status not in steps:
+                steps[receipt.status] = Step(receipt.status, receipt.at, receipt.reason)
+        ordered = tuple(sorted(steps.values(), key=lambda s: (_ORDER.get(s.status, 9), s.at)))
+        journeys.append(RecipientJourney(
+            address=delivery.recipient,
+            correspondent=Correspondent.of(people[delivery.recipient]) if delivery.recipient in people else None,
+            steps=ordered, read_receipt_asked=delivery.mdn_requested,
+        ))
+    return tuple(journeys)
+

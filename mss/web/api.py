@@ -1,0 +1,478 @@
+"""The JSON API under ``/api/v1``: the same mailbox service and checks as the pages.
+
+Authentication: ``POST /api/v1/sessions`` with address, password and a current TOTP code
+(or a recovery code) returns a bearer token; send it as ``Authorization: Bearer <token>``.
+It is a session like the web's (same idle and absolute timeouts, private key sealed under a
+key only the token carries), but of its own kind: a browser cookie is never accepted here
+and a bearer token never in the pages, so the API needs no CSRF token. ``DELETE
+/api/v1/sessions/current`` ends it. An account must have enrolled its authenticator in the
+web inbox first. The OpenAPI schema is at ``/api/v1/schema/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.exceptions import HTTPException, NotFoundException
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from typing_extensions import Annotated
+
+from mss import accounts, mailbox
+from mss.errors import AccountDisabled, AccountLocked, BadCredentials, BadTotp, MssError
+from mss.mailbox import Draft, DraftInvalid, FilterError, MessageNotFound, Upload
+from mss.web import twofactor
+from mss.web.compose_pages import directory_matches
+from mss.web.context import config, request_id, run
+from mss.web.pages import file_response
+from mss.web.sessions import ACTIVE, API, LiveSession, SessionInvalid, SessionToken, end_session, load_session
+from mss.web.sessions import open_session
+
+SECURITY = [{"BearerToken": []}]
+
+
+class ApiError(HTTPException):
+    """An API refusal with a machine code, a sentence and, for forms, per-field problems."""
+
+    def __init__(self, status_code: int, code: str, message: str, fields: dict[str, list[str]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code=status_code, detail=message, headers=headers)
+        self.code = code
+        self.fields = fields or {}
+
+
+# -- bodies ------------------------------------------------------------------------------
+
+
+@dataclass
+class LoginRequest:
+    address: str
+    password: str
+    code: str
+    """A current TOTP code, or one of the recovery codes."""
+
+
+@dataclass
+class SessionOut:
+    token: str
+    token_type: str
+    expires_at: datetime
+    idle_timeout_seconds: int
+
+
+@dataclass
+class CorrespondentOut:
+    address: str
+    name: str = ""
+    profession: str = ""
+    organisation: str = ""
+    rpps: str = ""
+    city: str = ""
+    status: str = ""
+
+
+@dataclass
+class DocumentOut:
+    filename: str
+    kind: str
+    size: int
+
+
+@dataclass
+class ProgressOut:
+    recipients: int
+    delivered: int
+    failed: int
+    processed: int
+    displayed: int
+
+
+@dataclass
+class SummaryOut:
+    queue_id: str
+    folder: str
+    unread: bool
+    kind: str
+    received_at: datetime
+    sender: str
+    sender_name: str
+    recipients: list[str]
+    subject: str
+    documents: list[DocumentOut]
+    read_receipt_asked: bool
+    document_types: list[str]
+    """The type of each CDA carried (label, else LOINC code)."""
+    progress: ProgressOut | None = None
+
+
+@dataclass
+class MessageListOut:
+    folder: str
+    items: list[SummaryOut]
+    page: int
+    per_page: int
+    total: int
+    pages: int
+    unsearched: int
+
+
+@dataclass
+class SignatureOut:
+    status: str
+    """valid, invalid, untrusted, revoked, expired, unsigned or unverifiable. Show the body
+    with a clear warning unless it is valid (CBC encryption is malleable)."""
+    reason: str
+    signer_address: str | None
+    signer_name: str | None
+    signing_time: datetime | None
+
+
+@dataclass
+class AttachmentOut:
+    index: int
+    filename: str
+    content_type: str
+    kind: str
+    size: int
+    url: str
+
+
+@dataclass
+class ReceiptAboutOut:
+    queue_id: str
+    recipient: str
+    kind: str
+    status: str
+    reason: str
+
+
+@dataclass
+class MessageOut:
+    queue_id: str
+    folder: str
+    kind: str
+    received_at: datetime
+    subject: str
+    date: str
+    message_id: str
+    sender: CorrespondentOut
+    recipients: list[CorrespondentOut]
+    signature: SignatureOut
+    body: str
+    body_was_html: bool
+    attachments: list[AttachmentOut]
+    read_receipt_asked: bool
+    displayed_receipt_sent: bool
+    receipt_about: ReceiptAboutOut | None = None
+
+
+@dataclass
+class StepOut:
+    status: str
+    at: datetime
+    reason: str
+
+
+@dataclass
+class JourneyOut:
+    recipient: CorrespondentOut
+    status: str
+    read_receipt_asked: bool
+    steps: list[StepOut]
+
+
+@dataclass
+class AttachmentIn:
+    filename: str
+    content_base64: str
+    content_type: str = "application/octet-stream"
+
+
+@dataclass
+class SendRequest:
+    to: list[str]
+    subject: str = ""
+    body: str = ""
+    attachments: list[AttachmentIn] = field(default_factory=list)
+    read_receipt: bool = False
+    package_xdm: bool = False
+    """Package the CDA attachments as one IHE_XDM.ZIP."""
+    reply_to: str | None = None
+    """Queue id of the message answered."""
+    source: str | None = None
+    """Queue id of the message whose attachments ``keep`` takes."""
+    keep: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SentOut:
+    queue_id: str
+    message_id: str
+
+
+@dataclass
+class DirectoryEntryOut:
+    address: str
+    name: str
+    profession: str
+    organisation: str
+    city: str
+    rpps: str
+
+
+@dataclass
+class DirectoryOut:
+    items: list[DirectoryEntryOut]
+    page: int
+    has_next: bool
+
+
+# -- converters --------------------------------------------------------------------------
+
+
+def _correspondent(address: str, card: mailbox.Correspondent | None) -> CorrespondentOut:
+    if card is None:
+        return CorrespondentOut(address=address)
+    return CorrespondentOut(address=card.address, name=card.name, profession=card.profession,
+                            organisation=card.organisation, rpps=card.rpps, city=card.city, status=card.status)
+
+
+def _summary(item: mailbox.Summary) -> SummaryOut:
+    progress = item.progress
+    return SummaryOut(
+        queue_id=item.queue_id, folder=item.folder, unread=item.unread, kind=item.kind, received_at=item.at,
+        sender=item.sender, sender_name=item.sender_name, recipients=list(item.recipients), subject=item.subject,
+        documents=[DocumentOut(d.filename, d.kind, d.size) for d in item.documents],
+        read_receipt_asked=item.read_receipt_asked, document_types=list(item.document_types),
+        progress=ProgressOut(progress.recipients, progress.delivered, progress.failed, progress.processed,
+                             progress.displayed) if progress else None,
+    )
+
+
+def _message(m: mailbox.Opened) -> MessageOut:
+    s = m.signature
+    about = m.receipt_about
+    return MessageOut(
+        queue_id=m.queue_id, folder=m.folder, kind=m.kind, received_at=m.at, subject=m.meta.subject, date=m.meta.date,
+        message_id=m.meta.message_id, sender=_correspondent(m.meta.sender, m.sender),
+        recipients=[_correspondent(a, c) for a, c in m.recipients],
+        signature=SignatureOut(s.status, s.reason, s.signer_address, s.signer_name, s.signing_time),
+        body=m.body, body_was_html=m.body_was_html,
+        attachments=[
+            AttachmentOut(a.index, a.filename, a.content_type, a.kind, a.size,
+                          f"/api/v1/messages/{m.queue_id}/attachments/{a.index}")
+            for a in m.attachments
+        ],
+        read_receipt_asked=m.meta.mdn_to is not None, displayed_receipt_sent=m.displayed_sent,
+        receipt_about=ReceiptAboutOut(about.queue_id, about.recipient, about.kind, about.status, about.reason)
+        if about else None,
+    )
+
+
+# -- authentication ----------------------------------------------------------------------
+
+
+def bearer_token(request: Request) -> SessionToken | None:
+    scheme, _space, value = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return SessionToken.decode(value.strip())
+
+
+async def api_session(request: Request) -> LiveSession:
+    """The bearer token's live session. Raises ApiError 401."""
+    web = config(request)
+    try:
+        return await run(load_session, web.rt.engine, bearer_token(request), policy=web.policy, channel=API)
+    except SessionInvalid as exc:
+        raise ApiError(401, "unauthenticated", "a valid bearer token is required",
+                       headers={"WWW-Authenticate": 'Bearer realm="mss"'}) from exc
+
+
+def _login(request: Request, data: LoginRequest) -> SessionOut:
+    web = config(request)
+    rt = web.rt
+    rid = request_id(request)
+    try:
+        unlocked = accounts.authenticate(rt.engine, rt.settings, data.address, data.password, channel="api",
+                                         request_id=rid)
+    except BadCredentials as exc:
+        raise ApiError(401, "bad-credentials", "invalid address, password or code") from exc
+    except AccountLocked as exc:
+        raise ApiError(423, "locked", "account temporarily locked after repeated failures") from exc
+    except AccountDisabled as exc:
+        raise ApiError(403, "disabled", "account disabled") from exc
+    if not twofactor.totp_confirmed(rt.engine, unlocked.address):
+        raise ApiError(403, "enrolment-required", "enrol an authenticator in the web inbox first")
+    try:
+        twofactor.check_second_factor(rt.engine, rt.settings, rt.master_key, unlocked.address, data.code,
+                                      request_id=rid)
+    except BadTotp as exc:
+        raise ApiError(401, "bad-credentials", "invalid address, password or code") from exc
+    except AccountLocked as exc:
+        raise ApiError(423, "locked", "account temporarily locked after repeated failures") from exc
+    token = open_session(rt.engine, address=unlocked.address, channel=API, stage=ACTIVE,
+                         private_key_der=unlocked.private_key_der, policy=web.policy)
+    return SessionOut(token=token.encode(), token_type="Bearer",
+                      expires_at=datetime.now().astimezone() + web.policy.absolute,
+                      idle_timeout_seconds=int(web.policy.idle.total_seconds()))
+
+
+class SessionController(Controller):
+    """Bearer tokens."""
+
+    path = "/api/v1/sessions"
+    tags = ["sessions"]
+
+    @post("/", status_code=HTTP_201_CREATED, summary="Log in (password + TOTP) and get a bearer token")
+    async def create(self, request: Request, data: LoginRequest) -> SessionOut:
+        return await run(_login, request, data)
+
+    @delete("/current", status_code=HTTP_204_NO_CONTENT, summary="Log out (the token stops working)",
+            security=SECURITY)
+    async def destroy(self, request: Request) -> None:
+        live = await api_session(request)
+        await run(end_session, config(request).rt.engine, live.token)
+
+
+def _date(value: str | None) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ApiError(400, "bad-filter", "dates are written YYYY-MM-DD") from None
+
+
+class MessagesController(Controller):
+    """Folders, messages, attachments, receipts and sending."""
+
+    path = "/api/v1/messages"
+    tags = ["messages"]
+    security = SECURITY
+
+    @get("/", summary="List a folder, newest first, with filters")
+    async def list(  # noqa: A003
+        self, request: Request,
+        folder: Annotated[str, Parameter(description="inbox, sent or archive")] = "inbox",
+        page: Annotated[int, Parameter(ge=1)] = 1,
+        per_page: Annotated[int, Parameter(ge=1, le=100)] = 25,
+        sender: Annotated[str, Parameter(description="address or name words of the sender")] = "",
+        subject: Annotated[str, Parameter(description="words (or their beginnings) of the subject")] = "",
+        ins: Annotated[str, Parameter(description="patient INS")] = "",
+        doc_type: Annotated[str, Parameter(description="pdf, cda, xdm or receipt")] = "",
+        cda_code: Annotated[str, Parameter(description="CDA type code, e.g. 11490-0")] = "",
+        date_from: Annotated[str | None, Parameter(description="YYYY-MM-DD")] = None,
+        date_to: Annotated[str | None, Parameter(description="YYYY-MM-DD")] = None,
+        unread: bool = False,
+    ) -> MessageListOut:
+        live = await api_session(request)
+        if folder not in mailbox.FOLDERS:
+            raise ApiError(400, "bad-folder", "folder is inbox, sent or archive")
+        filters = mailbox.Filters(sender=sender, subject=subject, ins=ins, doc_type=doc_type, cda_code=cda_code,
+                                  date_from=_date(date_from), date_to=_date(date_to), unread_only=unread)
+        try:
+            result = await run(mailbox.list_folder, config(request).rt, live.account(), folder, filters, page=page,
+                               per_page=per_page)
+        except FilterError as exc:
+            raise ApiError(400, "bad-filter", exc.message) from exc
+        return MessageListOut(folder=result.folder, items=[_summary(i) for i in result.items], page=result.page,
+                              per_page=result.per_page, total=result.total, pages=result.pages,
+                              unsearched=result.unsearched)
+
+    @get("/{queue_id:str}", summary="Read a message (marks it read; sends a requested read receipt)")
+    async def read(self, request: Request, queue_id: str, folder: str | None = None) -> MessageOut:
+        live = await api_session(request)
+        try:
+            opened = await run(mailbox.open_message, config(request).rt, live.account(), queue_id, folder=folder,
+                               request_id=request_id(request))
+        except MessageNotFound as exc:
+            raise NotFoundException() from exc
+        return _message(opened)
+
+    @get("/{queue_id:str}/attachments/{index:int}", summary="Download an attachment (original bytes)",
+         media_type="application/octet-stream")
+    async def attachment(self, request: Request, queue_id: str, index: int) -> Response:
+        live = await api_session(request)
+        try:
+            opened = await run(mailbox.open_attachment, config(request).rt, live.account(), queue_id, index,
+                               request_id=request_id(request))
+        except MessageNotFound as exc:
+            raise NotFoundException() from exc
+        a = opened.attachment
+        return file_response(a.data, a.filename, a.content_type)
+
+    @get("/{queue_id:str}/receipts", summary="Per recipient of a sent message: delivered, processed, read, failed")
+    async def receipts(self, request: Request, queue_id: str) -> list[JourneyOut]:
+        live = await api_session(request)
+        try:
+            journeys = await run(mailbox.journey, config(request).rt, live.address, queue_id)
+        except MessageNotFound as exc:
+            raise NotFoundException() from exc
+        return [
+            JourneyOut(recipient=_correspondent(j.address, j.correspondent), status=j.status,
+                       read_receipt_asked=j.read_receipt_asked,
+                       steps=[StepOut(s.status, s.at, s.reason) for s in j.steps])
+            for j in journeys
+        ]
+
+    @post("/{queue_id:str}/archive", status_code=HTTP_204_NO_CONTENT, summary="Move a received message to the archive")
+    async def archive(self, request: Request, queue_id: str) -> None:
+        await self._move(request, queue_id, mailbox.ARCHIVE)
+
+    @post("/{queue_id:str}/unarchive", status_code=HTTP_204_NO_CONTENT, summary="Move it back to the inbox")
+    async def unarchive(self, request: Request, queue_id: str) -> None:
+        await self._move(request, queue_id, mailbox.INBOX)
+
+    async def _move(self, request: Request, queue_id: str, to: str) -> None:
+        live = await api_session(request)
+        try:
+            await run(mailbox.move, config(request).rt, live.address, queue_id, to=to, request_id=request_id(request))
+        except MessageNotFound as exc:
+            raise NotFoundException() from exc
+
+    @post("/", status_code=HTTP_201_CREATED, summary="Send a message (signed and encrypted by the service)")
+    async def send(self, request: Request, data: SendRequest) -> SentOut:
+        live = await api_session(request)
+        uploads = []
+        for item in data.attachments:
+            try:
+                content = base64.b64decode(item.content_base64, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ApiError(422, "invalid", "an attachment is not valid base64",
+                               fields={"attachments": [f"{item.filename}: not valid base64"]}) from exc
+            uploads.append(Upload(filename=item.filename, content_type=item.content_type, data=content))
+        draft = Draft(to=tuple(a.strip().lower() for a in data.to), subject=data.subject, body=data.body,
+                      attachments=tuple(uploads), read_receipt=data.read_receipt, package_xdm=data.package_xdm,
+                      reply_to=data.reply_to, source=data.source, keep=tuple(data.keep) if data.source else ())
+        try:
+            accepted = await run(mailbox.send, config(request).rt, live.account(), draft, request_id=request_id(request))
+        except DraftInvalid as exc:
+            raise ApiError(422, "invalid", "the message cannot be sent as it is",
+                           fields={k: [str(p) for p in v] for k, v in exc.errors.items()}) from exc
+        except MssError as exc:
+            raise ApiError(422, "refused", exc.message) from exc
+        return SentOut(queue_id=accepted.queue_id, message_id=accepted.message_id)
+
+
+class DirectoryController(Controller):
+    """Who can receive: the directory's active entries."""
+
+    path = "/api/v1/directory"
+    tags = ["directory"]
+    security = SECURITY
+
+    @get("/", summary="Search the directory by name, RPPS, organisation or city")
+    async def search(self, request: Request, q: Annotated[str, Parameter(min_length=2, max_length=100)],
+                     page: Annotated[int, Parameter(ge=1)] = 1) -> DirectoryOut:
+        await api_session(request)
+        found = await run(directory_matches, config(request).rt, q, page, 20)
+        return DirectoryOut(items=[DirectoryEntryOut(**item) for item in found["items"]], page=found["page"],
+                            has_next=found["has_next"])
+
+
+API_CONTROLLERS = [SessionController, MessagesController, DirectoryController]

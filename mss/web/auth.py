@@ -1,0 +1,214 @@
+"""Logging in and out of the web inbox: password, then TOTP (or enrolment), then the inbox.
+
+The password step runs ``accounts.authenticate`` (argon2id, key unwrap, lockout, audit) in a
+worker thread and opens a *pending* session holding the unwrapped key sealed under a fresh
+session key. The second step checks a TOTP code (``accounts.verify_totp``: replay guard,
+lockout, audit) or a recovery code, and replaces the session by an active one: the cookie
+changes at each step. An account without an enrolled authenticator goes through the
+enrolment page (QR code, then a first code, then its recovery codes, shown once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from litestar import Controller, Request, Response, get, post
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import NotAuthorizedException
+from litestar.params import Body
+from typing_extensions import Annotated
+
+from mss import accounts, audit
+from mss.db import session_scope
+from mss.errors import AccountDisabled, AccountLocked, BadCredentials, BadTotp, NoSuchAccount
+from mss.web import twofactor
+from mss.web.context import (
+    clear_session_cookie,
+    config,
+    language,
+    redirect,
+    render,
+    request_id,
+    run,
+    session_token,
+    set_session_cookie,
+)
+from mss.web.sessions import ACTIVE, ENROL, TOTP, WEB, LiveSession, SessionInvalid, advance, end_session, load_session
+from mss.web.sessions import open_session, purge_expired
+
+FORM = Body(media_type=RequestEncodingType.URL_ENCODED)
+
+
+@dataclass
+class PasswordForm:
+    address: str = ""
+    password: str = ""
+
+
+@dataclass
+class CodeForm:
+    code: str = ""
+
+
+STEP_PAGES = {TOTP: "/login/totp", ENROL: "/login/enrol", ACTIVE: "/inbox"}
+
+
+class LoginRequired(NotAuthorizedException):
+    """The page needs a session at another stage: go to ``location`` (the login page, or the
+    login step the session is at); ``clear`` when the cookie names no live session."""
+
+    def __init__(self, reason: str, *, location: str = "/login", clear: bool = True) -> None:
+        super().__init__(detail=reason)
+        self.location = location
+        self.clear = clear
+
+
+async def current_session(request: Request, stage: str = ACTIVE) -> LiveSession:
+    """The request's web session at ``stage``. Raises LoginRequired."""
+    web = config(request)
+    try:
+        live = await run(load_session, web.rt.engine, session_token(request), policy=web.policy, channel=WEB)
+    except SessionInvalid as exc:
+        raise LoginRequired(exc.reason) from exc
+    if live.stage != stage:
+        raise LoginRequired("wrong login stage", location=STEP_PAGES[live.stage], clear=False)
+    return live
+
+
+async def optional_session(request: Request) -> LiveSession | None:
+    try:
+        return await current_session(request)
+    except LoginRequired:
+        return None
+
+
+class AuthController(Controller):
+    """Login (password, second factor, enrolment) and logout pages."""
+
+    include_in_schema = False
+
+    @get("/login")
+    async def login_page(self, request: Request) -> Response:
+        if await optional_session(request) is not None:
+            return redirect("/inbox")
+        return render(request, "login.html", address="", error=None)
+
+    @post("/login")
+    async def login(self, request: Request, data: Annotated[PasswordForm, FORM]) -> Response:
+        web = config(request)
+        rt = web.rt
+        t = language(request).gettext
+        address = data.address.strip().lower()[:254]
+        error, status = None, 200
+        try:
+            unlocked = await run(accounts.authenticate, rt.engine, rt.settings, address, data.password, channel="web",
+                                 request_id=request_id(request))
+        except BadCredentials:
+            error, status = t("Invalid address or password."), 401
+        except AccountLocked:
+            error, status = t("This account is locked for a while after repeated failures. Try again later."), 423
+        except AccountDisabled:
+            error, status = t("This account is disabled. Contact your administrator."), 403
+        if error is not None:
+            return render(request, "login.html", status_code=status, address=address, error=error)
+        await run(purge_expired, rt.engine, policy=web.policy)
+        await run(end_session, rt.engine, session_token(request))
+        confirmed = await run(twofactor.totp_confirmed, rt.engine, unlocked.address)
+        stage = TOTP if confirmed else ENROL
+        token = await run(open_session, rt.engine, address=unlocked.address, channel=WEB, stage=stage,
+                          private_key_der=unlocked.private_key_der, policy=web.policy)
+        response = redirect("/login/totp" if confirmed else "/login/enrol")
+        set_session_cookie(response, token)
+        return response
+
+    @get("/login/totp")
+    async def totp_page(self, request: Request) -> Response:
+        live = await current_session(request, TOTP)
+        return render(request, "totp.html", address=live.address, error=None)
+
+    @post("/login/totp")
+    async def totp(self, request: Request, data: Annotated[CodeForm, FORM]) -> Response:
+        live = await current_session(request, TOTP)
+        web = config(request)
+        rt = web.rt
+        t = language(request).gettext
+        try:
+            await run(twofactor.check_second_factor, rt.engine, rt.settings, rt.master_key, live.address, data.code,
+                      request_id=request_id(request))
+        except BadTotp:
+            return render(request, "totp.html", status_code=401, address=live.address,
+                          error=t("The code is wrong, expired or already used."))
+        except AccountLocked:
+            await run(end_session, rt.engine, live.token)
+            response = render(request, "login.html", status_code=423, address=live.address,
+                              error=t("This account is locked for a while after repeated failures. Try again later."))
+            clear_session_cookie(response)
+            return response
+        token = await run(advance, rt.engine, live, stage=ACTIVE, policy=web.policy)
+        response = redirect("/inbox")
+        set_session_cookie(response, token)
+        return response
+
+    @get("/login/enrol")
+    async def enrol_page(self, request: Request) -> Response:
+        live = await current_session(request, ENROL)
+        return await self._enrol_form(request, live, error=None, status_code=200)
+
+    async def _enrol_form(self, request: Request, live: LiveSession, *, error: str | None, status_code: int) -> Response:
+        rt = config(request).rt
+        t = language(request).gettext
+        try:
+            enrolment = await run(twofactor.enrolment, rt.engine, rt.settings, rt.master_key, live.address)
+        except (BadTotp, NoSuchAccount) as exc:
+            await run(end_session, rt.engine, live.token)
+            raise LoginRequired("no enrolment pending") from exc
+        return render(
+            request, "enrol.html", status_code=status_code, address=live.address, error=error,
+            qr=twofactor.qr_svg(enrolment.otpauth_uri, t("QR code to scan with your authenticator app")),
+            secret=twofactor.secret_of(enrolment.otpauth_uri), issuer=rt.settings.security.totp_issuer,
+        )
+
+    @post("/login/enrol")
+    async def enrol(self, request: Request, data: Annotated[CodeForm, FORM]) -> Response:
+        live = await current_session(request, ENROL)
+        web = config(request)
+        rt = web.rt
+        t = language(request).gettext
+        code = "".join(data.code.split())
+        try:
+            if not code.isdigit() or len(code) != 6:
+                raise BadTotp("a TOTP code has six digits")
+            await run(accounts.verify_totp, rt.engine, rt.settings, rt.master_key, live.address, code,
+                      request_id=request_id(request))
+        except BadTotp:
+            return await self._enrol_form(request, live, error=t("The code is wrong, expired or already used."),
+                                          status_code=401)
+        except AccountLocked:
+            await run(end_session, rt.engine, live.token)
+            response = render(request, "login.html", status_code=423, address=live.address,
+                              error=t("This account is locked for a while after repeated failures. Try again later."))
+            clear_session_cookie(response)
+            return response
+        codes = await run(twofactor.new_recovery_codes, rt.engine, live.address, request_id=request_id(request))
+        token = await run(advance, rt.engine, live, stage=ACTIVE, policy=web.policy)
+        # Rendered directly, not after a redirect: the codes are never stored anywhere in clear.
+        response = render(request, "recovery_codes.html", user=live.address, codes=codes, new_session=token)
+        set_session_cookie(response, token)
+        return response
+
+    @post("/logout")
+    async def logout(self, request: Request) -> Response:
+        rt = config(request).rt
+        token = session_token(request)
+        live = await optional_session(request)
+        await run(end_session, rt.engine, token)
+        if live is not None:
+            await run(_audit_logout, rt, live.address, request_id(request))
+        response = redirect("/login")
+        clear_session_cookie(response)
+        return response
+
+
+def _audit_logout(rt, address: str, rid: str) -> None:  # type: ignore[no-untyped-def]
+    with session_scope(rt.engine) as session:
+        audit.record(session, actor=address, action="web.logout", object=address, request_id=rid)

@@ -1,0 +1,82 @@
+"""Serving the web inbox: uvicorn over HTTPS, or plain HTTP behind a TLS-terminating proxy.
+
+HTTPS uses ``<certs_dir>/server.pem`` (certificate and chain) and ``server.key`` on
+``MSS_WEB_HOST:MSS_WEB_PORT`` (8443), TLS 1.2 at least. With ``MSS_WEB_BEHIND_TLS_PROXY``
+it serves plain HTTP and trusts ``X-Forwarded-*`` from the proxy address only (loopback
+unless ``FORWARDED_ALLOW_IPS`` says otherwise); the browser still sees HTTPS, so cookies
+stay ``Secure``. ``serve_web`` runs until cancelled; signals belong to the caller
+(``mss serve``), which may run the SMTP relay in the same event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Iterator
+
+import uvicorn
+
+from mss.errors import ConfigError
+from mss.runtime import Runtime
+from mss.web.app import create_app
+
+log = logging.getLogger("mss.web")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # mss serve installs its own handlers and cancels us; uvicorn must not take them.
+        yield
+
+
+def uvicorn_config(rt: Runtime) -> uvicorn.Config:
+    """The uvicorn configuration for ``rt``'s web settings. Raises ConfigError."""
+    settings = rt.settings
+    options: dict[str, object] = {
+        "host": settings.web.host, "port": settings.web.port, "log_config": None, "access_log": False,
+        "server_header": False, "date_header": True, "lifespan": "on", "timeout_graceful_shutdown": 10,
+    }
+    if settings.web.behind_tls_proxy:
+        options.update(proxy_headers=True)
+    else:
+        cert = settings.pki.certs_dir / "server.pem"
+        key = settings.pki.certs_dir / "server.key"
+        if not cert.exists() or not key.exists():
+            raise ConfigError(f"HTTPS needs {cert} and {key} (run `mss pki init` in development)")
+        options.update(ssl_certfile=str(cert), ssl_keyfile=str(key), ssl_version=ssl.PROTOCOL_TLS_SERVER,
+                       ssl_ciphers="ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!MD5:!DSS")
+    return uvicorn.Config(create_app(rt), **options)  # type: ignore[arg-type]
+
+
+async def serve_web(rt: Runtime, *, sock: socket.socket | None = None,
+                    started: asyncio.Event | None = None) -> None:
+    """Serve the web inbox until cancelled.
+
+    ``sock`` is an already bound listening socket to serve on instead of the configured
+    address (tests bind port 0). ``started`` is set once connections are accepted.
+    Raises ConfigError when the TLS material is missing.
+    """
+    config = uvicorn_config(rt)
+    config.load()
+    if config.ssl is not None:
+        config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+    server = _Server(config)
+    task = asyncio.ensure_future(server.serve(sockets=[sock] if sock is not None else None))
+    try:
+        while not server.started and not task.done():
+            await asyncio.sleep(0.02)
+        if task.done():
+            await task  # startup failed: raise its error
+        if started is not None:
+            started.set()
+        log.info("web inbox on %s://%s:%s", "http" if rt.settings.web.behind_tls_proxy else "https",
+                 rt.settings.web.host, sock.getsockname()[1] if sock else rt.settings.web.port)
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        await task
+        raise

@@ -1,0 +1,258 @@
+"""Server-side sessions for the web inbox and the JSON API.
+
+A session token is 64 random bytes: a 32-byte session id and a 32-byte session key. The
+client holds the token (the ``__Host-mss`` cookie, or an API bearer token); the database
+holds only ``SHA-256(session id)`` and the account's private key sealed with the session key
+(NaCl SecretBox). A database dump therefore opens no private key, and a stolen cookie stops
+working once the row is deleted (logout, expiry, password change).
+
+A login goes through stages: ``totp`` (password checked, second factor pending), ``enrol``
+(password checked, authenticator not yet enrolled) and ``active``. Each step issues a new
+token and deletes the old row, so an id seen before login is worthless after it (session
+fixation). Sessions end after ``idle`` without a request and at ``absolute`` after login,
+whatever the activity; a pending second-factor step lasts ``pending`` at most.
+
+The CSRF token of a form is an HMAC of a fixed label under the client's secret (the session
+key, or the pre-login cookie): only the holder of the cookie can compute it, the server
+stores nothing for it, and a new session means a new token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import nacl.exceptions
+import nacl.secret
+from cryptography import x509
+from sqlalchemy import delete, select
+from sqlalchemy.engine import Engine
+
+from directory.models import Certificate
+from mss.accounts import UnlockedAccount
+from mss.db import session_scope, utcnow
+from mss.errors import AuthError
+from mss.models import Account, WebSession
+
+TOTP, ENROL, ACTIVE = "totp", "enrol", "active"
+STAGES = (TOTP, ENROL, ACTIVE)
+WEB, API = "web", "api"
+
+ID_BYTES = 32
+KEY_BYTES = nacl.secret.SecretBox.KEY_SIZE
+_CSRF_LABEL = b"mss web csrf v1"
+
+
+class SessionInvalid(AuthError):
+    """No live session for this cookie or token (missing, malformed, ended or expired)."""
+
+    def __init__(self, reason: str = "no session") -> None:
+        super().__init__("your session has ended; please log in again", reason=reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    """How long sessions live."""
+
+    idle: timedelta = timedelta(minutes=15)
+    absolute: timedelta = timedelta(hours=12)
+    pending: timedelta = timedelta(minutes=10)
+    touch_every: timedelta = timedelta(seconds=30)
+    """``last_seen_at`` is written at most this often: a page view is not a database write."""
+
+
+@dataclass(frozen=True)
+class SessionToken:
+    """What the client holds: the session id and the key that opens the sealed private key."""
+
+    session_id: bytes
+    key: bytes
+
+    @classmethod
+    def new(cls) -> "SessionToken":
+        return cls(secrets.token_bytes(ID_BYTES), secrets.token_bytes(KEY_BYTES))
+
+    def encode(self) -> str:
+        """The token as cookie- and header-safe text (base64url, no padding)."""
+        return base64.urlsafe_b64encode(self.session_id + self.key).rstrip(b"=").decode("ascii")
+
+    @classmethod
+    def decode(cls, text: str | None) -> "SessionToken | None":
+        """The token in ``text``, or None when it is not one (never raises)."""
+        if not text or len(text) != 86:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(text + "==")
+        except (binascii.Error, ValueError):
+            return None
+        if len(raw) != ID_BYTES + KEY_BYTES:
+            return None
+        return cls(raw[:ID_BYTES], raw[ID_BYTES:])
+
+    @property
+    def token_hash(self) -> str:
+        return hashlib.sha256(self.session_id).hexdigest()
+
+    @property
+    def csrf_token(self) -> str:
+        return csrf_token_for(self.key)
+
+
+def csrf_token_for(secret: bytes) -> str:
+    """The CSRF token that goes with a client secret (session key or pre-login cookie)."""
+    return hmac.new(secret, _CSRF_LABEL, hashlib.sha256).hexdigest()
+
+
+def csrf_matches(secret: bytes, presented: str | None) -> bool:
+    """True when ``presented`` is the CSRF token of ``secret`` (constant time)."""
+    if not presented:
+        return False
+    return hmac.compare_digest(csrf_token_for(secret), presented.strip())
+
+
+@dataclass(frozen=True)
+class LiveSession:
+    """A session that passed its checks, with the private key opened for this request."""
+
+    token: SessionToken
+    address: str
+    channel: str
+    stage: str
+    created_at: datetime
+    expires_at: datetime
+    private_key_der: bytes
+    certificate_der: bytes
+
+    def account(self) -> UnlockedAccount:
+        """The session's account with its certificate and opened private key."""
+        return UnlockedAccount(
+            address=self.address, private_key_der=self.private_key_der,
+            certificate=x509.load_der_x509_certificate(self.certificate_der),
+        )
+
+
+def _seal(token: SessionToken, private_key_der: bytes) -> bytes:
+    return bytes(nacl.secret.SecretBox(token.key).encrypt(private_key_der))
+
+
+def _unseal(token: SessionToken, sealed: bytes) -> bytes:
+    try:
+        return nacl.secret.SecretBox(token.key).decrypt(sealed)
+    except nacl.exceptions.CryptoError as exc:
+        # Only a forged token whose id hash collides, or an altered row, gets here.
+        raise SessionInvalid("sealed key does not open") from exc
+
+
+def open_session(
+    engine: Engine, *, address: str, channel: str, stage: str, private_key_der: bytes, policy: SessionPolicy
+) -> SessionToken:
+    """Store a new session and return its token (shown to the client once)."""
+    if channel not in {WEB, API} or stage not in STAGES:
+        raise ValueError(f"bad session channel {channel!r} or stage {stage!r}")
+    token = SessionToken.new()
+    now = utcnow()
+    lifetime = policy.absolute if stage == ACTIVE else policy.pending
+    with session_scope(engine) as session:
+        session.add(
+            WebSession(
+                token_hash=token.token_hash, address=address, channel=channel, stage=stage,
+                key_sealed=_seal(token, private_key_der), created_at=now, last_seen_at=now, expires_at=now + lifetime,
+            )
+        )
+    return token
+
+
+def load_session(engine: Engine, token: SessionToken | None, *, policy: SessionPolicy, channel: str) -> LiveSession:
+    """The live session of ``token``, its private key opened. Raises SessionInvalid.
+
+    An idle or expired session, or one whose account was disabled, is deleted on the way.
+    """
+    if token is None:
+        raise SessionInvalid("no session")
+    now = utcnow()
+    with session_scope(engine) as session:
+        found = session.execute(
+            select(WebSession, Account.disabled, Certificate.der)
+            .join(Account, Account.address == WebSession.address, isouter=True)
+            .join(Certificate, Certificate.id == Account.certificate_id, isouter=True)
+            .where(WebSession.token_hash == token.token_hash)
+        ).first()
+        if found is None or found[0].channel != channel:
+            raise SessionInvalid("unknown session")
+        row, disabled, certificate_der = found
+        idle_limit = policy.idle if row.stage == ACTIVE else policy.pending
+        expired = None
+        if now >= row.expires_at:
+            expired = "expired"
+        elif now - row.last_seen_at >= idle_limit:
+            expired = "idle"
+        elif disabled is None or disabled or certificate_der is None:
+            expired = "account disabled"
+        if expired is not None:
+            session.delete(row)
+        elif now - row.last_seen_at >= policy.touch_every:
+            row.last_seen_at = now
+            session.add(row)
+        snapshot = (row.address, row.channel, row.stage, row.created_at, row.expires_at, row.key_sealed)
+    if expired is not None:
+        raise SessionInvalid(expired)
+    address, channel_, stage, created_at, expires_at, sealed = snapshot
+    return LiveSession(
+        token=token, address=address, channel=channel_, stage=stage, created_at=created_at, expires_at=expires_at,
+        private_key_der=_unseal(token, sealed), certificate_der=bytes(certificate_der),
+    )
+
+
+def advance(engine: Engine, live: LiveSession, *, stage: str, policy: SessionPolicy) -> SessionToken:
+    """Replace the session by a new one at ``stage`` (new id, new key); return its token.
+
+    The old row is deleted in the same transaction: the old cookie is dead at once.
+    """
+    token = SessionToken.new()
+    now = utcnow()
+    lifetime = policy.absolute if stage == ACTIVE else policy.pending
+    with session_scope(engine) as session:
+        gone = session.execute(delete(WebSession).where(WebSession.token_hash == live.token.token_hash)).rowcount
+        if not gone:
+            raise SessionInvalid("session ended meanwhile")
+        session.add(
+            WebSession(
+                token_hash=token.token_hash, address=live.address, channel=live.channel, stage=stage,
+                key_sealed=_seal(token, live.private_key_der), created_at=now, last_seen_at=now,
+                expires_at=now + lifetime,
+            )
+        )
+    return token
+
+
+def end_session(engine: Engine, token: SessionToken | None) -> bool:
+    """Delete the session of ``token``; True when there was one."""
+    if token is None:
+        return False
+    with session_scope(engine) as session:
+        return bool(session.execute(delete(WebSession).where(WebSession.token_hash == token.token_hash)).rowcount)
+
+
+def end_other_sessions(engine: Engine, address: str, keep: SessionToken | None = None) -> int:
+    """Delete every session of ``address`` except ``keep``'s; return how many ended."""
+    with session_scope(engine) as session:
+        query = delete(WebSession).where(WebSession.address == address)
+        if keep is not None:
+            query = query.where(WebSession.token_hash != keep.token_hash)
+        return int(session.execute(query).rowcount or 0)
+
+
+def purge_expired(engine: Engine, *, policy: SessionPolicy) -> int:
+    """Delete sessions past their absolute end or idle limit; return how many."""
+    now = utcnow()
+    with session_scope(engine) as session:
+        query = delete(WebSession).where(
+            (WebSession.expires_at <= now) | (WebSession.last_seen_at <= now - max(policy.idle, policy.pending))
+        )
+        return int(session.execute(query).rowcount or 0)

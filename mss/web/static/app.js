@@ -1,0 +1,121 @@
+// mss web inbox: progressive enhancements only; every page works without this file.
+// Directory search as you type on the compose page: results come from /directory (JSON,
+// same origin, the session cookie); a chosen entry becomes a checked "to" checkbox.
+(function () {
+  "use strict";
+
+  function text(tag, value, className) {
+    var element = document.createElement(tag);
+    element.textContent = value;
+    if (className) { element.className = className; }
+    return element;
+  }
+
+  function setupDirectorySearch(box) {
+    var input = box.querySelector("input[type=search]");
+    var results = document.getElementById("to-results");
+    var chosen = document.getElementById("chosen");
+    var fallback = document.querySelector("[data-no-script]");
+    var timer = null;
+    var sequence = 0;
+    box.hidden = false;
+    if (fallback) { fallback.hidden = true; }
+
+    function say(message) {
+      results.textContent = "";
+      results.appendChild(text("li", message, "muted"));
+    }
+
+    function add(item) {
+      var existing = chosen.querySelector("input[name=to][value=\"" + CSS.escape(item.address) + "\"]");
+      if (existing) {
+        existing.checked = true;
+      } else {
+        var id = "to-added-" + chosen.children.length + "-" + Date.now();
+        var li = document.createElement("li");
+        var box = document.createElement("input");
+        box.type = "checkbox";
+        box.name = "to";
+        box.value = item.address;
+        box.id = id;
+        box.checked = true;
+        var label = text("label", (item.name ? item.name + " " : "") + "<" + item.address + ">");
+        label.htmlFor = id;
+        li.appendChild(box);
+        li.appendChild(label);
+        chosen.appendChild(li);
+      }
+      input.value = "";
+      results.textContent = "";
+      input.focus();
+    }
+
+    function show(items) {
+      results.textContent = "";
+      if (!items.length) { say(input.dataset.none); return; }
+      items.forEach(function (item) {
+        var li = document.createElement("li");
+        var button = document.createElement("button");
+        button.type = "button";
+        button.className = "result";
+        button.appendChild(text("strong", item.name || item.address));
+        var details = [item.profession, item.organisation, item.city].filter(Boolean).join(" · ");
+        if (details) { button.appendChild(text("span", details, "result-details")); }
+        button.appendChild(text("span", item.address + (item.rpps ? " · RPPS " + item.rpps : ""), "result-address"));
+        button.setAttribute("aria-label", input.dataset.add + " " + (item.name || "") + " " + item.address);
+        button.addEventListener("click", function () { add(item); });
+        li.appendChild(button);
+        results.appendChild(li);
+      });
+    }
+
+    function search() {
+      var query = input.value.trim();
+      var mine = ++sequence;
+      if (query.length < 2) { results.textContent = ""; return; }
+      say(input.dataset.searching);
+      fetch("/directory?q=" + encodeURIComponent(query), {
+        credentials: "same-origin",
+        headers: { "Accept": "application/json" }
+      }).then(function (response) {
+        if (!response.ok) { throw new Error("HTTP " + response.status); }
+        return response.json();
+      }).then(function (data) {
+        if (mine === sequence) { show(data.items || []); }
+      }).catch(function () {
+        if (mine === sequence) { say("—"); }
+      });
+    }
+
+    input.addEventListener("input", function () {
+      window.clearTimeout(timer);
+      timer = window.setTimeout(search, 200);
+    });
+    input.addEventListener("keydown", function (event) {
+      // Enter picks the first result instead of sending the form half-written.
+      if (event.key === "Enter") {
+        event.preventDefault();
+        var first = results.querySelector("button.result");
+        if (first) { first.click(); }
+      } else if (event.key === "ArrowDown") {
+        var firstResult = results.querySelector("button.result");
+        if (firstResult) { event.preventDefault(); firstResult.focus(); }
+      }
+    });
+    results.addEventListener("keydown", function (event) {
+      var buttons = Array.prototype.slice.call(results.querySelectorAll("button.result"));
+      var index = buttons.indexOf(document.activeElement);
+      if (event.key === "ArrowDown" && index >= 0 && index < buttons.length - 1) {
+        event.preventDefault(); buttons[index + 1].focus();
+      } else if (event.key === "ArrowUp" && index > 0) {
+        event.preventDefault(); buttons[index - 1].focus();
+      } else if (event.key === "ArrowUp" && index === 0) {
+        event.preventDefault(); input.focus();
+      } else if (event.key === "Escape") {
+        results.textContent = ""; input.focus();
+      }
+    });
+  }
+
+  document.querySelectorAll("[data-directory-search]").forEach(setupDirectorySearch);
+})();

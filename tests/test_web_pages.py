@@ -1,0 +1,369 @@
+"""The web inbox's pages through Litestar's test client: login with TOTP enrolment, reading
+(signature, sender card, body, attachments, CDA and IHE_XDM views), writing, receipts,
+filters, archive, account settings and languages. Messages go through the real pipeline."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+
+from mss.db import session_scope
+from mss.documents import DocumentLimits, parse_cda
+from mss.documents.xdm import build_xdm
+from mss.models import AuditEvent, MailboxItem, Receipt
+from web_support import (  # noqa: F401  (fixtures)
+    CDA_SAMPLE,
+    DOCTOR,
+    GP,
+    app,
+    clients,
+    create_person,
+    csrf,
+    doctor,
+    gp,
+    login,
+    pdf_bytes,
+    submit,
+)
+
+
+def _queue_ids(html: str) -> list[str]:
+    return re.findall(r'href="/messages/([0-9A-F]{20})\?folder=', html)
+
+
+def _actions(rt, action: str) -> list[AuditEvent]:  # type: ignore[no-untyped-def]
+    with session_scope(rt.engine) as session:
+        return list(session.execute(select(AuditEvent).where(AuditEvent.action == action)).scalars())
+
+
+def test_first_login_enrols_totp_then_shows_recovery_codes(rt, clients, doctor):  # type: ignore[no-untyped-def]
+    client = clients()
+    page = client.get("/login")
+    assert page.status_code == 200 and 'name="password"' in page.text
+    pre = client.cookies.get("__Host-mss-pre")
+    assert pre
+    response = client.post("/login", data={"address": DOCTOR, "password": doctor.password, "csrf_token": csrf(page.text)},
+                           follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/login/enrol"
+    pending = client.cookies.get("__Host-mss")
+    enrol = client.get("/login/enrol")
+    assert "<svg" in enrol.text and "qrline" in enrol.text  # the QR code, drawn on the server
+    assert re.sub(r"\s", "", re.search(r'id="totp-secret">([^<]+)<', enrol.text).group(1)) == doctor.secret
+    done = client.post("/login/enrol", data={"code": doctor.code(), "csrf_token": csrf(enrol.text)}, follow_redirects=False)
+    assert done.status_code == 200
+    codes = re.findall(r"<code>([a-z0-9]{4}-[a-z0-9]{4}-[a-z0-9]{4})</code>", done.text)
+    assert len(codes) == 10
+    active = client.cookies.get("__Host-mss")
+    assert len({pre, pending, active}) == 3  # a new session id at each step
+    assert client.get("/inbox").status_code == 200
+    # The pending session's cookie died with the step.
+    stale = clients()
+    stale.cookies.set("__Host-mss", pending, domain="mss.test")
+    assert stale.get("/inbox", follow_redirects=False).headers["location"] == "/login"
+    with session_scope(rt.engine) as session:
+        stored = session.execute(select(AuditEvent.detail).where(AuditEvent.action == "account.recovery-codes")).scalar()
+        from mss.models import Account
+
+        account = session.execute(select(Account).where(Account.address == DOCTOR)).scalars().one()
+    assert account.totp_confirmed and all(code.replace("-", "") not in account.recovery_codes for code in codes)
+    assert stored is not None
+
+
+def test_recovery_code_replaces_totp_once(rt, clients, doctor):  # type: ignore[no-untyped-def]
+    first = clients()
+    login(first, doctor)
+    page = first.get("/login")  # already logged in: goes to the inbox
+    assert page.url.path == "/inbox"
+    from web_support import csrf as token
+    from mss.web import twofactor
+
+    codes = twofactor.new_recovery_codes(rt.engine, DOCTOR)
+    for attempt, expected in ((codes[0], 303), (codes[0], 401)):
+        client = clients()
+        page = client.get("/login")
+        client.post("/login", data={"address": DOCTOR, "password": doctor.password, "csrf_token": token(page.text)})
+        page = client.get("/login/totp")
+        response = client.post("/login/totp", data={"code": attempt, "csrf_token": token(page.text)},
+                               follow_redirects=False)
+        assert response.status_code == expected
+    assert twofactor.remaining_recovery_codes(rt.engine, DOCTOR) == 9
+
+
+def test_inbox_and_message_page(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    pdf = pdf_bytes()
+    accepted = submit(rt, gp, [DOCTOR], "Adressage patient Dupont", "Bonjour,\nje vous adresse M. Dupont.",
+                      [("courrier.pdf", "application/pdf", pdf)])
+    client = clients()
+    login(client, doctor)
+    inbox = client.get("/inbox")
+    assert "Adressage patient Dupont" in inbox.text and 'class="unread"' in inbox.text
+    assert _queue_ids(inbox.text) == [accepted.queue_id]
+    page = client.get(f"/messages/{accepted.queue_id}")
+    assert page.status_code == 200
+    text = page.text
+    assert "sig-valid" in text and "signature valide" in text  # French by default
+    assert "Éloïse FOURNIER" in text and "Médecin" in text and "Cabinet médical des Tilleuls" in text
+    assert "RPPS" in text
+    assert "je vous adresse M. Dupont." in text
+    assert "courrier.pdf" in text and f"/messages/{accepted.queue_id}/attachments/0/view" in text
+    assert 'class="unread"' not in client.get("/inbox").text
+    opened = _actions(rt, "message.open")
+    assert [(e.actor, e.object) for e in opened] == [(DOCTOR, accepted.queue_id)]
+    assert "Dupont" not in opened[0].detail  # the trail names the message, never its content
+
+
+def test_attachment_bytes_and_pdf_inline(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    pdf = pdf_bytes("Ordonnance")
+    accepted = submit(rt, gp, [DOCTOR], "Ordonnance", "Voir PDF.", [("ordonnance été.pdf", "application/pdf", pdf)])
+    client = clients()
+    login(client, doctor)
+    download = client.get(f"/messages/{accepted.queue_id}/attachments/0")
+    assert download.status_code == 200 and download.content == pdf
+    assert download.headers["content-disposition"].startswith("attachment;")
+    assert "filename*=UTF-8''ordonnance%20%C3%A9t%C3%A9.pdf" in download.headers["content-disposition"]
+    assert "sandbox" in download.headers["content-security-policy"]
+    view = client.get(f"/messages/{accepted.queue_id}/attachments/0/view")
+    assert f'<iframe class="pdf" src="/messages/{accepted.queue_id}/attachments/0/inline"' in view.text
+    inline = client.get(f"/messages/{accepted.queue_id}/attachments/0/inline")
+    assert inline.content == pdf and inline.headers["content-type"] == "application/pdf"
+    assert inline.headers["content-disposition"].startswith("inline;")
+    assert "frame-ancestors 'self'" in inline.headers["content-security-policy"]
+    assert inline.headers["x-frame-options"] == "SAMEORIGIN"
+    assert client.get(f"/messages/{accepted.queue_id}/attachments/1").status_code == 404
+    assert [e.object for e in _actions(rt, "attachment.download")] == [accepted.queue_id]
+
+
+def test_cda_renders_as_a_document_never_as_xml(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    data = CDA_SAMPLE.read_bytes()
+    info = parse_cda(data, filename=CDA_SAMPLE.name, limits=DocumentLimits())
+    accepted = submit(rt, gp, [DOCTOR], "Certificat de santé", "CDA joint.", [(CDA_SAMPLE.name, "text/xml", data)])
+    client = clients()
+    login(client, doctor)
+    view = client.get(f"/messages/{accepted.queue_id}/attachments/0/view")
+    assert view.status_code == 200
+    html = view.text
+    assert info.title and info.title in html
+    assert info.ins is not None and info.ins.value in html
+    assert info.patient.name.family in html
+    first_section = next(s for s in info.sections if s.title)
+    assert first_section.title in html
+    assert "urn:hl7-org:v3" not in html and "ClinicalDocument" not in html
+    assert client.get(f"/messages/{accepted.queue_id}/attachments/0").content == data
+
+
+def test_xdm_lists_its_documents_and_opens_each(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    data = CDA_SAMPLE.read_bytes()
+    info = parse_cda(data, filename=CDA_SAMPLE.name, limits=DocumentLimits())
+    from mss.documents.cda import Author
+
+    archive = build_xdm([(CDA_SAMPLE.name, data, info), ("lettre.pdf", pdf_bytes(), None)],
+                        author=info.authors[0] if info.authors else Author(None, None, None), patient=info.patient)
+    accepted = submit(rt, gp, [DOCTOR], "Dossier", "Paquet XDM.", [("IHE_XDM.ZIP", "application/zip", archive)])
+    client = clients()
+    login(client, doctor)
+    listing = client.get(f"/messages/{accepted.queue_id}/attachments/0/view")
+    assert listing.status_code == 200 and "IHE_XDM" in listing.text
+    links = re.findall(rf'href="(/messages/{accepted.queue_id}/attachments/0/documents/\d+)/view"', listing.text)
+    assert len(links) == 2
+    cda_view = client.get(links[0] + "/view")
+    assert info.title in cda_view.text and "ClinicalDocument" not in cda_view.text
+    assert client.get(links[0]).content == data
+    assert client.get(links[1] + "/inline").headers["content-type"] == "application/pdf"
+
+
+def test_compose_with_pdf_and_read_receipt_then_journey(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    sender = clients()
+    login(sender, doctor)
+    page = sender.get("/compose")
+    pdf = pdf_bytes("Lettre de liaison")
+    response = sender.post(
+        "/compose",
+        data={"csrf_token": csrf(page.text), "to": GP, "subject": "Sortie d'hospitalisation",
+              "body": "Votre patiente est sortie ce jour.", "read_receipt": "on"},
+        files=[("attachments", ("lettre.pdf", pdf, "application/pdf"))],
+        follow_redirects=False,
+    )
+    assert response.status_code == 303, response.text
+    queue_id = response.headers["location"].split("/")[2].split("?")[0]
+    sent_page = sender.get(response.headers["location"])
+    assert "Sortie d&#39;hospitalisation" in sent_page.text and "dans la boîte" in sent_page.text
+
+    reader = clients()
+    login(reader, gp)
+    opened = reader.get(f"/messages/{queue_id}")
+    assert "sig-valid" in opened.text and "Votre patiente est sortie ce jour." in opened.text
+    assert reader.get(f"/messages/{queue_id}/attachments/0").content == pdf
+    reader.get(f"/messages/{queue_id}")  # a second opening sends no second receipt
+    with session_scope(rt.engine) as session:
+        statuses = sorted(session.execute(select(Receipt.status).where(Receipt.recipient == GP)).scalars())
+    assert statuses == ["displayed", "processed"]
+
+    journey = sender.get(f"/messages/{queue_id}?folder=sent").text
+    assert re.search(r"<strong>lu</strong>", journey)
+    for step in ("distribué", "dans la boîte", "lu"):
+        assert f'">{step} — <time' in journey
+    sent = sender.get("/sent").text
+    assert "1/1 distribué(s)" in sent and "1 lu(s)" in sent
+    inbox = sender.get("/inbox").text  # the receipts reach the sender as messages too
+    assert "Accusé de lecture" in inbox
+
+
+def test_compose_refusals_are_form_errors(rt, clients, doctor):  # type: ignore[no-untyped-def]
+    client = clients()
+    login(client, doctor)
+    page = client.get("/compose")
+    response = client.post(
+        "/compose",
+        data={"csrf_token": csrf(page.text), "to": "personne@chu-demo.mss.test", "subject": "Test", "body": "x"},
+        files=[("attachments", ("outil.exe", b"MZ\x90\x00\x03\x00\x00\x00\x04\x00", "application/octet-stream"))],
+    )
+    assert response.status_code == 422
+    assert "personne@chu-demo.mss.test ne figure pas dans l’annuaire." in response.text
+    assert "outil.exe : ce type de pièce jointe n’est pas autorisé" in response.text
+    assert 'id="to-errors"' in response.text and 'id="attachments-errors"' in response.text
+    assert "Joignez à nouveau vos fichiers." in response.text
+    empty = client.post("/compose", data={"csrf_token": csrf(page.text), "subject": "", "body": ""})
+    assert "Choisissez au moins un destinataire dans l’annuaire." in empty.text
+    assert "Écrivez un texte ou joignez un document." in empty.text
+
+
+def test_reply_and_forward_keep_attachments_and_name_their_signer(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    create_person(rt, "matheo.moreau@infirmier.mss.test")
+    pdf = pdf_bytes("Bilan")
+    accepted = submit(rt, gp, [DOCTOR], "Bilan sanguin", "Résultats ci-joints.", [("bilan.pdf", "application/pdf", pdf)])
+    client = clients()
+    login(client, doctor)
+    form = client.get(f"/compose?forward={accepted.queue_id}")
+    assert "TR : Bilan sanguin" in form.text and 'name="keep" value="0"' in form.text
+    assert "Éloïse FOURNIER" in form.text or GP in form.text
+    response = client.post(
+        "/compose",
+        data={"csrf_token": csrf(form.text), "to": "matheo.moreau@infirmier.mss.test", "subject": "TR : Bilan sanguin",
+              "body": "Pour information.", "source": accepted.queue_id, "keep": "0"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303, response.text
+    forwarded = response.headers["location"].split("/")[2].split("?")[0]
+    page = client.get(f"/messages/{forwarded}?folder=sent")
+    assert "Pièces jointes reprises d’un message précédent :" in page.text
+    assert "bilan.pdf : signé par" in page.text and "signature valide" in page.text
+    assert client.get(f"/messages/{forwarded}/attachments/0").content == pdf
+    reply = client.get(f"/compose?reply={accepted.queue_id}")
+    assert "RE : Bilan sanguin" in reply.text and f'value="{GP}"' in reply.text and "&gt; Résultats ci-joints." in reply.text
+    assert [e.object for e in _actions(rt, "attachment.forward")] == [accepted.queue_id]
+
+
+def test_folder_filters_and_pages(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    data = CDA_SAMPLE.read_bytes()
+    info = parse_cda(data, filename=CDA_SAMPLE.name, limits=DocumentLimits())
+    nurse = create_person(rt, "matheo.moreau@infirmier.mss.test")
+    with_cda = submit(rt, gp, [DOCTOR], "Certificat du 8e jour", "CDA.", [(CDA_SAMPLE.name, "text/xml", data)])
+    cardio = submit(rt, nurse, [DOCTOR], "Consultation cardiologie", "Texte.", [("a.pdf", "application/pdf", pdf_bytes())])
+    plain = [submit(rt, gp, [DOCTOR], f"Message numéro {n}", "Texte.") for n in range(26)]
+    client = clients()
+    login(client, doctor)
+
+    def found(query: str) -> list[str]:
+        page = client.get("/inbox?" + query)
+        assert page.status_code == 200, page.text
+        return _queue_ids(page.text)
+
+    assert found("subject=cardio") == [cardio.queue_id]  # a word's beginning is enough
+    assert found("subject=CARDIOLOGIE") == [cardio.queue_id]  # case and accents do not matter
+    assert found("sender=Moreau") == [cardio.queue_id]  # by name, as the directory knows them
+    assert found("sender=infirmier.mss") == [cardio.queue_id]  # or by address
+    assert found(f"ins={info.ins.value}") == [with_cda.queue_id]
+    assert found("doc_type=cda") == [with_cda.queue_id]
+    assert found("doc_type=pdf") == [cardio.queue_id]
+    assert found(f"cda_code={info.type_code.code}") == [with_cda.queue_id]
+    assert found("date_from=2000-01-01&date_to=2000-01-02") == []
+    assert len(found("unread=1")) == 25
+    first, second = client.get("/inbox").text, client.get("/inbox?page=2").text
+    assert "Page 1 sur 2" in first and "28 messages" in first
+    assert len(_queue_ids(first)) == 25 and len(_queue_ids(second)) == 3
+    assert _queue_ids(first)[0] == plain[-1].queue_id  # newest first
+    bad = client.get("/inbox?ins=abc")
+    assert bad.status_code == 200 and "INS" in bad.text and 'role="alert"' in bad.text
+
+
+def test_archive_and_back(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    accepted = submit(rt, gp, [DOCTOR], "À archiver", "Texte.")
+    client = clients()
+    login(client, doctor)
+    page = client.get(f"/messages/{accepted.queue_id}")
+    response = client.post(f"/messages/{accepted.queue_id}/archive", data={"csrf_token": csrf(page.text)},
+                           follow_redirects=False)
+    assert response.status_code == 303
+    assert _queue_ids(client.get("/inbox").text) == []
+    assert _queue_ids(client.get("/archive").text) == [accepted.queue_id]
+    client.post(f"/messages/{accepted.queue_id}/unarchive", data={"csrf_token": csrf(page.text)})
+    assert _queue_ids(client.get("/inbox").text) == [accepted.queue_id]
+    assert [e.object for e in _actions(rt, "message.archive")] == [accepted.queue_id]
+    with session_scope(rt.engine) as session:
+        folders = set(session.execute(select(MailboxItem.folder).where(MailboxItem.owner == DOCTOR)).scalars())
+    assert folders == {"inbox"}
+
+
+def test_html_body_is_shown_as_text(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    accepted = submit(rt, gp, [DOCTOR], "HTML", "Version texte.",
+                      html='<p>Version <b>HTML</b></p><img src="https://tracker.example/x.png"><script>alert(1)</script>')
+    client = clients()
+    login(client, doctor)
+    page = client.get(f"/messages/{accepted.queue_id}").text
+    assert "Version texte." in page and "tracker.example" not in page and "alert(1)" not in page
+
+
+def test_languages(rt, clients, doctor):  # type: ignore[no-untyped-def]
+    client = clients()
+    assert "Se connecter" in client.get("/login").text
+    english = client.get("/login", headers={"accept-language": "en-GB,en;q=0.9,fr;q=0.5"})
+    assert "Log in" in english.text and '<html lang="en">' in english.text
+    page = client.get("/login")
+    response = client.post("/language", data={"lang": "en", "next": "/login", "csrf_token": csrf(page.text)},
+                           follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/login"
+    assert "Log in" in client.get("/login").text  # the switch wins over Accept-Language
+    hostile = client.post("/language", data={"lang": "en", "next": "//evil.example/", "csrf_token": csrf(page.text)},
+                          follow_redirects=False)
+    assert hostile.headers["location"] == "/"
+
+
+def test_password_change_rewraps_the_key_and_ends_other_sessions(rt, clients, doctor):  # type: ignore[no-untyped-def]
+    from mss import accounts
+
+    first, second = clients(), clients()
+    login(first, doctor)
+    login(second, doctor)
+    page = first.get("/account")
+    new = "another long passphrase 2026"
+    wrong = first.post("/account/password", data={"current": "not it at all", "new": new, "confirm": new,
+                                                 "csrf_token": csrf(page.text)})
+    assert wrong.status_code == 422 and "Le mot de passe actuel est incorrect." in wrong.text
+    done = first.post("/account/password", data={"current": doctor.password, "new": new, "confirm": new,
+                                                "csrf_token": csrf(page.text)})
+    assert done.status_code == 200 and "Votre mot de passe a été changé." in done.text
+    assert first.get("/inbox").status_code == 200
+    assert second.get("/inbox", follow_redirects=False).headers["location"] == "/login"
+    unlocked = accounts.authenticate(rt.engine, rt.settings, DOCTOR, new, channel="cli")
+    assert unlocked.private_key_der
+
+
+def test_second_factor_reset_asks_the_password_then_enrols_again(rt, clients, doctor):  # type: ignore[no-untyped-def]
+    client = clients()
+    login(client, doctor)
+    page = client.get("/account")
+    refused = client.post("/account/second-factor", data={"password": "wrong password!", "csrf_token": csrf(page.text)})
+    assert refused.status_code == 422
+    response = client.post("/account/second-factor", data={"password": doctor.password, "csrf_token": csrf(page.text)},
+                           follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/login/enrol"
+    enrol = client.get("/login/enrol")
+    new_secret = re.sub(r"\s", "", re.search(r'id="totp-secret">([^<]+)<', enrol.text).group(1))
+    assert new_secret != doctor.secret
+    # Not logged in until enrolled: the inbox sends back to the enrolment step.
+    assert client.get("/inbox", follow_redirects=False).headers["location"] == "/login/enrol"
+    doctor.secret, doctor.last_step = new_secret, 0
+    done = client.post("/login/enrol", data={"code": doctor.code(), "csrf_token": csrf(enrol.text)})
+    assert done.status_code == 200 and "recovery-codes" in done.text
+    assert client.get("/inbox").status_code == 200
