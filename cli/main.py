@@ -115,15 +115,30 @@ def pki_init(
 
 @pki_app.command("issue")
 @handles_errors
-def pki_issue(address: str) -> None:
-    """Issue a new S/MIME certificate for a directory entry (an account keeps its own key)."""
-    from directory import certificates
+def pki_issue(
+    address: str,
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the key and certificate (.p12).")],
+    password_stdin: PasswordStdin = False,
+) -> None:
+    """Issue an S/MIME certificate for an entry without an account; the key goes to a .p12 file."""
+    from mss import accounts
     from mss.db import session_scope
 
     rt = runtime()
+    export_password = SecretReader(password_stdin).read("Export password (protects the .p12 file)", confirm=True)
     with session_scope(rt.engine) as session:
-        _key, row = certificates.issue_for_entry(session, rt.settings, address, actor=actor())
-    out.print(f"issued certificate {row.serial} for {row.address}, valid until {row.not_after:%Y-%m-%d}")
+        row, blob = accounts.issue_external_certificate(session, rt.settings, address, export_password, actor=actor())
+    write_private_file(out_file, blob)
+    out.print(f"issued certificate {row.serial} for {row.address}, valid until {row.not_after:%Y-%m-%d}; key in {out_file}")
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write a file readable by its owner only (created 0600, never widened)."""
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
 
 
 @pki_app.command("revoke")
@@ -193,7 +208,7 @@ def directory_search(
         result = search(session, query, page=page, per_page=per_page)
     if as_json:
         for e in result.items:
-            out.print_json(json.dumps(entry_dict(e), ensure_ascii=False))
+            print(json.dumps(entry_dict(e), ensure_ascii=False))
         return
     table = Table("address", "name", "RPPS", "profession", "organisation", "city", "status")
     for e in result.items:
@@ -390,8 +405,6 @@ def account_export_key(
     password_stdin: PasswordStdin = False,
 ) -> None:
     """Export the key and certificate as PKCS#12 for a mail client."""
-    import os
-
     from mss import accounts
 
     rt = runtime()
@@ -399,9 +412,7 @@ def account_export_key(
     password = reader.read("Account password")
     export_password = reader.read("Export password (protects the .p12 file)", confirm=True)
     blob = accounts.export_key(rt.engine, rt.settings, address, password, export_password, actor=actor())
-    fd = os.open(out_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(blob)
+    write_private_file(out_file, blob)
     out.print(f"wrote {out_file}")
 
 
@@ -456,7 +467,6 @@ def audit_export(
     finally:
         if out_file:
             handle.close()
-    _ = csv
 
 
 @audit_app.command("purge")

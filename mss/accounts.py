@@ -353,3 +353,32 @@ def export_key(
     with session_scope(engine) as session:
         audit.record(session, actor=actor, action="account.export-key", object=unlocked.address)
     return blob
+
+
+def issue_external_certificate(
+    session: Session, settings: Settings, address: str, export_password: str, *, actor: str
+) -> tuple[Certificate, bytes]:
+    """Issue a certificate for an entry whose owner keeps the key in their own mail client.
+
+    Returns the stored certificate row and the key with its chain as PKCS#12 under
+    ``export_password`` (the key is not kept here). An address with an account is refused:
+    its key is the account's. Raises AccountExists, UnknownAddress, RevokedAddress,
+    PasswordPolicyError.
+    """
+    from mss.crypto import pki
+
+    if len(export_password) < MIN_PASSWORD_LENGTH:
+        raise PasswordPolicyError(f"the export password must have at least {MIN_PASSWORD_LENGTH} characters")
+    if get_account(session, address) is not None:
+        raise AccountExists(
+            f"{_normalise(address)} has an account, which holds its key: use `mss account export-key`"
+        )
+    private_key, row = certificates.issue_for_entry(session, settings, address, actor=actor)
+    blob = keys.export_pkcs12(
+        private_key,
+        x509.load_der_x509_certificate(row.der),
+        pki.load_ca_certificate(settings),
+        export_password,
+        friendly_name=row.address,
+    )
+    return row, blob

@@ -13,8 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.conftest import SAMPLE_EXTRACT, SAMPLES
 
+SAMPLES = Path(__file__).resolve().parent / "samples"
+SAMPLE_EXTRACT = SAMPLES / "annuaire" / "Extraction_Correspondance_MSSante_sample.txt"
 DOCTOR = "marc.robert@chu-demo.mss.test"
 GP = "eloise.fournier@medecin.mss.test"
 
@@ -137,8 +138,18 @@ def test_audit_export_formats(mss):  # type: ignore[no-untyped-def]
 
 def test_pki_issue_and_revoke(mss, settings):  # type: ignore[no-untyped-def]
     mss("directory", "import", str(SAMPLE_EXTRACT))
-    issued = mss("pki", "issue", GP)
+    p12 = settings.storage.data_dir / "gp.p12"
+    issued = mss("pki", "issue", GP, "--out", str(p12), "--password-stdin", input="export passphrase\n")
     assert "issued certificate" in issued.stdout
+    assert oct(p12.stat().st_mode & 0o777) == "0o600"
+    chain = subprocess.run(["openssl", "pkcs12", "-in", str(p12), "-nokeys", "-passin", "pass:export passphrase"],
+                           capture_output=True, text=True)
+    assert chain.returncode == 0 and GP in chain.stdout
+    leaf = subprocess.run(["openssl", "x509", "-noout", "-text"], input=chain.stdout, capture_output=True, text=True)
+    assert "E-mail Protection" in leaf.stdout
+    mss("account", "create", DOCTOR, "--password-stdin", input="first passphrase ok\n")
+    refused = mss("pki", "issue", DOCTOR, "--out", str(p12), "--password-stdin", input="export passphrase\n", ok=False)
+    assert "has an account" in refused.stderr
     assert "certificate" in mss("directory", "show", GP).stdout
     mss("pki", "revoke", GP, "--reason", "keyCompromise")
     crl = subprocess.run(["openssl", "crl", "-in", str(settings.pki.certs_dir / "ca.crl.pem"), "-noout", "-text"],
