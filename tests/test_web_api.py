@@ -12,7 +12,6 @@ from web_support import (  # noqa: F401  (fixtures)
     app,
     clients,
     create_person,
-    csrf,
     doctor,
     gp,
     login,
@@ -22,8 +21,9 @@ from web_support import (  # noqa: F401  (fixtures)
 
 
 def _token(client, person) -> str:  # type: ignore[no-untyped-def]
-    response = client.post("/api/v1/sessions", json={"address": person.address, "password": person.password,
-                                                     "code": person.code()})
+    response = client.post(
+        "/api/v1/sessions", json={"address": person.address, "password": person.password, "code": person.code()}
+    )
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["token_type"] == "Bearer" and body["idle_timeout_seconds"] == 900
@@ -36,15 +36,22 @@ def _auth(token: str) -> dict[str, str]:
 
 def test_login_needs_password_totp_and_an_enrolled_authenticator(rt, clients, doctor):  # type: ignore[no-untyped-def]
     client = clients()
-    unenrolled = client.post("/api/v1/sessions", json={"address": DOCTOR, "password": doctor.password, "code": "123456"})
+    unenrolled = client.post(
+        "/api/v1/sessions", json={"address": DOCTOR, "password": doctor.password, "code": "123456"}
+    )
     assert unenrolled.status_code == 403 and unenrolled.json()["error"] == "enrolment-required"
     login(clients(), doctor)  # enrols in the browser
-    wrong = client.post("/api/v1/sessions", json={"address": DOCTOR, "password": "bad password!!", "code": doctor.code()})
+    wrong = client.post(
+        "/api/v1/sessions", json={"address": DOCTOR, "password": "bad password!!", "code": doctor.code()}
+    )
     assert wrong.status_code == 401 and wrong.json()["error"] == "bad-credentials"
     replayed_code = doctor.code()
-    token = client.post("/api/v1/sessions", json={"address": DOCTOR, "password": doctor.password,
-                                                  "code": replayed_code}).json()["token"]
-    again = client.post("/api/v1/sessions", json={"address": DOCTOR, "password": doctor.password, "code": replayed_code})
+    token = client.post(
+        "/api/v1/sessions", json={"address": DOCTOR, "password": doctor.password, "code": replayed_code}
+    ).json()["token"]
+    again = client.post(
+        "/api/v1/sessions", json={"address": DOCTOR, "password": doctor.password, "code": replayed_code}
+    )
     assert again.status_code == 401
     assert client.get("/api/v1/messages", headers=_auth(token)).status_code == 200
     assert client.delete("/api/v1/sessions/current", headers=_auth(token)).status_code == 204
@@ -57,8 +64,14 @@ def test_read_filter_download_send_and_receipts(rt, clients, doctor, gp):  # typ
     login(clients(), gp)
     pdf = pdf_bytes()
     cda = CDA_SAMPLE.read_bytes()
-    first = submit(rt, gp, [DOCTOR], "Compte rendu opératoire", "Voir pièces.",
-                   [("cr.pdf", "application/pdf", pdf), (CDA_SAMPLE.name, "text/xml", cda)])
+    first = submit(
+        rt,
+        gp,
+        [DOCTOR],
+        "Compte rendu opératoire",
+        "Voir pièces.",
+        [("cr.pdf", "application/pdf", pdf), (CDA_SAMPLE.name, "text/xml", cda)],
+    )
     submit(rt, gp, [DOCTOR], "Autre sujet", "Texte.")
     client = clients()
     token = _token(client, doctor)
@@ -77,11 +90,24 @@ def test_read_filter_download_send_and_receipts(rt, clients, doctor, gp):  # typ
     download = client.get(message["attachments"][1]["url"], headers=_auth(token))
     assert download.content == cda
 
-    sent = client.post("/api/v1/messages", headers=_auth(token), json={
-        "to": [GP], "subject": "Réponse", "body": "Bien reçu.", "read_receipt": True, "reply_to": first.queue_id,
-        "attachments": [{"filename": "reponse.pdf", "content_type": "application/pdf",
-                         "content_base64": base64.b64encode(pdf).decode()}],
-    })
+    sent = client.post(
+        "/api/v1/messages",
+        headers=_auth(token),
+        json={
+            "to": [GP],
+            "subject": "Réponse",
+            "body": "Bien reçu.",
+            "read_receipt": True,
+            "reply_to": first.queue_id,
+            "attachments": [
+                {
+                    "filename": "reponse.pdf",
+                    "content_type": "application/pdf",
+                    "content_base64": base64.b64encode(pdf).decode(),
+                }
+            ],
+        },
+    )
     assert sent.status_code == 201, sent.text
     queue_id = sent.json()["queue_id"]
     journey = client.get(f"/api/v1/messages/{queue_id}/receipts", headers=_auth(token)).json()
@@ -94,8 +120,9 @@ def test_read_filter_download_send_and_receipts(rt, clients, doctor, gp):  # typ
     journey = client.get(f"/api/v1/messages/{queue_id}/receipts", headers=_auth(token)).json()
     assert [s["status"] for s in journey[0]["steps"]] == ["delivered", "processed", "displayed"]
 
-    refused = client.post("/api/v1/messages", headers=_auth(token), json={"to": ["nobody@chu-demo.mss.test"],
-                                                                         "subject": "x", "body": "y"})
+    refused = client.post(
+        "/api/v1/messages", headers=_auth(token), json={"to": ["nobody@chu-demo.mss.test"], "subject": "x", "body": "y"}
+    )
     assert refused.status_code == 422 and "to" in refused.json()["fields"]
     assert client.post(f"/api/v1/messages/{first.queue_id}/archive", headers=_auth(token)).status_code == 204
     archived = client.get("/api/v1/messages", params={"folder": "archive"}, headers=_auth(token)).json()
@@ -108,8 +135,11 @@ def test_same_rights_as_the_pages(rt, clients, doctor, gp):  # type: ignore[no-u
     private = submit(rt, gp, [DOCTOR], "Confidentiel", "Texte.", [("a.pdf", "application/pdf", pdf_bytes())])
     client = clients()
     token = _token(client, nurse)
-    for path in (f"/api/v1/messages/{private.queue_id}", f"/api/v1/messages/{private.queue_id}/attachments/0",
-                 f"/api/v1/messages/{private.queue_id}/receipts"):
+    for path in (
+        f"/api/v1/messages/{private.queue_id}",
+        f"/api/v1/messages/{private.queue_id}/attachments/0",
+        f"/api/v1/messages/{private.queue_id}/receipts",
+    ):
         response = client.get(path, headers=_auth(token))
         assert response.status_code == 404 and "Confidentiel" not in response.text
     # A browser session cookie is no API credential, and a bearer token opens no page.
@@ -122,9 +152,14 @@ def test_same_rights_as_the_pages(rt, clients, doctor, gp):  # type: ignore[no-u
 def test_openapi_schema_describes_the_api(rt, clients):  # type: ignore[no-untyped-def]
     schema = clients().get("/api/v1/schema/openapi.json").json()
     paths = schema["paths"]
-    for path in ("/api/v1/sessions", "/api/v1/messages", "/api/v1/messages/{queue_id}",
-                 "/api/v1/messages/{queue_id}/attachments/{index}", "/api/v1/messages/{queue_id}/receipts",
-                 "/api/v1/directory"):
+    for path in (
+        "/api/v1/sessions",
+        "/api/v1/messages",
+        "/api/v1/messages/{queue_id}",
+        "/api/v1/messages/{queue_id}/attachments/{index}",
+        "/api/v1/messages/{queue_id}/receipts",
+        "/api/v1/directory",
+    ):
         assert path in paths, path
     assert schema["components"]["securitySchemes"]["BearerToken"]["scheme"] == "bearer"
     assert not any(p.startswith(("/inbox", "/login", "/messages")) for p in paths)

@@ -19,16 +19,32 @@ from pathlib import Path
 import pyotp
 import pytest
 from playwright.sync_api import expect
+from relay_support import (
+    CDA_SAMPLE,
+    RECIPIENTS,
+    SENDER,
+    build_stack,
+    cda_bytes,
+    pdf_bytes,
+    queue_id,
+    transaction,
+)
+from relay_support import login as smtp_login
+from web_support import Person, WebServer, build_message, submit
 
 from mss.documents import DocumentLimits, parse_cda
 from mss.relay import RelayServer
-from relay_support import RECIPIENTS, SENDER, build_stack, cda_bytes, login as smtp_login, pdf_bytes
-from relay_support import CDA_SAMPLE, queue_id, transaction
-from web_support import WebServer, build_message, submit, Person
+from mss.web.twofactor import secret_of
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 IN_CI = os.environ.get("CI", "").lower() == "true"
 READER = RECIPIENTS[0]  # cedric.petit@chu-demo.mss.test
 
@@ -97,14 +113,21 @@ def test_browser_reads_writes_and_follows_receipts(stack, chromium, tmp_path):  
     colleague = Person(RECIPIENTS[1], stack.passwords[RECIPIENTS[1]], "")
     for subject in ("Résultats de biologie", "Demande d'avis cardiologique", "Compte rendu de consultation"):
         submit(rt, colleague, [READER], subject, "Bonjour,\nci-joint.", [("document.pdf", "application/pdf", pdf)])
-    raw = build_message(SENDER, [READER], "Lettre de liaison de sortie", "Bonjour,\nveuillez trouver la lettre de liaison.",
-                        [("lettre.pdf", "application/pdf", pdf), (CDA_SAMPLE.name, "text/xml", cda)], read_receipt=True)
+    raw = build_message(
+        SENDER,
+        [READER],
+        "Lettre de liaison de sortie",
+        "Bonjour,\nveuillez trouver la lettre de liaison.",
+        [("lettre.pdf", "application/pdf", pdf), (CDA_SAMPLE.name, "text/xml", cda)],
+        read_receipt=True,
+    )
     client = smtp_login(stack, SENDER)
     smtp_queue_id = queue_id(transaction(client, SENDER, [READER], raw)[-1])
     client.quit()
 
-    reader_context = chromium.new_context(ignore_https_errors=True, accept_downloads=True, locale="fr-FR",
-                                          viewport={"width": 1366, "height": 768})
+    reader_context = chromium.new_context(
+        ignore_https_errors=True, accept_downloads=True, locale="fr-FR", viewport={"width": 1366, "height": 768}
+    )
     page = reader_context.new_page()
     reader = _enrol(page, web.url, READER, stack.passwords[READER])
 
@@ -141,7 +164,9 @@ def test_browser_reads_writes_and_follows_receipts(stack, chromium, tmp_path):  
     result.click()
     assert page.locator(f'#chosen input[value="{SENDER}"]').is_checked()
     answer = pdf_bytes(2)
-    page.set_input_files("#attachments", files=[{"name": "reponse.pdf", "mimeType": "application/pdf", "buffer": answer}])
+    page.set_input_files(
+        "#attachments", files=[{"name": "reponse.pdf", "mimeType": "application/pdf", "buffer": answer}]
+    )
     page.check("#read_receipt")
     page.click("#compose-form button[type=submit]")
     expect(page).to_have_url(re.compile(r"/messages/[0-9A-F]{20}\?folder=sent$"))
@@ -149,8 +174,9 @@ def test_browser_reads_writes_and_follows_receipts(stack, chromium, tmp_path):  
     assert "dans la boîte" in page.inner_text(".journey")
 
     # The sender reads the answer: each side sees the other's read receipt.
-    sender_context = chromium.new_context(ignore_https_errors=True, accept_downloads=True, locale="fr-FR",
-                                          viewport={"width": 1366, "height": 768})
+    sender_context = chromium.new_context(
+        ignore_https_errors=True, accept_downloads=True, locale="fr-FR", viewport={"width": 1366, "height": 768}
+    )
     sender_page = sender_context.new_page()
     _enrol(sender_page, web.url, SENDER, stack.passwords[SENDER])
     sender_page.goto(web.url + f"/messages/{smtp_queue_id}?folder=sent")
@@ -176,8 +202,6 @@ def test_browser_reads_writes_and_follows_receipts(stack, chromium, tmp_path):  
 
 def test_totp_codes_from_the_page_key_match_pyotp() -> None:
     """The key the enrolment page shows is the RFC 6238 secret itself (grouped by four)."""
-    from mss.web.twofactor import secret_of
-
     secret = pyotp.random_base32(32)
     shown = secret_of(pyotp.TOTP(secret).provisioning_uri(name="a@mss.test", issuer_name="mss"))
     assert shown.replace(" ", "") == secret and len(shown.split(" ")[0]) == 4

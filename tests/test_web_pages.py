@@ -7,11 +7,6 @@ from __future__ import annotations
 import re
 
 from sqlalchemy import select
-
-from mss.db import session_scope
-from mss.documents import DocumentLimits, parse_cda
-from mss.documents.xdm import build_xdm
-from mss.models import AuditEvent, MailboxItem, Receipt
 from web_support import (  # noqa: F401  (fixtures)
     CDA_SAMPLE,
     DOCTOR,
@@ -26,6 +21,14 @@ from web_support import (  # noqa: F401  (fixtures)
     pdf_bytes,
     submit,
 )
+
+from mss import accounts
+from mss.db import session_scope
+from mss.documents import DocumentLimits, parse_cda
+from mss.documents.cda import Author
+from mss.documents.xdm import build_xdm
+from mss.models import Account, AuditEvent, MailboxItem, Receipt
+from mss.web import twofactor
 
 
 def _queue_ids(html: str) -> list[str]:
@@ -43,14 +46,19 @@ def test_first_login_enrols_totp_then_shows_recovery_codes(rt, clients, doctor):
     assert page.status_code == 200 and 'name="password"' in page.text
     pre = client.cookies.get("__Host-mss-pre")
     assert pre
-    response = client.post("/login", data={"address": DOCTOR, "password": doctor.password, "csrf_token": csrf(page.text)},
-                           follow_redirects=False)
+    response = client.post(
+        "/login",
+        data={"address": DOCTOR, "password": doctor.password, "csrf_token": csrf(page.text)},
+        follow_redirects=False,
+    )
     assert response.status_code == 303 and response.headers["location"] == "/login/enrol"
     pending = client.cookies.get("__Host-mss")
     enrol = client.get("/login/enrol")
     assert "<svg" in enrol.text and "qrline" in enrol.text  # the QR code, drawn on the server
     assert re.sub(r"\s", "", re.search(r'id="totp-secret">([^<]+)<', enrol.text).group(1)) == doctor.secret
-    done = client.post("/login/enrol", data={"code": doctor.code(), "csrf_token": csrf(enrol.text)}, follow_redirects=False)
+    done = client.post(
+        "/login/enrol", data={"code": doctor.code(), "csrf_token": csrf(enrol.text)}, follow_redirects=False
+    )
     assert done.status_code == 200
     codes = re.findall(r"<code>([a-z0-9]{4}-[a-z0-9]{4}-[a-z0-9]{4})</code>", done.text)
     assert len(codes) == 10
@@ -62,9 +70,9 @@ def test_first_login_enrols_totp_then_shows_recovery_codes(rt, clients, doctor):
     stale.cookies.set("__Host-mss", pending, domain="mss.test")
     assert stale.get("/inbox", follow_redirects=False).headers["location"] == "/login"
     with session_scope(rt.engine) as session:
-        stored = session.execute(select(AuditEvent.detail).where(AuditEvent.action == "account.recovery-codes")).scalar()
-        from mss.models import Account
-
+        stored = session.execute(
+            select(AuditEvent.detail).where(AuditEvent.action == "account.recovery-codes")
+        ).scalar()
         account = session.execute(select(Account).where(Account.address == DOCTOR)).scalars().one()
     assert account.totp_confirmed and all(code.replace("-", "") not in account.recovery_codes for code in codes)
     assert stored is not None
@@ -75,25 +83,29 @@ def test_recovery_code_replaces_totp_once(rt, clients, doctor):  # type: ignore[
     login(first, doctor)
     page = first.get("/login")  # already logged in: goes to the inbox
     assert page.url.path == "/inbox"
-    from web_support import csrf as token
-    from mss.web import twofactor
-
     codes = twofactor.new_recovery_codes(rt.engine, DOCTOR)
     for attempt, expected in ((codes[0], 303), (codes[0], 401)):
         client = clients()
         page = client.get("/login")
-        client.post("/login", data={"address": DOCTOR, "password": doctor.password, "csrf_token": token(page.text)})
+        client.post("/login", data={"address": DOCTOR, "password": doctor.password, "csrf_token": csrf(page.text)})
         page = client.get("/login/totp")
-        response = client.post("/login/totp", data={"code": attempt, "csrf_token": token(page.text)},
-                               follow_redirects=False)
+        response = client.post(
+            "/login/totp", data={"code": attempt, "csrf_token": csrf(page.text)}, follow_redirects=False
+        )
         assert response.status_code == expected
     assert twofactor.remaining_recovery_codes(rt.engine, DOCTOR) == 9
 
 
 def test_inbox_and_message_page(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
     pdf = pdf_bytes()
-    accepted = submit(rt, gp, [DOCTOR], "Adressage patient Dupont", "Bonjour,\nje vous adresse M. Dupont.",
-                      [("courrier.pdf", "application/pdf", pdf)])
+    accepted = submit(
+        rt,
+        gp,
+        [DOCTOR],
+        "Adressage patient Dupont",
+        "Bonjour,\nje vous adresse M. Dupont.",
+        [("courrier.pdf", "application/pdf", pdf)],
+    )
     client = clients()
     login(client, doctor)
     inbox = client.get("/inbox")
@@ -155,10 +167,11 @@ def test_cda_renders_as_a_document_never_as_xml(rt, clients, doctor, gp):  # typ
 def test_xdm_lists_its_documents_and_opens_each(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
     data = CDA_SAMPLE.read_bytes()
     info = parse_cda(data, filename=CDA_SAMPLE.name, limits=DocumentLimits())
-    from mss.documents.cda import Author
-
-    archive = build_xdm([(CDA_SAMPLE.name, data, info), ("lettre.pdf", pdf_bytes(), None)],
-                        author=info.authors[0] if info.authors else Author(None, None, None), patient=info.patient)
+    archive = build_xdm(
+        [(CDA_SAMPLE.name, data, info), ("lettre.pdf", pdf_bytes(), None)],
+        author=info.authors[0] if info.authors else Author(None, None, None),
+        patient=info.patient,
+    )
     accepted = submit(rt, gp, [DOCTOR], "Dossier", "Paquet XDM.", [("IHE_XDM.ZIP", "application/zip", archive)])
     client = clients()
     login(client, doctor)
@@ -179,8 +192,13 @@ def test_compose_with_pdf_and_read_receipt_then_journey(rt, clients, doctor, gp)
     pdf = pdf_bytes("Lettre de liaison")
     response = sender.post(
         "/compose",
-        data={"csrf_token": csrf(page.text), "to": GP, "subject": "Sortie d'hospitalisation",
-              "body": "Votre patiente est sortie ce jour.", "read_receipt": "on"},
+        data={
+            "csrf_token": csrf(page.text),
+            "to": GP,
+            "subject": "Sortie d'hospitalisation",
+            "body": "Votre patiente est sortie ce jour.",
+            "read_receipt": "on",
+        },
         files=[("attachments", ("lettre.pdf", pdf, "application/pdf"))],
         follow_redirects=False,
     )
@@ -231,7 +249,9 @@ def test_compose_refusals_are_form_errors(rt, clients, doctor):  # type: ignore[
 def test_reply_and_forward_keep_attachments_and_name_their_signer(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
     create_person(rt, "matheo.moreau@infirmier.mss.test")
     pdf = pdf_bytes("Bilan")
-    accepted = submit(rt, gp, [DOCTOR], "Bilan sanguin", "Résultats ci-joints.", [("bilan.pdf", "application/pdf", pdf)])
+    accepted = submit(
+        rt, gp, [DOCTOR], "Bilan sanguin", "Résultats ci-joints.", [("bilan.pdf", "application/pdf", pdf)]
+    )
     client = clients()
     login(client, doctor)
     form = client.get(f"/compose?forward={accepted.queue_id}")
@@ -239,8 +259,14 @@ def test_reply_and_forward_keep_attachments_and_name_their_signer(rt, clients, d
     assert "Éloïse FOURNIER" in form.text or GP in form.text
     response = client.post(
         "/compose",
-        data={"csrf_token": csrf(form.text), "to": "matheo.moreau@infirmier.mss.test", "subject": "TR : Bilan sanguin",
-              "body": "Pour information.", "source": accepted.queue_id, "keep": "0"},
+        data={
+            "csrf_token": csrf(form.text),
+            "to": "matheo.moreau@infirmier.mss.test",
+            "subject": "TR : Bilan sanguin",
+            "body": "Pour information.",
+            "source": accepted.queue_id,
+            "keep": "0",
+        },
         follow_redirects=False,
     )
     assert response.status_code == 303, response.text
@@ -250,7 +276,11 @@ def test_reply_and_forward_keep_attachments_and_name_their_signer(rt, clients, d
     assert "bilan.pdf : signé par" in page.text and "signature valide" in page.text
     assert client.get(f"/messages/{forwarded}/attachments/0").content == pdf
     reply = client.get(f"/compose?reply={accepted.queue_id}")
-    assert "RE : Bilan sanguin" in reply.text and f'value="{GP}"' in reply.text and "&gt; Résultats ci-joints." in reply.text
+    assert (
+        "RE : Bilan sanguin" in reply.text
+        and f'value="{GP}"' in reply.text
+        and "&gt; Résultats ci-joints." in reply.text
+    )
     assert [e.object for e in _actions(rt, "attachment.forward")] == [accepted.queue_id]
 
 
@@ -259,7 +289,9 @@ def test_folder_filters_and_pages(rt, clients, doctor, gp):  # type: ignore[no-u
     info = parse_cda(data, filename=CDA_SAMPLE.name, limits=DocumentLimits())
     nurse = create_person(rt, "matheo.moreau@infirmier.mss.test")
     with_cda = submit(rt, gp, [DOCTOR], "Certificat du 8e jour", "CDA.", [(CDA_SAMPLE.name, "text/xml", data)])
-    cardio = submit(rt, nurse, [DOCTOR], "Consultation cardiologie", "Texte.", [("a.pdf", "application/pdf", pdf_bytes())])
+    cardio = submit(
+        rt, nurse, [DOCTOR], "Consultation cardiologie", "Texte.", [("a.pdf", "application/pdf", pdf_bytes())]
+    )
     plain = [submit(rt, gp, [DOCTOR], f"Message numéro {n}", "Texte.") for n in range(26)]
     client = clients()
     login(client, doctor)
@@ -292,8 +324,9 @@ def test_archive_and_back(rt, clients, doctor, gp):  # type: ignore[no-untyped-d
     client = clients()
     login(client, doctor)
     page = client.get(f"/messages/{accepted.queue_id}")
-    response = client.post(f"/messages/{accepted.queue_id}/archive", data={"csrf_token": csrf(page.text)},
-                           follow_redirects=False)
+    response = client.post(
+        f"/messages/{accepted.queue_id}/archive", data={"csrf_token": csrf(page.text)}, follow_redirects=False
+    )
     assert response.status_code == 303
     assert _queue_ids(client.get("/inbox").text) == []
     assert _queue_ids(client.get("/archive").text) == [accepted.queue_id]
@@ -306,8 +339,14 @@ def test_archive_and_back(rt, clients, doctor, gp):  # type: ignore[no-untyped-d
 
 
 def test_html_body_is_shown_as_text(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
-    accepted = submit(rt, gp, [DOCTOR], "HTML", "Version texte.",
-                      html='<p>Version <b>HTML</b></p><img src="https://tracker.example/x.png"><script>alert(1)</script>')
+    accepted = submit(
+        rt,
+        gp,
+        [DOCTOR],
+        "HTML",
+        "Version texte.",
+        html='<p>Version <b>HTML</b></p><img src="https://tracker.example/x.png"><script>alert(1)</script>',
+    )
     client = clients()
     login(client, doctor)
     page = client.get(f"/messages/{accepted.queue_id}").text
@@ -320,28 +359,34 @@ def test_languages(rt, clients, doctor):  # type: ignore[no-untyped-def]
     english = client.get("/login", headers={"accept-language": "en-GB,en;q=0.9,fr;q=0.5"})
     assert "Log in" in english.text and '<html lang="en">' in english.text
     page = client.get("/login")
-    response = client.post("/language", data={"lang": "en", "next": "/login", "csrf_token": csrf(page.text)},
-                           follow_redirects=False)
+    response = client.post(
+        "/language", data={"lang": "en", "next": "/login", "csrf_token": csrf(page.text)}, follow_redirects=False
+    )
     assert response.status_code == 303 and response.headers["location"] == "/login"
     assert "Log in" in client.get("/login").text  # the switch wins over Accept-Language
-    hostile = client.post("/language", data={"lang": "en", "next": "//evil.example/", "csrf_token": csrf(page.text)},
-                          follow_redirects=False)
+    hostile = client.post(
+        "/language",
+        data={"lang": "en", "next": "//evil.example/", "csrf_token": csrf(page.text)},
+        follow_redirects=False,
+    )
     assert hostile.headers["location"] == "/"
 
 
 def test_password_change_rewraps_the_key_and_ends_other_sessions(rt, clients, doctor):  # type: ignore[no-untyped-def]
-    from mss import accounts
-
     first, second = clients(), clients()
     login(first, doctor)
     login(second, doctor)
     page = first.get("/account")
     new = "another long passphrase 2026"
-    wrong = first.post("/account/password", data={"current": "not it at all", "new": new, "confirm": new,
-                                                 "csrf_token": csrf(page.text)})
+    wrong = first.post(
+        "/account/password",
+        data={"current": "not it at all", "new": new, "confirm": new, "csrf_token": csrf(page.text)},
+    )
     assert wrong.status_code == 422 and "Le mot de passe actuel est incorrect." in wrong.text
-    done = first.post("/account/password", data={"current": doctor.password, "new": new, "confirm": new,
-                                                "csrf_token": csrf(page.text)})
+    done = first.post(
+        "/account/password",
+        data={"current": doctor.password, "new": new, "confirm": new, "csrf_token": csrf(page.text)},
+    )
     assert done.status_code == 200 and "Votre mot de passe a été changé." in done.text
     assert first.get("/inbox").status_code == 200
     assert second.get("/inbox", follow_redirects=False).headers["location"] == "/login"
@@ -355,8 +400,11 @@ def test_second_factor_reset_asks_the_password_then_enrols_again(rt, clients, do
     page = client.get("/account")
     refused = client.post("/account/second-factor", data={"password": "wrong password!", "csrf_token": csrf(page.text)})
     assert refused.status_code == 422
-    response = client.post("/account/second-factor", data={"password": doctor.password, "csrf_token": csrf(page.text)},
-                           follow_redirects=False)
+    response = client.post(
+        "/account/second-factor",
+        data={"password": doctor.password, "csrf_token": csrf(page.text)},
+        follow_redirects=False,
+    )
     assert response.status_code == 303 and response.headers["location"] == "/login/enrol"
     enrol = client.get("/login/enrol")
     new_secret = re.sub(r"\s", "", re.search(r'id="totp-secret">([^<]+)<', enrol.text).group(1))

@@ -9,10 +9,6 @@ import hashlib
 from datetime import timedelta
 
 from sqlalchemy import select, text, update
-
-from mss import accounts
-from mss.db import session_scope, utcnow
-from mss.models import WebSession
 from web_support import (  # noqa: F401  (fixtures)
     CDA_SAMPLE,
     DOCTOR,
@@ -28,6 +24,10 @@ from web_support import (  # noqa: F401  (fixtures)
     submit,
 )
 
+from mss import accounts
+from mss.db import session_scope, utcnow
+from mss.models import WebSession
+
 
 def _session_rows(rt) -> list[WebSession]:  # type: ignore[no-untyped-def]
     with session_scope(rt.engine) as session:
@@ -36,13 +36,23 @@ def _session_rows(rt) -> list[WebSession]:  # type: ignore[no-untyped-def]
 
 def test_another_mailbox_message_is_not_found(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
     nurse = create_person(rt, "matheo.moreau@infirmier.mss.test")
-    private = submit(rt, gp, [DOCTOR], "Secret médical Dupont", "Contenu confidentiel.",
-                     [("bilan.pdf", "application/pdf", pdf_bytes())])
+    private = submit(
+        rt,
+        gp,
+        [DOCTOR],
+        "Secret médical Dupont",
+        "Contenu confidentiel.",
+        [("bilan.pdf", "application/pdf", pdf_bytes())],
+    )
     intruder = clients()
     login(intruder, nurse)
-    for path in (f"/messages/{private.queue_id}", f"/messages/{private.queue_id}/attachments/0",
-                 f"/messages/{private.queue_id}/attachments/0/view", f"/messages/{private.queue_id}?folder=sent",
-                 "/messages/00000000000000000000"):
+    for path in (
+        f"/messages/{private.queue_id}",
+        f"/messages/{private.queue_id}/attachments/0",
+        f"/messages/{private.queue_id}/attachments/0/view",
+        f"/messages/{private.queue_id}?folder=sent",
+        "/messages/00000000000000000000",
+    ):
         response = intruder.get(path)
         assert response.status_code == 404, path
         assert "Dupont" not in response.text and "confidentiel" not in response.text
@@ -51,8 +61,17 @@ def test_another_mailbox_message_is_not_found(rt, clients, doctor, gp):  # type:
     assert archive.status_code == 404
     reply = intruder.get(f"/compose?forward={private.queue_id}")
     assert reply.status_code == 404
-    sneaky = intruder.post("/compose", data={"csrf_token": csrf(page.text), "to": GP, "subject": "x", "body": "x",
-                                             "source": private.queue_id, "keep": "0"})
+    sneaky = intruder.post(
+        "/compose",
+        data={
+            "csrf_token": csrf(page.text),
+            "to": GP,
+            "subject": "x",
+            "body": "x",
+            "source": private.queue_id,
+            "keep": "0",
+        },
+    )
     assert sneaky.status_code == 422 and "bilan.pdf" not in sneaky.text
     # The owner still reads it.
     owner = clients()
@@ -75,8 +94,9 @@ def test_state_changes_need_the_csrf_token_of_the_session(rt, clients, doctor, g
         compose = client.post("/compose", data={**data, "to": GP, "subject": "x", "body": "y"}, follow_redirects=False)
         assert compose.status_code == 403
     assert client.get("/inbox").status_code == 200  # still logged in: the forged logout did nothing
-    header = client.post(f"/messages/{accepted.queue_id}/archive", headers={"x-csrf-token": good},
-                         follow_redirects=False)
+    header = client.post(
+        f"/messages/{accepted.queue_id}/archive", headers={"x-csrf-token": good}, follow_redirects=False
+    )
     assert header.status_code == 303
     # A login form posted without the pre-login token is refused too (login CSRF).
     fresh = clients()
@@ -93,8 +113,11 @@ def test_totp_code_works_once(rt, clients, doctor):  # type: ignore[no-untyped-d
         page = client.get("/login")
         client.post("/login", data={"address": DOCTOR, "password": doctor.password, "csrf_token": csrf(page.text)})
         page = client.get("/login/totp")
-        results.append(client.post("/login/totp", data={"code": code, "csrf_token": csrf(page.text)},
-                                   follow_redirects=False).status_code)
+        results.append(
+            client.post(
+                "/login/totp", data={"code": code, "csrf_token": csrf(page.text)}, follow_redirects=False
+            ).status_code
+        )
     assert results == [303, 401]
 
 
@@ -118,8 +141,11 @@ def test_wrong_totp_codes_lock_the_account(rt, clients, doctor):  # type: ignore
     client.post("/login", data={"address": DOCTOR, "password": doctor.password, "csrf_token": csrf(page.text)})
     page = client.get("/login/totp")
     statuses = [
-        client.post("/login/totp", data={"code": "000000" if n % 2 else "zzzz-zzzz-zzzz", "csrf_token": csrf(page.text)},
-                    follow_redirects=False).status_code
+        client.post(
+            "/login/totp",
+            data={"code": "000000" if n % 2 else "zzzz-zzzz-zzzz", "csrf_token": csrf(page.text)},
+            follow_redirects=False,
+        ).status_code
         for n in range(rt.settings.security.max_login_failures + 1)
     ]
     assert statuses[:-1] == [401] * (len(statuses) - 1) and statuses[-1] == 423
@@ -134,8 +160,14 @@ def test_hostile_content_is_inert(rt, clients, doctor, gp):  # type: ignore[no-u
     marker = b"<title>"
     assert marker in cda
     hostile_cda = cda.replace(marker, marker + b"&lt;script&gt;alert(1)&lt;/script&gt;", 1)
-    accepted = submit(rt, gp, [DOCTOR], f"Objet {script}", f"Corps {script}<img src=x onerror=alert(2)>",
-                      [(f"{script}.xml", "text/xml", hostile_cda)])
+    accepted = submit(
+        rt,
+        gp,
+        [DOCTOR],
+        f"Objet {script}",
+        f"Corps {script}<img src=x onerror=alert(2)>",
+        [(f"{script}.xml", "text/xml", hostile_cda)],
+    )
     client = clients()
     login(client, doctor)
     for path in ("/inbox", f"/messages/{accepted.queue_id}", f"/messages/{accepted.queue_id}/attachments/0/view"):
@@ -149,8 +181,11 @@ def test_session_cookie_flags_and_rotation(rt, clients, doctor):  # type: ignore
     page = client.get("/login")
     pre = page.headers["set-cookie"].lower()
     assert pre.startswith("__host-mss-pre=") and "secure" in pre and "httponly" in pre and "samesite=strict" in pre
-    response = client.post("/login", data={"address": DOCTOR, "password": doctor.password, "csrf_token": csrf(page.text)},
-                           follow_redirects=False)
+    response = client.post(
+        "/login",
+        data={"address": DOCTOR, "password": doctor.password, "csrf_token": csrf(page.text)},
+        follow_redirects=False,
+    )
     cookies = response.headers.get_list("set-cookie")
     session_cookie = next(c for c in cookies if c.startswith("__Host-mss="))
     lowered = session_cookie.lower()
@@ -197,12 +232,16 @@ def test_session_key_and_private_key_are_not_in_the_database(rt, clients, doctor
     session_id, session_key = raw[:32], raw[32:]
     private_key = accounts.authenticate(rt.engine, rt.settings, DOCTOR, doctor.password, channel="cli").private_key_der
     (row,) = _session_rows(rt)
-    stored = b"".join(
-        value if isinstance(value, bytes) else str(value).encode() for value in row.model_dump().values()
-    )
+    stored = b"".join(value if isinstance(value, bytes) else str(value).encode() for value in row.model_dump().values())
     assert row.token_hash == hashlib.sha256(session_id).hexdigest()
-    for secret in (session_id, session_key, private_key, private_key[-64:], session_key.hex().encode(),
-                   base64.b64encode(session_key)):
+    for secret in (
+        session_id,
+        session_key,
+        private_key,
+        private_key[-64:],
+        session_key.hex().encode(),
+        base64.b64encode(session_key),
+    ):
         assert secret not in stored
     if rt.settings.storage.database_url.startswith("sqlite:///"):
         database = rt.settings.storage.database_url.removeprefix("sqlite:///")

@@ -99,9 +99,15 @@ def build_message(
 def submit(rt, person: Person, to: list[str], subject: str, body: str, attachments=(), **options) -> Accepted:  # type: ignore[no-untyped-def]
     """Submit a message through the real pipeline, as the relay would."""
     raw = build_message(person.address, to, subject, body, list(attachments), **options)
-    return pipeline.submit(rt, Submission(
-        sender=unlocked(rt, person), recipients=tuple(RecipientRequest(a) for a in to), raw=raw, channel="smtp",
-    ))
+    return pipeline.submit(
+        rt,
+        Submission(
+            sender=unlocked(rt, person),
+            recipients=tuple(RecipientRequest(a) for a in to),
+            raw=raw,
+            channel="smtp",
+        ),
+    )
 
 
 def csrf(html: str) -> str:
@@ -113,8 +119,11 @@ def csrf(html: str) -> str:
 def login(client, person: Person) -> None:  # type: ignore[no-untyped-def]
     """Log in through the pages (enrolling the authenticator on the first login)."""
     page = client.get("/login")
-    response = client.post("/login", data={"address": person.address, "password": person.password,
-                                           "csrf_token": csrf(page.text)}, follow_redirects=False)
+    response = client.post(
+        "/login",
+        data={"address": person.address, "password": person.password, "csrf_token": csrf(page.text)},
+        follow_redirects=False,
+    )
     assert response.status_code == 303, response.text
     step = response.headers["location"]
     page = client.get(step)

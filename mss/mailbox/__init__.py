@@ -9,7 +9,16 @@ search tokens that make filters fast without storing metadata in clear, ``conten
 the decryption, verification and MIME splitting.
 """
 
-from mss.mailbox.compose import Draft, DraftInvalid, KeptAttachment, Problem, Upload, build_message, send, split_addresses
+from mss.mailbox.compose import (
+    Draft,
+    DraftInvalid,
+    KeptAttachment,
+    Problem,
+    Upload,
+    build_message,
+    send,
+    split_addresses,
+)
 from mss.mailbox.content import Attachment, Signature
 from mss.mailbox.reading import (
     ARCHIVE,
@@ -18,8 +27,8 @@ from mss.mailbox.reading import (
     SENT,
     AttachmentInfo,
     Correspondent,
-    Filters,
     FilterError,
+    Filters,
     Opened,
     OpenedAttachment,
     Page,
@@ -41,9 +50,40 @@ from mss.mailbox.reading import (
 from mss.store import MessageNotFound
 
 __all__ = [
-    "ARCHIVE", "FOLDERS", "INBOX", "SENT", "Attachment", "AttachmentInfo", "Correspondent", "Draft", "DraftInvalid",
-    "FilterError", "Filters", "KeptAttachment", "Problem", "MessageNotFound", "Opened", "OpenedAttachment", "Page",
-    "RecipientJourney", "Signature", "Step", "Summary", "Upload", "XdmEntry", "build_message", "correspondent",
-    "journey", "list_folder", "mark_unread", "move", "open_attachment", "open_message", "send", "split_addresses",
-    "unread_count", "xdm_document", "xdm_entries",
+    "ARCHIVE",
+    "FOLDERS",
+    "INBOX",
+    "SENT",
+    "Attachment",
+    "AttachmentInfo",
+    "Correspondent",
+    "Draft",
+    "DraftInvalid",
+    "FilterError",
+    "Filters",
+    "KeptAttachment",
+    "Problem",
+    "MessageNotFound",
+    "Opened",
+    "OpenedAttachment",
+    "Page",
+    "RecipientJourney",
+    "Signature",
+    "Step",
+    "Summary",
+    "Upload",
+    "XdmEntry",
+    "build_message",
+    "correspondent",
+    "journey",
+    "list_folder",
+    "mark_unread",
+    "move",
+    "open_attachment",
+    "open_message",
+    "send",
+    "split_addresses",
+    "unread_count",
+    "xdm_document",
+    "xdm_entries",
 ]

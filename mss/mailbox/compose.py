@@ -17,8 +17,8 @@ import email.utils
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from email.headerregistry import Address
+from email.message import EmailMessage
 
 from sqlalchemy import select
 
@@ -60,13 +60,15 @@ class DraftInvalid(MssError):
     """A draft cannot be sent as it is; ``errors`` maps each field to what is wrong."""
 
     def __init__(self, errors: dict[str, list[Problem]]) -> None:
-        super().__init__("the message cannot be sent: " + "; ".join(str(p) for ps in errors.values() for p in ps),
-                         errors=errors)
+        super().__init__(
+            "the message cannot be sent: " + "; ".join(str(p) for ps in errors.values() for p in ps), errors=errors
+        )
         self.errors = errors
 
 
-def _problem(errors: dict[str, list[Problem]], name: str, msgid: str, error: MssError | None = None,
-             **values: object) -> None:
+def _problem(
+    errors: dict[str, list[Problem]], name: str, msgid: str, error: MssError | None = None, **values: object
+) -> None:
     errors.setdefault(name, []).append(Problem(msgid, values, error))
 
 
@@ -135,8 +137,15 @@ def _author(rt: Runtime, address: str) -> Author:
         entry = session.execute(select(DirectoryEntry).where(DirectoryEntry.address == address)).scalars().first()
     if entry is None:
         return Author(name=None, id=None, rpps=None, organisation=None)
-    name = PersonName(family=entry.last_name or None, given=tuple(p for p in (entry.first_name,) if p),
-                      prefix=entry.civility.title() or None) if entry.kind == "PER" else None
+    name = (
+        PersonName(
+            family=entry.last_name or None,
+            given=tuple(p for p in (entry.first_name,) if p),
+            prefix=entry.civility.title() or None,
+        )
+        if entry.kind == "PER"
+        else None
+    )
     rpps = entry.rpps or None
     return Author(
         name=name,
@@ -157,7 +166,9 @@ def _check_recipients(rt: Runtime, to: tuple[str, ...], errors: dict[str, list[P
         _problem(errors, "to", "Choose at least one recipient from the directory.")
         return []
     if len(to) > rt.settings.relay.max_recipients:
-        _problem(errors, "to", "A message may have at most %(count)s recipients.", count=rt.settings.relay.max_recipients)
+        _problem(
+            errors, "to", "A message may have at most %(count)s recipients.", count=rt.settings.relay.max_recipients
+        )
         return []
     checked: list[str] = []
     for address in to:
@@ -184,7 +195,11 @@ def _checked_upload(upload: Upload, limits: DocumentLimits) -> tuple[Upload, Cda
 
 
 def build_message(
-    rt: Runtime, sender: UnlockedAccount, draft: Draft, *, note: Callable[[list[KeptAttachment]], str] = english_note,
+    rt: Runtime,
+    sender: UnlockedAccount,
+    draft: Draft,
+    *,
+    note: Callable[[list[KeptAttachment]], str] = english_note,
     request_id: str = "",
 ) -> tuple[bytes, tuple[str, ...]]:
     """The RFC 5322 bytes of a draft and its checked recipients. Raises DraftInvalid."""
@@ -217,8 +232,9 @@ def build_message(
             continue
         for attachment_index in wanted:
             try:
-                opened = reading.open_attachment(rt, sender, queue_id, attachment_index, action="attachment.forward",
-                                                 request_id=request_id)
+                opened = reading.open_attachment(
+                    rt, sender, queue_id, attachment_index, action="attachment.forward", request_id=request_id
+                )
             except MssError as exc:
                 _problem(errors, "attachments", "", exc)
                 continue
@@ -228,8 +244,9 @@ def build_message(
             except DocumentError as exc:
                 _problem(errors, "attachments", "", exc)
                 continue
-            kept.append(KeptAttachment(filename=original.filename, signature=opened.signature,
-                                       sender=opened.meta.sender))
+            kept.append(
+                KeptAttachment(filename=original.filename, signature=opened.signature, sender=opened.meta.sender)
+            )
     if not body.strip() and not uploads:
         _problem(errors, "body", "Write a text or attach a document.")
     if draft.package_xdm and not any(cda is not None for _u, cda in uploads):
@@ -263,13 +280,16 @@ def build_message(
     return message.as_bytes(policy=email.policy.SMTP), tuple(recipients)
 
 
-def _reply_headers(rt: Runtime, sender: UnlockedAccount, queue_id: str, errors: dict[str, list[Problem]]) -> dict[str, str]:
-    from mss.store import MessageMeta
+def _reply_headers(
+    rt: Runtime, sender: UnlockedAccount, queue_id: str, errors: dict[str, list[Problem]]
+) -> dict[str, str]:
     from mss.models import MailboxItem, Message
+    from mss.store import MessageMeta
 
     with session_scope(rt.engine) as session:
         row = session.execute(
-            select(Message.meta_sealed).join(MailboxItem, MailboxItem.message_id == Message.id)
+            select(Message.meta_sealed)
+            .join(MailboxItem, MailboxItem.message_id == Message.id)
             .where(MailboxItem.owner == sender.address, Message.queue_id == queue_id.strip().upper())
         ).first()
     if row is None:
@@ -282,7 +302,10 @@ def _reply_headers(rt: Runtime, sender: UnlockedAccount, queue_id: str, errors: 
 
 
 def _package(
-    rt: Runtime, sender: str, uploads: list[tuple[Upload, CdaInfo | None]], limits: DocumentLimits,
+    rt: Runtime,
+    sender: str,
+    uploads: list[tuple[Upload, CdaInfo | None]],
+    limits: DocumentLimits,
     errors: dict[str, list[Problem]],
 ) -> list[tuple[Upload, CdaInfo | None]]:
     """The CDA uploads replaced by one IHE_XDM.ZIP holding them (other files stay as they are)."""
@@ -290,7 +313,9 @@ def _package(
     others = [(u, cda) for u, cda in uploads if cda is None]
     try:
         archive = build_xdm(
-            [(u.filename, u.data, cda) for u, cda in cdas], author=_author(rt, sender), patient=cdas[0][1].patient,
+            [(u.filename, u.data, cda) for u, cda in cdas],
+            author=_author(rt, sender),
+            patient=cdas[0][1].patient,
             limits=limits,
         )
     except DocumentError as exc:
@@ -303,7 +328,11 @@ def _package(
 
 
 def send(
-    rt: Runtime, sender: UnlockedAccount, draft: Draft, *, request_id: str = "",
+    rt: Runtime,
+    sender: UnlockedAccount,
+    draft: Draft,
+    *,
+    request_id: str = "",
     note: Callable[[list[KeptAttachment]], str] = english_note,
 ) -> Accepted:
     """Build the draft and submit it like any other message; return the queue id.
@@ -313,8 +342,10 @@ def send(
     """
     raw, recipients = build_message(rt, sender, draft, note=note, request_id=request_id)
     submission = Submission(
-        sender=sender, recipients=tuple(RecipientRequest(address=a) for a in recipients), raw=raw, channel="web",
+        sender=sender,
+        recipients=tuple(RecipientRequest(address=a) for a in recipients),
+        raw=raw,
+        channel="web",
         request_id=request_id,
     )
     return pipeline.submit(rt, submission)
-

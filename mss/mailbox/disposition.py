@@ -39,14 +39,20 @@ def send_displayed(
     """
     if not meta.mdn_to:
         return False
-    delivery = session.execute(
-        select(Delivery).where(Delivery.message_id == message.id, Delivery.recipient == reader).with_for_update()
-    ).scalars().first()
+    delivery = (
+        session.execute(
+            select(Delivery).where(Delivery.message_id == message.id, Delivery.recipient == reader).with_for_update()
+        )
+        .scalars()
+        .first()
+    )
     if delivery is None or delivery.status != "delivered" or not delivery.mdn_requested:
         return False
     already = session.execute(
         select(Receipt.id).where(
-            Receipt.message_id == message.id, Receipt.recipient == reader, Receipt.kind == "mdn",
+            Receipt.message_id == message.id,
+            Receipt.recipient == reader,
+            Receipt.kind == "mdn",
             Receipt.status == DISPLAYED,
         )
     ).first()
@@ -78,7 +84,9 @@ def send_displayed(
         message_id=str(notification["Message-ID"]),
     )
     store.store_receipts(
-        session, rt.master_key, queue_id=message.queue_id,
+        session,
+        rt.master_key,
+        queue_id=message.queue_id,
         notices=[Notice(kind="mdn", status=DISPLAYED, recipients=(reader,), reason="", cms=cms, meta=notice_meta)],
         request_id=request_id,
     )

@@ -44,6 +44,8 @@ from mss.store import MessageMeta
 
 INDEX_KEY_SECRET = "mailbox-index-key"
 META, CONTENT = 1, 2
+INDEX_BATCH = 2000
+"""Rows indexed per transaction (a first search of a large mailbox is several short ones)."""
 PREFIX_MIN, PREFIX_MAX = 3, 10
 DOCUMENT_KINDS = ("pdf", "cda", "xdm")
 _WORD = re.compile(r"[a-z0-9]+")
@@ -162,7 +164,7 @@ class Tokens:
         self.owner = owner
 
     def __call__(self, term: str) -> str:
-        return hmac.new(self._key, term.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+        return hmac.digest(self._key, term.encode("utf-8"), "sha256")[:16].hex()
 
     def many(self, terms: Iterable[str]) -> set[str]:
         return {self(term) for term in terms}
@@ -174,7 +176,7 @@ class Tokens:
 def _write(session: Session, tokens: Tokens, item_id: int, terms: Iterable[str]) -> None:
     rows = [{"item_id": item_id, "owner": tokens.owner, "token": token} for token in sorted(tokens.many(terms))]
     if rows:
-        session.execute(insert(MailboxToken), rows)
+        session.execute(insert(MailboxToken.__table__), rows)
 
 
 def ensure_indexed(engine, master_key: MasterKey, owner: str) -> int:  # type: ignore[no-untyped-def]
@@ -193,17 +195,22 @@ def ensure_indexed(engine, master_key: MasterKey, owner: str) -> int:  # type: i
         ).all()
     if not pending:
         return 0
-    try:
-        with session_scope(engine) as session:
-            for item_id, sealed, kind in pending:
-                meta = MessageMeta.open(master_key, sealed)
-                # Rows left at META are exactly those whose content still has terms to give.
-                session.add(MailboxIndexed(item_id=item_id, level=META if needs_content(meta, kind) else CONTENT))
-                session.flush()
-                _write(session, tokens, item_id, meta_terms(meta, kind))
-    except IntegrityError:
-        # Another request indexed some of these rows first: its tokens are the same.
-        return 0
+    for start in range(0, len(pending), INDEX_BATCH):
+        marks: list[dict[str, int]] = []
+        rows: list[dict[str, object]] = []
+        for item_id, sealed, kind in pending[start : start + INDEX_BATCH]:
+            meta = MessageMeta.open(master_key, sealed)
+            # Rows left at META are exactly those whose content still has terms to give.
+            marks.append({"item_id": item_id, "level": META if needs_content(meta, kind) else CONTENT})
+            rows.extend({"item_id": item_id, "owner": owner, "token": t} for t in tokens.many(meta_terms(meta, kind)))
+        try:
+            with session_scope(engine) as session:
+                session.execute(insert(MailboxIndexed.__table__), marks)  # Core executemany, no ORM
+                if rows:
+                    session.execute(insert(MailboxToken.__table__), rows)
+        except IntegrityError:
+            # Another request is indexing this mailbox too: its tokens are the same.
+            return start
     return len(pending)
 
 

@@ -68,8 +68,13 @@ class Correspondent:
     @classmethod
     def of(cls, entry: DirectoryEntry) -> "Correspondent":
         return cls(
-            address=entry.address, name=entry.display_name, profession=entry.profession_label or entry.skill_label,
-            organisation=entry.org_name, rpps=entry.rpps, city=entry.city, status=entry.status,
+            address=entry.address,
+            name=entry.display_name,
+            profession=entry.profession_label or entry.skill_label,
+            organisation=entry.org_name,
+            rpps=entry.rpps,
+            city=entry.city,
+            status=entry.status,
         )
 
 
@@ -101,13 +106,24 @@ class Filters:
             raise FilterError("the start date is after the end date")
         if len(self.sender) > 200 or len(self.subject) > 200:
             raise FilterError("a search text is limited to 200 characters")
-        return replace(self, sender=self.sender.strip(), subject=self.subject.strip(), ins=ins, doc_type=doc_type,
-                       cda_code=code)
+        return replace(
+            self, sender=self.sender.strip(), subject=self.subject.strip(), ins=ins, doc_type=doc_type, cda_code=code
+        )
 
     @property
     def active(self) -> bool:
-        return any((self.sender, self.subject, self.ins, self.doc_type, self.cda_code, self.date_from, self.date_to,
-                    self.unread_only))
+        return any(
+            (
+                self.sender,
+                self.subject,
+                self.ins,
+                self.doc_type,
+                self.cda_code,
+                self.date_from,
+                self.date_to,
+                self.unread_only,
+            )
+        )
 
     def terms(self) -> list[str]:
         """The index terms every listed message must have."""
@@ -305,7 +321,8 @@ def _start_of(day: date) -> datetime:
 
 def _items_of(session: Session, owner: str, queue_id: str) -> list[tuple[MailboxItem, Message]]:
     rows = session.execute(
-        select(MailboxItem, Message).join(Message, Message.id == MailboxItem.message_id)
+        select(MailboxItem, Message)
+        .join(Message, Message.id == MailboxItem.message_id)
         .where(MailboxItem.owner == owner, Message.queue_id == queue_id.strip().upper())
         .order_by(MailboxItem.id)
     ).all()
@@ -325,7 +342,12 @@ def _pick(rows: list[tuple[MailboxItem, Message]], folder: str | None) -> tuple[
 
 
 def list_folder(
-    rt: Runtime, reader: UnlockedAccount, folder: str, filters: Filters | None = None, *, page: int = 1,
+    rt: Runtime,
+    reader: UnlockedAccount,
+    folder: str,
+    filters: Filters | None = None,
+    *,
+    page: int = 1,
     per_page: int = 25,
 ) -> Page:
     """One page of ``folder`` for ``reader``, newest first. Raises FilterError, ValueError."""
@@ -365,17 +387,23 @@ def list_folder(
         total = int(session.execute(count).scalar_one())
         rows = session.execute(
             query.order_by(MailboxItem.created_at.desc(), MailboxItem.id.desc())
-            .offset((page - 1) * per_page).limit(per_page)
+            .offset((page - 1) * per_page)
+            .limit(per_page)
         ).all()
         metas = {message.id: MessageMeta.open(rt.master_key, message.meta_sealed) for _item, message in rows}
         names = _entries(session, {message.sender for _item, message in rows})
         progress = _progress(session, [message.id for item, message in rows if item.folder == SENT])
     items = tuple(
         Summary(
-            queue_id=message.queue_id, folder=item.folder, unread=item.unread, kind=message.kind,
-            at=item.created_at, sender=message.sender,
+            queue_id=message.queue_id,
+            folder=item.folder,
+            unread=item.unread,
+            kind=message.kind,
+            at=item.created_at,
+            sender=message.sender,
             sender_name=names[message.sender].display_name if message.sender in names else "",
-            recipients=tuple(metas[message.id].recipients), subject=metas[message.id].subject,
+            recipients=tuple(metas[message.id].recipients),
+            subject=metas[message.id].subject,
             documents=tuple(
                 DocumentInfo(str(d.get("filename", "")), str(d.get("kind", "")), int(d.get("size", 0) or 0))  # type: ignore[call-overload]
                 for d in metas[message.id].documents
@@ -386,8 +414,9 @@ def list_folder(
         )
         for item, message in rows
     )
-    return Page(folder=folder, items=items, page=page, per_page=per_page, total=total, filters=filters,
-                unsearched=unsearched)
+    return Page(
+        folder=folder, items=items, page=page, per_page=per_page, total=total, filters=filters, unsearched=unsearched
+    )
 
 
 def _document_types(meta: MessageMeta) -> tuple[str, ...]:
@@ -409,8 +438,10 @@ def _sender_condition(owner: str, folder: str, text: str):  # type: ignore[no-un
         return address_match
     # Only this mailbox's few distinct senders are looked up in the directory, not all of it.
     senders = (
-        select(Message.sender).join(MailboxItem, MailboxItem.message_id == Message.id)
-        .where(MailboxItem.owner == owner, MailboxItem.folder == folder).distinct()
+        select(Message.sender)
+        .join(MailboxItem, MailboxItem.message_id == Message.id)
+        .where(MailboxItem.owner == owner, MailboxItem.folder == folder)
+        .distinct()
     )
     named = select(DirectoryEntry.address).where(
         DirectoryEntry.address.in_(senders), *[DirectoryEntry.search_text.contains(w, autoescape=True) for w in words]
@@ -463,8 +494,12 @@ def _load(rt: Runtime, reader: UnlockedAccount, queue_id: str, folder: str | Non
         item, message = _pick(rows, folder)
         trust = certificates.trust_material(session, rt.settings)
         return _Loaded(
-            item=item, message=message, item_ids=tuple(i.id for i, _m in rows),  # type: ignore[misc]
-            meta=MessageMeta.open(rt.master_key, message.meta_sealed), roots=trust.roots, crls=trust.crls,
+            item=item,
+            message=message,
+            item_ids=tuple(i.id for i, _m in rows),  # type: ignore[misc]
+            meta=MessageMeta.open(rt.master_key, message.meta_sealed),
+            roots=trust.roots,
+            crls=trust.crls,
         )
 
 
@@ -492,38 +527,56 @@ def open_message(
     displayed = False
     with session_scope(rt.engine) as session:
         session.execute(
-            update(MailboxItem).where(MailboxItem.id.in_(loaded.item_ids), MailboxItem.unread.is_(True))
+            update(MailboxItem)
+            .where(MailboxItem.id.in_(loaded.item_ids), MailboxItem.unread.is_(True))
             .values(unread=False)
         )
         if loaded.item.folder != SENT:
             displayed = disposition.send_displayed(
                 session, rt, message=message, meta=meta, reader=reader.address, request_id=request_id
             )
-        audit.record(session, actor=reader.address, action="message.open", object=message.queue_id,
-                     request_id=request_id, signature=signature.status)
+        audit.record(
+            session,
+            actor=reader.address,
+            action="message.open",
+            object=message.queue_id,
+            request_id=request_id,
+            signature=signature.status,
+        )
         about = _receipt_about(session, message) if message.kind == "receipt" else None
         people = _entries(session, {message.sender, *meta.recipients})
     _index_opened(rt, reader.address, loaded, meta, attachments)
     return Opened(
-        queue_id=message.queue_id, folder=loaded.item.folder, kind=message.kind, at=loaded.item.created_at,
-        meta=meta, sender=Correspondent.of(people[message.sender]) if message.sender in people else None,
+        queue_id=message.queue_id,
+        folder=loaded.item.folder,
+        kind=message.kind,
+        at=loaded.item.created_at,
+        meta=meta,
+        sender=Correspondent.of(people[message.sender]) if message.sender in people else None,
         recipients=tuple((a, Correspondent.of(people[a]) if a in people else None) for a in meta.recipients),
-        signature=signature, body=body, body_was_html=was_html,
-        attachments=tuple(AttachmentInfo.of(a) for a in attachments), headers=headers, receipt_about=about,
-        displayed_sent=displayed, is_sender=message.sender == reader.address,
+        signature=signature,
+        body=body,
+        body_was_html=was_html,
+        attachments=tuple(AttachmentInfo.of(a) for a in attachments),
+        headers=headers,
+        receipt_about=about,
+        displayed_sent=displayed,
+        is_sender=message.sender == reader.address,
     )
 
 
 def _receipt_about(session: Session, notification: Message) -> ReceiptAbout | None:
     row = session.execute(
-        select(Receipt, Message.queue_id).join(Message, Message.id == Receipt.message_id)
+        select(Receipt, Message.queue_id)
+        .join(Message, Message.id == Receipt.message_id)
         .where(Receipt.notification_id == notification.id)
     ).first()
     if row is None:
         return None
     receipt, original = row
-    return ReceiptAbout(queue_id=original, recipient=receipt.recipient, kind=receipt.kind, status=receipt.status,
-                        reason=receipt.reason)
+    return ReceiptAbout(
+        queue_id=original, recipient=receipt.recipient, kind=receipt.kind, status=receipt.status, reason=receipt.reason
+    )
 
 
 def document_facts(rt: Runtime, attachments: tuple[Attachment, ...]) -> tuple[set[str], set[str], set[str]]:
@@ -552,15 +605,23 @@ def document_facts(rt: Runtime, attachments: tuple[Attachment, ...]) -> tuple[se
     return codes, ins, kinds
 
 
-def _index_opened(rt: Runtime, owner: str, loaded: _Loaded, meta: MessageMeta, attachments: tuple[Attachment, ...]) -> None:
+def _index_opened(
+    rt: Runtime, owner: str, loaded: _Loaded, meta: MessageMeta, attachments: tuple[Attachment, ...]
+) -> None:
     if not index.needs_content(meta, loaded.message.kind):
         return
     codes, ins, kinds = document_facts(rt, attachments)
     key = index.index_key(rt.engine, rt.master_key)
     try:
         with session_scope(rt.engine) as session:
-            index.index_content(session, key, owner, loaded.item_ids, index.meta_terms(meta, loaded.message.kind),
-                                index.content_terms(codes, ins, kinds))
+            index.index_content(
+                session,
+                key,
+                owner,
+                loaded.item_ids,
+                index.meta_terms(meta, loaded.message.kind),
+                index.content_terms(codes, ins, kinds),
+            )
     except IntegrityError:
         pass  # indexed meanwhile by a listing; its content terms come with the next opening
 
@@ -572,7 +633,8 @@ def _index_content_batch(rt: Runtime, reader: UnlockedAccount) -> int:
     for item_id in pending[:CONTENT_BATCH]:
         with session_scope(rt.engine) as session:
             row = session.execute(
-                select(MailboxItem, Message).join(Message, Message.id == MailboxItem.message_id)
+                select(MailboxItem, Message)
+                .join(Message, Message.id == MailboxItem.message_id)
                 .where(MailboxItem.id == item_id)
             ).first()
         if row is None:
@@ -588,8 +650,14 @@ def _index_content_batch(rt: Runtime, reader: UnlockedAccount) -> int:
         codes, ins, kinds = document_facts(rt, attachments)
         try:
             with session_scope(rt.engine) as session:
-                index.index_content(session, key, reader.address, [item.id], index.meta_terms(meta, message.kind),
-                                    index.content_terms(codes, ins, kinds))
+                index.index_content(
+                    session,
+                    key,
+                    reader.address,
+                    [item.id],
+                    index.meta_terms(meta, message.kind),
+                    index.content_terms(codes, ins, kinds),
+                )
         except IntegrityError:
             continue
     return max(0, len(pending) - CONTENT_BATCH)
@@ -599,7 +667,12 @@ def _index_content_batch(rt: Runtime, reader: UnlockedAccount) -> int:
 
 
 def open_attachment(
-    rt: Runtime, reader: UnlockedAccount, queue_id: str, attachment_index: int, *, action: str = "attachment.download",
+    rt: Runtime,
+    reader: UnlockedAccount,
+    queue_id: str,
+    attachment_index: int,
+    *,
+    action: str = "attachment.download",
     request_id: str = "",
 ) -> OpenedAttachment:
     """One attachment of a message of ``reader``'s mailbox, with its exact bytes.
@@ -614,10 +687,18 @@ def open_attachment(
         raise MessageNotFound(f"no attachment {attachment_index} in message {loaded.message.queue_id}")
     attachment = attachments[attachment_index]
     with session_scope(rt.engine) as session:
-        audit.record(session, actor=reader.address, action=action, object=loaded.message.queue_id,
-                     request_id=request_id, index=attachment_index, kind=attachment.kind)
-    return OpenedAttachment(queue_id=loaded.message.queue_id, attachment=attachment, signature=signature,
-                            meta=loaded.meta)
+        audit.record(
+            session,
+            actor=reader.address,
+            action=action,
+            object=loaded.message.queue_id,
+            request_id=request_id,
+            index=attachment_index,
+            kind=attachment.kind,
+        )
+    return OpenedAttachment(
+        queue_id=loaded.message.queue_id, attachment=attachment, signature=signature, meta=loaded.meta
+    )
 
 
 def xdm_entries(rt: Runtime, attachment: Attachment) -> tuple[XdmInfo, tuple[XdmEntry, ...]]:
@@ -625,9 +706,14 @@ def xdm_entries(rt: Runtime, attachment: Attachment) -> tuple[XdmInfo, tuple[Xdm
     info = parse_xdm(attachment.data, limits=limits_of(rt), filename=attachment.filename)
     entries = tuple(
         XdmEntry(
-            index=i, path=doc.path, title=doc.title or doc.path.rsplit("/", 1)[-1], kind=doc.document.kind,
-            size=doc.document.size, type_code=doc.type_code.code if doc.type_code else "",
-            type_name=(doc.type_code.display_name or "") if doc.type_code else "", patient_id=doc.patient_id or "",
+            index=i,
+            path=doc.path,
+            title=doc.title or doc.path.rsplit("/", 1)[-1],
+            kind=doc.document.kind,
+            size=doc.document.size,
+            type_code=doc.type_code.code if doc.type_code else "",
+            type_name=(doc.type_code.display_name or "") if doc.type_code else "",
+            patient_id=doc.patient_id or "",
         )
         for i, doc in enumerate(info.documents)
     )
@@ -665,8 +751,13 @@ def move(rt: Runtime, owner: str, queue_id: str, *, to: str, request_id: str = "
         for item, _message in rows:
             item.folder = to
             session.add(item)
-        audit.record(session, actor=owner, action="message.archive" if to == ARCHIVE else "message.unarchive",
-                     object=rows[0][1].queue_id, request_id=request_id)
+        audit.record(
+            session,
+            actor=owner,
+            action="message.archive" if to == ARCHIVE else "message.unarchive",
+            object=rows[0][1].queue_id,
+            request_id=request_id,
+        )
 
 
 def mark_unread(rt: Runtime, owner: str, queue_id: str) -> None:
@@ -684,10 +775,13 @@ def mark_unread(rt: Runtime, owner: str, queue_id: str) -> None:
 def unread_count(rt: Runtime, owner: str) -> int:
     """Unread messages in the inbox."""
     with session_scope(rt.engine) as session:
-        return int(session.execute(
-            select(func.count()).select_from(MailboxItem)
-            .where(MailboxItem.owner == owner, MailboxItem.folder == INBOX, MailboxItem.unread.is_(True))
-        ).scalar_one())
+        return int(
+            session.execute(
+                select(func.count())
+                .select_from(MailboxItem)
+                .where(MailboxItem.owner == owner, MailboxItem.folder == INBOX, MailboxItem.unread.is_(True))
+            ).scalar_one()
+        )
 
 
 # -- the Sent view -----------------------------------------------------------------------
@@ -703,12 +797,16 @@ def journey(rt: Runtime, owner: str, queue_id: str) -> tuple[RecipientJourney, .
         if not rows:
             raise MessageNotFound(f"no sent message {queue_id.strip()[:40]} in this mailbox")
         message = rows[0][1]
-        deliveries = session.execute(
-            select(Delivery).where(Delivery.message_id == message.id).order_by(Delivery.id)
-        ).scalars().all()
-        receipts = session.execute(
-            select(Receipt).where(Receipt.message_id == message.id).order_by(Receipt.at, Receipt.id)
-        ).scalars().all()
+        deliveries = (
+            session.execute(select(Delivery).where(Delivery.message_id == message.id).order_by(Delivery.id))
+            .scalars()
+            .all()
+        )
+        receipts = (
+            session.execute(select(Receipt).where(Receipt.message_id == message.id).order_by(Receipt.at, Receipt.id))
+            .scalars()
+            .all()
+        )
         people = _entries(session, {d.recipient for d in deliveries})
     journeys = []
     for delivery in deliveries:
@@ -717,10 +815,12 @@ def journey(rt: Runtime, owner: str, queue_id: str) -> tuple[RecipientJourney, .
             if receipt.recipient == delivery.recipient and receipt.status not in steps:
                 steps[receipt.status] = Step(receipt.status, receipt.at, receipt.reason)
         ordered = tuple(sorted(steps.values(), key=lambda s: (_ORDER.get(s.status, 9), s.at)))
-        journeys.append(RecipientJourney(
-            address=delivery.recipient,
-            correspondent=Correspondent.of(people[delivery.recipient]) if delivery.recipient in people else None,
-            steps=ordered, read_receipt_asked=delivery.mdn_requested,
-        ))
+        journeys.append(
+            RecipientJourney(
+                address=delivery.recipient,
+                correspondent=Correspondent.of(people[delivery.recipient]) if delivery.recipient in people else None,
+                steps=ordered,
+                read_receipt_asked=delivery.mdn_requested,
+            )
+        )
     return tuple(journeys)
-

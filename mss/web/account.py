@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from litestar import Controller, Request, Response, get, post
-from litestar.enums import RequestEncodingType
-from litestar.params import Body
-from typing_extensions import Annotated
+from litestar.params import URLEncodedBody
 
 from mss import accounts
 from mss.db import session_scope
@@ -16,11 +14,8 @@ from mss.errors import AccountDisabled, AccountLocked, BadCredentials, PasswordP
 from mss.runtime import Runtime
 from mss.web import i18n, twofactor
 from mss.web.auth import current_session
-from mss.web.context import config, language, redirect, render, request_id, run, set_language_cookie
-from mss.web.context import set_session_cookie
+from mss.web.context import config, language, redirect, render, request_id, run, set_language_cookie, set_session_cookie
 from mss.web.sessions import ENROL, advance, end_other_sessions
-
-FORM = Body(media_type=RequestEncodingType.URL_ENCODED)
 
 
 @dataclass
@@ -56,11 +51,25 @@ class AccountController(Controller):
 
     include_in_schema = False
 
-    async def _page(self, request: Request, address: str, *, status_code: int = 200, notice: str | None = None,
-                    errors: dict[str, str] | None = None) -> Response:
+    async def _page(
+        self,
+        request: Request,
+        address: str,
+        *,
+        status_code: int = 200,
+        notice: str | None = None,
+        errors: dict[str, str] | None = None,
+    ) -> Response:
         remaining = await run(twofactor.remaining_recovery_codes, config(request).rt.engine, address)
-        return render(request, "account.html", status_code=status_code, user=address, notice=notice,
-                      errors=errors or {}, remaining=remaining)
+        return render(
+            request,
+            "account.html",
+            status_code=status_code,
+            user=address,
+            notice=notice,
+            errors=errors or {},
+            remaining=remaining,
+        )
 
     @get("/account")
     async def account(self, request: Request) -> Response:
@@ -68,40 +77,56 @@ class AccountController(Controller):
         return await self._page(request, live.address)
 
     @post("/account/password")
-    async def password(self, request: Request, data: Annotated[PasswordChange, FORM]) -> Response:
+    async def password(self, request: Request, data: URLEncodedBody[PasswordChange]) -> Response:
         live = await current_session(request)
         rt = config(request).rt
         t = language(request).gettext
         if data.new != data.confirm:
-            return await self._page(request, live.address, status_code=422,
-                                    errors={"new": t("The two new passwords differ.")})
+            return await self._page(
+                request, live.address, status_code=422, errors={"new": t("The two new passwords differ.")}
+            )
         try:
             await run(_change_password, rt, live.address, data.current, data.new)
         except BadCredentials:
-            return await self._page(request, live.address, status_code=422,
-                                    errors={"current": t("The current password is wrong.")})
+            return await self._page(
+                request, live.address, status_code=422, errors={"current": t("The current password is wrong.")}
+            )
         except PasswordPolicyError:
             return await self._page(
-                request, live.address, status_code=422,
-                errors={"new": t("The new password must have at least 12 characters, not be your address, "
-                                 "and not repeat the same few characters.")},
+                request,
+                live.address,
+                status_code=422,
+                errors={
+                    "new": t(
+                        "The new password must have at least 12 characters, not be your address, "
+                        "and not repeat the same few characters."
+                    )
+                },
             )
         # Other browsers logged in with the old password are logged out.
         await run(end_other_sessions, rt.engine, live.address, live.token)
         return await self._page(request, live.address, notice=t("Your password has been changed."))
 
     @post("/account/second-factor")
-    async def reset_second_factor(self, request: Request, data: Annotated[PasswordCheck, FORM]) -> Response:
+    async def reset_second_factor(self, request: Request, data: URLEncodedBody[PasswordCheck]) -> Response:
         live = await current_session(request)
         web = config(request)
         rt = web.rt
         t = language(request).gettext
         try:
-            await run(accounts.authenticate, rt.engine, rt.settings, live.address, data.password, channel="web",
-                      request_id=request_id(request))
+            await run(
+                accounts.authenticate,
+                rt.engine,
+                rt.settings,
+                live.address,
+                data.password,
+                channel="web",
+                request_id=request_id(request),
+            )
         except (BadCredentials, AccountLocked, AccountDisabled):
-            return await self._page(request, live.address, status_code=422,
-                                    errors={"password": t("The password is wrong.")})
+            return await self._page(
+                request, live.address, status_code=422, errors={"password": t("The password is wrong.")}
+            )
         await run(_reset_2fa, rt, live.address)
         await run(end_other_sessions, rt.engine, live.address, live.token)
         token = await run(advance, rt.engine, live, stage=ENROL, policy=web.policy)
@@ -110,7 +135,7 @@ class AccountController(Controller):
         return response
 
     @post("/language")
-    async def choose_language(self, request: Request, data: Annotated[LanguageChoice, FORM]) -> Response:
+    async def choose_language(self, request: Request, data: URLEncodedBody[LanguageChoice]) -> Response:
         response = redirect(data.next or "/")
         if data.lang in i18n.LANGUAGES:
             set_language_cookie(response, data.lang)

@@ -18,7 +18,7 @@ from datetime import date, datetime
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.exceptions import HTTPException, NotFoundException
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from typing_extensions import Annotated
 
@@ -29,8 +29,16 @@ from mss.web import twofactor
 from mss.web.compose_pages import directory_matches
 from mss.web.context import config, request_id, run
 from mss.web.pages import file_response
-from mss.web.sessions import ACTIVE, API, LiveSession, SessionInvalid, SessionToken, end_session, load_session
-from mss.web.sessions import open_session
+from mss.web.sessions import (
+    ACTIVE,
+    API,
+    LiveSession,
+    SessionInvalid,
+    SessionToken,
+    end_session,
+    load_session,
+    open_session,
+)
 
 SECURITY = [{"BearerToken": []}]
 
@@ -38,8 +46,14 @@ SECURITY = [{"BearerToken": []}]
 class ApiError(HTTPException):
     """An API refusal with a machine code, a sentence and, for forms, per-field problems."""
 
-    def __init__(self, status_code: int, code: str, message: str, fields: dict[str, list[str]] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        fields: dict[str, list[str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(status_code=status_code, detail=message, headers=headers)
         self.code = code
         self.fields = fields or {}
@@ -93,7 +107,7 @@ class ProgressOut:
 
 @dataclass
 class SummaryOut:
-    queue_id: str
+    queue_id: FromPath[str]
     folder: str
     unread: bool
     kind: str
@@ -143,7 +157,7 @@ class AttachmentOut:
 
 @dataclass
 class ReceiptAboutOut:
-    queue_id: str
+    queue_id: FromPath[str]
     recipient: str
     kind: str
     status: str
@@ -152,7 +166,7 @@ class ReceiptAboutOut:
 
 @dataclass
 class MessageOut:
-    queue_id: str
+    queue_id: FromPath[str]
     folder: str
     kind: str
     received_at: datetime
@@ -210,7 +224,7 @@ class SendRequest:
 
 @dataclass
 class SentOut:
-    queue_id: str
+    queue_id: FromPath[str]
     message_id: str
 
 
@@ -237,19 +251,37 @@ class DirectoryOut:
 def _correspondent(address: str, card: mailbox.Correspondent | None) -> CorrespondentOut:
     if card is None:
         return CorrespondentOut(address=address)
-    return CorrespondentOut(address=card.address, name=card.name, profession=card.profession,
-                            organisation=card.organisation, rpps=card.rpps, city=card.city, status=card.status)
+    return CorrespondentOut(
+        address=card.address,
+        name=card.name,
+        profession=card.profession,
+        organisation=card.organisation,
+        rpps=card.rpps,
+        city=card.city,
+        status=card.status,
+    )
 
 
 def _summary(item: mailbox.Summary) -> SummaryOut:
     progress = item.progress
     return SummaryOut(
-        queue_id=item.queue_id, folder=item.folder, unread=item.unread, kind=item.kind, received_at=item.at,
-        sender=item.sender, sender_name=item.sender_name, recipients=list(item.recipients), subject=item.subject,
+        queue_id=item.queue_id,
+        folder=item.folder,
+        unread=item.unread,
+        kind=item.kind,
+        received_at=item.at,
+        sender=item.sender,
+        sender_name=item.sender_name,
+        recipients=list(item.recipients),
+        subject=item.subject,
         documents=[DocumentOut(d.filename, d.kind, d.size) for d in item.documents],
-        read_receipt_asked=item.read_receipt_asked, document_types=list(item.document_types),
-        progress=ProgressOut(progress.recipients, progress.delivered, progress.failed, progress.processed,
-                             progress.displayed) if progress else None,
+        read_receipt_asked=item.read_receipt_asked,
+        document_types=list(item.document_types),
+        progress=ProgressOut(
+            progress.recipients, progress.delivered, progress.failed, progress.processed, progress.displayed
+        )
+        if progress
+        else None,
     )
 
 
@@ -257,19 +289,34 @@ def _message(m: mailbox.Opened) -> MessageOut:
     s = m.signature
     about = m.receipt_about
     return MessageOut(
-        queue_id=m.queue_id, folder=m.folder, kind=m.kind, received_at=m.at, subject=m.meta.subject, date=m.meta.date,
-        message_id=m.meta.message_id, sender=_correspondent(m.meta.sender, m.sender),
+        queue_id=m.queue_id,
+        folder=m.folder,
+        kind=m.kind,
+        received_at=m.at,
+        subject=m.meta.subject,
+        date=m.meta.date,
+        message_id=m.meta.message_id,
+        sender=_correspondent(m.meta.sender, m.sender),
         recipients=[_correspondent(a, c) for a, c in m.recipients],
         signature=SignatureOut(s.status, s.reason, s.signer_address, s.signer_name, s.signing_time),
-        body=m.body, body_was_html=m.body_was_html,
+        body=m.body,
+        body_was_html=m.body_was_html,
         attachments=[
-            AttachmentOut(a.index, a.filename, a.content_type, a.kind, a.size,
-                          f"/api/v1/messages/{m.queue_id}/attachments/{a.index}")
+            AttachmentOut(
+                a.index,
+                a.filename,
+                a.content_type,
+                a.kind,
+                a.size,
+                f"/api/v1/messages/{m.queue_id}/attachments/{a.index}",
+            )
             for a in m.attachments
         ],
-        read_receipt_asked=m.meta.mdn_to is not None, displayed_receipt_sent=m.displayed_sent,
+        read_receipt_asked=m.meta.mdn_to is not None,
+        displayed_receipt_sent=m.displayed_sent,
         receipt_about=ReceiptAboutOut(about.queue_id, about.recipient, about.kind, about.status, about.reason)
-        if about else None,
+        if about
+        else None,
     )
 
 
@@ -289,17 +336,22 @@ async def api_session(request: Request) -> LiveSession:
     try:
         return await run(load_session, web.rt.engine, bearer_token(request), policy=web.policy, channel=API)
     except SessionInvalid as exc:
-        raise ApiError(401, "unauthenticated", "a valid bearer token is required",
-                       headers={"WWW-Authenticate": 'Bearer realm="mss"'}) from exc
+        raise ApiError(
+            401,
+            "unauthenticated",
+            "a valid bearer token is required",
+            headers={"WWW-Authenticate": 'Bearer realm="mss"'},
+        ) from exc
 
 
-def _login(request: Request, data: LoginRequest) -> SessionOut:
+def _login(request: Request, data: JSONBody[LoginRequest]) -> SessionOut:
     web = config(request)
     rt = web.rt
     rid = request_id(request)
     try:
-        unlocked = accounts.authenticate(rt.engine, rt.settings, data.address, data.password, channel="api",
-                                         request_id=rid)
+        unlocked = accounts.authenticate(
+            rt.engine, rt.settings, data.address, data.password, channel="api", request_id=rid
+        )
     except BadCredentials as exc:
         raise ApiError(401, "bad-credentials", "invalid address, password or code") from exc
     except AccountLocked as exc:
@@ -309,17 +361,27 @@ def _login(request: Request, data: LoginRequest) -> SessionOut:
     if not twofactor.totp_confirmed(rt.engine, unlocked.address):
         raise ApiError(403, "enrolment-required", "enrol an authenticator in the web inbox first")
     try:
-        twofactor.check_second_factor(rt.engine, rt.settings, rt.master_key, unlocked.address, data.code,
-                                      request_id=rid)
+        twofactor.check_second_factor(
+            rt.engine, rt.settings, rt.master_key, unlocked.address, data.code, request_id=rid
+        )
     except BadTotp as exc:
         raise ApiError(401, "bad-credentials", "invalid address, password or code") from exc
     except AccountLocked as exc:
         raise ApiError(423, "locked", "account temporarily locked after repeated failures") from exc
-    token = open_session(rt.engine, address=unlocked.address, channel=API, stage=ACTIVE,
-                         private_key_der=unlocked.private_key_der, policy=web.policy)
-    return SessionOut(token=token.encode(), token_type="Bearer",
-                      expires_at=datetime.now().astimezone() + web.policy.absolute,
-                      idle_timeout_seconds=int(web.policy.idle.total_seconds()))
+    token = open_session(
+        rt.engine,
+        address=unlocked.address,
+        channel=API,
+        stage=ACTIVE,
+        private_key_der=unlocked.private_key_der,
+        policy=web.policy,
+    )
+    return SessionOut(
+        token=token.encode(),
+        token_type="Bearer",
+        expires_at=datetime.now().astimezone() + web.policy.absolute,
+        idle_timeout_seconds=int(web.policy.idle.total_seconds()),
+    )
 
 
 class SessionController(Controller):
@@ -329,11 +391,10 @@ class SessionController(Controller):
     tags = ["sessions"]
 
     @post("/", status_code=HTTP_201_CREATED, summary="Log in (password + TOTP) and get a bearer token")
-    async def create(self, request: Request, data: LoginRequest) -> SessionOut:
+    async def create(self, request: Request, data: JSONBody[LoginRequest]) -> SessionOut:
         return await run(_login, request, data)
 
-    @delete("/current", status_code=HTTP_204_NO_CONTENT, summary="Log out (the token stops working)",
-            security=SECURITY)
+    @delete("/current", status_code=HTTP_204_NO_CONTENT, summary="Log out (the token stops working)", security=SECURITY)
     async def destroy(self, request: Request) -> None:
         live = await api_session(request)
         await run(end_session, config(request).rt.engine, live.token)
@@ -357,78 +418,112 @@ class MessagesController(Controller):
 
     @get("/", summary="List a folder, newest first, with filters")
     async def list(  # noqa: A003
-        self, request: Request,
-        folder: Annotated[str, Parameter(description="inbox, sent or archive")] = "inbox",
-        page: Annotated[int, Parameter(ge=1)] = 1,
-        per_page: Annotated[int, Parameter(ge=1, le=100)] = 25,
-        sender: Annotated[str, Parameter(description="address or name words of the sender")] = "",
-        subject: Annotated[str, Parameter(description="words (or their beginnings) of the subject")] = "",
-        ins: Annotated[str, Parameter(description="patient INS")] = "",
-        doc_type: Annotated[str, Parameter(description="pdf, cda, xdm or receipt")] = "",
-        cda_code: Annotated[str, Parameter(description="CDA type code, e.g. 11490-0")] = "",
-        date_from: Annotated[str | None, Parameter(description="YYYY-MM-DD")] = None,
-        date_to: Annotated[str | None, Parameter(description="YYYY-MM-DD")] = None,
-        unread: bool = False,
+        self,
+        request: Request,
+        folder: Annotated[str, QueryParameter(description="inbox, sent or archive")] = "inbox",
+        page: Annotated[int, QueryParameter(ge=1)] = 1,
+        per_page: Annotated[int, QueryParameter(ge=1, le=100)] = 25,
+        sender: Annotated[str, QueryParameter(description="address or name words of the sender")] = "",
+        subject: Annotated[str, QueryParameter(description="words (or their beginnings) of the subject")] = "",
+        ins: Annotated[str, QueryParameter(description="patient INS")] = "",
+        doc_type: Annotated[str, QueryParameter(description="pdf, cda, xdm or receipt")] = "",
+        cda_code: Annotated[str, QueryParameter(description="CDA type code, e.g. 11490-0")] = "",
+        date_from: Annotated[str | None, QueryParameter(description="YYYY-MM-DD")] = None,
+        date_to: Annotated[str | None, QueryParameter(description="YYYY-MM-DD")] = None,
+        unread: FromQuery[bool] = False,
     ) -> MessageListOut:
         live = await api_session(request)
         if folder not in mailbox.FOLDERS:
             raise ApiError(400, "bad-folder", "folder is inbox, sent or archive")
-        filters = mailbox.Filters(sender=sender, subject=subject, ins=ins, doc_type=doc_type, cda_code=cda_code,
-                                  date_from=_date(date_from), date_to=_date(date_to), unread_only=unread)
+        filters = mailbox.Filters(
+            sender=sender,
+            subject=subject,
+            ins=ins,
+            doc_type=doc_type,
+            cda_code=cda_code,
+            date_from=_date(date_from),
+            date_to=_date(date_to),
+            unread_only=unread,
+        )
         try:
-            result = await run(mailbox.list_folder, config(request).rt, live.account(), folder, filters, page=page,
-                               per_page=per_page)
+            result = await run(
+                mailbox.list_folder, config(request).rt, live.account(), folder, filters, page=page, per_page=per_page
+            )
         except FilterError as exc:
             raise ApiError(400, "bad-filter", exc.message) from exc
-        return MessageListOut(folder=result.folder, items=[_summary(i) for i in result.items], page=result.page,
-                              per_page=result.per_page, total=result.total, pages=result.pages,
-                              unsearched=result.unsearched)
+        return MessageListOut(
+            folder=result.folder,
+            items=[_summary(i) for i in result.items],
+            page=result.page,
+            per_page=result.per_page,
+            total=result.total,
+            pages=result.pages,
+            unsearched=result.unsearched,
+        )
 
     @get("/{queue_id:str}", summary="Read a message (marks it read; sends a requested read receipt)")
-    async def read(self, request: Request, queue_id: str, folder: str | None = None) -> MessageOut:
+    async def read(self, request: Request, queue_id: FromPath[str], folder: FromQuery[str | None] = None) -> MessageOut:
         live = await api_session(request)
         try:
-            opened = await run(mailbox.open_message, config(request).rt, live.account(), queue_id, folder=folder,
-                               request_id=request_id(request))
+            opened = await run(
+                mailbox.open_message,
+                config(request).rt,
+                live.account(),
+                queue_id,
+                folder=folder,
+                request_id=request_id(request),
+            )
         except MessageNotFound as exc:
             raise NotFoundException() from exc
         return _message(opened)
 
-    @get("/{queue_id:str}/attachments/{index:int}", summary="Download an attachment (original bytes)",
-         media_type="application/octet-stream")
-    async def attachment(self, request: Request, queue_id: str, index: int) -> Response:
+    @get(
+        "/{queue_id:str}/attachments/{index:int}",
+        summary="Download an attachment (original bytes)",
+        media_type="application/octet-stream",
+    )
+    async def attachment(self, request: Request, queue_id: FromPath[str], index: FromPath[int]) -> Response:
         live = await api_session(request)
         try:
-            opened = await run(mailbox.open_attachment, config(request).rt, live.account(), queue_id, index,
-                               request_id=request_id(request))
+            opened = await run(
+                mailbox.open_attachment,
+                config(request).rt,
+                live.account(),
+                queue_id,
+                index,
+                request_id=request_id(request),
+            )
         except MessageNotFound as exc:
             raise NotFoundException() from exc
         a = opened.attachment
         return file_response(a.data, a.filename, a.content_type)
 
     @get("/{queue_id:str}/receipts", summary="Per recipient of a sent message: delivered, processed, read, failed")
-    async def receipts(self, request: Request, queue_id: str) -> list[JourneyOut]:
+    async def receipts(self, request: Request, queue_id: FromPath[str]) -> list[JourneyOut]:
         live = await api_session(request)
         try:
             journeys = await run(mailbox.journey, config(request).rt, live.address, queue_id)
         except MessageNotFound as exc:
             raise NotFoundException() from exc
         return [
-            JourneyOut(recipient=_correspondent(j.address, j.correspondent), status=j.status,
-                       read_receipt_asked=j.read_receipt_asked,
-                       steps=[StepOut(s.status, s.at, s.reason) for s in j.steps])
+            JourneyOut(
+                recipient=_correspondent(j.address, j.correspondent),
+                status=j.status,
+                read_receipt_asked=j.read_receipt_asked,
+                steps=[StepOut(s.status, s.at, s.reason) for s in j.steps],
+            )
             for j in journeys
         ]
 
     @post("/{queue_id:str}/archive", status_code=HTTP_204_NO_CONTENT, summary="Move a received message to the archive")
-    async def archive(self, request: Request, queue_id: str) -> None:
+    async def archive(self, request: Request, queue_id: FromPath[str]) -> None:
         await self._move(request, queue_id, mailbox.ARCHIVE)
 
     @post("/{queue_id:str}/unarchive", status_code=HTTP_204_NO_CONTENT, summary="Move it back to the inbox")
-    async def unarchive(self, request: Request, queue_id: str) -> None:
+    async def unarchive(self, request: Request, queue_id: FromPath[str]) -> None:
         await self._move(request, queue_id, mailbox.INBOX)
 
-    async def _move(self, request: Request, queue_id: str, to: str) -> None:
+    async def _move(self, request: Request, queue_id: FromPath[str], to: str) -> None:
         live = await api_session(request)
         try:
             await run(mailbox.move, config(request).rt, live.address, queue_id, to=to, request_id=request_id(request))
@@ -436,24 +531,42 @@ class MessagesController(Controller):
             raise NotFoundException() from exc
 
     @post("/", status_code=HTTP_201_CREATED, summary="Send a message (signed and encrypted by the service)")
-    async def send(self, request: Request, data: SendRequest) -> SentOut:
+    async def send(self, request: Request, data: JSONBody[SendRequest]) -> SentOut:
         live = await api_session(request)
         uploads = []
         for item in data.attachments:
             try:
                 content = base64.b64decode(item.content_base64, validate=True)
             except (binascii.Error, ValueError) as exc:
-                raise ApiError(422, "invalid", "an attachment is not valid base64",
-                               fields={"attachments": [f"{item.filename}: not valid base64"]}) from exc
+                raise ApiError(
+                    422,
+                    "invalid",
+                    "an attachment is not valid base64",
+                    fields={"attachments": [f"{item.filename}: not valid base64"]},
+                ) from exc
             uploads.append(Upload(filename=item.filename, content_type=item.content_type, data=content))
-        draft = Draft(to=tuple(a.strip().lower() for a in data.to), subject=data.subject, body=data.body,
-                      attachments=tuple(uploads), read_receipt=data.read_receipt, package_xdm=data.package_xdm,
-                      reply_to=data.reply_to, source=data.source, keep=tuple(data.keep) if data.source else ())
+        draft = Draft(
+            to=tuple(a.strip().lower() for a in data.to),
+            subject=data.subject,
+            body=data.body,
+            attachments=tuple(uploads),
+            read_receipt=data.read_receipt,
+            package_xdm=data.package_xdm,
+            reply_to=data.reply_to,
+            source=data.source,
+            keep=tuple(data.keep) if data.source else (),
+        )
         try:
-            accepted = await run(mailbox.send, config(request).rt, live.account(), draft, request_id=request_id(request))
+            accepted = await run(
+                mailbox.send, config(request).rt, live.account(), draft, request_id=request_id(request)
+            )
         except DraftInvalid as exc:
-            raise ApiError(422, "invalid", "the message cannot be sent as it is",
-                           fields={k: [str(p) for p in v] for k, v in exc.errors.items()}) from exc
+            raise ApiError(
+                422,
+                "invalid",
+                "the message cannot be sent as it is",
+                fields={k: [str(p) for p in v] for k, v in exc.errors.items()},
+            ) from exc
         except MssError as exc:
             raise ApiError(422, "refused", exc.message) from exc
         return SentOut(queue_id=accepted.queue_id, message_id=accepted.message_id)
@@ -467,12 +580,17 @@ class DirectoryController(Controller):
     security = SECURITY
 
     @get("/", summary="Search the directory by name, RPPS, organisation or city")
-    async def search(self, request: Request, q: Annotated[str, Parameter(min_length=2, max_length=100)],
-                     page: Annotated[int, Parameter(ge=1)] = 1) -> DirectoryOut:
+    async def search(
+        self,
+        request: Request,
+        q: Annotated[str, QueryParameter(min_length=2, max_length=100)],
+        page: Annotated[int, QueryParameter(ge=1)] = 1,
+    ) -> DirectoryOut:
         await api_session(request)
         found = await run(directory_matches, config(request).rt, q, page, 20)
-        return DirectoryOut(items=[DirectoryEntryOut(**item) for item in found["items"]], page=found["page"],
-                            has_next=found["has_next"])
+        return DirectoryOut(
+            items=[DirectoryEntryOut(**item) for item in found["items"]], page=found["page"], has_next=found["has_next"]
+        )
 
 
 API_CONTROLLERS = [SessionController, MessagesController, DirectoryController]

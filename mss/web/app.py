@@ -63,7 +63,12 @@ def create_app(rt: Runtime, *, policy: SessionPolicy | None = None, debug: bool 
     )
     return Litestar(
         route_handlers=[
-            AuthController, MailboxController, ComposeController, AccountController, *API_CONTROLLERS, healthz,
+            AuthController,
+            MailboxController,
+            ComposeController,
+            AccountController,
+            *API_CONTROLLERS,
+            healthz,
             create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False),
         ],
         middleware=[DefineMiddleware(CsrfMiddleware)],

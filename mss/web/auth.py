@@ -13,10 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from litestar import Controller, Request, Response, get, post
-from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotAuthorizedException
-from litestar.params import Body
-from typing_extensions import Annotated
+from litestar.params import URLEncodedBody
 
 from mss import accounts, audit
 from mss.db import session_scope
@@ -33,10 +31,19 @@ from mss.web.context import (
     session_token,
     set_session_cookie,
 )
-from mss.web.sessions import ACTIVE, ENROL, TOTP, WEB, LiveSession, SessionInvalid, advance, end_session, load_session
-from mss.web.sessions import open_session, purge_expired
-
-FORM = Body(media_type=RequestEncodingType.URL_ENCODED)
+from mss.web.sessions import (
+    ACTIVE,
+    ENROL,
+    TOTP,
+    WEB,
+    LiveSession,
+    SessionInvalid,
+    advance,
+    end_session,
+    load_session,
+    open_session,
+    purge_expired,
+)
 
 
 @dataclass
@@ -94,15 +101,22 @@ class AuthController(Controller):
         return render(request, "login.html", address="", error=None)
 
     @post("/login")
-    async def login(self, request: Request, data: Annotated[PasswordForm, FORM]) -> Response:
+    async def login(self, request: Request, data: URLEncodedBody[PasswordForm]) -> Response:
         web = config(request)
         rt = web.rt
         t = language(request).gettext
         address = data.address.strip().lower()[:254]
         error, status = None, 200
         try:
-            unlocked = await run(accounts.authenticate, rt.engine, rt.settings, address, data.password, channel="web",
-                                 request_id=request_id(request))
+            unlocked = await run(
+                accounts.authenticate,
+                rt.engine,
+                rt.settings,
+                address,
+                data.password,
+                channel="web",
+                request_id=request_id(request),
+            )
         except BadCredentials:
             error, status = t("Invalid address or password."), 401
         except AccountLocked:
@@ -115,8 +129,15 @@ class AuthController(Controller):
         await run(end_session, rt.engine, session_token(request))
         confirmed = await run(twofactor.totp_confirmed, rt.engine, unlocked.address)
         stage = TOTP if confirmed else ENROL
-        token = await run(open_session, rt.engine, address=unlocked.address, channel=WEB, stage=stage,
-                          private_key_der=unlocked.private_key_der, policy=web.policy)
+        token = await run(
+            open_session,
+            rt.engine,
+            address=unlocked.address,
+            channel=WEB,
+            stage=stage,
+            private_key_der=unlocked.private_key_der,
+            policy=web.policy,
+        )
         response = redirect("/login/totp" if confirmed else "/login/enrol")
         set_session_cookie(response, token)
         return response
@@ -127,21 +148,38 @@ class AuthController(Controller):
         return render(request, "totp.html", address=live.address, error=None)
 
     @post("/login/totp")
-    async def totp(self, request: Request, data: Annotated[CodeForm, FORM]) -> Response:
+    async def totp(self, request: Request, data: URLEncodedBody[CodeForm]) -> Response:
         live = await current_session(request, TOTP)
         web = config(request)
         rt = web.rt
         t = language(request).gettext
         try:
-            await run(twofactor.check_second_factor, rt.engine, rt.settings, rt.master_key, live.address, data.code,
-                      request_id=request_id(request))
+            await run(
+                twofactor.check_second_factor,
+                rt.engine,
+                rt.settings,
+                rt.master_key,
+                live.address,
+                data.code,
+                request_id=request_id(request),
+            )
         except BadTotp:
-            return render(request, "totp.html", status_code=401, address=live.address,
-                          error=t("The code is wrong, expired or already used."))
+            return render(
+                request,
+                "totp.html",
+                status_code=401,
+                address=live.address,
+                error=t("The code is wrong, expired or already used."),
+            )
         except AccountLocked:
             await run(end_session, rt.engine, live.token)
-            response = render(request, "login.html", status_code=423, address=live.address,
-                              error=t("This account is locked for a while after repeated failures. Try again later."))
+            response = render(
+                request,
+                "login.html",
+                status_code=423,
+                address=live.address,
+                error=t("This account is locked for a while after repeated failures. Try again later."),
+            )
             clear_session_cookie(response)
             return response
         token = await run(advance, rt.engine, live, stage=ACTIVE, policy=web.policy)
@@ -154,7 +192,9 @@ class AuthController(Controller):
         live = await current_session(request, ENROL)
         return await self._enrol_form(request, live, error=None, status_code=200)
 
-    async def _enrol_form(self, request: Request, live: LiveSession, *, error: str | None, status_code: int) -> Response:
+    async def _enrol_form(
+        self, request: Request, live: LiveSession, *, error: str | None, status_code: int
+    ) -> Response:
         rt = config(request).rt
         t = language(request).gettext
         try:
@@ -163,13 +203,18 @@ class AuthController(Controller):
             await run(end_session, rt.engine, live.token)
             raise LoginRequired("no enrolment pending") from exc
         return render(
-            request, "enrol.html", status_code=status_code, address=live.address, error=error,
+            request,
+            "enrol.html",
+            status_code=status_code,
+            address=live.address,
+            error=error,
             qr=twofactor.qr_svg(enrolment.otpauth_uri, t("QR code to scan with your authenticator app")),
-            secret=twofactor.secret_of(enrolment.otpauth_uri), issuer=rt.settings.security.totp_issuer,
+            secret=twofactor.secret_of(enrolment.otpauth_uri),
+            issuer=rt.settings.security.totp_issuer,
         )
 
     @post("/login/enrol")
-    async def enrol(self, request: Request, data: Annotated[CodeForm, FORM]) -> Response:
+    async def enrol(self, request: Request, data: URLEncodedBody[CodeForm]) -> Response:
         live = await current_session(request, ENROL)
         web = config(request)
         rt = web.rt
@@ -178,15 +223,28 @@ class AuthController(Controller):
         try:
             if not code.isdigit() or len(code) != 6:
                 raise BadTotp("a TOTP code has six digits")
-            await run(accounts.verify_totp, rt.engine, rt.settings, rt.master_key, live.address, code,
-                      request_id=request_id(request))
+            await run(
+                accounts.verify_totp,
+                rt.engine,
+                rt.settings,
+                rt.master_key,
+                live.address,
+                code,
+                request_id=request_id(request),
+            )
         except BadTotp:
-            return await self._enrol_form(request, live, error=t("The code is wrong, expired or already used."),
-                                          status_code=401)
+            return await self._enrol_form(
+                request, live, error=t("The code is wrong, expired or already used."), status_code=401
+            )
         except AccountLocked:
             await run(end_session, rt.engine, live.token)
-            response = render(request, "login.html", status_code=423, address=live.address,
-                              error=t("This account is locked for a while after repeated failures. Try again later."))
+            response = render(
+                request,
+                "login.html",
+                status_code=423,
+                address=live.address,
+                error=t("This account is locked for a while after repeated failures. Try again later."),
+            )
             clear_session_cookie(response)
             return response
         codes = await run(twofactor.new_recovery_codes, rt.engine, live.address, request_id=request_id(request))

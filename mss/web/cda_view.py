@@ -16,9 +16,23 @@ from markupsafe import Markup, escape
 from mss.documents.cda import NarrativeNode, PersonName
 
 _TAGS = {
-    "text": "div", "paragraph": "p", "content": "span", "sub": "sub", "sup": "sup", "br": "br",
-    "footnote": "small", "footnoteRef": "small", "caption": "caption", "table": "table", "thead": "thead",
-    "tbody": "tbody", "tfoot": "tfoot", "tr": "tr", "th": "th", "td": "td", "item": "li",
+    "text": "div",
+    "paragraph": "p",
+    "content": "span",
+    "sub": "sub",
+    "sup": "sup",
+    "br": "br",
+    "footnote": "small",
+    "footnoteRef": "small",
+    "caption": "caption",
+    "table": "table",
+    "thead": "thead",
+    "tbody": "tbody",
+    "tfoot": "tfoot",
+    "tr": "tr",
+    "th": "th",
+    "td": "td",
+    "item": "li",
 }
 _STYLES = {"bold": "cda-bold", "italics": "cda-italic", "underline": "cda-underline", "emphasis": "cda-italic"}
 _TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?$")
@@ -89,8 +103,9 @@ def hl7_time(value: str | None) -> datetime | None:
         sign = 1 if offset[0] == "+" else -1
         zone = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
     try:
-        return datetime(int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0),
-                        int(second or 0), tzinfo=zone)
+        return datetime(
+            int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0), int(second or 0), tzinfo=zone
+        )
     except ValueError:
         return None
 

@@ -47,9 +47,16 @@ def directory_matches(rt: Runtime, query: str, page: int = 1, per_page: int = 10
     with session_scope(rt.engine) as session:
         result = search(session, query, page=page, per_page=per_page)
         items = [
-            {"address": e.address, "name": e.display_name, "profession": e.profession_label or e.skill_label,
-             "organisation": e.org_name, "city": e.city, "rpps": e.rpps}
-            for e in result.items if e.status == "active"
+            {
+                "address": e.address,
+                "name": e.display_name,
+                "profession": e.profession_label or e.skill_label,
+                "organisation": e.org_name,
+                "city": e.city,
+                "rpps": e.rpps,
+            }
+            for e in result.items
+            if e.status == "active"
         ]
         return {"items": items, "page": result.page, "has_next": result.has_next}
 
@@ -74,8 +81,14 @@ def note_for(lang: Language):  # type: ignore[no-untyped-def]
         lines = [lang.gettext("Attachments carried over from an earlier message:")]
         for item in kept:
             signer = item.signature.signer_name or item.signature.signer_address or item.sender
-            lines.append(lang.gettext("- %(file)s: signed by %(signer)s (%(status)s)", file=item.filename,
-                                      signer=signer, status=signature_text(lang, item.signature.status)))
+            lines.append(
+                lang.gettext(
+                    "- %(file)s: signed by %(signer)s (%(status)s)",
+                    file=item.filename,
+                    signer=signer,
+                    status=signature_text(lang, item.signature.status),
+                )
+            )
         return "\n".join(lines)
 
     return note
@@ -134,26 +147,40 @@ class ComposeController(Controller):
         uploads = []
         for item in form.getall("attachments", []):
             if isinstance(item, UploadFile) and item.filename:
-                uploads.append(Upload(filename=item.filename, content_type=item.content_type or "", data=await item.read()))
+                uploads.append(
+                    Upload(filename=item.filename, content_type=item.content_type or "", data=await item.read())
+                )
         keep = []
         for value in form.getall("keep", []):
             if isinstance(value, str) and value.isdigit():
                 keep.append(int(value))
         state = FormState(
-            to=to, subject=str(form.get("subject") or ""), body=str(form.get("body") or ""),
-            read_receipt=form.get("read_receipt") == "on", package_xdm=form.get("package_xdm") == "on",
-            reply_to=str(form.get("reply_to") or ""), source=str(form.get("source") or ""), keep=keep,
+            to=to,
+            subject=str(form.get("subject") or ""),
+            body=str(form.get("body") or ""),
+            read_receipt=form.get("read_receipt") == "on",
+            package_xdm=form.get("package_xdm") == "on",
+            reply_to=str(form.get("reply_to") or ""),
+            source=str(form.get("source") or ""),
+            keep=keep,
         )
         draft = Draft(
-            to=tuple(to), subject=state.subject, body=state.body, attachments=tuple(uploads),
-            read_receipt=state.read_receipt, package_xdm=state.package_xdm, reply_to=state.reply_to or None,
-            source=state.source or None, keep=tuple(keep) if state.source else (),
+            to=tuple(to),
+            subject=state.subject,
+            body=state.body,
+            attachments=tuple(uploads),
+            read_receipt=state.read_receipt,
+            package_xdm=state.package_xdm,
+            reply_to=state.reply_to or None,
+            source=state.source or None,
+            keep=tuple(keep) if state.source else (),
         )
         errors: dict[str, list[str]] = {}
         general = None
         try:
-            accepted = await run(mailbox.send, rt, live.account(), draft, request_id=request_id(request),
-                                 note=note_for(lang))
+            accepted = await run(
+                mailbox.send, rt, live.account(), draft, request_id=request_id(request), note=note_for(lang)
+            )
         except DraftInvalid as exc:
             errors = {name: [problem_text(lang, p) for p in problems] for name, problems in exc.errors.items()}
         except MssError as exc:
@@ -168,5 +195,13 @@ class ComposeController(Controller):
                 state.source_sender = opened.sender.name if opened.sender else opened.meta.sender
             except MessageNotFound:
                 state.source, state.keep = "", []
-        return render(request, "compose.html", status_code=422, user=live.address, state=state, errors=errors,
-                      general=general, uploads_lost=bool(uploads))
+        return render(
+            request,
+            "compose.html",
+            status_code=422,
+            user=live.address,
+            state=state,
+            errors=errors,
+            general=general,
+            uploads_lost=bool(uploads),
+        )

@@ -115,8 +115,13 @@ def redirect(path: str) -> Redirect:
 
 
 def render(
-    request: Request, template: str, *, status_code: int = 200, user: str | None = None,
-    new_session: SessionToken | None = None, **context: Any,
+    request: Request,
+    template: str,
+    *,
+    status_code: int = 200,
+    user: str | None = None,
+    new_session: SessionToken | None = None,
+    **context: Any,
 ) -> Response:
     """A page of ``template`` in the request's language, with its CSRF token.
 
@@ -131,8 +136,12 @@ def render(
         secret = secrets.token_bytes(32)
         new_pre = base64.urlsafe_b64encode(secret).rstrip(b"=").decode("ascii")
     html = lang.env.get_template(template).render(
-        csrf_token=csrf_token_for(secret), user=user, path=request.url.path, request_id=request_id(request),
-        languages=i18n.LANGUAGES, **context,
+        csrf_token=csrf_token_for(secret),
+        user=user,
+        path=request.url.path,
+        request_id=request_id(request),
+        languages=i18n.LANGUAGES,
+        **context,
     )
     response = Response(content=html, status_code=status_code, media_type=MediaType.HTML)
     if new_pre is not None:

@@ -35,16 +35,32 @@ TITLES = {
     429: _("Too many requests; try again in a moment."),
     500: _("Something went wrong on our side."),
 }
-CODES = {400: "bad-request", 401: "unauthenticated", 403: "forbidden", 404: "not-found", 405: "method-not-allowed",
-         413: "too-large", 422: "unprocessable", 423: "locked", 429: "too-many-requests", 500: "internal-error"}
+CODES = {
+    400: "bad-request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "too-large",
+    422: "unprocessable",
+    423: "locked",
+    429: "too-many-requests",
+    500: "internal-error",
+}
 
 
 def _is_api(request: Request) -> bool:
     return request.url.path.startswith(API_PREFIX)
 
 
-def _api_error(request: Request, status: int, code: str, message: str, fields: dict | None = None,
-               headers: dict[str, str] | None = None) -> Response:
+def _api_error(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    fields: dict | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     body: dict[str, object] = {"error": code, "message": message, "request_id": request_id(request)}
     if fields:
         body["fields"] = fields
@@ -64,13 +80,17 @@ def http_error(request: Request, exc: HTTPException) -> Response:
         return _api_error(request, status, exc.code, exc.detail, exc.fields, exc.headers)
     if status >= 500:
         return internal_error(request, exc)
-    log.info("request %s: %s %s -> %s (%s)", request_id(request), request.method, request.url.path, status,
-             exc.detail)
+    log.info("request %s: %s %s -> %s (%s)", request_id(request), request.method, request.url.path, status, exc.detail)
     if _is_api(request):
         message = exc.detail if status in {400, 405, 413} else CODES.get(status, "error").replace("-", " ")
         if status == 401:
-            return _api_error(request, status, "unauthenticated", "a valid bearer token is required",
-                              headers={"WWW-Authenticate": 'Bearer realm="mss"'})
+            return _api_error(
+                request,
+                status,
+                "unauthenticated",
+                "a valid bearer token is required",
+                headers={"WWW-Authenticate": 'Bearer realm="mss"'},
+            )
         return _api_error(request, status, CODES.get(status, "error"), message)
     if isinstance(exc, LoginRequired):
         response = redirect(exc.location)
@@ -87,13 +107,15 @@ def http_error(request: Request, exc: HTTPException) -> Response:
 def service_error(request: Request, exc: MssError) -> Response:
     """A service error no controller expected: decrypting failed, or a rule refused."""
     if isinstance(exc, DecryptionError):
-        log.warning("request %s: message cannot be decrypted by its reader (%s)", request_id(request),
-                    exc.details.get("reason"))
+        log.warning(
+            "request %s: message cannot be decrypted by its reader (%s)", request_id(request), exc.details.get("reason")
+        )
         if _is_api(request):
             return _api_error(request, 422, "undecryptable", "this message cannot be opened with your key")
         t = language(request).gettext
-        return render(request, "error.html", status_code=422, status=422,
-                      title=t("This message cannot be opened with your key."))
+        return render(
+            request, "error.html", status_code=422, status=422, title=t("This message cannot be opened with your key.")
+        )
     return internal_error(request, exc)
 
 
@@ -106,8 +128,9 @@ def internal_error(request: Request, exc: Exception) -> Response:
         return _page(request, 500)
     except Exception:  # noqa: BLE001 - the error page itself failed: answer in plain text
         log.exception("request %s: the error page failed", request_id(request))
-        return Response(content="Internal error. Reference: " + request_id(request), status_code=500,
-                        media_type=MediaType.TEXT)
+        return Response(
+            content="Internal error. Reference: " + request_id(request), status_code=500, media_type=MediaType.TEXT
+        )
 
 
 EXCEPTION_HANDLERS = {

@@ -13,12 +13,13 @@ from datetime import date
 
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 from litestar.response import Response as RawResponse
 
 from mss import mailbox
 from mss.documents import parse_cda
 from mss.errors import DocumentError
-from mss.mailbox import Filters, FilterError, MessageNotFound
+from mss.mailbox import FilterError, Filters, MessageNotFound
 from mss.mailbox.reading import limits_of
 from mss.web import cda_view
 from mss.web.auth import current_session
@@ -40,11 +41,17 @@ def content_disposition(disposition: str, filename: str) -> str:
 def file_response(data: bytes, filename: str, content_type: str, *, inline: bool = False) -> Response:
     """The exact bytes of a document, as a download or (PDF only) shown inline."""
     if inline:
-        headers = {"content-security-policy": PDF_CSP, "x-frame-options": "SAMEORIGIN",
-                   "content-disposition": content_disposition("inline", filename)}
+        headers = {
+            "content-security-policy": PDF_CSP,
+            "x-frame-options": "SAMEORIGIN",
+            "content-disposition": content_disposition("inline", filename),
+        }
         return RawResponse(content=data, media_type="application/pdf", headers=headers)
     media_type = content_type if content_type in DOWNLOAD_TYPES else "application/octet-stream"
-    headers = {"content-security-policy": ATTACHMENT_CSP, "content-disposition": content_disposition("attachment", filename)}
+    headers = {
+        "content-security-policy": ATTACHMENT_CSP,
+        "content-disposition": content_disposition("attachment", filename),
+    }
     return RawResponse(content=data, media_type=media_type, headers=headers)
 
 
@@ -61,9 +68,13 @@ def _date(value: str) -> date | None:
 def filters_from(params: dict[str, str]) -> Filters:
     """Filters from query parameters. Raises FilterError."""
     return Filters(
-        sender=params.get("sender", ""), subject=params.get("subject", ""), ins=params.get("ins", ""),
-        doc_type=params.get("doc_type", ""), cda_code=params.get("cda_code", ""),
-        date_from=_date(params.get("date_from", "")), date_to=_date(params.get("date_to", "")),
+        sender=params.get("sender", ""),
+        subject=params.get("subject", ""),
+        ins=params.get("ins", ""),
+        doc_type=params.get("doc_type", ""),
+        cda_code=params.get("cda_code", ""),
+        date_from=_date(params.get("date_from", "")),
+        date_to=_date(params.get("date_to", "")),
         unread_only=params.get("unread", "") in {"1", "on", "true"},
     ).check()
 
@@ -97,39 +108,58 @@ class MailboxController(Controller):
         except FilterError as exc:
             filters, error = Filters(), exc.message
         reader = live.account()
-        page = await run(mailbox.list_folder, rt, reader, folder, filters, page=_page_number(params.get("page")),
-                         per_page=PER_PAGE)
+        page = await run(
+            mailbox.list_folder, rt, reader, folder, filters, page=_page_number(params.get("page")), per_page=PER_PAGE
+        )
         unread = await run(mailbox.unread_count, rt, live.address)
         query = {k: v for k, v in params.items() if k != "page" and v}
-        return render(request, "folder.html", user=live.address, folder=folder, page=page, unread=unread,
-                      error=error, params=params, query=urllib.parse.urlencode(query), doc_types=mailbox.reading.DOC_TYPES)
+        return render(
+            request,
+            "folder.html",
+            user=live.address,
+            folder=folder,
+            page=page,
+            unread=unread,
+            error=error,
+            params=params,
+            query=urllib.parse.urlencode(query),
+            doc_types=mailbox.reading.DOC_TYPES,
+        )
 
     @get("/messages/{queue_id:str}")
-    async def message(self, request: Request, queue_id: str) -> Response:
+    async def message(self, request: Request, queue_id: FromPath[str]) -> Response:
         live = await current_session(request)
         rt = config(request).rt
         folder = request.query_params.get("folder")
         try:
-            opened = await run(mailbox.open_message, rt, live.account(), queue_id, folder=folder,
-                               request_id=request_id(request))
+            opened = await run(
+                mailbox.open_message, rt, live.account(), queue_id, folder=folder, request_id=request_id(request)
+            )
         except MessageNotFound as exc:
             raise NotFoundException() from exc
         journey = None
         if opened.folder == mailbox.SENT:
             journey = await run(mailbox.journey, rt, live.address, opened.queue_id)
         unread = await run(mailbox.unread_count, rt, live.address)
-        return render(request, "message.html", user=live.address, message=opened, journey=journey, unread=unread,
-                      folder=opened.folder)
+        return render(
+            request,
+            "message.html",
+            user=live.address,
+            message=opened,
+            journey=journey,
+            unread=unread,
+            folder=opened.folder,
+        )
 
     @post("/messages/{queue_id:str}/archive")
-    async def archive(self, request: Request, queue_id: str) -> Response:
+    async def archive(self, request: Request, queue_id: FromPath[str]) -> Response:
         return await self._move(request, queue_id, mailbox.ARCHIVE)
 
     @post("/messages/{queue_id:str}/unarchive")
-    async def unarchive(self, request: Request, queue_id: str) -> Response:
+    async def unarchive(self, request: Request, queue_id: FromPath[str]) -> Response:
         return await self._move(request, queue_id, mailbox.INBOX)
 
-    async def _move(self, request: Request, queue_id: str, to: str) -> Response:
+    async def _move(self, request: Request, queue_id: FromPath[str], to: str) -> Response:
         live = await current_session(request)
         try:
             await run(mailbox.move, config(request).rt, live.address, queue_id, to=to, request_id=request_id(request))
@@ -138,7 +168,7 @@ class MailboxController(Controller):
         return redirect("/inbox" if to == mailbox.ARCHIVE else "/archive")
 
     @post("/messages/{queue_id:str}/unread")
-    async def unread(self, request: Request, queue_id: str) -> Response:
+    async def unread(self, request: Request, queue_id: FromPath[str]) -> Response:
         live = await current_session(request)
         try:
             await run(mailbox.mark_unread, config(request).rt, live.address, queue_id)
@@ -148,22 +178,31 @@ class MailboxController(Controller):
 
     # -- attachments ---------------------------------------------------------------------
 
-    async def _attachment(self, request: Request, queue_id: str, index: int, action: str) -> mailbox.OpenedAttachment:
+    async def _attachment(
+        self, request: Request, queue_id: FromPath[str], index: int, action: str
+    ) -> mailbox.OpenedAttachment:
         live = await current_session(request)
         try:
-            return await run(mailbox.open_attachment, config(request).rt, live.account(), queue_id, index,
-                             action=action, request_id=request_id(request))
+            return await run(
+                mailbox.open_attachment,
+                config(request).rt,
+                live.account(),
+                queue_id,
+                index,
+                action=action,
+                request_id=request_id(request),
+            )
         except MessageNotFound as exc:
             raise NotFoundException() from exc
 
     @get("/messages/{queue_id:str}/attachments/{index:int}")
-    async def download(self, request: Request, queue_id: str, index: int) -> Response:
+    async def download(self, request: Request, queue_id: FromPath[str], index: FromPath[int]) -> Response:
         opened = await self._attachment(request, queue_id, index, "attachment.download")
         a = opened.attachment
         return file_response(a.data, a.filename, a.content_type)
 
     @get("/messages/{queue_id:str}/attachments/{index:int}/inline")
-    async def inline(self, request: Request, queue_id: str, index: int) -> Response:
+    async def inline(self, request: Request, queue_id: FromPath[str], index: FromPath[int]) -> Response:
         opened = await self._attachment(request, queue_id, index, "attachment.view")
         a = opened.attachment
         if a.kind != "pdf":
@@ -171,14 +210,26 @@ class MailboxController(Controller):
         return file_response(a.data, a.filename, "application/pdf", inline=True)
 
     @get("/messages/{queue_id:str}/attachments/{index:int}/view")
-    async def view(self, request: Request, queue_id: str, index: int) -> Response:
+    async def view(self, request: Request, queue_id: FromPath[str], index: FromPath[int]) -> Response:
         live = await current_session(request)
         opened = await self._attachment(request, queue_id, index, "attachment.view")
         a = opened.attachment
         base = f"/messages/{opened.queue_id}/attachments/{a.index}"
-        context = {"user": live.address, "opened": opened, "a": a, "base": base, "title": a.filename,
-                   "kind": a.kind, "cda": None, "entries": None, "text": None, "problem": None,
-                   "download": base, "inline": base + "/inline", "back": f"/messages/{opened.queue_id}"}
+        context = {
+            "user": live.address,
+            "opened": opened,
+            "a": a,
+            "base": base,
+            "title": a.filename,
+            "kind": a.kind,
+            "cda": None,
+            "entries": None,
+            "text": None,
+            "problem": None,
+            "download": base,
+            "inline": base + "/inline",
+            "back": f"/messages/{opened.queue_id}",
+        }
         await self._fill_view(request, context, a.kind, a.data, a.filename)
         return render(request, "attachment.html", **context)
 
@@ -196,31 +247,50 @@ class MailboxController(Controller):
             context["problem"] = t("This document cannot be displayed; download it to open it with another program.")
 
     @get("/messages/{queue_id:str}/attachments/{index:int}/documents/{doc:int}")
-    async def xdm_download(self, request: Request, queue_id: str, index: int, doc: int) -> Response:
+    async def xdm_download(
+        self, request: Request, queue_id: FromPath[str], index: FromPath[int], doc: FromPath[int]
+    ) -> Response:
         entry, data = await self._xdm(request, queue_id, index, doc, "attachment.download")
-        return file_response(data, entry.path.rsplit("/", 1)[-1], "application/pdf" if entry.kind == "pdf" else "text/xml")
+        return file_response(
+            data, entry.path.rsplit("/", 1)[-1], "application/pdf" if entry.kind == "pdf" else "text/xml"
+        )
 
     @get("/messages/{queue_id:str}/attachments/{index:int}/documents/{doc:int}/inline")
-    async def xdm_inline(self, request: Request, queue_id: str, index: int, doc: int) -> Response:
+    async def xdm_inline(
+        self, request: Request, queue_id: FromPath[str], index: FromPath[int], doc: FromPath[int]
+    ) -> Response:
         entry, data = await self._xdm(request, queue_id, index, doc, "attachment.view")
         if entry.kind != "pdf":
             raise NotFoundException()
         return file_response(data, entry.path.rsplit("/", 1)[-1], "application/pdf", inline=True)
 
     @get("/messages/{queue_id:str}/attachments/{index:int}/documents/{doc:int}/view")
-    async def xdm_view(self, request: Request, queue_id: str, index: int, doc: int) -> Response:
+    async def xdm_view(
+        self, request: Request, queue_id: FromPath[str], index: FromPath[int], doc: FromPath[int]
+    ) -> Response:
         live = await current_session(request)
         opened = await self._attachment(request, queue_id, index, "attachment.view")
         entry, data = await self._xdm_of(request, opened, doc)
         base = f"/messages/{opened.queue_id}/attachments/{index}/documents/{doc}"
-        context = {"user": live.address, "opened": opened, "a": opened.attachment, "base": base,
-                   "title": entry.title, "kind": entry.kind, "cda": None, "entries": None, "text": None,
-                   "problem": None, "download": base, "inline": base + "/inline",
-                   "back": f"/messages/{opened.queue_id}/attachments/{index}/view"}
+        context = {
+            "user": live.address,
+            "opened": opened,
+            "a": opened.attachment,
+            "base": base,
+            "title": entry.title,
+            "kind": entry.kind,
+            "cda": None,
+            "entries": None,
+            "text": None,
+            "problem": None,
+            "download": base,
+            "inline": base + "/inline",
+            "back": f"/messages/{opened.queue_id}/attachments/{index}/view",
+        }
         await self._fill_view(request, context, entry.kind, data, entry.path)
         return render(request, "attachment.html", **context)
 
-    async def _xdm(self, request: Request, queue_id: str, index: int, doc: int, action: str):  # type: ignore[no-untyped-def]
+    async def _xdm(self, request: Request, queue_id: FromPath[str], index: int, doc: int, action: str):  # type: ignore[no-untyped-def]
         opened = await self._attachment(request, queue_id, index, action)
         return await self._xdm_of(request, opened, doc)
 

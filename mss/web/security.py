@@ -27,19 +27,21 @@ if TYPE_CHECKING:
 API_PREFIX = "/api/"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
-CSP = "; ".join((
-    "default-src 'self'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self'",
-    "font-src 'self'",
-    "connect-src 'self'",
-    "object-src 'none'",
-    "frame-src 'self'",
-    "frame-ancestors 'none'",
-    "base-uri 'none'",
-    "form-action 'self'",
-))
+CSP = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "font-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "frame-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+    )
+)
 # An inline PDF is framed by the message page of the same origin, and contains no HTML.
 PDF_CSP = "default-src 'none'; frame-ancestors 'self'"
 ATTACHMENT_CSP = "default-src 'none'; sandbox"
@@ -77,11 +79,7 @@ class CsrfMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != ScopeType.HTTP
-            or scope["method"] in SAFE_METHODS
-            or scope["path"].startswith(API_PREFIX)
-        ):
+        if scope["type"] != ScopeType.HTTP or scope["method"] in SAFE_METHODS or scope["path"].startswith(API_PREFIX):
             await self.app(scope, receive, send)
             return
         request = scope["litestar_app"].request_class(scope=scope, receive=receive)

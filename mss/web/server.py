@@ -37,8 +37,14 @@ def uvicorn_config(rt: Runtime) -> uvicorn.Config:
     """The uvicorn configuration for ``rt``'s web settings. Raises ConfigError."""
     settings = rt.settings
     options: dict[str, object] = {
-        "host": settings.web.host, "port": settings.web.port, "log_config": None, "access_log": False,
-        "server_header": False, "date_header": True, "lifespan": "on", "timeout_graceful_shutdown": 10,
+        "host": settings.web.host,
+        "port": settings.web.port,
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "date_header": True,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 10,
     }
     if settings.web.behind_tls_proxy:
         options.update(proxy_headers=True)
@@ -47,13 +53,16 @@ def uvicorn_config(rt: Runtime) -> uvicorn.Config:
         key = settings.pki.certs_dir / "server.key"
         if not cert.exists() or not key.exists():
             raise ConfigError(f"HTTPS needs {cert} and {key} (run `mss pki init` in development)")
-        options.update(ssl_certfile=str(cert), ssl_keyfile=str(key), ssl_version=ssl.PROTOCOL_TLS_SERVER,
-                       ssl_ciphers="ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!MD5:!DSS")
+        options.update(
+            ssl_certfile=str(cert),
+            ssl_keyfile=str(key),
+            ssl_version=ssl.PROTOCOL_TLS_SERVER,
+            ssl_ciphers="ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!MD5:!DSS",
+        )
     return uvicorn.Config(create_app(rt), **options)  # type: ignore[arg-type]
 
 
-async def serve_web(rt: Runtime, *, sock: socket.socket | None = None,
-                    started: asyncio.Event | None = None) -> None:
+async def serve_web(rt: Runtime, *, sock: socket.socket | None = None, started: asyncio.Event | None = None) -> None:
     """Serve the web inbox until cancelled.
 
     ``sock`` is an already bound listening socket to serve on instead of the configured
@@ -73,8 +82,12 @@ async def serve_web(rt: Runtime, *, sock: socket.socket | None = None,
             await task  # startup failed: raise its error
         if started is not None:
             started.set()
-        log.info("web inbox on %s://%s:%s", "http" if rt.settings.web.behind_tls_proxy else "https",
-                 rt.settings.web.host, sock.getsockname()[1] if sock else rt.settings.web.port)
+        log.info(
+            "web inbox on %s://%s:%s",
+            "http" if rt.settings.web.behind_tls_proxy else "https",
+            rt.settings.web.host,
+            sock.getsockname()[1] if sock else rt.settings.web.port,
+        )
         await asyncio.shield(task)
     except asyncio.CancelledError:
         server.should_exit = True

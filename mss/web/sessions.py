@@ -132,7 +132,8 @@ class LiveSession:
     def account(self) -> UnlockedAccount:
         """The session's account with its certificate and opened private key."""
         return UnlockedAccount(
-            address=self.address, private_key_der=self.private_key_der,
+            address=self.address,
+            private_key_der=self.private_key_der,
             certificate=x509.load_der_x509_certificate(self.certificate_der),
         )
 
@@ -161,8 +162,14 @@ def open_session(
     with session_scope(engine) as session:
         session.add(
             WebSession(
-                token_hash=token.token_hash, address=address, channel=channel, stage=stage,
-                key_sealed=_seal(token, private_key_der), created_at=now, last_seen_at=now, expires_at=now + lifetime,
+                token_hash=token.token_hash,
+                address=address,
+                channel=channel,
+                stage=stage,
+                key_sealed=_seal(token, private_key_der),
+                created_at=now,
+                last_seen_at=now,
+                expires_at=now + lifetime,
             )
         )
     return token
@@ -204,8 +211,14 @@ def load_session(engine: Engine, token: SessionToken | None, *, policy: SessionP
         raise SessionInvalid(expired)
     address, channel_, stage, created_at, expires_at, sealed = snapshot
     return LiveSession(
-        token=token, address=address, channel=channel_, stage=stage, created_at=created_at, expires_at=expires_at,
-        private_key_der=_unseal(token, sealed), certificate_der=bytes(certificate_der),
+        token=token,
+        address=address,
+        channel=channel_,
+        stage=stage,
+        created_at=created_at,
+        expires_at=expires_at,
+        private_key_der=_unseal(token, sealed),
+        certificate_der=bytes(certificate_der),
     )
 
 
@@ -223,8 +236,13 @@ def advance(engine: Engine, live: LiveSession, *, stage: str, policy: SessionPol
             raise SessionInvalid("session ended meanwhile")
         session.add(
             WebSession(
-                token_hash=token.token_hash, address=live.address, channel=live.channel, stage=stage,
-                key_sealed=_seal(token, live.private_key_der), created_at=now, last_seen_at=now,
+                token_hash=token.token_hash,
+                address=live.address,
+                channel=live.channel,
+                stage=stage,
+                key_sealed=_seal(token, live.private_key_der),
+                created_at=now,
+                last_seen_at=now,
                 expires_at=now + lifetime,
             )
         )

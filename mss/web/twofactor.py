@@ -71,7 +71,7 @@ def secret_of(uri: str) -> str:
     """The base32 secret of an otpauth URI, grouped by four for typing by hand."""
     found = re.search(r"[?&]secret=([A-Z2-7]+)", uri)
     secret = found.group(1) if found else ""
-    return " ".join(secret[i:i + 4] for i in range(0, len(secret), 4))
+    return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
 
 
 def _digest(address: str, code: str) -> str:
@@ -92,8 +92,14 @@ def new_recovery_codes(engine: Engine, address: str, *, request_id: str = "") ->
         account.recovery_codes = json.dumps([_digest(account.address, code) for code in codes])
         account.updated_at = utcnow()
         session.add(account)
-        audit.record(session, actor=address, action="account.recovery-codes", object=address, request_id=request_id,
-                     count=len(codes))
+        audit.record(
+            session,
+            actor=address,
+            action="account.recovery-codes",
+            object=address,
+            request_id=request_id,
+            count=len(codes),
+        )
     return [f"{c[:4]}-{c[4:8]}-{c[8:]}" for c in codes]
 
 
@@ -124,8 +130,14 @@ def use_recovery_code(engine: Engine, settings: Settings, address: str, code: st
             account.failed_logins = 0
             account.updated_at = utcnow()
             session.add(account)
-            audit.record(session, actor=address, action="totp.recovery-code", object=address, request_id=request_id,
-                         remaining=len(stored))
+            audit.record(
+                session,
+                actor=address,
+                action="totp.recovery-code",
+                object=address,
+                request_id=request_id,
+                remaining=len(stored),
+            )
             return
     _count_failure(engine, settings, address, request_id)
     raise BadTotp("the code is wrong, expired or already used")
@@ -144,11 +156,24 @@ def _count_failure(engine: Engine, settings: Settings, address: str, request_id:
             account.failed_logins = 0
         account.updated_at = utcnow()
         session.add(account)
-        audit.record(session, actor=address, action="totp.recovery-code", object=address, outcome=audit.FAILURE,
-                     request_id=request_id, reason="bad-recovery-code")
+        audit.record(
+            session,
+            actor=address,
+            action="totp.recovery-code",
+            object=address,
+            outcome=audit.FAILURE,
+            request_id=request_id,
+            reason="bad-recovery-code",
+        )
         if locked:
-            audit.record(session, actor="system", action="account.lock", object=address, request_id=request_id,
-                         seconds=settings.security.lockout_seconds)
+            audit.record(
+                session,
+                actor="system",
+                action="account.lock",
+                object=address,
+                request_id=request_id,
+                seconds=settings.security.lockout_seconds,
+            )
 
 
 def check_second_factor(

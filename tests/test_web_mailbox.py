@@ -1,0 +1,227 @@
+"""The mailbox service behind the pages and the API: search tokens that hide what they index,
+client-encrypted messages, one displayed-MDN per reader even under concurrent openings, the
+Sent journey of a refused recipient, safe rendering helpers, and complete translations."""
+
+from __future__ import annotations
+
+import email.policy
+import re
+import threading
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from babel.messages.extract import extract_from_dir
+from babel.messages.pofile import read_po
+from sqlalchemy import select
+from web_support import CDA_SAMPLE, DOCTOR, GP, NURSE, create_person, doctor, gp, pdf_bytes, submit, unlocked  # noqa: F401  (fixtures)
+
+from directory import certificates, service
+from mss import mailbox, pipeline
+from mss.crypto import keys, smime
+from mss.db import session_scope
+from mss.documents import DocumentLimits, NarrativeNode, parse_cda
+from mss.mailbox.content import html_to_text
+from mss.models import MailboxToken, Message, Receipt
+from mss.pipeline import RecipientRequest, Submission
+from mss.web import cda_view, i18n
+
+
+def test_search_tokens_hide_what_they_index(rt, doctor, gp):  # type: ignore[no-untyped-def]
+    data = CDA_SAMPLE.read_bytes()
+    info = parse_cda(data, filename=CDA_SAMPLE.name, limits=DocumentLimits())
+    accepted = submit(rt, gp, [DOCTOR], "Echographie thyroidienne", "Texte.", [(CDA_SAMPLE.name, "text/xml", data)])
+    reader, sender = unlocked(rt, doctor), unlocked(rt, gp)
+    for person, folder in ((reader, "inbox"), (sender, "sent")):
+        page = mailbox.list_folder(rt, person, folder, mailbox.Filters(subject="thyro", ins=info.ins.value))
+        assert [i.queue_id for i in page.items] == [accepted.queue_id]
+    with session_scope(rt.engine) as session:
+        rows = session.execute(select(MailboxToken.owner, MailboxToken.token)).all()
+        sealed = session.execute(select(Message.meta_sealed).where(Message.queue_id == accepted.queue_id)).scalar_one()
+    dump = " ".join(token for _owner, token in rows).encode() + sealed
+    for clear in (b"thyro", b"echographie", info.ins.value.encode(), info.type_code.code.encode()):
+        assert clear not in dump.lower()
+    by_owner: dict[str, set[str]] = {}
+    for owner, token in rows:
+        by_owner.setdefault(owner, set()).add(token)
+    assert by_owner[DOCTOR] and by_owner[GP] and not by_owner[DOCTOR] & by_owner[GP]  # unlinkable across mailboxes
+
+
+def _client_encrypted(rt, sender, readers: list[str], attachment: tuple[str, str, bytes]) -> bytes:  # type: ignore[no-untyped-def]
+    """What a mail client that signs and encrypts itself submits (RFC 8551)."""
+    entity = EmailMessage(policy=email.policy.SMTP)
+    entity["Content-Type"] = "text/plain"
+    entity.set_content("Chiffré par mon logiciel.")
+    entity.add_attachment(attachment[2], maintype="text", subtype="xml", filename=attachment[0])
+    del entity["MIME-Version"]
+    signed = smime.sign(
+        entity.as_bytes(policy=email.policy.SMTP), sender.certificate, keys.private_key_from_der(sender.private_key_der)
+    )
+    with session_scope(rt.engine) as session:
+        recipients = [certificates.current_certificate(session, a) for a in readers]
+    envelope = smime.encrypt(smime.signed_entity(signed), recipients)
+    return smime.to_smime_message(
+        envelope, {"From": sender.address, "To": ", ".join(readers[:1]), "Subject": "Chiffré par le client"}
+    )
+
+
+def test_client_encrypted_message_is_read_verified_and_searched_by_content(rt, doctor, gp):  # type: ignore[no-untyped-def]
+    data = CDA_SAMPLE.read_bytes()
+    info = parse_cda(data, filename=CDA_SAMPLE.name, limits=DocumentLimits())
+    sender = unlocked(rt, gp)
+    raw = _client_encrypted(rt, sender, [DOCTOR, GP], (CDA_SAMPLE.name, "text/xml", data))
+    accepted = pipeline.submit(
+        rt, Submission(sender=sender, recipients=(RecipientRequest(DOCTOR),), raw=raw, channel="smtp")
+    )
+    reader = unlocked(rt, doctor)
+    # Nobody inspected its documents at submission: the INS is found by reading the content
+    # with the reader's key when a filter needs it.
+    page = mailbox.list_folder(rt, reader, "inbox", mailbox.Filters(ins=info.ins.value))
+    assert [i.queue_id for i in page.items] == [accepted.queue_id] and page.unsearched == 0
+    opened = mailbox.open_message(rt, reader, accepted.queue_id)
+    assert opened.kind == "client" and opened.signature.status == "valid" and opened.signature.signer_address == GP
+    assert opened.body.strip() == "Chiffré par mon logiciel."
+    assert [(a.filename, a.kind) for a in opened.attachments] == [(CDA_SAMPLE.name, "cda")]
+    assert mailbox.open_attachment(rt, reader, accepted.queue_id, 0).attachment.data == data
+
+
+def test_one_displayed_receipt_for_concurrent_openings(rt, doctor, gp):  # type: ignore[no-untyped-def]
+    accepted = submit(rt, gp, [DOCTOR], "Accusé demandé", "Texte.", read_receipt=True)
+    reader = unlocked(rt, doctor)
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        try:
+            barrier.wait()
+            mailbox.open_message(rt, reader, accepted.queue_id)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    with session_scope(rt.engine) as session:
+        statuses = session.execute(select(Receipt.status).where(Receipt.recipient == DOCTOR)).scalars().all()
+    assert sorted(statuses) == ["displayed", "processed"]
+    journey = mailbox.journey(rt, GP, accepted.queue_id)
+    assert [(j.address, j.status) for j in journey] == [(DOCTOR, "displayed")]
+    # The sender's own opening of its Sent copy sends nothing.
+    mailbox.open_message(rt, unlocked(rt, gp), accepted.queue_id, folder="sent")
+    with session_scope(rt.engine) as session:
+        assert len(session.execute(select(Receipt.id)).all()) == 2
+
+
+def test_sent_journey_shows_a_refused_recipient_with_its_reason(rt, doctor, gp):  # type: ignore[no-untyped-def]
+    create_person(rt, NURSE)
+    with session_scope(rt.engine) as session:
+        service.revoke_entry(session, NURSE, reason="left the practice", actor="test")
+    accepted = submit(rt, gp, [DOCTOR, NURSE], "Deux destinataires", "Texte.")
+    journey = {j.address: j for j in mailbox.journey(rt, GP, accepted.queue_id)}
+    assert journey[DOCTOR].status == "delivered"
+    assert journey[NURSE].status == "failed" and "revoked" in journey[NURSE].steps[-1].reason
+    page = mailbox.list_folder(rt, unlocked(rt, gp), "sent")
+    progress = page.items[0].progress
+    assert (progress.recipients, progress.delivered, progress.failed) == (2, 1, 1)
+    with pytest.raises(mailbox.MessageNotFound):  # a recipient does not see the sender's journey
+        mailbox.journey(rt, DOCTOR, accepted.queue_id)
+
+
+def test_archive_moves_only_received_copies(rt, doctor, gp):  # type: ignore[no-untyped-def]
+    accepted = submit(rt, gp, [DOCTOR], "À ranger", "Texte.", [("a.pdf", "application/pdf", pdf_bytes())])
+    mailbox.move(rt, DOCTOR, accepted.queue_id, to=mailbox.ARCHIVE)
+    with pytest.raises(mailbox.MessageNotFound):  # the sender's copy is in Sent, not received
+        mailbox.move(rt, GP, accepted.queue_id, to=mailbox.ARCHIVE)
+    assert mailbox.unread_count(rt, DOCTOR) == 0
+    assert [i.queue_id for i in mailbox.list_folder(rt, unlocked(rt, doctor), "archive").items] == [accepted.queue_id]
+
+
+def test_html_becomes_plain_text() -> None:
+    html = (
+        "<html><head><title>t</title><style>p{color:red}</style></head><body><p>Bonjour&nbsp;Docteur,</p>"
+        "<script>alert(1)</script><div>Résultats <b>normaux</b>.</div><img src='https://x.example/p.png'>"
+        "<table><tr><td>Hb</td><td>14 g/dL</td></tr></table></body></html>"
+    )
+    text = html_to_text(html)
+    assert [line for line in text.splitlines() if line] == ["Bonjour Docteur,", "Résultats normaux.", "Hb 14 g/dL"]
+    assert "alert" not in text and "color" not in text and "example" not in text
+
+
+def test_cda_narrative_maps_to_a_short_list_of_escaped_tags() -> None:
+    node = NarrativeNode(
+        tag="text",
+        children=(
+            NarrativeNode(
+                tag="paragraph", attributes=(("styleCode", "Bold Italics"),), children=("<script>x</script>",)
+            ),
+            NarrativeNode(tag="linkHtml", attributes=(("href", "https://evil.example/"),), children=("lien",)),
+            NarrativeNode(tag="linkHtml", attributes=(("href", "#note1"),), children=("note",)),
+            NarrativeNode(
+                tag="table",
+                children=(
+                    NarrativeNode(
+                        tag="tr",
+                        children=(
+                            NarrativeNode(
+                                tag="td", attributes=(("colspan", "2"), ("rowspan", "9999")), children=("a",)
+                            ),
+                        ),
+                    ),
+                ),
+            ),
+            NarrativeNode(
+                tag="list",
+                attributes=(("listType", "ordered"),),
+                children=(NarrativeNode(tag="item", children=("i",)),),
+            ),
+            NarrativeNode(tag="unknownTag", attributes=(("ID", 'x" onmouseover="alert(1)'),), children=("t",)),
+        ),
+    )
+    html = str(cda_view.narrative_html(node))
+    assert '<p class="cda-bold cda-italic">&lt;script&gt;x&lt;/script&gt;</p>' in html
+    assert 'href="https://evil' not in html and "(https://evil.example/)" in html
+    assert '<a href="#cda-note1">note</a>' in html
+    assert '<td colspan="2">a</td>' in html
+    assert "<ol><li>i</li></ol>" in html
+    assert "onmouseover" not in html
+    assert cda_view.hl7_date("19790328") == "28/03/1979"
+    assert cda_view.hl7_time("20191029111700+0100").isoformat() == "2019-10-29T11:17:00+01:00"
+
+
+def test_every_string_is_translated_and_placeholders_match() -> None:
+    root = Path(i18n.__file__).resolve().parents[2]
+    method_map = [
+        ("mss/web/**.py", "python"),
+        ("mss/mailbox/compose.py", "python"),
+        ("mss/web/templates/**.html", "jinja2"),
+    ]
+    options = {
+        "mss/web/templates/**.html": {"extensions": "jinja2.ext.i18n", "trim_blocks": "true", "lstrip_blocks": "true"}
+    }
+    keywords = {"_": None, "gettext": None, "ngettext": (1, 2), "t": None, "_problem": (3,)}
+    found = set()
+    for _filename, _lineno, message, _comments, _context in extract_from_dir(
+        str(root), method_map=method_map, options_map=options, keywords=keywords
+    ):
+        found.add(message if isinstance(message, str) else message[0])
+    assert len(found) > 150
+    with (i18n.TRANSLATIONS / "fr" / "LC_MESSAGES" / "messages.po").open("rb") as handle:
+        french = {m.id if isinstance(m.id, str) else m.id[0]: m for m in read_po(handle) if m.id}
+    missing = sorted(found - set(french))
+    assert not missing, missing
+    placeholder = re.compile(r"%\((\w+)\)[sd]")
+    for msgid, entry in french.items():
+        strings = entry.string if isinstance(entry.string, tuple) else (entry.string,)
+        assert all(strings), f"no French for {msgid!r}"
+        assert "fuzzy" not in entry.flags
+        for string in strings:
+            assert set(placeholder.findall(string)) <= set(placeholder.findall(msgid)) | {"num"}, msgid
+    languages = i18n.load_languages()
+    assert languages["fr"].gettext("Inbox") == "Boîte de réception"
+    assert languages["en"].gettext("Inbox") == "Inbox"
+    assert languages["fr"].ngettext("%(num)d message", "%(num)d messages", 3) == "3 messages"
+    assert i18n.negotiate(None, "de-DE,en;q=0.5") == "en" and i18n.negotiate(None, "de") == "fr"
+    assert i18n.negotiate("en", "fr") == "en" and i18n.negotiate("xx", "") == "fr"
