@@ -34,8 +34,9 @@ app.add_typer(directory_app, name="directory")
 app.add_typer(account_app, name="account")
 app.add_typer(audit_app, name="audit")
 
-out = Console()
-err = Console(stderr=True)
+# Not on a terminal (a pipe, a log), tables keep their full width instead of wrapping at 80.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 F = TypeVar("F", bound=Callable[..., Any])
 
 PasswordStdin = Annotated[
@@ -579,26 +580,39 @@ def db_upgrade() -> None:
 @app.command("serve")
 @handles_errors
 def serve(
-    what: Annotated[str, typer.Argument(help="relay, or all (everything this version serves).")] = "all",
+    what: Annotated[str, typer.Argument(help="relay, web, or all (both in one process).")] = "all",
 ) -> None:
-    """Run the service in the foreground until interrupted."""
+    """Run the service in the foreground until SIGTERM or Ctrl-C."""
     import asyncio
     import logging
     import signal
 
-    from mss.relay import serve_relay
-
-    if what not in {"all", "relay"}:
-        raise MssError(f"unknown part {what!r}: use relay or all")
+    if what not in {"all", "relay", "web"}:
+        raise MssError(f"unknown part {what!r}: use relay, web or all")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # aiosmtpd logs every command at INFO and pyHanko a traceback for every signature that
+    # does not hold; our own lines say what matters.
+    for noisy in ("mail.log", "alembic", "pyhanko", "pyhanko_certvalidator"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if noisy != "pyhanko" else logging.ERROR)
     rt = runtime()
+    settings = rt.settings
 
     async def main_loop() -> None:
-        task = asyncio.ensure_future(serve_relay(rt))
+        from mss.relay import serve_relay
+        from mss.web.server import serve_web
+
+        parts = []
+        if what in {"all", "relay"}:
+            parts.append(serve_relay(rt))
+            err.print(f"mss relay: SMTP submission on {settings.relay.host}:{settings.relay.port} (STARTTLS, then AUTH)")
+        if what in {"all", "web"}:
+            parts.append(serve_web(rt))
+            scheme = "http" if settings.web.behind_tls_proxy else "https"
+            err.print(f"mss web: inbox on {scheme}://{settings.web.host}:{settings.web.port}/")
+        task = asyncio.ensure_future(asyncio.gather(*parts))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
-        err.print(f"mss relay: SMTP submission on {rt.settings.relay.host}:{rt.settings.relay.port} (STARTTLS, AUTH)")
         try:
             await task
         except asyncio.CancelledError:
