@@ -1,106 +1,171 @@
-"""Directory entries one at a time: look up, require active, add, revoke, reactivate.
+"""Directory entries one at a time: look-up, the active check, and an administrator's changes.
 
-Entries added by hand go through the same checks as an extract line
-(``directory.extract.validate_fields``) and get the same derived columns
-(``directory.importer.entry_row``); the search index follows by itself (triggers on SQLite,
-an expression index on PostgreSQL). Every change writes an audit event.
+The relay and the web ask ``require_active`` whether an address may send or receive. An
+administrator adds an entry by hand (validated exactly like a line of the extract), revokes
+one, or makes a revoked or inactive one active again; each change writes its audit event in
+the caller's transaction. ``search_text`` is computed here as in the importer, and the
+search index follows the table by itself (migration 0002).
 """
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session
 
-from directory.extract import FIELDS, validate_fields
+from directory.extract import ADELI_TYPE, FIELDS, RPPS_TYPE, city_from_l6, validate_fields
 from directory.importer import entry_row
-from directory.models import ACTIVE, REVOKED, DirectoryEntry
+from directory.models import ACTIVE, INACTIVE, REVOKED, DirectoryEntry
 from mss import audit
 from mss.db import utcnow
-from mss.errors import DirectoryError, RevokedAddress, UnknownAddress
+from mss.errors import DirectoryError, RevokedAddress, StorageError, UnknownAddress
+
+MAX_REASON_LENGTH = 500
+INACTIVE_REASON = "no longer in the national directory extract"
+
+_RPPS = re.compile(r"[0-9]{11}")
+_ADELI = re.compile(r"(?:[0-9]{2}|2[AB])[0-9]{7}")
 
 
-def _normalise(address: str) -> str:
+def normalise_address(address: str) -> str:
+    """The form addresses are stored in: without surrounding blanks, lower-case."""
     return address.strip().lower()
 
 
 def get_entry(session: Session, address: str) -> DirectoryEntry | None:
-    """The entry of an address (case-insensitive), or None."""
-    return session.execute(
-        select(DirectoryEntry).where(DirectoryEntry.address == _normalise(address))
-    ).scalars().first()
+    """The entry for ``address`` (case-insensitive), whatever its status, or None."""
+    try:
+        return (
+            session.execute(select(DirectoryEntry).where(DirectoryEntry.address == normalise_address(address)))
+            .scalars()
+            .first()
+        )
+    except SQLAlchemyError as exc:
+        raise StorageError(f"directory look-up failed: {exc.__class__.__name__}") from exc
 
 
 def require_active(session: Session, address: str) -> DirectoryEntry:
-    """The active entry of an address. Raises UnknownAddress, or RevokedAddress for a
-    revoked entry and for one no longer in the national extract (inactive)."""
+    """The active entry for ``address``.
+
+    Raises UnknownAddress when there is none, RevokedAddress when it is revoked or inactive
+    (absent from the latest extract): neither may send nor receive.
+    """
     entry = get_entry(session, address)
     if entry is None:
-        raise UnknownAddress(_normalise(address))
+        raise UnknownAddress(normalise_address(address))
     if entry.status != ACTIVE:
-        raise RevokedAddress(entry.address, entry.status_reason or entry.status)
+        reason = entry.status_reason or (INACTIVE_REASON if entry.status == INACTIVE else "")
+        raise RevokedAddress(entry.address, reason or None)
     return entry
 
 
 def _require(session: Session, address: str) -> DirectoryEntry:
     entry = get_entry(session, address)
     if entry is None:
-        raise UnknownAddress(_normalise(address))
+        raise UnknownAddress(normalise_address(address))
     return entry
 
 
-def add_entry(session: Session, *, actor: str, **fields: str) -> DirectoryEntry:
-    """Add one entry; fields are ``DirectoryEntry`` column names (``city`` included).
+def _completed(fields: dict[str, str]) -> dict[str, str]:
+    """Fill what an administrator may leave out: identifier type and national id, L6 line."""
+    rpps = fields["rpps"]
+    if rpps and not fields["rpps_type"]:
+        if _RPPS.fullmatch(rpps):
+            fields["rpps_type"] = RPPS_TYPE
+        elif _ADELI.fullmatch(rpps):
+            fields["rpps_type"] = ADELI_TYPE
+    if rpps and fields["rpps_type"] and not fields["national_id"]:
+        fields["national_id"] = fields["rpps_type"] + rpps
+    return fields
 
-    For a person given only an RPPS, the identifier type (8) and national identifier
-    ("8" + RPPS) are filled in as the extract has them. Raises DirectoryError with the
-    same reasons an extract line gets, or when the address exists.
+
+def add_entry(session: Session, *, actor: str, **fields: str) -> DirectoryEntry:
+    """Add one active entry from column values (``DirectoryEntry`` names, plus ``city``).
+
+    Missing columns are empty. For a person, ``rpps`` alone is enough: the identifier type
+    and national id follow from it. ``city`` (with ``postal_code``) builds the L6 line when
+    that is not given. Raises DirectoryError on an unknown or non-text field, a value the
+    extract's rules refuse, or an address already in the directory.
     """
-    unknown = set(fields) - set(FIELDS) - {"city"}
+    unknown = sorted(set(fields) - set(FIELDS) - {"city"})
     if unknown:
-        raise DirectoryError(f"unknown field(s): {', '.join(sorted(unknown))}")
-    values = {name: str(fields.get(name, "") or "") for name in FIELDS}
-    if values["kind"].upper() == "PER" and values["rpps"] and not values["rpps_type"]:
-        values["rpps_type"] = "8"
-        values["national_id"] = values["national_id"] or "8" + values["rpps"]
+        raise DirectoryError(f"unknown directory field(s): {', '.join(unknown)}")
+    for name, value in fields.items():
+        if value is not None and not isinstance(value, str):
+            raise DirectoryError(f"field {name} must be text, not {type(value).__name__}")
+    values = _completed({name: (fields.get(name) or "").strip() for name in FIELDS})
+    city = (fields.get("city") or "").strip()
+    if city and not values["addr_l6"]:
+        values["addr_l6"] = f"{values['postal_code']} {city.upper()}".strip()
     checked = validate_fields([values[name] for name in FIELDS])
     if isinstance(checked, str):
         raise DirectoryError(checked)
     normalised, derived_city = checked
-    row = entry_row(normalised, str(fields.get("city") or derived_city))
-    if get_entry(session, row["address"]) is not None:
-        raise DirectoryError(f"{row['address']} is already in the directory")
-    entry = DirectoryEntry(**row)
-    session.add(entry)
-    session.flush()
-    audit.record(session, actor=actor, action="directory.add", object=entry.address, kind=entry.kind)
+    if city and derived_city.casefold() != city.casefold():
+        raise DirectoryError(f"city {city!r} does not match the L6 line {values['addr_l6']!r}")
+    address = normalised[1]
+    if get_entry(session, address) is not None:
+        raise DirectoryError(f"{address} is already in the directory")
+
+    now = utcnow()
+    entry = DirectoryEntry(**entry_row(normalised, derived_city), status=ACTIVE, created_at=now, updated_at=now)
+    try:
+        session.add(entry)
+        session.flush()
+    except IntegrityError as exc:
+        # Added by someone else between the check and the insert.
+        raise DirectoryError(f"{address} is already in the directory") from exc
+    except SQLAlchemyError as exc:
+        raise StorageError(f"could not add {address}: {exc.__class__.__name__}") from exc
+    audit.record(session, actor=actor, action="directory.add", object=address, kind=entry.kind, rpps=entry.rpps)
     return entry
 
 
 def revoke_entry(session: Session, address: str, *, reason: str, actor: str) -> DirectoryEntry:
-    """Revoke an entry: it can no longer send nor receive. Raises UnknownAddress, DirectoryError."""
-    reason = " ".join(reason.split())
+    """Revoke the entry: it may no longer send or receive, and a re-import keeps it revoked.
+
+    Raises UnknownAddress, or DirectoryError when it is already revoked or the reason is
+    empty or longer than 500 characters.
+    """
+    reason = reason.strip()
     if not reason:
         raise DirectoryError("a revocation needs a reason")
+    if len(reason) > MAX_REASON_LENGTH:
+        raise DirectoryError(f"the reason is longer than {MAX_REASON_LENGTH} characters")
     entry = _require(session, address)
-    entry.status = REVOKED
-    entry.status_reason = reason[:500]
-    entry.status_changed_at = entry.updated_at = utcnow()
-    session.add(entry)
-    session.flush()
-    audit.record(session, actor=actor, action="directory.revoke", object=entry.address, reason=entry.status_reason)
+    if entry.status == REVOKED:
+        raise DirectoryError(f"{entry.address} is already revoked")
+    previous = entry.status
+    _set_status(session, entry, REVOKED, reason)
+    audit.record(
+        session, actor=actor, action="directory.revoke", object=entry.address, reason=reason, previous_status=previous
+    )
     return entry
 
 
 def reactivate_entry(session: Session, address: str, *, actor: str) -> DirectoryEntry:
-    """Make a revoked or inactive entry active again. Raises UnknownAddress, DirectoryError."""
+    """Make a revoked or inactive entry active again.
+
+    Raises UnknownAddress, or DirectoryError when it is already active.
+    """
     entry = _require(session, address)
     if entry.status == ACTIVE:
         raise DirectoryError(f"{entry.address} is already active")
     previous = entry.status
-    entry.status = ACTIVE
-    entry.status_reason = ""
-    entry.status_changed_at = entry.updated_at = utcnow()
-    session.add(entry)
-    session.flush()
-    audit.record(session, actor=actor, action="directory.reactivate", object=entry.address, previous=previous)
+    _set_status(session, entry, ACTIVE, "")
+    audit.record(session, actor=actor, action="directory.reactivate", object=entry.address, previous_status=previous)
     return entry
+
+
+def _set_status(session: Session, entry: DirectoryEntry, status: str, reason: str) -> None:
+    now = utcnow()
+    entry.status = status
+    entry.status_reason = reason
+    entry.status_changed_at = now
+    entry.updated_at = now
+    try:
+        session.flush()
+    except SQLAlchemyError as exc:
+        raise StorageError(f"could not change {entry.address}: {exc.__class__.__name__}") from exc
