@@ -28,8 +28,13 @@ run: install
 test: install sysdeps
 	@bash tests/run-suite.sh $(BIN)/python
 
-bench: install
-	$(BIN)/python bench/run.py
+# Each benchmark compares against a baseline measured in the same run and prints the ratio;
+# bench/README.md records the figures.
+bench: install sysdeps
+	$(BIN)/python bench/bench_crypto.py
+	$(BIN)/python bench/bench_directory.py
+	$(BIN)/python bench/bench_relay.py
+	$(BIN)/python bench/bench_web.py
 
 clean:
 	rm -rf $(VENV) var
