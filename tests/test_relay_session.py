@@ -19,6 +19,7 @@ import aiosmtplib
 import pytest
 from sqlalchemy import select, text
 
+from mss import accounts
 from mss.db import session_scope
 from mss.models import AuditEvent, Delivery, Message
 from mss.relay import RelayServer, replies
@@ -183,6 +184,20 @@ def test_wrong_password_then_lockout(relay_stack: Stack) -> None:
     assert outcomes == ["bad-password"] * MAX_LOGIN_FAILURES + ["locked"]
     assert len(locks) == 1
     still_serving(relay_stack, before)
+
+
+def test_disabled_account_is_told_nothing_more(relay_stack: Stack) -> None:
+    address = RECIPIENTS[1]
+    with session_scope(relay_stack.rt.engine) as session:
+        accounts.set_disabled(session, address, True, actor="test")
+    try:
+        client = connect(relay_stack)
+        assert auth(client, "PLAIN", f"\0{address}\0{relay_stack.passwords[address]}") == code_of(replies.AUTH_FAILED)
+        client.quit()
+    finally:
+        with session_scope(relay_stack.rt.engine) as session:
+            accounts.set_disabled(session, address, False, actor="test")
+    login(relay_stack, address).quit()
 
 
 # -- MAIL and RCPT ------------------------------------------------------------------------
