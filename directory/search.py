@@ -75,23 +75,23 @@ _EXACT = "address = :exact OR rpps = :exact OR national_id = :exact"
 # may walk every active entry and run the match once per row.
 _SQLITE = """
 SELECT id FROM (
-    SELECT e.id, e.address, e.rpps, e.national_id, e.search_text,
+    SELECT e.id, e.address, e.rpps, e.national_id,
            ' ' || substr(e.search_text, 1, instr(e.search_text, ' | ')) AS names
     FROM directory_fts AS f CROSS JOIN directory_entry AS e ON e.id = f.rowid
     WHERE directory_fts MATCH :match {filters}
 )
-ORDER BY {rank}, search_text, address
+ORDER BY {rank}, names, address
 LIMIT :limit OFFSET :offset
 """
 
 _POSTGRESQL = """
 SELECT id FROM (
-    SELECT e.id, e.address, e.rpps, e.national_id, e.search_text,
+    SELECT e.id, e.address, e.rpps, e.national_id,
            ' ' || split_part(e.search_text, ' | ', 1) || ' ' AS names
     FROM directory_entry AS e
     WHERE to_tsvector('simple', e.search_text) @@ to_tsquery('simple', :match) {filters}
 ) AS matched
-ORDER BY {rank}, search_text, address
+ORDER BY {rank}, names, address
 LIMIT :limit OFFSET :offset
 """
 
@@ -165,9 +165,11 @@ def search(
     if not words:
         return SearchPage(items=[], page=page, per_page=per_page, has_next=False)
 
-    exact = query.strip().lower()
+    # The whole query, for the exact address / RPPS rank; a query with control characters
+    # cannot be one (and PostgreSQL refuses NUL in a parameter).
+    exact = query.strip().lower() if query.isprintable() else None
     try:
-        if address_error(exact) is None:
+        if exact is not None and address_error(exact) is None:
             # A whole address: the one entry, found by the unique index (a full-text lookup
             # would expand words such as the domain's, present in every entry).
             statement = select(DirectoryEntry).where(DirectoryEntry.address == exact)

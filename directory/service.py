@@ -36,6 +36,8 @@ def normalise_address(address: str) -> str:
 
 def get_entry(session: Session, address: str) -> DirectoryEntry | None:
     """The entry for ``address`` (case-insensitive), whatever its status, or None."""
+    if not address.isprintable():
+        return None  # never a stored address (and PostgreSQL refuses NUL in a parameter)
     try:
         return (
             session.execute(select(DirectoryEntry).where(DirectoryEntry.address == normalise_address(address)))

@@ -1,0 +1,208 @@
+"""Directory search: accents and case, prefixes, ranking, pagination, hostile input, status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from directory import service
+from directory.importer import import_extract
+from directory.search import SearchPage, search
+from mss.db import session_scope
+from mss.errors import DirectoryError
+
+SAMPLE = "annuaire/Extraction_Correspondance_MSSante_sample.txt"
+LEFEBVRES = [
+    "chloe.lefebvre@pharmacie.mss.test",
+    "jean-baptiste.lefebvre@chu-demo.mss.test",
+    "matheo.lefebvre@infirmier.mss.test",
+]
+
+
+@pytest.fixture
+def directory(engine: Engine, samples: Path) -> Engine:
+    import_extract(engine, samples / SAMPLE)
+    return engine
+
+
+def find(engine: Engine, query: str, **options: object) -> list[str]:
+    with session_scope(engine) as session:
+        return [e.address for e in search(session, query, **options).items]  # type: ignore[arg-type]
+
+
+def page(engine: Engine, query: str, **options: object) -> SearchPage:
+    with session_scope(engine) as session:
+        return search(session, query, **options)  # type: ignore[arg-type]
+
+
+def test_accents_and_case_do_not_matter(directory: Engine) -> None:
+    for query in ("lefebvre", "LEFEBVRE", "LEFÈBVRE", "Lefèbvre", "lefèbvre"):
+        assert find(directory, query) == LEFEBVRES, query
+    evreux = find(directory, "evreux")
+    assert len(evreux) == 10 and "eloise.bernard@medecin.mss.test" in evreux
+    assert find(directory, "ÉVREUX") == evreux == find(directory, "Évreux")
+    assert find(directory, "eloise") == find(directory, "ÉLOÏSE")
+
+
+def test_every_word_must_match_as_a_prefix(directory: Engine) -> None:
+    assert find(directory, "lef") == LEFEBVRES
+    assert find(directory, "lef roue") == LEFEBVRES[:2]  # Rouen, not Le Havre
+    assert find(directory, "lefebvre havre") == ["matheo.lefebvre@infirmier.mss.test"]
+    assert find(directory, "lefebvre evreux") == []
+    assert find(directory, "pedia cardio") == ["lea.richard@chu-demo.mss.test"]
+    assert find(directory, "pedia havre") == []
+    # One- and two-letter words still narrow the result (checked on each entry).
+    assert find(directory, "chloe n") == ["chloe.ndiaye@pharmacie.mss.test"]
+    assert find(directory, "n'diaye") == find(directory, "n diaye") == [
+        "chloe.ndiaye@pharmacie.mss.test",
+        "eloise.ndiaye@pharmacie.mss.test",
+        "matheo.ndiaye@medecin.mss.test",
+    ]
+
+
+def test_searchable_fields(directory: Engine) -> None:
+    assert find(directory, "10000584928") == ["chloe.lefebvre@pharmacie.mss.test"]  # RPPS
+    assert find(directory, "810000584928") == ["chloe.lefebvre@pharmacie.mss.test"]  # national id
+    assert find(directory, "Chloe.Lefebvre@Pharmacie.MSS.test ") == ["chloe.lefebvre@pharmacie.mss.test"]
+    assert find(directory, "chloe.lefebvre@pharm") == ["chloe.lefebvre@pharmacie.mss.test"]
+    assert len(find(directory, "sage-femme")) == 3  # profession
+    assert len(find(directory, "cardiologie vasculaires")) == 4  # skill
+    assert len(find(directory, "seine-aval", per_page=50)) == 10  # organisation
+    assert find(directory, "urgences pediatriques")[0] == "urgences.pediatriques@chu-demo.mss.test"  # service
+    assert len(find(directory, "76600", per_page=50)) == 10  # postal code
+    assert find(directory, "76600", per_page=50) == find(directory, "le havre", per_page=50)  # city
+
+
+def test_particles_are_ignored_when_other_words_remain(directory: Engine) -> None:
+    assert find(directory, "le goff") == find(directory, "goff") == [
+        "lea.le-goff@pharmacie.mss.test",
+        "noel.le-goff@infirmier.mss.test",
+    ]
+    assert find(directory, "centre hospitalier de démo", per_page=50) == find(
+        directory, "centre hospitalier demo", per_page=50
+    )
+
+
+def test_ranking_exact_match_then_names_then_the_rest(directory: Engine) -> None:
+    with session_scope(directory) as session:
+        service.add_entry(
+            session,
+            actor="admin@mss.test",
+            kind="PER",
+            address="martine.adam@medecin.mss.test",
+            rpps="10009999991",
+            last_name="ADAM",
+            first_name="Martine",
+            postal_code="27000",
+            city="Évreux",
+        )
+    # A whole name word before a name that merely starts with the query.
+    assert find(directory, "martin") == ["francois.martin@pharmacie.mss.test", "martine.adam@medecin.mss.test"]
+    # Both words in the names (Marc SIMON, in name order then address) before one word in
+    # the names and the other elsewhere (Hélène SIMON of the pharmacy "du Vieux-Marché").
+    assert find(directory, "marc simon") == [
+        "marc.simon22@chu-demo.mss.test",
+        "marc.simon30@chu-demo.mss.test",
+        "marc.simon@chu-demo.mss.test",
+        "marc.simon@pharmacie.mss.test",
+        "helene.simon@pharmacie.mss.test",
+    ]
+    # Names in alphabetical order, accents ignored: LEROY Anaïs, Cédric, Zoé.
+    assert find(directory, "leroy") == [
+        "anais.leroy@chu-demo.mss.test",
+        "cedric.leroy@medecin.mss.test",
+        "zoe.leroy@infirmier.mss.test",
+    ]
+    # The exact address (or RPPS) comes first although "marc.simon22" sorts before it.
+    assert find(directory, "marc.simon@chu-demo.mss.test") == ["marc.simon@chu-demo.mss.test"]
+    assert find(directory, "10000266340") == ["marc.simon@chu-demo.mss.test"]
+    # "ma": names starting with "ma" first (MARTIN, Marc, Mathéo, Maëlys ...), then people
+    # matched only through the pharmacy "du Vieux-Marché".
+    results = find(directory, "ma", per_page=200)
+    with session_scope(directory) as session:
+        names = [service.get_entry(session, a).search_text.split(" | ")[0] for a in results]  # type: ignore[union-attr]
+    by_name = [any(w.startswith("ma") for w in n.split()) for n in names]
+    assert by_name.index(False) == by_name.count(True) > 0 and not any(by_name[by_name.index(False) :])
+    assert names[: by_name.count(True)] == sorted(names[: by_name.count(True)])
+
+
+def test_pages_are_stable_and_complete(directory: Engine) -> None:
+    everything = find(directory, "pharmacie", per_page=200)
+    assert len(everything) == 30
+    pages, number = [], 1
+    while True:
+        result = page(directory, "pharmacie", page=number, per_page=5)
+        assert (result.page, result.per_page) == (number, 5)
+        pages += [e.address for e in result.items]
+        if not result.has_next:
+            break
+        number += 1
+    assert number == 6 and pages == everything
+    assert page(directory, "pharmacie", page=7, per_page=5).items == []
+
+
+HOSTILE_QUERIES = [
+    '"',
+    '""',
+    "*",
+    "lefebvre*",
+    "lef*ebvre",
+    "NEAR(lefebvre chloe)",
+    "lefebvre NOT chloe",
+    "lefebvre -chloe",
+    "(lefebvre",
+    "lefebvre)",
+    "lefebvre OR simon",
+    "lefebvre AND chloe",
+    "last_name:lefebvre",
+    "{search_text}: lefebvre",
+    "^lefebvre",
+    "lefebvre' OR '1'='1",
+    "'; DROP TABLE directory_entry; --",
+    "lef:* | sim:*",
+    "!lefebvre",
+    "lefebvre & !chloe",
+    "lefebvre\x00",
+    "% _ \\",
+]
+
+
+def test_query_syntax_is_never_interpreted(directory: Engine) -> None:
+    for query in HOSTILE_QUERIES:
+        # Operators are plain separators: a query means the same as its words.
+        words = "".join(c if c.isalnum() else " " for c in query.lower()).split()
+        assert find(directory, query) == (find(directory, " ".join(words)) if words else []), query
+    assert len(find(directory, "lefebvre")) == 3  # and the table is still there
+
+
+def test_operator_words_are_just_words(directory: Engine) -> None:
+    assert find(directory, "lefebvre OR simon") == []  # nobody has the word "or"
+    assert find(directory, "NEAR") == []
+    assert find(directory, "lefebvre -chloe") == ["chloe.lefebvre@pharmacie.mss.test"]
+
+
+def test_revoked_and_inactive_are_hidden_unless_asked(directory: Engine) -> None:
+    with session_scope(directory) as session:
+        service.revoke_entry(session, "chloe.lefebvre@pharmacie.mss.test", reason="struck off", actor="admin@mss.test")
+    assert find(directory, "lefebvre") == LEFEBVRES[1:]
+    assert find(directory, "chloe.lefebvre@pharmacie.mss.test") == []
+    assert find(directory, "lefebvre", include_inactive=True) == LEFEBVRES
+    assert find(directory, "chloe.lefebvre@pharmacie.mss.test", include_inactive=True) == LEFEBVRES[:1]
+
+
+def test_empty_queries_and_limits(directory: Engine) -> None:
+    assert page(directory, "") == SearchPage(items=[], page=1, per_page=20, has_next=False)
+    assert find(directory, "  -*- ") == []
+    for options, message in (
+        ({"page": 0}, "page must be 1 or more"),
+        ({"per_page": 0}, "per_page must be between 1 and 200"),
+        ({"per_page": 201}, "per_page must be between 1 and 200"),
+    ):
+        with pytest.raises(DirectoryError, match=message):
+            page(directory, "lefebvre", **options)
+    with pytest.raises(DirectoryError, match="longer than 200 characters"):
+        page(directory, "a" * 201)
+    with pytest.raises(DirectoryError, match="more than 16 words"):
+        page(directory, " ".join(f"w{n}" for n in range(17)))
