@@ -5,19 +5,8 @@ from __future__ import annotations
 
 import base64
 
-from web_support import (  # noqa: F401  (fixtures)
-    CDA_SAMPLE,
-    DOCTOR,
-    GP,
-    app,
-    clients,
-    create_person,
-    doctor,
-    gp,
-    login,
-    pdf_bytes,
-    submit,
-)
+from web_support import CDA_SAMPLE, DOCTOR, GP, create_person, login, pdf_bytes, submit
+from web_support import app, clients, doctor, gp  # noqa: F401  (fixtures)
 
 
 def _token(client, person) -> str:  # type: ignore[no-untyped-def]

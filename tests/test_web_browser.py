@@ -19,22 +19,13 @@ from pathlib import Path
 import pyotp
 import pytest
 from playwright.sync_api import expect
-from relay_support import (
-    CDA_SAMPLE,
-    RECIPIENTS,
-    SENDER,
-    build_stack,
-    cda_bytes,
-    pdf_bytes,
-    queue_id,
-    transaction,
-)
-from relay_support import login as smtp_login
-from web_support import Person, WebServer, build_message, submit
 
 from mss.documents import DocumentLimits, parse_cda
 from mss.relay import RelayServer
 from mss.web.twofactor import secret_of
+from relay_support import CDA_SAMPLE, RECIPIENTS, SENDER, build_stack, cda_bytes, pdf_bytes, queue_id, transaction
+from relay_support import login as smtp_login
+from web_support import Person, WebServer, build_message, submit
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -14,7 +14,6 @@ import pytest
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 from sqlalchemy import select
-from web_support import CDA_SAMPLE, DOCTOR, GP, NURSE, create_person, doctor, gp, pdf_bytes, submit, unlocked  # noqa: F401  (fixtures)
 
 from directory import certificates, service
 from mss import mailbox, pipeline
@@ -25,6 +24,8 @@ from mss.mailbox.content import html_to_text
 from mss.models import MailboxToken, Message, Receipt
 from mss.pipeline import RecipientRequest, Submission
 from mss.web import cda_view, i18n
+from web_support import CDA_SAMPLE, DOCTOR, GP, NURSE, create_person, pdf_bytes, submit, unlocked
+from web_support import doctor, gp  # noqa: F401  (fixtures)
 
 
 def test_search_tokens_hide_what_they_index(rt, doctor, gp):  # type: ignore[no-untyped-def]

@@ -4,31 +4,21 @@ filters, archive, account settings and languages. Messages go through the real p
 
 from __future__ import annotations
 
+import base64
 import re
 
 from sqlalchemy import select
-from web_support import (  # noqa: F401  (fixtures)
-    CDA_SAMPLE,
-    DOCTOR,
-    GP,
-    app,
-    clients,
-    create_person,
-    csrf,
-    doctor,
-    gp,
-    login,
-    pdf_bytes,
-    submit,
-)
 
-from mss import accounts
+from directory import certificates
+from mss import accounts, mailbox
 from mss.db import session_scope
 from mss.documents import DocumentLimits, parse_cda
 from mss.documents.cda import Author
 from mss.documents.xdm import build_xdm
 from mss.models import Account, AuditEvent, MailboxItem, Receipt
 from mss.web import twofactor
+from web_support import CDA_SAMPLE, DOCTOR, GP, create_person, csrf, login, pdf_bytes, submit, unlocked
+from web_support import app, clients, doctor, gp  # noqa: F401  (fixtures)
 
 
 def _queue_ids(html: str) -> list[str]:
@@ -415,3 +405,56 @@ def test_second_factor_reset_asks_the_password_then_enrols_again(rt, clients, do
     done = client.post("/login/enrol", data={"code": doctor.code(), "csrf_token": csrf(enrol.text)})
     assert done.status_code == 200 and "recovery-codes" in done.text
     assert client.get("/inbox").status_code == 200
+
+
+def test_level_one_cda_shows_its_pdf_body(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    sample = CDA_SAMPLE.parent / "DOC_NON_STRUCTURE_CDA-R2-N1.xml"
+    data = sample.read_bytes()
+    body = re.search(rb'<nonXMLBody>\s*<text[^>]*representation="B64"[^>]*>([^<]+)</text>', data)
+    assert body is not None
+    pdf = base64.b64decode(b"".join(body.group(1).split()))
+    accepted = submit(rt, gp, [DOCTOR], "Document non structuré", "CDA niveau 1.", [(sample.name, "text/xml", data)])
+    client = clients()
+    login(client, doctor)
+    view = client.get(f"/messages/{accepted.queue_id}/attachments/0/view")
+    assert f'src="/messages/{accepted.queue_id}/attachments/0/embedded"' in view.text
+    embedded = client.get(f"/messages/{accepted.queue_id}/attachments/0/embedded")
+    assert embedded.status_code == 200 and embedded.content == pdf
+    assert embedded.headers["content-type"] == "application/pdf"
+    assert client.get(f"/messages/{accepted.queue_id}/attachments/1/embedded").status_code == 404
+
+
+def test_compose_packages_cda_as_ihe_xdm(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    data = CDA_SAMPLE.read_bytes()
+    sender = clients()
+    login(sender, doctor)
+    page = sender.get("/compose")
+    response = sender.post(
+        "/compose",
+        data={"csrf_token": csrf(page.text), "to": GP, "subject": "Paquet", "body": "CDA en XDM.", "package_xdm": "on"},
+        files=[("attachments", (CDA_SAMPLE.name, data, "text/xml"))],
+        follow_redirects=False,
+    )
+    assert response.status_code == 303, response.text
+    queue_id = response.headers["location"].split("/")[2].split("?")[0]
+    opened = mailbox.open_message(rt, unlocked(rt, gp), queue_id)
+    assert [(a.filename, a.kind) for a in opened.attachments] == [("IHE_XDM.ZIP", "xdm")]
+    attachment = mailbox.open_attachment(rt, unlocked(rt, gp), queue_id, 0).attachment
+    entry, inner = mailbox.xdm_document(rt, attachment, 0)
+    assert inner == data and entry.kind == "cda"
+    refused = sender.post(
+        "/compose", data={"csrf_token": csrf(page.text), "to": GP, "subject": "x", "body": "y", "package_xdm": "on"}
+    )
+    assert refused.status_code == 422 and "Il n’y a aucun document CDA à regrouper." in refused.text
+
+
+def test_revoked_signer_is_shown_with_a_warning(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    accepted = submit(rt, gp, [DOCTOR], "Avant révocation", "Texte signé.")
+    with session_scope(rt.engine) as session:
+        certificates.revoke_for_address(session, rt.settings, GP, reason="keyCompromise", actor="test")
+    client = clients()
+    login(client, doctor)
+    page = client.get(f"/messages/{accepted.queue_id}").text
+    assert "sig-revoked" in page and "signature par un certificat révoqué" in page
+    assert 'class="warning" role="alert"' in page and "Texte signé." in page
+    assert 'class="body untrusted"' in page

@@ -6,27 +6,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import replace
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, text, update
-from web_support import (  # noqa: F401  (fixtures)
-    CDA_SAMPLE,
-    DOCTOR,
-    GP,
-    app,
-    clients,
-    create_person,
-    csrf,
-    doctor,
-    gp,
-    login,
-    pdf_bytes,
-    submit,
-)
 
 from mss import accounts
 from mss.db import session_scope, utcnow
+from mss.errors import ConfigError
 from mss.models import WebSession
+from mss.runtime import Runtime
+from mss.web.server import uvicorn_config
+from web_support import CDA_SAMPLE, DOCTOR, GP, create_person, csrf, login, pdf_bytes, submit
+from web_support import app, clients, doctor, gp  # noqa: F401  (fixtures)
 
 
 def _session_rows(rt) -> list[WebSession]:  # type: ignore[no-untyped-def]
@@ -270,3 +263,20 @@ def test_security_headers_and_clean_errors(rt, clients, doctor):  # type: ignore
     assert bad.status_code == 404 and "Traceback" not in bad.text
     static = client.get("/static/app.css")
     assert static.status_code == 200 and "max-age" in static.headers["cache-control"]
+
+
+def test_https_unless_behind_a_tls_proxy(rt):  # type: ignore[no-untyped-def]
+    direct = uvicorn_config(rt)
+    assert direct.ssl_certfile == str(rt.settings.pki.certs_dir / "server.pem")
+    assert direct.ssl_keyfile == str(rt.settings.pki.certs_dir / "server.key")
+    assert direct.port == rt.settings.web.port == 8443 and not direct.proxy_headers
+    proxied = Runtime(
+        settings=rt.settings.with_changes(web=replace(rt.settings.web, behind_tls_proxy=True)),
+        engine=rt.engine,
+        master_key=rt.master_key,
+    )
+    behind = uvicorn_config(proxied)
+    assert behind.ssl_certfile is None and behind.proxy_headers
+    (rt.settings.pki.certs_dir / "server.key").unlink()
+    with pytest.raises(ConfigError):
+        uvicorn_config(rt)

@@ -11,6 +11,8 @@ between them, never while a write lock is held.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import re
 import zipfile
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, intersect, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -27,11 +29,19 @@ from directory.models import DirectoryEntry
 from mss import audit, store
 from mss.accounts import UnlockedAccount
 from mss.db import session_scope
-from mss.documents import DocumentLimits, parse_cda
+from mss.documents import DocumentLimits, parse_cda, parse_xml
+from mss.documents.cda import HL7, InvalidCda
+from mss.documents.pdf import check_pdf
 from mss.documents.xdm import XdmInfo, parse_xdm
 from mss.errors import CryptoError, DecryptionError, DocumentError, MssError
 from mss.mailbox import index
-from mss.mailbox.content import Attachment, Signature, decrypt_and_verify, split_entity, unverified_entity
+from mss.mailbox.content import (
+    Attachment,
+    Signature,
+    decrypt_and_verify,
+    split_entity,
+    unverified_entity,
+)
 from mss.models import Delivery, MailboxItem, Message, Receipt
 from mss.runtime import Runtime
 from mss.store import MessageMeta, MessageNotFound
@@ -127,7 +137,7 @@ class Filters:
 
     def terms(self) -> list[str]:
         """The index terms every listed message must have."""
-        terms = sorted(index.subject_query_terms(self.subject))
+        terms = sorted(index.subject_query_terms(self.subject) | index.sender_query_terms(self.sender))
         if self.ins:
             terms.append(index.ins_term(self.ins))
         if self.doc_type:
@@ -375,13 +385,11 @@ def list_folder(
         if filters.date_to:
             conditions.append(MailboxItem.created_at < _start_of(filters.date_to + timedelta(days=1)))
         if tokens is not None:
-            for term in terms:
-                conditions.append(MailboxItem.id.in_(index.matching(tokens, term)))
+            # One set operation over the token index, not one IN probe per term and row.
+            matches = [index.matching(tokens, term) for term in terms]
+            conditions.append(MailboxItem.id.in_(matches[0] if len(matches) == 1 else intersect(*matches)))
         query = select(MailboxItem, Message).join(Message, Message.id == MailboxItem.message_id)
-        count = select(func.count()).select_from(MailboxItem).join(Message, Message.id == MailboxItem.message_id)
-        if filters.sender:
-            sender_condition = _sender_condition(owner, folder, filters.sender)
-            query, count = query.where(sender_condition), count.where(sender_condition)
+        count = select(func.count()).select_from(MailboxItem)  # the mailbox rows alone
         query = query.where(and_(*conditions))
         count = count.where(and_(*conditions))
         total = int(session.execute(count).scalar_one())
@@ -427,26 +435,6 @@ def _document_types(meta: MessageMeta) -> tuple[str, ...]:
             if isinstance(cda, dict) and (cda.get("type_label") or cda.get("type_code")):
                 found[str(cda.get("type_label") or cda.get("type_code"))] = None
     return tuple(found)
-
-
-def _sender_condition(owner: str, folder: str, text: str):  # type: ignore[no-untyped-def]
-    """Messages whose sender's address, or name in the directory, holds every word of ``text``."""
-    needle = text.strip().lower()
-    address_match = Message.sender.contains(needle, autoescape=True)
-    words = index.words(text)
-    if not words:
-        return address_match
-    # Only this mailbox's few distinct senders are looked up in the directory, not all of it.
-    senders = (
-        select(Message.sender)
-        .join(MailboxItem, MailboxItem.message_id == Message.id)
-        .where(MailboxItem.owner == owner, MailboxItem.folder == folder)
-        .distinct()
-    )
-    named = select(DirectoryEntry.address).where(
-        DirectoryEntry.address.in_(senders), *[DirectoryEntry.search_text.contains(w, autoescape=True) for w in words]
-    )
-    return or_(address_match, Message.sender.in_(named))
 
 
 def _progress(session: Session, message_ids: list[int]) -> dict[int, Progress]:
@@ -614,12 +602,13 @@ def _index_opened(
     key = index.index_key(rt.engine, rt.master_key)
     try:
         with session_scope(rt.engine) as session:
+            names = index.sender_names(session, [meta.sender]).get(meta.sender, ())
             index.index_content(
                 session,
                 key,
                 owner,
                 loaded.item_ids,
-                index.meta_terms(meta, loaded.message.kind),
+                index.meta_terms(meta, loaded.message.kind, names),
                 index.content_terms(codes, ins, kinds),
             )
     except IntegrityError:
@@ -655,7 +644,9 @@ def _index_content_batch(rt: Runtime, reader: UnlockedAccount) -> int:
                     key,
                     reader.address,
                     [item.id],
-                    index.meta_terms(meta, message.kind),
+                    index.meta_terms(
+                        meta, message.kind, index.sender_names(session, [meta.sender]).get(meta.sender, ())
+                    ),
                     index.content_terms(codes, ins, kinds),
                 )
         except IntegrityError:
@@ -730,6 +721,25 @@ def xdm_document(rt: Runtime, attachment: Attachment, document_index: int) -> tu
     with zipfile.ZipFile(io.BytesIO(attachment.data)) as archive:
         data = archive.read(info.documents[document_index].path)
     return entry, data
+
+
+def embedded_pdf(rt: Runtime, data: bytes, filename: str) -> bytes | None:
+    """The PDF a level-1 CDA carries as its body (``nonXMLBody``), checked like an attached
+    PDF; None when the document has no such body. Raises DocumentError."""
+    root = parse_xml(data, filename=filename, limits=limits_of(rt))
+    for body in root.iter(f"{{{HL7}}}nonXMLBody"):
+        text = body.find(f"{{{HL7}}}text")
+        if text is None or text.get("representation") != "B64":
+            continue
+        if (text.get("mediaType") or "").strip().lower() != "application/pdf":
+            continue
+        try:
+            pdf = base64.b64decode("".join((text.text or "").split()), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidCda(filename, "is not a valid CDA R2 document: an embedded file is not valid base64") from exc
+        check_pdf(filename, pdf, limits=limits_of(rt))
+        return pdf
+    return None
 
 
 # -- marks and folders -------------------------------------------------------------------

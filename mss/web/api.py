@@ -423,7 +423,7 @@ class MessagesController(Controller):
         folder: Annotated[str, QueryParameter(description="inbox, sent or archive")] = "inbox",
         page: Annotated[int, QueryParameter(ge=1)] = 1,
         per_page: Annotated[int, QueryParameter(ge=1, le=100)] = 25,
-        sender: Annotated[str, QueryParameter(description="address or name words of the sender")] = "",
+        sender: Annotated[str, QueryParameter(description="words (or beginnings) of the sender address or names")] = "",
         subject: Annotated[str, QueryParameter(description="words (or their beginnings) of the subject")] = "",
         ins: Annotated[str, QueryParameter(description="patient INS")] = "",
         doc_type: Annotated[str, QueryParameter(description="pdf, cda, xdm or receipt")] = "",

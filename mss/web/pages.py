@@ -209,6 +209,25 @@ class MailboxController(Controller):
             raise NotFoundException()
         return file_response(a.data, a.filename, "application/pdf", inline=True)
 
+    @get("/messages/{queue_id:str}/attachments/{index:int}/embedded")
+    async def embedded(self, request: Request, queue_id: FromPath[str], index: FromPath[int]) -> Response:
+        opened = await self._attachment(request, queue_id, index, "attachment.view")
+        a = opened.attachment
+        return await self._embedded(request, a.kind, a.data, a.filename)
+
+    async def _embedded(self, request: Request, kind: str, data: bytes, filename: str) -> Response:
+        """The PDF body of a level-1 CDA, shown inline."""
+        if kind != "cda":
+            raise NotFoundException()
+        try:
+            pdf = await run(mailbox.embedded_pdf, config(request).rt, data, filename)
+        except DocumentError as exc:
+            raise NotFoundException() from exc
+        if pdf is None:
+            raise NotFoundException()
+        name = filename.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0] + ".pdf"
+        return file_response(pdf, name, "application/pdf", inline=True)
+
     @get("/messages/{queue_id:str}/attachments/{index:int}/view")
     async def view(self, request: Request, queue_id: FromPath[str], index: FromPath[int]) -> Response:
         live = await current_session(request)
@@ -263,6 +282,13 @@ class MailboxController(Controller):
         if entry.kind != "pdf":
             raise NotFoundException()
         return file_response(data, entry.path.rsplit("/", 1)[-1], "application/pdf", inline=True)
+
+    @get("/messages/{queue_id:str}/attachments/{index:int}/documents/{doc:int}/embedded")
+    async def xdm_embedded(
+        self, request: Request, queue_id: FromPath[str], index: FromPath[int], doc: FromPath[int]
+    ) -> Response:
+        entry, data = await self._xdm(request, queue_id, index, doc, "attachment.view")
+        return await self._embedded(request, entry.kind, data, entry.path)
 
     @get("/messages/{queue_id:str}/attachments/{index:int}/documents/{doc:int}/view")
     async def xdm_view(

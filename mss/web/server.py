@@ -40,6 +40,8 @@ def uvicorn_config(rt: Runtime) -> uvicorn.Config:
         "host": settings.web.host,
         "port": settings.web.port,
         "log_config": None,
+        # No access log: query strings carry search words and patient INS. Errors are logged
+        # by the app with their correlation id.
         "access_log": False,
         "server_header": False,
         "date_header": True,
@@ -49,6 +51,8 @@ def uvicorn_config(rt: Runtime) -> uvicorn.Config:
     if settings.web.behind_tls_proxy:
         options.update(proxy_headers=True)
     else:
+        # Serving TLS ourselves: nobody in front of us may speak for the client.
+        options.update(proxy_headers=False)
         cert = settings.pki.certs_dir / "server.pem"
         key = settings.pki.certs_dir / "server.key"
         if not cert.exists() or not key.exists():
