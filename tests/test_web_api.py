@@ -152,3 +152,20 @@ def test_openapi_schema_describes_the_api(rt, clients):  # type: ignore[no-untyp
         assert path in paths, path
     assert schema["components"]["securitySchemes"]["BearerToken"]["scheme"] == "bearer"
     assert not any(p.startswith(("/inbox", "/login", "/messages")) for p in paths)
+
+
+def test_malformed_input_is_refused_not_crashed(rt, clients, doctor):  # type: ignore[no-untyped-def]
+    login(clients(), doctor)
+    client = clients()
+    token = _token(client, doctor)
+    sent = client.post(
+        "/api/v1/messages",
+        headers=_auth(token),
+        json={"to": ["a\x00b@chu-demo.mss.test"], "subject": "x\x00", "body": "y"},
+    )
+    assert sent.status_code == 422 and "to" in sent.json()["fields"]
+    for path in ("/api/v1/messages/%00", "/api/v1/messages/ABC%27--/receipts"):
+        assert client.get(path, headers=_auth(token)).status_code == 404
+    assert client.get("/api/v1/messages", params={"folder": "trash"}, headers=_auth(token)).status_code == 400
+    assert client.get("/api/v1/messages", params={"date_from": "yesterday"}, headers=_auth(token)).status_code == 400
+    assert client.get("/api/v1/messages", params={"per_page": 1000}, headers=_auth(token)).status_code == 400

@@ -258,9 +258,14 @@ def test_security_headers_and_clean_errors(rt, clients, doctor):  # type: ignore
     missing = client.get("/no/such/page")
     assert missing.status_code == 404 and missing.headers["content-security-policy"] == csp
     assert missing.headers["x-request-id"] in missing.text and "Traceback" not in missing.text
+    nul = client.post("/login", data={"address": "a\x00b@mss.test", "password": "x" * 12, "csrf_token": csrf(page.text)})
+    assert nul.status_code == 401  # refused like any wrong address, never a database error
+    api = client.post("/api/v1/sessions", json={"address": "a\x00b@mss.test", "password": "x", "code": "1"})
+    assert api.status_code == 401
     login(client, doctor)
-    bad = client.get("/messages/%00%27%22")
-    assert bad.status_code == 404 and "Traceback" not in bad.text
+    for path in ("/messages/%00%27%22", "/messages/%00/attachments/0", "/compose?reply=%00"):
+        bad = client.get(path)
+        assert bad.status_code == 404 and "Traceback" not in bad.text, path
     static = client.get("/static/app.css")
     assert static.status_code == 200 and "max-age" in static.headers["cache-control"]
 

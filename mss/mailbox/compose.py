@@ -33,14 +33,16 @@ from mss.documents.xdm import build_xdm
 from mss.errors import DirectoryError, DocumentError, DomainNotServed, MssError, PolicyError
 from mss.mailbox import reading
 from mss.mailbox.content import Signature
+from mss.models import MailboxItem, Message
 from mss.pipeline import Accepted, RecipientRequest, Submission
 from mss.runtime import Runtime
+from mss.store import MessageMeta
 
 MAX_SUBJECT = 250
 MAX_BODY = 1_000_000
 XDM_FILENAME = "IHE_XDM.ZIP"
 CONTENT_TYPES = {"pdf": "application/pdf", "cda": "text/xml", "xdm": "application/zip"}
-_ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
+_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -283,15 +285,15 @@ def build_message(
 def _reply_headers(
     rt: Runtime, sender: UnlockedAccount, queue_id: str, errors: dict[str, list[Problem]]
 ) -> dict[str, str]:
-    from mss.models import MailboxItem, Message
-    from mss.store import MessageMeta
-
-    with session_scope(rt.engine) as session:
-        row = session.execute(
-            select(Message.meta_sealed)
-            .join(MailboxItem, MailboxItem.message_id == Message.id)
-            .where(MailboxItem.owner == sender.address, Message.queue_id == queue_id.strip().upper())
-        ).first()
+    normalised = reading.queue_id_of(queue_id)
+    row = None
+    if normalised is not None:
+        with session_scope(rt.engine) as session:
+            row = session.execute(
+                select(Message.meta_sealed)
+                .join(MailboxItem, MailboxItem.message_id == Message.id)
+                .where(MailboxItem.owner == sender.address, Message.queue_id == normalised)
+            ).first()
     if row is None:
         _problem(errors, "to", "The message answered is not in this mailbox.")
         return {}

@@ -53,6 +53,7 @@ MAX_PER_PAGE = 100
 CONTENT_BATCH = 50
 """Messages decrypted per filtered request to index what only their content tells."""
 DOC_TYPES = ("pdf", "cda", "xdm", "receipt")
+_QUEUE_ID = re.compile(r"^[0-9A-Z][0-9A-Z-]{0,39}$")  # pipeline ids, and receipts' ID-MDN-HASH
 _CDA_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
 
 
@@ -318,22 +319,25 @@ def _entries(session: Session, addresses: set[str]) -> dict[str, DirectoryEntry]
     return {row.address: row for row in rows}
 
 
-def correspondent(rt: Runtime, address: str) -> Correspondent | None:
-    """The directory entry of ``address`` as shown next to a message, or None."""
-    with session_scope(rt.engine) as session:
-        entry = _entries(session, {address}).get(address)
-        return Correspondent.of(entry) if entry else None
-
-
 def _start_of(day: date) -> datetime:
     return datetime.combine(day, time.min, tzinfo=DISPLAY_TZ)
 
 
+def queue_id_of(value: str) -> str | None:
+    """A queue id as stored (upper case), or None when ``value`` cannot be one: an identifier
+    from a URL never reaches the database unless it has the shape of ours."""
+    candidate = (value or "").strip().upper()
+    return candidate if _QUEUE_ID.match(candidate) else None
+
+
 def _items_of(session: Session, owner: str, queue_id: str) -> list[tuple[MailboxItem, Message]]:
+    normalised = queue_id_of(queue_id)
+    if normalised is None:
+        return []
     rows = session.execute(
         select(MailboxItem, Message)
         .join(Message, Message.id == MailboxItem.message_id)
-        .where(MailboxItem.owner == owner, Message.queue_id == queue_id.strip().upper())
+        .where(MailboxItem.owner == owner, Message.queue_id == normalised)
         .order_by(MailboxItem.id)
     ).all()
     return [(item, message) for item, message in rows]

@@ -26,6 +26,7 @@ from mss import accounts, mailbox
 from mss.errors import AccountDisabled, AccountLocked, BadCredentials, BadTotp, MssError
 from mss.mailbox import Draft, DraftInvalid, FilterError, MessageNotFound, Upload
 from mss.web import twofactor
+from mss.web.auth import plausible_address
 from mss.web.compose_pages import directory_matches
 from mss.web.context import config, request_id, run
 from mss.web.pages import file_response
@@ -344,11 +345,13 @@ async def api_session(request: Request) -> LiveSession:
         ) from exc
 
 
-def _login(request: Request, data: JSONBody[LoginRequest]) -> SessionOut:
+def _login(request: Request, data: LoginRequest) -> SessionOut:
     web = config(request)
     rt = web.rt
     rid = request_id(request)
     try:
+        if not plausible_address(data.address.strip().lower()):
+            raise BadCredentials()  # no account can have it: nothing to look up
         unlocked = accounts.authenticate(
             rt.engine, rt.settings, data.address, data.password, channel="api", request_id=rid
         )

@@ -89,6 +89,11 @@ async def optional_session(request: Request) -> LiveSession | None:
         return None
 
 
+def plausible_address(address: str) -> bool:
+    """True when ``address`` could be an account's (one @, printable, at most 254 characters)."""
+    return 3 <= len(address) <= 254 and address.count("@") == 1 and address.isprintable() and " " not in address
+
+
 class AuthController(Controller):
     """Login (password, second factor, enrolment) and logout pages."""
 
@@ -108,6 +113,8 @@ class AuthController(Controller):
         address = data.address.strip().lower()[:254]
         error, status = None, 200
         try:
+            if not plausible_address(address):
+                raise BadCredentials()  # no account can have it: nothing to look up
             unlocked = await run(
                 accounts.authenticate,
                 rt.engine,

@@ -21,7 +21,6 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import Translations
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from markupsafe import Markup
 
 from mss.mailbox.reading import DISPLAY_TZ
 
@@ -139,8 +138,3 @@ def load_languages() -> dict[str, Language]:
         translations = load_translations(code)
         found[code] = Language(code=code, translations=translations, env=_environment(code, translations))
     return found
-
-
-def safe_join(lines: list[str]) -> Markup:
-    """Lines of text as HTML with line breaks, every line escaped."""
-    return Markup("<br>").join(lines)
