@@ -309,7 +309,7 @@ def operator_identity(
     _lock(session, _OPERATOR_LOCK)
     secret = session.get(SealedSecret, OPERATOR_KEY_SECRET)
     if secret is not None:
-        key = keys.private_key_from_der(master_key.open(secret.value))
+        key = keys.private_key_from_der(master_key.open(secret.value), authenticated=True)
         if not isinstance(key, rsa.RSAPrivateKey):
             raise CryptoError("the operator's sealed key is not an RSA key")
         cutoff = utcnow() + OPERATOR_RENEW_MARGIN

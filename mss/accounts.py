@@ -13,7 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import pyotp
@@ -61,6 +61,11 @@ class UnlockedAccount:
     address: str
     private_key_der: bytes
     certificate: x509.Certificate
+
+    @cached_property
+    def private_key(self) -> keys.PrivateKey:
+        """The key object, loaded once (an SMTP session signs every message with it)."""
+        return keys.private_key_from_der(self.private_key_der, authenticated=True)
 
 
 def check_password_policy(address: str, password: str) -> None:
@@ -194,7 +199,7 @@ def authenticate(
     """
     address = _normalise(address)
     ops, mem = settings.security.argon2_opslimit, settings.security.argon2_memlimit
-    with session_scope(engine) as session:
+    with session_scope(engine, readonly=True) as session:
         account = get_account(session, address)
         snapshot = None
         if account is not None:
@@ -344,7 +349,7 @@ def export_key(
 
     ca = pki.load_ca(settings)
     blob = keys.export_pkcs12(
-        keys.private_key_from_der(unlocked.private_key_der),
+        unlocked.private_key,
         unlocked.certificate,
         ca.certificate,
         export_password,

@@ -23,6 +23,7 @@ from mss.errors import StorageError
 from mss.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+READONLY_OPTION = "mss_readonly"
 
 
 def utcnow() -> datetime:
@@ -85,7 +86,9 @@ def make_engine(settings: Settings) -> Engine:
             # Writers take the write lock when they start, not at their first write: two
             # deferred transactions that both read then write (the audit chain's head, an
             # upsert) would otherwise fail with "database is locked" instead of waiting.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Read-only scopes (session_scope(readonly=True)) read a WAL snapshot unlocked.
+            readonly = conn.get_execution_options().get(READONLY_OPTION, False)
+            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
@@ -114,9 +117,15 @@ def migrate(engine: Engine) -> None:
 
 
 @contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session that commits on success and rolls back on any exception."""
+def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session]:
+    """A session that commits on success and rolls back on any exception.
+
+    ``readonly=True`` promises no writes: on SQLite it then does not queue behind writers
+    for the write lock (lookups at RCPT, page views).
+    """
     with Session(engine, expire_on_commit=False) as session:
+        if readonly:
+            session.connection(execution_options={READONLY_OPTION: True})
         try:
             yield session
             session.commit()

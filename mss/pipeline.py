@@ -19,7 +19,7 @@ from email.parser import BytesParser
 
 from mss import receipts, store
 from mss.accounts import UnlockedAccount
-from mss.crypto import keys, smime
+from mss.crypto import smime
 from mss.db import session_scope, utcnow
 from mss.documents import CdaInfo, Document, DocumentLimits, inspect_attachment, message_header_values
 from mss.errors import (
@@ -88,7 +88,7 @@ def check_recipient(rt: Runtime, address: str) -> str:
     address = normalise_address(address)
     if not rt.settings.serves(address):
         raise DomainNotServed(f"{address} is not in a domain served here")
-    with session_scope(rt.engine) as session:
+    with session_scope(rt.engine, readonly=True) as session:
         entry = service.require_active(session, address)
         _certificate_for(session, entry.address)
         return entry.address
@@ -227,7 +227,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
     failed: dict[str, str] = {}
     deliverable: list[RecipientRequest] = []
     recipient_certs = []
-    with session_scope(rt.engine) as session:
+    with session_scope(rt.engine, readonly=True) as session:
         for request in submission.recipients:
             try:
                 check_recipient_is_active(session, settings, request.address)
@@ -256,8 +256,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         # Test INS roots count as qualified only outside production.
         added.update(message_header_values(_cdas(documents), accept_test_ins=not settings.is_production))
         entity = _with_headers(submission.raw, added)
-        signer_key = keys.private_key_from_der(sender.private_key_der)
-        signed = smime.sign(entity, sender.certificate, signer_key)
+        signed = smime.sign(entity, sender.certificate, sender.private_key)
         # The envelope holds the SignedData as an RFC 8551 signed-data entity: what a mail
         # client expects once it decrypts, and what `openssl cms -verify` reads as S/MIME.
         cms = smime.encrypt(smime.signed_entity(signed), [*recipient_certs, sender.certificate])
