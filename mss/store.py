@@ -90,26 +90,24 @@ def store_submission(
     )
     session.add(row)
     session.flush()
-    audit.record(
-        session, actor=meta.sender, action="message.submit", object=queue_id, request_id=request_id,
-        channel=channel, message_id=meta.message_id, recipients=len(delivered) + len(failed),
-    )
-    audit.record(session, actor="system", action="message.check", object=queue_id, request_id=request_id,
-                 documents=checked)
-    audit.record(
-        session, actor="system", action="message.sign" if kind == "signed" else "message.passthrough",
-        object=queue_id, request_id=request_id, cms_sha256=row.cms_sha256,
-    )
+    events = [
+        audit.EventSpec(meta.sender, "message.submit", queue_id, request_id=request_id, detail={
+            "channel": channel, "message_id": meta.message_id, "recipients": len(delivered) + len(failed)}),
+        audit.EventSpec("system", "message.check", queue_id, request_id=request_id, detail={"documents": checked}),
+        audit.EventSpec("system", "message.sign" if kind == "signed" else "message.passthrough", queue_id,
+                        request_id=request_id, detail={"cms_sha256": row.cms_sha256}),
+    ]
     session.add(MailboxItem(message_id=row.id, owner=meta.sender, folder=SENT, unread=False))
     for recipient, notify, mdn in delivered:
         session.add(Delivery(message_id=row.id, recipient=recipient, status="delivered", notify=notify, mdn_requested=mdn))
         session.add(MailboxItem(message_id=row.id, owner=recipient, folder=INBOX))
-        audit.record(session, actor="system", action="message.deliver", object=queue_id, request_id=request_id,
-                     recipient=recipient)
+        events.append(audit.EventSpec("system", "message.deliver", queue_id, request_id=request_id,
+                                      detail={"recipient": recipient}))
     for recipient, reason in failed.items():
         session.add(Delivery(message_id=row.id, recipient=recipient, status="failed", reason=reason))
-        audit.record(session, actor="system", action="message.deliver", object=queue_id, outcome=audit.FAILURE,
-                     request_id=request_id, recipient=recipient, reason=reason)
+        events.append(audit.EventSpec("system", "message.deliver", queue_id, audit.FAILURE, request_id,
+                                      {"recipient": recipient, "reason": reason}))
+    audit.record_many(session, events)
     session.flush()
     return row
 
