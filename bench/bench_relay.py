@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -224,7 +225,8 @@ def main() -> None:
         relay_command = [sys.executable, "-m", "mss.relay"]
         if args.py_spy:
             style = "raw" if args.py_spy.suffix == ".txt" else "flamegraph"
-            relay_command = ["py-spy", "record", "--threads", "--format", style, "-o", str(args.py_spy), "--",
+            py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            relay_command = [py_spy, "record", "--threads", "--format", style, "-o", str(args.py_spy), "--",
                              *relay_command]
         relay = start(relay_command, env, relay_port, root / "relay.log")
         bare = start([sys.executable, __file__, "--bare-server"], {**env, "MSS_SMTP_PORT": str(bare_port)}, bare_port,
