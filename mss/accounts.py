@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -59,7 +59,7 @@ class UnlockedAccount:
     """An authenticated account with its private key opened in memory."""
 
     address: str
-    private_key_der: bytes
+    private_key_der: bytes = field(repr=False)  # never in a log line or a traceback
     certificate: x509.Certificate
 
     @cached_property

@@ -63,7 +63,8 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?$")
 _ADDR_SPEC = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _MSG_ID = re.compile(r"^<?([!-;=?-~]+@[!-;=?-Z^-~]+)>?$")  # RFC 5322 3.6.4, no < > inside
-_PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
+# Used with fullmatch: "$" would also accept a value ending in a newline (header injection).
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
 
 DISPOSITIONS = ("processed", "displayed")
 DISPOSITION_MODES = (
@@ -93,7 +94,7 @@ def _message_id(value: str, what: str = "the original Message-ID") -> str:
 
 
 def _ascii_field(value: str, what: str) -> str:
-    if not isinstance(value, str) or not value.strip() or not _PRINTABLE.match(value):
+    if not isinstance(value, str) or not value.strip() or not _PRINTABLE.fullmatch(value):
         raise ReceiptError(f"{what} must be printable US-ASCII on one line: {value!r}")
     return value.strip()
 
@@ -552,7 +553,7 @@ def decode_xtext(value: str, keyword: str) -> str:
     if plus_count != len(_XTEXT_HEX.findall(value)):
         raise DsnParameterError(keyword, "'+' must be followed by two upper-case hexadecimal digits (RFC 3461 4)")
     decoded = _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), value)
-    if not _PRINTABLE.match(decoded):
+    if not _PRINTABLE.fullmatch(decoded):
         raise DsnParameterError(keyword, "the decoded value must be printable US-ASCII (RFC 3461 4)")
     return decoded
 

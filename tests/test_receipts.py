@@ -419,3 +419,19 @@ def test_no_mdn_for_our_own_receipts() -> None:
     for report in (mdn(), dsn()):
         report["Disposition-Notification-To"] = "dr.alice@mss.test"
         assert receipts.wants_mdn(parse(report), envelope_sender="dr.alice@mss.test") is None
+
+
+def test_xtext_that_decodes_to_a_trailing_newline_is_refused() -> None:
+    # "+0A" is a line feed: accepted, it would end an ENVID inside a DSN header field.
+    from mss.errors import DsnParameterError
+    from mss.receipts import decode_xtext
+
+    with pytest.raises(DsnParameterError):
+        decode_xtext("abc+0A", "ENVID")
+
+
+def test_unlocked_account_repr_hides_the_key() -> None:
+    from mss.accounts import UnlockedAccount
+
+    shown = repr(UnlockedAccount(address="a@mss.test", private_key_der=b"SECRET-KEY-BYTES", certificate=None))  # type: ignore[arg-type]
+    assert "SECRET-KEY-BYTES" not in shown
