@@ -15,7 +15,7 @@ from sqlalchemy import select, text, update
 from mss import accounts
 from mss.db import session_scope, utcnow
 from mss.errors import ConfigError
-from mss.models import WebSession
+from mss.models import Message, WebSession
 from mss.runtime import Runtime
 from mss.web.server import uvicorn_config
 from web_support import CDA_SAMPLE, DOCTOR, GP, create_person, csrf, login, pdf_bytes, submit
@@ -285,3 +285,17 @@ def test_https_unless_behind_a_tls_proxy(rt):  # type: ignore[no-untyped-def]
     (rt.settings.pki.certs_dir / "server.key").unlink()
     with pytest.raises(ConfigError):
         uvicorn_config(rt)
+
+
+def test_a_server_error_is_a_clean_page_with_a_reference(rt, clients, doctor, gp, caplog):  # type: ignore[no-untyped-def]
+    accepted = submit(rt, gp, [DOCTOR], "Sera altéré", "Texte.")
+    with session_scope(rt.engine) as session:  # someone altered the sealed metadata in the database
+        session.execute(update(Message).where(Message.queue_id == accepted.queue_id).values(meta_sealed=b"\0" * 64))
+    client = clients()
+    login(client, doctor)
+    page = client.get("/inbox")
+    assert page.status_code == 500
+    reference = page.headers["x-request-id"]
+    assert reference in page.text and "Traceback" not in page.text and "CryptoError" not in page.text
+    assert "master key" not in page.text
+    assert any(reference in record.getMessage() and record.exc_info for record in caplog.records)

@@ -64,6 +64,7 @@ class Signature:
 
     @property
     def trusted(self) -> bool:
+        """True only for a valid signature."""
         return self.status == verify.VALID
 
 
@@ -79,6 +80,7 @@ class Attachment:
 
     @property
     def size(self) -> int:
+        """Bytes of the attachment."""
         return len(self.data)
 
 
@@ -156,6 +158,7 @@ def _verified(signed_der: bytes, roots: list[x509.Certificate], crls: list[bytes
 
 
 def parse_entity(data: bytes) -> EmailMessage:
+    """A MIME entity parsed with the modern email policy."""
     return BytesParser(policy=email.policy.default).parsebytes(data)  # type: ignore[return-value]
 
 

@@ -120,14 +120,17 @@ def sender_names(session: Session, addresses: Iterable[str]) -> dict[str, list[s
 
 
 def kind_term(kind: str) -> str:
+    """The term of a document kind (pdf, cda, xdm, receipt)."""
     return "k:" + kind.lower()
 
 
 def code_term(code: str) -> str:
+    """The term of a CDA type code."""
     return "c:" + code.strip().lower()
 
 
 def ins_term(ins: str) -> str:
+    """The term of a patient INS."""
     return "i:" + normalise_ins(ins)
 
 
@@ -202,6 +205,7 @@ class Tokens:
         return hmac.digest(self._key, term.encode("utf-8"), "sha256")[:16].hex()
 
     def many(self, terms: Iterable[str]) -> set[str]:
+        """The tokens of ``terms``."""
         return {self(term) for term in terms}
 
 

@@ -78,6 +78,7 @@ class Correspondent:
 
     @classmethod
     def of(cls, entry: DirectoryEntry) -> "Correspondent":
+        """The card of a directory entry."""
         return cls(
             address=entry.address,
             name=entry.display_name,
@@ -123,6 +124,7 @@ class Filters:
 
     @property
     def active(self) -> bool:
+        """True when any filter is set."""
         return any(
             (
                 self.sender,
@@ -155,6 +157,8 @@ class Filters:
 
 @dataclass(frozen=True)
 class DocumentInfo:
+    """A document listed in a message's sealed metadata."""
+
     filename: str
     kind: str
     size: int
@@ -206,19 +210,24 @@ class Page:
 
     @property
     def pages(self) -> int:
+        """How many pages the folder has with these filters."""
         return max(1, -(-self.total // self.per_page))
 
     @property
     def has_next(self) -> bool:
+        """True when an older page exists."""
         return self.page < self.pages
 
     @property
     def has_prev(self) -> bool:
+        """True when a newer page exists."""
         return self.page > 1
 
 
 @dataclass(frozen=True)
 class AttachmentInfo:
+    """An attachment of an opened message, without its bytes."""
+
     index: int
     filename: str
     content_type: str
@@ -227,6 +236,7 @@ class AttachmentInfo:
 
     @classmethod
     def of(cls, attachment: Attachment) -> "AttachmentInfo":
+        """The description of an attachment."""
         return cls(attachment.index, attachment.filename, attachment.content_type, attachment.kind, attachment.size)
 
 
@@ -264,6 +274,8 @@ class Opened:
 
 @dataclass(frozen=True)
 class Step:
+    """One step of a sent message's journey."""
+
     status: str  # delivered | failed | processed | displayed
     at: datetime
     reason: str = ""
@@ -280,11 +292,14 @@ class RecipientJourney:
 
     @property
     def status(self) -> str:
+        """The furthest step reached (``pending`` before any)."""
         return self.steps[-1].status if self.steps else "pending"
 
 
 @dataclass(frozen=True)
 class XdmEntry:
+    """A document listed in an IHE_XDM package."""
+
     index: int
     path: str
     title: str
@@ -309,6 +324,7 @@ class OpenedAttachment:
 
 
 def limits_of(rt: Runtime) -> DocumentLimits:
+    """The document limits of this service (attachments up to the message size limit)."""
     return DocumentLimits(max_document_size=rt.settings.relay.max_message_size)
 
 

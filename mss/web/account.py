@@ -20,6 +20,8 @@ from mss.web.sessions import ENROL, advance, end_other_sessions
 
 @dataclass
 class PasswordChange:
+    """The password change form."""
+
     current: str = ""
     new: str = ""
     confirm: str = ""
@@ -27,11 +29,15 @@ class PasswordChange:
 
 @dataclass
 class PasswordCheck:
+    """A form that only asks the password again."""
+
     password: str = ""
 
 
 @dataclass
 class LanguageChoice:
+    """The language switch."""
+
     lang: str = ""
     next: str = "/"
 
@@ -73,11 +79,13 @@ class AccountController(Controller):
 
     @get("/account")
     async def account(self, request: Request) -> Response:
+        """The account page."""
         live = await current_session(request)
         return await self._page(request, live.address)
 
     @post("/account/password")
     async def password(self, request: Request, data: URLEncodedBody[PasswordChange]) -> Response:
+        """Change the password (the key is re-wrapped); other sessions end."""
         live = await current_session(request)
         rt = config(request).rt
         t = language(request).gettext
@@ -109,6 +117,7 @@ class AccountController(Controller):
 
     @post("/account/second-factor")
     async def reset_second_factor(self, request: Request, data: URLEncodedBody[PasswordCheck]) -> Response:
+        """After the password, replace the TOTP secret and enrol again."""
         live = await current_session(request)
         web = config(request)
         rt = web.rt
@@ -136,6 +145,7 @@ class AccountController(Controller):
 
     @post("/language")
     async def choose_language(self, request: Request, data: URLEncodedBody[LanguageChoice]) -> Response:
+        """Remember the chosen language and go back."""
         response = redirect(data.next or "/")
         if data.lang in i18n.LANGUAGES:
             set_language_cookie(response, data.lang)

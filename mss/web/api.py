@@ -65,6 +65,8 @@ class ApiError(HTTPException):
 
 @dataclass
 class LoginRequest:
+    """Credentials for a bearer token."""
+
     address: str
     password: str
     code: str
@@ -73,6 +75,8 @@ class LoginRequest:
 
 @dataclass
 class SessionOut:
+    """A bearer token and when it ends."""
+
     token: str
     token_type: str
     expires_at: datetime
@@ -81,6 +85,8 @@ class SessionOut:
 
 @dataclass
 class CorrespondentOut:
+    """A directory entry next to a message."""
+
     address: str
     name: str = ""
     profession: str = ""
@@ -92,6 +98,8 @@ class CorrespondentOut:
 
 @dataclass
 class DocumentOut:
+    """A document a message carries."""
+
     filename: str
     kind: str
     size: int
@@ -99,6 +107,8 @@ class DocumentOut:
 
 @dataclass
 class ProgressOut:
+    """How far a sent message got, counted over its recipients."""
+
     recipients: int
     delivered: int
     failed: int
@@ -108,6 +118,8 @@ class ProgressOut:
 
 @dataclass
 class SummaryOut:
+    """One message of a folder."""
+
     queue_id: FromPath[str]
     folder: str
     unread: bool
@@ -126,6 +138,8 @@ class SummaryOut:
 
 @dataclass
 class MessageListOut:
+    """A page of a folder, newest first."""
+
     folder: str
     items: list[SummaryOut]
     page: int
@@ -137,6 +151,8 @@ class MessageListOut:
 
 @dataclass
 class SignatureOut:
+    """The outcome of the signature check."""
+
     status: str
     """valid, invalid, untrusted, revoked, expired, unsigned or unverifiable. Show the body
     with a clear warning unless it is valid (CBC encryption is malleable)."""
@@ -148,6 +164,8 @@ class SignatureOut:
 
 @dataclass
 class AttachmentOut:
+    """An attachment and where to download it."""
+
     index: int
     filename: str
     content_type: str
@@ -158,6 +176,8 @@ class AttachmentOut:
 
 @dataclass
 class ReceiptAboutOut:
+    """For a notification: the message and recipient it reports."""
+
     queue_id: FromPath[str]
     recipient: str
     kind: str
@@ -167,6 +187,8 @@ class ReceiptAboutOut:
 
 @dataclass
 class MessageOut:
+    """A message opened for its reader."""
+
     queue_id: FromPath[str]
     folder: str
     kind: str
@@ -187,6 +209,8 @@ class MessageOut:
 
 @dataclass
 class StepOut:
+    """One step of a sent message's journey."""
+
     status: str
     at: datetime
     reason: str
@@ -194,6 +218,8 @@ class StepOut:
 
 @dataclass
 class JourneyOut:
+    """Where a sent message stands for one recipient."""
+
     recipient: CorrespondentOut
     status: str
     read_receipt_asked: bool
@@ -202,6 +228,8 @@ class JourneyOut:
 
 @dataclass
 class AttachmentIn:
+    """A file to attach, in base64."""
+
     filename: str
     content_base64: str
     content_type: str = "application/octet-stream"
@@ -209,6 +237,8 @@ class AttachmentIn:
 
 @dataclass
 class SendRequest:
+    """A message to send."""
+
     to: list[str]
     subject: str = ""
     body: str = ""
@@ -225,12 +255,16 @@ class SendRequest:
 
 @dataclass
 class SentOut:
+    """The queue id and Message-ID of a message sent."""
+
     queue_id: FromPath[str]
     message_id: str
 
 
 @dataclass
 class DirectoryEntryOut:
+    """A directory entry that can receive."""
+
     address: str
     name: str
     profession: str
@@ -241,6 +275,8 @@ class DirectoryEntryOut:
 
 @dataclass
 class DirectoryOut:
+    """A page of directory results."""
+
     items: list[DirectoryEntryOut]
     page: int
     has_next: bool
@@ -325,6 +361,7 @@ def _message(m: mailbox.Opened) -> MessageOut:
 
 
 def bearer_token(request: Request) -> SessionToken | None:
+    """The session token of the Authorization header, or None."""
     scheme, _space, value = (request.headers.get("authorization") or "").partition(" ")
     if scheme.lower() != "bearer":
         return None
@@ -395,10 +432,12 @@ class SessionController(Controller):
 
     @post("/", status_code=HTTP_201_CREATED, summary="Log in (password + TOTP) and get a bearer token")
     async def create(self, request: Request, data: JSONBody[LoginRequest]) -> SessionOut:
+        """Log in with password and TOTP code; returns a bearer token."""
         return await run(_login, request, data)
 
     @delete("/current", status_code=HTTP_204_NO_CONTENT, summary="Log out (the token stops working)", security=SECURITY)
     async def destroy(self, request: Request) -> None:
+        """End this token's session."""
         live = await api_session(request)
         await run(end_session, config(request).rt.engine, live.token)
 
@@ -435,6 +474,7 @@ class MessagesController(Controller):
         date_to: Annotated[str | None, QueryParameter(description="YYYY-MM-DD")] = None,
         unread: FromQuery[bool] = False,
     ) -> MessageListOut:
+        """A page of a folder, with filters."""
         live = await api_session(request)
         if folder not in mailbox.FOLDERS:
             raise ApiError(400, "bad-folder", "folder is inbox, sent or archive")
@@ -466,6 +506,7 @@ class MessagesController(Controller):
 
     @get("/{queue_id:str}", summary="Read a message (marks it read; sends a requested read receipt)")
     async def read(self, request: Request, queue_id: FromPath[str], folder: FromQuery[str | None] = None) -> MessageOut:
+        """Open a message (marks it read; sends a requested read receipt)."""
         live = await api_session(request)
         try:
             opened = await run(
@@ -486,6 +527,7 @@ class MessagesController(Controller):
         media_type="application/octet-stream",
     )
     async def attachment(self, request: Request, queue_id: FromPath[str], index: FromPath[int]) -> Response:
+        """An attachment's exact bytes."""
         live = await api_session(request)
         try:
             opened = await run(
@@ -503,6 +545,7 @@ class MessagesController(Controller):
 
     @get("/{queue_id:str}/receipts", summary="Per recipient of a sent message: delivered, processed, read, failed")
     async def receipts(self, request: Request, queue_id: FromPath[str]) -> list[JourneyOut]:
+        """The journey of a sent message, per recipient."""
         live = await api_session(request)
         try:
             journeys = await run(mailbox.journey, config(request).rt, live.address, queue_id)
@@ -520,10 +563,12 @@ class MessagesController(Controller):
 
     @post("/{queue_id:str}/archive", status_code=HTTP_204_NO_CONTENT, summary="Move a received message to the archive")
     async def archive(self, request: Request, queue_id: FromPath[str]) -> None:
+        """Archive a received message."""
         await self._move(request, queue_id, mailbox.ARCHIVE)
 
     @post("/{queue_id:str}/unarchive", status_code=HTTP_204_NO_CONTENT, summary="Move it back to the inbox")
     async def unarchive(self, request: Request, queue_id: FromPath[str]) -> None:
+        """Put an archived message back in the inbox."""
         await self._move(request, queue_id, mailbox.INBOX)
 
     async def _move(self, request: Request, queue_id: FromPath[str], to: str) -> None:
@@ -535,6 +580,7 @@ class MessagesController(Controller):
 
     @post("/", status_code=HTTP_201_CREATED, summary="Send a message (signed and encrypted by the service)")
     async def send(self, request: Request, data: JSONBody[SendRequest]) -> SentOut:
+        """Send a message through the pipeline."""
         live = await api_session(request)
         uploads = []
         for item in data.attachments:
@@ -589,6 +635,7 @@ class DirectoryController(Controller):
         q: Annotated[str, QueryParameter(min_length=2, max_length=100)],
         page: Annotated[int, QueryParameter(ge=1)] = 1,
     ) -> DirectoryOut:
+        """Search the directory."""
         await api_session(request)
         found = await run(directory_matches, config(request).rt, q, page, 20)
         return DirectoryOut(

@@ -48,12 +48,16 @@ from mss.web.sessions import (
 
 @dataclass
 class PasswordForm:
+    """The login form's first step."""
+
     address: str = ""
     password: str = ""
 
 
 @dataclass
 class CodeForm:
+    """A TOTP or recovery code form."""
+
     code: str = ""
 
 
@@ -83,6 +87,7 @@ async def current_session(request: Request, stage: str = ACTIVE) -> LiveSession:
 
 
 async def optional_session(request: Request) -> LiveSession | None:
+    """The request's active web session, or None."""
     try:
         return await current_session(request)
     except LoginRequired:
@@ -101,12 +106,14 @@ class AuthController(Controller):
 
     @get("/login")
     async def login_page(self, request: Request) -> Response:
+        """The login form (the inbox when already logged in)."""
         if await optional_session(request) is not None:
             return redirect("/inbox")
         return render(request, "login.html", address="", error=None)
 
     @post("/login")
     async def login(self, request: Request, data: URLEncodedBody[PasswordForm]) -> Response:
+        """Check the password, open a pending session, go to the second factor."""
         web = config(request)
         rt = web.rt
         t = language(request).gettext
@@ -151,11 +158,13 @@ class AuthController(Controller):
 
     @get("/login/totp")
     async def totp_page(self, request: Request) -> Response:
+        """The second-factor form."""
         live = await current_session(request, TOTP)
         return render(request, "totp.html", address=live.address, error=None)
 
     @post("/login/totp")
     async def totp(self, request: Request, data: URLEncodedBody[CodeForm]) -> Response:
+        """Check a TOTP or recovery code; the session becomes active (new cookie)."""
         live = await current_session(request, TOTP)
         web = config(request)
         rt = web.rt
@@ -196,6 +205,7 @@ class AuthController(Controller):
 
     @get("/login/enrol")
     async def enrol_page(self, request: Request) -> Response:
+        """The enrolment page: QR code and key."""
         live = await current_session(request, ENROL)
         return await self._enrol_form(request, live, error=None, status_code=200)
 
@@ -222,6 +232,7 @@ class AuthController(Controller):
 
     @post("/login/enrol")
     async def enrol(self, request: Request, data: URLEncodedBody[CodeForm]) -> Response:
+        """Confirm enrolment with a first code; show the recovery codes once."""
         live = await current_session(request, ENROL)
         web = config(request)
         rt = web.rt
@@ -263,6 +274,7 @@ class AuthController(Controller):
 
     @post("/logout")
     async def logout(self, request: Request) -> Response:
+        """End the session on the server and forget the cookie."""
         rt = config(request).rt
         token = session_token(request)
         live = await optional_session(request)

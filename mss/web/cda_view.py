@@ -120,4 +120,5 @@ def hl7_date(value: str | None) -> str:
 
 
 def person(name: PersonName | None) -> str:
+    """A person's name for display, or an empty string."""
     return name.display() if name is not None else ""

@@ -78,6 +78,7 @@ def note_for(lang: Language):  # type: ignore[no-untyped-def]
     """The paragraph, in the writer's language, that says whose signature kept files carried."""
 
     def note(kept: list[KeptAttachment]) -> str:
+        """The paragraph for ``kept``."""
         lines = [lang.gettext("Attachments carried over from an earlier message:")]
         for item in kept:
             signer = item.signature.signer_name or item.signature.signer_address or item.sender
@@ -101,6 +102,7 @@ class ComposeController(Controller):
 
     @get("/directory")
     async def directory(self, request: Request) -> dict:
+        """Directory entries for the search-as-you-type field (JSON)."""
         await current_session(request)
         query = (request.query_params.get("q") or "").strip()[:MAX_QUERY]
         if len(query) < 2:
@@ -109,6 +111,7 @@ class ComposeController(Controller):
 
     @get("/compose")
     async def compose_page(self, request: Request) -> Response:
+        """The compose form, empty or prefilled for a reply or a forward."""
         live = await current_session(request)
         rt = config(request).rt
         lang = language(request)
@@ -139,6 +142,7 @@ class ComposeController(Controller):
 
     @post("/compose")
     async def send(self, request: Request) -> Response:
+        """Send the form's message through the pipeline; form errors otherwise."""
         live = await current_session(request)
         rt = config(request).rt
         lang = language(request)

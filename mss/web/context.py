@@ -44,6 +44,7 @@ class WebConfig:
 
 
 def config(request: Request) -> WebConfig:
+    """The app's WebConfig."""
     return request.app.state.web  # type: ignore[no-any-return]
 
 
@@ -68,6 +69,7 @@ def language(request: Request) -> i18n.Language:
 
 
 def session_token(request: Request) -> SessionToken | None:
+    """The session token of the request's cookie, or None."""
     return SessionToken.decode(request.cookies.get(SESSION_COOKIE))
 
 
@@ -98,12 +100,14 @@ def _cookie(key: str, value: str, *, max_age: int | None = None, httponly: bool 
 
 
 def set_session_cookie(response: Response, token: SessionToken) -> None:
+    """Hand the client a session cookie (and drop its pre-login secret)."""
     response.set_cookie(_cookie(SESSION_COOKIE, token.encode()))
     # Deleted with the same attributes: a browser ignores a __Host- cookie without Secure.
     response.set_cookie(_cookie(PRE_COOKIE, "", max_age=0))
 
 
 def clear_session_cookie(response: Response) -> None:
+    """Make the client forget its session cookie."""
     response.set_cookie(_cookie(SESSION_COOKIE, "", max_age=0))
 
 
@@ -150,4 +154,5 @@ def render(
 
 
 def set_language_cookie(response: Response, code: str) -> None:
+    """Remember the language switch for a year."""
     response.set_cookie(_cookie(i18n.COOKIE, code, max_age=365 * 24 * 3600, httponly=False))

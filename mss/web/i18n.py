@@ -78,10 +78,12 @@ class Language:
     env: Environment
 
     def gettext(self, message: str, **values: object) -> str:
+        """``message`` translated, with ``%(name)s`` values filled in."""
         text = self.translations.gettext(message)
         return text % values if values else text
 
     def ngettext(self, singular: str, plural: str, n: int, **values: object) -> str:
+        """The singular or plural form for ``n``, translated, ``%(num)d`` filled in."""
         text = self.translations.ngettext(singular, plural, n)
         return text % {"num": n, **values}
 
@@ -90,6 +92,7 @@ def _formatters(code: str) -> dict[str, object]:
     locale = Locale.parse(code)
 
     def when(value: datetime | None, form: str = "short") -> str:
+        """A time in the display zone: ``short`` (date and time), ``day`` or ``list`` (time today, else date)."""
         if value is None:
             return ""
         local = value.astimezone(DISPLAY_TZ)
@@ -103,9 +106,11 @@ def _formatters(code: str) -> dict[str, object]:
         return format_datetime(local, format="medium", tzinfo=DISPLAY_TZ, locale=locale)
 
     def day(value: date | None) -> str:
+        """A date as ISO text (form fields)."""
         return value.isoformat() if value else ""
 
     def size(value: int) -> str:
+        """A size in bytes for people."""
         units = ("o", "ko", "Mo") if code == "fr" else ("B", "kB", "MB")
         if value < 1000:
             return f"{value} {units[0]}"

@@ -61,10 +61,12 @@ _DOCUMENT_SENTENCES: tuple[tuple[type[DocumentCheckError], str], ...] = (
 
 
 def signature_text(lang: Language, status: str) -> str:
+    """A signature status in words."""
     return lang.gettext(SIGNATURE_STATUSES.get(status, _("signature not checked")))
 
 
 def step_text(lang: Language, status: str) -> str:
+    """A delivery or disposition step in words."""
     return lang.gettext(STEPS.get(status, status))
 
 

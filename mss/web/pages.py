@@ -94,10 +94,12 @@ class MailboxController(Controller):
 
     @get("/")
     async def home(self, request: Request) -> Response:
+        """The inbox."""
         return redirect("/inbox")
 
     @get(["/inbox", "/sent", "/archive"])
     async def folder(self, request: Request) -> Response:
+        """A folder page: filters, one page of messages, newest first."""
         live = await current_session(request)
         rt = config(request).rt
         folder = FOLDER_PATHS[request.url.path]
@@ -128,6 +130,7 @@ class MailboxController(Controller):
 
     @get("/messages/{queue_id:str}")
     async def message(self, request: Request, queue_id: FromPath[str]) -> Response:
+        """A message opened: signature, sender card, text, attachments; the journey when sent."""
         live = await current_session(request)
         rt = config(request).rt
         folder = request.query_params.get("folder")
@@ -153,10 +156,12 @@ class MailboxController(Controller):
 
     @post("/messages/{queue_id:str}/archive")
     async def archive(self, request: Request, queue_id: FromPath[str]) -> Response:
+        """Move a received message to the archive."""
         return await self._move(request, queue_id, mailbox.ARCHIVE)
 
     @post("/messages/{queue_id:str}/unarchive")
     async def unarchive(self, request: Request, queue_id: FromPath[str]) -> Response:
+        """Put an archived message back in the inbox."""
         return await self._move(request, queue_id, mailbox.INBOX)
 
     async def _move(self, request: Request, queue_id: FromPath[str], to: str) -> Response:
@@ -169,6 +174,7 @@ class MailboxController(Controller):
 
     @post("/messages/{queue_id:str}/unread")
     async def unread(self, request: Request, queue_id: FromPath[str]) -> Response:
+        """Mark a message unread again."""
         live = await current_session(request)
         try:
             await run(mailbox.mark_unread, config(request).rt, live.address, queue_id)
@@ -197,12 +203,14 @@ class MailboxController(Controller):
 
     @get("/messages/{queue_id:str}/attachments/{index:int}")
     async def download(self, request: Request, queue_id: FromPath[str], index: FromPath[int]) -> Response:
+        """An attachment's exact bytes, as a download."""
         opened = await self._attachment(request, queue_id, index, "attachment.download")
         a = opened.attachment
         return file_response(a.data, a.filename, a.content_type)
 
     @get("/messages/{queue_id:str}/attachments/{index:int}/inline")
     async def inline(self, request: Request, queue_id: FromPath[str], index: FromPath[int]) -> Response:
+        """A PDF attachment shown in the browser (framed by its view page)."""
         opened = await self._attachment(request, queue_id, index, "attachment.view")
         a = opened.attachment
         if a.kind != "pdf":
@@ -211,6 +219,7 @@ class MailboxController(Controller):
 
     @get("/messages/{queue_id:str}/attachments/{index:int}/embedded")
     async def embedded(self, request: Request, queue_id: FromPath[str], index: FromPath[int]) -> Response:
+        """The PDF body of a level-1 CDA attachment, inline."""
         opened = await self._attachment(request, queue_id, index, "attachment.view")
         a = opened.attachment
         return await self._embedded(request, a.kind, a.data, a.filename)
@@ -230,6 +239,7 @@ class MailboxController(Controller):
 
     @get("/messages/{queue_id:str}/attachments/{index:int}/view")
     async def view(self, request: Request, queue_id: FromPath[str], index: FromPath[int]) -> Response:
+        """An attachment's page: PDF frame, rendered CDA, IHE_XDM listing or text."""
         live = await current_session(request)
         opened = await self._attachment(request, queue_id, index, "attachment.view")
         a = opened.attachment
@@ -269,6 +279,7 @@ class MailboxController(Controller):
     async def xdm_download(
         self, request: Request, queue_id: FromPath[str], index: FromPath[int], doc: FromPath[int]
     ) -> Response:
+        """A document of an IHE_XDM package, as a download."""
         entry, data = await self._xdm(request, queue_id, index, doc, "attachment.download")
         return file_response(
             data, entry.path.rsplit("/", 1)[-1], "application/pdf" if entry.kind == "pdf" else "text/xml"
@@ -278,6 +289,7 @@ class MailboxController(Controller):
     async def xdm_inline(
         self, request: Request, queue_id: FromPath[str], index: FromPath[int], doc: FromPath[int]
     ) -> Response:
+        """A PDF of an IHE_XDM package, inline."""
         entry, data = await self._xdm(request, queue_id, index, doc, "attachment.view")
         if entry.kind != "pdf":
             raise NotFoundException()
@@ -287,6 +299,7 @@ class MailboxController(Controller):
     async def xdm_embedded(
         self, request: Request, queue_id: FromPath[str], index: FromPath[int], doc: FromPath[int]
     ) -> Response:
+        """The PDF body of a level-1 CDA inside an IHE_XDM package, inline."""
         entry, data = await self._xdm(request, queue_id, index, doc, "attachment.view")
         return await self._embedded(request, entry.kind, data, entry.path)
 
@@ -294,6 +307,7 @@ class MailboxController(Controller):
     async def xdm_view(
         self, request: Request, queue_id: FromPath[str], index: FromPath[int], doc: FromPath[int]
     ) -> Response:
+        """A document of an IHE_XDM package, rendered."""
         live = await current_session(request)
         opened = await self._attachment(request, queue_id, index, "attachment.view")
         entry, data = await self._xdm_of(request, opened, doc)

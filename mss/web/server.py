@@ -29,6 +29,7 @@ log = logging.getLogger("mss.web")
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
+        """No signal handling here: the caller owns the signals."""
         # mss serve installs its own handlers and cancels us; uvicorn must not take them.
         yield
 

@@ -76,6 +76,7 @@ class SessionToken:
 
     @classmethod
     def new(cls) -> "SessionToken":
+        """A fresh random token."""
         return cls(secrets.token_bytes(ID_BYTES), secrets.token_bytes(KEY_BYTES))
 
     def encode(self) -> str:
@@ -97,10 +98,12 @@ class SessionToken:
 
     @property
     def token_hash(self) -> str:
+        """What the database keeps of the token: SHA-256 of the session id, hex."""
         return hashlib.sha256(self.session_id).hexdigest()
 
     @property
     def csrf_token(self) -> str:
+        """The CSRF token of this session's forms."""
         return csrf_token_for(self.key)
 
 

@@ -104,6 +104,7 @@ def new_recovery_codes(engine: Engine, address: str, *, request_id: str = "") ->
 
 
 def remaining_recovery_codes(engine: Engine, address: str) -> int:
+    """How many recovery codes the account has left."""
     with session_scope(engine) as session:
         account = accounts.get_account(session, address)
         return len(json.loads(account.recovery_codes or "[]")) if account else 0
