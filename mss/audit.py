@@ -235,33 +235,19 @@ def _append_many(session: Session, master_key: MasterKey | None, specs: list[Eve
         seq, prev_hash = (checkpoint.through_seq + 1, checkpoint.head_hash) if checkpoint else (1, GENESIS)
     events: list[AuditEvent] = []
     for spec in specs:
-        at = utcnow()
-        detail_json = json.dumps(spec.detail, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
-        digest = event_hash(
-            seq=seq,
-            at=at,
-            actor=spec.actor,
-            action=spec.action,
-            object=spec.object,
-            outcome=spec.outcome,
-            request_id=spec.request_id,
-            detail=detail_json,
-            prev_hash=prev_hash,
-        )
-        events.append(
-            AuditEvent(
-                seq=seq,
-                at=at,
-                actor=spec.actor,
-                action=spec.action,
-                object=spec.object,
-                outcome=spec.outcome,
-                request_id=spec.request_id,
-                detail=detail_json,
-                prev_hash=prev_hash,
-                hash=digest,
-            )
-        )
+        fields = {
+            "seq": seq,
+            "at": utcnow(),
+            "actor": spec.actor,
+            "action": spec.action,
+            "object": spec.object,
+            "outcome": spec.outcome,
+            "request_id": spec.request_id,
+            "detail": json.dumps(spec.detail, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str),
+            "prev_hash": prev_hash,
+        }
+        digest = event_hash(**fields)  # type: ignore[arg-type]
+        events.append(AuditEvent(**fields, hash=digest))
         seq, prev_hash = seq + 1, digest
     session.add_all(events)
     session.flush()

@@ -73,7 +73,7 @@ def upgrade() -> None:
     elif dialect == "postgresql":
         _run(POSTGRESQL_UPGRADE)
     else:
-        raise NotImplementedError(f"no directory search index for the {dialect} dialect")
+        raise RuntimeError(f"mss supports SQLite and PostgreSQL, not {dialect}: no directory search index for it")
 
 
 def downgrade() -> None:
