@@ -183,3 +183,7 @@ class MailboxToken(SQLModel, table=True):
     item_id: int = Field(foreign_key="mailbox_item.id", index=True, ondelete="CASCADE")
     owner: str = Field(max_length=254)
     token: str = Field(max_length=32)
+
+
+# The inbox's unread count on every page reads this index alone.
+Index("ix_mailbox_owner_folder_unread", MailboxItem.owner, MailboxItem.folder, MailboxItem.unread)

@@ -11,15 +11,14 @@ and becomes an indexed ``IN`` on ``(owner, token)``.
 
 What a database dump shows: which of one owner's messages share a token (two subjects that
 share a word, two letters about the same patient), never the words or the INS, and nothing
-across owners (the same INS gives unrelated tokens in two mailboxes). Dates are plain
-columns and are filtered directly; senders are plain columns too, but get tokens as well
-(the words of the address and of the sender's names in the directory), so that a sender
-filter is one more indexed term instead of a text scan of every message.
+across owners (the same INS gives unrelated tokens in two mailboxes). Sender addresses and
+dates are already plain columns (the relay needs them): a sender filter matches its words
+against the few distinct senders of the mailbox and their names in the directory, then
+selects on the address column.
 
 Tokens are derived data, written lazily: ``ensure_indexed`` indexes a mailbox's rows that
 have none yet from their sealed metadata (level 1: subject words with their prefixes, so
-that "cardio" finds "cardiologie"; the sender's address and names, likewise; document kinds;
-the type code and patient INS of every
+that "cardio" finds "cardiologie"; document kinds; the type code and patient INS of every
 CDA, bare or in an IHE_XDM package, which the pipeline seals in the metadata).
 ``index_content`` adds what only the decrypted message tells (level 2), for messages a
 client encrypted itself: nobody inspected their documents at submission. It runs when the
@@ -40,7 +39,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from unidecode import unidecode
 
-from directory.models import DirectoryEntry
 from mss.crypto.master import MasterKey
 from mss.db import session_scope
 from mss.models import MailboxIndexed, MailboxItem, MailboxToken, Message, SealedSecret
@@ -96,29 +94,6 @@ def _query_terms(field: str, text: str) -> set[str]:
     return {field + (word if len(word) < PREFIX_MIN else word[:PREFIX_MAX]) for word in words(text)}
 
 
-def sender_terms(address: str, names: Iterable[str] = ()) -> set[str]:
-    """What a sender is indexed under: the words of its address and of its directory names."""
-    return _prefix_terms("f:", " ".join([address.replace("@", " ").replace(".", " "), *names]))
-
-
-def sender_query_terms(text: str) -> set[str]:
-    """What a sender filter looks for: each word as typed, in the address or the names."""
-    return _query_terms("f:", text.replace("@", " ").replace(".", " "))
-
-
-def sender_names(session: Session, addresses: Iterable[str]) -> dict[str, list[str]]:
-    """The directory's names of each address (person's names, organisation), for its terms."""
-    wanted = sorted(set(addresses))
-    if not wanted:
-        return {}
-    rows = session.execute(
-        select(
-            DirectoryEntry.address, DirectoryEntry.first_name, DirectoryEntry.last_name, DirectoryEntry.org_name
-        ).where(DirectoryEntry.address.in_(wanted))
-    ).all()
-    return {address: [part for part in parts if part] for address, *parts in rows}
-
-
 def kind_term(kind: str) -> str:
     """The term of a document kind (pdf, cda, xdm, receipt)."""
     return "k:" + kind.lower()
@@ -134,9 +109,9 @@ def ins_term(ins: str) -> str:
     return "i:" + normalise_ins(ins)
 
 
-def meta_terms(meta: MessageMeta, message_kind: str, sender_names: Iterable[str] = ()) -> set[str]:
-    """The terms of a message known from its sealed metadata (and its sender's names)."""
-    terms = subject_terms(meta.subject) | sender_terms(meta.sender, sender_names)
+def meta_terms(meta: MessageMeta, message_kind: str) -> set[str]:
+    """The terms of a message known from its sealed metadata alone."""
+    terms = subject_terms(meta.subject)
     if message_kind == "receipt":
         terms.add(kind_term("receipt"))
     for code in _codes(meta.headers.get("X-MSS-CODECDA", "")):
@@ -237,17 +212,11 @@ def ensure_indexed(engine, master_key: MasterKey, owner: str) -> int:  # type: i
     for start in range(0, len(pending), INDEX_BATCH):
         marks: list[dict[str, int]] = []
         rows: list[dict[str, object]] = []
-        batch = [
-            (item_id, MessageMeta.open(master_key, sealed), kind)
-            for item_id, sealed, kind in pending[start : start + INDEX_BATCH]
-        ]
-        with session_scope(engine) as session:
-            names = sender_names(session, (meta.sender for _i, meta, _k in batch))
-        for item_id, meta, kind in batch:
+        for item_id, sealed, kind in pending[start : start + INDEX_BATCH]:
+            meta = MessageMeta.open(master_key, sealed)
             # Rows left at META are exactly those whose content still has terms to give.
             marks.append({"item_id": item_id, "level": META if needs_content(meta, kind) else CONTENT})
-            terms = meta_terms(meta, kind, names.get(meta.sender, ()))
-            rows.extend({"item_id": item_id, "owner": owner, "token": t} for t in tokens.many(terms))
+            rows.extend({"item_id": item_id, "owner": owner, "token": t} for t in tokens.many(meta_terms(meta, kind)))
         try:
             with session_scope(engine) as session:
                 session.execute(insert(MailboxIndexed.__table__), marks)  # Core executemany, no ORM

@@ -140,7 +140,7 @@ class Filters:
 
     def terms(self) -> list[str]:
         """The index terms every listed message must have."""
-        terms = sorted(index.subject_query_terms(self.subject) | index.sender_query_terms(self.sender))
+        terms = sorted(index.subject_query_terms(self.subject))
         if self.ins:
             terms.append(index.ins_term(self.ins))
         if self.doc_type:
@@ -410,6 +410,10 @@ def list_folder(
             conditions.append(MailboxItem.id.in_(matches[0] if len(matches) == 1 else intersect(*matches)))
         query = select(MailboxItem, Message).join(Message, Message.id == MailboxItem.message_id)
         count = select(func.count()).select_from(MailboxItem)  # the mailbox rows alone
+        if filters.sender:
+            senders = _matching_senders(session, owner, folder, filters.sender)
+            count = count.join(Message, Message.id == MailboxItem.message_id)
+            conditions.append(Message.sender.in_(senders))
         query = query.where(and_(*conditions))
         count = count.where(and_(*conditions))
         total = int(session.execute(count).scalar_one())
@@ -455,6 +459,29 @@ def _document_types(meta: MessageMeta) -> tuple[str, ...]:
             if isinstance(cda, dict) and (cda.get("type_label") or cda.get("type_code")):
                 found[str(cda.get("type_label") or cda.get("type_code"))] = None
     return tuple(found)
+
+
+def _matching_senders(session: Session, owner: str, folder: str, text: str) -> list[str]:
+    """The senders of ``owner``'s folder whose address or directory names hold every word of
+    ``text`` (each as typed, or as the beginning of a word; case and accents ignored)."""
+    wanted = index.words(text)
+    senders = list(
+        session.execute(
+            select(Message.sender)
+            .join(MailboxItem, MailboxItem.message_id == Message.id)
+            .where(MailboxItem.owner == owner, MailboxItem.folder == folder)
+            .distinct()
+        ).scalars()
+    )
+    entries = _entries(session, set(senders))
+    found = []
+    for sender in senders:
+        entry = entries.get(sender)
+        names = (entry.first_name, entry.last_name, entry.org_name, entry.service) if entry else ()
+        words = index.words(" ".join([sender.replace("@", " ").replace(".", " "), *names]))
+        if all(any(word.startswith(w) for word in words) for w in wanted):
+            found.append(sender)
+    return found
 
 
 def _progress(session: Session, message_ids: list[int]) -> dict[int, Progress]:
@@ -622,13 +649,12 @@ def _index_opened(
     key = index.index_key(rt.engine, rt.master_key)
     try:
         with session_scope(rt.engine) as session:
-            names = index.sender_names(session, [meta.sender]).get(meta.sender, ())
             index.index_content(
                 session,
                 key,
                 owner,
                 loaded.item_ids,
-                index.meta_terms(meta, loaded.message.kind, names),
+                index.meta_terms(meta, loaded.message.kind),
                 index.content_terms(codes, ins, kinds),
             )
     except IntegrityError:
@@ -664,9 +690,7 @@ def _index_content_batch(rt: Runtime, reader: UnlockedAccount) -> int:
                     key,
                     reader.address,
                     [item.id],
-                    index.meta_terms(
-                        meta, message.kind, index.sender_names(session, [meta.sender]).get(meta.sender, ())
-                    ),
+                    index.meta_terms(meta, message.kind),
                     index.content_terms(codes, ins, kinds),
                 )
         except IntegrityError:

@@ -4,6 +4,7 @@
 the account's private key sealed under a key only the client holds. ``mailbox_indexed`` and
 ``mailbox_token`` are the search index of ``mss.mailbox.index``: keyed hashes, private to
 each mailbox owner, of subject words, document types and patient INS (no clear text).
+``ix_mailbox_owner_folder_unread`` lets the unread count read an index alone.
 
 Revision ID: 0003
 Revises: 0002
@@ -22,6 +23,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("mailbox_item", schema=None) as batch_op:
+        batch_op.create_index("ix_mailbox_owner_folder_unread", ["owner", "folder", "unread"], unique=False)
+
     op.create_table(
         "web_session",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -72,3 +76,5 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_web_session_address"))
         batch_op.drop_index(batch_op.f("ix_web_session_token_hash"))
     op.drop_table("web_session")
+    with op.batch_alter_table("mailbox_item", schema=None) as batch_op:
+        batch_op.drop_index("ix_mailbox_owner_folder_unread")
