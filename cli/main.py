@@ -609,14 +609,15 @@ def serve(
             parts.append(serve_web(rt))
             scheme = "http" if settings.web.behind_tls_proxy else "https"
             err.print(f"mss web: inbox on {scheme}://{settings.web.host}:{settings.web.port}/")
-        task = asyncio.ensure_future(asyncio.gather(*parts))
+        tasks = [asyncio.ensure_future(part) for part in parts]
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+            loop.add_signal_handler(sig, lambda: [task.cancel() for task in tasks])
+        # Each part drains on its own (the relay lets sessions that are storing reply);
+        # waiting for all of them keeps one from being cut off by the other's exit.
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
 
     asyncio.run(main_loop())
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyotp
 from cryptography import x509
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -37,7 +37,7 @@ from mss.errors import (
     NoSuchAccount,
     PasswordPolicyError,
 )
-from mss.models import Account
+from mss.models import Account, WebSession
 from mss.settings import Settings
 
 MIN_PASSWORD_LENGTH = 12
@@ -283,6 +283,12 @@ def change_password(
     audit.record(session, actor=actor, action="account.passwd", object=account.address)
 
 
+def _end_sessions(session: Session, address: str) -> None:
+    # After a recovery, a 2FA reset or a disable, no web or API session opened before it
+    # may live on (each holds the private key, sealed under its cookie's key).
+    session.execute(delete(WebSession).where(WebSession.address == address))
+
+
 def _set_password(session: Session, settings: Settings, account: Account, key_der: bytes, password: str) -> None:
     wrapped = _wrap(settings, key_der, password)
     account.password_hash = _hash(settings, password)
@@ -308,11 +314,18 @@ def recover_account(
     recovery_private = keys.load_recovery_private_key(recovery_private_key_file)
     key_der = keys.open_recovery(account.recovery_sealed_key, recovery_private)
     _set_password(session, settings, account, key_der, new_password)
+    _end_sessions(session, account.address)
     audit.record(session, actor=actor, action="account.recover", object=account.address)
 
 
-def reset_2fa(session: Session, settings: Settings, master_key: MasterKey, address: str, *, actor: str) -> Enrolment:
-    """Replace the TOTP secret; the next login enrols again. Raises NoSuchAccount."""
+def reset_2fa(
+    session: Session, settings: Settings, master_key: MasterKey, address: str, *, actor: str, end_sessions: bool = True
+) -> Enrolment:
+    """Replace the TOTP secret; the next login enrols again. Raises NoSuchAccount.
+
+    Every web and API session of the account ends, unless ``end_sessions`` is false (the
+    web's own reset keeps the session it is running in and ends the others itself).
+    """
     account = _require_account(session, address)
     secret, sealed = _new_totp(master_key)
     account.totp_secret_sealed = sealed
@@ -321,6 +334,8 @@ def reset_2fa(session: Session, settings: Settings, master_key: MasterKey, addre
     account.recovery_codes = ""
     account.updated_at = utcnow()
     session.add(account)
+    if end_sessions:
+        _end_sessions(session, account.address)
     audit.record(session, actor=actor, action="account.reset-2fa", object=account.address)
     return _enrolment(settings, account.address, secret)
 
@@ -331,6 +346,8 @@ def set_disabled(session: Session, address: str, disabled: bool, *, actor: str) 
     account.disabled = disabled
     account.updated_at = utcnow()
     session.add(account)
+    if disabled:
+        _end_sessions(session, account.address)
     audit.record(session, actor=actor, action="account.disable" if disabled else "account.enable", object=account.address)
 
 

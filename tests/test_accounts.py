@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import time
@@ -195,3 +196,35 @@ def test_export_pkcs12_opens_with_openssl(rt, directory_loaded, tmp_path):  # ty
     bad = subprocess.run(["openssl", "pkcs12", "-info", "-in", str(p12), "-noenc", "-passin", "pass:wrong"],
                          capture_output=True, text=True)
     assert bad.returncode != 0
+
+
+def test_recovery_reset_and_disable_end_web_sessions(rt, directory_loaded):  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from mss.db import utcnow
+    from mss.models import WebSession
+
+    _create(rt)
+
+    def open_session() -> None:
+        with session_scope(rt.engine) as session:
+            session.add(WebSession(token_hash=os.urandom(32).hex(), address=DOCTOR, channel="web", stage="active",
+                                   key_sealed=b"sealed", expires_at=utcnow() + timedelta(hours=1)))
+
+    def live() -> int:
+        with session_scope(rt.engine) as session:
+            return len(session.execute(select(WebSession).where(WebSession.address == DOCTOR)).scalars().all())
+
+    open_session()
+    with session_scope(rt.engine) as session:
+        accounts.reset_2fa(session, rt.settings, rt.master_key, DOCTOR, actor="test")
+    assert live() == 0
+    open_session()
+    with session_scope(rt.engine) as session:
+        accounts.recover_account(session, rt.settings, DOCTOR, rt.settings.storage.data_dir / "recovery.key",
+                                 "recovered passphrase", actor="test")
+    assert live() == 0
+    open_session()
+    with session_scope(rt.engine) as session:
+        accounts.set_disabled(session, DOCTOR, True, actor="test")
+    assert live() == 0

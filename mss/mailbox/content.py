@@ -22,9 +22,6 @@ from email.parser import BytesParser
 from html.parser import HTMLParser
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 from sqlmodel import Session
 
@@ -33,7 +30,7 @@ from mss import store
 from mss.accounts import UnlockedAccount
 from mss.crypto import keys, smime, verify
 from mss.documents import detect
-from mss.errors import CryptoError, DecryptionError, DocumentError, SignatureError
+from mss.errors import DecryptionError, DocumentError, SignatureError
 
 # Statuses beyond mss.crypto.verify's: no signature at all, or one we cannot check.
 UNSIGNED = "unsigned"
@@ -99,17 +96,10 @@ def reader_key(key_der: bytes) -> smime.PrivateKey:
     """The reader's private key object. Raises CryptoError.
 
     The DER comes out of authenticated encryption (the session's SecretBox, filled from the
-    account's argon2id-wrapped key, itself checked when it was issued), so OpenSSL's RSA
-    consistency check is skipped: it costs about 200 ms for an RSA 3072 key, on every page
-    that opens a message.
+    account's argon2id-wrapped key), so OpenSSL's RSA consistency check is skipped: it
+    costs about 200 ms for an RSA 3072 key, on every page that opens a message.
     """
-    try:
-        key = serialization.load_der_private_key(bytes(key_der), password=None, unsafe_skip_rsa_key_validation=True)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise CryptoError("the private key is not a readable PKCS#8 key") from exc
-    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
-        raise CryptoError("only RSA and EC private keys are supported")
-    return key
+    return keys.private_key_from_der(key_der, authenticated=True)
 
 
 def _decrypt(session: Session, cms: bytes, reader: UnlockedAccount) -> bytes:

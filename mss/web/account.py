@@ -49,7 +49,7 @@ def _change_password(rt: Runtime, address: str, old: str, new: str) -> None:
 
 def _reset_2fa(rt: Runtime, address: str) -> None:
     with session_scope(rt.engine) as session:
-        accounts.reset_2fa(session, rt.settings, rt.master_key, address, actor=address)
+        accounts.reset_2fa(session, rt.settings, rt.master_key, address, actor=address, end_sessions=False)
 
 
 class AccountController(Controller):
