@@ -126,7 +126,9 @@ def _statement(dialect: str, words: list[str], include_inactive: bool) -> tuple[
         ranks += [" AND ".join(whole), " AND ".join(start)]
     ranks += [" OR ".join(whole), " OR ".join(start)]
     rank = "CASE " + " ".join(f"WHEN {test} THEN {n}" for n, test in enumerate(ranks)) + f" ELSE {len(ranks)} END"
-    filters = [] if include_inactive else ["AND +e.status = :active" if dialect == "sqlite" else "AND e.status = :active"]
+    # "+e.status" keeps SQLite from using the status index to drive the join.
+    status = "AND +e.status = :active" if dialect == "sqlite" else "AND e.status = :active"
+    filters = [] if include_inactive else [status]
     filters += [f"AND {find}(' ' || e.search_text, :w{len(indexed) + i}) > 0" for i in range(len(checked))]
     if dialect == "sqlite":
         # Each word is [a-z0-9]+ and quoted anyway: "w"* is a prefix term, juxtaposition AND.
@@ -179,16 +181,24 @@ def search(
             if entry is not None:
                 return SearchPage(items=[entry] if page == 1 else [], page=page, per_page=per_page, has_next=False)
         sql, params = _statement(session.get_bind().dialect.name, words, include_inactive)
-        ids = session.execute(
-            text(sql),
-            {**params, "exact": exact, "limit": per_page + 1, "offset": (page - 1) * per_page},
-        ).scalars().all()
+        ids = (
+            session.execute(
+                text(sql),
+                {**params, "exact": exact, "limit": per_page + 1, "offset": (page - 1) * per_page},
+            )
+            .scalars()
+            .all()
+        )
         has_next = len(ids) > per_page
         ids = ids[:per_page]
-        found = {
-            entry.id: entry
-            for entry in session.execute(select(DirectoryEntry).where(DirectoryEntry.id.in_(ids))).scalars()
-        } if ids else {}
+        found = (
+            {
+                entry.id: entry
+                for entry in session.execute(select(DirectoryEntry).where(DirectoryEntry.id.in_(ids))).scalars()
+            }
+            if ids
+            else {}
+        )
     except SQLAlchemyError as exc:
         raise StorageError(f"directory search failed: {exc.__class__.__name__}") from exc
     return SearchPage(items=[found[i] for i in ids if i in found], page=page, per_page=per_page, has_next=has_next)

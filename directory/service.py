@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session
 
-from directory.extract import ADELI_TYPE, FIELDS, RPPS_TYPE, city_from_l6, validate_fields
+from directory.extract import ADELI_TYPE, FIELDS, RPPS_TYPE, validate_fields
 from directory.importer import entry_row
 from directory.models import ACTIVE, INACTIVE, REVOKED, DirectoryEntry
 from mss import audit

@@ -55,11 +55,15 @@ def test_every_word_must_match_as_a_prefix(directory: Engine) -> None:
     assert find(directory, "pedia havre") == []
     # One- and two-letter words still narrow the result (checked on each entry).
     assert find(directory, "chloe n") == ["chloe.ndiaye@pharmacie.mss.test"]
-    assert find(directory, "n'diaye") == find(directory, "n diaye") == [
-        "chloe.ndiaye@pharmacie.mss.test",
-        "eloise.ndiaye@pharmacie.mss.test",
-        "matheo.ndiaye@medecin.mss.test",
-    ]
+    assert (
+        find(directory, "n'diaye")
+        == find(directory, "n diaye")
+        == [
+            "chloe.ndiaye@pharmacie.mss.test",
+            "eloise.ndiaye@pharmacie.mss.test",
+            "matheo.ndiaye@medecin.mss.test",
+        ]
+    )
 
 
 def test_searchable_fields(directory: Engine) -> None:
@@ -76,10 +80,14 @@ def test_searchable_fields(directory: Engine) -> None:
 
 
 def test_particles_are_ignored_when_other_words_remain(directory: Engine) -> None:
-    assert find(directory, "le goff") == find(directory, "goff") == [
-        "lea.le-goff@pharmacie.mss.test",
-        "noel.le-goff@infirmier.mss.test",
-    ]
+    assert (
+        find(directory, "le goff")
+        == find(directory, "goff")
+        == [
+            "lea.le-goff@pharmacie.mss.test",
+            "noel.le-goff@infirmier.mss.test",
+        ]
+    )
     assert find(directory, "centre hospitalier de démo", per_page=50) == find(
         directory, "centre hospitalier demo", per_page=50
     )

@@ -118,8 +118,13 @@ def test_add_organisation_and_adeli(directory: Engine) -> None:
         )
         assert (org.kind, org.rpps, org.city) == ("ORG", "", "ROUEN CEDEX")
         nurse = service.add_entry(
-            session, actor=ADMIN, kind="PER", address="ines.santoni@infirmier.mss.test", rpps="2A1234567",
-            last_name="SANTONI", first_name="Inès",
+            session,
+            actor=ADMIN,
+            kind="PER",
+            address="ines.santoni@infirmier.mss.test",
+            rpps="2A1234567",
+            last_name="SANTONI",
+            first_name="Inès",
         )
         assert (nurse.rpps_type, nurse.national_id) == ("0", "02A1234567")
     with session_scope(directory) as session:
