@@ -587,6 +587,11 @@ def _import_lines(
         absent = [a for a in known.unseen() if a not in not_active and a not in reader.kept]
         writer.deactivate(absent)
         summary.deactivated = len(absent)
+    if conn.dialect.name == "postgresql" and summary.added + summary.updated + summary.reactivated:
+        # Searches scan the GIN pending list entry by entry: merge it into the index now
+        # rather than leave the import's rows there, and give the planner fresh statistics.
+        conn.exec_driver_sql("SELECT gin_clean_pending_list('ix_directory_entry_search'::regclass)")
+        conn.exec_driver_sql("ANALYZE directory_entry")
     return summary
 
 
