@@ -6,9 +6,9 @@ nothing changed at all. Batches committed one by one could resume after a failur
 between the relay would check recipients against a directory that is half the old extract
 and half the new one, and ``--prune`` would have no consistent picture to compare against.
 The price is one write transaction for the length of the import (about 25 seconds for the
-national file on SQLite, on two cores): PostgreSQL readers keep seeing the previous
-directory until the commit; on SQLite, where ``mss.db`` begins every transaction IMMEDIATE,
-other sessions wait for the commit within their busy timeout.
+national file on SQLite, on two cores). Readers keep seeing the previous directory until
+the commit (PostgreSQL, and SQLite's ``session_scope(readonly=True)``); on SQLite other
+writers wait for the commit within their busy timeout.
 
 Memory stays flat whatever the file's size, besides one map of address to digest. A worker
 thread reads, checks and classifies the lines (``_Reader``) while the calling thread writes
