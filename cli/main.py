@@ -188,7 +188,7 @@ def directory_import(
         err.print(f"line {line}: {reason}", highlight=False)
     out.print(
         f"added {summary.added}, updated {summary.updated}, unchanged {summary.unchanged}, "
-        f"rejected {summary.rejected}, deactivated {summary.deactivated}"
+        f"reactivated {summary.reactivated}, rejected {summary.rejected}, deactivated {summary.deactivated}"
     )
 
 
@@ -205,7 +205,7 @@ def directory_search(
     from mss.db import session_scope
 
     rt = runtime()
-    with session_scope(rt.engine) as session:
+    with session_scope(rt.engine, readonly=True) as session:
         result = search(session, query, page=page, per_page=per_page)
     if as_json:
         for e in result.items:

@@ -44,7 +44,7 @@ def directory_matches(rt: Runtime, query: str, page: int = 1, per_page: int = 10
     """Active directory entries matching ``query`` (name, RPPS, organisation, city ...)."""
     from directory.search import search
 
-    with session_scope(rt.engine) as session:
+    with session_scope(rt.engine, readonly=True) as session:
         result = search(session, query, page=page, per_page=per_page)
         items = [
             {
