@@ -43,7 +43,7 @@ from mss.settings import Settings
 MIN_PASSWORD_LENGTH = 12
 TOTP_STEP = 30
 # Failures that count towards the lockout (a locked or disabled account does not re-lock).
-COUNTED_FAILURES = frozenset({"bad-password", "bad-totp"})
+COUNTED_FAILURES = frozenset({"bad-password", "bad-totp", "bad-recovery-code"})
 
 
 @dataclass(frozen=True)
@@ -162,10 +162,21 @@ def _dummy_hash(opslimit: int, memlimit: int) -> str:
 
 
 def _record_failure(engine: Engine, settings: Settings, address: str, channel: str, request_id: str, why: str) -> None:
+    record_failure(engine, settings, address, action=f"{channel}.login", reason=why, request_id=request_id)
+
+
+def record_failure(engine: Engine, settings: Settings, address: str, *, action: str, reason: str,
+                   request_id: str = "") -> None:
+    """Audit a failed authentication step; a wrong secret counts towards the lockout.
+
+    ``reason`` in COUNTED_FAILURES increments the account's failures and locks it for
+    ``lockout_seconds`` after ``max_login_failures`` of them (the one lockout rule for
+    passwords, TOTP codes and recovery codes, whatever the door).
+    """
     with session_scope(engine) as session:
         account = get_account(session, address)
         locked = False
-        if account is not None and why in COUNTED_FAILURES:
+        if account is not None and reason in COUNTED_FAILURES:
             account.failed_logins += 1
             if account.failed_logins >= settings.security.max_login_failures:
                 account.locked_until = utcnow() + timedelta(seconds=settings.security.lockout_seconds)
@@ -176,11 +187,11 @@ def _record_failure(engine: Engine, settings: Settings, address: str, channel: s
         audit.record(
             session,
             actor=address or "-",
-            action=f"{channel}.login",
+            action=action,
             object=address,
             outcome=audit.FAILURE,
             request_id=request_id,
-            reason=why,
+            reason=reason,
         )
         if locked:
             audit.record(

@@ -209,14 +209,18 @@ def _issue(
     return builder.sign(ca.private_key, hashes.SHA256())
 
 
-def _smime_extensions(address: str) -> list[tuple[x509.ExtensionType, bool]]:
+def _end_entity_extensions(
+    *, key_encipherment: bool, usage: x509.ObjectIdentifier, names: list[x509.GeneralName]
+) -> list[tuple[x509.ExtensionType, bool]]:
+    """The profile shared by every end-entity certificate: not a CA, a signing key (that
+    also unwraps content keys for S/MIME), one extended usage, its names."""
     return [
         (x509.BasicConstraints(ca=False, path_length=None), True),
         (
             x509.KeyUsage(
                 digital_signature=True,
                 content_commitment=False,
-                key_encipherment=True,
+                key_encipherment=key_encipherment,
                 data_encipherment=False,
                 key_agreement=False,
                 key_cert_sign=False,
@@ -226,9 +230,15 @@ def _smime_extensions(address: str) -> list[tuple[x509.ExtensionType, bool]]:
             ),
             True,
         ),
-        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), False),
-        (x509.SubjectAlternativeName([x509.RFC822Name(address)]), False),
+        (x509.ExtendedKeyUsage([usage]), False),
+        (x509.SubjectAlternativeName(names), False),
     ]
+
+
+def _smime_extensions(address: str) -> list[tuple[x509.ExtensionType, bool]]:
+    return _end_entity_extensions(
+        key_encipherment=True, usage=ExtendedKeyUsageOID.EMAIL_PROTECTION, names=[x509.RFC822Name(address)]
+    )
 
 
 # -- issuance (pure) ---------------------------------------------------------------------
@@ -364,25 +374,7 @@ def issue_tls_certificate(
         subject,
         key.public_key(),
         days=days,
-        extensions=[
-            (x509.BasicConstraints(ca=False, path_length=None), True),
-            (
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                True,
-            ),
-            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
-            (x509.SubjectAlternativeName(names), False),
-        ],
+        extensions=_end_entity_extensions(key_encipherment=False, usage=ExtendedKeyUsageOID.SERVER_AUTH, names=names),
     )
     return key, certificate
 

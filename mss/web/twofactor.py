@@ -16,7 +16,6 @@ import hmac
 import json
 import re
 import secrets
-from datetime import timedelta
 
 import pyotp
 import segno
@@ -145,36 +144,9 @@ def use_recovery_code(engine: Engine, settings: Settings, address: str, code: st
 
 
 def _count_failure(engine: Engine, settings: Settings, address: str, request_id: str) -> None:
-    # The same lockout rule as accounts' password and TOTP failures.
-    with session_scope(engine) as session:
-        account = accounts.get_account(session, address)
-        if account is None:
-            return
-        account.failed_logins += 1
-        locked = account.failed_logins >= settings.security.max_login_failures
-        if locked:
-            account.locked_until = utcnow() + timedelta(seconds=settings.security.lockout_seconds)
-            account.failed_logins = 0
-        account.updated_at = utcnow()
-        session.add(account)
-        audit.record(
-            session,
-            actor=address,
-            action="totp.recovery-code",
-            object=address,
-            outcome=audit.FAILURE,
-            request_id=request_id,
-            reason="bad-recovery-code",
-        )
-        if locked:
-            audit.record(
-                session,
-                actor="system",
-                action="account.lock",
-                object=address,
-                request_id=request_id,
-                seconds=settings.security.lockout_seconds,
-            )
+    accounts.record_failure(
+        engine, settings, address, action="totp.recovery-code", reason="bad-recovery-code", request_id=request_id
+    )
 
 
 def check_second_factor(
