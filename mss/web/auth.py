@@ -99,6 +99,22 @@ def plausible_address(address: str) -> bool:
     return 3 <= len(address) <= 254 and address.count("@") == 1 and address.isprintable() and " " not in address
 
 
+
+async def _locked_out(request: Request, live: LiveSession) -> Response:
+    """The account locked during the second step: end the half-open session, say so."""
+    await run(end_session, config(request).rt.engine, live.token)
+    t = language(request).gettext
+    response = render(
+        request,
+        "login.html",
+        status_code=423,
+        address=live.address,
+        error=t("This account is locked for a while after repeated failures. Try again later."),
+    )
+    clear_session_cookie(response)
+    return response
+
+
 class AuthController(Controller):
     """Login (password, second factor, enrolment) and logout pages."""
 
@@ -188,16 +204,7 @@ class AuthController(Controller):
                 error=t("The code is wrong, expired or already used."),
             )
         except AccountLocked:
-            await run(end_session, rt.engine, live.token)
-            response = render(
-                request,
-                "login.html",
-                status_code=423,
-                address=live.address,
-                error=t("This account is locked for a while after repeated failures. Try again later."),
-            )
-            clear_session_cookie(response)
-            return response
+            return await _locked_out(request, live)
         token = await run(advance, rt.engine, live, stage=ACTIVE, policy=web.policy)
         response = redirect("/inbox")
         set_session_cookie(response, token)
@@ -255,16 +262,7 @@ class AuthController(Controller):
                 request, live, error=t("The code is wrong, expired or already used."), status_code=401
             )
         except AccountLocked:
-            await run(end_session, rt.engine, live.token)
-            response = render(
-                request,
-                "login.html",
-                status_code=423,
-                address=live.address,
-                error=t("This account is locked for a while after repeated failures. Try again later."),
-            )
-            clear_session_cookie(response)
-            return response
+            return await _locked_out(request, live)
         codes = await run(twofactor.new_recovery_codes, rt.engine, live.address, request_id=request_id(request))
         token = await run(advance, rt.engine, live, stage=ACTIVE, policy=web.policy)
         # Rendered directly, not after a redirect: the codes are never stored anywhere in clear.
