@@ -99,7 +99,6 @@ def plausible_address(address: str) -> bool:
     return 3 <= len(address) <= 254 and address.count("@") == 1 and address.isprintable() and " " not in address
 
 
-
 async def _locked_out(request: Request, live: LiveSession) -> Response:
     """The account locked during the second step: end the half-open session, say so."""
     await run(end_session, config(request).rt.engine, live.token)
