@@ -1,14 +1,30 @@
 #!/usr/bin/env bash
-# Installs, from Debian's packages, the programs the test suite uses as real peers:
-# PostgreSQL (second database), openssl (independent CMS/PKCS#12 checks), swaks (SMTP client),
-# Chromium (web end-to-end tests). Does nothing when they are already there.
+# Installs, from Debian's packages, the programs the test suite uses as real peers, and checks
+# each one by what the tests need of it, not by the command being on the PATH: swaks must
+# speak STARTTLS (Net::SSLeay), openssl must have `cms`, Chromium must start headless ...
+# A capability that is missing after the install is an error: the suite would fail later
+# with a less clear message.
+#
+# Each line of CAPABILITIES is "packages|check": the packages that bring the capability and a
+# shell command that succeeds only when it is there. Add a line for every tool a test uses.
 set -euo pipefail
+
+CAPABILITIES=(
+    "postgresql|ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && \$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1) --version"
+    "openssl|openssl cms -help 2>&1 | grep -q -- '-decrypt' && openssl pkcs12 -help 2>&1 | grep -q -- '-export'"
+    "swaks libnet-ssleay-perl libio-socket-ssl-perl|swaks --support STARTTLS 2>&1 | grep -q 'STARTTLS supported'"
+    "chromium fonts-dejavu-core|chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update --no-first-run --user-data-dir=\$(mktemp -d) --dump-dom 'data:text/html,<p>ok</p>' 2>/dev/null | grep -q '<p>ok</p>'"
+)
+
+check() { bash -c "$1" >/dev/null 2>&1; }
+
 need=()
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-command -v openssl >/dev/null || need+=(openssl)
-command -v swaks >/dev/null || need+=(swaks)
-command -v chromium >/dev/null || need+=(chromium)
+for line in "${CAPABILITIES[@]}"; do
+    packages=${line%%|*} probe=${line#*|}
+    check "$probe" || need+=($packages)
+done
 [ ${#need[@]} -eq 0 ] && exit 0
+
 echo "installing system packages: ${need[*]}"
 if [ "$(id -u)" -eq 0 ]; then sudo=(); elif command -v sudo >/dev/null; then sudo=(sudo -n); else
     echo "error: missing ${need[*]} and no way to install them (run as root or with sudo)" >&2; exit 1
@@ -16,3 +32,13 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+
+missing=()
+for line in "${CAPABILITIES[@]}"; do
+    packages=${line%%|*} probe=${line#*|}
+    check "$probe" || missing+=("$packages")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "error: installed, but still not usable by the tests: ${missing[*]}" >&2
+    exit 1
+fi
