@@ -12,7 +12,7 @@ set -euo pipefail
 CAPABILITIES=(
     "postgresql|ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && \$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1) --version"
     "openssl|openssl cms -help 2>&1 | grep -q -- '-decrypt' && openssl pkcs12 -help 2>&1 | grep -q -- '-export'"
-    "swaks libnet-ssleay-perl libio-socket-ssl-perl|swaks --support STARTTLS 2>&1 | grep -q 'STARTTLS supported'"
+    "swaks libnet-ssleay-perl libio-socket-ssl-perl|swaks --support 2>&1 | grep -q '^=== TLS supported'"
     "chromium fonts-dejavu-core|chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update --no-first-run --user-data-dir=\$(mktemp -d) --dump-dom 'data:text/html,<p>ok</p>' 2>/dev/null | grep -q '<p>ok</p>'"
 )
 
