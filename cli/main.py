@@ -109,9 +109,15 @@ def pki_init(
     existed = (settings.pki.certs_dir / "ca.pem").exists()
     if existed and if_missing and not force:
         return
-    pki.init_dev_pki(settings, force=force)
+    dev = pki.init_dev_pki(settings, force=force)
     out.print(f"development PKI ready in {settings.pki.certs_dir} (for development only)")
     out.print(f"recovery public key: {settings.pki.recovery_public_key}")
+    if "recovery" in dev.generated:
+        out.print(
+            f"recovery PRIVATE key: {dev.paths.recovery_private_key} - move it offline now (a safe, an offline"
+            " USB key): it opens every account's key; `mss account recover` and `rekey --recovery-key` read it from there",
+            highlight=False,
+        )
 
 
 @pki_app.command("issue")
@@ -157,6 +163,43 @@ def pki_revoke(
         rows = certificates.revoke_for_address(session, rt.settings, address, reason=reason, actor=actor())
     for row in rows:
         out.print(f"revoked certificate {row.serial} of {row.address}")
+    if rows:
+        out.print(
+            f"{rows[0].address} can no longer log in or send until it is rekeyed (`mss account rekey`); "
+            "its web and API sessions have ended"
+        )
+    else:
+        out.print(f"{address.strip().lower()} has no certificate left to revoke")
+
+
+@pki_app.command("renew")
+@handles_errors
+def pki_renew(
+    within: Annotated[str, typer.Option("--within", help="Renew certificates ending within this time: 30d, 8w ...")] = "30d",
+) -> None:
+    """Renew the certificates of accounts that end soon (same key pair); list the others."""
+    from mss import accounts
+    from mss.db import session_scope
+
+    days = parse_days(within)
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        renewal = accounts.renew_certificates(session, rt.settings, within_days=days, actor=actor())
+    for address, serial, not_after in renewal.renewed:
+        out.print(f"renewed {address}: certificate {serial}, valid until {not_after:%Y-%m-%d}", highlight=False)
+    for who, why in renewal.skipped:
+        out.print(f"not renewed {who}: {why}", highlight=False)
+    out.print(f"{len(renewal.renewed)} renewed, {len(renewal.skipped)} not renewed (certificates ending within {days} days)")
+
+
+def parse_days(text: str) -> int:
+    """Days in ``30d``, ``8w`` or a bare number of days. Raises typer.BadParameter."""
+    value = text.strip().lower()
+    unit = 7 if value.endswith("w") else 1
+    number = value.rstrip("dw")
+    if not number.isdigit() or not 0 < int(number) * unit <= 3650:
+        raise typer.BadParameter(f"{text!r} is not a duration such as 30d or 8w (at most 10 years)", param_hint="--within")
+    return int(number) * unit
 
 
 # -- directory ---------------------------------------------------------------------------
@@ -230,24 +273,20 @@ def entry_dict(e: Any) -> dict[str, Any]:
 @directory_app.command("show")
 @handles_errors
 def directory_show(address: str) -> None:
-    """Show one entry and its certificates."""
-    from sqlalchemy import select
-
-    from directory.models import Certificate
-    from directory.service import get_entry
+    """Show one entry, whose operator it belongs to, and its certificates."""
+    from directory import service
     from mss.db import session_scope
-    from mss.errors import UnknownAddress
 
     rt = runtime()
-    with session_scope(rt.engine) as session:
-        entry = get_entry(session, address)
-        if entry is None:
-            raise UnknownAddress(address.strip().lower())
-        certs = session.execute(select(Certificate).where(Certificate.address == entry.address)).scalars().all()
+    with session_scope(rt.engine, readonly=True) as session:
+        entry, certs = service.entry_with_certificates(session, address)
     for key, value in entry_dict(entry).items():
         out.print(f"{key:>14}: {value}", highlight=False)
+    domain = entry.address.rpartition("@")[2]
+    operator = "this operator" if rt.settings.serves(entry.address) else f"another operator ({domain}): no account or certificate here"
+    out.print(f"{'operator':>14}: {operator}", highlight=False)
     for c in certs:
-        state = f"revoked {c.revoked_at:%Y-%m-%d}" if c.revoked_at else f"valid until {c.not_after:%Y-%m-%d}"
+        state = f"revoked {c.revoked_at:%Y-%m-%d} ({c.revocation_reason})" if c.revoked_at else f"valid until {c.not_after:%Y-%m-%d}"
         out.print(f"   certificate: {c.serial} ({state})", highlight=False)
 
 
@@ -256,7 +295,10 @@ def directory_show(address: str) -> None:
 def directory_add(
     address: Annotated[str, typer.Option(help="Mailbox address.")],
     kind: Annotated[str, typer.Option(help="PER (a person) or ORG (an organisation).")] = "PER",
-    rpps: Annotated[str, typer.Option(help="RPPS identifier (PER).")] = "",
+    rpps: Annotated[str, typer.Option(help="Professional identifier (PER): RPPS (11 digits) or ADELI (9).")] = "",
+    rpps_type: Annotated[
+        str, typer.Option("--rpps-type", help="Identifier type: 8 or rpps, 0 or adeli (guessed from its shape when left out).")
+    ] = "",
     last_name: Annotated[str, typer.Option()] = "",
     first_name: Annotated[str, typer.Option()] = "",
     civility: Annotated[str, typer.Option()] = "",
@@ -271,8 +313,12 @@ def directory_add(
     from directory import service
     from mss.db import session_scope
 
+    types = {"rpps": "8", "adeli": "0", "8": "8", "0": "0", "": ""}
+    if rpps_type.strip().lower() not in types:
+        raise typer.BadParameter("use 8 (or rpps) or 0 (or adeli)", param_hint="--rpps-type")
     fields = {
-        "address": address, "kind": kind.upper(), "rpps": rpps, "last_name": last_name, "first_name": first_name,
+        "address": address, "kind": kind.upper(), "rpps": rpps, "rpps_type": types[rpps_type.strip().lower()],
+        "last_name": last_name, "first_name": first_name,
         "civility": civility, "profession_code": profession_code, "profession_label": profession_label,
         "org_name": org_name, "service": service_name, "postal_code": postal_code, "city": city,
     }
@@ -396,6 +442,33 @@ def account_recover(
     with session_scope(rt.engine) as session:
         accounts.recover_account(session, rt.settings, address, recovery_key, new, actor=actor())
     out.print(f"new password set for {address.strip().lower()}")
+
+
+@account_app.command("rekey")
+@handles_errors
+def account_rekey(
+    address: str,
+    reason: Annotated[str, typer.Option(help="Why the old certificate is revoked: superseded, keyCompromise ...")] = "superseded",
+    recovery_key: Annotated[
+        Optional[Path], typer.Option("--recovery-key", help="Open the keys with the offline recovery key (then set a new password).")
+    ] = None,
+    password_stdin: PasswordStdin = False,
+) -> None:
+    """A new key pair and certificate; the old certificate is revoked, the old key kept to read older mail."""
+    from mss import accounts
+    from mss.db import session_scope
+
+    rt = runtime()
+    reader = SecretReader(password_stdin)
+    if recovery_key is None:
+        secrets = {"password": reader.read("Account password")}
+    else:
+        secrets = {"recovery_private_key_file": recovery_key, "new_password": reader.read("New password", confirm=True)}
+    with session_scope(rt.engine) as session:
+        done = accounts.rekey(session, rt.settings, address, actor=actor(), reason=reason, **secrets)
+    for serial in done.revoked_serials:
+        out.print(f"revoked certificate {serial} ({reason})")
+    out.print(f"new certificate {done.serial} for {done.address}, valid until {done.not_after:%Y-%m-%d}")
 
 
 @account_app.command("export-key")
@@ -597,9 +670,14 @@ def serve(
     rt = runtime()
     settings = rt.settings
 
+    from mss.runtime import startup_warnings
+
+    for warning in startup_warnings(rt):
+        logging.getLogger("mss").warning(warning)
+
     async def main_loop() -> None:
         from mss.relay import serve_relay
-        from mss.web.server import serve_web
+        from mss.web.server import serve_publication, serve_web
 
         parts = []
         if what in {"all", "relay"}:
@@ -609,6 +687,10 @@ def serve(
             parts.append(serve_web(rt))
             scheme = "http" if settings.web.behind_tls_proxy else "https"
             err.print(f"mss web: inbox on {scheme}://{settings.web.host}:{settings.web.port}/")
+            if settings.pki.http_port:
+                parts.append(serve_publication(rt))
+                err.print(f"mss pki: CRL on http://{settings.pki.http_host}:{settings.pki.http_port}/pki/ca.crl"
+                          f" (certificates name {settings.pki.crl_url})")
         tasks = [asyncio.ensure_future(part) for part in parts]
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -24,11 +24,11 @@ from sqlalchemy import event, select, text
 from sqlmodel import Session
 
 from directory.models import ACTIVE, Certificate, DirectoryEntry
-from mss import audit
+from mss import audit, standing
 from mss.crypto import keys, pki
 from mss.crypto.master import MasterKey
 from mss.db import utcnow
-from mss.errors import ConfigError, CryptoError, PkiError, RevokedAddress, UnknownAddress
+from mss.errors import ConfigError, CryptoError, DomainNotServed, PkiError, RevokedAddress, UnknownAddress
 from mss.models import SealedSecret
 from mss.settings import Settings
 
@@ -99,16 +99,29 @@ def _identity(entry: DirectoryEntry) -> tuple[str, str | None, str | None]:
 
 
 def issue_for_entry(
-    session: Session, settings: Settings, address: str, *, actor: str, request_id: str = ""
-) -> tuple[rsa.RSAPrivateKey, Certificate]:
-    """Issue an S/MIME key and certificate for an active directory entry.
+    session: Session,
+    settings: Settings,
+    address: str,
+    *,
+    actor: str,
+    request_id: str = "",
+    public_key: rsa.RSAPublicKey | None = None,
+) -> tuple[rsa.RSAPrivateKey | None, Certificate]:
+    """Issue an S/MIME certificate for an active directory entry of a served domain.
 
-    Stores the certificate row and an audit event ``pki.issue`` in the caller's transaction
-    and returns the private key (for the caller to wrap; it is not stored here) with the
-    row. Earlier certificates of the address stay as they are: the newest is the current
-    one. Raises UnknownAddress, RevokedAddress, or PkiError when the CA is unavailable.
+    A new key pair, unless ``public_key`` is given (a renewal keeps the key pair; the private
+    key returned is then None). Stores the certificate row and an audit event ``pki.issue``
+    in the caller's transaction and returns the private key (for the caller to wrap; it is
+    not stored here) with the row. Earlier certificates of the address stay as they are:
+    the newest is the current one. Raises DomainNotServed (another operator's address is
+    never certified here), UnknownAddress, RevokedAddress, or PkiError when the CA is
+    unavailable.
     """
     address = _normalise(address)
+    if not settings.serves(address):
+        raise DomainNotServed(
+            f"{address} belongs to another operator's domain: certificates are issued only for {', '.join(settings.domains)}"
+        )
     entry = session.execute(select(DirectoryEntry).where(DirectoryEntry.address == address)).scalars().first()
     if entry is None:
         raise UnknownAddress(address)
@@ -124,12 +137,15 @@ def issue_for_entry(
         organisation=organisation,
         key_bits=settings.pki.user_key_bits,
         days=settings.pki.certificate_days,
+        crl_url=settings.pki.crl_url,
+        public_key=public_key,
     )
     row = _row(certificate, address=address, usage=SMIME)
     session.add(row)
     session.flush()
     audit.record(
-        session, actor=actor, action="pki.issue", object=address, request_id=request_id, serial=row.serial, usage=SMIME
+        session, actor=actor, action="pki.issue", object=address, request_id=request_id, serial=row.serial,
+        usage=SMIME, renewal=public_key is not None,
     )
     return key, row
 
@@ -218,25 +234,35 @@ def _write_crl_after_commit(session: Session, settings: Settings, crl: x509.Cert
 
 
 def revoke_for_address(
-    session: Session, settings: Settings, address: str, *, reason: str, actor: str, request_id: str = ""
+    session: Session,
+    settings: Settings,
+    address: str,
+    *,
+    reason: str,
+    actor: str,
+    request_id: str = "",
+    keep: Iterable[int] = (),
 ) -> list[Certificate]:
     """Revoke every unrevoked certificate of ``address`` (an RFC 5280 ``reason`` such as
-    ``keyCompromise``, ``affiliationChanged``, ``cessationOfOperation``, ``superseded``).
+    ``keyCompromise``, ``affiliationChanged``, ``cessationOfOperation``, ``superseded``),
+    except the rows whose ids are in ``keep`` (a rekey keeps the certificate it just issued).
 
-    Records an audit event ``pki.revoke`` and schedules the CRL rewrite for when the
-    caller's transaction commits. Returns the revoked rows (empty when there was nothing to
-    revoke; no event then). Raises PkiError for an unknown reason or an unavailable CA.
+    Ends the address's web and API sessions, records an audit event ``pki.revoke`` and
+    schedules the CRL rewrite for when the caller's transaction commits. Returns the revoked
+    rows (empty when there was nothing to revoke; no event then). Raises PkiError for an
+    unknown reason or an unavailable CA.
     """
     flag = pki.revocation_reason(reason)
     address = _normalise(address)
     _lock(session, _CRL_LOCK)
-    rows = list(
-        session.execute(
-            select(Certificate).where(Certificate.address == address).where(Certificate.revoked_at.is_(None))
-        ).scalars()
-    )
+    query = select(Certificate).where(Certificate.address == address).where(Certificate.revoked_at.is_(None))
+    kept = list(keep)
+    if kept:
+        query = query.where(Certificate.id.not_in(kept))  # type: ignore[union-attr]
+    rows = list(session.execute(query).scalars())
     if not rows:
         return []
+    standing.end_sessions(session, address)
     ca = pki.load_ca(settings)
     now = utcnow()
     for row in rows:
@@ -319,7 +345,8 @@ def operator_identity(
                 return key, certificate
     ca = pki.load_ca(settings)
     key, certificate = pki.issue_operator_certificate(
-        ca, address=operator_address(settings), key_bits=settings.pki.user_key_bits, days=settings.pki.certificate_days
+        ca, address=operator_address(settings), key_bits=settings.pki.user_key_bits,
+        days=settings.pki.certificate_days, crl_url=settings.pki.crl_url,
     )
     sealed = master_key.seal(keys.private_key_to_der(key))
     if secret is None:

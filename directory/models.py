@@ -18,6 +18,7 @@ from mss.db import UTCDateTime, utcnow
 ACTIVE = "active"
 REVOKED = "revoked"
 INACTIVE = "inactive"  # missing from the latest extract (--prune)
+INACTIVE_REASON = "no longer in the national directory extract"
 
 
 class DirectoryEntry(SQLModel, table=True):

@@ -17,13 +17,12 @@ from sqlmodel import Session
 
 from directory.extract import ADELI_TYPE, FIELDS, RPPS_TYPE, validate_fields
 from directory.importer import entry_row
-from directory.models import ACTIVE, INACTIVE, REVOKED, DirectoryEntry
-from mss import audit
+from directory.models import ACTIVE, INACTIVE, INACTIVE_REASON, REVOKED, Certificate, DirectoryEntry
+from mss import audit, standing
 from mss.db import utcnow
 from mss.errors import DirectoryError, RevokedAddress, StorageError, UnknownAddress
 
 MAX_REASON_LENGTH = 500
-INACTIVE_REASON = "no longer in the national directory extract"
 
 _RPPS = re.compile(r"[0-9]{11}")
 _ADELI = re.compile(r"(?:[0-9]{2}|2[AB])[0-9]{7}")
@@ -63,6 +62,16 @@ def require_active(session: Session, address: str) -> DirectoryEntry:
     return entry
 
 
+def entry_with_certificates(session: Session, address: str) -> tuple[DirectoryEntry, list[Certificate]]:
+    """The entry of ``address`` (whatever its status) and every certificate issued for it,
+    oldest first. Raises UnknownAddress."""
+    entry = _require(session, address)
+    certs = session.execute(
+        select(Certificate).where(Certificate.address == entry.address).order_by(Certificate.not_before, Certificate.id)
+    ).scalars()
+    return entry, list(certs)
+
+
 def _require(session: Session, address: str) -> DirectoryEntry:
     entry = get_entry(session, address)
     if entry is None:
@@ -71,13 +80,22 @@ def _require(session: Session, address: str) -> DirectoryEntry:
 
 
 def _completed(fields: dict[str, str]) -> dict[str, str]:
-    """Fill what an administrator may leave out: identifier type and national id, L6 line."""
+    """Fill what an administrator may leave out: identifier type and national id, L6 line.
+
+    Raises DirectoryError when the identifier is neither an RPPS number (11 digits) nor an
+    ADELI number (9 characters) and no type says which it is.
+    """
     rpps = fields["rpps"]
     if rpps and not fields["rpps_type"]:
         if _RPPS.fullmatch(rpps):
             fields["rpps_type"] = RPPS_TYPE
         elif _ADELI.fullmatch(rpps):
             fields["rpps_type"] = ADELI_TYPE
+        else:
+            raise DirectoryError(
+                f"identifier {rpps[:40]!r} is neither an RPPS number (11 digits) nor an ADELI number "
+                "(9 characters: 2 digits or 2A/2B, then 7 digits)"
+            )
     if rpps and fields["rpps_type"] and not fields["national_id"]:
         fields["national_id"] = fields["rpps_type"] + rpps
     return fields
@@ -141,6 +159,9 @@ def revoke_entry(session: Session, address: str, *, reason: str, actor: str) -> 
         raise DirectoryError(f"{entry.address} is already revoked")
     previous = entry.status
     _set_status(session, entry, REVOKED, reason)
+    # From this moment the address can neither log in nor send at any door: its web and API
+    # sessions end now, an open SMTP session is refused at its next MAIL (mss.standing).
+    standing.end_sessions(session, entry.address)
     audit.record(
         session, actor=actor, action="directory.revoke", object=entry.address, reason=reason, previous_status=previous
     )

@@ -88,15 +88,58 @@ class AccountLocked(AuthError):
         self.until = until
 
 
-class AccountDisabled(AuthError):
+class BadTotp(AuthError):
+    """The TOTP code is wrong, expired or already used."""
+
+
+class TooManyAttempts(AuthError):
+    """Too many failed logins from this client address: it must wait before trying again."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"too many failed logins from your address; try again in {retry_after} s", retry_after=retry_after
+        )
+        self.retry_after = retry_after
+
+
+class StandingError(AuthError):
+    """The account may no longer log in or send: its directory entry, domain or signing
+    certificate does not allow it. ``code`` names the cause for doors and the audit trail."""
+
+    code = "not-in-standing"
+
+
+class AccountDisabled(StandingError):
     """The account was disabled by an administrator."""
+
+    code = "disabled"
 
     def __init__(self) -> None:
         super().__init__("account disabled")
 
 
-class BadTotp(AuthError):
-    """The TOTP code is wrong, expired or already used."""
+class EntryRevoked(StandingError):
+    """The account's directory entry is revoked or inactive."""
+
+    code = "entry-revoked"
+
+
+class AddressNotServed(StandingError):
+    """The address is not in a domain this operator serves: no account, no certificate here."""
+
+    code = "domain-not-served"
+
+
+class CertificateRevoked(StandingError):
+    """The account's signing certificate is revoked (or was replaced by a rekey)."""
+
+    code = "certificate-revoked"
+
+
+class CertificateExpired(StandingError):
+    """The account's signing certificate has expired: it must be renewed."""
+
+    code = "certificate-expired"
 
 
 class PasswordPolicyError(AccountError):
@@ -153,7 +196,8 @@ class FromHeaderMismatch(PolicyError):
 
 
 class DomainNotServed(PolicyError):
-    """The recipient's domain is not one this operator serves (no open relay)."""
+    """The address's domain is not one this operator serves (no open relay, no account or
+    certificate for another operator's address)."""
 
 
 class TooManyRecipients(PolicyError):

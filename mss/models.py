@@ -41,16 +41,38 @@ class Account(SQLModel, table=True):
     wrapped_key: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     # The same private key sealed to the offline recovery public key (X25519 SealedBox).
     recovery_sealed_key: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # Earlier private keys (after a rekey), so mail encrypted to an older certificate stays
+    # readable: packed, in a SecretBox under the same argon2id key as ``wrapped_key``, and
+    # sealed to the recovery key like the current one. Empty when there is none.
+    past_keys_wrapped: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False, default=b""))
+    past_keys_recovery_sealed: bytes = Field(
+        default=b"", sa_column=Column(LargeBinary, nullable=False, default=b"")
+    )
     certificate_id: Optional[int] = Field(default=None, foreign_key="certificate.id")
     totp_secret_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     totp_confirmed: bool = False  # becomes true with the first accepted code
     totp_last_step: int = 0  # replay guard: the last accepted 30-second step
     recovery_codes: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
-    failed_logins: int = 0
+    failed_logins: int = 0  # wrong passwords from every client address, in the current window
+    factor_failures: int = 0  # wrong TOTP or recovery codes since the last complete login
+    last_failure_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
     locked_until: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
     disabled: bool = False
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class LoginThrottle(SQLModel, table=True):
+    """Failed logins counted for one client address (``client:ADDR``) or for one account
+    from one client address (``pair:ACCOUNT|ADDR``): the throttle that keeps an attacker
+    from locking a professional out of their own mail."""
+
+    __tablename__ = "login_throttle"
+
+    scope: str = Field(primary_key=True, max_length=400)
+    failures: int = 0
+    last_failure_at: datetime = Field(sa_type=UTCDateTime)
+    blocked_until: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
 
 
 class AuditEvent(SQLModel, table=True):
@@ -158,6 +180,8 @@ class WebSession(SQLModel, table=True):
     stage: str = Field(max_length=10)  # totp | enrol | active
     # The account's PKCS#8 private key in a SecretBox under the client-held session key.
     key_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # Its earlier keys (``Account.past_keys_wrapped``), packed, under the same session key.
+    past_keys_sealed: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False, default=b""))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     last_seen_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)  # absolute end

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesParser
 
-from mss import receipts, store
+from mss import receipts, standing, store
 from mss.accounts import UnlockedAccount
-from mss.crypto import smime
+from mss.crypto import pki, smime
 from mss.db import session_scope, utcnow
 from mss.documents import CdaInfo, Document, DocumentLimits, inspect_attachment, message_header_values
 from mss.errors import (
@@ -74,6 +74,18 @@ def check_sender(sender: UnlockedAccount, mail_from: str) -> None:
     """The envelope sender must be the authenticated account. Raises SenderMismatch."""
     if normalise_address(mail_from) != sender.address:
         raise SenderMismatch(f"sender {normalise_address(mail_from)} is not the authenticated account {sender.address}")
+
+
+def _sender_certificate_serial(sender: UnlockedAccount) -> str:
+    return pki.serial_hex(sender.certificate.serial_number)
+
+
+def check_sender_standing(rt: Runtime, sender: UnlockedAccount) -> None:
+    """The sender still stands, with the certificate its session signs with (a revocation,
+    a disable or a rekey since it logged in refuses its next message). Raises a
+    StandingError subclass (``mss.standing``)."""
+    with session_scope(rt.engine, readonly=True) as session:
+        standing.check(session, rt.settings, sender.address, certificate_serial=_sender_certificate_serial(sender))
 
 
 def check_recipient(rt: Runtime, address: str) -> str:
@@ -199,8 +211,8 @@ def new_queue_id() -> str:
 def submit(rt: Runtime, submission: Submission) -> Accepted:
     """Check, sign, encrypt and durably store a message with its receipts and audit events.
 
-    Returns only after the commit. Raises MessageTooLarge, MalformedMessage,
-    FromHeaderMismatch, DocumentError subclasses, NotEncryptedForRecipients,
+    Returns only after the commit. Raises a StandingError subclass (the sender may no longer
+    send), MessageTooLarge, MalformedMessage, FromHeaderMismatch, DocumentError subclasses, NotEncryptedForRecipients,
     RecipientHasNoCertificate, UnknownAddress, RevokedAddress, DomainNotServed.
     """
     settings = rt.settings
@@ -228,6 +240,9 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
     deliverable: list[RecipientRequest] = []
     recipient_certs = []
     with session_scope(rt.engine, readonly=True) as session:
+        # Nothing is signed with a key whose certificate was revoked, or for an account
+        # that may no longer send, whenever that happened.
+        standing.check(session, settings, sender.address, certificate_serial=_sender_certificate_serial(sender))
         for request in submission.recipients:
             try:
                 check_recipient_is_active(session, settings, request.address)

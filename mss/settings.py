@@ -20,6 +20,11 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip().lower() for part in value.split(",") if part.strip())
 
 
+def _url_host(host: str) -> str:
+    """``host`` as written in a URL (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
 @dataclass(frozen=True)
 class StorageSettings:
     """Where data lives."""
@@ -46,6 +51,19 @@ class PkiSettings:
     """``MSS_CERTIFICATE_DAYS``: validity of issued S/MIME certificates. Default 1095."""
     recovery_public_key: Path
     """``MSS_RECOVERY_PUBLIC_KEY``: X25519 public key that escrows private keys. Default ``<data_dir>/recovery.pub``."""
+    recovery_private_key_out: Path
+    """``MSS_RECOVERY_KEY_OUT``: where ``mss pki init`` writes the recovery *private* key, to be
+    moved offline; never in the data folder. Default ``./offline/recovery.key``."""
+    crl_url: str
+    """``MSS_CRL_URL``: the CRL distribution point written into issued certificates. Default
+    ``http://<first hostname>:<MSS_PKI_HTTP_PORT>/pki/ca.crl``."""
+    http_host: str
+    """``MSS_PKI_HTTP_HOST``: listen address of the plain-HTTP CRL and CA publication. Default ``127.0.0.1``."""
+    http_port: int
+    """``MSS_PKI_HTTP_PORT``: its port (0 turns it off). Default 8080 (80 in production, behind the CRL URL)."""
+    expiry_warning_days: int
+    """``MSS_CERT_WARNING_DAYS``: certificates ending within this many days are announced
+    (web banner, ``mss serve`` log) and renewed by ``mss pki renew``. Default 30."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +77,16 @@ class SecuritySettings:
     max_login_failures: int
     """``MSS_MAX_LOGIN_FAILURES``: failures before the account is locked. Default 5."""
     lockout_seconds: int
-    """``MSS_LOCKOUT_SECONDS``: how long a lock lasts. Default 900."""
+    """``MSS_LOCKOUT_SECONDS``: how long a lock lasts, and the window failures are counted in. Default 900."""
+    account_max_failures: int
+    """``MSS_ACCOUNT_MAX_FAILURES``: wrong passwords for one account from all client addresses
+    together before it is locked for everyone (distributed guessing). Default 50."""
+    client_free_failures: int
+    """``MSS_CLIENT_FREE_FAILURES``: failed logins from one client address before each further
+    try must wait (1 s, then doubling up to 60 s). Default 10."""
+    client_max_failures: int
+    """``MSS_CLIENT_MAX_FAILURES``: failed logins from one client address before it is refused
+    for ``MSS_LOCKOUT_SECONDS``. Default 100 (a hospital's users may share one address)."""
     totp_issuer: str
     """``MSS_TOTP_ISSUER``: issuer shown in authenticator apps. Default ``mss``."""
 
@@ -163,13 +190,29 @@ class Settings:
             database_url=get("MSS_DATABASE_URL", f"sqlite:///{data_dir / 'mss.db'}"),
             master_key_file=Path(get("MSS_MASTER_KEY_FILE", str(data_dir / "master.key"))),
         )
+        hostnames = _split(get("MSS_HOSTNAMES", "localhost,127.0.0.1"))
+        http_port = integer("MSS_PKI_HTTP_PORT", 8080)
+        first_host = hostnames[0] if hostnames else "localhost"
         pki = PkiSettings(
             certs_dir=Path(get("MSS_CERTS_DIR", str(PROJECT_ROOT / "certs" / "dev"))).resolve(),
-            hostnames=_split(get("MSS_HOSTNAMES", "localhost")),
+            hostnames=hostnames,
             user_key_bits=integer("MSS_USER_KEY_BITS", 3072),
             certificate_days=integer("MSS_CERTIFICATE_DAYS", 1095),
             recovery_public_key=Path(get("MSS_RECOVERY_PUBLIC_KEY", str(data_dir / "recovery.pub"))),
+            recovery_private_key_out=Path(
+                get("MSS_RECOVERY_KEY_OUT", str(PROJECT_ROOT / "offline" / "recovery.key"))
+            ).expanduser().resolve(),
+            crl_url=get("MSS_CRL_URL", f"http://{_url_host(first_host)}:{http_port or 8080}/pki/ca.crl"),
+            http_host=get("MSS_PKI_HTTP_HOST", "127.0.0.1"),
+            http_port=http_port,
+            expiry_warning_days=integer("MSS_CERT_WARNING_DAYS", 30),
         )
+        if pki.recovery_private_key_out.is_relative_to(data_dir):
+            raise ConfigError("MSS_RECOVERY_KEY_OUT must not be in the data folder, beside the master key")
+        if not pki.crl_url.startswith("http://"):
+            # RFC 5280 4.2.1.13 / RFC 8550: relying parties fetch CRLs over plain HTTP (the
+            # list is signed); an https URL would need a revocation check of its own.
+            raise ConfigError("MSS_CRL_URL must be an http:// URL")
         if pki.user_key_bits < 2048:
             raise ConfigError("MSS_USER_KEY_BITS must be at least 2048")
         security = SecuritySettings(
@@ -177,6 +220,9 @@ class Settings:
             argon2_memlimit=integer("MSS_ARGON2_MEMLIMIT", 64 * 1024 * 1024),
             max_login_failures=integer("MSS_MAX_LOGIN_FAILURES", 5),
             lockout_seconds=integer("MSS_LOCKOUT_SECONDS", 900),
+            account_max_failures=integer("MSS_ACCOUNT_MAX_FAILURES", 50),
+            client_free_failures=integer("MSS_CLIENT_FREE_FAILURES", 10),
+            client_max_failures=integer("MSS_CLIENT_MAX_FAILURES", 100),
             totp_issuer=get("MSS_TOTP_ISSUER", "mss"),
         )
         relay = RelaySettings(

@@ -79,6 +79,8 @@ def test_env(tmp_path: Path, database_url: str) -> dict[str, str]:
         "MSS_ARGON2_MEMLIMIT": str(8 * 1024 * 1024),
         "MSS_USER_KEY_BITS": "2048",
         "MSS_LOCKOUT_SECONDS": "60",
+        "MSS_RECOVERY_KEY_OUT": str(tmp_path / "offline" / "recovery.key"),
+        "MSS_PKI_HTTP_PORT": "0",
     }
 
 
@@ -115,6 +117,7 @@ def _pki_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     settings = Settings.from_env({
         "MSS_DATA_DIR": str(root / "data"), "MSS_CERTS_DIR": str(root / "certs"),
         "MSS_HOSTNAMES": "localhost,127.0.0.1", "MSS_USER_KEY_BITS": "2048",
+        "MSS_RECOVERY_KEY_OUT": str(root / "offline" / "recovery.key"),
     })
     pki.init_dev_pki(settings)
     return root / "certs", root / "data"
@@ -131,6 +134,9 @@ def dev_pki(settings: Settings, _pki_template: tuple[Path, Path]) -> Settings:
     for item in data.iterdir():
         if item.name.startswith("recovery"):
             shutil.copy2(item, settings.storage.data_dir / item.name)
+    offline = settings.pki.recovery_private_key_out
+    offline.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copy2(data.parent / "offline" / "recovery.key", offline)
     return settings
 
 

@@ -54,7 +54,7 @@ def test_create_stores_no_secret_in_clear(rt, directory_loaded):  # type: ignore
     assert secret not in account.totp_secret_sealed
     assert b"PRIVATE KEY" not in account.wrapped_key
     # The escrow opens with the recovery key and yields the same key the password unwraps.
-    recovery = keys.load_recovery_private_key(rt.settings.storage.data_dir / "recovery.key")
+    recovery = keys.load_recovery_private_key(rt.settings.pki.recovery_private_key_out)
     escrowed = keys.open_recovery(account.recovery_sealed_key, recovery)
     unlocked = accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="cli")
     assert escrowed == unlocked.private_key_der
@@ -165,7 +165,7 @@ def test_recover_with_the_offline_key(rt, directory_loaded, tmp_path):  # type: 
         with pytest.raises(CryptoError):
             accounts.recover_account(session, rt.settings, DOCTOR, stranger, "recovered passphrase", actor="test")
     with session_scope(rt.engine) as session:
-        accounts.recover_account(session, rt.settings, DOCTOR, rt.settings.storage.data_dir / "recovery.key",
+        accounts.recover_account(session, rt.settings, DOCTOR, rt.settings.pki.recovery_private_key_out,
                                  "recovered passphrase", actor="test")
     after = accounts.authenticate(rt.engine, rt.settings, DOCTOR, "recovered passphrase", channel="cli")
     assert after.private_key_der == before
@@ -221,7 +221,7 @@ def test_recovery_reset_and_disable_end_web_sessions(rt, directory_loaded):  # t
     assert live() == 0
     open_session()
     with session_scope(rt.engine) as session:
-        accounts.recover_account(session, rt.settings, DOCTOR, rt.settings.storage.data_dir / "recovery.key",
+        accounts.recover_account(session, rt.settings, DOCTOR, rt.settings.pki.recovery_private_key_out,
                                  "recovered passphrase", actor="test")
     assert live() == 0
     open_session()

@@ -87,7 +87,7 @@ def test_account_lifecycle(mss, tmp_path, env):  # type: ignore[no-untyped-def]
     refused = subprocess.run(["openssl", "pkcs12", "-info", "-in", str(p12), "-nokeys", "-passin", "pass:nope"],
                              capture_output=True, text=True)
     assert refused.returncode != 0
-    recovery = Path(env["MSS_DATA_DIR"]) / "recovery.key"
+    recovery = Path(env["MSS_RECOVERY_KEY_OUT"])
     mss("account", "recover", DOCTOR, "--recovery-key", str(recovery), "--password-stdin", input="recovered passphrase\n")
     mss("account", "disable", DOCTOR)
     disabled = mss("account", "export-key", DOCTOR, "--out", str(p12), "--password-stdin",

@@ -136,7 +136,7 @@ REFUSED_ADDITIONS = [
     ({"address": DOCTOR.upper()}, f"{DOCTOR} is already in the directory"),
     ({"address": "not-an-address"}, "invalid mailbox address 'not-an-address'"),
     ({"kind": "XYZ"}, "unknown mailbox type 'XYZ'"),
-    ({"rpps": "12AB"}, "missing identifier type for a person"),
+    ({"rpps": "12AB"}, "neither an RPPS number \\(11 digits\\) nor an ADELI number"),
     ({"rpps": "12AB", "rpps_type": "4"}, "unknown identifier type '4'"),
     ({"rpps": "12AB", "rpps_type": "8"}, "malformed RPPS number '12AB'"),
     ({"last_name": ""}, "missing last name for a person"),

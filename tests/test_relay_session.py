@@ -186,13 +186,16 @@ def test_wrong_password_then_lockout(relay_stack: Stack) -> None:
     still_serving(relay_stack, before)
 
 
-def test_disabled_account_is_told_nothing_more(relay_stack: Stack) -> None:
+def test_disabled_account_is_told_why_only_after_the_right_password(relay_stack: Stack) -> None:
     address = RECIPIENTS[1]
     with session_scope(relay_stack.rt.engine) as session:
         accounts.set_disabled(session, address, True, actor="test")
     try:
         client = connect(relay_stack)
-        assert auth(client, "PLAIN", f"\0{address}\0{relay_stack.passwords[address]}") == code_of(replies.AUTH_FAILED)
+        assert auth(client, "PLAIN", f"\0{address}\0wrong-{relay_stack.passwords[address]}") == code_of(replies.AUTH_FAILED)
+        assert auth(client, "PLAIN", f"\0{address}\0{relay_stack.passwords[address]}") == code_of(
+            replies.AUTH_ACCOUNT_DISABLED
+        )
         client.quit()
     finally:
         with session_scope(relay_stack.rt.engine) as session:

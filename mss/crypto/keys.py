@@ -20,6 +20,7 @@ import base64
 import binascii
 import os
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,9 @@ class WrappedKey:
     ciphertext: bytes  # SecretBox output: nonce + ciphertext + tag
     opslimit: int
     memlimit: int
+    # The account's earlier keys, packed (pack_keys), under the same derived key: one
+    # argon2id derivation opens them all. Empty when there is none.
+    past_ciphertext: bytes = b""
 
 
 def _password_bytes(password: str) -> bytes:
@@ -131,8 +135,32 @@ def _derive(password: str, salt: bytes, opslimit: int, memlimit: int) -> nacl.se
     return nacl.secret.SecretBox(key)
 
 
-def wrap_private_key(key_der: bytes, password: str, *, opslimit: int, memlimit: int) -> WrappedKey:
-    """Seal ``key_der`` under argon2id(password, fresh salt) with SecretBox.
+def pack_keys(keys_der: Sequence[bytes]) -> bytes:
+    """Several DER keys as one blob: each preceded by its length (4 bytes, big-endian)."""
+    return b"".join(len(der).to_bytes(4, "big") + bytes(der) for der in keys_der)
+
+
+def unpack_keys(blob: bytes) -> tuple[bytes, ...]:
+    """The keys of a :func:`pack_keys` blob. Raises CryptoError when it is malformed."""
+    found: list[bytes] = []
+    offset = 0
+    while offset < len(blob):
+        if offset + 4 > len(blob):
+            raise CryptoError("a packed key list is truncated")
+        size = int.from_bytes(blob[offset : offset + 4], "big")
+        offset += 4
+        if size == 0 or offset + size > len(blob):
+            raise CryptoError("a packed key list is truncated")
+        found.append(bytes(blob[offset : offset + size]))
+        offset += size
+    return tuple(found)
+
+
+def wrap_private_key(
+    key_der: bytes, password: str, *, opslimit: int, memlimit: int, past: Sequence[bytes] = ()
+) -> WrappedKey:
+    """Seal ``key_der`` (and the account's ``past`` keys) under argon2id(password, fresh
+    salt) with SecretBox.
 
     Raises CryptoError for an empty key or password, or an out-of-range cost.
     """
@@ -140,11 +168,17 @@ def wrap_private_key(key_der: bytes, password: str, *, opslimit: int, memlimit: 
         raise CryptoError("there is no key to wrap")
     salt = nacl.utils.random(SALT_SIZE)
     box = _derive(password, salt, opslimit, memlimit)
-    return WrappedKey(salt=salt, ciphertext=bytes(box.encrypt(bytes(key_der))), opslimit=opslimit, memlimit=memlimit)
+    return WrappedKey(
+        salt=salt,
+        ciphertext=bytes(box.encrypt(bytes(key_der))),
+        opslimit=opslimit,
+        memlimit=memlimit,
+        past_ciphertext=bytes(box.encrypt(pack_keys(past))) if past else b"",
+    )
 
 
-def unwrap_private_key(wrapped: WrappedKey, password: str) -> bytes:
-    """The key bytes sealed in ``wrapped``.
+def unwrap_private_keys(wrapped: WrappedKey, password: str) -> tuple[bytes, tuple[bytes, ...]]:
+    """The current key and the earlier ones sealed in ``wrapped``.
 
     Raises KeyUnwrapError for a wrong password, a tampered blob or a malformed record.
     """
@@ -155,9 +189,19 @@ def unwrap_private_key(wrapped: WrappedKey, password: str) -> bytes:
     except CryptoError as exc:
         raise KeyUnwrapError(f"the wrapped key cannot be opened: {exc.message}") from exc
     try:
-        return box.decrypt(wrapped.ciphertext)
-    except (nacl.exceptions.CryptoError, TypeError) as exc:
+        current = box.decrypt(wrapped.ciphertext)
+        past = unpack_keys(box.decrypt(wrapped.past_ciphertext)) if wrapped.past_ciphertext else ()
+    except (nacl.exceptions.CryptoError, TypeError, CryptoError) as exc:
         raise KeyUnwrapError("the wrapped key cannot be opened (wrong password or altered data)") from exc
+    return current, past
+
+
+def unwrap_private_key(wrapped: WrappedKey, password: str) -> bytes:
+    """The current key bytes sealed in ``wrapped``.
+
+    Raises KeyUnwrapError for a wrong password, a tampered blob or a malformed record.
+    """
+    return unwrap_private_keys(wrapped, password)[0]
 
 
 # -- offline recovery escrow -------------------------------------------------------------
@@ -255,7 +299,7 @@ def write_recovery_key(path: Path, raw: bytes, *, private: bool) -> None:
     sees half a key and an existing file keeps no stale permissions.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700 if private else 0o755, parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{nacl.utils.random(4).hex()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
     try:

@@ -97,7 +97,8 @@ class PkiPaths:
             crl=certs / "ca.crl.pem",
             tls_certificate=certs / "server.pem",
             tls_key=certs / "server.key",
-            recovery_private_key=Path(settings.storage.data_dir) / "recovery.key",
+            # Written by `mss pki init` away from the data folder, to be moved offline.
+            recovery_private_key=Path(settings.pki.recovery_private_key_out),
             recovery_public_key=Path(settings.pki.recovery_public_key),
             lock=certs / ".pki.lock",
         )
@@ -293,14 +294,18 @@ def issue_smime_certificate(
     organisation: str | None = None,
     key_bits: int = 3072,
     days: int = 1095,
-) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
-    """A new RSA key and its S/MIME certificate for ``address``, signed by ``ca``.
+    crl_url: str | None = None,
+    public_key: rsa.RSAPublicKey | None = None,
+) -> tuple[rsa.RSAPrivateKey | None, x509.Certificate]:
+    """An S/MIME certificate for ``address``, signed by ``ca``, with a new RSA key.
 
-    ``rpps_national_id`` goes into the subject's serialNumber (for an organisation's mailbox,
-    its structure identifier, or None). Raises PkiError on a malformed argument.
+    With ``public_key`` the certificate is for that key instead (a renewal, which keeps the
+    key pair) and the returned private key is None. ``rpps_national_id`` goes into the
+    subject's serialNumber (for an organisation's mailbox, its structure identifier, or
+    None). ``crl_url`` is written as the CRL distribution point (RFC 5280 4.2.1.13), so
+    relying parties check revocation on their own. Raises PkiError on a malformed argument.
     """
     _check_address(address)
-    _check_key_bits(key_bits)
     _check_days(days)
     cn = _clip(common_name or "")
     if not cn:
@@ -313,18 +318,34 @@ def issue_smime_certificate(
         attributes.append(
             x509.NameAttribute(NameOID.SERIAL_NUMBER, _check_printable(rpps_national_id, "national identifier"))
         )
-    key = rsa.generate_private_key(public_exponent=65537, key_size=key_bits)
+    key: rsa.RSAPrivateKey | None = None
+    if public_key is None:
+        _check_key_bits(key_bits)
+        key = rsa.generate_private_key(public_exponent=65537, key_size=key_bits)
+        public_key = key.public_key()
+    elif not isinstance(public_key, rsa.RSAPublicKey) or public_key.key_size < 2048:
+        raise PkiError("an S/MIME key must be RSA of at least 2048 bits")
+    extensions = _smime_extensions(address)
+    if crl_url:
+        extensions.append((_crl_distribution_point(crl_url), False))
     try:
-        certificate = _issue(
-            ca, x509.Name(attributes), key.public_key(), days=days, extensions=_smime_extensions(address)
-        )
+        certificate = _issue(ca, x509.Name(attributes), public_key, days=days, extensions=extensions)
     except ValueError as exc:
         raise PkiError(f"the certificate for {address} cannot be built: {exc}") from exc
     return key, certificate
 
 
+def _crl_distribution_point(url: str) -> x509.CRLDistributionPoints:
+    if not url.startswith("http://") or not url.isprintable() or " " in url:
+        raise PkiError(f"the CRL distribution point must be an http:// URL, not {url!r}")
+    return x509.CRLDistributionPoints(
+        [x509.DistributionPoint(full_name=[x509.UniformResourceIdentifier(url)], relative_name=None,
+                                reasons=None, crl_issuer=None)]
+    )
+
+
 def issue_operator_certificate(
-    ca: CertificateAuthority, *, address: str, key_bits: int = 3072, days: int = 1095
+    ca: CertificateAuthority, *, address: str, key_bits: int = 3072, days: int = 1095, crl_url: str | None = None
 ) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     """The operator's own S/MIME signing key and certificate (it signs DSN and MDN receipts).
 
@@ -332,7 +353,7 @@ def issue_operator_certificate(
     """
     _check_address(address)
     organisation = ca.certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-    return issue_smime_certificate(
+    key, certificate = issue_smime_certificate(
         ca,
         address=address,
         rpps_national_id=None,
@@ -340,7 +361,10 @@ def issue_operator_certificate(
         organisation=str(organisation[0].value) if organisation else None,
         key_bits=key_bits,
         days=days,
+        crl_url=crl_url,
     )
+    assert key is not None  # a new key was asked for
+    return key, certificate
 
 
 def issue_tls_certificate(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 from asn1crypto import cms as asn1_cms
 from asn1crypto import crl as asn1_crl
@@ -209,6 +209,59 @@ def _classify(status: SignatureStatus, signer: x509.Certificate, moment: datetim
     return UNTRUSTED, "the signer's certificate failed path validation (revocation information missing or chain invalid)"
 
 
+def crl_problem(
+    certificate: x509.Certificate,
+    trust_roots: Sequence[x509.Certificate],
+    crls: Sequence[bytes | x509.CertificateRevocationList],
+    moment: datetime | None = None,
+) -> str | None:
+    """Why no usable CRL covers ``certificate``'s issuer at ``moment`` (default now), or None.
+
+    A usable CRL is from the issuer, signed by the issuer's key among ``trust_roots``, and
+    not past its nextUpdate. Without one, a signature cannot be shown as valid (fail closed).
+    """
+    issuer = next((root for root in trust_roots if root.subject == certificate.issuer), None)
+    when = moment or datetime.now(timezone.utc)
+    found = bad_signature = stale = 0
+    for item in crls:
+        try:
+            crl = item if isinstance(item, x509.CertificateRevocationList) else x509.load_der_x509_crl(bytes(item))
+        except ValueError:
+            bad_signature += 1
+            continue
+        if crl.issuer != certificate.issuer:
+            continue
+        found += 1
+        if issuer is None or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+            bad_signature += 1
+        elif crl.next_update_utc is None or crl.next_update_utc < when:
+            stale += 1
+        else:
+            return None
+    if not found and not bad_signature:
+        return "no revocation list is available for the signer's CA: the signature cannot be trusted"
+    if stale:
+        return "the revocation list is out of date: the signature cannot be trusted until it is refreshed"
+    return "the revocation list is not correctly signed by the signer's CA: the signature cannot be trusted"
+
+
+def revocation_date(
+    certificate: x509.Certificate, crls: Sequence[bytes | x509.CertificateRevocationList]
+) -> datetime | None:
+    """When a CRL of the certificate's issuer lists it as revoked, or None."""
+    for item in crls:
+        try:
+            crl = item if isinstance(item, x509.CertificateRevocationList) else x509.load_der_x509_crl(bytes(item))
+        except ValueError:
+            continue
+        if crl.issuer != certificate.issuer:
+            continue
+        entry = crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
+        if entry is not None:
+            return entry.revocation_date_utc
+    return None
+
+
 def _signer_address(certificate: x509.Certificate) -> str | None:
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -256,6 +309,9 @@ async def async_verify_signed_data(
     else:
         signer = x509.load_der_x509_certificate(status.signing_cert.dump())
         report_status, reason = _classify(status, signer, moment, bool(crls))
+        if report_status == UNTRUSTED:
+            # Fail closed, and say why when the revocation list is the cause.
+            reason = crl_problem(signer, trust_roots, crls, moment) or reason
     try:
         signing_time = extract_self_reported_ts(parsed.signer_info)
     except (ValueError, TypeError, KeyError):

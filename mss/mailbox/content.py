@@ -32,9 +32,11 @@ from mss.crypto import keys, smime, verify
 from mss.documents import detect
 from mss.errors import DecryptionError, DocumentError, SignatureError
 
-# Statuses beyond mss.crypto.verify's: no signature at all, or one we cannot check.
+# Statuses beyond mss.crypto.verify's: no signature at all, or one we cannot check; and a
+# signature that held when the message was submitted by a certificate revoked since.
 UNSIGNED = "unsigned"
 UNVERIFIABLE = "unverifiable"
+REVOKED_SINCE = "revoked-since"
 SMIME_TYPES = {"application/pkcs7-mime", "application/x-pkcs7-mime"}
 SIGNATURE_TYPES = {"application/pkcs7-signature", "application/x-pkcs7-signature"}
 BODY_TYPES = {"text/plain", "text/html"}
@@ -53,11 +55,12 @@ REPORT_TYPES = {
 class Signature:
     """What the signature check found, in a form the pages and the API can show."""
 
-    status: str  # valid | invalid | untrusted | revoked | expired | unsigned | unverifiable
+    status: str  # valid | invalid | untrusted | revoked | revoked-since | expired | unsigned | unverifiable
     reason: str
     signer_address: str | None = None
     signer_name: str | None = None
     signing_time: datetime | None = None
+    revoked_at: datetime | None = None  # for revoked-since: when the signer's certificate was revoked
 
     @property
     def trusted(self) -> bool:
@@ -103,10 +106,13 @@ def reader_key(key_der: bytes) -> smime.PrivateKey:
 
 
 def _decrypt(session: Session, cms: bytes, reader: UnlockedAccount) -> bytes:
-    """The envelope's content, opened with the reader's key under any of their certificates.
+    """The envelope's content, opened with any of the reader's keys under any of their
+    certificates.
 
-    A certificate renewed for the same key has a new serial number: messages encrypted to
-    the previous one name that one, so the reader's other certificates are tried too.
+    A certificate renewed for the same key has a new serial number, and a rekey leaves the
+    earlier key among the reader's past keys: a message encrypted to an older certificate
+    names that one, so each certificate of the reader that the envelope names is tried with
+    the key that matches it.
     """
     private_key = reader_key(reader.private_key_der)
     try:
@@ -115,15 +121,17 @@ def _decrypt(session: Session, cms: bytes, reader: UnlockedAccount) -> bytes:
         if exc.details.get("reason") != "not_a_recipient":
             raise
         first_error = exc
+    keyring = [private_key, *(reader_key(der) for der in reader.past_keys_der)]
     rows = session.execute(
         select(Certificate.der).where(Certificate.address == reader.address, Certificate.usage == "smime")
     ).scalars()
     for der in rows:
         certificate = x509.load_der_x509_certificate(der)
-        if certificate == reader.certificate or not keys.key_matches_certificate(private_key, certificate):
+        if certificate == reader.certificate or not smime.can_decrypt_for(cms, certificate):
             continue
-        if smime.can_decrypt_for(cms, certificate):
-            return smime.decrypt(cms, certificate, private_key)
+        for key in keyring:
+            if keys.key_matches_certificate(key, certificate):
+                return smime.decrypt(cms, certificate, key)
     raise first_error
 
 
@@ -137,13 +145,39 @@ def _report(report: verify.SignatureReport) -> Signature:
     )
 
 
-def _verified(signed_der: bytes, roots: list[x509.Certificate], crls: list[bytes]) -> tuple[Signature, bytes]:
-    """The signature outcome and the signed content (returned even when it does not hold)."""
+def _verified(
+    signed_der: bytes, roots: list[x509.Certificate], crls: list[bytes], submitted_at: datetime | None = None
+) -> tuple[Signature, bytes]:
+    """The signature outcome and the signed content (returned even when it does not hold).
+
+    A signature by a certificate revoked today is checked again as of ``submitted_at``
+    (when this service received the message, which proves it existed then): if it held
+    then, the reader learns both facts, valid when signed and revoked since (with the date).
+    """
     try:
         report = verify.verify_signed_data(signed_der, trust_roots=roots, crls=crls)
     except SignatureError as exc:
         # Not a usable SignedData: show nothing from it as if it were signed.
         return Signature(status=verify.INVALID, reason=exc.message), smime.signed_content(signed_der)
+    if report.status == verify.REVOKED and submitted_at is not None:
+        revoked_at = verify.revocation_date(report.signer_certificate, crls)
+        if revoked_at is not None and revoked_at > submitted_at:
+            then = verify.verify_signed_data(signed_der, trust_roots=roots, crls=crls, moment=submitted_at)
+            if then.status == verify.VALID:
+                return (
+                    Signature(
+                        status=REVOKED_SINCE,
+                        reason=(
+                            f"the signature was valid when the message was submitted ({submitted_at:%Y-%m-%d %H:%M} UTC);"
+                            f" the signer's certificate was revoked on {revoked_at:%Y-%m-%d %H:%M} UTC"
+                        ),
+                        signer_address=report.signer_address,
+                        signer_name=report.signer_common_name,
+                        signing_time=report.signing_time,
+                        revoked_at=revoked_at,
+                    ),
+                    report.content,
+                )
     return _report(report), report.content
 
 
@@ -168,7 +202,13 @@ def _client_content(inner: bytes) -> tuple[Signature, bytes]:
 
 
 def decrypt_and_verify(
-    session: Session, cms: bytes, kind: str, reader: UnlockedAccount, roots: list[x509.Certificate], crls: list[bytes]
+    session: Session,
+    cms: bytes,
+    kind: str,
+    reader: UnlockedAccount,
+    roots: list[x509.Certificate],
+    crls: list[bytes],
+    submitted_at: datetime | None = None,
 ) -> tuple[Signature, bytes]:
     """The signature outcome and the signed MIME entity of a stored message.
 
@@ -179,7 +219,7 @@ def decrypt_and_verify(
     inner = _decrypt(session, cms, reader)
     signed = store.signed_data_in(inner)
     if signed is not None:
-        return _verified(signed, roots, crls)
+        return _verified(signed, roots, crls, submitted_at)
     if kind != "client":
         return Signature(status=verify.INVALID, reason="the stored message is not signed as it should be"), b""
     return _client_content(inner)

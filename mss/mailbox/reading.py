@@ -541,7 +541,10 @@ def _load(rt: Runtime, reader: UnlockedAccount, queue_id: str, folder: str | Non
 def _decrypt(rt: Runtime, reader: UnlockedAccount, loaded: _Loaded) -> tuple[Signature, bytes]:
     with session_scope(rt.engine) as session:
         # Certificates only (no write): the reader's other certificates for an older envelope.
-        return decrypt_and_verify(session, loaded.message.cms, loaded.message.kind, reader, loaded.roots, loaded.crls)
+        return decrypt_and_verify(
+            session, loaded.message.cms, loaded.message.kind, reader, loaded.roots, loaded.crls,
+            submitted_at=loaded.message.submitted_at,
+        )
 
 
 def open_message(

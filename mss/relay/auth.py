@@ -5,9 +5,11 @@ after STARTTLS (``auth_require_tls``). The password check is argon2id work and o
 account's private key: it runs in a worker thread, and the ``UnlockedAccount`` it returns
 stays on the session (``session.auth_data``) and nowhere else.
 
-What the client is told: ``235`` on success, ``535 5.7.8`` for a wrong address or
-password and for a disabled account alike (nothing more to learn), ``454 4.7.0`` while
-the account is locked (temporary). Failures are audited by ``mss.accounts``.
+What the client is told: ``235`` on success; ``535 5.7.8`` for a wrong address or password
+(nothing more to learn); ``454 4.7.0`` while the account is locked for this client, or the
+client's address has failed too often (temporary); and, only after a right password, a
+``535 5.7.8`` that names why the account may not log in (disabled, directory entry revoked,
+certificate revoked or expired). Failures are audited and counted by ``mss.accounts``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,17 @@ from typing import TYPE_CHECKING, Final
 from aiosmtpd.smtp import MISSING, AuthResult
 
 from mss import accounts
-from mss.errors import AccountDisabled, AccountLocked, BadCredentials
+from mss.errors import (
+    AccountDisabled,
+    AccountLocked,
+    AddressNotServed,
+    BadCredentials,
+    CertificateExpired,
+    CertificateRevoked,
+    EntryRevoked,
+    StandingError,
+    TooManyAttempts,
+)
 from mss.relay import replies
 
 if TYPE_CHECKING:
@@ -28,6 +40,16 @@ if TYPE_CHECKING:
 
 # Longer than any address (254) or sensible password; refused before any argon2id work.
 MAX_CREDENTIAL: Final = 1024
+
+
+# After a right password: why the account may not log in.
+STANDING_REPLIES: Final = (
+    (AccountDisabled, replies.AUTH_ACCOUNT_DISABLED),
+    (EntryRevoked, replies.AUTH_ENTRY_REVOKED),
+    (CertificateRevoked, replies.AUTH_CERTIFICATE_REVOKED),
+    (CertificateExpired, replies.AUTH_CERTIFICATE_EXPIRED),
+    (AddressNotServed, replies.AUTH_NOT_SERVED),
+)
 
 
 def _failed(reply: str = replies.AUTH_FAILED) -> AuthResult:
@@ -99,9 +121,14 @@ class PasswordMechanisms:
                 secret,
                 channel="smtp",
                 request_id=self.correlation_id,
+                client=self.session.peer[0] if self.session.peer else "",  # type: ignore[attr-defined]
             )
+        except TooManyAttempts:
+            return _failed(replies.AUTH_TOO_MANY_ATTEMPTS)
         except AccountLocked:
             return _failed(replies.AUTH_TEMPORARY_FAILURE)
-        except (BadCredentials, AccountDisabled):
+        except BadCredentials:
             return _failed()
+        except StandingError as error:
+            return _failed(next((r for cls, r in STANDING_REPLIES if isinstance(error, cls)), replies.AUTH_FAILED))
         return AuthResult(success=True, auth_data=account, message=replies.AUTH_SUCCESSFUL)

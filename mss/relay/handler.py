@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Final
 from mss import audit, pipeline
 from mss.db import session_scope
 from mss.errors import (
+    AccountDisabled,
+    AddressNotServed,
+    CertificateExpired,
+    CertificateRevoked,
     DocumentError,
+    EntryRevoked,
     DomainNotServed,
     FromHeaderMismatch,
     MalformedMessage,
@@ -28,6 +33,7 @@ from mss.errors import (
     RecipientHasNoCertificate,
     RevokedAddress,
     SenderMismatch,
+    StandingError,
     TooManyRecipients,
     UnknownAddress,
 )
@@ -48,7 +54,17 @@ _RECIPIENT_REFUSALS: Final[tuple[tuple[type[MssError], str, str], ...]] = (
     (RevokedAddress, replies.REVOKED_RECIPIENT, "revoked-address"),
     (RecipientHasNoCertificate, replies.RECIPIENT_NO_CERTIFICATE, "no-certificate"),
 )
+# The sender stopped standing since AUTH: (class, reply, audit reason).
+_SENDER_REFUSALS: Final[tuple[tuple[type[StandingError], str, str], ...]] = (
+    (AccountDisabled, replies.SENDER_DISABLED, "disabled"),
+    (EntryRevoked, replies.SENDER_REVOKED, "entry-revoked"),
+    (CertificateRevoked, replies.SENDER_CERTIFICATE_REVOKED, "certificate-revoked"),
+    (CertificateExpired, replies.SENDER_CERTIFICATE_EXPIRED, "certificate-expired"),
+    (AddressNotServed, replies.SENDER_NOT_SERVED, "domain-not-served"),
+    (StandingError, replies.SENDER_REVOKED, "not-in-standing"),
+)
 _SUBMISSION_REFUSALS: Final[tuple[tuple[type[MssError], str], ...]] = (
+    *((cls, reply) for cls, reply, _ in _SENDER_REFUSALS),
     (FromHeaderMismatch, replies.FROM_HEADER_MISMATCH),
     (MessageTooLarge, replies.MESSAGE_TOO_LARGE),
     (NotEncryptedForRecipients, replies.NOT_ENCRYPTED_FOR_RECIPIENTS),
@@ -122,7 +138,8 @@ class RelayHandler:
         self, server: "RelaySMTP", session: "RelaySession", envelope: "RelayEnvelope", address: str,
         parameters: MailParameters,
     ) -> str:
-        """Accept the sender only if it is the authenticated account (``553 5.7.1`` otherwise)."""
+        """Accept the sender only if it is the authenticated account (``553 5.7.1`` otherwise)
+        and the account still stands (``550 5.7.1`` naming why, otherwise)."""
         account = session.account
         assert account is not None  # RelaySMTP refuses MAIL before AUTH
         try:
@@ -132,6 +149,11 @@ class RelayHandler:
                 server, session, envelope, address, stage="mail", reason="sender-mismatch",
                 reply=replies.SENDER_NOT_AUTHENTICATED_ACCOUNT,
             )
+        try:
+            await asyncio.to_thread(pipeline.check_sender_standing, self.rt, account)
+        except StandingError as error:
+            reply, reason = next((r, why) for cls, r, why in _SENDER_REFUSALS if isinstance(error, cls))
+            return await self._refuse(server, session, envelope, address, stage="mail", reason=reason, reply=reply)
         envelope.mail_from = address
         envelope.parameters = parameters
         return replies.SENDER_OK
@@ -178,6 +200,11 @@ class RelayHandler:
             reply = submission_refusal(error)
             if reply is None:
                 raise
+            if isinstance(error, StandingError):
+                # Revoked, disabled or rekeyed between MAIL and DATA: on record like at MAIL.
+                return await self._refuse(
+                    server, session, envelope, account.address, stage="data", reason=error.code, reply=reply
+                )
             server.refused += 1
             log.debug("session %s request %s refused: %s", session.correlation_id, envelope.request_id, reply[:9])
             return reply

@@ -59,6 +59,15 @@ AUTH_FAILED: Final = "535 5.7.8 Authentication credentials invalid"
 # A locked account is temporary (RFC 4954 "454 4.7.0 Temporary authentication failure"),
 # and says nothing more than that: no lock duration, no count of failures.
 AUTH_TEMPORARY_FAILURE: Final = "454 4.7.0 Temporary authentication failure, try again later"
+# Too many failed logins from the client's address: it must wait (no password was checked).
+AUTH_TOO_MANY_ATTEMPTS: Final = "454 4.7.0 Too many failed logins from your address, try again later"
+# After a right password: the account may not log in (X.7.8 "authentication credentials
+# invalid" with the reason, so the professional learns what to ask their administrator).
+AUTH_ACCOUNT_DISABLED: Final = "535 5.7.8 Account disabled: contact your administrator"
+AUTH_ENTRY_REVOKED: Final = "535 5.7.8 Directory entry revoked: this address may no longer send or receive"
+AUTH_CERTIFICATE_REVOKED: Final = "535 5.7.8 Signing certificate revoked: a new key is needed (rekey)"
+AUTH_CERTIFICATE_EXPIRED: Final = "535 5.7.8 Signing certificate expired: it must be renewed"
+AUTH_NOT_SERVED: Final = "535 5.7.8 Address not in a domain served here"
 AUTH_REQUIRED: Final = "530 5.7.0 Authentication required"
 AUTH_ENCRYPTION_REQUIRED: Final = "538 5.7.11 Encryption required for requested authentication mechanism"
 AUTH_ALREADY: Final = "503 5.5.1 Already authenticated"
@@ -79,6 +88,13 @@ SENDER_SYNTAX: Final = "501 5.1.7 Bad sender address syntax"
 NESTED_MAIL: Final = "503 5.5.1 Sender already given"
 # X.7.1 "Delivery not authorized": the envelope sender must be the authenticated account.
 SENDER_NOT_AUTHENTICATED_ACCOUNT: Final = "553 5.7.1 Sender address is not the authenticated account"
+# An authenticated session whose account stopped standing since AUTH (X.7.1 "Delivery not
+# authorized"): permanent for this message; the client must log in again, if it still can.
+SENDER_DISABLED: Final = "550 5.7.1 Account disabled since login: message refused"
+SENDER_REVOKED: Final = "550 5.7.1 Directory entry revoked since login: message refused"
+SENDER_CERTIFICATE_REVOKED: Final = "550 5.7.1 Signing certificate revoked or replaced since login: message refused"
+SENDER_CERTIFICATE_EXPIRED: Final = "550 5.7.1 Signing certificate expired: message refused"
+SENDER_NOT_SERVED: Final = "550 5.7.1 Sender address not in a domain served here"
 # X.3.4 "Message too big for system" (RFC 1870 SIZE, and the DATA that overruns it).
 MESSAGE_TOO_LARGE: Final = "552 5.3.4 Message size exceeds fixed maximum message size"
 

@@ -10,11 +10,11 @@ from litestar.params import URLEncodedBody
 
 from mss import accounts
 from mss.db import session_scope
-from mss.errors import AccountDisabled, AccountLocked, BadCredentials, PasswordPolicyError
+from mss.errors import AuthError, BadCredentials, PasswordPolicyError
 from mss.runtime import Runtime
 from mss.web import i18n, twofactor
 from mss.web.auth import current_session
-from mss.web.context import config, language, redirect, render, request_id, run, set_language_cookie, set_session_cookie
+from mss.web.context import client_address, config, language, redirect, render, request_id, run, set_language_cookie, set_session_cookie
 from mss.web.sessions import ENROL, advance, end_other_sessions
 
 
@@ -131,8 +131,9 @@ class AccountController(Controller):
                 data.password,
                 channel="web",
                 request_id=request_id(request),
+                client=client_address(request),
             )
-        except (BadCredentials, AccountLocked, AccountDisabled):
+        except AuthError:
             return await self._page(
                 request, live.address, status_code=422, errors={"password": t("The password is wrong.")}
             )

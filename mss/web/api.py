@@ -23,12 +23,12 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from typing_extensions import Annotated
 
 from mss import accounts, mailbox
-from mss.errors import AccountDisabled, AccountLocked, BadCredentials, BadTotp, MssError
+from mss.errors import AccountLocked, AuthError, BadCredentials, BadTotp, MssError, StandingError, TooManyAttempts
 from mss.mailbox import Draft, DraftInvalid, FilterError, MessageNotFound, Upload
 from mss.web import twofactor
 from mss.web.auth import plausible_address
 from mss.web.compose_pages import directory_matches
-from mss.web.context import config, request_id, run
+from mss.web.context import client_address, config, request_id, run
 from mss.web.pages import file_response
 from mss.web.sessions import (
     ACTIVE,
@@ -154,12 +154,14 @@ class SignatureOut:
     """The outcome of the signature check."""
 
     status: str
-    """valid, invalid, untrusted, revoked, expired, unsigned or unverifiable. Show the body
-    with a clear warning unless it is valid (CBC encryption is malleable)."""
+    """valid, invalid, untrusted, revoked, revoked-since (valid when submitted, the signer's
+    certificate revoked since ``revoked_at``), expired, unsigned or unverifiable. Show the
+    body with a clear warning unless it is valid (CBC encryption is malleable)."""
     reason: str
     signer_address: str | None
     signer_name: str | None
     signing_time: datetime | None
+    revoked_at: datetime | None = None
 
 
 @dataclass
@@ -335,7 +337,7 @@ def _message(m: mailbox.Opened) -> MessageOut:
         message_id=m.meta.message_id,
         sender=_correspondent(m.meta.sender, m.sender),
         recipients=[_correspondent(a, c) for a, c in m.recipients],
-        signature=SignatureOut(s.status, s.reason, s.signer_address, s.signer_name, s.signing_time),
+        signature=SignatureOut(s.status, s.reason, s.signer_address, s.signer_name, s.signing_time, s.revoked_at),
         body=m.body,
         body_was_html=m.body_was_html,
         attachments=[
@@ -369,45 +371,54 @@ def bearer_token(request: Request) -> SessionToken | None:
 
 
 async def api_session(request: Request) -> LiveSession:
-    """The bearer token's live session. Raises ApiError 401."""
+    """The bearer token's live session. Raises ApiError 401 (with the standing's reason
+    when the account may no longer log in)."""
     web = config(request)
     try:
-        return await run(load_session, web.rt.engine, bearer_token(request), policy=web.policy, channel=API)
+        return await run(
+            load_session, web.rt.engine, bearer_token(request), policy=web.policy, channel=API,
+            settings=web.rt.settings,
+        )
     except SessionInvalid as exc:
         raise ApiError(
             401,
-            "unauthenticated",
-            "a valid bearer token is required",
+            exc.reason if exc.standing else "unauthenticated",
+            exc.message if exc.standing else "a valid bearer token is required",
             headers={"WWW-Authenticate": 'Bearer realm="mss"'},
         ) from exc
+
+
+def _refused(error: AuthError) -> ApiError:
+    if isinstance(error, (BadCredentials, BadTotp)):
+        return ApiError(401, "bad-credentials", "invalid address, password or code")
+    if isinstance(error, TooManyAttempts):
+        return ApiError(429, "too-many-attempts", error.message, headers={"Retry-After": str(error.retry_after)})
+    if isinstance(error, AccountLocked):
+        return ApiError(423, "locked", "account temporarily locked after repeated failures")
+    if isinstance(error, StandingError):
+        return ApiError(403, error.code, error.message)
+    return ApiError(401, "bad-credentials", "invalid address, password or code")
 
 
 def _login(request: Request, data: LoginRequest) -> SessionOut:
     web = config(request)
     rt = web.rt
     rid = request_id(request)
+    client = client_address(request)
     try:
         if not plausible_address(data.address.strip().lower()):
             raise BadCredentials()  # no account can have it: nothing to look up
         unlocked = accounts.authenticate(
-            rt.engine, rt.settings, data.address, data.password, channel="api", request_id=rid
+            rt.engine, rt.settings, data.address, data.password, channel="api", request_id=rid, client=client,
+            completes_login=False,
         )
-    except BadCredentials as exc:
-        raise ApiError(401, "bad-credentials", "invalid address, password or code") from exc
-    except AccountLocked as exc:
-        raise ApiError(423, "locked", "account temporarily locked after repeated failures") from exc
-    except AccountDisabled as exc:
-        raise ApiError(403, "disabled", "account disabled") from exc
-    if not twofactor.totp_confirmed(rt.engine, unlocked.address):
-        raise ApiError(403, "enrolment-required", "enrol an authenticator in the web inbox first")
-    try:
+        if not twofactor.totp_confirmed(rt.engine, unlocked.address):
+            raise ApiError(403, "enrolment-required", "enrol an authenticator in the web inbox first")
         twofactor.check_second_factor(
-            rt.engine, rt.settings, rt.master_key, unlocked.address, data.code, request_id=rid
+            rt.engine, rt.settings, rt.master_key, unlocked.address, data.code, request_id=rid, client=client
         )
-    except BadTotp as exc:
-        raise ApiError(401, "bad-credentials", "invalid address, password or code") from exc
-    except AccountLocked as exc:
-        raise ApiError(423, "locked", "account temporarily locked after repeated failures") from exc
+    except AuthError as exc:
+        raise _refused(exc) from exc
     token = open_session(
         rt.engine,
         address=unlocked.address,
@@ -415,6 +426,7 @@ def _login(request: Request, data: LoginRequest) -> SessionOut:
         stage=ACTIVE,
         private_key_der=unlocked.private_key_der,
         policy=web.policy,
+        past_keys_der=unlocked.past_keys_der,
     )
     return SessionOut(
         token=token.encode(),

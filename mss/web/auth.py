@@ -18,10 +18,12 @@ from litestar.params import URLEncodedBody
 
 from mss import accounts, audit
 from mss.db import session_scope
-from mss.errors import AccountDisabled, AccountLocked, BadCredentials, BadTotp, NoSuchAccount
+from mss.errors import AccountLocked, AuthError, BadCredentials, BadTotp, NoSuchAccount, TooManyAttempts
 from mss.web import twofactor
+from mss.web.messages import login_refusal
 from mss.web.context import (
     clear_session_cookie,
+    client_address,
     config,
     language,
     redirect,
@@ -78,7 +80,10 @@ async def current_session(request: Request, stage: str = ACTIVE) -> LiveSession:
     """The request's web session at ``stage``. Raises LoginRequired."""
     web = config(request)
     try:
-        live = await run(load_session, web.rt.engine, session_token(request), policy=web.policy, channel=WEB)
+        live = await run(
+            load_session, web.rt.engine, session_token(request), policy=web.policy, channel=WEB,
+            settings=web.rt.settings,
+        )
     except SessionInvalid as exc:
         raise LoginRequired(exc.reason) from exc
     if live.stage != stage:
@@ -131,9 +136,7 @@ class AuthController(Controller):
         """Check the password, open a pending session, go to the second factor."""
         web = config(request)
         rt = web.rt
-        t = language(request).gettext
         address = data.address.strip().lower()[:254]
-        error, status = None, 200
         try:
             if not plausible_address(address):
                 raise BadCredentials()  # no account can have it: nothing to look up
@@ -145,15 +148,15 @@ class AuthController(Controller):
                 data.password,
                 channel="web",
                 request_id=request_id(request),
+                client=client_address(request),
+                completes_login=False,
             )
-        except BadCredentials:
-            error, status = t("Invalid address or password."), 401
-        except AccountLocked:
-            error, status = t("This account is locked for a while after repeated failures. Try again later."), 423
-        except AccountDisabled:
-            error, status = t("This account is disabled. Contact your administrator."), 403
-        if error is not None:
-            return render(request, "login.html", status_code=status, address=address, error=error)
+        except AuthError as exc:
+            status, error = login_refusal(language(request), exc)
+            response = render(request, "login.html", status_code=status, address=address, error=error)
+            if isinstance(exc, TooManyAttempts):
+                response.headers["Retry-After"] = str(exc.retry_after)
+            return response
         await run(purge_expired, rt.engine, policy=web.policy)
         await run(end_session, rt.engine, session_token(request))
         confirmed = await run(twofactor.totp_confirmed, rt.engine, unlocked.address)
@@ -166,6 +169,7 @@ class AuthController(Controller):
             stage=stage,
             private_key_der=unlocked.private_key_der,
             policy=web.policy,
+            past_keys_der=unlocked.past_keys_der,
         )
         response = redirect("/login/totp" if confirmed else "/login/enrol")
         set_session_cookie(response, token)
@@ -193,6 +197,7 @@ class AuthController(Controller):
                 live.address,
                 data.code,
                 request_id=request_id(request),
+                client=client_address(request),
             )
         except BadTotp:
             return render(
@@ -255,6 +260,7 @@ class AuthController(Controller):
                 live.address,
                 code,
                 request_id=request_id(request),
+                client=client_address(request),
             )
         except BadTotp:
             return await self._enrol_form(

@@ -62,6 +62,11 @@ def request_id(request: Request) -> str:
     return ensure_request_id(request.scope)
 
 
+def client_address(request: Request) -> str:
+    """The client's IP address (the proxy's view of it behind MSS_WEB_BEHIND_TLS_PROXY)."""
+    return request.client.host if request.client is not None else ""
+
+
 def language(request: Request) -> i18n.Language:
     """The language this request is answered in."""
     code = i18n.negotiate(request.cookies.get(i18n.COOKIE), request.headers.get("accept-language"))

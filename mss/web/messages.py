@@ -15,13 +15,22 @@ from mss.documents.detect import (
     UnsafeDocument,
 )
 from mss.errors import (
+    AccountDisabled,
+    AccountLocked,
+    AddressNotServed,
+    AuthError,
+    BadCredentials,
+    CertificateExpired,
+    CertificateRevoked,
     DomainNotServed,
+    EntryRevoked,
     FromHeaderMismatch,
     MessageTooLarge,
     MssError,
     NotEncryptedForRecipients,
     RecipientHasNoCertificate,
     RevokedAddress,
+    TooManyAttempts,
     TooManyRecipients,
     UnknownAddress,
 )
@@ -39,6 +48,7 @@ SIGNATURE_STATUSES = {
     "invalid": _("invalid signature: the message was altered or the signature is broken"),
     "untrusted": _("untrusted signature"),
     "revoked": _("signature by a revoked certificate"),
+    "revoked-since": _("valid when signed; the signer's certificate has been revoked since"),
     "expired": _("signature by an expired certificate"),
     "unsigned": _("not signed"),
     "unverifiable": _("signature not checked"),
@@ -51,6 +61,35 @@ STEPS = {
     "displayed": _("read"),
     "failed": _("failed"),
 }
+# Why a login (or a session) is refused: HTTP status and the sentence shown, by class.
+LOGIN_REFUSALS: tuple[tuple[type[AuthError], int, str], ...] = (
+    (BadCredentials, 401, _("Invalid address or password.")),
+    (TooManyAttempts, 429, _("Too many failed logins from your network. Try again in %(seconds)s seconds.")),
+    (AccountLocked, 423, _("This account is locked for a while after repeated failures. Try again later.")),
+    (AccountDisabled, 403, _("This account is disabled. Contact your administrator.")),
+    (
+        EntryRevoked,
+        403,
+        _("Your directory entry is revoked: this address can no longer send or receive. Contact your administrator."),
+    ),
+    (
+        CertificateRevoked,
+        403,
+        _("Your signing certificate is revoked. Your administrator must give you a new key (mss account rekey)."),
+    ),
+    (CertificateExpired, 403, _("Your signing certificate has expired. Your administrator must renew it.")),
+    (AddressNotServed, 403, _("This address is not one of the domains served here.")),
+)
+
+
+def login_refusal(lang: Language, error: AuthError) -> tuple[int, str]:
+    """The HTTP status and the sentence in ``lang`` for a refused login."""
+    for cls, status, sentence in LOGIN_REFUSALS:
+        if isinstance(error, cls):
+            return status, lang.gettext(sentence, seconds=getattr(error, "retry_after", 0))
+    return 403, lang.gettext("This account cannot log in now. Contact your administrator.")
+
+
 _DOCUMENT_SENTENCES: tuple[tuple[type[DocumentCheckError], str], ...] = (
     (DocumentTooLarge, _("%(file)s is too large.")),
     (DocumentTypeMismatch, _("%(file)s: its content does not match its type or its name.")),

@@ -9,7 +9,7 @@ one that does not exist.
 from __future__ import annotations
 
 import urllib.parse
-from datetime import date
+from datetime import date, datetime, timedelta
 
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import NotFoundException
@@ -17,6 +17,7 @@ from litestar.params import FromPath
 from litestar.response import Response as RawResponse
 
 from mss import mailbox
+from mss.db import utcnow
 from mss.documents import parse_cda
 from mss.errors import DocumentError
 from mss.mailbox import FilterError, Filters, MessageNotFound
@@ -87,6 +88,12 @@ def _page_number(value: str | None) -> int:
     return min(max(number, 1), 100_000)
 
 
+def certificate_ending(rt, live) -> datetime | None:  # type: ignore[no-untyped-def]
+    """When the session's certificate ends, if that is within ``MSS_CERT_WARNING_DAYS``."""
+    ends = live.certificate_not_after
+    return ends if ends <= utcnow() + timedelta(days=rt.settings.pki.expiry_warning_days) else None
+
+
 class MailboxController(Controller):
     """Folders, messages and attachments."""
 
@@ -126,6 +133,7 @@ class MailboxController(Controller):
             params=params,
             query=urllib.parse.urlencode(query),
             doc_types=mailbox.reading.DOC_TYPES,
+            certificate_ends=certificate_ending(rt, live),
         )
 
     @get("/messages/{queue_id:str}")

@@ -78,6 +78,34 @@ async def serve_web(rt: Runtime, *, sock: socket.socket | None = None, started: 
     config.load()
     if config.ssl is not None:
         config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+    scheme = "http" if rt.settings.web.behind_tls_proxy else "https"
+    await _serve(config, sock=sock, started=started, what=f"web inbox on {scheme}://{rt.settings.web.host}")
+
+
+async def serve_publication(
+    rt: Runtime, *, sock: socket.socket | None = None, started: asyncio.Event | None = None
+) -> None:
+    """Serve the CRL and the CA certificate over plain HTTP (``MSS_PKI_HTTP_PORT``) until
+    cancelled: the CRL distribution point written into issued certificates."""
+    from mss.web.publication import create_publication_app
+
+    config = uvicorn.Config(
+        create_publication_app(rt),
+        host=rt.settings.pki.http_host,
+        port=rt.settings.pki.http_port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    config.load()
+    await _serve(config, sock=sock, started=started, what=f"CRL and CA on http://{rt.settings.pki.http_host}")
+
+
+async def _serve(
+    config: uvicorn.Config, *, sock: socket.socket | None, started: asyncio.Event | None, what: str
+) -> None:
     server = _Server(config)
     task = asyncio.ensure_future(server.serve(sockets=[sock] if sock is not None else None))
     try:
@@ -87,12 +115,7 @@ async def serve_web(rt: Runtime, *, sock: socket.socket | None = None, started: 
             await task  # startup failed: raise its error
         if started is not None:
             started.set()
-        log.info(
-            "web inbox on %s://%s:%s",
-            "http" if rt.settings.web.behind_tls_proxy else "https",
-            rt.settings.web.host,
-            sock.getsockname()[1] if sock else rt.settings.web.port,
-        )
+        log.info("%s:%s", what, sock.getsockname()[1] if sock else config.port)
         await asyncio.shield(task)
     except asyncio.CancelledError:
         server.should_exit = True

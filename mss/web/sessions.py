@@ -24,7 +24,7 @@ import binascii
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import nacl.exceptions
@@ -34,10 +34,13 @@ from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
 from directory.models import Certificate
+from mss import standing
 from mss.accounts import UnlockedAccount
+from mss.crypto import keys
 from mss.db import session_scope, utcnow
-from mss.errors import AuthError
+from mss.errors import AuthError, StandingError
 from mss.models import Account, WebSession
+from mss.settings import Settings
 
 TOTP, ENROL, ACTIVE = "totp", "enrol", "active"
 STAGES = (TOTP, ENROL, ACTIVE)
@@ -51,9 +54,13 @@ _CSRF_LABEL = b"mss web csrf v1"
 class SessionInvalid(AuthError):
     """No live session for this cookie or token (missing, malformed, ended or expired)."""
 
-    def __init__(self, reason: str = "no session") -> None:
-        super().__init__("your session has ended; please log in again", reason=reason)
+    def __init__(
+        self, reason: str = "no session", message: str = "your session has ended; please log in again",
+        *, standing: bool = False,
+    ) -> None:
+        super().__init__(message, reason=reason)
         self.reason = reason
+        self.standing = standing  # ended because the account no longer stands (mss.standing)
 
 
 @dataclass(frozen=True)
@@ -129,20 +136,31 @@ class LiveSession:
     stage: str
     created_at: datetime
     expires_at: datetime
-    private_key_der: bytes
+    private_key_der: bytes = field(repr=False)
     certificate_der: bytes
+    past_keys_der: tuple[bytes, ...] = field(default=(), repr=False)
 
     def account(self) -> UnlockedAccount:
-        """The session's account with its certificate and opened private key."""
+        """The session's account with its certificate and opened private keys."""
         return UnlockedAccount(
             address=self.address,
             private_key_der=self.private_key_der,
             certificate=x509.load_der_x509_certificate(self.certificate_der),
+            past_keys_der=self.past_keys_der,
         )
+
+    @property
+    def certificate_not_after(self) -> datetime:
+        """When the session's signing certificate ends."""
+        return x509.load_der_x509_certificate(self.certificate_der).not_valid_after_utc
 
 
 def _seal(token: SessionToken, private_key_der: bytes) -> bytes:
     return bytes(nacl.secret.SecretBox(token.key).encrypt(private_key_der))
+
+
+def _seal_past(token: SessionToken, past_keys_der: tuple[bytes, ...]) -> bytes:
+    return _seal(token, keys.pack_keys(past_keys_der)) if past_keys_der else b""
 
 
 def _unseal(token: SessionToken, sealed: bytes) -> bytes:
@@ -154,7 +172,14 @@ def _unseal(token: SessionToken, sealed: bytes) -> bytes:
 
 
 def open_session(
-    engine: Engine, *, address: str, channel: str, stage: str, private_key_der: bytes, policy: SessionPolicy
+    engine: Engine,
+    *,
+    address: str,
+    channel: str,
+    stage: str,
+    private_key_der: bytes,
+    policy: SessionPolicy,
+    past_keys_der: tuple[bytes, ...] = (),
 ) -> SessionToken:
     """Store a new session and return its token (shown to the client once)."""
     if channel not in {WEB, API} or stage not in STAGES:
@@ -170,6 +195,7 @@ def open_session(
                 channel=channel,
                 stage=stage,
                 key_sealed=_seal(token, private_key_der),
+                past_keys_sealed=_seal_past(token, past_keys_der),
                 created_at=now,
                 last_seen_at=now,
                 expires_at=now + lifetime,
@@ -178,10 +204,14 @@ def open_session(
     return token
 
 
-def load_session(engine: Engine, token: SessionToken | None, *, policy: SessionPolicy, channel: str) -> LiveSession:
-    """The live session of ``token``, its private key opened. Raises SessionInvalid.
+def load_session(
+    engine: Engine, token: SessionToken | None, *, policy: SessionPolicy, channel: str, settings: Settings
+) -> LiveSession:
+    """The live session of ``token``, its private keys opened. Raises SessionInvalid.
 
-    An idle or expired session, or one whose account was disabled, is deleted on the way.
+    An idle or expired session, or one whose account no longer stands (``mss.standing``:
+    disabled, directory entry revoked, certificate revoked or expired), is deleted on the
+    way; the SessionInvalid then carries the standing's reason code and message.
     """
     if token is None:
         raise SessionInvalid("no session")
@@ -204,15 +234,23 @@ def load_session(engine: Engine, token: SessionToken | None, *, policy: SessionP
             expired = "idle"
         elif disabled is None or disabled or certificate_der is None:
             expired = "account disabled"
+        message, by_standing = "your session has ended; please log in again", False
+        if expired is None:
+            try:
+                standing.check(session, settings, row.address)
+            except StandingError as exc:
+                expired, message, by_standing = exc.code, f"your session has ended: {exc.message}", True
         if expired is not None:
             session.delete(row)
         elif now - row.last_seen_at >= policy.touch_every:
             row.last_seen_at = now
             session.add(row)
-        snapshot = (row.address, row.channel, row.stage, row.created_at, row.expires_at, row.key_sealed)
+        snapshot = (
+            row.address, row.channel, row.stage, row.created_at, row.expires_at, row.key_sealed, row.past_keys_sealed
+        )
     if expired is not None:
-        raise SessionInvalid(expired)
-    address, channel_, stage, created_at, expires_at, sealed = snapshot
+        raise SessionInvalid(expired, message, standing=by_standing)
+    address, channel_, stage, created_at, expires_at, sealed, past_sealed = snapshot
     return LiveSession(
         token=token,
         address=address,
@@ -222,6 +260,7 @@ def load_session(engine: Engine, token: SessionToken | None, *, policy: SessionP
         expires_at=expires_at,
         private_key_der=_unseal(token, sealed),
         certificate_der=bytes(certificate_der),
+        past_keys_der=keys.unpack_keys(_unseal(token, past_sealed)) if past_sealed else (),
     )
 
 
@@ -244,6 +283,7 @@ def advance(engine: Engine, live: LiveSession, *, stage: str, policy: SessionPol
                 channel=live.channel,
                 stage=stage,
                 key_sealed=_seal(token, live.private_key_der),
+                past_keys_sealed=_seal_past(token, live.past_keys_der),
                 created_at=now,
                 last_seen_at=now,
                 expires_at=now + lifetime,

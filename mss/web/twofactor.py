@@ -109,7 +109,9 @@ def remaining_recovery_codes(engine: Engine, address: str) -> int:
         return len(json.loads(account.recovery_codes or "[]")) if account else 0
 
 
-def use_recovery_code(engine: Engine, settings: Settings, address: str, code: str, *, request_id: str = "") -> None:
+def use_recovery_code(
+    engine: Engine, settings: Settings, address: str, code: str, *, request_id: str = "", client: str = ""
+) -> None:
     """Accept a recovery code once in place of a TOTP code.
 
     Raises AccountLocked, BadTotp (wrong or used code; counts towards the lockout).
@@ -119,7 +121,7 @@ def use_recovery_code(engine: Engine, settings: Settings, address: str, code: st
         account = accounts.get_account(session, address)
         if account is None:
             raise NoSuchAccount(f"no account for {address}")
-        if account.locked_until is not None and account.locked_until > utcnow():
+        if accounts.is_locked(account):
             raise AccountLocked(account.locked_until)
         stored: list[str] = json.loads(account.recovery_codes or "[]")
         digest = _digest(account.address, presented)
@@ -127,9 +129,7 @@ def use_recovery_code(engine: Engine, settings: Settings, address: str, code: st
         if match is not None:
             stored.remove(match)
             account.recovery_codes = json.dumps(stored)
-            account.failed_logins = 0
-            account.updated_at = utcnow()
-            session.add(account)
+            accounts.second_factor_passed(session, account, client)
             audit.record(
                 session,
                 actor=address,
@@ -139,18 +139,16 @@ def use_recovery_code(engine: Engine, settings: Settings, address: str, code: st
                 remaining=len(stored),
             )
             return
-    _count_failure(engine, settings, address, request_id)
+    accounts.record_failure(
+        engine, settings, address, action="totp.recovery-code", reason="bad-recovery-code", request_id=request_id,
+        client=client,
+    )
     raise BadTotp("the code is wrong, expired or already used")
 
 
-def _count_failure(engine: Engine, settings: Settings, address: str, request_id: str) -> None:
-    accounts.record_failure(
-        engine, settings, address, action="totp.recovery-code", reason="bad-recovery-code", request_id=request_id
-    )
-
-
 def check_second_factor(
-    engine: Engine, settings: Settings, master_key: MasterKey, address: str, code: str, *, request_id: str = ""
+    engine: Engine, settings: Settings, master_key: MasterKey, address: str, code: str, *, request_id: str = "",
+    client: str = "",
 ) -> str:
     """Accept a TOTP code or a recovery code; return ``totp`` or ``recovery``.
 
@@ -158,7 +156,7 @@ def check_second_factor(
     """
     compact = "".join(code.split())
     if _TOTP_CODE.match(compact):
-        accounts.verify_totp(engine, settings, master_key, address, compact, request_id=request_id)
+        accounts.verify_totp(engine, settings, master_key, address, compact, request_id=request_id, client=client)
         return "totp"
-    use_recovery_code(engine, settings, address, compact, request_id=request_id)
+    use_recovery_code(engine, settings, address, compact, request_id=request_id, client=client)
     return "recovery"

@@ -1,0 +1,113 @@
+"""The trust boundary for one account: may it log in and send, now?
+
+An account stands when its address is in a served domain (``MSS_DOMAINS``), its directory
+entry is active, the account is enabled and its signing certificate is neither revoked nor
+expired. Every door asks :func:`check` at every step where it acts for the account: SMTP
+AUTH and each MAIL and DATA of an authenticated session, web and API logins and every
+request of their sessions, and the pipeline itself before it signs. A revocation therefore
+takes effect at the next step of every open session, whatever the door.
+
+:func:`end_sessions` deletes an account's web and API sessions (each holds its private key,
+sealed under its cookie's key); the services that revoke, disable or rekey call it in the
+same transaction, so a session ends at the moment of the change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlmodel import Session
+
+from directory.models import ACTIVE, INACTIVE, INACTIVE_REASON, Certificate, DirectoryEntry
+from mss.db import utcnow
+from mss.errors import (
+    AccountDisabled,
+    AddressNotServed,
+    CertificateExpired,
+    CertificateRevoked,
+    EntryRevoked,
+    StandingError,
+)
+from mss.models import Account, WebSession
+from mss.settings import Settings
+
+@dataclass(frozen=True)
+class Standing:
+    """An account found in standing, with the certificate that was checked."""
+
+    address: str
+    certificate_serial: str
+    certificate_not_after: datetime
+
+
+def _day(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def check(session: Session, settings: Settings, address: str, *, certificate_serial: str | None = None) -> Standing:
+    """Raise a StandingError subclass unless ``address`` may log in and send now.
+
+    ``certificate_serial`` (hex) names the certificate a session signs with (an SMTP
+    session keeps the one it opened at AUTH); without it the account's current certificate
+    is checked. Raises AddressNotServed, AccountDisabled, EntryRevoked, CertificateRevoked
+    (also for a certificate replaced by a rekey, or none at all), CertificateExpired, and
+    StandingError when there is no account.
+    """
+    address = address.strip().lower()
+    if not settings.serves(address):
+        raise AddressNotServed(f"{address} is not in a domain served here")
+    if certificate_serial is None:
+        certificate_join = Certificate.id == Account.certificate_id
+    else:
+        certificate_join = (Certificate.serial == certificate_serial) & (Certificate.address == Account.address)
+    row = session.execute(
+        select(
+            Account.disabled,
+            DirectoryEntry.status,
+            DirectoryEntry.status_reason,
+            DirectoryEntry.status_changed_at,
+            Certificate.serial,
+            Certificate.revoked_at,
+            Certificate.revocation_reason,
+            Certificate.not_after,
+        )
+        .select_from(Account)
+        .join(DirectoryEntry, DirectoryEntry.address == Account.address, isouter=True)
+        .join(Certificate, certificate_join, isouter=True)
+        .where(Account.address == address)
+    ).first()
+    if row is None:
+        raise StandingError(f"there is no account for {address}")
+    disabled, status, status_reason, status_changed_at, serial, revoked_at, revocation_reason, not_after = row
+    if disabled:
+        raise AccountDisabled()
+    if status != ACTIVE:
+        if status is None:
+            raise EntryRevoked(f"{address} is no longer in the directory")
+        reason = status_reason or (INACTIVE_REASON if status == INACTIVE else "")
+        since = f" since {_day(status_changed_at)}" if status_changed_at else ""
+        raise EntryRevoked(
+            f"the directory entry of {address} is revoked{since}" + (f": {reason}" if reason else ""),
+            reason=reason,
+        )
+    if serial is None:
+        raise CertificateRevoked(f"{address} has no signing certificate: it must be rekeyed")
+    if revoked_at is not None:
+        raise CertificateRevoked(
+            f"the signing certificate {serial} was revoked on {_day(revoked_at)} ({revocation_reason or 'unspecified'})",
+            serial=serial,
+            revoked_at=revoked_at,
+        )
+    if not_after <= utcnow():
+        raise CertificateExpired(
+            f"the signing certificate {serial} expired on {_day(not_after)}: it must be renewed", serial=serial
+        )
+    return Standing(address=address, certificate_serial=serial, certificate_not_after=not_after)
+
+
+def end_sessions(session: Session, address: str) -> int:
+    """Delete every web and API session of ``address`` (in the caller's transaction)."""
+    result = session.execute(delete(WebSession).where(WebSession.address == address.strip().lower()))
+    return int(result.rowcount or 0)

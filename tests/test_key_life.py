@@ -1,0 +1,287 @@
+"""Key life seen from outside: the CRL distribution point that OpenSSL follows on its own,
+fail-closed signature checks, the TLS names, files at rest, and the ``mss`` commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import stat
+import subprocess
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from typer.testing import CliRunner
+
+from cli.main import app
+from directory import certificates
+from mss import accounts
+from mss.crypto import pki, smime, verify
+from mss.crypto.pki import PkiPaths
+from mss.db import session_scope, utcnow
+from mss.runtime import Runtime, open_runtime, startup_warnings
+from mss.settings import Settings
+
+from conftest import test_env
+from relay_support import RECIPIENTS, SENDER, build_stack
+
+
+class Publication:
+    """``serve_publication`` (the CRL over plain HTTP) in a thread, on a free loopback port."""
+
+    def __init__(self, rt: Runtime, sock: socket.socket) -> None:
+        self.rt, self.sock = rt, sock
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Future | None = None
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from mss.web.server import serve_publication
+
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            started = asyncio.Event()
+            self.task = asyncio.ensure_future(serve_publication(self.rt, sock=self.sock, started=started))
+            await started.wait()
+            self.ready.set()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+
+        asyncio.run(main())
+
+    def __enter__(self) -> "Publication":
+        self.thread.start()
+        assert self.ready.wait(30), "the CRL publication did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.loop is not None and self.task is not None
+        self.loop.call_soon_threadsafe(self.task.cancel)
+        self.thread.join(30)
+        self.sock.close()
+
+
+def openssl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_openssl_follows_the_crl_distribution_point(tmp_path: Path) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    stack = build_stack(tmp_path, MSS_CRL_URL=f"http://127.0.0.1:{port}/pki/ca.crl", MSS_PKI_HTTP_PORT=str(port))
+    try:
+        with session_scope(stack.rt.engine) as session:
+            row = certificates.certificate_row(session, SENDER)
+        assert row is not None
+        certificate = x509.load_der_x509_certificate(row.der)
+        points = certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        assert [name.value for point in points for name in point.full_name] == [stack.settings.pki.crl_url]
+        leaf = tmp_path / "leaf.pem"
+        leaf.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        # Only the CA certificate is given: openssl downloads the CRL from the URL in the leaf.
+        check = ("verify", "-crl_check", "-crl_download", "-CAfile", str(stack.ca_file), str(leaf))
+        with Publication(stack.rt, sock):
+            done = openssl(*check)
+            assert done.returncode == 0 and "OK" in done.stdout, done.stdout + done.stderr
+            with session_scope(stack.rt.engine) as session:
+                certificates.revoke_for_address(session, stack.settings, SENDER, reason="keyCompromise", actor="test")
+            done = openssl(*check)
+            assert done.returncode != 0 and "certificate revoked" in (done.stdout + done.stderr)
+            import urllib.request
+
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/pki/ca.crt", timeout=10) as response:
+                assert response.headers["Content-Type"] == "application/pkix-cert"
+                assert x509.load_der_x509_certificate(response.read()) == pki.load_ca_certificate(stack.settings)
+    finally:
+        stack.close()
+
+
+def _signed(ca: pki.CertificateAuthority) -> tuple[bytes, x509.Certificate]:
+    key, certificate = pki.issue_smime_certificate(
+        ca, address="a@mss.test", rpps_national_id=None, common_name="A", key_bits=2048
+    )
+    assert key is not None
+    return smime.sign(b"Content-Type: text/plain\r\n\r\nbonjour\r\n", certificate, key), certificate
+
+
+def test_signatures_fail_closed_without_a_usable_crl() -> None:
+    ca = pki.new_certificate_authority(common_name="test CA", organisation="mss")
+    other = pki.new_certificate_authority(common_name="test CA", organisation="mss")  # same name, other key
+    signed, _certificate = _signed(ca)
+    fresh = pki.build_crl(ca, [], next_update_days=7)
+    report = verify.verify_signed_data(signed, trust_roots=[ca.certificate], crls=[fresh])
+    assert report.status == verify.VALID
+    cases = {
+        "missing": ([], "no revocation list"),
+        "badly signed": ([pki.build_crl(other, [], next_update_days=7)], "not correctly signed"),
+    }
+    for name, (crls, reason) in cases.items():
+        report = verify.verify_signed_data(signed, trust_roots=[ca.certificate], crls=crls)
+        assert report.status == verify.UNTRUSTED and reason in report.reason, name
+    # Stale: validated a fortnight later, the week-long list is past its next update.
+    later = utcnow() + timedelta(days=14)
+    report = verify.verify_signed_data(signed, trust_roots=[ca.certificate], crls=[fresh], moment=later)
+    assert report.status in {verify.UNTRUSTED, verify.EXPIRED}
+    assert report.status == verify.EXPIRED or "out of date" in report.reason
+
+
+def test_a_badly_signed_crl_on_disk_makes_mail_untrusted(tmp_path: Path) -> None:
+    stack = build_stack(tmp_path)
+    try:
+        from web_support import build_message
+
+        from mss import mailbox, pipeline
+
+        sender = accounts.authenticate(stack.rt.engine, stack.settings, SENDER, stack.passwords[SENDER], channel="cli")
+        raw = build_message(SENDER, [RECIPIENTS[0]], "crl", "texte")
+        accepted = pipeline.submit(
+            stack.rt,
+            pipeline.Submission(sender=sender, recipients=(pipeline.RecipientRequest(RECIPIENTS[0]),), raw=raw, channel="smtp"),
+        )
+        reader = accounts.authenticate(
+            stack.rt.engine, stack.settings, RECIPIENTS[0], stack.passwords[RECIPIENTS[0]], channel="cli"
+        )
+        assert mailbox.open_message(stack.rt, reader, accepted.queue_id).signature.status == "valid"
+        forged = pki.build_crl(pki.new_certificate_authority(common_name="x", organisation="y"), [], next_update_days=7)
+        ca_name = pki.load_ca_certificate(stack.settings).subject
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca_name)
+            .last_update(utcnow() - timedelta(minutes=5))
+            .next_update(utcnow() + timedelta(days=7))
+        )
+        wrong_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        bad = builder.sign(wrong_key, hashes.SHA256())
+        assert forged is not None
+        PkiPaths.from_settings(stack.settings).crl.write_bytes(bad.public_bytes(serialization.Encoding.PEM))
+        signature = mailbox.open_message(stack.rt, reader, accepted.queue_id).signature
+        assert signature.status == "untrusted" and "not correctly signed" in signature.reason
+    finally:
+        stack.close()
+
+
+def test_tls_certificate_covers_the_loopback_address(tmp_path: Path) -> None:
+    settings = Settings.from_env({"MSS_DATA_DIR": str(tmp_path / "data"), "MSS_CERTS_DIR": str(tmp_path / "certs"),
+                                  "MSS_RECOVERY_KEY_OUT": str(tmp_path / "offline" / "recovery.key")})
+    assert settings.pki.hostnames == ("localhost", "127.0.0.1")
+    dev = pki.init_dev_pki(settings)
+    context = ssl.create_default_context(cafile=str(dev.paths.ca_certificate))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(dev.paths.tls_certificate, dev.paths.tls_key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def accept() -> None:
+        conn, _ = listener.accept()
+        try:
+            with server.wrap_socket(conn, server_side=True):
+                pass
+        except ssl.SSLError:
+            pass
+
+    for name in ("127.0.0.1", "localhost"):
+        thread = threading.Thread(target=accept)
+        thread.start()
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            with context.wrap_socket(raw, server_hostname=name) as tls:
+                assert tls.version() in {"TLSv1.2", "TLSv1.3"}
+        thread.join(10)
+    listener.close()
+
+
+def test_files_at_rest_are_private(tmp_path: Path) -> None:
+    env = test_env(tmp_path, f"sqlite:///{tmp_path / 'data' / 'mss.db'}")
+    settings = Settings.from_env(env)
+    pki.init_dev_pki(settings)
+    rt = open_runtime(settings)
+    try:
+        with session_scope(rt.engine) as session:
+            certificates.operator_identity(session, settings, rt.master_key)  # a write: the WAL exists
+        data = settings.storage.data_dir
+        assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+        for name in ("mss.db", "mss.db-wal", "mss.db-shm", "master.key"):
+            assert stat.S_IMODE(os.stat(data / name).st_mode) == 0o600, name
+        # The recovery private key is not beside the master key, and the service says where it is.
+        assert not (data / "recovery.key").exists()
+        assert settings.pki.recovery_private_key_out.exists()
+        assert any("move it offline" in w for w in startup_warnings(rt))
+    finally:
+        rt.close()
+    # A data folder made readable by others is narrowed again at the next start.
+    os.chmod(settings.storage.data_dir, 0o755)
+    os.chmod(settings.storage.data_dir / "mss.db", 0o644)
+    open_runtime(settings).close()
+    assert stat.S_IMODE(os.stat(settings.storage.data_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(settings.storage.data_dir / "mss.db").st_mode) == 0o600
+    with pytest.raises(Exception, match="data folder"):
+        Settings.from_env({**env, "MSS_RECOVERY_KEY_OUT": str(settings.storage.data_dir / "recovery.key")})
+
+
+# -- the mss command -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mss(env, dev_pki):  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None, ok: bool = True):  # type: ignore[no-untyped-def]
+        result = runner.invoke(app, list(args), input=input, env=env, catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, (result.stdout, result.stderr)
+        return result
+
+    return invoke
+
+
+def test_cli_other_operators_and_identifiers(mss) -> None:  # type: ignore[no-untyped-def]
+    mss("directory", "add", "--address", "x@gmail.com", "--rpps", "10009999998", "--last-name", "X")
+    shown = mss("directory", "show", "x@gmail.com").stdout
+    assert "another operator (gmail.com)" in shown
+    refused = mss("account", "create", "x@gmail.com", "--password-stdin", input="a long passphrase!\n" * 2, ok=False)
+    assert refused.exit_code == 1 and "another operator" in refused.stderr
+    refused = mss("pki", "issue", "x@gmail.com", "--out", "/dev/null", "--password-stdin",
+                  input="export password 1\n" * 2, ok=False)
+    assert refused.exit_code == 1 and "another operator" in refused.stderr
+    bad = mss("directory", "add", "--address", "y@mss.test", "--rpps", "123", "--last-name", "Y", ok=False)
+    assert bad.exit_code == 1 and "neither an RPPS number" in bad.stderr
+    mss("directory", "add", "--address", "z@mss.test", "--rpps", "751234567", "--rpps-type", "adeli", "--last-name", "Z")
+    assert "rpps: 751234567" in mss("directory", "show", "z@mss.test").stdout
+    wrong_type = mss("directory", "add", "--address", "w@mss.test", "--rpps", "751234567", "--rpps-type", "9",
+                     "--last-name", "W", ok=False)
+    assert wrong_type.exit_code != 0
+
+
+def test_cli_rekey_renew_and_revoke(mss, env) -> None:  # type: ignore[no-untyped-def]
+    mss("directory", "add", "--address", "dr.a@mss.test", "--rpps", "10009999998", "--last-name", "A")
+    mss("account", "create", "dr.a@mss.test", "--password-stdin", input="a long passphrase!\n" * 2)
+    revoked = mss("pki", "revoke", "dr.a@mss.test", "--reason", "keyCompromise").stdout
+    assert "can no longer log in or send until it is rekeyed" in revoked
+    refused = mss("account", "export-key", "dr.a@mss.test", "--out", "/dev/null", "--password-stdin",
+                  input="a long passphrase!\nexport password 1\nexport password 1\n", ok=False)
+    assert refused.exit_code == 1 and "revoked" in refused.stderr
+    wrong = mss("account", "rekey", "dr.a@mss.test", "--password-stdin", input="not the password\n", ok=False)
+    assert wrong.exit_code == 1 and "invalid" in wrong.stderr
+    done = mss("account", "rekey", "dr.a@mss.test", "--reason", "keyCompromise", "--password-stdin",
+               input="a long passphrase!\n").stdout
+    assert "new certificate" in done
+    out = Path(env["MSS_DATA_DIR"]).parent / "a.p12"
+    mss("account", "export-key", "dr.a@mss.test", "--out", str(out), "--password-stdin",
+        input="a long passphrase!\nexport password 1\nexport password 1\n")
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    renewal = mss("pki", "renew", "--within", "4000d", ok=False)
+    assert renewal.exit_code != 0  # more than ten years is refused with a clear message
+    renewal = mss("pki", "renew", "--within", "1200d").stdout
+    assert "renewed dr.a@mss.test" in renewal and "1 renewed" in renewal
+    bad = mss("pki", "renew", "--within", "soon", ok=False)
+    assert bad.exit_code != 0 and "30d" in (bad.stdout + bad.stderr)
