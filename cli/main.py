@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mss.errors import MssError
+from mss.files import write_file
 from mss.runtime import Runtime, open_runtime
 from mss.settings import Settings
 
@@ -135,17 +136,8 @@ def pki_issue(
     export_password = SecretReader(password_stdin).read("Export password (protects the .p12 file)", confirm=True)
     with session_scope(rt.engine) as session:
         row, blob = accounts.issue_external_certificate(session, rt.settings, address, export_password, actor=actor())
-    write_private_file(out_file, blob)
+    write_file(out_file, blob, private=True)
     out.print(f"issued certificate {row.serial} for {row.address}, valid until {row.not_after:%Y-%m-%d}; key in {out_file}")
-
-
-def write_private_file(path: Path, data: bytes) -> None:
-    """Write a file readable by its owner only (created 0600, never widened)."""
-    import os
-
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
 
 
 @pki_app.command("revoke")
@@ -216,7 +208,12 @@ def directory_import(
 
     rt = runtime()
     if sys.stderr.isatty():
-        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeRemainingColumn,
+        )
 
         with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                       TimeRemainingColumn(), console=err) as bar:
@@ -486,7 +483,7 @@ def account_export_key(
     password = reader.read("Account password")
     export_password = reader.read("Export password (protects the .p12 file)", confirm=True)
     blob = accounts.export_key(rt.engine, rt.settings, address, password, export_password, actor=actor())
-    write_private_file(out_file, blob)
+    write_file(out_file, blob, private=True)
     out.print(f"wrote {out_file}")
 
 
@@ -569,28 +566,23 @@ app.add_typer(message_app, name="message")
 @handles_errors
 def trace(message: Annotated[str, typer.Argument(help="Message-ID or queue id.")]) -> None:
     """The journey of a message: submitted, checked, signed, delivered, receipts, readings."""
-    from sqlalchemy import select
-
-    from mss import audit, store
+    from mss import store
     from mss.db import session_scope
-    from mss.models import Delivery, Receipt
 
     rt = runtime()
-    with session_scope(rt.engine) as session:
-        row = store.find_message(session, message)
-        events = audit.events_for(session, object_prefix=row.queue_id)
-        deliveries = session.execute(select(Delivery).where(Delivery.message_id == row.id)).scalars().all()
-        receipts = session.execute(select(Receipt).where(Receipt.message_id == row.id)).scalars().all()
+    with session_scope(rt.engine, readonly=True) as session:
+        journey = store.trace(session, message)
+    row = journey.message
     out.print(f"message {row.message_id}  queue id {row.queue_id}  from {row.sender}", highlight=False)
     table = Table("time (UTC)", "event", "by", "outcome", "detail")
-    for event in events:
+    for event in journey.events:
         detail = json.loads(event.detail)
         shown = ", ".join(f"{k}={v}" for k, v in detail.items() if k in {"recipient", "status", "reason", "channel", "documents"})
         table.add_row(f"{event.at:%Y-%m-%d %H:%M:%S}", event.action, event.actor, event.outcome, shown)
     out.print(table)
-    for d in deliveries:
+    for d in journey.deliveries:
         out.print(f"  {d.recipient}: {d.status}" + (f" ({d.reason})" if d.reason else ""), highlight=False)
-    for r in receipts:
+    for r in journey.receipts:
         out.print(f"  receipt {r.kind.upper()} {r.status} for {r.recipient} at {r.at:%Y-%m-%d %H:%M:%S}", highlight=False)
 
 
@@ -603,19 +595,12 @@ def message_export(
 ) -> None:
     """Write the stored S/MIME message as an .eml a mail client or openssl cms can open."""
     from mss import store
-    from mss.crypto import smime
     from mss.db import session_scope
 
     rt = runtime()
-    address = reader.strip().lower()
     with session_scope(rt.engine) as session:
-        row = store.find_message(session, queue_id)
-        if address not in store.readers_of(session, row):
-            raise store.MessageNotFound(f"no message {queue_id} for {address}")
-        meta = store.MessageMeta.open(rt.master_key, row.meta_sealed)
-    headers = {"From": meta.sender, "To": ", ".join(meta.recipients), "Subject": meta.subject,
-               "Date": meta.date, "Message-ID": meta.message_id, **meta.headers}
-    out_file.write_bytes(smime.to_smime_message(row.cms, {k: v for k, v in headers.items() if v}))
+        eml = store.export_for(session, rt.master_key, queue_id, reader, actor=actor())
+    write_file(out_file, eml, private=True)
     out.print(f"wrote {out_file}")
 
 
@@ -670,7 +655,7 @@ def serve(
     rt = runtime()
     settings = rt.settings
 
-    from mss.runtime import startup_warnings
+    from mss.health import startup_warnings
 
     for warning in startup_warnings(rt):
         logging.getLogger("mss").warning(warning)

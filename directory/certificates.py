@@ -25,10 +25,18 @@ from sqlmodel import Session
 
 from directory.models import ACTIVE, Certificate, DirectoryEntry
 from mss import audit, standing
+from mss.addresses import normalise_address
 from mss.crypto import keys, pki
 from mss.crypto.master import MasterKey
 from mss.db import utcnow
-from mss.errors import ConfigError, CryptoError, DomainNotServed, PkiError, RevokedAddress, UnknownAddress
+from mss.errors import (
+    ConfigError,
+    CryptoError,
+    DomainNotServed,
+    PkiError,
+    RevokedAddress,
+    UnknownAddress,
+)
 from mss.models import SealedSecret
 from mss.settings import Settings
 
@@ -56,9 +64,10 @@ class TrustMaterial:
 
 
 def _normalise(address: str) -> str:
+    """The stored form of ``address`` (mss.addresses), which must be an address or OPERATOR."""
     if not isinstance(address, str):
         raise UnknownAddress(str(address))
-    address = address.strip().lower()
+    address = normalise_address(address)
     if "@" not in address and address != OPERATOR:
         raise UnknownAddress(address)
     return address

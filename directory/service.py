@@ -17,8 +17,16 @@ from sqlmodel import Session
 
 from directory.extract import ADELI_TYPE, FIELDS, RPPS_TYPE, validate_fields
 from directory.importer import entry_row
-from directory.models import ACTIVE, INACTIVE, INACTIVE_REASON, REVOKED, Certificate, DirectoryEntry
+from directory.models import (
+    ACTIVE,
+    INACTIVE,
+    INACTIVE_REASON,
+    REVOKED,
+    Certificate,
+    DirectoryEntry,
+)
 from mss import audit, standing
+from mss.addresses import normalise_address
 from mss.db import utcnow
 from mss.errors import DirectoryError, RevokedAddress, StorageError, UnknownAddress
 
@@ -26,11 +34,6 @@ MAX_REASON_LENGTH = 500
 
 _RPPS = re.compile(r"[0-9]{11}")
 _ADELI = re.compile(r"(?:[0-9]{2}|2[AB])[0-9]{7}")
-
-
-def normalise_address(address: str) -> str:
-    """The form addresses are stored in: without surrounding blanks, lower-case."""
-    return address.strip().lower()
 
 
 def get_entry(session: Session, address: str) -> DirectoryEntry | None:

@@ -6,7 +6,6 @@ Refused in production. The generated passwords are printed once and kept in
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,10 @@ from directory.importer import import_extract
 from directory.models import DirectoryEntry
 from mss import accounts
 from mss.accounts import Enrolment
+from mss.crypto import pki
 from mss.db import session_scope
 from mss.errors import ConfigError
+from mss.files import write_file
 from mss.runtime import Runtime
 from mss.settings import Settings
 
@@ -58,8 +59,6 @@ def load_demo(rt: Runtime, *, actor: str) -> list[DemoAccount]:
     if rt.settings.is_production:
         raise ConfigError("demo data is for development only (MSS_ENV=production)")
     if not (rt.settings.pki.certs_dir / "ca.pem").exists():
-        from mss.crypto import pki
-
         pki.init_dev_pki(rt.settings)
     import_extract(rt.engine, DEMO_EXTRACT, actor=actor)
     created: list[DemoAccount] = []
@@ -73,9 +72,6 @@ def load_demo(rt: Runtime, *, actor: str) -> list[DemoAccount]:
 
 
 def _save(path: Path, created: list[DemoAccount]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write("# mss demo accounts (development only)\n")
-        for item in created:
-            handle.write(f"{item.address}\t{item.password}\t{item.enrolment.otpauth_uri}\n")
+    lines = ["# mss demo accounts (development only)\n"]
+    lines += [f"{item.address}\t{item.password}\t{item.enrolment.otpauth_uri}\n" for item in created]
+    write_file(path, "".join(lines).encode("utf-8"), private=True)

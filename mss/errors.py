@@ -92,6 +92,10 @@ class BadTotp(AuthError):
     """The TOTP code is wrong, expired or already used."""
 
 
+class EnrolmentRequired(AuthError):
+    """The account has not enrolled an authenticator yet (done once, in the web inbox)."""
+
+
 class TooManyAttempts(AuthError):
     """Too many failed logins from this client address: it must wait before trying again."""
 
@@ -212,7 +216,11 @@ class NotEncryptedForRecipients(PolicyError):
     """A client-encrypted S/MIME message cannot be opened by every recipient."""
 
 
-class MalformedMessage(DocumentError):
+class MessageError(MssError):
+    """A submitted message itself (not one of its documents) cannot be accepted."""
+
+
+class MalformedMessage(MessageError):
     """The message is not parseable MIME, or lacks what RFC 5322 requires."""
 
 
@@ -226,6 +234,29 @@ class DsnParameterError(PolicyError):
     def __init__(self, keyword: str, message: str) -> None:
         super().__init__(f"{keyword}: {message}", keyword=keyword)
         self.keyword = keyword
+
+
+class ParameterRefused(PolicyError):
+    """A MAIL or RCPT parameter the relay refuses; ``reply`` is what the client is told."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+# -- mailbox -----------------------------------------------------------------------------
+
+
+class MailboxError(MssError):
+    """A mailbox request cannot be served."""
+
+
+class MessageNotFound(MailboxError):
+    """No stored message has this queue id or Message-ID (or the reader may not see it)."""
+
+
+class FilterError(MailboxError):
+    """A folder filter has a value that cannot be searched for (bad date, INS, type)."""
 
 
 # -- receipts ----------------------------------------------------------------------------

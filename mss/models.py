@@ -133,7 +133,7 @@ class Delivery(SQLModel, table=True):
     recipient: str = Field(max_length=254, index=True)
     status: str = Field(max_length=20)  # delivered | failed
     reason: str = Field(default="", max_length=500)
-    notify: str = Field(default="FAILURE", max_length=40)  # RFC 3461 NOTIFY
+    notify: str = Field(default="DELAY,FAILURE", max_length=40)  # RFC 3461 NOTIFY words, sorted
     mdn_requested: bool = False
     at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 

@@ -12,16 +12,23 @@ import email.errors
 import email.policy
 import email.utils
 import secrets
-import socket
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesParser
 
+from directory import certificates, service
 from mss import receipts, standing, store
 from mss.accounts import UnlockedAccount
+from mss.addresses import normalise_address
 from mss.crypto import pki, smime
 from mss.db import session_scope, utcnow
-from mss.documents import CdaInfo, Document, DocumentLimits, inspect_attachment, message_header_values
+from mss.documents import (
+    CdaInfo,
+    Document,
+    DocumentLimits,
+    inspect_attachment,
+    message_header_values,
+)
 from mss.errors import (
     DirectoryError,
     DomainNotServed,
@@ -32,8 +39,9 @@ from mss.errors import (
     RecipientHasNoCertificate,
     SenderMismatch,
 )
+from mss.receipts import DEFAULT_NOTIFY, Notify, issuer
 from mss.runtime import Runtime
-from mss.store import MessageMeta, Notice
+from mss.store import MessageMeta
 
 
 @dataclass(frozen=True)
@@ -41,8 +49,12 @@ class RecipientRequest:
     """A recipient as the client asked for it (RFC 3461 NOTIFY, ORCPT)."""
 
     address: str
-    notify: frozenset[str] = frozenset({"FAILURE"})  # SUCCESS, FAILURE, DELAY, or NEVER
+    notify: Notify = DEFAULT_NOTIFY
     orcpt: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.notify, Notify):  # a plain set of NOTIFY words
+            object.__setattr__(self, "notify", Notify(self.notify))
 
 
 @dataclass(frozen=True)
@@ -64,10 +76,6 @@ class Accepted:
 
     queue_id: str
     message_id: str
-
-
-def normalise_address(address: str) -> str:
-    return address.strip().strip("<>").strip().lower()
 
 
 def check_sender(sender: UnlockedAccount, mail_from: str) -> None:
@@ -94,9 +102,6 @@ def check_recipient(rt: Runtime, address: str) -> str:
     Raises DomainNotServed (never an open relay), UnknownAddress, RevokedAddress,
     RecipientHasNoCertificate.
     """
-    from directory import service
-    from mss.db import session_scope
-
     address = normalise_address(address)
     if not rt.settings.serves(address):
         raise DomainNotServed(f"{address} is not in a domain served here")
@@ -107,8 +112,6 @@ def check_recipient(rt: Runtime, address: str) -> str:
 
 
 def _certificate_for(session, address: str):  # type: ignore[no-untyped-def]
-    from directory import certificates
-
     cert = certificates.current_certificate(session, address)
     if cert is None:
         raise RecipientHasNoCertificate(f"{address} has no valid certificate: nothing can be encrypted to it")
@@ -287,8 +290,15 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         documents=[document_summary(d) for d in documents],
         mdn_to=receipts.wants_mdn(message, envelope_sender=sender.address),
     )
-    notices = receipts_for(
-        rt, submission, meta, deliverable=deliverable, failed=failed, original_headers=_header_block(submission.raw)
+    notify_of = {r.address: r.notify for r in submission.recipients}
+    notices = issuer.for_submission(
+        rt,
+        meta,
+        sender_certificate=sender.certificate,
+        envelope_id=submission.envelope_id,
+        delivered=[(r.address, r.notify) for r in deliverable],
+        failed={address: (reason, notify_of[address]) for address, reason in failed.items()},
+        original_headers=_header_block(submission.raw),
     )
     with session_scope(rt.engine) as session:
         store.store_submission(
@@ -334,8 +344,6 @@ def document_summary(document: Document) -> dict[str, object]:
 
 def check_recipient_is_active(session, settings, address: str) -> None:  # type: ignore[no-untyped-def]
     """Re-checked at DATA: a revocation between RCPT and DATA still refuses the message."""
-    from directory import service
-
     if not settings.serves(address):
         raise DomainNotServed(f"{address} is not in a domain served here")
     service.require_active(session, address)
@@ -350,91 +358,3 @@ def _header_block(raw: bytes) -> bytes:
     text = raw.replace(b"\r\n", b"\n")
     head, _sep, _body = text.partition(b"\n\n")
     return head.replace(b"\n", b"\r\n") + b"\r\n"
-
-
-def _operator_seal(rt: Runtime, notification: EmailMessage, to_certificate) -> bytes:  # type: ignore[no-untyped-def]
-    """A receipt signed with the operator's certificate and encrypted to its reader."""
-    from directory import certificates
-
-    with session_scope(rt.engine) as session:
-        key, cert = certificates.operator_identity(session, rt.settings, rt.master_key)
-    entity = notification.as_bytes(policy=email.policy.SMTP)
-    return smime.encrypt(smime.signed_entity(smime.sign(entity, cert, key)), [to_certificate])
-
-
-def _notice(rt: Runtime, *, kind: str, status: str, recipients: list[str], reason: str,
-            notification: EmailMessage, sender: UnlockedAccount) -> Notice:  # type: ignore[name-defined]
-    meta = MessageMeta(
-        sender=str(notification["From"].addresses[0].addr_spec).lower(),
-        recipients=[sender.address],
-        subject=str(notification["Subject"]),
-        date=str(notification["Date"]),
-        message_id=str(notification["Message-ID"]),
-    )
-    return Notice(kind=kind, status=status, recipients=tuple(recipients), reason=reason,
-                  cms=_operator_seal(rt, notification, sender.certificate), meta=meta)
-
-
-def receipts_for(
-    rt: Runtime,
-    submission: Submission,
-    meta: MessageMeta,
-    *,
-    deliverable: list[RecipientRequest],
-    failed: dict[str, str],
-    original_headers: bytes,
-) -> list[Notice]:
-    """The DSN (RFC 3464) and MDN (RFC 8098) a submission calls for, ready to store.
-
-    A failure DSN unless NOTIFY=NEVER; a success DSN when asked (NOTIFY=SUCCESS) or when the
-    operator sends them always; an MDN ``processed`` per recipient when the sender asked
-    with Disposition-Notification-To.
-    """
-    from directory import certificates
-
-    settings = rt.settings
-    reporter = settings.pki.hostnames[0] if settings.pki.hostnames else socket.getfqdn()
-    arrival = utcnow()
-    notices: list[Notice] = []
-    by_address = {r.address: r for r in submission.recipients}
-    success = [
-        r.address for r in deliverable
-        if "SUCCESS" in r.notify or (settings.relay.dsn_on_success and "NEVER" not in r.notify)
-    ]
-    failures = [a for a in failed if "NEVER" not in by_address[a].notify]
-    for status, addresses in (("delivered", success), ("failed", failures)):
-        if not addresses:
-            continue
-        statuses = [
-            receipts.RecipientStatus(address=a, action="delivered", status="2.0.0", diagnostic=None)
-            if status == "delivered"
-            else receipts.RecipientStatus(address=a, action="failed", status="5.7.1", diagnostic=f"smtp; 550 5.7.1 {failed[a]}")
-            for a in addresses
-        ]
-        dsn = receipts.build_dsn(
-            reporting_mta=reporter,
-            original_envelope_id=submission.envelope_id,
-            original_message_id=meta.message_id,
-            sender=meta.sender,
-            recipients=statuses,
-            arrival_date=arrival,
-            original_headers=original_headers,
-            postmaster=certificates.operator_address(settings),
-        )
-        reason = "" if status == "delivered" else "; ".join(failed[a] for a in addresses)
-        notices.append(_notice(rt, kind="dsn", status=status, recipients=addresses, reason=reason,
-                               notification=dsn, sender=submission.sender))
-    if meta.mdn_to:
-        for request in deliverable:
-            mdn = receipts.build_mdn(
-                reporting_ua=reporter,
-                final_recipient=request.address,
-                original_message_id=meta.message_id,
-                disposition="processed",
-                sender=meta.sender,
-                mode="automatic-action/MDN-sent-automatically",
-                subject_hint=None,
-            )
-            notices.append(_notice(rt, kind="mdn", status="processed", recipients=[request.address], reason="",
-                                   notification=mdn, sender=submission.sender))
-    return notices

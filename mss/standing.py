@@ -20,7 +20,13 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlmodel import Session
 
-from directory.models import ACTIVE, INACTIVE, INACTIVE_REASON, Certificate, DirectoryEntry
+from directory.models import (
+    ACTIVE,
+    INACTIVE,
+    INACTIVE_REASON,
+    Certificate,
+    DirectoryEntry,
+)
 from mss.db import utcnow
 from mss.errors import (
     AccountDisabled,
@@ -32,6 +38,7 @@ from mss.errors import (
 )
 from mss.models import Account, WebSession
 from mss.settings import Settings
+
 
 @dataclass(frozen=True)
 class Standing:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from sqlalchemy import or_, select
 from sqlmodel import Session
 
 from mss import audit
+from mss.addresses import normalise_address
 from mss.crypto.master import MasterKey
-from mss.errors import MssError
+from mss.crypto import smime
+from mss.errors import CryptoError, MessageNotFound
 from mss.models import Delivery, MailboxItem, Message, Receipt
 
 INBOX, SENT, ARCHIVE = "inbox", "sent", "archive"
@@ -53,10 +56,6 @@ class Notice:
     reason: str
     cms: bytes
     meta: MessageMeta
-
-
-class MessageNotFound(MssError):
-    """No stored message has this queue id or Message-ID (or the reader may not see it)."""
 
 
 def store_submission(
@@ -165,9 +164,6 @@ def signed_data_in(inner: bytes) -> bytes | None:
     Our envelopes hold an RFC 8551 signed-data entity; a client's may hold a bare SignedData
     or a MIME entity of its own (then None: the caller shows it as unsigned).
     """
-    from mss.crypto import smime
-    from mss.errors import CryptoError
-
     try:
         if smime.is_signed(inner):
             return inner
@@ -184,3 +180,40 @@ def readers_of(session: Session, message: Message) -> set[str]:
     """Addresses that may read a stored message: its mailbox owners."""
     owners = session.execute(select(MailboxItem.owner).where(MailboxItem.message_id == message.id)).scalars()
     return set(owners)
+
+
+@dataclass(frozen=True)
+class Trace:
+    """The journey of one stored message: its row, audit events, deliveries and receipts."""
+
+    message: Message
+    events: list[Any]
+    deliveries: list[Delivery]
+    receipts: list[Receipt]
+
+
+def trace(session: Session, ident: str) -> Trace:
+    """The journey of the message with this queue id or Message-ID. Raises MessageNotFound."""
+    row = find_message(session, ident)
+    return Trace(
+        message=row,
+        events=list(audit.events_for(session, object_prefix=row.queue_id)),
+        deliveries=list(session.execute(select(Delivery).where(Delivery.message_id == row.id)).scalars()),
+        receipts=list(session.execute(select(Receipt).where(Receipt.message_id == row.id)).scalars()),
+    )
+
+
+def export_for(session: Session, master_key: MasterKey, ident: str, reader: str, *, actor: str) -> bytes:
+    """The stored S/MIME message as an RFC 5322 ``.eml`` for one of its readers (a mail
+    client or ``openssl cms`` opens it with that reader's key). Audited as
+    ``message.export``. Raises MessageNotFound (also for an address that may not read it).
+    """
+    address = normalise_address(reader)
+    row = find_message(session, ident)
+    if address not in readers_of(session, row):
+        raise MessageNotFound(f"no message {ident.strip()[:40]} for {address}")
+    meta = MessageMeta.open(master_key, row.meta_sealed)
+    headers = {"From": meta.sender, "To": ", ".join(meta.recipients), "Subject": meta.subject,
+               "Date": meta.date, "Message-ID": meta.message_id, **meta.headers}
+    audit.record(session, actor=actor, action="message.export", object=row.queue_id, reader=address)
+    return smime.to_smime_message(row.cms, {k: v for k, v in headers.items() if v})

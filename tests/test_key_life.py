@@ -26,10 +26,11 @@ from mss import accounts
 from mss.crypto import pki, smime, verify
 from mss.crypto.pki import PkiPaths
 from mss.db import session_scope, utcnow
-from mss.runtime import Runtime, open_runtime, startup_warnings
+from mss.health import startup_warnings
+from mss.runtime import Runtime, open_runtime
 from mss.settings import Settings
 
-from conftest import test_env
+from conftest import test_env as environment_for
 from relay_support import RECIPIENTS, SENDER, build_stack
 
 
@@ -201,7 +202,7 @@ def test_tls_certificate_covers_the_loopback_address(tmp_path: Path) -> None:
 
 
 def test_files_at_rest_are_private(tmp_path: Path) -> None:
-    env = test_env(tmp_path, f"sqlite:///{tmp_path / 'data' / 'mss.db'}")
+    env = environment_for(tmp_path, f"sqlite:///{tmp_path / 'data' / 'mss.db'}")
     settings = Settings.from_env(env)
     pki.init_dev_pki(settings)
     rt = open_runtime(settings)

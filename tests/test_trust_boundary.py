@@ -49,7 +49,7 @@ from relay_support import (
     queue_id,
     transaction,
 )
-from web_support import BASE_URL, Person, create_person, csrf
+from web_support import BASE_URL, Person, csrf
 from web_support import login as web_login
 
 READER = RECIPIENTS[0]
@@ -319,7 +319,7 @@ def test_renewal_keeps_the_key_and_lists_who_it_cannot_renew(tmp_path) -> None: 
         with TestClient(app, base_url=BASE_URL) as browser:
             web_login(browser, reader)
             assert "renouveler" in browser.get("/inbox").text  # the banner before expiry
-        from mss.runtime import startup_warnings
+        from mss.health import startup_warnings
 
         assert any(READER in warning for warning in startup_warnings(stack.rt))
         old = _serial(stack, READER)

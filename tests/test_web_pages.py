@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 
 from sqlalchemy import select
 
@@ -16,7 +17,6 @@ from mss.documents import DocumentLimits, parse_cda
 from mss.documents.cda import Author
 from mss.documents.xdm import build_xdm
 from mss.models import Account, AuditEvent, MailboxItem, Receipt
-from mss.web import twofactor
 from web_support import CDA_SAMPLE, DOCTOR, GP, create_person, csrf, login, pdf_bytes, submit, unlocked
 from web_support import app, clients, doctor, gp  # noqa: F401  (fixtures)
 
@@ -73,7 +73,7 @@ def test_recovery_code_replaces_totp_once(rt, clients, doctor):  # type: ignore[
     login(first, doctor)
     page = first.get("/login")  # already logged in: goes to the inbox
     assert page.url.path == "/inbox"
-    codes = twofactor.new_recovery_codes(rt.engine, DOCTOR)
+    codes = accounts.new_recovery_codes(rt.engine, DOCTOR)
     for attempt, expected in ((codes[0], 303), (codes[0], 401)):
         client = clients()
         page = client.get("/login")
@@ -83,7 +83,7 @@ def test_recovery_code_replaces_totp_once(rt, clients, doctor):  # type: ignore[
             "/login/totp", data={"code": attempt, "csrf_token": csrf(page.text)}, follow_redirects=False
         )
         assert response.status_code == expected
-    assert twofactor.remaining_recovery_codes(rt.engine, DOCTOR) == 9
+    assert accounts.remaining_recovery_codes(rt.engine, DOCTOR) == 9
 
 
 def test_inbox_and_message_page(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
@@ -450,11 +450,13 @@ def test_compose_packages_cda_as_ihe_xdm(rt, clients, doctor, gp):  # type: igno
 
 def test_revoked_signer_is_shown_with_a_warning(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
     accepted = submit(rt, gp, [DOCTOR], "Avant révocation", "Texte signé.")
+    time.sleep(1.1)  # a CRL dates revocations to the second
     with session_scope(rt.engine) as session:
         certificates.revoke_for_address(session, rt.settings, GP, reason="keyCompromise", actor="test")
     client = clients()
     login(client, doctor)
     page = client.get(f"/messages/{accepted.queue_id}").text
-    assert "sig-revoked" in page and "signature par un certificat révoqué" in page
+    # Signed before the revocation: both facts, valid when signed and revoked since.
+    assert "sig-revoked-since" in page and "le certificat du signataire est révoqué depuis le" in page
     assert 'class="warning" role="alert"' in page and "Texte signé." in page
     assert 'class="body untrusted"' in page

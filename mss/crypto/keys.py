@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509 import Certificate
 
 from mss.errors import ConfigError, CryptoError, KeyUnwrapError
+from mss.files import write_file
 
 RECOVERY_KEY_SIZE = nacl.public.PrivateKey.SIZE  # 32 bytes, X25519
 SALT_SIZE = nacl.pwhash.argon2id.SALTBYTES  # 16 bytes
@@ -298,19 +298,7 @@ def write_recovery_key(path: Path, raw: bytes, *, private: bool) -> None:
     The file is written next to its final name and renamed into place, so a reader never
     sees half a key and an existing file keeps no stale permissions.
     """
-    path = Path(path)
-    path.parent.mkdir(mode=0o700 if private else 0o755, parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{nacl.utils.random(4).hex()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(encode_recovery_key(raw))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    write_file(Path(path), encode_recovery_key(raw), private=private)
 
 
 def seal_for_recovery(key_der: bytes, recovery_public_key: bytes) -> bytes:

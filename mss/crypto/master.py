@@ -6,7 +6,6 @@ with 0600 permissions; in production it must already exist (supplied by a secret
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nacl.exceptions
@@ -14,6 +13,7 @@ import nacl.secret
 import nacl.utils
 
 from mss.errors import ConfigError, CryptoError
+from mss.files import create_private
 from mss.settings import Settings
 
 
@@ -32,15 +32,8 @@ class MasterKey:
         if not path.exists():
             if settings.is_production:
                 raise ConfigError(f"MSS_MASTER_KEY_FILE {path} does not exist (production never generates it)")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            key = nacl.utils.random(nacl.secret.SecretBox.KEY_SIZE)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass  # another process created it first: read theirs
-            else:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(key)
+            # Another process may create it first: then this one reads theirs.
+            create_private(path, nacl.utils.random(nacl.secret.SecretBox.KEY_SIZE))
         if path.stat().st_mode & 0o077:
             raise ConfigError(f"{path} must not be readable by group or others (chmod 600)")
         return cls(path.read_bytes())

@@ -42,6 +42,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mss.crypto import keys
 from mss.errors import ConfigError, CryptoError, PkiError
+from mss.files import write_file
 from mss.settings import Settings
 
 CA_KEY_BITS = 3072
@@ -508,23 +509,6 @@ def _locked(paths: PkiPaths) -> Iterator[None]:
         os.close(fd)
 
 
-def _write_file(path: Path, data: bytes, *, private: bool) -> None:
-    """Write next to the final name, fsync, rename: readers never see a partial file, and
-    a private file is born 0600 instead of being narrowed after the fact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def _pem(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.PEM)
 
@@ -606,7 +590,7 @@ def _write_crl_locked(paths: PkiPaths, crl: x509.CertificateRevocationList, *, r
             current = None  # a damaged file is replaced
         if current is not None and _crl_number(current) >= _crl_number(crl):
             return False
-    _write_file(paths.crl, crl.public_bytes(serialization.Encoding.PEM), private=False)
+    write_file(paths.crl, crl.public_bytes(serialization.Encoding.PEM), private=False)
     return True
 
 
@@ -631,8 +615,8 @@ def init_dev_pki(settings: Settings, *, force: bool = False) -> DevPki:
                 common_name=f"mss development CA {secrets.token_hex(3)}", organisation="mss development"
             )
             # Key first: a certificate on disk always has its key next to it.
-            _write_file(paths.ca_key, keys.private_key_to_pem(ca.private_key), private=True)
-            _write_file(paths.ca_certificate, _pem(ca.certificate), private=False)
+            write_file(paths.ca_key, keys.private_key_to_pem(ca.private_key), private=True)
+            write_file(paths.ca_certificate, _pem(ca.certificate), private=False)
             generated.append("ca")
         elif ca_files != (True, True):
             missing = paths.ca_key if ca_files[0] else paths.ca_certificate
@@ -659,8 +643,8 @@ def init_dev_pki(settings: Settings, *, force: bool = False) -> DevPki:
                 tls_certificate = None
         if tls_certificate is None:
             tls_key, tls_certificate = issue_tls_certificate(ca, settings.pki.hostnames)
-            _write_file(paths.tls_key, keys.private_key_to_pem(tls_key), private=True)
-            _write_file(paths.tls_certificate, _pem(tls_certificate) + _pem(ca.certificate), private=False)
+            write_file(paths.tls_key, keys.private_key_to_pem(tls_key), private=True)
+            write_file(paths.tls_certificate, _pem(tls_certificate) + _pem(ca.certificate), private=False)
             generated.append("tls")
 
         if force or not paths.recovery_public_key.exists():

@@ -41,7 +41,13 @@ from mss.documents.detect import (
     UnsafeDocument,
     inspect_attachment,
 )
-from mss.documents.pdf import ActivePdfContent, EncryptedPdf, InvalidPdf, PdfInfo, check_pdf
+from mss.documents.pdf import (
+    ActivePdfContent,
+    EncryptedPdf,
+    InvalidPdf,
+    PdfInfo,
+    check_pdf,
+)
 from mss.documents.xdm import (
     ArchiveBomb,
     ArchiveEncrypted,

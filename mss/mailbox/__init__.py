@@ -4,7 +4,7 @@ Reading (``reading``): list a folder with filters and pages, open a message for 
 (decrypt with their key, verify the signature, split the MIME), attachments and the
 documents inside IHE_XDM packages, read and archive marks, the Sent view's journey per
 recipient. Writing (``compose``): a draft becomes an RFC 5322 message submitted through
-``mss.pipeline``. ``disposition`` sends the ``displayed`` notification, ``index`` keeps the
+``mss.pipeline``. Opening a message asks ``mss.receipts.issuer`` for its ``displayed`` notification; ``index`` keeps the
 search tokens that make filters fast without storing metadata in clear, ``content`` holds
 the decryption, verification and MIME splitting.
 """

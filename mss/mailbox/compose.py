@@ -25,12 +25,26 @@ from sqlalchemy import select
 from directory.models import DirectoryEntry
 from mss import pipeline
 from mss.accounts import UnlockedAccount
+from mss.addresses import normalise_address
 from mss.db import session_scope
 from mss.documents import DocumentLimits, inspect_attachment
-from mss.documents.cda import RPPS_ROOT, Author, CdaInfo, Identifier, Organisation, PersonName
+from mss.documents.cda import (
+    RPPS_ROOT,
+    Author,
+    CdaInfo,
+    Identifier,
+    Organisation,
+    PersonName,
+)
 from mss.documents.detect import sniff
 from mss.documents.xdm import build_xdm
-from mss.errors import DirectoryError, DocumentError, DomainNotServed, MssError, PolicyError
+from mss.errors import (
+    DirectoryError,
+    DocumentError,
+    DomainNotServed,
+    MssError,
+    PolicyError,
+)
 from mss.mailbox import reading
 from mss.mailbox.content import Signature
 from mss.models import MailboxItem, Message
@@ -122,7 +136,7 @@ def split_addresses(text: str) -> tuple[str, ...]:
     """Addresses from a comma, semicolon or whitespace separated list, lower case, in order."""
     seen: list[str] = []
     for part in re.split(r"[,;\s]+", text or ""):
-        address = pipeline.normalise_address(part)
+        address = normalise_address(part)
         if address and address not in seen:
             seen.append(address)
     return tuple(seen)

@@ -33,7 +33,7 @@ from mss.documents import DocumentLimits, parse_cda, parse_xml
 from mss.documents.cda import HL7, InvalidCda
 from mss.documents.pdf import check_pdf
 from mss.documents.xdm import XdmInfo, parse_xdm
-from mss.errors import CryptoError, DecryptionError, DocumentError, MssError
+from mss.errors import CryptoError, DecryptionError, DocumentError, FilterError
 from mss.mailbox import index
 from mss.mailbox.content import (
     Attachment,
@@ -43,6 +43,7 @@ from mss.mailbox.content import (
     unverified_entity,
 )
 from mss.models import Delivery, MailboxItem, Message, Receipt
+from mss.receipts import issuer
 from mss.runtime import Runtime
 from mss.store import MessageMeta, MessageNotFound
 
@@ -55,10 +56,6 @@ CONTENT_BATCH = 50
 DOC_TYPES = ("pdf", "cda", "xdm", "receipt")
 _QUEUE_ID = re.compile(r"^[0-9A-Z][0-9A-Z-]{0,39}$")  # pipeline ids, and receipts' ID-MDN-HASH
 _CDA_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
-
-
-class FilterError(MssError):
-    """A folder filter has a value that cannot be searched for (bad date, INS, type)."""
 
 
 # -- what the pages and the API show -----------------------------------------------------
@@ -556,8 +553,6 @@ def open_message(
     sender asked for one. Audits ``message.open``. Raises MessageNotFound (also for a
     message of another mailbox), DecryptionError.
     """
-    from mss.mailbox import disposition
-
     loaded = _load(rt, reader, queue_id, folder)
     message, meta = loaded.message, loaded.meta
     signature, entity = _decrypt(rt, reader, loaded)
@@ -570,7 +565,7 @@ def open_message(
             .values(unread=False)
         )
         if loaded.item.folder != SENT:
-            displayed = disposition.send_displayed(
+            displayed = issuer.send_displayed(
                 session, rt, message=message, meta=meta, reader=reader.address, request_id=request_id
             )
         audit.record(

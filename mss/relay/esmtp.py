@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from mss.errors import DsnParameterError
-from mss.receipts import NotifySpec, parse_notify
+from mss.errors import DsnParameterError, ParameterRefused
+from mss.receipts import Notify, NotifySpec, parse_notify
 from mss.relay import replies
 
 # RFC 5321 4.1.2: esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-"),
@@ -30,14 +30,6 @@ MAX_SIZE_DIGITS: Final = 20
 DSN_KEYWORDS: Final = frozenset({"RET", "ENVID", "NOTIFY", "ORCPT"})
 
 
-class ParameterRefused(ValueError):
-    """A MAIL or RCPT parameter the relay refuses; ``reply`` is what the client is told."""
-
-    def __init__(self, reply: str) -> None:
-        super().__init__(reply)
-        self.reply = reply
-
-
 @dataclass(frozen=True)
 class MailParameters:
     """What the client asked for with MAIL FROM."""
@@ -51,7 +43,7 @@ class MailParameters:
 class RcptParameters:
     """What the client asked for with RCPT TO (RFC 3461)."""
 
-    notify: frozenset[str] | None = None  # None: not given, the pipeline's default applies
+    notify: Notify | None = None  # None: not given, the pipeline's default applies
     orcpt: str | None = None  # "rfc822;address", the xtext decoded
 
 
@@ -118,9 +110,5 @@ def parse_rcpt(text: str) -> RcptParameters:
         if keyword not in DSN_KEYWORDS:
             raise ParameterRefused(replies.PARAMETER_NOT_RECOGNIZED)
     dsn = _dsn(params, "RCPT")
-    if not dsn.notify_given:
-        notify = None
-    else:
-        # The pipeline spells NOTIFY=NEVER as {"NEVER"}; receipts as the empty set.
-        notify = dsn.notify or frozenset({"NEVER"})
+    notify = dsn.notify if dsn.notify_given else None
     return RcptParameters(notify=notify, orcpt=None if dsn.orcpt is None else str(dsn.orcpt))

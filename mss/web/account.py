@@ -12,9 +12,19 @@ from mss import accounts
 from mss.db import session_scope
 from mss.errors import AuthError, BadCredentials, PasswordPolicyError
 from mss.runtime import Runtime
-from mss.web import i18n, twofactor
+from mss.web import i18n
 from mss.web.auth import current_session
-from mss.web.context import client_address, config, language, redirect, render, request_id, run, set_language_cookie, set_session_cookie
+from mss.web.context import (
+    client_address,
+    config,
+    language,
+    redirect,
+    render,
+    request_id,
+    run,
+    set_language_cookie,
+    set_session_cookie,
+)
 from mss.web.sessions import ENROL, advance, end_other_sessions
 
 
@@ -66,7 +76,7 @@ class AccountController(Controller):
         notice: str | None = None,
         errors: dict[str, str] | None = None,
     ) -> Response:
-        remaining = await run(twofactor.remaining_recovery_codes, config(request).rt.engine, address)
+        remaining = await run(accounts.remaining_recovery_codes, config(request).rt.engine, address)
         return render(
             request,
             "account.html",

@@ -23,9 +23,17 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from typing_extensions import Annotated
 
 from mss import accounts, mailbox
-from mss.errors import AccountLocked, AuthError, BadCredentials, BadTotp, MssError, StandingError, TooManyAttempts
+from mss.errors import (
+    AccountLocked,
+    AuthError,
+    BadCredentials,
+    BadTotp,
+    EnrolmentRequired,
+    MssError,
+    StandingError,
+    TooManyAttempts,
+)
 from mss.mailbox import Draft, DraftInvalid, FilterError, MessageNotFound, Upload
-from mss.web import twofactor
 from mss.web.auth import plausible_address
 from mss.web.compose_pages import directory_matches
 from mss.web.context import client_address, config, request_id, run
@@ -389,6 +397,8 @@ async def api_session(request: Request) -> LiveSession:
 
 
 def _refused(error: AuthError) -> ApiError:
+    if isinstance(error, EnrolmentRequired):
+        return ApiError(403, "enrolment-required", "enrol an authenticator in the web inbox first")
     if isinstance(error, (BadCredentials, BadTotp)):
         return ApiError(401, "bad-credentials", "invalid address, password or code")
     if isinstance(error, TooManyAttempts):
@@ -403,19 +413,12 @@ def _refused(error: AuthError) -> ApiError:
 def _login(request: Request, data: LoginRequest) -> SessionOut:
     web = config(request)
     rt = web.rt
-    rid = request_id(request)
-    client = client_address(request)
     try:
         if not plausible_address(data.address.strip().lower()):
             raise BadCredentials()  # no account can have it: nothing to look up
-        unlocked = accounts.authenticate(
-            rt.engine, rt.settings, data.address, data.password, channel="api", request_id=rid, client=client,
-            completes_login=False,
-        )
-        if not twofactor.totp_confirmed(rt.engine, unlocked.address):
-            raise ApiError(403, "enrolment-required", "enrol an authenticator in the web inbox first")
-        twofactor.check_second_factor(
-            rt.engine, rt.settings, rt.master_key, unlocked.address, data.code, request_id=rid, client=client
+        unlocked = accounts.login_with_code(
+            rt.engine, rt.settings, rt.master_key, data.address, data.password, data.code, channel="api",
+            client=client_address(request), request_id=request_id(request),
         )
     except AuthError as exc:
         raise _refused(exc) from exc

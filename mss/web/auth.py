@@ -18,9 +18,15 @@ from litestar.params import URLEncodedBody
 
 from mss import accounts, audit
 from mss.db import session_scope
-from mss.errors import AccountLocked, AuthError, BadCredentials, BadTotp, NoSuchAccount, TooManyAttempts
+from mss.errors import (
+    AccountLocked,
+    AuthError,
+    BadCredentials,
+    BadTotp,
+    NoSuchAccount,
+    TooManyAttempts,
+)
 from mss.web import twofactor
-from mss.web.messages import login_refusal
 from mss.web.context import (
     clear_session_cookie,
     client_address,
@@ -33,6 +39,7 @@ from mss.web.context import (
     session_token,
     set_session_cookie,
 )
+from mss.web.messages import login_refusal
 from mss.web.sessions import (
     ACTIVE,
     ENROL,
@@ -159,7 +166,7 @@ class AuthController(Controller):
             return response
         await run(purge_expired, rt.engine, policy=web.policy)
         await run(end_session, rt.engine, session_token(request))
-        confirmed = await run(twofactor.totp_confirmed, rt.engine, unlocked.address)
+        confirmed = await run(accounts.totp_confirmed, rt.engine, unlocked.address)
         stage = TOTP if confirmed else ENROL
         token = await run(
             open_session,
@@ -190,7 +197,7 @@ class AuthController(Controller):
         t = language(request).gettext
         try:
             await run(
-                twofactor.check_second_factor,
+                accounts.check_second_factor,
                 rt.engine,
                 rt.settings,
                 rt.master_key,
@@ -226,7 +233,7 @@ class AuthController(Controller):
         rt = config(request).rt
         t = language(request).gettext
         try:
-            enrolment = await run(twofactor.enrolment, rt.engine, rt.settings, rt.master_key, live.address)
+            enrolment = await run(accounts.pending_enrolment, rt.engine, rt.settings, rt.master_key, live.address)
         except (BadTotp, NoSuchAccount) as exc:
             await run(end_session, rt.engine, live.token)
             raise LoginRequired("no enrolment pending") from exc
@@ -268,7 +275,7 @@ class AuthController(Controller):
             )
         except AccountLocked:
             return await _locked_out(request, live)
-        codes = await run(twofactor.new_recovery_codes, rt.engine, live.address, request_id=request_id(request))
+        codes = await run(accounts.new_recovery_codes, rt.engine, live.address, request_id=request_id(request))
         token = await run(advance, rt.engine, live, stage=ACTIVE, policy=web.policy)
         # Rendered directly, not after a redirect: the codes are never stored anywhere in clear.
         response = render(request, "recovery_codes.html", user=live.address, codes=codes, new_session=token)

@@ -9,6 +9,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.exceptions import NotFoundException
 
+from directory.search import search
 from mss import mailbox
 from mss.db import session_scope
 from mss.errors import MssError
@@ -42,8 +43,6 @@ class FormState:
 
 def directory_matches(rt: Runtime, query: str, page: int = 1, per_page: int = 10) -> dict:
     """Active directory entries matching ``query`` (name, RPPS, organisation, city ...)."""
-    from directory.search import search
-
     with session_scope(rt.engine, readonly=True) as session:
         result = search(session, query, page=page, per_page=per_page)
         items = [

@@ -11,7 +11,11 @@ import logging
 
 from litestar import Request, Response
 from litestar.enums import MediaType
-from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+)
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from mss.errors import DecryptionError, MssError

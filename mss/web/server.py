@@ -22,6 +22,7 @@ import uvicorn
 from mss.errors import ConfigError
 from mss.runtime import Runtime
 from mss.web.app import create_app
+from mss.web.publication import create_publication_app
 
 log = logging.getLogger("mss.web")
 
@@ -87,8 +88,6 @@ async def serve_publication(
 ) -> None:
     """Serve the CRL and the CA certificate over plain HTTP (``MSS_PKI_HTTP_PORT``) until
     cancelled: the CRL distribution point written into issued certificates."""
-    from mss.web.publication import create_publication_app
-
     config = uvicorn.Config(
         create_publication_app(rt),
         host=rt.settings.pki.http_host,

@@ -4,11 +4,11 @@ Revision ID: 0001
 Revises: 
 Create Date: 2026-11-22 02:18:05.162841
 """
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-import mss.db
+from alembic import op
 
+import mss.db
 
 revision = '0001'
 down_revision = None

@@ -4,7 +4,7 @@ This module owns the wire form of receipts and of the requests for them: it buil
 ``multipart/report`` messages (RFC 6522), parses the SMTP DSN parameters (RFC 3461: NOTIFY,
 ORCPT, RET, ENVID) and decides from a message's header fields whether its sender asked for
 a disposition notification it may be sent. Everything here is pure: values in, an
-``EmailMessage`` or a value out; storing, signing and delivering receipts are the pipeline's.
+``EmailMessage`` or a value out; sealing and storing them is ``mss.receipts.issuer``'s.
 
 Receipts never carry content: a DSN quotes the original header fields only
 (``text/rfc822-headers``), whatever ``RET=FULL`` asked for, and an MDN quotes nothing but
@@ -28,7 +28,9 @@ from typing import Literal
 from mss.errors import DsnParameterError, ReceiptError
 
 __all__ = [
+    "DEFAULT_NOTIFY",
     "DsnParameterError",
+    "Notify",
     "NotifySpec",
     "OriginalRecipient",
     "ReceiptError",
@@ -485,9 +487,37 @@ def build_mdn(
 
 
 NOTIFY_WORDS = ("SUCCESS", "FAILURE", "DELAY")
+NEVER = "NEVER"
+
+
+class Notify(frozenset[str]):
+    """The one form of an RFC 3461 NOTIFY value: some of SUCCESS, FAILURE, DELAY, or
+    exactly ``{"NEVER"}`` (no DSN at all)."""
+
+    @property
+    def never(self) -> bool:
+        """NOTIFY=NEVER: no DSN at all for this recipient."""
+        return NEVER in self
+
+    @property
+    def value(self) -> str:
+        """The canonical NOTIFY text (``NEVER`` or ``SUCCESS,FAILURE,DELAY`` in that order)."""
+        return NEVER if self.never else ",".join(w for w in NOTIFY_WORDS if w in self) or NEVER
+
+    def wants(self, action: str) -> bool:
+        """True when a DSN with this RFC 3464 action was asked for."""
+        if action in ("delivered", "relayed", "expanded"):
+            return "SUCCESS" in self
+        if action == "failed":
+            return "FAILURE" in self
+        if action == "delayed":
+            return "DELAY" in self
+        raise ReceiptError(f"unknown DSN action {action!r} (RFC 3464 2.3.3)")
+
+
 # RFC 3461 4.1 leaves the default to the MTA: FAILURE or FAILURE,DELAY. Like most MTAs,
 # tell the sender about delays too.
-DEFAULT_NOTIFY = frozenset({"FAILURE", "DELAY"})
+DEFAULT_NOTIFY = Notify({"FAILURE", "DELAY"})
 _MAX_ORCPT = 500  # RFC 3461 4.2, the xtext-encoded value
 _MAX_ENVID = 100  # RFC 3461 4.4, the xtext-encoded value
 _MAIL_KEYWORDS = ("RET", "ENVID")
@@ -510,12 +540,12 @@ class OriginalRecipient:
 class NotifySpec:
     """What a client asked for with RFC 3461 parameters.
 
-    ``notify`` is the set of SUCCESS, FAILURE, DELAY (empty for NEVER); ``notify_given``
-    tells an explicit NOTIFY from the default. ``ret`` (FULL or HDRS) is recorded but a
-    receipt returns header fields only, whatever it says.
+    ``notify`` is a :class:`Notify`; ``notify_given`` tells an explicit NOTIFY from the
+    default. ``ret`` (FULL or HDRS) is recorded but a receipt returns header fields only,
+    whatever it says.
     """
 
-    notify: frozenset[str] = DEFAULT_NOTIFY
+    notify: Notify = DEFAULT_NOTIFY
     notify_given: bool = False
     orcpt: OriginalRecipient | None = None
     ret: Literal["FULL", "HDRS"] | None = None
@@ -524,22 +554,16 @@ class NotifySpec:
     @property
     def never(self) -> bool:
         """NOTIFY=NEVER: no DSN at all for this recipient."""
-        return not self.notify
+        return self.notify.never
 
     @property
     def notify_value(self) -> str:
         """The canonical NOTIFY text (``NEVER`` or ``SUCCESS,FAILURE,DELAY`` in that order)."""
-        return ",".join(w for w in NOTIFY_WORDS if w in self.notify) or "NEVER"
+        return self.notify.value
 
     def wants(self, action: str) -> bool:
         """True when a DSN with this RFC 3464 action was asked for."""
-        if action in ("delivered", "relayed", "expanded"):
-            return "SUCCESS" in self.notify
-        if action == "failed":
-            return "FAILURE" in self.notify
-        if action == "delayed":
-            return "DELAY" in self.notify
-        raise ReceiptError(f"unknown DSN action {action!r} (RFC 3464 2.3.3)")
+        return self.notify.wants(action)
 
 
 def decode_xtext(value: str, keyword: str) -> str:
@@ -558,19 +582,19 @@ def decode_xtext(value: str, keyword: str) -> str:
     return decoded
 
 
-def _parse_notify_value(value: str) -> frozenset[str]:
+def _parse_notify_value(value: str) -> Notify:
     words = value.upper().split(",")
-    if "NEVER" in words:
-        if words != ["NEVER"]:
+    if NEVER in words:
+        if words != [NEVER]:
             raise DsnParameterError("NOTIFY", "NEVER cannot be combined with SUCCESS, FAILURE or DELAY (RFC 3461 4.1)")
-        return frozenset()
+        return Notify({NEVER})
     for word in words:
         if word not in NOTIFY_WORDS:
             shown = word or "an empty item"
             raise DsnParameterError("NOTIFY", f"{shown} is not one of NEVER, SUCCESS, FAILURE, DELAY")
     if len(set(words)) != len(words):
         raise DsnParameterError("NOTIFY", "a keyword is repeated")
-    return frozenset(words)
+    return Notify(words)
 
 
 def _parse_orcpt(value: str) -> OriginalRecipient:

@@ -1,0 +1,95 @@
+"""Accounts: a login for a directory address, its wrapped private keys and its second factor.
+
+This service owns every credential and every rule about them, for every door (SMTP, web,
+API, IMAP, the command line): passwords, TOTP codes, recovery codes, the lockouts, the keys'
+custody. The doors translate; they call these functions and keep no rule of their own.
+
+- ``_common``: the unlocked account, the enrolment, the password policy, key wrapping;
+- ``lockout``: counting failures and locking (with ``mss.throttle`` by client address);
+- ``twofactor``: TOTP enrolment and codes, recovery codes;
+- ``login``: the login service (password, standing, keys opened; both factors at once);
+- ``custody``: creation, passwords, recovery, rekey, renewal, disable, export.
+
+Who opens the transaction: a function that *changes an account as an administrator's or a
+person's deliberate act* (create, passwd, recover, rekey, renew, reset-2fa, disable) takes
+the caller's ``Session``, so the caller can make it one transaction with its own writes and
+its audit event. A function on the *login path* (authenticate, the second factor, failures)
+takes the ``Engine`` and commits on its own: a failure must be counted and audited even
+though the login is refused, which a caller's rollback would undo; they run in worker
+threads of the doors.
+"""
+
+from mss.accounts._common import (
+    MIN_PASSWORD_LENGTH,
+    Enrolment,
+    UnlockedAccount,
+    check_password_policy,
+    get_account,
+    require_account,
+)
+from mss.accounts.custody import (
+    Rekeyed,
+    Renewal,
+    change_password,
+    create_account,
+    expiring_certificates,
+    export_key,
+    issue_external_certificate,
+    recover_account,
+    rekey,
+    renew_certificates,
+    set_disabled,
+)
+from mss.accounts.lockout import (
+    COUNTED_FAILURES,
+    is_locked,
+    login_completed,
+    record_failure,
+)
+from mss.accounts.login import authenticate, login_with_code
+from mss.accounts.twofactor import (
+    check_second_factor,
+    new_recovery_codes,
+    pending_enrolment,
+    remaining_recovery_codes,
+    reset_2fa,
+    totp_confirmed,
+    use_recovery_code,
+    verify_totp,
+)
+from mss.errors import AccountExists
+
+__all__ = [
+    "COUNTED_FAILURES",
+    "MIN_PASSWORD_LENGTH",
+    "AccountExists",
+    "Enrolment",
+    "Rekeyed",
+    "Renewal",
+    "UnlockedAccount",
+    "authenticate",
+    "change_password",
+    "check_password_policy",
+    "check_second_factor",
+    "create_account",
+    "expiring_certificates",
+    "export_key",
+    "get_account",
+    "is_locked",
+    "issue_external_certificate",
+    "login_completed",
+    "login_with_code",
+    "new_recovery_codes",
+    "pending_enrolment",
+    "recover_account",
+    "record_failure",
+    "rekey",
+    "remaining_recovery_codes",
+    "renew_certificates",
+    "require_account",
+    "reset_2fa",
+    "set_disabled",
+    "totp_confirmed",
+    "use_recovery_code",
+    "verify_totp",
+]

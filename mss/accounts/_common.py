@@ -1,0 +1,92 @@
+"""What every part of the accounts service shares: the unlocked account, the enrolment, the
+password policy and the argon2id wrapping of keys. Imports nothing of ``mss.accounts``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from cryptography import x509
+from sqlalchemy import select
+from sqlmodel import Session
+
+from mss.addresses import normalise_address
+from mss.crypto import keys
+from mss.errors import NoSuchAccount, PasswordPolicyError
+from mss.models import Account
+from mss.settings import Settings
+
+MIN_PASSWORD_LENGTH = 12
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """What a person needs to enrol their authenticator app (shown once, never stored in clear)."""
+
+    address: str
+    otpauth_uri: str
+
+
+@dataclass(frozen=True)
+class UnlockedAccount:
+    """An authenticated account with its private key opened in memory."""
+
+    address: str
+    private_key_der: bytes = field(repr=False)  # never in a log line or a traceback
+    certificate: x509.Certificate
+    # Earlier keys of the account (kept after a rekey) to open mail encrypted to them.
+    past_keys_der: tuple[bytes, ...] = field(default=(), repr=False)
+
+    @cached_property
+    def private_key(self) -> keys.PrivateKey:
+        """The key object, loaded once (an SMTP session signs every message with it)."""
+        return keys.private_key_from_der(self.private_key_der, authenticated=True)
+
+
+def check_password_policy(address: str, password: str) -> None:
+    """Raise PasswordPolicyError unless the password is long enough and not the address."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise PasswordPolicyError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    if password.strip().lower() in {address.lower(), address.split("@")[0].lower()}:
+        raise PasswordPolicyError("the password must not be the address")
+    if len(set(password)) < 5:
+        raise PasswordPolicyError("the password must not repeat the same few characters")
+
+
+def get_account(session: Session, address: str) -> Account | None:
+    """The account of ``address``, or None."""
+    return session.execute(select(Account).where(Account.address == normalise_address(address))).scalars().first()
+
+
+def require_account(session: Session, address: str) -> Account:
+    """The account of ``address``. Raises NoSuchAccount."""
+    account = get_account(session, address)
+    if account is None:
+        raise NoSuchAccount(f"no account for {normalise_address(address)}")
+    return account
+
+
+def wrap_keys(settings: Settings, key_der: bytes, password: str, past: tuple[bytes, ...] = ()) -> keys.WrappedKey:
+    """The current key and the ``past`` ones wrapped under argon2id(``password``)."""
+    return keys.wrap_private_key(
+        key_der,
+        password,
+        opslimit=settings.security.argon2_opslimit,
+        memlimit=settings.security.argon2_memlimit,
+        past=past,
+    )
+
+
+def wrapped_keys_of(account: Account) -> keys.WrappedKey:
+    """The wrapped keys as the account row stores them."""
+    return keys.WrappedKey(
+        account.key_salt, account.wrapped_key, account.key_opslimit, account.key_memlimit, account.past_keys_wrapped
+    )
+
+
+def hash_password(settings: Settings, password: str) -> str:
+    """The argon2id hash of ``password`` at the configured cost."""
+    return keys.hash_password(
+        password, opslimit=settings.security.argon2_opslimit, memlimit=settings.security.argon2_memlimit
+    )

@@ -1,0 +1,98 @@
+"""The one lockout rule for passwords, TOTP codes and recovery codes, whatever the door.
+
+A wrong password (or an unknown address) counts for the client address and for the account
+from that address (``mss.throttle``), and for the account from everywhere
+(``MSS_ACCOUNT_MAX_FAILURES``). A wrong second factor counts on the account and locks it
+after ``MSS_MAX_LOGIN_FAILURES``, whatever the first factor did in between: only a complete
+login (:func:`login_completed`) clears it. Every failure and every lock is audited.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from mss import audit, throttle
+from mss.accounts._common import get_account
+from mss.db import session_scope, utcnow
+from mss.models import Account
+from mss.settings import Settings
+
+# Failures that count towards the lockouts (a locked or disabled account does not re-lock):
+# wrong passwords by client address and account (mss.throttle), wrong second factors on
+# the account alone (only someone who knows the password gets that far).
+PASSWORD_FAILURES = frozenset({"bad-password", "unknown-account"})
+FACTOR_FAILURES = frozenset({"bad-totp", "bad-recovery-code"})
+COUNTED_FAILURES = PASSWORD_FAILURES | FACTOR_FAILURES
+
+
+def record_failure(
+    engine: Engine, settings: Settings, address: str, *, action: str, reason: str, request_id: str = "",
+    client: str = "",
+) -> None:
+    """Audit a failed authentication step (``reason``) and count it towards the lockouts.
+
+    Runs its own transaction: a failure is on record even though the login is refused.
+    """
+    now = utcnow()
+    window = timedelta(seconds=settings.security.lockout_seconds)
+    locks: list[dict[str, object]] = []
+    with session_scope(engine) as session:
+        account = get_account(session, address)
+        if reason in PASSWORD_FAILURES:
+            counted = throttle.record_failure(session, settings, address, client, now, pair=account is not None)
+            if counted.pair_locked_until is not None:
+                locks.append({"scope": "client", "client": client or "local"})
+            if counted.client_blocked_until is not None:
+                audit.record(
+                    session, actor="system", action="login.throttle", object=client, request_id=request_id,
+                    seconds=settings.security.lockout_seconds, failures=settings.security.client_max_failures,
+                )
+        if account is not None and reason in COUNTED_FAILURES:
+            if account.last_failure_at is None or now - account.last_failure_at >= window:
+                account.failed_logins = account.factor_failures = 0  # a quiet window starts over
+            if reason == "bad-password":
+                account.failed_logins += 1
+                if account.failed_logins >= settings.security.account_max_failures:
+                    account.failed_logins = 0
+                    locks.append({"scope": "account", "cause": "password"})
+            else:
+                account.factor_failures += 1
+                if account.factor_failures >= settings.security.max_login_failures:
+                    account.factor_failures = 0
+                    locks.append({"scope": "account", "cause": "second-factor"})
+            if any(lock["scope"] == "account" for lock in locks):
+                account.locked_until = now + window
+            account.last_failure_at = now
+            account.updated_at = now
+            session.add(account)
+        audit.record(
+            session,
+            actor=address or "-",
+            action=action,
+            object=address,
+            outcome=audit.FAILURE,
+            request_id=request_id,
+            reason=reason,
+            client=client or "local",
+        )
+        for lock in locks:
+            audit.record(
+                session, actor="system", action="account.lock", object=address, request_id=request_id,
+                seconds=settings.security.lockout_seconds, **lock,
+            )
+
+
+def is_locked(account: Account) -> bool:
+    """True while the account is locked for every client (``Account.locked_until``)."""
+    return account.locked_until is not None and account.locked_until > utcnow()
+
+
+def login_completed(session: Session, account: Account, client: str = "") -> None:
+    """A login completed by its second factor: its failure counts of this client start over."""
+    account.factor_failures = 0
+    account.updated_at = utcnow()
+    session.add(account)
+    throttle.clear_pair(session, account.address, client)

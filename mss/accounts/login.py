@@ -1,0 +1,141 @@
+"""The login service every door calls: SMTP AUTH, the web's two steps, the API, IMAP.
+
+:func:`authenticate` checks the client address's throttle, the password (argon2id, with the
+same cost for an unknown address), the account's standing (``mss.standing``) and opens the
+private keys in memory. Where a second factor follows (web, API), the login completes with
+``mss.accounts.twofactor.check_second_factor``; :func:`login_with_code` does both steps at
+once for a door that receives them together (the API).
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+
+from cryptography import x509
+from sqlalchemy.engine import Engine
+
+from directory.models import Certificate
+from mss import audit, standing, throttle
+from mss.accounts._common import UnlockedAccount, get_account, wrapped_keys_of
+from mss.accounts.lockout import record_failure
+from mss.accounts.twofactor import check_second_factor, totp_confirmed
+from mss.addresses import normalise_address
+from mss.crypto import keys
+from mss.crypto.master import MasterKey
+from mss.db import session_scope, utcnow
+from mss.errors import (
+    AccountLocked,
+    BadCredentials,
+    EnrolmentRequired,
+    StandingError,
+    TooManyAttempts,
+)
+from mss.settings import Settings
+
+
+@lru_cache(maxsize=4)
+def _dummy_hash(opslimit: int, memlimit: int) -> str:
+    # Checked against when the address has no account, so that "no such account" costs
+    # the same argon2id work as "wrong password" and timing tells nothing.
+    return keys.hash_password(secrets.token_urlsafe(24), opslimit=opslimit, memlimit=memlimit)
+
+
+def _record_failure(
+    engine: Engine, settings: Settings, address: str, channel: str, request_id: str, why: str, client: str
+) -> None:
+    record_failure(engine, settings, address, action=f"{channel}.login", reason=why, request_id=request_id, client=client)
+
+
+def authenticate(
+    engine: Engine,
+    settings: Settings,
+    address: str,
+    password: str,
+    *,
+    channel: str,
+    request_id: str = "",
+    client: str = "",
+    completes_login: bool = True,
+) -> UnlockedAccount:
+    """Check the password, the account's standing, and open its private keys in memory.
+
+    ``channel`` names the door (``smtp``, ``web``, ``api``, ``cli``) for the audit trail and
+    ``client`` the client's IP address (empty for a local command). ``completes_login`` is
+    false where a second factor follows (web, API): the failure counts of this client are
+    then cleared only once that succeeds. Raises TooManyAttempts (this client address must
+    wait; no password is checked), AccountLocked, BadCredentials (unknown address or wrong
+    password alike), and, after a right password only, a StandingError subclass:
+    AccountDisabled, EntryRevoked, AddressNotServed, CertificateRevoked, CertificateExpired.
+    """
+    address = normalise_address(address)
+    now = utcnow()
+    ops, mem = settings.security.argon2_opslimit, settings.security.argon2_memlimit
+    with session_scope(engine, readonly=True) as session:
+        verdict = throttle.verdict(session, settings, address, client, now)
+        account = get_account(session, address)
+        snapshot = None
+        if account is not None:
+            snapshot = (account.password_hash, account.locked_until, account.certificate_id, wrapped_keys_of(account))
+    if verdict.retry_after:
+        raise TooManyAttempts(verdict.retry_after)
+    if verdict.locked_until is not None and snapshot is not None:
+        _record_failure(engine, settings, address, channel, request_id, "locked", client)
+        raise AccountLocked(verdict.locked_until)
+    if snapshot is None:
+        keys.verify_password(_dummy_hash(ops, mem), password)
+        _record_failure(engine, settings, address, channel, request_id, "unknown-account", client)
+        raise BadCredentials()
+    password_hash, locked_until, certificate_id, wrapped = snapshot
+    if locked_until is not None and locked_until > now:
+        _record_failure(engine, settings, address, channel, request_id, "locked", client)
+        raise AccountLocked(locked_until)
+    if not keys.verify_password(password_hash, password):
+        _record_failure(engine, settings, address, channel, request_id, "bad-password", client)
+        raise BadCredentials()
+    try:
+        with session_scope(engine, readonly=True) as session:
+            standing.check(session, settings, address)
+    except StandingError as exc:
+        _record_failure(engine, settings, address, channel, request_id, exc.code, client)
+        raise
+    key_der, past = keys.unwrap_private_keys(wrapped, password)
+    with session_scope(engine) as session:
+        if completes_login:
+            throttle.clear_pair(session, address, client)
+        cert_row = session.get(Certificate, certificate_id) if certificate_id else None
+        cert = x509.load_der_x509_certificate(cert_row.der) if cert_row else None
+        audit.record(
+            session, actor=address, action=f"{channel}.login", object=address, request_id=request_id,
+            client=client or "local",
+        )
+    if cert is None:
+        raise BadCredentials()
+    return UnlockedAccount(address=address, private_key_der=key_der, certificate=cert, past_keys_der=past)
+
+
+def login_with_code(
+    engine: Engine,
+    settings: Settings,
+    master_key: MasterKey,
+    address: str,
+    password: str,
+    code: str,
+    *,
+    channel: str,
+    client: str = "",
+    request_id: str = "",
+) -> UnlockedAccount:
+    """Both factors at once: the password, then a TOTP or recovery code.
+
+    Raises what :func:`authenticate` raises, EnrolmentRequired when the account has not
+    enrolled an authenticator yet (done in the web inbox), BadTotp, AccountLocked.
+    """
+    unlocked = authenticate(
+        engine, settings, address, password, channel=channel, request_id=request_id, client=client,
+        completes_login=False,
+    )
+    if not totp_confirmed(engine, unlocked.address):
+        raise EnrolmentRequired("enrol an authenticator in the web inbox first")
+    check_second_factor(engine, settings, master_key, unlocked.address, code, request_id=request_id, client=client)
+    return unlocked

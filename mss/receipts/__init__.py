@@ -1,0 +1,35 @@
+"""Receipts: delivery status (RFC 3464) and disposition (RFC 8098) notifications.
+
+``wire`` owns their form on the wire and the RFC 3461 parameters that ask for them (pure);
+``issuer`` decides which a submission or an opening calls for, seals them with the
+operator's certificate and hands them to the store. Every door calls the issuer.
+"""
+
+from mss.errors import DsnParameterError, ReceiptError
+from mss.receipts.wire import (
+    DEFAULT_NOTIFY,
+    Notify,
+    NotifySpec,
+    OriginalRecipient,
+    RecipientStatus,
+    build_dsn,
+    build_mdn,
+    decode_xtext,
+    parse_notify,
+    wants_mdn,
+)
+
+__all__ = [
+    "DEFAULT_NOTIFY",
+    "DsnParameterError",
+    "Notify",
+    "NotifySpec",
+    "OriginalRecipient",
+    "ReceiptError",
+    "RecipientStatus",
+    "build_dsn",
+    "build_mdn",
+    "decode_xtext",
+    "parse_notify",
+    "wants_mdn",
+]

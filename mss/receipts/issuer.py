@@ -1,0 +1,195 @@
+"""The one issuer of receipts, for every door: what a submission or an opening calls for,
+signed with the operator's certificate, encrypted to its reader, ready to store.
+
+The pipeline asks :func:`for_submission` (failure and success DSNs, ``processed`` MDNs); the
+mailbox asks :func:`send_displayed` when a recipient first opens a message; the outbound
+queue will ask the same functions for what comes back from other operators. The wire form
+of each notification is ``mss.receipts.wire``'s; storage is ``mss.store``'s.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import socket
+from collections.abc import Mapping, Sequence
+from email.message import EmailMessage
+
+from cryptography import x509
+from sqlalchemy import select
+from sqlmodel import Session
+
+from directory import certificates
+from mss import store
+from mss.crypto import smime
+from mss.db import session_scope, utcnow
+from mss.models import Delivery, Message, Receipt
+from mss.receipts.wire import Notify, RecipientStatus, build_dsn, build_mdn
+from mss.runtime import Runtime
+from mss.settings import Settings
+from mss.store import MessageMeta, Notice
+
+PROCESSED = "processed"
+DISPLAYED = "displayed"
+# RFC 8098 3.2.6.2: the recipient's action (opening it) caused the disposition; the
+# notification itself goes out without asking them each time.
+DISPLAYED_MODE = "manual-action/MDN-sent-automatically"
+PROCESSED_MODE = "automatic-action/MDN-sent-automatically"
+
+
+def reporter(settings: Settings) -> str:
+    """The name receipts give as reporting MTA or UA: the first of ``MSS_HOSTNAMES``."""
+    return settings.pki.hostnames[0] if settings.pki.hostnames else socket.getfqdn()
+
+
+def seal(session: Session, rt: Runtime, notification: EmailMessage, reader_certificate: x509.Certificate) -> bytes:
+    """A notification signed with the operator's certificate and encrypted to its reader
+    (the RFC 8551 signed-data entity inside the envelope, as every stored message)."""
+    key, operator_certificate = certificates.operator_identity(session, rt.settings, rt.master_key)
+    entity = notification.as_bytes(policy=email.policy.SMTP)
+    return smime.encrypt(smime.signed_entity(smime.sign(entity, operator_certificate, key)), [reader_certificate])
+
+
+def notice(
+    session: Session,
+    rt: Runtime,
+    notification: EmailMessage,
+    *,
+    kind: str,
+    status: str,
+    recipients: Sequence[str],
+    reason: str,
+    reader: str,
+    reader_certificate: x509.Certificate,
+) -> Notice:
+    """A sealed notification with the metadata its reader's mailbox lists."""
+    meta = MessageMeta(
+        sender=str(notification["From"].addresses[0].addr_spec).lower(),
+        recipients=[reader],
+        subject=str(notification["Subject"]),
+        date=str(notification["Date"]),
+        message_id=str(notification["Message-ID"]),
+    )
+    return Notice(
+        kind=kind, status=status, recipients=tuple(recipients), reason=reason,
+        cms=seal(session, rt, notification, reader_certificate), meta=meta,
+    )
+
+
+def for_submission(
+    rt: Runtime,
+    meta: MessageMeta,
+    *,
+    sender_certificate: x509.Certificate,
+    envelope_id: str | None,
+    delivered: Sequence[tuple[str, Notify]],
+    failed: Mapping[str, tuple[str, Notify]],
+    original_headers: bytes,
+) -> list[Notice]:
+    """The DSNs (RFC 3464) and MDNs (RFC 8098) a submission calls for, ready to store.
+
+    ``delivered`` lists the recipients the message reached with their NOTIFY, ``failed``
+    maps the others to (reason, NOTIFY). A failure DSN unless NOTIFY=NEVER; a success DSN
+    when asked (NOTIFY=SUCCESS) or when the operator sends them always; an MDN ``processed``
+    per recipient when the sender asked with Disposition-Notification-To.
+    """
+    settings = rt.settings
+    reporting = reporter(settings)
+    arrival = utcnow()
+    always = settings.relay.dsn_on_success
+    success = [address for address, notify in delivered if notify.wants("delivered") or (always and not notify.never)]
+    failures = [address for address, (_reason, notify) in failed.items() if notify.wants("failed")]
+    wanted: list[tuple[str, list[str], EmailMessage, str]] = []
+    for status, addresses in (("delivered", success), ("failed", failures)):
+        if not addresses:
+            continue
+        statuses = [
+            RecipientStatus(address=a, action="delivered", status="2.0.0", diagnostic=None)
+            if status == "delivered"
+            else RecipientStatus(address=a, action="failed", status="5.7.1", diagnostic=f"smtp; 550 5.7.1 {failed[a][0]}")
+            for a in addresses
+        ]
+        dsn = build_dsn(
+            reporting_mta=reporting,
+            original_envelope_id=envelope_id,
+            original_message_id=meta.message_id,
+            sender=meta.sender,
+            recipients=statuses,
+            arrival_date=arrival,
+            original_headers=original_headers,
+            postmaster=certificates.operator_address(settings),
+        )
+        reason = "" if status == "delivered" else "; ".join(failed[a][0] for a in addresses)
+        wanted.append((status, addresses, dsn, reason))
+    mdns = []
+    if meta.mdn_to:
+        for address, _notify in delivered:
+            mdns.append((address, build_mdn(
+                reporting_ua=reporting, final_recipient=address, original_message_id=meta.message_id,
+                disposition=PROCESSED, sender=meta.sender, mode=PROCESSED_MODE, subject_hint=None,
+            )))
+    if not wanted and not mdns:
+        return []
+    with session_scope(rt.engine) as session:
+        notices = [
+            notice(session, rt, dsn, kind="dsn", status=status, recipients=addresses, reason=reason,
+                   reader=meta.sender, reader_certificate=sender_certificate)
+            for status, addresses, dsn, reason in wanted
+        ]
+        notices += [
+            notice(session, rt, mdn, kind="mdn", status=PROCESSED, recipients=[address], reason="",
+                   reader=meta.sender, reader_certificate=sender_certificate)
+            for address, mdn in mdns
+        ]
+    return notices
+
+
+def send_displayed(
+    session: Session, rt: Runtime, *, message: Message, meta: MessageMeta, reader: str, request_id: str
+) -> bool:
+    """Store the ``displayed`` MDN of ``reader`` for ``message`` if it is due; True if sent.
+
+    Due when the sender asked for notifications, ``reader`` is a recipient the message was
+    delivered to, and no ``displayed`` notification exists yet; the recipient's delivery row
+    is locked first, so two openings at once send one. A sender who no longer has a valid
+    certificate gets none (nothing can be encrypted to them); that is not an error.
+    Everything is written in the caller's transaction.
+    """
+    if not meta.mdn_to:
+        return False
+    delivery = (
+        session.execute(
+            select(Delivery).where(Delivery.message_id == message.id, Delivery.recipient == reader).with_for_update()
+        )
+        .scalars()
+        .first()
+    )
+    if delivery is None or delivery.status != "delivered" or not delivery.mdn_requested:
+        return False
+    already = session.execute(
+        select(Receipt.id).where(
+            Receipt.message_id == message.id,
+            Receipt.recipient == reader,
+            Receipt.kind == "mdn",
+            Receipt.status == DISPLAYED,
+        )
+    ).first()
+    if already is not None:
+        return False
+    sender_certificate = certificates.current_certificate(session, meta.sender)
+    if sender_certificate is None:
+        return False
+    mdn = build_mdn(
+        reporting_ua=reporter(rt.settings), final_recipient=reader, original_message_id=meta.message_id,
+        disposition=DISPLAYED, sender=meta.sender, mode=DISPLAYED_MODE, subject_hint=None,
+    )
+    store.store_receipts(
+        session,
+        rt.master_key,
+        queue_id=message.queue_id,
+        notices=[
+            notice(session, rt, mdn, kind="mdn", status=DISPLAYED, recipients=[reader], reason="",
+                   reader=meta.sender, reader_certificate=sender_certificate)
+        ],
+        request_id=request_id,
+    )
+    return True
