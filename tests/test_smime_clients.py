@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import email
+import re
 import email.policy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -296,6 +297,7 @@ def check_read(world: World, reader: str, queue: str, case_signed: bool, marker:
     assert page.status_code == 200
     assert f'class="badge sig-{expected}"' in page.text
     assert marker in page.text and "lettre.pdf" in page.text
+    assert f'href="/directory/{SENDER.replace("@", "%40")}/certificate"' in page.text  # on the sender's card
     assert ('role="alert"' in page.text) == (expected != "valid")  # the warning, only when due
 
 
@@ -515,6 +517,10 @@ def test_served_certificates_load_into_three_tools(world: World, tmp_path: Path)
     assert from_web.content == der and from_web.headers["content-type"] == "application/pkix-cert"
     page = world.browsers[SENDER].get(f"/directory/{address}/certificate")
     assert page.status_code == 200 and served["fingerprint_sha256"] in page.text and served["serial"] in page.text
+    # The page's own links, with the address percent-encoded.
+    links = re.findall(r'href="(/directory/[^"]+/certificate\.(?:pem|der))"', page.text)
+    assert len(links) == 2 and "%40" in links[0]
+    assert [world.browsers[SENDER].get(link).content for link in links] == [pem, der]
     gpg = GpgSm(_ca_pem(world))
     try:
         gpg.add_certificate(address, der)
