@@ -43,6 +43,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 PasswordStdin = Annotated[
     bool, typer.Option("--password-stdin", help="Read secrets one per line from standard input, in prompt order.")
 ]
+Compatible = Annotated[
+    bool,
+    typer.Option(
+        "--compatible",
+        help="PKCS#12 with SHA-1/3DES password encryption, for gpgsm 2.2 (Debian 12); export password at most 31 characters.",
+    ),
+]
 
 
 def handles_errors(fn: F) -> F:
@@ -127,15 +134,20 @@ def pki_issue(
     address: str,
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the key and certificate (.p12).")],
     password_stdin: PasswordStdin = False,
+    compatible: Compatible = False,
 ) -> None:
     """Issue an S/MIME certificate for an entry without an account; the key goes to a .p12 file."""
     from mss import accounts
+    from mss.crypto import keys
     from mss.db import session_scope
 
     rt = runtime()
     export_password = SecretReader(password_stdin).read("Export password (protects the .p12 file)", confirm=True)
+    profile = keys.PKCS12_COMPATIBLE if compatible else keys.PKCS12_STRONG
     with session_scope(rt.engine) as session:
-        row, blob = accounts.issue_external_certificate(session, rt.settings, address, export_password, actor=actor())
+        row, blob = accounts.issue_external_certificate(
+            session, rt.settings, address, export_password, actor=actor(), profile=profile
+        )
     write_file(out_file, blob, private=True)
     out.print(f"issued certificate {row.serial} for {row.address}, valid until {row.not_after:%Y-%m-%d}; key in {out_file}")
 
@@ -474,15 +486,20 @@ def account_export_key(
     address: str,
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the PKCS#12 (.p12) file.")],
     password_stdin: PasswordStdin = False,
+    compatible: Compatible = False,
 ) -> None:
     """Export the key and certificate as PKCS#12 for a mail client."""
     from mss import accounts
+    from mss.crypto import keys
 
     rt = runtime()
     reader = SecretReader(password_stdin)
     password = reader.read("Account password")
     export_password = reader.read("Export password (protects the .p12 file)", confirm=True)
-    blob = accounts.export_key(rt.engine, rt.settings, address, password, export_password, actor=actor())
+    profile = keys.PKCS12_COMPATIBLE if compatible else keys.PKCS12_STRONG
+    blob = accounts.export_key(
+        rt.engine, rt.settings, address, password, export_password, actor=actor(), profile=profile
+    )
     write_file(out_file, blob, private=True)
     out.print(f"wrote {out_file}")
 

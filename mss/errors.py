@@ -173,6 +173,10 @@ class DecryptionError(CryptoError):
     """A CMS envelope could not be opened with the given key."""
 
 
+class UnsupportedCms(CryptoError):
+    """A CMS structure uses an algorithm or a recipient kind that is not supported here."""
+
+
 # -- audit -------------------------------------------------------------------------------
 
 
@@ -214,6 +218,11 @@ class MessageTooLarge(PolicyError):
 
 class NotEncryptedForRecipients(PolicyError):
     """A client-encrypted S/MIME message cannot be opened by every recipient."""
+
+
+class UnopenableEnvelope(PolicyError):
+    """A client-encrypted message uses an algorithm or a recipient kind its recipients
+    could not open here."""
 
 
 class MessageError(MssError):

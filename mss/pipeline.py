@@ -20,6 +20,7 @@ from directory import certificates, service
 from mss import receipts, standing, store
 from mss.accounts import UnlockedAccount
 from mss.addresses import normalise_address
+from mss.crypto import envelope as cms_envelope
 from mss.crypto import pki, smime
 from mss.db import session_scope, utcnow
 from mss.documents import (
@@ -30,6 +31,8 @@ from mss.documents import (
     message_header_values,
 )
 from mss.errors import (
+    CryptoError,
+    DecryptionError,
     DirectoryError,
     DomainNotServed,
     FromHeaderMismatch,
@@ -38,6 +41,8 @@ from mss.errors import (
     NotEncryptedForRecipients,
     RecipientHasNoCertificate,
     SenderMismatch,
+    UnopenableEnvelope,
+    UnsupportedCms,
 )
 from mss.receipts import DEFAULT_NOTIFY, Notify, issuer
 from mss.runtime import Runtime
@@ -121,8 +126,8 @@ def _certificate_for(session, address: str):  # type: ignore[no-untyped-def]
 
 # -- submission --------------------------------------------------------------------------
 
-SMIME_TYPES = {"application/pkcs7-mime", "application/x-pkcs7-mime"}
-SIGNATURE_TYPES = {"application/pkcs7-signature", "application/x-pkcs7-signature"}
+SMIME_TYPES = smime.PKCS7_MIME_TYPES
+SIGNATURE_TYPES = smime.PKCS7_SIGNATURE_TYPES
 BODY_TYPES = {"text/plain", "text/html"}
 # Structural defects that mean the MIME tree is not what the sender meant to send.
 FATAL_DEFECTS = (
@@ -187,17 +192,80 @@ def _inspect_documents(message: EmailMessage, limits: DocumentLimits) -> list[Do
     return found
 
 
-def _client_envelope(message: EmailMessage) -> bytes | None:
-    """The DER EnvelopedData of a message the client already encrypted, else None."""
-    if message.get_content_type() not in SMIME_TYPES:
-        return None
-    smime_type = (message.get_param("smime-type") or "").lower()
-    if smime_type not in {"enveloped-data", "authenveloped-data", ""}:
-        raise MalformedMessage("opaque signed S/MIME is not accepted: send it as multipart/signed, or unsigned")
-    der = message.get_payload(decode=True) or b""
-    if not smime.is_enveloped(der):
-        raise MalformedMessage("the S/MIME body is not a CMS EnvelopedData")
-    return der
+@dataclass(frozen=True)
+class ClientSmime:
+    """What the client itself did with S/MIME, layer by layer (RFC 8551 3.5, 3.6).
+
+    ``envelope``: the client encrypted the whole message; its envelope (DER) passes through.
+    ``sealed``: the client encrypted, then signed; nothing inside can be inspected, and the
+    envelope under the signatures was checked like a whole-message one. Otherwise
+    ``entity`` is what the reader will see once the client's signatures (none, detached,
+    opaque, at any depth up to ``smime.MAX_LAYERS``) are removed: its documents are checked.
+    """
+
+    envelope: bytes | None = None
+    sealed: bool = False
+    entity: EmailMessage | None = None
+
+
+def _smime_refused(exc: CryptoError) -> MalformedMessage:
+    return MalformedMessage(f"malformed S/MIME: {exc.message}")
+
+
+def client_smime(raw: bytes, message: EmailMessage) -> ClientSmime:
+    """The client's S/MIME layers of a submitted message, walked down to its content.
+
+    Raises MalformedMessage for S/MIME that is malformed (garbage in
+    ``application/pkcs7-mime``, a truncated envelope, layers nested too deep).
+    """
+    if message.get_content_type() not in SMIME_TYPES and message.get_content_type() != "multipart/signed":
+        return ClientSmime(entity=message)  # no S/MIME layer of the client's: not parsed twice
+    try:
+        layer = smime.peel(smime.canonical(raw))
+        if layer.kind == smime.ENVELOPED:
+            return ClientSmime(envelope=cms_envelope.to_der(layer.cms))
+        depth = 0
+        while layer.kind in (smime.SIGNED, smime.DETACHED):
+            depth += 1
+            if depth > smime.MAX_LAYERS:
+                raise MalformedMessage(f"S/MIME layers are nested more than {smime.MAX_LAYERS} deep")
+            content = layer.content
+            layer = smime.peel(content)
+    except CryptoError as exc:
+        raise _smime_refused(exc) from exc
+    if layer.kind == smime.ENVELOPED:
+        return ClientSmime(envelope=layer.cms, sealed=True)
+    return ClientSmime(entity=message if depth == 0 else _parse(content))
+
+
+def check_envelope_recipients(envelope: bytes, recipients: list[str], certificates: list) -> None:  # type: ignore[type-arg]
+    """Every recipient can open the client's envelope here.
+
+    Raises NotEncryptedForRecipients when some recipient is not among its RecipientInfos,
+    UnopenableEnvelope when one is but through an algorithm or recipient kind not done here
+    (it could never be read), MalformedMessage when the envelope is malformed.
+    """
+    unreadable = []
+    try:
+        parsed = cms_envelope.load(envelope)
+        for address, certificate in zip(recipients, certificates):
+            try:
+                cms_envelope.check_openable(parsed, certificate)
+            except DecryptionError:
+                unreadable.append(address)
+    except UnsupportedCms as exc:
+        raise UnopenableEnvelope(f"the encrypted message cannot be opened here: {exc.message}") from exc
+    except CryptoError as exc:
+        raise _smime_refused(exc) from exc
+    if unreadable:
+        raise NotEncryptedForRecipients(f"the encrypted message cannot be opened by {', '.join(unreadable)}")
+
+
+def _check_line_ends(entity: bytes) -> None:
+    # RFC 5322 2.3: CR and LF occur only together. A bare CR would be signed as is and then
+    # rewritten by the next MTA, breaking the signature: refused, never "fixed".
+    if entity.count(b"\r") != entity.count(b"\r\n"):
+        raise MalformedMessage("the message holds a bare CR (a carriage return without line feed)")
 
 
 def _with_headers(raw: bytes, headers: dict[str, str]) -> bytes:
@@ -260,20 +328,23 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         raise RecipientHasNoCertificate("no recipient can receive this message")
     recipients = [r.address for r in deliverable]
 
-    envelope = _client_envelope(message)
+    client = client_smime(submission.raw, message)
     documents: list[Document] = []
-    if envelope is not None:
+    if client.envelope is not None:
         # True end to end: the client encrypted; we only check every recipient can open it.
-        unreadable = [a for a, c in zip(recipients, recipient_certs) if not smime.can_decrypt_for(envelope, c)]
-        if unreadable:
-            raise NotEncryptedForRecipients(f"the encrypted message cannot be opened by {', '.join(unreadable)}")
-        kind, cms = "client", envelope
+        check_envelope_recipients(client.envelope, recipients, recipient_certs)
+    if client.envelope is not None and not client.sealed:
+        # Stored as DER (NSS and gpgsm write BER), which every later reader opens.
+        kind, cms = "client", client.envelope
     else:
-        documents = _inspect_documents(message, settings_limits(settings))
+        if client.entity is not None:
+            documents = _inspect_documents(client.entity, settings_limits(settings))
         # X-MSS-CODECDA / X-MSS-INS describe every CDA carried, bare or inside IHE_XDM.ZIP.
         # Test INS roots count as qualified only outside production.
         added.update(message_header_values(_cdas(documents), accept_test_ins=not settings.is_production))
         entity = _with_headers(submission.raw, added)
+        _check_line_ends(entity)
+        # The client's own signatures, if any, travel inside ours, byte for byte.
         signed = smime.sign(entity, sender.certificate, sender.private_key)
         # The envelope holds the SignedData as an RFC 8551 signed-data entity: what a mail
         # client expects once it decrypts, and what `openssl cms -verify` reads as S/MIME.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, the programs the test suite uses as real peers, and checks
 # each one by what the tests need of it, not by the command being on the PATH: swaks must
-# speak STARTTLS (Net::SSLeay), openssl must have `cms`, Chromium must start headless ...
+# speak STARTTLS (Net::SSLeay), openssl must have `cms`, gpgsm must reach its agent in a
+# throw-away home, NSS's cmsutil must encrypt and decrypt, Chromium must start headless ...
 # A capability that is missing after the install is an error: the suite would fail later
 # with a less clear message.
 #
@@ -12,7 +13,9 @@ set -euo pipefail
 CAPABILITIES=(
     "postgresql|ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && \$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1) --version"
     "openssl|openssl cms -help 2>&1 | grep -q -- '-decrypt' && openssl pkcs12 -help 2>&1 | grep -q -- '-export'"
-    "swaks libnet-ssleay-perl libio-socket-ssl-perl|swaks --support 2>&1 | grep -q '^=== TLS supported'"
+    "swaks libnet-ssleay-perl libio-socket-ssl-perl|swaks --support 2>&1 | grep -q '^=== \(START\)\?TLS supported'"
+    "gpgsm gpg-agent|d=\$(mktemp -d /tmp/gsXXXXXX) && printf 'allow-loopback-pinentry\\n' > \$d/gpg-agent.conf && GNUPGHOME=\$d gpgsm --batch --pinentry-mode loopback --list-keys && GNUPGHOME=\$d gpg-connect-agent 'GETINFO version' /bye | grep -q '^D 2'; s=\$?; GNUPGHOME=\$d gpgconf --kill all; rm -rf \$d; exit \$s"
+    "libnss3-tools|d=\$(mktemp -d) && certutil -N -d sql:\$d --empty-password && head -c 64 /dev/urandom > \$d/noise && certutil -S -d sql:\$d -n t -s CN=t -x -t ,C, -k rsa -g 2048 -z \$d/noise && echo capable | cmsutil -E -r t -d sql:\$d | cmsutil -D -d sql:\$d | grep -q capable && pk12util 2>&1 | grep -q -- '-i importfile'; s=\$?; rm -rf \$d; exit \$s"
     "chromium fonts-dejavu-core|chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update --no-first-run --user-data-dir=\$(mktemp -d) --dump-dom 'data:text/html,<p>ok</p>' 2>/dev/null | grep -q '<p>ok</p>'"
 )
 

@@ -194,3 +194,25 @@ def test_pkcs12_rejects_mismatched_key_or_empty_password(ca, user) -> None:  # t
         keys.export_pkcs12(other, certificate, ca.certificate, "p", friendly_name="x")
     with pytest.raises(CryptoError, match="password"):
         keys.export_pkcs12(key, certificate, ca.certificate, "", friendly_name="x")
+
+
+def test_pkcs12_profiles(ca, user, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    key, certificate = user
+    strong = keys.export_pkcs12(key, certificate, ca.certificate, "export pass", friendly_name="x")
+    compatible = keys.export_pkcs12(
+        key, certificate, ca.certificate, "exporté pass", friendly_name="x", profile=keys.PKCS12_COMPATIBLE
+    )
+    for data, password, algorithm in ((strong, "export pass", "PBES2"), (compatible, "exporté pass", "pbeWithSHA1And3-KeyTripleDES-CBC")):
+        path = tmp_path / "key.p12"
+        path.write_bytes(data)
+        info = _openssl_pkcs12_info(path, password)
+        assert info.returncode == 0, info.stderr
+        assert algorithm in info.stderr and "MAC: sha256" in info.stderr
+        assert "RC2" not in info.stderr
+        assert pkcs12.load_pkcs12(data, password.encode()).key is not None
+    with pytest.raises(CryptoError, match="at most 31 characters"):
+        keys.export_pkcs12(key, certificate, ca.certificate, "p" * 32, friendly_name="x", profile=keys.PKCS12_COMPATIBLE)
+    with pytest.raises(CryptoError, match="Latin-1"):
+        keys.export_pkcs12(key, certificate, ca.certificate, "œuvre pass", friendly_name="x", profile=keys.PKCS12_COMPATIBLE)
+    with pytest.raises(CryptoError, match="unknown PKCS#12 profile"):
+        keys.export_pkcs12(key, certificate, ca.certificate, "export pass", friendly_name="x", profile="legacy")

@@ -8,18 +8,21 @@ What openssl 3 shows about our DER (checked below): ``openssl cms -decrypt`` the
 from __future__ import annotations
 
 import asyncio
+import base64
 import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from asn1crypto import cms as asn1_cms
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from mss.crypto import envelope as cms_envelope
 from mss.crypto import keys, pki, smime
 from mss.crypto.verify import async_verify_signed_data, verify_signed_data
-from mss.errors import CryptoError, DecryptionError, SignatureError
+from mss.errors import CryptoError, DecryptionError, SignatureError, UnsupportedCms
 
 pytestmark = pytest.mark.sqlite_only  # no database involved
 
@@ -413,6 +416,147 @@ def test_detached_or_multi_signer_input_is_refused(alice: Party, pem_dir: Path, 
     assert done.returncode == 0, done.stderr
     with pytest.raises(SignatureError, match="exactly one"):
         verify_signed_data((tmp_path / "two.der").read_bytes(), trust_roots=[alice.certificate], crls=[])
+
+
+def test_detached_signature_verifies_against_its_content(alice: Party, pem_dir: Path, tmp_path: Path, ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "entity").write_bytes(ENTITY)
+    done = openssl(
+        "cms", "-sign", "-binary", "-md", "sha256", "-in", str(tmp_path / "entity"),
+        "-signer", str(pem_dir / "alice.pem"), "-inkey", str(pem_dir / "alice.key"), "-outform", "DER",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    detached = done.stdout
+    report = _verify(detached, ca, [empty_crl], detached_content=ENTITY)
+    assert report.status == "valid" and report.signer_address == "alice@mss.test" and report.content == ENTITY
+    altered = _verify(detached, ca, [empty_crl], detached_content=ENTITY.replace(b"Docteur", b"Dokteur"))
+    assert altered.status == "invalid" and "altered" in altered.reason
+    embedded = smime.sign(ENTITY, alice.certificate, alice.key)
+    with pytest.raises(SignatureError, match="must not embed"):
+        _verify(embedded, ca, [empty_crl], detached_content=ENTITY)
+
+
+# -- envelopes as other implementations write them -------------------------------------------
+
+
+def _openssl_envelope(pem_dir: Path, tmp_path: Path, *options: str, recipient: str = "bob") -> bytes:
+    (tmp_path / "entity").write_bytes(ENTITY)
+    done = openssl(
+        "cms", "-encrypt", "-binary", "-in", str(tmp_path / "entity"), "-outform", "DER",
+        "-recip", str(pem_dir / f"{recipient}.pem"), *options,  # -keyopt applies to the -recip before it
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["-aes128"],
+        ["-aes192"],
+        ["-aes256", "-stream"],  # BER, indefinite lengths and chunked ciphertext
+        ["-des3"],  # read, never written
+        ["-aes-128-gcm"],  # AuthEnvelopedData (RFC 5083)
+        ["-aes-256-gcm", "-stream"],
+    ],
+    ids=["aes128", "aes192", "aes256-ber", "3des", "aes128-gcm", "aes256-gcm-ber"],
+)
+def test_we_open_the_envelopes_clients_write(options, bob: Party, pem_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    envelope = _openssl_envelope(pem_dir, tmp_path, *options)
+    assert smime.decrypt(envelope, bob.certificate, bob.key) == ENTITY
+    der = cms_envelope.to_der(envelope)
+    assert cms_envelope.to_der(der) == der
+    assert ("-stream" in options) == (der != envelope)
+    assert smime.decrypt(der, bob.certificate, bob.key) == ENTITY
+    (tmp_path / "der").write_bytes(der)
+    opened = openssl("cms", "-decrypt", "-binary", "-inform", "DER", "-in", str(tmp_path / "der"),
+                     "-recip", str(pem_dir / "bob.pem"), "-inkey", str(pem_dir / "bob.key"))  # fmt: skip
+    assert opened.returncode == 0 and opened.stdout == ENTITY
+
+
+@pytest.mark.parametrize("digest", ["sha1", "sha256", "sha512"])
+def test_we_open_rsa_oaep_key_transport(digest: str, bob: Party, pem_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "entity").write_bytes(ENTITY)
+    done = openssl(
+        "cms", "-encrypt", "-binary", "-aes256", "-in", str(tmp_path / "entity"), "-outform", "DER",
+        "-recip", str(pem_dir / "bob.pem"), "-keyopt", "rsa_padding_mode:oaep", "-keyopt", f"rsa_oaep_md:{digest}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    info = asn1_cms.ContentInfo.load(done.stdout)["content"]["recipient_infos"][0].chosen
+    assert info["key_encryption_algorithm"]["algorithm"].native == "rsaes_oaep"
+    assert smime.decrypt(done.stdout, bob.certificate, bob.key) == ENTITY
+
+
+def test_envelopes_we_cannot_open_say_why(alice: Party, bob: Party, pem_dir: Path, tmp_path: Path) -> None:
+    camellia = _openssl_envelope(pem_dir, tmp_path, "-camellia128")
+    with pytest.raises(DecryptionError, match="Camellia-128-CBC is not supported") as caught:
+        smime.decrypt(camellia, bob.certificate, bob.key)
+    assert caught.value.details["reason"] == "unsupported"
+    with pytest.raises(UnsupportedCms, match="Camellia"):
+        cms_envelope.check_openable(cms_envelope.load(camellia), bob.certificate)
+    md5 = _openssl_envelope(pem_dir, tmp_path, "-aes128", "-keyopt", "rsa_padding_mode:oaep", "-keyopt", "rsa_oaep_md:md5")
+    with pytest.raises(UnsupportedCms, match="RSA-OAEP with md5"):
+        cms_envelope.check_openable(cms_envelope.load(md5), bob.certificate)
+    with pytest.raises(DecryptionError) as caught:
+        cms_envelope.check_openable(cms_envelope.load(md5), alice.certificate)
+    assert caught.value.details["reason"] == "not_a_recipient"
+    gcm = bytearray(_openssl_envelope(pem_dir, tmp_path, "-aes-128-gcm"))
+    tag = asn1_cms.ContentInfo.load(bytes(gcm))["content"]["mac"].native
+    gcm[_locate(bytes(gcm), tag)] ^= 1
+    with pytest.raises(DecryptionError, match="altered") as caught:
+        smime.decrypt(bytes(gcm), bob.certificate, bob.key)
+    assert caught.value.details["reason"] == "failed"
+    for cut in (20, 200, len(camellia) - 3):
+        with pytest.raises(DecryptionError) as caught:
+            smime.decrypt(_openssl_envelope(pem_dir, tmp_path, "-aes128")[:cut], bob.certificate, bob.key)
+        assert caught.value.details["reason"] == "malformed"
+
+
+def test_a_key_transport_that_fails_looks_like_altered_content(bob: Party, mallory: Party) -> None:
+    """RFC 3218 2.3.2: a wrong key (here: the envelope names bob, mallory's key answers)
+    fails at the content, like any altered message, never at the key transport."""
+    envelope = smime.encrypt(ENTITY, [bob.certificate])
+    parsed = asn1_cms.ContentInfo.load(envelope)
+    parsed["content"]["recipient_infos"][0].chosen["rid"] = asn1_cms.RecipientIdentifier(
+        name="issuer_and_serial_number",
+        value={"issuer": asn1_x509.Name.load(mallory.certificate.issuer.public_bytes()),
+               "serial_number": mallory.certificate.serial_number},
+    )
+    with pytest.raises(DecryptionError) as caught:
+        smime.decrypt(parsed.dump(force=True), mallory.certificate, mallory.key)
+    assert caught.value.details["reason"] == "failed"
+
+
+# -- layers ----------------------------------------------------------------------------------
+
+
+def _multipart_signed(content: bytes, signature: bytes, boundary: str = "b1") -> bytes:
+    return (
+        f'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256; boundary="{boundary}"\r\n'
+        f"\r\npreamble\r\n--{boundary}\r\n"
+    ).encode() + content + (
+        f"\r\n--{boundary}\r\nContent-Type: application/pkcs7-signature\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    ).encode() + base64.encodebytes(signature).replace(b"\n", b"\r\n") + f"--{boundary}--\r\n".encode()
+
+
+def test_peel_names_each_layer(alice: Party, bob: Party) -> None:
+    signed = smime.sign(ENTITY, alice.certificate, alice.key)
+    assert smime.peel(ENTITY).kind == smime.PLAIN
+    layer = smime.peel(signed)
+    assert (layer.kind, layer.content, layer.cms) == (smime.SIGNED, ENTITY, signed)
+    assert smime.peel(smime.signed_entity(signed)).content == ENTITY
+    envelope = smime.encrypt(ENTITY, [bob.certificate])
+    assert smime.peel(smime.to_smime_message(envelope, {"Subject": "x"})).kind == smime.ENVELOPED
+    assert smime.peel(envelope).cms == envelope
+    # The first part exactly as signed, even when a boundary-like line is inside it.
+    content = b"Content-Type: text/plain\r\n\r\n--b1x is not the boundary\r\nend\r\n"
+    detached = smime.peel(_multipart_signed(content, signed))
+    assert (detached.kind, detached.content, detached.cms) == (smime.DETACHED, content, signed)
+    lf_only = _multipart_signed(content, signed).replace(b"\r\n", b"\n")
+    assert smime.peel(lf_only).content == content  # canonicalised back to CRLF
+    garbage = smime.signed_entity(signed).replace(b"MII", b"AAA", 1)
+    for bad in (garbage, _multipart_signed(content, b"not cms"), b"Content-Type: application/pkcs7-mime\r\n\r\n%%%\r\n"):
+        with pytest.raises(CryptoError):
+            smime.peel(bad)
 
 
 def test_verification_needs_trust_roots(alice: Party) -> None:

@@ -148,6 +148,7 @@ def test_openapi_schema_describes_the_api(rt, clients):  # type: ignore[no-untyp
         "/api/v1/messages/{queue_id}/attachments/{index}",
         "/api/v1/messages/{queue_id}/receipts",
         "/api/v1/directory",
+        "/api/v1/directory/{address}/certificate",
     ):
         assert path in paths, path
     assert schema["components"]["securitySchemes"]["BearerToken"]["scheme"] == "bearer"

@@ -314,9 +314,11 @@ def set_disabled(session: Session, address: str, disabled: bool, *, actor: str) 
 
 
 def export_key(
-    engine: Engine, settings: Settings, address: str, password: str, export_password: str, *, actor: str
+    engine: Engine, settings: Settings, address: str, password: str, export_password: str, *, actor: str,
+    profile: str = keys.PKCS12_STRONG,
 ) -> bytes:
-    """The account's key and certificate as PKCS#12 under ``export_password``.
+    """The account's key and certificate as PKCS#12 under ``export_password``, in the
+    ``profile`` of ``keys.export_pkcs12`` (``strong`` or ``compatible``).
 
     Authenticates with the account password first (audited, counts towards lockout).
     Raises BadCredentials, AccountLocked, AccountDisabled, PasswordPolicyError.
@@ -331,6 +333,7 @@ def export_key(
         ca.certificate,
         export_password,
         friendly_name=unlocked.address,
+        profile=profile,
     )
     with session_scope(engine) as session:
         audit.record(session, actor=actor, action="account.export-key", object=unlocked.address)
@@ -338,7 +341,8 @@ def export_key(
 
 
 def issue_external_certificate(
-    session: Session, settings: Settings, address: str, export_password: str, *, actor: str
+    session: Session, settings: Settings, address: str, export_password: str, *, actor: str,
+    profile: str = keys.PKCS12_STRONG,
 ) -> tuple[Certificate, bytes]:
     """Issue a certificate for an entry whose owner keeps the key in their own mail client.
 
@@ -362,5 +366,6 @@ def issue_external_certificate(
         pki.load_ca_certificate(settings),
         export_password,
         friendly_name=row.address,
+        profile=profile,
     )
     return row, blob

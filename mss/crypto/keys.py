@@ -42,6 +42,13 @@ RECOVERY_KEY_SIZE = nacl.public.PrivateKey.SIZE  # 32 bytes, X25519
 SALT_SIZE = nacl.pwhash.argon2id.SALTBYTES  # 16 bytes
 # PKCS#12 PBKDF2 rounds: above OpenSSL 3's default (2048), cheap next to a human typing it.
 PKCS12_KDF_ROUNDS = 200_000
+# PKCS#12 profiles (see export_pkcs12): what each was checked to import into.
+PKCS12_STRONG = "strong"
+PKCS12_COMPATIBLE = "compatible"
+PKCS12_PROFILES = (PKCS12_STRONG, PKCS12_COMPATIBLE)
+# GnuPG 2.2's PKCS#12 reader (minip12.c) refuses passwords longer than this, in bytes of
+# UTF-8 or of one single-byte character set it tries (Latin-1 ...).
+PKCS12_COMPATIBLE_MAX_PASSWORD = 31
 _ARGON2ID_PREFIX = "$argon2id$"
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -383,6 +390,20 @@ def key_matches_certificate(private_key: PrivateKey, certificate: Certificate) -
 # -- PKCS#12 export ----------------------------------------------------------------------
 
 
+def _compatible_password(password: str) -> None:
+    try:
+        size = len(password.encode("latin-1"))
+    except UnicodeEncodeError:
+        raise CryptoError(
+            "a compatible PKCS#12 export password must be written in Latin-1 characters (gpgsm 2.2 reads no others)"
+        ) from None
+    if size > PKCS12_COMPATIBLE_MAX_PASSWORD:
+        raise CryptoError(
+            f"a compatible PKCS#12 export password must have at most {PKCS12_COMPATIBLE_MAX_PASSWORD} characters"
+            " (gpgsm 2.2 refuses longer ones)"
+        )
+
+
 def export_pkcs12(
     private_key: PrivateKey,
     certificate: Certificate,
@@ -390,24 +411,37 @@ def export_pkcs12(
     password: str,
     *,
     friendly_name: str,
+    profile: str = PKCS12_STRONG,
 ) -> bytes:
     """A PKCS#12 file (key, certificate, CA) a mail client can import.
 
-    Key and certificates are encrypted with PBES2 (PBKDF2-HMAC-SHA256, AES-256-CBC) and the
-    MAC uses SHA-256: the legacy RC2/3DES defaults are refused by modern OpenSSL and too weak
-    anyway. The password is used as typed (not normalised). Raises CryptoError for an empty
-    password or a key that is not the certificate's.
+    ``strong`` (the default): key and certificates encrypted with PBES2 (PBKDF2-HMAC-SHA256,
+    AES-256-CBC, RFC 8018), MAC HMAC-SHA-256; OpenSSL 3 and NSS (pk12util, Thunderbird)
+    import it. ``compatible``: the PKCS#12 PBE with SHA-1 and 3DES (RFC 7292 appendix C)
+    for key and certificates, same MAC and rounds; for gpgsm 2.2 (GnuPG in Debian 12),
+    whose reader knows no PBES2 with HMAC-SHA256, and other importers of its age. It limits
+    the password to what gpgsm 2.2 reads (31 Latin-1 characters). The
+    legacy RC2 default is never used: modern OpenSSL refuses it. The password is used as
+    typed (not normalised). Raises CryptoError for an empty password, an unknown profile or
+    a key that is not the certificate's.
     """
     if not isinstance(password, str) or not password:
         raise CryptoError("a PKCS#12 export needs a password")
+    if profile not in PKCS12_PROFILES:
+        raise CryptoError(f"unknown PKCS#12 profile {profile!r}: {' or '.join(PKCS12_PROFILES)}")
     if not key_matches_certificate(private_key, certificate):
         raise CryptoError("the private key does not belong to the certificate")
     if not friendly_name.strip():
         raise CryptoError("a PKCS#12 friendly name must not be empty")
+    if profile == PKCS12_COMPATIBLE:
+        _compatible_password(password)
+        algorithm = pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC
+    else:
+        algorithm = pkcs12.PBES.PBESv2SHA256AndAES256CBC
     encryption = (
         serialization.PrivateFormat.PKCS12.encryption_builder()
         .kdf_rounds(PKCS12_KDF_ROUNDS)
-        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+        .key_cert_algorithm(algorithm)
         .hmac_hash(hashes.SHA256())
         # The bytes exactly as typed: the mail client that imports the file will not
         # normalise what its user types either.

@@ -6,10 +6,15 @@ signer's certificate included) over the canonical (CRLF) MIME entity. The S/MIME
 (base64 inside a MIME message) is built only when a mail client needs it: for a 1 MiB
 envelope the text form alone costs about 7 ms, four times the encryption itself.
 
-cryptography (``pkcs7``) signs, encrypts and decrypts; it cannot verify a SignedData, which
-is :mod:`mss.crypto.verify`'s job. Its envelope takes RSA recipients only and AES-128/256-CBC
-only. Structures are inspected with asn1crypto, so a malformed input is reported as such
-instead of as a failed decryption.
+cryptography (``pkcs7``) signs and encrypts; it cannot verify a SignedData, which is
+:mod:`mss.crypto.verify`'s job, and its decryption reads only part of what mail clients write,
+so envelopes are opened by :mod:`mss.crypto.envelope`. Structures are inspected with
+asn1crypto, so a malformed input is reported as such instead of as a failed decryption.
+
+What clients send comes in layers (RFC 8551 3.5, 3.6): a detached signature
+(``multipart/signed``), an opaque one (``application/pkcs7-mime; smime-type=signed-data``) and
+an envelope, in any order and any depth. :func:`peel` names the outermost layer of an entity
+and hands over what is inside, so that callers walk them up to :data:`MAX_LAYERS`.
 
 Everything here is pure: bytes and certificate objects in, bytes out.
 """
@@ -23,7 +28,7 @@ import email.message
 import email.policy
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from asn1crypto import cms as asn1_cms
 from asn1crypto import x509 as asn1_x509
@@ -33,13 +38,21 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from mss.crypto import envelope as cms_envelope
 from mss.errors import CryptoError, DecryptionError, SignatureError
 
 SIGNED_DATA = "signed_data"
-ENVELOPED_DATA = "enveloped_data"
+ENVELOPED_DATA = cms_envelope.ENVELOPED_DATA
+AUTH_ENVELOPED_DATA = cms_envelope.AUTH_ENVELOPED_DATA
 SMIME_ENVELOPED_CONTENT_TYPE = "application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m"
+SMIME_AUTH_ENVELOPED_CONTENT_TYPE = "application/pkcs7-mime; smime-type=authEnveloped-data; name=smime.p7m"
 SMIME_SIGNED_CONTENT_TYPE = "application/pkcs7-mime; smime-type=signed-data; name=smime.p7m"
-_PKCS7_MIME_TYPES = {"application/pkcs7-mime", "application/x-pkcs7-mime"}
+PKCS7_MIME_TYPES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
+PKCS7_SIGNATURE_TYPES = frozenset({"application/pkcs7-signature", "application/x-pkcs7-signature"})
+_PKCS7_MIME_TYPES = PKCS7_MIME_TYPES
+# S/MIME layers one message may hold: a triple-wrapped one (RFC 2634 1.1) has three. Deeper
+# nesting serves no sender and is refused, or shown unread, rather than walked.
+MAX_LAYERS = 8
 # Header field names (RFC 5322 3.6.8): printable ASCII except the colon.
 _FIELD_NAME = re.compile(r"^[!-9;-~]+$")
 # We write these ourselves; a caller's copy would contradict the body we produce.
@@ -65,21 +78,7 @@ class RecipientId:
 
     def matches(self, certificate: x509.Certificate) -> bool:
         """True when this identifier designates ``certificate``."""
-        if self.subject_key_identifier is not None:
-            return _subject_key_identifier(certificate) == self.subject_key_identifier
-        if self.issuer_der is None or self.serial != certificate.serial_number:
-            return False
-        # Names compare after RFC 5280 7.1 normalisation (case, spaces, string types), not
-        # byte for byte: another implementation may re-encode the issuer it copied.
-        return asn1_x509.Name.load(self.issuer_der) == asn1_x509.Name.load(certificate.issuer.public_bytes())
-
-
-def _subject_key_identifier(certificate: x509.Certificate) -> bytes:
-    try:
-        return certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-    except x509.ExtensionNotFound:
-        # RFC 5280 4.2.1.2 method 1, what a sender computes when the extension is absent.
-        return x509.SubjectKeyIdentifier.from_public_key(certificate.public_key()).digest
+        return cms_envelope.rid_matches((self.issuer_der, self.serial, self.subject_key_identifier), certificate)
 
 
 # -- inspection --------------------------------------------------------------------------
@@ -91,13 +90,14 @@ def _content_info(data: bytes) -> asn1_cms.ContentInfo:
     try:
         info = asn1_cms.ContentInfo.load(bytes(data), strict=True)
         info["content_type"].native  # noqa: B018  (forces the parse of the outer structure)
-    except (ValueError, TypeError, KeyError) as exc:
+    except cms_envelope.PARSE_ERRORS as exc:
         raise CryptoError("the data is not a CMS (PKCS #7) structure") from exc
     return info
 
 
 def content_type(data: bytes) -> str:
-    """The CMS content type name (``signed_data``, ``enveloped_data`` ...).
+    """The CMS content type name (``signed_data``, ``enveloped_data``,
+    ``authenticated_enveloped_data`` ...).
 
     Raises CryptoError when ``data`` is not a CMS ContentInfo.
     """
@@ -105,8 +105,9 @@ def content_type(data: bytes) -> str:
 
 
 def is_enveloped(data: bytes) -> bool:
-    """True for a CMS EnvelopedData; raises CryptoError when ``data`` is not CMS at all."""
-    return content_type(data) == ENVELOPED_DATA
+    """True for a CMS EnvelopedData or AuthEnvelopedData; raises CryptoError when ``data``
+    is not CMS at all."""
+    return content_type(data) in cms_envelope.ENVELOPE_TYPES
 
 
 def is_signed(data: bytes) -> bool:
@@ -114,44 +115,17 @@ def is_signed(data: bytes) -> bool:
     return content_type(data) == SIGNED_DATA
 
 
-def _enveloped(data: bytes) -> asn1_cms.EnvelopedData:
-    info = _content_info(data)
-    if info["content_type"].native != ENVELOPED_DATA:
-        raise CryptoError(f"expected a CMS EnvelopedData, got {info['content_type'].native}")
-    try:
-        envelope = info["content"]
-        envelope["recipient_infos"].native  # noqa: B018
-        envelope["encrypted_content_info"]["content_encryption_algorithm"].native  # noqa: B018
-    except (ValueError, TypeError, KeyError) as exc:
-        raise CryptoError("the CMS EnvelopedData is malformed") from exc
-    return envelope
-
-
 def envelope_recipients(envelope_der: bytes) -> list[RecipientId]:
     """Who can open the envelope, as named in its RecipientInfos (key transport and key
     agreement; password and pre-shared-key recipients name no certificate and are left out).
 
-    Raises CryptoError when ``envelope_der`` is not an EnvelopedData.
+    Raises CryptoError when ``envelope_der`` is not an EnvelopedData or AuthEnvelopedData.
     """
-    envelope = _enveloped(envelope_der)
-    found: list[RecipientId] = []
-    for info in envelope["recipient_infos"]:
-        if info.name == "ktri":
-            found.append(_recipient_id(info.chosen["rid"]))
-        elif info.name == "kari":
-            for encrypted_key in info.chosen["recipient_encrypted_keys"]:
-                found.append(_recipient_id(encrypted_key["rid"]))
-    return found
-
-
-def _recipient_id(rid: asn1_cms.RecipientIdentifier | asn1_cms.KeyAgreementRecipientIdentifier) -> RecipientId:
-    chosen = rid.chosen
-    if rid.name == "issuer_and_serial_number":
-        return RecipientId(issuer_der=chosen["issuer"].dump(), serial=chosen["serial_number"].native, subject_key_identifier=None)
-    if rid.name == "subject_key_identifier":
-        return RecipientId(issuer_der=None, serial=None, subject_key_identifier=chosen.native)
-    # r_key_id (key agreement): a RecipientKeyIdentifier holding the subject key identifier.
-    return RecipientId(issuer_der=None, serial=None, subject_key_identifier=chosen["subject_key_identifier"].native)
+    parsed = cms_envelope.load(envelope_der)
+    return [
+        RecipientId(issuer_der=issuer, serial=serial, subject_key_identifier=key_id)
+        for _kind, (issuer, serial, key_id) in cms_envelope.recipient_ids(parsed)
+    ]
 
 
 def can_decrypt_for(envelope_der: bytes, certificate: x509.Certificate) -> bool:
@@ -181,14 +155,14 @@ def signed_content(signed_der: bytes) -> bytes:
         raise SignatureError(f"expected a CMS SignedData, got {info['content_type'].native}")
     try:
         content = info["content"]["encap_content_info"]["content"]
-    except (ValueError, TypeError, KeyError) as exc:
+        native = content.native
+    except cms_envelope.PARSE_ERRORS as exc:
         raise SignatureError("the CMS SignedData is malformed") from exc
-    if content.native is None:
+    if native is None:
         raise SignatureError("the SignedData does not embed its content (detached signature)")
-    try:
-        return bytes(content.native)
-    except (ValueError, TypeError) as exc:
-        raise SignatureError("the SignedData's content is not an OCTET STRING") from exc
+    if not isinstance(native, bytes):
+        raise SignatureError("the SignedData's content is not an OCTET STRING")
+    return native
 
 
 # -- sign, encrypt, decrypt --------------------------------------------------------------
@@ -281,59 +255,21 @@ def sign_and_encrypt(
     return encrypt(sign(mime_entity, certificate, private_key), recipients)
 
 
-def _name_recipient_by_issuer_and_serial(envelope_der: bytes, certificate: x509.Certificate) -> bytes:
-    """The envelope with the RecipientInfo for ``certificate`` naming it by issuer and
-    serial number.
-
-    cryptography only finds recipients named that way; RFC 5652 6.2.1 also allows the
-    subject key identifier (``openssl cms -keyid``, some clients). The identifier is a
-    lookup hint, not authenticated data, so restating it changes nothing else.
-    """
-    info = asn1_cms.ContentInfo.load(bytes(envelope_der))
-    for recipient in info["content"]["recipient_infos"]:
-        if recipient.name != "ktri":
-            continue
-        if _recipient_id(recipient.chosen["rid"]).matches(certificate):
-            recipient.chosen["rid"] = asn1_cms.RecipientIdentifier(
-                name="issuer_and_serial_number",
-                value=asn1_cms.IssuerAndSerialNumber(
-                    {
-                        "issuer": asn1_x509.Name.load(certificate.issuer.public_bytes()),
-                        "serial_number": certificate.serial_number,
-                    }
-                ),
-            )
-    return info.dump(force=True)
-
-
 def decrypt(envelope_der: bytes, certificate: x509.Certificate, private_key: PrivateKey) -> bytes:
-    """The content of an EnvelopedData, opened with ``certificate``'s private key.
+    """The content of an EnvelopedData or AuthEnvelopedData (DER or BER), opened with
+    ``certificate``'s private key (:func:`mss.crypto.envelope.open_envelope`).
 
-    Raises DecryptionError when the data is not an envelope, the certificate is not one of
-    its recipients, the key is not the certificate's, or the ciphertext was altered.
+    Raises DecryptionError with ``reason``: ``malformed`` (also for a key that is not the
+    certificate's), ``not_a_recipient``, ``unsupported`` (an algorithm or recipient kind not
+    done here), ``failed`` (altered, or encrypted to another key).
     """
     try:
-        rids = [rid for rid in envelope_recipients(envelope_der) if rid.matches(certificate)]
-        if not rids:
-            raise DecryptionError(
-                f"the message is not encrypted for {certificate.subject.rfc4514_string()}",
-                reason="not_a_recipient",
-            )
         _check_key_pair(certificate, private_key)
-        data = bytes(envelope_der)
-        if all(rid.subject_key_identifier is not None for rid in rids):
-            data = _name_recipient_by_issuer_and_serial(data, certificate)
-    except DecryptionError:
-        raise
     except CryptoError as exc:
         raise DecryptionError(exc.message, reason="malformed") from exc
-    except (ValueError, TypeError, KeyError) as exc:
-        raise DecryptionError("the CMS EnvelopedData is malformed", reason="malformed") from exc
-    try:
-        return pkcs7.pkcs7_decrypt_der(data, certificate, private_key, [])
-    except (ValueError, TypeError) as exc:
-        # Padding or structure errors: altered ciphertext or an unsupported algorithm.
-        raise DecryptionError("the envelope cannot be decrypted (altered or unsupported)", reason="failed") from exc
+    if not isinstance(private_key, rsa.RSAPrivateKey):
+        raise DecryptionError("only RSA keys open envelopes here", reason="unsupported")
+    return cms_envelope.open_envelope(envelope_der, certificate, private_key)
 
 
 # -- S/MIME text form (export to mail clients) -------------------------------------------
@@ -380,9 +316,11 @@ def to_smime_message(envelope_der: bytes, headers: Mapping[str, str]) -> bytes:
     :func:`export_for_mail_client`. Raises CryptoError when ``envelope_der`` is not an
     EnvelopedData or a header is malformed or reserved.
     """
-    if not is_enveloped(envelope_der):
+    kind = content_type(envelope_der)
+    if kind not in cms_envelope.ENVELOPE_TYPES:
         raise CryptoError("only a CMS EnvelopedData can be exported as an S/MIME message")
-    return _pkcs7_mime(bytes(envelope_der), SMIME_ENVELOPED_CONTENT_TYPE, headers)
+    smime_type = SMIME_AUTH_ENVELOPED_CONTENT_TYPE if kind == AUTH_ENVELOPED_DATA else SMIME_ENVELOPED_CONTENT_TYPE
+    return _pkcs7_mime(bytes(envelope_der), smime_type, headers)
 
 
 def signed_entity(signed_der: bytes) -> bytes:
@@ -441,3 +379,166 @@ def smime_payload(message: bytes) -> bytes:
         raise CryptoError(f"unsupported transfer encoding {encoding!r} for a CMS body")
     content_type(der)  # raises CryptoError on garbage
     return der
+
+
+# -- layers of what clients send (RFC 8551 3.5, 3.6) ------------------------------------------
+
+SIGNED = "signed"  # application/pkcs7-mime; smime-type=signed-data, or a bare SignedData
+DETACHED = "detached"  # multipart/signed with an application/pkcs7-signature part
+ENVELOPED = "enveloped"  # application/pkcs7-mime; smime-type=(auth)enveloped-data, or bare
+PLAIN = "plain"  # anything else: the MIME entity itself
+
+
+@dataclass(frozen=True)
+class Layer:
+    """The outermost S/MIME layer of an entity.
+
+    ``cms`` is the CMS object as received (DER or BER): the SignedData or the envelope, or
+    for a detached signature the SignedData of its signature part. ``content`` is what the
+    layer carries: the embedded content of a SignedData, or the first part of a
+    ``multipart/signed`` exactly as signed (canonical CRLF form). An envelope's content is
+    only known once it is opened.
+    """
+
+    kind: str  # SIGNED | DETACHED | ENVELOPED | PLAIN
+    cms: bytes = field(default=b"", repr=False)
+    content: bytes = field(default=b"", repr=False)
+
+
+def canonical(entity: bytes) -> bytes:
+    """``entity`` with every line ending in CRLF (RFC 8551 3.1.1): bare LF become CRLF.
+
+    A bare CR is left alone, and shows as a signature that does not verify.
+    """
+    if b"\n" not in entity.replace(b"\r\n", b""):
+        return entity
+    return entity.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def _bare_cms(data: bytes) -> str | None:
+    """The content type of ``data`` when it is a bare CMS object (not a MIME entity)."""
+    if data[:1] != b"\x30":
+        return None  # a MIME entity starts with a header name, never with a SEQUENCE tag
+    try:
+        return content_type(data)
+    except CryptoError:
+        return None
+
+
+def _signed_layer(der: bytes) -> Layer:
+    try:
+        info = _content_info(der)
+        signed = info["content"]
+        signers = len(signed["signer_infos"])
+        content = signed["encap_content_info"]["content"].native
+    except cms_envelope.PARSE_ERRORS as exc:
+        raise CryptoError("the CMS SignedData is malformed") from exc
+    except CryptoError:
+        raise
+    if not signers:
+        return Layer(PLAIN)  # certs-only (RFC 8551 3.6): certificates, no signature
+    if content is None:
+        raise CryptoError("the signed-data S/MIME entity does not hold its content")
+    if not isinstance(content, bytes):
+        raise CryptoError("the SignedData's content is not an OCTET STRING")
+    return Layer(SIGNED, cms=der, content=content)
+
+
+def _cms_layer(der: bytes) -> Layer:
+    kind = content_type(der)
+    if kind == SIGNED_DATA:
+        return _signed_layer(der)
+    if kind in cms_envelope.ENVELOPE_TYPES:
+        cms_envelope.load(der)  # parsed through: a truncated envelope fails here
+        return Layer(ENVELOPED, cms=der)
+    raise CryptoError(f"an S/MIME entity of CMS type {kind} is not accepted")
+
+
+def _header_end(entity: bytes) -> int:
+    """Where the body of ``entity`` starts (after the empty line), or -1."""
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        found = entity.find(separator)
+        if found >= 0:
+            return found + len(separator)
+    return -1
+
+
+def _first_part(entity: bytes, boundary: str) -> bytes:
+    """The first body part of a multipart ``entity`` exactly as it was sent: from after the
+    first delimiter line to before the CRLF that starts the next one (RFC 2046 5.1.1)."""
+    start = _header_end(entity)
+    if start < 0:
+        raise CryptoError("the multipart/signed entity has no body")
+    body = entity[start:]
+    delimiter = b"--" + boundary.encode("ascii", errors="strict")
+    position = 0
+    while True:
+        found = body.find(delimiter, position)
+        if found < 0:
+            raise CryptoError("the multipart/signed entity has no first part")
+        line_end = body.find(b"\n", found)
+        at_line_start = found == 0 or body[found - 1 : found] == b"\n"
+        if at_line_start and line_end >= 0 and not body[found + len(delimiter) : line_end].strip():
+            break
+        position = found + 1
+    content_start = line_end + 1
+    position = content_start
+    while True:
+        found = body.find(b"\n" + delimiter, position)
+        if found < 0:
+            raise CryptoError("the multipart/signed entity is not closed")
+        after = body[found + 1 + len(delimiter) : found + 3 + len(delimiter)]
+        if after[:1] in (b"\r", b"\n", b"-", b" ", b"\t", b""):
+            break
+        position = found + 1
+    end = found - 1 if body[found - 1 : found] == b"\r" else found
+    return canonical(body[content_start:end])
+
+
+def _detached_layer(entity: bytes, parsed: email.message.Message) -> Layer:
+    boundary = parsed.get_boundary()
+    parts = parsed.get_payload()
+    if not boundary or not isinstance(parts, list) or len(parts) != 2:
+        raise CryptoError("a multipart/signed entity must hold exactly two parts")
+    signature_part = parts[1]
+    if signature_part.get_content_type() not in PKCS7_SIGNATURE_TYPES:
+        raise CryptoError(f"the signature of a multipart/signed entity is {signature_part.get_content_type()}")
+    try:
+        signature = signature_part.get_payload(decode=True) or b""
+    except (ValueError, TypeError, LookupError) as exc:
+        raise CryptoError("the signature part cannot be decoded") from exc
+    if content_type(signature) != SIGNED_DATA:
+        raise CryptoError("the signature part is not a CMS SignedData")
+    try:
+        content = _first_part(entity, boundary)
+    except UnicodeError as exc:
+        raise CryptoError("the multipart/signed boundary is not ASCII") from exc
+    return Layer(DETACHED, cms=signature, content=content)
+
+
+def peel(entity: bytes) -> Layer:
+    """The outermost S/MIME layer of ``entity`` (a MIME entity, or a bare CMS object as
+    found inside an envelope).
+
+    Classified by the CMS content type, not by the ``smime-type`` parameter, which is only a
+    hint (RFC 8551 3.2.2). Raises CryptoError for an S/MIME layer that is malformed:
+    garbage in ``application/pkcs7-mime``, a truncated envelope, a signature part that is
+    not a SignedData, a ``multipart/signed`` whose parts cannot be told apart.
+    """
+    if not isinstance(entity, (bytes, bytearray)) or not entity:
+        raise CryptoError("there is no content")
+    entity = bytes(entity)
+    if _bare_cms(entity) is not None:
+        return _cms_layer(entity)
+    try:
+        parsed = email.message_from_bytes(entity, policy=email.policy.compat32)
+        kind = parsed.get_content_type()
+    except (ValueError, TypeError, LookupError, IndexError) as exc:
+        raise CryptoError("the entity is not parseable MIME") from exc
+    if kind in PKCS7_MIME_TYPES:
+        return _cms_layer(smime_payload(entity))
+    if kind == "multipart/signed":
+        protocol = (parsed.get_param("protocol") or "").lower()
+        if protocol in PKCS7_SIGNATURE_TYPES:
+            return _detached_layer(entity, parsed)
+    return Layer(PLAIN)

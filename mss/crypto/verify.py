@@ -1,5 +1,10 @@
 """Verification of CMS SignedData: integrity, path to a trusted CA, revocation, validity.
 
+A SignedData embeds its content (``application/pkcs7-mime; smime-type=signed-data``) or
+signs content kept beside it (the first part of a ``multipart/signed``, RFC 8551 3.5.3):
+both are checked the same way, the digest of detached content being computed here. DER and
+BER (indefinite lengths, chunked content, as NSS and gpgsm write) are both read.
+
 cryptography cannot verify CMS, so this is pyHanko's generic CMS validation
 (``async_validate_cms_signature``) with a pyhanko-certvalidator ``ValidationContext`` built
 from the trust roots and CRLs the caller gives: real path validation, revocation required
@@ -23,10 +28,11 @@ from asn1crypto import cms as asn1_cms
 from asn1crypto import crl as asn1_crl
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from pyhanko.sign.ades.report import AdESIndeterminate
-from pyhanko.sign.general import CMSExtractionError, extract_signer_info
+from pyhanko.sign.general import CMSExtractionError, extract_signer_info, get_pyca_cryptography_hash
 from pyhanko.sign.validation.errors import SignatureValidationError
 from pyhanko.sign.validation.generic_cms import (
     async_validate_cms_signature,
@@ -38,6 +44,7 @@ from pyhanko.sign.validation.status import SignatureStatus
 from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.policy_decl import REQUIRE_REVINFO, CertRevTrustPolicy
 
+from mss.crypto.envelope import PARSE_ERRORS
 from mss.crypto.pki import serial_hex
 from mss.errors import CryptoError, SignatureError
 
@@ -106,13 +113,13 @@ class _Parsed:
     content: bytes
 
 
-def _parse(signed_der: bytes) -> _Parsed:
+def _parse(signed_der: bytes, detached: bytes | None = None) -> _Parsed:
     if not isinstance(signed_der, (bytes, bytearray, memoryview)) or not signed_der:
         raise SignatureError("no signed data given")
     try:
         info = asn1_cms.ContentInfo.load(bytes(signed_der), strict=True)
         kind = info["content_type"].native
-    except (ValueError, TypeError, KeyError) as exc:
+    except PARSE_ERRORS as exc:
         raise SignatureError("the data is not a CMS (PKCS #7) structure") from exc
     if kind != "signed_data":
         raise SignatureError(f"expected a CMS SignedData, got {kind}")
@@ -125,13 +132,31 @@ def _parse(signed_der: bytes) -> _Parsed:
         raise SignatureError(f"the SignedData is malformed: {exc.failure_message}") from exc
     except SignatureValidationError as exc:
         raise SignatureError(f"the SignedData is unusable: {exc.failure_message}") from exc
-    except (ValueError, TypeError, KeyError) as exc:
+    except PARSE_ERRORS as exc:
         raise SignatureError("the SignedData is malformed") from exc
-    if content is None:
+    if detached is not None:
+        if content is not None:
+            raise SignatureError("a detached signature must not embed content")
+        if not isinstance(detached, (bytes, bytearray)):
+            raise SignatureError("the signed content must be bytes")
+        content = bytes(detached)
+    elif content is None:
         raise SignatureError("the SignedData does not embed its content (detached signature)")
     if not isinstance(content, bytes):
         raise SignatureError("the SignedData's content is not an OCTET STRING")
     return _Parsed(signed_data=signed_data, signer_info=signer_info, signer_cert=certs.signer_cert, content=content)
+
+
+def _digest(parsed: _Parsed) -> bytes:
+    """The digest of detached content, with the algorithm the signer declared."""
+    name = parsed.signer_info["digest_algorithm"]["algorithm"].native
+    try:
+        algorithm = get_pyca_cryptography_hash(name)
+    except (NotImplementedError, ValueError, KeyError) as exc:
+        raise SignatureError(f"the digest algorithm {name} is not supported") from exc
+    digest = hashes.Hash(algorithm)
+    digest.update(parsed.content)
+    return digest.finalize()
 
 
 def _crl_der(item: bytes | x509.CertificateRevocationList) -> asn1_crl.CertificateList:
@@ -260,6 +285,11 @@ def revocation_date(
         if entry is not None:
             return entry.revocation_date_utc
     return None
+def _certificate(certificate: asn1_x509.Certificate) -> x509.Certificate:
+    try:
+        return x509.load_der_x509_certificate(certificate.dump())
+    except (ValueError, *PARSE_ERRORS) as exc:
+        raise SignatureError("the signer's certificate cannot be read") from exc
 
 
 def _signer_address(certificate: x509.Certificate) -> str | None:
@@ -285,36 +315,39 @@ async def async_verify_signed_data(
     trust_roots: Sequence[x509.Certificate],
     crls: Sequence[bytes | x509.CertificateRevocationList],
     moment: datetime | None = None,
+    detached_content: bytes | None = None,
 ) -> SignatureReport:
-    """Check a SignedData with embedded content against ``trust_roots`` and ``crls``.
+    """Check a SignedData against ``trust_roots`` and ``crls``.
 
-    ``moment`` (timezone-aware) validates as of that time instead of now. Returns a
-    :class:`SignatureReport`. Raises SignatureError when the input is not a SignedData
-    with embedded content, exactly one signer and the signer's certificate; CryptoError
-    for unusable trust roots or CRLs.
+    The content is the one embedded, or ``detached_content`` for a detached signature (the
+    SignedData must then embed none). ``moment`` (timezone-aware) validates as of that time
+    instead of now. Returns a :class:`SignatureReport`. Raises SignatureError when the
+    input is not a SignedData with its content, exactly one signer and the signer's
+    certificate; CryptoError for unusable trust roots or CRLs.
     """
-    parsed = _parse(signed_der)
+    parsed = _parse(signed_der, detached_content)
     context = _validation_context(trust_roots, crls, moment)
+    raw_digest = _digest(parsed) if detached_content is not None else None
     try:
         status = await async_validate_cms_signature(
-            parsed.signed_data, validation_context=context, key_usage_settings=SMIME_SIGNER_USAGE
+            parsed.signed_data, raw_digest=raw_digest, validation_context=context, key_usage_settings=SMIME_SIGNER_USAGE
         )
     except SignatureValidationError as exc:
         # Inconsistent signed attributes (content type, algorithm protection, signing
         # certificate reference): the signed structure does not hold together.
         report_status, reason = INVALID, f"the signature's attributes are inconsistent: {exc.failure_message}"
-        signer = x509.load_der_x509_certificate(parsed.signer_cert.dump())
-    except (ValueError, TypeError, KeyError) as exc:
+        signer = _certificate(parsed.signer_cert)
+    except (NotImplementedError, *PARSE_ERRORS) as exc:
         raise SignatureError("the SignedData could not be processed") from exc
     else:
-        signer = x509.load_der_x509_certificate(status.signing_cert.dump())
+        signer = _certificate(status.signing_cert)
         report_status, reason = _classify(status, signer, moment, bool(crls))
         if report_status == UNTRUSTED:
             # Fail closed, and say why when the revocation list is the cause.
             reason = crl_problem(signer, trust_roots, crls, moment) or reason
     try:
         signing_time = extract_self_reported_ts(parsed.signer_info)
-    except (ValueError, TypeError, KeyError):
+    except PARSE_ERRORS:
         signing_time = None
     return SignatureReport(
         status=report_status,
@@ -334,6 +367,7 @@ def verify_signed_data(
     trust_roots: Sequence[x509.Certificate],
     crls: Sequence[bytes | x509.CertificateRevocationList],
     moment: datetime | None = None,
+    detached_content: bytes | None = None,
 ) -> SignatureReport:
     """Blocking form of :func:`async_verify_signed_data`, for worker threads.
 
@@ -356,7 +390,9 @@ def verify_signed_data(
     loop = asyncio.new_event_loop()
     try:
         return loop.run_until_complete(
-            async_verify_signed_data(signed_der, trust_roots=trust_roots, crls=crls, moment=moment)
+            async_verify_signed_data(
+                signed_der, trust_roots=trust_roots, crls=crls, moment=moment, detached_content=detached_content
+            )
         )
     finally:
         loop.close()

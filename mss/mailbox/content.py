@@ -2,10 +2,13 @@
 
 The stored CMS is an EnvelopedData; inside is either our SignedData (messages signed at
 submission, receipts signed by the operator) or, for a message the client encrypted itself,
-the client's MIME entity (signed as ``application/pkcs7-mime``, as ``multipart/signed``, or
-not at all). The signature is checked with real path validation and revocation against the
-operator's CA (``mss.crypto.verify``); its outcome is a status, never an exception, so that
-the reader always learns what happened.
+the client's MIME entity. Either may hold the client's own S/MIME layers: a detached
+signature (``multipart/signed``), an opaque one (``application/pkcs7-mime;
+smime-type=signed-data``) or another envelope, in any order, up to ``smime.MAX_LAYERS``
+deep. Every layer is opened and every signature checked with real path validation and
+revocation against the operator's CA (``mss.crypto.verify``). The outcome is one status,
+the worst met, never an exception, so that the reader always learns what happened; only an
+envelope the reader's key cannot open raises DecryptionError.
 
 The body is text: an HTML-only message is reduced to its text here and its markup never
 reaches a browser. Attachments keep their exact bytes. Everything here is blocking (RSA,
@@ -26,19 +29,28 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from directory.models import Certificate
-from mss import store
 from mss.accounts import UnlockedAccount
 from mss.crypto import keys, smime, verify
 from mss.documents import detect
-from mss.errors import DecryptionError, DocumentError, SignatureError
+from mss.errors import CryptoError, DecryptionError, DocumentError, SignatureError
 
 # Statuses beyond mss.crypto.verify's: no signature at all, or one we cannot check; and a
 # signature that held when the message was submitted by a certificate revoked since.
 UNSIGNED = "unsigned"
 UNVERIFIABLE = "unverifiable"
 REVOKED_SINCE = "revoked-since"
-SMIME_TYPES = {"application/pkcs7-mime", "application/x-pkcs7-mime"}
-SIGNATURE_TYPES = {"application/pkcs7-signature", "application/x-pkcs7-signature"}
+SMIME_TYPES = smime.PKCS7_MIME_TYPES
+SIGNATURE_TYPES = smime.PKCS7_SIGNATURE_TYPES
+# With several signatures (ours over a client's, or a client's nested ones), the worst shows.
+_SEVERITY = {
+    verify.VALID: 0,
+    UNVERIFIABLE: 1,
+    REVOKED_SINCE: 1,
+    verify.UNTRUSTED: 2,
+    verify.EXPIRED: 3,
+    verify.REVOKED: 4,
+    verify.INVALID: 5,
+}
 BODY_TYPES = {"text/plain", "text/html"}
 # Parts of a delivery or disposition report meant for software, not for the reader.
 REPORT_TYPES = {
@@ -125,9 +137,10 @@ def _decrypt(session: Session, cms: bytes, reader: UnlockedAccount) -> bytes:
     rows = session.execute(
         select(Certificate.der).where(Certificate.address == reader.address, Certificate.usage == "smime")
     ).scalars()
+    recipients = smime.envelope_recipients(cms)
     for der in rows:
         certificate = x509.load_der_x509_certificate(der)
-        if certificate == reader.certificate or not smime.can_decrypt_for(cms, certificate):
+        if certificate == reader.certificate or not any(rid.matches(certificate) for rid in recipients):
             continue
         for key in keyring:
             if keys.key_matches_certificate(key, certificate):
@@ -145,40 +158,40 @@ def _report(report: verify.SignatureReport) -> Signature:
     )
 
 
-def _verified(
-    signed_der: bytes, roots: list[x509.Certificate], crls: list[bytes], submitted_at: datetime | None = None
-) -> tuple[Signature, bytes]:
-    """The signature outcome and the signed content (returned even when it does not hold).
+def _checked(
+    layer: smime.Layer, roots: list[x509.Certificate], crls: list[bytes], submitted_at: datetime | None = None
+) -> Signature:
+    """The outcome of one signature layer, embedded or detached.
 
     A signature by a certificate revoked today is checked again as of ``submitted_at``
     (when this service received the message, which proves it existed then): if it held
     then, the reader learns both facts, valid when signed and revoked since (with the date).
     """
+    detached = layer.content if layer.kind == smime.DETACHED else None
     try:
-        report = verify.verify_signed_data(signed_der, trust_roots=roots, crls=crls)
+        report = verify.verify_signed_data(layer.cms, trust_roots=roots, crls=crls, detached_content=detached)
     except SignatureError as exc:
-        # Not a usable SignedData: show nothing from it as if it were signed.
-        return Signature(status=verify.INVALID, reason=exc.message), smime.signed_content(signed_der)
+        # Not a usable SignedData: nothing from it counts as signed.
+        return Signature(status=verify.INVALID, reason=exc.message)
     if report.status == verify.REVOKED and submitted_at is not None:
         revoked_at = verify.revocation_date(report.signer_certificate, crls)
         if revoked_at is not None and revoked_at > submitted_at:
-            then = verify.verify_signed_data(signed_der, trust_roots=roots, crls=crls, moment=submitted_at)
+            then = verify.verify_signed_data(
+                layer.cms, trust_roots=roots, crls=crls, moment=submitted_at, detached_content=detached
+            )
             if then.status == verify.VALID:
-                return (
-                    Signature(
-                        status=REVOKED_SINCE,
-                        reason=(
-                            f"the signature was valid when the message was submitted ({submitted_at:%Y-%m-%d %H:%M} UTC);"
-                            f" the signer's certificate was revoked on {revoked_at:%Y-%m-%d %H:%M} UTC"
-                        ),
-                        signer_address=report.signer_address,
-                        signer_name=report.signer_common_name,
-                        signing_time=report.signing_time,
-                        revoked_at=revoked_at,
+                return Signature(
+                    status=REVOKED_SINCE,
+                    reason=(
+                        f"the signature was valid when the message was submitted ({submitted_at:%Y-%m-%d %H:%M} UTC);"
+                        f" the signer's certificate was revoked on {revoked_at:%Y-%m-%d %H:%M} UTC"
                     ),
-                    report.content,
+                    signer_address=report.signer_address,
+                    signer_name=report.signer_common_name,
+                    signing_time=report.signing_time,
+                    revoked_at=revoked_at,
                 )
-    return _report(report), report.content
+    return _report(report)
 
 
 def parse_entity(data: bytes) -> EmailMessage:
@@ -186,19 +199,51 @@ def parse_entity(data: bytes) -> EmailMessage:
     return BytesParser(policy=email.policy.default).parsebytes(data)  # type: ignore[return-value]
 
 
-def _client_content(inner: bytes) -> tuple[Signature, bytes]:
-    """Signature and entity of what a client encrypted itself without an embedded signature."""
-    entity = parse_entity(inner)
-    if entity.get_content_type() == "multipart/signed":
-        # A detached signature: the content is the first part, shown with a warning because
-        # mss.crypto.verify checks embedded-content signatures only.
-        parts = entity.get_payload()
-        if isinstance(parts, list) and parts:
-            body = parts[0].as_bytes(policy=email.policy.SMTP)
-            return Signature(status=UNVERIFIABLE, reason="detached signatures (multipart/signed) are not checked"), body
-    if entity.get_content_type() in SMIME_TYPES:
-        return Signature(status=UNVERIFIABLE, reason="the message holds a nested envelope"), b""
-    return Signature(status=UNSIGNED, reason="the sender's software did not sign this message"), inner
+@dataclass(frozen=True)
+class _Trust:
+    roots: list[x509.Certificate]
+    crls: list[bytes]
+    submitted_at: datetime | None = None
+
+
+def _walk(
+    session: Session, inner: bytes, reader: UnlockedAccount, trust: _Trust | None
+) -> tuple[list[Signature], bytes, str]:
+    """The signatures met, outermost first (checked when ``trust`` is given), the innermost
+    MIME entity, and the kind of the first layer. Raises DecryptionError when an envelope
+    inside cannot be opened with the reader's key."""
+    signatures: list[Signature] = []
+    data, first = inner, ""
+    for _depth in range(smime.MAX_LAYERS + 1):
+        try:
+            layer = smime.peel(data)
+        except CryptoError as exc:
+            signatures.append(Signature(status=verify.INVALID, reason=f"the S/MIME structure is malformed: {exc.message}"))
+            return signatures, b"", first or smime.PLAIN
+        first = first or layer.kind
+        if layer.kind == smime.PLAIN:
+            return signatures, data, first
+        if layer.kind == smime.ENVELOPED:
+            data = _decrypt(session, layer.cms, reader)
+            continue
+        if trust is not None:
+            signatures.append(_checked(layer, trust.roots, trust.crls, trust.submitted_at))
+        data = layer.content
+    nested = Signature(
+        status=UNVERIFIABLE, reason=f"the message is nested more than {smime.MAX_LAYERS} S/MIME layers deep"
+    )
+    return [*signatures, nested], b"", first
+
+
+def _combined(signatures: list[Signature]) -> Signature:
+    """The one outcome to show: the worst; among equals the innermost (the author's own)."""
+    if not signatures:
+        return Signature(status=UNSIGNED, reason="the sender's software did not sign this message")
+    shown = signatures[-1]
+    for signature in reversed(signatures):
+        if _SEVERITY.get(signature.status, 1) > _SEVERITY.get(shown.status, 1):
+            shown = signature
+    return shown
 
 
 def decrypt_and_verify(
@@ -210,29 +255,28 @@ def decrypt_and_verify(
     crls: list[bytes],
     submitted_at: datetime | None = None,
 ) -> tuple[Signature, bytes]:
-    """The signature outcome and the signed MIME entity of a stored message.
+    """The signature outcome and the innermost MIME entity of a stored message.
 
-    Our envelopes hold an RFC 8551 signed-data entity (``store.signed_data_in`` finds the
-    SignedData); a client's may also hold a detached signature or none. Raises
-    DecryptionError when the reader's key cannot open the envelope.
+    Our envelopes hold an RFC 8551 signed-data entity; a client's hold what the client
+    wrote: signed (detached or opaque, nested or not), encrypted again, or not signed. The
+    entity is returned whatever the outcome; the caller shows it with the status. Raises
+    DecryptionError when the reader's key cannot open an envelope of the message.
     """
     inner = _decrypt(session, cms, reader)
-    signed = store.signed_data_in(inner)
-    if signed is not None:
-        return _verified(signed, roots, crls, submitted_at)
-    if kind != "client":
+    signatures, entity, first = _walk(session, inner, reader, _Trust(roots, crls, submitted_at))
+    if kind != "client" and first != smime.SIGNED:
         return Signature(status=verify.INVALID, reason="the stored message is not signed as it should be"), b""
-    return _client_content(inner)
+    return _combined(signatures), entity
 
 
 def unverified_entity(session: Session, cms: bytes, kind: str, reader: UnlockedAccount) -> bytes:
-    """The MIME entity of a stored message without checking its signature (for indexing
+    """The MIME entity of a stored message without checking its signatures (for indexing
     the reader's own search terms, never for display). Raises DecryptionError, CryptoError."""
     inner = _decrypt(session, cms, reader)
-    signed = store.signed_data_in(inner)
-    if signed is not None:
-        return smime.signed_content(signed)
-    return _client_content(inner)[1] if kind == "client" else b""
+    _signatures, entity, first = _walk(session, inner, reader, None)
+    if kind != "client" and first != smime.SIGNED:
+        return b""
+    return entity
 
 
 class _TextOfHtml(HTMLParser):

@@ -36,6 +36,7 @@ from mss.errors import (
     StandingError,
     TooManyRecipients,
     UnknownAddress,
+    UnopenableEnvelope,
 )
 from mss.pipeline import RecipientRequest, Submission
 from mss.relay import replies
@@ -83,6 +84,8 @@ def submission_refusal(error: MssError) -> str | None:
     """
     if isinstance(error, MalformedMessage):
         return replies.with_detail(replies.MALFORMED_MESSAGE, error.message)
+    if isinstance(error, UnopenableEnvelope):
+        return replies.with_detail(replies.ENVELOPE_NOT_SUPPORTED, error.message)
     if isinstance(error, DocumentError):
         # mss.documents refusals carry their own reply code and RFC 3463 status.
         return replies.document_refused(

@@ -139,6 +139,10 @@ MALFORMED_MESSAGE: Final = "554 5.6.0 Malformed message"
 # some recipient; they could never decrypt it. X.7.4 ("Security features not supported")
 # would wrongly say that S/MIME itself is not supported here.
 NOT_ENCRYPTED_FOR_RECIPIENTS: Final = "554 5.7.5 Message is not encrypted for every recipient"
+# X.7.4 "Security features not supported": the client's envelope names every recipient, but
+# through an algorithm or a recipient kind (key agreement) not done here, so it could never
+# be read. Sent with the detail that names the algorithm.
+ENVELOPE_NOT_SUPPORTED: Final = "554 5.7.4 Encryption not supported here"
 # X.7.0: any other refusal by the trust space's rules.
 POLICY_REFUSED: Final = "554 5.7.0 Message refused by policy"
 DOCUMENT_REFUSED: Final = "{code} {status} {text}"

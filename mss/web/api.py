@@ -35,6 +35,7 @@ from mss.errors import (
 )
 from mss.mailbox import Draft, DraftInvalid, FilterError, MessageNotFound, Upload
 from mss.web.auth import plausible_address
+from mss.web.certificate_pages import published
 from mss.web.compose_pages import directory_matches
 from mss.web.context import client_address, config, request_id, run
 from mss.web.pages import file_response
@@ -281,6 +282,24 @@ class DirectoryEntryOut:
     organisation: str
     city: str
     rpps: str
+
+
+@dataclass
+class CertificateOut:
+    """An entry's current S/MIME certificate, to encrypt to it from a mail client."""
+
+    address: str
+    name: str
+    subject: str
+    issuer: str
+    serial: str
+    """Hexadecimal."""
+    not_before: datetime
+    not_after: datetime
+    fingerprint_sha256: str
+    """Colon-separated hex pairs, as mail clients show it."""
+    pem: str
+    der_base64: str
 
 
 @dataclass
@@ -655,6 +674,24 @@ class DirectoryController(Controller):
         found = await run(directory_matches, config(request).rt, q, page, 20)
         return DirectoryOut(
             items=[DirectoryEntryOut(**item) for item in found["items"]], page=found["page"], has_next=found["has_next"]
+        )
+
+    @get("/{address:str}/certificate", summary="The current S/MIME certificate of an entry (PEM and DER)")
+    async def certificate(self, request: Request, address: FromPath[str]) -> CertificateOut:
+        """An active entry's current certificate; 404 when it has none or may not receive."""
+        await api_session(request)
+        found = await published(request, address)
+        return CertificateOut(
+            address=found.address,
+            name=found.name,
+            subject=found.subject,
+            issuer=found.issuer,
+            serial=found.serial,
+            not_before=found.not_before,
+            not_after=found.not_after,
+            fingerprint_sha256=found.fingerprint_sha256,
+            pem=found.pem,
+            der_base64=base64.b64encode(found.der).decode("ascii"),
         )
 
 
