@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from litestar import Controller, Request, Response, delete, get, post
-from litestar.exceptions import HTTPException, NotFoundException
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from typing_extensions import Annotated
@@ -33,15 +34,16 @@ from mss.errors import (
     StandingError,
     TooManyAttempts,
 )
-from mss.mailbox import Draft, DraftInvalid, FilterError, MessageNotFound, Upload
+from mss.mailbox import Draft, DraftInvalid, Upload
 from mss.web.auth import plausible_address
 from mss.web.certificate_pages import published
 from mss.web.compose_pages import directory_matches
-from mss.web.context import client_address, config, request_id, run
+from mss.web.context import Rt, client_address, config, request_id, run
 from mss.web.pages import file_response
 from mss.web.sessions import (
     ACTIVE,
     API,
+    Live,
     LiveSession,
     SessionInvalid,
     SessionToken,
@@ -469,11 +471,13 @@ class SessionController(Controller):
         """Log in with password and TOTP code; returns a bearer token."""
         return await run(_login, request, data)
 
-    @delete("/current", status_code=HTTP_204_NO_CONTENT, summary="Log out (the token stops working)", security=SECURITY)
-    async def destroy(self, request: Request) -> None:
+    @delete(
+        "/current", status_code=HTTP_204_NO_CONTENT, summary="Log out (the token stops working)", security=SECURITY,
+        dependencies={"live": Provide(api_session)},
+    )
+    async def destroy(self, live: Live, rt: Rt) -> None:
         """End this token's session."""
-        live = await api_session(request)
-        await run(end_session, config(request).rt.engine, live.token)
+        await run(end_session, rt.engine, live.token)
 
 
 def _date(value: str | None) -> date | None:
@@ -491,11 +495,14 @@ class MessagesController(Controller):
     path = "/api/v1/messages"
     tags = ["messages"]
     security = SECURITY
+    dependencies = {"live": Provide(api_session)}
 
     @get("/", summary="List a folder, newest first, with filters")
     async def list(  # noqa: A003
         self,
         request: Request,
+        live: Live,
+        rt: Rt,
         folder: Annotated[str, QueryParameter(description="inbox, sent or archive")] = "inbox",
         page: Annotated[int, QueryParameter(ge=1)] = 1,
         per_page: Annotated[int, QueryParameter(ge=1, le=100)] = 25,
@@ -509,7 +516,6 @@ class MessagesController(Controller):
         unread: FromQuery[bool] = False,
     ) -> MessageListOut:
         """A page of a folder, with filters."""
-        live = await api_session(request)
         if folder not in mailbox.FOLDERS:
             raise ApiError(400, "bad-folder", "folder is inbox, sent or archive")
         filters = mailbox.Filters(
@@ -522,12 +528,7 @@ class MessagesController(Controller):
             date_to=_date(date_to),
             unread_only=unread,
         )
-        try:
-            result = await run(
-                mailbox.list_folder, config(request).rt, live.account(), folder, filters, page=page, per_page=per_page
-            )
-        except FilterError as exc:
-            raise ApiError(400, "bad-filter", exc.message) from exc
+        result = await run(mailbox.list_folder, rt, live.account(), folder, filters, page=page, per_page=per_page)
         return MessageListOut(
             folder=result.folder,
             items=[_summary(i) for i in result.items],
@@ -539,20 +540,16 @@ class MessagesController(Controller):
         )
 
     @get("/{queue_id:str}", summary="Read a message (marks it read; sends a requested read receipt)")
-    async def read(self, request: Request, queue_id: FromPath[str], folder: FromQuery[str | None] = None) -> MessageOut:
+    async def read(self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str], folder: FromQuery[str | None] = None) -> MessageOut:
         """Open a message (marks it read; sends a requested read receipt)."""
-        live = await api_session(request)
-        try:
-            opened = await run(
-                mailbox.open_message,
-                config(request).rt,
-                live.account(),
-                queue_id,
-                folder=folder,
-                request_id=request_id(request),
-            )
-        except MessageNotFound as exc:
-            raise NotFoundException() from exc
+        opened = await run(
+            mailbox.open_message,
+            rt,
+            live.account(),
+            queue_id,
+            folder=folder,
+            request_id=request_id(request),
+        )
         return _message(opened)
 
     @get(
@@ -560,31 +557,23 @@ class MessagesController(Controller):
         summary="Download an attachment (original bytes)",
         media_type="application/octet-stream",
     )
-    async def attachment(self, request: Request, queue_id: FromPath[str], index: FromPath[int]) -> Response:
+    async def attachment(self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str], index: FromPath[int]) -> Response:
         """An attachment's exact bytes."""
-        live = await api_session(request)
-        try:
-            opened = await run(
-                mailbox.open_attachment,
-                config(request).rt,
-                live.account(),
-                queue_id,
-                index,
-                request_id=request_id(request),
-            )
-        except MessageNotFound as exc:
-            raise NotFoundException() from exc
+        opened = await run(
+            mailbox.open_attachment,
+            rt,
+            live.account(),
+            queue_id,
+            index,
+            request_id=request_id(request),
+        )
         a = opened.attachment
         return file_response(a.data, a.filename, a.content_type)
 
     @get("/{queue_id:str}/receipts", summary="Per recipient of a sent message: delivered, processed, read, failed")
-    async def receipts(self, request: Request, queue_id: FromPath[str]) -> list[JourneyOut]:
+    async def receipts(self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str]) -> list[JourneyOut]:
         """The journey of a sent message, per recipient."""
-        live = await api_session(request)
-        try:
-            journeys = await run(mailbox.journey, config(request).rt, live.address, queue_id)
-        except MessageNotFound as exc:
-            raise NotFoundException() from exc
+        journeys = await run(mailbox.journey, rt, live.address, queue_id)
         return [
             JourneyOut(
                 recipient=_correspondent(j.address, j.correspondent),
@@ -596,26 +585,21 @@ class MessagesController(Controller):
         ]
 
     @post("/{queue_id:str}/archive", status_code=HTTP_204_NO_CONTENT, summary="Move a received message to the archive")
-    async def archive(self, request: Request, queue_id: FromPath[str]) -> None:
+    async def archive(self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str]) -> None:
         """Archive a received message."""
-        await self._move(request, queue_id, mailbox.ARCHIVE)
+        await self._move(request, live, rt, queue_id, mailbox.ARCHIVE)
 
     @post("/{queue_id:str}/unarchive", status_code=HTTP_204_NO_CONTENT, summary="Move it back to the inbox")
-    async def unarchive(self, request: Request, queue_id: FromPath[str]) -> None:
+    async def unarchive(self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str]) -> None:
         """Put an archived message back in the inbox."""
-        await self._move(request, queue_id, mailbox.INBOX)
+        await self._move(request, live, rt, queue_id, mailbox.INBOX)
 
-    async def _move(self, request: Request, queue_id: FromPath[str], to: str) -> None:
-        live = await api_session(request)
-        try:
-            await run(mailbox.move, config(request).rt, live.address, queue_id, to=to, request_id=request_id(request))
-        except MessageNotFound as exc:
-            raise NotFoundException() from exc
+    async def _move(self, request: Request, live: Live, rt: Rt, queue_id: str, to: str) -> None:
+        await run(mailbox.move, rt, live.address, queue_id, to=to, request_id=request_id(request))
 
     @post("/", status_code=HTTP_201_CREATED, summary="Send a message (signed and encrypted by the service)")
-    async def send(self, request: Request, data: JSONBody[SendRequest]) -> SentOut:
+    async def send(self, request: Request, live: Live, rt: Rt, data: JSONBody[SendRequest]) -> SentOut:
         """Send a message through the pipeline."""
-        live = await api_session(request)
         uploads = []
         for item in data.attachments:
             try:
@@ -641,7 +625,7 @@ class MessagesController(Controller):
         )
         try:
             accepted = await run(
-                mailbox.send, config(request).rt, live.account(), draft, request_id=request_id(request)
+                mailbox.send, rt, live.account(), draft, request_id=request_id(request)
             )
         except DraftInvalid as exc:
             raise ApiError(
@@ -661,26 +645,25 @@ class DirectoryController(Controller):
     path = "/api/v1/directory"
     tags = ["directory"]
     security = SECURITY
+    dependencies = {"live": Provide(api_session)}
 
     @get("/", summary="Search the directory by name, RPPS, organisation or city")
     async def search(
         self,
-        request: Request,
+        request: Request, live: Live, rt: Rt,
         q: Annotated[str, QueryParameter(min_length=2, max_length=100)],
         page: Annotated[int, QueryParameter(ge=1)] = 1,
     ) -> DirectoryOut:
         """Search the directory."""
-        await api_session(request)
-        found = await run(directory_matches, config(request).rt, q, page, 20)
+        found = await run(directory_matches, rt, q, page, 20)
         return DirectoryOut(
             items=[DirectoryEntryOut(**item) for item in found["items"]], page=found["page"], has_next=found["has_next"]
         )
 
     @get("/{address:str}/certificate", summary="The current S/MIME certificate of an entry (PEM and DER)")
-    async def certificate(self, request: Request, address: FromPath[str]) -> CertificateOut:
+    async def certificate(self, request: Request, live: Live, rt: Rt, address: FromPath[str]) -> CertificateOut:
         """An active entry's current certificate; 404 when it has none or may not receive."""
-        await api_session(request)
-        found = await published(request, address)
+        found = await published(rt, address)
         return CertificateOut(
             address=found.address,
             name=found.name,

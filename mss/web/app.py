@@ -8,6 +8,7 @@ beside it, so several web processes can serve the same database.
 from __future__ import annotations
 
 from litestar import Litestar, get
+from litestar.di import Provide
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
@@ -63,6 +64,12 @@ def create_app(rt: Runtime, *, policy: SessionPolicy | None = None, debug: bool 
         components=Components(security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer")}),
     )
     return Litestar(
+        # What every handler may be given instead of fetching it: the process's runtime and
+        # the web's configuration; controllers add the logged-in session (``live``).
+        dependencies={
+            "rt": Provide(lambda: rt, sync_to_thread=False, use_cache=True),
+            "web": Provide(lambda: web, sync_to_thread=False, use_cache=True),
+        },
         route_handlers=[
             AuthController,
             MailboxController,

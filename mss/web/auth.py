@@ -98,6 +98,12 @@ async def current_session(request: Request, stage: str = ACTIVE) -> LiveSession:
     return live
 
 
+async def active_session(request: Request) -> LiveSession:
+    """The request's logged-in web session (the ``live`` dependency of the pages). Raises
+    LoginRequired."""
+    return await current_session(request, ACTIVE)
+
+
 async def optional_session(request: Request) -> LiveSession | None:
     """The request's active web session, or None."""
     try:

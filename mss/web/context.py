@@ -20,12 +20,17 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from litestar import Request, Response
 from litestar.datastructures import Cookie
+from litestar.di import NamedDependency
 from litestar.enums import MediaType
 from litestar.response import Redirect
 
 from mss.runtime import Runtime
 from mss.web import i18n
 from mss.web.sessions import SessionPolicy, SessionToken, csrf_token_for
+
+# What handlers are given by injection (see ``create_app`` and the controllers).
+Rt = NamedDependency[Runtime]
+Web = NamedDependency["WebConfig"]
 
 SESSION_COOKIE = "__Host-mss"
 PRE_COOKIE = "__Host-mss-pre"

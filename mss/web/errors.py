@@ -18,7 +18,7 @@ from litestar.exceptions import (
 )
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from mss.errors import DecryptionError, MssError
+from mss.errors import DecryptionError, FilterError, MessageNotFound, MssError
 from mss.web.api import ApiError
 from mss.web.auth import LoginRequired
 from mss.web.context import clear_session_cookie, language, redirect, render, request_id
@@ -109,7 +109,13 @@ def http_error(request: Request, exc: HTTPException) -> Response:
 
 
 def service_error(request: Request, exc: MssError) -> Response:
-    """A service error no controller expected: decrypting failed, or a rule refused."""
+    """A service error, mapped to HTTP here once for every controller: a message that is not
+    in the reader's mailbox (404), a filter that means nothing (400), a message the reader's
+    key cannot open (422); anything else no controller expected is a 500."""
+    if isinstance(exc, MessageNotFound):
+        return _api_error(request, 404, "not-found", "not found") if _is_api(request) else _page(request, 404)
+    if isinstance(exc, FilterError) and _is_api(request):
+        return _api_error(request, 400, "bad-filter", exc.message)
     if isinstance(exc, DecryptionError):
         log.warning(
             "request %s: message cannot be decrypted by its reader (%s)", request_id(request), exc.details.get("reason")

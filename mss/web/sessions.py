@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import nacl.exceptions
+from litestar.di import NamedDependency
 import nacl.secret
 from cryptography import x509
 from sqlalchemy import delete, select
@@ -317,3 +318,7 @@ def purge_expired(engine: Engine, *, policy: SessionPolicy) -> int:
             (WebSession.expires_at <= now) | (WebSession.last_seen_at <= now - max(policy.idle, policy.pending))
         )
         return int(session.execute(query).rowcount or 0)
+
+
+# The logged-in session, as controllers are given it (``dependencies={"live": ...}``).
+Live = NamedDependency[LiveSession]
