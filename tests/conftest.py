@@ -156,3 +156,22 @@ def directory_loaded(engine: Engine) -> None:
     from directory.importer import import_extract
 
     import_extract(engine, SAMPLE_EXTRACT, actor="test")
+
+
+@pytest.fixture
+def mss(env, dev_pki):  # type: ignore[no-untyped-def]
+    """Runs the ``mss`` command in-process with the test's environment; asserts success
+    unless ``ok=False``."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None, ok: bool = True):  # type: ignore[no-untyped-def]
+        result = runner.invoke(app, list(args), input=input, env=env, catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, (result.stdout, result.stderr)
+        return result
+
+    return invoke

@@ -10,27 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cli.main import app
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 SAMPLE_EXTRACT = SAMPLES / "annuaire" / "Extraction_Correspondance_MSSante_sample.txt"
 DOCTOR = "marc.robert@chu-demo.mss.test"
 GP = "eloise.fournier@medecin.mss.test"
-
-
-@pytest.fixture
-def mss(env, dev_pki):  # type: ignore[no-untyped-def]
-    runner = CliRunner()
-
-    def invoke(*args: str, input: str | None = None, ok: bool = True):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, list(args), input=input, env=env, catch_exceptions=False)
-        if ok:
-            assert result.exit_code == 0, (result.stdout, result.stderr)
-        return result
-
-    return invoke
 
 
 def test_import_reports_defects_by_line(mss):  # type: ignore[no-untyped-def]

@@ -18,9 +18,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from typer.testing import CliRunner
 
-from cli.main import app
 from directory import certificates
 from mss import accounts
 from mss.crypto import pki, smime, verify
@@ -230,19 +228,6 @@ def test_files_at_rest_are_private(tmp_path: Path) -> None:
 
 
 # -- the mss command -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def mss(env, dev_pki):  # type: ignore[no-untyped-def]
-    runner = CliRunner()
-
-    def invoke(*args: str, input: str | None = None, ok: bool = True):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, list(args), input=input, env=env, catch_exceptions=False)
-        if ok:
-            assert result.exit_code == 0, (result.stdout, result.stderr)
-        return result
-
-    return invoke
 
 
 def test_cli_other_operators_and_identifiers(mss) -> None:  # type: ignore[no-untyped-def]

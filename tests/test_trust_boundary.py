@@ -49,7 +49,7 @@ from relay_support import (
     queue_id,
     transaction,
 )
-from web_support import BASE_URL, Person, csrf
+from web_support import BASE_URL, Person, client_maker, csrf
 from web_support import login as web_login
 
 READER = RECIPIENTS[0]
@@ -67,18 +67,16 @@ def stack(tmp_path):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def web(stack):  # type: ignore[no-untyped-def]
     """Makes browser-like clients of the web app on the stack's database."""
-    app = create_app(stack.rt)
-    made: list[TestClient] = []
+    yield from client_maker(create_app(stack.rt))
 
-    def make() -> TestClient:
-        client = TestClient(app, base_url=BASE_URL)
-        client.__enter__()
-        made.append(client)
-        return client
 
-    yield make
-    for client in reversed(made):
-        client.__exit__(None, None, None)
+def refused_auth(stack: Stack, address: str, password: str) -> tuple[int, bytes]:
+    """The reply to AUTH from a new SMTP session that is refused."""
+    client = connect(stack)
+    with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+        client.login(address, password)
+    client.close()
+    return refused.value.smtp_code, refused.value.smtp_error
 
 
 def person(stack: Stack, address: str) -> Person:
@@ -141,11 +139,7 @@ def test_directory_revocation_ends_every_door_at_once(stack, web) -> None:  # ty
     assert smtp.mail(SENDER) == code_of(replies.SENDER_REVOKED)
     smtp.close()
     # New logins at every door say why.
-    client = connect(stack)
-    with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
-        client.login(SENDER, stack.passwords[SENDER])
-    assert (refused.value.smtp_code, refused.value.smtp_error) == code_of(replies.AUTH_ENTRY_REVOKED)
-    client.close()
+    assert refused_auth(stack, SENDER, stack.passwords[SENDER]) == code_of(replies.AUTH_ENTRY_REVOKED)
     # The web session is gone: back to the login page, where the password says why.
     assert browser.get("/inbox", follow_redirects=False).status_code in {302, 303}
     page = browser.get("/login")
@@ -187,11 +181,7 @@ def test_compromised_key_is_never_used_again(stack, web) -> None:  # type: ignor
         certificates.revoke_for_address(session, stack.settings, SENDER, reason="keyCompromise", actor="test")
     assert smtp.mail(SENDER) == code_of(replies.SENDER_CERTIFICATE_REVOKED)
     smtp.close()
-    client = connect(stack)
-    with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
-        client.login(SENDER, stack.passwords[SENDER])
-    assert (refused.value.smtp_code, refused.value.smtp_error) == code_of(replies.AUTH_CERTIFICATE_REVOKED)
-    client.close()
+    assert refused_auth(stack, SENDER, stack.passwords[SENDER]) == code_of(replies.AUTH_CERTIFICATE_REVOKED)
     sender = person(stack, SENDER)
     assert api_login(web(), sender).json()["error"] == "certificate-revoked"
     with pytest.raises(CertificateRevoked):
@@ -204,17 +194,9 @@ def test_disabled_account_is_refused_at_its_next_mail(stack) -> None:  # type: i
         accounts.set_disabled(session, SENDER, True, actor="test")
     assert smtp.mail(SENDER) == code_of(replies.SENDER_DISABLED)
     smtp.close()
-    client = connect(stack)
-    with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
-        client.login(SENDER, stack.passwords[SENDER])
-    assert (refused.value.smtp_code, refused.value.smtp_error) == code_of(replies.AUTH_ACCOUNT_DISABLED)
-    client.close()
+    assert refused_auth(stack, SENDER, stack.passwords[SENDER]) == code_of(replies.AUTH_ACCOUNT_DISABLED)
     # A wrong password still learns nothing about the account.
-    client = connect(stack)
-    with pytest.raises(smtplib.SMTPAuthenticationError) as wrong:
-        client.login(SENDER, "not the password at all")
-    assert (wrong.value.smtp_code, wrong.value.smtp_error) == code_of(replies.AUTH_FAILED)
-    client.close()
+    assert refused_auth(stack, SENDER, "not the password at all") == code_of(replies.AUTH_FAILED)
 
 
 def test_mail_signed_before_revocation_says_both_facts(stack, web) -> None:  # type: ignore[no-untyped-def]
@@ -349,11 +331,7 @@ def test_expired_certificate_cannot_log_in(stack) -> None:  # type: ignore[no-un
         )
     with pytest.raises(CertificateExpired):
         accounts.authenticate(stack.rt.engine, stack.settings, SENDER, stack.passwords[SENDER], channel="cli")
-    client = connect(stack)
-    with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
-        client.login(SENDER, stack.passwords[SENDER])
-    assert (refused.value.smtp_code, refused.value.smtp_error) == code_of(replies.AUTH_CERTIFICATE_EXPIRED)
-    client.close()
+    assert refused_auth(stack, SENDER, stack.passwords[SENDER]) == code_of(replies.AUTH_CERTIFICATE_EXPIRED)
 
 
 # -- served domains ---------------------------------------------------------------------------

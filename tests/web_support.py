@@ -205,9 +205,9 @@ def app(rt, directory_loaded):  # type: ignore[no-untyped-def]
     return create_app(rt)
 
 
-@pytest.fixture
-def clients(app):  # type: ignore[no-untyped-def]
-    """Makes browser-like clients of the app (one cookie jar each), over HTTPS."""
+def client_maker(app):  # type: ignore[no-untyped-def]
+    """Yields a maker of browser-like clients of ``app`` (one cookie jar each), over HTTPS,
+    and closes them afterwards."""
     made = []
 
     def make() -> TestClient:
@@ -219,6 +219,12 @@ def clients(app):  # type: ignore[no-untyped-def]
     yield make
     for client in reversed(made):  # last in, first out: the clients share the app's portal
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def clients(app):  # type: ignore[no-untyped-def]
+    """Makes browser-like clients of the app (one cookie jar each), over HTTPS."""
+    yield from client_maker(app)
 
 
 @pytest.fixture

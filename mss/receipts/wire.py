@@ -27,20 +27,6 @@ from typing import Literal
 
 from mss.errors import DsnParameterError, ReceiptError
 
-__all__ = [
-    "DEFAULT_NOTIFY",
-    "DsnParameterError",
-    "Notify",
-    "NotifySpec",
-    "OriginalRecipient",
-    "ReceiptError",
-    "RecipientStatus",
-    "build_dsn",
-    "build_mdn",
-    "decode_xtext",
-    "parse_notify",
-    "wants_mdn",
-]
 
 
 # The policy of every message built here: CRLF line ends, as signed and as sent.

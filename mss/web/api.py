@@ -443,15 +443,7 @@ def _login(request: Request, data: LoginRequest) -> SessionOut:
         )
     except AuthError as exc:
         raise _refused(exc) from exc
-    token = open_session(
-        rt.engine,
-        address=unlocked.address,
-        channel=API,
-        stage=ACTIVE,
-        private_key_der=unlocked.private_key_der,
-        policy=web.policy,
-        past_keys_der=unlocked.past_keys_der,
-    )
+    token = open_session(rt.engine, account=unlocked, channel=API, stage=ACTIVE, policy=web.policy)
     return SessionOut(
         token=token.encode(),
         token_type="Bearer",

@@ -174,16 +174,7 @@ class AuthController(Controller):
         await run(end_session, rt.engine, session_token(request))
         confirmed = await run(accounts.totp_confirmed, rt.engine, unlocked.address)
         stage = TOTP if confirmed else ENROL
-        token = await run(
-            open_session,
-            rt.engine,
-            address=unlocked.address,
-            channel=WEB,
-            stage=stage,
-            private_key_der=unlocked.private_key_der,
-            policy=web.policy,
-            past_keys_der=unlocked.past_keys_der,
-        )
+        token = await run(open_session, rt.engine, account=unlocked, channel=WEB, stage=stage, policy=web.policy)
         response = redirect("/login/totp" if confirmed else "/login/enrol")
         set_session_cookie(response, token)
         return response

@@ -173,16 +173,10 @@ def _unseal(token: SessionToken, sealed: bytes) -> bytes:
 
 
 def open_session(
-    engine: Engine,
-    *,
-    address: str,
-    channel: str,
-    stage: str,
-    private_key_der: bytes,
-    policy: SessionPolicy,
-    past_keys_der: tuple[bytes, ...] = (),
+    engine: Engine, *, account: UnlockedAccount, channel: str, stage: str, policy: SessionPolicy
 ) -> SessionToken:
-    """Store a new session and return its token (shown to the client once)."""
+    """Store a new session of ``account`` (its keys sealed under the new token's key) and
+    return its token (shown to the client once)."""
     if channel not in {WEB, API} or stage not in STAGES:
         raise ValueError(f"bad session channel {channel!r} or stage {stage!r}")
     token = SessionToken.new()
@@ -192,11 +186,11 @@ def open_session(
         session.add(
             WebSession(
                 token_hash=token.token_hash,
-                address=address,
+                address=account.address,
                 channel=channel,
                 stage=stage,
-                key_sealed=_seal(token, private_key_der),
-                past_keys_sealed=_seal_past(token, past_keys_der),
+                key_sealed=_seal(token, account.private_key_der),
+                past_keys_sealed=_seal_past(token, account.past_keys_der),
                 created_at=now,
                 last_seen_at=now,
                 expires_at=now + lifetime,
