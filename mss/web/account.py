@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from litestar import Controller, Request, Response, get, post
+from litestar.di import Provide
 from litestar.params import URLEncodedBody
 
 from mss import accounts
@@ -13,8 +14,10 @@ from mss.db import session_scope
 from mss.errors import AuthError, BadCredentials, PasswordPolicyError
 from mss.runtime import Runtime
 from mss.web import i18n
-from mss.web.auth import current_session
+from mss.web.auth import active_session
 from mss.web.context import (
+    Rt,
+    Web,
     client_address,
     config,
     language,
@@ -25,7 +28,7 @@ from mss.web.context import (
     set_language_cookie,
     set_session_cookie,
 )
-from mss.web.sessions import ENROL, advance, end_other_sessions
+from mss.web.sessions import ENROL, Live, advance, end_other_sessions
 
 
 @dataclass
@@ -66,6 +69,7 @@ class AccountController(Controller):
     """Password, second factor and language."""
 
     include_in_schema = False
+    dependencies = {"live": Provide(active_session)}
 
     async def _page(
         self,
@@ -88,16 +92,13 @@ class AccountController(Controller):
         )
 
     @get("/account")
-    async def account(self, request: Request) -> Response:
+    async def account(self, request: Request, live: Live) -> Response:
         """The account page."""
-        live = await current_session(request)
         return await self._page(request, live.address)
 
     @post("/account/password")
-    async def password(self, request: Request, data: URLEncodedBody[PasswordChange]) -> Response:
+    async def password(self, request: Request, live: Live, rt: Rt, data: URLEncodedBody[PasswordChange]) -> Response:
         """Change the password (the key is re-wrapped); other sessions end."""
-        live = await current_session(request)
-        rt = config(request).rt
         t = language(request).gettext
         if data.new != data.confirm:
             return await self._page(
@@ -126,11 +127,8 @@ class AccountController(Controller):
         return await self._page(request, live.address, notice=t("Your password has been changed."))
 
     @post("/account/second-factor")
-    async def reset_second_factor(self, request: Request, data: URLEncodedBody[PasswordCheck]) -> Response:
+    async def reset_second_factor(self, request: Request, live: Live, rt: Rt, web: Web, data: URLEncodedBody[PasswordCheck]) -> Response:
         """After the password, replace the TOTP secret and enrol again."""
-        live = await current_session(request)
-        web = config(request)
-        rt = web.rt
         t = language(request).gettext
         try:
             await run(

@@ -8,8 +8,8 @@ beside it, so several web processes can serve the same database.
 from __future__ import annotations
 
 from litestar import Litestar, get
-from litestar.di import Provide
 from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin

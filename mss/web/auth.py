@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from litestar import Controller, Request, Response, get, post
+from litestar.di import Provide
 from litestar.exceptions import NotAuthorizedException
 from litestar.params import URLEncodedBody
 
@@ -26,8 +27,11 @@ from mss.errors import (
     NoSuchAccount,
     TooManyAttempts,
 )
+from mss.runtime import Runtime
 from mss.web import twofactor
 from mss.web.context import (
+    Rt,
+    Web,
     clear_session_cookie,
     client_address,
     config,
@@ -45,6 +49,7 @@ from mss.web.sessions import (
     ENROL,
     TOTP,
     WEB,
+    Live,
     LiveSession,
     SessionInvalid,
     advance,
@@ -104,6 +109,16 @@ async def active_session(request: Request) -> LiveSession:
     return await current_session(request, ACTIVE)
 
 
+async def totp_session(request: Request) -> LiveSession:
+    """The request's session waiting for its second factor. Raises LoginRequired."""
+    return await current_session(request, TOTP)
+
+
+async def enrol_session(request: Request) -> LiveSession:
+    """The request's session enrolling its authenticator. Raises LoginRequired."""
+    return await current_session(request, ENROL)
+
+
 async def optional_session(request: Request) -> LiveSession | None:
     """The request's active web session, or None."""
     try:
@@ -145,10 +160,8 @@ class AuthController(Controller):
         return render(request, "login.html", address="", error=None)
 
     @post("/login")
-    async def login(self, request: Request, data: URLEncodedBody[PasswordForm]) -> Response:
+    async def login(self, request: Request, rt: Rt, web: Web, data: URLEncodedBody[PasswordForm]) -> Response:
         """Check the password, open a pending session, go to the second factor."""
-        web = config(request)
-        rt = web.rt
         address = data.address.strip().lower()[:254]
         try:
             if not plausible_address(address):
@@ -179,18 +192,14 @@ class AuthController(Controller):
         set_session_cookie(response, token)
         return response
 
-    @get("/login/totp")
-    async def totp_page(self, request: Request) -> Response:
+    @get("/login/totp", dependencies={"live": Provide(totp_session)})
+    async def totp_page(self, request: Request, live: Live) -> Response:
         """The second-factor form."""
-        live = await current_session(request, TOTP)
         return render(request, "totp.html", address=live.address, error=None)
 
-    @post("/login/totp")
-    async def totp(self, request: Request, data: URLEncodedBody[CodeForm]) -> Response:
+    @post("/login/totp", dependencies={"live": Provide(totp_session)})
+    async def totp(self, request: Request, live: Live, rt: Rt, web: Web, data: URLEncodedBody[CodeForm]) -> Response:
         """Check a TOTP or recovery code; the session becomes active (new cookie)."""
-        live = await current_session(request, TOTP)
-        web = config(request)
-        rt = web.rt
         t = language(request).gettext
         try:
             await run(
@@ -218,16 +227,14 @@ class AuthController(Controller):
         set_session_cookie(response, token)
         return response
 
-    @get("/login/enrol")
-    async def enrol_page(self, request: Request) -> Response:
+    @get("/login/enrol", dependencies={"live": Provide(enrol_session)})
+    async def enrol_page(self, request: Request, live: Live, rt: Rt) -> Response:
         """The enrolment page: QR code and key."""
-        live = await current_session(request, ENROL)
-        return await self._enrol_form(request, live, error=None, status_code=200)
+        return await self._enrol_form(request, live, rt, error=None, status_code=200)
 
     async def _enrol_form(
-        self, request: Request, live: LiveSession, *, error: str | None, status_code: int
+        self, request: Request, live: LiveSession, rt: Runtime, *, error: str | None, status_code: int
     ) -> Response:
-        rt = config(request).rt
         t = language(request).gettext
         try:
             enrolment = await run(accounts.pending_enrolment, rt.engine, rt.settings, rt.master_key, live.address)
@@ -245,12 +252,9 @@ class AuthController(Controller):
             issuer=rt.settings.security.totp_issuer,
         )
 
-    @post("/login/enrol")
-    async def enrol(self, request: Request, data: URLEncodedBody[CodeForm]) -> Response:
+    @post("/login/enrol", dependencies={"live": Provide(enrol_session)})
+    async def enrol(self, request: Request, live: Live, rt: Rt, web: Web, data: URLEncodedBody[CodeForm]) -> Response:
         """Confirm enrolment with a first code; show the recovery codes once."""
-        live = await current_session(request, ENROL)
-        web = config(request)
-        rt = web.rt
         t = language(request).gettext
         code = "".join(data.code.split())
         try:
@@ -268,7 +272,7 @@ class AuthController(Controller):
             )
         except BadTotp:
             return await self._enrol_form(
-                request, live, error=t("The code is wrong, expired or already used."), status_code=401
+                request, live, rt, error=t("The code is wrong, expired or already used."), status_code=401
             )
         except AccountLocked:
             return await _locked_out(request, live)
@@ -280,9 +284,8 @@ class AuthController(Controller):
         return response
 
     @post("/logout")
-    async def logout(self, request: Request) -> Response:
+    async def logout(self, request: Request, rt: Rt) -> Response:
         """End the session on the server and forget the cookie."""
-        rt = config(request).rt
         token = session_token(request)
         live = await optional_session(request)
         await run(end_session, rt.engine, token)

@@ -16,9 +16,9 @@ from mss.errors import DirectoryError, RecipientHasNoCertificate
 from mss.runtime import Runtime
 from mss.web.auth import active_session
 from mss.web.context import Rt, render, run
-from mss.web.sessions import Live
 from mss.web.pages import content_disposition
 from mss.web.security import ATTACHMENT_CSP
+from mss.web.sessions import Live
 
 PEM_TYPE = "application/pem-certificate-chain"  # RFC 8555 9.1
 DER_TYPE = "application/pkix-cert"  # RFC 2585 4.1

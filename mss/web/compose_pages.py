@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import UploadFile
+from litestar.di import Provide
 from litestar.exceptions import NotFoundException
 
 from directory.search import search
@@ -16,10 +17,11 @@ from mss.errors import MssError
 from mss.mailbox import Draft, DraftInvalid, KeptAttachment, MessageNotFound, Upload
 from mss.mailbox.compose import split_addresses
 from mss.runtime import Runtime
-from mss.web.auth import current_session
-from mss.web.context import config, language, redirect, render, request_id, run
+from mss.web.auth import active_session
+from mss.web.context import Rt, language, redirect, render, request_id, run
 from mss.web.i18n import Language
 from mss.web.messages import error_text, problem_text, signature_text
+from mss.web.sessions import Live
 
 MAX_QUERY = 100
 
@@ -98,21 +100,19 @@ class ComposeController(Controller):
     """New message, reply, forward, and the directory look-up."""
 
     include_in_schema = False
+    dependencies = {"live": Provide(active_session)}
 
     @get("/directory")
-    async def directory(self, request: Request) -> dict:
+    async def directory(self, request: Request, live: Live, rt: Rt) -> dict:
         """Directory entries for the search-as-you-type field (JSON)."""
-        await current_session(request)
         query = (request.query_params.get("q") or "").strip()[:MAX_QUERY]
         if len(query) < 2:
             return {"items": [], "page": 1, "has_next": False}
-        return await run(directory_matches, config(request).rt, query)
+        return await run(directory_matches, rt, query)
 
     @get("/compose")
-    async def compose_page(self, request: Request) -> Response:
+    async def compose_page(self, request: Request, live: Live, rt: Rt) -> Response:
         """The compose form, empty or prefilled for a reply or a forward."""
-        live = await current_session(request)
-        rt = config(request).rt
         lang = language(request)
         state = FormState()
         params = request.query_params
@@ -140,10 +140,8 @@ class ComposeController(Controller):
         return render(request, "compose.html", user=live.address, state=state, errors={}, general=None)
 
     @post("/compose")
-    async def send(self, request: Request) -> Response:
+    async def send(self, request: Request, live: Live, rt: Rt) -> Response:
         """Send the form's message through the pipeline; form errors otherwise."""
-        live = await current_session(request)
-        rt = config(request).rt
         lang = language(request)
         form = await request.form()
         to = list(split_addresses(" ".join([*form.getall("to", []), form.get("to_text") or ""])))

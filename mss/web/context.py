@@ -30,7 +30,6 @@ from mss.web.sessions import SessionPolicy, SessionToken, csrf_token_for
 
 # What handlers are given by injection (see ``create_app`` and the controllers).
 Rt = NamedDependency[Runtime]
-Web = NamedDependency["WebConfig"]
 
 SESSION_COOKIE = "__Host-mss"
 PRE_COOKIE = "__Host-mss-pre"
@@ -46,6 +45,9 @@ class WebConfig:
     rt: Runtime
     policy: SessionPolicy
     languages: dict[str, i18n.Language]
+
+
+Web = NamedDependency[WebConfig]
 
 
 def config(request: Request) -> WebConfig:

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import nacl.exceptions
-from litestar.di import NamedDependency
 import nacl.secret
 from cryptography import x509
+from litestar.di import NamedDependency
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
