@@ -17,6 +17,7 @@ import io
 import re
 import zipfile
 from dataclasses import dataclass, field, replace
+from typing import Any
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -404,7 +405,7 @@ def list_folder(
         if tokens is not None:
             # One set operation over the token index, not one IN probe per term and row.
             matches = [index.matching(tokens, term) for term in terms]
-            conditions.append(MailboxItem.id.in_(matches[0] if len(matches) == 1 else intersect(*matches)))
+            conditions.append(MailboxItem.id.in_(matches[0] if len(matches) == 1 else _intersection(matches)))
         query = select(MailboxItem, Message).join(Message, Message.id == MailboxItem.message_id)
         count = select(func.count()).select_from(MailboxItem)  # the mailbox rows alone
         if filters.sender:
@@ -503,6 +504,11 @@ def _progress(session: Session, message_ids: list[int]) -> dict[int, Progress]:
         mid: Progress(len(v["all"]), len(v["delivered"]), len(v["failed"]), len(v["processed"]), len(v["displayed"]))
         for mid, v in found.items()
     }
+
+
+def _intersection(queries: list[Any]) -> Any:
+    """The rows every one of ``queries`` selects (SQL INTERSECT)."""
+    return intersect(*queries)
 
 
 # -- opening -----------------------------------------------------------------------------
