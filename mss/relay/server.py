@@ -86,7 +86,7 @@ async def start_listener(rt: Runtime, *, host: str, port: int) -> Listener:
 
     Raises ConfigError (TLS material) and OSError (the address cannot be bound).
     """
-    registry = SessionRegistry(rt.settings.relay.max_sessions)
+    registry = SessionRegistry(rt.settings.relay.max_sessions, rt.settings.relay.max_sessions_per_client)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(smtp_factory(rt, registry), host=host, port=port, reuse_address=True)
     listener = Listener(server, registry)
