@@ -17,15 +17,19 @@ from typing import TYPE_CHECKING, Final
 from mss import audit, pipeline
 from mss.db import session_scope
 from mss.errors import (
+    BareCarriageReturn,
     DocumentError,
     DomainNotServed,
     FromHeaderMismatch,
     MalformedMessage,
+    MalformedOriginator,
     MessageTooLarge,
+    MimeTooComplex,
     MssError,
     NotEncryptedForRecipients,
     PolicyError,
     RecipientHasNoCertificate,
+    RepeatedHeaderField,
     RevokedAddress,
     SenderMismatch,
     TooManyRecipients,
@@ -48,6 +52,13 @@ _RECIPIENT_REFUSALS: Final[tuple[tuple[type[MssError], str, str], ...]] = (
     (RevokedAddress, replies.REVOKED_RECIPIENT, "revoked-address"),
     (RecipientHasNoCertificate, replies.RECIPIENT_NO_CERTIFICATE, "no-certificate"),
 )
+_MALFORMED_REFUSALS: Final[tuple[tuple[type[MalformedMessage], str], ...]] = (
+    (BareCarriageReturn, replies.BARE_CR_IN_MESSAGE),
+    (MimeTooComplex, replies.MIME_TOO_COMPLEX),
+    (RepeatedHeaderField, replies.REPEATED_HEADER_FIELD),
+    (MalformedOriginator, replies.MALFORMED_ORIGINATOR),
+    (MalformedMessage, replies.MALFORMED_MESSAGE),
+)
 _SUBMISSION_REFUSALS: Final[tuple[tuple[type[MssError], str], ...]] = (
     (FromHeaderMismatch, replies.FROM_HEADER_MISMATCH),
     (MessageTooLarge, replies.MESSAGE_TOO_LARGE),
@@ -66,7 +77,8 @@ def submission_refusal(error: MssError) -> str | None:
     answers ``451`` and logs it.
     """
     if isinstance(error, MalformedMessage):
-        return replies.with_detail(replies.MALFORMED_MESSAGE, error.message)
+        reply = next(reply for cls, reply in _MALFORMED_REFUSALS if isinstance(error, cls))
+        return replies.with_detail(reply, error.message)
     if isinstance(error, DocumentError):
         # mss.documents refusals carry their own reply code and RFC 3463 status.
         return replies.document_refused(

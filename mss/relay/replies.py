@@ -129,6 +129,11 @@ QUEUED: Final = "250 2.0.0 Ok: queued as {queue_id}"
 FROM_HEADER_MISMATCH: Final = "550 5.7.1 From: header is not the authenticated account"
 # X.6.0 "Other or undefined media error": not parseable MIME, or RFC 5322 fields missing.
 MALFORMED_MESSAGE: Final = "554 5.6.0 Malformed message"
+# Permanent defects of the message itself, each named: a retry would send the same bytes.
+BARE_CR_IN_MESSAGE: Final = "554 5.6.0 CR outside a CRLF line end (RFC 5322 section 2.3)"
+MIME_TOO_COMPLEX: Final = "554 5.6.0 MIME structure too deep or too large"
+REPEATED_HEADER_FIELD: Final = "554 5.6.0 Header field allowed once appears more than once (RFC 5322 section 3.6)"
+MALFORMED_ORIGINATOR: Final = "554 5.6.0 From: and Sender: must each be one well-formed mailbox (RFC 5322 section 3.6.2)"
 # X.7.5 "Cryptographic failure": a client-encrypted message whose envelope holds no key for
 # some recipient; they could never decrypt it. X.7.4 ("Security features not supported")
 # would wrongly say that S/MIME itself is not supported here.
