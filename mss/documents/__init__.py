@@ -35,13 +35,15 @@ from mss.documents.detect import (
     DocumentLimits,
     DocumentRefused,
     DocumentTooLarge,
+    DocumentTooComplex,
     DocumentTypeMismatch,
     ForbiddenDocumentType,
     MalformedDocument,
+    PolyglotDocument,
     UnsafeDocument,
     inspect_attachment,
 )
-from mss.documents.pdf import ActivePdfContent, EncryptedPdf, InvalidPdf, PdfInfo, check_pdf
+from mss.documents.pdf import ActivePdfContent, EncryptedPdf, InvalidPdf, PdfInfo, PdfTooComplex, check_pdf
 from mss.documents.xdm import (
     ArchiveBomb,
     ArchiveEncrypted,
@@ -74,6 +76,7 @@ __all__ = [
     "DocumentCheckError",
     "DocumentLimits",
     "DocumentRefused",
+    "DocumentTooComplex",
     "DocumentTooLarge",
     "DocumentTypeMismatch",
     "EmbeddedMedia",
@@ -94,7 +97,9 @@ __all__ = [
     "Organisation",
     "Patient",
     "PdfInfo",
+    "PdfTooComplex",
     "PersonName",
+    "PolyglotDocument",
     "Section",
     "UnsafeDocument",
     "WrongCdaNamespace",

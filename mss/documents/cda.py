@@ -29,6 +29,7 @@ from lxml import etree
 from mss.documents.detect import (
     DocumentCheckError,
     DocumentLimits,
+    DocumentTooComplex,
     MalformedDocument,
     UnsafeDocument,
     display_name,
@@ -81,8 +82,9 @@ class XmlDoctypeForbidden(UnsafeDocument):
     code = "xml-doctype"
 
 
-class XmlTooComplex(MalformedDocument):
-    """The XML nests too deep or holds a text node beyond the parser's bound."""
+class XmlTooComplex(DocumentTooComplex):
+    """The XML nests too deep, holds too many elements, attributes on one element or
+    narrative text, or a text node beyond the parser's bound."""
 
     code = "xml-limits"
 
@@ -121,15 +123,25 @@ def _parser() -> etree.XMLParser:
     )
 
 
-def _depth(root: etree._Element) -> int:
-    depth = deepest = 0
-    for event, _ in etree.iterwalk(root, events=("start", "end")):
-        if event == "start":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
+def _check_shape(filename: str, root: etree._Element, limits: DocumentLimits) -> None:
+    """Refuse a tree beyond the limits, in one pass that costs no more than the parse did.
+
+    Attributes are counted, never listed: lxml lists the attributes of one element in time
+    quadratic in their number.
+    """
+    depth = elements = 0
+    for event, element in etree.iterwalk(root, events=("start", "end")):
+        if event == "end":
             depth -= 1
-    return deepest
+            continue
+        depth += 1
+        elements += 1
+        if depth > limits.max_xml_depth:
+            raise XmlTooComplex(filename, f"nests elements deeper than {limits.max_xml_depth} levels")
+        if elements > limits.max_xml_elements:
+            raise XmlTooComplex(filename, f"holds more than {limits.max_xml_elements} elements")
+        if len(element.attrib) > limits.max_xml_attributes:
+            raise XmlTooComplex(filename, f"has an element with more than {limits.max_xml_attributes} attributes")
 
 
 def parse_xml(data: bytes, *, filename: str, limits: DocumentLimits) -> etree._Element:
@@ -137,7 +149,8 @@ def parse_xml(data: bytes, *, filename: str, limits: DocumentLimits) -> etree._E
 
     Raises ``XmlDoctypeForbidden`` for any DOCTYPE or entity declaration (checked in the raw
     bytes before parsing and again on the parsed tree), ``InvalidXml`` when not well-formed,
-    ``XmlTooComplex`` beyond ``limits.max_xml_depth`` or the parser's text node bound.
+    ``XmlTooComplex`` beyond ``limits`` (depth, elements, attributes on one element) or the
+    parser's text node bound.
     """
     # Refused before libxml2 sees it: no DTD is ever processed, not even the internal subset.
     if any(marker in data for marker in _DOCTYPE_MARKERS):
@@ -159,8 +172,7 @@ def parse_xml(data: bytes, *, filename: str, limits: DocumentLimits) -> etree._E
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
         # Only reachable with an encoding the byte scan above does not read (UTF-32, EBCDIC).
         raise XmlDoctypeForbidden(filename, "contains a DOCTYPE declaration, which is not allowed in XML documents")
-    if _depth(root) > limits.max_xml_depth:
-        raise XmlTooComplex(filename, f"nests elements deeper than {limits.max_xml_depth} levels")
+    _check_shape(filename, root, limits)
     return root
 
 
@@ -539,13 +551,29 @@ _NARRATIVE_ATTRIBUTES = frozenset(
         "referencedObject",
     }
 )  # fmt: skip
+_NARRATIVE_ATTRIBUTE_ORDER = tuple(sorted(_NARRATIVE_ATTRIBUTES))
 _SAFE_HREF = re.compile(r"^(#[\w.:-]*|https?://[^\s\"'<>]+|mailto:[^\s\"'<>]+)$", re.IGNORECASE)
 
 
 _STRUCTURAL_TAGS = frozenset({"table", "thead", "tbody", "tfoot", "tr", "list", "colgroup"})
 
 
-def _narrative(el: etree._Element) -> NarrativeNode:
+class _TextBudget:
+    """Characters of narrative text still allowed in one document."""
+
+    def __init__(self, filename: str, limit: int) -> None:
+        self.filename = filename
+        self.limit = limit
+        self.left = limit
+
+    def spend(self, text: str) -> str:
+        self.left -= len(text)
+        if self.left < 0:
+            raise XmlTooComplex(self.filename, f"holds more than {self.limit} characters of narrative text")
+        return text
+
+
+def _narrative(el: etree._Element, budget: _TextBudget) -> NarrativeNode:
     tag = etree.QName(el).localname
     children: list[NarrativeNode | str] = []
 
@@ -558,34 +586,33 @@ def _narrative(el: etree._Element) -> NarrativeNode:
             if tag in _STRUCTURAL_TAGS:
                 return
             text = " "
-        children.append(text)
+        children.append(budget.spend(text))
 
     add_text(el.text)
     for child in el:
         if isinstance(child.tag, str):
             qname = etree.QName(child)
             if qname.namespace == HL7 and qname.localname in _NARRATIVE_TAGS:
-                children.append(_narrative(child))
+                children.append(_narrative(child, budget))
             else:
                 # Foreign or unknown markup: keep the words, drop the element.
                 add_text("".join(child.itertext()))
         add_text(child.tail)
-    attributes = []
-    for name, value in el.attrib.items():
-        if name in _NARRATIVE_ATTRIBUTES:
-            attributes.append((name, value))
-        elif name == "href" and _SAFE_HREF.match(value.strip()):
-            attributes.append((name, value.strip()))
+    # Looked up by name, never listed (parse_xml bounded their number anyway).
+    attributes = [(name, value) for name in _NARRATIVE_ATTRIBUTE_ORDER if (value := el.get(name)) is not None]
+    href = el.get("href")
+    if href is not None and _SAFE_HREF.match(href.strip()):
+        attributes.append(("href", href.strip()))
     return NarrativeNode(tag=tag, attributes=tuple(attributes), children=tuple(children))
 
 
-def _section(el: etree._Element) -> Section:
+def _section(el: etree._Element, budget: _TextBudget) -> Section:
     text = el.find(_h("text"))
     return Section(
         title=_text_of(el.find(_h("title"))),
         code=_code(el.find(_h("code"))),
-        text=_narrative(text) if text is not None else None,
-        sections=tuple(_section(sub) for sub in el.findall(_h("component", "section"))),
+        text=_narrative(text, budget) if text is not None else None,
+        sections=tuple(_section(sub, budget) for sub in el.findall(_h("component", "section"))),
     )
 
 
@@ -687,7 +714,8 @@ def parse_cda(data: bytes, *, filename: str, limits: DocumentLimits) -> CdaInfo:
     media: list[EmbeddedMedia] = []
     non_xml_body = None
     if structured is not None:
-        sections = tuple(_section(el) for el in structured.findall(_h("component", "section")))
+        budget = _TextBudget(filename, limits.max_narrative_text)
+        sections = tuple(_section(el, budget) for el in structured.findall(_h("component", "section")))
         for el in structured.iter(f"{{{HL7}}}value", f"{{{HL7}}}text"):
             if el.get("representation") == "B64":
                 parent = el.getparent()
