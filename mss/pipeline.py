@@ -22,7 +22,7 @@ from mss import receipts, store
 from mss.accounts import UnlockedAccount
 from mss.crypto import smime
 from mss.db import session_scope, utcnow
-from mss.documents import CdaInfo, Document, DocumentLimits, inspect_attachment, message_header_values
+from mss.documents import CdaInfo, Document, DocumentLimits, message_header_values, workers
 from mss.errors import (
     BareCarriageReturn,
     DirectoryError,
@@ -222,7 +222,8 @@ def _inspect_documents(message: EmailMessage, limits: DocumentLimits) -> list[Do
             raise MalformedMessage(f"a part of the message cannot be decoded ({exc.__class__.__name__})") from exc
         if content_type in BODY_TYPES and not filename and disposition != "attachment":
             continue
-        found.append(inspect_attachment(filename or "(unnamed part)", content_type, data, limits=limits))
+        # In a worker process, within the deadline: see mss.documents.workers.
+        found.append(workers.inspect_attachment(filename or "(unnamed part)", content_type, data, limits=limits))
     return found
 
 

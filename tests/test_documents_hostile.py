@@ -4,6 +4,7 @@ graph, and XML shaped to make its checks slow. Each is refused with a permanent 
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -21,12 +22,14 @@ from pypdf.generic import (
 from mss.documents import (
     ActivePdfContent,
     DocumentLimits,
+    DocumentTooComplex,
     PdfTooComplex,
     PolyglotDocument,
     XmlTooComplex,
     check_pdf,
     inspect_attachment,
     parse_cda,
+    workers,
 )
 
 from test_documents_cda import MINIMAL, non_xml_body
@@ -240,3 +243,40 @@ def test_element_count_and_narrative_text_are_bounded() -> None:
     )
     with pytest.raises(XmlTooComplex, match="narrative text"):
         parse_cda(wordy, filename="cr.xml", limits=DocumentLimits(max_narrative_text=100_000))
+
+
+# -- checks in worker processes ------------------------------------------------------------
+
+
+def slow_cda(elements: int) -> bytes:
+    """A CDA whose narrative holds ``elements`` line breaks (300,000 take seconds to read)."""
+    return MINIMAL.replace(
+        b"<structuredBody/>",
+        b"<structuredBody><component><section><text>" + b"<br/>" * elements + b"</text></section></component>"
+        b"</structuredBody>",
+    )
+
+
+def test_a_check_past_its_deadline_is_stopped_and_refused() -> None:
+    limits = DocumentLimits(max_xml_elements=10_000_000, max_check_seconds=0.2)
+    with pytest.raises(DocumentTooComplex, match="longer than 0.2 seconds") as caught:
+        workers.inspect_attachment("lent.xml", "text/xml", slow_cda(300_000), limits=limits)
+    assert (caught.value.smtp_code, caught.value.enhanced_status) == (554, "5.6.0")
+    # The stopped worker was replaced: the next checks run.
+    assert workers.parse_cda(MINIMAL, filename="cr.xml", limits=limits).type_code.code == "11490-0"
+
+
+def test_refusals_cross_back_from_the_worker_as_they_are() -> None:
+    with pytest.raises(XmlTooComplex) as caught:
+        workers.inspect_attachment("cr.xml", "text/xml", with_attributes(40_000), limits=LIMITS)
+    assert caught.value.filename == "cr.xml" and caught.value.code == "xml-limits"
+    with pytest.raises(PolyglotDocument):
+        workers.inspect_attachment("a.pdf", "application/pdf", b"<html>\n" + make_pdf(), limits=LIMITS)
+    document = workers.inspect_attachment("a.pdf", "application/pdf", make_pdf(3), limits=LIMITS)
+    assert document.pdf is not None and document.pdf.pages == 3
+
+
+def test_a_worker_that_dies_refuses_its_document() -> None:
+    with pytest.raises(DocumentTooComplex, match="stopped the program"):
+        workers._in_worker(os._exit, (70,), {}, "crash.pdf", LIMITS)
+    assert workers.inspect_attachment("a.pdf", "application/pdf", make_pdf(), limits=LIMITS).kind == "pdf"

@@ -18,7 +18,7 @@ from directory.certificates import current_certificate
 from mss import accounts
 from mss.crypto import keys, smime
 from mss.db import session_scope
-from mss.documents import ArchiveBomb, ForbiddenDocumentType, XmlDoctypeForbidden
+from mss.documents import ArchiveBomb, ForbiddenDocumentType, XmlDoctypeForbidden, XmlTooComplex
 from mss.models import MailboxItem, Message
 from mss.relay import replies
 from mss.relay.protocol import MAX_HEADER_FIELDS
@@ -294,3 +294,32 @@ def test_a_few_levels_of_nesting_pass(relay_stack: Stack) -> None:
     client = login(relay_stack)
     assert transaction(client, SENDER, RECIPIENTS[:1], nested_multiparts(8))[-1][0] == 250
     client.quit()
+
+
+def test_hostile_documents_are_refused_while_ordinary_mail_goes_through(relay_stack: Stack) -> None:
+    """Six sessions send a CDA with 40,000 attributes on one element (it once held the
+    service for 10 s each) while a seventh sends an ordinary referral."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_documents_hostile import with_attributes
+
+    hostile = message(SENDER, RECIPIENTS[:1], [("cr.xml", "text/xml", with_attributes(40_000))])
+    before = relay_stack.counts()
+
+    def send(raw: bytes) -> tuple[int, bytes]:
+        client = login(relay_stack)
+        try:
+            return transaction(client, SENDER, RECIPIENTS[:1], raw)[-1]
+        finally:
+            client.quit()
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        pending = [pool.submit(send, hostile) for _ in range(6)]
+        ordinary = send(referral(recipients=RECIPIENTS[:1]))
+        refusals = [future.result() for future in pending]
+    assert ordinary[0] == 250, ordinary
+    for code, text in refusals:
+        assert (code, text[:5]) == (XmlTooComplex.smtp_code, XmlTooComplex.enhanced_status.encode())
+        assert b"cr.xml has an element with more than" in text
+    assert relay_stack.counts()[0] == before[0] + 1
+    still_serving(relay_stack, relay_stack.counts())

@@ -2,7 +2,8 @@
 
 The relay and the web hand every attachment to ``inspect_attachment`` before anything is
 signed or stored. ``detect`` decides the kind and owns the shared refusals and limits;
-``pdf``, ``cda`` and ``xdm`` check their kind and read its metadata.
+``pdf``, ``cda`` and ``xdm`` check their kind and read its metadata. The services call them
+through ``workers``, which runs them in worker processes within a deadline.
 """
 
 from mss.documents.cda import (
@@ -25,6 +26,7 @@ from mss.documents.cda import (
     XmlTooComplex,
     cda_header_values,
     ins_qualified,
+    level_one_pdf,
     message_header_values,
     parse_cda,
     parse_xml,
@@ -113,6 +115,7 @@ __all__ = [
     "cda_header_values",
     "check_pdf",
     "ins_qualified",
+    "level_one_pdf",
     "inspect_attachment",
     "message_header_values",
     "parse_cda",

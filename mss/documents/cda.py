@@ -753,6 +753,26 @@ def parse_cda(data: bytes, *, filename: str, limits: DocumentLimits) -> CdaInfo:
     )
 
 
+def level_one_pdf(data: bytes, *, filename: str, limits: DocumentLimits) -> bytes | None:
+    """The PDF a level-1 CDA carries as its body (``nonXMLBody``), checked like an attached
+    PDF; None when the document has no such body. Raises what ``parse_xml`` and
+    ``check_pdf`` raise, and ``InvalidCda`` for bad base64."""
+    root = parse_xml(data, filename=filename, limits=limits)
+    for body in root.iter(f"{{{HL7}}}nonXMLBody"):
+        text = body.find(f"{{{HL7}}}text")
+        if text is None or text.get("representation") != "B64":
+            continue
+        if (text.get("mediaType") or "").strip().lower() != "application/pdf":
+            continue
+        try:
+            pdf = base64.b64decode("".join((text.text or "").split()), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidCda(filename, "is not a valid CDA R2 document: an embedded file is not valid base64") from exc
+        check_pdf(filename, pdf, limits=limits)
+        return pdf
+    return None
+
+
 # -- MSSanté headers ---------------------------------------------------------------------
 
 

@@ -11,8 +11,6 @@ between them, never while a write lock is held.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import re
 import zipfile
@@ -29,10 +27,8 @@ from directory.models import DirectoryEntry
 from mss import audit, store
 from mss.accounts import UnlockedAccount
 from mss.db import session_scope
-from mss.documents import DocumentLimits, parse_cda, parse_xml
-from mss.documents.cda import HL7, InvalidCda
-from mss.documents.pdf import check_pdf
-from mss.documents.xdm import XdmInfo, parse_xdm
+from mss.documents import DocumentLimits, workers
+from mss.documents.xdm import XdmInfo
 from mss.errors import CryptoError, DecryptionError, DocumentError, MssError
 from mss.mailbox import index
 from mss.mailbox.content import (
@@ -624,9 +620,9 @@ def document_facts(rt: Runtime, attachments: tuple[Attachment, ...]) -> tuple[se
         kinds.add(attachment.kind)
         try:
             if attachment.kind == "cda":
-                infos = [parse_cda(attachment.data, filename=attachment.filename, limits=limits)]
+                infos = [workers.parse_cda(attachment.data, filename=attachment.filename, limits=limits)]
             elif attachment.kind == "xdm":
-                infos = list(parse_xdm(attachment.data, limits=limits, filename=attachment.filename).cdas)
+                infos = list(workers.parse_xdm(attachment.data, limits=limits, filename=attachment.filename).cdas)
                 if infos:
                     kinds.add("cda")
             else:
@@ -738,7 +734,7 @@ def open_attachment(
 
 def xdm_entries(rt: Runtime, attachment: Attachment) -> tuple[XdmInfo, tuple[XdmEntry, ...]]:
     """The documents listed in an IHE_XDM.ZIP attachment. Raises DocumentError."""
-    info = parse_xdm(attachment.data, limits=limits_of(rt), filename=attachment.filename)
+    info = workers.parse_xdm(attachment.data, limits=limits_of(rt), filename=attachment.filename)
     entries = tuple(
         XdmEntry(
             index=i,
@@ -770,20 +766,7 @@ def xdm_document(rt: Runtime, attachment: Attachment, document_index: int) -> tu
 def embedded_pdf(rt: Runtime, data: bytes, filename: str) -> bytes | None:
     """The PDF a level-1 CDA carries as its body (``nonXMLBody``), checked like an attached
     PDF; None when the document has no such body. Raises DocumentError."""
-    root = parse_xml(data, filename=filename, limits=limits_of(rt))
-    for body in root.iter(f"{{{HL7}}}nonXMLBody"):
-        text = body.find(f"{{{HL7}}}text")
-        if text is None or text.get("representation") != "B64":
-            continue
-        if (text.get("mediaType") or "").strip().lower() != "application/pdf":
-            continue
-        try:
-            pdf = base64.b64decode("".join((text.text or "").split()), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidCda(filename, "is not a valid CDA R2 document: an embedded file is not valid base64") from exc
-        check_pdf(filename, pdf, limits=limits_of(rt))
-        return pdf
-    return None
+    return workers.level_one_pdf(data, filename=filename, limits=limits_of(rt))
 
 
 # -- marks and folders -------------------------------------------------------------------
