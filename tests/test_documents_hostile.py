@@ -280,3 +280,19 @@ def test_a_worker_that_dies_refuses_its_document() -> None:
     with pytest.raises(DocumentTooComplex, match="stopped the program"):
         workers._in_worker(os._exit, (70,), {}, "crash.pdf", LIMITS)
     assert workers.inspect_attachment("a.pdf", "application/pdf", make_pdf(), limits=LIMITS).kind == "pdf"
+
+
+def test_damaged_deflate_stream_in_a_package_is_an_invalid_archive() -> None:
+    from relay_support import xdm_bytes
+
+    from mss.documents import InvalidArchive
+
+    data = bytearray(xdm_bytes())
+    header = data.index(b"IHE_XDM/SUBSET01/DOC0001.XML") - 30  # its local file header
+    assert data[header : header + 4] == b"PK\x03\x04"
+    name_length = int.from_bytes(data[header + 26 : header + 28], "little")
+    extra_length = int.from_bytes(data[header + 28 : header + 30], "little")
+    start = header + 30 + name_length + extra_length
+    data[start : start + 8] = b"\xff" * 8  # a deflate block of the reserved type
+    with pytest.raises(InvalidArchive, match="cannot be read"):
+        inspect_attachment("IHE_XDM.ZIP", "application/zip", bytes(data), limits=LIMITS)
