@@ -165,6 +165,7 @@ def _parse(raw: bytes) -> EmailMessage:
             raise MimeTooComplex(f"its MIME parts nest deeper than {MAX_MIME_DEPTH} levels")
         if parts > MAX_MIME_PARTS:
             raise MimeTooComplex(f"it has more than {MAX_MIME_PARTS} MIME parts")
+        _check_header_values(part)
         for defect in part.defects:
             if isinstance(defect, FATAL_DEFECTS):
                 raise MalformedMessage(f"malformed MIME: {defect.__class__.__name__.removesuffix('Defect')}")
@@ -176,6 +177,17 @@ def _parse(raw: bytes) -> EmailMessage:
         if count > 1:
             raise RepeatedHeaderField(f"{name}: appears {count} times")
     return message  # type: ignore[return-value]
+
+
+def _check_header_values(part: EmailMessage) -> None:
+    """Every header field of ``part`` parsed once, here: the email package's structured
+    parsers fail on some malformed values (``Message-ID: <a@``, ``To: "``) with IndexError,
+    which every later read would meet. Raises MalformedMessage naming the field."""
+    for name in part.keys():
+        try:
+            part.get_all(name)
+        except (ValueError, IndexError, TypeError, AttributeError, LookupError) as exc:
+            raise MalformedMessage(f"the {name[:40]}: header field is malformed") from exc
 
 
 def _one_mailbox(message: EmailMessage, name: str) -> str:

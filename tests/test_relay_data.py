@@ -255,9 +255,11 @@ ORIGINAL_FROM = b"From: " + SENDER.encode()
         (ORIGINAL_FROM + b"\r\nTo: " + SPOOFED, replies.REPEATED_HEADER_FIELD),
         (ORIGINAL_FROM + b"\r\nDate: Mon, 1 Jan 2024 08:00:00 +0100\r\nDate: Tue, 2 Jan 2024 08:00:00 +0100",
          replies.REPEATED_HEADER_FIELD),
+        # Values the email package's parsers fail on (found by tests/test_fuzz.py).
+        (ORIGINAL_FROM + b"\r\nIn-Reply-To: <a@b>\r\nX-Note: x\r\nCc: \"", replies.MALFORMED_MESSAGE),
     ],
     ids=["two-from", "two-from-bare-lf", "two-from-case", "angle-then-address", "two-mailboxes", "group",
-         "sender-two-mailboxes", "two-senders", "obsolete-from", "two-to", "two-dates"],
+         "sender-two-mailboxes", "two-senders", "obsolete-from", "two-to", "two-dates", "unparseable-cc"],
 )
 def test_originator_and_once_fields_mean_one_thing(relay_stack: Stack, new_from: bytes, reply: str) -> None:
     raw = with_header_lines(message(SENDER, RECIPIENTS), ORIGINAL_FROM, new_from)
@@ -282,8 +284,10 @@ def nested_multiparts(levels: int) -> bytes:
         (message(SENDER, RECIPIENTS).replace(b"Subject: Lettre de liaison\r\n", b"Subject: Lettre de liaison\r\r\n", 1),
          replies.BARE_CR_IN_MESSAGE),
         (message(SENDER, RECIPIENTS).replace(b"Bonjour,", b"Bonjour,\r.\rsuite", 1), replies.BARE_CR_IN_MESSAGE),
+        (message(SENDER, RECIPIENTS, message_id="<x@client.test>").replace(b"<x@client.test>", b"<fuzz@"),
+         replies.MALFORMED_MESSAGE),
     ],
-    ids=["nested-1000", "nested-40", "bare-cr-header", "cr-cr-lf", "cr-dot-cr"],
+    ids=["nested-1000", "nested-40", "bare-cr-header", "cr-cr-lf", "cr-dot-cr", "truncated-message-id"],
 )
 def test_permanent_defects_get_permanent_replies(relay_stack: Stack, raw: bytes, reply: str) -> None:
     code, text = refused(relay_stack, raw)
