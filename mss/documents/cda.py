@@ -551,7 +551,7 @@ _NARRATIVE_ATTRIBUTES = frozenset(
         "referencedObject",
     }
 )  # fmt: skip
-_NARRATIVE_ATTRIBUTE_ORDER = tuple(sorted(_NARRATIVE_ATTRIBUTES))
+_NARRATIVE_QNAMES = frozenset(f"{{{HL7}}}{name}" for name in _NARRATIVE_TAGS)
 _SAFE_HREF = re.compile(r"^(#[\w.:-]*|https?://[^\s\"'<>]+|mailto:[^\s\"'<>]+)$", re.IGNORECASE)
 
 
@@ -573,8 +573,14 @@ class _TextBudget:
         return text
 
 
+def _local_name(tag: str) -> str:
+    return tag[tag.index("}") + 1 :] if tag.startswith("{") else tag
+
+
 def _narrative(el: etree._Element, budget: _TextBudget) -> NarrativeNode:
-    tag = etree.QName(el).localname
+    # Called once per element of every narrative block: tags are compared as strings and
+    # attributes looked up by name only when present (their number is bounded by parse_xml).
+    tag = _local_name(el.tag)
     children: list[NarrativeNode | str] = []
 
     def add_text(text: str | None) -> None:
@@ -590,19 +596,22 @@ def _narrative(el: etree._Element, budget: _TextBudget) -> NarrativeNode:
 
     add_text(el.text)
     for child in el:
-        if isinstance(child.tag, str):
-            qname = etree.QName(child)
-            if qname.namespace == HL7 and qname.localname in _NARRATIVE_TAGS:
+        child_tag = child.tag
+        if isinstance(child_tag, str):
+            if child_tag in _NARRATIVE_QNAMES:
                 children.append(_narrative(child, budget))
             else:
                 # Foreign or unknown markup: keep the words, drop the element.
                 add_text("".join(child.itertext()))
         add_text(child.tail)
-    # Looked up by name, never listed (parse_xml bounded their number anyway).
-    attributes = [(name, value) for name in _NARRATIVE_ATTRIBUTE_ORDER if (value := el.get(name)) is not None]
-    href = el.get("href")
-    if href is not None and _SAFE_HREF.match(href.strip()):
-        attributes.append(("href", href.strip()))
+    attributes = []
+    for name in el.keys():
+        if name in _NARRATIVE_ATTRIBUTES:
+            attributes.append((name, el.get(name)))
+        elif name == "href":
+            href = el.get(name).strip()
+            if _SAFE_HREF.match(href):
+                attributes.append((name, href))
     return NarrativeNode(tag=tag, attributes=tuple(attributes), children=tuple(children))
 
 
