@@ -1,10 +1,11 @@
 """An ordinary message's latency while hostile documents are being checked, against an idle relay.
 
 The relay runs as its own process (``python -m mss.relay``, default settings) with the demo
-directory. One aiosmtplib session sends ordinary referrals (a short letter and a 10 KB PDF)
-one after the other and times each from MAIL to the ``250``. Each repetition times a batch
-on the idle relay, then a batch while hostile sessions (6 by default) send, in a loop,
-messages that carry a hostile document:
+directory. One aiosmtplib session, logged in as one demo physician, sends ordinary
+referrals (a short letter and a 10 KB PDF) one after the other and times each from MAIL to
+the ``250``. Each repetition times a batch on the idle relay, then a batch while hostile
+sessions (6 by default) of the other demo physician send, in a loop, messages that carry a
+hostile document:
 
 - ``attributes``: the example CDA with 40,000 attributes on one element (about 620 KB);
   before attributes were counted it took 10 s to check and held the event loop;
@@ -128,12 +129,14 @@ async def hostile_loop(client: aiosmtplib.SMTP, sender: str, recipient: str, raw
             answers[f"{refused.code} {refused.message[:60]}"] += 1
 
 
-async def run_kind(port: int, context: ssl.SSLContext, sender: str, password: str, recipient: str, kind: str,
+async def run_kind(port: int, context: ssl.SSLContext, good, bad, kind: str,  # type: ignore[no-untyped-def]
                    reps: int, messages: int, hostile_sessions: int) -> None:
-    ordinary = await session(port, context, sender, password)
+    """``good`` sends the ordinary messages to ``bad``, who sends the hostile ones back."""
+    ordinary = await session(port, context, good.address, good.password)
+    sender, recipient = good.address, bad.address
     await timed_batch(ordinary, sender, recipient, 2)  # warm-up
-    hostile = [await session(port, context, sender, password) for _ in range(hostile_sessions)]
-    raw = hostile_message(sender, recipient, HOSTILE[kind](), 0)
+    hostile = [await session(port, context, bad.address, bad.password) for _ in range(hostile_sessions)]
+    raw = hostile_message(bad.address, good.address, HOSTILE[kind](), 0)
     answers: collections.Counter[str] = collections.Counter()
     ratios = []
     print(f"\n{kind}: {len(raw) / 1000:.0f} KB messages from {hostile_sessions} sessions")
@@ -141,7 +144,7 @@ async def run_kind(port: int, context: ssl.SSLContext, sender: str, password: st
     for rep in range(1, reps + 1):
         idle = await timed_batch(ordinary, sender, recipient, messages)
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(hostile_loop(c, sender, recipient, raw, stop, answers)) for c in hostile]
+        tasks = [asyncio.create_task(hostile_loop(c, bad.address, good.address, raw, stop, answers)) for c in hostile]
         await asyncio.sleep(1.0)  # let the hostile messages reach the relay's checks
         loaded = await timed_batch(ordinary, sender, recipient, messages)
         stop.set()
@@ -181,7 +184,7 @@ def main() -> None:
         rt = open_runtime(settings)
         demo = load_demo(rt, actor="bench")
         rt.close()
-        sender, recipient = demo[0], demo[1].address
+        good, bad = demo[0], demo[1]
         context = ssl.create_default_context(cafile=str(settings.pki.certs_dir / "ca.pem"))
         source = (args.relay_source or PROJECT_ROOT).resolve()
         relay = launch([sys.executable, "-m", "mss.relay"], env, port, root / "relay.log", source)
@@ -189,8 +192,7 @@ def main() -> None:
               f"{os.cpu_count()} CPUs, Python {platform.python_version()}, relay from {source}")
         try:
             for kind in kinds:
-                asyncio.run(run_kind(port, context, sender.address, sender.password, recipient, kind, args.reps,
-                                     args.messages, args.hostile_sessions))
+                asyncio.run(run_kind(port, context, good, bad, kind, args.reps, args.messages, args.hostile_sessions))
         finally:
             relay.terminate()
             relay.wait(timeout=120)

@@ -219,7 +219,7 @@ def _leaf_parts(message: EmailMessage):  # type: ignore[no-untyped-def]
         yield part
 
 
-def _inspect_documents(message: EmailMessage, limits: DocumentLimits) -> list[Document]:
+def _inspect_documents(message: EmailMessage, limits: DocumentLimits, owner: str) -> list[Document]:
     """Every attachment checked; the text or HTML body is not a document."""
     found: list[Document] = []
     for part in _leaf_parts(message):
@@ -235,7 +235,9 @@ def _inspect_documents(message: EmailMessage, limits: DocumentLimits) -> list[Do
         if content_type in BODY_TYPES and not filename and disposition != "attachment":
             continue
         # In a worker process, within the deadline: see mss.documents.workers.
-        found.append(workers.inspect_attachment(filename or "(unnamed part)", content_type, data, limits=limits))
+        found.append(
+            workers.inspect_attachment(filename or "(unnamed part)", content_type, data, limits=limits, owner=owner)
+        )
     return found
 
 
@@ -318,7 +320,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
             raise NotEncryptedForRecipients(f"the encrypted message cannot be opened by {', '.join(unreadable)}")
         kind, cms = "client", envelope
     else:
-        documents = _inspect_documents(message, settings_limits(settings))
+        documents = _inspect_documents(message, settings_limits(settings), sender.address)
         # X-MSS-CODECDA / X-MSS-INS describe every CDA carried, bare or inside IHE_XDM.ZIP.
         # Test INS roots count as qualified only outside production.
         added.update(message_header_values(_cdas(documents), accept_test_ins=not settings.is_production))

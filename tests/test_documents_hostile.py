@@ -296,3 +296,24 @@ def test_damaged_deflate_stream_in_a_package_is_an_invalid_archive() -> None:
     data[start : start + 8] = b"\xff" * 8  # a deflate block of the reserved type
     with pytest.raises(InvalidArchive, match="cannot be read"):
         inspect_attachment("IHE_XDM.ZIP", "application/zip", bytes(data), limits=LIMITS)
+
+
+def test_one_account_cannot_take_every_worker() -> None:
+    """An account with as many slow checks as there are workers gets its share of them; a
+    check for another account runs at once and is done before any of the slow ones."""
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    slow = slow_cda(600_000)  # several seconds of work: stopped at the deadline
+    limits = DocumentLimits(max_xml_elements=10_000_000, max_check_seconds=3)
+    quick = make_pdf()
+    workers.start()
+    with ThreadPoolExecutor(max_workers=workers.WORKERS) as pool:
+        pending = [
+            pool.submit(workers.inspect_attachment, "lent.xml", "text/xml", slow, limits=limits, owner="a@mss.test")
+            for _ in range(workers.WORKERS)
+        ]
+        document = workers.inspect_attachment("a.pdf", "application/pdf", quick, limits=LIMITS, owner="b@mss.test")
+        assert document.kind == "pdf"
+        assert not any(future.done() for future in pending)
+        wait(pending)
+    assert all(isinstance(future.exception(), DocumentTooComplex) for future in pending)

@@ -13,11 +13,14 @@ permanent refusal); so is one whose worker dies under it (a parser crash, memory
 Workers are started from a fork server that has already imported ``mss.documents``, so a
 replaced worker is ready in milliseconds and holds nothing of the parent (no database
 connection, no key). The pool is one per process, started on first use or by ``start``.
+As with any multiprocessing start method but fork, a worker imports the parent's main
+module: every entry point keeps its ``if __name__ == "__main__"`` guard.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import multiprocessing
 import os
@@ -39,9 +42,15 @@ T = TypeVar("T")
 
 # Twice the cores: a check waiting on a slow hostile document leaves others free to run.
 WORKERS: Final = min(8, max(2, 2 * (os.cpu_count() or 1)))
+# Checks one account may have running at once: an account that sends costly documents from
+# many sessions waits for its own turn and leaves workers to everybody else.
+ACCOUNT_SHARE: Final = max(1, WORKERS // 2)
 
 _lock = threading.Lock()
 _pool: ProcessPool | None = None
+_shares: collections.defaultdict[str, threading.BoundedSemaphore] = collections.defaultdict(
+    lambda: threading.BoundedSemaphore(ACCOUNT_SHARE)
+)
 
 
 def start() -> None:
@@ -74,8 +83,19 @@ atexit.register(stop)
 
 
 def _in_worker(check: Callable[..., T], args: tuple[Any, ...], kwargs: Mapping[str, Any], filename: str,
-               limits: DocumentLimits) -> T:
-    """``check(*args, **kwargs)`` in a worker process; its DocumentError is raised here."""
+               limits: DocumentLimits, owner: str | None = None) -> T:
+    """``check(*args, **kwargs)`` in a worker process, within ``owner``'s share of the
+    workers (see ACCOUNT_SHARE); its DocumentError is raised here."""
+    with _lock:
+        share = _shares[owner] if owner else None
+    if share is None:
+        return _wait(check, args, kwargs, filename, limits)
+    with share:
+        return _wait(check, args, kwargs, filename, limits)
+
+
+def _wait(check: Callable[..., T], args: tuple[Any, ...], kwargs: Mapping[str, Any], filename: str,
+          limits: DocumentLimits) -> T:
     future = _running_pool().schedule(check, args=args, kwargs=kwargs, timeout=limits.max_check_seconds)
     try:
         return future.result()
@@ -90,26 +110,29 @@ def _in_worker(check: Callable[..., T], args: tuple[Any, ...], kwargs: Mapping[s
 
 
 def inspect_attachment(
-    filename: str, content_type: str, data: bytes, *, limits: DocumentLimits, allow_archive: bool = True
+    filename: str, content_type: str, data: bytes, *, limits: DocumentLimits, allow_archive: bool = True,
+    owner: str | None = None,
 ) -> Document:
-    """``mss.documents.inspect_attachment`` in a worker. Raises what it raises, and
-    DocumentTooComplex past the deadline."""
+    """``mss.documents.inspect_attachment`` in a worker, for ``owner`` (the account that
+    sends or reads it). Raises what it raises, and DocumentTooComplex past the deadline."""
     return _in_worker(
         detect.inspect_attachment, (filename, content_type, data), {"limits": limits, "allow_archive": allow_archive},
-        filename, limits,
+        filename, limits, owner,
     )
 
 
-def parse_cda(data: bytes, *, filename: str, limits: DocumentLimits) -> CdaInfo:
+def parse_cda(data: bytes, *, filename: str, limits: DocumentLimits, owner: str | None = None) -> CdaInfo:
     """``mss.documents.parse_cda`` in a worker (the web renders what it returns)."""
-    return _in_worker(cda.parse_cda, (data,), {"filename": filename, "limits": limits}, filename, limits)
+    return _in_worker(cda.parse_cda, (data,), {"filename": filename, "limits": limits}, filename, limits, owner)
 
 
-def parse_xdm(data: bytes, *, filename: str, limits: DocumentLimits) -> XdmInfo:
+def parse_xdm(data: bytes, *, filename: str, limits: DocumentLimits, owner: str | None = None) -> XdmInfo:
     """``mss.documents.parse_xdm`` in a worker."""
-    return _in_worker(xdm.parse_xdm, (data,), {"filename": filename, "limits": limits}, filename, limits)
+    return _in_worker(xdm.parse_xdm, (data,), {"filename": filename, "limits": limits}, filename, limits, owner)
 
 
-def level_one_pdf(data: bytes, *, filename: str, limits: DocumentLimits) -> bytes | None:
+def level_one_pdf(data: bytes, *, filename: str, limits: DocumentLimits, owner: str | None = None) -> bytes | None:
     """``mss.documents.level_one_pdf`` (the PDF body of a level-1 CDA) in a worker."""
-    return _in_worker(cda.level_one_pdf, (data,), {"filename": filename, "limits": limits}, filename, limits)
+    return _in_worker(
+        cda.level_one_pdf, (data,), {"filename": filename, "limits": limits}, filename, limits, owner
+    )

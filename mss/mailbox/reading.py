@@ -610,8 +610,11 @@ def _receipt_about(session: Session, notification: Message) -> ReceiptAbout | No
     )
 
 
-def document_facts(rt: Runtime, attachments: tuple[Attachment, ...]) -> tuple[set[str], set[str], set[str]]:
-    """CDA type codes, patient INS and document kinds found in attachments (XDM opened)."""
+def document_facts(
+    rt: Runtime, attachments: tuple[Attachment, ...], owner: str | None = None
+) -> tuple[set[str], set[str], set[str]]:
+    """CDA type codes, patient INS and document kinds found in attachments (XDM opened),
+    read in worker processes within ``owner``'s share (see ``mss.documents.workers``)."""
     codes: set[str] = set()
     ins: set[str] = set()
     kinds: set[str] = set()
@@ -620,9 +623,11 @@ def document_facts(rt: Runtime, attachments: tuple[Attachment, ...]) -> tuple[se
         kinds.add(attachment.kind)
         try:
             if attachment.kind == "cda":
-                infos = [workers.parse_cda(attachment.data, filename=attachment.filename, limits=limits)]
+                infos = [workers.parse_cda(attachment.data, filename=attachment.filename, limits=limits, owner=owner)]
             elif attachment.kind == "xdm":
-                infos = list(workers.parse_xdm(attachment.data, limits=limits, filename=attachment.filename).cdas)
+                infos = list(
+                    workers.parse_xdm(attachment.data, limits=limits, filename=attachment.filename, owner=owner).cdas
+                )
                 if infos:
                     kinds.add("cda")
             else:
@@ -641,7 +646,7 @@ def _index_opened(
 ) -> None:
     if not index.needs_content(meta, loaded.message.kind):
         return
-    codes, ins, kinds = document_facts(rt, attachments)
+    codes, ins, kinds = document_facts(rt, attachments, owner)
     key = index.index_key(rt.engine, rt.master_key)
     try:
         with session_scope(rt.engine) as session:
@@ -678,7 +683,7 @@ def _index_content_batch(rt: Runtime, reader: UnlockedAccount) -> int:
         except (DecryptionError, CryptoError):
             entity = b""
         _headers, _body, _html, attachments = split_entity(entity) if entity else ({}, "", False, ())
-        codes, ins, kinds = document_facts(rt, attachments)
+        codes, ins, kinds = document_facts(rt, attachments, reader.address)
         try:
             with session_scope(rt.engine) as session:
                 index.index_content(
@@ -732,9 +737,11 @@ def open_attachment(
     )
 
 
-def xdm_entries(rt: Runtime, attachment: Attachment) -> tuple[XdmInfo, tuple[XdmEntry, ...]]:
+def xdm_entries(
+    rt: Runtime, attachment: Attachment, owner: str | None = None
+) -> tuple[XdmInfo, tuple[XdmEntry, ...]]:
     """The documents listed in an IHE_XDM.ZIP attachment. Raises DocumentError."""
-    info = workers.parse_xdm(attachment.data, limits=limits_of(rt), filename=attachment.filename)
+    info = workers.parse_xdm(attachment.data, limits=limits_of(rt), filename=attachment.filename, owner=owner)
     entries = tuple(
         XdmEntry(
             index=i,

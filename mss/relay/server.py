@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
 from mss.documents import workers
@@ -90,6 +91,12 @@ async def start_listener(rt: Runtime, *, host: str, port: int) -> Listener:
     """
     registry = SessionRegistry(rt.settings.relay.max_sessions, rt.settings.relay.max_sessions_per_client)
     loop = asyncio.get_running_loop()
+    # Every session may have one blocking call in flight (argon2id, a directory lookup, the
+    # pipeline waiting on a document check). asyncio's default pool has cpu_count + 4 threads:
+    # a few sessions waiting on large documents would hold up everybody else's AUTH and RCPT.
+    loop.set_default_executor(
+        ThreadPoolExecutor(max_workers=rt.settings.relay.max_sessions + 4, thread_name_prefix="mss-relay")
+    )
     # The document checks' worker processes, ready before the first message needs them.
     await asyncio.to_thread(workers.start)
     server = await loop.create_server(smtp_factory(rt, registry), host=host, port=port, reuse_address=True)

@@ -269,9 +269,11 @@ class MailboxController(Controller):
         t = language(request).gettext
         try:
             if kind == "cda":
-                context["cda"] = await run(workers.parse_cda, data, filename=filename, limits=limits_of(rt))
+                context["cda"] = await run(
+                    workers.parse_cda, data, filename=filename, limits=limits_of(rt), owner=context["user"]
+                )
             elif kind == "xdm":
-                _info, context["entries"] = await run(mailbox.xdm_entries, rt, context["a"])
+                _info, context["entries"] = await run(mailbox.xdm_entries, rt, context["a"], context["user"])
             elif kind == "text":
                 context["text"] = data.decode("utf-8", errors="replace")
         except DocumentError:
