@@ -10,14 +10,16 @@ hostile document:
 - ``attributes``: the example CDA with 40,000 attributes on one element (about 620 KB);
   before attributes were counted it took 10 s to check and held the event loop;
 - ``elements``: a CDA with just under the element limit (99,000 line breaks in one narrative
-  block), the costliest document that is still accepted.
+  block), the costliest document that is still accepted;
+- ``benign``: for comparison, an ordinary PDF of the same size (700 KB): what six sessions
+  sending that much cost the ordinary message anyway.
 
 The ratio of a repetition is the median latency under load over the median idle latency;
 repetitions interleave idle and loaded batches, so that drift of the machine touches both.
 
 Usage::
 
-    .venv/bin/python bench/bench_hostile.py                    # both kinds, 5 repetitions
+    .venv/bin/python bench/bench_hostile.py                    # every kind, 5 repetitions
     .venv/bin/python bench/bench_hostile.py --kind attributes --reps 3 --messages 5
     .venv/bin/python bench/bench_hostile.py --relay-source DIR # the relay of another checkout
 
@@ -47,7 +49,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
-from bench_relay import free_port, referral  # noqa: E402
+from bench_relay import free_port, pdf_of_size, referral  # noqa: E402
 from mss.demo import load_demo  # noqa: E402
 from mss.runtime import open_runtime  # noqa: E402
 from mss.settings import Settings  # noqa: E402
@@ -68,19 +70,30 @@ def element_flood() -> bytes:
     return sample[:start_at] + b"<br/>" * 99_000 + sample[start_at:]
 
 
-HOSTILE = {"attributes": attribute_flood, "elements": element_flood}
+def benign_pdf() -> bytes:
+    return pdf_of_size(700_000)
 
 
-def hostile_message(sender: str, recipient: str, document: bytes, number: int) -> bytes:
+# kind: (the document, its file name, its MIME type)
+HOSTILE = {
+    "attributes": (attribute_flood, "cr.xml", "text/xml"),
+    "elements": (element_flood, "cr.xml", "text/xml"),
+    "benign": (benign_pdf, "courrier.pdf", "application/pdf"),
+}
+
+
+def hostile_message(sender: str, recipient: str, kind: str, number: int) -> bytes:
     from email.message import EmailMessage
 
+    build, filename, content_type = HOSTILE[kind]
+    maintype, subtype = content_type.split("/")
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = recipient
     msg["Subject"] = f"Compte rendu {number}"
     msg["Message-ID"] = f"<hostile-{number}-{time.time_ns()}@client.test>"
     msg.set_content("Bonjour,\nci-joint le compte rendu.\n")
-    msg.add_attachment(document, maintype="text", subtype="xml", filename="cr.xml")
+    msg.add_attachment(build(), maintype=maintype, subtype=subtype, filename=filename)
     return msg.as_bytes()
 
 
@@ -136,7 +149,7 @@ async def run_kind(port: int, context: ssl.SSLContext, good, bad, kind: str,  # 
     sender, recipient = good.address, bad.address
     await timed_batch(ordinary, sender, recipient, 2)  # warm-up
     hostile = [await session(port, context, bad.address, bad.password) for _ in range(hostile_sessions)]
-    raw = hostile_message(bad.address, good.address, HOSTILE[kind](), 0)
+    raw = hostile_message(bad.address, good.address, kind, 0)
     answers: collections.Counter[str] = collections.Counter()
     ratios = []
     print(f"\n{kind}: {len(raw) / 1000:.0f} KB messages from {hostile_sessions} sessions")
@@ -168,7 +181,7 @@ def main() -> None:
     parser.add_argument("--hostile-sessions", type=int, default=6)
     parser.add_argument("--relay-source", type=Path, help="run the relay from this checkout (before/after)")
     args = parser.parse_args()
-    kinds = args.kind or sorted(HOSTILE)
+    kinds = args.kind or ["attributes", "elements", "benign"]
     with tempfile.TemporaryDirectory(prefix="mss-bench-hostile-") as tmp:
         root = Path(tmp)
         port = free_port()
