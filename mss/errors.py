@@ -233,6 +233,22 @@ class MalformedMessage(MessageError):
     """The message is not parseable MIME, or lacks what RFC 5322 requires."""
 
 
+class BareCarriageReturn(MalformedMessage):
+    """A CR that does not start a CRLF line end (RFC 5322 2.3): parsers would split lines differently."""
+
+
+class MimeTooComplex(MalformedMessage):
+    """The MIME parts nest too deep or are too many to be checked."""
+
+
+class RepeatedHeaderField(MalformedMessage):
+    """A header field that RFC 5322 3.6 allows once appears more often: readers would disagree."""
+
+
+class MalformedOriginator(MalformedMessage):
+    """``From:`` or ``Sender:`` is not exactly one well-formed mailbox (RFC 5322 3.6.2)."""
+
+
 class RecipientHasNoCertificate(PolicyError):
     """The recipient publishes no valid certificate, so nothing can be encrypted to them."""
 

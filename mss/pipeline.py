@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.errors
 import email.policy
 import email.utils
+import re
 import secrets
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -23,23 +24,21 @@ from mss.addresses import normalise_address
 from mss.crypto import envelope as cms_envelope
 from mss.crypto import pki, smime
 from mss.db import session_scope, utcnow
-from mss.documents import (
-    CdaInfo,
-    Document,
-    DocumentLimits,
-    inspect_attachment,
-    message_header_values,
-)
+from mss.documents import CdaInfo, Document, DocumentLimits, message_header_values, workers
 from mss.errors import (
+    BareCarriageReturn,
     CryptoError,
     DecryptionError,
     DirectoryError,
     DomainNotServed,
     FromHeaderMismatch,
     MalformedMessage,
+    MalformedOriginator,
     MessageTooLarge,
+    MimeTooComplex,
     NotEncryptedForRecipients,
     RecipientHasNoCertificate,
+    RepeatedHeaderField,
     SenderMismatch,
     UnopenableEnvelope,
     UnsupportedCms,
@@ -140,30 +139,91 @@ FATAL_DEFECTS = (
     email.errors.InvalidBase64LengthDefect,
     email.errors.InvalidBase64PaddingDefect,
     email.errors.InvalidHeaderDefect,
+    # "From : x" after the first line: Python drops it as a misplaced mbox separator, an
+    # RFC 5322 reader sees another From: field (obs-from, section 4.5.2).
+    email.errors.MisplacedEnvelopeHeaderDefect,
 )
+# What a message may hold: a referral nests a few levels (mixed, alternative, related, a
+# forwarded message); these bounds keep every later walk of the tree short.
+MAX_MIME_DEPTH = 32
+MAX_MIME_PARTS = 256
+# RFC 5322 3.6: fields a message holds at most once. Two From: (or two To:, two Date: ...)
+# are read as one or the other depending on the reader; the signed message must mean one thing.
+ONCE_FIELDS = (
+    "Date", "From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Message-ID", "In-Reply-To", "References", "Subject",
+)  # fmt: skip
+# RFC 5322 2.3: CR and LF only as CRLF. Python's parser splits lines at a lone CR too; the
+# signature's canonical form and other readers do not.
+_BARE_CR = re.compile(rb"\r(?!\n)")
 
 
 def _parse(raw: bytes) -> EmailMessage:
+    """The message parsed once, refused if it could be read in two ways or is too complex.
+
+    Raises BareCarriageReturn, MimeTooComplex, RepeatedHeaderField, MalformedMessage.
+    """
+    if _BARE_CR.search(raw):
+        raise BareCarriageReturn("the message holds a CR that does not start a CRLF line end")
     try:
         message = BytesParser(policy=email.policy.default).parsebytes(raw)
+    except RecursionError as exc:
+        raise MimeTooComplex(f"its MIME parts nest deeper than {MAX_MIME_DEPTH} levels") from exc
     except (ValueError, TypeError, LookupError, IndexError) as exc:
         raise MalformedMessage(f"the message is not parseable MIME ({exc.__class__.__name__})") from exc
-    for part in message.walk():
+    parts = 0
+    stack: list[tuple[EmailMessage, int]] = [(message, 1)]  # type: ignore[list-item]
+    while stack:
+        part, depth = stack.pop()
+        parts += 1
+        if depth > MAX_MIME_DEPTH:
+            raise MimeTooComplex(f"its MIME parts nest deeper than {MAX_MIME_DEPTH} levels")
+        if parts > MAX_MIME_PARTS:
+            raise MimeTooComplex(f"it has more than {MAX_MIME_PARTS} MIME parts")
+        _check_header_values(part)
         for defect in part.defects:
             if isinstance(defect, FATAL_DEFECTS):
                 raise MalformedMessage(f"malformed MIME: {defect.__class__.__name__.removesuffix('Defect')}")
+        if part.is_multipart():
+            children = part.get_payload()
+            stack.extend((child, depth + 1) for child in (children if isinstance(children, list) else []))
+    for name in ONCE_FIELDS:
+        count = len(message.get_all(name) or ())
+        if count > 1:
+            raise RepeatedHeaderField(f"{name}: appears {count} times")
     return message  # type: ignore[return-value]
 
 
-def _from_address(message: EmailMessage) -> str:
+def _check_header_values(part: EmailMessage) -> None:
+    """Every header field of ``part`` parsed once, here: the email package's structured
+    parsers fail on some malformed values (``Message-ID: <a@``, ``To: "``) with IndexError,
+    which every later read would meet. Raises MalformedMessage naming the field."""
+    for name in part.keys():
+        try:
+            part.get_all(name)
+        except (ValueError, IndexError, TypeError, AttributeError, LookupError) as exc:
+            raise MalformedMessage(f"the {name[:40]}: header field is malformed") from exc
+
+
+def _one_mailbox(message: EmailMessage, name: str) -> str:
+    """The address of the one well-formed mailbox in field ``name``. Raises MalformedOriginator."""
     try:
-        header = message["From"]
+        header = message[name]
         addresses = getattr(header, "addresses", ()) if header is not None else ()
-    except (ValueError, IndexError, TypeError) as exc:
-        raise MalformedMessage("the From: header is not a valid address") from exc
-    if len(addresses) != 1:
-        raise MalformedMessage("the message must have exactly one From: address")
+        defects = getattr(header, "defects", ()) if header is not None else ()
+    except (ValueError, IndexError, TypeError, AttributeError) as exc:
+        raise MalformedOriginator(f"the {name}: header is not a valid address") from exc
+    if header is None:
+        raise MalformedOriginator(f"the message has no {name}: header")
+    if len(addresses) != 1 or defects or not addresses[0].username or not addresses[0].domain:
+        raise MalformedOriginator(f"the {name}: header must be exactly one well-formed mailbox")
     return normalise_address(addresses[0].addr_spec)
+
+
+def _from_address(message: EmailMessage) -> str:
+    """The originator: one well-formed ``From:`` mailbox, and ``Sender:`` likewise if present."""
+    if message.get("Sender") is not None:
+        _one_mailbox(message, "Sender")
+    return _one_mailbox(message, "From")
 
 
 def _leaf_parts(message: EmailMessage):  # type: ignore[no-untyped-def]
@@ -173,7 +233,7 @@ def _leaf_parts(message: EmailMessage):  # type: ignore[no-untyped-def]
         yield part
 
 
-def _inspect_documents(message: EmailMessage, limits: DocumentLimits) -> list[Document]:
+def _inspect_documents(message: EmailMessage, limits: DocumentLimits, owner: str) -> list[Document]:
     """Every attachment checked; the text or HTML body is not a document."""
     found: list[Document] = []
     for part in _leaf_parts(message):
@@ -188,7 +248,10 @@ def _inspect_documents(message: EmailMessage, limits: DocumentLimits) -> list[Do
             raise MalformedMessage(f"a part of the message cannot be decoded ({exc.__class__.__name__})") from exc
         if content_type in BODY_TYPES and not filename and disposition != "attachment":
             continue
-        found.append(inspect_attachment(filename or "(unnamed part)", content_type, data, limits=limits))
+        # In a worker process, within the deadline: see mss.documents.workers.
+        found.append(
+            workers.inspect_attachment(filename or "(unnamed part)", content_type, data, limits=limits, owner=owner)
+        )
     return found
 
 
@@ -338,7 +401,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         kind, cms = "client", client.envelope
     else:
         if client.entity is not None:
-            documents = _inspect_documents(client.entity, settings_limits(settings))
+            documents = _inspect_documents(client.entity, settings_limits(settings), sender.address)
         # X-MSS-CODECDA / X-MSS-INS describe every CDA carried, bare or inside IHE_XDM.ZIP.
         # Test INS roots count as qualified only outside production.
         added.update(message_header_values(_cdas(documents), accept_test_ins=not settings.is_production))

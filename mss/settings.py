@@ -105,6 +105,11 @@ class RelaySettings:
     """``MSS_MAX_RECIPIENTS``: recipients per message. Default 50."""
     max_sessions: int
     """``MSS_MAX_SESSIONS``: concurrent SMTP sessions. Default 100."""
+    max_sessions_per_client: int
+    """``MSS_MAX_SESSIONS_PER_CLIENT``: concurrent SMTP sessions from one client address. Default 10."""
+    login_timeout: float
+    """``MSS_SMTP_LOGIN_TIMEOUT``: seconds from connection to successful AUTH, not extended by
+    any command. Default 30."""
     command_timeout: float
     """``MSS_SMTP_TIMEOUT``: seconds a client may stay idle. Default 300."""
     dsn_on_success: bool
@@ -231,6 +236,8 @@ class Settings:
             max_message_size=integer("MSS_MAX_MESSAGE_SIZE", 20 * 1000 * 1000),
             max_recipients=integer("MSS_MAX_RECIPIENTS", 50),
             max_sessions=integer("MSS_MAX_SESSIONS", 100),
+            max_sessions_per_client=integer("MSS_MAX_SESSIONS_PER_CLIENT", 10),
+            login_timeout=number("MSS_SMTP_LOGIN_TIMEOUT", 30.0),
             command_timeout=number("MSS_SMTP_TIMEOUT", 300.0),
             dsn_on_success=flag("MSS_DSN_ON_SUCCESS", False),
         )

@@ -141,18 +141,26 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 # -- clients -----------------------------------------------------------------------------
 
 
-def connect(stack: Stack, *, port: int | None = None, context: ssl.SSLContext | None = None) -> smtplib.SMTP:
-    """An smtplib client after EHLO, STARTTLS (trusting the dev CA) and EHLO again."""
-    client = smtplib.SMTP("127.0.0.1", port or stack.port, timeout=30)
+def connect(
+    stack: Stack, *, port: int | None = None, context: ssl.SSLContext | None = None, source: str | None = None
+) -> smtplib.SMTP:
+    """An smtplib client after EHLO, STARTTLS (trusting the dev CA) and EHLO again.
+
+    ``source`` is the loopback address the client connects from (127.0.0.2 is another
+    client than 127.0.0.1 to the relay).
+    """
+    client = smtplib.SMTP(
+        "127.0.0.1", port or stack.port, timeout=30, source_address=(source, 0) if source else None
+    )
     client.ehlo("client.test")
     client.starttls(context=context or stack.client_context())
     client.ehlo("client.test")
     return client
 
 
-def login(stack: Stack, address: str = SENDER, *, port: int | None = None) -> smtplib.SMTP:
+def login(stack: Stack, address: str = SENDER, *, port: int | None = None, source: str | None = None) -> smtplib.SMTP:
     """A client authenticated as ``address`` with AUTH PLAIN."""
-    client = connect(stack, port=port)
+    client = connect(stack, port=port, source=source)
     client.login(address, stack.passwords[address])
     return client
 

@@ -18,7 +18,7 @@ from directory.certificates import current_certificate
 from mss import accounts
 from mss.crypto import keys, smime
 from mss.db import session_scope
-from mss.documents import ArchiveBomb, ForbiddenDocumentType, XmlDoctypeForbidden
+from mss.documents import ArchiveBomb, ForbiddenDocumentType, XmlDoctypeForbidden, XmlTooComplex
 from mss.models import MailboxItem, Message
 from mss.relay import replies
 from mss.relay.protocol import MAX_HEADER_FIELDS
@@ -224,3 +224,106 @@ def test_hostile_cda(relay_stack: Stack, document) -> None:  # type: ignore[no-u
     code, text = refused(relay_stack, message(SENDER, RECIPIENTS, [("cr.xml", "text/xml", document())]))
     assert (code, text[:5].decode()) == (XmlDoctypeForbidden.smtp_code, XmlDoctypeForbidden.enhanced_status)
     assert b"passwd" not in text and b"lol" not in text
+
+
+# -- messages that could be read in two ways, and permanent defects -----------------------
+
+
+def with_header_lines(raw: bytes, old: bytes, new: bytes) -> bytes:
+    """``raw`` with its header line ``old`` (without line end) replaced by ``new``."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    assert old + b"\r\n" in head + b"\r\n"
+    return (head + b"\r\n").replace(old + b"\r\n", new + b"\r\n", 1)[:-2] + sep + body
+
+
+SPOOFED = RECIPIENTS[0].encode()
+ORIGINAL_FROM = b"From: " + SENDER.encode()
+
+
+@pytest.mark.parametrize(
+    ("new_from", "reply"),
+    [
+        (ORIGINAL_FROM + b"\r\nFrom: " + SPOOFED, replies.REPEATED_HEADER_FIELD),
+        (ORIGINAL_FROM + b"\nFrom: " + SPOOFED, replies.REPEATED_HEADER_FIELD),
+        (ORIGINAL_FROM + b"\r\nfrom: " + SPOOFED, replies.REPEATED_HEADER_FIELD),
+        (b"From: <" + SENDER.encode() + b">" + SPOOFED, replies.MALFORMED_ORIGINATOR),
+        (ORIGINAL_FROM + b", " + SPOOFED, replies.MALFORMED_ORIGINATOR),
+        (b"From: Undisclosed:;", replies.MALFORMED_ORIGINATOR),
+        (ORIGINAL_FROM + b"\r\nSender: " + SPOOFED + b", " + SENDER.encode(), replies.MALFORMED_ORIGINATOR),
+        (ORIGINAL_FROM + b"\r\nSender: " + SPOOFED + b"\r\nSender: " + SENDER.encode(), replies.REPEATED_HEADER_FIELD),
+        (ORIGINAL_FROM + b"\r\nFrom : " + SPOOFED, replies.MALFORMED_MESSAGE),
+        (ORIGINAL_FROM + b"\r\nTo: " + SPOOFED, replies.REPEATED_HEADER_FIELD),
+        (ORIGINAL_FROM + b"\r\nDate: Mon, 1 Jan 2024 08:00:00 +0100\r\nDate: Tue, 2 Jan 2024 08:00:00 +0100",
+         replies.REPEATED_HEADER_FIELD),
+        # Values the email package's parsers fail on (found by tests/test_fuzz.py).
+        (ORIGINAL_FROM + b"\r\nIn-Reply-To: <a@b>\r\nX-Note: x\r\nCc: \"", replies.MALFORMED_MESSAGE),
+    ],
+    ids=["two-from", "two-from-bare-lf", "two-from-case", "angle-then-address", "two-mailboxes", "group",
+         "sender-two-mailboxes", "two-senders", "obsolete-from", "two-to", "two-dates", "unparseable-cc"],
+)
+def test_originator_and_once_fields_mean_one_thing(relay_stack: Stack, new_from: bytes, reply: str) -> None:
+    raw = with_header_lines(message(SENDER, RECIPIENTS), ORIGINAL_FROM, new_from)
+    code, text = refused(relay_stack, raw)
+    assert (code, text[: len(reply) - 4]) == code_of(reply), text
+
+
+def nested_multiparts(levels: int) -> bytes:
+    head = f"From: {SENDER}\r\nTo: {RECIPIENTS[0]}\r\nSubject: nested\r\nMIME-Version: 1.0\r\n".encode()
+    opening = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i) for i in range(levels))
+    closing = b"".join(b"\r\n--b%d--" % i for i in reversed(range(levels)))
+    return head + opening + b"Content-Type: text/plain\r\n\r\nhi" + closing + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reply"),
+    [
+        (nested_multiparts(1000), replies.MIME_TOO_COMPLEX),
+        (nested_multiparts(40), replies.MIME_TOO_COMPLEX),
+        (message(SENDER, RECIPIENTS).replace(b"Subject: Lettre", b"Subject: Lettre\rX-Hidden: 1", 1),
+         replies.BARE_CR_IN_MESSAGE),
+        (message(SENDER, RECIPIENTS).replace(b"Subject: Lettre de liaison\r\n", b"Subject: Lettre de liaison\r\r\n", 1),
+         replies.BARE_CR_IN_MESSAGE),
+        (message(SENDER, RECIPIENTS).replace(b"Bonjour,", b"Bonjour,\r.\rsuite", 1), replies.BARE_CR_IN_MESSAGE),
+        (message(SENDER, RECIPIENTS, message_id="<x@client.test>").replace(b"<x@client.test>", b"<fuzz@"),
+         replies.MALFORMED_MESSAGE),
+    ],
+    ids=["nested-1000", "nested-40", "bare-cr-header", "cr-cr-lf", "cr-dot-cr", "truncated-message-id"],
+)
+def test_permanent_defects_get_permanent_replies(relay_stack: Stack, raw: bytes, reply: str) -> None:
+    code, text = refused(relay_stack, raw)
+    assert (code, text[: len(reply) - 4]) == code_of(reply), text
+
+
+def test_a_few_levels_of_nesting_pass(relay_stack: Stack) -> None:
+    client = login(relay_stack)
+    assert transaction(client, SENDER, RECIPIENTS[:1], nested_multiparts(8))[-1][0] == 250
+    client.quit()
+
+
+def test_hostile_documents_are_refused_while_ordinary_mail_goes_through(relay_stack: Stack) -> None:
+    """Six sessions send a CDA with 40,000 attributes on one element (it once held the
+    service for 10 s each) while a seventh sends an ordinary referral."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_documents_hostile import with_attributes
+
+    hostile = message(SENDER, RECIPIENTS[:1], [("cr.xml", "text/xml", with_attributes(40_000))])
+    before = relay_stack.counts()
+
+    def send(raw: bytes) -> tuple[int, bytes]:
+        client = login(relay_stack)
+        try:
+            return transaction(client, SENDER, RECIPIENTS[:1], raw)[-1]
+        finally:
+            client.quit()
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        pending = [pool.submit(send, hostile) for _ in range(6)]
+        ordinary = send(referral(recipients=RECIPIENTS[:1]))
+        refusals = [future.result() for future in pending]
+    assert ordinary[0] == 250, ordinary
+    for code, text in refusals:
+        assert (code, text[:5]) == (XmlTooComplex.smtp_code, XmlTooComplex.enhanced_status.encode())
+        assert b"cr.xml has an element with more than" in text
+    assert relay_stack.counts()[0] == before[0] + 1
+    still_serving(relay_stack, relay_stack.counts())

@@ -64,7 +64,9 @@ def test_library_replies_are_translated_to_ours() -> None:
     assert replies.translate('500 Error: command "XYZZY" not recognized') == replies.COMMAND_NOT_RECOGNIZED
     # Unknown final replies get the class's undefined enhanced code; others pass unchanged.
     assert replies.translate("250 Supported commands: DATA") == "250 2.0.0 Supported commands: DATA"
-    assert replies.translate("421 4.7.0 AUTH sent too many times") == "421 4.7.0 AUTH sent too many times"
+    # aiosmtpd's cut-offs, after which it closes the connection.
+    assert replies.translate("421 4.7.0 AUTH sent too many times") == replies.COMMAND_LIMIT
+    assert replies.translate("502 5.5.1 Too many unrecognized commands, goodbye.") == replies.TOO_MANY_UNRECOGNIZED
     for untouched in ("220 mx.example ESMTP", "250-SIZE 100", replies.EHLO_LAST, "334 VXNlcm5hbWU6", "354 go"):
         assert replies.translate(untouched) == untouched
 

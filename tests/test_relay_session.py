@@ -401,3 +401,127 @@ def test_unexpected_error_during_auth_answers_451(relay_stack: Stack) -> None:
     assert reply == code_of(replies.LOCAL_ERROR)
     assert auth(client, "PLAIN", f"\0{SENDER}\0{relay_stack.passwords[SENDER]}") == code_of(replies.AUTH_SUCCESSFUL)
     client.quit()
+
+
+# -- hostile clients: sessions per address, login deadline, line ends, cut-offs --------------
+
+OTHER_CLIENT = "127.0.0.2"  # another loopback address: another client to the relay
+
+
+def greeted(port: int, *, source: str = "127.0.0.1") -> tuple[socket.socket, bytes]:
+    """A plain connection and the server's first reply."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    return sock, read_reply(sock)
+
+
+def wait_for_close(sock: socket.socket, keepalive: bytes | None = None, *, patience: float = 20.0) -> list[bytes]:
+    """Every reply until the server closes, sending ``keepalive`` every 0.1 s meanwhile.
+
+    Fails if the server has not closed after ``patience`` seconds.
+    """
+    received: list[bytes] = []
+    sock.settimeout(0.1)
+    give_up = time.monotonic() + patience
+    while time.monotonic() < give_up:
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            data = None
+        except (ConnectionError, ssl.SSLError):
+            return received
+        if data == b"":
+            return received
+        if data:
+            received.extend(line for line in data.split(b"\r\n") if line)
+        if keepalive is not None:
+            try:
+                sock.sendall(keepalive)
+            except (ConnectionError, ssl.SSLError):
+                keepalive = None  # closed under us: read what was said before
+            time.sleep(0.1)
+    raise AssertionError(f"the server never closed the connection; it said {received[-3:]!r}")
+
+
+def test_one_address_cannot_take_every_session(relay_stack: Stack) -> None:
+    """100 idle connections from one address: 10 are let in, the others told 421, and a client
+    at another address is still served."""
+    before = relay_stack.counts()
+    per_client = relay_stack.settings.relay.max_sessions_per_client
+    assert per_client < relay_stack.settings.relay.max_sessions
+    idle: list[socket.socket] = []
+    try:
+        greetings = []
+        for _ in range(relay_stack.settings.relay.max_sessions):
+            sock, greeting = greeted(relay_stack.port)
+            idle.append(sock)
+            greetings.append(greeting.decode())
+        assert sum(g.startswith("220 ") for g in greetings) == per_client
+        assert greetings.count(replies.CLIENT_BUSY + "\r\n") == len(greetings) - per_client
+        client = login(relay_stack, source=OTHER_CLIENT)
+        assert client.mail(SENDER) == code_of(replies.SENDER_OK)
+        assert client.rcpt(RECIPIENTS[0]) == code_of(replies.RECIPIENT_OK)
+        queue_id(client.data(message(SENDER, RECIPIENTS[:1])))
+        client.quit()
+    finally:
+        for sock in idle:
+            sock.close()
+    assert relay_stack.counts()[0] == before[0] + 1
+
+
+def test_unauthenticated_session_has_a_deadline_noop_and_rset_do_not_move(relay_stack: Stack) -> None:
+    with RelayServer(relay_stack.runtime(login_timeout=1.0)) as relay:
+        client = connect(relay_stack, port=relay.port)
+        said = wait_for_close(client.sock, b"NOOP\r\nRSET\r\n")
+        client.close()
+        assert said[-1].decode() == replies.LOGIN_TIMEOUT
+        assert set(said[:-1]) == {replies.OK.encode()}
+        # Before STARTTLS too.
+        sock, greeting = greeted(relay.port)
+        with sock:
+            assert greeting.startswith(b"220 ")
+            assert wait_for_close(sock, b"NOOP\r\n")[-1].decode() == replies.LOGIN_TIMEOUT
+        # An authenticated session is past that deadline.
+        client = login(relay_stack, port=relay.port)
+        time.sleep(1.5)
+        assert client.mail(SENDER) == code_of(replies.SENDER_OK)
+        client.quit()
+
+
+def test_noop_and_rset_are_not_activity(relay_stack: Stack) -> None:
+    with RelayServer(relay_stack.runtime(command_timeout=1.0)) as relay:
+        client = login(relay_stack, port=relay.port)
+        said = wait_for_close(client.sock, b"NOOP\r\nRSET\r\n")
+        assert said[-1].decode() == replies.IDLE_TIMEOUT
+        client.close()
+
+
+def test_command_lines_end_with_crlf(relay_stack: Stack) -> None:
+    before = relay_stack.counts()
+    client = login(relay_stack)
+    assert client.mail(SENDER) == code_of(replies.SENDER_OK)
+    client.send(f"RCPT TO:<{RECIPIENTS[0]}\n>\r\n".encode())
+    assert client.getreply() == code_of(replies.BARE_LINE_END)
+    assert client.getreply() == code_of(replies.COMMAND_NOT_RECOGNIZED)  # the stray ">"
+    for line in (f"RCPT TO:<{RECIPIENTS[0]}>\n", "NOOP\rRCPT TO:<x@y>\r\n", f"RCPT TO:<{RECIPIENTS[0]}>\r\r\n"):
+        client.send(line.encode())
+        assert client.getreply() == code_of(replies.BARE_LINE_END), line
+    # None of those recipients was taken.
+    assert client.docmd("DATA") == code_of(replies.NEED_RCPT)
+    assert client.rcpt(RECIPIENTS[0]) == code_of(replies.RECIPIENT_OK)
+    queue_id(client.data(message(SENDER, RECIPIENTS[:1])))
+    client.quit()
+    assert relay_stack.counts()[0] == before[0] + 1
+
+
+@pytest.mark.parametrize("line", [b"XYZZY\r\n", b"AUTH PLAIN AAAA\r\n"], ids=["unrecognized", "over-budget"])
+def test_cut_off_session_closes_cleanly(relay_stack: Stack, caplog: pytest.LogCaptureFixture, line: bytes) -> None:
+    """aiosmtpd's cut-offs with more commands pipelined behind them: one 421, then the end."""
+    client = connect(relay_stack)
+    with caplog.at_level("WARNING"):
+        client.sock.sendall(line * 20)
+        said = wait_for_close(client.sock)
+        client.close()
+        still_serving(relay_stack, relay_stack.counts())
+    assert said[-1].decode() in {replies.TOO_MANY_UNRECOGNIZED, replies.COMMAND_LIMIT}
+    assert all(not reply.startswith(b"421") for reply in said[:-1])
+    assert not [r for r in caplog.records if r.levelname in {"ERROR", "CRITICAL"}], [r.getMessage() for r in caplog.records]

@@ -24,8 +24,8 @@ from mss.mailbox.content import html_to_text
 from mss.models import MailboxToken, Message, Receipt
 from mss.pipeline import RecipientRequest, Submission
 from mss.web import cda_view, i18n
-from web_support import CDA_SAMPLE, DOCTOR, GP, NURSE, create_person, pdf_bytes, submit, unlocked
-from web_support import doctor, gp  # noqa: F401  (fixtures)
+from web_support import CDA_SAMPLE, DOCTOR, GP, NURSE, create_person, login, pdf_bytes, submit, unlocked
+from web_support import app, clients, doctor, gp  # noqa: F401  (fixtures)
 
 
 def test_search_tokens_hide_what_they_index(rt, doctor, gp):  # type: ignore[no-untyped-def]
@@ -226,3 +226,25 @@ def test_every_string_is_translated_and_placeholders_match() -> None:
     assert languages["fr"].ngettext("%(num)d message", "%(num)d messages", 3) == "3 messages"
     assert i18n.negotiate(None, "de-DE,en;q=0.5") == "en" and i18n.negotiate(None, "de") == "fr"
     assert i18n.negotiate("en", "fr") == "en" and i18n.negotiate("xx", "") == "fr"
+
+
+def test_hostile_cda_in_a_client_encrypted_message_is_not_rendered(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    """A client's own envelope is not inspected at submission: the CDA with 40,000 attributes
+    on one element reaches the inbox. Opening it in the web gets the page with its
+    "cannot be displayed" notice, and the service answers meanwhile and after."""
+    from test_documents_hostile import with_attributes
+
+    data = with_attributes(40_000)
+    sender = unlocked(rt, gp)
+    raw = _client_encrypted(rt, sender, [DOCTOR, GP], ("cr.xml", "text/xml", data))
+    accepted = pipeline.submit(
+        rt, Submission(sender=sender, recipients=(RecipientRequest(DOCTOR),), raw=raw, channel="smtp")
+    )
+    client = clients()
+    login(client, doctor)
+    assert client.get(f"/messages/{accepted.queue_id}").status_code == 200
+    view = client.get(f"/messages/{accepted.queue_id}/attachments/0/view")
+    assert view.status_code == 200
+    assert "Ce document ne peut pas être affiché" in view.text
+    assert client.get(f"/messages/{accepted.queue_id}/attachments/0").content == data
+    assert client.get("/healthz").status_code == 200

@@ -2,7 +2,8 @@
 
 The relay and the web hand every attachment to ``inspect_attachment`` before anything is
 signed or stored. ``detect`` decides the kind and owns the shared refusals and limits;
-``pdf``, ``cda`` and ``xdm`` check their kind and read its metadata.
+``pdf``, ``cda`` and ``xdm`` check their kind and read its metadata. The services call them
+through ``workers``, which runs them in worker processes within a deadline.
 """
 
 from mss.documents.cda import (
@@ -25,6 +26,7 @@ from mss.documents.cda import (
     XmlTooComplex,
     cda_header_values,
     ins_qualified,
+    level_one_pdf,
     message_header_values,
     parse_cda,
     parse_xml,
@@ -35,19 +37,15 @@ from mss.documents.detect import (
     DocumentLimits,
     DocumentRefused,
     DocumentTooLarge,
+    DocumentTooComplex,
     DocumentTypeMismatch,
     ForbiddenDocumentType,
     MalformedDocument,
+    PolyglotDocument,
     UnsafeDocument,
     inspect_attachment,
 )
-from mss.documents.pdf import (
-    ActivePdfContent,
-    EncryptedPdf,
-    InvalidPdf,
-    PdfInfo,
-    check_pdf,
-)
+from mss.documents.pdf import ActivePdfContent, EncryptedPdf, InvalidPdf, PdfInfo, PdfTooComplex, check_pdf
 from mss.documents.xdm import (
     ArchiveBomb,
     ArchiveEncrypted,
@@ -80,6 +78,7 @@ __all__ = [
     "DocumentCheckError",
     "DocumentLimits",
     "DocumentRefused",
+    "DocumentTooComplex",
     "DocumentTooLarge",
     "DocumentTypeMismatch",
     "EmbeddedMedia",
@@ -100,7 +99,9 @@ __all__ = [
     "Organisation",
     "Patient",
     "PdfInfo",
+    "PdfTooComplex",
     "PersonName",
+    "PolyglotDocument",
     "Section",
     "UnsafeDocument",
     "WrongCdaNamespace",
@@ -114,6 +115,7 @@ __all__ = [
     "cda_header_values",
     "check_pdf",
     "ins_qualified",
+    "level_one_pdf",
     "inspect_attachment",
     "message_header_values",
     "parse_cda",

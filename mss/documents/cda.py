@@ -29,6 +29,7 @@ from lxml import etree
 from mss.documents.detect import (
     DocumentCheckError,
     DocumentLimits,
+    DocumentTooComplex,
     MalformedDocument,
     UnsafeDocument,
     display_name,
@@ -81,8 +82,9 @@ class XmlDoctypeForbidden(UnsafeDocument):
     code = "xml-doctype"
 
 
-class XmlTooComplex(MalformedDocument):
-    """The XML nests too deep or holds a text node beyond the parser's bound."""
+class XmlTooComplex(DocumentTooComplex):
+    """The XML nests too deep, holds too many elements, attributes on one element or
+    narrative text, or a text node beyond the parser's bound."""
 
     code = "xml-limits"
 
@@ -121,15 +123,25 @@ def _parser() -> etree.XMLParser:
     )
 
 
-def _depth(root: etree._Element) -> int:
-    depth = deepest = 0
-    for event, _ in etree.iterwalk(root, events=("start", "end")):
-        if event == "start":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
+def _check_shape(filename: str, root: etree._Element, limits: DocumentLimits) -> None:
+    """Refuse a tree beyond the limits, in one pass that costs no more than the parse did.
+
+    Attributes are counted, never listed: lxml lists the attributes of one element in time
+    quadratic in their number.
+    """
+    depth = elements = 0
+    for event, element in etree.iterwalk(root, events=("start", "end")):
+        if event == "end":
             depth -= 1
-    return deepest
+            continue
+        depth += 1
+        elements += 1
+        if depth > limits.max_xml_depth:
+            raise XmlTooComplex(filename, f"nests elements deeper than {limits.max_xml_depth} levels")
+        if elements > limits.max_xml_elements:
+            raise XmlTooComplex(filename, f"holds more than {limits.max_xml_elements} elements")
+        if len(element.attrib) > limits.max_xml_attributes:
+            raise XmlTooComplex(filename, f"has an element with more than {limits.max_xml_attributes} attributes")
 
 
 def parse_xml(data: bytes, *, filename: str, limits: DocumentLimits) -> etree._Element:
@@ -137,7 +149,8 @@ def parse_xml(data: bytes, *, filename: str, limits: DocumentLimits) -> etree._E
 
     Raises ``XmlDoctypeForbidden`` for any DOCTYPE or entity declaration (checked in the raw
     bytes before parsing and again on the parsed tree), ``InvalidXml`` when not well-formed,
-    ``XmlTooComplex`` beyond ``limits.max_xml_depth`` or the parser's text node bound.
+    ``XmlTooComplex`` beyond ``limits`` (depth, elements, attributes on one element) or the
+    parser's text node bound.
     """
     # Refused before libxml2 sees it: no DTD is ever processed, not even the internal subset.
     if any(marker in data for marker in _DOCTYPE_MARKERS):
@@ -159,8 +172,7 @@ def parse_xml(data: bytes, *, filename: str, limits: DocumentLimits) -> etree._E
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
         # Only reachable with an encoding the byte scan above does not read (UTF-32, EBCDIC).
         raise XmlDoctypeForbidden(filename, "contains a DOCTYPE declaration, which is not allowed in XML documents")
-    if _depth(root) > limits.max_xml_depth:
-        raise XmlTooComplex(filename, f"nests elements deeper than {limits.max_xml_depth} levels")
+    _check_shape(filename, root, limits)
     return root
 
 
@@ -539,14 +551,36 @@ _NARRATIVE_ATTRIBUTES = frozenset(
         "referencedObject",
     }
 )  # fmt: skip
+_NARRATIVE_QNAMES = frozenset(f"{{{HL7}}}{name}" for name in _NARRATIVE_TAGS)
 _SAFE_HREF = re.compile(r"^(#[\w.:-]*|https?://[^\s\"'<>]+|mailto:[^\s\"'<>]+)$", re.IGNORECASE)
 
 
 _STRUCTURAL_TAGS = frozenset({"table", "thead", "tbody", "tfoot", "tr", "list", "colgroup"})
 
 
-def _narrative(el: etree._Element) -> NarrativeNode:
-    tag = etree.QName(el).localname
+class _TextBudget:
+    """Characters of narrative text still allowed in one document."""
+
+    def __init__(self, filename: str, limit: int) -> None:
+        self.filename = filename
+        self.limit = limit
+        self.left = limit
+
+    def spend(self, text: str) -> str:
+        self.left -= len(text)
+        if self.left < 0:
+            raise XmlTooComplex(self.filename, f"holds more than {self.limit} characters of narrative text")
+        return text
+
+
+def _local_name(tag: str) -> str:
+    return tag[tag.index("}") + 1 :] if tag.startswith("{") else tag
+
+
+def _narrative(el: etree._Element, budget: _TextBudget) -> NarrativeNode:
+    # Called once per element of every narrative block: tags are compared as strings and
+    # attributes looked up by name only when present (their number is bounded by parse_xml).
+    tag = _local_name(el.tag)
     children: list[NarrativeNode | str] = []
 
     def add_text(text: str | None) -> None:
@@ -558,34 +592,36 @@ def _narrative(el: etree._Element) -> NarrativeNode:
             if tag in _STRUCTURAL_TAGS:
                 return
             text = " "
-        children.append(text)
+        children.append(budget.spend(text))
 
     add_text(el.text)
     for child in el:
-        if isinstance(child.tag, str):
-            qname = etree.QName(child)
-            if qname.namespace == HL7 and qname.localname in _NARRATIVE_TAGS:
-                children.append(_narrative(child))
+        child_tag = child.tag
+        if isinstance(child_tag, str):
+            if child_tag in _NARRATIVE_QNAMES:
+                children.append(_narrative(child, budget))
             else:
                 # Foreign or unknown markup: keep the words, drop the element.
                 add_text("".join(child.itertext()))
         add_text(child.tail)
     attributes = []
-    for name, value in el.attrib.items():
+    for name in el.keys():
         if name in _NARRATIVE_ATTRIBUTES:
-            attributes.append((name, value))
-        elif name == "href" and _SAFE_HREF.match(value.strip()):
-            attributes.append((name, value.strip()))
+            attributes.append((name, el.get(name)))
+        elif name == "href":
+            href = el.get(name).strip()
+            if _SAFE_HREF.match(href):
+                attributes.append((name, href))
     return NarrativeNode(tag=tag, attributes=tuple(attributes), children=tuple(children))
 
 
-def _section(el: etree._Element) -> Section:
+def _section(el: etree._Element, budget: _TextBudget) -> Section:
     text = el.find(_h("text"))
     return Section(
         title=_text_of(el.find(_h("title"))),
         code=_code(el.find(_h("code"))),
-        text=_narrative(text) if text is not None else None,
-        sections=tuple(_section(sub) for sub in el.findall(_h("component", "section"))),
+        text=_narrative(text, budget) if text is not None else None,
+        sections=tuple(_section(sub, budget) for sub in el.findall(_h("component", "section"))),
     )
 
 
@@ -687,7 +723,8 @@ def parse_cda(data: bytes, *, filename: str, limits: DocumentLimits) -> CdaInfo:
     media: list[EmbeddedMedia] = []
     non_xml_body = None
     if structured is not None:
-        sections = tuple(_section(el) for el in structured.findall(_h("component", "section")))
+        budget = _TextBudget(filename, limits.max_narrative_text)
+        sections = tuple(_section(el, budget) for el in structured.findall(_h("component", "section")))
         for el in structured.iter(f"{{{HL7}}}value", f"{{{HL7}}}text"):
             if el.get("representation") == "B64":
                 parent = el.getparent()
@@ -723,6 +760,26 @@ def parse_cda(data: bytes, *, filename: str, limits: DocumentLimits) -> CdaInfo:
         media=tuple(media),
         self_presenting=wrapped,
     )
+
+
+def level_one_pdf(data: bytes, *, filename: str, limits: DocumentLimits) -> bytes | None:
+    """The PDF a level-1 CDA carries as its body (``nonXMLBody``), checked like an attached
+    PDF; None when the document has no such body. Raises what ``parse_xml`` and
+    ``check_pdf`` raise, and ``InvalidCda`` for bad base64."""
+    root = parse_xml(data, filename=filename, limits=limits)
+    for body in root.iter(f"{{{HL7}}}nonXMLBody"):
+        text = body.find(f"{{{HL7}}}text")
+        if text is None or text.get("representation") != "B64":
+            continue
+        if (text.get("mediaType") or "").strip().lower() != "application/pdf":
+            continue
+        try:
+            pdf = base64.b64decode("".join((text.text or "").split()), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidCda(filename, "is not a valid CDA R2 document: an embedded file is not valid base64") from exc
+        check_pdf(filename, pdf, limits=limits)
+        return pdf
+    return None
 
 
 # -- MSSanté headers ---------------------------------------------------------------------

@@ -14,7 +14,9 @@ and a short English ``message`` that names the file and the problem, never its c
 from __future__ import annotations
 
 import hashlib
+import io
 import re
+import zipfile
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -50,6 +52,18 @@ class DocumentLimits:
     small repetitive files (a short XML) legitimately compress very well."""
     max_xml_depth: int = 128
     """Element nesting in an XML document. The ANS examples reach 22."""
+    max_xml_elements: int = 100_000
+    """Elements in an XML document. The ANS examples hold at most 6,300; reading 100,000
+    into the display structure takes about a second here."""
+    max_xml_attributes: int = 64
+    """Attributes on one XML element. The ANS examples put at most 6 on one."""
+    max_narrative_text: int = 4_000_000
+    """Characters of narrative text (what the web renders) in one CDA, embedded files aside."""
+    max_pdf_objects: int = 200_000
+    """Objects (dictionaries, arrays, streams, followed references) walked in one PDF."""
+    max_check_seconds: float = 20.0
+    """Wall-clock seconds the checks of one attachment may take in a worker process (see
+    ``mss.documents.workers``); past that the worker is stopped and the attachment refused."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -58,6 +72,11 @@ class DocumentLimits:
             "max_xdm_total_size",
             "max_compression_ratio",
             "max_xml_depth",
+            "max_xml_elements",
+            "max_xml_attributes",
+            "max_narrative_text",
+            "max_pdf_objects",
+            "max_check_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"DocumentLimits.{name} must be positive")
@@ -95,10 +114,19 @@ class DocumentCheckError(DocumentError):
             self.code = code
         super().__init__(f"{self.filename} {problem}", code=self.code, filename=self.filename)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Checks run in worker processes (mss.documents.workers): the refusal crosses back
+        # as its class, file name, problem and code.
+        return (_rebuild_refusal, (type(self), self.filename, self.problem, self.code))
+
     @property
     def smtp_reply(self) -> str:
         """The reply line: ``554 5.6.0 ordonnance.pdf is not a valid PDF: ...``."""
         return f"{self.smtp_code} {self.enhanced_status} {self.message}"
+
+
+def _rebuild_refusal(cls: type[DocumentCheckError], filename: str, problem: str, code: str) -> DocumentCheckError:
+    return cls(filename, problem, code=code)
 
 
 class DocumentRefused(DocumentCheckError):
@@ -125,6 +153,13 @@ class UnsafeDocument(DocumentRefused):
     code = "unsafe-content"
 
 
+class PolyglotDocument(UnsafeDocument):
+    """The file carries the signatures of two formats: another program would open it as the
+    other one (a ZIP that is also a PDF, markup with a PDF header in its first kilobyte ...)."""
+
+    code = "polyglot"
+
+
 class DocumentTooLarge(DocumentCheckError):
     """The attachment (or what it expands to) exceeds a size limit."""
 
@@ -139,6 +174,12 @@ class MalformedDocument(DocumentCheckError):
     code = "malformed"
     smtp_code = 554
     enhanced_status = "5.6.0"
+
+
+class DocumentTooComplex(MalformedDocument):
+    """The document is beyond what its checks read (nesting, element or object counts, time)."""
+
+    code = "too-complex"
 
 
 def too_large_problem(limit: int) -> str:
@@ -280,18 +321,52 @@ def _claimed_kind(content_type: str, ext: str) -> Kind | None:
     return None
 
 
+def _zip_directory_at_end(data: bytes) -> bool:
+    """True when a ZIP reader would open ``data``: it reads the end of central directory
+    record near the end of the file, whatever the file starts with."""
+    try:
+        return zipfile.is_zipfile(io.BytesIO(data))
+    except (OSError, ValueError):
+        return False
+
+
+def signatures(data: bytes) -> list[str]:
+    """Every format ``data`` announces, in the places readers look for them.
+
+    A PDF reader accepts ``%PDF-`` anywhere in the first kilobyte; a ZIP reader starts from
+    the directory at the end; a browser or an XML parser from the first markup. A file that
+    announces one format is one thing to every reader; two is a polyglot.
+    """
+    found: list[str] = []
+    pdf_at = data.find(_PDF_MAGIC, 0, _PDF_HEADER_WINDOW)
+    if pdf_at >= 0:
+        found.append("a PDF")
+        if data[:pdf_at].strip(b" \t\r\n\f\x00"):
+            # Bytes a PDF reader skips but another program reads first.
+            found.append("another format before its %PDF- header")
+    if data.startswith(_ZIP_MAGIC) or _zip_directory_at_end(data):
+        found.append("a ZIP archive")
+    if _looks_like_xml(data):
+        found.append("markup (XML or HTML)")
+    return found
+
+
 def sniff(data: bytes, content_type: str = "application/octet-stream", filename: str = "") -> Kind:
     """The kind of ``data`` judged from its content first, then its declared type and name.
 
     Returns ``pdf``, ``xdm`` (any ZIP), ``cda`` (any XML) or ``text``. Raises
     ``ForbiddenDocumentType`` for what is never carried (executables, images, HTML, Office,
-    unknown binary) and the claimed kind's ``MalformedDocument`` when the name or type says
-    PDF, XML or ZIP but the content is none of them.
+    unknown binary), ``PolyglotDocument`` for a file with the signatures of two formats
+    (see ``signatures``), and the claimed kind's ``MalformedDocument`` when the name or type
+    says PDF, XML or ZIP but the content is none of them.
     """
     what = _forbidden_magic(data)
     if what is not None:
         raise ForbiddenDocumentType(filename, f"is {what}: this type of attachment is not allowed")
-    if _PDF_MAGIC in data[:_PDF_HEADER_WINDOW]:
+    found = signatures(data)
+    if len(found) > 1:
+        raise PolyglotDocument(filename, f"is at once {' and '.join(found)}: a file that is two things is not allowed")
+    if found == ["a PDF"]:
         return "pdf"
     if data.startswith(_ZIP_MAGIC):
         # The first entry's name (at offset 30 of a local header) gives away the common

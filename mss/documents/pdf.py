@@ -9,24 +9,32 @@ Encryption: a PDF that opens with the empty user password (permissions-only prot
 many hospital systems produce) is accepted, since every recipient can read it and we can
 check it. A PDF that needs a password is refused (``EncryptedPdf``): we cannot check what it
 holds, the recipient would need a secret sent some other way, and the message itself is
-already encrypted end to end. PDFs that run JavaScript or launch programs are refused
-(``ActivePdfContent``): a medical letter has no use for them.
+already encrypted end to end. PDFs with active content are refused (``ActivePdfContent``):
+JavaScript (actions, form fields, annotations, the name tree, XFA scripts), launch and
+import actions, forms submitted to a remote address, and embedded programs, wherever they
+sit: every object the file holds is walked once, up to ``limits.max_pdf_objects``
+(``PdfTooComplex`` beyond). A medical letter has no use for any of them.
 """
 
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 from pypdf import PasswordType, PdfReader
 from pypdf.errors import PyPdfError
-from pypdf.generic import DictionaryObject, IndirectObject
+from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject, StreamObject
 
 from mss.documents.detect import (
     DocumentLimits,
+    DocumentTooComplex,
     DocumentTooLarge,
     MalformedDocument,
     UnsafeDocument,
+    display_name,
+    executable_kind,
+    extension,
     too_large_problem,
 )
 
@@ -48,9 +56,16 @@ class EncryptedPdf(UnsafeDocument):
 
 
 class ActivePdfContent(UnsafeDocument):
-    """The PDF runs JavaScript or launches a program when opened."""
+    """The PDF holds JavaScript, a launch or import action, a form sent to a remote address
+    or an embedded program, anywhere in its objects."""
 
     code = "pdf-active-content"
+
+
+class PdfTooComplex(DocumentTooComplex):
+    """The PDF holds more objects than its check walks."""
+
+    code = "pdf-limits"
 
 
 @dataclass(frozen=True)
@@ -70,49 +85,119 @@ def _resolve(obj: object) -> object:
     return obj.get_object() if isinstance(obj, IndirectObject) else obj
 
 
-def _action_kinds(action: object, depth: int = 0) -> set[str]:
-    """The ``/S`` types of an action and of its ``/Next`` chain (bounded)."""
-    action = _resolve(action)
-    if not isinstance(action, DictionaryObject) or depth > 16:
-        return set()
-    kinds = {str(action.get("/S", ""))}
-    following = _resolve(action.get("/Next"))
-    if isinstance(following, list):
-        for item in following[:32]:
-            kinds |= _action_kinds(item, depth + 1)
-    elif following is not None:
-        kinds |= _action_kinds(following, depth + 1)
-    return kinds
+# Names of files a reader's system would run rather than show, embedded without a binary
+# signature (scripts are text).
+_RUNNABLE_EXTENSIONS = frozenset(
+    {
+        ".exe", ".com", ".scr", ".pif", ".bat", ".cmd", ".msi", ".msp", ".dll", ".cpl", ".vbs", ".vbe", ".js",
+        ".jse", ".wsf", ".wsh", ".ps1", ".psm1", ".hta", ".lnk", ".jar", ".sh", ".app", ".dmg", ".reg", ".inf",
+        ".apk", ".iso", ".docm", ".xlsm", ".pptm",
+    }
+)  # fmt: skip
+_URL = re.compile(r"\A[a-z][a-z0-9+.-]*:", re.IGNORECASE)
 
 
-_ACTIVE_ACTIONS = {"/JavaScript", "/Launch", "/ImportData", "/Rendition"}
+class _Walk:
+    """One bounded pass over every object of a PDF: what its trailer reaches and what its
+    cross-reference table lists (an object nobody references may still be found by a reader
+    that repairs the file). Refuses active content wherever it sits."""
+
+    def __init__(self, filename: str, reader: PdfReader, limits: DocumentLimits) -> None:
+        self.filename = filename
+        self.reader = reader
+        self.limit = limits.max_pdf_objects
+        self.visited = 0
+
+    def refuse(self, what: str) -> ActivePdfContent:
+        return ActivePdfContent(self.filename, f"{what}, which is not allowed")
+
+    def run(self) -> None:
+        seen: set[tuple[int, int]] = set()
+        stack: list[object] = [self.reader.trailer]
+        for generation, numbers in self.reader.xref.items():
+            stack.extend(IndirectObject(number, generation, self.reader) for number in numbers)
+        stack.extend(IndirectObject(number, 0, self.reader) for number in self.reader.xref_objStm)
+        while stack:
+            item = stack.pop()
+            if isinstance(item, IndirectObject):
+                key = (item.idnum, item.generation)
+                if key in seen:
+                    continue
+                seen.add(key)
+                item = item.get_object()
+            if not isinstance(item, (DictionaryObject, ArrayObject)):
+                continue
+            self.visited += 1
+            if self.visited > self.limit:
+                raise PdfTooComplex(self.filename, f"holds more than {self.limit} objects")
+            if isinstance(item, DictionaryObject):
+                self.inspect(item)
+                stack.extend(dict.values(item))  # unresolved: references are followed once
+            else:
+                stack.extend(list.__iter__(item))
+
+    def inspect(self, node: DictionaryObject) -> None:
+        action = _resolve(dict.get(node, "/S"))
+        if "/JS" in node or action == "/JavaScript" or "/JavaScript" in node:
+            raise self.refuse("runs JavaScript")
+        if action == "/Launch":
+            raise self.refuse("launches a program")
+        if action == "/ImportData":
+            raise self.refuse("imports data from another file")
+        if action == "/SubmitForm" and self.remote(dict.get(node, "/F")):
+            raise self.refuse("sends form data to a remote address")
+        if "/XFA" in node and self.xfa_scripts(dict.get(node, "/XFA")):
+            raise self.refuse("runs scripts in its XFA form")
+        if "/EF" in node:
+            self.check_embedded(node)
+        elif _resolve(dict.get(node, "/Type")) == "/EmbeddedFile" and isinstance(node, StreamObject):
+            self.check_content(node)
+
+    def remote(self, target: object) -> bool:
+        """A file specification that names a URL (RFC 3986 scheme), as a string or a dictionary."""
+        target = _resolve(target)
+        if isinstance(target, DictionaryObject):
+            if _resolve(dict.get(target, "/FS")) == "/URL":
+                return True
+            target = _resolve(dict.get(target, "/UF") or dict.get(target, "/F"))
+        return isinstance(target, str) and bool(_URL.match(target.strip()))
+
+    def xfa_scripts(self, xfa: object) -> bool:
+        xfa = _resolve(xfa)
+        streams = [xfa] if isinstance(xfa, StreamObject) else [_resolve(x) for x in xfa] if isinstance(xfa, list) else []
+        return any(isinstance(part, StreamObject) and b"<script" in part.get_data().lower() for part in streams[:64])
+
+    def check_embedded(self, spec: DictionaryObject) -> None:
+        """A file specification with embedded files: by its names and by its content."""
+        for key in ("/UF", "/F", "/DOS", "/Mac", "/Unix"):
+            name = _resolve(dict.get(spec, key))
+            if isinstance(name, str) and extension(name) in _RUNNABLE_EXTENSIONS:
+                raise self.refuse(f"carries an embedded program ({display_name(name)})")
+        files = _resolve(dict.get(spec, "/EF"))
+        if isinstance(files, DictionaryObject):
+            for stream in list(dict.values(files))[:8]:
+                stream = _resolve(stream)
+                if isinstance(stream, StreamObject):
+                    self.check_content(stream)
+
+    def check_content(self, stream: StreamObject) -> None:
+        what = executable_kind(stream.get_data()[:64])
+        if what is not None:
+            raise self.refuse(f"carries {what} as an embedded file")
 
 
-def _check_active_content(filename: str, reader: PdfReader) -> int:
-    """Refuse document-level JavaScript and launch actions; return the embedded file count."""
+def _check_active_content(filename: str, reader: PdfReader, limits: DocumentLimits) -> int:
+    """Refuse active content anywhere in the file; return the embedded file count."""
     catalog = _resolve(reader.trailer.get("/Root"))
     if not isinstance(catalog, DictionaryObject):
         raise InvalidPdf(filename, "is not a valid PDF: no document catalog")
-    kinds = _action_kinds(catalog.get("/OpenAction"))
-    additional = _resolve(catalog.get("/AA"))
-    if isinstance(additional, DictionaryObject):
-        for action in list(additional.values())[:32]:
-            kinds |= _action_kinds(action)
+    _Walk(filename, reader, limits).run()
     names = _resolve(catalog.get("/Names"))
     embedded = 0
     if isinstance(names, DictionaryObject):
-        if "/JavaScript" in names:
-            kinds.add("/JavaScript")
         files = _resolve(names.get("/EmbeddedFiles"))
         if isinstance(files, DictionaryObject):
             embedded = _count_name_tree(files)
-    for page in reader.pages:
-        page_actions = _resolve(page.get("/AA"))
-        if isinstance(page_actions, DictionaryObject):
-            for action in list(page_actions.values())[:32]:
-                kinds |= _action_kinds(action)
-    if kinds & _ACTIVE_ACTIONS:
-        raise ActivePdfContent(filename, "runs scripts or programs when opened, which is not allowed")
     return embedded
 
 
@@ -161,8 +246,8 @@ def check_pdf(filename: str, data: bytes, *, limits: DocumentLimits) -> PdfInfo:
         for page in reader.pages:
             if "/Type" in page and page["/Type"] != "/Page":
                 raise InvalidPdf(filename, "is not a valid PDF: its page tree is damaged")
-        embedded = _check_active_content(filename, reader)
-    except (InvalidPdf, EncryptedPdf, ActivePdfContent):
+        embedded = _check_active_content(filename, reader, limits)
+    except (InvalidPdf, EncryptedPdf, ActivePdfContent, PdfTooComplex):
         raise
     except PyPdfError as exc:
         raise InvalidPdf(filename, "is not a valid PDF: it cannot be parsed") from exc

@@ -27,6 +27,7 @@ import stat
 import struct
 import uuid
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -315,7 +316,9 @@ def _read(filename: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Bu
                         f"holds an entry compressed more than {limits.max_compression_ratio} times "
                         f"({_shown(info.filename)})",
                     )
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError,
+            NotImplementedError) as exc:
+        # zlib.error: a damaged deflate stream (zipfile lets it through as it is).
         raise InvalidArchive(filename, f"is not a valid ZIP archive: {_shown(info.filename)} cannot be read") from exc
     if len(out) != info.file_size:
         raise InvalidArchive(filename, f"is not a valid ZIP archive: {_shown(info.filename)} is truncated")

@@ -27,15 +27,8 @@ from mss import pipeline
 from mss.accounts import UnlockedAccount
 from mss.addresses import normalise_address
 from mss.db import session_scope
-from mss.documents import DocumentLimits, inspect_attachment
-from mss.documents.cda import (
-    RPPS_ROOT,
-    Author,
-    CdaInfo,
-    Identifier,
-    Organisation,
-    PersonName,
-)
+from mss.documents import DocumentLimits, workers
+from mss.documents.cda import RPPS_ROOT, Author, CdaInfo, Identifier, Organisation, PersonName
 from mss.documents.detect import sniff
 from mss.documents.xdm import build_xdm
 from mss.errors import (
@@ -206,7 +199,7 @@ def _checked_upload(upload: Upload, limits: DocumentLimits) -> tuple[Upload, Cda
         kind_type = "text/plain"
     else:
         kind_type = CONTENT_TYPES[kind]
-    document = inspect_attachment(name, kind_type, upload.data, limits=limits)
+    document = workers.inspect_attachment(name, kind_type, upload.data, limits=limits)
     return Upload(filename=name, content_type=kind_type, data=upload.data), document.cda
 
 

@@ -11,8 +11,6 @@ between them, never while a write lock is held.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import re
 import zipfile
@@ -30,10 +28,8 @@ from directory.models import DirectoryEntry
 from mss import audit, store
 from mss.accounts import UnlockedAccount
 from mss.db import session_scope
-from mss.documents import DocumentLimits, parse_cda, parse_xml
-from mss.documents.cda import HL7, InvalidCda
-from mss.documents.pdf import check_pdf
-from mss.documents.xdm import XdmInfo, parse_xdm
+from mss.documents import DocumentLimits, workers
+from mss.documents.xdm import XdmInfo
 from mss.errors import CryptoError, DecryptionError, DocumentError, FilterError
 from mss.mailbox import index
 from mss.mailbox.content import (
@@ -618,8 +614,11 @@ def _receipt_about(session: Session, notification: Message) -> ReceiptAbout | No
     )
 
 
-def document_facts(rt: Runtime, attachments: tuple[Attachment, ...]) -> tuple[set[str], set[str], set[str]]:
-    """CDA type codes, patient INS and document kinds found in attachments (XDM opened)."""
+def document_facts(
+    rt: Runtime, attachments: tuple[Attachment, ...], owner: str | None = None
+) -> tuple[set[str], set[str], set[str]]:
+    """CDA type codes, patient INS and document kinds found in attachments (XDM opened),
+    read in worker processes within ``owner``'s share (see ``mss.documents.workers``)."""
     codes: set[str] = set()
     ins: set[str] = set()
     kinds: set[str] = set()
@@ -628,9 +627,11 @@ def document_facts(rt: Runtime, attachments: tuple[Attachment, ...]) -> tuple[se
         kinds.add(attachment.kind)
         try:
             if attachment.kind == "cda":
-                infos = [parse_cda(attachment.data, filename=attachment.filename, limits=limits)]
+                infos = [workers.parse_cda(attachment.data, filename=attachment.filename, limits=limits, owner=owner)]
             elif attachment.kind == "xdm":
-                infos = list(parse_xdm(attachment.data, limits=limits, filename=attachment.filename).cdas)
+                infos = list(
+                    workers.parse_xdm(attachment.data, limits=limits, filename=attachment.filename, owner=owner).cdas
+                )
                 if infos:
                     kinds.add("cda")
             else:
@@ -649,7 +650,7 @@ def _index_opened(
 ) -> None:
     if not index.needs_content(meta, loaded.message.kind):
         return
-    codes, ins, kinds = document_facts(rt, attachments)
+    codes, ins, kinds = document_facts(rt, attachments, owner)
     key = index.index_key(rt.engine, rt.master_key)
     try:
         with session_scope(rt.engine) as session:
@@ -686,7 +687,7 @@ def _index_content_batch(rt: Runtime, reader: UnlockedAccount) -> int:
         except (DecryptionError, CryptoError):
             entity = b""
         _headers, _body, _html, attachments = split_entity(entity) if entity else ({}, "", False, ())
-        codes, ins, kinds = document_facts(rt, attachments)
+        codes, ins, kinds = document_facts(rt, attachments, reader.address)
         try:
             with session_scope(rt.engine) as session:
                 index.index_content(
@@ -740,9 +741,11 @@ def open_attachment(
     )
 
 
-def xdm_entries(rt: Runtime, attachment: Attachment) -> tuple[XdmInfo, tuple[XdmEntry, ...]]:
+def xdm_entries(
+    rt: Runtime, attachment: Attachment, owner: str | None = None
+) -> tuple[XdmInfo, tuple[XdmEntry, ...]]:
     """The documents listed in an IHE_XDM.ZIP attachment. Raises DocumentError."""
-    info = parse_xdm(attachment.data, limits=limits_of(rt), filename=attachment.filename)
+    info = workers.parse_xdm(attachment.data, limits=limits_of(rt), filename=attachment.filename, owner=owner)
     entries = tuple(
         XdmEntry(
             index=i,
@@ -774,20 +777,7 @@ def xdm_document(rt: Runtime, attachment: Attachment, document_index: int) -> tu
 def embedded_pdf(rt: Runtime, data: bytes, filename: str) -> bytes | None:
     """The PDF a level-1 CDA carries as its body (``nonXMLBody``), checked like an attached
     PDF; None when the document has no such body. Raises DocumentError."""
-    root = parse_xml(data, filename=filename, limits=limits_of(rt))
-    for body in root.iter(f"{{{HL7}}}nonXMLBody"):
-        text = body.find(f"{{{HL7}}}text")
-        if text is None or text.get("representation") != "B64":
-            continue
-        if (text.get("mediaType") or "").strip().lower() != "application/pdf":
-            continue
-        try:
-            pdf = base64.b64decode("".join((text.text or "").split()), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidCda(filename, "is not a valid CDA R2 document: an embedded file is not valid base64") from exc
-        check_pdf(filename, pdf, limits=limits_of(rt))
-        return pdf
-    return None
+    return workers.level_one_pdf(data, filename=filename, limits=limits_of(rt))
 
 
 # -- marks and folders -------------------------------------------------------------------

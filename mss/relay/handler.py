@@ -21,16 +21,20 @@ from mss.errors import (
     AddressNotServed,
     CertificateExpired,
     CertificateRevoked,
+    BareCarriageReturn,
     DocumentError,
     DomainNotServed,
     EntryRevoked,
     FromHeaderMismatch,
     MalformedMessage,
+    MalformedOriginator,
     MessageTooLarge,
+    MimeTooComplex,
     MssError,
     NotEncryptedForRecipients,
     PolicyError,
     RecipientHasNoCertificate,
+    RepeatedHeaderField,
     RevokedAddress,
     SenderMismatch,
     StandingError,
@@ -64,6 +68,13 @@ _SENDER_REFUSALS: Final[tuple[tuple[type[StandingError], str, str], ...]] = (
     (AddressNotServed, replies.SENDER_NOT_SERVED, "domain-not-served"),
     (StandingError, replies.SENDER_REVOKED, "not-in-standing"),
 )
+_MALFORMED_REFUSALS: Final[tuple[tuple[type[MalformedMessage], str], ...]] = (
+    (BareCarriageReturn, replies.BARE_CR_IN_MESSAGE),
+    (MimeTooComplex, replies.MIME_TOO_COMPLEX),
+    (RepeatedHeaderField, replies.REPEATED_HEADER_FIELD),
+    (MalformedOriginator, replies.MALFORMED_ORIGINATOR),
+    (MalformedMessage, replies.MALFORMED_MESSAGE),
+)
 _SUBMISSION_REFUSALS: Final[tuple[tuple[type[MssError], str], ...]] = (
     *((cls, reply) for cls, reply, _ in _SENDER_REFUSALS),
     (FromHeaderMismatch, replies.FROM_HEADER_MISMATCH),
@@ -83,7 +94,8 @@ def submission_refusal(error: MssError) -> str | None:
     answers ``451`` and logs it.
     """
     if isinstance(error, MalformedMessage):
-        return replies.with_detail(replies.MALFORMED_MESSAGE, error.message)
+        reply = next(reply for cls, reply in _MALFORMED_REFUSALS if isinstance(error, cls))
+        return replies.with_detail(reply, error.message)
     if isinstance(error, UnopenableEnvelope):
         return replies.with_detail(replies.ENVELOPE_NOT_SUPPORTED, error.message)
     if isinstance(error, DocumentError):

@@ -1,8 +1,9 @@
 """The SMTP submission protocol on the wire: aiosmtpd's ``SMTP`` with our limits and replies.
 
 ``RelaySMTP`` parses and enforces what belongs to the protocol (STARTTLS before anything,
-AUTH before MAIL, ESMTP parameters, SIZE, line length, the header section cap, idle
-timeout, the cap on sessions) and hands every decision to its handler
+AUTH before MAIL, ESMTP parameters, SIZE, line length and CRLF line ends, the header section
+cap, the login deadline and the idle timeout, the caps on sessions in all and per client
+address) and hands every decision to its handler
 (``mss.relay.handler.RelayHandler``), which calls the pipeline. Every reply leaves through
 ``push``, which swaps aiosmtpd's own fixed replies for the named ones in ``replies``.
 
@@ -20,6 +21,7 @@ import re
 import secrets
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
@@ -53,6 +55,8 @@ COMMAND_CALL_LIMIT: Final = {"AUTH": 3, "*": 10_000}
 DATA_END: Final = b"\r\n.\r\n"
 # Read whatever is buffered in one go (the StreamReader limit only bounds command lines).
 _READ_ALL: Final = 1 << 30
+# aiosmtpd's replies after which it closes the connection, and the outcome they mean.
+_CUT_OFFS: Final = {replies.TOO_MANY_UNRECOGNIZED: "unrecognized-commands", replies.COMMAND_LIMIT: "command-limit"}
 
 
 class RelaySession(Session):
@@ -89,28 +93,39 @@ class RelayEnvelope(Envelope):
 
 
 class SessionRegistry:
-    """The sessions of one listening server: the cap, and a drain at shutdown.
+    """The sessions of one listening server: the caps, and a drain at shutdown.
 
     In-process only on purpose: each relay process caps its own sessions, so several
-    processes behind one address share nothing but the database.
+    processes behind one address share nothing but the database. Sessions are also counted
+    per client address, so that one client cannot take every session there is.
     """
 
-    def __init__(self, max_sessions: int) -> None:
+    def __init__(self, max_sessions: int, max_per_client: int | None = None) -> None:
         self.max_sessions = max_sessions
+        self.max_per_client = max_sessions if max_per_client is None else max_per_client
         self.active: set[RelaySMTP] = set()
+        self.per_client: collections.Counter[str] = collections.Counter()
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def admit(self, session: "RelaySMTP") -> bool:
+    def admit(self, session: "RelaySMTP", client: str) -> str | None:
+        """Count ``session`` in; or the ``421`` reply that turns it away."""
         if self.draining or len(self.active) >= self.max_sessions:
-            return False
+            return replies.SERVICE_BUSY
+        if self.per_client[client] >= self.max_per_client:
+            return replies.CLIENT_BUSY
         self.active.add(session)
+        self.per_client[client] += 1
         self._idle.clear()
-        return True
+        return None
 
-    def leave(self, session: "RelaySMTP") -> None:
-        self.active.discard(session)
+    def leave(self, session: "RelaySMTP", client: str) -> None:
+        if session in self.active:
+            self.active.discard(session)
+            self.per_client[client] -= 1
+            if self.per_client[client] <= 0:
+                del self.per_client[client]
         if not self.active:
             self._idle.set()
 
@@ -127,6 +142,34 @@ class SessionRegistry:
                 session.close_with(replies.SHUTTING_DOWN, outcome="shutdown")
 
 
+class CommandReader(asyncio.StreamReader):
+    """The session's stream: every line read with the default separator (a command, an AUTH
+    response) must end with CRLF and hold no other CR or LF (RFC 5321 2.3.8).
+
+    Such a line is answered ``500 5.5.2`` by ``refuse_line`` and skipped: aiosmtpd never sees
+    it, so ``RCPT TO:<a@b<LF>`` can neither pass as a command nor lose its end.
+    """
+
+    def __init__(self, refuse_line: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._refuse_line = refuse_line
+        self._overlong = False
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        while True:
+            try:
+                line = await super().readuntil(separator)
+            except asyncio.LimitOverrunError:
+                # aiosmtpd then reads the rest of the overlong line and answers it "too long";
+                # the rest may be the lone LF of its CRLF.
+                self._overlong = True
+                raise
+            if separator != b"\n" or self._overlong or (line.endswith(b"\r\n") and b"\r" not in line[:-2]):
+                self._overlong = False
+                return line
+            await self._refuse_line()
+
+
 class RelaySMTP(PasswordMechanisms, SMTP):
     """One SMTP session of the submission relay (aiosmtpd protocol, our rules of the wire)."""
 
@@ -136,13 +179,26 @@ class RelaySMTP(PasswordMechanisms, SMTP):
         self.correlation_id = secrets.token_hex(6)
         self.submitting = False
         self._admitted = False
+        self._refusal: str | None = None
+        self._client = "-"
         self._ended = False
         self._outcome = "disconnected"
         self._started = time.monotonic()
         self._transactions = 0
+        self._login_timer: asyncio.TimerHandle | None = None
+        self._idle_deadline: float | None = None
+        self._previous_idle_deadline: float | None = None
         self.accepted = 0
         self.refused = 0
         super().__init__(handler, **kwargs)
+        # aiosmtpd reads from a plain StreamReader it builds in its constructor; the stream
+        # protocol is set up again, before any connection, with ours (same limit).
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            CommandReader(self._refuse_line, limit=self.line_length_limit, loop=self.loop),
+            client_connected_cb=self._cb_client_connected,
+            loop=self.loop,
+        )
         # aiosmtpd keeps these limits in a class-level dict shared by every session; ours
         # are per session.
         self.command_size_limits = collections.defaultdict(
@@ -159,14 +215,21 @@ class RelaySMTP(PasswordMechanisms, SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None
-        super().connection_made(transport)
         if first:
-            self._admitted = self.registry.admit(self)
+            peer = transport.get_extra_info("peername")
+            self._client = str(peer[0]) if peer else "-"
+            self._refusal = self.registry.admit(self, self._client)
+            self._admitted = self._refusal is None
+        super().connection_made(transport)
+        if first and self._admitted:
+            # Counted from the connection, and extended by nothing: an unauthenticated
+            # session cannot hold its place with NOOP or RSET.
+            self._login_timer = self.loop.call_later(self.rt.settings.relay.login_timeout, self._login_timeout_cb)
 
     async def _handle_client(self) -> None:
         if not self._admitted:
-            self._outcome = "busy"
-            await self.push(replies.SERVICE_BUSY)
+            self._outcome = "busy" if self._refusal == replies.SERVICE_BUSY else "client-busy"
+            await self.push(self._refusal or replies.SERVICE_BUSY)
             if self.transport is not None:
                 self.transport.close()
             return
@@ -179,8 +242,10 @@ class RelaySMTP(PasswordMechanisms, SMTP):
             # aiosmtpd may call this twice (a failed TLS handshake): count and log once.
             if not self._ended:
                 self._ended = True
+                if self._login_timer is not None:
+                    self._login_timer.cancel()
                 if self._admitted:
-                    self.registry.leave(self)
+                    self.registry.leave(self, self._client)
                 self._log_outcome()
 
     def _log_outcome(self) -> None:
@@ -213,6 +278,30 @@ class RelaySMTP(PasswordMechanisms, SMTP):
         log.debug("session %s idle timeout", self.correlation_id)
         self.close_with(replies.IDLE_TIMEOUT, outcome="timeout")
 
+    def _login_timeout_cb(self) -> None:
+        self._login_timer = None
+        session = self.session
+        if session is not None and session.authenticated:
+            return
+        log.debug("session %s not authenticated in time", self.correlation_id)
+        self.close_with(replies.LOGIN_TIMEOUT, outcome="login-timeout")
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd calls this before every recognised command; the deadline it replaces is
+        # kept so that NOOP and RSET can put it back (see _keep_idle_deadline).
+        self._previous_idle_deadline = self._idle_deadline
+        super()._reset_timeout(duration)
+        self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
+
+    def _keep_idle_deadline(self) -> None:
+        """Undo the idle timer's reset for this command: NOOP and RSET are not activity."""
+        deadline = self._previous_idle_deadline
+        if deadline is None or self._timeout_handle is None:
+            return
+        self._timeout_handle.cancel()
+        self._timeout_handle = self.loop.call_at(deadline, self._timeout_cb)
+        self._idle_deadline = deadline
+
     def new_request_id(self) -> str:
         """A request id for the next mail transaction: the correlation id and a counter."""
         self._transactions += 1
@@ -221,7 +310,19 @@ class RelaySMTP(PasswordMechanisms, SMTP):
     # -- replies and errors ---------------------------------------------------------------
 
     async def push(self, status: str | bytes) -> None:
-        await super().push(replies.translate(status) if isinstance(status, str) else status)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            # aiosmtpd closed the connection after one of its cut-offs (too many unknown
+            # commands, a command over its budget) while the client had pipelined more:
+            # those get no answer and the session's task ends here, as on a lost connection.
+            raise asyncio.CancelledError("session closed")
+        reply = replies.translate(status) if isinstance(status, str) else status
+        if reply in _CUT_OFFS:
+            self._outcome = _CUT_OFFS[reply]
+        await super().push(reply)
+
+    async def _refuse_line(self) -> None:
+        await self.push(replies.BARE_LINE_END)
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException):
@@ -239,6 +340,23 @@ class RelaySMTP(PasswordMechanisms, SMTP):
         return replies.LOCAL_ERROR
 
     # -- commands --------------------------------------------------------------------------
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str | None) -> None:
+        self._keep_idle_deadline()
+        await super().smtp_NOOP(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str | None) -> None:
+        self._keep_idle_deadline()
+        await super().smtp_RSET(arg)
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        await super().smtp_AUTH(arg)
+        if self.session is not None and self.session.authenticated and self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
 
     @syntax("QUIT")
     async def smtp_QUIT(self, arg: str | None) -> None:

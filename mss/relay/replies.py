@@ -18,8 +18,16 @@ from typing import Final
 
 # RFC 3463 X.3.2 "System not accepting network messages": the cap on sessions is reached.
 SERVICE_BUSY: Final = "421 4.3.2 Too many sessions, try again later"
+# X.7.0: one client address holds its share of the sessions already (MSS_MAX_SESSIONS_PER_CLIENT).
+CLIENT_BUSY: Final = "421 4.7.0 Too many sessions from your address, try again later"
 # RFC 5321 4.5.3.2: a server that times a client out should say so (X.4.2 "Bad connection").
 IDLE_TIMEOUT: Final = "421 4.4.2 Idle too long, closing connection"
+# A session that has not authenticated within MSS_SMTP_LOGIN_TIMEOUT, whatever it sent.
+LOGIN_TIMEOUT: Final = "421 4.7.0 Not authenticated in time, closing connection"
+# aiosmtpd's cut-offs (its own replies, then it closes the connection): RFC 5321 3.8 wants a
+# 421 before a server closes on its own.
+TOO_MANY_UNRECOGNIZED: Final = "421 4.7.0 Too many unrecognized commands, closing connection"
+COMMAND_LIMIT: Final = "421 4.7.0 Too many commands of one kind, closing connection"
 SHUTTING_DOWN: Final = "421 4.3.2 Service shutting down, try again later"
 # Any unexpected failure: temporary, so a well-behaved client retries; never the details.
 LOCAL_ERROR: Final = "451 4.3.0 Local error in processing, try again later"
@@ -38,6 +46,8 @@ EHLO_LAST: Final = "250 HELP"
 BAD_SYNTAX: Final = "500 5.5.2 Syntax error"
 COMMAND_NOT_RECOGNIZED: Final = "500 5.5.1 Command not recognized"
 COMMAND_TOO_LONG: Final = "500 5.5.2 Command line too long"
+# RFC 5321 2.3.8: CR and LF only ever come together, as CRLF, which ends every command line.
+BARE_LINE_END: Final = "500 5.5.2 Command lines end with CRLF, and hold no other CR or LF (RFC 5321 section 2.3.8)"
 NON_ASCII: Final = "500 5.5.2 Non-ASCII characters are not allowed here"
 BAD_SEQUENCE_HELO: Final = "503 5.5.1 Send EHLO first"
 NOT_IMPLEMENTED: Final = "502 5.5.1 Command not implemented"
@@ -135,6 +145,11 @@ QUEUED: Final = "250 2.0.0 Ok: queued as {queue_id}"
 FROM_HEADER_MISMATCH: Final = "550 5.7.1 From: header is not the authenticated account"
 # X.6.0 "Other or undefined media error": not parseable MIME, or RFC 5322 fields missing.
 MALFORMED_MESSAGE: Final = "554 5.6.0 Malformed message"
+# Permanent defects of the message itself, each named: a retry would send the same bytes.
+BARE_CR_IN_MESSAGE: Final = "554 5.6.0 Message holds a bare CR outside a CRLF line end (RFC 5322 section 2.3)"
+MIME_TOO_COMPLEX: Final = "554 5.6.0 MIME structure too deep or too large"
+REPEATED_HEADER_FIELD: Final = "554 5.6.0 Header field allowed once appears more than once (RFC 5322 section 3.6)"
+MALFORMED_ORIGINATOR: Final = "554 5.6.0 From: and Sender: must each be one well-formed mailbox (RFC 5322 section 3.6.2)"
 # X.7.5 "Cryptographic failure": a client-encrypted message whose envelope holds no key for
 # some recipient; they could never decrypt it. X.7.4 ("Security features not supported")
 # would wrongly say that S/MIME itself is not supported here.
@@ -220,12 +235,15 @@ _LIBRARY: Final[dict[str, str]] = {
     "501 5.5.2 Can't decode base64": AUTH_BAD_BASE64,
     "501 5.5.2 Can't split auth value": AUTH_BAD_RESPONSE,
     "530 5.7.0 Authentication required": AUTH_REQUIRED,
+    "502 5.5.1 Too many unrecognized commands, goodbye.": TOO_MANY_UNRECOGNIZED,
 }
 # Library replies that carry the client's own words after a fixed beginning.
 _LIBRARY_PREFIXES: Final[tuple[tuple[str, str], ...]] = (
     ("500 Error: command ", COMMAND_NOT_RECOGNIZED),
     ("502 Could not VRFY ", RECIPIENT_SYNTAX),
 )
+# aiosmtpd's "421 4.7.0 {command} sent too many times" (the command as the client spelled it).
+_LIBRARY_CALL_LIMIT = re.compile(r"\A421 4\.7\.0 \S* sent too many times\Z")
 _HAS_ENHANCED = re.compile(r"\A\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |\Z)")
 _CLASS_DEFAULT: Final[dict[str, str]] = {"2": "2.0.0", "4": "4.0.0", "5": "5.0.0"}
 
@@ -245,6 +263,8 @@ def translate(reply: str) -> str:
     for prefix, ours in _LIBRARY_PREFIXES:
         if reply.startswith(prefix):
             return ours
+    if _LIBRARY_CALL_LIMIT.match(reply):
+        return COMMAND_LIMIT
     code = reply[:3]
     final = len(reply) > 4 and reply[3] == " " and code[0] in _CLASS_DEFAULT and code != "220"
     if final and not _HAS_ENHANCED.match(reply):

@@ -1,7 +1,8 @@
 """Starting and stopping the submission relay: the listener, ``serve_relay`` and ``RelayServer``.
 
 One listener serves many sessions on one event loop; blocking work (argon2id, directory
-lookups, the pipeline) goes to worker threads. A process holds nothing that another relay
+lookups, the pipeline) goes to worker threads, and document checks from there to worker
+processes (``mss.documents.workers``). A process holds nothing that another relay
 process would need: several can run side by side against one PostgreSQL database.
 
 ``serve_relay`` is what a relay process runs (``mss serve relay``, ``python -m mss.relay``);
@@ -16,8 +17,10 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
+from mss.documents import workers
 from mss.relay.handler import RelayHandler
 from mss.relay.protocol import COMMAND_CALL_LIMIT, RelaySMTP, SessionRegistry
 from mss.relay.tls import server_context
@@ -86,8 +89,16 @@ async def start_listener(rt: Runtime, *, host: str, port: int) -> Listener:
 
     Raises ConfigError (TLS material) and OSError (the address cannot be bound).
     """
-    registry = SessionRegistry(rt.settings.relay.max_sessions)
+    registry = SessionRegistry(rt.settings.relay.max_sessions, rt.settings.relay.max_sessions_per_client)
     loop = asyncio.get_running_loop()
+    # Every session may have one blocking call in flight (argon2id, a directory lookup, the
+    # pipeline waiting on a document check). asyncio's default pool has cpu_count + 4 threads:
+    # a few sessions waiting on large documents would hold up everybody else's AUTH and RCPT.
+    loop.set_default_executor(
+        ThreadPoolExecutor(max_workers=rt.settings.relay.max_sessions + 4, thread_name_prefix="mss-relay")
+    )
+    # The document checks' worker processes, ready before the first message needs them.
+    await asyncio.to_thread(workers.start)
     server = await loop.create_server(smtp_factory(rt, registry), host=host, port=port, reuse_address=True)
     listener = Listener(server, registry)
     log.info("relay listening on %s:%d", *listener.address)

@@ -1,8 +1,9 @@
 """The reading pages: folders, a message, its attachments and the documents they hold.
 
 Controllers translate HTTP to ``mss.mailbox`` calls and back; the rules live there. Every
-blocking call (database, decryption, signature check, document parsing) runs in a worker
-thread. A message or attachment that is not in the reader's mailbox is a 404, the same as
+blocking call (database, decryption, signature check) runs in a worker thread, document
+parsing in a worker process (``mss.documents.workers``), and a page that renders a CDA is
+rendered in a worker thread. A message or attachment that is not in the reader's mailbox is a 404, the same as
 one that does not exist.
 """
 
@@ -18,7 +19,7 @@ from litestar.response import Response as RawResponse
 
 from mss import mailbox
 from mss.db import utcnow
-from mss.documents import parse_cda
+from mss.documents import workers
 from mss.errors import DocumentError
 from mss.mailbox import FilterError, Filters, MessageNotFound
 from mss.mailbox.reading import limits_of
@@ -268,16 +269,19 @@ class MailboxController(Controller):
             "back": f"/messages/{opened.queue_id}",
         }
         await self._fill_view(request, context, a.kind, a.data, a.filename)
-        return render(request, "attachment.html", **context)
+        # A CDA's narrative can be long: the page is rendered off the event loop.
+        return await run(render, request, "attachment.html", **context)
 
     async def _fill_view(self, request: Request, context: dict, kind: str, data: bytes, filename: str) -> None:
         rt = config(request).rt
         t = language(request).gettext
         try:
             if kind == "cda":
-                context["cda"] = await run(parse_cda, data, filename=filename, limits=limits_of(rt))
+                context["cda"] = await run(
+                    workers.parse_cda, data, filename=filename, limits=limits_of(rt), owner=context["user"]
+                )
             elif kind == "xdm":
-                _info, context["entries"] = await run(mailbox.xdm_entries, rt, context["a"])
+                _info, context["entries"] = await run(mailbox.xdm_entries, rt, context["a"], context["user"])
             elif kind == "text":
                 context["text"] = data.decode("utf-8", errors="replace")
         except DocumentError:
@@ -336,7 +340,7 @@ class MailboxController(Controller):
             "back": f"/messages/{opened.queue_id}/attachments/{index}/view",
         }
         await self._fill_view(request, context, entry.kind, data, entry.path)
-        return render(request, "attachment.html", **context)
+        return await run(render, request, "attachment.html", **context)
 
     async def _xdm(self, request: Request, queue_id: FromPath[str], index: int, doc: int, action: str):  # type: ignore[no-untyped-def]
         opened = await self._attachment(request, queue_id, index, action)

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from mss.documents import workers
 from mss.errors import ConfigError
 from mss.runtime import Runtime
 from mss.web.app import create_app
@@ -77,6 +78,8 @@ async def serve_web(rt: Runtime, *, sock: socket.socket | None = None, started: 
     """
     config = uvicorn_config(rt)
     config.load()
+    # The document checks' worker processes, ready before the first page needs them.
+    await asyncio.to_thread(workers.start)
     if config.ssl is not None:
         config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
     scheme = "http" if rt.settings.web.behind_tls_proxy else "https"

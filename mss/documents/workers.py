@@ -1,0 +1,138 @@
+"""Document checks in worker processes: off the event loop, off the GIL, within a deadline.
+
+lxml and pypdf hold the GIL through long calls, so a check running in a thread of the relay
+or the web still stops their event loop while it runs; a hostile document can make that last
+long. The services therefore never check a document in their own process: each function
+here hands the check to a pool of worker processes (pebble's ``ProcessPool``) and waits for
+it in the calling thread. The checks themselves bound their work (``DocumentLimits``:
+depth, elements, attributes per element, narrative text, PDF objects, archive sizes); the
+pool adds the last bound, time: a check that runs past ``limits.max_check_seconds`` has its
+worker stopped and replaced, and the document is refused (``DocumentTooComplex``, a
+permanent refusal); so is one whose worker dies under it (a parser crash, memory).
+
+Workers are started from a fork server that has already imported ``mss.documents``, so a
+replaced worker is ready in milliseconds and holds nothing of the parent (no database
+connection, no key). The pool is one per process, started on first use or by ``start``.
+As with any multiprocessing start method but fork, a worker imports the parent's main
+module: every entry point keeps its ``if __name__ == "__main__"`` guard.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import TimeoutError as CheckTimedOut
+from typing import Any, Final, TypeVar
+
+from pebble import ProcessExpired, ProcessPool
+
+from mss.documents import cda, detect, xdm
+from mss.documents.cda import CdaInfo
+from mss.documents.detect import Document, DocumentLimits, DocumentTooComplex
+from mss.documents.xdm import XdmInfo
+
+log = logging.getLogger("mss.documents")
+
+T = TypeVar("T")
+
+# Twice the cores: a check waiting on a slow hostile document leaves others free to run.
+WORKERS: Final = min(8, max(2, 2 * (os.cpu_count() or 1)))
+# Checks one account may have running at once: an account that sends costly documents from
+# many sessions waits for its own turn and leaves workers to everybody else.
+ACCOUNT_SHARE: Final = max(1, WORKERS // 2)
+
+_lock = threading.Lock()
+_pool: ProcessPool | None = None
+_shares: collections.defaultdict[str, threading.BoundedSemaphore] = collections.defaultdict(
+    lambda: threading.BoundedSemaphore(ACCOUNT_SHARE)
+)
+
+
+def start() -> None:
+    """Start the fork server and the workers now rather than on the first check (a server's
+    start-up): one trivial task goes through."""
+    _running_pool().schedule(os.getpid).result()
+
+
+def stop() -> None:
+    """Stop the workers (at interpreter exit; a later check starts a new pool)."""
+    global _pool
+    with _lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.stop()
+        pool.join()
+
+
+def _running_pool() -> ProcessPool:
+    global _pool
+    with _lock:
+        if _pool is None or not _pool.active:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["mss.documents"])
+            _pool = ProcessPool(max_workers=WORKERS, context=context)
+        return _pool
+
+
+atexit.register(stop)
+
+
+def _in_worker(check: Callable[..., T], args: tuple[Any, ...], kwargs: Mapping[str, Any], filename: str,
+               limits: DocumentLimits, owner: str | None = None) -> T:
+    """``check(*args, **kwargs)`` in a worker process, within ``owner``'s share of the
+    workers (see ACCOUNT_SHARE); its DocumentError is raised here."""
+    with _lock:
+        share = _shares[owner] if owner else None
+    if share is None:
+        return _wait(check, args, kwargs, filename, limits)
+    with share:
+        return _wait(check, args, kwargs, filename, limits)
+
+
+def _wait(check: Callable[..., T], args: tuple[Any, ...], kwargs: Mapping[str, Any], filename: str,
+          limits: DocumentLimits) -> T:
+    future = _running_pool().schedule(check, args=args, kwargs=kwargs, timeout=limits.max_check_seconds)
+    try:
+        return future.result()
+    except CheckTimedOut as exc:
+        log.warning("document check of %s stopped after %g s", detect.display_name(filename), limits.max_check_seconds)
+        raise DocumentTooComplex(
+            filename, f"takes longer than {limits.max_check_seconds:g} seconds to check, which is not allowed"
+        ) from exc
+    except ProcessExpired as exc:
+        log.warning("document check of %s: the worker died (exit code %s)", detect.display_name(filename), exc.exitcode)
+        raise DocumentTooComplex(filename, "stopped the program that checks it, which is not allowed") from exc
+
+
+def inspect_attachment(
+    filename: str, content_type: str, data: bytes, *, limits: DocumentLimits, allow_archive: bool = True,
+    owner: str | None = None,
+) -> Document:
+    """``mss.documents.inspect_attachment`` in a worker, for ``owner`` (the account that
+    sends or reads it). Raises what it raises, and DocumentTooComplex past the deadline."""
+    return _in_worker(
+        detect.inspect_attachment, (filename, content_type, data), {"limits": limits, "allow_archive": allow_archive},
+        filename, limits, owner,
+    )
+
+
+def parse_cda(data: bytes, *, filename: str, limits: DocumentLimits, owner: str | None = None) -> CdaInfo:
+    """``mss.documents.parse_cda`` in a worker (the web renders what it returns)."""
+    return _in_worker(cda.parse_cda, (data,), {"filename": filename, "limits": limits}, filename, limits, owner)
+
+
+def parse_xdm(data: bytes, *, filename: str, limits: DocumentLimits, owner: str | None = None) -> XdmInfo:
+    """``mss.documents.parse_xdm`` in a worker."""
+    return _in_worker(xdm.parse_xdm, (data,), {"filename": filename, "limits": limits}, filename, limits, owner)
+
+
+def level_one_pdf(data: bytes, *, filename: str, limits: DocumentLimits, owner: str | None = None) -> bytes | None:
+    """``mss.documents.level_one_pdf`` (the PDF body of a level-1 CDA) in a worker."""
+    return _in_worker(
+        cda.level_one_pdf, (data,), {"filename": filename, "limits": limits}, filename, limits, owner
+    )
