@@ -9,7 +9,7 @@ only point inside the document. Nothing is fetched, no stylesheet of the documen
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import date, datetime, timedelta, timezone
 
 from babel.dates import format_date, format_datetime, format_skeleton, format_time
@@ -238,26 +238,34 @@ def section_title(section: Section) -> str:
     return section.title or code_label(section.code, SECTION_TYPES)
 
 
-def media_markup(cda: CdaInfo, base: str, t: Callable[..., str]) -> dict[str, Markup]:
+MediaLabels = Mapping[str, str]
+"""The page's sentences for embedded files, translated by the template with ``{pages}``,
+``{name}`` and ``{type}`` left as slots: ``image``, ``pdf``, ``reference``, ``other``."""
+
+
+def _label(labels: MediaLabels, key: str, **values: object) -> Markup:
+    text = str(escape(labels[key]))
+    for name, value in values.items():
+        text = text.replace("{" + name + "}", str(escape(str(value))))
+    return Markup(text)
+
+
+def media_markup(cda: CdaInfo, base: str, labels: MediaLabels) -> dict[str, Markup]:
     """For each embedded file an entry names by ``ID``: how the narrative shows it where
     ``renderMultiMedia`` points to it. Images checked by content are shown from the
     document's media route (the CSP allows images from this origin only), PDFs open in the
     viewer, references and other types are named, never fetched."""
-    return {item.id: media_link(item, base, t) for item in cda.media if item.id}
+    return {item.id: media_link(item, base, labels) for item in cda.media if item.id}
 
 
-def media_link(item: EmbeddedMedia, base: str, t: Callable[..., str]) -> Markup:
+def media_link(item: EmbeddedMedia, base: str, labels: MediaLabels) -> Markup:
     """The markup that shows one embedded file (see ``media_markup``)."""
     url = f"{base}/media/{item.index}"
     if item.shown_image:
-        return Markup('<img class="cda-image" src="{}" alt="{}">').format(url, t("Image carried in the document"))
+        return Markup('<img class="cda-image" src="{}" alt="{}">').format(url, _label(labels, "image"))
     if item.is_pdf:
-        label = t("PDF carried in the document (%(pages)s pages)", pages=item.pages or 0)
+        label = _label(labels, "pdf", pages=item.pages or 0)
         return Markup('<a class="cda-media" href="{}" target="_blank" rel="noopener">{}</a>').format(url, label)
     if item.reference is not None:
-        return Markup('<span class="cda-media">{}</span>').format(
-            t("refers to a file outside the document (%(name)s), not sent with it", name=item.reference or "?")
-        )
-    return Markup('<span class="cda-media">{}</span>').format(
-        t("file carried in the document (%(type)s), not shown", type=item.media_type)
-    )
+        return Markup('<span class="cda-media">{}</span>').format(_label(labels, "reference", name=item.reference or "?"))
+    return Markup('<span class="cda-media">{}</span>').format(_label(labels, "other", type=item.media_type))
