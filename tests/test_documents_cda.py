@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import base64
+import io
 from pathlib import Path
 
 import pytest
 
+from pypdf import PdfWriter
+from pypdf.generic import DictionaryObject, NameObject, TextStringObject
+
 from mss.documents import (
+    ActivePdfContent,
     CdaInfo,
     Document,
     DocumentLimits,
@@ -21,7 +26,9 @@ from mss.documents import (
     XmlDoctypeForbidden,
     XmlTooComplex,
     cda_header_values,
+    embedded_file,
     inspect_attachment,
+    level_one_pdf,
     message_header_values,
     parse_cda,
     parse_xml,
@@ -32,6 +39,25 @@ pytestmark = pytest.mark.sqlite_only
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "cda"
 LIMITS = DocumentLimits()
+
+
+def make_pdf() -> bytes:
+    writer = PdfWriter()
+    writer.add_blank_page(width=595, height=842)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def javascript_pdf() -> bytes:
+    writer = PdfWriter()
+    writer.add_blank_page(width=595, height=842)
+    writer._root_object[NameObject("/OpenAction")] = DictionaryObject(
+        {NameObject("/S"): NameObject("/JavaScript"), NameObject("/JS"): TextStringObject("app.alert('x');")}
+    )
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -371,3 +397,51 @@ def test_cda_declared_or_named_otherwise_is_refused() -> None:
         inspect_attachment("lettre.pdf", "application/pdf", MINIMAL, limits=LIMITS)
     with pytest.raises(DocumentTypeMismatch):
         inspect_attachment("lettre.xml", "image/svg+xml", MINIMAL, limits=LIMITS)
+
+
+def test_pdf_body_declared_with_another_type_is_checked_and_reported() -> None:
+    pdf = make_pdf()
+    info = parse_cda(non_xml_body(pdf, "pdf/xml"), filename="a.xml", limits=LIMITS)
+    body = info.non_xml_body
+    assert body is not None and body.is_pdf and body.pages == 1 and body.declared_type_wrong
+    assert level_one_pdf(non_xml_body(pdf, "pdf/xml"), filename="a.xml", limits=LIMITS) == pdf
+    with pytest.raises(ActivePdfContent):
+        parse_cda(non_xml_body(javascript_pdf(), "application/octet-stream"), filename="a.xml", limits=LIMITS)
+
+
+def test_file_declared_as_pdf_that_is_not_one_is_refused() -> None:
+    with pytest.raises(InvalidPdf, match="declared as a PDF"):
+        parse_cda(non_xml_body(b"GIF89a" + b"\x00" * 40, "application/pdf"), filename="a.xml", limits=LIMITS)
+
+
+def test_plain_text_body_is_decoded() -> None:
+    info = parse_cda(non_xml_body("Compte rendu opératoire\n<b>pas du HTML</b>".encode(), "text/plain"),
+                     filename="a.xml", limits=LIMITS)
+    assert info.non_xml_body is not None
+    assert info.non_xml_body.text == "Compte rendu opératoire\n<b>pas du HTML</b>"
+
+
+@pytest.mark.parametrize(
+    ("payload", "declared", "shown", "wrong"),
+    [
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "image/png", True, False),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "image/jpg", True, False),
+        (b"GIF89a" + b"\x00" * 40, "image/png", True, True),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "image/svg+xml", False, False),
+    ],
+)
+def test_embedded_images_are_typed_by_their_content(payload: bytes, declared: str, shown: bool, wrong: bool) -> None:
+    document = non_xml_body(payload, declared)
+    body = parse_cda(document, filename="a.xml", limits=LIMITS).non_xml_body
+    assert body is not None and body.shown_image is shown and body.declared_type_wrong is wrong
+    found = embedded_file(document, filename="a.xml", limits=LIMITS, index=0)
+    assert (found is not None) is shown
+
+
+def test_reference_to_an_external_file_is_kept() -> None:
+    document = SAMPLE_HEAD + (
+        b'<component><nonXMLBody><text mediaType="application/pdf"><reference value="UD_sample.pdf"/>'
+        b"</text></nonXMLBody></component></ClinicalDocument>"
+    )
+    body = parse_cda(document, filename="a.xml", limits=LIMITS).non_xml_body
+    assert body is not None and body.reference == "UD_sample.pdf" and body.size is None

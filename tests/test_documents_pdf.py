@@ -6,6 +6,7 @@ import io
 import os
 import random
 import zipfile
+from pathlib import Path
 
 import pytest
 from pypdf import PdfWriter
@@ -28,6 +29,7 @@ from mss.documents import (
 pytestmark = pytest.mark.sqlite_only
 
 LIMITS = DocumentLimits()
+WORLD = Path(__file__).resolve().parent / "samples" / "world"
 
 
 def make_pdf(pages: int = 2) -> bytes:
@@ -258,3 +260,25 @@ def test_file_name_in_reply_cannot_break_the_smtp_line() -> None:
     reply = caught.value.smtp_reply
     assert "\r" not in reply and "\n" not in reply
     assert reply.startswith("550 5.7.1 evil??250 OK.exe is an executable")
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"\x00" * 4096, b"\r\n" * 800, b"\n%scanner-checksum 8d41f1\n" + b" " * 2000],
+    ids=["nul-padding", "line-ends", "scanner-trailer"],
+)
+def test_bytes_after_the_last_eof_marker_are_ignored_as_readers_do(tail: bytes) -> None:
+    info = check_pdf("scan.pdf", make_pdf(1) + tail, limits=LIMITS)
+    assert info.pages == 1
+
+
+def test_incremental_save_is_read_to_its_last_eof_marker() -> None:
+    data = (WORLD / "qpdf" / "incremental-1.pdf").read_bytes()
+    assert data.count(b"%%EOF") > 1
+    check_pdf("incremental-1.pdf", data, limits=LIMITS)
+
+
+def test_objects_hidden_after_the_last_eof_marker_are_refused() -> None:
+    hidden = b"\n9 0 obj\n<< /S /JavaScript /JS (app.alert(1)) >>\nendobj\n"
+    with pytest.raises(InvalidPdf, match="after its last"):
+        check_pdf("scan.pdf", make_pdf(1) + hidden, limits=LIMITS)

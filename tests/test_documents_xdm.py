@@ -25,6 +25,7 @@ from mss.documents import (
     InvalidXdm,
     NestedArchive,
     NotAnXdmPackage,
+    UnsafeDocument,
     XmlDoctypeForbidden,
     build_xdm,
     inspect_attachment,
@@ -38,6 +39,7 @@ pytestmark = pytest.mark.sqlite_only
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "cda"
 LIMITS = DocumentLimits()
+WORLD = Path(__file__).parent / "samples" / "world"
 
 
 def make_pdf() -> bytes:
@@ -296,10 +298,97 @@ def test_metadata_that_is_not_ebrim_is_refused() -> None:
         parse_xdm(make_zip(entries), limits=LIMITS)
 
 
-def test_unlisted_file_is_refused() -> None:
-    with pytest.raises(InvalidXdm) as caught:
-        parse_xdm(make_zip(pdf_package([("IHE_XDM/SUBSET01/EXTRA.PDF", make_pdf())])), limits=LIMITS)
-    assert caught.value.code == "xdm-unlisted"
+def test_files_the_profile_allows_beside_the_documents_are_listed_not_refused() -> None:
+    extras = [
+        ("INDEX.HTM", b"<html><body><a href='IHE_XDM/SUBSET01/DOC0001.PDF'>doc</a></body></html>"),
+        ("viewer/style.css", b"body { color: black }"),
+        ("viewer/logo.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 32),
+        ("IHE_XDM/SUBSET01/CCD.xsl", b"<xsl:stylesheet xmlns:xsl='http://www.w3.org/1999/XSL/Transform'/>"),
+    ]
+    info = parse_xdm(make_zip(pdf_package(extras)), limits=LIMITS)
+    assert [doc.path for doc in info.documents] == ["IHE_XDM/SUBSET01/DOC0001.PDF"]
+    assert {(extra.path, extra.kind) for extra in info.extras} == {
+        ("README.TXT", "text"),
+        ("INDEX.HTM", "html"),
+        ("viewer/style.css", "stylesheet"),
+        ("viewer/logo.png", "image"),
+        ("IHE_XDM/SUBSET01/CCD.xsl", "stylesheet"),
+    }
+    assert info.has_readme and info.has_index
+
+
+def test_archiver_junk_is_ignored_even_inside_the_subset() -> None:
+    junk = [
+        ("__MACOSX/IHE_XDM/SUBSET01/._DOC0001.PDF", b"\x00\x05\x16\x07" + b"\x00" * 60),
+        (".DS_Store", b"\x00\x00\x00\x01Bud1" + b"\x00" * 40),
+        ("IHE_XDM/SUBSET01/.DS_Store", b"\x00\x00\x00\x01Bud1"),
+        ("IHE_XDM/SUBSET01/.METADATA.XML.swp", b"b0VIM 8.2" + b"\x00" * 40),
+        ("IHE_XDM/SUBSET01/METADATA.XML~", b"<old/>"),
+        ("IHE_XDM/Thumbs.db", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 40),
+    ]
+    info = parse_xdm(make_zip(pdf_package(junk)), limits=LIMITS)
+    assert len(info.documents) == 1
+    assert [extra.path for extra in info.extras] == ["README.TXT"]
+
+
+def test_junk_is_still_checked_for_traversal() -> None:
+    with pytest.raises(ArchiveUnsafePath):
+        parse_xdm(make_zip(pdf_package([("__MACOSX/../../evil", b"x")])), limits=LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("tools/viewer.exe", b"harmless-looking"), ("autorun.js", b"alert(1)"), ("viewer/run", b"\x7fELF" + b"\x00" * 60)],
+)
+def test_a_program_beside_the_documents_is_refused(name: str, content: bytes) -> None:
+    with pytest.raises(UnsafeDocument):
+        parse_xdm(make_zip(pdf_package([(name, content)])), limits=LIMITS)
+
+
+def test_package_zipped_with_its_folder_and_lower_case_names_is_accepted() -> None:
+    pdf = make_pdf()
+    entries = [
+        ("export/", b""),
+        ("export/README.txt", b"package"),
+        ("export/INDEX.htm", b"<html></html>"),
+        ("export/IHE_XDM/SUBSET01/METADATA.xml", metadata_for("doc0001.pdf", pdf)),
+        ("export/IHE_XDM/SUBSET01/doc0001.pdf", pdf),
+    ]
+    info = parse_xdm(make_zip(entries), limits=LIMITS)
+    assert info.folder == "export/"
+    assert [doc.path for doc in info.documents] == ["export/IHE_XDM/SUBSET01/doc0001.pdf"]
+    assert info.has_readme and info.has_index
+
+
+def test_entry_without_uri_is_found_by_its_id() -> None:
+    pdf = make_pdf()
+    metadata = metadata_for("X", pdf).replace(
+        b'<rim:Slot name="URI"><rim:ValueList><rim:Value>X</rim:Value></rim:ValueList></rim:Slot>', b""
+    )
+    entries = [("IHE_XDM/SUBSET01/METADATA.XML", metadata), ("IHE_XDM/SUBSET01/Document01.pdf", pdf)]
+    info = parse_xdm(make_zip(entries), limits=LIMITS)
+    assert [doc.path for doc in info.documents] == ["IHE_XDM/SUBSET01/Document01.pdf"]
+
+
+@pytest.mark.parametrize("mime_type", ["text/x-cda-r2+xml", "application/x-hl7-cda-level-one+xml", "text/xml"])
+def test_cda_declared_with_real_world_mime_types_is_a_cda(
+    letter: tuple[bytes, CdaInfo], mime_type: str
+) -> None:
+    data, _info = letter
+    entries = [
+        ("IHE_XDM/SUBSET01/METADATA.XML", metadata_for("DOC0001.XML", data, mime_type)),
+        ("IHE_XDM/SUBSET01/DOC0001.XML", data),
+    ]
+    info = parse_xdm(make_zip(entries), limits=LIMITS)
+    assert info.documents[0].document.kind == "cda"
+
+
+def test_direct_project_package_is_accepted() -> None:
+    data = (WORLD / "direct-project" / "xd-common__samplexdm.zip").read_bytes()
+    info = parse_xdm(data, limits=LIMITS)
+    assert info.folder == "samplexdm/"
+    assert [doc.document.kind for doc in info.documents] == ["cda"]
+    assert {extra.kind for extra in info.extras} == {"stylesheet", "html", "text"}
 
 
 def test_metadata_uri_escaping_the_subset_is_refused() -> None:

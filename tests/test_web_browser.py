@@ -196,3 +196,69 @@ def test_totp_codes_from_the_page_key_match_pyotp() -> None:
     secret = pyotp.random_base32(32)
     shown = secret_of(pyotp.TOTP(secret).provisioning_uri(name="a@mss.test", issuer_name="mss"))
     assert shown.replace(" ", "") == secret and len(shown.split(" ")[0]) == 4
+
+
+WORLD = Path(__file__).resolve().parent / "samples" / "world"
+
+
+@pytest.fixture
+def roomy_stack(tmp_path):  # type: ignore[no-untyped-def]
+    """The stack with the default message size (a level-1 CDA carries a whole PDF)."""
+    stack = build_stack(tmp_path, MSS_MAX_MESSAGE_SIZE="20000000")
+    stack.relay = RelayServer(stack.rt).start()
+    web = WebServer(stack.rt).start()
+    try:
+        yield stack, web
+    finally:
+        web.stop()
+        stack.close()
+
+
+def test_foreign_documents_in_the_browser(roomy_stack, chromium, tmp_path):  # type: ignore[no-untyped-def]
+    """A US level-1 CDA whose body is a PDF, a CDA with an image, a C-CDA with a 13-column
+    table: each read in Chromium, the PDF in the viewer, the image shown, the table scrolled
+    in its own box (the page itself never scrolls sideways), and a print layout without the
+    inbox around the letter."""
+    stack, web = roomy_stack
+    documents = {
+        "cda-embedded-pdf": WORLD / "hl7-c-cda-examples" / "Unstructured__CDA_with_Embedded_PDF_2__CDA_with_Embedded_PDF.xml",
+        "cda-images": CDA_SAMPLE.parent / "BIO-CR-BIO_2021.01_Auto-Presentable_avec-image.xml",
+        "cda-wide-table": WORLD / "sample-ccdas" / "Greenway_Samples__26620_ExportSummary_CCDA.xml",
+    }
+    client = smtp_login(stack, SENDER)
+    queues = {}
+    for name, path in documents.items():
+        raw = build_message(SENDER, [READER], name, "Bonjour.", [(path.name, "text/xml", path.read_bytes())])
+        queues[name] = queue_id(transaction(client, SENDER, [READER], raw)[-1])
+    client.quit()
+
+    context = chromium.new_context(ignore_https_errors=True, locale="fr-FR", viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    _enrol(page, web.url, READER, stack.passwords[READER])
+
+    page.goto(f"{web.url}/messages/{queues['cda-embedded-pdf']}/attachments/0/view")
+    frame = page.locator("iframe.pdf")
+    expect(frame).to_have_attribute("src", f"/messages/{queues['cda-embedded-pdf']}/attachments/0/embedded")
+    assert "Personal Advance Care Document" in page.inner_text(".cda-head h2")
+    _shot(page, "cda-embedded-pdf", tmp_path)
+
+    page.goto(f"{web.url}/messages/{queues['cda-images']}/attachments/0/view")
+    image = page.locator("img.cda-image").first
+    image.scroll_into_view_if_needed()
+    assert page.evaluate("img => img.complete && img.naturalWidth > 0", image.element_handle())
+    assert "[media]" not in page.inner_text(".cda")
+    _shot(page, "cda-images", tmp_path)
+
+    page.goto(f"{web.url}/messages/{queues['cda-wide-table']}/attachments/0/view")
+    wide = page.locator(".cda-text .table-wrap").first
+    wide.scroll_into_view_if_needed()
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    widths = page.evaluate(
+        "() => [...document.querySelectorAll('.cda-text .table-wrap')].map(w => w.scrollWidth - w.clientWidth)"
+    )
+    assert max(widths) > 0  # at least one table scrolls inside its box
+    _shot(page, "cda-wide-table", tmp_path)
+    page.emulate_media(media="print")
+    assert not page.locator("nav.side").is_visible()
+    assert page.locator(".cda-head").is_visible()
+    context.close()

@@ -228,7 +228,8 @@ def test_compose_refusals_are_form_errors(rt, clients, doctor):  # type: ignore[
     )
     assert response.status_code == 422
     assert "personne@chu-demo.mss.test ne figure pas dans l’annuaire." in response.text
-    assert "outil.exe : ce type de pièce jointe n’est pas autorisé" in response.text
+    assert "outil.exe est un programme, ce qui n&#39;est pas autorisé." in response.text
+    assert "Windows" not in response.text  # the English detail is never shown
     assert 'id="to-errors"' in response.text and 'id="attachments-errors"' in response.text
     assert "Joignez à nouveau vos fichiers." in response.text
     empty = client.post("/compose", data={"csrf_token": csrf(page.text), "subject": "", "body": ""})

@@ -35,7 +35,7 @@ from mss.documents.detect import (
     display_name,
     executable_kind,
 )
-from mss.documents.pdf import check_pdf
+from mss.documents.pdf import InvalidPdf, check_pdf
 
 HL7 = "urn:hl7-org:v3"
 XSL = "http://www.w3.org/1999/XSL/Transform"
@@ -58,6 +58,18 @@ INS_ROOTS: dict[str, str] = {
     INS_NIR_DEMO: "INS-NIR-DEMO",
 }
 PRODUCTION_INS_ROOTS = frozenset({INS_NIR, INS_NIA})
+
+_IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+SHOWN_IMAGE_TYPES = frozenset(kind for _magic, kind in _IMAGE_MAGIC)
+"""Images the web shows inline once their content is checked to be of that type."""
+MAX_SHOWN_IMAGE = 5 * 1000 * 1000
+"""Bytes of an embedded image shown inline; larger ones are offered for download only."""
+_JPEG_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
 
 _TYPE_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
 _DOCTYPE_MARKERS = tuple(
@@ -354,6 +366,30 @@ class EmbeddedMedia:
     """The ``ID`` of the ``observationMedia`` (what narrative ``renderMultiMedia`` points to)."""
     pages: int | None = None
     """Page count of an embedded PDF (checked like an attached PDF)."""
+    index: int = 0
+    """Position among the document's embedded files (see ``embedded_file``)."""
+    content_type: str | None = None
+    """What the content is, read from its bytes: ``application/pdf``, ``image/png``,
+    ``image/jpeg``, ``image/gif``, or None for anything else."""
+    reference: str | None = None
+    """For media that point to a file outside the document: the reference as written."""
+    text: str | None = None
+    """The content of a plain-text body (``text/plain``), decoded."""
+
+    @property
+    def declared_type_wrong(self) -> bool:
+        """True when the declared media type says something other than the content is."""
+        return self.content_type is not None and _JPEG_ALIASES.get(self.media_type, self.media_type) != self.content_type
+
+    @property
+    def is_pdf(self) -> bool:
+        """True when the content is a PDF, whatever type it was declared with."""
+        return self.content_type == "application/pdf"
+
+    @property
+    def shown_image(self) -> bool:
+        """True for an image the web shows inline: a checked PNG, JPEG or GIF, not too large."""
+        return self.content_type in SHOWN_IMAGE_TYPES and self.size is not None and self.size <= MAX_SHOWN_IMAGE
 
 
 @dataclass(frozen=True)
@@ -396,7 +432,11 @@ class CdaInfo:
     def embedded_pdf(self) -> bool:
         """True when the document carries a PDF (level-1 body or attached in an entry)."""
         media = (self.non_xml_body, *self.media)
-        return any(item is not None and item.media_type == "application/pdf" for item in media)
+        return any(item is not None and item.is_pdf for item in media)
+
+    def media_by_id(self) -> dict[str, EmbeddedMedia]:
+        """The entries' media by their ``ID`` (what narrative ``renderMultiMedia`` names)."""
+        return {item.id: item for item in self.media if item.id}
 
 
 # -- reading the header ------------------------------------------------------------------
@@ -628,31 +668,99 @@ def _section(el: etree._Element, budget: _TextBudget) -> Section:
 MediaLocation = Literal["nonXMLBody", "observationMedia", "entry"]
 
 
+def content_type_of(raw: bytes) -> str | None:
+    """What embedded bytes are, from their content: a PDF (a ``%PDF-`` header where readers
+    look for it), a PNG, JPEG or GIF image, or None."""
+    if raw.find(b"%PDF-", 0, 1024) >= 0 and not raw[: raw.find(b"%PDF-")].strip(b" \t\r\n\f\x00"):
+        return "application/pdf"
+    for magic, kind in _IMAGE_MAGIC:
+        if raw.startswith(magic):
+            return kind
+    return None
+
+
+def _media_elements(doc: etree._Element) -> list[tuple[etree._Element, MediaLocation]]:
+    """Every embedded or referenced file of a document, in one fixed order: the level-1 body,
+    then the structured body's base64 values and ``observationMedia`` values."""
+    found: list[tuple[etree._Element, MediaLocation]] = []
+    component = doc.find(_h("component"))
+    if component is None:
+        return found
+    non_xml = component.find(_h("nonXMLBody"))
+    if non_xml is not None and non_xml.find(_h("text")) is not None:
+        found.append((non_xml.find(_h("text")), "nonXMLBody"))
+    structured = component.find(_h("structuredBody"))
+    if structured is not None:
+        for el in structured.iter(f"{{{HL7}}}value", f"{{{HL7}}}text"):
+            parent = el.getparent()
+            in_media = parent is not None and parent.tag == f"{{{HL7}}}observationMedia"
+            if el.get("representation") == "B64" or (in_media and el.tag == f"{{{HL7}}}value"):
+                found.append((el, "observationMedia" if in_media else "entry"))
+    return found
+
+
+def _decode_b64(filename: str, el: etree._Element) -> bytes:
+    try:
+        return base64.b64decode("".join((el.text or "").split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidCda(filename, "is not a valid CDA R2 document: an embedded file is not valid base64") from exc
+
+
+def _check_embedded(filename: str, raw: bytes, media_type: str, limits: DocumentLimits) -> tuple[str | None, int | None]:
+    """Refuse what may not travel inside a document; return the content's type and, for a
+    PDF, its page count. Every PDF is checked as a PDF whatever it was declared as (``pdf/xml``
+    and ``application/octet-stream`` are seen); a file declared as a PDF must be one."""
+    what = executable_kind(raw)
+    if what is not None:
+        raise UnsafeDocument(filename, f"carries {what} inside the document, which is not allowed")
+    content_type = content_type_of(raw)
+    pages = None
+    if content_type == "application/pdf":
+        try:
+            pages = check_pdf(filename, raw, limits=limits).pages
+        except DocumentCheckError as exc:
+            raise type(exc)(filename, f"carries an embedded PDF that {exc.problem}", code=exc.code) from exc
+    elif media_type == "application/pdf":
+        raise InvalidPdf(filename, "carries an embedded file declared as a PDF that is not a PDF")
+    return content_type, pages
+
+
 def _decode_media(
-    filename: str, el: etree._Element, location: MediaLocation, limits: DocumentLimits
+    filename: str, el: etree._Element, location: MediaLocation, limits: DocumentLimits, index: int,
+    budget: _TextBudget,
 ) -> EmbeddedMedia:
     media_type = (el.get("mediaType") or "text/plain").strip().lower()
     parent = el.getparent()
     media_id = parent.get("ID") if parent is not None else None
     if el.get("representation") != "B64":
         # Plain text content, or a reference to content elsewhere: nothing embedded to check.
-        has_reference = el.find(_h("reference")) is not None and not (el.text or "").strip()
-        size = None if has_reference else len((el.text or "").encode("utf-8"))
-        return EmbeddedMedia(media_type=media_type, size=size, location=location, id=media_id)
-    try:
-        raw = base64.b64decode("".join((el.text or "").split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidCda(filename, "is not a valid CDA R2 document: an embedded file is not valid base64") from exc
-    what = executable_kind(raw)
-    if what is not None:
-        raise UnsafeDocument(filename, f"carries {what} inside the document, which is not allowed")
-    pages = None
-    if media_type == "application/pdf":
+        reference = el.find(_h("reference"))
+        inline = (el.text or "").strip()
+        if reference is not None and not inline:
+            target = _clean(reference.get("value"))
+            return EmbeddedMedia(
+                media_type=media_type, size=None, location=location, id=media_id, index=index, reference=target or ""
+            )
+        text = budget.spend(el.text or "") if media_type == "text/plain" else None
+        return EmbeddedMedia(
+            media_type=media_type, size=len((el.text or "").encode("utf-8")), location=location, id=media_id,
+            index=index, text=text,
+        )
+    raw = _decode_b64(filename, el)
+    content_type, pages = _check_embedded(filename, raw, media_type, limits)
+    text = None
+    if media_type == "text/plain" and content_type is None:
+        if b"\x00" in raw:
+            raise InvalidCda(filename, "is not a valid CDA R2 document: its plain-text body is not text")
         try:
-            pages = check_pdf(filename, raw, limits=limits).pages
-        except DocumentCheckError as exc:
-            raise type(exc)(filename, f"carries an embedded PDF that {exc.problem}", code=exc.code) from exc
-    return EmbeddedMedia(media_type=media_type, size=len(raw), location=location, id=media_id, pages=pages)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("cp1252", errors="replace")
+        budget.spend(text)
+    return EmbeddedMedia(
+        media_type=media_type, size=len(raw), location=location, id=media_id, pages=pages, index=index,
+        content_type=content_type, text=text,
+    )
 
 
 def _clinical_document(filename: str, root: etree._Element) -> tuple[etree._Element, bool]:
@@ -719,23 +827,20 @@ def parse_cda(data: bytes, *, filename: str, limits: DocumentLimits) -> CdaInfo:
     if structured is None and non_xml is None:
         raise InvalidCda(filename, "is not a valid CDA R2 document: it has no body")
 
+    budget = _TextBudget(filename, limits.max_narrative_text)
     sections: tuple[Section, ...] = ()
     media: list[EmbeddedMedia] = []
     non_xml_body = None
     if structured is not None:
-        budget = _TextBudget(filename, limits.max_narrative_text)
         sections = tuple(_section(el, budget) for el in structured.findall(_h("component", "section")))
-        for el in structured.iter(f"{{{HL7}}}value", f"{{{HL7}}}text"):
-            if el.get("representation") == "B64":
-                parent = el.getparent()
-                local = etree.QName(parent).localname if parent is not None else ""
-                location: MediaLocation = "observationMedia" if local == "observationMedia" else "entry"
-                media.append(_decode_media(filename, el, location, limits))
-    if non_xml is not None:
-        body_text = non_xml.find(_h("text"))
-        if body_text is None:
-            raise InvalidCda(filename, "is not a valid CDA R2 document: its nonXMLBody has no text")
-        non_xml_body = _decode_media(filename, body_text, "nonXMLBody", limits)
+    if non_xml is not None and non_xml.find(_h("text")) is None:
+        raise InvalidCda(filename, "is not a valid CDA R2 document: its nonXMLBody has no text")
+    for index, (el, location) in enumerate(_media_elements(doc)):
+        item = _decode_media(filename, el, location, limits, index, budget)
+        if location == "nonXMLBody":
+            non_xml_body = item
+        else:
+            media.append(item)
 
     return CdaInfo(
         type_code=type_code,
@@ -762,24 +867,36 @@ def parse_cda(data: bytes, *, filename: str, limits: DocumentLimits) -> CdaInfo:
     )
 
 
+def embedded_file(data: bytes, *, filename: str, limits: DocumentLimits, index: int) -> tuple[str, bytes] | None:
+    """The embedded file at ``index`` (see ``EmbeddedMedia.index``) when the web may show it:
+    a PDF (checked like an attached PDF, whatever type it was declared with) or a PNG, JPEG
+    or GIF image within ``MAX_SHOWN_IMAGE``. Returns its content type and bytes, or None.
+    Raises what ``parse_xml`` and ``check_pdf`` raise, and ``InvalidCda`` for bad base64."""
+    root = parse_xml(data, filename=filename, limits=limits)
+    doc, _wrapped = _clinical_document(filename, root)
+    elements = _media_elements(doc)
+    if not 0 <= index < len(elements):
+        return None
+    el, _location = elements[index]
+    if el.get("representation") != "B64":
+        return None
+    raw = _decode_b64(filename, el)
+    content_type, _pages = _check_embedded(filename, raw, (el.get("mediaType") or "").strip().lower(), limits)
+    if content_type == "application/pdf" or (content_type in SHOWN_IMAGE_TYPES and len(raw) <= MAX_SHOWN_IMAGE):
+        return content_type, raw
+    return None
+
+
 def level_one_pdf(data: bytes, *, filename: str, limits: DocumentLimits) -> bytes | None:
     """The PDF a level-1 CDA carries as its body (``nonXMLBody``), checked like an attached
-    PDF; None when the document has no such body. Raises what ``parse_xml`` and
-    ``check_pdf`` raise, and ``InvalidCda`` for bad base64."""
+    PDF whatever type it was declared with; None when the document has no such body."""
     root = parse_xml(data, filename=filename, limits=limits)
-    for body in root.iter(f"{{{HL7}}}nonXMLBody"):
-        text = body.find(f"{{{HL7}}}text")
-        if text is None or text.get("representation") != "B64":
-            continue
-        if (text.get("mediaType") or "").strip().lower() != "application/pdf":
-            continue
-        try:
-            pdf = base64.b64decode("".join((text.text or "").split()), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidCda(filename, "is not a valid CDA R2 document: an embedded file is not valid base64") from exc
-        check_pdf(filename, pdf, limits=limits)
-        return pdf
-    return None
+    doc, _wrapped = _clinical_document(filename, root)
+    elements = _media_elements(doc)
+    if not elements or elements[0][1] != "nonXMLBody":
+        return None
+    found = embedded_file(data, filename=filename, limits=limits, index=0)
+    return found[1] if found is not None and found[0] == "application/pdf" else None
 
 
 # -- MSSanté headers ---------------------------------------------------------------------

@@ -247,9 +247,15 @@ _HTML_START = re.compile(rb"\s*<(!doctype\s+html|html[\s>]|head[\s>]|body[\s>]|s
 DECLARED_TYPES: dict[str, frozenset[str]] = {
     # Mail clients often label any attachment application/octet-stream: the content decides.
     "pdf": frozenset({"application/pdf", "application/x-pdf", "application/octet-stream"}),
+    # CDA as vendors label it: the XML types, HL7's registered v3 type, and the CDA types
+    # found in IHE_XDM metadata and mail from US, Swiss and Austrian systems.
     "cda": frozenset(
-        {"text/xml", "application/xml", "application/hl7-v3+xml", "application/octet-stream"}
-    ),
+        {
+            "text/xml", "application/xml", "application/hl7-v3+xml", "application/octet-stream",
+            "text/x-cda-r2+xml", "application/x-cda-r2+xml", "application/cda+xml", "text/cda+xml",
+            "application/x-hl7-cda-level-one+xml", "application/hl7-cda+xml", "application/x-cda+xml",
+        }
+    ),  # fmt: skip
     "xdm": frozenset(
         {"application/zip", "application/x-zip-compressed", "application/x-zip", "application/octet-stream"}
     ),
@@ -257,7 +263,9 @@ DECLARED_TYPES: dict[str, frozenset[str]] = {
 }
 EXTENSIONS: dict[str, frozenset[str]] = {
     "pdf": frozenset({".pdf"}),
-    "cda": frozenset({".xml", ".cda"}),
+    # ".ccd" and ".ccda" are how US systems name C-CDA exports; ".txt" how some name any
+    # export. The content decides the kind, and a text viewer runs nothing.
+    "cda": frozenset({".xml", ".cda", ".ccd", ".ccda", ".txt"}),
     "xdm": frozenset({".zip"}),
     "text": frozenset({".txt", ".text", ""}),
 }
@@ -290,6 +298,16 @@ def _forbidden_magic(data: bytes) -> str | None:
     return None
 
 
+# Names of files a reader's system would run rather than show, whatever their content says
+# (scripts are text): never carried inside a PDF or an IHE_XDM package.
+RUNNABLE_EXTENSIONS = frozenset(
+    {
+        ".exe", ".com", ".scr", ".pif", ".bat", ".cmd", ".msi", ".msp", ".dll", ".cpl", ".vbs", ".vbe", ".js",
+        ".jse", ".wsf", ".wsh", ".ps1", ".psm1", ".hta", ".lnk", ".jar", ".sh", ".app", ".dmg", ".reg", ".inf",
+        ".apk", ".iso", ".docm", ".xlsm", ".pptm",
+    }
+)  # fmt: skip
+
 _NOT_EXECUTABLE = ("an image", "a media file", "an RTF document")
 
 
@@ -314,7 +332,7 @@ def _looks_like_xml(data: bytes) -> bool:
 def _claimed_kind(content_type: str, ext: str) -> Kind | None:
     """The kind the sender claims by type or extension (for a clearer refusal)."""
     for kind in ("pdf", "xdm", "cda"):
-        if ext in EXTENSIONS[kind] or (
+        if (ext in EXTENSIONS[kind] and ext != ".txt") or (
             content_type in DECLARED_TYPES[kind] and content_type != "application/octet-stream"
         ):
             return kind  # type: ignore[return-value]

@@ -1,9 +1,11 @@
 """PDF checks: is it really a PDF, complete, parseable, and free of active content.
 
 A PDF is accepted when it has a ``%PDF-`` header in its first 1024 bytes, an ``%%EOF`` marker
-in its last 1024 bytes (so a truncated upload is caught before parsing), and pypdf can read
-its trailer, catalog and every page without fetching anything. pypdf's errors are translated
-to ``InvalidPdf``.
+after it (so a truncated upload is caught before parsing), and pypdf can read its trailer,
+catalog and every page without fetching anything. Bytes after the last ``%%EOF`` (scanners
+pad files with NULs or line ends, some programs append a checksum or a second trailer
+without a marker) are ignored as every reader ignores them: the file is read up to that
+marker. pypdf's errors are translated to ``InvalidPdf``.
 
 Encryption: a PDF that opens with the empty user password (permissions-only protection, as
 many hospital systems produce) is accepted, since every recipient can read it and we can
@@ -29,6 +31,7 @@ from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject, StreamO
 from mss.documents.detect import (
     DocumentLimits,
     DocumentTooComplex,
+    RUNNABLE_EXTENSIONS,
     DocumentTooLarge,
     MalformedDocument,
     UnsafeDocument,
@@ -41,6 +44,7 @@ from mss.documents.detect import (
 _HEADER = b"%PDF-"
 _EOF = b"%%EOF"
 _WINDOW = 1024
+_HIDDEN_AFTER_EOF = re.compile(rb"\d+\s+\d+\s+obj\b|\bxref\b|\btrailer\b|\bstartxref\b|/J(?:ava)?S(?:cript)?\b|/Launch\b")
 
 
 class InvalidPdf(MalformedDocument):
@@ -85,15 +89,7 @@ def _resolve(obj: object) -> object:
     return obj.get_object() if isinstance(obj, IndirectObject) else obj
 
 
-# Names of files a reader's system would run rather than show, embedded without a binary
-# signature (scripts are text).
-_RUNNABLE_EXTENSIONS = frozenset(
-    {
-        ".exe", ".com", ".scr", ".pif", ".bat", ".cmd", ".msi", ".msp", ".dll", ".cpl", ".vbs", ".vbe", ".js",
-        ".jse", ".wsf", ".wsh", ".ps1", ".psm1", ".hta", ".lnk", ".jar", ".sh", ".app", ".dmg", ".reg", ".inf",
-        ".apk", ".iso", ".docm", ".xlsm", ".pptm",
-    }
-)  # fmt: skip
+
 _URL = re.compile(r"\A[a-z][a-z0-9+.-]*:", re.IGNORECASE)
 
 
@@ -171,7 +167,7 @@ class _Walk:
         """A file specification with embedded files: by its names and by its content."""
         for key in ("/UF", "/F", "/DOS", "/Mac", "/Unix"):
             name = _resolve(dict.get(spec, key))
-            if isinstance(name, str) and extension(name) in _RUNNABLE_EXTENSIONS:
+            if isinstance(name, str) and extension(name) in RUNNABLE_EXTENSIONS:
                 raise self.refuse(f"carries an embedded program ({display_name(name)})")
         files = _resolve(dict.get(spec, "/EF"))
         if isinstance(files, DictionaryObject):
@@ -231,10 +227,17 @@ def check_pdf(filename: str, data: bytes, *, limits: DocumentLimits) -> PdfInfo:
     version = data[start + len(_HEADER) : start + len(_HEADER) + 3].decode("ascii", "replace")
     if not (len(version) == 3 and version[0].isdigit() and version[1] == "." and version[2].isdigit()):
         raise InvalidPdf(filename, "is not a valid PDF: malformed %PDF header")
-    if _EOF not in data[-_WINDOW:]:
+    end = data.rfind(_EOF, start)
+    if end < 0:
         raise InvalidPdf(filename, "is not a valid PDF: no %%EOF marker at the end (truncated file?)")
+    # Readers look for the last %%EOF and read the cross-reference data before it; what
+    # follows it belongs to no object.
+    if _HIDDEN_AFTER_EOF.search(data, end + len(_EOF)):
+        # A reader that repairs files would find these; one that does not would not.
+        raise InvalidPdf(filename, "is not a valid PDF: it holds PDF objects after its last %%EOF marker")
+    body = data[: end + len(_EOF)] + b"\n"
     try:
-        reader = PdfReader(io.BytesIO(data), strict=False)
+        reader = PdfReader(io.BytesIO(body), strict=False)
         encrypted = reader.is_encrypted
         if encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
             raise EncryptedPdf(

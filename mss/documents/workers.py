@@ -136,3 +136,12 @@ def level_one_pdf(data: bytes, *, filename: str, limits: DocumentLimits, owner: 
     return _in_worker(
         cda.level_one_pdf, (data,), {"filename": filename, "limits": limits}, filename, limits, owner
     )
+
+
+def embedded_file(
+    data: bytes, *, filename: str, limits: DocumentLimits, index: int, owner: str | None = None
+) -> tuple[str, bytes] | None:
+    """``mss.documents.embedded_file`` (a PDF or image a CDA carries) in a worker."""
+    return _in_worker(
+        cda.embedded_file, (data,), {"filename": filename, "limits": limits, "index": index}, filename, limits, owner
+    )

@@ -8,8 +8,16 @@ then are METADATA.XML and the documents it lists read, each through a bounded re
 stops as soon as an entry yields more than it declared or the archive's budget is spent.
 METADATA.XML (ebRIM 3.0 ``SubmitObjectsRequest``) goes through the same hardened XML parser
 as CDA documents, and every listed document through ``inspect_attachment`` (CDA or PDF
-only; archives do not nest). Files the metadata does not list are refused, except the
-``README.TXT`` and ``INDEX.HTM`` that the profile puts at the root (never opened).
+only; archives do not nest).
+
+Packages as real systems write them are accepted: names in any letter case, the whole
+package inside one top folder (an archiver zipped the folder), files the profile allows
+beside the documents (``README.TXT``, ``INDEX.HTM``, a viewer's HTML, stylesheets, images,
+an XSL for the CDA) and what archivers add (``__MACOSX/``, ``.DS_Store``, ``Thumbs.db``,
+editor swap and backup files). Every entry is checked against traversal and bombs as
+above; archiver junk is then ignored, and the other extra files are read (bounded), refused
+when they are programs, and listed as what they are (``XdmExtra``): never opened, run or
+rendered.
 
 Writing (``build_xdm``) produces ``README.TXT``, ``INDEX.HTM`` and
 ``IHE_XDM/SUBSET01/{METADATA.XML, DOC0001.XML ...}`` with one submission set, a document
@@ -37,6 +45,7 @@ from lxml import etree
 import mss
 from mss.documents.cda import Author, CdaInfo, Code, Patient, parse_xml
 from mss.documents.detect import (
+    RUNNABLE_EXTENSIONS,
     Document,
     DocumentLimits,
     DocumentRefused,
@@ -44,6 +53,8 @@ from mss.documents.detect import (
     ForbiddenDocumentType,
     MalformedDocument,
     UnsafeDocument,
+    executable_kind,
+    extension,
     inspect_attachment,
     too_large_problem,
 )
@@ -141,7 +152,17 @@ RPPS_ROOT = "1.2.250.1.71.4.2.1"
 _ARCHIVE_EXTENSIONS = (
     ".zip", ".jar", ".war", ".apk", ".7z", ".rar", ".gz", ".tgz", ".tar", ".bz2", ".xz", ".zst", ".cab",
 )  # fmt: skip
-_ROOT_FILES = frozenset({"README.TXT", "INDEX.HTM"})
+# What archivers and desktops add to a folder they zip: never part of a package, ignored.
+_JUNK = re.compile(
+    r"(?:^|/)(?:__MACOSX/|\.DS_Store$|\._[^/]*$|Thumbs\.db$|desktop\.ini$|\.#[^/]*$|[^/]*~$|\.[^/]*\.sw[a-p]$"
+    r"|\.Spotlight-V100/|\.Trashes/|\.fseventsd/)",
+    re.IGNORECASE,
+)
+_EXTRA_KINDS = {
+    ".htm": "html", ".html": "html", ".xhtml": "html", ".css": "stylesheet", ".xsl": "stylesheet",
+    ".xslt": "stylesheet", ".png": "image", ".jpg": "image", ".jpeg": "image", ".gif": "image", ".svg": "image",
+    ".bmp": "image", ".ico": "image", ".txt": "text", ".xml": "xml", ".pdf": "pdf", ".xsd": "xml",
+}  # fmt: skip
 _CHUNK = 64 * 1024
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _METADATA = re.compile(r"^IHE_XDM/([^/]+)/METADATA\.XML$")
@@ -174,6 +195,17 @@ class XdmDocument:
 
 
 @dataclass(frozen=True)
+class XdmExtra:
+    """A file of the package that is not a listed document (README, index page, viewer,
+    stylesheet, image ...): listed for the reader, never opened, run or rendered."""
+
+    path: str
+    kind: str
+    """``html``, ``stylesheet``, ``image``, ``text``, ``xml``, ``pdf`` or ``file``."""
+    size: int
+
+
+@dataclass(frozen=True)
 class XdmSubmissionSet:
     """The submission set of a subset: who sent what for which patient."""
 
@@ -195,6 +227,10 @@ class XdmInfo:
     uncompressed_size: int
     has_readme: bool
     has_index: bool
+    extras: tuple[XdmExtra, ...] = ()
+    """Files beside the documents, archiver junk left out."""
+    folder: str = ""
+    """The top folder the package sits in (``samplexdm/``), or ``""`` at the archive's root."""
 
     @property
     def cdas(self) -> tuple[CdaInfo, ...]:
@@ -274,7 +310,7 @@ def _check_archive(filename: str, data: bytes, zf: zipfile.ZipFile, limits: Docu
             continue
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise InvalidArchive(filename, f"uses an unsupported compression method for {_shown(info.filename)}")
-        if info.filename.lower().endswith(_ARCHIVE_EXTENSIONS):
+        if info.filename.lower().endswith(_ARCHIVE_EXTENSIONS) and not _JUNK.search(info.filename):
             raise NestedArchive(filename, f"holds another archive ({_shown(info.filename)}), which is not allowed")
         if _ratio_exceeded(info.file_size, info.compress_size, limits):
             raise ArchiveBomb(
@@ -435,7 +471,10 @@ def parse_xdm(data: bytes, *, limits: DocumentLimits, filename: str = "IHE_XDM.Z
         raise InvalidArchive(filename, "is not a valid ZIP archive") from exc
     with zf:
         infos = _check_archive(filename, data, zf, limits)
-        files = {info.filename.upper(): info for info in infos if not info.is_dir()}
+        everything = {info.filename.upper(): info for info in infos if not info.is_dir()}
+        kept = {name: info for name, info in everything.items() if not _JUNK.search(info.filename)}
+        folder = _package_folder(kept)
+        files = {name[len(folder) :]: info for name, info in kept.items() if name.startswith(folder)}
         if not any(name.startswith("IHE_XDM/") for name in files):
             raise NotAnXdmPackage(
                 filename, "is a ZIP archive but not an IHE_XDM package: only IHE_XDM.ZIP archives are allowed"
@@ -460,7 +499,7 @@ def parse_xdm(data: bytes, *, limits: DocumentLimits, filename: str = "IHE_XDM.Z
             if not entries:
                 raise InvalidXdm(filename, f"lists no document in {_shown(subset_name)}/METADATA.XML")
             for entry in entries:
-                uri = _uri(_slot(entry, "URI"))
+                uri = _uri(_slot(entry, "URI")) or _uri_by_id(entry, subset_dir, files, len(entries))
                 if not uri:
                     raise InvalidXdm(filename, "has a document entry without a URI in METADATA.XML")
                 path = _resolve_uri(filename, subset_dir, uri)
@@ -480,13 +519,11 @@ def parse_xdm(data: bytes, *, limits: DocumentLimits, filename: str = "IHE_XDM.Z
                         authors=_authors(package, SS_AUTHOR),
                     )
                 )
-        for name, info in files.items():
-            if name not in listed and name not in _ROOT_FILES:
-                raise InvalidXdm(
-                    filename,
-                    f"holds a file that METADATA.XML does not list ({_shown(info.filename)})",
-                    code="xdm-unlisted",
-                )
+        extras = tuple(
+            _read_extra(filename, zf, info, budget, limits)
+            for name, info in sorted(kept.items())
+            if name[len(folder) :] not in listed or not name.startswith(folder)
+        )
     return XdmInfo(
         documents=tuple(documents),
         submission_sets=tuple(submission_sets),
@@ -494,7 +531,60 @@ def parse_xdm(data: bytes, *, limits: DocumentLimits, filename: str = "IHE_XDM.Z
         uncompressed_size=sum(info.file_size for info in infos),
         has_readme="README.TXT" in files,
         has_index="INDEX.HTM" in files,
+        extras=extras,
+        folder=kept[next(iter(kept))].filename[: len(folder)] if folder else "",
     )
+
+
+_DOCUMENT_EXTENSIONS = (".XML", ".PDF", ".CDA", ".CCD", ".CCDA")
+
+
+def _uri_by_id(entry: etree._Element, subset_dir: str, files: dict[str, zipfile.ZipInfo], count: int) -> str | None:
+    """The file of a document entry written without a URI slot (some XDR-to-XDM gateways
+    leave it out): the subset's file named after the entry's id, else, for a subset with a
+    single entry, its single document file."""
+    prefix = subset_dir + "/"
+    candidates = [
+        name[len(prefix) :]
+        for name in files
+        if name.startswith(prefix) and "/" not in name[len(prefix) :] and name.endswith(_DOCUMENT_EXTENSIONS)
+        and not _METADATA.match(name)
+    ]
+    entry_id = (entry.get("id") or "").upper().removeprefix("URN:UUID:")
+    named = [name for name in candidates if entry_id and name.rsplit(".", 1)[0] == entry_id]
+    if len(named) == 1:
+        return files[prefix + named[0]].filename.rsplit("/", 1)[-1]
+    if count == 1 and len(candidates) == 1:
+        return files[prefix + candidates[0]].filename.rsplit("/", 1)[-1]
+    return None
+
+
+def _package_folder(files: dict[str, zipfile.ZipInfo]) -> str:
+    """``""`` when ``IHE_XDM/`` is at the archive's root, else the one top folder that
+    holds it (upper case, with its slash) when every file sits in that folder."""
+    if any(name.startswith("IHE_XDM/") for name in files):
+        return ""
+    tops = {name.split("/", 1)[0] for name in files}
+    if len(tops) == 1:
+        top = next(iter(tops)) + "/"
+        if any(name.startswith(top + "IHE_XDM/") for name in files):
+            return top
+    return ""
+
+
+def _read_extra(
+    filename: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget, limits: DocumentLimits
+) -> XdmExtra:
+    """A file beside the documents: read within the archive's budget, refused when it is a
+    program (by its content or by its name), else described."""
+    ext = extension(info.filename)
+    if ext in RUNNABLE_EXTENSIONS:
+        raise UnsafeDocument(filename, f"holds a program ({_shown(info.filename)}), which is not allowed")
+    data = _read(filename, zf, info, budget, limits)
+    what = executable_kind(data[:64])
+    if what is not None:
+        raise UnsafeDocument(filename, f"holds {what} ({_shown(info.filename)}), which is not allowed")
+    return XdmExtra(path=info.filename, kind=_EXTRA_KINDS.get(ext, "file"), size=len(data))
 
 
 def _read_document(

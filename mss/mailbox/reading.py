@@ -780,6 +780,12 @@ def embedded_pdf(rt: Runtime, data: bytes, filename: str) -> bytes | None:
     return workers.level_one_pdf(data, filename=filename, limits=limits_of(rt))
 
 
+def embedded_file(rt: Runtime, data: bytes, filename: str, index: int) -> tuple[str, bytes] | None:
+    """A PDF or image a CDA carries (its ``index``-th embedded file), checked, with its
+    content type; None when there is none the web may show. Raises DocumentError."""
+    return workers.embedded_file(data, filename=filename, limits=limits_of(rt), index=index)
+
+
 # -- marks and folders -------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ from mss.web.certificate_pages import CertificateController
 from mss.web.compose_pages import ComposeController
 from mss.web.context import WebConfig
 from mss.web.errors import EXCEPTION_HANDLERS
-from mss.web.messages import SIGNATURE_STATUSES, signature_text, step_text
+from mss.web.messages import SIGNATURE_STATUSES, signature_reason, signature_text, step_text
 from mss.web.pages import TEMPLATE_HELPERS, MailboxController
 from mss.web.security import CsrfMiddleware, security_headers
 from mss.web.sessions import SessionPolicy
@@ -47,6 +47,7 @@ def create_app(rt: Runtime, *, policy: SessionPolicy | None = None, debug: bool 
     for language in languages.values():
         language.env.globals.update(TEMPLATE_HELPERS)
         language.env.globals["signature_text"] = lambda status, _l=language: signature_text(_l, status)
+        language.env.globals["signature_reason"] = lambda reason, _l=language: signature_reason(_l, reason)
         language.env.globals["step_text"] = lambda status, _l=language: step_text(_l, status)
         language.env.globals["signature_statuses"] = SIGNATURE_STATUSES
     web = WebConfig(rt=rt, policy=policy or SessionPolicy(), languages=languages)

@@ -246,6 +246,30 @@ class MailboxController(Controller):
         name = filename.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0] + ".pdf"
         return file_response(pdf, name, "application/pdf", inline=True)
 
+    @get("/messages/{queue_id:str}/attachments/{index:int}/media/{n:int}")
+    async def media(self, request: Request, queue_id: FromPath[str], index: FromPath[int], n: FromPath[int]) -> Response:
+        """A PDF or image a CDA attachment carries, inline."""
+        opened = await self._attachment(request, queue_id, index, "attachment.view")
+        a = opened.attachment
+        return await self._media(request, a.kind, a.data, a.filename, n)
+
+    async def _media(self, request: Request, kind: str, data: bytes, filename: str, n: int) -> Response:
+        """A file embedded in a CDA: a PDF for the viewer, or an image checked by its content."""
+        if kind != "cda":
+            raise NotFoundException()
+        try:
+            found = await run(mailbox.embedded_file, config(request).rt, data, filename, n)
+        except DocumentError as exc:
+            raise NotFoundException() from exc
+        if found is None:
+            raise NotFoundException()
+        content_type, content = found
+        stem = filename.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        if content_type == "application/pdf":
+            return file_response(content, f"{stem}-{n}.pdf", content_type, inline=True)
+        headers = {"content-security-policy": ATTACHMENT_CSP, "content-disposition": content_disposition("inline", stem)}
+        return RawResponse(content=content, media_type=content_type, headers=headers)
+
     @get("/messages/{queue_id:str}/attachments/{index:int}/view")
     async def view(self, request: Request, queue_id: FromPath[str], index: FromPath[int]) -> Response:
         """An attachment's page: PDF frame, rendered CDA, IHE_XDM listing or text."""
@@ -262,6 +286,7 @@ class MailboxController(Controller):
             "kind": a.kind,
             "cda": None,
             "entries": None,
+            "extras": (),
             "text": None,
             "problem": None,
             "download": base,
@@ -281,7 +306,8 @@ class MailboxController(Controller):
                     workers.parse_cda, data, filename=filename, limits=limits_of(rt), owner=context["user"]
                 )
             elif kind == "xdm":
-                _info, context["entries"] = await run(mailbox.xdm_entries, rt, context["a"], context["user"])
+                info, context["entries"] = await run(mailbox.xdm_entries, rt, context["a"], context["user"])
+                context["extras"] = info.extras
             elif kind == "text":
                 context["text"] = data.decode("utf-8", errors="replace")
         except DocumentError:
@@ -315,6 +341,14 @@ class MailboxController(Controller):
         entry, data = await self._xdm(request, queue_id, index, doc, "attachment.view")
         return await self._embedded(request, entry.kind, data, entry.path)
 
+    @get("/messages/{queue_id:str}/attachments/{index:int}/documents/{doc:int}/media/{n:int}")
+    async def xdm_media(
+        self, request: Request, queue_id: FromPath[str], index: FromPath[int], doc: FromPath[int], n: FromPath[int]
+    ) -> Response:
+        """A PDF or image a CDA inside an IHE_XDM package carries, inline."""
+        entry, data = await self._xdm(request, queue_id, index, doc, "attachment.view")
+        return await self._media(request, entry.kind, data, entry.path, n)
+
     @get("/messages/{queue_id:str}/attachments/{index:int}/documents/{doc:int}/view")
     async def xdm_view(
         self, request: Request, queue_id: FromPath[str], index: FromPath[int], doc: FromPath[int]
@@ -333,6 +367,7 @@ class MailboxController(Controller):
             "kind": entry.kind,
             "cda": None,
             "entries": None,
+            "extras": (),
             "text": None,
             "problem": None,
             "download": base,
@@ -359,5 +394,12 @@ TEMPLATE_HELPERS = {
     "narrative": cda_view.narrative_html,
     "hl7_time": cda_view.hl7_time,
     "hl7_date": cda_view.hl7_date,
+    "hl7_when": cda_view.hl7_when,
     "person": cda_view.person,
+    "organisation": cda_view.organisation,
+    "author_name": cda_view.author_name,
+    "code_label": cda_view.code_label,
+    "section_title": cda_view.section_title,
+    "media_markup": cda_view.media_markup,
+    "media_link": cda_view.media_link,
 }
