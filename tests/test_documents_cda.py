@@ -7,7 +7,6 @@ import io
 from pathlib import Path
 
 import pytest
-
 from pypdf import PdfWriter
 from pypdf.generic import DictionaryObject, NameObject, TextStringObject
 
@@ -34,6 +33,7 @@ from mss.documents import (
     parse_xml,
 )
 from mss.documents.cda import INS_NIR, INS_NIR_TEST
+from mss.relay.handler import document_status
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -257,7 +257,7 @@ def test_external_file_entity_is_refused_not_expanded() -> None:
         inspect_attachment("lettre.xml", "text/xml", document, limits=LIMITS)
     error = caught.value
     assert error.code == "xml-doctype"
-    assert (error.smtp_code, error.enhanced_status) == (550, "5.7.1")
+    assert document_status(error) == (550, "5.7.1")
     assert "root:" not in error.message and "DOCTYPE" in error.message
 
 
@@ -310,7 +310,7 @@ def test_wrong_root_is_refused() -> None:
     with pytest.raises(NotClinicalDocument) as caught:
         inspect_attachment("lettre.xml", "text/xml", b'<Document xmlns="urn:hl7-org:v3"/>', limits=LIMITS)
     assert caught.value.code == "cda-root"
-    assert (caught.value.smtp_code, caught.value.enhanced_status) == (554, "5.6.0")
+    assert document_status(caught.value) == (554, "5.6.0")
     assert "Document" in caught.value.message
 
 

@@ -12,12 +12,13 @@ import pytest
 from pypdf import PdfWriter
 from pypdf.generic import (
     ArrayObject,
-    DecodedStreamObject,
     DictionaryObject,
     NameObject,
     NumberObject,
     TextStringObject,
 )
+from test_documents_cda import MINIMAL, non_xml_body
+from test_documents_pdf import make_pdf
 
 from mss.documents import (
     ActivePdfContent,
@@ -31,9 +32,7 @@ from mss.documents import (
     parse_cda,
     workers,
 )
-
-from test_documents_cda import MINIMAL, non_xml_body
-from test_documents_pdf import make_pdf
+from mss.relay.handler import document_status
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -130,7 +129,7 @@ JS = TextStringObject("app.launchURL('https://example.org/x')")
 def test_active_content_anywhere_is_refused(data: bytes) -> None:
     with pytest.raises(ActivePdfContent) as caught:
         inspect_attachment("courrier.pdf", "application/pdf", data, limits=LIMITS)
-    assert (caught.value.smtp_code, caught.value.enhanced_status) == (550, "5.7.1")
+    assert document_status(caught.value) == (550, "5.7.1")
     assert caught.value.message.startswith("courrier.pdf ")
 
 
@@ -155,7 +154,7 @@ def test_pdf_object_walk_is_bounded() -> None:
         writer.add_blank_page(width=595, height=842)
     with pytest.raises(PdfTooComplex) as caught:
         check_pdf("a.pdf", written(writer), limits=DocumentLimits(max_pdf_objects=20))
-    assert (caught.value.smtp_code, caught.value.enhanced_status) == (554, "5.6.0")
+    assert document_status(caught.value) == (554, "5.6.0")
 
 
 def test_active_pdf_inside_a_cda_is_refused() -> None:
@@ -197,7 +196,7 @@ def zip_with(entries: dict[str, bytes], *, comment: bytes = b"") -> bytes:
 def test_polyglots_are_refused(filename: str, content_type: str, data: bytes) -> None:
     with pytest.raises(PolyglotDocument) as caught:
         inspect_attachment(filename, content_type, data, limits=LIMITS)
-    assert (caught.value.smtp_code, caught.value.enhanced_status) == (550, "5.7.1")
+    assert document_status(caught.value) == (550, "5.7.1")
     assert "two things" in caught.value.message
 
 
@@ -223,7 +222,7 @@ def test_attribute_flood_is_refused_by_count() -> None:
     data = with_attributes(40_000)
     with pytest.raises(XmlTooComplex) as caught:
         inspect_attachment("cr.xml", "text/xml", data, limits=LIMITS)
-    assert (caught.value.smtp_code, caught.value.enhanced_status) == (554, "5.6.0")
+    assert document_status(caught.value) == (554, "5.6.0")
     assert "attributes" in caught.value.message
     # Up to the limit, the document reads as before.
     assert parse_cda(with_attributes(LIMITS.max_xml_attributes), filename="cr.xml", limits=LIMITS).sections
@@ -261,7 +260,7 @@ def test_a_check_past_its_deadline_is_stopped_and_refused() -> None:
     limits = DocumentLimits(max_xml_elements=10_000_000, max_check_seconds=0.2)
     with pytest.raises(DocumentTooComplex, match="longer than 0.2 seconds") as caught:
         workers.inspect_attachment("lent.xml", "text/xml", slow_cda(300_000), limits=limits)
-    assert (caught.value.smtp_code, caught.value.enhanced_status) == (554, "5.6.0")
+    assert document_status(caught.value) == (554, "5.6.0")
     # The stopped worker was replaced: the next checks run.
     assert workers.parse_cda(MINIMAL, filename="cr.xml", limits=limits).type_code.code == "11490-0"
 

@@ -24,6 +24,8 @@ from mss.documents import (
     check_pdf,
     inspect_attachment,
 )
+from mss.relay import replies
+from mss.relay.handler import document_status
 
 # These tests touch no database: once per suite run is enough.
 pytestmark = pytest.mark.sqlite_only
@@ -92,7 +94,7 @@ def test_truncated_pdf_is_refused() -> None:
     with pytest.raises(InvalidPdf) as caught:
         inspect_attachment("ordonnance.pdf", "application/pdf", data[: len(data) // 2], limits=LIMITS)
     error = caught.value
-    assert (error.smtp_code, error.enhanced_status) == (554, "5.6.0")
+    assert document_status(error) == (554, "5.6.0")
     assert error.code == "pdf-invalid"
     assert error.message.startswith("ordonnance.pdf is not a valid PDF")
     assert "%%EOF" in error.message
@@ -115,7 +117,7 @@ def test_random_bytes_named_pdf_are_refused_as_invalid_pdf() -> None:
     with pytest.raises(InvalidPdf) as caught:
         inspect_attachment("ordonnance.pdf", "application/pdf", data, limits=LIMITS)
     assert caught.value.message == "ordonnance.pdf is not a valid PDF: no %PDF header"
-    assert (caught.value.smtp_code, caught.value.enhanced_status) == (554, "5.6.0")
+    assert document_status(caught.value) == (554, "5.6.0")
 
 
 def test_text_named_pdf_is_refused_with_no_header_message() -> None:
@@ -138,7 +140,7 @@ def test_executable_named_pdf_is_refused_as_forbidden_type(head: bytes) -> None:
     with pytest.raises(ForbiddenDocumentType) as caught:
         inspect_attachment("ordonnance.pdf", "application/pdf", data, limits=LIMITS)
     error = caught.value
-    assert (error.smtp_code, error.enhanced_status) == (550, "5.7.1")
+    assert document_status(error) == (550, "5.7.1")
     assert "executable" in error.message
     assert error.message.startswith("ordonnance.pdf ")
 
@@ -149,7 +151,7 @@ def test_zip_named_pdf_is_refused_as_type_mismatch() -> None:
         zf.writestr("IHE_XDM/SUBSET01/METADATA.XML", "<x/>")
     with pytest.raises(DocumentTypeMismatch) as caught:
         inspect_attachment("ordonnance.pdf", "application/pdf", out.getvalue(), limits=LIMITS)
-    assert (caught.value.smtp_code, caught.value.enhanced_status) == (550, "5.7.1")
+    assert document_status(caught.value) == (550, "5.7.1")
     assert caught.value.code == "type-mismatch"
 
 
@@ -172,7 +174,7 @@ def test_password_protected_pdf_is_refused() -> None:
     with pytest.raises(EncryptedPdf) as caught:
         inspect_attachment("secret.pdf", "application/pdf", out.getvalue(), limits=LIMITS)
     assert caught.value.code == "pdf-encrypted"
-    assert (caught.value.smtp_code, caught.value.enhanced_status) == (550, "5.7.1")
+    assert document_status(caught.value) == (550, "5.7.1")
 
 
 def test_permissions_only_encrypted_pdf_is_accepted() -> None:
@@ -202,7 +204,7 @@ def test_size_limit_applies() -> None:
     data = make_pdf()
     with pytest.raises(DocumentTooLarge) as caught:
         inspect_attachment("a.pdf", "application/pdf", data, limits=DocumentLimits(max_document_size=len(data) - 1))
-    assert (caught.value.smtp_code, caught.value.enhanced_status) == (552, "5.3.4")
+    assert document_status(caught.value) == (552, "5.3.4")
 
 
 @pytest.mark.parametrize(
@@ -221,7 +223,7 @@ def test_other_types_are_refused(filename: str, content_type: str, data: bytes, 
     with pytest.raises(ForbiddenDocumentType) as caught:
         inspect_attachment(filename, content_type, data, limits=LIMITS)
     assert what in caught.value.message
-    assert (caught.value.smtp_code, caught.value.enhanced_status) == (550, "5.7.1")
+    assert document_status(caught.value) == (550, "5.7.1")
 
 
 def test_office_open_xml_is_refused_as_office_document() -> None:
@@ -257,7 +259,7 @@ def test_file_name_in_reply_cannot_break_the_smtp_line() -> None:
     with pytest.raises(ForbiddenDocumentType) as caught:
         exe = b"MZ\x00\x00" + b"\x00" * 60
         inspect_attachment("evil\r\n250 OK.exe", "application/octet-stream", exe, limits=LIMITS)
-    reply = caught.value.smtp_reply
+    reply = replies.document_refused(*document_status(caught.value), caught.value.message)
     assert "\r" not in reply and "\n" not in reply
     assert reply.startswith("550 5.7.1 evil??250 OK.exe is an executable")
 

@@ -17,6 +17,10 @@ from pathlib import Path
 
 import pytest
 from litestar.testing import TestClient
+from relay_support import SENDER, Stack, build_stack, message, queue_id, transaction
+from relay_support import login as smtp_login
+from web_support import BASE_URL, GP, create_person
+from web_support import login as web_login
 
 from mss.documents import Document, DocumentLimits, inspect_attachment
 from mss.errors import DocumentError
@@ -24,10 +28,6 @@ from mss.web import create_app
 from mss.web.i18n import load_languages
 from mss.web.messages import error_text
 from mss.web.pages import TEMPLATE_HELPERS
-
-from relay_support import SENDER, Stack, build_stack, login as smtp_login, message, queue_id, transaction
-from web_support import BASE_URL, GP, create_person
-from web_support import login as web_login
 
 pytestmark = pytest.mark.sqlite_only
 

@@ -34,6 +34,7 @@ from mss.documents import (
     parse_xdm,
 )
 from mss.documents.xdm import DE_TYPE, DOC_ENTRY_STABLE, LCM, RIM
+from mss.relay.handler import document_status
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -179,7 +180,7 @@ def test_zip_bomb_is_refused_before_extraction() -> None:
     with pytest.raises(ArchiveBomb) as caught:
         inspect_attachment("IHE_XDM.ZIP", "application/zip", bomb, limits=LIMITS)
     assert caught.value.code == "zip-bomb"
-    assert (caught.value.smtp_code, caught.value.enhanced_status) == (552, "5.3.4")
+    assert document_status(caught.value) == (552, "5.3.4")
 
 
 def test_many_small_compressible_entries_are_refused_by_the_overall_ratio() -> None:
@@ -226,7 +227,7 @@ def test_unsafe_paths_are_refused(name: str) -> None:
     with pytest.raises(ArchiveUnsafePath) as caught:
         parse_xdm(make_zip(pdf_package([(zipfile.ZipInfo(name), b"pwned")])), limits=LIMITS)
     assert caught.value.code == "zip-path"
-    assert (caught.value.smtp_code, caught.value.enhanced_status) == (550, "5.7.1")
+    assert document_status(caught.value) == (550, "5.7.1")
 
 
 def test_duplicate_names_are_refused() -> None:
@@ -274,13 +275,13 @@ def test_missing_metadata_is_refused() -> None:
     with pytest.raises(InvalidXdm) as caught:
         parse_xdm(make_zip([("IHE_XDM/SUBSET01/DOC0001.PDF", make_pdf())]), limits=LIMITS)
     assert caught.value.code == "xdm-no-metadata"
-    assert (caught.value.smtp_code, caught.value.enhanced_status) == (554, "5.6.0")
+    assert document_status(caught.value) == (554, "5.6.0")
 
 
 def test_zip_that_is_not_a_package_is_refused() -> None:
     with pytest.raises(NotAnXdmPackage) as caught:
         inspect_attachment("photos.zip", "application/zip", make_zip([("a.txt", b"hello")]), limits=LIMITS)
-    assert (caught.value.smtp_code, caught.value.enhanced_status) == (550, "5.7.1")
+    assert document_status(caught.value) == (550, "5.7.1")
 
 
 def test_metadata_with_doctype_is_refused() -> None:

@@ -12,17 +12,6 @@ from email import message_from_bytes, policy
 
 import aiosmtplib
 import pytest
-from sqlalchemy import select
-
-from directory.certificates import current_certificate
-from mss import accounts
-from mss.crypto import keys, smime
-from mss.db import session_scope
-from mss.documents import ArchiveBomb, ForbiddenDocumentType, XmlDoctypeForbidden, XmlTooComplex
-from mss.models import MailboxItem, Message
-from mss.relay import replies
-from mss.relay.protocol import MAX_HEADER_FIELDS
-
 from relay_support import (
     MAX_MESSAGE_SIZE,
     RECIPIENTS,
@@ -40,6 +29,22 @@ from relay_support import (
     xxe_cda,
     zip_bomb_xdm,
 )
+from sqlalchemy import select
+
+from directory.certificates import current_certificate
+from mss import accounts
+from mss.crypto import keys, smime
+from mss.db import session_scope
+from mss.documents import (
+    ArchiveBomb,
+    ForbiddenDocumentType,
+    XmlDoctypeForbidden,
+    XmlTooComplex,
+)
+from mss.models import MailboxItem, Message
+from mss.relay import replies
+from mss.relay.handler import document_status
+from mss.relay.protocol import MAX_HEADER_FIELDS
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +197,8 @@ def test_spoofed_from_header(relay_stack: Stack) -> None:
 def test_forbidden_attachment(relay_stack: Stack) -> None:
     exe = b"MZ\x90\x00" + b"\x00" * 60 + b"This program cannot be run in DOS mode." + b"\x00" * 200
     code, text = refused(relay_stack, message(SENDER, RECIPIENTS, [("bilan.exe", "application/octet-stream", exe)]))
-    assert code == ForbiddenDocumentType.smtp_code
-    assert text.startswith(f"{ForbiddenDocumentType.enhanced_status} bilan.exe".encode())
+    assert code == document_status(ForbiddenDocumentType)[0]
+    assert text.startswith(f"{document_status(ForbiddenDocumentType)[1]} bilan.exe".encode())
 
 
 def test_malformed_mime(relay_stack: Stack) -> None:
@@ -211,7 +216,7 @@ def test_malformed_mime(relay_stack: Stack) -> None:
 
 def test_zip_bomb_xdm(relay_stack: Stack) -> None:
     code, text = refused(relay_stack, message(SENDER, RECIPIENTS, [("IHE_XDM.ZIP", "application/zip", zip_bomb_xdm())]))
-    assert (code, text[:5].decode()) == (ArchiveBomb.smtp_code, ArchiveBomb.enhanced_status)
+    assert (code, text[:5].decode()) == document_status(ArchiveBomb)
 
 
 def test_client_encrypted_for_someone_else(relay_stack: Stack) -> None:
@@ -222,7 +227,7 @@ def test_client_encrypted_for_someone_else(relay_stack: Stack) -> None:
 @pytest.mark.parametrize("document", [xxe_cda, billion_laughs_cda], ids=["xxe", "billion-laughs"])
 def test_hostile_cda(relay_stack: Stack, document) -> None:  # type: ignore[no-untyped-def]
     code, text = refused(relay_stack, message(SENDER, RECIPIENTS, [("cr.xml", "text/xml", document())]))
-    assert (code, text[:5].decode()) == (XmlDoctypeForbidden.smtp_code, XmlDoctypeForbidden.enhanced_status)
+    assert (code, text[:5].decode()) == document_status(XmlDoctypeForbidden)
     assert b"passwd" not in text and b"lol" not in text
 
 
@@ -323,7 +328,7 @@ def test_hostile_documents_are_refused_while_ordinary_mail_goes_through(relay_st
         refusals = [future.result() for future in pending]
     assert ordinary[0] == 250, ordinary
     for code, text in refusals:
-        assert (code, text[:5]) == (XmlTooComplex.smtp_code, XmlTooComplex.enhanced_status.encode())
+        assert (code, text[:5]) == (document_status(XmlTooComplex)[0], document_status(XmlTooComplex)[1].encode())
         assert b"cr.xml has an element with more than" in text
     assert relay_stack.counts()[0] == before[0] + 1
     still_serving(relay_stack, relay_stack.counts())

@@ -1,11 +1,32 @@
 """Document checks and metadata: what an attachment is, whether it may travel, what it says.
 
 The relay and the web hand every attachment to ``inspect_attachment`` before anything is
-signed or stored. ``detect`` decides the kind and owns the shared refusals and limits;
+signed or stored. ``detect`` is that entry point;
 ``pdf``, ``cda`` and ``xdm`` check their kind and read its metadata. The services call them
-through ``workers``, which runs them in worker processes within a deadline.
+through ``workers``, which runs them in worker processes within a deadline. ``base`` holds
+the limits, refusals and result that every module shares, ``xml`` the hardened XML parser,
+``sniff`` the recognition of a file's kind, ``single`` the check of one file.
 """
 
+from mss.documents.base import (
+    Document,
+    DocumentCheckError,
+    DocumentLimits,
+    DocumentRefused,
+    DocumentTooComplex,
+    DocumentTooLarge,
+    DocumentTypeMismatch,
+    ForbiddenDocumentType,
+    InvalidArchive,
+    InvalidPdf,
+    InvalidXml,
+    MalformedDocument,
+    NestedArchive,
+    PolyglotDocument,
+    UnsafeDocument,
+    XmlDoctypeForbidden,
+    XmlTooComplex,
+)
 from mss.documents.cda import (
     Author,
     CdaInfo,
@@ -14,7 +35,6 @@ from mss.documents.cda import (
     Identifier,
     Ins,
     InvalidCda,
-    InvalidXml,
     NarrativeNode,
     NotClinicalDocument,
     Organisation,
@@ -22,8 +42,6 @@ from mss.documents.cda import (
     PersonName,
     Section,
     WrongCdaNamespace,
-    XmlDoctypeForbidden,
-    XmlTooComplex,
     cda_header_values,
     content_type_of,
     embedded_file,
@@ -31,32 +49,23 @@ from mss.documents.cda import (
     level_one_pdf,
     message_header_values,
     parse_cda,
-    parse_xml,
 )
-from mss.documents.detect import (
-    Document,
-    DocumentCheckError,
-    DocumentLimits,
-    DocumentRefused,
-    DocumentTooLarge,
-    DocumentTooComplex,
-    DocumentTypeMismatch,
-    ForbiddenDocumentType,
-    MalformedDocument,
-    PolyglotDocument,
-    UnsafeDocument,
-    inspect_attachment,
+from mss.documents.detect import inspect_attachment
+from mss.documents.xml import parse_xml
+from mss.documents.pdf import (
+    ActivePdfContent,
+    EncryptedPdf,
+    PdfInfo,
+    PdfTooComplex,
+    check_pdf,
 )
-from mss.documents.pdf import ActivePdfContent, EncryptedPdf, InvalidPdf, PdfInfo, PdfTooComplex, check_pdf
 from mss.documents.xdm import (
     ArchiveBomb,
     ArchiveEncrypted,
     ArchiveLink,
     ArchiveTooManyEntries,
     ArchiveUnsafePath,
-    InvalidArchive,
     InvalidXdm,
-    NestedArchive,
     NotAnXdmPackage,
     XdmDocument,
     XdmDocumentRefused,

@@ -28,18 +28,16 @@ from pypdf import PasswordType, PdfReader
 from pypdf.errors import PyPdfError
 from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject, StreamObject
 
-from mss.documents.detect import (
+from mss.documents.base import (
     DocumentLimits,
     DocumentTooComplex,
-    RUNNABLE_EXTENSIONS,
     DocumentTooLarge,
-    MalformedDocument,
+    InvalidPdf,
     UnsafeDocument,
     display_name,
-    executable_kind,
-    extension,
     too_large_problem,
 )
+from mss.documents.sniff import RUNNABLE_EXTENSIONS, executable_kind, extension
 
 _HEADER = b"%PDF-"
 _EOF = b"%%EOF"
@@ -47,10 +45,6 @@ _WINDOW = 1024
 _HIDDEN_AFTER_EOF = re.compile(rb"\d+\s+\d+\s+obj\b|\bxref\b|\btrailer\b|\bstartxref\b|/J(?:ava)?S(?:cript)?\b|/Launch\b")
 
 
-class InvalidPdf(MalformedDocument):
-    """The file claims to be a PDF but is not one, or is damaged or truncated."""
-
-    code = "pdf-invalid"
 
 
 class EncryptedPdf(UnsafeDocument):

@@ -32,8 +32,13 @@ from typing import Any, Final, TypeVar
 from pebble import ProcessExpired, ProcessPool
 
 from mss.documents import cda, detect, xdm
+from mss.documents.base import (
+    Document,
+    DocumentLimits,
+    DocumentTooComplex,
+    display_name,
+)
 from mss.documents.cda import CdaInfo
-from mss.documents.detect import Document, DocumentLimits, DocumentTooComplex
 from mss.documents.xdm import XdmInfo
 
 log = logging.getLogger("mss.documents")
@@ -100,12 +105,12 @@ def _wait(check: Callable[..., T], args: tuple[Any, ...], kwargs: Mapping[str, A
     try:
         return future.result()
     except CheckTimedOut as exc:
-        log.warning("document check of %s stopped after %g s", detect.display_name(filename), limits.max_check_seconds)
+        log.warning("document check of %s stopped after %g s", display_name(filename), limits.max_check_seconds)
         raise DocumentTooComplex(
             filename, f"takes longer than {limits.max_check_seconds:g} seconds to check, which is not allowed"
         ) from exc
     except ProcessExpired as exc:
-        log.warning("document check of %s: the worker died (exit code %s)", detect.display_name(filename), exc.exitcode)
+        log.warning("document check of %s: the worker died (exit code %s)", display_name(filename), exc.exitcode)
         raise DocumentTooComplex(filename, "stopped the program that checks it, which is not allowed") from exc
 
 
@@ -129,6 +134,16 @@ def parse_cda(data: bytes, *, filename: str, limits: DocumentLimits, owner: str 
 def parse_xdm(data: bytes, *, filename: str, limits: DocumentLimits, owner: str | None = None) -> XdmInfo:
     """``mss.documents.parse_xdm`` in a worker."""
     return _in_worker(xdm.parse_xdm, (data,), {"filename": filename, "limits": limits}, filename, limits, owner)
+
+
+def read_xdm_document(
+    data: bytes, index: int, *, filename: str, limits: DocumentLimits, owner: str | None = None
+) -> tuple[xdm.XdmDocument, bytes]:
+    """``mss.documents.xdm.read_document`` (one document of a package, read through the
+    package's checks) in a worker."""
+    return _in_worker(
+        xdm.read_document, (data, index), {"filename": filename, "limits": limits}, filename, limits, owner
+    )
 
 
 def level_one_pdf(data: bytes, *, filename: str, limits: DocumentLimits, owner: str | None = None) -> bytes | None:

@@ -7,7 +7,7 @@ method, number of entries, declared sizes and compression ratios, nested archive
 then are METADATA.XML and the documents it lists read, each through a bounded reader that
 stops as soon as an entry yields more than it declared or the archive's budget is spent.
 METADATA.XML (ebRIM 3.0 ``SubmitObjectsRequest``) goes through the same hardened XML parser
-as CDA documents, and every listed document through ``inspect_attachment`` (CDA or PDF
+as CDA documents, and every listed document through ``single.inspect_document`` (CDA or PDF
 only; archives do not nest).
 
 Packages as real systems write them are accepted: names in any letter case, the whole
@@ -43,29 +43,32 @@ from datetime import UTC, datetime, timedelta, timezone
 from lxml import etree
 
 import mss
-from mss.documents.cda import Author, CdaInfo, Code, Patient, parse_xml
-from mss.documents.detect import (
-    RUNNABLE_EXTENSIONS,
+from mss.documents.base import (
     Document,
     DocumentLimits,
     DocumentRefused,
     DocumentTooLarge,
     ForbiddenDocumentType,
+    InvalidArchive,
     MalformedDocument,
+    NestedArchive,
     UnsafeDocument,
-    executable_kind,
-    extension,
-    inspect_attachment,
     too_large_problem,
 )
+from mss.documents.cda import RPPS_ROOT, Author, CdaInfo, Code, Patient
+from mss.documents.single import inspect_document
+from mss.documents.sniff import RUNNABLE_EXTENSIONS, executable_kind, extension
+from mss.documents.xml import parse_xml
+
+# What the zipfile module (and zlib under it) raise on a damaged or hostile archive: the one
+# table every read of an archive translates into InvalidArchive. zlib.error is a damaged
+# deflate stream, which zipfile lets through as it is.
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError)
+
 
 # -- refusals ----------------------------------------------------------------------------
 
 
-class InvalidArchive(MalformedDocument):
-    """The file is not a readable ZIP archive (damaged, truncated, unsupported features)."""
-
-    code = "zip-invalid"
 
 
 class NotAnXdmPackage(ForbiddenDocumentType):
@@ -92,10 +95,6 @@ class ArchiveEncrypted(UnsafeDocument):
     code = "zip-encrypted"
 
 
-class NestedArchive(UnsafeDocument):
-    """An archive inside the archive."""
-
-    code = "zip-nested"
 
 
 class ArchiveTooManyEntries(DocumentTooLarge):
@@ -147,7 +146,6 @@ FORMAT_MIME_SUFFICIENT = Code(
 )
 """IHE format code for a document whose MIME type says all (used for PDFs)."""
 CONFIDENTIALITY_NORMAL = Code("N", "2.16.840.1.113883.5.25", "Normal")
-RPPS_ROOT = "1.2.250.1.71.4.2.1"
 
 _ARCHIVE_EXTENSIONS = (
     ".zip", ".jar", ".war", ".apk", ".7z", ".rar", ".gz", ".tgz", ".tar", ".bz2", ".xz", ".zst", ".cab",
@@ -352,9 +350,7 @@ def _read(filename: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Bu
                         f"holds an entry compressed more than {limits.max_compression_ratio} times "
                         f"({_shown(info.filename)})",
                     )
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError,
-            NotImplementedError) as exc:
-        # zlib.error: a damaged deflate stream (zipfile lets it through as it is).
+    except ZIP_ERRORS as exc:
         raise InvalidArchive(filename, f"is not a valid ZIP archive: {_shown(info.filename)} cannot be read") from exc
     if len(out) != info.file_size:
         raise InvalidArchive(filename, f"is not a valid ZIP archive: {_shown(info.filename)} is truncated")
@@ -459,7 +455,7 @@ def parse_xdm(data: bytes, *, limits: DocumentLimits, filename: str = "IHE_XDM.Z
     Raises ``InvalidArchive``, ``NotAnXdmPackage``, ``ArchiveUnsafePath``, ``ArchiveLink``,
     ``ArchiveEncrypted``, ``NestedArchive``, ``ArchiveTooManyEntries``, ``ArchiveBomb``,
     ``InvalidXdm``, ``XdmDocumentRefused``, or what the hardened XML parser and
-    ``inspect_attachment`` raise for METADATA.XML and the documents.
+    ``single.inspect_document`` raise for METADATA.XML and the documents.
     """
     if len(data) > limits.max_document_size:
         raise DocumentTooLarge(filename, too_large_problem(limits.max_document_size))
@@ -467,7 +463,7 @@ def parse_xdm(data: bytes, *, limits: DocumentLimits, filename: str = "IHE_XDM.Z
         raise ArchiveTooManyEntries(filename, f"holds more than {limits.max_xdm_entries} entries")
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+    except ZIP_ERRORS as exc:
         raise InvalidArchive(filename, "is not a valid ZIP archive") from exc
     with zf:
         infos = _check_archive(filename, data, zf, limits)
@@ -604,9 +600,7 @@ def _read_document(
     if declared_hash is not None and declared_hash.lower() != hashlib.sha1(data).hexdigest():
         raise InvalidXdm(filename, f"declares a hash for {_shown(uri)} that does not match the file")
     mime_type = entry.get("mimeType") or "application/octet-stream"
-    document = inspect_attachment(
-        f"{filename}/{info.filename}", mime_type, data, limits=limits, allow_archive=False
-    )
+    document = inspect_document(f"{filename}/{info.filename}", mime_type, data, limits=limits)
     if document.kind not in _XDM_KINDS:
         raise XdmDocumentRefused(filename, f"holds {_shown(uri)}, which is neither a CDA nor a PDF document")
     return XdmDocument(
@@ -791,7 +785,7 @@ def build_xdm(
     """Package documents (CDA or PDF) as an IHE_XDM.ZIP and return the archive bytes.
 
     Each item is ``(filename, bytes, CdaInfo or None)``; a document without ``CdaInfo`` is
-    checked with ``inspect_attachment`` first (and its CdaInfo read if it is a CDA).
+    checked with ``single.inspect_document`` first (and its CdaInfo read if it is a CDA).
     ``author`` is the sender (submission set author, and document author for PDFs);
     ``patient`` gives the submission set's patient id (a CDA's own patient is used for its
     entry). ``source_id`` is the sending system's OID (default: one derived from the
@@ -811,9 +805,7 @@ def build_xdm(
     entries: list[str] = []
     for number, (original_name, data, cda) in enumerate(documents, start=1):
         if cda is None:
-            checked = inspect_attachment(
-                original_name, "application/octet-stream", data, limits=limits, allow_archive=False
-            )
+            checked = inspect_document(original_name, "application/octet-stream", data, limits=limits)
             if checked.kind not in _XDM_KINDS:
                 raise XdmDocumentRefused(original_name, "is neither a CDA nor a PDF document and cannot be packaged")
             cda = checked.cda
@@ -935,3 +927,22 @@ def _index(listing: list[tuple[str, str]], subset: str) -> bytes:
         f"{html.escape(subset)}/METADATA.XML.</p></body></html>\n"
     )
     return page.encode("utf-8")
+
+
+def read_document(data: bytes, index: int, *, limits: DocumentLimits, filename: str) -> tuple[XdmDocument, bytes]:
+    """The ``index``-th document of a package and its bytes, read like every entry: the whole
+    package is checked first (``parse_xdm``), then the entry is read within the same bounds.
+
+    Raises IndexError for an index the package does not have, and what ``parse_xdm`` raises.
+    """
+    info = parse_xdm(data, limits=limits, filename=filename)
+    if not 0 <= index < len(info.documents):
+        raise IndexError(index)
+    document = info.documents[index]
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except ZIP_ERRORS as exc:
+        raise InvalidArchive(filename, "is not a valid ZIP archive") from exc
+    with zf:
+        entry = next(i for i in zf.infolist() if i.filename == document.path)
+        return document, _read(filename, zf, entry, _Budget(limits.max_xdm_total_size), limits)

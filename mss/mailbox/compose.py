@@ -29,7 +29,7 @@ from mss.addresses import normalise_address
 from mss.db import session_scope
 from mss.documents import DocumentLimits, workers
 from mss.documents.cda import RPPS_ROOT, Author, CdaInfo, Identifier, Organisation, PersonName
-from mss.documents.detect import sniff
+from mss.documents.sniff import sniff
 from mss.documents.xdm import build_xdm
 from mss.errors import (
     DirectoryError,

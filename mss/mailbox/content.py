@@ -31,7 +31,7 @@ from sqlmodel import Session
 from directory.models import Certificate
 from mss.accounts import UnlockedAccount
 from mss.crypto import keys, smime, verify
-from mss.documents import detect
+from mss.documents import sniff
 from mss.errors import CryptoError, DecryptionError, DocumentError, SignatureError
 
 # Statuses beyond mss.crypto.verify's: no signature at all, or one we cannot check; and a
@@ -331,7 +331,7 @@ def _text_of(part: EmailMessage) -> str:
 
 def _attachment_kind(data: bytes, content_type: str, filename: str) -> str:
     try:
-        return detect.sniff(data, content_type, filename)
+        return sniff.sniff(data, content_type, filename)
     except DocumentError:
         return "other"
 

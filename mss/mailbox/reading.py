@@ -11,9 +11,7 @@ between them, never while a write lock is held.
 
 from __future__ import annotations
 
-import io
 import re
-import zipfile
 from dataclasses import dataclass, field, replace
 from typing import Any
 from datetime import date, datetime, time, timedelta
@@ -764,14 +762,14 @@ def xdm_entries(
 
 def xdm_document(rt: Runtime, attachment: Attachment, document_index: int) -> tuple[XdmEntry, bytes]:
     """One document of an IHE_XDM.ZIP attachment and its bytes. Raises MessageNotFound, DocumentError."""
-    info, entries = xdm_entries(rt, attachment)
+    _info, entries = xdm_entries(rt, attachment)
     if not 0 <= document_index < len(entries):
         raise MessageNotFound(f"no document {document_index} in {attachment.filename}")
-    entry = entries[document_index]
-    # parse_xdm has checked every entry (names, sizes, ratios) before this read.
-    with zipfile.ZipFile(io.BytesIO(attachment.data)) as archive:
-        data = archive.read(info.documents[document_index].path)
-    return entry, data
+    # Read through the package reader's checks (names, sizes, ratios), like every entry.
+    _document, data = workers.read_xdm_document(
+        attachment.data, document_index, filename=attachment.filename, limits=limits_of(rt)
+    )
+    return entries[document_index], data
 
 
 def embedded_pdf(rt: Runtime, data: bytes, filename: str) -> bytes | None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 
 from mss import audit, pipeline
 from mss.db import session_scope
+from mss.documents.base import DocumentRefused, DocumentTooLarge
 from mss.errors import (
     AccountDisabled,
     AddressNotServed,
@@ -87,6 +88,22 @@ _SUBMISSION_REFUSALS: Final[tuple[tuple[type[MssError], str], ...]] = (
 )
 
 
+# A refused document's reply code and RFC 3463 status, by the kind of refusal: a type the
+# trust space never carries (X.7.1 delivery not authorised), a size (X.3.4 too big for the
+# system), anything else a document that fails its checks (X.6.0 other media error).
+_DOCUMENT_STATUSES: Final[tuple[tuple[type[DocumentError], int, str], ...]] = (
+    (DocumentRefused, 550, "5.7.1"),
+    (DocumentTooLarge, 552, "5.3.4"),
+    (DocumentError, 554, "5.6.0"),
+)
+
+
+def document_status(error: DocumentError | type[DocumentError]) -> tuple[int, str]:
+    """The reply code and enhanced status refusing a document for ``error`` (or its class)."""
+    cls = error if isinstance(error, type) else type(error)
+    return next((code, status) for kind, code, status in _DOCUMENT_STATUSES if issubclass(cls, kind))
+
+
 def submission_refusal(error: MssError) -> str | None:
     """The reply refusing a message for ``error`` from ``pipeline.submit``, or None.
 
@@ -99,10 +116,7 @@ def submission_refusal(error: MssError) -> str | None:
     if isinstance(error, UnopenableEnvelope):
         return replies.with_detail(replies.ENVELOPE_NOT_SUPPORTED, error.message)
     if isinstance(error, DocumentError):
-        # mss.documents refusals carry their own reply code and RFC 3463 status.
-        return replies.document_refused(
-            getattr(error, "smtp_code", 554), getattr(error, "enhanced_status", "5.6.0"), error.message
-        )
+        return replies.document_refused(*document_status(error), error.message)
     for cls, reply in _SUBMISSION_REFUSALS:
         if isinstance(error, cls):
             return reply

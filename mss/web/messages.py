@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from mss.documents.detect import (
+from mss.documents.base import (
     DocumentCheckError,
     DocumentRefused,
     DocumentTooLarge,
