@@ -92,6 +92,14 @@ class SecretReader:
         return typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
 
 
+def export_protection(reader: SecretReader, compatible: bool) -> tuple[str, str]:
+    """The password protecting a PKCS#12 file (asked twice) and its profile."""
+    from mss.crypto import keys
+
+    export_password = reader.read("Export password (protects the .p12 file)", confirm=True)
+    return export_password, keys.PKCS12_COMPATIBLE if compatible else keys.PKCS12_STRONG
+
+
 def print_enrolment(enrolment: Any) -> None:
     import segno
 
@@ -138,12 +146,10 @@ def pki_issue(
 ) -> None:
     """Issue an S/MIME certificate for an entry without an account; the key goes to a .p12 file."""
     from mss import accounts
-    from mss.crypto import keys
     from mss.db import session_scope
 
     rt = runtime()
-    export_password = SecretReader(password_stdin).read("Export password (protects the .p12 file)", confirm=True)
-    profile = keys.PKCS12_COMPATIBLE if compatible else keys.PKCS12_STRONG
+    export_password, profile = export_protection(SecretReader(password_stdin), compatible)
     with session_scope(rt.engine) as session:
         row, blob = accounts.issue_external_certificate(
             session, rt.settings, address, export_password, actor=actor(), profile=profile
@@ -490,13 +496,11 @@ def account_export_key(
 ) -> None:
     """Export the key and certificate as PKCS#12 for a mail client."""
     from mss import accounts
-    from mss.crypto import keys
 
     rt = runtime()
     reader = SecretReader(password_stdin)
     password = reader.read("Account password")
-    export_password = reader.read("Export password (protects the .p12 file)", confirm=True)
-    profile = keys.PKCS12_COMPATIBLE if compatible else keys.PKCS12_STRONG
+    export_password, profile = export_protection(reader, compatible)
     blob = accounts.export_key(
         rt.engine, rt.settings, address, password, export_password, actor=actor(), profile=profile
     )

@@ -27,20 +27,18 @@ from mss.documents import (
 from mss.relay import replies
 from mss.relay.handler import document_status
 
+from relay_support import pdf_bytes
+
 # These tests touch no database: once per suite run is enough.
 pytestmark = pytest.mark.sqlite_only
+
 
 LIMITS = DocumentLimits()
 WORLD = Path(__file__).resolve().parent / "samples" / "world"
 
 
 def make_pdf(pages: int = 2) -> bytes:
-    writer = PdfWriter()
-    for _ in range(pages):
-        writer.add_blank_page(width=595, height=842)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
+    return pdf_bytes(pages)
 
 
 # A minimal valid PDF written by hand: one empty page, a correct cross-reference table.

@@ -172,6 +172,27 @@ def _unseal(token: SessionToken, sealed: bytes) -> bytes:
         raise SessionInvalid("sealed key does not open") from exc
 
 
+def _new_row(
+    address: str, channel: str, stage: str, key_der: bytes, past_keys_der: tuple[bytes, ...], policy: SessionPolicy
+) -> tuple[SessionToken, WebSession]:
+    """A fresh token and the session row it opens (the keys sealed under the token's key)."""
+    token = SessionToken.new()
+    now = utcnow()
+    lifetime = policy.absolute if stage == ACTIVE else policy.pending
+    row = WebSession(
+        token_hash=token.token_hash,
+        address=address,
+        channel=channel,
+        stage=stage,
+        key_sealed=_seal(token, key_der),
+        past_keys_sealed=_seal_past(token, past_keys_der),
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + lifetime,
+    )
+    return token, row
+
+
 def open_session(
     engine: Engine, *, account: UnlockedAccount, channel: str, stage: str, policy: SessionPolicy
 ) -> SessionToken:
@@ -179,23 +200,9 @@ def open_session(
     return its token (shown to the client once)."""
     if channel not in {WEB, API} or stage not in STAGES:
         raise ValueError(f"bad session channel {channel!r} or stage {stage!r}")
-    token = SessionToken.new()
-    now = utcnow()
-    lifetime = policy.absolute if stage == ACTIVE else policy.pending
+    token, row = _new_row(account.address, channel, stage, account.private_key_der, account.past_keys_der, policy)
     with session_scope(engine) as session:
-        session.add(
-            WebSession(
-                token_hash=token.token_hash,
-                address=account.address,
-                channel=channel,
-                stage=stage,
-                key_sealed=_seal(token, account.private_key_der),
-                past_keys_sealed=_seal_past(token, account.past_keys_der),
-                created_at=now,
-                last_seen_at=now,
-                expires_at=now + lifetime,
-            )
-        )
+        session.add(row)
     return token
 
 
@@ -264,26 +271,12 @@ def advance(engine: Engine, live: LiveSession, *, stage: str, policy: SessionPol
 
     The old row is deleted in the same transaction: the old cookie is dead at once.
     """
-    token = SessionToken.new()
-    now = utcnow()
-    lifetime = policy.absolute if stage == ACTIVE else policy.pending
+    token, row = _new_row(live.address, live.channel, stage, live.private_key_der, live.past_keys_der, policy)
     with session_scope(engine) as session:
         gone = session.execute(delete(WebSession).where(WebSession.token_hash == live.token.token_hash)).rowcount
         if not gone:
             raise SessionInvalid("session ended meanwhile")
-        session.add(
-            WebSession(
-                token_hash=token.token_hash,
-                address=live.address,
-                channel=live.channel,
-                stage=stage,
-                key_sealed=_seal(token, live.private_key_der),
-                past_keys_sealed=_seal_past(token, live.past_keys_der),
-                created_at=now,
-                last_seen_at=now,
-                expires_at=now + lifetime,
-            )
-        )
+        session.add(row)
     return token
 
 
