@@ -259,6 +259,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
 
     envelope = _client_envelope(message)
     documents: list[Document] = []
+    client_view: dict[str, object] = {"to": str(message.get("To", "")), "cc": str(message.get("Cc", ""))}
     if envelope is not None:
         # True end to end: the client encrypted; we only check every recipient can open it.
         unreadable = [a for a, c in zip(recipients, recipient_certs) if not smime.can_decrypt_for(envelope, c)]
@@ -274,8 +275,17 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         signed = smime.sign(entity, sender.certificate, sender.private_key)
         # The envelope holds the SignedData as an RFC 8551 signed-data entity: what a mail
         # client expects once it decrypts, and what `openssl cms -verify` reads as S/MIME.
-        cms = smime.encrypt(smime.signed_entity(signed), [*recipient_certs, sender.certificate])
+        signed_entity = smime.signed_entity(signed)
+        cms = smime.encrypt(signed_entity, [*recipient_certs, sender.certificate])
         kind = "signed"
+        client_view = {
+            "to": str(message.get("To", "")),
+            "cc": str(message.get("Cc", "")),
+            "entity": store.entity_facts(
+                signed_entity,
+                store.submission_signature(sender.address, _sender_certificate_serial(sender), utcnow()),
+            ),
+        }
 
     meta = MessageMeta(
         sender=sender.address,
@@ -286,6 +296,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         headers={k: v for k, v in added.items() if k.startswith("X-MSS-")},
         documents=[document_summary(d) for d in documents],
         mdn_to=receipts.wants_mdn(message, envelope_sender=sender.address),
+        client=client_view,
     )
     notices = receipts_for(
         rt, submission, meta, deliverable=deliverable, failed=failed, original_headers=_header_block(submission.raw)
