@@ -13,6 +13,8 @@ CAPABILITIES=(
     "postgresql|ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && \$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1) --version"
     "openssl|openssl cms -help 2>&1 | grep -q -- '-decrypt' && openssl pkcs12 -help 2>&1 | grep -q -- '-export'"
     "swaks libnet-ssleay-perl libio-socket-ssl-perl|swaks --support 2>&1 | grep -q '^=== TLS supported'"
+    "isync|mbsync --version 2>&1 | grep -q '^isync 1' && mbsync --help 2>&1 | grep -q -- '--pull'"
+    "offlineimap3|offlineimap --version 2>&1 | grep -Eq '^[0-9]+\.[0-9]+'"
     "chromium fonts-dejavu-core|chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update --no-first-run --user-data-dir=\$(mktemp -d) --dump-dom 'data:text/html,<p>ok</p>' 2>/dev/null | grep -q '<p>ok</p>'"
 )
 

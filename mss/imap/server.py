@@ -291,11 +291,29 @@ class MailConnection(IMAPConnection):
         return memoryview(extra + bytes(await self.readline()))
 
     async def write_response(self, resp: Any) -> None:
+        """Write a response one message at a time: pymap buffers every untagged response of
+        a command before draining; here each is drained before the next is loaded, so a
+        FETCH of a whole folder holds one message in memory, and a client that stops
+        reading is cut after ``MSS_IMAP_TIMEOUT``."""
         if self._closing:
             return
+        untagged = list(getattr(resp, "_untagged", ()))
+        try:
+            for response in untagged:
+                await response.async_write(self.writer)
+                await self._drain()
+            if untagged:
+                resp._untagged = []
+            await resp.async_write(self.writer)
+            await self._drain()
+        except ConnectionError:
+            self._closing = True
+            raise
+
+    async def _drain(self) -> None:
         try:
             async with asyncio.timeout(self._timeout):
-                await super().write_response(resp)
+                await self.writer.drain()
         except TimeoutError:
             # A client that stops reading holds no more than the socket's buffers.
             self._closing = True
