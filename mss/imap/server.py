@@ -39,7 +39,7 @@ from pymap.imap.state import ConnectionState
 from pymap.parsing.command import CommandAuth, CommandNoArgs
 from pymap.parsing.command.any import LogoutCommand
 from pymap.parsing.commands import Commands
-from pymap.parsing.response import ResponseBye, ResponseNo, ResponseOk, UntaggedResponse
+from pymap.parsing.response import Response, ResponseBye, ResponseNo, ResponseOk, UntaggedResponse
 from pysasl import SASLAuth
 from pysasl.mechanism.plain import PlainMechanism
 
@@ -55,6 +55,7 @@ log = logging.getLogger("mss.imap")
 
 LINE_LIMIT: Final = 64 * 1024  # one command line (literals apart)
 MAX_CREDENTIAL: Final = 1024  # longer than any address or sensible password
+SSL_SHUTDOWN_TIMEOUT: Final = 1.0
 _LITERAL: Final = re.compile(rb"\{(\d{1,12})(\+?)\}\r?\n$")
 
 
@@ -303,8 +304,9 @@ class MailConnection(IMAPConnection):
                 await response.async_write(self.writer)
                 await self._drain()
             if untagged:
-                resp._untagged = []
-            await resp.async_write(self.writer)
+                Response.write(resp, self.writer)  # the tagged line alone
+            else:
+                await resp.async_write(self.writer)
             await self._drain()
         except ConnectionError:
             self._closing = True
@@ -316,6 +318,7 @@ class MailConnection(IMAPConnection):
                 await self.writer.drain()
         except TimeoutError:
             # A client that stops reading holds no more than the socket's buffers.
+            log.info("imap client not reading: connection cut")
             self._closing = True
             self.writer.transport.abort()
             raise ConnectionError("client not reading") from None
@@ -409,7 +412,8 @@ async def start_listeners(rt: Runtime, *, host: str, port: int, tls_port: int | 
         servers.append(
             await asyncio.start_server(
                 connection_handler(rt, MailConfig(rt, implicit_tls=True, ssl_context=context), registry),
-                host=host, port=tls_port, limit=LINE_LIMIT, ssl=context, ssl_handshake_timeout=30, reuse_address=True,
+                host=host, port=tls_port, limit=LINE_LIMIT, ssl=context, ssl_handshake_timeout=30,
+                ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT, reuse_address=True,
             )
         )
     listeners = Listeners(servers, registry)
@@ -447,6 +451,12 @@ class ImapServer:
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
+        self.registry: Registry | None = None
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now (tests watch clients being cut)."""
+        return len(self.registry.connections) if self.registry is not None else 0
 
     def start(self) -> "ImapServer":
         self._thread = threading.Thread(target=self._run, name="mss-imap", daemon=True)
@@ -468,6 +478,7 @@ class ImapServer:
         self._stop = asyncio.Event()
         listeners = await start_listeners(self.rt, host=self.host, port=0, tls_port=0)
         self.port, self.tls_port = listeners.ports
+        self.registry = listeners.registry
         self._started.set()
         try:
             await self._stop.wait()
