@@ -301,16 +301,22 @@ class MailConnection(IMAPConnection):
         untagged = list(getattr(resp, "_untagged", ()))
         try:
             for response in untagged:
-                await response.async_write(self.writer)
-                await self._drain()
+                await self._write_whole(response)
             if untagged:
                 Response.write(resp, self.writer)  # the tagged line alone
+                await self._drain()
             else:
-                await resp.async_write(self.writer)
-            await self._drain()
+                await self._write_whole(resp)
         except ConnectionError:
             self._closing = True
             raise
+
+    async def _write_whole(self, response: Any) -> None:
+        # One write per response: a client reading with a timeout (IDLE) never gets half a line.
+        buffer = _Buffer()
+        await response.async_write(buffer)
+        self.writer.write(b"".join(buffer.parts))
+        await self._drain()
 
     async def _drain(self) -> None:
         try:
@@ -322,6 +328,16 @@ class MailConnection(IMAPConnection):
             self._closing = True
             self.writer.transport.abort()
             raise ConnectionError("client not reading") from None
+
+
+class _Buffer:
+    """Collects what pymap writes for one response."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(bytes(data))
 
 
 class Registry:
