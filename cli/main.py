@@ -486,6 +486,25 @@ def account_rekey(
     out.print(f"new certificate {done.serial} for {done.address}, valid until {done.not_after:%Y-%m-%d}")
 
 
+@account_app.command("imap-mode")
+@handles_errors
+def account_imap_mode(
+    address: Annotated[str, typer.Argument(help="The account's address.")],
+    mode: Annotated[str, typer.Argument(help="decrypted (the server opens messages) or end-to-end (the client does).")],
+) -> None:
+    """Choose how IMAP serves the account's messages: decrypted, or the S/MIME envelope as is."""
+    from mss import accounts
+    from mss.db import session_scope
+    from mss.mailbox import served
+
+    rt = runtime()
+    with session_scope(rt.engine, readonly=True) as session:
+        if accounts.get_account(session, address) is None:
+            raise accounts.NoSuchAccount(f"no account for {address.strip().lower()}")
+    changed = served.set_mode(rt.engine, address, mode, actor=actor())
+    out.print(f"{address.strip().lower()}: IMAP mode {mode}" + ("" if changed else " (unchanged)"))
+
+
 @account_app.command("export-key")
 @handles_errors
 def account_export_key(
@@ -659,15 +678,15 @@ def db_upgrade() -> None:
 @app.command("serve")
 @handles_errors
 def serve(
-    what: Annotated[str, typer.Argument(help="relay, web, or all (both in one process).")] = "all",
+    what: Annotated[str, typer.Argument(help="relay, web, imap, or all (every part in one process).")] = "all",
 ) -> None:
     """Run the service in the foreground until SIGTERM or Ctrl-C."""
     import asyncio
     import logging
     import signal
 
-    if what not in {"all", "relay", "web"}:
-        raise MssError(f"unknown part {what!r}: use relay, web or all")
+    if what not in {"all", "relay", "web", "imap"}:
+        raise MssError(f"unknown part {what!r}: use relay, web, imap or all")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # aiosmtpd logs every command at INFO and pyHanko a traceback for every signature that
     # does not hold; our own lines say what matters.
@@ -682,6 +701,7 @@ def serve(
         logging.getLogger("mss").warning(warning)
 
     async def main_loop() -> None:
+        from mss.imap import serve_imap
         from mss.relay import serve_relay
         from mss.web.server import serve_publication, serve_web
 
@@ -697,6 +717,10 @@ def serve(
                 parts.append(serve_publication(rt))
                 err.print(f"mss pki: CRL on http://{settings.pki.http_host}:{settings.pki.http_port}/pki/ca.crl"
                           f" (certificates name {settings.pki.crl_url})")
+        if what in {"all", "imap"}:
+            parts.append(serve_imap(rt))
+            imaps = f", implicit TLS on {settings.imap.tls_port}" if settings.imap.tls_port else ""
+            err.print(f"mss imap: IMAP on {settings.imap.host}:{settings.imap.port} (STARTTLS, then LOGIN){imaps}")
         tasks = [asyncio.ensure_future(part) for part in parts]
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -211,3 +211,58 @@ class MailboxToken(SQLModel, table=True):
 
 # The inbox's unread count on every page reads this index alone.
 Index("ix_mailbox_owner_folder_unread", MailboxItem.owner, MailboxItem.folder, MailboxItem.unread)
+
+
+class MailClientSetting(SQLModel, table=True):
+    """How an account's mail clients receive its messages over IMAP (``mss.mailbox.served``)."""
+
+    __tablename__ = "mail_client_setting"
+
+    address: str = Field(primary_key=True, max_length=254)
+    imap_mode: str = Field(default="decrypted", max_length=20)  # decrypted | end-to-end
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ClientFolder(SQLModel, table=True):
+    """One folder of one owner as mail clients see it: its UIDVALIDITY and next UID.
+
+    The row is locked while UIDs are given out, so processes sharing a database never hand
+    out the same UID twice; ``changes`` counts flag changes and expunges made by clients.
+    """
+
+    __tablename__ = "client_folder"
+
+    owner: str = Field(primary_key=True, max_length=254)
+    folder: str = Field(primary_key=True, max_length=20)
+    uid_validity: int
+    uid_next: int = 1
+    changes: int = 0
+
+
+class ClientItem(SQLModel, table=True):
+    """A mailbox row's UID in its folder and the flags only mail clients set (``\\Seen`` is
+    ``mailbox_item.unread``, shared with the web). A row whose ``folder`` differs from its
+    mailbox row's has moved since: it gets a new UID in its new folder."""
+
+    __tablename__ = "client_item"
+    __table_args__ = (UniqueConstraint("owner", "folder", "uid"),)
+
+    item_id: int = Field(primary_key=True, foreign_key="mailbox_item.id", ondelete="CASCADE")
+    owner: str = Field(max_length=254)
+    folder: str = Field(max_length=20)
+    uid: int
+    flagged: bool = False
+    answered: bool = False
+    deleted: bool = False
+
+
+class EntityShape(SQLModel, table=True):
+    """What a mail client's listing needs of a message's decrypted entity (header, sizes,
+    structure, the signature check), sealed with the master key: computed once, at the
+    first opening, for messages whose metadata predates it or was not written by the
+    pipeline (receipts, messages a client encrypted itself)."""
+
+    __tablename__ = "entity_shape"
+
+    message_id: int = Field(primary_key=True, foreign_key="message.id", ondelete="CASCADE")
+    sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))

@@ -393,6 +393,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
 
     client = client_smime(submission.raw, message)
     documents: list[Document] = []
+    client_view: dict[str, object] = {"to": str(message.get("To", "")), "cc": str(message.get("Cc", ""))}
     if client.envelope is not None:
         # True end to end: the client encrypted; we only check every recipient can open it.
         check_envelope_recipients(client.envelope, recipients, recipient_certs)
@@ -411,8 +412,17 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         signed = smime.sign(entity, sender.certificate, sender.private_key)
         # The envelope holds the SignedData as an RFC 8551 signed-data entity: what a mail
         # client expects once it decrypts, and what `openssl cms -verify` reads as S/MIME.
-        cms = smime.encrypt(smime.signed_entity(signed), [*recipient_certs, sender.certificate])
+        signed_entity = smime.signed_entity(signed)
+        cms = smime.encrypt(signed_entity, [*recipient_certs, sender.certificate])
         kind = "signed"
+        client_view = {
+            "to": str(message.get("To", "")),
+            "cc": str(message.get("Cc", "")),
+            "entity": store.entity_facts(
+                signed_entity,
+                store.submission_signature(sender.address, _sender_certificate_serial(sender), utcnow()),
+            ),
+        }
 
     meta = MessageMeta(
         sender=sender.address,
@@ -423,6 +433,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         headers={k: v for k, v in added.items() if k.startswith("X-MSS-")},
         documents=[document_summary(d) for d in documents],
         mdn_to=receipts.wants_mdn(message, envelope_sender=sender.address),
+        client=client_view,
     )
     notify_of = {r.address: r.notify for r in submission.recipients}
     notices = issuer.for_submission(

@@ -129,6 +129,28 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class ImapSettings:
+    """The IMAP server for mail clients (``mss.imap``)."""
+
+    host: str
+    """``MSS_IMAP_HOST``: listen address. Default ``127.0.0.1``."""
+    port: int
+    """``MSS_IMAP_PORT``: IMAP with STARTTLS required before any login. Default 2143 (143 in production)."""
+    tls_port: int
+    """``MSS_IMAPS_PORT``: IMAP over implicit TLS (0 turns it off). Default 2993 (993 in production)."""
+    max_sessions: int
+    """``MSS_IMAP_MAX_SESSIONS``: concurrent IMAP connections per process. Default 500."""
+    idle_timeout: float
+    """``MSS_IMAP_TIMEOUT``: seconds a client may stay silent (RFC 3501 asks at least 30 minutes). Default 1860."""
+    session_seconds: int
+    """``MSS_IMAP_SESSION_SECONDS``: the longest an IMAP login lasts before it must log in again. Default 43200 (12 h)."""
+    poll_seconds: float
+    """``MSS_IMAP_POLL_SECONDS``: how often IDLE looks for changes made by any process. Default 2."""
+    max_literal: int
+    """``MSS_IMAP_MAX_LITERAL``: largest literal a client may send (APPEND). Default the message size limit + 1 MB."""
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the service needs, grouped by concern."""
 
@@ -143,6 +165,7 @@ class Settings:
     security: SecuritySettings
     relay: RelaySettings
     web: WebSettings
+    imap: ImapSettings
 
     @property
     def is_production(self) -> bool:
@@ -246,6 +269,19 @@ class Settings:
             port=integer("MSS_WEB_PORT", 8443),
             behind_tls_proxy=flag("MSS_WEB_BEHIND_TLS_PROXY", False),
         )
+        production = environment == "production"
+        imap = ImapSettings(
+            host=get("MSS_IMAP_HOST", "127.0.0.1"),
+            port=integer("MSS_IMAP_PORT", 143 if production else 2143),
+            tls_port=integer("MSS_IMAPS_PORT", 993 if production else 2993),
+            max_sessions=integer("MSS_IMAP_MAX_SESSIONS", 500),
+            idle_timeout=number("MSS_IMAP_TIMEOUT", 1860.0),
+            session_seconds=integer("MSS_IMAP_SESSION_SECONDS", 12 * 3600),
+            poll_seconds=number("MSS_IMAP_POLL_SECONDS", 2.0),
+            max_literal=integer("MSS_IMAP_MAX_LITERAL", relay.max_message_size + 1_000_000),
+        )
+        if imap.poll_seconds <= 0 or imap.idle_timeout <= 0:
+            raise ConfigError("MSS_IMAP_POLL_SECONDS and MSS_IMAP_TIMEOUT must be positive")
         return cls(
             environment=environment,
             domains=_split(get("MSS_DOMAINS", "mss.test")),
@@ -255,6 +291,7 @@ class Settings:
             security=security,
             relay=relay,
             web=web,
+            imap=imap,
         )
 
     def with_changes(self, **changes: object) -> "Settings":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -37,6 +38,10 @@ class MessageMeta:
     headers: dict[str, str] = field(default_factory=dict)  # X-MSS-CODECDA, X-MSS-INS ...
     documents: list[dict[str, object]] = field(default_factory=list)  # filename, kind, size, sha256 ...
     mdn_to: str | None = None
+    # What a mail client's listing needs without decrypting (mss.mailbox.served): the To
+    # and Cc fields as written, and the shape of the signed entity inside the envelope.
+    # None for messages stored before, receipts, and messages a client encrypted itself.
+    client: dict[str, object] | None = None
 
     def seal(self, master_key: MasterKey) -> bytes:
         return master_key.seal(json.dumps(asdict(self), ensure_ascii=False).encode("utf-8"))
@@ -217,3 +222,55 @@ def export_for(session: Session, master_key: MasterKey, ident: str, reader: str,
                "Date": meta.date, "Message-ID": meta.message_id, **meta.headers}
     audit.record(session, actor=actor, action="message.export", object=row.queue_id, reader=address)
     return smime.to_smime_message(row.cms, {k: v for k, v in headers.items() if v})
+# -- what a mail client's listing needs (mss.mailbox.served) ------------------------------
+
+# Fields set at the top of every served message; an entity's own copies are dropped.
+_TOP_FIELDS = frozenset({"from", "to", "cc", "subject", "date", "message-id", "mime-version", "sender", "bcc"})
+
+
+def split_entity(entity: bytes) -> tuple[bytes, bytes]:
+    """An entity's header lines (each ending with CRLF, no empty line) and its body."""
+    head, sep, body = entity.partition(b"\r\n\r\n")
+    if not sep:
+        head, sep, body = entity.partition(b"\n\n")
+    return (head + b"\r\n" if head else b""), body
+
+
+def _body_lines(body: bytes) -> int:
+    if not body:
+        return 0
+    return body.count(b"\n") + (0 if body.endswith(b"\n") else 1)
+
+
+def entity_fields(head: bytes) -> bytes:
+    """An entity's header lines less those the served message sets at its top."""
+    kept: list[bytes] = []
+    keep = False
+    for line in head.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            if keep:
+                kept.append(line)
+            continue
+        name = line.split(b":", 1)[0].strip().lower().decode("ascii", "replace")
+        keep = name not in _TOP_FIELDS
+        if keep:
+            kept.append(line)
+    return b"".join(line if line.endswith(b"\r\n") else line.rstrip(b"\r\n") + b"\r\n" for line in kept)
+
+
+def entity_facts(entity: bytes, signature: str) -> dict[str, object]:
+    """What the metadata keeps of a decrypted entity so a listing needs no decryption."""
+    head, body = split_entity(entity)
+    return {"header": entity_fields(head).decode("latin-1"), "size": len(body), "lines": _body_lines(body),
+            "signature": signature}
+
+
+def submission_signature(signer: str, serial: str, at: datetime) -> str:
+    """The ``X-MSS-Signature`` of a message the pipeline signed for ``signer``."""
+    return f"valid; signer={signer}; certificate={serial}; checked={at:%Y-%m-%dT%H:%M:%SZ} (at submission)"
+
+
+def checked_signature(status: str, signer: str | None, at: datetime) -> str:
+    """The ``X-MSS-Signature`` of a message whose signature mss verified at its first opening."""
+    who = f"; signer={signer}" if signer else ""
+    return f"{status}{who}; checked={at:%Y-%m-%dT%H:%M:%SZ}"

@@ -148,6 +148,12 @@ def _decrypt(session: Session, cms: bytes, reader: UnlockedAccount) -> bytes:
     raise first_error
 
 
+def decrypt_entity(session: Session, cms: bytes, reader: UnlockedAccount) -> bytes:
+    """The envelope's content (the signed entity) opened with the reader's keys, for a mail
+    client that checks the signature itself. Raises DecryptionError."""
+    return _decrypt(session, cms, reader)
+
+
 def _report(report: verify.SignatureReport) -> Signature:
     return Signature(
         status=report.status,

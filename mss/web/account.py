@@ -12,6 +12,7 @@ from litestar.params import URLEncodedBody
 from mss import accounts
 from mss.db import session_scope
 from mss.errors import AuthError, BadCredentials, PasswordPolicyError
+from mss.mailbox import sync
 from mss.runtime import Runtime
 from mss.web import i18n
 from mss.web.auth import active_session
@@ -81,6 +82,7 @@ class AccountController(Controller):
         errors: dict[str, str] | None = None,
     ) -> Response:
         remaining = await run(accounts.remaining_recovery_codes, config(request).rt.engine, address)
+        imap_mode = await run(sync.mode_of, config(request).rt.engine, address)
         return render(
             request,
             "account.html",
@@ -89,6 +91,7 @@ class AccountController(Controller):
             notice=notice,
             errors=errors or {},
             remaining=remaining,
+            imap_mode=imap_mode,
         )
 
     @get("/account")

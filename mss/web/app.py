@@ -22,6 +22,7 @@ from mss.web.account import AccountController
 from mss.web.api import API_CONTROLLERS
 from mss.web.auth import AuthController
 from mss.web.certificate_pages import CertificateController
+from mss.web.mail_clients import MailClientController
 from mss.web.compose_pages import ComposeController
 from mss.web.context import WebConfig
 from mss.web.errors import EXCEPTION_HANDLERS
@@ -77,6 +78,7 @@ def create_app(rt: Runtime, *, policy: SessionPolicy | None = None, debug: bool 
             ComposeController,
             AccountController,
             CertificateController,
+            MailClientController,
             *API_CONTROLLERS,
             healthz,
             create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False),

@@ -1,0 +1,491 @@
+"""pymap's session interface over the mailbox services: every call translates, none decides.
+
+pymap parses commands and writes responses; a ``MailSession`` answers each operation by
+calling ``mss.mailbox.sync`` (UIDs, flags, copies, moves, expunges, openings) and
+``mss.mailbox.served`` (what a client receives), in worker threads since they block. A
+message is a ``MailMessage``: its UID, flags and arrival; its content is loaded per message
+while its FETCH response is written, so a FETCH of a whole folder holds one message at a
+time. Listings (ENVELOPE, BODYSTRUCTURE, RFC822.SIZE, header fields, SEARCH) are answered
+from the sealed metadata (``HeaderOnly``); only a body section decrypts (``Decrypted``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pymap.bytes import Writeable
+from pymap.concurrent import Event
+from pymap.exceptions import MailboxNotFound, MailboxReadOnly
+from pymap.flags import FlagOp, PermanentFlags, SessionFlags
+from pymap.interfaces.message import MessageInterface
+from pymap.interfaces.session import SessionInterface
+from pymap.listtree import ListTree
+from pymap.mailbox import MailboxSnapshot
+from pymap.message import BaseLoadedMessage, BaseMessage
+from pymap.mime import MessageContent
+from pymap.parsing.message import AppendMessage
+from pymap.parsing.response.code import AppendUid, CopyUid
+from pymap.parsing.primitives import List, Nil, String
+from pymap.parsing.response.fetch import BodyStructure, ContentBodyStructure, TextBodyStructure, _ParamsList
+from pymap.parsing.specials import FetchAttribute, FetchRequirement, ObjectId, SearchKey, SequenceSet
+from pymap.parsing.specials.flag import Answered, Deleted, Flag, Flagged, Seen
+from pymap.search import SearchCriteriaSet, SearchParams
+from pymap.selected import SelectedMailbox
+
+from mss.accounts import UnlockedAccount
+from mss.imap import replies
+from mss.mailbox import served, sync
+from mss.mailbox.sync import FolderState, ItemState
+from mss.runtime import Runtime
+
+# IMAP names of the folders, and their RFC 6154 special-use attributes.
+NAMES = {"INBOX": sync.INBOX, "Sent": sync.SENT, "Archive": sync.ARCHIVE}
+SPECIAL_USE = {"Sent": [b"Sent"], "Archive": [b"Archive"]}  # pymap adds the backslash
+DELIMITER = "/"
+PERMANENT_FLAGS = frozenset({Seen, Flagged, Answered, Deleted})
+_FLAG_NAMES = {Seen: "seen", Flagged: sync.FLAGGED, Answered: sync.ANSWERED, Deleted: sync.DELETED}
+_HEADER_SPECIFIERS = (b"HEADER", b"HEADER.FIELDS", b"HEADER.FIELDS.NOT")
+
+
+def folder_of(name: str) -> str:
+    """Our folder for an IMAP mailbox name (INBOX in any case). Raises MailboxNotFound."""
+    if name.upper() == "INBOX":
+        return sync.INBOX
+    folder = NAMES.get(name)
+    if folder is None:
+        raise MailboxNotFound(name)
+    return folder
+
+
+def name_of(folder: str) -> str:
+    return next(name for name, value in NAMES.items() if value == folder)
+
+
+def needs_body(attributes: Iterable[FetchAttribute]) -> bool:
+    """True when a FETCH asks for a body section (then the message is opened and decrypted)."""
+    for attr in attributes:
+        value = attr.value
+        if value in (b"RFC822", b"RFC822.TEXT", b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"):
+            return True
+        if value in (b"BODY", b"BODY.PEEK") and attr.section is not None:
+            section = attr.section
+            if section.parts or section.specifier not in _HEADER_SPECIFIERS:
+                return True
+    return False
+
+
+def _disposition(header: Any) -> Any:
+    """RFC 3501 body-fld-dsp: ``("attachment" ("filename" "x"))`` (pymap writes a string)."""
+    if header is None:
+        return Nil()
+    return List([String.build(header.content_disposition), _ParamsList(dict(header.params))])
+
+
+class _Text(TextBodyStructure):
+    @property
+    def extended(self) -> List:
+        items = list(super().extended.value)
+        items[9] = _disposition(self.content_disposition)
+        return List(items)
+
+
+class _Content(ContentBodyStructure):
+    @property
+    def extended(self) -> List:
+        items = list(super().extended.value)
+        items[8] = _disposition(self.content_disposition)
+        return List(items)
+
+
+def _structure(content: MessageContent, body_size: int, body_lines: int) -> BodyStructure:
+    """The BODYSTRUCTURE of a single-part served message: sizes of its body alone."""
+    parsed = content.header.parsed
+    ctype = content.body.content_type
+    params = dict(ctype.params)
+    if ctype.maintype == "text":
+        return _Text(
+            ctype.subtype, params, parsed.content_disposition, parsed.content_language, parsed.content_location,
+            parsed.content_id, parsed.content_description, parsed.content_transfer_encoding, None, body_size, body_lines,
+        )
+    return _Content(
+        ctype.maintype, ctype.subtype, params, parsed.content_disposition, parsed.content_language,
+        parsed.content_location, parsed.content_id, parsed.content_description, parsed.content_transfer_encoding,
+        None, body_size,
+    )
+
+
+class _Kept(BodyStructure):
+    """A multipart BODYSTRUCTURE kept from the message's first opening."""
+
+    def __init__(self, extended: bytes) -> None:
+        super().__init__("multipart", "mixed", None, None, None, None)
+        self._bytes = extended
+
+    @property
+    def extended(self) -> Writeable:  # type: ignore[override]
+        return Writeable.wrap(self._bytes)
+
+    def __bytes__(self) -> bytes:
+        return self._bytes
+
+
+class HeaderOnly(BaseLoadedMessage):
+    """A message known from its metadata: header fields, sizes, structure; no body."""
+
+    def __init__(self, message: MessageInterface, requirement: FetchRequirement, shape: served.Shape,
+                 searchable: str) -> None:
+        super().__init__(message, requirement, MessageContent.parse(shape.header))
+        self._shape = shape
+        self._searchable = searchable.lower()
+
+    def get_size(self, section: Sequence[int] | None = None) -> int:
+        return self._shape.size if not section else 0
+
+    def get_body_structure(self) -> BodyStructure:
+        if self._shape.structure:
+            return _Kept(self._shape.structure.encode("latin-1"))
+        return _structure(self.content, self._shape.body_size, self._shape.body_lines)
+
+    def contains(self, value: bytes) -> bool:
+        # SEARCH TEXT/BODY: the header fields and what the metadata tells (subject, document
+        # names); a message's content is never decrypted for a search.
+        needle = value.decode("utf-8", "replace").lower()
+        return needle in self._searchable or value.lower() in bytes(self.content.header).lower()
+
+
+class Decrypted(BaseLoadedMessage):
+    """A message with its served bytes (decrypted, or the envelope in end-to-end mode)."""
+
+    def __init__(self, message: MessageInterface, requirement: FetchRequirement, content: MessageContent,
+                 shape: served.Shape | None) -> None:
+        super().__init__(message, requirement, content)
+        self._shape = shape
+
+    def get_body_structure(self) -> BodyStructure:
+        if self._shape is not None and self._shape.structure:
+            return _Kept(self._shape.structure.encode("latin-1"))
+        if self.content.body.content_type.maintype == "multipart":
+            return super().get_body_structure()
+        body = bytes(self.content.body)
+        return _structure(self.content, len(body), _lines(body))
+
+
+def _lines(body: bytes) -> int:
+    if not body:
+        return 0
+    return body.count(b"\n") + (0 if body.endswith(b"\n") else 1)
+
+
+class MailMessage(BaseMessage):
+    """One message of the selected folder: UID, flags, arrival; content on demand."""
+
+    __slots__ = ["item", "_session"]
+
+    def __init__(self, item: ItemState, session: "MailSession", *, expunged: bool = False) -> None:
+        flags = {flag for flag, on in ((Seen, item.seen), (Flagged, item.flagged), (Answered, item.answered),
+                                       (Deleted, item.deleted)) if on}
+        super().__init__(item.uid, item.arrived, flags, expunged=expunged)
+        self.item = item
+        self._session = session
+
+    async def load_content(self, requirement: FetchRequirement) -> BaseLoadedMessage:
+        return await self._session.load(self, requirement)
+
+
+class MailSession(SessionInterface):
+    """An authenticated IMAP session of one account (its key is held here, nowhere else)."""
+
+    def __init__(self, rt: Runtime, account: UnlockedAccount, request_id: str) -> None:
+        super().__init__()
+        self.rt = rt
+        self.account = account
+        self.request_id = request_id
+        self.fetch_attributes: Sequence[FetchAttribute] = ()
+        self._states: dict[str, FolderState] = {}
+        self._details: dict[int, sync.Details] = {}
+
+    # -- SessionInterface basics --
+
+    @property
+    def owner(self) -> str:
+        return self.account.address
+
+    @property
+    def filter_set(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._details.clear()
+
+    async def cleanup(self) -> None:
+        pass
+
+    async def _call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(func, *args, **kwargs)
+        except sync.UnknownFolder as exc:
+            raise MailboxNotFound(str(exc)) from exc
+        except sync.SyncError as exc:
+            raise replies.Cannot(exc.message) from exc
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    async def begin(self) -> "MailSession":
+        self._mode = await asyncio.to_thread(sync.mode_of, self.rt.engine, self.owner)
+        return self
+
+    # -- folders --
+
+    async def _state(self, folder: str) -> FolderState:
+        state = await self._call(sync.folder_state, self.rt.engine, self.owner, folder, self._mode)
+        self._states[folder] = state
+        return state
+
+    def _snapshot(self, state: FolderState, readonly: bool) -> MailboxSnapshot:
+        unseen = [i for i, item in enumerate(state.items, 1) if not item.seen]
+        return MailboxSnapshot(
+            ObjectId(f"{state.folder}-{state.uid_validity}".encode()), readonly, state.uid_validity, PERMANENT_FLAGS,
+            frozenset(), len(state.items), 0, len(unseen), unseen[0] if unseen else None, state.uid_next,
+        )
+
+    def _messages(self, state: FolderState) -> list[MailMessage]:
+        return [MailMessage(item, self) for item in state.items]
+
+    async def _refresh(self, selected: SelectedMailbox | None, *, force: bool = False) -> SelectedMailbox | None:
+        """Bring the selected folder up to date when anything changed in it (any door, any process)."""
+        if selected is None:
+            return None
+        folder = selected.lookup
+        known = self._states.get(folder)
+        if not force and known is not None:
+            current = await self._call(sync.poll, self.rt.engine, self.owner, folder)
+            if current == known.fingerprint:
+                return selected
+        state = await self._state(folder)
+        selected.set_messages(self._messages(state))
+        return selected
+
+    async def list_mailboxes(self, ref_name: str, filter_: str, subscribed: bool = False,
+                             selected: SelectedMailbox | None = None) -> tuple[Any, SelectedMailbox | None]:
+        if not filter_:
+            return [("", DELIMITER, [b"Noselect"])], await self._refresh(selected)
+        tree = ListTree(DELIMITER).update(*NAMES)
+        found = [
+            (entry.name, DELIMITER, [*entry.attributes, *SPECIAL_USE.get(entry.name, [])])
+            for entry in tree.list_matching(ref_name, filter_)
+        ]
+        return found, await self._refresh(selected)
+
+    async def get_mailbox(self, name: str, selected: SelectedMailbox | None = None) -> tuple[MailboxSnapshot, SelectedMailbox | None]:
+        state = await self._state(folder_of(name))
+        return self._snapshot(state, False), await self._refresh(selected)
+
+    async def create_mailbox(self, name: str, selected: SelectedMailbox | None = None) -> Any:
+        raise replies.Cannot(replies.FOLDERS_FIXED)
+
+    async def delete_mailbox(self, name: str, selected: SelectedMailbox | None = None) -> Any:
+        raise replies.Cannot(replies.FOLDERS_FIXED)
+
+    async def rename_mailbox(self, before_name: str, after_name: str, selected: SelectedMailbox | None = None) -> Any:
+        raise replies.Cannot(replies.FOLDERS_FIXED)
+
+    async def subscribe(self, name: str, selected: SelectedMailbox | None = None) -> SelectedMailbox | None:
+        folder_of(name)  # every folder is subscribed, always
+        return await self._refresh(selected)
+
+    async def unsubscribe(self, name: str, selected: SelectedMailbox | None = None) -> SelectedMailbox | None:
+        folder_of(name)
+        return await self._refresh(selected)
+
+    async def select_mailbox(self, name: str, readonly: bool = False) -> tuple[MailboxSnapshot, SelectedMailbox]:
+        folder = folder_of(name)
+        state = await self._state(folder)
+        selected = SelectedMailbox(
+            ObjectId(f"{folder}-{state.uid_validity}".encode()), readonly, PermanentFlags(PERMANENT_FLAGS),
+            SessionFlags(frozenset()), lookup=folder,
+        )
+        selected.set_messages(self._messages(state))
+        return self._snapshot(state, readonly), selected
+
+    async def check_mailbox(self, selected: SelectedMailbox, *, wait_on: Event | None = None,
+                            housekeeping: bool = False) -> SelectedMailbox:
+        if wait_on is None:
+            refreshed = await self._refresh(selected)
+            assert refreshed is not None
+            return refreshed
+        # IDLE: poll until something changed, the client said DONE, or the account lost
+        # its standing (checked at each poll; the connection is then closed).
+        before = self._states.get(selected.lookup)
+        while not wait_on.is_set():
+            await self.check_standing()
+            await self._refresh(selected)
+            if self._states.get(selected.lookup) is not before:
+                break
+            await wait_on.wait(timeout=self.rt.settings.imap.poll_seconds)
+        return selected
+
+    async def check_standing(self) -> None:
+        """Overridden by the connection: ends it when the account may no longer log in."""
+
+    # -- messages --
+
+    async def load(self, message: MailMessage, requirement: FetchRequirement) -> BaseLoadedMessage:
+        if not requirement & (FetchRequirement.HEADER | FetchRequirement.BODY):
+            return BaseLoadedMessage(message, requirement, None)
+        item = message.item
+        if requirement & FetchRequirement.BODY and needs_body(self.fetch_attributes):
+            result = await self._call(sync.render, self.rt, self.account, item.item_id, self._mode)
+            content = MessageContent.parse(result.data)
+            structure = None
+            if result.facts is not None:
+                # A first opening: keep its shape, with the structure of a multipart entity.
+                if content.body.content_type.maintype == "multipart":
+                    structure = bytes(BaseLoadedMessage(message, requirement, content).get_body_structure().extended).decode("latin-1")
+                await self._call(sync.remember, self.rt, result.facts, structure)
+                self._details.pop(item.item_id, None)
+            shape = None
+            if structure:
+                shape = served.Shape(header=b"", body_size=0, body_lines=0, structure=structure)
+            else:
+                details = await self._detail(item)
+                shape = served.shape(details.meta, self._mode, details.cms_size, details.facts)
+            return Decrypted(message, requirement, content, shape)
+        details = await self._detail(item)
+        shape = served.shape(details.meta, self._mode, details.cms_size, details.facts)
+        if shape is None:
+            # Decrypted mode, a message whose shape nobody knows yet: open it once.
+            result = await self._call(sync.render, self.rt, self.account, item.item_id, self._mode)
+            content = MessageContent.parse(result.data)
+            structure = None
+            if content.body.content_type.maintype == "multipart":
+                structure = bytes(BaseLoadedMessage(message, requirement, content).get_body_structure().extended).decode("latin-1")
+            if result.facts is not None:
+                await self._call(sync.remember, self.rt, result.facts, structure)
+            self._details.pop(item.item_id, None)
+            details = await self._detail(item)
+            shape = served.shape(details.meta, self._mode, details.cms_size, details.facts)
+            assert shape is not None
+        meta = details.meta
+        searchable = " ".join([meta.subject, meta.sender, *meta.recipients,
+                               *(str(d.get("filename", "")) for d in meta.documents)])
+        return HeaderOnly(message, requirement, shape, searchable)
+
+    async def _detail(self, item: ItemState) -> sync.Details:
+        found = self._details.get(item.item_id)
+        if found is None:
+            # One query for the messages after it too (a FETCH 1:* asks for all of them).
+            wanted = [item.item_id]
+            for folder_state in self._states.values():
+                ids = [i.item_id for i in folder_state.items]
+                if item.item_id in ids:
+                    position = ids.index(item.item_id)
+                    wanted = [i for i in ids[position : position + 200] if i not in self._details]
+                    break
+            self._details.update(await self._call(sync.details, self.rt.engine, self.rt.master_key, wanted))
+            found = self._details.get(item.item_id)
+            if found is None:
+                raise replies.Cannot(replies.EXPUNGED)
+        return found
+
+    async def fetch_messages(self, selected: SelectedMailbox, sequence_set: SequenceSet,
+                             set_seen: bool) -> tuple[Iterable[tuple[int, MessageInterface]], SelectedMailbox]:
+        chosen = list(selected.messages.get_all(sequence_set))
+        if needs_body(self.fetch_attributes) and chosen:
+            # Each body a client fetches is an opening, audited before it is sent; a FETCH
+            # that sets \Seen displays the message (read receipt as in the web).
+            await self._call(
+                sync.record_openings, self.rt, self.owner, selected.lookup, [m.item.item_id for _s, m in chosen],
+                mode=self._mode, seen=set_seen, request_id=self.request_id,
+            )
+        if set_seen:
+            await self._refresh(selected, force=True)
+            chosen = [(seq, selected.messages.get(msg.uid) or msg) for seq, msg in chosen]
+        return chosen, selected
+
+    async def search_mailbox(self, selected: SelectedMailbox,
+                             keys: frozenset[SearchKey]) -> tuple[Iterable[tuple[int, MessageInterface]], SelectedMailbox]:
+        await self._refresh(selected)
+        self.fetch_attributes = ()
+        requirement = FetchRequirement.reduce(key.requirement for key in keys)
+        search = SearchCriteriaSet(keys, SearchParams(selected))
+        found: list[tuple[int, MessageInterface]] = []
+        for seq, message in selected.messages.get_all(search.sequence_set):
+            loaded = await message.load_content(requirement)
+            if search.matches(seq, message, loaded):
+                found.append((seq, message))
+        return found, selected
+
+    def _uids(self, selected: SelectedMailbox, sequence_set: SequenceSet) -> list[int]:
+        return [uid for _seq, uid in selected.messages.get_uids(sequence_set)]
+
+    async def expunge_mailbox(self, selected: SelectedMailbox, uid_set: SequenceSet | None = None) -> SelectedMailbox:
+        if selected.readonly:
+            raise MailboxReadOnly()
+        uids = None if uid_set is None else self._uids(selected, uid_set)
+        await self._call(sync.expunge, self.rt.engine, self.owner, selected.lookup, uids, request_id=self.request_id)
+        refreshed = await self._refresh(selected, force=True)
+        assert refreshed is not None
+        return refreshed
+
+    async def copy_messages(self, selected: SelectedMailbox, sequence_set: SequenceSet,
+                            mailbox: str) -> tuple[CopyUid | None, SelectedMailbox]:
+        to = folder_of(mailbox)
+        pairs = await self._call(sync.copy, self.rt.engine, self.owner, selected.lookup,
+                                 self._uids(selected, sequence_set), to, request_id=self.request_id)
+        return await self._copy_uid(to, pairs), selected
+
+    async def move_messages(self, selected: SelectedMailbox, sequence_set: SequenceSet,
+                            mailbox: str) -> tuple[CopyUid | None, SelectedMailbox]:
+        if selected.readonly:
+            raise MailboxReadOnly()
+        to = folder_of(mailbox)
+        pairs = await self._call(sync.move, self.rt.engine, self.owner, selected.lookup,
+                                 self._uids(selected, sequence_set), to, request_id=self.request_id)
+        copy_uid = await self._copy_uid(to, pairs)
+        await self._refresh(selected, force=True)
+        return copy_uid, selected
+
+    async def _copy_uid(self, to: str, pairs: list[tuple[int, int]]) -> CopyUid | None:
+        if not pairs:
+            return None
+        state = await self._state(to)
+        return CopyUid(state.uid_validity, pairs)
+
+    async def update_flags(self, selected: SelectedMailbox, sequence_set: SequenceSet, flag_set: frozenset[Flag],
+                           mode: FlagOp = FlagOp.REPLACE) -> tuple[Iterable[tuple[int, MessageInterface]], SelectedMailbox]:
+        if selected.readonly:
+            raise MailboxReadOnly()
+        if mode == FlagOp.REPLACE:
+            flags = {name: flag in flag_set for flag, name in _FLAG_NAMES.items()}
+        else:
+            flags = {name: mode == FlagOp.ADD for flag, name in _FLAG_NAMES.items() if flag in flag_set}
+        uids = self._uids(selected, sequence_set)
+        if flags and uids:
+            await self._call(sync.set_flags, self.rt, self.owner, selected.lookup, uids, flags,
+                             request_id=self.request_id)
+        await self._refresh(selected, force=True)
+        wanted = set(uids)
+        return [(seq, msg) for seq, msg in selected.messages.get_all(sequence_set) if msg.uid in wanted], selected
+
+    async def append_messages(self, name: str, messages: Sequence[AppendMessage],
+                              selected: SelectedMailbox | None = None) -> tuple[AppendUid, SelectedMailbox | None]:
+        folder = folder_of(name)
+        if folder != sync.SENT:
+            raise replies.Cannot(replies.APPEND_ONLY_SENT)
+        uids: list[int] = []
+        validity = 0
+        for message in messages:
+            headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(message.literal)
+            ident = str(headers.get("Message-ID", "") or "")
+            found = await self._call(sync.find_sent, self.rt.engine, self.owner, ident, self._mode)
+            if found is None:
+                raise replies.Cannot(replies.APPEND_NOT_SENT)
+            validity, uid = found
+            uids.append(uid)
+        return AppendUid(validity, uids), await self._refresh(selected)

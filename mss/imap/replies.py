@@ -1,0 +1,70 @@
+"""Every IMAP reply text of ours in one place, with its RFC 5530 response code.
+
+pymap writes the protocol's own replies (BAD for a malformed command, NO for an unknown
+mailbox); these are the ones that say what mss decided. None names software, versions or
+internals.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from pymap.exceptions import ResponseError
+from pymap.parsing.response import ResponseBye, ResponseCode, ResponseNo
+
+GREETING: Final = b"mss IMAP ready"
+STARTTLS_FIRST: Final = b"[PRIVACYREQUIRED] STARTTLS first: no login travels in clear"
+LOGIN_OK: Final = b"Logged in"
+LOGIN_FAILED: Final = b"[AUTHENTICATIONFAILED] Wrong address or password"
+TOO_MANY_ATTEMPTS: Final = b"[UNAVAILABLE] Too many failed logins from this address: try again later"
+ACCOUNT_LOCKED: Final = b"[UNAVAILABLE] This account is locked for a while after failed logins"
+CREDENTIALS_TOO_LONG: Final = b"[AUTHENTICATIONFAILED] Wrong address or password"
+FOLDERS_FIXED: Final = "The folders are INBOX, Sent and Archive: they cannot be created, renamed or deleted"
+APPEND_ONLY_SENT: Final = "Messages arrive through the relay only: send it by SMTP submission"
+APPEND_NOT_SENT: Final = "Only a copy of a message already sent through the relay can be added to Sent"
+EXPUNGED: Final = "The message was removed meanwhile"
+TOO_MANY_SESSIONS: Final = b"[UNAVAILABLE] Too many connections: try again later"
+IDLE_TIMEOUT: Final = b"[UNAVAILABLE] Autologout: idle for too long"
+SESSION_EXPIRED: Final = b"[EXPIRED] This login is too old: log in again"
+LINE_TOO_LONG: Final = b"[TOOBIG] Command line too long"
+LITERAL_TOO_BIG: Final = b"[TOOBIG] Literal larger than the server accepts"
+SERVER_ERROR: Final = b"[SERVERBUG] Internal error, reference "
+SHUTDOWN: Final = b"[UNAVAILABLE] Server shutting down"
+
+
+class Cannot(ResponseError):
+    """NO [CANNOT]: what the mailbox rules do not allow."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def get_response(self, tag: bytes) -> ResponseNo:
+        return ResponseNo(tag, self.message.encode("utf-8", "replace"), ResponseCode.of(b"CANNOT"))
+
+
+class LoginRefused(ResponseError):
+    """NO to LOGIN or AUTHENTICATE, with the reason the client may know."""
+
+    def __init__(self, text: bytes) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def get_response(self, tag: bytes) -> ResponseNo:
+        return ResponseNo(tag, self.text)
+
+
+class Bye(ResponseError):
+    """An untagged BYE that ends the connection (standing lost, timeouts)."""
+
+    def __init__(self, text: bytes) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def get_response(self, tag: bytes) -> ResponseBye:
+        return ResponseBye(self.text)
+
+
+def standing_text(reason: str) -> bytes:
+    """The NO or BYE text for an account that may not log in (disabled, revoked ...)."""
+    return b"[AUTHORIZATIONFAILED] " + reason.encode("utf-8", "replace")[:300]

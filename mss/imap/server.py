@@ -1,0 +1,514 @@
+"""The IMAP listeners: STARTTLS on ``MSS_IMAP_PORT``, implicit TLS on ``MSS_IMAPS_PORT``.
+
+pymap parses IMAP4rev1 and writes its responses; this module gives it our rules at the
+door and our limits on the wire:
+
+- no login before TLS: on the STARTTLS port the capability says ``LOGINDISABLED`` and
+  offers no ``AUTH=`` until STARTTLS, with the relay's TLS policy (``mss.relay.tls``);
+- ``LOGIN`` and ``AUTHENTICATE PLAIN`` check the password with ``mss.accounts.authenticate``
+  (channel ``imap``): the same lockout, throttle, audit and standing rules as every door;
+- an authenticated session re-checks the account's standing (``mss.standing.check``)
+  before every command, and at every poll while it IDLEs: a revocation, a disabled account
+  or a revoked certificate ends it at the latest at its next command, or within
+  ``MSS_IMAP_POLL_SECONDS`` while idling, with a ``BYE``;
+- bounded memory: command lines up to ``LINE_LIMIT``, literals up to ``MSS_IMAP_MAX_LITERAL``
+  (a larger one is refused before it is read), FETCH responses written one message at a
+  time, a client that stops reading is cut after ``MSS_IMAP_TIMEOUT``; silent clients are
+  logged out after ``MSS_IMAP_TIMEOUT`` and every login after ``MSS_IMAP_SESSION_SECONDS``;
+  at most ``MSS_IMAP_MAX_SESSIONS`` connections per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import threading
+import time
+from argparse import Namespace
+from contextlib import AsyncExitStack
+from typing import Any, Final
+
+from proxyprotocol.sock import SocketInfo
+from pymap.config import BackendCapability, IMAPConfig
+from pymap.concurrent import Subsystem
+from pymap.context import connection_exit
+from pymap.imap import IMAPConnection
+from pymap.imap.state import ConnectionState
+from pymap.parsing.command import CommandAuth, CommandNoArgs
+from pymap.parsing.command.any import LogoutCommand
+from pymap.parsing.commands import Commands
+from pymap.parsing.response import Response, ResponseBye, ResponseNo, ResponseOk, UntaggedResponse
+from pysasl import SASLAuth
+from pysasl.mechanism.plain import PlainMechanism
+
+from mss import accounts, standing
+from mss.db import session_scope
+from mss.errors import AccountLocked, BadCredentials, StandingError, TooManyAttempts
+from mss.imap import replies
+from mss.imap.backend import MailSession
+from mss.relay.tls import server_context
+from mss.runtime import Runtime
+
+log = logging.getLogger("mss.imap")
+
+LINE_LIMIT: Final = 64 * 1024  # one command line (literals apart)
+MAX_CREDENTIAL: Final = 1024  # longer than any address or sensible password
+SSL_SHUTDOWN_TIMEOUT: Final = 1.0
+_LITERAL: Final = re.compile(rb"\{(\d{1,12})(\+?)\}\r?\n$")
+
+
+class NamespaceCommand(CommandNoArgs, CommandAuth):
+    """RFC 2342 ``NAMESPACE``: one personal namespace, no prefix, ``/`` as delimiter."""
+
+    command = b"NAMESPACE"
+
+
+class MailConfig(IMAPConfig):
+    """pymap's configuration for one listener."""
+
+    def __init__(self, rt: Runtime, *, implicit_tls: bool, ssl_context: Any) -> None:
+        imap = rt.settings.imap
+        super().__init__(
+            Namespace(passlib_cfg=None, proxy_protocol=None, debug=False),
+            host=imap.host,
+            port=imap.tls_port if implicit_tls else imap.port,
+            ssl_context=ssl_context,
+            tls_enabled=not implicit_tls,  # STARTTLS offered on the plain port only
+            max_append_len=imap.max_literal,
+            bad_command_limit=10,
+            reject_dnsbl=False,
+            cpu_subsystem=Subsystem.for_asyncio(),
+        )
+        self.implicit_tls = implicit_tls
+
+    @property
+    def backend_capability(self) -> BackendCapability:
+        return BackendCapability(idle=True, object_id=False, multi_append=True, custom=[b"NAMESPACE", b"SPECIAL-USE"])
+
+    @property
+    def tls_auth(self) -> SASLAuth:
+        return SASLAuth([PlainMechanism()])
+
+    @property
+    def greeting(self) -> bytes:
+        return replies.GREETING
+
+    @property
+    def id_response(self) -> dict[bytes, bytes]:
+        return {b"name": b"mss"}
+
+    @property
+    def commands(self) -> Commands:
+        commands = Commands()
+        commands.register(NamespaceCommand)
+        return commands
+
+
+class _Secret:
+    """Receives the password from pysasl's credentials through their public check."""
+
+    def __init__(self) -> None:
+        self.value = ""
+
+    def compare_authcid(self, authcid: str) -> bool:
+        return True
+
+    def compare_secret(self, value: str) -> bool:
+        self.value = value
+        return True
+
+
+class MailState(ConnectionState):
+    """One connection's state: pymap's, with our login and standing checks."""
+
+    def __init__(self, rt: Runtime, config: MailConfig, client: str, request_id: str, kick: Any) -> None:
+        super().__init__(None, config)  # type: ignore[arg-type]  (logins go through _login below)
+        self.rt = rt
+        self.client = client
+        self.request_id = request_id
+        self.secure = config.implicit_tls
+        self.logged_in_at = 0.0
+        self._kick = kick
+
+    @property
+    def mail_session(self) -> MailSession | None:
+        return self._session  # type: ignore[return-value]
+
+    async def do_greeting(self) -> ResponseOk:
+        # pymap lets loopback clients log in without TLS; nobody does here.
+        return ResponseOk(b"*", self.config.greeting, self.capability)
+
+    async def do_starttls(self, cmd: Any) -> Any:
+        response = await super().do_starttls(cmd)
+        self.secure = True
+        return response
+
+    async def do_login(self, cmd: Any) -> Any:
+        if not self.secure:
+            return ResponseNo(cmd.tag, replies.STARTTLS_FIRST), None
+        return await super().do_login(cmd)
+
+    async def do_authenticate(self, cmd: Any, creds: Any) -> Any:
+        if not self.secure:
+            return ResponseNo(cmd.tag, replies.STARTTLS_FIRST)
+        if not creds:
+            return ResponseNo(cmd.tag, b"[CANNOT] Only AUTHENTICATE PLAIN is offered")
+        return await super().do_authenticate(cmd, creds)
+
+    async def _login(self, creds: Any) -> MailSession:  # type: ignore[override]
+        secret = _Secret()
+        creds.verify(secret)
+        address, password = creds.authcid, secret.value
+        if creds.authzid and creds.authzid.lower() != address.lower():
+            raise replies.LoginRefused(replies.LOGIN_FAILED)  # nobody reads another's mailbox
+        if not address or not password or len(address) > MAX_CREDENTIAL or len(password) > MAX_CREDENTIAL:
+            raise replies.LoginRefused(replies.CREDENTIALS_TOO_LONG)
+        try:
+            account = await asyncio.to_thread(
+                accounts.authenticate, self.rt.engine, self.rt.settings, address, password,
+                channel="imap", client=self.client, request_id=self.request_id,
+            )
+        except TooManyAttempts:
+            raise replies.LoginRefused(replies.TOO_MANY_ATTEMPTS) from None
+        except AccountLocked:
+            raise replies.LoginRefused(replies.ACCOUNT_LOCKED) from None
+        except BadCredentials:
+            raise replies.LoginRefused(replies.LOGIN_FAILED) from None
+        except StandingError as exc:
+            raise replies.LoginRefused(replies.standing_text(exc.message)) from None
+        session = await MailSession(self.rt, account, self.request_id).begin()
+        session.check_standing = self.check_standing  # type: ignore[method-assign]
+        self.logged_in_at = time.monotonic()
+        return session
+
+    async def check_standing(self) -> None:
+        """End the session (BYE, connection closed) unless the account may still log in."""
+        session = self.mail_session
+        if session is None:
+            return
+        if time.monotonic() - self.logged_in_at > self.rt.settings.imap.session_seconds:
+            await self._kick(replies.SESSION_EXPIRED)
+            raise replies.Bye(replies.SESSION_EXPIRED)
+        try:
+            await asyncio.to_thread(self._standing, session.owner)
+        except StandingError as exc:
+            text = replies.standing_text(exc.message)
+            log.info("imap session of %s ended: %s [%s]", session.owner, exc.code, self.request_id)
+            await self._kick(text)
+            raise replies.Bye(text) from None
+
+    def _standing(self, address: str) -> None:
+        with session_scope(self.rt.engine, readonly=True) as session:
+            standing.check(session, self.rt.settings, address)
+
+    async def do_command(self, cmd: Any) -> Any:
+        if self._session is not None and not isinstance(cmd, LogoutCommand):
+            await self.check_standing()
+        return await super().do_command(cmd)
+
+    async def do_namespace(self, cmd: NamespaceCommand) -> Any:
+        response = ResponseOk(cmd.tag, b"NAMESPACE completed.")
+        response.add_untagged(UntaggedResponse(b'NAMESPACE (("" "/")) NIL NIL'))
+        return response, None
+
+    async def do_fetch(self, cmd: Any) -> Any:
+        self.session.fetch_attributes = cmd.attributes  # type: ignore[attr-defined]
+        return await super().do_fetch(cmd)
+
+    async def do_search(self, cmd: Any) -> Any:
+        self.session.fetch_attributes = ()  # type: ignore[attr-defined]
+        return await super().do_search(cmd)
+
+
+class MailConnection(IMAPConnection):
+    """pymap's connection loop with our timeouts and size limits."""
+
+    __slots__ = ["rt", "_closing"]
+
+    def __init__(self, rt: Runtime, config: MailConfig, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, sock_info: SocketInfo) -> None:
+        super().__init__(config.commands, config, reader, writer, sock_info)
+        self.rt = rt
+        self._closing = False
+
+    @property
+    def _timeout(self) -> float:
+        return self.rt.settings.imap.idle_timeout
+
+    async def _bye(self, text: bytes) -> None:
+        try:
+            async with asyncio.timeout(5):
+                await super().write_response(ResponseBye(text))
+        except (TimeoutError, ConnectionError, OSError):
+            pass
+
+    async def kick(self, text: bytes) -> None:
+        """Say BYE and close the connection (a read waiting for the client then ends)."""
+        if self._closing:
+            return
+        self._closing = True
+        await self._bye(text)
+        self.writer.close()
+
+    async def readline(self) -> memoryview:
+        try:
+            async with asyncio.timeout(self._timeout):
+                buf = bytearray(await self.reader.readuntil(b"\n"))
+                while True:
+                    match = _LITERAL.search(buf)
+                    if match is not None and len(buf) < LINE_LIMIT and int(match.group(1)) > self.config.max_filter_len:  # type: ignore[operator]
+                        # Refused before a byte of it is read (RFC 7888: a non-synchronising
+                        # literal cannot be refused politely; the connection ends).
+                        await self.kick(replies.LITERAL_TOO_BIG)
+                        raise EOFError()
+                    if match is not None and match.group(2) == b"+":
+                        buf += await self.reader.readexactly(int(match.group(1)))
+                        buf += await self.reader.readuntil(b"\n")
+                        if len(buf) > LINE_LIMIT + self.config.max_filter_len:  # type: ignore[operator]
+                            await self.kick(replies.LINE_TOO_LONG)
+                            raise EOFError()
+                        continue
+                    return memoryview(buf)
+        except TimeoutError:
+            await self.kick(replies.IDLE_TIMEOUT)
+            raise EOFError() from None
+        except (asyncio.LimitOverrunError, ValueError):
+            await self.kick(replies.LINE_TOO_LONG)
+            raise EOFError() from None
+        except asyncio.IncompleteReadError:
+            raise EOFError() from None
+
+    async def read_continuation(self, literal_length: int) -> memoryview:
+        try:
+            async with asyncio.timeout(self._timeout):
+                extra = await self.reader.readexactly(literal_length)
+        except TimeoutError:
+            await self.kick(replies.IDLE_TIMEOUT)
+            raise EOFError() from None
+        except asyncio.IncompleteReadError:
+            raise EOFError() from None
+        return memoryview(extra + bytes(await self.readline()))
+
+    async def write_response(self, resp: Any) -> None:
+        """Write a response one message at a time: pymap buffers every untagged response of
+        a command before draining; here each is drained before the next is loaded, so a
+        FETCH of a whole folder holds one message in memory, and a client that stops
+        reading is cut after ``MSS_IMAP_TIMEOUT``."""
+        if self._closing:
+            return
+        untagged = list(getattr(resp, "_untagged", ()))
+        try:
+            for response in untagged:
+                await self._write_whole(response)
+            if untagged:
+                Response.write(resp, self.writer)  # the tagged line alone
+                await self._drain()
+            else:
+                await self._write_whole(resp)
+        except ConnectionError:
+            self._closing = True
+            raise
+
+    async def _write_whole(self, response: Any) -> None:
+        # One write per response: a client reading with a timeout (IDLE) never gets half a line.
+        buffer = _Buffer()
+        await response.async_write(buffer)
+        self.writer.write(b"".join(buffer.parts))
+        await self._drain()
+
+    async def _drain(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self.writer.drain()
+        except TimeoutError:
+            # A client that stops reading holds no more than the socket's buffers.
+            log.info("imap client not reading: connection cut")
+            self._closing = True
+            self.writer.transport.abort()
+            raise ConnectionError("client not reading") from None
+
+
+class _Buffer:
+    """Collects what pymap writes for one response."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(bytes(data))
+
+
+class Registry:
+    """Open connections of one process: bounded, and closed with a BYE at shutdown."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.connections: set[MailConnection] = set()
+
+    @property
+    def full(self) -> bool:
+        return len(self.connections) >= self.limit
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(conn.kick(replies.SHUTDOWN) for conn in list(self.connections)), return_exceptions=True)
+
+
+def connection_handler(rt: Runtime, config: MailConfig, registry: Registry) -> Any:
+    """The ``asyncio.start_server`` callback of one listener."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if registry.full:
+            writer.write(b"* BYE " + replies.TOO_MANY_SESSIONS + b"\r\n")
+            try:
+                async with asyncio.timeout(5):
+                    await writer.drain()
+            except (TimeoutError, ConnectionError, OSError):
+                pass
+            writer.close()
+            return
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        request_id = secrets.token_hex(8)
+        conn = MailConnection(rt, config, reader, writer, SocketInfo.get(writer, None))
+        state = MailState(rt, config, client, request_id, conn.kick)
+        registry.connections.add(conn)
+        try:
+            async with AsyncExitStack() as stack:
+                connection_exit.set(stack)
+                await conn.run(state)
+        except (ConnectionError, EOFError, asyncio.CancelledError):
+            pass
+        except Exception:  # logged with its reference; the client sees a BYE, never the error
+            log.exception("imap connection failed [%s]", request_id)
+        finally:
+            registry.connections.discard(conn)
+            if state.mail_session is not None:
+                state.mail_session.close()
+            writer.close()
+
+    return handle
+
+
+class Listeners:
+    """The bound IMAP sockets of one process."""
+
+    def __init__(self, servers: list[asyncio.AbstractServer], registry: Registry) -> None:
+        self.servers = servers
+        self.registry = registry
+
+    @property
+    def ports(self) -> list[int]:
+        """The ports bound, STARTTLS first (chosen by the system when 0 was asked)."""
+        return [server.sockets[0].getsockname()[1] for server in self.servers]
+
+    async def aclose(self) -> None:
+        for server in self.servers:
+            server.close()
+        await self.registry.close_all()
+        for server in self.servers:
+            await server.wait_closed()
+
+
+async def start_listeners(rt: Runtime, *, host: str, port: int, tls_port: int | None) -> Listeners:
+    """Bind the STARTTLS port and, unless ``tls_port`` is None, the implicit TLS port.
+
+    Raises ConfigError (TLS material) and OSError (an address cannot be bound).
+    """
+    context = server_context(rt.settings)
+    registry = Registry(rt.settings.imap.max_sessions)
+    servers = [
+        await asyncio.start_server(
+            connection_handler(rt, MailConfig(rt, implicit_tls=False, ssl_context=context), registry),
+            host=host, port=port, limit=LINE_LIMIT, reuse_address=True,
+        )
+    ]
+    if tls_port is not None:
+        servers.append(
+            await asyncio.start_server(
+                connection_handler(rt, MailConfig(rt, implicit_tls=True, ssl_context=context), registry),
+                host=host, port=tls_port, limit=LINE_LIMIT, ssl=context, ssl_handshake_timeout=30,
+                ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT, reuse_address=True,
+            )
+        )
+    listeners = Listeners(servers, registry)
+    log.info("imap listening on %s ports %s", host, listeners.ports)
+    return listeners
+
+
+async def serve_imap(rt: Runtime, *, ready: asyncio.Event | None = None) -> None:
+    """Serve IMAP on ``MSS_IMAP_HOST`` (STARTTLS port, and implicit TLS unless its port is 0)
+    until cancelled; open connections then get a BYE."""
+    imap = rt.settings.imap
+    listeners = await start_listeners(rt, host=imap.host, port=imap.port, tls_port=imap.tls_port or None)
+    try:
+        if ready is not None:
+            ready.set()
+        await asyncio.Event().wait()
+    finally:
+        await asyncio.shield(listeners.aclose())
+
+
+class ImapServer:
+    """The IMAP listeners on a background thread with their own event loop (tests, benchmarks).
+
+    ``with ImapServer(rt) as imap:`` listens on 127.0.0.1, free ports ``imap.port`` (STARTTLS)
+    and ``imap.tls_port`` (implicit TLS), until the block ends.
+    """
+
+    def __init__(self, rt: Runtime, *, host: str = "127.0.0.1") -> None:
+        self.rt = rt
+        self.host = host
+        self.port = 0
+        self.tls_port = 0
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self.registry: Registry | None = None
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now (tests watch clients being cut)."""
+        return len(self.registry.connections) if self.registry is not None else 0
+
+    def start(self) -> "ImapServer":
+        self._thread = threading.Thread(target=self._run, name="mss-imap", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        listeners = await start_listeners(self.rt, host=self.host, port=0, tls_port=0)
+        self.port, self.tls_port = listeners.ports
+        self.registry = listeners.registry
+        self._started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await listeners.aclose()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join()
+        self._thread = None
+
+    def __enter__(self) -> "ImapServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,480 @@
+"""The IMAP door with real clients (imaplib, imapclient) over TLS on loopback: no login in
+clear, the same lockout and standing rules as every door, folders, UIDs, flags, moves and
+read state shared with the web API, openings audited with their read receipt, IDLE across
+processes, APPEND to Sent, end-to-end mode opened by openssl, and bad input."""
+
+from __future__ import annotations
+
+import base64
+import imaplib
+import re
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+from imapclient import IMAPClient
+from sqlalchemy import func, select
+
+from directory import service
+from mss import accounts
+from mss.db import session_scope
+from mss.imap import ImapServer
+from mss.mailbox import served
+from mss.models import AuditEvent, MailboxItem, Receipt
+from mss.runtime import Runtime
+
+from web_support import login as web_login
+from imap_support import ca_file, client_context, clinical_mail, connect, documents_of, login, with_imap
+from web_support import CDA_SAMPLE, GP, NURSE, build_message, create_person, submit
+from web_support import app, clients, doctor, gp  # noqa: F401  (fixtures)
+
+
+@pytest.fixture
+def imap(rt):  # type: ignore[no-untyped-def]
+    with ImapServer(rt) as server:
+        yield server
+
+
+def _token(client, person) -> str:  # type: ignore[no-untyped-def]
+    response = client.post(
+        "/api/v1/sessions", json={"address": person.address, "password": person.password, "code": person.code()}
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["token"]
+
+
+def _events(rt: Runtime, action: str) -> list[AuditEvent]:
+    with session_scope(rt.engine) as session:
+        return list(session.execute(select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq)).scalars())
+
+
+def _fetch(client: imaplib.IMAP4, which: str, what: str, *, uid: bool = False) -> list:
+    typ, data = client.uid("FETCH", which, what) if uid else client.fetch(which, what)
+    assert typ == "OK", data
+    return data
+
+
+# -- the door ----------------------------------------------------------------------------
+
+
+def test_no_login_before_tls_then_login_and_authenticate_plain(rt, imap, gp):  # type: ignore[no-untyped-def]
+    plain = imaplib.IMAP4("127.0.0.1", imap.port, timeout=10)
+    assert "STARTTLS" in plain.capabilities and "LOGINDISABLED" in plain.capabilities
+    assert not any(c.startswith("AUTH=") for c in plain.capabilities)
+    with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
+        plain.login(gp.address, gp.password)
+    with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
+        plain.authenticate("PLAIN", lambda _: f"\0{gp.address}\0{gp.password}".encode())
+    plain.logout()
+
+    client = connect(rt, imap.port)
+    assert "AUTH=PLAIN" in client.capabilities and "LOGINDISABLED" not in client.capabilities
+    client.authenticate("PLAIN", lambda _: f"\0{gp.address}\0{gp.password}".encode())
+    typ, caps = client.capability()
+    for capability in (b"IDLE", b"UIDPLUS", b"MOVE", b"NAMESPACE", b"ID", b"SPECIAL-USE"):
+        assert capability in caps[0].split()
+    client.logout()
+
+    # Implicit TLS on the other port, with the relay's TLS policy (no TLS 1.1).
+    implicit = imaplib.IMAP4_SSL("localhost", imap.tls_port, ssl_context=client_context(rt), timeout=10)
+    assert implicit.sock.version() in {"TLSv1.2", "TLSv1.3"}
+    implicit.login(gp.address, gp.password)
+    assert implicit.select("INBOX")[0] == "OK"
+    implicit.logout()
+    old = client_context(rt)
+    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.minimum_version = ssl.TLSVersion.TLSv1
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        imaplib.IMAP4_SSL("localhost", imap.tls_port, ssl_context=old, timeout=10)
+    logins = [e for e in _events(rt, "imap.login") if e.object == gp.address]
+    assert len(logins) == 2 and all(e.outcome == "success" for e in logins)
+
+
+def test_wrong_passwords_count_toward_the_lockout_and_are_audited(rt, imap, gp):  # type: ignore[no-untyped-def]
+    limit = rt.settings.security.max_login_failures
+    for _ in range(limit):
+        client = connect(rt, imap.port)
+        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+            client.login(gp.address, "not the password at all")
+        client.logout()
+    client = connect(rt, imap.port)
+    with pytest.raises(imaplib.IMAP4.error, match="locked"):
+        client.login(gp.address, gp.password)
+    failures = [e for e in _events(rt, "imap.login") if e.outcome != "success"]
+    assert len(failures) == limit + 1 and '"reason":"bad-password"' in failures[0].detail.replace(" ", "")
+    assert any(e.object == gp.address for e in _events(rt, "account.lock"))
+
+
+def test_revocation_ends_an_open_session_and_refuses_the_next_login(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]
+    submit(rt, doctor, [gp.address], "Avant", "x\n")
+    client = login(rt, imap.port, gp)
+    assert client.select("INBOX") == ("OK", [b"1"])
+    with session_scope(rt.engine) as session:
+        service.revoke_entry(session, gp.address, reason="left the practice", actor="test")
+    # The next command ends the session with a BYE that says why.
+    with pytest.raises(imaplib.IMAP4.abort, match="revoked"):
+        client.noop()
+    again = connect(rt, imap.port)
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHORIZATIONFAILED.*revoked"):
+        again.login(gp.address, gp.password)
+
+    # A disabled account too, and an IDLE session learns it within a poll.
+    nurse = create_person(rt, NURSE)
+    idle = _tls(rt, imap.tls_port)
+    _login_raw(idle, nurse)
+    assert b"i1 OK" in _exchange(idle, b"i1 SELECT INBOX\r\n")
+    idle.sendall(b"i2 IDLE\r\n")
+    assert idle.recv(1000).startswith(b"+")
+    with session_scope(rt.engine) as session:
+        accounts.set_disabled(session, nurse.address, True, actor="test")
+    idle.settimeout(rt.settings.imap.poll_seconds * 5)
+    said = b""
+    while chunk := idle.recv(1000):
+        said += chunk
+    assert b"* BYE [AUTHORIZATIONFAILED]" in said and b"disabled" in said
+
+
+# -- folders, messages, flags ------------------------------------------------------------
+
+
+def test_folders_uids_listing_without_decryption_and_partial_fetch(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]
+    clinical_mail(rt, doctor, gp)
+    client = login(rt, imap.port, gp)
+    typ, folders = client.list()
+    assert typ == "OK"
+    listed = {line.decode().rsplit(" ", 1)[1]: line.decode() for line in folders}
+    assert set(listed) == {"INBOX", "Sent", "Archive"} and "\\Sent" in listed["Sent"] and "\\Archive" in listed["Archive"]
+    typ, data = client.select("INBOX")
+    assert data == [b"3"]
+    validity = client.untagged_responses["UIDVALIDITY"][0]
+    listing = _fetch(client, "1:*", "(UID FLAGS RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)])")
+    # A listing opens no message: nothing in the audit trail, nothing marked read.
+    assert _events(rt, "message.open") == []
+    sizes = {}
+    for item in listing:
+        if not isinstance(item, tuple):
+            continue
+        head = item[0].decode()
+        uid = int(re.search(r"UID (\d+)", head).group(1))
+        sizes[uid] = int(re.search(r"RFC822.SIZE (\d+)", head).group(1))
+        assert '"application" "pkcs7-mime" ("smime-type" "signed-data"' in head and "\\Seen" not in head
+        assert b"Subject:" in item[1] and b"From: " + doctor.address.encode() in item[1]
+    assert sorted(sizes) == [1, 2, 3]
+    for uid, size in sizes.items():
+        body = _fetch(client, str(uid), "(BODY.PEEK[])", uid=True)[0][1]
+        assert len(body) == size and b"\r\nX-MSS-Signature: valid;" in body.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+        part = _fetch(client, str(uid), "(BODY.PEEK[]<10.20>)", uid=True)[0][1]
+        assert part == body[10:30]
+    # Unknown UIDs and huge sequence sets: an empty answer, not an error.
+    assert _fetch(client, "999999", "(FLAGS)", uid=True) == [None]
+    assert client.uid("SEARCH", None, "UID", "1:4294967295")[1] == [b"1 2 3"]
+    client.logout()
+    # The same UIDVALIDITY and UIDs in the next session.
+    again = login(rt, imap.port, gp)
+    again.select("INBOX")
+    assert again.untagged_responses["UIDVALIDITY"][0] == validity
+    assert again.uid("SEARCH", None, "ALL")[1] == [b"1 2 3"]
+    assert again.uid("SEARCH", None, "SUBJECT", "liaison")[1] == [b"2"]
+    assert again.uid("SEARCH", None, "FROM", doctor.address)[1] == [b"1 2 3"]
+    assert again.uid("SEARCH", None, "TEXT", "IHE_XDM.ZIP")[1] == [b"3"]
+    assert again.uid("SEARCH", None, "SINCE", "1-Jan-2020", "UNSEEN")[1] == [b"1 2 3"]
+    again.logout()
+
+
+def test_read_state_flags_and_moves_are_the_web_s_and_the_reverse(rt, imap, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    first, second, third = clinical_mail(rt, doctor, gp)
+    web = clients()
+    web_login(web, gp)  # enrols the authenticator, which the API requires
+    token = _token(web, gp)
+    auth = {"authorization": f"Bearer {token}"}
+
+    client = login(rt, imap.port, gp)
+    client.select("INBOX")
+    client.store("1", "+FLAGS", "(\\Seen \\Flagged)")
+    client.uid("MOVE", "2", "Archive")
+    inbox = web.get("/api/v1/messages", params={"folder": "inbox"}, headers=auth).json()
+    archive = web.get("/api/v1/messages", params={"folder": "archive"}, headers=auth).json()
+    unread = {item["queue_id"]: item["unread"] for item in inbox["items"]}
+    assert unread == {first: False, third: True}
+    assert [item["queue_id"] for item in archive["items"]] == [second]
+
+    # The reverse: read and archived in the web, seen at the next command in the client.
+    assert web.get(f"/api/v1/messages/{third}", headers=auth).status_code == 200
+    assert web.post(f"/api/v1/messages/{first}/archive", headers=auth).status_code == 204
+    assert client.noop()[0] == "OK"
+    flags = [line for line in _fetch(client, "1:*", "(UID FLAGS)") if b"UID" in line]
+    assert len(flags) == 1 and b"\\Seen" in flags[0] and b"UID 3" in flags[0]
+    client.select("Archive")
+    archived = [line for line in _fetch(client, "1:*", "(UID FLAGS)") if b"UID" in line]
+    assert len(archived) == 2 and any(b"\\Flagged" in line and b"\\Seen" in line for line in archived)
+
+    # COPY keeps the original; EXPUNGE of a \Deleted copy leaves the other one.
+    typ, data = client.uid("COPY", "1", "INBOX")
+    assert typ == "OK" and client.response("COPYUID")[1][0] is not None
+    client.store("1", "+FLAGS", "(\\Deleted)")
+    client.expunge()
+    assert web.get("/api/v1/messages", params={"folder": "archive"}, headers=auth).json()["total"] == 1
+    assert web.get("/api/v1/messages", params={"folder": "inbox"}, headers=auth).json()["total"] == 2
+    assert [e.action for e in _events(rt, "message.delete")] == ["message.delete"]
+    # A received message is not the owner's to put in Sent; folders are fixed.
+    typ, data = client.uid("MOVE", "1:*", "Sent")
+    assert typ == "NO" and b"CANNOT" in data[0]
+    assert client.create("Drafts")[0] == "NO"
+    client.logout()
+
+
+def test_reading_in_the_client_is_an_opening_with_its_read_receipt(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]
+    queue_id = submit(rt, doctor, [gp.address], "Merci de confirmer", "x\n", read_receipt=True).queue_id
+    client = login(rt, imap.port, gp)
+    client.select("INBOX")
+    _fetch(client, "1", "(BODY.PEEK[])")
+    opened = _events(rt, "message.open")
+    assert [e.object for e in opened] == [queue_id] and '"channel":"imap"' in opened[0].detail.replace(" ", "")
+    with session_scope(rt.engine) as session:
+        assert session.execute(select(func.count()).select_from(Receipt).where(Receipt.status == "displayed")).scalar() == 0
+    # BODY[] (not PEEK) displays it: \Seen, and the displayed notification goes to the sender.
+    data = _fetch(client, "1", "(BODY[])")
+    assert b"\\Seen" in data[0][0] or b"\\Seen" in b"".join(x for x in data if isinstance(x, bytes))
+    with session_scope(rt.engine) as session:
+        displayed = session.execute(select(Receipt).where(Receipt.status == "displayed")).scalars().all()
+        assert [(r.recipient, r.kind) for r in displayed] == [(gp.address, "mdn")]
+    client.logout()
+
+
+def test_idle_reports_mail_stored_by_another_process(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]
+    with IMAPClient("localhost", port=imap.tls_port, ssl=True, ssl_context=client_context(rt), timeout=30) as client:
+        client.login(gp.address, gp.password)
+        client.select_folder("INBOX")
+        client.idle()
+        # Another process: its own engine on the same database, submitting through the pipeline.
+        from mss.db import make_engine
+
+        other_engine = make_engine(rt.settings)
+        other = Runtime(settings=rt.settings, engine=other_engine, master_key=rt.master_key)
+        submit(other, doctor, [gp.address], "Nouveau", "x\n")
+        other_engine.dispose()
+        responses = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(r[1] == b"EXISTS" for r in responses if isinstance(r, tuple) and len(r) > 1):
+            responses += client.idle_check(timeout=2)
+        client.idle_done()
+        assert (1, b"EXISTS") in responses
+        assert client.search(["UNSEEN"]) == [1]
+
+
+def test_append_to_sent_of_a_message_sent_through_the_relay_does_not_duplicate_it(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]
+    raw = build_message(doctor.address, [gp.address], "Envoyé", "x\n")
+    from email import message_from_bytes
+
+    sent = submit(rt, doctor, [gp.address], "Envoyé", "x\n")
+    with session_scope(rt.engine) as session:
+        before = session.execute(select(func.count()).select_from(MailboxItem)).scalar()
+    client = login(rt, imap.port, doctor)
+    typ, data = client.select("Sent")
+    assert data == [b"1"]
+    copy = message_from_bytes(raw)
+    del copy["Message-ID"]
+    copy["Message-ID"] = sent.message_id
+    typ, data = client.append("Sent", "\\Seen", None, copy.as_bytes())
+    assert typ == "OK" and re.match(rb"\[APPENDUID \d+ 1\]", data[0]), data
+    with session_scope(rt.engine) as session:
+        assert session.execute(select(func.count()).select_from(MailboxItem)).scalar() == before
+    typ, data = client.append("Sent", None, None, raw)
+    assert typ == "NO" and b"CANNOT" in data[0]
+    typ, data = client.append("INBOX", None, None, raw)
+    assert typ == "NO" and b"relay" in data[0]
+    client.logout()
+
+
+def test_end_to_end_mode_serves_the_envelope_that_openssl_opens(rt, imap, doctor, gp, tmp_path):  # type: ignore[no-untyped-def]
+    clinical_mail(rt, doctor, gp)
+    client = login(rt, imap.port, gp)
+    client.select("INBOX")
+    decrypted_validity = client.untagged_responses["UIDVALIDITY"][0]
+    client.logout()
+    served.set_mode(rt.engine, gp.address, served.END_TO_END, actor="test")
+
+    account = accounts.authenticate(rt.engine, rt.settings, gp.address, gp.password, channel="cli")
+    from cryptography.hazmat.primitives import serialization
+
+    from mss.crypto import keys
+
+    key = keys.private_key_from_der(account.private_key_der, authenticated=True)
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    (tmp_path / "cert.pem").write_bytes(account.certificate.public_bytes(serialization.Encoding.PEM))
+    client = login(rt, imap.port, gp)
+    client.select("INBOX")
+    assert client.untagged_responses["UIDVALIDITY"][0] != decrypted_validity
+    listing = _fetch(client, "1:*", "(RFC822.SIZE BODYSTRUCTURE)")
+    documents: dict[str, bytes] = {}
+    for number, line in enumerate(listing, 1):
+        assert b'"smime-type" "enveloped-data"' in line
+        body = _fetch(client, str(number), "(BODY.PEEK[])")[0][1]
+        assert int(re.search(rb"RFC822.SIZE (\d+)", line).group(1)) == len(body)
+        (tmp_path / "m.eml").write_bytes(body)
+        inner = subprocess.run(
+            ["openssl", "cms", "-decrypt", "-in", str(tmp_path / "m.eml"), "-recip", str(tmp_path / "cert.pem"),
+             "-inkey", str(tmp_path / "key.pem")], capture_output=True, check=True,
+        ).stdout
+        content = subprocess.run(
+            ["openssl", "cms", "-verify", "-CAfile", ca_file(rt)], input=inner, capture_output=True, check=True,
+        ).stdout
+        documents.update(documents_of(content))
+    assert set(documents) == {"compte-rendu.pdf", CDA_SAMPLE.name, "IHE_XDM.ZIP"}
+    assert documents[CDA_SAMPLE.name] == CDA_SAMPLE.read_bytes()
+    client.logout()
+
+
+# -- bad input and load ------------------------------------------------------------------
+
+
+def _raw(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    assert sock.recv(1000).startswith(b"* OK")
+    return sock
+
+
+def _exchange(sock: socket.socket, line: bytes) -> bytes:
+    sock.sendall(line)
+    data = b""
+    while not re.search(rb"(^|\r\n)([^*\s]\S* (OK|NO|BAD)|\* BYE)[^\r\n]*\r\n$", data):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _tls(rt: Runtime, port: int, *, rcvbuf: int = 0) -> ssl.SSLSocket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    tls = client_context(rt).wrap_socket(sock, server_hostname="localhost")
+    assert tls.recv(1000).startswith(b"* OK")
+    return tls
+
+
+def _login_raw(sock, person) -> None:  # type: ignore[no-untyped-def]
+    auth = base64.b64encode(f"\0{person.address}\0{person.password}".encode())
+    sock.sendall(b"a1 AUTHENTICATE PLAIN\r\n")
+    assert sock.recv(100).startswith(b"+")
+    assert b"a1 OK" in _exchange(sock, auth + b"\r\n")
+
+
+def test_malformed_commands_huge_literals_and_long_lines_get_clear_answers(rt, imap, gp):  # type: ignore[no-untyped-def]
+    sock = _raw(imap.port)
+    assert b"a1 BAD" in _exchange(sock, b"a1 FROBNICATE\r\n")
+    assert b"a2 BAD" in _exchange(sock, b"a2 FETCH (((\r\n")
+    assert b"a3 BAD" in _exchange(sock, b"a3 SELECT INBOX\r\n")  # before any login
+    assert b"a4 OK" in _exchange(sock, b"a4 NOOP\r\n")
+    # A literal larger than the limit is refused before a byte of it is read.
+    answer = _exchange(sock, b"a5 LOGIN {999999999999+}\r\n")
+    assert b"* BYE" in answer and b"TOOBIG" in answer
+    sock.close()
+    sock = _raw(imap.port)
+    answer = _exchange(sock, b"a6 NOOP " + b"x" * 100_000 + b"\r\n")
+    assert b"* BYE" in answer and b"TOOBIG" in answer
+    sock.close()
+    # The server keeps serving others.
+    client = login(rt, imap.port, gp)
+    assert client.noop()[0] == "OK"
+    client.logout()
+
+
+def test_silent_and_non_reading_clients_are_cut_and_others_served(rt, doctor, gp):  # type: ignore[no-untyped-def]
+    short = with_imap(rt, idle_timeout=2.0)
+    for number in range(3):
+        submit(rt, doctor, [gp.address], f"Gros {number}", "x\n", [("gros.pdf", "application/pdf", _big_pdf())])
+    with ImapServer(short) as imap:
+        silent = _raw(imap.port)
+        said = b""
+        while chunk := silent.recv(1000):
+            said += chunk
+        assert said.startswith(b"* BYE [UNAVAILABLE] Autologout")
+        silent.close()
+
+        # A client that asks for everything and never reads: cut after the timeout.
+        tls = _tls(rt, imap.tls_port, rcvbuf=4096)
+        _login_raw(tls, gp)
+        assert b"a2 OK" in _exchange(tls, b"a2 SELECT INBOX\r\n")
+        for n in range(30):
+            tls.sendall(b"f%d FETCH 1:* (BODY.PEEK[])\r\n" % n)
+        # Meanwhile and after, another client works.
+        client = login(rt, imap.port, gp)
+        client.select("INBOX")
+        assert len(_fetch(client, "1:*", "(BODY.PEEK[])")) >= 3
+        client.logout()
+        time.sleep(short.settings.imap.idle_timeout + 2)
+        # Cut by the server although it never closed its side (nor read anything).
+        assert imap.open_connections == 0
+        tls.close()
+
+
+def _big_pdf() -> bytes:
+    import io
+
+    from pypdf import PdfWriter
+
+    writer = PdfWriter()
+    writer.add_blank_page(width=200, height=200)
+    writer.add_metadata({"/Subject": "0123456789" * 30_000})  # a 300 kB PDF
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def test_cli_and_account_page_choose_the_mode(rt, clients, gp):  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from cli.main import app as cli
+
+    result = CliRunner().invoke(cli, ["account", "imap-mode", gp.address, "sideways"], env=_cli_env(rt))
+    assert result.exit_code != 0 and "decrypted or end-to-end" in result.output
+    result = CliRunner().invoke(cli, ["account", "imap-mode", gp.address, "end-to-end"], env=_cli_env(rt))
+    assert result.exit_code == 0, result.output
+    with session_scope(rt.engine) as session:
+        assert served.mode_of(session, gp.address) == served.END_TO_END
+    from web_support import csrf
+    from web_support import login as web_login
+
+    browser = clients()
+    web_login(browser, gp)
+    page = browser.get("/account")
+    assert 'value="end-to-end" checked' in page.text
+    response = browser.post("/account/imap-mode", data={"mode": "decrypted", "csrf_token": csrf(page.text)},
+                            follow_redirects=False)
+    assert response.status_code in {302, 303}
+    with session_scope(rt.engine) as session:
+        assert served.mode_of(session, gp.address) == served.DECRYPTED
+    assert [e.detail for e in _events(rt, "account.imap-mode")][-1].replace(" ", "").endswith('"mode":"decrypted"}')
+
+
+def _cli_env(rt: Runtime) -> dict[str, str]:
+    return {
+        "MSS_DATA_DIR": str(rt.settings.storage.data_dir),
+        "MSS_CERTS_DIR": str(rt.settings.pki.certs_dir),
+        "MSS_DATABASE_URL": rt.settings.storage.database_url,
+        "MSS_RECOVERY_KEY_OUT": str(rt.settings.pki.recovery_private_key_out),
+        "MSS_ARGON2_OPSLIMIT": "1",
+        "MSS_ARGON2_MEMLIMIT": str(8 * 1024 * 1024),
+        "MSS_PKI_HTTP_PORT": "0",
+    }
+
+
+def test_autoconfig_describes_imap_and_submission_for_an_address(rt, clients):  # type: ignore[no-untyped-def]
+    browser = clients()
+    for path in ("/.well-known/autoconfig/mail/config-v1.1.xml", "/mail/config-v1.1.xml"):
+        response = browser.get(path, params={"emailaddress": GP})
+        assert response.status_code == 200 and response.headers["content-type"].startswith("application/xml")
+        from lxml import etree
+
+        root = etree.fromstring(response.content)
+        incoming = {(s.findtext("port"), s.findtext("socketType")) for s in root.iter("incomingServer")}
+        assert incoming == {(str(rt.settings.imap.tls_port), "SSL"), (str(rt.settings.imap.port), "STARTTLS")}
+        assert root.find(".//outgoingServer/port").text == str(rt.settings.relay.port)
+        assert root.find(".//domain").text == GP.split("@")[1]
+    assert browser.get("/mail/config-v1.1.xml", params={"emailaddress": "someone@example.org"}).status_code == 404
