@@ -15,6 +15,7 @@ AES, digest of the whole message): the web runs it in worker threads.
 from __future__ import annotations
 
 import email.policy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
@@ -209,16 +210,20 @@ def decrypt_and_verify(
     roots: list[x509.Certificate],
     crls: list[bytes],
     submitted_at: datetime | None = None,
+    more_crls: Callable[[bytes], list[bytes]] | None = None,
 ) -> tuple[Signature, bytes]:
     """The signature outcome and the signed MIME entity of a stored message.
 
     Our envelopes hold an RFC 8551 signed-data entity (``store.signed_data_in`` finds the
-    SignedData); a client's may also hold a detached signature or none. Raises
-    DecryptionError when the reader's key cannot open the envelope.
+    SignedData); a client's may also hold a detached signature or none. ``more_crls``
+    gives CRLs for the SignedData's certificates beyond ``crls`` (another operator's CA).
+    Raises DecryptionError when the reader's key cannot open the envelope.
     """
     inner = _decrypt(session, cms, reader)
     signed = store.signed_data_in(inner)
     if signed is not None:
+        if more_crls is not None:
+            crls = [*crls, *more_crls(signed)]
         return _verified(signed, roots, crls, submitted_at)
     if kind != "client":
         return Signature(status=verify.INVALID, reason="the stored message is not signed as it should be"), b""

@@ -3,7 +3,8 @@ message whose sender asked for one (``Disposition-Notification-To``).
 
 The notification is built by ``mss.receipts``, signed with the operator's certificate,
 encrypted to the original sender and stored in their inbox with its ``Receipt`` row, in the
-caller's transaction, like the ``processed`` ones the pipeline stores at submission. The
+caller's transaction, like the ``processed`` ones the pipeline stores at submission. For a
+sender at another operator it goes into the outbound queue instead (``mss.outbound``). The
 recipient's delivery row is locked first, so two openings at once send one notification.
 """
 
@@ -19,6 +20,7 @@ from directory import certificates
 from mss import receipts, store
 from mss.crypto import smime
 from mss.models import Delivery, Message, Receipt
+from mss.outbound import notices
 from mss.runtime import Runtime
 from mss.store import MessageMeta, Notice
 
@@ -58,9 +60,6 @@ def send_displayed(
     ).first()
     if already is not None:
         return False
-    sender_certificate = certificates.current_certificate(session, meta.sender)
-    if sender_certificate is None:
-        return False
     settings = rt.settings
     reporter = settings.pki.hostnames[0] if settings.pki.hostnames else socket.getfqdn()
     notification = receipts.build_mdn(
@@ -72,6 +71,16 @@ def send_displayed(
         mode=MODE,
         subject_hint=None,
     )
+    if not settings.serves(meta.sender):
+        # A sender at another operator: the notification goes back through the outbound
+        # queue; the row here only records that it was sent.
+        if not notices.to_remote_sender(session, rt, notification, about=message.id, request_id=request_id):
+            return False
+        session.add(Receipt(message_id=message.id, recipient=reader, kind="mdn", status=DISPLAYED))
+        return True
+    sender_certificate = certificates.current_certificate(session, meta.sender)
+    if sender_certificate is None:
+        return False
     key, operator_certificate = certificates.operator_identity(session, settings, rt.master_key)
     entity = notification.as_bytes(policy=email.policy.SMTP)
     # Stored like the pipeline's receipts: an RFC 8551 signed-data entity in the envelope.
