@@ -330,3 +330,102 @@ class OperatorProcess:
         return self.process.wait(timeout=60)
 
 
+
+
+class CuttingProxy:
+    """A TCP relay between one operator's delivery worker and another's MX, which calls
+    ``cut`` at one precise point of the first large transfer, then drops that connection.
+
+    TLS hides the SMTP dialogue, but not its shape: once more than ``threshold`` bytes went
+    from the client to the server on one connection, the client is uploading a large
+    message's DATA; the first bytes the server sends after that are its reply to the end of
+    DATA. ``at="upload"`` cuts during the upload (the receiving side is killed before it can
+    answer); ``at="reply"`` cuts when the reply arrives, before the client reads it (the
+    receiving side committed; the sending side never learns it).
+    """
+
+    def __init__(self, upstream_port: int, *, threshold: int, at: str, cut: Callable[[], None], port: int) -> None:
+        assert at in {"upload", "reply"}
+        self.upstream_port = upstream_port
+        self.threshold = threshold
+        self.at = at
+        self.cut = cut
+        self.fired = threading.Event()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.port = port
+        self._closed = False
+        self._taken = False
+
+    def start(self) -> "CuttingProxy":
+        self.sock.listen(16)
+        threading.Thread(target=self._accept, name="proxy", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._closed = True
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _address = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _fire(self) -> bool:
+        with _PROXY_LOCK:
+            if self._taken:
+                return False
+            self._taken = True
+        self.cut()
+        self.fired.set()  # only once the cut is done
+        return True
+
+    def _relay(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=30)
+        except OSError:
+            client.close()
+            return
+        sent = [0]
+        done = threading.Event()
+
+        def close() -> None:
+            done.set()
+            for s in (client, upstream):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+        def up() -> None:
+            try:
+                while data := client.recv(65536):
+                    sent[0] += len(data)
+                    if self.at == "upload" and sent[0] > self.threshold and self._fire():
+                        break
+                    upstream.sendall(data)
+            except OSError:
+                pass
+            close()
+
+        def down() -> None:
+            try:
+                while data := upstream.recv(65536):
+                    if self.at == "reply" and sent[0] > self.threshold and self._fire():
+                        break
+                    client.sendall(data)
+            except OSError:
+                pass
+            close()
+
+        threading.Thread(target=up, daemon=True).start()
+        threading.Thread(target=down, daemon=True).start()
+        done.wait()
+
+
+_PROXY_LOCK = threading.Lock()
