@@ -429,3 +429,41 @@ class CuttingProxy:
 
 
 _PROXY_LOCK = threading.Lock()
+
+
+class WorkerThread:
+    """One more delivery worker of an operator (its own event loop, its own lease name)."""
+
+    def __init__(self, rt: Runtime, name: str) -> None:
+        self.rt = rt
+        self.name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        from mss.outbound.worker import DeliveryWorker
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            ready = asyncio.Event()
+            self._task = asyncio.ensure_future(DeliveryWorker(self.rt, name=self.name).run(ready=ready))
+            await ready.wait()
+            self._ready.set()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+        asyncio.run(main())
+
+    def start(self) -> "WorkerThread":
+        self._thread.start()
+        self._ready.wait(30)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(60)

@@ -17,10 +17,21 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from mss.db import session_scope
-from mss.models import Delivery, Message, Receipt
+from mss.models import AuditEvent, Delivery, Message, Outbound, Receipt
 from mss.runtime import Runtime
 
-from federation_support import A_DOMAIN, A_USERS, B_DOMAIN, B_USERS, Operator, Services, build_operator, link, wait_for
+from federation_support import (
+    A_DOMAIN,
+    A_USERS,
+    B_DOMAIN,
+    B_USERS,
+    Operator,
+    Services,
+    WorkerThread,
+    build_operator,
+    link,
+    wait_for,
+)
 from web_support import build_message
 
 MARC, _CEDRIC = A_USERS
@@ -147,3 +158,32 @@ def test_retries_end_at_the_queue_lifetime(pair) -> None:  # type: ignore[no-unt
     finally:
         a.services.stop()
         a.services = Services(a).start()
+
+
+def test_several_workers_deliver_each_message_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    a = build_operator(tmp_path / "a", "a", A_DOMAIN, A_USERS)
+    b = build_operator(tmp_path / "b", "b", B_DOMAIN, B_USERS)
+    link(a, b)
+    workers: list[WorkerThread] = []
+    try:
+        b.services = Services(b).start()
+        a.services = Services(a, worker=False).start()  # submission and MX only, for now
+        sent = [a.submit(MARC, [JOEL], build_message(MARC, [JOEL], f"Résultat {n}", "Bonjour.\n")) for n in range(24)]
+        # Three workers, as if in three processes, start on a full queue together.
+        workers = [WorkerThread(a.rt, f"worker-{n}").start() for n in range(3)]
+        wait_for(lambda: all(status_of(a, q, JOEL) == "relayed" for q in sent), timeout=60, what="every delivery")
+        with session_scope(a.rt.engine) as session:
+            attempts = session.execute(select(Outbound.attempts).where(Outbound.kind == "message")).scalars().all()
+        assert sorted(attempts) == [1] * len(sent)  # each entry was taken by one worker, once
+        with session_scope(a.rt.engine) as session:
+            relays = session.execute(select(AuditEvent.detail).where(AuditEvent.action == "queue.relay")).scalars().all()
+        by_worker = {json.loads(detail)["worker"] for detail in relays}
+        assert len(relays) == len(sent) and len(by_worker) >= 2  # shared out, not serialised on one
+        assert len([m for m in b.inbox(JOEL) if m.kind != "receipt"]) == len(sent)
+        with session_scope(b.rt.engine) as session:
+            assert not session.execute(select(AuditEvent.id).where(AuditEvent.action == "message.duplicate")).all()
+    finally:
+        for worker in workers:
+            worker.stop()
+        a.close()
+        b.close()

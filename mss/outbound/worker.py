@@ -69,7 +69,7 @@ class Outcome:
 
 
 def _apply(session: Session, rt: Runtime, row: Outbound, outcome: Outcome, *, peer: str, peer_dsn: bool,
-           request_id: str) -> None:
+           request_id: str, worker: str = "") -> None:
     """Write recipients' states, the sender's delivery rows and notices, in ``session``."""
     now = utcnow()
     message = session.get(Message, row.message_id) if row.message_id is not None else None
@@ -89,7 +89,7 @@ def _apply(session: Session, rt: Runtime, row: Outbound, outcome: Outcome, *, pe
             delivery.reason = f"relayed to {peer}, {queue.protection_text(row.protection)}"[:500]
             session.add(delivery)
         audit.record(session, actor="system", action="queue.relay", object=subject, request_id=request_id,
-                     queue=row.queue_id, recipient=item.address, peer=peer, reply=reply.text[:200])
+                     queue=row.queue_id, recipient=item.address, peer=peer, reply=reply.text[:200], worker=worker)
         if "SUCCESS" in _notify(item.notify) and not peer_dsn:
             relayed_dsn.append(_status("relayed", item.address, reply, item.orcpt, "2.0.0"))
     for item, reply, status, reason in outcome.failed:
@@ -149,7 +149,8 @@ def record_attempt(rt: Runtime, claimed: queue.Claimed, attempt: Attempt, *, req
                 why = f"still undelivered after {_span(now - row.created_at)}; last: {reply.text}"
                 outcome.failed.append((item, reply if reply.code else None, "4.4.7", why))
             outcome.deferred = []
-        _apply(session, rt, row, outcome, peer=attempt.peer, peer_dsn=attempt.peer_dsn, request_id=request_id)
+        _apply(session, rt, row, outcome, peer=attempt.peer, peer_dsn=attempt.peer_dsn, request_id=request_id,
+               worker=claimed.lease_owner)
         if outcome.deferred:
             error = outcome.deferred[0][1].text
             queue.release(row, next_attempt_at=now + queue.backoff(settings, row.attempts), state=queue.QUEUED,
