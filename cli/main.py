@@ -30,10 +30,14 @@ pki_app = typer.Typer(help="Development PKI and S/MIME certificates.", no_args_i
 directory_app = typer.Typer(help="The directory of professionals.", no_args_is_help=True)
 account_app = typer.Typer(help="Accounts, passwords, second factor and keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
+trust_app = typer.Typer(help="The trust list: other operators' domains, and their routes.", no_args_is_help=True)
+queue_app = typer.Typer(help="The outbound queue: messages for other operators.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
 app.add_typer(directory_app, name="directory")
 app.add_typer(account_app, name="account")
 app.add_typer(audit_app, name="audit")
+app.add_typer(trust_app, name="trust")
+app.add_typer(queue_app, name="queue")
 
 # Not on a terminal (a pipe, a log), tables keep their full width instead of wrapping at 80.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -644,6 +648,169 @@ def message_export(
     out.print(f"wrote {out_file}")
 
 
+# -- the trust list and the outbound queue -------------------------------------------------
+
+
+@trust_app.command("import")
+@handles_errors
+def trust_import(
+    path: Annotated[Path, typer.Argument(help="The published list (MSSanté \"liste blanche\" XML).")],
+    prune: Annotated[bool, typer.Option("--prune", help="Drop imported domains no longer in the file.")] = False,
+) -> None:
+    """Put every domain of the published trust list on the list."""
+    from mss import trust
+    from mss.db import session_scope
+
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        result = trust.import_list(session, rt.settings, path, prune=prune, actor=actor())
+    for line, reason in result.rejected:
+        err.print(f"line {line}: {reason}" if line else reason, highlight=False)
+    out.print(f"added {len(result.added)}, already listed {result.kept}, removed {len(result.removed)}, "
+              f"rejected {len(result.rejected)}")
+
+
+@trust_app.command("list")
+@handles_errors
+def trust_list(as_json: Annotated[bool, typer.Option("--json", help="One JSON object per domain.")] = False) -> None:
+    """The domains on the trust list, with their routes."""
+    from mss import trust
+    from mss.db import session_scope
+
+    rt = runtime()
+    with session_scope(rt.engine, readonly=True) as session:
+        rows = trust.listed(session)
+    if as_json:
+        for row in rows:
+            route = row.route
+            print(json.dumps({"domain": row.domain, "source": row.source,
+                              "route": f"{route.host}:{route.port}" if route else None,
+                              "certificates": route.certificates_url if route else None}))
+        return
+    table = Table("domain", "source", "route", "certificates")
+    for row in rows:
+        route = row.route
+        default = "DNS MX" if rt.settings.is_production else "(none: mail waits)"
+        table.add_row(row.domain, row.source, f"{route.host}:{route.port}" if route else default,
+                      route.certificates_url if route and route.certificates_url else "-")
+    out.print(table)
+    out.print(f"{len(rows)} domain(s) on the trust list")
+
+
+@trust_app.command("add")
+@handles_errors
+def trust_add(domain: str) -> None:
+    """Put a domain on the trust list by hand."""
+    from mss import trust
+    from mss.db import session_scope
+
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        added = trust.add(session, rt.settings, domain, actor=actor())
+    out.print(f"added {added}")
+
+
+@trust_app.command("remove")
+@handles_errors
+def trust_remove(domain: str) -> None:
+    """Take a domain off the trust list: mail to and from it is refused from now on."""
+    from mss import trust
+    from mss.db import session_scope
+
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        removed = trust.remove(session, domain, actor=actor())
+    out.print(f"removed {removed}")
+
+
+@trust_app.command("route")
+@handles_errors
+def trust_route(
+    domain: str,
+    host_port: Annotated[Optional[str], typer.Argument(metavar="HOST:PORT", help="Where its mail goes.")] = None,
+    certificates: Annotated[
+        str, typer.Option("--certificates", help="URL where its operator publishes S/MIME certificates (…/pki/certificates/).")
+    ] = "",
+    remove: Annotated[bool, typer.Option("--remove", help="Forget the route (DNS MX again).")] = False,
+) -> None:
+    """Send a domain's mail to HOST:PORT instead of its DNS MX."""
+    from mss import trust
+    from mss.db import session_scope
+
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        if remove:
+            trust.remove_route(session, domain, actor=actor())
+            out.print(f"{domain.strip().lower()} has no route now")
+            return
+        if host_port is None:
+            raise MssError("give HOST:PORT, or --remove")
+        route = trust.set_route(session, rt.settings, domain, host_port, certificates_url=certificates, actor=actor())
+    out.print(f"{route.domain} -> {route.host}:{route.port}"
+              + (f", certificates from {route.certificates_url}" if route.certificates_url else ""))
+
+
+@queue_app.command("list")
+@handles_errors
+def queue_list(
+    everything: Annotated[bool, typer.Option("--all", help="Also entries delivered, failed or bounced.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per entry.")] = False,
+) -> None:
+    """Messages waiting for other operators: recipients, attempts, next attempt, last error."""
+    from mss.db import session_scope
+    from mss.outbound import queue
+
+    rt = runtime()
+    with session_scope(rt.engine, readonly=True) as session:
+        rows = queue.listing(session, everything=everything)
+        stats = queue.stats(session)
+    if as_json:
+        for w in rows:
+            print(json.dumps({
+                "id": w.queue_id, "message": w.message_queue_id, "kind": w.kind, "domain": w.domain,
+                "protection": w.protection, "from": w.mail_from or "<>", "state": w.state,
+                "recipients": [{"address": a, "state": st, "reply": r} for a, st, r in w.recipients],
+                "attempts": w.attempts, "created": w.created_at.isoformat(),
+                "next_attempt": w.next_attempt_at.isoformat(), "last_error": w.last_error, "in_flight": w.in_flight,
+            }))
+        return
+    table = Table("id", "message", "domain", "protection", "recipients", "state", "attempts", "queued since",
+                  "next attempt", "last error")
+    for w in rows:
+        pending = ", ".join(f"{a} ({st})" for a, st, _r in w.recipients)
+        state = w.state + (" (delivering)" if w.in_flight else "")
+        table.add_row(w.queue_id, w.message_queue_id or "-", w.domain, w.protection, pending, state, str(w.attempts),
+                      f"{w.created_at:%Y-%m-%d %H:%M:%S}",
+                      f"{w.next_attempt_at:%H:%M:%S}" if w.state == "queued" else "-", w.last_error or "-")
+    out.print(table)
+    oldest = f", oldest {int(stats.oldest.total_seconds())} s" if stats.oldest is not None else ""
+    out.print(f"{stats.waiting} waiting for {stats.recipients} recipient(s){oldest}")
+
+
+@queue_app.command("retry")
+@handles_errors
+def queue_retry(queue_id: Annotated[str, typer.Argument(help="The queue entry id (mss queue list).")]) -> None:
+    """Try a waiting entry again now."""
+    from mss.db import session_scope
+    from mss.outbound import queue
+
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        row = queue.retry_now(session, queue_id, actor=actor())
+    out.print(f"{row.queue_id} will be tried again now")
+
+
+@queue_app.command("bounce")
+@handles_errors
+def queue_bounce(queue_id: Annotated[str, typer.Argument(help="The queue entry id (mss queue list).")]) -> None:
+    """Give up on a waiting entry: its recipients fail and the sender gets a failure notice."""
+    from mss.outbound.worker import bounce
+
+    rt = runtime()
+    recipients = bounce(rt, queue_id, actor=actor())
+    out.print(f"returned {queue_id.strip().upper()} to its sender: {', '.join(recipients) or 'no recipient was pending'}")
+
+
 # -- demo and serving --------------------------------------------------------------------
 
 
@@ -678,7 +845,9 @@ def db_upgrade() -> None:
 @app.command("serve")
 @handles_errors
 def serve(
-    what: Annotated[str, typer.Argument(help="relay, web, imap, or all (every part in one process).")] = "all",
+    what: Annotated[
+        str, typer.Argument(help="relay (submission, MX, delivery), web, imap, or all (every part in one process).")
+    ] = "all",
 ) -> None:
     """Run the service in the foreground until SIGTERM or Ctrl-C."""
     import asyncio
@@ -702,13 +871,23 @@ def serve(
 
     async def main_loop() -> None:
         from mss.imap import serve_imap
+        from mss.outbound.worker import serve_outbound
         from mss.relay import serve_relay
+        from mss.relay.mx import serve_mx
         from mss.web.server import serve_publication, serve_web
 
         parts = []
         if what in {"all", "relay"}:
             parts.append(serve_relay(rt))
             err.print(f"mss relay: SMTP submission on {settings.relay.host}:{settings.relay.port} (STARTTLS, then AUTH)")
+            federation = settings.federation
+            if federation.mx_port:
+                parts.append(serve_mx(rt))
+                err.print(f"mss mx: mail from other operators on {federation.mx_host}:{federation.mx_port}"
+                          " (STARTTLS with a client certificate)")
+            if federation.delivery_concurrency:
+                parts.append(serve_outbound(rt))
+                err.print(f"mss outbound: delivering to other operators, {federation.delivery_concurrency} at once")
         if what in {"all", "web"}:
             parts.append(serve_web(rt))
             scheme = "http" if settings.web.behind_tls_proxy else "https"
@@ -716,7 +895,7 @@ def serve(
             if settings.pki.http_port:
                 parts.append(serve_publication(rt))
                 err.print(f"mss pki: CRL on http://{settings.pki.http_host}:{settings.pki.http_port}/pki/ca.crl"
-                          f" (certificates name {settings.pki.crl_url})")
+                          f" (certificates name {settings.pki.crl_url}), S/MIME certificates under /pki/certificates/")
         if what in {"all", "imap"}:
             parts.append(serve_imap(rt))
             imaps = f", implicit TLS on {settings.imap.tls_port}" if settings.imap.tls_port else ""

@@ -289,3 +289,26 @@ class FilterError(MailboxError):
 
 class ReceiptError(MssError):
     """A receipt cannot be built from the values given (malformed address, status, id ...)."""
+
+
+# -- other operators of the trust space ----------------------------------------------------
+
+
+class TrustListError(MssError):
+    """The trust list (the MSSanté "liste blanche") or a domain given for it is unusable."""
+
+
+class SenderNotTrusted(PolicyError):
+    """Mail from another operator whose sender domain is not on the trust list."""
+
+
+class PeerNotAuthenticated(PolicyError):
+    """Another operator's server presented no client certificate (mutual TLS is required)."""
+
+
+class NoMailboxHere(PolicyError):
+    """The recipient is an active directory entry of a served domain but has no account here."""
+
+
+class QueueError(MssError):
+    """An outbound queue operation cannot be done (unknown entry, already finished, in flight)."""

@@ -266,3 +266,131 @@ class EntityShape(SQLModel, table=True):
 
     message_id: int = Field(primary_key=True, foreign_key="message.id", ondelete="CASCADE")
     sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+# -- other operators: trust list, routes, outbound queue, peers' certificates ---------------
+
+
+class TrustedDomain(SQLModel, table=True):
+    """A mail domain of another operator on the trust list (the MSSanté "liste blanche")."""
+
+    __tablename__ = "trusted_domain"
+
+    domain: str = Field(primary_key=True, max_length=253)  # lower-case, A-labels
+    source: str = Field(max_length=10)  # list (imported) | manual
+    added_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class PeerRoute(SQLModel, table=True):
+    """Where mail for a domain goes instead of its DNS MX (``mss trust route``), and where its
+    operator publishes certificates."""
+
+    __tablename__ = "peer_route"
+
+    domain: str = Field(primary_key=True, max_length=253)
+    host: str = Field(max_length=253)
+    port: int
+    certificates_url: str = Field(default="", max_length=500)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Outbound(SQLModel, table=True):
+    """One message waiting for (or done with) delivery to one domain of another operator.
+
+    The payload (the message as it goes on the wire) is sealed with the master key. A worker
+    takes an entry by writing a lease (``lease_owner``, ``lease_until``); on PostgreSQL it
+    finds entries with ``FOR UPDATE SKIP LOCKED``.
+    """
+
+    __tablename__ = "outbound"
+    __table_args__ = (Index("ix_outbound_due", "state", "next_attempt_at"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    queue_id: str = Field(max_length=40, unique=True, index=True)
+    message_id: Optional[int] = Field(default=None, foreign_key="message.id", index=True)
+    kind: str = Field(max_length=10)  # message (a local sender's) | receipt (for a remote sender)
+    domain: str = Field(max_length=253)
+    protection: str = Field(max_length=10)  # encrypted | signed | receipt
+    mail_from: str = Field(default="", max_length=254)  # "" is the null sender <>
+    envelope_id: Optional[str] = Field(default=None, max_length=100)  # RFC 3461 ENVID
+    ret: Optional[str] = Field(default=None, max_length=4)  # RFC 3461 RET
+    payload_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    size: int
+    state: str = Field(default="queued", max_length=10)  # queued | done | failed | bounced
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    delay_warned: bool = False
+    lease_owner: str = Field(default="", max_length=80)
+    lease_until: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    last_attempt_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    last_error: str = Field(default="", max_length=500)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class OutboundRecipient(SQLModel, table=True):
+    """A recipient of an outbound entry and how far it got."""
+
+    __tablename__ = "outbound_recipient"
+    __table_args__ = (UniqueConstraint("outbound_id", "address"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    outbound_id: int = Field(foreign_key="outbound.id", index=True)
+    address: str = Field(max_length=254)
+    notify: str = Field(default="FAILURE", max_length=40)  # RFC 3461 NOTIFY as the sender asked
+    orcpt: Optional[str] = Field(default=None, max_length=500)
+    state: str = Field(default="pending", max_length=10)  # pending | relayed | failed
+    reply: str = Field(default="", max_length=500)  # the peer's last reply for this recipient
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class PeerCertificate(SQLModel, table=True):
+    """An S/MIME certificate of another operator's user: fetched from that operator's
+    publication or taken from a signature that verified. Public material, not a secret."""
+
+    __tablename__ = "peer_certificate"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    address: str = Field(max_length=254, index=True)
+    fingerprint: str = Field(max_length=64, unique=True)
+    der: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    not_after: datetime = Field(sa_type=UTCDateTime)
+    source: str = Field(max_length=10)  # peer | signature
+    seen_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class PeerLookup(SQLModel, table=True):
+    """When a peer's publication was last asked for an address, and whether it had one."""
+
+    __tablename__ = "peer_lookup"
+
+    address: str = Field(primary_key=True, max_length=254)
+    found: bool = False
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class PeerCrl(SQLModel, table=True):
+    """The CRL of another operator's CA, fetched from its distribution point."""
+
+    __tablename__ = "peer_crl"
+
+    url: str = Field(primary_key=True, max_length=500)
+    issuer: str = Field(max_length=64, index=True)  # SHA-256 of the issuer name (DER), hex
+    der: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    next_update: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    fetched_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class InboundDelivery(SQLModel, table=True):
+    """A message from another operator stored for one recipient: a delivery attempt repeated
+    after a lost ``250`` finds its row and stores nothing twice."""
+
+    __tablename__ = "inbound_delivery"
+    __table_args__ = (UniqueConstraint("sender", "message_ident", "recipient"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    sender: str = Field(max_length=254)  # the envelope sender, or the From: of a null-sender receipt
+    message_ident: str = Field(max_length=64)  # SHA-256 of the RFC 5322 Message-ID, hex
+    recipient: str = Field(max_length=254)
+    message_id: int = Field(foreign_key="message.id", index=True)
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

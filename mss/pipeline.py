@@ -13,12 +13,12 @@ import email.policy
 import email.utils
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from email.parser import BytesParser
 
 from directory import certificates, service
-from mss import receipts, standing, store
+from mss import peers, receipts, standing, store, trust
 from mss.accounts import UnlockedAccount
 from mss.addresses import normalise_address
 from mss.crypto import envelope as cms_envelope
@@ -43,6 +43,7 @@ from mss.errors import (
     UnopenableEnvelope,
     UnsupportedCms,
 )
+from mss.outbound import queue
 from mss.receipts import DEFAULT_NOTIFY, Notify, issuer
 from mss.runtime import Runtime
 from mss.store import MessageMeta
@@ -103,13 +104,16 @@ def check_sender_standing(rt: Runtime, sender: UnlockedAccount) -> None:
 def check_recipient(rt: Runtime, address: str) -> str:
     """The normalised address of a recipient that may receive; raises otherwise.
 
-    Raises DomainNotServed (never an open relay), UnknownAddress, RevokedAddress,
-    RecipientHasNoCertificate.
+    An address of another operator's domain may receive when that domain is on the trust
+    list; nothing needs to be known of its certificate yet (``submit`` looks for one).
+    Raises DomainNotServed (neither served nor trusted: never an open relay),
+    UnknownAddress, RevokedAddress, RecipientHasNoCertificate.
     """
     address = normalise_address(address)
-    if not rt.settings.serves(address):
-        raise DomainNotServed(f"{address} is not in a domain served here")
     with session_scope(rt.engine, readonly=True) as session:
+        if not rt.settings.serves(address):
+            _require_trusted(session, address)
+            return service.require_active(session, address).address
         entry = service.require_active(session, address)
         _certificate_for(session, entry.address)
         return entry.address
@@ -372,6 +376,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
     # Recipients are re-checked at DATA: one revoked since RCPT fails alone, with a DSN.
     failed: dict[str, str] = {}
     deliverable: list[RecipientRequest] = []
+    remote: list[RecipientRequest] = []  # at other operators: queued, not stored here
     recipient_certs = []
     with session_scope(rt.engine, readonly=True) as session:
         # Nothing is signed with a key whose certificate was revoked, or for an account
@@ -380,23 +385,30 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         for request in submission.recipients:
             try:
                 check_recipient_is_active(session, settings, request.address)
-                recipient_certs.append(_certificate_for(session, request.address))
+                if settings.serves(request.address):
+                    recipient_certs.append(_certificate_for(session, request.address))
             except (DirectoryError, DomainNotServed, RecipientHasNoCertificate) as exc:
                 if len(submission.recipients) == 1:
                     raise
                 failed[request.address] = exc.message
                 continue
-            deliverable.append(request)
-    if not deliverable:
+            (deliverable if settings.serves(request.address) else remote).append(request)
+    if not deliverable and not remote:
         raise RecipientHasNoCertificate("no recipient can receive this message")
     recipients = [r.address for r in deliverable]
+    remote_certs = _remote_certificates(rt, remote)
 
     client = client_smime(submission.raw, message)
     documents: list[Document] = []
     client_view: dict[str, object] = {"to": str(message.get("To", "")), "cc": str(message.get("Cc", ""))}
+    signed = b""
     if client.envelope is not None:
-        # True end to end: the client encrypted; we only check every recipient can open it.
-        check_envelope_recipients(client.envelope, recipients, recipient_certs)
+        # True end to end: the client encrypted; we only check every recipient can open it
+        # (at another operator, those whose certificate we know; its door checks the rest).
+        known = [(a, c) for a, c in remote_certs.items() if c is not None]
+        check_envelope_recipients(
+            client.envelope, [*recipients, *(a for a, _c in known)], [*recipient_certs, *(c for _a, c in known)]
+        )
     if client.envelope is not None and not client.sealed:
         # Stored as DER (NSS and gpgsm write BER), which every later reader opens.
         kind, cms = "client", client.envelope
@@ -412,6 +424,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         signed = smime.sign(entity, sender.certificate, sender.private_key)
         # The envelope holds the SignedData as an RFC 8551 signed-data entity: what a mail
         # client expects once it decrypts, and what `openssl cms -verify` reads as S/MIME.
+        # Recipients at other operators read their own copy (``_outbound_entries``).
         signed_entity = smime.signed_entity(signed)
         cms = smime.encrypt(signed_entity, [*recipient_certs, sender.certificate])
         kind = "signed"
@@ -426,7 +439,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
 
     meta = MessageMeta(
         sender=sender.address,
-        recipients=recipients,
+        recipients=recipients + [r.address for r in remote],
         subject=str(message.get("Subject", "")),
         date=str(added.get("Date") or message.get("Date", "")),
         message_id=message_id,
@@ -445,14 +458,23 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         failed={address: (reason, notify_of[address]) for address, reason in failed.items()},
         original_headers=_header_block(submission.raw),
     )
+    passed_through = client.envelope if client.envelope is not None and not client.sealed else None
+    entries = _outbound_entries(
+        submission, message, added, remote, remote_certs, signed=signed, envelope=passed_through
+    )
     with session_scope(rt.engine) as session:
-        store.store_submission(
+        row = store.store_submission(
             session, rt.master_key, queue_id=queue_id, kind=kind, cms=cms, meta=meta,
             delivered=[(r.address, ",".join(sorted(r.notify)), meta.mdn_to is not None) for r in deliverable],
             failed=failed, channel=submission.channel, request_id=submission.request_id,
             checked=[d.kind for d in documents],
+            queued=[(r.address, ",".join(sorted(r.notify)), meta.mdn_to is not None, _protection_reason(entry))
+                    for entry in entries for r in remote if any(q.address == r.address for q in entry.recipients)],
         )
         store.store_receipts(session, rt.master_key, queue_id=queue_id, notices=notices, request_id=submission.request_id)
+        for entry in entries:
+            queue.enqueue(session, settings, rt.master_key, replace(entry, message_id=row.id),
+                          request_id=submission.request_id, subject=queue_id)
     return Accepted(queue_id=queue_id, message_id=message_id)
 
 
@@ -488,9 +510,10 @@ def document_summary(document: Document) -> dict[str, object]:
 
 
 def check_recipient_is_active(session, settings, address: str) -> None:  # type: ignore[no-untyped-def]
-    """Re-checked at DATA: a revocation between RCPT and DATA still refuses the message."""
+    """Re-checked at DATA: a revocation between RCPT and DATA still refuses the message
+    (and so does a domain taken off the trust list)."""
     if not settings.serves(address):
-        raise DomainNotServed(f"{address} is not in a domain served here")
+        _require_trusted(session, address)
     service.require_active(session, address)
 
 
@@ -503,3 +526,80 @@ def _header_block(raw: bytes) -> bytes:
     text = raw.replace(b"\r\n", b"\n")
     head, _sep, _body = text.partition(b"\n\n")
     return head.replace(b"\n", b"\r\n") + b"\r\n"
+
+
+# -- recipients at other operators ---------------------------------------------------------
+#
+# A recipient outside the served domains is reachable when its domain is on the trust list
+# (``mss.trust``) and it is an active entry of the national directory. Its copy is signed
+# with the sender's key like the stored one, encrypted to its certificate when one is known
+# (``mss.peers``), otherwise sent signed inside mutual TLS, and committed to the outbound
+# queue (``mss.outbound``) in the same transaction as the message, before ``250``.
+
+# Header fields of the message that travel outside the S/MIME body to another operator:
+# what its door needs to file the message (it may not be able to decrypt it) and to send
+# receipts. The patient's INS and CDA codes stay inside.
+_OUTER_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To", "References",
+                  "Disposition-Notification-To")
+
+
+def _require_trusted(session, address: str) -> None:  # type: ignore[no-untyped-def]
+    domain = trust.domain_of(address)
+    if not trust.is_trusted(session, domain):
+        raise DomainNotServed(f"{address} is neither in a domain served here nor in one on the trust list")
+
+
+def _remote_certificates(rt: Runtime, remote: list[RecipientRequest]) -> dict[str, object]:
+    """The encryption certificate of each recipient at another operator (None when unknown)."""
+    return {r.address: peers.encryption_certificate(rt.engine, rt.settings, r.address) for r in remote}
+
+
+def _protection_reason(entry: queue.Entry) -> str:
+    return f"queued for {entry.domain}, {queue.protection_text(entry.protection)}"
+
+
+def _outer_headers(message: EmailMessage, added: dict[str, str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name in _OUTER_HEADERS:
+        value = added.get(name) or message.get(name)
+        if value is not None and str(value).strip():
+            headers[name] = " ".join(str(value).split())
+    return headers
+
+
+def _outbound_entries(
+    submission: Submission,
+    message: EmailMessage,
+    added: dict[str, str],
+    remote: list[RecipientRequest],
+    certificates: dict[str, object],
+    *,
+    signed: bytes,
+    envelope: bytes | None,
+) -> list[queue.Entry]:
+    """One queue entry per domain and protection: encrypted to the recipients whose
+    certificate is known, signed for the others (a client's own envelope travels as is)."""
+    groups: dict[tuple[str, str], list[RecipientRequest]] = {}
+    for request in remote:
+        known = certificates.get(request.address) is not None
+        protection = queue.ENCRYPTED if envelope is not None or known else queue.SIGNED
+        groups.setdefault((trust.domain_of(request.address), protection), []).append(request)
+    headers = _outer_headers(message, added)
+    entries = []
+    for (domain, protection), requests in groups.items():
+        if envelope is not None:
+            payload = submission.raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        elif protection == queue.ENCRYPTED:
+            envelope_for = smime.encrypt(smime.signed_entity(signed), [certificates[r.address] for r in requests])  # type: ignore[misc]
+            payload = smime.to_smime_message(envelope_for, headers)
+        else:
+            payload = smime.to_signed_smime_message(signed, headers)
+        entries.append(queue.Entry(
+            kind=queue.MESSAGE, domain=domain, protection=protection, mail_from=submission.sender.address,
+            payload=payload, envelope_id=submission.envelope_id, ret="HDRS",
+            recipients=tuple(
+                queue.Recipient(address=r.address, notify=",".join(sorted(r.notify)) or "NEVER", orcpt=r.orcpt)
+                for r in requests
+            ),
+        ))
+    return entries

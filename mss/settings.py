@@ -151,6 +151,47 @@ class ImapSettings:
 
 
 @dataclass(frozen=True)
+class FederationSettings:
+    """Mail with other operators of the trust space: the MX listener and the outbound queue."""
+
+    mx_host: str
+    """``MSS_MX_HOST``: listen address of the inbound MX port. Default ``127.0.0.1``."""
+    mx_port: int
+    """``MSS_MX_PORT``: inbound SMTP from other operators (STARTTLS and a client certificate
+    required; 0 turns it off). Default 2525 (25 in production)."""
+    peer_ca_file: Path
+    """``MSS_PEER_CA_FILE``: PEM CA certificates that issue other operators' TLS and S/MIME
+    certificates (the health PKI chain in production). Default ``<certs dir>/ca.pem``."""
+    peer_smtp_port: int
+    """``MSS_PEER_SMTP_PORT``: port of a peer found through its DNS MX. Default 25."""
+    delay_warning: float
+    """``MSS_DELAY_WARNING``: a message still queued this long gets a ``delayed`` DSN. Default 4h."""
+    queue_lifetime: float
+    """``MSS_QUEUE_LIFETIME``: retries end and a ``failed`` DSN goes out after this. Default 5d."""
+    retry_min: float
+    """``MSS_RETRY_MIN``: first wait after a temporary failure, doubled at each one. Default 5m."""
+    retry_max: float
+    """``MSS_RETRY_MAX``: the longest wait between two attempts. Default 1h."""
+    queue_lease: float
+    """``MSS_QUEUE_LEASE``: how long a worker holds a message it is delivering; after a crash
+    another worker takes it over once this has passed. Default 10m."""
+    delivery_concurrency: int
+    """``MSS_DELIVERY_CONCURRENCY``: deliveries in flight per ``mss serve`` process (0: this
+    process delivers nothing). Default 4."""
+    queue_poll: float
+    """``MSS_QUEUE_POLL``: how often an idle worker looks for due messages. Default 1s."""
+    queue_report: float
+    """``MSS_QUEUE_REPORT``: how often the queue size and age are logged. Default 60s."""
+    delivery_timeout: float
+    """``MSS_DELIVERY_TIMEOUT``: seconds to wait for a peer's answer to one SMTP command. Default 120."""
+    certificate_fetch_timeout: float
+    """``MSS_CERT_FETCH_TIMEOUT``: seconds to wait for a peer's certificate or CRL publication. Default 5."""
+    certificate_cache: float
+    """``MSS_CERT_CACHE``: how long a certificate fetched from a peer (or its absence) is used
+    before asking again. Default 1d."""
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the service needs, grouped by concern."""
 
@@ -166,6 +207,7 @@ class Settings:
     relay: RelaySettings
     web: WebSettings
     imap: ImapSettings
+    federation: FederationSettings
 
     @property
     def is_production(self) -> bool:
@@ -200,6 +242,18 @@ class Settings:
                 return float(raw)
             except ValueError:
                 raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+
+        def duration(name: str, default: str) -> float:
+            # 90, 90s, 15m, 4h, 5d: seconds unless a unit says otherwise.
+            raw = get(name, default).lower()
+            unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(raw[-1:], 0)
+            try:
+                value = float(raw[:-1] if unit else raw) * (unit or 1)
+            except ValueError:
+                raise ConfigError(f"{name} must be a duration such as 90, 15m, 4h or 5d, not {raw!r}") from None
+            if value <= 0:
+                raise ConfigError(f"{name} must be longer than zero")
+            return value
 
         def flag(name: str, default: bool) -> bool:
             raw = get(name, "1" if default else "0").lower()
@@ -282,6 +336,28 @@ class Settings:
         )
         if imap.poll_seconds <= 0 or imap.idle_timeout <= 0:
             raise ConfigError("MSS_IMAP_POLL_SECONDS and MSS_IMAP_TIMEOUT must be positive")
+        certs_dir = pki.certs_dir
+        federation = FederationSettings(
+            mx_host=get("MSS_MX_HOST", "127.0.0.1"),
+            mx_port=integer("MSS_MX_PORT", 25 if environment == "production" else 2525),
+            peer_ca_file=Path(get("MSS_PEER_CA_FILE", str(certs_dir / "ca.pem"))).expanduser().resolve(),
+            peer_smtp_port=integer("MSS_PEER_SMTP_PORT", 25),
+            delay_warning=duration("MSS_DELAY_WARNING", "4h"),
+            queue_lifetime=duration("MSS_QUEUE_LIFETIME", "5d"),
+            retry_min=duration("MSS_RETRY_MIN", "5m"),
+            retry_max=duration("MSS_RETRY_MAX", "1h"),
+            queue_lease=duration("MSS_QUEUE_LEASE", "10m"),
+            delivery_concurrency=integer("MSS_DELIVERY_CONCURRENCY", 4),
+            queue_poll=duration("MSS_QUEUE_POLL", "1s"),
+            queue_report=duration("MSS_QUEUE_REPORT", "60s"),
+            delivery_timeout=duration("MSS_DELIVERY_TIMEOUT", "120s"),
+            certificate_fetch_timeout=duration("MSS_CERT_FETCH_TIMEOUT", "5s"),
+            certificate_cache=duration("MSS_CERT_CACHE", "1d"),
+        )
+        if federation.retry_max < federation.retry_min:
+            raise ConfigError("MSS_RETRY_MAX must not be shorter than MSS_RETRY_MIN")
+        if federation.delivery_concurrency < 0:
+            raise ConfigError("MSS_DELIVERY_CONCURRENCY must be 0 or more")
         return cls(
             environment=environment,
             domains=_split(get("MSS_DOMAINS", "mss.test")),
@@ -292,6 +368,7 @@ class Settings:
             relay=relay,
             web=web,
             imap=imap,
+            federation=federation,
         )
 
     def with_changes(self, **changes: object) -> "Settings":

@@ -21,7 +21,7 @@ from mss.addresses import normalise_address
 from mss.crypto.master import MasterKey
 from mss.crypto import smime
 from mss.errors import CryptoError, MessageNotFound
-from mss.models import Delivery, MailboxItem, Message, Receipt
+from mss.models import Delivery, InboundDelivery, MailboxItem, Message, Receipt
 
 INBOX, SENT, ARCHIVE = "inbox", "sent", "archive"
 
@@ -42,6 +42,9 @@ class MessageMeta:
     # and Cc fields as written, and the shape of the signed entity inside the envelope.
     # None for messages stored before, receipts, and messages a client encrypted itself.
     client: dict[str, object] | None = None
+    # For a message from another operator: who delivered it and what its signature check
+    # found on arrival (operator, domain, protection, signature, signer).
+    origin: dict[str, str] | None = None
 
     def seal(self, master_key: MasterKey) -> bytes:
         return master_key.seal(json.dumps(asdict(self), ensure_ascii=False).encode("utf-8"))
@@ -76,11 +79,13 @@ def store_submission(
     channel: str,
     request_id: str,
     checked: list[str],
+    queued: list[tuple[str, str, bool, str]] = (),  # type: ignore[assignment]
 ) -> Message:
     """Add the message, its deliveries and mailbox rows, and the audit events.
 
     ``delivered`` holds (recipient, RFC 3461 NOTIFY, MDN asked) triples; ``failed`` maps a
-    refused recipient to the reason.
+    refused recipient to the reason; ``queued`` holds (recipient, NOTIFY, MDN asked, how it
+    travels) for recipients at other operators, whose copy waits in the outbound queue.
     """
     row = Message(
         queue_id=queue_id,
@@ -96,7 +101,8 @@ def store_submission(
     session.flush()
     events = [
         audit.EventSpec(meta.sender, "message.submit", queue_id, request_id=request_id, detail={
-            "channel": channel, "message_id": meta.message_id, "recipients": len(delivered) + len(failed)}),
+            "channel": channel, "message_id": meta.message_id,
+            "recipients": len(delivered) + len(failed) + len(queued)}),
         audit.EventSpec("system", "message.check", queue_id, request_id=request_id, detail={"documents": checked}),
         audit.EventSpec("system", "message.sign" if kind == "signed" else "message.passthrough", queue_id,
                         request_id=request_id, detail={"cms_sha256": row.cms_sha256}),
@@ -107,10 +113,71 @@ def store_submission(
         session.add(MailboxItem(message_id=row.id, owner=recipient, folder=INBOX))
         events.append(audit.EventSpec("system", "message.deliver", queue_id, request_id=request_id,
                                       detail={"recipient": recipient}))
+    for recipient, notify, mdn, how in queued:
+        session.add(Delivery(message_id=row.id, recipient=recipient, status="queued", notify=notify, mdn_requested=mdn,
+                             reason=how[:500]))
+        events.append(audit.EventSpec("system", "message.queue", queue_id, request_id=request_id,
+                                      detail={"recipient": recipient}))
     for recipient, reason in failed.items():
         session.add(Delivery(message_id=row.id, recipient=recipient, status="failed", reason=reason))
         events.append(audit.EventSpec("system", "message.deliver", queue_id, audit.FAILURE, request_id,
                                       {"recipient": recipient, "reason": reason}))
+    audit.record_many(session, events)
+    session.flush()
+    return row
+
+
+def store_inbound(
+    session: Session,
+    master_key: MasterKey,
+    *,
+    queue_id: str,
+    kind: str,
+    cms: bytes,
+    meta: MessageMeta,
+    delivered: list[tuple[str, str, bool]],
+    failed: dict[str, str],
+    sender_key: str,
+    message_digest: str,
+    peer: str,
+    request_id: str,
+) -> Message:
+    """Add a message that arrived from another operator: its mailbox rows, deliveries, the
+    rows that make a repeated delivery a no-op, and the audit events.
+
+    ``delivered`` holds (recipient, RFC 3461 NOTIFY, MDN asked); ``sender_key`` and
+    ``message_digest`` (SHA-256 of its Message-ID) identify it across attempts. Raises
+    IntegrityError (at flush) when one of its recipients already has it.
+    """
+    row = Message(
+        queue_id=queue_id,
+        message_id=meta.message_id,
+        sender=meta.sender,
+        kind=kind,
+        size=len(cms),
+        cms=cms,
+        cms_sha256=hashlib.sha256(cms).hexdigest(),
+        meta_sealed=meta.seal(master_key),
+    )
+    session.add(row)
+    session.flush()
+    events = [
+        audit.EventSpec(meta.sender, "message.receive", queue_id, request_id=request_id, detail={
+            "peer": peer, "message_id": meta.message_id, "recipients": len(delivered) + len(failed),
+            "protection": (meta.origin or {}).get("protection", "")}),
+    ]
+    for recipient, notify, mdn in delivered:
+        session.add(Delivery(message_id=row.id, recipient=recipient, status="delivered", notify=notify, mdn_requested=mdn))
+        session.add(MailboxItem(message_id=row.id, owner=recipient, folder=INBOX))
+        session.add(InboundDelivery(sender=sender_key, message_ident=message_digest, recipient=recipient,
+                                    message_id=row.id))
+        events.append(audit.EventSpec("system", "message.deliver", queue_id, request_id=request_id,
+                                      detail={"recipient": recipient}))
+    for recipient, reason in failed.items():
+        session.add(Delivery(message_id=row.id, recipient=recipient, status="failed", reason=reason[:500]))
+        events.append(audit.EventSpec("system", "message.deliver", queue_id, audit.FAILURE, request_id,
+                                      {"recipient": recipient, "reason": reason}))
+    session.flush()  # a repeated delivery stops here, before the audit chain moves
     audit.record_many(session, events)
     session.flush()
     return row

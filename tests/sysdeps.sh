@@ -18,6 +18,7 @@ CAPABILITIES=(
     "libnss3-tools|d=\$(mktemp -d) && certutil -N -d sql:\$d --empty-password && head -c 64 /dev/urandom > \$d/noise && certutil -S -d sql:\$d -n t -s CN=t -x -t ,C, -k rsa -g 2048 -z \$d/noise && echo capable | cmsutil -E -r t -d sql:\$d | cmsutil -D -d sql:\$d | grep -q capable && pk12util 2>&1 | grep -q -- '-i importfile'; s=\$?; rm -rf \$d; exit \$s"
     "isync|mbsync --version 2>&1 | grep -q '^isync 1' && mbsync --help 2>&1 | grep -q -- '--pull'"
     "offlineimap3|offlineimap --version 2>&1 | grep -Eq '^[0-9]+\.[0-9]+'"
+    "postfix|/usr/sbin/postconf -d mail_version smtpd_tls_req_ccert smtp_tls_cert_file >/dev/null && test -x \$(/usr/sbin/postconf -dh daemon_directory)/smtpd && test -x \$(/usr/sbin/postconf -dh daemon_directory)/master"
     "chromium fonts-dejavu-core|chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update --no-first-run --user-data-dir=\$(mktemp -d) --dump-dom 'data:text/html,<p>ok</p>' 2>/dev/null | grep -q '<p>ok</p>'"
 )
 
@@ -35,8 +36,26 @@ if [ "$(id -u)" -eq 0 ]; then sudo=(); elif command -v sudo >/dev/null; then sud
     echo "error: missing ${need[*]} and no way to install them (run as root or with sudo)" >&2; exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
+if [[ " ${need[*]} " == *" postfix "* ]]; then
+    # The tests run private Postfix instances on loopback high ports: the package must not
+    # configure a system mail server (debconf "No configuration" writes no main.cf).
+    echo "postfix postfix/main_mailer_type select No configuration" | "${sudo[@]}" debconf-set-selections
+fi
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+if [[ " ${need[*]} " == *" postfix "* ]]; then
+    # Never leave a system Postfix running or starting at boot (it would listen on port 25).
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        "${sudo[@]}" systemctl disable --now postfix >/dev/null 2>&1 || true
+    fi
+    if [ -f /etc/postfix/main.cf ] && "${sudo[@]}" /usr/sbin/postfix status >/dev/null 2>&1; then
+        "${sudo[@]}" /usr/sbin/postfix stop >/dev/null 2>&1 || true
+    fi
+    if command -v ss >/dev/null && ss -ltnH 2>/dev/null | awk '{print $4}' | grep -Eq '(^|:)25$'; then
+        echo "error: something still listens on port 25 after installing postfix; stop it" >&2
+        exit 1
+    fi
+fi
 
 missing=()
 for line in "${CAPABILITIES[@]}"; do

@@ -69,7 +69,8 @@ def test_init_dev_pki_creates_the_material(settings: Settings) -> None:
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     eku = dev.tls_certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    # Server and client: the same certificate authenticates this operator to other operators.
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     done = openssl("verify", "-CAfile", str(paths.ca_certificate), "-purpose", "sslserver", str(paths.tls_certificate))
     assert done.returncode == 0, done.stderr
     done = openssl("crl", "-in", str(paths.crl), "-CAfile", str(paths.ca_certificate), "-noout")

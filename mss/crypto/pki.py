@@ -53,6 +53,8 @@ MAX_CERTIFICATE_DAYS = 3650
 # Issued certificates start a few minutes in the past so a peer whose clock runs slightly
 # behind does not see them as "not yet valid".
 BACKDATE = timedelta(minutes=5)
+# The TLS certificate serves STARTTLS and is the client certificate towards other operators.
+TLS_USAGES = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
 # X.520 upper bound for commonName and organizationName (ub-common-name, ub-organization-name).
 NAME_MAX = 64
 
@@ -212,10 +214,12 @@ def _issue(
 
 
 def _end_entity_extensions(
-    *, key_encipherment: bool, usage: x509.ObjectIdentifier, names: list[x509.GeneralName]
+    *, key_encipherment: bool, usage: x509.ObjectIdentifier | tuple[x509.ObjectIdentifier, ...],
+    names: list[x509.GeneralName],
 ) -> list[tuple[x509.ExtensionType, bool]]:
     """The profile shared by every end-entity certificate: not a CA, a signing key (that
-    also unwraps content keys for S/MIME), one extended usage, its names."""
+    also unwraps content keys for S/MIME), its extended usages, its names."""
+    usages = [usage] if isinstance(usage, x509.ObjectIdentifier) else list(usage)
     return [
         (x509.BasicConstraints(ca=False, path_length=None), True),
         (
@@ -232,7 +236,7 @@ def _end_entity_extensions(
             ),
             True,
         ),
-        (x509.ExtendedKeyUsage([usage]), False),
+        (x509.ExtendedKeyUsage(usages), False),
         (x509.SubjectAlternativeName(names), False),
     ]
 
@@ -371,9 +375,11 @@ def issue_operator_certificate(
 def issue_tls_certificate(
     ca: CertificateAuthority, hostnames: Iterable[str], *, days: int = TLS_DAYS
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """An ECDSA P-256 server certificate for ``hostnames`` (names and IP addresses).
+    """An ECDSA P-256 TLS certificate for ``hostnames`` (names and IP addresses).
 
-    Raises ConfigError when there is no usable host name.
+    It carries serverAuth and clientAuth, like the health PKI's server certificates: the
+    same certificate answers STARTTLS and authenticates this operator to other operators'
+    MX (mutual TLS). Raises ConfigError when there is no usable host name.
     """
     names: list[x509.GeneralName] = []
     for host in hostnames:
@@ -399,9 +405,18 @@ def issue_tls_certificate(
         subject,
         key.public_key(),
         days=days,
-        extensions=_end_entity_extensions(key_encipherment=False, usage=ExtendedKeyUsageOID.SERVER_AUTH, names=names),
+        extensions=_end_entity_extensions(key_encipherment=False, usage=TLS_USAGES, names=names),
     )
     return key, certificate
+
+
+def has_tls_usages(certificate: x509.Certificate) -> bool:
+    """True when the certificate may both serve TLS and authenticate as a TLS client."""
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True  # no extended key usage: any usage (RFC 5280 4.2.1.12)
+    return all(usage in usages for usage in TLS_USAGES)
 
 
 def revocation_reason(reason: str) -> x509.ReasonFlags:
@@ -598,7 +613,8 @@ def init_dev_pki(settings: Settings, *, force: bool = False) -> DevPki:
     """Create the development PKI where it is missing and return it.
 
     Existing material is kept (the call is idempotent), except that the TLS certificate is
-    re-issued when it no longer covers ``MSS_HOSTNAMES`` or was issued by another CA.
+    re-issued when it no longer covers ``MSS_HOSTNAMES``, lacks the client usage (mutual TLS
+    with other operators) or was issued by another CA.
     ``force`` regenerates everything: the CA (every certificate it issued stops being
     trusted) and the recovery key pair (keys escrowed to the old one can only be recovered
     with the old private key). Raises ConfigError in production, where this material comes
@@ -637,6 +653,7 @@ def init_dev_pki(settings: Settings, *, force: bool = False) -> DevPki:
                 keys.key_matches_certificate(tls_key, tls_certificate)
                 and issued_by(tls_certificate, ca.certificate)
                 and certificate_covers(tls_certificate, settings.pki.hostnames)
+                and has_tls_usages(tls_certificate)
                 and tls_certificate.not_valid_after_utc > _now() + timedelta(days=1)
             )
             if not usable:

@@ -323,6 +323,18 @@ def to_smime_message(envelope_der: bytes, headers: Mapping[str, str]) -> bytes:
     return _pkcs7_mime(bytes(envelope_der), smime_type, headers)
 
 
+def to_signed_smime_message(signed_der: bytes, headers: Mapping[str, str]) -> bytes:
+    """An RFC 8551 ``application/pkcs7-mime; smime-type=signed-data`` message (signed, not
+    encrypted) with ``headers`` on top: what travels to another operator when no
+    certificate of the recipient is known.
+
+    Raises CryptoError when ``signed_der`` is not a SignedData or a header is malformed.
+    """
+    if not is_signed(signed_der):
+        raise CryptoError("expected a CMS SignedData")
+    return _pkcs7_mime(bytes(signed_der), SMIME_SIGNED_CONTENT_TYPE, headers)
+
+
 def signed_entity(signed_der: bytes) -> bytes:
     """A SignedData as a MIME entity (``application/pkcs7-mime; smime-type=signed-data``,
     RFC 8551 3.5.2), the form a mail client expects inside an envelope.

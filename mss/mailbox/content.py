@@ -18,6 +18,7 @@ AES, digest of the whole message): the web runs it in worker threads.
 from __future__ import annotations
 
 import email.policy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
@@ -210,6 +211,11 @@ class _Trust:
     roots: list[x509.Certificate]
     crls: list[bytes]
     submitted_at: datetime | None = None
+    more_crls: Callable[[bytes], list[bytes]] | None = None
+
+    def crls_for(self, signed_der: bytes) -> list[bytes]:
+        """The CRLs to check one SignedData with (ours, and its signer's operator's)."""
+        return [*self.crls, *self.more_crls(signed_der)] if self.more_crls is not None else self.crls
 
 
 def _walk(
@@ -233,7 +239,7 @@ def _walk(
             data = _decrypt(session, layer.cms, reader)
             continue
         if trust is not None:
-            signatures.append(_checked(layer, trust.roots, trust.crls, trust.submitted_at))
+            signatures.append(_checked(layer, trust.roots, trust.crls_for(layer.cms), trust.submitted_at))
         data = layer.content
     nested = Signature(
         status=UNVERIFIABLE, reason=f"the message is nested more than {smime.MAX_LAYERS} S/MIME layers deep"
@@ -260,16 +266,19 @@ def decrypt_and_verify(
     roots: list[x509.Certificate],
     crls: list[bytes],
     submitted_at: datetime | None = None,
+    more_crls: Callable[[bytes], list[bytes]] | None = None,
 ) -> tuple[Signature, bytes]:
     """The signature outcome and the innermost MIME entity of a stored message.
 
     Our envelopes hold an RFC 8551 signed-data entity; a client's hold what the client
     wrote: signed (detached or opaque, nested or not), encrypted again, or not signed. The
-    entity is returned whatever the outcome; the caller shows it with the status. Raises
-    DecryptionError when the reader's key cannot open an envelope of the message.
+    entity is returned whatever the outcome; the caller shows it with the status.
+    ``more_crls`` gives CRLs for a SignedData's certificates beyond ``crls`` (another
+    operator's CA). Raises DecryptionError when the reader's key cannot open an envelope of
+    the message.
     """
     inner = _decrypt(session, cms, reader)
-    signatures, entity, first = _walk(session, inner, reader, _Trust(roots, crls, submitted_at))
+    signatures, entity, first = _walk(session, inner, reader, _Trust(roots, crls, submitted_at, more_crls))
     if kind != "client" and first != smime.SIGNED:
         return Signature(status=verify.INVALID, reason="the stored message is not signed as it should be"), b""
     return _combined(signatures), entity

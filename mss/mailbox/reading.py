@@ -21,9 +21,8 @@ from sqlalchemy import and_, func, intersect, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from directory import certificates
 from directory.models import DirectoryEntry
-from mss import audit, store
+from mss import audit, peers, store
 from mss.accounts import UnlockedAccount
 from mss.db import session_scope
 from mss.documents import DocumentLimits, workers
@@ -524,7 +523,8 @@ def _load(rt: Runtime, reader: UnlockedAccount, queue_id: str, folder: str | Non
         if not rows:
             raise MessageNotFound(f"no message {queue_id.strip()[:40]} in this mailbox")
         item, message = _pick(rows, folder)
-        trust = certificates.trust_material(session, rt.settings)
+        # Every CA a signature may chain to: ours and other operators' (mss.peers).
+        trust = peers.trust_material(session, rt.settings)
         return _Loaded(
             item=item,
             message=message,
@@ -536,12 +536,26 @@ def _load(rt: Runtime, reader: UnlockedAccount, queue_id: str, folder: str | Non
 
 
 def _decrypt(rt: Runtime, reader: UnlockedAccount, loaded: _Loaded) -> tuple[Signature, bytes]:
-    with session_scope(rt.engine) as session:
+    # A message from another operator may be signed under a CA whose CRL is not here yet:
+    # fetched (outside any write transaction) once the signer's certificate is known.
+    seen: list[bytes] = []
+    more_crls = None
+    if loaded.meta.origin:
+        def more_crls(signed: bytes) -> list[bytes]:
+            seen.append(signed)
+            return peers.crls_for_signed(rt.engine, rt.settings, signed)
+
+    with session_scope(rt.engine, readonly=True) as session:
         # Certificates only (no write): the reader's other certificates for an older envelope.
-        return decrypt_and_verify(
+        signature, entity = decrypt_and_verify(
             session, loaded.message.cms, loaded.message.kind, reader, loaded.roots, loaded.crls,
-            submitted_at=loaded.message.submitted_at,
+            submitted_at=loaded.message.submitted_at, more_crls=more_crls,
         )
+    signer = signature.signer_address
+    if seen and signature.trusted and signer and not rt.settings.serves(signer):
+        # Like a mail client: a verified correspondent's certificate is kept to encrypt to them.
+        peers.remember_signer(rt.engine, signer, seen[0])
+    return signature, entity
 
 
 def open_message(
@@ -838,7 +852,7 @@ def unread_count(rt: Runtime, owner: str) -> int:
 
 # -- the Sent view -----------------------------------------------------------------------
 
-_ORDER = {"delivered": 0, "relayed": 0, "processed": 1, "displayed": 2, "failed": 3}
+_ORDER = {"queued": 0, "delayed": 0.5, "relayed": 1, "delivered": 1, "processed": 2, "displayed": 3, "failed": 4}
 
 
 def journey(rt: Runtime, owner: str, queue_id: str) -> tuple[RecipientJourney, ...]:

@@ -2,8 +2,9 @@
 signed with the operator's certificate, encrypted to its reader, ready to store.
 
 The pipeline asks :func:`for_submission` (failure and success DSNs, ``processed`` MDNs); the
-mailbox asks :func:`send_displayed` when a recipient first opens a message; the outbound
-queue will ask the same functions for what comes back from other operators. The wire form
+mailbox and the IMAP door ask :func:`send_displayed` when a recipient first opens a message.
+What travels between operators (notices of the outbound queue to a local sender, receipts to
+another operator's sender) is ``mss.receipts.federation``'s, the same issuer's other half. The wire form
 of each notification is ``mss.receipts.wire``'s; storage is ``mss.store``'s.
 """
 
@@ -23,6 +24,7 @@ from mss import store
 from mss.crypto import smime
 from mss.db import session_scope, utcnow
 from mss.models import Delivery, Message, Receipt
+from mss.receipts import federation
 from mss.receipts.wire import Notify, RecipientStatus, build_dsn, build_mdn
 from mss.runtime import Runtime
 from mss.settings import Settings
@@ -175,13 +177,20 @@ def send_displayed(
     ).first()
     if already is not None:
         return False
-    sender_certificate = certificates.current_certificate(session, meta.sender)
-    if sender_certificate is None:
-        return False
     mdn = build_mdn(
         reporting_ua=reporter(rt.settings), final_recipient=reader, original_message_id=meta.message_id,
         disposition=DISPLAYED, sender=meta.sender, mode=DISPLAYED_MODE, subject_hint=None,
     )
+    if not rt.settings.serves(meta.sender):
+        # A sender at another operator: the notification goes back through the outbound
+        # queue; the row here only records that it was sent.
+        if not federation.to_remote_sender(session, rt, mdn, about=message.id, request_id=request_id):
+            return False
+        session.add(Receipt(message_id=message.id, recipient=reader, kind="mdn", status=DISPLAYED))
+        return True
+    sender_certificate = certificates.current_certificate(session, meta.sender)
+    if sender_certificate is None:
+        return False
     store.store_receipts(
         session,
         rt.master_key,

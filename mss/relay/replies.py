@@ -270,3 +270,24 @@ def translate(reply: str) -> str:
     if final and not _HAS_ENHANCED.match(reply):
         return f"{code} {_CLASS_DEFAULT[code[0]]} {reply[4:]}"
     return reply
+
+
+# -- the MX door: other operators' servers (mss.relay.mx) ---------------------------------------
+
+# No AUTH on the MX port: a peer authenticates with its TLS client certificate.
+AUTH_NOT_OFFERED: Final = "502 5.5.1 AUTH is not offered on this port"
+# X.7.0 "Other or undefined security status": mutual TLS is the authentication here.
+CLIENT_CERTIFICATE_REQUIRED: Final = "530 5.7.0 A client certificate from the health PKI is required on this port"
+# X.7.1 "Delivery not authorized": the trust list names the domains mail may come from.
+SENDER_NOT_TRUSTED: Final = "550 5.7.1 Sender domain is not on the trust list"
+SENDER_SERVED_HERE: Final = "550 5.7.1 Sender domain is served here: its mail cannot come from another operator"
+SENDER_NOT_LISTED: Final = "550 5.7.1 Sender is not an active entry of the directory"
+# X.1.1: an active entry of a served domain, but nobody reads mail for it here.
+NO_MAILBOX: Final = "550 5.1.1 Recipient has no mailbox here"
+FROM_NOT_ENVELOPE: Final = "550 5.7.1 From: header is not the envelope sender"
+ALREADY_RECEIVED: Final = "250 2.0.0 Ok: already received as {queue_id}"
+
+
+def already_received(queue_id: str) -> str:
+    """The ``250`` reply for a repeated delivery of a message stored under ``queue_id``."""
+    return ALREADY_RECEIVED.format(queue_id=one_line(queue_id))

@@ -45,3 +45,23 @@ def server_context(settings: Settings) -> ssl.SSLContext:
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"the TLS certificate {paths.tls_certificate} or its key cannot be loaded") from exc
     return context
+
+
+def mx_server_context(settings: Settings) -> ssl.SSLContext:
+    """An SSLContext for STARTTLS on the MX port: the same certificate and suites, and a
+    client certificate asked for and checked against ``MSS_PEER_CA_FILE``.
+
+    A peer presenting a certificate of another CA fails the handshake (TLS alert
+    ``unknown_ca``); one presenting none completes it and is refused at ``MAIL`` (530).
+    Raises ConfigError when the certificate, its key or the peer CA file is unusable.
+    """
+    context = server_context(settings)
+    ca_file = settings.federation.peer_ca_file
+    if not ca_file.is_file():
+        raise ConfigError(f"MSS_PEER_CA_FILE {ca_file} is missing: name the CAs of the other operators")
+    try:
+        context.load_verify_locations(cafile=str(ca_file))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"MSS_PEER_CA_FILE {ca_file} holds no usable CA certificate") from exc
+    context.verify_mode = ssl.CERT_OPTIONAL
+    return context

@@ -59,6 +59,8 @@ SIGNATURE_STATUSES = {
 }
 STEPS = {
     "pending": _("pending"),
+    "queued": _("waiting to be sent to the recipient's operator"),
+    "delayed": _("delayed"),
     "delivered": _("delivered"),
     "relayed": _("relayed"),
     "processed": _("in the mailbox"),

@@ -1,0 +1,135 @@
+"""Receipts the outbound queue and the inbound door send: delivery status notifications to
+a local sender (``relayed``, ``delayed``, ``failed``) and receipts for another operator's
+sender (DSN, ``processed`` and ``displayed`` MDN).
+
+A local sender's notice is built by ``mss.receipts``, signed with the operator's certificate,
+encrypted to the sender and stored in their inbox with its ``Receipt`` row, like the
+pipeline's own. A remote sender's receipt is signed with the operator's certificate and
+queued for their operator without encryption: it carries header fields only, never
+content, travels inside mutual TLS, and the receiving operator must read it to link it to
+the message it reports on (``mss.inbound``).
+"""
+
+from __future__ import annotations
+
+import email.policy
+import logging
+import socket
+from email.message import EmailMessage
+
+from sqlmodel import Session
+
+from directory import certificates
+from mss import receipts, store, trust
+from mss.crypto import smime
+from mss.models import Message
+from mss.outbound import queue
+from mss.runtime import Runtime
+from mss.store import MessageMeta, Notice
+
+log = logging.getLogger("mss.outbound")
+
+# Outer header fields of a receipt sent to another operator (the report itself is signed).
+_RECEIPT_HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "In-Reply-To", "References", "Auto-Submitted")
+
+
+def reporter(rt: Runtime) -> str:
+    """The name this operator reports under (Reporting-MTA, Reporting-UA)."""
+    return rt.settings.pki.hostnames[0] if rt.settings.pki.hostnames else socket.getfqdn()
+
+
+def original_headers(meta: MessageMeta) -> bytes:
+    """The header section a DSN quotes, rebuilt from a stored message's sealed metadata
+    (the original header section is not kept)."""
+    head = EmailMessage(policy=email.policy.SMTP)
+    for name, value in (("From", meta.sender), ("To", ", ".join(meta.recipients)), ("Subject", meta.subject),
+                        ("Date", meta.date), ("Message-ID", meta.message_id)):
+        if value:
+            try:
+                head[name] = value
+            except (ValueError, TypeError):
+                continue
+    return head.as_bytes(policy=email.policy.SMTP)
+
+
+def _signed(session: Session, rt: Runtime, notification: EmailMessage) -> bytes:
+    key, certificate = certificates.operator_identity(session, rt.settings, rt.master_key)
+    return smime.sign(notification.as_bytes(policy=email.policy.SMTP), certificate, key)
+
+
+def _notice_meta(notification: EmailMessage, to: str) -> MessageMeta:
+    return MessageMeta(
+        sender=str(notification["From"].addresses[0].addr_spec).lower(),
+        recipients=[to],
+        subject=str(notification["Subject"]),
+        date=str(notification["Date"]),
+        message_id=str(notification["Message-ID"]),
+    )
+
+
+def to_local_sender(
+    session: Session,
+    rt: Runtime,
+    message: Message,
+    statuses: list[receipts.RecipientStatus],
+    *,
+    envelope_id: str | None = None,
+    reason: str = "",
+    request_id: str = "",
+) -> bool:
+    """Store a DSN for the local sender of ``message`` about ``statuses`` (all of one
+    action) in their inbox, linked to the message. False (and nothing stored) when the
+    sender has no certificate left to encrypt to."""
+    if not statuses:
+        return False
+    sender_certificate = certificates.current_certificate(session, message.sender)
+    if sender_certificate is None:
+        log.info("no %s DSN for %s: the sender has no valid certificate", statuses[0].action, message.queue_id)
+        return False
+    meta = MessageMeta.open(rt.master_key, message.meta_sealed)
+    dsn = receipts.build_dsn(
+        reporting_mta=reporter(rt),
+        original_envelope_id=envelope_id,
+        original_message_id=meta.message_id,
+        sender=message.sender,
+        recipients=statuses,
+        arrival_date=message.submitted_at,
+        original_headers=original_headers(meta),
+        postmaster=certificates.operator_address(rt.settings),
+    )
+    cms = smime.encrypt(smime.signed_entity(_signed(session, rt, dsn)), [sender_certificate])
+    notice = Notice(kind="dsn", status=statuses[0].action, recipients=tuple(s.address for s in statuses),
+                    reason=reason, cms=cms, meta=_notice_meta(dsn, message.sender))
+    store.store_receipts(session, rt.master_key, queue_id=message.queue_id, notices=[notice], request_id=request_id)
+    return True
+
+
+def to_remote_sender(
+    session: Session, rt: Runtime, notification: EmailMessage, *, about: int | None, request_id: str = ""
+) -> bool:
+    """Queue ``notification`` (a DSN or MDN built by ``mss.receipts``) for its addressee at
+    another operator, signed by this operator, from the null sender with NOTIFY=NEVER (no
+    notice about a notice). False when the addressee's domain is not on the trust list."""
+    to = str(notification["To"].addresses[0].addr_spec).lower()
+    domain = trust.domain_of(to)
+    if not trust.is_trusted(session, domain):
+        log.info("no receipt for %s: %s is not on the trust list", to, domain)
+        return False
+    headers = {}
+    for name in _RECEIPT_HEADERS:
+        value = notification.get(name)
+        if value is not None:
+            headers[name] = " ".join(str(value).split())
+    payload = smime.to_signed_smime_message(_signed(session, rt, notification), headers)
+    subject = ""
+    if about is not None:
+        original = session.get(Message, about)
+        subject = original.queue_id if original is not None else ""
+    queue.enqueue(
+        session, rt.settings, rt.master_key,
+        queue.Entry(kind=queue.RECEIPT, domain=domain, protection=queue.SIGNED, mail_from="", payload=payload,
+                    recipients=(queue.Recipient(address=to, notify="NEVER"),), message_id=about),
+        request_id=request_id, subject=subject,
+    )
+    return True
+

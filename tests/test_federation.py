@@ -1,0 +1,306 @@
+"""Two operators on loopback exchange mail over mutual TLS, with receipts coming back.
+
+Operator A serves chu-demo.mss.test, operator B medecin.mss.test; each has its own data
+folder, database, CA and certificate publication. Mail goes through the sender's submission
+relay, its outbound queue and delivery worker, the other operator's MX door, store and web
+inbox; receipts come back the same way. Then the doors that must stay shut: no client
+certificate, a certificate from an unknown CA, a sender domain off the trust list, a
+relay attempt, a peer whose domain was taken off the list.
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import ssl
+from collections.abc import Iterator
+from email.utils import make_msgid
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+from litestar.testing import TestClient
+from sqlalchemy import select
+
+from mss import audit, trust
+from mss.crypto import keys, pki
+from mss.db import session_scope
+from mss.models import AuditEvent, Delivery, Message, Outbound, PeerCertificate, Receipt
+from mss.store import MessageMeta
+from mss.web import create_app
+
+from federation_support import (
+    A_DOMAIN,
+    A_USERS,
+    B_DOMAIN,
+    B_NO_ACCOUNT,
+    B_USERS,
+    Operator,
+    build_operator,
+    link,
+    start,
+    wait_for,
+)
+from web_support import BASE_URL, build_message, login, pdf_bytes
+
+MARC, CEDRIC = A_USERS
+JOEL, ELOISE = B_USERS
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Operator, Operator]]:
+    root = tmp_path_factory.mktemp("federation")
+    a = build_operator(root / "a", "a", A_DOMAIN, A_USERS)
+    b = build_operator(root / "b", "b", B_DOMAIN, B_USERS)
+    # A publishes no certificates: B learns them from signatures of A's users only.
+    link(a, b, a_publishes=False, b_publishes=True)
+    start(a, b)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def message_row(operator: Operator, queue_id: str) -> Message:
+    with session_scope(operator.rt.engine) as session:
+        return session.execute(select(Message).where(Message.queue_id == queue_id)).scalars().one()
+
+
+def deliveries(operator: Operator, queue_id: str) -> dict[str, Delivery]:
+    with session_scope(operator.rt.engine) as session:
+        message = session.execute(select(Message).where(Message.queue_id == queue_id)).scalars().one()
+        rows = session.execute(select(Delivery).where(Delivery.message_id == message.id)).scalars()
+        return {row.recipient: row for row in rows}
+
+
+def receipts_of(operator: Operator, queue_id: str) -> list[tuple[str, str, str, str]]:
+    with session_scope(operator.rt.engine) as session:
+        message = session.execute(select(Message).where(Message.queue_id == queue_id)).scalars().one()
+        rows = session.execute(select(Receipt).where(Receipt.message_id == message.id).order_by(Receipt.id)).scalars()
+        return [(r.kind, r.status, r.recipient, r.reason) for r in rows]
+
+
+def has_receipt(operator: Operator, queue_id: str, kind: str, status: str, recipient: str) -> bool:
+    return any(r[:3] == (kind, status, recipient) for r in receipts_of(operator, queue_id))
+
+
+def newest_from(operator: Operator, owner: str, sender: str) -> Message:
+    found = [m for m in operator.inbox(owner) if m.sender == sender and m.kind != "receipt"]
+    return found[-1] if found else None  # type: ignore[return-value]
+
+
+def relayed(operator: Operator, queue_id: str, recipient: str) -> Delivery | None:
+    row = deliveries(operator, queue_id)[recipient]
+    return row if row.status == "relayed" else None
+
+
+def page_of(operator: Operator, person_address: str, queue_id: str, folder: str = "inbox") -> str:
+    with TestClient(create_app(operator.rt), base_url=BASE_URL) as client:
+        login(client, operator.people[person_address])
+        page = client.get(f"/messages/{queue_id}?folder={folder}", headers={"accept-language": "en"})
+        assert page.status_code == 200, page.text
+        return page.text
+
+
+def test_encrypted_both_ways_with_receipts_back(pair: tuple[Operator, Operator]) -> None:
+    a, b = pair
+    # A to B: B publishes Joël's certificate, so A encrypts to it.
+    raw = build_message(MARC, [JOEL], "Lettre de liaison", "Bonjour,\nci-joint la lettre.\n",
+                        [("courrier.pdf", "application/pdf", pdf_bytes())], read_receipt=True)
+    queue_id = a.submit(MARC, [JOEL], raw, rcpt_options=("NOTIFY=SUCCESS,FAILURE",))
+    arrived = wait_for(lambda: newest_from(b, JOEL, MARC), what="the message at B")
+    origin = MessageMeta.open(b.rt.master_key, arrived.meta_sealed).origin
+    assert origin is not None and origin["protection"] == "encrypted" and origin["domain"] == A_DOMAIN
+    delivery = wait_for(lambda: relayed(a, queue_id, JOEL), what="the relayed delivery at A")
+    assert "encrypted to the recipient's certificate" in delivery.reason
+    wait_for(lambda: has_receipt(a, queue_id, "mdn", "processed", JOEL) and has_receipt(a, queue_id, "dsn", "delivered", JOEL),
+             what="B's processed MDN and delivered DSN at A")
+
+    # Joël reads it in B's web inbox: A's signature checks out against A's CA and its CRL.
+    page = page_of(b, JOEL, arrived.queue_id)
+    assert "valid signature" in page and "Marc ROBERT" in page and f"at operator {A_DOMAIN}" in page
+    assert "courrier.pdf" in page
+    wait_for(lambda: has_receipt(a, queue_id, "mdn", "displayed", JOEL), what="the displayed MDN at A")
+
+    # And A's sender sees the journey in the Sent view.
+    sent = page_of(a, MARC, queue_id, folder="sent")
+    assert "relayed" in sent and "read" in sent and "encrypted to the recipient&#39;s certificate" in sent
+
+    # B to A: B learnt Marc's certificate from his signature, so the reply is encrypted too.
+    with session_scope(b.rt.engine) as session:
+        learnt = session.execute(select(PeerCertificate).where(PeerCertificate.address == MARC)).scalars().all()
+    assert [row.source for row in learnt] == ["signature"]
+    reply = build_message(JOEL, [MARC], "Re: Lettre de liaison", "Bien reçu, merci.\n")
+    reply_id = b.submit(JOEL, [MARC], reply)
+    back = wait_for(lambda: newest_from(a, MARC, JOEL), what="the reply at A")
+    assert MessageMeta.open(a.rt.master_key, back.meta_sealed).origin["protection"] == "encrypted"  # type: ignore[index]
+    assert "encrypted" in wait_for(lambda: relayed(b, reply_id, MARC), what="the reply relayed").reason
+    assert "valid signature" in page_of(a, MARC, back.queue_id)
+
+
+def test_signed_inside_mutual_tls_when_no_certificate_is_known(pair: tuple[Operator, Operator]) -> None:
+    a, b = pair
+    # Cédric never wrote to B and A publishes nothing: B cannot encrypt to him.
+    raw = build_message(JOEL, [CEDRIC], "Compte rendu", "Voici le compte rendu.\n",
+                        [("cr.pdf", "application/pdf", pdf_bytes())], read_receipt=True)
+    queue_id = b.submit(JOEL, [CEDRIC], raw)
+    delivery = wait_for(lambda: relayed(b, queue_id, CEDRIC), what="the relayed delivery at B")
+    assert "signed, not encrypted" in delivery.reason
+    arrived = wait_for(lambda: newest_from(a, CEDRIC, JOEL), what="the message at A")
+    meta = MessageMeta.open(a.rt.master_key, arrived.meta_sealed)
+    assert meta.origin is not None and meta.origin["protection"] == "signed" and meta.origin["signature"] == "valid"
+    assert [d["filename"] for d in meta.documents] == ["cr.pdf"]  # A read it: its documents were checked
+    # Stored encrypted to Cédric on arrival: the database holds ciphertext only.
+    assert b"Voici le compte rendu" not in arrived.cms
+    page = page_of(a, CEDRIC, arrived.queue_id)
+    assert "valid signature" in page and "Joël MICHEL" in page and f"at operator {B_DOMAIN}" in page
+    wait_for(lambda: has_receipt(b, queue_id, "mdn", "processed", CEDRIC), what="A's processed MDN at B")
+    sent = page_of(b, JOEL, queue_id, folder="sent")
+    assert "signed, not encrypted" in sent
+
+
+def test_a_peer_refusal_fails_at_once_with_its_reply(pair: tuple[Operator, Operator]) -> None:
+    a, b = pair
+    raw = build_message(MARC, [B_NO_ACCOUNT], "Demande d'avis", "Bonjour.\n")
+    queue_id = a.submit(MARC, [B_NO_ACCOUNT], raw)
+    wait_for(lambda: has_receipt(a, queue_id, "dsn", "failed", B_NO_ACCOUNT), what="the failed DSN at A")
+    reason = next(r[3] for r in receipts_of(a, queue_id) if r[:2] == ("dsn", "failed"))
+    assert "550 5.1.1" in reason and "no mailbox" in reason
+    assert deliveries(a, queue_id)[B_NO_ACCOUNT].status == "failed"
+    with session_scope(a.rt.engine) as session:
+        entry = session.execute(select(Outbound).where(Outbound.message_id == message_row(a, queue_id).id)).scalars().one()
+    assert entry.state == "failed" and entry.attempts == 1  # 5xx: no retry
+    assert not b.inbox(B_NO_ACCOUNT)
+
+
+# -- the MX door, spoken to directly ------------------------------------------------------------
+
+
+def mx(operator: Operator, context: ssl.SSLContext) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", operator.mx_port, timeout=20)
+    client.ehlo("peer.test")
+    client.starttls(context=context)
+    client.ehlo("peer.test")
+    return client
+
+
+def plain(sender: str, to: str, subject: str = "Avis", message_id: str | None = None, from_header: str | None = None,
+          with_id: bool = True) -> bytes:
+    lines = [f"From: {from_header or sender}", f"To: {to}", f"Subject: {subject}", "Date: Mon, 30 Nov 2026 10:00:00 +0100"]
+    if with_id:
+        lines.append(f"Message-ID: {message_id or make_msgid(domain='peer.test')}")
+    return ("\r\n".join(lines) + "\r\n\r\nBonjour,\r\navis favorable.\r\n").encode()
+
+
+def refusals(operator: Operator) -> list[tuple[str, str]]:
+    with session_scope(operator.rt.engine) as session:
+        rows = session.execute(select(AuditEvent).where(AuditEvent.action == "mx.refused")).scalars().all()
+    return [(json.loads(r.detail)["stage"], json.loads(r.detail)["reason"]) for r in rows]
+
+
+def test_no_client_certificate_no_mail(pair: tuple[Operator, Operator]) -> None:
+    a, b = pair
+    client = mx(b, a.peer_context(certificate=False))
+    code, text = client.mail(MARC)
+    assert (code, text[:5]) == (530, b"5.7.0") and b"client certificate" in text
+    client.quit()
+    assert ("mail", "no-client-certificate") in refusals(b)
+
+
+def test_a_certificate_from_an_unknown_ca_fails_the_handshake(pair: tuple[Operator, Operator], tmp_path) -> None:
+    a, b = pair
+    stranger = pki.new_certificate_authority(common_name="Unknown operator CA", organisation="nowhere")
+    key, certificate = pki.issue_tls_certificate(stranger, ["localhost", "127.0.0.1"])
+    (tmp_path / "c.pem").write_bytes(certificate.public_bytes(Encoding.PEM))
+    (tmp_path / "c.key").write_bytes(keys.private_key_to_pem(key))
+    context = a.peer_context(certificate=False)
+    context.load_cert_chain(tmp_path / "c.pem", tmp_path / "c.key")
+    before = b.count(Message)
+    with pytest.raises((ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError)):
+        client = mx(b, context)
+        client.mail(MARC)  # TLS 1.3: the server's alert arrives at the first read after the handshake
+    wait_for(lambda: ("tls", "CERTIFICATE_VERIFY_FAILED") in refusals(b), what="the refused handshake on record")
+    assert b.count(Message) == before
+
+
+def test_sender_domains_off_the_trust_list_and_relaying_are_refused(pair: tuple[Operator, Operator]) -> None:
+    a, b = pair
+    client = mx(b, a.peer_context())
+    ehlo = client.ehlo("peer.test")[1].decode()
+    assert "AUTH" not in ehlo and "DSN" in ehlo
+    assert client.docmd("AUTH", "PLAIN AGFAYg==")[0] == 502
+    code, text = client.mail("someone@pharmacie.mss.test")  # a domain of nobody's trust list
+    assert (code, text[:5]) == (550, b"5.7.1") and b"trust list" in text
+    code, text = client.mail(JOEL)  # B's own domain cannot arrive from outside
+    assert (code, text[:5]) == (550, b"5.7.1") and b"served here" in text
+    code, text = client.mail("nobody.here@chu-demo.mss.test")
+    assert (code, text[:5]) == (550, b"5.7.1") and b"directory" in text
+    assert client.mail(MARC)[0] == 250
+    assert client.rcpt("someone@example.org")[:2] == (550, b"5.7.1 Relay access denied: domain not served here")
+    assert client.rcpt(CEDRIC)[0] == 550  # A's own user: no relaying back through B
+    assert client.rcpt(B_NO_ACCOUNT) == (550, b"5.1.1 Recipient has no mailbox here")
+    assert client.rcpt("nobody.here@medecin.mss.test")[:2] == (550, b"5.1.1 Recipient address is not in the directory")
+    assert client.rcpt(JOEL)[0] == 250
+    code, text = client.data(plain(MARC, JOEL, from_header=CEDRIC))
+    assert (code, text[:5]) == (550, b"5.7.1") and b"envelope sender" in text
+    client.rset()
+    client.mail(MARC)
+    client.rcpt(JOEL)
+    code, text = client.data(plain(MARC, JOEL, with_id=False))
+    assert (code, text[:5]) == (554, b"5.6.0") and b"Message-ID" in text
+    client.rset()
+    # A receipt (null sender) must come from a listed domain too.
+    client.mail("<>")
+    client.rcpt(JOEL)
+    code, text = client.data(plain("", JOEL, from_header="postmaster@pharmacie.mss.test"))
+    assert (code, text[:5]) == (550, b"5.7.1")
+    client.quit()
+
+
+def test_a_repeated_delivery_is_stored_once(pair: tuple[Operator, Operator]) -> None:
+    a, b = pair
+    message_id = make_msgid(domain="chu-demo.mss.test")
+    replies = []
+    for _attempt in range(2):
+        client = mx(b, a.peer_context())
+        client.mail(MARC)
+        client.rcpt(ELOISE)
+        replies.append(client.data(plain(MARC, ELOISE, "Avis unique", message_id=message_id)))
+        client.quit()
+    first, second = (text.decode().rsplit(" ", 1)[1] for _code, text in replies)
+    assert [code for code, _t in replies] == [250, 250] and first == second
+    assert b"already received" in replies[1][1]
+    stored = [m for m in b.inbox(ELOISE) if m.message_id == message_id]
+    assert len(stored) == 1
+    # A plain message is encrypted to Éloïse on arrival, and shown as not signed.
+    assert b"avis favorable" not in stored[0].cms
+    page = page_of(b, ELOISE, stored[0].queue_id)
+    assert "not signed" in page and f"received from operator {A_DOMAIN}" in page
+    with session_scope(b.rt.engine) as session:
+        duplicates = session.execute(select(AuditEvent).where(AuditEvent.action == "message.duplicate")).scalars().all()
+    assert [d.object for d in duplicates] == [first]
+    with session_scope(b.rt.engine) as session:
+        assert audit.verify(session, b.rt.master_key).ok
+
+
+def test_a_peer_taken_off_the_trust_list(pair: tuple[Operator, Operator]) -> None:
+    a, b = pair
+    with session_scope(b.rt.engine) as session:
+        trust.remove(session, A_DOMAIN, actor="test")
+    try:
+        # B's users can no longer write to A ...
+        with smtplib.SMTP("127.0.0.1", b.smtp_port, timeout=30) as client:
+            client.starttls(context=b.client_context())
+            client.login(JOEL, b.people[JOEL].password)
+            client.mail(JOEL)
+            assert client.rcpt(MARC)[:2] == (550, b"5.7.1 Relay access denied: domain not served here")
+        # ... and what A sends is refused at B's door: A's sender gets the failure at once.
+        raw = build_message(MARC, [JOEL], "Encore un courrier", "Bonjour.\n")
+        queue_id = a.submit(MARC, [JOEL], raw)
+        wait_for(lambda: has_receipt(a, queue_id, "dsn", "failed", JOEL), what="the failed DSN at A")
+        reason = next(r[3] for r in receipts_of(a, queue_id) if r[:2] == ("dsn", "failed"))
+        assert "550 5.7.1" in reason and "trust list" in reason
+        assert ("mail", "sender-not-trusted") in refusals(b)
+    finally:
+        with session_scope(b.rt.engine) as session:
+            trust.add(session, b.settings, A_DOMAIN, actor="test")
