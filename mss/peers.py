@@ -386,18 +386,27 @@ def encryption_certificate(engine: Engine, settings: Settings, address: str) -> 
         roots = all_roots(settings)
     except ConfigError:
         return None
-    candidates = _cached(engine, address)
-    if not candidates and not _looked_up_recently(engine, settings, address):
-        with session_scope(engine, readonly=True) as session:
-            route = trust.route_for(session, trust.domain_of(address))
-        if route is not None and route.certificates_url:
-            fetched = _fetch_certificates(route.certificates_url, address, settings.federation.certificate_fetch_timeout)
-            if fetched is not None:
-                usable = [c for c in fetched if address in certificate_addresses(c)]
-                for certificate in usable:
-                    remember(engine, address, certificate, source=PEER)
-                _record_lookup(engine, address, bool(usable))
-                candidates = usable
+    found = _first_usable(engine, settings, address, _cached(engine, address), roots)
+    if found is not None or _looked_up_recently(engine, settings, address):
+        return found
+    # Nothing cached, or nothing cached still usable (renewed, rekeyed): ask the peer.
+    with session_scope(engine, readonly=True) as session:
+        route = trust.route_for(session, trust.domain_of(address))
+    if route is None or not route.certificates_url:
+        return None
+    fetched = _fetch_certificates(route.certificates_url, address, settings.federation.certificate_fetch_timeout)
+    if fetched is None:
+        return None
+    found = _first_usable(engine, settings, address, [c for c in fetched if address in certificate_addresses(c)], roots)
+    if found is not None:
+        remember(engine, address, found, source=PEER)
+    _record_lookup(engine, address, found is not None)
+    return found
+
+
+def _first_usable(
+    engine: Engine, settings: Settings, address: str, candidates: list[x509.Certificate], roots: list[x509.Certificate]
+) -> x509.Certificate | None:
     for certificate in candidates:
         ensure_crls(engine, settings, [certificate])
         with session_scope(engine, readonly=True) as session:
@@ -407,4 +416,3 @@ def encryption_certificate(engine: Engine, settings: Settings, address: str) -> 
             return certificate
         log.info("certificate %s of %s not used: %s", format(certificate.serial_number, "x"), address, problem)
     return None
-
