@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-# System packages the test suite talks to (PostgreSQL, openssl, swaks, Chromium).
+# System packages the test suite talks to (PostgreSQL, openssl, swaks, Chromium, Postfix).
 sysdeps:
 	@bash tests/sysdeps.sh
 
@@ -35,6 +35,7 @@ bench: install sysdeps
 	$(BIN)/python bench/bench_directory.py
 	$(BIN)/python bench/bench_relay.py
 	$(BIN)/python bench/bench_web.py
+	$(BIN)/python bench/bench_federation.py
 
 clean:
 	rm -rf $(VENV) var

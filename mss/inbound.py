@@ -29,7 +29,6 @@ import asyncio
 import email.policy
 import hashlib
 import logging
-import secrets
 from dataclasses import dataclass
 from email.message import EmailMessage, Message as EmailPart
 from email.parser import BytesHeaderParser
