@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-# System packages the test suite talks to (PostgreSQL, openssl, swaks, Chromium).
+# System packages the test suite talks to (PostgreSQL, openssl, swaks, Chromium, Postfix).
 sysdeps:
 	@bash tests/sysdeps.sh
 
@@ -36,6 +36,7 @@ bench: install sysdeps
 	$(BIN)/python bench/bench_relay.py
 	$(BIN)/python bench/bench_web.py
 	$(BIN)/python bench/bench_hostile.py
+	$(BIN)/python bench/bench_federation.py
 
 clean:
 	rm -rf $(VENV) var

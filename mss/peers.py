@@ -30,6 +30,8 @@ import asyncio
 import hashlib
 import logging
 import os
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -64,10 +66,42 @@ PEER, SIGNATURE = "peer", "signature"
 # A CRL is fetched again when it has less than this left before its nextUpdate.
 CRL_REFRESH_MARGIN = timedelta(hours=1)
 MAX_CRL = 10 * 1024 * 1024
+# A known certificate's "seen" time is moved at most this often.
+SEEN_REFRESH = timedelta(hours=1)
 MAX_CERTIFICATES = 64 * 1024
 PEM_CHAIN = "application/pem-certificate-chain"  # RFC 8555 9.1
 
+# A URL that did not answer is not asked again for this long (per process).
+RETRY_UNREACHABLE = 60.0
+
 _roots_cache: dict[Path, tuple[float, tuple[x509.Certificate, ...]]] = {}
+_unreachable: dict[str, float] = {}
+_http: httpx.Client | None = None
+_http_lock = threading.Lock()
+
+
+def _client() -> httpx.Client:
+    """One HTTP client per process: building one loads the system CA bundle (about 50 ms)."""
+    global _http
+    with _http_lock:
+        if _http is None:
+            _http = httpx.Client(follow_redirects=False, headers={"User-Agent": "mss"})
+        return _http
+
+
+def _get(url: str, timeout: float) -> httpx.Response | None:
+    """GET ``url``, or None when it failed (and then for RETRY_UNREACHABLE seconds)."""
+    failed_at = _unreachable.get(url)
+    if failed_at is not None and time.monotonic() - failed_at < RETRY_UNREACHABLE:
+        return None
+    try:
+        response = _client().get(url, timeout=timeout)
+    except httpx.HTTPError as exc:
+        log.warning("%s did not answer: %s", url, type(exc).__name__)
+        _unreachable[url] = time.monotonic()
+        return None
+    _unreachable.pop(url, None)
+    return response
 
 
 # -- trust anchors ---------------------------------------------------------------------------
@@ -175,10 +209,8 @@ def ensure_crls(engine: Engine, settings: Settings, chain: Iterable[x509.Certifi
 
 
 def _fetch_crl(url: str, issuer: x509.Certificate, timeout: float) -> x509.CertificateRevocationList | None:
-    try:
-        response = httpx.get(url, timeout=timeout, follow_redirects=False)
-    except httpx.HTTPError as exc:
-        log.warning("CRL %s not fetched: %s", url, type(exc).__name__)
+    response = _get(url, timeout)
+    if response is None:
         return None
     if response.status_code != 200 or len(response.content) > MAX_CRL:
         log.warning("CRL %s not fetched: HTTP %d", url, response.status_code)
@@ -269,6 +301,12 @@ def encryption_problem(
 def remember(engine: Engine, address: str, certificate: x509.Certificate, *, source: str) -> None:
     """Keep ``certificate`` for ``address`` (a verified signer, or a fetched certificate)."""
     fingerprint = certificate.fingerprint(hashes.SHA256()).hex()
+    with session_scope(engine, readonly=True) as session:
+        seen = session.execute(
+            select(PeerCertificate.seen_at).where(PeerCertificate.fingerprint == fingerprint)
+        ).scalar_one_or_none()
+    if seen is not None and seen > utcnow() - SEEN_REFRESH:
+        return  # known and seen lately: no write for every message of a correspondent
     try:
         with session_scope(engine) as session:
             row = session.execute(
@@ -308,10 +346,8 @@ def _cached(engine: Engine, address: str) -> list[x509.Certificate]:
 def _fetch_certificates(url: str, address: str, timeout: float) -> list[x509.Certificate] | None:
     """The certificates a peer publishes for ``address`` ([] when it has none), or None
     when its publication did not answer."""
-    try:
-        response = httpx.get(url + quote(address, safe="@"), timeout=timeout, follow_redirects=False)
-    except httpx.HTTPError as exc:
-        log.warning("certificate publication %s did not answer: %s", url, type(exc).__name__)
+    response = _get(url + quote(address, safe="@"), timeout)
+    if response is None:
         return None
     if response.status_code == 404:
         return []
@@ -350,18 +386,27 @@ def encryption_certificate(engine: Engine, settings: Settings, address: str) -> 
         roots = all_roots(settings)
     except ConfigError:
         return None
-    candidates = _cached(engine, address)
-    if not candidates and not _looked_up_recently(engine, settings, address):
-        with session_scope(engine, readonly=True) as session:
-            route = trust.route_for(session, trust.domain_of(address))
-        if route is not None and route.certificates_url:
-            fetched = _fetch_certificates(route.certificates_url, address, settings.federation.certificate_fetch_timeout)
-            if fetched is not None:
-                usable = [c for c in fetched if address in certificate_addresses(c)]
-                for certificate in usable:
-                    remember(engine, address, certificate, source=PEER)
-                _record_lookup(engine, address, bool(usable))
-                candidates = usable
+    found = _first_usable(engine, settings, address, _cached(engine, address), roots)
+    if found is not None or _looked_up_recently(engine, settings, address):
+        return found
+    # Nothing cached, or nothing cached still usable (renewed, rekeyed): ask the peer.
+    with session_scope(engine, readonly=True) as session:
+        route = trust.route_for(session, trust.domain_of(address))
+    if route is None or not route.certificates_url:
+        return None
+    fetched = _fetch_certificates(route.certificates_url, address, settings.federation.certificate_fetch_timeout)
+    if fetched is None:
+        return None
+    found = _first_usable(engine, settings, address, [c for c in fetched if address in certificate_addresses(c)], roots)
+    if found is not None:
+        remember(engine, address, found, source=PEER)
+    _record_lookup(engine, address, found is not None)
+    return found
+
+
+def _first_usable(
+    engine: Engine, settings: Settings, address: str, candidates: list[x509.Certificate], roots: list[x509.Certificate]
+) -> x509.Certificate | None:
     for certificate in candidates:
         ensure_crls(engine, settings, [certificate])
         with session_scope(engine, readonly=True) as session:
@@ -371,4 +416,3 @@ def encryption_certificate(engine: Engine, settings: Settings, address: str) -> 
             return certificate
         log.info("certificate %s of %s not used: %s", format(certificate.serial_number, "x"), address, problem)
     return None
-

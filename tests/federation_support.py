@@ -210,8 +210,7 @@ class Services:
         self._started.clear()
         self._thread = threading.Thread(target=self._run, name=f"mss-{self.operator.name}", daemon=True)
         self._thread.start()
-        self._started.wait(60)
-        if self._error is not None:
+        if not self._started.wait(60) or self._error is not None:
             raise RuntimeError(f"operator {self.operator.name} did not start") from self._error
         return self
 
@@ -245,8 +244,13 @@ class Services:
             tasks.append(asyncio.ensure_future(DeliveryWorker(rt, name=f"test-{op.name}").run(ready=ready)))
         else:
             ready.set()
-        await published.wait()
-        await ready.wait()
+        waiters = {asyncio.ensure_future(published.wait()), asyncio.ensure_future(ready.wait())}
+        while waiters:
+            done, _pending = await asyncio.wait({*waiters, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task in done:
+                    await task  # a part that ended at start-up: raise its error to start()
+            waiters -= done
         self._started.set()
         try:
             await asyncio.gather(*tasks)

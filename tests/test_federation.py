@@ -36,8 +36,10 @@ from federation_support import (
     B_USERS,
     Operator,
     build_operator,
+    free_port,
     link,
     start,
+    trust_peer,
     wait_for,
 )
 from web_support import BASE_URL, build_message, login, pdf_bytes
@@ -304,3 +306,38 @@ def test_a_peer_taken_off_the_trust_list(pair: tuple[Operator, Operator]) -> Non
     finally:
         with session_scope(b.rt.engine) as session:
             trust.add(session, b.settings, A_DOMAIN, actor="test")
+
+
+def test_a_peer_without_dsn_gets_the_sender_a_relayed_notice(pair: tuple[Operator, Operator]) -> None:
+    """RFC 3461 5.2: when the next hop does not offer DSN, the relaying MTA reports
+    ``relayed`` to a sender who asked for SUCCESS. The peer here is aiosmtpd, requiring a
+    client certificate like an MX of the trust space, and offering no DSN."""
+    from aiosmtpd.controller import Controller
+
+    from mss.relay.tls import mx_server_context
+
+    a, b = pair
+    received = []
+
+    class Sink:
+        async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+            received.append((envelope.mail_from, envelope.rcpt_tos, session.ssl["ssl_object"].getpeercert()))
+            return "250 2.0.0 Ok"
+
+    port = free_port()
+    # B's certificate, and B's peer CAs to check A's client certificate.
+    controller = Controller(Sink(), hostname="127.0.0.1", port=port, tls_context=mx_server_context(b.settings),
+                            require_starttls=True)
+    controller.start()
+    try:
+        trust_peer(a, "pharmacie.mss.test", f"127.0.0.1:{port}")
+        pharmacist = "chloe.ndiaye@pharmacie.mss.test"
+        raw = build_message(MARC, [pharmacist], "Ordonnance", "Bonjour.\n")
+        queue_id = a.submit(MARC, [pharmacist], raw, rcpt_options=("NOTIFY=SUCCESS,FAILURE",))
+        wait_for(lambda: has_receipt(a, queue_id, "dsn", "relayed", pharmacist), what="the relayed DSN")
+        reason = next(r[3] for r in receipts_of(a, queue_id) if r[:2] == ("dsn", "relayed"))
+        assert "signed, not encrypted" in reason
+        assert received and received[0][0] == MARC and received[0][1] == [pharmacist]
+        assert ("commonName", "localhost") in [item for rdn in received[0][2]["subject"] for item in rdn]
+    finally:
+        controller.stop()

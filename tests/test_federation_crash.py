@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from mss import audit

@@ -486,6 +486,7 @@ def _progress(session: Session, message_ids: list[int]) -> dict[int, Progress]:
         select(Delivery.message_id, Delivery.recipient, Delivery.status).where(Delivery.message_id.in_(message_ids))
     ):
         found[mid]["all"].add(recipient)
+        status = "delivered" if status == "relayed" else status  # handed to the recipient's operator
         if status in found[mid]:
             found[mid][status].add(recipient)
     for mid, recipient, status in session.execute(

@@ -6,6 +6,10 @@ and the name it was reached by. It passes the sender's DSN requests along when t
 offers DSN (RFC 3461 ``NOTIFY``, ``ORCPT``, ``ENVID``, ``RET``), and reports the peer's
 reply for each recipient: ``2xx`` relayed, ``5xx`` failed for good, ``4xx`` or no answer
 to be retried. Nothing here touches the database.
+
+A session that ended a transaction normally is kept a few seconds (``Connections``) and
+reused, after ``RSET``, for the next message to the same host, as Postfix's connection
+cache does: a busy route pays the TCP and TLS handshakes once, not per message.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from dataclasses import dataclass, field
 
 import aiosmtplib
@@ -27,6 +32,9 @@ from mss.settings import Settings
 log = logging.getLogger("mss.outbound")
 
 RELAYED, FAILED, DEFERRED = "relayed", "failed", "deferred"
+# How long an idle session to a peer is kept for the next message (peers time out idle
+# clients after minutes; Postfix keeps its own for 2 s by default).
+REUSE_IDLE = 5.0
 
 
 @dataclass(frozen=True)
@@ -130,8 +138,43 @@ def _xtext(value: str) -> str:
     return "".join(c if "!" <= c <= "~" and c not in "+=" else f"+{ord(c):02X}" for c in value)
 
 
+class Connections:
+    """Idle sessions to peers (at most ``per_peer`` each), reused for the next message."""
+
+    def __init__(self, per_peer: int = 4, idle: float = REUSE_IDLE) -> None:
+        self.per_peer = per_peer
+        self.idle = idle
+        self._idle: dict[Hop, list[tuple[float, aiosmtplib.SMTP, bool]]] = {}
+
+    def take(self, hop: Hop) -> tuple[aiosmtplib.SMTP, bool] | None:
+        """A kept session to ``hop`` (its client and whether the peer offers DSN), or None."""
+        kept = self._idle.get(hop, [])
+        now = time.monotonic()
+        while kept:
+            since, client, dsn = kept.pop()
+            if now - since < self.idle and client.is_connected:
+                return client, dsn
+            client.close()
+        return None
+
+    async def give(self, hop: Hop, client: aiosmtplib.SMTP, dsn: bool) -> None:
+        kept = self._idle.setdefault(hop, [])
+        if len(kept) < self.per_peer:
+            kept.append((time.monotonic(), client, dsn))
+        else:
+            await _quit(client)
+            client.close()
+
+    async def close(self) -> None:
+        for kept in self._idle.values():
+            for _since, client, _dsn in kept:
+                await _quit(client)
+                client.close()
+        self._idle.clear()
+
+
 async def deliver(settings: Settings, context: ssl.SSLContext, hops: list[Hop], entry: Claimed, *,
-                  local_hostname: str) -> Attempt:
+                  local_hostname: str, connections: Connections | None = None) -> Attempt:
     """Try ``hops`` in order until one answers; return the reply for each recipient.
 
     A hop that cannot be reached, refuses TLS or presents an untrusted certificate gives
@@ -142,7 +185,7 @@ async def deliver(settings: Settings, context: ssl.SSLContext, hops: list[Hop], 
     for hop in hops:
         attempt.peer = f"{hop.host}:{hop.port}"
         try:
-            await _session(settings, context, hop, entry, attempt, local_hostname)
+            await _session(settings, context, hop, entry, attempt, local_hostname, connections)
             return attempt
         except (aiosmtplib.SMTPException, ssl.SSLError, OSError, asyncio.TimeoutError) as error:
             why = f"{attempt.peer}: {_describe(error)}"
@@ -156,8 +199,7 @@ async def deliver(settings: Settings, context: ssl.SSLContext, hops: list[Hop], 
     return attempt
 
 
-async def _session(settings: Settings, context: ssl.SSLContext, hop: Hop, entry: Claimed, attempt: Attempt,
-                   local_hostname: str) -> None:
+async def _open(settings: Settings, context: ssl.SSLContext, hop: Hop, local_hostname: str) -> aiosmtplib.SMTP:
     client = aiosmtplib.SMTP(
         hostname=hop.host, port=hop.port, start_tls=False, use_tls=False, local_hostname=local_hostname,
         timeout=settings.federation.delivery_timeout,
@@ -169,35 +211,63 @@ async def _session(settings: Settings, context: ssl.SSLContext, hop: Hop, entry:
             raise aiosmtplib.SMTPNotSupported("the peer does not offer STARTTLS")
         await client.starttls(tls_context=context, server_hostname=hop.host)
         await client.ehlo()
-        attempt.peer_dsn = client.supports_extension("dsn")
-        try:
-            await client.mail(entry.mail_from, options=_mail_options(entry, len(entry.payload), attempt.peer_dsn))
-        except aiosmtplib.SMTPResponseException as refused:
-            for recipient in entry.recipients:
-                attempt.replies[recipient.address] = _reply(refused.code, refused.message)
-            await _quit(client)
-            return
-        accepted = []
-        for recipient in entry.recipients:
-            try:
-                await client.rcpt(recipient.address,
-                                  options=_rcpt_options(recipient.notify, recipient.orcpt, attempt.peer_dsn))
-                accepted.append(recipient.address)
-            except aiosmtplib.SMTPResponseException as refused:
-                attempt.replies[recipient.address] = _reply(refused.code, refused.message)
-        if not accepted:
-            await _quit(client)
-            return
-        try:
-            response = await client.data(entry.payload)
-            reply = _reply(response.code, response.message)
-        except aiosmtplib.SMTPResponseException as refused:
-            reply = _reply(refused.code, refused.message)
-        for address in accepted:
-            attempt.replies[address] = reply
-        await _quit(client)
-    finally:
+    except BaseException:
         client.close()
+        raise
+    return client
+
+
+async def _session(settings: Settings, context: ssl.SSLContext, hop: Hop, entry: Claimed, attempt: Attempt,
+                   local_hostname: str, connections: Connections | None) -> None:
+    kept = connections.take(hop) if connections is not None else None
+    if kept is not None:
+        client, attempt.peer_dsn = kept
+        try:
+            await client.rset()
+        except (aiosmtplib.SMTPException, OSError):
+            client.close()  # the peer closed it meanwhile: a fresh session, not a failure
+            kept = None
+    if kept is None:
+        client = await _open(settings, context, hop, local_hostname)
+        attempt.peer_dsn = client.supports_extension("dsn")
+    reusable = False
+    try:
+        reusable = await _transaction(client, entry, attempt)
+    finally:
+        if reusable and connections is not None:
+            await connections.give(hop, client, attempt.peer_dsn)
+        else:
+            if reusable:
+                await _quit(client)
+            client.close()
+
+
+async def _transaction(client: aiosmtplib.SMTP, entry: Claimed, attempt: Attempt) -> bool:
+    """MAIL, RCPT for each recipient, DATA; True when the session may carry another one."""
+    try:
+        await client.mail(entry.mail_from, options=_mail_options(entry, len(entry.payload), attempt.peer_dsn))
+    except aiosmtplib.SMTPResponseException as refused:
+        for recipient in entry.recipients:
+            attempt.replies[recipient.address] = _reply(refused.code, refused.message)
+        return refused.code != 421
+    accepted = []
+    for recipient in entry.recipients:
+        try:
+            await client.rcpt(recipient.address,
+                              options=_rcpt_options(recipient.notify, recipient.orcpt, attempt.peer_dsn))
+            accepted.append(recipient.address)
+        except aiosmtplib.SMTPResponseException as refused:
+            attempt.replies[recipient.address] = _reply(refused.code, refused.message)
+    if not accepted:
+        return True
+    try:
+        response = await client.data(entry.payload)
+        reply = _reply(response.code, response.message)
+    except aiosmtplib.SMTPResponseException as refused:
+        reply = _reply(refused.code, refused.message)
+    for address in accepted:
+        attempt.replies[address] = reply
+    return reply.code != 421
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:

@@ -31,8 +31,8 @@ from mss import audit, receipts, trust
 from mss.db import session_scope, utcnow
 from mss.models import Delivery, Message, Outbound, OutboundRecipient
 from mss.outbound import queue
+from mss.outbound.client import DEFERRED, FAILED, RELAYED, Attempt, Connections, Reply, deliver, peer_context
 from mss.receipts import federation as notices
-from mss.outbound.client import DEFERRED, FAILED, RELAYED, Attempt, Reply, deliver, peer_context
 from mss.outbound.routes import RouteFailure, resolve
 from mss.runtime import Runtime
 
@@ -206,6 +206,9 @@ def housekeeping(rt: Runtime) -> int:
     """Send due ``delayed`` DSNs and fail what outlived ``MSS_QUEUE_LIFETIME`` among entries
     nobody is delivering; return how many entries were touched."""
     touched = 0
+    with session_scope(rt.engine, readonly=True) as session:
+        if not queue.due_warnings(session, rt.settings):
+            return 0  # the usual case: no write transaction at all
     with session_scope(rt.engine) as session:
         for row in queue.due_warnings(session, rt.settings):
             pending = [i for i in queue.recipients_of(session, row.id) if i.state == queue.PENDING]  # type: ignore[arg-type]
@@ -250,6 +253,7 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._connections = Connections(per_peer=max(1, self.concurrency))
         self.delivered = 0
 
     def _waker(self) -> None:
@@ -270,13 +274,15 @@ class DeliveryWorker:
         queue.add_waker(self._waker)
         log.info("outbound worker %s: up to %d deliveries at once", self.name, self.concurrency)
         federation = self.rt.settings.federation
-        last_report = 0.0
+        last_report = last_housekeeping = 0.0
         try:
             if ready is not None:
                 ready.set()
             while True:
                 self._wake.clear()
-                await asyncio.to_thread(housekeeping, self.rt)
+                if time.monotonic() - last_housekeeping >= federation.queue_poll:
+                    last_housekeeping = time.monotonic()
+                    await asyncio.to_thread(housekeeping, self.rt)
                 free = self.concurrency - len(self._in_flight)
                 if free > 0:
                     claimed = await asyncio.to_thread(
@@ -299,6 +305,7 @@ class DeliveryWorker:
                 done, pending = await asyncio.wait(set(self._in_flight), timeout=STOP_GRACE)
                 for task in pending:
                     task.cancel()
+            await self._connections.close()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -345,7 +352,8 @@ class DeliveryWorker:
             reply = Reply(outcome, 0, f"{code} {failure.status} {failure.text}")
             attempt.replies = {r.address: reply for r in entry.recipients}
             return attempt
-        return await deliver(self.rt.settings, context, hops, entry, local_hostname=self.local_hostname)
+        return await deliver(self.rt.settings, context, hops, entry, local_hostname=self.local_hostname,
+                             connections=self._connections)
 
 
 async def serve_outbound(rt: Runtime, *, ready: asyncio.Event | None = None) -> None:
