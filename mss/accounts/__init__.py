@@ -8,7 +8,8 @@ custody. The doors translate; they call these functions and keep no rule of thei
 - ``lockout``: counting failures and locking (with ``mss.throttle`` by client address);
 - ``twofactor``: TOTP enrolment and codes, recovery codes;
 - ``login``: the login service (password, standing, keys opened; both factors at once);
-- ``custody``: creation, passwords, recovery, rekey, renewal, disable, export.
+- ``custody``: creation, passwords, recovery, rekey, renewal, disable, export;
+- ``listing``: the accounts as an administrator reviews them (state, 2FA, last login).
 
 Who opens the transaction: a function that *changes an account as an administrator's or a
 person's deliberate act* (create, passwd, recover, rekey, renew, reset-2fa, disable) takes
@@ -46,6 +47,7 @@ from mss.accounts.lockout import (
     login_completed,
     record_failure,
 )
+from mss.accounts.listing import AccountRow, list_accounts
 from mss.accounts.login import authenticate, login_with_code
 from mss.accounts.twofactor import (
     check_second_factor,
@@ -63,6 +65,7 @@ __all__ = [
     "COUNTED_FAILURES",
     "MIN_PASSWORD_LENGTH",
     "AccountExists",
+    "AccountRow",
     "Enrolment",
     "Rekeyed",
     "Renewal",
@@ -77,6 +80,7 @@ __all__ = [
     "get_account",
     "is_locked",
     "issue_external_certificate",
+    "list_accounts",
     "login_completed",
     "login_with_code",
     "new_recovery_codes",

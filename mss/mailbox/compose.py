@@ -157,7 +157,7 @@ def _author(rt: Runtime, address: str) -> Author:
         PersonName(
             family=entry.last_name or None,
             given=tuple(p for p in (entry.first_name,) if p),
-            prefix=entry.civility.title() or None,
+            prefix=entry.title or None,
         )
         if entry.kind == "PER"
         else None
