@@ -5,6 +5,7 @@ filters, archive, account settings and languages. Messages go through the real p
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 
@@ -201,7 +202,13 @@ def test_compose_with_pdf_and_read_receipt_then_journey(rt, clients, doctor, gp)
     login(reader, gp)
     opened = reader.get(f"/messages/{queue_id}")
     assert "sig-valid" in opened.text and "Votre patiente est sortie ce jour." in opened.text
+    assert "Envoyer l’accusé de lecture" in opened.text  # asked first (RFC 8098 2.1)
     assert reader.get(f"/messages/{queue_id}/attachments/0").content == pdf
+    answered = reader.post(
+        f"/messages/{queue_id}/read-receipt", data={"decision": "send", "csrf_token": csrf(opened.text)},
+        follow_redirects=False,
+    )
+    assert answered.status_code == 303
     reader.get(f"/messages/{queue_id}")  # a second opening sends no second receipt
     with session_scope(rt.engine) as session:
         statuses = sorted(session.execute(select(Receipt.status).where(Receipt.recipient == GP)).scalars())
@@ -460,3 +467,78 @@ def test_revoked_signer_is_shown_with_a_warning(rt, clients, doctor, gp):  # typ
     assert "sig-revoked-since" in page and "le certificat du signataire est révoqué depuis le" in page
     assert 'class="warning" role="alert"' in page and "Texte signé." in page
     assert 'class="body untrusted"' in page
+
+
+def test_read_receipts_follow_the_readers_consent(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    """RFC 8098 2.1: ask (default), always or never; each decision audited; asked once."""
+    from mss.models import ReadReceiptDeclined
+
+    def statuses() -> list[str]:
+        with session_scope(rt.engine) as session:
+            return sorted(
+                session.execute(
+                    select(Receipt.status).where(Receipt.recipient == DOCTOR, Receipt.status == "displayed")
+                ).scalars()
+            )
+
+    reader = clients()
+    login(reader, doctor)
+    asked = [submit(rt, gp, [DOCTOR], f"Demande {n}", "Texte.", read_receipt=True).queue_id for n in range(4)]
+    quiet = submit(rt, gp, [DOCTOR], "Sans accusé", "Texte.").queue_id
+
+    page = reader.get(f"/messages/{asked[0]}")
+    assert "L’expéditeur demande un accusé de lecture" in page.text and statuses() == []
+    assert "consent" not in reader.get(f"/messages/{quiet}").text
+    token = csrf(page.text)
+    bad = reader.post(f"/messages/{asked[0]}/read-receipt", data={"decision": "perhaps", "csrf_token": token})
+    assert bad.status_code == 400 and statuses() == []
+    no_csrf = reader.post(f"/messages/{asked[0]}/read-receipt", data={"decision": "send"})
+    assert no_csrf.status_code == 403 and statuses() == []
+    declined = reader.post(
+        f"/messages/{asked[0]}/read-receipt", data={"decision": "decline", "csrf_token": token}, follow_redirects=False
+    )
+    assert declined.status_code == 303 and declined.headers["location"] == f"/messages/{asked[0]}"
+    again = reader.get(f"/messages/{asked[0]}").text
+    assert "non envoyé (refusé)" in again and "consent-title" not in again and statuses() == []
+    # A late second answer (another tab) changes nothing.
+    reader.post(f"/messages/{asked[0]}/read-receipt", data={"decision": "send", "csrf_token": token})
+    assert statuses() == []
+
+    account = reader.get("/account")
+    assert 'value="ask" id="rr-ask" checked' in account.text
+    assert reader.post("/account/read-receipts", data={"choice": "often", "csrf_token": token}).status_code == 422
+    assert reader.post("/account/read-receipts", data={"choice": "always", "csrf_token": token}).status_code == 200
+    page = reader.get(f"/messages/{asked[1]}").text
+    assert "envoyé à l’expéditeur à l’instant" in page and statuses() == ["displayed"]
+    assert reader.post("/account/read-receipts", data={"choice": "never", "csrf_token": token}).status_code == 200
+    page = reader.get(f"/messages/{asked[2]}").text
+    assert "non envoyé (refusé)" in page and statuses() == ["displayed"]
+    reader.post("/account/read-receipts", data={"choice": "ask", "csrf_token": token})
+    reader.get(f"/messages/{asked[3]}")
+    sent = reader.post(f"/messages/{asked[3]}/read-receipt", data={"decision": "send", "csrf_token": token})
+    assert sent.status_code == 200 and statuses() == ["displayed", "displayed"]
+
+    decisions = [(e.object, e.actor, json.loads(e.detail)) for e in _actions(rt, "receipt.decision")]
+    assert decisions == [
+        (asked[0], DOCTOR, {"decision": "decline", "by": "reader"}),
+        (asked[1], DOCTOR, {"decision": "send", "by": "setting"}),
+        (asked[2], DOCTOR, {"decision": "decline", "by": "setting"}),
+        (asked[3], DOCTOR, {"decision": "send", "by": "reader"}),
+    ]
+    assert [json.loads(e.detail)["choice"] for e in _actions(rt, "account.read-receipts")] == ["always", "never", "ask"]
+    with session_scope(rt.engine) as session:
+        declined_rows = session.execute(select(ReadReceiptDeclined.by)).scalars().all()
+    assert sorted(declined_rows) == ["reader", "setting"]
+    # The MDN sent on the reader's say-so names the manual mode (RFC 8098 3.2.6.2).
+    from mss.mailbox.content import unverified_entity
+    from mss.models import Message as Stored
+
+    modes = set()
+    sender = unlocked(rt, gp)
+    with session_scope(rt.engine, readonly=True) as session:
+        for row in session.execute(select(Stored).where(Stored.queue_id.like("%-MDN-%"))).scalars():
+            entity = unverified_entity(session, row.cms, row.kind, sender)
+            found = re.search(rb"Disposition: ([^;\r\n]+); displayed", entity)
+            if found:
+                modes.add(found.group(1).decode())
+    assert modes == {"manual-action/MDN-sent-automatically", "manual-action/MDN-sent-manually"}
