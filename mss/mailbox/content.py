@@ -148,6 +148,12 @@ def _decrypt(session: Session, cms: bytes, reader: UnlockedAccount) -> bytes:
     raise first_error
 
 
+def open_envelope(session: Session, cms: bytes, reader: UnlockedAccount) -> bytes:
+    """The content of an envelope addressed to ``reader`` (under any of their certificates,
+    current or past). Raises DecryptionError."""
+    return _decrypt(session, cms, reader)
+
+
 def _report(report: verify.SignatureReport) -> Signature:
     return Signature(
         status=report.status,

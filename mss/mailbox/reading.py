@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.policy
 import io
 import re
 import zipfile
+from email.parser import BytesHeaderParser
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -611,6 +613,32 @@ def open_message(
         charset_guess=parts.charset_guess,
         read_receipt=receipt,
     )
+
+
+_MESSAGE_ID = re.compile(r"<[^<>\s]{1,250}>")
+MAX_REFERENCES = 20
+"""Message-IDs a References field keeps: the thread's first, then the latest ones."""
+
+
+def thread_of(rt: Runtime, reader: UnlockedAccount, queue_id: str) -> tuple[str, tuple[str, ...]]:
+    """The Message-ID of a message of ``reader``'s mailbox and the References a reply or a
+    forward of it carries (RFC 5322 3.6.4: its own References, or else its In-Reply-To,
+    then its Message-ID; long threads keep their first and latest ids). Raises
+    MessageNotFound, DecryptionError."""
+    loaded = _load(rt, reader, queue_id, None)
+    with session_scope(rt.engine, readonly=True) as session:
+        entity = unverified_entity(session, loaded.message.cms, loaded.message.kind, reader)
+    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(entity) if entity else {}
+    earlier = _MESSAGE_ID.findall(str(headers.get("References") or ""))
+    if not earlier:
+        earlier = _MESSAGE_ID.findall(str(headers.get("In-Reply-To") or ""))[:1]
+    own = loaded.meta.message_id.strip()
+    chain = [ref for ref in dict.fromkeys(earlier) if ref != own]
+    if own:
+        chain.append(own)
+    if len(chain) > MAX_REFERENCES:
+        chain = [chain[0], *chain[-(MAX_REFERENCES - 1) :]]
+    return own, tuple(chain)
 
 
 def answer_read_receipt(

@@ -20,6 +20,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from mss.errors import (
     DecryptionError,
+    DirectoryError,
     DraftNotFound,
     DraftTooLarge,
     FilterError,
@@ -135,6 +136,8 @@ def service_error(request: Request, exc: MssError) -> Response:
         return _page(request, 413)
     if isinstance(exc, FilterError) and _is_api(request):
         return _api_error(request, 400, "bad-filter", exc.message)
+    if isinstance(exc, DirectoryError) and _is_api(request):
+        return _api_error(request, 400, "bad-query", exc.message)
     if isinstance(exc, DecryptionError):
         log.warning(
             "request %s: message cannot be decrypted by its reader (%s)", request_id(request), exc.details.get("reason")
