@@ -16,6 +16,7 @@ CAPABILITIES=(
     "swaks libnet-ssleay-perl libio-socket-ssl-perl|swaks --support 2>&1 | grep -q '^=== \(START\)\?TLS supported'"
     "gpgsm gpg-agent|d=\$(mktemp -d /tmp/gsXXXXXX) && printf 'allow-loopback-pinentry\\n' > \$d/gpg-agent.conf && GNUPGHOME=\$d gpgsm --batch --pinentry-mode loopback --list-keys && GNUPGHOME=\$d gpg-connect-agent 'GETINFO version' /bye | grep -q '^D 2'; s=\$?; GNUPGHOME=\$d gpgconf --kill all; rm -rf \$d; exit \$s"
     "libnss3-tools|d=\$(mktemp -d) && certutil -N -d sql:\$d --empty-password && head -c 64 /dev/urandom > \$d/noise && certutil -S -d sql:\$d -n t -s CN=t -x -t ,C, -k rsa -g 2048 -z \$d/noise && echo capable | cmsutil -E -r t -d sql:\$d | cmsutil -D -d sql:\$d | grep -q capable && pk12util 2>&1 | grep -q -- '-i importfile'; s=\$?; rm -rf \$d; exit \$s"
+    "nodejs npm|npm --version && node -e 'process.exit(0)'"
     "chromium fonts-dejavu-core|chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update --no-first-run --user-data-dir=\$(mktemp -d) --dump-dom 'data:text/html,<p>ok</p>' 2>/dev/null | grep -q '<p>ok</p>'"
 )
 
