@@ -423,6 +423,7 @@ def test_everyday_use_in_the_browser(stack, chromium, axe_source, tmp_path):  # 
     # The other pages.
     for name, path in (
         ("attachment-cda", f"/messages/{cda_qid}/attachments/0/view"),
+        ("attachment-pdf", f"/messages/{charset_qid}/attachments/0/view"),
         ("sent", "/sent"),
         ("archive", "/archive"),
         ("account", "/account"),
@@ -449,6 +450,23 @@ def test_everyday_use_in_the_browser(stack, chromium, axe_source, tmp_path):  # 
             _shot(page, f"{name}-{width}", tmp_path)
             if width == 390:
                 _accessibility(page, axe_source, f"{name}-{width}", report)
+    # The next login asks the authenticator's code, with the keyboard alone.
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(web.url + "/inbox")
+    _tab_to(page, "form[action='/logout'] button")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/login$"))
+    _tab_to(page, "#address")
+    page.keyboard.type(READER)
+    _tab_to(page, "#password")
+    page.keyboard.type(stack.passwords[READER])
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/login/totp$"))
+    _accessibility(page, axe_source, "login-code", report)
+    _tab_to(page, "#code")
+    page.keyboard.type(person.code())
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/inbox$"))
     (tmp_path / "axe-report.json").write_text(
         json.dumps(report, indent=2, ensure_ascii=False)
     )
