@@ -621,6 +621,13 @@ def test_a_refused_send_keeps_the_draft_and_its_attachments(rt, clients, doctor,
     gone = client.post(f"/drafts/{kept_id}/discard", data={"csrf_token": csrf(again.text)}, follow_redirects=False)
     assert gone.status_code == 303 and gone.headers["location"] == "/drafts"
     assert client.post(f"/drafts/{kept_id}/discard", data={"csrf_token": csrf(again.text)}).status_code == 404
+    # A draft discarded in another tab: the form is sent all the same.
+    stale = client.post(
+        "/compose",
+        data={"csrf_token": csrf(again.text), "to": GP, "body": "Brouillon.", "draft_id": kept_id, "draft_keep": "0"},
+        follow_redirects=False,
+    )
+    assert stale.status_code == 303, stale.text
     actions = [(e.action, json.loads(e.detail).get("reason")) for e in _actions(rt, "draft.save") + _actions(rt, "draft.discard")]
     assert actions.count(("draft.discard", "sent")) == 1 and actions.count(("draft.discard", "discarded")) == 1
     assert all("Durand" not in e.detail for e in _actions(rt, "draft.save"))

@@ -16,7 +16,7 @@ from litestar.params import FromPath
 from directory.search import search
 from mss import mailbox
 from mss.db import session_scope
-from mss.errors import DirectoryError, DraftTooLarge, MssError
+from mss.errors import DirectoryError, DraftNotFound, DraftTooLarge, MssError
 from mss.mailbox import Draft, DraftInvalid, KeptAttachment, MessageNotFound, Upload
 from mss.mailbox.compose import split_addresses
 from mss.runtime import Runtime
@@ -247,8 +247,12 @@ class ComposeController(Controller):
         # The files kept with the draft that are still ticked come first, then the new ones.
         files: list[Upload] = []
         if state.draft_id:
-            kept = await run(mailbox.open_draft, rt, live.account(), state.draft_id)
-            files = [u for i, u in enumerate(kept.draft.attachments) if i in draft_keep]
+            try:
+                kept = await run(mailbox.open_draft, rt, live.account(), state.draft_id)
+            except DraftNotFound:
+                state.draft_id = ""  # discarded meanwhile (another tab): the form is what counts
+            else:
+                files = [u for i, u in enumerate(kept.draft.attachments) if i in draft_keep]
         files += uploads
         draft = _form_draft(state, files)
         account = live.account()
@@ -268,7 +272,10 @@ class ComposeController(Controller):
             general = error_text(lang, exc)
         else:
             if state.draft_id:
-                await run(mailbox.discard_draft, rt, live.address, state.draft_id, reason="sent", request_id=rid)
+                try:
+                    await run(mailbox.discard_draft, rt, live.address, state.draft_id, reason="sent", request_id=rid)
+                except DraftNotFound:
+                    pass  # discarded meanwhile: the message is sent all the same
             return redirect(f"/messages/{accepted.queue_id}?folder=sent")
 
         # Refused: keep everything the writer gave, files included, as a draft.
