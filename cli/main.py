@@ -718,9 +718,15 @@ message_app = typer.Typer(help="Stored messages.", **HELP)
 app.add_typer(message_app, name="message")
 
 
+TRACE_COLUMNS = (("at", "time (UTC)"), ("action", "event"), ("actor", "by"), ("outcome", "outcome"), ("detail", "detail"))
+
+
 @app.command("trace")
 @handles_errors
-def trace(message: Annotated[str, typer.Argument(help="Message-ID or queue id.")]) -> None:
+def trace(
+    message: Annotated[str, typer.Argument(help="Message-ID or queue id.")],
+    fmt: FormatOption = Format.table,
+) -> None:
     """The journey of a message: submitted, checked, signed, delivered, receipts, readings."""
     from mss import store
     from mss.db import session_scope
@@ -729,15 +735,32 @@ def trace(message: Annotated[str, typer.Argument(help="Message-ID or queue id.")
     with session_scope(rt.engine, readonly=True) as session:
         journey = store.trace(session, message)
     row = journey.message
+    events = [
+        {"at": e.at, "action": e.action, "actor": e.actor, "outcome": e.outcome, "detail": json.loads(e.detail)}
+        for e in journey.events
+    ]
+    deliveries = [{"recipient": d.recipient, "status": d.status, "reason": d.reason} for d in journey.deliveries]
+    receipts = [
+        {"kind": r.kind, "status": r.status, "recipient": r.recipient, "at": r.at.isoformat()} for r in journey.receipts
+    ]
+    if fmt is Format.json:
+        print(json.dumps({
+            "message_id": row.message_id, "queue_id": row.queue_id, "sender": row.sender,
+            "events": [{**e, "at": e["at"].isoformat()} for e in events],
+            "deliveries": deliveries, "receipts": receipts,
+        }, ensure_ascii=False, indent=2))
+        return
+    shown = {"recipient", "status", "reason", "channel", "documents", "decision", "by"}
+    rows = [
+        {**e, "detail": ", ".join(f"{k}={v}" for k, v in e["detail"].items() if k in shown)} for e in events
+    ]
+    if fmt is Format.csv:
+        print_listing(TRACE_COLUMNS, rows, fmt, summary=f"{len(rows)} events for {row.queue_id}")
+        return
     out.print(f"message {row.message_id}  queue id {row.queue_id}  from {row.sender}", highlight=False)
-    table = Table("time (UTC)", "event", "by", "outcome", "detail")
-    for event in journey.events:
-        detail = json.loads(event.detail)
-        shown = ", ".join(f"{k}={v}" for k, v in detail.items() if k in {"recipient", "status", "reason", "channel", "documents"})
-        table.add_row(f"{event.at:%Y-%m-%d %H:%M:%S}", event.action, event.actor, event.outcome, shown)
-    out.print(table)
-    for d in journey.deliveries:
-        out.print(f"  {d.recipient}: {d.status}" + (f" ({d.reason})" if d.reason else ""), highlight=False)
+    print_listing(TRACE_COLUMNS, rows, fmt, summary=f"{len(rows)} events")
+    for d in deliveries:
+        out.print(f"  {d['recipient']}: {d['status']}" + (f" ({d['reason']})" if d["reason"] else ""), highlight=False)
     for r in journey.receipts:
         out.print(f"  receipt {r.kind.upper()} {r.status} for {r.recipient} at {r.at:%Y-%m-%d %H:%M:%S}", highlight=False)
 

@@ -299,4 +299,15 @@ def test_message_export_is_in_the_audit_trail(mss, rt, tmp_path):  # type: ignor
     assert stranger.exit_code == 1 and "no message" in stranger.stderr and not (tmp_path / "no.eml").exists()
     unknown = mss("message", "export", "NOSUCHQUEUEID", "--for", GP, "--out", str(tmp_path / "no.eml"), ok=False)
     assert unknown.exit_code == 1 and "no message" in unknown.stderr
+    traced = json.loads(mss("trace", accepted.queue_id, "--format", "json").stdout)
+    assert traced["queue_id"] == accepted.queue_id and traced["sender"] == DOCTOR
+    assert [d["recipient"] for d in traced["deliveries"]] == [GP]
+    assert "message.export" in [e["action"] for e in traced["events"]]
+    as_csv = mss("trace", accepted.queue_id, "--format", "csv").stdout.splitlines()
+    assert as_csv[0] == "at,action,actor,outcome,detail" and any(",message.submit," in line for line in as_csv)
+    table = mss("trace", accepted.queue_id).stdout
+    assert "message.submit" in table and f"{GP}: delivered" in table
+    assert mss("trace", accepted.queue_id, "--format", "yaml", ok=False).exit_code == 2
+    missing = mss("trace", "NOSUCHQUEUEID", ok=False)
+    assert missing.exit_code == 1 and "no message" in missing.stderr
     assert "intact" in mss("audit", "verify").stdout
