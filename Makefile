@@ -14,9 +14,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-# System packages the test suite talks to (PostgreSQL, openssl, swaks, Chromium, Postfix).
+# System packages the test suite talks to (PostgreSQL, openssl, swaks, Chromium, Postfix, npm ...).
 sysdeps:
 	@bash tests/sysdeps.sh
+
+# What the browser tests inject into the pages: axe-core (accessibility), pinned in
+# tests/package-lock.json, installed from the npm registry into tests/node_modules.
+AXE := tests/node_modules/axe-core/axe.min.js
+$(AXE): tests/package.json tests/package-lock.json
+	npm ci --prefix tests --no-audit --no-fund --loglevel=error
+	touch $@
 
 # Development PKI and demo data on first run, then the service.
 run: install
@@ -25,7 +32,7 @@ run: install
 	$(BIN)/mss serve
 
 # The whole suite, on SQLite and on a throw-away PostgreSQL on loopback.
-test: install sysdeps
+test: install sysdeps $(AXE)
 	@bash tests/run-suite.sh $(BIN)/python
 
 # Each benchmark compares against a baseline measured in the same run and prints the ratio;
@@ -39,4 +46,4 @@ bench: install sysdeps
 	$(BIN)/python bench/bench_federation.py
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var tests/node_modules

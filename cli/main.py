@@ -7,11 +7,13 @@ flag. Errors print one line on stderr and exit with status 1.
 
 from __future__ import annotations
 
+import csv
+import enum
 import functools
 import getpass
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -25,13 +27,16 @@ from mss.files import write_file
 from mss.runtime import Runtime, open_runtime
 from mss.settings import Settings
 
-app = typer.Typer(help="mss: secure messaging for health professionals.", no_args_is_help=True, add_completion=False)
-pki_app = typer.Typer(help="Development PKI and S/MIME certificates.", no_args_is_help=True)
-directory_app = typer.Typer(help="The directory of professionals.", no_args_is_help=True)
-account_app = typer.Typer(help="Accounts, passwords, second factor and keys.", no_args_is_help=True)
-audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
-trust_app = typer.Typer(help="The trust list: other operators' domains, and their routes.", no_args_is_help=True)
-queue_app = typer.Typer(help="The outbound queue: messages for other operators.", no_args_is_help=True)
+# Plain help (no rich boxes): Typer's rich help labels every flag "<bool>" as if it took a
+# value; the plain form shows a flag as a flag, and reads the same in a pipe or a log.
+HELP = {"rich_markup_mode": None, "no_args_is_help": True}
+app = typer.Typer(help="mss: secure messaging for health professionals.", add_completion=False, **HELP)
+pki_app = typer.Typer(help="Development PKI and S/MIME certificates.", **HELP)
+directory_app = typer.Typer(help="The directory of professionals.", **HELP)
+account_app = typer.Typer(help="Accounts, passwords, second factor and keys.", **HELP)
+audit_app = typer.Typer(help="The audit trail.", **HELP)
+trust_app = typer.Typer(help="The trust list: other operators' domains, and their routes.", **HELP)
+queue_app = typer.Typer(help="The outbound queue: messages for other operators.", **HELP)
 app.add_typer(pki_app, name="pki")
 app.add_typer(directory_app, name="directory")
 app.add_typer(account_app, name="account")
@@ -54,6 +59,54 @@ Compatible = Annotated[
         help="PKCS#12 with SHA-1/3DES password encryption, for gpgsm 2.2 (Debian 12); export password at most 31 characters.",
     ),
 ]
+
+
+class Format(str, enum.Enum):
+    """How a listing is printed."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+FormatOption = Annotated[
+    Format, typer.Option("--format", case_sensitive=False, help="table (for people), json or csv (for programs).")
+]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        return f"{value:%Y-%m-%d %H:%M}"
+    return str(value)
+
+
+def print_listing(
+    columns: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]], fmt: Format, *, summary: str
+) -> None:
+    """Rows (dicts keyed by the first item of each column) as a table, a JSON array or CSV
+    with a header line. The summary (a count, "no match") follows a table on standard
+    output, and goes to standard error with json and csv so that the data stays parseable."""
+    if fmt is Format.json:
+        data = [{key: (v.isoformat() if isinstance(v, datetime) else v) for key, v in row.items()} for row in rows]
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        err.print(summary, highlight=False)
+    elif fmt is Format.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow([key for key, _title in columns])
+        for row in rows:
+            writer.writerow([_cell(row.get(key)) for key, _title in columns])
+        err.print(summary, highlight=False)
+    else:
+        if rows:
+            table = Table(*(title for _key, title in columns))
+            for row in rows:
+                table.add_row(*(_cell(row.get(key)) for key, _title in columns))
+            out.print(table)
+        out.print(summary, highlight=False)
 
 
 def handles_errors(fn: F) -> F:
@@ -260,7 +313,7 @@ def directory_search(
     query: str,
     page: Annotated[int, typer.Option(min=1)] = 1,
     per_page: Annotated[int, typer.Option(min=1, max=200)] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per result.")] = False,
+    fmt: FormatOption = Format.table,
 ) -> None:
     """Search by name, RPPS, address, profession, organisation or city."""
     from directory.search import search
@@ -268,22 +321,69 @@ def directory_search(
 
     rt = runtime()
     with session_scope(rt.engine, readonly=True) as session:
-        result = search(session, query, page=page, per_page=per_page)
-    if as_json:
-        for e in result.items:
-            print(json.dumps(entry_dict(e), ensure_ascii=False))
-        return
-    table = Table("address", "name", "RPPS", "profession", "organisation", "city", "status")
-    for e in result.items:
-        table.add_row(e.address, e.display_name, e.rpps, e.profession_label or e.kind, e.org_name, e.city, e.status)
-    out.print(table)
-    out.print(f"page {result.page}" + (" (more with --page)" if result.has_next else ""))
+        result = search(session, query, page=page, per_page=per_page, with_total=True)
+    rows = [entry_dict(e) for e in result.items]
+    if not result.total:
+        summary = f"no match for {query!r}"
+    else:
+        summary = f"{result.total} match{'es' if result.total > 1 else ''}, page {result.page} of {result.pages}"
+        if not rows:
+            summary += " (no entry on this page)"
+        elif result.has_next:
+            summary += " (more with --page)"
+    print_listing(ENTRY_COLUMNS, rows, fmt, summary=summary)
+
+
+ENTRY_COLUMNS = (
+    ("address", "address"),
+    ("name", "name"),
+    ("rpps", "RPPS"),
+    ("profession", "profession"),
+    ("organisation", "organisation"),
+    ("city", "city"),
+    ("status", "status"),
+)
+
+
+@directory_app.command("list")
+@handles_errors
+def directory_list(
+    kind: Annotated[str, typer.Option(help="PER (people) or ORG (organisations' mailboxes).")] = "",
+    status: Annotated[str, typer.Option(help="active, revoked, inactive or all.")] = "active",
+    domain: Annotated[str, typer.Option(help="Mail domain (and its subdomains).")] = "",
+    profession: Annotated[str, typer.Option(help="Profession code (10) or words of the profession or specialty.")] = "",
+    city: Annotated[str, typer.Option(help="Words of the town, or the start of a postal code.")] = "",
+    organisation: Annotated[str, typer.Option(help="Words of the organisation's name.")] = "",
+    page: Annotated[int, typer.Option(min=1)] = 1,
+    per_page: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    fmt: FormatOption = Format.table,
+) -> None:
+    """List entries with filters, in address order."""
+    from directory.listing import ListFilters, list_entries
+    from mss.db import session_scope
+
+    filters = ListFilters(
+        kind=kind, status=status, domain=domain, profession=profession, city=city, organisation=organisation
+    )
+    rt = runtime()
+    with session_scope(rt.engine, readonly=True) as session:
+        result = list_entries(session, filters, page=page, per_page=per_page)
+    rows = [entry_dict(e) for e in result.items]
+    if not result.total:
+        summary = "no match"
+    else:
+        summary = f"{result.total} entr{'ies' if result.total > 1 else 'y'}, page {result.page} of {result.pages}"
+        if not rows:
+            summary += " (no entry on this page)"
+        elif result.page < result.pages:
+            summary += " (more with --page)"
+    print_listing(ENTRY_COLUMNS, rows, fmt, summary=summary)
 
 
 def entry_dict(e: Any) -> dict[str, Any]:
     return {
-        "address": e.address, "kind": e.kind, "rpps": e.rpps, "civility": e.civility, "last_name": e.last_name,
-        "first_name": e.first_name, "profession": e.profession_label, "skill": e.skill_label,
+        "address": e.address, "kind": e.kind, "name": e.display_name, "rpps": e.rpps, "civility": e.civility,
+        "last_name": e.last_name, "first_name": e.first_name, "profession": e.profession_label, "skill": e.skill_label,
         "organisation": e.org_name, "service": e.service, "city": e.city, "postal_code": e.postal_code,
         "status": e.status, "status_reason": e.status_reason,
     }
@@ -389,6 +489,45 @@ def account_create(address: str, password_stdin: PasswordStdin = False) -> None:
         enrolment = accounts.create_account(session, rt.settings, rt.master_key, address, password, actor=actor())
     out.print(f"account created for {enrolment.address}")
     print_enrolment(enrolment)
+
+
+ACCOUNT_COLUMNS = (
+    ("address", "address"),
+    ("state", "state"),
+    ("two_factor", "2FA"),
+    ("certificate_not_after", "certificate until"),
+    ("last_login", "last login (UTC)"),
+    ("reason", "why"),
+)
+
+
+@account_app.command("list")
+@handles_errors
+def account_list(
+    state: Annotated[
+        str,
+        typer.Option(help="Only accounts in this state: active, locked, disabled, entry-revoked, "
+                          "certificate-revoked, certificate-expired, domain-not-served."),
+    ] = "",
+    fmt: FormatOption = Format.table,
+) -> None:
+    """Accounts: state, second factor, certificate expiry, last login."""
+    from mss import accounts
+    from mss.db import session_scope
+
+    rt = runtime()
+    with session_scope(rt.engine, readonly=True) as session:
+        found = accounts.list_accounts(session, rt.settings, state=state.strip().lower())
+    rows = [
+        {
+            "address": a.address, "state": a.state, "two_factor": a.two_factor,
+            "certificate_serial": a.certificate_serial, "certificate_not_after": a.certificate_not_after,
+            "last_login": a.last_login, "reason": a.reason,
+        }
+        for a in found
+    ]
+    summary = f"{len(rows)} account{'s' if len(rows) != 1 else ''}" if rows else "no match"
+    print_listing(ACCOUNT_COLUMNS, rows, fmt, summary=summary)
 
 
 @account_app.command("passwd")
@@ -602,13 +741,19 @@ def audit_purge(
 
 # -- messages ----------------------------------------------------------------------------
 
-message_app = typer.Typer(help="Stored messages.", no_args_is_help=True)
+message_app = typer.Typer(help="Stored messages.", **HELP)
 app.add_typer(message_app, name="message")
+
+
+TRACE_COLUMNS = (("at", "time (UTC)"), ("action", "event"), ("actor", "by"), ("outcome", "outcome"), ("detail", "detail"))
 
 
 @app.command("trace")
 @handles_errors
-def trace(message: Annotated[str, typer.Argument(help="Message-ID or queue id.")]) -> None:
+def trace(
+    message: Annotated[str, typer.Argument(help="Message-ID or queue id.")],
+    fmt: FormatOption = Format.table,
+) -> None:
     """The journey of a message: submitted, checked, signed, delivered, receipts, readings."""
     from mss import store
     from mss.db import session_scope
@@ -617,15 +762,32 @@ def trace(message: Annotated[str, typer.Argument(help="Message-ID or queue id.")
     with session_scope(rt.engine, readonly=True) as session:
         journey = store.trace(session, message)
     row = journey.message
+    events = [
+        {"at": e.at, "action": e.action, "actor": e.actor, "outcome": e.outcome, "detail": json.loads(e.detail)}
+        for e in journey.events
+    ]
+    deliveries = [{"recipient": d.recipient, "status": d.status, "reason": d.reason} for d in journey.deliveries]
+    receipts = [
+        {"kind": r.kind, "status": r.status, "recipient": r.recipient, "at": r.at.isoformat()} for r in journey.receipts
+    ]
+    if fmt is Format.json:
+        print(json.dumps({
+            "message_id": row.message_id, "queue_id": row.queue_id, "sender": row.sender,
+            "events": [{**e, "at": e["at"].isoformat()} for e in events],
+            "deliveries": deliveries, "receipts": receipts,
+        }, ensure_ascii=False, indent=2))
+        return
+    shown = {"recipient", "status", "reason", "channel", "documents", "decision", "by"}
+    rows = [
+        {**e, "detail": ", ".join(f"{k}={v}" for k, v in e["detail"].items() if k in shown)} for e in events
+    ]
+    if fmt is Format.csv:
+        print_listing(TRACE_COLUMNS, rows, fmt, summary=f"{len(rows)} events for {row.queue_id}")
+        return
     out.print(f"message {row.message_id}  queue id {row.queue_id}  from {row.sender}", highlight=False)
-    table = Table("time (UTC)", "event", "by", "outcome", "detail")
-    for event in journey.events:
-        detail = json.loads(event.detail)
-        shown = ", ".join(f"{k}={v}" for k, v in detail.items() if k in {"recipient", "status", "reason", "channel", "documents"})
-        table.add_row(f"{event.at:%Y-%m-%d %H:%M:%S}", event.action, event.actor, event.outcome, shown)
-    out.print(table)
-    for d in journey.deliveries:
-        out.print(f"  {d.recipient}: {d.status}" + (f" ({d.reason})" if d.reason else ""), highlight=False)
+    print_listing(TRACE_COLUMNS, rows, fmt, summary=f"{len(rows)} events")
+    for d in deliveries:
+        out.print(f"  {d['recipient']}: {d['status']}" + (f" ({d['reason']})" if d["reason"] else ""), highlight=False)
     for r in journey.receipts:
         out.print(f"  receipt {r.kind.upper()} {r.status} for {r.recipient} at {r.at:%Y-%m-%d %H:%M:%S}", highlight=False)
 

@@ -15,6 +15,11 @@ from sqlmodel import Field, SQLModel
 
 from mss.db import UTCDateTime, utcnow
 
+# The "civilité d'exercice" values that are titles people write before a name: doctors and
+# professors. The others (M, MME ...) say nothing of the profession and, in extracts and by
+# hand, are often not the person's own: a name is written without them.
+TITLES = {"DR": "Dr", "PR": "Pr"}
+
 ACTIVE = "active"
 REVOKED = "revoked"
 INACTIVE = "inactive"  # missing from the latest extract (--prune)
@@ -69,9 +74,16 @@ class DirectoryEntry(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
     @property
+    def title(self) -> str:
+        """The title written before the name (Dr, Pr), or "" when the civility is none."""
+        return TITLES.get(self.civility.strip().upper().rstrip("."), "")
+
+    @property
     def display_name(self) -> str:
+        """The name as people write it: ``Dr Marc ROBERT``, ``Éloïse FOURNIER``, or the
+        organisation's name."""
         if self.kind == "PER":
-            return " ".join(p for p in (self.civility.title(), self.first_name, self.last_name) if p)
+            return " ".join(p for p in (self.title, self.first_name, self.last_name) if p) or self.address
         return self.org_name or self.address
 
 

@@ -5,6 +5,10 @@ certificate before the first message).
 Only an active entry's current certificate (neither revoked nor expired) is published: one
 that may no longer receive, or a revoked certificate, is "not found", so no client keeps
 encrypting to a key that should not read any more.
+
+An entry's card (:func:`entry_card`) is what the web's directory page shows of it: names,
+organisation, postal address, the other mailboxes of the same professional or organisation,
+and that certificate.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from sqlmodel import Session
 
 from directory import certificates, service
+from directory.listing import mailboxes_of
+from directory.models import ACTIVE, DirectoryEntry
 from mss.crypto import pki
-from mss.errors import RecipientHasNoCertificate
+from mss.errors import RecipientHasNoCertificate, UnknownAddress
 
 
 @dataclass(frozen=True)
@@ -90,3 +96,49 @@ def certificate_for(engine, address: str) -> PublishedCertificate:  # type: igno
 
     with session_scope(engine, readonly=True) as session:
         return published_certificate(session, address)
+
+
+# The extract's street type codes (NL4TYPEVOIE) as people write them.
+STREET_TYPES = {
+    "R": "rue", "RUE": "rue", "AV": "avenue", "BD": "boulevard", "PL": "place", "CHE": "chemin", "RTE": "route",
+    "IMP": "impasse", "ALL": "allée", "QUAI": "quai", "CRS": "cours", "SQ": "square", "PASS": "passage",
+    "FG": "faubourg", "LOT": "lotissement", "RES": "résidence", "ZA": "zone d’activité", "ZI": "zone industrielle",
+}
+
+
+@dataclass(frozen=True)
+class EntryCard:
+    """An entry as a professional browsing the directory sees it."""
+
+    entry: DirectoryEntry
+    postal_address: tuple[str, ...]
+    mailboxes: tuple[DirectoryEntry, ...]
+    """The other active mailboxes of the same professional or organisation."""
+    certificate: PublishedCertificate | None
+    """The current certificate, when the entry is active and has one."""
+
+
+def postal_address(entry: DirectoryEntry) -> tuple[str, ...]:
+    """The entry's postal address, line by line, as an envelope would carry it."""
+    street_type = STREET_TYPES.get(entry.addr_street_type.strip().upper(), entry.addr_street_type.strip().lower())
+    street = " ".join(p for p in (entry.addr_number, entry.addr_number_ext, street_type, entry.addr_street) if p.strip())
+    lines = (entry.addr_l2, entry.addr_l3, street, entry.addr_l5, entry.addr_l6)
+    return tuple(line.strip() for line in lines if line and line.strip())
+
+
+def entry_card(session: Session, address: str) -> EntryCard:
+    """The card of ``address``, whatever its status. Raises UnknownAddress."""
+    entry = service.get_entry(session, address)
+    if entry is None:
+        raise UnknownAddress(address.strip().lower()[:254])
+    certificate = None
+    if entry.status == ACTIVE:
+        current = certificates.current_certificate(session, entry.address)
+        if current is not None:
+            certificate = PublishedCertificate(address=entry.address, name=entry.display_name, certificate=current)
+    return EntryCard(
+        entry=entry,
+        postal_address=postal_address(entry),
+        mailboxes=tuple(mailboxes_of(session, entry)),
+        certificate=certificate,
+    )

@@ -58,6 +58,13 @@ class SearchPage:
     page: int
     per_page: int
     has_next: bool
+    total: int | None = None
+    """How many entries match in all (when asked for with ``with_total``)."""
+
+    @property
+    def pages(self) -> int | None:
+        """How many pages the matches fill (when the total is known)."""
+        return None if self.total is None else max(1, -(-self.total // self.per_page))
 
 
 def query_words(query: str) -> list[str]:
@@ -83,6 +90,10 @@ SELECT id FROM (
 ORDER BY {rank}, names, address
 LIMIT :limit OFFSET :offset
 """
+_SQLITE_COUNT = """
+SELECT count(*) FROM directory_fts AS f CROSS JOIN directory_entry AS e ON e.id = f.rowid
+WHERE directory_fts MATCH :match {filters}
+"""
 
 _POSTGRESQL = """
 SELECT id FROM (
@@ -93,6 +104,10 @@ SELECT id FROM (
 ) AS matched
 ORDER BY {rank}, names, address
 LIMIT :limit OFFSET :offset
+"""
+_POSTGRESQL_COUNT = """
+SELECT count(*) FROM directory_entry AS e
+WHERE to_tsvector('simple', e.search_text) @@ to_tsquery('simple', :match) {filters}
 """
 
 # Particles of French names and organisations: a query "centre hospitalier de rouen" or
@@ -112,7 +127,9 @@ def _plan(words: list[str]) -> tuple[list[str], list[str]]:
     return indexed, checked
 
 
-def _statement(dialect: str, words: list[str], include_inactive: bool) -> tuple[str, dict[str, object]]:
+def _statement(
+    dialect: str, words: list[str], include_inactive: bool, *, count: bool = False
+) -> tuple[str, dict[str, object]]:
     indexed, checked = _plan(words)
     params: dict[str, object] = {"active": ACTIVE}
     find = "instr" if dialect == "sqlite" else "strpos"
@@ -133,9 +150,13 @@ def _statement(dialect: str, words: list[str], include_inactive: bool) -> tuple[
     if dialect == "sqlite":
         # Each word is [a-z0-9]+ and quoted anyway: "w"* is a prefix term, juxtaposition AND.
         params["match"] = " ".join(f'"{w}"*' for w in indexed)
+        if count:
+            return _SQLITE_COUNT.format(filters=" ".join(filters)), params
         return _SQLITE.format(filters=" ".join(filters), rank=rank), params
     if dialect == "postgresql":
         params["match"] = " & ".join(f"{w}:*" for w in indexed)
+        if count:
+            return _POSTGRESQL_COUNT.format(filters=" ".join(filters)), params
         return _POSTGRESQL.format(filters=" ".join(filters), rank=rank), params
     raise DirectoryError(f"directory search does not support the {dialect} database")
 
@@ -147,9 +168,11 @@ def search(
     page: int = 1,
     per_page: int = 20,
     include_inactive: bool = False,
+    with_total: bool = False,
 ) -> SearchPage:
     """One page of the entries matching every word of ``query``, best first.
 
+    ``with_total`` also counts every match (one more query, as costly as the page's).
     Revoked and inactive entries are left out unless ``include_inactive``. A query with no
     word (empty, punctuation only) gives an empty page. Raises DirectoryError for a query
     longer than 200 characters or of more than 16 words, a page below 1, or ``per_page``
@@ -165,7 +188,7 @@ def search(
     if len(words) > MAX_WORDS:
         raise DirectoryError(f"search query has more than {MAX_WORDS} words")
     if not words:
-        return SearchPage(items=[], page=page, per_page=per_page, has_next=False)
+        return SearchPage(items=[], page=page, per_page=per_page, has_next=False, total=0 if with_total else None)
 
     # The whole query, for the exact address / RPPS rank; a query with control characters
     # cannot be one (and PostgreSQL refuses NUL in a parameter).
@@ -179,8 +202,12 @@ def search(
                 statement = statement.where(DirectoryEntry.status == ACTIVE)
             entry = session.execute(statement).scalars().first()
             if entry is not None:
-                return SearchPage(items=[entry] if page == 1 else [], page=page, per_page=per_page, has_next=False)
-        sql, params = _statement(session.get_bind().dialect.name, words, include_inactive)
+                return SearchPage(
+                    items=[entry] if page == 1 else [], page=page, per_page=per_page, has_next=False,
+                    total=1 if with_total else None,
+                )
+        dialect = session.get_bind().dialect.name
+        sql, params = _statement(dialect, words, include_inactive)
         ids = (
             session.execute(
                 text(sql),
@@ -191,6 +218,13 @@ def search(
         )
         has_next = len(ids) > per_page
         ids = ids[:per_page]
+        total = None
+        if with_total:
+            if page == 1 and not has_next:
+                total = len(ids)  # the page holds every match: no need to count them again
+            else:
+                count_sql, count_params = _statement(dialect, words, include_inactive, count=True)
+                total = int(session.execute(text(count_sql), {**count_params, "exact": exact}).scalar_one())
         found = (
             {
                 entry.id: entry
@@ -201,4 +235,6 @@ def search(
         )
     except SQLAlchemyError as exc:
         raise StorageError(f"directory search failed: {exc.__class__.__name__}") from exc
-    return SearchPage(items=[found[i] for i in ids if i in found], page=page, per_page=per_page, has_next=has_next)
+    return SearchPage(
+        items=[found[i] for i in ids if i in found], page=page, per_page=per_page, has_next=has_next, total=total
+    )

@@ -284,6 +284,19 @@ class FilterError(MailboxError):
     """A folder filter has a value that cannot be searched for (bad date, INS, type)."""
 
 
+class ReceiptNotPending(MailboxError):
+    """No read receipt waits for the reader's answer on this message (none was asked, or it
+    was already sent or declined); ``state`` says which."""
+
+
+class DraftNotFound(MailboxError):
+    """No draft with this id in the writer's drafts."""
+
+
+class DraftTooLarge(MailboxError):
+    """A draft cannot be kept: too large, or too many drafts already."""
+
+
 # -- receipts ----------------------------------------------------------------------------
 
 

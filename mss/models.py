@@ -58,6 +58,9 @@ class Account(SQLModel, table=True):
     last_failure_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
     locked_until: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
     disabled: bool = False
+    # RFC 8098 2.1: a read receipt goes out only with the reader's consent: ask each time
+    # (default), always, or never (mss.accounts.preferences).
+    read_receipts: str = Field(default="ask", max_length=10)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
@@ -165,6 +168,37 @@ class Receipt(SQLModel, table=True):
     reason: str = Field(default="", max_length=500)
     notification_id: Optional[int] = Field(default=None, foreign_key="message.id")
     at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ReadReceiptDeclined(SQLModel, table=True):
+    """A recipient's refusal to send the read receipt a message asked for (RFC 8098 2.1),
+    by their own choice or their setting: the question is not asked again."""
+
+    __tablename__ = "read_receipt_declined"
+    __table_args__ = (UniqueConstraint("message_id", "recipient"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="message.id", index=True)
+    recipient: str = Field(max_length=254)
+    by: str = Field(max_length=10)  # reader | setting
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Draft(SQLModel, table=True):
+    """A message being written, kept until it is sent or discarded. Both parts are CMS
+    envelopes encrypted to the owner's own certificate: only their private key (held by
+    their session) opens them; the master key does not."""
+
+    __tablename__ = "draft"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    draft_id: str = Field(max_length=40, unique=True, index=True)  # random, shown in URLs
+    owner: str = Field(max_length=254, index=True)
+    summary_cms: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # what the folder lists
+    content_cms: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # text, options, files
+    size: int
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 class WebSession(SQLModel, table=True):

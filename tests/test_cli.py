@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import sqlite3
 import subprocess
@@ -34,8 +35,8 @@ def test_import_of_a_missing_file_is_a_clear_error(mss, tmp_path):  # type: igno
 
 def test_directory_search_show_add_revoke(mss):  # type: ignore[no-untyped-def]
     mss("directory", "import", str(SAMPLE_EXTRACT))
-    found = mss("directory", "search", "lefebvre", "--json")
-    rows = [json.loads(line) for line in found.stdout.splitlines() if line.strip().startswith("{")]
+    found = mss("directory", "search", "lefebvre", "--format", "json")
+    rows = json.loads(found.stdout)
     assert rows and all("LEF" in r["last_name"] for r in rows)
     shown = mss("directory", "show", DOCTOR.upper())
     assert "ROBERT" in shown.stdout
@@ -161,3 +162,152 @@ def test_console_script_reads_password_from_stdin(env, dev_pki):  # type: ignore
     assert "otpauth://totp/" in created.stdout
     help_text = subprocess.run([str(mss_bin), "account", "create", "--help"], env=full_env, capture_output=True, text=True)
     assert "--password " not in help_text.stdout
+
+
+# -- listings, help, exports -------------------------------------------------------------
+
+
+def _commands(group, prefix=()):  # type: ignore[no-untyped-def]
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_help_shows_boolean_options_as_flags(mss):  # type: ignore[no-untyped-def]
+    import typer.main
+
+    from cli.main import app
+
+    flags = 0
+    for path, command in _commands(typer.main.get_command(app)):
+        text = mss(*path, "--help").stdout
+        assert "<bool>" not in text, (path, text)
+        for param in command.params:
+            if getattr(param, "is_flag", False):
+                flags += 1
+                line = next(line for line in text.splitlines() if param.opts[0] in line)
+                # The flag's help follows its name directly, with no value placeholder.
+                assert re.match(rf"^\s+{re.escape(param.opts[0])}\s+[A-Z]", line), (path, line)
+    assert flags >= 8
+
+
+def test_directory_search_prints_the_total_or_no_match(mss):  # type: ignore[no-untyped-def]
+    mss("directory", "import", str(SAMPLE_EXTRACT))
+    found = mss("directory", "search", "rouen", "--per-page", "5")
+    total = int(re.search(r"(\d+) matches, page 1 of (\d+) \(more with --page\)", found.stdout).group(1))
+    assert total > 5
+    as_json = mss("directory", "search", "rouen", "--per-page", "200", "--format", "json")
+    rows = json.loads(as_json.stdout)
+    assert len(rows) == total and all(r["status"] == "active" for r in rows)
+    assert f"{total} matches" in as_json.stderr
+    as_csv = mss("directory", "search", "robert marc", "--format", "csv").stdout.splitlines()
+    assert as_csv[0] == "address,name,rpps,profession,organisation,city,status"
+    assert as_csv[1].startswith(DOCTOR + ",Dr Marc ROBERT,")
+    nothing = mss("directory", "search", "zzzyyyxxx")
+    assert "no match for 'zzzyyyxxx'" in nothing.stdout and "┃" not in nothing.stdout
+    assert json.loads(mss("directory", "search", "zzzyyyxxx", "--format", "json").stdout) == []
+    beyond = mss("directory", "search", "rouen", "--page", "99")
+    assert f"{total} matches, page 99 of" in beyond.stdout and "no entry on this page" in beyond.stdout
+    bad = mss("directory", "search", "rouen", "--format", "xml", ok=False)
+    assert bad.exit_code == 2 and "'xml' is not one of" in bad.stderr
+    too_long = mss("directory", "search", "x" * 300, ok=False)
+    assert too_long.exit_code == 1 and "longer than 200 characters" in too_long.stderr
+
+
+def test_directory_list_with_filters(mss):  # type: ignore[no-untyped-def]
+    mss("directory", "import", str(SAMPLE_EXTRACT))
+    everyone = json.loads(mss("directory", "list", "--per-page", "500", "--format", "json").stdout)
+    assert everyone and [r["address"] for r in everyone] == sorted(r["address"] for r in everyone)
+    orgs = json.loads(mss("directory", "list", "--kind", "org", "--format", "json").stdout)
+    assert orgs and all(r["kind"] == "ORG" for r in orgs)
+    in_evreux = json.loads(mss("directory", "list", "--city", "evreux", "--format", "json").stdout)
+    assert in_evreux and all(r["city"] == "ÉVREUX" for r in in_evreux)
+    assert GP in {r["address"] for r in in_evreux}
+    # Names as people write them: a title (Dr, Pr) from the data, never "M Éloïse".
+    names = {r["address"]: r["name"] for r in everyone}
+    assert names[GP] == "Éloïse FOURNIER" and names[DOCTOR] == "Dr Marc ROBERT"
+    assert not any(name.startswith(("M ", "Mme ", "MME ")) for name in names.values())
+    by_postcode = json.loads(mss("directory", "list", "--city", "27", "--format", "json", "--per-page", "500").stdout)
+    assert {r["address"] for r in in_evreux} <= {r["address"] for r in by_postcode}
+    gps = json.loads(mss("directory", "list", "--profession", "médecine générale", "--format", "json").stdout)
+    assert GP in {r["address"] for r in gps} and all(r["skill"] == "Qualifié en Médecine Générale" for r in gps)
+    doctors = json.loads(mss("directory", "list", "--profession", "10", "--per-page", "500", "--format", "json").stdout)
+    assert {r["address"] for r in gps} <= {r["address"] for r in doctors}
+    chu = json.loads(mss("directory", "list", "--organisation", "hospitalier demo", "--domain", "chu-demo.mss.test",
+                         "--per-page", "500", "--format", "json").stdout)
+    assert DOCTOR in {r["address"] for r in chu} and all(r["address"].endswith("@chu-demo.mss.test") for r in chu)
+    mss("directory", "revoke", DOCTOR, "--reason", "left")
+    revoked = mss("directory", "list", "--status", "revoked")
+    assert DOCTOR in revoked.stdout and "1 entry, page 1 of 1" in revoked.stdout
+    assert DOCTOR not in mss("directory", "list", "--per-page", "500").stdout
+    table = mss("directory", "list", "--per-page", "2")
+    assert re.search(r"\d+ entries, page 1 of \d+ \(more with --page\)", table.stdout)
+    assert "no match" in mss("directory", "list", "--city", "nowhereville").stdout
+    for args, message in (
+        (("--kind", "robot"), "unknown kind 'robot'"),
+        (("--status", "sleeping"), "unknown status 'sleeping'"),
+        (("--domain", "not a domain"), "is not a mail domain"),
+        (("--city", "!!!"), "needs at least one letter or digit"),
+    ):
+        bad = mss("directory", "list", *args, ok=False)
+        assert bad.exit_code == 1 and message in bad.stderr, (args, bad.stderr)
+    zero = mss("directory", "list", "--page", "0", ok=False)
+    assert zero.exit_code == 2 and "--page" in zero.stderr
+
+
+def test_account_list(mss, rt):  # type: ignore[no-untyped-def]
+    from mss import accounts
+
+    mss("directory", "import", str(SAMPLE_EXTRACT))
+    assert "no match" in mss("account", "list").stdout
+    for address in (DOCTOR, GP):
+        mss("account", "create", address, "--password-stdin", input="first passphrase ok\n")
+    accounts.authenticate(rt.engine, rt.settings, DOCTOR, "first passphrase ok", channel="web")
+    mss("account", "disable", GP)
+    rows = {r["address"]: r for r in json.loads(mss("account", "list", "--format", "json").stdout)}
+    assert rows[DOCTOR]["state"] == "active" and rows[DOCTOR]["two_factor"] is False
+    assert rows[DOCTOR]["last_login"] and rows[GP]["last_login"] is None
+    assert rows[DOCTOR]["certificate_not_after"][:4].isdigit()
+    assert rows[GP]["state"] == "disabled"
+    table = mss("account", "list").stdout
+    assert "2 accounts" in table and "disabled" in table and "certificate until" in table
+    as_csv = mss("account", "list", "--format", "csv", "--state", "disabled").stdout.splitlines()
+    assert as_csv[0] == "address,state,two_factor,certificate_not_after,last_login,reason"
+    assert len(as_csv) == 2 and as_csv[1].startswith(GP + ",disabled,no,")
+    bad = mss("account", "list", "--state", "asleep", ok=False)
+    assert bad.exit_code == 1 and "unknown state 'asleep'" in bad.stderr
+
+
+def test_message_export_is_in_the_audit_trail(mss, rt, tmp_path):  # type: ignore[no-untyped-def]
+    from web_support import create_person, submit
+
+    mss("directory", "import", str(SAMPLE_EXTRACT))
+    doctor, gp = create_person(rt, DOCTOR), create_person(rt, GP)
+    accepted = submit(rt, doctor, [GP], "Compte rendu", "Bonjour")
+    out = tmp_path / "message.eml"
+    mss("message", "export", accepted.queue_id, "--for", GP, "--out", str(out))
+    assert b"application/pkcs7-mime" in out.read_bytes()
+    events = [json.loads(line) for line in mss("audit", "export").stdout.splitlines()]
+    exports = [e for e in events if e["action"] == "message.export"]
+    assert len(exports) == 1
+    assert exports[0]["actor"].startswith("cli") and exports[0]["object"] == accepted.queue_id
+    assert json.loads(exports[0]["detail"]) == {"reader": GP}  # who it was exported for
+    stranger = mss("message", "export", accepted.queue_id, "--for", "joel.michel@medecin.mss.test",
+                   "--out", str(tmp_path / "no.eml"), ok=False)
+    assert stranger.exit_code == 1 and "no message" in stranger.stderr and not (tmp_path / "no.eml").exists()
+    unknown = mss("message", "export", "NOSUCHQUEUEID", "--for", GP, "--out", str(tmp_path / "no.eml"), ok=False)
+    assert unknown.exit_code == 1 and "no message" in unknown.stderr
+    traced = json.loads(mss("trace", accepted.queue_id, "--format", "json").stdout)
+    assert traced["queue_id"] == accepted.queue_id and traced["sender"] == DOCTOR
+    assert [d["recipient"] for d in traced["deliveries"]] == [GP]
+    assert "message.export" in [e["action"] for e in traced["events"]]
+    as_csv = mss("trace", accepted.queue_id, "--format", "csv").stdout.splitlines()
+    assert as_csv[0] == "at,action,actor,outcome,detail" and any(",message.submit," in line for line in as_csv)
+    table = mss("trace", accepted.queue_id).stdout
+    assert "message.submit" in table and f"{GP}: delivered" in table
+    assert mss("trace", accepted.queue_id, "--format", "yaml", ok=False).exit_code == 2
+    missing = mss("trace", "NOSUCHQUEUEID", ok=False)
+    assert missing.exit_code == 1 and "no message" in missing.stderr
+    assert "intact" in mss("audit", "verify").stdout

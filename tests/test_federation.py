@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from litestar.testing import TestClient
 from sqlalchemy import select
 
-from mss import audit, trust
+from mss import accounts, audit, trust
 from mss.crypto import keys, pki
 from mss.db import session_scope
 from mss.models import AuditEvent, Delivery, Message, Outbound, PeerCertificate, Receipt
@@ -118,7 +118,10 @@ def test_encrypted_both_ways_with_receipts_back(pair: tuple[Operator, Operator])
     wait_for(lambda: has_receipt(a, queue_id, "mdn", "processed", JOEL) and has_receipt(a, queue_id, "dsn", "delivered", JOEL),
              what="B's processed MDN and delivered DSN at A")
 
-    # Joël reads it in B's web inbox: A's signature checks out against A's CA and its CRL.
+    # Joël reads it in B's web inbox, having chosen to send read receipts when asked
+    # (RFC 8098 2.1: his consent): A's signature checks out against A's CA and its CRL.
+    with session_scope(b.rt.engine) as session:
+        accounts.set_read_receipt_choice(session, JOEL, "always", actor=JOEL)
     page = page_of(b, JOEL, arrived.queue_id)
     assert "valid signature" in page and "Marc ROBERT" in page and f"at operator {A_DOMAIN}" in page
     assert "courrier.pdf" in page

@@ -105,9 +105,25 @@ def test_read_filter_download_send_and_receipts(rt, clients, doctor, gp):  # typ
     gp_client = clients()
     gp_token = _token(gp_client, gp)
     reply = gp_client.get(f"/api/v1/messages/{queue_id}", headers=_auth(gp_token)).json()
-    assert reply["displayed_receipt_sent"] and reply["attachments"][0]["size"] == len(pdf)
+    # RFC 8098 2.1: opening asks (the default setting); nothing goes out before the answer.
+    assert reply["read_receipt"] == "pending" and not reply["displayed_receipt_sent"]
+    assert reply["attachments"][0]["size"] == len(pdf)
+    journey = client.get(f"/api/v1/messages/{queue_id}/receipts", headers=_auth(token)).json()
+    assert [s["status"] for s in journey[0]["steps"]] == ["delivered", "processed"]
+    answer = f"/api/v1/messages/{queue_id}/read-receipt"
+    bad = gp_client.post(answer, json={"send": "maybe"}, headers=_auth(gp_token))
+    assert bad.status_code == 400
+    assert gp_client.post(answer, json={}, headers=_auth(gp_token)).status_code == 400
+    sent_now = gp_client.post(answer, json={"send": True}, headers=_auth(gp_token))
+    assert sent_now.status_code == 200 and sent_now.json() == {"read_receipt": "sent"}
+    twice = gp_client.post(answer, json={"send": False}, headers=_auth(gp_token))
+    assert twice.status_code == 409 and twice.json()["error"] == "not-pending"
     journey = client.get(f"/api/v1/messages/{queue_id}/receipts", headers=_auth(token)).json()
     assert [s["status"] for s in journey[0]["steps"]] == ["delivered", "processed", "displayed"]
+    again = gp_client.get(f"/api/v1/messages/{queue_id}", headers=_auth(gp_token)).json()
+    assert again["read_receipt"] == "sent" and not again["displayed_receipt_sent"]
+    # The sender answers nothing about their own message, nor anyone about another's.
+    assert client.post(answer, json={"send": True}, headers=_auth(token)).status_code == 404
 
     refused = client.post(
         "/api/v1/messages", headers=_auth(token), json={"to": ["nobody@chu-demo.mss.test"], "subject": "x", "body": "y"}
@@ -170,3 +186,42 @@ def test_malformed_input_is_refused_not_crashed(rt, clients, doctor):  # type: i
     assert client.get("/api/v1/messages", params={"folder": "trash"}, headers=_auth(token)).status_code == 400
     assert client.get("/api/v1/messages", params={"date_from": "yesterday"}, headers=_auth(token)).status_code == 400
     assert client.get("/api/v1/messages", params={"per_page": 1000}, headers=_auth(token)).status_code == 400
+
+
+def _raw_text_message(sender: str, to: str, subject: str, content_type: str, body: bytes) -> bytes:
+    """A message as a client that writes 8-bit text writes it (no MIME encoding by us)."""
+    return (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Mon, 30 Nov 2026 10:00:00 +0100\r\n"
+        f"Message-ID: <{subject.replace(' ', '.')}@client.test>\r\nMIME-Version: 1.0\r\n"
+        f"Content-Type: {content_type}\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    ).encode("ascii") + body + b"\r\n"
+
+
+def test_text_without_a_charset_is_read_as_written(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    from mss import pipeline
+    from mss.pipeline import RecipientRequest, Submission
+    from web_support import unlocked
+
+    login(clients(), doctor)
+    sender = unlocked(rt, gp)
+    cases = {
+        "windows": ("text/plain", "Voici la pièce jointe, à vérifier.".encode("cp1252"), "windows-1252"),
+        "utf8": ("text/plain", "Voici la pièce jointe, à vérifier.".encode("utf-8"), "utf-8"),
+        "declared": ("text/plain; charset=iso-8859-1", "Voici la pièce jointe, à vérifier.".encode("latin-1"), None),
+        "ascii": ("text/plain", b"Voici la piece jointe.", None),
+        "wrong": ("text/plain; charset=utf-8", "Voici la pièce jointe, à vérifier.".encode("cp1252"), "windows-1252"),
+    }
+    queued = {}
+    for name, (content_type, body, _guess) in cases.items():
+        raw = _raw_text_message(GP, DOCTOR, f"Encodage {name}", content_type, body)
+        queued[name] = pipeline.submit(
+            rt, Submission(sender=sender, recipients=(RecipientRequest(DOCTOR),), raw=raw, channel="smtp")
+        ).queue_id
+    client = clients()
+    token = _token(client, doctor)
+    for name, (_content_type, _body, guess) in cases.items():
+        message = client.get(f"/api/v1/messages/{queued[name]}", headers=_auth(token)).json()
+        expected = "Voici la piece jointe." if name == "ascii" else "Voici la pièce jointe, à vérifier."
+        assert message["body"].strip() == expected, name
+        assert "\ufffd" not in message["body"]
+        assert message["body_charset_guess"] == guess, name

@@ -6,11 +6,19 @@ first enrols an authenticator: signature badge, byte-exact download, rendered CD
 recipient then writes back with a PDF through the compose page (directory search as you
 type), and each side sees the other's read receipt appear in its Sent view.
 
-Set ``MSS_WEB_SCREENSHOTS=<folder>`` to keep the screenshots (the README's are made so).
+Everyday use, in one more session: login, reading and writing with the keyboard alone; the
+read receipt asked first; a text without a charset read as written; a refused send that
+keeps its draft and attachments; a reply that keeps the thread; the directory browsed;
+every page checked with axe-core (no serious or critical violation), and the main pages at
+390 px (a phone) and 768 px (a tablet) without anything running off the right edge.
+
+Set ``MSS_WEB_SCREENSHOTS=<folder>`` to keep the screenshots (the README's and
+``docs/screenshots/`` are made so).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -20,6 +28,7 @@ import pyotp
 import pytest
 from playwright.sync_api import expect
 
+from mss import accounts, mailbox
 from mss.documents import DocumentLimits, parse_cda
 from mss.relay import RelayServer
 from mss.web.twofactor import secret_of
@@ -38,6 +47,9 @@ CHROMIUM_ARGS = [
 ]
 IN_CI = os.environ.get("CI", "").lower() == "true"
 READER = RECIPIENTS[0]  # cedric.petit@chu-demo.mss.test
+# axe-core, installed by `make test` from tests/package.json (npm ci --prefix tests).
+AXE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
+SERIOUS = {"serious", "critical"}
 
 
 @pytest.fixture
@@ -54,6 +66,15 @@ def chromium():  # type: ignore[no-untyped-def]
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def axe_source() -> str:
+    if not AXE.exists():
+        if IN_CI:
+            pytest.fail(f"{AXE} is required under CI=true (`make test` installs it with npm)")
+        pytest.skip(f"{AXE} is not installed (npm ci --prefix tests)")
+    return AXE.read_text(encoding="utf-8")
 
 
 @pytest.fixture
@@ -131,6 +152,12 @@ def test_browser_reads_writes_and_follows_receipts(stack, chromium, tmp_path):  
     assert "sig-valid" in (badge.get_attribute("class") or "")
     assert "signature valide" in badge.inner_text() and SENDER in badge.inner_text()
     assert "veuillez trouver la lettre de liaison." in page.inner_text(".body .text")
+    # RFC 8098 2.1: the read receipt waits for the reader's consent.
+    consent = page.locator("section.consent")
+    assert "L’expéditeur demande un accusé de lecture" in consent.inner_text()
+    consent.locator("button[value=send]").click()
+    expect(page.locator("section.consent")).to_have_count(0)
+    assert "envoyé à l’expéditeur" in page.inner_text("dl.meta")
 
     with page.expect_download() as download:
         page.click(f'a[href="/messages/{smtp_queue_id}/attachments/0"]')
@@ -176,6 +203,8 @@ def test_browser_reads_writes_and_follows_receipts(stack, chromium, tmp_path):  
     sender_page.goto(web.url + "/inbox")
     sender_page.locator("a", has_text="RE : Lettre de liaison de sortie").click()
     assert "Bien reçu, merci." in sender_page.inner_text(".body .text")
+    sender_page.locator("section.consent button[value=send]").click()
+    expect(sender_page.locator("section.consent")).to_have_count(0)
     with sender_page.expect_download() as download:
         sender_page.click("a[download][href$='/attachments/0']")
     assert Path(download.value.path()).read_bytes() == answer
@@ -261,4 +290,249 @@ def test_foreign_documents_in_the_browser(roomy_stack, chromium, tmp_path):  # t
     page.emulate_media(media="print")
     assert not page.locator("nav.side").is_visible()
     assert page.locator(".cda-head").is_visible()
+# -- everyday use ------------------------------------------------------------------------
+
+
+def _accessibility(page, axe_source: str, name: str, report: dict) -> None:  # type: ignore[no-untyped-def]
+    """Run axe-core on the page as it stands (WCAG 2 A and AA rules); keep the serious and
+    critical violations under ``name``. The script is evaluated through the DevTools
+    protocol, so the page's Content-Security-Policy stays as it is served."""
+    if not page.evaluate("() => typeof window.axe !== 'undefined'"):
+        page.evaluate(axe_source)
+    result = page.evaluate(
+        """async () => {
+            const r = await axe.run(document, {runOnly: {type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}});
+            return r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                                           nodes: v.nodes.slice(0, 3).map(n => n.target.join(" "))}));
+        }"""
+    )
+    report[name] = [v for v in result if v["impact"] in SERIOUS]
+
+
+def _tab_to(page, selector: str, limit: int = 80) -> None:  # type: ignore[no-untyped-def]
+    """Move the focus with the Tab key alone until ``selector`` has it."""
+    focused = "(s) => document.activeElement !== null && document.activeElement.matches(s)"
+    for _ in range(limit):
+        if page.evaluate(focused, selector):
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"{selector} cannot be reached with the Tab key")
+
+
+def _off_loop(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """Call a blocking service in a thread: Playwright's sync API runs an event loop here."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+def _no_overflow(page, width: int) -> None:  # type: ignore[no-untyped-def]
+    """Nothing runs off the right edge: the page is no wider than the screen."""
+    scroll = page.evaluate("() => document.documentElement.scrollWidth")
+    assert scroll <= width, f"{page.url}: {scroll} px wide on a {width} px screen"
+
+
+def _undeclared_charset_message(sender: str, to: str, subject: str, text: str, pdf: bytes) -> bytes:
+    """A message as some French mail software writes it: 8-bit Windows-1252 text, no charset."""
+    import base64
+    from email.header import Header
+
+    attachment = base64.encodebytes(pdf).replace(b"\n", b"\r\n")
+    return (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {Header(subject, 'utf-8').encode()}\r\nMIME-Version: 1.0\r\n"
+        f"Disposition-Notification-To: {sender}\r\nMessage-ID: <charset-1@client.test>\r\n"
+        'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+        "--b1\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    ).encode("ascii") + text.encode("cp1252") + (
+        b"\r\n--b1\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
+        b'Content-Disposition: attachment; filename="bilan.pdf"\r\n\r\n'
+    ) + attachment + b"--b1--\r\n"
+
+
+def test_everyday_use_in_the_browser(stack, chromium, axe_source, tmp_path):  # type: ignore[no-untyped-def]
+    stack, web = stack
+    rt = stack.rt
+    pdf, cda = pdf_bytes(), cda_bytes()
+    text = "Bonjour,\nvoici la pièce jointe : à vérifier avant jeudi.\nCordialement"
+    client = smtp_login(stack, SENDER)
+    charset_qid = queue_id(
+        transaction(client, SENDER, [READER], _undeclared_charset_message(SENDER, READER, "Bilan à revoir", text, pdf))[-1]
+    )
+    cda_qid = queue_id(
+        transaction(
+            client, SENDER, [READER],
+            build_message(SENDER, [READER], "Lettre de liaison", "Ci-joint.", [(CDA_SAMPLE.name, "text/xml", cda)]),
+        )[-1]
+    )
+    client.quit()
+    report: dict[str, list] = {}
+    context = chromium.new_context(ignore_https_errors=True, locale="fr-FR", viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+
+    # Log in and enrol with the keyboard alone.
+    page.goto(web.url + "/login")
+    _accessibility(page, axe_source, "login", report)
+    _tab_to(page, "#address")
+    page.keyboard.type(READER)
+    _tab_to(page, "#password")
+    page.keyboard.type(stack.passwords[READER])
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/login/enrol$"))
+    _accessibility(page, axe_source, "enrol", report)
+    person = Person(READER, stack.passwords[READER], re.sub(r"\s", "", page.inner_text("#totp-secret")))
+    _tab_to(page, "#code")
+    page.keyboard.type(person.code())
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#recovery-codes")
+    _accessibility(page, axe_source, "recovery-codes", report)
+    _tab_to(page, "#continue")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/inbox$"))
+    _accessibility(page, axe_source, "inbox", report)
+
+    # Read with the keyboard: the text as written, the read receipt asked first.
+    _tab_to(page, f'a[href^="/messages/{charset_qid}"]')
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(rf"/messages/{charset_qid}"))
+    assert "voici la pièce jointe : à vérifier avant jeudi." in page.inner_text(".body .text")
+    assert "WINDOWS-1252" in page.inner_text(".charset-guess")
+    assert "L’expéditeur demande un accusé de lecture" in page.inner_text("section.consent")
+    _accessibility(page, axe_source, "message", report)
+    _tab_to(page, "section.consent button[value=send]")
+    page.keyboard.press("Enter")
+    expect(page.locator("section.consent")).to_have_count(0)
+    assert "envoyé à l’expéditeur" in page.inner_text("dl.meta")
+    assert [j.status for j in _off_loop(mailbox.journey, rt, SENDER, charset_qid)] == ["displayed"]
+
+    # Reply with the keyboard: the text is quoted, the thread kept.
+    _tab_to(page, f'a[href="/compose?reply={charset_qid}"]')
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/compose\?reply="))
+    assert "> voici la pièce jointe : à vérifier avant jeudi." in page.input_value("#body")
+    _accessibility(page, axe_source, "compose-reply", report)
+    _tab_to(page, "#body")
+    page.keyboard.press("Control+Home")
+    page.keyboard.type("Bien reçu, je vérifie.")
+    _tab_to(page, "#compose-form button[value=send]")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/messages/[0-9A-F]{20}\?folder=sent$"))
+    reply_qid = page.url.split("/messages/")[1].split("?")[0]
+    _accessibility(page, axe_source, "sent-message", report)
+    sender = _off_loop(accounts.authenticate, rt.engine, rt.settings, SENDER, stack.passwords[SENDER], channel="cli")
+    answer = _off_loop(mailbox.open_message, rt, sender, reply_qid)
+    assert answer.headers["In-Reply-To"] == "<charset-1@client.test>"
+    assert answer.headers["References"] == "<charset-1@client.test>"
+    assert answer.body.startswith("Bien reçu, je vérifie.")
+
+    # A refused send loses nothing: the draft keeps its text and files until it is sent.
+    page.goto(web.url + "/compose")
+    _tab_to(page, "#to-search")
+    page.keyboard.type("robert marc")
+    page.locator("button.result", has_text=SENDER).wait_for()
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    assert page.locator(f'#chosen input[value="{SENDER}"]').is_checked()
+    _tab_to(page, "#subject")
+    page.keyboard.type("Compte rendu et outil")
+    _tab_to(page, "#body")
+    page.keyboard.type("Le compte rendu est joint.")
+    page.set_input_files(
+        "#attachments",
+        files=[
+            {"name": "compte-rendu.pdf", "mimeType": "application/pdf", "buffer": pdf},
+            {"name": "outil.exe", "mimeType": "application/octet-stream", "buffer": b"MZ\x90\x00\x03\x00\x00\x00"},
+        ],
+    )
+    _tab_to(page, "#compose-form button[value=send]")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#draft-kept")
+    assert "outil.exe" in page.inner_text("#attachments-errors")
+    assert page.input_value("#body") == "Le compte rendu est joint."
+    assert page.locator("#draft-keep-0").is_checked() and page.locator("#draft-keep-1").is_checked()
+    _accessibility(page, axe_source, "compose-refused", report)
+    page.goto(web.url + "/drafts")
+    _accessibility(page, axe_source, "drafts", report)
+    page.locator("a", has_text="Compte rendu et outil").click()
+    assert "compte-rendu.pdf" in page.inner_text(".draft-files") and "outil.exe" in page.inner_text(".draft-files")
+    _tab_to(page, "#draft-keep-1")
+    page.keyboard.press("Space")
+    assert not page.locator("#draft-keep-1").is_checked()
+    _tab_to(page, "#compose-form button[value=send]")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/messages/[0-9A-F]{20}\?folder=sent$"))
+    assert "compte-rendu.pdf" in page.inner_text(".attachments") and "outil.exe" not in page.inner_text(".attachments")
+    page.goto(web.url + "/drafts")
+    assert "Aucun brouillon." in page.inner_text("main")
+
+    # The directory: search as you type, an entry's card, write to it.
+    page.goto(web.url + "/directory")
+    _tab_to(page, "#q")
+    page.keyboard.type("robert marc")
+    entry = page.locator(".entry-item", has_text=SENDER)
+    entry.wait_for()
+    assert "/directory?q=" in page.url  # found as typed, no form sent
+    _accessibility(page, axe_source, "directory", report)
+    entry.locator("a.entry-name").click()
+    expect(page).to_have_url(re.compile(r"/directory/marc\.robert"))
+    assert "Centre Hospitalier Universitaire de Démo" in page.inner_text("main")
+    assert "Empreinte SHA-256" in page.inner_text("main")
+    _accessibility(page, axe_source, "directory-entry", report)
+    page.locator("a.button.primary", has_text="Écrire à").click()
+    assert page.locator(f'#chosen input[value="{SENDER}"]').is_checked()
+    page.goto(web.url + f"/directory/{SENDER}/certificate")
+    _accessibility(page, axe_source, "certificate", report)
+
+    # The other pages.
+    for name, path in (
+        ("attachment-cda", f"/messages/{cda_qid}/attachments/0/view"),
+        ("attachment-pdf", f"/messages/{charset_qid}/attachments/0/view"),
+        ("sent", "/sent"),
+        ("archive", "/archive"),
+        ("account", "/account"),
+        ("not-found", "/messages/NOSUCHMESSAGE0000000"),
+    ):
+        page.goto(web.url + path)
+        _accessibility(page, axe_source, name, report)
+
+    # Phones and tablets: nothing runs off the right edge, and the phone layout is checked too.
+    page.set_viewport_size({"width": 360, "height": 740})  # the narrowest phones in use
+    for path in ("/inbox", f"/messages/{charset_qid}", "/compose", "/directory?q=rouen", "/account"):
+        page.goto(web.url + path)
+        _no_overflow(page, 360)
+    for width, height in ((390, 844), (768, 1024)):
+        page.set_viewport_size({"width": width, "height": height})
+        for name, path in (
+            ("inbox", "/inbox"),
+            ("message", f"/messages/{charset_qid}"),
+            ("compose", "/compose"),
+            ("directory", "/directory?q=rouen"),
+        ):
+            page.goto(web.url + path)
+            _no_overflow(page, width)
+            _shot(page, f"{name}-{width}", tmp_path)
+            if width == 390:
+                _accessibility(page, axe_source, f"{name}-{width}", report)
+    # The next login asks the authenticator's code, with the keyboard alone.
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(web.url + "/inbox")
+    _tab_to(page, "form[action='/logout'] button")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/login$"))
+    _tab_to(page, "#address")
+    page.keyboard.type(READER)
+    _tab_to(page, "#password")
+    page.keyboard.type(stack.passwords[READER])
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/login/totp$"))
+    _accessibility(page, axe_source, "login-code", report)
+    _tab_to(page, "#code")
+    page.keyboard.type(person.code())
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/inbox$"))
+    (tmp_path / "axe-report.json").write_text(
+        json.dumps(report, indent=2, ensure_ascii=False)
+    )
+    assert len(report) >= 20
+    assert {name: found for name, found in report.items() if found} == {}
     context.close()

@@ -87,7 +87,11 @@ def test_client_encrypted_message_is_read_verified_and_searched_by_content(rt, d
 
 
 def test_one_displayed_receipt_for_concurrent_openings(rt, doctor, gp):  # type: ignore[no-untyped-def]
+    from mss import accounts
+
     accepted = submit(rt, gp, [DOCTOR], "Accusé demandé", "Texte.", read_receipt=True)
+    with session_scope(rt.engine) as session:
+        accounts.set_read_receipt_choice(session, DOCTOR, "always", actor=DOCTOR)
     reader = unlocked(rt, doctor)
     barrier = threading.Barrier(4)
     errors: list[BaseException] = []
@@ -248,3 +252,30 @@ def test_hostile_cda_in_a_client_encrypted_message_is_not_rendered(rt, clients, 
     assert "Ce document ne peut pas être affiché" in view.text
     assert client.get(f"/messages/{accepted.queue_id}/attachments/0").content == data
     assert client.get("/healthz").status_code == 200
+def test_one_answer_for_concurrent_read_receipt_answers(rt, doctor, gp):  # type: ignore[no-untyped-def]
+    from mss.errors import ReceiptNotPending
+
+    accepted = submit(rt, gp, [DOCTOR], "Accusé demandé", "Texte.", read_receipt=True)
+    reader = unlocked(rt, doctor)
+    assert mailbox.open_message(rt, reader, accepted.queue_id).read_receipt == "pending"
+    barrier = threading.Barrier(4)
+    outcomes: list[object] = []
+
+    def answer(send: bool) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(mailbox.answer_read_receipt(rt, reader, accepted.queue_id, send=send))
+        except ReceiptNotPending as exc:
+            outcomes.append(exc.details["state"])
+
+    threads = [threading.Thread(target=answer, args=(n % 2 == 0,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(outcomes) == 4 and len(set(outcomes)) == 1  # the first answer wins; the others see it
+    with session_scope(rt.engine) as session:
+        displayed = session.execute(
+            select(Receipt.status).where(Receipt.recipient == DOCTOR, Receipt.status == "displayed")
+        ).scalars().all()
+    assert len(displayed) == (1 if outcomes[0] == "sent" else 0)

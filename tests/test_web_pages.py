@@ -5,6 +5,7 @@ filters, archive, account settings and languages. Messages go through the real p
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 
@@ -201,7 +202,13 @@ def test_compose_with_pdf_and_read_receipt_then_journey(rt, clients, doctor, gp)
     login(reader, gp)
     opened = reader.get(f"/messages/{queue_id}")
     assert "sig-valid" in opened.text and "Votre patiente est sortie ce jour." in opened.text
+    assert "Envoyer l’accusé de lecture" in opened.text  # asked first (RFC 8098 2.1)
     assert reader.get(f"/messages/{queue_id}/attachments/0").content == pdf
+    answered = reader.post(
+        f"/messages/{queue_id}/read-receipt", data={"decision": "send", "csrf_token": csrf(opened.text)},
+        follow_redirects=False,
+    )
+    assert answered.status_code == 303
     reader.get(f"/messages/{queue_id}")  # a second opening sends no second receipt
     with session_scope(rt.engine) as session:
         statuses = sorted(session.execute(select(Receipt.status).where(Receipt.recipient == GP)).scalars())
@@ -231,7 +238,8 @@ def test_compose_refusals_are_form_errors(rt, clients, doctor):  # type: ignore[
     assert "outil.exe est un programme, ce qui n&#39;est pas autorisé." in response.text
     assert "Windows" not in response.text  # the English detail is never shown
     assert 'id="to-errors"' in response.text and 'id="attachments-errors"' in response.text
-    assert "Joignez à nouveau vos fichiers." in response.text
+    assert "Rien n’est perdu" in response.text and "Joignez à nouveau vos fichiers." not in response.text
+    assert 'name="draft_keep" value="0"' in response.text and "outil.exe" in response.text
     empty = client.post("/compose", data={"csrf_token": csrf(page.text), "subject": "", "body": ""})
     assert "Choisissez au moins un destinataire dans l’annuaire." in empty.text
     assert "Écrivez un texte ou joignez un document." in empty.text
@@ -461,3 +469,271 @@ def test_revoked_signer_is_shown_with_a_warning(rt, clients, doctor, gp):  # typ
     assert "sig-revoked-since" in page and "le certificat du signataire est révoqué depuis le" in page
     assert 'class="warning" role="alert"' in page and "Texte signé." in page
     assert 'class="body untrusted"' in page
+
+
+def test_read_receipts_follow_the_readers_consent(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    """RFC 8098 2.1: ask (default), always or never; each decision audited; asked once."""
+    from mss.models import ReadReceiptDeclined
+
+    def statuses() -> list[str]:
+        with session_scope(rt.engine) as session:
+            return sorted(
+                session.execute(
+                    select(Receipt.status).where(Receipt.recipient == DOCTOR, Receipt.status == "displayed")
+                ).scalars()
+            )
+
+    reader = clients()
+    login(reader, doctor)
+    asked = [submit(rt, gp, [DOCTOR], f"Demande {n}", "Texte.", read_receipt=True).queue_id for n in range(4)]
+    quiet = submit(rt, gp, [DOCTOR], "Sans accusé", "Texte.").queue_id
+
+    page = reader.get(f"/messages/{asked[0]}")
+    assert "L’expéditeur demande un accusé de lecture" in page.text and statuses() == []
+    assert "consent" not in reader.get(f"/messages/{quiet}").text
+    token = csrf(page.text)
+    bad = reader.post(f"/messages/{asked[0]}/read-receipt", data={"decision": "perhaps", "csrf_token": token})
+    assert bad.status_code == 400 and statuses() == []
+    no_csrf = reader.post(f"/messages/{asked[0]}/read-receipt", data={"decision": "send"})
+    assert no_csrf.status_code == 403 and statuses() == []
+    declined = reader.post(
+        f"/messages/{asked[0]}/read-receipt", data={"decision": "decline", "csrf_token": token}, follow_redirects=False
+    )
+    assert declined.status_code == 303 and declined.headers["location"] == f"/messages/{asked[0]}"
+    again = reader.get(f"/messages/{asked[0]}").text
+    assert "non envoyé (refusé)" in again and "consent-title" not in again and statuses() == []
+    # A late second answer (another tab) changes nothing.
+    reader.post(f"/messages/{asked[0]}/read-receipt", data={"decision": "send", "csrf_token": token})
+    assert statuses() == []
+
+    account = reader.get("/account")
+    assert 'value="ask" id="rr-ask" checked' in account.text
+    assert reader.post("/account/read-receipts", data={"choice": "often", "csrf_token": token}).status_code == 422
+    assert reader.post("/account/read-receipts", data={"choice": "always", "csrf_token": token}).status_code == 200
+    page = reader.get(f"/messages/{asked[1]}").text
+    assert "envoyé à l’expéditeur à l’instant" in page and statuses() == ["displayed"]
+    assert reader.post("/account/read-receipts", data={"choice": "never", "csrf_token": token}).status_code == 200
+    page = reader.get(f"/messages/{asked[2]}").text
+    assert "non envoyé (refusé)" in page and statuses() == ["displayed"]
+    reader.post("/account/read-receipts", data={"choice": "ask", "csrf_token": token})
+    reader.get(f"/messages/{asked[3]}")
+    sent = reader.post(f"/messages/{asked[3]}/read-receipt", data={"decision": "send", "csrf_token": token})
+    assert sent.status_code == 200 and statuses() == ["displayed", "displayed"]
+
+    decisions = [(e.object, e.actor, json.loads(e.detail)) for e in _actions(rt, "receipt.decision")]
+    assert decisions == [
+        (asked[0], DOCTOR, {"decision": "decline", "by": "reader"}),
+        (asked[1], DOCTOR, {"decision": "send", "by": "setting"}),
+        (asked[2], DOCTOR, {"decision": "decline", "by": "setting"}),
+        (asked[3], DOCTOR, {"decision": "send", "by": "reader"}),
+    ]
+    assert [json.loads(e.detail)["choice"] for e in _actions(rt, "account.read-receipts")] == ["always", "never", "ask"]
+    with session_scope(rt.engine) as session:
+        declined_rows = session.execute(select(ReadReceiptDeclined.by)).scalars().all()
+    assert sorted(declined_rows) == ["reader", "setting"]
+    # The MDN sent on the reader's say-so names the manual mode (RFC 8098 3.2.6.2).
+    from mss.mailbox.content import unverified_entity
+    from mss.models import Message as Stored
+
+    modes = set()
+    sender = unlocked(rt, gp)
+    with session_scope(rt.engine, readonly=True) as session:
+        for row in session.execute(select(Stored).where(Stored.queue_id.like("%-MDN-%"))).scalars():
+            entity = unverified_entity(session, row.cms, row.kind, sender)
+            found = re.search(rb"Disposition: ([^;\r\n]+); displayed", entity)
+            if found:
+                modes.add(found.group(1).decode())
+    assert modes == {"manual-action/MDN-sent-automatically", "manual-action/MDN-sent-manually"}
+
+
+def test_a_refused_send_keeps_the_draft_and_its_attachments(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    """Nothing is lost: the draft and its files are kept (encrypted to the writer) until
+    sent or discarded; the Drafts folder lists them."""
+    from mss.models import Draft as StoredDraft
+
+    client = clients()
+    login(client, doctor)
+    page = client.get("/compose")
+    pdf = pdf_bytes("Lettre de sortie confidentielle")
+    refused = client.post(
+        "/compose",
+        data={
+            "csrf_token": csrf(page.text), "to": "personne@chu-demo.mss.test", "subject": "Sortie de Mme Durand",
+            "body": "Texte de la lettre.", "read_receipt": "on", "action": "send",
+        },
+        files=[("attachments", ("lettre-durand.pdf", pdf, "application/pdf"))],
+    )
+    assert refused.status_code == 422 and "Rien n’est perdu" in refused.text
+    draft_id = re.search(r'name="draft_id" value="([0-9A-F]{24})"', refused.text).group(1)
+    assert 'name="draft_keep" value="0" id="draft-keep-0" checked' in refused.text
+    assert "lettre-durand.pdf" in refused.text and "Texte de la lettre." in refused.text
+    assert 'id="read_receipt" name="read_receipt" checked' in refused.text
+
+    # At rest: CMS encrypted to the writer's certificate; neither the text, the subject nor
+    # the file is readable, with or without the master key.
+    with session_scope(rt.engine) as session:
+        row = session.execute(select(StoredDraft)).scalars().one()
+    assert row.owner == DOCTOR and row.draft_id == draft_id
+    for needle in (b"Durand", b"lettre-durand", b"Texte de la lettre", pdf[:200]):
+        assert needle not in row.content_cms and needle not in row.summary_cms
+
+    drafts = client.get("/drafts").text
+    assert "Sortie de Mme Durand" in drafts and "lettre-durand.pdf" in drafts and "personne@chu-demo.mss.test" in drafts
+    assert f'href="/compose?draft={draft_id}"' in drafts
+    # Another writer neither sees nor opens it.
+    other = clients()
+    login(other, gp)
+    assert "Sortie de Mme Durand" not in other.get("/drafts").text
+    assert other.get(f"/compose?draft={draft_id}").status_code == 404
+    stolen = other.post(f"/drafts/{draft_id}/discard", data={"csrf_token": csrf(other.get("/drafts").text)})
+    assert stolen.status_code == 404
+    assert client.get("/compose?draft=NOTADRAFT").status_code == 404
+
+    # Back to the draft: correct the recipient, add nothing, send; the kept PDF goes along.
+    form = client.get(f"/compose?draft={draft_id}")
+    assert form.status_code == 200 and "lettre-durand.pdf" in form.text
+    sent = client.post(
+        "/compose",
+        data={
+            "csrf_token": csrf(form.text), "to": GP, "subject": "Sortie de Mme Durand", "body": "Texte de la lettre.",
+            "draft_id": draft_id, "draft_keep": "0", "action": "send",
+        },
+        follow_redirects=False,
+    )
+    assert sent.status_code == 303, sent.text
+    queue_id = sent.headers["location"].split("/")[2].split("?")[0]
+    assert client.get(f"/messages/{queue_id}/attachments/0").content == pdf
+    assert "Aucun brouillon." in client.get("/drafts").text
+    with session_scope(rt.engine) as session:
+        assert session.execute(select(StoredDraft)).first() is None
+
+    # Saving on purpose, then discarding.
+    page = client.get("/compose")
+    saved = client.post(
+        "/compose",
+        data={"csrf_token": csrf(page.text), "subject": "À finir", "body": "Brouillon.", "action": "save"},
+        files=[("attachments", ("notes.pdf", pdf, "application/pdf"))],
+        follow_redirects=False,
+    )
+    assert saved.status_code == 303 and saved.headers["location"].endswith("&saved=1")
+    again = client.get(saved.headers["location"])
+    assert "Votre brouillon est enregistré" in again.text and "notes.pdf" in again.text
+    kept_id = re.search(r'name="draft_id" value="([0-9A-F]{24})"', again.text).group(1)
+    gone = client.post(f"/drafts/{kept_id}/discard", data={"csrf_token": csrf(again.text)}, follow_redirects=False)
+    assert gone.status_code == 303 and gone.headers["location"] == "/drafts"
+    assert client.post(f"/drafts/{kept_id}/discard", data={"csrf_token": csrf(again.text)}).status_code == 404
+    # A draft discarded in another tab: the form is sent all the same.
+    stale = client.post(
+        "/compose",
+        data={"csrf_token": csrf(again.text), "to": GP, "body": "Brouillon.", "draft_id": kept_id, "draft_keep": "0"},
+        follow_redirects=False,
+    )
+    assert stale.status_code == 303, stale.text
+    actions = [(e.action, json.loads(e.detail).get("reason")) for e in _actions(rt, "draft.save") + _actions(rt, "draft.discard")]
+    assert actions.count(("draft.discard", "sent")) == 1 and actions.count(("draft.discard", "discarded")) == 1
+    assert all("Durand" not in e.detail for e in _actions(rt, "draft.save"))
+
+
+def test_replies_and_forwards_keep_the_thread(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    """RFC 5322 3.6.4: a reply names its parent (In-Reply-To) and the thread (References);
+    a forward keeps the thread and carries the documents; both quote the text."""
+    nurse = create_person(rt, "matheo.moreau@infirmier.mss.test")
+    pdf = pdf_bytes("Bilan")
+    first = submit(rt, gp, [DOCTOR], "Bilan sanguin", "Résultats ci-joints.\nÀ revoir.", [("bilan.pdf", "application/pdf", pdf)])
+    first_id = mailbox.open_message(rt, unlocked(rt, gp), first.queue_id).meta.message_id
+
+    doctor_client, gp_client = clients(), clients()
+    login(doctor_client, doctor)
+    login(gp_client, gp)
+
+    def post(client, form_url: str, **fields: str) -> str:  # type: ignore[no-untyped-def]
+        form = client.get(form_url)
+        assert form.status_code == 200
+        response = client.post("/compose", data={"csrf_token": csrf(form.text), **fields}, follow_redirects=False)
+        assert response.status_code == 303, response.text
+        return response.headers["location"].split("/")[2].split("?")[0]
+
+    form = doctor_client.get(f"/compose?reply={first.queue_id}").text
+    assert "&gt; Résultats ci-joints.\n&gt; À revoir." in form
+    assert 'name="keep" value="0" id="keep-0" >' in form  # offered, unchecked
+    reply = post(doctor_client, f"/compose?reply={first.queue_id}", to=GP, subject="RE : Bilan sanguin",
+                 body="Merci.\n\n> Résultats ci-joints.", reply_to=first.queue_id, source=first.queue_id)
+    opened = mailbox.open_message(rt, unlocked(rt, gp), reply)
+    assert opened.headers["In-Reply-To"] == first_id and opened.headers["References"] == first_id
+    assert opened.attachments == ()
+    assert gp_client.get(f"/compose?reply={reply}").text.count("RE : Bilan sanguin") >= 1
+    assert "RE : RE :" not in gp_client.get(f"/compose?reply={reply}").text
+
+    second = post(gp_client, f"/compose?reply={reply}", to=DOCTOR, subject="RE : Bilan sanguin", body="Parfait.",
+                  reply_to=reply)
+    opened = mailbox.open_message(rt, unlocked(rt, doctor), second)
+    assert opened.headers["In-Reply-To"] == opened_reply_id(rt, gp, reply)
+    assert opened.headers["References"].split() == [first_id, opened_reply_id(rt, gp, reply)]
+
+    form = doctor_client.get(f"/compose?forward={first.queue_id}").text
+    assert "Message transféré" in form and "Objet : Bilan sanguin" in form and "Résultats ci-joints." in form
+    assert 'name="keep" value="0" id="keep-0" checked' in form
+    forwarded = post(doctor_client, f"/compose?forward={first.queue_id}", to=nurse.address,
+                     subject="TR : Bilan sanguin", body="Pour information.", source=first.queue_id, keep="0")
+    opened = mailbox.open_message(rt, unlocked(rt, nurse), forwarded)
+    assert opened.headers["References"] == first_id and "In-Reply-To" not in opened.headers
+    assert [a.filename for a in opened.attachments] == ["bilan.pdf"]
+    assert mailbox.open_attachment(rt, unlocked(rt, nurse), forwarded, 0).attachment.data == pdf
+
+
+def opened_reply_id(rt, person, queue_id: str) -> str:  # type: ignore[no-untyped-def]
+    return mailbox.open_message(rt, unlocked(rt, person), queue_id).meta.message_id
+
+
+def test_directory_pages(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+    """The directory as people browse it: search, an entry's card, write to it; the JSON
+    behind the search fields lives at /directory.json."""
+    from directory import service
+
+    with session_scope(rt.engine) as session:
+        entry = service.get_entry(session, GP)
+        service.add_entry(
+            session, actor="test", address="e.fournier.cabinet@medecin.mss.test", kind="PER", rpps=entry.rpps,
+            last_name="FOURNIER", first_name="Éloïse", profession_label="Médecin", org_name=entry.org_name,
+        )
+        service.revoke_entry(session, "cedric.leroy@medecin.mss.test", reason="left", actor="test")
+    anonymous = clients()
+    assert anonymous.get("/directory", follow_redirects=False).headers["location"].startswith("/login")
+    assert anonymous.get(f"/directory/{GP}", follow_redirects=False).status_code in {302, 303}
+    client = clients()
+    login(client, doctor)
+    empty = client.get("/directory")
+    assert empty.status_code == 200 and 'role="search"' in empty.text and 'id="directory-results"' in empty.text
+    found = client.get("/directory", params={"q": "eloise fournier"})
+    assert found.status_code == 200
+    assert "2 entrées" in found.text and "Éloïse FOURNIER" in found.text
+    assert f'href="/directory/{GP.replace("@", "%40")}"' in found.text
+    assert f'href="/compose?to={GP.replace("@", "%40")}"' in found.text
+    assert "Aucune" not in found.text
+    nobody = client.get("/directory", params={"q": "zzzyyyxxx"})
+    assert "Personne n’a été trouvé." in nobody.text and "entry-item" not in nobody.text
+    assert client.get("/directory", params={"q": "x" * 150}).status_code == 422
+    assert client.get("/directory", params={"q": " ".join(f"mot{i}" for i in range(20))}).status_code == 422
+    as_json = client.get("/directory.json", params={"q": "eloise fournier"})
+    assert as_json.headers["content-type"].startswith("application/json")
+    assert as_json.json()["total"] == 2 and {i["address"] for i in as_json.json()["items"]} >= {GP}
+    assert client.get("/directory.json", params={"q": " ".join(f"mot{i}" for i in range(20))}).json()["items"] == []
+
+    card = client.get(f"/directory/{GP}")
+    assert card.status_code == 200
+    text = card.text
+    assert '<h1 id="entry-name">Éloïse FOURNIER</h1>' in text
+    assert "Cabinet médical des Tilleuls" in text and "Qualifié en Médecine Générale" in text
+    assert "12 bis avenue des Tilleuls" in text and "27000 ÉVREUX" in text
+    assert 'href="/directory/e.fournier.cabinet%40medecin.mss.test"' in text  # her other mailbox
+    assert f'href="/compose?to={GP.replace("@", "%40")}"' in text and "Écrire à Éloïse FOURNIER" in text
+    assert "Empreinte SHA-256" in text and f"/directory/{GP.replace('@', '%40')}/certificate.pem" in text
+    compose = client.get(f"/compose?to={GP}")
+    assert f'value="{GP}"' in compose.text and "checked" in compose.text
+    no_certificate = client.get("/directory/e.fournier.cabinet@medecin.mss.test").text
+    assert "Aucun certificat n’est publié" in no_certificate and "Écrire à" in no_certificate
+    revoked = client.get("/directory/cedric.leroy@medecin.mss.test").text
+    assert "n’est plus active" in revoked and "Écrire à" not in revoked and "Aucun certificat" in revoked
+    assert client.get("/directory/nobody@medecin.mss.test").status_code == 404
+    organisation = client.get("/directory/urgences.pediatriques@chu-demo.mss.test").text
+    assert "boîte aux lettres d’une structure" in organisation and "Urgences pédiatriques" in organisation

@@ -8,7 +8,9 @@ custody. The doors translate; they call these functions and keep no rule of thei
 - ``lockout``: counting failures and locking (with ``mss.throttle`` by client address);
 - ``twofactor``: TOTP enrolment and codes, recovery codes;
 - ``login``: the login service (password, standing, keys opened; both factors at once);
-- ``custody``: creation, passwords, recovery, rekey, renewal, disable, export.
+- ``custody``: creation, passwords, recovery, rekey, renewal, disable, export;
+- ``listing``: the accounts as an administrator reviews them (state, 2FA, last login);
+- ``preferences``: what an account chose for itself (read receipts: ask, always, never).
 
 Who opens the transaction: a function that *changes an account as an administrator's or a
 person's deliberate act* (create, passwd, recover, rekey, renew, reset-2fa, disable) takes
@@ -46,7 +48,16 @@ from mss.accounts.lockout import (
     login_completed,
     record_failure,
 )
+from mss.accounts.listing import AccountRow, list_accounts
 from mss.accounts.login import authenticate, login_with_code
+from mss.accounts.preferences import (
+    ALWAYS,
+    ASK,
+    NEVER,
+    READ_RECEIPT_CHOICES,
+    read_receipt_choice,
+    set_read_receipt_choice,
+)
 from mss.accounts.twofactor import (
     check_second_factor,
     new_recovery_codes,
@@ -60,9 +71,14 @@ from mss.accounts.twofactor import (
 from mss.errors import AccountExists
 
 __all__ = [
+    "ALWAYS",
+    "ASK",
+    "NEVER",
+    "READ_RECEIPT_CHOICES",
     "COUNTED_FAILURES",
     "MIN_PASSWORD_LENGTH",
     "AccountExists",
+    "AccountRow",
     "Enrolment",
     "Rekeyed",
     "Renewal",
@@ -77,10 +93,12 @@ __all__ = [
     "get_account",
     "is_locked",
     "issue_external_certificate",
+    "list_accounts",
     "login_completed",
     "login_with_code",
     "new_recovery_codes",
     "pending_enrolment",
+    "read_receipt_choice",
     "recover_account",
     "record_failure",
     "rekey",
@@ -89,6 +107,7 @@ __all__ = [
     "require_account",
     "reset_2fa",
     "set_disabled",
+    "set_read_receipt_choice",
     "totp_confirmed",
     "use_recovery_code",
     "verify_totp",

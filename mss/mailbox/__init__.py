@@ -4,7 +4,7 @@ Reading (``reading``): list a folder with filters and pages, open a message for 
 (decrypt with their key, verify the signature, split the MIME), attachments and the
 documents inside IHE_XDM packages, read and archive marks, the Sent view's journey per
 recipient. Writing (``compose``): a draft becomes an RFC 5322 message submitted through
-``mss.pipeline``. Opening a message asks ``mss.receipts.issuer`` for its ``displayed`` notification; ``index`` keeps the
+``mss.pipeline``; ``drafts`` keeps what is not sent yet, encrypted to its writer. Opening a message asks ``mss.receipts.issuer`` for its ``displayed`` notification; ``index`` keeps the
 search tokens that make filters fast without storing metadata in clear, ``content`` holds
 the decryption, verification and MIME splitting.
 """
@@ -20,6 +20,15 @@ from mss.mailbox.compose import (
     split_addresses,
 )
 from mss.mailbox.content import Attachment, Signature
+from mss.mailbox.drafts import (
+    DraftSummary,
+    KeptDraft,
+    discard_draft,
+    draft_count,
+    list_drafts,
+    open_draft,
+    save_draft,
+)
 from mss.mailbox.reading import (
     ARCHIVE,
     FOLDERS,
@@ -37,6 +46,7 @@ from mss.mailbox.reading import (
     Summary,
     XdmEntry,
     embedded_file,
+    answer_read_receipt,
     embedded_pdf,
     journey,
     list_folder,
@@ -60,9 +70,11 @@ __all__ = [
     "Correspondent",
     "Draft",
     "DraftInvalid",
+    "DraftSummary",
     "FilterError",
     "Filters",
     "KeptAttachment",
+    "KeptDraft",
     "Problem",
     "MessageNotFound",
     "Opened",
@@ -74,15 +86,21 @@ __all__ = [
     "Summary",
     "Upload",
     "XdmEntry",
+    "answer_read_receipt",
     "build_message",
     "embedded_file",
+    "discard_draft",
+    "draft_count",
     "embedded_pdf",
     "journey",
+    "list_drafts",
     "list_folder",
     "mark_unread",
     "move",
     "open_attachment",
+    "open_draft",
     "open_message",
+    "save_draft",
     "send",
     "split_addresses",
     "unread_count",

@@ -40,10 +40,8 @@ from mss.errors import (
 )
 from mss.mailbox import reading
 from mss.mailbox.content import Signature
-from mss.models import MailboxItem, Message
 from mss.pipeline import Accepted, RecipientRequest, Submission
 from mss.runtime import Runtime
-from mss.store import MessageMeta
 
 MAX_SUBJECT = 250
 MAX_BODY = 1_000_000
@@ -101,9 +99,11 @@ class Draft:
     read_receipt: bool = False
     package_xdm: bool = False
     reply_to: str | None = None
-    """Queue id of the message answered (its Message-ID goes to In-Reply-To)."""
+    """Queue id of the message answered (its Message-ID goes to In-Reply-To, the thread to
+    References)."""
     source: str | None = None
-    """Queue id of the message whose attachments are kept (reply or forward)."""
+    """Queue id of the message replied to or forwarded, whose attachments ``keep`` takes; a
+    forward (``source`` without ``reply_to``) keeps the thread in References."""
     keep: tuple[int, ...] = ()
 
 
@@ -150,7 +150,7 @@ def _author(rt: Runtime, address: str) -> Author:
         PersonName(
             family=entry.last_name or None,
             given=tuple(p for p in (entry.first_name,) if p),
-            prefix=entry.civility.title() or None,
+            prefix=entry.title or None,
         )
         if entry.kind == "PER"
         else None
@@ -233,29 +233,28 @@ def build_message(
 
     kept: list[KeptAttachment] = []
     reply_headers: dict[str, str] = {}
-    for queue_id, wanted in ((draft.reply_to, None), (draft.source, draft.keep)):
-        if not queue_id:
-            continue
-        if wanted is None:
-            reply_headers = _reply_headers(rt, sender, queue_id, errors)
-            continue
-        for attachment_index in wanted:
-            try:
-                opened = reading.open_attachment(
-                    rt, sender, queue_id, attachment_index, action="attachment.forward", request_id=request_id
-                )
-            except MssError as exc:
-                _problem(errors, "attachments", "", exc)
-                continue
-            original = opened.attachment
-            try:
-                uploads.append(_checked_upload(Upload(original.filename, original.content_type, original.data), limits))
-            except DocumentError as exc:
-                _problem(errors, "attachments", "", exc)
-                continue
-            kept.append(
-                KeptAttachment(filename=original.filename, signature=opened.signature, sender=opened.meta.sender)
+    if draft.reply_to:
+        reply_headers = _thread_headers(rt, sender, draft.reply_to, reply=True, errors=errors)
+    elif draft.source:
+        reply_headers = _thread_headers(rt, sender, draft.source, reply=False, errors=errors)
+    queue_id = draft.source
+    for attachment_index in draft.keep if queue_id else ():
+        try:
+            opened = reading.open_attachment(
+                rt, sender, queue_id, attachment_index, action="attachment.forward", request_id=request_id
             )
+        except MssError as exc:
+            _problem(errors, "attachments", "", exc)
+            continue
+        original = opened.attachment
+        try:
+            uploads.append(_checked_upload(Upload(original.filename, original.content_type, original.data), limits))
+        except DocumentError as exc:
+            _problem(errors, "attachments", "", exc)
+            continue
+        kept.append(
+            KeptAttachment(filename=original.filename, signature=opened.signature, sender=opened.meta.sender)
+        )
     if not body.strip() and not uploads:
         _problem(errors, "body", "Write a text or attach a document.")
     if draft.package_xdm and not any(cda is not None for _u, cda in uploads):
@@ -289,25 +288,23 @@ def build_message(
     return message.as_bytes(policy=email.policy.SMTP), tuple(recipients)
 
 
-def _reply_headers(
-    rt: Runtime, sender: UnlockedAccount, queue_id: str, errors: dict[str, list[Problem]]
+def _thread_headers(
+    rt: Runtime, sender: UnlockedAccount, queue_id: str, *, reply: bool, errors: dict[str, list[Problem]]
 ) -> dict[str, str]:
-    normalised = reading.queue_id_of(queue_id)
-    row = None
-    if normalised is not None:
-        with session_scope(rt.engine) as session:
-            row = session.execute(
-                select(Message.meta_sealed)
-                .join(MailboxItem, MailboxItem.message_id == Message.id)
-                .where(MailboxItem.owner == sender.address, Message.queue_id == normalised)
-            ).first()
-    if row is None:
-        _problem(errors, "to", "The message answered is not in this mailbox.")
+    """RFC 5322 3.6.4: a reply names its parent in In-Reply-To and the thread in References;
+    a forward keeps the thread in References (it answers no one)."""
+    try:
+        parent, references = reading.thread_of(rt, sender, queue_id)
+    except MssError:
+        if reply:
+            _problem(errors, "to", "The message answered is not in this mailbox.")
+        else:
+            _problem(errors, "attachments", "The forwarded message is not in this mailbox.")
         return {}
-    meta = MessageMeta.open(rt.master_key, row[0])
-    if not meta.message_id:
-        return {}
-    return {"In-Reply-To": meta.message_id, "References": meta.message_id}
+    headers = {"References": " ".join(references)} if references else {}
+    if reply and parent:
+        headers["In-Reply-To"] = parent
+    return headers
 
 
 def _package(

@@ -149,9 +149,10 @@ def _decrypt(session: Session, cms: bytes, reader: UnlockedAccount) -> bytes:
     raise first_error
 
 
-def decrypt_entity(session: Session, cms: bytes, reader: UnlockedAccount) -> bytes:
-    """The envelope's content (the signed entity) opened with the reader's keys, for a mail
-    client that checks the signature itself. Raises DecryptionError."""
+def open_envelope(session: Session, cms: bytes, reader: UnlockedAccount) -> bytes:
+    """The content of an envelope addressed to ``reader`` (under any of their certificates,
+    current or past): the signed entity, for a mail client that checks the signature itself.
+    Raises DecryptionError."""
     return _decrypt(session, cms, reader)
 
 
@@ -336,12 +337,39 @@ def html_to_text(html: str) -> str:
     return "\n".join(text).strip()
 
 
-def _text_of(part: EmailMessage) -> str:
+# What text without a declared charset most likely is: UTF-8 (every recent client), else
+# Windows-1252 (what French mail clients and practice software write when they do not say).
+GUESSES = ("utf-8", "windows-1252")
+UNDECLARED = {"", "us-ascii", "ascii"}
+
+
+def decode_text(raw: bytes, declared: str | None) -> tuple[str, str]:
+    """The text of ``raw`` and, when its encoding had to be guessed, the guess ("" else).
+
+    A declared charset that decodes the bytes is trusted. Bytes with no charset (or
+    us-ascii) that are not ASCII, and bytes the declared charset cannot decode (or a charset
+    nobody knows), are read as UTF-8 if they are valid UTF-8, else as Windows-1252: the
+    reader is told a guess was made rather than shown replacement characters.
+    """
+    charset = (declared or "").strip().strip('"').lower()
+    if charset not in UNDECLARED:
+        try:
+            return raw.decode(charset), ""
+        except (LookupError, UnicodeDecodeError):
+            pass
+    elif raw.isascii():
+        return raw.decode("ascii"), ""
     try:
-        return str(part.get_content())
-    except (LookupError, UnicodeError, ValueError, TypeError):
-        raw = part.get_payload(decode=True) or b""
-        return raw.decode("utf-8", errors="replace")
+        return raw.decode(GUESSES[0]), GUESSES[0]
+    except UnicodeDecodeError:
+        return raw.decode(GUESSES[1], errors="replace"), GUESSES[1]
+
+
+def _text_of(part: EmailMessage) -> tuple[str, str]:
+    """A text part's content and the charset guessed for it ("" when it said its own)."""
+    raw = part.get_payload(decode=True) or b""
+    text, guess = decode_text(raw, part.get_param("charset"))  # type: ignore[arg-type]
+    return text.replace("\r\n", "\n"), guess
 
 
 def _attachment_kind(data: bytes, content_type: str, filename: str) -> str:
@@ -351,17 +379,36 @@ def _attachment_kind(data: bytes, content_type: str, filename: str) -> str:
         return "other"
 
 
+@dataclass(frozen=True)
+class Split:
+    """A MIME entity taken apart for its reader."""
+
+    headers: dict[str, str]
+    body: str
+    body_was_html: bool
+    attachments: tuple[Attachment, ...]
+    charset_guess: str = ""
+    """The charset the body was read in when its parts did not declare a usable one."""
+
+
 def split_entity(
     entity_bytes: bytes, *, receipt: bool = False
 ) -> tuple[dict[str, str], str, bool, tuple[Attachment, ...]]:
-    """Headers, text body, whether it came from HTML, and attachments of a MIME entity.
+    """Headers, text body, whether it came from HTML, and attachments (see :func:`split`)."""
+    parts = split(entity_bytes, receipt=receipt)
+    return parts.headers, parts.body, parts.body_was_html, parts.attachments
+
+
+def split(entity_bytes: bytes, *, receipt: bool = False) -> Split:
+    """Headers, text body and attachments of a MIME entity.
 
     Parts are split as the pipeline did at submission: inline text is the body, every other
     leaf is an attachment, a client's own detached signature is neither. In a delivery or
-    disposition report, the machine-readable parts are left out.
+    disposition report, the machine-readable parts are left out. Text parts are decoded
+    with :func:`decode_text`.
     """
     if not entity_bytes:
-        return {}, "", False, ()
+        return Split({}, "", False, ())
     entity = parse_entity(entity_bytes)
     headers: dict[str, str] = {}
     for name in (
@@ -383,6 +430,7 @@ def split_entity(
             headers[name] = str(value)
     plain: list[str] = []
     html: list[str] = []
+    guesses: dict[str, list[str]] = {"plain": [], "html": []}
     attachments: list[Attachment] = []
     skip: set[int] = set()
     for part in entity.walk():
@@ -400,7 +448,11 @@ def split_entity(
         if content_type in SIGNATURE_TYPES and not filename.lower().endswith(".p7m"):
             continue
         if content_type in BODY_TYPES and not filename and disposition != "attachment":
-            (plain if content_type == "text/plain" else html).append(_text_of(part))
+            text, guess = _text_of(part)
+            kind = "plain" if content_type == "text/plain" else "html"
+            (plain if kind == "plain" else html).append(text)
+            if guess:
+                guesses[kind].append(guess)
             continue
         if receipt:
             continue
@@ -416,9 +468,11 @@ def split_entity(
             )
         )
     if plain:
-        body, was_html = "\n\n".join(text.strip("\n") for text in plain), False
+        body, was_html, guessed = "\n\n".join(text.strip("\n") for text in plain), False, guesses["plain"]
     elif html:
-        body, was_html = "\n\n".join(html_to_text(text) for text in html), True
+        body, was_html, guessed = "\n\n".join(html_to_text(text) for text in html), True, guesses["html"]
     else:
-        body, was_html = "", False
-    return headers, body, was_html, tuple(attachments)
+        body, was_html, guessed = "", False, []
+    # Windows-1252 wins when parts were guessed differently: it is the guess to doubt.
+    guess = GUESSES[1] if GUESSES[1] in guessed else (guessed[0] if guessed else "")
+    return Split(headers, body, was_html, tuple(attachments), guess)

@@ -3,15 +3,18 @@ attachments, the read and archive marks, and the Sent view's journey per recipie
 
 A message is reachable only through a ``mailbox_item`` row of the reader: any other queue id
 is "not found", whether it exists or not. Opening decrypts with the reader's own key (held
-by their session), checks the signature, marks the message read, sends the ``displayed``
-disposition notification when the sender asked for one (first opening only) and records
-``message.open`` in the audit trail. Database transactions are kept short: the crypto runs
+by their session), checks the signature, marks the message read, follows the reader's
+read-receipt choice when the sender asked for a ``displayed`` notification (send it, decline
+it, or leave the question to :func:`answer_read_receipt`: RFC 8098 2.1 wants the reader's
+consent) and records ``message.open`` in the audit trail. Database transactions are kept short: the crypto runs
 between them, never while a write lock is held.
 """
 
 from __future__ import annotations
 
+import email.policy
 import re
+from email.parser import BytesHeaderParser
 from dataclasses import dataclass, field, replace
 from typing import Any
 from datetime import date, datetime, time, timedelta
@@ -23,7 +26,7 @@ from sqlmodel import Session
 
 from directory.models import DirectoryEntry
 from mss import audit, peers, store
-from mss.accounts import UnlockedAccount
+from mss.accounts import UnlockedAccount, read_receipt_choice
 from mss.db import session_scope
 from mss.documents import DocumentLimits, workers
 from mss.documents.xdm import XdmInfo
@@ -33,6 +36,7 @@ from mss.mailbox.content import (
     Attachment,
     Signature,
     decrypt_and_verify,
+    split,
     split_entity,
     unverified_entity,
 )
@@ -261,6 +265,12 @@ class Opened:
     receipt_about: ReceiptAbout | None = None
     displayed_sent: bool = False
     is_sender: bool = False
+    charset_guess: str = ""
+    """The charset the text was read in when the sender's software declared none it could
+    be read with (utf-8, else windows-1252): the reader is told it is a guess."""
+    read_receipt: str = issuer.NOT_ASKED
+    """Where the read receipt the sender asked for stands: not-asked, pending (the reader
+    has not answered yet), sent or declined."""
 
 
 @dataclass(frozen=True)
@@ -564,15 +574,17 @@ def open_message(
 ) -> Opened:
     """Decrypt, verify and split a message of ``reader``'s mailbox; mark it read.
 
-    Sends and stores the ``displayed`` MDN the first time a recipient opens a message whose
-    sender asked for one. Audits ``message.open``. Raises MessageNotFound (also for a
-    message of another mailbox), DecryptionError.
+    When the sender asked for a read receipt, follows the reader's choice (``always``: the
+    ``displayed`` MDN is sent; ``never``: declined; ``ask``: it stays pending, see
+    ``Opened.read_receipt`` and :func:`answer_read_receipt`). Audits ``message.open``.
+    Raises MessageNotFound (also for a message of another mailbox), DecryptionError.
     """
     loaded = _load(rt, reader, queue_id, folder)
     message, meta = loaded.message, loaded.meta
     signature, entity = _decrypt(rt, reader, loaded)
-    headers, body, was_html, attachments = split_entity(entity, receipt=message.kind == "receipt")
-    displayed = False
+    parts = split(entity, receipt=message.kind == "receipt")
+    headers, body, was_html, attachments = parts.headers, parts.body, parts.body_was_html, parts.attachments
+    receipt, displayed = issuer.NOT_ASKED, False
     with session_scope(rt.engine) as session:
         session.execute(
             update(MailboxItem)
@@ -580,9 +592,12 @@ def open_message(
             .values(unread=False)
         )
         if loaded.item.folder != SENT:
-            displayed = issuer.send_displayed(
-                session, rt, message=message, meta=meta, reader=reader.address, request_id=request_id
+            before = issuer.displayed_state(session, message=message, meta=meta, reader=reader.address)
+            receipt = issuer.on_display(
+                session, rt, message=message, meta=meta, reader=reader.address,
+                choice=read_receipt_choice(session, reader.address), request_id=request_id,
             )
+            displayed = before == issuer.PENDING and receipt == issuer.SENT
         audit.record(
             session,
             actor=reader.address,
@@ -610,7 +625,52 @@ def open_message(
         receipt_about=about,
         displayed_sent=displayed,
         is_sender=message.sender == reader.address,
+        charset_guess=parts.charset_guess,
+        read_receipt=receipt,
     )
+
+
+_MESSAGE_ID = re.compile(r"<[^<>\s]{1,250}>")
+MAX_REFERENCES = 20
+"""Message-IDs a References field keeps: the thread's first, then the latest ones."""
+
+
+def thread_of(rt: Runtime, reader: UnlockedAccount, queue_id: str) -> tuple[str, tuple[str, ...]]:
+    """The Message-ID of a message of ``reader``'s mailbox and the References a reply or a
+    forward of it carries (RFC 5322 3.6.4: its own References, or else its In-Reply-To,
+    then its Message-ID; long threads keep their first and latest ids). Raises
+    MessageNotFound, DecryptionError."""
+    loaded = _load(rt, reader, queue_id, None)
+    with session_scope(rt.engine, readonly=True) as session:
+        entity = unverified_entity(session, loaded.message.cms, loaded.message.kind, reader)
+    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(entity) if entity else {}
+    earlier = _MESSAGE_ID.findall(str(headers.get("References") or ""))
+    if not earlier:
+        earlier = _MESSAGE_ID.findall(str(headers.get("In-Reply-To") or ""))[:1]
+    own = loaded.meta.message_id.strip()
+    chain = [ref for ref in dict.fromkeys(earlier) if ref != own]
+    if own:
+        chain.append(own)
+    if len(chain) > MAX_REFERENCES:
+        chain = [chain[0], *chain[-(MAX_REFERENCES - 1) :]]
+    return own, tuple(chain)
+
+
+def answer_read_receipt(
+    rt: Runtime, reader: UnlockedAccount, queue_id: str, *, send: bool, request_id: str = ""
+) -> str:
+    """The reader's answer to the read receipt a received message asks for: send the
+    ``displayed`` MDN, or decline it (audited either way). Returns the new state (sent or
+    declined). Raises MessageNotFound, ReceiptNotPending when no answer is awaited."""
+    with session_scope(rt.engine) as session:
+        rows = [(i, m) for i, m in _items_of(session, reader.address, queue_id) if i.folder != SENT]
+        if not rows:
+            raise MessageNotFound(f"no received message {queue_id.strip()[:40]} in this mailbox")
+        message = rows[0][1]
+        meta = MessageMeta.open(rt.master_key, message.meta_sealed)
+        return issuer.answer_displayed(
+            session, rt, message=message, meta=meta, reader=reader.address, send=send, request_id=request_id
+        )
 
 
 def _receipt_about(session: Session, notification: Message) -> ReceiptAbout | None:

@@ -35,11 +35,11 @@ from sqlmodel import Session
 from directory import certificates
 from mss import audit
 from mss.receipts import issuer
-from mss.accounts import UnlockedAccount
+from mss.accounts import UnlockedAccount, read_receipt_choice
 from mss.db import session_scope, utcnow
 from mss.errors import MssError
 from mss.mailbox import served
-from mss.mailbox.content import decrypt_and_verify, decrypt_entity
+from mss.mailbox.content import decrypt_and_verify, open_envelope
 from mss.models import (
     ClientFolder,
     ClientItem,
@@ -362,7 +362,12 @@ def _mark_seen(session: Session, item_ids: list[int], seen: bool) -> list[int]:
 def _displayed(session: Session, rt: Runtime, owner: str, message_ids: list[int], request_id: str) -> None:
     for message in session.execute(select(Message).where(Message.id.in_(message_ids))).scalars():
         meta = MessageMeta.open(rt.master_key, message.meta_sealed)
-        issuer.send_displayed(session, rt, message=message, meta=meta, reader=owner, request_id=request_id)
+        # A client marking a message read is an opening: the account's standing choice for
+        # read receipts applies (RFC 8098 2.1; "ask" waits for an answer in the web inbox).
+        issuer.on_display(
+            session, rt, message=message, meta=meta, reader=owner,
+            choice=read_receipt_choice(session, owner), request_id=request_id,
+        )
 
 
 # -- copy, move, expunge -----------------------------------------------------------------
@@ -548,13 +553,13 @@ def render(rt: Runtime, reader: UnlockedAccount, item_id: int, mode: str) -> Ser
             return Served(served.render_end_to_end(meta, row.cms), None)
         facts = served.facts_of(meta, served.cached_facts(session, rt.master_key, [row.id]).get(row.id))
         if facts is not None:
-            entity = decrypt_entity(session, row.cms, reader)
+            entity = open_envelope(session, row.cms, reader)
             return Served(served.render_decrypted(meta, entity, str(facts["signature"])), None)
         trust = certificates.trust_material(session, rt.settings)
         signature, _content = decrypt_and_verify(
             session, row.cms, row.kind, reader, trust.roots, trust.crls, submitted_at=row.submitted_at
         )
-        entity = decrypt_entity(session, row.cms, reader)
+        entity = open_envelope(session, row.cms, reader)
     facts = entity_facts(entity, checked_signature(signature.status, signature.signer_address, utcnow()))
     facts["message_id"] = row.id
     return Served(served.render_decrypted(meta, entity, str(facts["signature"])), facts)

@@ -2,9 +2,12 @@
 signed with the operator's certificate, encrypted to its reader, ready to store.
 
 The pipeline asks :func:`for_submission` (failure and success DSNs, ``processed`` MDNs); the
-mailbox and the IMAP door ask :func:`send_displayed` when a recipient first opens a message.
-What travels between operators (notices of the outbound queue to a local sender, receipts to
-another operator's sender) is ``mss.receipts.federation``'s, the same issuer's other half. The wire form
+mailbox and the IMAP door ask :func:`on_display` when a recipient opens a message, and
+:func:`answer_displayed` when the recipient answers the question (RFC 8098 2.1: a
+``displayed`` notification needs the recipient's consent, given each time or once for all by
+their setting). What travels between operators (notices of the outbound queue to a local
+sender, receipts to another operator's sender) is ``mss.receipts.federation``'s, the same
+issuer's other half. The wire form
 of each notification is ``mss.receipts.wire``'s; storage is ``mss.store``'s.
 """
 
@@ -20,10 +23,11 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from directory import certificates
-from mss import store
+from mss import audit, store
 from mss.crypto import smime
 from mss.db import session_scope, utcnow
-from mss.models import Delivery, Message, Receipt
+from mss.errors import ReceiptNotPending
+from mss.models import Delivery, Message, ReadReceiptDeclined, Receipt
 from mss.receipts import federation
 from mss.receipts.wire import Notify, RecipientStatus, build_dsn, build_mdn
 from mss.runtime import Runtime
@@ -33,9 +37,19 @@ from mss.store import MessageMeta, Notice
 PROCESSED = "processed"
 DISPLAYED = "displayed"
 # RFC 8098 3.2.6.2: the recipient's action (opening it) caused the disposition; the
-# notification itself goes out without asking them each time.
+# notification goes out by their standing setting (``always``) ...
 DISPLAYED_MODE = "manual-action/MDN-sent-automatically"
+# ... or because they said yes to this one.
+DISPLAYED_MANUAL_MODE = "manual-action/MDN-sent-manually"
 PROCESSED_MODE = "automatic-action/MDN-sent-automatically"
+
+# Where a requested read receipt stands for one recipient of one message.
+NOT_ASKED = "not-asked"  # none requested (or none can be sent: the sender has no certificate)
+PENDING = "pending"  # requested, waiting for the recipient's consent
+SENT = "sent"
+DECLINED = "declined"
+# The recipient's standing choice (mss.accounts.preferences).
+ASK, ALWAYS, NEVER = "ask", "always", "never"
 
 
 def reporter(settings: Settings) -> str:
@@ -145,19 +159,11 @@ def for_submission(
     return notices
 
 
-def send_displayed(
-    session: Session, rt: Runtime, *, message: Message, meta: MessageMeta, reader: str, request_id: str
-) -> bool:
-    """Store the ``displayed`` MDN of ``reader`` for ``message`` if it is due; True if sent.
-
-    Due when the sender asked for notifications, ``reader`` is a recipient the message was
-    delivered to, and no ``displayed`` notification exists yet; the recipient's delivery row
-    is locked first, so two openings at once send one. A sender who no longer has a valid
-    certificate gets none (nothing can be encrypted to them); that is not an error.
-    Everything is written in the caller's transaction.
-    """
+def _due_delivery(session: Session, message: Message, meta: MessageMeta, reader: str) -> Delivery | None:
+    """The reader's delivery row, locked, when a ``displayed`` notification was requested
+    of them; None otherwise. Two openings at once wait on the lock and send one."""
     if not meta.mdn_to:
-        return False
+        return None
     delivery = (
         session.execute(
             select(Delivery).where(Delivery.message_id == message.id, Delivery.recipient == reader).with_for_update()
@@ -166,8 +172,16 @@ def send_displayed(
         .first()
     )
     if delivery is None or delivery.status != "delivered" or not delivery.mdn_requested:
-        return False
-    already = session.execute(
+        return None
+    return delivery
+
+
+def displayed_state(session: Session, *, message: Message, meta: MessageMeta, reader: str) -> str:
+    """Where the read receipt ``message`` asked of ``reader`` stands: not-asked, pending,
+    sent or declined. Locks the reader's delivery row (call it in the deciding transaction)."""
+    if _due_delivery(session, message, meta, reader) is None:
+        return NOT_ASKED
+    sent = session.execute(
         select(Receipt.id).where(
             Receipt.message_id == message.id,
             Receipt.recipient == reader,
@@ -175,22 +189,110 @@ def send_displayed(
             Receipt.status == DISPLAYED,
         )
     ).first()
-    if already is not None:
+    if sent is not None:
+        return SENT
+    declined = session.execute(
+        select(ReadReceiptDeclined.id).where(
+            ReadReceiptDeclined.message_id == message.id, ReadReceiptDeclined.recipient == reader
+        )
+    ).first()
+    if declined is not None:
+        return DECLINED
+    if meta.origin is None and certificates.current_certificate(session, meta.sender) is None:
+        # A local sender without a certificate: nothing can be encrypted to them any more.
+        # (A sender at another operator gets the notification through the outbound queue.)
+        return NOT_ASKED
+    return PENDING
+
+
+def _decided(
+    session: Session, message: Message, reader: str, *, decision: str, by: str, request_id: str
+) -> None:
+    audit.record(
+        session, actor=reader, action="receipt.decision", object=message.queue_id, request_id=request_id,
+        decision=decision, by=by,
+    )
+
+
+def _decline(session: Session, message: Message, reader: str, *, by: str, request_id: str) -> None:
+    session.add(ReadReceiptDeclined(message_id=message.id, recipient=reader, by=by))
+    _decided(session, message, reader, decision="decline", by=by, request_id=request_id)
+
+
+def on_display(
+    session: Session, rt: Runtime, *, message: Message, meta: MessageMeta, reader: str, choice: str, request_id: str
+) -> str:
+    """What opening ``message`` does with the read receipt it asked of ``reader``, by the
+    reader's standing ``choice``: ``always`` sends it, ``never`` declines it (both audited
+    as ``receipt.decision`` by the setting), ``ask`` leaves it pending for
+    :func:`answer_displayed`. Returns the state after the opening (see :func:`displayed_state`).
+    Everything is written in the caller's transaction."""
+    state = displayed_state(session, message=message, meta=meta, reader=reader)
+    if state != PENDING or choice not in {ALWAYS, NEVER}:
+        return state
+    if choice == NEVER:
+        _decline(session, message, reader, by="setting", request_id=request_id)
+        return DECLINED
+    _send_displayed(session, rt, message=message, meta=meta, reader=reader, mode=DISPLAYED_MODE, request_id=request_id)
+    _decided(session, message, reader, decision="send", by="setting", request_id=request_id)
+    return SENT
+
+
+def answer_displayed(
+    session: Session, rt: Runtime, *, message: Message, meta: MessageMeta, reader: str, send: bool, request_id: str
+) -> str:
+    """The reader's answer to a pending read receipt: sent (``manual-action/
+    MDN-sent-manually``) or declined, audited as ``receipt.decision`` by the reader. Returns
+    the new state. Raises ReceiptNotPending when none waits for an answer (none asked, or
+    already sent or declined)."""
+    state = displayed_state(session, message=message, meta=meta, reader=reader)
+    if state != PENDING:
+        raise ReceiptNotPending(f"no read receipt waits for an answer on {message.queue_id} ({state})", state=state)
+    if not send:
+        _decline(session, message, reader, by="reader", request_id=request_id)
+        return DECLINED
+    _send_displayed(
+        session, rt, message=message, meta=meta, reader=reader, mode=DISPLAYED_MANUAL_MODE, request_id=request_id
+    )
+    _decided(session, message, reader, decision="send", by="reader", request_id=request_id)
+    return SENT
+
+
+def send_displayed(
+    session: Session, rt: Runtime, *, message: Message, meta: MessageMeta, reader: str, request_id: str,
+    mode: str = DISPLAYED_MODE,
+) -> bool:
+    """Store the ``displayed`` MDN of ``reader`` for ``message`` if it is due; True if sent.
+
+    Due when the sender asked for notifications, ``reader`` is a recipient the message was
+    delivered to, and no ``displayed`` notification was sent or declined yet. The caller
+    must have the reader's consent (:func:`on_display`, :func:`answer_displayed` decide it).
+    A sender who no longer has a valid certificate gets none (nothing can be encrypted to
+    them); that is not an error. Everything is written in the caller's transaction.
+    """
+    if displayed_state(session, message=message, meta=meta, reader=reader) != PENDING:
         return False
+    _send_displayed(session, rt, message=message, meta=meta, reader=reader, mode=mode, request_id=request_id)
+    return True
+
+
+def _send_displayed(
+    session: Session, rt: Runtime, *, message: Message, meta: MessageMeta, reader: str, mode: str, request_id: str
+) -> None:
     mdn = build_mdn(
         reporting_ua=reporter(rt.settings), final_recipient=reader, original_message_id=meta.message_id,
-        disposition=DISPLAYED, sender=meta.sender, mode=DISPLAYED_MODE, subject_hint=None,
+        disposition=DISPLAYED, sender=meta.sender, mode=mode, subject_hint=None,
     )
     if not rt.settings.serves(meta.sender):
         # A sender at another operator: the notification goes back through the outbound
         # queue; the row here only records that it was sent.
         if not federation.to_remote_sender(session, rt, mdn, about=message.id, request_id=request_id):
-            return False
+            raise ReceiptNotPending(f"the sender of {message.queue_id} is not reachable", state=NOT_ASKED)
         session.add(Receipt(message_id=message.id, recipient=reader, kind="mdn", status=DISPLAYED))
-        return True
+        return
     sender_certificate = certificates.current_certificate(session, meta.sender)
-    if sender_certificate is None:
-        return False
+    if sender_certificate is None:  # checked by displayed_state in this transaction
+        raise ReceiptNotPending(f"the sender of {message.queue_id} has no certificate", state=NOT_ASKED)
     store.store_receipts(
         session,
         rt.master_key,
@@ -201,4 +303,3 @@ def send_displayed(
         ],
         request_id=request_id,
     )
-    return True

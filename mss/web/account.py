@@ -1,5 +1,6 @@
 """The account page: change the password (the private key is re-wrapped), reset the second
-factor (after asking the password again), and the language switch."""
+factor (after asking the password again), what happens to requested read receipts, and the
+language switch."""
 
 from __future__ import annotations
 
@@ -49,6 +50,13 @@ class PasswordCheck:
 
 
 @dataclass
+class ReadReceiptsChoice:
+    """The read receipts setting."""
+
+    choice: str = ""
+
+
+@dataclass
 class LanguageChoice:
     """The language switch."""
 
@@ -59,6 +67,16 @@ class LanguageChoice:
 def _change_password(rt: Runtime, address: str, old: str, new: str) -> None:
     with session_scope(rt.engine) as session:
         accounts.change_password(session, rt.settings, address, old, new, actor=address)
+
+
+def _read_receipts(rt: Runtime, address: str) -> str:
+    with session_scope(rt.engine, readonly=True) as session:
+        return accounts.read_receipt_choice(session, address)
+
+
+def _set_read_receipts(rt: Runtime, address: str, choice: str, request_id: str) -> None:
+    with session_scope(rt.engine) as session:
+        accounts.set_read_receipt_choice(session, address, choice, actor=address, request_id=request_id)
 
 
 def _reset_2fa(rt: Runtime, address: str) -> None:
@@ -81,8 +99,10 @@ class AccountController(Controller):
         notice: str | None = None,
         errors: dict[str, str] | None = None,
     ) -> Response:
-        remaining = await run(accounts.remaining_recovery_codes, config(request).rt.engine, address)
-        imap_mode = await run(sync.mode_of, config(request).rt.engine, address)
+        rt = config(request).rt
+        remaining = await run(accounts.remaining_recovery_codes, rt.engine, address)
+        read_receipts = await run(_read_receipts, rt, address)
+        imap_mode = await run(sync.mode_of, rt.engine, address)
         return render(
             request,
             "account.html",
@@ -92,6 +112,7 @@ class AccountController(Controller):
             errors=errors or {},
             remaining=remaining,
             imap_mode=imap_mode,
+            read_receipts=read_receipts,
         )
 
     @get("/account")
@@ -128,6 +149,19 @@ class AccountController(Controller):
         # Other browsers logged in with the old password are logged out.
         await run(end_other_sessions, rt.engine, live.address, live.token)
         return await self._page(request, live.address, notice=t("Your password has been changed."))
+
+    @post("/account/read-receipts")
+    async def read_receipts(
+        self, request: Request, live: Live, rt: Rt, data: URLEncodedBody[ReadReceiptsChoice]
+    ) -> Response:
+        """Ask, always send or never send the read receipts senders ask for."""
+        t = language(request).gettext
+        if data.choice not in accounts.READ_RECEIPT_CHOICES:
+            return await self._page(
+                request, live.address, status_code=422, errors={"read_receipts": t("Choose one of the three answers.")}
+            )
+        await run(_set_read_receipts, rt, live.address, data.choice, request_id(request))
+        return await self._page(request, live.address, notice=t("Your read receipt setting is saved."))
 
     @post("/account/second-factor")
     async def reset_second_factor(self, request: Request, live: Live, rt: Rt, web: Web, data: URLEncodedBody[PasswordCheck]) -> Response:

@@ -215,9 +215,33 @@ class MessageOut:
     body: str
     body_was_html: bool
     attachments: list[AttachmentOut]
+    body_charset_guess: str | None
+    """When the sender's software declared no usable charset: the one the body was read in
+    (utf-8, else windows-1252), a guess. None when the message said its own."""
     read_receipt_asked: bool
     displayed_receipt_sent: bool
+    """True when this request sent the read receipt (the account's setting is ``always``)."""
+    read_receipt: str
+    """not-asked, pending (answer with POST .../read-receipt), sent or declined. RFC 8098
+    2.1: a read receipt goes out only with the reader's consent; opening a message sends
+    one only when the account's setting says always."""
     receipt_about: ReceiptAboutOut | None = None
+
+
+@dataclass
+class ReadReceiptIn:
+    """The reader's answer to a requested read receipt."""
+
+    send: bool
+    """True: send the ``displayed`` notification now; false: decline it (not asked again)."""
+
+
+@dataclass
+class ReadReceiptOut:
+    """Where the read receipt stands after the answer."""
+
+    read_receipt: str
+    """sent or declined."""
 
 
 @dataclass
@@ -380,8 +404,10 @@ def _message(m: mailbox.Opened) -> MessageOut:
             )
             for a in m.attachments
         ],
+        body_charset_guess=m.charset_guess or None,
         read_receipt_asked=m.meta.mdn_to is not None,
         displayed_receipt_sent=m.displayed_sent,
+        read_receipt=m.read_receipt,
         receipt_about=ReceiptAboutOut(about.queue_id, about.recipient, about.kind, about.status, about.reason)
         if about
         else None,
@@ -531,9 +557,10 @@ class MessagesController(Controller):
             unsearched=result.unsearched,
         )
 
-    @get("/{queue_id:str}", summary="Read a message (marks it read; sends a requested read receipt)")
+    @get("/{queue_id:str}", summary="Read a message (marks it read; a requested read receipt follows the account's setting)")
     async def read(self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str], folder: FromQuery[str | None] = None) -> MessageOut:
-        """Open a message (marks it read; sends a requested read receipt)."""
+        """Open a message (marks it read; a requested read receipt is sent, declined or left
+        pending as the account's setting says: ``read_receipt`` tells which)."""
         opened = await run(
             mailbox.open_message,
             rt,
@@ -543,6 +570,20 @@ class MessagesController(Controller):
             request_id=request_id(request),
         )
         return _message(opened)
+
+    @post(
+        "/{queue_id:str}/read-receipt",
+        status_code=200,
+        summary="Answer a requested read receipt: send it or decline it (409 when none waits for an answer)",
+    )
+    async def read_receipt(
+        self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str], data: JSONBody[ReadReceiptIn]
+    ) -> ReadReceiptOut:
+        """Send or decline the read receipt a received message asks for."""
+        state = await run(
+            mailbox.answer_read_receipt, rt, live.account(), queue_id, send=data.send, request_id=request_id(request)
+        )
+        return ReadReceiptOut(read_receipt=state)
 
     @get(
         "/{queue_id:str}/attachments/{index:int}",

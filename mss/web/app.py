@@ -25,6 +25,7 @@ from mss.web.certificate_pages import CertificateController
 from mss.web.mail_clients import MailClientController
 from mss.web.compose_pages import ComposeController
 from mss.web.context import WebConfig
+from mss.web.directory_pages import DirectoryController
 from mss.web.errors import EXCEPTION_HANDLERS
 from mss.web.messages import SIGNATURE_STATUSES, signature_reason, signature_text, step_text
 from mss.web.pages import TEMPLATE_HELPERS, MailboxController
@@ -79,6 +80,7 @@ def create_app(rt: Runtime, *, policy: SessionPolicy | None = None, debug: bool 
             AccountController,
             CertificateController,
             MailClientController,
+            DirectoryController,
             *API_CONTROLLERS,
             healthz,
             create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False),

@@ -1,19 +1,22 @@
-"""Writing pages: the compose form (new, reply, forward), the directory look-up behind its
-search-as-you-type field, and sending through ``mss.mailbox.send`` (the pipeline)."""
+"""Writing pages: the compose form (new, reply, forward, a draft again), sending through
+``mss.mailbox.send`` (the pipeline), and the Drafts folder. A send that is refused keeps the
+draft, its attachments included (``mss.mailbox.drafts``), so nothing has to be chosen again."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.di import Provide
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 
 from directory.search import search
 from mss import mailbox
 from mss.db import session_scope
-from mss.errors import MssError
+from mss.errors import DirectoryError, DraftNotFound, DraftTooLarge, MssError
 from mss.mailbox import Draft, DraftInvalid, KeptAttachment, MessageNotFound, Upload
 from mss.mailbox.compose import split_addresses
 from mss.runtime import Runtime
@@ -41,12 +44,17 @@ class FormState:
     source_attachments: list[mailbox.AttachmentInfo] = field(default_factory=list)
     source_signature: mailbox.Signature | None = None
     source_sender: str = ""
+    draft_id: str = ""
+    draft_files: list[tuple[int, str, int]] = field(default_factory=list)
+    """Attachments kept with the draft: index, name, size."""
+    draft_keep: list[int] = field(default_factory=list)
 
 
 def directory_matches(rt: Runtime, query: str, page: int = 1, per_page: int = 10) -> dict:
-    """Active directory entries matching ``query`` (name, RPPS, organisation, city ...)."""
+    """Active directory entries matching ``query`` (name, RPPS, organisation, city ...), and
+    how many match in all."""
     with session_scope(rt.engine, readonly=True) as session:
-        result = search(session, query, page=page, per_page=per_page)
+        result = search(session, query, page=page, per_page=per_page, with_total=True)
         items = [
             {
                 "address": e.address,
@@ -59,7 +67,7 @@ def directory_matches(rt: Runtime, query: str, page: int = 1, per_page: int = 10
             for e in result.items
             if e.status == "active"
         ]
-        return {"items": items, "page": result.page, "has_next": result.has_next}
+        return {"items": items, "page": result.page, "has_next": result.has_next, "total": result.total}
 
 
 def _quote(lang: Language, opened: mailbox.Opened) -> str:
@@ -68,9 +76,31 @@ def _quote(lang: Language, opened: mailbox.Opened) -> str:
     return head + "\n" + "\n".join("> " + line for line in opened.body.splitlines()) + "\n"
 
 
+def _forwarded(lang: Language, opened: mailbox.Opened) -> str:
+    """The forwarded message as mail clients write it: its headers, then its text."""
+    who = opened.sender.name if opened.sender else ""
+    sender = f"{who} <{opened.meta.sender}>" if who else opened.meta.sender
+    lines = [
+        "-------- " + lang.gettext("Forwarded message") + " --------",
+        lang.gettext("Subject:") + " " + opened.meta.subject,
+        lang.gettext("Date:") + " " + opened.meta.date,
+        lang.gettext("From:") + " " + sender,
+        lang.gettext("To:") + " " + ", ".join(opened.meta.recipients),
+        "",
+        opened.body,
+    ]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+_REPLY_PREFIX = re.compile(r"^\s*(re|aw|sv|antw)\s*:", re.IGNORECASE)
+_FORWARD_PREFIX = re.compile(r"^\s*(tr|fwd?|wg|rv)\s*:", re.IGNORECASE)
+
+
 def _prefix(prefix: str, subject: str) -> str:
-    """``Re: subject``, without piling up prefixes on a long thread."""
-    if subject.lower().startswith(prefix.lower()):
+    """``RE : subject``, without piling up prefixes on a long thread (whatever language
+    the earlier ones were written in)."""
+    pattern = _FORWARD_PREFIX if _FORWARD_PREFIX.match(prefix) else _REPLY_PREFIX
+    if subject.lower().startswith(prefix.lower()) or pattern.match(subject):
         return subject
     return f"{prefix} {subject}".strip()
 
@@ -96,52 +126,99 @@ def note_for(lang: Language):  # type: ignore[no-untyped-def]
     return note
 
 
+def _form_draft(state: FormState, uploads: list[Upload]) -> Draft:
+    return Draft(
+        to=tuple(state.to),
+        subject=state.subject,
+        body=state.body,
+        attachments=tuple(uploads),
+        read_receipt=state.read_receipt,
+        package_xdm=state.package_xdm,
+        reply_to=state.reply_to or None,
+        source=state.source or None,
+        keep=tuple(state.keep) if state.source else (),
+    )
+
+
+def _fill_from_draft(state: FormState, kept: mailbox.KeptDraft) -> None:
+    draft = kept.draft
+    state.to, state.subject, state.body = list(draft.to), draft.subject, draft.body
+    state.read_receipt, state.package_xdm = draft.read_receipt, draft.package_xdm
+    state.reply_to, state.source, state.keep = draft.reply_to or "", draft.source or "", list(draft.keep)
+    state.draft_id = kept.draft_id
+    state.draft_files = [(i, u.filename, len(u.data)) for i, u in enumerate(draft.attachments)]
+    state.draft_keep = [i for i, _name, _size in state.draft_files]
+
+
 class ComposeController(Controller):
-    """New message, reply, forward, and the directory look-up."""
+    """New message, reply, forward, drafts, and the directory look-up."""
 
     include_in_schema = False
     dependencies = {"live": Provide(active_session)}
 
-    @get("/directory")
+    @get("/directory.json")
     async def directory(self, request: Request, live: Live, rt: Rt) -> dict:
-        """Directory entries for the search-as-you-type field (JSON)."""
+        """Directory entries for the search-as-you-type fields (JSON)."""
         query = (request.query_params.get("q") or "").strip()[:MAX_QUERY]
         if len(query) < 2:
-            return {"items": [], "page": 1, "has_next": False}
-        return await run(directory_matches, rt, query)
+            return {"items": [], "page": 1, "has_next": False, "total": 0}
+        size = request.query_params.get("per_page") or "10"
+        per_page = min(int(size), 20) if size.isdigit() and int(size) > 0 else 10
+        try:
+            return await run(directory_matches, rt, query, 1, per_page)
+        except DirectoryError:
+            return {"items": [], "page": 1, "has_next": False, "total": 0}
+
+    async def _source(self, request: Request, live: Live, rt: Rt, state: FormState, queue_id: str) -> mailbox.Opened:
+        try:
+            opened = await run(mailbox.open_message, rt, live.account(), queue_id, request_id=request_id(request))
+        except MessageNotFound as exc:
+            raise NotFoundException() from exc
+        state.source = opened.queue_id
+        state.source_attachments = list(opened.attachments)
+        state.source_signature = opened.signature
+        state.source_sender = opened.sender.name if opened.sender else opened.meta.sender
+        return opened
 
     @get("/compose")
     async def compose_page(self, request: Request, live: Live, rt: Rt) -> Response:
-        """The compose form, empty or prefilled for a reply or a forward."""
+        """The compose form: empty, prefilled for a reply or a forward, or a draft again."""
         lang = language(request)
         state = FormState()
         params = request.query_params
-        source = params.get("reply") or params.get("forward")
-        if source:
-            try:
-                opened = await run(mailbox.open_message, rt, live.account(), source, request_id=request_id(request))
-            except MessageNotFound as exc:
-                raise NotFoundException() from exc
-            state.source = opened.queue_id
-            state.source_attachments = list(opened.attachments)
-            state.keep = [a.index for a in opened.attachments]
-            state.source_signature = opened.signature
-            state.source_sender = opened.sender.name if opened.sender else opened.meta.sender
-            if params.get("reply"):
-                state.reply_to = opened.queue_id
-                state.to = [opened.meta.sender]
-                state.subject = _prefix(lang.gettext("Re:"), opened.meta.subject)
-                state.body = "\n\n" + _quote(lang, opened)
-            else:
-                state.subject = _prefix(lang.gettext("Fwd:"), opened.meta.subject)
-                state.body = "\n\n" + lang.gettext("Forwarded message") + "\n" + _quote(lang, opened)
+        notice = None
+        if params.get("draft"):
+            kept = await run(mailbox.open_draft, rt, live.account(), params.get("draft") or "")
+            _fill_from_draft(state, kept)
+            if state.source:
+                try:
+                    await self._source(request, live, rt, state, state.source)
+                except NotFoundException:
+                    state.source, state.keep = "", []
+            if params.get("saved"):
+                notice = lang.gettext("Your draft is saved, with its attachments, in Drafts.")
+        elif params.get("reply"):
+            opened = await self._source(request, live, rt, state, params.get("reply") or "")
+            state.reply_to = opened.queue_id
+            state.to = [opened.meta.sender]
+            state.subject = _prefix(lang.gettext("Re:"), opened.meta.subject)
+            state.body = "\n\n" + _quote(lang, opened)
+            state.keep = []  # a reply offers the documents back, unchecked
+        elif params.get("forward"):
+            opened = await self._source(request, live, rt, state, params.get("forward") or "")
+            state.subject = _prefix(lang.gettext("Fwd:"), opened.meta.subject)
+            state.body = "\n\n" + _forwarded(lang, opened)
+            state.keep = [a.index for a in opened.attachments]  # a forward carries the documents
         elif params.get("to"):
             state.to = list(split_addresses(params.get("to") or ""))
-        return render(request, "compose.html", user=live.address, state=state, errors={}, general=None)
+        return render(
+            request, "compose.html", user=live.address, state=state, errors={}, general=None, notice=notice
+        )
 
     @post("/compose")
     async def send(self, request: Request, live: Live, rt: Rt) -> Response:
-        """Send the form's message through the pipeline; form errors otherwise."""
+        """Send the form's message through the pipeline (or keep it as a draft); when the
+        send is refused, the form comes back with its errors and the draft is kept."""
         lang = language(request)
         form = await request.form()
         to = list(split_addresses(" ".join([*form.getall("to", []), form.get("to_text") or ""])))
@@ -151,10 +228,10 @@ class ComposeController(Controller):
                 uploads.append(
                     Upload(filename=item.filename, content_type=item.content_type or "", data=await item.read())
                 )
-        keep = []
-        for value in form.getall("keep", []):
-            if isinstance(value, str) and value.isdigit():
-                keep.append(int(value))
+
+        def numbers(name: str) -> list[int]:
+            return [int(v) for v in form.getall(name, []) if isinstance(v, str) and v.isdigit()]
+
         state = FormState(
             to=to,
             subject=str(form.get("subject") or ""),
@@ -163,38 +240,59 @@ class ComposeController(Controller):
             package_xdm=form.get("package_xdm") == "on",
             reply_to=str(form.get("reply_to") or ""),
             source=str(form.get("source") or ""),
-            keep=keep,
+            keep=numbers("keep"),
+            draft_id=str(form.get("draft_id") or ""),
         )
-        draft = Draft(
-            to=tuple(to),
-            subject=state.subject,
-            body=state.body,
-            attachments=tuple(uploads),
-            read_receipt=state.read_receipt,
-            package_xdm=state.package_xdm,
-            reply_to=state.reply_to or None,
-            source=state.source or None,
-            keep=tuple(keep) if state.source else (),
-        )
+        draft_keep = numbers("draft_keep")
+        # The files kept with the draft that are still ticked come first, then the new ones.
+        files: list[Upload] = []
+        if state.draft_id:
+            try:
+                kept = await run(mailbox.open_draft, rt, live.account(), state.draft_id)
+            except DraftNotFound:
+                state.draft_id = ""  # discarded meanwhile (another tab): the form is what counts
+            else:
+                files = [u for i, u in enumerate(kept.draft.attachments) if i in draft_keep]
+        files += uploads
+        draft = _form_draft(state, files)
+        account = live.account()
+        rid = request_id(request)
+
+        if form.get("action") == "save":
+            saved = await run(mailbox.save_draft, rt, account, draft, draft_id=state.draft_id or None, request_id=rid)
+            return redirect(f"/compose?draft={saved}&saved=1")
+
         errors: dict[str, list[str]] = {}
         general = None
         try:
-            accepted = await run(
-                mailbox.send, rt, live.account(), draft, request_id=request_id(request), note=note_for(lang)
-            )
+            accepted = await run(mailbox.send, rt, account, draft, request_id=rid, note=note_for(lang))
         except DraftInvalid as exc:
             errors = {name: [problem_text(lang, p) for p in problems] for name, problems in exc.errors.items()}
         except MssError as exc:
             general = error_text(lang, exc)
         else:
+            if state.draft_id:
+                try:
+                    await run(mailbox.discard_draft, rt, live.address, state.draft_id, reason="sent", request_id=rid)
+                except DraftNotFound:
+                    pass  # discarded meanwhile: the message is sent all the same
             return redirect(f"/messages/{accepted.queue_id}?folder=sent")
+
+        # Refused: keep everything the writer gave, files included, as a draft.
+        kept_draft = True
+        try:
+            state.draft_id = await run(
+                mailbox.save_draft, rt, account, draft, draft_id=state.draft_id or None, request_id=rid
+            )
+        except DraftTooLarge:
+            kept_draft = False
+        if kept_draft:
+            state.draft_files = [(i, u.filename, len(u.data)) for i, u in enumerate(files)]
+            state.draft_keep = [i for i, _name, _size in state.draft_files]
         if state.source:
             try:
-                opened = await run(mailbox.open_message, rt, live.account(), state.source)
-                state.source_attachments = list(opened.attachments)
-                state.source_signature = opened.signature
-                state.source_sender = opened.sender.name if opened.sender else opened.meta.sender
-            except MessageNotFound:
+                await self._source(request, live, rt, state, state.source)
+            except NotFoundException:
                 state.source, state.keep = "", []
         return render(
             request,
@@ -204,5 +302,22 @@ class ComposeController(Controller):
             state=state,
             errors=errors,
             general=general,
-            uploads_lost=bool(uploads),
+            notice=None,
+            kept_draft=kept_draft,
+            uploads_lost=bool(uploads) and not kept_draft,
         )
+
+    @get("/drafts")
+    async def drafts(self, request: Request, live: Live, rt: Rt) -> Response:
+        """The Drafts folder: what is not sent yet, the latest first."""
+        found = await run(mailbox.list_drafts, rt, live.account())
+        unread = await run(mailbox.unread_count, rt, live.address)
+        return render(
+            request, "drafts.html", user=live.address, drafts=found, folder="drafts", unread=unread
+        )
+
+    @post("/drafts/{draft_id:str}/discard")
+    async def discard(self, request: Request, live: Live, rt: Rt, draft_id: FromPath[str]) -> Response:
+        """Delete a draft and its files."""
+        await run(mailbox.discard_draft, rt, live.address, draft_id, request_id=request_id(request))
+        return redirect("/drafts")

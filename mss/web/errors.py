@@ -18,7 +18,16 @@ from litestar.exceptions import (
 )
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from mss.errors import DecryptionError, FilterError, MessageNotFound, MssError
+from mss.errors import (
+    DecryptionError,
+    DirectoryError,
+    DraftNotFound,
+    DraftTooLarge,
+    FilterError,
+    MessageNotFound,
+    MssError,
+    ReceiptNotPending,
+)
 from mss.web.api import ApiError
 from mss.web.auth import LoginRequired
 from mss.web.context import clear_session_cookie, language, redirect, render, request_id
@@ -33,6 +42,7 @@ TITLES = {
     403: _("This action is not allowed."),
     404: _("This page or message does not exist, or is not in your mailbox."),
     405: _("This action is not allowed here."),
+    409: _("This was already done."),
     413: _("What you sent is too large."),
     422: _("The request cannot be processed."),
     423: _("The account is locked for a while."),
@@ -45,6 +55,7 @@ CODES = {
     403: "forbidden",
     404: "not-found",
     405: "method-not-allowed",
+    409: "conflict",
     413: "too-large",
     422: "unprocessable",
     423: "locked",
@@ -110,12 +121,23 @@ def http_error(request: Request, exc: HTTPException) -> Response:
 
 def service_error(request: Request, exc: MssError) -> Response:
     """A service error, mapped to HTTP here once for every controller: a message that is not
-    in the reader's mailbox (404), a filter that means nothing (400), a message the reader's
-    key cannot open (422); anything else no controller expected is a 500."""
-    if isinstance(exc, MessageNotFound):
+    in the reader's mailbox or a draft that is not theirs (404), a filter that means nothing
+    (400), a read receipt already answered (409), a draft too large to keep (413), a message
+    the reader's key cannot open (422); anything else no controller expected is a 500."""
+    if isinstance(exc, (MessageNotFound, DraftNotFound)):
         return _api_error(request, 404, "not-found", "not found") if _is_api(request) else _page(request, 404)
+    if isinstance(exc, ReceiptNotPending):
+        if _is_api(request):
+            return _api_error(request, 409, "not-pending", f"no read receipt waits for an answer ({exc.details.get('state')})")
+        return _page(request, 409)
+    if isinstance(exc, DraftTooLarge):
+        if _is_api(request):
+            return _api_error(request, 413, "too-large", exc.message)
+        return _page(request, 413)
     if isinstance(exc, FilterError) and _is_api(request):
         return _api_error(request, 400, "bad-filter", exc.message)
+    if isinstance(exc, DirectoryError) and _is_api(request):
+        return _api_error(request, 400, "bad-query", exc.message)
     if isinstance(exc, DecryptionError):
         log.warning(
             "request %s: message cannot be decrypted by its reader (%s)", request_id(request), exc.details.get("reason")

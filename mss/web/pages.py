@@ -13,16 +13,17 @@ import urllib.parse
 from datetime import date, datetime, timedelta
 
 from litestar import Controller, Request, Response, get, post
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import FromPath
 from litestar.response import Response as RawResponse
 
 from mss import mailbox
 from mss.db import utcnow
 from mss.documents import workers
-from mss.errors import DocumentError
+from mss.errors import DocumentError, ReceiptNotPending
 from mss.mailbox import FilterError, Filters, MessageNotFound
-from mss.mailbox.reading import limits_of
+from mss.mailbox.content import decode_text
+from mss.mailbox.reading import limits_of, queue_id_of
 from mss.web import cda_view
 from mss.web.auth import current_session
 from mss.web.context import config, language, redirect, render, request_id, run
@@ -163,6 +164,25 @@ class MailboxController(Controller):
             folder=opened.folder,
         )
 
+    @post("/messages/{queue_id:str}/read-receipt")
+    async def read_receipt(self, request: Request, queue_id: FromPath[str]) -> Response:
+        """The reader's answer to a requested read receipt: send it or decline it."""
+        live = await current_session(request)
+        form = await request.form()
+        decision = form.get("decision")
+        if decision not in {"send", "decline"}:
+            raise ValidationException("decision is send or decline")
+        try:
+            await run(
+                mailbox.answer_read_receipt, config(request).rt, live.account(), queue_id,
+                send=decision == "send", request_id=request_id(request),
+            )
+        except MessageNotFound as exc:
+            raise NotFoundException() from exc
+        except ReceiptNotPending:
+            pass  # answered already (another tab, a double click): the page says how
+        return redirect(f"/messages/{queue_id_of(queue_id) or ''}")
+
     @post("/messages/{queue_id:str}/archive")
     async def archive(self, request: Request, queue_id: FromPath[str]) -> Response:
         """Move a received message to the archive."""
@@ -288,6 +308,7 @@ class MailboxController(Controller):
             "entries": None,
             "extras": (),
             "text": None,
+            "charset_guess": "",
             "problem": None,
             "download": base,
             "inline": base + "/inline",
@@ -309,7 +330,7 @@ class MailboxController(Controller):
                 info, context["entries"] = await run(mailbox.xdm_entries, rt, context["a"], context["user"])
                 context["extras"] = info.extras
             elif kind == "text":
-                context["text"] = data.decode("utf-8", errors="replace")
+                context["text"], context["charset_guess"] = decode_text(data, None)
         except DocumentError:
             context["problem"] = t("This document cannot be displayed; download it to open it with another program.")
 
@@ -369,6 +390,7 @@ class MailboxController(Controller):
             "entries": None,
             "extras": (),
             "text": None,
+            "charset_guess": "",
             "problem": None,
             "download": base,
             "inline": base + "/inline",

@@ -1,6 +1,7 @@
 // mss web inbox: progressive enhancements only; every page works without this file.
-// Directory search as you type on the compose page: results come from /directory (JSON,
-// same origin, the session cookie); a chosen entry becomes a checked "to" checkbox.
+// Directory search as you type on the compose page: results come from /directory.json (JSON,
+// same origin, the session cookie); a chosen entry becomes a checked "to" checkbox. On the
+// directory page, the same results replace the list as the query is typed.
 (function () {
   "use strict";
 
@@ -74,7 +75,7 @@
       var mine = ++sequence;
       if (query.length < 2) { results.textContent = ""; return; }
       say(input.dataset.searching);
-      fetch("/directory?q=" + encodeURIComponent(query), {
+      fetch("/directory.json?q=" + encodeURIComponent(query), {
         credentials: "same-origin",
         headers: { "Accept": "application/json" }
       }).then(function (response) {
@@ -117,5 +118,75 @@
     });
   }
 
+  function setupDirectoryBrowse(form) {
+    var input = form.querySelector("input[type=search]");
+    var results = document.getElementById("directory-results");
+    var count = document.getElementById("directory-count");
+    var pager = document.querySelector(".pager");
+    var timer = null;
+    var sequence = 0;
+
+    function entry(item) {
+      var li = document.createElement("li");
+      li.className = "entry-item";
+      var main = text("div", "", "entry-main");
+      var link = text("a", item.name || item.address, "entry-name");
+      link.href = "/directory/" + encodeURIComponent(item.address);
+      main.appendChild(link);
+      var details = [item.profession, item.organisation, item.city].filter(Boolean).join(" · ");
+      if (details) { main.appendChild(text("span", details, "entry-details")); }
+      main.appendChild(text("span", item.address + (item.rpps ? " · RPPS " + item.rpps : ""), "entry-address"));
+      var write = text("a", form.dataset.write, "button");
+      write.href = "/compose?to=" + encodeURIComponent(item.address);
+      write.appendChild(text("span", " " + (item.name || item.address), "visually-hidden"));
+      li.appendChild(main);
+      li.appendChild(write);
+      return li;
+    }
+
+    function search() {
+      var query = input.value.trim();
+      var mine = ++sequence;
+      if (query.length < 2) { return; }
+      count.textContent = form.dataset.searching;
+      fetch("/directory.json?per_page=20&q=" + encodeURIComponent(query), {
+        credentials: "same-origin",
+        headers: { "Accept": "application/json" }
+      }).then(function (response) {
+        if (!response.ok) { throw new Error("HTTP " + response.status); }
+        return response.json();
+      }).then(function (data) {
+        if (mine !== sequence) { return; }
+        var items = data.items || [];
+        results.textContent = "";
+        items.forEach(function (item) { results.appendChild(entry(item)); });
+        if (data.has_next) {
+          var more = text("a", form.dataset.more, "more-results");
+          more.href = "/directory?q=" + encodeURIComponent(query) + "&page=2";
+          var li = document.createElement("li");
+          li.appendChild(more);
+          results.appendChild(li);
+        }
+        if (pager) { pager.hidden = true; }
+        if (!data.total) {
+          count.textContent = form.dataset.none;
+        } else {
+          count.textContent = data.total === 1 ? form.dataset.countOne : form.dataset.countMany.replace("__N__", data.total);
+        }
+        if (window.history && window.history.replaceState) {
+          window.history.replaceState(null, "", "/directory?q=" + encodeURIComponent(query));
+        }
+      }).catch(function () {
+        if (mine === sequence) { count.textContent = "—"; }
+      });
+    }
+
+    input.addEventListener("input", function () {
+      window.clearTimeout(timer);
+      timer = window.setTimeout(search, 200);
+    });
+  }
+
   document.querySelectorAll("[data-directory-search]").forEach(setupDirectorySearch);
+  document.querySelectorAll("[data-directory-browse]").forEach(setupDirectoryBrowse);
 })();
