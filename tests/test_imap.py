@@ -227,6 +227,9 @@ def test_read_state_flags_and_moves_are_the_web_s_and_the_reverse(rt, imap, clie
 
 def test_reading_in_the_client_is_an_opening_with_its_read_receipt(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]
     queue_id = submit(rt, doctor, [gp.address], "Merci de confirmer", "x\n", read_receipt=True).queue_id
+    # The reader's consent to read receipts (RFC 8098 2.1), given once for all in the account.
+    with session_scope(rt.engine) as session:
+        accounts.set_read_receipt_choice(session, gp.address, "always", actor=gp.address)
     client = login(rt, imap.port, gp)
     client.select("INBOX")
     _fetch(client, "1", "(BODY.PEEK[])")
