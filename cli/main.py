@@ -652,6 +652,31 @@ def db_upgrade() -> None:
     out.print(f"database schema up to date ({rt.settings.storage.database_url.split('://')[0]})")
 
 
+@app.command("doctor")
+@handles_errors
+def doctor() -> None:
+    """Check what the service needs (database, CA, CRL, master key): one verdict per item;
+    exit status 1 when any fails. Creates nothing and changes nothing."""
+    from mss import health
+    from mss.db import make_engine
+
+    settings = Settings.from_env()
+    engine = make_engine(settings)
+    try:
+        checks = health.readiness(settings, engine)
+    finally:
+        engine.dispose()
+    for check in checks:
+        verdict = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
+        out.print(f"{verdict} {check.name:<11} {check.detail}", highlight=False)
+    if all(check.ok for check in checks):
+        out.print("ready")
+        return
+    failing = ", ".join(check.name for check in checks if not check.ok)
+    err.print(f"[red]not ready:[/red] {failing}", highlight=False)
+    raise typer.Exit(1)
+
+
 @app.command("serve")
 @handles_errors
 def serve(
@@ -664,13 +689,15 @@ def serve(
 
     if what not in {"all", "relay", "web"}:
         raise MssError(f"unknown part {what!r}: use relay, web or all")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from mss import logs
+
+    settings = Settings.from_env()
+    logs.configure(settings.operator.log_format)
     # aiosmtpd logs every command at INFO and pyHanko a traceback for every signature that
     # does not hold; our own lines say what matters.
     for noisy in ("mail.log", "alembic", "pyhanko", "pyhanko_certvalidator"):
         logging.getLogger(noisy).setLevel(logging.WARNING if noisy != "pyhanko" else logging.ERROR)
-    rt = runtime()
-    settings = rt.settings
+    rt = open_runtime(settings)
 
     from mss.health import startup_warnings
 
@@ -693,15 +720,25 @@ def serve(
                 parts.append(serve_publication(rt))
                 err.print(f"mss pki: CRL on http://{settings.pki.http_host}:{settings.pki.http_port}/pki/ca.crl"
                           f" (certificates name {settings.pki.crl_url})")
+        metrics_server = None
+        if settings.operator.metrics_port:
+            from mss import metrics
+
+            metrics_server = metrics.start_server(rt.engine, settings.operator.metrics_host, settings.operator.metrics_port)
+            err.print(f"mss metrics: http://{settings.operator.metrics_host}:{metrics_server.port}/metrics")
         tasks = [asyncio.ensure_future(part) for part in parts]
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: [task.cancel() for task in tasks])
         # Each part drains on its own (the relay lets sessions that are storing reply);
         # waiting for all of them keeps one from being cut off by the other's exit.
-        for result in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                raise result
+        try:
+            for result in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                    raise result
+        finally:
+            if metrics_server is not None:
+                metrics_server.close()
 
     asyncio.run(main_loop())
 

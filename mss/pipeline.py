@@ -18,7 +18,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 
 from directory import certificates, service
-from mss import receipts, standing, store
+from mss import metrics, receipts, standing, store
 from mss.accounts import UnlockedAccount
 from mss.addresses import normalise_address
 from mss.crypto import envelope as cms_envelope
@@ -355,7 +355,8 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         raise MessageTooLarge(f"the message exceeds {settings.relay.max_message_size} bytes")
     if not submission.recipients:
         raise MalformedMessage("the message has no recipient")
-    message = _parse(submission.raw)
+    with metrics.stage("parse"):
+        message = _parse(submission.raw)
     if _from_address(message) != sender.address:
         raise FromHeaderMismatch(f"the From: header must be {sender.address}")
     recipients = [r.address for r in submission.recipients]
@@ -373,6 +374,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
     failed: dict[str, str] = {}
     deliverable: list[RecipientRequest] = []
     recipient_certs = []
+    check_started = metrics.now()
     with session_scope(rt.engine, readonly=True) as session:
         # Nothing is signed with a key whose certificate was revoked, or for an account
         # that may no longer send, whenever that happened.
@@ -399,6 +401,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
     if client.envelope is not None and not client.sealed:
         # Stored as DER (NSS and gpgsm write BER), which every later reader opens.
         kind, cms = "client", client.envelope
+        metrics.observe("check", check_started)
     else:
         if client.entity is not None:
             documents = _inspect_documents(client.entity, settings_limits(settings), sender.address)
@@ -407,11 +410,14 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         added.update(message_header_values(_cdas(documents), accept_test_ins=not settings.is_production))
         entity = _with_headers(submission.raw, added)
         _check_line_ends(entity)
+        metrics.observe("check", check_started)
         # The client's own signatures, if any, travel inside ours, byte for byte.
-        signed = smime.sign(entity, sender.certificate, sender.private_key)
+        with metrics.stage("sign"):
+            signed = smime.sign(entity, sender.certificate, sender.private_key)
         # The envelope holds the SignedData as an RFC 8551 signed-data entity: what a mail
         # client expects once it decrypts, and what `openssl cms -verify` reads as S/MIME.
-        cms = smime.encrypt(smime.signed_entity(signed), [*recipient_certs, sender.certificate])
+        with metrics.stage("encrypt"):
+            cms = smime.encrypt(smime.signed_entity(signed), [*recipient_certs, sender.certificate])
         kind = "signed"
 
     meta = MessageMeta(
@@ -434,6 +440,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         failed={address: (reason, notify_of[address]) for address, reason in failed.items()},
         original_headers=_header_block(submission.raw),
     )
+    commit_started = metrics.now()
     with session_scope(rt.engine) as session:
         store.store_submission(
             session, rt.master_key, queue_id=queue_id, kind=kind, cms=cms, meta=meta,
@@ -442,6 +449,8 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
             checked=[d.kind for d in documents],
         )
         store.store_receipts(session, rt.master_key, queue_id=queue_id, notices=notices, request_id=submission.request_id)
+    metrics.observe("commit", commit_started)
+    metrics.accepted(submission.channel, delivered=len(deliverable), failed=len(failed), kinds=[d.kind for d in documents])
     return Accepted(queue_id=queue_id, message_id=message_id)
 
 

@@ -129,6 +129,21 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class OperatorSettings:
+    """What the operator watches: metrics, logs, delivery deadlines, mailbox life cycle."""
+
+    metrics_host: str
+    """``MSS_METRICS_HOST``: listen address of the Prometheus metrics. Default ``127.0.0.1``."""
+    metrics_port: int
+    """``MSS_METRICS_PORT``: their port (0 turns them off). Default 9464."""
+    log_format: str
+    """``MSS_LOG_FORMAT``: ``text`` or ``json`` (one JSON object a line). Default ``text``."""
+    receipt_deadline: float
+    """``MSS_RECEIPT_DEADLINE``: seconds a delivery may wait for its final status before the
+    sender gets a delayed DSN. Default 3600."""
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the service needs, grouped by concern."""
 
@@ -143,6 +158,7 @@ class Settings:
     security: SecuritySettings
     relay: RelaySettings
     web: WebSettings
+    operator: OperatorSettings
 
     @property
     def is_production(self) -> bool:
@@ -246,6 +262,17 @@ class Settings:
             port=integer("MSS_WEB_PORT", 8443),
             behind_tls_proxy=flag("MSS_WEB_BEHIND_TLS_PROXY", False),
         )
+        log_format = get("MSS_LOG_FORMAT", "text").lower()
+        if log_format not in {"text", "json"}:
+            raise ConfigError(f"MSS_LOG_FORMAT must be text or json, not {log_format!r}")
+        operator = OperatorSettings(
+            metrics_host=get("MSS_METRICS_HOST", "127.0.0.1"),
+            metrics_port=integer("MSS_METRICS_PORT", 9464),
+            log_format=log_format,
+            receipt_deadline=number("MSS_RECEIPT_DEADLINE", 3600.0),
+        )
+        if operator.receipt_deadline <= 0:
+            raise ConfigError("MSS_RECEIPT_DEADLINE must be a positive number of seconds")
         return cls(
             environment=environment,
             domains=_split(get("MSS_DOMAINS", "mss.test")),
@@ -255,6 +282,7 @@ class Settings:
             security=security,
             relay=relay,
             web=web,
+            operator=operator,
         )
 
     def with_changes(self, **changes: object) -> "Settings":

@@ -11,7 +11,7 @@ from litestar.di import Provide
 from litestar.exceptions import NotFoundException
 
 from directory.search import search
-from mss import mailbox
+from mss import mailbox, metrics
 from mss.db import session_scope
 from mss.errors import MssError
 from mss.mailbox import Draft, DraftInvalid, KeptAttachment, MessageNotFound, Upload
@@ -183,8 +183,10 @@ class ComposeController(Controller):
                 mailbox.send, rt, live.account(), draft, request_id=request_id(request), note=note_for(lang)
             )
         except DraftInvalid as exc:
+            metrics.refused("web", "draft-invalid")
             errors = {name: [problem_text(lang, p) for p in problems] for name, problems in exc.errors.items()}
         except MssError as exc:
+            metrics.refused("web", type(exc).__name__)
             general = error_text(lang, exc)
         else:
             return redirect(f"/messages/{accepted.queue_id}?folder=sent")
