@@ -726,6 +726,10 @@ def serve(
 
             metrics_server = metrics.start_server(rt.engine, settings.operator.metrics_host, settings.operator.metrics_port)
             err.print(f"mss metrics: http://{settings.operator.metrics_host}:{metrics_server.port}/metrics")
+        if what in {"all", "relay"}:
+            from mss import housekeeping
+
+            parts.append(housekeeping.run(rt))
         tasks = [asyncio.ensure_future(part) for part in parts]
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -114,11 +114,26 @@ def store_submission(
 def store_receipts(
     session: Session, master_key: MasterKey, *, queue_id: str, notices: list[Notice], request_id: str
 ) -> None:
-    """Store each notice as a message in the sender's inbox, linked to the original by Receipt rows."""
+    """Store each notice as a message in the sender's inbox, linked to the original by Receipt rows.
+
+    A notice that says again what a stored receipt of the same message, recipient, kind
+    and status already said (a duplicate MDN or DSN) is dropped.
+    """
     if not notices:
         return
     original = session.execute(select(Message).where(Message.queue_id == queue_id)).scalars().one()
     for notice in notices:
+        known = set(
+            session.execute(
+                select(Receipt.recipient).where(
+                    Receipt.message_id == original.id, Receipt.kind == notice.kind, Receipt.status == notice.status,
+                    Receipt.recipient.in_(notice.recipients),
+                )
+            ).scalars()
+        )
+        if known and known >= set(notice.recipients):
+            continue
+        notice = replace(notice, recipients=tuple(r for r in notice.recipients if r not in known))
         notification = Message(
             queue_id=_receipt_queue_id(queue_id, notice),
             message_id=notice.meta.message_id,

@@ -287,6 +287,13 @@ class RecipientJourney:
         """The furthest step reached (``pending`` before any)."""
         return self.steps[-1].status if self.steps else "pending"
 
+    @property
+    def final_status(self) -> str | None:
+        """The one final status of this delivery (failed, processed or delivered), or None
+        while it waits (relayed, delayed)."""
+        reached = {step.status for step in self.steps}
+        return next((status for status in _FINAL if status in reached), None)
+
 
 @dataclass(frozen=True)
 class XdmEntry:
@@ -838,7 +845,9 @@ def unread_count(rt: Runtime, owner: str) -> int:
 
 # -- the Sent view -----------------------------------------------------------------------
 
-_ORDER = {"delivered": 0, "relayed": 0, "processed": 1, "displayed": 2, "failed": 3}
+_ORDER = {"delivered": 0, "relayed": 0, "delayed": 0.5, "processed": 1, "displayed": 2, "failed": 3}
+# The step that ends a recipient's delivery, most decisive first (see mss.receipts.issuer).
+_FINAL = ("failed", "processed", "delivered")
 
 
 def journey(rt: Runtime, owner: str, queue_id: str) -> tuple[RecipientJourney, ...]:

@@ -61,6 +61,7 @@ STEPS = {
     "pending": _("pending"),
     "delivered": _("delivered"),
     "relayed": _("relayed"),
+    "delayed": _("delayed"),
     "processed": _("in the mailbox"),
     "displayed": _("read"),
     "failed": _("failed"),
