@@ -30,10 +30,12 @@ pki_app = typer.Typer(help="Development PKI and S/MIME certificates.", no_args_i
 directory_app = typer.Typer(help="The directory of professionals.", no_args_is_help=True)
 account_app = typer.Typer(help="Accounts, passwords, second factor and keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
+report_app = typer.Typer(help="Reports for the operator.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
 app.add_typer(directory_app, name="directory")
 app.add_typer(account_app, name="account")
 app.add_typer(audit_app, name="audit")
+app.add_typer(report_app, name="report")
 
 # Not on a terminal (a pipe, a log), tables keep their full width instead of wrapping at 80.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -571,6 +573,33 @@ def audit_purge(
     with session_scope(rt.engine) as session:
         result = audit.purge(session, rt.master_key, before=cut)
     out.print(f"purged {result.deleted} events before {cut:%Y-%m-%d %H:%M} (checkpoint at event {result.through_seq})")
+
+
+# -- reports -----------------------------------------------------------------------------
+
+
+@report_app.command("indicators")
+@handles_errors
+def report_indicators(
+    month: Annotated[str, typer.Option(help="The month, YYYY-MM (UTC).")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="File to write (default: standard output).")] = None,
+) -> None:
+    """Usage indicators of one month (definitions in the README, "Indicators")."""
+    from mss import indicators
+    from mss.db import session_scope
+
+    if fmt not in {"csv", "json"}:
+        raise MssError(f"unknown format {fmt!r}: use csv or json")
+    indicators.month_bounds(month)
+    rt = runtime()
+    with session_scope(rt.engine, readonly=True) as session:
+        text = indicators.monthly(session, rt.master_key, month).render(fmt)
+    if out_file:
+        write_file(out_file, text.encode("utf-8"), private=False)
+        out.print(f"wrote {out_file}")
+    else:
+        sys.stdout.write(text)
 
 
 # -- messages ----------------------------------------------------------------------------

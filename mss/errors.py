@@ -289,3 +289,10 @@ class FilterError(MailboxError):
 
 class ReceiptError(MssError):
     """A receipt cannot be built from the values given (malformed address, status, id ...)."""
+
+
+# -- operator reports --------------------------------------------------------------------
+
+
+class ReportError(MssError):
+    """A report cannot be made as asked (a malformed month, an unknown format)."""
