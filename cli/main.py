@@ -31,11 +31,13 @@ directory_app = typer.Typer(help="The directory of professionals.", no_args_is_h
 account_app = typer.Typer(help="Accounts, passwords, second factor and keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 report_app = typer.Typer(help="Reports for the operator.", no_args_is_help=True)
+lifecycle_app = typer.Typer(help="Inactive mailboxes and audit retention.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
 app.add_typer(directory_app, name="directory")
 app.add_typer(account_app, name="account")
 app.add_typer(audit_app, name="audit")
 app.add_typer(report_app, name="report")
+app.add_typer(lifecycle_app, name="lifecycle")
 
 # Not on a terminal (a pipe, a log), tables keep their full width instead of wrapping at 80.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -600,6 +602,24 @@ def report_indicators(
         out.print(f"wrote {out_file}")
     else:
         sys.stdout.write(text)
+
+
+@lifecycle_app.command("run")
+@handles_errors
+def lifecycle_run() -> None:
+    """Notice mailboxes inactive for MSS_INACTIVE_NOTICE_DAYS, close those inactive for
+    MSS_INACTIVE_CLOSE_DAYS (keys destroyed, messages deleted), purge the audit trail past
+    MSS_AUDIT_RETENTION_DAYS; print a summary (``mss serve`` does it daily)."""
+    from mss import lifecycle
+
+    summary = lifecycle.run(runtime())
+    out.print(f"inactivity notices sent: {len(summary.noticed)}", highlight=False)
+    for address in summary.noticed:
+        out.print(f"  noticed {address}", highlight=False)
+    out.print(f"mailboxes closed: {len(summary.closed)} ({summary.messages_deleted} messages deleted)", highlight=False)
+    for address in summary.closed:
+        out.print(f"  closed {address}", highlight=False)
+    out.print(f"audit events purged: {summary.audit_events_purged}", highlight=False)
 
 
 # -- messages ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The periodic work of a running service: delayed DSNs for deliveries past their deadline.
+"""The periodic work of a running service: delayed DSNs for deliveries past their deadline,
+and once a day the mailbox life cycle and the audit retention (``mss.lifecycle``).
 
 ``mss serve`` runs :func:`run` beside the relay and the web; each pass runs in a worker
 thread and is safe to run in several processes at once (the services lock what they
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from mss import lifecycle
 from mss.receipts import issuer
 from mss.runtime import Runtime
 
@@ -17,6 +19,7 @@ log = logging.getLogger("mss.housekeeping")
 
 # The delayed-DSN sweep runs this often, or every quarter of the deadline if that is shorter.
 SWEEP_SECONDS = 60.0
+LIFECYCLE_SECONDS = 24 * 3600.0
 
 
 def sweep_interval(rt: Runtime) -> float:
@@ -25,9 +28,21 @@ def sweep_interval(rt: Runtime) -> float:
 
 
 async def run(rt: Runtime) -> None:
-    """Sweep until cancelled."""
+    """Sweep until cancelled; the life cycle at start and then once a day."""
     interval = sweep_interval(rt)
+    next_lifecycle = 0.0
+    loop = asyncio.get_running_loop()
     while True:
+        if loop.time() >= next_lifecycle:
+            next_lifecycle = loop.time() + LIFECYCLE_SECONDS
+            try:
+                summary = await asyncio.to_thread(lifecycle.run, rt)
+                log.info(
+                    "life cycle: %d notice(s), %d mailbox(es) closed, %d message(s) deleted, %d audit event(s) purged",
+                    len(summary.noticed), len(summary.closed), summary.messages_deleted, summary.audit_events_purged,
+                )
+            except Exception:  # noqa: BLE001 - logged; tomorrow's pass runs as planned
+                log.exception("the life cycle pass failed")
         try:
             sent = await asyncio.to_thread(issuer.send_delayed, rt)
             if sent:

@@ -29,6 +29,9 @@ from mss.store import MessageMeta
 
 MAILBOX_TYPES = ("PER", "ORG", "APP")
 DOORS = ("smtp", "web", "api", "imap")
+# Messages people submitted (signed here, or passed through encrypted by their client); not
+# receipts, not the operator's own notices.
+SUBMITTED_KINDS = ("signed", "client")
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 
@@ -113,7 +116,7 @@ def monthly(session: Session, master_key: MasterKey, month: str) -> Indicators:
     result = Indicators(month=month.strip())
     in_month = (Message.submitted_at >= start, Message.submitted_at < end)
     sent = session.execute(
-        select(Message.sender, Message.meta_sealed).where(Message.kind != "receipt", *in_month)
+        select(Message.sender, Message.meta_sealed).where(Message.kind.in_(SUBMITTED_KINDS), *in_month)
     ).all()
     result.messages_sent = len(sent)
     senders = {sender for sender, _sealed in sent}
@@ -132,7 +135,7 @@ def monthly(session: Session, master_key: MasterKey, month: str) -> Indicators:
     result.cda_by_type_code = dict(type_codes)
     result.messages_received = session.execute(
         select(func.count()).select_from(Delivery).join(Message, Message.id == Delivery.message_id)
-        .where(Delivery.status == "delivered", Message.kind != "receipt", *in_month)
+        .where(Delivery.status == "delivered", Message.kind.in_(SUBMITTED_KINDS), *in_month)
     ).scalar_one()
     receipts: Counter[str] = Counter()
     for kind, status, count in session.execute(

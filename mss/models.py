@@ -60,6 +60,11 @@ class Account(SQLModel, table=True):
     disabled: bool = False
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # The mailbox life cycle (mss.lifecycle): last successful login at any door, when the
+    # inactivity notice went out, when the account was closed (its keys destroyed).
+    last_login_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    inactivity_notice_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    closed_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
 
 
 class LoginThrottle(SQLModel, table=True):

@@ -141,6 +141,10 @@ class OperatorSettings:
     receipt_deadline: float
     """``MSS_RECEIPT_DEADLINE``: seconds a delivery may wait for its final status before the
     sender gets a delayed DSN. Default 3600."""
+    inactive_notice_days: int
+    """``MSS_INACTIVE_NOTICE_DAYS``: days without login before a mailbox gets an inactivity notice. Default 335."""
+    inactive_close_days: int
+    """``MSS_INACTIVE_CLOSE_DAYS``: days without login before it is closed and its messages deleted. Default 365."""
 
 
 @dataclass(frozen=True)
@@ -270,7 +274,11 @@ class Settings:
             metrics_port=integer("MSS_METRICS_PORT", 9464),
             log_format=log_format,
             receipt_deadline=number("MSS_RECEIPT_DEADLINE", 3600.0),
+            inactive_notice_days=integer("MSS_INACTIVE_NOTICE_DAYS", 335),
+            inactive_close_days=integer("MSS_INACTIVE_CLOSE_DAYS", 365),
         )
+        if not 0 < operator.inactive_notice_days < operator.inactive_close_days:
+            raise ConfigError("MSS_INACTIVE_NOTICE_DAYS must be positive and less than MSS_INACTIVE_CLOSE_DAYS")
         if operator.receipt_deadline <= 0:
             raise ConfigError("MSS_RECEIPT_DEADLINE must be a positive number of seconds")
         return cls(

@@ -155,6 +155,20 @@ def store_receipts(
     session.flush()
 
 
+def store_notice(session: Session, master_key: MasterKey, *, owner: str, kind: str, cms: bytes, meta: MessageMeta) -> Message:
+    """Store a message from the operator itself (sealed by the caller) in ``owner``'s inbox."""
+    row = Message(
+        queue_id=f"{kind.upper()}-{hashlib.sha256(cms).hexdigest()[:20].upper()}",
+        message_id=meta.message_id, sender=meta.sender, kind=kind, size=len(cms), cms=cms,
+        cms_sha256=hashlib.sha256(cms).hexdigest(), meta_sealed=meta.seal(master_key),
+    )
+    session.add(row)
+    session.flush()
+    session.add(MailboxItem(message_id=row.id, owner=owner, folder=INBOX))
+    session.flush()
+    return row
+
+
 def _receipt_queue_id(queue_id: str, notice: Notice) -> str:
     digest = hashlib.sha256(notice.cms).hexdigest()[:8].upper()
     return f"{queue_id}-{notice.kind.upper()}-{digest}"
