@@ -439,6 +439,22 @@ def _set_disabled(address: str, disabled: bool) -> None:
         accounts.set_disabled(session, address, disabled, actor=actor())
 
 
+@account_app.command("admin")
+@handles_errors
+def account_admin(
+    address: str,
+    withdraw: Annotated[bool, typer.Option("--withdraw", help="Take the role away.")] = False,
+) -> None:
+    """Grant the administrator role (the activity pages under /admin)."""
+    from mss import accounts
+    from mss.db import session_scope
+
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        accounts.set_admin(session, address, not withdraw, actor=actor())
+    out.print(f"{address}: administrator role {'withdrawn' if withdraw else 'granted'}", highlight=False)
+
+
 @account_app.command("recover")
 @handles_errors
 def account_recover(

@@ -65,6 +65,7 @@ class Account(SQLModel, table=True):
     last_login_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
     inactivity_notice_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
     closed_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    is_admin: bool = False  # may open the activity pages under /admin (mss account admin)
 
 
 class LoginThrottle(SQLModel, table=True):

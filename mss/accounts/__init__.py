@@ -38,6 +38,8 @@ from mss.accounts.custody import (
     recover_account,
     rekey,
     renew_certificates,
+    set_admin,
+    is_admin,
     set_disabled,
 )
 from mss.accounts.lockout import (
@@ -83,6 +85,8 @@ __all__ = [
     "pending_enrolment",
     "recover_account",
     "record_failure",
+    "set_admin",
+    "is_admin",
     "rekey",
     "remaining_recovery_codes",
     "renew_certificates",

@@ -20,6 +20,7 @@ from mss import health
 from mss.runtime import Runtime
 from mss.web import i18n
 from mss.web.account import AccountController
+from mss.web.admin_pages import AdminController
 from mss.web.api import API_CONTROLLERS
 from mss.web.auth import AuthController
 from mss.web.certificate_pages import CertificateController
@@ -92,6 +93,7 @@ def create_app(rt: Runtime, *, policy: SessionPolicy | None = None, debug: bool 
             ComposeController,
             AccountController,
             CertificateController,
+            AdminController,
             *API_CONTROLLERS,
             healthz,
             readyz,
