@@ -37,12 +37,16 @@ account_app = typer.Typer(help="Accounts, passwords, second factor and keys.", *
 audit_app = typer.Typer(help="The audit trail.", **HELP)
 trust_app = typer.Typer(help="The trust list: other operators' domains, and their routes.", **HELP)
 queue_app = typer.Typer(help="The outbound queue: messages for other operators.", **HELP)
+report_app = typer.Typer(help="Reports for the operator.", **HELP)
+lifecycle_app = typer.Typer(help="Inactive mailboxes and audit retention.", **HELP)
 app.add_typer(pki_app, name="pki")
 app.add_typer(directory_app, name="directory")
 app.add_typer(account_app, name="account")
 app.add_typer(audit_app, name="audit")
 app.add_typer(trust_app, name="trust")
 app.add_typer(queue_app, name="queue")
+app.add_typer(report_app, name="report")
+app.add_typer(lifecycle_app, name="lifecycle")
 
 # Not on a terminal (a pipe, a log), tables keep their full width instead of wrapping at 80.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -584,6 +588,22 @@ def _set_disabled(address: str, disabled: bool) -> None:
         accounts.set_disabled(session, address, disabled, actor=actor())
 
 
+@account_app.command("admin")
+@handles_errors
+def account_admin(
+    address: str,
+    withdraw: Annotated[bool, typer.Option("--withdraw", help="Take the role away.")] = False,
+) -> None:
+    """Grant the administrator role (the activity pages under /admin)."""
+    from mss import accounts
+    from mss.db import session_scope
+
+    rt = runtime()
+    with session_scope(rt.engine) as session:
+        accounts.set_admin(session, address, not withdraw, actor=actor())
+    out.print(f"{address}: administrator role {'withdrawn' if withdraw else 'granted'}", highlight=False)
+
+
 @account_app.command("recover")
 @handles_errors
 def account_recover(
@@ -737,6 +757,51 @@ def audit_purge(
     with session_scope(rt.engine) as session:
         result = audit.purge(session, rt.master_key, before=cut)
     out.print(f"purged {result.deleted} events before {cut:%Y-%m-%d %H:%M} (checkpoint at event {result.through_seq})")
+
+
+# -- reports -----------------------------------------------------------------------------
+
+
+@report_app.command("indicators")
+@handles_errors
+def report_indicators(
+    month: Annotated[str, typer.Option(help="The month, YYYY-MM (UTC).")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="File to write (default: standard output).")] = None,
+) -> None:
+    """Usage indicators of one month (definitions in the README, "Indicators")."""
+    from mss import indicators
+    from mss.db import session_scope
+
+    if fmt not in {"csv", "json"}:
+        raise MssError(f"unknown format {fmt!r}: use csv or json")
+    indicators.month_bounds(month)
+    rt = runtime()
+    with session_scope(rt.engine, readonly=True) as session:
+        text = indicators.monthly(session, rt.master_key, month).render(fmt)
+    if out_file:
+        write_file(out_file, text.encode("utf-8"), private=False)
+        out.print(f"wrote {out_file}")
+    else:
+        sys.stdout.write(text)
+
+
+@lifecycle_app.command("run")
+@handles_errors
+def lifecycle_run() -> None:
+    """Notice mailboxes inactive for MSS_INACTIVE_NOTICE_DAYS, close those inactive for
+    MSS_INACTIVE_CLOSE_DAYS (keys destroyed, messages deleted), purge the audit trail past
+    MSS_AUDIT_RETENTION_DAYS; print a summary (``mss serve`` does it daily)."""
+    from mss import lifecycle
+
+    summary = lifecycle.run(runtime())
+    out.print(f"inactivity notices sent: {len(summary.noticed)}", highlight=False)
+    for address in summary.noticed:
+        out.print(f"  noticed {address}", highlight=False)
+    out.print(f"mailboxes closed: {len(summary.closed)} ({summary.messages_deleted} messages deleted)", highlight=False)
+    for address in summary.closed:
+        out.print(f"  closed {address}", highlight=False)
+    out.print(f"audit events purged: {summary.audit_events_purged}", highlight=False)
 
 
 # -- messages ----------------------------------------------------------------------------
@@ -1004,6 +1069,31 @@ def db_upgrade() -> None:
     out.print(f"database schema up to date ({rt.settings.storage.database_url.split('://')[0]})")
 
 
+@app.command("doctor")
+@handles_errors
+def doctor() -> None:
+    """Check what the service needs (database, CA, CRL, master key): one verdict per item;
+    exit status 1 when any fails. Creates nothing and changes nothing."""
+    from mss import health
+    from mss.db import make_engine
+
+    settings = Settings.from_env()
+    engine = make_engine(settings)
+    try:
+        checks = health.readiness(settings, engine)
+    finally:
+        engine.dispose()
+    for check in checks:
+        verdict = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
+        out.print(f"{verdict} {check.name:<11} {check.detail}", highlight=False)
+    if all(check.ok for check in checks):
+        out.print("ready")
+        return
+    failing = ", ".join(check.name for check in checks if not check.ok)
+    err.print(f"[red]not ready:[/red] {failing}", highlight=False)
+    raise typer.Exit(1)
+
+
 @app.command("serve")
 @handles_errors
 def serve(
@@ -1018,13 +1108,15 @@ def serve(
 
     if what not in {"all", "relay", "web", "imap"}:
         raise MssError(f"unknown part {what!r}: use relay, web, imap or all")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from mss import logs
+
+    settings = Settings.from_env()
+    logs.configure(settings.operator.log_format)
     # aiosmtpd logs every command at INFO and pyHanko a traceback for every signature that
     # does not hold; our own lines say what matters.
     for noisy in ("mail.log", "alembic", "pyhanko", "pyhanko_certvalidator"):
         logging.getLogger(noisy).setLevel(logging.WARNING if noisy != "pyhanko" else logging.ERROR)
-    rt = runtime()
-    settings = rt.settings
+    rt = open_runtime(settings)
 
     from mss.health import startup_warnings
 
@@ -1062,15 +1154,29 @@ def serve(
             parts.append(serve_imap(rt))
             imaps = f", implicit TLS on {settings.imap.tls_port}" if settings.imap.tls_port else ""
             err.print(f"mss imap: IMAP on {settings.imap.host}:{settings.imap.port} (STARTTLS, then LOGIN){imaps}")
+        metrics_server = None
+        if settings.operator.metrics_port:
+            from mss import metrics
+
+            metrics_server = metrics.start_server(rt.engine, settings.operator.metrics_host, settings.operator.metrics_port)
+            err.print(f"mss metrics: http://{settings.operator.metrics_host}:{metrics_server.port}/metrics")
+        if what in {"all", "relay"}:
+            from mss import housekeeping
+
+            parts.append(housekeeping.run(rt))
         tasks = [asyncio.ensure_future(part) for part in parts]
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: [task.cancel() for task in tasks])
         # Each part drains on its own (the relay lets sessions that are storing reply);
         # waiting for all of them keeps one from being cut off by the other's exit.
-        for result in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                raise result
+        try:
+            for result in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                    raise result
+        finally:
+            if metrics_server is not None:
+                metrics_server.close()
 
     asyncio.run(main_loop())
 

@@ -325,3 +325,8 @@ class NoMailboxHere(PolicyError):
 
 class QueueError(MssError):
     """An outbound queue operation cannot be done (unknown entry, already finished, in flight)."""
+# -- operator reports --------------------------------------------------------------------
+
+
+class ReportError(MssError):
+    """A report cannot be made as asked (a malformed month, an unknown format)."""

@@ -1,14 +1,104 @@
 """What an operator must hear about the running service, without a secret in any line.
 
-``startup_warnings`` is what ``mss serve`` logs when it starts.
+``startup_warnings`` is what ``mss serve`` logs when it starts; ``readiness`` is what
+``/readyz`` answers and ``mss doctor`` prints: one verdict per item the service needs.
 """
 
 from __future__ import annotations
 
+import stat
+from dataclasses import dataclass
+from datetime import timedelta
+
+from cryptography.exceptions import InvalidSignature
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
 from mss import accounts
+from mss.crypto import pki
 from mss.crypto.pki import PkiPaths
-from mss.db import session_scope
+from mss.db import session_scope, utcnow
+from mss.errors import PkiError
 from mss.runtime import Runtime
+from mss.settings import Settings
+
+# A CRL published this close to its nextUpdate is announced as about to go stale.
+CRL_MARGIN = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One item the service needs, and whether it holds (``detail`` says why or why not)."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def check_database(engine: Engine) -> Check:
+    """The database answers a query."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        return Check("database", False, f"unreachable ({exc.__class__.__name__})")
+    return Check("database", True, f"reachable ({engine.dialect.name})")
+
+
+def check_ca(settings: Settings) -> Check:
+    """The CA certificate is readable and within its validity."""
+    try:
+        ca = pki.load_ca_certificate(settings)
+    except PkiError as exc:
+        return Check("ca", False, exc.message)
+    now = utcnow()
+    if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
+        return Check("ca", False, f"the CA certificate is not valid now (until {ca.not_valid_after_utc:%Y-%m-%d})")
+    return Check("ca", True, f"loaded, valid until {ca.not_valid_after_utc:%Y-%m-%d}")
+
+
+def check_crl(settings: Settings) -> Check:
+    """The CRL is there, signed by the CA, and its nextUpdate is ahead."""
+    try:
+        crl = pki.load_crl(settings)
+        ca = pki.load_ca_certificate(settings)
+    except PkiError as exc:
+        return Check("crl", False, exc.message)
+    if crl is None:
+        return Check("crl", False, f"no CRL at {PkiPaths.from_settings(settings).crl} (run `mss pki init`)")
+    try:
+        signed = crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except (InvalidSignature, TypeError, ValueError):
+        signed = False
+    if not signed:
+        return Check("crl", False, "the CRL is not signed by the CA")
+    next_update = crl.next_update_utc
+    if next_update is None or next_update <= utcnow():
+        return Check("crl", False, "the CRL is out of date: run `mss pki revoke` or `mss pki init` to publish a new one")
+    if next_update - utcnow() < CRL_MARGIN:
+        return Check("crl", True, f"fresh, but ends at {next_update:%Y-%m-%d %H:%M} UTC")
+    return Check("crl", True, f"fresh until {next_update:%Y-%m-%d %H:%M} UTC")
+
+
+def check_master_key(settings: Settings) -> Check:
+    """The master key file is there, 32 bytes, readable by its owner only."""
+    path = settings.storage.master_key_file
+    try:
+        mode = path.stat().st_mode
+        size = path.stat().st_size
+    except OSError:
+        return Check("master-key", False, f"{path} is missing")
+    if mode & 0o077:
+        return Check("master-key", False, f"{path} is readable by group or others (chmod 600)")
+    if not stat.S_ISREG(mode) or size != 32:
+        return Check("master-key", False, f"{path} is not a 32-byte key")
+    return Check("master-key", True, f"present at {path}")
+
+
+def readiness(settings: Settings, engine: Engine) -> list[Check]:
+    """Every item the service needs to serve, in order: database, CA, CRL, master key."""
+    return [check_database(engine), check_ca(settings), check_crl(settings), check_master_key(settings)]
 
 
 def startup_warnings(rt: Runtime) -> list[str]:

@@ -63,6 +63,12 @@ class Account(SQLModel, table=True):
     read_receipts: str = Field(default="ask", max_length=10)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # The mailbox life cycle (mss.lifecycle): last successful login at any door, when the
+    # inactivity notice went out, when the account was closed (its keys destroyed).
+    last_login_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    inactivity_notice_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    closed_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    is_admin: bool = False  # may open the activity pages under /admin (mss account admin)
 
 
 class LoginThrottle(SQLModel, table=True):

@@ -18,7 +18,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 
 from directory import certificates, service
-from mss import peers, receipts, standing, store, trust
+from mss import metrics, peers, receipts, standing, store, trust
 from mss.accounts import UnlockedAccount
 from mss.addresses import normalise_address
 from mss.crypto import envelope as cms_envelope
@@ -359,7 +359,8 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         raise MessageTooLarge(f"the message exceeds {settings.relay.max_message_size} bytes")
     if not submission.recipients:
         raise MalformedMessage("the message has no recipient")
-    message = _parse(submission.raw)
+    with metrics.stage("parse"):
+        message = _parse(submission.raw)
     if _from_address(message) != sender.address:
         raise FromHeaderMismatch(f"the From: header must be {sender.address}")
     recipients = [r.address for r in submission.recipients]
@@ -378,6 +379,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
     deliverable: list[RecipientRequest] = []
     remote: list[RecipientRequest] = []  # at other operators: queued, not stored here
     recipient_certs = []
+    check_started = metrics.now()
     with session_scope(rt.engine, readonly=True) as session:
         # Nothing is signed with a key whose certificate was revoked, or for an account
         # that may no longer send, whenever that happened.
@@ -412,6 +414,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
     if client.envelope is not None and not client.sealed:
         # Stored as DER (NSS and gpgsm write BER), which every later reader opens.
         kind, cms = "client", client.envelope
+        metrics.observe("check", check_started)
     else:
         if client.entity is not None:
             documents = _inspect_documents(client.entity, settings_limits(settings), sender.address)
@@ -420,13 +423,16 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         added.update(message_header_values(_cdas(documents), accept_test_ins=not settings.is_production))
         entity = _with_headers(submission.raw, added)
         _check_line_ends(entity)
+        metrics.observe("check", check_started)
         # The client's own signatures, if any, travel inside ours, byte for byte.
-        signed = smime.sign(entity, sender.certificate, sender.private_key)
+        with metrics.stage("sign"):
+            signed = smime.sign(entity, sender.certificate, sender.private_key)
         # The envelope holds the SignedData as an RFC 8551 signed-data entity: what a mail
         # client expects once it decrypts, and what `openssl cms -verify` reads as S/MIME.
         # Recipients at other operators read their own copy (``_outbound_entries``).
         signed_entity = smime.signed_entity(signed)
-        cms = smime.encrypt(signed_entity, [*recipient_certs, sender.certificate])
+        with metrics.stage("encrypt"):
+            cms = smime.encrypt(signed_entity, [*recipient_certs, sender.certificate])
         kind = "signed"
         client_view = {
             "to": str(message.get("To", "")),
@@ -462,6 +468,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
     entries = _outbound_entries(
         submission, message, added, remote, remote_certs, signed=signed, envelope=passed_through
     )
+    commit_started = metrics.now()
     with session_scope(rt.engine) as session:
         row = store.store_submission(
             session, rt.master_key, queue_id=queue_id, kind=kind, cms=cms, meta=meta,
@@ -475,6 +482,8 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         for entry in entries:
             queue.enqueue(session, settings, rt.master_key, replace(entry, message_id=row.id),
                           request_id=submission.request_id, subject=queue_id)
+    metrics.observe("commit", commit_started)
+    metrics.accepted(submission.channel, delivered=len(deliverable), failed=len(failed), kinds=[d.kind for d in documents])
     return Accepted(queue_id=queue_id, message_id=message_id)
 
 

@@ -192,6 +192,25 @@ class FederationSettings:
 
 
 @dataclass(frozen=True)
+class OperatorSettings:
+    """What the operator watches: metrics, logs, delivery deadlines, mailbox life cycle."""
+
+    metrics_host: str
+    """``MSS_METRICS_HOST``: listen address of the Prometheus metrics. Default ``127.0.0.1``."""
+    metrics_port: int
+    """``MSS_METRICS_PORT``: their port (0 turns them off). Default 9464."""
+    log_format: str
+    """``MSS_LOG_FORMAT``: ``text`` or ``json`` (one JSON object a line). Default ``text``."""
+    receipt_deadline: float
+    """``MSS_RECEIPT_DEADLINE``: seconds a delivery may wait for its final status before the
+    sender gets a delayed DSN. Default 3600."""
+    inactive_notice_days: int
+    """``MSS_INACTIVE_NOTICE_DAYS``: days without login before a mailbox gets an inactivity notice. Default 335."""
+    inactive_close_days: int
+    """``MSS_INACTIVE_CLOSE_DAYS``: days without login before it is closed and its messages deleted. Default 365."""
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the service needs, grouped by concern."""
 
@@ -208,6 +227,7 @@ class Settings:
     web: WebSettings
     imap: ImapSettings
     federation: FederationSettings
+    operator: OperatorSettings
 
     @property
     def is_production(self) -> bool:
@@ -358,6 +378,21 @@ class Settings:
             raise ConfigError("MSS_RETRY_MAX must not be shorter than MSS_RETRY_MIN")
         if federation.delivery_concurrency < 0:
             raise ConfigError("MSS_DELIVERY_CONCURRENCY must be 0 or more")
+        log_format = get("MSS_LOG_FORMAT", "text").lower()
+        if log_format not in {"text", "json"}:
+            raise ConfigError(f"MSS_LOG_FORMAT must be text or json, not {log_format!r}")
+        operator = OperatorSettings(
+            metrics_host=get("MSS_METRICS_HOST", "127.0.0.1"),
+            metrics_port=integer("MSS_METRICS_PORT", 9464),
+            log_format=log_format,
+            receipt_deadline=number("MSS_RECEIPT_DEADLINE", 3600.0),
+            inactive_notice_days=integer("MSS_INACTIVE_NOTICE_DAYS", 335),
+            inactive_close_days=integer("MSS_INACTIVE_CLOSE_DAYS", 365),
+        )
+        if not 0 < operator.inactive_notice_days < operator.inactive_close_days:
+            raise ConfigError("MSS_INACTIVE_NOTICE_DAYS must be positive and less than MSS_INACTIVE_CLOSE_DAYS")
+        if operator.receipt_deadline <= 0:
+            raise ConfigError("MSS_RECEIPT_DEADLINE must be a positive number of seconds")
         return cls(
             environment=environment,
             domains=_split(get("MSS_DOMAINS", "mss.test")),
@@ -369,6 +404,7 @@ class Settings:
             web=web,
             imap=imap,
             federation=federation,
+            operator=operator,
         )
 
     def with_changes(self, **changes: object) -> "Settings":

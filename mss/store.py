@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -186,11 +186,26 @@ def store_inbound(
 def store_receipts(
     session: Session, master_key: MasterKey, *, queue_id: str, notices: list[Notice], request_id: str
 ) -> None:
-    """Store each notice as a message in the sender's inbox, linked to the original by Receipt rows."""
+    """Store each notice as a message in the sender's inbox, linked to the original by Receipt rows.
+
+    A notice that says again what a stored receipt of the same message, recipient, kind
+    and status already said (a duplicate MDN or DSN) is dropped.
+    """
     if not notices:
         return
     original = session.execute(select(Message).where(Message.queue_id == queue_id)).scalars().one()
     for notice in notices:
+        known = set(
+            session.execute(
+                select(Receipt.recipient).where(
+                    Receipt.message_id == original.id, Receipt.kind == notice.kind, Receipt.status == notice.status,
+                    Receipt.recipient.in_(notice.recipients),
+                )
+            ).scalars()
+        )
+        if known and known >= set(notice.recipients):
+            continue
+        notice = replace(notice, recipients=tuple(r for r in notice.recipients if r not in known))
         notification = Message(
             queue_id=_receipt_queue_id(queue_id, notice),
             message_id=notice.meta.message_id,
@@ -210,6 +225,20 @@ def store_receipts(
             audit.record(session, actor="system", action=f"receipt.{notice.kind}", object=queue_id,
                          request_id=request_id, recipient=recipient, status=notice.status)
     session.flush()
+
+
+def store_notice(session: Session, master_key: MasterKey, *, owner: str, kind: str, cms: bytes, meta: MessageMeta) -> Message:
+    """Store a message from the operator itself (sealed by the caller) in ``owner``'s inbox."""
+    row = Message(
+        queue_id=f"{kind.upper()}-{hashlib.sha256(cms).hexdigest()[:20].upper()}",
+        message_id=meta.message_id, sender=meta.sender, kind=kind, size=len(cms), cms=cms,
+        cms_sha256=hashlib.sha256(cms).hexdigest(), meta_sealed=meta.seal(master_key),
+    )
+    session.add(row)
+    session.flush()
+    session.add(MailboxItem(message_id=row.id, owner=owner, folder=INBOX))
+    session.flush()
+    return row
 
 
 def _receipt_queue_id(queue_id: str, notice: Notice) -> str:

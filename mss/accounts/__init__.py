@@ -40,6 +40,8 @@ from mss.accounts.custody import (
     recover_account,
     rekey,
     renew_certificates,
+    set_admin,
+    is_admin,
     set_disabled,
 )
 from mss.accounts.lockout import (
@@ -101,6 +103,8 @@ __all__ = [
     "read_receipt_choice",
     "recover_account",
     "record_failure",
+    "set_admin",
+    "is_admin",
     "rekey",
     "remaining_recovery_codes",
     "renew_certificates",

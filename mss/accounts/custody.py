@@ -313,6 +313,23 @@ def set_disabled(session: Session, address: str, disabled: bool, *, actor: str) 
     audit.record(session, actor=actor, action="account.disable" if disabled else "account.enable", object=account.address)
 
 
+def set_admin(session: Session, address: str, admin: bool, *, actor: str) -> None:
+    """Grant (or withdraw) the administrator role: the activity pages under ``/admin``.
+    Raises NoSuchAccount."""
+    account = require_account(session, address)
+    account.is_admin = admin
+    account.updated_at = utcnow()
+    session.add(account)
+    audit.record(session, actor=actor, action="account.admin" if admin else "account.admin-withdrawn",
+                 object=account.address)
+
+
+def is_admin(session: Session, address: str) -> bool:
+    """True when ``address`` has an open, enabled account with the administrator role."""
+    account = get_account(session, address)
+    return account is not None and account.is_admin and not account.disabled and account.closed_at is None
+
+
 def export_key(
     engine: Engine, settings: Settings, address: str, password: str, export_password: str, *, actor: str,
     profile: str = keys.PKCS12_STRONG,

@@ -14,7 +14,7 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from mss import audit, throttle
+from mss import audit, metrics, throttle
 from mss.accounts._common import get_account
 from mss.db import session_scope, utcnow
 from mss.models import Account
@@ -78,7 +78,9 @@ def record_failure(
             reason=reason,
             client=client or "local",
         )
+        metrics.LOGIN_FAILURES.labels(action=action, reason=reason).inc()
         for lock in locks:
+            metrics.LOCKOUTS.labels(scope=str(lock["scope"])).inc()
             audit.record(
                 session, actor="system", action="account.lock", object=address, request_id=request_id,
                 seconds=settings.security.lockout_seconds, **lock,

@@ -109,6 +109,13 @@ def authenticate(
             session, actor=address, action=f"{channel}.login", object=address, request_id=request_id,
             client=client or "local",
         )
+        if channel != "cli":
+            # A door's login keeps the mailbox alive (mss.lifecycle); a command does not.
+            row = get_account(session, address)
+            if row is not None:
+                row.last_login_at = now
+                row.inactivity_notice_at = None
+                session.add(row)
     if cert is None:
         raise BadCredentials()
     return UnlockedAccount(address=address, private_key_der=key_der, certificate=cert, past_keys_der=past)

@@ -296,6 +296,13 @@ class RecipientJourney:
         """The furthest step reached (``pending`` before any)."""
         return self.steps[-1].status if self.steps else "pending"
 
+    @property
+    def final_status(self) -> str | None:
+        """The one final status of this delivery (failed, processed or delivered), or None
+        while it waits (relayed, delayed)."""
+        reached = {step.status for step in self.steps}
+        return next((status for status in _FINAL if status in reached), None)
+
 
 @dataclass(frozen=True)
 class XdmEntry:
@@ -914,6 +921,8 @@ def unread_count(rt: Runtime, owner: str) -> int:
 # -- the Sent view -----------------------------------------------------------------------
 
 _ORDER = {"queued": 0, "delayed": 0.5, "relayed": 1, "delivered": 1, "processed": 2, "displayed": 3, "failed": 4}
+# The step that ends a recipient's delivery, most decisive first (see mss.receipts.issuer).
+_FINAL = ("failed", "processed", "delivered")
 
 
 def journey(rt: Runtime, owner: str, queue_id: str) -> tuple[RecipientJourney, ...]:

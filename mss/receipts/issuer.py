@@ -16,6 +16,7 @@ from __future__ import annotations
 import email.policy
 import socket
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from email.message import EmailMessage
 
 from cryptography import x509
@@ -23,7 +24,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from directory import certificates
-from mss import audit, store
+from mss import audit, metrics, store
 from mss.crypto import smime
 from mss.db import session_scope, utcnow
 from mss.errors import ReceiptNotPending
@@ -36,6 +37,12 @@ from mss.store import MessageMeta, Notice
 
 PROCESSED = "processed"
 DISPLAYED = "displayed"
+DELAYED = "delayed"
+# A delivery in one of these states has its final status; any other (``relayed`` or
+# ``queued`` by the outbound queue) waits for a ``processed`` MDN or a ``failed`` DSN.
+FINAL_DELIVERY = frozenset({"delivered", "failed"})
+# What ends the wait of a pending delivery, and what says the sender was told it is late.
+ENDS_WAIT = frozenset({PROCESSED, "failed"})
 # RFC 8098 3.2.6.2: the recipient's action (opening it) caused the disposition; the
 # notification goes out by their standing setting (``always``) ...
 DISPLAYED_MODE = "manual-action/MDN-sent-automatically"
@@ -303,3 +310,80 @@ def _send_displayed(
         ],
         request_id=request_id,
     )
+
+
+def send_delayed(rt: Runtime) -> int:
+    """A delayed DSN (RFC 3464 ``Action: delayed``, status 4.4.7) to the sender of every
+    delivery that waits for its final status longer than ``MSS_RECEIPT_DEADLINE``, once.
+
+    Once: the delivery row is locked and the ``delayed`` receipt written in the same
+    transaction, so two sweeps at once (two processes) send one. A recipient whose NOTIFY
+    leaves out DELAY, or a sender without a valid certificate, gets none. Returns how many
+    recipients were reported.
+    """
+    cutoff = utcnow() - timedelta(seconds=rt.settings.operator.receipt_deadline)
+    with session_scope(rt.engine, readonly=True) as session:
+        waiting = session.execute(
+            select(Delivery.id)
+            .join(Message, Message.id == Delivery.message_id)
+            .where(Delivery.status.not_in(FINAL_DELIVERY), Message.submitted_at <= cutoff)
+            .where(
+                ~select(Receipt.id)
+                .where(
+                    Receipt.message_id == Delivery.message_id,
+                    Receipt.recipient == Delivery.recipient,
+                    Receipt.status.in_(ENDS_WAIT | {DELAYED}),
+                )
+                .exists()
+            )
+            .order_by(Delivery.id)
+        ).scalars().all()
+    sent = 0
+    for delivery_id in waiting:
+        with session_scope(rt.engine) as session:
+            sent += _send_one_delayed(session, rt, delivery_id)
+    return sent
+
+
+def _send_one_delayed(session: Session, rt: Runtime, delivery_id: int) -> int:
+    delivery = session.execute(select(Delivery).where(Delivery.id == delivery_id).with_for_update()).scalars().one()
+    told = session.execute(
+        select(Receipt.id).where(
+            Receipt.message_id == delivery.message_id,
+            Receipt.recipient == delivery.recipient,
+            Receipt.status.in_(ENDS_WAIT | {DELAYED}),
+        )
+    ).first()
+    if told is not None or delivery.status in FINAL_DELIVERY:
+        return 0
+    if not Notify(w for w in delivery.notify.split(",") if w).wants(DELAYED):
+        return 0
+    message = session.get(Message, delivery.message_id)
+    assert message is not None
+    meta = store.MessageMeta.open(rt.master_key, message.meta_sealed)
+    sender_certificate = certificates.current_certificate(session, meta.sender)
+    if sender_certificate is None:
+        return 0
+    settings = rt.settings
+    hours = settings.operator.receipt_deadline / 3600
+    reason = f"no final status after {hours:g} h"
+    dsn = build_dsn(
+        reporting_mta=reporter(settings),
+        original_envelope_id=None,
+        original_message_id=meta.message_id,
+        sender=meta.sender,
+        recipients=[RecipientStatus(address=delivery.recipient, action=DELAYED, status="4.4.7", diagnostic=None)],
+        arrival_date=message.submitted_at,
+        # The original's header fields are sealed with its content; the DSN names it by
+        # its Message-ID and date only.
+        original_headers=f"Message-ID: {meta.message_id}\r\nDate: {meta.date}\r\n".encode("utf-8"),
+        postmaster=certificates.operator_address(settings),
+    )
+    store.store_receipts(
+        session, rt.master_key, queue_id=message.queue_id,
+        notices=[notice(session, rt, dsn, kind="dsn", status=DELAYED, recipients=[delivery.recipient], reason=reason,
+                        reader=meta.sender, reader_certificate=sender_certificate)],
+        request_id="",
+    )
+    metrics.DELAYED.inc()
+    return 1

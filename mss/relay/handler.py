@@ -14,7 +14,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Final
 
-from mss import audit, pipeline
+from mss import audit, metrics, pipeline
 from mss.db import session_scope
 from mss.documents.base import DocumentRefused, DocumentTooLarge
 from mss.errors import (
@@ -148,6 +148,7 @@ class RelayHandler:
         reason: str, reply: str,
     ) -> str:
         server.refused += 1
+        metrics.refused("smtp", reply)
         account = session.account
         await asyncio.to_thread(
             _record_refusal, self.rt, actor=account.address if account else "-", address=address,
@@ -194,6 +195,7 @@ class RelayHandler:
         """Accept a recipient the directory lets receive, up to the cap on recipients."""
         if len(envelope.recipients) >= self.rt.settings.relay.max_recipients:
             server.refused += 1
+            metrics.refused("smtp", replies.TOO_MANY_RECIPIENTS)
             return replies.TOO_MANY_RECIPIENTS
         try:
             normalised = await asyncio.to_thread(pipeline.check_recipient, self.rt, address)
@@ -235,6 +237,7 @@ class RelayHandler:
                     server, session, envelope, account.address, stage="data", reason=error.code, reply=reply
                 )
             server.refused += 1
+            metrics.refused("smtp", reply)
             log.debug("session %s request %s refused: %s", session.correlation_id, envelope.request_id, reply[:9])
             return reply
         server.accepted += 1

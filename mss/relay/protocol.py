@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 
+from mss import metrics
 from mss.accounts import UnlockedAccount
 from mss.pipeline import RecipientRequest
 from mss.relay import esmtp, replies
@@ -220,6 +221,8 @@ class RelaySMTP(PasswordMechanisms, SMTP):
             self._client = str(peer[0]) if peer else "-"
             self._refusal = self.registry.admit(self, self._client)
             self._admitted = self._refusal is None
+            if self._admitted:
+                metrics.SMTP_SESSIONS.inc()
         super().connection_made(transport)
         if first and self._admitted:
             # Counted from the connection, and extended by nothing: an unauthenticated
@@ -246,6 +249,7 @@ class RelaySMTP(PasswordMechanisms, SMTP):
                     self._login_timer.cancel()
                 if self._admitted:
                     self.registry.leave(self, self._client)
+                    metrics.SMTP_SESSIONS.dec()
                 self._log_outcome()
 
     def _log_outcome(self) -> None:
@@ -262,6 +266,7 @@ class RelaySMTP(PasswordMechanisms, SMTP):
             self.refused,
             self._outcome,
             time.monotonic() - self._started,
+            extra={"request_id": self.correlation_id},
         )
 
     def close_with(self, reply: str, *, outcome: str) -> None:

@@ -264,6 +264,25 @@ class JourneyOut:
 
 
 @dataclass
+class RecipientStatusOut:
+    """One recipient's journey, for an integrator: its final status once there is one."""
+
+    recipient: str
+    status: str
+    final: bool
+    final_status: str | None
+    steps: list[StepOut]
+
+
+@dataclass
+class MessageStatusOut:
+    """Where a sent message stands, recipient by recipient."""
+
+    queue_id: str
+    recipients: list[RecipientStatusOut]
+
+
+@dataclass
 class AttachmentIn:
     """A file to attach, in base64."""
 
@@ -616,6 +635,23 @@ class MessagesController(Controller):
             )
             for j in journeys
         ]
+
+    @get("/{queue_id:str}/status", summary="Machine-readable status of a sent message: each recipient's journey")
+    async def status(self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str]) -> MessageStatusOut:
+        """Each recipient's steps (delivered, relayed, delayed, processed, displayed,
+        failed) with times, and its final status (failed, processed or delivered) once it
+        has one (``final`` false while it waits)."""
+        journeys = await run(mailbox.journey, rt, live.address, queue_id)
+        return MessageStatusOut(
+            queue_id=queue_id.strip().upper(),
+            recipients=[
+                RecipientStatusOut(
+                    recipient=j.address, status=j.status, final=j.final_status is not None,
+                    final_status=j.final_status, steps=[StepOut(s.status, s.at, s.reason) for s in j.steps],
+                )
+                for j in journeys
+            ],
+        )
 
     @post("/{queue_id:str}/archive", status_code=HTTP_204_NO_CONTENT, summary="Move a received message to the archive")
     async def archive(self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str]) -> None:

@@ -7,7 +7,7 @@ beside it, so several web processes can serve the same database.
 
 from __future__ import annotations
 
-from litestar import Litestar, get
+from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
@@ -16,15 +16,17 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 
+from mss import health
 from mss.runtime import Runtime
 from mss.web import i18n
 from mss.web.account import AccountController
+from mss.web.admin_pages import AdminController
 from mss.web.api import API_CONTROLLERS
 from mss.web.auth import AuthController
 from mss.web.certificate_pages import CertificateController
 from mss.web.mail_clients import MailClientController
 from mss.web.compose_pages import ComposeController
-from mss.web.context import WebConfig
+from mss.web.context import Rt, WebConfig, run
 from mss.web.directory_pages import DirectoryController
 from mss.web.errors import EXCEPTION_HANDLERS
 from mss.web.messages import SIGNATURE_STATUSES, signature_reason, signature_text, step_text
@@ -41,6 +43,20 @@ BODY_MARGIN = 1_000_000
 def healthz() -> dict[str, str]:
     """Liveness: the process answers (no database access, nothing to log in for)."""
     return {"status": "ok"}
+
+
+@get("/readyz", include_in_schema=False)
+async def readyz(rt: Rt) -> Response[dict[str, object]]:
+    """Readiness: database reachable, CA and CRL loaded and fresh, master key present
+    (200), or 503 naming the items that fail. Details (paths, dates) stay in ``mss doctor``:
+    this answer is public."""
+    checks = await run(health.readiness, rt.settings, rt.engine)
+    ready = all(check.ok for check in checks)
+    body: dict[str, object] = {
+        "status": "ready" if ready else "not-ready",
+        "checks": {check.name: "ok" if check.ok else "failing" for check in checks},
+    }
+    return Response(content=body, status_code=200 if ready else 503)
 
 
 def create_app(rt: Runtime, *, policy: SessionPolicy | None = None, debug: bool = False) -> Litestar:
@@ -81,8 +97,10 @@ def create_app(rt: Runtime, *, policy: SessionPolicy | None = None, debug: bool 
             CertificateController,
             MailClientController,
             DirectoryController,
+            AdminController,
             *API_CONTROLLERS,
             healthz,
+            readyz,
             create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False),
         ],
         middleware=[DefineMiddleware(CsrfMiddleware)],

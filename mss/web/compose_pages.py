@@ -14,7 +14,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 
 from directory.search import search
-from mss import mailbox
+from mss import mailbox, metrics
 from mss.db import session_scope
 from mss.errors import DirectoryError, DraftNotFound, DraftTooLarge, MssError
 from mss.mailbox import Draft, DraftInvalid, KeptAttachment, MessageNotFound, Upload
@@ -267,8 +267,10 @@ class ComposeController(Controller):
         try:
             accepted = await run(mailbox.send, rt, account, draft, request_id=rid, note=note_for(lang))
         except DraftInvalid as exc:
+            metrics.refused("web", "draft-invalid")
             errors = {name: [problem_text(lang, p) for p in problems] for name, problems in exc.errors.items()}
         except MssError as exc:
+            metrics.refused("web", type(exc).__name__)
             general = error_text(lang, exc)
         else:
             if state.draft_id:

@@ -153,7 +153,10 @@ def service_error(request: Request, exc: MssError) -> Response:
 
 def internal_error(request: Request, exc: Exception) -> Response:
     """Anything else: logged with the correlation id, a plain 500 for the client."""
-    log.error("request %s: %s %s failed", request_id(request), request.method, request.url.path, exc_info=exc)
+    log.error(
+        "request %s: %s %s failed", request_id(request), request.method, request.url.path, exc_info=exc,
+        extra={"request_id": request_id(request)},
+    )
     if _is_api(request):
         return _api_error(request, HTTP_500_INTERNAL_SERVER_ERROR, "internal-error", "internal error")
     try:

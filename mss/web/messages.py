@@ -63,6 +63,7 @@ STEPS = {
     "delayed": _("delayed"),
     "delivered": _("delivered"),
     "relayed": _("relayed"),
+    "delayed": _("delayed"),
     "processed": _("in the mailbox"),
     "displayed": _("read"),
     "failed": _("failed"),

@@ -1,0 +1,51 @@
+"""How ``mss serve`` writes its log: plain lines, or one JSON object a line
+(``MSS_LOG_FORMAT=json``) for a log collector.
+
+A JSON line carries the time, level, logger and message, and the request id when the
+caller gave one (``extra={"request_id": ...}``): the id the audit trail, the SMTP replies
+and the web's error pages carry. Messages never hold message content, passwords or keys;
+that is the callers' rule, not something this module could repair.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from datetime import datetime, timezone
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            line["request_id"] = str(request_id)
+        if record.exc_info and record.exc_info[0] is not None:
+            # The class and the stack, never the exception's text (it may quote input).
+            line["error"] = record.exc_info[0].__name__
+            line["stack"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+    def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]
+        return "".join(traceback.format_tb(ei[2])).rstrip()
+
+
+def configure(log_format: str, level: int = logging.INFO) -> None:
+    """Send the root logger's records to stderr in ``log_format`` (``text`` or ``json``)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,160 @@
+"""The service's Prometheus metrics: what flows, how long it takes, what fails and why.
+
+Counters and histograms are module-level ``prometheus_client`` objects that the doors and
+the pipeline update; gauges read from the database (directory size, open web sessions) are
+computed at scrape time by :class:`DatabaseCollector`. :func:`start_server` serves them on
+``MSS_METRICS_HOST:MSS_METRICS_PORT`` (loopback by default), apart from the web inbox.
+
+Several processes: with ``PROMETHEUS_MULTIPROC_DIR`` set (before the process starts), each
+process writes its values to files in that folder and the scrape adds them up
+(``prometheus_client.multiprocess``); without it each process serves its own port.
+
+Labels carry doors, stages, document kinds and enhanced status codes, never an address,
+a subject or anything of a message's content.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import REGISTRY, Collector
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from directory.models import DirectoryEntry
+from mss.db import session_scope, utcnow
+from mss.models import WebSession
+
+# Pipeline stages timed by STAGE_SECONDS, in the order a message meets them.
+STAGES = ("parse", "check", "sign", "encrypt", "commit")
+
+SUBMITTED = Counter("mss_messages_submitted", "Messages accepted and stored, by door.", ["door"])
+REFUSED = Counter(
+    "mss_messages_refused", "Messages or envelope steps refused, by door and reason (enhanced status code).",
+    ["door", "reason"],
+)
+DELIVERED = Counter("mss_deliveries_delivered", "Recipients a message was delivered to, by door.", ["door"])
+FAILED = Counter("mss_deliveries_failed", "Recipients a message could not be delivered to, by door.", ["door"])
+DOCUMENTS = Counter("mss_documents", "Documents carried by accepted messages, by kind.", ["kind"])
+STAGE_SECONDS = Histogram(
+    "mss_pipeline_stage_seconds", "Time spent in each pipeline stage.", ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+SMTP_SESSIONS = Gauge("mss_smtp_sessions_open", "SMTP sessions open now.", multiprocess_mode="livesum")
+LOGIN_FAILURES = Counter("mss_login_failures", "Failed authentication steps, by action and reason.", ["action", "reason"])
+LOCKOUTS = Counter("mss_lockouts", "Locks put on an account, by scope (client or account).", ["scope"])
+DELAYED = Counter("mss_receipts_delayed", "Delayed DSNs sent because no final status came in time.")
+
+_STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+
+
+def refused(door: str, reply_or_reason: str) -> None:
+    """Count a refusal; an SMTP reply is counted by its enhanced status code."""
+    found = _STATUS.search(reply_or_reason)
+    REFUSED.labels(door=door, reason=found.group(1) if found else reply_or_reason[:40]).inc()
+
+
+def now() -> float:
+    """A monotonic start time for :func:`observe`."""
+    return time.perf_counter()
+
+
+def observe(name: str, started: float) -> None:
+    """Record the time of stage ``name`` since ``started`` (from :func:`now`)."""
+    STAGE_SECONDS.labels(stage=name).observe(time.perf_counter() - started)
+
+
+def accepted(door: str, *, delivered: int, failed: int, kinds: list[str]) -> None:
+    """Count a message stored: its door, recipients reached and not, documents by kind."""
+    SUBMITTED.labels(door=door).inc()
+    if delivered:
+        DELIVERED.labels(door=door).inc(delivered)
+    if failed:
+        FAILED.labels(door=door).inc(failed)
+    for kind in kinds:
+        DOCUMENTS.labels(kind=kind).inc()
+
+
+def stage(name: str):  # type: ignore[no-untyped-def]
+    """A context manager timing one pipeline stage."""
+    return STAGE_SECONDS.labels(stage=name).time()
+
+
+class DatabaseCollector(Collector):
+    """Gauges read from the database at each scrape: directory size, open web sessions."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("mss_database_up", "1 when the database answered this scrape.")
+        entries = GaugeMetricFamily("mss_directory_entries", "Directory entries, by status.", labels=["status"])
+        sessions = GaugeMetricFamily("mss_web_sessions_open", "Web and API sessions not yet expired, by door.",
+                                     labels=["door"])
+        try:
+            with session_scope(self.engine, readonly=True) as session:
+                for status, count in session.execute(
+                    select(DirectoryEntry.status, func.count()).group_by(DirectoryEntry.status)
+                ):
+                    entries.add_metric([str(status)], count)
+                now = utcnow()
+                for channel, count in session.execute(
+                    select(WebSession.channel, func.count())
+                    .where(WebSession.expires_at > now, WebSession.last_seen_at > now - timedelta(days=1))
+                    .group_by(WebSession.channel)
+                ):
+                    sessions.add_metric([channel], count)
+        except SQLAlchemyError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield from (up, entries, sessions)
+
+
+class _Process(Collector):
+    """This process's own counters (the default registry)."""
+
+    def collect(self) -> Iterator[Metric]:
+        return REGISTRY.collect()
+
+
+def exposition_registry(engine: Engine) -> CollectorRegistry:
+    """The registry a scrape reads: every process's values (multiprocess mode) or this
+    process's, and the database gauges."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_Process())
+    registry.register(DatabaseCollector(engine))
+    return registry
+
+
+class MetricsServer:
+    """The metrics endpoint, served from a thread; ``port`` is the bound port."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+        self.port = int(server.server_port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def start_server(engine: Engine, host: str, port: int) -> MetricsServer:
+    """Serve ``/metrics`` on ``host:port`` (0: a free port) until ``close``."""
+    server, thread = start_http_server(port, addr=host, registry=exposition_registry(engine))
+    return MetricsServer(server, thread)

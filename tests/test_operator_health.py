@@ -1,0 +1,187 @@
+"""The operator's instruments: Prometheus metrics after real SMTP traffic, /healthz and
+/readyz over HTTPS, ``mss doctor``, JSON log lines.
+
+Metrics are read the way Prometheus reads them: the text scraped over HTTP from the
+metrics port and parsed with ``prometheus_client.parser``. The counters belong to the test
+process, so every assertion compares a scrape after the traffic with one before it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import smtplib
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from relay_support import (
+    RECIPIENTS,
+    SENDER,
+    UNKNOWN,
+    Stack,
+    connect,
+    login,
+    referral,
+    running_stack,
+    transaction,
+)
+from sqlalchemy import func, select
+
+from directory.models import DirectoryEntry
+from mss import metrics
+from mss.crypto.pki import PkiPaths
+from mss.db import session_scope
+from mss.logs import JsonFormatter
+from web_support import WebServer
+
+
+@pytest.fixture(scope="module")
+def relay_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from running_stack(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def metrics_url(relay_stack: Stack) -> Iterator[str]:
+    server = metrics.start_server(relay_stack.rt.engine, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.port}/metrics"
+    finally:
+        server.close()
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the endpoint: (name, sorted labels) -> value."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        text = response.read().decode("utf-8")
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_count_real_smtp_traffic(relay_stack: Stack, metrics_url: str) -> None:
+    before = scrape(metrics_url)
+
+    client = login(relay_stack)
+    replies = transaction(client, SENDER, RECIPIENTS, referral())
+    assert replies[-1][0] == 250
+    refused = transaction(client, SENDER, [UNKNOWN], b"")
+    assert refused[-1][0] == 550 and refused[-1][1].startswith(b"5.1.1")
+    client.quit()
+    bad = connect(relay_stack)
+    bad.user, bad.password = SENDER, "not the password"
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        bad.auth("PLAIN", bad.auth_plain)  # one try (login() would try each mechanism)
+    open_during = scrape(metrics_url)
+    bad.quit()
+
+    after = scrape(metrics_url)
+    assert value(after, "mss_messages_submitted_total", door="smtp") - value(before, "mss_messages_submitted_total", door="smtp") == 1
+    assert value(after, "mss_deliveries_delivered_total", door="smtp") - value(
+        before, "mss_deliveries_delivered_total", door="smtp"
+    ) == len(RECIPIENTS)
+    assert value(after, "mss_messages_refused_total", door="smtp", reason="5.1.1") - value(
+        before, "mss_messages_refused_total", door="smtp", reason="5.1.1"
+    ) == 1
+    for kind in ("pdf", "cda", "xdm"):
+        assert value(after, "mss_documents_total", kind=kind) - value(before, "mss_documents_total", kind=kind) >= 1
+    for stage in metrics.STAGES:
+        grown = value(after, "mss_pipeline_stage_seconds_count", stage=stage) - value(
+            before, "mss_pipeline_stage_seconds_count", stage=stage
+        )
+        assert grown == 1, stage
+    assert value(after, "mss_login_failures_total", action="smtp.login", reason="bad-password") - value(
+        before, "mss_login_failures_total", action="smtp.login", reason="bad-password"
+    ) == 1
+    # The unauthenticated session was open during the scrape, and is not after it.
+    assert value(open_during, "mss_smtp_sessions_open") >= 1
+    assert value(after, "mss_smtp_sessions_open") == value(open_during, "mss_smtp_sessions_open") - 1
+    with session_scope(relay_stack.rt.engine) as session:
+        active = session.execute(
+            select(func.count()).select_from(DirectoryEntry).where(DirectoryEntry.status == "active")
+        ).scalar_one()
+    assert value(after, "mss_directory_entries", status="active") == active
+    assert value(after, "mss_database_up") == 1
+
+
+def _get(url: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, timeout=10, context=context) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_healthz_and_readyz_over_https(rt, directory_loaded) -> None:  # type: ignore[no-untyped-def]
+    server = WebServer(rt).start()
+    try:
+        assert _get(server.url + "/healthz") == (200, {"status": "ok"})
+        status, body = _get(server.url + "/readyz")
+        assert status == 200, body
+        assert body == {"status": "ready", "checks": {"database": "ok", "ca": "ok", "crl": "ok", "master-key": "ok"}}
+        crl = PkiPaths.from_settings(rt.settings).crl
+        saved = crl.read_bytes()
+        crl.unlink()
+        status, body = _get(server.url + "/readyz")
+        assert status == 503
+        assert body["status"] == "not-ready" and body["checks"]["crl"] == "failing"
+        assert body["checks"]["database"] == "ok"
+        crl.write_bytes(saved)
+        assert _get(server.url + "/readyz")[0] == 200
+    finally:
+        server.stop()
+
+
+def test_doctor_gives_a_verdict_per_item(rt, mss) -> None:  # type: ignore[no-untyped-def]
+    result = mss("doctor")
+    for name in ("database", "ca", "crl", "master-key"):
+        assert any(line.split()[:2] == ["ok", name] for line in result.stdout.splitlines()), result.stdout
+    assert result.stdout.strip().endswith("ready")
+
+    key = rt.settings.storage.master_key_file
+    key.chmod(0o644)
+    result = mss("doctor", ok=False)
+    assert result.exit_code == 1
+    assert any(line.split()[:2] == ["FAIL", "master-key"] for line in result.stdout.splitlines()), result.stdout
+    assert "not ready: master-key" in result.stderr
+    key.chmod(0o600)
+
+    crl = PkiPaths.from_settings(rt.settings).crl
+    crl.write_text("not a CRL")
+    result = mss("doctor", ok=False)
+    assert any(line.split()[:2] == ["FAIL", "crl"] for line in result.stdout.splitlines()), result.stdout
+
+
+def test_json_log_lines_carry_the_request_id() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("mss.test-json")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("request %s refused", "ab12", extra={"request_id": "ab12"})
+        try:
+            raise ValueError(" ".join(("secret", "input")))  # the text, not the source line
+        except ValueError:
+            log.exception("failed", extra={"request_id": "cd34"})
+    finally:
+        log.removeHandler(handler)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["request_id"] == "ab12" and first["level"] == "warning" and first["message"] == "request ab12 refused"
+    assert second["request_id"] == "cd34" and second["error"] == "ValueError"
+    assert "secret input" not in stream.getvalue()
