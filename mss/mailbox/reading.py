@@ -950,7 +950,8 @@ def journey(rt: Runtime, owner: str, queue_id: str) -> tuple[RecipientJourney, .
         for receipt in receipts:
             if receipt.recipient == delivery.recipient and receipt.status not in steps:
                 steps[receipt.status] = Step(receipt.status, receipt.at, receipt.reason)
-        ordered = tuple(sorted(steps.values(), key=lambda s: (_ORDER.get(s.status, 9), s.at)))
+        # In the order things happened; steps of one moment in their logical order.
+        ordered = tuple(sorted(steps.values(), key=lambda s: (s.at, _ORDER.get(s.status, 9))))
         journeys.append(
             RecipientJourney(
                 address=delivery.recipient,
