@@ -45,7 +45,6 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from mss import accounts, pipeline  # noqa: E402
 from mss.crypto.pki import PkiPaths, init_dev_pki  # noqa: E402
-from mss.db import session_scope  # noqa: E402
 from mss.demo import load_demo  # noqa: E402
 from mss.mailbox import sync  # noqa: E402
 from mss.pipeline import RecipientRequest, Submission  # noqa: E402
@@ -189,7 +188,6 @@ def idle_latency(port: int, user: str, password: str, ca: str, deliver, count: i
 
     context = ssl.create_default_context(cafile=ca)
     context.check_hostname = False
-    seen: list[threading.Event] = []
     clients = []
     ready = threading.Barrier(IDLE_CLIENTS + 1)
     stop = threading.Event()

@@ -19,7 +19,7 @@ from typing import Any
 
 from pymap.bytes import Writeable
 from pymap.concurrent import Event
-from pymap.exceptions import MailboxNotFound, MailboxReadOnly, NotAllowedError
+from pymap.exceptions import MailboxNotFound, MailboxReadOnly
 from pymap.flags import FlagOp, PermanentFlags, SessionFlags
 from pymap.interfaces.message import MessageInterface
 from pymap.interfaces.session import SessionInterface

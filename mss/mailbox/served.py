@@ -31,7 +31,6 @@ import email.message
 import email.policy
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Final
 
 from sqlalchemy import select
@@ -44,7 +43,7 @@ from mss.crypto.master import MasterKey
 from mss.db import session_scope, utcnow
 from mss.errors import MssError
 from mss.models import EntityShape, MailClientSetting
-from mss.store import checked_signature, entity_facts, entity_fields, split_entity, submission_signature
+from mss.store import entity_fields, split_entity
 
 DECRYPTED: Final = "decrypted"
 END_TO_END: Final = "end-to-end"

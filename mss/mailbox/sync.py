@@ -597,12 +597,6 @@ def record_openings(
                 _displayed(session, rt, owner, newly, request_id)
 
 
-def message_ids(engine: Engine, item_ids: Sequence[int]) -> set[int]:
-    """Message ids of rows (to tell which rows still exist)."""
-    with session_scope(engine, readonly=True) as session:
-        return set(session.execute(select(MailboxItem.id).where(MailboxItem.id.in_(list(item_ids)))).scalars())
-
-
 __all__ = [
     "ANSWERED",
     "CLIENT_FLAGS",
