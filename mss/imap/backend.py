@@ -267,9 +267,33 @@ class MailSession(SessionInterface):
             current = await self._call(sync.poll, self.rt.engine, self.owner, folder)
             if current == known.fingerprint:
                 return selected
+            if await self._appended(selected, known, current):
+                return selected
         state = await self._state(folder)
         selected.set_messages(self._messages(state))
         return selected
+
+    async def _appended(self, selected: SelectedMailbox, known: FolderState, current: tuple[int, ...]) -> bool:
+        """New mail only (the common change, what IDLE waits for): read the new rows alone."""
+        newest = max((item.item_id for item in known.items), default=0)
+        fresh = await self._call(sync.folder_state, self.rt.engine, self.owner, known.folder, self._mode, after=newest)
+        count, unread, ids, changes = known.fingerprint
+        added = fresh.items
+        expected = (
+            count + len(added),
+            unread + sum(1 for item in added if not item.seen),
+            ids + sum(item.item_id for item in added),
+            changes,
+        )
+        if not added or fresh.fingerprint != current or expected != current or fresh.uid_validity != known.uid_validity:
+            return False  # something else changed too: the whole folder is read again
+        merged = FolderState(
+            owner=known.owner, folder=known.folder, mode=known.mode, uid_validity=known.uid_validity,
+            uid_next=fresh.uid_next, items=tuple(sorted(known.items + added, key=lambda i: i.uid)), fingerprint=current,
+        )
+        self._states[known.folder] = merged
+        selected.add_updates([MailMessage(item, self) for item in added], [])
+        return True
 
     async def list_mailboxes(self, ref_name: str, filter_: str, subscribed: bool = False,
                              selected: SelectedMailbox | None = None) -> tuple[Any, SelectedMailbox | None]:
