@@ -35,6 +35,7 @@ bench: install sysdeps
 	$(BIN)/python bench/bench_directory.py
 	$(BIN)/python bench/bench_relay.py
 	$(BIN)/python bench/bench_web.py
+	$(BIN)/python bench/bench_imap.py --messages 2000  # needs isync and dovecot-imapd
 
 clean:
 	rm -rf $(VENV) var

@@ -49,6 +49,7 @@ DELIMITER = "/"
 PERMANENT_FLAGS = frozenset({Seen, Flagged, Answered, Deleted})
 _FLAG_NAMES = {Seen: "seen", Flagged: sync.FLAGGED, Answered: sync.ANSWERED, Deleted: sync.DELETED}
 _HEADER_SPECIFIERS = (b"HEADER", b"HEADER.FIELDS", b"HEADER.FIELDS.NOT")
+PREFETCH = 2  # bodies decrypted ahead, while the openings of a FETCH are committed
 
 
 def folder_of(name: str) -> str:
@@ -207,6 +208,7 @@ class MailSession(SessionInterface):
         self.fetch_attributes: Sequence[FetchAttribute] = ()
         self._states: dict[str, FolderState] = {}
         self._details: dict[int, sync.Details] = {}
+        self._prefetched: dict[int, sync.Served] = {}
 
     # -- SessionInterface basics --
 
@@ -364,7 +366,9 @@ class MailSession(SessionInterface):
             return BaseLoadedMessage(message, requirement, None)
         item = message.item
         if requirement & FetchRequirement.BODY and needs_body(self.fetch_attributes):
-            result = await self._call(sync.render, self.rt, self.account, item.item_id, self._mode)
+            result = self._prefetched.pop(item.item_id, None)
+            if result is None:
+                result = await self._call(sync.render, self.rt, self.account, item.item_id, self._mode)
             content = MessageContent.parse(result.data)
             structure = None
             if result.facts is not None:
@@ -420,13 +424,25 @@ class MailSession(SessionInterface):
     async def fetch_messages(self, selected: SelectedMailbox, sequence_set: SequenceSet,
                              set_seen: bool) -> tuple[Iterable[tuple[int, MessageInterface]], SelectedMailbox]:
         chosen = list(selected.messages.get_all(sequence_set))
+        self._prefetched.clear()
         if needs_body(self.fetch_attributes) and chosen:
             # Each body a client fetches is an opening, audited before it is sent; a FETCH
-            # that sets \Seen displays the message (read receipt as in the web).
-            await self._call(
-                sync.record_openings, self.rt, self.owner, selected.lookup, [m.item.item_id for _s, m in chosen],
-                mode=self._mode, seen=set_seen, request_id=self.request_id,
+            # that sets \Seen displays the message (read receipt as in the web). The first
+            # few bodies are decrypted while the audit commits (nothing is sent before it).
+            ahead = [m.item for _s, m in chosen[:PREFETCH]]
+            opened, *rendered = await asyncio.gather(
+                self._call(
+                    sync.record_openings, self.rt, self.owner, selected.lookup, [m.item.item_id for _s, m in chosen],
+                    mode=self._mode, seen=set_seen, request_id=self.request_id,
+                ),
+                *(self._call(sync.render, self.rt, self.account, item.item_id, self._mode) for item in ahead),
+                return_exceptions=True,
             )
+            if isinstance(opened, BaseException):
+                raise opened
+            self._prefetched = {
+                item.item_id: result for item, result in zip(ahead, rendered) if not isinstance(result, BaseException)
+            }
         if set_seen:
             await self._refresh(selected, force=True)
             chosen = [(seq, selected.messages.get(msg.uid) or msg) for seq, msg in chosen]
