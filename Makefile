@@ -44,6 +44,7 @@ bench: install sysdeps
 	$(BIN)/python bench/bench_web.py
 	$(BIN)/python bench/bench_hostile.py
 	$(BIN)/python bench/bench_federation.py
+	$(BIN)/python bench/bench_imap.py --messages 2000  # needs isync and dovecot-imapd
 
 clean:
 	rm -rf $(VENV) var tests/node_modules

@@ -18,7 +18,7 @@ Usage::
     .venv/bin/python bench/bench_imap.py --messages 500     # a quick run
 
 Prints min/median/max for each side and the mss/Dovecot ratio. Settings are the defaults
-(RSA 3072 user keys, SQLite WAL with synchronous=FULL, MSS_IMAP_POLL_SECONDS=2) unless the
+(RSA 3072 user keys, SQLite WAL with synchronous=FULL, MSS_IMAP_POLL_SECONDS=1) unless the
 environment says otherwise.
 """
 
@@ -45,7 +45,6 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from mss import accounts, pipeline  # noqa: E402
 from mss.crypto.pki import PkiPaths, init_dev_pki  # noqa: E402
-from mss.db import session_scope  # noqa: E402
 from mss.demo import load_demo  # noqa: E402
 from mss.mailbox import sync  # noqa: E402
 from mss.pipeline import RecipientRequest, Submission  # noqa: E402
@@ -105,6 +104,9 @@ ssl_cert = <{certs.tls_certificate}
 ssl_key = <{certs.tls_key}
 ssl_min_protocol = TLSv1.2
 auth_mechanisms = plain
+protocol imap {{
+  mail_max_userip_connections = {IDLE_CLIENTS * 2}
+}}
 first_valid_uid = {user.pw_uid}
 mail_location = maildir:{root}/maildir
 default_internal_user = dovecot
@@ -186,7 +188,6 @@ def idle_latency(port: int, user: str, password: str, ca: str, deliver, count: i
 
     context = ssl.create_default_context(cafile=ca)
     context.check_hostname = False
-    seen: list[threading.Event] = []
     clients = []
     ready = threading.Barrier(IDLE_CLIENTS + 1)
     stop = threading.Event()
@@ -195,11 +196,15 @@ def idle_latency(port: int, user: str, password: str, ca: str, deliver, count: i
     lock = threading.Lock()
 
     def run(index: int) -> None:
-        client = IMAPClient("127.0.0.1", port=port, ssl=True, ssl_context=context, timeout=60)
-        client.login(user, password)
-        exists = client.select_folder("INBOX")[b"EXISTS"]
-        clients.append(client)
-        client.idle()
+        try:
+            client = IMAPClient("127.0.0.1", port=port, ssl=True, ssl_context=context, timeout=60)
+            client.login(user, password)
+            exists = client.select_folder("INBOX")[b"EXISTS"]
+            clients.append(client)
+            client.idle()
+        except Exception:
+            ready.abort()  # the benchmark stops with the client's error instead of waiting
+            raise
         ready.wait()
         seen_round = 0
         while not stop.is_set() and seen_round < count:
@@ -217,7 +222,7 @@ def idle_latency(port: int, user: str, password: str, ca: str, deliver, count: i
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(IDLE_CLIENTS)]
     for thread in threads:
         thread.start()
-    ready.wait()
+    ready.wait(120)
     latencies = []
     for number in range(count):
         start = time.perf_counter()

@@ -145,7 +145,7 @@ class ImapSettings:
     session_seconds: int
     """``MSS_IMAP_SESSION_SECONDS``: the longest an IMAP login lasts before it must log in again. Default 43200 (12 h)."""
     poll_seconds: float
-    """``MSS_IMAP_POLL_SECONDS``: how often IDLE looks for changes made by any process. Default 2."""
+    """``MSS_IMAP_POLL_SECONDS``: how often IDLE looks for changes made by any process. Default 1."""
     max_literal: int
     """``MSS_IMAP_MAX_LITERAL``: largest literal a client may send (APPEND). Default the message size limit + 1 MB."""
 
@@ -351,7 +351,7 @@ class Settings:
             max_sessions=integer("MSS_IMAP_MAX_SESSIONS", 500),
             idle_timeout=number("MSS_IMAP_TIMEOUT", 1860.0),
             session_seconds=integer("MSS_IMAP_SESSION_SECONDS", 12 * 3600),
-            poll_seconds=number("MSS_IMAP_POLL_SECONDS", 2.0),
+            poll_seconds=number("MSS_IMAP_POLL_SECONDS", 1.0),
             max_literal=integer("MSS_IMAP_MAX_LITERAL", relay.max_message_size + 1_000_000),
         )
         if imap.poll_seconds <= 0 or imap.idle_timeout <= 0:

@@ -481,3 +481,69 @@ def test_autoconfig_describes_imap_and_submission_for_an_address(rt, clients):  
         assert root.find(".//outgoingServer/port").text == str(rt.settings.relay.port)
         assert root.find(".//domain").text == GP.split("@")[1]
     assert browser.get("/mail/config-v1.1.xml", params={"emailaddress": "someone@example.org"}).status_code == 404
+
+
+# -- what a listing needs, and UIDs across processes -------------------------------------
+
+
+def test_a_message_stored_before_gets_its_shape_at_the_first_opening_then_kept(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]
+    from mss.models import EntityShape, Message
+    from mss.store import MessageMeta
+
+    queue_id = submit(rt, doctor, [gp.address], "Ancien", "x\n").queue_id
+    # As stored before this version: sealed metadata without what mail clients need.
+    with session_scope(rt.engine) as session:
+        row = session.execute(select(Message).where(Message.queue_id == queue_id)).scalars().one()
+        meta = MessageMeta.open(rt.master_key, row.meta_sealed)
+        meta.client = None
+        row.meta_sealed = meta.seal(rt.master_key)
+        session.add(row)
+    client = login(rt, imap.port, gp)
+    client.select("INBOX")
+    size = int(re.search(rb"RFC822.SIZE (\d+)", _fetch(client, "1", "(RFC822.SIZE)")[0]).group(1))
+    with session_scope(rt.engine) as session:
+        assert session.execute(select(func.count()).select_from(EntityShape)).scalar() == 1
+    body = _fetch(client, "1", "(BODY.PEEK[])")[0][1]
+    head = body.split(b"\r\n\r\n", 1)[0].replace(b"\r\n ", b" ")
+    assert len(body) == size and b"X-MSS-Signature: valid; signer=" + doctor.address.encode() in head, head
+    client.logout()
+    # The next listing reads the kept shape: the same answer, no opening recorded for it.
+    again = login(rt, imap.port, gp)
+    again.select("INBOX")
+    assert re.search(rb"RFC822.SIZE (\d+)", _fetch(again, "1", "(RFC822.SIZE)")[0]).group(1) == str(size).encode()
+    again.logout()
+    assert len(_events(rt, "message.open")) == 1
+
+
+def test_uids_given_out_by_several_processes_never_collide(rt, doctor, gp):  # type: ignore[no-untyped-def]
+    import threading
+
+    from mss.db import make_engine
+    from mss.mailbox import sync
+
+    for number in range(12):
+        submit(rt, doctor, [gp.address], f"Message {number}", "x\n")
+    engines = [make_engine(rt.settings) for _ in range(4)]
+    states: list = []
+    errors: list = []
+    start = threading.Barrier(len(engines))
+
+    def look(engine) -> None:  # type: ignore[no-untyped-def]
+        try:
+            start.wait()
+            states.append(sync.folder_state(engine, gp.address, sync.INBOX, served.DECRYPTED))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=look, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for engine in engines:
+        engine.dispose()
+    assert errors == []
+    seen = {tuple((item.item_id, item.uid) for item in state.items) for state in states}
+    assert len(seen) == 1  # every process sees the same UIDs
+    uids = [uid for _item, uid in next(iter(seen))]
+    assert sorted(uids) == list(range(1, 13))

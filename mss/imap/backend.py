@@ -49,6 +49,7 @@ DELIMITER = "/"
 PERMANENT_FLAGS = frozenset({Seen, Flagged, Answered, Deleted})
 _FLAG_NAMES = {Seen: "seen", Flagged: sync.FLAGGED, Answered: sync.ANSWERED, Deleted: sync.DELETED}
 _HEADER_SPECIFIERS = (b"HEADER", b"HEADER.FIELDS", b"HEADER.FIELDS.NOT")
+PREFETCH = 2  # bodies decrypted ahead, while the openings of a FETCH are committed
 
 
 def folder_of(name: str) -> str:
@@ -207,6 +208,7 @@ class MailSession(SessionInterface):
         self.fetch_attributes: Sequence[FetchAttribute] = ()
         self._states: dict[str, FolderState] = {}
         self._details: dict[int, sync.Details] = {}
+        self._prefetched: dict[int, sync.Served] = {}
 
     # -- SessionInterface basics --
 
@@ -267,9 +269,33 @@ class MailSession(SessionInterface):
             current = await self._call(sync.poll, self.rt.engine, self.owner, folder)
             if current == known.fingerprint:
                 return selected
+            if await self._appended(selected, known, current):
+                return selected
         state = await self._state(folder)
         selected.set_messages(self._messages(state))
         return selected
+
+    async def _appended(self, selected: SelectedMailbox, known: FolderState, current: tuple[int, ...]) -> bool:
+        """New mail only (the common change, what IDLE waits for): read the new rows alone."""
+        newest = max((item.item_id for item in known.items), default=0)
+        fresh = await self._call(sync.folder_state, self.rt.engine, self.owner, known.folder, self._mode, after=newest)
+        count, unread, ids, changes = known.fingerprint
+        added = fresh.items
+        expected = (
+            count + len(added),
+            unread + sum(1 for item in added if not item.seen),
+            ids + sum(item.item_id for item in added),
+            changes,
+        )
+        if not added or fresh.fingerprint != current or expected != current or fresh.uid_validity != known.uid_validity:
+            return False  # something else changed too: the whole folder is read again
+        merged = FolderState(
+            owner=known.owner, folder=known.folder, mode=known.mode, uid_validity=known.uid_validity,
+            uid_next=fresh.uid_next, items=tuple(sorted(known.items + added, key=lambda i: i.uid)), fingerprint=current,
+        )
+        self._states[known.folder] = merged
+        selected.add_updates([MailMessage(item, self) for item in added], [])
+        return True
 
     async def list_mailboxes(self, ref_name: str, filter_: str, subscribed: bool = False,
                              selected: SelectedMailbox | None = None) -> tuple[Any, SelectedMailbox | None]:
@@ -340,7 +366,9 @@ class MailSession(SessionInterface):
             return BaseLoadedMessage(message, requirement, None)
         item = message.item
         if requirement & FetchRequirement.BODY and needs_body(self.fetch_attributes):
-            result = await self._call(sync.render, self.rt, self.account, item.item_id, self._mode)
+            result = self._prefetched.pop(item.item_id, None)
+            if result is None:
+                result = await self._call(sync.render, self.rt, self.account, item.item_id, self._mode)
             content = MessageContent.parse(result.data)
             structure = None
             if result.facts is not None:
@@ -396,13 +424,25 @@ class MailSession(SessionInterface):
     async def fetch_messages(self, selected: SelectedMailbox, sequence_set: SequenceSet,
                              set_seen: bool) -> tuple[Iterable[tuple[int, MessageInterface]], SelectedMailbox]:
         chosen = list(selected.messages.get_all(sequence_set))
+        self._prefetched.clear()
         if needs_body(self.fetch_attributes) and chosen:
             # Each body a client fetches is an opening, audited before it is sent; a FETCH
-            # that sets \Seen displays the message (read receipt as in the web).
-            await self._call(
-                sync.record_openings, self.rt, self.owner, selected.lookup, [m.item.item_id for _s, m in chosen],
-                mode=self._mode, seen=set_seen, request_id=self.request_id,
+            # that sets \Seen displays the message (read receipt as in the web). The first
+            # few bodies are decrypted while the audit commits (nothing is sent before it).
+            ahead = [m.item for _s, m in chosen[:PREFETCH]]
+            opened, *rendered = await asyncio.gather(
+                self._call(
+                    sync.record_openings, self.rt, self.owner, selected.lookup, [m.item.item_id for _s, m in chosen],
+                    mode=self._mode, seen=set_seen, request_id=self.request_id,
+                ),
+                *(self._call(sync.render, self.rt, self.account, item.item_id, self._mode) for item in ahead),
+                return_exceptions=True,
             )
+            if isinstance(opened, BaseException):
+                raise opened
+            self._prefetched = {
+                item.item_id: result for item, result in zip(ahead, rendered) if not isinstance(result, BaseException)
+            }
         if set_seen:
             await self._refresh(selected, force=True)
             chosen = [(seq, selected.messages.get(msg.uid) or msg) for seq, msg in chosen]

@@ -137,15 +137,21 @@ def _top_header(meta, signature: str | None) -> bytes:  # type: ignore[no-untype
     fields += [(name, value) for name, value in sorted(meta.headers.items()) if name.upper().startswith("X-MSS-")]
     if signature is not None:
         fields.append((SIGNATURE_HEADER, signature))
-    head = email.message.EmailMessage(policy=email.policy.SMTP)
+    lines: list[bytes] = []
     for name, value in fields:
-        if value:
-            try:
-                head[name] = value  # the policy encodes non-ASCII text (RFC 2047) and folds
-            except (ValueError, TypeError, IndexError):
-                head[name] = value.encode("ascii", "replace").decode("ascii")
-    encoded = head.as_bytes(policy=email.policy.SMTP)
-    return encoded[: -len(b"\r\n")] + b"MIME-Version: 1.0\r\n"
+        if not value:
+            continue
+        line = f"{name}: {value}"
+        if line.isascii() and len(line) <= 78 and "\r" not in line and "\n" not in line:
+            lines.append(line.encode("ascii") + b"\r\n")  # as the policy would write it, faster
+            continue
+        head = email.message.EmailMessage(policy=email.policy.SMTP)
+        try:
+            head[name] = value  # the policy encodes non-ASCII text (RFC 2047) and folds
+        except (ValueError, TypeError, IndexError):
+            head[name] = value.encode("ascii", "replace").decode("ascii")
+        lines.append(head.as_bytes(policy=email.policy.SMTP)[: -len(b"\r\n")])
+    return b"".join(lines) + b"MIME-Version: 1.0\r\n"
 
 
 def facts_of(meta, cached: dict[str, object] | None) -> dict[str, object] | None:  # type: ignore[no-untyped-def]

@@ -158,7 +158,7 @@ def poll(engine: Engine, owner: str, folder: str) -> tuple[int, ...]:
         return fingerprint(session, owner, folder)
 
 
-def _rows(session: Session, owner: str, folder: str):  # type: ignore[no-untyped-def]
+def _rows(session: Session, owner: str, folder: str, after: int = 0):  # type: ignore[no-untyped-def]
     return session.execute(
         select(
             MailboxItem.id,
@@ -175,7 +175,7 @@ def _rows(session: Session, owner: str, folder: str):  # type: ignore[no-untyped
         )
         .join(Message, Message.id == MailboxItem.message_id)
         .outerjoin(ClientItem, ClientItem.item_id == MailboxItem.id)
-        .where(MailboxItem.owner == owner, MailboxItem.folder == folder)
+        .where(MailboxItem.owner == owner, MailboxItem.folder == folder, MailboxItem.id > after)
     ).all()
 
 
@@ -202,12 +202,16 @@ def _assign(session: Session, owner: str, folder: str, item_ids: Sequence[int]) 
     return given
 
 
-def folder_state(engine: Engine, owner: str, folder: str, mode: str) -> FolderState:
-    """The folder with a UID for every row (new ones given theirs first). Raises UnknownFolder."""
+def folder_state(engine: Engine, owner: str, folder: str, mode: str, *, after: int = 0) -> FolderState:
+    """The folder with a UID for every row (new ones given theirs first). Raises UnknownFolder.
+
+    ``after`` limits the answer to rows newer than that mailbox row id (what arrived since
+    a state a client already has: IDLE then reads a few rows, not the whole folder).
+    """
     check_folder(folder)
     for attempt in range(3):
         with session_scope(engine, readonly=True) as session:
-            rows = _rows(session, owner, folder)
+            rows = _rows(session, owner, folder, after)
             base_row = session.get(ClientFolder, (owner, folder))
             pending = sorted(
                 ((r.created_at, r.id) for r in rows if r.uid is None or r.folder != folder), key=lambda t: t
@@ -218,7 +222,7 @@ def folder_state(engine: Engine, owner: str, folder: str, mode: str) -> FolderSt
             with session_scope(engine) as session:
                 _folder_row(session, owner, folder, lock=True)
                 # Read again under the lock: another process may have given them meanwhile.
-                rows = _rows(session, owner, folder)
+                rows = _rows(session, owner, folder, after)
                 still = [i for _at, i in sorted((r.created_at, r.id) for r in rows if r.uid is None or r.folder != folder)]
                 if still:
                     _assign(session, owner, folder, still)
@@ -226,7 +230,7 @@ def folder_state(engine: Engine, owner: str, folder: str, mode: str) -> FolderSt
             if attempt == 2:
                 raise
     with session_scope(engine, readonly=True) as session:
-        rows = _rows(session, owner, folder)
+        rows = _rows(session, owner, folder, after)
         base_row = session.get(ClientFolder, (owner, folder))
         assert base_row is not None
         return _state(session, owner, folder, mode, base_row, rows)
@@ -599,12 +603,6 @@ def record_openings(
             newly = _mark_seen(session, [r[0] for r in rows], True)
             if folder != SENT:
                 _displayed(session, rt, owner, newly, request_id)
-
-
-def message_ids(engine: Engine, item_ids: Sequence[int]) -> set[int]:
-    """Message ids of rows (to tell which rows still exist)."""
-    with session_scope(engine, readonly=True) as session:
-        return set(session.execute(select(MailboxItem.id).where(MailboxItem.id.in_(list(item_ids)))).scalars())
 
 
 __all__ = [
