@@ -35,6 +35,8 @@ RELAYED, FAILED, DEFERRED = "relayed", "failed", "deferred"
 # How long an idle session to a peer is kept for the next message (peers time out idle
 # clients after minutes; Postfix keeps its own for 2 s by default).
 REUSE_IDLE = 5.0
+# A peer that does not answer QUIT at once is not waited for: nothing depends on it.
+QUIT_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,6 @@ async def _transaction(client: aiosmtplib.SMTP, entry: Claimed, attempt: Attempt
 
 async def _quit(client: aiosmtplib.SMTP) -> None:
     try:
-        await client.quit()
+        await client.quit(timeout=QUIT_TIMEOUT)
     except (aiosmtplib.SMTPException, OSError):
         pass  # the transaction is over; a lost QUIT changes nothing

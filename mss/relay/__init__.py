@@ -6,7 +6,8 @@
 - ``auth``: AUTH PLAIN and LOGIN against ``mss.accounts``, off the event loop;
 - ``protocol``: the aiosmtpd SMTP session with our limits (size, lines, headers, timeout);
 - ``handler``: the calls into ``mss.pipeline`` and the reply for each verdict;
-- ``server``: ``serve_relay`` for a relay process, ``RelayServer`` for tests.
+- ``server``: ``serve_relay`` for a relay process, ``RelayServer`` for tests;
+- ``mx``: the MX door for other operators (mutual TLS, no AUTH), over ``mss.inbound``.
 """
 
 from mss.relay.server import RelayServer, run_relay, serve_relay, start_listener
