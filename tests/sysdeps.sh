@@ -20,7 +20,7 @@ CAPABILITIES=(
     "offlineimap3|offlineimap --version 2>&1 | grep -Eq '^[0-9]+\.[0-9]+'"
     "postfix|/usr/sbin/postconf -d mail_version smtpd_tls_req_ccert smtp_tls_cert_file >/dev/null && test -x \$(/usr/sbin/postconf -dh daemon_directory)/smtpd && test -x \$(/usr/sbin/postconf -dh daemon_directory)/master"
     "nodejs npm|npm --version && node -e 'process.exit(0)'"
-    "chromium fonts-dejavu-core|chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update --no-first-run --user-data-dir=\$(mktemp -d) --dump-dom 'data:text/html,<p>ok</p>' 2>/dev/null | grep -q '<p>ok</p>'"
+    "chromium fonts-dejavu-core fonts-dejavu-extra fontconfig|fc-list : family | grep -q 'DejaVu Sans Condensed' && chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update --no-first-run --user-data-dir=\$(mktemp -d) --dump-dom 'data:text/html,<p>ok</p>' 2>/dev/null | grep -q '<p>ok</p>'"
 )
 
 check() { bash -c "$1" >/dev/null 2>&1; }

@@ -302,7 +302,7 @@ def test_one_account_cannot_take_every_worker() -> None:
     check for another account runs at once and is done before any of the slow ones."""
     from concurrent.futures import ThreadPoolExecutor, wait
 
-    slow = slow_cda(600_000)  # several seconds of work: stopped at the deadline
+    slow = slow_cda(1_500_000)  # about 7 s of work here, twice the deadline: always stopped there
     limits = DocumentLimits(max_xml_elements=10_000_000, max_check_seconds=3)
     quick = make_pdf()
     workers.start()
