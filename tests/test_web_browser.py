@@ -330,7 +330,15 @@ def _off_loop(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 def _no_overflow(page, width: int) -> None:  # type: ignore[no-untyped-def]
     """Nothing runs off the right edge: the page is no wider than the screen."""
     scroll = page.evaluate("() => document.documentElement.scrollWidth")
-    assert scroll <= width, f"{page.url}: {scroll} px wide on a {width} px screen"
+    culprit = page.evaluate(
+        """(w) => { const out = [];
+        for (const el of document.querySelectorAll('body *')) {
+          const r = el.getBoundingClientRect();
+          if (r.right > w + 0.5) out.push(el.tagName.toLowerCase() + (el.className ? '.' + el.className : '') + ' ' + Math.round(r.right));
+        } return out.slice(0, 5).join(', '); }""",
+        width,
+    ) if scroll > width else ""
+    assert scroll <= width, f"{page.url}: {scroll} px wide on a {width} px screen ({culprit})"
 
 
 def _undeclared_charset_message(sender: str, to: str, subject: str, text: str, pdf: bytes) -> bytes:
