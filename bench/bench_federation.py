@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -264,8 +265,6 @@ def main() -> None:
             trust.set_route(session, b.settings, A_DOMAIN, f"127.0.0.1:{a_ports['mx']}", actor="bench")
         b.close()
         federation = a.settings.federation
-        from dataclasses import replace
-
         a = Runtime(settings=a.settings.with_changes(federation=replace(federation, delivery_concurrency=args.concurrency)),
                     engine=a.engine, master_key=a.master_key)
         sender = accounts.authenticate(a.engine, a.settings, SENDER, PASSWORD, channel="cli")

@@ -30,9 +30,8 @@ from sqlmodel import Session
 from mss import audit, receipts, trust
 from mss.db import session_scope, utcnow
 from mss.models import Delivery, Message, Outbound, OutboundRecipient
-from mss.outbound import queue
+from mss.outbound import notices, queue
 from mss.outbound.client import DEFERRED, FAILED, RELAYED, Attempt, Connections, Reply, deliver, peer_context
-from mss.receipts import federation as notices
 from mss.outbound.routes import RouteFailure, resolve
 from mss.runtime import Runtime
 
@@ -295,9 +294,13 @@ class DeliveryWorker:
                 if time.monotonic() - last_report >= federation.queue_report:
                     last_report = time.monotonic()
                     await asyncio.to_thread(self._report)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for may turn a
+                # cancellation that coincides with its timeout into a TimeoutError, and a
+                # stopping worker would then poll on forever.
                 try:
-                    await asyncio.wait_for(self._wake.wait(), federation.queue_poll)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(federation.queue_poll):
+                        await self._wake.wait()
+                except TimeoutError:
                     pass
         finally:
             queue.remove_waker(self._waker)
