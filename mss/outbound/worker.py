@@ -30,8 +30,9 @@ from sqlmodel import Session
 from mss import audit, receipts, trust
 from mss.db import session_scope, utcnow
 from mss.models import Delivery, Message, Outbound, OutboundRecipient
-from mss.outbound import notices, queue
+from mss.outbound import queue
 from mss.outbound.client import DEFERRED, FAILED, RELAYED, Attempt, Connections, Reply, deliver, peer_context
+from mss.receipts import federation as notices
 from mss.outbound.routes import RouteFailure, resolve
 from mss.runtime import Runtime
 
