@@ -205,6 +205,7 @@ def test_browser_reads_writes_and_follows_receipts(stack, chromium, tmp_path):  
     assert "Bien reçu, merci." in sender_page.inner_text(".body .text")
     sender_page.locator("section.consent button[value=send]").click()
     expect(sender_page.locator("section.consent")).to_have_count(0)
+    sender_page.wait_for_load_state("networkidle")  # a click during the reload cancels the download
     with sender_page.expect_download() as download:
         sender_page.click("a[download][href$='/attachments/0']")
     assert Path(download.value.path()).read_bytes() == answer
