@@ -94,7 +94,8 @@ def test_a_peer_that_is_down_gets_the_message_when_it_is_back(pair, caplog) -> N
     assert entry is not None and entry["state"] == "queued" and entry["attempts"] >= 2
     assert "connection failed" in entry["last_error"] and entry["recipients"][0]["state"] == "pending"
     assert status_of(a, queue_id, JOEL) == "queued"
-    assert any("queue: 1 waiting for 1 recipients, oldest" in r.getMessage() for r in caplog.records)
+    wait_for(lambda: any("queue: 1 waiting for 1 recipients, oldest" in r.getMessage() for r in caplog.records),
+             what="the queue's periodic report")
 
     b.services = Services(b).start()
     try:
