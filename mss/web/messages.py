@@ -63,7 +63,6 @@ STEPS = {
     "delayed": _("delayed"),
     "delivered": _("delivered"),
     "relayed": _("relayed"),
-    "delayed": _("delayed"),
     "processed": _("in the mailbox"),
     "displayed": _("read"),
     "failed": _("failed"),
