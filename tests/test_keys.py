@@ -7,11 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from mss.crypto import keys, pki
 from mss.errors import ConfigError, CryptoError, KeyUnwrapError
+from smime_tools import GpgSm, run
 
 pytestmark = pytest.mark.sqlite_only  # no database involved
 
@@ -216,3 +218,47 @@ def test_pkcs12_profiles(ca, user, tmp_path: Path) -> None:  # type: ignore[no-u
         keys.export_pkcs12(key, certificate, ca.certificate, "œuvre pass", friendly_name="x", profile=keys.PKCS12_COMPATIBLE)
     with pytest.raises(CryptoError, match="unknown PKCS#12 profile"):
         keys.export_pkcs12(key, certificate, ca.certificate, "export pass", friendly_name="x", profile="legacy")
+
+
+def _compatible_files(ca, user, password: str, *, misread: bool, count: int) -> list[bytes]:  # type: ignore[no-untyped-def]
+    """``count`` compatible PKCS#12 files made the way export_pkcs12 makes them, with
+    few KDF rounds (the salts are what matters), whose salts GnuPG 2.2 does (``misread``)
+    or does not misread by keys' account."""
+    key, certificate = user
+    encryption = (
+        serialization.PrivateFormat.PKCS12.encryption_builder()
+        .kdf_rounds(2048)
+        .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC)
+        .hmac_hash(hashes.SHA256())
+        .build(password.encode())
+    )
+    found: list[bytes] = []
+    for _ in range(5000):
+        data = pkcs12.serialize_key_and_certificates(b"x", key, certificate, [ca.certificate], encryption)
+        if keys._gnupg22_misreads(data, password) == misread:
+            found.append(data)
+            if len(found) == count:
+                return found
+    raise AssertionError("no such salts in 5000 files")
+
+
+def test_compatible_pkcs12_has_no_salt_gpgsm_misreads(ca, user) -> None:  # type: ignore[no-untyped-def]
+    """GnuPG 2.2 derives a wrong key for about one salt in 65; the files keys would refuse
+    are exactly those gpgsm cannot open, and what export_pkcs12 hands out opens."""
+    password = "exporté pass 42"
+    gpgsm = GpgSm(ca.certificate.public_bytes(serialization.Encoding.PEM))
+    try:
+        for data in _compatible_files(ca, user, password, misread=True, count=3):
+            refused = run(gpgsm._args("--passphrase-fd", "0", "--import", str(gpgsm._file(data))),
+                          input=password.encode() + b"\n", env=gpgsm.env, ok=False)
+            assert refused.returncode != 0 and b"decryption failed" in refused.stderr
+        for data in _compatible_files(ca, user, password, misread=False, count=3):
+            gpgsm.import_pkcs12("eloise.bernard@medecin.mss.test", data, password)
+        key, certificate = user
+        for _ in range(3):
+            exported = keys.export_pkcs12(key, certificate, ca.certificate, password, friendly_name="x",
+                                          profile=keys.PKCS12_COMPATIBLE)
+            assert not keys._gnupg22_misreads(exported, password)
+            gpgsm.import_pkcs12("eloise.bernard@medecin.mss.test", exported, password)
+    finally:
+        gpgsm.close()
