@@ -83,7 +83,7 @@ def activity(session: Session, settings: Settings, master_key: MasterKey, *, day
         if row is None:
             continue
         row.by_door[channels.get(queue_id, "smtp")] += 1
-        kinds = {str(d.get("kind")) for d in MessageMeta.open(master_key, sealed).documents} or {"none"}
+        kinds = {d.kind for d in MessageMeta.open(master_key, sealed).documents} or {"none"}
         for kind in kinds:
             row.by_kind[kind] += 1
     waits = [

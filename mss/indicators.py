@@ -128,9 +128,9 @@ def monthly(session: Session, master_key: MasterKey, month: str) -> Indicators:
         if documents:
             result.messages_with_attachments += 1
         for document in documents:
-            attachments[str(document.get("kind", "other"))] += 1
-            for cda in document.get("cda", []) or []:  # bare CDA, or each CDA of a package
-                type_codes[str(cda.get("type_code") or "unknown")] += 1  # type: ignore[union-attr]
+            attachments[document.kind or "other"] += 1
+            for cda in document.cda:  # bare CDA, or each CDA of a package
+                type_codes[cda.type_code or "unknown"] += 1
     result.attachments = dict(attachments)
     result.cda_by_type_code = dict(type_codes)
     result.messages_received = session.execute(

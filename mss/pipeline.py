@@ -46,7 +46,7 @@ from mss.errors import (
 from mss.outbound import queue
 from mss.receipts import DEFAULT_NOTIFY, Notify, issuer
 from mss.runtime import Runtime
-from mss.store import MessageMeta
+from mss.store import CdaSummary, DocumentSummary, MessageMeta
 
 
 @dataclass(frozen=True)
@@ -497,25 +497,26 @@ def _cdas(documents: list[Document]) -> list[CdaInfo]:
     return found
 
 
-def _cda_summary(info: CdaInfo) -> dict[str, object]:
+def _cda_summary(info: CdaInfo) -> CdaSummary:
     """What the inbox lists and filters on (sealed at rest with the rest of the metadata)."""
-    return {
-        "title": info.title or "",
-        "type_code": info.type_code.code,
-        "type_label": info.type_code.display_name or "",
-        "ins": info.ins.value if info.ins else "",
-        "effective_time": info.effective_time or "",
-    }
+    return CdaSummary(
+        title=info.title or "",
+        type_code=info.type_code.code,
+        type_label=info.type_code.display_name or "",
+        ins=info.ins.value if info.ins else "",
+        effective_time=info.effective_time or "",
+    )
 
 
-def document_summary(document: Document) -> dict[str, object]:
-    summary: dict[str, object] = {
-        "filename": document.filename, "kind": document.kind, "size": document.size, "sha256": document.sha256,
-    }
-    cdas = _cdas([document])
-    if cdas:
-        summary["cda"] = [_cda_summary(info) for info in cdas]
-    return summary
+def document_summary(document: Document) -> DocumentSummary:
+    """The sealed metadata's line for ``document``."""
+    return DocumentSummary(
+        filename=document.filename,
+        kind=document.kind,
+        size=document.size,
+        sha256=document.sha256,
+        cda=tuple(_cda_summary(info) for info in _cdas([document])),
+    )
 
 
 def check_recipient_is_active(session, settings, address: str) -> None:  # type: ignore[no-untyped-def]

@@ -26,6 +26,58 @@ from mss.models import Delivery, InboundDelivery, MailboxItem, Message, Receipt
 INBOX, SENT, ARCHIVE = "inbox", "sent", "archive"
 
 
+@dataclass(frozen=True)
+class CdaSummary:
+    """A CDA document as the inbox lists and filters on it (bare, or one of an IHE_XDM
+    package's)."""
+
+    title: str = ""
+    type_code: str = ""
+    type_label: str = ""
+    ins: str = ""
+    effective_time: str = ""
+
+    @classmethod
+    def from_json(cls, data: object) -> "CdaSummary":
+        """From its sealed form; unknown keys (a later version's) are ignored."""
+        fields_ = data if isinstance(data, dict) else {}
+        return cls(**{name: str(fields_.get(name) or "") for name in _CDA_FIELDS})
+
+
+_CDA_FIELDS = ("title", "type_code", "type_label", "ins", "effective_time")
+
+
+@dataclass(frozen=True)
+class DocumentSummary:
+    """A document of a message: what listings show and indicators count, with no content."""
+
+    filename: str
+    kind: str  # pdf | cda | xdm | other
+    size: int
+    sha256: str = ""
+    cda: tuple[CdaSummary, ...] = ()
+    """Each CDA carried: the document itself, or those of an IHE_XDM package."""
+
+    @classmethod
+    def from_json(cls, data: object) -> "DocumentSummary":
+        """From its sealed form (a JSON object); missing fields take their empty value."""
+        fields_ = data if isinstance(data, dict) else {}
+        cdas = fields_.get("cda")
+        size = fields_.get("size")
+        return cls(
+            filename=str(fields_.get("filename") or ""),
+            kind=str(fields_.get("kind") or ""),
+            size=size if isinstance(size, int) else 0,
+            sha256=str(fields_.get("sha256") or ""),
+            cda=tuple(CdaSummary.from_json(c) for c in cdas) if isinstance(cdas, list) else (),
+        )
+
+    @property
+    def cda_types(self) -> tuple[str, ...]:
+        """The type of each CDA carried: its label, else its code."""
+        return tuple(c.type_label or c.type_code for c in self.cda if c.type_label or c.type_code)
+
+
 @dataclass
 class MessageMeta:
     """What the inbox shows of a message, sealed with the master key at rest."""
@@ -36,7 +88,7 @@ class MessageMeta:
     date: str
     message_id: str
     headers: dict[str, str] = field(default_factory=dict)  # X-MSS-CODECDA, X-MSS-INS ...
-    documents: list[dict[str, object]] = field(default_factory=list)  # filename, kind, size, sha256 ...
+    documents: list[DocumentSummary] = field(default_factory=list)
     mdn_to: str | None = None
     # What a mail client's listing needs without decrypting (mss.mailbox.served): the To
     # and Cc fields as written, and the shape of the signed entity inside the envelope.
@@ -51,7 +103,9 @@ class MessageMeta:
 
     @classmethod
     def open(cls, master_key: MasterKey, sealed: bytes) -> "MessageMeta":
-        return cls(**json.loads(master_key.open(sealed)))
+        data = json.loads(master_key.open(sealed))
+        data["documents"] = [DocumentSummary.from_json(d) for d in data.get("documents") or []]
+        return cls(**data)
 
 
 @dataclass(frozen=True)

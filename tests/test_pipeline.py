@@ -121,7 +121,7 @@ def test_stored_form_is_ciphertext_for_recipients_and_sender(rt, people):  # typ
         status, message = open_as(rt, people[reader], row.cms)
         assert status == "valid" and attachments_of(message)["cr.xml"] == cda
     meta = store.MessageMeta.open(rt.master_key, row.meta_sealed)
-    assert meta.subject == "Patient Dupont" and meta.documents[0]["kind"] == "cda"
+    assert meta.subject == "Patient Dupont" and meta.documents[0].kind == "cda"
 
 
 def test_policy_refusals_store_nothing(rt, people):  # type: ignore[no-untyped-def]

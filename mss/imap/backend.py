@@ -401,7 +401,7 @@ class MailSession(SessionInterface):
             assert shape is not None
         meta = details.meta
         searchable = " ".join([meta.subject, meta.sender, *meta.recipients,
-                               *(str(d.get("filename", "")) for d in meta.documents)])
+                               *(d.filename for d in meta.documents)])
         return HeaderOnly(message, requirement, shape, searchable)
 
     async def _detail(self, item: ItemState) -> sync.Details:

@@ -1,9 +1,10 @@
 """The mailbox service shared by the web pages and the JSON API.
 
-Reading (``reading``): list a folder with filters and pages, open a message for its reader
-(decrypt with their key, verify the signature, split the MIME), attachments and the
-documents inside IHE_XDM packages, read and archive marks, the Sent view's journey per
-recipient. Writing (``compose``): a draft becomes an RFC 5322 message submitted through
+Reading: ``items`` finds a message of a mailbox (only through the reader's own rows);
+``listing`` lists a folder with filters and pages; ``opening`` opens a message for its
+reader (decrypt with their key, verify the signature, split the MIME), its attachments and
+the documents inside IHE_XDM packages; ``marks`` moves and marks; ``journey`` is the Sent
+view's journey per recipient. Writing (``compose``): a draft becomes an RFC 5322 message submitted through
 ``mss.pipeline``; ``drafts`` keeps what is not sent yet, encrypted to its writer. Opening a message asks ``mss.receipts.issuer`` for its ``displayed`` notification; ``index`` keeps the
 search tokens that make filters fast without storing metadata in clear, ``content`` holds
 the decryption, verification and MIME splitting.
@@ -29,35 +30,24 @@ from mss.mailbox.drafts import (
     open_draft,
     save_draft,
 )
-from mss.mailbox.reading import (
-    ARCHIVE,
-    FOLDERS,
-    INBOX,
-    SENT,
+from mss.mailbox.items import ARCHIVE, FOLDERS, INBOX, SENT, Correspondent
+from mss.mailbox.journey import RecipientJourney, Step, journey
+from mss.mailbox.listing import Filters, Page, Summary, list_folder
+from mss.mailbox.marks import mark_unread, move, unread_count
+from mss.mailbox.opening import (
     AttachmentInfo,
-    Correspondent,
-    FilterError,
-    Filters,
     Opened,
     OpenedAttachment,
-    Page,
-    RecipientJourney,
-    Step,
-    Summary,
     XdmEntry,
-    embedded_file,
     answer_read_receipt,
+    embedded_file,
     embedded_pdf,
-    journey,
-    list_folder,
-    mark_unread,
-    move,
     open_attachment,
     open_message,
-    unread_count,
     xdm_document,
     xdm_entries,
 )
+from mss.errors import FilterError
 from mss.store import MessageNotFound
 
 __all__ = [

@@ -38,7 +38,8 @@ from mss.errors import (
     MssError,
     PolicyError,
 )
-from mss.mailbox import reading
+from mss.mailbox.items import limits_of
+from mss.mailbox.opening import open_attachment, thread_of
 from mss.mailbox.content import Signature
 from mss.pipeline import Accepted, RecipientRequest, Submission
 from mss.runtime import Runtime
@@ -221,7 +222,7 @@ def build_message(
     if len(body.encode("utf-8")) > MAX_BODY:
         _problem(errors, "body", "The text is too long.")
 
-    limits = reading.limits_of(rt)
+    limits = limits_of(rt)
     uploads: list[tuple[Upload, CdaInfo | None]] = []
     for upload in draft.attachments:
         if not upload.data and not upload.filename:
@@ -240,7 +241,7 @@ def build_message(
     queue_id = draft.source
     for attachment_index in draft.keep if queue_id else ():
         try:
-            opened = reading.open_attachment(
+            opened = open_attachment(
                 rt, sender, queue_id, attachment_index, action="attachment.forward", request_id=request_id
             )
         except MssError as exc:
@@ -294,7 +295,7 @@ def _thread_headers(
     """RFC 5322 3.6.4: a reply names its parent in In-Reply-To and the thread in References;
     a forward keeps the thread in References (it answers no one)."""
     try:
-        parent, references = reading.thread_of(rt, sender, queue_id)
+        parent, references = thread_of(rt, sender, queue_id)
     except MssError:
         if reply:
             _problem(errors, "to", "The message answered is not in this mailbox.")

@@ -117,19 +117,15 @@ def meta_terms(meta: MessageMeta, message_kind: str) -> set[str]:
     for code in _codes(meta.headers.get("X-MSS-CODECDA", "")):
         terms.add(code_term(code))
     for document in meta.documents:
-        kind = str(document.get("kind", ""))
-        if kind:
-            terms.add(kind_term(kind))
+        if document.kind:
+            terms.add(kind_term(document.kind))
         # One summary per CDA carried, bare or inside an IHE_XDM package (mss.pipeline).
-        cdas = document.get("cda")
-        for cda in cdas if isinstance(cdas, list) else []:
-            if not isinstance(cda, dict):
-                continue
-            if cda.get("type_code"):
-                terms.add(code_term(str(cda["type_code"])))
+        for cda in document.cda:
+            if cda.type_code:
+                terms.add(code_term(cda.type_code))
                 terms.add(kind_term("cda"))
-            if cda.get("ins"):
-                terms.add(ins_term(str(cda["ins"])))
+            if cda.ins:
+                terms.add(ins_term(cda.ins))
     return terms
 
 

@@ -16,7 +16,7 @@ from babel.dates import format_date, format_skeleton, format_time
 from markupsafe import Markup, escape
 
 from mss.documents.cda import Author, CdaInfo, Code, EmbeddedMedia, NarrativeNode, Organisation, PersonName, Section
-from mss.mailbox.reading import DISPLAY_TZ
+from mss.mailbox.items import DISPLAY_TZ
 
 _TAGS = {
     "text": "div",

@@ -22,7 +22,7 @@ from babel.messages.pofile import read_po
 from babel.support import Translations
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from mss.mailbox.reading import DISPLAY_TZ
+from mss.mailbox.items import DISPLAY_TZ
 
 LANGUAGES = ("fr", "en")
 DEFAULT = "fr"

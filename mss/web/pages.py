@@ -23,7 +23,7 @@ from mss.documents import workers
 from mss.errors import DocumentError, ReceiptNotPending
 from mss.mailbox import FilterError, Filters, MessageNotFound
 from mss.mailbox.content import decode_text
-from mss.mailbox.reading import limits_of, queue_id_of
+from mss.mailbox.items import DOC_TYPES, limits_of, queue_id_of
 from mss.web import cda_view
 from mss.web.auth import current_session
 from mss.web.context import config, language, redirect, render, request_id, run
@@ -134,7 +134,7 @@ class MailboxController(Controller):
             error=error,
             params=params,
             query=urllib.parse.urlencode(query),
-            doc_types=mailbox.reading.DOC_TYPES,
+            doc_types=DOC_TYPES,
             certificate_ends=certificate_ending(rt, live),
         )
 

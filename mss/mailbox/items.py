@@ -1,0 +1,98 @@
+"""The ground every reading of a mailbox stands on: the folders, how a message of a mailbox
+is found from its queue id (only through the reader's own ``mailbox_item`` rows: any other
+id is "not found", whether it exists or not), and a correspondent's card from the directory.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from directory.models import DirectoryEntry
+from mss import store
+from mss.documents import DocumentLimits
+from mss.models import MailboxItem, Message
+from mss.runtime import Runtime
+
+INBOX, SENT, ARCHIVE = store.INBOX, store.SENT, store.ARCHIVE
+
+FOLDERS = (INBOX, SENT, ARCHIVE)
+
+DISPLAY_TZ = ZoneInfo("Europe/Paris")
+
+MAX_PER_PAGE = 100
+
+DOC_TYPES = ("pdf", "cda", "xdm", "receipt")
+
+_QUEUE_ID = re.compile(r"^[0-9A-Z][0-9A-Z-]{0,39}$")  # pipeline ids, and receipts' ID-MDN-HASH
+
+
+@dataclass(frozen=True)
+class Correspondent:
+    """A directory entry as the reader sees it next to a message."""
+
+    address: str
+    name: str
+    profession: str
+    organisation: str
+    rpps: str
+    city: str
+    status: str
+
+    @classmethod
+    def of(cls, entry: DirectoryEntry) -> "Correspondent":
+        """The card of a directory entry."""
+        return cls(
+            address=entry.address,
+            name=entry.display_name,
+            profession=entry.profession_label or entry.skill_label,
+            organisation=entry.org_name,
+            rpps=entry.rpps,
+            city=entry.city,
+            status=entry.status,
+        )
+
+
+def limits_of(rt: Runtime) -> DocumentLimits:
+    """The document limits of this service (attachments up to the message size limit)."""
+    return DocumentLimits(max_document_size=rt.settings.relay.max_message_size)
+
+
+def entries_of(session: Session, addresses: set[str]) -> dict[str, DirectoryEntry]:
+    if not addresses:
+        return {}
+    rows = session.execute(select(DirectoryEntry).where(DirectoryEntry.address.in_(sorted(addresses)))).scalars()
+    return {row.address: row for row in rows}
+
+
+def queue_id_of(value: str) -> str | None:
+    """A queue id as stored (upper case), or None when ``value`` cannot be one: an identifier
+    from a URL never reaches the database unless it has the shape of ours."""
+    candidate = (value or "").strip().upper()
+    return candidate if _QUEUE_ID.match(candidate) else None
+
+
+def items_of(session: Session, owner: str, queue_id: str) -> list[tuple[MailboxItem, Message]]:
+    normalised = queue_id_of(queue_id)
+    if normalised is None:
+        return []
+    rows = session.execute(
+        select(MailboxItem, Message)
+        .join(Message, Message.id == MailboxItem.message_id)
+        .where(MailboxItem.owner == owner, Message.queue_id == normalised)
+        .order_by(MailboxItem.id)
+    ).all()
+    return [(item, message) for item, message in rows]
+
+
+def pick(rows: list[tuple[MailboxItem, Message]], folder: str | None) -> tuple[MailboxItem, Message]:
+    """The row to show: the folder asked for, else a received copy, else the sent one."""
+    for wanted in (folder, INBOX, ARCHIVE, SENT):
+        for item, message in rows:
+            if item.folder == wanted:
+                return item, message
+    return rows[0]
