@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install sysdeps run test bench clean
+.PHONY: install sysdeps check run test bench clean
 
 install: $(VENV)/.installed
 
@@ -31,8 +31,14 @@ run: install
 	$(BIN)/mss demo --if-empty
 	$(BIN)/mss serve
 
-# The whole suite, on SQLite and on a throw-away PostgreSQL on loopback.
-test: install sysdeps $(AXE)
+# Lint, formatting and types (configured in pyproject.toml): what keeps the code in shape.
+check: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# The checks, then the whole suite on SQLite and on a throw-away PostgreSQL on loopback.
+test: install sysdeps $(AXE) check
 	@bash tests/run-suite.sh $(BIN)/python
 
 # Each benchmark compares against a baseline measured in the same run and prints the ratio;

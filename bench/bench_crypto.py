@@ -31,10 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives import serialization
 
-from mss.crypto import keys, pki, smime  # noqa: E402
-from mss.crypto.verify import verify_signed_data  # noqa: E402
+from mss.crypto import keys, pki, smime
+from mss.crypto.verify import verify_signed_data
 
 SIZES = {"10 KB": 10 * 1000, "1 MiB": 1024 * 1024}
 
@@ -70,7 +70,12 @@ class Parties:
     def __init__(self, folder: Path) -> None:
         self.ca = pki.new_certificate_authority(common_name="bench CA", organisation="mss bench")
         self.sender_key, self.sender = pki.issue_smime_certificate(
-            self.ca, address="sender@mss.test", rpps_national_id="810000000001", common_name="Sender", key_bits=3072, days=30
+            self.ca,
+            address="sender@mss.test",
+            rpps_national_id="810000000001",
+            common_name="Sender",
+            key_bits=3072,
+            days=30,
         )
         self.recipient_key, self.recipient = pki.issue_smime_certificate(
             self.ca, address="recipient@mss.test", rpps_national_id="810000000002", common_name="Recipient",
@@ -147,7 +152,10 @@ def main() -> None:
 
     openssl_version = subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip()
     print(f"python {platform.python_version()}, {openssl_version}")
-    print(f"{os.cpu_count()} CPUs ({platform.machine()}), median of {options.rounds} calls, RSA 3072, AES-256-CBC, 2 recipients")
+    print(
+        f"{os.cpu_count()} CPUs ({platform.machine()}), median of {options.rounds} calls,"
+        " RSA 3072, AES-256-CBC, 2 recipients"
+    )
     print(f"one bare `openssl version` process: {start_cost:.1f} ms (openssl's rows include two process starts)")
     print()
     print("| size  | operation      | mss (ms) | openssl cms (ms) | openssl / mss |")

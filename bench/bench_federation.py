@@ -47,9 +47,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
+from bench_relay import pdf_of_size  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from bench_relay import pdf_of_size  # noqa: E402
 from directory.importer import import_extract  # noqa: E402
 from mss import accounts, pipeline, trust  # noqa: E402
 from mss.crypto import pki  # noqa: E402
@@ -95,9 +95,16 @@ def sink() -> None:
         loop = asyncio.get_running_loop()
         context = mx_server_context(settings)
         server = await loop.create_server(
-            lambda: SMTP(Accept(), tls_context=context, require_starttls=True, data_size_limit=settings.relay.max_message_size,
-                         hostname="localhost", loop=loop),
-            host="127.0.0.1", port=settings.federation.mx_port,
+            lambda: SMTP(
+                Accept(),
+                tls_context=context,
+                require_starttls=True,
+                data_size_limit=settings.relay.max_message_size,
+                hostname="localhost",
+                loop=loop,
+            ),
+            host="127.0.0.1",
+            port=settings.federation.mx_port,
         )
         async with server:
             await server.serve_forever()
@@ -197,21 +204,33 @@ def letter(size: int, number: int) -> bytes:
     msg["Subject"] = f"Compte rendu {number}"
     msg["Message-ID"] = f"<fed-{number}-{time.time_ns()}@chu-demo.mss.test>"
     msg.set_content("Bonjour,\nci-joint le compte rendu.\nBien confraternellement.\n")
-    msg.add_attachment(pdf_of_size(max(1000, (size - 1200) * 3 // 4)), maintype="application", subtype="pdf",
-                       filename="compte-rendu.pdf")
+    msg.add_attachment(
+        pdf_of_size(max(1000, (size - 1200) * 3 // 4)),
+        maintype="application",
+        subtype="pdf",
+        filename="compte-rendu.pdf",
+    )
     return msg.as_bytes()
 
 
 def fill(rt: Runtime, sender: accounts.UnlockedAccount, count: int, size: int, first: int) -> None:
     for number in range(first, first + count):
-        pipeline.submit(rt, pipeline.Submission(
-            sender=sender, recipients=(pipeline.RecipientRequest(RECIPIENT),), raw=letter(size, number), channel="smtp",
-        ))
+        pipeline.submit(
+            rt,
+            pipeline.Submission(
+                sender=sender,
+                recipients=(pipeline.RecipientRequest(RECIPIENT),),
+                raw=letter(size, number),
+                channel="smtp",
+            ),
+        )
 
 
 def waiting(rt: Runtime) -> int:
     with session_scope(rt.engine, readonly=True) as session:
-        return int(session.execute(select(func.count()).select_from(Outbound).where(Outbound.state == "queued")).scalar_one())
+        return int(
+            session.execute(select(func.count()).select_from(Outbound).where(Outbound.state == "queued")).scalar_one()
+        )
 
 
 def drain(rt: Runtime, count: int) -> float:
@@ -265,16 +284,24 @@ def main() -> None:
             trust.set_route(session, b.settings, A_DOMAIN, f"127.0.0.1:{a_ports['mx']}", actor="bench")
         b.close()
         federation = a.settings.federation
-        a = Runtime(settings=a.settings.with_changes(federation=replace(federation, delivery_concurrency=args.concurrency)),
-                    engine=a.engine, master_key=a.master_key)
+        a = Runtime(
+            settings=a.settings.with_changes(federation=replace(federation, delivery_concurrency=args.concurrency)),
+            engine=a.engine,
+            master_key=a.master_key,
+        )
         sender = accounts.authenticate(a.engine, a.settings, SENDER, PASSWORD, channel="cli")
         publication = Publication(a)
-        peer = start([str(Path(sys.executable).with_name("mss")), "serve", "relay"], b_env, b_ports["mx"], root / "b.log")
-        bare = start([sys.executable, __file__, "--sink"], {**b_env, "MSS_MX_PORT": str(sink_port)}, sink_port,
-                     root / "sink.log")
-        print(f"# {time.strftime('%Y-%m-%d')} {platform.node()} {platform.processor() or platform.machine()} "
-              f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
-              f"{args.messages} messages of {args.size} bytes per round, {args.concurrency} deliveries at once")
+        peer = start(
+            [str(Path(sys.executable).with_name("mss")), "serve", "relay"], b_env, b_ports["mx"], root / "b.log"
+        )
+        bare = start(
+            [sys.executable, __file__, "--sink"], {**b_env, "MSS_MX_PORT": str(sink_port)}, sink_port, root / "sink.log"
+        )
+        print(
+            f"# {time.strftime('%Y-%m-%d')} {platform.node()} {platform.processor() or platform.machine()} "
+            f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"{args.messages} messages of {args.size} bytes per round, {args.concurrency} deliveries at once"
+        )
         rates: dict[str, list[float]] = {"sink": [], "mss": []}
         number = 0
         try:
@@ -300,12 +327,18 @@ def main() -> None:
             for process in (peer, bare):
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=120)
-        ratios = [m / s for m, s in zip(rates["mss"], rates["sink"])]
-        print(f"sink msg/s min/median/max: {min(rates['sink']):.1f} / {statistics.median(rates['sink']):.1f} / "
-              f"{max(rates['sink']):.1f}")
-        print(f"mss  msg/s min/median/max: {min(rates['mss']):.1f} / {statistics.median(rates['mss']):.1f} / "
-              f"{max(rates['mss']):.1f}")
-        print(f"mss / sink ratio min/median/max: {min(ratios):.0%} / {statistics.median(ratios):.0%} / {max(ratios):.0%}")
+        ratios = [m / s for m, s in zip(rates["mss"], rates["sink"], strict=True)]
+        print(
+            f"sink msg/s min/median/max: {min(rates['sink']):.1f} / {statistics.median(rates['sink']):.1f} / "
+            f"{max(rates['sink']):.1f}"
+        )
+        print(
+            f"mss  msg/s min/median/max: {min(rates['mss']):.1f} / {statistics.median(rates['mss']):.1f} / "
+            f"{max(rates['mss']):.1f}"
+        )
+        print(
+            f"mss / sink ratio min/median/max: {min(ratios):.0%} / {statistics.median(ratios):.0%} / {max(ratios):.0%}"
+        )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ import asyncio
 import collections
 import os
 import platform
-import ssl
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -50,6 +50,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
 from bench_relay import free_port, pdf_of_size, referral  # noqa: E402
+
 from mss.demo import load_demo  # noqa: E402
 from mss.runtime import open_runtime  # noqa: E402
 from mss.settings import Settings  # noqa: E402
@@ -132,8 +133,14 @@ async def timed_batch(client: aiosmtplib.SMTP, sender: str, recipient: str, coun
     return latencies
 
 
-async def hostile_loop(client: aiosmtplib.SMTP, sender: str, recipient: str, raw: bytes, stop: asyncio.Event,
-                       answers: collections.Counter[str]) -> None:
+async def hostile_loop(
+    client: aiosmtplib.SMTP,
+    sender: str,
+    recipient: str,
+    raw: bytes,
+    stop: asyncio.Event,
+    answers: collections.Counter[str],
+) -> None:
     while not stop.is_set():
         try:
             await client.sendmail(sender, [recipient], raw)
@@ -142,8 +149,16 @@ async def hostile_loop(client: aiosmtplib.SMTP, sender: str, recipient: str, raw
             answers[f"{refused.code} {refused.message[:60]}"] += 1
 
 
-async def run_kind(port: int, context: ssl.SSLContext, good, bad, kind: str,  # type: ignore[no-untyped-def]
-                   reps: int, messages: int, hostile_sessions: int) -> None:
+async def run_kind(
+    port: int,
+    context: ssl.SSLContext,
+    good,
+    bad,
+    kind: str,  # type: ignore[no-untyped-def]
+    reps: int,
+    messages: int,
+    hostile_sessions: int,
+) -> None:
     """``good`` sends the ordinary messages to ``bad``, who sends the hostile ones back."""
     ordinary = await session(port, context, good.address, good.password)
     sender, recipient = good.address, bad.address
@@ -164,8 +179,10 @@ async def run_kind(port: int, context: ssl.SSLContext, good, bad, kind: str,  # 
         await asyncio.gather(*tasks)
         ratio = statistics.median(loaded) / statistics.median(idle)
         ratios.append(ratio)
-        print(f"{rep:>4}{statistics.median(idle) * 1000:>13.1f}{statistics.median(loaded) * 1000:>15.1f}"
-              f"{max(loaded) * 1000:>15.1f}{ratio:>8.2f}")
+        print(
+            f"{rep:>4}{statistics.median(idle) * 1000:>13.1f}{statistics.median(loaded) * 1000:>15.1f}"
+            f"{max(loaded) * 1000:>15.1f}{ratio:>8.2f}"
+        )
     print(f"ratio loaded/idle: min {min(ratios):.2f}, median {statistics.median(ratios):.2f}, max {max(ratios):.2f}")
     for answer, count in answers.most_common():
         print(f"  hostile messages answered {answer!r}: {count}")
@@ -201,8 +218,10 @@ def main() -> None:
         context = ssl.create_default_context(cafile=str(settings.pki.certs_dir / "ca.pem"))
         source = (args.relay_source or PROJECT_ROOT).resolve()
         relay = launch([sys.executable, "-m", "mss.relay"], env, port, root / "relay.log", source)
-        print(f"# {time.strftime('%Y-%m-%d')} {platform.node()} {platform.processor() or platform.machine()} "
-              f"{os.cpu_count()} CPUs, Python {platform.python_version()}, relay from {source}")
+        print(
+            f"# {time.strftime('%Y-%m-%d')} {platform.node()} {platform.processor() or platform.machine()} "
+            f"{os.cpu_count()} CPUs, Python {platform.python_version()}, relay from {source}"
+        )
         try:
             for kind in kinds:
                 asyncio.run(run_kind(port, context, good, bad, kind, args.reps, args.messages, args.hostile_sessions))

@@ -81,8 +81,15 @@ def message(sender: str, to: str, number: int, attachment: bytes) -> bytes:
 
 
 def submit(rt, sender, to: str, number: int, attachment: bytes) -> None:  # type: ignore[no-untyped-def]
-    pipeline.submit(rt, Submission(sender=sender, recipients=(RecipientRequest(to),),
-                                   raw=message(sender.address, to, number, attachment), channel="smtp"))
+    pipeline.submit(
+        rt,
+        Submission(
+            sender=sender,
+            recipients=(RecipientRequest(to),),
+            raw=message(sender.address, to, number, attachment),
+            channel="smtp",
+        ),
+    )
 
 
 def dovecot_config(root: Path, port: int, certs: PkiPaths) -> Path:
@@ -209,7 +216,12 @@ def idle_latency(port: int, user: str, password: str, ca: str, deliver, count: i
         seen_round = 0
         while not stop.is_set() and seen_round < count:
             for response in client.idle_check(timeout=0.5):
-                if isinstance(response, tuple) and len(response) > 1 and response[1] == b"EXISTS" and response[0] > exists:
+                if (
+                    isinstance(response, tuple)
+                    and len(response) > 1
+                    and response[1] == b"EXISTS"
+                    and response[0] > exists
+                ):
                     exists = response[0]
                     with lock:
                         hits[seen_round] += 1
@@ -290,7 +302,9 @@ def main() -> None:
     mss_cli = str(Path(sys.executable).parent / "mss")
     servers = [
         subprocess.Popen([mss_cli, "serve", "imap"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen(["/usr/sbin/dovecot", "-F", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen(
+            ["/usr/sbin/dovecot", "-F", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ),
     ]
     try:
         wait_port(imaps_port)
@@ -305,7 +319,7 @@ def main() -> None:
                 port, user, password = sides[name]
                 times[name].append(mbsync_sync(root, port, user, password, certs.tls_certificate))
                 print(f"  full sync {name}: {times[name][-1]:.2f} s", flush=True)
-        ratios = [m / d for m, d in zip(times["mss"], times["dovecot"])]
+        ratios = [m / d for m, d in zip(times["mss"], times["dovecot"], strict=True)]
 
         def to_mss(number: int) -> None:
             submit(rt, sender, reader.address, args.messages + 1000 + number, attachment)
@@ -317,10 +331,17 @@ def main() -> None:
             tmp.rename(root / "dovecot" / "maildir" / "new" / f"idle-{number}")
 
         idle = {
-            "mss": idle_latency(imaps_port, reader.address, reader_item.password, str(certs.ca_certificate), to_mss,
-                                args.idle_messages),
-            "dovecot": idle_latency(dovecot_port, reader.address, DOVECOT_PASSWORD, str(certs.ca_certificate),
-                                    to_dovecot, args.idle_messages),
+            "mss": idle_latency(
+                imaps_port, reader.address, reader_item.password, str(certs.ca_certificate), to_mss, args.idle_messages
+            ),
+            "dovecot": idle_latency(
+                dovecot_port,
+                reader.address,
+                DOVECOT_PASSWORD,
+                str(certs.ca_certificate),
+                to_dovecot,
+                args.idle_messages,
+            ),
         }
     finally:
         for server in servers:
@@ -331,11 +352,15 @@ def main() -> None:
     print()
     print(f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}")
     print(f"mailbox: {args.messages} messages, {args.repetitions} interleaved repetitions (min / median / max)")
-    print(f"full sync (mbsync, s)   mss {summary(times['mss'])}   dovecot {summary(times['dovecot'])}"
-          f"   ratio mss/dovecot {summary(ratios)}")
+    print(
+        f"full sync (mbsync, s)   mss {summary(times['mss'])}   dovecot {summary(times['dovecot'])}"
+        f"   ratio mss/dovecot {summary(ratios)}"
+    )
     print(f"  mss per message: {statistics.median(times['mss']) / args.messages * 1000:.1f} ms")
-    print(f"IDLE, {IDLE_CLIENTS} clients, seconds until all saw a new message:"
-          f"   mss {summary(idle['mss'])}   dovecot {summary(idle['dovecot'])}")
+    print(
+        f"IDLE, {IDLE_CLIENTS} clients, seconds until all saw a new message:"
+        f"   mss {summary(idle['mss'])}   dovecot {summary(idle['dovecot'])}"
+    )
     shutil.rmtree(root, ignore_errors=True)
 
 

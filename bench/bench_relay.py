@@ -78,8 +78,12 @@ def referral(sender: str, recipients: list[str], size: int, number: int) -> byte
     msg["Message-ID"] = f"<bench-{number}-{time.time_ns()}@client.test>"
     msg.set_content("Bonjour,\nci-joint le compte rendu.\nBien confraternellement.\n")
     # base64 adds a third; headers and the body take about 1 KB.
-    msg.add_attachment(pdf_of_size(max(1000, (size - 1200) * 3 // 4)), maintype="application", subtype="pdf",
-                       filename="compte-rendu.pdf")
+    msg.add_attachment(
+        pdf_of_size(max(1000, (size - 1200) * 3 // 4)),
+        maintype="application",
+        subtype="pdf",
+        filename="compte-rendu.pdf",
+    )
     return msg.as_bytes()
 
 
@@ -106,10 +110,17 @@ def bare_server() -> None:
         context = server_context(settings)
         server = await loop.create_server(
             lambda: SMTP(
-                Accept(), tls_context=context, require_starttls=True, auth_required=True, authenticator=accept_any,
-                data_size_limit=settings.relay.max_message_size, hostname="localhost", loop=loop,
+                Accept(),
+                tls_context=context,
+                require_starttls=True,
+                auth_required=True,
+                authenticator=accept_any,
+                data_size_limit=settings.relay.max_message_size,
+                hostname="localhost",
+                loop=loop,
             ),
-            host="127.0.0.1", port=settings.relay.port,
+            host="127.0.0.1",
+            port=settings.relay.port,
         )
         async with server:
             await server.serve_forever()
@@ -135,8 +146,17 @@ class Result:
         return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-async def drive(port: int, ca_file: Path, sender: str, password: str, recipients: list[str], *, size: int,
-                sessions: int, per_session: int) -> Result:
+async def drive(
+    port: int,
+    ca_file: Path,
+    sender: str,
+    password: str,
+    recipients: list[str],
+    *,
+    size: int,
+    sessions: int,
+    per_session: int,
+) -> Result:
     import ssl
 
     context = ssl.create_default_context(cafile=str(ca_file))
@@ -191,10 +211,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="fewer messages per case")
-    parser.add_argument("--only", choices=sorted(f"{s}x{c}" for s in SIZES for c in (1, 10)), action="append",
-                        help="run only these cases (e.g. 10KBx1); repeatable")
-    parser.add_argument("--py-spy", metavar="FILE", type=Path,
-                        help="run the relay under py-spy: a flame graph (SVG), or collapsed stacks for *.txt")
+    parser.add_argument(
+        "--only",
+        choices=sorted(f"{s}x{c}" for s in SIZES for c in (1, 10)),
+        action="append",
+        help="run only these cases (e.g. 10KBx1); repeatable",
+    )
+    parser.add_argument(
+        "--py-spy",
+        metavar="FILE",
+        type=Path,
+        help="run the relay under py-spy: a flame graph (SVG), or collapsed stacks for *.txt",
+    )
     args = parser.parse_args()
     if args.bare_server:
         bare_server()
@@ -226,30 +254,69 @@ def main() -> None:
         if args.py_spy:
             style = "raw" if args.py_spy.suffix == ".txt" else "flamegraph"
             py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-            relay_command = [py_spy, "record", "--threads", "--format", style, "-o", str(args.py_spy), "--",
-                             *relay_command]
+            relay_command = [
+                py_spy,
+                "record",
+                "--threads",
+                "--format",
+                style,
+                "-o",
+                str(args.py_spy),
+                "--",
+                *relay_command,
+            ]
         relay = start(relay_command, env, relay_port, root / "relay.log")
-        bare = start([sys.executable, __file__, "--bare-server"], {**env, "MSS_SMTP_PORT": str(bare_port)}, bare_port,
-                     root / "bare.log")
+        bare = start(
+            [sys.executable, __file__, "--bare-server"],
+            {**env, "MSS_SMTP_PORT": str(bare_port)},
+            bare_port,
+            root / "bare.log",
+        )
         backend = settings.storage.database_url.split(":")[0]
-        print(f"# {time.strftime('%Y-%m-%d')} {platform.node()} {platform.processor() or platform.machine()} "
-              f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {backend}")
-        print(f"{'case':<14}{'bare msg/s':>11}{'relay msg/s':>12}{'ratio':>7}"
-              f"{'bare p50/p95 ms':>18}{'relay p50/p95 ms':>19}")
+        print(
+            f"# {time.strftime('%Y-%m-%d')} {platform.node()} {platform.processor() or platform.machine()} "
+            f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {backend}"
+        )
+        print(
+            f"{'case':<14}{'bare msg/s':>11}{'relay msg/s':>12}{'ratio':>7}"
+            f"{'bare p50/p95 ms':>18}{'relay p50/p95 ms':>19}"
+        )
         try:
             for (label, sessions), per_session in counts.items():
                 size = SIZES[label]
                 results = {}
                 for name, port in (("bare", bare_port), ("relay", relay_port)):
                     # One warm-up message per session, then the timed run.
-                    asyncio.run(drive(port, ca_file, sender.address, sender.password, recipients, size=size,
-                                      sessions=sessions, per_session=1))
-                    results[name] = asyncio.run(drive(port, ca_file, sender.address, sender.password, recipients,
-                                                      size=size, sessions=sessions, per_session=per_session))
+                    asyncio.run(
+                        drive(
+                            port,
+                            ca_file,
+                            sender.address,
+                            sender.password,
+                            recipients,
+                            size=size,
+                            sessions=sessions,
+                            per_session=1,
+                        )
+                    )
+                    results[name] = asyncio.run(
+                        drive(
+                            port,
+                            ca_file,
+                            sender.address,
+                            sender.password,
+                            recipients,
+                            size=size,
+                            sessions=sessions,
+                            per_session=per_session,
+                        )
+                    )
                 b, r = results["bare"], results["relay"]
-                print(f"{label + ' x' + str(sessions):<14}{b.rate:>11.1f}{r.rate:>12.1f}{r.rate / b.rate:>7.0%}"
-                      f"{b.percentile(50) * 1000:>9.1f}/{b.percentile(95) * 1000:<8.1f}"
-                      f"{r.percentile(50) * 1000:>10.1f}/{r.percentile(95) * 1000:<8.1f}")
+                print(
+                    f"{label + ' x' + str(sessions):<14}{b.rate:>11.1f}{r.rate:>12.1f}{r.rate / b.rate:>7.0%}"
+                    f"{b.percentile(50) * 1000:>9.1f}/{b.percentile(95) * 1000:<8.1f}"
+                    f"{r.percentile(50) * 1000:>10.1f}/{r.percentile(95) * 1000:<8.1f}"
+                )
         finally:
             for process in (relay, bare):
                 # SIGINT: py-spy then writes its flame graph and stops the relay cleanly too.

@@ -20,7 +20,7 @@ from unidecode import unidecode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from directory.extract import HEADER, SEPARATOR  # noqa: E402
+from directory.extract import HEADER, SEPARATOR
 
 LAST_NAMES = (
     "MARTIN BERNARD THOMAS PETIT ROBERT RICHARD DURAND DUBOIS MOREAU LAURENT SIMON MICHEL "

@@ -14,31 +14,37 @@ import getpass
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from mss.errors import MssError
+from mss.errors import MssError, NoSuchAccount
 from mss.files import write_file
 from mss.runtime import Runtime, open_runtime
 from mss.settings import Settings
 
 # Plain help (no rich boxes): Typer's rich help labels every flag "<bool>" as if it took a
 # value; the plain form shows a flag as a flag, and reads the same in a pipe or a log.
-HELP = {"rich_markup_mode": None, "no_args_is_help": True}
-app = typer.Typer(help="mss: secure messaging for health professionals.", add_completion=False, **HELP)
-pki_app = typer.Typer(help="Development PKI and S/MIME certificates.", **HELP)
-directory_app = typer.Typer(help="The directory of professionals.", **HELP)
-account_app = typer.Typer(help="Accounts, passwords, second factor and keys.", **HELP)
-audit_app = typer.Typer(help="The audit trail.", **HELP)
-trust_app = typer.Typer(help="The trust list: other operators' domains, and their routes.", **HELP)
-queue_app = typer.Typer(help="The outbound queue: messages for other operators.", **HELP)
-report_app = typer.Typer(help="Reports for the operator.", **HELP)
-lifecycle_app = typer.Typer(help="Inactive mailboxes and audit retention.", **HELP)
+
+
+def _group(help_text: str, *, add_completion: bool = True) -> typer.Typer:
+    """A command group: plain help text, and its help when called with no command."""
+    return typer.Typer(help=help_text, rich_markup_mode=None, no_args_is_help=True, add_completion=add_completion)
+
+
+app = _group("mss: secure messaging for health professionals.", add_completion=False)
+pki_app = _group("Development PKI and S/MIME certificates.")
+directory_app = _group("The directory of professionals.")
+account_app = _group("Accounts, passwords, second factor and keys.")
+audit_app = _group("The audit trail.")
+trust_app = _group("The trust list: other operators' domains, and their routes.")
+queue_app = _group("The outbound queue: messages for other operators.")
+report_app = _group("Reports for the operator.")
+lifecycle_app = _group("Inactive mailboxes and audit retention.")
 app.add_typer(pki_app, name="pki")
 app.add_typer(directory_app, name="directory")
 app.add_typer(account_app, name="account")
@@ -60,12 +66,15 @@ Compatible = Annotated[
     bool,
     typer.Option(
         "--compatible",
-        help="PKCS#12 with SHA-1/3DES password encryption, for gpgsm 2.2 (Debian 12); export password at most 31 characters.",
+        help=(
+            "PKCS#12 with SHA-1/3DES password encryption, for gpgsm 2.2 (Debian 12);"
+            " export password at most 31 characters."
+        ),
     ),
 ]
 
 
-class Format(str, enum.Enum):
+class Format(enum.StrEnum):
     """How a listing is printed."""
 
     table = "table"
@@ -177,7 +186,9 @@ def print_enrolment(enrolment: Any) -> None:
 @handles_errors
 def pki_init(
     if_missing: Annotated[bool, typer.Option("--if-missing", help="Do nothing when the PKI exists.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Regenerate everything (invalidates issued certificates).")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Regenerate everything (invalidates issued certificates).")
+    ] = False,
 ) -> None:
     """Create the development CA, CRL, TLS certificate and recovery key pair."""
     from mss.crypto import pki
@@ -192,7 +203,8 @@ def pki_init(
     if "recovery" in dev.generated:
         out.print(
             f"recovery PRIVATE key: {dev.paths.recovery_private_key} - move it offline now (a safe, an offline"
-            " USB key): it opens every account's key; `mss account recover` and `rekey --recovery-key` read it from there",
+            " USB key): it opens every account's key; `mss account recover` and `rekey --recovery-key`"
+            " read it from there",
             highlight=False,
         )
 
@@ -216,14 +228,18 @@ def pki_issue(
             session, rt.settings, address, export_password, actor=actor(), profile=profile
         )
     write_file(out_file, blob, private=True)
-    out.print(f"issued certificate {row.serial} for {row.address}, valid until {row.not_after:%Y-%m-%d}; key in {out_file}")
+    out.print(
+        f"issued certificate {row.serial} for {row.address}, valid until {row.not_after:%Y-%m-%d}; key in {out_file}"
+    )
 
 
 @pki_app.command("revoke")
 @handles_errors
 def pki_revoke(
     address: str,
-    reason: Annotated[str, typer.Option(help="keyCompromise, affiliationChanged, superseded, cessationOfOperation ...")] = "unspecified",
+    reason: Annotated[
+        str, typer.Option(help="keyCompromise, affiliationChanged, superseded, cessationOfOperation ...")
+    ] = "unspecified",
 ) -> None:
     """Revoke the certificates of an address and publish the new CRL."""
     from directory import certificates
@@ -246,7 +262,9 @@ def pki_revoke(
 @pki_app.command("renew")
 @handles_errors
 def pki_renew(
-    within: Annotated[str, typer.Option("--within", help="Renew certificates ending within this time: 30d, 8w ...")] = "30d",
+    within: Annotated[
+        str, typer.Option("--within", help="Renew certificates ending within this time: 30d, 8w ...")
+    ] = "30d",
 ) -> None:
     """Renew the certificates of accounts that end soon (same key pair); list the others."""
     from mss import accounts
@@ -260,7 +278,9 @@ def pki_renew(
         out.print(f"renewed {address}: certificate {serial}, valid until {not_after:%Y-%m-%d}", highlight=False)
     for who, why in renewal.skipped:
         out.print(f"not renewed {who}: {why}", highlight=False)
-    out.print(f"{len(renewal.renewed)} renewed, {len(renewal.skipped)} not renewed (certificates ending within {days} days)")
+    out.print(
+        f"{len(renewal.renewed)} renewed, {len(renewal.skipped)} not renewed (certificates ending within {days} days)"
+    )
 
 
 def parse_days(text: str) -> int:
@@ -269,7 +289,9 @@ def parse_days(text: str) -> int:
     unit = 7 if value.endswith("w") else 1
     number = value.rstrip("dw")
     if not number.isdigit() or not 0 < int(number) * unit <= 3650:
-        raise typer.BadParameter(f"{text!r} is not a duration such as 30d or 8w (at most 10 years)", param_hint="--within")
+        raise typer.BadParameter(
+            f"{text!r} is not a duration such as 30d or 8w (at most 10 years)", param_hint="--within"
+        )
     return int(number) * unit
 
 
@@ -294,11 +316,19 @@ def directory_import(
             TimeRemainingColumn,
         )
 
-        with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                      TimeRemainingColumn(), console=err) as bar:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            console=err,
+        ) as bar:
             task = bar.add_task("importing", total=path.stat().st_size if path.exists() else None)
             summary = import_extract(
-                rt.engine, path, prune=prune, actor=actor(),
+                rt.engine,
+                path,
+                prune=prune,
+                actor=actor(),
                 progress=lambda _lines, done, total: bar.update(task, completed=done, total=total),
             )
     else:
@@ -386,10 +416,21 @@ def directory_list(
 
 def entry_dict(e: Any) -> dict[str, Any]:
     return {
-        "address": e.address, "kind": e.kind, "name": e.display_name, "rpps": e.rpps, "civility": e.civility,
-        "last_name": e.last_name, "first_name": e.first_name, "profession": e.profession_label, "skill": e.skill_label,
-        "organisation": e.org_name, "service": e.service, "city": e.city, "postal_code": e.postal_code,
-        "status": e.status, "status_reason": e.status_reason,
+        "address": e.address,
+        "kind": e.kind,
+        "name": e.display_name,
+        "rpps": e.rpps,
+        "civility": e.civility,
+        "last_name": e.last_name,
+        "first_name": e.first_name,
+        "profession": e.profession_label,
+        "skill": e.skill_label,
+        "organisation": e.org_name,
+        "service": e.service,
+        "city": e.city,
+        "postal_code": e.postal_code,
+        "status": e.status,
+        "status_reason": e.status_reason,
     }
 
 
@@ -406,10 +447,18 @@ def directory_show(address: str) -> None:
     for key, value in entry_dict(entry).items():
         out.print(f"{key:>14}: {value}", highlight=False)
     domain = entry.address.rpartition("@")[2]
-    operator = "this operator" if rt.settings.serves(entry.address) else f"another operator ({domain}): no account or certificate here"
+    operator = (
+        "this operator"
+        if rt.settings.serves(entry.address)
+        else f"another operator ({domain}): no account or certificate here"
+    )
     out.print(f"{'operator':>14}: {operator}", highlight=False)
     for c in certs:
-        state = f"revoked {c.revoked_at:%Y-%m-%d} ({c.revocation_reason})" if c.revoked_at else f"valid until {c.not_after:%Y-%m-%d}"
+        state = (
+            f"revoked {c.revoked_at:%Y-%m-%d} ({c.revocation_reason})"
+            if c.revoked_at
+            else f"valid until {c.not_after:%Y-%m-%d}"
+        )
         out.print(f"   certificate: {c.serial} ({state})", highlight=False)
 
 
@@ -420,7 +469,10 @@ def directory_add(
     kind: Annotated[str, typer.Option(help="PER (a person) or ORG (an organisation).")] = "PER",
     rpps: Annotated[str, typer.Option(help="Professional identifier (PER): RPPS (11 digits) or ADELI (9).")] = "",
     rpps_type: Annotated[
-        str, typer.Option("--rpps-type", help="Identifier type: 8 or rpps, 0 or adeli (guessed from its shape when left out).")
+        str,
+        typer.Option(
+            "--rpps-type", help="Identifier type: 8 or rpps, 0 or adeli (guessed from its shape when left out)."
+        ),
     ] = "",
     last_name: Annotated[str, typer.Option()] = "",
     first_name: Annotated[str, typer.Option()] = "",
@@ -440,10 +492,19 @@ def directory_add(
     if rpps_type.strip().lower() not in types:
         raise typer.BadParameter("use 8 (or rpps) or 0 (or adeli)", param_hint="--rpps-type")
     fields = {
-        "address": address, "kind": kind.upper(), "rpps": rpps, "rpps_type": types[rpps_type.strip().lower()],
-        "last_name": last_name, "first_name": first_name,
-        "civility": civility, "profession_code": profession_code, "profession_label": profession_label,
-        "org_name": org_name, "service": service_name, "postal_code": postal_code, "city": city,
+        "address": address,
+        "kind": kind.upper(),
+        "rpps": rpps,
+        "rpps_type": types[rpps_type.strip().lower()],
+        "last_name": last_name,
+        "first_name": first_name,
+        "civility": civility,
+        "profession_code": profession_code,
+        "profession_label": profession_label,
+        "org_name": org_name,
+        "service": service_name,
+        "postal_code": postal_code,
+        "city": city,
     }
     rt = runtime()
     with session_scope(rt.engine) as session:
@@ -510,8 +571,10 @@ ACCOUNT_COLUMNS = (
 def account_list(
     state: Annotated[
         str,
-        typer.Option(help="Only accounts in this state: active, locked, disabled, entry-revoked, "
-                          "certificate-revoked, certificate-expired, domain-not-served."),
+        typer.Option(
+            help="Only accounts in this state: active, locked, disabled, entry-revoked, "
+            "certificate-revoked, certificate-expired, domain-not-served."
+        ),
     ] = "",
     fmt: FormatOption = Format.table,
 ) -> None:
@@ -524,9 +587,13 @@ def account_list(
         found = accounts.list_accounts(session, rt.settings, state=state.strip().lower())
     rows = [
         {
-            "address": a.address, "state": a.state, "two_factor": a.two_factor,
-            "certificate_serial": a.certificate_serial, "certificate_not_after": a.certificate_not_after,
-            "last_login": a.last_login, "reason": a.reason,
+            "address": a.address,
+            "state": a.state,
+            "two_factor": a.two_factor,
+            "certificate_serial": a.certificate_serial,
+            "certificate_not_after": a.certificate_not_after,
+            "last_login": a.last_login,
+            "reason": a.reason,
         }
         for a in found
     ]
@@ -626,9 +693,12 @@ def account_recover(
 @handles_errors
 def account_rekey(
     address: str,
-    reason: Annotated[str, typer.Option(help="Why the old certificate is revoked: superseded, keyCompromise ...")] = "superseded",
+    reason: Annotated[
+        str, typer.Option(help="Why the old certificate is revoked: superseded, keyCompromise ...")
+    ] = "superseded",
     recovery_key: Annotated[
-        Optional[Path], typer.Option("--recovery-key", help="Open the keys with the offline recovery key (then set a new password).")
+        Path | None,
+        typer.Option("--recovery-key", help="Open the keys with the offline recovery key (then set a new password)."),
     ] = None,
     password_stdin: PasswordStdin = False,
 ) -> None:
@@ -639,7 +709,7 @@ def account_rekey(
     rt = runtime()
     reader = SecretReader(password_stdin)
     if recovery_key is None:
-        secrets = {"password": reader.read("Account password")}
+        secrets: dict[str, Any] = {"password": reader.read("Account password")}
     else:
         secrets = {"recovery_private_key_file": recovery_key, "new_password": reader.read("New password", confirm=True)}
     with session_scope(rt.engine) as session:
@@ -663,7 +733,7 @@ def account_imap_mode(
     rt = runtime()
     with session_scope(rt.engine, readonly=True) as session:
         if accounts.get_account(session, address) is None:
-            raise accounts.NoSuchAccount(f"no account for {address.strip().lower()}")
+            raise NoSuchAccount(f"no account for {address.strip().lower()}")
     changed = served.set_mode(rt.engine, address, mode, actor=actor())
     out.print(f"{address.strip().lower()}: IMAP mode {mode}" + ("" if changed else " (unchanged)"))
 
@@ -715,15 +785,15 @@ def parse_date(value: str) -> datetime:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise MssError(f"not a date: {value!r} (use YYYY-MM-DD or an ISO 8601 time)") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @audit_app.command("export")
 @handles_errors
 def audit_export(
-    since: Annotated[Optional[str], typer.Option(help="YYYY-MM-DD or ISO 8601 time.")] = None,
+    since: Annotated[str | None, typer.Option(help="YYYY-MM-DD or ISO 8601 time.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="File to write (default: standard output).")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="File to write (default: standard output).")] = None,
 ) -> None:
     """Export events (with their hashes, so they can be re-verified elsewhere)."""
     from mss import audit
@@ -736,7 +806,7 @@ def audit_export(
     handle = out_file.open("w", encoding="utf-8", newline="") if out_file else sys.stdout
     try:
         with session_scope(rt.engine) as session:
-            for line in audit.export(session, since=start, fmt=fmt):
+            for line in audit.export(session, since=start, fmt=fmt):  # type: ignore[arg-type]  # checked above
                 handle.write(line)
     finally:
         if out_file:
@@ -746,14 +816,14 @@ def audit_export(
 @audit_app.command("purge")
 @handles_errors
 def audit_purge(
-    before: Annotated[Optional[str], typer.Option(help="Default: now minus MSS_AUDIT_RETENTION_DAYS.")] = None,
+    before: Annotated[str | None, typer.Option(help="Default: now minus MSS_AUDIT_RETENTION_DAYS.")] = None,
 ) -> None:
     """Delete events past retention, leaving a signed checkpoint so the chain still verifies."""
     from mss import audit
     from mss.db import session_scope
 
     rt = runtime()
-    cut = parse_date(before) if before else datetime.now(timezone.utc) - timedelta(days=rt.settings.audit_retention_days)
+    cut = parse_date(before) if before else datetime.now(UTC) - timedelta(days=rt.settings.audit_retention_days)
     with session_scope(rt.engine) as session:
         result = audit.purge(session, rt.master_key, before=cut)
     out.print(f"purged {result.deleted} events before {cut:%Y-%m-%d %H:%M} (checkpoint at event {result.through_seq})")
@@ -767,7 +837,7 @@ def audit_purge(
 def report_indicators(
     month: Annotated[str, typer.Option(help="The month, YYYY-MM (UTC).")],
     fmt: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="File to write (default: standard output).")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="File to write (default: standard output).")] = None,
 ) -> None:
     """Usage indicators of one month (definitions in the README, "Indicators")."""
     from mss import indicators
@@ -806,11 +876,17 @@ def lifecycle_run() -> None:
 
 # -- messages ----------------------------------------------------------------------------
 
-message_app = typer.Typer(help="Stored messages.", **HELP)
+message_app = _group("Stored messages.")
 app.add_typer(message_app, name="message")
 
 
-TRACE_COLUMNS = (("at", "time (UTC)"), ("action", "event"), ("actor", "by"), ("outcome", "outcome"), ("detail", "detail"))
+TRACE_COLUMNS = (
+    ("at", "time (UTC)"),
+    ("action", "event"),
+    ("actor", "by"),
+    ("outcome", "outcome"),
+    ("detail", "detail"),
+)
 
 
 @app.command("trace")
@@ -836,16 +912,23 @@ def trace(
         {"kind": r.kind, "status": r.status, "recipient": r.recipient, "at": r.at.isoformat()} for r in journey.receipts
     ]
     if fmt is Format.json:
-        print(json.dumps({
-            "message_id": row.message_id, "queue_id": row.queue_id, "sender": row.sender,
-            "events": [{**e, "at": e["at"].isoformat()} for e in events],
-            "deliveries": deliveries, "receipts": receipts,
-        }, ensure_ascii=False, indent=2))
+        print(
+            json.dumps(
+                {
+                    "message_id": row.message_id,
+                    "queue_id": row.queue_id,
+                    "sender": row.sender,
+                    "events": [{**e, "at": e["at"].isoformat()} for e in events],
+                    "deliveries": deliveries,
+                    "receipts": receipts,
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
         return
     shown = {"recipient", "status", "reason", "channel", "documents", "decision", "by"}
-    rows = [
-        {**e, "detail": ", ".join(f"{k}={v}" for k, v in e["detail"].items() if k in shown)} for e in events
-    ]
+    rows = [{**e, "detail": ", ".join(f"{k}={v}" for k, v in e["detail"].items() if k in shown)} for e in events]
     if fmt is Format.csv:
         print_listing(TRACE_COLUMNS, rows, fmt, summary=f"{len(rows)} events for {row.queue_id}")
         return
@@ -854,7 +937,9 @@ def trace(
     for d in deliveries:
         out.print(f"  {d['recipient']}: {d['status']}" + (f" ({d['reason']})" if d["reason"] else ""), highlight=False)
     for r in journey.receipts:
-        out.print(f"  receipt {r.kind.upper()} {r.status} for {r.recipient} at {r.at:%Y-%m-%d %H:%M:%S}", highlight=False)
+        out.print(
+            f"  receipt {r.kind.upper()} {r.status} for {r.recipient} at {r.at:%Y-%m-%d %H:%M:%S}", highlight=False
+        )
 
 
 @message_app.command("export")
@@ -881,7 +966,7 @@ def message_export(
 @trust_app.command("import")
 @handles_errors
 def trust_import(
-    path: Annotated[Path, typer.Argument(help="The published list (MSSanté \"liste blanche\" XML).")],
+    path: Annotated[Path, typer.Argument(help='The published list (MSSanté "liste blanche" XML).')],
     prune: Annotated[bool, typer.Option("--prune", help="Drop imported domains no longer in the file.")] = False,
 ) -> None:
     """Put every domain of the published trust list on the list."""
@@ -893,8 +978,10 @@ def trust_import(
         result = trust.import_list(session, rt.settings, path, prune=prune, actor=actor())
     for line, reason in result.rejected:
         err.print(f"line {line}: {reason}" if line else reason, highlight=False)
-    out.print(f"added {len(result.added)}, already listed {result.kept}, removed {len(result.removed)}, "
-              f"rejected {len(result.rejected)}")
+    out.print(
+        f"added {len(result.added)}, already listed {result.kept}, removed {len(result.removed)}, "
+        f"rejected {len(result.rejected)}"
+    )
 
 
 @trust_app.command("list")
@@ -910,16 +997,27 @@ def trust_list(as_json: Annotated[bool, typer.Option("--json", help="One JSON ob
     if as_json:
         for row in rows:
             route = row.route
-            print(json.dumps({"domain": row.domain, "source": row.source,
-                              "route": f"{route.host}:{route.port}" if route else None,
-                              "certificates": route.certificates_url if route else None}))
+            print(
+                json.dumps(
+                    {
+                        "domain": row.domain,
+                        "source": row.source,
+                        "route": f"{route.host}:{route.port}" if route else None,
+                        "certificates": route.certificates_url if route else None,
+                    }
+                )
+            )
         return
     table = Table("domain", "source", "route", "certificates")
     for row in rows:
         route = row.route
         default = "DNS MX" if rt.settings.is_production else "(none: mail waits)"
-        table.add_row(row.domain, row.source, f"{route.host}:{route.port}" if route else default,
-                      route.certificates_url if route and route.certificates_url else "-")
+        table.add_row(
+            row.domain,
+            row.source,
+            f"{route.host}:{route.port}" if route else default,
+            route.certificates_url if route and route.certificates_url else "-",
+        )
     out.print(table)
     out.print(f"{len(rows)} domain(s) on the trust list")
 
@@ -954,9 +1052,12 @@ def trust_remove(domain: str) -> None:
 @handles_errors
 def trust_route(
     domain: str,
-    host_port: Annotated[Optional[str], typer.Argument(metavar="HOST:PORT", help="Where its mail goes.")] = None,
+    host_port: Annotated[str | None, typer.Argument(metavar="HOST:PORT", help="Where its mail goes.")] = None,
     certificates: Annotated[
-        str, typer.Option("--certificates", help="URL where its operator publishes S/MIME certificates (…/pki/certificates/).")
+        str,
+        typer.Option(
+            "--certificates", help="URL where its operator publishes S/MIME certificates (…/pki/certificates/)."
+        ),
     ] = "",
     remove: Annotated[bool, typer.Option("--remove", help="Forget the route (DNS MX again).")] = False,
 ) -> None:
@@ -973,8 +1074,10 @@ def trust_route(
         if host_port is None:
             raise MssError("give HOST:PORT, or --remove")
         route = trust.set_route(session, rt.settings, domain, host_port, certificates_url=certificates, actor=actor())
-    out.print(f"{route.domain} -> {route.host}:{route.port}"
-              + (f", certificates from {route.certificates_url}" if route.certificates_url else ""))
+    out.print(
+        f"{route.domain} -> {route.host}:{route.port}"
+        + (f", certificates from {route.certificates_url}" if route.certificates_url else "")
+    )
 
 
 @queue_app.command("list")
@@ -993,22 +1096,53 @@ def queue_list(
         stats = queue.stats(session)
     if as_json:
         for w in rows:
-            print(json.dumps({
-                "id": w.queue_id, "message": w.message_queue_id, "kind": w.kind, "domain": w.domain,
-                "protection": w.protection, "from": w.mail_from or "<>", "state": w.state,
-                "recipients": [{"address": a, "state": st, "reply": r} for a, st, r in w.recipients],
-                "attempts": w.attempts, "created": w.created_at.isoformat(),
-                "next_attempt": w.next_attempt_at.isoformat(), "last_error": w.last_error, "in_flight": w.in_flight,
-            }))
+            print(
+                json.dumps(
+                    {
+                        "id": w.queue_id,
+                        "message": w.message_queue_id,
+                        "kind": w.kind,
+                        "domain": w.domain,
+                        "protection": w.protection,
+                        "from": w.mail_from or "<>",
+                        "state": w.state,
+                        "recipients": [{"address": a, "state": st, "reply": r} for a, st, r in w.recipients],
+                        "attempts": w.attempts,
+                        "created": w.created_at.isoformat(),
+                        "next_attempt": w.next_attempt_at.isoformat(),
+                        "last_error": w.last_error,
+                        "in_flight": w.in_flight,
+                    }
+                )
+            )
         return
-    table = Table("id", "message", "domain", "protection", "recipients", "state", "attempts", "queued since",
-                  "next attempt", "last error")
+    table = Table(
+        "id",
+        "message",
+        "domain",
+        "protection",
+        "recipients",
+        "state",
+        "attempts",
+        "queued since",
+        "next attempt",
+        "last error",
+    )
     for w in rows:
         pending = ", ".join(f"{a} ({st})" for a, st, _r in w.recipients)
         state = w.state + (" (delivering)" if w.in_flight else "")
-        table.add_row(w.queue_id, w.message_queue_id or "-", w.domain, w.protection, pending, state, str(w.attempts),
-                      f"{w.created_at:%Y-%m-%d %H:%M:%S}",
-                      f"{w.next_attempt_at:%H:%M:%S}" if w.state == "queued" else "-", w.last_error or "-")
+        table.add_row(
+            w.queue_id,
+            w.message_queue_id or "-",
+            w.domain,
+            w.protection,
+            pending,
+            state,
+            str(w.attempts),
+            f"{w.created_at:%Y-%m-%d %H:%M:%S}",
+            f"{w.next_attempt_at:%H:%M:%S}" if w.state == "queued" else "-",
+            w.last_error or "-",
+        )
     out.print(table)
     oldest = f", oldest {int(stats.oldest.total_seconds())} s" if stats.oldest is not None else ""
     out.print(f"{stats.waiting} waiting for {stats.recipients} recipient(s){oldest}")
@@ -1035,7 +1169,9 @@ def queue_bounce(queue_id: Annotated[str, typer.Argument(help="The queue entry i
 
     rt = runtime()
     recipients = bounce(rt, queue_id, actor=actor())
-    out.print(f"returned {queue_id.strip().upper()} to its sender: {', '.join(recipients) or 'no recipient was pending'}")
+    out.print(
+        f"returned {queue_id.strip().upper()} to its sender: {', '.join(recipients) or 'no recipient was pending'}"
+    )
 
 
 # -- demo and serving --------------------------------------------------------------------
@@ -1133,12 +1269,16 @@ def serve(
         parts = []
         if what in {"all", "relay"}:
             parts.append(serve_relay(rt))
-            err.print(f"mss relay: SMTP submission on {settings.relay.host}:{settings.relay.port} (STARTTLS, then AUTH)")
+            err.print(
+                f"mss relay: SMTP submission on {settings.relay.host}:{settings.relay.port} (STARTTLS, then AUTH)"
+            )
             federation = settings.federation
             if federation.mx_port:
                 parts.append(serve_mx(rt))
-                err.print(f"mss mx: mail from other operators on {federation.mx_host}:{federation.mx_port}"
-                          " (STARTTLS with a client certificate)")
+                err.print(
+                    f"mss mx: mail from other operators on {federation.mx_host}:{federation.mx_port}"
+                    " (STARTTLS with a client certificate)"
+                )
             if federation.delivery_concurrency:
                 parts.append(serve_outbound(rt))
                 err.print(f"mss outbound: delivering to other operators, {federation.delivery_concurrency} at once")
@@ -1148,8 +1288,10 @@ def serve(
             err.print(f"mss web: inbox on {scheme}://{settings.web.host}:{settings.web.port}/")
             if settings.pki.http_port:
                 parts.append(serve_publication(rt))
-                err.print(f"mss pki: CRL on http://{settings.pki.http_host}:{settings.pki.http_port}/pki/ca.crl"
-                          f" (certificates name {settings.pki.crl_url}), S/MIME certificates under /pki/certificates/")
+                err.print(
+                    f"mss pki: CRL on http://{settings.pki.http_host}:{settings.pki.http_port}/pki/ca.crl"
+                    f" (certificates name {settings.pki.crl_url}), S/MIME certificates under /pki/certificates/"
+                )
         if what in {"all", "imap"}:
             parts.append(serve_imap(rt))
             imaps = f", implicit TLS on {settings.imap.tls_port}" if settings.imap.tls_port else ""
@@ -1158,7 +1300,9 @@ def serve(
         if settings.operator.metrics_port:
             from mss import metrics
 
-            metrics_server = metrics.start_server(rt.engine, settings.operator.metrics_host, settings.operator.metrics_port)
+            metrics_server = metrics.start_server(
+                rt.engine, settings.operator.metrics_host, settings.operator.metrics_port
+            )
             err.print(f"mss metrics: http://{settings.operator.metrics_host}:{metrics_server.port}/metrics")
         if what in {"all", "relay"}:
             from mss import housekeeping

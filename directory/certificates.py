@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import event, select, text
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from directory.models import ACTIVE, Certificate, DirectoryEntry
 from mss import audit, standing
@@ -129,9 +129,10 @@ def issue_for_entry(
     address = _normalise(address)
     if not settings.serves(address):
         raise DomainNotServed(
-            f"{address} belongs to another operator's domain: certificates are issued only for {', '.join(settings.domains)}"
+            f"{address} belongs to another operator's domain:"
+            f" certificates are issued only for {', '.join(settings.domains)}"
         )
-    entry = session.execute(select(DirectoryEntry).where(DirectoryEntry.address == address)).scalars().first()
+    entry = session.execute(select(DirectoryEntry).where(col(DirectoryEntry.address) == address)).scalars().first()
     if entry is None:
         raise UnknownAddress(address)
     if entry.status != ACTIVE:
@@ -153,22 +154,28 @@ def issue_for_entry(
     session.add(row)
     session.flush()
     audit.record(
-        session, actor=actor, action="pki.issue", object=address, request_id=request_id, serial=row.serial,
-        usage=SMIME, renewal=public_key is not None,
+        session,
+        actor=actor,
+        action="pki.issue",
+        object=address,
+        request_id=request_id,
+        serial=row.serial,
+        usage=SMIME,
+        renewal=public_key is not None,
     )
     return key, row
 
 
-def _current_query(addresses: Iterable[str], usage: str):  # type: ignore[no-untyped-def]
+def _current_query(addresses: Iterable[str], usage: str):
     now = utcnow()
     return (
         select(Certificate)
-        .where(Certificate.address.in_(list(addresses)))
-        .where(Certificate.usage == usage)
-        .where(Certificate.revoked_at.is_(None))
-        .where(Certificate.not_before <= now)
-        .where(Certificate.not_after > now)
-        .order_by(Certificate.not_before.desc(), Certificate.id.desc())
+        .where(col(Certificate.address).in_(list(addresses)))
+        .where(col(Certificate.usage) == usage)
+        .where(col(Certificate.revoked_at).is_(None))
+        .where(col(Certificate.not_before) <= now)
+        .where(col(Certificate.not_after) > now)
+        .order_by(col(Certificate.not_before).desc(), col(Certificate.id).desc())
     )
 
 
@@ -204,7 +211,7 @@ def certificate_by_serial(session: Session, serial: int | str) -> Certificate | 
         except ValueError:
             raise PkiError(f"{serial!r} is not a hexadecimal serial number") from None
     serial_hex = pki.serial_hex(serial)
-    return session.execute(select(Certificate).where(Certificate.serial == serial_hex)).scalars().first()
+    return session.execute(select(Certificate).where(col(Certificate.serial) == serial_hex)).scalars().first()
 
 
 # -- revocation and the CRL --------------------------------------------------------------
@@ -213,11 +220,11 @@ def certificate_by_serial(session: Session, serial: int | str) -> Certificate | 
 def _build_crl_from_rows(session: Session, ca: pki.CertificateAuthority) -> x509.CertificateRevocationList:
     now = utcnow()
     rows = session.execute(
-        select(Certificate.serial, Certificate.revoked_at, Certificate.revocation_reason)
-        .where(Certificate.revoked_at.is_not(None))
+        select(col(Certificate.serial), col(Certificate.revoked_at), col(Certificate.revocation_reason))
+        .where(col(Certificate.revoked_at).is_not(None))
         # RFC 5280 3.3: an expired certificate may leave the list; it is refused anyway.
-        .where(Certificate.not_after > now)
-        .order_by(Certificate.revoked_at)
+        .where(col(Certificate.not_after) > now)
+        .order_by(col(Certificate.revoked_at))
     ).all()
     revoked = [(int(serial, 16), revoked_at, reason or "unspecified") for serial, revoked_at, reason in rows]
     return pki.build_crl(ca, revoked, next_update_days=CRL_NEXT_UPDATE_DAYS)
@@ -264,10 +271,10 @@ def revoke_for_address(
     flag = pki.revocation_reason(reason)
     address = _normalise(address)
     _lock(session, _CRL_LOCK)
-    query = select(Certificate).where(Certificate.address == address).where(Certificate.revoked_at.is_(None))
+    query = select(Certificate).where(col(Certificate.address) == address).where(col(Certificate.revoked_at).is_(None))
     kept = list(keep)
     if kept:
-        query = query.where(Certificate.id.not_in(kept))  # type: ignore[union-attr]
+        query = query.where(col(Certificate.id).not_in(kept))
     rows = list(session.execute(query).scalars())
     if not rows:
         return []
@@ -354,8 +361,11 @@ def operator_identity(
                 return key, certificate
     ca = pki.load_ca(settings)
     key, certificate = pki.issue_operator_certificate(
-        ca, address=operator_address(settings), key_bits=settings.pki.user_key_bits,
-        days=settings.pki.certificate_days, crl_url=settings.pki.crl_url,
+        ca,
+        address=operator_address(settings),
+        key_bits=settings.pki.user_key_bits,
+        days=settings.pki.certificate_days,
+        crl_url=settings.pki.crl_url,
     )
     sealed = master_key.seal(keys.private_key_to_der(key))
     if secret is None:
@@ -369,4 +379,3 @@ def operator_identity(
     session.flush()
     audit.record(session, actor="system", action="pki.issue", object=OPERATOR, serial=row.serial, usage=OPERATOR)
     return key, certificate
-

@@ -16,9 +16,12 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, cast
+
+from sqlalchemy import String
 
 from directory.models import DirectoryEntry
+from mss.db import table_of
 from mss.errors import ImportFileError
 
 SEPARATOR = "|"
@@ -104,7 +107,9 @@ _IDENTIFIER_PATTERNS = {
 }
 
 # The column widths the table accepts (PostgreSQL enforces them; refuse longer values here).
-_MAX_LENGTHS: tuple[int, ...] = tuple(DirectoryEntry.__table__.c[name].type.length for name in FIELDS)
+_MAX_LENGTHS: tuple[int, ...] = tuple(
+    cast(String, table_of(DirectoryEntry).c[name].type).length or 0 for name in FIELDS
+)
 
 MAX_ADDRESS_LENGTH = 254  # RFC 5321 path limit minus the angle brackets
 _ATOM = r"[a-z0-9!#$%&'*+/=?^_`{}~-]+"

@@ -48,7 +48,7 @@ from datetime import datetime
 from functools import lru_cache
 from operator import itemgetter
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from sqlalchemy import (
     Column,
@@ -71,7 +71,7 @@ from unidecode import unidecode
 from directory.extract import FIELDS, ParsedLine, check_header, echo, parse_line
 from directory.models import ACTIVE, INACTIVE, DirectoryEntry
 from mss import audit
-from mss.db import UTCDateTime, session_scope, utcnow
+from mss.db import UTCDateTime, session_scope, table_of, utcnow
 from mss.errors import ImportFileError, StorageError
 
 Progress = Callable[[int, int, int], None]
@@ -83,7 +83,7 @@ IMPORT_CACHE_KIB = 65_536  # SQLite page cache / PostgreSQL work_mem while impor
 IMPORT_GIN_PENDING_KIB = 65_536  # PostgreSQL GIN pending list while importing (default 4 MiB)
 PRUNE_REASON = "absent from the directory extract"
 
-_TABLE = DirectoryEntry.__table__
+_TABLE = table_of(DirectoryEntry)
 _DATA_COLUMNS = (*FIELDS, "city", "search_text", "source_hash")
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -485,7 +485,7 @@ def _bulk_settings(conn: Connection) -> Iterator[None]:
     try:
         yield
     finally:
-        conn.exec_driver_sql(f"PRAGMA cache_size = {int(previous)}")
+        conn.exec_driver_sql(f"PRAGMA cache_size = {int(previous or 0)}")
 
 
 def _load_known(conn: Connection) -> tuple[_Known, dict[str, str]]:
@@ -532,7 +532,8 @@ def import_extract(
                 object=path.name,
                 prune=prune,
                 file_sha256=summary.file_sha256,
-                **summary.counts(),
+                # the counts are extra detail fields, none named like record's own parameters
+                **summary.counts(),  # type: ignore[arg-type]
             )
     except ImportFileError as exc:
         _record_failure(engine, actor, path, exc)
@@ -571,7 +572,7 @@ def _import_lines(
                 break
             if isinstance(chunk, BaseException):
                 raise chunk
-            rows, lines_done, bytes_done = chunk  # type: ignore[misc]
+            rows, lines_done, bytes_done = cast(tuple[list[tuple[object, ...]], int, int], chunk)
             writer.write(rows, reader.paused)
             if progress is not None:
                 progress(lines_done, bytes_done, size)

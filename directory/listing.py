@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from directory.models import ACTIVE, INACTIVE, REVOKED, DirectoryEntry
 from directory.search import query_words
@@ -43,7 +43,7 @@ class ListFilters:
     organisation: str = ""
     """Words of the organisation's name (or trade name)."""
 
-    def check(self) -> "ListFilters":
+    def check(self) -> ListFilters:
         """The filters, normalised. Raises DirectoryError for a value that means nothing."""
         kind = self.kind.strip().upper()
         if kind and kind not in KINDS:
@@ -58,8 +58,13 @@ class ListFilters:
         if domain and not all(part and part.replace("-", "").isalnum() for part in domain.split(".")):
             raise DirectoryError(f"{self.domain!r} is not a mail domain")
         return replace(
-            self, kind=kind, status=status, domain=domain, profession=self.profession.strip(),
-            city=self.city.strip(), organisation=self.organisation.strip(),
+            self,
+            kind=kind,
+            status=status,
+            domain=domain,
+            profession=self.profession.strip(),
+            city=self.city.strip(),
+            organisation=self.organisation.strip(),
         )
 
 
@@ -97,22 +102,25 @@ def list_entries(session: Session, filters: ListFilters, *, page: int = 1, per_p
     filters = filters.check()
     conditions = []
     if filters.kind:
-        conditions.append(DirectoryEntry.kind == filters.kind)
+        conditions.append(col(DirectoryEntry.kind) == filters.kind)
     if filters.status != "all":
-        conditions.append(DirectoryEntry.status == filters.status)
+        conditions.append(col(DirectoryEntry.status) == filters.status)
     if filters.domain:
         conditions.append(
-            or_(DirectoryEntry.address.like(f"%@{filters.domain}"), DirectoryEntry.address.like(f"%.{filters.domain}"))
+            or_(
+                col(DirectoryEntry.address).like(f"%@{filters.domain}"),
+                col(DirectoryEntry.address).like(f"%.{filters.domain}"),
+            )
         )
     checks: list[tuple[list[str], tuple[str, ...]]] = []
     profession = filters.profession
     if profession.isdigit():
-        conditions.append(DirectoryEntry.profession_code == profession)
+        conditions.append(col(DirectoryEntry.profession_code) == profession)
     elif profession:
         checks.append((query_words(profession), ("profession_label", "skill_label", "profession_category_label")))
     city = filters.city
     if city.isdigit() or city.upper() in {"2A", "2B"}:
-        conditions.append(DirectoryEntry.postal_code.like(f"{city.upper()}%"))
+        conditions.append(col(DirectoryEntry.postal_code).like(f"{city.upper()}%"))
     elif city:
         checks.append((query_words(city), ("city",)))
     if filters.organisation:
@@ -122,18 +130,18 @@ def list_entries(session: Session, filters: ListFilters, *, page: int = 1, per_p
     # Each word must be somewhere in search_text (folded words): the database narrows, the
     # column check below decides.
     for words, _columns in checks:
-        conditions += [DirectoryEntry.search_text.like(f"%{word}%") for word in words]
+        conditions += [col(DirectoryEntry.search_text).like(f"%{word}%") for word in words]
     where = and_(*conditions) if conditions else None
     try:
         if not checks:
             count = select(func.count()).select_from(DirectoryEntry)
-            query = select(DirectoryEntry).order_by(DirectoryEntry.address)
+            query = select(DirectoryEntry).order_by(col(DirectoryEntry.address))
             if where is not None:
                 count, query = count.where(where), query.where(where)
             total = int(session.execute(count).scalar_one())
             items = list(session.execute(query.offset((page - 1) * per_page).limit(per_page)).scalars())
             return ListPage(items=items, page=page, per_page=per_page, total=total)
-        query = select(DirectoryEntry).order_by(DirectoryEntry.address)
+        query = select(DirectoryEntry).order_by(col(DirectoryEntry.address))
         if where is not None:
             query = query.where(where)
         kept = [
@@ -152,16 +160,16 @@ def mailboxes_of(session: Session, entry: DirectoryEntry) -> list[DirectoryEntry
     for an organisation's mailbox, of the same organisation (same identifier), in address
     order; at most 50."""
     if entry.kind == "PER" and entry.rpps:
-        same = and_(DirectoryEntry.kind == "PER", DirectoryEntry.rpps == entry.rpps)
+        same = and_(col(DirectoryEntry.kind) == "PER", col(DirectoryEntry.rpps) == entry.rpps)
     elif entry.kind == "ORG" and entry.org_id:
-        same = and_(DirectoryEntry.kind == "ORG", DirectoryEntry.org_id == entry.org_id)
+        same = and_(col(DirectoryEntry.kind) == "ORG", col(DirectoryEntry.org_id) == entry.org_id)
     else:
         return []
     try:
         rows = session.execute(
             select(DirectoryEntry)
-            .where(same, DirectoryEntry.status == ACTIVE, DirectoryEntry.address != entry.address)
-            .order_by(DirectoryEntry.address)
+            .where(same, col(DirectoryEntry.status) == ACTIVE, col(DirectoryEntry.address) != entry.address)
+            .order_by(col(DirectoryEntry.address))
             .limit(50)
         ).scalars()
         return list(rows)

@@ -8,7 +8,6 @@ status columns are ours.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Optional
 
 from sqlalchemy import Column, Index, LargeBinary
 from sqlmodel import Field, SQLModel
@@ -31,7 +30,7 @@ class DirectoryEntry(SQLModel, table=True):
 
     __tablename__ = "directory_entry"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     address: str = Field(max_length=254, unique=True, index=True)  # stored lower-case
     kind: str = Field(max_length=3)  # PER | ORG
     rpps_type: str = Field(default="", max_length=4)
@@ -67,7 +66,7 @@ class DirectoryEntry(SQLModel, table=True):
 
     status: str = Field(default=ACTIVE, max_length=10, index=True)
     status_reason: str = Field(default="", max_length=500)
-    status_changed_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    status_changed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     search_text: str = Field(default="")  # lower-case, accent-free words for search
     source_hash: str = Field(default="", max_length=64)  # digest of the extract's columns
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -93,7 +92,7 @@ class Certificate(SQLModel, table=True):
     __tablename__ = "certificate"
     __table_args__ = (Index("ix_certificate_address_current", "address", "revoked_at"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     address: str = Field(max_length=254, index=True)  # directory address, or "operator"
     usage: str = Field(default="smime", max_length=20)  # smime | operator
     serial: str = Field(max_length=64, unique=True)  # hex
@@ -102,6 +101,6 @@ class Certificate(SQLModel, table=True):
     not_before: datetime = Field(sa_type=UTCDateTime)
     not_after: datetime = Field(sa_type=UTCDateTime)
     der: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    revoked_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     revocation_reason: str = Field(default="", max_length=50)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -89,7 +89,7 @@ def published_certificate(session: Session, address: str) -> PublishedCertificat
     return PublishedCertificate(address=entry.address, name=entry.display_name, certificate=certificate)
 
 
-def certificate_for(engine, address: str) -> PublishedCertificate:  # type: ignore[no-untyped-def]
+def certificate_for(engine, address: str) -> PublishedCertificate:
     """:func:`published_certificate` in a read-only transaction of its own (for the web and
     the API, which open none). Raises the same errors."""
     from mss.db import session_scope
@@ -100,9 +100,24 @@ def certificate_for(engine, address: str) -> PublishedCertificate:  # type: igno
 
 # The extract's street type codes (NL4TYPEVOIE) as people write them.
 STREET_TYPES = {
-    "R": "rue", "RUE": "rue", "AV": "avenue", "BD": "boulevard", "PL": "place", "CHE": "chemin", "RTE": "route",
-    "IMP": "impasse", "ALL": "allée", "QUAI": "quai", "CRS": "cours", "SQ": "square", "PASS": "passage",
-    "FG": "faubourg", "LOT": "lotissement", "RES": "résidence", "ZA": "zone d’activité", "ZI": "zone industrielle",
+    "R": "rue",
+    "RUE": "rue",
+    "AV": "avenue",
+    "BD": "boulevard",
+    "PL": "place",
+    "CHE": "chemin",
+    "RTE": "route",
+    "IMP": "impasse",
+    "ALL": "allée",
+    "QUAI": "quai",
+    "CRS": "cours",
+    "SQ": "square",
+    "PASS": "passage",
+    "FG": "faubourg",
+    "LOT": "lotissement",
+    "RES": "résidence",
+    "ZA": "zone d’activité",
+    "ZI": "zone industrielle",
 }
 
 
@@ -121,7 +136,9 @@ class EntryCard:
 def postal_address(entry: DirectoryEntry) -> tuple[str, ...]:
     """The entry's postal address, line by line, as an envelope would carry it."""
     street_type = STREET_TYPES.get(entry.addr_street_type.strip().upper(), entry.addr_street_type.strip().lower())
-    street = " ".join(p for p in (entry.addr_number, entry.addr_number_ext, street_type, entry.addr_street) if p.strip())
+    street = " ".join(
+        p for p in (entry.addr_number, entry.addr_number_ext, street_type, entry.addr_street) if p.strip()
+    )
     lines = (entry.addr_l2, entry.addr_l3, street, entry.addr_l5, entry.addr_l6)
     return tuple(line.strip() for line in lines if line and line.strip())
 

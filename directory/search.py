@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session
+from sqlmodel import Session, col
 from unidecode import unidecode
 
 from directory.extract import address_error
@@ -197,13 +197,16 @@ def search(
         if exact is not None and address_error(exact) is None:
             # A whole address: the one entry, found by the unique index (a full-text lookup
             # would expand words such as the domain's, present in every entry).
-            statement = select(DirectoryEntry).where(DirectoryEntry.address == exact)
+            statement = select(DirectoryEntry).where(col(DirectoryEntry.address) == exact)
             if not include_inactive:
-                statement = statement.where(DirectoryEntry.status == ACTIVE)
+                statement = statement.where(col(DirectoryEntry.status) == ACTIVE)
             entry = session.execute(statement).scalars().first()
             if entry is not None:
                 return SearchPage(
-                    items=[entry] if page == 1 else [], page=page, per_page=per_page, has_next=False,
+                    items=[entry] if page == 1 else [],
+                    page=page,
+                    per_page=per_page,
+                    has_next=False,
                     total=1 if with_total else None,
                 )
         dialect = session.get_bind().dialect.name
@@ -228,7 +231,7 @@ def search(
         found = (
             {
                 entry.id: entry
-                for entry in session.execute(select(DirectoryEntry).where(DirectoryEntry.id.in_(ids))).scalars()
+                for entry in session.execute(select(DirectoryEntry).where(col(DirectoryEntry.id).in_(ids))).scalars()
             }
             if ids
             else {}

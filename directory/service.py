@@ -13,7 +13,7 @@ import re
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from directory.extract import ADELI_TYPE, FIELDS, RPPS_TYPE, validate_fields
 from directory.importer import entry_row
@@ -42,7 +42,7 @@ def get_entry(session: Session, address: str) -> DirectoryEntry | None:
         return None  # never a stored address (and PostgreSQL refuses NUL in a parameter)
     try:
         return (
-            session.execute(select(DirectoryEntry).where(DirectoryEntry.address == normalise_address(address)))
+            session.execute(select(DirectoryEntry).where(col(DirectoryEntry.address) == normalise_address(address)))
             .scalars()
             .first()
         )
@@ -70,7 +70,9 @@ def entry_with_certificates(session: Session, address: str) -> tuple[DirectoryEn
     oldest first. Raises UnknownAddress."""
     entry = _require(session, address)
     certs = session.execute(
-        select(Certificate).where(Certificate.address == entry.address).order_by(Certificate.not_before, Certificate.id)
+        select(Certificate)
+        .where(col(Certificate.address) == entry.address)
+        .order_by(col(Certificate.not_before), col(Certificate.id))
     ).scalars()
     return entry, list(certs)
 
@@ -133,7 +135,8 @@ def add_entry(session: Session, *, actor: str, **fields: str) -> DirectoryEntry:
         raise DirectoryError(f"{address} is already in the directory")
 
     now = utcnow()
-    entry = DirectoryEntry(**entry_row(normalised, derived_city), status=ACTIVE, created_at=now, updated_at=now)
+    # entry_row gives the text columns by name
+    entry = DirectoryEntry(**entry_row(normalised, derived_city), status=ACTIVE, created_at=now, updated_at=now)  # type: ignore[arg-type]
     try:
         session.add(entry)
         session.flush()

@@ -36,6 +36,7 @@ system) bounds those cases.
 
 from __future__ import annotations
 
+import builtins
 import csv
 import hashlib
 import io
@@ -51,10 +52,10 @@ import nacl.exceptions
 import nacl.signing
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.engine import Engine, Row
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from mss.crypto.master import MasterKey
-from mss.db import utcnow
+from mss.db import rowcount, table_of, utcnow
 from mss.errors import AuditError, CryptoError
 from mss.models import AuditCheckpoint, AuditEvent, SealedSecret
 
@@ -198,7 +199,7 @@ class EventSpec:
     object: str = ""
     outcome: str = SUCCESS
     request_id: str = ""
-    detail: dict[str, object] = field(default_factory=dict)
+    detail: dict[str, builtins.object] = field(default_factory=dict)  # the field above is named object
 
 
 def record_many(session: Session, events: Sequence[EventSpec]) -> list[AuditEvent]:
@@ -227,7 +228,9 @@ def _append_many(session: Session, master_key: MasterKey | None, specs: list[Eve
     if not specs:
         return []
     _lock_chain(session)
-    head = session.execute(select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)).first()
+    head = session.execute(
+        select(col(AuditEvent.seq), col(AuditEvent.hash)).order_by(col(AuditEvent.seq).desc()).limit(1)
+    ).first()
     if head is not None:
         seq, prev_hash = head.seq + 1, head.hash
     else:
@@ -246,14 +249,16 @@ def _append_many(session: Session, master_key: MasterKey | None, specs: list[Eve
             "detail": json.dumps(spec.detail, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str),
             "prev_hash": prev_hash,
         }
-        digest = event_hash(**fields)  # type: ignore[arg-type]
+        digest = event_hash(**fields)
         events.append(AuditEvent(**fields, hash=digest))
         seq, prev_hash = seq + 1, digest
     session.add_all(events)
     session.flush()
     last = events[-1]
     if master_key is None:
-        log.warning("audit event %d (%s) recorded without the master key: the head anchor is behind", last.seq, last.action)
+        log.warning(
+            "audit event %d (%s) recorded without the master key: the head anchor is behind", last.seq, last.action
+        )
     else:
         _write_anchor(session, master_key, last.seq, last.hash)
     return events
@@ -265,17 +270,17 @@ def _append_many(session: Session, master_key: MasterKey | None, specs: list[Eve
 def _read_secret(session: Session, name: str) -> bytes | None:
     # A column select, not session.get(): the identity map may hold a row another process
     # has since replaced (sessions here do not expire objects on commit).
-    return session.execute(select(SealedSecret.value).where(SealedSecret.name == name)).scalar_one_or_none()
+    return session.execute(select(col(SealedSecret.value)).where(col(SealedSecret.name) == name)).scalar_one_or_none()
 
 
 def _write_secret(session: Session, name: str, value: bytes) -> None:
     # Only ever called under the chain lock, so update-then-insert cannot race. Core
     # statements on the table: the ORM's bulk-update bookkeeping would double the cost of
     # every append for nothing (no SealedSecret object is loaded here).
-    table = SealedSecret.__table__
+    table = table_of(SealedSecret)
     connection = session.connection()
     result = connection.execute(update(table).where(table.c.name == name).values(value=value))
-    if result.rowcount == 0:
+    if rowcount(result) == 0:
         connection.execute(insert(table).values(name=name, value=value, created_at=utcnow()))
 
 
@@ -330,8 +335,8 @@ def _checkpoint_message(through_seq: int, head_hash: str, at: datetime) -> bytes
 
 def _latest_checkpoint(session: Session) -> Row[Any] | None:
     return session.execute(
-        select(AuditCheckpoint.through_seq, AuditCheckpoint.head_hash)
-        .order_by(AuditCheckpoint.through_seq.desc())
+        select(col(AuditCheckpoint.through_seq), col(AuditCheckpoint.head_hash))
+        .order_by(col(AuditCheckpoint.through_seq).desc())
         .limit(1)
     ).first()
 
@@ -402,7 +407,7 @@ def _verify(session: Session, master_key: MasterKey) -> ChainReport:
         expected_seq, expected_prev = start_seq, start_hash
         anchored_hash: str | None = None
         rows = session.execute(
-            select(*AuditEvent.__table__.columns).order_by(AuditEvent.seq).execution_options(yield_per=_BATCH)
+            select(*table_of(AuditEvent).columns).order_by(col(AuditEvent.seq)).execution_options(yield_per=_BATCH)
         )
         try:
             for row in rows:
@@ -444,8 +449,12 @@ def _verify(session: Session, master_key: MasterKey) -> ChainReport:
 def _check_checkpoints(session: Session, master_key: MasterKey) -> Row[Any] | None:
     """Every checkpoint's signature; returns the latest one (the chain's start) or None."""
     checkpoints = session.execute(
-        select(AuditCheckpoint.through_seq, AuditCheckpoint.head_hash, AuditCheckpoint.at, AuditCheckpoint.signature)
-        .order_by(AuditCheckpoint.through_seq)
+        select(
+            col(AuditCheckpoint.through_seq),
+            col(AuditCheckpoint.head_hash),
+            col(AuditCheckpoint.at),
+            col(AuditCheckpoint.signature),
+        ).order_by(col(AuditCheckpoint.through_seq))
     ).all()
     if not checkpoints:
         return None
@@ -472,7 +481,9 @@ def _successor_of(session: Session, prev_hash: str, seq: int, exclude_seq: int) 
     """The seq of the event that truly follows ``prev_hash`` at ``seq``, when it sits elsewhere."""
     # Only runs once a break is found: prev_hash has no index and need not have one.
     candidates = session.execute(
-        select(*AuditEvent.__table__.columns).where(AuditEvent.prev_hash == prev_hash, AuditEvent.seq != exclude_seq)
+        select(*table_of(AuditEvent).columns).where(
+            col(AuditEvent.prev_hash) == prev_hash, col(AuditEvent.seq) != exclude_seq
+        )
     ).all()
     for candidate in candidates:
         if _row_hash(candidate, seq) == candidate.hash:
@@ -481,7 +492,7 @@ def _successor_of(session: Session, prev_hash: str, seq: int, exclude_seq: int) 
 
 
 def _seq_of_hash(session: Session, hash_: str) -> int | None:
-    return session.execute(select(AuditEvent.seq).where(AuditEvent.hash == hash_)).scalar_one_or_none()
+    return session.execute(select(col(AuditEvent.seq)).where(col(AuditEvent.hash) == hash_)).scalar_one_or_none()
 
 
 def _missing(first: int, last: int) -> str:
@@ -587,9 +598,9 @@ def export(session: Session, *, since: datetime | None = None, fmt: Literal["jso
 
 
 def _export(session: Session, since: datetime | None, fmt: str) -> Iterator[str]:
-    query = select(*AuditEvent.__table__.columns).order_by(AuditEvent.seq)
+    query = select(*table_of(AuditEvent).columns).order_by(col(AuditEvent.seq))
     if since is not None:
-        query = query.where(AuditEvent.at >= since)
+        query = query.where(col(AuditEvent.at) >= since)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
 
@@ -609,7 +620,10 @@ def _export(session: Session, since: datetime | None, fmt: str) -> Iterator[str]
             if fmt == "csv":
                 yield csv_line(values)
             else:
-                yield json.dumps(dict(zip(EXPORT_FIELDS, values)), ensure_ascii=False, separators=(",", ":")) + "\n"
+                yield (
+                    json.dumps(dict(zip(EXPORT_FIELDS, values, strict=True)), ensure_ascii=False, separators=(",", ":"))
+                    + "\n"
+                )
     finally:
         rows.close()
 
@@ -627,8 +641,11 @@ def events_for(
     object prefix). Prefixes match literally (``%`` and ``_`` are not wildcards). Raises
     AuditError on an empty prefix or a naive ``since``.
     """
-    query = select(AuditEvent).order_by(AuditEvent.seq)
-    filters = (("object_prefix", object_prefix, AuditEvent.object), ("action_prefix", action_prefix, AuditEvent.action))
+    query = select(AuditEvent).order_by(col(AuditEvent.seq))
+    filters = (
+        ("object_prefix", object_prefix, col(AuditEvent.object)),
+        ("action_prefix", action_prefix, col(AuditEvent.action)),
+    )
     for name, prefix, column in filters:
         if prefix is None:
             continue
@@ -638,7 +655,7 @@ def events_for(
     if since is not None:
         if since.tzinfo is None:
             raise AuditError("since must be timezone-aware")
-        query = query.where(AuditEvent.at >= since)
+        query = query.where(col(AuditEvent.at) >= since)
     return list(session.execute(query).scalars())
 
 
@@ -683,13 +700,15 @@ def purge(
         raise AuditError(
             f"the audit chain does not verify, so it is not purged: {report.reason}", seq=report.first_broken_seq
         )
-    last_old = session.execute(select(func.max(AuditEvent.seq)).where(AuditEvent.at < before)).scalar_one_or_none()
+    last_old = session.execute(
+        select(func.max(col(AuditEvent.seq))).where(col(AuditEvent.at) < before)
+    ).scalar_one_or_none()
     deleted, through_seq = 0, None
     if last_old is not None:
-        head_hash = session.execute(select(AuditEvent.hash).where(AuditEvent.seq == last_old)).scalar_one()
+        head_hash = session.execute(select(col(AuditEvent.hash)).where(col(AuditEvent.seq) == last_old)).scalar_one()
         key = _signing_key(session, master_key, create=True)
         assert key is not None  # create=True always returns a key
-        deleted = session.execute(delete(AuditEvent).where(AuditEvent.seq <= last_old)).rowcount
+        deleted = rowcount(session.execute(delete(AuditEvent).where(col(AuditEvent.seq) <= last_old)))
         signature = key.sign(_checkpoint_message(last_old, head_hash, now)).signature
         session.execute(
             insert(AuditCheckpoint).values(

@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta
 from html import escape
 
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from directory.models import Certificate, DirectoryEntry
 from mss.crypto.master import MasterKey
@@ -27,8 +27,16 @@ from mss.store import MessageMeta
 
 DOORS = ("smtp", "web", "api", "imap")
 KINDS = ("pdf", "cda", "xdm", "none")
-COLOURS = {"smtp": "#1f6f8b", "web": "#e07a1f", "api": "#6a4c93", "imap": "#2a9d8f",
-           "pdf": "#c0392b", "cda": "#1f6f8b", "xdm": "#2a9d8f", "none": "#9aa5b1"}
+COLOURS = {
+    "smtp": "#1f6f8b",
+    "web": "#e07a1f",
+    "api": "#6a4c93",
+    "imap": "#2a9d8f",
+    "pdf": "#c0392b",
+    "cda": "#1f6f8b",
+    "xdm": "#2a9d8f",
+    "none": "#9aa5b1",
+}
 
 
 @dataclass
@@ -72,12 +80,13 @@ def activity(session: Session, settings: Settings, master_key: MasterKey, *, day
     channels = {
         event.object: json.loads(event.detail).get("channel", "smtp")
         for event in session.execute(
-            select(AuditEvent).where(AuditEvent.action == "message.submit", AuditEvent.at >= start)
+            select(AuditEvent).where(col(AuditEvent.action) == "message.submit", col(AuditEvent.at) >= start)
         ).scalars()
     }
     for queue_id, submitted, sealed in session.execute(
-        select(Message.queue_id, Message.submitted_at, Message.meta_sealed)
-        .where(Message.kind.in_(("signed", "client")), Message.submitted_at >= start)
+        select(col(Message.queue_id), col(Message.submitted_at), col(Message.meta_sealed)).where(
+            col(Message.kind).in_(("signed", "client")), col(Message.submitted_at) >= start
+        )
     ):
         row = rows.get(submitted.date())
         if row is None:
@@ -89,23 +98,25 @@ def activity(session: Session, settings: Settings, master_key: MasterKey, *, day
     waits = [
         max(0.0, (delivered - submitted).total_seconds())
         for delivered, submitted in session.execute(
-            select(Delivery.at, Message.submitted_at)
-            .join(Message, Message.id == Delivery.message_id)
-            .where(Delivery.status == "delivered", Message.submitted_at >= start)
+            select(col(Delivery.at), col(Message.submitted_at))
+            .join(Message, col(Message.id) == col(Delivery.message_id))
+            .where(col(Delivery.status) == "delivered", col(Message.submitted_at) >= start)
         )
     ]
     refusals: Counter[str] = Counter()
     for detail in session.execute(
-        select(AuditEvent.detail).where(AuditEvent.action == "smtp.refused", AuditEvent.at >= start)
+        select(col(AuditEvent.detail)).where(col(AuditEvent.action) == "smtp.refused", col(AuditEvent.at) >= start)
     ).scalars():
         refusals[str(json.loads(detail).get("reason", "-"))] += 1
     lockouts = session.execute(
-        select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "account.lock", AuditEvent.at >= start)
+        select(func.count())
+        .select_from(AuditEvent)
+        .where(col(AuditEvent.action) == "account.lock", col(AuditEvent.at) >= start)
     ).scalar_one()
-    open_accounts = select(Account).where(Account.closed_at.is_(None))
+    open_accounts = select(Account).where(col(Account.closed_at).is_(None))
     accounts = session.execute(select(func.count()).select_from(open_accounts.subquery())).scalar_one()
     active = session.execute(
-        select(func.count()).select_from(open_accounts.where(Account.last_login_at >= start).subquery())
+        select(func.count()).select_from(open_accounts.where(col(Account.last_login_at) >= start).subquery())
     ).scalar_one()
     return Activity(
         days=list(rows.values()),
@@ -120,25 +131,39 @@ def activity(session: Session, settings: Settings, master_key: MasterKey, *, day
 
 def directory_quality(session: Session, settings: Settings) -> dict[str, int]:
     """Counts of what is wrong or missing in the directory's active entries."""
-    active = DirectoryEntry.status == "active"
+    active = col(DirectoryEntry.status) == "active"
     no_rpps = session.execute(
-        select(func.count()).select_from(DirectoryEntry).where(active, DirectoryEntry.kind == "PER", DirectoryEntry.rpps == "")
+        select(func.count())
+        .select_from(DirectoryEntry)
+        .where(active, col(DirectoryEntry.kind) == "PER", col(DirectoryEntry.rpps) == "")
     ).scalar_one()
     shared = session.execute(
         select(func.count()).select_from(
-            select(DirectoryEntry.rpps).where(active, DirectoryEntry.rpps != "")
-            .group_by(DirectoryEntry.rpps).having(func.count() > 1).subquery()
+            select(col(DirectoryEntry.rpps))
+            .where(active, col(DirectoryEntry.rpps) != "")
+            .group_by(col(DirectoryEntry.rpps))
+            .having(func.count() > 1)
+            .subquery()
         )
     ).scalar_one()
-    served = [address for address in session.execute(select(DirectoryEntry.address).where(active)).scalars()
-              if settings.serves(address)]
+    served = [
+        address
+        for address in session.execute(select(col(DirectoryEntry.address)).where(active)).scalars()
+        if settings.serves(address)
+    ]
     now = utcnow()
-    certified = set(session.execute(
-        select(Certificate.address).where(Certificate.revoked_at.is_(None), Certificate.not_after > now)
-    ).scalars())
+    certified = set(
+        session.execute(
+            select(col(Certificate.address)).where(
+                col(Certificate.revoked_at).is_(None), col(Certificate.not_after) > now
+            )
+        ).scalars()
+    )
     last_import = session.execute(
-        select(AuditEvent.detail).where(AuditEvent.action == "directory.import", AuditEvent.outcome == "success")
-        .order_by(AuditEvent.seq.desc()).limit(1)
+        select(col(AuditEvent.detail))
+        .where(col(AuditEvent.action) == "directory.import", col(AuditEvent.outcome) == "success")
+        .order_by(col(AuditEvent.seq).desc())
+        .limit(1)
     ).scalar_one_or_none()
     rejected = int(json.loads(last_import).get("rejected", 0)) if last_import else 0
     return {
@@ -154,8 +179,12 @@ def csv_rows(figures: Activity) -> list[list[str]]:
     """The per-day table as CSV rows (header first)."""
     header = ["day", *(f"door_{d}" for d in DOORS), *(f"kind_{k}" for k in KINDS), "total"]
     return [header] + [
-        [row.day.isoformat(), *(str(row.by_door.get(d, 0)) for d in DOORS),
-         *(str(row.by_kind.get(k, 0)) for k in KINDS), str(row.total)]
+        [
+            row.day.isoformat(),
+            *(str(row.by_door.get(d, 0)) for d in DOORS),
+            *(str(row.by_kind.get(k, 0)) for k in KINDS),
+            str(row.total),
+        ]
         for row in figures.days
     ]
 
@@ -176,7 +205,7 @@ def bar_chart(title: str, days: list[DayRow], series: tuple[str, ...], attribute
         f'<text x="{left - 6}" y="{height - bottom}" text-anchor="end" class="chart-axis">0</text>',
     ]
     scale = (height - bottom - top) / peak
-    for i, (row, counts) in enumerate(zip(days, values)):
+    for i, (row, counts) in enumerate(zip(days, values, strict=True)):
         x = left + i * step + (step - bar) / 2
         y = height - bottom
         for name in series:
@@ -190,11 +219,15 @@ def bar_chart(title: str, days: list[DayRow], series: tuple[str, ...], attribute
                 f"<title>{row.day:%Y-%m-%d} {escape(name)}: {n}</title></rect>"
             )
         if i % 5 == 0 or i == len(days) - 1:
-            parts.append(f'<text x="{x + bar / 2:.1f}" y="{height - 8}" text-anchor="middle" class="chart-axis">'
-                         f"{row.day:%d/%m}</text>")
+            parts.append(
+                f'<text x="{x + bar / 2:.1f}" y="{height - 8}" text-anchor="middle" class="chart-axis">'
+                f"{row.day:%d/%m}</text>"
+            )
     legend_x = width - 8 - 70 * len(series)
     for j, name in enumerate(series):
-        parts.append(f'<rect x="{legend_x + j * 70}" y="6" width="10" height="10" fill="{COLOURS[name]}"/>'
-                     f'<text x="{legend_x + j * 70 + 14}" y="15" class="chart-axis">{escape(name)}</text>')
+        parts.append(
+            f'<rect x="{legend_x + j * 70}" y="6" width="10" height="10" fill="{COLOURS[name]}"/>'
+            f'<text x="{legend_x + j * 70 + 14}" y="15" class="chart-axis">{escape(name)}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)

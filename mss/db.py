@@ -11,14 +11,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import DateTime, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import DateTime, Table, event
+from sqlalchemy.engine import CursorResult, Engine, Result, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
-from sqlmodel import Session, create_engine
+from sqlmodel import Session, SQLModel, create_engine
 
 from mss.errors import StorageError
 from mss.settings import Settings
@@ -29,7 +30,7 @@ READONLY_OPTION = "mss_readonly"
 
 def utcnow() -> datetime:
     """The current time, timezone-aware, in UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -47,10 +48,10 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given; use mss.db.utcnow()")
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=timezone.utc)
+        return None if value is None else value.replace(tzinfo=UTC)
 
 
 def make_private_dir(path: Path) -> None:
@@ -91,7 +92,7 @@ def make_engine(settings: Settings) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_connection, _record):
             # Durability first: a message is acknowledged only after a commit that survives
             # a crash, so WAL with synchronous=FULL (NORMAL may lose the last commits).
             cursor = dbapi_connection.cursor()
@@ -107,7 +108,7 @@ def make_engine(settings: Settings) -> Engine:
             dbapi_connection.isolation_level = None
 
         @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
+        def _sqlite_begin(conn):
             # Writers take the write lock when they start, not at their first write: two
             # deferred transactions that both read then write (the audit chain's head, an
             # upsert) would otherwise fail with "database is locked" instead of waiting.
@@ -122,7 +123,7 @@ def make_engine(settings: Settings) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-def alembic_config(engine: Engine):  # type: ignore[no-untyped-def]
+def alembic_config(engine: Engine):
     from alembic.config import Config
 
     config = Config()
@@ -157,3 +158,24 @@ def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session
         except BaseException:
             session.rollback()
             raise
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table of a SQLModel table class, for set-based statements."""
+    table = getattr(model, "__table__", None)
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not a table")
+    return table
+
+
+def rowcount(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE changed (its result is a CursorResult)."""
+    return cast(CursorResult[Any], result).rowcount
+
+
+def key_of(row: SQLModel) -> int:
+    """The primary key of a row that was flushed (an integer ``id``)."""
+    key = getattr(row, "id", None)
+    if not isinstance(key, int):
+        raise StorageError(f"a {type(row).__name__} row has no key before it is flushed")
+    return key

@@ -24,7 +24,9 @@ from mss.files import write_file
 from mss.runtime import Runtime
 from mss.settings import Settings
 
-DEMO_EXTRACT = Path(__file__).resolve().parent.parent / "directory" / "data" / "Extraction_Correspondance_MSSante_demo.txt"
+DEMO_EXTRACT = (
+    Path(__file__).resolve().parent.parent / "directory" / "data" / "Extraction_Correspondance_MSSante_demo.txt"
+)
 
 # Two physicians at different organisations (a hospital paediatrician and a GP in town)
 # and one organisational mailbox, all present in the demo extract.

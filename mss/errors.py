@@ -325,6 +325,8 @@ class NoMailboxHere(PolicyError):
 
 class QueueError(MssError):
     """An outbound queue operation cannot be done (unknown entry, already finished, in flight)."""
+
+
 # -- operator reports --------------------------------------------------------------------
 
 

@@ -75,7 +75,9 @@ def check_crl(settings: Settings) -> Check:
         return Check("crl", False, "the CRL is not signed by the CA")
     next_update = crl.next_update_utc
     if next_update is None or next_update <= utcnow():
-        return Check("crl", False, "the CRL is out of date: run `mss pki revoke` or `mss pki init` to publish a new one")
+        return Check(
+            "crl", False, "the CRL is out of date: run `mss pki revoke` or `mss pki init` to publish a new one"
+        )
     if next_update - utcnow() < CRL_MARGIN:
         return Check("crl", True, f"fresh, but ends at {next_update:%Y-%m-%d %H:%M} UTC")
     return Check("crl", True, f"fresh until {next_update:%Y-%m-%d %H:%M} UTC")
@@ -108,9 +110,14 @@ def startup_warnings(rt: Runtime) -> list[str]:
     paths = PkiPaths.from_settings(rt.settings)
     for place in dict.fromkeys((rt.settings.storage.data_dir / "recovery.key", paths.recovery_private_key)):
         if place.exists():
-            where = "in the data folder, beside the master key" if place.parent == rt.settings.storage.data_dir else "on this machine"
+            where = (
+                "in the data folder, beside the master key"
+                if place.parent == rt.settings.storage.data_dir
+                else "on this machine"
+            )
             found.append(
-                f"the recovery private key {place} is {where}: move it offline (see README, Keys), it opens every account's key"
+                f"the recovery private key {place} is {where}: move it offline (see README, Keys),"
+                " it opens every account's key"
             )
     with session_scope(rt.engine, readonly=True) as session:
         expiring = accounts.expiring_certificates(session, rt.settings)

@@ -39,14 +39,17 @@ async def run(rt: Runtime) -> None:
                 summary = await asyncio.to_thread(lifecycle.run, rt)
                 log.info(
                     "life cycle: %d notice(s), %d mailbox(es) closed, %d message(s) deleted, %d audit event(s) purged",
-                    len(summary.noticed), len(summary.closed), summary.messages_deleted, summary.audit_events_purged,
+                    len(summary.noticed),
+                    len(summary.closed),
+                    summary.messages_deleted,
+                    summary.audit_events_purged,
                 )
-            except Exception:  # noqa: BLE001 - logged; tomorrow's pass runs as planned
+            except Exception:
                 log.exception("the life cycle pass failed")
         try:
             sent = await asyncio.to_thread(issuer.send_delayed, rt)
             if sent:
                 log.info("delayed DSN sent for %d recipient(s) past MSS_RECEIPT_DEADLINE", sent)
-        except Exception:  # noqa: BLE001 - logged; the next pass runs as planned
+        except Exception:
             log.exception("the delayed-DSN sweep failed")
         await asyncio.sleep(interval)

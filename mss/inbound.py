@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import email.utils
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from email.utils import getaddresses
 from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from directory import certificates, service
 from directory.models import Certificate
@@ -60,9 +61,11 @@ from mss.errors import (
     SenderNotTrusted,
     SignatureError,
 )
+from mss.mime import decoded_payload, subparts
 from mss.models import Account, InboundDelivery, Message, Receipt
 from mss.pipeline import RecipientRequest
 from mss.receipts import federation as notices
+from mss.receipts.wire import Action
 from mss.runtime import Runtime
 from mss.store import MessageMeta
 
@@ -149,7 +152,7 @@ def _local_recipient(session: Session, rt: Runtime, address: str) -> x509.Certif
     if not rt.settings.serves(address):
         raise DomainNotServed(f"{address} is not in a domain served here")
     entry = service.require_active(session, address)
-    if session.execute(select(Account.id).where(Account.address == entry.address)).first() is None:
+    if session.execute(select(col(Account.id)).where(col(Account.address) == entry.address)).first() is None:
         raise NoMailboxHere(f"{entry.address} has no mailbox here")
     certificate = certificates.current_certificate(session, entry.address)
     if certificate is None:
@@ -178,18 +181,24 @@ def _digest(message_id: str) -> str:
 
 def _already(session: Session, sender_key: str, digest: str, addresses: list[str]) -> dict[str, str]:
     rows = session.execute(
-        select(InboundDelivery.recipient, Message.queue_id)
-        .join(Message, Message.id == InboundDelivery.message_id)
-        .where(InboundDelivery.sender == sender_key, InboundDelivery.message_ident == digest,
-               InboundDelivery.recipient.in_(addresses))
+        select(col(InboundDelivery.recipient), col(Message.queue_id))
+        .join(Message, col(Message.id) == col(InboundDelivery.message_id))
+        .where(
+            col(InboundDelivery.sender) == sender_key,
+            col(InboundDelivery.message_ident) == digest,
+            col(InboundDelivery.recipient).in_(addresses),
+        )
     ).all()
     return {recipient: queue_id for recipient, queue_id in rows}
 
 
 def _all_certificates(session: Session, address: str) -> list[x509.Certificate]:
     rows = session.execute(
-        select(Certificate.der).where(Certificate.address == address, Certificate.usage == "smime",
-                                      Certificate.revoked_at.is_(None))
+        select(col(Certificate.der)).where(
+            col(Certificate.address) == address,
+            col(Certificate.usage) == "smime",
+            col(Certificate.revoked_at).is_(None),
+        )
     ).scalars()
     return [x509.load_der_x509_certificate(der) for der in rows]
 
@@ -270,7 +279,7 @@ def receive(rt: Runtime, arrival: Arrival) -> Received:
     report: verify.SignatureReport | None = None
     content_type = message.get_content_type()
     if content_type in pipeline.SMIME_TYPES:
-        der = message.get_payload(decode=True) or b""
+        der = decoded_payload(message)
         try:
             structure = smime.content_type(der)
         except CryptoError as exc:
@@ -319,7 +328,9 @@ def receive(rt: Runtime, arrival: Arrival) -> Received:
         subject=_header(message, "Subject") or _header(inner, "Subject"),
         date=_header(message, "Date") or _header(inner, "Date"),
         message_id=message_id,
-        headers={k: _header(inner, k) for k in (inner.keys() if inner is not None else []) if k.upper().startswith("X-MSS-")},
+        headers={
+            k: _header(inner, k) for k in (inner.keys() if inner is not None else []) if k.upper().startswith("X-MSS-")
+        },
         documents=[pipeline.document_summary(d) for d in documents],
         mdn_to=mdn_to,
         origin=origin,
@@ -329,11 +340,18 @@ def receive(rt: Runtime, arrival: Arrival) -> Received:
     try:
         with session_scope(rt.engine) as session:
             row = store.store_inbound(
-                session, rt.master_key, queue_id=queue_id, kind="receipt" if is_report else "client", cms=cms,
+                session,
+                rt.master_key,
+                queue_id=queue_id,
+                kind="receipt" if is_report else "client",
+                cms=cms,
                 meta=meta,
                 delivered=[(r.address, ",".join(sorted(r.notify)), mdn_to is not None) for r in deliverable],
-                failed=failed, sender_key=sender_key, message_digest=digest,
-                peer=f"{arrival.peer.address} {arrival.peer.name}", request_id=arrival.request_id,
+                failed=failed,
+                sender_key=sender_key,
+                message_digest=digest,
+                peer=f"{arrival.peer.address} {arrival.peer.name}",
+                request_id=arrival.request_id,
             )
             if is_report and inner is not None:
                 _link_report(session, row, inner, [r.address for r in deliverable], request_id=arrival.request_id)
@@ -358,8 +376,14 @@ def _duplicate(rt: Runtime, arrival: Arrival, sender_key: str, queue_id: str) ->
     """A delivery repeated after a lost ``250``: acknowledged again, stored once, on record."""
     log.info("message from %s already received as %s: stored once", sender_key, queue_id)
     with session_scope(rt.engine) as session:
-        audit.record(session, actor=sender_key, action="message.duplicate", object=queue_id,
-                     request_id=arrival.request_id, peer=arrival.peer.address)
+        audit.record(
+            session,
+            actor=sender_key,
+            action="message.duplicate",
+            object=queue_id,
+            request_id=arrival.request_id,
+            peer=arrival.peer.address,
+        )
     return Received(queue_id=queue_id, duplicate=True)
 
 
@@ -381,29 +405,48 @@ def _receipts_for_sender(
     by_address = {r.address: r for r in arrival.recipients}
     success = [r for r in deliverable if "SUCCESS" in r.notify]
     failures = [a for a in failed if "NEVER" not in by_address[a].notify]
-    for action, addresses in (("delivered", [r.address for r in success]), ("failed", failures)):
+    outcomes: tuple[tuple[Action, list[str]], ...] = (
+        ("delivered", [r.address for r in success]),
+        ("failed", failures),
+    )
+    for action, addresses in outcomes:
         if not addresses:
             continue
         statuses = [
             receipts.RecipientStatus(
-                address=a, action=action, status="2.0.0" if action == "delivered" else "5.7.1",  # type: ignore[arg-type]
+                address=a,
+                action=action,
+                status="2.0.0" if action == "delivered" else "5.7.1",
                 diagnostic=None if action == "delivered" else f"smtp; 550 5.7.1 {_ascii(failed[a])}",
                 original_recipient=by_address[a].orcpt,
             )
             for a in addresses
         ]
-        out.append(receipts.build_dsn(
-            reporting_mta=reporter, original_envelope_id=arrival.envelope_id, original_message_id=meta.message_id,
-            sender=arrival.mail_from, recipients=statuses, arrival_date=utcnow(), original_headers=headers,
-            postmaster=certificates.operator_address(rt.settings),
-        ))
+        out.append(
+            receipts.build_dsn(
+                reporting_mta=reporter,
+                original_envelope_id=arrival.envelope_id,
+                original_message_id=meta.message_id,
+                sender=arrival.mail_from,
+                recipients=statuses,
+                arrival_date=utcnow(),
+                original_headers=headers,
+                postmaster=certificates.operator_address(rt.settings),
+            )
+        )
     if meta.mdn_to:
         for request in deliverable:
-            out.append(receipts.build_mdn(
-                reporting_ua=reporter, final_recipient=request.address, original_message_id=meta.message_id,
-                disposition="processed", sender=arrival.mail_from, mode="automatic-action/MDN-sent-automatically",
-                subject_hint=None,
-            ))
+            out.append(
+                receipts.build_mdn(
+                    reporting_ua=reporter,
+                    final_recipient=request.address,
+                    original_message_id=meta.message_id,
+                    disposition="processed",
+                    sender=arrival.mail_from,
+                    mode="automatic-action/MDN-sent-automatically",
+                    subject_hint=None,
+                )
+            )
     return out
 
 
@@ -418,38 +461,42 @@ def _report_entries(report: EmailMessage) -> tuple[str, str | None, list[tuple[s
     """(kind, original Message-ID, [(recipient, status, reason)]) read from a report."""
     original: str | None = None
     entries: list[tuple[str, str, str]] = []
-    kind = "mdn" if (report.get_param("report-type") or "").lower() == "disposition-notification" else "dsn"
+    kind = (
+        "mdn"
+        if email.utils.collapse_rfc2231_value(report.get_param("report-type") or "").lower()
+        == "disposition-notification"
+        else "dsn"
+    )
     for part in report.walk():
         content_type = part.get_content_type()
         if content_type == "message/delivery-status":
-            blocks = part.get_payload()
-            for block in (blocks[1:] if isinstance(blocks, list) else []):
+            for block in subparts(part)[1:]:
                 recipient = str(block.get("Final-Recipient", "")).partition(";")[2].strip().lower()
                 action = str(block.get("Action", "")).strip().lower()
                 reason = str(block.get("Diagnostic-Code", "")).partition(";")[2].strip()
                 if recipient and action in _REPORT_STATUSES:
                     entries.append((recipient, action, reason))
         elif content_type == "message/disposition-notification":
-            blocks = part.get_payload()
-            for block in (blocks if isinstance(blocks, list) else []):
+            for block in subparts(part):
                 recipient = str(block.get("Final-Recipient", "")).partition(";")[2].strip().lower()
                 disposition = str(block.get("Disposition", "")).rpartition(";")[2].strip().lower()
                 original = original or str(block.get("Original-Message-ID", "")).strip() or None
                 if recipient and disposition in _REPORT_STATUSES:
                     entries.append((recipient, disposition, ""))
         elif content_type in {"text/rfc822-headers", "message/rfc822-headers"} and original is None:
-            payload = part.get_payload(decode=True) or b""
+            payload = decoded_payload(part)
             headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(payload)
             original = (headers.get("Message-ID") or "").strip() or None
         elif content_type == "message/rfc822" and original is None:
-            inner = part.get_payload()
-            if isinstance(inner, list) and inner:
-                original = (str(inner[0].get("Message-ID") or "")).strip() or None
+            enclosed = subparts(part)
+            if enclosed:
+                original = (str(enclosed[0].get("Message-ID") or "")).strip() or None
     return kind, original, entries
 
 
-def _link_report(session: Session, notification: Message, report: EmailMessage, owners: list[str], *,
-                 request_id: str) -> int:
+def _link_report(
+    session: Session, notification: Message, report: EmailMessage, owners: list[str], *, request_id: str
+) -> int:
     """Link a report to the message it is about among those ``owners`` sent; return how
     many receipt rows were written (0 when the original is not found: the report stays in
     the inbox, unlinked)."""
@@ -457,17 +504,38 @@ def _link_report(session: Session, notification: Message, report: EmailMessage, 
     if original_id is None or not entries:
         return 0
     bracketed = original_id if original_id.startswith("<") else f"<{original_id}>"
-    original = session.execute(
-        select(Message).where(Message.message_id.in_([original_id, bracketed]), Message.sender.in_(owners))
-        .order_by(Message.id.desc())
-    ).scalars().first()
+    original = (
+        session.execute(
+            select(Message)
+            .where(col(Message.message_id).in_([original_id, bracketed]), col(Message.sender).in_(owners))
+            .order_by(col(Message.id).desc())
+        )
+        .scalars()
+        .first()
+    )
     if original is None:
         log.info("report %s is about %s, which none of its addressees sent", notification.queue_id, original_id[:80])
         return 0
     for recipient, status, reason in entries:
-        session.add(Receipt(message_id=original.id, recipient=recipient, kind=kind, status=status,
-                            reason=reason[:500], notification_id=notification.id))
-        audit.record(session, actor="system", action=f"receipt.{kind}", object=original.queue_id,
-                     request_id=request_id, recipient=recipient, status=status, remote=True)
+        session.add(
+            Receipt(
+                message_id=original.id,
+                recipient=recipient,
+                kind=kind,
+                status=status,
+                reason=reason[:500],
+                notification_id=notification.id,
+            )
+        )
+        audit.record(
+            session,
+            actor="system",
+            action=f"receipt.{kind}",
+            object=original.queue_id,
+            request_id=request_id,
+            recipient=recipient,
+            status=status,
+            remote=True,
+        )
     session.flush()
     return len(entries)

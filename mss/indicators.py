@@ -15,10 +15,10 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from directory.models import DirectoryEntry
 from mss import audit
@@ -41,8 +41,8 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
     if not found:
         raise ReportError(f"not a month: {month!r} (use YYYY-MM, e.g. 2026-11)")
     year, number = int(found.group(1)), int(found.group(2))
-    start = datetime(year, number, 1, tzinfo=timezone.utc)
-    end = datetime(year + (number == 12), number % 12 + 1, 1, tzinfo=timezone.utc)
+    start = datetime(year, number, 1, tzinfo=UTC)
+    end = datetime(year + (number == 12), number % 12 + 1, 1, tzinfo=UTC)
     return start, end
 
 
@@ -65,8 +65,11 @@ class Indicators:
         """(indicator, dimension, value) rows, in a stable order."""
         rows: list[tuple[str, str, int]] = []
         rows += [("active_mailboxes", kind, n) for kind, n in self.active_mailboxes.items()]
-        rows += [("messages_sent", "", self.messages_sent), ("messages_received", "", self.messages_received),
-                 ("messages_with_attachments", "", self.messages_with_attachments)]
+        rows += [
+            ("messages_sent", "", self.messages_sent),
+            ("messages_received", "", self.messages_received),
+            ("messages_with_attachments", "", self.messages_with_attachments),
+        ]
         rows += [("attachments", kind, n) for kind, n in self.attachments.items()]
         rows += [("cda_by_type_code", code, n) for code, n in sorted(self.cda_by_type_code.items())]
         rows += [("receipts", name, n) for name, n in self.receipts.items()]
@@ -77,13 +80,19 @@ class Indicators:
     def as_json(self) -> str:
         return json.dumps(
             {
-                "month": self.month, "active_mailboxes": self.active_mailboxes, "messages_sent": self.messages_sent,
+                "month": self.month,
+                "active_mailboxes": self.active_mailboxes,
+                "messages_sent": self.messages_sent,
                 "messages_received": self.messages_received,
-                "messages_with_attachments": self.messages_with_attachments, "attachments": self.attachments,
-                "cda_by_type_code": self.cda_by_type_code, "receipts": self.receipts,
-                "distinct_senders": self.distinct_senders, "connections": self.connections,
+                "messages_with_attachments": self.messages_with_attachments,
+                "attachments": self.attachments,
+                "cda_by_type_code": self.cda_by_type_code,
+                "receipts": self.receipts,
+                "distinct_senders": self.distinct_senders,
+                "connections": self.connections,
             },
-            indent=2, sort_keys=False,
+            indent=2,
+            sort_keys=False,
         )
 
     def as_csv(self) -> str:
@@ -106,7 +115,9 @@ class Indicators:
 def _kind_of(session: Session, addresses: set[str]) -> dict[str, str]:
     if not addresses:
         return {}
-    rows = session.execute(select(DirectoryEntry.address, DirectoryEntry.kind).where(DirectoryEntry.address.in_(addresses)))
+    rows = session.execute(
+        select(col(DirectoryEntry.address), col(DirectoryEntry.kind)).where(col(DirectoryEntry.address).in_(addresses))
+    )
     return {address: kind for address, kind in rows}
 
 
@@ -114,9 +125,9 @@ def monthly(session: Session, master_key: MasterKey, month: str) -> Indicators:
     """The indicators of ``month`` (``YYYY-MM``, UTC). Raises ReportError."""
     start, end = month_bounds(month)
     result = Indicators(month=month.strip())
-    in_month = (Message.submitted_at >= start, Message.submitted_at < end)
+    in_month = (col(Message.submitted_at) >= start, col(Message.submitted_at) < end)
     sent = session.execute(
-        select(Message.sender, Message.meta_sealed).where(Message.kind.in_(SUBMITTED_KINDS), *in_month)
+        select(col(Message.sender), col(Message.meta_sealed)).where(col(Message.kind).in_(SUBMITTED_KINDS), *in_month)
     ).all()
     result.messages_sent = len(sent)
     senders = {sender for sender, _sealed in sent}
@@ -134,28 +145,34 @@ def monthly(session: Session, master_key: MasterKey, month: str) -> Indicators:
     result.attachments = dict(attachments)
     result.cda_by_type_code = dict(type_codes)
     result.messages_received = session.execute(
-        select(func.count()).select_from(Delivery).join(Message, Message.id == Delivery.message_id)
-        .where(Delivery.status == "delivered", Message.kind.in_(SUBMITTED_KINDS), *in_month)
+        select(func.count())
+        .select_from(Delivery)
+        .join(Message, col(Message.id) == col(Delivery.message_id))
+        .where(col(Delivery.status) == "delivered", col(Message.kind).in_(SUBMITTED_KINDS), *in_month)
     ).scalar_one()
     receipts: Counter[str] = Counter()
     for kind, status, count in session.execute(
-        select(Receipt.kind, Receipt.status, func.count())
-        .where(Receipt.at >= start, Receipt.at < end)
-        .group_by(Receipt.kind, Receipt.status)
+        select(col(Receipt.kind), col(Receipt.status), func.count())
+        .where(col(Receipt.at) >= start, col(Receipt.at) < end)
+        .group_by(col(Receipt.kind), col(Receipt.status))
     ):
         receipts[f"{kind}_{status}"] += count
     result.receipts = dict(sorted(receipts.items()))
     logins = session.execute(
-        select(AuditEvent.action, AuditEvent.actor)
-        .where(AuditEvent.at >= start, AuditEvent.at < end, AuditEvent.outcome == audit.SUCCESS)
-        .where(AuditEvent.action.in_([f"{door}.login" for door in DOORS]))
+        select(col(AuditEvent.action), col(AuditEvent.actor))
+        .where(col(AuditEvent.at) >= start, col(AuditEvent.at) < end, col(AuditEvent.outcome) == audit.SUCCESS)
+        .where(col(AuditEvent.action).in_([f"{door}.login" for door in DOORS]))
     ).all()
     connections: Counter[str] = Counter({door: 0 for door in DOORS})
     for action, _actor in logins:
         connections[action.removesuffix(".login")] += 1
     result.connections = dict(connections)
     active = senders | {actor for _action, actor in logins}
-    existing = set(session.execute(select(Account.address).where(Account.address.in_(active))).scalars()) if active else set()
+    existing = (
+        set(session.execute(select(col(Account.address)).where(col(Account.address).in_(active))).scalars())
+        if active
+        else set()
+    )
     kinds = Counter(_kind_of(session, existing).values())
     result.active_mailboxes = {kind: kinds.get(kind, 0) for kind in MAILBOX_TYPES}
     return result

@@ -21,11 +21,11 @@ from datetime import datetime, timedelta
 from email.message import EmailMessage
 
 from sqlalchemy import delete, func, or_, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from directory import certificates
 from mss import audit, store
-from mss.db import session_scope, utcnow
+from mss.db import rowcount, session_scope, utcnow
 from mss.models import Account, Delivery, MailboxIndexed, MailboxItem, MailboxToken, Message, Receipt, WebSession
 from mss.receipts import issuer
 from mss.runtime import Runtime
@@ -70,37 +70,54 @@ def _notice(session: Session, rt: Runtime, account: Account, now: datetime) -> b
     )
     cms = issuer.seal(session, rt, message, certificate)
     meta = MessageMeta(
-        sender=str(message["From"]), recipients=[account.address], subject=str(message["Subject"]),
-        date=str(message["Date"]), message_id=str(message["Message-ID"]),
+        sender=str(message["From"]),
+        recipients=[account.address],
+        subject=str(message["Subject"]),
+        date=str(message["Date"]),
+        message_id=str(message["Message-ID"]),
     )
     store.store_notice(session, rt.master_key, owner=account.address, kind=NOTICE_KIND, cms=cms, meta=meta)
     account.inactivity_notice_at = now
     session.add(account)
-    audit.record(session, actor="system", action="account.inactivity-notice", object=account.address,
-                 inactive_since=f"{_inactive_since(account):%Y-%m-%d}", close_on=f"{close_on:%Y-%m-%d}")
+    audit.record(
+        session,
+        actor="system",
+        action="account.inactivity-notice",
+        object=account.address,
+        inactive_since=f"{_inactive_since(account):%Y-%m-%d}",
+        close_on=f"{close_on:%Y-%m-%d}",
+    )
     return True
 
 
 def _delete_messages_of(session: Session, address: str) -> int:
     """Delete ``address``'s mailbox rows, then every message no mailbox holds any more.
     Returns the number of messages deleted."""
-    items = list(session.execute(select(MailboxItem.id, MailboxItem.message_id).where(MailboxItem.owner == address)))
+    items = list(
+        session.execute(
+            select(col(MailboxItem.id), col(MailboxItem.message_id)).where(col(MailboxItem.owner) == address)
+        )
+    )
     item_ids = [i for i, _m in items]
     touched = {m for _i, m in items}
     if item_ids:
-        session.execute(delete(MailboxToken).where(MailboxToken.item_id.in_(item_ids)))
-        session.execute(delete(MailboxIndexed).where(MailboxIndexed.item_id.in_(item_ids)))
-        session.execute(delete(MailboxItem).where(MailboxItem.id.in_(item_ids)))
+        session.execute(delete(MailboxToken).where(col(MailboxToken.item_id).in_(item_ids)))
+        session.execute(delete(MailboxIndexed).where(col(MailboxIndexed.item_id).in_(item_ids)))
+        session.execute(delete(MailboxItem).where(col(MailboxItem.id).in_(item_ids)))
     if not touched:
         return 0
-    held = set(session.execute(select(MailboxItem.message_id).where(MailboxItem.message_id.in_(touched))).scalars())
+    held = set(
+        session.execute(select(col(MailboxItem.message_id)).where(col(MailboxItem.message_id).in_(touched))).scalars()
+    )
     orphans = sorted(touched - held)
     if not orphans:
         return 0
     # A receipt row links an original and its notification: both ends go with either.
-    session.execute(delete(Receipt).where(or_(Receipt.message_id.in_(orphans), Receipt.notification_id.in_(orphans))))
-    session.execute(delete(Delivery).where(Delivery.message_id.in_(orphans)))
-    return session.execute(delete(Message).where(Message.id.in_(orphans))).rowcount or 0
+    session.execute(
+        delete(Receipt).where(or_(col(Receipt.message_id).in_(orphans), col(Receipt.notification_id).in_(orphans)))
+    )
+    session.execute(delete(Delivery).where(col(Delivery.message_id).in_(orphans)))
+    return rowcount(session.execute(delete(Message).where(col(Message.id).in_(orphans))))
 
 
 def _close(session: Session, rt: Runtime, account: Account, now: datetime) -> int:
@@ -121,10 +138,17 @@ def _close(session: Session, rt: Runtime, account: Account, now: datetime) -> in
     certificates.revoke_for_address(
         session, rt.settings, account.address, reason="cessationOfOperation", actor="system"
     )
-    session.execute(delete(WebSession).where(WebSession.address == account.address))
+    session.execute(delete(WebSession).where(col(WebSession.address) == account.address))
     deleted = _delete_messages_of(session, account.address)
-    audit.record(session, actor="system", action="account.close", object=account.address,
-                 reason="inactive", inactive_since=f"{_inactive_since(account):%Y-%m-%d}", messages_deleted=deleted)
+    audit.record(
+        session,
+        actor="system",
+        action="account.close",
+        object=account.address,
+        reason="inactive",
+        inactive_since=f"{_inactive_since(account):%Y-%m-%d}",
+        messages_deleted=deleted,
+    )
     return deleted
 
 
@@ -139,15 +163,23 @@ def run(rt: Runtime, *, now: datetime | None = None) -> LifecycleSummary:
     # The notice must have had the days between the two settings to be read.
     notice_read_by = now - timedelta(days=settings.inactive_close_days - settings.inactive_notice_days)
     with session_scope(rt.engine, readonly=True) as session:
-        candidates = session.execute(
-            select(Account.id).where(
-                Account.closed_at.is_(None),
-                func.coalesce(Account.last_login_at, Account.created_at) <= notice_cut,
-            ).order_by(Account.id)
-        ).scalars().all()
+        candidates = (
+            session.execute(
+                select(col(Account.id))
+                .where(
+                    col(Account.closed_at).is_(None),
+                    func.coalesce(col(Account.last_login_at), col(Account.created_at)) <= notice_cut,
+                )
+                .order_by(col(Account.id))
+            )
+            .scalars()
+            .all()
+        )
     for account_id in candidates:
         with session_scope(rt.engine) as session:
-            account = session.execute(select(Account).where(Account.id == account_id).with_for_update()).scalar_one()
+            account = session.execute(
+                select(Account).where(col(Account.id) == account_id).with_for_update()
+            ).scalar_one()
             if account.closed_at is not None or _inactive_since(account) > notice_cut:
                 continue  # logged in or closed since
             noticed = account.inactivity_notice_at

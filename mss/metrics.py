@@ -29,6 +29,7 @@ from prometheus_client.registry import REGISTRY, Collector
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import col
 
 from directory.models import DirectoryEntry
 from mss.db import session_scope, utcnow
@@ -39,18 +40,23 @@ STAGES = ("parse", "check", "sign", "encrypt", "commit")
 
 SUBMITTED = Counter("mss_messages_submitted", "Messages accepted and stored, by door.", ["door"])
 REFUSED = Counter(
-    "mss_messages_refused", "Messages or envelope steps refused, by door and reason (enhanced status code).",
+    "mss_messages_refused",
+    "Messages or envelope steps refused, by door and reason (enhanced status code).",
     ["door", "reason"],
 )
 DELIVERED = Counter("mss_deliveries_delivered", "Recipients a message was delivered to, by door.", ["door"])
 FAILED = Counter("mss_deliveries_failed", "Recipients a message could not be delivered to, by door.", ["door"])
 DOCUMENTS = Counter("mss_documents", "Documents carried by accepted messages, by kind.", ["kind"])
 STAGE_SECONDS = Histogram(
-    "mss_pipeline_stage_seconds", "Time spent in each pipeline stage.", ["stage"],
+    "mss_pipeline_stage_seconds",
+    "Time spent in each pipeline stage.",
+    ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 SMTP_SESSIONS = Gauge("mss_smtp_sessions_open", "SMTP sessions open now.", multiprocess_mode="livesum")
-LOGIN_FAILURES = Counter("mss_login_failures", "Failed authentication steps, by action and reason.", ["action", "reason"])
+LOGIN_FAILURES = Counter(
+    "mss_login_failures", "Failed authentication steps, by action and reason.", ["action", "reason"]
+)
 LOCKOUTS = Counter("mss_lockouts", "Locks put on an account, by scope (client or account).", ["scope"])
 DELAYED = Counter("mss_receipts_delayed", "Delayed DSNs sent because no final status came in time.")
 
@@ -84,7 +90,7 @@ def accepted(door: str, *, delivered: int, failed: int, kinds: list[str]) -> Non
         DOCUMENTS.labels(kind=kind).inc()
 
 
-def stage(name: str):  # type: ignore[no-untyped-def]
+def stage(name: str):
     """A context manager timing one pipeline stage."""
     return STAGE_SECONDS.labels(stage=name).time()
 
@@ -98,19 +104,20 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("mss_database_up", "1 when the database answered this scrape.")
         entries = GaugeMetricFamily("mss_directory_entries", "Directory entries, by status.", labels=["status"])
-        sessions = GaugeMetricFamily("mss_web_sessions_open", "Web and API sessions not yet expired, by door.",
-                                     labels=["door"])
+        sessions = GaugeMetricFamily(
+            "mss_web_sessions_open", "Web and API sessions not yet expired, by door.", labels=["door"]
+        )
         try:
             with session_scope(self.engine, readonly=True) as session:
                 for status, count in session.execute(
-                    select(DirectoryEntry.status, func.count()).group_by(DirectoryEntry.status)
+                    select(col(DirectoryEntry.status), func.count()).group_by(col(DirectoryEntry.status))
                 ):
                     entries.add_metric([str(status)], count)
                 now = utcnow()
                 for channel, count in session.execute(
-                    select(WebSession.channel, func.count())
-                    .where(WebSession.expires_at > now, WebSession.last_seen_at > now - timedelta(days=1))
-                    .group_by(WebSession.channel)
+                    select(col(WebSession.channel), func.count())
+                    .where(col(WebSession.expires_at) > now, col(WebSession.last_seen_at) > now - timedelta(days=1))
+                    .group_by(col(WebSession.channel))
                 ):
                     sessions.add_metric([channel], count)
         except SQLAlchemyError:
@@ -125,7 +132,7 @@ class _Process(Collector):
     """This process's own counters (the default registry)."""
 
     def collect(self) -> Iterator[Metric]:
-        return REGISTRY.collect()
+        yield from REGISTRY.collect()
 
 
 def exposition_registry(engine: Engine) -> CollectorRegistry:
@@ -133,7 +140,7 @@ def exposition_registry(engine: Engine) -> CollectorRegistry:
     process's, and the database gauges."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(registry)
     else:
         registry.register(_Process())
     registry.register(DatabaseCollector(engine))

@@ -7,10 +7,9 @@ message metadata are sealed with the master key, bodies are CMS ciphertext.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Optional
 
 from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from directory.models import Certificate, DirectoryEntry  # noqa: F401  (one metadata)
 from mss.db import UTCDateTime, utcnow
@@ -31,7 +30,7 @@ class Account(SQLModel, table=True):
 
     __tablename__ = "account"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     address: str = Field(max_length=254, unique=True, index=True)
     password_hash: str = Field(max_length=255)  # argon2id, libsodium's encoded form
     # The S/MIME private key (PKCS#8 DER) in a SecretBox under argon2id(password, key_salt).
@@ -45,18 +44,16 @@ class Account(SQLModel, table=True):
     # readable: packed, in a SecretBox under the same argon2id key as ``wrapped_key``, and
     # sealed to the recovery key like the current one. Empty when there is none.
     past_keys_wrapped: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False, default=b""))
-    past_keys_recovery_sealed: bytes = Field(
-        default=b"", sa_column=Column(LargeBinary, nullable=False, default=b"")
-    )
-    certificate_id: Optional[int] = Field(default=None, foreign_key="certificate.id")
+    past_keys_recovery_sealed: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False, default=b""))
+    certificate_id: int | None = Field(default=None, foreign_key="certificate.id")
     totp_secret_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     totp_confirmed: bool = False  # becomes true with the first accepted code
     totp_last_step: int = 0  # replay guard: the last accepted 30-second step
     recovery_codes: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     failed_logins: int = 0  # wrong passwords from every client address, in the current window
     factor_failures: int = 0  # wrong TOTP or recovery codes since the last complete login
-    last_failure_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
-    locked_until: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    last_failure_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     disabled: bool = False
     # RFC 8098 2.1: a read receipt goes out only with the reader's consent: ask each time
     # (default), always, or never (mss.accounts.preferences).
@@ -65,9 +62,9 @@ class Account(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     # The mailbox life cycle (mss.lifecycle): last successful login at any door, when the
     # inactivity notice went out, when the account was closed (its keys destroyed).
-    last_login_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
-    inactivity_notice_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
-    closed_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    last_login_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    inactivity_notice_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     is_admin: bool = False  # may open the activity pages under /admin (mss account admin)
 
 
@@ -81,7 +78,7 @@ class LoginThrottle(SQLModel, table=True):
     scope: str = Field(primary_key=True, max_length=400)
     failures: int = 0
     last_failure_at: datetime = Field(sa_type=UTCDateTime)
-    blocked_until: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    blocked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class AuditEvent(SQLModel, table=True):
@@ -89,7 +86,7 @@ class AuditEvent(SQLModel, table=True):
 
     __tablename__ = "audit_event"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     seq: int = Field(unique=True, index=True)  # 1, 2, 3 ... with no gap
     at: datetime = Field(sa_type=UTCDateTime, index=True)
     actor: str = Field(max_length=254)
@@ -107,7 +104,7 @@ class AuditCheckpoint(SQLModel, table=True):
 
     __tablename__ = "audit_checkpoint"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     through_seq: int
     head_hash: str = Field(max_length=64)
     at: datetime = Field(sa_type=UTCDateTime)
@@ -119,7 +116,7 @@ class Message(SQLModel, table=True):
 
     __tablename__ = "message"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     queue_id: str = Field(max_length=40, unique=True, index=True)
     message_id: str = Field(max_length=998, index=True)  # the RFC 5322 Message-ID
     sender: str = Field(max_length=254, index=True)
@@ -137,7 +134,7 @@ class Delivery(SQLModel, table=True):
     __tablename__ = "delivery"
     __table_args__ = (UniqueConstraint("message_id", "recipient"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     message_id: int = Field(foreign_key="message.id", index=True)
     recipient: str = Field(max_length=254, index=True)
     status: str = Field(max_length=20)  # delivered | failed
@@ -153,7 +150,7 @@ class MailboxItem(SQLModel, table=True):
     __tablename__ = "mailbox_item"
     __table_args__ = (Index("ix_mailbox_owner_folder_time", "owner", "folder", "created_at"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     message_id: int = Field(foreign_key="message.id", index=True)
     owner: str = Field(max_length=254)
     folder: str = Field(max_length=20)  # inbox | sent | archive
@@ -166,13 +163,13 @@ class Receipt(SQLModel, table=True):
 
     __tablename__ = "receipt"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     message_id: int = Field(foreign_key="message.id", index=True)
     recipient: str = Field(max_length=254)
     kind: str = Field(max_length=3)  # dsn | mdn
     status: str = Field(max_length=20)  # delivered | relayed | failed | processed | displayed
     reason: str = Field(default="", max_length=500)
-    notification_id: Optional[int] = Field(default=None, foreign_key="message.id")
+    notification_id: int | None = Field(default=None, foreign_key="message.id")
     at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
@@ -183,7 +180,7 @@ class ReadReceiptDeclined(SQLModel, table=True):
     __tablename__ = "read_receipt_declined"
     __table_args__ = (UniqueConstraint("message_id", "recipient"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     message_id: int = Field(foreign_key="message.id", index=True)
     recipient: str = Field(max_length=254)
     by: str = Field(max_length=10)  # reader | setting
@@ -197,7 +194,7 @@ class Draft(SQLModel, table=True):
 
     __tablename__ = "draft"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     draft_id: str = Field(max_length=40, unique=True, index=True)  # random, shown in URLs
     owner: str = Field(max_length=254, index=True)
     summary_cms: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # what the folder lists
@@ -213,7 +210,7 @@ class WebSession(SQLModel, table=True):
 
     __tablename__ = "web_session"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     token_hash: str = Field(max_length=64, unique=True, index=True)  # SHA-256 of the session id
     address: str = Field(max_length=254, index=True)
     channel: str = Field(max_length=10)  # web | api
@@ -243,14 +240,14 @@ class MailboxToken(SQLModel, table=True):
     __tablename__ = "mailbox_token"
     __table_args__ = (Index("ix_mailbox_token_owner_token", "owner", "token"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     item_id: int = Field(foreign_key="mailbox_item.id", index=True, ondelete="CASCADE")
     owner: str = Field(max_length=254)
     token: str = Field(max_length=32)
 
 
 # The inbox's unread count on every page reads this index alone.
-Index("ix_mailbox_owner_folder_unread", MailboxItem.owner, MailboxItem.folder, MailboxItem.unread)
+Index("ix_mailbox_owner_folder_unread", col(MailboxItem.owner), col(MailboxItem.folder), col(MailboxItem.unread))
 
 
 class MailClientSetting(SQLModel, table=True):
@@ -306,6 +303,8 @@ class EntityShape(SQLModel, table=True):
 
     message_id: int = Field(primary_key=True, foreign_key="message.id", ondelete="CASCADE")
     sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
 # -- other operators: trust list, routes, outbound queue, peers' certificates ---------------
 
 
@@ -344,15 +343,15 @@ class Outbound(SQLModel, table=True):
     __tablename__ = "outbound"
     __table_args__ = (Index("ix_outbound_due", "state", "next_attempt_at"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     queue_id: str = Field(max_length=40, unique=True, index=True)
-    message_id: Optional[int] = Field(default=None, foreign_key="message.id", index=True)
+    message_id: int | None = Field(default=None, foreign_key="message.id", index=True)
     kind: str = Field(max_length=10)  # message (a local sender's) | receipt (for a remote sender)
     domain: str = Field(max_length=253)
     protection: str = Field(max_length=10)  # encrypted | signed | receipt
     mail_from: str = Field(default="", max_length=254)  # "" is the null sender <>
-    envelope_id: Optional[str] = Field(default=None, max_length=100)  # RFC 3461 ENVID
-    ret: Optional[str] = Field(default=None, max_length=4)  # RFC 3461 RET
+    envelope_id: str | None = Field(default=None, max_length=100)  # RFC 3461 ENVID
+    ret: str | None = Field(default=None, max_length=4)  # RFC 3461 RET
     payload_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     size: int
     state: str = Field(default="queued", max_length=10)  # queued | done | failed | bounced
@@ -362,8 +361,8 @@ class Outbound(SQLModel, table=True):
     expires_at: datetime = Field(sa_type=UTCDateTime)
     delay_warned: bool = False
     lease_owner: str = Field(default="", max_length=80)
-    lease_until: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
-    last_attempt_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_error: str = Field(default="", max_length=500)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
@@ -374,11 +373,11 @@ class OutboundRecipient(SQLModel, table=True):
     __tablename__ = "outbound_recipient"
     __table_args__ = (UniqueConstraint("outbound_id", "address"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     outbound_id: int = Field(foreign_key="outbound.id", index=True)
     address: str = Field(max_length=254)
     notify: str = Field(default="FAILURE", max_length=40)  # RFC 3461 NOTIFY as the sender asked
-    orcpt: Optional[str] = Field(default=None, max_length=500)
+    orcpt: str | None = Field(default=None, max_length=500)
     state: str = Field(default="pending", max_length=10)  # pending | relayed | failed
     reply: str = Field(default="", max_length=500)  # the peer's last reply for this recipient
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -390,7 +389,7 @@ class PeerCertificate(SQLModel, table=True):
 
     __tablename__ = "peer_certificate"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     address: str = Field(max_length=254, index=True)
     fingerprint: str = Field(max_length=64, unique=True)
     der: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
@@ -417,7 +416,7 @@ class PeerCrl(SQLModel, table=True):
     url: str = Field(primary_key=True, max_length=500)
     issuer: str = Field(max_length=64, index=True)  # SHA-256 of the issuer name (DER), hex
     der: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    next_update: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    next_update: datetime | None = Field(default=None, sa_type=UTCDateTime)
     fetched_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
@@ -428,7 +427,7 @@ class InboundDelivery(SQLModel, table=True):
     __tablename__ = "inbound_delivery"
     __table_args__ = (UniqueConstraint("sender", "message_ident", "recipient"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     sender: str = Field(max_length=254)  # the envelope sender, or the From: of a null-sender receipt
     message_ident: str = Field(max_length=64)  # SHA-256 of the RFC 5322 Message-ID, hex
     recipient: str = Field(max_length=254)

@@ -50,7 +50,7 @@ from pyhanko_certvalidator.policy_decl import REQUIRE_REVINFO, CertRevTrustPolic
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from directory import certificates
 from mss import trust
@@ -150,7 +150,7 @@ def trust_material(session: Session, settings: Settings) -> Trust:
         roots += [root for root in peer_roots(settings) if root not in roots]
     except ConfigError:
         pass  # no peer CAs configured: only this operator's signatures can be trusted
-    crls = list(own.crls) + list(session.execute(select(PeerCrl.der)).scalars())
+    crls = list(own.crls) + list(session.execute(select(col(PeerCrl.der))).scalars())
     return Trust(roots=roots, crls=crls)
 
 
@@ -194,7 +194,9 @@ def ensure_crls(engine: Engine, settings: Settings, chain: Iterable[x509.Certifi
         for url in _crl_urls(certificate):
             with session_scope(engine, readonly=True) as session:
                 row = session.get(PeerCrl, url)
-                fresh = row is not None and row.next_update is not None and row.next_update > utcnow() + CRL_REFRESH_MARGIN
+                fresh = (
+                    row is not None and row.next_update is not None and row.next_update > utcnow() + CRL_REFRESH_MARGIN
+                )
             if fresh:
                 break
             crl = _fetch_crl(url, issuer, settings.federation.certificate_fetch_timeout)
@@ -246,7 +248,7 @@ def crls_for_signed(engine: Engine, settings: Settings, signed_der: bytes) -> li
     if not keys:
         return []
     with session_scope(engine, readonly=True) as session:
-        return list(session.execute(select(PeerCrl.der).where(PeerCrl.issuer.in_(sorted(keys)))).scalars())
+        return list(session.execute(select(col(PeerCrl.der)).where(col(PeerCrl.issuer).in_(sorted(keys)))).scalars())
 
 
 # -- certificate checks --------------------------------------------------------------------
@@ -303,20 +305,27 @@ def remember(engine: Engine, address: str, certificate: x509.Certificate, *, sou
     fingerprint = certificate.fingerprint(hashes.SHA256()).hex()
     with session_scope(engine, readonly=True) as session:
         seen = session.execute(
-            select(PeerCertificate.seen_at).where(PeerCertificate.fingerprint == fingerprint)
+            select(col(PeerCertificate.seen_at)).where(col(PeerCertificate.fingerprint) == fingerprint)
         ).scalar_one_or_none()
     if seen is not None and seen > utcnow() - SEEN_REFRESH:
         return  # known and seen lately: no write for every message of a correspondent
     try:
         with session_scope(engine) as session:
-            row = session.execute(
-                select(PeerCertificate).where(PeerCertificate.fingerprint == fingerprint)
-            ).scalars().first()
+            row = (
+                session.execute(select(PeerCertificate).where(col(PeerCertificate.fingerprint) == fingerprint))
+                .scalars()
+                .first()
+            )
             if row is None:
-                session.add(PeerCertificate(
-                    address=address.lower(), fingerprint=fingerprint, der=certificate.public_bytes(Encoding.DER),
-                    not_after=certificate.not_valid_after_utc, source=source,
-                ))
+                session.add(
+                    PeerCertificate(
+                        address=address.lower(),
+                        fingerprint=fingerprint,
+                        der=certificate.public_bytes(Encoding.DER),
+                        not_after=certificate.not_valid_after_utc,
+                        source=source,
+                    )
+                )
             else:
                 row.seen_at = utcnow()
                 session.add(row)
@@ -335,11 +344,15 @@ def remember_signer(engine: Engine, address: str, signed_der: bytes) -> None:
 
 def _cached(engine: Engine, address: str) -> list[x509.Certificate]:
     with session_scope(engine, readonly=True) as session:
-        rows = session.execute(
-            select(PeerCertificate.der)
-            .where(PeerCertificate.address == address, PeerCertificate.not_after > utcnow())
-            .order_by(PeerCertificate.seen_at.desc(), PeerCertificate.id.desc())
-        ).scalars().all()
+        rows = (
+            session.execute(
+                select(col(PeerCertificate.der))
+                .where(col(PeerCertificate.address) == address, col(PeerCertificate.not_after) > utcnow())
+                .order_by(col(PeerCertificate.seen_at).desc(), col(PeerCertificate.id).desc())
+            )
+            .scalars()
+            .all()
+        )
     return [x509.load_der_x509_certificate(der) for der in rows]
 
 

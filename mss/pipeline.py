@@ -16,6 +16,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from email.parser import BytesParser
+from typing import Any, cast
 
 from directory import certificates, service
 from mss import metrics, peers, receipts, standing, store, trust
@@ -43,6 +44,7 @@ from mss.errors import (
     UnopenableEnvelope,
     UnsupportedCms,
 )
+from mss.mime import decoded_payload, subparts
 from mss.outbound import queue
 from mss.receipts import DEFAULT_NOTIFY, Notify, issuer
 from mss.runtime import Runtime
@@ -119,12 +121,11 @@ def check_recipient(rt: Runtime, address: str) -> str:
         return entry.address
 
 
-def _certificate_for(session, address: str):  # type: ignore[no-untyped-def]
+def _certificate_for(session, address: str):
     cert = certificates.current_certificate(session, address)
     if cert is None:
         raise RecipientHasNoCertificate(f"{address} has no valid certificate: nothing can be encrypted to it")
     return cert
-
 
 
 # -- submission --------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def _parse(raw: bytes) -> EmailMessage:
     except (ValueError, TypeError, LookupError, IndexError) as exc:
         raise MalformedMessage(f"the message is not parseable MIME ({exc.__class__.__name__})") from exc
     parts = 0
-    stack: list[tuple[EmailMessage, int]] = [(message, 1)]  # type: ignore[list-item]
+    stack: list[tuple[EmailMessage, int]] = [(message, 1)]
     while stack:
         part, depth = stack.pop()
         parts += 1
@@ -188,13 +189,13 @@ def _parse(raw: bytes) -> EmailMessage:
             if isinstance(defect, FATAL_DEFECTS):
                 raise MalformedMessage(f"malformed MIME: {defect.__class__.__name__.removesuffix('Defect')}")
         if part.is_multipart():
-            children = part.get_payload()
-            stack.extend((child, depth + 1) for child in (children if isinstance(children, list) else []))
+            # Parsed with the default policy, every part is an EmailMessage.
+            stack.extend((cast(EmailMessage, child), depth + 1) for child in subparts(part))
     for name in ONCE_FIELDS:
         count = len(message.get_all(name) or ())
         if count > 1:
             raise RepeatedHeaderField(f"{name}: appears {count} times")
-    return message  # type: ignore[return-value]
+    return message
 
 
 def _check_header_values(part: EmailMessage) -> None:
@@ -212,7 +213,7 @@ def _one_mailbox(message: EmailMessage, name: str) -> str:
     """The address of the one well-formed mailbox in field ``name``. Raises MalformedOriginator."""
     try:
         header = message[name]
-        addresses = getattr(header, "addresses", ()) if header is not None else ()
+        addresses: tuple[Any, ...] = getattr(header, "addresses", ()) if header is not None else ()
         defects = getattr(header, "defects", ()) if header is not None else ()
     except (ValueError, IndexError, TypeError, AttributeError) as exc:
         raise MalformedOriginator(f"the {name}: header is not a valid address") from exc
@@ -230,7 +231,7 @@ def _from_address(message: EmailMessage) -> str:
     return _one_mailbox(message, "From")
 
 
-def _leaf_parts(message: EmailMessage):  # type: ignore[no-untyped-def]
+def _leaf_parts(message: EmailMessage):
     for part in message.walk():
         if part.is_multipart():
             continue
@@ -247,7 +248,7 @@ def _inspect_documents(message: EmailMessage, limits: DocumentLimits, owner: str
         if content_type in SIGNATURE_TYPES and not filename.lower().endswith(".p7m"):
             continue  # the client's own multipart/signed signature travels inside ours
         try:
-            data = part.get_payload(decode=True) or b""
+            data = decoded_payload(part)
         except (ValueError, TypeError, LookupError) as exc:
             raise MalformedMessage(f"a part of the message cannot be decoded ({exc.__class__.__name__})") from exc
         if content_type in BODY_TYPES and not filename and disposition != "attachment":
@@ -305,7 +306,7 @@ def client_smime(raw: bytes, message: EmailMessage) -> ClientSmime:
     return ClientSmime(entity=message if depth == 0 else _parse(content))
 
 
-def check_envelope_recipients(envelope: bytes, recipients: list[str], certificates: list) -> None:  # type: ignore[type-arg]
+def check_envelope_recipients(envelope: bytes, recipients: list[str], certificates: list) -> None:
     """Every recipient can open the client's envelope here.
 
     Raises NotEncryptedForRecipients when some recipient is not among its RecipientInfos,
@@ -315,7 +316,7 @@ def check_envelope_recipients(envelope: bytes, recipients: list[str], certificat
     unreadable = []
     try:
         parsed = cms_envelope.load(envelope)
-        for address, certificate in zip(recipients, certificates):
+        for address, certificate in zip(recipients, certificates, strict=True):
             try:
                 cms_envelope.check_openable(parsed, certificate)
             except DecryptionError:
@@ -338,7 +339,7 @@ def _check_line_ends(entity: bytes) -> None:
 def _with_headers(raw: bytes, headers: dict[str, str]) -> bytes:
     """The message with headers prepended and line ends made CRLF (the form that is signed)."""
     text = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    prefix = b"".join(f"{name}: {value}\r\n".encode("utf-8") for name, value in headers.items())
+    prefix = b"".join(f"{name}: {value}\r\n".encode() for name, value in headers.items())
     return prefix + text
 
 
@@ -471,19 +472,40 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
     commit_started = metrics.now()
     with session_scope(rt.engine) as session:
         row = store.store_submission(
-            session, rt.master_key, queue_id=queue_id, kind=kind, cms=cms, meta=meta,
+            session,
+            rt.master_key,
+            queue_id=queue_id,
+            kind=kind,
+            cms=cms,
+            meta=meta,
             delivered=[(r.address, ",".join(sorted(r.notify)), meta.mdn_to is not None) for r in deliverable],
-            failed=failed, channel=submission.channel, request_id=submission.request_id,
+            failed=failed,
+            channel=submission.channel,
+            request_id=submission.request_id,
             checked=[d.kind for d in documents],
-            queued=[(r.address, ",".join(sorted(r.notify)), meta.mdn_to is not None, _protection_reason(entry))
-                    for entry in entries for r in remote if any(q.address == r.address for q in entry.recipients)],
+            queued=[
+                (r.address, ",".join(sorted(r.notify)), meta.mdn_to is not None, _protection_reason(entry))
+                for entry in entries
+                for r in remote
+                if any(q.address == r.address for q in entry.recipients)
+            ],
         )
-        store.store_receipts(session, rt.master_key, queue_id=queue_id, notices=notices, request_id=submission.request_id)
+        store.store_receipts(
+            session, rt.master_key, queue_id=queue_id, notices=notices, request_id=submission.request_id
+        )
         for entry in entries:
-            queue.enqueue(session, settings, rt.master_key, replace(entry, message_id=row.id),
-                          request_id=submission.request_id, subject=queue_id)
+            queue.enqueue(
+                session,
+                settings,
+                rt.master_key,
+                replace(entry, message_id=row.id),
+                request_id=submission.request_id,
+                subject=queue_id,
+            )
     metrics.observe("commit", commit_started)
-    metrics.accepted(submission.channel, delivered=len(deliverable), failed=len(failed), kinds=[d.kind for d in documents])
+    metrics.accepted(
+        submission.channel, delivered=len(deliverable), failed=len(failed), kinds=[d.kind for d in documents]
+    )
     return Accepted(queue_id=queue_id, message_id=message_id)
 
 
@@ -519,7 +541,7 @@ def document_summary(document: Document) -> DocumentSummary:
     )
 
 
-def check_recipient_is_active(session, settings, address: str) -> None:  # type: ignore[no-untyped-def]
+def check_recipient_is_active(session, settings, address: str) -> None:
     """Re-checked at DATA: a revocation between RCPT and DATA still refuses the message
     (and so does a domain taken off the trust list)."""
     if not settings.serves(address):
@@ -527,7 +549,7 @@ def check_recipient_is_active(session, settings, address: str) -> None:  # type:
     service.require_active(session, address)
 
 
-def settings_limits(settings) -> DocumentLimits:  # type: ignore[no-untyped-def]
+def settings_limits(settings) -> DocumentLimits:
     return DocumentLimits(max_document_size=settings.relay.max_message_size)
 
 
@@ -549,11 +571,20 @@ def _header_block(raw: bytes) -> bytes:
 # Header fields of the message that travel outside the S/MIME body to another operator:
 # what its door needs to file the message (it may not be able to decrypt it) and to send
 # receipts. The patient's INS and CDA codes stay inside.
-_OUTER_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To", "References",
-                  "Disposition-Notification-To")
+_OUTER_HEADERS = (
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "Disposition-Notification-To",
+)
 
 
-def _require_trusted(session, address: str) -> None:  # type: ignore[no-untyped-def]
+def _require_trusted(session, address: str) -> None:
     domain = trust.domain_of(address)
     if not trust.is_trusted(session, domain):
         raise DomainNotServed(f"{address} is neither in a domain served here nor in one on the trust list")
@@ -604,12 +635,19 @@ def _outbound_entries(
             payload = smime.to_smime_message(envelope_for, headers)
         else:
             payload = smime.to_signed_smime_message(signed, headers)
-        entries.append(queue.Entry(
-            kind=queue.MESSAGE, domain=domain, protection=protection, mail_from=submission.sender.address,
-            payload=payload, envelope_id=submission.envelope_id, ret="HDRS",
-            recipients=tuple(
-                queue.Recipient(address=r.address, notify=",".join(sorted(r.notify)) or "NEVER", orcpt=r.orcpt)
-                for r in requests
-            ),
-        ))
+        entries.append(
+            queue.Entry(
+                kind=queue.MESSAGE,
+                domain=domain,
+                protection=protection,
+                mail_from=submission.sender.address,
+                payload=payload,
+                envelope_id=submission.envelope_id,
+                ret="HDRS",
+                recipients=tuple(
+                    queue.Recipient(address=r.address, notify=",".join(sorted(r.notify)) or "NEVER", orcpt=r.orcpt)
+                    for r in requests
+                ),
+            )
+        )
     return entries

@@ -37,4 +37,3 @@ def open_runtime(settings: Settings, *, apply_migrations: bool = True) -> Runtim
     if apply_migrations:
         migrate(engine)
     return Runtime(settings=settings, engine=engine, master_key=MasterKey.load(settings))
-

@@ -7,9 +7,9 @@ SMTP server factory and the web app factory take it as an argument.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
 
 from mss.errors import ConfigError
 
@@ -143,7 +143,8 @@ class ImapSettings:
     idle_timeout: float
     """``MSS_IMAP_TIMEOUT``: seconds a client may stay silent (RFC 3501 asks at least 30 minutes). Default 1860."""
     session_seconds: int
-    """``MSS_IMAP_SESSION_SECONDS``: the longest an IMAP login lasts before it must log in again. Default 43200 (12 h)."""
+    """``MSS_IMAP_SESSION_SECONDS``: the longest an IMAP login lasts before it must log in
+    again. Default 43200 (12 h)."""
     poll_seconds: float
     """``MSS_IMAP_POLL_SECONDS``: how often IDLE looks for changes made by any process. Default 1."""
     max_literal: int
@@ -239,7 +240,7 @@ class Settings:
         return any(domain == d or domain.endswith("." + d) for d in self.domains)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build the settings from ``env`` (default: the process environment).
 
         Raises ConfigError on a malformed value.
@@ -301,9 +302,9 @@ class Settings:
             user_key_bits=integer("MSS_USER_KEY_BITS", 3072),
             certificate_days=integer("MSS_CERTIFICATE_DAYS", 1095),
             recovery_public_key=Path(get("MSS_RECOVERY_PUBLIC_KEY", str(data_dir / "recovery.pub"))),
-            recovery_private_key_out=Path(
-                get("MSS_RECOVERY_KEY_OUT", str(PROJECT_ROOT / "offline" / "recovery.key"))
-            ).expanduser().resolve(),
+            recovery_private_key_out=Path(get("MSS_RECOVERY_KEY_OUT", str(PROJECT_ROOT / "offline" / "recovery.key")))
+            .expanduser()
+            .resolve(),
             crl_url=get("MSS_CRL_URL", f"http://{_url_host(first_host)}:{http_port or 8080}/pki/ca.crl"),
             http_host=get("MSS_PKI_HTTP_HOST", "127.0.0.1"),
             http_port=http_port,
@@ -407,7 +408,7 @@ class Settings:
             operator=operator,
         )
 
-    def with_changes(self, **changes: object) -> "Settings":
+    def with_changes(self, **changes: object) -> Settings:
         """A copy with some top-level fields replaced (tests use it)."""
-        return replace(self, **changes)
-
+        # dataclasses.replace checks the names and the values are the caller's to get right.
+        return replace(self, **changes)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from directory.models import (
     ACTIVE,
@@ -27,7 +27,7 @@ from directory.models import (
     Certificate,
     DirectoryEntry,
 )
-from mss.db import utcnow
+from mss.db import rowcount, utcnow
 from mss.errors import (
     AccountDisabled,
     AddressNotServed,
@@ -66,24 +66,26 @@ def check(session: Session, settings: Settings, address: str, *, certificate_ser
     if not settings.serves(address):
         raise AddressNotServed(f"{address} is not in a domain served here")
     if certificate_serial is None:
-        certificate_join = Certificate.id == Account.certificate_id
+        certificate_join = col(Certificate.id) == col(Account.certificate_id)
     else:
-        certificate_join = (Certificate.serial == certificate_serial) & (Certificate.address == Account.address)
+        certificate_join = (col(Certificate.serial) == certificate_serial) & (
+            col(Certificate.address) == col(Account.address)
+        )
     row = session.execute(
         select(
-            Account.disabled,
-            DirectoryEntry.status,
-            DirectoryEntry.status_reason,
-            DirectoryEntry.status_changed_at,
-            Certificate.serial,
-            Certificate.revoked_at,
-            Certificate.revocation_reason,
-            Certificate.not_after,
+            col(Account.disabled),
+            col(DirectoryEntry.status),
+            col(DirectoryEntry.status_reason),
+            col(DirectoryEntry.status_changed_at),
+            col(Certificate.serial),
+            col(Certificate.revoked_at),
+            col(Certificate.revocation_reason),
+            col(Certificate.not_after),
         )
         .select_from(Account)
-        .join(DirectoryEntry, DirectoryEntry.address == Account.address, isouter=True)
+        .join(DirectoryEntry, col(DirectoryEntry.address) == col(Account.address), isouter=True)
         .join(Certificate, certificate_join, isouter=True)
-        .where(Account.address == address)
+        .where(col(Account.address) == address)
     ).first()
     if row is None:
         raise StandingError(f"there is no account for {address}")
@@ -103,7 +105,8 @@ def check(session: Session, settings: Settings, address: str, *, certificate_ser
         raise CertificateRevoked(f"{address} has no signing certificate: it must be rekeyed")
     if revoked_at is not None:
         raise CertificateRevoked(
-            f"the signing certificate {serial} was revoked on {_day(revoked_at)} ({revocation_reason or 'unspecified'})",
+            f"the signing certificate {serial} was revoked on {_day(revoked_at)}"
+            f" ({revocation_reason or 'unspecified'})",
             serial=serial,
             revoked_at=revoked_at,
         )
@@ -116,5 +119,5 @@ def check(session: Session, settings: Settings, address: str, *, certificate_ser
 
 def end_sessions(session: Session, address: str) -> int:
     """Delete every web and API session of ``address`` (in the caller's transaction)."""
-    result = session.execute(delete(WebSession).where(WebSession.address == address.strip().lower()))
-    return int(result.rowcount or 0)
+    result = session.execute(delete(WebSession).where(col(WebSession.address) == address.strip().lower()))
+    return rowcount(result)

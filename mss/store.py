@@ -14,12 +14,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from mss import audit
 from mss.addresses import normalise_address
-from mss.crypto.master import MasterKey
 from mss.crypto import smime
+from mss.crypto.master import MasterKey
+from mss.db import key_of
 from mss.errors import CryptoError, MessageNotFound
 from mss.models import Delivery, InboundDelivery, MailboxItem, Message, Receipt
 
@@ -38,7 +39,7 @@ class CdaSummary:
     effective_time: str = ""
 
     @classmethod
-    def from_json(cls, data: object) -> "CdaSummary":
+    def from_json(cls, data: object) -> CdaSummary:
         """From its sealed form; unknown keys (a later version's) are ignored."""
         fields_ = data if isinstance(data, dict) else {}
         return cls(**{name: str(fields_.get(name) or "") for name in _CDA_FIELDS})
@@ -59,7 +60,7 @@ class DocumentSummary:
     """Each CDA carried: the document itself, or those of an IHE_XDM package."""
 
     @classmethod
-    def from_json(cls, data: object) -> "DocumentSummary":
+    def from_json(cls, data: object) -> DocumentSummary:
         """From its sealed form (a JSON object); missing fields take their empty value."""
         fields_ = data if isinstance(data, dict) else {}
         cdas = fields_.get("cda")
@@ -102,7 +103,7 @@ class MessageMeta:
         return master_key.seal(json.dumps(asdict(self), ensure_ascii=False).encode("utf-8"))
 
     @classmethod
-    def open(cls, master_key: MasterKey, sealed: bytes) -> "MessageMeta":
+    def open(cls, master_key: MasterKey, sealed: bytes) -> MessageMeta:
         data = json.loads(master_key.open(sealed))
         data["documents"] = [DocumentSummary.from_json(d) for d in data.get("documents") or []]
         return cls(**data)
@@ -154,28 +155,63 @@ def store_submission(
     session.add(row)
     session.flush()
     events = [
-        audit.EventSpec(meta.sender, "message.submit", queue_id, request_id=request_id, detail={
-            "channel": channel, "message_id": meta.message_id,
-            "recipients": len(delivered) + len(failed) + len(queued)}),
+        audit.EventSpec(
+            meta.sender,
+            "message.submit",
+            queue_id,
+            request_id=request_id,
+            detail={
+                "channel": channel,
+                "message_id": meta.message_id,
+                "recipients": len(delivered) + len(failed) + len(queued),
+            },
+        ),
         audit.EventSpec("system", "message.check", queue_id, request_id=request_id, detail={"documents": checked}),
-        audit.EventSpec("system", "message.sign" if kind == "signed" else "message.passthrough", queue_id,
-                        request_id=request_id, detail={"cms_sha256": row.cms_sha256}),
+        audit.EventSpec(
+            "system",
+            "message.sign" if kind == "signed" else "message.passthrough",
+            queue_id,
+            request_id=request_id,
+            detail={"cms_sha256": row.cms_sha256},
+        ),
     ]
-    session.add(MailboxItem(message_id=row.id, owner=meta.sender, folder=SENT, unread=False))
+    session.add(MailboxItem(message_id=key_of(row), owner=meta.sender, folder=SENT, unread=False))
     for recipient, notify, mdn in delivered:
-        session.add(Delivery(message_id=row.id, recipient=recipient, status="delivered", notify=notify, mdn_requested=mdn))
-        session.add(MailboxItem(message_id=row.id, owner=recipient, folder=INBOX))
-        events.append(audit.EventSpec("system", "message.deliver", queue_id, request_id=request_id,
-                                      detail={"recipient": recipient}))
+        session.add(
+            Delivery(message_id=key_of(row), recipient=recipient, status="delivered", notify=notify, mdn_requested=mdn)
+        )
+        session.add(MailboxItem(message_id=key_of(row), owner=recipient, folder=INBOX))
+        events.append(
+            audit.EventSpec(
+                "system", "message.deliver", queue_id, request_id=request_id, detail={"recipient": recipient}
+            )
+        )
     for recipient, notify, mdn, how in queued:
-        session.add(Delivery(message_id=row.id, recipient=recipient, status="queued", notify=notify, mdn_requested=mdn,
-                             reason=how[:500]))
-        events.append(audit.EventSpec("system", "message.queue", queue_id, request_id=request_id,
-                                      detail={"recipient": recipient}))
+        session.add(
+            Delivery(
+                message_id=key_of(row),
+                recipient=recipient,
+                status="queued",
+                notify=notify,
+                mdn_requested=mdn,
+                reason=how[:500],
+            )
+        )
+        events.append(
+            audit.EventSpec("system", "message.queue", queue_id, request_id=request_id, detail={"recipient": recipient})
+        )
     for recipient, reason in failed.items():
-        session.add(Delivery(message_id=row.id, recipient=recipient, status="failed", reason=reason))
-        events.append(audit.EventSpec("system", "message.deliver", queue_id, audit.FAILURE, request_id,
-                                      {"recipient": recipient, "reason": reason}))
+        session.add(Delivery(message_id=key_of(row), recipient=recipient, status="failed", reason=reason))
+        events.append(
+            audit.EventSpec(
+                "system",
+                "message.deliver",
+                queue_id,
+                audit.FAILURE,
+                request_id,
+                {"recipient": recipient, "reason": reason},
+            )
+        )
     audit.record_many(session, events)
     session.flush()
     return row
@@ -216,21 +252,46 @@ def store_inbound(
     session.add(row)
     session.flush()
     events = [
-        audit.EventSpec(meta.sender, "message.receive", queue_id, request_id=request_id, detail={
-            "peer": peer, "message_id": meta.message_id, "recipients": len(delivered) + len(failed),
-            "protection": (meta.origin or {}).get("protection", "")}),
+        audit.EventSpec(
+            meta.sender,
+            "message.receive",
+            queue_id,
+            request_id=request_id,
+            detail={
+                "peer": peer,
+                "message_id": meta.message_id,
+                "recipients": len(delivered) + len(failed),
+                "protection": (meta.origin or {}).get("protection", ""),
+            },
+        ),
     ]
     for recipient, notify, mdn in delivered:
-        session.add(Delivery(message_id=row.id, recipient=recipient, status="delivered", notify=notify, mdn_requested=mdn))
-        session.add(MailboxItem(message_id=row.id, owner=recipient, folder=INBOX))
-        session.add(InboundDelivery(sender=sender_key, message_ident=message_digest, recipient=recipient,
-                                    message_id=row.id))
-        events.append(audit.EventSpec("system", "message.deliver", queue_id, request_id=request_id,
-                                      detail={"recipient": recipient}))
+        session.add(
+            Delivery(message_id=key_of(row), recipient=recipient, status="delivered", notify=notify, mdn_requested=mdn)
+        )
+        session.add(MailboxItem(message_id=key_of(row), owner=recipient, folder=INBOX))
+        session.add(
+            InboundDelivery(
+                sender=sender_key, message_ident=message_digest, recipient=recipient, message_id=key_of(row)
+            )
+        )
+        events.append(
+            audit.EventSpec(
+                "system", "message.deliver", queue_id, request_id=request_id, detail={"recipient": recipient}
+            )
+        )
     for recipient, reason in failed.items():
-        session.add(Delivery(message_id=row.id, recipient=recipient, status="failed", reason=reason[:500]))
-        events.append(audit.EventSpec("system", "message.deliver", queue_id, audit.FAILURE, request_id,
-                                      {"recipient": recipient, "reason": reason}))
+        session.add(Delivery(message_id=key_of(row), recipient=recipient, status="failed", reason=reason[:500]))
+        events.append(
+            audit.EventSpec(
+                "system",
+                "message.deliver",
+                queue_id,
+                audit.FAILURE,
+                request_id,
+                {"recipient": recipient, "reason": reason},
+            )
+        )
     session.flush()  # a repeated delivery stops here, before the audit chain moves
     audit.record_many(session, events)
     session.flush()
@@ -247,13 +308,15 @@ def store_receipts(
     """
     if not notices:
         return
-    original = session.execute(select(Message).where(Message.queue_id == queue_id)).scalars().one()
+    original = session.execute(select(Message).where(col(Message.queue_id) == queue_id)).scalars().one()
     for notice in notices:
         known = set(
             session.execute(
-                select(Receipt.recipient).where(
-                    Receipt.message_id == original.id, Receipt.kind == notice.kind, Receipt.status == notice.status,
-                    Receipt.recipient.in_(notice.recipients),
+                select(col(Receipt.recipient)).where(
+                    col(Receipt.message_id) == original.id,
+                    col(Receipt.kind) == notice.kind,
+                    col(Receipt.status) == notice.status,
+                    col(Receipt.recipient).in_(notice.recipients),
                 )
             ).scalars()
         )
@@ -272,25 +335,47 @@ def store_receipts(
         )
         session.add(notification)
         session.flush()
-        session.add(MailboxItem(message_id=notification.id, owner=original.sender, folder=INBOX))
+        session.add(MailboxItem(message_id=key_of(notification), owner=original.sender, folder=INBOX))
         for recipient in notice.recipients:
-            session.add(Receipt(message_id=original.id, recipient=recipient, kind=notice.kind, status=notice.status,
-                                reason=notice.reason, notification_id=notification.id))
-            audit.record(session, actor="system", action=f"receipt.{notice.kind}", object=queue_id,
-                         request_id=request_id, recipient=recipient, status=notice.status)
+            session.add(
+                Receipt(
+                    message_id=original.id,
+                    recipient=recipient,
+                    kind=notice.kind,
+                    status=notice.status,
+                    reason=notice.reason,
+                    notification_id=notification.id,
+                )
+            )
+            audit.record(
+                session,
+                actor="system",
+                action=f"receipt.{notice.kind}",
+                object=queue_id,
+                request_id=request_id,
+                recipient=recipient,
+                status=notice.status,
+            )
     session.flush()
 
 
-def store_notice(session: Session, master_key: MasterKey, *, owner: str, kind: str, cms: bytes, meta: MessageMeta) -> Message:
+def store_notice(
+    session: Session, master_key: MasterKey, *, owner: str, kind: str, cms: bytes, meta: MessageMeta
+) -> Message:
     """Store a message from the operator itself (sealed by the caller) in ``owner``'s inbox."""
     row = Message(
         queue_id=f"{kind.upper()}-{hashlib.sha256(cms).hexdigest()[:20].upper()}",
-        message_id=meta.message_id, sender=meta.sender, kind=kind, size=len(cms), cms=cms,
-        cms_sha256=hashlib.sha256(cms).hexdigest(), meta_sealed=meta.seal(master_key),
+        message_id=meta.message_id,
+        sender=meta.sender,
+        kind=kind,
+        size=len(cms),
+        cms=cms,
+        cms_sha256=hashlib.sha256(cms).hexdigest(),
+        meta_sealed=meta.seal(master_key),
     )
     session.add(row)
     session.flush()
-    session.add(MailboxItem(message_id=row.id, owner=owner, folder=INBOX))
+    session.add(MailboxItem(message_id=key_of(row), owner=owner, folder=INBOX))
     session.flush()
     return row
 
@@ -304,10 +389,15 @@ def find_message(session: Session, ident: str) -> Message:
     """The message with this queue id or RFC 5322 Message-ID. Raises MessageNotFound."""
     ident = ident.strip()
     bracketed = ident if ident.startswith("<") else f"<{ident}>"
-    row = session.execute(
-        select(Message).where(or_(Message.queue_id == ident.upper(), Message.message_id.in_([ident, bracketed])))
-        .order_by(Message.id)
-    ).scalars().first()
+    row = (
+        session.execute(
+            select(Message)
+            .where(or_(col(Message.queue_id) == ident.upper(), col(Message.message_id).in_([ident, bracketed])))
+            .order_by(col(Message.id))
+        )
+        .scalars()
+        .first()
+    )
     if row is None:
         raise MessageNotFound(f"no message {ident}")
     return row
@@ -333,7 +423,7 @@ def signed_data_in(inner: bytes) -> bytes | None:
 
 def readers_of(session: Session, message: Message) -> set[str]:
     """Addresses that may read a stored message: its mailbox owners."""
-    owners = session.execute(select(MailboxItem.owner).where(MailboxItem.message_id == message.id)).scalars()
+    owners = session.execute(select(col(MailboxItem.owner)).where(col(MailboxItem.message_id) == message.id)).scalars()
     return set(owners)
 
 
@@ -353,8 +443,8 @@ def trace(session: Session, ident: str) -> Trace:
     return Trace(
         message=row,
         events=list(audit.events_for(session, object_prefix=row.queue_id)),
-        deliveries=list(session.execute(select(Delivery).where(Delivery.message_id == row.id)).scalars()),
-        receipts=list(session.execute(select(Receipt).where(Receipt.message_id == row.id)).scalars()),
+        deliveries=list(session.execute(select(Delivery).where(col(Delivery.message_id) == row.id)).scalars()),
+        receipts=list(session.execute(select(Receipt).where(col(Receipt.message_id) == row.id)).scalars()),
     )
 
 
@@ -368,10 +458,18 @@ def export_for(session: Session, master_key: MasterKey, ident: str, reader: str,
     if address not in readers_of(session, row):
         raise MessageNotFound(f"no message {ident.strip()[:40]} for {address}")
     meta = MessageMeta.open(master_key, row.meta_sealed)
-    headers = {"From": meta.sender, "To": ", ".join(meta.recipients), "Subject": meta.subject,
-               "Date": meta.date, "Message-ID": meta.message_id, **meta.headers}
+    headers = {
+        "From": meta.sender,
+        "To": ", ".join(meta.recipients),
+        "Subject": meta.subject,
+        "Date": meta.date,
+        "Message-ID": meta.message_id,
+        **meta.headers,
+    }
     audit.record(session, actor=actor, action="message.export", object=row.queue_id, reader=address)
     return smime.to_smime_message(row.cms, {k: v for k, v in headers.items() if v})
+
+
 # -- what a mail client's listing needs (mss.mailbox.served) ------------------------------
 
 # Fields set at the top of every served message; an entity's own copies are dropped.
@@ -411,8 +509,12 @@ def entity_fields(head: bytes) -> bytes:
 def entity_facts(entity: bytes, signature: str) -> dict[str, object]:
     """What the metadata keeps of a decrypted entity so a listing needs no decryption."""
     head, body = split_entity(entity)
-    return {"header": entity_fields(head).decode("latin-1"), "size": len(body), "lines": _body_lines(body),
-            "signature": signature}
+    return {
+        "header": entity_fields(head).decode("latin-1"),
+        "size": len(body),
+        "lines": _body_lines(body),
+        "signature": signature,
+    }
 
 
 def submission_signature(signer: str, serial: str, at: datetime) -> str:

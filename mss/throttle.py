@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from mss.models import LoginThrottle
 from mss.settings import Settings
@@ -126,8 +126,8 @@ def record_failure(
     """
     session.execute(
         delete(LoginThrottle).where(
-            LoginThrottle.last_failure_at < now - 2 * _window(settings),
-            (LoginThrottle.blocked_until.is_(None)) | (LoginThrottle.blocked_until < now),  # type: ignore[union-attr]
+            col(LoginThrottle.last_failure_at) < now - 2 * _window(settings),
+            (col(LoginThrottle.blocked_until).is_(None)) | (col(LoginThrottle.blocked_until) < now),
         )
     )
     pair_new = None
@@ -143,9 +143,9 @@ def record_failure(
 
 def clear_pair(session: Session, address: str, client: str) -> None:
     """Forget the failures of ``client`` for ``address`` (after a complete login from it)."""
-    session.execute(delete(LoginThrottle).where(LoginThrottle.scope == pair_scope(address, client)))
+    session.execute(delete(LoginThrottle).where(col(LoginThrottle.scope) == pair_scope(address, client)))
 
 
 def clear_account(session: Session, address: str) -> None:
     """Forget every per-address count of ``address`` (an administrator's unlock, a recovery)."""
-    session.execute(delete(LoginThrottle).where(LoginThrottle.scope.startswith(f"pair:{address}|")))  # type: ignore[attr-defined]
+    session.execute(delete(LoginThrottle).where(col(LoginThrottle.scope).startswith(f"pair:{address}|")))

@@ -24,10 +24,10 @@ from urllib.parse import urlsplit
 
 from lxml import etree
 from sqlalchemy import delete, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from mss import audit
-from mss.db import utcnow
+from mss.db import rowcount, utcnow
 from mss.documents import DocumentLimits, parse_xml
 from mss.errors import DocumentError, TrustListError
 from mss.models import PeerRoute, TrustedDomain
@@ -184,8 +184,14 @@ def import_list(
                 audit.record(session, actor=actor, action="trust.remove", object=domain, source=LIST)
     session.flush()
     audit.record(
-        session, actor=actor, action="trust.import", object="trust-list", added=len(added),
-        removed=len(removed), rejected=len(rejected), listed=len(wanted),
+        session,
+        actor=actor,
+        action="trust.import",
+        object="trust-list",
+        added=len(added),
+        removed=len(removed),
+        rejected=len(rejected),
+        listed=len(wanted),
     )
     return Imported(added=tuple(added), kept=len(wanted) - len(added), removed=tuple(removed), rejected=tuple(rejected))
 
@@ -231,7 +237,7 @@ def listed(session: Session) -> list[Listed]:
     """Every domain of the trust list with its route, in name order."""
     routes = {row.domain: row for row in session.execute(select(PeerRoute)).scalars()}
     out = []
-    for row in session.execute(select(TrustedDomain).order_by(TrustedDomain.domain)).scalars():
+    for row in session.execute(select(TrustedDomain).order_by(col(TrustedDomain.domain))).scalars():
         route = routes.get(row.domain)
         out.append(Listed(row.domain, row.source, row.added_at, _route(route) if route else None))
     return out
@@ -247,7 +253,11 @@ def trusted_among(session: Session, domains: Iterable[str]) -> set[str]:
     wanted = {d.strip().lower().rstrip(".") for d in domains}
     if not wanted:
         return set()
-    return set(session.execute(select(TrustedDomain.domain).where(TrustedDomain.domain.in_(sorted(wanted)))).scalars())
+    return set(
+        session.execute(
+            select(col(TrustedDomain.domain)).where(col(TrustedDomain.domain).in_(sorted(wanted)))
+        ).scalars()
+    )
 
 
 # -- routes -----------------------------------------------------------------------------------
@@ -308,8 +318,7 @@ def set_route(
         row.host, row.port, row.certificates_url, row.updated_at = host, port, url, utcnow()
     session.add(row)
     session.flush()
-    audit.record(session, actor=actor, action="trust.route", object=domain, host=host, port=port,
-                 certificates_url=url)
+    audit.record(session, actor=actor, action="trust.route", object=domain, host=host, port=port, certificates_url=url)
     return _route(row)
 
 
@@ -317,7 +326,7 @@ def remove_route(session: Session, domain: str, *, actor: str) -> None:
     """Forget the route of ``domain`` (its DNS MX applies again). Raises TrustListError
     when it has none."""
     domain = normalise_domain(domain)
-    if session.execute(delete(PeerRoute).where(PeerRoute.domain == domain)).rowcount == 0:
+    if rowcount(session.execute(delete(PeerRoute).where(col(PeerRoute.domain) == domain))) == 0:
         raise TrustListError(f"{domain} has no route")
     audit.record(session, actor=actor, action="trust.unroute", object=domain)
 

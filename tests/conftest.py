@@ -109,16 +109,21 @@ def samples() -> Path:
 
 # -- a dev PKI made once per run, copied into each test's folders --------------------------
 
+
 @pytest.fixture(scope="session")
 def _pki_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from mss.crypto import pki
 
     root = tmp_path_factory.mktemp("pki-template")
-    settings = Settings.from_env({
-        "MSS_DATA_DIR": str(root / "data"), "MSS_CERTS_DIR": str(root / "certs"),
-        "MSS_HOSTNAMES": "localhost,127.0.0.1", "MSS_USER_KEY_BITS": "2048",
-        "MSS_RECOVERY_KEY_OUT": str(root / "offline" / "recovery.key"),
-    })
+    settings = Settings.from_env(
+        {
+            "MSS_DATA_DIR": str(root / "data"),
+            "MSS_CERTS_DIR": str(root / "certs"),
+            "MSS_HOSTNAMES": "localhost,127.0.0.1",
+            "MSS_USER_KEY_BITS": "2048",
+            "MSS_RECOVERY_KEY_OUT": str(root / "offline" / "recovery.key"),
+        }
+    )
     pki.init_dev_pki(settings)
     return root / "certs", root / "data"
 

@@ -82,7 +82,7 @@ class Operator:
     smtp_port: int
     mx_port: int
     pki_port: int
-    services: "Services | None" = None
+    services: Services | None = None
     extra: list[Any] = field(default_factory=list)
 
     @property
@@ -106,8 +106,15 @@ class Operator:
             context.load_cert_chain(paths.tls_certificate, paths.tls_key)
         return context
 
-    def submit(self, sender: str, recipients: list[str] | tuple[str, ...], raw: bytes, *,
-               rcpt_options: tuple[str, ...] = (), mail_options: tuple[str, ...] = ()) -> str:
+    def submit(
+        self,
+        sender: str,
+        recipients: list[str] | tuple[str, ...],
+        raw: bytes,
+        *,
+        rcpt_options: tuple[str, ...] = (),
+        mail_options: tuple[str, ...] = (),
+    ) -> str:
         """Send through this operator's submission relay; return the queue id of the 250."""
         with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as client:
             client.starttls(context=self.client_context())
@@ -126,10 +133,14 @@ class Operator:
 
     def inbox(self, owner: str) -> list[Message]:
         with session_scope(self.rt.engine) as session:
-            return list(session.execute(
-                select(Message).join(MailboxItem, MailboxItem.message_id == Message.id)
-                .where(MailboxItem.owner == owner, MailboxItem.folder == "inbox").order_by(Message.id)
-            ).scalars())
+            return list(
+                session.execute(
+                    select(Message)
+                    .join(MailboxItem, MailboxItem.message_id == Message.id)
+                    .where(MailboxItem.owner == owner, MailboxItem.folder == "inbox")
+                    .order_by(Message.id)
+                ).scalars()
+            )
 
     def close(self) -> None:
         if self.services is not None:
@@ -148,22 +159,35 @@ def build_operator(root: Path, name: str, domain: str, users: tuple[str, ...], *
     smtp_port, mx_port, pki_port = free_port(), free_port(), free_port()
     env = test_env(root, database_url)
     env.update(FAST)
-    env.update({
-        "MSS_DOMAINS": domain,
-        "MSS_SMTP_PORT": str(smtp_port),
-        "MSS_MX_PORT": str(mx_port),
-        "MSS_PKI_HTTP_PORT": str(pki_port),
-        "MSS_CRL_URL": f"http://127.0.0.1:{pki_port}/pki/ca.crl",
-        "MSS_PEER_CA_FILE": str(root / "peers-ca.pem"),
-    })
+    env.update(
+        {
+            "MSS_DOMAINS": domain,
+            "MSS_SMTP_PORT": str(smtp_port),
+            "MSS_MX_PORT": str(mx_port),
+            "MSS_PKI_HTTP_PORT": str(pki_port),
+            "MSS_CRL_URL": f"http://127.0.0.1:{pki_port}/pki/ca.crl",
+            "MSS_PEER_CA_FILE": str(root / "peers-ca.pem"),
+        }
+    )
     env.update(env_overrides)
     settings = Settings.from_env(env)
     pki.init_dev_pki(settings)
     rt = open_runtime(settings)
     import_extract(rt.engine, SAMPLE_EXTRACT, actor="test")
     people = {address: create_person(rt, address, "pw-" + secrets.token_urlsafe(12)) for address in users}
-    return Operator(name=name, domain=domain, root=root, env=env, settings=settings, rt=rt, people=people,
-                    database_url=database_url, smtp_port=smtp_port, mx_port=mx_port, pki_port=pki_port)
+    return Operator(
+        name=name,
+        domain=domain,
+        root=root,
+        env=env,
+        settings=settings,
+        rt=rt,
+        people=people,
+        database_url=database_url,
+        smtp_port=smtp_port,
+        mx_port=mx_port,
+        pki_port=pki_port,
+    )
 
 
 def write_peer_cas(operator: Operator, *cas: Path) -> None:
@@ -194,8 +218,9 @@ def link(a: Operator, b: Operator, *, a_publishes: bool = True, b_publishes: boo
 class Services:
     """Submission relay, MX, delivery worker and publication of one operator, in a thread."""
 
-    def __init__(self, operator: Operator, *, worker: bool = True, mx_handler: Any = None,
-                 rt: Runtime | None = None) -> None:
+    def __init__(
+        self, operator: Operator, *, worker: bool = True, mx_handler: Any = None, rt: Runtime | None = None
+    ) -> None:
         self.operator = operator
         self.rt = rt or operator.rt
         self.worker = worker
@@ -206,7 +231,7 @@ class Services:
         self._started = threading.Event()
         self._error: BaseException | None = None
 
-    def start(self) -> "Services":
+    def start(self) -> Services:
         self._started.clear()
         self._thread = threading.Thread(target=self._run, name=f"mss-{self.operator.name}", daemon=True)
         self._thread.start()
@@ -217,7 +242,7 @@ class Services:
     def _run(self) -> None:
         try:
             asyncio.run(self._serve())
-        except BaseException as exc:  # noqa: BLE001 - reported to start()
+        except BaseException as exc:
             self._error = exc
             self._started.set()
 
@@ -297,11 +322,12 @@ class OperatorProcess:
         self.env = {**os.environ, **operator.env, "MSS_SMTP_HOST": "127.0.0.1", "MSS_MX_HOST": "127.0.0.1"}
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "OperatorProcess":
+    def start(self) -> OperatorProcess:
         mss = Path(sys.executable).with_name("mss")
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen([str(mss), "serve", "relay"], env=self.env, cwd=PROJECT_ROOT,
-                                            stdout=out, stderr=out)
+            self.process = subprocess.Popen(
+                [str(mss), "serve", "relay"], env=self.env, cwd=PROJECT_ROOT, stdout=out, stderr=out
+            )
         for port in (self.operator.smtp_port, self.operator.mx_port):
             deadline = time.monotonic() + 60
             while True:
@@ -334,8 +360,6 @@ class OperatorProcess:
         return self.process.wait(timeout=60)
 
 
-
-
 class CuttingProxy:
     """A TCP relay between one operator's delivery worker and another's MX, which calls
     ``cut`` at one precise point of the first large transfer, then drops that connection.
@@ -362,7 +386,7 @@ class CuttingProxy:
         self._closed = False
         self._taken = False
 
-    def start(self) -> "CuttingProxy":
+    def start(self) -> CuttingProxy:
         self.sock.listen(16)
         threading.Thread(target=self._accept, name="proxy", daemon=True).start()
         return self
@@ -462,7 +486,7 @@ class WorkerThread:
 
         asyncio.run(main())
 
-    def start(self) -> "WorkerThread":
+    def start(self) -> WorkerThread:
         self._thread.start()
         self._ready.wait(30)
         return self

@@ -60,12 +60,33 @@ def xdm_bytes() -> bytes:
 def clinical_mail(rt: Runtime, sender: Person, to: Person, **options: object) -> list[str]:
     """Three messages from ``sender`` to ``to``: a PDF, a CDA R2 and an IHE_XDM.ZIP; their queue ids."""
     sent = [
-        submit(rt, sender, [to.address], "Compte rendu", "Bonjour,\nle compte rendu.\n",
-               [("compte-rendu.pdf", "application/pdf", pdf_bytes("CR"))], **options),
-        submit(rt, sender, [to.address], "Lettre de liaison", "Bonjour,\nla lettre.\n",
-               [(CDA_SAMPLE.name, "text/xml", CDA_SAMPLE.read_bytes())], **options),
-        submit(rt, sender, [to.address], "Dossier XDM", "Bonjour,\nle dossier.\n",
-               [("IHE_XDM.ZIP", "application/zip", xdm_bytes())], **options),
+        submit(
+            rt,
+            sender,
+            [to.address],
+            "Compte rendu",
+            "Bonjour,\nle compte rendu.\n",
+            [("compte-rendu.pdf", "application/pdf", pdf_bytes("CR"))],
+            **options,
+        ),
+        submit(
+            rt,
+            sender,
+            [to.address],
+            "Lettre de liaison",
+            "Bonjour,\nla lettre.\n",
+            [(CDA_SAMPLE.name, "text/xml", CDA_SAMPLE.read_bytes())],
+            **options,
+        ),
+        submit(
+            rt,
+            sender,
+            [to.address],
+            "Dossier XDM",
+            "Bonjour,\nle dossier.\n",
+            [("IHE_XDM.ZIP", "application/zip", xdm_bytes())],
+            **options,
+        ),
     ]
     return [accepted.queue_id for accepted in sent]
 

@@ -80,8 +80,16 @@ def require_postfix() -> None:
 class PostfixPeer:
     """A private Postfix instance serving ``domain`` with maildirs for ``mailboxes``."""
 
-    def __init__(self, *, domain: str, mailboxes: list[str], mx_port: int, submission_port: int,
-                 trusted_cas: list[Path], routes: dict[str, tuple[str, int]]) -> None:
+    def __init__(
+        self,
+        *,
+        domain: str,
+        mailboxes: list[str],
+        mx_port: int,
+        submission_port: int,
+        trusted_cas: list[Path],
+        routes: dict[str, tuple[str, int]],
+    ) -> None:
         self.domain = domain
         self.mx_port = mx_port
         self.submission_port = submission_port
@@ -90,7 +98,9 @@ class PostfixPeer:
         self.root.chmod(0o755)
         self.conf = self.root / "conf"
         self.conf.mkdir(mode=0o755)
-        self.ca = pki.new_certificate_authority(common_name=f"Postfix operator CA {domain}", organisation="postfix peer")
+        self.ca = pki.new_certificate_authority(
+            common_name=f"Postfix operator CA {domain}", organisation="postfix peer"
+        )
         key, certificate = pki.issue_tls_certificate(self.ca, ["localhost", "127.0.0.1"])
         (self.conf / "tls.pem").write_bytes(
             certificate.public_bytes(Encoding.PEM) + self.ca.certificate.public_bytes(Encoding.PEM)
@@ -165,7 +175,7 @@ queue_run_delay = 1s
     def _postfix(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(POSTFIX), "-c", str(self.conf), *args], capture_output=True, text=True, timeout=60)
 
-    def start(self) -> "PostfixPeer":
+    def start(self) -> PostfixPeer:
         done = self._postfix("start")
         if done.returncode != 0:
             raise RuntimeError(f"postfix did not start: {done.stderr} {self.log()[-2000:]}")

@@ -149,9 +149,7 @@ def connect(
     ``source`` is the loopback address the client connects from (127.0.0.2 is another
     client than 127.0.0.1 to the relay).
     """
-    client = smtplib.SMTP(
-        "127.0.0.1", port or stack.port, timeout=30, source_address=(source, 0) if source else None
-    )
+    client = smtplib.SMTP("127.0.0.1", port or stack.port, timeout=30, source_address=(source, 0) if source else None)
     client.ehlo("client.test")
     client.starttls(context=context or stack.client_context())
     client.ehlo("client.test")
@@ -246,7 +244,7 @@ def xxe_cda() -> bytes:
 
 def billion_laughs_cda() -> bytes:
     """A CDA with nested entity expansion (the "billion laughs")."""
-    entities = ['<!ENTITY lol0 "lol">'] + [f'<!ENTITY lol{i} "{("&lol%d;" % (i - 1)) * 10}">' for i in range(1, 10)]
+    entities = ['<!ENTITY lol0 "lol">'] + [f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(1, 10)]
     return (
         '<?xml version="1.0"?>\n<!DOCTYPE ClinicalDocument [' + "".join(entities) + "]>\n"
         '<ClinicalDocument xmlns="urn:hl7-org:v3"><title>&lol9;</title></ClinicalDocument>\n'

@@ -38,11 +38,15 @@ def require(*commands: str) -> None:
         pytest.skip(message)
 
 
-def run(args: list[str], *, input: bytes | None = None, env: dict[str, str] | None = None, ok: bool = True) -> subprocess.CompletedProcess[bytes]:
+def run(
+    args: list[str], *, input: bytes | None = None, env: dict[str, str] | None = None, ok: bool = True
+) -> subprocess.CompletedProcess[bytes]:
     """Run a tool; with ``ok``, fail the test with its output when it fails."""
     result = subprocess.run(args, input=input, capture_output=True, timeout=TIMEOUT, env=env)
     if ok:
-        assert result.returncode == 0, f"{' '.join(args[:3])}... failed: {result.stderr.decode(errors='replace')[-2000:]}"
+        assert result.returncode == 0, (
+            f"{' '.join(args[:3])}... failed: {result.stderr.decode(errors='replace')[-2000:]}"
+        )
     return result
 
 
@@ -72,17 +76,23 @@ def multipart_signed(entity: bytes, signature_der: bytes, micalg: str = "sha-256
     the detached signature."""
     boundary = "----=_Part_" + secrets.token_hex(12)
     return (
-        f'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg={micalg};\r\n'
-        f' boundary="{boundary}"\r\n\r\n'
-        "This is a cryptographically signed message in MIME format.\r\n\r\n"
-        f"--{boundary}\r\n"
-    ).encode() + entity + (
-        f"\r\n--{boundary}\r\n"
-        'Content-Type: application/pkcs7-signature; name="smime.p7s"\r\n'
-        "Content-Transfer-Encoding: base64\r\n"
-        'Content-Disposition: attachment; filename="smime.p7s"\r\n'
-        "Content-Description: S/MIME Cryptographic Signature\r\n\r\n"
-    ).encode() + _base64_lines(signature_der) + f"--{boundary}--\r\n".encode()
+        (
+            f'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg={micalg};\r\n'
+            f' boundary="{boundary}"\r\n\r\n'
+            "This is a cryptographically signed message in MIME format.\r\n\r\n"
+            f"--{boundary}\r\n"
+        ).encode()
+        + entity
+        + (
+            f"\r\n--{boundary}\r\n"
+            'Content-Type: application/pkcs7-signature; name="smime.p7s"\r\n'
+            "Content-Transfer-Encoding: base64\r\n"
+            'Content-Disposition: attachment; filename="smime.p7s"\r\n'
+            "Content-Description: S/MIME Cryptographic Signature\r\n\r\n"
+        ).encode()
+        + _base64_lines(signature_der)
+        + f"--{boundary}--\r\n".encode()
+    )
 
 
 def mail(sender: str, recipients: list[str], subject: str, entity: bytes) -> bytes:
@@ -126,10 +136,34 @@ class OpenSSL:
     def import_pkcs12(self, who: str, p12: bytes, password: str) -> None:
         """Key and certificate of ``who`` from a PKCS#12 file."""
         source = self._file("in.p12", p12)
-        run(["openssl", "pkcs12", "-in", str(source), "-passin", f"pass:{password}", "-nodes", "-nocerts",
-             "-out", str(self.home / f"{who}.key")])
-        run(["openssl", "pkcs12", "-in", str(source), "-passin", f"pass:{password}", "-clcerts", "-nokeys",
-             "-out", str(self.home / f"{who}.pem")])
+        run(
+            [
+                "openssl",
+                "pkcs12",
+                "-in",
+                str(source),
+                "-passin",
+                f"pass:{password}",
+                "-nodes",
+                "-nocerts",
+                "-out",
+                str(self.home / f"{who}.key"),
+            ]
+        )
+        run(
+            [
+                "openssl",
+                "pkcs12",
+                "-in",
+                str(source),
+                "-passin",
+                f"pass:{password}",
+                "-clcerts",
+                "-nokeys",
+                "-out",
+                str(self.home / f"{who}.pem"),
+            ]
+        )
 
     def add_certificate(self, who: str, pem: bytes) -> None:
         """A correspondent's certificate."""
@@ -137,13 +171,27 @@ class OpenSSL:
 
     def sign(self, entity: bytes, signer: str, *, detached: bool) -> bytes:
         """A signed S/MIME entity: ``multipart/signed`` or opaque ``signed-data``."""
-        args = ["openssl", "cms", "-sign", "-md", "sha256", "-crlfeol", "-signer", str(self.home / f"{signer}.pem"),
-                "-inkey", str(self.home / f"{signer}.key"), "-certfile", str(self.ca)]
+        args = [
+            "openssl",
+            "cms",
+            "-sign",
+            "-md",
+            "sha256",
+            "-crlfeol",
+            "-signer",
+            str(self.home / f"{signer}.pem"),
+            "-inkey",
+            str(self.home / f"{signer}.key"),
+            "-certfile",
+            str(self.ca),
+        ]
         if not detached:
             args.append("-nodetach")
         return crlf(run(args, input=entity).stdout)
 
-    def encrypt(self, entity: bytes, recipients: list[str], *, cipher: str = "aes256", oaep: str | None = None) -> bytes:
+    def encrypt(
+        self, entity: bytes, recipients: list[str], *, cipher: str = "aes256", oaep: str | None = None
+    ) -> bytes:
         """An enveloped S/MIME entity to ``recipients``; ``oaep`` is None (PKCS #1 v1.5),
         ``sha1`` or ``sha256``. ``cipher`` is an openssl cipher name (``aes-256-gcm`` makes
         an AuthEnvelopedData)."""
@@ -156,8 +204,20 @@ class OpenSSL:
 
     def decrypt(self, der: bytes, who: str) -> bytes:
         """The content of a DER envelope, opened with ``who``'s key."""
-        return run(["openssl", "cms", "-decrypt", "-inform", "DER", "-recip", str(self.home / f"{who}.pem"),
-                    "-inkey", str(self.home / f"{who}.key")], input=der).stdout
+        return run(
+            [
+                "openssl",
+                "cms",
+                "-decrypt",
+                "-inform",
+                "DER",
+                "-recip",
+                str(self.home / f"{who}.pem"),
+                "-inkey",
+                str(self.home / f"{who}.key"),
+            ],
+            input=der,
+        ).stdout
 
     def verify(self, smime: bytes) -> bytes:
         """The content of a signed S/MIME entity, checked against the CA; fails otherwise."""
@@ -186,8 +246,15 @@ class GpgSm:
         (self.home / "trustlist.txt").write_text(f"{fingerprint} S relax\n")
 
     def _args(self, *args: str) -> list[str]:
-        return ["gpgsm", "--batch", "--disable-crl-checks", "--disable-trusted-cert-crl-check",
-                "--pinentry-mode", "loopback", *args]
+        return [
+            "gpgsm",
+            "--batch",
+            "--disable-crl-checks",
+            "--disable-trusted-cert-crl-check",
+            "--pinentry-mode",
+            "loopback",
+            *args,
+        ]
 
     def _fingerprint(self, pem: bytes) -> str:
         listing = run(["gpgsm", "--with-colons", "--list-keys"], env=self.env).stdout.decode()
@@ -197,8 +264,11 @@ class GpgSm:
 
     def import_pkcs12(self, who: str, p12: bytes, password: str) -> None:
         """Key and certificate of ``who`` from a PKCS#12 file."""
-        run(self._args("--passphrase-fd", "0", "--import", str(self._file(p12))), input=password.encode() + b"\n",
-            env=self.env)
+        run(
+            self._args("--passphrase-fd", "0", "--import", str(self._file(p12))),
+            input=password.encode() + b"\n",
+            env=self.env,
+        )
         listing = run(["gpgsm", "--list-secret-keys", who], env=self.env, ok=False)
         assert listing.returncode == 0 and who.encode() in listing.stdout, listing.stderr.decode(errors="replace")
         self.passwords[who] = password
@@ -215,8 +285,11 @@ class GpgSm:
     def sign(self, entity: bytes, signer: str, *, detached: bool) -> bytes:
         """A DER SignedData over ``entity`` (detached or embedding it)."""
         mode = "--detach-sign" if detached else "--sign"
-        return run(self._args("--passphrase-fd", "0", "-u", signer, mode, "--output", "-", str(self._file(entity))),
-                   input=self.passwords[signer].encode() + b"\n", env=self.env).stdout
+        return run(
+            self._args("--passphrase-fd", "0", "-u", signer, mode, "--output", "-", str(self._file(entity))),
+            input=self.passwords[signer].encode() + b"\n",
+            env=self.env,
+        ).stdout
 
     def encrypt(self, entity: bytes, recipients: list[str], *, cipher: str = "AES") -> bytes:
         """A DER EnvelopedData (BER, as gpgsm writes it) of ``entity``; ``cipher`` is
@@ -228,8 +301,11 @@ class GpgSm:
 
     def decrypt(self, der: bytes, who: str) -> bytes:
         """The content of an envelope, opened with ``who``'s key."""
-        return run(self._args("--passphrase-fd", "0", "--decrypt", "--output", "-", str(self._file(der))),
-                   input=self.passwords[who].encode() + b"\n", env=self.env).stdout
+        return run(
+            self._args("--passphrase-fd", "0", "--decrypt", "--output", "-", str(self._file(der))),
+            input=self.passwords[who].encode() + b"\n",
+            env=self.env,
+        ).stdout
 
     def verify(self, der: bytes, content: bytes | None = None) -> str:
         """Checks a SignedData (``content`` for a detached one); the signer's fingerprint."""

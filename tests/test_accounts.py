@@ -137,8 +137,9 @@ def test_totp_works_once_and_refuses_replay(rt, directory_loaded):  # type: igno
     with pytest.raises(BadTotp):
         accounts.verify_totp(rt.engine, rt.settings, rt.master_key, DOCTOR, code, at=now)
     with pytest.raises(BadTotp):
-        accounts.verify_totp(rt.engine, rt.settings, rt.master_key, DOCTOR, "000000" if code != "000000" else "111111",
-                             at=now + 30)
+        accounts.verify_totp(
+            rt.engine, rt.settings, rt.master_key, DOCTOR, "000000" if code != "000000" else "111111", at=now + 30
+        )
     accounts.verify_totp(rt.engine, rt.settings, rt.master_key, DOCTOR, totp.at(now + 30), at=now + 30)
 
 
@@ -147,7 +148,9 @@ def test_password_change_rewraps_the_key(rt, directory_loaded):  # type: ignore[
     before = accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="cli").private_key_der
     with session_scope(rt.engine) as session:
         with pytest.raises(BadCredentials):
-            accounts.change_password(session, rt.settings, DOCTOR, "not my password", "a brand new passphrase", actor="t")
+            accounts.change_password(
+                session, rt.settings, DOCTOR, "not my password", "a brand new passphrase", actor="t"
+            )
     with session_scope(rt.engine) as session:
         accounts.change_password(session, rt.settings, DOCTOR, PASSWORD, "a brand new passphrase", actor="test")
     with pytest.raises(BadCredentials):
@@ -165,8 +168,9 @@ def test_recover_with_the_offline_key(rt, directory_loaded, tmp_path):  # type: 
         with pytest.raises(CryptoError):
             accounts.recover_account(session, rt.settings, DOCTOR, stranger, "recovered passphrase", actor="test")
     with session_scope(rt.engine) as session:
-        accounts.recover_account(session, rt.settings, DOCTOR, rt.settings.pki.recovery_private_key_out,
-                                 "recovered passphrase", actor="test")
+        accounts.recover_account(
+            session, rt.settings, DOCTOR, rt.settings.pki.recovery_private_key_out, "recovered passphrase", actor="test"
+        )
     after = accounts.authenticate(rt.engine, rt.settings, DOCTOR, "recovered passphrase", channel="cli")
     assert after.private_key_der == before
 
@@ -189,12 +193,18 @@ def test_export_pkcs12_opens_with_openssl(rt, directory_loaded, tmp_path):  # ty
     blob = accounts.export_key(rt.engine, rt.settings, DOCTOR, PASSWORD, "export passphrase", actor="test")
     p12 = tmp_path / "key.p12"
     p12.write_bytes(blob)
-    ok = subprocess.run(["openssl", "pkcs12", "-info", "-in", str(p12), "-noenc", "-passin", "pass:export passphrase"],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        ["openssl", "pkcs12", "-info", "-in", str(p12), "-noenc", "-passin", "pass:export passphrase"],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "BEGIN PRIVATE KEY" in ok.stdout and DOCTOR in ok.stdout
-    bad = subprocess.run(["openssl", "pkcs12", "-info", "-in", str(p12), "-noenc", "-passin", "pass:wrong"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        ["openssl", "pkcs12", "-info", "-in", str(p12), "-noenc", "-passin", "pass:wrong"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode != 0
 
 
@@ -208,8 +218,16 @@ def test_recovery_reset_and_disable_end_web_sessions(rt, directory_loaded):  # t
 
     def open_session() -> None:
         with session_scope(rt.engine) as session:
-            session.add(WebSession(token_hash=os.urandom(32).hex(), address=DOCTOR, channel="web", stage="active",
-                                   key_sealed=b"sealed", expires_at=utcnow() + timedelta(hours=1)))
+            session.add(
+                WebSession(
+                    token_hash=os.urandom(32).hex(),
+                    address=DOCTOR,
+                    channel="web",
+                    stage="active",
+                    key_sealed=b"sealed",
+                    expires_at=utcnow() + timedelta(hours=1),
+                )
+            )
 
     def live() -> int:
         with session_scope(rt.engine) as session:
@@ -221,8 +239,9 @@ def test_recovery_reset_and_disable_end_web_sessions(rt, directory_loaded):  # t
     assert live() == 0
     open_session()
     with session_scope(rt.engine) as session:
-        accounts.recover_account(session, rt.settings, DOCTOR, rt.settings.pki.recovery_private_key_out,
-                                 "recovered passphrase", actor="test")
+        accounts.recover_account(
+            session, rt.settings, DOCTOR, rt.settings.pki.recovery_private_key_out, "recovered passphrase", actor="test"
+        )
     assert live() == 0
     open_session()
     with session_scope(rt.engine) as session:

@@ -8,7 +8,7 @@ import io
 import json
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import bindparam, select, text
@@ -133,7 +133,7 @@ def test_record_links_and_anchors_in_the_callers_transaction(db: Engine, master_
         ("outcome", "failure"),
         ("request_id", "req-other"),
         ("detail", '{"size":99}'),
-        ("at", datetime(2020, 1, 1, tzinfo=timezone.utc)),
+        ("at", datetime(2020, 1, 1, tzinfo=UTC)),
         ("prev_hash", "1" * 64),
         ("hash", "f" * 64),
     ],
@@ -157,7 +157,10 @@ def test_an_edited_and_rehashed_event_is_reported(db: Engine, master_key: Master
     fill(db, 12)
     with session_scope(db) as session:
         row = session.execute(select(*AuditEvent.__table__.columns).where(AuditEvent.seq == 7)).one()
-    fields = {name: getattr(row, name) for name in ("seq", "at", "action", "object", "outcome", "request_id", "detail", "prev_hash")}
+    fields = {
+        name: getattr(row, name)
+        for name in ("seq", "at", "action", "object", "outcome", "request_id", "detail", "prev_hash")
+    }
     new_hash = audit.event_hash(actor="someone.else@mss.test", **fields)
     sql(db, "UPDATE audit_event SET actor = 'someone.else@mss.test', hash = :h WHERE seq = 7", h=new_hash)
     assert_broken(check(db, master_key), 7, "event 7 was replaced (event 8 links to a different event 7)")
@@ -167,8 +170,15 @@ def test_an_edited_and_rehashed_last_event_is_reported(db: Engine, master_key: M
     fill(db, 12)
     with session_scope(db) as session:
         row = session.execute(select(*AuditEvent.__table__.columns).where(AuditEvent.seq == 12)).one()
-    fields = {name: getattr(row, name) for name in ("seq", "at", "action", "object", "outcome", "request_id", "detail", "prev_hash")}
-    sql(db, "UPDATE audit_event SET actor = 'x@mss.test', hash = :h WHERE seq = 12", h=audit.event_hash(actor="x@mss.test", **fields))
+    fields = {
+        name: getattr(row, name)
+        for name in ("seq", "at", "action", "object", "outcome", "request_id", "detail", "prev_hash")
+    }
+    sql(
+        db,
+        "UPDATE audit_event SET actor = 'x@mss.test', hash = :h WHERE seq = 12",
+        h=audit.event_hash(actor="x@mss.test", **fields),
+    )
     assert_broken(check(db, master_key), 12, "event 12 does not match the head anchor")
 
 
@@ -237,7 +247,9 @@ def test_a_forged_event_with_a_wrong_hash_is_reported(db: Engine, master_key: Ma
     assert_broken(check(db, master_key), 6, "event 6 was edited (hash mismatch)")
 
 
-def test_events_recorded_without_the_master_key_are_not_vouched_for(engine: Engine, master_key: MasterKey, caplog) -> None:
+def test_events_recorded_without_the_master_key_are_not_vouched_for(
+    engine: Engine, master_key: MasterKey, caplog
+) -> None:
     fill(engine, 3)  # an engine nobody bound: the events chain, the anchor never starts
     assert "without the master key" in caplog.text
     assert_broken(check(engine, master_key), None, "the head anchor is missing")
@@ -250,10 +262,17 @@ def test_a_tampered_or_deleted_head_anchor_is_reported(db: Engine, master_key: M
     fill(db, 5)
     with db.connect() as conn:
         sealed = conn.execute(select(SealedSecret.value).where(SealedSecret.name == audit.HEAD_ANCHOR)).scalar_one()
-    sql(db, "UPDATE sealed_secret SET value = :v WHERE name = :n", v=sealed[:-1] + bytes([sealed[-1] ^ 1]), n=audit.HEAD_ANCHOR)
+    sql(
+        db,
+        "UPDATE sealed_secret SET value = :v WHERE name = :n",
+        v=sealed[:-1] + bytes([sealed[-1] ^ 1]),
+        n=audit.HEAD_ANCHOR,
+    )
     assert_broken(check(db, master_key), None, "the head anchor was altered")
     # Another secret sealed by the same key cannot stand in for the anchor.
-    sql(db, "UPDATE sealed_secret SET value = :v WHERE name = :n", v=master_key.seal(b'{"seq": 5}'), n=audit.HEAD_ANCHOR)
+    sql(
+        db, "UPDATE sealed_secret SET value = :v WHERE name = :n", v=master_key.seal(b'{"seq": 5}'), n=audit.HEAD_ANCHOR
+    )
     assert_broken(check(db, master_key), None, "the head anchor was altered")
     sql(db, "DELETE FROM sealed_secret WHERE name = :n", n=audit.HEAD_ANCHOR)
     assert_broken(check(db, master_key), None, "the head anchor is missing")
@@ -280,7 +299,11 @@ def test_purge_keeps_the_chain_verifiable(db: Engine, master_key: MasterKey) -> 
     with session_scope(db) as session:
         (purge_event,) = audit.events_for(session, action_prefix="audit.purge")
         assert purge_event.actor == "admin@mss.test"
-        assert json.loads(purge_event.detail) == {"before": cut.isoformat(timespec="microseconds"), "deleted": 10, "through_seq": 10}
+        assert json.loads(purge_event.detail) == {
+            "before": cut.isoformat(timespec="microseconds"),
+            "deleted": 10,
+            "through_seq": 10,
+        }
         assert session.execute(select(SealedSecret.name).where(SealedSecret.name == audit.SIGNING_KEY)).scalar_one()
     fill(db, 3, tag="later")
     cut = utcnow()
@@ -355,7 +378,9 @@ def test_a_forged_checkpoint_is_reported(db: Engine, master_key: MasterKey) -> N
     forged_head = hash_of(db, 10)
     with db.begin() as conn:
         conn.execute(
-            AuditCheckpoint.__table__.insert().values(through_seq=10, head_hash=forged_head, at=utcnow(), signature=b"\1" * 64)
+            AuditCheckpoint.__table__.insert().values(
+                through_seq=10, head_hash=forged_head, at=utcnow(), signature=b"\1" * 64
+            )
         )
     assert_broken(check(db, master_key), 10, "the checkpoint at seq 10 has a bad signature (forged or altered)")
 
@@ -372,7 +397,11 @@ def test_a_deleted_checkpoint_is_reported(db: Engine, master_key: MasterKey) -> 
     with session_scope(db) as session:
         audit.purge(session, master_key, before=utcnow())  # the second checkpoint, at seq 14
     sql(db, "DELETE FROM audit_checkpoint WHERE through_seq = 14")
-    assert_broken(check(db, master_key), 9, "the chain does not start at the last checkpoint (it ends at seq 8, the first event is seq 15)")
+    assert_broken(
+        check(db, master_key),
+        9,
+        "the chain does not start at the last checkpoint (it ends at seq 8, the first event is seq 15)",
+    )
     sql(db, "DELETE FROM audit_checkpoint")
     assert_broken(check(db, master_key), 1, "the chain does not start at genesis: events 1 to 14 are missing")
 
@@ -389,9 +418,11 @@ def test_a_checkpoint_left_alone_is_reported(db: Engine, master_key: MasterKey) 
 
 def outside_verify(events: list[dict[str, str]]) -> str:
     """Re-verify exported events without mss: the canonical form is documented, recompute it."""
-    for before, event in zip([None, *events], events):
+    for before, event in zip([None, *events], events, strict=False):
         canonical = json.dumps(
-            [int(event["seq"])] + [event[name] for name in audit.EXPORT_FIELDS[1:-1]], ensure_ascii=False, separators=(",", ":")
+            [int(event["seq"])] + [event[name] for name in audit.EXPORT_FIELDS[1:-1]],
+            ensure_ascii=False,
+            separators=(",", ":"),
         )
         assert hashlib.sha256(canonical.encode("utf-8")).hexdigest() == event["hash"], event["seq"]
         if before is not None:
@@ -402,7 +433,9 @@ def outside_verify(events: list[dict[str, str]]) -> str:
 
 def tricky_events(engine: Engine) -> None:
     with session_scope(engine) as session:
-        audit.record(session, actor="dr.hélène@mss.test", action="message.submit", object='a,"b"\nc', reason="refusé, « déjà »")
+        audit.record(
+            session, actor="dr.hélène@mss.test", action="message.submit", object='a,"b"\nc', reason="refusé, « déjà »"
+        )
         audit.record(session, actor="dr.b@mss.test", action="message.open", object="q-1", request_id="r;1")
     fill(engine, 5)
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 SAMPLE_EXTRACT = SAMPLES / "annuaire" / "Extraction_Correspondance_MSSante_sample.txt"
@@ -40,8 +39,20 @@ def test_directory_search_show_add_revoke(mss):  # type: ignore[no-untyped-def]
     assert rows and all("LEF" in r["last_name"] for r in rows)
     shown = mss("directory", "show", DOCTOR.upper())
     assert "ROBERT" in shown.stdout
-    mss("directory", "add", "--address", "new.doctor@medecin.mss.test", "--rpps", "10009999999",
-        "--last-name", "NOUVEAU", "--first-name", "Jean", "--profession-label", "Médecin")
+    mss(
+        "directory",
+        "add",
+        "--address",
+        "new.doctor@medecin.mss.test",
+        "--rpps",
+        "10009999999",
+        "--last-name",
+        "NOUVEAU",
+        "--first-name",
+        "Jean",
+        "--profession-label",
+        "Médecin",
+    )
     assert "NOUVEAU" in mss("directory", "show", "new.doctor@medecin.mss.test").stdout
     mss("directory", "revoke", "new.doctor@medecin.mss.test", "--reason", "left the practice")
     assert "revoked" in mss("directory", "show", "new.doctor@medecin.mss.test").stdout
@@ -55,29 +66,60 @@ def test_account_lifecycle(mss, tmp_path, env):  # type: ignore[no-untyped-def]
     assert "otpauth://totp/" in created.stdout
     dup = mss("account", "create", DOCTOR, "--password-stdin", input="first passphrase ok\n", ok=False)
     assert dup.exit_code == 1 and "already exists" in dup.stderr
-    unknown = mss("account", "create", "ghost@chu-demo.mss.test", "--password-stdin", input="first passphrase ok\n",
-                  ok=False)
+    unknown = mss(
+        "account", "create", "ghost@chu-demo.mss.test", "--password-stdin", input="first passphrase ok\n", ok=False
+    )
     assert "not in the directory" in unknown.stderr
     mss("account", "passwd", DOCTOR, "--password-stdin", input="first passphrase ok\nsecond passphrase ok\n")
-    wrong = mss("account", "passwd", DOCTOR, "--password-stdin", input="first passphrase ok\nthird passphrase\n",
-                ok=False)
+    wrong = mss(
+        "account", "passwd", DOCTOR, "--password-stdin", input="first passphrase ok\nthird passphrase\n", ok=False
+    )
     assert "invalid address or password" in wrong.stderr
     assert "otpauth://" in mss("account", "reset-2fa", DOCTOR).stdout
     p12 = tmp_path / "doctor.p12"
-    mss("account", "export-key", DOCTOR, "--out", str(p12), "--password-stdin",
-        input="second passphrase ok\nexport passphrase\n")
+    mss(
+        "account",
+        "export-key",
+        DOCTOR,
+        "--out",
+        str(p12),
+        "--password-stdin",
+        input="second passphrase ok\nexport passphrase\n",
+    )
     assert oct(p12.stat().st_mode & 0o777) == "0o600"
-    opened = subprocess.run(["openssl", "pkcs12", "-info", "-in", str(p12), "-nokeys", "-passin", "pass:export passphrase"],
-                            capture_output=True, text=True)
+    opened = subprocess.run(
+        ["openssl", "pkcs12", "-info", "-in", str(p12), "-nokeys", "-passin", "pass:export passphrase"],
+        capture_output=True,
+        text=True,
+    )
     assert opened.returncode == 0 and DOCTOR in opened.stdout
-    refused = subprocess.run(["openssl", "pkcs12", "-info", "-in", str(p12), "-nokeys", "-passin", "pass:nope"],
-                             capture_output=True, text=True)
+    refused = subprocess.run(
+        ["openssl", "pkcs12", "-info", "-in", str(p12), "-nokeys", "-passin", "pass:nope"],
+        capture_output=True,
+        text=True,
+    )
     assert refused.returncode != 0
     recovery = Path(env["MSS_RECOVERY_KEY_OUT"])
-    mss("account", "recover", DOCTOR, "--recovery-key", str(recovery), "--password-stdin", input="recovered passphrase\n")
+    mss(
+        "account",
+        "recover",
+        DOCTOR,
+        "--recovery-key",
+        str(recovery),
+        "--password-stdin",
+        input="recovered passphrase\n",
+    )
     mss("account", "disable", DOCTOR)
-    disabled = mss("account", "export-key", DOCTOR, "--out", str(p12), "--password-stdin",
-                   input="recovered passphrase\nexport passphrase\n", ok=False)
+    disabled = mss(
+        "account",
+        "export-key",
+        DOCTOR,
+        "--out",
+        str(p12),
+        "--password-stdin",
+        input="recovered passphrase\nexport passphrase\n",
+        ok=False,
+    )
     assert "disabled" in disabled.stderr
     mss("account", "enable", DOCTOR)
     verified = mss("audit", "verify")
@@ -128,8 +170,11 @@ def test_pki_issue_and_revoke(mss, settings):  # type: ignore[no-untyped-def]
     issued = mss("pki", "issue", GP, "--out", str(p12), "--password-stdin", input="export passphrase\n")
     assert "issued certificate" in issued.stdout
     assert oct(p12.stat().st_mode & 0o777) == "0o600"
-    chain = subprocess.run(["openssl", "pkcs12", "-in", str(p12), "-nokeys", "-passin", "pass:export passphrase"],
-                           capture_output=True, text=True)
+    chain = subprocess.run(
+        ["openssl", "pkcs12", "-in", str(p12), "-nokeys", "-passin", "pass:export passphrase"],
+        capture_output=True,
+        text=True,
+    )
     assert chain.returncode == 0 and GP in chain.stdout
     leaf = subprocess.run(["openssl", "x509", "-noout", "-text"], input=chain.stdout, capture_output=True, text=True)
     assert "E-mail Protection" in leaf.stdout
@@ -138,8 +183,11 @@ def test_pki_issue_and_revoke(mss, settings):  # type: ignore[no-untyped-def]
     assert "has an account" in refused.stderr
     assert "certificate" in mss("directory", "show", GP).stdout
     mss("pki", "revoke", GP, "--reason", "keyCompromise")
-    crl = subprocess.run(["openssl", "crl", "-in", str(settings.pki.certs_dir / "ca.crl.pem"), "-noout", "-text"],
-                         capture_output=True, text=True)
+    crl = subprocess.run(
+        ["openssl", "crl", "-in", str(settings.pki.certs_dir / "ca.crl.pem"), "-noout", "-text"],
+        capture_output=True,
+        text=True,
+    )
     assert crl.returncode == 0 and "Serial Number" in crl.stdout
 
 
@@ -154,13 +202,21 @@ def test_demo_creates_three_accounts_once(mss):  # type: ignore[no-untyped-def]
 def test_console_script_reads_password_from_stdin(env, dev_pki):  # type: ignore[no-untyped-def]
     mss_bin = Path(sys.executable).with_name("mss")
     full_env = {**os.environ, **env}
-    subprocess.run([str(mss_bin), "directory", "import", str(SAMPLE_EXTRACT)], env=full_env, check=True,
-                   capture_output=True)
-    created = subprocess.run([str(mss_bin), "account", "create", GP, "--password-stdin"], env=full_env,
-                             input="piped passphrase ok\n", capture_output=True, text=True)
+    subprocess.run(
+        [str(mss_bin), "directory", "import", str(SAMPLE_EXTRACT)], env=full_env, check=True, capture_output=True
+    )
+    created = subprocess.run(
+        [str(mss_bin), "account", "create", GP, "--password-stdin"],
+        env=full_env,
+        input="piped passphrase ok\n",
+        capture_output=True,
+        text=True,
+    )
     assert created.returncode == 0, created.stderr
     assert "otpauth://totp/" in created.stdout
-    help_text = subprocess.run([str(mss_bin), "account", "create", "--help"], env=full_env, capture_output=True, text=True)
+    help_text = subprocess.run(
+        [str(mss_bin), "account", "create", "--help"], env=full_env, capture_output=True, text=True
+    )
     assert "--password " not in help_text.stdout
 
 
@@ -235,8 +291,20 @@ def test_directory_list_with_filters(mss):  # type: ignore[no-untyped-def]
     assert GP in {r["address"] for r in gps} and all(r["skill"] == "Qualifié en Médecine Générale" for r in gps)
     doctors = json.loads(mss("directory", "list", "--profession", "10", "--per-page", "500", "--format", "json").stdout)
     assert {r["address"] for r in gps} <= {r["address"] for r in doctors}
-    chu = json.loads(mss("directory", "list", "--organisation", "hospitalier demo", "--domain", "chu-demo.mss.test",
-                         "--per-page", "500", "--format", "json").stdout)
+    chu = json.loads(
+        mss(
+            "directory",
+            "list",
+            "--organisation",
+            "hospitalier demo",
+            "--domain",
+            "chu-demo.mss.test",
+            "--per-page",
+            "500",
+            "--format",
+            "json",
+        ).stdout
+    )
     assert DOCTOR in {r["address"] for r in chu} and all(r["address"].endswith("@chu-demo.mss.test") for r in chu)
     mss("directory", "revoke", DOCTOR, "--reason", "left")
     revoked = mss("directory", "list", "--status", "revoked")
@@ -284,7 +352,8 @@ def test_message_export_is_in_the_audit_trail(mss, rt, tmp_path):  # type: ignor
     from web_support import create_person, submit
 
     mss("directory", "import", str(SAMPLE_EXTRACT))
-    doctor, gp = create_person(rt, DOCTOR), create_person(rt, GP)
+    doctor = create_person(rt, DOCTOR)
+    create_person(rt, GP)
     accepted = submit(rt, doctor, [GP], "Compte rendu", "Bonjour")
     out = tmp_path / "message.eml"
     mss("message", "export", accepted.queue_id, "--for", GP, "--out", str(out))
@@ -294,8 +363,16 @@ def test_message_export_is_in_the_audit_trail(mss, rt, tmp_path):  # type: ignor
     assert len(exports) == 1
     assert exports[0]["actor"].startswith("cli") and exports[0]["object"] == accepted.queue_id
     assert json.loads(exports[0]["detail"]) == {"reader": GP}  # who it was exported for
-    stranger = mss("message", "export", accepted.queue_id, "--for", "joel.michel@medecin.mss.test",
-                   "--out", str(tmp_path / "no.eml"), ok=False)
+    stranger = mss(
+        "message",
+        "export",
+        accepted.queue_id,
+        "--for",
+        "joel.michel@medecin.mss.test",
+        "--out",
+        str(tmp_path / "no.eml"),
+        ok=False,
+    )
     assert stranger.exit_code == 1 and "no message" in stranger.stderr and not (tmp_path / "no.eml").exists()
     unknown = mss("message", "export", "NOSUCHQUEUEID", "--for", GP, "--out", str(tmp_path / "no.eml"), ok=False)
     assert unknown.exit_code == 1 and "no message" in unknown.stderr

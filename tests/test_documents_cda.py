@@ -145,13 +145,16 @@ def test_lettre_de_liaison_sections(parsed: dict[str, Document]) -> None:
 
 
 def test_narrative_is_sanitised() -> None:
-    document = SAMPLE_HEAD + b"""<component><structuredBody><component><section>
+    document = (
+        SAMPLE_HEAD
+        + b"""<component><structuredBody><component><section>
         <title>Notes</title>
         <text><paragraph styleCode="Bold" onclick="alert(1)">Bonjour <content>docteur</content></paragraph>
         <linkHtml href="javascript:alert(1)">lien</linkHtml> <linkHtml href="https://example.org/">site</linkHtml>
         <script xmlns="http://www.w3.org/1999/xhtml">alert(2)</script></text>
         <component><section><title>Sous-section</title><text>Texte</text></section></component>
         </section></component></structuredBody></component></ClinicalDocument>"""
+    )
     info = parse_cda(document, filename="notes.xml", limits=LIMITS)
     section = info.sections[0]
     assert section.title == "Notes"
@@ -325,7 +328,9 @@ def test_wrong_namespace_is_refused() -> None:
 def test_not_well_formed_is_refused() -> None:
     with pytest.raises(InvalidXml) as caught:
         inspect_attachment(
-            "lettre.xml", "text/xml", b'<ClinicalDocument xmlns="urn:hl7-org:v3"><title>x</ClinicalDocument>',
+            "lettre.xml",
+            "text/xml",
+            b'<ClinicalDocument xmlns="urn:hl7-org:v3"><title>x</ClinicalDocument>',
             limits=LIMITS,
         )
     assert caught.value.code == "xml-malformed"
@@ -415,8 +420,11 @@ def test_file_declared_as_pdf_that_is_not_one_is_refused() -> None:
 
 
 def test_plain_text_body_is_decoded() -> None:
-    info = parse_cda(non_xml_body("Compte rendu opératoire\n<b>pas du HTML</b>".encode(), "text/plain"),
-                     filename="a.xml", limits=LIMITS)
+    info = parse_cda(
+        non_xml_body("Compte rendu opératoire\n<b>pas du HTML</b>".encode(), "text/plain"),
+        filename="a.xml",
+        limits=LIMITS,
+    )
     assert info.non_xml_body is not None
     assert info.non_xml_body.text == "Compte rendu opératoire\n<b>pas du HTML</b>"
 

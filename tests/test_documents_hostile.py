@@ -112,19 +112,36 @@ JS = TextStringObject("app.launchURL('https://example.org/x')")
         pdf_with_link(action("/Launch", F=TextStringObject("cmd.exe"))),
         pdf_with_link(action("/URI", URI=TextStringObject("https://example.org"), Next=action("/JavaScript", JS=JS))),
         pdf_with_form_field(DictionaryObject({name("/K"): action("/JavaScript", JS=JS)})),
-        pdf_with_form_field(DictionaryObject({name("/Bl"): action("/SubmitForm", F=TextStringObject("https://x.example/c"))})),
+        pdf_with_form_field(
+            DictionaryObject({name("/Bl"): action("/SubmitForm", F=TextStringObject("https://x.example/c"))})
+        ),
         pdf_with_form_field(
             DictionaryObject(
-                {name("/Bl"): action("/SubmitForm", F=DictionaryObject(
-                    {name("/FS"): name("/URL"), name("/F"): TextStringObject("https://x.example/c")}))}
+                {
+                    name("/Bl"): action(
+                        "/SubmitForm",
+                        F=DictionaryObject(
+                            {name("/FS"): name("/URL"), name("/F"): TextStringObject("https://x.example/c")}
+                        ),
+                    )
+                }
             )
         ),
         pdf_with_attachment("bilan.exe", b"MZ\x90\x00" + b"\x00" * 200),
         pdf_with_attachment("resultats.pdf", b"\x7fELF\x02\x01\x01" + b"\x00" * 200),
         pdf_with_attachment("lisez-moi.bat", b"@echo off\r\nformat c:\r\n"),
     ],
-    ids=["link-javascript", "link-launch", "javascript-after-uri", "field-keystroke-javascript",
-         "field-submit-url", "field-submit-url-spec", "embedded-pe", "embedded-elf-named-pdf", "embedded-script"],
+    ids=[
+        "link-javascript",
+        "link-launch",
+        "javascript-after-uri",
+        "field-keystroke-javascript",
+        "field-submit-url",
+        "field-submit-url-spec",
+        "embedded-pe",
+        "embedded-elf-named-pdf",
+        "embedded-script",
+    ],
 )
 def test_active_content_anywhere_is_refused(data: bytes) -> None:
     with pytest.raises(ActivePdfContent) as caught:
@@ -159,8 +176,11 @@ def test_pdf_object_walk_is_bounded() -> None:
 
 def test_active_pdf_inside_a_cda_is_refused() -> None:
     with pytest.raises(ActivePdfContent) as caught:
-        parse_cda(non_xml_body(pdf_with_link(action("/Launch", F=TextStringObject("x.exe")))), filename="cr.xml",
-                  limits=LIMITS)
+        parse_cda(
+            non_xml_body(pdf_with_link(action("/Launch", F=TextStringObject("x.exe")))),
+            filename="cr.xml",
+            limits=LIMITS,
+        )
     assert "embedded PDF" in caught.value.message
 
 
@@ -231,14 +251,18 @@ def test_attribute_flood_is_refused_by_count() -> None:
 def test_element_count_and_narrative_text_are_bounded() -> None:
     many = MINIMAL.replace(
         b"<structuredBody/>",
-        b"<structuredBody><component><section><text>" + b"<br/>" * 5000 + b"</text></section></component></structuredBody>",
+        b"<structuredBody><component><section><text>"
+        + b"<br/>" * 5000
+        + b"</text></section></component></structuredBody>",
     )
     with pytest.raises(XmlTooComplex, match="elements"):
         parse_cda(many, filename="cr.xml", limits=DocumentLimits(max_xml_elements=1000))
     assert parse_cda(many, filename="cr.xml", limits=LIMITS).sections
     wordy = MINIMAL.replace(
         b"<structuredBody/>",
-        b"<structuredBody><component><section><text>" + b"mot " * 50_000 + b"</text></section></component></structuredBody>",
+        b"<structuredBody><component><section><text>"
+        + b"mot " * 50_000
+        + b"</text></section></component></structuredBody>",
     )
     with pytest.raises(XmlTooComplex, match="narrative text"):
         parse_cda(wordy, filename="cr.xml", limits=DocumentLimits(max_narrative_text=100_000))
@@ -282,9 +306,9 @@ def test_a_worker_that_dies_refuses_its_document() -> None:
 
 
 def test_damaged_deflate_stream_in_a_package_is_an_invalid_archive() -> None:
-    from relay_support import xdm_bytes
-
     from mss.documents import InvalidArchive
+
+    from relay_support import xdm_bytes
 
     data = bytearray(xdm_bytes())
     header = data.index(b"IHE_XDM/SUBSET01/DOC0001.XML") - 30  # its local file header

@@ -17,10 +17,6 @@ from pathlib import Path
 
 import pytest
 from litestar.testing import TestClient
-from relay_support import SENDER, Stack, build_stack, message, queue_id, transaction
-from relay_support import login as smtp_login
-from web_support import BASE_URL, GP, create_person
-from web_support import login as web_login
 
 from mss.documents import Document, DocumentLimits, inspect_attachment
 from mss.errors import DocumentError
@@ -28,6 +24,11 @@ from mss.web import create_app
 from mss.web.i18n import load_languages
 from mss.web.messages import error_text
 from mss.web.pages import TEMPLATE_HELPERS
+
+from relay_support import SENDER, Stack, build_stack, message, queue_id, transaction
+from relay_support import login as smtp_login
+from web_support import BASE_URL, GP, create_person
+from web_support import login as web_login
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -63,7 +64,11 @@ def outcomes() -> dict[str, Document | DocumentError]:
 
 def test_the_corpus_is_real_and_documented() -> None:
     files = corpus()
-    sources = {line.split(" | ")[0] for line in (WORLD / "SOURCES").read_text().splitlines() if " | " in line and not line.startswith("#")}
+    sources = {
+        line.split(" | ")[0]
+        for line in (WORLD / "SOURCES").read_text().splitlines()
+        if " | " in line and not line.startswith("#")
+    }
     assert len(files) >= 150
     assert len({path.parent.name for path in files}) >= 5
     assert sources == {f"{path.parent.name}/{path.name}" for path in files}
@@ -125,7 +130,9 @@ def test_dates_are_shown_as_written() -> None:
     assert info is not None and info.effective_time is not None
     french = load_languages()["fr"]
     french.env.globals.update(TEMPLATE_HELPERS)
-    html = french.env.from_string('{% import "_macros.html" as m %}{{ m.cda_document(cda, "/d", "f") }}').render(cda=info)
+    html = french.env.from_string('{% import "_macros.html" as m %}{{ m.cda_document(cda, "/d", "f") }}').render(
+        cda=info
+    )
     shown = re.search(r"<dt>Date</dt><dd>(.*?)</dd>", html).group(1)  # type: ignore[union-attr]
     from mss.web.cda_view import hl7_when
 
@@ -170,7 +177,10 @@ def test_a_document_per_source_and_kind_travels_by_smtp_and_reads_on_the_web(sta
     for name in names:
         path = WORLD / name
         reply = transaction(
-            client, SENDER, [GP], message(SENDER, [GP], [(path.name, declared_type(path), path.read_bytes())], subject=name)
+            client,
+            SENDER,
+            [GP],
+            message(SENDER, [GP], [(path.name, declared_type(path), path.read_bytes())], subject=name),
         )[-1]
         sent[name] = queue_id(reply)
     client.quit()

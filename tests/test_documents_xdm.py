@@ -372,9 +372,7 @@ def test_entry_without_uri_is_found_by_its_id() -> None:
 
 
 @pytest.mark.parametrize("mime_type", ["text/x-cda-r2+xml", "application/x-hl7-cda-level-one+xml", "text/xml"])
-def test_cda_declared_with_real_world_mime_types_is_a_cda(
-    letter: tuple[bytes, CdaInfo], mime_type: str
-) -> None:
+def test_cda_declared_with_real_world_mime_types_is_a_cda(letter: tuple[bytes, CdaInfo], mime_type: str) -> None:
     data, _info = letter
     entries = [
         ("IHE_XDM/SUBSET01/METADATA.XML", metadata_for("DOC0001.XML", data, mime_type)),

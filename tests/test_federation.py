@@ -18,16 +18,6 @@ from email.utils import make_msgid
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-from litestar.testing import TestClient
-from sqlalchemy import select
-
-from mss import accounts, audit, trust
-from mss.crypto import keys, pki
-from mss.db import session_scope
-from mss.models import AuditEvent, Delivery, Message, Outbound, PeerCertificate, Receipt
-from mss.store import MessageMeta
-from mss.web import create_app
-
 from federation_support import (
     A_DOMAIN,
     A_USERS,
@@ -42,6 +32,16 @@ from federation_support import (
     trust_peer,
     wait_for,
 )
+from litestar.testing import TestClient
+from sqlalchemy import select
+
+from mss import accounts, audit, trust
+from mss.crypto import keys, pki
+from mss.db import session_scope
+from mss.models import AuditEvent, Delivery, Message, Outbound, PeerCertificate, Receipt
+from mss.store import MessageMeta
+from mss.web import create_app
+
 from web_support import BASE_URL, build_message, login, pdf_bytes
 
 MARC, CEDRIC = A_USERS
@@ -107,16 +107,26 @@ def page_of(operator: Operator, person_address: str, queue_id: str, folder: str 
 def test_encrypted_both_ways_with_receipts_back(pair: tuple[Operator, Operator]) -> None:
     a, b = pair
     # A to B: B publishes Joël's certificate, so A encrypts to it.
-    raw = build_message(MARC, [JOEL], "Lettre de liaison", "Bonjour,\nci-joint la lettre.\n",
-                        [("courrier.pdf", "application/pdf", pdf_bytes())], read_receipt=True)
+    raw = build_message(
+        MARC,
+        [JOEL],
+        "Lettre de liaison",
+        "Bonjour,\nci-joint la lettre.\n",
+        [("courrier.pdf", "application/pdf", pdf_bytes())],
+        read_receipt=True,
+    )
     queue_id = a.submit(MARC, [JOEL], raw, rcpt_options=("NOTIFY=SUCCESS,FAILURE",))
     arrived = wait_for(lambda: newest_from(b, JOEL, MARC), what="the message at B")
     origin = MessageMeta.open(b.rt.master_key, arrived.meta_sealed).origin
     assert origin is not None and origin["protection"] == "encrypted" and origin["domain"] == A_DOMAIN
     delivery = wait_for(lambda: relayed(a, queue_id, JOEL), what="the relayed delivery at A")
     assert "encrypted to the recipient's certificate" in delivery.reason
-    wait_for(lambda: has_receipt(a, queue_id, "mdn", "processed", JOEL) and has_receipt(a, queue_id, "dsn", "delivered", JOEL),
-             what="B's processed MDN and delivered DSN at A")
+    wait_for(
+        lambda: (
+            has_receipt(a, queue_id, "mdn", "processed", JOEL) and has_receipt(a, queue_id, "dsn", "delivered", JOEL)
+        ),
+        what="B's processed MDN and delivered DSN at A",
+    )
 
     # Joël reads it in B's web inbox, having chosen to send read receipts when asked
     # (RFC 8098 2.1: his consent): A's signature checks out against A's CA and its CRL.
@@ -146,8 +156,14 @@ def test_encrypted_both_ways_with_receipts_back(pair: tuple[Operator, Operator])
 def test_signed_inside_mutual_tls_when_no_certificate_is_known(pair: tuple[Operator, Operator]) -> None:
     a, b = pair
     # Cédric never wrote to B and A publishes nothing: B cannot encrypt to him.
-    raw = build_message(JOEL, [CEDRIC], "Compte rendu", "Voici le compte rendu.\n",
-                        [("cr.pdf", "application/pdf", pdf_bytes())], read_receipt=True)
+    raw = build_message(
+        JOEL,
+        [CEDRIC],
+        "Compte rendu",
+        "Voici le compte rendu.\n",
+        [("cr.pdf", "application/pdf", pdf_bytes())],
+        read_receipt=True,
+    )
     queue_id = b.submit(JOEL, [CEDRIC], raw)
     delivery = wait_for(lambda: relayed(b, queue_id, CEDRIC), what="the relayed delivery at B")
     assert "signed, not encrypted" in delivery.reason
@@ -173,7 +189,9 @@ def test_a_peer_refusal_fails_at_once_with_its_reply(pair: tuple[Operator, Opera
     assert "550 5.1.1" in reason and "no mailbox" in reason
     assert deliveries(a, queue_id)[B_NO_ACCOUNT].status == "failed"
     with session_scope(a.rt.engine) as session:
-        entry = session.execute(select(Outbound).where(Outbound.message_id == message_row(a, queue_id).id)).scalars().one()
+        entry = (
+            session.execute(select(Outbound).where(Outbound.message_id == message_row(a, queue_id).id)).scalars().one()
+        )
     assert entry.state == "failed" and entry.attempts == 1  # 5xx: no retry
     assert not b.inbox(B_NO_ACCOUNT)
 
@@ -189,9 +207,20 @@ def mx(operator: Operator, context: ssl.SSLContext) -> smtplib.SMTP:
     return client
 
 
-def plain(sender: str, to: str, subject: str = "Avis", message_id: str | None = None, from_header: str | None = None,
-          with_id: bool = True) -> bytes:
-    lines = [f"From: {from_header or sender}", f"To: {to}", f"Subject: {subject}", "Date: Mon, 30 Nov 2026 10:00:00 +0100"]
+def plain(
+    sender: str,
+    to: str,
+    subject: str = "Avis",
+    message_id: str | None = None,
+    from_header: str | None = None,
+    with_id: bool = True,
+) -> bytes:
+    lines = [
+        f"From: {from_header or sender}",
+        f"To: {to}",
+        f"Subject: {subject}",
+        "Date: Mon, 30 Nov 2026 10:00:00 +0100",
+    ]
     if with_id:
         lines.append(f"Message-ID: {message_id or make_msgid(domain='peer.test')}")
     return ("\r\n".join(lines) + "\r\n\r\nBonjour,\r\navis favorable.\r\n").encode()
@@ -329,8 +358,9 @@ def test_a_peer_without_dsn_gets_the_sender_a_relayed_notice(pair: tuple[Operato
 
     port = free_port()
     # B's certificate, and B's peer CAs to check A's client certificate.
-    controller = Controller(Sink(), hostname="127.0.0.1", port=port, tls_context=mx_server_context(b.settings),
-                            require_starttls=True)
+    controller = Controller(
+        Sink(), hostname="127.0.0.1", port=port, tls_context=mx_server_context(b.settings), require_starttls=True
+    )
     controller.start()
     try:
         trust_peer(a, "pharmacie.mss.test", f"127.0.0.1:{port}")

@@ -20,12 +20,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from sqlalchemy import select
-
-from mss import audit
-from mss.db import session_scope
-from mss.models import AuditEvent, Delivery, InboundDelivery, MailboxItem, Message, Outbound
-
 from federation_support import (
     A_DOMAIN,
     A_USERS,
@@ -41,6 +35,12 @@ from federation_support import (
     wait_for,
     write_peer_cas,
 )
+from sqlalchemy import select
+
+from mss import audit
+from mss.db import session_scope
+from mss.models import AuditEvent, Delivery, InboundDelivery, MailboxItem, Message, Outbound
+
 from web_support import build_message
 
 MARC = A_USERS[0]
@@ -102,13 +102,16 @@ def submit_all(a: Operator) -> tuple[int, dict[str, str]]:
 
 def counts(a: Operator, b: Operator, sent: int, acknowledged: dict[str, str]) -> dict[str, int]:
     with session_scope(b.rt.engine) as session:
-        copies = Counter(session.execute(
-            select(Message.message_id).join(MailboxItem, MailboxItem.message_id == Message.id)
-            .where(MailboxItem.owner == JOEL, Message.kind != "receipt")
-        ).scalars())
-        duplicates_refused = len(session.execute(
-            select(AuditEvent.id).where(AuditEvent.action == "message.duplicate")
-        ).all())
+        copies = Counter(
+            session.execute(
+                select(Message.message_id)
+                .join(MailboxItem, MailboxItem.message_id == Message.id)
+                .where(MailboxItem.owner == JOEL, Message.kind != "receipt")
+            ).scalars()
+        )
+        duplicates_refused = len(
+            session.execute(select(AuditEvent.id).where(AuditEvent.action == "message.duplicate")).all()
+        )
     delivered = {m for m in copies if m in acknowledged}
     return {
         "sent": sent,
@@ -152,8 +155,11 @@ def test_sender_killed_after_the_peers_250_delivers_again_and_the_peer_keeps_one
         with session_scope(b.rt.engine) as session:
             stored = session.execute(select(InboundDelivery.id)).all()
         with session_scope(a.rt.engine) as session:
-            big = session.execute(select(Delivery.status).join(Message, Message.id == Delivery.message_id)
-                                  .where(Message.queue_id == acknowledged[message(BIG)[0]])).scalar_one()
+            big = session.execute(
+                select(Delivery.status)
+                .join(Message, Message.id == Delivery.message_id)
+                .where(Message.queue_id == acknowledged[message(BIG)[0]])
+            ).scalar_one()
         assert big == "queued"  # A never learnt that B has it ...
         assert len(stored) >= 1  # ... while B committed it
         sender.start()
@@ -176,8 +182,9 @@ def test_sender_killed_after_the_peers_250_delivers_again_and_the_peer_keeps_one
 def test_receiver_killed_during_data_stores_nothing_half_and_gets_the_retry(tmp_path: Path) -> None:
     a, b, proxy_port = setup_pair(tmp_path)
     receiver = OperatorProcess(b, tmp_path / "b.log")
-    proxy = CuttingProxy(b.mx_port, threshold=THRESHOLD, at="upload", cut=lambda: receiver.kill(),
-                         port=proxy_port).start()
+    proxy = CuttingProxy(
+        b.mx_port, threshold=THRESHOLD, at="upload", cut=lambda: receiver.kill(), port=proxy_port
+    ).start()
     try:
         receiver.start()
         a.services = Services(a).start()
@@ -197,7 +204,8 @@ def test_receiver_killed_during_data_stores_nothing_half_and_gets_the_retry(tmp_
         assert result["duplicated"] == 0 and result["lost"] == 0
         with session_scope(a.rt.engine) as session:
             attempts = session.execute(
-                select(Outbound.attempts).join(Message, Message.id == Outbound.message_id)
+                select(Outbound.attempts)
+                .join(Message, Message.id == Outbound.message_id)
                 .where(Message.message_id == big_id)
             ).scalar_one()
         assert attempts >= 2  # the first attempt was cut, a later one succeeded

@@ -18,13 +18,6 @@ from collections.abc import Iterator
 from email.utils import make_msgid
 
 import pytest
-from sqlalchemy import select
-
-from mss.crypto import pki
-from mss.db import session_scope
-from mss.models import Delivery, Message, Receipt
-from mss.store import MessageMeta
-
 from federation_support import (
     A_DOMAIN,
     A_USERS,
@@ -38,6 +31,13 @@ from federation_support import (
     wait_for,
     write_peer_cas,
 )
+from sqlalchemy import select
+
+from mss.crypto import pki
+from mss.db import session_scope
+from mss.models import Delivery, Message, Receipt
+from mss.store import MessageMeta
+
 from postfix_support import PostfixPeer, require_postfix
 from web_support import build_message
 
@@ -50,8 +50,12 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Operator, 
     require_postfix()
     a = build_operator(tmp_path_factory.mktemp("postfix") / "a", "a", A_DOMAIN, A_USERS)
     postfix = PostfixPeer(
-        domain=B_DOMAIN, mailboxes=[JOEL], mx_port=free_port(), submission_port=free_port(),
-        trusted_cas=[a.ca_file], routes={A_DOMAIN: ("127.0.0.1", a.mx_port)},
+        domain=B_DOMAIN,
+        mailboxes=[JOEL],
+        mx_port=free_port(),
+        submission_port=free_port(),
+        trusted_cas=[a.ca_file],
+        routes={A_DOMAIN: ("127.0.0.1", a.mx_port)},
     )
     write_peer_cas(a, postfix.ca_file)
     trust_peer(a, B_DOMAIN, f"127.0.0.1:{postfix.mx_port}")
@@ -80,7 +84,8 @@ def test_mss_delivers_to_postfix_over_mutual_tls_and_its_dsn_comes_back(peers, t
     (tmp_path / "in.eml").write_bytes(bytes(message))
     verified = subprocess.run(
         ["openssl", "cms", "-verify", "-in", str(tmp_path / "in.eml"), "-CAfile", str(a.ca_file), "-purpose", "any"],
-        capture_output=True, timeout=30,
+        capture_output=True,
+        timeout=30,
     )
     assert verified.returncode == 0, verified.stderr
     assert b"la lettre suit" in verified.stdout and b"Verification successful" in verified.stderr
@@ -96,8 +101,10 @@ def test_mss_delivers_to_postfix_over_mutual_tls_and_its_dsn_comes_back(peers, t
         return [(r.kind, r.status) for r in rows if r.recipient == JOEL]
 
     assert ("dsn", "delivered") in wait_for(linked, timeout=30, what="Postfix's DSN at A")
-    assert f"Verified TLS connection established to 127.0.0.1[127.0.0.1]:{a.mx_port}" in postfix.log() or \
-        f"Trusted TLS connection established to 127.0.0.1[127.0.0.1]:{a.mx_port}" in postfix.log()
+    assert (
+        f"Verified TLS connection established to 127.0.0.1[127.0.0.1]:{a.mx_port}" in postfix.log()
+        or f"Trusted TLS connection established to 127.0.0.1[127.0.0.1]:{a.mx_port}" in postfix.log()
+    )
 
 
 def test_postfix_delivers_to_mss_over_mutual_tls(peers) -> None:  # type: ignore[no-untyped-def]

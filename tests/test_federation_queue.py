@@ -12,14 +12,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from sqlalchemy import select
-from typer.testing import CliRunner
-
-from cli.main import app
-from mss.db import session_scope
-from mss.models import AuditEvent, Delivery, Message, Outbound, Receipt
-from mss.runtime import Runtime
-
 from federation_support import (
     A_DOMAIN,
     A_USERS,
@@ -32,6 +24,14 @@ from federation_support import (
     link,
     wait_for,
 )
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from cli.main import app
+from mss.db import session_scope
+from mss.models import AuditEvent, Delivery, Message, Outbound, Receipt
+from mss.runtime import Runtime
+
 from web_support import build_message
 
 MARC, _CEDRIC = A_USERS
@@ -60,8 +60,11 @@ def mss(operator: Operator, *args: str, ok: bool = True):  # type: ignore[no-unt
 
 
 def queued(operator: Operator, *flags: str) -> list[dict]:
-    return [json.loads(line) for line in mss(operator, "queue", "list", "--json", *flags).stdout.splitlines()
-            if line.startswith("{")]
+    return [
+        json.loads(line)
+        for line in mss(operator, "queue", "list", "--json", *flags).stdout.splitlines()
+        if line.startswith("{")
+    ]
 
 
 def receipts_of(operator: Operator, queue_id: str) -> list[tuple[str, str, str, str]]:
@@ -94,8 +97,10 @@ def test_a_peer_that_is_down_gets_the_message_when_it_is_back(pair, caplog) -> N
     assert entry is not None and entry["state"] == "queued" and entry["attempts"] >= 2
     assert "connection failed" in entry["last_error"] and entry["recipients"][0]["state"] == "pending"
     assert status_of(a, queue_id, JOEL) == "queued"
-    wait_for(lambda: any("queue: 1 waiting for 1 recipients, oldest" in r.getMessage() for r in caplog.records),
-             what="the queue's periodic report")
+    wait_for(
+        lambda: any("queue: 1 waiting for 1 recipients, oldest" in r.getMessage() for r in caplog.records),
+        what="the queue's periodic report",
+    )
 
     b.services = Services(b).start()
     try:
@@ -115,11 +120,15 @@ def test_a_peer_that_is_down_gets_the_message_when_it_is_back(pair, caplog) -> N
 def test_bounce_returns_a_waiting_message_to_its_sender(pair) -> None:  # type: ignore[no-untyped-def]
     a, _b = pair
     queue_id = a.submit(MARC, [JOEL], build_message(MARC, [JOEL], "Avis", "Bonjour.\n"))
-    entry = wait_for(lambda: (e := entry_for(a, queue_id)) and e["attempts"] >= 1 and not e["in_flight"] and e,
-                     what="a first failed attempt")
+    entry = wait_for(
+        lambda: (e := entry_for(a, queue_id)) and e["attempts"] >= 1 and not e["in_flight"] and e,
+        what="a first failed attempt",
+    )
     assert "tried again now" in mss(a, "queue", "retry", entry["id"]).stdout
-    wait_for(lambda: (e := entry_for(a, queue_id)) and e["attempts"] > entry["attempts"] and not e["in_flight"],
-             what="the retry")
+    wait_for(
+        lambda: (e := entry_for(a, queue_id)) and e["attempts"] > entry["attempts"] and not e["in_flight"],
+        what="the retry",
+    )
 
     def bounce():  # type: ignore[no-untyped-def]
         result = mss(a, "queue", "bounce", entry["id"], ok=False)
@@ -146,8 +155,9 @@ def test_retries_end_at_the_queue_lifetime(pair) -> None:  # type: ignore[no-unt
     assert a.services is not None
     a.services.stop()
     federation = replace(a.settings.federation, queue_lifetime=2.0)
-    short = Runtime(settings=a.settings.with_changes(federation=federation), engine=a.rt.engine,
-                    master_key=a.rt.master_key)
+    short = Runtime(
+        settings=a.settings.with_changes(federation=federation), engine=a.rt.engine, master_key=a.rt.master_key
+    )
     a.services = Services(a, rt=short).start()
     try:
         queue_id = a.submit(MARC, [JOEL], build_message(MARC, [JOEL], "Convocation", "Bonjour.\n"))
@@ -177,7 +187,9 @@ def test_several_workers_deliver_each_message_once(tmp_path) -> None:  # type: i
             attempts = session.execute(select(Outbound.attempts).where(Outbound.kind == "message")).scalars().all()
         assert sorted(attempts) == [1] * len(sent)  # each entry was taken by one worker, once
         with session_scope(a.rt.engine) as session:
-            relays = session.execute(select(AuditEvent.detail).where(AuditEvent.action == "queue.relay")).scalars().all()
+            relays = (
+                session.execute(select(AuditEvent.detail).where(AuditEvent.action == "queue.relay")).scalars().all()
+            )
         by_worker = {json.loads(detail)["worker"] for detail in relays}
         assert len(relays) == len(sent) and len(by_worker) >= 2  # shared out, not serialised on one
         assert len([m for m in b.inbox(JOEL) if m.kind != "receipt"]) == len(sent)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,8 +157,8 @@ def replies_until_closed(sock: ssl.SSLSocket) -> list[bytes]:
             chunk = sock.recv(65536)
         except (ConnectionError, ssl.SSLError):
             break
-        except socket.timeout:
-            raise AssertionError(f"the relay neither answered nor closed; last replies {received[-300:]!r}")
+        except TimeoutError:
+            raise AssertionError(f"the relay neither answered nor closed; last replies {received[-300:]!r}") from None
         if not chunk:
             break
         received += chunk

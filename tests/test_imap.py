@@ -14,6 +14,7 @@ import subprocess
 import time
 
 import pytest
+from imap_support import ca_file, client_context, clinical_mail, connect, documents_of, login, with_imap
 from imapclient import IMAPClient
 from sqlalchemy import func, select
 
@@ -25,10 +26,8 @@ from mss.mailbox import served
 from mss.models import AuditEvent, MailboxItem, Receipt
 from mss.runtime import Runtime
 
+from web_support import CDA_SAMPLE, GP, NURSE, app, build_message, clients, create_person, doctor, gp, submit  # noqa: F401  (fixtures)
 from web_support import login as web_login
-from imap_support import ca_file, client_context, clinical_mail, connect, documents_of, login, with_imap
-from web_support import CDA_SAMPLE, GP, NURSE, build_message, create_person, submit
-from web_support import app, clients, doctor, gp  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
@@ -47,7 +46,9 @@ def _token(client, person) -> str:  # type: ignore[no-untyped-def]
 
 def _events(rt: Runtime, action: str) -> list[AuditEvent]:
     with session_scope(rt.engine) as session:
-        return list(session.execute(select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq)).scalars())
+        return list(
+            session.execute(select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq)).scalars()
+        )
 
 
 def _fetch(client: imaplib.IMAP4, which: str, what: str, *, uid: bool = False) -> list:
@@ -145,11 +146,15 @@ def test_folders_uids_listing_without_decryption_and_partial_fetch(rt, imap, doc
     typ, folders = client.list()
     assert typ == "OK"
     listed = {line.decode().rsplit(" ", 1)[1]: line.decode() for line in folders}
-    assert set(listed) == {"INBOX", "Sent", "Archive"} and "\\Sent" in listed["Sent"] and "\\Archive" in listed["Archive"]
+    assert (
+        set(listed) == {"INBOX", "Sent", "Archive"} and "\\Sent" in listed["Sent"] and "\\Archive" in listed["Archive"]
+    )
     typ, data = client.select("INBOX")
     assert data == [b"3"]
     validity = client.untagged_responses["UIDVALIDITY"][0]
-    listing = _fetch(client, "1:*", "(UID FLAGS RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)])")
+    listing = _fetch(
+        client, "1:*", "(UID FLAGS RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)])"
+    )
     # A listing opens no message: nothing in the audit trail, nothing marked read.
     assert _events(rt, "message.open") == []
     sizes = {}
@@ -236,7 +241,10 @@ def test_reading_in_the_client_is_an_opening_with_its_read_receipt(rt, imap, doc
     opened = _events(rt, "message.open")
     assert [e.object for e in opened] == [queue_id] and '"channel":"imap"' in opened[0].detail.replace(" ", "")
     with session_scope(rt.engine) as session:
-        assert session.execute(select(func.count()).select_from(Receipt).where(Receipt.status == "displayed")).scalar() == 0
+        assert (
+            session.execute(select(func.count()).select_from(Receipt).where(Receipt.status == "displayed")).scalar()
+            == 0
+        )
     # BODY[] (not PEEK) displays it: \Seen, and the displayed notification goes to the sender.
     data = _fetch(client, "1", "(BODY[])")
     assert b"\\Seen" in data[0][0] or b"\\Seen" in b"".join(x for x in data if isinstance(x, bytes))
@@ -260,7 +268,9 @@ def test_idle_reports_mail_stored_by_another_process(rt, imap, doctor, gp):  # t
         other_engine.dispose()
         responses = []
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not any(r[1] == b"EXISTS" for r in responses if isinstance(r, tuple) and len(r) > 1):
+        while time.monotonic() < deadline and not any(
+            r[1] == b"EXISTS" for r in responses if isinstance(r, tuple) and len(r) > 1
+        ):
             responses += client.idle_check(timeout=2)
         client.idle_done()
         assert (1, b"EXISTS") in responses
@@ -320,11 +330,25 @@ def test_end_to_end_mode_serves_the_envelope_that_openssl_opens(rt, imap, doctor
         assert int(re.search(rb"RFC822.SIZE (\d+)", line).group(1)) == len(body)
         (tmp_path / "m.eml").write_bytes(body)
         inner = subprocess.run(
-            ["openssl", "cms", "-decrypt", "-in", str(tmp_path / "m.eml"), "-recip", str(tmp_path / "cert.pem"),
-             "-inkey", str(tmp_path / "key.pem")], capture_output=True, check=True,
+            [
+                "openssl",
+                "cms",
+                "-decrypt",
+                "-in",
+                str(tmp_path / "m.eml"),
+                "-recip",
+                str(tmp_path / "cert.pem"),
+                "-inkey",
+                str(tmp_path / "key.pem"),
+            ],
+            capture_output=True,
+            check=True,
         ).stdout
         content = subprocess.run(
-            ["openssl", "cms", "-verify", "-CAfile", ca_file(rt)], input=inner, capture_output=True, check=True,
+            ["openssl", "cms", "-verify", "-CAfile", ca_file(rt)],
+            input=inner,
+            capture_output=True,
+            check=True,
         ).stdout
         documents.update(documents_of(content))
     assert set(documents) == {"compte-rendu.pdf", CDA_SAMPLE.name, "IHE_XDM.ZIP"}
@@ -448,8 +472,9 @@ def test_cli_and_account_page_choose_the_mode(rt, clients, gp):  # type: ignore[
     web_login(browser, gp)
     page = browser.get("/account")
     assert 'value="end-to-end" checked' in page.text
-    response = browser.post("/account/imap-mode", data={"mode": "decrypted", "csrf_token": csrf(page.text)},
-                            follow_redirects=False)
+    response = browser.post(
+        "/account/imap-mode", data={"mode": "decrypted", "csrf_token": csrf(page.text)}, follow_redirects=False
+    )
     assert response.status_code in {302, 303}
     with session_scope(rt.engine) as session:
         assert served.mode_of(session, gp.address) == served.DECRYPTED
@@ -532,7 +557,7 @@ def test_uids_given_out_by_several_processes_never_collide(rt, doctor, gp):  # t
         try:
             start.wait()
             states.append(sync.folder_state(engine, gp.address, sync.INBOX, served.DECRYPTED))
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=look, args=(engine,)) for engine in engines]

@@ -13,14 +13,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from imap_support import ca_file, clinical_mail, documents_of, login
 
 from mss.imap import ImapServer
 from mss.mailbox import served
 
 from conftest import IN_CI
-from imap_support import ca_file, clinical_mail, documents_of, login
-from web_support import login as web_login
 from web_support import app, clients, doctor, gp  # noqa: F401  (fixtures)
+from web_support import login as web_login
 
 
 def _need(tool: str) -> str:
@@ -114,23 +114,30 @@ SyncState *
 """
         )
         (tmp_path / "mail").mkdir()
-        run = subprocess.run([mbsync, "-c", str(config), "-a"], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "HOME": str(tmp_path)})
+        run = subprocess.run(
+            [mbsync, "-c", str(config), "-a"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "HOME": str(tmp_path)},
+        )
         assert run.returncode == 0, run.stdout + run.stderr
         synced = _maildir_files(tmp_path / "mail" / "INBOX")
         bodies = _imap_bodies(rt, imap.port, gp)
     # mbsync stores Maildir files with LF line ends (the local convention) and adds its own
     # X-TUID header line while it syncs; every other byte is what IMAP served.
-    stripped = [b"".join(line for line in data.splitlines(keepends=True) if not line.startswith(b"X-TUID: "))
-                for data in synced]
+    stripped = [
+        b"".join(line for line in data.splitlines(keepends=True) if not line.startswith(b"X-TUID: ")) for data in synced
+    ]
     assert sorted(stripped) == sorted(b.replace(b"\r\n", b"\n") for b in bodies)
     assert len(synced) == 3
     documents: dict[str, bytes] = {}
     for data in synced:
         assert b"\nX-MSS-Signature: valid;" in data.split(b"\n\n", 1)[0]
         # The client checks the signature itself: openssl verifies it against the CA.
-        content = subprocess.run(["openssl", "cms", "-verify", "-CAfile", ca_file(rt)], input=data,
-                                 capture_output=True, check=True).stdout
+        content = subprocess.run(
+            ["openssl", "cms", "-verify", "-CAfile", ca_file(rt)], input=data, capture_output=True, check=True
+        ).stdout
         documents.update(documents_of(content))
     assert documents == _web_documents(clients, gp, queue_ids)
     assert len(documents) == 3
@@ -170,15 +177,22 @@ readonly = True
 folderfilter = lambda name: name == 'INBOX'
 """
         )
-        run = subprocess.run([offlineimap, "-c", str(config), "-o"], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "HOME": str(tmp_path)})
+        run = subprocess.run(
+            [offlineimap, "-c", str(config), "-o"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "HOME": str(tmp_path)},
+        )
         assert run.returncode == 0, run.stdout + run.stderr
         synced = _maildir_files(tmp_path / "mail")
         bodies = _imap_bodies(rt, imap.port, gp)
     # offlineimap stores Maildir files with LF line ends (the local convention) and may add
     # its own X-OfflineIMAP header line; every other byte is what IMAP served.
-    stripped = [b"".join(line for line in data.splitlines(keepends=True) if not line.startswith(b"X-OfflineIMAP"))
-                for data in synced]
+    stripped = [
+        b"".join(line for line in data.splitlines(keepends=True) if not line.startswith(b"X-OfflineIMAP"))
+        for data in synced
+    ]
     assert sorted(stripped) == sorted(b.replace(b"\r\n", b"\n") for b in bodies) and len(synced) == 3
 
     # The client opens them with the key of `mss account export-key`: openssl decrypts, then verifies.
@@ -194,10 +208,15 @@ folderfilter = lambda name: name == 'INBOX'
     )
     documents: dict[str, bytes] = {}
     for data in synced:
-        inner = subprocess.run(["openssl", "cms", "-decrypt", "-inkey", str(tmp_path / "key.pem")], input=data,
-                               capture_output=True, check=True).stdout
-        content = subprocess.run(["openssl", "cms", "-verify", "-CAfile", ca_file(rt)], input=inner,
-                                 capture_output=True, check=True).stdout
+        inner = subprocess.run(
+            ["openssl", "cms", "-decrypt", "-inkey", str(tmp_path / "key.pem")],
+            input=data,
+            capture_output=True,
+            check=True,
+        ).stdout
+        content = subprocess.run(
+            ["openssl", "cms", "-verify", "-CAfile", ca_file(rt)], input=inner, capture_output=True, check=True
+        ).stdout
         documents.update(documents_of(content))
     assert documents == _web_documents(clients, gp, queue_ids)
     assert len(documents) == 3

@@ -58,7 +58,7 @@ class Publication:
 
         asyncio.run(main())
 
-    def __enter__(self) -> "Publication":
+    def __enter__(self) -> Publication:
         self.thread.start()
         assert self.ready.wait(30), "the CRL publication did not start"
         return self
@@ -138,15 +138,17 @@ def test_signatures_fail_closed_without_a_usable_crl() -> None:
 def test_a_badly_signed_crl_on_disk_makes_mail_untrusted(tmp_path: Path) -> None:
     stack = build_stack(tmp_path)
     try:
-        from web_support import build_message
-
         from mss import mailbox, pipeline
+
+        from web_support import build_message
 
         sender = accounts.authenticate(stack.rt.engine, stack.settings, SENDER, stack.passwords[SENDER], channel="cli")
         raw = build_message(SENDER, [RECIPIENTS[0]], "crl", "texte")
         accepted = pipeline.submit(
             stack.rt,
-            pipeline.Submission(sender=sender, recipients=(pipeline.RecipientRequest(RECIPIENTS[0]),), raw=raw, channel="smtp"),
+            pipeline.Submission(
+                sender=sender, recipients=(pipeline.RecipientRequest(RECIPIENTS[0]),), raw=raw, channel="smtp"
+            ),
         )
         reader = accounts.authenticate(
             stack.rt.engine, stack.settings, RECIPIENTS[0], stack.passwords[RECIPIENTS[0]], channel="cli"
@@ -171,8 +173,13 @@ def test_a_badly_signed_crl_on_disk_makes_mail_untrusted(tmp_path: Path) -> None
 
 
 def test_tls_certificate_covers_the_loopback_address(tmp_path: Path) -> None:
-    settings = Settings.from_env({"MSS_DATA_DIR": str(tmp_path / "data"), "MSS_CERTS_DIR": str(tmp_path / "certs"),
-                                  "MSS_RECOVERY_KEY_OUT": str(tmp_path / "offline" / "recovery.key")})
+    settings = Settings.from_env(
+        {
+            "MSS_DATA_DIR": str(tmp_path / "data"),
+            "MSS_CERTS_DIR": str(tmp_path / "certs"),
+            "MSS_RECOVERY_KEY_OUT": str(tmp_path / "offline" / "recovery.key"),
+        }
+    )
     assert settings.pki.hostnames == ("localhost", "127.0.0.1")
     dev = pki.init_dev_pki(settings)
     context = ssl.create_default_context(cafile=str(dev.paths.ca_certificate))
@@ -236,15 +243,36 @@ def test_cli_other_operators_and_identifiers(mss) -> None:  # type: ignore[no-un
     assert "another operator (gmail.com)" in shown
     refused = mss("account", "create", "x@gmail.com", "--password-stdin", input="a long passphrase!\n" * 2, ok=False)
     assert refused.exit_code == 1 and "another operator" in refused.stderr
-    refused = mss("pki", "issue", "x@gmail.com", "--out", "/dev/null", "--password-stdin",
-                  input="export password 1\n" * 2, ok=False)
+    refused = mss(
+        "pki",
+        "issue",
+        "x@gmail.com",
+        "--out",
+        "/dev/null",
+        "--password-stdin",
+        input="export password 1\n" * 2,
+        ok=False,
+    )
     assert refused.exit_code == 1 and "another operator" in refused.stderr
     bad = mss("directory", "add", "--address", "y@mss.test", "--rpps", "123", "--last-name", "Y", ok=False)
     assert bad.exit_code == 1 and "neither an RPPS number" in bad.stderr
-    mss("directory", "add", "--address", "z@mss.test", "--rpps", "751234567", "--rpps-type", "adeli", "--last-name", "Z")
+    mss(
+        "directory", "add", "--address", "z@mss.test", "--rpps", "751234567", "--rpps-type", "adeli", "--last-name", "Z"
+    )
     assert "rpps: 751234567" in mss("directory", "show", "z@mss.test").stdout
-    wrong_type = mss("directory", "add", "--address", "w@mss.test", "--rpps", "751234567", "--rpps-type", "9",
-                     "--last-name", "W", ok=False)
+    wrong_type = mss(
+        "directory",
+        "add",
+        "--address",
+        "w@mss.test",
+        "--rpps",
+        "751234567",
+        "--rpps-type",
+        "9",
+        "--last-name",
+        "W",
+        ok=False,
+    )
     assert wrong_type.exit_code != 0
 
 
@@ -253,17 +281,39 @@ def test_cli_rekey_renew_and_revoke(mss, env) -> None:  # type: ignore[no-untype
     mss("account", "create", "dr.a@mss.test", "--password-stdin", input="a long passphrase!\n" * 2)
     revoked = mss("pki", "revoke", "dr.a@mss.test", "--reason", "keyCompromise").stdout
     assert "can no longer log in or send until it is rekeyed" in revoked
-    refused = mss("account", "export-key", "dr.a@mss.test", "--out", "/dev/null", "--password-stdin",
-                  input="a long passphrase!\nexport password 1\nexport password 1\n", ok=False)
+    refused = mss(
+        "account",
+        "export-key",
+        "dr.a@mss.test",
+        "--out",
+        "/dev/null",
+        "--password-stdin",
+        input="a long passphrase!\nexport password 1\nexport password 1\n",
+        ok=False,
+    )
     assert refused.exit_code == 1 and "revoked" in refused.stderr
     wrong = mss("account", "rekey", "dr.a@mss.test", "--password-stdin", input="not the password\n", ok=False)
     assert wrong.exit_code == 1 and "invalid" in wrong.stderr
-    done = mss("account", "rekey", "dr.a@mss.test", "--reason", "keyCompromise", "--password-stdin",
-               input="a long passphrase!\n").stdout
+    done = mss(
+        "account",
+        "rekey",
+        "dr.a@mss.test",
+        "--reason",
+        "keyCompromise",
+        "--password-stdin",
+        input="a long passphrase!\n",
+    ).stdout
     assert "new certificate" in done
     out = Path(env["MSS_DATA_DIR"]).parent / "a.p12"
-    mss("account", "export-key", "dr.a@mss.test", "--out", str(out), "--password-stdin",
-        input="a long passphrase!\nexport password 1\nexport password 1\n")
+    mss(
+        "account",
+        "export-key",
+        "dr.a@mss.test",
+        "--out",
+        str(out),
+        "--password-stdin",
+        input="a long passphrase!\nexport password 1\nexport password 1\n",
+    )
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     renewal = mss("pki", "renew", "--within", "4000d", ok=False)
     assert renewal.exit_code != 0  # more than ten years is refused with a clear message

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from mss.crypto import keys, pki
 from mss.errors import ConfigError, CryptoError, KeyUnwrapError
+
 from smime_tools import GpgSm, run
 
 pytestmark = pytest.mark.sqlite_only  # no database involved
@@ -186,7 +187,10 @@ def test_pkcs12_opens_with_openssl_and_refuses_wrong_password(ca, user, tmp_path
         timeout=60,
     )
     assert out.returncode == 0
-    assert keys.private_key_from_pem(out.stdout[out.stdout.index(b"-----BEGIN") :]).private_numbers() == key.private_numbers()
+    assert (
+        keys.private_key_from_pem(out.stdout[out.stdout.index(b"-----BEGIN") :]).private_numbers()
+        == key.private_numbers()
+    )
 
 
 def test_pkcs12_rejects_mismatched_key_or_empty_password(ca, user) -> None:  # type: ignore[no-untyped-def]
@@ -204,7 +208,10 @@ def test_pkcs12_profiles(ca, user, tmp_path: Path) -> None:  # type: ignore[no-u
     compatible = keys.export_pkcs12(
         key, certificate, ca.certificate, "exporté pass", friendly_name="x", profile=keys.PKCS12_COMPATIBLE
     )
-    for data, password, algorithm in ((strong, "export pass", "PBES2"), (compatible, "exporté pass", "pbeWithSHA1And3-KeyTripleDES-CBC")):
+    for data, password, algorithm in (
+        (strong, "export pass", "PBES2"),
+        (compatible, "exporté pass", "pbeWithSHA1And3-KeyTripleDES-CBC"),
+    ):
         path = tmp_path / "key.p12"
         path.write_bytes(data)
         info = _openssl_pkcs12_info(path, password)
@@ -213,9 +220,13 @@ def test_pkcs12_profiles(ca, user, tmp_path: Path) -> None:  # type: ignore[no-u
         assert "RC2" not in info.stderr
         assert pkcs12.load_pkcs12(data, password.encode()).key is not None
     with pytest.raises(CryptoError, match="at most 31 characters"):
-        keys.export_pkcs12(key, certificate, ca.certificate, "p" * 32, friendly_name="x", profile=keys.PKCS12_COMPATIBLE)
+        keys.export_pkcs12(
+            key, certificate, ca.certificate, "p" * 32, friendly_name="x", profile=keys.PKCS12_COMPATIBLE
+        )
     with pytest.raises(CryptoError, match="Latin-1"):
-        keys.export_pkcs12(key, certificate, ca.certificate, "œuvre pass", friendly_name="x", profile=keys.PKCS12_COMPATIBLE)
+        keys.export_pkcs12(
+            key, certificate, ca.certificate, "œuvre pass", friendly_name="x", profile=keys.PKCS12_COMPATIBLE
+        )
     with pytest.raises(CryptoError, match="unknown PKCS#12 profile"):
         keys.export_pkcs12(key, certificate, ca.certificate, "export pass", friendly_name="x", profile="legacy")
 
@@ -249,15 +260,20 @@ def test_compatible_pkcs12_has_no_salt_gpgsm_misreads(ca, user) -> None:  # type
     gpgsm = GpgSm(ca.certificate.public_bytes(serialization.Encoding.PEM))
     try:
         for data in _compatible_files(ca, user, password, misread=True, count=3):
-            refused = run(gpgsm._args("--passphrase-fd", "0", "--import", str(gpgsm._file(data))),
-                          input=password.encode() + b"\n", env=gpgsm.env, ok=False)
+            refused = run(
+                gpgsm._args("--passphrase-fd", "0", "--import", str(gpgsm._file(data))),
+                input=password.encode() + b"\n",
+                env=gpgsm.env,
+                ok=False,
+            )
             assert refused.returncode != 0 and b"decryption failed" in refused.stderr
         for data in _compatible_files(ca, user, password, misread=False, count=3):
             gpgsm.import_pkcs12("eloise.bernard@medecin.mss.test", data, password)
         key, certificate = user
         for _ in range(3):
-            exported = keys.export_pkcs12(key, certificate, ca.certificate, password, friendly_name="x",
-                                          profile=keys.PKCS12_COMPATIBLE)
+            exported = keys.export_pkcs12(
+                key, certificate, ca.certificate, password, friendly_name="x", profile=keys.PKCS12_COMPATIBLE
+            )
             assert not keys._gnupg22_misreads(exported, password)
             gpgsm.import_pkcs12("eloise.bernard@medecin.mss.test", exported, password)
     finally:

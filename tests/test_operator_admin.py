@@ -7,25 +7,31 @@ Set ``MSS_WEB_SCREENSHOTS=<folder>`` to keep the screenshot (the README's is mad
 
 from __future__ import annotations
 
-import json
-import re
-
+import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
-
-from mss.db import session_scope
-from mss.models import AuditEvent
-from relay_support import RECIPIENTS, SENDER, UNKNOWN, build_stack, cda_bytes, CDA_SAMPLE, pdf_bytes, queue_id, transaction
-from relay_support import login as smtp_login
-from relay_support import message as smtp_message
-from mss.relay import RelayServer
 from test_web_browser import _enrol, _shot, chromium  # noqa: F401  (fixture)
-from web_support import Person, WebServer, submit
-
-import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from mss.db import session_scope
+from mss.models import AuditEvent
+from mss.relay import RelayServer
+
+from relay_support import (
+    CDA_SAMPLE,
+    RECIPIENTS,
+    SENDER,
+    UNKNOWN,
+    build_stack,
+    cda_bytes,
+    pdf_bytes,
+    queue_id,
+    transaction,
+)
+from relay_support import login as smtp_login
+from relay_support import message as smtp_message
+from web_support import Person, WebServer, submit
 
 
 def run_mss(stack, *args: str) -> str:  # type: ignore[no-untyped-def]
@@ -53,8 +59,15 @@ def test_admin_pages_for_admins_only(stack, chromium, tmp_path):  # type: ignore
     # Traffic: over SMTP (one with a PDF, one with a CDA), one refused recipient, and through the pipeline.
     client = smtp_login(stack, SENDER)
     sent = [
-        transaction(client, SENDER, [admin], smtp_message(SENDER, [admin], [("cr.pdf", "application/pdf", pdf_bytes())])),
-        transaction(client, SENDER, [admin, other], smtp_message(SENDER, [admin, other], [(CDA_SAMPLE.name, "text/xml", cda_bytes())])),
+        transaction(
+            client, SENDER, [admin], smtp_message(SENDER, [admin], [("cr.pdf", "application/pdf", pdf_bytes())])
+        ),
+        transaction(
+            client,
+            SENDER,
+            [admin, other],
+            smtp_message(SENDER, [admin, other], [(CDA_SAMPLE.name, "text/xml", cda_bytes())]),
+        ),
     ]
     for replies in sent:
         queue_id(replies[-1])
@@ -90,7 +103,10 @@ def test_admin_pages_for_admins_only(stack, chromium, tmp_path):  # type: ignore
     assert other_page.locator("svg.chart").count() == 0
 
     with session_scope(stack.rt.engine) as session:
-        views = [(e.actor, e.object, e.outcome) for e in session.execute(
-            select(AuditEvent).where(AuditEvent.action == "admin.view").order_by(AuditEvent.seq)
-        ).scalars()]
+        views = [
+            (e.actor, e.object, e.outcome)
+            for e in session.execute(
+                select(AuditEvent).where(AuditEvent.action == "admin.view").order_by(AuditEvent.seq)
+            ).scalars()
+        ]
     assert views == [(admin, "activity", "success"), (admin, "activity.csv", "success"), (other, "activity", "denied")]

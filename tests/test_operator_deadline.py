@@ -20,8 +20,8 @@ from mss.models import Delivery, MailboxItem, Message, Receipt
 from mss.receipts import issuer
 from mss.receipts.wire import build_mdn
 from mss.runtime import Runtime
-from web_support import GP, NURSE, create_person, login, submit
-from web_support import app, clients, doctor, gp  # noqa: F401  (fixtures)
+
+from web_support import GP, NURSE, app, clients, create_person, doctor, gp, login, submit  # noqa: F401  (fixtures)
 
 DEADLINE = 0.5
 
@@ -89,7 +89,9 @@ def test_a_passed_deadline_gives_exactly_one_delayed_dsn(rt, clients, doctor, gp
     # Somebody else's message has no status for this account.
     other = clients()
     other_token = _token(other, gp)
-    refused = other.get(f"/api/v1/messages/{accepted.queue_id}/status", headers={"authorization": f"Bearer {other_token}"})
+    refused = other.get(
+        f"/api/v1/messages/{accepted.queue_id}/status", headers={"authorization": f"Bearer {other_token}"}
+    )
     assert refused.status_code == 404
 
     # The Sent view says it too.
@@ -111,18 +113,33 @@ def test_a_duplicate_receipt_is_dropped(rt, doctor, gp):  # type: ignore[no-unty
 
     def processed_notice():  # type: ignore[no-untyped-def]
         mdn = build_mdn(
-            reporting_ua="other.example", final_recipient=GP, original_message_id=accepted.message_id,
-            disposition="processed", sender=doctor.address, mode=issuer.PROCESSED_MODE, subject_hint=None,
+            reporting_ua="other.example",
+            final_recipient=GP,
+            original_message_id=accepted.message_id,
+            disposition="processed",
+            sender=doctor.address,
+            mode=issuer.PROCESSED_MODE,
+            subject_hint=None,
         )
         with session_scope(rt.engine) as session:
             certificate = issuer.certificates.current_certificate(session, doctor.address)
-            return issuer.notice(session, rt, mdn, kind="mdn", status="processed", recipients=[GP], reason="",
-                                 reader=doctor.address, reader_certificate=certificate)
+            return issuer.notice(
+                session,
+                rt,
+                mdn,
+                kind="mdn",
+                status="processed",
+                recipients=[GP],
+                reason="",
+                reader=doctor.address,
+                reader_certificate=certificate,
+            )
 
     for _ in range(2):  # the same MDN comes back twice
         with session_scope(rt.engine) as session:
-            store.store_receipts(session, rt.master_key, queue_id=accepted.queue_id, notices=[processed_notice()],
-                                 request_id="")
+            store.store_receipts(
+                session, rt.master_key, queue_id=accepted.queue_id, notices=[processed_notice()], request_id=""
+            )
     assert len(_receipts(rt, accepted.queue_id, "processed")) == 1
     # A final status came: the deadline no longer applies to it.
     time.sleep(DEADLINE + 0.2)

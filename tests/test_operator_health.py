@@ -19,6 +19,14 @@ from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select
+
+from directory.models import DirectoryEntry
+from mss import metrics
+from mss.crypto.pki import PkiPaths
+from mss.db import session_scope
+from mss.logs import JsonFormatter
+
 from relay_support import (
     RECIPIENTS,
     SENDER,
@@ -30,13 +38,6 @@ from relay_support import (
     running_stack,
     transaction,
 )
-from sqlalchemy import func, select
-
-from directory.models import DirectoryEntry
-from mss import metrics
-from mss.crypto.pki import PkiPaths
-from mss.db import session_scope
-from mss.logs import JsonFormatter
 from web_support import WebServer
 
 
@@ -87,13 +88,19 @@ def test_metrics_count_real_smtp_traffic(relay_stack: Stack, metrics_url: str) -
     bad.quit()
 
     after = scrape(metrics_url)
-    assert value(after, "mss_messages_submitted_total", door="smtp") - value(before, "mss_messages_submitted_total", door="smtp") == 1
+    assert (
+        value(after, "mss_messages_submitted_total", door="smtp")
+        - value(before, "mss_messages_submitted_total", door="smtp")
+        == 1
+    )
     assert value(after, "mss_deliveries_delivered_total", door="smtp") - value(
         before, "mss_deliveries_delivered_total", door="smtp"
     ) == len(RECIPIENTS)
-    assert value(after, "mss_messages_refused_total", door="smtp", reason="5.1.1") - value(
-        before, "mss_messages_refused_total", door="smtp", reason="5.1.1"
-    ) == 1
+    assert (
+        value(after, "mss_messages_refused_total", door="smtp", reason="5.1.1")
+        - value(before, "mss_messages_refused_total", door="smtp", reason="5.1.1")
+        == 1
+    )
     for kind in ("pdf", "cda", "xdm"):
         assert value(after, "mss_documents_total", kind=kind) - value(before, "mss_documents_total", kind=kind) >= 1
     for stage in metrics.STAGES:
@@ -101,9 +108,11 @@ def test_metrics_count_real_smtp_traffic(relay_stack: Stack, metrics_url: str) -
             before, "mss_pipeline_stage_seconds_count", stage=stage
         )
         assert grown == 1, stage
-    assert value(after, "mss_login_failures_total", action="smtp.login", reason="bad-password") - value(
-        before, "mss_login_failures_total", action="smtp.login", reason="bad-password"
-    ) == 1
+    assert (
+        value(after, "mss_login_failures_total", action="smtp.login", reason="bad-password")
+        - value(before, "mss_login_failures_total", action="smtp.login", reason="bad-password")
+        == 1
+    )
     # The unauthenticated session was open during the scrape, and is not after it.
     assert value(open_during, "mss_smtp_sessions_open") >= 1
     assert value(after, "mss_smtp_sessions_open") == value(open_during, "mss_smtp_sessions_open") - 1

@@ -12,9 +12,9 @@ from datetime import timedelta
 from lxml import etree
 
 from mss.db import utcnow
+
 from relay_support import CDA_SAMPLE, cda_bytes, xdm_bytes
-from web_support import GP, NURSE, create_person, login, pdf_bytes, submit
-from web_support import app, clients, doctor, gp  # noqa: F401  (fixtures)
+from web_support import GP, NURSE, app, clients, create_person, doctor, gp, login, pdf_bytes, submit  # noqa: F401  (fixtures)
 
 
 def _type_code() -> str:
@@ -53,9 +53,7 @@ def test_indicators_of_a_month_match_the_traffic(rt, clients, doctor, gp, mss): 
     assert report["messages_received"] == sum(len(to) for _s, to, _a, _r in traffic)
     assert report["messages_with_attachments"] == sum(1 for *_x, attachments, _r in traffic if attachments)
     kinds = [a[0] for *_x, attachments, _r in traffic for a in attachments]
-    assert report["attachments"] == {
-        "pdf": kinds.count(pdf[0]), "cda": kinds.count(cda[0]), "xdm": kinds.count(xdm[0])
-    }
+    assert report["attachments"] == {"pdf": kinds.count(pdf[0]), "cda": kinds.count(cda[0]), "xdm": kinds.count(xdm[0])}
     # One CDA bare, one inside the package.
     assert report["cda_by_type_code"] == {_type_code(): 2}
     assert report["distinct_senders"] == len({s.address for s, *_rest in traffic})

@@ -13,8 +13,8 @@ from mss import accounts
 from mss.db import session_scope, utcnow
 from mss.errors import AccountDisabled
 from mss.models import Account, MailboxItem, Message
-from web_support import GP, NURSE, PASSWORD, create_person, pdf_bytes, submit
-from web_support import doctor, gp  # noqa: F401  (fixtures)
+
+from web_support import GP, NURSE, PASSWORD, create_person, doctor, gp, pdf_bytes, submit  # noqa: F401  (fixtures)
 
 
 def _age(rt, address: str, days: int, *, notice_days: int | None = None) -> None:  # type: ignore[no-untyped-def]

@@ -109,10 +109,12 @@ def test_stored_form_is_ciphertext_for_recipients_and_sender(rt, people):  # typ
     accepted = send(rt, people[DOCTOR], [GP, NURSE], raw)
     with session_scope(rt.engine) as session:
         row = store.find_message(session, accepted.message_id)
-        owners = sorted(session.execute(select(MailboxItem.owner, MailboxItem.folder)
-                                        .where(MailboxItem.message_id == row.id)).all())
-        deliveries = session.execute(select(Delivery.recipient, Delivery.status)
-                                     .where(Delivery.message_id == row.id)).all()
+        owners = sorted(
+            session.execute(select(MailboxItem.owner, MailboxItem.folder).where(MailboxItem.message_id == row.id)).all()
+        )
+        deliveries = session.execute(
+            select(Delivery.recipient, Delivery.status).where(Delivery.message_id == row.id)
+        ).all()
     assert owners == sorted([(DOCTOR, "sent"), (GP, "inbox"), (NURSE, "inbox")])
     assert sorted(deliveries) == sorted([(GP, "delivered"), (NURSE, "delivered")])
     for secret in (b"Patient Dupont", b"confr", cda[:200], pdf_marker):
@@ -129,7 +131,12 @@ def test_policy_refusals_store_nothing(rt, people):  # type: ignore[no-untyped-d
     with pytest.raises(FromHeaderMismatch):
         send(rt, people[DOCTOR], [NURSE], spoofed)
     with pytest.raises(MalformedMessage):
-        send(rt, people[DOCTOR], [NURSE], b"From: " + DOCTOR.encode() + b"\r\nContent-Type: multipart/mixed\r\n\r\nno boundary\r\n")
+        send(
+            rt,
+            people[DOCTOR],
+            [NURSE],
+            b"From: " + DOCTOR.encode() + b"\r\nContent-Type: multipart/mixed\r\n\r\nno boundary\r\n",
+        )
     with pytest.raises(UnknownAddress):
         send(rt, people[DOCTOR], ["ghost@medecin.mss.test"], letter(DOCTOR, ["ghost@medecin.mss.test"], []))
     with session_scope(rt.engine) as session:
@@ -144,8 +151,13 @@ def test_success_dsn_and_processed_mdn_reach_the_sender(rt, people):  # type: ig
         row = store.find_message(session, accepted.queue_id)
         rows = session.execute(select(Receipt).where(Receipt.message_id == row.id)).scalars().all()
         notifications = {r.kind: session.get(Message, r.notification_id) for r in rows}
-        inbox = session.execute(select(MailboxItem.message_id).where(MailboxItem.owner == DOCTOR,
-                                                                     MailboxItem.folder == "inbox")).scalars().all()
+        inbox = (
+            session.execute(
+                select(MailboxItem.message_id).where(MailboxItem.owner == DOCTOR, MailboxItem.folder == "inbox")
+            )
+            .scalars()
+            .all()
+        )
     assert sorted((r.kind, r.status, r.recipient) for r in rows) == [("dsn", "delivered", GP), ("mdn", "processed", GP)]
     assert {n.id for n in notifications.values()} == set(inbox)
     status, dsn = open_as(rt, people[DOCTOR], notifications["dsn"].cms)
@@ -164,8 +176,9 @@ def test_recipient_revoked_before_data_gets_a_failure_dsn(rt, people):  # type: 
     accepted = send(rt, people[DOCTOR], [GP, NURSE], letter(DOCTOR, [GP, NURSE], []))
     with session_scope(rt.engine) as session:
         row = store.find_message(session, accepted.queue_id)
-        deliveries = dict(session.execute(select(Delivery.recipient, Delivery.status)
-                                          .where(Delivery.message_id == row.id)).all())
+        deliveries = dict(
+            session.execute(select(Delivery.recipient, Delivery.status).where(Delivery.message_id == row.id)).all()
+        )
         receipt = session.execute(select(Receipt).where(Receipt.message_id == row.id)).scalars().one()
         failure_cms = session.get(Message, receipt.notification_id).cms
     assert deliveries == {GP: "delivered", NURSE: "failed"}
@@ -195,15 +208,24 @@ def test_trace_and_export_open_with_openssl(rt, people, env, tmp_path):  # type:
     p12 = tmp_path / "gp.p12"
     p12.write_bytes(accounts.export_key(rt.engine, rt.settings, GP, PASSWORD, "export passphrase", actor="test"))
     key_pem = tmp_path / "gp.pem"
-    subprocess.run(["openssl", "pkcs12", "-in", str(p12), "-noenc", "-passin", "pass:export passphrase",
-                    "-out", str(key_pem)], check=True, capture_output=True)
+    subprocess.run(
+        ["openssl", "pkcs12", "-in", str(p12), "-noenc", "-passin", "pass:export passphrase", "-out", str(key_pem)],
+        check=True,
+        capture_output=True,
+    )
     signed = tmp_path / "signed.eml"
-    subprocess.run(["openssl", "cms", "-decrypt", "-in", str(eml), "-inkey", str(key_pem), "-out", str(signed)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["openssl", "cms", "-decrypt", "-in", str(eml), "-inkey", str(key_pem), "-out", str(signed)],
+        check=True,
+        capture_output=True,
+    )
     content = tmp_path / "content.eml"
     ca = rt.settings.pki.certs_dir / "ca.pem"
-    verified = subprocess.run(["openssl", "cms", "-verify", "-in", str(signed), "-CAfile", str(ca),
-                               "-out", str(content)], capture_output=True, text=True)
+    verified = subprocess.run(
+        ["openssl", "cms", "-verify", "-in", str(signed), "-CAfile", str(ca), "-out", str(content)],
+        capture_output=True,
+        text=True,
+    )
     assert verified.returncode == 0, verified.stderr
     parts = attachments_of(email.message_from_bytes(content.read_bytes(), policy=email.policy.default))  # type: ignore[arg-type]
     assert parts == {"cr.pdf": pdf, "img.xml": cda}
@@ -214,11 +236,13 @@ def test_trace_and_export_open_with_openssl(rt, people, env, tmp_path):  # type:
     tampered[len(tampered) // 2] ^= 0x01
     bad = tmp_path / "bad.der"
     bad.write_bytes(bytes(tampered))
-    opened = subprocess.run(["openssl", "cms", "-decrypt", "-inform", "DER", "-in", str(bad), "-inkey", str(key_pem)],
-                            capture_output=True)
+    opened = subprocess.run(
+        ["openssl", "cms", "-decrypt", "-inform", "DER", "-in", str(bad), "-inkey", str(key_pem)], capture_output=True
+    )
     if opened.returncode == 0:
-        checked = subprocess.run(["openssl", "cms", "-verify", "-CAfile", str(ca)], input=opened.stdout,
-                                 capture_output=True)
+        checked = subprocess.run(
+            ["openssl", "cms", "-verify", "-CAfile", str(ca)], input=opened.stdout, capture_output=True
+        )
         assert checked.returncode != 0
     with session_scope(rt.engine) as session:
         assert audit.verify(session, rt.master_key).ok

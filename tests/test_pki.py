@@ -7,7 +7,7 @@ import stat
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -51,7 +51,10 @@ def test_init_dev_pki_creates_the_material(settings: Settings) -> None:
     for public in (paths.ca_certificate, paths.crl, paths.tls_certificate, paths.recovery_public_key):
         assert mode(public) & 0o600 == 0o600 and mode(public) & 0o022 == 0, public  # 0644 less the umask
     assert paths.recovery_public_key == settings.pki.recovery_public_key
-    assert keys.recovery_public_key_of(keys.load_recovery_private_key(paths.recovery_private_key)) == dev.recovery_public_key
+    assert (
+        keys.recovery_public_key_of(keys.load_recovery_private_key(paths.recovery_private_key))
+        == dev.recovery_public_key
+    )
 
     ca = dev.ca.certificate
     assert ca.public_key().key_size == 3072
@@ -63,7 +66,7 @@ def test_init_dev_pki_creates_the_material(settings: Settings) -> None:
 
     crl = pki.load_crl(settings)
     assert crl is not None and len(crl) == 0 and crl.is_signature_valid(ca.public_key())
-    assert crl.next_update_utc is not None and crl.next_update_utc > datetime.now(timezone.utc) + timedelta(days=7)
+    assert crl.next_update_utc is not None and crl.next_update_utc > datetime.now(UTC) + timedelta(days=7)
 
     san = dev.tls_certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
@@ -80,7 +83,10 @@ def test_init_dev_pki_creates_the_material(settings: Settings) -> None:
 @pytest.mark.sqlite_only
 def test_init_dev_pki_is_idempotent_and_force_regenerates(settings: Settings) -> None:
     first = pki.init_dev_pki(settings)
-    files = {p: p.read_bytes() for p in (first.paths.ca_certificate, first.paths.ca_key, first.paths.tls_key, first.paths.crl)}
+    files = {
+        p: p.read_bytes()
+        for p in (first.paths.ca_certificate, first.paths.ca_key, first.paths.tls_key, first.paths.crl)
+    }
     again = pki.init_dev_pki(settings)
     assert again.generated == ()
     assert all(path.read_bytes() == data for path, data in files.items())
@@ -192,7 +198,7 @@ def test_issue_rejects_malformed_arguments(dev_pki: Settings) -> None:
 @pytest.mark.sqlite_only
 def test_build_crl_entries_and_reasons(dev_pki: Settings) -> None:
     ca = pki.load_ca(dev_pki)
-    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     crl = pki.build_crl(ca, [(0x1234, at, "keyCompromise"), (0x99, at, "unspecified"), (0x1234, at, "superseded")])
     assert len(crl) == 2 and crl.is_signature_valid(ca.certificate.public_key())
     entry = crl.get_revoked_certificate_by_serial_number(0x1234)
@@ -277,7 +283,9 @@ def test_issue_for_entry_stores_row_and_audit(engine: Engine, dev_pki: Settings,
 def test_issue_for_an_organisation_mailbox(engine: Engine, dev_pki: Settings) -> None:
     _add_entry(engine, "urgences.pediatriques@chu-demo.mss.test", kind="ORG")
     with session_scope(engine) as session:
-        _, row = certificates.issue_for_entry(session, dev_pki, "urgences.pediatriques@chu-demo.mss.test", actor="admin")
+        _, row = certificates.issue_for_entry(
+            session, dev_pki, "urgences.pediatriques@chu-demo.mss.test", actor="admin"
+        )
     certificate = x509.load_der_x509_certificate(row.der)
     assert certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "Urgences pédiatriques"
     assert certificate.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)[0].value == "11760000001"
@@ -353,7 +361,9 @@ def test_a_rolled_back_revocation_leaves_the_crl_alone(engine: Engine, dev_pki: 
     with session_scope(engine) as session:
         assert certificates.current_certificate(session, "eloise.bernard@medecin.mss.test") is not None
         with pytest.raises(PkiError, match="unknown revocation reason"):
-            certificates.revoke_for_address(session, dev_pki, "eloise.bernard@medecin.mss.test", reason="bye", actor="admin")
+            certificates.revoke_for_address(
+                session, dev_pki, "eloise.bernard@medecin.mss.test", reason="bye", actor="admin"
+            )
 
 
 def test_trust_material_refreshes_a_stale_crl(engine: Engine, dev_pki: Settings) -> None:
@@ -363,7 +373,7 @@ def test_trust_material_refreshes_a_stale_crl(engine: Engine, dev_pki: Settings)
         material = certificates.trust_material(session, dev_pki)
     assert material.roots == [ca.certificate]
     crl = x509.load_der_x509_crl(material.crls[0])
-    assert crl.next_update_utc > datetime.now(timezone.utc) + timedelta(days=certificates.CRL_NEXT_UPDATE_DAYS - 1)
+    assert crl.next_update_utc > datetime.now(UTC) + timedelta(days=certificates.CRL_NEXT_UPDATE_DAYS - 1)
     assert pki.load_crl(dev_pki) == crl
 
 

@@ -12,6 +12,7 @@ import pytest
 from mss import accounts, mailbox
 from mss.db import session_scope
 from mss.relay import RelayServer
+
 from relay_support import SENDER, build_stack
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -52,7 +53,9 @@ def test_readme_swaks_example_sends_the_cda_as_xml(relay):  # type: ignore[no-un
     command[password + 1] = relay.passwords[SENDER]
     recipient = command[command.index("--to") + 1]
     with session_scope(relay.rt.engine) as session:
-        accounts.create_account(session, relay.settings, relay.rt.master_key, recipient, "recipient password", actor="test")
+        accounts.create_account(
+            session, relay.settings, relay.rt.master_key, recipient, "recipient password", actor="test"
+        )
 
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

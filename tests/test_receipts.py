@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage, Message
 from email.utils import parsedate_to_datetime
 
@@ -15,7 +15,7 @@ from mss import receipts
 from mss.errors import PolicyError
 from mss.receipts import DsnParameterError, ReceiptError, RecipientStatus
 
-ARRIVAL = datetime(2026, 11, 22, 14, 3, 7, tzinfo=timezone.utc)
+ARRIVAL = datetime(2026, 11, 22, 14, 3, 7, tzinfo=UTC)
 BODY_MARKER = b"Patient: DUPONT Jeanne, INS 2840512345678 - compte rendu confidentiel"
 ORIGINAL = (
     b"From: Dr Alice Martin <dr.alice@mss.test>\r\n"
@@ -88,7 +88,11 @@ def test_dsn_is_an_rfc_3464_report() -> None:
     assert parsedate_to_datetime(per_message["Arrival-Date"]) == ARRIVAL
     assert (bob["Final-Recipient"], bob["Action"], bob["Status"]) == ("rfc822; dr.bob@mss.test", "delivered", "2.0.0")
     assert bob["Diagnostic-Code"] is None and bob["Original-Recipient"] is None
-    assert (carol["Final-Recipient"], carol["Action"], carol["Status"]) == ("rfc822; dr.carol@mss.test", "failed", "5.1.1")
+    assert (carol["Final-Recipient"], carol["Action"], carol["Status"]) == (
+        "rfc822; dr.carol@mss.test",
+        "failed",
+        "5.1.1",
+    )
     assert carol["Diagnostic-Code"] == "smtp; 550 5.1.1 dr.carol@mss.test is not in the directory"
     assert carol["Original-Recipient"] == "rfc822; Dr.Carol@mss.test"
 
@@ -104,7 +108,9 @@ def test_dsn_human_part_names_each_recipient_in_french_then_english() -> None:
     assert "<orig-1@mss.test>" in text and "22/11/2026 à 14:03 (UTC)" in text and "2026-11-22 14:03 UTC" in text
 
 
-@pytest.mark.parametrize("given", [ORIGINAL, ORIGINAL.replace(b"\r\n", b"\n"), ORIGINAL.split(b"\r\n\r\n")[0] + b"\r\n"])
+@pytest.mark.parametrize(
+    "given", [ORIGINAL, ORIGINAL.replace(b"\r\n", b"\n"), ORIGINAL.split(b"\r\n\r\n")[0] + b"\r\n"]
+)
 def test_dsn_quotes_headers_and_never_the_body(given: bytes) -> None:
     built = dsn(original_headers=given)
     wire = built.as_bytes()
@@ -145,7 +151,9 @@ def test_dsn_subject_and_actions_for_each_outcome() -> None:
     assert blocks[2]["Diagnostic-Code"] == "x-mss; message expired"
     text = human_text(mixed)
     assert "a été transmis à dr.bob@mss.test" in text and "was relayed to dr.bob@mss.test" in text
-    assert "n'a pas encore pu être remis à dr.carol@mss.test" in text and "Reason: 451 4.4.1 no answer from host" in text
+    assert (
+        "n'a pas encore pu être remis à dr.carol@mss.test" in text and "Reason: 451 4.4.1 no answer from host" in text
+    )
 
 
 def test_dsn_postmaster_address_can_be_the_signers() -> None:
@@ -156,15 +164,32 @@ def test_dsn_postmaster_address_can_be_the_signers() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"address": "dr.bob@mss.test\r\nBcc: x@y.test", "action": "delivered", "status": "2.0.0"}, "not a plain mail address"),
+        (
+            {"address": "dr.bob@mss.test\r\nBcc: x@y.test", "action": "delivered", "status": "2.0.0"},
+            "not a plain mail address",
+        ),
         ({"address": "dr.bob@mss.test", "action": "bounced", "status": "5.0.0"}, "unknown DSN action"),
         ({"address": "dr.bob@mss.test", "action": "delivered", "status": "2.0"}, "not an RFC 3463 status"),
         ({"address": "dr.bob@mss.test", "action": "delivered", "status": "5.1.1"}, "contradicts action delivered"),
         ({"address": "dr.bob@mss.test", "action": "failed", "status": "2.0.0"}, "contradicts action failed"),
         ({"address": "dr.bob@mss.test", "action": "delayed", "status": "5.0.0"}, "contradicts action delayed"),
-        ({"address": "dr.bob@mss.test", "action": "failed", "status": "5.1.1", "diagnostic": "550 refusé"}, "printable US-ASCII"),
-        ({"address": "dr.bob@mss.test", "action": "failed", "status": "5.1.1", "diagnostic": "550\r\nX: y"}, "printable US-ASCII"),
-        ({"address": "dr.bob@mss.test", "action": "failed", "status": "5.1.1", "original_recipient": "dr.bob@mss.test"}, "addr-type;address"),
+        (
+            {"address": "dr.bob@mss.test", "action": "failed", "status": "5.1.1", "diagnostic": "550 refusé"},
+            "printable US-ASCII",
+        ),
+        (
+            {"address": "dr.bob@mss.test", "action": "failed", "status": "5.1.1", "diagnostic": "550\r\nX: y"},
+            "printable US-ASCII",
+        ),
+        (
+            {
+                "address": "dr.bob@mss.test",
+                "action": "failed",
+                "status": "5.1.1",
+                "original_recipient": "dr.bob@mss.test",
+            },
+            "addr-type;address",
+        ),
     ],
 )
 def test_recipient_status_is_checked(kwargs: dict[str, str], message: str) -> None:
@@ -240,7 +265,9 @@ def test_mdn_is_an_rfc_8098_report() -> None:
     assert fields["Original-Message-ID"] == "<orig-1@mss.test>"
     assert fields["Disposition"] == "automatic-action/MDN-sent-automatically; processed"
     text = human_text(report)
-    assert text.index("a été déposé dans la boîte de dr.bob@mss.test") < text.index("was placed in the mailbox of dr.bob@mss.test")
+    assert text.index("a été déposé dans la boîte de dr.bob@mss.test") < text.index(
+        "was placed in the mailbox of dr.bob@mss.test"
+    )
     assert "22/11/2026 à 14:03 (UTC)" in text and "ne garantit pas" in text and "does not guarantee" in text
 
 
@@ -362,7 +389,9 @@ def test_dsn_parameters_belong_to_their_command() -> None:
 
 def test_notify_spec_feeds_the_dsn() -> None:
     spec = receipts.parse_notify(["NOTIFY=FAILURE", "ORCPT=rfc822;Dr.Carol+40old@mss.test"])
-    status = RecipientStatus("dr.carol@mss.test", "failed", "5.1.1", "550 5.1.1 unknown", original_recipient=str(spec.orcpt))
+    status = RecipientStatus(
+        "dr.carol@mss.test", "failed", "5.1.1", "550 5.1.1 unknown", original_recipient=str(spec.orcpt)
+    )
     block = list(parse(dsn([status])).iter_parts())[1].get_payload()[1]
     assert block["Original-Recipient"] == "rfc822; Dr.Carol@old@mss.test"
 

@@ -12,6 +12,23 @@ from email import message_from_bytes, policy
 
 import aiosmtplib
 import pytest
+from sqlalchemy import select
+
+from directory.certificates import current_certificate
+from mss import accounts
+from mss.crypto import keys, smime
+from mss.db import session_scope
+from mss.documents import (
+    ArchiveBomb,
+    ForbiddenDocumentType,
+    XmlDoctypeForbidden,
+    XmlTooComplex,
+)
+from mss.models import MailboxItem, Message
+from mss.relay import replies
+from mss.relay.handler import document_status
+from mss.relay.protocol import MAX_HEADER_FIELDS
+
 from relay_support import (
     MAX_MESSAGE_SIZE,
     RECIPIENTS,
@@ -29,22 +46,6 @@ from relay_support import (
     xxe_cda,
     zip_bomb_xdm,
 )
-from sqlalchemy import select
-
-from directory.certificates import current_certificate
-from mss import accounts
-from mss.crypto import keys, smime
-from mss.db import session_scope
-from mss.documents import (
-    ArchiveBomb,
-    ForbiddenDocumentType,
-    XmlDoctypeForbidden,
-    XmlTooComplex,
-)
-from mss.models import MailboxItem, Message
-from mss.relay import replies
-from mss.relay.handler import document_status
-from mss.relay.protocol import MAX_HEADER_FIELDS
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +122,35 @@ def test_swaks_submission(relay_stack: Stack, tmp_path) -> None:
     eml.write_bytes(referral(recipients=RECIPIENTS[:1]))
     result = subprocess.run(
         [
-            "swaks", "--server", "127.0.0.1", "--port", str(relay_stack.port), "--tls", "--tls-verify",
-            "--tls-ca-path", str(relay_stack.ca_file), "--tls-protocol", "tlsv1_2,tlsv1_3",
-            "--auth", "LOGIN", "--auth-user", SENDER, "--auth-password", relay_stack.passwords[SENDER],
-            "--from", SENDER, "--to", RECIPIENTS[0], "--data", str(eml), "--helo", "client.test",
+            "swaks",
+            "--server",
+            "127.0.0.1",
+            "--port",
+            str(relay_stack.port),
+            "--tls",
+            "--tls-verify",
+            "--tls-ca-path",
+            str(relay_stack.ca_file),
+            "--tls-protocol",
+            "tlsv1_2,tlsv1_3",
+            "--auth",
+            "LOGIN",
+            "--auth-user",
+            SENDER,
+            "--auth-password",
+            relay_stack.passwords[SENDER],
+            "--from",
+            SENDER,
+            "--to",
+            RECIPIENTS[0],
+            "--data",
+            str(eml),
+            "--helo",
+            "client.test",
         ],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "<~  250 2.0.0 Ok: queued as " in result.stdout
@@ -258,13 +282,27 @@ ORIGINAL_FROM = b"From: " + SENDER.encode()
         (ORIGINAL_FROM + b"\r\nSender: " + SPOOFED + b"\r\nSender: " + SENDER.encode(), replies.REPEATED_HEADER_FIELD),
         (ORIGINAL_FROM + b"\r\nFrom : " + SPOOFED, replies.MALFORMED_MESSAGE),
         (ORIGINAL_FROM + b"\r\nTo: " + SPOOFED, replies.REPEATED_HEADER_FIELD),
-        (ORIGINAL_FROM + b"\r\nDate: Mon, 1 Jan 2024 08:00:00 +0100\r\nDate: Tue, 2 Jan 2024 08:00:00 +0100",
-         replies.REPEATED_HEADER_FIELD),
+        (
+            ORIGINAL_FROM + b"\r\nDate: Mon, 1 Jan 2024 08:00:00 +0100\r\nDate: Tue, 2 Jan 2024 08:00:00 +0100",
+            replies.REPEATED_HEADER_FIELD,
+        ),
         # Values the email package's parsers fail on (found by tests/test_fuzz.py).
-        (ORIGINAL_FROM + b"\r\nIn-Reply-To: <a@b>\r\nX-Note: x\r\nCc: \"", replies.MALFORMED_MESSAGE),
+        (ORIGINAL_FROM + b'\r\nIn-Reply-To: <a@b>\r\nX-Note: x\r\nCc: "', replies.MALFORMED_MESSAGE),
     ],
-    ids=["two-from", "two-from-bare-lf", "two-from-case", "angle-then-address", "two-mailboxes", "group",
-         "sender-two-mailboxes", "two-senders", "obsolete-from", "two-to", "two-dates", "unparseable-cc"],
+    ids=[
+        "two-from",
+        "two-from-bare-lf",
+        "two-from-case",
+        "angle-then-address",
+        "two-mailboxes",
+        "group",
+        "sender-two-mailboxes",
+        "two-senders",
+        "obsolete-from",
+        "two-to",
+        "two-dates",
+        "unparseable-cc",
+    ],
 )
 def test_originator_and_once_fields_mean_one_thing(relay_stack: Stack, new_from: bytes, reply: str) -> None:
     raw = with_header_lines(message(SENDER, RECIPIENTS), ORIGINAL_FROM, new_from)
@@ -274,7 +312,9 @@ def test_originator_and_once_fields_mean_one_thing(relay_stack: Stack, new_from:
 
 def nested_multiparts(levels: int) -> bytes:
     head = f"From: {SENDER}\r\nTo: {RECIPIENTS[0]}\r\nSubject: nested\r\nMIME-Version: 1.0\r\n".encode()
-    opening = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i) for i in range(levels))
+    opening = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i) for i in range(levels)
+    )
     closing = b"".join(b"\r\n--b%d--" % i for i in reversed(range(levels)))
     return head + opening + b"Content-Type: text/plain\r\n\r\nhi" + closing + b"\r\n"
 
@@ -284,13 +324,21 @@ def nested_multiparts(levels: int) -> bytes:
     [
         (nested_multiparts(1000), replies.MIME_TOO_COMPLEX),
         (nested_multiparts(40), replies.MIME_TOO_COMPLEX),
-        (message(SENDER, RECIPIENTS).replace(b"Subject: Lettre", b"Subject: Lettre\rX-Hidden: 1", 1),
-         replies.BARE_CR_IN_MESSAGE),
-        (message(SENDER, RECIPIENTS).replace(b"Subject: Lettre de liaison\r\n", b"Subject: Lettre de liaison\r\r\n", 1),
-         replies.BARE_CR_IN_MESSAGE),
+        (
+            message(SENDER, RECIPIENTS).replace(b"Subject: Lettre", b"Subject: Lettre\rX-Hidden: 1", 1),
+            replies.BARE_CR_IN_MESSAGE,
+        ),
+        (
+            message(SENDER, RECIPIENTS).replace(
+                b"Subject: Lettre de liaison\r\n", b"Subject: Lettre de liaison\r\r\n", 1
+            ),
+            replies.BARE_CR_IN_MESSAGE,
+        ),
         (message(SENDER, RECIPIENTS).replace(b"Bonjour,", b"Bonjour,\r.\rsuite", 1), replies.BARE_CR_IN_MESSAGE),
-        (message(SENDER, RECIPIENTS, message_id="<x@client.test>").replace(b"<x@client.test>", b"<fuzz@"),
-         replies.MALFORMED_MESSAGE),
+        (
+            message(SENDER, RECIPIENTS, message_id="<x@client.test>").replace(b"<x@client.test>", b"<fuzz@"),
+            replies.MALFORMED_MESSAGE,
+        ),
     ],
     ids=["nested-1000", "nested-40", "bare-cr-header", "cr-cr-lf", "cr-dot-cr", "truncated-message-id"],
 )

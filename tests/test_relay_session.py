@@ -192,7 +192,9 @@ def test_disabled_account_is_told_why_only_after_the_right_password(relay_stack:
         accounts.set_disabled(session, address, True, actor="test")
     try:
         client = connect(relay_stack)
-        assert auth(client, "PLAIN", f"\0{address}\0wrong-{relay_stack.passwords[address]}") == code_of(replies.AUTH_FAILED)
+        assert auth(client, "PLAIN", f"\0{address}\0wrong-{relay_stack.passwords[address]}") == code_of(
+            replies.AUTH_FAILED
+        )
         assert auth(client, "PLAIN", f"\0{address}\0{relay_stack.passwords[address]}") == code_of(
             replies.AUTH_ACCOUNT_DISABLED
         )
@@ -302,9 +304,22 @@ def test_overlong_command_line(relay_stack: Stack) -> None:
 
 def openssl_starttls(stack: Stack, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{stack.port}", "-starttls", "smtp",
-         "-CAfile", str(stack.ca_file), "-verify_return_error", *options],
-        input="QUIT\r\n", capture_output=True, text=True, timeout=30,
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{stack.port}",
+            "-starttls",
+            "smtp",
+            "-CAfile",
+            str(stack.ca_file),
+            "-verify_return_error",
+            *options,
+        ],
+        input="QUIT\r\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -425,7 +440,7 @@ def wait_for_close(sock: socket.socket, keepalive: bytes | None = None, *, patie
     while time.monotonic() < give_up:
         try:
             data = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             data = None
         except (ConnectionError, ssl.SSLError):
             return received
@@ -524,4 +539,6 @@ def test_cut_off_session_closes_cleanly(relay_stack: Stack, caplog: pytest.LogCa
         still_serving(relay_stack, relay_stack.counts())
     assert said[-1].decode() in {replies.TOO_MANY_UNRECOGNIZED, replies.COMMAND_LIMIT}
     assert all(not reply.startswith(b"421") for reply in said[:-1])
-    assert not [r for r in caplog.records if r.levelname in {"ERROR", "CRITICAL"}], [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.levelname in {"ERROR", "CRITICAL"}], [
+        r.getMessage() for r in caplog.records
+    ]

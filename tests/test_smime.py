@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -50,7 +50,13 @@ def ca() -> pki.CertificateAuthority:
 
 def _party(ca: pki.CertificateAuthority, address: str, name: str) -> Party:
     key, certificate = pki.issue_smime_certificate(
-        ca, address=address, rpps_national_id="810000064199", common_name=name, organisation="CHU Démo", key_bits=2048, days=30
+        ca,
+        address=address,
+        rpps_national_id="810000064199",
+        common_name=name,
+        organisation="CHU Démo",
+        key_bits=2048,
+        days=30,
     )
     return Party(key, certificate)
 
@@ -273,7 +279,11 @@ def test_export_for_a_mail_client_is_standard_smime(alice: Party, bob: Party, pe
         "-inkey", str(pem_dir / "bob.key"), "-out", str(tmp_path / "inner.eml"),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "inner.eml").read_bytes().startswith(b"Content-Type: application/pkcs7-mime; smime-type=signed-data")
+    assert (
+        (tmp_path / "inner.eml")
+        .read_bytes()
+        .startswith(b"Content-Type: application/pkcs7-mime; smime-type=signed-data")
+    )
     done = openssl(
         "cms", "-verify", "-in", str(tmp_path / "inner.eml"), "-CAfile", str(pem_dir / "ca.pem"),
         "-out", str(tmp_path / "content"),
@@ -303,7 +313,7 @@ def test_smime_message_checks_headers_and_payloads(alice: Party, bob: Party) -> 
 
 
 def test_valid_signature_report(alice: Party, ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
-    before = datetime.now(timezone.utc).replace(microsecond=0)
+    before = datetime.now(UTC).replace(microsecond=0)
     report = _verify(smime.sign(ENTITY, alice.certificate, alice.key), ca, [empty_crl])
     assert report.status == "valid" and report.trusted
     assert report.content == ENTITY
@@ -347,7 +357,7 @@ def test_unknown_ca_is_untrusted(alice: Party, ca) -> None:  # type: ignore[no-u
 
 def test_revoked_signer(alice: Party, bob: Party, ca) -> None:  # type: ignore[no-untyped-def]
     signed = smime.sign(ENTITY, alice.certificate, alice.key)
-    revoked_at = datetime.now(timezone.utc)
+    revoked_at = datetime.now(UTC)
     crl = pki.build_crl(ca, [(alice.certificate.serial_number, revoked_at, "keyCompromise")])
     report = _verify(signed, ca, [crl])
     assert report.status == "revoked" and "revoked" in report.reason
@@ -362,7 +372,7 @@ def test_expired_signer(ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
     key, template = pki.issue_smime_certificate(
         ca, address="old@mss.test", rpps_national_id=None, common_name="Old", key_bits=2048, days=1
     )
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(template.subject)
@@ -382,7 +392,7 @@ def test_expired_signer(ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
 def test_missing_revocation_information_is_untrusted(alice: Party, ca) -> None:  # type: ignore[no-untyped-def]
     report = _verify(smime.sign(ENTITY, alice.certificate, alice.key), ca, [])
     assert report.status == "untrusted" and "revocation" in report.reason
-    later = datetime.now(timezone.utc) + timedelta(days=3)
+    later = datetime.now(UTC) + timedelta(days=3)
     short_lived = pki.build_crl(ca, [], next_update_days=1)
     report = _verify(smime.sign(ENTITY, alice.certificate, alice.key), ca, [short_lived], moment=later)
     assert report.status == "untrusted" and "revocation" in report.reason
@@ -418,7 +428,9 @@ def test_detached_or_multi_signer_input_is_refused(alice: Party, pem_dir: Path, 
         verify_signed_data((tmp_path / "two.der").read_bytes(), trust_roots=[alice.certificate], crls=[])
 
 
-def test_detached_signature_verifies_against_its_content(alice: Party, pem_dir: Path, tmp_path: Path, ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
+def test_detached_signature_verifies_against_its_content(
+    alice: Party, pem_dir: Path, tmp_path: Path, ca, empty_crl
+) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "entity").write_bytes(ENTITY)
     done = openssl(
         "cms", "-sign", "-binary", "-md", "sha256", "-in", str(tmp_path / "entity"),
@@ -493,7 +505,9 @@ def test_envelopes_we_cannot_open_say_why(alice: Party, bob: Party, pem_dir: Pat
     assert caught.value.details["reason"] == "unsupported"
     with pytest.raises(UnsupportedCms, match="Camellia"):
         cms_envelope.check_openable(cms_envelope.load(camellia), bob.certificate)
-    md5 = _openssl_envelope(pem_dir, tmp_path, "-aes128", "-keyopt", "rsa_padding_mode:oaep", "-keyopt", "rsa_oaep_md:md5")
+    md5 = _openssl_envelope(
+        pem_dir, tmp_path, "-aes128", "-keyopt", "rsa_padding_mode:oaep", "-keyopt", "rsa_oaep_md:md5"
+    )
     with pytest.raises(UnsupportedCms, match="RSA-OAEP with md5"):
         cms_envelope.check_openable(cms_envelope.load(md5), bob.certificate)
     with pytest.raises(DecryptionError) as caught:
@@ -518,8 +532,10 @@ def test_a_key_transport_that_fails_looks_like_altered_content(bob: Party, mallo
     parsed = asn1_cms.ContentInfo.load(envelope)
     parsed["content"]["recipient_infos"][0].chosen["rid"] = asn1_cms.RecipientIdentifier(
         name="issuer_and_serial_number",
-        value={"issuer": asn1_x509.Name.load(mallory.certificate.issuer.public_bytes()),
-               "serial_number": mallory.certificate.serial_number},
+        value={
+            "issuer": asn1_x509.Name.load(mallory.certificate.issuer.public_bytes()),
+            "serial_number": mallory.certificate.serial_number,
+        },
     )
     with pytest.raises(DecryptionError) as caught:
         smime.decrypt(parsed.dump(force=True), mallory.certificate, mallory.key)
@@ -531,11 +547,17 @@ def test_a_key_transport_that_fails_looks_like_altered_content(bob: Party, mallo
 
 def _multipart_signed(content: bytes, signature: bytes, boundary: str = "b1") -> bytes:
     return (
-        f'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256; boundary="{boundary}"\r\n'
-        f"\r\npreamble\r\n--{boundary}\r\n"
-    ).encode() + content + (
-        f"\r\n--{boundary}\r\nContent-Type: application/pkcs7-signature\r\nContent-Transfer-Encoding: base64\r\n\r\n"
-    ).encode() + base64.encodebytes(signature).replace(b"\n", b"\r\n") + f"--{boundary}--\r\n".encode()
+        (
+            f'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256; boundary="{boundary}"\r\n'
+            f"\r\npreamble\r\n--{boundary}\r\n"
+        ).encode()
+        + content
+        + (
+            f"\r\n--{boundary}\r\nContent-Type: application/pkcs7-signature\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        ).encode()
+        + base64.encodebytes(signature).replace(b"\n", b"\r\n")
+        + f"--{boundary}--\r\n".encode()
+    )
 
 
 def test_peel_names_each_layer(alice: Party, bob: Party) -> None:
@@ -554,7 +576,11 @@ def test_peel_names_each_layer(alice: Party, bob: Party) -> None:
     lf_only = _multipart_signed(content, signed).replace(b"\r\n", b"\n")
     assert smime.peel(lf_only).content == content  # canonicalised back to CRLF
     garbage = smime.signed_entity(signed).replace(b"MII", b"AAA", 1)
-    for bad in (garbage, _multipart_signed(content, b"not cms"), b"Content-Type: application/pkcs7-mime\r\n\r\n%%%\r\n"):
+    for bad in (
+        garbage,
+        _multipart_signed(content, b"not cms"),
+        b"Content-Type: application/pkcs7-mime\r\n\r\n%%%\r\n",
+    ):
         with pytest.raises(CryptoError):
             smime.peel(bad)
 
@@ -570,7 +596,10 @@ async def test_verification_from_an_event_loop(alice: Party, ca, empty_crl) -> N
     report = await asyncio.to_thread(verify_signed_data, signed, trust_roots=[ca.certificate], crls=[empty_crl])
     assert report.status == "valid"
     reports = await asyncio.gather(
-        *(asyncio.to_thread(verify_signed_data, signed, trust_roots=[ca.certificate], crls=[empty_crl]) for _ in range(4))
+        *(
+            asyncio.to_thread(verify_signed_data, signed, trust_roots=[ca.certificate], crls=[empty_crl])
+            for _ in range(4)
+        )
     )
     assert {r.status for r in reports} == {"valid"}
     assert (await async_verify_signed_data(signed, trust_roots=[ca.certificate], crls=[empty_crl])).status == "valid"

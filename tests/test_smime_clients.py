@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import base64
 import email
-import re
 import email.policy
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -113,7 +113,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         # PEM download, and the API's DER.
         for address in (SENDER, *RECIPIENTS):
             pem = world.browsers[SENDER].get(f"/directory/{address}/certificate.pem")
-            assert pem.status_code == 200 and pem.headers["content-type"].startswith("application/pem-certificate-chain")
+            assert pem.status_code == 200 and pem.headers["content-type"].startswith(
+                "application/pem-certificate-chain"
+            )
             world.pem[address] = pem.content
             served = world.api[SENDER].get(f"/api/v1/directory/{address}/certificate")
             assert served.status_code == 200, served.text
@@ -121,8 +123,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for address in (SENDER, RECIPIENTS[0]):
             for profile in keys.PKCS12_PROFILES:
                 world.p12[(address, profile)] = accounts.export_key(
-                    stack.rt.engine, stack.settings, address, stack.passwords[address], EXPORT_PASSWORD,
-                    actor="test", profile=profile,
+                    stack.rt.engine,
+                    stack.settings,
+                    address,
+                    stack.passwords[address],
+                    EXPORT_PASSWORD,
+                    actor="test",
+                    profile=profile,
                 )
         yield world
     finally:
@@ -248,7 +255,11 @@ def _layer(tool, case: Case, step: str, entity: bytes) -> bytes:  # type: ignore
             return tool.encrypt(entity, readers, cipher=case.cipher, oaep=case.oaep)
         return tool.sign(entity, SENDER, detached=step == DETACHED)
     if step == ENCRYPT:
-        der = tool.encrypt(entity, readers, cipher=case.cipher) if isinstance(tool, GpgSm) else tool.encrypt(entity, readers)
+        der = (
+            tool.encrypt(entity, readers, cipher=case.cipher)
+            if isinstance(tool, GpgSm)
+            else tool.encrypt(entity, readers)
+        )
         return pkcs7_mime(der, "enveloped-data")
     signature = tool.sign(entity, SENDER, detached=step == DETACHED)
     return multipart_signed(entity, signature) if step == DETACHED else pkcs7_mime(signature, "signed-data")
@@ -380,12 +391,21 @@ def _ec_certificate_for(world: World, address: str, tmp: Path) -> Path:
     return path
 
 
-def test_unknown_algorithms_and_key_agreement_are_refused_by_name(world: World, openssl: OpenSSL, tmp_path: Path) -> None:
+def test_unknown_algorithms_and_key_agreement_are_refused_by_name(
+    world: World, openssl: OpenSSL, tmp_path: Path
+) -> None:
     to = RECIPIENTS[:1]
     cases = {
         "Camellia-128-CBC": ["-camellia128"],
-        "md5": ["-aes128", "-recip", str(openssl.home / f"{to[0]}.pem"), "-keyopt", "rsa_padding_mode:oaep",
-                "-keyopt", "rsa_oaep_md:md5"],
+        "md5": [
+            "-aes128",
+            "-recip",
+            str(openssl.home / f"{to[0]}.pem"),
+            "-keyopt",
+            "rsa_padding_mode:oaep",
+            "-keyopt",
+            "rsa_oaep_md:md5",
+        ],
         "key agreement": ["-aes128", "-recip", str(_ec_certificate_for(world, to[0], tmp_path))],
     }
     for name, extra in cases.items():
@@ -407,7 +427,16 @@ def _nested(openssl: OpenSSL, depth: int, operation: list[str]) -> bytes:
 def test_nesting_fifty_deep(world: World, openssl: OpenSSL) -> None:
     to = RECIPIENTS[:1]
     home = openssl.home
-    sign = ["-sign", "-nodetach", "-md", "sha256", "-signer", str(home / f"{SENDER}.pem"), "-inkey", str(home / f"{SENDER}.key")]
+    sign = [
+        "-sign",
+        "-nodetach",
+        "-md",
+        "sha256",
+        "-signer",
+        str(home / f"{SENDER}.pem"),
+        "-inkey",
+        str(home / f"{SENDER}.key"),
+    ]
     encrypt = ["-encrypt", "-aes128", "-recip", str(home / f"{to[0]}.pem"), "-recip", str(home / f"{SENDER}.pem")]
     deep = pkcs7_mime(_nested(openssl, 50, sign), "signed-data")
     # Signed only: the relay walks the layers to check the documents, and stops.
@@ -557,15 +586,19 @@ def test_pkcs12_exports_import_into_three_tools(world: World, tmp_path: Path) ->
     for profile, flags in ((keys.PKCS12_STRONG, []), (keys.PKCS12_COMPATIBLE, ["--compatible"])):
         out = tmp_path / f"{profile}.p12"
         result = runner.invoke(
-            cli_app, ["account", "export-key", SENDER, "--out", str(out), "--password-stdin", *flags],
-            input=f"{world.stack.passwords[SENDER]}\n{EXPORT_PASSWORD}\n", env=env,
+            cli_app,
+            ["account", "export-key", SENDER, "--out", str(out), "--password-stdin", *flags],
+            input=f"{world.stack.passwords[SENDER]}\n{EXPORT_PASSWORD}\n",
+            env=env,
         )
         assert result.exit_code == 0, result.stdout + result.stderr
         files[profile] = out.read_bytes()
     issued = tmp_path / "issued.p12"
     result = runner.invoke(
-        cli_app, ["pki", "issue", NO_ACCOUNT, "--out", str(issued), "--password-stdin", "--compatible"],
-        input=f"{EXPORT_PASSWORD}\n", env=env,
+        cli_app,
+        ["pki", "issue", NO_ACCOUNT, "--out", str(issued), "--password-stdin", "--compatible"],
+        input=f"{EXPORT_PASSWORD}\n",
+        env=env,
     )
     assert result.exit_code == 0, result.stdout + result.stderr
     for profile, blob in files.items():
@@ -579,8 +612,10 @@ def test_pkcs12_exports_import_into_three_tools(world: World, tmp_path: Path) ->
         gpg.close()
     # A password gpgsm 2.2 could not read is refused with the reason, not written.
     too_long = runner.invoke(
-        cli_app, ["account", "export-key", SENDER, "--out", str(tmp_path / "x.p12"), "--password-stdin", "--compatible"],
-        input=f"{world.stack.passwords[SENDER]}\n{'a much longer export passphrase than 31'}\n", env=env,
+        cli_app,
+        ["account", "export-key", SENDER, "--out", str(tmp_path / "x.p12"), "--password-stdin", "--compatible"],
+        input=f"{world.stack.passwords[SENDER]}\n{'a much longer export passphrase than 31'}\n",
+        env=env,
     )
     assert too_long.exit_code == 1 and "at most 31 characters" in too_long.stderr
     assert not (tmp_path / "x.p12").exists()
@@ -593,4 +628,6 @@ def test_exported_key_decrypts_what_a_client_sent(world: World, openssl: OpenSSL
     raw = mail(SENDER, [reader], "through", openssl.encrypt(content_entity("through"), [reader, SENDER]))
     row = stored(world, queue_id(submit(world, raw, [reader])))
     opened = openssl.decrypt(row.cms, reader)
-    assert b"(through)" in email.message_from_bytes(opened, policy=email.policy.default).get_body().get_content().encode()
+    assert (
+        b"(through)" in email.message_from_bytes(opened, policy=email.policy.default).get_body().get_content().encode()
+    )

@@ -258,7 +258,11 @@ def test_rekey_keeps_older_mail_readable_and_revokes_the_old_certificate(stack, 
     assert len(unlocked.past_keys_der) == 1
     with session_scope(stack.rt.engine) as session:
         accounts.recover_account(
-            session, stack.settings, READER, stack.settings.pki.recovery_private_key_out, "a recovered passphrase",
+            session,
+            stack.settings,
+            READER,
+            stack.settings.pki.recovery_private_key_out,
+            "a recovered passphrase",
             actor="test",
         )
     unlocked = accounts.authenticate(stack.rt.engine, stack.settings, READER, "a recovered passphrase", channel="cli")
@@ -282,8 +286,13 @@ def test_rekey_with_the_recovery_key_after_a_compromise(stack) -> None:  # type:
         with pytest.raises(accounts.AccountExists, match="rekey"):
             accounts.issue_external_certificate(session, stack.settings, SENDER, "export password 1", actor="t")
         done = accounts.rekey(
-            session, stack.settings, SENDER, actor="test", recovery_private_key_file=stack.settings.pki.recovery_private_key_out,
-            new_password="a brand new passphrase", reason="keyCompromise",
+            session,
+            stack.settings,
+            SENDER,
+            actor="test",
+            recovery_private_key_file=stack.settings.pki.recovery_private_key_out,
+            new_password="a brand new passphrase",
+            reason="keyCompromise",
         )
     assert done.revoked_serials == ()  # already revoked
     stack.passwords[SENDER] = "a brand new passphrase"
@@ -345,7 +354,9 @@ def test_other_operators_entries_get_no_account_and_no_certificate(stack) -> Non
         assert entry.status == "active"
     with session_scope(stack.rt.engine) as session:
         with pytest.raises(DomainNotServed):
-            accounts.create_account(session, stack.settings, stack.rt.master_key, "x@gmail.com", "a long passphrase!", actor="t")
+            accounts.create_account(
+                session, stack.settings, stack.rt.master_key, "x@gmail.com", "a long passphrase!", actor="t"
+            )
     with session_scope(stack.rt.engine) as session:
         with pytest.raises(DomainNotServed):
             accounts.issue_external_certificate(session, stack.settings, "x@gmail.com", "export password 1", actor="t")
@@ -361,9 +372,7 @@ def test_right_password_does_not_reset_second_factor_failures(stack, web) -> Non
     api = web()
     statuses = []
     for _ in range(12):
-        response = api.post(
-            "/api/v1/sessions", json={"address": READER, "password": who.password, "code": "000000"}
-        )
+        response = api.post("/api/v1/sessions", json={"address": READER, "password": who.password, "code": "000000"})
         statuses.append(response.status_code)
     max_failures = stack.settings.security.max_login_failures
     assert statuses[:max_failures] == [401] * max_failures
@@ -427,7 +436,9 @@ def test_client_address_throttle_slows_then_refuses(tmp_path) -> None:  # type: 
         targets = [f"nobody{n}@chu-demo.mss.test" for n in range(3)]
         for address in targets:
             with pytest.raises(BadCredentials):
-                accounts.authenticate(engine, settings, address, "guess guess guess", channel="smtp", client="192.0.2.7")
+                accounts.authenticate(
+                    engine, settings, address, "guess guess guess", channel="smtp", client="192.0.2.7"
+                )
         # Past the free failures, the next try must wait: no password is checked then.
         with pytest.raises(BadCredentials):
             accounts.authenticate(engine, settings, "x@chu-demo.mss.test", "guess", channel="smtp", client="192.0.2.7")
@@ -435,7 +446,9 @@ def test_client_address_throttle_slows_then_refuses(tmp_path) -> None:  # type: 
             accounts.authenticate(engine, settings, SENDER, stack.passwords[SENDER], channel="smtp", client="192.0.2.7")
         assert 1 <= wait.value.retry_after <= 2
         # Another address is not slowed down.
-        assert accounts.authenticate(engine, settings, SENDER, stack.passwords[SENDER], channel="smtp", client="192.0.2.8")
+        assert accounts.authenticate(
+            engine, settings, SENDER, stack.passwords[SENDER], channel="smtp", client="192.0.2.8"
+        )
         # At the maximum the address is refused for the whole window.
         from mss import throttle
 
@@ -455,9 +468,13 @@ def test_distributed_guessing_locks_the_account_for_everyone(tmp_path) -> None: 
         settings, engine = stack.settings, stack.rt.engine
         for n in range(6):
             with pytest.raises(BadCredentials):
-                accounts.authenticate(engine, settings, SENDER, "wrong wrong wrong", channel="smtp", client=f"198.51.100.{n}")
+                accounts.authenticate(
+                    engine, settings, SENDER, "wrong wrong wrong", channel="smtp", client=f"198.51.100.{n}"
+                )
         with pytest.raises(AccountLocked):
-            accounts.authenticate(engine, settings, SENDER, stack.passwords[SENDER], channel="smtp", client="203.0.113.9")
+            accounts.authenticate(
+                engine, settings, SENDER, stack.passwords[SENDER], channel="smtp", client="203.0.113.9"
+            )
         with session_scope(engine) as session:
             assert audit.verify(session, stack.rt.master_key).ok
     finally:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from federation_support import A_DOMAIN, A_USERS, Operator, Services, build_operator, write_peer_cas
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -18,8 +19,6 @@ from directory import service
 from mss import trust
 from mss.db import session_scope
 from mss.models import AuditEvent
-
-from federation_support import A_DOMAIN, A_USERS, Operator, Services, build_operator, write_peer_cas
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "trust"
 MARC = A_USERS[0]
@@ -44,15 +43,21 @@ def mss(operator: Operator, *args: str, ok: bool = True):  # type: ignore[no-unt
 
 
 def listed(operator: Operator) -> dict[str, dict]:
-    rows = [json.loads(line) for line in mss(operator, "trust", "list", "--json").stdout.splitlines() if line.startswith("{")]
+    rows = [
+        json.loads(line)
+        for line in mss(operator, "trust", "list", "--json").stdout.splitlines()
+        if line.startswith("{")
+    ]
     return {row["domain"]: row for row in rows}
 
 
 def events(operator: Operator, prefix: str) -> list[tuple[str, str]]:
     with session_scope(operator.rt.engine) as session:
-        rows = session.execute(
-            select(AuditEvent).where(AuditEvent.action.startswith(prefix)).order_by(AuditEvent.seq)
-        ).scalars().all()
+        rows = (
+            session.execute(select(AuditEvent).where(AuditEvent.action.startswith(prefix)).order_by(AuditEvent.seq))
+            .scalars()
+            .all()
+        )
     return [(row.action, row.object) for row in rows]
 
 
@@ -70,8 +75,13 @@ def test_import_the_published_list(operator: Operator) -> None:
     assert "added 5, already listed 0, removed 0, rejected 1" in result.stdout
     assert "chu-demo.mss.test is served here" in result.stderr
     domains = listed(operator)
-    assert set(domains) == {"medecin.mss.test", "pharmacie.mss.test", "infirmier.mss.test", "ch-exemple.mssante.fr",
-                            "ght-littoral.mssante.fr"}
+    assert set(domains) == {
+        "medecin.mss.test",
+        "pharmacie.mss.test",
+        "infirmier.mss.test",
+        "ch-exemple.mssante.fr",
+        "ght-littoral.mssante.fr",
+    }
     assert {row["source"] for row in domains.values()} == {"list"}
     again = mss(operator, "trust", "import", str(SAMPLES / "liste_blanche_sample.xml"))
     assert "added 0, already listed 5" in again.stdout
@@ -88,9 +98,13 @@ def test_defective_entries_are_reported_by_line(operator: Operator, tmp_path: Pa
     assert "rejected 4" in result.stdout
     for name, content, words in (
         ("garbage.xml", b"this is not XML", "not well-formed XML"),
-        ("xxe.xml", b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
-                    b'<ListeBlanche xmlns="https://listeblanche.mssante.fr/schema"><Domaine><Nom>&x;</Nom></Domaine>'
-                    b"</ListeBlanche>", "DOCTYPE"),
+        (
+            "xxe.xml",
+            b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+            b'<ListeBlanche xmlns="https://listeblanche.mssante.fr/schema"><Domaine><Nom>&x;</Nom></Domaine>'
+            b"</ListeBlanche>",
+            "DOCTYPE",
+        ),
         ("other.xml", b"<list><Domaine><Nom>evil.example</Nom></Domaine></list>", "not in the MSSant"),
         ("empty.xml", b'<ListeBlanche xmlns="https://listeblanche.mssante.fr/schema"/>', "names no domain"),
     ):
@@ -107,18 +121,32 @@ def test_by_hand_and_prune(operator: Operator, tmp_path: Path) -> None:
     assert "already on the trust list" in mss(operator, "trust", "add", "ght-ouest.mssante.fr", ok=False).stderr
     assert "served here" in mss(operator, "trust", "add", A_DOMAIN, ok=False).stderr
     assert "not a domain name" in mss(operator, "trust", "add", "bad_domain", ok=False).stderr
-    route = mss(operator, "trust", "route", "medecin.mss.test", "127.0.0.1:2526", "--certificates",
-                "http://127.0.0.1:8081/pki/certificates")
+    route = mss(
+        operator,
+        "trust",
+        "route",
+        "medecin.mss.test",
+        "127.0.0.1:2526",
+        "--certificates",
+        "http://127.0.0.1:8081/pki/certificates",
+    )
     assert "medecin.mss.test -> 127.0.0.1:2526" in route.stdout
     assert listed(operator)["medecin.mss.test"]["route"] == "127.0.0.1:2526"
     assert listed(operator)["medecin.mss.test"]["certificates"] == "http://127.0.0.1:8081/pki/certificates/"
     assert "not HOST:PORT" in mss(operator, "trust", "route", "medecin.mss.test", "nowhere", ok=False).stderr
     assert "between 1 and 65535" in mss(operator, "trust", "route", "medecin.mss.test", "h.test:70000", ok=False).stderr
-    assert "http://" in mss(operator, "trust", "route", "medecin.mss.test", "h.test:25", "--certificates", "ftp://x",
-                            ok=False).stderr
+    assert (
+        "http://"
+        in mss(
+            operator, "trust", "route", "medecin.mss.test", "h.test:25", "--certificates", "ftp://x", ok=False
+        ).stderr
+    )
     # A newer list without pharmacie: --prune drops it, not the domain added by hand.
-    newer = (SAMPLES / "liste_blanche_sample.xml").read_text().replace("<Nom>pharmacie.mss.test</Nom>",
-                                                                        "<Nom>ch-nouveau.mssante.fr</Nom>")
+    newer = (
+        (SAMPLES / "liste_blanche_sample.xml")
+        .read_text()
+        .replace("<Nom>pharmacie.mss.test</Nom>", "<Nom>ch-nouveau.mssante.fr</Nom>")
+    )
     (tmp_path / "newer.xml").write_text(newer)
     pruned = mss(operator, "trust", "import", str(tmp_path / "newer.xml"), "--prune")
     assert "added 1, already listed 4, removed 1" in pruned.stdout
@@ -129,9 +157,13 @@ def test_by_hand_and_prune(operator: Operator, tmp_path: Path) -> None:
     assert "not on the trust list" in mss(operator, "trust", "remove", "ght-ouest.mssante.fr", ok=False).stderr
     assert "has no route now" in mss(operator, "trust", "route", "medecin.mss.test", "--remove").stdout
     recorded = events(operator, "trust.")
-    for event in (("trust.add", "ght-ouest.mssante.fr"), ("trust.remove", "pharmacie.mss.test"),
-                  ("trust.route", "medecin.mss.test"), ("trust.unroute", "medecin.mss.test"),
-                  ("trust.remove", "ght-ouest.mssante.fr")):
+    for event in (
+        ("trust.add", "ght-ouest.mssante.fr"),
+        ("trust.remove", "pharmacie.mss.test"),
+        ("trust.route", "medecin.mss.test"),
+        ("trust.unroute", "medecin.mss.test"),
+        ("trust.remove", "ght-ouest.mssante.fr"),
+    ):
         assert event in recorded
 
 
@@ -140,7 +172,10 @@ def test_the_trust_list_draws_the_boundary_at_rcpt(operator: Operator) -> None:
         if trust.is_trusted(session, "pharmacie.mss.test"):
             trust.remove(session, "pharmacie.mss.test", actor="test")
     # pharmacie.mss.test is off the list: its directory entries are not reachable.
-    assert rcpt(operator, "chloe.ndiaye@pharmacie.mss.test") == (550, b"5.7.1 Relay access denied: domain not served here")
+    assert rcpt(operator, "chloe.ndiaye@pharmacie.mss.test") == (
+        550,
+        b"5.7.1 Relay access denied: domain not served here",
+    )
     assert rcpt(operator, "someone@example.org")[0] == 550
     mss(operator, "trust", "add", "pharmacie.mss.test")
     assert rcpt(operator, "chloe.ndiaye@pharmacie.mss.test")[0] == 250
@@ -148,4 +183,7 @@ def test_the_trust_list_draws_the_boundary_at_rcpt(operator: Operator) -> None:
     assert rcpt(operator, "nobody@pharmacie.mss.test") == (550, b"5.1.1 Recipient address is not in the directory")
     with session_scope(operator.rt.engine) as session:
         service.revoke_entry(session, "chloe.ndiaye@pharmacie.mss.test", reason="left", actor="test")
-    assert rcpt(operator, "chloe.ndiaye@pharmacie.mss.test") == (550, b"5.7.1 Recipient address is revoked in the directory")
+    assert rcpt(operator, "chloe.ndiaye@pharmacie.mss.test") == (
+        550,
+        b"5.7.1 Recipient address is revoked in the directory",
+    )

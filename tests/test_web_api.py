@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import base64
 
-from web_support import CDA_SAMPLE, DOCTOR, GP, create_person, login, pdf_bytes, submit
-from web_support import app, clients, doctor, gp  # noqa: F401  (fixtures)
+from web_support import CDA_SAMPLE, DOCTOR, GP, app, clients, create_person, doctor, gp, login, pdf_bytes, submit  # noqa: F401  (fixtures)
 
 
 def _token(client, person) -> str:  # type: ignore[no-untyped-def]
@@ -191,22 +190,27 @@ def test_malformed_input_is_refused_not_crashed(rt, clients, doctor):  # type: i
 def _raw_text_message(sender: str, to: str, subject: str, content_type: str, body: bytes) -> bytes:
     """A message as a client that writes 8-bit text writes it (no MIME encoding by us)."""
     return (
-        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Mon, 30 Nov 2026 10:00:00 +0100\r\n"
-        f"Message-ID: <{subject.replace(' ', '.')}@client.test>\r\nMIME-Version: 1.0\r\n"
-        f"Content-Type: {content_type}\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
-    ).encode("ascii") + body + b"\r\n"
+        (
+            f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Mon, 30 Nov 2026 10:00:00 +0100\r\n"
+            f"Message-ID: <{subject.replace(' ', '.')}@client.test>\r\nMIME-Version: 1.0\r\n"
+            f"Content-Type: {content_type}\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        ).encode("ascii")
+        + body
+        + b"\r\n"
+    )
 
 
 def test_text_without_a_charset_is_read_as_written(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
     from mss import pipeline
     from mss.pipeline import RecipientRequest, Submission
+
     from web_support import unlocked
 
     login(clients(), doctor)
     sender = unlocked(rt, gp)
     cases = {
         "windows": ("text/plain", "Voici la pièce jointe, à vérifier.".encode("cp1252"), "windows-1252"),
-        "utf8": ("text/plain", "Voici la pièce jointe, à vérifier.".encode("utf-8"), "utf-8"),
+        "utf8": ("text/plain", "Voici la pièce jointe, à vérifier.".encode(), "utf-8"),
         "declared": ("text/plain; charset=iso-8859-1", "Voici la pièce jointe, à vérifier.".encode("latin-1"), None),
         "ascii": ("text/plain", b"Voici la piece jointe.", None),
         "wrong": ("text/plain; charset=utf-8", "Voici la pièce jointe, à vérifier.".encode("cp1252"), "windows-1252"),

@@ -32,6 +32,7 @@ from mss import accounts, mailbox
 from mss.documents import DocumentLimits, parse_cda
 from mss.relay import RelayServer
 from mss.web.twofactor import secret_of
+
 from relay_support import CDA_SAMPLE, RECIPIENTS, SENDER, build_stack, cda_bytes, pdf_bytes, queue_id, transaction
 from relay_support import login as smtp_login
 from web_support import Person, WebServer, build_message, submit
@@ -251,7 +252,9 @@ def test_foreign_documents_in_the_browser(roomy_stack, chromium, tmp_path):  # t
     inbox around the letter."""
     stack, web = roomy_stack
     documents = {
-        "cda-embedded-pdf": WORLD / "hl7-c-cda-examples" / "Unstructured__CDA_with_Embedded_PDF_2__CDA_with_Embedded_PDF.xml",
+        "cda-embedded-pdf": WORLD
+        / "hl7-c-cda-examples"
+        / "Unstructured__CDA_with_Embedded_PDF_2__CDA_with_Embedded_PDF.xml",
         "cda-images": CDA_SAMPLE.parent / "BIO-CR-BIO_2021.01_Auto-Presentable_avec-image.xml",
         "cda-wide-table": WORLD / "sample-ccdas" / "Greenway_Samples__26620_ExportSummary_CCDA.xml",
     }
@@ -291,6 +294,8 @@ def test_foreign_documents_in_the_browser(roomy_stack, chromium, tmp_path):  # t
     page.emulate_media(media="print")
     assert not page.locator("nav.side").is_visible()
     assert page.locator(".cda-head").is_visible()
+
+
 # -- everyday use ------------------------------------------------------------------------
 
 
@@ -331,14 +336,18 @@ def _off_loop(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 def _no_overflow(page, width: int) -> None:  # type: ignore[no-untyped-def]
     """Nothing runs off the right edge: the page is no wider than the screen."""
     scroll = page.evaluate("() => document.documentElement.scrollWidth")
-    culprit = page.evaluate(
-        """(w) => { const out = [];
+    culprit = (
+        page.evaluate(
+            """(w) => { const out = [];
         for (const el of document.querySelectorAll('body *')) {
           const r = el.getBoundingClientRect();
           if (r.right > w + 0.5) out.push(el.tagName.toLowerCase() + (el.className ? '.' + el.className : '') + ' ' + Math.round(r.right));
         } return out.slice(0, 5).join(', '); }""",
-        width,
-    ) if scroll > width else ""
+            width,
+        )
+        if scroll > width
+        else ""
+    )
     assert scroll <= width, f"{page.url}: {scroll} px wide on a {width} px screen ({culprit})"
 
 
@@ -349,14 +358,20 @@ def _undeclared_charset_message(sender: str, to: str, subject: str, text: str, p
 
     attachment = base64.encodebytes(pdf).replace(b"\n", b"\r\n")
     return (
-        f"From: {sender}\r\nTo: {to}\r\nSubject: {Header(subject, 'utf-8').encode()}\r\nMIME-Version: 1.0\r\n"
-        f"Disposition-Notification-To: {sender}\r\nMessage-ID: <charset-1@client.test>\r\n"
-        'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
-        "--b1\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
-    ).encode("ascii") + text.encode("cp1252") + (
-        b"\r\n--b1\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
-        b'Content-Disposition: attachment; filename="bilan.pdf"\r\n\r\n'
-    ) + attachment + b"--b1--\r\n"
+        (
+            f"From: {sender}\r\nTo: {to}\r\nSubject: {Header(subject, 'utf-8').encode()}\r\nMIME-Version: 1.0\r\n"
+            f"Disposition-Notification-To: {sender}\r\nMessage-ID: <charset-1@client.test>\r\n"
+            'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+            "--b1\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        ).encode("ascii")
+        + text.encode("cp1252")
+        + (
+            b"\r\n--b1\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
+            b'Content-Disposition: attachment; filename="bilan.pdf"\r\n\r\n'
+        )
+        + attachment
+        + b"--b1--\r\n"
+    )
 
 
 def test_everyday_use_in_the_browser(stack, chromium, axe_source, tmp_path):  # type: ignore[no-untyped-def]
@@ -366,11 +381,15 @@ def test_everyday_use_in_the_browser(stack, chromium, axe_source, tmp_path):  # 
     text = "Bonjour,\nvoici la pièce jointe : à vérifier avant jeudi.\nCordialement"
     client = smtp_login(stack, SENDER)
     charset_qid = queue_id(
-        transaction(client, SENDER, [READER], _undeclared_charset_message(SENDER, READER, "Bilan à revoir", text, pdf))[-1]
+        transaction(client, SENDER, [READER], _undeclared_charset_message(SENDER, READER, "Bilan à revoir", text, pdf))[
+            -1
+        ]
     )
     cda_qid = queue_id(
         transaction(
-            client, SENDER, [READER],
+            client,
+            SENDER,
+            [READER],
             build_message(SENDER, [READER], "Lettre de liaison", "Ci-joint.", [(CDA_SAMPLE.name, "text/xml", cda)]),
         )[-1]
     )
@@ -539,9 +558,7 @@ def test_everyday_use_in_the_browser(stack, chromium, axe_source, tmp_path):  # 
     page.keyboard.type(person.code())
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"/inbox$"))
-    (tmp_path / "axe-report.json").write_text(
-        json.dumps(report, indent=2, ensure_ascii=False)
-    )
+    (tmp_path / "axe-report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     assert len(report) >= 20
     assert {name: found for name, found in report.items() if found} == {}
     context.close()

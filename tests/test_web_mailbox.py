@@ -24,8 +24,22 @@ from mss.mailbox.content import html_to_text
 from mss.models import MailboxToken, Message, Receipt
 from mss.pipeline import RecipientRequest, Submission
 from mss.web import cda_view, i18n
-from web_support import CDA_SAMPLE, DOCTOR, GP, NURSE, create_person, login, pdf_bytes, submit, unlocked
-from web_support import app, clients, doctor, gp  # noqa: F401  (fixtures)
+
+from web_support import (  # noqa: F401  (fixtures)
+    CDA_SAMPLE,
+    DOCTOR,
+    GP,
+    NURSE,
+    app,
+    clients,
+    create_person,
+    doctor,
+    gp,
+    login,
+    pdf_bytes,
+    submit,
+    unlocked,
+)
 
 
 def test_search_tokens_hide_what_they_index(rt, doctor, gp):  # type: ignore[no-untyped-def]
@@ -100,7 +114,7 @@ def test_one_displayed_receipt_for_concurrent_openings(rt, doctor, gp):  # type:
         try:
             barrier.wait()
             mailbox.open_message(rt, reader, accepted.queue_id)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=open_it) for _ in range(4)]
@@ -252,6 +266,8 @@ def test_hostile_cda_in_a_client_encrypted_message_is_not_rendered(rt, clients, 
     assert "Ce document ne peut pas être affiché" in view.text
     assert client.get(f"/messages/{accepted.queue_id}/attachments/0").content == data
     assert client.get("/healthz").status_code == 200
+
+
 def test_one_answer_for_concurrent_read_receipt_answers(rt, doctor, gp):  # type: ignore[no-untyped-def]
     from mss.errors import ReceiptNotPending
 
@@ -275,7 +291,9 @@ def test_one_answer_for_concurrent_read_receipt_answers(rt, doctor, gp):  # type
         thread.join()
     assert len(outcomes) == 4 and len(set(outcomes)) == 1  # the first answer wins; the others see it
     with session_scope(rt.engine) as session:
-        displayed = session.execute(
-            select(Receipt.status).where(Receipt.recipient == DOCTOR, Receipt.status == "displayed")
-        ).scalars().all()
+        displayed = (
+            session.execute(select(Receipt.status).where(Receipt.recipient == DOCTOR, Receipt.status == "displayed"))
+            .scalars()
+            .all()
+        )
     assert len(displayed) == (1 if outcomes[0] == "sent" else 0)

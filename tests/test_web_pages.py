@@ -18,8 +18,22 @@ from mss.documents import DocumentLimits, parse_cda
 from mss.documents.cda import Author
 from mss.documents.xdm import build_xdm
 from mss.models import Account, AuditEvent, MailboxItem, Receipt
-from web_support import CDA_SAMPLE, DOCTOR, GP, create_person, csrf, login, pdf_bytes, submit, unlocked
-from web_support import app, clients, doctor, gp  # noqa: F401  (fixtures)
+
+from web_support import (  # noqa: F401  (fixtures)
+    CDA_SAMPLE,
+    DOCTOR,
+    GP,
+    app,
+    clients,
+    create_person,
+    csrf,
+    doctor,
+    gp,
+    login,
+    pdf_bytes,
+    submit,
+    unlocked,
+)
 
 
 def _queue_ids(html: str) -> list[str]:
@@ -205,7 +219,8 @@ def test_compose_with_pdf_and_read_receipt_then_journey(rt, clients, doctor, gp)
     assert "Envoyer l’accusé de lecture" in opened.text  # asked first (RFC 8098 2.1)
     assert reader.get(f"/messages/{queue_id}/attachments/0").content == pdf
     answered = reader.post(
-        f"/messages/{queue_id}/read-receipt", data={"decision": "send", "csrf_token": csrf(opened.text)},
+        f"/messages/{queue_id}/read-receipt",
+        data={"decision": "send", "csrf_token": csrf(opened.text)},
         follow_redirects=False,
     )
     assert answered.status_code == 303
@@ -558,8 +573,12 @@ def test_a_refused_send_keeps_the_draft_and_its_attachments(rt, clients, doctor,
     refused = client.post(
         "/compose",
         data={
-            "csrf_token": csrf(page.text), "to": "personne@chu-demo.mss.test", "subject": "Sortie de Mme Durand",
-            "body": "Texte de la lettre.", "read_receipt": "on", "action": "send",
+            "csrf_token": csrf(page.text),
+            "to": "personne@chu-demo.mss.test",
+            "subject": "Sortie de Mme Durand",
+            "body": "Texte de la lettre.",
+            "read_receipt": "on",
+            "action": "send",
         },
         files=[("attachments", ("lettre-durand.pdf", pdf, "application/pdf"))],
     )
@@ -595,8 +614,13 @@ def test_a_refused_send_keeps_the_draft_and_its_attachments(rt, clients, doctor,
     sent = client.post(
         "/compose",
         data={
-            "csrf_token": csrf(form.text), "to": GP, "subject": "Sortie de Mme Durand", "body": "Texte de la lettre.",
-            "draft_id": draft_id, "draft_keep": "0", "action": "send",
+            "csrf_token": csrf(form.text),
+            "to": GP,
+            "subject": "Sortie de Mme Durand",
+            "body": "Texte de la lettre.",
+            "draft_id": draft_id,
+            "draft_keep": "0",
+            "action": "send",
         },
         follow_redirects=False,
     )
@@ -629,7 +653,10 @@ def test_a_refused_send_keeps_the_draft_and_its_attachments(rt, clients, doctor,
         follow_redirects=False,
     )
     assert stale.status_code == 303, stale.text
-    actions = [(e.action, json.loads(e.detail).get("reason")) for e in _actions(rt, "draft.save") + _actions(rt, "draft.discard")]
+    actions = [
+        (e.action, json.loads(e.detail).get("reason"))
+        for e in _actions(rt, "draft.save") + _actions(rt, "draft.discard")
+    ]
     assert actions.count(("draft.discard", "sent")) == 1 and actions.count(("draft.discard", "discarded")) == 1
     assert all("Durand" not in e.detail for e in _actions(rt, "draft.save"))
 
@@ -639,7 +666,9 @@ def test_replies_and_forwards_keep_the_thread(rt, clients, doctor, gp):  # type:
     a forward keeps the thread and carries the documents; both quote the text."""
     nurse = create_person(rt, "matheo.moreau@infirmier.mss.test")
     pdf = pdf_bytes("Bilan")
-    first = submit(rt, gp, [DOCTOR], "Bilan sanguin", "Résultats ci-joints.\nÀ revoir.", [("bilan.pdf", "application/pdf", pdf)])
+    first = submit(
+        rt, gp, [DOCTOR], "Bilan sanguin", "Résultats ci-joints.\nÀ revoir.", [("bilan.pdf", "application/pdf", pdf)]
+    )
     first_id = mailbox.open_message(rt, unlocked(rt, gp), first.queue_id).meta.message_id
 
     doctor_client, gp_client = clients(), clients()
@@ -656,16 +685,24 @@ def test_replies_and_forwards_keep_the_thread(rt, clients, doctor, gp):  # type:
     form = doctor_client.get(f"/compose?reply={first.queue_id}").text
     assert "&gt; Résultats ci-joints.\n&gt; À revoir." in form
     assert 'name="keep" value="0" id="keep-0" >' in form  # offered, unchecked
-    reply = post(doctor_client, f"/compose?reply={first.queue_id}", to=GP, subject="RE : Bilan sanguin",
-                 body="Merci.\n\n> Résultats ci-joints.", reply_to=first.queue_id, source=first.queue_id)
+    reply = post(
+        doctor_client,
+        f"/compose?reply={first.queue_id}",
+        to=GP,
+        subject="RE : Bilan sanguin",
+        body="Merci.\n\n> Résultats ci-joints.",
+        reply_to=first.queue_id,
+        source=first.queue_id,
+    )
     opened = mailbox.open_message(rt, unlocked(rt, gp), reply)
     assert opened.headers["In-Reply-To"] == first_id and opened.headers["References"] == first_id
     assert opened.attachments == ()
     assert gp_client.get(f"/compose?reply={reply}").text.count("RE : Bilan sanguin") >= 1
     assert "RE : RE :" not in gp_client.get(f"/compose?reply={reply}").text
 
-    second = post(gp_client, f"/compose?reply={reply}", to=DOCTOR, subject="RE : Bilan sanguin", body="Parfait.",
-                  reply_to=reply)
+    second = post(
+        gp_client, f"/compose?reply={reply}", to=DOCTOR, subject="RE : Bilan sanguin", body="Parfait.", reply_to=reply
+    )
     opened = mailbox.open_message(rt, unlocked(rt, doctor), second)
     assert opened.headers["In-Reply-To"] == opened_reply_id(rt, gp, reply)
     assert opened.headers["References"].split() == [first_id, opened_reply_id(rt, gp, reply)]
@@ -673,8 +710,15 @@ def test_replies_and_forwards_keep_the_thread(rt, clients, doctor, gp):  # type:
     form = doctor_client.get(f"/compose?forward={first.queue_id}").text
     assert "Message transféré" in form and "Objet : Bilan sanguin" in form and "Résultats ci-joints." in form
     assert 'name="keep" value="0" id="keep-0" checked' in form
-    forwarded = post(doctor_client, f"/compose?forward={first.queue_id}", to=nurse.address,
-                     subject="TR : Bilan sanguin", body="Pour information.", source=first.queue_id, keep="0")
+    forwarded = post(
+        doctor_client,
+        f"/compose?forward={first.queue_id}",
+        to=nurse.address,
+        subject="TR : Bilan sanguin",
+        body="Pour information.",
+        source=first.queue_id,
+        keep="0",
+    )
     opened = mailbox.open_message(rt, unlocked(rt, nurse), forwarded)
     assert opened.headers["References"] == first_id and "In-Reply-To" not in opened.headers
     assert [a.filename for a in opened.attachments] == ["bilan.pdf"]
@@ -693,8 +737,15 @@ def test_directory_pages(rt, clients, doctor, gp):  # type: ignore[no-untyped-de
     with session_scope(rt.engine) as session:
         entry = service.get_entry(session, GP)
         service.add_entry(
-            session, actor="test", address="e.fournier.cabinet@medecin.mss.test", kind="PER", rpps=entry.rpps,
-            last_name="FOURNIER", first_name="Éloïse", profession_label="Médecin", org_name=entry.org_name,
+            session,
+            actor="test",
+            address="e.fournier.cabinet@medecin.mss.test",
+            kind="PER",
+            rpps=entry.rpps,
+            last_name="FOURNIER",
+            first_name="Éloïse",
+            profession_label="Médecin",
+            org_name=entry.org_name,
         )
         service.revoke_entry(session, "cedric.leroy@medecin.mss.test", reason="left", actor="test")
     anonymous = clients()

@@ -18,8 +18,8 @@ from mss.errors import ConfigError
 from mss.models import Message, WebSession
 from mss.runtime import Runtime
 from mss.web.server import uvicorn_config
-from web_support import CDA_SAMPLE, DOCTOR, GP, create_person, csrf, login, pdf_bytes, submit
-from web_support import app, clients, doctor, gp  # noqa: F401  (fixtures)
+
+from web_support import CDA_SAMPLE, DOCTOR, GP, app, clients, create_person, csrf, doctor, gp, login, pdf_bytes, submit  # noqa: F401  (fixtures)
 
 
 def _session_rows(rt) -> list[WebSession]:  # type: ignore[no-untyped-def]
@@ -258,7 +258,9 @@ def test_security_headers_and_clean_errors(rt, clients, doctor):  # type: ignore
     missing = client.get("/no/such/page")
     assert missing.status_code == 404 and missing.headers["content-security-policy"] == csp
     assert missing.headers["x-request-id"] in missing.text and "Traceback" not in missing.text
-    nul = client.post("/login", data={"address": "a\x00b@mss.test", "password": "x" * 12, "csrf_token": csrf(page.text)})
+    nul = client.post(
+        "/login", data={"address": "a\x00b@mss.test", "password": "x" * 12, "csrf_token": csrf(page.text)}
+    )
     assert nul.status_code == 401  # refused like any wrong address, never a database error
     api = client.post("/api/v1/sessions", json={"address": "a\x00b@mss.test", "password": "x", "code": "1"})
     assert api.status_code == 401

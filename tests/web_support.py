@@ -177,11 +177,11 @@ class WebServer:
 
         try:
             asyncio.run(main())
-        except BaseException as exc:  # noqa: BLE001 - reported to the test by start()
+        except BaseException as exc:
             self._error = exc
             self._started.set()
 
-    def start(self) -> "WebServer":
+    def start(self) -> WebServer:
         self._thread.start()
         self._started.wait(30)
         if self._error is not None or self._task is None or self._task.done():

@@ -36,21 +36,21 @@ from mss.accounts.custody import (
     create_account,
     expiring_certificates,
     export_key,
+    is_admin,
     issue_external_certificate,
     recover_account,
     rekey,
     renew_certificates,
     set_admin,
-    is_admin,
     set_disabled,
 )
+from mss.accounts.listing import AccountRow, list_accounts
 from mss.accounts.lockout import (
     COUNTED_FAILURES,
     is_locked,
     login_completed,
     record_failure,
 )
-from mss.accounts.listing import AccountRow, list_accounts
 from mss.accounts.login import authenticate, login_with_code
 from mss.accounts.preferences import (
     ALWAYS,

@@ -9,7 +9,7 @@ from functools import cached_property
 
 from cryptography import x509
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from mss.addresses import normalise_address
 from mss.crypto import keys
@@ -56,7 +56,7 @@ def check_password_policy(address: str, password: str) -> None:
 
 def get_account(session: Session, address: str) -> Account | None:
     """The account of ``address``, or None."""
-    return session.execute(select(Account).where(Account.address == normalise_address(address))).scalars().first()
+    return session.execute(select(Account).where(col(Account.address) == normalise_address(address))).scalars().first()
 
 
 def require_account(session: Session, address: str) -> Account:

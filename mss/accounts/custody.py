@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from directory import certificates, service
 from directory.models import Certificate
@@ -36,7 +36,7 @@ from mss.accounts.twofactor import enrolment_of, new_totp
 from mss.addresses import normalise_address
 from mss.crypto import keys, pki
 from mss.crypto.master import MasterKey
-from mss.db import session_scope, utcnow
+from mss.db import key_of, session_scope, utcnow
 from mss.errors import (
     AccountExists,
     BadCredentials,
@@ -135,14 +135,20 @@ def _escrow(settings: Settings, account: Account, key_der: bytes, past: tuple[by
 def _open_escrow(account: Account, recovery_private_key_file: Path) -> tuple[bytes, tuple[bytes, ...]]:
     recovery_private = keys.load_recovery_private_key(recovery_private_key_file)
     key_der = keys.open_recovery(account.recovery_sealed_key, recovery_private)
-    past = ()
+    past: tuple[bytes, ...] = ()
     if account.past_keys_recovery_sealed:
         past = keys.unpack_keys(keys.open_recovery(account.past_keys_recovery_sealed, recovery_private))
     return key_der, past
 
 
 def recover_account(
-    session: Session, settings: Settings, address: str, recovery_private_key_file: Path, new_password: str, *, actor: str
+    session: Session,
+    settings: Settings,
+    address: str,
+    recovery_private_key_file: Path,
+    new_password: str,
+    *,
+    actor: str,
 ) -> None:
     """Open the escrowed private keys with the offline recovery key and set a new password.
 
@@ -203,12 +209,13 @@ def rekey(
         check_password_policy(account.address, new_password)
         key_der, past = _open_escrow(account, recovery_private_key_file)
         wrap_password = new_password
-    private_key, row = certificates.issue_for_entry(session, settings, account.address, actor=actor,
-                                                    request_id=request_id)
+    private_key, row = certificates.issue_for_entry(
+        session, settings, account.address, actor=actor, request_id=request_id
+    )
     assert private_key is not None  # a new key pair was asked for
     new_der = keys.private_key_to_der(private_key)
     revoked = certificates.revoke_for_address(
-        session, settings, account.address, reason=flag.value, actor=actor, request_id=request_id, keep=(row.id,)
+        session, settings, account.address, reason=flag.value, actor=actor, request_id=request_id, keep=(key_of(row),)
     )
     past = (key_der, *past)
     _set_password(session, settings, account, new_der, wrap_password, past)
@@ -217,8 +224,14 @@ def rekey(
     session.add(account)
     standing.end_sessions(session, account.address)
     audit.record(
-        session, actor=actor, action="account.rekey", object=account.address, request_id=request_id,
-        serial=row.serial, revoked=[r.serial for r in revoked], reason=flag.value,
+        session,
+        actor=actor,
+        action="account.rekey",
+        object=account.address,
+        request_id=request_id,
+        serial=row.serial,
+        revoked=[r.serial for r in revoked],
+        reason=flag.value,
         with_recovery_key=password is None,
     )
     session.flush()
@@ -247,9 +260,9 @@ def renew_certificates(session: Session, settings: Settings, *, within_days: int
     skipped: list[tuple[str, str]] = []
     due = session.execute(
         select(Account, Certificate)
-        .join(Certificate, Certificate.id == Account.certificate_id)
-        .where(Certificate.not_after <= cutoff)
-        .order_by(Account.address)
+        .join(Certificate, col(Certificate.id) == col(Account.certificate_id))
+        .where(col(Certificate.not_after) <= cutoff)
+        .order_by(col(Account.address))
     ).all()
     for account, current in due:
         try:
@@ -263,27 +276,31 @@ def renew_certificates(session: Session, settings: Settings, *, within_days: int
         if not isinstance(public_key, rsa.RSAPublicKey):
             skipped.append((account.address, "the key is not an RSA key: rekey it"))
             continue
-        _none, row = certificates.issue_for_entry(session, settings, account.address, actor=actor,
-                                                  public_key=public_key)
+        _none, row = certificates.issue_for_entry(
+            session, settings, account.address, actor=actor, public_key=public_key
+        )
         account.certificate_id = row.id
         account.updated_at = utcnow()
         session.add(account)
-        audit.record(session, actor=actor, action="pki.renew", object=account.address, serial=row.serial,
-                     previous=current.serial)
+        audit.record(
+            session, actor=actor, action="pki.renew", object=account.address, serial=row.serial, previous=current.serial
+        )
         renewed.append((account.address, row.serial, row.not_after))
-    held = set(session.execute(select(Account.address)).scalars())
+    held = set(session.execute(select(col(Account.address))).scalars())
     external = session.execute(
-        select(Certificate.address, Certificate.serial)
-        .where(Certificate.usage == certificates.SMIME, Certificate.revoked_at.is_(None))
-        .where(Certificate.not_after <= cutoff, Certificate.not_after > utcnow())
-        .order_by(Certificate.address)
+        select(col(Certificate.address), col(Certificate.serial))
+        .where(col(Certificate.usage) == certificates.SMIME, col(Certificate.revoked_at).is_(None))
+        .where(col(Certificate.not_after) <= cutoff, col(Certificate.not_after) > utcnow())
+        .order_by(col(Certificate.address))
     ).all()
     newest: dict[str, str] = {}
     for address, serial in external:
         if address not in held:
             newest[address] = serial
     for address, serial in newest.items():
-        skipped.append((address, f"certificate {serial}: its key is held by its owner; issue a new one with `mss pki issue`"))
+        skipped.append(
+            (address, f"certificate {serial}: its key is held by its owner; issue a new one with `mss pki issue`")
+        )
     session.flush()
     return Renewal(tuple(renewed), tuple(skipped))
 
@@ -294,10 +311,10 @@ def expiring_certificates(session: Session, settings: Settings) -> list[tuple[st
     return [
         (address, not_after)
         for address, not_after in session.execute(
-            select(Account.address, Certificate.not_after)
-            .join(Certificate, Certificate.id == Account.certificate_id)
-            .where(Certificate.not_after <= cutoff, Certificate.revoked_at.is_(None))
-            .order_by(Certificate.not_after)
+            select(col(Account.address), col(Certificate.not_after))
+            .join(Certificate, col(Certificate.id) == col(Account.certificate_id))
+            .where(col(Certificate.not_after) <= cutoff, col(Certificate.revoked_at).is_(None))
+            .order_by(col(Certificate.not_after))
         )
     ]
 
@@ -310,7 +327,9 @@ def set_disabled(session: Session, address: str, disabled: bool, *, actor: str) 
     session.add(account)
     if disabled:
         standing.end_sessions(session, account.address)
-    audit.record(session, actor=actor, action="account.disable" if disabled else "account.enable", object=account.address)
+    audit.record(
+        session, actor=actor, action="account.disable" if disabled else "account.enable", object=account.address
+    )
 
 
 def set_admin(session: Session, address: str, admin: bool, *, actor: str) -> None:
@@ -320,8 +339,9 @@ def set_admin(session: Session, address: str, admin: bool, *, actor: str) -> Non
     account.is_admin = admin
     account.updated_at = utcnow()
     session.add(account)
-    audit.record(session, actor=actor, action="account.admin" if admin else "account.admin-withdrawn",
-                 object=account.address)
+    audit.record(
+        session, actor=actor, action="account.admin" if admin else "account.admin-withdrawn", object=account.address
+    )
 
 
 def is_admin(session: Session, address: str) -> bool:
@@ -331,7 +351,13 @@ def is_admin(session: Session, address: str) -> bool:
 
 
 def export_key(
-    engine: Engine, settings: Settings, address: str, password: str, export_password: str, *, actor: str,
+    engine: Engine,
+    settings: Settings,
+    address: str,
+    password: str,
+    export_password: str,
+    *,
+    actor: str,
     profile: str = keys.PKCS12_STRONG,
 ) -> bytes:
     """The account's key and certificate as PKCS#12 under ``export_password``, in the
@@ -358,7 +384,12 @@ def export_key(
 
 
 def issue_external_certificate(
-    session: Session, settings: Settings, address: str, export_password: str, *, actor: str,
+    session: Session,
+    settings: Settings,
+    address: str,
+    export_password: str,
+    *,
+    actor: str,
     profile: str = keys.PKCS12_STRONG,
 ) -> tuple[Certificate, bytes]:
     """Issue a certificate for an entry whose owner keeps the key in their own mail client.

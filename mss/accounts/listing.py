@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from directory.models import Certificate
 from mss import audit, standing
@@ -58,15 +58,15 @@ def list_accounts(session: Session, settings: Settings, *, state: str = "") -> l
     now = utcnow()
     last = dict(
         session.execute(
-            select(AuditEvent.actor, func.max(AuditEvent.at))
-            .where(AuditEvent.action.in_(LOGIN_ACTIONS), AuditEvent.outcome == audit.SUCCESS)
-            .group_by(AuditEvent.actor)
+            select(col(AuditEvent.actor), func.max(col(AuditEvent.at)))
+            .where(col(AuditEvent.action).in_(LOGIN_ACTIONS), col(AuditEvent.outcome) == audit.SUCCESS)
+            .group_by(col(AuditEvent.actor))
         ).all()
     )
     rows = session.execute(
-        select(Account, Certificate.serial, Certificate.not_after)
-        .join(Certificate, Certificate.id == Account.certificate_id, isouter=True)
-        .order_by(Account.address)
+        select(Account, col(Certificate.serial), col(Certificate.not_after))
+        .join(Certificate, col(Certificate.id) == col(Account.certificate_id), isouter=True)
+        .order_by(col(Account.address))
     ).all()
     found = []
     for account, serial, not_after in rows:

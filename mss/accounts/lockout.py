@@ -29,7 +29,13 @@ COUNTED_FAILURES = PASSWORD_FAILURES | FACTOR_FAILURES
 
 
 def record_failure(
-    engine: Engine, settings: Settings, address: str, *, action: str, reason: str, request_id: str = "",
+    engine: Engine,
+    settings: Settings,
+    address: str,
+    *,
+    action: str,
+    reason: str,
+    request_id: str = "",
     client: str = "",
 ) -> None:
     """Audit a failed authentication step (``reason``) and count it towards the lockouts.
@@ -47,8 +53,13 @@ def record_failure(
                 locks.append({"scope": "client", "client": client or "local"})
             if counted.client_blocked_until is not None:
                 audit.record(
-                    session, actor="system", action="login.throttle", object=client, request_id=request_id,
-                    seconds=settings.security.lockout_seconds, failures=settings.security.client_max_failures,
+                    session,
+                    actor="system",
+                    action="login.throttle",
+                    object=client,
+                    request_id=request_id,
+                    seconds=settings.security.lockout_seconds,
+                    failures=settings.security.client_max_failures,
                 )
         if account is not None and reason in COUNTED_FAILURES:
             if account.last_failure_at is None or now - account.last_failure_at >= window:
@@ -82,8 +93,14 @@ def record_failure(
         for lock in locks:
             metrics.LOCKOUTS.labels(scope=str(lock["scope"])).inc()
             audit.record(
-                session, actor="system", action="account.lock", object=address, request_id=request_id,
-                seconds=settings.security.lockout_seconds, **lock,
+                session,
+                actor="system",
+                action="account.lock",
+                object=address,
+                request_id=request_id,
+                seconds=settings.security.lockout_seconds,
+                # the lock fields are extra detail fields, none named like record's own parameters
+                **lock,  # type: ignore[arg-type]
             )
 
 

@@ -44,7 +44,9 @@ def _dummy_hash(opslimit: int, memlimit: int) -> str:
 def _record_failure(
     engine: Engine, settings: Settings, address: str, channel: str, request_id: str, why: str, client: str
 ) -> None:
-    record_failure(engine, settings, address, action=f"{channel}.login", reason=why, request_id=request_id, client=client)
+    record_failure(
+        engine, settings, address, action=f"{channel}.login", reason=why, request_id=request_id, client=client
+    )
 
 
 def authenticate(
@@ -106,7 +108,11 @@ def authenticate(
         cert_row = session.get(Certificate, certificate_id) if certificate_id else None
         cert = x509.load_der_x509_certificate(cert_row.der) if cert_row else None
         audit.record(
-            session, actor=address, action=f"{channel}.login", object=address, request_id=request_id,
+            session,
+            actor=address,
+            action=f"{channel}.login",
+            object=address,
+            request_id=request_id,
             client=client or "local",
         )
         if channel != "cli":
@@ -139,7 +145,13 @@ def login_with_code(
     enrolled an authenticator yet (done in the web inbox), BadTotp, AccountLocked.
     """
     unlocked = authenticate(
-        engine, settings, address, password, channel=channel, request_id=request_id, client=client,
+        engine,
+        settings,
+        address,
+        password,
+        channel=channel,
+        request_id=request_id,
+        client=client,
         completes_login=False,
     )
     if not totp_confirmed(engine, unlocked.address):

@@ -38,6 +38,10 @@ def set_read_receipt_choice(session: Session, address: str, choice: str, *, acto
     account.updated_at = utcnow()
     session.add(account)
     audit.record(
-        session, actor=actor, action="account.read-receipts", object=account.address, request_id=request_id,
+        session,
+        actor=actor,
+        action="account.read-receipts",
+        object=account.address,
+        request_id=request_id,
         choice=choice,
     )

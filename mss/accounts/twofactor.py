@@ -68,8 +68,15 @@ def pending_enrolment(engine: Engine, settings: Settings, master_key: MasterKey,
 
 
 def verify_totp(
-    engine: Engine, settings: Settings, master_key: MasterKey, address: str, code: str, *, request_id: str = "",
-    at: float | None = None, client: str = "",
+    engine: Engine,
+    settings: Settings,
+    master_key: MasterKey,
+    address: str,
+    code: str,
+    *,
+    request_id: str = "",
+    at: float | None = None,
+    client: str = "",
 ) -> None:
     """Accept a TOTP code once (RFC 6238, one step of clock drift either way).
 
@@ -103,7 +110,7 @@ def verify_totp(
 
 
 def _digest(address: str, code: str) -> str:
-    return hashlib.sha256(f"{address}\x00{code}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{address}\x00{code}".encode()).hexdigest()
 
 
 def _compact_code(code: str) -> str:
@@ -119,8 +126,12 @@ def new_recovery_codes(engine: Engine, address: str, *, request_id: str = "") ->
         account.updated_at = utcnow()
         session.add(account)
         audit.record(
-            session, actor=account.address, action="account.recovery-codes", object=account.address,
-            request_id=request_id, count=len(codes),
+            session,
+            actor=account.address,
+            action="account.recovery-codes",
+            object=account.address,
+            request_id=request_id,
+            count=len(codes),
         )
     return [f"{c[:4]}-{c[4:8]}-{c[8:]}" for c in codes]
 
@@ -153,19 +164,34 @@ def use_recovery_code(
             account.recovery_codes = json.dumps(stored)
             login_completed(session, account, client)
             audit.record(
-                session, actor=account.address, action="totp.recovery-code", object=account.address,
-                request_id=request_id, remaining=len(stored),
+                session,
+                actor=account.address,
+                action="totp.recovery-code",
+                object=account.address,
+                request_id=request_id,
+                remaining=len(stored),
             )
             return
     record_failure(
-        engine, settings, address, action="totp.recovery-code", reason="bad-recovery-code", request_id=request_id,
+        engine,
+        settings,
+        address,
+        action="totp.recovery-code",
+        reason="bad-recovery-code",
+        request_id=request_id,
         client=client,
     )
     raise BadTotp("the code is wrong, expired or already used")
 
 
 def check_second_factor(
-    engine: Engine, settings: Settings, master_key: MasterKey, address: str, code: str, *, request_id: str = "",
+    engine: Engine,
+    settings: Settings,
+    master_key: MasterKey,
+    address: str,
+    code: str,
+    *,
+    request_id: str = "",
     client: str = "",
 ) -> str:
     """Accept a TOTP code or a recovery code; return ``totp`` or ``recovery``.

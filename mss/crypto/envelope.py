@@ -212,7 +212,9 @@ def _content_cipher(envelope: Envelope) -> _Cbc | _Gcm:
     name = algorithm["algorithm"].native
     if envelope.authenticated:
         if name not in _GCM:
-            raise UnsupportedCms(f"authenticated encryption {_algorithm_name(algorithm)} is not supported here (AES-GCM)")
+            raise UnsupportedCms(
+                f"authenticated encryption {_algorithm_name(algorithm)} is not supported here (AES-GCM)"
+            )
         return _GCM[name]
     if name not in _CBC:
         raise UnsupportedCms(
@@ -376,14 +378,18 @@ def _decrypt_content(sealed: _Sealed, key: bytes) -> bytes:
         try:
             return decryptor.update(sealed.ciphertext) + decryptor.finalize()
         except InvalidTag as exc:
-            raise DecryptionError("the envelope cannot be decrypted (altered, or not for this key)", reason="failed") from exc
-    decryptor = Cipher(cipher.algorithm(key), modes.CBC(sealed.iv)).decryptor()
-    padded = decryptor.update(sealed.ciphertext) + decryptor.finalize()
+            raise DecryptionError(
+                "the envelope cannot be decrypted (altered, or not for this key)", reason="failed"
+            ) from exc
+    cbc = Cipher(cipher.algorithm(key), modes.CBC(sealed.iv)).decryptor()
+    padded = cbc.update(sealed.ciphertext) + cbc.finalize()
     unpadder = padding.PKCS7(cipher.block_size * 8).unpadder()
     try:
         return unpadder.update(padded) + unpadder.finalize()
     except ValueError as exc:
-        raise DecryptionError("the envelope cannot be decrypted (altered, or not for this key)", reason="failed") from exc
+        raise DecryptionError(
+            "the envelope cannot be decrypted (altered, or not for this key)", reason="failed"
+        ) from exc
 
 
 def open_envelope(data: bytes, certificate: x509.Certificate, private_key: rsa.RSAPrivateKey) -> bytes:

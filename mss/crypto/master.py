@@ -26,7 +26,7 @@ class MasterKey:
         self._box = nacl.secret.SecretBox(key)
 
     @classmethod
-    def load(cls, settings: Settings) -> "MasterKey":
+    def load(cls, settings: Settings) -> MasterKey:
         """Read the key file; create it first in development. Raises ConfigError."""
         path = Path(settings.storage.master_key_file)
         if not path.exists():

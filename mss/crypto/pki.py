@@ -31,7 +31,7 @@ import secrets
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -92,7 +92,7 @@ class PkiPaths:
     lock: Path
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "PkiPaths":
+    def from_settings(cls, settings: Settings) -> PkiPaths:
         certs = Path(settings.pki.certs_dir)
         return cls(
             ca_certificate=certs / "ca.pem",
@@ -129,7 +129,7 @@ def serial_hex(serial: int) -> str:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _check_address(address: str) -> str:
@@ -214,7 +214,9 @@ def _issue(
 
 
 def _end_entity_extensions(
-    *, key_encipherment: bool, usage: x509.ObjectIdentifier | tuple[x509.ObjectIdentifier, ...],
+    *,
+    key_encipherment: bool,
+    usage: x509.ObjectIdentifier | tuple[x509.ObjectIdentifier, ...],
     names: list[x509.GeneralName],
 ) -> list[tuple[x509.ExtensionType, bool]]:
     """The profile shared by every end-entity certificate: not a CA, a signing key (that
@@ -344,8 +346,11 @@ def _crl_distribution_point(url: str) -> x509.CRLDistributionPoints:
     if not url.startswith("http://") or not url.isprintable() or " " in url:
         raise PkiError(f"the CRL distribution point must be an http:// URL, not {url!r}")
     return x509.CRLDistributionPoints(
-        [x509.DistributionPoint(full_name=[x509.UniformResourceIdentifier(url)], relative_name=None,
-                                reasons=None, crl_issuer=None)]
+        [
+            x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(url)], relative_name=None, reasons=None, crl_issuer=None
+            )
+        ]
     )
 
 

@@ -26,6 +26,7 @@ import binascii
 import email
 import email.message
 import email.policy
+import email.utils
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from mss.crypto import envelope as cms_envelope
 from mss.errors import CryptoError, DecryptionError, SignatureError
+from mss.mime import decoded_payload, subparts
 
 SIGNED_DATA = "signed_data"
 ENVELOPED_DATA = cms_envelope.ENVELOPED_DATA
@@ -386,7 +388,7 @@ def smime_payload(message: bytes) -> bytes:
         except (binascii.Error, ValueError) as exc:
             raise CryptoError("the application/pkcs7-mime body is not valid base64") from exc
     elif encoding == "binary":
-        der = parsed.get_payload(decode=True) or b""
+        der = decoded_payload(parsed)
     else:
         raise CryptoError(f"unsupported transfer encoding {encoding!r} for a CMS body")
     content_type(der)  # raises CryptoError on garbage
@@ -509,14 +511,14 @@ def _first_part(entity: bytes, boundary: str) -> bytes:
 
 def _detached_layer(entity: bytes, parsed: email.message.Message) -> Layer:
     boundary = parsed.get_boundary()
-    parts = parsed.get_payload()
-    if not boundary or not isinstance(parts, list) or len(parts) != 2:
+    parts = subparts(parsed)
+    if not boundary or len(parts) != 2:
         raise CryptoError("a multipart/signed entity must hold exactly two parts")
     signature_part = parts[1]
     if signature_part.get_content_type() not in PKCS7_SIGNATURE_TYPES:
         raise CryptoError(f"the signature of a multipart/signed entity is {signature_part.get_content_type()}")
     try:
-        signature = signature_part.get_payload(decode=True) or b""
+        signature = decoded_payload(signature_part)
     except (ValueError, TypeError, LookupError) as exc:
         raise CryptoError("the signature part cannot be decoded") from exc
     if content_type(signature) != SIGNED_DATA:
@@ -550,7 +552,8 @@ def peel(entity: bytes) -> Layer:
     if kind in PKCS7_MIME_TYPES:
         return _cms_layer(smime_payload(entity))
     if kind == "multipart/signed":
-        protocol = (parsed.get_param("protocol") or "").lower()
+        # An RFC 2231 parameter comes as a tuple: collapsed to its text like a plain one.
+        protocol = email.utils.collapse_rfc2231_value(parsed.get_param("protocol") or "").lower()
         if protocol in PKCS7_SIGNATURE_TYPES:
             return _detached_layer(entity, parsed)
     return Layer(PLAIN)

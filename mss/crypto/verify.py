@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from asn1crypto import cms as asn1_cms
 from asn1crypto import crl as asn1_crl
@@ -207,7 +207,9 @@ def _validation_context(
     )
 
 
-def _classify(status: SignatureStatus, signer: x509.Certificate, moment: datetime | None, crls_given: bool) -> tuple[str, str]:
+def _classify(
+    status: SignatureStatus, signer: x509.Certificate, moment: datetime | None, crls_given: bool
+) -> tuple[str, str]:
     if not status.intact:
         return INVALID, "the signed content was altered after signing"
     if not status.valid:
@@ -231,7 +233,10 @@ def _classify(status: SignatureStatus, signer: x509.Certificate, moment: datetim
         return UNTRUSTED, "the signer's certificate is not yet valid"
     if not crls_given:
         return UNTRUSTED, "no revocation list was available to check the signer's certificate"
-    return UNTRUSTED, "the signer's certificate failed path validation (revocation information missing or chain invalid)"
+    return (
+        UNTRUSTED,
+        "the signer's certificate failed path validation (revocation information missing or chain invalid)",
+    )
 
 
 def crl_problem(
@@ -246,7 +251,7 @@ def crl_problem(
     not past its nextUpdate. Without one, a signature cannot be shown as valid (fail closed).
     """
     issuer = next((root for root in trust_roots if root.subject == certificate.issuer), None)
-    when = moment or datetime.now(timezone.utc)
+    when = moment or datetime.now(UTC)
     found = bad_signature = stale = 0
     for item in crls:
         try:
@@ -285,6 +290,8 @@ def revocation_date(
         if entry is not None:
             return entry.revocation_date_utc
     return None
+
+
 def _certificate(certificate: asn1_x509.Certificate) -> x509.Certificate:
     try:
         return x509.load_der_x509_certificate(certificate.dump())

@@ -51,7 +51,6 @@ from mss.documents.cda import (
     parse_cda,
 )
 from mss.documents.detect import inspect_attachment
-from mss.documents.xml import parse_xml
 from mss.documents.pdf import (
     ActivePdfContent,
     EncryptedPdf,
@@ -75,6 +74,7 @@ from mss.documents.xdm import (
     build_xdm,
     parse_xdm,
 )
+from mss.documents.xml import parse_xml
 
 __all__ = [
     "ActivePdfContent",

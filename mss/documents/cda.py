@@ -79,12 +79,6 @@ _TYPE_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
 # -- refusals ----------------------------------------------------------------------------
 
 
-
-
-
-
-
-
 class InvalidCda(MalformedDocument):
     """The XML is not an acceptable CDA R2 document."""
 
@@ -104,12 +98,6 @@ class WrongCdaNamespace(InvalidCda):
 
 
 # -- hardened XML ------------------------------------------------------------------------
-
-
-
-
-
-
 
 
 # -- metadata types ----------------------------------------------------------------------
@@ -303,7 +291,9 @@ class EmbeddedMedia:
     @property
     def declared_type_wrong(self) -> bool:
         """True when the declared media type says something other than the content is."""
-        return self.content_type is not None and _JPEG_ALIASES.get(self.media_type, self.media_type) != self.content_type
+        return (
+            self.content_type is not None and _JPEG_ALIASES.get(self.media_type, self.media_type) != self.content_type
+        )
 
     @property
     def is_pdf(self) -> bool:
@@ -402,6 +392,7 @@ def _identifier(el: etree._Element | None) -> Identifier | None:
 def _name(el: etree._Element | None) -> PersonName | None:
     if el is None:
         return None
+
     def parts(tag: str) -> list[tuple[str | None, str]]:
         found = []
         for part in el.findall(_h(tag)):
@@ -630,7 +621,9 @@ def _decode_b64(filename: str, el: etree._Element) -> bytes:
         raise InvalidCda(filename, "is not a valid CDA R2 document: an embedded file is not valid base64") from exc
 
 
-def _check_embedded(filename: str, raw: bytes, media_type: str, limits: DocumentLimits) -> tuple[str | None, int | None]:
+def _check_embedded(
+    filename: str, raw: bytes, media_type: str, limits: DocumentLimits
+) -> tuple[str | None, int | None]:
     """Refuse what may not travel inside a document; return the content's type and, for a
     PDF, its page count. Every PDF is checked as a PDF whatever it was declared as (``pdf/xml``
     and ``application/octet-stream`` are seen); a file declared as a PDF must be one."""
@@ -650,7 +643,11 @@ def _check_embedded(filename: str, raw: bytes, media_type: str, limits: Document
 
 
 def _decode_media(
-    filename: str, el: etree._Element, location: MediaLocation, limits: DocumentLimits, index: int,
+    filename: str,
+    el: etree._Element,
+    location: MediaLocation,
+    limits: DocumentLimits,
+    index: int,
     budget: _TextBudget,
 ) -> EmbeddedMedia:
     media_type = (el.get("mediaType") or "text/plain").strip().lower()
@@ -667,8 +664,12 @@ def _decode_media(
             )
         text = budget.spend(el.text or "") if media_type == "text/plain" else None
         return EmbeddedMedia(
-            media_type=media_type, size=len((el.text or "").encode("utf-8")), location=location, id=media_id,
-            index=index, text=text,
+            media_type=media_type,
+            size=len((el.text or "").encode("utf-8")),
+            location=location,
+            id=media_id,
+            index=index,
+            text=text,
         )
     raw = _decode_b64(filename, el)
     content_type, pages = _check_embedded(filename, raw, media_type, limits)
@@ -682,8 +683,14 @@ def _decode_media(
             text = raw.decode("cp1252", errors="replace")
         budget.spend(text)
     return EmbeddedMedia(
-        media_type=media_type, size=len(raw), location=location, id=media_id, pages=pages, index=index,
-        content_type=content_type, text=text,
+        media_type=media_type,
+        size=len(raw),
+        location=location,
+        id=media_id,
+        pages=pages,
+        index=index,
+        content_type=content_type,
+        text=text,
     )
 
 
@@ -701,9 +708,7 @@ def _clinical_document(filename: str, root: etree._Element) -> tuple[etree._Elem
         )
     if qname.localname == "ClinicalDocument":
         namespace = display_name(qname.namespace or "no namespace")
-        raise WrongCdaNamespace(
-            filename, f"is not a CDA R2 document: ClinicalDocument is in {namespace}, not {HL7}"
-        )
+        raise WrongCdaNamespace(filename, f"is not a CDA R2 document: ClinicalDocument is in {namespace}, not {HL7}")
     raise NotClinicalDocument(
         filename, f"is not a CDA R2 document: its root element is {display_name(qname.localname)}, not ClinicalDocument"
     )
@@ -735,8 +740,7 @@ def parse_cda(data: bytes, *, filename: str, limits: DocumentLimits) -> CdaInfo:
     authors = tuple(
         author
         for author in (
-            _assigned(el.find(_h("assignedAuthor")), _time(el.find(_h("time"))))
-            for el in doc.findall(_h("author"))
+            _assigned(el.find(_h("assignedAuthor")), _time(el.find(_h("time")))) for el in doc.findall(_h("author"))
         )
         if author is not None
     )

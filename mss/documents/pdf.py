@@ -42,9 +42,9 @@ from mss.documents.sniff import RUNNABLE_EXTENSIONS, executable_kind, extension
 _HEADER = b"%PDF-"
 _EOF = b"%%EOF"
 _WINDOW = 1024
-_HIDDEN_AFTER_EOF = re.compile(rb"\d+\s+\d+\s+obj\b|\bxref\b|\btrailer\b|\bstartxref\b|/J(?:ava)?S(?:cript)?\b|/Launch\b")
-
-
+_HIDDEN_AFTER_EOF = re.compile(
+    rb"\d+\s+\d+\s+obj\b|\bxref\b|\btrailer\b|\bstartxref\b|/J(?:ava)?S(?:cript)?\b|/Launch\b"
+)
 
 
 class EncryptedPdf(UnsafeDocument):
@@ -81,7 +81,6 @@ class PdfInfo:
 
 def _resolve(obj: object) -> object:
     return obj.get_object() if isinstance(obj, IndirectObject) else obj
-
 
 
 _URL = re.compile(r"\A[a-z][a-z0-9+.-]*:", re.IGNORECASE)
@@ -154,7 +153,9 @@ class _Walk:
 
     def xfa_scripts(self, xfa: object) -> bool:
         xfa = _resolve(xfa)
-        streams = [xfa] if isinstance(xfa, StreamObject) else [_resolve(x) for x in xfa] if isinstance(xfa, list) else []
+        streams = (
+            [xfa] if isinstance(xfa, StreamObject) else [_resolve(x) for x in xfa] if isinstance(xfa, list) else []
+        )
         return any(isinstance(part, StreamObject) and b"<script" in part.get_data().lower() for part in streams[:64])
 
     def check_embedded(self, spec: DictionaryObject) -> None:

@@ -64,9 +64,17 @@ DECLARED_TYPES: dict[str, frozenset[str]] = {
     # found in IHE_XDM metadata and mail from US, Swiss and Austrian systems.
     "cda": frozenset(
         {
-            "text/xml", "application/xml", "application/hl7-v3+xml", "application/octet-stream",
-            "text/x-cda-r2+xml", "application/x-cda-r2+xml", "application/cda+xml", "text/cda+xml",
-            "application/x-hl7-cda-level-one+xml", "application/hl7-cda+xml", "application/x-cda+xml",
+            "text/xml",
+            "application/xml",
+            "application/hl7-v3+xml",
+            "application/octet-stream",
+            "text/x-cda-r2+xml",
+            "application/x-cda-r2+xml",
+            "application/cda+xml",
+            "text/cda+xml",
+            "application/x-hl7-cda-level-one+xml",
+            "application/hl7-cda+xml",
+            "application/x-cda+xml",
         }
     ),  # fmt: skip
     "xdm": frozenset(
@@ -148,7 +156,7 @@ def _claimed_kind(content_type: str, ext: str) -> Kind | None:
         if (ext in EXTENSIONS[kind] and ext != ".txt") or (
             content_type in DECLARED_TYPES[kind] and content_type != "application/octet-stream"
         ):
-            return kind  # type: ignore[return-value]
+            return kind
     return None
 
 

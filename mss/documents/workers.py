@@ -87,8 +87,14 @@ def _running_pool() -> ProcessPool:
 atexit.register(stop)
 
 
-def _in_worker(check: Callable[..., T], args: tuple[Any, ...], kwargs: Mapping[str, Any], filename: str,
-               limits: DocumentLimits, owner: str | None = None) -> T:
+def _in_worker(
+    check: Callable[..., T],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    filename: str,
+    limits: DocumentLimits,
+    owner: str | None = None,
+) -> T:
     """``check(*args, **kwargs)`` in a worker process, within ``owner``'s share of the
     workers (see ACCOUNT_SHARE); its DocumentError is raised here."""
     with _lock:
@@ -99,8 +105,9 @@ def _in_worker(check: Callable[..., T], args: tuple[Any, ...], kwargs: Mapping[s
         return _wait(check, args, kwargs, filename, limits)
 
 
-def _wait(check: Callable[..., T], args: tuple[Any, ...], kwargs: Mapping[str, Any], filename: str,
-          limits: DocumentLimits) -> T:
+def _wait(
+    check: Callable[..., T], args: tuple[Any, ...], kwargs: Mapping[str, Any], filename: str, limits: DocumentLimits
+) -> T:
     future = _running_pool().schedule(check, args=args, kwargs=kwargs, timeout=limits.max_check_seconds)
     try:
         return future.result()
@@ -115,14 +122,23 @@ def _wait(check: Callable[..., T], args: tuple[Any, ...], kwargs: Mapping[str, A
 
 
 def inspect_attachment(
-    filename: str, content_type: str, data: bytes, *, limits: DocumentLimits, allow_archive: bool = True,
+    filename: str,
+    content_type: str,
+    data: bytes,
+    *,
+    limits: DocumentLimits,
+    allow_archive: bool = True,
     owner: str | None = None,
 ) -> Document:
     """``mss.documents.inspect_attachment`` in a worker, for ``owner`` (the account that
     sends or reads it). Raises what it raises, and DocumentTooComplex past the deadline."""
     return _in_worker(
-        detect.inspect_attachment, (filename, content_type, data), {"limits": limits, "allow_archive": allow_archive},
-        filename, limits, owner,
+        detect.inspect_attachment,
+        (filename, content_type, data),
+        {"limits": limits, "allow_archive": allow_archive},
+        filename,
+        limits,
+        owner,
     )
 
 
@@ -148,9 +164,7 @@ def read_xdm_document(
 
 def level_one_pdf(data: bytes, *, filename: str, limits: DocumentLimits, owner: str | None = None) -> bytes | None:
     """``mss.documents.level_one_pdf`` (the PDF body of a level-1 CDA) in a worker."""
-    return _in_worker(
-        cda.level_one_pdf, (data,), {"filename": filename, "limits": limits}, filename, limits, owner
-    )
+    return _in_worker(cda.level_one_pdf, (data,), {"filename": filename, "limits": limits}, filename, limits, owner)
 
 
 def embedded_file(

@@ -69,8 +69,6 @@ ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OS
 # -- refusals ----------------------------------------------------------------------------
 
 
-
-
 class NotAnXdmPackage(ForbiddenDocumentType):
     """A ZIP archive that is not an IHE_XDM package: archives are carried only as XDM."""
 
@@ -93,8 +91,6 @@ class ArchiveEncrypted(UnsafeDocument):
     """An entry is encrypted, so it cannot be checked."""
 
     code = "zip-encrypted"
-
-
 
 
 class ArchiveTooManyEntries(DocumentTooLarge):
@@ -341,9 +337,7 @@ def _read(filename: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Bu
                 if len(out) > info.file_size:
                     raise ArchiveBomb(filename, f"has an entry larger than it declares ({_shown(info.filename)})")
                 if len(out) > budget.remaining:
-                    raise ArchiveBomb(
-                        filename, f"expands to more than {limits.max_xdm_total_size / 1_000_000:g} MB"
-                    )
+                    raise ArchiveBomb(filename, f"expands to more than {limits.max_xdm_total_size / 1_000_000:g} MB")
                 if _ratio_exceeded(len(out), info.compress_size, limits):
                     raise ArchiveBomb(
                         filename,
@@ -543,7 +537,9 @@ def _uri_by_id(entry: etree._Element, subset_dir: str, files: dict[str, zipfile.
     candidates = [
         name[len(prefix) :]
         for name in files
-        if name.startswith(prefix) and "/" not in name[len(prefix) :] and name.endswith(_DOCUMENT_EXTENSIONS)
+        if name.startswith(prefix)
+        and "/" not in name[len(prefix) :]
+        and name.endswith(_DOCUMENT_EXTENSIONS)
         and not _METADATA.match(name)
     ]
     entry_id = (entry.get("id") or "").upper().removeprefix("URN:UUID:")
@@ -837,7 +833,7 @@ def build_xdm(
         title = (cda.title if cda else None) or original_name.replace("\\", "/").rsplit("/", 1)[-1]
         metadata.name(entry, title)
         listing.append((uri, title))
-        for doc_author in (cda.authors if cda and cda.authors else (author,)):
+        for doc_author in cda.authors if cda and cda.authors else (author,):
             metadata.author(entry, DE_AUTHOR, doc_author)
         confidentiality = cda.confidentiality if cda is not None else None
         metadata.classification(entry, DE_CONFIDENTIALITY, confidentiality or CONFIDENTIALITY_NORMAL)
@@ -855,9 +851,7 @@ def build_xdm(
     package = etree.SubElement(metadata.objects, _r("RegistryPackage"), id=submission_id)
     metadata.slot(package, "submissionTime", timestamp)
     metadata.author(package, SS_AUTHOR, author)
-    metadata.external_id(
-        package, SS_PATIENT_ID, patient_cx(patient) if patient else None, "XDSSubmissionSet.patientId"
-    )
+    metadata.external_id(package, SS_PATIENT_ID, patient_cx(patient) if patient else None, "XDSSubmissionSet.patientId")
     if source_id is None:
         seed = str(author.id) if author.id else author_person(author)
         source_id = f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, seed).int}"

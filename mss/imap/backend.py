@@ -15,21 +15,21 @@ import asyncio
 import email.parser
 import email.policy
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from pymap.bytes import Writeable
 from pymap.concurrent import Event
 from pymap.exceptions import MailboxNotFound, MailboxReadOnly
 from pymap.flags import FlagOp, PermanentFlags, SessionFlags
-from pymap.interfaces.message import MessageInterface
+from pymap.interfaces.message import CachedMessage, MessageInterface
 from pymap.interfaces.session import SessionInterface
 from pymap.listtree import ListTree
 from pymap.mailbox import MailboxSnapshot
 from pymap.message import BaseLoadedMessage, BaseMessage
 from pymap.mime import MessageContent
 from pymap.parsing.message import AppendMessage
-from pymap.parsing.response.code import AppendUid, CopyUid
 from pymap.parsing.primitives import List, Nil, String
+from pymap.parsing.response.code import AppendUid, CopyUid
 from pymap.parsing.response.fetch import BodyStructure, ContentBodyStructure, TextBodyStructure, _ParamsList
 from pymap.parsing.specials import FetchAttribute, FetchRequirement, ObjectId, SearchKey, SequenceSet
 from pymap.parsing.specials.flag import Answered, Deleted, Flag, Flagged, Seen
@@ -109,13 +109,30 @@ def _structure(content: MessageContent, body_size: int, body_lines: int) -> Body
     params = dict(ctype.params)
     if ctype.maintype == "text":
         return _Text(
-            ctype.subtype, params, parsed.content_disposition, parsed.content_language, parsed.content_location,
-            parsed.content_id, parsed.content_description, parsed.content_transfer_encoding, None, body_size, body_lines,
+            ctype.subtype,
+            params,
+            parsed.content_disposition,
+            parsed.content_language,
+            parsed.content_location,
+            parsed.content_id,
+            parsed.content_description,
+            parsed.content_transfer_encoding,
+            None,
+            body_size,
+            body_lines,
         )
     return _Content(
-        ctype.maintype, ctype.subtype, params, parsed.content_disposition, parsed.content_language,
-        parsed.content_location, parsed.content_id, parsed.content_description, parsed.content_transfer_encoding,
-        None, body_size,
+        ctype.maintype,
+        ctype.subtype,
+        params,
+        parsed.content_disposition,
+        parsed.content_language,
+        parsed.content_location,
+        parsed.content_id,
+        parsed.content_description,
+        parsed.content_transfer_encoding,
+        None,
+        body_size,
     )
 
 
@@ -137,8 +154,9 @@ class _Kept(BodyStructure):
 class HeaderOnly(BaseLoadedMessage):
     """A message known from its metadata: header fields, sizes, structure; no body."""
 
-    def __init__(self, message: MessageInterface, requirement: FetchRequirement, shape: served.Shape,
-                 searchable: str) -> None:
+    def __init__(
+        self, message: MessageInterface, requirement: FetchRequirement, shape: served.Shape, searchable: str
+    ) -> None:
         super().__init__(message, requirement, MessageContent.parse(shape.header))
         self._shape = shape
         self._searchable = searchable.lower()
@@ -161,8 +179,13 @@ class HeaderOnly(BaseLoadedMessage):
 class Decrypted(BaseLoadedMessage):
     """A message with its served bytes (decrypted, or the envelope in end-to-end mode)."""
 
-    def __init__(self, message: MessageInterface, requirement: FetchRequirement, content: MessageContent,
-                 shape: served.Shape | None) -> None:
+    def __init__(
+        self,
+        message: MessageInterface,
+        requirement: FetchRequirement,
+        content: MessageContent,
+        shape: served.Shape | None,
+    ) -> None:
         super().__init__(message, requirement, content)
         self._shape = shape
 
@@ -186,15 +209,28 @@ class MailMessage(BaseMessage):
 
     __slots__ = ["item", "_session"]
 
-    def __init__(self, item: ItemState, session: "MailSession", *, expunged: bool = False) -> None:
-        flags = {flag for flag, on in ((Seen, item.seen), (Flagged, item.flagged), (Answered, item.answered),
-                                       (Deleted, item.deleted)) if on}
+    def __init__(self, item: ItemState, session: MailSession, *, expunged: bool = False) -> None:
+        flags = {
+            flag
+            for flag, on in (
+                (Seen, item.seen),
+                (Flagged, item.flagged),
+                (Answered, item.answered),
+                (Deleted, item.deleted),
+            )
+            if on
+        }
         super().__init__(item.uid, item.arrived, flags, expunged=expunged)
         self.item = item
         self._session = session
 
     async def load_content(self, requirement: FetchRequirement) -> BaseLoadedMessage:
         return await self._session.load(self, requirement)
+
+
+def _ours(pairs: Iterable[tuple[int, CachedMessage]]) -> list[tuple[int, MailMessage]]:
+    """pymap's cache of a selected mailbox holds the MailMessage objects this backend gave it."""
+    return [(seq, cast(MailMessage, message)) for seq, message in pairs]
 
 
 class MailSession(SessionInterface):
@@ -238,7 +274,7 @@ class MailSession(SessionInterface):
     def mode(self) -> str:
         return self._mode
 
-    async def begin(self) -> "MailSession":
+    async def begin(self) -> MailSession:
         self._mode = await asyncio.to_thread(sync.mode_of, self.rt.engine, self.owner)
         return self
 
@@ -252,8 +288,16 @@ class MailSession(SessionInterface):
     def _snapshot(self, state: FolderState, readonly: bool) -> MailboxSnapshot:
         unseen = [i for i, item in enumerate(state.items, 1) if not item.seen]
         return MailboxSnapshot(
-            ObjectId(f"{state.folder}-{state.uid_validity}".encode()), readonly, state.uid_validity, PERMANENT_FLAGS,
-            frozenset(), len(state.items), 0, len(unseen), unseen[0] if unseen else None, state.uid_next,
+            ObjectId(f"{state.folder}-{state.uid_validity}".encode()),
+            readonly,
+            state.uid_validity,
+            PERMANENT_FLAGS,
+            frozenset(),
+            len(state.items),
+            0,
+            len(unseen),
+            unseen[0] if unseen else None,
+            state.uid_next,
         )
 
     def _messages(self, state: FolderState) -> list[MailMessage]:
@@ -290,15 +334,21 @@ class MailSession(SessionInterface):
         if not added or fresh.fingerprint != current or expected != current or fresh.uid_validity != known.uid_validity:
             return False  # something else changed too: the whole folder is read again
         merged = FolderState(
-            owner=known.owner, folder=known.folder, mode=known.mode, uid_validity=known.uid_validity,
-            uid_next=fresh.uid_next, items=tuple(sorted(known.items + added, key=lambda i: i.uid)), fingerprint=current,
+            owner=known.owner,
+            folder=known.folder,
+            mode=known.mode,
+            uid_validity=known.uid_validity,
+            uid_next=fresh.uid_next,
+            items=tuple(sorted(known.items + added, key=lambda i: i.uid)),
+            fingerprint=current,
         )
         self._states[known.folder] = merged
         selected.add_updates([MailMessage(item, self) for item in added], [])
         return True
 
-    async def list_mailboxes(self, ref_name: str, filter_: str, subscribed: bool = False,
-                             selected: SelectedMailbox | None = None) -> tuple[Any, SelectedMailbox | None]:
+    async def list_mailboxes(
+        self, ref_name: str, filter_: str, subscribed: bool = False, selected: SelectedMailbox | None = None
+    ) -> tuple[Any, SelectedMailbox | None]:
         if not filter_:
             return [("", DELIMITER, [b"Noselect"])], await self._refresh(selected)
         tree = ListTree(DELIMITER).update(*NAMES)
@@ -308,7 +358,9 @@ class MailSession(SessionInterface):
         ]
         return found, await self._refresh(selected)
 
-    async def get_mailbox(self, name: str, selected: SelectedMailbox | None = None) -> tuple[MailboxSnapshot, SelectedMailbox | None]:
+    async def get_mailbox(
+        self, name: str, selected: SelectedMailbox | None = None
+    ) -> tuple[MailboxSnapshot, SelectedMailbox | None]:
         state = await self._state(folder_of(name))
         return self._snapshot(state, False), await self._refresh(selected)
 
@@ -333,14 +385,18 @@ class MailSession(SessionInterface):
         folder = folder_of(name)
         state = await self._state(folder)
         selected = SelectedMailbox(
-            ObjectId(f"{folder}-{state.uid_validity}".encode()), readonly, PermanentFlags(PERMANENT_FLAGS),
-            SessionFlags(frozenset()), lookup=folder,
+            ObjectId(f"{folder}-{state.uid_validity}".encode()),
+            readonly,
+            PermanentFlags(PERMANENT_FLAGS),
+            SessionFlags(frozenset()),
+            lookup=folder,
         )
         selected.set_messages(self._messages(state))
         return self._snapshot(state, readonly), selected
 
-    async def check_mailbox(self, selected: SelectedMailbox, *, wait_on: Event | None = None,
-                            housekeeping: bool = False) -> SelectedMailbox:
+    async def check_mailbox(
+        self, selected: SelectedMailbox, *, wait_on: Event | None = None, housekeeping: bool = False
+    ) -> SelectedMailbox:
         if wait_on is None:
             refreshed = await self._refresh(selected)
             assert refreshed is not None
@@ -374,7 +430,9 @@ class MailSession(SessionInterface):
             if result.facts is not None:
                 # A first opening: keep its shape, with the structure of a multipart entity.
                 if content.body.content_type.maintype == "multipart":
-                    structure = bytes(BaseLoadedMessage(message, requirement, content).get_body_structure().extended).decode("latin-1")
+                    structure = bytes(
+                        BaseLoadedMessage(message, requirement, content).get_body_structure().extended
+                    ).decode("latin-1")
                 await self._call(sync.remember, self.rt, result.facts, structure)
                 self._details.pop(item.item_id, None)
             shape = None
@@ -392,7 +450,9 @@ class MailSession(SessionInterface):
             content = MessageContent.parse(result.data)
             structure = None
             if content.body.content_type.maintype == "multipart":
-                structure = bytes(BaseLoadedMessage(message, requirement, content).get_body_structure().extended).decode("latin-1")
+                structure = bytes(
+                    BaseLoadedMessage(message, requirement, content).get_body_structure().extended
+                ).decode("latin-1")
             if result.facts is not None:
                 await self._call(sync.remember, self.rt, result.facts, structure)
             self._details.pop(item.item_id, None)
@@ -400,8 +460,7 @@ class MailSession(SessionInterface):
             shape = served.shape(details.meta, self._mode, details.cms_size, details.facts)
             assert shape is not None
         meta = details.meta
-        searchable = " ".join([meta.subject, meta.sender, *meta.recipients,
-                               *(d.filename for d in meta.documents)])
+        searchable = " ".join([meta.subject, meta.sender, *meta.recipients, *(d.filename for d in meta.documents)])
         return HeaderOnly(message, requirement, shape, searchable)
 
     async def _detail(self, item: ItemState) -> sync.Details:
@@ -421,9 +480,10 @@ class MailSession(SessionInterface):
                 raise replies.Cannot(replies.EXPUNGED)
         return found
 
-    async def fetch_messages(self, selected: SelectedMailbox, sequence_set: SequenceSet,
-                             set_seen: bool) -> tuple[Iterable[tuple[int, MessageInterface]], SelectedMailbox]:
-        chosen = list(selected.messages.get_all(sequence_set))
+    async def fetch_messages(
+        self, selected: SelectedMailbox, sequence_set: SequenceSet, set_seen: bool
+    ) -> tuple[Iterable[tuple[int, MessageInterface]], SelectedMailbox]:
+        chosen = _ours(selected.messages.get_all(sequence_set))
         self._prefetched.clear()
         if needs_body(self.fetch_attributes) and chosen:
             # Each body a client fetches is an opening, audited before it is sent; a FETCH
@@ -432,8 +492,14 @@ class MailSession(SessionInterface):
             ahead = [m.item for _s, m in chosen[:PREFETCH]]
             opened, *rendered = await asyncio.gather(
                 self._call(
-                    sync.record_openings, self.rt, self.owner, selected.lookup, [m.item.item_id for _s, m in chosen],
-                    mode=self._mode, seen=set_seen, request_id=self.request_id,
+                    sync.record_openings,
+                    self.rt,
+                    self.owner,
+                    selected.lookup,
+                    [m.item.item_id for _s, m in chosen],
+                    mode=self._mode,
+                    seen=set_seen,
+                    request_id=self.request_id,
                 ),
                 *(self._call(sync.render, self.rt, self.account, item.item_id, self._mode) for item in ahead),
                 return_exceptions=True,
@@ -441,21 +507,24 @@ class MailSession(SessionInterface):
             if isinstance(opened, BaseException):
                 raise opened
             self._prefetched = {
-                item.item_id: result for item, result in zip(ahead, rendered) if not isinstance(result, BaseException)
+                item.item_id: result
+                for item, result in zip(ahead, rendered, strict=True)
+                if not isinstance(result, BaseException)
             }
         if set_seen:
             await self._refresh(selected, force=True)
-            chosen = [(seq, selected.messages.get(msg.uid) or msg) for seq, msg in chosen]
+            chosen = [(seq, cast(MailMessage, selected.messages.get(msg.uid) or msg)) for seq, msg in chosen]
         return chosen, selected
 
-    async def search_mailbox(self, selected: SelectedMailbox,
-                             keys: frozenset[SearchKey]) -> tuple[Iterable[tuple[int, MessageInterface]], SelectedMailbox]:
+    async def search_mailbox(
+        self, selected: SelectedMailbox, keys: frozenset[SearchKey]
+    ) -> tuple[Iterable[tuple[int, MessageInterface]], SelectedMailbox]:
         await self._refresh(selected)
         self.fetch_attributes = ()
         requirement = FetchRequirement.reduce(key.requirement for key in keys)
         search = SearchCriteriaSet(keys, SearchParams(selected))
         found: list[tuple[int, MessageInterface]] = []
-        for seq, message in selected.messages.get_all(search.sequence_set):
+        for seq, message in _ours(selected.messages.get_all(search.sequence_set)):
             loaded = await message.load_content(requirement)
             if search.matches(seq, message, loaded):
                 found.append((seq, message))
@@ -473,20 +542,36 @@ class MailSession(SessionInterface):
         assert refreshed is not None
         return refreshed
 
-    async def copy_messages(self, selected: SelectedMailbox, sequence_set: SequenceSet,
-                            mailbox: str) -> tuple[CopyUid | None, SelectedMailbox]:
+    async def copy_messages(
+        self, selected: SelectedMailbox, sequence_set: SequenceSet, mailbox: str
+    ) -> tuple[CopyUid | None, SelectedMailbox]:
         to = folder_of(mailbox)
-        pairs = await self._call(sync.copy, self.rt.engine, self.owner, selected.lookup,
-                                 self._uids(selected, sequence_set), to, request_id=self.request_id)
+        pairs = await self._call(
+            sync.copy,
+            self.rt.engine,
+            self.owner,
+            selected.lookup,
+            self._uids(selected, sequence_set),
+            to,
+            request_id=self.request_id,
+        )
         return await self._copy_uid(to, pairs), selected
 
-    async def move_messages(self, selected: SelectedMailbox, sequence_set: SequenceSet,
-                            mailbox: str) -> tuple[CopyUid | None, SelectedMailbox]:
+    async def move_messages(
+        self, selected: SelectedMailbox, sequence_set: SequenceSet, mailbox: str
+    ) -> tuple[CopyUid | None, SelectedMailbox]:
         if selected.readonly:
             raise MailboxReadOnly()
         to = folder_of(mailbox)
-        pairs = await self._call(sync.move, self.rt.engine, self.owner, selected.lookup,
-                                 self._uids(selected, sequence_set), to, request_id=self.request_id)
+        pairs = await self._call(
+            sync.move,
+            self.rt.engine,
+            self.owner,
+            selected.lookup,
+            self._uids(selected, sequence_set),
+            to,
+            request_id=self.request_id,
+        )
         copy_uid = await self._copy_uid(to, pairs)
         await self._refresh(selected, force=True)
         return copy_uid, selected
@@ -497,8 +582,13 @@ class MailSession(SessionInterface):
         state = await self._state(to)
         return CopyUid(state.uid_validity, pairs)
 
-    async def update_flags(self, selected: SelectedMailbox, sequence_set: SequenceSet, flag_set: frozenset[Flag],
-                           mode: FlagOp = FlagOp.REPLACE) -> tuple[Iterable[tuple[int, MessageInterface]], SelectedMailbox]:
+    async def update_flags(
+        self,
+        selected: SelectedMailbox,
+        sequence_set: SequenceSet,
+        flag_set: frozenset[Flag],
+        mode: FlagOp = FlagOp.REPLACE,
+    ) -> tuple[Iterable[tuple[int, MessageInterface]], SelectedMailbox]:
         if selected.readonly:
             raise MailboxReadOnly()
         if mode == FlagOp.REPLACE:
@@ -507,14 +597,18 @@ class MailSession(SessionInterface):
             flags = {name: mode == FlagOp.ADD for flag, name in _FLAG_NAMES.items() if flag in flag_set}
         uids = self._uids(selected, sequence_set)
         if flags and uids:
-            await self._call(sync.set_flags, self.rt, self.owner, selected.lookup, uids, flags,
-                             request_id=self.request_id)
+            await self._call(
+                sync.set_flags, self.rt, self.owner, selected.lookup, uids, flags, request_id=self.request_id
+            )
         await self._refresh(selected, force=True)
         wanted = set(uids)
-        return [(seq, msg) for seq, msg in selected.messages.get_all(sequence_set) if msg.uid in wanted], selected
+        return [
+            (seq, msg) for seq, msg in _ours(selected.messages.get_all(sequence_set)) if msg.uid in wanted
+        ], selected
 
-    async def append_messages(self, name: str, messages: Sequence[AppendMessage],
-                              selected: SelectedMailbox | None = None) -> tuple[AppendUid, SelectedMailbox | None]:
+    async def append_messages(
+        self, name: str, messages: Sequence[AppendMessage], selected: SelectedMailbox | None = None
+    ) -> tuple[AppendUid, SelectedMailbox | None]:
         folder = folder_of(name)
         if folder != sync.SENT:
             raise replies.Cannot(replies.APPEND_ONLY_SENT)

@@ -31,8 +31,8 @@ from contextlib import AsyncExitStack
 from typing import Any, Final
 
 from proxyprotocol.sock import SocketInfo
-from pymap.config import BackendCapability, IMAPConfig
 from pymap.concurrent import Subsystem
+from pymap.config import BackendCapability, IMAPConfig
 from pymap.context import connection_exit
 from pymap.imap import IMAPConnection
 from pymap.imap.state import ConnectionState
@@ -124,7 +124,7 @@ class MailState(ConnectionState):
     """One connection's state: pymap's, with our login and standing checks."""
 
     def __init__(self, rt: Runtime, config: MailConfig, client: str, request_id: str, kick: Any) -> None:
-        super().__init__(None, config)  # type: ignore[arg-type]  (logins go through _login below)
+        super().__init__(None, config)  # type: ignore[arg-type]  # logins go through _login below
         self.rt = rt
         self.client = client
         self.request_id = request_id
@@ -157,7 +157,7 @@ class MailState(ConnectionState):
             return ResponseNo(cmd.tag, b"[CANNOT] Only AUTHENTICATE PLAIN is offered")
         return await super().do_authenticate(cmd, creds)
 
-    async def _login(self, creds: Any) -> MailSession:  # type: ignore[override]
+    async def _login(self, creds: Any) -> MailSession:
         secret = _Secret()
         creds.verify(secret)
         address, password = creds.authcid, secret.value
@@ -167,8 +167,14 @@ class MailState(ConnectionState):
             raise replies.LoginRefused(replies.CREDENTIALS_TOO_LONG)
         try:
             account = await asyncio.to_thread(
-                accounts.authenticate, self.rt.engine, self.rt.settings, address, password,
-                channel="imap", client=self.client, request_id=self.request_id,
+                accounts.authenticate,
+                self.rt.engine,
+                self.rt.settings,
+                address,
+                password,
+                channel="imap",
+                client=self.client,
+                request_id=self.request_id,
             )
         except TooManyAttempts:
             raise replies.LoginRefused(replies.TOO_MANY_ATTEMPTS) from None
@@ -227,8 +233,14 @@ class MailConnection(IMAPConnection):
 
     __slots__ = ["rt", "_closing"]
 
-    def __init__(self, rt: Runtime, config: MailConfig, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, sock_info: SocketInfo) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        config: MailConfig,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        sock_info: SocketInfo,
+    ) -> None:
         super().__init__(config.commands, config, reader, writer, sock_info)
         self.rt = rt
         self._closing = False
@@ -394,7 +406,7 @@ def connection_handler(rt: Runtime, config: MailConfig, registry: Registry) -> A
 class Listeners:
     """The bound IMAP sockets of one process."""
 
-    def __init__(self, servers: list[asyncio.AbstractServer], registry: Registry) -> None:
+    def __init__(self, servers: list[asyncio.Server], registry: Registry) -> None:
         self.servers = servers
         self.registry = registry
 
@@ -421,15 +433,23 @@ async def start_listeners(rt: Runtime, *, host: str, port: int, tls_port: int | 
     servers = [
         await asyncio.start_server(
             connection_handler(rt, MailConfig(rt, implicit_tls=False, ssl_context=context), registry),
-            host=host, port=port, limit=LINE_LIMIT, reuse_address=True,
+            host=host,
+            port=port,
+            limit=LINE_LIMIT,
+            reuse_address=True,
         )
     ]
     if tls_port is not None:
         servers.append(
             await asyncio.start_server(
                 connection_handler(rt, MailConfig(rt, implicit_tls=True, ssl_context=context), registry),
-                host=host, port=tls_port, limit=LINE_LIMIT, ssl=context, ssl_handshake_timeout=30,
-                ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT, reuse_address=True,
+                host=host,
+                port=tls_port,
+                limit=LINE_LIMIT,
+                ssl=context,
+                ssl_handshake_timeout=30,
+                ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT,
+                reuse_address=True,
             )
         )
     listeners = Listeners(servers, registry)
@@ -474,7 +494,7 @@ class ImapServer:
         """Connections open now (tests watch clients being cut)."""
         return len(self.registry.connections) if self.registry is not None else 0
 
-    def start(self) -> "ImapServer":
+    def start(self) -> ImapServer:
         self._thread = threading.Thread(target=self._run, name="mss-imap", daemon=True)
         self._thread.start()
         self._started.wait()
@@ -507,7 +527,7 @@ class ImapServer:
             self._thread.join()
         self._thread = None
 
-    def __enter__(self) -> "ImapServer":
+    def __enter__(self) -> ImapServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -4,12 +4,14 @@ Reading: ``items`` finds a message of a mailbox (only through the reader's own r
 ``listing`` lists a folder with filters and pages; ``opening`` opens a message for its
 reader (decrypt with their key, verify the signature, split the MIME), its attachments and
 the documents inside IHE_XDM packages; ``marks`` moves and marks; ``journey`` is the Sent
-view's journey per recipient. Writing (``compose``): a draft becomes an RFC 5322 message submitted through
-``mss.pipeline``; ``drafts`` keeps what is not sent yet, encrypted to its writer. Opening a message asks ``mss.receipts.issuer`` for its ``displayed`` notification; ``index`` keeps the
-search tokens that make filters fast without storing metadata in clear, ``content`` holds
+view's journey per recipient. Writing (``compose``): a draft becomes an RFC 5322 message
+submitted through ``mss.pipeline``; ``drafts`` keeps what is not sent yet, encrypted to its
+writer. Opening a message asks ``mss.receipts.issuer`` for its ``displayed`` notification;
+``index`` keeps the search tokens that make filters fast without storing metadata in clear, ``content`` holds
 the decryption, verification and MIME splitting.
 """
 
+from mss.errors import FilterError
 from mss.mailbox.compose import (
     Draft,
     DraftInvalid,
@@ -47,7 +49,6 @@ from mss.mailbox.opening import (
     xdm_document,
     xdm_entries,
 )
-from mss.errors import FilterError
 from mss.store import MessageNotFound
 
 __all__ = [

@@ -21,6 +21,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 
 from sqlalchemy import select
+from sqlmodel import col
 
 from directory.models import DirectoryEntry
 from mss import pipeline
@@ -38,9 +39,9 @@ from mss.errors import (
     MssError,
     PolicyError,
 )
+from mss.mailbox.content import Signature
 from mss.mailbox.items import limits_of
 from mss.mailbox.opening import open_attachment, thread_of
-from mss.mailbox.content import Signature
 from mss.pipeline import Accepted, RecipientRequest, Submission
 from mss.runtime import Runtime
 
@@ -144,7 +145,7 @@ def _clean_filename(name: str) -> str:
 
 def _author(rt: Runtime, address: str) -> Author:
     with session_scope(rt.engine) as session:
-        entry = session.execute(select(DirectoryEntry).where(DirectoryEntry.address == address)).scalars().first()
+        entry = session.execute(select(DirectoryEntry).where(col(DirectoryEntry.address) == address)).scalars().first()
     if entry is None:
         return Author(name=None, id=None, rpps=None, organisation=None)
     name = (
@@ -167,7 +168,7 @@ def _author(rt: Runtime, address: str) -> Author:
 
 def _display_name(rt: Runtime, address: str) -> str:
     with session_scope(rt.engine) as session:
-        entry = session.execute(select(DirectoryEntry).where(DirectoryEntry.address == address)).scalars().first()
+        entry = session.execute(select(DirectoryEntry).where(col(DirectoryEntry.address) == address)).scalars().first()
     return entry.display_name if entry is not None and entry.display_name != address else ""
 
 
@@ -242,7 +243,12 @@ def build_message(
     for attachment_index in draft.keep if queue_id else ():
         try:
             opened = open_attachment(
-                rt, sender, queue_id, attachment_index, action="attachment.forward", request_id=request_id
+                rt,
+                sender,
+                queue_id,  # type: ignore[arg-type]  # the loop runs only when queue_id is set
+                attachment_index,
+                action="attachment.forward",
+                request_id=request_id,
             )
         except MssError as exc:
             _problem(errors, "attachments", "", exc)
@@ -253,9 +259,7 @@ def build_message(
         except DocumentError as exc:
             _problem(errors, "attachments", "", exc)
             continue
-        kept.append(
-            KeptAttachment(filename=original.filename, signature=opened.signature, sender=opened.meta.sender)
-        )
+        kept.append(KeptAttachment(filename=original.filename, signature=opened.signature, sender=opened.meta.sender))
     if not body.strip() and not uploads:
         _problem(errors, "body", "Write a text or attach a document.")
     if draft.package_xdm and not any(cda is not None for _u, cda in uploads):

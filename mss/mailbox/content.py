@@ -27,13 +27,14 @@ from html.parser import HTMLParser
 
 from cryptography import x509
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from directory.models import Certificate
 from mss.accounts import UnlockedAccount
 from mss.crypto import keys, smime, verify
 from mss.documents import sniff
 from mss.errors import CryptoError, DecryptionError, DocumentError, SignatureError
+from mss.mime import decoded_payload
 
 # Statuses beyond mss.crypto.verify's: no signature at all, or one we cannot check; and a
 # signature that held when the message was submitted by a certificate revoked since.
@@ -136,7 +137,9 @@ def _decrypt(session: Session, cms: bytes, reader: UnlockedAccount) -> bytes:
         first_error = exc
     keyring = [private_key, *(reader_key(der) for der in reader.past_keys_der)]
     rows = session.execute(
-        select(Certificate.der).where(Certificate.address == reader.address, Certificate.usage == "smime")
+        select(col(Certificate.der)).where(
+            col(Certificate.address) == reader.address, col(Certificate.usage) == "smime"
+        )
     ).scalars()
     recipients = smime.envelope_recipients(cms)
     for der in rows:
@@ -204,7 +207,7 @@ def _checked(
 
 def parse_entity(data: bytes) -> EmailMessage:
     """A MIME entity parsed with the modern email policy."""
-    return BytesParser(policy=email.policy.default).parsebytes(data)  # type: ignore[return-value]
+    return BytesParser(policy=email.policy.default).parsebytes(data)
 
 
 @dataclass(frozen=True)
@@ -231,7 +234,9 @@ def _walk(
         try:
             layer = smime.peel(data)
         except CryptoError as exc:
-            signatures.append(Signature(status=verify.INVALID, reason=f"the S/MIME structure is malformed: {exc.message}"))
+            signatures.append(
+                Signature(status=verify.INVALID, reason=f"the S/MIME structure is malformed: {exc.message}")
+            )
             return signatures, b"", first or smime.PLAIN
         first = first or layer.kind
         if layer.kind == smime.PLAIN:
@@ -367,7 +372,7 @@ def decode_text(raw: bytes, declared: str | None) -> tuple[str, str]:
 
 def _text_of(part: EmailMessage) -> tuple[str, str]:
     """A text part's content and the charset guessed for it ("" when it said its own)."""
-    raw = part.get_payload(decode=True) or b""
+    raw = decoded_payload(part)
     text, guess = decode_text(raw, part.get_param("charset"))  # type: ignore[arg-type]
     return text.replace("\r\n", "\n"), guess
 
@@ -456,7 +461,7 @@ def split(entity_bytes: bytes, *, receipt: bool = False) -> Split:
             continue
         if receipt:
             continue
-        data = part.get_payload(decode=True) or b""
+        data = decoded_payload(part)
         name = filename or f"attachment-{len(attachments) + 1}"
         attachments.append(
             Attachment(

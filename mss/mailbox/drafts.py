@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, select
+from sqlmodel import col
 
 from mss import audit
 from mss.accounts import UnlockedAccount
 from mss.crypto import smime
-from mss.db import session_scope, utcnow
+from mss.db import rowcount, session_scope, utcnow
 from mss.errors import CryptoError, DraftNotFound, DraftTooLarge
 from mss.mailbox.compose import Draft, Upload
 from mss.mailbox.content import open_envelope
@@ -87,7 +88,11 @@ def _content(draft: Draft) -> bytes:
             "source": draft.source,
             "keep": list(draft.keep),
             "attachments": [
-                {"filename": u.filename, "content_type": u.content_type, "data": base64.b64encode(u.data).decode("ascii")}
+                {
+                    "filename": u.filename,
+                    "content_type": u.content_type,
+                    "data": base64.b64encode(u.data).decode("ascii"),
+                }
                 for u in draft.attachments
             ],
         },
@@ -123,7 +128,10 @@ def save_draft(
     its id. Audited as ``draft.save`` (never its content). Raises DraftTooLarge (larger than
     a message may be, or MAX_DRAFTS kept already), DraftNotFound for a ``draft_id`` that is
     not the writer's."""
-    if sum(len(u.data) for u in draft.attachments) + len(draft.body.encode("utf-8")) > rt.settings.relay.max_message_size:
+    if (
+        sum(len(u.data) for u in draft.attachments) + len(draft.body.encode("utf-8"))
+        > rt.settings.relay.max_message_size
+    ):
         raise DraftTooLarge("the draft is larger than a message may be")
     # Encrypted before the transaction: RSA and AES over the files need no lock.
     summary = smime.encrypt(_summary(draft), [owner.certificate])
@@ -135,8 +143,12 @@ def save_draft(
             wanted = _id_of(draft_id)
             row = (
                 session.execute(
-                    select(StoredDraftRow).where(StoredDraftRow.draft_id == wanted, StoredDraftRow.owner == owner.address)
-                ).scalars().first()
+                    select(StoredDraftRow).where(
+                        col(StoredDraftRow.draft_id) == wanted, col(StoredDraftRow.owner) == owner.address
+                    )
+                )
+                .scalars()
+                .first()
                 if wanted
                 else None
             )
@@ -144,15 +156,20 @@ def save_draft(
                 raise DraftNotFound(f"no draft {draft_id.strip()[:40]} in these drafts")
         else:
             kept = session.execute(
-                select(func.count()).select_from(StoredDraftRow).where(StoredDraftRow.owner == owner.address)
+                select(func.count()).select_from(StoredDraftRow).where(col(StoredDraftRow.owner) == owner.address)
             ).scalar_one()
             if kept >= MAX_DRAFTS:
                 raise DraftTooLarge(f"{MAX_DRAFTS} drafts are kept already: send or discard some first")
-            row = StoredDraftRow(draft_id=secrets.token_hex(12).upper(), owner=owner.address, created_at=now)
+            # The line after fills the content, for a new draft and a kept one alike.
+            row = StoredDraftRow(draft_id=secrets.token_hex(12).upper(), owner=owner.address, created_at=now)  # type: ignore[call-arg]
         row.summary_cms, row.content_cms, row.size, row.updated_at = summary, content, len(content), now
         session.add(row)
         audit.record(
-            session, actor=owner.address, action="draft.save", object=row.draft_id, request_id=request_id,
+            session,
+            actor=owner.address,
+            action="draft.save",
+            object=row.draft_id,
+            request_id=request_id,
             files=len(draft.attachments),
         )
         return row.draft_id
@@ -162,9 +179,9 @@ def list_drafts(rt: Runtime, owner: UnlockedAccount) -> tuple[DraftSummary, ...]
     """The writer's drafts, the latest first."""
     with session_scope(rt.engine, readonly=True) as session:
         rows = session.execute(
-            select(StoredDraftRow.draft_id, StoredDraftRow.summary_cms, StoredDraftRow.updated_at)
-            .where(StoredDraftRow.owner == owner.address)
-            .order_by(StoredDraftRow.updated_at.desc(), StoredDraftRow.id.desc())
+            select(col(StoredDraftRow.draft_id), col(StoredDraftRow.summary_cms), col(StoredDraftRow.updated_at))
+            .where(col(StoredDraftRow.owner) == owner.address)
+            .order_by(col(StoredDraftRow.updated_at).desc(), col(StoredDraftRow.id).desc())
         ).all()
         found = []
         for draft_id, sealed, updated_at in rows:
@@ -191,7 +208,7 @@ def draft_count(rt: Runtime, owner: str) -> int:
     with session_scope(rt.engine, readonly=True) as session:
         return int(
             session.execute(
-                select(func.count()).select_from(StoredDraftRow).where(StoredDraftRow.owner == owner)
+                select(func.count()).select_from(StoredDraftRow).where(col(StoredDraftRow.owner) == owner)
             ).scalar_one()
         )
 
@@ -203,8 +220,12 @@ def open_draft(rt: Runtime, owner: UnlockedAccount, draft_id: str) -> KeptDraft:
     with session_scope(rt.engine, readonly=True) as session:
         row = (
             session.execute(
-                select(StoredDraftRow).where(StoredDraftRow.draft_id == wanted, StoredDraftRow.owner == owner.address)
-            ).scalars().first()
+                select(StoredDraftRow).where(
+                    col(StoredDraftRow.draft_id) == wanted, col(StoredDraftRow.owner) == owner.address
+                )
+            )
+            .scalars()
+            .first()
             if wanted
             else None
         )
@@ -220,12 +241,18 @@ def discard_draft(rt: Runtime, owner: str, draft_id: str, *, reason: str = "disc
     wanted = _id_of(draft_id)
     with session_scope(rt.engine) as session:
         gone = (
-            session.execute(
-                delete(StoredDraftRow).where(StoredDraftRow.draft_id == wanted, StoredDraftRow.owner == owner)
-            ).rowcount
+            rowcount(
+                session.execute(
+                    delete(StoredDraftRow).where(
+                        col(StoredDraftRow.draft_id) == wanted, col(StoredDraftRow.owner) == owner
+                    )
+                )
+            )
             if wanted
             else 0
         )
         if not gone:
             raise DraftNotFound(f"no draft {draft_id.strip()[:40]} in these drafts")
-        audit.record(session, actor=owner, action="draft.discard", object=wanted, request_id=request_id, reason=reason)
+        audit.record(
+            session, actor=owner, action="draft.discard", object=wanted or "", request_id=request_id, reason=reason
+        )

@@ -36,11 +36,11 @@ from collections.abc import Iterable
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 from unidecode import unidecode
 
 from mss.crypto.master import MasterKey
-from mss.db import session_scope
+from mss.db import session_scope, table_of
 from mss.models import MailboxIndexed, MailboxItem, MailboxToken, Message, SealedSecret
 from mss.store import MessageMeta
 
@@ -155,7 +155,7 @@ def _index_key(session: Session, master_key: MasterKey) -> bytes:
     return key
 
 
-def index_key(engine, master_key: MasterKey) -> bytes:  # type: ignore[no-untyped-def]
+def index_key(engine, master_key: MasterKey) -> bytes:
     """The index key, created on first use (two processes racing both end with the winner's)."""
     try:
         with session_scope(engine) as session:
@@ -186,10 +186,10 @@ class Tokens:
 def _write(session: Session, tokens: Tokens, item_id: int, terms: Iterable[str]) -> None:
     rows = [{"item_id": item_id, "owner": tokens.owner, "token": token} for token in sorted(tokens.many(terms))]
     if rows:
-        session.execute(insert(MailboxToken.__table__), rows)
+        session.execute(insert(table_of(MailboxToken)), rows)
 
 
-def ensure_indexed(engine, master_key: MasterKey, owner: str) -> int:  # type: ignore[no-untyped-def]
+def ensure_indexed(engine, master_key: MasterKey, owner: str) -> int:
     """Write the metadata tokens of ``owner``'s rows that have none; return how many rows.
 
     Safe to run concurrently: a row indexed meanwhile by another process is left as it is.
@@ -198,10 +198,10 @@ def ensure_indexed(engine, master_key: MasterKey, owner: str) -> int:  # type: i
     tokens = Tokens(key, owner)
     with session_scope(engine) as session:
         pending = session.execute(
-            select(MailboxItem.id, Message.meta_sealed, Message.kind)
-            .join(Message, Message.id == MailboxItem.message_id)
-            .outerjoin(MailboxIndexed, MailboxIndexed.item_id == MailboxItem.id)
-            .where(MailboxItem.owner == owner, MailboxIndexed.item_id.is_(None))
+            select(col(MailboxItem.id), col(Message.meta_sealed), col(Message.kind))
+            .join(Message, col(Message.id) == col(MailboxItem.message_id))
+            .outerjoin(MailboxIndexed, col(MailboxIndexed.item_id) == col(MailboxItem.id))
+            .where(col(MailboxItem.owner) == owner, col(MailboxIndexed.item_id).is_(None))
         ).all()
     if not pending:
         return 0
@@ -215,25 +215,25 @@ def ensure_indexed(engine, master_key: MasterKey, owner: str) -> int:  # type: i
             rows.extend({"item_id": item_id, "owner": owner, "token": t} for t in tokens.many(meta_terms(meta, kind)))
         try:
             with session_scope(engine) as session:
-                session.execute(insert(MailboxIndexed.__table__), marks)  # Core executemany, no ORM
+                session.execute(insert(table_of(MailboxIndexed)), marks)  # Core executemany, no ORM
                 if rows:
-                    session.execute(insert(MailboxToken.__table__), rows)
+                    session.execute(insert(table_of(MailboxToken)), rows)
         except IntegrityError:
             # Another request is indexing this mailbox too: its tokens are the same.
             return start
     return len(pending)
 
 
-def pending_content(engine, owner: str, item_ids: Iterable[int] | None = None) -> list[int]:  # type: ignore[no-untyped-def]
+def pending_content(engine, owner: str, item_ids: Iterable[int] | None = None) -> list[int]:
     """Ids of ``owner``'s rows whose content terms are still to be written."""
     with session_scope(engine) as session:
         query = (
-            select(MailboxIndexed.item_id)
-            .join(MailboxItem, MailboxItem.id == MailboxIndexed.item_id)
-            .where(MailboxItem.owner == owner, MailboxIndexed.level < CONTENT)
+            select(col(MailboxIndexed.item_id))
+            .join(MailboxItem, col(MailboxItem.id) == col(MailboxIndexed.item_id))
+            .where(col(MailboxItem.owner) == owner, col(MailboxIndexed.level) < CONTENT)
         )
         if item_ids is not None:
-            query = query.where(MailboxIndexed.item_id.in_(list(item_ids)))
+            query = query.where(col(MailboxIndexed.item_id).in_(list(item_ids)))
         return list(session.execute(query).scalars())
 
 
@@ -248,14 +248,18 @@ def index_content(
     """
     tokens = Tokens(key, owner)
     for item_id in item_ids:
-        level = session.execute(select(MailboxIndexed.level).where(MailboxIndexed.item_id == item_id)).scalar()
+        level = session.execute(
+            select(col(MailboxIndexed.level)).where(col(MailboxIndexed.item_id) == item_id)
+        ).scalar()
         if level is None:
             session.add(MailboxIndexed(item_id=item_id, level=CONTENT))
             session.flush()
             _write(session, tokens, item_id, meta_terms_ | content_terms_)
         elif level < CONTENT:
-            session.execute(update(MailboxIndexed).where(MailboxIndexed.item_id == item_id).values(level=CONTENT))
-            existing = set(session.execute(select(MailboxToken.token).where(MailboxToken.item_id == item_id)).scalars())
+            session.execute(update(MailboxIndexed).where(col(MailboxIndexed.item_id) == item_id).values(level=CONTENT))
+            existing = set(
+                session.execute(select(col(MailboxToken.token)).where(col(MailboxToken.item_id) == item_id)).scalars()
+            )
             _write(session, tokens, item_id, {t for t in content_terms_ if tokens(t) not in existing})
 
 
@@ -267,6 +271,8 @@ def content_terms(cda_codes: Iterable[str], ins_values: Iterable[str], kinds: It
     return terms
 
 
-def matching(tokens: Tokens, term: str):  # type: ignore[no-untyped-def]
+def matching(tokens: Tokens, term: str):
     """A subquery of the owner's row ids indexed under ``term``."""
-    return select(MailboxToken.item_id).where(MailboxToken.owner == tokens.owner, MailboxToken.token == tokens(term))
+    return select(col(MailboxToken.item_id)).where(
+        col(MailboxToken.owner) == tokens.owner, col(MailboxToken.token) == tokens(term)
+    )

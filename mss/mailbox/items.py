@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from directory.models import DirectoryEntry
 from mss import store
@@ -44,7 +44,7 @@ class Correspondent:
     status: str
 
     @classmethod
-    def of(cls, entry: DirectoryEntry) -> "Correspondent":
+    def of(cls, entry: DirectoryEntry) -> Correspondent:
         """The card of a directory entry."""
         return cls(
             address=entry.address,
@@ -65,7 +65,7 @@ def limits_of(rt: Runtime) -> DocumentLimits:
 def entries_of(session: Session, addresses: set[str]) -> dict[str, DirectoryEntry]:
     if not addresses:
         return {}
-    rows = session.execute(select(DirectoryEntry).where(DirectoryEntry.address.in_(sorted(addresses)))).scalars()
+    rows = session.execute(select(DirectoryEntry).where(col(DirectoryEntry.address).in_(sorted(addresses)))).scalars()
     return {row.address: row for row in rows}
 
 
@@ -82,9 +82,9 @@ def items_of(session: Session, owner: str, queue_id: str) -> list[tuple[MailboxI
         return []
     rows = session.execute(
         select(MailboxItem, Message)
-        .join(Message, Message.id == MailboxItem.message_id)
-        .where(MailboxItem.owner == owner, Message.queue_id == normalised)
-        .order_by(MailboxItem.id)
+        .join(Message, col(Message.id) == col(MailboxItem.message_id))
+        .where(col(MailboxItem.owner) == owner, col(Message.queue_id) == normalised)
+        .order_by(col(MailboxItem.id))
     ).all()
     return [(item, message) for item, message in rows]
 

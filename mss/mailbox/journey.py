@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlmodel import col
 
 from mss.db import session_scope
 from mss.mailbox.items import SENT, Correspondent, entries_of, items_of
@@ -62,12 +63,14 @@ def journey(rt: Runtime, owner: str, queue_id: str) -> tuple[RecipientJourney, .
             raise MessageNotFound(f"no sent message {queue_id.strip()[:40]} in this mailbox")
         message = rows[0][1]
         deliveries = (
-            session.execute(select(Delivery).where(Delivery.message_id == message.id).order_by(Delivery.id))
+            session.execute(select(Delivery).where(col(Delivery.message_id) == message.id).order_by(col(Delivery.id)))
             .scalars()
             .all()
         )
         receipts = (
-            session.execute(select(Receipt).where(Receipt.message_id == message.id).order_by(Receipt.at, Receipt.id))
+            session.execute(
+                select(Receipt).where(col(Receipt.message_id) == message.id).order_by(col(Receipt.at), col(Receipt.id))
+            )
             .scalars()
             .all()
         )

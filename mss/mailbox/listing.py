@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, intersect, select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from mss.accounts import UnlockedAccount
 from mss.db import session_scope
@@ -47,7 +47,7 @@ class Filters:
     date_to: date | None = None
     unread_only: bool = False
 
-    def check(self) -> "Filters":
+    def check(self) -> Filters:
         """The filters, normalised. Raises FilterError for a value that means nothing."""
         ins = index.normalise_ins(self.ins)
         if ins and not index.is_ins(ins):
@@ -189,28 +189,28 @@ def list_folder(
         tokens = index.Tokens(index.index_key(rt.engine, rt.master_key), owner)
 
     with session_scope(rt.engine) as session:
-        conditions = [MailboxItem.owner == owner, MailboxItem.folder == folder]
+        conditions = [col(MailboxItem.owner) == owner, col(MailboxItem.folder) == folder]
         if filters.unread_only:
-            conditions.append(MailboxItem.unread.is_(True))
+            conditions.append(col(MailboxItem.unread).is_(True))
         if filters.date_from:
-            conditions.append(MailboxItem.created_at >= _start_of(filters.date_from))
+            conditions.append(col(MailboxItem.created_at) >= _start_of(filters.date_from))
         if filters.date_to:
-            conditions.append(MailboxItem.created_at < _start_of(filters.date_to + timedelta(days=1)))
+            conditions.append(col(MailboxItem.created_at) < _start_of(filters.date_to + timedelta(days=1)))
         if tokens is not None:
             # One set operation over the token index, not one IN probe per term and row.
             matches = [index.matching(tokens, term) for term in terms]
-            conditions.append(MailboxItem.id.in_(matches[0] if len(matches) == 1 else _intersection(matches)))
-        query = select(MailboxItem, Message).join(Message, Message.id == MailboxItem.message_id)
+            conditions.append(col(MailboxItem.id).in_(matches[0] if len(matches) == 1 else _intersection(matches)))
+        query = select(MailboxItem, Message).join(Message, col(Message.id) == col(MailboxItem.message_id))
         count = select(func.count()).select_from(MailboxItem)  # the mailbox rows alone
         if filters.sender:
             senders = _matching_senders(session, owner, folder, filters.sender)
-            count = count.join(Message, Message.id == MailboxItem.message_id)
-            conditions.append(Message.sender.in_(senders))
+            count = count.join(Message, col(Message.id) == col(MailboxItem.message_id))
+            conditions.append(col(Message.sender).in_(senders))
         query = query.where(and_(*conditions))
         count = count.where(and_(*conditions))
         total = int(session.execute(count).scalar_one())
         rows = session.execute(
-            query.order_by(MailboxItem.created_at.desc(), MailboxItem.id.desc())
+            query.order_by(col(MailboxItem.created_at).desc(), col(MailboxItem.id).desc())
             .offset((page - 1) * per_page)
             .limit(per_page)
         ).all()
@@ -250,9 +250,9 @@ def _matching_senders(session: Session, owner: str, folder: str, text: str) -> l
     wanted = index.words(text)
     senders = list(
         session.execute(
-            select(Message.sender)
-            .join(MailboxItem, MailboxItem.message_id == Message.id)
-            .where(MailboxItem.owner == owner, MailboxItem.folder == folder)
+            select(col(Message.sender))
+            .join(MailboxItem, col(MailboxItem.message_id) == col(Message.id))
+            .where(col(MailboxItem.owner) == owner, col(MailboxItem.folder) == folder)
             .distinct()
         ).scalars()
     )
@@ -275,14 +275,18 @@ def _progress(session: Session, message_ids: list[int]) -> dict[int, Progress]:
         for mid in message_ids
     }
     for mid, recipient, status in session.execute(
-        select(Delivery.message_id, Delivery.recipient, Delivery.status).where(Delivery.message_id.in_(message_ids))
+        select(col(Delivery.message_id), col(Delivery.recipient), col(Delivery.status)).where(
+            col(Delivery.message_id).in_(message_ids)
+        )
     ):
         found[mid]["all"].add(recipient)
         status = "delivered" if status == "relayed" else status  # handed to the recipient's operator
         if status in found[mid]:
             found[mid][status].add(recipient)
     for mid, recipient, status in session.execute(
-        select(Receipt.message_id, Receipt.recipient, Receipt.status).where(Receipt.message_id.in_(message_ids))
+        select(col(Receipt.message_id), col(Receipt.recipient), col(Receipt.status)).where(
+            col(Receipt.message_id).in_(message_ids)
+        )
     ):
         if status in found[mid]:
             found[mid][status].add(recipient)
@@ -305,8 +309,8 @@ def _index_content_batch(rt: Runtime, reader: UnlockedAccount) -> int:
         with session_scope(rt.engine) as session:
             row = session.execute(
                 select(MailboxItem, Message)
-                .join(Message, Message.id == MailboxItem.message_id)
-                .where(MailboxItem.id == item_id)
+                .join(Message, col(Message.id) == col(MailboxItem.message_id))
+                .where(col(MailboxItem.id) == item_id)
             ).first()
         if row is None:
             continue

@@ -1,9 +1,9 @@
-"""Marks and folders of a mailbox: archive and back, unread again, the unread count.
-"""
+"""Marks and folders of a mailbox: archive and back, unread again, the unread count."""
 
 from __future__ import annotations
 
 from sqlalchemy import func, select
+from sqlmodel import col
 
 from mss import audit
 from mss.db import session_scope
@@ -57,6 +57,8 @@ def unread_count(rt: Runtime, owner: str) -> int:
             session.execute(
                 select(func.count())
                 .select_from(MailboxItem)
-                .where(MailboxItem.owner == owner, MailboxItem.folder == INBOX, MailboxItem.unread.is_(True))
+                .where(
+                    col(MailboxItem.owner) == owner, col(MailboxItem.folder) == INBOX, col(MailboxItem.unread).is_(True)
+                )
             ).scalar_one()
         )

@@ -11,6 +11,7 @@ files a CDA embeds are read through the checked readers of ``mss.documents``.
 
 from __future__ import annotations
 
+import email.message
 import email.policy
 import re
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from email.parser import BytesHeaderParser
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from mss import audit, peers
 from mss.accounts import UnlockedAccount, read_receipt_choice
@@ -47,7 +48,7 @@ class AttachmentInfo:
     size: int
 
     @classmethod
-    def of(cls, attachment: Attachment) -> "AttachmentInfo":
+    def of(cls, attachment: Attachment) -> AttachmentInfo:
         """The description of an attachment."""
         return cls(attachment.index, attachment.filename, attachment.content_type, attachment.kind, attachment.size)
 
@@ -148,6 +149,7 @@ def _decrypt(rt: Runtime, reader: UnlockedAccount, loaded: _Loaded) -> tuple[Sig
     seen: list[bytes] = []
     more_crls = None
     if loaded.meta.origin:
+
         def more_crls(signed: bytes) -> list[bytes]:
             seen.append(signed)
             return peers.crls_for_signed(rt.engine, rt.settings, signed)
@@ -155,8 +157,14 @@ def _decrypt(rt: Runtime, reader: UnlockedAccount, loaded: _Loaded) -> tuple[Sig
     with session_scope(rt.engine, readonly=True) as session:
         # Certificates only (no write): the reader's other certificates for an older envelope.
         signature, entity = decrypt_and_verify(
-            session, loaded.message.cms, loaded.message.kind, reader, loaded.roots, loaded.crls,
-            submitted_at=loaded.message.submitted_at, more_crls=more_crls,
+            session,
+            loaded.message.cms,
+            loaded.message.kind,
+            reader,
+            loaded.roots,
+            loaded.crls,
+            submitted_at=loaded.message.submitted_at,
+            more_crls=more_crls,
         )
     signer = signature.signer_address
     if seen and signature.trusted and signer and not rt.settings.serves(signer):
@@ -184,14 +192,19 @@ def open_message(
     with session_scope(rt.engine) as session:
         session.execute(
             update(MailboxItem)
-            .where(MailboxItem.id.in_(loaded.item_ids), MailboxItem.unread.is_(True))
+            .where(col(MailboxItem.id).in_(loaded.item_ids), col(MailboxItem.unread).is_(True))
             .values(unread=False)
         )
         if loaded.item.folder != SENT:
             before = issuer.displayed_state(session, message=message, meta=meta, reader=reader.address)
             receipt = issuer.on_display(
-                session, rt, message=message, meta=meta, reader=reader.address,
-                choice=read_receipt_choice(session, reader.address), request_id=request_id,
+                session,
+                rt,
+                message=message,
+                meta=meta,
+                reader=reader.address,
+                choice=read_receipt_choice(session, reader.address),
+                request_id=request_id,
             )
             displayed = before == issuer.PENDING and receipt == issuer.SENT
         audit.record(
@@ -225,6 +238,7 @@ def open_message(
         read_receipt=receipt,
     )
 
+
 _MESSAGE_ID = re.compile(r"<[^<>\s]{1,250}>")
 
 MAX_REFERENCES = 20
@@ -239,7 +253,9 @@ def thread_of(rt: Runtime, reader: UnlockedAccount, queue_id: str) -> tuple[str,
     loaded = _load(rt, reader, queue_id, None)
     with session_scope(rt.engine, readonly=True) as session:
         entity = unverified_entity(session, loaded.message.cms, loaded.message.kind, reader)
-    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(entity) if entity else {}
+    headers: email.message.Message | dict[str, str] = (
+        BytesHeaderParser(policy=email.policy.compat32).parsebytes(entity) if entity else {}
+    )
     earlier = _MESSAGE_ID.findall(str(headers.get("References") or ""))
     if not earlier:
         earlier = _MESSAGE_ID.findall(str(headers.get("In-Reply-To") or ""))[:1]
@@ -271,9 +287,9 @@ def answer_read_receipt(
 
 def _receipt_about(session: Session, notification: Message) -> ReceiptAbout | None:
     row = session.execute(
-        select(Receipt, Message.queue_id)
-        .join(Message, Message.id == Receipt.message_id)
-        .where(Receipt.notification_id == notification.id)
+        select(Receipt, col(Message.queue_id))
+        .join(Message, col(Message.id) == col(Receipt.message_id))
+        .where(col(Receipt.notification_id) == notification.id)
     ).first()
     if row is None:
         return None
@@ -373,9 +389,7 @@ def open_attachment(
     )
 
 
-def xdm_entries(
-    rt: Runtime, attachment: Attachment, owner: str | None = None
-) -> tuple[XdmInfo, tuple[XdmEntry, ...]]:
+def xdm_entries(rt: Runtime, attachment: Attachment, owner: str | None = None) -> tuple[XdmInfo, tuple[XdmEntry, ...]]:
     """The documents listed in an IHE_XDM.ZIP attachment. Raises DocumentError."""
     info = workers.parse_xdm(attachment.data, limits=limits_of(rt), filename=attachment.filename, owner=owner)
     entries = tuple(

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col
 
 from mss import audit
 from mss.crypto.master import MasterKey
@@ -125,7 +125,7 @@ def _b64(der: bytes) -> bytes:
     return base64.encodebytes(der).replace(b"\n", b"\r\n")
 
 
-def _top_header(meta, signature: str | None) -> bytes:  # type: ignore[no-untyped-def]
+def _top_header(meta, signature: str | None) -> bytes:
     client = meta.client or {}
     fields: list[tuple[str, str]] = [("From", meta.sender)]
     to = str(client.get("to") or ", ".join(meta.recipients))
@@ -154,7 +154,7 @@ def _top_header(meta, signature: str | None) -> bytes:  # type: ignore[no-untype
     return b"".join(lines) + b"MIME-Version: 1.0\r\n"
 
 
-def facts_of(meta, cached: dict[str, object] | None) -> dict[str, object] | None:  # type: ignore[no-untyped-def]
+def facts_of(meta, cached: dict[str, object] | None) -> dict[str, object] | None:
     """The entity facts of a message: from its metadata, else from the cache, else None."""
     client = meta.client or {}
     entity = client.get("entity")
@@ -163,7 +163,7 @@ def facts_of(meta, cached: dict[str, object] | None) -> dict[str, object] | None
     return cached
 
 
-def shape(meta, mode: str, cms_size: int, facts: dict[str, object] | None) -> Shape | None:  # type: ignore[no-untyped-def]
+def shape(meta, mode: str, cms_size: int, facts: dict[str, object] | None) -> Shape | None:
     """The served message without its body, or None when the decrypted form is not known
     without a first opening (then ``render`` computes the facts to keep)."""
     if mode == END_TO_END:
@@ -180,12 +180,12 @@ def shape(meta, mode: str, cms_size: int, facts: dict[str, object] | None) -> Sh
     )
 
 
-def render_end_to_end(meta, cms: bytes) -> bytes:  # type: ignore[no-untyped-def]
+def render_end_to_end(meta, cms: bytes) -> bytes:
     """The stored envelope as an S/MIME message (no key needed)."""
     return _top_header(meta, None) + _ENVELOPE_HEADER + b"\r\n" + _b64(cms)
 
 
-def render_decrypted(meta, entity: bytes, signature: str) -> bytes:  # type: ignore[no-untyped-def]
+def render_decrypted(meta, entity: bytes, signature: str) -> bytes:
     """The decrypted form: the top fields, then the signed entity that was in the envelope."""
     head, body = split_entity(entity)
     return _top_header(meta, signature) + entity_fields(head) + b"\r\n" + body
@@ -199,8 +199,8 @@ def cached_facts(session: Session, master_key: MasterKey, message_ids: list[int]
     found: dict[int, dict[str, object]] = {}
     for start in range(0, len(message_ids), 500):
         rows = session.execute(
-            select(EntityShape.message_id, EntityShape.sealed).where(
-                EntityShape.message_id.in_(message_ids[start : start + 500])
+            select(col(EntityShape.message_id), col(EntityShape.sealed)).where(
+                col(EntityShape.message_id).in_(message_ids[start : start + 500])
             )
         ).all()
         for message_id, sealed in rows:

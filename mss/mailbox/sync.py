@@ -28,13 +28,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import case, delete, func, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col
 
 from directory import certificates
 from mss import audit
-from mss.receipts import issuer
 from mss.accounts import UnlockedAccount, read_receipt_choice
 from mss.db import session_scope, utcnow
 from mss.errors import MssError
@@ -48,6 +47,7 @@ from mss.models import (
     MailboxToken,
     Message,
 )
+from mss.receipts import issuer
 from mss.runtime import Runtime
 from mss.store import ARCHIVE, INBOX, SENT, MessageMeta, checked_signature, entity_facts
 
@@ -142,12 +142,12 @@ def fingerprint(session: Session, owner: str, folder: str) -> tuple[int, ...]:
     count, unread, ids = session.execute(
         select(
             func.count(),
-            func.coalesce(func.sum(case((MailboxItem.unread.is_(True), 1), else_=0)), 0),
-            func.coalesce(func.sum(MailboxItem.id), 0),
-        ).where(MailboxItem.owner == owner, MailboxItem.folder == folder)
+            func.coalesce(func.sum(case((col(MailboxItem.unread).is_(True), 1), else_=0)), 0),
+            func.coalesce(func.sum(col(MailboxItem.id)), 0),
+        ).where(col(MailboxItem.owner) == owner, col(MailboxItem.folder) == folder)
     ).one()
     changes = session.execute(
-        select(ClientFolder.changes).where(ClientFolder.owner == owner, ClientFolder.folder == folder)
+        select(col(ClientFolder.changes)).where(col(ClientFolder.owner) == owner, col(ClientFolder.folder) == folder)
     ).scalar()
     return int(count), int(unread), int(ids), int(changes or 0)
 
@@ -158,24 +158,24 @@ def poll(engine: Engine, owner: str, folder: str) -> tuple[int, ...]:
         return fingerprint(session, owner, folder)
 
 
-def _rows(session: Session, owner: str, folder: str, after: int = 0):  # type: ignore[no-untyped-def]
+def _rows(session: Session, owner: str, folder: str, after: int = 0):
     return session.execute(
         select(
-            MailboxItem.id,
-            MailboxItem.message_id,
-            MailboxItem.unread,
-            MailboxItem.created_at,
-            ClientItem.uid,
-            ClientItem.folder,
-            ClientItem.flagged,
-            ClientItem.answered,
-            ClientItem.deleted,
-            Message.kind,
-            Message.size,
+            col(MailboxItem.id),
+            col(MailboxItem.message_id),
+            col(MailboxItem.unread),
+            col(MailboxItem.created_at),
+            col(ClientItem.uid),
+            col(ClientItem.folder),
+            col(ClientItem.flagged),
+            col(ClientItem.answered),
+            col(ClientItem.deleted),
+            col(Message.kind),
+            col(Message.size),
         )
-        .join(Message, Message.id == MailboxItem.message_id)
-        .outerjoin(ClientItem, ClientItem.item_id == MailboxItem.id)
-        .where(MailboxItem.owner == owner, MailboxItem.folder == folder, MailboxItem.id > after)
+        .join(Message, col(Message.id) == col(MailboxItem.message_id))
+        .outerjoin(ClientItem, col(ClientItem.item_id) == col(MailboxItem.id))
+        .where(col(MailboxItem.owner) == owner, col(MailboxItem.folder) == folder, col(MailboxItem.id) > after)
     ).all()
 
 
@@ -184,7 +184,8 @@ def _assign(session: Session, owner: str, folder: str, item_ids: Sequence[int]) 
     row = _folder_row(session, owner, folder, lock=True)
     given: dict[int, int] = {}
     existing = {
-        c.item_id: c for c in session.execute(select(ClientItem).where(ClientItem.item_id.in_(list(item_ids)))).scalars()
+        c.item_id: c
+        for c in session.execute(select(ClientItem).where(col(ClientItem.item_id).in_(list(item_ids)))).scalars()
     }
     for item_id in item_ids:
         uid = row.uid_next
@@ -223,7 +224,9 @@ def folder_state(engine: Engine, owner: str, folder: str, mode: str, *, after: i
                 _folder_row(session, owner, folder, lock=True)
                 # Read again under the lock: another process may have given them meanwhile.
                 rows = _rows(session, owner, folder, after)
-                still = [i for _at, i in sorted((r.created_at, r.id) for r in rows if r.uid is None or r.folder != folder)]
+                still = [
+                    i for _at, i in sorted((r.created_at, r.id) for r in rows if r.uid is None or r.folder != folder)
+                ]
                 if still:
                     _assign(session, owner, folder, still)
         except IntegrityError:
@@ -236,7 +239,7 @@ def folder_state(engine: Engine, owner: str, folder: str, mode: str, *, after: i
         return _state(session, owner, folder, mode, base_row, rows)
 
 
-def _state(session: Session, owner: str, folder: str, mode: str, base: ClientFolder, rows) -> FolderState:  # type: ignore[no-untyped-def]
+def _state(session: Session, owner: str, folder: str, mode: str, base: ClientFolder, rows) -> FolderState:
     items = tuple(
         sorted(
             (
@@ -275,22 +278,27 @@ def mode_of(engine: Engine, owner: str) -> str:
         return served.mode_of(session, owner)
 
 
-def details(engine: Engine, master_key, item_ids: Sequence[int]) -> dict[int, Details]:  # type: ignore[no-untyped-def]
+def details(engine: Engine, master_key, item_ids: Sequence[int]) -> dict[int, Details]:
     """The sealed metadata (opened) and kept entity facts of these rows, by row id."""
     found: dict[int, Details] = {}
     with session_scope(engine, readonly=True) as session:
         for start in range(0, len(item_ids), _BATCH):
             chunk = list(item_ids[start : start + _BATCH])
             rows = session.execute(
-                select(MailboxItem.id, Message.id, Message.meta_sealed, Message.kind, Message.size)
-                .join(Message, Message.id == MailboxItem.message_id)
-                .where(MailboxItem.id.in_(chunk))
+                select(
+                    col(MailboxItem.id), col(Message.id), col(Message.meta_sealed), col(Message.kind), col(Message.size)
+                )
+                .join(Message, col(Message.id) == col(MailboxItem.message_id))
+                .where(col(MailboxItem.id).in_(chunk))
             ).all()
             cached = served.cached_facts(session, master_key, [r[1] for r in rows])
             for item_id, message_id, sealed, kind, size in rows:
                 meta = MessageMeta.open(master_key, sealed)
                 found[item_id] = Details(
-                    item_id=item_id, meta=meta, kind=kind, cms_size=size,
+                    item_id=item_id,
+                    meta=meta,
+                    kind=kind,
+                    cms_size=size,
                     facts=served.facts_of(meta, cached.get(message_id)),
                 )
     return found
@@ -306,12 +314,12 @@ def _owned(session: Session, owner: str, folder: str, uids: Iterable[int]) -> li
         found += list(
             session.execute(
                 select(ClientItem)
-                .join(MailboxItem, MailboxItem.id == ClientItem.item_id)
+                .join(MailboxItem, col(MailboxItem.id) == col(ClientItem.item_id))
                 .where(
-                    ClientItem.owner == owner,
-                    ClientItem.folder == folder,
-                    ClientItem.uid.in_(wanted[start : start + _BATCH]),
-                    MailboxItem.folder == folder,
+                    col(ClientItem.owner) == owner,
+                    col(ClientItem.folder) == folder,
+                    col(ClientItem.uid).in_(wanted[start : start + _BATCH]),
+                    col(MailboxItem.folder) == folder,
                 )
             ).scalars()
         )
@@ -321,8 +329,8 @@ def _owned(session: Session, owner: str, folder: str, uids: Iterable[int]) -> li
 def _bump(session: Session, owner: str, folder: str) -> None:
     session.execute(
         update(ClientFolder)
-        .where(ClientFolder.owner == owner, ClientFolder.folder == folder)
-        .values(changes=ClientFolder.changes + 1)
+        .where(col(ClientFolder.owner) == owner, col(ClientFolder.folder) == folder)
+        .values(changes=col(ClientFolder.changes) + 1)
     )
 
 
@@ -342,7 +350,7 @@ def set_flags(
         item_ids = [r.item_id for r in rows]
         client_values = {name: value for name, value in flags.items() if name in CLIENT_FLAGS}
         if client_values:
-            session.execute(update(ClientItem).where(ClientItem.item_id.in_(item_ids)).values(**client_values))
+            session.execute(update(ClientItem).where(col(ClientItem.item_id).in_(item_ids)).values(**client_values))
             _bump(session, owner, folder)
         if "seen" in flags:
             newly = _mark_seen(session, item_ids, flags["seen"])
@@ -355,22 +363,29 @@ def _mark_seen(session: Session, item_ids: list[int], seen: bool) -> list[int]:
     """Set the read mark; return the rows that changed (their messages' ids for receipts)."""
     changed = list(
         session.execute(
-            select(MailboxItem.message_id).where(MailboxItem.id.in_(item_ids), MailboxItem.unread.is_(seen))
+            select(col(MailboxItem.message_id)).where(
+                col(MailboxItem.id).in_(item_ids), col(MailboxItem.unread).is_(seen)
+            )
         ).scalars()
     )
     if changed:
-        session.execute(update(MailboxItem).where(MailboxItem.id.in_(item_ids)).values(unread=not seen))
+        session.execute(update(MailboxItem).where(col(MailboxItem.id).in_(item_ids)).values(unread=not seen))
     return changed
 
 
 def _displayed(session: Session, rt: Runtime, owner: str, message_ids: list[int], request_id: str) -> None:
-    for message in session.execute(select(Message).where(Message.id.in_(message_ids))).scalars():
+    for message in session.execute(select(Message).where(col(Message.id).in_(message_ids))).scalars():
         meta = MessageMeta.open(rt.master_key, message.meta_sealed)
         # A client marking a message read is an opening: the account's standing choice for
         # read receipts applies (RFC 8098 2.1; "ask" waits for an answer in the web inbox).
         issuer.on_display(
-            session, rt, message=message, meta=meta, reader=owner,
-            choice=read_receipt_choice(session, owner), request_id=request_id,
+            session,
+            rt,
+            message=message,
+            meta=meta,
+            reader=owner,
+            choice=read_receipt_choice(session, owner),
+            request_id=request_id,
         )
 
 
@@ -381,12 +396,14 @@ def _check_destination(session: Session, owner: str, to: str, message_ids: Itera
     check_folder(to)
     if to != SENT:
         return
-    senders = set(session.execute(select(Message.sender).where(Message.id.in_(list(message_ids)))).scalars())
+    senders = set(session.execute(select(col(Message.sender)).where(col(Message.id).in_(list(message_ids)))).scalars())
     if senders - {owner}:
         raise NotAllowed("only messages you sent go to Sent")
 
 
-def copy(engine: Engine, owner: str, folder: str, uids: Iterable[int], to: str, *, request_id: str = "") -> list[tuple[int, int]]:
+def copy(
+    engine: Engine, owner: str, folder: str, uids: Iterable[int], to: str, *, request_id: str = ""
+) -> list[tuple[int, int]]:
     """Copy messages into folder ``to``; return (source UID, new UID) pairs.
 
     Raises UnknownFolder, NotAllowed.
@@ -396,7 +413,10 @@ def copy(engine: Engine, owner: str, folder: str, uids: Iterable[int], to: str, 
         if not rows:
             return []
         items = {
-            i.id: i for i in session.execute(select(MailboxItem).where(MailboxItem.id.in_([r.item_id for r in rows]))).scalars()
+            i.id: i
+            for i in session.execute(
+                select(MailboxItem).where(col(MailboxItem.id).in_([r.item_id for r in rows]))
+            ).scalars()
         }
         _check_destination(session, owner, to, [i.message_id for i in items.values()])
         copies: list[tuple[int, MailboxItem, ClientItem]] = []
@@ -410,14 +430,19 @@ def copy(engine: Engine, owner: str, folder: str, uids: Iterable[int], to: str, 
         for _uid, new, row in copies:
             session.execute(
                 update(ClientItem)
-                .where(ClientItem.item_id == new.id)
+                .where(col(ClientItem.item_id) == new.id)
                 .values(flagged=row.flagged, answered=row.answered)
             )
         audit.record_many(
             session,
             [
-                audit.EventSpec(owner, "message.copy", _queue_id(session, new.message_id), request_id=request_id,
-                                detail={"from": folder, "to": to})
+                audit.EventSpec(
+                    owner,
+                    "message.copy",
+                    _queue_id(session, new.message_id),
+                    request_id=request_id,
+                    detail={"from": folder, "to": to},
+                )
                 for _uid, new, _row in copies
             ],
         )
@@ -425,10 +450,12 @@ def copy(engine: Engine, owner: str, folder: str, uids: Iterable[int], to: str, 
 
 
 def _queue_id(session: Session, message_id: int) -> str:
-    return str(session.execute(select(Message.queue_id).where(Message.id == message_id)).scalar_one())
+    return str(session.execute(select(col(Message.queue_id)).where(col(Message.id) == message_id)).scalar_one())
 
 
-def move(engine: Engine, owner: str, folder: str, uids: Iterable[int], to: str, *, request_id: str = "") -> list[tuple[int, int]]:
+def move(
+    engine: Engine, owner: str, folder: str, uids: Iterable[int], to: str, *, request_id: str = ""
+) -> list[tuple[int, int]]:
     """Move messages into folder ``to`` (the web sees them there at once); return (old
     UID, new UID) pairs. Raises UnknownFolder, NotAllowed."""
     if to == folder:
@@ -439,7 +466,10 @@ def move(engine: Engine, owner: str, folder: str, uids: Iterable[int], to: str, 
             return []
         rows.sort(key=lambda r: r.uid)
         items = {
-            i.id: i for i in session.execute(select(MailboxItem).where(MailboxItem.id.in_([r.item_id for r in rows]))).scalars()
+            i.id: i
+            for i in session.execute(
+                select(MailboxItem).where(col(MailboxItem.id).in_([r.item_id for r in rows]))
+            ).scalars()
         }
         _check_destination(session, owner, to, [i.message_id for i in items.values()])
         old = {r.item_id: r.uid for r in rows}
@@ -449,19 +479,28 @@ def move(engine: Engine, owner: str, folder: str, uids: Iterable[int], to: str, 
         session.flush()
         given = _assign(session, owner, to, [r.item_id for r in rows])
         _bump(session, owner, folder)
-        action = {ARCHIVE: "message.archive"}.get(to, "message.unarchive" if (folder, to) == (ARCHIVE, INBOX) else "message.move")
+        action = {ARCHIVE: "message.archive"}.get(
+            to, "message.unarchive" if (folder, to) == (ARCHIVE, INBOX) else "message.move"
+        )
         audit.record_many(
             session,
             [
-                audit.EventSpec(owner, action, _queue_id(session, items[r.item_id].message_id), request_id=request_id,
-                                detail={"from": folder, "to": to, "channel": "imap"})
+                audit.EventSpec(
+                    owner,
+                    action,
+                    _queue_id(session, items[r.item_id].message_id),
+                    request_id=request_id,
+                    detail={"from": folder, "to": to, "channel": "imap"},
+                )
                 for r in rows
             ],
         )
         return [(old[item_id], uid) for item_id, uid in given.items()]
 
 
-def expunge(engine: Engine, owner: str, folder: str, uids: Iterable[int] | None = None, *, request_id: str = "") -> list[int]:
+def expunge(
+    engine: Engine, owner: str, folder: str, uids: Iterable[int] | None = None, *, request_id: str = ""
+) -> list[int]:
     """Remove the owner's rows marked deleted (among ``uids`` when given); return their UIDs.
 
     The stored message, its receipts and its audit events stay: only this mailbox row
@@ -469,13 +508,13 @@ def expunge(engine: Engine, owner: str, folder: str, uids: Iterable[int] | None 
     """
     with session_scope(engine) as session:
         query = (
-            select(ClientItem.item_id, ClientItem.uid, MailboxItem.message_id)
-            .join(MailboxItem, MailboxItem.id == ClientItem.item_id)
+            select(col(ClientItem.item_id), col(ClientItem.uid), col(MailboxItem.message_id))
+            .join(MailboxItem, col(MailboxItem.id) == col(ClientItem.item_id))
             .where(
-                ClientItem.owner == owner,
-                ClientItem.folder == folder,
-                MailboxItem.folder == folder,
-                ClientItem.deleted.is_(True),
+                col(ClientItem.owner) == owner,
+                col(ClientItem.folder) == folder,
+                col(MailboxItem.folder) == folder,
+                col(ClientItem.deleted).is_(True),
             )
         )
         rows = session.execute(query).all()
@@ -487,16 +526,21 @@ def expunge(engine: Engine, owner: str, folder: str, uids: Iterable[int] | None 
         item_ids = [r.item_id for r in rows]
         for start in range(0, len(item_ids), _BATCH):
             chunk = item_ids[start : start + _BATCH]
-            session.execute(delete(MailboxToken).where(MailboxToken.item_id.in_(chunk)))
-            session.execute(delete(MailboxIndexed).where(MailboxIndexed.item_id.in_(chunk)))
-            session.execute(delete(ClientItem).where(ClientItem.item_id.in_(chunk)))
-            session.execute(delete(MailboxItem).where(MailboxItem.id.in_(chunk)))
+            session.execute(delete(MailboxToken).where(col(MailboxToken.item_id).in_(chunk)))
+            session.execute(delete(MailboxIndexed).where(col(MailboxIndexed.item_id).in_(chunk)))
+            session.execute(delete(ClientItem).where(col(ClientItem.item_id).in_(chunk)))
+            session.execute(delete(MailboxItem).where(col(MailboxItem.id).in_(chunk)))
         _bump(session, owner, folder)
         audit.record_many(
             session,
             [
-                audit.EventSpec(owner, "message.delete", _queue_id(session, r.message_id), request_id=request_id,
-                                detail={"folder": folder, "channel": "imap"})
+                audit.EventSpec(
+                    owner,
+                    "message.delete",
+                    _queue_id(session, r.message_id),
+                    request_id=request_id,
+                    detail={"folder": folder, "channel": "imap"},
+                )
                 for r in rows
             ],
         )
@@ -512,15 +556,15 @@ def find_sent(engine: Engine, owner: str, message_id: str, mode: str) -> tuple[i
     candidates = {ident, ident if ident.startswith("<") else f"<{ident}>"}
     with session_scope(engine, readonly=True) as session:
         item_id = session.execute(
-            select(MailboxItem.id)
-            .join(Message, Message.id == MailboxItem.message_id)
+            select(col(MailboxItem.id))
+            .join(Message, col(Message.id) == col(MailboxItem.message_id))
             .where(
-                MailboxItem.owner == owner,
-                MailboxItem.folder == SENT,
-                Message.sender == owner,
-                Message.message_id.in_(sorted(candidates)),
+                col(MailboxItem.owner) == owner,
+                col(MailboxItem.folder) == SENT,
+                col(Message.sender) == owner,
+                col(Message.message_id).in_(sorted(candidates)),
             )
-            .order_by(MailboxItem.id)
+            .order_by(col(MailboxItem.id))
         ).scalar()
     if item_id is None:
         return None
@@ -546,10 +590,15 @@ def render(rt: Runtime, reader: UnlockedAccount, item_id: int, mode: str) -> Ser
     """The served bytes of one of ``reader``'s rows (blocking: RSA, AES). Raises
     SyncError (not the reader's), DecryptionError."""
     with session_scope(rt.engine, readonly=True) as session:
-        row = session.execute(
-            select(Message).join(MailboxItem, MailboxItem.message_id == Message.id)
-            .where(MailboxItem.id == item_id, MailboxItem.owner == reader.address)
-        ).scalars().first()
+        row = (
+            session.execute(
+                select(Message)
+                .join(MailboxItem, col(MailboxItem.message_id) == col(Message.id))
+                .where(col(MailboxItem.id) == item_id, col(MailboxItem.owner) == reader.address)
+            )
+            .scalars()
+            .first()
+        )
         if row is None:
             raise SyncError("no such message in this mailbox")
         meta = MessageMeta.open(rt.master_key, row.meta_sealed)
@@ -587,15 +636,16 @@ def record_openings(
         return
     with session_scope(rt.engine) as session:
         rows = session.execute(
-            select(MailboxItem.id, Message.queue_id)
-            .join(Message, Message.id == MailboxItem.message_id)
-            .where(MailboxItem.id.in_(list(item_ids)), MailboxItem.owner == owner)
+            select(col(MailboxItem.id), col(Message.queue_id))
+            .join(Message, col(Message.id) == col(MailboxItem.message_id))
+            .where(col(MailboxItem.id).in_(list(item_ids)), col(MailboxItem.owner) == owner)
         ).all()
         audit.record_many(
             session,
             [
-                audit.EventSpec(owner, "message.open", queue_id, request_id=request_id,
-                                detail={"channel": "imap", "mode": mode})
+                audit.EventSpec(
+                    owner, "message.open", queue_id, request_id=request_id, detail={"channel": "imap", "mode": mode}
+                )
                 for _item_id, queue_id in rows
             ],
         )

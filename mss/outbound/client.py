@@ -14,7 +14,6 @@ cache does: a busy route pays the TCP and TLS handshakes once, not per message.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 import time
@@ -175,8 +174,15 @@ class Connections:
         self._idle.clear()
 
 
-async def deliver(settings: Settings, context: ssl.SSLContext, hops: list[Hop], entry: Claimed, *,
-                  local_hostname: str, connections: Connections | None = None) -> Attempt:
+async def deliver(
+    settings: Settings,
+    context: ssl.SSLContext,
+    hops: list[Hop],
+    entry: Claimed,
+    *,
+    local_hostname: str,
+    connections: Connections | None = None,
+) -> Attempt:
     """Try ``hops`` in order until one answers; return the reply for each recipient.
 
     A hop that cannot be reached, refuses TLS or presents an untrusted certificate gives
@@ -189,7 +195,7 @@ async def deliver(settings: Settings, context: ssl.SSLContext, hops: list[Hop], 
         try:
             await _session(settings, context, hop, entry, attempt, local_hostname, connections)
             return attempt
-        except (aiosmtplib.SMTPException, ssl.SSLError, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, aiosmtplib.SMTPException, ssl.SSLError, OSError) as error:
             why = f"{attempt.peer}: {_describe(error)}"
             log.info("delivery %s to %s: %s", entry.queue_id, attempt.peer, _describe(error))
             if attempt.replies and all(r.outcome == RELAYED for r in attempt.replies.values()):
@@ -203,7 +209,11 @@ async def deliver(settings: Settings, context: ssl.SSLContext, hops: list[Hop], 
 
 async def _open(settings: Settings, context: ssl.SSLContext, hop: Hop, local_hostname: str) -> aiosmtplib.SMTP:
     client = aiosmtplib.SMTP(
-        hostname=hop.host, port=hop.port, start_tls=False, use_tls=False, local_hostname=local_hostname,
+        hostname=hop.host,
+        port=hop.port,
+        start_tls=False,
+        use_tls=False,
+        local_hostname=local_hostname,
         timeout=settings.federation.delivery_timeout,
     )
     await client.connect()
@@ -219,8 +229,15 @@ async def _open(settings: Settings, context: ssl.SSLContext, hop: Hop, local_hos
     return client
 
 
-async def _session(settings: Settings, context: ssl.SSLContext, hop: Hop, entry: Claimed, attempt: Attempt,
-                   local_hostname: str, connections: Connections | None) -> None:
+async def _session(
+    settings: Settings,
+    context: ssl.SSLContext,
+    hop: Hop,
+    entry: Claimed,
+    attempt: Attempt,
+    local_hostname: str,
+    connections: Connections | None,
+) -> None:
     kept = connections.take(hop) if connections is not None else None
     if kept is not None:
         client, attempt.peer_dsn = kept
@@ -255,8 +272,9 @@ async def _transaction(client: aiosmtplib.SMTP, entry: Claimed, attempt: Attempt
     accepted = []
     for recipient in entry.recipients:
         try:
-            await client.rcpt(recipient.address,
-                              options=_rcpt_options(recipient.notify, recipient.orcpt, attempt.peer_dsn))
+            await client.rcpt(
+                recipient.address, options=_rcpt_options(recipient.notify, recipient.orcpt, attempt.peer_dsn)
+            )
             accepted.append(recipient.address)
         except aiosmtplib.SMTPResponseException as refused:
             attempt.replies[recipient.address] = _reply(refused.code, refused.message)

@@ -20,15 +20,15 @@ import secrets
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import event, func, or_, select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from mss import audit
 from mss.crypto.master import MasterKey
-from mss.db import session_scope, utcnow
+from mss.db import key_of, session_scope, utcnow
 from mss.errors import QueueError
 from mss.models import Message, Outbound, OutboundRecipient
 from mss.settings import Settings
@@ -164,8 +164,15 @@ def _wake_after_commit(session: Session) -> None:
 # -- adding ------------------------------------------------------------------------------------
 
 
-def enqueue(session: Session, settings: Settings, master_key: MasterKey, entry: Entry, *, request_id: str = "",
-            subject: str = "") -> Outbound:
+def enqueue(
+    session: Session,
+    settings: Settings,
+    master_key: MasterKey,
+    entry: Entry,
+    *,
+    request_id: str = "",
+    subject: str = "",
+) -> Outbound:
     """Add ``entry`` to the queue in the caller's transaction; return its row.
 
     ``subject`` is the audit object (the message's queue id). Workers of this process
@@ -194,11 +201,23 @@ def enqueue(session: Session, settings: Settings, master_key: MasterKey, entry: 
     session.add(row)
     session.flush()
     for recipient in entry.recipients:
-        session.add(OutboundRecipient(outbound_id=row.id, address=recipient.address, notify=recipient.notify,
-                                      orcpt=recipient.orcpt))
-    audit.record(session, actor="system", action="queue.add", object=subject or row.queue_id, request_id=request_id,
-                 queue=row.queue_id, domain=entry.domain, protection=entry.protection, kind=entry.kind,
-                 recipients=len(entry.recipients))
+        session.add(
+            OutboundRecipient(
+                outbound_id=key_of(row), address=recipient.address, notify=recipient.notify, orcpt=recipient.orcpt
+            )
+        )
+    audit.record(
+        session,
+        actor="system",
+        action="queue.add",
+        object=subject or row.queue_id,
+        request_id=request_id,
+        queue=row.queue_id,
+        domain=entry.domain,
+        protection=entry.protection,
+        kind=entry.kind,
+        recipients=len(entry.recipients),
+    )
     session.flush()
     _wake_after_commit(session)
     return row
@@ -215,9 +234,9 @@ def claim(engine: Engine, settings: Settings, master_key: MasterKey, worker: str
     with session_scope(engine) as session:
         query = (
             select(Outbound)
-            .where(Outbound.state == QUEUED, Outbound.next_attempt_at <= now)
-            .where(or_(Outbound.lease_until.is_(None), Outbound.lease_until < now))
-            .order_by(Outbound.next_attempt_at, Outbound.id)
+            .where(col(Outbound.state) == QUEUED, col(Outbound.next_attempt_at) <= now)
+            .where(or_(col(Outbound.lease_until).is_(None), col(Outbound.lease_until) < now))
+            .order_by(col(Outbound.next_attempt_at), col(Outbound.id))
             .limit(limit)
         )
         if session.get_bind().dialect.name == "postgresql":
@@ -225,11 +244,11 @@ def claim(engine: Engine, settings: Settings, master_key: MasterKey, worker: str
         rows = list(session.execute(query).scalars())
         if not rows:
             return []
-        pending: dict[int, list[Recipient]] = {row.id: [] for row in rows}  # type: ignore[misc]
+        pending: dict[int, list[Recipient]] = {row.id: [] for row in rows}
         for item in session.execute(
             select(OutboundRecipient)
-            .where(OutboundRecipient.outbound_id.in_(list(pending)), OutboundRecipient.state == PENDING)
-            .order_by(OutboundRecipient.id)
+            .where(col(OutboundRecipient.outbound_id).in_(list(pending)), col(OutboundRecipient.state) == PENDING)
+            .order_by(col(OutboundRecipient.id))
         ).scalars():
             pending[item.outbound_id].append(Recipient(item.address, item.notify, item.orcpt))
         claimed = []
@@ -239,19 +258,31 @@ def claim(engine: Engine, settings: Settings, master_key: MasterKey, worker: str
             row.attempts += 1
             row.last_attempt_at = row.updated_at = now
             session.add(row)
-            claimed.append(Claimed(
-                id=row.id, queue_id=row.queue_id, kind=row.kind, domain=row.domain, protection=row.protection,  # type: ignore[arg-type]
-                mail_from=row.mail_from, envelope_id=row.envelope_id, ret=row.ret,
-                payload=master_key.open(row.payload_sealed), recipients=tuple(pending[row.id]),  # type: ignore[index]
-                attempts=row.attempts, created_at=row.created_at, message_id=row.message_id, lease_owner=worker,
-            ))
+            claimed.append(
+                Claimed(
+                    id=row.id,
+                    queue_id=row.queue_id,
+                    kind=row.kind,
+                    domain=row.domain,
+                    protection=row.protection,
+                    mail_from=row.mail_from,
+                    envelope_id=row.envelope_id,
+                    ret=row.ret,
+                    payload=master_key.open(row.payload_sealed),
+                    recipients=tuple(pending[row.id]),
+                    attempts=row.attempts,
+                    created_at=row.created_at,
+                    message_id=row.message_id,
+                    lease_owner=worker,
+                )
+            )
     return claimed
 
 
 def held(session: Session, claimed: Claimed) -> Outbound | None:
     """The entry's row, locked, if ``claimed``'s worker still holds its lease; else None
     (another worker took it over after the lease passed: its outcome wins)."""
-    query = select(Outbound).where(Outbound.id == claimed.id)
+    query = select(Outbound).where(col(Outbound.id) == claimed.id)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
     row = session.execute(query).scalars().first()
@@ -261,9 +292,13 @@ def held(session: Session, claimed: Claimed) -> Outbound | None:
 
 
 def recipients_of(session: Session, outbound_id: int) -> list[OutboundRecipient]:
-    return list(session.execute(
-        select(OutboundRecipient).where(OutboundRecipient.outbound_id == outbound_id).order_by(OutboundRecipient.id)
-    ).scalars())
+    return list(
+        session.execute(
+            select(OutboundRecipient)
+            .where(col(OutboundRecipient.outbound_id) == outbound_id)
+            .order_by(col(OutboundRecipient.id))
+        ).scalars()
+    )
 
 
 def release(row: Outbound, *, next_attempt_at: datetime | None, state: str, error: str = "") -> None:
@@ -292,7 +327,7 @@ def backoff(settings: Settings, attempts: int) -> timedelta:
 
 def _find(session: Session, queue_id: str) -> Outbound:
     ident = queue_id.strip().upper()
-    row = session.execute(select(Outbound).where(Outbound.queue_id == ident)).scalars().first()
+    row = session.execute(select(Outbound).where(col(Outbound.queue_id) == ident)).scalars().first()
     if row is None:
         raise QueueError(f"no queue entry {queue_id.strip()[:40]}")
     return row
@@ -301,24 +336,36 @@ def _find(session: Session, queue_id: str) -> Outbound:
 def listing(session: Session, *, everything: bool = False) -> list[Waiting]:
     """Entries still queued (with ``everything``, also those done, failed or bounced),
     oldest first."""
-    query = select(Outbound, Message.queue_id).join(Message, Message.id == Outbound.message_id, isouter=True)
+    query = select(Outbound, col(Message.queue_id)).join(
+        Message, col(Message.id) == col(Outbound.message_id), isouter=True
+    )
     if not everything:
-        query = query.where(Outbound.state == QUEUED)
-    rows = session.execute(query.order_by(Outbound.created_at, Outbound.id)).all()
+        query = query.where(col(Outbound.state) == QUEUED)
+    rows = session.execute(query.order_by(col(Outbound.created_at), col(Outbound.id))).all()
     ids = [row.id for row, _q in rows]
-    by_entry: dict[int, list[tuple[str, str, str]]] = {i: [] for i in ids}  # type: ignore[misc]
+    by_entry: dict[int, list[tuple[str, str, str]]] = {i: [] for i in ids}
     if ids:
         for item in session.execute(
-            select(OutboundRecipient).where(OutboundRecipient.outbound_id.in_(ids)).order_by(OutboundRecipient.id)
+            select(OutboundRecipient)
+            .where(col(OutboundRecipient.outbound_id).in_(ids))
+            .order_by(col(OutboundRecipient.id))
         ).scalars():
             by_entry[item.outbound_id].append((item.address, item.state, item.reply))
     now = utcnow()
     return [
         Waiting(
-            queue_id=row.queue_id, message_queue_id=message_queue_id, kind=row.kind, domain=row.domain,
-            protection=row.protection, mail_from=row.mail_from, state=row.state,
-            recipients=tuple(by_entry[row.id]), attempts=row.attempts, created_at=row.created_at,  # type: ignore[index]
-            next_attempt_at=row.next_attempt_at, last_error=row.last_error,
+            queue_id=row.queue_id,
+            message_queue_id=message_queue_id,
+            kind=row.kind,
+            domain=row.domain,
+            protection=row.protection,
+            mail_from=row.mail_from,
+            state=row.state,
+            recipients=tuple(by_entry[row.id]),
+            attempts=row.attempts,
+            created_at=row.created_at,
+            next_attempt_at=row.next_attempt_at,
+            last_error=row.last_error,
             in_flight=row.lease_until is not None and row.lease_until > now,
         )
         for row, message_queue_id in rows
@@ -356,20 +403,25 @@ def stats(session: Session) -> Stats:
     waiting, oldest, deferred, in_flight = session.execute(
         select(
             func.count(),
-            func.min(Outbound.created_at),
-            func.count().filter(Outbound.attempts > 0),
-            func.count().filter(Outbound.lease_until > now),
-        ).where(Outbound.state == QUEUED)
+            func.min(col(Outbound.created_at)),
+            func.count().filter(col(Outbound.attempts) > 0),
+            func.count().filter(col(Outbound.lease_until) > now),
+        ).where(col(Outbound.state) == QUEUED)
     ).one()
     recipients = session.execute(
-        select(func.count()).select_from(OutboundRecipient).join(Outbound, Outbound.id == OutboundRecipient.outbound_id)
-        .where(Outbound.state == QUEUED, OutboundRecipient.state == PENDING)
+        select(func.count())
+        .select_from(OutboundRecipient)
+        .join(Outbound, col(Outbound.id) == col(OutboundRecipient.outbound_id))
+        .where(col(Outbound.state) == QUEUED, col(OutboundRecipient.state) == PENDING)
     ).scalar_one()
     if oldest is not None and oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=timezone.utc)  # an aggregate may lose the column type
+        oldest = oldest.replace(tzinfo=UTC)  # an aggregate may lose the column type
     return Stats(
-        waiting=int(waiting), recipients=int(recipients), oldest=(now - oldest) if oldest else None,
-        deferred=int(deferred), in_flight=int(in_flight),
+        waiting=int(waiting),
+        recipients=int(recipients),
+        oldest=(now - oldest) if oldest else None,
+        deferred=int(deferred),
+        in_flight=int(in_flight),
     )
 
 
@@ -378,14 +430,21 @@ def due_warnings(session: Session, settings: Settings) -> list[Outbound]:
     not been sent yet, or past their lifetime."""
     now = utcnow()
     warn_before = now - timedelta(seconds=settings.federation.delay_warning)
-    return list(session.execute(
-        select(Outbound)
-        .where(Outbound.state == QUEUED)
-        .where(or_(Outbound.lease_until.is_(None), Outbound.lease_until < now))
-        .where(or_(Outbound.expires_at <= now, (Outbound.delay_warned.is_(False)) & (Outbound.created_at <= warn_before)))
-        .order_by(Outbound.id)
-        .limit(100)
-    ).scalars())
+    return list(
+        session.execute(
+            select(Outbound)
+            .where(col(Outbound.state) == QUEUED)
+            .where(or_(col(Outbound.lease_until).is_(None), col(Outbound.lease_until) < now))
+            .where(
+                or_(
+                    col(Outbound.expires_at) <= now,
+                    (col(Outbound.delay_warned).is_(False)) & (col(Outbound.created_at) <= warn_before),
+                )
+            )
+            .order_by(col(Outbound.id))
+            .limit(100)
+        ).scalars()
+    )
 
 
 def addresses(recipients: Iterable[OutboundRecipient]) -> list[str]:

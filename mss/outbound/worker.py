@@ -25,27 +25,36 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from mss import audit, receipts, trust
 from mss.db import session_scope, utcnow
 from mss.models import Delivery, Message, Outbound, OutboundRecipient
 from mss.outbound import queue
 from mss.outbound.client import DEFERRED, FAILED, RELAYED, Attempt, Connections, Reply, deliver, peer_context
-from mss.receipts import federation as notices
 from mss.outbound.routes import RouteFailure, resolve
+from mss.receipts import federation as notices
+from mss.receipts.wire import Action
 from mss.runtime import Runtime
 
 log = logging.getLogger("mss.outbound")
 
 # How long a stopping worker lets deliveries in flight finish before cancelling them.
 STOP_GRACE = 10.0
+
+
 def _notify(value: str) -> frozenset[str]:
     return frozenset() if value == "NEVER" else frozenset(w for w in value.split(",") if w)
 
 
-def _status(action: str, address: str, reply: Reply | None, orcpt: str | None, status: str | None = None,
-            text: str | None = None) -> receipts.RecipientStatus:
+def _status(
+    action: Action,
+    address: str,
+    reply: Reply | None,
+    orcpt: str | None,
+    status: str | None = None,
+    text: str | None = None,
+) -> receipts.RecipientStatus:
     diagnostic = None
     if reply is not None and reply.code:
         diagnostic = f"smtp; {reply.text}"
@@ -56,8 +65,13 @@ def _status(action: str, address: str, reply: Reply | None, orcpt: str | None, s
         code = "5.0.0"
     if action == "delayed":
         code = "4" + code[1:] if code[0] != "4" else code
-    return receipts.RecipientStatus(address=address, action=action, status=code,  # type: ignore[arg-type]
-                                    diagnostic=diagnostic, original_recipient=orcpt)
+    return receipts.RecipientStatus(
+        address=address,
+        action=action,
+        status=code,
+        diagnostic=diagnostic,
+        original_recipient=orcpt,
+    )
 
 
 class Outcome:
@@ -69,15 +83,24 @@ class Outcome:
         self.deferred: list[tuple[OutboundRecipient, Reply]] = []
 
 
-def _apply(session: Session, rt: Runtime, row: Outbound, outcome: Outcome, *, peer: str, peer_dsn: bool,
-           request_id: str, worker: str = "") -> None:
+def _apply(
+    session: Session,
+    rt: Runtime,
+    row: Outbound,
+    outcome: Outcome,
+    *,
+    peer: str,
+    peer_dsn: bool,
+    request_id: str,
+    worker: str = "",
+) -> None:
     """Write recipients' states, the sender's delivery rows and notices, in ``session``."""
     now = utcnow()
     message = session.get(Message, row.message_id) if row.message_id is not None else None
     local_sender = message is not None and row.kind == queue.MESSAGE
     deliveries: dict[str, Delivery] = {}
     if local_sender:
-        for delivery in session.execute(select(Delivery).where(Delivery.message_id == row.message_id)).scalars():
+        for delivery in session.execute(select(Delivery).where(col(Delivery.message_id) == row.message_id)).scalars():
             deliveries[delivery.recipient] = delivery
     subject = message.queue_id if message is not None else row.queue_id
     relayed_dsn, failed_dsn = [], []
@@ -89,19 +112,39 @@ def _apply(session: Session, rt: Runtime, row: Outbound, outcome: Outcome, *, pe
             delivery.status, delivery.at = "relayed", now
             delivery.reason = f"relayed to {peer}, {queue.protection_text(row.protection)}"[:500]
             session.add(delivery)
-        audit.record(session, actor="system", action="queue.relay", object=subject, request_id=request_id,
-                     queue=row.queue_id, recipient=item.address, peer=peer, reply=reply.text[:200], worker=worker)
+        audit.record(
+            session,
+            actor="system",
+            action="queue.relay",
+            object=subject,
+            request_id=request_id,
+            queue=row.queue_id,
+            recipient=item.address,
+            peer=peer,
+            reply=reply.text[:200],
+            worker=worker,
+        )
         if "SUCCESS" in _notify(item.notify) and not peer_dsn:
             relayed_dsn.append(_status("relayed", item.address, reply, item.orcpt, "2.0.0"))
-    for item, reply, status, reason in outcome.failed:
+    # a failure may have no reply (connection refused, timeout)
+    for item, reply, status, reason in outcome.failed:  # type: ignore[assignment]
         item.state, item.reply, item.updated_at = queue.FAILED, (reply.text if reply else reason)[:500], now
         session.add(item)
         delivery = deliveries.get(item.address)
         if delivery is not None:
             delivery.status, delivery.at, delivery.reason = "failed", now, reason[:500]
             session.add(delivery)
-        audit.record(session, actor="system", action="queue.fail", object=subject, outcome=audit.FAILURE,
-                     request_id=request_id, queue=row.queue_id, recipient=item.address, reason=reason[:200])
+        audit.record(
+            session,
+            actor="system",
+            action="queue.fail",
+            object=subject,
+            outcome=audit.FAILURE,
+            request_id=request_id,
+            queue=row.queue_id,
+            recipient=item.address,
+            reason=reason[:200],
+        )
         if "FAILURE" in _notify(item.notify):
             failed_dsn.append(_status("failed", item.address, reply, item.orcpt, status, reason))
     for item, reply in outcome.deferred:
@@ -113,15 +156,33 @@ def _apply(session: Session, rt: Runtime, row: Outbound, outcome: Outcome, *, pe
             session.add(delivery)
     if local_sender and message is not None:
         if relayed_dsn:
-            notices.to_local_sender(session, rt, message, relayed_dsn, envelope_id=row.envelope_id,
-                                    reason=queue.protection_text(row.protection), request_id=request_id)
+            notices.to_local_sender(
+                session,
+                rt,
+                message,
+                relayed_dsn,
+                envelope_id=row.envelope_id,
+                reason=queue.protection_text(row.protection),
+                request_id=request_id,
+            )
         if failed_dsn:
             reasons = "; ".join(reason for _i, _r, _s, reason in outcome.failed)
-            notices.to_local_sender(session, rt, message, failed_dsn, envelope_id=row.envelope_id,
-                                    reason=reasons[:500], request_id=request_id)
+            notices.to_local_sender(
+                session,
+                rt,
+                message,
+                failed_dsn,
+                envelope_id=row.envelope_id,
+                reason=reasons[:500],
+                request_id=request_id,
+            )
     elif outcome.failed:
-        log.warning("receipt %s for %s could not be delivered: %s", row.queue_id,
-                    ", ".join(i.address for i, *_ in outcome.failed), outcome.failed[0][3])
+        log.warning(
+            "receipt %s for %s could not be delivered: %s",
+            row.queue_id,
+            ", ".join(i.address for i, *_ in outcome.failed),
+            outcome.failed[0][3],
+        )
 
 
 def record_attempt(rt: Runtime, claimed: queue.Claimed, attempt: Attempt, *, request_id: str = "") -> str:
@@ -150,16 +211,26 @@ def record_attempt(rt: Runtime, claimed: queue.Claimed, attempt: Attempt, *, req
                 why = f"still undelivered after {_span(now - row.created_at)}; last: {reply.text}"
                 outcome.failed.append((item, reply if reply.code else None, "4.4.7", why))
             outcome.deferred = []
-        _apply(session, rt, row, outcome, peer=attempt.peer, peer_dsn=attempt.peer_dsn, request_id=request_id,
-               worker=claimed.lease_owner)
+        _apply(
+            session,
+            rt,
+            row,
+            outcome,
+            peer=attempt.peer,
+            peer_dsn=attempt.peer_dsn,
+            request_id=request_id,
+            worker=claimed.lease_owner,
+        )
         if outcome.deferred:
             error = outcome.deferred[0][1].text
-            queue.release(row, next_attempt_at=now + queue.backoff(settings, row.attempts), state=queue.QUEUED,
-                          error=error)
+            queue.release(
+                row, next_attempt_at=now + queue.backoff(settings, row.attempts), state=queue.QUEUED, error=error
+            )
             _warn_if_due(session, rt, row, [i for i, _r in outcome.deferred], request_id=request_id)
         else:
             relayed_any = bool(outcome.relayed) or any(
-                i.state == queue.RELAYED for i in queue.recipients_of(session, row.id)  # type: ignore[arg-type]
+                i.state == queue.RELAYED
+                for i in queue.recipients_of(session, row.id)  # type: ignore[arg-type]
             )
             queue.release(row, next_attempt_at=None, state=queue.DONE if relayed_any else queue.FAILED)
         session.add(row)
@@ -177,8 +248,9 @@ def _span(delta: timedelta) -> str:
     return f"{seconds} s"
 
 
-def _warn_if_due(session: Session, rt: Runtime, row: Outbound, pending: Iterable[OutboundRecipient], *,
-                 request_id: str = "") -> None:
+def _warn_if_due(
+    session: Session, rt: Runtime, row: Outbound, pending: Iterable[OutboundRecipient], *, request_id: str = ""
+) -> None:
     """The one ``delayed`` DSN, once the message has waited ``MSS_DELAY_WARNING``."""
     if row.delay_warned or utcnow() - row.created_at < timedelta(seconds=rt.settings.federation.delay_warning):
         return
@@ -195,11 +267,24 @@ def _warn_if_due(session: Session, rt: Runtime, row: Outbound, pending: Iterable
         for i in waiting
     ]
     if statuses:
-        notices.to_local_sender(session, rt, message, statuses, envelope_id=row.envelope_id,
-                                reason=f"waiting since {_span(utcnow() - row.created_at)}: {row.last_error}"[:500],
-                                request_id=request_id)
-    audit.record(session, actor="system", action="queue.delay", object=message.queue_id, request_id=request_id,
-                 queue=row.queue_id, recipients=len(statuses))
+        notices.to_local_sender(
+            session,
+            rt,
+            message,
+            statuses,
+            envelope_id=row.envelope_id,
+            reason=f"waiting since {_span(utcnow() - row.created_at)}: {row.last_error}"[:500],
+            request_id=request_id,
+        )
+    audit.record(
+        session,
+        actor="system",
+        action="queue.delay",
+        object=message.queue_id,
+        request_id=request_id,
+        queue=row.queue_id,
+        recipients=len(statuses),
+    )
 
 
 def housekeeping(rt: Runtime) -> int:
@@ -319,10 +404,16 @@ class DeliveryWorker:
         with session_scope(self.rt.engine, readonly=True) as session:
             stats = queue.stats(session)
         oldest = _span(stats.oldest) if stats.oldest is not None else "-"
-        log.info("queue: %d waiting for %d recipients, oldest %s, %d deferred, %d being delivered",
-                 stats.waiting, stats.recipients, oldest, stats.deferred, stats.in_flight)
+        log.info(
+            "queue: %d waiting for %d recipients, oldest %s, %d deferred, %d being delivered",
+            stats.waiting,
+            stats.recipients,
+            oldest,
+            stats.deferred,
+            stats.in_flight,
+        )
 
-    async def _deliver(self, context, entry: queue.Claimed) -> None:  # type: ignore[no-untyped-def]
+    async def _deliver(self, context, entry: queue.Claimed) -> None:
         started = time.monotonic()
         request_id = f"{entry.queue_id}.{entry.attempts}"
         try:
@@ -335,11 +426,19 @@ class DeliveryWorker:
             return
         outcomes = [r.outcome for r in attempt.replies.values()]
         self.delivered += outcomes.count(RELAYED)
-        log.info("delivery %s to %s (%s): relayed=%d failed=%d deferred=%d state=%s seconds=%.3f",
-                 entry.queue_id, attempt.peer or entry.domain, entry.protection, outcomes.count(RELAYED),
-                 outcomes.count(FAILED), outcomes.count(DEFERRED), state, time.monotonic() - started)
+        log.info(
+            "delivery %s to %s (%s): relayed=%d failed=%d deferred=%d state=%s seconds=%.3f",
+            entry.queue_id,
+            attempt.peer or entry.domain,
+            entry.protection,
+            outcomes.count(RELAYED),
+            outcomes.count(FAILED),
+            outcomes.count(DEFERRED),
+            state,
+            time.monotonic() - started,
+        )
 
-    async def _attempt(self, context, entry: queue.Claimed) -> Attempt:  # type: ignore[no-untyped-def]
+    async def _attempt(self, context, entry: queue.Claimed) -> Attempt:
         with session_scope(self.rt.engine, readonly=True) as session:
             route = trust.route_for(session, entry.domain)
             trusted = trust.is_trusted(session, entry.domain)
@@ -356,8 +455,9 @@ class DeliveryWorker:
             reply = Reply(outcome, 0, f"{code} {failure.status} {failure.text}")
             attempt.replies = {r.address: reply for r in entry.recipients}
             return attempt
-        return await deliver(self.rt.settings, context, hops, entry, local_hostname=self.local_hostname,
-                             connections=self._connections)
+        return await deliver(
+            self.rt.settings, context, hops, entry, local_hostname=self.local_hostname, connections=self._connections
+        )
 
 
 async def serve_outbound(rt: Runtime, *, ready: asyncio.Event | None = None) -> None:

@@ -42,8 +42,13 @@ def original_headers(meta: MessageMeta) -> bytes:
     """The header section a DSN quotes, rebuilt from a stored message's sealed metadata
     (the original header section is not kept)."""
     head = EmailMessage(policy=email.policy.SMTP)
-    for name, value in (("From", meta.sender), ("To", ", ".join(meta.recipients)), ("Subject", meta.subject),
-                        ("Date", meta.date), ("Message-ID", meta.message_id)):
+    for name, value in (
+        ("From", meta.sender),
+        ("To", ", ".join(meta.recipients)),
+        ("Subject", meta.subject),
+        ("Date", meta.date),
+        ("Message-ID", meta.message_id),
+    ):
         if value:
             try:
                 head[name] = value
@@ -98,8 +103,14 @@ def to_local_sender(
         postmaster=certificates.operator_address(rt.settings),
     )
     cms = smime.encrypt(smime.signed_entity(_signed(session, rt, dsn)), [sender_certificate])
-    notice = Notice(kind="dsn", status=statuses[0].action, recipients=tuple(s.address for s in statuses),
-                    reason=reason, cms=cms, meta=_notice_meta(dsn, message.sender))
+    notice = Notice(
+        kind="dsn",
+        status=statuses[0].action,
+        recipients=tuple(s.address for s in statuses),
+        reason=reason,
+        cms=cms,
+        meta=_notice_meta(dsn, message.sender),
+    )
     store.store_receipts(session, rt.master_key, queue_id=message.queue_id, notices=[notice], request_id=request_id)
     return True
 
@@ -126,10 +137,19 @@ def to_remote_sender(
         original = session.get(Message, about)
         subject = original.queue_id if original is not None else ""
     queue.enqueue(
-        session, rt.settings, rt.master_key,
-        queue.Entry(kind=queue.RECEIPT, domain=domain, protection=queue.SIGNED, mail_from="", payload=payload,
-                    recipients=(queue.Recipient(address=to, notify="NEVER"),), message_id=about),
-        request_id=request_id, subject=subject,
+        session,
+        rt.settings,
+        rt.master_key,
+        queue.Entry(
+            kind=queue.RECEIPT,
+            domain=domain,
+            protection=queue.SIGNED,
+            mail_from="",
+            payload=payload,
+            recipients=(queue.Recipient(address=to, notify="NEVER"),),
+            message_id=about,
+        ),
+        request_id=request_id,
+        subject=subject,
     )
     return True
-

@@ -18,26 +18,27 @@ import socket
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from email.message import EmailMessage
+from typing import Final
 
 from cryptography import x509
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from directory import certificates
 from mss import audit, metrics, store
 from mss.crypto import smime
-from mss.db import session_scope, utcnow
+from mss.db import key_of, session_scope, utcnow
 from mss.errors import ReceiptNotPending
 from mss.models import Delivery, Message, ReadReceiptDeclined, Receipt
 from mss.receipts import federation
-from mss.receipts.wire import Notify, RecipientStatus, build_dsn, build_mdn
+from mss.receipts.wire import DispositionMode, Notify, RecipientStatus, build_dsn, build_mdn
 from mss.runtime import Runtime
 from mss.settings import Settings
 from mss.store import MessageMeta, Notice
 
-PROCESSED = "processed"
-DISPLAYED = "displayed"
-DELAYED = "delayed"
+PROCESSED: Final = "processed"
+DISPLAYED: Final = "displayed"
+DELAYED: Final = "delayed"
 # A delivery in one of these states has its final status; any other (``relayed`` or
 # ``queued`` by the outbound queue) waits for a ``processed`` MDN or a ``failed`` DSN.
 FINAL_DELIVERY = frozenset({"delivered", "failed"})
@@ -45,10 +46,10 @@ FINAL_DELIVERY = frozenset({"delivered", "failed"})
 ENDS_WAIT = frozenset({PROCESSED, "failed"})
 # RFC 8098 3.2.6.2: the recipient's action (opening it) caused the disposition; the
 # notification goes out by their standing setting (``always``) ...
-DISPLAYED_MODE = "manual-action/MDN-sent-automatically"
+DISPLAYED_MODE: Final = "manual-action/MDN-sent-automatically"
 # ... or because they said yes to this one.
-DISPLAYED_MANUAL_MODE = "manual-action/MDN-sent-manually"
-PROCESSED_MODE = "automatic-action/MDN-sent-automatically"
+DISPLAYED_MANUAL_MODE: Final = "manual-action/MDN-sent-manually"
+PROCESSED_MODE: Final = "automatic-action/MDN-sent-automatically"
 
 # Where a requested read receipt stands for one recipient of one message.
 NOT_ASKED = "not-asked"  # none requested (or none can be sent: the sender has no certificate)
@@ -93,8 +94,12 @@ def notice(
         message_id=str(notification["Message-ID"]),
     )
     return Notice(
-        kind=kind, status=status, recipients=tuple(recipients), reason=reason,
-        cms=seal(session, rt, notification, reader_certificate), meta=meta,
+        kind=kind,
+        status=status,
+        recipients=tuple(recipients),
+        reason=reason,
+        cms=seal(session, rt, notification, reader_certificate),
+        meta=meta,
     )
 
 
@@ -128,7 +133,9 @@ def for_submission(
         statuses = [
             RecipientStatus(address=a, action="delivered", status="2.0.0", diagnostic=None)
             if status == "delivered"
-            else RecipientStatus(address=a, action="failed", status="5.7.1", diagnostic=f"smtp; 550 5.7.1 {failed[a][0]}")
+            else RecipientStatus(
+                address=a, action="failed", status="5.7.1", diagnostic=f"smtp; 550 5.7.1 {failed[a][0]}"
+            )
             for a in addresses
         ]
         dsn = build_dsn(
@@ -146,21 +153,49 @@ def for_submission(
     mdns = []
     if meta.mdn_to:
         for address, _notify in delivered:
-            mdns.append((address, build_mdn(
-                reporting_ua=reporting, final_recipient=address, original_message_id=meta.message_id,
-                disposition=PROCESSED, sender=meta.sender, mode=PROCESSED_MODE, subject_hint=None,
-            )))
+            mdns.append(
+                (
+                    address,
+                    build_mdn(
+                        reporting_ua=reporting,
+                        final_recipient=address,
+                        original_message_id=meta.message_id,
+                        disposition=PROCESSED,
+                        sender=meta.sender,
+                        mode=PROCESSED_MODE,
+                        subject_hint=None,
+                    ),
+                )
+            )
     if not wanted and not mdns:
         return []
     with session_scope(rt.engine) as session:
         notices = [
-            notice(session, rt, dsn, kind="dsn", status=status, recipients=addresses, reason=reason,
-                   reader=meta.sender, reader_certificate=sender_certificate)
+            notice(
+                session,
+                rt,
+                dsn,
+                kind="dsn",
+                status=status,
+                recipients=addresses,
+                reason=reason,
+                reader=meta.sender,
+                reader_certificate=sender_certificate,
+            )
             for status, addresses, dsn, reason in wanted
         ]
         notices += [
-            notice(session, rt, mdn, kind="mdn", status=PROCESSED, recipients=[address], reason="",
-                   reader=meta.sender, reader_certificate=sender_certificate)
+            notice(
+                session,
+                rt,
+                mdn,
+                kind="mdn",
+                status=PROCESSED,
+                recipients=[address],
+                reason="",
+                reader=meta.sender,
+                reader_certificate=sender_certificate,
+            )
             for address, mdn in mdns
         ]
     return notices
@@ -173,7 +208,9 @@ def _due_delivery(session: Session, message: Message, meta: MessageMeta, reader:
         return None
     delivery = (
         session.execute(
-            select(Delivery).where(Delivery.message_id == message.id, Delivery.recipient == reader).with_for_update()
+            select(Delivery)
+            .where(col(Delivery.message_id) == message.id, col(Delivery.recipient) == reader)
+            .with_for_update()
         )
         .scalars()
         .first()
@@ -189,18 +226,18 @@ def displayed_state(session: Session, *, message: Message, meta: MessageMeta, re
     if _due_delivery(session, message, meta, reader) is None:
         return NOT_ASKED
     sent = session.execute(
-        select(Receipt.id).where(
-            Receipt.message_id == message.id,
-            Receipt.recipient == reader,
-            Receipt.kind == "mdn",
-            Receipt.status == DISPLAYED,
+        select(col(Receipt.id)).where(
+            col(Receipt.message_id) == message.id,
+            col(Receipt.recipient) == reader,
+            col(Receipt.kind) == "mdn",
+            col(Receipt.status) == DISPLAYED,
         )
     ).first()
     if sent is not None:
         return SENT
     declined = session.execute(
-        select(ReadReceiptDeclined.id).where(
-            ReadReceiptDeclined.message_id == message.id, ReadReceiptDeclined.recipient == reader
+        select(col(ReadReceiptDeclined.id)).where(
+            col(ReadReceiptDeclined.message_id) == message.id, col(ReadReceiptDeclined.recipient) == reader
         )
     ).first()
     if declined is not None:
@@ -212,17 +249,20 @@ def displayed_state(session: Session, *, message: Message, meta: MessageMeta, re
     return PENDING
 
 
-def _decided(
-    session: Session, message: Message, reader: str, *, decision: str, by: str, request_id: str
-) -> None:
+def _decided(session: Session, message: Message, reader: str, *, decision: str, by: str, request_id: str) -> None:
     audit.record(
-        session, actor=reader, action="receipt.decision", object=message.queue_id, request_id=request_id,
-        decision=decision, by=by,
+        session,
+        actor=reader,
+        action="receipt.decision",
+        object=message.queue_id,
+        request_id=request_id,
+        decision=decision,
+        by=by,
     )
 
 
 def _decline(session: Session, message: Message, reader: str, *, by: str, request_id: str) -> None:
-    session.add(ReadReceiptDeclined(message_id=message.id, recipient=reader, by=by))
+    session.add(ReadReceiptDeclined(message_id=key_of(message), recipient=reader, by=by))
     _decided(session, message, reader, decision="decline", by=by, request_id=request_id)
 
 
@@ -266,8 +306,14 @@ def answer_displayed(
 
 
 def send_displayed(
-    session: Session, rt: Runtime, *, message: Message, meta: MessageMeta, reader: str, request_id: str,
-    mode: str = DISPLAYED_MODE,
+    session: Session,
+    rt: Runtime,
+    *,
+    message: Message,
+    meta: MessageMeta,
+    reader: str,
+    request_id: str,
+    mode: DispositionMode = DISPLAYED_MODE,
 ) -> bool:
     """Store the ``displayed`` MDN of ``reader`` for ``message`` if it is due; True if sent.
 
@@ -284,18 +330,30 @@ def send_displayed(
 
 
 def _send_displayed(
-    session: Session, rt: Runtime, *, message: Message, meta: MessageMeta, reader: str, mode: str, request_id: str
+    session: Session,
+    rt: Runtime,
+    *,
+    message: Message,
+    meta: MessageMeta,
+    reader: str,
+    mode: DispositionMode,
+    request_id: str,
 ) -> None:
     mdn = build_mdn(
-        reporting_ua=reporter(rt.settings), final_recipient=reader, original_message_id=meta.message_id,
-        disposition=DISPLAYED, sender=meta.sender, mode=mode, subject_hint=None,
+        reporting_ua=reporter(rt.settings),
+        final_recipient=reader,
+        original_message_id=meta.message_id,
+        disposition=DISPLAYED,
+        sender=meta.sender,
+        mode=mode,
+        subject_hint=None,
     )
     if not rt.settings.serves(meta.sender):
         # A sender at another operator: the notification goes back through the outbound
         # queue; the row here only records that it was sent.
         if not federation.to_remote_sender(session, rt, mdn, about=message.id, request_id=request_id):
             raise ReceiptNotPending(f"the sender of {message.queue_id} is not reachable", state=NOT_ASKED)
-        session.add(Receipt(message_id=message.id, recipient=reader, kind="mdn", status=DISPLAYED))
+        session.add(Receipt(message_id=key_of(message), recipient=reader, kind="mdn", status=DISPLAYED))
         return
     sender_certificate = certificates.current_certificate(session, meta.sender)
     if sender_certificate is None:  # checked by displayed_state in this transaction
@@ -305,8 +363,17 @@ def _send_displayed(
         rt.master_key,
         queue_id=message.queue_id,
         notices=[
-            notice(session, rt, mdn, kind="mdn", status=DISPLAYED, recipients=[reader], reason="",
-                   reader=meta.sender, reader_certificate=sender_certificate)
+            notice(
+                session,
+                rt,
+                mdn,
+                kind="mdn",
+                status=DISPLAYED,
+                recipients=[reader],
+                reason="",
+                reader=meta.sender,
+                reader_certificate=sender_certificate,
+            )
         ],
         request_id=request_id,
     )
@@ -323,21 +390,25 @@ def send_delayed(rt: Runtime) -> int:
     """
     cutoff = utcnow() - timedelta(seconds=rt.settings.operator.receipt_deadline)
     with session_scope(rt.engine, readonly=True) as session:
-        waiting = session.execute(
-            select(Delivery.id)
-            .join(Message, Message.id == Delivery.message_id)
-            .where(Delivery.status.not_in(FINAL_DELIVERY), Message.submitted_at <= cutoff)
-            .where(
-                ~select(Receipt.id)
+        waiting = (
+            session.execute(
+                select(col(Delivery.id))
+                .join(Message, col(Message.id) == col(Delivery.message_id))
+                .where(col(Delivery.status).not_in(FINAL_DELIVERY), col(Message.submitted_at) <= cutoff)
                 .where(
-                    Receipt.message_id == Delivery.message_id,
-                    Receipt.recipient == Delivery.recipient,
-                    Receipt.status.in_(ENDS_WAIT | {DELAYED}),
+                    ~select(col(Receipt.id))
+                    .where(
+                        col(Receipt.message_id) == col(Delivery.message_id),
+                        col(Receipt.recipient) == col(Delivery.recipient),
+                        col(Receipt.status).in_(ENDS_WAIT | {DELAYED}),
+                    )
+                    .exists()
                 )
-                .exists()
+                .order_by(col(Delivery.id))
             )
-            .order_by(Delivery.id)
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
     sent = 0
     for delivery_id in waiting:
         with session_scope(rt.engine) as session:
@@ -346,12 +417,14 @@ def send_delayed(rt: Runtime) -> int:
 
 
 def _send_one_delayed(session: Session, rt: Runtime, delivery_id: int) -> int:
-    delivery = session.execute(select(Delivery).where(Delivery.id == delivery_id).with_for_update()).scalars().one()
+    delivery = (
+        session.execute(select(Delivery).where(col(Delivery.id) == delivery_id).with_for_update()).scalars().one()
+    )
     told = session.execute(
-        select(Receipt.id).where(
-            Receipt.message_id == delivery.message_id,
-            Receipt.recipient == delivery.recipient,
-            Receipt.status.in_(ENDS_WAIT | {DELAYED}),
+        select(col(Receipt.id)).where(
+            col(Receipt.message_id) == delivery.message_id,
+            col(Receipt.recipient) == delivery.recipient,
+            col(Receipt.status).in_(ENDS_WAIT | {DELAYED}),
         )
     ).first()
     if told is not None or delivery.status in FINAL_DELIVERY:
@@ -376,13 +449,26 @@ def _send_one_delayed(session: Session, rt: Runtime, delivery_id: int) -> int:
         arrival_date=message.submitted_at,
         # The original's header fields are sealed with its content; the DSN names it by
         # its Message-ID and date only.
-        original_headers=f"Message-ID: {meta.message_id}\r\nDate: {meta.date}\r\n".encode("utf-8"),
+        original_headers=f"Message-ID: {meta.message_id}\r\nDate: {meta.date}\r\n".encode(),
         postmaster=certificates.operator_address(settings),
     )
     store.store_receipts(
-        session, rt.master_key, queue_id=message.queue_id,
-        notices=[notice(session, rt, dsn, kind="dsn", status=DELAYED, recipients=[delivery.recipient], reason=reason,
-                        reader=meta.sender, reader_certificate=sender_certificate)],
+        session,
+        rt.master_key,
+        queue_id=message.queue_id,
+        notices=[
+            notice(
+                session,
+                rt,
+                dsn,
+                kind="dsn",
+                status=DELAYED,
+                recipients=[delivery.recipient],
+                reason=reason,
+                reader=meta.sender,
+                reader_certificate=sender_certificate,
+            )
+        ],
         request_id="",
     )
     metrics.DELAYED.inc()

@@ -18,7 +18,7 @@ import re
 import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage, Message, MIMEPart
 from email.parser import BytesHeaderParser
@@ -26,8 +26,6 @@ from email.utils import format_datetime, getaddresses, make_msgid
 from typing import Literal
 
 from mss.errors import DsnParameterError, ReceiptError
-
-
 
 # The policy of every message built here: CRLF line ends, as signed and as sent.
 POLICY = email.policy.SMTP
@@ -116,17 +114,18 @@ def _report(report_type: str, headers: list[tuple[str, str]], parts: list[Messag
     message["MIME-Version"] = "1.0"
     message["Content-Type"] = f"multipart/report; report-type={report_type}"
     for part in parts:
-        message.attach(part)
+        # the parts are built with the EmailMessage policy
+        message.attach(part)  # type: ignore[arg-type]
     return message
 
 
 def _french_date(value: datetime) -> str:
-    utc = value.astimezone(timezone.utc)
+    utc = value.astimezone(UTC)
     return f"{utc:%d/%m/%Y} à {utc:%H:%M} (UTC)"
 
 
 def _english_date(value: datetime) -> str:
-    return f"{value.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    return f"{value.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
 
 
 def _paragraphs(*paragraphs: str) -> str:
@@ -304,7 +303,7 @@ def build_dsn(
         if not isinstance(recipient, RecipientStatus):
             raise ReceiptError("recipients must be RecipientStatus values")
     arrival = _aware(arrival_date, "the arrival date")
-    sent = _aware(date, "the date") if date is not None else datetime.now(timezone.utc)
+    sent = _aware(date, "the date") if date is not None else datetime.now(UTC)
     if original_envelope_id is not None:
         # RFC 3464 2.2.1: the ENVID as the client gave it (xtext-decoded), case preserved.
         original_envelope_id = _ascii_field(original_envelope_id, "the original envelope id")
@@ -312,7 +311,7 @@ def build_dsn(
     per_message = [("Reporting-MTA", f"dns; {reporting_mta}")]
     if original_envelope_id is not None:
         per_message.insert(0, ("Original-Envelope-Id", original_envelope_id))
-    per_message.append(("Arrival-Date", format_datetime(arrival.astimezone(timezone.utc))))
+    per_message.append(("Arrival-Date", format_datetime(arrival.astimezone(UTC))))
     blocks = [_block(per_message)]
     for r in recipients:
         fields = []
@@ -325,7 +324,8 @@ def build_dsn(
         blocks.append(_block(fields))
     status_part = MIMEPart(policy=POLICY)
     status_part["Content-Type"] = "message/delivery-status"
-    status_part.set_payload(blocks)
+    # a message/delivery-status body is a list of header blocks (RFC 3464 2.1)
+    status_part.set_payload(blocks)  # type: ignore[arg-type]
 
     # The subject names the worst outcome first, so a failure is never read as a success.
     order = ["failed", "delayed", "relayed", "expanded", "delivered"]
@@ -337,7 +337,7 @@ def build_dsn(
             ("From", str(Address("Service de messagerie sécurisée", addr_spec=origin))),
             ("To", to),
             ("Subject", f"Avis de remise : {french} / Delivery status notification: {english}"),
-            ("Date", format_datetime(sent.astimezone(timezone.utc))),
+            ("Date", format_datetime(sent.astimezone(UTC))),
             ("Message-ID", _message_id(message_id, "the Message-ID") if message_id else make_msgid(domain=host)),
             ("In-Reply-To", original_id),
             ("References", original_id),
@@ -417,7 +417,7 @@ def build_mdn(
     if mode not in DISPOSITION_MODES:
         raise ReceiptError(f"unknown disposition mode {mode!r} (RFC 8098 3.2.6.1)")
     hint = _subject_hint(subject_hint)
-    sent = _aware(date, "the date") if date is not None else datetime.now(timezone.utc)
+    sent = _aware(date, "the date") if date is not None else datetime.now(UTC)
     domain = recipient.rpartition("@")[2]
 
     notification = MIMEPart(policy=POLICY)
@@ -458,7 +458,7 @@ def build_mdn(
         ("From", recipient),
         ("To", to),
         ("Subject", subject),
-        ("Date", format_datetime(sent.astimezone(timezone.utc))),
+        ("Date", format_datetime(sent.astimezone(UTC))),
         ("Message-ID", _message_id(message_id, "the Message-ID") if message_id else make_msgid(domain=domain)),
         ("In-Reply-To", original_id),
         ("References", original_id),

@@ -59,7 +59,7 @@ def _failed(reply: str = replies.AUTH_FAILED) -> AuthResult:
 class PasswordMechanisms:
     """The AUTH mechanisms of ``RelaySMTP`` (a mixin over aiosmtpd's ``SMTP``)."""
 
-    rt: "Runtime"
+    rt: Runtime
     correlation_id: str
 
     async def _initial_or_challenge(self, args: list[str], challenge: str) -> bytes | None:

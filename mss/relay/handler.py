@@ -20,9 +20,9 @@ from mss.documents.base import DocumentRefused, DocumentTooLarge
 from mss.errors import (
     AccountDisabled,
     AddressNotServed,
+    BareCarriageReturn,
     CertificateExpired,
     CertificateRevoked,
-    BareCarriageReturn,
     DocumentError,
     DomainNotServed,
     EntryRevoked,
@@ -123,7 +123,7 @@ def submission_refusal(error: MssError) -> str | None:
     return None
 
 
-def _record_refusal(rt: "Runtime", *, actor: str, address: str, request_id: str, stage: str, reason: str) -> None:
+def _record_refusal(rt: Runtime, *, actor: str, address: str, request_id: str, stage: str, reason: str) -> None:
     with session_scope(rt.engine) as session:
         audit.record(
             session,
@@ -140,24 +140,40 @@ def _record_refusal(rt: "Runtime", *, actor: str, address: str, request_id: str,
 class RelayHandler:
     """aiosmtpd handler hooks of the submission relay (one per server, shared by sessions)."""
 
-    def __init__(self, rt: "Runtime") -> None:
+    def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
     async def _refuse(
-        self, server: "RelaySMTP", session: "RelaySession", envelope: "RelayEnvelope", address: str, *, stage: str,
-        reason: str, reply: str,
+        self,
+        server: RelaySMTP,
+        session: RelaySession,
+        envelope: RelayEnvelope,
+        address: str,
+        *,
+        stage: str,
+        reason: str,
+        reply: str,
     ) -> str:
         server.refused += 1
         metrics.refused("smtp", reply)
         account = session.account
         await asyncio.to_thread(
-            _record_refusal, self.rt, actor=account.address if account else "-", address=address,
-            request_id=envelope.request_id, stage=stage, reason=reason,
+            _record_refusal,
+            self.rt,
+            actor=account.address if account else "-",
+            address=address,
+            request_id=envelope.request_id,
+            stage=stage,
+            reason=reason,
         )
         return reply
 
     async def handle_EHLO(
-        self, server: "RelaySMTP", session: "RelaySession", envelope: "RelayEnvelope", hostname: str,
+        self,
+        server: RelaySMTP,
+        session: RelaySession,
+        envelope: RelayEnvelope,
+        hostname: str,
         responses: list[str],
     ) -> list[str]:
         """aiosmtpd's EHLO lines with DSN and ENHANCEDSTATUSCODES before the last one."""
@@ -165,7 +181,11 @@ class RelayHandler:
         return [*responses[:-1], replies.EXTENSION_DSN, replies.EXTENSION_ENHANCED_STATUS_CODES, responses[-1]]
 
     async def handle_MAIL(
-        self, server: "RelaySMTP", session: "RelaySession", envelope: "RelayEnvelope", address: str,
+        self,
+        server: RelaySMTP,
+        session: RelaySession,
+        envelope: RelayEnvelope,
+        address: str,
         parameters: MailParameters,
     ) -> str:
         """Accept the sender only if it is the authenticated account (``553 5.7.1`` otherwise)
@@ -176,7 +196,12 @@ class RelayHandler:
             pipeline.check_sender(account, address)
         except SenderMismatch:
             return await self._refuse(
-                server, session, envelope, address, stage="mail", reason="sender-mismatch",
+                server,
+                session,
+                envelope,
+                address,
+                stage="mail",
+                reason="sender-mismatch",
                 reply=replies.SENDER_NOT_AUTHENTICATED_ACCOUNT,
             )
         try:
@@ -189,7 +214,11 @@ class RelayHandler:
         return replies.SENDER_OK
 
     async def handle_RCPT(
-        self, server: "RelaySMTP", session: "RelaySession", envelope: "RelayEnvelope", address: str,
+        self,
+        server: RelaySMTP,
+        session: RelaySession,
+        envelope: RelayEnvelope,
+        address: str,
         parameters: RcptParameters,
     ) -> str:
         """Accept a recipient the directory lets receive, up to the cap on recipients."""
@@ -213,7 +242,7 @@ class RelayHandler:
             envelope.rcpt_tos.append(normalised)
         return replies.RECIPIENT_OK
 
-    async def handle_DATA(self, server: "RelaySMTP", session: "RelaySession", envelope: "RelayEnvelope") -> str:
+    async def handle_DATA(self, server: RelaySMTP, session: RelaySession, envelope: RelayEnvelope) -> str:
         """Hand the message to the pipeline; ``250`` only once it is durably stored."""
         account = session.account
         assert account is not None and isinstance(envelope.content, bytes)

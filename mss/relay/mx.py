@@ -96,15 +96,30 @@ class MxSMTP(RelaySMTP):
             peer = self.session.peer[0] if self.session is not None and self.session.peer else "-"
             cause = error.__cause__
             why = getattr(cause, "reason", None) or type(cause).__name__
-            await asyncio.to_thread(_record, self.rt, actor=f"peer:{peer}", address="-", request_id=self.correlation_id,
-                                    stage="tls", reason=str(why)[:100])
+            await asyncio.to_thread(
+                _record,
+                self.rt,
+                actor=f"peer:{peer}",
+                address="-",
+                request_id=self.correlation_id,
+                stage="tls",
+                reason=str(why)[:100],
+            )
         return await super().handle_exception(error)
 
 
 def _record(rt: Runtime, *, actor: str, address: str, request_id: str, stage: str, reason: str) -> None:
     with session_scope(rt.engine) as session:
-        audit.record(session, actor=actor, action="mx.refused", object=address or "-", outcome=audit.DENIED,
-                     request_id=request_id, stage=stage, reason=reason)
+        audit.record(
+            session,
+            actor=actor,
+            action="mx.refused",
+            object=address or "-",
+            outcome=audit.DENIED,
+            request_id=request_id,
+            stage=stage,
+            reason=reason,
+        )
 
 
 def _peer(session: MxSession) -> inbound.Peer:
@@ -117,48 +132,85 @@ class MxHandler:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
-    async def _refuse(self, server: MxSMTP, session: MxSession, envelope: "RelayEnvelope", address: str, *,
-                      stage: str, reason: str, reply: str) -> str:
+    async def _refuse(
+        self,
+        server: MxSMTP,
+        session: MxSession,
+        envelope: RelayEnvelope,
+        address: str,
+        *,
+        stage: str,
+        reason: str,
+        reply: str,
+    ) -> str:
         server.refused += 1
         peer = _peer(session)
-        await asyncio.to_thread(_record, self.rt, actor=f"peer:{peer.address} {peer.name}", address=address,
-                                request_id=envelope.request_id or server.correlation_id, stage=stage, reason=reason)
+        await asyncio.to_thread(
+            _record,
+            self.rt,
+            actor=f"peer:{peer.address} {peer.name}",
+            address=address,
+            request_id=envelope.request_id or server.correlation_id,
+            stage=stage,
+            reason=reason,
+        )
         return reply
 
-    async def handle_EHLO(self, server: MxSMTP, session: MxSession, envelope: "RelayEnvelope", hostname: str,
-                          responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: MxSMTP, session: MxSession, envelope: RelayEnvelope, hostname: str, responses: list[str]
+    ) -> list[str]:
         """aiosmtpd's EHLO lines without AUTH, with DSN and ENHANCEDSTATUSCODES."""
         session.host_name = hostname
         kept = [line for line in responses[:-1] if not line[4:].upper().startswith("AUTH")]
         return [*kept, replies.EXTENSION_DSN, replies.EXTENSION_ENHANCED_STATUS_CODES, responses[-1]]
 
-    async def handle_MAIL(self, server: MxSMTP, session: MxSession, envelope: "RelayEnvelope", address: str,
-                          parameters: MailParameters) -> str:
+    async def handle_MAIL(
+        self, server: MxSMTP, session: MxSession, envelope: RelayEnvelope, address: str, parameters: MailParameters
+    ) -> str:
         """The peer must have presented a trusted certificate, and the sender's domain must
         be on the trust list (a null sender is judged at DATA by its From: domain)."""
         try:
             inbound.check_peer(_peer(session))
         except PeerNotAuthenticated:
-            return await self._refuse(server, session, envelope, address, stage="mail", reason="no-client-certificate",
-                                      reply=replies.CLIENT_CERTIFICATE_REQUIRED)
+            return await self._refuse(
+                server,
+                session,
+                envelope,
+                address,
+                stage="mail",
+                reason="no-client-certificate",
+                reply=replies.CLIENT_CERTIFICATE_REQUIRED,
+            )
         try:
             await asyncio.to_thread(inbound.check_sender, self.rt, address)
         except SenderNotTrusted as error:
             served = "served here" in error.message
             return await self._refuse(
-                server, session, envelope, address, stage="mail",
+                server,
+                session,
+                envelope,
+                address,
+                stage="mail",
                 reason="sender-served-here" if served else "sender-not-trusted",
                 reply=replies.SENDER_SERVED_HERE if served else replies.SENDER_NOT_TRUSTED,
             )
         except (UnknownAddress, RevokedAddress):
-            return await self._refuse(server, session, envelope, address, stage="mail", reason="sender-not-listed",
-                                      reply=replies.SENDER_NOT_LISTED)
+            return await self._refuse(
+                server,
+                session,
+                envelope,
+                address,
+                stage="mail",
+                reason="sender-not-listed",
+                reply=replies.SENDER_NOT_LISTED,
+            )
         envelope.mail_from = address
         envelope.parameters = parameters
         return replies.SENDER_OK
 
-    async def handle_RCPT(self, server: MxSMTP, session: MxSession, envelope: "RelayEnvelope", address: str,
-                          parameters: RcptParameters) -> str:
+    async def handle_RCPT(
+        self, server: MxSMTP, session: MxSession, envelope: RelayEnvelope, address: str, parameters: RcptParameters
+    ) -> str:
         """Only local recipients with a mailbox here: never a relay."""
         if len(envelope.recipients) >= self.rt.settings.relay.max_recipients:
             server.refused += 1
@@ -168,8 +220,9 @@ class MxHandler:
         except MssError as error:
             for cls, reply, reason in _RECIPIENT_REFUSALS:
                 if isinstance(error, cls):
-                    return await self._refuse(server, session, envelope, address, stage="rcpt", reason=reason,
-                                              reply=reply)
+                    return await self._refuse(
+                        server, session, envelope, address, stage="rcpt", reason=reason, reply=reply
+                    )
             raise
         if all(r.address != normalised for r in envelope.recipients):
             extra = {} if parameters.notify is None else {"notify": parameters.notify}
@@ -177,7 +230,7 @@ class MxHandler:
             envelope.rcpt_tos.append(normalised)
         return replies.RECIPIENT_OK
 
-    async def handle_DATA(self, server: MxSMTP, session: MxSession, envelope: "RelayEnvelope") -> str:
+    async def handle_DATA(self, server: MxSMTP, session: MxSession, envelope: RelayEnvelope) -> str:
         """Hand the message to ``mss.inbound``; ``250`` only once it is durably stored."""
         assert isinstance(envelope.content, bytes)
         mail_from = envelope.mail_from or ""
@@ -195,8 +248,15 @@ class MxHandler:
             reply = _data_refusal(error)
             if reply is None:
                 raise
-            return await self._refuse(server, session, envelope, arrival.mail_from or "<>", stage="data",
-                                      reason=type(error).__name__, reply=reply)
+            return await self._refuse(
+                server,
+                session,
+                envelope,
+                arrival.mail_from or "<>",
+                stage="data",
+                reason=type(error).__name__,
+                reply=reply,
+            )
         server.accepted += 1
         if received.duplicate:
             return replies.already_received(received.queue_id)
@@ -227,10 +287,19 @@ def mx_factory(rt: Runtime, registry: SessionRegistry, handler: MxHandler | None
 
     def factory() -> MxSMTP:
         options: dict[str, Any] = dict(
-            rt=rt, registry=registry, hostname=hostname, ident=IDENT, tls_context=tls_context,
-            require_starttls=True, auth_required=False, auth_require_tls=True, auth_exclude_mechanism=["PLAIN", "LOGIN"],
-            data_size_limit=settings.relay.max_message_size, timeout=settings.relay.command_timeout,
-            command_call_limit=dict(COMMAND_CALL_LIMIT), loop=asyncio.get_running_loop(),
+            rt=rt,
+            registry=registry,
+            hostname=hostname,
+            ident=IDENT,
+            tls_context=tls_context,
+            require_starttls=True,
+            auth_required=False,
+            auth_require_tls=True,
+            auth_exclude_mechanism=["PLAIN", "LOGIN"],
+            data_size_limit=settings.relay.max_message_size,
+            timeout=settings.relay.command_timeout,
+            command_call_limit=dict(COMMAND_CALL_LIMIT),
+            loop=asyncio.get_running_loop(),
         )
         return MxSMTP(handler, **options)
 

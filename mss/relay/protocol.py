@@ -74,7 +74,7 @@ class RelaySession(Session):
 
     # aiosmtpd's deprecated login_data logs a warning on each successful AUTH; the account
     # lives in auth_data.
-    @property  # type: ignore[override]
+    @property
     def login_data(self) -> None:
         return None
 
@@ -110,7 +110,7 @@ class SessionRegistry:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def admit(self, session: "RelaySMTP", client: str) -> str | None:
+    def admit(self, session: RelaySMTP, client: str) -> str | None:
         """Count ``session`` in; or the ``421`` reply that turns it away."""
         if self.draining or len(self.active) >= self.max_sessions:
             return replies.SERVICE_BUSY
@@ -121,7 +121,7 @@ class SessionRegistry:
         self._idle.clear()
         return None
 
-    def leave(self, session: "RelaySMTP", client: str) -> None:
+    def leave(self, session: RelaySMTP, client: str) -> None:
         if session in self.active:
             self.active.discard(session)
             self.per_client[client] -= 1
@@ -138,7 +138,7 @@ class SessionRegistry:
                 session.close_with(replies.SHUTTING_DOWN, outcome="shutdown")
         try:
             await asyncio.wait_for(self._idle.wait(), grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             for session in list(self.active):
                 session.close_with(replies.SHUTTING_DOWN, outcome="shutdown")
 
@@ -156,7 +156,8 @@ class CommandReader(asyncio.StreamReader):
         self._refuse_line = refuse_line
         self._overlong = False
 
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+    # only ever called with a bytes separator, like aiosmtpd does
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:  # type: ignore[override]
         while True:
             try:
                 line = await super().readuntil(separator)
@@ -324,7 +325,8 @@ class RelaySMTP(PasswordMechanisms, SMTP):
         reply = replies.translate(status) if isinstance(status, str) else status
         if reply in _CUT_OFFS:
             self._outcome = _CUT_OFFS[reply]
-        await super().push(reply)
+        # aiosmtpd's push takes text or bytes alike
+        await super().push(reply)  # type: ignore[type-var]
 
     async def _refuse_line(self) -> None:
         await self.push(replies.BARE_LINE_END)

@@ -149,7 +149,9 @@ MALFORMED_MESSAGE: Final = "554 5.6.0 Malformed message"
 BARE_CR_IN_MESSAGE: Final = "554 5.6.0 Message holds a bare CR outside a CRLF line end (RFC 5322 section 2.3)"
 MIME_TOO_COMPLEX: Final = "554 5.6.0 MIME structure too deep or too large"
 REPEATED_HEADER_FIELD: Final = "554 5.6.0 Header field allowed once appears more than once (RFC 5322 section 3.6)"
-MALFORMED_ORIGINATOR: Final = "554 5.6.0 From: and Sender: must each be one well-formed mailbox (RFC 5322 section 3.6.2)"
+MALFORMED_ORIGINATOR: Final = (
+    "554 5.6.0 From: and Sender: must each be one well-formed mailbox (RFC 5322 section 3.6.2)"
+)
 # X.7.5 "Cryptographic failure": a client-encrypted message whose envelope holds no key for
 # some recipient; they could never decrypt it. X.7.4 ("Security features not supported")
 # would wrongly say that S/MIME itself is not supported here.

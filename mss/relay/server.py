@@ -67,7 +67,7 @@ def smtp_factory(rt: Runtime, registry: SessionRegistry) -> Callable[[], RelaySM
 class Listener:
     """A listening relay socket and its sessions."""
 
-    def __init__(self, server: asyncio.AbstractServer, registry: SessionRegistry) -> None:
+    def __init__(self, server: asyncio.Server, registry: SessionRegistry) -> None:
         self.server = server
         self.registry = registry
 
@@ -158,7 +158,7 @@ class RelayServer:
         self._error: BaseException | None = None
         self.registry: SessionRegistry | None = None
 
-    def start(self) -> "RelayServer":
+    def start(self) -> RelayServer:
         """Start listening; return once the socket is bound. Re-raises a startup error."""
         self._thread = threading.Thread(target=self._run, name="mss-relay", daemon=True)
         self._thread.start()
@@ -193,7 +193,7 @@ class RelayServer:
             self._thread.join()
         self._thread = None
 
-    def __enter__(self) -> "RelayServer":
+    def __enter__(self) -> RelayServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

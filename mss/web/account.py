@@ -164,7 +164,9 @@ class AccountController(Controller):
         return await self._page(request, live.address, notice=t("Your read receipt setting is saved."))
 
     @post("/account/second-factor")
-    async def reset_second_factor(self, request: Request, live: Live, rt: Rt, web: Web, data: URLEncodedBody[PasswordCheck]) -> Response:
+    async def reset_second_factor(
+        self, request: Request, live: Live, rt: Rt, web: Web, data: URLEncodedBody[PasswordCheck]
+    ) -> Response:
         """After the password, replace the TOTP secret and enrol again."""
         t = language(request).gettext
         try:

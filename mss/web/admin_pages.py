@@ -29,8 +29,14 @@ def _figures(rt: Runtime, address: str, view: str, rid: str) -> dashboard.Activi
     """The figures for an administrator, with the view on record. Raises PermissionDeniedException."""
     with session_scope(rt.engine) as session:
         allowed = accounts.is_admin(session, address)
-        audit.record(session, actor=address, action="admin.view", object=view,
-                     outcome=audit.SUCCESS if allowed else audit.DENIED, request_id=rid)
+        audit.record(
+            session,
+            actor=address,
+            action="admin.view",
+            object=view,
+            outcome=audit.SUCCESS if allowed else audit.DENIED,
+            request_id=rid,
+        )
         figures = dashboard.activity(session, rt.settings, rt.master_key, days=DAYS) if allowed else None
     if figures is None:  # the refusal is on record (committed) before it is answered
         raise PermissionDeniedException("administrators only")
@@ -51,7 +57,13 @@ class AdminController(Controller):
         t = language(request).gettext
         rows = dashboard.csv_rows(figures)
         return render(
-            request, "admin.html", user=live.address, figures=figures, days=DAYS, header=rows[0], rows=rows[1:],
+            request,
+            "admin.html",
+            user=live.address,
+            figures=figures,
+            days=DAYS,
+            header=rows[0],
+            rows=rows[1:],
             door_chart=dashboard.bar_chart(t(_("Messages per day by door")), figures.days, dashboard.DOORS, "by_door"),
             kind_chart=dashboard.bar_chart(
                 t(_("Messages per day by document kind")), figures.days, dashboard.KINDS, "by_kind"
@@ -65,6 +77,7 @@ class AdminController(Controller):
         out = io.StringIO()
         csv.writer(out, lineterminator="\r\n").writerows(dashboard.csv_rows(figures))
         return Response(
-            content=out.getvalue(), media_type="text/csv; charset=utf-8",
+            content=out.getvalue(),
+            media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="activity.csv"'},
         )

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Annotated
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
-from typing_extensions import Annotated
 
 from mss import accounts, mailbox
 from mss.errors import (
@@ -52,7 +53,7 @@ from mss.web.sessions import (
     open_session,
 )
 
-SECURITY = [{"BearerToken": []}]
+SECURITY: list[dict[str, list[str]]] = [{"BearerToken": []}]
 
 
 class ApiError(HTTPException):
@@ -450,7 +451,11 @@ async def api_session(request: Request) -> LiveSession:
     web = config(request)
     try:
         return await run(
-            load_session, web.rt.engine, bearer_token(request), policy=web.policy, channel=API,
+            load_session,
+            web.rt.engine,
+            bearer_token(request),
+            policy=web.policy,
+            channel=API,
             settings=web.rt.settings,
         )
     except SessionInvalid as exc:
@@ -483,8 +488,15 @@ def _login(request: Request, data: LoginRequest) -> SessionOut:
         if not plausible_address(data.address.strip().lower()):
             raise BadCredentials()  # no account can have it: nothing to look up
         unlocked = accounts.login_with_code(
-            rt.engine, rt.settings, rt.master_key, data.address, data.password, data.code, channel="api",
-            client=client_address(request), request_id=request_id(request),
+            rt.engine,
+            rt.settings,
+            rt.master_key,
+            data.address,
+            data.password,
+            data.code,
+            channel="api",
+            client=client_address(request),
+            request_id=request_id(request),
         )
     except AuthError as exc:
         raise _refused(exc) from exc
@@ -509,7 +521,10 @@ class SessionController(Controller):
         return await run(_login, request, data)
 
     @delete(
-        "/current", status_code=HTTP_204_NO_CONTENT, summary="Log out (the token stops working)", security=SECURITY,
+        "/current",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Log out (the token stops working)",
+        security=SECURITY,
         dependencies={"live": Provide(api_session)},
     )
     async def destroy(self, live: Live, rt: Rt) -> None:
@@ -535,7 +550,7 @@ class MessagesController(Controller):
     dependencies = {"live": Provide(api_session)}
 
     @get("/", summary="List a folder, newest first, with filters")
-    async def list(  # noqa: A003
+    async def list(
         self,
         request: Request,
         live: Live,
@@ -576,8 +591,13 @@ class MessagesController(Controller):
             unsearched=result.unsearched,
         )
 
-    @get("/{queue_id:str}", summary="Read a message (marks it read; a requested read receipt follows the account's setting)")
-    async def read(self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str], folder: FromQuery[str | None] = None) -> MessageOut:
+    @get(
+        "/{queue_id:str}",
+        summary="Read a message (marks it read; a requested read receipt follows the account's setting)",
+    )
+    async def read(
+        self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str], folder: FromQuery[str | None] = None
+    ) -> MessageOut:
         """Open a message (marks it read; a requested read receipt is sent, declined or left
         pending as the account's setting says: ``read_receipt`` tells which)."""
         opened = await run(
@@ -609,7 +629,9 @@ class MessagesController(Controller):
         summary="Download an attachment (original bytes)",
         media_type="application/octet-stream",
     )
-    async def attachment(self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str], index: FromPath[int]) -> Response:
+    async def attachment(
+        self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str], index: FromPath[int]
+    ) -> Response:
         """An attachment's exact bytes."""
         opened = await run(
             mailbox.open_attachment,
@@ -623,7 +645,9 @@ class MessagesController(Controller):
         return file_response(a.data, a.filename, a.content_type)
 
     @get("/{queue_id:str}/receipts", summary="Per recipient of a sent message: delivered, processed, read, failed")
-    async def receipts(self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str]) -> list[JourneyOut]:
+    async def receipts(
+        self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str]
+    ) -> builtins.list[JourneyOut]:
         """The journey of a sent message, per recipient."""
         journeys = await run(mailbox.journey, rt, live.address, queue_id)
         return [
@@ -646,8 +670,11 @@ class MessagesController(Controller):
             queue_id=queue_id.strip().upper(),
             recipients=[
                 RecipientStatusOut(
-                    recipient=j.address, status=j.status, final=j.final_status is not None,
-                    final_status=j.final_status, steps=[StepOut(s.status, s.at, s.reason) for s in j.steps],
+                    recipient=j.address,
+                    status=j.status,
+                    final=j.final_status is not None,
+                    final_status=j.final_status,
+                    steps=[StepOut(s.status, s.at, s.reason) for s in j.steps],
                 )
                 for j in journeys
             ],
@@ -693,9 +720,7 @@ class MessagesController(Controller):
             keep=tuple(data.keep) if data.source else (),
         )
         try:
-            accepted = await run(
-                mailbox.send, rt, live.account(), draft, request_id=request_id(request)
-            )
+            accepted = await run(mailbox.send, rt, live.account(), draft, request_id=request_id(request))
         except DraftInvalid as exc:
             raise ApiError(
                 422,
@@ -719,7 +744,9 @@ class DirectoryController(Controller):
     @get("/", summary="Search the directory by name, RPPS, organisation or city")
     async def search(
         self,
-        request: Request, live: Live, rt: Rt,
+        request: Request,
+        live: Live,
+        rt: Rt,
         q: Annotated[str, QueryParameter(min_length=2, max_length=100)],
         page: Annotated[int, QueryParameter(ge=1)] = 1,
     ) -> DirectoryOut:

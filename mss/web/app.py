@@ -24,11 +24,11 @@ from mss.web.admin_pages import AdminController
 from mss.web.api import API_CONTROLLERS
 from mss.web.auth import AuthController
 from mss.web.certificate_pages import CertificateController
-from mss.web.mail_clients import MailClientController
 from mss.web.compose_pages import ComposeController
 from mss.web.context import Rt, WebConfig, run
 from mss.web.directory_pages import DirectoryController
 from mss.web.errors import EXCEPTION_HANDLERS
+from mss.web.mail_clients import MailClientController
 from mss.web.messages import SIGNATURE_STATUSES, signature_reason, signature_text, step_text
 from mss.web.pages import TEMPLATE_HELPERS, MailboxController
 from mss.web.security import CsrfMiddleware, security_headers

@@ -93,7 +93,11 @@ async def current_session(request: Request, stage: str = ACTIVE) -> LiveSession:
     web = config(request)
     try:
         live = await run(
-            load_session, web.rt.engine, session_token(request), policy=web.policy, channel=WEB,
+            load_session,
+            web.rt.engine,
+            session_token(request),
+            policy=web.policy,
+            channel=WEB,
             settings=web.rt.settings,
         )
     except SessionInvalid as exc:
@@ -296,6 +300,6 @@ class AuthController(Controller):
         return response
 
 
-def _audit_logout(rt, address: str, rid: str) -> None:  # type: ignore[no-untyped-def]
+def _audit_logout(rt, address: str, rid: str) -> None:
     with session_scope(rt.engine) as session:
         audit.record(session, actor=address, action="web.logout", object=address, request_id=rid)

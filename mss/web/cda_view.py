@@ -203,7 +203,8 @@ DOCUMENT_TYPES: dict[str, str] = {
     "18776-5": "Plan of care note", "18842-5": "Discharge summary", "28570-0": "Procedure note",
     "34105-7": "Hospital Discharge summary", "34108-1": "Outpatient Note", "34109-9": "Note",
     "34111-5": "Emergency department note", "34117-2": "History and physical note",
-    "34133-9": "Summarization of episode note", "34746-8": "Nurse note", "47039-3": "Admission history and physical note",
+    "34133-9": "Summarization of episode note", "34746-8": "Nurse note",
+    "47039-3": "Admission history and physical note",
     "47420-5": "Functional status assessment note", "51851-4": "Administrative note", "52521-2": "Overall plan of care",
     "56446-8": "Appointment summary", "57016-8": "Privacy policy acknowledgment", "57133-1": "Referral note",
     "57832-8": "Prescription request", "57833-6": "Prescription for medication", "60591-5": "Patient summary",
@@ -212,7 +213,8 @@ DOCUMENT_TYPES: dict[str, str] = {
 }  # fmt: skip
 # Common LOINC section codes, for sections without a title.
 SECTION_TYPES: dict[str, str] = {
-    "10154-3": "Chief complaint", "10157-6": "Family history", "10160-0": "Medications", "10164-2": "History of present illness",
+    "10154-3": "Chief complaint", "10157-6": "Family history", "10160-0": "Medications",
+    "10164-2": "History of present illness",
     "10183-2": "Discharge medications", "10187-3": "Review of systems", "10190-7": "Mental status",
     "11348-0": "History of past illness", "11369-6": "Immunizations", "11450-4": "Problem list",
     "11535-2": "Discharge diagnosis", "18776-5": "Plan of care", "29299-5": "Reason for visit",
@@ -267,5 +269,7 @@ def media_link(item: EmbeddedMedia, base: str, labels: MediaLabels) -> Markup:
         label = _label(labels, "pdf", pages=item.pages or 0)
         return Markup('<a class="cda-media" href="{}" target="_blank" rel="noopener">{}</a>').format(url, label)
     if item.reference is not None:
-        return Markup('<span class="cda-media">{}</span>').format(_label(labels, "reference", name=item.reference or "?"))
+        return Markup('<span class="cda-media">{}</span>').format(
+            _label(labels, "reference", name=item.reference or "?")
+        )
     return Markup('<span class="cda-media">{}</span>').format(_label(labels, "other", type=item.media_type))

@@ -35,7 +35,10 @@ async def published(rt: Runtime, address: str) -> PublishedCertificate:
 
 def download(data: bytes, media_type: str, filename: str) -> Response:
     """A certificate file as a download."""
-    headers = {"content-security-policy": ATTACHMENT_CSP, "content-disposition": content_disposition("attachment", filename)}
+    headers = {
+        "content-security-policy": ATTACHMENT_CSP,
+        "content-disposition": content_disposition("attachment", filename),
+    }
     return RawResponse(content=data, media_type=media_type, headers=headers)
 
 

@@ -105,7 +105,7 @@ def _prefix(prefix: str, subject: str) -> str:
     return f"{prefix} {subject}".strip()
 
 
-def note_for(lang: Language):  # type: ignore[no-untyped-def]
+def note_for(lang: Language):
     """The paragraph, in the writer's language, that says whose signature kept files carried."""
 
     def note(kept: list[KeptAttachment]) -> str:
@@ -211,9 +211,7 @@ class ComposeController(Controller):
             state.keep = [a.index for a in opened.attachments]  # a forward carries the documents
         elif params.get("to"):
             state.to = list(split_addresses(params.get("to") or ""))
-        return render(
-            request, "compose.html", user=live.address, state=state, errors={}, general=None, notice=notice
-        )
+        return render(request, "compose.html", user=live.address, state=state, errors={}, general=None, notice=notice)
 
     @post("/compose")
     async def send(self, request: Request, live: Live, rt: Rt) -> Response:
@@ -314,9 +312,7 @@ class ComposeController(Controller):
         """The Drafts folder: what is not sent yet, the latest first."""
         found = await run(mailbox.list_drafts, rt, live.account())
         unread = await run(mailbox.unread_count, rt, live.address)
-        return render(
-            request, "drafts.html", user=live.address, drafts=found, folder="drafts", unread=unread
-        )
+        return render(request, "drafts.html", user=live.address, drafts=found, folder="drafts", unread=unread)
 
     @post("/drafts/{draft_id:str}/discard")
     async def discard(self, request: Request, live: Live, rt: Rt, draft_id: FromPath[str]) -> Response:

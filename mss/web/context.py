@@ -52,7 +52,7 @@ Web = NamedDependency[WebConfig]
 
 def config(request: Request) -> WebConfig:
     """The app's WebConfig."""
-    return request.app.state.web  # type: ignore[no-any-return]
+    return request.app.state.web
 
 
 def ensure_request_id(scope: Any) -> str:

@@ -58,8 +58,13 @@ class DirectoryController(Controller):
             except DirectoryError:
                 error = language(request).gettext("This search cannot be done; try fewer words.")
         return render(
-            request, "directory.html", status_code=422 if error else 200, user=live.address, query=query,
-            result=result, error=error,
+            request,
+            "directory.html",
+            status_code=422 if error else 200,
+            user=live.address,
+            query=query,
+            result=result,
+            error=error,
         )
 
     @get("/{address:str}")

@@ -128,7 +128,9 @@ def service_error(request: Request, exc: MssError) -> Response:
         return _api_error(request, 404, "not-found", "not found") if _is_api(request) else _page(request, 404)
     if isinstance(exc, ReceiptNotPending):
         if _is_api(request):
-            return _api_error(request, 409, "not-pending", f"no read receipt waits for an answer ({exc.details.get('state')})")
+            return _api_error(
+                request, 409, "not-pending", f"no read receipt waits for an answer ({exc.details.get('state')})"
+            )
         return _page(request, 409)
     if isinstance(exc, DraftTooLarge):
         if _is_api(request):
@@ -154,14 +156,18 @@ def service_error(request: Request, exc: MssError) -> Response:
 def internal_error(request: Request, exc: Exception) -> Response:
     """Anything else: logged with the correlation id, a plain 500 for the client."""
     log.error(
-        "request %s: %s %s failed", request_id(request), request.method, request.url.path, exc_info=exc,
+        "request %s: %s %s failed",
+        request_id(request),
+        request.method,
+        request.url.path,
+        exc_info=exc,
         extra={"request_id": request_id(request)},
     )
     if _is_api(request):
         return _api_error(request, HTTP_500_INTERNAL_SERVER_ERROR, "internal-error", "internal error")
     try:
         return _page(request, 500)
-    except Exception:  # noqa: BLE001 - the error page itself failed: answer in plain text
+    except Exception:
         log.exception("request %s: the error page failed", request_id(request))
         return Response(
             content="Internal error. Reference: " + request_id(request), status_code=500, media_type=MediaType.TEXT

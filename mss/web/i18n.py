@@ -46,7 +46,7 @@ def load_translations(language: str) -> Translations:
 def negotiate(cookie: str | None, accept_language: str | None) -> str:
     """The language to answer in: the cookie's, else Accept-Language's best, else French."""
     if cookie in LANGUAGES:
-        return cookie  # type: ignore[return-value]
+        return cookie
     best: tuple[float, int, str] | None = None
     for position, item in enumerate((accept_language or "").split(",")):
         tag, _sep, params = item.strip().partition(";")

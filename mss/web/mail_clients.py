@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 from litestar import Controller, Request, Response, get, post
-
 from litestar.params import URLEncodedBody
 
 from mss.mailbox import served
@@ -93,6 +92,12 @@ class MailClientController(Controller):
         live = await current_session(request)
         if data.mode not in served.MODES:
             return Response(content="unknown IMAP mode\n", media_type="text/plain; charset=utf-8", status_code=422)
-        await run(served.set_mode, config(request).rt.engine, live.address, data.mode, actor=live.address,
-                  request_id=request_id(request))
+        await run(
+            served.set_mode,
+            config(request).rt.engine,
+            live.address,
+            data.mode,
+            actor=live.address,
+            request_id=request_id(request),
+        )
         return redirect("/account")

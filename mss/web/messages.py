@@ -112,7 +112,8 @@ _PROBLEMS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     for pattern, msgid in (
         (r"is larger than the (?P<limit>[\d.]+) MB limit for attachments",
          _("%(file)s is larger than the %(limit)s MB limit for attachments.")),
-        (r"is protected by a password: .*", _("%(file)s is protected by a password: send it unprotected, the message is encrypted anyway.")),
+        (r"is protected by a password: .*",
+         _("%(file)s is protected by a password: send it unprotected, the message is encrypted anyway.")),
         (r"(?:carries an embedded PDF that )?runs JavaScript, which is not allowed",
          _("%(file)s runs JavaScript, which is not allowed.")),
         (r"(?:carries an embedded PDF that )?launches a program, which is not allowed",
@@ -143,7 +144,8 @@ _PROBLEMS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"is not a CDA R2 document: ClinicalDocument is in (?P<namespace>.*), not .*",
          _("%(file)s is not a CDA R2 document: its ClinicalDocument element is in %(namespace)s.")),
         (r"is not a CDA R2 document: .*", _("%(file)s is not a CDA R2 document.")),
-        (r"is not a valid CDA R2 document: it names no patient.*", _("%(file)s is not a valid CDA R2 document: it names no patient.")),
+        (r"is not a valid CDA R2 document: it names no patient.*",
+         _("%(file)s is not a valid CDA R2 document: it names no patient.")),
         (r"is not a valid CDA R2 document: .*", _("%(file)s is not a valid CDA R2 document.")),
         (r"carries (?P<what>.*) inside the document, which is not allowed",
          _("%(file)s carries a program inside the document, which is not allowed.")),
@@ -237,7 +239,7 @@ def error_text(lang: Language, error: MssError | str) -> str:
         return lang.gettext("%(address)s is not in the directory.", address=error.address)
     if isinstance(error, RevokedAddress):
         return lang.gettext("%(address)s is no longer active in the directory.", address=error.address)
-    known = (
+    known: tuple[tuple[type[MssError], str], ...] = (
         (RecipientHasNoCertificate, _("A recipient has no valid certificate: nothing can be encrypted to them.")),
         (DomainNotServed, _("A recipient is outside the trust space served here.")),
         (TooManyRecipients, _("There are too many recipients.")),
@@ -245,8 +247,8 @@ def error_text(lang: Language, error: MssError | str) -> str:
         (FromHeaderMismatch, _("The sender must be your own address.")),
         (NotEncryptedForRecipients, _("The message is not encrypted for every recipient.")),
     )
-    for cls, sentence in known:
-        if isinstance(error, cls):
+    for error_class, sentence in known:
+        if isinstance(error, error_class):
             return lang.gettext(sentence)
     return lang.gettext("The message could not be sent.")
 

@@ -90,7 +90,7 @@ def _page_number(value: str | None) -> int:
     return min(max(number, 1), 100_000)
 
 
-def certificate_ending(rt, live) -> datetime | None:  # type: ignore[no-untyped-def]
+def certificate_ending(rt, live) -> datetime | None:
     """When the session's certificate ends, if that is within ``MSS_CERT_WARNING_DAYS``."""
     ends = live.certificate_not_after
     return ends if ends <= utcnow() + timedelta(days=rt.settings.pki.expiry_warning_days) else None
@@ -174,8 +174,12 @@ class MailboxController(Controller):
             raise ValidationException("decision is send or decline")
         try:
             await run(
-                mailbox.answer_read_receipt, config(request).rt, live.account(), queue_id,
-                send=decision == "send", request_id=request_id(request),
+                mailbox.answer_read_receipt,
+                config(request).rt,
+                live.account(),
+                queue_id,
+                send=decision == "send",
+                request_id=request_id(request),
             )
         except MessageNotFound as exc:
             raise NotFoundException() from exc
@@ -267,7 +271,9 @@ class MailboxController(Controller):
         return file_response(pdf, name, "application/pdf", inline=True)
 
     @get("/messages/{queue_id:str}/attachments/{index:int}/media/{n:int}")
-    async def media(self, request: Request, queue_id: FromPath[str], index: FromPath[int], n: FromPath[int]) -> Response:
+    async def media(
+        self, request: Request, queue_id: FromPath[str], index: FromPath[int], n: FromPath[int]
+    ) -> Response:
         """A PDF or image a CDA attachment carries, inline."""
         opened = await self._attachment(request, queue_id, index, "attachment.view")
         a = opened.attachment
@@ -287,7 +293,10 @@ class MailboxController(Controller):
         stem = filename.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
         if content_type == "application/pdf":
             return file_response(content, f"{stem}-{n}.pdf", content_type, inline=True)
-        headers = {"content-security-policy": ATTACHMENT_CSP, "content-disposition": content_disposition("inline", stem)}
+        headers = {
+            "content-security-policy": ATTACHMENT_CSP,
+            "content-disposition": content_disposition("inline", stem),
+        }
         return RawResponse(content=content, media_type=content_type, headers=headers)
 
     @get("/messages/{queue_id:str}/attachments/{index:int}/view")
@@ -399,11 +408,11 @@ class MailboxController(Controller):
         await self._fill_view(request, context, entry.kind, data, entry.path)
         return await run(render, request, "attachment.html", **context)
 
-    async def _xdm(self, request: Request, queue_id: FromPath[str], index: int, doc: int, action: str):  # type: ignore[no-untyped-def]
+    async def _xdm(self, request: Request, queue_id: FromPath[str], index: int, doc: int, action: str):
         opened = await self._attachment(request, queue_id, index, action)
         return await self._xdm_of(request, opened, doc)
 
-    async def _xdm_of(self, request: Request, opened: mailbox.OpenedAttachment, doc: int):  # type: ignore[no-untyped-def]
+    async def _xdm_of(self, request: Request, opened: mailbox.OpenedAttachment, doc: int):
         if opened.attachment.kind != "xdm":
             raise NotFoundException()
         try:

@@ -46,9 +46,7 @@ async def crl(request: Request) -> Response[bytes]:
         body = await run(_crl_der, rt)
     except PkiError:
         return Response(b"no revocation list is available\n", status_code=503, media_type="text/plain")
-    return Response(
-        body, media_type="application/pkix-crl", headers={"Cache-Control": f"public, max-age={MAX_AGE}"}
-    )
+    return Response(body, media_type="application/pkix-crl", headers={"Cache-Control": f"public, max-age={MAX_AGE}"})
 
 
 @get(CA_PATH, include_in_schema=False)
@@ -92,5 +90,9 @@ async def smime_certificate(request: Request, address: FromPath[str]) -> Respons
 def create_publication_app(rt: Runtime) -> Litestar:
     """The plain-HTTP publication app: the CRL, the CA certificate and the S/MIME
     certificates of the addresses served here, nothing else."""
-    return Litestar(route_handlers=[crl, ca_certificate, smime_certificate], state=State({"rt": rt}),
-                    logging_config=None, openapi_config=None)
+    return Litestar(
+        route_handlers=[crl, ca_certificate, smime_certificate],
+        state=State({"rt": rt}),
+        logging_config=None,
+        openapi_config=None,
+    )

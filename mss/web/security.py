@@ -22,7 +22,7 @@ from mss.web.context import CSRF_FIELD, CSRF_HEADER, csrf_secret, ensure_request
 from mss.web.sessions import csrf_matches
 
 if TYPE_CHECKING:
-    from litestar.types import ASGIApp, Message, Receive, Scope, Send  # noqa: F401
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 API_PREFIX = "/api/"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}

@@ -33,12 +33,13 @@ from cryptography import x509
 from litestar.di import NamedDependency
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from directory.models import Certificate
 from mss import standing
 from mss.accounts import UnlockedAccount
 from mss.crypto import keys
-from mss.db import session_scope, utcnow
+from mss.db import rowcount, session_scope, utcnow
 from mss.errors import AuthError, StandingError
 from mss.models import Account, WebSession
 from mss.settings import Settings
@@ -56,8 +57,11 @@ class SessionInvalid(AuthError):
     """No live session for this cookie or token (missing, malformed, ended or expired)."""
 
     def __init__(
-        self, reason: str = "no session", message: str = "your session has ended; please log in again",
-        *, standing: bool = False,
+        self,
+        reason: str = "no session",
+        message: str = "your session has ended; please log in again",
+        *,
+        standing: bool = False,
     ) -> None:
         super().__init__(message, reason=reason)
         self.reason = reason
@@ -83,7 +87,7 @@ class SessionToken:
     key: bytes
 
     @classmethod
-    def new(cls) -> "SessionToken":
+    def new(cls) -> SessionToken:
         """A fresh random token."""
         return cls(secrets.token_bytes(ID_BYTES), secrets.token_bytes(KEY_BYTES))
 
@@ -92,7 +96,7 @@ class SessionToken:
         return base64.urlsafe_b64encode(self.session_id + self.key).rstrip(b"=").decode("ascii")
 
     @classmethod
-    def decode(cls, text: str | None) -> "SessionToken | None":
+    def decode(cls, text: str | None) -> SessionToken | None:
         """The token in ``text``, or None when it is not one (never raises)."""
         if not text or len(text) != 86:
             return None
@@ -220,10 +224,10 @@ def load_session(
     now = utcnow()
     with session_scope(engine) as session:
         found = session.execute(
-            select(WebSession, Account.disabled, Certificate.der)
-            .join(Account, Account.address == WebSession.address, isouter=True)
-            .join(Certificate, Certificate.id == Account.certificate_id, isouter=True)
-            .where(WebSession.token_hash == token.token_hash)
+            select(WebSession, col(Account.disabled), col(Certificate.der))
+            .join(Account, col(Account.address) == col(WebSession.address), isouter=True)
+            .join(Certificate, col(Certificate.id) == col(Account.certificate_id), isouter=True)
+            .where(col(WebSession.token_hash) == token.token_hash)
         ).first()
         if found is None or found[0].channel != channel:
             raise SessionInvalid("unknown session")
@@ -248,7 +252,13 @@ def load_session(
             row.last_seen_at = now
             session.add(row)
         snapshot = (
-            row.address, row.channel, row.stage, row.created_at, row.expires_at, row.key_sealed, row.past_keys_sealed
+            row.address,
+            row.channel,
+            row.stage,
+            row.created_at,
+            row.expires_at,
+            row.key_sealed,
+            row.past_keys_sealed,
         )
     if expired is not None:
         raise SessionInvalid(expired, message, standing=by_standing)
@@ -273,7 +283,7 @@ def advance(engine: Engine, live: LiveSession, *, stage: str, policy: SessionPol
     """
     token, row = _new_row(live.address, live.channel, stage, live.private_key_der, live.past_keys_der, policy)
     with session_scope(engine) as session:
-        gone = session.execute(delete(WebSession).where(WebSession.token_hash == live.token.token_hash)).rowcount
+        gone = rowcount(session.execute(delete(WebSession).where(col(WebSession.token_hash) == live.token.token_hash)))
         if not gone:
             raise SessionInvalid("session ended meanwhile")
         session.add(row)
@@ -285,16 +295,16 @@ def end_session(engine: Engine, token: SessionToken | None) -> bool:
     if token is None:
         return False
     with session_scope(engine) as session:
-        return bool(session.execute(delete(WebSession).where(WebSession.token_hash == token.token_hash)).rowcount)
+        return bool(rowcount(session.execute(delete(WebSession).where(col(WebSession.token_hash) == token.token_hash))))
 
 
 def end_other_sessions(engine: Engine, address: str, keep: SessionToken | None = None) -> int:
     """Delete every session of ``address`` except ``keep``'s; return how many ended."""
     with session_scope(engine) as session:
-        query = delete(WebSession).where(WebSession.address == address)
+        query = delete(WebSession).where(col(WebSession.address) == address)
         if keep is not None:
-            query = query.where(WebSession.token_hash != keep.token_hash)
-        return int(session.execute(query).rowcount or 0)
+            query = query.where(col(WebSession.token_hash) != keep.token_hash)
+        return rowcount(session.execute(query))
 
 
 def purge_expired(engine: Engine, *, policy: SessionPolicy) -> int:
@@ -302,9 +312,10 @@ def purge_expired(engine: Engine, *, policy: SessionPolicy) -> int:
     now = utcnow()
     with session_scope(engine) as session:
         query = delete(WebSession).where(
-            (WebSession.expires_at <= now) | (WebSession.last_seen_at <= now - max(policy.idle, policy.pending))
+            (col(WebSession.expires_at) <= now)
+            | (col(WebSession.last_seen_at) <= now - max(policy.idle, policy.pending))
         )
-        return int(session.execute(query).rowcount or 0)
+        return rowcount(session.execute(query))
 
 
 # The logged-in session, as controllers are given it (``dependencies={"live": ...}``).
