@@ -309,12 +309,7 @@ def directory_import(
 
     rt = runtime()
     if sys.stderr.isatty():
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
         with Progress(
             "[progress.description]{task.description}",
@@ -658,8 +653,7 @@ def _set_disabled(address: str, disabled: bool) -> None:
 @account_app.command("admin")
 @handles_errors
 def account_admin(
-    address: str,
-    withdraw: Annotated[bool, typer.Option("--withdraw", help="Take the role away.")] = False,
+    address: str, withdraw: Annotated[bool, typer.Option("--withdraw", help="Take the role away.")] = False
 ) -> None:
     """Grant the administrator role (the activity pages under /admin)."""
     from mss import accounts
@@ -892,8 +886,7 @@ TRACE_COLUMNS = (
 @app.command("trace")
 @handles_errors
 def trace(
-    message: Annotated[str, typer.Argument(help="Message-ID or queue id.")],
-    fmt: FormatOption = Format.table,
+    message: Annotated[str, typer.Argument(help="Message-ID or queue id.")], fmt: FormatOption = Format.table
 ) -> None:
     """The journey of a message: submitted, checked, signed, delivered, receipts, readings."""
     from mss import store

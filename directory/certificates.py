@@ -29,14 +29,7 @@ from mss.addresses import normalise_address
 from mss.crypto import keys, pki
 from mss.crypto.master import MasterKey
 from mss.db import utcnow
-from mss.errors import (
-    ConfigError,
-    CryptoError,
-    DomainNotServed,
-    PkiError,
-    RevokedAddress,
-    UnknownAddress,
-)
+from mss.errors import ConfigError, CryptoError, DomainNotServed, PkiError, RevokedAddress, UnknownAddress
 from mss.models import SealedSecret
 from mss.settings import Settings
 

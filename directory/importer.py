@@ -261,13 +261,9 @@ class _Writer:
         when = bindparam("now", now, type_=UTCDateTime)
         self.move_added = insert(_TABLE).from_select(
             [*_DATA_COLUMNS, "status", "status_reason", "created_at", "updated_at"],
-            select(
-                *(stage[name] for name in _DATA_COLUMNS),
-                literal(ACTIVE),
-                literal(""),
-                when,
-                when,
-            ).where(stage.op == _ADD),
+            select(*(stage[name] for name in _DATA_COLUMNS), literal(ACTIVE), literal(""), when, when).where(
+                stage.op == _ADD
+            ),
         )
         reactivate = stage.op == _REACTIVATE
         self.move_changed = (
@@ -502,12 +498,7 @@ def _load_known(conn: Connection) -> tuple[_Known, dict[str, str]]:
 
 
 def import_extract(
-    engine: Engine,
-    path: str | Path,
-    *,
-    prune: bool = False,
-    actor: str = "cli",
-    progress: Progress | None = None,
+    engine: Engine, path: str | Path, *, prune: bool = False, actor: str = "cli", progress: Progress | None = None
 ) -> ImportSummary:
     """Upsert the extract at ``path`` into the directory, in one transaction.
 
@@ -551,13 +542,7 @@ def import_extract(
 
 
 def _import_lines(
-    conn: Connection,
-    handle: BinaryIO,
-    header: bytes,
-    size: int,
-    prune: bool,
-    progress: Progress | None,
-    name: str,
+    conn: Connection, handle: BinaryIO, header: bytes, size: int, prune: bool, progress: Progress | None, name: str
 ) -> ImportSummary:
     """Stream the lines after the header into the database; return the summary."""
     known, not_active = _load_known(conn)

@@ -213,8 +213,7 @@ def search(
         sql, params = _statement(dialect, words, include_inactive)
         ids = (
             session.execute(
-                text(sql),
-                {**params, "exact": exact, "limit": per_page + 1, "offset": (page - 1) * per_page},
+                text(sql), {**params, "exact": exact, "limit": per_page + 1, "offset": (page - 1) * per_page}
             )
             .scalars()
             .all()

@@ -17,14 +17,7 @@ from sqlmodel import Session, col
 
 from directory.extract import ADELI_TYPE, FIELDS, RPPS_TYPE, validate_fields
 from directory.importer import entry_row
-from directory.models import (
-    ACTIVE,
-    INACTIVE,
-    INACTIVE_REASON,
-    REVOKED,
-    Certificate,
-    DirectoryEntry,
-)
+from directory.models import ACTIVE, INACTIVE, INACTIVE_REASON, REVOKED, Certificate, DirectoryEntry
 from mss import audit, standing
 from mss.addresses import normalise_address
 from mss.db import utcnow

@@ -461,8 +461,7 @@ def _check_checkpoints(session: Session, master_key: MasterKey) -> Row[Any] | No
     key = _signing_key(session, master_key, create=False)
     if key is None:
         raise _Broken(
-            checkpoints[-1].through_seq,
-            "the audit signing key is missing, so the checkpoints cannot be checked",
+            checkpoints[-1].through_seq, "the audit signing key is missing, so the checkpoints cannot be checked"
         )
     for checkpoint in checkpoints:
         try:
@@ -674,12 +673,7 @@ class PurgeResult:
 
 
 def purge(
-    session: Session,
-    master_key: MasterKey,
-    *,
-    before: datetime,
-    actor: str = "mss",
-    request_id: str = "",
+    session: Session, master_key: MasterKey, *, before: datetime, actor: str = "mss", request_id: str = ""
 ) -> PurgeResult:
     """Delete the events older than ``before`` and leave a signed checkpoint in their place.
 

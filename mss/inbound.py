@@ -405,10 +405,7 @@ def _receipts_for_sender(
     by_address = {r.address: r for r in arrival.recipients}
     success = [r for r in deliverable if "SUCCESS" in r.notify]
     failures = [a for a in failed if "NEVER" not in by_address[a].notify]
-    outcomes: tuple[tuple[Action, list[str]], ...] = (
-        ("delivered", [r.address for r in success]),
-        ("failed", failures),
-    )
+    outcomes: tuple[tuple[Action, list[str]], ...] = (("delivered", [r.address for r in success]), ("failed", failures))
     for action, addresses in outcomes:
         if not addresses:
             continue

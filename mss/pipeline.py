@@ -439,8 +439,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
             "to": str(message.get("To", "")),
             "cc": str(message.get("Cc", "")),
             "entity": store.entity_facts(
-                signed_entity,
-                store.submission_signature(sender.address, _sender_certificate_serial(sender), utcnow()),
+                signed_entity, store.submission_signature(sender.address, _sender_certificate_serial(sender), utcnow())
             ),
         }
 

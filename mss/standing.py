@@ -20,13 +20,7 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlmodel import Session, col
 
-from directory.models import (
-    ACTIVE,
-    INACTIVE,
-    INACTIVE_REASON,
-    Certificate,
-    DirectoryEntry,
-)
+from directory.models import ACTIVE, INACTIVE, INACTIVE_REASON, Certificate, DirectoryEntry
 from mss.db import rowcount, utcnow
 from mss.errors import (
     AccountDisabled,
@@ -98,8 +92,7 @@ def check(session: Session, settings: Settings, address: str, *, certificate_ser
         reason = status_reason or (INACTIVE_REASON if status == INACTIVE else "")
         since = f" since {_day(status_changed_at)}" if status_changed_at else ""
         raise EntryRevoked(
-            f"the directory entry of {address} is revoked{since}" + (f": {reason}" if reason else ""),
-            reason=reason,
+            f"the directory entry of {address} is revoked{since}" + (f": {reason}" if reason else ""), reason=reason
         )
     if serial is None:
         raise CertificateRevoked(f"{address} has no signing certificate: it must be rekeyed")

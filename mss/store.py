@@ -263,7 +263,7 @@ def store_inbound(
                 "recipients": len(delivered) + len(failed),
                 "protection": (meta.origin or {}).get("protection", ""),
             },
-        ),
+        )
     ]
     for recipient, notify, mdn in delivered:
         session.add(

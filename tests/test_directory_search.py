@@ -58,11 +58,7 @@ def test_every_word_must_match_as_a_prefix(directory: Engine) -> None:
     assert (
         find(directory, "n'diaye")
         == find(directory, "n diaye")
-        == [
-            "chloe.ndiaye@pharmacie.mss.test",
-            "eloise.ndiaye@pharmacie.mss.test",
-            "matheo.ndiaye@medecin.mss.test",
-        ]
+        == ["chloe.ndiaye@pharmacie.mss.test", "eloise.ndiaye@pharmacie.mss.test", "matheo.ndiaye@medecin.mss.test"]
     )
 
 
@@ -83,10 +79,7 @@ def test_particles_are_ignored_when_other_words_remain(directory: Engine) -> Non
     assert (
         find(directory, "le goff")
         == find(directory, "goff")
-        == [
-            "lea.le-goff@pharmacie.mss.test",
-            "noel.le-goff@infirmier.mss.test",
-        ]
+        == ["lea.le-goff@pharmacie.mss.test", "noel.le-goff@infirmier.mss.test"]
     )
     assert find(directory, "centre hospitalier de démo", per_page=50) == find(
         directory, "centre hospitalier demo", per_page=50

@@ -222,11 +222,7 @@ def test_header_values_for_test_and_invalid_ins(parsed: dict[str, Document]) -> 
 
 
 def test_message_header_values_join_codes(parsed: dict[str, Document]) -> None:
-    infos = [
-        cda(parsed, "OBP-SAP_2024.01.xml"),
-        cda(parsed, "LDL-SES_2022.01.xml"),
-        cda(parsed, "OBP-SAP_2024.01.xml"),
-    ]
+    infos = [cda(parsed, "OBP-SAP_2024.01.xml"), cda(parsed, "LDL-SES_2022.01.xml"), cda(parsed, "OBP-SAP_2024.01.xml")]
     assert message_header_values(infos) == {"X-MSS-CODECDA": "57055-6,11490-0", "X-MSS-INS": "O"}
     assert message_header_values([]) == {}
 

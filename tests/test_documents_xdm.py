@@ -99,9 +99,7 @@ def test_built_package_round_trips(letter: tuple[bytes, CdaInfo]) -> None:
     data, info = letter
     pdf = make_pdf()
     package = build_xdm(
-        [("LDL-SES_2022.01.xml", data, info), ("scan.pdf", pdf, None)],
-        author=info.authors[0],
-        patient=info.patient,
+        [("LDL-SES_2022.01.xml", data, info), ("scan.pdf", pdf, None)], author=info.authors[0], patient=info.patient
     )
     assert len(package) < LIMITS.max_document_size
     with zipfile.ZipFile(io.BytesIO(package)) as zf:
@@ -392,10 +390,7 @@ def test_direct_project_package_is_accepted() -> None:
 
 def test_metadata_uri_escaping_the_subset_is_refused() -> None:
     pdf = make_pdf()
-    entries = [
-        ("README.TXT", pdf),
-        ("IHE_XDM/SUBSET01/METADATA.XML", metadata_for("../../README.TXT", pdf)),
-    ]
+    entries = [("README.TXT", pdf), ("IHE_XDM/SUBSET01/METADATA.XML", metadata_for("../../README.TXT", pdf))]
     with pytest.raises(InvalidXdm, match="outside its folder"):
         parse_xdm(make_zip(entries), limits=LIMITS)
 

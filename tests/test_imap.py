@@ -345,10 +345,7 @@ def test_end_to_end_mode_serves_the_envelope_that_openssl_opens(rt, imap, doctor
             check=True,
         ).stdout
         content = subprocess.run(
-            ["openssl", "cms", "-verify", "-CAfile", ca_file(rt)],
-            input=inner,
-            capture_output=True,
-            check=True,
+            ["openssl", "cms", "-verify", "-CAfile", ca_file(rt)], input=inner, capture_output=True, check=True
         ).stdout
         documents.update(documents_of(content))
     assert set(documents) == {"compte-rendu.pdf", CDA_SAMPLE.name, "IHE_XDM.ZIP"}

@@ -16,22 +16,11 @@ from typer.testing import CliRunner
 from cli.main import app
 from mss.db import session_scope
 from mss.models import AuditEvent
-from mss.relay import RelayServer
 
-from relay_support import (
-    CDA_SAMPLE,
-    RECIPIENTS,
-    SENDER,
-    UNKNOWN,
-    build_stack,
-    cda_bytes,
-    pdf_bytes,
-    queue_id,
-    transaction,
-)
+from relay_support import CDA_SAMPLE, RECIPIENTS, SENDER, UNKNOWN, cda_bytes, pdf_bytes, queue_id, transaction
 from relay_support import login as smtp_login
 from relay_support import message as smtp_message
-from web_support import Person, WebServer, submit
+from web_support import Person, serving, submit
 
 
 def run_mss(stack, *args: str) -> str:  # type: ignore[no-untyped-def]
@@ -43,14 +32,8 @@ def run_mss(stack, *args: str) -> str:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def stack(tmp_path):  # type: ignore[no-untyped-def]
-    stack = build_stack(tmp_path)
-    stack.relay = RelayServer(stack.rt).start()
-    web = WebServer(stack.rt).start()
-    try:
-        yield stack, web
-    finally:
-        web.stop()
-        stack.close()
+    with serving(tmp_path) as served:
+        yield served
 
 
 def test_admin_pages_for_admins_only(stack, chromium, tmp_path):  # type: ignore[no-untyped-def]

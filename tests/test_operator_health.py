@@ -27,17 +27,7 @@ from mss.crypto.pki import PkiPaths
 from mss.db import session_scope
 from mss.logs import JsonFormatter
 
-from relay_support import (
-    RECIPIENTS,
-    SENDER,
-    UNKNOWN,
-    Stack,
-    connect,
-    login,
-    referral,
-    running_stack,
-    transaction,
-)
+from relay_support import RECIPIENTS, SENDER, UNKNOWN, Stack, connect, login, referral, running_stack, transaction
 from web_support import WebServer
 
 

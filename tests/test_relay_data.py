@@ -18,12 +18,7 @@ from directory.certificates import current_certificate
 from mss import accounts
 from mss.crypto import keys, smime
 from mss.db import session_scope
-from mss.documents import (
-    ArchiveBomb,
-    ForbiddenDocumentType,
-    XmlDoctypeForbidden,
-    XmlTooComplex,
-)
+from mss.documents import ArchiveBomb, ForbiddenDocumentType, XmlDoctypeForbidden, XmlTooComplex
 from mss.models import MailboxItem, Message
 from mss.relay import replies
 from mss.relay.handler import document_status

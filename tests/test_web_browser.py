@@ -30,12 +30,11 @@ from playwright.sync_api import expect
 
 from mss import accounts, mailbox
 from mss.documents import DocumentLimits, parse_cda
-from mss.relay import RelayServer
 from mss.web.twofactor import secret_of
 
-from relay_support import CDA_SAMPLE, RECIPIENTS, SENDER, build_stack, cda_bytes, pdf_bytes, queue_id, transaction
+from relay_support import CDA_SAMPLE, RECIPIENTS, SENDER, cda_bytes, pdf_bytes, queue_id, transaction
 from relay_support import login as smtp_login
-from web_support import Person, WebServer, build_message, submit
+from web_support import Person, build_message, serving, submit
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -80,14 +79,8 @@ def axe_source() -> str:
 
 @pytest.fixture
 def stack(tmp_path):  # type: ignore[no-untyped-def]
-    stack = build_stack(tmp_path)
-    stack.relay = RelayServer(stack.rt).start()
-    web = WebServer(stack.rt).start()
-    try:
-        yield stack, web
-    finally:
-        web.stop()
-        stack.close()
+    with serving(tmp_path) as served:
+        yield served
 
 
 def _shot(page, name: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -235,14 +228,8 @@ WORLD = Path(__file__).resolve().parent / "samples" / "world"
 @pytest.fixture
 def roomy_stack(tmp_path):  # type: ignore[no-untyped-def]
     """The stack with the default message size (a level-1 CDA carries a whole PDF)."""
-    stack = build_stack(tmp_path, MSS_MAX_MESSAGE_SIZE="20000000")
-    stack.relay = RelayServer(stack.rt).start()
-    web = WebServer(stack.rt).start()
-    try:
-        yield stack, web
-    finally:
-        web.stop()
-        stack.close()
+    with serving(tmp_path, MSS_MAX_MESSAGE_SIZE="20000000") as served:
+        yield served
 
 
 def test_foreign_documents_in_the_browser(roomy_stack, chromium, tmp_path):  # type: ignore[no-untyped-def]

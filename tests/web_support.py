@@ -15,6 +15,8 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -28,6 +30,9 @@ from pypdf import PdfWriter
 from mss import accounts, pipeline
 from mss.db import session_scope
 from mss.pipeline import Accepted, RecipientRequest, Submission
+from mss.relay import RelayServer
+
+from relay_support import Stack, build_stack
 
 DOCTOR = "marc.robert@chu-demo.mss.test"  # Médecin, CHU de Démo
 GP = "eloise.fournier@medecin.mss.test"  # Médecin, Cabinet médical des Tilleuls
@@ -102,10 +107,7 @@ def submit(rt, person: Person, to: list[str], subject: str, body: str, attachmen
     return pipeline.submit(
         rt,
         Submission(
-            sender=unlocked(rt, person),
-            recipients=tuple(RecipientRequest(a) for a in to),
-            raw=raw,
-            channel="smtp",
+            sender=unlocked(rt, person), recipients=tuple(RecipientRequest(a) for a in to), raw=raw, channel="smtp"
         ),
     )
 
@@ -193,6 +195,20 @@ class WebServer:
             self._loop.call_soon_threadsafe(self._task.cancel)
         self._thread.join(30)
         self.sock.close()
+
+
+@contextmanager
+def serving(root: Path, **environment: str) -> Iterator[tuple[Stack, WebServer]]:
+    """A stack (``relay_support.build_stack``) with its relay and its HTTPS web server on
+    loopback, both stopped and the stack removed after the block."""
+    stack = build_stack(root, **environment)
+    stack.relay = RelayServer(stack.rt).start()
+    web = WebServer(stack.rt).start()
+    try:
+        yield stack, web
+    finally:
+        web.stop()
+        stack.close()
 
 
 # -- fixtures (imported by the web test modules) -------------------------------------------

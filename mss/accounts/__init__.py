@@ -45,12 +45,7 @@ from mss.accounts.custody import (
     set_disabled,
 )
 from mss.accounts.listing import AccountRow, list_accounts
-from mss.accounts.lockout import (
-    COUNTED_FAILURES,
-    is_locked,
-    login_completed,
-    record_failure,
-)
+from mss.accounts.lockout import COUNTED_FAILURES, is_locked, login_completed, record_failure
 from mss.accounts.login import authenticate, login_with_code
 from mss.accounts.preferences import (
     ALWAYS,

@@ -24,13 +24,7 @@ from mss.addresses import normalise_address
 from mss.crypto import keys
 from mss.crypto.master import MasterKey
 from mss.db import session_scope, utcnow
-from mss.errors import (
-    AccountLocked,
-    BadCredentials,
-    EnrolmentRequired,
-    StandingError,
-    TooManyAttempts,
-)
+from mss.errors import AccountLocked, BadCredentials, EnrolmentRequired, StandingError, TooManyAttempts
 from mss.settings import Settings
 
 

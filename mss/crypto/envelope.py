@@ -51,10 +51,7 @@ class GcmParameters(asn1_core.Sequence):
     """RFC 5084 3.2: ``GCMParameters ::= SEQUENCE { aes-nonce OCTET STRING, aes-ICVlen
     INTEGER DEFAULT 12 }`` (asn1crypto leaves these parameters unparsed)."""
 
-    _fields = [
-        ("nonce", asn1_core.OctetString),
-        ("icv_len", asn1_core.Integer, {"default": 12}),
-    ]
+    _fields = [("nonce", asn1_core.OctetString), ("icv_len", asn1_core.Integer, {"default": 12})]
 
 
 @dataclass(frozen=True)

@@ -248,10 +248,7 @@ def encrypt(data: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
 
 
 def sign_and_encrypt(
-    mime_entity: bytes,
-    certificate: x509.Certificate,
-    private_key: PrivateKey,
-    recipients: Sequence[x509.Certificate],
+    mime_entity: bytes, certificate: x509.Certificate, private_key: PrivateKey, recipients: Sequence[x509.Certificate]
 ) -> bytes:
     """The stored form of a message: :func:`encrypt` of :func:`sign` (DER)."""
     return encrypt(sign(mime_entity, certificate, private_key), recipients)
@@ -349,10 +346,7 @@ def signed_entity(signed_der: bytes) -> bytes:
 
 
 def export_for_mail_client(
-    envelope_der: bytes,
-    certificate: x509.Certificate,
-    private_key: PrivateKey,
-    headers: Mapping[str, str],
+    envelope_der: bytes, certificate: x509.Certificate, private_key: PrivateKey, headers: Mapping[str, str]
 ) -> bytes:
     """A stored message re-packed for the holder's own mail client.
 

@@ -51,13 +51,7 @@ from mss.documents.cda import (
     parse_cda,
 )
 from mss.documents.detect import inspect_attachment
-from mss.documents.pdf import (
-    ActivePdfContent,
-    EncryptedPdf,
-    PdfInfo,
-    PdfTooComplex,
-    check_pdf,
-)
+from mss.documents.pdf import ActivePdfContent, EncryptedPdf, PdfInfo, PdfTooComplex, check_pdf
 from mss.documents.xdm import (
     ArchiveBomb,
     ArchiveEncrypted,

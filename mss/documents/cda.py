@@ -377,9 +377,7 @@ def _code(el: etree._Element | None) -> Code | None:
     if el is None or not el.get("code"):
         return None
     return Code(
-        code=el.get("code", "").strip(),
-        code_system=el.get("codeSystem"),
-        display_name=_clean(el.get("displayName")),
+        code=el.get("code", "").strip(), code_system=el.get("codeSystem"), display_name=_clean(el.get("displayName"))
     )
 
 
@@ -643,12 +641,7 @@ def _check_embedded(
 
 
 def _decode_media(
-    filename: str,
-    el: etree._Element,
-    location: MediaLocation,
-    limits: DocumentLimits,
-    index: int,
-    budget: _TextBudget,
+    filename: str, el: etree._Element, location: MediaLocation, limits: DocumentLimits, index: int, budget: _TextBudget
 ) -> EmbeddedMedia:
     media_type = (el.get("mediaType") or "text/plain").strip().lower()
     parent = el.getparent()

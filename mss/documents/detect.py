@@ -15,12 +15,7 @@ from mss.documents.xdm import parse_xdm
 
 
 def inspect_attachment(
-    filename: str,
-    content_type: str,
-    data: bytes,
-    *,
-    limits: DocumentLimits,
-    allow_archive: bool = True,
+    filename: str, content_type: str, data: bytes, *, limits: DocumentLimits, allow_archive: bool = True
 ) -> Document:
     """Check one attachment and return what it is, with its metadata.
 

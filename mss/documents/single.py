@@ -31,12 +31,7 @@ ArchiveReader = Callable[..., Any]
 
 
 def inspect_document(
-    filename: str,
-    content_type: str,
-    data: bytes,
-    *,
-    limits: DocumentLimits,
-    read_archive: ArchiveReader | None = None,
+    filename: str, content_type: str, data: bytes, *, limits: DocumentLimits, read_archive: ArchiveReader | None = None
 ) -> Document:
     """Check one attachment and return what it is, with its metadata.
 

@@ -237,18 +237,14 @@ def sniff(data: bytes, content_type: str = "application/octet-stream", filename:
     if b"\x00" in data:
         raise ForbiddenDocumentType(filename, "is of an unknown type: this type of attachment is not allowed")
     raise ForbiddenDocumentType(
-        filename,
-        f"is of an unrecognised type ({display_name(declared)}): this type of attachment is not allowed",
+        filename, f"is of an unrecognised type ({display_name(declared)}): this type of attachment is not allowed"
     )
 
 
 def check_declared(kind: Kind, filename: str, content_type: str) -> None:
     """Refuse when the declared type or the extension names another kind than the content."""
     if content_type not in DECLARED_TYPES[kind]:
-        raise DocumentTypeMismatch(
-            filename,
-            f"is {_KIND_NAMES[kind]} but is declared as {display_name(content_type)}",
-        )
+        raise DocumentTypeMismatch(filename, f"is {_KIND_NAMES[kind]} but is declared as {display_name(content_type)}")
     ext = extension(filename)
     # A name without an extension contradicts nothing; a different extension does.
     if ext and ext not in EXTENSIONS[kind]:

@@ -32,12 +32,7 @@ from typing import Any, Final, TypeVar
 from pebble import ProcessExpired, ProcessPool
 
 from mss.documents import cda, detect, xdm
-from mss.documents.base import (
-    Document,
-    DocumentLimits,
-    DocumentTooComplex,
-    display_name,
-)
+from mss.documents.base import Document, DocumentLimits, DocumentTooComplex, display_name
 from mss.documents.cda import CdaInfo
 from mss.documents.xdm import XdmInfo
 

@@ -7,12 +7,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from mss.documents.base import (
-    DocumentLimits,
-    InvalidXml,
-    XmlDoctypeForbidden,
-    XmlTooComplex,
-)
+from mss.documents.base import DocumentLimits, InvalidXml, XmlDoctypeForbidden, XmlTooComplex
 
 _DOCTYPE_MARKERS = tuple(
     marker.encode(encoding)

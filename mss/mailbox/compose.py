@@ -32,13 +32,7 @@ from mss.documents import DocumentLimits, workers
 from mss.documents.cda import RPPS_ROOT, Author, CdaInfo, Identifier, Organisation, PersonName
 from mss.documents.sniff import sniff
 from mss.documents.xdm import build_xdm
-from mss.errors import (
-    DirectoryError,
-    DocumentError,
-    DomainNotServed,
-    MssError,
-    PolicyError,
-)
+from mss.errors import DirectoryError, DocumentError, DomainNotServed, MssError, PolicyError
 from mss.mailbox.content import Signature
 from mss.mailbox.items import limits_of
 from mss.mailbox.opening import open_attachment, thread_of
@@ -150,9 +144,7 @@ def _author(rt: Runtime, address: str) -> Author:
         return Author(name=None, id=None, rpps=None, organisation=None)
     name = (
         PersonName(
-            family=entry.last_name or None,
-            given=tuple(p for p in (entry.first_name,) if p),
-            prefix=entry.title or None,
+            family=entry.last_name or None, given=tuple(p for p in (entry.first_name,) if p), prefix=entry.title or None
         )
         if entry.kind == "PER"
         else None

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, select
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from mss import audit
 from mss.accounts import UnlockedAccount
@@ -63,6 +63,23 @@ class KeptDraft:
 def _id_of(value: str) -> str | None:
     candidate = (value or "").strip().upper()
     return candidate if _DRAFT_ID.match(candidate) else None
+
+
+def _kept(session: Session, owner: str, draft_id: str) -> StoredDraftRow:
+    """The row of one of ``owner``'s drafts. Raises DraftNotFound (also for another's)."""
+    wanted = _id_of(draft_id)
+    row = (
+        session.execute(
+            select(StoredDraftRow).where(col(StoredDraftRow.draft_id) == wanted, col(StoredDraftRow.owner) == owner)
+        )
+        .scalars()
+        .first()
+        if wanted
+        else None
+    )
+    if row is None:
+        raise DraftNotFound(f"no draft {draft_id.strip()[:40]} in these drafts")
+    return row
 
 
 def _summary(draft: Draft) -> bytes:
@@ -140,20 +157,7 @@ def save_draft(
     with session_scope(rt.engine) as session:
         row = None
         if draft_id is not None:
-            wanted = _id_of(draft_id)
-            row = (
-                session.execute(
-                    select(StoredDraftRow).where(
-                        col(StoredDraftRow.draft_id) == wanted, col(StoredDraftRow.owner) == owner.address
-                    )
-                )
-                .scalars()
-                .first()
-                if wanted
-                else None
-            )
-            if row is None:
-                raise DraftNotFound(f"no draft {draft_id.strip()[:40]} in these drafts")
+            row = _kept(session, owner.address, draft_id)
         else:
             kept = session.execute(
                 select(func.count()).select_from(StoredDraftRow).where(col(StoredDraftRow.owner) == owner.address)
@@ -216,21 +220,8 @@ def draft_count(rt: Runtime, owner: str) -> int:
 def open_draft(rt: Runtime, owner: UnlockedAccount, draft_id: str) -> KeptDraft:
     """One of the writer's drafts, attachments included. Raises DraftNotFound, CryptoError
     (a draft this session's keys cannot open)."""
-    wanted = _id_of(draft_id)
     with session_scope(rt.engine, readonly=True) as session:
-        row = (
-            session.execute(
-                select(StoredDraftRow).where(
-                    col(StoredDraftRow.draft_id) == wanted, col(StoredDraftRow.owner) == owner.address
-                )
-            )
-            .scalars()
-            .first()
-            if wanted
-            else None
-        )
-        if row is None:
-            raise DraftNotFound(f"no draft {draft_id.strip()[:40]} in these drafts")
+        row = _kept(session, owner.address, draft_id)
         data = open_envelope(session, row.content_cms, owner)
     return KeptDraft(draft_id=row.draft_id, draft=_draft_of(data), updated_at=row.updated_at)
 

@@ -39,14 +39,7 @@ from mss.db import session_scope, utcnow
 from mss.errors import MssError
 from mss.mailbox import served
 from mss.mailbox.content import decrypt_and_verify, open_envelope
-from mss.models import (
-    ClientFolder,
-    ClientItem,
-    MailboxIndexed,
-    MailboxItem,
-    MailboxToken,
-    Message,
-)
+from mss.models import ClientFolder, ClientItem, MailboxIndexed, MailboxItem, MailboxToken, Message
 from mss.receipts import issuer
 from mss.runtime import Runtime
 from mss.store import ARCHIVE, INBOX, SENT, MessageMeta, checked_signature, entity_facts

@@ -66,11 +66,7 @@ def _status(
     if action == "delayed":
         code = "4" + code[1:] if code[0] != "4" else code
     return receipts.RecipientStatus(
-        address=address,
-        action=action,
-        status=code,
-        diagnostic=diagnostic,
-        original_recipient=orcpt,
+        address=address, action=action, status=code, diagnostic=diagnostic, original_recipient=orcpt
     )
 
 

@@ -355,14 +355,8 @@ def build_dsn(
 # -- message disposition notifications (RFC 8098) ----------------------------------------
 
 
-_MDN_FR = {
-    "processed": "a été déposé dans la boîte de {recipient}",
-    "displayed": "a été affiché par {recipient}",
-}
-_MDN_EN = {
-    "processed": "was placed in the mailbox of {recipient}",
-    "displayed": "was displayed by {recipient}",
-}
+_MDN_FR = {"processed": "a été déposé dans la boîte de {recipient}", "displayed": "a été affiché par {recipient}"}
+_MDN_EN = {"processed": "was placed in the mailbox of {recipient}", "displayed": "was displayed by {recipient}"}
 _MDN_CAVEAT_FR = {
     "processed": "Cet accusé indique que le message est arrivé dans la boîte du destinataire ; il ne garantit pas "
     "qu'il a été ouvert, lu ni compris.",
@@ -610,9 +604,7 @@ def _params(params: Iterable[str] | Mapping[str, str | None] | str) -> list[tupl
 
 
 def parse_notify(
-    params: Iterable[str] | Mapping[str, str | None] | str,
-    *,
-    command: Literal["MAIL", "RCPT"] | None = None,
+    params: Iterable[str] | Mapping[str, str | None] | str, *, command: Literal["MAIL", "RCPT"] | None = None
 ) -> NotifySpec:
     """Parse the RFC 3461 parameters among ``params`` (``["NOTIFY=SUCCESS,FAILURE", ...]``,
     a mapping, or the raw parameter text); other ESMTP parameters are left to the caller.

@@ -169,12 +169,7 @@ class RelayHandler:
         return reply
 
     async def handle_EHLO(
-        self,
-        server: RelaySMTP,
-        session: RelaySession,
-        envelope: RelayEnvelope,
-        hostname: str,
-        responses: list[str],
+        self, server: RelaySMTP, session: RelaySession, envelope: RelayEnvelope, hostname: str, responses: list[str]
     ) -> list[str]:
         """aiosmtpd's EHLO lines with DSN and ENHANCEDSTATUSCODES before the last one."""
         session.host_name = hostname

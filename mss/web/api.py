@@ -451,12 +451,7 @@ async def api_session(request: Request) -> LiveSession:
     web = config(request)
     try:
         return await run(
-            load_session,
-            web.rt.engine,
-            bearer_token(request),
-            policy=web.policy,
-            channel=API,
-            settings=web.rt.settings,
+            load_session, web.rt.engine, bearer_token(request), policy=web.policy, channel=API, settings=web.rt.settings
         )
     except SessionInvalid as exc:
         raise ApiError(
@@ -601,12 +596,7 @@ class MessagesController(Controller):
         """Open a message (marks it read; a requested read receipt is sent, declined or left
         pending as the account's setting says: ``read_receipt`` tells which)."""
         opened = await run(
-            mailbox.open_message,
-            rt,
-            live.account(),
-            queue_id,
-            folder=folder,
-            request_id=request_id(request),
+            mailbox.open_message, rt, live.account(), queue_id, folder=folder, request_id=request_id(request)
         )
         return _message(opened)
 
@@ -633,14 +623,7 @@ class MessagesController(Controller):
         self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str], index: FromPath[int]
     ) -> Response:
         """An attachment's exact bytes."""
-        opened = await run(
-            mailbox.open_attachment,
-            rt,
-            live.account(),
-            queue_id,
-            index,
-            request_id=request_id(request),
-        )
+        opened = await run(mailbox.open_attachment, rt, live.account(), queue_id, index, request_id=request_id(request))
         a = opened.attachment
         return file_response(a.data, a.filename, a.content_type)
 

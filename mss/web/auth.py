@@ -19,14 +19,7 @@ from litestar.params import URLEncodedBody
 
 from mss import accounts, audit
 from mss.db import session_scope
-from mss.errors import (
-    AccountLocked,
-    AuthError,
-    BadCredentials,
-    BadTotp,
-    NoSuchAccount,
-    TooManyAttempts,
-)
+from mss.errors import AccountLocked, AuthError, BadCredentials, BadTotp, NoSuchAccount, TooManyAttempts
 from mss.runtime import Runtime
 from mss.web import twofactor
 from mss.web.context import (

@@ -11,11 +11,7 @@ import logging
 
 from litestar import Request, Response
 from litestar.enums import MediaType
-from litestar.exceptions import (
-    HTTPException,
-    NotAuthorizedException,
-    PermissionDeniedException,
-)
+from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from mss.errors import (
@@ -174,8 +170,4 @@ def internal_error(request: Request, exc: Exception) -> Response:
         )
 
 
-EXCEPTION_HANDLERS = {
-    HTTPException: http_error,
-    MssError: service_error,
-    Exception: internal_error,
-}
+EXCEPTION_HANDLERS = {HTTPException: http_error, MssError: service_error, Exception: internal_error}
