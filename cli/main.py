@@ -133,6 +133,7 @@ def handles_errors(fn: F) -> F:
             err.print(f"[red]error:[/red] {exc.message}", highlight=False)
             raise typer.Exit(1) from None
 
+    # functools.wraps keeps the signature Typer reads; mypy sees only the wrapper
     return wrapper  # type: ignore[return-value]
 
 

@@ -68,6 +68,7 @@ def check_crl(settings: Settings) -> Check:
     if crl is None:
         return Check("crl", False, f"no CRL at {PkiPaths.from_settings(settings).crl} (run `mss pki init`)")
     try:
+        # CA keys are RSA or EC (the types a CRL can be signed with); the union names others
         signed = crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
     except (InvalidSignature, TypeError, ValueError):
         signed = False

@@ -223,6 +223,7 @@ def _fetch_crl(url: str, issuer: x509.Certificate, timeout: float) -> x509.Certi
     except ValueError:
         log.warning("CRL %s is not a CRL", url)
         return None
+    # CA keys are RSA or EC (the types a CRL can be signed with); the union names others
     if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
         log.warning("CRL %s is not signed by %s", url, issuer.subject.rfc4514_string())
         return None

@@ -262,6 +262,7 @@ def crl_problem(
         if crl.issuer != certificate.issuer:
             continue
         found += 1
+        # CA keys are RSA or EC (the types a CRL can be signed with); the union names others
         if issuer is None or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
             bad_signature += 1
         elif crl.next_update_utc is None or crl.next_update_utc < when:

@@ -18,6 +18,7 @@ AES, digest of the whole message): the web runs it in worker threads.
 from __future__ import annotations
 
 import email.policy
+import email.utils
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -373,7 +374,8 @@ def decode_text(raw: bytes, declared: str | None) -> tuple[str, str]:
 def _text_of(part: EmailMessage) -> tuple[str, str]:
     """A text part's content and the charset guessed for it ("" when it said its own)."""
     raw = decoded_payload(part)
-    text, guess = decode_text(raw, part.get_param("charset"))  # type: ignore[arg-type]
+    charset = part.get_param("charset")  # text, or a tuple when written as RFC 2231 asks
+    text, guess = decode_text(raw, email.utils.collapse_rfc2231_value(charset) if charset else None)
     return text.replace("\r\n", "\n"), guess
 
 

@@ -24,7 +24,7 @@ from sqlmodel import Session, col
 
 from mss import audit, peers
 from mss.accounts import UnlockedAccount, read_receipt_choice
-from mss.db import session_scope
+from mss.db import key_of, session_scope
 from mss.documents import workers
 from mss.documents.xdm import XdmInfo
 from mss.errors import DocumentError
@@ -136,7 +136,7 @@ def _load(rt: Runtime, reader: UnlockedAccount, queue_id: str, folder: str | Non
         return _Loaded(
             item=item,
             message=message,
-            item_ids=tuple(i.id for i, _m in rows),  # type: ignore[misc]
+            item_ids=tuple(key_of(i) for i, _m in rows),
             meta=MessageMeta.open(rt.master_key, message.meta_sealed),
             roots=trust.roots,
             crls=trust.crls,

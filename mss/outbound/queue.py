@@ -393,7 +393,7 @@ def take_for_bounce(session: Session, queue_id: str, *, actor: str) -> tuple[Out
     if row.lease_until is not None and row.lease_until > utcnow():
         raise QueueError(f"{row.queue_id} is being delivered right now; try again in a moment")
     audit.record(session, actor=actor, action="queue.bounce", object=row.queue_id, domain=row.domain)
-    return row, [r for r in recipients_of(session, row.id) if r.state == PENDING]  # type: ignore[arg-type]
+    return row, [r for r in recipients_of(session, key_of(row)) if r.state == PENDING]
 
 
 def stats(session: Session) -> Stats:

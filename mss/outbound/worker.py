@@ -28,7 +28,7 @@ from sqlalchemy import select
 from sqlmodel import Session, col
 
 from mss import audit, receipts, trust
-from mss.db import session_scope, utcnow
+from mss.db import key_of, session_scope, utcnow
 from mss.models import Delivery, Message, Outbound, OutboundRecipient
 from mss.outbound import queue
 from mss.outbound.client import DEFERRED, FAILED, RELAYED, Attempt, Connections, Reply, deliver, peer_context
@@ -190,7 +190,7 @@ def record_attempt(rt: Runtime, claimed: queue.Claimed, attempt: Attempt, *, req
         if row is None:
             log.warning("delivery %s: lease lost, its outcome is left to the worker that holds it", claimed.queue_id)
             return "lost"
-        items = {i.address: i for i in queue.recipients_of(session, row.id) if i.state == queue.PENDING}  # type: ignore[arg-type]
+        items = {i.address: i for i in queue.recipients_of(session, key_of(row)) if i.state == queue.PENDING}
         outcome = Outcome()
         for address, item in items.items():
             reply = attempt.replies.get(address) or Reply(DEFERRED, 0, "not attempted")
@@ -225,8 +225,7 @@ def record_attempt(rt: Runtime, claimed: queue.Claimed, attempt: Attempt, *, req
             _warn_if_due(session, rt, row, [i for i, _r in outcome.deferred], request_id=request_id)
         else:
             relayed_any = bool(outcome.relayed) or any(
-                i.state == queue.RELAYED
-                for i in queue.recipients_of(session, row.id)  # type: ignore[arg-type]
+                i.state == queue.RELAYED for i in queue.recipients_of(session, key_of(row))
             )
             queue.release(row, next_attempt_at=None, state=queue.DONE if relayed_any else queue.FAILED)
         session.add(row)
@@ -292,7 +291,7 @@ def housekeeping(rt: Runtime) -> int:
             return 0  # the usual case: no write transaction at all
     with session_scope(rt.engine) as session:
         for row in queue.due_warnings(session, rt.settings):
-            pending = [i for i in queue.recipients_of(session, row.id) if i.state == queue.PENDING]  # type: ignore[arg-type]
+            pending = [i for i in queue.recipients_of(session, key_of(row)) if i.state == queue.PENDING]
             now = utcnow()
             if now >= row.expires_at:
                 outcome = Outcome()

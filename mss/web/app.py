@@ -105,6 +105,7 @@ def create_app(rt: Runtime, *, policy: SessionPolicy | None = None, debug: bool 
         ],
         middleware=[DefineMiddleware(CsrfMiddleware)],
         before_send=[security_headers],
+        # Litestar types each handler by its exact exception class; ours take the MssError base
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=openapi,
         request_max_body_size=rt.settings.relay.max_message_size * 2 + BODY_MARGIN,

@@ -130,6 +130,7 @@ def _environment(code: str, translations: Translations) -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    # added to the Environment by the i18n extension at run time
     env.install_gettext_translations(translations, newstyle=True)  # type: ignore[attr-defined]
     env.filters.update(_formatters(code))
     env.globals["lang"] = code

@@ -66,6 +66,7 @@ def uvicorn_config(rt: Runtime) -> uvicorn.Config:
             ssl_version=ssl.PROTOCOL_TLS_SERVER,
             ssl_ciphers="ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!MD5:!DSS",
         )
+    # the options are uvicorn's own keyword arguments, built above
     return uvicorn.Config(create_app(rt), **options)  # type: ignore[arg-type]
 
 
