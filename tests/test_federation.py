@@ -170,7 +170,7 @@ def test_signed_inside_mutual_tls_when_no_certificate_is_known(pair: tuple[Opera
     arrived = wait_for(lambda: newest_from(a, CEDRIC, JOEL), what="the message at A")
     meta = MessageMeta.open(a.rt.master_key, arrived.meta_sealed)
     assert meta.origin is not None and meta.origin["protection"] == "signed" and meta.origin["signature"] == "valid"
-    assert [d["filename"] for d in meta.documents] == ["cr.pdf"]  # A read it: its documents were checked
+    assert [d.filename for d in meta.documents] == ["cr.pdf"]  # A read it: its documents were checked
     # Stored encrypted to Cédric on arrival: the database holds ciphertext only.
     assert b"Voici le compte rendu" not in arrived.cms
     page = page_of(a, CEDRIC, arrived.queue_id)
