@@ -18,12 +18,14 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from directory import certificates, service
 from directory.listing import mailboxes_of
 from directory.models import ACTIVE, DirectoryEntry
 from mss.crypto import pki
+from mss.db import session_scope
 from mss.errors import RecipientHasNoCertificate, UnknownAddress
 
 
@@ -89,11 +91,9 @@ def published_certificate(session: Session, address: str) -> PublishedCertificat
     return PublishedCertificate(address=entry.address, name=entry.display_name, certificate=certificate)
 
 
-def certificate_for(engine, address: str) -> PublishedCertificate:
+def certificate_for(engine: Engine, address: str) -> PublishedCertificate:
     """:func:`published_certificate` in a read-only transaction of its own (for the web and
     the API, which open none). Raises the same errors."""
-    from mss.db import session_scope
-
     with session_scope(engine, readonly=True) as session:
         return published_certificate(session, address)
 
