@@ -1291,7 +1291,7 @@ def serve(
             imaps = f", implicit TLS on {settings.imap.tls_port}" if settings.imap.tls_port else ""
             err.print(f"mss imap: IMAP on {settings.imap.host}:{settings.imap.port} (STARTTLS, then LOGIN){imaps}")
         metrics_server = None
-        if settings.operator.metrics_port:
+        if settings.operator.metrics_enabled and settings.operator.metrics_port:
             from mss import metrics
 
             metrics_server = metrics.start_server(
@@ -1302,6 +1302,11 @@ def serve(
             from mss import housekeeping
 
             parts.append(housekeeping.run(rt))
+            if settings.webhook.enabled:
+                from mss.webhooks.sender import serve_webhooks, where
+
+                parts.append(serve_webhooks(rt))
+                err.print(f"mss webhook: final statuses to {where(settings.webhook.url)}")
         tasks = [asyncio.ensure_future(part) for part in parts]
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -43,7 +43,7 @@ from sqlmodel import Session, col
 
 from directory import certificates, service
 from directory.models import Certificate
-from mss import audit, peers, pipeline, receipts, store, trust
+from mss import audit, peers, pipeline, receipts, store, trust, webhooks
 from mss.addresses import normalise_address
 from mss.crypto import smime, verify
 from mss.db import session_scope, utcnow
@@ -354,7 +354,7 @@ def receive(rt: Runtime, arrival: Arrival) -> Received:
                 request_id=arrival.request_id,
             )
             if is_report and inner is not None:
-                _link_report(session, row, inner, [r.address for r in deliverable], request_id=arrival.request_id)
+                _link_report(session, rt, row, inner, [r.address for r in deliverable], request_id=arrival.request_id)
             for notification in back:
                 notices.to_remote_sender(session, rt, notification, about=row.id, request_id=arrival.request_id)
     except IntegrityError:
@@ -492,7 +492,7 @@ def _report_entries(report: EmailMessage) -> tuple[str, str | None, list[tuple[s
 
 
 def _link_report(
-    session: Session, notification: Message, report: EmailMessage, owners: list[str], *, request_id: str
+    session: Session, rt: Runtime, notification: Message, report: EmailMessage, owners: list[str], *, request_id: str
 ) -> int:
     """Link a report to the message it is about among those ``owners`` sent; return how
     many receipt rows were written (0 when the original is not found: the report stays in
@@ -535,4 +535,5 @@ def _link_report(
             remote=True,
         )
     session.flush()
+    webhooks.record_final(session, rt.settings, original)
     return len(entries)

@@ -11,10 +11,15 @@ process writes its values to files in that folder and the scrape adds them up
 
 Labels carry doors, stages, document kinds and enhanced status codes, never an address,
 a subject or anything of a message's content.
+
+``MSS_METRICS=false`` turns the instruments into no-ops (:func:`set_enabled`, called where a
+process opens its runtime): nothing is counted, so the cost of counting can be measured
+against nothing (``bench/bench_metrics.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -61,6 +66,47 @@ LOCKOUTS = Counter("mss_lockouts", "Locks put on an account, by scope (client or
 DELAYED = Counter("mss_receipts_delayed", "Delayed DSNs sent because no final status came in time.")
 
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+
+_INSTRUMENTS = (
+    "SUBMITTED",
+    "REFUSED",
+    "DELIVERED",
+    "FAILED",
+    "DOCUMENTS",
+    "STAGE_SECONDS",
+    "SMTP_SESSIONS",
+    "LOGIN_FAILURES",
+    "LOCKOUTS",
+    "DELAYED",
+)
+_LIVE = {name: globals()[name] for name in _INSTRUMENTS}
+
+
+class _Off:
+    """Stands in for every instrument while metrics are off: each call does nothing."""
+
+    def labels(self, *args: object, **kwargs: object) -> _Off:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+    def time(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
+
+
+def set_enabled(enabled: bool) -> None:
+    """Count (the default) or not: the doors call ``metrics.X`` at each use, so swapping the
+    module's instruments for no-ops reaches every caller."""
+    off = _Off()
+    for name in _INSTRUMENTS:
+        globals()[name] = _LIVE[name] if enabled else off
 
 
 def refused(door: str, reply_or_reason: str) -> None:

@@ -433,3 +433,36 @@ class InboundDelivery(SQLModel, table=True):
     recipient: str = Field(max_length=254)
     message_id: int = Field(foreign_key="message.id", index=True)
     at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class WebhookEvent(SQLModel, table=True):
+    """One final status of one recipient of a sent message, to POST to ``MSS_WEBHOOK_URL``:
+    the outbox of ``mss.webhooks``. Written in the transaction that records the status;
+    ``event_id`` is the ``webhook-id`` of every attempt. Metadata only, never content.
+
+    A sender takes a row by writing a lease (``lease_owner``, ``lease_until``); on
+    PostgreSQL it finds rows with ``FOR UPDATE SKIP LOCKED``.
+    """
+
+    __tablename__ = "webhook_event"
+    __table_args__ = (
+        UniqueConstraint("queue_id", "recipient", "status"),
+        Index("ix_webhook_event_due", "state", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(max_length=40, unique=True)
+    # The message's queue id, not a foreign key: the event outlives a message the mailbox
+    # life cycle deletes, and tells what happened to it.
+    queue_id: str = Field(max_length=40)
+    recipient: str = Field(max_length=254)
+    status: str = Field(max_length=20)  # delivered | processed | failed
+    payload: str = Field(sa_column=Column(Text, nullable=False))  # the JSON body, signed at each attempt
+    state: str = Field(default="pending", max_length=10)  # pending | delivered | abandoned
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    lease_owner: str = Field(default="", max_length=80)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str = Field(default="", max_length=200)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -19,7 +19,7 @@ from email.parser import BytesParser
 from typing import Any, cast
 
 from directory import certificates, service
-from mss import metrics, peers, receipts, standing, store, trust
+from mss import metrics, peers, receipts, standing, store, trust, webhooks
 from mss.accounts import UnlockedAccount
 from mss.addresses import normalise_address
 from mss.crypto import envelope as cms_envelope
@@ -492,6 +492,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         store.store_receipts(
             session, rt.master_key, queue_id=queue_id, notices=notices, request_id=submission.request_id
         )
+        webhooks.record_final(session, settings, row)
         for entry in entries:
             queue.enqueue(
                 session,

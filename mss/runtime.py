@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
-from mss import audit
+from mss import audit, metrics
 from mss.crypto.master import MasterKey
 from mss.db import make_engine, make_private_dir, migrate
 from mss.settings import Settings
@@ -25,6 +25,7 @@ class Runtime:
         # Every append to the audit chain from this process also moves the sealed head
         # anchor, which needs the master key (see mss.audit).
         audit.bind_master_key(self.engine, self.master_key)
+        metrics.set_enabled(self.settings.operator.metrics_enabled)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -6,10 +6,14 @@ SMTP server factory and the web app factory take it as an argument.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from mss.errors import ConfigError
 
@@ -18,6 +22,54 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+
+
+def _webhook_url(raw: str) -> str:
+    """``MSS_WEBHOOK_URL`` checked: https, or http to a loopback address only (the body
+    travels in clear otherwise); no user name or password in it (URLs reach the log).
+    Errors name the scheme and host only: a path or query may hold the receiver's token."""
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError:
+        raise ConfigError("MSS_WEBHOOK_URL is not a valid URL (a port out of range, a malformed host?)") from None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    if scheme not in {"https", "http"} or not host:
+        raise ConfigError(
+            f"MSS_WEBHOOK_URL must be an https:// URL with a host name, not one with scheme {scheme or 'none'!r}"
+            f" and host {host or 'none'!r}"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError("MSS_WEBHOOK_URL must not carry a user name or password; the signature authenticates")
+    if parts.fragment:
+        raise ConfigError("MSS_WEBHOOK_URL must not have a #fragment")
+    if port == 0:
+        raise ConfigError("MSS_WEBHOOK_URL must not name port 0")
+    if scheme == "http":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host.lower() == "localhost"
+        if not loopback:
+            raise ConfigError(
+                f"MSS_WEBHOOK_URL must use https:// (plain http:// only to a loopback address), not http:// to {host}"
+            )
+    return raw
+
+
+def _webhook_secret(raw: str) -> bytes:
+    """The key of ``MSS_WEBHOOK_SECRET``, written as Standard Webhooks secrets are:
+    ``whsec_`` and the base64 of 24 to 64 random bytes. The value itself never appears in
+    an error."""
+    if not raw.startswith("whsec_"):
+        raise ConfigError("MSS_WEBHOOK_SECRET must start with whsec_ followed by base64 (Standard Webhooks form)")
+    try:
+        key = base64.b64decode(raw[len("whsec_") :], validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError("MSS_WEBHOOK_SECRET is not valid base64 after whsec_") from None
+    if not 24 <= len(key) <= 64:
+        raise ConfigError(f"MSS_WEBHOOK_SECRET must hold 24 to 64 bytes of key, not {len(key)}")
+    return key
 
 
 def _url_host(host: str) -> str:
@@ -200,6 +252,9 @@ class OperatorSettings:
     """``MSS_METRICS_HOST``: listen address of the Prometheus metrics. Default ``127.0.0.1``."""
     metrics_port: int
     """``MSS_METRICS_PORT``: their port (0 turns them off). Default 9464."""
+    metrics_enabled: bool
+    """``MSS_METRICS``: false counts nothing at all (the instruments do nothing) and serves no
+    metrics. Default true."""
     log_format: str
     """``MSS_LOG_FORMAT``: ``text`` or ``json`` (one JSON object a line). Default ``text``."""
     receipt_deadline: float
@@ -209,6 +264,33 @@ class OperatorSettings:
     """``MSS_INACTIVE_NOTICE_DAYS``: days without login before a mailbox gets an inactivity notice. Default 335."""
     inactive_close_days: int
     """``MSS_INACTIVE_CLOSE_DAYS``: days without login before it is closed and its messages deleted. Default 365."""
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """The webhook that tells an integrator each final status of a sent message (``mss.webhooks``)."""
+
+    url: str
+    """``MSS_WEBHOOK_URL``: where events are POSTed: https, or http to a loopback address. Empty
+    (the default): no webhook."""
+    secret: bytes = field(repr=False)
+    """``MSS_WEBHOOK_SECRET``: ``whsec_`` + base64 of the HMAC key (Standard Webhooks); required
+    with the URL, never logged."""
+    retry_min: float
+    """``MSS_WEBHOOK_RETRY_MIN``: first wait after a failed attempt, doubled at each one. Default 10s."""
+    retry_max: float
+    """``MSS_WEBHOOK_RETRY_MAX``: the longest wait between two attempts. Default 1h."""
+    lifetime: float
+    """``MSS_WEBHOOK_LIFETIME``: an event not accepted this long after it was recorded is given
+    up (and audited). Default 1d."""
+    timeout: float
+    """``MSS_WEBHOOK_TIMEOUT``: seconds one POST may take. Default 10s."""
+    poll: float
+    """``MSS_WEBHOOK_POLL``: how often the sender looks for due events. Default 1s."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
 
 
 @dataclass(frozen=True)
@@ -229,6 +311,7 @@ class Settings:
     imap: ImapSettings
     federation: FederationSettings
     operator: OperatorSettings
+    webhook: WebhookSettings
 
     @property
     def is_production(self) -> bool:
@@ -385,6 +468,7 @@ class Settings:
         operator = OperatorSettings(
             metrics_host=get("MSS_METRICS_HOST", "127.0.0.1"),
             metrics_port=integer("MSS_METRICS_PORT", 9464),
+            metrics_enabled=flag("MSS_METRICS", True),
             log_format=log_format,
             receipt_deadline=number("MSS_RECEIPT_DEADLINE", 3600.0),
             inactive_notice_days=integer("MSS_INACTIVE_NOTICE_DAYS", 335),
@@ -394,6 +478,21 @@ class Settings:
             raise ConfigError("MSS_INACTIVE_NOTICE_DAYS must be positive and less than MSS_INACTIVE_CLOSE_DAYS")
         if operator.receipt_deadline <= 0:
             raise ConfigError("MSS_RECEIPT_DEADLINE must be a positive number of seconds")
+        webhook_url = env.get("MSS_WEBHOOK_URL", "").strip()
+        webhook_secret = env.get("MSS_WEBHOOK_SECRET", "").strip()
+        if webhook_url and not webhook_secret:
+            raise ConfigError("MSS_WEBHOOK_SECRET is required when MSS_WEBHOOK_URL is set")
+        webhook = WebhookSettings(
+            url=_webhook_url(webhook_url) if webhook_url else "",
+            secret=_webhook_secret(webhook_secret) if webhook_url else b"",
+            retry_min=duration("MSS_WEBHOOK_RETRY_MIN", "10s"),
+            retry_max=duration("MSS_WEBHOOK_RETRY_MAX", "1h"),
+            lifetime=duration("MSS_WEBHOOK_LIFETIME", "1d"),
+            timeout=duration("MSS_WEBHOOK_TIMEOUT", "10s"),
+            poll=duration("MSS_WEBHOOK_POLL", "1s"),
+        )
+        if webhook.retry_max < webhook.retry_min:
+            raise ConfigError("MSS_WEBHOOK_RETRY_MAX must not be shorter than MSS_WEBHOOK_RETRY_MIN")
         return cls(
             environment=environment,
             domains=_split(get("MSS_DOMAINS", "mss.test")),
@@ -406,6 +505,7 @@ class Settings:
             imap=imap,
             federation=federation,
             operator=operator,
+            webhook=webhook,
         )
 
     def with_changes(self, **changes: object) -> Settings:

@@ -27,7 +27,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlmodel import Session, col
 
-from mss import audit, receipts, trust
+from mss import audit, receipts, trust, webhooks
 from mss.db import key_of, session_scope, utcnow
 from mss.models import Delivery, Message, Outbound, OutboundRecipient
 from mss.outbound import queue
@@ -171,6 +171,13 @@ def _apply(
                 envelope_id=row.envelope_id,
                 reason=reasons[:500],
                 request_id=request_id,
+            )
+        if outcome.failed:
+            webhooks.record_final(
+                session,
+                rt.settings,
+                message,
+                codes={item.address: status for item, _reply, status, _reason in outcome.failed},
             )
     elif outcome.failed:
         log.warning(
