@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import urllib.parse
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import NotFoundException, ValidationException
@@ -94,6 +95,30 @@ def certificate_ending(rt, live) -> datetime | None:
     """When the session's certificate ends, if that is within ``MSS_CERT_WARNING_DAYS``."""
     ends = live.certificate_not_after
     return ends if ends <= utcnow() + timedelta(days=rt.settings.pki.expiry_warning_days) else None
+
+
+def _view_context(
+    user: str, opened: mailbox.OpenedAttachment, base: str, title: str, kind: str, *, back: str
+) -> dict[str, Any]:
+    """What the attachment page shows of a document (``base`` is its download URL); the
+    renderer for its kind fills in the rest."""
+    return {
+        "user": user,
+        "opened": opened,
+        "a": opened.attachment,
+        "base": base,
+        "title": title,
+        "kind": kind,
+        "cda": None,
+        "entries": None,
+        "extras": (),
+        "text": None,
+        "charset_guess": "",
+        "problem": None,
+        "download": base,
+        "inline": base + "/inline",
+        "back": back,
+    }
 
 
 class MailboxController(Controller):
@@ -306,23 +331,7 @@ class MailboxController(Controller):
         opened = await self._attachment(request, queue_id, index, "attachment.view")
         a = opened.attachment
         base = f"/messages/{opened.queue_id}/attachments/{a.index}"
-        context = {
-            "user": live.address,
-            "opened": opened,
-            "a": a,
-            "base": base,
-            "title": a.filename,
-            "kind": a.kind,
-            "cda": None,
-            "entries": None,
-            "extras": (),
-            "text": None,
-            "charset_guess": "",
-            "problem": None,
-            "download": base,
-            "inline": base + "/inline",
-            "back": f"/messages/{opened.queue_id}",
-        }
+        context = _view_context(live.address, opened, base, a.filename, a.kind, back=f"/messages/{opened.queue_id}")
         await self._fill_view(request, context, a.kind, a.data, a.filename)
         # A CDA's narrative can be long: the page is rendered off the event loop.
         return await run(render, request, "attachment.html", **context)
@@ -388,23 +397,8 @@ class MailboxController(Controller):
         opened = await self._attachment(request, queue_id, index, "attachment.view")
         entry, data = await self._xdm_of(request, opened, doc)
         base = f"/messages/{opened.queue_id}/attachments/{index}/documents/{doc}"
-        context = {
-            "user": live.address,
-            "opened": opened,
-            "a": opened.attachment,
-            "base": base,
-            "title": entry.title,
-            "kind": entry.kind,
-            "cda": None,
-            "entries": None,
-            "extras": (),
-            "text": None,
-            "charset_guess": "",
-            "problem": None,
-            "download": base,
-            "inline": base + "/inline",
-            "back": f"/messages/{opened.queue_id}/attachments/{index}/view",
-        }
+        back = f"/messages/{opened.queue_id}/attachments/{index}/view"
+        context = _view_context(live.address, opened, base, entry.title, entry.kind, back=back)
         await self._fill_view(request, context, entry.kind, data, entry.path)
         return await run(render, request, "attachment.html", **context)
 
