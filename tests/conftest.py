@@ -81,6 +81,8 @@ def test_env(tmp_path: Path, database_url: str) -> dict[str, str]:
         "MSS_LOCKOUT_SECONDS": "60",
         "MSS_RECOVERY_KEY_OUT": str(tmp_path / "offline" / "recovery.key"),
         "MSS_PKI_HTTP_PORT": "0",
+        # No fixed port: a test that reads the metrics serves them on a free one itself.
+        "MSS_METRICS_PORT": "0",
     }
 
 
