@@ -34,14 +34,14 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-import gen_extract  # noqa: E402
-from sqlalchemy import create_engine  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
-from unidecode import unidecode  # noqa: E402
+import gen_extract
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from unidecode import unidecode
 
-from directory.extract import FIELDS, SEPARATOR  # noqa: E402
-from mss.db import make_engine, migrate  # noqa: E402
-from mss.settings import Settings  # noqa: E402
+from directory.extract import FIELDS, SEPARATOR
+from mss.db import make_engine, migrate
+from mss.settings import Settings
 
 OUT = HERE / "out"
 _COLUMN = {name: index for index, name in enumerate(FIELDS)}
@@ -60,7 +60,7 @@ QUERY_MIX = (
 )
 
 
-def _engine(url: str):  # type: ignore[no-untyped-def]
+def _engine(url: str):
     return make_engine(Settings.from_env({"MSS_DATABASE_URL": url, "MSS_DATA_DIR": str(OUT)}))
 
 
@@ -227,7 +227,7 @@ def fresh_database(server_url: str | None) -> tuple[str, object]:
 def drop_database(handle: object) -> None:
     if isinstance(handle, Path):
         return  # the SQLite file stays under bench/out/ for inspection
-    admin_url, name = handle  # type: ignore[misc]
+    admin_url, name = handle
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

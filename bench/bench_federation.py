@@ -47,17 +47,17 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
-from bench_relay import pdf_of_size  # noqa: E402
-from sqlalchemy import func, select  # noqa: E402
+from bench_relay import pdf_of_size
+from sqlalchemy import func, select
 
-from directory.importer import import_extract  # noqa: E402
-from mss import accounts, pipeline, trust  # noqa: E402
-from mss.crypto import pki  # noqa: E402
-from mss.db import session_scope  # noqa: E402
-from mss.demo import DEMO_EXTRACT  # noqa: E402
-from mss.models import Outbound  # noqa: E402
-from mss.runtime import Runtime, open_runtime  # noqa: E402
-from mss.settings import Settings  # noqa: E402
+from directory.importer import import_extract
+from mss import accounts, pipeline, trust
+from mss.crypto import pki
+from mss.db import session_scope
+from mss.demo import DEMO_EXTRACT
+from mss.models import Outbound
+from mss.runtime import Runtime, open_runtime
+from mss.settings import Settings
 
 A_DOMAIN, B_DOMAIN = "chu-demo.mss.test", "medecin.mss.test"
 SENDER, RECIPIENT = "marc.robert@chu-demo.mss.test", "eloise.fournier@medecin.mss.test"
@@ -82,13 +82,13 @@ def sink() -> None:
     settings = Settings.from_env()
 
     class Accept:
-        async def handle_MAIL(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+        async def handle_MAIL(self, server, session, envelope, address, options):
             if not session.ssl or not session.ssl["ssl_object"].getpeercert():
                 return "530 5.7.0 A client certificate is required"
             envelope.mail_from = address
             return "250 2.1.0 Sender OK"
 
-        async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        async def handle_DATA(self, server, session, envelope):
             return "250 2.0.0 Ok: queued"
 
     async def main() -> None:

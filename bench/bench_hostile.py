@@ -49,11 +49,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
-from bench_relay import free_port, pdf_of_size, referral  # noqa: E402
+from bench_relay import free_port, pdf_of_size, referral
 
-from mss.demo import load_demo  # noqa: E402
-from mss.runtime import open_runtime  # noqa: E402
-from mss.settings import Settings  # noqa: E402
+from mss.demo import load_demo
+from mss.runtime import open_runtime
+from mss.settings import Settings
 
 SAMPLE = PROJECT_ROOT / "tests" / "samples" / "cda" / "LDL-SES_2022.01.xml"
 
@@ -150,14 +150,7 @@ async def hostile_loop(
 
 
 async def run_kind(
-    port: int,
-    context: ssl.SSLContext,
-    good,
-    bad,
-    kind: str,  # type: ignore[no-untyped-def]
-    reps: int,
-    messages: int,
-    hostile_sessions: int,
+    port: int, context: ssl.SSLContext, good, bad, kind: str, reps: int, messages: int, hostile_sessions: int
 ) -> None:
     """``good`` sends the ordinary messages to ``bad``, who sends the hostile ones back."""
     ordinary = await session(port, context, good.address, good.password)

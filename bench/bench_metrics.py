@@ -36,12 +36,12 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
-from bench_relay import SIZES, drive, free_port, start  # noqa: E402
+from bench_relay import SIZES, drive, free_port, start
 
-from mss import metrics  # noqa: E402
-from mss.demo import load_demo  # noqa: E402
-from mss.runtime import open_runtime  # noqa: E402
-from mss.settings import Settings  # noqa: E402
+from mss import metrics
+from mss.demo import load_demo
+from mss.runtime import open_runtime
+from mss.settings import Settings
 
 CASES = {"10KBx1": ("10KB", 1, 100), "10KBx10": ("10KB", 10, 30)}
 

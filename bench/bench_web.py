@@ -50,17 +50,17 @@ import pyotp
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from sqlalchemy import insert, select  # noqa: E402
+from sqlalchemy import insert, select
 
-from directory.models import DirectoryEntry  # noqa: E402
-from mss import accounts, pipeline  # noqa: E402
-from mss.db import session_scope, utcnow  # noqa: E402
-from mss.demo import DEMO_ADDRESSES, load_demo  # noqa: E402
-from mss.models import Delivery, MailboxItem, Message  # noqa: E402
-from mss.pipeline import RecipientRequest, Submission  # noqa: E402
-from mss.runtime import open_runtime  # noqa: E402
-from mss.settings import Settings  # noqa: E402
-from mss.store import MessageMeta  # noqa: E402
+from directory.models import DirectoryEntry
+from mss import accounts, pipeline
+from mss.db import session_scope, utcnow
+from mss.demo import DEMO_ADDRESSES, load_demo
+from mss.models import Delivery, MailboxItem, Message
+from mss.pipeline import RecipientRequest, Submission
+from mss.runtime import open_runtime
+from mss.settings import Settings
+from mss.store import MessageMeta
 
 READER, SENDER = DEMO_ADDRESSES[0], DEMO_ADDRESSES[1]
 SUBJECTS = (
@@ -110,7 +110,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def fill(rt, reader: accounts.UnlockedAccount, sender: accounts.UnlockedAccount, count: int) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+def fill(rt, reader: accounts.UnlockedAccount, sender: accounts.UnlockedAccount, count: int) -> tuple[str, str]:
     """One real message, then ``count - 1`` copies of its CMS; returns (real queue id, one INS)."""
     message = EmailMessage(policy=email.policy.SMTP)
     message["From"], message["To"], message["Subject"] = sender.address, reader.address, "Message de référence"
@@ -232,10 +232,10 @@ def timed(client: httpx.Client, url: str, rounds: int, headers: dict[str, str] |
 
 def web_login(client: httpx.Client, address: str, password: str, secret: str) -> tuple[int, str]:
     """Pages login with TOTP enrolment; returns the next unused TOTP step and the CSRF token."""
-    token = re.search(r'name="csrf_token" value="(\w+)"', client.get("/login").text).group(1)  # type: ignore[union-attr]
+    token = re.search(r'name="csrf_token" value="(\w+)"', client.get("/login").text).group(1)
     client.post("/login", data={"address": address, "password": password, "csrf_token": token})
     page = client.get("/login/enrol")
-    token = re.search(r'name="csrf_token" value="(\w+)"', page.text).group(1)  # type: ignore[union-attr]
+    token = re.search(r'name="csrf_token" value="(\w+)"', page.text).group(1)
     step = int(time.time() // 30) - 1
     response = client.post("/login/enrol", data={"code": pyotp.TOTP(secret).at(step * 30), "csrf_token": token})
     response.raise_for_status()

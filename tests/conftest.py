@@ -148,7 +148,7 @@ def dev_pki(settings: Settings, _pki_template: tuple[Path, Path]) -> Settings:
 
 
 @pytest.fixture
-def rt(settings: Settings, engine: Engine, dev_pki: Settings):  # type: ignore[no-untyped-def]
+def rt(settings: Settings, engine: Engine, dev_pki: Settings):
     from mss.crypto.master import MasterKey
     from mss.runtime import Runtime
 
@@ -166,7 +166,7 @@ def directory_loaded(engine: Engine) -> None:
 
 
 @pytest.fixture
-def mss(env, dev_pki):  # type: ignore[no-untyped-def]
+def mss(env, dev_pki):
     """Runs the ``mss`` command in-process with the test's environment; asserts success
     unless ``ok=False``."""
     from typer.testing import CliRunner
@@ -175,7 +175,7 @@ def mss(env, dev_pki):  # type: ignore[no-untyped-def]
 
     runner = CliRunner()
 
-    def invoke(*args: str, input: str | None = None, ok: bool = True):  # type: ignore[no-untyped-def]
+    def invoke(*args: str, input: str | None = None, ok: bool = True):
         result = runner.invoke(app, list(args), input=input, env=env, catch_exceptions=False)
         if ok:
             assert result.exit_code == 0, (result.stdout, result.stderr)

@@ -254,7 +254,7 @@ class Services:
 
         op, rt = self.operator, self.rt
         self._loop = asyncio.get_running_loop()
-        self._main = asyncio.current_task()  # type: ignore[assignment]
+        self._main = asyncio.current_task()
         listeners = [
             await start_listener(rt, host="127.0.0.1", port=op.smtp_port),
             await start_mx_listener(rt, host="127.0.0.1", port=op.mx_port, handler=self.mx_handler),

@@ -198,4 +198,4 @@ queue_run_delay = 1s
         if not folder.exists():
             return []
         files = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime)
-        return [message_from_bytes(path.read_bytes(), policy=policy.default) for path in files]  # type: ignore[misc]
+        return [message_from_bytes(path.read_bytes(), policy=policy.default) for path in files]

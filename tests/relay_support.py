@@ -254,7 +254,7 @@ def billion_laughs_cda() -> bytes:
 def message(
     sender: str,
     recipients: tuple[str, ...] | list[str],
-    attachments: list[tuple[str, str, bytes]] = (),  # type: ignore[assignment]
+    attachments: list[tuple[str, str, bytes]] = (),
     *,
     subject: str = "Lettre de liaison",
     body: str = "Bonjour,\nveuillez trouver ci-joint la lettre de liaison.\n",

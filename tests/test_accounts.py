@@ -33,16 +33,16 @@ DOCTOR = "marc.robert@chu-demo.mss.test"
 PASSWORD = "correct horse battery staple"
 
 
-def _create(rt, address=DOCTOR, password=PASSWORD):  # type: ignore[no-untyped-def]
+def _create(rt, address=DOCTOR, password=PASSWORD):
     with session_scope(rt.engine) as session:
         return accounts.create_account(session, rt.settings, rt.master_key, address, password, actor="test")
 
 
-def _secret(enrolment) -> str:  # type: ignore[no-untyped-def]
+def _secret(enrolment) -> str:
     return parse_qs(urlparse(enrolment.otpauth_uri).query)["secret"][0]
 
 
-def test_create_stores_no_secret_in_clear(rt, directory_loaded):  # type: ignore[no-untyped-def]
+def test_create_stores_no_secret_in_clear(rt, directory_loaded):
     enrolment = _create(rt)
     assert enrolment.otpauth_uri.startswith("otpauth://totp/")
     with session_scope(rt.engine) as session:
@@ -61,7 +61,7 @@ def test_create_stores_no_secret_in_clear(rt, directory_loaded):  # type: ignore
     assert "account.create" in events and "pki.issue" in events
 
 
-def test_create_refuses_unknown_revoked_duplicate_and_weak(rt, directory_loaded):  # type: ignore[no-untyped-def]
+def test_create_refuses_unknown_revoked_duplicate_and_weak(rt, directory_loaded):
     with pytest.raises(UnknownAddress):
         _create(rt, "nobody@chu-demo.mss.test")
     with session_scope(rt.engine) as session:
@@ -77,7 +77,7 @@ def test_create_refuses_unknown_revoked_duplicate_and_weak(rt, directory_loaded)
         assert session.execute(select(Account)).scalars().all()[0].address == DOCTOR
 
 
-def test_wrong_password_and_unknown_address_look_alike(rt, directory_loaded):  # type: ignore[no-untyped-def]
+def test_wrong_password_and_unknown_address_look_alike(rt, directory_loaded):
     _create(rt)
     with pytest.raises(BadCredentials) as wrong:
         accounts.authenticate(rt.engine, rt.settings, DOCTOR, "wrong password!!", channel="smtp")
@@ -86,7 +86,7 @@ def test_wrong_password_and_unknown_address_look_alike(rt, directory_loaded):  #
     assert str(wrong.value) == str(unknown.value)
 
 
-def test_unknown_address_costs_as_much_as_a_wrong_password(rt, directory_loaded):  # type: ignore[no-untyped-def]
+def test_unknown_address_costs_as_much_as_a_wrong_password(rt, directory_loaded):
     # Both paths run one argon2id verification; without the dummy hash the unknown-address
     # path would be orders of magnitude faster. Medians over a few runs, generous factor.
     _create(rt)
@@ -104,7 +104,7 @@ def test_unknown_address_costs_as_much_as_a_wrong_password(rt, directory_loaded)
     assert unknown > known / 3
 
 
-def test_lockout_after_repeated_failures(rt, directory_loaded):  # type: ignore[no-untyped-def]
+def test_lockout_after_repeated_failures(rt, directory_loaded):
     _create(rt)
     for _ in range(rt.settings.security.max_login_failures):
         with pytest.raises(BadCredentials):
@@ -118,7 +118,7 @@ def test_lockout_after_repeated_failures(rt, directory_loaded):  # type: ignore[
         assert audit.verify(session, rt.master_key).ok
 
 
-def test_disabled_account_cannot_log_in(rt, directory_loaded):  # type: ignore[no-untyped-def]
+def test_disabled_account_cannot_log_in(rt, directory_loaded):
     _create(rt)
     with session_scope(rt.engine) as session:
         accounts.set_disabled(session, DOCTOR, True, actor="test")
@@ -129,7 +129,7 @@ def test_disabled_account_cannot_log_in(rt, directory_loaded):  # type: ignore[n
     assert accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="web").address == DOCTOR
 
 
-def test_totp_works_once_and_refuses_replay(rt, directory_loaded):  # type: ignore[no-untyped-def]
+def test_totp_works_once_and_refuses_replay(rt, directory_loaded):
     totp = pyotp.TOTP(_secret(_create(rt)))
     now = time.time()
     code = totp.at(now)
@@ -143,7 +143,7 @@ def test_totp_works_once_and_refuses_replay(rt, directory_loaded):  # type: igno
     accounts.verify_totp(rt.engine, rt.settings, rt.master_key, DOCTOR, totp.at(now + 30), at=now + 30)
 
 
-def test_password_change_rewraps_the_key(rt, directory_loaded):  # type: ignore[no-untyped-def]
+def test_password_change_rewraps_the_key(rt, directory_loaded):
     _create(rt)
     before = accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="cli").private_key_der
     with session_scope(rt.engine) as session:
@@ -159,7 +159,7 @@ def test_password_change_rewraps_the_key(rt, directory_loaded):  # type: ignore[
     assert after.private_key_der == before
 
 
-def test_recover_with_the_offline_key(rt, directory_loaded, tmp_path):  # type: ignore[no-untyped-def]
+def test_recover_with_the_offline_key(rt, directory_loaded, tmp_path):
     _create(rt)
     before = accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="cli").private_key_der
     stranger = tmp_path / "other.key"
@@ -175,7 +175,7 @@ def test_recover_with_the_offline_key(rt, directory_loaded, tmp_path):  # type: 
     assert after.private_key_der == before
 
 
-def test_reset_2fa_replaces_the_secret(rt, directory_loaded):  # type: ignore[no-untyped-def]
+def test_reset_2fa_replaces_the_secret(rt, directory_loaded):
     old = pyotp.TOTP(_secret(_create(rt)))
     with session_scope(rt.engine) as session:
         new = pyotp.TOTP(_secret(accounts.reset_2fa(session, rt.settings, rt.master_key, DOCTOR, actor="test")))
@@ -186,7 +186,7 @@ def test_reset_2fa_replaces_the_secret(rt, directory_loaded):  # type: ignore[no
     accounts.verify_totp(rt.engine, rt.settings, rt.master_key, DOCTOR, new.at(now + 60), at=now + 60)
 
 
-def test_export_pkcs12_opens_with_openssl(rt, directory_loaded, tmp_path):  # type: ignore[no-untyped-def]
+def test_export_pkcs12_opens_with_openssl(rt, directory_loaded, tmp_path):
     _create(rt)
     with pytest.raises(BadCredentials):
         accounts.export_key(rt.engine, rt.settings, DOCTOR, "wrong password!!", "export passphrase", actor="test")
@@ -208,7 +208,7 @@ def test_export_pkcs12_opens_with_openssl(rt, directory_loaded, tmp_path):  # ty
     assert bad.returncode != 0
 
 
-def test_recovery_reset_and_disable_end_web_sessions(rt, directory_loaded):  # type: ignore[no-untyped-def]
+def test_recovery_reset_and_disable_end_web_sessions(rt, directory_loaded):
     from datetime import timedelta
 
     from mss.db import utcnow

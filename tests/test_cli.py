@@ -18,7 +18,7 @@ DOCTOR = "marc.robert@chu-demo.mss.test"
 GP = "eloise.fournier@medecin.mss.test"
 
 
-def test_import_reports_defects_by_line(mss):  # type: ignore[no-untyped-def]
+def test_import_reports_defects_by_line(mss):
     result = mss("directory", "import", str(SAMPLES / "annuaire" / "Extraction_Correspondance_MSSante_defects.txt"))
     assert "line 3:" in result.stderr and "line 4:" in result.stderr
     assert "rejected" in result.stdout
@@ -26,13 +26,13 @@ def test_import_reports_defects_by_line(mss):  # type: ignore[no-untyped-def]
     assert "added" in again.stdout
 
 
-def test_import_of_a_missing_file_is_a_clear_error(mss, tmp_path):  # type: ignore[no-untyped-def]
+def test_import_of_a_missing_file_is_a_clear_error(mss, tmp_path):
     result = mss("directory", "import", str(tmp_path / "absent.txt"), ok=False)
     assert result.exit_code == 1
     assert "error:" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_directory_search_show_add_revoke(mss):  # type: ignore[no-untyped-def]
+def test_directory_search_show_add_revoke(mss):
     mss("directory", "import", str(SAMPLE_EXTRACT))
     found = mss("directory", "search", "lefebvre", "--format", "json")
     rows = json.loads(found.stdout)
@@ -60,7 +60,7 @@ def test_directory_search_show_add_revoke(mss):  # type: ignore[no-untyped-def]
     assert unknown.exit_code == 1 and "not in the directory" in unknown.stderr
 
 
-def test_account_lifecycle(mss, tmp_path, env):  # type: ignore[no-untyped-def]
+def test_account_lifecycle(mss, tmp_path, env):
     mss("directory", "import", str(SAMPLE_EXTRACT))
     created = mss("account", "create", DOCTOR, "--password-stdin", input="first passphrase ok\n")
     assert "otpauth://totp/" in created.stdout
@@ -126,14 +126,14 @@ def test_account_lifecycle(mss, tmp_path, env):  # type: ignore[no-untyped-def]
     assert "intact" in verified.stdout
 
 
-def test_secrets_never_reach_the_output(mss):  # type: ignore[no-untyped-def]
+def test_secrets_never_reach_the_output(mss):
     mss("directory", "import", str(SAMPLE_EXTRACT))
     result = mss("account", "create", DOCTOR, "--password-stdin", input="a very secret passphrase\n")
     exported = mss("audit", "export", "--format", "jsonl")
     assert "a very secret passphrase" not in result.stdout + result.stderr + exported.stdout
 
 
-def test_audit_verify_detects_tampering(mss, env, settings):  # type: ignore[no-untyped-def]
+def test_audit_verify_detects_tampering(mss, env, settings):
     if not env["MSS_DATABASE_URL"].startswith("sqlite"):
         from sqlalchemy import create_engine, text
 
@@ -152,7 +152,7 @@ def test_audit_verify_detects_tampering(mss, env, settings):  # type: ignore[no-
     assert result.exit_code == 2 and "1" in result.stderr
 
 
-def test_audit_export_formats(mss):  # type: ignore[no-untyped-def]
+def test_audit_export_formats(mss):
     mss("directory", "import", str(SAMPLE_EXTRACT))
     lines = mss("audit", "export", "--format", "jsonl", "--since", "2000-01-01").stdout.strip().splitlines()
     assert json.loads(lines[0])["action"] == "directory.import"
@@ -164,7 +164,7 @@ def test_audit_export_formats(mss):  # type: ignore[no-untyped-def]
     assert "not a date" in bad_date.stderr
 
 
-def test_pki_issue_and_revoke(mss, settings):  # type: ignore[no-untyped-def]
+def test_pki_issue_and_revoke(mss, settings):
     mss("directory", "import", str(SAMPLE_EXTRACT))
     p12 = settings.storage.data_dir / "gp.p12"
     issued = mss("pki", "issue", GP, "--out", str(p12), "--password-stdin", input="export passphrase\n")
@@ -191,7 +191,7 @@ def test_pki_issue_and_revoke(mss, settings):  # type: ignore[no-untyped-def]
     assert crl.returncode == 0 and "Serial Number" in crl.stdout
 
 
-def test_demo_creates_three_accounts_once(mss):  # type: ignore[no-untyped-def]
+def test_demo_creates_three_accounts_once(mss):
     first = mss("demo", "--if-empty")
     assert first.stdout.count("otpauth://totp/") == 3
     second = mss("demo", "--if-empty")
@@ -199,7 +199,7 @@ def test_demo_creates_three_accounts_once(mss):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.sqlite_only
-def test_console_script_reads_password_from_stdin(env, dev_pki):  # type: ignore[no-untyped-def]
+def test_console_script_reads_password_from_stdin(env, dev_pki):
     mss_bin = Path(sys.executable).with_name("mss")
     full_env = {**os.environ, **env}
     subprocess.run(
@@ -223,7 +223,7 @@ def test_console_script_reads_password_from_stdin(env, dev_pki):  # type: ignore
 # -- listings, help, exports -------------------------------------------------------------
 
 
-def _commands(group, prefix=()):  # type: ignore[no-untyped-def]
+def _commands(group, prefix=()):
     for name, command in group.commands.items():
         if hasattr(command, "commands"):
             yield from _commands(command, (*prefix, name))
@@ -231,7 +231,7 @@ def _commands(group, prefix=()):  # type: ignore[no-untyped-def]
             yield (*prefix, name), command
 
 
-def test_help_shows_boolean_options_as_flags(mss):  # type: ignore[no-untyped-def]
+def test_help_shows_boolean_options_as_flags(mss):
     import typer.main
 
     from cli.main import app
@@ -249,7 +249,7 @@ def test_help_shows_boolean_options_as_flags(mss):  # type: ignore[no-untyped-de
     assert flags >= 8
 
 
-def test_directory_search_prints_the_total_or_no_match(mss):  # type: ignore[no-untyped-def]
+def test_directory_search_prints_the_total_or_no_match(mss):
     mss("directory", "import", str(SAMPLE_EXTRACT))
     found = mss("directory", "search", "rouen", "--per-page", "5")
     total = int(re.search(r"(\d+) matches, page 1 of (\d+) \(more with --page\)", found.stdout).group(1))
@@ -272,7 +272,7 @@ def test_directory_search_prints_the_total_or_no_match(mss):  # type: ignore[no-
     assert too_long.exit_code == 1 and "longer than 200 characters" in too_long.stderr
 
 
-def test_directory_list_with_filters(mss):  # type: ignore[no-untyped-def]
+def test_directory_list_with_filters(mss):
     mss("directory", "import", str(SAMPLE_EXTRACT))
     everyone = json.loads(mss("directory", "list", "--per-page", "500", "--format", "json").stdout)
     assert everyone and [r["address"] for r in everyone] == sorted(r["address"] for r in everyone)
@@ -325,7 +325,7 @@ def test_directory_list_with_filters(mss):  # type: ignore[no-untyped-def]
     assert zero.exit_code == 2 and "--page" in zero.stderr
 
 
-def test_account_list(mss, rt):  # type: ignore[no-untyped-def]
+def test_account_list(mss, rt):
     from mss import accounts
 
     mss("directory", "import", str(SAMPLE_EXTRACT))
@@ -348,7 +348,7 @@ def test_account_list(mss, rt):  # type: ignore[no-untyped-def]
     assert bad.exit_code == 1 and "unknown state 'asleep'" in bad.stderr
 
 
-def test_message_export_is_in_the_audit_trail(mss, rt, tmp_path):  # type: ignore[no-untyped-def]
+def test_message_export_is_in_the_audit_trail(mss, rt, tmp_path):
     from web_support import create_person, submit
 
     mss("directory", "import", str(SAMPLE_EXTRACT))

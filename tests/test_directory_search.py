@@ -29,12 +29,12 @@ def directory(engine: Engine, samples: Path) -> Engine:
 
 def find(engine: Engine, query: str, **options: object) -> list[str]:
     with session_scope(engine) as session:
-        return [e.address for e in search(session, query, **options).items]  # type: ignore[arg-type]
+        return [e.address for e in search(session, query, **options).items]
 
 
 def page(engine: Engine, query: str, **options: object) -> SearchPage:
     with session_scope(engine) as session:
-        return search(session, query, **options)  # type: ignore[arg-type]
+        return search(session, query, **options)
 
 
 def test_accents_and_case_do_not_matter(directory: Engine) -> None:
@@ -123,7 +123,7 @@ def test_ranking_exact_match_then_names_then_the_rest(directory: Engine) -> None
     # matched only through the pharmacy "du Vieux-Marché".
     results = find(directory, "ma", per_page=200)
     with session_scope(directory) as session:
-        names = [service.get_entry(session, a).search_text.split(" | ")[0] for a in results]  # type: ignore[union-attr]
+        names = [service.get_entry(session, a).search_text.split(" | ")[0] for a in results]
     by_name = [any(w.startswith("ma") for w in n.split()) for n in names]
     assert by_name.index(False) == by_name.count(True) > 0 and not any(by_name[by_name.index(False) :])
     assert names[: by_name.count(True)] == sorted(names[: by_name.count(True)])

@@ -150,10 +150,10 @@ REFUSED_ADDITIONS = [
 def test_add_refuses_what_an_extract_line_would_be_refused_for(directory: Engine) -> None:
     for fields, message in REFUSED_ADDITIONS:
         values = {"kind": "PER", "address": "new.person@medecin.mss.test", "rpps": "10009999998", "last_name": "NEW"}
-        values.update(fields)  # type: ignore[arg-type]
+        values.update(fields)
         with session_scope(directory) as session:
             with pytest.raises(DirectoryError, match=message):
-                service.add_entry(session, actor=ADMIN, **values)  # type: ignore[arg-type]
+                service.add_entry(session, actor=ADMIN, **values)
     assert events(directory) == []
 
 

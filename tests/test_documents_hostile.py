@@ -42,7 +42,7 @@ def action(kind: str, **entries: object) -> DictionaryObject:
     """A PDF action dictionary (``/S kind`` and its entries)."""
     result = DictionaryObject({name("/S"): name(kind)})
     for key, value in entries.items():
-        result[name("/" + key)] = value  # type: ignore[assignment]
+        result[name("/" + key)] = value
     return result
 
 

@@ -75,7 +75,7 @@ def test_the_corpus_is_real_and_documented() -> None:
     assert sum(path.stat().st_size for path in files) < 8_000_000
 
 
-def test_valid_documents_are_accepted_and_unsafe_or_invalid_ones_refused_for_their_reason(outcomes) -> None:  # type: ignore[no-untyped-def]
+def test_valid_documents_are_accepted_and_unsafe_or_invalid_ones_refused_for_their_reason(outcomes) -> None:
     refusals = expected()
     got = {name: outcome.code for name, outcome in outcomes.items() if isinstance(outcome, DocumentError)}
     assert got == refusals
@@ -83,7 +83,7 @@ def test_valid_documents_are_accepted_and_unsafe_or_invalid_ones_refused_for_the
     assert kinds["pdf"] >= 70 and kinds["cda"] >= 60 and kinds["xdm"] >= 1
 
 
-def test_every_refusal_reads_in_french_without_english(outcomes) -> None:  # type: ignore[no-untyped-def]
+def test_every_refusal_reads_in_french_without_english(outcomes) -> None:
     french = load_languages()["fr"]
     for name, outcome in outcomes.items():
         if isinstance(outcome, DocumentError):
@@ -92,7 +92,7 @@ def test_every_refusal_reads_in_french_without_english(outcomes) -> None:  # typ
             assert not re.search(r"\b(is|not|the|which|allowed|holds)\b", sentence), (name, sentence)
 
 
-def cdas(outcome: Document) -> list:  # type: ignore[type-arg]
+def cdas(outcome: Document) -> list:
     if outcome.cda is not None:
         return [outcome.cda]
     if outcome.xdm is not None:
@@ -101,7 +101,7 @@ def cdas(outcome: Document) -> list:  # type: ignore[type-arg]
 
 
 @pytest.mark.parametrize("code", ["fr", "en"])
-def test_every_accepted_cda_renders_a_readable_page(outcomes, code: str) -> None:  # type: ignore[no-untyped-def]
+def test_every_accepted_cda_renders_a_readable_page(outcomes, code: str) -> None:
     language = load_languages()[code]
     language.env.globals.update(TEMPLATE_HELPERS)
     page = language.env.from_string('{% import "_macros.html" as m %}{{ m.cda_document(cda, "/d", "file") }}')
@@ -133,7 +133,7 @@ def test_dates_are_shown_as_written() -> None:
     html = french.env.from_string('{% import "_macros.html" as m %}{{ m.cda_document(cda, "/d", "f") }}').render(
         cda=info
     )
-    shown = re.search(r"<dt>Date</dt><dd>(.*?)</dd>", html).group(1)  # type: ignore[union-attr]
+    shown = re.search(r"<dt>Date</dt><dd>(.*?)</dd>", html).group(1)
     from mss.web.cda_view import hl7_when
 
     assert shown == hl7_when(info.effective_time, "fr")
@@ -155,7 +155,7 @@ def representatives(outcomes: dict[str, Document | DocumentError]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Stack:  # type: ignore[no-untyped-def]
+def stack(tmp_path_factory) -> Stack:
     from mss.relay import RelayServer
 
     built = build_stack(tmp_path_factory.mktemp("world"))
@@ -165,11 +165,11 @@ def stack(tmp_path_factory) -> Stack:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def gp(stack: Stack):  # type: ignore[no-untyped-def]
+def gp(stack: Stack):
     return create_person(stack.rt, GP)
 
 
-def test_a_document_per_source_and_kind_travels_by_smtp_and_reads_on_the_web(stack: Stack, gp, outcomes) -> None:  # type: ignore[no-untyped-def]
+def test_a_document_per_source_and_kind_travels_by_smtp_and_reads_on_the_web(stack: Stack, gp, outcomes) -> None:
     names = representatives(outcomes)
     assert len(names) >= 7
     sent: dict[str, str] = {}
@@ -216,7 +216,7 @@ def zip_member(data: bytes, path: str) -> bytes:
         return archive.read(path)
 
 
-def test_embedded_pdf_of_a_foreign_cda_opens_in_the_viewer(stack: Stack, gp) -> None:  # type: ignore[no-untyped-def]
+def test_embedded_pdf_of_a_foreign_cda_opens_in_the_viewer(stack: Stack, gp) -> None:
     path = WORLD / "hl7-c-cda-examples" / "Unstructured__CDA_with_Embedded_PDF_2__CDA_with_Embedded_PDF.xml"
     client = smtp_login(stack)
     reply = transaction(client, SENDER, [GP], message(SENDER, [GP], [(path.name, "text/xml", path.read_bytes())]))[-1]

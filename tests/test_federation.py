@@ -88,7 +88,7 @@ def has_receipt(operator: Operator, queue_id: str, kind: str, status: str, recip
 
 def newest_from(operator: Operator, owner: str, sender: str) -> Message:
     found = [m for m in operator.inbox(owner) if m.sender == sender and m.kind != "receipt"]
-    return found[-1] if found else None  # type: ignore[return-value]
+    return found[-1] if found else None
 
 
 def relayed(operator: Operator, queue_id: str, recipient: str) -> Delivery | None:
@@ -148,7 +148,7 @@ def test_encrypted_both_ways_with_receipts_back(pair: tuple[Operator, Operator])
     reply = build_message(JOEL, [MARC], "Re: Lettre de liaison", "Bien reçu, merci.\n")
     reply_id = b.submit(JOEL, [MARC], reply)
     back = wait_for(lambda: newest_from(a, MARC, JOEL), what="the reply at A")
-    assert MessageMeta.open(a.rt.master_key, back.meta_sealed).origin["protection"] == "encrypted"  # type: ignore[index]
+    assert MessageMeta.open(a.rt.master_key, back.meta_sealed).origin["protection"] == "encrypted"
     assert "encrypted" in wait_for(lambda: relayed(b, reply_id, MARC), what="the reply relayed").reason
     assert "valid signature" in page_of(a, MARC, back.queue_id)
 
@@ -352,7 +352,7 @@ def test_a_peer_without_dsn_gets_the_sender_a_relayed_notice(pair: tuple[Operato
     received = []
 
     class Sink:
-        async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        async def handle_DATA(self, server, session, envelope):
             received.append((envelope.mail_from, envelope.rcpt_tos, session.ssl["ssl_object"].getpeercert()))
             return "250 2.0.0 Ok"
 

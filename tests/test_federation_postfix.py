@@ -68,7 +68,7 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Operator, 
         a.close()
 
 
-def test_mss_delivers_to_postfix_over_mutual_tls_and_its_dsn_comes_back(peers, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_mss_delivers_to_postfix_over_mutual_tls_and_its_dsn_comes_back(peers, tmp_path) -> None:
     a, postfix = peers
     raw = build_message(MARC, [JOEL], "Lettre de liaison", "Bonjour,\nla lettre suit.\n")
     queue_id = a.submit(MARC, [JOEL], raw, rcpt_options=("NOTIFY=SUCCESS,FAILURE",))
@@ -107,7 +107,7 @@ def test_mss_delivers_to_postfix_over_mutual_tls_and_its_dsn_comes_back(peers, t
     )
 
 
-def test_postfix_delivers_to_mss_over_mutual_tls(peers) -> None:  # type: ignore[no-untyped-def]
+def test_postfix_delivers_to_mss_over_mutual_tls(peers) -> None:
     a, postfix = peers
     message_id = make_msgid(domain=B_DOMAIN)
     raw = (

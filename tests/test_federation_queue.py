@@ -52,7 +52,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Operator, O
         b.close()
 
 
-def mss(operator: Operator, *args: str, ok: bool = True):  # type: ignore[no-untyped-def]
+def mss(operator: Operator, *args: str, ok: bool = True):
     result = CliRunner().invoke(app, list(args), env=operator.env, catch_exceptions=False)
     if ok:
         assert result.exit_code == 0, (result.stdout, result.stderr)
@@ -86,7 +86,7 @@ def entry_for(operator: Operator, queue_id: str, *flags: str) -> dict | None:
     return next((e for e in queued(operator, *flags) if e["message"] == queue_id), None)
 
 
-def test_a_peer_that_is_down_gets_the_message_when_it_is_back(pair, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_a_peer_that_is_down_gets_the_message_when_it_is_back(pair, caplog) -> None:
     a, b = pair
     caplog.set_level(logging.INFO, logger="mss.outbound")
     queue_id = a.submit(MARC, [JOEL], build_message(MARC, [JOEL], "Résultats", "Bonjour.\n"))
@@ -117,7 +117,7 @@ def test_a_peer_that_is_down_gets_the_message_when_it_is_back(pair, caplog) -> N
         b.services = None
 
 
-def test_bounce_returns_a_waiting_message_to_its_sender(pair) -> None:  # type: ignore[no-untyped-def]
+def test_bounce_returns_a_waiting_message_to_its_sender(pair) -> None:
     a, _b = pair
     queue_id = a.submit(MARC, [JOEL], build_message(MARC, [JOEL], "Avis", "Bonjour.\n"))
     entry = wait_for(
@@ -130,7 +130,7 @@ def test_bounce_returns_a_waiting_message_to_its_sender(pair) -> None:  # type: 
         what="the retry",
     )
 
-    def bounce():  # type: ignore[no-untyped-def]
+    def bounce():
         result = mss(a, "queue", "bounce", entry["id"], ok=False)
         if result.exit_code == 0:
             return result
@@ -143,14 +143,14 @@ def test_bounce_returns_a_waiting_message_to_its_sender(pair) -> None:  # type: 
     failed = [r for r in receipts_of(a, queue_id) if r[:2] == ("dsn", "failed")]
     assert failed and "administrator" in failed[0][3]
     assert status_of(a, queue_id, JOEL) == "failed"
-    assert entry_for(a, queue_id, "--all")["state"] == "bounced"  # type: ignore[index]
+    assert entry_for(a, queue_id, "--all")["state"] == "bounced"
     again = mss(a, "queue", "bounce", entry["id"], ok=False)
     assert again.exit_code == 1 and "nothing left to bounce" in again.stderr
     unknown = mss(a, "queue", "retry", "QNOSUCHENTRY", ok=False)
     assert unknown.exit_code == 1 and "no queue entry" in unknown.stderr
 
 
-def test_retries_end_at_the_queue_lifetime(pair) -> None:  # type: ignore[no-untyped-def]
+def test_retries_end_at_the_queue_lifetime(pair) -> None:
     a, _b = pair
     assert a.services is not None
     a.services.stop()
@@ -165,13 +165,13 @@ def test_retries_end_at_the_queue_lifetime(pair) -> None:  # type: ignore[no-unt
         reason = next(r[3] for r in receipts_of(a, queue_id) if r[:2] == ("dsn", "failed"))
         assert "still undelivered after" in reason and "connection failed" in reason
         assert status_of(a, queue_id, JOEL) == "failed"
-        assert entry_for(a, queue_id, "--all")["state"] == "failed"  # type: ignore[index]
+        assert entry_for(a, queue_id, "--all")["state"] == "failed"
     finally:
         a.services.stop()
         a.services = Services(a).start()
 
 
-def test_several_workers_deliver_each_message_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_several_workers_deliver_each_message_once(tmp_path) -> None:
     a = build_operator(tmp_path / "a", "a", A_DOMAIN, A_USERS)
     b = build_operator(tmp_path / "b", "b", B_DOMAIN, B_USERS)
     link(a, b)

@@ -49,7 +49,7 @@ SEED = int(os.environ.get("MSS_FUZZ_SEED", "20261130"))
 LIMITS = DocumentLimits(max_check_seconds=60)
 
 
-def fuzz_settings(examples: int):  # type: ignore[no-untyped-def]
+def fuzz_settings(examples: int):
     return settings(
         max_examples=examples * SCALE,
         deadline=None,
@@ -211,7 +211,7 @@ def mutated_messages(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-def send_raw_data(client, raw: bytes) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
+def send_raw_data(client, raw: bytes) -> tuple[int, bytes]:
     """DATA with ``raw`` as it is (smtplib would rewrite bare CR and LF), dot-stuffed."""
     code, text = client.docmd("DATA")
     assert code == 354, (code, text)

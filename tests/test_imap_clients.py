@@ -36,7 +36,7 @@ def _maildir_files(root: Path) -> list[bytes]:
     return [p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.parent.name in {"cur", "new"}]
 
 
-def _web_documents(clients, person, queue_ids: list[str]) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
+def _web_documents(clients, person, queue_ids: list[str]) -> dict[str, bytes]:
     """The documents of these messages as the web API serves them."""
     web = clients()
     web_login(web, person)
@@ -54,7 +54,7 @@ def _web_documents(clients, person, queue_ids: list[str]) -> dict[str, bytes]:  
     return found
 
 
-def _fingerprint(rt) -> str:  # type: ignore[no-untyped-def]
+def _fingerprint(rt) -> str:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
 
@@ -66,13 +66,13 @@ def _fingerprint(rt) -> str:  # type: ignore[no-untyped-def]
     return digest.finalize().hex()
 
 
-def _server_certificate(rt) -> str:  # type: ignore[no-untyped-def]
+def _server_certificate(rt) -> str:
     from mss.crypto.pki import PkiPaths
 
     return str(PkiPaths.from_settings(rt.settings).tls_certificate)
 
 
-def _imap_bodies(rt, port: int, person) -> list[bytes]:  # type: ignore[no-untyped-def]
+def _imap_bodies(rt, port: int, person) -> list[bytes]:
     client = login(rt, port, person)
     client.select("INBOX", readonly=True)
     typ, data = client.fetch("1:*", "(BODY.PEEK[])")
@@ -80,7 +80,7 @@ def _imap_bodies(rt, port: int, person) -> list[bytes]:  # type: ignore[no-untyp
     return [item[1] for item in data if isinstance(item, tuple)]
 
 
-def test_mbsync_syncs_the_decrypted_signed_messages(rt, clients, doctor, gp, tmp_path):  # type: ignore[no-untyped-def]
+def test_mbsync_syncs_the_decrypted_signed_messages(rt, clients, doctor, gp, tmp_path):
     mbsync = _need("mbsync")
     queue_ids = clinical_mail(rt, doctor, gp)
     with ImapServer(rt) as imap:
@@ -143,7 +143,7 @@ SyncState *
     assert len(documents) == 3
 
 
-def test_offlineimap_syncs_the_end_to_end_envelopes(rt, clients, doctor, gp, tmp_path):  # type: ignore[no-untyped-def]
+def test_offlineimap_syncs_the_end_to_end_envelopes(rt, clients, doctor, gp, tmp_path):
     offlineimap = _need("offlineimap")
     queue_ids = clinical_mail(rt, doctor, gp)
     served.set_mode(rt.engine, gp.address, served.END_TO_END, actor="test")

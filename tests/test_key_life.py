@@ -237,7 +237,7 @@ def test_files_at_rest_are_private(tmp_path: Path) -> None:
 # -- the mss command -------------------------------------------------------------------------
 
 
-def test_cli_other_operators_and_identifiers(mss) -> None:  # type: ignore[no-untyped-def]
+def test_cli_other_operators_and_identifiers(mss) -> None:
     mss("directory", "add", "--address", "x@gmail.com", "--rpps", "10009999998", "--last-name", "X")
     shown = mss("directory", "show", "x@gmail.com").stdout
     assert "another operator (gmail.com)" in shown
@@ -276,7 +276,7 @@ def test_cli_other_operators_and_identifiers(mss) -> None:  # type: ignore[no-un
     assert wrong_type.exit_code != 0
 
 
-def test_cli_rekey_renew_and_revoke(mss, env) -> None:  # type: ignore[no-untyped-def]
+def test_cli_rekey_renew_and_revoke(mss, env) -> None:
     mss("directory", "add", "--address", "dr.a@mss.test", "--rpps", "10009999998", "--last-name", "A")
     mss("account", "create", "dr.a@mss.test", "--password-stdin", input="a long passphrase!\n" * 2)
     revoked = mss("pki", "revoke", "dr.a@mss.test", "--reason", "keyCompromise").stdout

@@ -29,7 +29,7 @@ def ca() -> pki.CertificateAuthority:
 
 
 @pytest.fixture(scope="module")
-def user(ca: pki.CertificateAuthority):  # type: ignore[no-untyped-def]
+def user(ca: pki.CertificateAuthority):
     return pki.issue_smime_certificate(
         ca,
         address="eloise.bernard@medecin.mss.test",
@@ -66,7 +66,7 @@ def test_password_hash_rejects_bad_input() -> None:
         keys.verify_password("$2b$12$bcrypt-hash", "x")
 
 
-def test_wrap_unwrap_round_trip(user) -> None:  # type: ignore[no-untyped-def]
+def test_wrap_unwrap_round_trip(user) -> None:
     key, _ = user
     der = keys.private_key_to_der(key)
     wrapped = keys.wrap_private_key(der, "s3cret passphrase", opslimit=OPS, memlimit=MEM)
@@ -80,7 +80,7 @@ def test_wrap_unwrap_round_trip(user) -> None:  # type: ignore[no-untyped-def]
     assert again.salt != wrapped.salt and again.ciphertext != wrapped.ciphertext
 
 
-def test_unwrap_with_wrong_password_fails(user) -> None:  # type: ignore[no-untyped-def]
+def test_unwrap_with_wrong_password_fails(user) -> None:
     wrapped = keys.wrap_private_key(keys.private_key_to_der(user[0]), "right", opslimit=OPS, memlimit=MEM)
     with pytest.raises(KeyUnwrapError, match="wrong password"):
         keys.unwrap_private_key(wrapped, "wrong")
@@ -88,7 +88,7 @@ def test_unwrap_with_wrong_password_fails(user) -> None:  # type: ignore[no-unty
         keys.unwrap_private_key(wrapped, "")
 
 
-def test_unwrap_tampered_ciphertext_or_salt_fails(user) -> None:  # type: ignore[no-untyped-def]
+def test_unwrap_tampered_ciphertext_or_salt_fails(user) -> None:
     wrapped = keys.wrap_private_key(keys.private_key_to_der(user[0]), "right", opslimit=OPS, memlimit=MEM)
     body = bytearray(wrapped.ciphertext)
     body[len(body) // 2] ^= 0x01
@@ -103,7 +103,7 @@ def test_unwrap_tampered_ciphertext_or_salt_fails(user) -> None:  # type: ignore
         keys.unwrap_private_key(keys.WrappedKey(b"short", wrapped.ciphertext, OPS, MEM), "right")
 
 
-def test_recovery_seal_and_open(user, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_recovery_seal_and_open(user, tmp_path: Path) -> None:
     public = keys.generate_recovery_keypair(tmp_path / "recovery.key", tmp_path / "recovery.pub")
     private = keys.load_recovery_private_key(tmp_path / "recovery.key")
     assert os.stat(tmp_path / "recovery.key").st_mode & 0o777 == 0o600
@@ -160,7 +160,7 @@ def _openssl_pkcs12_info(path: Path, password: str) -> subprocess.CompletedProce
     )
 
 
-def test_pkcs12_opens_with_openssl_and_refuses_wrong_password(ca, user, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_pkcs12_opens_with_openssl_and_refuses_wrong_password(ca, user, tmp_path: Path) -> None:
     key, certificate = user
     data = keys.export_pkcs12(key, certificate, ca.certificate, "export pass", friendly_name="Éloïse Bernard")
     path = tmp_path / "user.p12"
@@ -193,7 +193,7 @@ def test_pkcs12_opens_with_openssl_and_refuses_wrong_password(ca, user, tmp_path
     )
 
 
-def test_pkcs12_rejects_mismatched_key_or_empty_password(ca, user) -> None:  # type: ignore[no-untyped-def]
+def test_pkcs12_rejects_mismatched_key_or_empty_password(ca, user) -> None:
     key, certificate = user
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     with pytest.raises(CryptoError, match="does not belong"):
@@ -202,7 +202,7 @@ def test_pkcs12_rejects_mismatched_key_or_empty_password(ca, user) -> None:  # t
         keys.export_pkcs12(key, certificate, ca.certificate, "", friendly_name="x")
 
 
-def test_pkcs12_profiles(ca, user, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_pkcs12_profiles(ca, user, tmp_path: Path) -> None:
     key, certificate = user
     strong = keys.export_pkcs12(key, certificate, ca.certificate, "export pass", friendly_name="x")
     compatible = keys.export_pkcs12(
@@ -231,7 +231,7 @@ def test_pkcs12_profiles(ca, user, tmp_path: Path) -> None:  # type: ignore[no-u
         keys.export_pkcs12(key, certificate, ca.certificate, "export pass", friendly_name="x", profile="legacy")
 
 
-def _compatible_files(ca, user, password: str, *, misread: bool, count: int) -> list[bytes]:  # type: ignore[no-untyped-def]
+def _compatible_files(ca, user, password: str, *, misread: bool, count: int) -> list[bytes]:
     """``count`` compatible PKCS#12 files made the way export_pkcs12 makes them, with
     few KDF rounds (the salts are what matters), whose salts GnuPG 2.2 does (``misread``)
     or does not misread by keys' account."""
@@ -253,7 +253,7 @@ def _compatible_files(ca, user, password: str, *, misread: bool, count: int) -> 
     raise AssertionError("no such salts in 5000 files")
 
 
-def test_compatible_pkcs12_has_no_salt_gpgsm_misreads(ca, user) -> None:  # type: ignore[no-untyped-def]
+def test_compatible_pkcs12_has_no_salt_gpgsm_misreads(ca, user) -> None:
     """GnuPG 2.2 derives a wrong key for about one salt in 65; the files keys would refuse
     are exactly those gpgsm cannot open, and what export_pkcs12 hands out opens."""
     password = "exporté pass 42"

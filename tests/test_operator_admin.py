@@ -23,7 +23,7 @@ from relay_support import message as smtp_message
 from web_support import Person, serving, submit
 
 
-def run_mss(stack, *args: str) -> str:  # type: ignore[no-untyped-def]
+def run_mss(stack, *args: str) -> str:
     """The ``mss`` command with the stack's environment; asserts success."""
     result = CliRunner().invoke(app, list(args), env=stack.env, catch_exceptions=False)
     assert result.exit_code == 0, (result.stdout, result.stderr)
@@ -31,12 +31,12 @@ def run_mss(stack, *args: str) -> str:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def stack(tmp_path):  # type: ignore[no-untyped-def]
+def stack(tmp_path):
     with serving(tmp_path) as served:
         yield served
 
 
-def test_admin_pages_for_admins_only(stack, chromium, tmp_path):  # type: ignore[no-untyped-def]
+def test_admin_pages_for_admins_only(stack, chromium, tmp_path):
     stack, web = stack
     admin, other = RECIPIENTS
     # Traffic: over SMTP (one with a PDF, one with a CDA), one refused recipient, and through the pipeline.

@@ -49,7 +49,7 @@ def _receipts(rt: Runtime, queue_id: str, status: str) -> list[Receipt]:
         )
 
 
-def _token(client, person) -> str:  # type: ignore[no-untyped-def]
+def _token(client, person) -> str:
     response = client.post(
         "/api/v1/sessions", json={"address": person.address, "password": person.password, "code": person.code()}
     )
@@ -57,7 +57,7 @@ def _token(client, person) -> str:  # type: ignore[no-untyped-def]
     return response.json()["token"]
 
 
-def test_a_passed_deadline_gives_exactly_one_delayed_dsn(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_a_passed_deadline_gives_exactly_one_delayed_dsn(rt, clients, doctor, gp):
     create_person(rt, NURSE)
     accepted = submit(rt, doctor, [GP, NURSE], "Suivi", "Bonjour")
     _relayed(rt, accepted.queue_id, NURSE)
@@ -107,11 +107,11 @@ def _sender_inbox(rt: Runtime, owner: str) -> int:
         )
 
 
-def test_a_duplicate_receipt_is_dropped(rt, doctor, gp):  # type: ignore[no-untyped-def]
+def test_a_duplicate_receipt_is_dropped(rt, doctor, gp):
     accepted = submit(rt, doctor, [GP], "Suivi", "Bonjour")
     _relayed(rt, accepted.queue_id, GP)
 
-    def processed_notice():  # type: ignore[no-untyped-def]
+    def processed_notice():
         mdn = build_mdn(
             reporting_ua="other.example",
             final_recipient=GP,

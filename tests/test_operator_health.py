@@ -58,7 +58,7 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return samples
 
 
-def value(samples: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
+def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
@@ -121,7 +121,7 @@ def test_metrics_count_real_smtp_traffic(relay_stack: Stack, metrics_url: str) -
     assert value(after, "mss_database_up") == 1
 
 
-def _get(url: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+def _get(url: str) -> tuple[int, dict]:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -132,7 +132,7 @@ def _get(url: str) -> tuple[int, dict]:  # type: ignore[type-arg]
         return exc.code, json.loads(exc.read())
 
 
-def test_healthz_and_readyz_over_https(rt, directory_loaded) -> None:  # type: ignore[no-untyped-def]
+def test_healthz_and_readyz_over_https(rt, directory_loaded) -> None:
     server = WebServer(rt).start()
     try:
         assert _get(server.url + "/healthz") == (200, {"status": "ok"})
@@ -152,7 +152,7 @@ def test_healthz_and_readyz_over_https(rt, directory_loaded) -> None:  # type: i
         server.stop()
 
 
-def test_doctor_gives_a_verdict_per_item(rt, mss) -> None:  # type: ignore[no-untyped-def]
+def test_doctor_gives_a_verdict_per_item(rt, mss) -> None:
     result = mss("doctor")
     for name in ("database", "ca", "crl", "master-key"):
         assert any(line.split()[:2] == ["ok", name] for line in result.stdout.splitlines()), result.stdout

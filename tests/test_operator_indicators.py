@@ -22,7 +22,7 @@ def _type_code() -> str:
     return root.find("{urn:hl7-org:v3}code").get("code")
 
 
-def test_indicators_of_a_month_match_the_traffic(rt, clients, doctor, gp, mss):  # type: ignore[no-untyped-def]
+def test_indicators_of_a_month_match_the_traffic(rt, clients, doctor, gp, mss):
     nurse = create_person(rt, NURSE)
     pdf = ("compte-rendu.pdf", "application/pdf", pdf_bytes())
     cda = (CDA_SAMPLE.name, "text/xml", cda_bytes())
@@ -75,7 +75,7 @@ def test_indicators_of_a_month_match_the_traffic(rt, clients, doctor, gp, mss): 
     assert empty["messages_sent"] == 0 and sum(empty["connections"].values()) == 0
 
 
-def test_a_malformed_month_or_format_is_refused(rt, mss):  # type: ignore[no-untyped-def]
+def test_a_malformed_month_or_format_is_refused(rt, mss):
     result = mss("report", "indicators", "--month", "2026-13", ok=False)
     assert result.exit_code == 1 and "not a month" in result.stderr
     result = mss("report", "indicators", "--month", "2026-11", "--format", "xml", ok=False)

@@ -17,7 +17,7 @@ from mss.models import Account, MailboxItem, Message
 from web_support import GP, NURSE, PASSWORD, create_person, doctor, gp, pdf_bytes, submit  # noqa: F401  (fixtures)
 
 
-def _age(rt, address: str, days: int, *, notice_days: int | None = None) -> None:  # type: ignore[no-untyped-def]
+def _age(rt, address: str, days: int, *, notice_days: int | None = None) -> None:
     """Move the account's last login (and notice) ``days`` into the past: the test's clock."""
     with session_scope(rt.engine) as session:
         account = session.execute(select(Account).where(Account.address == address)).scalar_one()
@@ -27,7 +27,7 @@ def _age(rt, address: str, days: int, *, notice_days: int | None = None) -> None
         session.add(account)
 
 
-def _items(rt, owner: str) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+def _items(rt, owner: str) -> list[tuple[str, str]]:
     with session_scope(rt.engine) as session:
         return [
             (folder, kind)
@@ -39,7 +39,7 @@ def _items(rt, owner: str) -> list[tuple[str, str]]:  # type: ignore[no-untyped-
         ]
 
 
-def test_an_inactive_mailbox_is_noticed_then_closed(rt, doctor, gp, mss, env):  # type: ignore[no-untyped-def]
+def test_an_inactive_mailbox_is_noticed_then_closed(rt, doctor, gp, mss, env):
     nurse = create_person(rt, NURSE)
     to_nurse = submit(rt, doctor, [NURSE], "Pansements", "Bonjour", [("soins.pdf", "application/pdf", pdf_bytes())])
     from_nurse = submit(rt, nurse, [GP], "Retour", "Bonjour")
@@ -77,7 +77,7 @@ def test_an_inactive_mailbox_is_noticed_then_closed(rt, doctor, gp, mss, env):  
     assert "audit chain intact" in mss("audit", "verify").stdout
 
 
-def test_a_login_keeps_a_mailbox_alive(rt, doctor, mss):  # type: ignore[no-untyped-def]
+def test_a_login_keeps_a_mailbox_alive(rt, doctor, mss):
     _age(rt, doctor.address, 336)
     accounts.authenticate(rt.engine, rt.settings, doctor.address, doctor.password, channel="smtp")
     assert "inactivity notices sent: 0" in mss("lifecycle", "run").stdout

@@ -13,7 +13,7 @@ from mss.settings import Settings
 from web_support import GP, doctor, gp, submit  # noqa: F401  (fixtures)
 
 
-def test_metrics_off_counts_nothing(rt, env, doctor, gp):  # type: ignore[no-untyped-def]
+def test_metrics_off_counts_nothing(rt, env, doctor, gp):
     counter = metrics.SUBMITTED.labels(door="smtp")
     before = counter._value.get()
     off = Runtime(

@@ -54,7 +54,7 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_POST(self) -> None:  # the name http.server calls
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 with outer._lock:
                     outer.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
@@ -152,7 +152,7 @@ def check_signature(headers: dict[str, str], body: bytes) -> None:
     assert headers["content-type"] == "application/json"
 
 
-def wait_for(predicate, *, timeout: float = 20, what: str = "the condition"):  # type: ignore[no-untyped-def]
+def wait_for(predicate, *, timeout: float = 20, what: str = "the condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = predicate()
@@ -171,7 +171,7 @@ def events(rt: Runtime, queue_id: str) -> list[WebhookEvent]:
         )
 
 
-def test_a_delivered_message_fires_one_signed_event_per_recipient(rt, env, doctor, gp, receiver):  # type: ignore[no-untyped-def]
+def test_a_delivered_message_fires_one_signed_event_per_recipient(rt, env, doctor, gp, receiver):
     create_person(rt, NURSE)
     hook = hooked(rt, env, receiver.url)
     accepted = submit(hook, doctor, [GP, NURSE], SUBJECT, BODY)
@@ -206,12 +206,12 @@ def test_a_delivered_message_fires_one_signed_event_per_recipient(rt, env, docto
     assert len({h["webhook-id"] for h, _b in requests}) == 2
 
 
-def test_no_webhook_no_event(rt, doctor, gp):  # type: ignore[no-untyped-def]
+def test_no_webhook_no_event(rt, doctor, gp):
     accepted = submit(rt, doctor, [GP], SUBJECT, BODY)
     assert events(rt, accepted.queue_id) == []
 
 
-def test_a_receiver_error_is_retried_with_the_same_webhook_id(rt, env, doctor, gp):  # type: ignore[no-untyped-def]
+def test_a_receiver_error_is_retried_with_the_same_webhook_id(rt, env, doctor, gp):
     receiver = Receiver(answers=(500, 429))
     try:
         hook = hooked(rt, env, receiver.url)
@@ -230,7 +230,7 @@ def test_a_receiver_error_is_retried_with_the_same_webhook_id(rt, env, doctor, g
         receiver.close()
 
 
-def test_an_event_nobody_accepts_is_given_up_and_audited(rt, env, doctor, gp):  # type: ignore[no-untyped-def]
+def test_an_event_nobody_accepts_is_given_up_and_audited(rt, env, doctor, gp):
     down = Receiver(answers=(503,) * 100)
     refusing = Receiver(answers=(400,))
     try:
@@ -268,7 +268,7 @@ def test_an_event_nobody_accepts_is_given_up_and_audited(rt, env, doctor, gp):  
         refusing.close()
 
 
-def test_failed_and_expired_deliveries_fire_too(rt, env, directory_loaded, receiver):  # type: ignore[no-untyped-def]
+def test_failed_and_expired_deliveries_fire_too(rt, env, directory_loaded, receiver):
     # This operator serves chu-demo.mss.test; medecin.mss.test is another operator's, on the
     # trust list, routed to a port where nothing listens.
     hook = hooked(rt, env, receiver.url, MSS_DOMAINS="chu-demo.mss.test")
@@ -308,7 +308,7 @@ def test_failed_and_expired_deliveries_fire_too(rt, env, directory_loaded, recei
     assert found == {bounced.queue_id: (REMOTE, "failed", "5.3.0"), expired.queue_id: (REMOTE, "failed", "4.4.7")}
 
 
-def test_several_senders_never_take_the_same_event(rt, env, doctor, gp, receiver):  # type: ignore[no-untyped-def]
+def test_several_senders_never_take_the_same_event(rt, env, doctor, gp, receiver):
     create_person(rt, NURSE)
     hook = hooked(rt, env, receiver.url)
     for _ in range(3):
@@ -352,7 +352,7 @@ def test_several_senders_never_take_the_same_event(rt, env, doctor, gp, receiver
         ("https://hooks.example.org/mss", "whsec_" + base64.b64encode(b"short").decode(), "24 to 64 bytes"),
     ],
 )
-def test_bad_webhook_settings_are_refused_with_a_clear_error(env, url, secret, message):  # type: ignore[no-untyped-def]
+def test_bad_webhook_settings_are_refused_with_a_clear_error(env, url, secret, message):
     with pytest.raises(ConfigError) as refused:
         Settings.from_env({**env, "MSS_WEBHOOK_URL": url, "MSS_WEBHOOK_SECRET": secret})
     assert message in refused.value.message
@@ -361,7 +361,7 @@ def test_bad_webhook_settings_are_refused_with_a_clear_error(env, url, secret, m
 
 
 @pytest.mark.sqlite_only
-def test_serve_refuses_to_start_on_a_bad_webhook_url(env, mss):  # type: ignore[no-untyped-def]
+def test_serve_refuses_to_start_on_a_bad_webhook_url(env, mss):
     env.update({"MSS_WEBHOOK_URL": "http://hooks.example.org/mss", "MSS_WEBHOOK_SECRET": SECRET})
     result = mss("serve", ok=False)
     assert result.exit_code == 1
@@ -370,7 +370,7 @@ def test_serve_refuses_to_start_on_a_bad_webhook_url(env, mss):  # type: ignore[
 
 
 @pytest.mark.sqlite_only
-def test_good_webhook_settings_and_the_secret_stays_out_of_sight(env):  # type: ignore[no-untyped-def]
+def test_good_webhook_settings_and_the_secret_stays_out_of_sight(env):
     for url in (
         "https://hooks.example.org/mss?token=x",
         "http://127.0.0.1:8000/hook",
@@ -385,7 +385,7 @@ def test_good_webhook_settings_and_the_secret_stays_out_of_sight(env):  # type: 
         Settings.from_env({**env, "MSS_WEBHOOK_RETRY_MIN": "2h", "MSS_WEBHOOK_RETRY_MAX": "1h"})
 
 
-def test_reports_from_another_operator_fire_their_final_statuses(tmp_path, receiver):  # type: ignore[no-untyped-def]
+def test_reports_from_another_operator_fire_their_final_statuses(tmp_path, receiver):
     from federation_support import A_DOMAIN, A_USERS, B_DOMAIN, B_USERS, build_operator, link, start
 
     marc, joel = A_USERS[0], B_USERS[0]

@@ -36,7 +36,7 @@ PASSWORD = "a long enough passphrase"
 
 
 @pytest.fixture
-def people(rt, directory_loaded):  # type: ignore[no-untyped-def]
+def people(rt, directory_loaded):
     for address in (DOCTOR, GP, NURSE):
         with session_scope(rt.engine) as session:
             accounts.create_account(session, rt.settings, rt.master_key, address, PASSWORD, actor="test")
@@ -57,12 +57,12 @@ def letter(sender: str, to: list[str], attachments: list[tuple[str, str, bytes]]
     return message.as_bytes(policy=email.policy.SMTP)
 
 
-def send(rt, sender, to, raw, **kw):  # type: ignore[no-untyped-def]
+def send(rt, sender, to, raw, **kw):
     requests = tuple(RecipientRequest(address=a, **kw) for a in to)
     return submit(rt, Submission(sender=sender, recipients=requests, raw=raw, channel="smtp", request_id="t"))
 
 
-def open_as(rt, unlocked, cms: bytes) -> tuple[str, EmailMessage]:  # type: ignore[no-untyped-def]
+def open_as(rt, unlocked, cms: bytes) -> tuple[str, EmailMessage]:
     """Decrypt with the reader's key, verify the signature; return (status, message)."""
     inner = smime.decrypt(cms, unlocked.certificate, keys.private_key_from_der(unlocked.private_key_der))
     signed = store.signed_data_in(inner)
@@ -70,14 +70,14 @@ def open_as(rt, unlocked, cms: bytes) -> tuple[str, EmailMessage]:  # type: igno
     with session_scope(rt.engine) as session:
         trust = certificates.trust_material(session, rt.settings)
     report = verify_signed_data(signed, trust_roots=trust.roots, crls=trust.crls)
-    return report.status, email.message_from_bytes(report.content, policy=email.policy.default)  # type: ignore[return-value]
+    return report.status, email.message_from_bytes(report.content, policy=email.policy.default)
 
 
 def attachments_of(message: EmailMessage) -> dict[str, bytes]:
     return {part.get_filename(): part.get_payload(decode=True) for part in message.iter_attachments()}
 
 
-def test_every_ans_example_arrives_byte_identical(rt, people):  # type: ignore[no-untyped-def]
+def test_every_ans_example_arrives_byte_identical(rt, people):
     files = sorted(CDA_DIR.glob("*.xml"))
     assert len(files) == 94
     batches, batch, size = [], [], 0
@@ -102,7 +102,7 @@ def test_every_ans_example_arrives_byte_identical(rt, people):  # type: ignore[n
     assert received == {path.name: path.read_bytes() for path in files}
 
 
-def test_stored_form_is_ciphertext_for_recipients_and_sender(rt, people):  # type: ignore[no-untyped-def]
+def test_stored_form_is_ciphertext_for_recipients_and_sender(rt, people):
     pdf_marker = b"Compte rendu confidentiel du patient"
     cda = (CDA_DIR / "LDL-SES_2022.01.xml").read_bytes()
     raw = letter(DOCTOR, [GP, NURSE], [("cr.xml", "text/xml", cda)], subject="Patient Dupont")
@@ -126,7 +126,7 @@ def test_stored_form_is_ciphertext_for_recipients_and_sender(rt, people):  # typ
     assert meta.subject == "Patient Dupont" and meta.documents[0].kind == "cda"
 
 
-def test_policy_refusals_store_nothing(rt, people):  # type: ignore[no-untyped-def]
+def test_policy_refusals_store_nothing(rt, people):
     spoofed = letter(GP, [NURSE], [])
     with pytest.raises(FromHeaderMismatch):
         send(rt, people[DOCTOR], [NURSE], spoofed)
@@ -144,7 +144,7 @@ def test_policy_refusals_store_nothing(rt, people):  # type: ignore[no-untyped-d
         assert session.execute(select(func.count()).select_from(MailboxItem)).scalar_one() == 0
 
 
-def test_success_dsn_and_processed_mdn_reach_the_sender(rt, people):  # type: ignore[no-untyped-def]
+def test_success_dsn_and_processed_mdn_reach_the_sender(rt, people):
     raw = letter(DOCTOR, [GP], [], Disposition_Notification_To=DOCTOR)
     accepted = send(rt, people[DOCTOR], [GP], raw, notify=frozenset({"SUCCESS", "FAILURE"}))
     with session_scope(rt.engine) as session:
@@ -170,7 +170,7 @@ def test_success_dsn_and_processed_mdn_reach_the_sender(rt, people):  # type: ig
     assert b"processed" in mdn.as_bytes()
 
 
-def test_recipient_revoked_before_data_gets_a_failure_dsn(rt, people):  # type: ignore[no-untyped-def]
+def test_recipient_revoked_before_data_gets_a_failure_dsn(rt, people):
     with session_scope(rt.engine) as session:
         service.revoke_entry(session, NURSE, reason="left the practice", actor="test")
     accepted = send(rt, people[DOCTOR], [GP, NURSE], letter(DOCTOR, [GP, NURSE], []))
@@ -189,7 +189,7 @@ def test_recipient_revoked_before_data_gets_a_failure_dsn(rt, people):  # type: 
         send(rt, people[DOCTOR], [NURSE], letter(DOCTOR, [NURSE], []))
 
 
-def test_trace_and_export_open_with_openssl(rt, people, env, tmp_path):  # type: ignore[no-untyped-def]
+def test_trace_and_export_open_with_openssl(rt, people, env, tmp_path):
     pdf = _pdf()
     cda = (CDA_DIR / "IMG_CR_IMG_2024.01.xml").read_bytes()
     raw = letter(DOCTOR, [GP], [("cr.pdf", "application/pdf", pdf), ("img.xml", "text/xml", cda)])
@@ -227,7 +227,7 @@ def test_trace_and_export_open_with_openssl(rt, people, env, tmp_path):  # type:
         text=True,
     )
     assert verified.returncode == 0, verified.stderr
-    parts = attachments_of(email.message_from_bytes(content.read_bytes(), policy=email.policy.default))  # type: ignore[arg-type]
+    parts = attachments_of(email.message_from_bytes(content.read_bytes(), policy=email.policy.default))
     assert parts == {"cr.pdf": pdf, "img.xml": cda}
     # One flipped byte in the ciphertext: openssl no longer opens or verifies it.
     with session_scope(rt.engine) as session:

@@ -32,7 +32,7 @@ def readme_command(program: str) -> list[str]:
 
 
 @pytest.fixture
-def relay(tmp_path):  # type: ignore[no-untyped-def]
+def relay(tmp_path):
     stack = build_stack(tmp_path)
     stack.relay = RelayServer(stack.rt).start()
     try:
@@ -41,7 +41,7 @@ def relay(tmp_path):  # type: ignore[no-untyped-def]
         stack.close()
 
 
-def test_readme_swaks_example_sends_the_cda_as_xml(relay):  # type: ignore[no-untyped-def]
+def test_readme_swaks_example_sends_the_cda_as_xml(relay):
     """The first-message example, word for word but for the relay's port and the printed
     password: the CDA must arrive as text/xml, read as a CDA R2 document."""
     command = readme_command("swaks")

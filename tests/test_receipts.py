@@ -52,7 +52,7 @@ def dsn(recipients: list[RecipientStatus] | None = None, **overrides: object) ->
         original_headers=ORIGINAL,
     )  # fmt: skip
     values.update(overrides)
-    return receipts.build_dsn(**values)  # type: ignore[arg-type]
+    return receipts.build_dsn(**values)
 
 
 def human_text(report: EmailMessage) -> str:
@@ -194,7 +194,7 @@ def test_dsn_postmaster_address_can_be_the_signers() -> None:
 )
 def test_recipient_status_is_checked(kwargs: dict[str, str], message: str) -> None:
     with pytest.raises(ReceiptError, match=message):
-        RecipientStatus(**kwargs)  # type: ignore[arg-type]
+        RecipientStatus(**kwargs)
 
 
 @pytest.mark.parametrize(
@@ -238,7 +238,7 @@ def mdn(**overrides: object) -> EmailMessage:
         subject_hint=None,
     )
     values.update(overrides)
-    return receipts.build_mdn(**values)  # type: ignore[arg-type]
+    return receipts.build_mdn(**values)
 
 
 def notification_fields(report: EmailMessage) -> Message:
@@ -401,7 +401,7 @@ def test_notify_spec_feeds_the_dsn() -> None:
 
 def message(*lines: str) -> EmailMessage:
     raw = "\r\n".join(lines).encode() + b"\r\n\r\nbody\r\n"
-    return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
+    return email.message_from_bytes(raw, policy=email.policy.default)
 
 
 FROM = "From: Dr Alice <dr.alice@mss.test>"
@@ -462,5 +462,5 @@ def test_xtext_that_decodes_to_a_trailing_newline_is_refused() -> None:
 def test_unlocked_account_repr_hides_the_key() -> None:
     from mss.accounts import UnlockedAccount
 
-    shown = repr(UnlockedAccount(address="a@mss.test", private_key_der=b"SECRET-KEY-BYTES", certificate=None))  # type: ignore[arg-type]
+    shown = repr(UnlockedAccount(address="a@mss.test", private_key_der=b"SECRET-KEY-BYTES", certificate=None))
     assert "SECRET-KEY-BYTES" not in shown

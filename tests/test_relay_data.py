@@ -244,7 +244,7 @@ def test_client_encrypted_for_someone_else(relay_stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("document", [xxe_cda, billion_laughs_cda], ids=["xxe", "billion-laughs"])
-def test_hostile_cda(relay_stack: Stack, document) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_cda(relay_stack: Stack, document) -> None:
     code, text = refused(relay_stack, message(SENDER, RECIPIENTS, [("cr.xml", "text/xml", document())]))
     assert (code, text[:5].decode()) == document_status(XmlDoctypeForbidden)
     assert b"passwd" not in text and b"lol" not in text

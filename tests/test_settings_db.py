@@ -8,14 +8,14 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
-import mss.models  # noqa: F401
+import mss.models  # noqa: F401  (registers every table on SQLModel.metadata)
 from mss.crypto.master import MasterKey
 from mss.db import make_engine, migrate
 from mss.errors import ConfigError, CryptoError
 from mss.settings import Settings
 
 
-def test_defaults_and_overrides(tmp_path):  # type: ignore[no-untyped-def]
+def test_defaults_and_overrides(tmp_path):
     settings = Settings.from_env({"MSS_DATA_DIR": str(tmp_path), "MSS_DOMAINS": "Chu-Demo.fr, mss.test"})
     assert settings.relay.port == 2587 and settings.web.port == 8443
     assert settings.relay.max_message_size == 20_000_000
@@ -33,13 +33,13 @@ def test_defaults_and_overrides(tmp_path):  # type: ignore[no-untyped-def]
         ("MSS_USER_KEY_BITS", "1024", "at least 2048"),
     ],
 )
-def test_bad_settings_are_named(tmp_path, name, value, words):  # type: ignore[no-untyped-def]
+def test_bad_settings_are_named(tmp_path, name, value, words):
     with pytest.raises(ConfigError) as error:
         Settings.from_env({"MSS_DATA_DIR": str(tmp_path), name: value})
     assert words in str(error.value)
 
 
-def test_migrated_schema_matches_the_models(engine):  # type: ignore[no-untyped-def]
+def test_migrated_schema_matches_the_models(engine):
     migrate(engine)  # a second run is a no-op
     with engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
@@ -52,7 +52,7 @@ def test_migrated_schema_matches_the_models(engine):  # type: ignore[no-untyped-
 
 
 @pytest.mark.sqlite_only
-def test_sqlite_is_durable(settings):  # type: ignore[no-untyped-def]
+def test_sqlite_is_durable(settings):
     engine = make_engine(settings)
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
@@ -61,7 +61,7 @@ def test_sqlite_is_durable(settings):  # type: ignore[no-untyped-def]
     engine.dispose()
 
 
-def test_master_key_is_private_and_checked(settings, tmp_path):  # type: ignore[no-untyped-def]
+def test_master_key_is_private_and_checked(settings, tmp_path):
     key = MasterKey.load(settings)
     path = settings.storage.master_key_file
     assert oct(path.stat().st_mode & 0o777) == "0o600"

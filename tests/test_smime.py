@@ -38,7 +38,7 @@ ENTITY = (
 
 
 class Party:
-    def __init__(self, key, certificate: x509.Certificate) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, key, certificate: x509.Certificate) -> None:
         self.key = key
         self.certificate = certificate
 
@@ -82,7 +82,7 @@ def empty_crl(ca: pki.CertificateAuthority) -> x509.CertificateRevocationList:
 
 
 @pytest.fixture(scope="module")
-def pem_dir(tmp_path_factory: pytest.TempPathFactory, ca, alice, bob) -> Path:  # type: ignore[no-untyped-def]
+def pem_dir(tmp_path_factory: pytest.TempPathFactory, ca, alice, bob) -> Path:
     folder = tmp_path_factory.mktemp("pem")
     (folder / "ca.pem").write_bytes(ca.certificate.public_bytes(serialization.Encoding.PEM))
     for name, party in (("alice", alice), ("bob", bob)):
@@ -95,7 +95,7 @@ def openssl(*args: str, input: bytes | None = None) -> subprocess.CompletedProce
     return subprocess.run(["openssl", *args], input=input, capture_output=True, timeout=120)
 
 
-def _verify(signed: bytes, ca: pki.CertificateAuthority, crls, **kwargs):  # type: ignore[no-untyped-def]
+def _verify(signed: bytes, ca: pki.CertificateAuthority, crls, **kwargs):
     return verify_signed_data(signed, trust_roots=[ca.certificate], crls=crls, **kwargs)
 
 
@@ -160,7 +160,7 @@ def _locate(der: bytes, field: bytes) -> int:
     return offset
 
 
-def test_tampered_ciphertext_never_yields_a_valid_message(alice: Party, bob: Party, ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
+def test_tampered_ciphertext_never_yields_a_valid_message(alice: Party, bob: Party, ca, empty_crl) -> None:
     signed = smime.sign(ENTITY, alice.certificate, alice.key)
     envelope = smime.encrypt(signed, [bob.certificate])
     ciphertext = asn1_cms.ContentInfo.load(envelope)["content"]["encrypted_content_info"]["encrypted_content"].native
@@ -234,7 +234,7 @@ def test_openssl_decrypts_and_verifies_what_we_produce(alice: Party, bob: Party,
         assert out.read_bytes() == ENTITY  # byte for byte, with and without -binary
 
 
-def test_we_decrypt_and_verify_what_openssl_produces(  # type: ignore[no-untyped-def]
+def test_we_decrypt_and_verify_what_openssl_produces(
     alice: Party, bob: Party, pem_dir: Path, tmp_path: Path, ca, empty_crl
 ) -> None:
     (tmp_path / "entity").write_bytes(ENTITY)
@@ -312,7 +312,7 @@ def test_smime_message_checks_headers_and_payloads(alice: Party, bob: Party) -> 
 # -- verification --------------------------------------------------------------------------
 
 
-def test_valid_signature_report(alice: Party, ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
+def test_valid_signature_report(alice: Party, ca, empty_crl) -> None:
     before = datetime.now(UTC).replace(microsecond=0)
     report = _verify(smime.sign(ENTITY, alice.certificate, alice.key), ca, [empty_crl])
     assert report.status == "valid" and report.trusted
@@ -327,7 +327,7 @@ def test_valid_signature_report(alice: Party, ca, empty_crl) -> None:  # type: i
     assert _verify(smime.sign(ENTITY, alice.certificate, alice.key), ca, [pem]).status == "valid"
 
 
-def test_tampered_signed_content_is_invalid(alice: Party, ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
+def test_tampered_signed_content_is_invalid(alice: Party, ca, empty_crl) -> None:
     signed = bytearray(smime.sign(ENTITY, alice.certificate, alice.key))
     offset = _locate(bytes(signed), b"Bonjour Docteur")
     signed[offset] = ord("b")
@@ -343,7 +343,7 @@ def test_tampered_signed_content_is_invalid(alice: Party, ca, empty_crl) -> None
     assert report.status == "invalid" and "signature does not match" in report.reason
 
 
-def test_unknown_ca_is_untrusted(alice: Party, ca) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_ca_is_untrusted(alice: Party, ca) -> None:
     stranger = pki.new_certificate_authority(common_name="test CA", organisation="mss tests")
     report = verify_signed_data(
         smime.sign(ENTITY, alice.certificate, alice.key),
@@ -355,7 +355,7 @@ def test_unknown_ca_is_untrusted(alice: Party, ca) -> None:  # type: ignore[no-u
     assert report.content == ENTITY  # available, but only to show with the warning
 
 
-def test_revoked_signer(alice: Party, bob: Party, ca) -> None:  # type: ignore[no-untyped-def]
+def test_revoked_signer(alice: Party, bob: Party, ca) -> None:
     signed = smime.sign(ENTITY, alice.certificate, alice.key)
     revoked_at = datetime.now(UTC)
     crl = pki.build_crl(ca, [(alice.certificate.serial_number, revoked_at, "keyCompromise")])
@@ -368,7 +368,7 @@ def test_revoked_signer(alice: Party, bob: Party, ca) -> None:  # type: ignore[n
     assert report.status == "valid", report.reason
 
 
-def test_expired_signer(ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
+def test_expired_signer(ca, empty_crl) -> None:
     key, template = pki.issue_smime_certificate(
         ca, address="old@mss.test", rpps_national_id=None, common_name="Old", key_bits=2048, days=1
     )
@@ -389,7 +389,7 @@ def test_expired_signer(ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
     assert report.status == "expired" and "expired" in report.reason
 
 
-def test_missing_revocation_information_is_untrusted(alice: Party, ca) -> None:  # type: ignore[no-untyped-def]
+def test_missing_revocation_information_is_untrusted(alice: Party, ca) -> None:
     report = _verify(smime.sign(ENTITY, alice.certificate, alice.key), ca, [])
     assert report.status == "untrusted" and "revocation" in report.reason
     later = datetime.now(UTC) + timedelta(days=3)
@@ -398,7 +398,7 @@ def test_missing_revocation_information_is_untrusted(alice: Party, ca) -> None: 
     assert report.status == "untrusted" and "revocation" in report.reason
 
 
-def test_certificate_without_email_protection_is_untrusted(ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
+def test_certificate_without_email_protection_is_untrusted(ca, empty_crl) -> None:
     key, certificate = pki.issue_tls_certificate(ca, ["localhost"])  # serverAuth only
     report = _verify(smime.sign(ENTITY, certificate, key), ca, [empty_crl])
     assert report.status == "untrusted" and "not valid for e-mail" in report.reason
@@ -430,7 +430,7 @@ def test_detached_or_multi_signer_input_is_refused(alice: Party, pem_dir: Path, 
 
 def test_detached_signature_verifies_against_its_content(
     alice: Party, pem_dir: Path, tmp_path: Path, ca, empty_crl
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     (tmp_path / "entity").write_bytes(ENTITY)
     done = openssl(
         "cms", "-sign", "-binary", "-md", "sha256", "-in", str(tmp_path / "entity"),
@@ -472,7 +472,7 @@ def _openssl_envelope(pem_dir: Path, tmp_path: Path, *options: str, recipient: s
     ],
     ids=["aes128", "aes192", "aes256-ber", "3des", "aes128-gcm", "aes256-gcm-ber"],
 )
-def test_we_open_the_envelopes_clients_write(options, bob: Party, pem_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_we_open_the_envelopes_clients_write(options, bob: Party, pem_dir: Path, tmp_path: Path) -> None:
     envelope = _openssl_envelope(pem_dir, tmp_path, *options)
     assert smime.decrypt(envelope, bob.certificate, bob.key) == ENTITY
     der = cms_envelope.to_der(envelope)
@@ -590,7 +590,7 @@ def test_verification_needs_trust_roots(alice: Party) -> None:
         verify_signed_data(smime.sign(ENTITY, alice.certificate, alice.key), trust_roots=[], crls=[])
 
 
-async def test_verification_from_an_event_loop(alice: Party, ca, empty_crl) -> None:  # type: ignore[no-untyped-def]
+async def test_verification_from_an_event_loop(alice: Party, ca, empty_crl) -> None:
     signed = smime.sign(ENTITY, alice.certificate, alice.key)
     # The service's way: a worker thread while this loop keeps running.
     report = await asyncio.to_thread(verify_signed_data, signed, trust_roots=[ca.certificate], crls=[empty_crl])

@@ -248,7 +248,7 @@ def content_entity(marker: str) -> bytes:
     return entity.as_bytes(policy=email.policy.SMTP)
 
 
-def _layer(tool, case: Case, step: str, entity: bytes) -> bytes:  # type: ignore[no-untyped-def]
+def _layer(tool, case: Case, step: str, entity: bytes) -> bytes:
     readers = [*case.to, SENDER]  # clients encrypt to themselves too, for their Sent folder
     if isinstance(tool, OpenSSL):
         if step == ENCRYPT:
@@ -265,7 +265,7 @@ def _layer(tool, case: Case, step: str, entity: bytes) -> bytes:  # type: ignore
     return multipart_signed(entity, signature) if step == DETACHED else pkcs7_mime(signature, "signed-data")
 
 
-def client_message(tool, case: Case, marker: str) -> bytes:  # type: ignore[no-untyped-def]
+def client_message(tool, case: Case, marker: str) -> bytes:
     """The message as ``tool`` writes it for ``case``."""
     entity = content_entity(marker)
     for step in case.layers:

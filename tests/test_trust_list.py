@@ -35,7 +35,7 @@ def operator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
         a.close()
 
 
-def mss(operator: Operator, *args: str, ok: bool = True):  # type: ignore[no-untyped-def]
+def mss(operator: Operator, *args: str, ok: bool = True):
     result = CliRunner().invoke(app, list(args), env=operator.env, catch_exceptions=False)
     if ok:
         assert result.exit_code == 0, (result.stdout, result.stderr)

@@ -8,7 +8,7 @@ import base64
 from web_support import CDA_SAMPLE, DOCTOR, GP, app, clients, create_person, doctor, gp, login, pdf_bytes, submit  # noqa: F401  (fixtures)
 
 
-def _token(client, person) -> str:  # type: ignore[no-untyped-def]
+def _token(client, person) -> str:
     response = client.post(
         "/api/v1/sessions", json={"address": person.address, "password": person.password, "code": person.code()}
     )
@@ -22,7 +22,7 @@ def _auth(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
-def test_login_needs_password_totp_and_an_enrolled_authenticator(rt, clients, doctor):  # type: ignore[no-untyped-def]
+def test_login_needs_password_totp_and_an_enrolled_authenticator(rt, clients, doctor):
     client = clients()
     unenrolled = client.post(
         "/api/v1/sessions", json={"address": DOCTOR, "password": doctor.password, "code": "123456"}
@@ -47,7 +47,7 @@ def test_login_needs_password_totp_and_an_enrolled_authenticator(rt, clients, do
     assert gone.status_code == 401 and gone.headers["www-authenticate"].startswith("Bearer")
 
 
-def test_read_filter_download_send_and_receipts(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_read_filter_download_send_and_receipts(rt, clients, doctor, gp):
     login(clients(), doctor)
     login(clients(), gp)
     pdf = pdf_bytes()
@@ -133,7 +133,7 @@ def test_read_filter_download_send_and_receipts(rt, clients, doctor, gp):  # typ
     assert [i["queue_id"] for i in archived["items"]] == [first.queue_id]
 
 
-def test_same_rights_as_the_pages(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_same_rights_as_the_pages(rt, clients, doctor, gp):
     nurse = create_person(rt, "matheo.moreau@infirmier.mss.test")
     login(clients(), nurse)
     private = submit(rt, gp, [DOCTOR], "Confidentiel", "Texte.", [("a.pdf", "application/pdf", pdf_bytes())])
@@ -153,7 +153,7 @@ def test_same_rights_as_the_pages(rt, clients, doctor, gp):  # type: ignore[no-u
     assert client.get("/inbox", headers=_auth(token), follow_redirects=False).status_code == 303
 
 
-def test_openapi_schema_describes_the_api(rt, clients):  # type: ignore[no-untyped-def]
+def test_openapi_schema_describes_the_api(rt, clients):
     schema = clients().get("/api/v1/schema/openapi.json").json()
     paths = schema["paths"]
     for path in (
@@ -170,7 +170,7 @@ def test_openapi_schema_describes_the_api(rt, clients):  # type: ignore[no-untyp
     assert not any(p.startswith(("/inbox", "/login", "/messages")) for p in paths)
 
 
-def test_malformed_input_is_refused_not_crashed(rt, clients, doctor):  # type: ignore[no-untyped-def]
+def test_malformed_input_is_refused_not_crashed(rt, clients, doctor):
     login(clients(), doctor)
     client = clients()
     token = _token(client, doctor)
@@ -200,7 +200,7 @@ def _raw_text_message(sender: str, to: str, subject: str, content_type: str, bod
     )
 
 
-def test_text_without_a_charset_is_read_as_written(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_text_without_a_charset_is_read_as_written(rt, clients, doctor, gp):
     from mss import pipeline
     from mss.pipeline import RecipientRequest, Submission
 

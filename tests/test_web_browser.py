@@ -53,7 +53,7 @@ SERIOUS = {"serious", "critical"}
 
 
 @pytest.fixture
-def chromium():  # type: ignore[no-untyped-def]
+def chromium():
     if not CHROMIUM.exists():
         if IN_CI:
             pytest.fail(f"{CHROMIUM} is required under CI=true (tests/sysdeps.sh installs it)")
@@ -78,18 +78,18 @@ def axe_source() -> str:
 
 
 @pytest.fixture
-def stack(tmp_path):  # type: ignore[no-untyped-def]
+def stack(tmp_path):
     with serving(tmp_path) as served:
         yield served
 
 
-def _shot(page, name: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def _shot(page, name: str, tmp_path: Path) -> None:
     folder = Path(os.environ.get("MSS_WEB_SCREENSHOTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(folder / f"{name}.png"), full_page=False)
 
 
-def _enrol(page, url: str, address: str, password: str) -> Person:  # type: ignore[no-untyped-def]
+def _enrol(page, url: str, address: str, password: str) -> Person:
     """First login in the browser: password, then the enrolment page's key, then a code."""
     page.goto(url + "/login")
     page.fill("#address", address)
@@ -108,7 +108,7 @@ def _enrol(page, url: str, address: str, password: str) -> Person:  # type: igno
     return person
 
 
-def test_browser_reads_writes_and_follows_receipts(stack, chromium, tmp_path):  # type: ignore[no-untyped-def]
+def test_browser_reads_writes_and_follows_receipts(stack, chromium, tmp_path):
     stack, web = stack
     rt = stack.rt
     pdf, cda = pdf_bytes(), cda_bytes()
@@ -226,13 +226,13 @@ WORLD = Path(__file__).resolve().parent / "samples" / "world"
 
 
 @pytest.fixture
-def roomy_stack(tmp_path):  # type: ignore[no-untyped-def]
+def roomy_stack(tmp_path):
     """The stack with the default message size (a level-1 CDA carries a whole PDF)."""
     with serving(tmp_path, MSS_MAX_MESSAGE_SIZE="20000000") as served:
         yield served
 
 
-def test_foreign_documents_in_the_browser(roomy_stack, chromium, tmp_path):  # type: ignore[no-untyped-def]
+def test_foreign_documents_in_the_browser(roomy_stack, chromium, tmp_path):
     """A US level-1 CDA whose body is a PDF, a CDA with an image, a C-CDA with a 13-column
     table: each read in Chromium, the PDF in the viewer, the image shown, the table scrolled
     in its own box (the page itself never scrolls sideways), and a print layout without the
@@ -286,7 +286,7 @@ def test_foreign_documents_in_the_browser(roomy_stack, chromium, tmp_path):  # t
 # -- everyday use ------------------------------------------------------------------------
 
 
-def _accessibility(page, axe_source: str, name: str, report: dict) -> None:  # type: ignore[no-untyped-def]
+def _accessibility(page, axe_source: str, name: str, report: dict) -> None:
     """Run axe-core on the page as it stands (WCAG 2 A and AA rules); keep the serious and
     critical violations under ``name``. The script is evaluated through the DevTools
     protocol, so the page's Content-Security-Policy stays as it is served."""
@@ -302,7 +302,7 @@ def _accessibility(page, axe_source: str, name: str, report: dict) -> None:  # t
     report[name] = [v for v in result if v["impact"] in SERIOUS]
 
 
-def _tab_to(page, selector: str, limit: int = 80) -> None:  # type: ignore[no-untyped-def]
+def _tab_to(page, selector: str, limit: int = 80) -> None:
     """Move the focus with the Tab key alone until ``selector`` has it."""
     focused = "(s) => document.activeElement !== null && document.activeElement.matches(s)"
     for _ in range(limit):
@@ -312,7 +312,7 @@ def _tab_to(page, selector: str, limit: int = 80) -> None:  # type: ignore[no-un
     raise AssertionError(f"{selector} cannot be reached with the Tab key")
 
 
-def _off_loop(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+def _off_loop(fn, *args, **kwargs):
     """Call a blocking service in a thread: Playwright's sync API runs an event loop here."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -320,7 +320,7 @@ def _off_loop(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
         return pool.submit(fn, *args, **kwargs).result()
 
 
-def _no_overflow(page, width: int) -> None:  # type: ignore[no-untyped-def]
+def _no_overflow(page, width: int) -> None:
     """Nothing runs off the right edge: the page is no wider than the screen."""
     scroll = page.evaluate("() => document.documentElement.scrollWidth")
     culprit = (
@@ -361,7 +361,7 @@ def _undeclared_charset_message(sender: str, to: str, subject: str, text: str, p
     )
 
 
-def test_everyday_use_in_the_browser(stack, chromium, axe_source, tmp_path):  # type: ignore[no-untyped-def]
+def test_everyday_use_in_the_browser(stack, chromium, axe_source, tmp_path):
     stack, web = stack
     rt = stack.rt
     pdf, cda = pdf_bytes(), cda_bytes()

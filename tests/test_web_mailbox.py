@@ -42,7 +42,7 @@ from web_support import (  # noqa: F401  (fixtures)
 )
 
 
-def test_search_tokens_hide_what_they_index(rt, doctor, gp):  # type: ignore[no-untyped-def]
+def test_search_tokens_hide_what_they_index(rt, doctor, gp):
     data = CDA_SAMPLE.read_bytes()
     info = parse_cda(data, filename=CDA_SAMPLE.name, limits=DocumentLimits())
     accepted = submit(rt, gp, [DOCTOR], "Echographie thyroidienne", "Texte.", [(CDA_SAMPLE.name, "text/xml", data)])
@@ -62,7 +62,7 @@ def test_search_tokens_hide_what_they_index(rt, doctor, gp):  # type: ignore[no-
     assert by_owner[DOCTOR] and by_owner[GP] and not by_owner[DOCTOR] & by_owner[GP]  # unlinkable across mailboxes
 
 
-def _client_encrypted(rt, sender, readers: list[str], attachment: tuple[str, str, bytes]) -> bytes:  # type: ignore[no-untyped-def]
+def _client_encrypted(rt, sender, readers: list[str], attachment: tuple[str, str, bytes]) -> bytes:
     """What a mail client that signs and encrypts itself submits (RFC 8551)."""
     entity = EmailMessage(policy=email.policy.SMTP)
     entity["Content-Type"] = "text/plain"
@@ -80,7 +80,7 @@ def _client_encrypted(rt, sender, readers: list[str], attachment: tuple[str, str
     )
 
 
-def test_client_encrypted_message_is_read_verified_and_searched_by_content(rt, doctor, gp):  # type: ignore[no-untyped-def]
+def test_client_encrypted_message_is_read_verified_and_searched_by_content(rt, doctor, gp):
     data = CDA_SAMPLE.read_bytes()
     info = parse_cda(data, filename=CDA_SAMPLE.name, limits=DocumentLimits())
     sender = unlocked(rt, gp)
@@ -100,7 +100,7 @@ def test_client_encrypted_message_is_read_verified_and_searched_by_content(rt, d
     assert mailbox.open_attachment(rt, reader, accepted.queue_id, 0).attachment.data == data
 
 
-def test_one_displayed_receipt_for_concurrent_openings(rt, doctor, gp):  # type: ignore[no-untyped-def]
+def test_one_displayed_receipt_for_concurrent_openings(rt, doctor, gp):
     from mss import accounts
 
     accepted = submit(rt, gp, [DOCTOR], "Accusé demandé", "Texte.", read_receipt=True)
@@ -134,7 +134,7 @@ def test_one_displayed_receipt_for_concurrent_openings(rt, doctor, gp):  # type:
         assert len(session.execute(select(Receipt.id)).all()) == 2
 
 
-def test_sent_journey_shows_a_refused_recipient_with_its_reason(rt, doctor, gp):  # type: ignore[no-untyped-def]
+def test_sent_journey_shows_a_refused_recipient_with_its_reason(rt, doctor, gp):
     create_person(rt, NURSE)
     with session_scope(rt.engine) as session:
         service.revoke_entry(session, NURSE, reason="left the practice", actor="test")
@@ -149,7 +149,7 @@ def test_sent_journey_shows_a_refused_recipient_with_its_reason(rt, doctor, gp):
         mailbox.journey(rt, DOCTOR, accepted.queue_id)
 
 
-def test_archive_moves_only_received_copies(rt, doctor, gp):  # type: ignore[no-untyped-def]
+def test_archive_moves_only_received_copies(rt, doctor, gp):
     accepted = submit(rt, gp, [DOCTOR], "À ranger", "Texte.", [("a.pdf", "application/pdf", pdf_bytes())])
     mailbox.move(rt, DOCTOR, accepted.queue_id, to=mailbox.ARCHIVE)
     with pytest.raises(mailbox.MessageNotFound):  # the sender's copy is in Sent, not received
@@ -246,7 +246,7 @@ def test_every_string_is_translated_and_placeholders_match() -> None:
     assert i18n.negotiate("en", "fr") == "en" and i18n.negotiate("xx", "") == "fr"
 
 
-def test_hostile_cda_in_a_client_encrypted_message_is_not_rendered(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_hostile_cda_in_a_client_encrypted_message_is_not_rendered(rt, clients, doctor, gp):
     """A client's own envelope is not inspected at submission: the CDA with 40,000 attributes
     on one element reaches the inbox. Opening it in the web gets the page with its
     "cannot be displayed" notice, and the service answers meanwhile and after."""
@@ -268,7 +268,7 @@ def test_hostile_cda_in_a_client_encrypted_message_is_not_rendered(rt, clients, 
     assert client.get("/healthz").status_code == 200
 
 
-def test_one_answer_for_concurrent_read_receipt_answers(rt, doctor, gp):  # type: ignore[no-untyped-def]
+def test_one_answer_for_concurrent_read_receipt_answers(rt, doctor, gp):
     from mss.errors import ReceiptNotPending
 
     accepted = submit(rt, gp, [DOCTOR], "Accusé demandé", "Texte.", read_receipt=True)

@@ -40,12 +40,12 @@ def _queue_ids(html: str) -> list[str]:
     return re.findall(r'href="/messages/([0-9A-F]{20})\?folder=', html)
 
 
-def _actions(rt, action: str) -> list[AuditEvent]:  # type: ignore[no-untyped-def]
+def _actions(rt, action: str) -> list[AuditEvent]:
     with session_scope(rt.engine) as session:
         return list(session.execute(select(AuditEvent).where(AuditEvent.action == action)).scalars())
 
 
-def test_first_login_enrols_totp_then_shows_recovery_codes(rt, clients, doctor):  # type: ignore[no-untyped-def]
+def test_first_login_enrols_totp_then_shows_recovery_codes(rt, clients, doctor):
     client = clients()
     page = client.get("/login")
     assert page.status_code == 200 and 'name="password"' in page.text
@@ -83,7 +83,7 @@ def test_first_login_enrols_totp_then_shows_recovery_codes(rt, clients, doctor):
     assert stored is not None
 
 
-def test_recovery_code_replaces_totp_once(rt, clients, doctor):  # type: ignore[no-untyped-def]
+def test_recovery_code_replaces_totp_once(rt, clients, doctor):
     first = clients()
     login(first, doctor)
     page = first.get("/login")  # already logged in: goes to the inbox
@@ -101,7 +101,7 @@ def test_recovery_code_replaces_totp_once(rt, clients, doctor):  # type: ignore[
     assert accounts.remaining_recovery_codes(rt.engine, DOCTOR) == 9
 
 
-def test_inbox_and_message_page(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_inbox_and_message_page(rt, clients, doctor, gp):
     pdf = pdf_bytes()
     accepted = submit(
         rt,
@@ -130,7 +130,7 @@ def test_inbox_and_message_page(rt, clients, doctor, gp):  # type: ignore[no-unt
     assert "Dupont" not in opened[0].detail  # the trail names the message, never its content
 
 
-def test_attachment_bytes_and_pdf_inline(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_attachment_bytes_and_pdf_inline(rt, clients, doctor, gp):
     pdf = pdf_bytes("Ordonnance")
     accepted = submit(rt, gp, [DOCTOR], "Ordonnance", "Voir PDF.", [("ordonnance été.pdf", "application/pdf", pdf)])
     client = clients()
@@ -151,7 +151,7 @@ def test_attachment_bytes_and_pdf_inline(rt, clients, doctor, gp):  # type: igno
     assert [e.object for e in _actions(rt, "attachment.download")] == [accepted.queue_id]
 
 
-def test_cda_renders_as_a_document_never_as_xml(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_cda_renders_as_a_document_never_as_xml(rt, clients, doctor, gp):
     data = CDA_SAMPLE.read_bytes()
     info = parse_cda(data, filename=CDA_SAMPLE.name, limits=DocumentLimits())
     accepted = submit(rt, gp, [DOCTOR], "Certificat de santé", "CDA joint.", [(CDA_SAMPLE.name, "text/xml", data)])
@@ -169,7 +169,7 @@ def test_cda_renders_as_a_document_never_as_xml(rt, clients, doctor, gp):  # typ
     assert client.get(f"/messages/{accepted.queue_id}/attachments/0").content == data
 
 
-def test_xdm_lists_its_documents_and_opens_each(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_xdm_lists_its_documents_and_opens_each(rt, clients, doctor, gp):
     data = CDA_SAMPLE.read_bytes()
     info = parse_cda(data, filename=CDA_SAMPLE.name, limits=DocumentLimits())
     archive = build_xdm(
@@ -190,7 +190,7 @@ def test_xdm_lists_its_documents_and_opens_each(rt, clients, doctor, gp):  # typ
     assert client.get(links[1] + "/inline").headers["content-type"] == "application/pdf"
 
 
-def test_compose_with_pdf_and_read_receipt_then_journey(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_compose_with_pdf_and_read_receipt_then_journey(rt, clients, doctor, gp):
     sender = clients()
     login(sender, doctor)
     page = sender.get("/compose")
@@ -239,7 +239,7 @@ def test_compose_with_pdf_and_read_receipt_then_journey(rt, clients, doctor, gp)
     assert "Accusé de lecture" in inbox
 
 
-def test_compose_refusals_are_form_errors(rt, clients, doctor):  # type: ignore[no-untyped-def]
+def test_compose_refusals_are_form_errors(rt, clients, doctor):
     client = clients()
     login(client, doctor)
     page = client.get("/compose")
@@ -260,7 +260,7 @@ def test_compose_refusals_are_form_errors(rt, clients, doctor):  # type: ignore[
     assert "Écrivez un texte ou joignez un document." in empty.text
 
 
-def test_reply_and_forward_keep_attachments_and_name_their_signer(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_reply_and_forward_keep_attachments_and_name_their_signer(rt, clients, doctor, gp):
     create_person(rt, "matheo.moreau@infirmier.mss.test")
     pdf = pdf_bytes("Bilan")
     accepted = submit(
@@ -298,7 +298,7 @@ def test_reply_and_forward_keep_attachments_and_name_their_signer(rt, clients, d
     assert [e.object for e in _actions(rt, "attachment.forward")] == [accepted.queue_id]
 
 
-def test_folder_filters_and_pages(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_folder_filters_and_pages(rt, clients, doctor, gp):
     data = CDA_SAMPLE.read_bytes()
     info = parse_cda(data, filename=CDA_SAMPLE.name, limits=DocumentLimits())
     nurse = create_person(rt, "matheo.moreau@infirmier.mss.test")
@@ -333,7 +333,7 @@ def test_folder_filters_and_pages(rt, clients, doctor, gp):  # type: ignore[no-u
     assert bad.status_code == 200 and "INS" in bad.text and 'role="alert"' in bad.text
 
 
-def test_archive_and_back(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_archive_and_back(rt, clients, doctor, gp):
     accepted = submit(rt, gp, [DOCTOR], "À archiver", "Texte.")
     client = clients()
     login(client, doctor)
@@ -352,7 +352,7 @@ def test_archive_and_back(rt, clients, doctor, gp):  # type: ignore[no-untyped-d
     assert folders == {"inbox"}
 
 
-def test_html_body_is_shown_as_text(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_html_body_is_shown_as_text(rt, clients, doctor, gp):
     accepted = submit(
         rt,
         gp,
@@ -367,7 +367,7 @@ def test_html_body_is_shown_as_text(rt, clients, doctor, gp):  # type: ignore[no
     assert "Version texte." in page and "tracker.example" not in page and "alert(1)" not in page
 
 
-def test_languages(rt, clients, doctor):  # type: ignore[no-untyped-def]
+def test_languages(rt, clients, doctor):
     client = clients()
     assert "Se connecter" in client.get("/login").text
     english = client.get("/login", headers={"accept-language": "en-GB,en;q=0.9,fr;q=0.5"})
@@ -386,7 +386,7 @@ def test_languages(rt, clients, doctor):  # type: ignore[no-untyped-def]
     assert hostile.headers["location"] == "/"
 
 
-def test_password_change_rewraps_the_key_and_ends_other_sessions(rt, clients, doctor):  # type: ignore[no-untyped-def]
+def test_password_change_rewraps_the_key_and_ends_other_sessions(rt, clients, doctor):
     first, second = clients(), clients()
     login(first, doctor)
     login(second, doctor)
@@ -408,7 +408,7 @@ def test_password_change_rewraps_the_key_and_ends_other_sessions(rt, clients, do
     assert unlocked.private_key_der
 
 
-def test_second_factor_reset_asks_the_password_then_enrols_again(rt, clients, doctor):  # type: ignore[no-untyped-def]
+def test_second_factor_reset_asks_the_password_then_enrols_again(rt, clients, doctor):
     client = clients()
     login(client, doctor)
     page = client.get("/account")
@@ -431,7 +431,7 @@ def test_second_factor_reset_asks_the_password_then_enrols_again(rt, clients, do
     assert client.get("/inbox").status_code == 200
 
 
-def test_level_one_cda_shows_its_pdf_body(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_level_one_cda_shows_its_pdf_body(rt, clients, doctor, gp):
     sample = CDA_SAMPLE.parent / "DOC_NON_STRUCTURE_CDA-R2-N1.xml"
     data = sample.read_bytes()
     body = re.search(rb'<nonXMLBody>\s*<text[^>]*representation="B64"[^>]*>([^<]+)</text>', data)
@@ -448,7 +448,7 @@ def test_level_one_cda_shows_its_pdf_body(rt, clients, doctor, gp):  # type: ign
     assert client.get(f"/messages/{accepted.queue_id}/attachments/1/embedded").status_code == 404
 
 
-def test_compose_packages_cda_as_ihe_xdm(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_compose_packages_cda_as_ihe_xdm(rt, clients, doctor, gp):
     data = CDA_SAMPLE.read_bytes()
     sender = clients()
     login(sender, doctor)
@@ -472,7 +472,7 @@ def test_compose_packages_cda_as_ihe_xdm(rt, clients, doctor, gp):  # type: igno
     assert refused.status_code == 422 and "Il n’y a aucun document CDA à regrouper." in refused.text
 
 
-def test_revoked_signer_is_shown_with_a_warning(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_revoked_signer_is_shown_with_a_warning(rt, clients, doctor, gp):
     accepted = submit(rt, gp, [DOCTOR], "Avant révocation", "Texte signé.")
     time.sleep(1.1)  # a CRL dates revocations to the second
     with session_scope(rt.engine) as session:
@@ -486,7 +486,7 @@ def test_revoked_signer_is_shown_with_a_warning(rt, clients, doctor, gp):  # typ
     assert 'class="body untrusted"' in page
 
 
-def test_read_receipts_follow_the_readers_consent(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_read_receipts_follow_the_readers_consent(rt, clients, doctor, gp):
     """RFC 8098 2.1: ask (default), always or never; each decision audited; asked once."""
     from mss.models import ReadReceiptDeclined
 
@@ -561,7 +561,7 @@ def test_read_receipts_follow_the_readers_consent(rt, clients, doctor, gp):  # t
     assert modes == {"manual-action/MDN-sent-automatically", "manual-action/MDN-sent-manually"}
 
 
-def test_a_refused_send_keeps_the_draft_and_its_attachments(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_a_refused_send_keeps_the_draft_and_its_attachments(rt, clients, doctor, gp):
     """Nothing is lost: the draft and its files are kept (encrypted to the writer) until
     sent or discarded; the Drafts folder lists them."""
     from mss.models import Draft as StoredDraft
@@ -661,7 +661,7 @@ def test_a_refused_send_keeps_the_draft_and_its_attachments(rt, clients, doctor,
     assert all("Durand" not in e.detail for e in _actions(rt, "draft.save"))
 
 
-def test_replies_and_forwards_keep_the_thread(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_replies_and_forwards_keep_the_thread(rt, clients, doctor, gp):
     """RFC 5322 3.6.4: a reply names its parent (In-Reply-To) and the thread (References);
     a forward keeps the thread and carries the documents; both quote the text."""
     nurse = create_person(rt, "matheo.moreau@infirmier.mss.test")
@@ -675,7 +675,7 @@ def test_replies_and_forwards_keep_the_thread(rt, clients, doctor, gp):  # type:
     login(doctor_client, doctor)
     login(gp_client, gp)
 
-    def post(client, form_url: str, **fields: str) -> str:  # type: ignore[no-untyped-def]
+    def post(client, form_url: str, **fields: str) -> str:
         form = client.get(form_url)
         assert form.status_code == 200
         response = client.post("/compose", data={"csrf_token": csrf(form.text), **fields}, follow_redirects=False)
@@ -725,11 +725,11 @@ def test_replies_and_forwards_keep_the_thread(rt, clients, doctor, gp):  # type:
     assert mailbox.open_attachment(rt, unlocked(rt, nurse), forwarded, 0).attachment.data == pdf
 
 
-def opened_reply_id(rt, person, queue_id: str) -> str:  # type: ignore[no-untyped-def]
+def opened_reply_id(rt, person, queue_id: str) -> str:
     return mailbox.open_message(rt, unlocked(rt, person), queue_id).meta.message_id
 
 
-def test_directory_pages(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_directory_pages(rt, clients, doctor, gp):
     """The directory as people browse it: search, an entry's card, write to it; the JSON
     behind the search fields lives at /directory.json."""
     from directory import service

@@ -22,12 +22,12 @@ from mss.web.server import uvicorn_config
 from web_support import CDA_SAMPLE, DOCTOR, GP, app, clients, create_person, csrf, doctor, gp, login, pdf_bytes, submit  # noqa: F401  (fixtures)
 
 
-def _session_rows(rt) -> list[WebSession]:  # type: ignore[no-untyped-def]
+def _session_rows(rt) -> list[WebSession]:
     with session_scope(rt.engine) as session:
         return list(session.execute(select(WebSession)).scalars())
 
 
-def test_another_mailbox_message_is_not_found(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_another_mailbox_message_is_not_found(rt, clients, doctor, gp):
     nurse = create_person(rt, "matheo.moreau@infirmier.mss.test")
     private = submit(
         rt,
@@ -72,7 +72,7 @@ def test_another_mailbox_message_is_not_found(rt, clients, doctor, gp):  # type:
     assert "Contenu confidentiel." in owner.get(f"/messages/{private.queue_id}").text
 
 
-def test_state_changes_need_the_csrf_token_of_the_session(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_state_changes_need_the_csrf_token_of_the_session(rt, clients, doctor, gp):
     accepted = submit(rt, gp, [DOCTOR], "Test CSRF", "Texte.")
     client = clients()
     login(client, doctor)
@@ -96,7 +96,7 @@ def test_state_changes_need_the_csrf_token_of_the_session(rt, clients, doctor, g
     assert fresh.post("/login", data={"address": DOCTOR, "password": doctor.password}).status_code == 403
 
 
-def test_totp_code_works_once(rt, clients, doctor):  # type: ignore[no-untyped-def]
+def test_totp_code_works_once(rt, clients, doctor):
     first = clients()
     login(first, doctor)  # enrolment consumed one code
     code = doctor.code()
@@ -114,7 +114,7 @@ def test_totp_code_works_once(rt, clients, doctor):  # type: ignore[no-untyped-d
     assert results == [303, 401]
 
 
-def test_lockout_after_repeated_failures(rt, clients, doctor):  # type: ignore[no-untyped-def]
+def test_lockout_after_repeated_failures(rt, clients, doctor):
     client = clients()
     page = client.get("/login")
     token = csrf(page.text)
@@ -126,7 +126,7 @@ def test_lockout_after_repeated_failures(rt, clients, doctor):  # type: ignore[n
     assert not _session_rows(rt)
 
 
-def test_wrong_totp_codes_lock_the_account(rt, clients, doctor):  # type: ignore[no-untyped-def]
+def test_wrong_totp_codes_lock_the_account(rt, clients, doctor):
     first = clients()
     login(first, doctor)
     client = clients()
@@ -147,7 +147,7 @@ def test_wrong_totp_codes_lock_the_account(rt, clients, doctor):  # type: ignore
         assert account.locked_until is not None and account.locked_until > utcnow()
 
 
-def test_hostile_content_is_inert(rt, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_hostile_content_is_inert(rt, clients, doctor, gp):
     script = "<script>alert('x')</script>"
     cda = CDA_SAMPLE.read_bytes()
     marker = b"<title>"
@@ -169,7 +169,7 @@ def test_hostile_content_is_inert(rt, clients, doctor, gp):  # type: ignore[no-u
         assert "&lt;script&gt;alert" in html, path
 
 
-def test_session_cookie_flags_and_rotation(rt, clients, doctor):  # type: ignore[no-untyped-def]
+def test_session_cookie_flags_and_rotation(rt, clients, doctor):
     client = clients()
     page = client.get("/login")
     pre = page.headers["set-cookie"].lower()
@@ -186,7 +186,7 @@ def test_session_cookie_flags_and_rotation(rt, clients, doctor):  # type: ignore
     assert "domain=" not in lowered and "max-age" not in lowered  # a browser-session cookie, host only
 
 
-def test_logout_ends_the_session_on_the_server(rt, clients, doctor):  # type: ignore[no-untyped-def]
+def test_logout_ends_the_session_on_the_server(rt, clients, doctor):
     client = clients()
     login(client, doctor)
     cookie = client.cookies.get("__Host-mss")
@@ -203,7 +203,7 @@ def test_logout_ends_the_session_on_the_server(rt, clients, doctor):  # type: ig
     assert actions == ["web.logout"]
 
 
-def test_idle_and_absolute_timeouts(rt, clients, doctor):  # type: ignore[no-untyped-def]
+def test_idle_and_absolute_timeouts(rt, clients, doctor):
     client = clients()
     login(client, doctor)
     assert client.get("/inbox").status_code == 200
@@ -218,7 +218,7 @@ def test_idle_and_absolute_timeouts(rt, clients, doctor):  # type: ignore[no-unt
     assert again.get("/inbox", follow_redirects=False).headers["location"] == "/login"
 
 
-def test_session_key_and_private_key_are_not_in_the_database(rt, clients, doctor):  # type: ignore[no-untyped-def]
+def test_session_key_and_private_key_are_not_in_the_database(rt, clients, doctor):
     client = clients()
     login(client, doctor)
     raw = base64.urlsafe_b64decode(client.cookies.get("__Host-mss") + "==")
@@ -246,7 +246,7 @@ def test_session_key_and_private_key_are_not_in_the_database(rt, clients, doctor
             assert session_key not in content and session_id not in content
 
 
-def test_security_headers_and_clean_errors(rt, clients, doctor):  # type: ignore[no-untyped-def]
+def test_security_headers_and_clean_errors(rt, clients, doctor):
     client = clients()
     page = client.get("/login")
     csp = page.headers["content-security-policy"]
@@ -272,7 +272,7 @@ def test_security_headers_and_clean_errors(rt, clients, doctor):  # type: ignore
     assert static.status_code == 200 and "max-age" in static.headers["cache-control"]
 
 
-def test_https_unless_behind_a_tls_proxy(rt):  # type: ignore[no-untyped-def]
+def test_https_unless_behind_a_tls_proxy(rt):
     direct = uvicorn_config(rt)
     assert direct.ssl_certfile == str(rt.settings.pki.certs_dir / "server.pem")
     assert direct.ssl_keyfile == str(rt.settings.pki.certs_dir / "server.key")
@@ -289,7 +289,7 @@ def test_https_unless_behind_a_tls_proxy(rt):  # type: ignore[no-untyped-def]
         uvicorn_config(rt)
 
 
-def test_a_server_error_is_a_clean_page_with_a_reference(rt, clients, doctor, gp, caplog):  # type: ignore[no-untyped-def]
+def test_a_server_error_is_a_clean_page_with_a_reference(rt, clients, doctor, gp, caplog):
     accepted = submit(rt, gp, [DOCTOR], "Sera altéré", "Texte.")
     with session_scope(rt.engine) as session:  # someone altered the sealed metadata in the database
         session.execute(update(Message).where(Message.queue_id == accepted.queue_id).values(meta_sealed=b"\0" * 64))

@@ -63,14 +63,14 @@ class Person:
         raise RuntimeError("no unused TOTP step left in the drift window; wait for the next one")
 
 
-def create_person(rt, address: str, password: str = PASSWORD) -> Person:  # type: ignore[no-untyped-def]
+def create_person(rt, address: str, password: str = PASSWORD) -> Person:
     with session_scope(rt.engine) as session:
         enrolment = accounts.create_account(session, rt.settings, rt.master_key, address, password, actor="test")
     secret = parse_qs(urlparse(enrolment.otpauth_uri).query)["secret"][0]
     return Person(address=address, password=password, secret=secret)
 
 
-def unlocked(rt, person: Person) -> accounts.UnlockedAccount:  # type: ignore[no-untyped-def]
+def unlocked(rt, person: Person) -> accounts.UnlockedAccount:
     return accounts.authenticate(rt.engine, rt.settings, person.address, person.password, channel="cli")
 
 
@@ -79,7 +79,7 @@ def build_message(
     to: list[str],
     subject: str,
     body: str,
-    attachments: list[tuple[str, str, bytes]] = (),  # type: ignore[assignment]
+    attachments: list[tuple[str, str, bytes]] = (),
     *,
     read_receipt: bool = False,
     html: str | None = None,
@@ -101,7 +101,7 @@ def build_message(
     return message.as_bytes(policy=email.policy.SMTP)
 
 
-def submit(rt, person: Person, to: list[str], subject: str, body: str, attachments=(), **options) -> Accepted:  # type: ignore[no-untyped-def]
+def submit(rt, person: Person, to: list[str], subject: str, body: str, attachments=(), **options) -> Accepted:
     """Submit a message through the real pipeline, as the relay would."""
     raw = build_message(person.address, to, subject, body, list(attachments), **options)
     return pipeline.submit(
@@ -118,7 +118,7 @@ def csrf(html: str) -> str:
     return found.group(1)
 
 
-def login(client, person: Person) -> None:  # type: ignore[no-untyped-def]
+def login(client, person: Person) -> None:
     """Log in through the pages (enrolling the authenticator on the first login)."""
     page = client.get("/login")
     response = client.post(
@@ -149,7 +149,7 @@ def pdf_bytes(text: str = "Compte rendu") -> bytes:
 class WebServer:
     """``serve_web`` (uvicorn over HTTPS) in a thread of its own, on a free loopback port."""
 
-    def __init__(self, rt) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, rt) -> None:
         self.rt = rt
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -215,13 +215,13 @@ def serving(root: Path, **environment: str) -> Iterator[tuple[Stack, WebServer]]
 
 
 @pytest.fixture
-def app(rt, directory_loaded):  # type: ignore[no-untyped-def]
+def app(rt, directory_loaded):
     from mss.web import create_app
 
     return create_app(rt)
 
 
-def client_maker(app):  # type: ignore[no-untyped-def]
+def client_maker(app):
     """Yields a maker of browser-like clients of ``app`` (one cookie jar each), over HTTPS,
     and closes them afterwards."""
     made = []
@@ -238,16 +238,16 @@ def client_maker(app):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def clients(app):  # type: ignore[no-untyped-def]
+def clients(app):
     """Makes browser-like clients of the app (one cookie jar each), over HTTPS."""
     yield from client_maker(app)
 
 
 @pytest.fixture
-def doctor(rt, directory_loaded) -> Person:  # type: ignore[no-untyped-def]
+def doctor(rt, directory_loaded) -> Person:
     return create_person(rt, DOCTOR)
 
 
 @pytest.fixture
-def gp(rt, directory_loaded) -> Person:  # type: ignore[no-untyped-def]
+def gp(rt, directory_loaded) -> Person:
     return create_person(rt, GP)

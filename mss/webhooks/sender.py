@@ -91,7 +91,7 @@ class WebhookSender:
                         await asyncio.to_thread(outbox.purge, self.rt.engine, before=utcnow() - KEEP)
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # noqa: BLE001 - logged; leases let the next pass take over
+                except Exception:  # logged; leases let the next pass take over
                     log.exception("the webhook pass failed")
                     claimed = []
                 if len(claimed) < BATCH:
