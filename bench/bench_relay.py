@@ -1,20 +1,33 @@
-"""Relay throughput and latency, against a bare aiosmtpd server on the same machine.
+"""Relay throughput, latency and CPU, against bare aiosmtpd servers on the same machine.
 
-Both servers run as their own process with the same TLS certificate and suites: the relay
+Three servers run as their own process with the same TLS certificate and suites: the relay
 (``python -m mss.relay``: STARTTLS, AUTH with argon2id, directory checks, document checks,
-S/MIME sign + encrypt, durable commit with receipts and audit) and a bare aiosmtpd server
-(STARTTLS, any AUTH accepted, a DATA handler that only answers 250). The same aiosmtplib
-client drives both: each session does STARTTLS and AUTH once, then sends its messages one
-after the other; the timed window starts when every session is logged in.
+S/MIME sign + encrypt, durable commit with receipts and audit) and two bare aiosmtpd
+servers (STARTTLS, any AUTH accepted, a DATA handler that only answers 250):
+
+* ``bare``: reads DATA with the relay's own bulk reader (``RelaySMTP._receive_data``), the
+  fair baseline: the same protocol work, nothing else;
+* ``bare-lines``: aiosmtpd's own DATA reader, one ``readuntil`` per line (what the figures
+  before 2026-11-30 compared with).
+
+The same aiosmtplib client drives all three: each session does STARTTLS and AUTH once and
+one warm-up message; then, for each repetition, the servers take turns (in a rotating
+order) and each session sends its messages one after the other. A run's window starts
+when every session is ready. The CPU of a server is its process tree's user + system
+time over the window (the relay's document workers included).
 
 Usage::
 
-    .venv/bin/python bench/bench_relay.py            # 10 KB and 1 MB, 1 and 10 sessions
-    .venv/bin/python bench/bench_relay.py --quick    # fewer messages
+    .venv/bin/python bench/bench_relay.py            # 10 KB and 1 MB, 1, 4 and 16 sessions
+    .venv/bin/python bench/bench_relay.py --quick    # fewer messages and repetitions
+    .venv/bin/python bench/bench_relay.py --only 10KBx16 --dsn   # one case, success DSNs asked
+    .venv/bin/python bench/bench_relay.py --relays 2   # two relay processes on one database
 
-Prints messages/s, latency p50/p95 and the relay/bare throughput ratio for each case.
-Settings are the defaults (argon2id moderate, RSA 3072 user keys, SQLite WAL with
-synchronous=FULL in a temporary folder) unless ``MSS_DATABASE_URL`` names another database.
+Prints, per case, messages/s, CPU ms per message and latency p50/p95 for each server
+(medians over repetitions), then the relay / bare ratios of each repetition as
+min / median / max. Settings are the defaults (argon2id moderate, RSA 3072 user keys,
+SQLite WAL with synchronous=FULL in a temporary folder) unless ``MSS_DATABASE_URL`` names
+another database.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,13 +101,17 @@ def referral(sender: str, recipients: list[str], size: int, number: int) -> byte
     return msg.as_bytes()
 
 
-# -- the bare server (run in its own process with --bare-server) --------------------------
+# -- the bare servers (run in their own process with --bare-server) -----------------------
 
 
-def bare_server() -> None:
-    """aiosmtpd with our TLS context, any AUTH accepted, 250 for every message."""
-    from aiosmtpd.smtp import SMTP, AuthResult
+def bare_server(reader: str) -> None:
+    """aiosmtpd with our TLS context, any AUTH accepted, 250 for every message.
 
+    ``reader`` is ``bulk`` (DATA read by the relay's own reader) or ``lines`` (aiosmtpd's).
+    """
+    from aiosmtpd.smtp import SMTP, AuthResult, syntax
+
+    from mss.relay.protocol import RelaySMTP
     from mss.relay.tls import server_context
 
     settings = Settings.from_env()
@@ -102,14 +120,37 @@ def bare_server() -> None:
         async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
             return "250 2.0.0 Ok: queued"
 
+    class BulkSMTP(SMTP):
+        """aiosmtpd whose DATA is read like the relay reads it, then answered at once."""
+
+        # The relay's reader uses only what aiosmtpd's SMTP has (reader, size limit, timer).
+        _receive_data = RelaySMTP._receive_data
+
+        @syntax("DATA")
+        async def smtp_DATA(self, arg: str) -> None:
+            if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+                return
+            assert self.envelope is not None
+            if not self.envelope.rcpt_tos:
+                await self.push("503 Error: need RCPT command")
+                return
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            refusal, content = await self._receive_data()
+            self.envelope.content = self.envelope.original_content = content
+            status = refusal or await self._call_handler_hook("DATA")
+            self._set_post_data_state()
+            await self.push(status)
+
     def accept_any(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
         return AuthResult(success=True)
+
+    server_class = BulkSMTP if reader == "bulk" else SMTP
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         context = server_context(settings)
         server = await loop.create_server(
-            lambda: SMTP(
+            lambda: server_class(
                 Accept(),
                 tls_context=context,
                 require_starttls=True,
@@ -135,19 +176,105 @@ def bare_server() -> None:
 class Result:
     messages: int
     seconds: float
+    cpu_seconds: float
     latencies: list[float]
 
     @property
     def rate(self) -> float:
         return self.messages / self.seconds
 
+    @property
+    def cpu_ms(self) -> float:
+        """Server CPU (process tree, user + system) per message, in ms."""
+        return self.cpu_seconds * 1000 / self.messages
+
     def percentile(self, p: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-async def drive(
-    port: int,
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants still running (Linux /proc)."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        # After the command: state, ppid (field 4) ... utime, stime (fields 14, 15).
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS)
+    total, frontier = 0.0, [pid]
+    while frontier:
+        current = frontier.pop()
+        total += stats.get(current, (0, 0.0))[1]
+        frontier.extend(child for child, (parent, _cpu) in stats.items() if parent == current)
+    return total
+
+
+class Sessions:
+    """Logged-in client sessions to one server (spread over its processes), reused across
+    repetitions."""
+
+    def __init__(
+        self,
+        ports: list[int],
+        pids: list[int],
+        context: object,
+        sender: str,
+        password: str,
+        recipients: list[str],
+        rcpt_options: list[str],
+    ) -> None:
+        self.ports, self.pids, self.context = ports, pids, context
+        self.sender, self.password, self.recipients = sender, password, recipients
+        self.rcpt_options = rcpt_options
+        self.clients: list[aiosmtplib.SMTP] = []
+
+    async def open(self, count: int, warm_up: bytes) -> None:
+        for number in range(count):
+            port = self.ports[number % len(self.ports)]
+            client = aiosmtplib.SMTP(
+                hostname="127.0.0.1", port=port, start_tls=True, tls_context=self.context, timeout=600
+            )  # type: ignore[arg-type]
+            await client.connect()
+            await client.login(self.sender, self.password)
+            self.clients.append(client)
+        await asyncio.gather(*(self._send(c, warm_up) for c in self.clients))
+
+    async def _send(self, client: aiosmtplib.SMTP, raw: bytes) -> float:
+        started = time.perf_counter()
+        errors, _ = await client.sendmail(self.sender, self.recipients, raw, rcpt_options=self.rcpt_options)
+        if errors:
+            raise RuntimeError(f"recipients refused: {errors}")
+        return time.perf_counter() - started
+
+    async def run(self, messages: list[bytes]) -> Result:
+        per_session = len(messages) // len(self.clients)
+        latencies: list[float] = []
+
+        async def one(index: int, client: aiosmtplib.SMTP) -> None:
+            for raw in messages[index * per_session : (index + 1) * per_session]:
+                latencies.append(await self._send(client, raw))
+
+        cpu = sum(map(tree_cpu, self.pids))
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i, c) for i, c in enumerate(self.clients)))
+        elapsed = time.perf_counter() - started
+        return Result(len(latencies), elapsed, sum(map(tree_cpu, self.pids)) - cpu, latencies)
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.quit()
+
+
+async def run_case(
+    servers: dict[str, tuple[list[int], list[int]]],
     ca_file: Path,
     sender: str,
     password: str,
@@ -156,34 +283,30 @@ async def drive(
     size: int,
     sessions: int,
     per_session: int,
-) -> Result:
+    repeats: int,
+    dsn: bool,
+) -> dict[str, list[Result]]:
+    """Every server, ``repeats`` times, in a rotating order; the results by server name."""
     import ssl
 
     context = ssl.create_default_context(cafile=str(ca_file))
-    messages = [referral(sender, recipients, size, n) for n in range(sessions * per_session)]
-    clients = []
-    for _ in range(sessions):
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=context, timeout=300)
-        await client.connect()
-        await client.login(sender, password)
-        clients.append(client)
-    latencies: list[float] = []
-
-    async def run(index: int, client: aiosmtplib.SMTP) -> None:
-        for n in range(per_session):
-            raw = messages[index * per_session + n]
-            started = time.perf_counter()
-            errors, _ = await client.sendmail(sender, recipients, raw)
-            latencies.append(time.perf_counter() - started)
-            if errors:
-                raise RuntimeError(f"recipients refused: {errors}")
-
-    started = time.perf_counter()
-    await asyncio.gather(*(run(i, c) for i, c in enumerate(clients)))
-    elapsed = time.perf_counter() - started
-    for client in clients:
-        await client.quit()
-    return Result(messages=len(latencies), seconds=elapsed, latencies=latencies)
+    opened: dict[str, Sessions] = {}
+    for name, (ports, pids) in servers.items():
+        # Only the relay speaks DSN (aiosmtpd refuses RCPT parameters it does not know).
+        options = ["NOTIFY=SUCCESS,FAILURE"] if dsn and name == "relay" else []
+        opened[name] = Sessions(ports, pids, context, sender, password, recipients, options)
+        await opened[name].open(sessions, referral(sender, recipients, size, 0))
+    results: dict[str, list[Result]] = {name: [] for name in servers}
+    names = list(servers)
+    number = 1
+    for repeat in range(repeats):
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            messages = [referral(sender, recipients, size, number + n) for n in range(sessions * per_session)]
+            number += len(messages)
+            results[name].append(await opened[name].run(messages))
+    for opened_sessions in opened.values():
+        await opened_sessions.close()
+    return results
 
 
 def free_port() -> int:
@@ -207,16 +330,31 @@ def start(command: list[str], env: dict[str, str], port: int, log: Path) -> subp
     raise SystemExit(f"{command} did not start")
 
 
+def spread(values: list[float], fmt: str) -> str:
+    """min / median / max of ``values``."""
+    return " / ".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
+
+
+SESSIONS = (1, 4, 16)
+# Messages per session in one run of a case, then with --quick.
+PER_SESSION = {("10KB", 1): 60, ("10KB", 4): 20, ("10KB", 16): 8, ("1MB", 1): 10, ("1MB", 4): 4, ("1MB", 16): 2}
+QUICK_PER_SESSION = {("10KB", 1): 20, ("10KB", 4): 6, ("10KB", 16): 3, ("1MB", 1): 4, ("1MB", 4): 2, ("1MB", 16): 1}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="fewer messages per case")
+    parser.add_argument("--bare-server", choices=("bulk", "lines"), help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="fewer messages and 2 repetitions")
+    parser.add_argument("--repeats", type=int, help="repetitions of each case (default 3, 2 with --quick)")
     parser.add_argument(
         "--only",
-        choices=sorted(f"{s}x{c}" for s in SIZES for c in (1, 10)),
+        choices=sorted(f"{s}x{c}" for s in SIZES for c in SESSIONS),
         action="append",
         help="run only these cases (e.g. 10KBx1); repeatable",
     )
+    parser.add_argument("--no-lines", action="store_true", help="leave out the bare server with aiosmtpd's reader")
+    parser.add_argument("--relays", type=int, default=1, help="relay processes on the same database (default 1)")
+    parser.add_argument("--dsn", action="store_true", help="ask the relay for success DSNs (NOTIFY=SUCCESS,FAILURE)")
     parser.add_argument(
         "--py-spy",
         metavar="FILE",
@@ -225,24 +363,28 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.bare_server:
-        bare_server()
+        bare_server(args.bare_server)
         return
 
-    counts = {("10KB", 1): 100, ("10KB", 10): 30, ("1MB", 1): 30, ("1MB", 10): 6}
-    if args.quick:
-        counts = {key: max(2, value // 5) for key, value in counts.items()}
+    counts = QUICK_PER_SESSION if args.quick else PER_SESSION
     if args.only:
         counts = {key: value for key, value in counts.items() if f"{key[0]}x{key[1]}" in args.only}
+    repeats = args.repeats or (2 if args.quick else 3)
     with tempfile.TemporaryDirectory(prefix="mss-bench-relay-") as tmp:
         root = Path(tmp)
-        relay_port, bare_port = free_port(), free_port()
+        ports = {"relay": free_port(), "bare": free_port(), "bare-lines": free_port()}
+        relay_ports = [ports["relay"], *(free_port() for _ in range(args.relays - 1))]
+        if args.no_lines:
+            del ports["bare-lines"]
         env = {
             **os.environ,
             "MSS_DATA_DIR": str(root / "data"),
             "MSS_CERTS_DIR": str(root / "certs"),
             "MSS_HOSTNAMES": "localhost,127.0.0.1",
             "MSS_SMTP_HOST": "127.0.0.1",
-            "MSS_SMTP_PORT": str(relay_port),
+            "MSS_SMTP_PORT": str(ports["relay"]),
+            # Every session comes from 127.0.0.1.
+            "MSS_MAX_SESSIONS_PER_CLIENT": "64",
         }
         settings = Settings.from_env(env)
         rt = open_runtime(settings)
@@ -265,63 +407,71 @@ def main() -> None:
                 "--",
                 *relay_command,
             ]
-        relay = start(relay_command, env, relay_port, root / "relay.log")
-        bare = start(
-            [sys.executable, __file__, "--bare-server"],
-            {**env, "MSS_SMTP_PORT": str(bare_port)},
-            bare_port,
-            root / "bare.log",
-        )
+        relays = [
+            start(relay_command, {**env, "MSS_SMTP_PORT": str(port)}, port, root / f"relay-{port}.log")
+            for port in relay_ports
+        ]
+        processes = {"relay": relays[0]}
+        for name in ports:
+            if name != "relay":
+                reader = "lines" if name == "bare-lines" else "bulk"
+                processes[name] = start(
+                    [sys.executable, __file__, "--bare-server", reader],
+                    {**env, "MSS_SMTP_PORT": str(ports[name])},
+                    ports[name],
+                    root / f"{name}.log",
+                )
+        servers = {name: ([ports[name]], [processes[name].pid]) for name in ports}
+        servers["relay"] = (relay_ports, [relay.pid for relay in relays])
         backend = settings.storage.database_url.split(":")[0]
         print(
-            f"# {time.strftime('%Y-%m-%d')} {platform.node()} {platform.processor() or platform.machine()} "
-            f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {backend}"
-        )
-        print(
-            f"{'case':<14}{'bare msg/s':>11}{'relay msg/s':>12}{'ratio':>7}"
-            f"{'bare p50/p95 ms':>18}{'relay p50/p95 ms':>19}"
+            f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {platform.processor() or platform.machine()} "
+            f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {backend}, "
+            f"{args.relays} relay process(es), {repeats} repetitions"
+            f"{', success DSNs asked' if args.dsn else ''}; medians, ratios min / median / max"
         )
         try:
             for (label, sessions), per_session in counts.items():
-                size = SIZES[label]
-                results = {}
-                for name, port in (("bare", bare_port), ("relay", relay_port)):
-                    # One warm-up message per session, then the timed run.
-                    asyncio.run(
-                        drive(
-                            port,
-                            ca_file,
-                            sender.address,
-                            sender.password,
-                            recipients,
-                            size=size,
-                            sessions=sessions,
-                            per_session=1,
-                        )
+                results = asyncio.run(
+                    run_case(
+                        servers,
+                        ca_file,
+                        sender.address,
+                        sender.password,
+                        recipients,
+                        size=SIZES[label],
+                        sessions=sessions,
+                        per_session=per_session,
+                        repeats=repeats,
+                        dsn=args.dsn,
                     )
-                    results[name] = asyncio.run(
-                        drive(
-                            port,
-                            ca_file,
-                            sender.address,
-                            sender.password,
-                            recipients,
-                            size=size,
-                            sessions=sessions,
-                            per_session=per_session,
-                        )
-                    )
-                b, r = results["bare"], results["relay"]
-                print(
-                    f"{label + ' x' + str(sessions):<14}{b.rate:>11.1f}{r.rate:>12.1f}{r.rate / b.rate:>7.0%}"
-                    f"{b.percentile(50) * 1000:>9.1f}/{b.percentile(95) * 1000:<8.1f}"
-                    f"{r.percentile(50) * 1000:>10.1f}/{r.percentile(95) * 1000:<8.1f}"
                 )
+                case = f"{label} x{sessions}"
+                print(f"{case} ({sessions * per_session} messages per run)")
+                for name, runs in results.items():
+                    rate = statistics.median(r.rate for r in runs)
+                    cpu = statistics.median(r.cpu_ms for r in runs)
+                    p50 = statistics.median(r.percentile(50) for r in runs) * 1000
+                    p95 = statistics.median(r.percentile(95) for r in runs) * 1000
+                    print(
+                        f"  {name:<11}{rate:>8.1f} msg/s  cpu {cpu:>6.2f} ms/msg  p50 {p50:>7.1f}  p95 {p95:>7.1f} ms"
+                    )
+                for base in (n for n in results if n != "relay"):
+                    pairs = list(zip(results["relay"], results[base], strict=True))
+                    ratios = [r.rate / b.rate for r, b in pairs]
+                    cpu_ratios = [r.cpu_ms / max(b.cpu_ms, 1e-6) for r, b in pairs]
+                    print(f"  relay / {base:<11} rate {spread(ratios, '.3f')}   cpu {spread(cpu_ratios, '.1f')}")
+                sys.stdout.flush()
         finally:
-            for process in (relay, bare):
+            for process in [*relays[1:], *processes.values()]:
                 # SIGINT: py-spy then writes its flame graph and stops the relay cleanly too.
-                process.send_signal(signal.SIGINT)
-                process.wait(timeout=120)
+                # The bare servers have nothing to finish.
+                process.send_signal(signal.SIGINT if process in relays else signal.SIGTERM)
+            for process in [*relays[1:], *processes.values()]:
+                try:
+                    process.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    process.kill()
 
 
 if __name__ == "__main__":

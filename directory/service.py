@@ -10,8 +10,9 @@ search index follows the table by itself (migration 0002).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col
 
@@ -20,7 +21,7 @@ from directory.importer import entry_row
 from directory.models import ACTIVE, INACTIVE, INACTIVE_REASON, REVOKED, Certificate, DirectoryEntry
 from mss import audit, standing
 from mss.addresses import normalise_address
-from mss.db import utcnow
+from mss.db import table_of, utcnow
 from mss.errors import DirectoryError, RevokedAddress, StorageError, UnknownAddress
 
 MAX_REASON_LENGTH = 500
@@ -56,6 +57,38 @@ def require_active(session: Session, address: str) -> DirectoryEntry:
         reason = entry.status_reason or (INACTIVE_REASON if entry.status == INACTIVE else "")
         raise RevokedAddress(entry.address, reason or None)
     return entry
+
+
+# Built once: statement construction would cost more than the look-up itself.
+_ENTRY_STATES = select(
+    table_of(DirectoryEntry).c.address, table_of(DirectoryEntry).c.status, table_of(DirectoryEntry).c.status_reason
+).where(table_of(DirectoryEntry).c.address.in_(bindparam("addresses", expanding=True)))
+
+
+def require_active_many(session: Session, addresses: Iterable[str]) -> dict[str, str | DirectoryError]:
+    """For each of ``addresses`` (as given), in one query: the stored address of its active
+    entry, or the UnknownAddress or RevokedAddress that ``require_active`` would raise."""
+    wanted = {address: normalise_address(address) for address in addresses}
+    # A non-printable address is never stored (and PostgreSQL refuses NUL in a parameter).
+    printable = sorted({normalised for address, normalised in wanted.items() if address.isprintable()})
+    found: dict[str, tuple[str, str]] = {}
+    if printable:
+        try:
+            rows = session.connection().execute(_ENTRY_STATES, {"addresses": printable}).all()
+        except SQLAlchemyError as exc:
+            raise StorageError(f"directory look-up failed: {exc.__class__.__name__}") from exc
+        found = {address: (status, reason) for address, status, reason in rows}
+    verdicts: dict[str, str | DirectoryError] = {}
+    for address, normalised in wanted.items():
+        state = found.get(normalised) if address.isprintable() else None
+        if state is None:
+            verdicts[address] = UnknownAddress(normalised)
+        elif state[0] != ACTIVE:
+            reason = state[1] or (INACTIVE_REASON if state[0] == INACTIVE else "")
+            verdicts[address] = RevokedAddress(normalised, reason or None)
+        else:
+            verdicts[address] = normalised
+    return verdicts
 
 
 def entry_with_certificates(session: Session, address: str) -> tuple[DirectoryEntry, list[Certificate]]:

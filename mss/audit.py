@@ -50,7 +50,7 @@ from typing import Any, Literal
 import nacl.bindings
 import nacl.exceptions
 import nacl.signing
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.engine import Engine, Row
 from sqlmodel import Session, col
 
@@ -224,19 +224,24 @@ def _append(
     return _append_many(session, master_key, [spec])[0]
 
 
+# Built once: appends run for every message, and building a statement costs more than
+# running it.
+_EVENTS = table_of(AuditEvent)
+_HEAD = select(_EVENTS.c.seq, _EVENTS.c.hash).order_by(_EVENTS.c.seq.desc()).limit(1)
+_INSERT_EVENTS = insert(_EVENTS)
+
+
 def _append_many(session: Session, master_key: MasterKey | None, specs: list[EventSpec]) -> list[AuditEvent]:
     if not specs:
         return []
     _lock_chain(session)
-    head = session.execute(
-        select(col(AuditEvent.seq), col(AuditEvent.hash)).order_by(col(AuditEvent.seq).desc()).limit(1)
-    ).first()
+    head = session.connection().execute(_HEAD).first()
     if head is not None:
         seq, prev_hash = head.seq + 1, head.hash
     else:
         checkpoint = _latest_checkpoint(session)
         seq, prev_hash = (checkpoint.through_seq + 1, checkpoint.head_hash) if checkpoint else (1, GENESIS)
-    events: list[AuditEvent] = []
+    rows: list[dict[str, Any]] = []
     for spec in specs:
         fields = {
             "seq": seq,
@@ -250,10 +255,11 @@ def _append_many(session: Session, master_key: MasterKey | None, specs: list[Eve
             "prev_hash": prev_hash,
         }
         digest = event_hash(**fields)
-        events.append(AuditEvent(**fields, hash=digest))
+        rows.append({**fields, "hash": digest})
         seq, prev_hash = seq + 1, digest
-    session.add_all(events)
-    session.flush()
+    # One multi-row INSERT (Core: the ORM's unit of work would cost more than the hashing).
+    session.connection().execute(_INSERT_EVENTS, rows)
+    events = [AuditEvent(**row) for row in rows]
     last = events[-1]
     if master_key is None:
         log.warning(
@@ -279,9 +285,16 @@ def _write_secret(session: Session, name: str, value: bytes) -> None:
     # every append for nothing (no SealedSecret object is loaded here).
     table = table_of(SealedSecret)
     connection = session.connection()
-    result = connection.execute(update(table).where(table.c.name == name).values(value=value))
+    result = connection.execute(_UPDATE_SECRET, {"secret_name": name, "value": value})
     if rowcount(result) == 0:
         connection.execute(insert(table).values(name=name, value=value, created_at=utcnow()))
+
+
+_UPDATE_SECRET = (
+    update(table_of(SealedSecret))
+    .where(table_of(SealedSecret).c.name == bindparam("secret_name"))
+    .values(value=bindparam("value"))
+)
 
 
 def _write_anchor(session: Session, master_key: MasterKey, seq: int, head_hash: str) -> None:

@@ -18,6 +18,9 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any, cast
 
+from cryptography import x509
+from sqlmodel import Session
+
 from directory import certificates, service
 from mss import metrics, peers, receipts, standing, store, trust, webhooks
 from mss.accounts import UnlockedAccount
@@ -37,6 +40,7 @@ from mss.errors import (
     MalformedOriginator,
     MessageTooLarge,
     MimeTooComplex,
+    MssError,
     NotEncryptedForRecipients,
     RecipientHasNoCertificate,
     RepeatedHeaderField,
@@ -113,19 +117,51 @@ def check_recipient(rt: Runtime, address: str) -> str:
     """
     address = normalise_address(address)
     with session_scope(rt.engine, readonly=True) as session:
-        if not rt.settings.serves(address):
-            _require_trusted(session, address)
-            return service.require_active(session, address).address
-        entry = service.require_active(session, address)
-        _certificate_for(session, entry.address)
-        return entry.address
+        verdict = _check_recipients(session, rt, [address])[address]
+    if isinstance(verdict, MssError):
+        raise verdict
+    return verdict.address
 
 
-def _certificate_for(session, address: str):
-    cert = certificates.current_certificate(session, address)
-    if cert is None:
-        raise RecipientHasNoCertificate(f"{address} has no valid certificate: nothing can be encrypted to it")
-    return cert
+@dataclass(frozen=True)
+class _Reachable:
+    """A recipient that may receive: its stored address and, in a served domain, the
+    certificate to encrypt to (None at another operator: ``submit`` looks for one)."""
+
+    address: str
+    certificate: x509.Certificate | None
+
+
+def _check_recipients(session: Session, rt: Runtime, addresses: list[str]) -> dict[str, _Reachable | MssError]:
+    """Each of ``addresses`` checked as ``check_recipient`` says, in one query per kind of
+    fact whatever their number: the trust list, the directory entries, the current
+    certificates. Every call reads the database: a revocation counts at once."""
+    settings = rt.settings
+    wanted = {address: normalise_address(address) for address in addresses}
+    remote = {trust.domain_of(a) for a in wanted.values() if not settings.serves(a)}
+    trusted = trust.trusted_among(session, remote) if remote else set()
+    reachable = [a for a in wanted.values() if settings.serves(a) or trust.domain_of(a) in trusted]
+    entries = service.require_active_many(session, reachable) if reachable else {}
+    served = [e for e in entries.values() if isinstance(e, str) and settings.serves(e)]
+    ders = certificates.current_certificate_ders(session, served) if served else {}
+    verdicts: dict[str, _Reachable | MssError] = {}
+    for address, normalised in wanted.items():
+        entry = entries.get(normalised)
+        if entry is None:
+            verdicts[address] = DomainNotServed(
+                f"{normalised} is neither in a domain served here nor in one on the trust list"
+            )
+        elif not isinstance(entry, str):
+            verdicts[address] = entry
+        elif not settings.serves(entry):
+            verdicts[address] = _Reachable(entry, None)
+        elif entry not in ders:
+            verdicts[address] = RecipientHasNoCertificate(
+                f"{entry} has no valid certificate: nothing can be encrypted to it"
+            )
+        else:
+            verdicts[address] = _Reachable(entry, rt.certificates.load(ders[entry]))
+    return verdicts
 
 
 # -- submission --------------------------------------------------------------------------
@@ -162,6 +198,28 @@ ONCE_FIELDS = (
 _BARE_CR = re.compile(rb"\r(?!\n)")
 
 
+class _ParseOncePolicy(email.policy.EmailPolicy):
+    """``email.policy.default`` whose messages parse each header field once.
+
+    The email package parses a field's value again at every read (``message["To"]``,
+    ``get_content_type()`` ...); ``_parse`` reads every field to check it and the pipeline
+    reads many again. Each message gets its own instance, whose ``parsed_fields`` keeps the
+    header objects (immutable) by their raw field for as long as the message lives.
+    Serialising a message still writes the raw fields, as ``email.policy.default`` does.
+    """
+
+    parsed_fields: dict[tuple[str, str], object] | None = None
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        cache = self.parsed_fields
+        if cache is None or hasattr(value, "name"):
+            return super().header_fetch_parse(name, value)
+        header = cache.get((name, value))
+        if header is None:
+            header = cache[(name, value)] = super().header_fetch_parse(name, value)
+        return header
+
+
 def _parse(raw: bytes) -> EmailMessage:
     """The message parsed once, refused if it could be read in two ways or is too complex.
 
@@ -170,7 +228,10 @@ def _parse(raw: bytes) -> EmailMessage:
     if _BARE_CR.search(raw):
         raise BareCarriageReturn("the message holds a CR that does not start a CRLF line end")
     try:
-        message = BytesParser(policy=email.policy.default).parsebytes(raw)
+        # A policy takes every attribute its class declares as a keyword (email._policybase);
+        # parsed with an EmailPolicy, the message is an EmailMessage.
+        policy = _ParseOncePolicy(parsed_fields={})  # type: ignore[call-overload]
+        message = cast(EmailMessage, BytesParser(policy=policy).parsebytes(raw))
     except RecursionError as exc:
         raise MimeTooComplex(f"its MIME parts nest deeper than {MAX_MIME_DEPTH} levels") from exc
     except (ValueError, TypeError, LookupError, IndexError) as exc:
@@ -385,17 +446,20 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         # Nothing is signed with a key whose certificate was revoked, or for an account
         # that may no longer send, whenever that happened.
         standing.check(session, settings, sender.address, certificate_serial=_sender_certificate_serial(sender))
-        for request in submission.recipients:
-            try:
-                check_recipient_is_active(session, settings, request.address)
-                if settings.serves(request.address):
-                    recipient_certs.append(_certificate_for(session, request.address))
-            except (DirectoryError, DomainNotServed, RecipientHasNoCertificate) as exc:
-                if len(submission.recipients) == 1:
-                    raise
-                failed[request.address] = exc.message
-                continue
-            (deliverable if settings.serves(request.address) else remote).append(request)
+        # The same checks as at RCPT, read again (a revocation since counts), for all at once.
+        verdicts = _check_recipients(session, rt, [r.address for r in submission.recipients])
+    for request in submission.recipients:
+        verdict = verdicts[request.address]
+        if isinstance(verdict, (DirectoryError, DomainNotServed, RecipientHasNoCertificate)):
+            if len(submission.recipients) == 1:
+                raise verdict
+            failed[request.address] = verdict.message
+            continue
+        if isinstance(verdict, MssError):
+            raise verdict
+        if verdict.certificate is not None:
+            recipient_certs.append(verdict.certificate)
+        (deliverable if settings.serves(request.address) else remote).append(request)
     if not deliverable and not remote:
         raise RecipientHasNoCertificate("no recipient can receive this message")
     recipients = [r.address for r in deliverable]
@@ -469,7 +533,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         submission, message, added, remote, remote_certs, signed=signed, envelope=passed_through
     )
     commit_started = metrics.now()
-    with session_scope(rt.engine) as session:
+    with rt.message_writes(), session_scope(rt.engine) as session:
         row = store.store_submission(
             session,
             rt.master_key,
@@ -541,14 +605,6 @@ def document_summary(document: Document) -> DocumentSummary:
     )
 
 
-def check_recipient_is_active(session, settings, address: str) -> None:
-    """Re-checked at DATA: a revocation between RCPT and DATA still refuses the message
-    (and so does a domain taken off the trust list)."""
-    if not settings.serves(address):
-        _require_trusted(session, address)
-    service.require_active(session, address)
-
-
 def settings_limits(settings) -> DocumentLimits:
     return DocumentLimits(max_document_size=settings.relay.max_message_size)
 
@@ -582,12 +638,6 @@ _OUTER_HEADERS = (
     "References",
     "Disposition-Notification-To",
 )
-
-
-def _require_trusted(session, address: str) -> None:
-    domain = trust.domain_of(address)
-    if not trust.is_trusted(session, domain):
-        raise DomainNotServed(f"{address} is neither in a domain served here nor in one on the trust list")
 
 
 def _remote_certificates(rt: Runtime, remote: list[RecipientRequest]) -> dict[str, object]:

@@ -1,12 +1,16 @@
-"""What a running process holds: its settings, the database engine and the master key.
+"""What a running process holds: its settings, the database engine, the master key, the
+certificates it parsed (by their bytes) and, on SQLite, the lock its message stores queue on.
 
 Built once by the CLI, the SMTP server and the web app, and passed to the services.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import threading
+from dataclasses import dataclass, field
 
+from cryptography import x509
 from sqlalchemy.engine import Engine
 
 from mss import audit, metrics
@@ -15,17 +19,57 @@ from mss.db import make_engine, make_private_dir, migrate
 from mss.settings import Settings
 
 
+class ParsedCertificates:
+    """Certificates parsed once from their DER and kept by those bytes.
+
+    Keyed by the bytes themselves, so a changed or revoked certificate is never mistaken
+    for another: what may be used is still decided by the query that returned the bytes.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._parsed: dict[bytes, x509.Certificate] = {}
+        self._lock = threading.Lock()
+
+    def load(self, der: bytes) -> x509.Certificate:
+        """The certificate of ``der``. Raises ValueError when it is not a DER certificate."""
+        certificate = self._parsed.get(der)
+        if certificate is None:
+            certificate = x509.load_der_x509_certificate(der)
+            with self._lock:
+                if len(self._parsed) >= self._limit:
+                    self._parsed.clear()
+                self._parsed[der] = certificate
+        return certificate
+
+
 @dataclass(frozen=True)
 class Runtime:
     settings: Settings
     engine: Engine
     master_key: MasterKey
+    certificates: ParsedCertificates = field(default_factory=ParsedCertificates, compare=False, repr=False)
+    # A threading.Lock (typed by what it offers: threading.Lock is a function, which the web
+    # framework's inspection of the runtime's fields does not take).
+    _message_writes: contextlib.AbstractContextManager[object] = field(
+        default_factory=threading.Lock, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         # Every append to the audit chain from this process also moves the sealed head
         # anchor, which needs the master key (see mss.audit).
         audit.bind_master_key(self.engine, self.master_key)
         metrics.set_enabled(self.settings.operator.metrics_enabled)
+
+    def message_writes(self) -> contextlib.AbstractContextManager[object]:
+        """Held around the transaction that stores a message, on SQLite only.
+
+        SQLite has one write lock, and a transaction that finds it taken sleeps in steps of
+        up to 100 ms (the busy handler) rather than queue: with a dozen sessions storing at
+        once, the lock then sits idle while they sleep. This process's stores queue here
+        instead, in turn; other processes still meet the busy handler.
+        """
+        return self._message_writes if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
 
     def close(self) -> None:
         self.engine.dispose()

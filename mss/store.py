@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import insert, or_, select
 from sqlmodel import Session, col
 
 from mss import audit
 from mss.addresses import normalise_address
 from mss.crypto import smime
 from mss.crypto.master import MasterKey
-from mss.db import key_of
+from mss.db import key_of, table_of, utcnow
 from mss.errors import CryptoError, MessageNotFound
 from mss.models import Delivery, InboundDelivery, MailboxItem, Message, Receipt
 
@@ -142,18 +143,7 @@ def store_submission(
     refused recipient to the reason; ``queued`` holds (recipient, NOTIFY, MDN asked, how it
     travels) for recipients at other operators, whose copy waits in the outbound queue.
     """
-    row = Message(
-        queue_id=queue_id,
-        message_id=meta.message_id,
-        sender=meta.sender,
-        kind=kind,
-        size=len(cms),
-        cms=cms,
-        cms_sha256=hashlib.sha256(cms).hexdigest(),
-        meta_sealed=meta.seal(master_key),
-    )
-    session.add(row)
-    session.flush()
+    row = _add_message(session, master_key, queue_id=queue_id, kind=kind, cms=cms, meta=meta)
     events = [
         audit.EventSpec(
             meta.sender,
@@ -175,45 +165,10 @@ def store_submission(
             detail={"cms_sha256": row.cms_sha256},
         ),
     ]
-    session.add(MailboxItem(message_id=key_of(row), owner=meta.sender, folder=SENT, unread=False))
-    for recipient, notify, mdn in delivered:
-        session.add(
-            Delivery(message_id=key_of(row), recipient=recipient, status="delivered", notify=notify, mdn_requested=mdn)
-        )
-        session.add(MailboxItem(message_id=key_of(row), owner=recipient, folder=INBOX))
-        events.append(
-            audit.EventSpec(
-                "system", "message.deliver", queue_id, request_id=request_id, detail={"recipient": recipient}
-            )
-        )
-    for recipient, notify, mdn, how in queued:
-        session.add(
-            Delivery(
-                message_id=key_of(row),
-                recipient=recipient,
-                status="queued",
-                notify=notify,
-                mdn_requested=mdn,
-                reason=how[:500],
-            )
-        )
-        events.append(
-            audit.EventSpec("system", "message.queue", queue_id, request_id=request_id, detail={"recipient": recipient})
-        )
-    for recipient, reason in failed.items():
-        session.add(Delivery(message_id=key_of(row), recipient=recipient, status="failed", reason=reason))
-        events.append(
-            audit.EventSpec(
-                "system",
-                "message.deliver",
-                queue_id,
-                audit.FAILURE,
-                request_id,
-                {"recipient": recipient, "reason": reason},
-            )
-        )
+    events += _add_deliveries(
+        session, row, request_id=request_id, delivered=delivered, failed=failed, queued=queued, sent_by=meta.sender
+    )
     audit.record_many(session, events)
-    session.flush()
     return row
 
 
@@ -237,20 +192,9 @@ def store_inbound(
 
     ``delivered`` holds (recipient, RFC 3461 NOTIFY, MDN asked); ``sender_key`` and
     ``message_digest`` (SHA-256 of its Message-ID) identify it across attempts. Raises
-    IntegrityError (at flush) when one of its recipients already has it.
+    IntegrityError (at the insert of its rows) when one of its recipients already has it.
     """
-    row = Message(
-        queue_id=queue_id,
-        message_id=meta.message_id,
-        sender=meta.sender,
-        kind=kind,
-        size=len(cms),
-        cms=cms,
-        cms_sha256=hashlib.sha256(cms).hexdigest(),
-        meta_sealed=meta.seal(master_key),
-    )
-    session.add(row)
-    session.flush()
+    row = _add_message(session, master_key, queue_id=queue_id, kind=kind, cms=cms, meta=meta)
     events = [
         audit.EventSpec(
             meta.sender,
@@ -265,23 +209,76 @@ def store_inbound(
             },
         )
     ]
+    # A repeated delivery fails here (IntegrityError), before the audit chain moves.
+    events += _add_deliveries(
+        session, row, request_id=request_id, delivered=delivered, failed=failed, inbound=(sender_key, message_digest)
+    )
+    audit.record_many(session, events)
+    return row
+
+
+def _add_message(
+    session: Session, master_key: MasterKey, *, queue_id: str, kind: str, cms: bytes, meta: MessageMeta
+) -> Message:
+    """Insert the message row (its CMS and sealed metadata); returns it with its id, not
+    attached to the session (a Core INSERT: the unit of work costs more than the insert)."""
+    row = Message(
+        queue_id=queue_id,
+        message_id=meta.message_id,
+        sender=meta.sender,
+        kind=kind,
+        size=len(cms),
+        cms=cms,
+        cms_sha256=hashlib.sha256(cms).hexdigest(),
+        meta_sealed=meta.seal(master_key),
+    )
+    values = {column.name: getattr(row, column.name) for column in _MESSAGES.columns if column.name != "id"}
+    session.flush()  # what the caller added goes first, as with the unit of work (nothing, usually)
+    row.id = session.connection().execute(_INSERT_MESSAGE, values).scalar_one()
+    return row
+
+
+_MESSAGES = table_of(Message)
+_INSERT_MESSAGE = insert(_MESSAGES).returning(_MESSAGES.c.id)
+
+
+def _add_deliveries(
+    session: Session,
+    message: Message,
+    *,
+    request_id: str,
+    delivered: list[tuple[str, str, bool]],
+    failed: dict[str, str],
+    queued: Sequence[tuple[str, str, bool, str]] = (),
+    sent_by: str | None = None,
+    inbound: tuple[str, str] | None = None,
+) -> list[audit.EventSpec]:
+    """The delivery rows of a stored message, its readers' mailbox rows (``sent_by``'s Sent
+    folder too, when given) and, for a message from another operator, the rows that make a
+    repeated delivery a no-op (``inbound``: sender key and message digest). One multi-row
+    INSERT per table. Returns the audit events that record each delivery, in order."""
+    now = utcnow()
+    queue_id = message.queue_id
+    deliveries: list[dict[str, Any]] = []
+    readers: list[dict[str, Any]] = []
+    events: list[audit.EventSpec] = []
+    if sent_by is not None:
+        readers.append(_reader(message, sent_by, SENT, now, unread=False))
     for recipient, notify, mdn in delivered:
-        session.add(
-            Delivery(message_id=key_of(row), recipient=recipient, status="delivered", notify=notify, mdn_requested=mdn)
-        )
-        session.add(MailboxItem(message_id=key_of(row), owner=recipient, folder=INBOX))
-        session.add(
-            InboundDelivery(
-                sender=sender_key, message_ident=message_digest, recipient=recipient, message_id=key_of(row)
-            )
-        )
+        deliveries.append(_delivery(message, recipient, "delivered", now, notify=notify, mdn_requested=mdn))
+        readers.append(_reader(message, recipient, INBOX, now))
         events.append(
             audit.EventSpec(
                 "system", "message.deliver", queue_id, request_id=request_id, detail={"recipient": recipient}
             )
         )
+    for recipient, notify, mdn, how in queued:
+        deliveries.append(_delivery(message, recipient, "queued", now, notify=notify, mdn_requested=mdn, reason=how))
+        events.append(
+            audit.EventSpec("system", "message.queue", queue_id, request_id=request_id, detail={"recipient": recipient})
+        )
     for recipient, reason in failed.items():
-        session.add(Delivery(message_id=key_of(row), recipient=recipient, status="failed", reason=reason[:500]))
+        deliveries.append(_delivery(message, recipient, "failed", now, reason=reason))
         events.append(
             audit.EventSpec(
                 "system",
@@ -292,10 +289,51 @@ def store_inbound(
                 {"recipient": recipient, "reason": reason},
             )
         )
-    session.flush()  # a repeated delivery stops here, before the audit chain moves
-    audit.record_many(session, events)
-    session.flush()
-    return row
+    if deliveries:
+        session.execute(insert(table_of(Delivery)), deliveries)
+    if readers:
+        session.execute(insert(table_of(MailboxItem)), readers)
+    if inbound is not None and delivered:
+        sender_key, digest = inbound
+        session.execute(
+            insert(table_of(InboundDelivery)),
+            [
+                {
+                    "sender": sender_key,
+                    "message_ident": digest,
+                    "recipient": recipient,
+                    "message_id": message.id,
+                    "at": now,
+                }
+                for recipient, _notify, _mdn in delivered
+            ],
+        )
+    return events
+
+
+def _reader(message: Message, owner: str, folder: str, at: datetime, *, unread: bool = True) -> dict[str, Any]:
+    return {"message_id": message.id, "owner": owner, "folder": folder, "unread": unread, "created_at": at}
+
+
+def _delivery(
+    message: Message,
+    recipient: str,
+    status: str,
+    at: datetime,
+    *,
+    notify: str = "DELAY,FAILURE",
+    mdn_requested: bool = False,
+    reason: str = "",
+) -> dict[str, Any]:
+    return {
+        "message_id": message.id,
+        "recipient": recipient,
+        "status": status,
+        "reason": reason[:500],
+        "notify": notify,
+        "mdn_requested": mdn_requested,
+        "at": at,
+    }
 
 
 def store_receipts(
@@ -308,7 +346,10 @@ def store_receipts(
     """
     if not notices:
         return
-    original = session.execute(select(Message).where(col(Message.queue_id) == queue_id)).scalars().one()
+    original = session.execute(
+        select(col(Message.id), col(Message.sender)).where(col(Message.queue_id) == queue_id)
+    ).one()
+    events: list[audit.EventSpec] = []
     for notice in notices:
         known = set(
             session.execute(
@@ -323,40 +364,46 @@ def store_receipts(
         if known and known >= set(notice.recipients):
             continue
         notice = replace(notice, recipients=tuple(r for r in notice.recipients if r not in known))
-        notification = Message(
+        notification = _add_message(
+            session,
+            master_key,
             queue_id=_receipt_queue_id(queue_id, notice),
-            message_id=notice.meta.message_id,
-            sender=notice.meta.sender,
             kind="receipt",
-            size=len(notice.cms),
             cms=notice.cms,
-            cms_sha256=hashlib.sha256(notice.cms).hexdigest(),
-            meta_sealed=notice.meta.seal(master_key),
+            meta=notice.meta,
         )
-        session.add(notification)
-        session.flush()
-        session.add(MailboxItem(message_id=key_of(notification), owner=original.sender, folder=INBOX))
-        for recipient in notice.recipients:
-            session.add(
-                Receipt(
-                    message_id=original.id,
-                    recipient=recipient,
-                    kind=notice.kind,
-                    status=notice.status,
-                    reason=notice.reason,
-                    notification_id=notification.id,
-                )
+        now = utcnow()
+        session.execute(
+            insert(table_of(MailboxItem)).values(
+                message_id=notification.id, owner=original.sender, folder=INBOX, unread=True, created_at=now
             )
-            audit.record(
-                session,
-                actor="system",
-                action=f"receipt.{notice.kind}",
-                object=queue_id,
+        )
+        session.execute(
+            insert(table_of(Receipt)),
+            [
+                {
+                    "message_id": original.id,
+                    "recipient": recipient,
+                    "kind": notice.kind,
+                    "status": notice.status,
+                    "reason": notice.reason,
+                    "notification_id": notification.id,
+                    "at": now,
+                }
+                for recipient in notice.recipients
+            ],
+        )
+        events += [
+            audit.EventSpec(
+                "system",
+                f"receipt.{notice.kind}",
+                queue_id,
                 request_id=request_id,
-                recipient=recipient,
-                status=notice.status,
+                detail={"recipient": recipient, "status": notice.status},
             )
-    session.flush()
+            for recipient in notice.recipients
+        ]
+    audit.record_many(session, events)
 
 
 def store_notice(

@@ -32,7 +32,7 @@ from mss.errors import (
     EntryRevoked,
     TooManyAttempts,
 )
-from mss.models import AuditEvent, WebSession
+from mss.models import AuditEvent, Delivery, MailboxItem, Message, WebSession
 from mss.relay import RelayServer, replies
 from mss.web import create_app
 
@@ -173,6 +173,46 @@ def test_revocation_between_rcpt_and_data_refuses_the_message(stack) -> None:  #
     assert stack.counts() == before
     refusals = events(stack, "smtp.refused", SENDER)
     assert refusals and "certificate-revoked" in refusals[-1].detail
+
+
+def test_recipient_revoked_between_rcpt_and_data_is_refused_at_data(stack) -> None:  # type: ignore[no-untyped-def]
+    # One transaction: the recipient passed RCPT, then its entry was revoked; what RCPT
+    # looked up is not trusted at DATA.
+    before = stack.counts()
+    client = login(stack, SENDER)
+    assert client.mail(SENDER)[0] == 250
+    assert client.rcpt(READER)[0] == 250
+    with session_scope(stack.rt.engine) as session:
+        service.revoke_entry(session, READER, reason="struck off", actor="test")
+    assert client.data(letter()) == code_of(replies.REVOKED_RECIPIENT)
+    # The session goes on; the next transaction is refused at RCPT already.
+    assert client.mail(SENDER)[0] == 250
+    assert client.rcpt(READER) == code_of(replies.REVOKED_RECIPIENT)
+    client.close()
+    assert stack.counts() == before
+
+
+def test_certificate_revoked_between_rcpt_and_data_drops_that_recipient(stack) -> None:  # type: ignore[no-untyped-def]
+    client = login(stack, SENDER)
+    assert client.mail(SENDER)[0] == 250
+    assert client.rcpt(RECIPIENTS[0])[0] == 250
+    assert client.rcpt(RECIPIENTS[1])[0] == 250
+    with session_scope(stack.rt.engine) as session:
+        certificates.revoke_for_address(session, stack.settings, RECIPIENTS[1], reason="keyCompromise", actor="test")
+    ident = queue_id(client.data(letter(recipients=RECIPIENTS)))
+    client.quit()
+    with session_scope(stack.rt.engine) as session:
+        row = session.execute(select(Message).where(Message.queue_id == ident)).scalars().one()
+        deliveries = dict(
+            session.execute(select(Delivery.recipient, Delivery.status).where(Delivery.message_id == row.id)).all()
+        )
+        inboxes = set(
+            session.execute(
+                select(MailboxItem.owner).where(MailboxItem.message_id == row.id, MailboxItem.folder == "inbox")
+            ).scalars()
+        )
+    assert deliveries == {RECIPIENTS[0]: "delivered", RECIPIENTS[1]: "failed"}
+    assert inboxes == {RECIPIENTS[0]}
 
 
 def test_compromised_key_is_never_used_again(stack, web) -> None:  # type: ignore[no-untyped-def]
