@@ -355,6 +355,41 @@ def operator_address(settings: Settings) -> str:
     return f"postmaster@{settings.domains[0]}"
 
 
+def current_operator_identity(
+    session: Session, master_key: MasterKey
+) -> tuple[rsa.RSAPrivateKey, x509.Certificate] | None:
+    """The operator's receipt-signing key and certificate as they stand, or None when they
+    must be made (none yet, revoked, or within 30 days of the end). Reads only: it may run
+    in a read-only transaction. Raises CryptoError when the sealed key does not open."""
+    secret = session.get(SealedSecret, OPERATOR_KEY_SECRET)
+    if secret is None:
+        return None
+    key = _operator_key(master_key, secret.value)
+    cutoff = utcnow() + OPERATOR_RENEW_MARGIN
+    for row in session.execute(_current_query([OPERATOR], OPERATOR)).scalars():
+        certificate = x509.load_der_x509_certificate(row.der)
+        if row.not_after > cutoff and keys.key_matches_certificate(key, certificate):
+            return key, certificate
+    return None
+
+
+# The operator's key as opened from its sealed form, by the master key that opened it and
+# those sealed bytes (a new key is new bytes). Parsing an RSA key with its checks costs
+# more than signing a receipt with it.
+_OPENED_KEYS: dict[tuple[MasterKey, bytes], rsa.RSAPrivateKey] = {}
+
+
+def _operator_key(master_key: MasterKey, sealed: bytes) -> rsa.RSAPrivateKey:
+    key = _OPENED_KEYS.get((master_key, sealed))
+    if key is None:
+        opened = keys.private_key_from_der(master_key.open(sealed), authenticated=True)
+        if not isinstance(opened, rsa.RSAPrivateKey):
+            raise CryptoError("the operator's sealed key is not an RSA key")
+        _OPENED_KEYS.clear()  # one operator key at a time
+        key = _OPENED_KEYS[(master_key, sealed)] = opened
+    return key
+
+
 def operator_identity(
     session: Session, settings: Settings, master_key: MasterKey
 ) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
@@ -366,16 +401,10 @@ def operator_identity(
     not open with this master key.
     """
     _lock(session, _OPERATOR_LOCK)
+    current = current_operator_identity(session, master_key)
+    if current is not None:
+        return current
     secret = session.get(SealedSecret, OPERATOR_KEY_SECRET)
-    if secret is not None:
-        key = keys.private_key_from_der(master_key.open(secret.value), authenticated=True)
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise CryptoError("the operator's sealed key is not an RSA key")
-        cutoff = utcnow() + OPERATOR_RENEW_MARGIN
-        for row in session.execute(_current_query([OPERATOR], OPERATOR)).scalars():
-            certificate = x509.load_der_x509_certificate(row.der)
-            if row.not_after > cutoff and keys.key_matches_certificate(key, certificate):
-                return key, certificate
     ca = pki.load_ca(settings)
     key, certificate = pki.issue_operator_certificate(
         ca,

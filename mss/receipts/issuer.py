@@ -21,6 +21,7 @@ from email.message import EmailMessage
 from typing import Final
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 from sqlmodel import Session, col
 
@@ -65,12 +66,32 @@ def reporter(settings: Settings) -> str:
     return settings.pki.hostnames[0] if settings.pki.hostnames else socket.getfqdn()
 
 
+OperatorIdentity = tuple[rsa.RSAPrivateKey, x509.Certificate]
+
+
 def seal(session: Session, rt: Runtime, notification: EmailMessage, reader_certificate: x509.Certificate) -> bytes:
     """A notification signed with the operator's certificate and encrypted to its reader
     (the RFC 8551 signed-data entity inside the envelope, as every stored message)."""
-    key, operator_certificate = certificates.operator_identity(session, rt.settings, rt.master_key)
+    return _sealed(
+        certificates.operator_identity(session, rt.settings, rt.master_key), notification, reader_certificate
+    )
+
+
+def _sealed(identity: OperatorIdentity, notification: EmailMessage, reader_certificate: x509.Certificate) -> bytes:
+    key, operator_certificate = identity
     entity = notification.as_bytes(policy=email.policy.SMTP)
     return smime.encrypt(smime.signed_entity(smime.sign(entity, operator_certificate, key)), [reader_certificate])
+
+
+def _operator_identity(rt: Runtime) -> OperatorIdentity:
+    """The operator's signing identity, read in a read-only transaction as it usually
+    stands; made (in a write transaction) the first time, or when it must be renewed."""
+    with session_scope(rt.engine, readonly=True) as session:
+        current = certificates.current_operator_identity(session, rt.master_key)
+    if current is not None:
+        return current
+    with session_scope(rt.engine) as session:
+        return certificates.operator_identity(session, rt.settings, rt.master_key)
 
 
 def notice(
@@ -86,6 +107,22 @@ def notice(
     reader_certificate: x509.Certificate,
 ) -> Notice:
     """A sealed notification with the metadata its reader's mailbox lists."""
+    identity = certificates.operator_identity(session, rt.settings, rt.master_key)
+    return _notice(identity, notification, kind=kind, status=status, recipients=recipients, reason=reason,
+                   reader=reader, reader_certificate=reader_certificate)  # fmt: skip
+
+
+def _notice(
+    identity: OperatorIdentity,
+    notification: EmailMessage,
+    *,
+    kind: str,
+    status: str,
+    recipients: Sequence[str],
+    reason: str,
+    reader: str,
+    reader_certificate: x509.Certificate,
+) -> Notice:
     meta = MessageMeta(
         sender=str(notification["From"].addresses[0].addr_spec).lower(),
         recipients=[reader],
@@ -98,7 +135,7 @@ def notice(
         status=status,
         recipients=tuple(recipients),
         reason=reason,
-        cms=seal(session, rt, notification, reader_certificate),
+        cms=_sealed(identity, notification, reader_certificate),
         meta=meta,
     )
 
@@ -169,35 +206,34 @@ def for_submission(
             )
     if not wanted and not mdns:
         return []
-    with session_scope(rt.engine) as session:
-        notices = [
-            notice(
-                session,
-                rt,
-                dsn,
-                kind="dsn",
-                status=status,
-                recipients=addresses,
-                reason=reason,
-                reader=meta.sender,
-                reader_certificate=sender_certificate,
-            )
-            for status, addresses, dsn, reason in wanted
-        ]
-        notices += [
-            notice(
-                session,
-                rt,
-                mdn,
-                kind="mdn",
-                status=PROCESSED,
-                recipients=[address],
-                reason="",
-                reader=meta.sender,
-                reader_certificate=sender_certificate,
-            )
-            for address, mdn in mdns
-        ]
+    # Signed outside any transaction: the identity is read in a read-only one.
+    identity = _operator_identity(rt)
+    notices = [
+        _notice(
+            identity,
+            dsn,
+            kind="dsn",
+            status=status,
+            recipients=addresses,
+            reason=reason,
+            reader=meta.sender,
+            reader_certificate=sender_certificate,
+        )
+        for status, addresses, dsn, reason in wanted
+    ]
+    notices += [
+        _notice(
+            identity,
+            mdn,
+            kind="mdn",
+            status=PROCESSED,
+            recipients=[address],
+            reason="",
+            reader=meta.sender,
+            reader_certificate=sender_certificate,
+        )
+        for address, mdn in mdns
+    ]
     return notices
 
 
