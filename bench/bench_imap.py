@@ -300,8 +300,16 @@ def main() -> None:
         os.chown(path, nobody.pw_uid, nobody.pw_gid)
 
     mss_cli = str(Path(sys.executable).parent / "mss")
+    # The server runs this tree's code, as this process does (not whatever the virtualenv's
+    # own install of mss points to).
+    path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
     servers = [
-        subprocess.Popen([mss_cli, "serve", "imap"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen(
+            [mss_cli, "serve", "imap"],
+            env={**env, "PYTHONPATH": path},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
         subprocess.Popen(
             ["/usr/sbin/dovecot", "-F", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         ),

@@ -19,7 +19,7 @@ from imapclient import IMAPClient
 from sqlalchemy import func, select
 
 from directory import service
-from mss import accounts
+from mss import accounts, audit
 from mss.db import session_scope
 from mss.imap import ImapServer
 from mss.mailbox import served
@@ -252,6 +252,79 @@ def test_reading_in_the_client_is_an_opening_with_its_read_receipt(rt, imap, doc
         displayed = session.execute(select(Receipt).where(Receipt.status == "displayed")).scalars().all()
         assert [(r.recipient, r.kind) for r in displayed] == [(gp.address, "mdn")]
     client.logout()
+
+
+def _until(sock: socket.socket, data: bytes, pattern: bytes) -> bytes:
+    """Read on until ``pattern`` shows in what the server said."""
+    while not re.search(pattern, data):
+        chunk = sock.recv(65536)
+        assert chunk, data[-300:]
+        data += chunk
+    return data
+
+
+def test_pipelined_fetches_are_each_an_opening_committed_before_any_reply(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]
+    queue_ids = [submit(rt, doctor, [gp.address], f"Avis {n}", "x\n").queue_id for n in range(3)]
+    sock = _tls(rt, imap.tls_port)
+    _login_raw(sock, gp)
+    assert b"s1 OK" in _exchange(sock, b"s1 SELECT INBOX\r\n")
+    # What mbsync does: many UID FETCH at once, one message each (here the first one twice,
+    # and one that sets \Seen), then a command with a synchronising literal, which the
+    # server must ask for in its turn.
+    sock.sendall(
+        b"p1 UID FETCH 1 (BODY.PEEK[])\r\np2 UID FETCH 2 (BODY.PEEK[])\r\np3 UID FETCH 1 (BODY.PEEK[])\r\n"
+        b"p4 UID FETCH 3 (UID BODY[])\r\np5 UID SEARCH SUBJECT {4}\r\n"
+    )
+    said = _until(sock, b"", rb"\* \d+ FETCH \(")
+    # The first body is on its way: every opening of the pipeline is already in the trail.
+    assert [e.object for e in _events(rt, "message.open")] == [queue_ids[0], queue_ids[1], queue_ids[0], queue_ids[2]]
+    said = _until(sock, said, rb"p4 OK[^\r]*\r\n\+[^\r]*\r\n$")
+    assert said.count(b"Subject: Avis 0") == 2 and said.count(b"Subject: Avis 1") == 1 and b"Subject: Avis 2" in said
+    assert [int(t[1:]) for t in re.findall(rb"(p\d) OK", said)] == [1, 2, 3, 4]
+    said = _exchange(sock, b"Avis\r\n")
+    assert b"* SEARCH 1 2 3" in said and b"p5 OK" in said
+    assert len(_events(rt, "message.open")) == 4
+    # Commands read ahead run in their turn: a FETCH, then NOOP and IDLE behind it.
+    sock.sendall(b"q1 UID FETCH 2 (BODY.PEEK[])\r\nq2 NOOP\r\nq3 IDLE\r\n")
+    said = _until(sock, b"", rb"q2 OK[^\r]*\r\n\+[^\r]*\r\n$")
+    assert said.index(b"q1 OK") < said.index(b"q2 OK")
+    assert b"q3 OK" in _exchange(sock, b"DONE\r\n")
+    assert len(_events(rt, "message.open")) == 5
+    with session_scope(rt.engine) as session:
+        unread = session.execute(
+            select(func.count())
+            .select_from(MailboxItem)
+            .where(MailboxItem.owner == gp.address, MailboxItem.unread.is_(True))
+        ).scalar()
+        assert unread == 2  # the BODY[] fetch displayed its message, the PEEKs did not
+        assert audit.verify(session, rt.master_key).ok
+
+    # Revoked between two pipelines: the next one is refused, and nothing more is opened.
+    with session_scope(rt.engine) as session:
+        service.revoke_entry(session, gp.address, reason="left the practice", actor="test")
+    sock.sendall(b"r1 UID FETCH 1 (BODY.PEEK[])\r\nr2 UID FETCH 2 (BODY.PEEK[])\r\n")
+    said = b""
+    while chunk := sock.recv(65536):
+        said += chunk
+    assert b"* BYE [AUTHORIZATIONFAILED]" in said and b"revoked" in said and b"FETCH (" not in said
+    assert len(_events(rt, "message.open")) == 5
+
+
+def test_mail_encrypted_to_a_past_certificate_is_served_after_a_rekey(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]
+    submit(rt, doctor, [gp.address], "Avant la nouvelle clé", "x\n")
+    with session_scope(rt.engine) as session:
+        accounts.rekey(session, rt.settings, gp.address, password=gp.password, actor="test")
+    submit(rt, doctor, [gp.address], "Après la nouvelle clé", "x\n")
+    sock = _tls(rt, imap.tls_port)
+    _login_raw(sock, gp)
+    assert b"s1 OK" in _exchange(sock, b"s1 SELECT INBOX\r\n")
+    # Both in one pipeline: the older one opens with the past key, the newer with the new one.
+    said = _exchange(sock, b"p1 UID FETCH 1 (BODY.PEEK[])\r\np2 UID FETCH 2 (BODY.PEEK[])\r\n")
+    if b"p2 OK" not in said:
+        said = _until(sock, said, rb"p2 OK[^\r]*\r\n$")
+    assert b"p1 OK" in said and said.count(b"X-MSS-Signature: valid") == 2
+    assert len(_events(rt, "message.open")) == 2
+    sock.close()
 
 
 def test_idle_reports_mail_stored_by_another_process(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]

@@ -5,7 +5,8 @@
   ``mss.mailbox.served`` (UIDs, flags, moves, what a client receives);
 - ``server``: the STARTTLS and implicit TLS listeners, logins through ``mss.accounts``,
   standing re-checked before every command, limits and timeouts; ``serve_imap`` for a
-  process, ``ImapServer`` for tests and benchmarks.
+  process, ``ImapServer`` for tests and benchmarks;
+- ``workers``: the envelopes of the bodies served opened in worker processes.
 
 pymap (an asyncio IMAP server library) parses the protocol and writes responses; nothing of
 mss's rules lives in it or here.

@@ -4,9 +4,16 @@ pymap parses commands and writes responses; a ``MailSession`` answers each opera
 calling ``mss.mailbox.sync`` (UIDs, flags, copies, moves, expunges, openings) and
 ``mss.mailbox.served`` (what a client receives), in worker threads since they block. A
 message is a ``MailMessage``: its UID, flags and arrival; its content is loaded per message
-while its FETCH response is written, so a FETCH of a whole folder holds one message at a
-time. Listings (ENVELOPE, BODYSTRUCTURE, RFC822.SIZE, header fields, SEARCH) are answered
-from the sealed metadata (``HeaderOnly``); only a body section decrypts (``Decrypted``).
+while its FETCH response is written, so a FETCH of a whole folder holds a few messages at a
+time (the one written and those decrypted ahead). Listings (ENVELOPE, BODYSTRUCTURE,
+RFC822.SIZE, header fields, SEARCH) are answered from the sealed metadata (``HeaderOnly``);
+only a body section decrypts (``Decrypted``).
+
+Every body fetched is a ``message.open`` event committed before a byte of it is sent. The
+openings of several FETCH commands can be committed at once (``open_ahead``: the connection
+read them ahead in what the client pipelined); the bodies are decrypted ahead of the one
+being written (``PREFETCH``), while the openings commit and the responses are written, their
+envelopes opened a few at a time in worker processes (``mss.imap.workers``).
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import email.policy
-from collections.abc import Iterable, Sequence
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 from pymap.bytes import Writeable
@@ -37,7 +46,7 @@ from pymap.search import SearchCriteriaSet, SearchParams
 from pymap.selected import SelectedMailbox
 
 from mss.accounts import UnlockedAccount
-from mss.imap import replies
+from mss.imap import replies, workers
 from mss.mailbox import served, sync
 from mss.mailbox.sync import FolderState, ItemState
 from mss.runtime import Runtime
@@ -49,7 +58,10 @@ DELIMITER = "/"
 PERMANENT_FLAGS = frozenset({Seen, Flagged, Answered, Deleted})
 _FLAG_NAMES = {Seen: "seen", Flagged: sync.FLAGGED, Answered: sync.ANSWERED, Deleted: sync.DELETED}
 _HEADER_SPECIFIERS = (b"HEADER", b"HEADER.FIELDS", b"HEADER.FIELDS.NOT")
-PREFETCH = 2  # bodies decrypted ahead, while the openings of a FETCH are committed
+PREFETCH = 4  # bodies decrypted ahead of the one being written (held in memory meanwhile) ...
+OPEN_TOGETHER = 4  # ... their envelopes opened a few in one task of a worker process
+ROWS_AHEAD = 16  # stored messages read at once for the bodies to write next ...
+ROWS_BYTES = 1 << 20  # ... as long as their envelopes fit in this many bytes
 
 
 def folder_of(name: str) -> str:
@@ -144,6 +156,7 @@ class _Kept(BodyStructure):
         self._bytes = extended
 
     @property
+    # pymap declares it as an attribute; computed here from the kept bytes
     def extended(self) -> Writeable:  # type: ignore[override]
         return Writeable.wrap(self._bytes)
 
@@ -177,25 +190,52 @@ class HeaderOnly(BaseLoadedMessage):
 
 
 class Decrypted(BaseLoadedMessage):
-    """A message with its served bytes (decrypted, or the envelope in end-to-end mode)."""
+    """A message with its served bytes (decrypted, or the envelope in end-to-end mode),
+    MIME-parsed only when a part of it is asked for: ``BODY[]`` is the bytes as they are."""
 
     def __init__(
-        self,
-        message: MessageInterface,
-        requirement: FetchRequirement,
-        content: MessageContent,
-        shape: served.Shape | None,
+        self, message: MessageInterface, requirement: FetchRequirement, data: bytes, structure: str | None
     ) -> None:
-        super().__init__(message, requirement, content)
-        self._shape = shape
+        super().__init__(message, requirement, None)
+        self._data = data
+        self._structure = structure  # the BODYSTRUCTURE kept for a multipart entity
+
+    @property
+    def content(self) -> MessageContent:
+        if self._content is None:
+            self._content = MessageContent.parse(self._data)
+        return self._content
+
+    def __bytes__(self) -> bytes:
+        return self._data
+
+    def get_body(self, section: Sequence[int] | None = None, binary: bool = False) -> Writeable:
+        if not section and not binary:
+            return Writeable.wrap(self._data)
+        return super().get_body(section, binary)
+
+    def get_size(self, section: Sequence[int] | None = None) -> int:
+        return super().get_size(section) if section else len(self._data)
 
     def get_body_structure(self) -> BodyStructure:
-        if self._shape is not None and self._shape.structure:
-            return _Kept(self._shape.structure.encode("latin-1"))
+        if self._structure:
+            return _Kept(self._structure.encode("latin-1"))
         if self.content.body.content_type.maintype == "multipart":
             return super().get_body_structure()
         body = bytes(self.content.body)
         return _structure(self.content, len(body), _lines(body))
+
+
+def _given(entity: bytes | None) -> Callable[[bytes, UnlockedAccount], bytes | None]:
+    """An opener for ``sync.render`` that hands over the content of an envelope opened
+    already (None when it was not)."""
+    return lambda _envelope, _reader: entity
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Marks the outcome of a body decrypted ahead as seen (it may never be used)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _lines(body: bytes) -> int:
@@ -244,7 +284,18 @@ class MailSession(SessionInterface):
         self.fetch_attributes: Sequence[FetchAttribute] = ()
         self._states: dict[str, FolderState] = {}
         self._details: dict[int, sync.Details] = {}
-        self._prefetched: dict[int, sync.Served] = {}
+        # FETCH commands still to run whose openings are already committed, in order: their
+        # sequence set, the messages it named then, and the folder's version then.
+        self._recorded: deque[tuple[SequenceSet, list[tuple[int, MailMessage]], int]] = deque()
+        self._version = 0  # bumped whenever the selected folder's messages are replaced or added
+        self._plan: deque[int] = deque()  # bodies to write next, not yet being decrypted
+        # The bodies planned, in order, and each one's first place among them.
+        self._planned: tuple[list[int], dict[int, int]] = ([], {})
+        self._rows: dict[int, sync.Stored] = {}  # read with an earlier body, not served yet
+        self._rows_lock = threading.Lock()
+        # Bodies being decrypted, in order: each one's row id, the task that renders it with
+        # others, and its place in that task's results.
+        self._decrypting: deque[tuple[int, asyncio.Future[list[sync.Served | None]], int]] = deque()
 
     # -- SessionInterface basics --
 
@@ -258,6 +309,9 @@ class MailSession(SessionInterface):
 
     def close(self) -> None:
         self._details.clear()
+        self._plan.clear()
+        self._decrypting.clear()
+        self._rows = {}
 
     async def cleanup(self) -> None:
         pass
@@ -317,6 +371,7 @@ class MailSession(SessionInterface):
                 return selected
         state = await self._state(folder)
         selected.set_messages(self._messages(state))
+        self._version += 1
         return selected
 
     async def _appended(self, selected: SelectedMailbox, known: FolderState, current: tuple[int, ...]) -> bool:
@@ -344,6 +399,7 @@ class MailSession(SessionInterface):
         )
         self._states[known.folder] = merged
         selected.add_updates([MailMessage(item, self) for item in added], [])
+        self._version += 1
         return True
 
     async def list_mailboxes(
@@ -392,6 +448,7 @@ class MailSession(SessionInterface):
             lookup=folder,
         )
         selected.set_messages(self._messages(state))
+        self._version += 1
         return self._snapshot(state, readonly), selected
 
     async def check_mailbox(
@@ -422,26 +479,21 @@ class MailSession(SessionInterface):
             return BaseLoadedMessage(message, requirement, None)
         item = message.item
         if requirement & FetchRequirement.BODY and needs_body(self.fetch_attributes):
-            result = self._prefetched.pop(item.item_id, None)
-            if result is None:
-                result = await self._call(sync.render, self.rt, self.account, item.item_id, self._mode)
-            content = MessageContent.parse(result.data)
+            result = await self._body(item.item_id)
             structure = None
             if result.facts is not None:
                 # A first opening: keep its shape, with the structure of a multipart entity.
+                content = MessageContent.parse(result.data)
                 if content.body.content_type.maintype == "multipart":
                     structure = bytes(
                         BaseLoadedMessage(message, requirement, content).get_body_structure().extended
                     ).decode("latin-1")
                 await self._call(sync.remember, self.rt, result.facts, structure)
                 self._details.pop(item.item_id, None)
-            shape = None
-            if structure:
-                shape = served.Shape(header=b"", body_size=0, body_lines=0, structure=structure)
-            else:
-                details = await self._detail(item)
-                shape = served.shape(details.meta, self._mode, details.cms_size, details.facts)
-            return Decrypted(message, requirement, content, shape)
+            if not structure and self._mode == served.DECRYPTED:
+                facts = (await self._detail(item)).facts or {}
+                structure = str(facts["structure"]) if facts.get("structure") else None
+            return Decrypted(message, requirement, result.data, structure)
         details = await self._detail(item)
         shape = served.shape(details.meta, self._mode, details.cms_size, details.facts)
         if shape is None:
@@ -480,40 +532,163 @@ class MailSession(SessionInterface):
                 raise replies.Cannot(replies.EXPUNGED)
         return found
 
-    async def fetch_messages(
+    # -- bodies: openings recorded, then decrypted ahead --
+
+    def _served(self, item_id: int) -> sync.Served:
+        return sync.render(
+            self.rt, self.account, item_id, self._mode, opener=workers.open_envelope, row=self._row(item_id)
+        )
+
+    def _served_together(self, item_ids: list[int]) -> list[sync.Served | None]:
+        """Several bodies, their envelopes opened in one task of a worker process; None for
+        one that failed (``_body`` renders it again alone, to report its error)."""
+        rows = [self._row(item_id) for item_id in item_ids]
+        opened: list[bytes | None] = [None] * len(rows)
+        if self._mode == served.DECRYPTED:
+            found = [(place, row) for place, row in enumerate(rows) if row is not None]
+            for (place, _row), entity in zip(
+                found, workers.open_envelopes([r.cms for _p, r in found], self.account), strict=True
+            ):
+                opened[place] = entity
+        results: list[sync.Served | None] = []
+        for item_id, row, entity in zip(item_ids, rows, opened, strict=True):
+            try:
+                results.append(sync.render(self.rt, self.account, item_id, self._mode, opener=_given(entity), row=row))
+            except Exception:  # noqa: BLE001  (rendered again alone, where its error is raised)
+                results.append(None)
+        return results
+
+    def _row(self, item_id: int) -> sync.Stored | None:
+        """The stored message of a row, read with those of the bodies planned after it."""
+        with self._rows_lock:  # worker threads only
+            rows = self._rows
+            row = rows.pop(item_id, None)
+            if row is None:
+                planned, places = self._planned
+                place = places.get(item_id, len(planned))
+                wanted = [item_id, *(i for i in planned[place + 1 : place + 1 + ROWS_AHEAD] if i not in rows)]
+                rows.update(sync.stored(self.rt.engine, self.owner, wanted, budget=ROWS_BYTES))
+                row = rows.pop(item_id, None)
+        return row
+
+    def _decrypt_ahead(self, item_ids: Iterable[int]) -> None:
+        """Decrypt these bodies, in the order their responses will be written, at most
+        ``PREFETCH`` at a time ahead of the one being written."""
+        planned = list(item_ids)
+        places: dict[int, int] = {}
+        for place, item_id in enumerate(planned):
+            places.setdefault(item_id, place)
+        self._planned = (planned, places)
+        self._plan = deque(planned)
+        self._rows = {}
+        self._decrypting.clear()
+        self._top_up()
+
+    def _top_up(self) -> None:
+        while self._plan and len(self._decrypting) < PREFETCH:
+            together = [self._plan.popleft() for _n in range(min(OPEN_TOGETHER, len(self._plan)))]
+            task = asyncio.ensure_future(self._call(self._served_together, together))
+            task.add_done_callback(_retrieved)
+            self._decrypting.extend((item_id, task, place) for place, item_id in enumerate(together))
+
+    async def _body(self, item_id: int) -> sync.Served:
+        """The served bytes of a row: decrypted ahead if planned, else now."""
+        task, place = None, 0
+        if any(planned == item_id for planned, _task, _place in self._decrypting):
+            while task is None:
+                planned, ahead, at = self._decrypting.popleft()
+                if planned == item_id:
+                    task, place = ahead, at
+        self._top_up()
+        result = (await task)[place] if task is not None else None
+        if result is None:
+            return await self._call(self._served, item_id)
+        return result
+
+    def _resolve(self, selected: SelectedMailbox, sets: Sequence[SequenceSet]) -> list[list[tuple[int, MailMessage]]]:
+        """The messages each sequence set names, UID sets looked up in one pass (pymap's
+        lookup reads the whole folder for each set)."""
+        messages = selected.messages
+        if len(sets) < 2 or not all(s.uid for s in sets):
+            return [_ours(messages.get_all(s)) for s in sets]
+        wanted = [s.flatten(messages.max_uid) for s in sets]
+        union = frozenset().union(*wanted)
+        if not union:
+            return [[] for _s in sets]
+        found = {msg.uid: (seq, msg) for seq, msg in _ours(messages.get_all(SequenceSet.build(union, uid=True)))}
+        return [[found[uid] for uid in sorted(uids) if uid in found] for uids in wanted]
+
+    def opened_ahead(self, sequence_set: SequenceSet) -> bool:
+        """True when the openings of the FETCH of ``sequence_set`` were committed ahead."""
+        return bool(self._recorded) and self._recorded[0][0] is sequence_set
+
+    async def open_ahead(self, selected: SelectedMailbox, fetches: Sequence[tuple[SequenceSet, bool]]) -> None:
+        """Commit at once the openings of several body FETCH commands, in the order they run:
+        the one about to run, then those the client pipelined behind it (each a sequence
+        set, and whether it sets \\Seen). Their bodies start decrypting meanwhile."""
+        chosen = self._resolve(selected, [sequence_set for sequence_set, _seen in fetches])
+        item_ids = [m.item.item_id for named in chosen for _seq, m in named]
+        seen = [
+            m.item.item_id
+            for named, (_s, set_seen) in zip(chosen, fetches, strict=True)
+            if set_seen
+            for _seq, m in named
+        ]
+        self._recorded.clear()
+        self._decrypt_ahead(item_ids)
+        await self._call(
+            sync.record_openings,
+            self.rt,
+            self.owner,
+            selected.lookup,
+            item_ids,
+            mode=self._mode,
+            seen=seen,
+            request_id=self.request_id,
+        )
+        self._recorded.extend((s, named, self._version) for (s, _seen), named in zip(fetches, chosen, strict=True))
+
+    async def fetch_messages(  # type: ignore[override]  # pymap's state takes None: no updates to look for
         self, selected: SelectedMailbox, sequence_set: SequenceSet, set_seen: bool
-    ) -> tuple[Iterable[tuple[int, MessageInterface]], SelectedMailbox]:
-        chosen = _ours(selected.messages.get_all(sequence_set))
-        self._prefetched.clear()
+    ) -> tuple[Iterable[tuple[int, MessageInterface]], SelectedMailbox | None]:
+        recorded: list[tuple[int, MailMessage]] = []
+        chosen = None
+        if self._recorded and self._recorded[0][0] is sequence_set:
+            _s, recorded, version = self._recorded.popleft()
+            if version == self._version:
+                chosen = recorded
+        else:
+            self._recorded.clear()
+        if chosen is None:
+            chosen = _ours(selected.messages.get_all(sequence_set))
         if needs_body(self.fetch_attributes) and chosen:
             # Each body a client fetches is an opening, audited before it is sent; a FETCH
-            # that sets \Seen displays the message (read receipt as in the web). The first
-            # few bodies are decrypted while the audit commits (nothing is sent before it).
-            ahead = [m.item for _s, m in chosen[:PREFETCH]]
-            opened, *rendered = await asyncio.gather(
-                self._call(
+            # that sets \Seen displays the message (read receipt as in the web). Openings
+            # committed ahead (open_ahead) are not recorded twice; anything the set names
+            # beyond them is, now.
+            missing = list(
+                (Counter(m.item.item_id for _s, m in chosen) - Counter(m.item.item_id for _s, m in recorded)).elements()
+            )
+            if missing:
+                if not recorded:
+                    self._decrypt_ahead(m.item.item_id for _s, m in chosen)
+                await self._call(
                     sync.record_openings,
                     self.rt,
                     self.owner,
                     selected.lookup,
-                    [m.item.item_id for _s, m in chosen],
+                    missing,
                     mode=self._mode,
-                    seen=set_seen,
+                    seen=missing if set_seen else (),
                     request_id=self.request_id,
-                ),
-                *(self._call(sync.render, self.rt, self.account, item.item_id, self._mode) for item in ahead),
-                return_exceptions=True,
-            )
-            if isinstance(opened, BaseException):
-                raise opened
-            self._prefetched = {
-                item.item_id: result
-                for item, result in zip(ahead, rendered, strict=True)
-                if not isinstance(result, BaseException)
-            }
+                )
         if set_seen:
             await self._refresh(selected, force=True)
             chosen = [(seq, cast(MailMessage, selected.messages.get(msg.uid) or msg)) for seq, msg in chosen]
+        elif sequence_set.uid:
+            # Nothing changed in the folder: no need for pymap to compare it (a copy of the
+            # whole folder's state per command) to find updates to report.
+            return chosen, None
         return chosen, selected
 
     async def search_mailbox(

@@ -11,6 +11,11 @@ door and our limits on the wire:
   before every command, and at every poll while it IDLEs: a revocation, a disabled account
   or a revoked certificate ends it at the latest at its next command, or within
   ``MSS_IMAP_POLL_SECONDS`` while idling, with a ``BYE``;
+- a FETCH of bodies reads ahead the FETCH commands of bodies the client already pipelined
+  behind it (never waiting for the network, at most ``READ_AHEAD``), checks the standing
+  once for all of them (each arrived before that check) and has their openings committed
+  at once before anything is written; such a command, when its turn comes within
+  ``STANDING_REUSE_SECONDS`` of that check, is not checked again;
 - bounded memory: command lines up to ``LINE_LIMIT``, literals up to ``MSS_IMAP_MAX_LITERAL``
   (a larger one is refused before it is read), FETCH responses written one message at a
   time, a client that stops reading is cut after ``MSS_IMAP_TIMEOUT``; silent clients are
@@ -27,6 +32,8 @@ import secrets
 import threading
 import time
 from argparse import Namespace
+from collections import deque
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any, Final
 
@@ -36,18 +43,20 @@ from pymap.config import BackendCapability, IMAPConfig
 from pymap.context import connection_exit
 from pymap.imap import IMAPConnection
 from pymap.imap.state import ConnectionState
-from pymap.parsing.command import CommandAuth, CommandNoArgs
+from pymap.parsing.command import Command, CommandAuth, CommandNoArgs
 from pymap.parsing.command.any import LogoutCommand
+from pymap.parsing.command.select import FetchCommand
 from pymap.parsing.commands import Commands
 from pymap.parsing.response import Response, ResponseBye, ResponseNo, ResponseOk, UntaggedResponse
+from pymap.parsing.state import ParsingInterrupt, ParsingState
 from pysasl import SASLAuth
 from pysasl.mechanism.plain import PlainMechanism
 
 from mss import accounts, standing
 from mss.db import session_scope
 from mss.errors import AccountLocked, BadCredentials, StandingError, TooManyAttempts
-from mss.imap import replies
-from mss.imap.backend import MailSession
+from mss.imap import replies, workers
+from mss.imap.backend import MailSession, needs_body
 from mss.relay.tls import server_context
 from mss.runtime import Runtime
 
@@ -56,6 +65,8 @@ log = logging.getLogger("mss.imap")
 LINE_LIMIT: Final = 64 * 1024  # one command line (literals apart)
 MAX_CREDENTIAL: Final = 1024  # longer than any address or sensible password
 SSL_SHUTDOWN_TIMEOUT: Final = 1.0
+READ_AHEAD: Final = 64  # pipelined FETCH commands whose openings are committed at once
+STANDING_REUSE_SECONDS: Final = 1.0  # a standing check covers the commands read ahead for so long
 _LITERAL: Final = re.compile(rb"\{(\d{1,12})(\+?)\}\r?\n$")
 
 
@@ -123,7 +134,15 @@ class _Secret:
 class MailState(ConnectionState):
     """One connection's state: pymap's, with our login and standing checks."""
 
-    def __init__(self, rt: Runtime, config: MailConfig, client: str, request_id: str, kick: Any) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        config: MailConfig,
+        client: str,
+        request_id: str,
+        kick: Any,
+        pipelined: Callable[[Callable[[Command], bool], int], Any],
+    ) -> None:
         super().__init__(None, config)  # type: ignore[arg-type]  # logins go through _login below
         self.rt = rt
         self.client = client
@@ -131,9 +150,14 @@ class MailState(ConnectionState):
         self.secure = config.implicit_tls
         self.logged_in_at = 0.0
         self._kick = kick
+        self._pipelined = pipelined
+        # Commands read ahead whose standing was checked after they arrived, and when.
+        self._checked: deque[Command] = deque()
+        self._checked_at = 0.0
 
     @property
     def mail_session(self) -> MailSession | None:
+        # pymap's state holds the session this connection gave it: a MailSession
         return self._session  # type: ignore[return-value]
 
     async def do_greeting(self) -> ResponseOk:
@@ -185,6 +209,7 @@ class MailState(ConnectionState):
         except StandingError as exc:
             raise replies.LoginRefused(replies.standing_text(exc.message)) from None
         session = await MailSession(self.rt, account, self.request_id).begin()
+        # the session asks the connection, which knows when the login's standing was checked
         session.check_standing = self.check_standing  # type: ignore[method-assign]
         self.logged_in_at = time.monotonic()
         return session
@@ -210,9 +235,18 @@ class MailState(ConnectionState):
             standing.check(session, self.rt.settings, address)
 
     async def do_command(self, cmd: Any) -> Any:
-        if self._session is not None and not isinstance(cmd, LogoutCommand):
+        if self._session is not None and not isinstance(cmd, LogoutCommand) and not self._was_checked(cmd):
             await self.check_standing()
         return await super().do_command(cmd)
+
+    def _was_checked(self, cmd: Command) -> bool:
+        """True for a command read ahead, whose standing was checked after it arrived and
+        not longer than ``STANDING_REUSE_SECONDS`` ago."""
+        if not self._checked or self._checked[0] is not cmd:
+            self._checked.clear()
+            return False
+        self._checked.popleft()
+        return time.monotonic() - self._checked_at < STANDING_REUSE_SECONDS
 
     async def do_namespace(self, cmd: NamespaceCommand) -> Any:
         response = ResponseOk(cmd.tag, b"NAMESPACE completed.")
@@ -220,18 +254,38 @@ class MailState(ConnectionState):
         return response, None
 
     async def do_fetch(self, cmd: Any) -> Any:
-        self.session.fetch_attributes = cmd.attributes  # type: ignore[attr-defined]
+        session = self.mail_session
+        assert session is not None
+        session.fetch_attributes = cmd.attributes
+        if needs_body(cmd.attributes) and not session.opened_ahead(cmd.sequence_set):
+            # The body FETCH commands the client pipelined behind this one: their openings
+            # are committed with its own, after one standing check that covers them all.
+            behind = await self._pipelined(_body_fetch, READ_AHEAD)
+            if behind:
+                await self.check_standing()
+                self._checked.extend(behind)
+                self._checked_at = time.monotonic()
+                await session.open_ahead(self.selected, [(c.sequence_set, self._sets_seen(c)) for c in (cmd, *behind)])
         return await super().do_fetch(cmd)
 
+    def _sets_seen(self, cmd: FetchCommand) -> bool:
+        return not self.selected.readonly and any(attr.set_seen for attr in cmd.attributes)
+
     async def do_search(self, cmd: Any) -> Any:
+        # ours (MailSession); pymap types the session by its interface
         self.session.fetch_attributes = ()  # type: ignore[attr-defined]
         return await super().do_search(cmd)
 
 
-class MailConnection(IMAPConnection):
-    """pymap's connection loop with our timeouts and size limits."""
+def _body_fetch(cmd: Command) -> bool:
+    return isinstance(cmd, FetchCommand) and needs_body(cmd.attributes)
 
-    __slots__ = ["rt", "_closing"]
+
+class MailConnection(IMAPConnection):
+    """pymap's connection loop with our timeouts and size limits, and a look at the
+    commands a client pipelined (``pipelined``)."""
+
+    __slots__ = ["rt", "_closing", "_queued", "_held", "_next_line"]
 
     def __init__(
         self,
@@ -244,6 +298,56 @@ class MailConnection(IMAPConnection):
         super().__init__(config.commands, config, reader, writer, sock_info)
         self.rt = rt
         self._closing = False
+        self._queued: deque[Command] = deque()  # read ahead, run next in this order
+        self._held: memoryview | None = None  # a line read ahead that needs a continuation
+        self._next_line: asyncio.Future[memoryview] | None = None  # a read started ahead
+
+    async def read_command(self, state: Any) -> Command:
+        if self._queued:
+            return self._queued.popleft()
+        return await super().read_command(state)
+
+    async def pipelined(self, wanted: Callable[[Command], bool], limit: int) -> list[Command]:
+        """The commands behind the current one that the client already sent, as long as
+        ``wanted`` accepts them (at most ``limit``). Lines are taken from what arrived, never
+        waiting for the network; every command read stays queued to run in its turn, and a
+        line that needs a continuation (a synchronising literal) is left to the command loop."""
+        found: list[Command] = []
+        for cmd in self._queued:
+            if len(found) >= limit or not wanted(cmd):
+                return found
+            found.append(cmd)
+        while len(found) < limit and self._held is None:
+            line = await self._arrived_line()
+            if line is None:
+                break
+            try:
+                cmd, _ = self.commands.parse(line, self.params.copy(ParsingState(continuations=[])))
+            except ParsingInterrupt:
+                self._held = line
+                break
+            self._queued.append(cmd)
+            if not wanted(cmd):
+                break
+            found.append(cmd)
+        return found
+
+    async def _arrived_line(self) -> memoryview | None:
+        """The next line if it already arrived, else None (the read goes on, for ``readline``)."""
+        if self._next_line is None:
+            self._next_line = asyncio.ensure_future(self._read_line())
+            await asyncio.sleep(0)  # a line already buffered is read in this one step
+        task = self._next_line
+        if not task.done() or task.cancelled() or task.exception() is not None:
+            return None  # an error is raised to the command loop, in its turn
+        self._next_line = None
+        return task.result()
+
+    def stop_reading(self) -> None:
+        """Drop a read started ahead (the connection ends)."""
+        if self._next_line is not None:
+            self._next_line.cancel()
+            self._next_line = None
 
     @property
     def _timeout(self) -> float:
@@ -265,11 +369,21 @@ class MailConnection(IMAPConnection):
         self.writer.close()
 
     async def readline(self) -> memoryview:
+        if self._held is not None:
+            line, self._held = self._held, None
+            return line
+        if self._next_line is not None:
+            task, self._next_line = self._next_line, None
+            return await task
+        return await self._read_line()
+
+    async def _read_line(self) -> memoryview:
         try:
             async with asyncio.timeout(self._timeout):
                 buf = bytearray(await self.reader.readuntil(b"\n"))
                 while True:
                     match = _LITERAL.search(buf)
+                    # our MailConfig always sets max_filter_len (pymap's may leave it None)
                     if match is not None and len(buf) < LINE_LIMIT and int(match.group(1)) > self.config.max_filter_len:  # type: ignore[operator]
                         # Refused before a byte of it is read (RFC 7888: a non-synchronising
                         # literal cannot be refused politely; the connection ends).
@@ -278,6 +392,7 @@ class MailConnection(IMAPConnection):
                     if match is not None and match.group(2) == b"+":
                         buf += await self.reader.readexactly(int(match.group(1)))
                         buf += await self.reader.readuntil(b"\n")
+                        # our MailConfig always sets max_filter_len (pymap's may leave it None)
                         if len(buf) > LINE_LIMIT + self.config.max_filter_len:  # type: ignore[operator]
                             await self.kick(replies.LINE_TOO_LONG)
                             raise EOFError()
@@ -306,7 +421,7 @@ class MailConnection(IMAPConnection):
     async def write_response(self, resp: Any) -> None:
         """Write a response one message at a time: pymap buffers every untagged response of
         a command before draining; here each is drained before the next is loaded, so a
-        FETCH of a whole folder holds one message in memory, and a client that stops
+        FETCH of a whole folder holds a few messages in memory, and a client that stops
         reading is cut after ``MSS_IMAP_TIMEOUT``."""
         if self._closing:
             return
@@ -384,7 +499,7 @@ def connection_handler(rt: Runtime, config: MailConfig, registry: Registry) -> A
         client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         request_id = secrets.token_hex(8)
         conn = MailConnection(rt, config, reader, writer, SocketInfo.get(writer, None))
-        state = MailState(rt, config, client, request_id, conn.kick)
+        state = MailState(rt, config, client, request_id, conn.kick, conn.pipelined)
         registry.connections.add(conn)
         try:
             async with AsyncExitStack() as stack:
@@ -395,6 +510,7 @@ def connection_handler(rt: Runtime, config: MailConfig, registry: Registry) -> A
         except Exception:  # logged with its reference; the client sees a BYE, never the error
             log.exception("imap connection failed [%s]", request_id)
         finally:
+            conn.stop_reading()
             registry.connections.discard(conn)
             if state.mail_session is not None:
                 state.mail_session.close()
@@ -429,6 +545,7 @@ async def start_listeners(rt: Runtime, *, host: str, port: int, tls_port: int | 
     Raises ConfigError (TLS material) and OSError (an address cannot be bound).
     """
     context = server_context(rt.settings)
+    await asyncio.to_thread(workers.start)
     registry = Registry(rt.settings.imap.max_sessions)
     servers = [
         await asyncio.start_server(

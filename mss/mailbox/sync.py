@@ -23,7 +23,7 @@ event; a message that becomes ``\\Seen`` through a client counts as displayed, a
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -35,7 +35,7 @@ from sqlmodel import Session, col
 from directory import certificates
 from mss import audit
 from mss.accounts import UnlockedAccount, read_receipt_choice
-from mss.db import session_scope, utcnow
+from mss.db import key_of, session_scope, utcnow
 from mss.errors import MssError
 from mss.mailbox import served
 from mss.mailbox.content import decrypt_and_verify, open_envelope
@@ -419,7 +419,7 @@ def copy(
             session.add(new)
             copies.append((row.uid, new, row))
         session.flush()
-        given = _assign(session, owner, to, [new.id for _uid, new, _row in copies])  # type: ignore[misc]
+        given = _assign(session, owner, to, [key_of(new) for _uid, new, _row in copies])
         for _uid, new, row in copies:
             session.execute(
                 update(ClientItem)
@@ -439,7 +439,7 @@ def copy(
                 for _uid, new, _row in copies
             ],
         )
-        return [(uid, given[new.id]) for uid, new, _row in copies]  # type: ignore[index]
+        return [(uid, given[key_of(new)]) for uid, new, _row in copies]
 
 
 def _queue_id(session: Session, message_id: int) -> str:
@@ -579,25 +579,82 @@ class Served:
     facts: dict[str, object] | None  # entity facts to keep (first opening only), else None
 
 
-def render(rt: Runtime, reader: UnlockedAccount, item_id: int, mode: str) -> Served:
-    """The served bytes of one of ``reader``'s rows (blocking: RSA, AES). Raises
-    SyncError (not the reader's), DecryptionError."""
-    with session_scope(rt.engine, readonly=True) as session:
-        row = (
-            session.execute(
-                select(Message)
-                .join(MailboxItem, col(MailboxItem.message_id) == col(Message.id))
-                .where(col(MailboxItem.id) == item_id, col(MailboxItem.owner) == reader.address)
+@dataclass(frozen=True)
+class Stored:
+    """What ``render`` reads of a row's message: its envelope and sealed metadata."""
+
+    message_id: int
+    cms: bytes
+    meta_sealed: bytes
+    kind: str
+    submitted_at: datetime
+
+
+def stored(engine: Engine, owner: str, item_ids: Sequence[int], *, budget: int = 0) -> dict[int, Stored]:
+    """The stored messages of these rows of ``owner``'s, by row id: the first one, and the
+    next ones in order as long as their envelopes fit in ``budget`` bytes together (a
+    client fetching bodies one after the other is served from one read)."""
+    join = (col(MailboxItem.message_id) == col(Message.id)) & (col(MailboxItem.owner) == owner)
+    with session_scope(engine, readonly=True) as session:
+        chosen = list(item_ids[:1])
+        if len(item_ids) > 1:
+            sizes = {
+                found: size
+                for found, size in session.execute(
+                    select(col(MailboxItem.id), col(Message.size))
+                    .join(Message, join)
+                    .where(col(MailboxItem.id).in_(list(item_ids)))
+                ).all()
+            }
+            total = sizes.get(chosen[0], 0)
+            for item_id in item_ids[1:]:
+                if item_id not in sizes or total + sizes[item_id] > budget:
+                    break
+                chosen.append(item_id)
+                total += sizes[item_id]
+        rows = session.execute(
+            select(
+                col(MailboxItem.id),
+                col(Message.id),
+                col(Message.cms),
+                col(Message.meta_sealed),
+                col(Message.kind),
+                col(Message.submitted_at),
             )
-            .scalars()
-            .first()
-        )
+            .join(Message, join)
+            .where(col(MailboxItem.id).in_(chosen))
+        ).all()
+    return {item_id: Stored(*rest) for item_id, *rest in rows}
+
+
+def render(
+    rt: Runtime,
+    reader: UnlockedAccount,
+    item_id: int,
+    mode: str,
+    opener: Callable[[bytes, UnlockedAccount], bytes | None] | None = None,
+    row: Stored | None = None,
+) -> Served:
+    """The served bytes of one of ``reader``'s rows (blocking: RSA, AES). ``opener`` may
+    open the envelope elsewhere (None when it could not: it is then opened here); ``row``
+    is its stored message when the caller read it already (``stored``). Raises SyncError
+    (not the reader's), DecryptionError."""
+    if row is None:
+        row = stored(rt.engine, reader.address, [item_id]).get(item_id)
         if row is None:
             raise SyncError("no such message in this mailbox")
-        meta = MessageMeta.open(rt.master_key, row.meta_sealed)
-        if mode == served.END_TO_END:
-            return Served(served.render_end_to_end(meta, row.cms), None)
-        facts = served.facts_of(meta, served.cached_facts(session, rt.master_key, [row.id]).get(row.id))
+    meta = MessageMeta.open(rt.master_key, row.meta_sealed)
+    if mode == served.END_TO_END:
+        return Served(served.render_end_to_end(meta, row.cms), None)
+    facts = served.facts_of(meta, None)  # what the pipeline wrote, else what a first opening kept
+    if facts is not None and opener is not None:
+        entity = opener(row.cms, reader)
+        if entity is not None:
+            return Served(served.render_decrypted(meta, entity, str(facts["signature"])), None)
+    with session_scope(rt.engine, readonly=True) as session:
+        if facts is None:
+            cached = served.cached_facts(session, rt.master_key, [row.message_id]).get(row.message_id)
+            facts = served.facts_of(meta, cached)
         if facts is not None:
             entity = open_envelope(session, row.cms, reader)
             return Served(served.render_decrypted(meta, entity, str(facts["signature"])), None)
@@ -607,7 +664,7 @@ def render(rt: Runtime, reader: UnlockedAccount, item_id: int, mode: str) -> Ser
         )
         entity = open_envelope(session, row.cms, reader)
     facts = entity_facts(entity, checked_signature(signature.status, signature.signer_address, utcnow()))
-    facts["message_id"] = row.id
+    facts["message_id"] = row.message_id
     return Served(served.render_decrypted(meta, entity, str(facts["signature"])), facts)
 
 
@@ -617,33 +674,50 @@ def remember(rt: Runtime, facts: dict[str, object], structure: str | None) -> No
     kept = {k: v for k, v in facts.items() if k != "message_id"}
     if structure:
         kept["structure"] = structure
+    # the opening put the message's integer id in the facts
     served.remember_facts(rt.engine, rt.master_key, int(facts["message_id"]), kept)  # type: ignore[call-overload]
 
 
 def record_openings(
-    rt: Runtime, owner: str, folder: str, item_ids: Sequence[int], *, mode: str, seen: bool, request_id: str = ""
+    rt: Runtime,
+    owner: str,
+    folder: str,
+    item_ids: Sequence[int],
+    *,
+    mode: str,
+    seen: Iterable[int] = (),
+    request_id: str = "",
 ) -> None:
-    """Audit ``message.open`` for each row a client fetches the body of (before it is sent);
-    when the fetch marks them seen, mark them and send due ``displayed`` notifications."""
+    """Audit ``message.open`` for each row a client fetches the body of (before it is sent),
+    one event per opening (a row fetched by two commands is opened twice), in one commit;
+    mark ``seen`` (the rows among them whose fetch sets \\Seen) read and send due
+    ``displayed`` notifications."""
     if not item_ids:
         return
     with session_scope(rt.engine) as session:
         rows = session.execute(
             select(col(MailboxItem.id), col(Message.queue_id))
             .join(Message, col(Message.id) == col(MailboxItem.message_id))
-            .where(col(MailboxItem.id).in_(list(item_ids)), col(MailboxItem.owner) == owner)
+            .where(col(MailboxItem.id).in_(sorted(set(item_ids))), col(MailboxItem.owner) == owner)
         ).all()
+        queue_ids = {item_id: queue_id for item_id, queue_id in rows}
         audit.record_many(
             session,
             [
                 audit.EventSpec(
-                    owner, "message.open", queue_id, request_id=request_id, detail={"channel": "imap", "mode": mode}
+                    owner,
+                    "message.open",
+                    queue_ids[item_id],
+                    request_id=request_id,
+                    detail={"channel": "imap", "mode": mode},
                 )
-                for _item_id, queue_id in rows
+                for item_id in item_ids
+                if item_id in queue_ids
             ],
         )
-        if seen:
-            newly = _mark_seen(session, [r[0] for r in rows], True)
+        displayed = sorted(set(seen) & queue_ids.keys())
+        if displayed:
+            newly = _mark_seen(session, displayed, True)
             if folder != SENT:
                 _displayed(session, rt, owner, newly, request_id)
 
@@ -659,6 +733,7 @@ __all__ = [
     "ItemState",
     "NotAllowed",
     "Served",
+    "Stored",
     "SyncError",
     "UnknownFolder",
     "copy",
@@ -674,4 +749,5 @@ __all__ = [
     "remember",
     "render",
     "set_flags",
+    "stored",
 ]
