@@ -43,13 +43,13 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from mss import accounts, pipeline  # noqa: E402
-from mss.crypto.pki import PkiPaths, init_dev_pki  # noqa: E402
-from mss.demo import load_demo  # noqa: E402
-from mss.mailbox import sync  # noqa: E402
-from mss.pipeline import RecipientRequest, Submission  # noqa: E402
-from mss.runtime import open_runtime  # noqa: E402
-from mss.settings import Settings  # noqa: E402
+from mss import accounts, pipeline
+from mss.crypto.pki import PkiPaths, init_dev_pki
+from mss.demo import load_demo
+from mss.mailbox import sync
+from mss.pipeline import RecipientRequest, Submission
+from mss.runtime import open_runtime
+from mss.settings import Settings
 
 IDLE_CLIENTS = 50
 DOVECOT_PASSWORD = "bench-only-password"
@@ -80,7 +80,7 @@ def message(sender: str, to: str, number: int, attachment: bytes) -> bytes:
     return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
 
 
-def submit(rt, sender, to: str, number: int, attachment: bytes) -> None:  # type: ignore[no-untyped-def]
+def submit(rt, sender, to: str, number: int, attachment: bytes) -> None:
     pipeline.submit(
         rt,
         Submission(
@@ -187,7 +187,7 @@ SyncState *
     return elapsed
 
 
-def idle_latency(port: int, user: str, password: str, ca: str, deliver, count: int) -> list[float]:  # type: ignore[no-untyped-def]
+def idle_latency(port: int, user: str, password: str, ca: str, deliver, count: int) -> list[float]:
     """Seconds from each delivery until every IDLE client saw EXISTS."""
     import ssl
 

@@ -53,9 +53,9 @@ import aiosmtplib
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from mss.demo import load_demo  # noqa: E402
-from mss.runtime import open_runtime  # noqa: E402
-from mss.settings import Settings  # noqa: E402
+from mss.demo import load_demo
+from mss.runtime import open_runtime
+from mss.settings import Settings
 
 SIZES = {"10KB": 10_000, "1MB": 1_000_000}
 
@@ -117,7 +117,7 @@ def bare_server(reader: str) -> None:
     settings = Settings.from_env()
 
     class Accept:
-        async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        async def handle_DATA(self, server, session, envelope):
             return "250 2.0.0 Ok: queued"
 
     class BulkSMTP(SMTP):
@@ -141,7 +141,7 @@ def bare_server(reader: str) -> None:
             self._set_post_data_state()
             await self.push(status)
 
-    def accept_any(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+    def accept_any(server, session, envelope, mechanism, auth_data):
         return AuthResult(success=True)
 
     server_class = BulkSMTP if reader == "bulk" else SMTP
@@ -241,7 +241,7 @@ class Sessions:
             port = self.ports[number % len(self.ports)]
             client = aiosmtplib.SMTP(
                 hostname="127.0.0.1", port=port, start_tls=True, tls_context=self.context, timeout=600
-            )  # type: ignore[arg-type]
+            )
             await client.connect()
             await client.login(self.sender, self.password)
             self.clients.append(client)

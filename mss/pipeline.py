@@ -681,6 +681,7 @@ def _outbound_entries(
         if envelope is not None:
             payload = submission.raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         elif protection == queue.ENCRYPTED:
+            # An ENCRYPTED group holds only recipients whose certificate is known (above).
             envelope_for = smime.encrypt(smime.signed_entity(signed), [certificates[r.address] for r in requests])  # type: ignore[misc]
             payload = smime.to_smime_message(envelope_for, headers)
         else:

@@ -135,7 +135,7 @@ def store_submission(
     channel: str,
     request_id: str,
     checked: list[str],
-    queued: list[tuple[str, str, bool, str]] = (),  # type: ignore[assignment]
+    queued: Sequence[tuple[str, str, bool, str]] = (),
 ) -> Message:
     """Add the message, its deliveries and mailbox rows, and the audit events.
 

@@ -31,12 +31,12 @@ from web_support import login as web_login
 
 
 @pytest.fixture
-def imap(rt):  # type: ignore[no-untyped-def]
+def imap(rt):
     with ImapServer(rt) as server:
         yield server
 
 
-def _token(client, person) -> str:  # type: ignore[no-untyped-def]
+def _token(client, person) -> str:
     response = client.post(
         "/api/v1/sessions", json={"address": person.address, "password": person.password, "code": person.code()}
     )
@@ -60,7 +60,7 @@ def _fetch(client: imaplib.IMAP4, which: str, what: str, *, uid: bool = False) -
 # -- the door ----------------------------------------------------------------------------
 
 
-def test_no_login_before_tls_then_login_and_authenticate_plain(rt, imap, gp):  # type: ignore[no-untyped-def]
+def test_no_login_before_tls_then_login_and_authenticate_plain(rt, imap, gp):
     plain = imaplib.IMAP4("127.0.0.1", imap.port, timeout=10)
     assert "STARTTLS" in plain.capabilities and "LOGINDISABLED" in plain.capabilities
     assert not any(c.startswith("AUTH=") for c in plain.capabilities)
@@ -93,7 +93,7 @@ def test_no_login_before_tls_then_login_and_authenticate_plain(rt, imap, gp):  #
     assert len(logins) == 2 and all(e.outcome == "success" for e in logins)
 
 
-def test_wrong_passwords_count_toward_the_lockout_and_are_audited(rt, imap, gp):  # type: ignore[no-untyped-def]
+def test_wrong_passwords_count_toward_the_lockout_and_are_audited(rt, imap, gp):
     limit = rt.settings.security.max_login_failures
     for _ in range(limit):
         client = connect(rt, imap.port)
@@ -108,7 +108,7 @@ def test_wrong_passwords_count_toward_the_lockout_and_are_audited(rt, imap, gp):
     assert any(e.object == gp.address for e in _events(rt, "account.lock"))
 
 
-def test_revocation_ends_an_open_session_and_refuses_the_next_login(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]
+def test_revocation_ends_an_open_session_and_refuses_the_next_login(rt, imap, doctor, gp):
     submit(rt, doctor, [gp.address], "Avant", "x\n")
     client = login(rt, imap.port, gp)
     assert client.select("INBOX") == ("OK", [b"1"])
@@ -140,7 +140,7 @@ def test_revocation_ends_an_open_session_and_refuses_the_next_login(rt, imap, do
 # -- folders, messages, flags ------------------------------------------------------------
 
 
-def test_folders_uids_listing_without_decryption_and_partial_fetch(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]
+def test_folders_uids_listing_without_decryption_and_partial_fetch(rt, imap, doctor, gp):
     clinical_mail(rt, doctor, gp)
     client = login(rt, imap.port, gp)
     typ, folders = client.list()
@@ -188,7 +188,7 @@ def test_folders_uids_listing_without_decryption_and_partial_fetch(rt, imap, doc
     again.logout()
 
 
-def test_read_state_flags_and_moves_are_the_web_s_and_the_reverse(rt, imap, clients, doctor, gp):  # type: ignore[no-untyped-def]
+def test_read_state_flags_and_moves_are_the_web_s_and_the_reverse(rt, imap, clients, doctor, gp):
     first, second, third = clinical_mail(rt, doctor, gp)
     web = clients()
     web_login(web, gp)  # enrols the authenticator, which the API requires
@@ -230,7 +230,7 @@ def test_read_state_flags_and_moves_are_the_web_s_and_the_reverse(rt, imap, clie
     client.logout()
 
 
-def test_reading_in_the_client_is_an_opening_with_its_read_receipt(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]
+def test_reading_in_the_client_is_an_opening_with_its_read_receipt(rt, imap, doctor, gp):
     queue_id = submit(rt, doctor, [gp.address], "Merci de confirmer", "x\n", read_receipt=True).queue_id
     # The reader's consent to read receipts (RFC 8098 2.1), given once for all in the account.
     with session_scope(rt.engine) as session:
@@ -263,7 +263,7 @@ def _until(sock: socket.socket, data: bytes, pattern: bytes) -> bytes:
     return data
 
 
-def test_pipelined_fetches_are_each_an_opening_committed_before_any_reply(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]
+def test_pipelined_fetches_are_each_an_opening_committed_before_any_reply(rt, imap, doctor, gp):
     queue_ids = [submit(rt, doctor, [gp.address], f"Avis {n}", "x\n").queue_id for n in range(3)]
     sock = _tls(rt, imap.tls_port)
     _login_raw(sock, gp)
@@ -310,7 +310,7 @@ def test_pipelined_fetches_are_each_an_opening_committed_before_any_reply(rt, im
     assert len(_events(rt, "message.open")) == 5
 
 
-def test_mail_encrypted_to_a_past_certificate_is_served_after_a_rekey(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]
+def test_mail_encrypted_to_a_past_certificate_is_served_after_a_rekey(rt, imap, doctor, gp):
     submit(rt, doctor, [gp.address], "Avant la nouvelle clé", "x\n")
     with session_scope(rt.engine) as session:
         accounts.rekey(session, rt.settings, gp.address, password=gp.password, actor="test")
@@ -327,7 +327,7 @@ def test_mail_encrypted_to_a_past_certificate_is_served_after_a_rekey(rt, imap, 
     sock.close()
 
 
-def test_idle_reports_mail_stored_by_another_process(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]
+def test_idle_reports_mail_stored_by_another_process(rt, imap, doctor, gp):
     with IMAPClient("localhost", port=imap.tls_port, ssl=True, ssl_context=client_context(rt), timeout=30) as client:
         client.login(gp.address, gp.password)
         client.select_folder("INBOX")
@@ -350,7 +350,7 @@ def test_idle_reports_mail_stored_by_another_process(rt, imap, doctor, gp):  # t
         assert client.search(["UNSEEN"]) == [1]
 
 
-def test_append_to_sent_of_a_message_sent_through_the_relay_does_not_duplicate_it(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]
+def test_append_to_sent_of_a_message_sent_through_the_relay_does_not_duplicate_it(rt, imap, doctor, gp):
     raw = build_message(doctor.address, [gp.address], "Envoyé", "x\n")
     from email import message_from_bytes
 
@@ -374,7 +374,7 @@ def test_append_to_sent_of_a_message_sent_through_the_relay_does_not_duplicate_i
     client.logout()
 
 
-def test_end_to_end_mode_serves_the_envelope_that_openssl_opens(rt, imap, doctor, gp, tmp_path):  # type: ignore[no-untyped-def]
+def test_end_to_end_mode_serves_the_envelope_that_openssl_opens(rt, imap, doctor, gp, tmp_path):
     clinical_mail(rt, doctor, gp)
     client = login(rt, imap.port, gp)
     client.select("INBOX")
@@ -455,14 +455,14 @@ def _tls(rt: Runtime, port: int, *, rcvbuf: int = 0) -> ssl.SSLSocket:
     return tls
 
 
-def _login_raw(sock, person) -> None:  # type: ignore[no-untyped-def]
+def _login_raw(sock, person) -> None:
     auth = base64.b64encode(f"\0{person.address}\0{person.password}".encode())
     sock.sendall(b"a1 AUTHENTICATE PLAIN\r\n")
     assert sock.recv(100).startswith(b"+")
     assert b"a1 OK" in _exchange(sock, auth + b"\r\n")
 
 
-def test_malformed_commands_huge_literals_and_long_lines_get_clear_answers(rt, imap, gp):  # type: ignore[no-untyped-def]
+def test_malformed_commands_huge_literals_and_long_lines_get_clear_answers(rt, imap, gp):
     sock = _raw(imap.port)
     assert b"a1 BAD" in _exchange(sock, b"a1 FROBNICATE\r\n")
     assert b"a2 BAD" in _exchange(sock, b"a2 FETCH (((\r\n")
@@ -482,7 +482,7 @@ def test_malformed_commands_huge_literals_and_long_lines_get_clear_answers(rt, i
     client.logout()
 
 
-def test_silent_and_non_reading_clients_are_cut_and_others_served(rt, doctor, gp):  # type: ignore[no-untyped-def]
+def test_silent_and_non_reading_clients_are_cut_and_others_served(rt, doctor, gp):
     short = with_imap(rt, idle_timeout=2.0)
     for number in range(3):
         submit(rt, doctor, [gp.address], f"Gros {number}", "x\n", [("gros.pdf", "application/pdf", _big_pdf())])
@@ -524,7 +524,7 @@ def _big_pdf() -> bytes:
     return out.getvalue()
 
 
-def test_cli_and_account_page_choose_the_mode(rt, clients, gp):  # type: ignore[no-untyped-def]
+def test_cli_and_account_page_choose_the_mode(rt, clients, gp):
     from typer.testing import CliRunner
 
     from cli.main import app as cli
@@ -563,7 +563,7 @@ def _cli_env(rt: Runtime) -> dict[str, str]:
     }
 
 
-def test_autoconfig_describes_imap_and_submission_for_an_address(rt, clients):  # type: ignore[no-untyped-def]
+def test_autoconfig_describes_imap_and_submission_for_an_address(rt, clients):
     browser = clients()
     for path in ("/.well-known/autoconfig/mail/config-v1.1.xml", "/mail/config-v1.1.xml"):
         response = browser.get(path, params={"emailaddress": GP})
@@ -581,7 +581,7 @@ def test_autoconfig_describes_imap_and_submission_for_an_address(rt, clients):  
 # -- what a listing needs, and UIDs across processes -------------------------------------
 
 
-def test_a_message_stored_before_gets_its_shape_at_the_first_opening_then_kept(rt, imap, doctor, gp):  # type: ignore[no-untyped-def]
+def test_a_message_stored_before_gets_its_shape_at_the_first_opening_then_kept(rt, imap, doctor, gp):
     from mss.models import EntityShape, Message
     from mss.store import MessageMeta
 
@@ -610,7 +610,7 @@ def test_a_message_stored_before_gets_its_shape_at_the_first_opening_then_kept(r
     assert len(_events(rt, "message.open")) == 1
 
 
-def test_uids_given_out_by_several_processes_never_collide(rt, doctor, gp):  # type: ignore[no-untyped-def]
+def test_uids_given_out_by_several_processes_never_collide(rt, doctor, gp):
     import threading
 
     from mss.db import make_engine
@@ -623,7 +623,7 @@ def test_uids_given_out_by_several_processes_never_collide(rt, doctor, gp):  # t
     errors: list = []
     start = threading.Barrier(len(engines))
 
-    def look(engine) -> None:  # type: ignore[no-untyped-def]
+    def look(engine) -> None:
         try:
             start.wait()
             states.append(sync.folder_state(engine, gp.address, sync.INBOX, served.DECRYPTED))

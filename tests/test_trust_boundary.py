@@ -56,7 +56,7 @@ READER = RECIPIENTS[0]
 
 
 @pytest.fixture
-def stack(tmp_path):  # type: ignore[no-untyped-def]
+def stack(tmp_path):
     """A stack of its own per test (these tests revoke and rekey its accounts)."""
     built = build_stack(tmp_path)
     built.relay = RelayServer(built.rt).start()
@@ -65,7 +65,7 @@ def stack(tmp_path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def web(stack):  # type: ignore[no-untyped-def]
+def web(stack):
     """Makes browser-like clients of the web app on the stack's database."""
     yield from client_maker(create_app(stack.rt))
 
@@ -97,7 +97,7 @@ def letter(sender: str = SENDER, recipients: tuple[str, ...] = RECIPIENTS[:1]) -
     return message(sender, recipients, [("lettre.pdf", "application/pdf", pdf_bytes())])
 
 
-def api_login(client: TestClient, who: Person):  # type: ignore[no-untyped-def]
+def api_login(client: TestClient, who: Person):
     return client.post("/api/v1/sessions", json={"address": who.address, "password": who.password, "code": who.code()})
 
 
@@ -120,7 +120,7 @@ def events(stack: Stack, action: str, address: str) -> list[AuditEvent]:
 # -- revocation at every door, at once ------------------------------------------------------
 
 
-def test_directory_revocation_ends_every_door_at_once(stack, web) -> None:  # type: ignore[no-untyped-def]
+def test_directory_revocation_ends_every_door_at_once(stack, web) -> None:
     sender = person(stack, SENDER)
     smtp = login(stack, SENDER)
     browser = web()
@@ -161,7 +161,7 @@ def test_directory_revocation_ends_every_door_at_once(stack, web) -> None:  # ty
     assert send(stack)
 
 
-def test_revocation_between_rcpt_and_data_refuses_the_message(stack) -> None:  # type: ignore[no-untyped-def]
+def test_revocation_between_rcpt_and_data_refuses_the_message(stack) -> None:
     before = stack.counts()
     client = login(stack, SENDER)
     assert client.mail(SENDER)[0] == 250
@@ -175,7 +175,7 @@ def test_revocation_between_rcpt_and_data_refuses_the_message(stack) -> None:  #
     assert refusals and "certificate-revoked" in refusals[-1].detail
 
 
-def test_recipient_revoked_between_rcpt_and_data_is_refused_at_data(stack) -> None:  # type: ignore[no-untyped-def]
+def test_recipient_revoked_between_rcpt_and_data_is_refused_at_data(stack) -> None:
     # One transaction: the recipient passed RCPT, then its entry was revoked; what RCPT
     # looked up is not trusted at DATA.
     before = stack.counts()
@@ -192,7 +192,7 @@ def test_recipient_revoked_between_rcpt_and_data_is_refused_at_data(stack) -> No
     assert stack.counts() == before
 
 
-def test_certificate_revoked_between_rcpt_and_data_drops_that_recipient(stack) -> None:  # type: ignore[no-untyped-def]
+def test_certificate_revoked_between_rcpt_and_data_drops_that_recipient(stack) -> None:
     client = login(stack, SENDER)
     assert client.mail(SENDER)[0] == 250
     assert client.rcpt(RECIPIENTS[0])[0] == 250
@@ -215,7 +215,7 @@ def test_certificate_revoked_between_rcpt_and_data_drops_that_recipient(stack) -
     assert inboxes == {RECIPIENTS[0]}
 
 
-def test_compromised_key_is_never_used_again(stack, web) -> None:  # type: ignore[no-untyped-def]
+def test_compromised_key_is_never_used_again(stack, web) -> None:
     smtp = login(stack, SENDER)
     with session_scope(stack.rt.engine) as session:
         certificates.revoke_for_address(session, stack.settings, SENDER, reason="keyCompromise", actor="test")
@@ -228,7 +228,7 @@ def test_compromised_key_is_never_used_again(stack, web) -> None:  # type: ignor
         accounts.export_key(stack.rt.engine, stack.settings, SENDER, sender.password, "export password 1", actor="t")
 
 
-def test_disabled_account_is_refused_at_its_next_mail(stack) -> None:  # type: ignore[no-untyped-def]
+def test_disabled_account_is_refused_at_its_next_mail(stack) -> None:
     smtp = login(stack, SENDER)
     with session_scope(stack.rt.engine) as session:
         accounts.set_disabled(session, SENDER, True, actor="test")
@@ -239,7 +239,7 @@ def test_disabled_account_is_refused_at_its_next_mail(stack) -> None:  # type: i
     assert refused_auth(stack, SENDER, "not the password at all") == code_of(replies.AUTH_FAILED)
 
 
-def test_mail_signed_before_revocation_says_both_facts(stack, web) -> None:  # type: ignore[no-untyped-def]
+def test_mail_signed_before_revocation_says_both_facts(stack, web) -> None:
     queued = send(stack)
     time.sleep(1.1)  # a CRL dates revocations to the second
     with session_scope(stack.rt.engine) as session:
@@ -267,7 +267,7 @@ def _serial(stack: Stack, address: str) -> str:
         return row.serial
 
 
-def test_rekey_keeps_older_mail_readable_and_revokes_the_old_certificate(stack, web) -> None:  # type: ignore[no-untyped-def]
+def test_rekey_keeps_older_mail_readable_and_revokes_the_old_certificate(stack, web) -> None:
     old_mail = send(stack)  # encrypted to the reader's first certificate
     old_serial = _serial(stack, READER)
     stale_session = login(stack, READER)
@@ -317,7 +317,7 @@ def test_rekey_keeps_older_mail_readable_and_revokes_the_old_certificate(stack, 
     assert exported.cert is not None and serial_hex(exported.cert.certificate.serial_number) == done.serial
 
 
-def test_rekey_with_the_recovery_key_after_a_compromise(stack) -> None:  # type: ignore[no-untyped-def]
+def test_rekey_with_the_recovery_key_after_a_compromise(stack) -> None:
     with session_scope(stack.rt.engine) as session:
         certificates.revoke_for_address(session, stack.settings, SENDER, reason="keyCompromise", actor="test")
     with pytest.raises(CertificateRevoked):
@@ -340,7 +340,7 @@ def test_rekey_with_the_recovery_key_after_a_compromise(stack) -> None:  # type:
     assert events(stack, "account.rekey", SENDER)
 
 
-def test_renewal_keeps_the_key_and_lists_who_it_cannot_renew(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_renewal_keeps_the_key_and_lists_who_it_cannot_renew(tmp_path) -> None:
     stack = build_stack(tmp_path, MSS_CERTIFICATE_DAYS="10")  # every certificate ends in 10 days
     try:
         with session_scope(stack.rt.engine) as session:
@@ -373,7 +373,7 @@ def test_renewal_keeps_the_key_and_lists_who_it_cannot_renew(tmp_path) -> None: 
         stack.close()
 
 
-def test_expired_certificate_cannot_log_in(stack) -> None:  # type: ignore[no-untyped-def]
+def test_expired_certificate_cannot_log_in(stack) -> None:
     with session_scope(stack.rt.engine) as session:
         session.execute(
             update(Certificate).where(Certificate.address == SENDER).values(not_after=utcnow() - timedelta(days=1))
@@ -386,7 +386,7 @@ def test_expired_certificate_cannot_log_in(stack) -> None:  # type: ignore[no-un
 # -- served domains ---------------------------------------------------------------------------
 
 
-def test_other_operators_entries_get_no_account_and_no_certificate(stack) -> None:  # type: ignore[no-untyped-def]
+def test_other_operators_entries_get_no_account_and_no_certificate(stack) -> None:
     with session_scope(stack.rt.engine) as session:
         entry = service.add_entry(
             session, actor="test", address="x@gmail.com", kind="PER", rpps="10009999998", last_name="X"
@@ -407,7 +407,7 @@ def test_other_operators_entries_get_no_account_and_no_certificate(stack) -> Non
 # -- the second factor and the lockouts -----------------------------------------------------
 
 
-def test_right_password_does_not_reset_second_factor_failures(stack, web) -> None:  # type: ignore[no-untyped-def]
+def test_right_password_does_not_reset_second_factor_failures(stack, web) -> None:
     who = person(stack, READER)
     api = web()
     statuses = []
@@ -422,7 +422,7 @@ def test_right_password_does_not_reset_second_factor_failures(stack, web) -> Non
     assert locks and "second-factor" in locks[0].detail
 
 
-def test_web_rounds_of_wrong_codes_lock_the_account(stack, web) -> None:  # type: ignore[no-untyped-def]
+def test_web_rounds_of_wrong_codes_lock_the_account(stack, web) -> None:
     who = person(stack, READER)
     results = []
     for _ in range(3):
@@ -442,7 +442,7 @@ def test_web_rounds_of_wrong_codes_lock_the_account(stack, web) -> None:  # type
         assert account is not None and accounts.is_locked(account)
 
 
-def test_a_stranger_cannot_lock_a_doctor_out(stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_stranger_cannot_lock_a_doctor_out(stack) -> None:
     """Wrong passwords from one address lock the account for that address only."""
 
     def from_address(source: str) -> smtplib.SMTP:
@@ -469,7 +469,7 @@ def test_a_stranger_cannot_lock_a_doctor_out(stack) -> None:  # type: ignore[no-
     assert len(lock) == 1 and "127.0.0.2" in lock[0].detail
 
 
-def test_client_address_throttle_slows_then_refuses(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_client_address_throttle_slows_then_refuses(tmp_path) -> None:
     stack = build_stack(tmp_path, MSS_CLIENT_FREE_FAILURES="3", MSS_CLIENT_MAX_FAILURES="6")
     try:
         settings, engine = stack.settings, stack.rt.engine
@@ -502,7 +502,7 @@ def test_client_address_throttle_slows_then_refuses(tmp_path) -> None:  # type: 
         stack.close()
 
 
-def test_distributed_guessing_locks_the_account_for_everyone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_distributed_guessing_locks_the_account_for_everyone(tmp_path) -> None:
     stack = build_stack(tmp_path, MSS_ACCOUNT_MAX_FAILURES="6")
     try:
         settings, engine = stack.settings, stack.rt.engine
@@ -521,7 +521,7 @@ def test_distributed_guessing_locks_the_account_for_everyone(tmp_path) -> None: 
         stack.close()
 
 
-def test_entry_revoked_is_told_only_after_the_right_password(stack) -> None:  # type: ignore[no-untyped-def]
+def test_entry_revoked_is_told_only_after_the_right_password(stack) -> None:
     with session_scope(stack.rt.engine) as session:
         service.revoke_entry(session, READER, reason="retired", actor="test")
     with pytest.raises(BadCredentials):

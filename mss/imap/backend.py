@@ -554,7 +554,7 @@ class MailSession(SessionInterface):
         for item_id, row, entity in zip(item_ids, rows, opened, strict=True):
             try:
                 results.append(sync.render(self.rt, self.account, item_id, self._mode, opener=_given(entity), row=row))
-            except Exception:  # noqa: BLE001  (rendered again alone, where its error is raised)
+            except Exception:
                 results.append(None)
         return results
 

@@ -174,6 +174,7 @@ def shape(meta, mode: str, cms_size: int, facts: dict[str, object] | None) -> Sh
     head = str(facts["header"]).encode("latin-1")
     return Shape(
         header=_top_header(meta, str(facts["signature"])) + head + b"\r\n",
+        # the facts an opening kept: integers, read back from sealed JSON
         body_size=int(facts["size"]),  # type: ignore[call-overload]
         body_lines=int(facts["lines"]),  # type: ignore[call-overload]
         structure=str(facts["structure"]) if facts.get("structure") else None,

@@ -68,6 +68,7 @@ class PasswordMechanisms:
         None when aiosmtpd already answered (``*`` abort, bad base64 in a challenge reply).
         """
         if len(args) == 1:
+            # aiosmtpd's SMTP, which this mixin is mixed into, provides it
             blob = await self.challenge_auth(challenge)  # type: ignore[attr-defined]
             return None if blob is MISSING else blob
         if args[1] == "=":  # RFC 4954 4: "=" is an empty initial response
@@ -75,6 +76,7 @@ class PasswordMechanisms:
         try:
             return b64decode(args[1].encode("ascii"), validate=True)
         except (binascii.Error, UnicodeEncodeError):
+            # aiosmtpd's SMTP, which this mixin is mixed into, provides it
             await self.push(replies.AUTH_BAD_BASE64)  # type: ignore[attr-defined]
             return None
 
@@ -85,6 +87,7 @@ class PasswordMechanisms:
             return AuthResult(success=False, handled=True)
         parts = blob.split(b"\x00")
         if len(parts) != 3:
+            # aiosmtpd's SMTP, which this mixin is mixed into, provides it
             await self.push(replies.AUTH_BAD_RESPONSE)  # type: ignore[attr-defined]
             return AuthResult(success=False, handled=True)
         authzid, login, password = parts
@@ -121,6 +124,7 @@ class PasswordMechanisms:
                 secret,
                 channel="smtp",
                 request_id=self.correlation_id,
+                # aiosmtpd's SMTP, which this mixin is mixed into, provides it
                 client=self.session.peer[0] if self.session.peer else "",  # type: ignore[attr-defined]
             )
         except TooManyAttempts:

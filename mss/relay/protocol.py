@@ -276,6 +276,7 @@ class RelaySMTP(PasswordMechanisms, SMTP):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        # a connected transport (checked above), typed as the base transport
         transport.write(reply.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
         transport.close()
 
