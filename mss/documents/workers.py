@@ -19,22 +19,21 @@ module: every entry point keeps its ``if __name__ == "__main__"`` guard.
 
 from __future__ import annotations
 
-import atexit
 import collections
 import logging
-import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import TimeoutError as CheckTimedOut
 from typing import Any, Final, TypeVar
 
-from pebble import ProcessExpired, ProcessPool
+from pebble import ProcessExpired
 
 from mss.documents import cda, detect, xdm
 from mss.documents.base import Document, DocumentLimits, DocumentTooComplex, display_name
 from mss.documents.cda import CdaInfo
 from mss.documents.xdm import XdmInfo
+from mss.processes import WorkerPool
 
 log = logging.getLogger("mss.documents")
 
@@ -47,39 +46,12 @@ WORKERS: Final = min(8, max(2, 2 * (os.cpu_count() or 1)))
 ACCOUNT_SHARE: Final = max(1, WORKERS // 2)
 
 _lock = threading.Lock()
-_pool: ProcessPool | None = None
 _shares: collections.defaultdict[str, threading.BoundedSemaphore] = collections.defaultdict(
     lambda: threading.BoundedSemaphore(ACCOUNT_SHARE)
 )
-
-
-def start() -> None:
-    """Start the fork server and the workers now rather than on the first check (a server's
-    start-up): one trivial task goes through."""
-    _running_pool().schedule(os.getpid).result()
-
-
-def stop() -> None:
-    """Stop the workers (at interpreter exit; a later check starts a new pool)."""
-    global _pool
-    with _lock:
-        pool, _pool = _pool, None
-    if pool is not None:
-        pool.stop()
-        pool.join()
-
-
-def _running_pool() -> ProcessPool:
-    global _pool
-    with _lock:
-        if _pool is None or not _pool.active:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["mss.documents"])
-            _pool = ProcessPool(max_workers=WORKERS, context=context)
-        return _pool
-
-
-atexit.register(stop)
+_workers = WorkerPool("mss.documents", WORKERS)
+start = _workers.start
+stop = _workers.stop
 
 
 def _in_worker(
@@ -103,7 +75,7 @@ def _in_worker(
 def _wait(
     check: Callable[..., T], args: tuple[Any, ...], kwargs: Mapping[str, Any], filename: str, limits: DocumentLimits
 ) -> T:
-    future = _running_pool().schedule(check, args=args, kwargs=kwargs, timeout=limits.max_check_seconds)
+    future = _workers.running().schedule(check, args=args, kwargs=kwargs, timeout=limits.max_check_seconds)
     try:
         return future.result()
     except CheckTimedOut as exc:

@@ -29,11 +29,10 @@ import asyncio
 import logging
 import re
 import secrets
-import threading
 import time
 from argparse import Namespace
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, Final
 
@@ -53,6 +52,7 @@ from pysasl import SASLAuth
 from pysasl.mechanism.plain import PlainMechanism
 
 from mss import accounts, standing
+from mss.background import BackgroundServer
 from mss.db import session_scope
 from mss.errors import AccountLocked, BadCredentials, StandingError, TooManyAttempts
 from mss.imap import replies, workers
@@ -587,23 +587,21 @@ async def serve_imap(rt: Runtime, *, ready: asyncio.Event | None = None) -> None
         await asyncio.shield(listeners.aclose())
 
 
-class ImapServer:
+class ImapServer(BackgroundServer):
     """The IMAP listeners on a background thread with their own event loop (tests, benchmarks).
 
     ``with ImapServer(rt) as imap:`` listens on 127.0.0.1, free ports ``imap.port`` (STARTTLS)
     and ``imap.tls_port`` (implicit TLS), until the block ends.
     """
 
+    thread_name = "mss-imap"
+
     def __init__(self, rt: Runtime, *, host: str = "127.0.0.1") -> None:
+        super().__init__()
         self.rt = rt
         self.host = host
         self.port = 0
         self.tls_port = 0
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._error: BaseException | None = None
         self.registry: Registry | None = None
 
     @property
@@ -611,41 +609,8 @@ class ImapServer:
         """Connections open now (tests watch clients being cut)."""
         return len(self.registry.connections) if self.registry is not None else 0
 
-    def start(self) -> ImapServer:
-        self._thread = threading.Thread(target=self._run, name="mss-imap", daemon=True)
-        self._thread.start()
-        self._started.wait()
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:
-            self._error = exc
-            self._started.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+    async def listen(self) -> Callable[[], Awaitable[None]]:
         listeners = await start_listeners(self.rt, host=self.host, port=0, tls_port=0)
         self.port, self.tls_port = listeners.ports
         self.registry = listeners.registry
-        self._started.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await listeners.aclose()
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join()
-        self._thread = None
-
-    def __enter__(self) -> ImapServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        return listeners.aclose

@@ -23,20 +23,18 @@ guard.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import multiprocessing
 import os
-import threading
 from concurrent.futures import CancelledError
 from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from pebble import ProcessExpired, ProcessPool
+from pebble import ProcessExpired
 
 from mss.accounts import UnlockedAccount
 from mss.crypto import keys, smime
+from mss.processes import WorkerPool
 
 log = logging.getLogger("mss.imap")
 
@@ -45,37 +43,9 @@ WORKERS: Final = max(1, os.cpu_count() or 1)
 # replaced) and the envelope opened in the server's process.
 TASK_SECONDS: Final = 30.0
 
-_lock = threading.Lock()
-_pool: ProcessPool | None = None
-
-
-def _running_pool() -> ProcessPool:
-    global _pool
-    with _lock:
-        if _pool is None:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload([__name__])
-            _pool = ProcessPool(max_workers=WORKERS, context=context)
-        return _pool
-
-
-def start() -> None:
-    """Start the fork server and the workers now rather than at the first opening (blocking:
-    a server's start-up)."""
-    _running_pool().schedule(os.getpid).result()
-
-
-def stop() -> None:
-    """Stop the workers (at interpreter exit; a later opening starts a new pool)."""
-    global _pool
-    with _lock:
-        pool, _pool = _pool, None
-    if pool is not None:
-        pool.stop()
-        pool.join()
-
-
-atexit.register(stop)
+_workers = WorkerPool(__name__, WORKERS)
+start = _workers.start
+stop = _workers.stop
 
 
 def _open(envelopes: list[bytes], certificate_der: bytes, key_der: bytes) -> list[bytes | None]:
@@ -99,16 +69,13 @@ def open_envelopes(envelopes: list[bytes], reader: UnlockedAccount) -> list[byte
     """The contents of envelopes addressed to ``reader``'s current certificate, opened in
     one task of a worker process (blocking: call it from a thread); None for each one that
     does not open there, for the caller to open it itself."""
-    global _pool
     args = (envelopes, reader.certificate.public_bytes(Encoding.DER), reader.private_key_der)
     try:
-        future = _running_pool().schedule(_open, args=args, timeout=TASK_SECONDS * max(1, len(envelopes)))
+        future = _workers.running().schedule(_open, args=args, timeout=TASK_SECONDS * max(1, len(envelopes)))
         return future.result()
     except (ProcessExpired, TimeoutError, CancelledError, RuntimeError, OSError) as exc:
+        # A pool that stopped or broke is replaced at the next opening (WorkerPool.running).
         log.warning("envelope worker failed (%s): opened in the server's process", type(exc).__name__)
-        with _lock:
-            if _pool is not None and not _pool.active:
-                _pool = None  # stopped or broken: a new one at the next opening
         return [None] * len(envelopes)
 
 

@@ -15,11 +15,11 @@ import asyncio
 import logging
 import signal
 import socket
-import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
+from mss.background import BackgroundServer
 from mss.documents import workers
 from mss.relay.handler import RelayHandler
 from mss.relay.protocol import COMMAND_CALL_LIMIT, RelaySMTP, SessionRegistry
@@ -139,62 +139,25 @@ def run_relay(rt: Runtime) -> None:
     asyncio.run(main())
 
 
-class RelayServer:
+class RelayServer(BackgroundServer):
     """The relay on a background thread with its own event loop, for tests and benchmarks.
 
     ``with RelayServer(rt) as relay:`` listens on 127.0.0.1 with a free port
     (``relay.port``) until the block ends.
     """
 
+    thread_name = "mss-relay"
+
     def __init__(self, rt: Runtime, *, host: str = "127.0.0.1", port: int = 0, grace: float = 5.0) -> None:
+        super().__init__()
         self.rt = rt
         self.host = host
         self.port = port
         self.grace = grace
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._error: BaseException | None = None
         self.registry: SessionRegistry | None = None
 
-    def start(self) -> RelayServer:
-        """Start listening; return once the socket is bound. Re-raises a startup error."""
-        self._thread = threading.Thread(target=self._run, name="mss-relay", daemon=True)
-        self._thread.start()
-        self._started.wait()
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # handed to the starting thread
-            self._error = exc
-            self._started.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+    async def listen(self) -> Callable[[], Awaitable[None]]:
         listener = await start_listener(self.rt, host=self.host, port=self.port)
         self.registry = listener.registry
         self.host, self.port = listener.address
-        self._started.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await listener.aclose(self.grace)
-
-    def stop(self) -> None:
-        """Stop accepting, drain the sessions and join the thread."""
-        if self._loop is not None and self._stop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join()
-        self._thread = None
-
-    def __enter__(self) -> RelayServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        return lambda: listener.aclose(self.grace)
