@@ -124,8 +124,7 @@ def test_a_duplicate_receipt_is_dropped(rt, doctor, gp):
         with session_scope(rt.engine) as session:
             certificate = issuer.certificates.current_certificate(session, doctor.address)
             return issuer.notice(
-                session,
-                rt,
+                issuer.certificates.operator_identity(session, rt.settings, rt.master_key),
                 mdn,
                 kind="mdn",
                 status="processed",

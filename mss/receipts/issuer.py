@@ -95,24 +95,6 @@ def _operator_identity(rt: Runtime) -> OperatorIdentity:
 
 
 def notice(
-    session: Session,
-    rt: Runtime,
-    notification: EmailMessage,
-    *,
-    kind: str,
-    status: str,
-    recipients: Sequence[str],
-    reason: str,
-    reader: str,
-    reader_certificate: x509.Certificate,
-) -> Notice:
-    """A sealed notification with the metadata its reader's mailbox lists."""
-    identity = certificates.operator_identity(session, rt.settings, rt.master_key)
-    return _notice(identity, notification, kind=kind, status=status, recipients=recipients, reason=reason,
-                   reader=reader, reader_certificate=reader_certificate)  # fmt: skip
-
-
-def _notice(
     identity: OperatorIdentity,
     notification: EmailMessage,
     *,
@@ -123,6 +105,8 @@ def _notice(
     reader: str,
     reader_certificate: x509.Certificate,
 ) -> Notice:
+    """A notification sealed with the operator's ``identity`` (see ``seal``), with the
+    metadata its reader's mailbox lists."""
     meta = MessageMeta(
         sender=str(notification["From"].addresses[0].addr_spec).lower(),
         recipients=[reader],
@@ -209,7 +193,7 @@ def for_submission(
     # Signed outside any transaction: the identity is read in a read-only one.
     identity = _operator_identity(rt)
     notices = [
-        _notice(
+        notice(
             identity,
             dsn,
             kind="dsn",
@@ -222,7 +206,7 @@ def for_submission(
         for status, addresses, dsn, reason in wanted
     ]
     notices += [
-        _notice(
+        notice(
             identity,
             mdn,
             kind="mdn",
@@ -400,8 +384,7 @@ def _send_displayed(
         queue_id=message.queue_id,
         notices=[
             notice(
-                session,
-                rt,
+                certificates.operator_identity(session, rt.settings, rt.master_key),
                 mdn,
                 kind="mdn",
                 status=DISPLAYED,
@@ -494,8 +477,7 @@ def _send_one_delayed(session: Session, rt: Runtime, delivery_id: int) -> int:
         queue_id=message.queue_id,
         notices=[
             notice(
-                session,
-                rt,
+                certificates.operator_identity(session, rt.settings, rt.master_key),
                 dsn,
                 kind="dsn",
                 status=DELAYED,
