@@ -46,6 +46,11 @@ def column(
     return lambda: sa.Column(name, type_(), nullable=nullable, server_default=server_default)
 
 
+def key() -> ColumnItem:
+    """The surrogate key ``id``, an integer the database numbers (SERIAL on PostgreSQL)."""
+    return lambda: sa.Column("id", sa.Integer(), primary_key=True, nullable=False)
+
+
 def string(name: str, length: int | None = None, **options: Any) -> ColumnItem:
     """A ``VARCHAR(length)``, unbounded without a length, as SQLModel types a ``str``."""
     return column(name, lambda: AutoString(length=length), **options)

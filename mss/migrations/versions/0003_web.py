@@ -21,7 +21,7 @@ STEPS = (
     ddl.CreateIndexes("mailbox_item", ddl.index("owner", "folder", "unread", name="ix_mailbox_owner_folder_unread")),
     ddl.CreateTable(
         "web_session",
-        ddl.integer("id"),
+        ddl.key(),
         ddl.string("token_hash", 64),
         ddl.address("address"),
         ddl.string("channel", 10),
@@ -30,7 +30,6 @@ STEPS = (
         ddl.timestamp("created_at"),
         ddl.timestamp("last_seen_at"),
         ddl.timestamp("expires_at"),
-        ddl.primary_key("id"),
         indexes=[ddl.index("token_hash", unique=True), ddl.index("address"), ddl.index("expires_at")],
     ),
     ddl.CreateTable(
@@ -42,12 +41,11 @@ STEPS = (
     ),
     ddl.CreateTable(
         "mailbox_token",
-        ddl.integer("id"),
+        ddl.key(),
         ddl.integer("item_id"),
         ddl.address("owner"),
         ddl.string("token", 32),
         ddl.foreign_key("item_id", "mailbox_item.id", ondelete="CASCADE"),
-        ddl.primary_key("id"),
         indexes=[ddl.index("item_id"), ddl.index("owner", "token", name="ix_mailbox_token_owner_token")],
     ),
 )

@@ -19,7 +19,7 @@ depends_on = None
 STEPS = (
     ddl.CreateTable(
         "webhook_event",
-        ddl.integer("id"),
+        ddl.key(),
         ddl.string("event_id", 40),
         ddl.string("queue_id", 40),
         ddl.address("recipient"),
@@ -33,7 +33,6 @@ STEPS = (
         ddl.timestamp("lease_until", nullable=True),
         ddl.string("last_error", 200),
         ddl.timestamp("updated_at"),
-        ddl.primary_key("id"),
         ddl.unique("event_id"),
         ddl.unique("queue_id", "recipient", "status"),
         indexes=[ddl.index("state", "next_attempt_at", name="ix_webhook_event_due")],
