@@ -2,7 +2,8 @@
 
 A revision lists its steps (create a table with its indexes, add columns to a table, create
 indexes on a table); its ``upgrade`` applies them in order and its ``downgrade`` undoes them
-in the opposite order, so a downgrade cannot drift from its upgrade.
+in the opposite order, so a downgrade cannot drift from its upgrade. What the steps do not
+describe (revision 0002's full-text index, written per dialect) a revision writes with ``op``.
 
 Every revision is built from this module: changing what a name here builds changes the schema
 that old revisions create on a new database and what they undo on an old one. So this module
@@ -62,18 +63,22 @@ def address(name: str, **options: Any) -> ColumnItem:
 
 
 def integer(name: str, **options: Any) -> ColumnItem:
+    """An ``INTEGER``."""
     return column(name, sa.Integer, **options)
 
 
 def boolean(name: str, **options: Any) -> ColumnItem:
+    """A ``BOOLEAN``."""
     return column(name, sa.Boolean, **options)
 
 
 def binary(name: str, **options: Any) -> ColumnItem:
+    """A ``BLOB`` on SQLite, ``BYTEA`` on PostgreSQL."""
     return column(name, sa.LargeBinary, **options)
 
 
 def text(name: str, **options: Any) -> ColumnItem:
+    """A ``TEXT``."""
     return column(name, sa.Text, **options)
 
 
@@ -86,10 +91,12 @@ def timestamp(name: str, **options: Any) -> ColumnItem:
 
 
 def primary_key(*columns: str) -> Item:
+    """The primary key of a table not keyed by ``key()``."""
     return lambda: sa.PrimaryKeyConstraint(*columns)
 
 
 def unique(*columns: str) -> Item:
+    """A unique constraint over ``columns`` together."""
     return lambda: sa.UniqueConstraint(*columns)
 
 
@@ -117,6 +124,8 @@ def index(*columns: str, unique: bool = False, name: str | None = None) -> Index
 
 
 class Step(Protocol):
+    """One change to the schema and how to undo it."""
+
     def apply(self) -> None: ...
 
     def revert(self) -> None: ...
