@@ -1,266 +1,201 @@
 """foundation: directory, certificates, accounts, audit, messages
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-22 02:18:05.162841
 """
-import sqlalchemy as sa
-import sqlmodel
-from alembic import op
 
-import mss.db
+from mss.migrations import ddl
 
-revision = '0001'
+revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
 
+STEPS = (
+    ddl.CreateTable(
+        "audit_checkpoint",
+        ddl.key(),
+        ddl.integer("through_seq"),
+        ddl.string("head_hash", 64),
+        ddl.timestamp("at"),
+        ddl.binary("signature"),
+    ),
+    ddl.CreateTable(
+        "audit_event",
+        ddl.key(),
+        ddl.integer("seq"),
+        ddl.timestamp("at"),
+        ddl.address("actor"),
+        ddl.string("action", 64),
+        ddl.string("object", 500),
+        ddl.string("outcome", 32),
+        ddl.string("request_id", 64),
+        ddl.text("detail"),
+        ddl.string("prev_hash", 64),
+        ddl.string("hash", 64),
+        ddl.unique("hash"),
+        indexes=[ddl.index("action"), ddl.index("at"), ddl.index("object"), ddl.index("seq", unique=True)],
+    ),
+    ddl.CreateTable(
+        "certificate",
+        ddl.key(),
+        ddl.address("address"),
+        ddl.string("usage", 20),
+        ddl.string("serial", 64),
+        ddl.string("fingerprint", 64),
+        ddl.string("subject", 500),
+        ddl.timestamp("not_before"),
+        ddl.timestamp("not_after"),
+        ddl.binary("der"),
+        ddl.timestamp("revoked_at", nullable=True),
+        ddl.string("revocation_reason", 50),
+        ddl.timestamp("created_at"),
+        ddl.unique("fingerprint"),
+        ddl.unique("serial"),
+        indexes=[ddl.index("address"), ddl.index("address", "revoked_at", name="ix_certificate_address_current")],
+    ),
+    ddl.CreateTable(
+        "directory_entry",
+        ddl.key(),
+        ddl.address("address"),
+        ddl.string("kind", 3),
+        ddl.string("rpps_type", 4),
+        ddl.string("rpps", 20),
+        ddl.string("national_id", 30),
+        ddl.string("org_id_type", 4),
+        ddl.string("org_id", 30),
+        ddl.string("service", 200),
+        ddl.string("civility", 10),
+        ddl.string("last_name", 200),
+        ddl.string("first_name", 200),
+        ddl.string("profession_category", 10),
+        ddl.string("profession_category_label", 200),
+        ddl.string("profession_code", 10),
+        ddl.string("profession_label", 200),
+        ddl.string("skill_code", 20),
+        ddl.string("skill_label", 200),
+        ddl.string("dematerialisation", 1),
+        ddl.string("org_name", 300),
+        ddl.string("org_trade_name", 300),
+        ddl.string("addr_l2", 200),
+        ddl.string("addr_l3", 200),
+        ddl.string("addr_number", 20),
+        ddl.string("addr_number_ext", 20),
+        ddl.string("addr_street_type", 20),
+        ddl.string("addr_street", 200),
+        ddl.string("addr_l5", 200),
+        ddl.string("addr_l6", 200),
+        ddl.string("postal_code", 10),
+        ddl.string("department", 10),
+        ddl.string("country", 100),
+        ddl.string("city", 200),
+        ddl.string("status", 10),
+        ddl.string("status_reason", 500),
+        ddl.timestamp("status_changed_at", nullable=True),
+        ddl.string("search_text"),
+        ddl.string("source_hash", 64),
+        ddl.timestamp("created_at"),
+        ddl.timestamp("updated_at"),
+        indexes=[ddl.index("address", unique=True), ddl.index("rpps"), ddl.index("status")],
+    ),
+    ddl.CreateTable(
+        "message",
+        ddl.key(),
+        ddl.string("queue_id", 40),
+        ddl.string("message_id", 998),
+        ddl.address("sender"),
+        ddl.string("kind", 20),
+        ddl.integer("size"),
+        ddl.binary("cms"),
+        ddl.string("cms_sha256", 64),
+        ddl.binary("meta_sealed"),
+        ddl.timestamp("submitted_at"),
+        indexes=[
+            ddl.index("message_id"),
+            ddl.index("queue_id", unique=True),
+            ddl.index("sender"),
+            ddl.index("submitted_at"),
+        ],
+    ),
+    ddl.CreateTable(
+        "sealed_secret",
+        ddl.string("name", 100),
+        ddl.binary("value"),
+        ddl.timestamp("created_at"),
+        ddl.primary_key("name"),
+    ),
+    ddl.CreateTable(
+        "account",
+        ddl.key(),
+        ddl.address("address"),
+        ddl.string("password_hash", 255),
+        ddl.binary("key_salt"),
+        ddl.integer("key_opslimit"),
+        ddl.integer("key_memlimit"),
+        ddl.binary("wrapped_key"),
+        ddl.binary("recovery_sealed_key"),
+        ddl.integer("certificate_id", nullable=True),
+        ddl.binary("totp_secret_sealed"),
+        ddl.boolean("totp_confirmed"),
+        ddl.integer("totp_last_step"),
+        ddl.text("recovery_codes"),
+        ddl.integer("failed_logins"),
+        ddl.timestamp("locked_until", nullable=True),
+        ddl.boolean("disabled"),
+        ddl.timestamp("created_at"),
+        ddl.timestamp("updated_at"),
+        ddl.foreign_key("certificate_id", "certificate.id"),
+        indexes=[ddl.index("address", unique=True)],
+    ),
+    ddl.CreateTable(
+        "delivery",
+        ddl.key(),
+        ddl.integer("message_id"),
+        ddl.address("recipient"),
+        ddl.string("status", 20),
+        ddl.string("reason", 500),
+        ddl.string("notify", 40),
+        ddl.boolean("mdn_requested"),
+        ddl.timestamp("at"),
+        ddl.foreign_key("message_id", "message.id"),
+        ddl.unique("message_id", "recipient"),
+        indexes=[ddl.index("message_id"), ddl.index("recipient")],
+    ),
+    ddl.CreateTable(
+        "mailbox_item",
+        ddl.key(),
+        ddl.integer("message_id"),
+        ddl.address("owner"),
+        ddl.string("folder", 20),
+        ddl.boolean("unread"),
+        ddl.timestamp("created_at"),
+        ddl.foreign_key("message_id", "message.id"),
+        indexes=[
+            ddl.index("message_id"),
+            ddl.index("owner", "folder", "created_at", name="ix_mailbox_owner_folder_time"),
+        ],
+    ),
+    ddl.CreateTable(
+        "receipt",
+        ddl.key(),
+        ddl.integer("message_id"),
+        ddl.address("recipient"),
+        ddl.string("kind", 3),
+        ddl.string("status", 20),
+        ddl.string("reason", 500),
+        ddl.integer("notification_id", nullable=True),
+        ddl.timestamp("at"),
+        ddl.foreign_key("message_id", "message.id"),
+        ddl.foreign_key("notification_id", "message.id"),
+        indexes=[ddl.index("message_id")],
+    ),
+)
+
 
 def upgrade() -> None:
-    # ### commands auto generated by Alembic - please adjust! ###
-    op.create_table('audit_checkpoint',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('through_seq', sa.Integer(), nullable=False),
-    sa.Column('head_hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('at', mss.db.UTCDateTime(), nullable=False),
-    sa.Column('signature', sa.LargeBinary(), nullable=False),
-    sa.PrimaryKeyConstraint('id')
-    )
-    op.create_table('audit_event',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('seq', sa.Integer(), nullable=False),
-    sa.Column('at', mss.db.UTCDateTime(), nullable=False),
-    sa.Column('actor', sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-    sa.Column('action', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('object', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
-    sa.Column('outcome', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-    sa.Column('request_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('detail', sa.Text(), nullable=False),
-    sa.Column('prev_hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('hash')
-    )
-    with op.batch_alter_table('audit_event', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_audit_event_action'), ['action'], unique=False)
-        batch_op.create_index(batch_op.f('ix_audit_event_at'), ['at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_audit_event_object'), ['object'], unique=False)
-        batch_op.create_index(batch_op.f('ix_audit_event_seq'), ['seq'], unique=True)
-
-    op.create_table('certificate',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('address', sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-    sa.Column('usage', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('serial', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('fingerprint', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('subject', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
-    sa.Column('not_before', mss.db.UTCDateTime(), nullable=False),
-    sa.Column('not_after', mss.db.UTCDateTime(), nullable=False),
-    sa.Column('der', sa.LargeBinary(), nullable=False),
-    sa.Column('revoked_at', mss.db.UTCDateTime(), nullable=True),
-    sa.Column('revocation_reason', sqlmodel.sql.sqltypes.AutoString(length=50), nullable=False),
-    sa.Column('created_at', mss.db.UTCDateTime(), nullable=False),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('fingerprint'),
-    sa.UniqueConstraint('serial')
-    )
-    with op.batch_alter_table('certificate', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_certificate_address'), ['address'], unique=False)
-        batch_op.create_index('ix_certificate_address_current', ['address', 'revoked_at'], unique=False)
-
-    op.create_table('directory_entry',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('address', sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
-    sa.Column('rpps_type', sqlmodel.sql.sqltypes.AutoString(length=4), nullable=False),
-    sa.Column('rpps', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('national_id', sqlmodel.sql.sqltypes.AutoString(length=30), nullable=False),
-    sa.Column('org_id_type', sqlmodel.sql.sqltypes.AutoString(length=4), nullable=False),
-    sa.Column('org_id', sqlmodel.sql.sqltypes.AutoString(length=30), nullable=False),
-    sa.Column('service', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('civility', sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
-    sa.Column('last_name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('first_name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('profession_category', sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
-    sa.Column('profession_category_label', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('profession_code', sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
-    sa.Column('profession_label', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('skill_code', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('skill_label', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('dematerialisation', sqlmodel.sql.sqltypes.AutoString(length=1), nullable=False),
-    sa.Column('org_name', sqlmodel.sql.sqltypes.AutoString(length=300), nullable=False),
-    sa.Column('org_trade_name', sqlmodel.sql.sqltypes.AutoString(length=300), nullable=False),
-    sa.Column('addr_l2', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('addr_l3', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('addr_number', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('addr_number_ext', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('addr_street_type', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('addr_street', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('addr_l5', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('addr_l6', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('postal_code', sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
-    sa.Column('department', sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
-    sa.Column('country', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
-    sa.Column('city', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
-    sa.Column('status_reason', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
-    sa.Column('status_changed_at', mss.db.UTCDateTime(), nullable=True),
-    sa.Column('search_text', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('source_hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('created_at', mss.db.UTCDateTime(), nullable=False),
-    sa.Column('updated_at', mss.db.UTCDateTime(), nullable=False),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('directory_entry', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_directory_entry_address'), ['address'], unique=True)
-        batch_op.create_index(batch_op.f('ix_directory_entry_rpps'), ['rpps'], unique=False)
-        batch_op.create_index(batch_op.f('ix_directory_entry_status'), ['status'], unique=False)
-
-    op.create_table('message',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('queue_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
-    sa.Column('message_id', sqlmodel.sql.sqltypes.AutoString(length=998), nullable=False),
-    sa.Column('sender', sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('size', sa.Integer(), nullable=False),
-    sa.Column('cms', sa.LargeBinary(), nullable=False),
-    sa.Column('cms_sha256', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('meta_sealed', sa.LargeBinary(), nullable=False),
-    sa.Column('submitted_at', mss.db.UTCDateTime(), nullable=False),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('message', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_message_message_id'), ['message_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_message_queue_id'), ['queue_id'], unique=True)
-        batch_op.create_index(batch_op.f('ix_message_sender'), ['sender'], unique=False)
-        batch_op.create_index(batch_op.f('ix_message_submitted_at'), ['submitted_at'], unique=False)
-
-    op.create_table('sealed_secret',
-    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
-    sa.Column('value', sa.LargeBinary(), nullable=False),
-    sa.Column('created_at', mss.db.UTCDateTime(), nullable=False),
-    sa.PrimaryKeyConstraint('name')
-    )
-    op.create_table('account',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('address', sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-    sa.Column('password_hash', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
-    sa.Column('key_salt', sa.LargeBinary(), nullable=False),
-    sa.Column('key_opslimit', sa.Integer(), nullable=False),
-    sa.Column('key_memlimit', sa.Integer(), nullable=False),
-    sa.Column('wrapped_key', sa.LargeBinary(), nullable=False),
-    sa.Column('recovery_sealed_key', sa.LargeBinary(), nullable=False),
-    sa.Column('certificate_id', sa.Integer(), nullable=True),
-    sa.Column('totp_secret_sealed', sa.LargeBinary(), nullable=False),
-    sa.Column('totp_confirmed', sa.Boolean(), nullable=False),
-    sa.Column('totp_last_step', sa.Integer(), nullable=False),
-    sa.Column('recovery_codes', sa.Text(), nullable=False),
-    sa.Column('failed_logins', sa.Integer(), nullable=False),
-    sa.Column('locked_until', mss.db.UTCDateTime(), nullable=True),
-    sa.Column('disabled', sa.Boolean(), nullable=False),
-    sa.Column('created_at', mss.db.UTCDateTime(), nullable=False),
-    sa.Column('updated_at', mss.db.UTCDateTime(), nullable=False),
-    sa.ForeignKeyConstraint(['certificate_id'], ['certificate.id'], ),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('account', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_account_address'), ['address'], unique=True)
-
-    op.create_table('delivery',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('message_id', sa.Integer(), nullable=False),
-    sa.Column('recipient', sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
-    sa.Column('notify', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
-    sa.Column('mdn_requested', sa.Boolean(), nullable=False),
-    sa.Column('at', mss.db.UTCDateTime(), nullable=False),
-    sa.ForeignKeyConstraint(['message_id'], ['message.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('message_id', 'recipient')
-    )
-    with op.batch_alter_table('delivery', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_delivery_message_id'), ['message_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_delivery_recipient'), ['recipient'], unique=False)
-
-    op.create_table('mailbox_item',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('message_id', sa.Integer(), nullable=False),
-    sa.Column('owner', sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-    sa.Column('folder', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('unread', sa.Boolean(), nullable=False),
-    sa.Column('created_at', mss.db.UTCDateTime(), nullable=False),
-    sa.ForeignKeyConstraint(['message_id'], ['message.id'], ),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('mailbox_item', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_mailbox_item_message_id'), ['message_id'], unique=False)
-        batch_op.create_index('ix_mailbox_owner_folder_time', ['owner', 'folder', 'created_at'], unique=False)
-
-    op.create_table('receipt',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('message_id', sa.Integer(), nullable=False),
-    sa.Column('recipient', sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
-    sa.Column('notification_id', sa.Integer(), nullable=True),
-    sa.Column('at', mss.db.UTCDateTime(), nullable=False),
-    sa.ForeignKeyConstraint(['message_id'], ['message.id'], ),
-    sa.ForeignKeyConstraint(['notification_id'], ['message.id'], ),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('receipt', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_receipt_message_id'), ['message_id'], unique=False)
-
-    # ### end Alembic commands ###
+    ddl.apply(STEPS)
 
 
 def downgrade() -> None:
-    # ### commands auto generated by Alembic - please adjust! ###
-    with op.batch_alter_table('receipt', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_receipt_message_id'))
-
-    op.drop_table('receipt')
-    with op.batch_alter_table('mailbox_item', schema=None) as batch_op:
-        batch_op.drop_index('ix_mailbox_owner_folder_time')
-        batch_op.drop_index(batch_op.f('ix_mailbox_item_message_id'))
-
-    op.drop_table('mailbox_item')
-    with op.batch_alter_table('delivery', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_delivery_recipient'))
-        batch_op.drop_index(batch_op.f('ix_delivery_message_id'))
-
-    op.drop_table('delivery')
-    with op.batch_alter_table('account', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_account_address'))
-
-    op.drop_table('account')
-    op.drop_table('sealed_secret')
-    with op.batch_alter_table('message', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_message_submitted_at'))
-        batch_op.drop_index(batch_op.f('ix_message_sender'))
-        batch_op.drop_index(batch_op.f('ix_message_queue_id'))
-        batch_op.drop_index(batch_op.f('ix_message_message_id'))
-
-    op.drop_table('message')
-    with op.batch_alter_table('directory_entry', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_directory_entry_status'))
-        batch_op.drop_index(batch_op.f('ix_directory_entry_rpps'))
-        batch_op.drop_index(batch_op.f('ix_directory_entry_address'))
-
-    op.drop_table('directory_entry')
-    with op.batch_alter_table('certificate', schema=None) as batch_op:
-        batch_op.drop_index('ix_certificate_address_current')
-        batch_op.drop_index(batch_op.f('ix_certificate_address'))
-
-    op.drop_table('certificate')
-    with op.batch_alter_table('audit_event', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_audit_event_seq'))
-        batch_op.drop_index(batch_op.f('ix_audit_event_object'))
-        batch_op.drop_index(batch_op.f('ix_audit_event_at'))
-        batch_op.drop_index(batch_op.f('ix_audit_event_action'))
-
-    op.drop_table('audit_event')
-    op.drop_table('audit_checkpoint')
-    # ### end Alembic commands ###
+    ddl.revert(STEPS)

@@ -61,24 +61,21 @@ POSTGRESQL_UPGRADE = (
 POSTGRESQL_DOWNGRADE = ("DROP INDEX IF EXISTS ix_directory_entry_search",)
 
 
-def _run(statements: tuple[str, ...]) -> None:
-    for statement in statements:
+UPGRADE = {"sqlite": SQLITE_UPGRADE, "postgresql": POSTGRESQL_UPGRADE}
+DOWNGRADE = {"sqlite": SQLITE_DOWNGRADE, "postgresql": POSTGRESQL_DOWNGRADE}
+
+
+def _run(statements_by_dialect: dict[str, tuple[str, ...]]) -> None:
+    dialect = op.get_bind().dialect.name
+    if dialect not in statements_by_dialect:
+        raise RuntimeError(f"mss supports SQLite and PostgreSQL, not {dialect}: no directory search index for it")
+    for statement in statements_by_dialect[dialect]:
         op.execute(statement)
 
 
 def upgrade() -> None:
-    dialect = op.get_bind().dialect.name
-    if dialect == "sqlite":
-        _run(SQLITE_UPGRADE)
-    elif dialect == "postgresql":
-        _run(POSTGRESQL_UPGRADE)
-    else:
-        raise RuntimeError(f"mss supports SQLite and PostgreSQL, not {dialect}: no directory search index for it")
+    _run(UPGRADE)
 
 
 def downgrade() -> None:
-    dialect = op.get_bind().dialect.name
-    if dialect == "sqlite":
-        _run(SQLITE_DOWNGRADE)
-    elif dialect == "postgresql":
-        _run(POSTGRESQL_DOWNGRADE)
+    _run(DOWNGRADE)

@@ -10,71 +10,50 @@ Revision ID: 0003
 Revises: 0002
 """
 
-import sqlalchemy as sa
-import sqlmodel
-from alembic import op
-
-import mss.db
+from mss.migrations import ddl
 
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
 
+STEPS = (
+    ddl.CreateIndexes("mailbox_item", ddl.index("owner", "folder", "unread", name="ix_mailbox_owner_folder_unread")),
+    ddl.CreateTable(
+        "web_session",
+        ddl.key(),
+        ddl.string("token_hash", 64),
+        ddl.address("address"),
+        ddl.string("channel", 10),
+        ddl.string("stage", 10),
+        ddl.binary("key_sealed"),
+        ddl.timestamp("created_at"),
+        ddl.timestamp("last_seen_at"),
+        ddl.timestamp("expires_at"),
+        indexes=[ddl.index("token_hash", unique=True), ddl.index("address"), ddl.index("expires_at")],
+    ),
+    ddl.CreateTable(
+        "mailbox_indexed",
+        ddl.integer("item_id"),
+        ddl.integer("level"),
+        ddl.foreign_key("item_id", "mailbox_item.id", ondelete="CASCADE"),
+        ddl.primary_key("item_id"),
+    ),
+    ddl.CreateTable(
+        "mailbox_token",
+        ddl.key(),
+        ddl.integer("item_id"),
+        ddl.address("owner"),
+        ddl.string("token", 32),
+        ddl.foreign_key("item_id", "mailbox_item.id", ondelete="CASCADE"),
+        indexes=[ddl.index("item_id"), ddl.index("owner", "token", name="ix_mailbox_token_owner_token")],
+    ),
+)
+
 
 def upgrade() -> None:
-    with op.batch_alter_table("mailbox_item", schema=None) as batch_op:
-        batch_op.create_index("ix_mailbox_owner_folder_unread", ["owner", "folder", "unread"], unique=False)
-
-    op.create_table(
-        "web_session",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("token_hash", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("address", sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-        sa.Column("channel", sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
-        sa.Column("stage", sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
-        sa.Column("key_sealed", sa.LargeBinary(), nullable=False),
-        sa.Column("created_at", mss.db.UTCDateTime(), nullable=False),
-        sa.Column("last_seen_at", mss.db.UTCDateTime(), nullable=False),
-        sa.Column("expires_at", mss.db.UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    with op.batch_alter_table("web_session", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_web_session_token_hash"), ["token_hash"], unique=True)
-        batch_op.create_index(batch_op.f("ix_web_session_address"), ["address"], unique=False)
-        batch_op.create_index(batch_op.f("ix_web_session_expires_at"), ["expires_at"], unique=False)
-
-    op.create_table(
-        "mailbox_indexed",
-        sa.Column("item_id", sa.Integer(), nullable=False),
-        sa.Column("level", sa.Integer(), nullable=False),
-        sa.ForeignKeyConstraint(["item_id"], ["mailbox_item.id"], ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("item_id"),
-    )
-    op.create_table(
-        "mailbox_token",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("item_id", sa.Integer(), nullable=False),
-        sa.Column("owner", sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-        sa.Column("token", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-        sa.ForeignKeyConstraint(["item_id"], ["mailbox_item.id"], ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    with op.batch_alter_table("mailbox_token", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_mailbox_token_item_id"), ["item_id"], unique=False)
-        batch_op.create_index("ix_mailbox_token_owner_token", ["owner", "token"], unique=False)
+    ddl.apply(STEPS)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("mailbox_token", schema=None) as batch_op:
-        batch_op.drop_index("ix_mailbox_token_owner_token")
-        batch_op.drop_index(batch_op.f("ix_mailbox_token_item_id"))
-    op.drop_table("mailbox_token")
-    op.drop_table("mailbox_indexed")
-    with op.batch_alter_table("web_session", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_web_session_expires_at"))
-        batch_op.drop_index(batch_op.f("ix_web_session_address"))
-        batch_op.drop_index(batch_op.f("ix_web_session_token_hash"))
-    op.drop_table("web_session")
-    with op.batch_alter_table("mailbox_item", schema=None) as batch_op:
-        batch_op.drop_index("ix_mailbox_owner_folder_unread")
+    ddl.revert(STEPS)

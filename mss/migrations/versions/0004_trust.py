@@ -12,10 +12,9 @@ Revises: 0003
 """
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
 
-import mss.db
+from mss.migrations import ddl
 
 revision = "0004"
 down_revision = "0003"
@@ -23,34 +22,40 @@ branch_labels = None
 depends_on = None
 
 
-def upgrade() -> None:
-    # Existing rows get an empty byte string (no past key yet), written as each backend spells it.
-    empty = sa.text("X''") if op.get_bind().dialect.name == "sqlite" else sa.text("''::bytea")
-    with op.batch_alter_table("account", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("past_keys_wrapped", sa.LargeBinary(), nullable=False, server_default=empty))
-        batch_op.add_column(
-            sa.Column("past_keys_recovery_sealed", sa.LargeBinary(), nullable=False, server_default=empty)
-        )
-        batch_op.add_column(sa.Column("factor_failures", sa.Integer(), nullable=False, server_default="0"))
-        batch_op.add_column(sa.Column("last_failure_at", mss.db.UTCDateTime(), nullable=True))
-    with op.batch_alter_table("web_session", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("past_keys_sealed", sa.LargeBinary(), nullable=False, server_default=empty))
-    op.create_table(
+def past_keys(name: str) -> ddl.ColumnItem:
+    """A column of past keys; existing rows get an empty byte string (no past key yet),
+    written as each backend spells it."""
+
+    def build() -> sa.Column:
+        empty = sa.text("X''") if op.get_bind().dialect.name == "sqlite" else sa.text("''::bytea")
+        return sa.Column(name, sa.LargeBinary(), nullable=False, server_default=empty)
+
+    return build
+
+
+STEPS = (
+    ddl.AddColumns(
+        "account",
+        past_keys("past_keys_wrapped"),
+        past_keys("past_keys_recovery_sealed"),
+        ddl.integer("factor_failures", server_default="0"),
+        ddl.timestamp("last_failure_at", nullable=True),
+    ),
+    ddl.AddColumns("web_session", past_keys("past_keys_sealed")),
+    ddl.CreateTable(
         "login_throttle",
-        sa.Column("scope", sqlmodel.sql.sqltypes.AutoString(length=400), nullable=False),
-        sa.Column("failures", sa.Integer(), nullable=False),
-        sa.Column("last_failure_at", mss.db.UTCDateTime(), nullable=False),
-        sa.Column("blocked_until", mss.db.UTCDateTime(), nullable=True),
-        sa.PrimaryKeyConstraint("scope"),
-    )
+        ddl.string("scope", 400),
+        ddl.integer("failures"),
+        ddl.timestamp("last_failure_at"),
+        ddl.timestamp("blocked_until", nullable=True),
+        ddl.primary_key("scope"),
+    ),
+)
+
+
+def upgrade() -> None:
+    ddl.apply(STEPS)
 
 
 def downgrade() -> None:
-    op.drop_table("login_throttle")
-    with op.batch_alter_table("web_session", schema=None) as batch_op:
-        batch_op.drop_column("past_keys_sealed")
-    with op.batch_alter_table("account", schema=None) as batch_op:
-        batch_op.drop_column("last_failure_at")
-        batch_op.drop_column("factor_failures")
-        batch_op.drop_column("past_keys_recovery_sealed")
-        batch_op.drop_column("past_keys_wrapped")
+    ddl.revert(STEPS)

@@ -9,59 +9,56 @@ Revision ID: 0005
 Revises: 0004
 """
 
-import sqlalchemy as sa
-import sqlmodel
-from alembic import op
-
-import mss.db
+from mss.migrations import ddl
 
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
 
+STEPS = (
+    ddl.CreateTable(
+        "mail_client_setting",
+        ddl.address("address"),
+        ddl.string("imap_mode", 20),
+        ddl.timestamp("updated_at"),
+        ddl.primary_key("address"),
+    ),
+    ddl.CreateTable(
+        "client_folder",
+        ddl.address("owner"),
+        ddl.string("folder", 20),
+        ddl.integer("uid_validity"),
+        ddl.integer("uid_next"),
+        ddl.integer("changes"),
+        ddl.primary_key("owner", "folder"),
+    ),
+    ddl.CreateTable(
+        "client_item",
+        ddl.integer("item_id"),
+        ddl.address("owner"),
+        ddl.string("folder", 20),
+        ddl.integer("uid"),
+        ddl.boolean("flagged"),
+        ddl.boolean("answered"),
+        ddl.boolean("deleted"),
+        ddl.foreign_key("item_id", "mailbox_item.id", ondelete="CASCADE"),
+        ddl.primary_key("item_id"),
+        ddl.unique("owner", "folder", "uid"),
+    ),
+    ddl.CreateTable(
+        "entity_shape",
+        ddl.integer("message_id"),
+        ddl.binary("sealed"),
+        ddl.foreign_key("message_id", "message.id", ondelete="CASCADE"),
+        ddl.primary_key("message_id"),
+    ),
+)
+
 
 def upgrade() -> None:
-    op.create_table(
-        "mail_client_setting",
-        sa.Column("address", sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-        sa.Column("imap_mode", sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-        sa.Column("updated_at", mss.db.UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("address"),
-    )
-    op.create_table(
-        "client_folder",
-        sa.Column("owner", sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-        sa.Column("folder", sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-        sa.Column("uid_validity", sa.Integer(), nullable=False),
-        sa.Column("uid_next", sa.Integer(), nullable=False),
-        sa.Column("changes", sa.Integer(), nullable=False),
-        sa.PrimaryKeyConstraint("owner", "folder"),
-    )
-    op.create_table(
-        "client_item",
-        sa.Column("item_id", sa.Integer(), nullable=False),
-        sa.Column("owner", sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-        sa.Column("folder", sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-        sa.Column("uid", sa.Integer(), nullable=False),
-        sa.Column("flagged", sa.Boolean(), nullable=False),
-        sa.Column("answered", sa.Boolean(), nullable=False),
-        sa.Column("deleted", sa.Boolean(), nullable=False),
-        sa.ForeignKeyConstraint(["item_id"], ["mailbox_item.id"], ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("item_id"),
-        sa.UniqueConstraint("owner", "folder", "uid"),
-    )
-    op.create_table(
-        "entity_shape",
-        sa.Column("message_id", sa.Integer(), nullable=False),
-        sa.Column("sealed", sa.LargeBinary(), nullable=False),
-        sa.ForeignKeyConstraint(["message_id"], ["message.id"], ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("message_id"),
-    )
+    ddl.apply(STEPS)
 
 
 def downgrade() -> None:
-    op.drop_table("entity_shape")
-    op.drop_table("client_item")
-    op.drop_table("client_folder")
-    op.drop_table("mail_client_setting")
+    ddl.revert(STEPS)

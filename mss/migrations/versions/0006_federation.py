@@ -11,158 +11,119 @@ Revision ID: 0006
 Revises: 0005
 """
 
-import sqlalchemy as sa
-import sqlmodel
-from alembic import op
-
-import mss.db
+from mss.migrations import ddl
 
 revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
 
+STEPS = (
+    ddl.CreateTable(
+        "peer_certificate",
+        ddl.key(),
+        ddl.address("address"),
+        ddl.string("fingerprint", 64),
+        ddl.binary("der"),
+        ddl.timestamp("not_after"),
+        ddl.string("source", 10),
+        ddl.timestamp("seen_at"),
+        ddl.unique("fingerprint"),
+        indexes=[ddl.index("address")],
+    ),
+    ddl.CreateTable(
+        "peer_crl",
+        ddl.string("url", 500),
+        ddl.string("issuer", 64),
+        ddl.binary("der"),
+        ddl.timestamp("next_update", nullable=True),
+        ddl.timestamp("fetched_at"),
+        ddl.primary_key("url"),
+        indexes=[ddl.index("issuer")],
+    ),
+    ddl.CreateTable(
+        "peer_lookup", ddl.address("address"), ddl.boolean("found"), ddl.timestamp("at"), ddl.primary_key("address")
+    ),
+    ddl.CreateTable(
+        "peer_route",
+        ddl.string("domain", 253),
+        ddl.string("host", 253),
+        ddl.integer("port"),
+        ddl.string("certificates_url", 500),
+        ddl.timestamp("updated_at"),
+        ddl.primary_key("domain"),
+    ),
+    ddl.CreateTable(
+        "trusted_domain",
+        ddl.string("domain", 253),
+        ddl.string("source", 10),
+        ddl.timestamp("added_at"),
+        ddl.timestamp("updated_at"),
+        ddl.primary_key("domain"),
+    ),
+    ddl.CreateTable(
+        "inbound_delivery",
+        ddl.key(),
+        ddl.address("sender"),
+        ddl.string("message_ident", 64),
+        ddl.address("recipient"),
+        ddl.integer("message_id"),
+        ddl.timestamp("at"),
+        ddl.foreign_key("message_id", "message.id"),
+        ddl.unique("sender", "message_ident", "recipient"),
+        indexes=[ddl.index("message_id")],
+    ),
+    ddl.CreateTable(
+        "outbound",
+        ddl.key(),
+        ddl.string("queue_id", 40),
+        ddl.integer("message_id", nullable=True),
+        ddl.string("kind", 10),
+        ddl.string("domain", 253),
+        ddl.string("protection", 10),
+        ddl.address("mail_from"),
+        ddl.string("envelope_id", 100, nullable=True),
+        ddl.string("ret", 4, nullable=True),
+        ddl.binary("payload_sealed"),
+        ddl.integer("size"),
+        ddl.string("state", 10),
+        ddl.integer("attempts"),
+        ddl.timestamp("created_at"),
+        ddl.timestamp("next_attempt_at"),
+        ddl.timestamp("expires_at"),
+        ddl.boolean("delay_warned"),
+        ddl.string("lease_owner", 80),
+        ddl.timestamp("lease_until", nullable=True),
+        ddl.timestamp("last_attempt_at", nullable=True),
+        ddl.string("last_error", 500),
+        ddl.timestamp("updated_at"),
+        ddl.foreign_key("message_id", "message.id"),
+        indexes=[
+            ddl.index("state", "next_attempt_at", name="ix_outbound_due"),
+            ddl.index("message_id"),
+            ddl.index("queue_id", unique=True),
+        ],
+    ),
+    ddl.CreateTable(
+        "outbound_recipient",
+        ddl.key(),
+        ddl.integer("outbound_id"),
+        ddl.address("address"),
+        ddl.string("notify", 40),
+        ddl.string("orcpt", 500, nullable=True),
+        ddl.string("state", 10),
+        ddl.string("reply", 500),
+        ddl.timestamp("updated_at"),
+        ddl.foreign_key("outbound_id", "outbound.id"),
+        ddl.unique("outbound_id", "address"),
+        indexes=[ddl.index("outbound_id")],
+    ),
+)
+
 
 def upgrade() -> None:
-    op.create_table(
-        "peer_certificate",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("address", sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-        sa.Column("fingerprint", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("der", sa.LargeBinary(), nullable=False),
-        sa.Column("not_after", mss.db.UTCDateTime(), nullable=False),
-        sa.Column("source", sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
-        sa.Column("seen_at", mss.db.UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("fingerprint"),
-    )
-    with op.batch_alter_table("peer_certificate", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_peer_certificate_address"), ["address"], unique=False)
-
-    op.create_table(
-        "peer_crl",
-        sa.Column("url", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
-        sa.Column("issuer", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("der", sa.LargeBinary(), nullable=False),
-        sa.Column("next_update", mss.db.UTCDateTime(), nullable=True),
-        sa.Column("fetched_at", mss.db.UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("url"),
-    )
-    with op.batch_alter_table("peer_crl", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_peer_crl_issuer"), ["issuer"], unique=False)
-
-    op.create_table(
-        "peer_lookup",
-        sa.Column("address", sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-        sa.Column("found", sa.Boolean(), nullable=False),
-        sa.Column("at", mss.db.UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("address"),
-    )
-    op.create_table(
-        "peer_route",
-        sa.Column("domain", sqlmodel.sql.sqltypes.AutoString(length=253), nullable=False),
-        sa.Column("host", sqlmodel.sql.sqltypes.AutoString(length=253), nullable=False),
-        sa.Column("port", sa.Integer(), nullable=False),
-        sa.Column("certificates_url", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
-        sa.Column("updated_at", mss.db.UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("domain"),
-    )
-    op.create_table(
-        "trusted_domain",
-        sa.Column("domain", sqlmodel.sql.sqltypes.AutoString(length=253), nullable=False),
-        sa.Column("source", sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
-        sa.Column("added_at", mss.db.UTCDateTime(), nullable=False),
-        sa.Column("updated_at", mss.db.UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("domain"),
-    )
-    op.create_table(
-        "inbound_delivery",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("sender", sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-        sa.Column("message_ident", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-        sa.Column("recipient", sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-        sa.Column("message_id", sa.Integer(), nullable=False),
-        sa.Column("at", mss.db.UTCDateTime(), nullable=False),
-        sa.ForeignKeyConstraint(["message_id"], ["message.id"]),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("sender", "message_ident", "recipient"),
-    )
-    with op.batch_alter_table("inbound_delivery", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_inbound_delivery_message_id"), ["message_id"], unique=False)
-
-    op.create_table(
-        "outbound",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("queue_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
-        sa.Column("message_id", sa.Integer(), nullable=True),
-        sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
-        sa.Column("domain", sqlmodel.sql.sqltypes.AutoString(length=253), nullable=False),
-        sa.Column("protection", sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
-        sa.Column("mail_from", sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-        sa.Column("envelope_id", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=True),
-        sa.Column("ret", sqlmodel.sql.sqltypes.AutoString(length=4), nullable=True),
-        sa.Column("payload_sealed", sa.LargeBinary(), nullable=False),
-        sa.Column("size", sa.Integer(), nullable=False),
-        sa.Column("state", sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("created_at", mss.db.UTCDateTime(), nullable=False),
-        sa.Column("next_attempt_at", mss.db.UTCDateTime(), nullable=False),
-        sa.Column("expires_at", mss.db.UTCDateTime(), nullable=False),
-        sa.Column("delay_warned", sa.Boolean(), nullable=False),
-        sa.Column("lease_owner", sqlmodel.sql.sqltypes.AutoString(length=80), nullable=False),
-        sa.Column("lease_until", mss.db.UTCDateTime(), nullable=True),
-        sa.Column("last_attempt_at", mss.db.UTCDateTime(), nullable=True),
-        sa.Column("last_error", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
-        sa.Column("updated_at", mss.db.UTCDateTime(), nullable=False),
-        sa.ForeignKeyConstraint(["message_id"], ["message.id"]),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    with op.batch_alter_table("outbound", schema=None) as batch_op:
-        batch_op.create_index("ix_outbound_due", ["state", "next_attempt_at"], unique=False)
-        batch_op.create_index(batch_op.f("ix_outbound_message_id"), ["message_id"], unique=False)
-        batch_op.create_index(batch_op.f("ix_outbound_queue_id"), ["queue_id"], unique=True)
-
-    op.create_table(
-        "outbound_recipient",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("outbound_id", sa.Integer(), nullable=False),
-        sa.Column("address", sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-        sa.Column("notify", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
-        sa.Column("orcpt", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
-        sa.Column("state", sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
-        sa.Column("reply", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
-        sa.Column("updated_at", mss.db.UTCDateTime(), nullable=False),
-        sa.ForeignKeyConstraint(["outbound_id"], ["outbound.id"]),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("outbound_id", "address"),
-    )
-    with op.batch_alter_table("outbound_recipient", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_outbound_recipient_outbound_id"), ["outbound_id"], unique=False)
+    ddl.apply(STEPS)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("outbound_recipient", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_outbound_recipient_outbound_id"))
-
-    op.drop_table("outbound_recipient")
-    with op.batch_alter_table("outbound", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_outbound_queue_id"))
-        batch_op.drop_index(batch_op.f("ix_outbound_message_id"))
-        batch_op.drop_index("ix_outbound_due")
-
-    op.drop_table("outbound")
-    with op.batch_alter_table("inbound_delivery", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_inbound_delivery_message_id"))
-
-    op.drop_table("inbound_delivery")
-    op.drop_table("trusted_domain")
-    op.drop_table("peer_route")
-    op.drop_table("peer_lookup")
-    with op.batch_alter_table("peer_crl", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_peer_crl_issuer"))
-
-    op.drop_table("peer_crl")
-    with op.batch_alter_table("peer_certificate", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_peer_certificate_address"))
-
-    op.drop_table("peer_certificate")
+    ddl.revert(STEPS)

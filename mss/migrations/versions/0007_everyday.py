@@ -8,60 +8,44 @@ Revision ID: 0007
 Revises: 0006
 """
 
-import sqlalchemy as sa
-import sqlmodel
-from alembic import op
-
-import mss.db
+from mss.migrations import ddl
 
 revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
 
+STEPS = (
+    ddl.AddColumns("account", ddl.string("read_receipts", 10, server_default="ask")),
+    ddl.CreateTable(
+        "read_receipt_declined",
+        ddl.key(),
+        ddl.integer("message_id"),
+        ddl.address("recipient"),
+        ddl.string("by", 10),
+        ddl.timestamp("at"),
+        ddl.foreign_key("message_id", "message.id"),
+        ddl.unique("message_id", "recipient"),
+        indexes=[ddl.index("message_id")],
+    ),
+    ddl.CreateTable(
+        "draft",
+        ddl.key(),
+        ddl.string("draft_id", 40),
+        ddl.address("owner"),
+        ddl.binary("summary_cms"),
+        ddl.binary("content_cms"),
+        ddl.integer("size"),
+        ddl.timestamp("created_at"),
+        ddl.timestamp("updated_at"),
+        indexes=[ddl.index("draft_id", unique=True), ddl.index("owner")],
+    ),
+)
+
 
 def upgrade() -> None:
-    with op.batch_alter_table("account", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("read_receipts", sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False, server_default="ask")
-        )
-    op.create_table(
-        "read_receipt_declined",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("message_id", sa.Integer(), nullable=False),
-        sa.Column("recipient", sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-        sa.Column("by", sqlmodel.sql.sqltypes.AutoString(length=10), nullable=False),
-        sa.Column("at", mss.db.UTCDateTime(), nullable=False),
-        sa.ForeignKeyConstraint(["message_id"], ["message.id"]),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("message_id", "recipient"),
-    )
-    with op.batch_alter_table("read_receipt_declined", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_read_receipt_declined_message_id"), ["message_id"], unique=False)
-    op.create_table(
-        "draft",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("draft_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
-        sa.Column("owner", sqlmodel.sql.sqltypes.AutoString(length=254), nullable=False),
-        sa.Column("summary_cms", sa.LargeBinary(), nullable=False),
-        sa.Column("content_cms", sa.LargeBinary(), nullable=False),
-        sa.Column("size", sa.Integer(), nullable=False),
-        sa.Column("created_at", mss.db.UTCDateTime(), nullable=False),
-        sa.Column("updated_at", mss.db.UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    with op.batch_alter_table("draft", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_draft_draft_id"), ["draft_id"], unique=True)
-        batch_op.create_index(batch_op.f("ix_draft_owner"), ["owner"], unique=False)
+    ddl.apply(STEPS)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("draft", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_draft_owner"))
-        batch_op.drop_index(batch_op.f("ix_draft_draft_id"))
-    op.drop_table("draft")
-    with op.batch_alter_table("read_receipt_declined", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_read_receipt_declined_message_id"))
-    op.drop_table("read_receipt_declined")
-    with op.batch_alter_table("account", schema=None) as batch_op:
-        batch_op.drop_column("read_receipts")
+    ddl.revert(STEPS)

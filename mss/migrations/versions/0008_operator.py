@@ -10,27 +10,28 @@ Revises: 0007
 """
 
 import sqlalchemy as sa
-from alembic import op
 
-import mss.db
+from mss.migrations import ddl
 
 revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
 
+STEPS = (
+    ddl.AddColumns(
+        "account",
+        ddl.timestamp("last_login_at", nullable=True),
+        ddl.timestamp("inactivity_notice_at", nullable=True),
+        ddl.timestamp("closed_at", nullable=True),
+        ddl.boolean("is_admin", server_default=sa.false()),
+    ),
+)
+
 
 def upgrade() -> None:
-    with op.batch_alter_table("account", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("last_login_at", mss.db.UTCDateTime(), nullable=True))
-        batch_op.add_column(sa.Column("inactivity_notice_at", mss.db.UTCDateTime(), nullable=True))
-        batch_op.add_column(sa.Column("closed_at", mss.db.UTCDateTime(), nullable=True))
-        batch_op.add_column(sa.Column("is_admin", sa.Boolean(), nullable=False, server_default=sa.false()))
+    ddl.apply(STEPS)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("account", schema=None) as batch_op:
-        batch_op.drop_column("is_admin")
-        batch_op.drop_column("closed_at")
-        batch_op.drop_column("inactivity_notice_at")
-        batch_op.drop_column("last_login_at")
+    ddl.revert(STEPS)
