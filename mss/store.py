@@ -155,17 +155,7 @@ def store_submission(
     """
     row = _add_message(session, master_key, message)
     events = [
-        audit.EventSpec(
-            message.meta.sender,
-            "message.submit",
-            message.queue_id,
-            request_id=request_id,
-            detail={
-                "channel": channel,
-                "message_id": message.meta.message_id,
-                "recipients": len(message.delivered) + len(message.failed) + len(queued),
-            },
-        ),
+        _arrival(message, "message.submit", request_id, elsewhere=len(queued), channel=channel),
         audit.EventSpec(
             "system", "message.check", message.queue_id, request_id=request_id, detail={"documents": checked}
         ),
@@ -200,24 +190,27 @@ def store_inbound(
     already has it.
     """
     row = _add_message(session, master_key, message)
-    events = [
-        audit.EventSpec(
-            message.meta.sender,
-            "message.receive",
-            message.queue_id,
-            request_id=request_id,
-            detail={
-                "peer": peer,
-                "message_id": message.meta.message_id,
-                "recipients": len(message.delivered) + len(message.failed),
-                "protection": (message.meta.origin or {}).get("protection", ""),
-            },
-        )
-    ]
+    protection = (message.meta.origin or {}).get("protection", "")
+    events = [_arrival(message, "message.receive", request_id, peer=peer, protection=protection)]
     # A repeated delivery fails here (IntegrityError), before the audit chain moves.
     events += _add_deliveries(session, row, message, request_id=request_id, inbound=(sender_key, message_digest))
     audit.record_many(session, events)
     return row
+
+
+def _arrival(
+    message: NewMessage, action: str, request_id: str, *, elsewhere: int = 0, **detail: object
+) -> audit.EventSpec:
+    """The event that opens a stored message's trail: ``action`` by its sender, with its
+    Message-ID and how many recipients it has (``elsewhere``: at other operators)."""
+    recipients = len(message.delivered) + len(message.failed) + elsewhere
+    return audit.EventSpec(
+        message.meta.sender,
+        action,
+        message.queue_id,
+        request_id=request_id,
+        detail={"message_id": message.meta.message_id, "recipients": recipients, **detail},
+    )
 
 
 def _add_message(session: Session, master_key: MasterKey, message: NewMessage) -> Message:
