@@ -10,14 +10,16 @@ import base64
 import binascii
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from mss.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -333,19 +335,18 @@ class Settings:
         def get(name: str, default: str) -> str:
             return env.get(name, default).strip() or default
 
-        def integer(name: str, default: int) -> int:
+        def parsed(name: str, default: T, parse: Callable[[str], T], expected: str) -> T:
             raw = get(name, str(default))
             try:
-                return int(raw)
+                return parse(raw)
             except ValueError:
-                raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+                raise ConfigError(f"{name} must be {expected}, not {raw!r}") from None
+
+        def integer(name: str, default: int) -> int:
+            return parsed(name, default, int, "a whole number")
 
         def number(name: str, default: float) -> float:
-            raw = get(name, str(default))
-            try:
-                return float(raw)
-            except ValueError:
-                raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+            return parsed(name, default, float, "a number")
 
         def duration(name: str, default: str) -> float:
             # 90, 90s, 15m, 4h, 5d: seconds unless a unit says otherwise.
