@@ -360,6 +360,13 @@ class Settings:
                 raise ConfigError(f"{name} must be longer than zero")
             return value
 
+        def retry_waits(first: tuple[str, str], longest: tuple[str, str]) -> dict[str, float]:
+            # The first wait after a failure and the longest one: (variable, default) each.
+            waits = {"retry_min": duration(*first), "retry_max": duration(*longest)}
+            if waits["retry_max"] < waits["retry_min"]:
+                raise ConfigError(f"{longest[0]} must not be shorter than {first[0]}")
+            return waits
+
         def flag(name: str, default: bool) -> bool:
             raw = get(name, "1" if default else "0").lower()
             if raw in {"1", "true", "yes", "on"}:
@@ -449,8 +456,7 @@ class Settings:
             peer_smtp_port=integer("MSS_PEER_SMTP_PORT", 25),
             delay_warning=duration("MSS_DELAY_WARNING", "4h"),
             queue_lifetime=duration("MSS_QUEUE_LIFETIME", "5d"),
-            retry_min=duration("MSS_RETRY_MIN", "5m"),
-            retry_max=duration("MSS_RETRY_MAX", "1h"),
+            **retry_waits(("MSS_RETRY_MIN", "5m"), ("MSS_RETRY_MAX", "1h")),
             queue_lease=duration("MSS_QUEUE_LEASE", "10m"),
             delivery_concurrency=integer("MSS_DELIVERY_CONCURRENCY", 4),
             queue_poll=duration("MSS_QUEUE_POLL", "1s"),
@@ -459,8 +465,6 @@ class Settings:
             certificate_fetch_timeout=duration("MSS_CERT_FETCH_TIMEOUT", "5s"),
             certificate_cache=duration("MSS_CERT_CACHE", "1d"),
         )
-        if federation.retry_max < federation.retry_min:
-            raise ConfigError("MSS_RETRY_MAX must not be shorter than MSS_RETRY_MIN")
         if federation.delivery_concurrency < 0:
             raise ConfigError("MSS_DELIVERY_CONCURRENCY must be 0 or more")
         log_format = get("MSS_LOG_FORMAT", "text").lower()
@@ -486,14 +490,11 @@ class Settings:
         webhook = WebhookSettings(
             url=_webhook_url(webhook_url) if webhook_url else "",
             secret=_webhook_secret(webhook_secret) if webhook_url else b"",
-            retry_min=duration("MSS_WEBHOOK_RETRY_MIN", "10s"),
-            retry_max=duration("MSS_WEBHOOK_RETRY_MAX", "1h"),
+            **retry_waits(("MSS_WEBHOOK_RETRY_MIN", "10s"), ("MSS_WEBHOOK_RETRY_MAX", "1h")),
             lifetime=duration("MSS_WEBHOOK_LIFETIME", "1d"),
             timeout=duration("MSS_WEBHOOK_TIMEOUT", "10s"),
             poll=duration("MSS_WEBHOOK_POLL", "1s"),
         )
-        if webhook.retry_max < webhook.retry_min:
-            raise ConfigError("MSS_WEBHOOK_RETRY_MAX must not be shorter than MSS_WEBHOOK_RETRY_MIN")
         return cls(
             environment=environment,
             domains=_split(get("MSS_DOMAINS", "mss.test")),
