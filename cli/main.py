@@ -7,13 +7,14 @@ flag. Errors print one line on stderr and exit with status 1.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import enum
 import functools
 import getpass
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -21,19 +22,54 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlmodel import Session
 
+from mss.db import session_scope
 from mss.errors import MssError, NoSuchAccount
 from mss.files import write_file
 from mss.runtime import Runtime, open_runtime
 from mss.settings import Settings
 
+# Not on a terminal (a pipe, a log), tables keep their full width instead of wrapping at 80.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handles_errors(fn: F) -> F:
+    """Turn an MssError into one line on stderr and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MssError as exc:
+            err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+            raise typer.Exit(1) from None
+
+    # functools.wraps keeps the signature Typer reads; mypy sees only the wrapper
+    return wrapper  # type: ignore[return-value]
+
+
+class CommandGroup(typer.Typer):
+    """A group of commands, each of which handles errors (``handles_errors``)."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn: F) -> F:
+            return register(handles_errors(fn))
+
+        return decorator
+
+
 # Plain help (no rich boxes): Typer's rich help labels every flag "<bool>" as if it took a
 # value; the plain form shows a flag as a flag, and reads the same in a pipe or a log.
 
 
-def _group(help_text: str, *, add_completion: bool = True) -> typer.Typer:
+def _group(help_text: str, *, add_completion: bool = True) -> CommandGroup:
     """A command group: plain help text, and its help when called with no command."""
-    return typer.Typer(help=help_text, rich_markup_mode=None, no_args_is_help=True, add_completion=add_completion)
+    return CommandGroup(help=help_text, rich_markup_mode=None, no_args_is_help=True, add_completion=add_completion)
 
 
 app = _group("mss: secure messaging for health professionals.", add_completion=False)
@@ -54,13 +90,18 @@ app.add_typer(queue_app, name="queue")
 app.add_typer(report_app, name="report")
 app.add_typer(lifecycle_app, name="lifecycle")
 
-# Not on a terminal (a pipe, a log), tables keep their full width instead of wrapping at 80.
-out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-F = TypeVar("F", bound=Callable[..., Any])
-
 PasswordStdin = Annotated[
     bool, typer.Option("--password-stdin", help="Read secrets one per line from standard input, in prompt order.")
+]
+Pkcs12File = Annotated[
+    Path, typer.Option("--out", help="Where to write the key and certificate (a PKCS#12 .p12 file).")
+]
+RevocationReason = Annotated[
+    str,
+    typer.Option(
+        help="Why the certificate is revoked (RFC 5280): keyCompromise, affiliationChanged, superseded,"
+        " cessationOfOperation ..."
+    ),
 ]
 Compatible = Annotated[
     bool,
@@ -122,21 +163,6 @@ def print_listing(
         out.print(summary, highlight=False)
 
 
-def handles_errors(fn: F) -> F:
-    """Turn an MssError into one line on stderr and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except MssError as exc:
-            err.print(f"[red]error:[/red] {exc.message}", highlight=False)
-            raise typer.Exit(1) from None
-
-    # functools.wraps keeps the signature Typer reads; mypy sees only the wrapper
-    return wrapper  # type: ignore[return-value]
-
-
 def actor() -> str:
     try:
         return f"cli:{getpass.getuser()}"
@@ -146,6 +172,15 @@ def actor() -> str:
 
 def runtime() -> Runtime:
     return open_runtime(Settings.from_env())
+
+
+@contextlib.contextmanager
+def transaction(*, readonly: bool = False) -> Iterator[tuple[Runtime, Session]]:
+    """The runtime and one database session on it, committed when the block ends
+    (``readonly``: a session that writes nothing)."""
+    rt = runtime()
+    with session_scope(rt.engine, readonly=readonly) as session:
+        yield rt, session
 
 
 class SecretReader:
@@ -184,7 +219,6 @@ def print_enrolment(enrolment: Any) -> None:
 
 
 @pki_app.command("init")
-@handles_errors
 def pki_init(
     if_missing: Annotated[bool, typer.Option("--if-missing", help="Do nothing when the PKI exists.")] = False,
     force: Annotated[
@@ -211,16 +245,11 @@ def pki_init(
 
 
 @pki_app.command("issue")
-@handles_errors
 def pki_issue(
-    address: str,
-    out_file: Annotated[Path, typer.Option("--out", help="Where to write the key and certificate (.p12).")],
-    password_stdin: PasswordStdin = False,
-    compatible: Compatible = False,
+    address: str, out_file: Pkcs12File, password_stdin: PasswordStdin = False, compatible: Compatible = False
 ) -> None:
     """Issue an S/MIME certificate for an entry without an account; the key goes to a .p12 file."""
     from mss import accounts
-    from mss.db import session_scope
 
     rt = runtime()
     export_password, profile = export_protection(SecretReader(password_stdin), compatible)
@@ -235,19 +264,11 @@ def pki_issue(
 
 
 @pki_app.command("revoke")
-@handles_errors
-def pki_revoke(
-    address: str,
-    reason: Annotated[
-        str, typer.Option(help="keyCompromise, affiliationChanged, superseded, cessationOfOperation ...")
-    ] = "unspecified",
-) -> None:
+def pki_revoke(address: str, reason: RevocationReason = "unspecified") -> None:
     """Revoke the certificates of an address and publish the new CRL."""
     from directory import certificates
-    from mss.db import session_scope
 
-    rt = runtime()
-    with session_scope(rt.engine) as session:
+    with transaction() as (rt, session):
         rows = certificates.revoke_for_address(session, rt.settings, address, reason=reason, actor=actor())
     for row in rows:
         out.print(f"revoked certificate {row.serial} of {row.address}")
@@ -261,7 +282,6 @@ def pki_revoke(
 
 
 @pki_app.command("renew")
-@handles_errors
 def pki_renew(
     within: Annotated[
         str, typer.Option("--within", help="Renew certificates ending within this time: 30d, 8w ...")
@@ -269,11 +289,9 @@ def pki_renew(
 ) -> None:
     """Renew the certificates of accounts that end soon (same key pair); list the others."""
     from mss import accounts
-    from mss.db import session_scope
 
     days = parse_days(within)
-    rt = runtime()
-    with session_scope(rt.engine) as session:
+    with transaction() as (rt, session):
         renewal = accounts.renew_certificates(session, rt.settings, within_days=days, actor=actor())
     for address, serial, not_after in renewal.renewed:
         out.print(f"renewed {address}: certificate {serial}, valid until {not_after:%Y-%m-%d}", highlight=False)
@@ -300,7 +318,6 @@ def parse_days(text: str) -> int:
 
 
 @directory_app.command("import")
-@handles_errors
 def directory_import(
     path: Annotated[Path, typer.Argument(help="An Extraction_Correspondance_MSSante file.")],
     prune: Annotated[bool, typer.Option("--prune", help="Deactivate entries missing from the file.")] = False,
@@ -338,7 +355,6 @@ def directory_import(
 
 
 @directory_app.command("search")
-@handles_errors
 def directory_search(
     query: str,
     page: Annotated[int, typer.Option(min=1)] = 1,
@@ -347,10 +363,8 @@ def directory_search(
 ) -> None:
     """Search by name, RPPS, address, profession, organisation or city."""
     from directory.search import search
-    from mss.db import session_scope
 
-    rt = runtime()
-    with session_scope(rt.engine, readonly=True) as session:
+    with transaction(readonly=True) as (rt, session):
         result = search(session, query, page=page, per_page=per_page, with_total=True)
     rows = [entry_dict(e) for e in result.items]
     if not result.total:
@@ -376,7 +390,6 @@ ENTRY_COLUMNS = (
 
 
 @directory_app.command("list")
-@handles_errors
 def directory_list(
     kind: Annotated[str, typer.Option(help="PER (people) or ORG (organisations' mailboxes).")] = "",
     status: Annotated[str, typer.Option(help="active, revoked, inactive or all.")] = "active",
@@ -390,13 +403,11 @@ def directory_list(
 ) -> None:
     """List entries with filters, in address order."""
     from directory.listing import ListFilters, list_entries
-    from mss.db import session_scope
 
     filters = ListFilters(
         kind=kind, status=status, domain=domain, profession=profession, city=city, organisation=organisation
     )
-    rt = runtime()
-    with session_scope(rt.engine, readonly=True) as session:
+    with transaction(readonly=True) as (rt, session):
         result = list_entries(session, filters, page=page, per_page=per_page)
     rows = [entry_dict(e) for e in result.items]
     if not result.total:
@@ -431,14 +442,11 @@ def entry_dict(e: Any) -> dict[str, Any]:
 
 
 @directory_app.command("show")
-@handles_errors
 def directory_show(address: str) -> None:
     """Show one entry, whose operator it belongs to, and its certificates."""
     from directory import service
-    from mss.db import session_scope
 
-    rt = runtime()
-    with session_scope(rt.engine, readonly=True) as session:
+    with transaction(readonly=True) as (rt, session):
         entry, certs = service.entry_with_certificates(session, address)
     for key, value in entry_dict(entry).items():
         out.print(f"{key:>14}: {value}", highlight=False)
@@ -459,7 +467,6 @@ def directory_show(address: str) -> None:
 
 
 @directory_app.command("add")
-@handles_errors
 def directory_add(
     address: Annotated[str, typer.Option(help="Mailbox address.")],
     kind: Annotated[str, typer.Option(help="PER (a person) or ORG (an organisation).")] = "PER",
@@ -482,7 +489,6 @@ def directory_add(
 ) -> None:
     """Add one entry by hand."""
     from directory import service
-    from mss.db import session_scope
 
     types = {"rpps": "8", "adeli": "0", "8": "8", "0": "0", "": ""}
     if rpps_type.strip().lower() not in types:
@@ -502,34 +508,27 @@ def directory_add(
         "postal_code": postal_code,
         "city": city,
     }
-    rt = runtime()
-    with session_scope(rt.engine) as session:
+    with transaction() as (rt, session):
         entry = service.add_entry(session, actor=actor(), **fields)
     out.print(f"added {entry.address}")
 
 
 @directory_app.command("revoke")
-@handles_errors
 def directory_revoke(address: str, reason: Annotated[str, typer.Option(help="Why (kept in the trail).")]) -> None:
     """Revoke an entry: it can no longer send or receive."""
     from directory import service
-    from mss.db import session_scope
 
-    rt = runtime()
-    with session_scope(rt.engine) as session:
+    with transaction() as (rt, session):
         service.revoke_entry(session, address, reason=reason, actor=actor())
     out.print(f"revoked {address.strip().lower()}")
 
 
 @directory_app.command("reactivate")
-@handles_errors
 def directory_reactivate(address: str) -> None:
     """Make a revoked or inactive entry active again."""
     from directory import service
-    from mss.db import session_scope
 
-    rt = runtime()
-    with session_scope(rt.engine) as session:
+    with transaction() as (rt, session):
         service.reactivate_entry(session, address, actor=actor())
     out.print(f"reactivated {address.strip().lower()}")
 
@@ -538,11 +537,9 @@ def directory_reactivate(address: str) -> None:
 
 
 @account_app.command("create")
-@handles_errors
 def account_create(address: str, password_stdin: PasswordStdin = False) -> None:
     """Create the account of an active directory entry (key pair, certificate, TOTP)."""
     from mss import accounts
-    from mss.db import session_scope
 
     rt = runtime()
     password = SecretReader(password_stdin).read("Password", confirm=True)
@@ -563,7 +560,6 @@ ACCOUNT_COLUMNS = (
 
 
 @account_app.command("list")
-@handles_errors
 def account_list(
     state: Annotated[
         str,
@@ -576,10 +572,8 @@ def account_list(
 ) -> None:
     """Accounts: state, second factor, certificate expiry, last login."""
     from mss import accounts
-    from mss.db import session_scope
 
-    rt = runtime()
-    with session_scope(rt.engine, readonly=True) as session:
+    with transaction(readonly=True) as (rt, session):
         found = accounts.list_accounts(session, rt.settings, state=state.strip().lower())
     rows = [
         {
@@ -598,11 +592,9 @@ def account_list(
 
 
 @account_app.command("passwd")
-@handles_errors
 def account_passwd(address: str, password_stdin: PasswordStdin = False) -> None:
     """Change the password (the private key is re-wrapped)."""
     from mss import accounts
-    from mss.db import session_scope
 
     rt = runtime()
     reader = SecretReader(password_stdin)
@@ -614,20 +606,16 @@ def account_passwd(address: str, password_stdin: PasswordStdin = False) -> None:
 
 
 @account_app.command("reset-2fa")
-@handles_errors
 def account_reset_2fa(address: str) -> None:
     """Replace the TOTP secret and print the new enrolment."""
     from mss import accounts
-    from mss.db import session_scope
 
-    rt = runtime()
-    with session_scope(rt.engine) as session:
+    with transaction() as (rt, session):
         enrolment = accounts.reset_2fa(session, rt.settings, rt.master_key, address, actor=actor())
     print_enrolment(enrolment)
 
 
 @account_app.command("disable")
-@handles_errors
 def account_disable(address: str) -> None:
     """Disable an account (it can no longer log in)."""
     _set_disabled(address, True)
@@ -635,7 +623,6 @@ def account_disable(address: str) -> None:
 
 
 @account_app.command("enable")
-@handles_errors
 def account_enable(address: str) -> None:
     """Enable a disabled account again."""
     _set_disabled(address, False)
@@ -644,30 +631,24 @@ def account_enable(address: str) -> None:
 
 def _set_disabled(address: str, disabled: bool) -> None:
     from mss import accounts
-    from mss.db import session_scope
 
-    rt = runtime()
-    with session_scope(rt.engine) as session:
+    with transaction() as (rt, session):
         accounts.set_disabled(session, address, disabled, actor=actor())
 
 
 @account_app.command("admin")
-@handles_errors
 def account_admin(
     address: str, withdraw: Annotated[bool, typer.Option("--withdraw", help="Take the role away.")] = False
 ) -> None:
     """Grant the administrator role (the activity pages under /admin)."""
     from mss import accounts
-    from mss.db import session_scope
 
-    rt = runtime()
-    with session_scope(rt.engine) as session:
+    with transaction() as (rt, session):
         accounts.set_admin(session, address, not withdraw, actor=actor())
     out.print(f"{address}: administrator role {'withdrawn' if withdraw else 'granted'}", highlight=False)
 
 
 @account_app.command("recover")
-@handles_errors
 def account_recover(
     address: str,
     recovery_key: Annotated[Path, typer.Option("--recovery-key", help="The offline recovery private key file.")],
@@ -675,7 +656,6 @@ def account_recover(
 ) -> None:
     """Restore access after a lost password, with the offline recovery key."""
     from mss import accounts
-    from mss.db import session_scope
 
     rt = runtime()
     new = SecretReader(password_stdin).read("New password", confirm=True)
@@ -685,12 +665,9 @@ def account_recover(
 
 
 @account_app.command("rekey")
-@handles_errors
 def account_rekey(
     address: str,
-    reason: Annotated[
-        str, typer.Option(help="Why the old certificate is revoked: superseded, keyCompromise ...")
-    ] = "superseded",
+    reason: RevocationReason = "superseded",
     recovery_key: Annotated[
         Path | None,
         typer.Option("--recovery-key", help="Open the keys with the offline recovery key (then set a new password)."),
@@ -699,7 +676,6 @@ def account_rekey(
 ) -> None:
     """A new key pair and certificate; the old certificate is revoked, the old key kept to read older mail."""
     from mss import accounts
-    from mss.db import session_scope
 
     rt = runtime()
     reader = SecretReader(password_stdin)
@@ -715,18 +691,15 @@ def account_rekey(
 
 
 @account_app.command("imap-mode")
-@handles_errors
 def account_imap_mode(
     address: Annotated[str, typer.Argument(help="The account's address.")],
     mode: Annotated[str, typer.Argument(help="decrypted (the server opens messages) or end-to-end (the client does).")],
 ) -> None:
     """Choose how IMAP serves the account's messages: decrypted, or the S/MIME envelope as is."""
     from mss import accounts
-    from mss.db import session_scope
     from mss.mailbox import served
 
-    rt = runtime()
-    with session_scope(rt.engine, readonly=True) as session:
+    with transaction(readonly=True) as (rt, session):
         if accounts.get_account(session, address) is None:
             raise NoSuchAccount(f"no account for {address.strip().lower()}")
     changed = served.set_mode(rt.engine, address, mode, actor=actor())
@@ -734,12 +707,8 @@ def account_imap_mode(
 
 
 @account_app.command("export-key")
-@handles_errors
 def account_export_key(
-    address: str,
-    out_file: Annotated[Path, typer.Option("--out", help="Where to write the PKCS#12 (.p12) file.")],
-    password_stdin: PasswordStdin = False,
-    compatible: Compatible = False,
+    address: str, out_file: Pkcs12File, password_stdin: PasswordStdin = False, compatible: Compatible = False
 ) -> None:
     """Export the key and certificate as PKCS#12 for a mail client."""
     from mss import accounts
@@ -759,14 +728,11 @@ def account_export_key(
 
 
 @audit_app.command("verify")
-@handles_errors
 def audit_verify() -> None:
     """Check the hash chain; report the first broken link."""
     from mss import audit
-    from mss.db import session_scope
 
-    rt = runtime()
-    with session_scope(rt.engine) as session:
+    with transaction() as (rt, session):
         report = audit.verify(session, rt.master_key)
     if report.ok:
         out.print(f"audit chain intact: {report.checked} events verified")
@@ -784,7 +750,6 @@ def parse_date(value: str) -> datetime:
 
 
 @audit_app.command("export")
-@handles_errors
 def audit_export(
     since: Annotated[str | None, typer.Option(help="YYYY-MM-DD or ISO 8601 time.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
@@ -792,7 +757,6 @@ def audit_export(
 ) -> None:
     """Export events (with their hashes, so they can be re-verified elsewhere)."""
     from mss import audit
-    from mss.db import session_scope
 
     if fmt not in {"jsonl", "csv"}:
         raise MssError(f"unknown format {fmt!r}: use jsonl or csv")
@@ -809,13 +773,11 @@ def audit_export(
 
 
 @audit_app.command("purge")
-@handles_errors
 def audit_purge(
     before: Annotated[str | None, typer.Option(help="Default: now minus MSS_AUDIT_RETENTION_DAYS.")] = None,
 ) -> None:
     """Delete events past retention, leaving a signed checkpoint so the chain still verifies."""
     from mss import audit
-    from mss.db import session_scope
 
     rt = runtime()
     cut = parse_date(before) if before else datetime.now(UTC) - timedelta(days=rt.settings.audit_retention_days)
@@ -828,7 +790,6 @@ def audit_purge(
 
 
 @report_app.command("indicators")
-@handles_errors
 def report_indicators(
     month: Annotated[str, typer.Option(help="The month, YYYY-MM (UTC).")],
     fmt: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
@@ -836,13 +797,11 @@ def report_indicators(
 ) -> None:
     """Usage indicators of one month (definitions in the README, "Indicators")."""
     from mss import indicators
-    from mss.db import session_scope
 
     if fmt not in {"csv", "json"}:
         raise MssError(f"unknown format {fmt!r}: use csv or json")
     indicators.month_bounds(month)
-    rt = runtime()
-    with session_scope(rt.engine, readonly=True) as session:
+    with transaction(readonly=True) as (rt, session):
         text = indicators.monthly(session, rt.master_key, month).render(fmt)
     if out_file:
         write_file(out_file, text.encode("utf-8"), private=False)
@@ -852,7 +811,6 @@ def report_indicators(
 
 
 @lifecycle_app.command("run")
-@handles_errors
 def lifecycle_run() -> None:
     """Notice mailboxes inactive for MSS_INACTIVE_NOTICE_DAYS, close those inactive for
     MSS_INACTIVE_CLOSE_DAYS (keys destroyed, messages deleted), purge the audit trail past
@@ -885,16 +843,13 @@ TRACE_COLUMNS = (
 
 
 @app.command("trace")
-@handles_errors
 def trace(
     message: Annotated[str, typer.Argument(help="Message-ID or queue id.")], fmt: FormatOption = Format.table
 ) -> None:
     """The journey of a message: submitted, checked, signed, delivered, receipts, readings."""
     from mss import store
-    from mss.db import session_scope
 
-    rt = runtime()
-    with session_scope(rt.engine, readonly=True) as session:
+    with transaction(readonly=True) as (rt, session):
         journey = store.trace(session, message)
     row = journey.message
     events = [
@@ -937,7 +892,6 @@ def trace(
 
 
 @message_app.command("export")
-@handles_errors
 def message_export(
     queue_id: Annotated[str, typer.Argument(help="Queue id (or Message-ID).")],
     reader: Annotated[str, typer.Option("--for", help="The recipient or sender the export is for.")],
@@ -945,10 +899,8 @@ def message_export(
 ) -> None:
     """Write the stored S/MIME message as an .eml a mail client or openssl cms can open."""
     from mss import store
-    from mss.db import session_scope
 
-    rt = runtime()
-    with session_scope(rt.engine) as session:
+    with transaction() as (rt, session):
         eml = store.export_for(session, rt.master_key, queue_id, reader, actor=actor())
     write_file(out_file, eml, private=True)
     out.print(f"wrote {out_file}")
@@ -958,17 +910,14 @@ def message_export(
 
 
 @trust_app.command("import")
-@handles_errors
 def trust_import(
     path: Annotated[Path, typer.Argument(help='The published list (MSSanté "liste blanche" XML).')],
     prune: Annotated[bool, typer.Option("--prune", help="Drop imported domains no longer in the file.")] = False,
 ) -> None:
     """Put every domain of the published trust list on the list."""
     from mss import trust
-    from mss.db import session_scope
 
-    rt = runtime()
-    with session_scope(rt.engine) as session:
+    with transaction() as (rt, session):
         result = trust.import_list(session, rt.settings, path, prune=prune, actor=actor())
     for line, reason in result.rejected:
         err.print(f"line {line}: {reason}" if line else reason, highlight=False)
@@ -979,14 +928,11 @@ def trust_import(
 
 
 @trust_app.command("list")
-@handles_errors
 def trust_list(as_json: Annotated[bool, typer.Option("--json", help="One JSON object per domain.")] = False) -> None:
     """The domains on the trust list, with their routes."""
     from mss import trust
-    from mss.db import session_scope
 
-    rt = runtime()
-    with session_scope(rt.engine, readonly=True) as session:
+    with transaction(readonly=True) as (rt, session):
         rows = trust.listed(session)
     if as_json:
         for row in rows:
@@ -1017,33 +963,26 @@ def trust_list(as_json: Annotated[bool, typer.Option("--json", help="One JSON ob
 
 
 @trust_app.command("add")
-@handles_errors
 def trust_add(domain: str) -> None:
     """Put a domain on the trust list by hand."""
     from mss import trust
-    from mss.db import session_scope
 
-    rt = runtime()
-    with session_scope(rt.engine) as session:
+    with transaction() as (rt, session):
         added = trust.add(session, rt.settings, domain, actor=actor())
     out.print(f"added {added}")
 
 
 @trust_app.command("remove")
-@handles_errors
 def trust_remove(domain: str) -> None:
     """Take a domain off the trust list: mail to and from it is refused from now on."""
     from mss import trust
-    from mss.db import session_scope
 
-    rt = runtime()
-    with session_scope(rt.engine) as session:
+    with transaction() as (rt, session):
         removed = trust.remove(session, domain, actor=actor())
     out.print(f"removed {removed}")
 
 
 @trust_app.command("route")
-@handles_errors
 def trust_route(
     domain: str,
     host_port: Annotated[str | None, typer.Argument(metavar="HOST:PORT", help="Where its mail goes.")] = None,
@@ -1057,10 +996,8 @@ def trust_route(
 ) -> None:
     """Send a domain's mail to HOST:PORT instead of its DNS MX."""
     from mss import trust
-    from mss.db import session_scope
 
-    rt = runtime()
-    with session_scope(rt.engine) as session:
+    with transaction() as (rt, session):
         if remove:
             trust.remove_route(session, domain, actor=actor())
             out.print(f"{domain.strip().lower()} has no route now")
@@ -1075,17 +1012,14 @@ def trust_route(
 
 
 @queue_app.command("list")
-@handles_errors
 def queue_list(
     everything: Annotated[bool, typer.Option("--all", help="Also entries delivered, failed or bounced.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per entry.")] = False,
 ) -> None:
     """Messages waiting for other operators: recipients, attempts, next attempt, last error."""
-    from mss.db import session_scope
     from mss.outbound import queue
 
-    rt = runtime()
-    with session_scope(rt.engine, readonly=True) as session:
+    with transaction(readonly=True) as (rt, session):
         rows = queue.listing(session, everything=everything)
         stats = queue.stats(session)
     if as_json:
@@ -1143,20 +1077,16 @@ def queue_list(
 
 
 @queue_app.command("retry")
-@handles_errors
 def queue_retry(queue_id: Annotated[str, typer.Argument(help="The queue entry id (mss queue list).")]) -> None:
     """Try a waiting entry again now."""
-    from mss.db import session_scope
     from mss.outbound import queue
 
-    rt = runtime()
-    with session_scope(rt.engine) as session:
+    with transaction() as (rt, session):
         row = queue.retry_now(session, queue_id, actor=actor())
     out.print(f"{row.queue_id} will be tried again now")
 
 
 @queue_app.command("bounce")
-@handles_errors
 def queue_bounce(queue_id: Annotated[str, typer.Argument(help="The queue entry id (mss queue list).")]) -> None:
     """Give up on a waiting entry: its recipients fail and the sender gets a failure notice."""
     from mss.outbound.worker import bounce
@@ -1172,7 +1102,6 @@ def queue_bounce(queue_id: Annotated[str, typer.Argument(help="The queue entry i
 
 
 @app.command("demo")
-@handles_errors
 def demo(
     if_empty: Annotated[bool, typer.Option("--if-empty", help="Only when the directory is empty.")] = False,
 ) -> None:
@@ -1192,7 +1121,6 @@ def demo(
 
 
 @app.command("db-upgrade")
-@handles_errors
 def db_upgrade() -> None:
     """Apply schema migrations (every command also does it on start)."""
     rt = runtime()
@@ -1200,7 +1128,6 @@ def db_upgrade() -> None:
 
 
 @app.command("doctor")
-@handles_errors
 def doctor() -> None:
     """Check what the service needs (database, CA, CRL, master key): one verdict per item;
     exit status 1 when any fails. Creates nothing and changes nothing."""
@@ -1225,7 +1152,6 @@ def doctor() -> None:
 
 
 @app.command("serve")
-@handles_errors
 def serve(
     what: Annotated[
         str, typer.Argument(help="relay (submission, MX, delivery), web, imap, or all (every part in one process).")

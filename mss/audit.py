@@ -97,44 +97,33 @@ def event_hash(
     ``[seq, at, actor, action, object, outcome, request_id, detail, prev_hash]`` with ``at``
     in ISO 8601 with microseconds and offset, no spaces after separators, non-ASCII kept.
     """
-    return _hash_fields(seq, _iso(at), actor, action, object, outcome, request_id, detail, prev_hash)
+    return _hash_fields((seq, _iso(at), actor, action, object, outcome, request_id, detail, prev_hash))
 
 
 def _iso(at: datetime) -> str:
     return at.isoformat(timespec="microseconds")
 
 
-def _hash_fields(
-    seq: int,
-    at_iso: str,
-    actor: str,
-    action: str,
-    object: str,
-    outcome: str,
-    request_id: str,
-    detail: str,
-    prev_hash: str,
-) -> str:
-    canonical = json.dumps(
-        [seq, at_iso, actor, action, object, outcome, request_id, detail, prev_hash],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+def _hash_fields(canonical_fields: tuple[object, ...]) -> str:
+    """SHA-256 (hex) of the canonical JSON array of an event's fields, in ``event_hash``'s order."""
+    canonical = json.dumps(canonical_fields, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _row_hash(row: Row[Any], seq: int | None = None) -> str:
     """The hash a stored row should carry, optionally as if it sat at another seq."""
     return _hash_fields(
-        row.seq if seq is None else seq,
-        _iso(row.at),
-        row.actor,
-        row.action,
-        row.object,
-        row.outcome,
-        row.request_id,
-        row.detail,
-        row.prev_hash,
+        (
+            row.seq if seq is None else seq,
+            _iso(row.at),
+            row.actor,
+            row.action,
+            row.object,
+            row.outcome,
+            row.request_id,
+            row.detail,
+            row.prev_hash,
+        )
     )
 
 

@@ -10,14 +10,16 @@ import base64
 import binascii
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from mss.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -333,19 +335,18 @@ class Settings:
         def get(name: str, default: str) -> str:
             return env.get(name, default).strip() or default
 
-        def integer(name: str, default: int) -> int:
+        def parsed(name: str, default: T, parse: Callable[[str], T], expected: str) -> T:
             raw = get(name, str(default))
             try:
-                return int(raw)
+                return parse(raw)
             except ValueError:
-                raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+                raise ConfigError(f"{name} must be {expected}, not {raw!r}") from None
+
+        def integer(name: str, default: int) -> int:
+            return parsed(name, default, int, "a whole number")
 
         def number(name: str, default: float) -> float:
-            raw = get(name, str(default))
-            try:
-                return float(raw)
-            except ValueError:
-                raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+            return parsed(name, default, float, "a number")
 
         def duration(name: str, default: str) -> float:
             # 90, 90s, 15m, 4h, 5d: seconds unless a unit says otherwise.
@@ -358,6 +359,13 @@ class Settings:
             if value <= 0:
                 raise ConfigError(f"{name} must be longer than zero")
             return value
+
+        def retry_waits(first: tuple[str, str], longest: tuple[str, str]) -> dict[str, float]:
+            # The first wait after a failure and the longest one: (variable, default) each.
+            waits = {"retry_min": duration(*first), "retry_max": duration(*longest)}
+            if waits["retry_max"] < waits["retry_min"]:
+                raise ConfigError(f"{longest[0]} must not be shorter than {first[0]}")
+            return waits
 
         def flag(name: str, default: bool) -> bool:
             raw = get(name, "1" if default else "0").lower()
@@ -448,8 +456,7 @@ class Settings:
             peer_smtp_port=integer("MSS_PEER_SMTP_PORT", 25),
             delay_warning=duration("MSS_DELAY_WARNING", "4h"),
             queue_lifetime=duration("MSS_QUEUE_LIFETIME", "5d"),
-            retry_min=duration("MSS_RETRY_MIN", "5m"),
-            retry_max=duration("MSS_RETRY_MAX", "1h"),
+            **retry_waits(("MSS_RETRY_MIN", "5m"), ("MSS_RETRY_MAX", "1h")),
             queue_lease=duration("MSS_QUEUE_LEASE", "10m"),
             delivery_concurrency=integer("MSS_DELIVERY_CONCURRENCY", 4),
             queue_poll=duration("MSS_QUEUE_POLL", "1s"),
@@ -458,8 +465,6 @@ class Settings:
             certificate_fetch_timeout=duration("MSS_CERT_FETCH_TIMEOUT", "5s"),
             certificate_cache=duration("MSS_CERT_CACHE", "1d"),
         )
-        if federation.retry_max < federation.retry_min:
-            raise ConfigError("MSS_RETRY_MAX must not be shorter than MSS_RETRY_MIN")
         if federation.delivery_concurrency < 0:
             raise ConfigError("MSS_DELIVERY_CONCURRENCY must be 0 or more")
         log_format = get("MSS_LOG_FORMAT", "text").lower()
@@ -485,14 +490,11 @@ class Settings:
         webhook = WebhookSettings(
             url=_webhook_url(webhook_url) if webhook_url else "",
             secret=_webhook_secret(webhook_secret) if webhook_url else b"",
-            retry_min=duration("MSS_WEBHOOK_RETRY_MIN", "10s"),
-            retry_max=duration("MSS_WEBHOOK_RETRY_MAX", "1h"),
+            **retry_waits(("MSS_WEBHOOK_RETRY_MIN", "10s"), ("MSS_WEBHOOK_RETRY_MAX", "1h")),
             lifetime=duration("MSS_WEBHOOK_LIFETIME", "1d"),
             timeout=duration("MSS_WEBHOOK_TIMEOUT", "10s"),
             poll=duration("MSS_WEBHOOK_POLL", "1s"),
         )
-        if webhook.retry_max < webhook.retry_min:
-            raise ConfigError("MSS_WEBHOOK_RETRY_MAX must not be shorter than MSS_WEBHOOK_RETRY_MIN")
         return cls(
             environment=environment,
             domains=_split(get("MSS_DOMAINS", "mss.test")),

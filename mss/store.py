@@ -122,16 +122,27 @@ class Notice:
     meta: MessageMeta
 
 
+@dataclass(frozen=True)
+class NewMessage:
+    """A message to store: its CMS, its metadata, and what became of its recipients here.
+
+    ``delivered`` holds (recipient, RFC 3461 NOTIFY, MDN asked) triples; ``failed`` maps a
+    refused recipient to the reason.
+    """
+
+    queue_id: str
+    kind: str
+    cms: bytes
+    meta: MessageMeta
+    delivered: list[tuple[str, str, bool]] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
 def store_submission(
     session: Session,
     master_key: MasterKey,
+    message: NewMessage,
     *,
-    queue_id: str,
-    kind: str,
-    cms: bytes,
-    meta: MessageMeta,
-    delivered: list[tuple[str, str, bool]],
-    failed: dict[str, str],
     channel: str,
     request_id: str,
     checked: list[str],
@@ -139,35 +150,24 @@ def store_submission(
 ) -> Message:
     """Add the message, its deliveries and mailbox rows, and the audit events.
 
-    ``delivered`` holds (recipient, RFC 3461 NOTIFY, MDN asked) triples; ``failed`` maps a
-    refused recipient to the reason; ``queued`` holds (recipient, NOTIFY, MDN asked, how it
-    travels) for recipients at other operators, whose copy waits in the outbound queue.
+    ``queued`` holds (recipient, NOTIFY, MDN asked, how it travels) for recipients at other
+    operators, whose copy waits in the outbound queue.
     """
-    row = _add_message(session, master_key, queue_id=queue_id, kind=kind, cms=cms, meta=meta)
+    row = _add_message(session, master_key, message)
     events = [
+        _arrival(message, "message.submit", request_id, elsewhere=len(queued), channel=channel),
         audit.EventSpec(
-            meta.sender,
-            "message.submit",
-            queue_id,
-            request_id=request_id,
-            detail={
-                "channel": channel,
-                "message_id": meta.message_id,
-                "recipients": len(delivered) + len(failed) + len(queued),
-            },
+            "system", "message.check", message.queue_id, request_id=request_id, detail={"documents": checked}
         ),
-        audit.EventSpec("system", "message.check", queue_id, request_id=request_id, detail={"documents": checked}),
         audit.EventSpec(
             "system",
-            "message.sign" if kind == "signed" else "message.passthrough",
-            queue_id,
+            "message.sign" if message.kind == "signed" else "message.passthrough",
+            message.queue_id,
             request_id=request_id,
             detail={"cms_sha256": row.cms_sha256},
         ),
     ]
-    events += _add_deliveries(
-        session, row, request_id=request_id, delivered=delivered, failed=failed, queued=queued, sent_by=meta.sender
-    )
+    events += _add_deliveries(session, row, message, request_id=request_id, queued=queued, sent_by=message.meta.sender)
     audit.record_many(session, events)
     return row
 
@@ -175,13 +175,8 @@ def store_submission(
 def store_inbound(
     session: Session,
     master_key: MasterKey,
+    message: NewMessage,
     *,
-    queue_id: str,
-    kind: str,
-    cms: bytes,
-    meta: MessageMeta,
-    delivered: list[tuple[str, str, bool]],
-    failed: dict[str, str],
     sender_key: str,
     message_digest: str,
     peer: str,
@@ -190,47 +185,46 @@ def store_inbound(
     """Add a message that arrived from another operator: its mailbox rows, deliveries, the
     rows that make a repeated delivery a no-op, and the audit events.
 
-    ``delivered`` holds (recipient, RFC 3461 NOTIFY, MDN asked); ``sender_key`` and
-    ``message_digest`` (SHA-256 of its Message-ID) identify it across attempts. Raises
-    IntegrityError (at the insert of its rows) when one of its recipients already has it.
+    ``sender_key`` and ``message_digest`` (SHA-256 of its Message-ID) identify it across
+    attempts. Raises IntegrityError (at the insert of its rows) when one of its recipients
+    already has it.
     """
-    row = _add_message(session, master_key, queue_id=queue_id, kind=kind, cms=cms, meta=meta)
-    events = [
-        audit.EventSpec(
-            meta.sender,
-            "message.receive",
-            queue_id,
-            request_id=request_id,
-            detail={
-                "peer": peer,
-                "message_id": meta.message_id,
-                "recipients": len(delivered) + len(failed),
-                "protection": (meta.origin or {}).get("protection", ""),
-            },
-        )
-    ]
+    row = _add_message(session, master_key, message)
+    protection = (message.meta.origin or {}).get("protection", "")
+    events = [_arrival(message, "message.receive", request_id, peer=peer, protection=protection)]
     # A repeated delivery fails here (IntegrityError), before the audit chain moves.
-    events += _add_deliveries(
-        session, row, request_id=request_id, delivered=delivered, failed=failed, inbound=(sender_key, message_digest)
-    )
+    events += _add_deliveries(session, row, message, request_id=request_id, inbound=(sender_key, message_digest))
     audit.record_many(session, events)
     return row
 
 
-def _add_message(
-    session: Session, master_key: MasterKey, *, queue_id: str, kind: str, cms: bytes, meta: MessageMeta
-) -> Message:
+def _arrival(
+    message: NewMessage, action: str, request_id: str, *, elsewhere: int = 0, **detail: object
+) -> audit.EventSpec:
+    """The event that opens a stored message's trail: ``action`` by its sender, with its
+    Message-ID and how many recipients it has (``elsewhere``: at other operators)."""
+    recipients = len(message.delivered) + len(message.failed) + elsewhere
+    return audit.EventSpec(
+        message.meta.sender,
+        action,
+        message.queue_id,
+        request_id=request_id,
+        detail={"message_id": message.meta.message_id, "recipients": recipients, **detail},
+    )
+
+
+def _add_message(session: Session, master_key: MasterKey, message: NewMessage) -> Message:
     """Insert the message row (its CMS and sealed metadata); returns it with its id, not
     attached to the session (a Core INSERT: the unit of work costs more than the insert)."""
     row = Message(
-        queue_id=queue_id,
-        message_id=meta.message_id,
-        sender=meta.sender,
-        kind=kind,
-        size=len(cms),
-        cms=cms,
-        cms_sha256=hashlib.sha256(cms).hexdigest(),
-        meta_sealed=meta.seal(master_key),
+        queue_id=message.queue_id,
+        message_id=message.meta.message_id,
+        sender=message.meta.sender,
+        kind=message.kind,
+        size=len(message.cms),
+        cms=message.cms,
+        cms_sha256=hashlib.sha256(message.cms).hexdigest(),
+        meta_sealed=message.meta.seal(master_key),
     )
     values = {column.name: getattr(row, column.name) for column in _MESSAGES.columns if column.name != "id"}
     session.flush()  # what the caller added goes first, as with the unit of work (nothing, usually)
@@ -245,18 +239,18 @@ _INSERT_MESSAGE = insert(_MESSAGES).returning(_MESSAGES.c.id)
 def _add_deliveries(
     session: Session,
     message: Message,
+    stored: NewMessage,
     *,
     request_id: str,
-    delivered: list[tuple[str, str, bool]],
-    failed: dict[str, str],
     queued: Sequence[tuple[str, str, bool, str]] = (),
     sent_by: str | None = None,
     inbound: tuple[str, str] | None = None,
 ) -> list[audit.EventSpec]:
-    """The delivery rows of a stored message, its readers' mailbox rows (``sent_by``'s Sent
-    folder too, when given) and, for a message from another operator, the rows that make a
-    repeated delivery a no-op (``inbound``: sender key and message digest). One multi-row
-    INSERT per table. Returns the audit events that record each delivery, in order."""
+    """The delivery rows of ``stored``'s recipients (``message`` is its row), their mailbox
+    rows (``sent_by``'s Sent folder too, when given) and, for a message from another
+    operator, the rows that make a repeated delivery a no-op (``inbound``: sender key and
+    message digest). One multi-row INSERT per table. Returns the audit events that record
+    each delivery, in order."""
     now = utcnow()
     queue_id = message.queue_id
     deliveries: list[dict[str, Any]] = []
@@ -264,7 +258,7 @@ def _add_deliveries(
     events: list[audit.EventSpec] = []
     if sent_by is not None:
         readers.append(_reader(message, sent_by, SENT, now, unread=False))
-    for recipient, notify, mdn in delivered:
+    for recipient, notify, mdn in stored.delivered:
         deliveries.append(_delivery(message, recipient, "delivered", now, notify=notify, mdn_requested=mdn))
         readers.append(_reader(message, recipient, INBOX, now))
         events.append(
@@ -277,7 +271,7 @@ def _add_deliveries(
         events.append(
             audit.EventSpec("system", "message.queue", queue_id, request_id=request_id, detail={"recipient": recipient})
         )
-    for recipient, reason in failed.items():
+    for recipient, reason in stored.failed.items():
         deliveries.append(_delivery(message, recipient, "failed", now, reason=reason))
         events.append(
             audit.EventSpec(
@@ -293,7 +287,7 @@ def _add_deliveries(
         session.execute(insert(table_of(Delivery)), deliveries)
     if readers:
         session.execute(insert(table_of(MailboxItem)), readers)
-    if inbound is not None and delivered:
+    if inbound is not None and stored.delivered:
         sender_key, digest = inbound
         session.execute(
             insert(table_of(InboundDelivery)),
@@ -305,7 +299,7 @@ def _add_deliveries(
                     "message_id": message.id,
                     "at": now,
                 }
-                for recipient, _notify, _mdn in delivered
+                for recipient, _notify, _mdn in stored.delivered
             ],
         )
     return events
@@ -367,10 +361,7 @@ def store_receipts(
         notification = _add_message(
             session,
             master_key,
-            queue_id=_receipt_queue_id(queue_id, notice),
-            kind="receipt",
-            cms=notice.cms,
-            meta=notice.meta,
+            NewMessage(queue_id=_receipt_queue_id(queue_id, notice), kind="receipt", cms=notice.cms, meta=notice.meta),
         )
         now = utcnow()
         session.execute(

@@ -2,12 +2,10 @@
 
 ``enqueue`` adds an entry in the caller's transaction (the pipeline's, with the message it
 belongs to), so a message acknowledged to its sender is in the queue. Workers take due
-entries with ``claim``: on PostgreSQL the candidates are read with ``FOR UPDATE SKIP
-LOCKED`` (concurrent workers never wait for each other nor take the same row); on SQLite
-the claim runs under the database's single write lock. Either way the claim writes a lease
-(``lease_owner``, ``lease_until``) and commits before any network I/O, so no transaction
-stays open during a delivery; an entry whose worker died is taken again once its lease has
-passed. A worker writes an attempt's outcome only while it still holds the lease.
+entries with ``claim`` under a lease (``mss.leases``), committed before any network I/O,
+so no transaction stays open during a delivery; an entry whose worker died is taken again
+once its lease has passed. A worker writes an attempt's outcome only while it still holds
+the lease.
 
 An entry is delivered at least once: a worker killed between the peer's ``250`` and its
 own update delivers again, and the receiving side stores one copy (``mss.inbound``).
@@ -21,12 +19,13 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import event, func, or_, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from mss import audit
+from mss import audit, leases
 from mss.crypto.master import MasterKey
 from mss.db import key_of, session_scope, utcnow
 from mss.errors import QueueError
@@ -124,6 +123,15 @@ class Stats:
     in_flight: int
 
 
+# What a delivery needs of an entry besides its payload and recipients: it goes from the
+# Entry to its row, and from the row to the worker's Claimed.
+_ENVELOPE = ("kind", "domain", "protection", "mail_from", "envelope_id", "ret")
+
+
+def _envelope(source: Entry | Outbound) -> dict[str, Any]:
+    return {name: getattr(source, name) for name in _ENVELOPE}
+
+
 def protection_text(protection: str) -> str:
     """How a message to another operator is protected, in words for its sender."""
     return PROTECTION_WORDS.get(protection, protection)
@@ -185,12 +193,7 @@ def enqueue(
     row = Outbound(
         queue_id=new_queue_id(),
         message_id=entry.message_id,
-        kind=entry.kind,
-        domain=entry.domain,
-        protection=entry.protection,
-        mail_from=entry.mail_from,
-        envelope_id=entry.envelope_id,
-        ret=entry.ret,
+        **_envelope(entry),
         payload_sealed=master_key.seal(entry.payload),
         size=len(entry.payload),
         created_at=now,
@@ -231,20 +234,12 @@ def claim(engine: Engine, settings: Settings, master_key: MasterKey, worker: str
     if limit < 1:
         return []
     now = utcnow()
+    lease = timedelta(seconds=settings.federation.queue_lease)
     with session_scope(engine) as session:
-        query = (
-            select(Outbound)
-            .where(col(Outbound.state) == QUEUED, col(Outbound.next_attempt_at) <= now)
-            .where(or_(col(Outbound.lease_until).is_(None), col(Outbound.lease_until) < now))
-            .order_by(col(Outbound.next_attempt_at), col(Outbound.id))
-            .limit(limit)
-        )
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        rows = list(session.execute(query).scalars())
+        rows = leases.take_due(session, Outbound, waiting=QUEUED, worker=worker, lease=lease, now=now, limit=limit)
         if not rows:
             return []
-        pending: dict[int, list[Recipient]] = {row.id: [] for row in rows}
+        pending: dict[int, list[Recipient]] = {key_of(row): [] for row in rows}
         for item in session.execute(
             select(OutboundRecipient)
             .where(col(OutboundRecipient.outbound_id).in_(list(pending)), col(OutboundRecipient.state) == PENDING)
@@ -252,24 +247,15 @@ def claim(engine: Engine, settings: Settings, master_key: MasterKey, worker: str
         ).scalars():
             pending[item.outbound_id].append(Recipient(item.address, item.notify, item.orcpt))
         claimed = []
-        lease_until = now + timedelta(seconds=settings.federation.queue_lease)
         for row in rows:
-            row.lease_owner, row.lease_until = worker, lease_until
-            row.attempts += 1
-            row.last_attempt_at = row.updated_at = now
-            session.add(row)
+            row.last_attempt_at = now
             claimed.append(
                 Claimed(
-                    id=row.id,
+                    id=key_of(row),
                     queue_id=row.queue_id,
-                    kind=row.kind,
-                    domain=row.domain,
-                    protection=row.protection,
-                    mail_from=row.mail_from,
-                    envelope_id=row.envelope_id,
-                    ret=row.ret,
+                    **_envelope(row),
                     payload=master_key.open(row.payload_sealed),
-                    recipients=tuple(pending[row.id]),
+                    recipients=tuple(pending[key_of(row)]),
                     attempts=row.attempts,
                     created_at=row.created_at,
                     message_id=row.message_id,
@@ -282,13 +268,7 @@ def claim(engine: Engine, settings: Settings, master_key: MasterKey, worker: str
 def held(session: Session, claimed: Claimed) -> Outbound | None:
     """The entry's row, locked, if ``claimed``'s worker still holds its lease; else None
     (another worker took it over after the lease passed: its outcome wins)."""
-    query = select(Outbound).where(col(Outbound.id) == claimed.id)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    row = session.execute(query).scalars().first()
-    if row is None or row.lease_owner != claimed.lease_owner or row.state != QUEUED:
-        return None
-    return row
+    return leases.held(session, Outbound, claimed.id, owner=claimed.lease_owner, waiting=QUEUED)
 
 
 def recipients_of(session: Session, outbound_id: int) -> list[OutboundRecipient]:
@@ -316,10 +296,7 @@ def release(row: Outbound, *, next_attempt_at: datetime | None, state: str, erro
 def backoff(settings: Settings, attempts: int) -> timedelta:
     """The wait after the ``attempts``-th failed attempt: doubling from MSS_RETRY_MIN up
     to MSS_RETRY_MAX, with up to 10 % jitter so that entries deferred together spread out."""
-    federation = settings.federation
-    base = min(federation.retry_max, federation.retry_min * (2 ** max(0, attempts - 1)))
-    jitter = base * 0.1 * secrets.randbelow(1000) / 1000
-    return timedelta(seconds=min(federation.retry_max, base + jitter))
+    return leases.backoff(attempts, first=settings.federation.retry_min, longest=settings.federation.retry_max)
 
 
 # -- administration ------------------------------------------------------------------------------

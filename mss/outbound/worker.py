@@ -99,6 +99,20 @@ def _apply(
         for delivery in session.execute(select(Delivery).where(col(Delivery.message_id) == row.message_id)).scalars():
             deliveries[delivery.recipient] = delivery
     subject = message.queue_id if message is not None else row.queue_id
+
+    def audited(item: OutboundRecipient, action: str, outcome: str = audit.SUCCESS, **detail: object) -> None:
+        audit.record(
+            session,
+            actor="system",
+            action=action,
+            object=subject,
+            outcome=outcome,
+            request_id=request_id,
+            queue=row.queue_id,
+            recipient=item.address,
+            **detail,
+        )
+
     relayed_dsn, failed_dsn = [], []
     for item, reply in outcome.relayed:
         item.state, item.reply, item.updated_at = queue.RELAYED, reply.text, now
@@ -108,18 +122,7 @@ def _apply(
             delivery.status, delivery.at = "relayed", now
             delivery.reason = f"relayed to {peer}, {queue.protection_text(row.protection)}"[:500]
             session.add(delivery)
-        audit.record(
-            session,
-            actor="system",
-            action="queue.relay",
-            object=subject,
-            request_id=request_id,
-            queue=row.queue_id,
-            recipient=item.address,
-            peer=peer,
-            reply=reply.text[:200],
-            worker=worker,
-        )
+        audited(item, "queue.relay", peer=peer, reply=reply.text[:200], worker=worker)
         if "SUCCESS" in _notify(item.notify) and not peer_dsn:
             relayed_dsn.append(_status("relayed", item.address, reply, item.orcpt, "2.0.0"))
     # a failure may have no reply (connection refused, timeout)
@@ -130,17 +133,7 @@ def _apply(
         if delivery is not None:
             delivery.status, delivery.at, delivery.reason = "failed", now, reason[:500]
             session.add(delivery)
-        audit.record(
-            session,
-            actor="system",
-            action="queue.fail",
-            object=subject,
-            outcome=audit.FAILURE,
-            request_id=request_id,
-            queue=row.queue_id,
-            recipient=item.address,
-            reason=reason[:200],
-        )
+        audited(item, "queue.fail", audit.FAILURE, reason=reason[:200])
         if "FAILURE" in _notify(item.notify):
             failed_dsn.append(_status("failed", item.address, reply, item.orcpt, status, reason))
     for item, reply in outcome.deferred:

@@ -6,10 +6,9 @@ A final status is what the status API calls one (``delivered`` in a mailbox here
 one ``webhook-id`` for all its attempts. The row's unique (queue id, recipient, status) makes
 a status recorded twice (a DSN repeating the delivery row, a duplicate report) one event.
 
-Senders take due events with :func:`claim` as the outbound queue takes entries: on
-PostgreSQL the candidates are read with ``FOR UPDATE SKIP LOCKED``, on SQLite under the
-database's single write lock; either way a lease is written and committed before the POST,
-and :func:`finish` writes the outcome only while the lease still holds. An event is
+Senders take due events with :func:`claim` under a lease, as the outbound queue takes
+entries (``mss.leases``): the lease is written and committed before the POST, and
+:func:`finish` writes the outcome only while the lease still holds. An event is
 delivered at least once (a sender that dies after the POST, before :func:`finish`, leaves
 it to be sent again when its lease has passed): receivers drop repeats by ``webhook-id``.
 """
@@ -23,14 +22,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from mss import audit
-from mss.db import rowcount, session_scope, utcnow
+from mss import audit, leases
+from mss.db import key_of, rowcount, session_scope, utcnow
 from mss.models import Delivery, Message, Receipt, WebhookEvent
 from mss.settings import Settings
 
@@ -166,46 +165,28 @@ def claim(engine: Engine, settings: Settings, worker: str, *, limit: int) -> lis
     """Take up to ``limit`` due events for ``worker``: a lease of the request timeout plus
     a minute, committed before any request is made."""
     now = utcnow()
+    lease = timedelta(seconds=settings.webhook.timeout + LEASE_MARGIN)
     with session_scope(engine) as session:
-        query = (
-            select(WebhookEvent)
-            .where(col(WebhookEvent.state) == PENDING, col(WebhookEvent.next_attempt_at) <= now)
-            .where(or_(col(WebhookEvent.lease_until).is_(None), col(WebhookEvent.lease_until) < now))
-            .order_by(col(WebhookEvent.next_attempt_at), col(WebhookEvent.id))
-            .limit(limit)
-        )
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        rows = list(session.execute(query).scalars())
-        lease_until = now + timedelta(seconds=settings.webhook.timeout + LEASE_MARGIN)
-        claimed = []
-        for row in rows:
-            row.lease_owner, row.lease_until = worker, lease_until
-            row.attempts += 1
-            row.updated_at = now
-            session.add(row)
-            claimed.append(
-                Claimed(
-                    id=row.id,
-                    event_id=row.event_id,
-                    queue_id=row.queue_id,
-                    recipient=row.recipient,
-                    status=row.status,
-                    payload=row.payload.encode("utf-8"),
-                    attempts=row.attempts,
-                    lease_owner=worker,
-                )
+        rows = leases.take_due(session, WebhookEvent, waiting=PENDING, worker=worker, lease=lease, now=now, limit=limit)
+        return [
+            Claimed(
+                id=key_of(row),
+                event_id=row.event_id,
+                queue_id=row.queue_id,
+                recipient=row.recipient,
+                status=row.status,
+                payload=row.payload.encode("utf-8"),
+                attempts=row.attempts,
+                lease_owner=worker,
             )
-    return claimed
+            for row in rows
+        ]
 
 
 def backoff(settings: Settings, attempts: int) -> timedelta:
     """The wait after the ``attempts``-th failed attempt: doubling from
     MSS_WEBHOOK_RETRY_MIN up to MSS_WEBHOOK_RETRY_MAX, with up to 10 % jitter."""
-    webhook = settings.webhook
-    base = min(webhook.retry_max, webhook.retry_min * (2 ** max(0, attempts - 1)))
-    jitter = base * 0.1 * secrets.randbelow(1000) / 1000
-    return timedelta(seconds=min(webhook.retry_max, base + jitter))
+    return leases.backoff(attempts, first=settings.webhook.retry_min, longest=settings.webhook.retry_max)
 
 
 def finish(engine: Engine, settings: Settings, claimed: Claimed, outcome: Outcome) -> str:
@@ -214,11 +195,8 @@ def finish(engine: Engine, settings: Settings, claimed: Claimed, outcome: Outcom
     refusal that retrying cannot change, or no attempt left within MSS_WEBHOOK_LIFETIME:
     audited as ``webhook.abandon``), or ``lost`` (another sender holds it now)."""
     with session_scope(engine) as session:
-        query = select(WebhookEvent).where(col(WebhookEvent.id) == claimed.id)
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update()
-        row = session.execute(query).scalars().first()
-        if row is None or row.lease_owner != claimed.lease_owner or row.state != PENDING:
+        row = leases.held(session, WebhookEvent, claimed.id, owner=claimed.lease_owner, waiting=PENDING)
+        if row is None:
             return "lost"
         now = utcnow()
         row.lease_owner, row.lease_until, row.updated_at = "", None, now
