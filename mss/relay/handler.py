@@ -143,6 +143,7 @@ class DoorHandler(abc.ABC):
         """The normalised recipient (in a worker thread); raises an error of ``RECIPIENT_REFUSALS``."""
 
     def count_refusal(self, server: RelaySMTP, reply: str) -> None:
+        """Count a refusal on the session's server."""
         server.refused += 1
 
     def extensions(self, lines: list[str]) -> list[str]:
@@ -238,6 +239,7 @@ class RelayHandler(DoorHandler):
         return account.address if account else "-"
 
     def count_refusal(self, server: RelaySMTP, reply: str) -> None:
+        """Count a refusal on the session's server and in the metrics, by its status code."""
         super().count_refusal(server, reply)
         metrics.refused("smtp", reply)
 
