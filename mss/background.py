@@ -1,8 +1,9 @@
-"""A door's listeners on a background thread with an event loop of their own.
+"""How a door's listeners run: in a door's process until it is cancelled
+(``serve_until_cancelled``), or on a background thread with an event loop of their own.
 
-Tests and benchmarks run the relay and the IMAP server this way, beside their own code, in
-one process: ``with RelayServer(rt) as relay:`` listens on free loopback ports until the
-block ends, then drains what is open.
+Tests and benchmarks run the relay and the IMAP server the second way, beside their own
+code, in one process: ``with RelayServer(rt) as relay:`` listens on free loopback ports
+until the block ends, then drains what is open.
 """
 
 from __future__ import annotations
@@ -12,6 +13,17 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Self
+
+
+async def serve_until_cancelled(close: Callable[[], Awaitable[None]], ready: asyncio.Event | None = None) -> None:
+    """Set ``ready`` (the listeners are bound), wait until cancelled, then ``close`` them:
+    to the end, even though the waiting was cancelled."""
+    try:
+        if ready is not None:
+            ready.set()
+        await asyncio.Event().wait()
+    finally:
+        await asyncio.shield(close())
 
 
 class BackgroundServer(abc.ABC):

@@ -98,20 +98,20 @@ def _disposition(header: Any) -> Any:
     return List([String.build(header.content_disposition), _ParamsList(dict(header.params))])
 
 
-class _Text(TextBodyStructure):
-    @property
-    def extended(self) -> List:
-        items = list(super().extended.value)
-        items[9] = _disposition(self.content_disposition)
-        return List(items)
-
-
 class _Content(ContentBodyStructure):
+    """pymap's structure of a single part, with body-fld-dsp as RFC 3501 writes it."""
+
+    disposition_at = 8  # the place of body-fld-dsp in the extension data
+
     @property
     def extended(self) -> List:
         items = list(super().extended.value)
-        items[8] = _disposition(self.content_disposition)
+        items[self.disposition_at] = _disposition(self.content_disposition)
         return List(items)
+
+
+class _Text(_Content, TextBodyStructure):
+    disposition_at = 9  # after body-fld-lines
 
 
 def _structure(content: MessageContent, body_size: int, body_lines: int) -> BodyStructure:
@@ -119,24 +119,9 @@ def _structure(content: MessageContent, body_size: int, body_lines: int) -> Body
     parsed = content.header.parsed
     ctype = content.body.content_type
     params = dict(ctype.params)
-    if ctype.maintype == "text":
-        return _Text(
-            ctype.subtype,
-            params,
-            parsed.content_disposition,
-            parsed.content_language,
-            parsed.content_location,
-            parsed.content_id,
-            parsed.content_description,
-            parsed.content_transfer_encoding,
-            None,
-            body_size,
-            body_lines,
-        )
-    return _Content(
-        ctype.maintype,
-        ctype.subtype,
-        params,
+    # RFC 3501 body-fields after the type: parameters, id, description, encoding, size (and
+    # pymap's extension data: disposition, language, location).
+    fields = (
         parsed.content_disposition,
         parsed.content_language,
         parsed.content_location,
@@ -146,6 +131,9 @@ def _structure(content: MessageContent, body_size: int, body_lines: int) -> Body
         None,
         body_size,
     )
+    if ctype.maintype == "text":
+        return _Text(ctype.subtype, params, *fields, body_lines)
+    return _Content(ctype.maintype, ctype.subtype, params, *fields)
 
 
 class _Kept(BodyStructure):
@@ -236,6 +224,15 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
     """Marks the outcome of a body decrypted ahead as seen (it may never be used)."""
     if not task.cancelled():
         task.exception()
+
+
+def _multipart_structure(message: MessageInterface, requirement: FetchRequirement, data: bytes) -> str | None:
+    """The BODYSTRUCTURE of a multipart entity, to keep with the message (None for a
+    single part: it is computed again from the metadata)."""
+    content = MessageContent.parse(data)
+    if content.body.content_type.maintype != "multipart":
+        return None
+    return bytes(BaseLoadedMessage(message, requirement, content).get_body_structure().extended).decode("latin-1")
 
 
 def _lines(body: bytes) -> int:
@@ -483,11 +480,7 @@ class MailSession(SessionInterface):
             structure = None
             if result.facts is not None:
                 # A first opening: keep its shape, with the structure of a multipart entity.
-                content = MessageContent.parse(result.data)
-                if content.body.content_type.maintype == "multipart":
-                    structure = bytes(
-                        BaseLoadedMessage(message, requirement, content).get_body_structure().extended
-                    ).decode("latin-1")
+                structure = _multipart_structure(message, requirement, result.data)
                 await self._call(sync.remember, self.rt, result.facts, structure)
                 self._details.pop(item.item_id, None)
             if not structure and self._mode == served.DECRYPTED:
@@ -499,12 +492,7 @@ class MailSession(SessionInterface):
         if shape is None:
             # Decrypted mode, a message whose shape nobody knows yet: open it once.
             result = await self._call(sync.render, self.rt, self.account, item.item_id, self._mode)
-            content = MessageContent.parse(result.data)
-            structure = None
-            if content.body.content_type.maintype == "multipart":
-                structure = bytes(
-                    BaseLoadedMessage(message, requirement, content).get_body_structure().extended
-                ).decode("latin-1")
+            structure = _multipart_structure(message, requirement, result.data)
             if result.facts is not None:
                 await self._call(sync.remember, self.rt, result.facts, structure)
             self._details.pop(item.item_id, None)
@@ -636,6 +624,11 @@ class MailSession(SessionInterface):
         ]
         self._recorded.clear()
         self._decrypt_ahead(item_ids)
+        await self._record_openings(selected, item_ids, seen)
+        self._recorded.extend((s, named, self._version) for (s, _seen), named in zip(fetches, chosen, strict=True))
+
+    async def _record_openings(self, selected: SelectedMailbox, item_ids: list[int], seen: Sequence[int]) -> None:
+        """Commit the openings of these bodies (those of ``seen`` displayed: \\Seen set)."""
         await self._call(
             sync.record_openings,
             self.rt,
@@ -646,7 +639,6 @@ class MailSession(SessionInterface):
             seen=seen,
             request_id=self.request_id,
         )
-        self._recorded.extend((s, named, self._version) for (s, _seen), named in zip(fetches, chosen, strict=True))
 
     async def fetch_messages(  # type: ignore[override]  # pymap's state takes None: no updates to look for
         self, selected: SelectedMailbox, sequence_set: SequenceSet, set_seen: bool
@@ -672,16 +664,7 @@ class MailSession(SessionInterface):
             if missing:
                 if not recorded:
                     self._decrypt_ahead(m.item.item_id for _s, m in chosen)
-                await self._call(
-                    sync.record_openings,
-                    self.rt,
-                    self.owner,
-                    selected.lookup,
-                    missing,
-                    mode=self._mode,
-                    seen=missing if set_seen else (),
-                    request_id=self.request_id,
-                )
+                await self._record_openings(selected, missing, missing if set_seen else ())
         if set_seen:
             await self._refresh(selected, force=True)
             chosen = [(seq, cast(MailMessage, selected.messages.get(msg.uid) or msg)) for seq, msg in chosen]
@@ -720,38 +703,31 @@ class MailSession(SessionInterface):
     async def copy_messages(
         self, selected: SelectedMailbox, sequence_set: SequenceSet, mailbox: str
     ) -> tuple[CopyUid | None, SelectedMailbox]:
-        to = folder_of(mailbox)
-        pairs = await self._call(
-            sync.copy,
-            self.rt.engine,
-            self.owner,
-            selected.lookup,
-            self._uids(selected, sequence_set),
-            to,
-            request_id=self.request_id,
-        )
-        return await self._copy_uid(to, pairs), selected
+        return await self._transfer(sync.copy, selected, sequence_set, mailbox), selected
 
     async def move_messages(
         self, selected: SelectedMailbox, sequence_set: SequenceSet, mailbox: str
     ) -> tuple[CopyUid | None, SelectedMailbox]:
         if selected.readonly:
             raise MailboxReadOnly()
-        to = folder_of(mailbox)
-        pairs = await self._call(
-            sync.move,
-            self.rt.engine,
-            self.owner,
-            selected.lookup,
-            self._uids(selected, sequence_set),
-            to,
-            request_id=self.request_id,
-        )
-        copy_uid = await self._copy_uid(to, pairs)
+        copy_uid = await self._transfer(sync.move, selected, sequence_set, mailbox)
         await self._refresh(selected, force=True)
         return copy_uid, selected
 
-    async def _copy_uid(self, to: str, pairs: list[tuple[int, int]]) -> CopyUid | None:
+    async def _transfer(
+        self,
+        transfer: Callable[..., list[tuple[int, int]]],
+        selected: SelectedMailbox,
+        sequence_set: SequenceSet,
+        mailbox: str,
+    ) -> CopyUid | None:
+        """``sync.copy`` or ``sync.move`` of the messages of ``sequence_set`` to ``mailbox``;
+        the COPYUID of the messages it wrote (None when none)."""
+        to = folder_of(mailbox)
+        uids = self._uids(selected, sequence_set)
+        pairs = await self._call(
+            transfer, self.rt.engine, self.owner, selected.lookup, uids, to, request_id=self.request_id
+        )
         if not pairs:
             return None
         state = await self._state(to)

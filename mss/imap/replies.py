@@ -13,22 +13,27 @@ from pymap.exceptions import ResponseError
 from pymap.parsing.response import ResponseBye, ResponseCode, ResponseNo
 
 GREETING: Final = b"mss IMAP ready"
+
+# NO to LOGIN or AUTHENTICATE (``LoginRefused``).
 STARTTLS_FIRST: Final = b"[PRIVACYREQUIRED] STARTTLS first: no login travels in clear"
-LOGIN_OK: Final = b"Logged in"
 LOGIN_FAILED: Final = b"[AUTHENTICATIONFAILED] Wrong address or password"
 TOO_MANY_ATTEMPTS: Final = b"[UNAVAILABLE] Too many failed logins from this address: try again later"
 ACCOUNT_LOCKED: Final = b"[UNAVAILABLE] This account is locked for a while after failed logins"
-CREDENTIALS_TOO_LONG: Final = b"[AUTHENTICATIONFAILED] Wrong address or password"
+# Over-long credentials are refused before any password work, with nothing more to learn.
+CREDENTIALS_TOO_LONG: Final = LOGIN_FAILED
+
+# NO [CANNOT]: what the mailbox rules do not allow (``Cannot``).
 FOLDERS_FIXED: Final = "The folders are INBOX, Sent and Archive: they cannot be created, renamed or deleted"
 APPEND_ONLY_SENT: Final = "Messages arrive through the relay only: send it by SMTP submission"
 APPEND_NOT_SENT: Final = "Only a copy of a message already sent through the relay can be added to Sent"
 EXPUNGED: Final = "The message was removed meanwhile"
+
+# BYE: the connection ends (``Bye``, or written before the connection closes).
 TOO_MANY_SESSIONS: Final = b"[UNAVAILABLE] Too many connections: try again later"
 IDLE_TIMEOUT: Final = b"[UNAVAILABLE] Autologout: idle for too long"
 SESSION_EXPIRED: Final = b"[EXPIRED] This login is too old: log in again"
 LINE_TOO_LONG: Final = b"[TOOBIG] Command line too long"
 LITERAL_TOO_BIG: Final = b"[TOOBIG] Literal larger than the server accepts"
-SERVER_ERROR: Final = b"[SERVERBUG] Internal error, reference "
 SHUTDOWN: Final = b"[UNAVAILABLE] Server shutting down"
 
 

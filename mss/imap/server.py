@@ -52,7 +52,7 @@ from pysasl import SASLAuth
 from pysasl.mechanism.plain import PlainMechanism
 
 from mss import accounts, standing
-from mss.background import BackgroundServer
+from mss.background import BackgroundServer, serve_until_cancelled
 from mss.db import session_scope
 from mss.errors import AccountLocked, BadCredentials, StandingError, TooManyAttempts
 from mss.imap import replies, workers
@@ -547,28 +547,24 @@ async def start_listeners(rt: Runtime, *, host: str, port: int, tls_port: int | 
     context = server_context(rt.settings)
     await asyncio.to_thread(workers.start)
     registry = Registry(rt.settings.imap.max_sessions)
-    servers = [
-        await asyncio.start_server(
-            connection_handler(rt, MailConfig(rt, implicit_tls=False, ssl_context=context), registry),
+
+    async def bind(listen_port: int, *, implicit_tls: bool) -> asyncio.Server:
+        config = MailConfig(rt, implicit_tls=implicit_tls, ssl_context=context)
+        tls: dict[str, Any] = {}
+        if implicit_tls:
+            tls = dict(ssl=context, ssl_handshake_timeout=30, ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT)
+        return await asyncio.start_server(
+            connection_handler(rt, config, registry),
             host=host,
-            port=port,
+            port=listen_port,
             limit=LINE_LIMIT,
             reuse_address=True,
+            **tls,
         )
-    ]
+
+    servers = [await bind(port, implicit_tls=False)]
     if tls_port is not None:
-        servers.append(
-            await asyncio.start_server(
-                connection_handler(rt, MailConfig(rt, implicit_tls=True, ssl_context=context), registry),
-                host=host,
-                port=tls_port,
-                limit=LINE_LIMIT,
-                ssl=context,
-                ssl_handshake_timeout=30,
-                ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT,
-                reuse_address=True,
-            )
-        )
+        servers.append(await bind(tls_port, implicit_tls=True))
     listeners = Listeners(servers, registry)
     log.info("imap listening on %s ports %s", host, listeners.ports)
     return listeners
@@ -579,12 +575,7 @@ async def serve_imap(rt: Runtime, *, ready: asyncio.Event | None = None) -> None
     until cancelled; open connections then get a BYE."""
     imap = rt.settings.imap
     listeners = await start_listeners(rt, host=imap.host, port=imap.port, tls_port=imap.tls_port or None)
-    try:
-        if ready is not None:
-            ready.set()
-        await asyncio.Event().wait()
-    finally:
-        await asyncio.shield(listeners.aclose())
+    await serve_until_cancelled(listeners.aclose, ready)
 
 
 class ImapServer(BackgroundServer):

@@ -13,37 +13,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from aiosmtpd.smtp import TLSSetupException, syntax
 from cryptography import x509
 
-from mss import audit, inbound
-from mss.db import session_scope
+from mss import inbound
+from mss.background import serve_until_cancelled
 from mss.errors import (
     DocumentError,
-    DomainNotServed,
     FromHeaderMismatch,
     MalformedMessage,
     MessageTooLarge,
     MssError,
-    NoMailboxHere,
     NotEncryptedForRecipients,
     PeerNotAuthenticated,
     PolicyError,
-    RecipientHasNoCertificate,
     RevokedAddress,
     SenderNotTrusted,
     UnknownAddress,
 )
-from mss.pipeline import RecipientRequest
 from mss.relay import replies
-from mss.relay.esmtp import MailParameters, RcptParameters
-from mss.relay.handler import submission_refusal
-from mss.relay.protocol import COMMAND_CALL_LIMIT, RelaySession, RelaySMTP, SessionRegistry
-from mss.relay.server import IDENT, Listener
+from mss.relay.handler import RECIPIENT_REFUSALS, DoorHandler, Refusal, record_refusal, submission_refusal
+from mss.relay.protocol import RelaySession, RelaySMTP, SessionRegistry
+from mss.relay.server import Listener, session_factory
 from mss.relay.tls import mx_server_context
 from mss.runtime import Runtime
 
@@ -52,19 +46,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mss.relay.mx")
 
-_RECIPIENT_REFUSALS: Final[tuple[tuple[type[MssError], str, str], ...]] = (
-    (DomainNotServed, replies.RELAY_DENIED, "domain-not-served"),
-    (UnknownAddress, replies.UNKNOWN_RECIPIENT, "unknown-address"),
-    (RevokedAddress, replies.REVOKED_RECIPIENT, "revoked-address"),
-    (NoMailboxHere, replies.NO_MAILBOX, "no-mailbox"),
-    (RecipientHasNoCertificate, replies.RECIPIENT_NO_CERTIFICATE, "no-certificate"),
-)
+# A message refused at DATA, besides a malformed message or document (as at submission).
 _DATA_REFUSALS: Final[tuple[tuple[type[MssError], str], ...]] = (
     (FromHeaderMismatch, replies.FROM_NOT_ENVELOPE),
     (SenderNotTrusted, replies.SENDER_NOT_TRUSTED),
     (MessageTooLarge, replies.MESSAGE_TOO_LARGE),
     (NotEncryptedForRecipients, replies.NOT_ENCRYPTED_FOR_RECIPIENTS),
-    *((cls, reply) for cls, reply, _ in _RECIPIENT_REFUSALS),
+    *((cls, reply) for cls, reply, _ in RECIPIENT_REFUSALS),
 )
 
 
@@ -97,8 +85,9 @@ class MxSMTP(RelaySMTP):
             cause = error.__cause__
             why = getattr(cause, "reason", None) or type(cause).__name__
             await asyncio.to_thread(
-                _record,
+                record_refusal,
                 self.rt,
+                action=MxHandler.refusal_action,
                 actor=f"peer:{peer}",
                 address="-",
                 request_id=self.correlation_id,
@@ -108,127 +97,44 @@ class MxSMTP(RelaySMTP):
         return await super().handle_exception(error)
 
 
-def _record(rt: Runtime, *, actor: str, address: str, request_id: str, stage: str, reason: str) -> None:
-    with session_scope(rt.engine) as session:
-        audit.record(
-            session,
-            actor=actor,
-            action="mx.refused",
-            object=address or "-",
-            outcome=audit.DENIED,
-            request_id=request_id,
-            stage=stage,
-            reason=reason,
-        )
-
-
-def _peer(session: MxSession) -> inbound.Peer:
+def _peer(session: RelaySession) -> inbound.Peer:
+    assert isinstance(session, MxSession)
     return inbound.Peer(address=session.peer[0] if session.peer else "-", certificate=session.peer_certificate)
 
 
-class MxHandler:
-    """aiosmtpd hooks of the MX door (one per listener, shared by its sessions)."""
+class MxHandler(DoorHandler):
+    """aiosmtpd hooks of the MX door: another operator's server, known by its certificate."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
+    refusal_action = "mx.refused"
 
-    async def _refuse(
-        self,
-        server: MxSMTP,
-        session: MxSession,
-        envelope: RelayEnvelope,
-        address: str,
-        *,
-        stage: str,
-        reason: str,
-        reply: str,
-    ) -> str:
-        server.refused += 1
+    def actor(self, session: RelaySession) -> str:
         peer = _peer(session)
-        await asyncio.to_thread(
-            _record,
-            self.rt,
-            actor=f"peer:{peer.address} {peer.name}",
-            address=address,
-            request_id=envelope.request_id or server.correlation_id,
-            stage=stage,
-            reason=reason,
-        )
-        return reply
+        return f"peer:{peer.address} {peer.name}"
 
-    async def handle_EHLO(
-        self, server: MxSMTP, session: MxSession, envelope: RelayEnvelope, hostname: str, responses: list[str]
-    ) -> list[str]:
-        """aiosmtpd's EHLO lines without AUTH, with DSN and ENHANCEDSTATUSCODES."""
-        session.host_name = hostname
-        kept = [line for line in responses[:-1] if not line[4:].upper().startswith("AUTH")]
-        return [*kept, replies.EXTENSION_DSN, replies.EXTENSION_ENHANCED_STATUS_CODES, responses[-1]]
+    def extensions(self, lines: list[str]) -> list[str]:
+        """aiosmtpd's EHLO lines without AUTH."""
+        return [line for line in lines if not line[4:].upper().startswith("AUTH")]
 
-    async def handle_MAIL(
-        self, server: MxSMTP, session: MxSession, envelope: RelayEnvelope, address: str, parameters: MailParameters
-    ) -> str:
+    async def sender_refusal(self, session: RelaySession, address: str) -> Refusal | None:
         """The peer must have presented a trusted certificate, and the sender's domain must
         be on the trust list (a null sender is judged at DATA by its From: domain)."""
         try:
             inbound.check_peer(_peer(session))
         except PeerNotAuthenticated:
-            return await self._refuse(
-                server,
-                session,
-                envelope,
-                address,
-                stage="mail",
-                reason="no-client-certificate",
-                reply=replies.CLIENT_CERTIFICATE_REQUIRED,
-            )
+            return "no-client-certificate", replies.CLIENT_CERTIFICATE_REQUIRED
         try:
             await asyncio.to_thread(inbound.check_sender, self.rt, address)
         except SenderNotTrusted as error:
-            served = "served here" in error.message
-            return await self._refuse(
-                server,
-                session,
-                envelope,
-                address,
-                stage="mail",
-                reason="sender-served-here" if served else "sender-not-trusted",
-                reply=replies.SENDER_SERVED_HERE if served else replies.SENDER_NOT_TRUSTED,
-            )
+            if "served here" in error.message:
+                return "sender-served-here", replies.SENDER_SERVED_HERE
+            return "sender-not-trusted", replies.SENDER_NOT_TRUSTED
         except (UnknownAddress, RevokedAddress):
-            return await self._refuse(
-                server,
-                session,
-                envelope,
-                address,
-                stage="mail",
-                reason="sender-not-listed",
-                reply=replies.SENDER_NOT_LISTED,
-            )
-        envelope.mail_from = address
-        envelope.parameters = parameters
-        return replies.SENDER_OK
+            return "sender-not-listed", replies.SENDER_NOT_LISTED
+        return None
 
-    async def handle_RCPT(
-        self, server: MxSMTP, session: MxSession, envelope: RelayEnvelope, address: str, parameters: RcptParameters
-    ) -> str:
+    def check_recipient(self, address: str) -> str:
         """Only local recipients with a mailbox here: never a relay."""
-        if len(envelope.recipients) >= self.rt.settings.relay.max_recipients:
-            server.refused += 1
-            return replies.TOO_MANY_RECIPIENTS
-        try:
-            normalised = await asyncio.to_thread(inbound.check_recipient, self.rt, address)
-        except MssError as error:
-            for cls, reply, reason in _RECIPIENT_REFUSALS:
-                if isinstance(error, cls):
-                    return await self._refuse(
-                        server, session, envelope, address, stage="rcpt", reason=reason, reply=reply
-                    )
-            raise
-        if all(r.address != normalised for r in envelope.recipients):
-            extra = {} if parameters.notify is None else {"notify": parameters.notify}
-            envelope.recipients.append(RecipientRequest(address=normalised, orcpt=parameters.orcpt, **extra))
-            envelope.rcpt_tos.append(normalised)
-        return replies.RECIPIENT_OK
+        return inbound.check_recipient(self.rt, address)
 
     async def handle_DATA(self, server: MxSMTP, session: MxSession, envelope: RelayEnvelope) -> str:
         """Hand the message to ``mss.inbound``; ``250`` only once it is durably stored."""
@@ -248,7 +154,7 @@ class MxHandler:
             reply = _data_refusal(error)
             if reply is None:
                 raise
-            return await self._refuse(
+            return await self.refuse(
                 server,
                 session,
                 envelope,
@@ -280,30 +186,15 @@ def mx_factory(rt: Runtime, registry: SessionRegistry, handler: MxHandler | None
 
     Raises ConfigError when the TLS certificate or the peer CA file cannot be loaded.
     """
-    settings = rt.settings
-    handler = handler or MxHandler(rt)
-    tls_context = mx_server_context(settings)
-    hostname = settings.pki.hostnames[0] if settings.pki.hostnames else socket.getfqdn()
-
-    def factory() -> MxSMTP:
-        options: dict[str, Any] = dict(
-            rt=rt,
-            registry=registry,
-            hostname=hostname,
-            ident=IDENT,
-            tls_context=tls_context,
-            require_starttls=True,
-            auth_required=False,
-            auth_require_tls=True,
-            auth_exclude_mechanism=["PLAIN", "LOGIN"],
-            data_size_limit=settings.relay.max_message_size,
-            timeout=settings.relay.command_timeout,
-            command_call_limit=dict(COMMAND_CALL_LIMIT),
-            loop=asyncio.get_running_loop(),
-        )
-        return MxSMTP(handler, **options)
-
-    return factory
+    return session_factory(
+        MxSMTP,
+        handler or MxHandler(rt),
+        rt,
+        registry,
+        mx_server_context(rt.settings),
+        auth_required=False,
+        auth_exclude_mechanism=["PLAIN", "LOGIN"],
+    )
 
 
 async def start_mx_listener(rt: Runtime, *, host: str, port: int, handler: MxHandler | None = None) -> Listener:
@@ -312,9 +203,7 @@ async def start_mx_listener(rt: Runtime, *, host: str, port: int, handler: MxHan
     Raises ConfigError (TLS material, peer CAs) and OSError (the address cannot be bound).
     """
     registry = SessionRegistry(rt.settings.relay.max_sessions)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(mx_factory(rt, registry, handler), host=host, port=port, reuse_address=True)
-    listener = Listener(server, registry)
+    listener = await Listener.bind(mx_factory(rt, registry, handler), registry, host=host, port=port)
     log.info("MX listening on %s:%d (mutual TLS)", *listener.address)
     return listener
 
@@ -323,9 +212,4 @@ async def serve_mx(rt: Runtime, *, ready: asyncio.Event | None = None) -> None:
     """Serve the MX door on ``MSS_MX_HOST:MSS_MX_PORT`` until cancelled, then drain."""
     federation = rt.settings.federation
     listener = await start_mx_listener(rt, host=federation.mx_host, port=federation.mx_port)
-    try:
-        if ready is not None:
-            ready.set()
-        await asyncio.Event().wait()
-    finally:
-        await asyncio.shield(listener.aclose())
+    await serve_until_cancelled(listener.aclose, ready)

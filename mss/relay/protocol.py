@@ -379,29 +379,42 @@ class RelaySMTP(PasswordMechanisms, SMTP):
             return
         await super().smtp_STARTTLS(arg)
 
+    async def _may_transact(self, command: str) -> bool:
+        """EHLO first, then AUTH where it is required; False once the refusal is pushed."""
+        return not (await self.check_helo_needed() or await self.check_auth_needed(command))
+
+    def _path(
+        self, arg: str | None, keyword: str, syntax_reply: str, address_reply: str, *, null_allowed: bool = False
+    ) -> tuple[str, str]:
+        """The address of MAIL or RCPT (``<>`` only when ``null_allowed``) and the text of its
+        ESMTP parameters. Raises ParameterRefused with ``syntax_reply`` (the command's syntax)
+        or ``address_reply`` (the address)."""
+        assert self.session is not None
+        rest = self._strip_command_keyword(keyword, arg or "")
+        if rest is None:
+            raise esmtp.ParameterRefused(syntax_reply)
+        address, parameter_text = self._getaddr(rest)
+        if (
+            address is None
+            or len(address) > MAX_ADDRESS
+            or not (null_allowed and address == "<>" or _MAILBOX.match(address))
+        ):
+            raise esmtp.ParameterRefused(address_reply)
+        if parameter_text and not self.session.extended_smtp:
+            raise esmtp.ParameterRefused(syntax_reply)
+        return address, parameter_text or ""
+
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
-        if await self.check_helo_needed():
+        if not await self._may_transact("MAIL"):
             return
-        if await self.check_auth_needed("MAIL"):
-            return
-        assert isinstance(self.envelope, RelayEnvelope) and self.session is not None
+        assert isinstance(self.envelope, RelayEnvelope)
         if self.envelope.mail_from is not None:
             await self.push(replies.NESTED_MAIL)
             return
-        rest = self._strip_command_keyword("FROM:", arg or "")
-        if rest is None:
-            await self.push(replies.MAIL_SYNTAX)
-            return
-        address, parameter_text = self._getaddr(rest)
-        if address is None or len(address) > MAX_ADDRESS or not (address == "<>" or _MAILBOX.match(address)):
-            await self.push(replies.SENDER_SYNTAX)
-            return
-        if parameter_text and not self.session.extended_smtp:
-            await self.push(replies.MAIL_SYNTAX)
-            return
         try:
-            parameters = esmtp.parse_mail(parameter_text or "", size_limit=self.data_size_limit)
+            address, text = self._path(arg, "FROM:", replies.MAIL_SYNTAX, replies.SENDER_SYNTAX, null_allowed=True)
+            parameters = esmtp.parse_mail(text, size_limit=self.data_size_limit)
         except esmtp.ParameterRefused as refused:
             await self.push(refused.reply)
             return
@@ -410,27 +423,15 @@ class RelaySMTP(PasswordMechanisms, SMTP):
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
-        if await self.check_helo_needed():
+        if not await self._may_transact("RCPT"):
             return
-        if await self.check_auth_needed("RCPT"):
-            return
-        assert isinstance(self.envelope, RelayEnvelope) and self.session is not None
+        assert isinstance(self.envelope, RelayEnvelope)
         if not self.envelope.mail_from:
             await self.push(replies.NEED_MAIL)
             return
-        rest = self._strip_command_keyword("TO:", arg or "")
-        if rest is None:
-            await self.push(replies.RCPT_SYNTAX)
-            return
-        address, parameter_text = self._getaddr(rest)
-        if address is None or len(address) > MAX_ADDRESS or not _MAILBOX.match(address):
-            await self.push(replies.RECIPIENT_SYNTAX)
-            return
-        if parameter_text and not self.session.extended_smtp:
-            await self.push(replies.RCPT_SYNTAX)
-            return
         try:
-            parameters = esmtp.parse_rcpt(parameter_text or "")
+            address, text = self._path(arg, "TO:", replies.RCPT_SYNTAX, replies.RECIPIENT_SYNTAX)
+            parameters = esmtp.parse_rcpt(text)
         except esmtp.ParameterRefused as refused:
             await self.push(refused.reply)
             return
@@ -438,9 +439,7 @@ class RelaySMTP(PasswordMechanisms, SMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
-        if await self.check_helo_needed():
-            return
-        if await self.check_auth_needed("DATA"):
+        if not await self._may_transact("DATA"):
             return
         assert isinstance(self.envelope, RelayEnvelope)
         if not self.envelope.recipients:

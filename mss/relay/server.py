@@ -15,13 +15,14 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final
+from typing import Any, Final, TypeVar
 
-from mss.background import BackgroundServer
+from mss.background import BackgroundServer, serve_until_cancelled
 from mss.documents import workers
-from mss.relay.handler import RelayHandler
+from mss.relay.handler import DoorHandler, RelayHandler
 from mss.relay.protocol import COMMAND_CALL_LIMIT, RelaySMTP, SessionRegistry
 from mss.relay.tls import server_context
 from mss.runtime import Runtime
@@ -33,19 +34,26 @@ SHUTDOWN_GRACE: Final = 30.0
 # The greeting names no software or version.
 IDENT: Final = "ESMTP"
 
+S = TypeVar("S", bound=RelaySMTP)
 
-def smtp_factory(rt: Runtime, registry: SessionRegistry) -> Callable[[], RelaySMTP]:
-    """A protocol factory for ``loop.create_server``: one ``RelaySMTP`` per connection.
 
-    Raises ConfigError when the TLS certificate cannot be loaded.
-    """
+def session_factory(
+    smtp_class: type[S],
+    handler: DoorHandler,
+    rt: Runtime,
+    registry: SessionRegistry,
+    tls_context: ssl.SSLContext,
+    **door: Any,
+) -> Callable[[], S]:
+    """A protocol factory for ``loop.create_server``: one ``smtp_class`` session per
+    connection, all sharing ``handler``, with the rules of the wire both doors keep
+    (STARTTLS first, the size limit, the idle timeout, the command limits) and ``door``'s
+    own options (whether AUTH is required, and which mechanisms are offered)."""
     settings = rt.settings
-    handler = RelayHandler(rt)
-    tls_context = server_context(settings)
     hostname = settings.pki.hostnames[0] if settings.pki.hostnames else socket.getfqdn()
 
-    def factory() -> RelaySMTP:
-        return RelaySMTP(
+    def factory() -> S:
+        return smtp_class(
             handler,
             rt=rt,
             registry=registry,
@@ -53,15 +61,23 @@ def smtp_factory(rt: Runtime, registry: SessionRegistry) -> Callable[[], RelaySM
             ident=IDENT,
             tls_context=tls_context,
             require_starttls=True,
-            auth_required=True,
             auth_require_tls=True,
             data_size_limit=settings.relay.max_message_size,
             timeout=settings.relay.command_timeout,
             command_call_limit=dict(COMMAND_CALL_LIMIT),
             loop=asyncio.get_running_loop(),
+            **door,
         )
 
     return factory
+
+
+def smtp_factory(rt: Runtime, registry: SessionRegistry) -> Callable[[], RelaySMTP]:
+    """A protocol factory for ``loop.create_server``: one ``RelaySMTP`` per connection.
+
+    Raises ConfigError when the TLS certificate cannot be loaded.
+    """
+    return session_factory(RelaySMTP, RelayHandler(rt), rt, registry, server_context(rt.settings), auth_required=True)
 
 
 class Listener:
@@ -76,6 +92,14 @@ class Listener:
         """The (host, port) actually bound (the port is chosen by the system when 0)."""
         host, port = self.server.sockets[0].getsockname()[:2]
         return host, port
+
+    @classmethod
+    async def bind(
+        cls, factory: Callable[[], RelaySMTP], registry: SessionRegistry, *, host: str, port: int
+    ) -> Listener:
+        """Listen on ``host:port`` with sessions from ``factory``. Raises OSError."""
+        loop = asyncio.get_running_loop()
+        return cls(await loop.create_server(factory, host=host, port=port, reuse_address=True), registry)
 
     async def aclose(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Stop accepting, then drain the sessions (see ``SessionRegistry.drain``)."""
@@ -99,8 +123,7 @@ async def start_listener(rt: Runtime, *, host: str, port: int) -> Listener:
     )
     # The document checks' worker processes, ready before the first message needs them.
     await asyncio.to_thread(workers.start)
-    server = await loop.create_server(smtp_factory(rt, registry), host=host, port=port, reuse_address=True)
-    listener = Listener(server, registry)
+    listener = await Listener.bind(smtp_factory(rt, registry), registry, host=host, port=port)
     log.info("relay listening on %s:%d", *listener.address)
     return listener
 
@@ -114,12 +137,7 @@ async def serve_relay(rt: Runtime, *, ready: asyncio.Event | None = None) -> Non
     """
     settings = rt.settings.relay
     listener = await start_listener(rt, host=settings.host, port=settings.port)
-    try:
-        if ready is not None:
-            ready.set()
-        await asyncio.Event().wait()
-    finally:
-        await asyncio.shield(listener.aclose())
+    await serve_until_cancelled(listener.aclose, ready)
 
 
 def run_relay(rt: Runtime) -> None:
