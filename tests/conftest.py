@@ -7,6 +7,7 @@ Under ``CI=true`` a test that needs PostgreSQL and finds none fails instead of s
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 from collections.abc import Iterator
@@ -18,6 +19,10 @@ from sqlalchemy.engine import Engine, make_url
 
 from mss.db import make_engine, migrate
 from mss.settings import Settings
+
+# Fixtures that several modules share, registered for every test module: the web app, its
+# clients and accounts (web_support), and a module's relay stack (relay_stack_support).
+pytest_plugins = ["web_support", "relay_stack_support"]
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 BACKEND = os.environ.get("MSS_TEST_BACKEND", "sqlite")
@@ -169,16 +174,6 @@ def directory_loaded(engine: Engine) -> None:
 def mss(env, dev_pki):
     """Runs the ``mss`` command in-process with the test's environment; asserts success
     unless ``ok=False``."""
-    from typer.testing import CliRunner
+    from cli_support import invoke
 
-    from cli.main import app
-
-    runner = CliRunner()
-
-    def invoke(*args: str, input: str | None = None, ok: bool = True):
-        result = runner.invoke(app, list(args), input=input, env=env, catch_exceptions=False)
-        if ok:
-            assert result.exit_code == 0, (result.stdout, result.stderr)
-        return result
-
-    return invoke
+    return functools.partial(invoke, env)

@@ -116,6 +116,12 @@ def der_of(smime: bytes) -> bytes:
 # -- OpenSSL ------------------------------------------------------------------------------
 
 
+def cms_verified(signed: bytes, ca_file: str | Path, *options: str) -> bytes:
+    """The content of a signed S/MIME entity as ``openssl cms -verify`` finds it, checked
+    against ``ca_file``; fails the test otherwise."""
+    return run(["openssl", "cms", "-verify", "-CAfile", str(ca_file), *options], input=signed).stdout
+
+
 class OpenSSL:
     """``openssl cms`` with keys and certificates as PEM files in ``home``."""
 
@@ -136,55 +142,34 @@ class OpenSSL:
     def import_pkcs12(self, who: str, p12: bytes, password: str) -> None:
         """Key and certificate of ``who`` from a PKCS#12 file."""
         source = self._file("in.p12", p12)
-        run(
-            [
-                "openssl",
-                "pkcs12",
-                "-in",
-                str(source),
-                "-passin",
-                f"pass:{password}",
-                "-nodes",
-                "-nocerts",
-                "-out",
-                str(self.home / f"{who}.key"),
-            ]
-        )
-        run(
-            [
-                "openssl",
-                "pkcs12",
-                "-in",
-                str(source),
-                "-passin",
-                f"pass:{password}",
-                "-clcerts",
-                "-nokeys",
-                "-out",
-                str(self.home / f"{who}.pem"),
-            ]
-        )
+        # Two passes: the unencrypted key alone, then the holder's certificate alone.
+        for selection, suffix in ((["-nodes", "-nocerts"], "key"), (["-clcerts", "-nokeys"], "pem")):
+            run(
+                [
+                    "openssl",
+                    "pkcs12",
+                    "-in",
+                    str(source),
+                    "-passin",
+                    f"pass:{password}",
+                    *selection,
+                    "-out",
+                    str(self.home / f"{who}.{suffix}"),
+                ]
+            )
 
     def add_certificate(self, who: str, pem: bytes) -> None:
         """A correspondent's certificate."""
         (self.home / f"{who}.pem").write_bytes(pem)
 
+    def _holder(self, option: str, who: str) -> list[str]:
+        """``option`` naming ``who``'s certificate, then ``-inkey`` naming its private key."""
+        return [option, str(self.home / f"{who}.pem"), "-inkey", str(self.home / f"{who}.key")]
+
     def sign(self, entity: bytes, signer: str, *, detached: bool) -> bytes:
         """A signed S/MIME entity: ``multipart/signed`` or opaque ``signed-data``."""
-        args = [
-            "openssl",
-            "cms",
-            "-sign",
-            "-md",
-            "sha256",
-            "-crlfeol",
-            "-signer",
-            str(self.home / f"{signer}.pem"),
-            "-inkey",
-            str(self.home / f"{signer}.key"),
-            "-certfile",
-            str(self.ca),
-        ]
+        args = ["openssl", "cms", "-sign", "-md", "sha256", "-crlfeol", "-certfile", str(self.ca)]
+        args += self._holder("-signer", signer)
         if not detached:
             args.append("-nodetach")
         return crlf(run(args, input=entity).stdout)
@@ -204,24 +189,11 @@ class OpenSSL:
 
     def decrypt(self, der: bytes, who: str) -> bytes:
         """The content of a DER envelope, opened with ``who``'s key."""
-        return run(
-            [
-                "openssl",
-                "cms",
-                "-decrypt",
-                "-inform",
-                "DER",
-                "-recip",
-                str(self.home / f"{who}.pem"),
-                "-inkey",
-                str(self.home / f"{who}.key"),
-            ],
-            input=der,
-        ).stdout
+        return run(["openssl", "cms", "-decrypt", "-inform", "DER", *self._holder("-recip", who)], input=der).stdout
 
     def verify(self, smime: bytes) -> bytes:
         """The content of a signed S/MIME entity, checked against the CA; fails otherwise."""
-        return run(["openssl", "cms", "-verify", "-CAfile", str(self.ca), "-purpose", "smimesign"], input=smime).stdout
+        return cms_verified(smime, self.ca, "-purpose", "smimesign")
 
 
 # -- GnuPG --------------------------------------------------------------------------------

@@ -153,59 +153,84 @@ def test_an_edited_seq_is_reported(db: Engine, master_key: MasterKey, seq: int) 
     assert_broken(check(db, master_key), seq, f"event {seq} was edited (hash mismatch: its seq was changed to 500)")
 
 
-def test_an_edited_and_rehashed_event_is_reported(db: Engine, master_key: MasterKey) -> None:
+@pytest.mark.parametrize(
+    ("seq", "actor", "reason"),
+    [
+        pytest.param(
+            7, "someone.else@mss.test", "event 7 was replaced (event 8 links to a different event 7)", id="middle"
+        ),
+        pytest.param(12, "x@mss.test", "event 12 does not match the head anchor", id="last"),
+    ],
+)
+def test_an_edited_and_rehashed_event_is_reported(
+    db: Engine, master_key: MasterKey, seq: int, actor: str, reason: str
+) -> None:
     fill(db, 12)
     with session_scope(db) as session:
-        row = session.execute(select(*AuditEvent.__table__.columns).where(AuditEvent.seq == 7)).one()
+        row = session.execute(select(*AuditEvent.__table__.columns).where(AuditEvent.seq == seq)).one()
     fields = {
         name: getattr(row, name)
         for name in ("seq", "at", "action", "object", "outcome", "request_id", "detail", "prev_hash")
     }
-    new_hash = audit.event_hash(actor="someone.else@mss.test", **fields)
-    sql(db, "UPDATE audit_event SET actor = 'someone.else@mss.test', hash = :h WHERE seq = 7", h=new_hash)
-    assert_broken(check(db, master_key), 7, "event 7 was replaced (event 8 links to a different event 7)")
+    new_hash = audit.event_hash(actor=actor, **fields)
+    sql(db, "UPDATE audit_event SET actor = :actor, hash = :h WHERE seq = :seq", actor=actor, h=new_hash, seq=seq)
+    assert_broken(check(db, master_key), seq, reason)
 
 
-def test_an_edited_and_rehashed_last_event_is_reported(db: Engine, master_key: MasterKey) -> None:
-    fill(db, 12)
-    with session_scope(db) as session:
-        row = session.execute(select(*AuditEvent.__table__.columns).where(AuditEvent.seq == 12)).one()
-    fields = {
-        name: getattr(row, name)
-        for name in ("seq", "at", "action", "object", "outcome", "request_id", "detail", "prev_hash")
-    }
-    sql(
-        db,
-        "UPDATE audit_event SET actor = 'x@mss.test', hash = :h WHERE seq = 12",
-        h=audit.event_hash(actor="x@mss.test", **fields),
-    )
-    assert_broken(check(db, master_key), 12, "event 12 does not match the head anchor")
+# Each deletion in turn, then the first broken seq and the reason it is reported with (and,
+# where given, how many events were checked before it).
+DELETIONS = [
+    pytest.param(
+        20,
+        [
+            ("DELETE FROM audit_event WHERE seq = 10", 10, "event 10 is missing (gap between 9 and 11)", None),
+            (
+                "DELETE FROM audit_event WHERE seq IN (11, 12)",
+                10,
+                "events 10 to 12 are missing (gap between 9 and 13)",
+                None,
+            ),
+        ],
+        id="middle",
+    ),
+    pytest.param(
+        5,
+        [("DELETE FROM audit_event WHERE seq = 1", 1, "the chain does not start at genesis: event 1 is missing", None)],
+        id="first",
+    ),
+    pytest.param(
+        20,
+        [
+            (
+                "DELETE FROM audit_event WHERE seq = 20",
+                20,
+                "event 20 is missing (the chain ends at seq 19 but its head anchor is at seq 20",
+                19,
+            ),
+            (
+                "DELETE FROM audit_event WHERE seq >= 15",
+                15,
+                "events 15 to 20 are missing (the chain ends at seq 14",
+                None,
+            ),
+            ("DELETE FROM audit_event", 1, "events 1 to 20 are missing (the chain ends at seq 0", None),
+        ],
+        id="newest",
+    ),
+]
 
 
-def test_a_deleted_middle_event_is_reported(db: Engine, master_key: MasterKey) -> None:
-    fill(db, 20)
-    sql(db, "DELETE FROM audit_event WHERE seq = 10")
-    assert_broken(check(db, master_key), 10, "event 10 is missing (gap between 9 and 11)")
-    sql(db, "DELETE FROM audit_event WHERE seq IN (11, 12)")
-    assert_broken(check(db, master_key), 10, "events 10 to 12 are missing (gap between 9 and 13)")
-
-
-def test_a_deleted_first_event_is_reported(db: Engine, master_key: MasterKey) -> None:
-    fill(db, 5)
-    sql(db, "DELETE FROM audit_event WHERE seq = 1")
-    assert_broken(check(db, master_key), 1, "the chain does not start at genesis: event 1 is missing")
-
-
-def test_deleted_newest_events_are_reported(db: Engine, master_key: MasterKey) -> None:
-    fill(db, 20)
-    sql(db, "DELETE FROM audit_event WHERE seq = 20")
-    report = check(db, master_key)
-    assert_broken(report, 20, "event 20 is missing (the chain ends at seq 19 but its head anchor is at seq 20")
-    assert report.checked == 19
-    sql(db, "DELETE FROM audit_event WHERE seq >= 15")
-    assert_broken(check(db, master_key), 15, "events 15 to 20 are missing (the chain ends at seq 14")
-    sql(db, "DELETE FROM audit_event")
-    assert_broken(check(db, master_key), 1, "events 1 to 20 are missing (the chain ends at seq 0")
+@pytest.mark.parametrize(("count", "deletions"), DELETIONS)
+def test_deleted_events_are_reported(
+    db: Engine, master_key: MasterKey, count: int, deletions: list[tuple[str, int, str, int | None]]
+) -> None:
+    fill(db, count)
+    for statement, seq, reason, checked in deletions:
+        sql(db, statement)
+        report = check(db, master_key)
+        assert_broken(report, seq, reason)
+        if checked is not None:
+            assert report.checked == checked
 
 
 def test_swapped_events_are_reported(db: Engine, master_key: MasterKey) -> None:

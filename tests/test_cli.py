@@ -60,6 +60,20 @@ def test_directory_search_show_add_revoke(mss):
     assert unknown.exit_code == 1 and "not in the directory" in unknown.stderr
 
 
+def export_key(mss, out: Path, passphrases: str, **options):
+    """``mss account export-key`` of the doctor into ``out``, the passphrases on stdin."""
+    return mss("account", "export-key", DOCTOR, "--out", str(out), "--password-stdin", input=passphrases, **options)
+
+
+def pkcs12_info(p12: Path, password: str) -> subprocess.CompletedProcess[str]:
+    """``openssl pkcs12 -info`` of ``p12`` (certificates only) opened with ``password``."""
+    return subprocess.run(
+        ["openssl", "pkcs12", "-info", "-in", str(p12), "-nokeys", "-passin", f"pass:{password}"],
+        capture_output=True,
+        text=True,
+    )
+
+
 def test_account_lifecycle(mss, tmp_path, env):
     mss("directory", "import", str(SAMPLE_EXTRACT))
     created = mss("account", "create", DOCTOR, "--password-stdin", input="first passphrase ok\n")
@@ -77,27 +91,11 @@ def test_account_lifecycle(mss, tmp_path, env):
     assert "invalid address or password" in wrong.stderr
     assert "otpauth://" in mss("account", "reset-2fa", DOCTOR).stdout
     p12 = tmp_path / "doctor.p12"
-    mss(
-        "account",
-        "export-key",
-        DOCTOR,
-        "--out",
-        str(p12),
-        "--password-stdin",
-        input="second passphrase ok\nexport passphrase\n",
-    )
+    export_key(mss, p12, "second passphrase ok\nexport passphrase\n")
     assert oct(p12.stat().st_mode & 0o777) == "0o600"
-    opened = subprocess.run(
-        ["openssl", "pkcs12", "-info", "-in", str(p12), "-nokeys", "-passin", "pass:export passphrase"],
-        capture_output=True,
-        text=True,
-    )
+    opened = pkcs12_info(p12, "export passphrase")
     assert opened.returncode == 0 and DOCTOR in opened.stdout
-    refused = subprocess.run(
-        ["openssl", "pkcs12", "-info", "-in", str(p12), "-nokeys", "-passin", "pass:nope"],
-        capture_output=True,
-        text=True,
-    )
+    refused = pkcs12_info(p12, "nope")
     assert refused.returncode != 0
     recovery = Path(env["MSS_RECOVERY_KEY_OUT"])
     mss(
@@ -110,16 +108,7 @@ def test_account_lifecycle(mss, tmp_path, env):
         input="recovered passphrase\n",
     )
     mss("account", "disable", DOCTOR)
-    disabled = mss(
-        "account",
-        "export-key",
-        DOCTOR,
-        "--out",
-        str(p12),
-        "--password-stdin",
-        input="recovered passphrase\nexport passphrase\n",
-        ok=False,
-    )
+    disabled = export_key(mss, p12, "recovered passphrase\nexport passphrase\n", ok=False)
     assert "disabled" in disabled.stderr
     mss("account", "enable", DOCTOR)
     verified = mss("audit", "verify")

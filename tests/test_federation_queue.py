@@ -25,13 +25,12 @@ from federation_support import (
     wait_for,
 )
 from sqlalchemy import select
-from typer.testing import CliRunner
 
-from cli.main import app
 from mss.db import session_scope
 from mss.models import AuditEvent, Delivery, Message, Outbound, Receipt
 from mss.runtime import Runtime
 
+from cli_support import invoke
 from web_support import build_message
 
 MARC, _CEDRIC = A_USERS
@@ -53,10 +52,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Operator, O
 
 
 def mss(operator: Operator, *args: str, ok: bool = True):
-    result = CliRunner().invoke(app, list(args), env=operator.env, catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, (result.stdout, result.stderr)
-    return result
+    return invoke(operator.env, *args, ok=ok)
 
 
 def queued(operator: Operator, *flags: str) -> list[dict]:

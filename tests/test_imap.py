@@ -26,7 +26,8 @@ from mss.mailbox import served
 from mss.models import AuditEvent, MailboxItem, Receipt
 from mss.runtime import Runtime
 
-from web_support import CDA_SAMPLE, GP, NURSE, app, build_message, clients, create_person, doctor, gp, submit  # noqa: F401  (fixtures)
+from smime_tools import cms_verified
+from web_support import CDA_SAMPLE, GP, NURSE, build_message, create_person, submit
 from web_support import login as web_login
 
 
@@ -417,10 +418,7 @@ def test_end_to_end_mode_serves_the_envelope_that_openssl_opens(rt, imap, doctor
             capture_output=True,
             check=True,
         ).stdout
-        content = subprocess.run(
-            ["openssl", "cms", "-verify", "-CAfile", ca_file(rt)], input=inner, capture_output=True, check=True
-        ).stdout
-        documents.update(documents_of(content))
+        documents.update(documents_of(cms_verified(inner, ca_file(rt))))
     assert set(documents) == {"compte-rendu.pdf", CDA_SAMPLE.name, "IHE_XDM.ZIP"}
     assert documents[CDA_SAMPLE.name] == CDA_SAMPLE.read_bytes()
     client.logout()

@@ -19,7 +19,7 @@ from mss.imap import ImapServer
 from mss.mailbox import served
 
 from conftest import IN_CI
-from web_support import app, clients, doctor, gp  # noqa: F401  (fixtures)
+from smime_tools import cms_verified
 from web_support import login as web_login
 
 
@@ -30,6 +30,12 @@ def _need(tool: str) -> str:
             pytest.fail(f"{tool} is required under CI=true: run tests/sysdeps.sh")
         pytest.skip(f"{tool} is not installed: run tests/sysdeps.sh")
     return path
+
+
+def _sync(command: list[str], *, home: Path) -> None:
+    """Run a sync client with ``home`` as its HOME; fail the test with its output if it fails."""
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(home)})
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
 def _maildir_files(root: Path) -> list[bytes]:
@@ -114,14 +120,7 @@ SyncState *
 """
         )
         (tmp_path / "mail").mkdir()
-        run = subprocess.run(
-            [mbsync, "-c", str(config), "-a"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={**os.environ, "HOME": str(tmp_path)},
-        )
-        assert run.returncode == 0, run.stdout + run.stderr
+        _sync([mbsync, "-c", str(config), "-a"], home=tmp_path)
         synced = _maildir_files(tmp_path / "mail" / "INBOX")
         bodies = _imap_bodies(rt, imap.port, gp)
     # mbsync stores Maildir files with LF line ends (the local convention) and adds its own
@@ -135,10 +134,7 @@ SyncState *
     for data in synced:
         assert b"\nX-MSS-Signature: valid;" in data.split(b"\n\n", 1)[0]
         # The client checks the signature itself: openssl verifies it against the CA.
-        content = subprocess.run(
-            ["openssl", "cms", "-verify", "-CAfile", ca_file(rt)], input=data, capture_output=True, check=True
-        ).stdout
-        documents.update(documents_of(content))
+        documents.update(documents_of(cms_verified(data, ca_file(rt))))
     assert documents == _web_documents(clients, gp, queue_ids)
     assert len(documents) == 3
 
@@ -177,14 +173,7 @@ readonly = True
 folderfilter = lambda name: name == 'INBOX'
 """
         )
-        run = subprocess.run(
-            [offlineimap, "-c", str(config), "-o"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={**os.environ, "HOME": str(tmp_path)},
-        )
-        assert run.returncode == 0, run.stdout + run.stderr
+        _sync([offlineimap, "-c", str(config), "-o"], home=tmp_path)
         synced = _maildir_files(tmp_path / "mail")
         bodies = _imap_bodies(rt, imap.port, gp)
     # offlineimap stores Maildir files with LF line ends (the local convention) and may add
@@ -214,9 +203,6 @@ folderfilter = lambda name: name == 'INBOX'
             capture_output=True,
             check=True,
         ).stdout
-        content = subprocess.run(
-            ["openssl", "cms", "-verify", "-CAfile", ca_file(rt)], input=inner, capture_output=True, check=True
-        ).stdout
-        documents.update(documents_of(content))
+        documents.update(documents_of(cms_verified(inner, ca_file(rt))))
     assert documents == _web_documents(clients, gp, queue_ids)
     assert len(documents) == 3

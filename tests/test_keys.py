@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from mss.crypto import keys, pki
 from mss.errors import ConfigError, CryptoError, KeyUnwrapError
 
+from pki_support import issue_doctor_certificate
 from smime_tools import GpgSm, run
 
 pytestmark = pytest.mark.sqlite_only  # no database involved
@@ -30,15 +31,7 @@ def ca() -> pki.CertificateAuthority:
 
 @pytest.fixture(scope="module")
 def user(ca: pki.CertificateAuthority):
-    return pki.issue_smime_certificate(
-        ca,
-        address="eloise.bernard@medecin.mss.test",
-        rpps_national_id="810000064199",
-        common_name="Éloïse Bernard",
-        organisation="Cabinet médical des Tilleuls",
-        key_bits=2048,
-        days=30,
-    )
+    return issue_doctor_certificate(ca, days=30)
 
 
 def test_password_hash_round_trip() -> None:

@@ -27,6 +27,8 @@ from mss.errors import ConfigError, PkiError, RevokedAddress, UnknownAddress
 from mss.models import AuditEvent, SealedSecret
 from mss.settings import Settings
 
+from pki_support import issue_doctor_certificate
+
 ENTITY = b"Content-Type: text/plain\r\n\r\nCompte rendu\r\n"
 
 
@@ -143,15 +145,7 @@ def test_load_ca_refuses_a_readable_or_foreign_key(dev_pki: Settings) -> None:
 @pytest.mark.sqlite_only
 def test_smime_certificate_profile_seen_by_openssl(dev_pki: Settings, tmp_path: Path) -> None:
     ca = pki.load_ca(dev_pki)
-    key, certificate = pki.issue_smime_certificate(
-        ca,
-        address="eloise.bernard@medecin.mss.test",
-        rpps_national_id="810000064199",
-        common_name="Éloïse Bernard",
-        organisation="Cabinet médical des Tilleuls",
-        key_bits=2048,
-        days=1095,
-    )
+    key, certificate = issue_doctor_certificate(ca, days=1095)
     assert key.key_size == 2048
     assert certificate.serial_number.bit_length() <= 159
     assert certificate.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)[0].value == "810000064199"

@@ -7,7 +7,6 @@ serves the next client. What is stored is checked by decrypting it with a recipi
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from email import message_from_bytes, policy
 
 import aiosmtplib
@@ -35,18 +34,11 @@ from relay_support import (
     message,
     queue_id,
     referral,
-    running_stack,
     still_serving,
     transaction,
     xxe_cda,
     zip_bomb_xdm,
 )
-
-
-@pytest.fixture(scope="module")
-def relay_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One stack and relay for the tests of this module."""
-    yield from running_stack(tmp_path_factory)
 
 
 def opened(stack: Stack, queue: str, reader: str) -> bytes:

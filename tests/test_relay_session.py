@@ -13,7 +13,6 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
 
 import aiosmtplib
 import pytest
@@ -41,15 +40,8 @@ from relay_support import (
     login,
     message,
     queue_id,
-    running_stack,
     still_serving,
 )
-
-
-@pytest.fixture(scope="module")
-def relay_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One stack and relay for the tests of this module."""
-    yield from running_stack(tmp_path_factory)
 
 
 def auth(client: smtplib.SMTP, mechanism: str, response: str) -> tuple[int, bytes]:

@@ -143,13 +143,19 @@ def _ca_pem(world: World) -> bytes:
     return world.stack.ca_file.read_bytes()
 
 
+def _provision(tool, world: World, profile: str, certificates: dict[str, bytes]) -> None:
+    """Give ``tool`` the keys of the sender and the first recipient (their PKCS#12 files of
+    ``profile``) and the other recipients' certificates."""
+    for address in (SENDER, RECIPIENTS[0]):
+        tool.import_pkcs12(address, world.p12[(address, profile)], EXPORT_PASSWORD)
+    for address in RECIPIENTS[1:]:
+        tool.add_certificate(address, certificates[address])
+
+
 @pytest.fixture(scope="module")
 def openssl(world: World) -> OpenSSL:
     tool = OpenSSL(world.tmp / "openssl", _ca_pem(world))
-    for address in (SENDER, RECIPIENTS[0]):
-        tool.import_pkcs12(address, world.p12[(address, keys.PKCS12_STRONG)], EXPORT_PASSWORD)
-    for address in RECIPIENTS[1:]:
-        tool.add_certificate(address, world.pem[address])
+    _provision(tool, world, keys.PKCS12_STRONG, world.pem)
     return tool
 
 
@@ -158,10 +164,7 @@ def gpgsm(world: World) -> Iterator[GpgSm]:
     tool = GpgSm(_ca_pem(world))
     try:
         # gpgsm 2.2 (Debian 12) reads only the compatible PKCS#12 profile.
-        for address in (SENDER, RECIPIENTS[0]):
-            tool.import_pkcs12(address, world.p12[(address, keys.PKCS12_COMPATIBLE)], EXPORT_PASSWORD)
-        for address in RECIPIENTS[1:]:
-            tool.add_certificate(address, world.der[address])
+        _provision(tool, world, keys.PKCS12_COMPATIBLE, world.der)
         yield tool
     finally:
         tool.close()
@@ -170,10 +173,7 @@ def gpgsm(world: World) -> Iterator[GpgSm]:
 @pytest.fixture(scope="module")
 def nss(world: World) -> Nss:
     tool = Nss(world.tmp / "nss", _ca_pem(world))
-    for address in (SENDER, RECIPIENTS[0]):
-        tool.import_pkcs12(address, world.p12[(address, keys.PKCS12_STRONG)], EXPORT_PASSWORD)
-    for address in RECIPIENTS[1:]:
-        tool.add_certificate(address, world.der[address])
+    _provision(tool, world, keys.PKCS12_STRONG, world.der)
     return tool
 
 

@@ -49,7 +49,7 @@ from relay_support import (
     queue_id,
     transaction,
 )
-from web_support import BASE_URL, Person, client_maker, csrf
+from web_support import BASE_URL, Person, client_maker, csrf, totp_page
 from web_support import login as web_login
 
 READER = RECIPIENTS[0]
@@ -108,6 +108,15 @@ def send(stack: Stack, sender: str = SENDER, recipients: tuple[str, ...] = RECIP
     return queue_id(replies_[-1])
 
 
+def past_rcpt(stack: Stack, *recipients: str) -> smtplib.SMTP:
+    """A session of the sender with MAIL and every RCPT accepted, ready for DATA."""
+    client = login(stack, SENDER)
+    assert client.mail(SENDER)[0] == 250
+    for recipient in recipients:
+        assert client.rcpt(recipient)[0] == 250
+    return client
+
+
 def events(stack: Stack, action: str, address: str) -> list[AuditEvent]:
     with session_scope(stack.rt.engine) as session:
         return list(
@@ -163,9 +172,7 @@ def test_directory_revocation_ends_every_door_at_once(stack, web) -> None:
 
 def test_revocation_between_rcpt_and_data_refuses_the_message(stack) -> None:
     before = stack.counts()
-    client = login(stack, SENDER)
-    assert client.mail(SENDER)[0] == 250
-    assert client.rcpt(READER)[0] == 250
+    client = past_rcpt(stack, READER)
     with session_scope(stack.rt.engine) as session:
         certificates.revoke_for_address(session, stack.settings, SENDER, reason="keyCompromise", actor="test")
     assert client.data(letter()) == code_of(replies.SENDER_CERTIFICATE_REVOKED)
@@ -179,9 +186,7 @@ def test_recipient_revoked_between_rcpt_and_data_is_refused_at_data(stack) -> No
     # One transaction: the recipient passed RCPT, then its entry was revoked; what RCPT
     # looked up is not trusted at DATA.
     before = stack.counts()
-    client = login(stack, SENDER)
-    assert client.mail(SENDER)[0] == 250
-    assert client.rcpt(READER)[0] == 250
+    client = past_rcpt(stack, READER)
     with session_scope(stack.rt.engine) as session:
         service.revoke_entry(session, READER, reason="struck off", actor="test")
     assert client.data(letter()) == code_of(replies.REVOKED_RECIPIENT)
@@ -193,10 +198,7 @@ def test_recipient_revoked_between_rcpt_and_data_is_refused_at_data(stack) -> No
 
 
 def test_certificate_revoked_between_rcpt_and_data_drops_that_recipient(stack) -> None:
-    client = login(stack, SENDER)
-    assert client.mail(SENDER)[0] == 250
-    assert client.rcpt(RECIPIENTS[0])[0] == 250
-    assert client.rcpt(RECIPIENTS[1])[0] == 250
+    client = past_rcpt(stack, RECIPIENTS[0], RECIPIENTS[1])
     with session_scope(stack.rt.engine) as session:
         certificates.revoke_for_address(session, stack.settings, RECIPIENTS[1], reason="keyCompromise", actor="test")
     ident = queue_id(client.data(letter(recipients=RECIPIENTS)))
@@ -427,9 +429,7 @@ def test_web_rounds_of_wrong_codes_lock_the_account(stack, web) -> None:
     results = []
     for _ in range(3):
         client = web()
-        page = client.get("/login")
-        client.post("/login", data={"address": READER, "password": who.password, "csrf_token": csrf(page.text)})
-        page = client.get("/login/totp")
+        page = totp_page(client, who)
         for _ in range(2):
             results.append(
                 client.post("/login/totp", data={"code": "000000", "csrf_token": csrf(page.text)}).status_code

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from federation_support import A_DOMAIN, A_USERS, Operator, Services, build_operator, write_peer_cas
 from sqlalchemy import select
-from typer.testing import CliRunner
 
-from cli.main import app
 from directory import service
 from mss import trust
 from mss.db import session_scope
 from mss.models import AuditEvent
+
+from cli_support import invoke
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "trust"
 MARC = A_USERS[0]
@@ -36,10 +36,7 @@ def operator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
 
 
 def mss(operator: Operator, *args: str, ok: bool = True):
-    result = CliRunner().invoke(app, list(args), env=operator.env, catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, (result.stdout, result.stderr)
-    return result
+    return invoke(operator.env, *args, ok=ok)
 
 
 def listed(operator: Operator) -> dict[str, dict]:

@@ -312,6 +312,15 @@ def _tab_to(page, selector: str, limit: int = 80) -> None:
     raise AssertionError(f"{selector} cannot be reached with the Tab key")
 
 
+def _type_address_and_password(page, address: str, password: str) -> None:
+    """Fill the login form and send it with the keyboard alone."""
+    _tab_to(page, "#address")
+    page.keyboard.type(address)
+    _tab_to(page, "#password")
+    page.keyboard.type(password)
+    page.keyboard.press("Enter")
+
+
 def _off_loop(fn, *args, **kwargs):
     """Call a blocking service in a thread: Playwright's sync API runs an event loop here."""
     from concurrent.futures import ThreadPoolExecutor
@@ -388,11 +397,7 @@ def test_everyday_use_in_the_browser(stack, chromium, axe_source, tmp_path):
     # Log in and enrol with the keyboard alone.
     page.goto(web.url + "/login")
     _accessibility(page, axe_source, "login", report)
-    _tab_to(page, "#address")
-    page.keyboard.type(READER)
-    _tab_to(page, "#password")
-    page.keyboard.type(stack.passwords[READER])
-    page.keyboard.press("Enter")
+    _type_address_and_password(page, READER, stack.passwords[READER])
     expect(page).to_have_url(re.compile(r"/login/enrol$"))
     _accessibility(page, axe_source, "enrol", report)
     person = Person(READER, stack.passwords[READER], re.sub(r"\s", "", page.inner_text("#totp-secret")))
@@ -534,11 +539,7 @@ def test_everyday_use_in_the_browser(stack, chromium, axe_source, tmp_path):
     _tab_to(page, "form[action='/logout'] button")
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"/login$"))
-    _tab_to(page, "#address")
-    page.keyboard.type(READER)
-    _tab_to(page, "#password")
-    page.keyboard.type(stack.passwords[READER])
-    page.keyboard.press("Enter")
+    _type_address_and_password(page, READER, stack.passwords[READER])
     expect(page).to_have_url(re.compile(r"/login/totp$"))
     _accessibility(page, axe_source, "login-code", report)
     _tab_to(page, "#code")

@@ -25,21 +25,7 @@ from mss.models import MailboxToken, Message, Receipt
 from mss.pipeline import RecipientRequest, Submission
 from mss.web import cda_view, i18n
 
-from web_support import (  # noqa: F401  (fixtures)
-    CDA_SAMPLE,
-    DOCTOR,
-    GP,
-    NURSE,
-    app,
-    clients,
-    create_person,
-    doctor,
-    gp,
-    login,
-    pdf_bytes,
-    submit,
-    unlocked,
-)
+from web_support import CDA_SAMPLE, DOCTOR, GP, NURSE, create_person, login, pdf_bytes, submit, unlocked
 
 
 def test_search_tokens_hide_what_they_index(rt, doctor, gp):

@@ -19,19 +19,17 @@ from mss.documents.cda import Author
 from mss.documents.xdm import build_xdm
 from mss.models import Account, AuditEvent, MailboxItem, Receipt
 
-from web_support import (  # noqa: F401  (fixtures)
+from web_support import (
     CDA_SAMPLE,
     DOCTOR,
     GP,
-    app,
-    clients,
     create_person,
     csrf,
-    doctor,
-    gp,
     login,
     pdf_bytes,
+    post_compose,
     submit,
+    totp_page,
     unlocked,
 )
 
@@ -91,9 +89,7 @@ def test_recovery_code_replaces_totp_once(rt, clients, doctor):
     codes = accounts.new_recovery_codes(rt.engine, DOCTOR)
     for attempt, expected in ((codes[0], 303), (codes[0], 401)):
         client = clients()
-        page = client.get("/login")
-        client.post("/login", data={"address": DOCTOR, "password": doctor.password, "csrf_token": csrf(page.text)})
-        page = client.get("/login/totp")
+        page = totp_page(client, doctor)
         response = client.post(
             "/login/totp", data={"code": attempt, "csrf_token": csrf(page.text)}, follow_redirects=False
         )
@@ -195,10 +191,10 @@ def test_compose_with_pdf_and_read_receipt_then_journey(rt, clients, doctor, gp)
     login(sender, doctor)
     page = sender.get("/compose")
     pdf = pdf_bytes("Lettre de liaison")
-    response = sender.post(
-        "/compose",
-        data={
-            "csrf_token": csrf(page.text),
+    response = post_compose(
+        sender,
+        page,
+        {
             "to": GP,
             "subject": "Sortie d'hospitalisation",
             "body": "Votre patiente est sortie ce jour.",
@@ -243,9 +239,10 @@ def test_compose_refusals_are_form_errors(rt, clients, doctor):
     client = clients()
     login(client, doctor)
     page = client.get("/compose")
-    response = client.post(
-        "/compose",
-        data={"csrf_token": csrf(page.text), "to": "personne@chu-demo.mss.test", "subject": "Test", "body": "x"},
+    response = post_compose(
+        client,
+        page,
+        {"to": "personne@chu-demo.mss.test", "subject": "Test", "body": "x"},
         files=[("attachments", ("outil.exe", b"MZ\x90\x00\x03\x00\x00\x00\x04\x00", "application/octet-stream"))],
     )
     assert response.status_code == 422
@@ -255,7 +252,7 @@ def test_compose_refusals_are_form_errors(rt, clients, doctor):
     assert 'id="to-errors"' in response.text and 'id="attachments-errors"' in response.text
     assert "Rien n’est perdu" in response.text and "Joignez à nouveau vos fichiers." not in response.text
     assert 'name="draft_keep" value="0"' in response.text and "outil.exe" in response.text
-    empty = client.post("/compose", data={"csrf_token": csrf(page.text), "subject": "", "body": ""})
+    empty = post_compose(client, page, {"subject": "", "body": ""})
     assert "Choisissez au moins un destinataire dans l’annuaire." in empty.text
     assert "Écrivez un texte ou joignez un document." in empty.text
 
@@ -271,10 +268,10 @@ def test_reply_and_forward_keep_attachments_and_name_their_signer(rt, clients, d
     form = client.get(f"/compose?forward={accepted.queue_id}")
     assert "TR : Bilan sanguin" in form.text and 'name="keep" value="0"' in form.text
     assert "Éloïse FOURNIER" in form.text or GP in form.text
-    response = client.post(
-        "/compose",
-        data={
-            "csrf_token": csrf(form.text),
+    response = post_compose(
+        client,
+        form,
+        {
             "to": "matheo.moreau@infirmier.mss.test",
             "subject": "TR : Bilan sanguin",
             "body": "Pour information.",
@@ -453,9 +450,10 @@ def test_compose_packages_cda_as_ihe_xdm(rt, clients, doctor, gp):
     sender = clients()
     login(sender, doctor)
     page = sender.get("/compose")
-    response = sender.post(
-        "/compose",
-        data={"csrf_token": csrf(page.text), "to": GP, "subject": "Paquet", "body": "CDA en XDM.", "package_xdm": "on"},
+    response = post_compose(
+        sender,
+        page,
+        {"to": GP, "subject": "Paquet", "body": "CDA en XDM.", "package_xdm": "on"},
         files=[("attachments", (CDA_SAMPLE.name, data, "text/xml"))],
         follow_redirects=False,
     )
@@ -466,9 +464,7 @@ def test_compose_packages_cda_as_ihe_xdm(rt, clients, doctor, gp):
     attachment = mailbox.open_attachment(rt, unlocked(rt, gp), queue_id, 0).attachment
     entry, inner = mailbox.xdm_document(rt, attachment, 0)
     assert inner == data and entry.kind == "cda"
-    refused = sender.post(
-        "/compose", data={"csrf_token": csrf(page.text), "to": GP, "subject": "x", "body": "y", "package_xdm": "on"}
-    )
+    refused = post_compose(sender, page, {"to": GP, "subject": "x", "body": "y", "package_xdm": "on"})
     assert refused.status_code == 422 and "Il n’y a aucun document CDA à regrouper." in refused.text
 
 
@@ -570,10 +566,10 @@ def test_a_refused_send_keeps_the_draft_and_its_attachments(rt, clients, doctor,
     login(client, doctor)
     page = client.get("/compose")
     pdf = pdf_bytes("Lettre de sortie confidentielle")
-    refused = client.post(
-        "/compose",
-        data={
-            "csrf_token": csrf(page.text),
+    refused = post_compose(
+        client,
+        page,
+        {
             "to": "personne@chu-demo.mss.test",
             "subject": "Sortie de Mme Durand",
             "body": "Texte de la lettre.",
@@ -611,10 +607,10 @@ def test_a_refused_send_keeps_the_draft_and_its_attachments(rt, clients, doctor,
     # Back to the draft: correct the recipient, add nothing, send; the kept PDF goes along.
     form = client.get(f"/compose?draft={draft_id}")
     assert form.status_code == 200 and "lettre-durand.pdf" in form.text
-    sent = client.post(
-        "/compose",
-        data={
-            "csrf_token": csrf(form.text),
+    sent = post_compose(
+        client,
+        form,
+        {
             "to": GP,
             "subject": "Sortie de Mme Durand",
             "body": "Texte de la lettre.",
@@ -633,9 +629,10 @@ def test_a_refused_send_keeps_the_draft_and_its_attachments(rt, clients, doctor,
 
     # Saving on purpose, then discarding.
     page = client.get("/compose")
-    saved = client.post(
-        "/compose",
-        data={"csrf_token": csrf(page.text), "subject": "À finir", "body": "Brouillon.", "action": "save"},
+    saved = post_compose(
+        client,
+        page,
+        {"subject": "À finir", "body": "Brouillon.", "action": "save"},
         files=[("attachments", ("notes.pdf", pdf, "application/pdf"))],
         follow_redirects=False,
     )
@@ -647,10 +644,8 @@ def test_a_refused_send_keeps_the_draft_and_its_attachments(rt, clients, doctor,
     assert gone.status_code == 303 and gone.headers["location"] == "/drafts"
     assert client.post(f"/drafts/{kept_id}/discard", data={"csrf_token": csrf(again.text)}).status_code == 404
     # A draft discarded in another tab: the form is sent all the same.
-    stale = client.post(
-        "/compose",
-        data={"csrf_token": csrf(again.text), "to": GP, "body": "Brouillon.", "draft_id": kept_id, "draft_keep": "0"},
-        follow_redirects=False,
+    stale = post_compose(
+        client, again, {"to": GP, "body": "Brouillon.", "draft_id": kept_id, "draft_keep": "0"}, follow_redirects=False
     )
     assert stale.status_code == 303, stale.text
     actions = [
@@ -678,7 +673,7 @@ def test_replies_and_forwards_keep_the_thread(rt, clients, doctor, gp):
     def post(client, form_url: str, **fields: str) -> str:
         form = client.get(form_url)
         assert form.status_code == 200
-        response = client.post("/compose", data={"csrf_token": csrf(form.text), **fields}, follow_redirects=False)
+        response = post_compose(client, form, fields, follow_redirects=False)
         assert response.status_code == 303, response.text
         return response.headers["location"].split("/")[2].split("?")[0]
 

@@ -19,7 +19,7 @@ from mss.models import Message, WebSession
 from mss.runtime import Runtime
 from mss.web.server import uvicorn_config
 
-from web_support import CDA_SAMPLE, DOCTOR, GP, app, clients, create_person, csrf, doctor, gp, login, pdf_bytes, submit  # noqa: F401  (fixtures)
+from web_support import CDA_SAMPLE, DOCTOR, GP, create_person, csrf, login, pdf_bytes, post_compose, submit, totp_page
 
 
 def _session_rows(rt) -> list[WebSession]:
@@ -54,16 +54,8 @@ def test_another_mailbox_message_is_not_found(rt, clients, doctor, gp):
     assert archive.status_code == 404
     reply = intruder.get(f"/compose?forward={private.queue_id}")
     assert reply.status_code == 404
-    sneaky = intruder.post(
-        "/compose",
-        data={
-            "csrf_token": csrf(page.text),
-            "to": GP,
-            "subject": "x",
-            "body": "x",
-            "source": private.queue_id,
-            "keep": "0",
-        },
+    sneaky = post_compose(
+        intruder, page, {"to": GP, "subject": "x", "body": "x", "source": private.queue_id, "keep": "0"}
     )
     assert sneaky.status_code == 422 and "bilan.pdf" not in sneaky.text
     # The owner still reads it.
@@ -103,9 +95,7 @@ def test_totp_code_works_once(rt, clients, doctor):
     results = []
     for _attempt in range(2):
         client = clients()
-        page = client.get("/login")
-        client.post("/login", data={"address": DOCTOR, "password": doctor.password, "csrf_token": csrf(page.text)})
-        page = client.get("/login/totp")
+        page = totp_page(client, doctor)
         results.append(
             client.post(
                 "/login/totp", data={"code": code, "csrf_token": csrf(page.text)}, follow_redirects=False
@@ -130,9 +120,7 @@ def test_wrong_totp_codes_lock_the_account(rt, clients, doctor):
     first = clients()
     login(first, doctor)
     client = clients()
-    page = client.get("/login")
-    client.post("/login", data={"address": DOCTOR, "password": doctor.password, "csrf_token": csrf(page.text)})
-    page = client.get("/login/totp")
+    page = totp_page(client, doctor)
     statuses = [
         client.post(
             "/login/totp",

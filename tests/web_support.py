@@ -133,6 +133,19 @@ def login(client, person: Person) -> None:
     assert response.status_code in {200, 303}, response.text
 
 
+def post_compose(client, form, fields: dict[str, str], **options):
+    """Send the compose form with ``fields`` and the CSRF token of the page ``form``; the response."""
+    return client.post("/compose", data={"csrf_token": csrf(form.text), **fields}, **options)
+
+
+def totp_page(client, person: Person):
+    """Send the address and password of an enrolled account through the login page; the
+    second-factor page that follows."""
+    page = client.get("/login")
+    client.post("/login", data={"address": person.address, "password": person.password, "csrf_token": csrf(page.text)})
+    return client.get("/login/totp")
+
+
 def pdf_bytes(text: str = "Compte rendu") -> bytes:
     """A small valid one-page PDF."""
     writer = PdfWriter()
