@@ -39,7 +39,7 @@ from mss.mailbox import Draft, DraftInvalid, Upload
 from mss.web.auth import plausible_address
 from mss.web.certificate_pages import published
 from mss.web.compose_pages import directory_matches
-from mss.web.context import Rt, client_address, config, request_id, run
+from mss.web.context import Rt, config, origin, request_id, run
 from mss.web.pages import file_response
 from mss.web.sessions import (
     ACTIVE,
@@ -483,15 +483,7 @@ def _login(request: Request, data: LoginRequest) -> SessionOut:
         if not plausible_address(data.address.strip().lower()):
             raise BadCredentials()  # no account can have it: nothing to look up
         unlocked = accounts.login_with_code(
-            rt.engine,
-            rt.settings,
-            rt.master_key,
-            data.address,
-            data.password,
-            data.code,
-            channel="api",
-            client=client_address(request),
-            request_id=request_id(request),
+            rt.engine, rt.settings, rt.master_key, data.address, data.password, data.code, origin(request, "api")
         )
     except AuthError as exc:
         raise _refused(exc) from exc
