@@ -66,6 +66,9 @@ class ApiError(HTTPException):
 
 
 # -- bodies ------------------------------------------------------------------------------
+# What the mailbox returns in the API's own shape (a correspondent, a signature, a sent
+# message's progress, a receipt's subject, a journey's steps) goes out as it is; the records
+# below are the requests, and the answers whose shape differs from the mailbox's.
 
 
 @dataclass
