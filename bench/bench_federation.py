@@ -289,7 +289,7 @@ def main() -> None:
             engine=a.engine,
             master_key=a.master_key,
         )
-        sender = accounts.authenticate(a.engine, a.settings, SENDER, PASSWORD, channel="cli")
+        sender = accounts.authenticate(a.engine, a.settings, SENDER, PASSWORD, accounts.Origin("cli"))
         publication = Publication(a)
         peer = start(
             [str(Path(sys.executable).with_name("mss")), "serve", "relay"], b_env, b_ports["mx"], root / "b.log"

@@ -280,8 +280,12 @@ def main() -> None:
     rt = open_runtime(settings)
     people = load_demo(rt, actor="bench")
     sender_item, reader_item = people[0], people[1]
-    sender = accounts.authenticate(rt.engine, settings, sender_item.address, sender_item.password, channel="cli")
-    reader = accounts.authenticate(rt.engine, settings, reader_item.address, reader_item.password, channel="cli")
+    sender = accounts.authenticate(
+        rt.engine, settings, sender_item.address, sender_item.password, accounts.Origin("cli")
+    )
+    reader = accounts.authenticate(
+        rt.engine, settings, reader_item.address, reader_item.password, accounts.Origin("cli")
+    )
     attachment = pdf(args.attachment_kb * 1000)
     print(f"storing {args.messages} messages of ~{len(attachment) // 1000} kB ...", flush=True)
     start = time.perf_counter()

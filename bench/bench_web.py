@@ -268,8 +268,8 @@ def main() -> None:
         settings = Settings.from_env(env)
         rt = open_runtime(settings)
         demo = {d.address: d for d in load_demo(rt, actor="bench")}
-        reader = accounts.authenticate(rt.engine, settings, READER, demo[READER].password, channel="cli")
-        sender = accounts.authenticate(rt.engine, settings, SENDER, demo[SENDER].password, channel="cli")
+        reader = accounts.authenticate(rt.engine, settings, READER, demo[READER].password, accounts.Origin("cli"))
+        sender = accounts.authenticate(rt.engine, settings, SENDER, demo[SENDER].password, accounts.Origin("cli"))
         started = time.perf_counter()
         queue_id, ins = fill(rt, reader, sender, count)
         print(f"filled {count} messages in {time.perf_counter() - started:.1f} s", flush=True)

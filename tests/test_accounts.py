@@ -56,7 +56,7 @@ def test_create_stores_no_secret_in_clear(rt, directory_loaded):
     # The escrow opens with the recovery key and yields the same key the password unwraps.
     recovery = keys.load_recovery_private_key(rt.settings.pki.recovery_private_key_out)
     escrowed = keys.open_recovery(account.recovery_sealed_key, recovery)
-    unlocked = accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="cli")
+    unlocked = accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, accounts.Origin("cli"))
     assert escrowed == unlocked.private_key_der
     assert "account.create" in events and "pki.issue" in events
 
@@ -80,9 +80,11 @@ def test_create_refuses_unknown_revoked_duplicate_and_weak(rt, directory_loaded)
 def test_wrong_password_and_unknown_address_look_alike(rt, directory_loaded):
     _create(rt)
     with pytest.raises(BadCredentials) as wrong:
-        accounts.authenticate(rt.engine, rt.settings, DOCTOR, "wrong password!!", channel="smtp")
+        accounts.authenticate(rt.engine, rt.settings, DOCTOR, "wrong password!!", accounts.Origin("smtp"))
     with pytest.raises(BadCredentials) as unknown:
-        accounts.authenticate(rt.engine, rt.settings, "ghost@chu-demo.mss.test", "wrong password!!", channel="smtp")
+        accounts.authenticate(
+            rt.engine, rt.settings, "ghost@chu-demo.mss.test", "wrong password!!", accounts.Origin("smtp")
+        )
     assert str(wrong.value) == str(unknown.value)
 
 
@@ -96,7 +98,7 @@ def test_unknown_address_costs_as_much_as_a_wrong_password(rt, directory_loaded)
         for _ in range(5):
             start = time.perf_counter()
             with pytest.raises(BadCredentials):
-                accounts.authenticate(rt.engine, rt.settings, address, "wrong password!!", channel="smtp")
+                accounts.authenticate(rt.engine, rt.settings, address, "wrong password!!", accounts.Origin("smtp"))
             runs.append(time.perf_counter() - start)
         return statistics.median(runs)
 
@@ -108,9 +110,9 @@ def test_lockout_after_repeated_failures(rt, directory_loaded):
     _create(rt)
     for _ in range(rt.settings.security.max_login_failures):
         with pytest.raises(BadCredentials):
-            accounts.authenticate(rt.engine, rt.settings, DOCTOR, "wrong password!!", channel="smtp")
+            accounts.authenticate(rt.engine, rt.settings, DOCTOR, "wrong password!!", accounts.Origin("smtp"))
     with pytest.raises(AccountLocked):
-        accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="smtp")
+        accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, accounts.Origin("smtp"))
     with session_scope(rt.engine) as session:
         actions = session.execute(select(AuditEvent.action, AuditEvent.outcome)).all()
         assert ("account.lock", "success") in actions
@@ -123,10 +125,10 @@ def test_disabled_account_cannot_log_in(rt, directory_loaded):
     with session_scope(rt.engine) as session:
         accounts.set_disabled(session, DOCTOR, True, actor="test")
     with pytest.raises(AccountDisabled):
-        accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="web")
+        accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, accounts.Origin("web"))
     with session_scope(rt.engine) as session:
         accounts.set_disabled(session, DOCTOR, False, actor="test")
-    assert accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="web").address == DOCTOR
+    assert accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, accounts.Origin("web")).address == DOCTOR
 
 
 def test_totp_works_once_and_refuses_replay(rt, directory_loaded):
@@ -145,7 +147,7 @@ def test_totp_works_once_and_refuses_replay(rt, directory_loaded):
 
 def test_password_change_rewraps_the_key(rt, directory_loaded):
     _create(rt)
-    before = accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="cli").private_key_der
+    before = accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, accounts.Origin("cli")).private_key_der
     with session_scope(rt.engine) as session:
         with pytest.raises(BadCredentials):
             accounts.change_password(
@@ -154,14 +156,14 @@ def test_password_change_rewraps_the_key(rt, directory_loaded):
     with session_scope(rt.engine) as session:
         accounts.change_password(session, rt.settings, DOCTOR, PASSWORD, "a brand new passphrase", actor="test")
     with pytest.raises(BadCredentials):
-        accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="cli")
-    after = accounts.authenticate(rt.engine, rt.settings, DOCTOR, "a brand new passphrase", channel="cli")
+        accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, accounts.Origin("cli"))
+    after = accounts.authenticate(rt.engine, rt.settings, DOCTOR, "a brand new passphrase", accounts.Origin("cli"))
     assert after.private_key_der == before
 
 
 def test_recover_with_the_offline_key(rt, directory_loaded, tmp_path):
     _create(rt)
-    before = accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, channel="cli").private_key_der
+    before = accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, accounts.Origin("cli")).private_key_der
     stranger = tmp_path / "other.key"
     keys.generate_recovery_keypair(stranger, tmp_path / "other.pub")
     with session_scope(rt.engine) as session:
@@ -171,7 +173,7 @@ def test_recover_with_the_offline_key(rt, directory_loaded, tmp_path):
         accounts.recover_account(
             session, rt.settings, DOCTOR, rt.settings.pki.recovery_private_key_out, "recovered passphrase", actor="test"
         )
-    after = accounts.authenticate(rt.engine, rt.settings, DOCTOR, "recovered passphrase", channel="cli")
+    after = accounts.authenticate(rt.engine, rt.settings, DOCTOR, "recovered passphrase", accounts.Origin("cli"))
     assert after.private_key_der == before
 
 

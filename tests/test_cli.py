@@ -321,7 +321,7 @@ def test_account_list(mss, rt):
     assert "no match" in mss("account", "list").stdout
     for address in (DOCTOR, GP):
         mss("account", "create", address, "--password-stdin", input="first passphrase ok\n")
-    accounts.authenticate(rt.engine, rt.settings, DOCTOR, "first passphrase ok", channel="web")
+    accounts.authenticate(rt.engine, rt.settings, DOCTOR, "first passphrase ok", accounts.Origin("web"))
     mss("account", "disable", GP)
     rows = {r["address"]: r for r in json.loads(mss("account", "list", "--format", "json").stdout)}
     assert rows[DOCTOR]["state"] == "active" and rows[DOCTOR]["two_factor"] is False

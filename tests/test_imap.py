@@ -383,7 +383,7 @@ def test_end_to_end_mode_serves_the_envelope_that_openssl_opens(rt, imap, doctor
     client.logout()
     served.set_mode(rt.engine, gp.address, served.END_TO_END, actor="test")
 
-    account = accounts.authenticate(rt.engine, rt.settings, gp.address, gp.password, channel="cli")
+    account = accounts.authenticate(rt.engine, rt.settings, gp.address, gp.password, accounts.Origin("cli"))
     from cryptography.hazmat.primitives import serialization
 
     from mss.crypto import keys

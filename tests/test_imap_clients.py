@@ -190,7 +190,7 @@ folderfilter = lambda name: name == 'INBOX'
     from mss import accounts
     from mss.crypto import keys
 
-    account = accounts.authenticate(rt.engine, rt.settings, gp.address, gp.password, channel="cli")
+    account = accounts.authenticate(rt.engine, rt.settings, gp.address, gp.password, accounts.Origin("cli"))
     key = keys.private_key_from_der(account.private_key_der, authenticated=True)
     (tmp_path / "key.pem").write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())

@@ -142,7 +142,9 @@ def test_a_badly_signed_crl_on_disk_makes_mail_untrusted(tmp_path: Path) -> None
 
         from web_support import build_message
 
-        sender = accounts.authenticate(stack.rt.engine, stack.settings, SENDER, stack.passwords[SENDER], channel="cli")
+        sender = accounts.authenticate(
+            stack.rt.engine, stack.settings, SENDER, stack.passwords[SENDER], accounts.Origin("cli")
+        )
         raw = build_message(SENDER, [RECIPIENTS[0]], "crl", "texte")
         accepted = pipeline.submit(
             stack.rt,
@@ -151,7 +153,7 @@ def test_a_badly_signed_crl_on_disk_makes_mail_untrusted(tmp_path: Path) -> None
             ),
         )
         reader = accounts.authenticate(
-            stack.rt.engine, stack.settings, RECIPIENTS[0], stack.passwords[RECIPIENTS[0]], channel="cli"
+            stack.rt.engine, stack.settings, RECIPIENTS[0], stack.passwords[RECIPIENTS[0]], accounts.Origin("cli")
         )
         assert mailbox.open_message(stack.rt, reader, accepted.queue_id).signature.status == "valid"
         forged = pki.build_crl(pki.new_certificate_authority(common_name="x", organisation="y"), [], next_update_days=7)

@@ -67,7 +67,7 @@ def test_an_inactive_mailbox_is_noticed_then_closed(rt, doctor, gp, mss, env):
     assert to_nurse.queue_id in stored and from_nurse.queue_id in stored
     assert ("inbox", "signed") in _items(rt, GP)
     with pytest.raises(AccountDisabled):
-        accounts.authenticate(rt.engine, rt.settings, NURSE, PASSWORD, channel="smtp")
+        accounts.authenticate(rt.engine, rt.settings, NURSE, PASSWORD, accounts.Origin("smtp"))
     assert "audit chain intact" in mss("audit", "verify").stdout
 
     # The retention purge runs on the same schedule.
@@ -79,5 +79,5 @@ def test_an_inactive_mailbox_is_noticed_then_closed(rt, doctor, gp, mss, env):
 
 def test_a_login_keeps_a_mailbox_alive(rt, doctor, mss):
     _age(rt, doctor.address, 336)
-    accounts.authenticate(rt.engine, rt.settings, doctor.address, doctor.password, channel="smtp")
+    accounts.authenticate(rt.engine, rt.settings, doctor.address, doctor.password, accounts.Origin("smtp"))
     assert "inactivity notices sent: 0" in mss("lifecycle", "run").stdout

@@ -40,7 +40,10 @@ def people(rt, directory_loaded):
     for address in (DOCTOR, GP, NURSE):
         with session_scope(rt.engine) as session:
             accounts.create_account(session, rt.settings, rt.master_key, address, PASSWORD, actor="test")
-    return {a: accounts.authenticate(rt.engine, rt.settings, a, PASSWORD, channel="cli") for a in (DOCTOR, GP, NURSE)}
+    return {
+        a: accounts.authenticate(rt.engine, rt.settings, a, PASSWORD, accounts.Origin("cli"))
+        for a in (DOCTOR, GP, NURSE)
+    }
 
 
 def letter(sender: str, to: list[str], attachments: list[tuple[str, str, bytes]], **headers: str) -> bytes:

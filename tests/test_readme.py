@@ -62,7 +62,9 @@ def test_readme_swaks_example_sends_the_cda_as_xml(relay):
     assert "<~  250 2.0.0 Ok: queued as " in result.stdout, result.stdout[-3000:]
     queued = result.stdout.split("<~  250 2.0.0 Ok: queued as ")[1].split()[0]
 
-    reader = accounts.authenticate(relay.rt.engine, relay.settings, recipient, "recipient password", channel="cli")
+    reader = accounts.authenticate(
+        relay.rt.engine, relay.settings, recipient, "recipient password", accounts.Origin("cli")
+    )
     opened = mailbox.open_message(relay.rt, reader, queued)
     assert [(a.filename, a.content_type, a.kind) for a in opened.attachments] == [
         ("LDL-SES_2022.01.xml", "text/xml", "cda")

@@ -206,7 +206,11 @@ def check_store(stack: Stack, acked: dict[str, str]) -> None:
         assert submitted[queue] == 1, queue
     assert report.ok, report.reason
     reader = accounts.authenticate(
-        engine, stack.settings, RECIPIENTS[1], stack.passwords[RECIPIENTS[1]], channel="cli", request_id="check"
+        engine,
+        stack.settings,
+        RECIPIENTS[1],
+        stack.passwords[RECIPIENTS[1]],
+        accounts.Origin("cli", request_id="check"),
     )
     key = keys.private_key_from_der(reader.private_key_der)
     with session_scope(engine) as session:

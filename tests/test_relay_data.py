@@ -52,7 +52,7 @@ def opened(stack: Stack, queue: str, reader: str) -> bytes:
         cms = stored.cms
     assert (reader, "inbox") in owners or (reader, "sent") in owners
     account = accounts.authenticate(
-        stack.rt.engine, stack.settings, reader, stack.passwords[reader], channel="cli", request_id="test"
+        stack.rt.engine, stack.settings, reader, stack.passwords[reader], accounts.Origin("cli", request_id="test")
     )
     entity = smime.decrypt(cms, account.certificate, keys.private_key_from_der(account.private_key_der))
     # The envelope holds the signed data as an RFC 8551 application/pkcs7-mime entity.

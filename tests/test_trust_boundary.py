@@ -296,7 +296,9 @@ def test_rekey_keeps_older_mail_readable_and_revokes_the_old_certificate(stack, 
     # A new password re-wraps the past key too; so does a recovery.
     with session_scope(stack.rt.engine) as session:
         accounts.change_password(session, stack.settings, READER, reader.password, "another long passphrase", actor="t")
-    unlocked = accounts.authenticate(stack.rt.engine, stack.settings, READER, "another long passphrase", channel="cli")
+    unlocked = accounts.authenticate(
+        stack.rt.engine, stack.settings, READER, "another long passphrase", accounts.Origin("cli")
+    )
     assert len(unlocked.past_keys_der) == 1
     with session_scope(stack.rt.engine) as session:
         accounts.recover_account(
@@ -307,7 +309,9 @@ def test_rekey_keeps_older_mail_readable_and_revokes_the_old_certificate(stack, 
             "a recovered passphrase",
             actor="test",
         )
-    unlocked = accounts.authenticate(stack.rt.engine, stack.settings, READER, "a recovered passphrase", channel="cli")
+    unlocked = accounts.authenticate(
+        stack.rt.engine, stack.settings, READER, "a recovered passphrase", accounts.Origin("cli")
+    )
     assert mailbox.open_message(stack.rt, unlocked, old_mail).signature.status == "valid"
     # export-key gives the new certificate.
     from cryptography.hazmat.primitives.serialization import pkcs12
@@ -323,7 +327,7 @@ def test_rekey_with_the_recovery_key_after_a_compromise(stack) -> None:
     with session_scope(stack.rt.engine) as session:
         certificates.revoke_for_address(session, stack.settings, SENDER, reason="keyCompromise", actor="test")
     with pytest.raises(CertificateRevoked):
-        accounts.authenticate(stack.rt.engine, stack.settings, SENDER, stack.passwords[SENDER], channel="cli")
+        accounts.authenticate(stack.rt.engine, stack.settings, SENDER, stack.passwords[SENDER], accounts.Origin("cli"))
     with session_scope(stack.rt.engine) as session:
         with pytest.raises(accounts.AccountExists, match="rekey"):
             accounts.issue_external_certificate(session, stack.settings, SENDER, "export password 1", actor="t")
@@ -381,7 +385,7 @@ def test_expired_certificate_cannot_log_in(stack) -> None:
             update(Certificate).where(Certificate.address == SENDER).values(not_after=utcnow() - timedelta(days=1))
         )
     with pytest.raises(CertificateExpired):
-        accounts.authenticate(stack.rt.engine, stack.settings, SENDER, stack.passwords[SENDER], channel="cli")
+        accounts.authenticate(stack.rt.engine, stack.settings, SENDER, stack.passwords[SENDER], accounts.Origin("cli"))
     assert refused_auth(stack, SENDER, stack.passwords[SENDER]) == code_of(replies.AUTH_CERTIFICATE_EXPIRED)
 
 
@@ -477,17 +481,21 @@ def test_client_address_throttle_slows_then_refuses(tmp_path) -> None:
         for address in targets:
             with pytest.raises(BadCredentials):
                 accounts.authenticate(
-                    engine, settings, address, "guess guess guess", channel="smtp", client="192.0.2.7"
+                    engine, settings, address, "guess guess guess", accounts.Origin("smtp", client="192.0.2.7")
                 )
         # Past the free failures, the next try must wait: no password is checked then.
         with pytest.raises(BadCredentials):
-            accounts.authenticate(engine, settings, "x@chu-demo.mss.test", "guess", channel="smtp", client="192.0.2.7")
+            accounts.authenticate(
+                engine, settings, "x@chu-demo.mss.test", "guess", accounts.Origin("smtp", client="192.0.2.7")
+            )
         with pytest.raises(TooManyAttempts) as wait:
-            accounts.authenticate(engine, settings, SENDER, stack.passwords[SENDER], channel="smtp", client="192.0.2.7")
+            accounts.authenticate(
+                engine, settings, SENDER, stack.passwords[SENDER], accounts.Origin("smtp", client="192.0.2.7")
+            )
         assert 1 <= wait.value.retry_after <= 2
         # Another address is not slowed down.
         assert accounts.authenticate(
-            engine, settings, SENDER, stack.passwords[SENDER], channel="smtp", client="192.0.2.8"
+            engine, settings, SENDER, stack.passwords[SENDER], accounts.Origin("smtp", client="192.0.2.8")
         )
         # At the maximum the address is refused for the whole window.
         from mss import throttle
@@ -496,7 +504,9 @@ def test_client_address_throttle_slows_then_refuses(tmp_path) -> None:
             for _ in range(2):
                 throttle.record_failure(session, settings, "y@chu-demo.mss.test", "192.0.2.7", utcnow(), pair=False)
         with pytest.raises(TooManyAttempts) as blocked:
-            accounts.authenticate(engine, settings, SENDER, stack.passwords[SENDER], channel="smtp", client="192.0.2.7")
+            accounts.authenticate(
+                engine, settings, SENDER, stack.passwords[SENDER], accounts.Origin("smtp", client="192.0.2.7")
+            )
         assert blocked.value.retry_after > 30
     finally:
         stack.close()
@@ -509,11 +519,11 @@ def test_distributed_guessing_locks_the_account_for_everyone(tmp_path) -> None:
         for n in range(6):
             with pytest.raises(BadCredentials):
                 accounts.authenticate(
-                    engine, settings, SENDER, "wrong wrong wrong", channel="smtp", client=f"198.51.100.{n}"
+                    engine, settings, SENDER, "wrong wrong wrong", accounts.Origin("smtp", client=f"198.51.100.{n}")
                 )
         with pytest.raises(AccountLocked):
             accounts.authenticate(
-                engine, settings, SENDER, stack.passwords[SENDER], channel="smtp", client="203.0.113.9"
+                engine, settings, SENDER, stack.passwords[SENDER], accounts.Origin("smtp", client="203.0.113.9")
             )
         with session_scope(engine) as session:
             assert audit.verify(session, stack.rt.master_key).ok
@@ -525,6 +535,6 @@ def test_entry_revoked_is_told_only_after_the_right_password(stack) -> None:
     with session_scope(stack.rt.engine) as session:
         service.revoke_entry(session, READER, reason="retired", actor="test")
     with pytest.raises(BadCredentials):
-        accounts.authenticate(stack.rt.engine, stack.settings, READER, "wrong wrong wrong", channel="cli")
+        accounts.authenticate(stack.rt.engine, stack.settings, READER, "wrong wrong wrong", accounts.Origin("cli"))
     with pytest.raises(EntryRevoked, match="retired"):
-        accounts.authenticate(stack.rt.engine, stack.settings, READER, stack.passwords[READER], channel="cli")
+        accounts.authenticate(stack.rt.engine, stack.settings, READER, stack.passwords[READER], accounts.Origin("cli"))

@@ -439,7 +439,9 @@ def test_everyday_use_in_the_browser(stack, chromium, axe_source, tmp_path):
     expect(page).to_have_url(re.compile(r"/messages/[0-9A-F]{20}\?folder=sent$"))
     reply_qid = page.url.split("/messages/")[1].split("?")[0]
     _accessibility(page, axe_source, "sent-message", report)
-    sender = _off_loop(accounts.authenticate, rt.engine, rt.settings, SENDER, stack.passwords[SENDER], channel="cli")
+    sender = _off_loop(
+        accounts.authenticate, rt.engine, rt.settings, SENDER, stack.passwords[SENDER], accounts.Origin("cli")
+    )
     answer = _off_loop(mailbox.open_message, rt, sender, reply_qid)
     assert answer.headers["In-Reply-To"] == "<charset-1@client.test>"
     assert answer.headers["References"] == "<charset-1@client.test>"

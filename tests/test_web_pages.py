@@ -401,7 +401,7 @@ def test_password_change_rewraps_the_key_and_ends_other_sessions(rt, clients, do
     assert done.status_code == 200 and "Votre mot de passe a été changé." in done.text
     assert first.get("/inbox").status_code == 200
     assert second.get("/inbox", follow_redirects=False).headers["location"] == "/login"
-    unlocked = accounts.authenticate(rt.engine, rt.settings, DOCTOR, new, channel="cli")
+    unlocked = accounts.authenticate(rt.engine, rt.settings, DOCTOR, new, accounts.Origin("cli"))
     assert unlocked.private_key_der
 
 

@@ -211,7 +211,9 @@ def test_session_key_and_private_key_are_not_in_the_database(rt, clients, doctor
     login(client, doctor)
     raw = base64.urlsafe_b64decode(client.cookies.get("__Host-mss") + "==")
     session_id, session_key = raw[:32], raw[32:]
-    private_key = accounts.authenticate(rt.engine, rt.settings, DOCTOR, doctor.password, channel="cli").private_key_der
+    private_key = accounts.authenticate(
+        rt.engine, rt.settings, DOCTOR, doctor.password, accounts.Origin("cli")
+    ).private_key_der
     (row,) = _session_rows(rt)
     stored = b"".join(value if isinstance(value, bytes) else str(value).encode() for value in row.model_dump().values())
     assert row.token_hash == hashlib.sha256(session_id).hexdigest()

@@ -71,7 +71,7 @@ def create_person(rt, address: str, password: str = PASSWORD) -> Person:
 
 
 def unlocked(rt, person: Person) -> accounts.UnlockedAccount:
-    return accounts.authenticate(rt.engine, rt.settings, person.address, person.password, channel="cli")
+    return accounts.authenticate(rt.engine, rt.settings, person.address, person.password, accounts.Origin("cli"))
 
 
 def build_message(

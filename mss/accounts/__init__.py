@@ -5,7 +5,8 @@ API, IMAP, the command line): passwords, TOTP codes, recovery codes, the lockout
 custody. The doors translate; they call these functions and keep no rule of their own.
 
 - ``_common``: the unlocked account, the enrolment, the password policy, key wrapping;
-- ``lockout``: counting failures and locking (with ``mss.throttle`` by client address);
+- ``lockout``: where an attempt comes from (``Origin``), counting failures and locking
+  (with ``mss.throttle`` by client address);
 - ``twofactor``: TOTP enrolment and codes, recovery codes;
 - ``login``: the login service (password, standing, keys opened; both factors at once);
 - ``custody``: creation, passwords, recovery, rekey, renewal, disable, export;
@@ -45,7 +46,7 @@ from mss.accounts.custody import (
     set_disabled,
 )
 from mss.accounts.listing import AccountRow, list_accounts
-from mss.accounts.lockout import COUNTED_FAILURES, is_locked, login_completed, record_failure
+from mss.accounts.lockout import COUNTED_FAILURES, LOCAL, Origin, is_locked, login_completed, record_failure
 from mss.accounts.login import authenticate, login_with_code
 from mss.accounts.preferences import (
     ALWAYS,
@@ -73,10 +74,12 @@ __all__ = [
     "NEVER",
     "READ_RECEIPT_CHOICES",
     "COUNTED_FAILURES",
+    "LOCAL",
     "MIN_PASSWORD_LENGTH",
     "AccountExists",
     "AccountRow",
     "Enrolment",
+    "Origin",
     "Rekeyed",
     "Renewal",
     "UnlockedAccount",

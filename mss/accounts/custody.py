@@ -31,6 +31,7 @@ from mss.accounts._common import (
     wrap_keys,
     wrapped_keys_of,
 )
+from mss.accounts.lockout import LOCAL
 from mss.accounts.login import authenticate
 from mss.accounts.twofactor import enrolment_of, new_totp
 from mss.addresses import normalise_address
@@ -368,7 +369,7 @@ def export_key(
     """
     if len(export_password) < MIN_PASSWORD_LENGTH:
         raise PasswordPolicyError(f"the export password must have at least {MIN_PASSWORD_LENGTH} characters")
-    unlocked = authenticate(engine, settings, address, password, channel="cli")
+    unlocked = authenticate(engine, settings, address, password, LOCAL)
     ca = pki.load_ca(settings)
     blob = keys.export_pkcs12(
         unlocked.private_key,

@@ -9,6 +9,7 @@ login (:func:`login_completed`) clears it. Every failure and every lock is audit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
@@ -28,15 +29,26 @@ FACTOR_FAILURES = frozenset({"bad-totp", "bad-recovery-code"})
 COUNTED_FAILURES = PASSWORD_FAILURES | FACTOR_FAILURES
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where an authentication step comes from, as the audit trail and the lockouts see it.
+
+    ``channel`` names the door (``smtp``, ``imap``, ``web``, ``api``, ``cli``), ``client``
+    the client's IP address (empty for a local command) and ``request_id`` the correlation
+    id of the request or session. Each door builds one per request and hands it on.
+    """
+
+    channel: str
+    client: str = ""
+    request_id: str = ""
+
+
+LOCAL = Origin("cli")
+"""A command run on this machine: no client address, no request."""
+
+
 def record_failure(
-    engine: Engine,
-    settings: Settings,
-    address: str,
-    *,
-    action: str,
-    reason: str,
-    request_id: str = "",
-    client: str = "",
+    engine: Engine, settings: Settings, address: str, origin: Origin, *, action: str, reason: str
 ) -> None:
     """Audit a failed authentication step (``reason``) and count it towards the lockouts.
 
@@ -48,17 +60,16 @@ def record_failure(
     with session_scope(engine) as session:
         account = get_account(session, address)
         if reason in PASSWORD_FAILURES:
-            counted = throttle.record_failure(session, settings, address, client, now, pair=account is not None)
+            counted = throttle.record_failure(session, settings, address, origin.client, now, pair=account is not None)
             if counted.pair_locked_until is not None:
-                locks.append({"scope": "client", "client": client or "local"})
+                locks.append({"scope": "client", "client": origin.client or "local"})
             if counted.client_blocked_until is not None:
-                audit.record(
+                _system_event(
                     session,
-                    actor="system",
-                    action="login.throttle",
-                    object=client,
-                    request_id=request_id,
-                    seconds=settings.security.lockout_seconds,
+                    settings,
+                    origin,
+                    "login.throttle",
+                    origin.client,
                     failures=settings.security.client_max_failures,
                 )
         if account is not None and reason in COUNTED_FAILURES:
@@ -85,23 +96,30 @@ def record_failure(
             action=action,
             object=address,
             outcome=audit.FAILURE,
-            request_id=request_id,
+            request_id=origin.request_id,
             reason=reason,
-            client=client or "local",
+            client=origin.client or "local",
         )
         metrics.LOGIN_FAILURES.labels(action=action, reason=reason).inc()
         for lock in locks:
             metrics.LOCKOUTS.labels(scope=str(lock["scope"])).inc()
-            audit.record(
-                session,
-                actor="system",
-                action="account.lock",
-                object=address,
-                request_id=request_id,
-                seconds=settings.security.lockout_seconds,
-                # the lock fields are extra detail fields, none named like record's own parameters
-                **lock,  # type: ignore[arg-type]
-            )
+            _system_event(session, settings, origin, "account.lock", address, **lock)
+
+
+def _system_event(
+    session: Session, settings: Settings, origin: Origin, action: str, object_: str, **detail: object
+) -> None:
+    # A lock or a throttle the rule itself set: the system acts, for the lockout's length.
+    audit.record(
+        session,
+        actor="system",
+        action=action,
+        object=object_,
+        request_id=origin.request_id,
+        seconds=settings.security.lockout_seconds,
+        # the detail fields are the lock's, none named like record's own parameters
+        **detail,  # type: ignore[arg-type]
+    )
 
 
 def is_locked(account: Account) -> bool:

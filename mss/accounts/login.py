@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from directory.models import Certificate
 from mss import audit, standing, throttle
 from mss.accounts._common import UnlockedAccount, get_account, wrapped_keys_of
-from mss.accounts.lockout import record_failure
+from mss.accounts.lockout import Origin, record_failure
 from mss.accounts.twofactor import check_second_factor, totp_confirmed
 from mss.addresses import normalise_address
 from mss.crypto import keys
@@ -35,37 +35,26 @@ def _dummy_hash(opslimit: int, memlimit: int) -> str:
     return keys.hash_password(secrets.token_urlsafe(24), opslimit=opslimit, memlimit=memlimit)
 
 
-def _record_failure(
-    engine: Engine, settings: Settings, address: str, channel: str, request_id: str, why: str, client: str
-) -> None:
-    record_failure(
-        engine, settings, address, action=f"{channel}.login", reason=why, request_id=request_id, client=client
-    )
-
-
 def authenticate(
-    engine: Engine,
-    settings: Settings,
-    address: str,
-    password: str,
-    *,
-    channel: str,
-    request_id: str = "",
-    client: str = "",
-    completes_login: bool = True,
+    engine: Engine, settings: Settings, address: str, password: str, origin: Origin, *, completes_login: bool = True
 ) -> UnlockedAccount:
     """Check the password, the account's standing, and open its private keys in memory.
 
-    ``channel`` names the door (``smtp``, ``web``, ``api``, ``cli``) for the audit trail and
-    ``client`` the client's IP address (empty for a local command). ``completes_login`` is
-    false where a second factor follows (web, API): the failure counts of this client are
-    then cleared only once that succeeds. Raises TooManyAttempts (this client address must
-    wait; no password is checked), AccountLocked, BadCredentials (unknown address or wrong
-    password alike), and, after a right password only, a StandingError subclass:
-    AccountDisabled, EntryRevoked, AddressNotServed, CertificateRevoked, CertificateExpired.
+    ``origin`` names the door, the client's address and the request for the audit trail
+    and the lockouts. ``completes_login`` is false where a second factor follows (web,
+    API): the failure counts of this client are then cleared only once that succeeds.
+    Raises TooManyAttempts (this client address must wait; no password is checked),
+    AccountLocked, BadCredentials (unknown address or wrong password alike), and, after a
+    right password only, a StandingError subclass: AccountDisabled, EntryRevoked,
+    AddressNotServed, CertificateRevoked, CertificateExpired.
     """
     address = normalise_address(address)
     now = utcnow()
+    channel, client = origin.channel, origin.client
+
+    def failed(why: str) -> None:
+        record_failure(engine, settings, address, origin, action=f"{channel}.login", reason=why)
+
     ops, mem = settings.security.argon2_opslimit, settings.security.argon2_memlimit
     with session_scope(engine, readonly=True) as session:
         verdict = throttle.verdict(session, settings, address, client, now)
@@ -76,24 +65,24 @@ def authenticate(
     if verdict.retry_after:
         raise TooManyAttempts(verdict.retry_after)
     if verdict.locked_until is not None and snapshot is not None:
-        _record_failure(engine, settings, address, channel, request_id, "locked", client)
+        failed("locked")
         raise AccountLocked(verdict.locked_until)
     if snapshot is None:
         keys.verify_password(_dummy_hash(ops, mem), password)
-        _record_failure(engine, settings, address, channel, request_id, "unknown-account", client)
+        failed("unknown-account")
         raise BadCredentials()
     password_hash, locked_until, certificate_id, wrapped = snapshot
     if locked_until is not None and locked_until > now:
-        _record_failure(engine, settings, address, channel, request_id, "locked", client)
+        failed("locked")
         raise AccountLocked(locked_until)
     if not keys.verify_password(password_hash, password):
-        _record_failure(engine, settings, address, channel, request_id, "bad-password", client)
+        failed("bad-password")
         raise BadCredentials()
     try:
         with session_scope(engine, readonly=True) as session:
             standing.check(session, settings, address)
     except StandingError as exc:
-        _record_failure(engine, settings, address, channel, request_id, exc.code, client)
+        failed(exc.code)
         raise
     key_der, past = keys.unwrap_private_keys(wrapped, password)
     with session_scope(engine) as session:
@@ -106,7 +95,7 @@ def authenticate(
             actor=address,
             action=f"{channel}.login",
             object=address,
-            request_id=request_id,
+            request_id=origin.request_id,
             client=client or "local",
         )
         if channel != "cli":
@@ -122,33 +111,15 @@ def authenticate(
 
 
 def login_with_code(
-    engine: Engine,
-    settings: Settings,
-    master_key: MasterKey,
-    address: str,
-    password: str,
-    code: str,
-    *,
-    channel: str,
-    client: str = "",
-    request_id: str = "",
+    engine: Engine, settings: Settings, master_key: MasterKey, address: str, password: str, code: str, origin: Origin
 ) -> UnlockedAccount:
     """Both factors at once: the password, then a TOTP or recovery code.
 
     Raises what :func:`authenticate` raises, EnrolmentRequired when the account has not
     enrolled an authenticator yet (done in the web inbox), BadTotp, AccountLocked.
     """
-    unlocked = authenticate(
-        engine,
-        settings,
-        address,
-        password,
-        channel=channel,
-        request_id=request_id,
-        client=client,
-        completes_login=False,
-    )
+    unlocked = authenticate(engine, settings, address, password, origin, completes_login=False)
     if not totp_confirmed(engine, unlocked.address):
         raise EnrolmentRequired("enrol an authenticator in the web inbox first")
-    check_second_factor(engine, settings, master_key, unlocked.address, code, request_id=request_id, client=client)
+    check_second_factor(engine, settings, master_key, unlocked.address, code, origin)
     return unlocked

@@ -22,7 +22,7 @@ from sqlmodel import Session
 
 from mss import audit, standing
 from mss.accounts._common import Enrolment, get_account, require_account
-from mss.accounts.lockout import is_locked, login_completed, record_failure
+from mss.accounts.lockout import LOCAL, Origin, is_locked, login_completed, record_failure
 from mss.addresses import normalise_address
 from mss.crypto.master import MasterKey
 from mss.db import session_scope, utcnow
@@ -73,10 +73,9 @@ def verify_totp(
     master_key: MasterKey,
     address: str,
     code: str,
+    origin: Origin = LOCAL,
     *,
-    request_id: str = "",
     at: float | None = None,
-    client: str = "",
 ) -> None:
     """Accept a TOTP code once (RFC 6238, one step of clock drift either way).
 
@@ -100,12 +99,10 @@ def verify_totp(
         if accepted is not None:
             account.totp_last_step = accepted
             account.totp_confirmed = True
-            login_completed(session, account, client)
-            audit.record(session, actor=address, action="totp.verify", object=address, request_id=request_id)
+            login_completed(session, account, origin.client)
+            audit.record(session, actor=address, action="totp.verify", object=address, request_id=origin.request_id)
             return
-    record_failure(
-        engine, settings, address, action="totp.login", reason="bad-totp", request_id=request_id, client=client
-    )
+    record_failure(engine, settings, address, origin, action="totp.login", reason="bad-totp")
     raise BadTotp("the code is wrong, expired or already used")
 
 
@@ -143,9 +140,7 @@ def remaining_recovery_codes(engine: Engine, address: str) -> int:
         return len(json.loads(account.recovery_codes or "[]")) if account else 0
 
 
-def use_recovery_code(
-    engine: Engine, settings: Settings, address: str, code: str, *, request_id: str = "", client: str = ""
-) -> None:
+def use_recovery_code(engine: Engine, settings: Settings, address: str, code: str, origin: Origin = LOCAL) -> None:
     """Accept a recovery code once in place of a TOTP code.
 
     Raises NoSuchAccount, AccountLocked, BadTotp (wrong or used code; counts towards the
@@ -162,37 +157,22 @@ def use_recovery_code(
         if match is not None:
             stored.remove(match)
             account.recovery_codes = json.dumps(stored)
-            login_completed(session, account, client)
+            login_completed(session, account, origin.client)
             audit.record(
                 session,
                 actor=account.address,
                 action="totp.recovery-code",
                 object=account.address,
-                request_id=request_id,
+                request_id=origin.request_id,
                 remaining=len(stored),
             )
             return
-    record_failure(
-        engine,
-        settings,
-        address,
-        action="totp.recovery-code",
-        reason="bad-recovery-code",
-        request_id=request_id,
-        client=client,
-    )
+    record_failure(engine, settings, address, origin, action="totp.recovery-code", reason="bad-recovery-code")
     raise BadTotp("the code is wrong, expired or already used")
 
 
 def check_second_factor(
-    engine: Engine,
-    settings: Settings,
-    master_key: MasterKey,
-    address: str,
-    code: str,
-    *,
-    request_id: str = "",
-    client: str = "",
+    engine: Engine, settings: Settings, master_key: MasterKey, address: str, code: str, origin: Origin = LOCAL
 ) -> str:
     """Accept a TOTP code or a recovery code; return ``totp`` or ``recovery``.
 
@@ -200,9 +180,9 @@ def check_second_factor(
     """
     compact = "".join(code.split())
     if _TOTP_CODE.match(compact):
-        verify_totp(engine, settings, master_key, address, compact, request_id=request_id, client=client)
+        verify_totp(engine, settings, master_key, address, compact, origin)
         return "totp"
-    use_recovery_code(engine, settings, address, compact, request_id=request_id, client=client)
+    use_recovery_code(engine, settings, address, compact, origin)
     return "recovery"
 
 

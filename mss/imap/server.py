@@ -196,9 +196,7 @@ class MailState(ConnectionState):
                 self.rt.settings,
                 address,
                 password,
-                channel="imap",
-                client=self.client,
-                request_id=self.request_id,
+                accounts.Origin("imap", client=self.client, request_id=self.request_id),
             )
         except TooManyAttempts:
             raise replies.LoginRefused(replies.TOO_MANY_ATTEMPTS) from None

@@ -70,7 +70,10 @@ REPORT_TYPES = {
 class Signature:
     """What the signature check found, in a form the pages and the API can show."""
 
-    status: str  # valid | invalid | untrusted | revoked | revoked-since | expired | unsigned | unverifiable
+    status: str
+    """valid, invalid, untrusted, revoked, revoked-since (valid when submitted, the signer's
+    certificate revoked since ``revoked_at``), expired, unsigned or unverifiable. Show the
+    body with a clear warning unless it is valid (CBC encryption is malleable)."""
     reason: str
     signer_address: str | None = None
     signer_name: str | None = None

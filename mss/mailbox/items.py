@@ -33,15 +33,16 @@ _QUEUE_ID = re.compile(r"^[0-9A-Z][0-9A-Z-]{0,39}$")  # pipeline ids, and receip
 
 @dataclass(frozen=True)
 class Correspondent:
-    """A directory entry as the reader sees it next to a message."""
+    """A directory entry as the reader sees it next to a message (only the address when the
+    directory has no entry for it)."""
 
     address: str
-    name: str
-    profession: str
-    organisation: str
-    rpps: str
-    city: str
-    status: str
+    name: str = ""
+    profession: str = ""
+    organisation: str = ""
+    rpps: str = ""
+    city: str = ""
+    status: str = ""
 
     @classmethod
     def of(cls, entry: DirectoryEntry) -> Correspondent:

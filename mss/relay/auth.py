@@ -122,10 +122,12 @@ class PasswordMechanisms:
                 self.rt.settings,
                 address,
                 secret,
-                channel="smtp",
-                request_id=self.correlation_id,
-                # aiosmtpd's SMTP, which this mixin is mixed into, provides it
-                client=self.session.peer[0] if self.session.peer else "",  # type: ignore[attr-defined]
+                accounts.Origin(
+                    "smtp",
+                    # aiosmtpd's SMTP, which this mixin is mixed into, provides it
+                    client=self.session.peer[0] if self.session.peer else "",  # type: ignore[attr-defined]
+                    request_id=self.correlation_id,
+                ),
             )
         except TooManyAttempts:
             return _failed(replies.AUTH_TOO_MANY_ATTEMPTS)

@@ -20,9 +20,9 @@ from mss.web.auth import active_session
 from mss.web.context import (
     Rt,
     Web,
-    client_address,
     config,
     language,
+    origin,
     redirect,
     render,
     request_id,
@@ -170,16 +170,7 @@ class AccountController(Controller):
         """After the password, replace the TOTP secret and enrol again."""
         t = language(request).gettext
         try:
-            await run(
-                accounts.authenticate,
-                rt.engine,
-                rt.settings,
-                live.address,
-                data.password,
-                channel="web",
-                request_id=request_id(request),
-                client=client_address(request),
-            )
+            await run(accounts.authenticate, rt.engine, rt.settings, live.address, data.password, origin(request))
         except AuthError:
             return await self._page(
                 request, live.address, status_code=422, errors={"password": t("The password is wrong.")}

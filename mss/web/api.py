@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import Annotated
 
@@ -25,21 +25,14 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from mss import accounts, mailbox
-from mss.errors import (
-    AccountLocked,
-    AuthError,
-    BadCredentials,
-    BadTotp,
-    EnrolmentRequired,
-    MssError,
-    StandingError,
-    TooManyAttempts,
-)
+from mss.errors import BadCredentials, MssError
 from mss.mailbox import Draft, DraftInvalid, Upload
+from mss.mailbox.listing import Progress
+from mss.mailbox.opening import ReceiptAbout
 from mss.web.auth import plausible_address
 from mss.web.certificate_pages import published
 from mss.web.compose_pages import directory_matches
-from mss.web.context import Rt, client_address, config, request_id, run
+from mss.web.context import Rt, config, origin, request_id, run
 from mss.web.pages import file_response
 from mss.web.sessions import (
     ACTIVE,
@@ -73,6 +66,9 @@ class ApiError(HTTPException):
 
 
 # -- bodies ------------------------------------------------------------------------------
+# What the mailbox returns in the API's own shape (a correspondent, a signature, a sent
+# message's progress, a receipt's subject, a journey's steps) goes out as it is; the records
+# below are the requests, and the answers whose shape differs from the mailbox's.
 
 
 @dataclass
@@ -96,36 +92,12 @@ class SessionOut:
 
 
 @dataclass
-class CorrespondentOut:
-    """A directory entry next to a message."""
-
-    address: str
-    name: str = ""
-    profession: str = ""
-    organisation: str = ""
-    rpps: str = ""
-    city: str = ""
-    status: str = ""
-
-
-@dataclass
 class DocumentOut:
     """A document a message carries."""
 
     filename: str
     kind: str
     size: int
-
-
-@dataclass
-class ProgressOut:
-    """How far a sent message got, counted over its recipients."""
-
-    recipients: int
-    delivered: int
-    failed: int
-    processed: int
-    displayed: int
 
 
 @dataclass
@@ -145,7 +117,7 @@ class SummaryOut:
     read_receipt_asked: bool
     document_types: list[str]
     """The type of each CDA carried (label, else LOINC code)."""
-    progress: ProgressOut | None = None
+    progress: Progress | None = None
 
 
 @dataclass
@@ -161,42 +133,11 @@ class MessageListOut:
     unsearched: int
 
 
-@dataclass
-class SignatureOut:
-    """The outcome of the signature check."""
-
-    status: str
-    """valid, invalid, untrusted, revoked, revoked-since (valid when submitted, the signer's
-    certificate revoked since ``revoked_at``), expired, unsigned or unverifiable. Show the
-    body with a clear warning unless it is valid (CBC encryption is malleable)."""
-    reason: str
-    signer_address: str | None
-    signer_name: str | None
-    signing_time: datetime | None
-    revoked_at: datetime | None = None
-
-
-@dataclass
-class AttachmentOut:
+@dataclass(frozen=True)
+class AttachmentOut(mailbox.AttachmentInfo):
     """An attachment and where to download it."""
 
-    index: int
-    filename: str
-    content_type: str
-    kind: str
-    size: int
     url: str
-
-
-@dataclass
-class ReceiptAboutOut:
-    """For a notification: the message and recipient it reports."""
-
-    queue_id: FromPath[str]
-    recipient: str
-    kind: str
-    status: str
-    reason: str
 
 
 @dataclass
@@ -210,9 +151,9 @@ class MessageOut:
     subject: str
     date: str
     message_id: str
-    sender: CorrespondentOut
-    recipients: list[CorrespondentOut]
-    signature: SignatureOut
+    sender: mailbox.Correspondent
+    recipients: list[mailbox.Correspondent]
+    signature: mailbox.Signature
     body: str
     body_was_html: bool
     attachments: list[AttachmentOut]
@@ -226,7 +167,7 @@ class MessageOut:
     """not-asked, pending (answer with POST .../read-receipt), sent or declined. RFC 8098
     2.1: a read receipt goes out only with the reader's consent; opening a message sends
     one only when the account's setting says always."""
-    receipt_about: ReceiptAboutOut | None = None
+    receipt_about: ReceiptAbout | None = None
 
 
 @dataclass
@@ -246,22 +187,13 @@ class ReadReceiptOut:
 
 
 @dataclass
-class StepOut:
-    """One step of a sent message's journey."""
-
-    status: str
-    at: datetime
-    reason: str
-
-
-@dataclass
 class JourneyOut:
     """Where a sent message stands for one recipient."""
 
-    recipient: CorrespondentOut
+    recipient: mailbox.Correspondent
     status: str
     read_receipt_asked: bool
-    steps: list[StepOut]
+    steps: tuple[mailbox.Step, ...]
 
 
 @dataclass
@@ -272,7 +204,7 @@ class RecipientStatusOut:
     status: str
     final: bool
     final_status: str | None
-    steps: list[StepOut]
+    steps: tuple[mailbox.Step, ...]
 
 
 @dataclass
@@ -360,22 +292,11 @@ class DirectoryOut:
 # -- converters --------------------------------------------------------------------------
 
 
-def _correspondent(address: str, card: mailbox.Correspondent | None) -> CorrespondentOut:
-    if card is None:
-        return CorrespondentOut(address=address)
-    return CorrespondentOut(
-        address=card.address,
-        name=card.name,
-        profession=card.profession,
-        organisation=card.organisation,
-        rpps=card.rpps,
-        city=card.city,
-        status=card.status,
-    )
+def _correspondent(address: str, card: mailbox.Correspondent | None) -> mailbox.Correspondent:
+    return card or mailbox.Correspondent(address)
 
 
 def _summary(item: mailbox.Summary) -> SummaryOut:
-    progress = item.progress
     return SummaryOut(
         queue_id=item.queue_id,
         folder=item.folder,
@@ -389,17 +310,11 @@ def _summary(item: mailbox.Summary) -> SummaryOut:
         documents=[DocumentOut(d.filename, d.kind, d.size) for d in item.documents],
         read_receipt_asked=item.read_receipt_asked,
         document_types=list(item.document_types),
-        progress=ProgressOut(
-            progress.recipients, progress.delivered, progress.failed, progress.processed, progress.displayed
-        )
-        if progress
-        else None,
+        progress=item.progress,
     )
 
 
 def _message(m: mailbox.Opened) -> MessageOut:
-    s = m.signature
-    about = m.receipt_about
     return MessageOut(
         queue_id=m.queue_id,
         folder=m.folder,
@@ -410,27 +325,18 @@ def _message(m: mailbox.Opened) -> MessageOut:
         message_id=m.meta.message_id,
         sender=_correspondent(m.meta.sender, m.sender),
         recipients=[_correspondent(a, c) for a, c in m.recipients],
-        signature=SignatureOut(s.status, s.reason, s.signer_address, s.signer_name, s.signing_time, s.revoked_at),
+        signature=m.signature,
         body=m.body,
         body_was_html=m.body_was_html,
         attachments=[
-            AttachmentOut(
-                a.index,
-                a.filename,
-                a.content_type,
-                a.kind,
-                a.size,
-                f"/api/v1/messages/{m.queue_id}/attachments/{a.index}",
-            )
+            AttachmentOut(**asdict(a), url=f"/api/v1/messages/{m.queue_id}/attachments/{a.index}")
             for a in m.attachments
         ],
         body_charset_guess=m.charset_guess or None,
         read_receipt_asked=m.meta.mdn_to is not None,
         displayed_receipt_sent=m.displayed_sent,
         read_receipt=m.read_receipt,
-        receipt_about=ReceiptAboutOut(about.queue_id, about.recipient, about.kind, about.status, about.reason)
-        if about
-        else None,
+        receipt_about=m.receipt_about,
     )
 
 
@@ -462,39 +368,15 @@ async def api_session(request: Request) -> LiveSession:
         ) from exc
 
 
-def _refused(error: AuthError) -> ApiError:
-    if isinstance(error, EnrolmentRequired):
-        return ApiError(403, "enrolment-required", "enrol an authenticator in the web inbox first")
-    if isinstance(error, (BadCredentials, BadTotp)):
-        return ApiError(401, "bad-credentials", "invalid address, password or code")
-    if isinstance(error, TooManyAttempts):
-        return ApiError(429, "too-many-attempts", error.message, headers={"Retry-After": str(error.retry_after)})
-    if isinstance(error, AccountLocked):
-        return ApiError(423, "locked", "account temporarily locked after repeated failures")
-    if isinstance(error, StandingError):
-        return ApiError(403, error.code, error.message)
-    return ApiError(401, "bad-credentials", "invalid address, password or code")
-
-
 def _login(request: Request, data: LoginRequest) -> SessionOut:
     web = config(request)
     rt = web.rt
-    try:
-        if not plausible_address(data.address.strip().lower()):
-            raise BadCredentials()  # no account can have it: nothing to look up
-        unlocked = accounts.login_with_code(
-            rt.engine,
-            rt.settings,
-            rt.master_key,
-            data.address,
-            data.password,
-            data.code,
-            channel="api",
-            client=client_address(request),
-            request_id=request_id(request),
-        )
-    except AuthError as exc:
-        raise _refused(exc) from exc
+    if not plausible_address(data.address.strip().lower()):
+        raise BadCredentials()  # no account can have it: nothing to look up
+    # A refusal (an AuthError) is answered by mss.web.errors, like every service error.
+    unlocked = accounts.login_with_code(
+        rt.engine, rt.settings, rt.master_key, data.address, data.password, data.code, origin(request, "api")
+    )
     token = open_session(rt.engine, account=unlocked, channel=API, stage=ACTIVE, policy=web.policy)
     return SessionOut(
         token=token.encode(),
@@ -536,18 +418,22 @@ def _date(value: str | None) -> date | None:
         raise ApiError(400, "bad-filter", "dates are written YYYY-MM-DD") from None
 
 
-class MessagesController(Controller):
+class BearerController(Controller):
+    """The API's controllers that need a bearer token: every handler is given ``live``."""
+
+    security = SECURITY
+    dependencies = {"live": Provide(api_session)}
+
+
+class MessagesController(BearerController):
     """Folders, messages, attachments, receipts and sending."""
 
     path = "/api/v1/messages"
     tags = ["messages"]
-    security = SECURITY
-    dependencies = {"live": Provide(api_session)}
 
     @get("/", summary="List a folder, newest first, with filters")
     async def list(
         self,
-        request: Request,
         live: Live,
         rt: Rt,
         folder: Annotated[str, QueryParameter(description="inbox, sent or archive")] = "inbox",
@@ -628,9 +514,7 @@ class MessagesController(Controller):
         return file_response(a.data, a.filename, a.content_type)
 
     @get("/{queue_id:str}/receipts", summary="Per recipient of a sent message: delivered, processed, read, failed")
-    async def receipts(
-        self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str]
-    ) -> builtins.list[JourneyOut]:
+    async def receipts(self, live: Live, rt: Rt, queue_id: FromPath[str]) -> builtins.list[JourneyOut]:
         """The journey of a sent message, per recipient."""
         journeys = await run(mailbox.journey, rt, live.address, queue_id)
         return [
@@ -638,13 +522,13 @@ class MessagesController(Controller):
                 recipient=_correspondent(j.address, j.correspondent),
                 status=j.status,
                 read_receipt_asked=j.read_receipt_asked,
-                steps=[StepOut(s.status, s.at, s.reason) for s in j.steps],
+                steps=j.steps,
             )
             for j in journeys
         ]
 
     @get("/{queue_id:str}/status", summary="Machine-readable status of a sent message: each recipient's journey")
-    async def status(self, request: Request, live: Live, rt: Rt, queue_id: FromPath[str]) -> MessageStatusOut:
+    async def status(self, live: Live, rt: Rt, queue_id: FromPath[str]) -> MessageStatusOut:
         """Each recipient's steps (delivered, relayed, delayed, processed, displayed,
         failed) with times, and its final status (failed, processed or delivered) once it
         has one (``final`` false while it waits)."""
@@ -657,7 +541,7 @@ class MessagesController(Controller):
                     status=j.status,
                     final=j.final_status is not None,
                     final_status=j.final_status,
-                    steps=[StepOut(s.status, s.at, s.reason) for s in j.steps],
+                    steps=j.steps,
                 )
                 for j in journeys
             ],
@@ -716,18 +600,15 @@ class MessagesController(Controller):
         return SentOut(queue_id=accepted.queue_id, message_id=accepted.message_id)
 
 
-class DirectoryController(Controller):
+class DirectoryController(BearerController):
     """Who can receive: the directory's active entries."""
 
     path = "/api/v1/directory"
     tags = ["directory"]
-    security = SECURITY
-    dependencies = {"live": Provide(api_session)}
 
     @get("/", summary="Search the directory by name, RPPS, organisation or city")
     async def search(
         self,
-        request: Request,
         live: Live,
         rt: Rt,
         q: Annotated[str, QueryParameter(min_length=2, max_length=100)],
@@ -740,7 +621,7 @@ class DirectoryController(Controller):
         )
 
     @get("/{address:str}/certificate", summary="The current S/MIME certificate of an entry (PEM and DER)")
-    async def certificate(self, request: Request, live: Live, rt: Rt, address: FromPath[str]) -> CertificateOut:
+    async def certificate(self, live: Live, rt: Rt, address: FromPath[str]) -> CertificateOut:
         """An active entry's current certificate; 404 when it has none or may not receive."""
         found = await published(rt, address)
         return CertificateOut(

@@ -26,9 +26,9 @@ from mss.web.context import (
     Rt,
     Web,
     clear_session_cookie,
-    client_address,
     config,
     language,
+    origin,
     redirect,
     render,
     request_id,
@@ -169,9 +169,7 @@ class AuthController(Controller):
                 rt.settings,
                 address,
                 data.password,
-                channel="web",
-                request_id=request_id(request),
-                client=client_address(request),
+                origin(request),
                 completes_login=False,
             )
         except AuthError as exc:
@@ -206,8 +204,7 @@ class AuthController(Controller):
                 rt.master_key,
                 live.address,
                 data.code,
-                request_id=request_id(request),
-                client=client_address(request),
+                origin(request),
             )
         except BadTotp:
             return render(
@@ -257,16 +254,7 @@ class AuthController(Controller):
         try:
             if not code.isdigit() or len(code) != 6:
                 raise BadTotp("a TOTP code has six digits")
-            await run(
-                accounts.verify_totp,
-                rt.engine,
-                rt.settings,
-                rt.master_key,
-                live.address,
-                code,
-                request_id=request_id(request),
-                client=client_address(request),
-            )
+            await run(accounts.verify_totp, rt.engine, rt.settings, rt.master_key, live.address, code, origin(request))
         except BadTotp:
             return await self._enrol_form(
                 request, live, rt, error=t("The code is wrong, expired or already used."), status_code=401

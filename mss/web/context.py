@@ -24,6 +24,7 @@ from litestar.di import NamedDependency
 from litestar.enums import MediaType
 from litestar.response import Redirect
 
+from mss.accounts import Origin
 from mss.runtime import Runtime
 from mss.web import i18n
 from mss.web.sessions import SessionPolicy, SessionToken, csrf_token_for
@@ -72,6 +73,11 @@ def request_id(request: Request) -> str:
 def client_address(request: Request) -> str:
     """The client's IP address (the proxy's view of it behind MSS_WEB_BEHIND_TLS_PROXY)."""
     return request.client.host if request.client is not None else ""
+
+
+def origin(request: Request, channel: str = "web") -> Origin:
+    """Where this request comes from, as the login service audits and counts it."""
+    return Origin(channel, client=client_address(request), request_id=request_id(request))
 
 
 def language(request: Request) -> i18n.Language:

@@ -15,14 +15,19 @@ from litestar.exceptions import HTTPException, NotAuthorizedException, Permissio
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from mss.errors import (
+    AccountLocked,
+    AuthError,
     DecryptionError,
     DirectoryError,
     DraftNotFound,
     DraftTooLarge,
+    EnrolmentRequired,
     FilterError,
     MessageNotFound,
     MssError,
     ReceiptNotPending,
+    StandingError,
+    TooManyAttempts,
 )
 from mss.web.api import ApiError
 from mss.web.auth import LoginRequired
@@ -115,11 +120,28 @@ def http_error(request: Request, exc: HTTPException) -> Response:
     return _page(request, status)
 
 
+def _login_refused(request: Request, exc: AuthError) -> Response:
+    # The same answer for an unknown address, a wrong password and a wrong code.
+    if isinstance(exc, EnrolmentRequired):
+        return _api_error(request, 403, "enrolment-required", "enrol an authenticator in the web inbox first")
+    if isinstance(exc, TooManyAttempts):
+        headers = {"Retry-After": str(exc.retry_after)}
+        return _api_error(request, 429, "too-many-attempts", exc.message, headers=headers)
+    if isinstance(exc, AccountLocked):
+        return _api_error(request, 423, "locked", "account temporarily locked after repeated failures")
+    if isinstance(exc, StandingError):
+        return _api_error(request, 403, exc.code, exc.message)
+    return _api_error(request, 401, "bad-credentials", "invalid address, password or code")
+
+
 def service_error(request: Request, exc: MssError) -> Response:
     """A service error, mapped to HTTP here once for every controller: a message that is not
     in the reader's mailbox or a draft that is not theirs (404), a filter that means nothing
     (400), a read receipt already answered (409), a draft too large to keep (413), a message
-    the reader's key cannot open (422); anything else no controller expected is a 500."""
+    the reader's key cannot open (422), a refused API login (401, 403, 423, 429: the pages
+    answer theirs on the login form); anything else no controller expected is a 500."""
+    if isinstance(exc, AuthError) and _is_api(request):
+        return _login_refused(request, exc)
     if isinstance(exc, (MessageNotFound, DraftNotFound)):
         return _api_error(request, 404, "not-found", "not found") if _is_api(request) else _page(request, 404)
     if isinstance(exc, ReceiptNotPending):

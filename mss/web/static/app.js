@@ -12,13 +12,49 @@
     return element;
   }
 
+  // An entry's profession, organisation and city, then its address and RPPS number, as two
+  // spans of the classes prefix-details and prefix-address.
+  function describe(element, item, prefix) {
+    var details = [item.profession, item.organisation, item.city].filter(Boolean).join(" · ");
+    if (details) { element.appendChild(text("span", details, prefix + "-details")); }
+    element.appendChild(text("span", item.address + (item.rpps ? " · RPPS " + item.rpps : ""), prefix + "-address"));
+  }
+
+  // Asks the directory (path + the typed query) 200 ms after the last key of two characters
+  // or more; only the answer to the latest query reaches on.answer, or on.failed.
+  function searchAsYouType(input, path, on) {
+    var timer = null;
+    var sequence = 0;
+
+    function search() {
+      var query = input.value.trim();
+      var mine = ++sequence;
+      if (query.length < 2) { on.tooShort(); return; }
+      on.waiting();
+      fetch(path + encodeURIComponent(query), {
+        credentials: "same-origin",
+        headers: { "Accept": "application/json" }
+      }).then(function (response) {
+        if (!response.ok) { throw new Error("HTTP " + response.status); }
+        return response.json();
+      }).then(function (data) {
+        if (mine === sequence) { on.answer(data, query); }
+      }).catch(function () {
+        if (mine === sequence) { on.failed(); }
+      });
+    }
+
+    input.addEventListener("input", function () {
+      window.clearTimeout(timer);
+      timer = window.setTimeout(search, 200);
+    });
+  }
+
   function setupDirectorySearch(box) {
     var input = box.querySelector("input[type=search]");
     var results = document.getElementById("to-results");
     var chosen = document.getElementById("chosen");
     var fallback = document.querySelector("[data-no-script]");
-    var timer = null;
-    var sequence = 0;
     box.hidden = false;
     if (fallback) { fallback.hidden = true; }
 
@@ -60,9 +96,7 @@
         button.type = "button";
         button.className = "result";
         button.appendChild(text("strong", item.name || item.address));
-        var details = [item.profession, item.organisation, item.city].filter(Boolean).join(" · ");
-        if (details) { button.appendChild(text("span", details, "result-details")); }
-        button.appendChild(text("span", item.address + (item.rpps ? " · RPPS " + item.rpps : ""), "result-address"));
+        describe(button, item, "result");
         button.setAttribute("aria-label", input.dataset.add + " " + (item.name || "") + " " + item.address);
         button.addEventListener("click", function () { add(item); });
         li.appendChild(button);
@@ -70,27 +104,11 @@
       });
     }
 
-    function search() {
-      var query = input.value.trim();
-      var mine = ++sequence;
-      if (query.length < 2) { results.textContent = ""; return; }
-      say(input.dataset.searching);
-      fetch("/directory.json?q=" + encodeURIComponent(query), {
-        credentials: "same-origin",
-        headers: { "Accept": "application/json" }
-      }).then(function (response) {
-        if (!response.ok) { throw new Error("HTTP " + response.status); }
-        return response.json();
-      }).then(function (data) {
-        if (mine === sequence) { show(data.items || []); }
-      }).catch(function () {
-        if (mine === sequence) { say("—"); }
-      });
-    }
-
-    input.addEventListener("input", function () {
-      window.clearTimeout(timer);
-      timer = window.setTimeout(search, 200);
+    searchAsYouType(input, "/directory.json?q=", {
+      tooShort: function () { results.textContent = ""; },
+      waiting: function () { say(input.dataset.searching); },
+      answer: function (data) { show(data.items || []); },
+      failed: function () { say("—"); }
     });
     input.addEventListener("keydown", function (event) {
       // Enter picks the first result instead of sending the form half-written.
@@ -123,8 +141,6 @@
     var results = document.getElementById("directory-results");
     var count = document.getElementById("directory-count");
     var pager = document.querySelector(".pager");
-    var timer = null;
-    var sequence = 0;
 
     function entry(item) {
       var li = document.createElement("li");
@@ -133,9 +149,7 @@
       var link = text("a", item.name || item.address, "entry-name");
       link.href = "/directory/" + encodeURIComponent(item.address);
       main.appendChild(link);
-      var details = [item.profession, item.organisation, item.city].filter(Boolean).join(" · ");
-      if (details) { main.appendChild(text("span", details, "entry-details")); }
-      main.appendChild(text("span", item.address + (item.rpps ? " · RPPS " + item.rpps : ""), "entry-address"));
+      describe(main, item, "entry");
       var write = text("a", form.dataset.write, "button");
       write.href = "/compose?to=" + encodeURIComponent(item.address);
       write.appendChild(text("span", " " + (item.name || item.address), "visually-hidden"));
@@ -144,46 +158,33 @@
       return li;
     }
 
-    function search() {
-      var query = input.value.trim();
-      var mine = ++sequence;
-      if (query.length < 2) { return; }
-      count.textContent = form.dataset.searching;
-      fetch("/directory.json?per_page=20&q=" + encodeURIComponent(query), {
-        credentials: "same-origin",
-        headers: { "Accept": "application/json" }
-      }).then(function (response) {
-        if (!response.ok) { throw new Error("HTTP " + response.status); }
-        return response.json();
-      }).then(function (data) {
-        if (mine !== sequence) { return; }
-        var items = data.items || [];
-        results.textContent = "";
-        items.forEach(function (item) { results.appendChild(entry(item)); });
-        if (data.has_next) {
-          var more = text("a", form.dataset.more, "more-results");
-          more.href = "/directory?q=" + encodeURIComponent(query) + "&page=2";
-          var li = document.createElement("li");
-          li.appendChild(more);
-          results.appendChild(li);
-        }
-        if (pager) { pager.hidden = true; }
-        if (!data.total) {
-          count.textContent = form.dataset.none;
-        } else {
-          count.textContent = data.total === 1 ? form.dataset.countOne : form.dataset.countMany.replace("__N__", data.total);
-        }
-        if (window.history && window.history.replaceState) {
-          window.history.replaceState(null, "", "/directory?q=" + encodeURIComponent(query));
-        }
-      }).catch(function () {
-        if (mine === sequence) { count.textContent = "—"; }
-      });
+    function answer(data, query) {
+      var items = data.items || [];
+      results.textContent = "";
+      items.forEach(function (item) { results.appendChild(entry(item)); });
+      if (data.has_next) {
+        var more = text("a", form.dataset.more, "more-results");
+        more.href = "/directory?q=" + encodeURIComponent(query) + "&page=2";
+        var li = document.createElement("li");
+        li.appendChild(more);
+        results.appendChild(li);
+      }
+      if (pager) { pager.hidden = true; }
+      if (!data.total) {
+        count.textContent = form.dataset.none;
+      } else {
+        count.textContent = data.total === 1 ? form.dataset.countOne : form.dataset.countMany.replace("__N__", data.total);
+      }
+      if (window.history && window.history.replaceState) {
+        window.history.replaceState(null, "", "/directory?q=" + encodeURIComponent(query));
+      }
     }
 
-    input.addEventListener("input", function () {
-      window.clearTimeout(timer);
-      timer = window.setTimeout(search, 200);
+    searchAsYouType(input, "/directory.json?per_page=20&q=", {
+      tooShort: function () {},
+      waiting: function () { count.textContent = form.dataset.searching; },
+      answer: answer,
+      failed: function () { count.textContent = "—"; }
     });
   }
 
