@@ -7,8 +7,8 @@ mailbox and the IMAP door ask :func:`on_display` when a recipient opens a messag
 ``displayed`` notification needs the recipient's consent, given each time or once for all by
 their setting). What travels between operators (notices of the outbound queue to a local
 sender, receipts to another operator's sender) is ``mss.receipts.federation``'s, the same
-issuer's other half. The wire form
-of each notification is ``mss.receipts.wire``'s; storage is ``mss.store``'s.
+issuer's other half. The wire form of each notification is ``mss.receipts.wire``'s, its
+signature and encryption ``mss.receipts.sealing``'s; storage is ``mss.store``'s.
 """
 
 from __future__ import annotations
