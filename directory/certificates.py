@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypedDict
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -86,6 +87,18 @@ def _row(certificate: x509.Certificate, *, address: str, usage: str) -> Certific
     )
 
 
+class _Terms(TypedDict):
+    """What this operator's settings fix for every S/MIME certificate its CA issues."""
+
+    key_bits: int
+    days: int
+    crl_url: str
+
+
+def _terms(settings: Settings) -> _Terms:
+    return _Terms(key_bits=settings.pki.user_key_bits, days=settings.pki.certificate_days, crl_url=settings.pki.crl_url)
+
+
 def _identity(entry: DirectoryEntry) -> tuple[str, str | None, str | None]:
     """Common name, organisation and national identifier for an entry's certificate."""
     organisation = entry.org_name or entry.org_trade_name or None
@@ -138,10 +151,8 @@ def issue_for_entry(
         rpps_national_id=national_id,
         common_name=common_name,
         organisation=organisation,
-        key_bits=settings.pki.user_key_bits,
-        days=settings.pki.certificate_days,
-        crl_url=settings.pki.crl_url,
         public_key=public_key,
+        **_terms(settings),
     )
     row = _row(certificate, address=address, usage=SMIME)
     session.add(row)
@@ -406,13 +417,7 @@ def operator_identity(
         return current
     secret = session.get(SealedSecret, OPERATOR_KEY_SECRET)
     ca = pki.load_ca(settings)
-    key, certificate = pki.issue_operator_certificate(
-        ca,
-        address=operator_address(settings),
-        key_bits=settings.pki.user_key_bits,
-        days=settings.pki.certificate_days,
-        crl_url=settings.pki.crl_url,
-    )
+    key, certificate = pki.issue_operator_certificate(ca, address=operator_address(settings), **_terms(settings))
     sealed = master_key.seal(keys.private_key_to_der(key))
     if secret is None:
         session.add(SealedSecret(name=OPERATOR_KEY_SECRET, value=sealed))

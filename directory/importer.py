@@ -66,6 +66,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
 from unidecode import unidecode
 
 from directory.extract import FIELDS, ParsedLine, check_header, echo, parse_line
@@ -516,15 +517,8 @@ def import_extract(
             conn = session.connection()
             with _bulk_settings(conn):
                 summary = _import_lines(conn, handle, first, size, prune, progress, path.name)
-            audit.record(
-                session,
-                actor=actor,
-                action="directory.import",
-                object=path.name,
-                prune=prune,
-                file_sha256=summary.file_sha256,
-                # the counts are extra detail fields, none named like record's own parameters
-                **summary.counts(),  # type: ignore[arg-type]
+            _record(
+                session, actor, path, audit.SUCCESS, prune=prune, file_sha256=summary.file_sha256, **summary.counts()
             )
     except ImportFileError as exc:
         _record_failure(engine, actor, path, exc)
@@ -581,17 +575,17 @@ def _import_lines(
     return summary
 
 
+def _record(session: Session, actor: str, path: Path, outcome: str, /, **detail: object) -> None:
+    """Record the ``directory.import`` event of the file at ``path`` with its ``detail``
+    (the file's digest and the summary's counts, or the reason of a refusal)."""
+    # None of the detail fields is named like one of record's own parameters.
+    audit.record(session, actor=actor, action="directory.import", object=path.name, outcome=outcome, **detail)  # type: ignore[arg-type]
+
+
 def _record_failure(engine: Engine, actor: str, path: Path, exc: ImportFileError) -> None:
     """Leave a trace of a refused file, in its own transaction (the import's rolled back)."""
     try:
         with session_scope(engine) as session:
-            audit.record(
-                session,
-                actor=actor,
-                action="directory.import",
-                object=path.name,
-                outcome=audit.FAILURE,
-                reason=exc.message,
-            )
+            _record(session, actor, path, audit.FAILURE, reason=exc.message)
     except SQLAlchemyError as db_exc:
         raise StorageError(f"could not record the failed import: {db_exc.__class__.__name__}") from db_exc

@@ -401,7 +401,7 @@ def _receipts_for_sender(
     rt: Runtime, arrival: Arrival, meta: MessageMeta, deliverable: list[RecipientRequest], failed: dict[str, str]
 ) -> list[EmailMessage]:
     """The DSNs and MDNs a remote sender is owed for this arrival (built, not yet queued)."""
-    reporter = notices.reporter(rt)
+    reporter = notices.reporter(rt.settings)
     headers = pipeline._header_block(arrival.raw)
     out: list[EmailMessage] = []
     by_address = {r.address: r for r in arrival.recipients}

@@ -147,19 +147,32 @@ class Envelope:
         return self.content["recipient_infos"]
 
 
+def content_info(
+    data: bytes, *, error: type[CryptoError] = CryptoError, what: str = "CMS data"
+) -> tuple[asn1_cms.ContentInfo, str]:
+    """``data`` parsed as a CMS ContentInfo (RFC 5652 3), with its content type's name
+    (``signed_data``, ``enveloped_data`` ...). The content itself is parsed lazily.
+
+    Raises ``error`` when ``data`` is empty (the message names ``what``) or is not a
+    ContentInfo.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)) or not data:
+        raise error(f"no {what} given")
+    try:
+        info = asn1_cms.ContentInfo.load(bytes(data), strict=True)
+        kind = str(info["content_type"].native)
+    except PARSE_ERRORS as exc:
+        raise error("the data is not a CMS (PKCS #7) structure") from exc
+    return info, kind
+
+
 def load(data: bytes) -> Envelope:
     """``data`` parsed as a CMS envelope (DER or BER).
 
     Every field is parsed here, so that truncated or altered input fails now, with
     CryptoError, rather than half-way through a later step.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)) or not data:
-        raise CryptoError("no CMS data given")
-    try:
-        info = asn1_cms.ContentInfo.load(bytes(data), strict=True)
-        kind = info["content_type"].native
-    except PARSE_ERRORS as exc:
-        raise CryptoError("the data is not a CMS (PKCS #7) structure") from exc
+    info, kind = content_info(data)
     if kind not in ENVELOPE_TYPES:
         raise CryptoError(f"expected a CMS EnvelopedData, got {kind}")
     envelope = Envelope(info)

@@ -213,6 +213,18 @@ def _issue(
     return builder.sign(ca.private_key, hashes.SHA256())
 
 
+# The KeyUsage bits in RFC 5280 4.2.1.3 order (contentCommitment was nonRepudiation).
+_KEY_USAGE_BITS = (
+    "digital_signature content_commitment key_encipherment data_encipherment key_agreement key_cert_sign crl_sign"
+    " encipher_only decipher_only"
+).split()
+
+
+def _key_usage(**usages: bool) -> x509.KeyUsage:
+    """The KeyUsage extension with the ``usages`` given and every other bit off."""
+    return x509.KeyUsage(**(dict.fromkeys(_KEY_USAGE_BITS, False) | usages))
+
+
 def _end_entity_extensions(
     *,
     key_encipherment: bool,
@@ -224,20 +236,7 @@ def _end_entity_extensions(
     usages = [usage] if isinstance(usage, x509.ObjectIdentifier) else list(usage)
     return [
         (x509.BasicConstraints(ca=False, path_length=None), True),
-        (
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=key_encipherment,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            True,
-        ),
+        (_key_usage(digital_signature=True, key_encipherment=key_encipherment), True),
         (x509.ExtendedKeyUsage(usages), False),
         (x509.SubjectAlternativeName(names), False),
     ]
@@ -272,20 +271,7 @@ def new_certificate_authority(*, common_name: str, organisation: str, days: int 
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + timedelta(days=_check_days(days)))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )

@@ -31,7 +31,6 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from asn1crypto import cms as asn1_cms
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -86,24 +85,13 @@ class RecipientId:
 # -- inspection --------------------------------------------------------------------------
 
 
-def _content_info(data: bytes) -> asn1_cms.ContentInfo:
-    if not isinstance(data, (bytes, bytearray, memoryview)) or not data:
-        raise CryptoError("no CMS data given")
-    try:
-        info = asn1_cms.ContentInfo.load(bytes(data), strict=True)
-        info["content_type"].native  # noqa: B018  (forces the parse of the outer structure)
-    except cms_envelope.PARSE_ERRORS as exc:
-        raise CryptoError("the data is not a CMS (PKCS #7) structure") from exc
-    return info
-
-
 def content_type(data: bytes) -> str:
     """The CMS content type name (``signed_data``, ``enveloped_data``,
     ``authenticated_enveloped_data`` ...).
 
     Raises CryptoError when ``data`` is not a CMS ContentInfo.
     """
-    return str(_content_info(data)["content_type"].native)
+    return cms_envelope.content_info(data)[1]
 
 
 def is_enveloped(data: bytes) -> bool:
@@ -149,12 +137,9 @@ def signed_content(signed_der: bytes) -> bytes:
 
     Raises SignatureError when ``signed_der`` is not a SignedData or its content is detached.
     """
-    try:
-        info = _content_info(signed_der)
-    except CryptoError as exc:
-        raise SignatureError(exc.message) from exc
-    if info["content_type"].native != SIGNED_DATA:
-        raise SignatureError(f"expected a CMS SignedData, got {info['content_type'].native}")
+    info, kind = cms_envelope.content_info(signed_der, error=SignatureError)
+    if kind != SIGNED_DATA:
+        raise SignatureError(f"expected a CMS SignedData, got {kind}")
     try:
         content = info["content"]["encap_content_info"]["content"]
         native = content.native
@@ -435,7 +420,7 @@ def _bare_cms(data: bytes) -> str | None:
 
 def _signed_layer(der: bytes) -> Layer:
     try:
-        info = _content_info(der)
+        info, _kind = cms_envelope.content_info(der)
         signed = info["content"]
         signers = len(signed["signer_infos"])
         content = signed["encap_content_info"]["content"].native

@@ -23,6 +23,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NotRequired, TypedDict, Unpack
 
 from asn1crypto import cms as asn1_cms
 from asn1crypto import crl as asn1_crl
@@ -44,7 +45,7 @@ from pyhanko.sign.validation.status import SignatureStatus
 from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.policy_decl import REQUIRE_REVINFO, CertRevTrustPolicy
 
-from mss.crypto.envelope import PARSE_ERRORS
+from mss.crypto.envelope import PARSE_ERRORS, content_info
 from mss.crypto.pki import serial_hex
 from mss.errors import CryptoError, SignatureError
 
@@ -114,13 +115,7 @@ class _Parsed:
 
 
 def _parse(signed_der: bytes, detached: bytes | None = None) -> _Parsed:
-    if not isinstance(signed_der, (bytes, bytearray, memoryview)) or not signed_der:
-        raise SignatureError("no signed data given")
-    try:
-        info = asn1_cms.ContentInfo.load(bytes(signed_der), strict=True)
-        kind = info["content_type"].native
-    except PARSE_ERRORS as exc:
-        raise SignatureError("the data is not a CMS (PKCS #7) structure") from exc
+    info, kind = content_info(signed_der, error=SignatureError, what="signed data")
     if kind != "signed_data":
         raise SignatureError(f"expected a CMS SignedData, got {kind}")
     try:
@@ -369,15 +364,18 @@ async def async_verify_signed_data(
     )
 
 
-def verify_signed_data(
-    signed_der: bytes,
-    *,
-    trust_roots: Sequence[x509.Certificate],
-    crls: Sequence[bytes | x509.CertificateRevocationList],
-    moment: datetime | None = None,
-    detached_content: bytes | None = None,
-) -> SignatureReport:
-    """Blocking form of :func:`async_verify_signed_data`, for worker threads.
+class VerifyOptions(TypedDict):
+    """The keyword arguments of :func:`async_verify_signed_data`, which its blocking form
+    passes on as they are."""
+
+    trust_roots: Sequence[x509.Certificate]
+    crls: Sequence[bytes | x509.CertificateRevocationList]
+    moment: NotRequired[datetime | None]
+    detached_content: NotRequired[bytes | None]
+
+
+def verify_signed_data(signed_der: bytes, **options: Unpack[VerifyOptions]) -> SignatureReport:
+    """Blocking form of :func:`async_verify_signed_data` (same arguments), for worker threads.
 
     Runs the validation on a private event loop, so it works in a thread started by
     ``asyncio.to_thread`` while the service's loop runs elsewhere. Called on a thread whose
@@ -397,10 +395,6 @@ def verify_signed_data(
     # when called on the main thread, which a short CPU-bound check does not need.
     loop = asyncio.new_event_loop()
     try:
-        return loop.run_until_complete(
-            async_verify_signed_data(
-                signed_der, trust_roots=trust_roots, crls=crls, moment=moment, detached_content=detached_content
-            )
-        )
+        return loop.run_until_complete(async_verify_signed_data(signed_der, **options))
     finally:
         loop.close()

@@ -704,29 +704,27 @@ class _Metadata:
         if text:
             etree.SubElement(etree.SubElement(parent, _r("Name")), _r("LocalizedString"), value=text)
 
-    def classification(self, parent: etree._Element, scheme: str, code: Code | None) -> None:
-        if code is None:
-            return
-        item = etree.SubElement(
+    @staticmethod
+    def classified(parent: etree._Element, scheme: str, node: str) -> etree._Element:
+        """A new ``Classification`` of ``parent`` in ``scheme``, coded ``node``."""
+        return etree.SubElement(
             parent,
             _r("Classification"),
             classificationScheme=scheme,
             classifiedObject=parent.get("id", ""),
             id=f"urn:uuid:{uuid.uuid4()}",
-            nodeRepresentation=code.code,
+            nodeRepresentation=node,
         )
+
+    def classification(self, parent: etree._Element, scheme: str, code: Code | None) -> None:
+        if code is None:
+            return
+        item = self.classified(parent, scheme, code.code)
         self.slot(item, "codingScheme", code.code_system or "")
         self.name(item, code.display_name or code.code)
 
     def author(self, parent: etree._Element, scheme: str, author: Author) -> None:
-        item = etree.SubElement(
-            parent,
-            _r("Classification"),
-            classificationScheme=scheme,
-            classifiedObject=parent.get("id", ""),
-            id=f"urn:uuid:{uuid.uuid4()}",
-            nodeRepresentation="",
-        )
+        item = self.classified(parent, scheme, "")
         self.slot(item, "authorPerson", author_person(author))
         institution = author_institution(author)
         if institution:

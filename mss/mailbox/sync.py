@@ -385,13 +385,24 @@ def _displayed(session: Session, rt: Runtime, owner: str, message_ids: list[int]
 # -- copy, move, expunge -----------------------------------------------------------------
 
 
-def _check_destination(session: Session, owner: str, to: str, message_ids: Iterable[int]) -> None:
+def _items_going_to(session: Session, owner: str, to: str, rows: Iterable[ClientItem]) -> dict[int, MailboxItem]:
+    """The mailbox rows behind ``rows``, by id, once folder ``to`` may take them all.
+
+    Raises UnknownFolder, NotAllowed (only messages ``owner`` sent go to Sent).
+    """
+    items = {
+        i.id: i
+        for i in session.execute(
+            select(MailboxItem).where(col(MailboxItem.id).in_([r.item_id for r in rows]))
+        ).scalars()
+    }
     check_folder(to)
-    if to != SENT:
-        return
-    senders = set(session.execute(select(col(Message.sender)).where(col(Message.id).in_(list(message_ids)))).scalars())
-    if senders - {owner}:
-        raise NotAllowed("only messages you sent go to Sent")
+    if to == SENT:
+        message_ids = [i.message_id for i in items.values()]
+        senders = set(session.execute(select(col(Message.sender)).where(col(Message.id).in_(message_ids))).scalars())
+        if senders - {owner}:
+            raise NotAllowed("only messages you sent go to Sent")
+    return items
 
 
 def copy(
@@ -405,13 +416,7 @@ def copy(
         rows = _owned(session, owner, folder, uids)
         if not rows:
             return []
-        items = {
-            i.id: i
-            for i in session.execute(
-                select(MailboxItem).where(col(MailboxItem.id).in_([r.item_id for r in rows]))
-            ).scalars()
-        }
-        _check_destination(session, owner, to, [i.message_id for i in items.values()])
+        items = _items_going_to(session, owner, to, rows)
         copies: list[tuple[int, MailboxItem, ClientItem]] = []
         for row in sorted(rows, key=lambda r: r.uid):
             source = items[row.item_id]
@@ -458,13 +463,7 @@ def move(
         if not rows:
             return []
         rows.sort(key=lambda r: r.uid)
-        items = {
-            i.id: i
-            for i in session.execute(
-                select(MailboxItem).where(col(MailboxItem.id).in_([r.item_id for r in rows]))
-            ).scalars()
-        }
-        _check_destination(session, owner, to, [i.message_id for i in items.values()])
+        items = _items_going_to(session, owner, to, rows)
         old = {r.item_id: r.uid for r in rows}
         for item in items.values():
             item.folder = to

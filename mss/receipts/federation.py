@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import email.policy
 import logging
-import socket
+from collections.abc import Sequence
 from email.message import EmailMessage
 
 from sqlmodel import Session
@@ -24,18 +24,14 @@ from mss import receipts, store, trust
 from mss.crypto import smime
 from mss.models import Message
 from mss.outbound import queue
+from mss.receipts.sealing import notice, reporter, signed
 from mss.runtime import Runtime
-from mss.store import MessageMeta, Notice
+from mss.store import MessageMeta
 
 log = logging.getLogger("mss.outbound")
 
 # Outer header fields of a receipt sent to another operator (the report itself is signed).
 _RECEIPT_HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "In-Reply-To", "References", "Auto-Submitted")
-
-
-def reporter(rt: Runtime) -> str:
-    """The name this operator reports under (Reporting-MTA, Reporting-UA)."""
-    return rt.settings.pki.hostnames[0] if rt.settings.pki.hostnames else socket.getfqdn()
 
 
 def original_headers(meta: MessageMeta) -> bytes:
@@ -57,19 +53,37 @@ def original_headers(meta: MessageMeta) -> bytes:
     return head.as_bytes(policy=email.policy.SMTP)
 
 
-def _signed(session: Session, rt: Runtime, notification: EmailMessage) -> bytes:
-    key, certificate = certificates.operator_identity(session, rt.settings, rt.master_key)
-    return smime.sign(notification.as_bytes(policy=email.policy.SMTP), certificate, key)
-
-
-def _notice_meta(notification: EmailMessage, to: str) -> MessageMeta:
-    return MessageMeta(
-        sender=str(notification["From"].addresses[0].addr_spec).lower(),
-        recipients=[to],
-        subject=str(notification["Subject"]),
-        date=str(notification["Date"]),
-        message_id=str(notification["Message-ID"]),
+def store_for_sender(
+    session: Session,
+    rt: Runtime,
+    message: Message,
+    notification: EmailMessage,
+    *,
+    kind: str,
+    status: str,
+    recipients: Sequence[str],
+    reason: str = "",
+    request_id: str = "",
+) -> bool:
+    """Store ``notification`` (a ``kind`` saying ``status`` of ``recipients``) in the inbox
+    of the local sender of ``message``, sealed by the operator and linked to the message,
+    in the caller's transaction. False (and nothing stored) when the sender has no
+    certificate left to encrypt to."""
+    sender_certificate = certificates.current_certificate(session, message.sender)
+    if sender_certificate is None:
+        return False
+    sealed = notice(
+        certificates.operator_identity(session, rt.settings, rt.master_key),
+        notification,
+        kind=kind,
+        status=status,
+        recipients=recipients,
+        reason=reason,
+        reader=message.sender,
+        reader_certificate=sender_certificate,
     )
+    store.store_receipts(session, rt.master_key, queue_id=message.queue_id, notices=[sealed], request_id=request_id)
+    return True
 
 
 def to_local_sender(
@@ -87,13 +101,9 @@ def to_local_sender(
     sender has no certificate left to encrypt to."""
     if not statuses:
         return False
-    sender_certificate = certificates.current_certificate(session, message.sender)
-    if sender_certificate is None:
-        log.info("no %s DSN for %s: the sender has no valid certificate", statuses[0].action, message.queue_id)
-        return False
     meta = MessageMeta.open(rt.master_key, message.meta_sealed)
     dsn = receipts.build_dsn(
-        reporting_mta=reporter(rt),
+        reporting_mta=reporter(rt.settings),
         original_envelope_id=envelope_id,
         original_message_id=meta.message_id,
         sender=message.sender,
@@ -102,17 +112,14 @@ def to_local_sender(
         original_headers=original_headers(meta),
         postmaster=certificates.operator_address(rt.settings),
     )
-    cms = smime.encrypt(smime.signed_entity(_signed(session, rt, dsn)), [sender_certificate])
-    notice = Notice(
-        kind="dsn",
-        status=statuses[0].action,
-        recipients=tuple(s.address for s in statuses),
-        reason=reason,
-        cms=cms,
-        meta=_notice_meta(dsn, message.sender),
-    )
-    store.store_receipts(session, rt.master_key, queue_id=message.queue_id, notices=[notice], request_id=request_id)
-    return True
+    action = statuses[0].action
+    addresses = [s.address for s in statuses]
+    if store_for_sender(
+        session, rt, message, dsn, kind="dsn", status=action, recipients=addresses, reason=reason, request_id=request_id
+    ):
+        return True
+    log.info("no %s DSN for %s: the sender has no valid certificate", action, message.queue_id)
+    return False
 
 
 def to_remote_sender(
@@ -131,7 +138,8 @@ def to_remote_sender(
         value = notification.get(name)
         if value is not None:
             headers[name] = " ".join(str(value).split())
-    payload = smime.to_signed_smime_message(_signed(session, rt, notification), headers)
+    identity = certificates.operator_identity(session, rt.settings, rt.master_key)
+    payload = smime.to_signed_smime_message(signed(identity, notification), headers)
     subject = ""
     if about is not None:
         original = session.get(Message, about)

@@ -7,34 +7,31 @@ mailbox and the IMAP door ask :func:`on_display` when a recipient opens a messag
 ``displayed`` notification needs the recipient's consent, given each time or once for all by
 their setting). What travels between operators (notices of the outbound queue to a local
 sender, receipts to another operator's sender) is ``mss.receipts.federation``'s, the same
-issuer's other half. The wire form
-of each notification is ``mss.receipts.wire``'s; storage is ``mss.store``'s.
+issuer's other half. The wire form of each notification is ``mss.receipts.wire``'s, its
+signature and encryption ``mss.receipts.sealing``'s; storage is ``mss.store``'s.
 """
 
 from __future__ import annotations
 
-import email.policy
-import socket
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from email.message import EmailMessage
+from functools import partial
 from typing import Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlmodel import Session, col
 
 from directory import certificates
 from mss import audit, metrics, store
-from mss.crypto import smime
 from mss.db import key_of, session_scope, utcnow
 from mss.errors import ReceiptNotPending
 from mss.models import Delivery, Message, ReadReceiptDeclined, Receipt
 from mss.receipts import federation
-from mss.receipts.wire import DispositionMode, Notify, RecipientStatus, build_dsn, build_mdn
+from mss.receipts.sealing import OperatorIdentity, notice, reporter, sealed
+from mss.receipts.wire import Disposition, DispositionMode, Notify, RecipientStatus, build_dsn, build_mdn
 from mss.runtime import Runtime
-from mss.settings import Settings
 from mss.store import MessageMeta, Notice
 
 PROCESSED: Final = "processed"
@@ -61,26 +58,10 @@ DECLINED = "declined"
 ASK, ALWAYS, NEVER = "ask", "always", "never"
 
 
-def reporter(settings: Settings) -> str:
-    """The name receipts give as reporting MTA or UA: the first of ``MSS_HOSTNAMES``."""
-    return settings.pki.hostnames[0] if settings.pki.hostnames else socket.getfqdn()
-
-
-OperatorIdentity = tuple[rsa.RSAPrivateKey, x509.Certificate]
-
-
 def seal(session: Session, rt: Runtime, notification: EmailMessage, reader_certificate: x509.Certificate) -> bytes:
     """A notification signed with the operator's certificate and encrypted to its reader
     (the RFC 8551 signed-data entity inside the envelope, as every stored message)."""
-    return _sealed(
-        certificates.operator_identity(session, rt.settings, rt.master_key), notification, reader_certificate
-    )
-
-
-def _sealed(identity: OperatorIdentity, notification: EmailMessage, reader_certificate: x509.Certificate) -> bytes:
-    key, operator_certificate = identity
-    entity = notification.as_bytes(policy=email.policy.SMTP)
-    return smime.encrypt(smime.signed_entity(smime.sign(entity, operator_certificate, key)), [reader_certificate])
+    return sealed(certificates.operator_identity(session, rt.settings, rt.master_key), notification, reader_certificate)
 
 
 def _operator_identity(rt: Runtime) -> OperatorIdentity:
@@ -92,36 +73,6 @@ def _operator_identity(rt: Runtime) -> OperatorIdentity:
         return current
     with session_scope(rt.engine) as session:
         return certificates.operator_identity(session, rt.settings, rt.master_key)
-
-
-def notice(
-    identity: OperatorIdentity,
-    notification: EmailMessage,
-    *,
-    kind: str,
-    status: str,
-    recipients: Sequence[str],
-    reason: str,
-    reader: str,
-    reader_certificate: x509.Certificate,
-) -> Notice:
-    """A notification sealed with the operator's ``identity`` (see ``seal``), with the
-    metadata its reader's mailbox lists."""
-    meta = MessageMeta(
-        sender=str(notification["From"].addresses[0].addr_spec).lower(),
-        recipients=[reader],
-        subject=str(notification["Subject"]),
-        date=str(notification["Date"]),
-        message_id=str(notification["Message-ID"]),
-    )
-    return Notice(
-        kind=kind,
-        status=status,
-        recipients=tuple(recipients),
-        reason=reason,
-        cms=_sealed(identity, notification, reader_certificate),
-        meta=meta,
-    )
 
 
 def for_submission(
@@ -147,7 +98,8 @@ def for_submission(
     always = settings.relay.dsn_on_success
     success = [address for address, notify in delivered if notify.wants("delivered") or (always and not notify.never)]
     failures = [address for address, (_reason, notify) in failed.items() if notify.wants("failed")]
-    wanted: list[tuple[str, list[str], EmailMessage, str]] = []
+    # (kind, status, recipients, reason, notification), all for the sender
+    wanted: list[tuple[str, str, list[str], str, EmailMessage]] = []
     for status, addresses in (("delivered", success), ("failed", failures)):
         if not addresses:
             continue
@@ -170,55 +122,34 @@ def for_submission(
             postmaster=certificates.operator_address(settings),
         )
         reason = "" if status == "delivered" else "; ".join(failed[a][0] for a in addresses)
-        wanted.append((status, addresses, dsn, reason))
-    mdns = []
+        wanted.append(("dsn", status, addresses, reason, dsn))
     if meta.mdn_to:
         for address, _notify in delivered:
-            mdns.append(
-                (
-                    address,
-                    build_mdn(
-                        reporting_ua=reporting,
-                        final_recipient=address,
-                        original_message_id=meta.message_id,
-                        disposition=PROCESSED,
-                        sender=meta.sender,
-                        mode=PROCESSED_MODE,
-                        subject_hint=None,
-                    ),
-                )
-            )
-    if not wanted and not mdns:
+            mdn = _mdn(reporting, meta, address, PROCESSED, PROCESSED_MODE)
+            wanted.append(("mdn", PROCESSED, [address], "", mdn))
+    if not wanted:
         return []
     # Signed outside any transaction: the identity is read in a read-only one.
-    identity = _operator_identity(rt)
-    notices = [
-        notice(
-            identity,
-            dsn,
-            kind="dsn",
-            status=status,
-            recipients=addresses,
-            reason=reason,
-            reader=meta.sender,
-            reader_certificate=sender_certificate,
-        )
-        for status, addresses, dsn, reason in wanted
+    to_sender = partial(notice, _operator_identity(rt), reader=meta.sender, reader_certificate=sender_certificate)
+    return [
+        to_sender(notification, kind=kind, status=status, recipients=addresses, reason=reason)
+        for kind, status, addresses, reason, notification in wanted
     ]
-    notices += [
-        notice(
-            identity,
-            mdn,
-            kind="mdn",
-            status=PROCESSED,
-            recipients=[address],
-            reason="",
-            reader=meta.sender,
-            reader_certificate=sender_certificate,
-        )
-        for address, mdn in mdns
-    ]
-    return notices
+
+
+def _mdn(
+    reporting: str, meta: MessageMeta, reader: str, disposition: Disposition, mode: DispositionMode
+) -> EmailMessage:
+    """The MDN (RFC 8098) of ``reader`` on the message of ``meta``, for its sender."""
+    return build_mdn(
+        reporting_ua=reporting,
+        final_recipient=reader,
+        original_message_id=meta.message_id,
+        disposition=disposition,
+        sender=meta.sender,
+        mode=mode,
+        subject_hint=None,
+    )
 
 
 def _due_delivery(session: Session, message: Message, meta: MessageMeta, reader: str) -> Delivery | None:
@@ -359,15 +290,7 @@ def _send_displayed(
     mode: DispositionMode,
     request_id: str,
 ) -> None:
-    mdn = build_mdn(
-        reporting_ua=reporter(rt.settings),
-        final_recipient=reader,
-        original_message_id=meta.message_id,
-        disposition=DISPLAYED,
-        sender=meta.sender,
-        mode=mode,
-        subject_hint=None,
-    )
+    mdn = _mdn(reporter(rt.settings), meta, reader, DISPLAYED, mode)
     if not rt.settings.serves(meta.sender):
         # A sender at another operator: the notification goes back through the outbound
         # queue; the row here only records that it was sent.
@@ -375,26 +298,20 @@ def _send_displayed(
             raise ReceiptNotPending(f"the sender of {message.queue_id} is not reachable", state=NOT_ASKED)
         session.add(Receipt(message_id=key_of(message), recipient=reader, kind="mdn", status=DISPLAYED))
         return
-    sender_certificate = certificates.current_certificate(session, meta.sender)
-    if sender_certificate is None:  # checked by displayed_state in this transaction
+    if not federation.store_for_sender(
+        session, rt, message, mdn, kind="mdn", status=DISPLAYED, recipients=[reader], request_id=request_id
+    ):
+        # displayed_state checked the sender's certificate in this transaction
         raise ReceiptNotPending(f"the sender of {message.queue_id} has no certificate", state=NOT_ASKED)
-    store.store_receipts(
-        session,
-        rt.master_key,
-        queue_id=message.queue_id,
-        notices=[
-            notice(
-                certificates.operator_identity(session, rt.settings, rt.master_key),
-                mdn,
-                kind="mdn",
-                status=DISPLAYED,
-                recipients=[reader],
-                reason="",
-                reader=meta.sender,
-                reader_certificate=sender_certificate,
-            )
-        ],
-        request_id=request_id,
+
+
+def _no_longer_waiting(message_id: object, recipient: object) -> Select[int | None]:
+    """The receipts that end the wait of ``recipient``'s delivery of ``message_id`` or
+    already told the sender it is late (values, or the columns of an outer query)."""
+    return select(col(Receipt.id)).where(
+        col(Receipt.message_id) == message_id,
+        col(Receipt.recipient) == recipient,
+        col(Receipt.status).in_(ENDS_WAIT | {DELAYED}),
     )
 
 
@@ -414,15 +331,7 @@ def send_delayed(rt: Runtime) -> int:
                 select(col(Delivery.id))
                 .join(Message, col(Message.id) == col(Delivery.message_id))
                 .where(col(Delivery.status).not_in(FINAL_DELIVERY), col(Message.submitted_at) <= cutoff)
-                .where(
-                    ~select(col(Receipt.id))
-                    .where(
-                        col(Receipt.message_id) == col(Delivery.message_id),
-                        col(Receipt.recipient) == col(Delivery.recipient),
-                        col(Receipt.status).in_(ENDS_WAIT | {DELAYED}),
-                    )
-                    .exists()
-                )
+                .where(~_no_longer_waiting(col(Delivery.message_id), col(Delivery.recipient)).exists())
                 .order_by(col(Delivery.id))
             )
             .scalars()
@@ -439,13 +348,7 @@ def _send_one_delayed(session: Session, rt: Runtime, delivery_id: int) -> int:
     delivery = (
         session.execute(select(Delivery).where(col(Delivery.id) == delivery_id).with_for_update()).scalars().one()
     )
-    told = session.execute(
-        select(col(Receipt.id)).where(
-            col(Receipt.message_id) == delivery.message_id,
-            col(Receipt.recipient) == delivery.recipient,
-            col(Receipt.status).in_(ENDS_WAIT | {DELAYED}),
-        )
-    ).first()
+    told = session.execute(_no_longer_waiting(delivery.message_id, delivery.recipient)).first()
     if told is not None or delivery.status in FINAL_DELIVERY:
         return 0
     if not Notify(w for w in delivery.notify.split(",") if w).wants(DELAYED):
@@ -453,9 +356,6 @@ def _send_one_delayed(session: Session, rt: Runtime, delivery_id: int) -> int:
     message = session.get(Message, delivery.message_id)
     assert message is not None
     meta = store.MessageMeta.open(rt.master_key, message.meta_sealed)
-    sender_certificate = certificates.current_certificate(session, meta.sender)
-    if sender_certificate is None:
-        return 0
     settings = rt.settings
     hours = settings.operator.receipt_deadline / 3600
     reason = f"no final status after {hours:g} h"
@@ -471,23 +371,9 @@ def _send_one_delayed(session: Session, rt: Runtime, delivery_id: int) -> int:
         original_headers=f"Message-ID: {meta.message_id}\r\nDate: {meta.date}\r\n".encode(),
         postmaster=certificates.operator_address(settings),
     )
-    store.store_receipts(
-        session,
-        rt.master_key,
-        queue_id=message.queue_id,
-        notices=[
-            notice(
-                certificates.operator_identity(session, rt.settings, rt.master_key),
-                dsn,
-                kind="dsn",
-                status=DELAYED,
-                recipients=[delivery.recipient],
-                reason=reason,
-                reader=meta.sender,
-                reader_certificate=sender_certificate,
-            )
-        ],
-        request_id="",
-    )
+    if not federation.store_for_sender(
+        session, rt, message, dsn, kind="dsn", status=DELAYED, recipients=[delivery.recipient], reason=reason
+    ):
+        return 0  # a sender without a valid certificate gets none
     metrics.DELAYED.inc()
     return 1
