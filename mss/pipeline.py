@@ -48,7 +48,7 @@ from mss.errors import (
     UnopenableEnvelope,
     UnsupportedCms,
 )
-from mss.mime import decoded_payload, subparts
+from mss.mime import SUMMARY_HEADERS, decoded_payload, subparts
 from mss.outbound import queue
 from mss.receipts import DEFAULT_NOTIFY, Notify, issuer
 from mss.runtime import Runtime
@@ -626,21 +626,6 @@ def _header_block(raw: bytes) -> bytes:
 # (``mss.peers``), otherwise sent signed inside mutual TLS, and committed to the outbound
 # queue (``mss.outbound``) in the same transaction as the message, before ``250``.
 
-# Header fields of the message that travel outside the S/MIME body to another operator:
-# what its door needs to file the message (it may not be able to decrypt it) and to send
-# receipts. The patient's INS and CDA codes stay inside.
-_OUTER_HEADERS = (
-    "From",
-    "To",
-    "Cc",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "In-Reply-To",
-    "References",
-    "Disposition-Notification-To",
-)
-
 
 def _remote_certificates(rt: Runtime, remote: list[RecipientRequest]) -> dict[str, object]:
     """The encryption certificate of each recipient at another operator (None when unknown)."""
@@ -652,8 +637,11 @@ def _protection_reason(entry: queue.Entry) -> str:
 
 
 def _outer_headers(message: EmailMessage, added: dict[str, str]) -> dict[str, str]:
+    """The header fields that travel outside the S/MIME body to another operator: what its
+    door needs to file the message (it may not be able to decrypt it) and to send receipts.
+    The patient's INS and CDA codes stay inside."""
     headers: dict[str, str] = {}
-    for name in _OUTER_HEADERS:
+    for name in SUMMARY_HEADERS:
         value = added.get(name) or message.get(name)
         if value is not None and str(value).strip():
             headers[name] = " ".join(str(value).split())

@@ -35,7 +35,7 @@ from mss.accounts import UnlockedAccount
 from mss.crypto import keys, smime, verify
 from mss.documents import sniff
 from mss.errors import CryptoError, DecryptionError, DocumentError, SignatureError
-from mss.mime import decoded_payload
+from mss.mime import SUMMARY_HEADERS, decoded_payload
 
 # Statuses beyond mss.crypto.verify's: no signature at all, or one we cannot check; and a
 # signature that held when the message was submitted by a certificate revoked since.
@@ -421,17 +421,7 @@ def split(entity_bytes: bytes, *, receipt: bool = False) -> Split:
         return Split({}, "", False, ())
     entity = parse_entity(entity_bytes)
     headers: dict[str, str] = {}
-    for name in (
-        "From",
-        "To",
-        "Cc",
-        "Subject",
-        "Date",
-        "Message-ID",
-        "In-Reply-To",
-        "References",
-        "Disposition-Notification-To",
-    ):
+    for name in SUMMARY_HEADERS:
         try:
             value = entity.get(name)
         except (ValueError, IndexError, TypeError):
