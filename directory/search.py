@@ -35,12 +35,14 @@ import re
 from dataclasses import dataclass
 
 from sqlalchemy import select, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 from unidecode import unidecode
 
 from directory.extract import address_error
 from directory.models import ACTIVE, DirectoryEntry
+from mss.db import session_scope
 from mss.errors import DirectoryError, StorageError
 
 MAX_QUERY_LENGTH = 200
@@ -240,3 +242,56 @@ def search(
     return SearchPage(
         items=[found[i] for i in ids if i in found], page=page, per_page=per_page, has_next=has_next, total=total
     )
+
+
+# -- recipients, as a sender looks them up ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Match:
+    """An active entry as a sender sees it when looking for a recipient."""
+
+    address: str
+    name: str
+    profession: str
+    """The profession, or the skill when the entry names none."""
+    organisation: str
+    city: str
+    rpps: str
+
+    @classmethod
+    def of(cls, entry: DirectoryEntry) -> Match:
+        return cls(
+            address=entry.address,
+            name=entry.display_name,
+            profession=entry.profession_label or entry.skill_label,
+            organisation=entry.org_name,
+            city=entry.city,
+            rpps=entry.rpps,
+        )
+
+
+@dataclass(frozen=True)
+class Matches:
+    """A page of recipients, best first, and how many match in all."""
+
+    items: list[Match]
+    page: int
+    has_next: bool
+    total: int
+
+
+NO_MATCHES = Matches(items=[], page=1, has_next=False, total=0)
+
+
+def find_recipients(engine: Engine, query: str, *, page: int = 1, per_page: int = 10) -> Matches:
+    """Active entries matching ``query`` (name, RPPS, organisation, city ...), in a read-only
+    transaction; raises DirectoryError for a query :func:`search` refuses."""
+    with session_scope(engine, readonly=True) as session:
+        found = search(session, query, page=page, per_page=per_page, with_total=True)
+        return Matches(
+            items=[Match.of(entry) for entry in found.items],
+            page=found.page,
+            has_next=found.has_next,
+            total=found.total or 0,
+        )

@@ -24,6 +24,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
+from directory.search import Match, find_recipients
 from mss import accounts, mailbox
 from mss.errors import BadCredentials, MssError
 from mss.mailbox import Draft, DraftInvalid, Upload
@@ -31,7 +32,6 @@ from mss.mailbox.listing import Progress
 from mss.mailbox.opening import ReceiptAbout
 from mss.web.auth import plausible_address
 from mss.web.certificate_pages import published
-from mss.web.compose_pages import directory_matches
 from mss.web.context import Rt, config, origin, request_id, run
 from mss.web.pages import file_response
 from mss.web.sessions import (
@@ -251,18 +251,6 @@ class SentOut:
 
 
 @dataclass
-class DirectoryEntryOut:
-    """A directory entry that can receive."""
-
-    address: str
-    name: str
-    profession: str
-    organisation: str
-    city: str
-    rpps: str
-
-
-@dataclass
 class CertificateOut:
     """An entry's current S/MIME certificate, to encrypt to it from a mail client."""
 
@@ -284,7 +272,7 @@ class CertificateOut:
 class DirectoryOut:
     """A page of directory results."""
 
-    items: list[DirectoryEntryOut]
+    items: list[Match]
     page: int
     has_next: bool
 
@@ -615,10 +603,8 @@ class DirectoryController(BearerController):
         page: Annotated[int, QueryParameter(ge=1)] = 1,
     ) -> DirectoryOut:
         """Search the directory."""
-        found = await run(directory_matches, rt, q, page, 20)
-        return DirectoryOut(
-            items=[DirectoryEntryOut(**item) for item in found["items"]], page=found["page"], has_next=found["has_next"]
-        )
+        found = await run(find_recipients, rt.engine, q, page=page, per_page=20)
+        return DirectoryOut(items=found.items, page=found.page, has_next=found.has_next)
 
     @get("/{address:str}/certificate", summary="The current S/MIME certificate of an entry (PEM and DER)")
     async def certificate(self, live: Live, rt: Rt, address: FromPath[str]) -> CertificateOut:

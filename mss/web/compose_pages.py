@@ -13,13 +13,11 @@ from litestar.di import Provide
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 
-from directory.search import search
+from directory.search import NO_MATCHES, Matches, find_recipients
 from mss import mailbox, metrics
-from mss.db import session_scope
 from mss.errors import DirectoryError, DraftNotFound, DraftTooLarge, MssError
 from mss.mailbox import Draft, DraftInvalid, KeptAttachment, MessageNotFound, Upload
 from mss.mailbox.compose import split_addresses
-from mss.runtime import Runtime
 from mss.web.auth import active_session
 from mss.web.context import Rt, language, redirect, render, request_id, run
 from mss.web.i18n import Language
@@ -48,26 +46,6 @@ class FormState:
     draft_files: list[tuple[int, str, int]] = field(default_factory=list)
     """Attachments kept with the draft: index, name, size."""
     draft_keep: list[int] = field(default_factory=list)
-
-
-def directory_matches(rt: Runtime, query: str, page: int = 1, per_page: int = 10) -> dict:
-    """Active directory entries matching ``query`` (name, RPPS, organisation, city ...), and
-    how many match in all."""
-    with session_scope(rt.engine, readonly=True) as session:
-        result = search(session, query, page=page, per_page=per_page, with_total=True)
-        items = [
-            {
-                "address": e.address,
-                "name": e.display_name,
-                "profession": e.profession_label or e.skill_label,
-                "organisation": e.org_name,
-                "city": e.city,
-                "rpps": e.rpps,
-            }
-            for e in result.items
-            if e.status == "active"
-        ]
-        return {"items": items, "page": result.page, "has_next": result.has_next, "total": result.total}
 
 
 def _quote(lang: Language, opened: mailbox.Opened) -> str:
@@ -157,17 +135,17 @@ class ComposeController(Controller):
     dependencies = {"live": Provide(active_session)}
 
     @get("/directory.json")
-    async def directory(self, request: Request, live: Live, rt: Rt) -> dict:
+    async def directory(self, request: Request, live: Live, rt: Rt) -> Matches:
         """Directory entries for the search-as-you-type fields (JSON)."""
         query = (request.query_params.get("q") or "").strip()[:MAX_QUERY]
         if len(query) < 2:
-            return {"items": [], "page": 1, "has_next": False, "total": 0}
+            return NO_MATCHES
         size = request.query_params.get("per_page") or "10"
         per_page = min(int(size), 20) if size.isdigit() and int(size) > 0 else 10
         try:
-            return await run(directory_matches, rt, query, 1, per_page)
+            return await run(find_recipients, rt.engine, query, per_page=per_page)
         except DirectoryError:
-            return {"items": [], "page": 1, "has_next": False, "total": 0}
+            return NO_MATCHES
 
     async def _source(self, request: Request, live: Live, rt: Rt, state: FormState, queue_id: str) -> mailbox.Opened:
         try:
