@@ -21,7 +21,6 @@ from email.utils import make_msgid
 from pathlib import Path
 
 import pytest
-from pypdf import PdfWriter
 from sqlalchemy import func, select
 
 from directory import service
@@ -36,9 +35,10 @@ from mss.runtime import Runtime, open_runtime
 from mss.settings import Settings
 
 from conftest import BACKEND, SAMPLES, drop_pg_database, new_pg_database, test_env
+from document_samples import LETTER, pdf_bytes
 
 SAMPLE_EXTRACT = SAMPLES / "annuaire" / "Extraction_Correspondance_MSSante_sample.txt"
-CDA_SAMPLE = SAMPLES / "cda" / "LDL-SES_2022.01.xml"
+CDA_SAMPLE = LETTER
 
 SENDER = "marc.robert@chu-demo.mss.test"
 RECIPIENTS = ("cedric.petit@chu-demo.mss.test", "joel.michel@medecin.mss.test")
@@ -200,16 +200,6 @@ def queue_id(reply: tuple[int, bytes]) -> str:
 
 
 # -- documents and messages --------------------------------------------------------------
-
-
-def pdf_bytes(pages: int = 1) -> bytes:
-    """A small valid PDF."""
-    writer = PdfWriter()
-    for _ in range(pages):
-        writer.add_blank_page(width=595, height=842)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
 
 
 def cda_bytes() -> bytes:
