@@ -30,25 +30,21 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from directory.importer import import_extract
 from mss import trust
-from mss.crypto import pki
 from mss.crypto.pki import PkiPaths
 from mss.db import session_scope
 from mss.models import MailboxItem, Message
 from mss.outbound.worker import DeliveryWorker
 from mss.relay.mx import start_mx_listener
 from mss.relay.server import start_listener
-from mss.runtime import Runtime, open_runtime
-from mss.settings import Settings
+from mss.runtime import Runtime
 from mss.web.server import serve_publication
 
-from conftest import BACKEND, SAMPLES, drop_pg_database, new_pg_database, test_env
+from installation import Installation, install
 from server_process import free_port, start_server
 from task_thread import TaskThread
 from web_support import Person, create_person
 
-SAMPLE_EXTRACT = SAMPLES / "annuaire" / "Extraction_Correspondance_MSSante_sample.txt"
 A_DOMAIN, B_DOMAIN = "chu-demo.mss.test", "medecin.mss.test"
 A_USERS = ("marc.robert@chu-demo.mss.test", "cedric.petit@chu-demo.mss.test")
 B_USERS = ("joel.michel@medecin.mss.test", "eloise.fournier@medecin.mss.test")
@@ -67,34 +63,21 @@ FAST = {
 
 
 @dataclass
-class Operator:
+class Operator(Installation):
     """One operator of the trust space: its settings, runtime, people and ports."""
 
     name: str
     domain: str
-    root: Path
-    env: dict[str, str]
-    settings: Settings
-    rt: Runtime
-    people: dict[str, Person]
-    database_url: str
     smtp_port: int
     mx_port: int
     pki_port: int
+    people: dict[str, Person] = field(default_factory=dict)
     services: Services | None = None
     extra: list[Any] = field(default_factory=list)
 
     @property
-    def ca_file(self) -> Path:
-        return PkiPaths.from_settings(self.settings).ca_certificate
-
-    @property
     def certificates_url(self) -> str:
         return f"http://127.0.0.1:{self.pki_port}/pki/certificates/"
-
-    def client_context(self) -> ssl.SSLContext:
-        """What a mail client trusts: this operator's CA."""
-        return ssl.create_default_context(cafile=str(self.ca_file))
 
     def peer_context(self, *, certificate: bool = True) -> ssl.SSLContext:
         """What another operator's server uses towards an MX: the peers' CAs, and (unless
@@ -146,47 +129,29 @@ class Operator:
             self.services.stop()
         for item in self.extra:
             item.stop()
-        self.rt.close()
-        if BACKEND == "postgresql":
-            drop_pg_database(self.database_url)
+        super().close()
 
 
 def build_operator(root: Path, name: str, domain: str, users: tuple[str, ...], **env_overrides: str) -> Operator:
     """PKI, the national directory extract and accounts for ``users``; nothing runs yet."""
-    root.mkdir(parents=True, exist_ok=True)
-    database_url = new_pg_database() if BACKEND == "postgresql" else f"sqlite:///{root / 'data' / 'mss.db'}"
     smtp_port, mx_port, pki_port = free_port(), free_port(), free_port()
-    env = test_env(root, database_url)
-    env.update(FAST)
-    env.update(
-        {
-            "MSS_DOMAINS": domain,
-            "MSS_SMTP_PORT": str(smtp_port),
-            "MSS_MX_PORT": str(mx_port),
-            "MSS_PKI_HTTP_PORT": str(pki_port),
-            "MSS_CRL_URL": f"http://127.0.0.1:{pki_port}/pki/ca.crl",
-            "MSS_PEER_CA_FILE": str(root / "peers-ca.pem"),
-        }
+    env = {
+        **FAST,
+        "MSS_DOMAINS": domain,
+        "MSS_SMTP_PORT": str(smtp_port),
+        "MSS_MX_PORT": str(mx_port),
+        "MSS_PKI_HTTP_PORT": str(pki_port),
+        "MSS_CRL_URL": f"http://127.0.0.1:{pki_port}/pki/ca.crl",
+        "MSS_PEER_CA_FILE": str(root / "peers-ca.pem"),
+        **env_overrides,
+    }
+    operator = install(
+        Operator, root, env, name=name, domain=domain, smtp_port=smtp_port, mx_port=mx_port, pki_port=pki_port
     )
-    env.update(env_overrides)
-    settings = Settings.from_env(env)
-    pki.init_dev_pki(settings)
-    rt = open_runtime(settings)
-    import_extract(rt.engine, SAMPLE_EXTRACT, actor="test")
-    people = {address: create_person(rt, address, "pw-" + secrets.token_urlsafe(12)) for address in users}
-    return Operator(
-        name=name,
-        domain=domain,
-        root=root,
-        env=env,
-        settings=settings,
-        rt=rt,
-        people=people,
-        database_url=database_url,
-        smtp_port=smtp_port,
-        mx_port=mx_port,
-        pki_port=pki_port,
+    operator.people.update(
+        {address: create_person(operator.rt, address, "pw-" + secrets.token_urlsafe(12)) for address in users}
     )
+    return operator
 
 
 def write_peer_cas(operator: Operator, *cas: Path) -> None:
