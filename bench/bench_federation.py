@@ -32,22 +32,16 @@ import asyncio
 import os
 import platform
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import replace
-from email.message import EmailMessage
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
-sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "bench"), str(PROJECT_ROOT / "tests")]
 
-from bench_relay import pdf_of_size
 from sqlalchemy import func, select
 
 from directory.importer import import_extract
@@ -56,18 +50,19 @@ from mss.crypto import pki
 from mss.db import session_scope
 from mss.demo import DEMO_EXTRACT
 from mss.models import Outbound
+from mss.outbound.worker import DeliveryWorker
+from mss.relay.tls import mx_server_context
 from mss.runtime import Runtime, open_runtime
 from mss.settings import Settings
+from mss.web.server import serve_publication
+
+from _support import bench_env, referral, serve_bare_smtp
+from server_process import free_port, start_server
+from task_thread import TaskThread
 
 A_DOMAIN, B_DOMAIN = "chu-demo.mss.test", "medecin.mss.test"
 SENDER, RECIPIENT = "marc.robert@chu-demo.mss.test", "eloise.fournier@medecin.mss.test"
 PASSWORD = "bench password 2026"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- the bare sink (its own process, with --sink) ----------------------------------------------
@@ -75,10 +70,6 @@ def free_port() -> int:
 
 def sink() -> None:
     """aiosmtpd with the MX's TLS context (client certificate required), 250 for everything."""
-    from aiosmtpd.smtp import SMTP
-
-    from mss.relay.tls import mx_server_context
-
     settings = Settings.from_env()
 
     class Accept:
@@ -91,48 +82,27 @@ def sink() -> None:
         async def handle_DATA(self, server, session, envelope):
             return "250 2.0.0 Ok: queued"
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        context = mx_server_context(settings)
-        server = await loop.create_server(
-            lambda: SMTP(
-                Accept(),
-                tls_context=context,
-                require_starttls=True,
-                data_size_limit=settings.relay.max_message_size,
-                hostname="localhost",
-                loop=loop,
-            ),
-            host="127.0.0.1",
-            port=settings.federation.mx_port,
-        )
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
+    serve_bare_smtp(Accept(), mx_server_context(settings), settings.federation.mx_port, settings.relay.max_message_size)
 
 
 # -- setting up two operators ----------------------------------------------------------------------
 
 
 def operator_env(root: Path, domain: str, ports: dict[str, int]) -> dict[str, str]:
-    return {
-        **os.environ,
-        "MSS_DATA_DIR": str(root / "data"),
-        "MSS_CERTS_DIR": str(root / "certs"),
-        "MSS_RECOVERY_KEY_OUT": str(root / "offline" / "recovery.key"),
-        "MSS_HOSTNAMES": "localhost,127.0.0.1",
-        "MSS_DOMAINS": domain,
-        "MSS_SMTP_HOST": "127.0.0.1",
-        "MSS_SMTP_PORT": str(ports["smtp"]),
-        "MSS_MX_HOST": "127.0.0.1",
-        "MSS_MX_PORT": str(ports["mx"]),
-        "MSS_PKI_HTTP_PORT": str(ports["pki"]),
-        "MSS_CRL_URL": f"http://127.0.0.1:{ports['pki']}/pki/ca.crl",
-        "MSS_PEER_CA_FILE": str(root / "peers-ca.pem"),
-        "MSS_RETRY_MIN": "1s",
-        "MSS_QUEUE_POLL": "0.2s",
-    }
+    return bench_env(
+        root,
+        MSS_RECOVERY_KEY_OUT=str(root / "offline" / "recovery.key"),
+        MSS_DOMAINS=domain,
+        MSS_SMTP_HOST="127.0.0.1",
+        MSS_SMTP_PORT=str(ports["smtp"]),
+        MSS_MX_HOST="127.0.0.1",
+        MSS_MX_PORT=str(ports["mx"]),
+        MSS_PKI_HTTP_PORT=str(ports["pki"]),
+        MSS_CRL_URL=f"http://127.0.0.1:{ports['pki']}/pki/ca.crl",
+        MSS_PEER_CA_FILE=str(root / "peers-ca.pem"),
+        MSS_RETRY_MIN="1s",
+        MSS_QUEUE_POLL="0.2s",
+    )
 
 
 def make_operator(root: Path, domain: str, address: str, ports: dict[str, int]) -> tuple[dict[str, str], Runtime]:
@@ -146,71 +116,7 @@ def make_operator(root: Path, domain: str, address: str, ports: dict[str, int]) 
     return env, rt
 
 
-def start(command: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=out, stderr=out)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{command} exited: {log.read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                if sock.recv(100).startswith(b"220"):
-                    return process
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{command} did not start")
-
-
-class Publication:
-    """Operator A's CRL publication (B fetches it to check A's signatures), in a thread."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.ready = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
-        self.ready.wait(30)
-
-    def _run(self) -> None:
-        from mss.web.server import serve_publication
-
-        async def main() -> None:
-            self.loop = asyncio.get_running_loop()
-            started = asyncio.Event()
-            self.task = asyncio.ensure_future(serve_publication(self.rt, started=started))
-            await started.wait()
-            self.ready.set()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
-
-        asyncio.run(main())
-
-    def stop(self) -> None:
-        if self.loop is not None and self.task is not None:
-            self.loop.call_soon_threadsafe(self.task.cancel)
-
-
 # -- one round ---------------------------------------------------------------------------------
-
-
-def letter(size: int, number: int) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = SENDER
-    msg["To"] = RECIPIENT
-    msg["Subject"] = f"Compte rendu {number}"
-    msg["Message-ID"] = f"<fed-{number}-{time.time_ns()}@chu-demo.mss.test>"
-    msg.set_content("Bonjour,\nci-joint le compte rendu.\nBien confraternellement.\n")
-    msg.add_attachment(
-        pdf_of_size(max(1000, (size - 1200) * 3 // 4)),
-        maintype="application",
-        subtype="pdf",
-        filename="compte-rendu.pdf",
-    )
-    return msg.as_bytes()
 
 
 def fill(rt: Runtime, sender: accounts.UnlockedAccount, count: int, size: int, first: int) -> None:
@@ -220,7 +126,9 @@ def fill(rt: Runtime, sender: accounts.UnlockedAccount, count: int, size: int, f
             pipeline.Submission(
                 sender=sender,
                 recipients=(pipeline.RecipientRequest(RECIPIENT),),
-                raw=letter(size, number),
+                raw=referral(
+                    SENDER, [RECIPIENT], size, number, message_id=f"<fed-{number}-{time.time_ns()}@chu-demo.mss.test>"
+                ),
                 channel="smtp",
             ),
         )
@@ -235,7 +143,6 @@ def waiting(rt: Runtime) -> int:
 
 def drain(rt: Runtime, count: int) -> float:
     """Run a delivery worker until nothing is queued; return messages per second."""
-    from mss.outbound.worker import DeliveryWorker
 
     async def main() -> float:
         worker = asyncio.ensure_future(DeliveryWorker(rt, name="bench").run())
@@ -290,12 +197,13 @@ def main() -> None:
             master_key=a.master_key,
         )
         sender = accounts.authenticate(a.engine, a.settings, SENDER, PASSWORD, accounts.Origin("cli"))
-        publication = Publication(a)
-        peer = start(
-            [str(Path(sys.executable).with_name("mss")), "serve", "relay"], b_env, b_ports["mx"], root / "b.log"
+        # A's CRL publication: B fetches it to check A's signatures.
+        publication = TaskThread(lambda ready: serve_publication(a, started=ready), name="publication").start()
+        peer = start_server(
+            [str(Path(sys.executable).with_name("mss")), "serve", "relay"], b_env, root / "b.log", b_ports["mx"]
         )
-        bare = start(
-            [sys.executable, __file__, "--sink"], {**b_env, "MSS_MX_PORT": str(sink_port)}, sink_port, root / "sink.log"
+        bare = start_server(
+            [sys.executable, __file__, "--sink"], {**b_env, "MSS_MX_PORT": str(sink_port)}, root / "sink.log", sink_port
         )
         print(
             f"# {time.strftime('%Y-%m-%d')} {platform.node()} {platform.processor() or platform.machine()} "

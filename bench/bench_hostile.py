@@ -34,10 +34,8 @@ import asyncio
 import collections
 import os
 import platform
-import socket
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,27 +44,19 @@ from pathlib import Path
 import aiosmtplib
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
-sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "bench"), str(PROJECT_ROOT / "tests")]
 
-from bench_relay import free_port, pdf_of_size, referral
-
-from mss.demo import load_demo
-from mss.runtime import open_runtime
-from mss.settings import Settings
-
-SAMPLE = PROJECT_ROOT / "tests" / "samples" / "cda" / "LDL-SES_2022.01.xml"
+from _support import bench_env, demo_installation, letter, referral
+from document_samples import LETTER, pdf_of_size, with_attributes
+from server_process import free_port, start_server
 
 
 def attribute_flood() -> bytes:
-    sample = SAMPLE.read_bytes()
-    attributes = " ".join(f'attr{i}="val"' for i in range(40_000)).encode()
-    start_at = sample.index(b"<text>")
-    return sample[:start_at] + b"<text " + attributes + b">" + sample[start_at + len(b"<text>") :]
+    return with_attributes(40_000)
 
 
 def element_flood() -> bytes:
-    sample = SAMPLE.read_bytes()
+    sample = LETTER.read_bytes()
     start_at = sample.index(b"<text>") + len(b"<text>")
     return sample[:start_at] + b"<br/>" * 99_000 + sample[start_at:]
 
@@ -84,34 +74,15 @@ HOSTILE = {
 
 
 def hostile_message(sender: str, recipient: str, kind: str, number: int) -> bytes:
-    from email.message import EmailMessage
-
     build, filename, content_type = HOSTILE[kind]
-    maintype, subtype = content_type.split("/")
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = recipient
-    msg["Subject"] = f"Compte rendu {number}"
-    msg["Message-ID"] = f"<hostile-{number}-{time.time_ns()}@client.test>"
-    msg.set_content("Bonjour,\nci-joint le compte rendu.\n")
-    msg.add_attachment(build(), maintype=maintype, subtype=subtype, filename=filename)
-    return msg.as_bytes()
-
-
-def launch(command: list[str], env: dict[str, str], port: int, log: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    """Start the relay from ``cwd`` (its ``mss`` package is the one imported) and wait for its port."""
-    with log.open("ab") as out:
-        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=out)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{command} exited: {log.read_text()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{command} did not start")
+    return letter(
+        sender,
+        [recipient],
+        number,
+        (filename, content_type, build()),
+        message_id=f"<hostile-{number}-{time.time_ns()}@client.test>",
+        body="Bonjour,\nci-joint le compte rendu.\n",
+    )
 
 
 async def session(port: int, context: ssl.SSLContext, sender: str, password: str) -> aiosmtplib.SMTP:
@@ -195,22 +166,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mss-bench-hostile-") as tmp:
         root = Path(tmp)
         port = free_port()
-        env = {
-            **os.environ,
-            "MSS_DATA_DIR": str(root / "data"),
-            "MSS_CERTS_DIR": str(root / "certs"),
-            "MSS_HOSTNAMES": "localhost,127.0.0.1",
-            "MSS_SMTP_HOST": "127.0.0.1",
-            "MSS_SMTP_PORT": str(port),
-        }
-        settings = Settings.from_env(env)
-        rt = open_runtime(settings)
-        demo = load_demo(rt, actor="bench")
-        rt.close()
+        env = bench_env(root, MSS_SMTP_HOST="127.0.0.1", MSS_SMTP_PORT=str(port))
+        settings, demo = demo_installation(env)
         good, bad = demo[0], demo[1]
         context = ssl.create_default_context(cafile=str(settings.pki.certs_dir / "ca.pem"))
         source = (args.relay_source or PROJECT_ROOT).resolve()
-        relay = launch([sys.executable, "-m", "mss.relay"], env, port, root / "relay.log", source)
+        # The relay's ``mss`` package is the one of ``source``.
+        relay = start_server([sys.executable, "-m", "mss.relay"], env, root / "relay.log", port, cwd=source)
         print(
             f"# {time.strftime('%Y-%m-%d')} {platform.node()} {platform.processor() or platform.machine()} "
             f"{os.cpu_count()} CPUs, Python {platform.python_version()}, relay from {source}"

@@ -25,6 +25,7 @@ import asyncio
 import os
 import platform
 import signal
+import ssl
 import statistics
 import sys
 import tempfile
@@ -33,15 +34,14 @@ import timeit
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
-sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "bench"), str(PROJECT_ROOT / "tests")]
 
-from bench_relay import SIZES, drive, free_port, start
+from bench_relay import SIZES, Load, Result, Sessions
 
 from mss import metrics
-from mss.demo import load_demo
-from mss.runtime import open_runtime
-from mss.settings import Settings
+
+from _support import bench_env, demo_installation
+from server_process import free_port, start_server
 
 CASES = {"10KBx1": ("10KB", 1, 100), "10KBx10": ("10KB", 10, 30)}
 
@@ -60,6 +60,16 @@ def one_message_of_metrics() -> None:
     started = metrics.now()
     metrics.observe("commit", started)
     metrics.accepted("smtp", delivered=2, failed=0, kinds=["pdf"])
+
+
+async def drive(port: int, context: ssl.SSLContext, load: Load) -> Result:
+    """The load's sessions log in to the relay on ``port`` (not timed), then send their
+    messages; the timed run (no CPU figure)."""
+    clients = Sessions([port], [], context, load, [])
+    await clients.open(warm_up=False)
+    result = await clients.run(load.messages(0))
+    await clients.close()
+    return result
 
 
 def calls_cost(number: int = 20_000) -> dict[str, float]:
@@ -88,25 +98,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mss-bench-metrics-") as tmp:
         root = Path(tmp)
         ports = {"on": free_port(), "off": free_port()}
-        env = {
-            **os.environ,
-            "MSS_DATA_DIR": str(root / "data"),
-            "MSS_CERTS_DIR": str(root / "certs"),
-            "MSS_HOSTNAMES": "localhost,127.0.0.1",
-            "MSS_SMTP_HOST": "127.0.0.1",
-        }
-        settings = Settings.from_env(env)
-        rt = open_runtime(settings)
-        demo = load_demo(rt, actor="bench")
-        rt.close()
+        env = bench_env(root, MSS_SMTP_HOST="127.0.0.1")
+        settings, demo = demo_installation(env)
         sender, recipients = demo[0], [d.address for d in demo[1:]]
-        ca_file = settings.pki.certs_dir / "ca.pem"
+        context = ssl.create_default_context(cafile=str(settings.pki.certs_dir / "ca.pem"))
         relays = {
-            mode: start(
+            mode: start_server(
                 [sys.executable, "-m", "mss.relay"],
                 {**env, "MSS_SMTP_PORT": str(port), "MSS_METRICS": "true" if mode == "on" else "false"},
-                port,
                 root / f"relay-{mode}.log",
+                port,
             )
             for mode, port in ports.items()
         }
@@ -117,19 +118,8 @@ def main() -> None:
         )
 
         def run(mode: str, size: int, sessions: int, per_session: int) -> float:
-            result = asyncio.run(
-                drive(
-                    ports[mode],
-                    ca_file,
-                    sender.address,
-                    sender.password,
-                    recipients,
-                    size=size,
-                    sessions=sessions,
-                    per_session=per_session,
-                )
-            )
-            return result.rate
+            load = Load(sender, recipients, size, sessions, per_session)
+            return asyncio.run(drive(ports[mode], context, load)).rate
 
         summary = []
         try:

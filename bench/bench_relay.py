@@ -38,67 +38,27 @@ import os
 import platform
 import shutil
 import signal
-import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from email.message import EmailMessage
 from pathlib import Path
 
 import aiosmtplib
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "tests")]
 
-from mss.demo import load_demo
-from mss.runtime import open_runtime
+from mss.demo import DemoAccount
 from mss.settings import Settings
 
+from _support import bench_env, demo_installation, referral, serve_bare_smtp
+from server_process import free_port, start_server
+
 SIZES = {"10KB": 10_000, "1MB": 1_000_000}
-
-
-def pdf_of_size(size: int) -> bytes:
-    """A valid one-page PDF of about ``size`` bytes (the page content is padded with comments)."""
-    line = b"% padding of the page content\n"
-    content = line * max(1, size // len(line))
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R >>",
-        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
-    ]
-    out = bytearray(b"%PDF-1.7\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    for offset in offsets:
-        out += b"%010d 00000 n \n" % offset
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(out)
-
-
-def referral(sender: str, recipients: list[str], size: int, number: int) -> bytes:
-    """A message of about ``size`` bytes on the wire: a short letter and a PDF."""
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = ", ".join(recipients)
-    msg["Subject"] = f"Compte rendu {number}"
-    msg["Message-ID"] = f"<bench-{number}-{time.time_ns()}@client.test>"
-    msg.set_content("Bonjour,\nci-joint le compte rendu.\nBien confraternellement.\n")
-    # base64 adds a third; headers and the body take about 1 KB.
-    msg.add_attachment(
-        pdf_of_size(max(1000, (size - 1200) * 3 // 4)),
-        maintype="application",
-        subtype="pdf",
-        filename="compte-rendu.pdf",
-    )
-    return msg.as_bytes()
 
 
 # -- the bare servers (run in their own process with --bare-server) -----------------------
@@ -144,29 +104,15 @@ def bare_server(reader: str) -> None:
     def accept_any(server, session, envelope, mechanism, auth_data):
         return AuthResult(success=True)
 
-    server_class = BulkSMTP if reader == "bulk" else SMTP
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        context = server_context(settings)
-        server = await loop.create_server(
-            lambda: server_class(
-                Accept(),
-                tls_context=context,
-                require_starttls=True,
-                auth_required=True,
-                authenticator=accept_any,
-                data_size_limit=settings.relay.max_message_size,
-                hostname="localhost",
-                loop=loop,
-            ),
-            host="127.0.0.1",
-            port=settings.relay.port,
-        )
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
+    serve_bare_smtp(
+        Accept(),
+        server_context(settings),
+        settings.relay.port,
+        settings.relay.max_message_size,
+        server_class=BulkSMTP if reader == "bulk" else SMTP,
+        auth_required=True,
+        authenticator=accept_any,
+    )
 
 
 # -- the client ----------------------------------------------------------------------------
@@ -217,39 +163,54 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+@dataclass(frozen=True)
+class Load:
+    """What a run sends: ``sessions`` sessions logged in as ``sender`` each send
+    ``per_session`` referrals of ``size`` bytes to ``recipients``, one after the other."""
+
+    sender: DemoAccount
+    recipients: list[str]
+    size: int
+    sessions: int
+    per_session: int
+
+    def message(self, number: int) -> bytes:
+        return referral(self.sender.address, self.recipients, self.size, number)
+
+    def messages(self, first: int) -> list[bytes]:
+        """The messages of one run, numbered from ``first``."""
+        return [self.message(first + n) for n in range(self.sessions * self.per_session)]
+
+
 class Sessions:
     """Logged-in client sessions to one server (spread over its processes), reused across
     repetitions."""
 
     def __init__(
-        self,
-        ports: list[int],
-        pids: list[int],
-        context: object,
-        sender: str,
-        password: str,
-        recipients: list[str],
-        rcpt_options: list[str],
+        self, ports: list[int], pids: list[int], context: ssl.SSLContext, load: Load, rcpt_options: list[str]
     ) -> None:
         self.ports, self.pids, self.context = ports, pids, context
-        self.sender, self.password, self.recipients = sender, password, recipients
-        self.rcpt_options = rcpt_options
+        self.load, self.rcpt_options = load, rcpt_options
         self.clients: list[aiosmtplib.SMTP] = []
 
-    async def open(self, count: int, warm_up: bytes) -> None:
-        for number in range(count):
+    async def open(self, *, warm_up: bool) -> None:
+        """Log the load's sessions in; with ``warm_up``, each sends one message."""
+        for number in range(self.load.sessions):
             port = self.ports[number % len(self.ports)]
             client = aiosmtplib.SMTP(
                 hostname="127.0.0.1", port=port, start_tls=True, tls_context=self.context, timeout=600
             )
             await client.connect()
-            await client.login(self.sender, self.password)
+            await client.login(self.load.sender.address, self.load.sender.password)
             self.clients.append(client)
-        await asyncio.gather(*(self._send(c, warm_up) for c in self.clients))
+        if warm_up:
+            raw = self.load.message(0)
+            await asyncio.gather(*(self._send(c, raw) for c in self.clients))
 
     async def _send(self, client: aiosmtplib.SMTP, raw: bytes) -> float:
         started = time.perf_counter()
-        errors, _ = await client.sendmail(self.sender, self.recipients, raw, rcpt_options=self.rcpt_options)
+        load = self.load
+        errors, _ = await client.sendmail(load.sender.address, load.recipients, raw, rcpt_options=self.rcpt_options)
         if errors:
             raise RuntimeError(f"recipients refused: {errors}")
         return time.perf_counter() - started
@@ -274,60 +235,27 @@ class Sessions:
 
 
 async def run_case(
-    servers: dict[str, tuple[list[int], list[int]]],
-    ca_file: Path,
-    sender: str,
-    password: str,
-    recipients: list[str],
-    *,
-    size: int,
-    sessions: int,
-    per_session: int,
-    repeats: int,
-    dsn: bool,
+    servers: dict[str, tuple[list[int], list[int]]], ca_file: Path, load: Load, *, repeats: int, dsn: bool
 ) -> dict[str, list[Result]]:
     """Every server, ``repeats`` times, in a rotating order; the results by server name."""
-    import ssl
-
     context = ssl.create_default_context(cafile=str(ca_file))
     opened: dict[str, Sessions] = {}
     for name, (ports, pids) in servers.items():
         # Only the relay speaks DSN (aiosmtpd refuses RCPT parameters it does not know).
         options = ["NOTIFY=SUCCESS,FAILURE"] if dsn and name == "relay" else []
-        opened[name] = Sessions(ports, pids, context, sender, password, recipients, options)
-        await opened[name].open(sessions, referral(sender, recipients, size, 0))
+        opened[name] = Sessions(ports, pids, context, load, options)
+        await opened[name].open(warm_up=True)
     results: dict[str, list[Result]] = {name: [] for name in servers}
     names = list(servers)
     number = 1
     for repeat in range(repeats):
         for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
-            messages = [referral(sender, recipients, size, number + n) for n in range(sessions * per_session)]
+            messages = load.messages(number)
             number += len(messages)
             results[name].append(await opened[name].run(messages))
     for opened_sessions in opened.values():
         await opened_sessions.close()
     return results
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start(command: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=out, stderr=out)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{command} exited: {log.read_text()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{command} did not start")
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -376,20 +304,14 @@ def main() -> None:
         relay_ports = [ports["relay"], *(free_port() for _ in range(args.relays - 1))]
         if args.no_lines:
             del ports["bare-lines"]
-        env = {
-            **os.environ,
-            "MSS_DATA_DIR": str(root / "data"),
-            "MSS_CERTS_DIR": str(root / "certs"),
-            "MSS_HOSTNAMES": "localhost,127.0.0.1",
-            "MSS_SMTP_HOST": "127.0.0.1",
-            "MSS_SMTP_PORT": str(ports["relay"]),
+        env = bench_env(
+            root,
+            MSS_SMTP_HOST="127.0.0.1",
+            MSS_SMTP_PORT=str(ports["relay"]),
             # Every session comes from 127.0.0.1.
-            "MSS_MAX_SESSIONS_PER_CLIENT": "64",
-        }
-        settings = Settings.from_env(env)
-        rt = open_runtime(settings)
-        demo = load_demo(rt, actor="bench")
-        rt.close()
+            MSS_MAX_SESSIONS_PER_CLIENT="64",
+        )
+        settings, demo = demo_installation(env)
         sender, recipients = demo[0], [d.address for d in demo[1:]]
         ca_file = settings.pki.certs_dir / "ca.pem"
         relay_command = [sys.executable, "-m", "mss.relay"]
@@ -408,18 +330,18 @@ def main() -> None:
                 *relay_command,
             ]
         relays = [
-            start(relay_command, {**env, "MSS_SMTP_PORT": str(port)}, port, root / f"relay-{port}.log")
+            start_server(relay_command, {**env, "MSS_SMTP_PORT": str(port)}, root / f"relay-{port}.log", port)
             for port in relay_ports
         ]
         processes = {"relay": relays[0]}
         for name in ports:
             if name != "relay":
                 reader = "lines" if name == "bare-lines" else "bulk"
-                processes[name] = start(
+                processes[name] = start_server(
                     [sys.executable, __file__, "--bare-server", reader],
                     {**env, "MSS_SMTP_PORT": str(ports[name])},
-                    ports[name],
                     root / f"{name}.log",
+                    ports[name],
                 )
         servers = {name: ([ports[name]], [processes[name].pid]) for name in ports}
         servers["relay"] = (relay_ports, [relay.pid for relay in relays])
@@ -432,20 +354,8 @@ def main() -> None:
         )
         try:
             for (label, sessions), per_session in counts.items():
-                results = asyncio.run(
-                    run_case(
-                        servers,
-                        ca_file,
-                        sender.address,
-                        sender.password,
-                        recipients,
-                        size=SIZES[label],
-                        sessions=sessions,
-                        per_session=per_session,
-                        repeats=repeats,
-                        dsn=args.dsn,
-                    )
-                )
+                load = Load(sender, recipients, SIZES[label], sessions, per_session)
+                results = asyncio.run(run_case(servers, ca_file, load, repeats=repeats, dsn=args.dsn))
                 case = f"{label} x{sessions}"
                 print(f"{case} ({sessions * per_session} messages per run)")
                 for name, runs in results.items():

@@ -34,7 +34,6 @@ import platform
 import random
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ import httpx
 import pyotp
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "tests")]
 
 from sqlalchemy import insert, select
 
@@ -61,6 +60,9 @@ from mss.pipeline import RecipientRequest, Submission
 from mss.runtime import open_runtime
 from mss.settings import Settings
 from mss.store import MessageMeta
+
+from _support import bench_env
+from server_process import free_port
 
 READER, SENDER = DEMO_ADDRESSES[0], DEMO_ADDRESSES[1]
 SUBJECTS = (
@@ -102,12 +104,6 @@ def serve() -> None:
             pass
 
     asyncio.run(main())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fill(rt, reader: accounts.UnlockedAccount, sender: accounts.UnlockedAccount, count: int) -> tuple[str, str]:
@@ -258,13 +254,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mss-bench-web-") as folder:
         root = Path(folder)
         port = free_port()
-        env = {
-            **os.environ,
-            "MSS_DATA_DIR": str(root / "data"),
-            "MSS_CERTS_DIR": str(root / "certs"),
-            "MSS_WEB_PORT": str(port),
-            "MSS_HOSTNAMES": "localhost,127.0.0.1",
-        }
+        env = bench_env(root, MSS_WEB_PORT=str(port))
         settings = Settings.from_env(env)
         rt = open_runtime(settings)
         demo = {d.address: d for d in load_demo(rt, actor="bench")}

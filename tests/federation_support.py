@@ -30,20 +30,21 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from directory.importer import import_extract
 from mss import trust
-from mss.crypto import pki
 from mss.crypto.pki import PkiPaths
 from mss.db import session_scope
 from mss.models import MailboxItem, Message
-from mss.runtime import Runtime, open_runtime
-from mss.settings import Settings
+from mss.outbound.worker import DeliveryWorker
+from mss.relay.mx import start_mx_listener
+from mss.relay.server import start_listener
+from mss.runtime import Runtime
+from mss.web.server import serve_publication
 
-from conftest import BACKEND, SAMPLES, drop_pg_database, new_pg_database, test_env
+from installation import Installation, install
+from server_process import free_port, start_server
+from task_thread import TaskThread
 from web_support import Person, create_person
 
-SAMPLE_EXTRACT = SAMPLES / "annuaire" / "Extraction_Correspondance_MSSante_sample.txt"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 A_DOMAIN, B_DOMAIN = "chu-demo.mss.test", "medecin.mss.test"
 A_USERS = ("marc.robert@chu-demo.mss.test", "cedric.petit@chu-demo.mss.test")
 B_USERS = ("joel.michel@medecin.mss.test", "eloise.fournier@medecin.mss.test")
@@ -61,41 +62,22 @@ FAST = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
-class Operator:
+class Operator(Installation):
     """One operator of the trust space: its settings, runtime, people and ports."""
 
     name: str
     domain: str
-    root: Path
-    env: dict[str, str]
-    settings: Settings
-    rt: Runtime
-    people: dict[str, Person]
-    database_url: str
     smtp_port: int
     mx_port: int
     pki_port: int
+    people: dict[str, Person] = field(default_factory=dict)
     services: Services | None = None
     extra: list[Any] = field(default_factory=list)
 
     @property
-    def ca_file(self) -> Path:
-        return PkiPaths.from_settings(self.settings).ca_certificate
-
-    @property
     def certificates_url(self) -> str:
         return f"http://127.0.0.1:{self.pki_port}/pki/certificates/"
-
-    def client_context(self) -> ssl.SSLContext:
-        """What a mail client trusts: this operator's CA."""
-        return ssl.create_default_context(cafile=str(self.ca_file))
 
     def peer_context(self, *, certificate: bool = True) -> ssl.SSLContext:
         """What another operator's server uses towards an MX: the peers' CAs, and (unless
@@ -147,47 +129,29 @@ class Operator:
             self.services.stop()
         for item in self.extra:
             item.stop()
-        self.rt.close()
-        if BACKEND == "postgresql":
-            drop_pg_database(self.database_url)
+        super().close()
 
 
 def build_operator(root: Path, name: str, domain: str, users: tuple[str, ...], **env_overrides: str) -> Operator:
     """PKI, the national directory extract and accounts for ``users``; nothing runs yet."""
-    root.mkdir(parents=True, exist_ok=True)
-    database_url = new_pg_database() if BACKEND == "postgresql" else f"sqlite:///{root / 'data' / 'mss.db'}"
     smtp_port, mx_port, pki_port = free_port(), free_port(), free_port()
-    env = test_env(root, database_url)
-    env.update(FAST)
-    env.update(
-        {
-            "MSS_DOMAINS": domain,
-            "MSS_SMTP_PORT": str(smtp_port),
-            "MSS_MX_PORT": str(mx_port),
-            "MSS_PKI_HTTP_PORT": str(pki_port),
-            "MSS_CRL_URL": f"http://127.0.0.1:{pki_port}/pki/ca.crl",
-            "MSS_PEER_CA_FILE": str(root / "peers-ca.pem"),
-        }
+    env = {
+        **FAST,
+        "MSS_DOMAINS": domain,
+        "MSS_SMTP_PORT": str(smtp_port),
+        "MSS_MX_PORT": str(mx_port),
+        "MSS_PKI_HTTP_PORT": str(pki_port),
+        "MSS_CRL_URL": f"http://127.0.0.1:{pki_port}/pki/ca.crl",
+        "MSS_PEER_CA_FILE": str(root / "peers-ca.pem"),
+        **env_overrides,
+    }
+    operator = install(
+        Operator, root, env, name=name, domain=domain, smtp_port=smtp_port, mx_port=mx_port, pki_port=pki_port
     )
-    env.update(env_overrides)
-    settings = Settings.from_env(env)
-    pki.init_dev_pki(settings)
-    rt = open_runtime(settings)
-    import_extract(rt.engine, SAMPLE_EXTRACT, actor="test")
-    people = {address: create_person(rt, address, "pw-" + secrets.token_urlsafe(12)) for address in users}
-    return Operator(
-        name=name,
-        domain=domain,
-        root=root,
-        env=env,
-        settings=settings,
-        rt=rt,
-        people=people,
-        database_url=database_url,
-        smtp_port=smtp_port,
-        mx_port=mx_port,
-        pki_port=pki_port,
+    operator.people.update(
+        {address: create_person(operator.rt, address, "pw-" + secrets.token_urlsafe(12)) for address in users}
     )
+    return operator
 
 
 def write_peer_cas(operator: Operator, *cas: Path) -> None:
@@ -247,11 +211,6 @@ class Services:
             self._started.set()
 
     async def _serve(self) -> None:
-        from mss.outbound.worker import DeliveryWorker
-        from mss.relay.mx import start_mx_listener
-        from mss.relay.server import start_listener
-        from mss.web.server import serve_publication
-
         op, rt = self.operator, self.rt
         self._loop = asyncio.get_running_loop()
         self._main = asyncio.current_task()
@@ -324,23 +283,8 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         mss = Path(sys.executable).with_name("mss")
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [str(mss), "serve", "relay"], env=self.env, cwd=PROJECT_ROOT, stdout=out, stderr=out
-            )
-        for port in (self.operator.smtp_port, self.operator.mx_port):
-            deadline = time.monotonic() + 60
-            while True:
-                assert self.process.poll() is None, self.log.read_text()[-3000:]
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                        if sock.recv(100).startswith(b"220 "):
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError("mss serve did not start: " + self.log.read_text()[-3000:])
-                time.sleep(0.05)
+        ports = (self.operator.smtp_port, self.operator.mx_port)
+        self.process = start_server([str(mss), "serve", "relay"], self.env, self.log, *ports)
         return self
 
     @property
@@ -430,68 +374,30 @@ class CuttingProxy:
                     pass
                 s.close()
 
-        def up() -> None:
+        def pump(source: socket.socket, target: socket.socket, direction: str) -> None:
+            """Copy ``source`` to ``target``; in the direction that is cut, the first bytes
+            past the threshold fire the cut instead of passing on."""
             try:
-                while data := client.recv(65536):
-                    sent[0] += len(data)
-                    if self.at == "upload" and sent[0] > self.threshold and self._fire():
+                while data := source.recv(65536):
+                    if direction == "upload":
+                        sent[0] += len(data)
+                    if self.at == direction and sent[0] > self.threshold and self._fire():
                         break
-                    upstream.sendall(data)
+                    target.sendall(data)
             except OSError:
                 pass
             close()
 
-        def down() -> None:
-            try:
-                while data := upstream.recv(65536):
-                    if self.at == "reply" and sent[0] > self.threshold and self._fire():
-                        break
-                    client.sendall(data)
-            except OSError:
-                pass
-            close()
-
-        threading.Thread(target=up, daemon=True).start()
-        threading.Thread(target=down, daemon=True).start()
+        threading.Thread(target=pump, args=(client, upstream, "upload"), daemon=True).start()
+        threading.Thread(target=pump, args=(upstream, client, "reply"), daemon=True).start()
         done.wait()
 
 
 _PROXY_LOCK = threading.Lock()
 
 
-class WorkerThread:
+class WorkerThread(TaskThread):
     """One more delivery worker of an operator (its own event loop, its own lease name)."""
 
     def __init__(self, rt: Runtime, name: str) -> None:
-        self.rt = rt
-        self.name = name
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def _run(self) -> None:
-        from mss.outbound.worker import DeliveryWorker
-
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            ready = asyncio.Event()
-            self._task = asyncio.ensure_future(DeliveryWorker(self.rt, name=self.name).run(ready=ready))
-            await ready.wait()
-            self._ready.set()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-        asyncio.run(main())
-
-    def start(self) -> WorkerThread:
-        self._thread.start()
-        self._ready.wait(30)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._task is not None:
-            self._loop.call_soon_threadsafe(self._task.cancel)
-        self._thread.join(60)
+        super().__init__(lambda ready: DeliveryWorker(rt, name=name).run(ready=ready), name=name)

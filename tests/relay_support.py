@@ -21,24 +21,20 @@ from email.utils import make_msgid
 from pathlib import Path
 
 import pytest
-from pypdf import PdfWriter
 from sqlalchemy import func, select
 
 from directory import service
-from directory.importer import import_extract
 from mss import accounts
-from mss.crypto.pki import PkiPaths, init_dev_pki
 from mss.db import session_scope
 from mss.documents import DocumentLimits, build_xdm, parse_cda
 from mss.models import MailboxItem, Message
 from mss.relay import RelayServer
-from mss.runtime import Runtime, open_runtime
-from mss.settings import Settings
+from mss.runtime import Runtime
 
-from conftest import BACKEND, SAMPLES, drop_pg_database, new_pg_database, test_env
+from document_samples import LETTER, pdf_bytes
+from installation import Installation, install
 
-SAMPLE_EXTRACT = SAMPLES / "annuaire" / "Extraction_Correspondance_MSSante_sample.txt"
-CDA_SAMPLE = SAMPLES / "cda" / "LDL-SES_2022.01.xml"
+CDA_SAMPLE = LETTER
 
 SENDER = "marc.robert@chu-demo.mss.test"
 RECIPIENTS = ("cedric.petit@chu-demo.mss.test", "joel.michel@medecin.mss.test")
@@ -54,33 +50,17 @@ MAX_MESSAGE_SIZE = 2_000_000
 
 
 @dataclass
-class Stack:
-    """A migrated database with directory and accounts, its settings and runtime."""
+class Stack(Installation):
+    """An installation with accounts of known passwords, and its relay once started."""
 
-    root: Path
-    env: dict[str, str]
-    settings: Settings
-    rt: Runtime
-    passwords: dict[str, str]
-    database_url: str
+    passwords: dict[str, str] = field(default_factory=dict)
     relay: RelayServer | None = None
     extra: list[Runtime] = field(default_factory=list)
-
-    @property
-    def ca_file(self) -> Path:
-        return PkiPaths.from_settings(self.settings).ca_certificate
 
     @property
     def port(self) -> int:
         assert self.relay is not None
         return self.relay.port
-
-    def client_context(self, **options: object) -> ssl.SSLContext:
-        """A client context that trusts the development CA (and checks the host name)."""
-        context = ssl.create_default_context(cafile=str(self.ca_file))
-        for name, value in options.items():
-            setattr(context, name, value)
-        return context
 
     def counts(self) -> tuple[int, int]:
         """Rows in ``message`` and ``mailbox_item``."""
@@ -97,35 +77,25 @@ class Stack:
     def close(self) -> None:
         if self.relay is not None:
             self.relay.stop()
-        self.rt.close()
-        if BACKEND == "postgresql":
-            drop_pg_database(self.database_url)
+        super().close()
 
 
 def build_stack(root: Path, **env_overrides: str) -> Stack:
     """PKI, directory, accounts and a revoked entry in ``root``; the relay is not started."""
-    database_url = new_pg_database() if BACKEND == "postgresql" else f"sqlite:///{root / 'data' / 'mss.db'}"
-    env = test_env(root, database_url)
-    env.update(
-        {
-            "MSS_MAX_LOGIN_FAILURES": str(MAX_LOGIN_FAILURES),
-            "MSS_MAX_RECIPIENTS": str(MAX_RECIPIENTS),
-            "MSS_MAX_MESSAGE_SIZE": str(MAX_MESSAGE_SIZE),
-            "MSS_SMTP_PORT": "0",
-        }
-    )
-    env.update(env_overrides)
-    settings = Settings.from_env(env)
-    init_dev_pki(settings)
-    rt = open_runtime(settings)
-    import_extract(rt.engine, SAMPLE_EXTRACT, actor="test")
-    passwords = {address: "pw-" + secrets.token_urlsafe(12) for address in ACCOUNTS}
-    with session_scope(rt.engine) as session:
-        for address, password in passwords.items():
-            accounts.create_account(session, settings, rt.master_key, address, password, actor="test")
-    with session_scope(rt.engine) as session:
+    relay_env = {
+        "MSS_MAX_LOGIN_FAILURES": str(MAX_LOGIN_FAILURES),
+        "MSS_MAX_RECIPIENTS": str(MAX_RECIPIENTS),
+        "MSS_MAX_MESSAGE_SIZE": str(MAX_MESSAGE_SIZE),
+        "MSS_SMTP_PORT": "0",
+    }
+    stack = install(Stack, root, {**relay_env, **env_overrides})
+    stack.passwords.update({address: "pw-" + secrets.token_urlsafe(12) for address in ACCOUNTS})
+    with session_scope(stack.rt.engine) as session:
+        for address, password in stack.passwords.items():
+            accounts.create_account(session, stack.settings, stack.rt.master_key, address, password, actor="test")
+    with session_scope(stack.rt.engine) as session:
         service.revoke_entry(session, REVOKED, reason="left the practice", actor="test")
-    return Stack(root=root, env=env, settings=settings, rt=rt, passwords=passwords, database_url=database_url)
+    return stack
 
 
 def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
@@ -200,16 +170,6 @@ def queue_id(reply: tuple[int, bytes]) -> str:
 
 
 # -- documents and messages --------------------------------------------------------------
-
-
-def pdf_bytes(pages: int = 1) -> bytes:
-    """A small valid PDF."""
-    writer = PdfWriter()
-    for _ in range(pages):
-        writer.add_blank_page(width=595, height=842)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
 
 
 def cda_bytes() -> bytes:

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import base64
-import io
-from pathlib import Path
 
 import pytest
-from pypdf import PdfWriter
-from pypdf.generic import DictionaryObject, NameObject, TextStringObject
+from pypdf.generic import TextStringObject
 
 from mss.documents import (
     ActivePdfContent,
     CdaInfo,
     Document,
-    DocumentLimits,
     DocumentTypeMismatch,
     InvalidCda,
     InvalidPdf,
@@ -35,29 +31,13 @@ from mss.documents import (
 from mss.documents.cda import INS_NIR, INS_NIR_TEST
 from mss.relay.handler import document_status
 
+from document_samples import CDA_SAMPLES, LIMITS, action, pdf_bytes, pdf_opening_with
+
 pytestmark = pytest.mark.sqlite_only
-
-SAMPLES = Path(__file__).resolve().parent / "samples" / "cda"
-LIMITS = DocumentLimits()
-
-
-def make_pdf() -> bytes:
-    writer = PdfWriter()
-    writer.add_blank_page(width=595, height=842)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
 
 
 def javascript_pdf() -> bytes:
-    writer = PdfWriter()
-    writer.add_blank_page(width=595, height=842)
-    writer._root_object[NameObject("/OpenAction")] = DictionaryObject(
-        {NameObject("/S"): NameObject("/JavaScript"), NameObject("/JS"): TextStringObject("app.alert('x');")}
-    )
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
+    return pdf_opening_with(action("/JavaScript", JS=TextStringObject("app.alert('x');")))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +45,7 @@ def parsed() -> dict[str, Document]:
     """Every ANS example, inspected once for the module."""
     return {
         path.name: inspect_attachment(path.name, "text/xml", path.read_bytes(), limits=LIMITS)
-        for path in sorted(SAMPLES.glob("*.xml"))
+        for path in sorted(CDA_SAMPLES.glob("*.xml"))
     }
 
 
@@ -401,7 +381,7 @@ def test_cda_declared_or_named_otherwise_is_refused() -> None:
 
 
 def test_pdf_body_declared_with_another_type_is_checked_and_reported() -> None:
-    pdf = make_pdf()
+    pdf = pdf_bytes()
     info = parse_cda(non_xml_body(pdf, "pdf/xml"), filename="a.xml", limits=LIMITS)
     body = info.non_xml_body
     assert body is not None and body.is_pdf and body.pages == 1 and body.declared_type_wrong

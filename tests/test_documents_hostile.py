@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import zipfile
-from pathlib import Path
 
 import pytest
 from pypdf import PdfWriter
@@ -28,28 +27,13 @@ from mss.documents import (
 )
 from mss.relay.handler import document_status
 
-pytestmark = pytest.mark.sqlite_only
+from document_samples import LETTER, LIMITS, action, with_attributes, written
 
-LIMITS = DocumentLimits()
-SAMPLES = Path(__file__).resolve().parent / "samples" / "cda"
+pytestmark = pytest.mark.sqlite_only
 
 
 def name(value: str) -> NameObject:
     return NameObject(value)
-
-
-def action(kind: str, **entries: object) -> DictionaryObject:
-    """A PDF action dictionary (``/S kind`` and its entries)."""
-    result = DictionaryObject({name("/S"): name(kind)})
-    for key, value in entries.items():
-        result[name("/" + key)] = value
-    return result
-
-
-def written(writer: PdfWriter) -> bytes:
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
 
 
 def pdf_with_link(link_action: DictionaryObject) -> bytes:
@@ -216,20 +200,10 @@ def test_polyglots_are_refused(filename: str, content_type: str, data: bytes) ->
 
 def test_single_format_files_still_pass() -> None:
     assert inspect_attachment("a.pdf", "application/pdf", b"\r\n" + make_pdf(), limits=LIMITS).kind == "pdf"
-    sample = (SAMPLES / "LDL-SES_2022.01.xml").read_bytes()
-    assert inspect_attachment("cr.xml", "text/xml", sample, limits=LIMITS).kind == "cda"
+    assert inspect_attachment("cr.xml", "text/xml", LETTER.read_bytes(), limits=LIMITS).kind == "cda"
 
 
 # -- XML shaped to be slow ----------------------------------------------------------------
-
-
-def with_attributes(count: int) -> bytes:
-    """The example CDA with ``count`` attributes on the first narrative block (40,000 held
-    the service for 10 seconds before attributes were counted)."""
-    sample = (SAMPLES / "LDL-SES_2022.01.xml").read_bytes()
-    attributes = " ".join(f'attr{i}="val"' for i in range(count)).encode()
-    start = sample.index(b"<text>")
-    return sample[:start] + b"<text " + attributes + b">" + sample[start + len(b"<text>") :]
 
 
 def test_attribute_flood_is_refused_by_count() -> None:
@@ -242,22 +216,20 @@ def test_attribute_flood_is_refused_by_count() -> None:
     assert parse_cda(with_attributes(LIMITS.max_xml_attributes), filename="cr.xml", limits=LIMITS).sections
 
 
-def test_element_count_and_narrative_text_are_bounded() -> None:
-    many = MINIMAL.replace(
+def with_narrative(text: bytes) -> bytes:
+    """The minimal CDA with one section whose narrative block holds ``text``."""
+    return MINIMAL.replace(
         b"<structuredBody/>",
-        b"<structuredBody><component><section><text>"
-        + b"<br/>" * 5000
-        + b"</text></section></component></structuredBody>",
+        b"<structuredBody><component><section><text>" + text + b"</text></section></component></structuredBody>",
     )
+
+
+def test_element_count_and_narrative_text_are_bounded() -> None:
+    many = with_narrative(b"<br/>" * 5000)
     with pytest.raises(XmlTooComplex, match="elements"):
         parse_cda(many, filename="cr.xml", limits=DocumentLimits(max_xml_elements=1000))
     assert parse_cda(many, filename="cr.xml", limits=LIMITS).sections
-    wordy = MINIMAL.replace(
-        b"<structuredBody/>",
-        b"<structuredBody><component><section><text>"
-        + b"mot " * 50_000
-        + b"</text></section></component></structuredBody>",
-    )
+    wordy = with_narrative(b"mot " * 50_000)
     with pytest.raises(XmlTooComplex, match="narrative text"):
         parse_cda(wordy, filename="cr.xml", limits=DocumentLimits(max_narrative_text=100_000))
 
@@ -267,11 +239,7 @@ def test_element_count_and_narrative_text_are_bounded() -> None:
 
 def slow_cda(elements: int) -> bytes:
     """A CDA whose narrative holds ``elements`` line breaks (300,000 take seconds to read)."""
-    return MINIMAL.replace(
-        b"<structuredBody/>",
-        b"<structuredBody><component><section><text>" + b"<br/>" * elements + b"</text></section></component>"
-        b"</structuredBody>",
-    )
+    return with_narrative(b"<br/>" * elements)
 
 
 def test_a_check_past_its_deadline_is_stopped_and_refused() -> None:

@@ -6,11 +6,10 @@ import io
 import os
 import random
 import zipfile
-from pathlib import Path
 
 import pytest
 from pypdf import PdfWriter
-from pypdf.generic import DictionaryObject, NameObject, TextStringObject
+from pypdf.generic import TextStringObject
 
 from mss.documents import (
     ActivePdfContent,
@@ -27,14 +26,10 @@ from mss.documents import (
 from mss.relay import replies
 from mss.relay.handler import document_status
 
-from relay_support import pdf_bytes
+from document_samples import LIMITS, WORLD, action, pdf_bytes, pdf_of_objects, pdf_opening_with, written
 
 # These tests touch no database: once per suite run is enough.
 pytestmark = pytest.mark.sqlite_only
-
-
-LIMITS = DocumentLimits()
-WORLD = Path(__file__).resolve().parent / "samples" / "world"
 
 
 def make_pdf(pages: int = 2) -> bytes:
@@ -43,22 +38,14 @@ def make_pdf(pages: int = 2) -> bytes:
 
 # A minimal valid PDF written by hand: one empty page, a correct cross-reference table.
 def handmade_pdf() -> bytes:
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] >>",
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    for offset in offsets:
-        out += b"%010d 00000 n \n" % offset
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(out)
+    return pdf_of_objects(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] >>",
+        ],
+        version="1.4",
+    )
 
 
 def test_generated_pdf_is_accepted_with_its_page_count() -> None:
@@ -167,10 +154,8 @@ def test_password_protected_pdf_is_refused() -> None:
     writer = PdfWriter()
     writer.add_blank_page(width=200, height=200)
     writer.encrypt("secret", algorithm="AES-256")
-    out = io.BytesIO()
-    writer.write(out)
     with pytest.raises(EncryptedPdf) as caught:
-        inspect_attachment("secret.pdf", "application/pdf", out.getvalue(), limits=LIMITS)
+        inspect_attachment("secret.pdf", "application/pdf", written(writer), limits=LIMITS)
     assert caught.value.code == "pdf-encrypted"
     assert document_status(caught.value) == (550, "5.7.1")
 
@@ -179,23 +164,15 @@ def test_permissions_only_encrypted_pdf_is_accepted() -> None:
     writer = PdfWriter()
     writer.add_blank_page(width=200, height=200)
     writer.encrypt(user_password="", owner_password="owner", algorithm="AES-128")
-    out = io.BytesIO()
-    writer.write(out)
-    info = check_pdf("protected.pdf", out.getvalue(), limits=LIMITS)
+    info = check_pdf("protected.pdf", written(writer), limits=LIMITS)
     assert info.encrypted is True
     assert info.pages == 1
 
 
 def test_pdf_with_javascript_is_refused() -> None:
-    writer = PdfWriter()
-    writer.add_blank_page(width=200, height=200)
-    writer._root_object[NameObject("/OpenAction")] = DictionaryObject(
-        {NameObject("/S"): NameObject("/JavaScript"), NameObject("/JS"): TextStringObject("app.alert(1)")}
-    )
-    out = io.BytesIO()
-    writer.write(out)
+    data = pdf_opening_with(action("/JavaScript", JS=TextStringObject("app.alert(1)")), width=200, height=200)
     with pytest.raises(ActivePdfContent):
-        inspect_attachment("a.pdf", "application/pdf", out.getvalue(), limits=LIMITS)
+        inspect_attachment("a.pdf", "application/pdf", data, limits=LIMITS)
 
 
 def test_size_limit_applies() -> None:

@@ -7,10 +7,8 @@ import io
 import stat
 import struct
 import zipfile
-from pathlib import Path
 
 import pytest
-from pypdf import PdfWriter
 
 from mss.documents import (
     ArchiveBomb,
@@ -36,25 +34,15 @@ from mss.documents import (
 from mss.documents.xdm import DE_TYPE, DOC_ENTRY_STABLE, LCM, RIM
 from mss.relay.handler import document_status
 
+from document_samples import LETTER, LIMITS, WORLD, pdf_bytes
+
 pytestmark = pytest.mark.sqlite_only
-
-SAMPLES = Path(__file__).resolve().parent / "samples" / "cda"
-LIMITS = DocumentLimits()
-WORLD = Path(__file__).parent / "samples" / "world"
-
-
-def make_pdf() -> bytes:
-    writer = PdfWriter()
-    writer.add_blank_page(width=595, height=842)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")
 def letter() -> tuple[bytes, CdaInfo]:
-    data = (SAMPLES / "LDL-SES_2022.01.xml").read_bytes()
-    return data, parse_cda(data, filename="LDL-SES_2022.01.xml", limits=LIMITS)
+    data = LETTER.read_bytes()
+    return data, parse_cda(data, filename=LETTER.name, limits=LIMITS)
 
 
 def metadata_for(uri: str, data: bytes, mime_type: str = "application/pdf") -> bytes:
@@ -83,7 +71,7 @@ def make_zip(entries: list[tuple[str | zipfile.ZipInfo, bytes]], compression: in
 
 
 def pdf_package(extra: list[tuple[str | zipfile.ZipInfo, bytes]] = ()) -> list[tuple[str | zipfile.ZipInfo, bytes]]:
-    pdf = make_pdf()
+    pdf = pdf_bytes()
     return [
         ("README.TXT", b"IHE XDM package\r\n"),
         ("IHE_XDM/SUBSET01/METADATA.XML", metadata_for("DOC0001.PDF", pdf)),
@@ -97,7 +85,7 @@ def pdf_package(extra: list[tuple[str | zipfile.ZipInfo, bytes]] = ()) -> list[t
 
 def test_built_package_round_trips(letter: tuple[bytes, CdaInfo]) -> None:
     data, info = letter
-    pdf = make_pdf()
+    pdf = pdf_bytes()
     package = build_xdm(
         [("LDL-SES_2022.01.xml", data, info), ("scan.pdf", pdf, None)], author=info.authors[0], patient=info.patient
     )
@@ -271,7 +259,7 @@ def test_encrypted_entry_is_refused() -> None:
 
 def test_missing_metadata_is_refused() -> None:
     with pytest.raises(InvalidXdm) as caught:
-        parse_xdm(make_zip([("IHE_XDM/SUBSET01/DOC0001.PDF", make_pdf())]), limits=LIMITS)
+        parse_xdm(make_zip([("IHE_XDM/SUBSET01/DOC0001.PDF", pdf_bytes())]), limits=LIMITS)
     assert caught.value.code == "xdm-no-metadata"
     assert document_status(caught.value) == (554, "5.6.0")
 
@@ -286,13 +274,13 @@ def test_metadata_with_doctype_is_refused() -> None:
     metadata = b"""<?xml version="1.0"?>
 <!DOCTYPE x [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
 <lcm:SubmitObjectsRequest xmlns:lcm="urn:oasis:names:tc:ebxml-regrep:xsd:lcm:3.0">&xxe;</lcm:SubmitObjectsRequest>"""
-    entries = [("IHE_XDM/SUBSET01/METADATA.XML", metadata), ("IHE_XDM/SUBSET01/DOC0001.PDF", make_pdf())]
+    entries = [("IHE_XDM/SUBSET01/METADATA.XML", metadata), ("IHE_XDM/SUBSET01/DOC0001.PDF", pdf_bytes())]
     with pytest.raises(XmlDoctypeForbidden):
         parse_xdm(make_zip(entries), limits=LIMITS)
 
 
 def test_metadata_that_is_not_ebrim_is_refused() -> None:
-    entries = [("IHE_XDM/SUBSET01/METADATA.XML", b"<metadata/>"), ("IHE_XDM/SUBSET01/DOC0001.PDF", make_pdf())]
+    entries = [("IHE_XDM/SUBSET01/METADATA.XML", b"<metadata/>"), ("IHE_XDM/SUBSET01/DOC0001.PDF", pdf_bytes())]
     with pytest.raises(InvalidXdm, match="SubmitObjectsRequest"):
         parse_xdm(make_zip(entries), limits=LIMITS)
 
@@ -345,7 +333,7 @@ def test_a_program_beside_the_documents_is_refused(name: str, content: bytes) ->
 
 
 def test_package_zipped_with_its_folder_and_lower_case_names_is_accepted() -> None:
-    pdf = make_pdf()
+    pdf = pdf_bytes()
     entries = [
         ("export/", b""),
         ("export/README.txt", b"package"),
@@ -360,7 +348,7 @@ def test_package_zipped_with_its_folder_and_lower_case_names_is_accepted() -> No
 
 
 def test_entry_without_uri_is_found_by_its_id() -> None:
-    pdf = make_pdf()
+    pdf = pdf_bytes()
     metadata = metadata_for("X", pdf).replace(
         b'<rim:Slot name="URI"><rim:ValueList><rim:Value>X</rim:Value></rim:ValueList></rim:Slot>', b""
     )
@@ -389,18 +377,18 @@ def test_direct_project_package_is_accepted() -> None:
 
 
 def test_metadata_uri_escaping_the_subset_is_refused() -> None:
-    pdf = make_pdf()
+    pdf = pdf_bytes()
     entries = [("README.TXT", pdf), ("IHE_XDM/SUBSET01/METADATA.XML", metadata_for("../../README.TXT", pdf))]
     with pytest.raises(InvalidXdm, match="outside its folder"):
         parse_xdm(make_zip(entries), limits=LIMITS)
 
 
 def test_listed_document_missing_or_altered_is_refused() -> None:
-    pdf = make_pdf()
+    pdf = pdf_bytes()
     missing = [("IHE_XDM/SUBSET01/METADATA.XML", metadata_for("DOC0001.PDF", pdf))]
     with pytest.raises(InvalidXdm, match="does not hold it"):
         parse_xdm(make_zip(missing), limits=LIMITS)
-    other = make_pdf().replace(b"/MediaBox", b"/MediaBox ")
+    other = pdf_bytes().replace(b"/MediaBox", b"/MediaBox ")
     altered = [
         ("IHE_XDM/SUBSET01/METADATA.XML", metadata_for("DOC0001.PDF", pdf)),
         ("IHE_XDM/SUBSET01/DOC0001.PDF", other),

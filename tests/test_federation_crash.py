@@ -41,6 +41,7 @@ from mss import audit
 from mss.db import session_scope
 from mss.models import AuditEvent, Delivery, InboundDelivery, MailboxItem, Message, Outbound
 
+from document_samples import pdf_of_size
 from web_support import build_message
 
 MARC = A_USERS[0]
@@ -64,31 +65,9 @@ def setup_pair(root: Path) -> tuple[Operator, Operator, int]:
 
 def message(number: int) -> tuple[str, bytes]:
     message_id = f"<crash-{number}@chu-demo.mss.test>"
-    attachments = [("scanner.pdf", "application/pdf", big_pdf())] if number == BIG else []
+    attachments = [("scanner.pdf", "application/pdf", pdf_of_size(780_000))] if number == BIG else []
     raw = build_message(MARC, [JOEL], f"Compte rendu {number}", f"Message {number}.\n", attachments)
     return message_id, raw.replace(b"\r\nSubject:", f"\r\nMessage-ID: {message_id}\r\nSubject:".encode(), 1)
-
-
-def big_pdf() -> bytes:
-    """A valid one-page PDF of about 800 KB (its page content padded with comments)."""
-    content = b"% padding of the page content\n" * 26_000
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R >>",
-        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
-    ]
-    out = bytearray(b"%PDF-1.7\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    for offset in offsets:
-        out += b"%010d 00000 n \n" % offset
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(out)
 
 
 def submit_all(a: Operator) -> tuple[int, dict[str, str]]:
@@ -129,6 +108,20 @@ def queue_done(a: Operator) -> bool:
     return len(states) == MESSAGES and all(state == "done" for state in states)
 
 
+def restarted_delivers_everything(
+    process: OperatorProcess, a: Operator, b: Operator, sent: int, acknowledged: dict[str, str], case: str
+) -> dict[str, int]:
+    """Start the killed side again: A's queue empties, every acknowledged message is at B
+    once, none lost; the counts."""
+    process.start()
+    wait_for(lambda: queue_done(a), timeout=90, what="A's queue to empty")
+    result = counts(a, b, sent, acknowledged)
+    print(f"\n{case}: {result}")
+    assert result["sent"] == result["acknowledged"] == result["delivered"] == MESSAGES
+    assert result["duplicated"] == 0 and result["lost"] == 0
+    return result
+
+
 def check_consistent(operator: Operator) -> None:
     """Every stored message has all its rows; the audit chain holds."""
     with session_scope(operator.rt.engine) as session:
@@ -162,12 +155,7 @@ def test_sender_killed_after_the_peers_250_delivers_again_and_the_peer_keeps_one
             ).scalar_one()
         assert big == "queued"  # A never learnt that B has it ...
         assert len(stored) >= 1  # ... while B committed it
-        sender.start()
-        wait_for(lambda: queue_done(a), timeout=90, what="A's queue to empty")
-        result = counts(a, b, sent, acknowledged)
-        print(f"\nsender killed after the peer's 250: {result}")
-        assert result["sent"] == result["acknowledged"] == result["delivered"] == MESSAGES
-        assert result["duplicated"] == 0 and result["lost"] == 0
+        result = restarted_delivers_everything(sender, a, b, sent, acknowledged, "sender killed after the peer's 250")
         assert result["repeats answered without storing"] >= 1  # the window was really hit
         assert sender.stop() == 0
         check_consistent(a)
@@ -196,12 +184,7 @@ def test_receiver_killed_during_data_stores_nothing_half_and_gets_the_retry(tmp_
         with session_scope(b.rt.engine) as session:
             assert session.execute(select(Message.id).where(Message.message_id == big_id)).first() is None
         check_consistent(b)
-        receiver.start()
-        wait_for(lambda: queue_done(a), timeout=90, what="A's queue to empty")
-        result = counts(a, b, sent, acknowledged)
-        print(f"\nreceiver killed during DATA: {result}")
-        assert result["sent"] == result["acknowledged"] == result["delivered"] == MESSAGES
-        assert result["duplicated"] == 0 and result["lost"] == 0
+        restarted_delivers_everything(receiver, a, b, sent, acknowledged, "receiver killed during DATA")
         with session_scope(a.rt.engine) as session:
             attempts = session.execute(
                 select(Outbound.attempts)

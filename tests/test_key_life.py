@@ -4,7 +4,6 @@ fail-closed signature checks, the TLS names, files at rest, and the ``mss`` comm
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import ssl
@@ -27,46 +26,22 @@ from mss.db import session_scope, utcnow
 from mss.health import startup_warnings
 from mss.runtime import Runtime, open_runtime
 from mss.settings import Settings
+from mss.web.server import serve_publication
 
 from conftest import test_env as environment_for
 from relay_support import RECIPIENTS, SENDER, build_stack
+from task_thread import TaskThread
 
 
-class Publication:
-    """``serve_publication`` (the CRL over plain HTTP) in a thread, on a free loopback port."""
+class Publication(TaskThread):
+    """``serve_publication`` (the CRL over plain HTTP) in a thread, on the socket given."""
 
     def __init__(self, rt: Runtime, sock: socket.socket) -> None:
-        self.rt, self.sock = rt, sock
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.task: asyncio.Future | None = None
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(lambda ready: serve_publication(rt, sock=sock, started=ready), name="publication")
+        self.sock = sock
 
-    def _run(self) -> None:
-        from mss.web.server import serve_publication
-
-        async def main() -> None:
-            self.loop = asyncio.get_running_loop()
-            started = asyncio.Event()
-            self.task = asyncio.ensure_future(serve_publication(self.rt, sock=self.sock, started=started))
-            await started.wait()
-            self.ready.set()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
-
-        asyncio.run(main())
-
-    def __enter__(self) -> Publication:
-        self.thread.start()
-        assert self.ready.wait(30), "the CRL publication did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.loop is not None and self.task is not None
-        self.loop.call_soon_threadsafe(self.task.cancel)
-        self.thread.join(30)
+    def stop(self) -> None:
+        super().stop()
         self.sock.close()
 
 
@@ -238,26 +213,25 @@ def test_files_at_rest_are_private(tmp_path: Path) -> None:
 
 # -- the mss command -------------------------------------------------------------------------
 
+PASSPHRASE = "a long passphrase!\n"
+EXPORT_PASSWORD = "export password 1\n"
+
+
+def refused(mss, says: str, *args: str, input: str | None = None) -> None:
+    """``mss *args`` fails with exit code 1 and ``says`` on stderr."""
+    result = mss(*args, input=input, ok=False)
+    assert result.exit_code == 1 and says in result.stderr
+
 
 def test_cli_other_operators_and_identifiers(mss) -> None:
     mss("directory", "add", "--address", "x@gmail.com", "--rpps", "10009999998", "--last-name", "X")
     shown = mss("directory", "show", "x@gmail.com").stdout
     assert "another operator (gmail.com)" in shown
-    refused = mss("account", "create", "x@gmail.com", "--password-stdin", input="a long passphrase!\n" * 2, ok=False)
-    assert refused.exit_code == 1 and "another operator" in refused.stderr
-    refused = mss(
-        "pki",
-        "issue",
-        "x@gmail.com",
-        "--out",
-        "/dev/null",
-        "--password-stdin",
-        input="export password 1\n" * 2,
-        ok=False,
-    )
-    assert refused.exit_code == 1 and "another operator" in refused.stderr
-    bad = mss("directory", "add", "--address", "y@mss.test", "--rpps", "123", "--last-name", "Y", ok=False)
-    assert bad.exit_code == 1 and "neither an RPPS number" in bad.stderr
+    refused(mss, "another operator", "account", "create", "x@gmail.com", "--password-stdin", input=PASSPHRASE * 2)
+    issue_abroad = ("pki", "issue", "x@gmail.com", "--out", "/dev/null", "--password-stdin")
+    refused(mss, "another operator", *issue_abroad, input=EXPORT_PASSWORD * 2)
+    bad_rpps = ("directory", "add", "--address", "y@mss.test", "--rpps", "123", "--last-name", "Y")
+    refused(mss, "neither an RPPS number", *bad_rpps)
     mss(
         "directory", "add", "--address", "z@mss.test", "--rpps", "751234567", "--rpps-type", "adeli", "--last-name", "Z"
     )
@@ -280,42 +254,16 @@ def test_cli_other_operators_and_identifiers(mss) -> None:
 
 def test_cli_rekey_renew_and_revoke(mss, env) -> None:
     mss("directory", "add", "--address", "dr.a@mss.test", "--rpps", "10009999998", "--last-name", "A")
-    mss("account", "create", "dr.a@mss.test", "--password-stdin", input="a long passphrase!\n" * 2)
+    mss("account", "create", "dr.a@mss.test", "--password-stdin", input=PASSPHRASE * 2)
     revoked = mss("pki", "revoke", "dr.a@mss.test", "--reason", "keyCompromise").stdout
     assert "can no longer log in or send until it is rekeyed" in revoked
-    refused = mss(
-        "account",
-        "export-key",
-        "dr.a@mss.test",
-        "--out",
-        "/dev/null",
-        "--password-stdin",
-        input="a long passphrase!\nexport password 1\nexport password 1\n",
-        ok=False,
-    )
-    assert refused.exit_code == 1 and "revoked" in refused.stderr
-    wrong = mss("account", "rekey", "dr.a@mss.test", "--password-stdin", input="not the password\n", ok=False)
-    assert wrong.exit_code == 1 and "invalid" in wrong.stderr
-    done = mss(
-        "account",
-        "rekey",
-        "dr.a@mss.test",
-        "--reason",
-        "keyCompromise",
-        "--password-stdin",
-        input="a long passphrase!\n",
-    ).stdout
-    assert "new certificate" in done
+    export = ("account", "export-key", "dr.a@mss.test", "--out")
+    refused(mss, "revoked", *export, "/dev/null", "--password-stdin", input=PASSPHRASE + EXPORT_PASSWORD * 2)
+    refused(mss, "invalid", "account", "rekey", "dr.a@mss.test", "--password-stdin", input="not the password\n")
+    rekey = ("account", "rekey", "dr.a@mss.test", "--reason", "keyCompromise", "--password-stdin")
+    assert "new certificate" in mss(*rekey, input=PASSPHRASE).stdout
     out = Path(env["MSS_DATA_DIR"]).parent / "a.p12"
-    mss(
-        "account",
-        "export-key",
-        "dr.a@mss.test",
-        "--out",
-        str(out),
-        "--password-stdin",
-        input="a long passphrase!\nexport password 1\nexport password 1\n",
-    )
+    mss(*export, str(out), "--password-stdin", input=PASSPHRASE + EXPORT_PASSWORD * 2)
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     renewal = mss("pki", "renew", "--within", "4000d", ok=False)
     assert renewal.exit_code != 0  # more than ten years is refused with a clear message

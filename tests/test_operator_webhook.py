@@ -8,7 +8,6 @@ with ``hmac``, as an integrator's receiver would.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -34,6 +33,7 @@ from mss.settings import Settings
 from mss.webhooks import outbox
 from mss.webhooks.sender import WebhookSender
 
+from task_thread import TaskThread
 from web_support import DOCTOR, GP, NURSE, build_message, create_person, doctor, gp, submit  # noqa: F401  (fixtures)
 
 KEY = secrets.token_bytes(32)
@@ -83,40 +83,11 @@ class Receiver:
         self._server.server_close()
 
 
-class SenderThread:
+class SenderThread(TaskThread):
     """A webhook sender of ``rt`` on its own event loop, as ``mss serve`` runs it."""
 
     def __init__(self, rt: Runtime, name: str = "test-sender") -> None:
-        self.rt = rt
-        self.name = name
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            ready = asyncio.Event()
-            self._task = asyncio.ensure_future(WebhookSender(self.rt, name=self.name).run(ready=ready))
-            await ready.wait()
-            self._ready.set()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-        asyncio.run(main())
-
-    def __enter__(self) -> SenderThread:
-        self._thread.start()
-        assert self._ready.wait(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._task is not None:
-            self._loop.call_soon_threadsafe(self._task.cancel)
-        self._thread.join(30)
+        super().__init__(lambda ready: WebhookSender(rt, name=name).run(ready=ready), name=name)
 
 
 @pytest.fixture

@@ -1,0 +1,55 @@
+"""An SMTP server in a process of its own, for tests that kill it and benchmarks that time it:
+a free loopback port to give it, and a start that returns once it greets.
+
+It imports nothing of the test suite, so that a benchmark can use it too.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A loopback port that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def greets(port: int) -> bool:
+    """Whether an SMTP server on 127.0.0.1:``port`` answers a connection with ``220``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            return sock.recv(100).startswith(b"220")
+    except OSError:
+        return False
+
+
+def start_server(
+    command: Sequence[str],
+    env: Mapping[str, str],
+    log: Path,
+    *ports: int,
+    cwd: Path = PROJECT_ROOT,
+    timeout: float = 60,
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` in ``cwd``, its output appended to ``log``; return once it greets on
+    each of ``ports``. Raises RuntimeError, with the end of the log, if it exits first or
+    does not greet within ``timeout`` seconds."""
+    with log.open("ab") as out:
+        process = subprocess.Popen(list(command), env=dict(env), cwd=cwd, stdout=out, stderr=out)
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while not greets(port):
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[0]} exited: {log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{command[0]} did not start: {log.read_text()[-3000:]}")
+            time.sleep(0.05)
+    return process
