@@ -7,6 +7,7 @@ status columns are ours.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Column, Index, LargeBinary
@@ -84,6 +85,34 @@ class DirectoryEntry(SQLModel, table=True):
         if self.kind == "PER":
             return " ".join(p for p in (self.title, self.first_name, self.last_name) if p) or self.address
         return self.org_name or self.address
+
+
+@dataclass(frozen=True)
+class EntryCard:
+    """A directory entry as people see it: next to a message, or among the recipients a
+    search finds (only the address when the directory has no entry for it)."""
+
+    address: str
+    name: str = ""
+    profession: str = ""
+    """The profession, or the skill when the entry names none."""
+    organisation: str = ""
+    rpps: str = ""
+    city: str = ""
+    status: str = ""
+
+    @classmethod
+    def of(cls, entry: DirectoryEntry) -> EntryCard:
+        """The card of a directory entry."""
+        return cls(
+            address=entry.address,
+            name=entry.display_name,
+            profession=entry.profession_label or entry.skill_label,
+            organisation=entry.org_name,
+            rpps=entry.rpps,
+            city=entry.city,
+            status=entry.status,
+        )
 
 
 class Certificate(SQLModel, table=True):

@@ -41,7 +41,7 @@ from sqlmodel import Session, col
 from unidecode import unidecode
 
 from directory.extract import address_error
-from directory.models import ACTIVE, DirectoryEntry
+from directory.models import ACTIVE, DirectoryEntry, EntryCard
 from mss.db import session_scope
 from mss.errors import DirectoryError, StorageError
 
@@ -248,34 +248,10 @@ def search(
 
 
 @dataclass(frozen=True)
-class Match:
-    """An active entry as a sender sees it when looking for a recipient."""
-
-    address: str
-    name: str
-    profession: str
-    """The profession, or the skill when the entry names none."""
-    organisation: str
-    city: str
-    rpps: str
-
-    @classmethod
-    def of(cls, entry: DirectoryEntry) -> Match:
-        return cls(
-            address=entry.address,
-            name=entry.display_name,
-            profession=entry.profession_label or entry.skill_label,
-            organisation=entry.org_name,
-            city=entry.city,
-            rpps=entry.rpps,
-        )
-
-
-@dataclass(frozen=True)
 class Matches:
     """A page of recipients, best first, and how many match in all."""
 
-    items: list[Match]
+    items: list[EntryCard]
     page: int
     has_next: bool
     total: int
@@ -290,7 +266,7 @@ def find_recipients(engine: Engine, query: str, *, page: int = 1, per_page: int 
     with session_scope(engine, readonly=True) as session:
         found = search(session, query, page=page, per_page=per_page, with_total=True)
         return Matches(
-            items=[Match.of(entry) for entry in found.items],
+            items=[EntryCard.of(entry) for entry in found.items],
             page=found.page,
             has_next=found.has_next,
             total=found.total or 0,

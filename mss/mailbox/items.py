@@ -6,13 +6,12 @@ id is "not found", whether it exists or not), and a correspondent's card from th
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlmodel import Session, col
 
-from directory.models import DirectoryEntry
+from directory.models import DirectoryEntry, EntryCard
 from mss import store
 from mss.documents import DocumentLimits
 from mss.models import MailboxItem, Message
@@ -31,31 +30,8 @@ DOC_TYPES = ("pdf", "cda", "xdm", "receipt")
 _QUEUE_ID = re.compile(r"^[0-9A-Z][0-9A-Z-]{0,39}$")  # pipeline ids, and receipts' ID-MDN-HASH
 
 
-@dataclass(frozen=True)
-class Correspondent:
-    """A directory entry as the reader sees it next to a message (only the address when the
-    directory has no entry for it)."""
-
-    address: str
-    name: str = ""
-    profession: str = ""
-    organisation: str = ""
-    rpps: str = ""
-    city: str = ""
-    status: str = ""
-
-    @classmethod
-    def of(cls, entry: DirectoryEntry) -> Correspondent:
-        """The card of a directory entry."""
-        return cls(
-            address=entry.address,
-            name=entry.display_name,
-            profession=entry.profession_label or entry.skill_label,
-            organisation=entry.org_name,
-            rpps=entry.rpps,
-            city=entry.city,
-            status=entry.status,
-        )
+# A correspondent is shown by the card of their directory entry.
+Correspondent = EntryCard
 
 
 def limits_of(rt: Runtime) -> DocumentLimits:

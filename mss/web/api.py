@@ -24,7 +24,8 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from directory.search import Match, find_recipients
+from directory.models import EntryCard
+from directory.search import find_recipients
 from mss import accounts, mailbox
 from mss.errors import BadCredentials, MssError
 from mss.mailbox import Draft, DraftInvalid, Upload
@@ -272,7 +273,7 @@ class CertificateOut:
 class DirectoryOut:
     """A page of directory results."""
 
-    items: list[Match]
+    items: list[EntryCard]
     page: int
     has_next: bool
 
