@@ -25,9 +25,8 @@ from federation_support import (
     B_NO_ACCOUNT,
     B_USERS,
     Operator,
-    build_operator,
     free_port,
-    link,
+    linked_operators,
     start,
     trust_peer,
     wait_for,
@@ -50,17 +49,10 @@ JOEL, ELOISE = B_USERS
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Operator, Operator]]:
-    root = tmp_path_factory.mktemp("federation")
-    a = build_operator(root / "a", "a", A_DOMAIN, A_USERS)
-    b = build_operator(root / "b", "b", B_DOMAIN, B_USERS)
     # A publishes no certificates: B learns them from signatures of A's users only.
-    link(a, b, a_publishes=False, b_publishes=True)
-    start(a, b)
-    try:
+    with linked_operators(tmp_path_factory.mktemp("federation"), a_publishes=False) as (a, b):
+        start(a, b)
         yield a, b
-    finally:
-        a.close()
-        b.close()
 
 
 def message_row(operator: Operator, queue_id: str) -> Message:
