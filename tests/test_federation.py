@@ -88,6 +88,14 @@ def relayed(operator: Operator, queue_id: str, recipient: str) -> Delivery | Non
     return row if row.status == "relayed" else None
 
 
+def letter(sender: str, recipient: str, subject: str, body: str, filename: str) -> bytes:
+    """A message from ``sender`` to ``recipient`` with one PDF named ``filename``, asking for a
+    read receipt."""
+    return build_message(
+        sender, [recipient], subject, body, [(filename, "application/pdf", pdf_bytes())], read_receipt=True
+    )
+
+
 def page_of(operator: Operator, person_address: str, queue_id: str, folder: str = "inbox") -> str:
     with TestClient(create_app(operator.rt), base_url=BASE_URL) as client:
         login(client, operator.people[person_address])
@@ -99,14 +107,7 @@ def page_of(operator: Operator, person_address: str, queue_id: str, folder: str 
 def test_encrypted_both_ways_with_receipts_back(pair: tuple[Operator, Operator]) -> None:
     a, b = pair
     # A to B: B publishes Joël's certificate, so A encrypts to it.
-    raw = build_message(
-        MARC,
-        [JOEL],
-        "Lettre de liaison",
-        "Bonjour,\nci-joint la lettre.\n",
-        [("courrier.pdf", "application/pdf", pdf_bytes())],
-        read_receipt=True,
-    )
+    raw = letter(MARC, JOEL, "Lettre de liaison", "Bonjour,\nci-joint la lettre.\n", "courrier.pdf")
     queue_id = a.submit(MARC, [JOEL], raw, rcpt_options=("NOTIFY=SUCCESS,FAILURE",))
     arrived = wait_for(lambda: newest_from(b, JOEL, MARC), what="the message at B")
     origin = MessageMeta.open(b.rt.master_key, arrived.meta_sealed).origin
@@ -148,14 +149,7 @@ def test_encrypted_both_ways_with_receipts_back(pair: tuple[Operator, Operator])
 def test_signed_inside_mutual_tls_when_no_certificate_is_known(pair: tuple[Operator, Operator]) -> None:
     a, b = pair
     # Cédric never wrote to B and A publishes nothing: B cannot encrypt to him.
-    raw = build_message(
-        JOEL,
-        [CEDRIC],
-        "Compte rendu",
-        "Voici le compte rendu.\n",
-        [("cr.pdf", "application/pdf", pdf_bytes())],
-        read_receipt=True,
-    )
+    raw = letter(JOEL, CEDRIC, "Compte rendu", "Voici le compte rendu.\n", "cr.pdf")
     queue_id = b.submit(JOEL, [CEDRIC], raw)
     delivery = wait_for(lambda: relayed(b, queue_id, CEDRIC), what="the relayed delivery at B")
     assert "signed, not encrypted" in delivery.reason
