@@ -4,7 +4,7 @@ domain, exchanging mail over mutual TLS.
 ``build_operator`` makes what an operator has after ``mss pki init``, a directory import (the
 same national extract everywhere) and a few ``mss account create``; ``link`` writes each
 one's peer CA file and puts the other's domain on its trust list with a route to its MX
-port and its certificate publication. ``Services`` runs the real doors of one operator in
+port and its certificate publication; ``linked_operators`` does both for operators A and B. ``Services`` runs the real doors of one operator in
 a thread: submission relay, MX listener, delivery worker and the plain-HTTP publication
 (CRL, CA, S/MIME certificates). ``OperatorProcess`` runs ``mss serve relay`` instead, for
 the tests that kill it.
@@ -23,7 +23,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,22 @@ def link(a: Operator, b: Operator, *, a_publishes: bool = True, b_publishes: boo
     write_peer_cas(b, a.ca_file)
     trust_peer(a, b.domain, f"127.0.0.1:{b.mx_port}", b.certificates_url if b_publishes else "")
     trust_peer(b, a.domain, f"127.0.0.1:{a.mx_port}", a.certificates_url if a_publishes else "")
+
+
+@contextmanager
+def linked_operators(
+    root: Path, *, a_env: dict[str, str] | None = None, a_publishes: bool = True, b_publishes: bool = True
+) -> Iterator[tuple[Operator, Operator]]:
+    """Operator A (``A_DOMAIN``, ``A_USERS``, with ``a_env`` over its settings) and operator B
+    under ``root``, linked; nothing runs yet. Both are closed on the way out."""
+    a = build_operator(root / "a", "a", A_DOMAIN, A_USERS, **(a_env or {}))
+    b = build_operator(root / "b", "b", B_DOMAIN, B_USERS)
+    try:
+        link(a, b, a_publishes=a_publishes, b_publishes=b_publishes)
+        yield a, b
+    finally:
+        a.close()
+        b.close()
 
 
 # -- running the doors -------------------------------------------------------------------------

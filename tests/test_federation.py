@@ -25,9 +25,8 @@ from federation_support import (
     B_NO_ACCOUNT,
     B_USERS,
     Operator,
-    build_operator,
     free_port,
-    link,
+    linked_operators,
     start,
     trust_peer,
     wait_for,
@@ -50,17 +49,10 @@ JOEL, ELOISE = B_USERS
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Operator, Operator]]:
-    root = tmp_path_factory.mktemp("federation")
-    a = build_operator(root / "a", "a", A_DOMAIN, A_USERS)
-    b = build_operator(root / "b", "b", B_DOMAIN, B_USERS)
     # A publishes no certificates: B learns them from signatures of A's users only.
-    link(a, b, a_publishes=False, b_publishes=True)
-    start(a, b)
-    try:
+    with linked_operators(tmp_path_factory.mktemp("federation"), a_publishes=False) as (a, b):
+        start(a, b)
         yield a, b
-    finally:
-        a.close()
-        b.close()
 
 
 def message_row(operator: Operator, queue_id: str) -> Message:
@@ -96,6 +88,14 @@ def relayed(operator: Operator, queue_id: str, recipient: str) -> Delivery | Non
     return row if row.status == "relayed" else None
 
 
+def letter(sender: str, recipient: str, subject: str, body: str, filename: str) -> bytes:
+    """A message from ``sender`` to ``recipient`` with one PDF named ``filename``, asking for a
+    read receipt."""
+    return build_message(
+        sender, [recipient], subject, body, [(filename, "application/pdf", pdf_bytes())], read_receipt=True
+    )
+
+
 def page_of(operator: Operator, person_address: str, queue_id: str, folder: str = "inbox") -> str:
     with TestClient(create_app(operator.rt), base_url=BASE_URL) as client:
         login(client, operator.people[person_address])
@@ -107,14 +107,7 @@ def page_of(operator: Operator, person_address: str, queue_id: str, folder: str 
 def test_encrypted_both_ways_with_receipts_back(pair: tuple[Operator, Operator]) -> None:
     a, b = pair
     # A to B: B publishes Joël's certificate, so A encrypts to it.
-    raw = build_message(
-        MARC,
-        [JOEL],
-        "Lettre de liaison",
-        "Bonjour,\nci-joint la lettre.\n",
-        [("courrier.pdf", "application/pdf", pdf_bytes())],
-        read_receipt=True,
-    )
+    raw = letter(MARC, JOEL, "Lettre de liaison", "Bonjour,\nci-joint la lettre.\n", "courrier.pdf")
     queue_id = a.submit(MARC, [JOEL], raw, rcpt_options=("NOTIFY=SUCCESS,FAILURE",))
     arrived = wait_for(lambda: newest_from(b, JOEL, MARC), what="the message at B")
     origin = MessageMeta.open(b.rt.master_key, arrived.meta_sealed).origin
@@ -156,14 +149,7 @@ def test_encrypted_both_ways_with_receipts_back(pair: tuple[Operator, Operator])
 def test_signed_inside_mutual_tls_when_no_certificate_is_known(pair: tuple[Operator, Operator]) -> None:
     a, b = pair
     # Cédric never wrote to B and A publishes nothing: B cannot encrypt to him.
-    raw = build_message(
-        JOEL,
-        [CEDRIC],
-        "Compte rendu",
-        "Voici le compte rendu.\n",
-        [("cr.pdf", "application/pdf", pdf_bytes())],
-        read_receipt=True,
-    )
+    raw = letter(JOEL, CEDRIC, "Compte rendu", "Voici le compte rendu.\n", "cr.pdf")
     queue_id = b.submit(JOEL, [CEDRIC], raw)
     delivery = wait_for(lambda: relayed(b, queue_id, CEDRIC), what="the relayed delivery at B")
     assert "signed, not encrypted" in delivery.reason

@@ -12,18 +12,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from federation_support import (
-    A_DOMAIN,
-    A_USERS,
-    B_DOMAIN,
-    B_USERS,
-    Operator,
-    Services,
-    WorkerThread,
-    build_operator,
-    link,
-    wait_for,
-)
+from federation_support import A_USERS, B_USERS, Operator, Services, WorkerThread, linked_operators, wait_for
 from sqlalchemy import select
 
 from mss.db import session_scope
@@ -39,16 +28,9 @@ JOEL, _ELOISE = B_USERS
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Operator, Operator]]:
-    root = tmp_path_factory.mktemp("queue")
-    a = build_operator(root / "a", "a", A_DOMAIN, A_USERS, MSS_DELAY_WARNING="1s")
-    b = build_operator(root / "b", "b", B_DOMAIN, B_USERS)
-    link(a, b)
-    a.services = Services(a).start()  # B is down
-    try:
+    with linked_operators(tmp_path_factory.mktemp("queue"), a_env={"MSS_DELAY_WARNING": "1s"}) as (a, b):
+        a.services = Services(a).start()  # B is down
         yield a, b
-    finally:
-        a.close()
-        b.close()
 
 
 def mss(operator: Operator, *args: str, ok: bool = True):
@@ -168,31 +150,29 @@ def test_retries_end_at_the_queue_lifetime(pair) -> None:
 
 
 def test_several_workers_deliver_each_message_once(tmp_path) -> None:
-    a = build_operator(tmp_path / "a", "a", A_DOMAIN, A_USERS)
-    b = build_operator(tmp_path / "b", "b", B_DOMAIN, B_USERS)
-    link(a, b)
-    workers: list[WorkerThread] = []
-    try:
-        b.services = Services(b).start()
-        a.services = Services(a, worker=False).start()  # submission and MX only, for now
-        sent = [a.submit(MARC, [JOEL], build_message(MARC, [JOEL], f"Résultat {n}", "Bonjour.\n")) for n in range(24)]
-        # Three workers, as if in three processes, start on a full queue together.
-        workers = [WorkerThread(a.rt, f"worker-{n}").start() for n in range(3)]
-        wait_for(lambda: all(status_of(a, q, JOEL) == "relayed" for q in sent), timeout=60, what="every delivery")
-        with session_scope(a.rt.engine) as session:
-            attempts = session.execute(select(Outbound.attempts).where(Outbound.kind == "message")).scalars().all()
-        assert sorted(attempts) == [1] * len(sent)  # each entry was taken by one worker, once
-        with session_scope(a.rt.engine) as session:
-            relays = (
-                session.execute(select(AuditEvent.detail).where(AuditEvent.action == "queue.relay")).scalars().all()
-            )
-        by_worker = {json.loads(detail)["worker"] for detail in relays}
-        assert len(relays) == len(sent) and len(by_worker) >= 2  # shared out, not serialised on one
-        assert len([m for m in b.inbox(JOEL) if m.kind != "receipt"]) == len(sent)
-        with session_scope(b.rt.engine) as session:
-            assert not session.execute(select(AuditEvent.id).where(AuditEvent.action == "message.duplicate")).all()
-    finally:
-        for worker in workers:
-            worker.stop()
-        a.close()
-        b.close()
+    with linked_operators(tmp_path) as (a, b):
+        workers: list[WorkerThread] = []
+        try:
+            b.services = Services(b).start()
+            a.services = Services(a, worker=False).start()  # submission and MX only, for now
+            sent = [
+                a.submit(MARC, [JOEL], build_message(MARC, [JOEL], f"Résultat {n}", "Bonjour.\n")) for n in range(24)
+            ]
+            # Three workers, as if in three processes, start on a full queue together.
+            workers = [WorkerThread(a.rt, f"worker-{n}").start() for n in range(3)]
+            wait_for(lambda: all(status_of(a, q, JOEL) == "relayed" for q in sent), timeout=60, what="every delivery")
+            with session_scope(a.rt.engine) as session:
+                attempts = session.execute(select(Outbound.attempts).where(Outbound.kind == "message")).scalars().all()
+            assert sorted(attempts) == [1] * len(sent)  # each entry was taken by one worker, once
+            with session_scope(a.rt.engine) as session:
+                relays = (
+                    session.execute(select(AuditEvent.detail).where(AuditEvent.action == "queue.relay")).scalars().all()
+                )
+            by_worker = {json.loads(detail)["worker"] for detail in relays}
+            assert len(relays) == len(sent) and len(by_worker) >= 2  # shared out, not serialised on one
+            assert len([m for m in b.inbox(JOEL) if m.kind != "receipt"]) == len(sent)
+            with session_scope(b.rt.engine) as session:
+                assert not session.execute(select(AuditEvent.id).where(AuditEvent.action == "message.duplicate")).all()
+        finally:
+            for worker in workers:
+                worker.stop()

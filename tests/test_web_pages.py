@@ -23,11 +23,13 @@ from web_support import (
     CDA_SAMPLE,
     DOCTOR,
     GP,
+    compose_page,
     create_person,
     csrf,
     login,
     pdf_bytes,
     post_compose,
+    sent_queue_id,
     submit,
     totp_page,
     unlocked,
@@ -188,8 +190,7 @@ def test_xdm_lists_its_documents_and_opens_each(rt, clients, doctor, gp):
 
 def test_compose_with_pdf_and_read_receipt_then_journey(rt, clients, doctor, gp):
     sender = clients()
-    login(sender, doctor)
-    page = sender.get("/compose")
+    page = compose_page(sender, doctor)
     pdf = pdf_bytes("Lettre de liaison")
     response = post_compose(
         sender,
@@ -200,11 +201,11 @@ def test_compose_with_pdf_and_read_receipt_then_journey(rt, clients, doctor, gp)
             "body": "Votre patiente est sortie ce jour.",
             "read_receipt": "on",
         },
-        files=[("attachments", ("lettre.pdf", pdf, "application/pdf"))],
+        attachments=[("lettre.pdf", pdf, "application/pdf")],
         follow_redirects=False,
     )
     assert response.status_code == 303, response.text
-    queue_id = response.headers["location"].split("/")[2].split("?")[0]
+    queue_id = sent_queue_id(response)
     sent_page = sender.get(response.headers["location"])
     assert "Sortie d&#39;hospitalisation" in sent_page.text and "dans la boîte" in sent_page.text
 
@@ -237,13 +238,12 @@ def test_compose_with_pdf_and_read_receipt_then_journey(rt, clients, doctor, gp)
 
 def test_compose_refusals_are_form_errors(rt, clients, doctor):
     client = clients()
-    login(client, doctor)
-    page = client.get("/compose")
+    page = compose_page(client, doctor)
     response = post_compose(
         client,
         page,
         {"to": "personne@chu-demo.mss.test", "subject": "Test", "body": "x"},
-        files=[("attachments", ("outil.exe", b"MZ\x90\x00\x03\x00\x00\x00\x04\x00", "application/octet-stream"))],
+        attachments=[("outil.exe", b"MZ\x90\x00\x03\x00\x00\x00\x04\x00", "application/octet-stream")],
     )
     assert response.status_code == 422
     assert "personne@chu-demo.mss.test ne figure pas dans l’annuaire." in response.text
@@ -281,7 +281,7 @@ def test_reply_and_forward_keep_attachments_and_name_their_signer(rt, clients, d
         follow_redirects=False,
     )
     assert response.status_code == 303, response.text
-    forwarded = response.headers["location"].split("/")[2].split("?")[0]
+    forwarded = sent_queue_id(response)
     page = client.get(f"/messages/{forwarded}?folder=sent")
     assert "Pièces jointes reprises d’un message précédent :" in page.text
     assert "bilan.pdf : signé par" in page.text and "signature valide" in page.text
@@ -448,17 +448,16 @@ def test_level_one_cda_shows_its_pdf_body(rt, clients, doctor, gp):
 def test_compose_packages_cda_as_ihe_xdm(rt, clients, doctor, gp):
     data = CDA_SAMPLE.read_bytes()
     sender = clients()
-    login(sender, doctor)
-    page = sender.get("/compose")
+    page = compose_page(sender, doctor)
     response = post_compose(
         sender,
         page,
         {"to": GP, "subject": "Paquet", "body": "CDA en XDM.", "package_xdm": "on"},
-        files=[("attachments", (CDA_SAMPLE.name, data, "text/xml"))],
+        attachments=[(CDA_SAMPLE.name, data, "text/xml")],
         follow_redirects=False,
     )
     assert response.status_code == 303, response.text
-    queue_id = response.headers["location"].split("/")[2].split("?")[0]
+    queue_id = sent_queue_id(response)
     opened = mailbox.open_message(rt, unlocked(rt, gp), queue_id)
     assert [(a.filename, a.kind) for a in opened.attachments] == [("IHE_XDM.ZIP", "xdm")]
     attachment = mailbox.open_attachment(rt, unlocked(rt, gp), queue_id, 0).attachment
@@ -563,8 +562,7 @@ def test_a_refused_send_keeps_the_draft_and_its_attachments(rt, clients, doctor,
     from mss.models import Draft as StoredDraft
 
     client = clients()
-    login(client, doctor)
-    page = client.get("/compose")
+    page = compose_page(client, doctor)
     pdf = pdf_bytes("Lettre de sortie confidentielle")
     refused = post_compose(
         client,
@@ -576,7 +574,7 @@ def test_a_refused_send_keeps_the_draft_and_its_attachments(rt, clients, doctor,
             "read_receipt": "on",
             "action": "send",
         },
-        files=[("attachments", ("lettre-durand.pdf", pdf, "application/pdf"))],
+        attachments=[("lettre-durand.pdf", pdf, "application/pdf")],
     )
     assert refused.status_code == 422 and "Rien n’est perdu" in refused.text
     draft_id = re.search(r'name="draft_id" value="([0-9A-F]{24})"', refused.text).group(1)
@@ -621,7 +619,7 @@ def test_a_refused_send_keeps_the_draft_and_its_attachments(rt, clients, doctor,
         follow_redirects=False,
     )
     assert sent.status_code == 303, sent.text
-    queue_id = sent.headers["location"].split("/")[2].split("?")[0]
+    queue_id = sent_queue_id(sent)
     assert client.get(f"/messages/{queue_id}/attachments/0").content == pdf
     assert "Aucun brouillon." in client.get("/drafts").text
     with session_scope(rt.engine) as session:
@@ -633,7 +631,7 @@ def test_a_refused_send_keeps_the_draft_and_its_attachments(rt, clients, doctor,
         client,
         page,
         {"subject": "À finir", "body": "Brouillon.", "action": "save"},
-        files=[("attachments", ("notes.pdf", pdf, "application/pdf"))],
+        attachments=[("notes.pdf", pdf, "application/pdf")],
         follow_redirects=False,
     )
     assert saved.status_code == 303 and saved.headers["location"].endswith("&saved=1")
@@ -675,7 +673,7 @@ def test_replies_and_forwards_keep_the_thread(rt, clients, doctor, gp):
         assert form.status_code == 200
         response = post_compose(client, form, fields, follow_redirects=False)
         assert response.status_code == 303, response.text
-        return response.headers["location"].split("/")[2].split("?")[0]
+        return sent_queue_id(response)
 
     form = doctor_client.get(f"/compose?reply={first.queue_id}").text
     assert "&gt; Résultats ci-joints.\n&gt; À revoir." in form

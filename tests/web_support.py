@@ -133,9 +133,23 @@ def login(client, person: Person) -> None:
     assert response.status_code in {200, 303}, response.text
 
 
-def post_compose(client, form, fields: dict[str, str], **options):
-    """Send the compose form with ``fields`` and the CSRF token of the page ``form``; the response."""
+def compose_page(client, person: Person):
+    """Log ``person`` in on ``client``; the compose page."""
+    login(client, person)
+    return client.get("/compose")
+
+
+def post_compose(client, form, fields: dict[str, str], *, attachments=(), **options):
+    """Send the compose form with ``fields``, the files ``attachments`` (each a filename, its
+    content and its content type) and the CSRF token of the page ``form``; the response."""
+    if attachments:
+        options["files"] = [("attachments", attachment) for attachment in attachments]
     return client.post("/compose", data={"csrf_token": csrf(form.text), **fields}, **options)
+
+
+def sent_queue_id(response) -> str:
+    """The queue id of the message a compose form sent, from the redirect to its page."""
+    return response.headers["location"].split("/")[2].split("?")[0]
 
 
 def totp_page(client, person: Person):
