@@ -54,13 +54,19 @@ class Person:
     last_step: int = field(default=0)
 
     def code(self) -> str:
-        """A TOTP code not used yet (the server refuses a step it has seen, or an earlier one)."""
-        current = int(time.time() // 30)
-        for step in (current - 1, current, current + 1):
-            if step > self.last_step:
-                self.last_step = step
-                return pyotp.TOTP(self.secret).at(step * 30)
-        raise RuntimeError("no unused TOTP step left in the drift window; wait for the next one")
+        """A TOTP code not used yet (the server refuses a step it has seen, or an earlier one)
+        that the server will still accept when it checks it: the previous step only while more
+        than 10 s of the current one remain (it leaves the drift window when the step ends).
+        When every such step is used, waits for the next step."""
+        while True:
+            now = time.time()
+            current = int(now // 30)
+            steps = (current - 1, current, current + 1) if 30 - now % 30 > 10 else (current, current + 1)
+            for step in steps:
+                if step > self.last_step:
+                    self.last_step = step
+                    return pyotp.TOTP(self.secret).at(step * 30)
+            time.sleep(30 - now % 30)
 
 
 def create_person(rt, address: str, password: str = PASSWORD) -> Person:
