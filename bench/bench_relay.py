@@ -24,8 +24,10 @@ Usage::
     .venv/bin/python bench/bench_relay.py --relays 2   # two relay processes on one database
 
 Prints, per case, messages/s, CPU ms per message and latency p50/p95 for each server
-(medians over repetitions), then the relay / bare ratios of each repetition as
-min / median / max. Settings are the defaults (argon2id moderate, RSA 3072 user keys,
+(medians over repetitions), its memory (the process tree's proportional set size, its
+anonymous part, and the server process's own resident set) at its peak during the runs
+and 5 s after the case's sessions closed, then the relay / bare ratios of each repetition
+as min / median / max. Settings are the defaults (argon2id moderate, RSA 3072 user keys,
 SQLite WAL with synchronous=FULL in a temporary folder) unless ``MSS_DATABASE_URL`` names
 another database.
 """
@@ -43,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +127,7 @@ class Result:
     seconds: float
     cpu_seconds: float
     latencies: list[float]
+    peak: Memory
 
     @property
     def rate(self) -> float:
@@ -142,9 +146,9 @@ class Result:
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its descendants still running (Linux /proc)."""
-    stats: dict[int, tuple[int, float]] = {}
+def _processes() -> dict[int, tuple[int, Path]]:
+    """Every process: its parent and its /proc folder (Linux)."""
+    found: dict[int, tuple[int, Path]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -152,15 +156,96 @@ def tree_cpu(pid: int) -> float:
             text = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = text[text.rindex(")") + 2 :].split()
-        # After the command: state, ppid (field 4) ... utime, stime (fields 14, 15).
-        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS)
-    total, frontier = 0.0, [pid]
+        found[int(entry.name)] = (int(text[text.rindex(")") + 2 :].split()[1]), entry)
+    return found
+
+
+def _tree(pid: int, processes: dict[int, tuple[int, Path]]) -> list[Path]:
+    """The /proc folders of ``pid`` and its descendants still running."""
+    folders, frontier = [], [pid]
     while frontier:
         current = frontier.pop()
-        total += stats.get(current, (0, 0.0))[1]
-        frontier.extend(child for child, (parent, _cpu) in stats.items() if parent == current)
+        if current in processes:
+            folders.append(processes[current][1])
+        frontier.extend(child for child, (parent, _folder) in processes.items() if parent == current)
+    return folders
+
+
+def tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants still running (Linux /proc)."""
+    total = 0.0
+    for folder in _tree(pid, _processes()):
+        try:
+            fields = (folder / "stat").read_text()
+        except OSError:
+            continue
+        # After the command: state, ppid (field 4) ... utime, stime (fields 14, 15).
+        after = fields[fields.rindex(")") + 2 :].split()
+        total += (int(after[11]) + int(after[12])) / _TICKS
     return total
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Memory of a server's process tree, in MiB: its proportional set size (each page
+    shared between processes, such as a worker's pages inherited from its parent, counted
+    once across them), and the anonymous part of it (heap and stacks: what the processes
+    allocated, without mapped files and shared libraries)."""
+
+    pss: float = 0.0
+    anon: float = 0.0
+    server_rss: float = 0.0
+    """The resident set of the server's own process (its first), workers left out."""
+
+    def __str__(self) -> str:
+        return f"{self.pss:.0f} MiB (anon {self.anon:.0f}, server RSS {self.server_rss:.0f})"
+
+
+def tree_memory(pids: list[int]) -> Memory:
+    """The memory now of ``pids`` and their descendants (Linux /proc)."""
+    processes = _processes()
+    pss = anon = server_rss = 0
+    try:
+        status = (Path("/proc") / str(pids[0]) / "status").read_text()
+        server_rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        pass
+    for pid in pids:
+        for folder in _tree(pid, processes):
+            try:
+                rollup = (folder / "smaps_rollup").read_text()
+            except OSError:
+                continue
+            for line in rollup.splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+                elif line.startswith("Pss_Anon:"):
+                    anon += int(line.split()[1])
+    return Memory(pss / 1024, anon / 1024, server_rss / 1024)
+
+
+class PeakMemory:
+    """Samples the memory of a server's processes every 50 ms on a thread; ``peak`` is the
+    highest total seen (and its anonymous part at that moment)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids, self.peak = pids, tree_memory(pids)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            now = tree_memory(self.pids)
+            if now.pss > self.peak.pss:
+                self.peak = now
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 @dataclass(frozen=True)
@@ -225,9 +310,10 @@ class Sessions:
 
         cpu = sum(map(tree_cpu, self.pids))
         started = time.perf_counter()
-        await asyncio.gather(*(one(i, c) for i, c in enumerate(self.clients)))
+        with PeakMemory(self.pids) as memory:
+            await asyncio.gather(*(one(i, c) for i, c in enumerate(self.clients)))
         elapsed = time.perf_counter() - started
-        return Result(len(latencies), elapsed, sum(map(tree_cpu, self.pids)) - cpu, latencies)
+        return Result(len(latencies), elapsed, sum(map(tree_cpu, self.pids)) - cpu, latencies, memory.peak)
 
     async def close(self) -> None:
         for client in self.clients:
@@ -264,6 +350,8 @@ def spread(values: list[float], fmt: str) -> str:
 
 
 SESSIONS = (1, 4, 16)
+# How long after a case the servers' memory is read again: what they keep once idle.
+SETTLE_SECONDS = 5.0
 # Messages per session in one run of a case, then with --quick.
 PER_SESSION = {("10KB", 1): 60, ("10KB", 4): 20, ("10KB", 16): 8, ("1MB", 1): 10, ("1MB", 4): 4, ("1MB", 16): 2}
 QUICK_PER_SESSION = {("10KB", 1): 20, ("10KB", 4): 6, ("10KB", 16): 3, ("1MB", 1): 4, ("1MB", 4): 2, ("1MB", 16): 1}
@@ -358,13 +446,18 @@ def main() -> None:
                 results = asyncio.run(run_case(servers, ca_file, load, repeats=repeats, dsn=args.dsn))
                 case = f"{label} x{sessions}"
                 print(f"{case} ({sessions * per_session} messages per run)")
+                # What each server keeps once its sessions are gone and it has been idle a while.
+                time.sleep(SETTLE_SECONDS)
+                settled = {name: tree_memory(pids) for name, (_ports, pids) in servers.items()}
                 for name, runs in results.items():
                     rate = statistics.median(r.rate for r in runs)
                     cpu = statistics.median(r.cpu_ms for r in runs)
                     p50 = statistics.median(r.percentile(50) for r in runs) * 1000
                     p95 = statistics.median(r.percentile(95) for r in runs) * 1000
+                    peak = max((r.peak for r in runs), key=lambda m: m.pss)
                     print(
                         f"  {name:<11}{rate:>8.1f} msg/s  cpu {cpu:>6.2f} ms/msg  p50 {p50:>7.1f}  p95 {p95:>7.1f} ms"
+                        f"  peak {peak}, {SETTLE_SECONDS:.0f} s after {settled[name]}"
                     )
                 for base in (n for n in results if n != "relay"):
                     pairs = list(zip(results["relay"], results[base], strict=True))
