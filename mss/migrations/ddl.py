@@ -17,6 +17,7 @@ several databases (the tests do), so each run builds its own.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -134,7 +135,7 @@ class Step(Protocol):
 Part = TypeVar("Part")
 
 
-class _Batch(Generic[Part]):
+class _Batch(abc.ABC, Generic[Part]):
     """Changes to one existing table made in one batch (on SQLite, one copy of the table when a
     change needs it), each undone in the opposite order."""
 
@@ -152,11 +153,13 @@ class _Batch(Generic[Part]):
             for part in reversed(self.parts):
                 self._revert(batch_op, part)
 
+    @abc.abstractmethod
     def _apply(self, batch_op: BatchOperations, part: Part) -> None:
-        raise NotImplementedError
+        """Make the change ``part`` in the batch."""
 
+    @abc.abstractmethod
     def _revert(self, batch_op: BatchOperations, part: Part) -> None:
-        raise NotImplementedError
+        """Undo the change ``part`` in the batch."""
 
 
 class CreateIndexes(_Batch[Index]):
