@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
 import mss.models  # noqa: F401  (registers every table on SQLModel.metadata)
 from mss.crypto.master import MasterKey
-from mss.db import make_engine, migrate
+from mss.db import alembic_config, make_engine, migrate
 from mss.errors import ConfigError, CryptoError
 from mss.settings import Settings
 
@@ -75,3 +77,40 @@ def test_master_key_is_private_and_checked(settings, tmp_path):
     production = Settings.from_env({"MSS_DATA_DIR": str(tmp_path / "prod"), "MSS_ENV": "production"})
     with pytest.raises(ConfigError):
         MasterKey.load(production)
+
+
+def _schema(engine) -> dict[str, object]:
+    """Every table's columns, key, indexes and foreign keys, as the database reports them."""
+    inspector = inspect(engine)
+    return {
+        table: (
+            [(c["name"], str(c["type"]), c["nullable"], str(c.get("default"))) for c in inspector.get_columns(table)],
+            inspector.get_pk_constraint(table)["constrained_columns"],
+            sorted((i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in inspector.get_indexes(table)),
+            sorted(
+                (tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]))
+                for f in inspector.get_foreign_keys(table)
+            ),
+        )
+        for table in sorted(inspector.get_table_names())
+        if table != "alembic_version"
+    }
+
+
+def test_each_revision_is_undone_by_its_downgrade(engine):
+    # Going down one revision at a time gives back, at each revision, the schema that going
+    # up had made there; at the bottom nothing is left; going up again gives the same head.
+    config = alembic_config(engine)
+    revisions = [r.revision for r in reversed(list(ScriptDirectory.from_config(config).walk_revisions()))]
+    command.downgrade(config, "base")
+    assert _schema(engine) == {}
+    going_up = {}
+    for revision in revisions:
+        command.upgrade(config, revision)
+        going_up[revision] = _schema(engine)
+    for revision in reversed(revisions):
+        assert _schema(engine) == going_up[revision], revision
+        command.downgrade(config, "-1")
+    assert _schema(engine) == {}
+    migrate(engine)
+    assert _schema(engine) == going_up[revisions[-1]]
