@@ -7,10 +7,21 @@ use it.
 
 from __future__ import annotations
 
+from typing import Final
+
+# RFC 5321 4.5.3.1.3: a path holds at most 256 octets, the angle brackets included.
+MAX_ADDRESS: Final = 254
+
 
 def normalise_address(address: str) -> str:
     """``address`` without surrounding blanks or angle brackets, lower-case."""
     return address.strip().strip("<>").strip().lower()
+
+
+def plausible_address(address: str) -> bool:
+    """True when ``address`` could be an account's: one @, printable, no blank, at most
+    ``MAX_ADDRESS`` characters."""
+    return 3 <= len(address) <= MAX_ADDRESS and address.count("@") == 1 and address.isprintable() and " " not in address
 
 
 def domain_of(address: str) -> str:

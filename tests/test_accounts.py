@@ -106,6 +106,33 @@ def test_unknown_address_costs_as_much_as_a_wrong_password(rt, directory_loaded)
     assert unknown > known / 3
 
 
+def test_credentials_no_account_can_have_are_refused_before_any_lookup(rt, directory_loaded):
+    # One rule for every door: nothing is looked up, hashed, audited or counted for them, so
+    # they neither lock the account nor slow its owner down.
+    _create(rt)
+    with session_scope(rt.engine) as session:
+        events_before = len(session.execute(select(AuditEvent.id)).all())
+    implausible = [
+        ("", PASSWORD),
+        ("marc.robert", PASSWORD),
+        ("marc robert@chu-demo.mss.test", PASSWORD),
+        ("marc.robert@chu-demo.mss.test@x", PASSWORD),
+        ("marc\x00robert@chu-demo.mss.test", PASSWORD),
+        ("m" * 255 + "@chu-demo.mss.test", PASSWORD),
+        (DOCTOR, ""),
+        (DOCTOR, PASSWORD + "x" * accounts.MAX_PASSWORD),
+    ]
+    for door in ("smtp", "imap", "web", "api"):
+        for _ in range(rt.settings.security.max_login_failures):
+            for address, password in implausible:
+                with pytest.raises(BadCredentials):
+                    accounts.authenticate(rt.engine, rt.settings, address, password, accounts.Origin(door, "192.0.2.7"))
+    with session_scope(rt.engine) as session:
+        assert len(session.execute(select(AuditEvent.id)).all()) == events_before
+    unlocked = accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, accounts.Origin("smtp", "192.0.2.7"))
+    assert unlocked.address == DOCTOR
+
+
 def test_lockout_after_repeated_failures(rt, directory_loaded):
     _create(rt)
     for _ in range(rt.settings.security.max_login_failures):

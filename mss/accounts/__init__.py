@@ -47,7 +47,7 @@ from mss.accounts.custody import (
 )
 from mss.accounts.listing import AccountRow, list_accounts
 from mss.accounts.lockout import COUNTED_FAILURES, LOCAL, Origin, is_locked, login_completed, record_failure
-from mss.accounts.login import authenticate, login_with_code
+from mss.accounts.login import MAX_PASSWORD, authenticate, login_with_code
 from mss.accounts.preferences import (
     ALWAYS,
     ASK,
@@ -75,6 +75,7 @@ __all__ = [
     "READ_RECEIPT_CHOICES",
     "COUNTED_FAILURES",
     "LOCAL",
+    "MAX_PASSWORD",
     "MIN_PASSWORD_LENGTH",
     "AccountExists",
     "AccountRow",

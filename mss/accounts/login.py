@@ -2,7 +2,9 @@
 
 :func:`authenticate` checks the client address's throttle, the password (argon2id, with the
 same cost for an unknown address), the account's standing (``mss.standing``) and opens the
-private keys in memory. Where a second factor follows (web, API), the login completes with
+private keys in memory. Credentials no account can have (an implausible address, an empty
+password or one longer than ``MAX_PASSWORD``) are refused first, at every door alike, with
+nothing looked up, hashed or counted. Where a second factor follows (web, API), the login completes with
 ``mss.accounts.twofactor.check_second_factor``; :func:`login_with_code` does both steps at
 once for a door that receives them together (the API).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 from functools import lru_cache
+from typing import Final
 
 from cryptography import x509
 from sqlalchemy.engine import Engine
@@ -20,12 +23,15 @@ from mss import audit, standing, throttle
 from mss.accounts._common import UnlockedAccount, get_account, wrapped_keys_of
 from mss.accounts.lockout import Origin, record_failure
 from mss.accounts.twofactor import check_second_factor, totp_confirmed
-from mss.addresses import normalise_address
+from mss.addresses import normalise_address, plausible_address
 from mss.crypto import keys
 from mss.crypto.master import MasterKey
 from mss.db import session_scope, utcnow
 from mss.errors import AccountLocked, BadCredentials, EnrolmentRequired, StandingError, TooManyAttempts
 from mss.settings import Settings
+
+# Longer than any sensible password: refused before any argon2id work.
+MAX_PASSWORD: Final = 1024
 
 
 @lru_cache(maxsize=4)
@@ -44,11 +50,13 @@ def authenticate(
     and the lockouts. ``completes_login`` is false where a second factor follows (web,
     API): the failure counts of this client are then cleared only once that succeeds.
     Raises TooManyAttempts (this client address must wait; no password is checked),
-    AccountLocked, BadCredentials (unknown address or wrong password alike), and, after a
-    right password only, a StandingError subclass: AccountDisabled, EntryRevoked,
-    AddressNotServed, CertificateRevoked, CertificateExpired.
+    AccountLocked, BadCredentials (implausible credentials, an unknown address or a wrong
+    password alike), and, after a right password only, a StandingError subclass:
+    AccountDisabled, EntryRevoked, AddressNotServed, CertificateRevoked, CertificateExpired.
     """
     address = normalise_address(address)
+    if not plausible_address(address) or not password or len(password) > MAX_PASSWORD:
+        raise BadCredentials()  # no account can have these: nothing to look up or count
     now = utcnow()
     channel, client = origin.channel, origin.client
 

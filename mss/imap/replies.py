@@ -19,8 +19,6 @@ STARTTLS_FIRST: Final = b"[PRIVACYREQUIRED] STARTTLS first: no login travels in 
 LOGIN_FAILED: Final = b"[AUTHENTICATIONFAILED] Wrong address or password"
 TOO_MANY_ATTEMPTS: Final = b"[UNAVAILABLE] Too many failed logins from this address: try again later"
 ACCOUNT_LOCKED: Final = b"[UNAVAILABLE] This account is locked for a while after failed logins"
-# Over-long credentials are refused before any password work, with nothing more to learn.
-CREDENTIALS_TOO_LONG: Final = LOGIN_FAILED
 
 # NO [CANNOT]: what the mailbox rules do not allow (``Cannot``).
 FOLDERS_FIXED: Final = "The folders are INBOX, Sent and Archive: they cannot be created, renamed or deleted"

@@ -63,7 +63,6 @@ from mss.runtime import Runtime
 log = logging.getLogger("mss.imap")
 
 LINE_LIMIT: Final = 64 * 1024  # one command line (literals apart)
-MAX_CREDENTIAL: Final = 1024  # longer than any address or sensible password
 SSL_SHUTDOWN_TIMEOUT: Final = 1.0
 READ_AHEAD: Final = 64  # pipelined FETCH commands whose openings are committed at once
 STANDING_REUSE_SECONDS: Final = 1.0  # a standing check covers the commands read ahead for so long
@@ -187,17 +186,10 @@ class MailState(ConnectionState):
         address, password = creds.authcid, secret.value
         if creds.authzid and creds.authzid.lower() != address.lower():
             raise replies.LoginRefused(replies.LOGIN_FAILED)  # nobody reads another's mailbox
-        if not address or not password or len(address) > MAX_CREDENTIAL or len(password) > MAX_CREDENTIAL:
-            raise replies.LoginRefused(replies.CREDENTIALS_TOO_LONG)
+        origin = accounts.Origin("imap", client=self.client, request_id=self.request_id)
+        rt = self.rt
         try:
-            account = await asyncio.to_thread(
-                accounts.authenticate,
-                self.rt.engine,
-                self.rt.settings,
-                address,
-                password,
-                accounts.Origin("imap", client=self.client, request_id=self.request_id),
-            )
+            account = await asyncio.to_thread(accounts.authenticate, rt.engine, rt.settings, address, password, origin)
         except TooManyAttempts:
             raise replies.LoginRefused(replies.TOO_MANY_ATTEMPTS) from None
         except AccountLocked:

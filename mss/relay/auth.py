@@ -38,10 +38,6 @@ from mss.relay import replies
 if TYPE_CHECKING:
     from mss.runtime import Runtime
 
-# Longer than any address (254) or sensible password; refused before any argon2id work.
-MAX_CREDENTIAL: Final = 1024
-
-
 # After a right password: why the account may not log in.
 STANDING_REPLIES: Final = (
     (AccountDisabled, replies.AUTH_ACCOUNT_DISABLED),
@@ -108,27 +104,20 @@ class PasswordMechanisms:
 
     async def check_password(self, login: bytes, password: bytes) -> AuthResult:
         """Authenticate in a worker thread; the AuthResult carries the UnlockedAccount."""
-        if not login or not password or len(login) > MAX_CREDENTIAL or len(password) > MAX_CREDENTIAL:
-            return _failed()
         try:
             address = login.decode("utf-8")
             secret = password.decode("utf-8")
         except UnicodeDecodeError:
             return _failed()
+        origin = accounts.Origin(
+            "smtp",
+            # aiosmtpd's SMTP, which this mixin is mixed into, provides it
+            client=self.session.peer[0] if self.session.peer else "",  # type: ignore[attr-defined]
+            request_id=self.correlation_id,
+        )
+        rt = self.rt
         try:
-            account = await asyncio.to_thread(
-                accounts.authenticate,
-                self.rt.engine,
-                self.rt.settings,
-                address,
-                secret,
-                accounts.Origin(
-                    "smtp",
-                    # aiosmtpd's SMTP, which this mixin is mixed into, provides it
-                    client=self.session.peer[0] if self.session.peer else "",  # type: ignore[attr-defined]
-                    request_id=self.correlation_id,
-                ),
-            )
+            account = await asyncio.to_thread(accounts.authenticate, rt.engine, rt.settings, address, secret, origin)
         except TooManyAttempts:
             return _failed(replies.AUTH_TOO_MANY_ATTEMPTS)
         except AccountLocked:

@@ -18,8 +18,9 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.params import URLEncodedBody
 
 from mss import accounts, audit
+from mss.addresses import MAX_ADDRESS
 from mss.db import session_scope
-from mss.errors import AccountLocked, AuthError, BadCredentials, BadTotp, NoSuchAccount, TooManyAttempts
+from mss.errors import AccountLocked, AuthError, BadTotp, NoSuchAccount, TooManyAttempts
 from mss.runtime import Runtime
 from mss.web import twofactor
 from mss.web.context import (
@@ -124,11 +125,6 @@ async def optional_session(request: Request) -> LiveSession | None:
         return None
 
 
-def plausible_address(address: str) -> bool:
-    """True when ``address`` could be an account's (one @, printable, at most 254 characters)."""
-    return 3 <= len(address) <= 254 and address.count("@") == 1 and address.isprintable() and " " not in address
-
-
 async def _locked_out(request: Request, live: LiveSession) -> Response:
     """The account locked during the second step: end the half-open session, say so."""
     await run(end_session, config(request).rt.engine, live.token)
@@ -159,10 +155,8 @@ class AuthController(Controller):
     @post("/login")
     async def login(self, request: Request, rt: Rt, web: Web, data: URLEncodedBody[PasswordForm]) -> Response:
         """Check the password, open a pending session, go to the second factor."""
-        address = data.address.strip().lower()[:254]
+        address = data.address.strip().lower()
         try:
-            if not plausible_address(address):
-                raise BadCredentials()  # no account can have it: nothing to look up
             unlocked = await run(
                 accounts.authenticate,
                 rt.engine,
@@ -174,7 +168,7 @@ class AuthController(Controller):
             )
         except AuthError as exc:
             status, error = login_refusal(language(request), exc)
-            response = render(request, "login.html", status_code=status, address=address, error=error)
+            response = render(request, "login.html", status_code=status, address=address[:MAX_ADDRESS], error=error)
             if isinstance(exc, TooManyAttempts):
                 response.headers["Retry-After"] = str(exc.retry_after)
             return response
