@@ -25,7 +25,6 @@ back through the outbound queue, signed by this operator.
 
 from __future__ import annotations
 
-import asyncio
 import email.policy
 import email.utils
 import hashlib
@@ -390,8 +389,9 @@ def _duplicate(rt: Runtime, arrival: Arrival, sender_key: str, queue_id: str) ->
 
 
 async def receive_async(rt: Runtime, arrival: Arrival) -> Received:
-    """``receive`` in a worker thread (it parses, verifies, encrypts and commits)."""
-    return await asyncio.to_thread(receive, rt, arrival)
+    """``receive`` in one of the runtime's message threads (it parses, verifies, encrypts
+    and commits)."""
+    return await rt.messages.run(receive, rt, arrival)
 
 
 # -- receipts for the remote sender ------------------------------------------------------------

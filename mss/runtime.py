@@ -1,14 +1,21 @@
 """What a running process holds: its settings, the database engine, the master key, the
-certificates it parsed (by their bytes) and, on SQLite, the lock its message stores queue on.
+certificates it parsed (by their bytes), the threads that take messages through the
+pipeline and, on SQLite, the lock its message stores queue on.
 
 Built once by the CLI, the SMTP server and the web app, and passed to the services.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
+import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 from cryptography import x509
 from sqlalchemy.engine import Engine
@@ -43,12 +50,48 @@ class ParsedCertificates:
         return certificate
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class MessageThreads:
+    """The threads that take whole messages through the pipeline (a submission at DATA, an
+    arrival from another operator), as many as the cores the process may use.
+
+    The work is CPU-bound (parsing, checks, signature, encryption), so more threads than
+    cores add nothing but messages in flight at once, each held several times over in
+    memory (its MIME, its documents, its signed and encrypted forms). A message waiting for
+    a thread holds only its received bytes. Created at first use.
+    """
+
+    def __init__(self, size: int | None = None) -> None:
+        self.size = size or max(2, len(os.sched_getaffinity(0)))
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    async def run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``function(*args, **kwargs)`` in one of the threads, awaited."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="mss-message")
+            executor = self._executor
+        return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(function, *args, **kwargs))
+
+    def close(self) -> None:
+        """Wait for the messages under way, then end the threads."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+
 @dataclass(frozen=True)
 class Runtime:
     settings: Settings
     engine: Engine
     master_key: MasterKey
     certificates: ParsedCertificates = field(default_factory=ParsedCertificates, compare=False, repr=False)
+    messages: MessageThreads = field(default_factory=MessageThreads, compare=False, repr=False)
     # A threading.Lock (typed by what it offers: threading.Lock is a function, which the web
     # framework's inspection of the runtime's fields does not take).
     _message_writes: contextlib.AbstractContextManager[object] = field(
@@ -72,6 +115,7 @@ class Runtime:
         return self._message_writes if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
 
     def close(self) -> None:
+        self.messages.close()
         self.engine.dispose()
 
 

@@ -277,7 +277,7 @@ class RelayHandler(DoorHandler):
             envelope_id=envelope.parameters.envelope_id,
         )
         try:
-            accepted = await asyncio.to_thread(pipeline.submit, self.rt, submission)
+            accepted = await self.rt.messages.run(pipeline.submit, self.rt, submission)
         except errors.MssError as error:
             reply = submission_refusal(error)
             if reply is None:

@@ -573,7 +573,7 @@ class MessagesController(BearerController):
             keep=tuple(data.keep) if data.source else (),
         )
         try:
-            accepted = await run(mailbox.send, rt, live.account(), draft, request_id=request_id(request))
+            accepted = await rt.messages.run(mailbox.send, rt, live.account(), draft, request_id=request_id(request))
         except DraftInvalid as exc:
             raise ApiError(
                 422,

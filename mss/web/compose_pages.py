@@ -241,7 +241,7 @@ class ComposeController(Controller):
         errors: dict[str, list[str]] = {}
         general = None
         try:
-            accepted = await run(mailbox.send, rt, account, draft, request_id=rid, note=note_for(lang))
+            accepted = await rt.messages.run(mailbox.send, rt, account, draft, request_id=rid, note=note_for(lang))
         except DraftInvalid as exc:
             metrics.refused("web", "draft-invalid")
             errors = {name: [problem_text(lang, p) for p in problems] for name, problems in exc.errors.items()}

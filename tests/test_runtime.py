@@ -1,0 +1,52 @@
+"""The runtime's message threads: as many messages go through the pipeline at once as there
+are threads, the others wait their turn with nothing but their bytes, and none is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+from mss.runtime import MessageThreads
+
+
+def test_message_threads_take_as_many_messages_at_once_as_they_have_threads() -> None:
+    threads = MessageThreads(size=2)
+    lock = threading.Lock()
+    running: list[str] = []
+    most = 0
+    two_running = threading.Event()
+    release = threading.Event()
+
+    def work(n: int) -> tuple[int, str]:
+        nonlocal most
+        with lock:
+            running.append(threading.current_thread().name)
+            most = max(most, len(running))
+            if len(running) == 2:
+                two_running.set()
+        release.wait(30)
+        with lock:
+            running.pop()
+        return n * 2, threading.current_thread().name
+
+    async def scenario() -> list[tuple[int, str]]:
+        tasks = [asyncio.create_task(threads.run(work, n)) for n in range(6)]
+        assert await asyncio.to_thread(two_running.wait, 30)
+        await asyncio.sleep(0.3)  # time for a third to start, were it allowed to
+        with lock:
+            assert len(running) == 2
+        release.set()
+        return await asyncio.gather(*tasks)
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        threads.close()
+    assert [value for value, _ in results] == [0, 2, 4, 6, 8, 10]
+    assert most == 2
+    assert all(name.startswith("mss-message") for _, name in results)
+
+
+def test_message_threads_default_to_the_cores_the_process_may_use() -> None:
+    assert MessageThreads().size == max(2, len(os.sched_getaffinity(0)))
