@@ -10,6 +10,7 @@ import base64
 import binascii
 import ipaddress
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -118,6 +119,12 @@ class PkiSettings:
     expiry_warning_days: int
     """``MSS_CERT_WARNING_DAYS``: certificates ending within this many days are announced
     (web banner, ``mss serve`` log) and renewed by ``mss pki renew``. Default 30."""
+
+    @property
+    def own_name(self) -> str:
+        """The name the operator gives itself (SMTP greeting and EHLO, reporting MTA or UA
+        of its receipts): the first of ``MSS_HOSTNAMES``, else the machine's own."""
+        return self.hostnames[0] if self.hostnames else socket.getfqdn()
 
 
 @dataclass(frozen=True)

@@ -302,14 +302,14 @@ def backoff(settings: Settings, attempts: int) -> timedelta:
 # -- administration ------------------------------------------------------------------------------
 
 
-def _find(session: Session, queue_id: str, *, lock: bool = False) -> Outbound:
-    """The entry ``queue_id``; with ``lock``, its row locked until the transaction ends (on
-    PostgreSQL; SQLite has one writer at a time), as a worker locks it before writing an
-    attempt's outcome: the two then change it one after the other, in the same order of
-    locks (the row, then the audit chain), and never wait for each other in a circle."""
+def _locked(session: Session, queue_id: str) -> Outbound:
+    """The entry ``queue_id``, its row locked until the transaction ends (on PostgreSQL;
+    SQLite has one writer at a time), as a worker locks it before writing an attempt's
+    outcome: the two then change it one after the other, in the same order of locks (the
+    row, then the audit chain), and never wait for each other in a circle."""
     ident = queue_id.strip().upper()
     query = select(Outbound).where(col(Outbound.queue_id) == ident)
-    if lock and session.get_bind().dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
     row = session.execute(query).scalars().first()
     if row is None:
@@ -358,7 +358,7 @@ def listing(session: Session, *, everything: bool = False) -> list[Waiting]:
 
 def retry_now(session: Session, queue_id: str, *, actor: str) -> Outbound:
     """Make a queued entry due now. Raises QueueError when it is unknown or finished."""
-    row = _find(session, queue_id, lock=True)
+    row = _locked(session, queue_id)
     if row.state != QUEUED:
         raise QueueError(f"{row.queue_id} is {row.state}: there is nothing left to retry")
     row.next_attempt_at = row.updated_at = utcnow()
@@ -371,7 +371,7 @@ def retry_now(session: Session, queue_id: str, *, actor: str) -> Outbound:
 def take_for_bounce(session: Session, queue_id: str, *, actor: str) -> tuple[Outbound, list[OutboundRecipient]]:
     """The entry and its pending recipients, for an administrator's bounce. Raises
     QueueError when it is unknown, finished, or being delivered right now."""
-    row = _find(session, queue_id, lock=True)
+    row = _locked(session, queue_id)
     if row.state != QUEUED:
         raise QueueError(f"{row.queue_id} is {row.state}: there is nothing left to bounce")
     if row.lease_until is not None and row.lease_until > utcnow():

@@ -329,7 +329,7 @@ class DeliveryWorker:
         self.rt = rt
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.concurrency = rt.settings.federation.delivery_concurrency
-        self.local_hostname = rt.settings.pki.hostnames[0] if rt.settings.pki.hostnames else socket.getfqdn()
+        self.local_hostname = rt.settings.pki.own_name
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._in_flight: set[asyncio.Task[None]] = set()

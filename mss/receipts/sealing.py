@@ -9,7 +9,6 @@ stored here.
 from __future__ import annotations
 
 import email.policy
-import socket
 from collections.abc import Sequence
 from email.message import EmailMessage
 
@@ -26,7 +25,7 @@ OperatorIdentity = tuple[rsa.RSAPrivateKey, x509.Certificate]
 
 def reporter(settings: Settings) -> str:
     """The name receipts give as reporting MTA or UA: the first of ``MSS_HOSTNAMES``."""
-    return settings.pki.hostnames[0] if settings.pki.hostnames else socket.getfqdn()
+    return settings.pki.own_name
 
 
 def signed(identity: OperatorIdentity, notification: EmailMessage) -> bytes:

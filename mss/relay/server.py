@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +49,7 @@ def session_factory(
     (STARTTLS first, the size limit, the idle timeout, the command limits) and ``door``'s
     own options (whether AUTH is required, and which mechanisms are offered)."""
     settings = rt.settings
-    hostname = settings.pki.hostnames[0] if settings.pki.hostnames else socket.getfqdn()
+    hostname = settings.pki.own_name
 
     def factory() -> S:
         return smtp_class(
