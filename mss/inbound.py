@@ -399,11 +399,11 @@ async def receive_async(rt: Runtime, arrival: Arrival) -> Received:
 
 def _receipts_for_sender(
     rt: Runtime, arrival: Arrival, meta: MessageMeta, deliverable: list[RecipientRequest], failed: dict[str, str]
-) -> list[EmailMessage]:
+) -> list[receipts.Report]:
     """The DSNs and MDNs a remote sender is owed for this arrival (built, not yet queued)."""
     reporter = notices.reporter(rt.settings)
     headers = pipeline._header_block(arrival.raw)
-    out: list[EmailMessage] = []
+    out: list[receipts.Report] = []
     by_address = {r.address: r for r in arrival.recipients}
     success = [r for r in deliverable if "SUCCESS" in r.notify]
     failures = [a for a in failed if "NEVER" not in by_address[a].notify]

@@ -28,6 +28,7 @@ from mss import audit, store
 from mss.db import rowcount, session_scope, utcnow
 from mss.models import Account, Delivery, MailboxIndexed, MailboxItem, MailboxToken, Message, Receipt, WebSession
 from mss.receipts import issuer
+from mss.receipts.wire import Report
 from mss.runtime import Runtime
 from mss.store import MessageMeta
 
@@ -68,13 +69,14 @@ def _notice(session: Session, rt: Runtime, account: Account, now: datetime) -> b
         f"Your mailbox has not been used since {_inactive_since(account):%Y-%m-%d}.\n"
         f"Unless you log in by {close_on:%Y-%m-%d}, it will be closed and its messages deleted.\n"
     )
-    cms = issuer.seal(session, rt, message, certificate)
+    written = Report.of(message)
+    cms = issuer.seal(session, rt, written, certificate)
     meta = MessageMeta(
-        sender=str(message["From"]),
+        sender=written.sender,
         recipients=[account.address],
-        subject=str(message["Subject"]),
-        date=str(message["Date"]),
-        message_id=str(message["Message-ID"]),
+        subject=written.subject,
+        date=written.date,
+        message_id=written.message_id,
     )
     store.store_notice(session, rt.master_key, owner=account.address, kind=NOTICE_KIND, cms=cms, meta=meta)
     account.inactivity_notice_at = now

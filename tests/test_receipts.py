@@ -28,7 +28,7 @@ ORIGINAL = (
 )
 
 
-def parse(message: EmailMessage) -> EmailMessage:
+def parse(message: EmailMessage | receipts.Report) -> EmailMessage:
     """What a receiving mail client sees: the bytes on the wire, parsed again."""
     wire = message.as_bytes()
     assert b"\n" not in wire.replace(b"\r\n", b""), "every line must end in CRLF"
@@ -37,7 +37,7 @@ def parse(message: EmailMessage) -> EmailMessage:
     return parsed
 
 
-def dsn(recipients: list[RecipientStatus] | None = None, **overrides: object) -> EmailMessage:
+def dsn(recipients: list[RecipientStatus] | None = None, **overrides: object) -> receipts.Report:
     values: dict[str, object] = dict(
         reporting_mta="mx.mss.test",
         original_envelope_id="QQ314159",
@@ -95,6 +95,15 @@ def test_dsn_is_an_rfc_3464_report() -> None:
     )
     assert carol["Diagnostic-Code"] == "smtp; 550 5.1.1 dr.carol@mss.test is not in the directory"
     assert carol["Original-Recipient"] == "rfc822; Dr.Carol@mss.test"
+
+
+def test_dsn_long_fields_are_folded_and_read_back_whole() -> None:
+    diagnostic = "smtp; 550 5.7.1 " + " ".join(f"mot{i}" for i in range(80))
+    built = dsn([RecipientStatus("dr.carol@mss.test", "failed", "5.7.1", diagnostic)])
+    status_part = built.as_bytes().split(b"Content-Type: message/delivery-status")[1].split(b"\r\n--")[0]
+    assert max(len(line) for line in status_part.split(b"\r\n")) <= 78
+    block = list(parse(built).iter_parts())[1].get_payload()[1]
+    assert block["Diagnostic-Code"] == diagnostic
 
 
 def test_dsn_human_part_names_each_recipient_in_french_then_english() -> None:
@@ -227,7 +236,7 @@ def test_dsn_inputs_are_checked(overrides: dict[str, object], message: str) -> N
 # -- MDN ---------------------------------------------------------------------------------
 
 
-def mdn(**overrides: object) -> EmailMessage:
+def mdn(**overrides: object) -> receipts.Report:
     values: dict[str, object] = dict(
         reporting_ua="mss.test; mss web inbox",
         final_recipient="dr.bob@mss.test",
@@ -445,7 +454,8 @@ def test_wants_mdn_reads_raw_headers() -> None:
 
 
 def test_no_mdn_for_our_own_receipts() -> None:
-    for report in (mdn(), dsn()):
+    for built in (mdn(), dsn()):
+        report = built.message()
         report["Disposition-Notification-To"] = "dr.alice@mss.test"
         assert receipts.wants_mdn(parse(report), envelope_sender="dr.alice@mss.test") is None
 

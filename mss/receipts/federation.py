@@ -57,7 +57,7 @@ def store_for_sender(
     session: Session,
     rt: Runtime,
     message: Message,
-    notification: EmailMessage,
+    notification: receipts.Report,
     *,
     kind: str,
     status: str,
@@ -123,19 +123,20 @@ def to_local_sender(
 
 
 def to_remote_sender(
-    session: Session, rt: Runtime, notification: EmailMessage, *, about: int | None, request_id: str = ""
+    session: Session, rt: Runtime, notification: receipts.Report, *, about: int | None, request_id: str = ""
 ) -> bool:
     """Queue ``notification`` (a DSN or MDN built by ``mss.receipts``) for its addressee at
     another operator, signed by this operator, from the null sender with NOTIFY=NEVER (no
     notice about a notice). False when the addressee's domain is not on the trust list."""
-    to = str(notification["To"].addresses[0].addr_spec).lower()
+    to = notification.to
     domain = trust.domain_of(to)
     if not trust.is_trusted(session, domain):
         log.info("no receipt for %s: %s is not on the trust list", to, domain)
         return False
     headers = {}
+    written = notification.message()
     for name in _RECEIPT_HEADERS:
-        value = notification.get(name)
+        value = written.get(name)
         if value is not None:
             headers[name] = " ".join(str(value).split())
     identity = certificates.operator_identity(session, rt.settings, rt.master_key)

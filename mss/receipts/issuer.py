@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from email.message import EmailMessage
 from functools import partial
 from typing import Final
 
@@ -30,7 +29,7 @@ from mss.errors import ReceiptNotPending
 from mss.models import Delivery, Message, ReadReceiptDeclined, Receipt
 from mss.receipts import federation
 from mss.receipts.sealing import OperatorIdentity, notice, reporter, sealed
-from mss.receipts.wire import Disposition, DispositionMode, Notify, RecipientStatus, build_dsn, build_mdn
+from mss.receipts.wire import Disposition, DispositionMode, Notify, RecipientStatus, Report, build_dsn, build_mdn
 from mss.runtime import Runtime
 from mss.store import MessageMeta, Notice
 
@@ -58,7 +57,7 @@ DECLINED = "declined"
 ASK, ALWAYS, NEVER = "ask", "always", "never"
 
 
-def seal(session: Session, rt: Runtime, notification: EmailMessage, reader_certificate: x509.Certificate) -> bytes:
+def seal(session: Session, rt: Runtime, notification: Report, reader_certificate: x509.Certificate) -> bytes:
     """A notification signed with the operator's certificate and encrypted to its reader
     (the RFC 8551 signed-data entity inside the envelope, as every stored message)."""
     return sealed(certificates.operator_identity(session, rt.settings, rt.master_key), notification, reader_certificate)
@@ -99,7 +98,7 @@ def for_submission(
     success = [address for address, notify in delivered if notify.wants("delivered") or (always and not notify.never)]
     failures = [address for address, (_reason, notify) in failed.items() if notify.wants("failed")]
     # (kind, status, recipients, reason, notification), all for the sender
-    wanted: list[tuple[str, str, list[str], str, EmailMessage]] = []
+    wanted: list[tuple[str, str, list[str], str, Report]] = []
     for status, addresses in (("delivered", success), ("failed", failures)):
         if not addresses:
             continue
@@ -137,9 +136,7 @@ def for_submission(
     ]
 
 
-def _mdn(
-    reporting: str, meta: MessageMeta, reader: str, disposition: Disposition, mode: DispositionMode
-) -> EmailMessage:
+def _mdn(reporting: str, meta: MessageMeta, reader: str, disposition: Disposition, mode: DispositionMode) -> Report:
     """The MDN (RFC 8098) of ``reader`` on the message of ``meta``, for its sender."""
     return build_mdn(
         reporting_ua=reporting,

@@ -8,14 +8,13 @@ stored here.
 
 from __future__ import annotations
 
-import email.policy
 from collections.abc import Sequence
-from email.message import EmailMessage
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mss.crypto import smime
+from mss.receipts.wire import Report
 from mss.settings import Settings
 from mss.store import MessageMeta, Notice
 
@@ -28,13 +27,13 @@ def reporter(settings: Settings) -> str:
     return settings.pki.own_name
 
 
-def signed(identity: OperatorIdentity, notification: EmailMessage) -> bytes:
+def signed(identity: OperatorIdentity, notification: Report) -> bytes:
     """``notification`` as a CMS SignedData by the operator (RFC 8551), its content embedded."""
     key, operator_certificate = identity
-    return smime.sign(notification.as_bytes(policy=email.policy.SMTP), operator_certificate, key)
+    return smime.sign(notification.wire, operator_certificate, key)
 
 
-def sealed(identity: OperatorIdentity, notification: EmailMessage, reader_certificate: x509.Certificate) -> bytes:
+def sealed(identity: OperatorIdentity, notification: Report, reader_certificate: x509.Certificate) -> bytes:
     """``notification`` signed by the operator and encrypted to its reader (the RFC 8551
     signed-data entity inside the envelope, as every stored message)."""
     return smime.encrypt(smime.signed_entity(signed(identity, notification)), [reader_certificate])
@@ -42,7 +41,7 @@ def sealed(identity: OperatorIdentity, notification: EmailMessage, reader_certif
 
 def notice(
     identity: OperatorIdentity,
-    notification: EmailMessage,
+    notification: Report,
     *,
     kind: str,
     status: str,
@@ -54,11 +53,11 @@ def notice(
     """A notification sealed with the operator's ``identity`` (see ``sealed``), with the
     metadata its reader's mailbox lists."""
     meta = MessageMeta(
-        sender=str(notification["From"].addresses[0].addr_spec).lower(),
+        sender=notification.sender,
         recipients=[reader],
-        subject=str(notification["Subject"]),
-        date=str(notification["Date"]),
-        message_id=str(notification["Message-ID"]),
+        subject=notification.subject,
+        date=notification.date,
+        message_id=notification.message_id,
     )
     return Notice(
         kind=kind,

@@ -3,8 +3,9 @@
 This module owns the wire form of receipts and of the requests for them: it builds the
 ``multipart/report`` messages (RFC 6522), parses the SMTP DSN parameters (RFC 3461: NOTIFY,
 ORCPT, RET, ENVID) and decides from a message's header fields whether its sender asked for
-a disposition notification it may be sent. Everything here is pure: values in, an
-``EmailMessage`` or a value out; sealing and storing them is ``mss.receipts.issuer``'s.
+a disposition notification it may be sent. Everything here is pure: values in, a
+``Report`` (the notification's bytes and the fields read from it) or a value out; sealing
+and storing them is ``mss.receipts.issuer``'s.
 
 Receipts never carry content: a DSN quotes the original header fields only
 (``text/rfc822-headers``), whatever ``RET=FULL`` asked for, and an MDN quotes nothing but
@@ -15,14 +16,17 @@ from __future__ import annotations
 
 import email.policy
 import re
+import secrets
 import textwrap
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email import quoprimime
 from email.headerregistry import Address
 from email.message import EmailMessage, Message, MIMEPart
-from email.parser import BytesHeaderParser
+from email.parser import BytesHeaderParser, BytesParser
 from email.utils import format_datetime, getaddresses, make_msgid
+from functools import lru_cache
 from typing import Literal
 
 from mss.errors import DsnParameterError, ReceiptError
@@ -59,6 +63,42 @@ DISPOSITION_MODES = (
     "manual-action/MDN-sent-manually",
     "automatic-action/MDN-sent-manually",
 )
+
+
+@dataclass(frozen=True)
+class Report:
+    """A notification as it travels: its bytes (CRLF line ends, as signed and as sent) and
+    the header fields that whoever seals, lists or forwards it reads (decoded)."""
+
+    wire: bytes = field(repr=False)
+    sender: str
+    """The From address (lower case)."""
+    to: str
+    """The addressee (lower case)."""
+    subject: str
+    date: str
+    message_id: str
+
+    @classmethod
+    def of(cls, message: EmailMessage) -> Report:
+        """``message`` (with From, To, Subject, Date and Message-ID) written out once."""
+        return cls(
+            wire=message.as_bytes(policy=POLICY),
+            sender=str(message["From"].addresses[0].addr_spec).lower(),
+            to=str(message["To"].addresses[0].addr_spec).lower(),
+            subject=str(message["Subject"]),
+            date=str(message["Date"]),
+            message_id=str(message["Message-ID"]),
+        )
+
+    def as_bytes(self) -> bytes:
+        return self.wire
+
+    def message(self) -> EmailMessage:
+        """The notification read back, for what needs more of it than these fields."""
+        message = BytesParser(policy=POLICY).parsebytes(self.wire)
+        assert isinstance(message, EmailMessage)  # the policy's message factory
+        return message
 
 
 # -- checks shared by the builders -------------------------------------------------------
@@ -258,16 +298,6 @@ def _header_section(original_headers: bytes) -> str:
     return text + "\n"
 
 
-def _headers_part(original_headers: bytes) -> MIMEPart:
-    text = _header_section(original_headers)
-    part = MIMEPart(policy=POLICY)
-    if text.isascii() and all(len(line) <= 998 for line in text.splitlines()):
-        part.set_content(text, subtype="rfc822-headers", charset="us-ascii", cte="7bit")
-    else:
-        part.set_content(text, subtype="rfc822-headers", charset="utf-8", cte="quoted-printable")
-    return part
-
-
 def build_dsn(
     *,
     reporting_mta: str,
@@ -280,7 +310,7 @@ def build_dsn(
     postmaster: str | None = None,
     date: datetime | None = None,
     message_id: str | None = None,
-) -> EmailMessage:
+) -> Report:
     """A delivery status notification (RFC 3464) for ``sender``, one block per recipient.
 
     ``multipart/report; report-type=delivery-status`` with a French-then-English text, the
@@ -312,7 +342,7 @@ def build_dsn(
     if original_envelope_id is not None:
         per_message.insert(0, ("Original-Envelope-Id", original_envelope_id))
     per_message.append(("Arrival-Date", format_datetime(arrival.astimezone(UTC))))
-    blocks = [_block(per_message)]
+    blocks = [per_message]
     for r in recipients:
         fields = []
         if r.original_recipient is not None:
@@ -321,35 +351,103 @@ def build_dsn(
         fields += [("Final-Recipient", f"rfc822; {r.address}"), ("Action", r.action), ("Status", r.status)]
         if r.diagnostic_code is not None:
             fields.append(("Diagnostic-Code", r.diagnostic_code))
-        blocks.append(_block(fields))
-    status_part = MIMEPart(policy=POLICY)
-    status_part["Content-Type"] = "message/delivery-status"
-    # a message/delivery-status body is a list of header blocks (RFC 3464 2.1)
-    status_part.set_payload(blocks)  # type: ignore[arg-type]
+        blocks.append(fields)
 
     # The subject names the worst outcome first, so a failure is never read as a success.
     order = ["failed", "delayed", "relayed", "expanded", "delivered"]
-    worst = min((r.action for r in recipients), key=order.index)
-    french, english = _SUBJECT_WORDS[worst]
-    return _report(
-        "delivery-status",
-        [
-            ("From", str(Address("Service de messagerie sécurisée", addr_spec=origin))),
-            ("To", to),
-            ("Subject", f"Avis de remise : {french} / Delivery status notification: {english}"),
-            ("Date", format_datetime(sent.astimezone(UTC))),
-            ("Message-ID", _message_id(message_id, "the Message-ID") if message_id else make_msgid(domain=host)),
+    french, english = _SUBJECT_WORDS[min((r.action for r in recipients), key=order.index)]
+    subject = f"Avis de remise : {french} / Delivery status notification: {english}"
+    date_text = format_datetime(sent.astimezone(UTC))
+    dsn_id = _message_id(message_id, "the Message-ID") if message_id else make_msgid(domain=host)
+    headers = (
+        _from_line(origin)
+        + _lines(("To", to))
+        + _subject_line(subject)
+        + _lines(
+            ("Date", date_text),
+            ("Message-ID", dsn_id),
             ("In-Reply-To", original_id),
             ("References", original_id),
             # RFC 3834 5: no automatic reply to this one (vacation, MDN, another DSN).
             ("Auto-Submitted", "auto-replied"),
-        ],
-        [
-            _human_part(_dsn_text(reporting_mta, original_id, arrival, recipients)),
-            status_part,
-            _headers_part(original_headers),
-        ],
+        )
     )
+    parts = [
+        _text_part("plain", _dsn_text(reporting_mta, original_id, arrival, recipients), quoted_printable=True),
+        "Content-Type: message/delivery-status\r\n\r\n" + "\r\n".join(_lines(*block) for block in blocks),
+        _text_part("rfc822-headers", _header_section(original_headers)),
+    ]
+    return Report(
+        wire=_multipart_report("delivery-status", headers, parts),
+        sender=origin.lower(),
+        to=to.lower(),
+        subject=subject,
+        date=date_text,
+        message_id=dsn_id,
+    )
+
+
+# A DSN is written out as text: building it field by field with the email package costs
+# ten times as much (each field parsed when set and again when written). The fields with
+# words outside US-ASCII (From, Subject) are still encoded and folded by the email package,
+# once per value.
+
+
+# Where the email package's policy folds a line (``max_line_length``), CRLF apart.
+_FOLD_AT = POLICY.max_line_length or 78
+
+
+@lru_cache(maxsize=16)
+def _from_line(origin: str) -> str:
+    return _folded("From", str(Address("Service de messagerie sécurisée", addr_spec=origin)))
+
+
+@lru_cache(maxsize=16)
+def _subject_line(subject: str) -> str:
+    return _folded("Subject", subject)
+
+
+def _folded(name: str, value: str) -> str:
+    """``name: value`` encoded (RFC 2047) and folded as the email package writes a field."""
+    return POLICY.header_factory(name, value).fold(policy=POLICY)
+
+
+def _lines(*fields: tuple[str, str]) -> str:
+    """US-ASCII header fields, folded by the email package where a line would pass 78 characters."""
+    out = []
+    for name, value in fields:
+        line = f"{name}: {value}\r\n"
+        out.append(line if len(line) <= _FOLD_AT + 2 else _folded(name, value))
+    return "".join(out)
+
+
+def _text_part(subtype: str, text: str, *, quoted_printable: bool = False) -> str:
+    """A text part as the email package's ``set_content`` writes it: US-ASCII in 7 bits when
+    the text allows, else UTF-8 in quoted-printable."""
+    lines = text.encode("utf-8").splitlines()
+    body = b"\n".join(lines) + b"\n"
+    if not quoted_printable and text.isascii() and all(len(line) <= 998 for line in lines):
+        charset, cte, data = "us-ascii", "7bit", body.decode("ascii")
+    else:
+        charset, cte, data = "utf-8", "quoted-printable", quoprimime.body_encode(body.decode("latin-1"), _FOLD_AT)
+    return (
+        f'Content-Type: text/{subtype}; charset="{charset}"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n'
+        + data.replace("\n", "\r\n")
+    )
+
+
+def _multipart_report(report_type: str, headers: str, parts: list[str]) -> bytes:
+    """A multipart/report (RFC 6522) of ``headers`` (written fields) and ``parts`` (each its
+    header fields, an empty line and its body), as bytes."""
+    boundary = "=_" + secrets.token_hex(16)
+    while any(boundary in part for part in parts):  # 128 random bits: only in theory
+        boundary = "=_" + secrets.token_hex(16)
+    body = "".join(f"--{boundary}\r\n{part}\r\n" for part in parts)
+    return (
+        f"{headers}MIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/report; report-type={report_type};\r\n boundary="{boundary}"\r\n\r\n'
+        f"{body}--{boundary}--\r\n"
+    ).encode("ascii")
 
 
 # -- message disposition notifications (RFC 8098) ----------------------------------------
@@ -394,7 +492,7 @@ def build_mdn(
     subject_hint: str | None,
     date: datetime | None = None,
     message_id: str | None = None,
-) -> EmailMessage:
+) -> Report:
     """A message disposition notification (RFC 8098) from ``final_recipient`` to ``sender``.
 
     ``multipart/report; report-type=disposition-notification`` with a French-then-English
@@ -460,7 +558,7 @@ def build_mdn(
     if mode.endswith("/MDN-sent-automatically"):
         # RFC 3834 5: sent without a person deciding to, so no automatic reply to it.
         headers.append(("Auto-Submitted", "auto-replied"))
-    return _report("disposition-notification", headers, [_human_part(text), notification])
+    return Report.of(_report("disposition-notification", headers, [_human_part(text), notification]))
 
 
 # -- SMTP DSN parameters (RFC 3461) ------------------------------------------------------
