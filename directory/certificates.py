@@ -372,16 +372,35 @@ def current_operator_identity(
     """The operator's receipt-signing key and certificate as they stand, or None when they
     must be made (none yet, revoked, or within 30 days of the end). Reads only: it may run
     in a read-only transaction. Raises CryptoError when the sealed key does not open."""
-    secret = session.get(SealedSecret, OPERATOR_KEY_SECRET)
-    if secret is None:
+    # Columns only, and what was opened and parsed kept by its bytes: a receipt is signed
+    # with this identity, and loading ORM rows cost more than the signature.
+    sealed = session.execute(_OPERATOR_SECRET_QUERY).scalar()
+    if sealed is None:
         return None
-    key = _operator_key(master_key, secret.value)
+    key = _operator_key(master_key, sealed)
     cutoff = utcnow() + OPERATOR_RENEW_MARGIN
-    for row in session.execute(_current_query([OPERATOR], OPERATOR)).scalars():
-        certificate = x509.load_der_x509_certificate(row.der)
-        if row.not_after > cutoff and keys.key_matches_certificate(key, certificate):
+    current = _current_query([OPERATOR], OPERATOR).with_only_columns(col(Certificate.der), col(Certificate.not_after))
+    for der, not_after in session.execute(current):
+        certificate = _operator_certificate(key, der)
+        if not_after > cutoff and certificate is not None:
             return key, certificate
     return None
+
+
+_OPERATOR_SECRET_QUERY = select(col(SealedSecret.value)).where(col(SealedSecret.name) == OPERATOR_KEY_SECRET)
+# The operator's certificates as parsed, by their DER, with whether each carries the public
+# half of the key they were checked against (a new key is another entry).
+_OPERATOR_CERTIFICATES: dict[tuple[rsa.RSAPrivateKey, bytes], x509.Certificate | None] = {}
+
+
+def _operator_certificate(key: rsa.RSAPrivateKey, der: bytes) -> x509.Certificate | None:
+    """The certificate of ``der`` when it carries ``key``'s public half, else None."""
+    if (key, der) not in _OPERATOR_CERTIFICATES:
+        certificate = x509.load_der_x509_certificate(der)
+        if len(_OPERATOR_CERTIFICATES) >= 16:
+            _OPERATOR_CERTIFICATES.clear()
+        _OPERATOR_CERTIFICATES[(key, der)] = certificate if keys.key_matches_certificate(key, certificate) else None
+    return _OPERATOR_CERTIFICATES[(key, der)]
 
 
 # The operator's key as opened from its sealed form, by the master key that opened it and
