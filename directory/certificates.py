@@ -206,12 +206,13 @@ def current_certificates(session: Session, addresses: Iterable[str]) -> dict[str
     return found
 
 
-# The DER of the current S/MIME certificates of some addresses, newest first: built once
-# (statement construction costs more than running it on a look-up per recipient).
+# The current certificates of some addresses for one usage, newest first, as columns:
+# built once (statement construction costs more than running it on a look-up per
+# recipient, or per receipt for the operator's own).
 _CURRENT_DERS = (
-    select(table_of(Certificate).c.address, table_of(Certificate).c.der)
+    select(table_of(Certificate).c.address, table_of(Certificate).c.der, table_of(Certificate).c.not_after)
     .where(table_of(Certificate).c.address.in_(bindparam("addresses", expanding=True)))
-    .where(table_of(Certificate).c.usage == SMIME)
+    .where(table_of(Certificate).c.usage == bindparam("usage"))
     .where(table_of(Certificate).c.revoked_at.is_(None))
     .where(table_of(Certificate).c.not_before <= bindparam("now"))
     .where(table_of(Certificate).c.not_after > bindparam("now"))
@@ -225,7 +226,8 @@ def current_certificate_ders(session: Session, addresses: Iterable[str]) -> dict
     wanted = sorted({_normalise(a) for a in addresses})
     found: dict[str, bytes] = {}
     if wanted:
-        for address, der in session.connection().execute(_CURRENT_DERS, {"addresses": wanted, "now": utcnow()}):
+        current = session.connection().execute(_CURRENT_DERS, {"addresses": wanted, "usage": SMIME, "now": utcnow()})
+        for address, der, _not_after in current:
             found.setdefault(address, der)  # rows come newest first
     return found
 
@@ -379,8 +381,8 @@ def current_operator_identity(
         return None
     key = _operator_key(master_key, sealed)
     cutoff = utcnow() + OPERATOR_RENEW_MARGIN
-    current = _current_query([OPERATOR], OPERATOR).with_only_columns(col(Certificate.der), col(Certificate.not_after))
-    for der, not_after in session.execute(current):
+    current = session.connection().execute(_CURRENT_DERS, {"addresses": [OPERATOR], "usage": OPERATOR, "now": utcnow()})
+    for _address, der, not_after in current:
         certificate = _operator_certificate(key, der)
         if not_after > cutoff and certificate is not None:
             return key, certificate
