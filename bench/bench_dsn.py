@@ -26,11 +26,11 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "bench"), str(PROJECT_ROOT / "tests")]
 
-from _support import bench_env, demo_installation, referral  # noqa: E402
+from mss import accounts, pipeline
+from mss.receipts import Notify
+from mss.runtime import open_runtime
 
-from mss import accounts, pipeline  # noqa: E402
-from mss.receipts import Notify  # noqa: E402
-from mss.runtime import open_runtime  # noqa: E402
+from _support import bench_env, demo_installation, referral
 
 
 def main() -> None:
@@ -47,10 +47,7 @@ def main() -> None:
                 rt.engine, rt.settings, sender.address, sender.password, accounts.Origin("smtp", "127.0.0.1")
             )
             recipients = [o.address for o in others[:2]]
-            kinds = {
-                "no DSN": Notify(("FAILURE", "DELAY")),
-                "success DSN": Notify(("SUCCESS", "FAILURE")),
-            }
+            kinds = {"no DSN": Notify(("FAILURE", "DELAY")), "success DSN": Notify(("SUCCESS", "FAILURE"))}
             number = 0
 
             def batch(notify: Notify) -> float:
