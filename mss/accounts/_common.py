@@ -1,5 +1,6 @@
 """What every part of the accounts service shares: the unlocked account, the enrolment, the
-password policy and the argon2id wrapping of keys. Imports nothing of ``mss.accounts``.
+password policy, the argon2id wrapping of keys and how a change to an account is recorded.
+Imports nothing of ``mss.accounts``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from cryptography import x509
 from sqlalchemy import select
 from sqlmodel import Session, col
 
+from mss import audit
 from mss.addresses import normalise_address
 from mss.crypto import keys
+from mss.db import utcnow
 from mss.errors import NoSuchAccount, PasswordPolicyError
 from mss.models import Account
 from mss.settings import Settings
@@ -65,6 +68,24 @@ def require_account(session: Session, address: str) -> Account:
     if account is None:
         raise NoSuchAccount(f"no account for {normalise_address(address)}")
     return account
+
+
+def record_change(
+    session: Session, account: Account, action: str, *, actor: str, request_id: str = "", **detail: object
+) -> None:
+    """``account`` changed now, by ``actor``: stamped, added to the caller's transaction and
+    audited as ``action`` on the account, with ``detail``."""
+    account.updated_at = utcnow()
+    session.add(account)
+    audit.record(
+        session,
+        actor=actor,
+        action=action,
+        object=account.address,
+        request_id=request_id,
+        # the detail fields are the change's, none named like record's own parameters
+        **detail,  # type: ignore[arg-type]
+    )
 
 
 def wrap_keys(settings: Settings, key_der: bytes, password: str, past: tuple[bytes, ...] = ()) -> keys.WrappedKey:

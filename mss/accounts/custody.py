@@ -27,6 +27,7 @@ from mss.accounts._common import (
     check_password_policy,
     get_account,
     hash_password,
+    record_change,
     require_account,
     wrap_keys,
     wrapped_keys_of,
@@ -281,11 +282,7 @@ def renew_certificates(session: Session, settings: Settings, *, within_days: int
             session, settings, account.address, actor=actor, public_key=public_key
         )
         account.certificate_id = row.id
-        account.updated_at = utcnow()
-        session.add(account)
-        audit.record(
-            session, actor=actor, action="pki.renew", object=account.address, serial=row.serial, previous=current.serial
-        )
+        record_change(session, account, "pki.renew", actor=actor, serial=row.serial, previous=current.serial)
         renewed.append((account.address, row.serial, row.not_after))
     held = set(session.execute(select(col(Account.address))).scalars())
     external = session.execute(
@@ -324,13 +321,9 @@ def set_disabled(session: Session, address: str, disabled: bool, *, actor: str) 
     """Disable (or enable again) an account. Raises NoSuchAccount."""
     account = require_account(session, address)
     account.disabled = disabled
-    account.updated_at = utcnow()
-    session.add(account)
     if disabled:
         standing.end_sessions(session, account.address)
-    audit.record(
-        session, actor=actor, action="account.disable" if disabled else "account.enable", object=account.address
-    )
+    record_change(session, account, "account.disable" if disabled else "account.enable", actor=actor)
 
 
 def set_admin(session: Session, address: str, admin: bool, *, actor: str) -> None:
@@ -338,11 +331,7 @@ def set_admin(session: Session, address: str, admin: bool, *, actor: str) -> Non
     Raises NoSuchAccount."""
     account = require_account(session, address)
     account.is_admin = admin
-    account.updated_at = utcnow()
-    session.add(account)
-    audit.record(
-        session, actor=actor, action="account.admin" if admin else "account.admin-withdrawn", object=account.address
-    )
+    record_change(session, account, "account.admin" if admin else "account.admin-withdrawn", actor=actor)
 
 
 def is_admin(session: Session, address: str) -> bool:

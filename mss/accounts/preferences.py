@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
-from mss import audit
-from mss.accounts._common import get_account, require_account
-from mss.db import utcnow
+from mss.accounts._common import get_account, record_change, require_account
 from mss.errors import AccountError
 
 ASK, ALWAYS, NEVER = "ask", "always", "never"
@@ -35,13 +33,4 @@ def set_read_receipt_choice(session: Session, address: str, choice: str, *, acto
     if account.read_receipts == choice:
         return
     account.read_receipts = choice
-    account.updated_at = utcnow()
-    session.add(account)
-    audit.record(
-        session,
-        actor=actor,
-        action="account.read-receipts",
-        object=account.address,
-        request_id=request_id,
-        choice=choice,
-    )
+    record_change(session, account, "account.read-receipts", actor=actor, request_id=request_id, choice=choice)

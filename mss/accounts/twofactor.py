@@ -21,11 +21,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from mss import audit, standing
-from mss.accounts._common import Enrolment, get_account, require_account
+from mss.accounts._common import Enrolment, get_account, record_change, require_account
 from mss.accounts.lockout import LOCAL, Origin, is_locked, login_completed, record_failure
 from mss.addresses import normalise_address
 from mss.crypto.master import MasterKey
-from mss.db import session_scope, utcnow
+from mss.db import session_scope
 from mss.errors import AccountLocked, BadTotp
 from mss.settings import Settings
 
@@ -120,15 +120,8 @@ def new_recovery_codes(engine: Engine, address: str, *, request_id: str = "") ->
     with session_scope(engine) as session:
         account = require_account(session, address)
         account.recovery_codes = json.dumps([_digest(account.address, code) for code in codes])
-        account.updated_at = utcnow()
-        session.add(account)
-        audit.record(
-            session,
-            actor=account.address,
-            action="account.recovery-codes",
-            object=account.address,
-            request_id=request_id,
-            count=len(codes),
+        record_change(
+            session, account, "account.recovery-codes", actor=account.address, request_id=request_id, count=len(codes)
         )
     return [f"{c[:4]}-{c[4:8]}-{c[8:]}" for c in codes]
 
@@ -200,9 +193,7 @@ def reset_2fa(
     account.totp_confirmed = False
     account.totp_last_step = 0
     account.recovery_codes = ""
-    account.updated_at = utcnow()
-    session.add(account)
     if end_sessions:
         standing.end_sessions(session, account.address)
-    audit.record(session, actor=actor, action="account.reset-2fa", object=account.address)
+    record_change(session, account, "account.reset-2fa", actor=actor)
     return enrolment_of(settings, account.address, secret)
