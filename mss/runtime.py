@@ -55,8 +55,9 @@ T = TypeVar("T")
 
 
 class MessageThreads:
-    """The threads that take whole messages through the pipeline (a submission at DATA, an
-    arrival from another operator), as many as the cores the process may use.
+    """The threads that take whole messages through the pipeline (a submission over SMTP,
+    the web or the API, an arrival from another operator), as many as the cores the process
+    may use.
 
     The work is CPU-bound (parsing, checks, signature, encryption), so more threads than
     cores add nothing but messages in flight at once, each held several times over in
