@@ -28,9 +28,9 @@ from mss import audit, store
 from mss.db import rowcount, session_scope, utcnow
 from mss.models import Account, Delivery, MailboxIndexed, MailboxItem, MailboxToken, Message, Receipt, WebSession
 from mss.receipts import issuer
+from mss.receipts.sealing import listed
 from mss.receipts.wire import Report
 from mss.runtime import Runtime
-from mss.store import MessageMeta
 
 NOTICE_KIND = "notice"
 
@@ -71,13 +71,7 @@ def _notice(session: Session, rt: Runtime, account: Account, now: datetime) -> b
     )
     written = Report.of(message)
     cms = issuer.seal(session, rt, written, certificate)
-    meta = MessageMeta(
-        sender=written.sender,
-        recipients=[account.address],
-        subject=written.subject,
-        date=written.date,
-        message_id=written.message_id,
-    )
+    meta = listed(written, account.address)
     store.store_notice(session, rt.master_key, owner=account.address, kind=NOTICE_KIND, cms=cms, meta=meta)
     account.inactivity_notice_at = now
     session.add(account)

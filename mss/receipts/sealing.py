@@ -39,6 +39,17 @@ def sealed(identity: OperatorIdentity, notification: Report, reader_certificate:
     return smime.encrypt(smime.signed_entity(signed(identity, notification)), [reader_certificate])
 
 
+def listed(notification: Report, reader: str) -> MessageMeta:
+    """What ``reader``'s mailbox lists of ``notification``."""
+    return MessageMeta(
+        sender=notification.sender,
+        recipients=[reader],
+        subject=notification.subject,
+        date=notification.date,
+        message_id=notification.message_id,
+    )
+
+
 def notice(
     identity: OperatorIdentity,
     notification: Report,
@@ -52,18 +63,11 @@ def notice(
 ) -> Notice:
     """A notification sealed with the operator's ``identity`` (see ``sealed``), with the
     metadata its reader's mailbox lists."""
-    meta = MessageMeta(
-        sender=notification.sender,
-        recipients=[reader],
-        subject=notification.subject,
-        date=notification.date,
-        message_id=notification.message_id,
-    )
     return Notice(
         kind=kind,
         status=status,
         recipients=tuple(recipients),
         reason=reason,
         cms=sealed(identity, notification, reader_certificate),
-        meta=meta,
+        meta=listed(notification, reader),
     )
