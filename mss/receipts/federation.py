@@ -134,7 +134,7 @@ def to_remote_sender(
         log.info("no receipt for %s: %s is not on the trust list", to, domain)
         return False
     headers = {}
-    written = notification.message()
+    written = notification.headers()
     for name in _RECEIPT_HEADERS:
         value = written.get(name)
         if value is not None:

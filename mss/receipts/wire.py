@@ -94,8 +94,14 @@ class Report:
     def as_bytes(self) -> bytes:
         return self.wire
 
+    def headers(self) -> EmailMessage:
+        """Its header section read back (the body is not parsed), for the fields beyond these."""
+        message = BytesHeaderParser(policy=POLICY).parsebytes(self.wire)
+        assert isinstance(message, EmailMessage)  # the policy's message factory
+        return message
+
     def message(self) -> EmailMessage:
-        """The notification read back, for what needs more of it than these fields."""
+        """The notification read back whole."""
         message = BytesParser(policy=POLICY).parsebytes(self.wire)
         assert isinstance(message, EmailMessage)  # the policy's message factory
         return message
