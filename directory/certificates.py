@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypedDict
 
 from cryptography import x509
@@ -209,7 +209,7 @@ def current_certificates(session: Session, addresses: Iterable[str]) -> dict[str
 # The current certificates of some addresses for one usage, newest first, as columns:
 # built once (statement construction costs more than running it on a look-up per
 # recipient, or per receipt for the operator's own).
-_CURRENT_DERS = (
+_CURRENT_CERTIFICATES = (
     select(table_of(Certificate).c.address, table_of(Certificate).c.der, table_of(Certificate).c.not_after)
     .where(table_of(Certificate).c.address.in_(bindparam("addresses", expanding=True)))
     .where(table_of(Certificate).c.usage == bindparam("usage"))
@@ -220,14 +220,20 @@ _CURRENT_DERS = (
 )
 
 
+def _current_rows(session: Session, addresses: list[str], usage: str) -> Iterable[tuple[str, bytes, datetime]]:
+    """Address, DER and end of the current certificates of ``addresses`` for ``usage``,
+    newest first."""
+    now = utcnow()
+    return session.connection().execute(_CURRENT_CERTIFICATES, {"addresses": addresses, "usage": usage, "now": now})
+
+
 def current_certificate_ders(session: Session, addresses: Iterable[str]) -> dict[str, bytes]:
     """The DER of the current S/MIME certificate of each address that has one, in one query
     of two columns (``current_certificates`` without loading rows or parsing)."""
     wanted = sorted({_normalise(a) for a in addresses})
     found: dict[str, bytes] = {}
     if wanted:
-        current = session.connection().execute(_CURRENT_DERS, {"addresses": wanted, "usage": SMIME, "now": utcnow()})
-        for address, der, _not_after in current:
+        for address, der, _not_after in _current_rows(session, wanted, SMIME):
             found.setdefault(address, der)  # rows come newest first
     return found
 
@@ -381,8 +387,7 @@ def current_operator_identity(
         return None
     key = _operator_key(master_key, sealed)
     cutoff = utcnow() + OPERATOR_RENEW_MARGIN
-    current = session.connection().execute(_CURRENT_DERS, {"addresses": [OPERATOR], "usage": OPERATOR, "now": utcnow()})
-    for _address, der, not_after in current:
+    for _address, der, not_after in _current_rows(session, [OPERATOR], OPERATOR):
         certificate = _operator_certificate(key, der)
         if not_after > cutoff and certificate is not None:
             return key, certificate
