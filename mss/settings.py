@@ -13,6 +13,7 @@ import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -120,10 +121,11 @@ class PkiSettings:
     """``MSS_CERT_WARNING_DAYS``: certificates ending within this many days are announced
     (web banner, ``mss serve`` log) and renewed by ``mss pki renew``. Default 30."""
 
-    @property
+    @cached_property
     def own_name(self) -> str:
         """The name the operator gives itself (SMTP greeting and EHLO, reporting MTA or UA
-        of its receipts): the first of ``MSS_HOSTNAMES``, else the machine's own."""
+        of its receipts): the first of ``MSS_HOSTNAMES``, else the machine's own (looked up
+        once: every receipt names it)."""
         return self.hostnames[0] if self.hostnames else socket.getfqdn()
 
 
