@@ -4,9 +4,9 @@
 same cost for an unknown address), the account's standing (``mss.standing``) and opens the
 private keys in memory. Credentials no account can have (an implausible address, an empty
 password or one longer than ``MAX_PASSWORD``) are refused first, at every door alike, with
-nothing looked up, hashed or counted. Where a second factor follows (web, API), the login completes with
-``mss.accounts.twofactor.check_second_factor``; :func:`login_with_code` does both steps at
-once for a door that receives them together (the API).
+nothing looked up, hashed or counted. Where a second factor follows (web, API), the login
+completes with ``mss.accounts.twofactor.check_second_factor``; :func:`login_with_code` does
+both steps at once for a door that receives them together (the API).
 """
 
 from __future__ import annotations
