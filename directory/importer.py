@@ -71,6 +71,7 @@ from unidecode import unidecode
 
 from directory.extract import FIELDS, ParsedLine, check_header, echo, parse_line
 from directory.models import ACTIVE, INACTIVE, DirectoryEntry
+from directory.search import count_words
 from mss import audit
 from mss.db import UTCDateTime, session_scope, table_of, utcnow
 from mss.errors import ImportFileError, StorageError
@@ -569,9 +570,11 @@ def _import_lines(
         summary.deactivated = len(absent)
     if conn.dialect.name == "postgresql" and summary.added + summary.updated + summary.reactivated:
         # Searches scan the GIN pending list entry by entry: merge it into the index now
-        # rather than leave the import's rows there, and give the planner fresh statistics.
+        # rather than leave the import's rows there. count_words gives the planner fresh
+        # statistics (ANALYZE).
         conn.exec_driver_sql("SELECT gin_clean_pending_list('ix_directory_entry_search'::regclass)")
-        conn.exec_driver_sql("ANALYZE directory_entry")
+    if summary.added + summary.updated + summary.reactivated + summary.deactivated:
+        count_words(conn)
     return summary
 
 

@@ -24,24 +24,30 @@ Within a rank, entries come in alphabetical order of their folded names (last na
 first name, accents and case ignored), then address, so pages are stable.
 
 SQLite answers from the FTS5 table of migration 0002, PostgreSQL from its GIN index on
-``to_tsvector('simple', search_text)`` with prefix ``to_tsquery`` terms. The cost grows with
-the number of matching entries, which all have to be ranked: a name costs about a
-millisecond, a whole town a hundred or more (see bench/README.md).
+``to_tsvector('simple', search_text)`` with prefix ``to_tsquery`` terms. Two things keep the
+cost of a search near what its page needs (migration 0010; figures in bench/README.md):
+
+- the index narrows on the rarest words of the query only (``directory_word`` counts the
+  common ones); the others ("pharmacie", "cabinet") are checked on the entries it found;
+- on SQLite, a query that matches thousands of entries ("paris", "jean") is not ranked
+  whole: its first ranks come from an index of the names alone, and the others are read in
+  name order until the page is full (:func:`_walk`). PostgreSQL ranks every match.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import select, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import bindparam, select, text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 from unidecode import unidecode
 
 from directory.extract import address_error
-from directory.models import ACTIVE, DirectoryEntry, EntryCard
+from directory.models import ACTIVE, INACTIVE, REVOKED, DirectoryEntry, EntryCard
 from mss.db import session_scope
 from mss.errors import DirectoryError, StorageError
 
@@ -119,48 +125,311 @@ STOPWORDS = frozenset({"a", "au", "aux", "d", "de", "des", "du", "en", "et", "l"
 # A prefix this short matches so many index terms that expanding it costs more than checking
 # it on the entries the longer words already selected.
 SHORT_WORD = 2
+# directory_word (migration 0010) counts the words held by at least this many entries; a
+# word it does not list is taken to be held by this many.
+COMMON_WORD = 200
+# What reading one entry of a word's list in the index costs, against what each entry found
+# costs after that: reading its row, checking words on it, ranking it (measured on 535,000
+# entries, SQLite: about 0.05 µs against 1.6 µs).
+_INDEX_COST, _FOUND_COST = 1, 30
 
 
-def _plan(words: list[str]) -> tuple[list[str], list[str]]:
-    """Split the query words into those looked up in the index and those checked per entry."""
+def count_words(conn: Connection) -> None:
+    """Count again, in ``directory_word``, the entries that hold each common word (after an
+    import: the counts plan searches, see :func:`_plan`).
+
+    SQLite reads them from the full-text index (``directory_fts_vocab``). PostgreSQL reads
+    the statistics ``ANALYZE`` keeps on the search index's lexemes (a sample of the
+    entries: counts within a few percent), as counting every word of every entry again
+    would take longer than the import.
+    """
+    conn.execute(text("DELETE FROM directory_word"))
+    if conn.dialect.name == "sqlite":
+        fill = "SELECT term, doc FROM directory_fts_vocab WHERE doc >= :common"
+    else:
+        conn.execute(text("ANALYZE directory_entry"))
+        fill = _POSTGRESQL_WORDS
+    conn.execute(text(f"INSERT INTO directory_word (word, entries) {fill}"), {"common": COMMON_WORD})
+
+
+# The lexemes ANALYZE found most common in the search index, with their share of the rows
+# (most_common_elem_freqs ends with three more numbers: unnest pairs them with NULL).
+_POSTGRESQL_WORDS = """
+SELECT word, round(share * entry.reltuples) FROM pg_stats AS stats
+CROSS JOIN LATERAL unnest(stats.most_common_elems::text::text[], stats.most_common_elem_freqs) AS lexeme(word, share)
+CROSS JOIN pg_class AS entry
+WHERE stats.schemaname = current_schema() AND stats.tablename = 'ix_directory_entry_search'
+  AND entry.oid = 'directory_entry'::regclass
+  AND word IS NOT NULL AND share * entry.reltuples >= :common
+"""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    indexed: list[str]
+    """Words the full-text index narrows on."""
+    checked: list[str]
+    """Words checked on each entry the index found."""
+    found: float
+    """How many entries the query is expected to match."""
+    held: dict[str, int]
+    """How many entries hold each word (those of at least 3 characters), about."""
+    entries: int
+    """How many entries the directory holds, about (the highest id)."""
+
+
+_COMPOUND = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)+")
+
+
+def _plan(session: Session, query: str, words: list[str]) -> _Plan:
+    """Split the query words into those looked up in the index and those checked per entry.
+
+    Particles and short prefixes are checked. Of the others, the index narrows on the
+    rarest, then on each next one only while reading its list costs less than checking it
+    on the entries found so far (counts from ``directory_word``, entries assumed to hold
+    words independently): "pharmacie gambetta beziers" reads the lists of the street and
+    the town, a few thousand entries, and checks "pharmacie" on the 58 they have in common
+    rather than read the 170,000 entries of its list. How many entries the query matches
+    is expected the same way, except that the words of a compound ("sage-femme",
+    "clermont-ferrand") come together: such a group matches as many as its rarest word.
+    """
     kept = [w for w in words if w not in STOPWORDS] or words
-    indexed = [w for w in kept if len(w) > SHORT_WORD] or kept
-    checked = [w for w in kept if w not in indexed]
-    return indexed, checked
+    candidates = [w for w in kept if len(w) > SHORT_WORD] or kept
+    ranges = " OR ".join(f"(word >= :p{i} AND word < :q{i})" for i in range(len(candidates)))
+    params = {f"p{i}": w for i, w in enumerate(candidates)}
+    params |= {f"q{i}": w + "{" for i, w in enumerate(candidates)}  # "{" sorts after [a-z0-9]
+    counted = session.execute(text(f"SELECT word, entries FROM directory_word WHERE {ranges}"), params).all()
+    entries = session.execute(text("SELECT max(id) FROM directory_entry")).scalar() or 1
+
+    def held_by(word: str) -> int:
+        return sum(n for counted_word, n in counted if counted_word.startswith(word)) or min(COMMON_WORD, entries)
+
+    held = {w: held_by(w) for w in candidates}
+    # The words of a compound come together: the group's share is its rarest word's.
+    group_of = {w: {w} for w in held}
+    folded = query.lower() if query.isascii() else unidecode(query).lower()
+    for compound in _COMPOUND.findall(folded):
+        merged = set().union(*(group_of[w] for w in _WORD.findall(compound) if w in group_of))
+        group_of |= dict.fromkeys(merged, merged)
+    share = {w: held[w] / entries for w in held}
+    rarest_first = sorted(candidates, key=held.__getitem__)
+    indexed, found = rarest_first[:1], float(held[rarest_first[0]])
+    narrowed = {id(group_of[indexed[0]]): share[indexed[0]]}  # each group's share so far
+    for word in rarest_first[1:] if len(rarest_first[0]) > SHORT_WORD else ():
+        group = id(group_of[word])
+        before = narrowed.get(group, 1.0)
+        still_found = found * min(before, share[word]) / before
+        if held[word] * _INDEX_COST < (found - still_found) * _FOUND_COST:
+            indexed.append(word)
+            found = still_found
+            narrowed[group] = min(before, share[word])
+    groups = {id(group): group for group in group_of.values()}.values()
+    matched = entries * math.prod(min(share[w] for w in group) for group in groups)
+    return _Plan(
+        indexed=indexed, checked=[w for w in kept if w not in indexed], found=matched, held=held, entries=entries
+    )
 
 
-def _statement(
-    dialect: str, words: list[str], include_inactive: bool, *, count: bool = False
-) -> tuple[str, dict[str, object]]:
-    indexed, checked = _plan(words)
-    params: dict[str, object] = {"active": ACTIVE}
-    find = "instr" if dialect == "sqlite" else "strpos"
-    for i, word in enumerate(indexed + checked):
-        params[f"w{i}"] = " " + word  # a word start
-        params[f"x{i}"] = " " + word + " "  # a whole word
-    whole = [f"{find}(names, :x{i}) > 0" for i in range(len(indexed) + len(checked))]
-    start = [f"{find}(names, :w{i}) > 0" for i in range(len(indexed) + len(checked))]
+def _words(
+    find: str, words: list[str], names: str = "names"
+) -> tuple[dict[str, object], list[str], list[str], list[str]]:
+    """Parameters ``w<i>`` (a word start) and ``x<i>`` (a whole word) for each word, and its
+    tests on the ``names`` expression: whole word, word start, and word start anywhere in
+    the entry's ``search_text``."""
+    params: dict[str, object] = {}
+    for i, word in enumerate(words):
+        params[f"w{i}"] = " " + word
+        params[f"x{i}"] = " " + word + " "
+    whole = [f"{find}({names}, :x{i}) > 0" for i in range(len(words))]
+    start = [f"{find}({names}, :w{i}) > 0" for i in range(len(words))]
+    anywhere = [f"{find}(' ' || e.search_text, :w{i}) > 0" for i in range(len(words))]
+    return params, whole, start, anywhere
+
+
+def _rank(whole: list[str], start: list[str]) -> str:
+    """The rank of an entry, as the module's docstring lists them."""
     ranks = [_EXACT]
     if len(whole) > 1:  # with one word, "every" and "some" are the same rank
         ranks += [" AND ".join(whole), " AND ".join(start)]
     ranks += [" OR ".join(whole), " OR ".join(start)]
-    rank = "CASE " + " ".join(f"WHEN {test} THEN {n}" for n, test in enumerate(ranks)) + f" ELSE {len(ranks)} END"
+    return "CASE " + " ".join(f"WHEN {test} THEN {n}" for n, test in enumerate(ranks)) + f" ELSE {len(ranks)} END"
+
+
+def _statement(
+    dialect: str, indexed: list[str], checked: list[str], include_inactive: bool, *, count: bool = False
+) -> tuple[str, dict[str, object]]:
+    find = "instr" if dialect == "sqlite" else "strpos"
+    params, whole, start, anywhere = _words(find, indexed + checked)
+    params["active"] = ACTIVE
     # "+e.status" keeps SQLite from using the status index to drive the join.
     status = "AND +e.status = :active" if dialect == "sqlite" else "AND e.status = :active"
     filters = [] if include_inactive else [status]
-    filters += [f"AND {find}(' ' || e.search_text, :w{len(indexed) + i}) > 0" for i in range(len(checked))]
+    filters += [f"AND {test}" for test in anywhere[len(indexed) :]]
     if dialect == "sqlite":
         # Each word is [a-z0-9]+ and quoted anyway: "w"* is a prefix term, juxtaposition AND.
         params["match"] = " ".join(f'"{w}"*' for w in indexed)
         if count:
             return _SQLITE_COUNT.format(filters=" ".join(filters)), params
-        return _SQLITE.format(filters=" ".join(filters), rank=rank), params
+        return _SQLITE.format(filters=" ".join(filters), rank=_rank(whole, start)), params
     if dialect == "postgresql":
         params["match"] = " & ".join(f"{w}:*" for w in indexed)
         if count:
             return _POSTGRESQL_COUNT.format(filters=" ".join(filters)), params
-        return _POSTGRESQL.format(filters=" ".join(filters), rank=rank), params
+        return _POSTGRESQL.format(filters=" ".join(filters), rank=_rank(whole, start)), params
     raise DirectoryError(f"directory search does not support the {dialect} database")
+
+
+# -- a broad query: one page read in name order (SQLite) -----------------------------------
+
+# A query expected to match this many entries is answered by _walk, when the walk is
+# expected to read fewer entries than ranking every match ranks.
+BROAD = 2000
+# A rank whose entries the index of names finds fewer than this many of is listed whole;
+# past it, the rank is walked in name order.
+LISTED_AT_MOST = 3000
+# A walk gives up (and the query is ranked whole) past this many times the entries it
+# expected to read.
+WALK_SLACK = 4
+
+_SQLITE_NAMED_COUNT = """
+SELECT count(*) FROM (
+    SELECT rowid FROM directory_names_fts WHERE directory_names_fts MATCH :named LIMIT :at_most
+)
+"""
+# How many entries have names that start with a word (walking in name order, they come
+# together: a walk for them reads every name before theirs).
+_SQLITE_BLOCK = """
+SELECT count(*) FROM (
+    SELECT 1 FROM directory_entry AS e INDEXED BY ix_directory_entry_names
+    WHERE substr(e.search_text, 1, instr(e.search_text, ' | ')) >= :first
+      AND substr(e.search_text, 1, instr(e.search_text, ' | ')) < :after
+    LIMIT :at_most
+)
+"""
+# One rank's matches among some entries, in name order.
+_SQLITE_RANK = """
+SELECT id FROM (
+    SELECT e.id, e.address, e.rpps, e.national_id,
+           ' ' || substr(e.search_text, 1, instr(e.search_text, ' | ')) AS names
+    FROM directory_entry AS e
+    WHERE e.id IN ({among}) {filters}
+)
+WHERE {rank} = :rank
+ORDER BY names, address
+"""
+_AMONG_NAMED = "SELECT rowid FROM directory_names_fts WHERE directory_names_fts MATCH :named"
+_AMONG_EXACT = "SELECT id FROM directory_entry WHERE address = :exact OR rpps = :exact OR national_id = :exact"
+# Every entry in name order (ix_directory_entry_names, migration 0010: nothing to sort), each
+# with whether it is a match of the rank (the rank is worked out for matches only).
+_SQLITE_WALK = """
+SELECT e.id, CASE WHEN {filters} THEN {rank} = :rank ELSE 0 END
+FROM directory_entry AS e INDEXED BY ix_directory_entry_names
+ORDER BY substr(e.search_text, 1, instr(e.search_text, ' | ')), e.address
+"""
+_NAMES = "' ' || substr(e.search_text, 1, instr(e.search_text, ' | '))"
+_SQLITE_MATCHED = "SELECT count(*) FROM directory_fts WHERE directory_fts MATCH :match"
+_SQLITE_NOT_ACTIVE = "SELECT count(*) FROM directory_entry AS e WHERE e.status IN :not_active AND {anywhere}"
+
+
+def _worth_walking(plan: _Plan, end: int) -> bool:
+    """Whether the query is broad enough for :func:`_walk`, and its page near enough: a walk
+    reads about ``end * entries / found`` entries, ranking every match ``found``."""
+    return plan.found >= BROAD and end * plan.entries <= plan.found**2
+
+
+def _named(words: list[str]) -> list[str]:
+    """For each rank after the exact match's and before the last, the query of the index of
+    names that finds the entries it may hold."""
+    whole = [f'"{w}"' for w in words]
+    start = [f'"{w}"*' for w in words]
+    named = [" AND ".join(whole), " AND ".join(start)] if len(words) > 1 else []
+    return [*named, " OR ".join(whole), " OR ".join(start)]
+
+
+def _walk(
+    session: Session, plan: _Plan, exact: str | None, include_inactive: bool, *, offset: int, limit: int
+) -> list[int] | None:
+    """Rows ``offset`` to ``offset + limit`` of a broad query's ranking, reading about as
+    many entries as the page needs rather than ranking every match; None when it would read
+    many more, to rank the query whole.
+
+    The ranks are taken in order. The exact match and each rank the index of names finds
+    few entries for ("paris" names a few thousand organisations among the 83,000 entries in
+    Paris) are listed whole: their matches, in name order. A rank with more ("jean" names
+    40,000 people), and the last rank (the entries whose names hold none of the words), are
+    walked: every entry in name order, keeping the rank's matches, until the page is full.
+    A walk gives up past WALK_SLACK times the entries it expected to read, and is not tried
+    for a rank whose entries come together in name order ("martin": the MARTIN family sits
+    after every name before it).
+    """
+    words = plan.indexed + plan.checked
+    params, whole, start, anywhere = _words("instr", words)
+    params |= {"exact": exact, "active": ACTIVE, "at_most": LISTED_AT_MOST}
+    matches = ([] if include_inactive else ["e.status = :active"]) + anywhere
+    list_rank = _SQLITE_RANK.format(
+        among="{among}", filters="".join(f" AND {m}" for m in matches), rank=_rank(whole, start)
+    )
+    _, walk_whole, walk_start, _ = _words("instr", words, _NAMES)
+    walk = text(_SQLITE_WALK.format(filters=" AND ".join(matches), rank=_rank(walk_whole, walk_start)))
+    end = offset + limit
+    ranked: list[int] = []
+
+    def walk_rank(expected: float) -> bool:
+        """Add the rank's matches met in name order until the page is full; False if that
+        took more than WALK_SLACK times the entries expected to read."""
+        budget = WALK_SLACK * (end - len(ranked)) * plan.entries / expected + 1000
+        rows = session.execute(walk, params)
+        try:
+            for read, (entry_id, is_match) in enumerate(rows, 1):
+                if is_match:
+                    ranked.append(entry_id)
+                    if len(ranked) == end:
+                        break
+                if read >= budget:
+                    return False
+        finally:
+            rows.close()
+        return True
+
+    if exact is not None:
+        params["rank"] = 0
+        ranked += session.execute(text(list_rank.format(among=_AMONG_EXACT)), params).scalars()
+    named_ranks = _named(words)
+    for n, named in enumerate(named_ranks, 1):
+        if len(ranked) >= end:
+            return ranked[offset:end]
+        params |= {"rank": n, "named": named}
+        if session.execute(text(_SQLITE_NAMED_COUNT), params).scalar_one() < LISTED_AT_MOST:
+            ranked += session.execute(text(list_rank.format(among=_AMONG_NAMED)), params).scalars()
+        elif _together(session, words) or not walk_rank(LISTED_AT_MOST):
+            return None
+    if len(ranked) < end:
+        params["rank"] = len(named_ranks) + 1
+        if not walk_rank(plan.found):
+            return None
+    return ranked[offset:end]
+
+
+def _count_walked(session: Session, plan: _Plan, include_inactive: bool) -> int:
+    """How many entries match a query _walk answered, when the index decides every word:
+    the index's count (a few milliseconds for 83,000 entries, where counting them through
+    their rows takes fifty), less the entries not active among them (few, found by status)."""
+    params, _, _, anywhere = _words("instr", plan.indexed)
+    params |= {"match": " ".join(f'"{w}"*' for w in plan.indexed), "not_active": [REVOKED, INACTIVE]}
+    matched = session.execute(text(_SQLITE_MATCHED), params).scalar_one()
+    if not include_inactive:
+        not_active = text(_SQLITE_NOT_ACTIVE.format(anywhere=" AND ".join(anywhere)))
+        matched -= session.execute(not_active.bindparams(bindparam("not_active", expanding=True)), params).scalar_one()
+    return int(matched)
+
+
+def _together(session: Session, words: list[str]) -> bool:
+    """Whether many entries' names start with one of ``words``."""
+    for word in words:
+        params = {"first": word, "after": word + "{", "at_most": LISTED_AT_MOST // 2}
+        if session.execute(text(_SQLITE_BLOCK), params).scalar_one() >= LISTED_AT_MOST // 2:
+            return True
+    return False
 
 
 def search(
@@ -212,22 +481,29 @@ def search(
                     total=1 if with_total else None,
                 )
         dialect = session.get_bind().dialect.name
-        sql, params = _statement(dialect, words, include_inactive)
-        ids = (
-            session.execute(
-                text(sql), {**params, "exact": exact, "limit": per_page + 1, "offset": (page - 1) * per_page}
+        plan = _plan(session, query, words)
+        indexed, checked = plan.indexed, plan.checked
+        offset, limit = (page - 1) * per_page, per_page + 1
+        walked = None
+        if dialect == "sqlite" and _worth_walking(plan, offset + limit):
+            walked = _walk(session, plan, exact, include_inactive, offset=offset, limit=limit)
+        if walked is not None:
+            ids = walked
+        else:
+            sql, params = _statement(dialect, indexed, checked, include_inactive)
+            ids = list(
+                session.execute(text(sql), {**params, "exact": exact, "limit": limit, "offset": offset}).scalars()
             )
-            .scalars()
-            .all()
-        )
         has_next = len(ids) > per_page
         ids = ids[:per_page]
         total = None
         if with_total:
             if page == 1 and not has_next:
                 total = len(ids)  # the page holds every match: no need to count them again
+            elif walked is not None and not checked:
+                total = _count_walked(session, plan, include_inactive)
             else:
-                count_sql, count_params = _statement(dialect, words, include_inactive, count=True)
+                count_sql, count_params = _statement(dialect, indexed, checked, include_inactive, count=True)
                 total = int(session.execute(text(count_sql), {**count_params, "exact": exact}).scalar_one())
         found = (
             {

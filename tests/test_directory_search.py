@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
+import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+import directory.search as search_module
 from directory import service
 from directory.importer import import_extract
-from directory.search import SearchPage, search
+from directory.search import COMMON_WORD, SearchPage, search
 from mss.db import session_scope
 from mss.errors import DirectoryError
 
@@ -207,3 +212,79 @@ def test_empty_queries_and_limits(directory: Engine) -> None:
         page(directory, "a" * 201)
     with pytest.raises(DirectoryError, match="more than 16 words"):
         page(directory, " ".join(f"w{n}" for n in range(17)))
+
+
+# -- a broad query, read in name order (SQLite) ---------------------------------------------
+
+GENERATOR = Path(__file__).resolve().parents[1] / "bench" / "gen_extract.py"
+
+
+def generated_extract(tmp_path: Path, rows: int) -> Path:
+    """A synthetic extract in the national format (bench/gen_extract.py), ``rows`` lines."""
+    spec = importlib.util.spec_from_file_location("gen_extract", GENERATOR)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = tmp_path / "extract.txt"
+    module.generate(rows, path)
+    return path
+
+
+def test_word_counts_follow_the_imports(engine: Engine, tmp_path: Path) -> None:
+    import_extract(engine, generated_extract(tmp_path, 1500))
+    with session_scope(engine) as session:
+        counted = {word: n for word, n in session.execute(text("SELECT word, entries FROM directory_word"))}
+        texts = session.execute(text("SELECT search_text FROM directory_entry")).scalars().all()
+    held: Counter[str] = Counter()
+    for search_text in texts:
+        held.update(set(search_text.replace("|", " ").split()))
+    assert counted and counted == {word: n for word, n in held.items() if n >= COMMON_WORD}
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("listed_at_most", [3000, 6])
+def test_a_walk_in_name_order_gives_the_ranking_s_pages(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listed_at_most: int
+) -> None:
+    # Every page a walk answers is the page that ranking every match gives, and so is the
+    # count of matches: for names, towns, professions, prefixes as typed, compounds, exact
+    # RPPS, with inactive entries left out or not. With listed_at_most=6 the ranks of names
+    # are walked too.
+    import_extract(engine, generated_extract(tmp_path, 4000))
+    with session_scope(engine) as session:
+        session.execute(text("UPDATE directory_entry SET status = 'inactive' WHERE id % 17 = 0"))
+        rows = session.execute(
+            text("SELECT last_name, first_name, city, profession_label, org_name, rpps FROM directory_entry")
+        ).all()
+    rng = random.Random(3)
+    queries = ["paris", "jean", "martin", "ch paris", "pharmacien paris", "sage-femme", "la ve", "lyon", "marie"]
+    for last, first, city, profession, org, rpps in rng.sample(rows, 12):
+        queries += [last, first, city, f"{profession} {city}", f"{last[:3]} {city[:2]}", f"{org} {city}", rpps]
+    queries = [q for q in dict.fromkeys(queries) if q.strip()]
+
+    def pages(query: str) -> list[list[str]]:
+        found = []
+        for number, per_page in ((1, 7), (4, 7), (1, 20)):
+            for include_inactive in (False, True):
+                found.append(find(engine, query, page=number, per_page=per_page, include_inactive=include_inactive))
+        for include_inactive in (False, True):
+            counted = page(engine, query, page=2, per_page=7, include_inactive=include_inactive, with_total=True)
+            found.append([str(counted.total)])
+        return found
+
+    ranked = {query: pages(query) for query in queries}
+    walked = []
+    real_walk = search_module._walk
+
+    def counted_walk(*args: object, **options: object) -> list[int] | None:
+        answer = real_walk(*args, **options)  # type: ignore[arg-type]
+        walked.append(answer is not None)
+        return answer
+
+    monkeypatch.setattr(search_module, "_worth_walking", lambda plan, end: True)
+    monkeypatch.setattr(search_module, "LISTED_AT_MOST", listed_at_most)
+    monkeypatch.setattr(search_module, "_walk", counted_walk)
+    for query in queries:
+        assert pages(query) == ranked[query], query
+    assert sum(walked) > len(walked) / 3, f"only {sum(walked)} of {len(walked)} pages were walked"
+    assert any(page for pages_of in ranked.values() for page in pages_of)
