@@ -572,7 +572,8 @@ def _import_lines(
         # Searches scan the GIN pending list entry by entry: merge it into the index now
         # rather than leave the import's rows there. count_words gives the planner fresh
         # statistics (ANALYZE).
-        conn.exec_driver_sql("SELECT gin_clean_pending_list('ix_directory_entry_search'::regclass)")
+        for index in ("ix_directory_entry_search", "ix_directory_entry_names_search"):
+            conn.exec_driver_sql(f"SELECT gin_clean_pending_list('{index}'::regclass)")
     if summary.added + summary.updated + summary.reactivated + summary.deactivated:
         count_words(conn)
     return summary

@@ -110,7 +110,7 @@ SELECT id FROM (
     FROM directory_entry AS e
     WHERE to_tsvector('simple', e.search_text) @@ to_tsquery('simple', :match) {filters}
 ) AS matched
-ORDER BY {rank}, names, address
+ORDER BY {rank}, names COLLATE "C", address COLLATE "C"
 LIMIT :limit OFFSET :offset
 """
 _POSTGRESQL_COUNT = """
@@ -279,7 +279,7 @@ def _statement(
     raise DirectoryError(f"directory search does not support the {dialect} database")
 
 
-# -- a broad query: one page read in name order (SQLite) -----------------------------------
+# -- a broad query: one page read in name order ----------------------------------------
 
 # A query expected to match this many entries is answered by _walk, when the walk is
 # expected to read fewer entries than ranking every match ranks.
@@ -291,42 +291,98 @@ LISTED_AT_MOST = 3000
 # expected to read.
 WALK_SLACK = 4
 
-_SQLITE_NAMED_COUNT = """
-SELECT count(*) FROM (
-    SELECT rowid FROM directory_names_fts WHERE directory_names_fts MATCH :named LIMIT :at_most
-)
-"""
+
+@dataclass(frozen=True)
+class _Walking:
+    """How :func:`_walk` says it to one database (the indexes of migration 0010)."""
+
+    find: str
+    """The function that finds a string in another."""
+    names: str
+    """An entry's names padded with spaces, as the ranks read them."""
+    names_order: str
+    """The order of entries by ``names`` then address, as the whole ranking has it."""
+    key: str
+    """The first column of ix_directory_entry_names: the names, in the same order."""
+    key_start: str
+    """What ``key`` starts with before the first word of the names."""
+    address: str
+    """The entry's address, in the order of ix_directory_entry_names."""
+    source: str
+    """The entries, read through ix_directory_entry_names."""
+    named: str
+    """The entries whose names match :named in the index of names ..."""
+    whole: str
+    """... a query where this is a whole word, ..."""
+    start: str
+    """... this a word start, ..."""
+    every: str
+    """... this joins terms that must all match, ..."""
+    some: str
+    """... and this terms of which one must."""
+    false: str
+
+
+_SQLITE_KEY = "substr(e.search_text, 1, instr(e.search_text, ' | '))"
+_POSTGRESQL_NAMES = "' ' || split_part(e.search_text, ' | ', 1) || ' '"
+_WALKING = {
+    "sqlite": _Walking(
+        find="instr",
+        names=f"' ' || {_SQLITE_KEY}",
+        names_order="names, address",
+        key=_SQLITE_KEY,
+        key_start="",
+        address="e.address",
+        source="directory_entry AS e INDEXED BY ix_directory_entry_names",
+        named="SELECT rowid FROM directory_names_fts WHERE directory_names_fts MATCH :named",
+        whole='"{}"',
+        start='"{}"*',
+        every=" AND ",
+        some=" OR ",
+        false="0",
+    ),
+    "postgresql": _Walking(
+        find="strpos",
+        names=_POSTGRESQL_NAMES,
+        names_order='names COLLATE "C", address COLLATE "C"',
+        key=f'({_POSTGRESQL_NAMES}) COLLATE "C"',
+        key_start=" ",
+        address='e.address COLLATE "C"',
+        source="directory_entry AS e",
+        named="SELECT id FROM directory_entry "
+        "WHERE to_tsvector('simple', split_part(search_text, ' | ', 1)) @@ to_tsquery('simple', :named)",
+        whole="{}",
+        start="{}:*",
+        every=" & ",
+        some=" | ",
+        false="false",
+    ),
+}
+_NAMED_COUNT = "SELECT count(*) FROM ({named} LIMIT :at_most) AS named"
 # How many entries have names that start with a word (walking in name order, they come
 # together: a walk for them reads every name before theirs).
-_SQLITE_BLOCK = """
-SELECT count(*) FROM (
-    SELECT 1 FROM directory_entry AS e INDEXED BY ix_directory_entry_names
-    WHERE substr(e.search_text, 1, instr(e.search_text, ' | ')) >= :first
-      AND substr(e.search_text, 1, instr(e.search_text, ' | ')) < :after
-    LIMIT :at_most
-)
+_BLOCK = """
+SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {key} >= :first AND {key} < :after LIMIT :at_most) AS block
 """
 # One rank's matches among some entries, in name order.
-_SQLITE_RANK = """
+_RANK = """
 SELECT id FROM (
-    SELECT e.id, e.address, e.rpps, e.national_id,
-           ' ' || substr(e.search_text, 1, instr(e.search_text, ' | ')) AS names
+    SELECT e.id, e.address, e.rpps, e.national_id, {names} AS names
     FROM directory_entry AS e
     WHERE e.id IN ({among}) {filters}
-)
+) AS ranked
 WHERE {rank} = :rank
-ORDER BY names, address
+ORDER BY {names_order}
 """
-_AMONG_NAMED = "SELECT rowid FROM directory_names_fts WHERE directory_names_fts MATCH :named"
+# Every entry in name order, ``budget`` at most, each with whether it is a match of the
+# rank (the rank is worked out for matches only).
+_WALK = """
+SELECT e.id, CASE WHEN {filters} THEN {rank} = :rank ELSE {false} END
+FROM {source}
+ORDER BY {key}, {address}
+LIMIT :budget
+"""
 _AMONG_EXACT = "SELECT id FROM directory_entry WHERE address = :exact OR rpps = :exact OR national_id = :exact"
-# Every entry in name order (ix_directory_entry_names, migration 0010: nothing to sort), each
-# with whether it is a match of the rank (the rank is worked out for matches only).
-_SQLITE_WALK = """
-SELECT e.id, CASE WHEN {filters} THEN {rank} = :rank ELSE 0 END
-FROM directory_entry AS e INDEXED BY ix_directory_entry_names
-ORDER BY substr(e.search_text, 1, instr(e.search_text, ' | ')), e.address
-"""
-_NAMES = "' ' || substr(e.search_text, 1, instr(e.search_text, ' | '))"
 _SQLITE_MATCHED = "SELECT count(*) FROM directory_fts WHERE directory_fts MATCH :match"
 _SQLITE_NOT_ACTIVE = "SELECT count(*) FROM directory_entry AS e WHERE e.status IN :not_active AND {anywhere}"
 
@@ -337,13 +393,13 @@ def _worth_walking(plan: _Plan, end: int) -> bool:
     return plan.found >= BROAD and end * plan.entries <= plan.found**2
 
 
-def _named(words: list[str]) -> list[str]:
+def _named(words: list[str], say: _Walking) -> list[str]:
     """For each rank after the exact match's and before the last, the query of the index of
     names that finds the entries it may hold."""
-    whole = [f'"{w}"' for w in words]
-    start = [f'"{w}"*' for w in words]
-    named = [" AND ".join(whole), " AND ".join(start)] if len(words) > 1 else []
-    return [*named, " OR ".join(whole), " OR ".join(start)]
+    whole = [say.whole.format(w) for w in words]
+    start = [say.start.format(w) for w in words]
+    named = [say.every.join(whole), say.every.join(start)] if len(words) > 1 else []
+    return [*named, say.some.join(whole), say.some.join(start)]
 
 
 def _walk(
@@ -362,46 +418,59 @@ def _walk(
     for a rank whose entries come together in name order ("martin": the MARTIN family sits
     after every name before it).
     """
+    say = _WALKING[session.get_bind().dialect.name]
     words = plan.indexed + plan.checked
-    params, whole, start, anywhere = _words("instr", words)
+    params, whole, start, anywhere = _words(say.find, words)
     params |= {"exact": exact, "active": ACTIVE, "at_most": LISTED_AT_MOST}
     matches = ([] if include_inactive else ["e.status = :active"]) + anywhere
-    list_rank = _SQLITE_RANK.format(
-        among="{among}", filters="".join(f" AND {m}" for m in matches), rank=_rank(whole, start)
+    rank = _rank(whole, start)
+    filters = "".join(f" AND {m}" for m in matches)
+    _, walk_whole, walk_start, _ = _words(say.find, words, say.names)
+    walk = text(
+        _WALK.format(
+            filters=" AND ".join(matches),
+            rank=_rank(walk_whole, walk_start),
+            false=say.false,
+            source=say.source,
+            key=say.key,
+            address=say.address,
+        )
     )
-    _, walk_whole, walk_start, _ = _words("instr", words, _NAMES)
-    walk = text(_SQLITE_WALK.format(filters=" AND ".join(matches), rank=_rank(walk_whole, walk_start)))
     end = offset + limit
     ranked: list[int] = []
+
+    def listed(among: str) -> None:
+        statement = _RANK.format(names=say.names, among=among, filters=filters, rank=rank, names_order=say.names_order)
+        ranked.extend(session.execute(text(statement), params).scalars())
 
     def walk_rank(expected: float) -> bool:
         """Add the rank's matches met in name order until the page is full; False if that
         took more than WALK_SLACK times the entries expected to read."""
-        budget = WALK_SLACK * (end - len(ranked)) * plan.entries / expected + 1000
-        rows = session.execute(walk, params)
+        params["budget"] = budget = int(WALK_SLACK * (end - len(ranked)) * plan.entries / expected) + 1000
+        # Streamed (PostgreSQL: a cursor on the server), so that the walk stops at the page.
+        rows = session.execute(walk, params, execution_options={"stream_results": True, "max_row_buffer": 500})
         try:
-            for read, (entry_id, is_match) in enumerate(rows, 1):
+            read = 0
+            for read, (entry_id, is_match) in enumerate(rows, 1):  # noqa: B007 (read is used after)
                 if is_match:
                     ranked.append(entry_id)
                     if len(ranked) == end:
-                        break
-                if read >= budget:
-                    return False
+                        return True
         finally:
             rows.close()
-        return True
+        return read < budget  # fewer rows than asked for: every entry was read
 
     if exact is not None:
         params["rank"] = 0
-        ranked += session.execute(text(list_rank.format(among=_AMONG_EXACT)), params).scalars()
-    named_ranks = _named(words)
+        listed(_AMONG_EXACT)
+    named_ranks = _named(words, say)
     for n, named in enumerate(named_ranks, 1):
         if len(ranked) >= end:
             return ranked[offset:end]
         params |= {"rank": n, "named": named}
-        if session.execute(text(_SQLITE_NAMED_COUNT), params).scalar_one() < LISTED_AT_MOST:
-            ranked += session.execute(text(list_rank.format(among=_AMONG_NAMED)), params).scalars()
-        elif _together(session, words) or not walk_rank(LISTED_AT_MOST):
+        if session.execute(text(_NAMED_COUNT.format(named=say.named)), params).scalar_one() < LISTED_AT_MOST:
+            listed(say.named)
+        elif _together(session, say, words) or not walk_rank(LISTED_AT_MOST):
             return None
     if len(ranked) < end:
         params["rank"] = len(named_ranks) + 1
@@ -411,9 +480,10 @@ def _walk(
 
 
 def _count_walked(session: Session, plan: _Plan, include_inactive: bool) -> int:
-    """How many entries match a query _walk answered, when the index decides every word:
-    the index's count (a few milliseconds for 83,000 entries, where counting them through
-    their rows takes fifty), less the entries not active among them (few, found by status)."""
+    """How many entries match a query _walk answered, when the index decides every word
+    (SQLite): the index's count (a few milliseconds for 83,000 entries, where counting them
+    through their rows takes fifty), less the entries not active among them (few, found by
+    their status)."""
     params, _, _, anywhere = _words("instr", plan.indexed)
     params |= {"match": " ".join(f'"{w}"*' for w in plan.indexed), "not_active": [REVOKED, INACTIVE]}
     matched = session.execute(text(_SQLITE_MATCHED), params).scalar_one()
@@ -423,11 +493,13 @@ def _count_walked(session: Session, plan: _Plan, include_inactive: bool) -> int:
     return int(matched)
 
 
-def _together(session: Session, words: list[str]) -> bool:
+def _together(session: Session, say: _Walking, words: list[str]) -> bool:
     """Whether many entries' names start with one of ``words``."""
+    block = text(_BLOCK.format(source=say.source, key=say.key))
     for word in words:
-        params = {"first": word, "after": word + "{", "at_most": LISTED_AT_MOST // 2}
-        if session.execute(text(_SQLITE_BLOCK), params).scalar_one() >= LISTED_AT_MOST // 2:
+        first = say.key_start + word
+        params = {"first": first, "after": first + "{", "at_most": LISTED_AT_MOST // 2}
+        if session.execute(block, params).scalar_one() >= LISTED_AT_MOST // 2:
             return True
     return False
 
@@ -485,7 +557,7 @@ def search(
         indexed, checked = plan.indexed, plan.checked
         offset, limit = (page - 1) * per_page, per_page + 1
         walked = None
-        if dialect == "sqlite" and _worth_walking(plan, offset + limit):
+        if _worth_walking(plan, offset + limit):
             walked = _walk(session, plan, exact, include_inactive, offset=offset, limit=limit)
         if walked is not None:
             ids = walked
@@ -500,7 +572,7 @@ def search(
         if with_total:
             if page == 1 and not has_next:
                 total = len(ids)  # the page holds every match: no need to count them again
-            elif walked is not None and not checked:
+            elif walked is not None and not checked and dialect == "sqlite":
                 total = _count_walked(session, plan, include_inactive)
             else:
                 count_sql, count_params = _statement(dialect, indexed, checked, include_inactive, count=True)

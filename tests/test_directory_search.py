@@ -214,7 +214,7 @@ def test_empty_queries_and_limits(directory: Engine) -> None:
         page(directory, " ".join(f"w{n}" for n in range(17)))
 
 
-# -- a broad query, read in name order (SQLite) ---------------------------------------------
+# -- a broad query, read in name order ---------------------------------------------------
 
 GENERATOR = Path(__file__).resolve().parents[1] / "bench" / "gen_extract.py"
 
@@ -241,7 +241,6 @@ def test_word_counts_follow_the_imports(engine: Engine, tmp_path: Path) -> None:
     assert counted and counted == {word: n for word, n in held.items() if n >= COMMON_WORD}
 
 
-@pytest.mark.sqlite_only
 @pytest.mark.parametrize("listed_at_most", [3000, 6])
 def test_a_walk_in_name_order_gives_the_ranking_s_pages(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listed_at_most: int
@@ -258,13 +257,13 @@ def test_a_walk_in_name_order_gives_the_ranking_s_pages(
         ).all()
     rng = random.Random(3)
     queries = ["paris", "jean", "martin", "ch paris", "pharmacien paris", "sage-femme", "la ve", "lyon", "marie"]
-    for last, first, city, profession, org, rpps in rng.sample(rows, 12):
+    for last, first, city, profession, org, rpps in rng.sample(rows, 8):
         queries += [last, first, city, f"{profession} {city}", f"{last[:3]} {city[:2]}", f"{org} {city}", rpps]
     queries = [q for q in dict.fromkeys(queries) if q.strip()]
 
     def pages(query: str) -> list[list[str]]:
         found = []
-        for number, per_page in ((1, 7), (4, 7), (1, 20)):
+        for number, per_page in ((1, 7), (4, 7)):
             for include_inactive in (False, True):
                 found.append(find(engine, query, page=number, per_page=per_page, include_inactive=include_inactive))
         for include_inactive in (False, True):
