@@ -172,8 +172,6 @@ class _Plan:
     """Words checked on each entry the index found."""
     found: float
     """How many entries the query is expected to match."""
-    held: dict[str, int]
-    """How many entries hold each word (those of at least 3 characters), about."""
     entries: int
     """How many entries the directory holds, about (the highest id)."""
 
@@ -225,9 +223,7 @@ def _plan(session: Session, query: str, words: list[str]) -> _Plan:
             narrowed[group] = min(before, share[word])
     groups = {id(group): group for group in group_of.values()}.values()
     matched = entries * math.prod(min(share[w] for w in group) for group in groups)
-    return _Plan(
-        indexed=indexed, checked=[w for w in kept if w not in indexed], found=matched, held=held, entries=entries
-    )
+    return _Plan(indexed=indexed, checked=[w for w in kept if w not in indexed], found=matched, entries=entries)
 
 
 def _words(
@@ -451,7 +447,8 @@ def _walk(
         rows = session.execute(walk, params, execution_options={"stream_results": True, "max_row_buffer": 500})
         try:
             read = 0
-            for read, (entry_id, is_match) in enumerate(rows, 1):  # noqa: B007 (read is used after)
+            for entry_id, is_match in rows:
+                read += 1
                 if is_match:
                     ranked.append(entry_id)
                     if len(ranked) == end:
