@@ -2,8 +2,9 @@
 
 A revision lists its steps (create a table with its indexes, add columns to a table, create
 indexes on a table); its ``upgrade`` applies them in order and its ``downgrade`` undoes them
-in the opposite order, so a downgrade cannot drift from its upgrade. What the steps do not
-describe (revision 0002's full-text index, written per dialect) a revision writes with ``op``.
+in the opposite order, so a downgrade cannot drift from its upgrade. What is written per
+dialect (full-text indexes, views, triggers) is a ``PerDialect`` step, its statements and
+their undoing side by side (revision 0002, older, writes its own with ``op``).
 
 Every revision is built from this module: changing what a name here builds changes the schema
 that old revisions create on a new database and what they undo on an old one. So this module
@@ -199,6 +200,29 @@ class CreateTable:
         if self.indexes.parts:
             self.indexes.revert()
         op.drop_table(self.name)
+
+
+@dataclass(frozen=True)
+class PerDialect:
+    """Statements written for each database (a full-text index, a view, triggers), and the
+    statements that undo them; ``what`` names them in the error for another database."""
+
+    what: str
+    upgrade: dict[str, Sequence[str]]
+    downgrade: dict[str, Sequence[str]]
+
+    def _run(self, statements: dict[str, Sequence[str]]) -> None:
+        dialect = op.get_bind().dialect.name
+        if dialect not in statements:
+            raise RuntimeError(f"mss supports SQLite and PostgreSQL, not {dialect}: no {self.what} for it")
+        for statement in statements[dialect]:
+            op.execute(statement)
+
+    def apply(self) -> None:
+        self._run(self.upgrade)
+
+    def revert(self) -> None:
+        self._run(self.downgrade)
 
 
 def apply(steps: Sequence[Step]) -> None:

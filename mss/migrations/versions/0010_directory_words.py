@@ -26,7 +26,7 @@ Revision ID: 0010
 Revises: 0009
 """
 
-from alembic import op
+from mss.migrations import ddl
 
 revision = "0010"
 down_revision = "0009"
@@ -97,21 +97,18 @@ POSTGRESQL_DOWNGRADE = (
     "DROP TABLE IF EXISTS directory_word",
 )
 
-UPGRADE = {"sqlite": SQLITE_UPGRADE, "postgresql": POSTGRESQL_UPGRADE}
-DOWNGRADE = {"sqlite": SQLITE_DOWNGRADE, "postgresql": POSTGRESQL_DOWNGRADE}
-
-
-def _run(statements_by_dialect: dict[str, tuple[str, ...]]) -> None:
-    dialect = op.get_bind().dialect.name
-    if dialect not in statements_by_dialect:
-        raise RuntimeError(f"mss supports SQLite and PostgreSQL, not {dialect}: no directory word counts for it")
-    for statement in statements_by_dialect[dialect]:
-        op.execute(statement)
+STEPS = (
+    ddl.PerDialect(
+        "directory word counts",
+        upgrade={"sqlite": SQLITE_UPGRADE, "postgresql": POSTGRESQL_UPGRADE},
+        downgrade={"sqlite": SQLITE_DOWNGRADE, "postgresql": POSTGRESQL_DOWNGRADE},
+    ),
+)
 
 
 def upgrade() -> None:
-    _run(UPGRADE)
+    ddl.apply(STEPS)
 
 
 def downgrade() -> None:
-    _run(DOWNGRADE)
+    ddl.revert(STEPS)
