@@ -176,8 +176,10 @@ def search_text(values: Sequence[str], city: str) -> str:
     else:
         names = _fold(service, org_name, org_trade_name)
     others = (
-        rpps,
-        national_id,
+        # Identifiers as words like the others: a Corsican ADELI number is "2A..." (the
+        # full-text index folds case; a search's own checks on search_text do not).
+        " ".join(_WORD.findall(rpps.lower())),
+        " ".join(_WORD.findall(national_id.lower())),
         # Addresses are unique to the entry: not worth a cache slot.
         " ".join(_WORD.findall(address)),
         _fold(profession, skill, service),

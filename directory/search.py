@@ -29,9 +29,9 @@ cost of a search near what its page needs (migration 0010; figures in bench/READ
 
 - the index narrows on the rarest words of the query only (``directory_word`` counts the
   common ones); the others ("pharmacie", "cabinet") are checked on the entries it found;
-- on SQLite, a query that matches thousands of entries ("paris", "jean") is not ranked
-  whole: its first ranks come from an index of the names alone, and the others are read in
-  name order until the page is full (:func:`_walk`). PostgreSQL ranks every match.
+- a query that matches thousands of entries ("paris", "jean") is not ranked whole: its
+  first ranks come from an index of the names alone, and the others are read in name
+  order until the page is full (:func:`_walk`).
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ def query_words(query: str) -> list[str]:
 # Both statements compute the rank from the entry's own search_text (``names`` is its
 # part before " | ", padded with spaces so " w" finds a word start and " w " a whole word),
 # never with a second full-text lookup: that would expand every prefix term once more.
-_EXACT = "address = :exact OR rpps = :exact OR national_id = :exact"
+# The query as typed and upper-cased: identifiers are stored as the extract has them ("2A..."
+# for a Corsican ADELI number), addresses lower-case.
+_EXACT = "address = :exact OR rpps IN (:exact, :exact_id) OR national_id IN (:exact, :exact_id)"
 
 # CROSS JOIN keeps the full-text match as the outer loop: left to itself, SQLite's planner
 # may walk every active entry and run the match once per row.
@@ -378,7 +380,7 @@ FROM {source}
 ORDER BY {key}, {address}
 LIMIT :budget
 """
-_AMONG_EXACT = "SELECT id FROM directory_entry WHERE address = :exact OR rpps = :exact OR national_id = :exact"
+_AMONG_EXACT = f"SELECT id FROM directory_entry WHERE {_EXACT}"
 _SQLITE_MATCHED = "SELECT count(*) FROM directory_fts WHERE directory_fts MATCH :match"
 _SQLITE_NOT_ACTIVE = "SELECT count(*) FROM directory_entry AS e WHERE e.status IN :not_active AND {anywhere}"
 
@@ -417,7 +419,7 @@ def _walk(
     say = _WALKING[session.get_bind().dialect.name]
     words = plan.indexed + plan.checked
     params, whole, start, anywhere = _words(say.find, words)
-    params |= {"exact": exact, "active": ACTIVE, "at_most": LISTED_AT_MOST}
+    params |= {"exact": exact, "exact_id": exact and exact.upper(), "active": ACTIVE, "at_most": LISTED_AT_MOST}
     matches = ([] if include_inactive else ["e.status = :active"]) + anywhere
     rank = _rank(whole, start)
     filters = "".join(f" AND {m}" for m in matches)
@@ -533,6 +535,7 @@ def search(
     # The whole query, for the exact address / RPPS rank; a query with control characters
     # cannot be one (and PostgreSQL refuses NUL in a parameter).
     exact = query.strip().lower() if query.isprintable() else None
+    exacts = {"exact": exact, "exact_id": exact and exact.upper()}
     try:
         if exact is not None and address_error(exact) is None:
             # A whole address: the one entry, found by the unique index (a full-text lookup
@@ -560,9 +563,7 @@ def search(
             ids = walked
         else:
             sql, params = _statement(dialect, indexed, checked, include_inactive)
-            ids = list(
-                session.execute(text(sql), {**params, "exact": exact, "limit": limit, "offset": offset}).scalars()
-            )
+            ids = list(session.execute(text(sql), {**params, **exacts, "limit": limit, "offset": offset}).scalars())
         has_next = len(ids) > per_page
         ids = ids[:per_page]
         total = None
@@ -573,7 +574,7 @@ def search(
                 total = _count_walked(session, plan, include_inactive)
             else:
                 count_sql, count_params = _statement(dialect, indexed, checked, include_inactive, count=True)
-                total = int(session.execute(text(count_sql), {**count_params, "exact": exact}).scalar_one())
+                total = int(session.execute(text(count_sql), {**count_params, **exacts}).scalar_one())
         found = (
             {
                 entry.id: entry

@@ -198,6 +198,25 @@ def test_revoked_and_inactive_are_hidden_unless_asked(directory: Engine) -> None
     assert find(directory, "chloe.lefebvre@pharmacie.mss.test", include_inactive=True) == LEFEBVRES[:1]
 
 
+def test_a_corsican_adeli_number_is_found_as_typed(directory: Engine) -> None:
+    # ADELI numbers of Corsica start with the department, 2A or 2B: typed in any case, the
+    # whole number is the exact match, and a prefix of it narrows like any word.
+    with session_scope(directory) as session:
+        service.add_entry(
+            session,
+            actor="admin@mss.test",
+            kind="PER",
+            address="ange.santoni@infirmier.mss.test",
+            rpps="2A1234567",
+            last_name="SANTONI",
+            first_name="Ange",
+            postal_code="20000",
+            city="Ajaccio",
+        )
+    for query in ("2a1234567", "2A1234567", "02a1234567", "2a12", "santoni 2a", "ange 2A"):
+        assert find(directory, query) == ["ange.santoni@infirmier.mss.test"], query
+
+
 def test_empty_queries_and_limits(directory: Engine) -> None:
     assert page(directory, "") == SearchPage(items=[], page=1, per_page=20, has_next=False)
     assert find(directory, "  -*- ") == []

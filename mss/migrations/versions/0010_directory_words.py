@@ -22,6 +22,10 @@ view ``directory_entry_names``, kept in step by triggers as ``directory_fts`` is
 PostgreSQL: a GIN index ``ix_directory_entry_names_search``), and an index on
 ``national_id`` for the exact match.
 
+An import before this revision copied identifiers into ``search_text`` as the extract writes
+them ("2A..." for a Corsican ADELI number): this revision lower-cases them, as every other
+word there is.
+
 Revision ID: 0010
 Revises: 0009
 """
@@ -33,7 +37,12 @@ down_revision = "0009"
 branch_labels = None
 depends_on = None
 
+# Identifiers were copied into search_text as the extract writes them ("2A..." for a
+# Corsican ADELI number): every word of it is lower-case now, as searches check them.
+LOWER_CASE = "UPDATE directory_entry SET search_text = lower(search_text) WHERE search_text <> lower(search_text)"
+
 SQLITE_UPGRADE = (
+    LOWER_CASE,
     "CREATE VIRTUAL TABLE directory_fts_vocab USING fts5vocab(directory_fts, 'row')",
     "CREATE TABLE directory_word (word VARCHAR(200) NOT NULL PRIMARY KEY, entries INTEGER NOT NULL) WITHOUT ROWID",
     # A directory imported before this revision gets its counts now; imports refresh them.
@@ -75,6 +84,7 @@ SQLITE_DOWNGRADE = (
 )
 
 POSTGRESQL_UPGRADE = (
+    LOWER_CASE,
     # Bytewise order ("C"), whatever the database's: searches read the words from w to w + "{".
     'CREATE TABLE directory_word (word VARCHAR(200) COLLATE "C" NOT NULL PRIMARY KEY, entries INTEGER NOT NULL)',
     "ANALYZE directory_entry",
