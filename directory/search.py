@@ -362,15 +362,15 @@ _NAMED_COUNT = "SELECT count(*) FROM ({named} LIMIT :at_most) AS named"
 _BLOCK = """
 SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {key} >= :first AND {key} < :after LIMIT :at_most) AS block
 """
-# One rank's matches among some entries, in name order.
+# The matches of ranks :first to :last among some entries, by rank, then in name order.
 _RANK = """
 SELECT id FROM (
     SELECT e.id, e.address, e.rpps, e.national_id, {names} AS names
     FROM directory_entry AS e
     WHERE e.id IN ({among}) {filters}
 ) AS ranked
-WHERE {rank} = :rank
-ORDER BY {names_order}
+WHERE {rank} BETWEEN :first AND :last
+ORDER BY {rank}, {names_order}
 """
 # Every entry in name order, ``budget`` at most, each with whether it is a match of the
 # rank (the rank is worked out for matches only).
@@ -437,9 +437,9 @@ def _walk(
     end = offset + limit
     ranked: list[int] = []
 
-    def listed(among: str) -> None:
+    def listed(among: str, first: int, last: int) -> None:
         statement = _RANK.format(names=say.names, among=among, filters=filters, rank=rank, names_order=say.names_order)
-        ranked.extend(session.execute(text(statement), params).scalars())
+        ranked.extend(session.execute(text(statement), params | {"first": first, "last": last}).scalars())
 
     def walk_rank(expected: float) -> bool:
         """Add the rank's matches met in name order until the page is full; False if that
@@ -460,17 +460,21 @@ def _walk(
         return read < budget  # fewer rows than asked for: every entry was read
 
     if exact is not None:
-        params["rank"] = 0
-        listed(_AMONG_EXACT)
+        listed(_AMONG_EXACT, 0, 0)
     named_ranks = _named(words, say)
-    for n, named in enumerate(named_ranks, 1):
-        if len(ranked) >= end:
-            return ranked[offset:end]
-        params |= {"rank": n, "named": named}
-        if session.execute(text(_NAMED_COUNT.format(named=say.named)), params).scalar_one() < LISTED_AT_MOST:
-            listed(say.named)
-        elif _together(session, say, words) or not walk_rank(LISTED_AT_MOST):
-            return None
+    count_named = text(_NAMED_COUNT.format(named=say.named))
+    params["named"] = named_ranks[-1]  # some word starts a word of the names: every rank of names
+    if session.execute(count_named, params).scalar_one() < LISTED_AT_MOST:
+        listed(say.named, 1, len(named_ranks))  # all together, in one reading of the index
+    else:
+        for n, named in enumerate(named_ranks, 1):
+            if len(ranked) >= end:
+                return ranked[offset:end]
+            params |= {"rank": n, "named": named}
+            if session.execute(count_named, params).scalar_one() < LISTED_AT_MOST:
+                listed(say.named, n, n)
+            elif _together(session, say, words) or not walk_rank(LISTED_AT_MOST):
+                return None
     if len(ranked) < end:
         params["rank"] = len(named_ranks) + 1
         if not walk_rank(plan.found):
