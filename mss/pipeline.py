@@ -15,7 +15,6 @@ import re
 import secrets
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
-from email.parser import BytesParser
 from typing import Any, cast
 
 from cryptography import x509
@@ -48,7 +47,7 @@ from mss.errors import (
     UnopenableEnvelope,
     UnsupportedCms,
 )
-from mss.mime import SUMMARY_HEADERS, decoded_payload, subparts
+from mss.mime import SUMMARY_HEADERS, decoded_payload, parse_bytes, subparts
 from mss.outbound import queue
 from mss.receipts import DEFAULT_NOTIFY, Notify, issuer
 from mss.runtime import Runtime
@@ -196,6 +195,8 @@ ONCE_FIELDS = (
 # RFC 5322 2.3: CR and LF only as CRLF. Python's parser splits lines at a lone CR too; the
 # signature's canonical form and other readers do not.
 _BARE_CR = re.compile(rb"\r(?!\n)")
+# The empty line that ends the header section.
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 
 
 class _ParseOncePolicy(email.policy.EmailPolicy):
@@ -231,7 +232,7 @@ def _parse(raw: bytes) -> EmailMessage:
         # A policy takes every attribute its class declares as a keyword (email._policybase);
         # parsed with an EmailPolicy, the message is an EmailMessage.
         policy = _ParseOncePolicy(parsed_fields={})  # type: ignore[call-overload]
-        message = cast(EmailMessage, BytesParser(policy=policy).parsebytes(raw))
+        message = cast(EmailMessage, parse_bytes(raw, policy))
     except RecursionError as exc:
         raise MimeTooComplex(f"its MIME parts nest deeper than {MAX_MIME_DEPTH} levels") from exc
     except (ValueError, TypeError, LookupError, IndexError) as exc:
@@ -246,9 +247,7 @@ def _parse(raw: bytes) -> EmailMessage:
         if parts > MAX_MIME_PARTS:
             raise MimeTooComplex(f"it has more than {MAX_MIME_PARTS} MIME parts")
         _check_header_values(part)
-        for defect in part.defects:
-            if isinstance(defect, FATAL_DEFECTS):
-                raise MalformedMessage(f"malformed MIME: {defect.__class__.__name__.removesuffix('Defect')}")
+        _check_defects(part)
         if part.is_multipart():
             # Parsed with the default policy, every part is an EmailMessage.
             stack.extend((cast(EmailMessage, child), depth + 1) for child in subparts(part))
@@ -257,6 +256,13 @@ def _parse(raw: bytes) -> EmailMessage:
         if count > 1:
             raise RepeatedHeaderField(f"{name}: appears {count} times")
     return message
+
+
+def _check_defects(part: EmailMessage) -> None:
+    """Raises MalformedMessage when the parser noted a defect of ``FATAL_DEFECTS`` in ``part``."""
+    for defect in part.defects:
+        if isinstance(defect, FATAL_DEFECTS):
+            raise MalformedMessage(f"malformed MIME: {defect.__class__.__name__.removesuffix('Defect')}")
 
 
 def _check_header_values(part: EmailMessage) -> None:
@@ -312,6 +318,9 @@ def _inspect_documents(message: EmailMessage, limits: DocumentLimits, owner: str
             data = decoded_payload(part)
         except (ValueError, TypeError, LookupError) as exc:
             raise MalformedMessage(f"a part of the message cannot be decoded ({exc.__class__.__name__})") from exc
+        # The email package finds a malformed base64 body only when it decodes it, and
+        # decodes it all the same, skipping what it cannot read: another reader may not.
+        _check_defects(part)
         if content_type in BODY_TYPES and not filename and disposition != "attachment":
             continue
         # In a worker process, within the deadline: see mss.documents.workers.
@@ -398,10 +407,16 @@ def _check_line_ends(entity: bytes) -> None:
 
 
 def _with_headers(raw: bytes, headers: dict[str, str]) -> bytes:
-    """The message with headers prepended and line ends made CRLF (the form that is signed)."""
-    text = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    """The message with headers prepended and line ends made CRLF (the form that is signed).
+
+    ``raw`` holds no bare CR (``_parse`` refused it): when it has as many LF as CR, every
+    line already ends in CRLF and it is not copied twice over to be made so.
+    """
+    if raw.count(b"\n") != raw.count(b"\r"):
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     prefix = b"".join(f"{name}: {value}\r\n".encode() for name, value in headers.items())
-    return prefix + text
+    _check_line_ends(prefix)
+    return prefix + raw
 
 
 def new_queue_id() -> str:
@@ -487,7 +502,6 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         # Test INS roots count as qualified only outside production.
         added.update(message_header_values(_cdas(documents), accept_test_ins=not settings.is_production))
         entity = _with_headers(submission.raw, added)
-        _check_line_ends(entity)
         metrics.observe("check", check_started)
         # The client's own signatures, if any, travel inside ours, byte for byte.
         with metrics.stage("sign"):
@@ -612,10 +626,10 @@ def settings_limits(settings) -> DocumentLimits:
 
 
 def _header_block(raw: bytes) -> bytes:
-    """The header section only (receipts quote headers, never content)."""
-    text = raw.replace(b"\r\n", b"\n")
-    head, _sep, _body = text.partition(b"\n\n")
-    return head.replace(b"\n", b"\r\n") + b"\r\n"
+    """The header section only, CRLF (receipts quote headers, never content)."""
+    blank = _BLANK_LINE.search(raw)
+    head = raw[: blank.start()] if blank else raw
+    return head.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
 
 
 # -- recipients at other operators ---------------------------------------------------------

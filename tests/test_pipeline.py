@@ -27,6 +27,8 @@ from mss.errors import FromHeaderMismatch, MalformedMessage, RevokedAddress, Unk
 from mss.models import Delivery, MailboxItem, Message, Receipt
 from mss.pipeline import RecipientRequest, Submission, submit
 
+from document_samples import pdf_of_size
+
 SAMPLES = Path(__file__).resolve().parent / "samples"
 CDA_DIR = SAMPLES / "cda"
 DOCTOR = "marc.robert@chu-demo.mss.test"
@@ -145,6 +147,29 @@ def test_policy_refusals_store_nothing(rt, people):
     with session_scope(rt.engine) as session:
         assert session.execute(select(func.count()).select_from(Message)).scalar_one() == 0
         assert session.execute(select(func.count()).select_from(MailboxItem)).scalar_one() == 0
+
+
+def test_an_attachment_of_malformed_base64_is_refused(rt, people):
+    # The email package decodes such a body all the same, skipping what it cannot read;
+    # another reader may decode it otherwise: the documents checked would not be the ones read.
+    good = letter(
+        DOCTOR, [NURSE], [("cr.pdf", "application/pdf", pdf_of_size(30_000) + b"\n")]
+    )  # one byte past a multiple of 3: padded
+    lines = good.split(b"\r\n")
+    named = lines.index(b'Content-Disposition: attachment; filename="cr.pdf"')
+    first = lines.index(b"", named) + 1  # the attachment's first line
+    last = len(lines) - 4  # the attachment's last line, before "--boundary--" and the end
+    assert lines[first - 1] == b"" and lines[last].endswith(b"=") and lines[last + 1] == b""
+    for changed in (
+        lines[: first + 5] + [b"*" + lines[first + 5][1:]] + lines[first + 6 :],  # outside the alphabet
+        lines[:last] + [lines[last].rstrip(b"=")] + lines[last + 1 :],  # padding missing
+    ):
+        raw = b"\r\n".join(changed)
+        with pytest.raises(MalformedMessage, match="InvalidBase64"):
+            send(rt, people[DOCTOR], [NURSE], raw)
+    send(rt, people[DOCTOR], [NURSE], good)
+    with session_scope(rt.engine) as session:
+        assert session.execute(select(func.count()).select_from(Message)).scalar_one() == 1
 
 
 def test_success_dsn_and_processed_mdn_reach_the_sender(rt, people):

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from mss.crypto import envelope as cms_envelope
 from mss.errors import CryptoError, DecryptionError, SignatureError
-from mss.mime import decoded_payload, subparts
+from mss.mime import base64_lines, decoded_payload, subparts
 
 SIGNED_DATA = "signed_data"
 ENVELOPED_DATA = cms_envelope.ENVELOPED_DATA
@@ -288,7 +288,7 @@ def _pkcs7_mime(der: bytes, content_type_value: str, headers: Mapping[str, str])
         b'Content-Disposition: attachment; filename="smime.p7m"',
         b"",
     ]
-    body = base64.encodebytes(der).replace(b"\n", b"\r\n")  # 76-character lines
+    body = base64_lines(der)
     return caller_headers + b"\r\n".join(lines) + b"\r\n" + body
 
 

@@ -26,7 +26,6 @@ A message's bytes never change under the same UID; the web shows the check of th
 
 from __future__ import annotations
 
-import base64
 import email.message
 import email.policy
 import json
@@ -42,6 +41,7 @@ from mss import audit
 from mss.crypto.master import MasterKey
 from mss.db import session_scope, utcnow
 from mss.errors import MssError
+from mss.mime import base64_lines
 from mss.models import EntityShape, MailClientSetting
 from mss.store import entity_fields, split_entity
 
@@ -49,7 +49,7 @@ DECRYPTED: Final = "decrypted"
 END_TO_END: Final = "end-to-end"
 MODES: Final = (DECRYPTED, END_TO_END)
 SIGNATURE_HEADER: Final = "X-MSS-Signature"
-_B64_LINE: Final = 76  # base64.encodebytes: 57 input bytes per 76-character line
+_B64_LINE: Final = 76  # mss.mime.base64_lines: 57 input bytes per 76-character line
 # The envelope as RFC 8551 writes it (the same lines as mss.crypto.smime's export).
 _ENVELOPE_HEADER: Final = (
     b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data;\r\n name=smime.p7m\r\n"
@@ -121,10 +121,6 @@ def _b64_size(der_size: int) -> tuple[int, int]:
     return chars + 2 * lines, lines
 
 
-def _b64(der: bytes) -> bytes:
-    return base64.encodebytes(der).replace(b"\n", b"\r\n")
-
-
 def _top_header(meta, signature: str | None) -> bytes:
     client = meta.client or {}
     fields: list[tuple[str, str]] = [("From", meta.sender)]
@@ -183,7 +179,7 @@ def shape(meta, mode: str, cms_size: int, facts: dict[str, object] | None) -> Sh
 
 def render_end_to_end(meta, cms: bytes) -> bytes:
     """The stored envelope as an S/MIME message (no key needed)."""
-    return _top_header(meta, None) + _ENVELOPE_HEADER + b"\r\n" + _b64(cms)
+    return _top_header(meta, None) + _ENVELOPE_HEADER + b"\r\n" + base64_lines(cms)
 
 
 def render_decrypted(meta, entity: bytes, signature: str) -> bytes:

@@ -1,0 +1,177 @@
+"""``mss.mime.parse_bytes``: the email package's parser with long base64 bodies read whole.
+
+It must build the very tree ``BytesParser`` builds, for well-formed messages and for
+hostile ones alike: the same parts, header fields, bodies, preambles, epilogues and
+defects. Each case is compared with the parser itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.policy
+import itertools
+import os
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mss import mime
+
+POLICY = email.policy.default
+
+
+def _tree(message: Message) -> list[tuple]:
+    """What a reader of ``message`` sees: every part's header fields, body text (the
+    parser's own, before any decoding), preamble, epilogue and defects, in order."""
+    seen = []
+    for part in message.walk():
+        payload = vars(part).get("_payload")
+        seen.append(
+            (
+                list(part.raw_items()),
+                payload if isinstance(payload, str) else None,
+                part.preamble,
+                part.epilogue,
+                [type(defect).__name__ for defect in part.defects],
+            )
+        )
+    return seen
+
+
+def _same_as_the_parser(raw: bytes, *, hollowed: bool | None = None) -> Message:
+    """``raw`` parsed by ``parse_bytes``, checked against the parser; ``hollowed`` says
+    whether its runs must have been handed over as marks (None: either)."""
+    if hollowed is not None:
+        assert (mime.parse_hollowed(raw, POLICY) is not None) is hollowed
+    ours = mime.parse_bytes(raw, POLICY)
+    theirs = BytesParser(policy=POLICY).parsebytes(raw)
+    assert _tree(ours) == _tree(theirs)
+    assert _written(ours) == _written(theirs)
+    return ours
+
+
+def _written(message: Message) -> bytes | str:
+    """The message written out again, or the error writing it meets (the generator fails on
+    some hostile trees, the parser's own as much as ours)."""
+    try:
+        return message.as_bytes()
+    except (UnicodeError, ValueError, TypeError) as exc:
+        return type(exc).__name__
+
+
+def _b64(size: int, *, line_end: bytes = b"\r\n") -> bytes:
+    return base64.encodebytes(os.urandom(size)).replace(b"\n", line_end)
+
+
+def test_a_message_with_a_large_attachment_parses_as_the_email_package_parses_it():
+    message = EmailMessage()
+    message["From"] = "marc.robert@chu-demo.mss.test"
+    message["Subject"] = "Compte rendu"
+    message.set_content("Bonjour,\nci-joint.\n")
+    data = os.urandom(300_000)
+    message.add_attachment(data, maintype="application", subtype="pdf", filename="cr.pdf")
+    parsed = _same_as_the_parser(message.as_bytes(), hollowed=True)
+    attachment = list(parsed.iter_attachments())[0]
+    assert attachment.get_payload(decode=True) == data
+    assert not attachment.defects
+
+
+def test_runs_in_every_place_a_parser_meets_them():
+    run = _b64(20_000)
+    cases = {
+        # where header fields are expected: the run ends them (a defect) and is body
+        "headers": b"From: a@b.test\r\nSubject: x\r\n" + run + b"end\r\n",
+        "preamble and epilogue": (
+            b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n' + run + b"--B\r\n\r\ntext\r\n"
+            b"--B\r\nContent-Transfer-Encoding: base64\r\n\r\n" + run + b"--B--\r\n" + run
+        ),
+        "part without headers": b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\n' + run + b"--B--\r\n",
+        "end of message without a line end": b"Subject: x\r\n\r\n" + run + b"QUJD",
+        "forwarded message": (
+            b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\nContent-Type: message/rfc822\r\n\r\n'
+            b"Subject: inner\r\nContent-Transfer-Encoding: base64\r\n\r\n" + run + b"--B--\r\n"
+        ),
+        "forwarded message's headers": (
+            b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\nContent-Type: message/rfc822\r\n\r\n'
+            + run
+            + b"--B--\r\n"
+        ),
+        "delivery status": (
+            b"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; a.test\r\n\r\n" + run + b"\r\n" + run
+        ),
+        "line feeds only": (
+            b'Content-Type: multipart/mixed; boundary="B"\n\n--B\nContent-Transfer-Encoding: base64\n\n'
+            + _b64(20_000, line_end=b"\n")
+            + b"--B--\n"
+        ),
+        "mixed line ends": b"Subject: x\r\n\r\n" + _b64(9_000) + _b64(9_000, line_end=b"\n") + b"x\r\n",
+        "non-ASCII body": (
+            b"Content-Type: text/plain; charset=latin-1\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+            b"caf\xe9\r\n" + run + b"fin\xe9\r\n"
+        ),
+        "nested boundary in a run's place": (
+            b'Content-Type: multipart/mixed; boundary="A"\r\n\r\n--A\r\n'
+            b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\n\r\n' + run + b"--A--\r\n" + run
+        ),
+        "two runs apart": b"Subject: x\r\n\r\n" + run + b"\r\n" + run + b"-- \r\n" + run,
+    }
+    for name, raw in cases.items():
+        # Each of these runs is kept in a body, preamble or epilogue: none is parsed twice.
+        _same_as_the_parser(raw, hollowed=True), name
+
+
+def test_a_mark_the_message_already_holds_is_never_used(monkeypatch):
+    run = _b64(20_000)
+    tokens = itertools.cycle([b"MSSRUNAAAA", b"MSSRUNBBBB"])
+    monkeypatch.setattr(mime.secrets, "token_hex", lambda _n: next(tokens).decode()[6:].lower())
+    raw = b"Subject: x\r\n\r\nMSSRUNAAAA000000\r\n" + run + b"x\r\n"
+    parsed = _same_as_the_parser(raw, hollowed=True)
+    assert parsed.get_payload().startswith("MSSRUNAAAA000000\r\n")
+
+
+_LINES = st.sampled_from(
+    [
+        b"",
+        b"--B",
+        b"--B--",
+        b"--C",
+        b"--C--",
+        b"Content-Type: multipart/mixed; boundary=C",
+        b"Content-Type: message/rfc822",
+        b"Content-Transfer-Encoding: base64",
+        b"Subject: x",
+        b" folded",
+        b"QUJD",
+        b"caf\xe9",
+        "RUN",
+    ]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_LINES, max_size=30), st.booleans())
+def test_any_arrangement_of_lines_parses_as_the_email_package_parses_it(lines, crlf):
+    end = b"\r\n" if crlf else b"\n"
+    run = _b64(6_000, line_end=end)
+    body = b"".join(run if line == "RUN" else line + end for line in lines)
+    raw = b'Content-Type: multipart/mixed; boundary="B"' + end + end + body
+    _same_as_the_parser(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(["QUJD", "QQ==", "QUI=", "=", "A", "\r\n", "\n", " ", "*", "é", "-"]), max_size=40),
+    st.sampled_from(["base64", "BASE64", "base64 ", "quoted-printable", ""]),
+)
+def test_a_body_decodes_as_the_email_package_decodes_it(pieces, encoding):
+    text = "".join(pieces)
+    head = f"Content-Transfer-Encoding: {encoding}\r\n" if encoding else ""
+    raw = (head + "\r\n" + text).encode("utf-8")
+    ours = BytesParser(policy=POLICY).parsebytes(raw)
+    theirs = BytesParser(policy=POLICY).parsebytes(raw)
+    assert mime.decoded_payload(ours) == theirs.get_payload(decode=True)
+    # When the email package finds a defect, so do we: the body went to the email package.
+    if theirs.defects:
+        assert [type(d) for d in ours.defects] == [type(d) for d in theirs.defects]
