@@ -149,8 +149,12 @@ def _put_back(message: Message, token: str, kept: dict[str, str]) -> bool:
 
 def _restore(text: str, token: str, kept: dict[str, str], found: list[str]) -> str:
     """``text`` with its marks replaced by their lines; each mark added to ``found``."""
-    pieces = re.split(rf"({re.escape(token)}\d{{6}}\r\n)", text)
-    for index in range(1, len(pieces), 2):
-        found.append(pieces[index])
-        pieces[index] = kept.get(pieces[index], pieces[index])
+    pieces = text.split(token)
+    for index in range(1, len(pieces)):
+        piece = pieces[index]
+        mark = token + piece[:8]  # six digits and CRLF
+        found.append(mark)
+        if mark not in kept:
+            return text  # not a mark made here: ``found`` can no longer match
+        pieces[index] = kept[mark] + piece[8:]
     return "".join(pieces)
