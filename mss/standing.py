@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final
 
-from sqlalchemy import delete, select
+from sqlalchemy import Select, bindparam, delete, select
 from sqlmodel import Session, col
 
 from directory.models import ACTIVE, INACTIVE, INACTIVE_REASON, Certificate, DirectoryEntry
@@ -47,25 +48,9 @@ def _day(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def check(session: Session, settings: Settings, address: str, *, certificate_serial: str | None = None) -> Standing:
-    """Raise a StandingError subclass unless ``address`` may log in and send now.
-
-    ``certificate_serial`` (hex) names the certificate a session signs with (an SMTP
-    session keeps the one it opened at AUTH); without it the account's current certificate
-    is checked. Raises AddressNotServed, AccountDisabled, EntryRevoked, CertificateRevoked
-    (also for a certificate replaced by a rekey, or none at all), CertificateExpired, and
-    StandingError when there is no account.
-    """
-    address = address.strip().lower()
-    if not settings.serves(address):
-        raise AddressNotServed(f"{address} is not in a domain served here")
-    if certificate_serial is None:
-        certificate_join = col(Certificate.id) == col(Account.certificate_id)
-    else:
-        certificate_join = (col(Certificate.serial) == certificate_serial) & (
-            col(Certificate.address) == col(Account.address)
-        )
-    row = session.execute(
+def _standing_of(certificate_join) -> Select:
+    """Everything ``check`` reads of the account at ``:address``, joined to a certificate."""
+    return (
         select(
             col(Account.disabled),
             col(DirectoryEntry.status),
@@ -79,8 +64,36 @@ def check(session: Session, settings: Settings, address: str, *, certificate_ser
         .select_from(Account)
         .join(DirectoryEntry, col(DirectoryEntry.address) == col(Account.address), isouter=True)
         .join(Certificate, certificate_join, isouter=True)
-        .where(col(Account.address) == address)
-    ).first()
+        .where(col(Account.address) == bindparam("address"))
+    )
+
+
+# Built once (each call at every MAIL and DATA would build and key it again): the account's
+# current certificate, or the one a session signs with (``:serial``).
+_BY_CURRENT_CERTIFICATE: Final = _standing_of(col(Certificate.id) == col(Account.certificate_id))
+_BY_SESSION_CERTIFICATE: Final = _standing_of(
+    (col(Certificate.serial) == bindparam("serial")) & (col(Certificate.address) == col(Account.address))
+)
+
+
+def check(session: Session, settings: Settings, address: str, *, certificate_serial: str | None = None) -> Standing:
+    """Raise a StandingError subclass unless ``address`` may log in and send now.
+
+    ``certificate_serial`` (hex) names the certificate a session signs with (an SMTP
+    session keeps the one it opened at AUTH); without it the account's current certificate
+    is checked. Raises AddressNotServed, AccountDisabled, EntryRevoked, CertificateRevoked
+    (also for a certificate replaced by a rekey, or none at all), CertificateExpired, and
+    StandingError when there is no account.
+    """
+    address = address.strip().lower()
+    if not settings.serves(address):
+        raise AddressNotServed(f"{address} is not in a domain served here")
+    if certificate_serial is None:
+        statement, params = _BY_CURRENT_CERTIFICATE, {"address": address}
+    else:
+        statement, params = _BY_SESSION_CERTIFICATE, {"address": address, "serial": certificate_serial}
+    # A Core statement on the session's connection: the ORM adds nothing to reading columns.
+    row = session.connection().execute(statement, params).first()
     if row is None:
         raise StandingError(f"there is no account for {address}")
     disabled, status, status_reason, status_changed_at, serial, revoked_at, revocation_reason, not_after = row
