@@ -568,9 +568,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
                 for r in remote
                 if any(q.address == r.address for q in entry.recipients)
             ],
-        )
-        store.store_receipts(
-            session, rt.master_key, queue_id=queue_id, notices=notices, request_id=submission.request_id
+            notices=notices,
         )
         webhooks.record_final(session, settings, row)
         for entry in entries:

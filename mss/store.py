@@ -147,8 +147,10 @@ def store_submission(
     request_id: str,
     checked: list[str],
     queued: Sequence[tuple[str, str, bool, str]] = (),
+    notices: Sequence[Notice] = (),
 ) -> Message:
-    """Add the message, its deliveries and mailbox rows, and the audit events.
+    """Add the message, its deliveries and mailbox rows, the receipts its submission
+    already calls for (``notices``: DSNs and MDNs to the sender), and the audit events.
 
     ``queued`` holds (recipient, NOTIFY, MDN asked, how it travels) for recipients at other
     operators, whose copy waits in the outbound queue.
@@ -168,6 +170,9 @@ def store_submission(
         ),
     ]
     events += _add_deliveries(session, row, message, request_id=request_id, queued=queued, sent_by=message.meta.sender)
+    # A message stored a moment ago has no receipt yet: nothing to compare the notices with.
+    # Its events and theirs are appended to the chain at once.
+    events += _add_receipts(session, master_key, row.id, row.sender, message.queue_id, notices, request_id)
     audit.record_many(session, events)
     return row
 
@@ -343,7 +348,7 @@ def store_receipts(
     original = session.execute(
         select(col(Message.id), col(Message.sender)).where(col(Message.queue_id) == queue_id)
     ).one()
-    events: list[audit.EventSpec] = []
+    fresh: list[Notice] = []
     for notice in notices:
         known = set(
             session.execute(
@@ -357,23 +362,45 @@ def store_receipts(
         )
         if known and known >= set(notice.recipients):
             continue
-        notice = replace(notice, recipients=tuple(r for r in notice.recipients if r not in known))
+        fresh.append(replace(notice, recipients=tuple(r for r in notice.recipients if r not in known)))
+    audit.record_many(
+        session, _add_receipts(session, master_key, original.id, original.sender, queue_id, fresh, request_id)
+    )
+
+
+_INSERT_MAILBOX_ITEM = insert(table_of(MailboxItem))
+_INSERT_RECEIPTS = insert(table_of(Receipt))
+
+
+def _add_receipts(
+    session: Session,
+    master_key: MasterKey,
+    original_id: int | None,
+    sender: str,
+    queue_id: str,
+    notices: Sequence[Notice],
+    request_id: str,
+) -> list[audit.EventSpec]:
+    """Each notice stored as a message in ``sender``'s inbox with the Receipt rows that link
+    it to the original (``original_id``, ``queue_id``); returns their audit events."""
+    events: list[audit.EventSpec] = []
+    for notice in notices:
         notification = _add_message(
             session,
             master_key,
             NewMessage(queue_id=_receipt_queue_id(queue_id, notice), kind="receipt", cms=notice.cms, meta=notice.meta),
         )
         now = utcnow()
-        session.execute(
-            insert(table_of(MailboxItem)).values(
-                message_id=notification.id, owner=original.sender, folder=INBOX, unread=True, created_at=now
-            )
+        connection = session.connection()
+        connection.execute(
+            _INSERT_MAILBOX_ITEM,
+            {"message_id": notification.id, "owner": sender, "folder": INBOX, "unread": True, "created_at": now},
         )
-        session.execute(
-            insert(table_of(Receipt)),
+        connection.execute(
+            _INSERT_RECEIPTS,
             [
                 {
-                    "message_id": original.id,
+                    "message_id": original_id,
                     "recipient": recipient,
                     "kind": notice.kind,
                     "status": notice.status,
@@ -394,7 +421,7 @@ def store_receipts(
             )
             for recipient in notice.recipients
         ]
-    audit.record_many(session, events)
+    return events
 
 
 def store_notice(
