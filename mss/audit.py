@@ -191,11 +191,11 @@ class EventSpec:
     detail: dict[str, builtins.object] = field(default_factory=dict)  # the field above is named object
 
 
-def record_many(session: Session, events: Sequence[EventSpec]) -> list[AuditEvent]:
+def record_many(session: Session, events: Sequence[EventSpec]) -> None:
     """Append several events in order, in the caller's transaction, with one head lookup
     and one anchor update: the same chain as calling ``record`` for each, cheaper."""
     master_key = session.connection().get_execution_options().get(_ENGINE_KEY_OPTION)
-    return _append_many(session, master_key, list(events))
+    _append_many(session, master_key, list(events))
 
 
 def _append(
@@ -210,7 +210,7 @@ def _append(
     detail: dict[str, object],
 ) -> AuditEvent:
     spec = EventSpec(actor=actor, action=action, object=object, outcome=outcome, request_id=request_id, detail=detail)
-    return _append_many(session, master_key, [spec])[0]
+    return AuditEvent(**_append_many(session, master_key, [spec])[0])
 
 
 # Built once: appends run for every message, and building a statement costs more than
@@ -220,7 +220,8 @@ _HEAD = select(_EVENTS.c.seq, _EVENTS.c.hash).order_by(_EVENTS.c.seq.desc()).lim
 _INSERT_EVENTS = insert(_EVENTS)
 
 
-def _append_many(session: Session, master_key: MasterKey | None, specs: list[EventSpec]) -> list[AuditEvent]:
+def _append_many(session: Session, master_key: MasterKey | None, specs: list[EventSpec]) -> list[dict[str, Any]]:
+    """The rows of ``specs`` chained after the head and inserted, the anchor moved to the last."""
     if not specs:
         return []
     _lock_chain(session)
@@ -248,15 +249,17 @@ def _append_many(session: Session, master_key: MasterKey | None, specs: list[Eve
         seq, prev_hash = seq + 1, digest
     # One multi-row INSERT (Core: the ORM's unit of work would cost more than the hashing).
     session.connection().execute(_INSERT_EVENTS, rows)
-    events = [AuditEvent(**row) for row in rows]
-    last = events[-1]
+    # Rows, not AuditEvent objects: building a model object costs more than hashing the event.
+    last = rows[-1]
     if master_key is None:
         log.warning(
-            "audit event %d (%s) recorded without the master key: the head anchor is behind", last.seq, last.action
+            "audit event %d (%s) recorded without the master key: the head anchor is behind",
+            last["seq"],
+            last["action"],
         )
     else:
-        _write_anchor(session, master_key, last.seq, last.hash)
-    return events
+        _write_anchor(session, master_key, last["seq"], last["hash"])
+    return rows
 
 
 # -- the head anchor and the signing key (sealed_secret rows) ------------------------------
