@@ -1,9 +1,10 @@
 """Reading MIME parts of the ``email`` package with the types they have here.
 
 ``Message.get_payload`` returns bytes, text, a message or a list depending on the part and
-its arguments; these two name the two cases the code reads. ``SUMMARY_HEADERS`` names the
-header fields that say what a message is. ``parse_bytes`` is the ``email`` package's parser
-made to read long base64 bodies at the speed of C.
+its arguments; ``decoded_payload`` and ``subparts`` name the two cases the code reads.
+``SUMMARY_HEADERS`` names the header fields that say what a message is. ``parse_bytes`` is
+the ``email`` package's parser made to read long base64 bodies at the speed of C, and
+``base64_lines`` writes a MIME body in base64.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from mss.relay import replies
 from mss.relay.handler import document_status
 from mss.relay.protocol import MAX_HEADER_FIELDS
 
+from document_samples import pdf_bytes
 from relay_support import (
     MAX_MESSAGE_SIZE,
     RECIPIENTS,
@@ -223,6 +224,17 @@ def test_malformed_mime(relay_stack: Stack) -> None:
     assert text.startswith(code_of(replies.MALFORMED_MESSAGE)[1])
     # No From: at all.
     assert refused(relay_stack, b"Subject: nothing else\r\n\r\nhi\r\n")[0] == 554
+
+
+def test_malformed_base64_attachment_is_named_in_the_reply(relay_stack: Stack) -> None:
+    raw = message(SENDER, RECIPIENTS, [("cr.pdf", "application/pdf", pdf_bytes())])
+    lines = raw.split(b"\r\n")
+    named = next(i for i, line in enumerate(lines) if b'filename="cr.pdf"' in line)
+    first = lines.index(b"", named) + 1  # the attachment's first line of base64
+    lines[first] = b"*" + lines[first][1:]
+    code, text = refused(relay_stack, b"\r\n".join(lines))
+    assert (code, text[:5]) == (554, b"5.6.0")
+    assert b"InvalidBase64Characters" in text
 
 
 def test_zip_bomb_xdm(relay_stack: Stack) -> None:
