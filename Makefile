@@ -48,6 +48,7 @@ bench: install sysdeps
 	$(BIN)/python bench/bench_directory.py
 	$(BIN)/python bench/bench_relay.py
 	$(BIN)/python bench/bench_dsn.py
+	$(BIN)/python bench/bench_mime.py
 	$(BIN)/python bench/bench_web.py
 	$(BIN)/python bench/bench_hostile.py
 	$(BIN)/python bench/bench_federation.py

@@ -175,3 +175,15 @@ def test_a_body_decodes_as_the_email_package_decodes_it(pieces, encoding):
     # When the email package finds a defect, so do we: the body went to the email package.
     if theirs.defects:
         assert [type(d) for d in ours.defects] == [type(d) for d in theirs.defects]
+
+
+def test_runs_are_the_long_ones_less_their_last_line():
+    line = b"Q" * 76 + b"\r\n"
+    head = b"Subject: x\r\n\r\n"
+    # 64 lines and the last: handed over; 63 and the last: too short, left to the parser.
+    assert mime._runs(head + line * 65 + b"-\r\n") == [(len(head), len(head) + 64 * len(line))]
+    assert mime._runs(head + (line * 64 + b"-\r\n") * 50) == []
+    # Lines under 40 characters do not make a run, nor does a line outside the alphabet.
+    assert mime._runs(head + (b"Q" * 39 + b"\r\n") * 100) == []
+    broken = head + line * 40 + b"Q-" * 38 + b"\r\n" + line * 40
+    assert mime._runs(broken) == []
