@@ -471,7 +471,8 @@ def _walk(
             if len(ranked) >= end:
                 return ranked[offset:end]
             params |= {"rank": n, "named": named}
-            if session.execute(count_named, params).scalar_one() < LISTED_AT_MOST:
+            # The last rank's names are the ones just counted: too many to list.
+            if n < len(named_ranks) and session.execute(count_named, params).scalar_one() < LISTED_AT_MOST:
                 listed(say.named, n, n)
             elif _together(session, say, words) or not walk_rank(LISTED_AT_MOST):
                 return None

@@ -3,8 +3,8 @@
 ``Message.get_payload`` returns bytes, text, a message or a list depending on the part and
 its arguments; ``decoded_payload`` and ``subparts`` name the two cases the code reads.
 ``SUMMARY_HEADERS`` names the header fields that say what a message is. ``parse_bytes`` is
-the ``email`` package's parser made to read long base64 bodies at the speed of C, and
-``base64_lines`` writes a MIME body in base64.
+the ``email`` package's parser made to read long base64 bodies at the speed of C,
+``base64_lines`` writes a MIME body in base64 and ``has_bare_cr`` finds a CR outside a CRLF.
 """
 
 from __future__ import annotations
@@ -31,6 +31,16 @@ SUMMARY_HEADERS = (
     "References",
     "Disposition-Notification-To",
 )
+
+
+# RFC 5322 2.3: CR and LF only as CRLF. Python's parser splits lines at a lone CR too; the
+# signature's canonical form and other readers do not.
+_BARE_CR = re.compile(rb"\r(?!\n)")
+
+
+def has_bare_cr(data: bytes) -> bool:
+    """Whether ``data`` holds a CR that does not start a CRLF line end."""
+    return _BARE_CR.search(data) is not None
 
 
 def decoded_payload(part: Message) -> bytes:

@@ -47,7 +47,7 @@ from mss.errors import (
     UnopenableEnvelope,
     UnsupportedCms,
 )
-from mss.mime import SUMMARY_HEADERS, decoded_payload, parse_bytes, subparts
+from mss.mime import SUMMARY_HEADERS, decoded_payload, has_bare_cr, parse_bytes, subparts
 from mss.outbound import queue
 from mss.receipts import DEFAULT_NOTIFY, Notify, issuer
 from mss.runtime import Runtime
@@ -192,9 +192,6 @@ MAX_MIME_PARTS = 256
 ONCE_FIELDS = (
     "Date", "From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Message-ID", "In-Reply-To", "References", "Subject",
 )  # fmt: skip
-# RFC 5322 2.3: CR and LF only as CRLF. Python's parser splits lines at a lone CR too; the
-# signature's canonical form and other readers do not.
-_BARE_CR = re.compile(rb"\r(?!\n)")
 # The empty line that ends the header section.
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 
@@ -226,7 +223,7 @@ def _parse(raw: bytes) -> EmailMessage:
 
     Raises BareCarriageReturn, MimeTooComplex, RepeatedHeaderField, MalformedMessage.
     """
-    if _BARE_CR.search(raw):
+    if has_bare_cr(raw):
         raise BareCarriageReturn("the message holds a CR that does not start a CRLF line end")
     try:
         # A policy takes every attribute its class declares as a keyword (email._policybase);
@@ -402,7 +399,7 @@ def check_envelope_recipients(envelope: bytes, recipients: list[str], certificat
 def _check_line_ends(entity: bytes) -> None:
     # RFC 5322 2.3: CR and LF occur only together. A bare CR would be signed as is and then
     # rewritten by the next MTA, breaking the signature: refused, never "fixed".
-    if entity.count(b"\r") != entity.count(b"\r\n"):
+    if has_bare_cr(entity):
         raise MalformedMessage("the message holds a bare CR (a carriage return without line feed)")
 
 

@@ -239,6 +239,8 @@ def _add_message(session: Session, master_key: MasterKey, message: NewMessage) -
 
 _MESSAGES = table_of(Message)
 _INSERT_MESSAGE = insert(_MESSAGES).returning(_MESSAGES.c.id)
+_INSERT_MAILBOX_ITEMS = insert(table_of(MailboxItem))
+_INSERT_RECEIPTS = insert(table_of(Receipt))
 
 
 def _add_deliveries(
@@ -291,7 +293,7 @@ def _add_deliveries(
     if deliveries:
         session.execute(insert(table_of(Delivery)), deliveries)
     if readers:
-        session.execute(insert(table_of(MailboxItem)), readers)
+        session.execute(_INSERT_MAILBOX_ITEMS, readers)
     if inbound is not None and stored.delivered:
         sender_key, digest = inbound
         session.execute(
@@ -368,10 +370,6 @@ def store_receipts(
     )
 
 
-_INSERT_MAILBOX_ITEM = insert(table_of(MailboxItem))
-_INSERT_RECEIPTS = insert(table_of(Receipt))
-
-
 def _add_receipts(
     session: Session,
     master_key: MasterKey,
@@ -392,10 +390,7 @@ def _add_receipts(
         )
         now = utcnow()
         connection = session.connection()
-        connection.execute(
-            _INSERT_MAILBOX_ITEM,
-            {"message_id": notification.id, "owner": sender, "folder": INBOX, "unread": True, "created_at": now},
-        )
+        connection.execute(_INSERT_MAILBOX_ITEMS, _reader(notification, sender, INBOX, now))
         connection.execute(
             _INSERT_RECEIPTS,
             [

@@ -187,3 +187,9 @@ def test_runs_are_the_long_ones_less_their_last_line():
     assert mime._runs(head + (b"Q" * 39 + b"\r\n") * 100) == []
     broken = head + line * 40 + b"Q-" * 38 + b"\r\n" + line * 40
     assert mime._runs(broken) == []
+
+
+def test_base64_lines_are_those_of_the_standard_library_with_crlf():
+    for size in (0, 1, 56, 57, 58, 114, 1000, 100_003):
+        data = os.urandom(size)
+        assert mime.base64_lines(data) == base64.encodebytes(data).replace(b"\n", b"\r\n")

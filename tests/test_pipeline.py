@@ -196,6 +196,14 @@ def test_success_dsn_and_processed_mdn_reach_the_sender(rt, people):
     status, mdn = open_as(rt, people[DOCTOR], notifications["mdn"].cms)
     assert status == "valid" and mdn.get_param("report-type") == "disposition-notification"
     assert b"processed" in mdn.as_bytes()
+    # The receipts are written with the message: their events follow its own in the chain,
+    # which still verifies.
+    with session_scope(rt.engine) as session:
+        trail = [e.action for e in audit.events_for(session, object_prefix=accepted.queue_id)]
+        assert audit.verify(session, rt.master_key).ok
+    assert trail == [
+        "message.submit", "message.check", "message.sign", "message.deliver", "receipt.dsn", "receipt.mdn",
+    ]  # fmt: skip
 
 
 def test_recipient_revoked_before_data_gets_a_failure_dsn(rt, people):

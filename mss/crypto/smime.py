@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from mss.crypto import envelope as cms_envelope
 from mss.errors import CryptoError, DecryptionError, SignatureError
-from mss.mime import base64_lines, decoded_payload, subparts
+from mss.mime import base64_lines, decoded_payload, has_bare_cr, subparts
 
 SIGNED_DATA = "signed_data"
 ENVELOPED_DATA = cms_envelope.ENVELOPED_DATA
@@ -55,7 +55,6 @@ _PKCS7_MIME_TYPES = PKCS7_MIME_TYPES
 # nesting serves no sender and is refused, or shown unread, rather than walked.
 MAX_LAYERS = 8
 # Header field names (RFC 5322 3.6.8): printable ASCII except the colon.
-_LONE_CR = re.compile(rb"\r(?!\n)")
 _FIELD_NAME = re.compile(r"^[!-9;-~]+$")
 # We write these ourselves; a caller's copy would contradict the body we produce.
 _RESERVED_HEADERS = {"mime-version", "content-type", "content-transfer-encoding", "content-disposition"}
@@ -160,7 +159,7 @@ def _check_canonical(entity: bytes) -> None:
     # RFC 8551 3.1.1: what is signed is the canonical form, lines ending in CRLF. A bare LF
     # would be signed as is by us but rewritten by a receiving MTA, breaking the signature.
     # No CR alone, and as many LF as CR: every CR starts a CRLF and every LF ends one.
-    if entity.count(b"\r") != entity.count(b"\n") or _LONE_CR.search(entity):
+    if entity.count(b"\r") != entity.count(b"\n") or has_bare_cr(entity):
         raise CryptoError("the MIME entity must use CRLF line endings (RFC 8551 canonical form)")
 
 
