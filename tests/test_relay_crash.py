@@ -186,6 +186,35 @@ def test_two_relay_processes_share_one_database(tmp_path: Path) -> None:
         stack.close()
 
 
+def test_sigkill_of_one_of_two_relays_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """One of two relays on one database killed mid-load while the other keeps writing:
+    what either acknowledged is stored, the rest whole or not at all, one chain that verifies."""
+    stack = build_stack(tmp_path)
+    try:
+        relays = [RelayProcess(stack, free_port(), tmp_path / f"relay-{n}.log") for n in (1, 2)]
+        for relay in relays:
+            relay.start()
+        loads = [Load(stack, relay.port, total=80, first=1 + 1000 * n) for n, relay in enumerate(relays)]
+        threads = [threading.Thread(target=load.run) for load in loads for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        killed = loads[0]
+        with killed.lock:
+            assert killed.acked_count.wait_for(lambda: len(killed.acked) >= 20, timeout=120)
+        relays[0].kill()
+        relays[0].start()
+        for thread in threads:
+            thread.join(timeout=300)
+            assert not thread.is_alive()
+        for relay in relays:
+            assert relay.stop() == 0
+        assert killed.unacked, "the kill interrupted no transaction"
+        assert all(len(load.acked) + len(load.unacked) == 80 for load in loads)
+        check_store(stack, {queue: message_id for load in loads for queue, message_id in load.acked.items()})
+    finally:
+        stack.close()
+
+
 def check_store(stack: Stack, acked: dict[str, str]) -> None:
     engine = stack.rt.engine
     with session_scope(engine) as session:
