@@ -28,9 +28,10 @@ from directory.models import ACTIVE, Certificate, DirectoryEntry
 from mss import audit, standing
 from mss.addresses import normalise_address
 from mss.crypto import keys, pki
+from mss.crypto.keys import PrivateKey
 from mss.crypto.master import MasterKey
 from mss.db import table_of, utcnow
-from mss.errors import ConfigError, CryptoError, DomainNotServed, PkiError, RevokedAddress, UnknownAddress
+from mss.errors import ConfigError, DomainNotServed, PkiError, RevokedAddress, UnknownAddress
 from mss.models import SealedSecret
 from mss.settings import Settings
 
@@ -374,9 +375,7 @@ def operator_address(settings: Settings) -> str:
     return f"postmaster@{settings.domains[0]}"
 
 
-def current_operator_identity(
-    session: Session, master_key: MasterKey
-) -> tuple[rsa.RSAPrivateKey, x509.Certificate] | None:
+def current_operator_identity(session: Session, master_key: MasterKey) -> tuple[PrivateKey, x509.Certificate] | None:
     """The operator's receipt-signing key and certificate as they stand, or None when they
     must be made (none yet, revoked, or within 30 days of the end). Reads only: it may run
     in a read-only transaction. Raises CryptoError when the sealed key does not open."""
@@ -397,10 +396,10 @@ def current_operator_identity(
 _OPERATOR_SECRET_QUERY = select(col(SealedSecret.value)).where(col(SealedSecret.name) == OPERATOR_KEY_SECRET)
 # The operator's certificates as parsed, by their DER, with whether each carries the public
 # half of the key they were checked against (a new key is another entry).
-_OPERATOR_CERTIFICATES: dict[tuple[rsa.RSAPrivateKey, bytes], x509.Certificate | None] = {}
+_OPERATOR_CERTIFICATES: dict[tuple[PrivateKey, bytes], x509.Certificate | None] = {}
 
 
-def _operator_certificate(key: rsa.RSAPrivateKey, der: bytes) -> x509.Certificate | None:
+def _operator_certificate(key: PrivateKey, der: bytes) -> x509.Certificate | None:
     """The certificate of ``der`` when it carries ``key``'s public half, else None."""
     if (key, der) not in _OPERATOR_CERTIFICATES:
         certificate = x509.load_der_x509_certificate(der)
@@ -413,15 +412,13 @@ def _operator_certificate(key: rsa.RSAPrivateKey, der: bytes) -> x509.Certificat
 # The operator's key as opened from its sealed form, by the master key that opened it and
 # those sealed bytes (a new key is new bytes). Parsing an RSA key with its checks costs
 # more than signing a receipt with it.
-_OPENED_KEYS: dict[tuple[MasterKey, bytes], rsa.RSAPrivateKey] = {}
+_OPENED_KEYS: dict[tuple[MasterKey, bytes], PrivateKey] = {}
 
 
-def _operator_key(master_key: MasterKey, sealed: bytes) -> rsa.RSAPrivateKey:
+def _operator_key(master_key: MasterKey, sealed: bytes) -> PrivateKey:
     key = _OPENED_KEYS.get((master_key, sealed))
     if key is None:
-        opened = keys.private_key_from_der(master_key.open(sealed), authenticated=True)
-        if not isinstance(opened, rsa.RSAPrivateKey):
-            raise CryptoError("the operator's sealed key is not an RSA key")
+        opened = keys.private_key_from_der(master_key.open(sealed), authenticated=True)  # RSA or EC
         _OPENED_KEYS.clear()  # one operator key at a time
         key = _OPENED_KEYS[(master_key, sealed)] = opened
     return key
@@ -429,7 +426,7 @@ def _operator_key(master_key: MasterKey, sealed: bytes) -> rsa.RSAPrivateKey:
 
 def operator_identity(
     session: Session, settings: Settings, master_key: MasterKey
-) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+) -> tuple[PrivateKey, x509.Certificate]:
     """The operator's receipt-signing key and certificate, created on first use.
 
     The key is kept in ``sealed_secret`` (``operator-signing-key``) sealed with the master
@@ -443,7 +440,9 @@ def operator_identity(
         return current
     secret = session.get(SealedSecret, OPERATOR_KEY_SECRET)
     ca = pki.load_ca(settings)
-    key, certificate = pki.issue_operator_certificate(ca, address=operator_address(settings), **_terms(settings))
+    key, certificate = pki.issue_operator_certificate(
+        ca, address=operator_address(settings), key_type=settings.pki.operator_key, **_terms(settings)
+    )
     sealed = master_key.seal(keys.private_key_to_der(key))
     if secret is None:
         session.add(SealedSecret(name=OPERATOR_KEY_SECRET, value=sealed))

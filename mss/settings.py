@@ -22,6 +22,9 @@ from mss.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+# The kinds of key the operator's receipt-signing certificate can carry (MSS_OPERATOR_KEY).
+OPERATOR_KEY_EC, OPERATOR_KEY_RSA = "ec-p256", "rsa"
+OPERATOR_KEYS = (OPERATOR_KEY_EC, OPERATOR_KEY_RSA)
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -103,6 +106,10 @@ class PkiSettings:
     """``MSS_HOSTNAMES``: comma-separated names in the TLS certificate. Default ``localhost``."""
     user_key_bits: int
     """``MSS_USER_KEY_BITS``: RSA size of issued S/MIME keys. Default 3072."""
+    operator_key: str
+    """``MSS_OPERATOR_KEY``: the key of the operator's receipt-signing certificate when one is
+    made: ``ec-p256`` (ECDSA P-256) or ``rsa`` (RSA of ``MSS_USER_KEY_BITS``, for a trust
+    space that accepts only RSA signatures). Default ``ec-p256``."""
     certificate_days: int
     """``MSS_CERTIFICATE_DAYS``: validity of issued S/MIME certificates. Default 1095."""
     recovery_public_key: Path
@@ -400,6 +407,7 @@ class Settings:
             certs_dir=Path(get("MSS_CERTS_DIR", str(PROJECT_ROOT / "certs" / "dev"))).resolve(),
             hostnames=hostnames,
             user_key_bits=integer("MSS_USER_KEY_BITS", 3072),
+            operator_key=get("MSS_OPERATOR_KEY", OPERATOR_KEY_EC).lower(),
             certificate_days=integer("MSS_CERTIFICATE_DAYS", 1095),
             recovery_public_key=Path(get("MSS_RECOVERY_PUBLIC_KEY", str(data_dir / "recovery.pub"))),
             recovery_private_key_out=Path(get("MSS_RECOVERY_KEY_OUT", str(PROJECT_ROOT / "offline" / "recovery.key")))
@@ -418,6 +426,8 @@ class Settings:
             raise ConfigError("MSS_CRL_URL must be an http:// URL")
         if pki.user_key_bits < 2048:
             raise ConfigError("MSS_USER_KEY_BITS must be at least 2048")
+        if pki.operator_key not in OPERATOR_KEYS:
+            raise ConfigError(f"MSS_OPERATOR_KEY must be ec-p256 or rsa, not {pki.operator_key!r}")
         security = SecuritySettings(
             argon2_opslimit=integer("MSS_ARGON2_OPSLIMIT", 3),
             argon2_memlimit=integer("MSS_ARGON2_MEMLIMIT", 64 * 1024 * 1024),

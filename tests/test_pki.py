@@ -7,12 +7,14 @@ import stat
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -400,6 +402,53 @@ def test_operator_identity_is_created_once_and_sealed(engine: Engine, dev_pki: S
     with session_scope(engine) as session:
         actions = [e.action for e in session.execute(select(AuditEvent).order_by(AuditEvent.seq)).scalars()]
     assert actions == ["pki.issue", "pki.revoke", "pki.issue"]
+
+
+def test_operator_certificate_is_ecdsa_p256_that_only_signs(engine: Engine, dev_pki: Settings, tmp_path: Path) -> None:
+    master = MasterKey.load(dev_pki)
+    with session_scope(engine) as session:
+        key, certificate = certificates.operator_identity(session, dev_pki, master)
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
+    usage = certificate.extensions.get_extension_for_class(x509.KeyUsage)
+    assert usage.critical and usage.value.digital_signature
+    assert not usage.value.key_encipherment and not usage.value.key_agreement
+    assert certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage(
+        [ExtendedKeyUsageOID.EMAIL_PROTECTION]
+    )
+    # openssl, on its own, finds the certificate fit to sign mail and not to receive it.
+    (tmp_path / "operator.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    ca_file = str(pki.PkiPaths.from_settings(dev_pki).ca_certificate)
+    signing = openssl("verify", "-CAfile", ca_file, "-purpose", "smimesign", str(tmp_path / "operator.pem"))
+    assert signing.returncode == 0, signing.stderr
+    receiving = openssl("verify", "-CAfile", ca_file, "-purpose", "smimeencrypt", str(tmp_path / "operator.pem"))
+    assert receiving.returncode != 0
+    signed = smime.sign(ENTITY, certificate, key)
+    with session_scope(engine) as session:
+        material = certificates.trust_material(session, dev_pki)
+    assert verify_signed_data(signed, trust_roots=material.roots, crls=material.crls).status == "valid"
+
+
+def test_operator_key_setting_applies_when_a_key_is_made(engine: Engine, dev_pki: Settings) -> None:
+    """``MSS_OPERATOR_KEY=rsa`` makes an RSA identity; an identity in place is kept when the
+    setting changes, until it is renewed, and the new one follows the setting."""
+    master = MasterKey.load(dev_pki)
+    as_rsa = replace(dev_pki, pki=replace(dev_pki.pki, operator_key="rsa"))
+    with session_scope(engine) as session:
+        key, certificate = certificates.operator_identity(session, as_rsa, master)
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == dev_pki.pki.user_key_bits
+    assert certificate.extensions.get_extension_for_class(x509.KeyUsage).value.key_encipherment
+    with session_scope(engine) as session:
+        assert certificates.operator_identity(session, dev_pki, master)[1] == certificate
+        certificates.revoke_for_address(session, dev_pki, "operator", reason="superseded", actor="admin")
+    with session_scope(engine) as session:
+        new_key, _renewed = certificates.operator_identity(session, dev_pki, master)
+    assert isinstance(new_key, ec.EllipticCurvePrivateKey)
+
+
+def test_operator_key_kind_must_be_known() -> None:
+    ca = pki.new_certificate_authority(common_name="test CA", organisation="mss tests")
+    with pytest.raises(PkiError, match="ec-p256 or rsa"):
+        pki.issue_operator_certificate(ca, address="postmaster@mss.test", key_type="dsa")
 
 
 def test_concurrent_revocations_all_reach_the_crl(engine: Engine, dev_pki: Settings) -> None:

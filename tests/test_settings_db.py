@@ -37,6 +37,7 @@ def test_defaults_and_overrides(tmp_path):
         ("MSS_ENV", "staging", "development or production"),
         ("MSS_DSN_ON_SUCCESS", "maybe", "true or false"),
         ("MSS_USER_KEY_BITS", "1024", "at least 2048"),
+        ("MSS_OPERATOR_KEY", "ed25519", "ec-p256 or rsa"),
     ],
 )
 def test_bad_settings_are_named(tmp_path, name, value, words):

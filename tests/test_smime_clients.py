@@ -41,7 +41,7 @@ from mss import accounts
 from mss.crypto import envelope as cms_envelope
 from mss.crypto import keys, pki
 from mss.db import session_scope
-from mss.models import Message
+from mss.models import Certificate, Message, Receipt
 from mss.relay import RelayServer, replies
 
 from relay_support import (
@@ -532,6 +532,27 @@ def test_stored_and_exported_messages_open_and_verify_in_three_tools(
     assert b"(stored)" in openssl.verify(openssl.decrypt(exported, reader))
     assert gpgsm.verify(der_of(gpgsm.decrypt(exported, reader)))
     assert "signer0.status=GoodSignature" in nss.decode(der_of(nss.decode(exported)[0]))[1]
+
+
+def test_receipts_open_and_verify_in_three_tools(world: World, openssl: OpenSSL, gpgsm: GpgSm, nss: Nss) -> None:
+    """A receipt (here the ``processed`` MDN the sender asked for) is signed with the
+    operator's certificate, ECDSA P-256 by default, and encrypted to the sender: their client
+    opens it and finds the signature good, whichever of the three it is."""
+    reader = RECIPIENTS[0]
+    asked = f"Disposition-Notification-To: {SENDER}\r\n".encode()
+    queue = queue_id(submit(world, asked + mail(SENDER, [reader], "receipt", content_entity("receipt")), [reader]))
+    with session_scope(world.stack.rt.engine) as session:
+        message = session.execute(select(Message).where(Message.queue_id == queue)).scalar_one()
+        receipt = session.execute(select(Receipt).where(Receipt.message_id == message.id)).scalar_one()
+        cms = session.get(Message, receipt.notification_id).cms
+        operator = session.execute(select(Certificate).where(Certificate.usage == "operator")).scalar_one()
+    operator_certificate = x509.load_der_x509_certificate(operator.der)
+    assert receipt.kind == "mdn" and isinstance(operator_certificate.public_key(), ec.EllipticCurvePublicKey)
+    assert b"; processed\r\n" in openssl.verify(openssl.decrypt(cms, SENDER))
+    signer = gpgsm.verify(der_of(gpgsm.decrypt(cms, SENDER)))
+    assert signer == operator_certificate.fingerprint(hashes.SHA1()).hex().upper()
+    content, report = nss.decode(der_of(nss.decode(cms)[0]))
+    assert "signer0.status=GoodSignature" in report and b"processed" in content
 
 
 def test_served_certificates_load_into_three_tools(world: World, tmp_path: Path) -> None:

@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mss.crypto import smime
+from mss.crypto.keys import PrivateKey
 from mss.receipts.wire import Report
 from mss.settings import Settings
 from mss.store import MessageMeta, Notice
 
-OperatorIdentity = tuple[rsa.RSAPrivateKey, x509.Certificate]
+OperatorIdentity = tuple[PrivateKey, x509.Certificate]
 """The operator's receipt-signing key and certificate (``directory.certificates.operator_identity``)."""
 
 
