@@ -3,7 +3,9 @@
 success DSN, built, signed by the operator, encrypted to the sender and stored in their
 inbox) and, as the baseline, the same submission with the default NOTIFY=FAILURE,DELAY
 (no DSN when all goes well). Everything else is the same: the same account, message size,
-recipients and database, default settings (argon2id moderate, RSA 3072 keys, SQLite WAL).
+recipients and database, default settings (argon2id moderate, RSA 3072 keys for the
+accounts, the operator's receipts signed with ECDSA P-256 unless ``MSS_OPERATOR_KEY=rsa``
+is set, SQLite WAL).
 
 The two kinds alternate within each round (the order swaps from one round to the next);
 each round times a batch of each with the process's CPU time (the document checks run in
