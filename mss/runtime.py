@@ -15,12 +15,12 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import ParamSpec, TypeVar
+from typing import Final, ParamSpec, TypeVar
 
 from cryptography import x509
 from sqlalchemy.engine import Engine
 
-from mss import audit, metrics
+from mss import audit, memory, metrics
 from mss.crypto.master import MasterKey
 from mss.db import make_engine, make_private_dir, migrate
 from mss.settings import Settings
@@ -54,6 +54,11 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+# How long no message must have been under way before the memory the last ones left free
+# goes back to the system (mss.memory.give_back).
+IDLE_SECONDS: Final = 5.0
+
+
 class MessageThreads:
     """The threads that take whole messages through the pipeline (a submission over SMTP,
     the web or the API, an arrival from another operator), as many as the cores the process
@@ -63,12 +68,19 @@ class MessageThreads:
     cores add nothing but messages in flight at once, each held several times over in
     memory (its MIME, its documents, its signed and encrypted forms). A message waiting for
     a thread holds only its received bytes. Created at first use.
+
+    Once no message has been under way for ``idle_seconds``, the memory they left free in
+    the process's heaps is given back to the system (``mss.memory.give_back``).
     """
 
-    def __init__(self, size: int | None = None) -> None:
+    def __init__(self, size: int | None = None, *, idle_seconds: float = IDLE_SECONDS) -> None:
         self.size = size or max(2, len(os.sched_getaffinity(0)))
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._idle_seconds = idle_seconds
+        self._under_way = 0
+        self._started = 0  # messages started so far: a wait for idleness that sees it move restarts
+        self._idle_timer: threading.Timer | None = None
 
     async def run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``function(*args, **kwargs)`` in one of the threads, awaited."""
@@ -76,12 +88,41 @@ class MessageThreads:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="mss-message")
             executor = self._executor
-        return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(function, *args, **kwargs))
+            self._under_way += 1
+            self._started += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                executor, functools.partial(function, *args, **kwargs)
+            )
+        finally:
+            with self._lock:
+                self._under_way -= 1
+                if not self._under_way and self._idle_timer is None:
+                    self._wait_for_idleness()
+
+    def _wait_for_idleness(self) -> None:
+        # Called with the lock held.
+        timer = self._idle_timer = threading.Timer(self._idle_seconds, self._when_idle, (self._started,))
+        timer.daemon = True
+        timer.start()
+
+    def _when_idle(self, started: int) -> None:
+        with self._lock:
+            self._idle_timer = None
+            if self._under_way:
+                return  # the last of those messages arms the next wait
+            if self._started != started:
+                self._wait_for_idleness()  # some came and went meanwhile: wait from now
+                return
+        memory.give_back()
 
     def close(self) -> None:
         """Wait for the messages under way, then end the threads."""
         with self._lock:
             executor, self._executor = self._executor, None
+            timer, self._idle_timer = self._idle_timer, None
+        if timer is not None:
+            timer.cancel()
         if executor is not None:
             executor.shutdown(wait=True)
 

@@ -1,5 +1,6 @@
 """The runtime's message threads: as many messages go through the pipeline at once as there
-are threads, the others wait their turn with nothing but their bytes, and none is lost."""
+are threads, the others wait their turn with nothing but their bytes, and none is lost; the
+memory a burst of messages leaves free goes back to the system once they are all done."""
 
 from __future__ import annotations
 
@@ -50,3 +51,39 @@ def test_message_threads_take_as_many_messages_at_once_as_they_have_threads() ->
 
 def test_message_threads_default_to_the_cores_the_process_may_use() -> None:
     assert MessageThreads().size == max(2, len(os.sched_getaffinity(0)))
+
+
+def _resident_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_memory_a_burst_left_free_goes_back_to_the_system_once_idle() -> None:
+    threads = MessageThreads(size=1, idle_seconds=0.5)
+    kept: list[bytearray] = []
+
+    def burst() -> None:
+        # A message's buffers, each followed by a small block that stays: freed, they are
+        # holes below blocks in use, which the allocator does not return on its own. 100 KB
+        # each: under the size that glibc would map on its own (128 KiB at first).
+        blocks = []
+        for _ in range(640):
+            blocks.append(b"x" * 100_000)
+            kept.append(bytearray(4000))
+        del blocks
+
+    async def scenario() -> tuple[float, float]:
+        await threads.run(burst)
+        after_burst = _resident_mib()
+        await asyncio.sleep(0.2)
+        await threads.run(burst)  # a message within the idle time: the wait starts again
+        await asyncio.sleep(2.0)
+        return after_burst, _resident_mib()
+
+    before = _resident_mib()
+    try:
+        after_burst, idle = asyncio.run(scenario())
+    finally:
+        threads.close()
+    assert after_burst - before > 40, (before, after_burst)  # freed, but still the process's
+    assert after_burst - idle > 40, (before, after_burst, idle)  # given back once idle
