@@ -503,7 +503,7 @@ class RelaySMTP(PasswordMechanisms, SMTP):
                     reader.feed_data(leftover)
                 del buffer[end + 2 :]  # keep the CRLF that ends the last line
             if refusal is None:
-                segments = bytes(buffer[checked:]).split(b"\n")
+                segments = buffer[checked:].split(b"\n")
                 checked = len(buffer)
                 if len(segments) > 1:
                     longest = max(line + len(segments[0]), max(map(len, segments[1:])))
@@ -531,8 +531,12 @@ class RelaySMTP(PasswordMechanisms, SMTP):
             return refusal, b""
         if header_end < 0 and _count_fields(buffer[2:]) > MAX_HEADER_FIELDS:
             return replies.HEADER_TOO_LARGE, b""
-        # RFC 5321 4.5.2: drop the transparency dot at the start of every line.
-        return None, bytes(buffer.replace(b"\r\n.", b"\r\n")[2:])
+        # RFC 5321 4.5.2: drop the transparency dot at the start of every line; a message
+        # with none (most) is copied once.
+        if buffer.find(b"\r\n.") >= 0:
+            return None, bytes(buffer.replace(b"\r\n.", b"\r\n")[2:])
+        with memoryview(buffer) as view:
+            return None, bytes(view[2:])
 
 
 def _count_fields(header: bytes | bytearray) -> int:
