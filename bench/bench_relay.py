@@ -26,7 +26,7 @@ Usage::
 Prints, per case, messages/s, CPU ms per message and latency p50/p95 for each server
 (medians over repetitions), its memory (the process tree's proportional set size, its
 anonymous part, and the server process's own resident set) at its peak during the runs
-and 5 s after the case's sessions closed, then the relay / bare ratios of each repetition
+and 10 s after the case's sessions closed, then the relay / bare ratios of each repetition
 as min / median / max. Settings are the defaults (argon2id moderate, RSA 3072 user keys,
 SQLite WAL with synchronous=FULL in a temporary folder) unless ``MSS_DATABASE_URL`` names
 another database.
@@ -350,8 +350,9 @@ def spread(values: list[float], fmt: str) -> str:
 
 
 SESSIONS = (1, 4, 16)
-# How long after a case the servers' memory is read again: what they keep once idle.
-SETTLE_SECONDS = 5.0
+# How long after a case the servers' memory is read again: what they keep once idle (the
+# relay gives free memory back after 5 s without a message: mss.runtime.IDLE_SECONDS).
+SETTLE_SECONDS = 10.0
 # Messages per session in one run of a case, then with --quick.
 PER_SESSION = {("10KB", 1): 60, ("10KB", 4): 20, ("10KB", 16): 8, ("1MB", 1): 10, ("1MB", 4): 4, ("1MB", 16): 2}
 QUICK_PER_SESSION = {("10KB", 1): 20, ("10KB", 4): 6, ("10KB", 16): 3, ("1MB", 1): 4, ("1MB", 4): 2, ("1MB", 16): 1}
