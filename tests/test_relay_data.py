@@ -11,6 +11,8 @@ from email import message_from_bytes, policy
 
 import aiosmtplib
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from directory.certificates import current_certificate
@@ -21,7 +23,7 @@ from mss.documents import ArchiveBomb, ForbiddenDocumentType, XmlDoctypeForbidde
 from mss.models import MailboxItem, Message
 from mss.relay import replies
 from mss.relay.handler import document_status
-from mss.relay.protocol import MAX_HEADER_FIELDS
+from mss.relay.protocol import MAX_HEADER_FIELDS, MAX_LINE, overlong_line
 
 from document_samples import pdf_bytes
 from relay_support import (
@@ -192,6 +194,54 @@ def test_overlong_line(relay_stack: Stack) -> None:
     client = login(relay_stack)
     assert transaction(client, SENDER, RECIPIENTS[:1], raw)[-1][0] == 250
     client.quit()
+
+
+def _every_line_measured(data: bytes, start: int, line: int, limit: int) -> tuple[bool, int]:
+    """What ``overlong_line`` answers, by cutting the data into lines."""
+    segments = data[start:].split(b"\n")
+    if len(segments) == 1:
+        return line + len(segments[0]) > limit, line + len(segments[0])
+    longest = max(line + len(segments[0]), *map(len, segments[1:]))
+    return longest > limit, len(segments[-1])
+
+
+# Line lengths near the edges: the block size (limit // 2 + 1) and the limit itself.
+_LENGTHS = st.one_of(st.integers(0, 80), st.integers(490, 512), st.integers(990, 1012), st.integers(0, 2100))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lengths=st.lists(_LENGTHS, max_size=40),
+    tail=st.integers(0, 1200),
+    cuts=st.lists(st.integers(1, 5000), max_size=8),
+    limit=st.sampled_from([MAX_LINE - 1, 10, 3]),
+)
+def test_overlong_line_agrees_with_measuring_every_line(lengths, tail, cuts, limit) -> None:
+    data = b"".join(b"x" * (n - 1) + b"\r\n" if n else b"\n" for n in lengths) + b"y" * tail
+    line, start, ends = 0, 0, sorted({min(c, len(data)) for c in cuts} | {len(data)})
+    for end in ends:
+        seen = data[:end]
+        answer = overlong_line(bytearray(seen), start, line, limit)
+        assert answer == _every_line_measured(seen, start, line, limit), (start, end, line)
+        line, start = answer[1], end
+
+
+@pytest.mark.parametrize("limit", [3, 10, MAX_LINE - 1])
+def test_overlong_line_finds_the_shortest_long_line_wherever_it_falls(limit: int) -> None:
+    # Short lines all around, so that the only line without an LF near it is the long one,
+    # at every offset from the start of the tiling.
+    for offset in range(limit + 4):
+        before = b"\n" + b"a" * (offset % 2) + b"\n" + b"a\n" * (offset // 2)
+        for length, too_long in ((limit, False), (limit + 1, True)):
+            data = before + b"b" * length + b"\n" + b"a\n" * (limit + 4)
+            assert overlong_line(data, 0, 0, limit) == (too_long, 0), (offset, length)
+
+
+def test_overlong_line_finds_a_long_line_between_short_ones() -> None:
+    short = b"a" * 75 + b"\r\n"
+    for length in (1000, 1001, 1002, 1003, 1500, 5000):  # with its CRLF: at most 1001 pass
+        data = short * 40 + b"b" * (length - 2) + b"\r\n" + short * 40
+        assert overlong_line(data, 0, 0, MAX_LINE - 1)[0] is (length > MAX_LINE)
 
 
 def test_header_flood(relay_stack: Stack) -> None:
