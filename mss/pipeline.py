@@ -502,7 +502,8 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         metrics.observe("check", check_started)
         # The client's own signatures, if any, travel inside ours, byte for byte.
         with metrics.stage("sign"):
-            signed = smime.sign(entity, sender.certificate, sender.private_key)
+            # Canonical: _parse refused a bare CR, _with_headers made every line end CRLF.
+            signed = smime.sign(entity, sender.certificate, sender.private_key, known_canonical=True)
         # The envelope holds the SignedData as an RFC 8551 signed-data entity: what a mail
         # client expects once it decrypts, and what `openssl cms -verify` reads as S/MIME.
         # Recipients at other operators read their own copy (``_outbound_entries``).
