@@ -14,17 +14,14 @@ Elsewhere than glibc (musl, macOS) it does nothing: those allocators have no suc
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 from typing import Final
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-    return getattr(libc, "malloc_trim", None)
+    # The symbols the process already has (the C library it runs on), without looking for
+    # the library by name: ctypes.util.find_library runs ldconfig in a subprocess.
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
 _MALLOC_TRIM: Final = _malloc_trim()
