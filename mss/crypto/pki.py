@@ -244,10 +244,27 @@ def _end_entity_extensions(
     ]
 
 
-def _smime_extensions(address: str) -> list[tuple[x509.ExtensionType, bool]]:
-    return _end_entity_extensions(
-        key_encipherment=True, usage=ExtendedKeyUsageOID.EMAIL_PROTECTION, names=[x509.RFC822Name(address)]
+def _issue_smime(
+    ca: CertificateAuthority,
+    address: str,
+    subject: x509.Name,
+    public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey,
+    *,
+    key_encipherment: bool,
+    days: int,
+    crl_url: str | None,
+) -> x509.Certificate:
+    """The S/MIME profile (emailProtection, ``address`` as rfc822Name, the CRL distribution
+    point when given) for ``public_key``; raises PkiError when it cannot be built."""
+    extensions = _end_entity_extensions(
+        key_encipherment=key_encipherment, usage=ExtendedKeyUsageOID.EMAIL_PROTECTION, names=[x509.RFC822Name(address)]
     )
+    if crl_url:
+        extensions.append((_crl_distribution_point(crl_url), False))
+    try:
+        return _issue(ca, subject, public_key, days=days, extensions=extensions)
+    except ValueError as exc:
+        raise PkiError(f"the certificate for {address} cannot be built: {exc}") from exc
 
 
 # -- issuance (pure) ---------------------------------------------------------------------
@@ -310,13 +327,7 @@ def issue_smime_certificate(
         public_key = key.public_key()
     elif not isinstance(public_key, rsa.RSAPublicKey) or public_key.key_size < 2048:
         raise PkiError("an S/MIME key must be RSA of at least 2048 bits")
-    extensions = _smime_extensions(address)
-    if crl_url:
-        extensions.append((_crl_distribution_point(crl_url), False))
-    try:
-        certificate = _issue(ca, subject, public_key, days=days, extensions=extensions)
-    except ValueError as exc:
-        raise PkiError(f"the certificate for {address} cannot be built: {exc}") from exc
+    certificate = _issue_smime(ca, address, subject, public_key, key_encipherment=True, days=days, crl_url=crl_url)
     return key, certificate
 
 
@@ -387,16 +398,10 @@ def issue_operator_certificate(
     if key_type != OPERATOR_KEY_EC:
         raise PkiError(f"the operator's key must be {OPERATOR_KEY_EC} or {OPERATOR_KEY_RSA}, not {key_type!r}")
     key = ec.generate_private_key(ec.SECP256R1())
-    extensions = _end_entity_extensions(
-        key_encipherment=False, usage=ExtendedKeyUsageOID.EMAIL_PROTECTION, names=[x509.RFC822Name(address)]
-    )
-    if crl_url:
-        extensions.append((_crl_distribution_point(crl_url), False))
     subject = _smime_subject(common_name, organisation, None)
-    try:
-        certificate = _issue(ca, subject, key.public_key(), days=days, extensions=extensions)
-    except ValueError as exc:
-        raise PkiError(f"the certificate for {address} cannot be built: {exc}") from exc
+    certificate = _issue_smime(
+        ca, address, subject, key.public_key(), key_encipherment=False, days=days, crl_url=crl_url
+    )
     return key, certificate
 
 
