@@ -168,18 +168,12 @@ def test_two_relay_processes_share_one_database(tmp_path: Path) -> None:
     """Relays hold nothing another needs: two processes, one database, one audit chain."""
     stack = build_stack(tmp_path)
     try:
-        relays = [RelayProcess(stack, free_port(), tmp_path / f"relay-{n}.log") for n in (1, 2)]
-        for relay in relays:
-            relay.start()
-        loads = [Load(stack, relay.port, total=20, first=1 + 100 * n) for n, relay in enumerate(relays)]
-        threads = [threading.Thread(target=load.run) for load in loads for _ in range(4)]
-        for thread in threads:
-            thread.start()
+        relays, loads, threads = _two_relays_under_load(stack, tmp_path, per_relay=20, sessions=4)
         for thread in threads:
             thread.join(timeout=300)
         for relay in relays:
             assert relay.stop() == 0
-        acked = {queue: message_id for load in loads for queue, message_id in load.acked.items()}
+        acked = _acked_by_any(loads)
         assert len(acked) == 40 and not any(load.unacked for load in loads)
         check_store(stack, acked)
     finally:
@@ -191,13 +185,7 @@ def test_sigkill_of_one_of_two_relays_loses_nothing_acknowledged(tmp_path: Path)
     what either acknowledged is stored, the rest whole or not at all, one chain that verifies."""
     stack = build_stack(tmp_path)
     try:
-        relays = [RelayProcess(stack, free_port(), tmp_path / f"relay-{n}.log") for n in (1, 2)]
-        for relay in relays:
-            relay.start()
-        loads = [Load(stack, relay.port, total=80, first=1 + 1000 * n) for n, relay in enumerate(relays)]
-        threads = [threading.Thread(target=load.run) for load in loads for _ in range(8)]
-        for thread in threads:
-            thread.start()
+        relays, loads, threads = _two_relays_under_load(stack, tmp_path, per_relay=80, sessions=8)
         killed = loads[0]
         with killed.lock:
             assert killed.acked_count.wait_for(lambda: len(killed.acked) >= 20, timeout=120)
@@ -210,9 +198,28 @@ def test_sigkill_of_one_of_two_relays_loses_nothing_acknowledged(tmp_path: Path)
             assert relay.stop() == 0
         assert killed.unacked, "the kill interrupted no transaction"
         assert all(len(load.acked) + len(load.unacked) == 80 for load in loads)
-        check_store(stack, {queue: message_id for load in loads for queue, message_id in load.acked.items()})
+        check_store(stack, _acked_by_any(loads))
     finally:
         stack.close()
+
+
+def _two_relays_under_load(
+    stack: Stack, folder: Path, *, per_relay: int, sessions: int
+) -> tuple[list[RelayProcess], list[Load], list[threading.Thread]]:
+    """Two relay processes on the stack's database, each sent ``per_relay`` messages (their
+    numbers apart) by ``sessions`` client threads, started."""
+    relays = [RelayProcess(stack, free_port(), folder / f"relay-{n}.log") for n in (1, 2)]
+    for relay in relays:
+        relay.start()
+    loads = [Load(stack, relay.port, total=per_relay, first=1 + 1000 * n) for n, relay in enumerate(relays)]
+    threads = [threading.Thread(target=load.run) for load in loads for _ in range(sessions)]
+    for thread in threads:
+        thread.start()
+    return relays, loads, threads
+
+
+def _acked_by_any(loads: list[Load]) -> dict[str, str]:
+    return {queue: message_id for load in loads for queue, message_id in load.acked.items()}
 
 
 def check_store(stack: Stack, acked: dict[str, str]) -> None:
