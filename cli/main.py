@@ -1187,14 +1187,20 @@ def serve(
         from mss.web.server import serve_publication, serve_web
 
         parts = []
+        doors: list[asyncio.Event] = []
+
+        def listening() -> asyncio.Event:
+            doors.append(asyncio.Event())
+            return doors[-1]
+
         if what in {"all", "relay"}:
-            parts.append(serve_relay(rt))
+            parts.append(serve_relay(rt, ready=listening()))
             err.print(
                 f"mss relay: SMTP submission on {settings.relay.host}:{settings.relay.port} (STARTTLS, then AUTH)"
             )
             federation = settings.federation
             if federation.mx_port:
-                parts.append(serve_mx(rt))
+                parts.append(serve_mx(rt, ready=listening()))
                 err.print(
                     f"mss mx: mail from other operators on {federation.mx_host}:{federation.mx_port}"
                     " (STARTTLS with a client certificate)"
@@ -1203,7 +1209,7 @@ def serve(
                 parts.append(serve_outbound(rt))
                 err.print(f"mss outbound: delivering to other operators, {federation.delivery_concurrency} at once")
         if what in {"all", "web"}:
-            parts.append(serve_web(rt))
+            parts.append(serve_web(rt, started=listening()))
             scheme = "http" if settings.web.behind_tls_proxy else "https"
             err.print(f"mss web: inbox on {scheme}://{settings.web.host}:{settings.web.port}/")
             if settings.pki.http_port:
@@ -1213,7 +1219,7 @@ def serve(
                     f" (certificates name {settings.pki.crl_url}), S/MIME certificates under /pki/certificates/"
                 )
         if what in {"all", "imap"}:
-            parts.append(serve_imap(rt))
+            parts.append(serve_imap(rt, ready=listening()))
             imaps = f", implicit TLS on {settings.imap.tls_port}" if settings.imap.tls_port else ""
             err.print(f"mss imap: IMAP on {settings.imap.host}:{settings.imap.port} (STARTTLS, then LOGIN){imaps}")
         metrics_server = None
@@ -1233,6 +1239,9 @@ def serve(
 
                 parts.append(serve_webhooks(rt))
                 err.print(f"mss webhook: final statuses to {where(settings.webhook.url)}")
+        from mss.background import settle_once_listening
+
+        parts.append(settle_once_listening(doors))
         tasks = [asyncio.ensure_future(part) for part in parts]
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

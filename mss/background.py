@@ -11,8 +11,10 @@ from __future__ import annotations
 import abc
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Self
+
+from mss import memory
 
 
 async def serve_until_cancelled(close: Callable[[], Awaitable[None]], ready: asyncio.Event | None = None) -> None:
@@ -24,6 +26,13 @@ async def serve_until_cancelled(close: Callable[[], Awaitable[None]], ready: asy
         await asyncio.Event().wait()
     finally:
         await asyncio.shield(close())
+
+
+async def settle_once_listening(listening: Iterable[asyncio.Event]) -> None:
+    """Once every door of a serving process listens (each event set), set what start-up
+    made aside from the cyclic collector (``mss.memory.settle``)."""
+    await asyncio.gather(*(event.wait() for event in listening))
+    memory.settle()
 
 
 class BackgroundServer(abc.ABC):

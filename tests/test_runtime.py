@@ -1,14 +1,18 @@
 """The runtime's message threads: as many messages go through the pipeline at once as there
 are threads, the others wait their turn with nothing but their bytes, and none is lost; the
-memory a burst of messages leaves free goes back to the system once they are all done."""
+memory a burst of messages leaves free goes back to the system once they are all done; what
+start-up made is set aside from the cyclic collector once every door listens."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
+import weakref
 
 from mss import memory
+from mss.background import settle_once_listening
 from mss.runtime import MessageThreads
 
 
@@ -89,3 +93,36 @@ def test_memory_a_burst_left_free_goes_back_to_the_system_once_idle() -> None:
         threads.close()
     assert after_burst - before > 40, (before, after_burst)  # freed, but still the process's
     assert after_burst - idle > 40, (before, after_burst, idle)  # given back once idle
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.other: _Node | None = None
+
+
+def test_memory_start_up_is_set_aside_once_every_door_listens_and_later_cycles_still_go() -> None:
+    async def scenario() -> tuple[int, int, int]:
+        relay, web = asyncio.Event(), asyncio.Event()
+        settling = asyncio.ensure_future(settle_once_listening([relay, web]))
+        relay.set()
+        await asyncio.sleep(0.05)
+        one_listening = gc.get_freeze_count()
+        web.set()
+        await asyncio.wait_for(settling, 5)
+        return one_listening, gc.get_freeze_count(), len(gc.get_objects())
+
+    gc.unfreeze()
+    try:
+        one_listening, frozen, tracked = asyncio.run(scenario())
+        # A cycle made after start-up (a message's objects) is still collected.
+        a, b = _Node(), _Node()
+        a.other, b.other = b, a
+        gone = weakref.ref(a)
+        del a, b
+        gc.collect()
+        assert gone() is None
+    finally:
+        gc.unfreeze()
+    assert one_listening == 0  # not while a door is still starting
+    assert frozen > 10_000, frozen  # this process's modules and objects
+    assert tracked < frozen / 10, (tracked, frozen)  # full passes walk only what came after

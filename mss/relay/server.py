@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
-from mss.background import BackgroundServer, serve_until_cancelled
+from mss.background import BackgroundServer, serve_until_cancelled, settle_once_listening
 from mss.documents import workers
 from mss.relay.handler import DoorHandler, RelayHandler
 from mss.relay.protocol import COMMAND_CALL_LIMIT, RelaySMTP, SessionRegistry
@@ -148,10 +148,14 @@ def run_relay(rt: Runtime) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
+        listening = asyncio.Event()
+        settled = asyncio.ensure_future(settle_once_listening([listening]))
         try:
-            await serve_relay(rt)
+            await serve_relay(rt, ready=listening)
         except asyncio.CancelledError:
             log.info("relay stopped")
+        finally:
+            settled.cancel()
 
     asyncio.run(main())
 
