@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 
 import directory.search as search_module
@@ -306,3 +306,71 @@ def test_a_walk_in_name_order_gives_the_ranking_s_pages(
         assert pages(query) == ranked[query], query
     assert sum(walked) > len(walked) / 3, f"only {sum(walked)} of {len(walked)} pages were walked"
     assert any(page for pages_of in ranked.values() for page in pages_of)
+
+
+# -- every word a prefix, whatever the index is asked ------------------------------------
+
+_PREFIXES = {
+    # The full-text index's own prefix query: every word the start of a word of the entry.
+    "sqlite": "SELECT e.id FROM directory_fts AS f JOIN directory_entry AS e ON e.id = f.rowid "
+    "WHERE directory_fts MATCH :fts AND e.status = 'active'",
+    "postgresql": "SELECT id FROM directory_entry "
+    "WHERE to_tsvector('simple', search_text) @@ to_tsquery('simple', :tsquery) AND status = 'active'",
+}
+# What a statement-level trigger must have added (PostgreSQL, migration 0011): every word of
+# every entry that starts with a letter.
+_ENTRY_WORDS = (
+    "SELECT DISTINCT word FROM directory_entry, unnest(tsvector_to_array(to_tsvector('simple', search_text))) AS word "
+    "WHERE word ~ '^[a-z]'"
+)
+
+
+def test_a_search_finds_every_entry_its_words_start_words_of_also_after_changes(engine: Engine, tmp_path: Path) -> None:
+    # On PostgreSQL common words are asked of the index as the whole words they start
+    # (directory_lexeme), not as prefixes: the entries found must be the same, also for
+    # words that entries added or changed one at a time bring.
+    import_extract(engine, generated_extract(tmp_path, 4000))
+    with session_scope(engine) as session:
+        # New words, written row by row and by one statement, as the web and the CLI do.
+        session.execute(
+            text("UPDATE directory_entry SET search_text = search_text || ' infirmierzz' WHERE id % 29 = 0")
+        )
+        session.execute(text("UPDATE directory_entry SET search_text = search_text || ' parisqu' WHERE id = 7"))
+        rows = session.execute(text("SELECT profession_label, city FROM directory_entry WHERE id % 13 = 0")).all()
+    dialect = engine.dialect.name
+    queries = ["infirmier paris", "infirm lyon", "pharmacien marseille", "paris", "parisqu", "infirmierzz"]
+    queries += [f"{profession} {city}" for profession, city in random.Random(5).sample(rows, 12)]
+    sent: list[str] = []
+
+    def note(conn: object, cursor: object, statement: str, parameters: object, *rest: object) -> None:
+        if isinstance(parameters, dict) and "match" in parameters:
+            sent.append(str(parameters["match"]))
+
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        for query in dict.fromkeys(queries):
+            words = [w for w in search_module.query_words(query) if w not in search_module.STOPWORDS]
+            with session_scope(engine) as session:
+                expected = set(
+                    session.execute(
+                        text(_PREFIXES[dialect]),
+                        {"fts": " ".join(f'"{w}"*' for w in words), "tsquery": " & ".join(f"{w}:*" for w in words)},
+                    ).scalars()
+                )
+                found: set[int] = set()
+                for number in range(1, 100):
+                    result = search(session, query, page=number, per_page=200, with_total=True)
+                    found |= {entry.id for entry in result.items}
+                    if not result.has_next:
+                        break
+            assert found == expected and result.total == len(expected), query
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    assert any(page_of for page_of in (find(engine, "infirmierzz"), find(engine, "infirmier paris")))
+    if dialect == "postgresql":
+        # Common words went to the index whole; the words of the changed entries are listed.
+        assert any("'infirmier'" in match and "'infirmierzz'" in match for match in sent), sent
+        with session_scope(engine) as session:
+            listed = set(session.execute(text("SELECT word FROM directory_lexeme")).scalars())
+            held = set(session.execute(text(_ENTRY_WORDS)).scalars())
+        assert held and held <= listed and {"infirmierzz", "parisqu"} <= listed
