@@ -20,7 +20,6 @@ module: every entry point keeps its ``if __name__ == "__main__"`` guard.
 from __future__ import annotations
 
 import collections
-import gc
 import logging
 import os
 import threading
@@ -30,7 +29,6 @@ from typing import Any, Final, TypeVar
 
 from pebble import ProcessExpired
 
-from mss import memory
 from mss.documents import cda, detect, xdm
 from mss.documents.base import Document, DocumentLimits, DocumentTooComplex, display_name
 from mss.documents.cda import CdaInfo
@@ -46,8 +44,6 @@ WORKERS: Final = min(8, max(2, 2 * (os.cpu_count() or 1)))
 # Checks one account may have running at once: an account that sends costly documents from
 # many sessions waits for its own turn and leaves workers to everybody else.
 ACCOUNT_SHARE: Final = max(1, WORKERS // 2)
-# A document at least this large is followed, in its worker, by giving memory back.
-GIVE_BACK_AFTER: Final = 256 * 1024
 
 _lock = threading.Lock()
 _shares: collections.defaultdict[str, threading.BoundedSemaphore] = collections.defaultdict(
@@ -76,22 +72,11 @@ def _in_worker(
         return _wait(check, args, kwargs, filename, limits)
 
 
-def _checked(check: Callable[..., T], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> T:
-    """In the worker: ``check(*args, **kwargs)``, then, after a large document, the memory
-    its parse left free goes back to the system, so that an idle worker does not keep the
-    size of the largest document it read."""
-    try:
-        return check(*args, **kwargs)
-    finally:
-        if any(isinstance(arg, bytes) and len(arg) >= GIVE_BACK_AFTER for arg in args):
-            gc.collect(1)  # the parser's objects that refer to each other (young: cheap), freed now
-            memory.give_back()
-
-
 def _wait(
     check: Callable[..., T], args: tuple[Any, ...], kwargs: Mapping[str, Any], filename: str, limits: DocumentLimits
 ) -> T:
-    future = _workers.running().schedule(_checked, args=(check, args, kwargs), timeout=limits.max_check_seconds)
+    # After a large document, the worker gives back what its parse took (mss.processes).
+    future = _workers.schedule(check, args=args, kwargs=kwargs, timeout=limits.max_check_seconds)
     try:
         return future.result()
     except CheckTimedOut as exc:

@@ -71,7 +71,7 @@ def open_envelopes(envelopes: list[bytes], reader: UnlockedAccount) -> list[byte
     does not open there, for the caller to open it itself."""
     args = (envelopes, reader.certificate.public_bytes(Encoding.DER), reader.private_key_der)
     try:
-        future = _workers.running().schedule(_open, args=args, timeout=TASK_SECONDS * max(1, len(envelopes)))
+        future = _workers.schedule(_open, args=args, timeout=TASK_SECONDS * max(1, len(envelopes)))
         return future.result()
     except (ProcessExpired, TimeoutError, CancelledError, RuntimeError, OSError) as exc:
         # A pool that stopped or broke is replaced at the next opening (WorkerPool.running).
