@@ -1241,8 +1241,10 @@ def serve(
                 err.print(f"mss webhook: final statuses to {where(settings.webhook.url)}")
         from mss.background import settle_once_listening
 
-        parts.append(settle_once_listening(doors))
         tasks = [asyncio.ensure_future(part) for part in parts]
+        # Not one of the parts: a door that fails to start never listens, and the process
+        # must still end with its error.
+        settling = asyncio.ensure_future(settle_once_listening(doors))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: [task.cancel() for task in tasks])
@@ -1253,6 +1255,7 @@ def serve(
                 if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                     raise result
         finally:
+            settling.cancel()
             if metrics_server is not None:
                 metrics_server.close()
 

@@ -9,11 +9,12 @@ below a block still in use stays with the process. :func:`give_back` returns it 
 few seconds, so that a burst of messages does not leave the process at its peak.
 
 Python's cyclic collector, for its part, walks every object it tracks at each full pass: a
-serving process holds some 160,000 from start-up alone (modules, classes, the ORM's
-mappings, the runtime's caches), which made each full pass cost about 45 ms of CPU with the
-GIL held, one every few dozen messages. :func:`settle` sets those aside once the doors
-listen (``gc.freeze``): they live as long as the process, and a full pass then walks only
-what came after them.
+serving relay holds about 150,000 from start-up alone (modules, classes, the ORM's
+mappings, the runtime's caches), which made each full pass cost about 50 ms of CPU with the
+GIL held. :func:`settle` sets those aside once the doors listen (``gc.freeze``): they live
+as long as the process, and a full pass then walks only what came after them. (Should one
+of them become garbage in a cycle later, a pool replaced after it broke, it stays: at most
+once, and no more than start-up made.)
 
 Elsewhere than glibc (musl, macOS) it does nothing: those allocators have no such call.
 """

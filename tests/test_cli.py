@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -377,3 +378,25 @@ def test_message_export_is_in_the_audit_trail(mss, rt, tmp_path):
     missing = mss("trace", "NOSUCHQUEUEID", ok=False)
     assert missing.exit_code == 1 and "no message" in missing.stderr
     assert "intact" in mss("audit", "verify").stdout
+
+
+def test_serve_ends_with_the_error_of_a_door_that_cannot_listen(env, dev_pki):
+    # The IMAP door's port is taken: `mss serve imap` must end with that error rather than
+    # stay up with nothing listening (a supervisor then sees it and says why).
+    mss_bin = Path(sys.executable).with_name("mss")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        full_env = {
+            **os.environ,
+            **env,
+            "MSS_IMAP_HOST": "127.0.0.1",
+            "MSS_IMAP_PORT": str(port),
+            "MSS_IMAP_TLS_PORT": "0",
+        }
+        ended = subprocess.run(
+            [str(mss_bin), "serve", "imap"], env=full_env, capture_output=True, text=True, timeout=120
+        )
+    assert ended.returncode != 0
+    assert "in use" in ended.stderr, ended.stderr[-2000:]
