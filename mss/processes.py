@@ -40,13 +40,20 @@ def _bytes_held(values: Any) -> int:
     return 0
 
 
-def _then_give_back(function: Callable[..., T], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> T:
-    """In the worker: ``function(*args, **kwargs)``, then, after large arguments, the memory
-    their reading left behind goes back to the system."""
+def _then_give_back(call: list[tuple[Callable[..., T], tuple[Any, ...], Mapping[str, Any]]]) -> T:
+    """In the worker: the call ``call`` holds, then, after large arguments, the memory they
+    and their reading took goes back to the system.
+
+    The call comes in a list it is taken out of: the pool's worker loop keeps its task until
+    the next one arrives, and would otherwise keep the arguments with it (a reader's key,
+    the envelopes). Only the result stays referred to until then."""
+    function, args, kwargs = call.pop()
+    held = _bytes_held(args) + _bytes_held(list(kwargs.values()))
     try:
         return function(*args, **kwargs)
     finally:
-        if _bytes_held(args) + _bytes_held(list(kwargs.values())) >= GIVE_BACK_AFTER:
+        del args, kwargs
+        if held >= GIVE_BACK_AFTER:
             gc.collect(1)  # the young objects that refer to each other (cheap), freed now
             memory.give_back()
 
@@ -82,7 +89,8 @@ class WorkerPool:
     ) -> ProcessFuture:
         """``function(*args, **kwargs)`` in a worker, within ``timeout`` seconds (the worker
         is then replaced): its future, as pebble's ``ProcessPool.schedule``."""
-        return self.running().schedule(_then_give_back, args=(function, args, kwargs or {}), timeout=timeout)
+        call = [(function, args, kwargs or {})]
+        return self.running().schedule(_then_give_back, args=(call,), timeout=timeout)
 
     def start(self) -> None:
         """Start the fork server and the workers now rather than at the first task (a
