@@ -113,14 +113,14 @@ SELECT id FROM (
     SELECT e.id, e.address, e.rpps, e.national_id,
            ' ' || split_part(e.search_text, ' | ', 1) || ' ' AS names
     FROM directory_entry AS e
-    WHERE to_tsvector('simple', e.search_text) @@ CAST(:match AS tsquery) {filters}
+    WHERE to_tsvector('simple', e.search_text) @@ {tsquery} {filters}
 ) AS matched
 ORDER BY {rank}, names COLLATE "C", address COLLATE "C"
 LIMIT :limit OFFSET :offset
 """
 _POSTGRESQL_COUNT = """
 SELECT count(*) FROM directory_entry AS e
-WHERE to_tsvector('simple', e.search_text) @@ CAST(:match AS tsquery) {filters}
+WHERE to_tsvector('simple', e.search_text) @@ {tsquery} {filters}
 """
 
 # Particles of French names and organisations: a query "centre hospitalier de rouen" or
@@ -302,14 +302,27 @@ def _lexemes(session: Session, plan: _Plan) -> dict[str, list[str]]:
     return {w: lexemes for w, lexemes in found.items() if 0 < len(lexemes) <= LEXEMES_AT_MOST}
 
 
-def _tsquery_term(word: str, lexemes: list[str] | None) -> str:
-    """One term of a PostgreSQL ``tsquery`` (its input syntax, words taken as they are):
-    the whole words ``word`` stands for, or ``word`` as a prefix."""
-    if lexemes is None:
-        return f"'{word}':*"  # word is [a-z0-9]+: nothing to quote
-    # A word of the index may hold "-", ".", "'" ...: quoted, as the syntax wants.
+def _whole_words(lexemes: list[str]) -> str:
+    """The words ``lexemes`` as one term of a PostgreSQL ``tsquery`` in its input syntax,
+    taken as they are (a word of the index may hold "-", ".", "'" ...: quoted)."""
     quoted = ["'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'" for lexeme in lexemes]
     return quoted[0] if len(quoted) == 1 else "(" + " | ".join(quoted) + ")"
+
+
+def _postgresql_match(indexed: list[str], lexemes: dict[str, list[str]], params: dict[str, object]) -> str:
+    """The ``tsquery`` of ``indexed``: the words with whole words from ``lexemes`` asked
+    as those, the others as prefixes read by ``to_tsquery`` as before (which parses
+    "12e5x" as two words, as the entries' vectors hold it)."""
+    prefixes = [f"{w}:*" for w in indexed if w not in lexemes]
+    wholes = [_whole_words(lexemes[w]) for w in indexed if w in lexemes]
+    terms = []
+    if prefixes:
+        params["match"] = " & ".join(prefixes)
+        terms.append("to_tsquery('simple', :match)")
+    if wholes:
+        params["whole"] = " & ".join(wholes)
+        terms.append("CAST(:whole AS tsquery)")
+    return "(" + " && ".join(terms) + ")"
 
 
 def _statement(
@@ -335,10 +348,10 @@ def _statement(
             return _SQLITE_COUNT.format(filters=" ".join(filters)), params
         return _SQLITE.format(filters=" ".join(filters), rank=_rank(whole, start)), params
     if dialect == "postgresql":
-        params["match"] = " & ".join(_tsquery_term(w, (lexemes or {}).get(w)) for w in indexed)
+        tsquery = _postgresql_match(indexed, lexemes or {}, params)
         if count:
-            return _POSTGRESQL_COUNT.format(filters=" ".join(filters)), params
-        return _POSTGRESQL.format(filters=" ".join(filters), rank=_rank(whole, start)), params
+            return _POSTGRESQL_COUNT.format(tsquery=tsquery, filters=" ".join(filters)), params
+        return _POSTGRESQL.format(tsquery=tsquery, filters=" ".join(filters), rank=_rank(whole, start)), params
     raise DirectoryError(f"directory search does not support the {dialect} database")
 
 
@@ -634,14 +647,20 @@ def search(
         indexed, checked = plan.indexed, plan.checked
         offset, limit = (page - 1) * per_page, per_page + 1
         walked = None
-        lexemes: dict[str, list[str]] | None = None
+        lexemes: dict[str, list[str]] | None = None  # read when a statement needs them
+
+        def whole_words() -> dict[str, list[str]]:
+            nonlocal lexemes
+            if lexemes is None:
+                lexemes = _lexemes(session, plan) if dialect == "postgresql" else {}
+            return lexemes
+
         if _worth_walking(plan, offset + limit):
             walked = _walk(session, plan, exact, include_inactive, offset=offset, limit=limit)
         if walked is not None:
             ids = walked
         else:
-            lexemes = _lexemes(session, plan) if dialect == "postgresql" else {}
-            sql, params = _statement(dialect, indexed, checked, include_inactive, lexemes=lexemes)
+            sql, params = _statement(dialect, indexed, checked, include_inactive, lexemes=whole_words())
             ids = list(session.execute(text(sql), {**params, **exacts, "limit": limit, "offset": offset}).scalars())
         has_next = len(ids) > per_page
         ids = ids[:per_page]
@@ -652,10 +671,8 @@ def search(
             elif walked is not None and not checked and dialect == "sqlite":
                 total = _count_walked(session, plan, include_inactive)
             else:
-                if lexemes is None:
-                    lexemes = _lexemes(session, plan) if dialect == "postgresql" else {}
                 count_sql, count_params = _statement(
-                    dialect, indexed, checked, include_inactive, count=True, lexemes=lexemes
+                    dialect, indexed, checked, include_inactive, count=True, lexemes=whole_words()
                 )
                 total = int(session.execute(text(count_sql), {**count_params, **exacts}).scalar_one())
         found = (

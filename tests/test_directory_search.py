@@ -343,8 +343,8 @@ def test_a_search_finds_every_entry_its_words_start_words_of_also_after_changes(
     sent: list[str] = []
 
     def note(conn: object, cursor: object, statement: str, parameters: object, *rest: object) -> None:
-        if isinstance(parameters, dict) and "match" in parameters:
-            sent.append(str(parameters["match"]))
+        if isinstance(parameters, dict) and "whole" in parameters:
+            sent.append(str(parameters["whole"]))
 
     event.listen(engine, "before_cursor_execute", note)
     try:
@@ -369,7 +369,7 @@ def test_a_search_finds_every_entry_its_words_start_words_of_also_after_changes(
     assert any(page_of for page_of in (find(engine, "infirmierzz"), find(engine, "infirmier paris")))
     if dialect == "postgresql":
         # Common words went to the index whole; the words of the changed entries are listed.
-        assert any("'infirmier'" in match and "'infirmierzz'" in match for match in sent), sent
+        assert any("'infirmier'" in whole and "'infirmierzz'" in whole for whole in sent), sent
         with session_scope(engine) as session:
             listed = set(session.execute(text("SELECT word FROM directory_lexeme")).scalars())
             held = set(session.execute(text(_ENTRY_WORDS)).scalars())
