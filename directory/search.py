@@ -549,15 +549,20 @@ def _walk(
     named_ranks = _named(words, say)
     count_named = text(_NAMED_COUNT.format(named=say.named))
     params["named"] = named_ranks[-1]  # some word starts a word of the names: every rank of names
-    if session.execute(count_named, params).scalar_one() < LISTED_AT_MOST:
+    # A word of one or two letters starts the names of tens of thousands ("ch": 42,000), and
+    # counting them costs what the index spends gathering them all (16 ms on PostgreSQL):
+    # the ranks are then taken one by one, the first ones, few, listed at once.
+    short = any(len(word) <= SHORT_WORD for word in words)
+    if not short and session.execute(count_named, params).scalar_one() < LISTED_AT_MOST:
         listed(say.is_named, 1, len(named_ranks))  # all together, in one reading of the index
     else:
         for n, named in enumerate(named_ranks, 1):
             if len(ranked) >= end:
                 return ranked[offset:end]
             params |= {"rank": n, "named": named}
-            # The last rank's names are the ones just counted: too many to list.
-            if n < len(named_ranks) and session.execute(count_named, params).scalar_one() < LISTED_AT_MOST:
+            # The last rank's names were counted above, unless a word is short: too many to list.
+            counted = n == len(named_ranks) and not short
+            if not counted and session.execute(count_named, params).scalar_one() < LISTED_AT_MOST:
                 listed(say.is_named, n, n)
             elif _together(session, say, words) or not walk_rank(LISTED_AT_MOST):
                 return None
