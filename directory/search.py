@@ -39,6 +39,7 @@ its page needs (migrations 0010 and 0011; figures in bench/README.md):
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -401,6 +402,7 @@ class _Walking:
     false: str
 
 
+_SQLITE_NAMED = "SELECT rowid FROM directory_names_fts WHERE directory_names_fts MATCH :named"
 _SQLITE_KEY = "substr(e.search_text, 1, instr(e.search_text, ' | '))"
 _POSTGRESQL_NAMES = "' ' || split_part(e.search_text, ' | ', 1) || ' '"
 _WALKING = {
@@ -412,8 +414,8 @@ _WALKING = {
         key_start="",
         address="e.address",
         source="directory_entry AS e INDEXED BY ix_directory_entry_names",
-        named="SELECT rowid FROM directory_names_fts WHERE directory_names_fts MATCH :named",
-        is_named="e.id IN (SELECT rowid FROM directory_names_fts WHERE directory_names_fts MATCH :named)",
+        named=_SQLITE_NAMED,
+        is_named=f"e.id IN ({_SQLITE_NAMED})",
         whole='"{}"',
         start='"{}"*',
         every=" AND ",
@@ -652,20 +654,15 @@ def search(
         indexed, checked = plan.indexed, plan.checked
         offset, limit = (page - 1) * per_page, per_page + 1
         walked = None
-        lexemes: dict[str, list[str]] | None = None  # read when a statement needs them
-
-        def whole_words() -> dict[str, list[str]]:
-            nonlocal lexemes
-            if lexemes is None:
-                lexemes = _lexemes(session, plan) if dialect == "postgresql" else {}
-            return lexemes
+        # Read once, and only when a ranking or a count needs them.
+        lexemes = functools.cache(lambda: _lexemes(session, plan) if dialect == "postgresql" else {})
 
         if _worth_walking(plan, offset + limit):
             walked = _walk(session, plan, exact, include_inactive, offset=offset, limit=limit)
         if walked is not None:
             ids = walked
         else:
-            sql, params = _statement(dialect, indexed, checked, include_inactive, lexemes=whole_words())
+            sql, params = _statement(dialect, indexed, checked, include_inactive, lexemes=lexemes())
             ids = list(session.execute(text(sql), {**params, **exacts, "limit": limit, "offset": offset}).scalars())
         has_next = len(ids) > per_page
         ids = ids[:per_page]
@@ -677,7 +674,7 @@ def search(
                 total = _count_walked(session, plan, include_inactive)
             else:
                 count_sql, count_params = _statement(
-                    dialect, indexed, checked, include_inactive, count=True, lexemes=whole_words()
+                    dialect, indexed, checked, include_inactive, count=True, lexemes=lexemes()
                 )
                 total = int(session.execute(text(count_sql), {**count_params, **exacts}).scalar_one())
         found = (
