@@ -7,7 +7,9 @@ serves the next client.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import select as select_module
 import smtplib
 import socket
 import ssl
@@ -21,7 +23,8 @@ from sqlalchemy import select, text
 from mss import accounts
 from mss.db import session_scope
 from mss.models import AuditEvent, Delivery, Message
-from mss.relay import RelayServer, replies
+from mss.relay import RelayServer, protocol, replies
+from mss.runtime import MessageThreads, Runtime
 
 from relay_support import (
     FOREIGN,
@@ -473,6 +476,111 @@ def test_one_address_cannot_take_every_session(relay_stack: Stack) -> None:
         for sock in idle:
             sock.close()
     assert relay_stack.counts()[0] == before[0] + 1
+
+
+# -- messages taken in at once -------------------------------------------------------------
+
+THIRD_CLIENT = "127.0.0.3"
+
+
+def _one_message_thread(stack: Stack) -> Runtime:
+    """A runtime with one message thread: its servers take in two messages at once from one
+    client address, three in all."""
+    return dataclasses.replace(stack.runtime(), messages=MessageThreads(1))
+
+
+def _ready_for_data(client: smtplib.SMTP) -> smtplib.SMTP:
+    assert client.mail(SENDER)[0] == 250
+    assert client.rcpt(RECIPIENTS[0])[0] == 250
+    return client
+
+
+def _half_sent(client: smtplib.SMTP, body: bytes) -> bytes:
+    """DATA answered 354 and the first half of ``body`` sent; returns the rest."""
+    _ready_for_data(client).putcmd("data")
+    assert client.getreply() == code_of(replies.START_MAIL_INPUT)
+    client.send(body[: len(body) // 2])
+    return body[len(body) // 2 :]
+
+
+def _answered_within(client: smtplib.SMTP, seconds: float) -> bool:
+    """Whether the server has written to ``client`` within ``seconds`` (nothing is read)."""
+    assert client.sock is not None
+    return client.sock.pending() > 0 or bool(select_module.select([client.sock], [], [], seconds)[0])
+
+
+def _slots_given_back(relay: RelayServer) -> bool:
+    deadline = time.monotonic() + 10
+    while relay.registry is not None and relay.registry.slots.taken and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return relay.registry is not None and relay.registry.slots.taken == 0
+
+
+def test_a_data_past_the_messages_taken_in_at_once_waits_for_354_until_one_ends(
+    relay_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One message thread: two messages at once from an address, three in all. A third DATA
+    from the same address, or one from a third address once the server is full, is
+    answered 354 only when a message ends; another address still has its place. Every
+    slot is given back, also by a client that goes away in the middle of its message."""
+    monkeypatch.setattr(protocol, "SLOT_WAIT", 120.0)  # longer than the test, however slow the machine
+    before = relay_stack.counts()
+    body = message(SENDER, RECIPIENTS[:1]) + b"\r\n.\r\n"
+    with RelayServer(_one_message_thread(relay_stack)) as relay:
+        first, second, third = (login(relay_stack, port=relay.port) for _ in range(3))
+        first_rest, second_rest = _half_sent(first, body), _half_sent(second, body)
+        _ready_for_data(third).putcmd("data")
+        assert not _answered_within(third, 1.0)  # its address has its two
+        other = login(relay_stack, port=relay.port, source=OTHER_CLIENT)
+        other_rest = _half_sent(other, body)  # another address: the server's third place
+        late = login(relay_stack, port=relay.port, source=THIRD_CLIENT)
+        _ready_for_data(late).putcmd("data")
+        assert not _answered_within(late, 1.0)  # the server is full
+        other.send(other_rest)
+        queue_id(other.getreply())
+        assert late.getreply() == code_of(replies.START_MAIL_INPUT)  # the freed place
+        late.send(body)
+        queue_id(late.getreply())
+        assert not _answered_within(third, 0.2)  # its address still has its two
+        first.send(first_rest)
+        queue_id(first.getreply())
+        assert third.getreply() == code_of(replies.START_MAIL_INPUT)
+        third.send(body)
+        queue_id(third.getreply())
+        second.send(second_rest)
+        queue_id(second.getreply())
+        # A client that leaves in the middle of a message gives its place back.
+        _half_sent(first, body)
+        first.close()
+        assert _slots_given_back(relay)
+        for client in (second, third, other, late):
+            client.quit()
+    assert relay_stack.counts()[0] == before[0] + 5
+
+
+def test_a_client_that_sends_slowly_keeps_nobody_out_past_the_wait(
+    relay_stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Messages whose sender never finishes hold their places; the next DATA from the same
+    address goes ahead without one once the wait is over."""
+    monkeypatch.setattr(protocol, "SLOT_WAIT", 1.0)
+    caplog.set_level("INFO", logger="mss.relay")
+    before = relay_stack.counts()
+    body = message(SENDER, RECIPIENTS[:1]) + b"\r\n.\r\n"
+    with RelayServer(_one_message_thread(relay_stack)) as relay:
+        slow = [login(relay_stack, port=relay.port) for _ in range(2)]
+        rests = [_half_sent(client, body) for client in slow]
+        waiting = _ready_for_data(login(relay_stack, port=relay.port))
+        queue_id(waiting.data(message(SENDER, RECIPIENTS[:1])))
+        assert relay_stack.counts()[0] == before[0] + 1  # while the slow ones still send
+        assert any("without a slot" in record.getMessage() for record in caplog.records)
+        for client, rest in zip(slow, rests, strict=True):
+            client.send(rest)
+            queue_id(client.getreply())
+            client.quit()
+        waiting.quit()
+        assert _slots_given_back(relay)
+    assert relay_stack.counts()[0] == before[0] + 3
 
 
 def test_unauthenticated_session_has_a_deadline_noop_and_rset_do_not_move(relay_stack: Stack) -> None:

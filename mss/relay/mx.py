@@ -37,7 +37,7 @@ from mss.errors import (
 from mss.relay import replies
 from mss.relay.handler import RECIPIENT_REFUSALS, DoorHandler, Refusal, record_refusal, submission_refusal
 from mss.relay.protocol import RelaySession, RelaySMTP, SessionRegistry
-from mss.relay.server import Listener, session_factory
+from mss.relay.server import Listener, messages_per_client, session_factory
 from mss.relay.tls import mx_server_context
 from mss.runtime import Runtime
 
@@ -202,7 +202,7 @@ async def start_mx_listener(rt: Runtime, *, host: str, port: int, handler: MxHan
 
     Raises ConfigError (TLS material, peer CAs) and OSError (the address cannot be bound).
     """
-    registry = SessionRegistry(rt.settings.relay.max_sessions)
+    registry = SessionRegistry(rt.settings.relay.max_sessions, messages_per_client=messages_per_client(rt))
     listener = await Listener.bind(mx_factory(rt, registry, handler), registry, host=host, port=port)
     log.info("MX listening on %s:%d (mutual TLS)", *listener.address)
     return listener

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import re
 import secrets
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
@@ -93,17 +94,83 @@ class RelayEnvelope(Envelope):
         self.request_id = ""
 
 
+# How long a DATA waits for a slot (DataSlots) before it goes ahead without one.
+SLOT_WAIT: Final = 10.0
+
+
+class DataSlots:
+    """How many messages one server takes in at once: from the ``354`` that invites one to
+    the reply that ends it (received, waiting for a message thread, or in the pipeline).
+
+    A message in hand is held in memory whole, and more than once (the DATA buffer and its
+    copy, then the pipeline's forms): without a bound, sixteen sessions sending 1 MB hold
+    all sixteen, and a hundred sending 20 MB would hold gigabytes. One client address holds
+    at most ``per_client`` messages, the server one more, so that a client that fills its
+    share (a gateway that submits for a whole hospital from one address) still leaves
+    another client a place. Past that, a session's DATA waits for a slot before its
+    ``354``, at most ``wait`` seconds, then goes ahead without one: a client that sends
+    slowly must not stop the others for as long as it sends.
+    """
+
+    def __init__(self, per_client: int, *, wait: float) -> None:
+        self.per_client = per_client
+        self.size = per_client + 1
+        self.wait = wait
+        self.taken = 0
+        self.per_address: collections.Counter[str] = collections.Counter()
+        self._freed = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, client: str) -> AsyncIterator[bool]:
+        """Held around a message's DATA; yields whether a slot was had (False: the wait ran out)."""
+        taken = await self._take(client)
+        try:
+            yield taken
+        finally:
+            if taken:
+                self._give_back(client)
+
+    def _full_for(self, client: str) -> bool:
+        return self.taken >= self.size or self.per_address[client] >= self.per_client
+
+    async def _take(self, client: str) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait
+        while self._full_for(client):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._freed.wait(), remaining)
+            except TimeoutError:
+                return False
+        self.taken += 1
+        self.per_address[client] += 1
+        return True
+
+    def _give_back(self, client: str) -> None:
+        self.taken -= 1
+        self.per_address[client] -= 1
+        if self.per_address[client] <= 0:
+            del self.per_address[client]
+        # Every waiter looks again; those still kept out wait on the next event.
+        self._freed.set()
+        self._freed = asyncio.Event()
+
+
 class SessionRegistry:
-    """The sessions of one listening server: the caps, and a drain at shutdown.
+    """The sessions of one listening server: the caps, the messages taken in at once
+    (``slots``), and a drain at shutdown.
 
     In-process only on purpose: each relay process caps its own sessions, so several
     processes behind one address share nothing but the database. Sessions are also counted
     per client address, so that one client cannot take every session there is.
     """
 
-    def __init__(self, max_sessions: int, max_per_client: int | None = None) -> None:
+    def __init__(self, max_sessions: int, max_per_client: int | None = None, *, messages_per_client: int) -> None:
         self.max_sessions = max_sessions
         self.max_per_client = max_sessions if max_per_client is None else max_per_client
+        self.slots = DataSlots(messages_per_client, wait=SLOT_WAIT)
         self.active: set[RelaySMTP] = set()
         self.per_client: collections.Counter[str] = collections.Counter()
         self.draining = False
@@ -448,6 +515,21 @@ class RelaySMTP(PasswordMechanisms, SMTP):
         if arg:
             await self.push(replies.NO_ARGUMENTS)
             return
+        # Waiting for a slot is the server's doing, not the client's idleness.
+        assert self._timeout_handle is not None
+        self._timeout_handle.cancel()
+        async with self.registry.slots.slot(self._client) as had_slot:
+            if not had_slot:
+                log.info(
+                    "session %s takes a message in without a slot after %.0f s",
+                    self.correlation_id,
+                    self.registry.slots.wait,
+                )
+            self._reset_timeout()
+            await self._take_message(self.envelope)
+
+    async def _take_message(self, envelope: RelayEnvelope) -> None:
+        """DATA once the message may be taken in: read it, hand it on, reply."""
         await self.push(replies.START_MAIL_INPUT)
         refusal, content = await self._receive_data()
         if refusal is not None:
@@ -455,7 +537,7 @@ class RelaySMTP(PasswordMechanisms, SMTP):
             self._set_post_data_state()
             await self.push(refusal)
             return
-        self.envelope.content = self.envelope.original_content = content
+        envelope.content = envelope.original_content = content
         # The client waits for our answer while the pipeline works: no idle timeout then.
         assert self._timeout_handle is not None
         self._timeout_handle.cancel()

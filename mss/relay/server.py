@@ -71,6 +71,12 @@ def session_factory(
     return factory
 
 
+def messages_per_client(rt: Runtime) -> int:
+    """The messages a server takes in at once from one client address (``DataSlots``): two
+    per message thread, one in the pipeline and the next one arriving."""
+    return 2 * rt.messages.size
+
+
 def smtp_factory(rt: Runtime, registry: SessionRegistry) -> Callable[[], RelaySMTP]:
     """A protocol factory for ``loop.create_server``: one ``RelaySMTP`` per connection.
 
@@ -112,7 +118,11 @@ async def start_listener(rt: Runtime, *, host: str, port: int) -> Listener:
 
     Raises ConfigError (TLS material) and OSError (the address cannot be bound).
     """
-    registry = SessionRegistry(rt.settings.relay.max_sessions, rt.settings.relay.max_sessions_per_client)
+    registry = SessionRegistry(
+        rt.settings.relay.max_sessions,
+        rt.settings.relay.max_sessions_per_client,
+        messages_per_client=messages_per_client(rt),
+    )
     loop = asyncio.get_running_loop()
     # Every session may have one blocking call in flight (argon2id, a directory lookup, the
     # pipeline waiting on a document check). asyncio's default pool has cpu_count + 4 threads:
