@@ -44,6 +44,9 @@ _MAILBOX = re.compile(r"\A[^@<>\s]+@[^@<>\s]+\Z")
 # The empty line after the header section; a bare LF is tolerated as a line end here (the
 # pipeline reads LF or CRLF).
 _HEADER_END = re.compile(rb"\n\r?\n")
+# A line that starts with a dot. On a 1 MB message the regular expression engine finds (or
+# rules out) one in half the time of bytearray.find (bench/bench_data_reader.py).
+_DOT_LINE = re.compile(rb"\r\n\.")
 # The top-level header section (up to the first empty line). Submission clients write a few
 # dozen fields; these bounds stop a header flood before the MIME parser sees it.
 MAX_HEADER_FIELDS: Final = 200
@@ -610,9 +613,9 @@ class RelaySMTP(PasswordMechanisms, SMTP):
         if header_end < 0 and _count_fields(buffer[2:]) > MAX_HEADER_FIELDS:
             return replies.HEADER_TOO_LARGE, b""
         # RFC 5321 4.5.2: drop the transparency dot at the start of every line; a message
-        # with none (most) is copied once.
-        if buffer.find(b"\r\n.") >= 0:
-            return None, bytes(buffer.replace(b"\r\n.", b"\r\n")[2:])
+        # with none (most) is copied once, one with some twice.
+        if _DOT_LINE.search(buffer) is not None:
+            buffer = buffer.replace(b"\r\n.", b"\r\n")
         with memoryview(buffer) as view:
             return None, bytes(view[2:])
 
