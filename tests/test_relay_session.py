@@ -6,6 +6,7 @@ serves the next client.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
@@ -523,7 +524,9 @@ def test_a_data_past_the_messages_taken_in_at_once_waits_for_354_until_one_ends(
     from the same address, or one from a third address once the server is full, is
     answered 354 only when a message ends; another address still has its place. Every
     slot is given back, also by a client that goes away in the middle of its message."""
-    monkeypatch.setattr(protocol, "SLOT_WAIT", 120.0)  # longer than the test, however slow the machine
+    # Longer than the test, however slow the machine.
+    monkeypatch.setattr(protocol, "SLOT_WAIT", 120.0)
+    monkeypatch.setattr(protocol, "SLOT_WAIT_LONGEST", 120.0)
     before = relay_stack.counts()
     body = message(SENDER, RECIPIENTS[:1]) + b"\r\n.\r\n"
     with RelayServer(_one_message_thread(relay_stack)) as relay:
@@ -581,6 +584,39 @@ def test_a_client_that_sends_slowly_keeps_nobody_out_past_the_wait(
         waiting.quit()
         assert _slots_given_back(relay)
     assert relay_stack.counts()[0] == before[0] + 3
+
+
+async def test_a_wait_for_a_slot_lasts_while_messages_end_and_no_longer_than_the_longest() -> None:
+    """Each message that ends starts the wait again; once none ends for ``wait`` seconds,
+    or after ``longest`` in all, the DATA goes ahead without a slot."""
+
+    async def messages_ending(slots: protocol.DataSlots, seconds: float) -> None:
+        """Another address's messages, each ending 0.1 s after it started."""
+        ends = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < ends:
+            async with slots.slot(OTHER_CLIENT) as had:
+                assert had
+                await asyncio.sleep(0.1)
+
+    async def asked(slots: protocol.DataSlots) -> bool:
+        async with slots.slot("127.0.0.1") as had:
+            return had
+
+    slots = protocol.DataSlots(1, wait=1.0, longest=60.0)
+    async with slots.slot("127.0.0.1"):  # its address's one place, held
+        waiting = asyncio.create_task(asked(slots))
+        await messages_ending(slots, 2.0)  # twice the wait, messages ending all along
+        assert not waiting.done()
+        assert await waiting is False  # none ends any more: it goes ahead after the wait
+        assert slots.taken == 1
+    slots = protocol.DataSlots(1, wait=1.0, longest=1.5)
+    async with slots.slot("127.0.0.1"):
+        waiting = asyncio.create_task(asked(slots))
+        ending = asyncio.create_task(messages_ending(slots, 3.0))
+        assert await waiting is False
+        assert not ending.done()  # messages still end: the longest wait was what ran out
+        await ending
+    assert slots.taken == 0
 
 
 def test_unauthenticated_session_has_a_deadline_noop_and_rset_do_not_move(relay_stack: Stack) -> None:

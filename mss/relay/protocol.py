@@ -97,8 +97,11 @@ class RelayEnvelope(Envelope):
         self.request_id = ""
 
 
-# How long a DATA waits for a slot (DataSlots) before it goes ahead without one.
+# A DATA that waits for a slot (DataSlots) goes ahead without one once no message has ended
+# for SLOT_WAIT seconds (those in hand are stuck: their clients send slowly), or after
+# SLOT_WAIT_LONGEST in all: RFC 5321 4.5.3.2.5 gives a client two minutes for its 354.
 SLOT_WAIT: Final = 10.0
+SLOT_WAIT_LONGEST: Final = 60.0
 
 
 class DataSlots:
@@ -111,14 +114,16 @@ class DataSlots:
     at most ``per_client`` messages, the server one more, so that a client that fills its
     share (a gateway that submits for a whole hospital from one address) still leaves
     another client a place. Past that, a session's DATA waits for a slot before its
-    ``354``, at most ``wait`` seconds, then goes ahead without one: a client that sends
-    slowly must not stop the others for as long as it sends.
+    ``354``, in turn, for as long as messages keep ending; once none has ended for
+    ``wait`` seconds, or after ``longest`` in all, it goes ahead without one: a client that
+    sends slowly must not stop the others for as long as it sends.
     """
 
-    def __init__(self, per_client: int, *, wait: float) -> None:
+    def __init__(self, per_client: int, *, wait: float, longest: float) -> None:
         self.per_client = per_client
         self.size = per_client + 1
         self.wait = wait
+        self.longest = longest
         self.taken = 0
         self.per_address: collections.Counter[str] = collections.Counter()
         self._freed = asyncio.Event()
@@ -138,9 +143,10 @@ class DataSlots:
 
     async def _take(self, client: str) -> bool:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait
+        give_up = loop.time() + self.longest
         while self._full_for(client):
-            remaining = deadline - loop.time()
+            # Each message that ends starts the wait again (Event wakes its waiters in turn).
+            remaining = min(self.wait, give_up - loop.time())
             if remaining <= 0:
                 return False
             try:
@@ -173,7 +179,7 @@ class SessionRegistry:
     def __init__(self, max_sessions: int, max_per_client: int | None = None, *, messages_per_client: int) -> None:
         self.max_sessions = max_sessions
         self.max_per_client = max_sessions if max_per_client is None else max_per_client
-        self.slots = DataSlots(messages_per_client, wait=SLOT_WAIT)
+        self.slots = DataSlots(messages_per_client, wait=SLOT_WAIT, longest=SLOT_WAIT_LONGEST)
         self.active: set[RelaySMTP] = set()
         self.per_client: collections.Counter[str] = collections.Counter()
         self.draining = False
@@ -521,12 +527,13 @@ class RelaySMTP(PasswordMechanisms, SMTP):
         # Waiting for a slot is the server's doing, not the client's idleness.
         assert self._timeout_handle is not None
         self._timeout_handle.cancel()
+        asked = self.loop.time()
         async with self.registry.slots.slot(self._client) as had_slot:
             if not had_slot:
                 log.info(
                     "session %s takes a message in without a slot after %.0f s",
                     self.correlation_id,
-                    self.registry.slots.wait,
+                    self.loop.time() - asked,
                 )
             self._reset_timeout()
             await self._take_message(self.envelope)
