@@ -22,6 +22,7 @@ Usage::
     .venv/bin/python bench/bench_relay.py --quick    # fewer messages and repetitions
     .venv/bin/python bench/bench_relay.py --only 10KBx16 --dsn   # one case, success DSNs asked
     .venv/bin/python bench/bench_relay.py --relays 2   # two relay processes on one database
+    .venv/bin/python bench/bench_relay.py --only 4MBx48  # a burst: 48 sessions of 4 MB at once
 
 Prints, per case, messages/s, CPU ms per message and latency p50/p95 for each server
 (medians over repetitions), its memory (the process tree's proportional set size, its
@@ -61,7 +62,7 @@ from mss.settings import Settings
 from _support import bench_env, demo_installation, referral, serve_bare_smtp
 from server_process import free_port, start_server
 
-SIZES = {"10KB": 10_000, "1MB": 1_000_000}
+SIZES = {"10KB": 10_000, "1MB": 1_000_000, "4MB": 4_000_000}
 
 
 # -- the bare servers (run in their own process with --bare-server) -----------------------
@@ -356,6 +357,8 @@ SETTLE_SECONDS = 10.0
 # Messages per session in one run of a case, then with --quick.
 PER_SESSION = {("10KB", 1): 60, ("10KB", 4): 20, ("10KB", 16): 8, ("1MB", 1): 10, ("1MB", 4): 4, ("1MB", 16): 2}
 QUICK_PER_SESSION = {("10KB", 1): 20, ("10KB", 4): 6, ("10KB", 16): 3, ("1MB", 1): 4, ("1MB", 4): 2, ("1MB", 16): 1}
+# Run only when named with --only: a burst of large messages, for the memory a server holds.
+BURST = {("4MB", 48): 1}
 
 
 def main() -> None:
@@ -365,9 +368,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="repetitions of each case (default 3, 2 with --quick)")
     parser.add_argument(
         "--only",
-        choices=sorted(f"{s}x{c}" for s in SIZES for c in SESSIONS),
+        choices=sorted({f"{s}x{c}" for s in SIZES for c in SESSIONS} | {f"{s}x{c}" for s, c in BURST}),
         action="append",
-        help="run only these cases (e.g. 10KBx1); repeatable",
+        help="run only these cases (e.g. 10KBx1; 4MBx48 runs only when named); repeatable",
     )
     parser.add_argument("--no-lines", action="store_true", help="leave out the bare server with aiosmtpd's reader")
     parser.add_argument("--relays", type=int, default=1, help="relay processes on the same database (default 1)")
@@ -385,7 +388,7 @@ def main() -> None:
 
     counts = QUICK_PER_SESSION if args.quick else PER_SESSION
     if args.only:
-        counts = {key: value for key, value in counts.items() if f"{key[0]}x{key[1]}" in args.only}
+        counts = {key: value for key, value in {**counts, **BURST}.items() if f"{key[0]}x{key[1]}" in args.only}
     repeats = args.repeats or (2 if args.quick else 3)
     with tempfile.TemporaryDirectory(prefix="mss-bench-relay-") as tmp:
         root = Path(tmp)
