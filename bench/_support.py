@@ -1,6 +1,6 @@
 """What the benchmarks share: the environment of an mss in a temporary folder, its demo
-accounts, the letters they send, and a bare aiosmtpd server, the baseline the relay and the
-MX are compared with.
+accounts, the letters they send, a bare aiosmtpd server (the baseline the relay and the MX
+are compared with), and rounds that interleave a measure with its baseline.
 
 A benchmark puts the checkout and its ``tests`` folder first on ``sys.path`` before it
 imports this module (the free ports, server processes and sample documents of the tests
@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -110,3 +111,31 @@ def serve_bare_smtp(
             await server.serve_forever()
 
     asyncio.run(main())
+
+
+def interleaved(measures: Mapping[str, Callable[[], float]], rounds: int) -> list[dict[str, float]]:
+    """Each of ``measures`` once a round, for ``rounds`` rounds, in an order reversed every
+    round (none always runs first); what each returned, round by round."""
+    kinds = list(measures)
+    results = []
+    for number in range(rounds):
+        order = kinds if number % 2 == 0 else kinds[::-1]
+        results.append({kind: measures[kind]() for kind in order})
+    return results
+
+
+def against_baseline(label: str, baseline: str, measures: Mapping[str, Callable[[], float]], rounds: int) -> str:
+    """``measures``, the baseline and the one measured against it (each times a batch and
+    returns its figure), once each to warm up, then ``interleaved``: a line with each one's
+    median and the ratio measured / baseline of each round as min / median / max."""
+    for measure in measures.values():
+        measure()
+    results = interleaved(measures, rounds)
+    (measured,) = (kind for kind in measures if kind != baseline)
+    medians = "  ".join(f"{kind} {statistics.median(r[kind] for r in results):7.2f}" for kind in measures)
+    return f"{label:<13} {medians}  ratio {spread([r[measured] / r[baseline] for r in results])}"
+
+
+def spread(values: Sequence[float], fmt: str = ".3f") -> str:
+    """min / median / max of ``values``."""
+    return " / ".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))

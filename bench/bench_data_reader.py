@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -39,7 +39,7 @@ sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "bench"), str(PROJECT_ROOT
 
 from mss.relay.protocol import DATA_END, RelaySMTP
 
-from _support import referral
+from _support import against_baseline, referral
 
 CHUNK = 16 * 1024
 SIZE_LIMIT = 20_000_000
@@ -138,21 +138,8 @@ def main() -> None:
         wire = _on_the_wire(raw)
         received = asyncio.run(_read_once(wire))
         assert received == raw, f"{name}: the reader did not return the message as written"
-        for read in readers.values():  # warm-up
-            _batch(read, wire, 2)
-        times: dict[str, list[float]] = {kind: [] for kind in readers}
-        ratios = []
-        for round_number in range(args.rounds):
-            order = list(readers) if round_number % 2 == 0 else list(reversed(readers))
-            measured = {kind: _batch(readers[kind], wire, count) for kind in order}
-            for kind, value in measured.items():
-                times[kind].append(value)
-            ratios.append(measured["reader"] / measured["baseline"])
-        print(
-            f"{name:<11} baseline {statistics.median(times['baseline']):6.2f}  reader "
-            f"{statistics.median(times['reader']):6.2f}  ratio "
-            f"{min(ratios):.3f} / {statistics.median(ratios):.3f} / {max(ratios):.3f}"
-        )
+        batches = {kind: functools.partial(_batch, read, wire, count) for kind, read in readers.items()}
+        print(against_baseline(name, "baseline", batches, args.rounds))
 
 
 if __name__ == "__main__":

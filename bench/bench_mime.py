@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import email.policy
-import statistics
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +33,7 @@ sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "bench"), str(PROJECT_ROOT
 
 from mss import mime
 
-from _support import referral
+from _support import against_baseline, referral
 
 POLICY = email.policy.default
 
@@ -71,21 +71,8 @@ def main() -> None:
     }
     print(f"# {args.rounds} rounds; CPU ms per message (median of the rounds), ratio parse_bytes / email")
     for name, (raw, count) in MESSAGES.items():
-        for parse in parsers.values():  # warm-up
-            _batch(parse, raw, 2)
-        times: dict[str, list[float]] = {kind: [] for kind in parsers}
-        ratios = []
-        for round_number in range(args.rounds):
-            order = list(parsers) if round_number % 2 == 0 else list(reversed(parsers))
-            measured = {kind: _batch(parsers[kind], raw, count) for kind in order}
-            for kind, value in measured.items():
-                times[kind].append(value)
-            ratios.append(measured["parse_bytes"] / measured["email"])
-        print(
-            f"{name:<13} email {statistics.median(times['email']):7.2f}  parse_bytes "
-            f"{statistics.median(times['parse_bytes']):7.2f}  ratio "
-            f"{min(ratios):.3f} / {statistics.median(ratios):.3f} / {max(ratios):.3f}"
-        )
+        batches = {kind: functools.partial(_batch, parse, raw, count) for kind, parse in parsers.items()}
+        print(against_baseline(name, "email", batches, args.rounds))
 
 
 if __name__ == "__main__":

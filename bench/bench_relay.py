@@ -59,7 +59,7 @@ sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "tests")]
 from mss.demo import DemoAccount
 from mss.settings import Settings
 
-from _support import bench_env, demo_installation, referral, serve_bare_smtp
+from _support import bench_env, demo_installation, referral, serve_bare_smtp, spread
 from server_process import free_port, start_server
 
 SIZES = {"10KB": 10_000, "1MB": 1_000_000, "4MB": 4_000_000}
@@ -343,11 +343,6 @@ async def run_case(
     for opened_sessions in opened.values():
         await opened_sessions.close()
     return results
-
-
-def spread(values: list[float], fmt: str) -> str:
-    """min / median / max of ``values``."""
-    return " / ".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
 
 
 SESSIONS = (1, 4, 16)
