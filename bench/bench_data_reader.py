@@ -101,10 +101,11 @@ async def _feed(reader: asyncio.StreamReader, wire: bytes) -> None:
         await asyncio.sleep(0)
 
 
-async def _read_once(wire: bytes) -> bytes:
+async def _read_once(read: Callable[[asyncio.StreamReader], Awaitable[bytes]], wire: bytes) -> bytes:
+    """``wire`` read by ``read`` as it arrives, in chunks from another task."""
     reader = asyncio.StreamReader(limit=1 << 16)
     feeding = asyncio.create_task(_feed(reader, wire))
-    content = await _relay_reader(reader)
+    content = await read(reader)
     await feeding
     return content
 
@@ -112,10 +113,7 @@ async def _read_once(wire: bytes) -> bytes:
 def _batch(read: Callable[[asyncio.StreamReader], Awaitable[bytes]], wire: bytes, count: int) -> float:
     async def run() -> None:
         for _ in range(count):
-            reader = asyncio.StreamReader(limit=1 << 16)
-            feeding = asyncio.create_task(_feed(reader, wire))
-            await read(reader)
-            await feeding
+            await _read_once(read, wire)
 
     start = time.process_time()
     asyncio.run(run())
@@ -136,7 +134,7 @@ def main() -> None:
     print(f"# {args.rounds} rounds; CPU ms per message (median of the rounds), ratio reader / baseline")
     for name, (raw, count) in MESSAGES.items():
         wire = _on_the_wire(raw)
-        received = asyncio.run(_read_once(wire))
+        received = asyncio.run(_read_once(_relay_reader, wire))
         assert received == raw, f"{name}: the reader did not return the message as written"
         batches = {kind: functools.partial(_batch, read, wire, count) for kind, read in readers.items()}
         print(against_baseline(name, "baseline", batches, args.rounds))

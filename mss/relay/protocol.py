@@ -124,9 +124,13 @@ class DataSlots:
         self.size = per_client + 1
         self.wait = wait
         self.longest = longest
-        self.taken = 0
         self.per_address: collections.Counter[str] = collections.Counter()
         self._freed = asyncio.Event()
+
+    @property
+    def taken(self) -> int:
+        """The slots held now, by every address."""
+        return self.per_address.total()
 
     @contextlib.asynccontextmanager
     async def slot(self, client: str) -> AsyncIterator[bool]:
@@ -153,12 +157,10 @@ class DataSlots:
                 await asyncio.wait_for(self._freed.wait(), remaining)
             except TimeoutError:
                 return False
-        self.taken += 1
         self.per_address[client] += 1
         return True
 
     def _give_back(self, client: str) -> None:
-        self.taken -= 1
         self.per_address[client] -= 1
         if self.per_address[client] <= 0:
             del self.per_address[client]
