@@ -91,7 +91,14 @@ def test_mss_delivers_to_postfix_over_mutual_tls_and_its_dsn_comes_back(peers, t
     assert b"la lettre suit" in verified.stdout and b"Verification successful" in verified.stderr
     with session_scope(a.rt.engine) as session:
         stored = session.execute(select(Message).where(Message.queue_id == queue_id)).scalars().one()
-        relayed = session.execute(select(Delivery).where(Delivery.message_id == stored.id)).scalars().one()
+
+    def delivery() -> Delivery:
+        with session_scope(a.rt.engine) as session:
+            return session.execute(select(Delivery).where(Delivery.message_id == stored.id)).scalars().one()
+
+    # Postfix may put the message in the maildir before A's outbound worker has committed
+    # the 250 it got.
+    relayed = wait_for(lambda: (row := delivery()).status != "queued" and row, what="A to record the relay")
     assert relayed.status == "relayed" and f"127.0.0.1:{postfix.mx_port}" in relayed.reason
 
     # Postfix's own delivered DSN (we passed NOTIFY=SUCCESS on) comes back over mutual TLS.
