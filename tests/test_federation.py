@@ -10,7 +10,9 @@ relay attempt, a peer whose domain was taken off the list.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import select as select_module
 import smtplib
 import ssl
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ from federation_support import (
     B_NO_ACCOUNT,
     B_USERS,
     Operator,
+    Services,
     free_port,
     linked_operators,
     start,
@@ -38,6 +41,8 @@ from mss import accounts, audit, trust
 from mss.crypto import keys, pki
 from mss.db import session_scope
 from mss.models import AuditEvent, Delivery, Message, Outbound, PeerCertificate, Receipt
+from mss.relay import protocol
+from mss.runtime import MessageThreads
 from mss.store import MessageMeta
 from mss.web import create_app
 
@@ -360,3 +365,48 @@ def test_a_peer_without_dsn_gets_the_sender_a_relayed_notice(pair: tuple[Operato
         assert ("commonName", "localhost") in [item for rdn in received[0][2]["subject"] for item in rdn]
     finally:
         controller.stop()
+
+
+def _answered_within(client: smtplib.SMTP, seconds: float) -> bool:
+    """Whether the server has written to ``client`` within ``seconds`` (nothing is read)."""
+    assert isinstance(client.sock, ssl.SSLSocket)
+    return client.sock.pending() > 0 or bool(select_module.select([client.sock], [], [], seconds)[0])
+
+
+def test_the_mx_door_takes_in_a_bounded_number_of_messages_at_once(
+    pair: tuple[Operator, Operator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one message thread, B's MX door takes in two messages at once from a peer's
+    address: a third DATA is answered 354 once one of them ends, and all three are stored."""
+    a, b = pair
+    monkeypatch.setattr(protocol, "SLOT_WAIT", 120.0)  # longer than the test
+    monkeypatch.setattr(protocol, "SLOT_WAIT_LONGEST", 120.0)
+    stored = b.count(Message)
+    b.services.stop()
+    b.services = Services(b, rt=dataclasses.replace(b.rt, messages=MessageThreads(1)), worker=False).start()
+    try:
+        bodies = [plain(MARC, JOEL, f"Avis {n}") + b".\r\n" for n in range(3)]
+        sessions = []
+        for _body in bodies:
+            client = mx(b, a.peer_context())
+            assert client.mail(MARC)[0] == 250 and client.rcpt(JOEL)[0] == 250
+            client.putcmd("data")
+            sessions.append(client)
+        first, second, third = sessions
+        for client, body in ((first, bodies[0]), (second, bodies[1])):
+            assert client.getreply()[0] == 354
+            client.send(body[: len(body) // 2])
+        assert not _answered_within(third, 1.0)  # the peer's address has its two
+        first.send(bodies[0][len(bodies[0]) // 2 :])
+        assert first.getreply()[0] == 250
+        assert third.getreply()[0] == 354
+        third.send(bodies[2])
+        assert third.getreply()[0] == 250
+        second.send(bodies[1][len(bodies[1]) // 2 :])
+        assert second.getreply()[0] == 250
+        for client in sessions:
+            client.quit()
+        assert b.count(Message) == stored + 3
+    finally:
+        b.services.stop()
+        b.services = Services(b).start()

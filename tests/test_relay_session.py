@@ -619,6 +619,95 @@ async def test_a_wait_for_a_slot_lasts_while_messages_end_and_no_longer_than_the
     assert slots.taken == 0
 
 
+async def test_a_freed_slot_goes_to_the_first_waiter_it_fits_never_to_a_late_comer() -> None:
+    """Waiters take the freed slots in the order they asked; one whose address holds its
+    share lets the next by; a session that asks while another that fits still waits queues
+    behind it, even in the moment the slot is free."""
+    slots = protocol.DataSlots(2, wait=60.0, longest=60.0)  # two per address, three in all
+    had_in_order: list[str] = []
+    ends: dict[str, asyncio.Event] = {}
+    messages: list[asyncio.Task[None]] = []
+
+    async def a_message(name: str, client: str) -> None:
+        ends[name] = asyncio.Event()
+        async with slots.slot(client) as had:
+            assert had
+            had_in_order.append(name)
+            await ends[name].wait()
+
+    def asks(name: str, client: str) -> None:
+        messages.append(asyncio.create_task(a_message(name, client)))
+
+    async def settled() -> None:
+        """Every session woken has looked whether it is its turn."""
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+    for name, client in (("a1", "A"), ("a2", "A"), ("b1", "B")):
+        asks(name, client)
+    await settled()
+    assert had_in_order == ["a1", "a2", "b1"] and slots.taken == 3
+    for name, client in (("a3", "A"), ("c1", "C"), ("d1", "D")):
+        asks(name, client)
+    await settled()
+    assert slots.waiting == 3
+    ends["b1"].set()
+    await settled()
+    assert had_in_order[3:] == ["c1"]  # a3's address holds its two: c1 is next
+    ends["c1"].set()
+    asks("e1", "E")  # asks as the slot is freed: d1 asked first
+    await settled()
+    assert had_in_order[4:] == ["d1"] and slots.waiting == 2
+    ends["a1"].set()
+    await settled()
+    assert had_in_order[5:] == ["a3"]  # its address is under its share again, and it came first
+    ends["d1"].set()
+    await settled()
+    assert had_in_order[6:] == ["e1"]
+    for end in ends.values():
+        end.set()
+    await asyncio.gather(*messages)
+    assert slots.taken == 0 and slots.waiting == 0
+
+
+def test_a_session_that_waits_for_its_354_is_not_closed_as_idle(
+    relay_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle timeout does not run while a DATA waits for a slot (the wait is the
+    server's doing); it runs again once the message is in."""
+    monkeypatch.setattr(protocol, "SLOT_WAIT", 120.0)
+    monkeypatch.setattr(protocol, "SLOT_WAIT_LONGEST", 120.0)
+    before = relay_stack.counts()
+    body = message(SENDER, RECIPIENTS[:1]) + b"\r\n.\r\n"
+    rt = dataclasses.replace(relay_stack.runtime(command_timeout=1.0), messages=MessageThreads(1))
+    with RelayServer(rt) as relay:
+        holders = [login(relay_stack, port=relay.port) for _ in range(2)]
+        for holder in holders:
+            _ready_for_data(holder).putcmd("data")
+            assert holder.getreply() == code_of(replies.START_MAIL_INPUT)
+            holder.send(body[: -len(b".\r\n")])
+        waiting = _ready_for_data(login(relay_stack, port=relay.port))
+        waiting.putcmd("data")
+        # Three idle timeouts long; the holders send a line now and then, so stay in.
+        for _ in range(12):
+            assert not _answered_within(waiting, 0.25)
+            for holder in holders:
+                holder.send(b"Suite de la lettre.\r\n")
+        holders[0].send(b".\r\n")
+        queue_id(holders[0].getreply())
+        assert waiting.getreply() == code_of(replies.START_MAIL_INPUT)
+        waiting.send(body)
+        queue_id(waiting.getreply())
+        holders[1].send(b".\r\n")
+        queue_id(holders[1].getreply())
+        # Idle again after its message: told and closed.
+        assert waiting.getreply() == code_of(replies.IDLE_TIMEOUT)
+        for holder in holders:
+            holder.close()
+        assert _slots_given_back(relay)
+    assert relay_stack.counts()[0] == before[0] + 3
+
+
 def test_unauthenticated_session_has_a_deadline_noop_and_rset_do_not_move(relay_stack: Stack) -> None:
     with RelayServer(relay_stack.runtime(login_timeout=1.0)) as relay:
         client = connect(relay_stack, port=relay.port)

@@ -104,6 +104,15 @@ SLOT_WAIT: Final = 10.0
 SLOT_WAIT_LONGEST: Final = 60.0
 
 
+class _Waiter:
+    """A session waiting for a slot, in the order of arrival (``DataSlots``)."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: str) -> None:
+        self.client = client
+
+
 class DataSlots:
     """How many messages one server takes in at once: from the ``354`` that invites one to
     the reply that ends it (received, waiting for a message thread, or in the pipeline).
@@ -114,9 +123,11 @@ class DataSlots:
     at most ``per_client`` messages, the server one more, so that a client that fills its
     share (a gateway that submits for a whole hospital from one address) still leaves
     another client a place. Past that, a session's DATA waits for a slot before its
-    ``354``, in turn, for as long as messages keep ending; once none has ended for
-    ``wait`` seconds, or after ``longest`` in all, it goes ahead without one: a client that
-    sends slowly must not stop the others for as long as it sends.
+    ``354``, in turn: a freed slot goes to the first waiter it fits (a waiter whose own
+    address holds its share lets the next one by), never to a session that asks after
+    them. It waits for as long as messages keep ending; once none has ended for ``wait``
+    seconds, or after ``longest`` in all, it goes ahead without one: a client that sends
+    slowly must not stop the others for as long as it sends.
     """
 
     def __init__(self, per_client: int, *, wait: float, longest: float) -> None:
@@ -125,12 +136,19 @@ class DataSlots:
         self.wait = wait
         self.longest = longest
         self.per_address: collections.Counter[str] = collections.Counter()
-        self._freed = asyncio.Event()
+        self._waiting: list[_Waiter] = []
+        self._changed = asyncio.Event()
+        self._last_end = float("-inf")
 
     @property
     def taken(self) -> int:
         """The slots held now, by every address."""
         return self.per_address.total()
+
+    @property
+    def waiting(self) -> int:
+        """The sessions waiting for a slot now."""
+        return len(self._waiting)
 
     @contextlib.asynccontextmanager
     async def slot(self, client: str) -> AsyncIterator[bool]:
@@ -142,31 +160,54 @@ class DataSlots:
             if taken:
                 self._give_back(client)
 
-    def _full_for(self, client: str) -> bool:
-        return self.taken >= self.size or self.per_address[client] >= self.per_client
+    def _fits(self, client: str) -> bool:
+        return self.taken < self.size and self.per_address[client] < self.per_client
+
+    def _in_turn(self, waiter: _Waiter) -> bool:
+        """Whether ``waiter`` may take a slot now: one fits it, and none that waited longer
+        fits one."""
+        for ahead in self._waiting:
+            if ahead is waiter:
+                return self._fits(waiter.client)
+            if self._fits(ahead.client):
+                return False
+        raise AssertionError("a waiter that is not waiting")
 
     async def _take(self, client: str) -> bool:
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.longest
-        while self._full_for(client):
-            # Each message that ends starts the wait again (Event wakes its waiters in turn).
-            remaining = min(self.wait, give_up - loop.time())
-            if remaining <= 0:
-                return False
-            try:
-                await asyncio.wait_for(self._freed.wait(), remaining)
-            except TimeoutError:
-                return False
-        self.per_address[client] += 1
-        return True
+        asked = loop.time()
+        waiter = _Waiter(client)
+        self._waiting.append(waiter)
+        try:
+            while not self._in_turn(waiter):
+                # Each message that ends starts the wait again.
+                ends = min(max(asked, self._last_end) + self.wait, asked + self.longest)
+                if ends <= loop.time():
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), ends - loop.time())
+            self.per_address[client] += 1
+            return True
+        finally:
+            self._waiting.remove(waiter)
+            # The next in turn looks again: after this one took its slot there may be room
+            # for it too; a waiter that leaves (its wait ran out, its client went away) may
+            # have been the one the others let by.
+            if self._waiting:
+                self._look_again()
 
     def _give_back(self, client: str) -> None:
         self.per_address[client] -= 1
         if self.per_address[client] <= 0:
             del self.per_address[client]
-        # Every waiter looks again; those still kept out wait on the next event.
-        self._freed.set()
-        self._freed = asyncio.Event()
+        self._last_end = asyncio.get_running_loop().time()
+        self._look_again()
+
+    def _look_again(self) -> None:
+        """Wake every waiter to look whether it is its turn; those still kept out wait on
+        the next change."""
+        self._changed.set()
+        self._changed = asyncio.Event()
 
 
 class SessionRegistry:
