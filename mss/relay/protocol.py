@@ -125,9 +125,9 @@ class DataSlots:
     another client a place. Past that, a session's DATA waits for a slot before its
     ``354``, in turn: a freed slot goes to the first waiter it fits (a waiter whose own
     address holds its share lets the next one by), never to a session that asks after
-    such a waiter. It waits for as long as messages keep ending; once none has ended for ``wait``
-    seconds, or after ``longest`` in all, it goes ahead without one: a client that sends
-    slowly must not stop the others for as long as it sends.
+    such a waiter. It waits for as long as messages keep ending; once none has ended for
+    ``wait`` seconds, or after ``longest`` in all, it goes ahead without one: a client that
+    sends slowly must not stop the others for as long as it sends.
     """
 
     def __init__(self, per_client: int, *, wait: float, longest: float) -> None:
