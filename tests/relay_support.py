@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import secrets
+import select as select_module
 import smtplib
 import ssl
 import zipfile
@@ -147,6 +148,13 @@ def transaction(
     if accepted:
         replies.append(client.data(message))
     return replies
+
+
+def answered_within(client: smtplib.SMTP, seconds: float) -> bool:
+    """Whether the server has written to ``client`` (after STARTTLS) within ``seconds``;
+    nothing is read."""
+    assert isinstance(client.sock, ssl.SSLSocket)
+    return client.sock.pending() > 0 or bool(select_module.select([client.sock], [], [], seconds)[0])
 
 
 def code_of(reply: str) -> tuple[int, bytes]:

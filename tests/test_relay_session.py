@@ -10,7 +10,6 @@ import asyncio
 import base64
 import dataclasses
 import json
-import select as select_module
 import smtplib
 import socket
 import ssl
@@ -39,6 +38,7 @@ from relay_support import (
     SENDER,
     UNKNOWN,
     Stack,
+    answered_within,
     code_of,
     connect,
     login,
@@ -504,12 +504,6 @@ def _half_sent(client: smtplib.SMTP, body: bytes) -> bytes:
     return body[len(body) // 2 :]
 
 
-def _answered_within(client: smtplib.SMTP, seconds: float) -> bool:
-    """Whether the server has written to ``client`` within ``seconds`` (nothing is read)."""
-    assert client.sock is not None
-    return client.sock.pending() > 0 or bool(select_module.select([client.sock], [], [], seconds)[0])
-
-
 def _slots_given_back(relay: RelayServer) -> bool:
     deadline = time.monotonic() + 10
     while relay.registry is not None and relay.registry.slots.taken and time.monotonic() < deadline:
@@ -533,18 +527,18 @@ def test_a_data_past_the_messages_taken_in_at_once_waits_for_354_until_one_ends(
         first, second, third = (login(relay_stack, port=relay.port) for _ in range(3))
         first_rest, second_rest = _half_sent(first, body), _half_sent(second, body)
         _ready_for_data(third).putcmd("data")
-        assert not _answered_within(third, 1.0)  # its address has its two
+        assert not answered_within(third, 1.0)  # its address has its two
         other = login(relay_stack, port=relay.port, source=OTHER_CLIENT)
         other_rest = _half_sent(other, body)  # another address: the server's third place
         late = login(relay_stack, port=relay.port, source=THIRD_CLIENT)
         _ready_for_data(late).putcmd("data")
-        assert not _answered_within(late, 1.0)  # the server is full
+        assert not answered_within(late, 1.0)  # the server is full
         other.send(other_rest)
         queue_id(other.getreply())
         assert late.getreply() == code_of(replies.START_MAIL_INPUT)  # the freed place
         late.send(body)
         queue_id(late.getreply())
-        assert not _answered_within(third, 0.2)  # its address still has its two
+        assert not answered_within(third, 0.2)  # its address still has its two
         first.send(first_rest)
         queue_id(first.getreply())
         assert third.getreply() == code_of(replies.START_MAIL_INPUT)
@@ -690,7 +684,7 @@ def test_a_session_that_waits_for_its_354_is_not_closed_as_idle(
         waiting.putcmd("data")
         # Three idle timeouts long; the holders send a line now and then, so stay in.
         for _ in range(12):
-            assert not _answered_within(waiting, 0.25)
+            assert not answered_within(waiting, 0.25)
             for holder in holders:
                 holder.send(b"Suite de la lettre.\r\n")
         for holder in holders:  # both at once: neither stays idle past its timeout meanwhile

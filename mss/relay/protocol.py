@@ -166,12 +166,8 @@ class DataSlots:
     def _in_turn(self, waiter: _Waiter) -> bool:
         """Whether ``waiter`` may take a slot now: one fits it, and none that waited longer
         fits one."""
-        for ahead in self._waiting:
-            if ahead is waiter:
-                return self._fits(waiter.client)
-            if self._fits(ahead.client):
-                return False
-        raise AssertionError("a waiter that is not waiting")
+        ahead = self._waiting[: self._waiting.index(waiter)]
+        return self._fits(waiter.client) and not any(self._fits(w.client) for w in ahead)
 
     async def _take(self, client: str) -> bool:
         loop = asyncio.get_running_loop()
