@@ -664,6 +664,43 @@ async def test_a_freed_slot_goes_to_the_first_waiter_it_fits_never_to_a_late_com
     assert slots.taken == 0 and slots.waiting == 0
 
 
+async def test_the_turn_passes_on_when_a_waiter_takes_its_slot() -> None:
+    """A session that asks while the waiter ahead of it has a slot freed for it waits its
+    turn, and gets its own slot as soon as that waiter takes one (two were freed), without
+    waiting for another message to end."""
+    slots = protocol.DataSlots(1, wait=60.0, longest=60.0)  # one per address, two in all
+    ends = {name: asyncio.Event() for name in "abcd"}
+    had: list[str] = []
+
+    async def a_message(name: str) -> None:
+        async with slots.slot(name.upper()) as taken:
+            assert taken
+            had.append(name)
+            await ends[name].wait()
+
+    def asks(name: str) -> asyncio.Task[None]:
+        return asyncio.create_task(a_message(name))
+
+    async def settled() -> None:
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+    messages = {name: asks(name) for name in "ab"}
+    await settled()
+    messages["c"] = asks("c")
+    await settled()
+    assert had == ["a", "b"] and slots.waiting == 1
+    ends["a"].set()
+    ends["b"].set()  # two slots freed at once
+    messages["d"] = asks("d")  # asks before c has woken: c is first
+    await settled()
+    assert had[2:] == ["c", "d"] and slots.waiting == 0
+    for end in ends.values():
+        end.set()
+    await asyncio.gather(*messages.values())
+    assert slots.taken == 0
+
+
 def test_a_session_that_waits_for_its_354_is_not_closed_as_idle(
     relay_stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
