@@ -12,6 +12,14 @@ Recovery key files hold the raw 32-byte X25519 key as one line of standard base6
 
 Passwords are normalised to Unicode NFKC before use (NIST SP 800-63B 5.1.1.2), so the same
 password typed on two systems that compose accents differently opens the same key.
+
+Each argon2id computation holds its memory cost (64 MiB by default) while it runs, and a
+login makes two (the password's hash, then the key's derivation). However many logins
+arrive at once, from any door, at most as many computations run together as the process has
+cores (``ARGON2_AT_ONCE``); the others wait their turn. More at once would finish no sooner,
+the work being CPU-bound, and would hold that memory each: sixteen mail clients logging in
+together took the relay's processes from about 190 MiB to between 380 MiB and 1 GiB
+(``bench/bench_logins.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
+import threading
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +65,9 @@ PKCS12_COMPATIBLE_MAX_PASSWORD = 31
 # one salt in about 65 is refused, so running out means something else is wrong.
 PKCS12_COMPATIBLE_ATTEMPTS = 16
 _ARGON2ID_PREFIX = "$argon2id$"
+# argon2id computations that run at once in this process (see the module's docstring).
+ARGON2_AT_ONCE = max(1, len(os.sched_getaffinity(0)))
+_argon2_turns = threading.BoundedSemaphore(ARGON2_AT_ONCE)
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -99,7 +112,9 @@ def hash_password(password: str, *, opslimit: int, memlimit: int) -> str:
     Raises CryptoError for an empty password or an out-of-range cost.
     """
     _check_cost(opslimit, memlimit)
-    encoded = nacl.pwhash.argon2id.str(_password_bytes(password), opslimit=opslimit, memlimit=memlimit)
+    secret = _password_bytes(password)
+    with _argon2_turns:
+        encoded = nacl.pwhash.argon2id.str(secret, opslimit=opslimit, memlimit=memlimit)
     return encoded.decode("ascii")
 
 
@@ -116,7 +131,8 @@ def verify_password(password_hash: str, password: str) -> bool:
     except CryptoError:
         return False
     try:
-        return nacl.pwhash.argon2id.verify(password_hash.encode("ascii"), secret)
+        with _argon2_turns:
+            return nacl.pwhash.argon2id.verify(password_hash.encode("ascii"), secret)
     except nacl.exceptions.InvalidkeyError:
         return False
     except (UnicodeEncodeError, nacl.exceptions.CryptoError) as exc:
@@ -141,9 +157,11 @@ def _derive(password: str, salt: bytes, opslimit: int, memlimit: int) -> nacl.se
     _check_cost(opslimit, memlimit)
     if len(salt) != SALT_SIZE:
         raise KeyUnwrapError(f"the key salt must be {SALT_SIZE} bytes")
-    key = nacl.pwhash.argon2id.kdf(
-        nacl.secret.SecretBox.KEY_SIZE, _password_bytes(password), salt, opslimit=opslimit, memlimit=memlimit
-    )
+    secret = _password_bytes(password)
+    with _argon2_turns:
+        key = nacl.pwhash.argon2id.kdf(
+            nacl.secret.SecretBox.KEY_SIZE, secret, salt, opslimit=opslimit, memlimit=memlimit
+        )
     return nacl.secret.SecretBox(key)
 
 
