@@ -9,6 +9,11 @@ would otherwise keep the memory that reading took for as long as it lives: the p
 objects that refer to each other wait for the cyclic collector, and what is freed stays in
 the C allocator's heaps. After a task whose arguments held GIVE_BACK_AFTER bytes or more,
 the worker collects its young objects and gives free memory back (``mss.memory``).
+
+The fork server imports this module as well as the pool's own: every task goes through
+``_then_give_back`` here, and a worker that had to import it (and pebble) at its first task
+would hold that import on its own, about 5 MiB a worker, instead of sharing the fork
+server's pages.
 """
 
 from __future__ import annotations
@@ -59,9 +64,9 @@ def _then_give_back(call: list[tuple[Callable[..., T], tuple[Any, ...], Mapping[
 
 
 class WorkerPool:
-    """Worker processes from a fork server that imported ``preload`` first (a worker then
-    starts without importing it again). Started on first use, replaced when it was stopped
-    or broke, stopped at interpreter exit."""
+    """Worker processes from a fork server that imported ``preload`` and this module first
+    (a worker then starts without importing them again). Started on first use, replaced
+    when it was stopped or broke, stopped at interpreter exit."""
 
     def __init__(self, preload: str, workers: int) -> None:
         self._preload = preload
@@ -75,7 +80,7 @@ class WorkerPool:
         with self._lock:
             if self._pool is None or not self._pool.active:
                 context = multiprocessing.get_context("forkserver")
-                context.set_forkserver_preload([self._preload])
+                context.set_forkserver_preload([__name__, self._preload])
                 self._pool = ProcessPool(max_workers=self._workers, context=context)
             return self._pool
 
