@@ -1168,6 +1168,11 @@ def serve(
 
     settings = Settings.from_env()
     logs.configure(settings.operator.log_format)
+    from mss import processes
+
+    # The workers (document checks, IMAP envelopes) set up their __main__ by running the
+    # mss script again: this module, imported once by their fork server, then in none.
+    processes.preload(__name__)
     # aiosmtpd logs every command at INFO and pyHanko a traceback for every signature that
     # does not hold; our own lines say what matters.
     for noisy in ("mail.log", "alembic", "pyhanko", "pyhanko_certvalidator"):

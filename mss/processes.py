@@ -10,10 +10,16 @@ objects that refer to each other wait for the cyclic collector, and what is free
 the C allocator's heaps. After a task whose arguments held GIVE_BACK_AFTER bytes or more,
 the worker collects its young objects and gives free memory back (``mss.memory``).
 
-The fork server imports this module as well as the pool's own: every task goes through
-``_then_give_back`` here, and a worker that had to import it (and pebble) at its first task
-would hold that import on its own, about 5 MiB a worker, instead of sharing the fork
-server's pages.
+A process has one fork server, whichever pool starts first, and a worker holds on its own
+pages whatever it imports after the fork (about 5 MiB for pebble, 45 for the command line).
+So the fork server imports, before it forks, every module a worker needs:
+
+- this module: every task goes through ``_then_give_back`` here;
+- the module of every pool the process has made (``mss serve`` has two: the document
+  checks and the IMAP door's envelopes), not only the first one started;
+- what a program run as a script imports at its top, named with :func:`preload` (``mss
+  serve`` names ``cli.main``): multiprocessing sets up each worker's ``__main__`` by
+  running that script again, and its imports are then already there.
 """
 
 from __future__ import annotations
@@ -63,13 +69,26 @@ def _then_give_back(call: list[tuple[Callable[..., T], tuple[Any, ...], Mapping[
             memory.give_back()
 
 
+# What the process's fork server imports before it forks (see the module's docstring):
+# each pool adds its own module when it is made.
+_PRELOAD: Final[list[str]] = [__name__]
+
+
+def preload(module: str) -> None:
+    """Have the fork server import ``module`` before it forks, with the pools' own modules;
+    call it before the first pool starts. For the module that a program run as a script
+    imports at its top: each worker runs that script again to set up its ``__main__``."""
+    if module not in _PRELOAD:
+        _PRELOAD.append(module)
+
+
 class WorkerPool:
-    """Worker processes from a fork server that imported ``preload`` and this module first
+    """Worker processes from a fork server that imported ``module`` and this module first
     (a worker then starts without importing them again). Started on first use, replaced
     when it was stopped or broke, stopped at interpreter exit."""
 
-    def __init__(self, preload: str, workers: int) -> None:
-        self._preload = preload
+    def __init__(self, module: str, workers: int) -> None:
+        preload(module)
         self._workers = workers
         self._lock = threading.Lock()
         self._pool: ProcessPool | None = None
@@ -80,7 +99,7 @@ class WorkerPool:
         with self._lock:
             if self._pool is None or not self._pool.active:
                 context = multiprocessing.get_context("forkserver")
-                context.set_forkserver_preload([__name__, self._preload])
+                context.set_forkserver_preload(list(_PRELOAD))
                 self._pool = ProcessPool(max_workers=self._workers, context=context)
             return self._pool
 

@@ -9,9 +9,15 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from mss.documents import workers as document_workers
+from mss.imap import workers as imap_workers
+
+from server_process import free_port, start_server
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 SAMPLE_EXTRACT = SAMPLES / "annuaire" / "Extraction_Correspondance_MSSante_sample.txt"
@@ -393,10 +399,66 @@ def test_serve_ends_with_the_error_of_a_door_that_cannot_listen(env, dev_pki):
             **env,
             "MSS_IMAP_HOST": "127.0.0.1",
             "MSS_IMAP_PORT": str(port),
-            "MSS_IMAP_TLS_PORT": "0",
+            "MSS_IMAPS_PORT": "0",
         }
         ended = subprocess.run(
             [str(mss_bin), "serve", "imap"], env=full_env, capture_output=True, text=True, timeout=120
         )
     assert ended.returncode != 0
     assert "in use" in ended.stderr, ended.stderr[-2000:]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if stat and int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _private_mib(pid: int) -> float:
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    return sum(int(line.split()[1]) for line in rollup if line.startswith(("Private_Clean:", "Private_Dirty:"))) / 1024
+
+
+def test_serve_workers_share_what_their_fork_server_imported(env, dev_pki, tmp_path):
+    # `mss serve` runs as a script, and multiprocessing sets up each worker's __main__ by
+    # running that script again: the command line's modules must come from the fork server,
+    # imported once before it forked, as must each pool's own (the document checks' and the
+    # IMAP door's: one fork server for both). A worker that imports them itself holds them
+    # on its own pages: 48 MiB a worker, against 4 once shared.
+    smtp, web, imap = free_port(), free_port(), free_port()
+    full_env = {
+        **os.environ,
+        **env,
+        "MSS_SMTP_HOST": "127.0.0.1",
+        "MSS_SMTP_PORT": str(smtp),
+        "MSS_WEB_HOST": "127.0.0.1",
+        "MSS_WEB_PORT": str(web),
+        "MSS_IMAP_HOST": "127.0.0.1",
+        "MSS_IMAP_PORT": str(imap),
+        "MSS_IMAPS_PORT": "0",
+        "MSS_MX_PORT": "0",
+    }
+    server = start_server([str(Path(sys.executable).with_name("mss")), "serve"], full_env, tmp_path / "serve.log", smtp)
+    try:
+        expected = document_workers.WORKERS + imap_workers.WORKERS
+        workers: list[int] = []
+        for _ in range(600):  # both pools start before their door listens; this only waits for the IMAP one
+            fork_servers = [
+                p for p in _children(server.pid) if b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes()
+            ]
+            workers = [w for f in fork_servers for w in _children(f)]
+            if len(workers) == expected:
+                break
+            time.sleep(0.1)
+        assert len(fork_servers) == 1 and len(workers) == expected, (fork_servers, workers)
+        private = [_private_mib(worker) for worker in workers]
+        assert max(private) < 20, private
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
