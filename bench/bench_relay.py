@@ -23,6 +23,7 @@ Usage::
     .venv/bin/python bench/bench_relay.py --only 10KBx16 --dsn   # one case, success DSNs asked
     .venv/bin/python bench/bench_relay.py --relays 2   # two relay processes on one database
     .venv/bin/python bench/bench_relay.py --only 4MBx48  # a burst: 48 sessions of 4 MB at once
+    .venv/bin/python bench/bench_relay.py --serve      # the relay as `mss serve relay` runs it
 
 Prints, per case, messages/s, CPU ms per message and latency p50/p95 for each server
 (medians over repetitions), its memory (the process tree's proportional set size, its
@@ -371,6 +372,11 @@ def main() -> None:
     parser.add_argument("--relays", type=int, default=1, help="relay processes on the same database (default 1)")
     parser.add_argument("--dsn", action="store_true", help="ask the relay for success DSNs (NOTIFY=SUCCESS,FAILURE)")
     parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="run the relay as `mss serve relay` (outbound worker, housekeeping) instead of python -m mss.relay",
+    )
+    parser.add_argument(
         "--py-spy",
         metavar="FILE",
         type=Path,
@@ -402,6 +408,9 @@ def main() -> None:
         sender, recipients = demo[0], [d.address for d in demo[1:]]
         ca_file = settings.pki.certs_dir / "ca.pem"
         relay_command = [sys.executable, "-m", "mss.relay"]
+        if args.serve:
+            relay_command = [str(Path(sys.executable).with_name("mss")), "serve", "relay"]
+            env.update(MSS_MX_PORT="0", MSS_METRICS_PORT="0")
         if args.py_spy:
             style = "raw" if args.py_spy.suffix == ".txt" else "flamegraph"
             py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))

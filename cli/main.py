@@ -1168,11 +1168,6 @@ def serve(
 
     settings = Settings.from_env()
     logs.configure(settings.operator.log_format)
-    from mss import processes
-
-    # The workers (document checks, IMAP envelopes) set up their __main__ by running the
-    # mss script again: this module, imported once by their fork server, then in none.
-    processes.preload(__name__)
     # aiosmtpd logs every command at INFO and pyHanko a traceback for every signature that
     # does not hold; our own lines say what matters.
     for noisy in ("mail.log", "alembic", "pyhanko", "pyhanko_certvalidator"):
@@ -1185,7 +1180,7 @@ def serve(
         logging.getLogger("mss").warning(warning)
 
     async def main_loop() -> None:
-        from mss.imap import serve_imap
+        from mss.imap.server import serve_imap
         from mss.outbound.worker import serve_outbound
         from mss.relay import serve_relay
         from mss.relay.mx import serve_mx

@@ -11,15 +11,13 @@ the C allocator's heaps. After a task whose arguments held GIVE_BACK_AFTER bytes
 the worker collects its young objects and gives free memory back (``mss.memory``).
 
 A process has one fork server, whichever pool starts first, and a worker holds on its own
-pages whatever it imports after the fork (about 5 MiB for pebble, 45 for the command line).
-So the fork server imports, before it forks, every module a worker needs:
-
-- this module: every task goes through ``_then_give_back`` here;
-- the module of every pool the process has made (``mss serve`` has two: the document
-  checks and the IMAP door's envelopes), not only the first one started;
-- what a program run as a script imports at its top, named with :func:`preload` (``mss
-  serve`` names ``cli.main``): multiprocessing sets up each worker's ``__main__`` by
-  running that script again, and its imports are then already there.
+pages whatever it imports after the fork (about 5 MiB for pebble). So the fork server
+imports, before it forks, this module (every task goes through ``_then_give_back`` here)
+and the module of every pool the process has made (``mss serve`` has two: the document
+checks and the IMAP door's envelopes), not only that of the first one started. (A worker
+of a program started as a script also runs that script again, to set up its
+``__main__``: the ``mss`` script imports the command line only once it runs a command,
+``cli.main``.)
 """
 
 from __future__ import annotations
@@ -74,21 +72,14 @@ def _then_give_back(call: list[tuple[Callable[..., T], tuple[Any, ...], Mapping[
 _PRELOAD: Final[list[str]] = [__name__]
 
 
-def preload(module: str) -> None:
-    """Have the fork server import ``module`` before it forks, with the pools' own modules;
-    call it before the first pool starts. For the module that a program run as a script
-    imports at its top: each worker runs that script again to set up its ``__main__``."""
-    if module not in _PRELOAD:
-        _PRELOAD.append(module)
-
-
 class WorkerPool:
     """Worker processes from a fork server that imported ``module`` and this module first
     (a worker then starts without importing them again). Started on first use, replaced
     when it was stopped or broke, stopped at interpreter exit."""
 
     def __init__(self, module: str, workers: int) -> None:
-        preload(module)
+        if module not in _PRELOAD:
+            _PRELOAD.append(module)
         self._workers = workers
         self._lock = threading.Lock()
         self._pool: ProcessPool | None = None

@@ -1,7 +1,7 @@
 """Helpers for the IMAP tests: the real IMAP server on loopback, TLS clients that trust the
 development CA, and mail from the sample documents.
 
-Nothing here stands in for mss code: the server is ``mss.imap.ImapServer``, messages go
+Nothing here stands in for mss code: the server is ``mss.imap.server.ImapServer``, messages go
 through ``mss.pipeline.submit`` (as the relay hands them over), the clients are Python's
 ``imaplib``, ``imapclient`` and, in ``test_imap_clients``, mbsync and offlineimap.
 """

@@ -425,12 +425,12 @@ def _private_mib(pid: int) -> float:
     return sum(int(line.split()[1]) for line in rollup if line.startswith(("Private_Clean:", "Private_Dirty:"))) / 1024
 
 
-def test_serve_workers_share_what_their_fork_server_imported(env, dev_pki, tmp_path):
+def test_serve_workers_hold_nothing_of_the_doors_or_the_command_line(env, dev_pki, tmp_path):
     # `mss serve` runs as a script, and multiprocessing sets up each worker's __main__ by
-    # running that script again: the command line's modules must come from the fork server,
-    # imported once before it forked, as must each pool's own (the document checks' and the
-    # IMAP door's: one fork server for both). A worker that imports them itself holds them
-    # on its own pages: 48 MiB a worker, against 4 once shared.
+    # running that script again: it must not import the command line then. The fork server,
+    # one for both pools (document checks, IMAP envelopes), imports each pool's module
+    # before it forks, and that module imports neither its door nor the services. A worker
+    # that imports them itself holds them on its own pages: 48 MiB a worker, against 4.
     smtp, web, imap = free_port(), free_port(), free_port()
     full_env = {
         **os.environ,

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from directory import service
 from mss import accounts, audit
 from mss.db import session_scope
-from mss.imap import ImapServer
+from mss.imap.server import ImapServer
 from mss.mailbox import served
 from mss.models import AuditEvent, MailboxItem, Receipt
 from mss.runtime import Runtime

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from imap_support import ca_file, clinical_mail, documents_of, login
 
-from mss.imap import ImapServer
+from mss.imap.server import ImapServer
 from mss.mailbox import served
 
 from conftest import IN_CI

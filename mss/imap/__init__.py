@@ -10,8 +10,7 @@
 
 pymap (an asyncio IMAP server library) parses the protocol and writes responses; nothing of
 mss's rules lives in it or here.
+
+The package imports none of them: a worker process that opens envelopes imports
+``workers`` alone, not the whole door.
 """
-
-from mss.imap.server import ImapServer, serve_imap, start_listeners
-
-__all__ = ["ImapServer", "serve_imap", "start_listeners"]

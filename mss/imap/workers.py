@@ -27,15 +27,17 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import CancelledError
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from pebble import ProcessExpired
 
-from mss.accounts import UnlockedAccount
 from mss.crypto import keys, smime
 from mss.processes import WorkerPool
+
+if TYPE_CHECKING:  # the workers import this module alone, not the account services
+    from mss.accounts import UnlockedAccount
 
 log = logging.getLogger("mss.imap")
 
