@@ -105,7 +105,11 @@ class WorkerPool:
         """``function(*args, **kwargs)`` in a worker, within ``timeout`` seconds (the worker
         is then replaced): its future, as pebble's ``ProcessPool.schedule``."""
         call = [(function, args, kwargs or {})]
-        return self.running().schedule(_then_give_back, args=(call,), timeout=timeout)
+        future = self.running().schedule(_then_give_back, args=(call,), timeout=timeout)
+        # Sent by then: pebble's scheduling thread keeps its last task until the next one
+        # arrives, and would otherwise keep these arguments with it (a document, a key).
+        future.add_done_callback(lambda _done: call.clear())
+        return future
 
     def start(self) -> None:
         """Start the fork server and the workers now rather than at the first task (a

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import os
+import sys
+import time
 import zipfile
 
 import pytest
@@ -265,6 +267,20 @@ def test_a_worker_that_dies_refuses_its_document() -> None:
     with pytest.raises(DocumentTooComplex, match="stopped the program"):
         workers._in_worker(os._exit, (70,), {}, "crash.pdf", LIMITS)
     assert workers.inspect_attachment("a.pdf", "application/pdf", make_pdf(), limits=LIMITS).kind == "pdf"
+
+
+def test_the_server_keeps_nothing_of_a_document_once_checked() -> None:
+    # pebble's scheduling thread keeps its last task until the next one arrives: the
+    # document (for the IMAP door's pool, the reader's key) stayed in the server's memory
+    # until then. Its only references now are this test's own.
+    data = make_pdf(2)
+    before = sys.getrefcount(data)
+    assert workers.inspect_attachment("a.pdf", "application/pdf", data, limits=LIMITS).kind == "pdf"
+    for _ in range(500):  # the pool lets go of it once the result is handed over
+        if sys.getrefcount(data) == before:
+            break
+        time.sleep(0.01)
+    assert sys.getrefcount(data) == before
 
 
 def test_damaged_deflate_stream_in_a_package_is_an_invalid_archive() -> None:

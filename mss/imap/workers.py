@@ -8,7 +8,8 @@ while the other waits. ``open_envelope`` hands the opening to a pool of worker p
 ``open_envelopes`` opens several in one task.
 
 The reader's key travels with each task, as the DER the session already holds unwrapped,
-over the pool's pipe, and is let go of when the task ends (``mss.processes``): a worker
+over the pool's pipe, and is let go of when the task ends, in the worker and in the
+server's pool (``mss.processes``): a worker
 keeps no key and no envelope between tasks, only the contents its last task opened, which
 the pool's worker loop refers to until the next task; and it holds nothing else of the
 parent (started from a fork server that imported this module; no database connection).
