@@ -9,10 +9,10 @@ while the other waits. ``open_envelope`` hands the opening to a pool of worker p
 
 The reader's key travels with each task, as the DER the session already holds unwrapped,
 over the pool's pipe, and is let go of when the task ends, in the worker and in the
-server's pool (``mss.processes``): a worker
-keeps no key and no envelope between tasks, only the contents its last task opened, which
-the pool's worker loop refers to until the next task; and it holds nothing else of the
-parent (started from a fork server that imported this module; no database connection).
+server's pool (``mss.processes``): a worker keeps no key and no envelope between tasks,
+only the contents its last task opened, which the pool's worker loop refers to until the
+next task; and it holds nothing else of the parent (started from a fork server that
+imported this module; no database connection).
 An envelope the worker cannot open with the reader's current certificate (one encrypted to
 an earlier certificate, a malformed one) and a worker lost under a task give None: the
 caller then opens the envelope in its own process, where the reader's past keys and the
