@@ -10,7 +10,10 @@ from __future__ import annotations
 import functools
 import os
 import secrets
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -177,3 +180,40 @@ def mss(env, dev_pki):
     from cli_support import invoke
 
     return functools.partial(invoke, env)
+
+
+@dataclass
+class Argon2Overlap:
+    """How many argon2id computations ran at once, at most (see ``argon2_overlap``)."""
+
+    running: int = 0
+    most: int = 0
+
+
+@pytest.fixture
+def argon2_overlap(monkeypatch: pytest.MonkeyPatch) -> Argon2Overlap:
+    """libsodium's argon2id verify and kdf (a login's two computations; third-party
+    functions) counted as they run, each made to last at least 50 ms, as a real one does,
+    so that logins that arrive together overlap."""
+    import nacl.pwhash.argon2id
+
+    overlap = Argon2Overlap()
+    lock = threading.Lock()
+
+    def counted(real):
+        def call(*args, **kwargs):
+            with lock:
+                overlap.running += 1
+                overlap.most = max(overlap.most, overlap.running)
+            try:
+                time.sleep(0.05)
+                return real(*args, **kwargs)
+            finally:
+                with lock:
+                    overlap.running -= 1
+
+        return call
+
+    monkeypatch.setattr(nacl.pwhash.argon2id, "verify", counted(nacl.pwhash.argon2id.verify))
+    monkeypatch.setattr(nacl.pwhash.argon2id, "kdf", counted(nacl.pwhash.argon2id.kdf))
+    return overlap

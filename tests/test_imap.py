@@ -11,7 +11,9 @@ import re
 import socket
 import ssl
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from imap_support import ca_file, client_context, clinical_mail, connect, documents_of, login, with_imap
@@ -20,6 +22,7 @@ from sqlalchemy import func, select
 
 from directory import service
 from mss import accounts, audit
+from mss.crypto import keys
 from mss.db import session_scope
 from mss.imap.server import ImapServer
 from mss.mailbox import served
@@ -92,6 +95,25 @@ def test_no_login_before_tls_then_login_and_authenticate_plain(rt, imap, gp):
         imaplib.IMAP4_SSL("localhost", imap.tls_port, ssl_context=old, timeout=10)
     logins = [e for e in _events(rt, "imap.login") if e.object == gp.address]
     assert len(logins) == 2 and all(e.outcome == "success" for e in logins)
+
+
+def test_logins_that_arrive_together_take_turns_at_argon2id(rt, imap, gp, argon2_overlap):
+    # The rule of the SMTP door's test of the same name, in the service every door calls.
+    sessions = 3 * keys.ARGON2_AT_ONCE
+    ready = threading.Barrier(sessions)
+
+    def log_in(_number: int) -> str:
+        client = connect(rt, imap.port)
+        ready.wait(timeout=30)
+        try:
+            return client.login(gp.address, gp.password)[0]
+        finally:
+            client.logout()
+
+    with ThreadPoolExecutor(sessions) as pool:
+        answers = list(pool.map(log_in, range(sessions)))
+    assert answers == ["OK"] * sessions
+    assert argon2_overlap.most == keys.ARGON2_AT_ONCE
 
 
 def test_wrong_passwords_count_toward_the_lockout_and_are_audited(rt, imap, gp):
