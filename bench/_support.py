@@ -136,6 +136,12 @@ def against_baseline(label: str, baseline: str, measures: Mapping[str, Callable[
     return f"{label:<13} {medians}  ratio {spread([r[measured] / r[baseline] for r in results])}"
 
 
+def percentile(values: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile of ``values`` (0 to 100), the nearest of them."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
 def spread(values: Sequence[float], fmt: str = ".3f") -> str:
     """min / median / max of ``values``."""
     return " / ".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))

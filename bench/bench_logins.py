@@ -41,7 +41,7 @@ from bench_relay import Memory, PeakMemory, tree_memory
 
 from mss.demo import DemoAccount
 
-from _support import bench_env, demo_installation, spread
+from _support import bench_env, demo_installation, percentile, spread
 from server_process import free_port, start_server
 
 # Before a burst, the relay is left this long without a session (the memory of the last
@@ -57,8 +57,7 @@ class Burst:
     before: Memory
 
     def percentile(self, p: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+        return percentile(self.latencies, p)
 
 
 async def _log_in(port: int, context: ssl.SSLContext, account: DemoAccount) -> tuple[aiosmtplib.SMTP, float]:

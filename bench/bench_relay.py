@@ -60,7 +60,7 @@ sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "tests")]
 from mss.demo import DemoAccount
 from mss.settings import Settings
 
-from _support import bench_env, demo_installation, referral, serve_bare_smtp, spread
+from _support import bench_env, demo_installation, percentile, referral, serve_bare_smtp, spread
 from server_process import free_port, start_server
 
 SIZES = {"10KB": 10_000, "1MB": 1_000_000, "4MB": 4_000_000}
@@ -141,8 +141,7 @@ class Result:
         return self.cpu_seconds * 1000 / self.messages
 
     def percentile(self, p: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+        return percentile(self.latencies, p)
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")

@@ -61,7 +61,7 @@ from mss.runtime import open_runtime
 from mss.settings import Settings
 from mss.store import MessageMeta
 
-from _support import bench_env
+from _support import bench_env, percentile
 from server_process import free_port
 
 READER, SENDER = DEMO_ADDRESSES[0], DEMO_ADDRESSES[1]
@@ -208,11 +208,6 @@ def fill(rt, reader: accounts.UnlockedAccount, sender: accounts.UnlockedAccount,
                 ],
             )
     return accepted.queue_id, some_ins
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def timed(client: httpx.Client, url: str, rounds: int, headers: dict[str, str] | None = None) -> list[float]:
