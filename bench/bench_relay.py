@@ -61,7 +61,7 @@ from mss.demo import DemoAccount
 from mss.settings import Settings
 
 from _support import bench_env, demo_installation, percentile, referral, serve_bare_smtp, spread
-from server_process import free_port, start_server
+from server_process import free_port, process_tree, processes, start_server
 
 SIZES = {"10KB": 10_000, "1MB": 1_000_000, "4MB": 4_000_000}
 
@@ -147,35 +147,10 @@ class Result:
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _processes() -> dict[int, tuple[int, Path]]:
-    """Every process: its parent and its /proc folder (Linux)."""
-    found: dict[int, tuple[int, Path]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue
-        found[int(entry.name)] = (int(text[text.rindex(")") + 2 :].split()[1]), entry)
-    return found
-
-
-def _tree(pid: int, processes: dict[int, tuple[int, Path]]) -> list[Path]:
-    """The /proc folders of ``pid`` and its descendants still running."""
-    folders, frontier = [], [pid]
-    while frontier:
-        current = frontier.pop()
-        if current in processes:
-            folders.append(processes[current][1])
-        frontier.extend(child for child, (parent, _folder) in processes.items() if parent == current)
-    return folders
-
-
 def tree_cpu(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its descendants still running (Linux /proc)."""
     total = 0.0
-    for folder in _tree(pid, _processes()):
+    for folder in process_tree(pid, processes()):
         try:
             fields = (folder / "stat").read_text()
         except OSError:
@@ -204,7 +179,7 @@ class Memory:
 
 def tree_memory(pids: list[int]) -> Memory:
     """The memory now of ``pids`` and their descendants (Linux /proc)."""
-    processes = _processes()
+    running = processes()
     pss = anon = server_rss = 0
     try:
         status = (Path("/proc") / str(pids[0]) / "status").read_text()
@@ -212,7 +187,7 @@ def tree_memory(pids: list[int]) -> Memory:
     except (OSError, StopIteration):
         pass
     for pid in pids:
-        for folder in _tree(pid, processes):
+        for folder in process_tree(pid, running):
             try:
                 rollup = (folder / "smaps_rollup").read_text()
             except OSError:

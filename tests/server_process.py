@@ -1,5 +1,6 @@
 """An SMTP server in a process of its own, for tests that kill it and benchmarks that time it:
-a free loopback port to give it, and a start that returns once it greets.
+a free loopback port to give it, a start that returns once it greets, and the processes it
+started (Linux ``/proc``).
 
 It imports nothing of the test suite, so that a benchmark can use it too.
 """
@@ -20,6 +21,36 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def processes() -> dict[int, tuple[int, Path]]:
+    """Every process now: its parent and its /proc folder."""
+    found: dict[int, tuple[int, Path]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        found[int(entry.name)] = (int(text[text.rindex(")") + 2 :].split()[1]), entry)
+    return found
+
+
+def children(pid: int, running: Mapping[int, tuple[int, Path]]) -> list[int]:
+    """The processes of ``running`` whose parent is ``pid``."""
+    return [child for child, (parent, _folder) in running.items() if parent == pid]
+
+
+def process_tree(pid: int, running: Mapping[int, tuple[int, Path]]) -> list[Path]:
+    """The /proc folders of ``pid`` and its descendants in ``running``."""
+    folders, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        if current in running:
+            folders.append(running[current][1])
+        frontier.extend(children(current, running))
+    return folders
 
 
 def greets(port: int) -> bool:

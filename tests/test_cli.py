@@ -17,7 +17,7 @@ import pytest
 from mss.documents import workers as document_workers
 from mss.imap import workers as imap_workers
 
-from server_process import free_port, start_server
+from server_process import children, free_port, processes, start_server
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 SAMPLE_EXTRACT = SAMPLES / "annuaire" / "Extraction_Correspondance_MSSante_sample.txt"
@@ -408,18 +408,6 @@ def test_serve_ends_with_the_error_of_a_door_that_cannot_listen(env, dev_pki):
     assert "in use" in ended.stderr, ended.stderr[-2000:]
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
-        except OSError:
-            continue
-        if stat and int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
 def _private_mib(pid: int) -> float:
     rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
     return sum(int(line.split()[1]) for line in rollup if line.startswith(("Private_Clean:", "Private_Dirty:"))) / 1024
@@ -449,10 +437,11 @@ def test_serve_workers_hold_nothing_of_the_doors_or_the_command_line(env, dev_pk
         expected = document_workers.WORKERS + imap_workers.WORKERS
         workers: list[int] = []
         for _ in range(600):  # both pools start before their door listens; this only waits for the IMAP one
+            running = processes()
             fork_servers = [
-                p for p in _children(server.pid) if b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes()
+                p for p in children(server.pid, running) if b"forkserver" in (running[p][1] / "cmdline").read_bytes()
             ]
-            workers = [w for f in fork_servers for w in _children(f)]
+            workers = [w for f in fork_servers for w in children(f, running)]
             if len(workers) == expected:
                 break
             time.sleep(0.1)
