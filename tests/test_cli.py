@@ -446,6 +446,10 @@ def test_serve_workers_hold_nothing_of_the_doors_or_the_command_line(env, dev_pk
                 break
             time.sleep(0.1)
         assert len(fork_servers) == 1 and len(workers) == expected, (fork_servers, workers)
+        # What the fork server was told to import (multiprocessing passes it on its command
+        # line): both pools' modules, whichever pool started it.
+        told = (running[fork_servers[0]][1] / "cmdline").read_bytes()
+        assert b"'mss.documents'" in told and b"'mss.imap.workers'" in told, told
         private = [_private_mib(worker) for worker in workers]
         assert max(private) < 20, private
     finally:

@@ -11,6 +11,7 @@ import re
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -114,6 +115,15 @@ def test_logins_that_arrive_together_take_turns_at_argon2id(rt, imap, gp, argon2
         answers = list(pool.map(log_in, range(sessions)))
     assert answers == ["OK"] * sessions
     assert argon2_overlap.most == keys.ARGON2_AT_ONCE
+
+
+def test_the_envelope_workers_module_imports_neither_the_door_nor_the_services():
+    # What the IMAP door's workers import, once, in their fork server (mss.processes): an
+    # opening needs the key, the certificate and CMS, not pymap, the database or the mailbox.
+    heavy = ("mss.imap.server", "pymap", "sqlalchemy", "mss.mailbox", "mss.accounts")
+    script = f"import sys, mss.imap.workers; print([m for m in {heavy!r} if m in sys.modules])"
+    imported = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "[]"
 
 
 def test_wrong_passwords_count_toward_the_lockout_and_are_audited(rt, imap, gp):
