@@ -24,6 +24,7 @@ Usage::
     .venv/bin/python bench/bench_relay.py --relays 2   # two relay processes on one database
     .venv/bin/python bench/bench_relay.py --only 4MBx48  # a burst: 48 sessions of 4 MB at once
     .venv/bin/python bench/bench_relay.py --serve      # the relay as `mss serve relay` runs it
+    .venv/bin/python bench/bench_relay.py --serve --smtp-processes 2   # two processes on one port
 
 Prints, per case, messages/s, CPU ms per message and latency p50/p95 for each server
 (medians over repetitions), its memory (the process tree's proportional set size, its
@@ -351,6 +352,13 @@ def main() -> None:
         help="run the relay as `mss serve relay` (outbound worker, housekeeping) instead of python -m mss.relay",
     )
     parser.add_argument(
+        "--smtp-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --serve: N processes share the submission port (MSS_SMTP_PROCESSES; default 1)",
+    )
+    parser.add_argument(
         "--py-spy",
         metavar="FILE",
         type=Path,
@@ -384,7 +392,9 @@ def main() -> None:
         relay_command = [sys.executable, "-m", "mss.relay"]
         if args.serve:
             relay_command = [str(Path(sys.executable).with_name("mss")), "serve", "relay"]
-            env.update(MSS_MX_PORT="0", MSS_METRICS_PORT="0")
+            env.update(MSS_MX_PORT="0", MSS_METRICS_PORT="0", MSS_SMTP_PROCESSES=str(args.smtp_processes))
+        elif args.smtp_processes != 1:
+            parser.error("--smtp-processes needs --serve")
         if args.py_spy:
             style = "raw" if args.py_spy.suffix == ".txt" else "flamegraph"
             py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -419,7 +429,9 @@ def main() -> None:
         print(
             f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {platform.processor() or platform.machine()} "
             f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {backend}, "
-            f"{args.relays} relay process(es), {repeats} repetitions"
+            f"{args.relays} relay process(es)"
+            f"{f' of {args.smtp_processes} processes on one port' if args.smtp_processes > 1 else ''}, "
+            f"{repeats} repetitions"
             f"{', success DSNs asked' if args.dsn else ''}; medians, ratios min / median / max"
         )
         try:

@@ -1194,10 +1194,16 @@ def serve(
             return doors[-1]
 
         if what in {"all", "relay"}:
-            parts.append(serve_relay(rt, ready=listening()))
+            submission = listening()
+            parts.append(serve_relay(rt, ready=submission))
             err.print(
                 f"mss relay: SMTP submission on {settings.relay.host}:{settings.relay.port} (STARTTLS, then AUTH)"
             )
+            if settings.relay.processes > 1:
+                from mss.relay.replicas import serve_replicas
+
+                parts.append(serve_replicas(settings.relay.processes - 1, after=submission))
+                err.print(f"mss relay: {settings.relay.processes} processes share the submission port")
             federation = settings.federation
             if federation.mx_port:
                 parts.append(serve_mx(rt, ready=listening()))

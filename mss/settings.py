@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
 from mss.errors import ConfigError
@@ -161,6 +161,10 @@ class SecuritySettings:
     """``MSS_TOTP_ISSUER``: issuer shown in authenticator apps. Default ``mss``."""
 
 
+# Processes that may share the submission port: a few per core is already more than helps.
+MAX_SMTP_PROCESSES: Final = 32
+
+
 @dataclass(frozen=True)
 class RelaySettings:
     """The SMTP submission server."""
@@ -169,14 +173,19 @@ class RelaySettings:
     """``MSS_SMTP_HOST``: listen address. Default ``127.0.0.1``."""
     port: int
     """``MSS_SMTP_PORT``: submission port (STARTTLS). Default 2587."""
+    processes: int
+    """``MSS_SMTP_PROCESSES``: processes that serve the submission port together (1 to 32;
+    more than one share the port with ``SO_REUSEPORT``, Linux). Default 1."""
     max_message_size: int
     """``MSS_MAX_MESSAGE_SIZE``: bytes, advertised with SIZE. Default 20 MB."""
     max_recipients: int
     """``MSS_MAX_RECIPIENTS``: recipients per message. Default 50."""
     max_sessions: int
-    """``MSS_MAX_SESSIONS``: concurrent SMTP sessions. Default 100."""
+    """``MSS_MAX_SESSIONS``: concurrent SMTP sessions. Default 100. With several processes,
+    each takes its share (``session_share``)."""
     max_sessions_per_client: int
-    """``MSS_MAX_SESSIONS_PER_CLIENT``: concurrent SMTP sessions from one client address. Default 10."""
+    """``MSS_MAX_SESSIONS_PER_CLIENT``: concurrent SMTP sessions from one client address. Default
+    10. With several processes, each takes its share."""
     login_timeout: float
     """``MSS_SMTP_LOGIN_TIMEOUT``: seconds from connection to successful AUTH, not extended by
     any command. Default 30."""
@@ -184,6 +193,12 @@ class RelaySettings:
     """``MSS_SMTP_TIMEOUT``: seconds a client may stay idle. Default 300."""
     dsn_on_success: bool
     """``MSS_DSN_ON_SUCCESS``: send a success DSN even when not asked. Default off."""
+
+    def session_share(self) -> tuple[int, int]:
+        """The sessions one process of the submission port may hold, in all and from one
+        client address: the limits divided among the processes (at least one each), so
+        that together they never hold more than the limits say."""
+        return max(1, self.max_sessions // self.processes), max(1, self.max_sessions_per_client // self.processes)
 
 
 @dataclass(frozen=True)
@@ -441,6 +456,7 @@ class Settings:
         relay = RelaySettings(
             host=get("MSS_SMTP_HOST", "127.0.0.1"),
             port=integer("MSS_SMTP_PORT", 2587),
+            processes=integer("MSS_SMTP_PROCESSES", 1),
             max_message_size=integer("MSS_MAX_MESSAGE_SIZE", 20 * 1000 * 1000),
             max_recipients=integer("MSS_MAX_RECIPIENTS", 50),
             max_sessions=integer("MSS_MAX_SESSIONS", 100),
@@ -449,6 +465,8 @@ class Settings:
             command_timeout=number("MSS_SMTP_TIMEOUT", 300.0),
             dsn_on_success=flag("MSS_DSN_ON_SUCCESS", False),
         )
+        if not 1 <= relay.processes <= MAX_SMTP_PROCESSES:
+            raise ConfigError(f"MSS_SMTP_PROCESSES must be 1 to {MAX_SMTP_PROCESSES}, not {relay.processes}")
         web = WebSettings(
             host=get("MSS_WEB_HOST", "127.0.0.1"),
             port=integer("MSS_WEB_PORT", 8443),

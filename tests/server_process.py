@@ -84,3 +84,30 @@ def start_server(
                 raise RuntimeError(f"{command[0]} did not start: {log.read_text()[-3000:]}")
             time.sleep(0.05)
     return process
+
+
+def tcp_sockets(port: int, state: str) -> set[int]:
+    """The inodes of the IPv4 TCP sockets of local ``port`` in ``state`` (as /proc/net/tcp
+    writes it: ``0A`` listening, ``01`` established)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+            found.add(int(fields[9]))
+    return found
+
+
+def sockets_of(pid: int) -> set[int]:
+    """The inodes of the sockets process ``pid`` holds open (none if it has ended)."""
+    found = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = str(fd.readlink())
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                found.add(int(target[8:-1]))
+    except OSError:
+        pass
+    return found

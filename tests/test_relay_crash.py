@@ -29,6 +29,7 @@ from mss.db import session_scope
 from mss.models import AuditEvent, Delivery, MailboxItem, Message
 
 from relay_support import RECIPIENTS, SENDER, Stack, build_stack, message
+from server_process import children, processes, sockets_of, start_server, tcp_sockets
 
 CLIENTS = 20
 MESSAGES = 500
@@ -200,6 +201,83 @@ def test_sigkill_of_one_of_two_relays_loses_nothing_acknowledged(tmp_path: Path)
         assert all(len(load.acked) + len(load.unacked) == 80 for load in loads)
         check_store(stack, _acked_by_any(loads))
     finally:
+        stack.close()
+
+
+def _listening(pids: list[int], port: int) -> list[int]:
+    """Those of ``pids`` that listen on ``port``."""
+    listening = tcp_sockets(port, "0A")
+    return [pid for pid in pids if sockets_of(pid) & listening]
+
+
+def _submission_processes(server: subprocess.Popen[bytes], port: int, count: int, *, not_: int = 0) -> list[int]:
+    """``server`` and its children that listen on ``port``, once there are ``count`` of them
+    (and ``not_`` is not one)."""
+    found: list[int] = []
+    for _ in range(600):
+        found = _listening([server.pid, *children(server.pid, processes())], port)
+        if len(found) == count and not_ not in found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"listening on {port}: {found}")
+
+
+def test_processes_of_one_submission_port_share_it_and_a_killed_one_is_replaced(tmp_path: Path) -> None:
+    """`mss serve relay` with MSS_SMTP_PROCESSES=2: two processes listen on the one port and
+    each takes connections; one killed under load is started again while the other serves,
+    and nothing acknowledged is lost; SIGTERM stops both."""
+    stack = build_stack(tmp_path)
+    port = free_port()
+    env = {
+        **os.environ,
+        **stack.env,
+        "MSS_SMTP_HOST": "127.0.0.1",
+        "MSS_SMTP_PORT": str(port),
+        "MSS_SMTP_PROCESSES": "2",
+        "MSS_MAX_SESSIONS_PER_CLIENT": "64",
+        "MSS_MX_PORT": "0",
+        "MSS_METRICS_PORT": "0",
+    }
+    server = start_server(
+        [str(Path(sys.executable).with_name("mss")), "serve", "relay"], env, tmp_path / "serve.log", port
+    )
+    try:
+        first = _submission_processes(server, port, 2)
+        (replica,) = [pid for pid in first if pid != server.pid]
+        # The kernel hands each connection to one of them: 24 connections all to one
+        # process would happen once in eight million runs.
+        connections = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(24)]
+        try:
+            assert all(connection.recv(100).startswith(b"220 ") for connection in connections)
+            established = tcp_sockets(port, "01")
+            held = {pid: len(sockets_of(pid) & established) for pid in first}
+            assert sum(held.values()) == 24 and min(held.values()) > 0, held
+        finally:
+            for connection in connections:
+                connection.close()
+
+        load = Load(stack, port, total=120)
+        threads = [threading.Thread(target=load.run, name=f"client-{i}") for i in range(8)]
+        for thread in threads:
+            thread.start()
+        with load.lock:
+            assert load.acked_count.wait_for(lambda: len(load.acked) >= 30, timeout=120)
+        os.kill(replica, signal.SIGKILL)
+        _submission_processes(server, port, 2, not_=replica)
+        for thread in threads:
+            thread.join(timeout=300)
+            assert not thread.is_alive()
+        assert len(load.acked) + len(load.unacked) == 120 and len(load.acked) >= 30
+        check_store(stack, load.acked)
+        assert b"ended with status -9; starting it again" in (tmp_path / "serve.log").read_bytes()
+
+        last = children(server.pid, processes())
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=90) == 0
+        assert not [pid for pid in last if Path(f"/proc/{pid}").exists() and _listening([pid], port)]
+    finally:
+        if server.poll() is None:
+            server.kill()
         stack.close()
 
 

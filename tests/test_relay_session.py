@@ -25,9 +25,11 @@ from sqlalchemy import select, text
 from mss import accounts
 from mss.crypto import keys
 from mss.db import session_scope
+from mss.errors import ConfigError
 from mss.models import AuditEvent, Delivery, Message
 from mss.relay import RelayServer, protocol, replies
 from mss.runtime import MessageThreads, Runtime
+from mss.settings import Settings
 
 from relay_support import (
     FOREIGN,
@@ -49,6 +51,7 @@ from relay_support import (
     queue_id,
     still_serving,
 )
+from server_process import free_port
 
 
 def auth(client: smtplib.SMTP, mechanism: str, response: str) -> tuple[int, bytes]:
@@ -474,6 +477,36 @@ def wait_for_close(sock: socket.socket, keepalive: bytes | None = None, *, patie
                 keepalive = None  # closed under us: read what was said before
             time.sleep(0.1)
     raise AssertionError(f"the server never closed the connection; it said {received[-3:]!r}")
+
+
+def test_processes_of_one_port_each_take_their_share_of_the_session_limits(relay_stack: Stack) -> None:
+    """MSS_SMTP_PROCESSES=2: two listeners share one port (SO_REUSEPORT) and each lets in
+    half of the sessions one address may hold, so that together they let in no more than
+    MSS_MAX_SESSIONS_PER_CLIENT. 40 connections: each listener gets at least 5 of them but
+    once in ten million runs."""
+    per_client = relay_stack.settings.relay.max_sessions_per_client
+    rt = relay_stack.runtime(processes=2)
+    assert rt.settings.relay.session_share() == (relay_stack.settings.relay.max_sessions // 2, per_client // 2)
+    port = free_port()
+    idle: list[socket.socket] = []
+    with RelayServer(rt, port=port), RelayServer(rt, port=port):
+        try:
+            greetings = []
+            for _ in range(40):
+                sock, greeting = greeted(port)
+                idle.append(sock)
+                greetings.append(greeting.decode())
+            assert sum(g.startswith("220 ") for g in greetings) == per_client
+            assert greetings.count(replies.CLIENT_BUSY + "\r\n") == 40 - per_client
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+@pytest.mark.parametrize("value", ["0", "33", "two"])
+def test_a_number_of_submission_processes_out_of_bounds_is_refused(relay_stack: Stack, value: str) -> None:
+    with pytest.raises(ConfigError, match="MSS_SMTP_PROCESSES must be"):
+        Settings.from_env({**relay_stack.env, "MSS_SMTP_PROCESSES": value})
 
 
 def test_one_address_cannot_take_every_session(relay_stack: Stack) -> None:

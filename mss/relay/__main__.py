@@ -1,7 +1,8 @@
 """``python -m mss.relay``: run one relay process with the settings from the environment.
 
-The same as ``mss serve relay``: logs to stderr, stops on SIGTERM or SIGINT after letting
-sessions that are storing a message reply.
+The submission door of ``mss serve relay``: logs to stderr, stops on SIGTERM or SIGINT after
+letting sessions that are storing a message reply. ``mss serve`` also starts it for the
+submission port's other processes (``mss.relay.replicas``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import logging
 import sys
 
+from mss import logs
 from mss.errors import MssError
+from mss.relay.replicas import follow_parent
 from mss.relay.server import run_relay
 from mss.runtime import open_runtime
 from mss.settings import Settings
@@ -17,13 +20,19 @@ from mss.settings import Settings
 
 def main() -> int:
     """Run the relay until stopped; return the process exit status."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    follow_parent()
+    try:
+        settings = Settings.from_env()
+    except MssError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    logs.configure(settings.operator.log_format)
     # aiosmtpd logs every command line at INFO, Alembic each migration step; our session
     # lines say what matters.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
-        rt = open_runtime(Settings.from_env())
+        rt = open_runtime(settings)
     except MssError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1

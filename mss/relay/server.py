@@ -100,11 +100,14 @@ class Listener:
 
     @classmethod
     async def bind(
-        cls, factory: Callable[[], RelaySMTP], registry: SessionRegistry, *, host: str, port: int
+        cls, factory: Callable[[], RelaySMTP], registry: SessionRegistry, *, host: str, port: int, shared: bool = False
     ) -> Listener:
-        """Listen on ``host:port`` with sessions from ``factory``. Raises OSError."""
+        """Listen on ``host:port`` with sessions from ``factory``; ``shared``: with
+        SO_REUSEPORT, beside the other processes of the port (only those of the same user
+        can join). Raises OSError."""
         loop = asyncio.get_running_loop()
-        return cls(await loop.create_server(factory, host=host, port=port, reuse_address=True), registry)
+        server = await loop.create_server(factory, host=host, port=port, reuse_address=True, reuse_port=shared)
+        return cls(server, registry)
 
     async def aclose(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Stop accepting, then drain the sessions (see ``SessionRegistry.drain``)."""
@@ -114,25 +117,24 @@ class Listener:
 
 
 async def start_listener(rt: Runtime, *, host: str, port: int) -> Listener:
-    """Bind the relay on ``host:port`` and start accepting sessions.
+    """Bind the relay on ``host:port`` and start accepting sessions. With
+    ``MSS_SMTP_PROCESSES`` above one, the port is shared with the other processes
+    (``mss.relay.replicas``) and this one holds its share of the session limits.
 
     Raises ConfigError (TLS material) and OSError (the address cannot be bound).
     """
-    registry = SessionRegistry(
-        rt.settings.relay.max_sessions,
-        rt.settings.relay.max_sessions_per_client,
-        messages_per_client=messages_per_client(rt),
-    )
+    sessions, per_client = rt.settings.relay.session_share()
+    registry = SessionRegistry(sessions, per_client, messages_per_client=messages_per_client(rt))
     loop = asyncio.get_running_loop()
     # Every session may have one blocking call in flight (argon2id, a directory lookup, the
     # pipeline waiting on a document check). asyncio's default pool has cpu_count + 4 threads:
     # a few sessions waiting on large documents would hold up everybody else's AUTH and RCPT.
-    loop.set_default_executor(
-        ThreadPoolExecutor(max_workers=rt.settings.relay.max_sessions + 4, thread_name_prefix="mss-relay")
-    )
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=sessions + 4, thread_name_prefix="mss-relay"))
     # The document checks' worker processes, ready before the first message needs them.
     await asyncio.to_thread(workers.start)
-    listener = await Listener.bind(smtp_factory(rt, registry), registry, host=host, port=port)
+    listener = await Listener.bind(
+        smtp_factory(rt, registry), registry, host=host, port=port, shared=rt.settings.relay.processes > 1
+    )
     log.info("relay listening on %s:%d", *listener.address)
     return listener
 
