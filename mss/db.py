@@ -8,7 +8,9 @@ migrated one are the same.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -73,6 +75,58 @@ def _private_database_file(path: Path) -> None:
         for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             if name.exists() and name.stat().st_mode & 0o077:
                 name.chmod(0o600)
+
+
+class WriteTurns:
+    """Turns at SQLite's one write lock for the transactions that store a message.
+
+    SQLite has one write lock, and a transaction that finds it taken sleeps in steps of up
+    to 100 ms (its busy handler) rather than queue: with a dozen sessions storing at once,
+    the lock then sits idle while they sleep. So they queue here instead: this process's
+    threads on a thread lock, and processes (several on the submission port, the CLI) on
+    an ``flock`` of a file beside the database (``<name>-writes``): the kernel wakes the
+    next one as soon as the lock is let go, and lets go of a process's lock when it ends,
+    however it ends. Other writes (login failures, housekeeping) still meet the busy
+    handler. ``database`` None (a database in memory): the thread lock alone.
+    """
+
+    def __init__(self, database: Path | None) -> None:
+        self._threads = threading.Lock()
+        self._path = database.with_name(database.name + "-writes") if database is not None else None
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        try:
+            if self._path is not None:
+                if self._fd is None:
+                    self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            self._threads.release()
+            raise StorageError(f"cannot take the write turn on {self._path}: {exc.strerror}") from exc
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+    def close(self) -> None:
+        with self._threads:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def sqlite_file(engine: Engine) -> Path | None:
+    """The file of a SQLite database (None in memory)."""
+    database = engine.url.database
+    return Path(database) if database and database != ":memory:" else None
 
 
 def is_sqlite(url: str) -> bool:

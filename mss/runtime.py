@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 
 from mss import audit, memory, metrics
 from mss.crypto.master import MasterKey
-from mss.db import make_engine, make_private_dir, migrate
+from mss.db import WriteTurns, make_engine, make_private_dir, migrate, sqlite_file
 from mss.settings import Settings
 
 
@@ -134,10 +134,10 @@ class Runtime:
     master_key: MasterKey
     certificates: ParsedCertificates = field(default_factory=ParsedCertificates, compare=False, repr=False)
     messages: MessageThreads = field(default_factory=MessageThreads, compare=False, repr=False)
-    # A threading.Lock (typed by what it offers: threading.Lock is a function, which the web
-    # framework's inspection of the runtime's fields does not take).
+    # WriteTurns on SQLite (set by __post_init__), typed by what it offers for the web
+    # framework's inspection of the runtime's fields.
     _message_writes: contextlib.AbstractContextManager[object] = field(
-        default_factory=threading.Lock, compare=False, repr=False
+        default_factory=contextlib.nullcontext, compare=False, repr=False
     )
 
     def __post_init__(self) -> None:
@@ -145,19 +145,18 @@ class Runtime:
         # anchor, which needs the master key (see mss.audit).
         audit.bind_master_key(self.engine, self.master_key)
         metrics.set_enabled(self.settings.operator.metrics_enabled)
+        if self.engine.dialect.name == "sqlite":
+            object.__setattr__(self, "_message_writes", WriteTurns(sqlite_file(self.engine)))
 
     def message_writes(self) -> contextlib.AbstractContextManager[object]:
-        """Held around the transaction that stores a message, on SQLite only.
-
-        SQLite has one write lock, and a transaction that finds it taken sleeps in steps of
-        up to 100 ms (the busy handler) rather than queue: with a dozen sessions storing at
-        once, the lock then sits idle while they sleep. This process's stores queue here
-        instead, in turn; other processes still meet the busy handler.
-        """
-        return self._message_writes if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        """Held around the transaction that stores a message: on SQLite, a turn at its one
+        write lock, in this process and among processes (``mss.db.WriteTurns``)."""
+        return self._message_writes
 
     def close(self) -> None:
         self.messages.close()
+        if isinstance(self._message_writes, WriteTurns):
+            self._message_writes.close()
         self.engine.dispose()
 
 

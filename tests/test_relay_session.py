@@ -25,11 +25,9 @@ from sqlalchemy import select, text
 from mss import accounts
 from mss.crypto import keys
 from mss.db import session_scope
-from mss.errors import ConfigError
 from mss.models import AuditEvent, Delivery, Message
 from mss.relay import RelayServer, protocol, replies
 from mss.runtime import MessageThreads, Runtime
-from mss.settings import Settings
 
 from relay_support import (
     FOREIGN,
@@ -501,12 +499,6 @@ def test_processes_of_one_port_each_take_their_share_of_the_session_limits(relay
         finally:
             for sock in idle:
                 sock.close()
-
-
-@pytest.mark.parametrize("value", ["0", "33", "two"])
-def test_a_number_of_submission_processes_out_of_bounds_is_refused(relay_stack: Stack, value: str) -> None:
-    with pytest.raises(ConfigError, match="MSS_SMTP_PROCESSES must be"):
-        Settings.from_env({**relay_stack.env, "MSS_SMTP_PROCESSES": value})
 
 
 def test_one_address_cannot_take_every_session(relay_stack: Stack) -> None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -12,9 +18,11 @@ from sqlmodel import SQLModel
 
 import mss.models  # noqa: F401  (registers every table on SQLModel.metadata)
 from mss.crypto.master import MasterKey
-from mss.db import alembic_config, make_engine, migrate
+from mss.db import alembic_config, make_engine, migrate, sqlite_file
 from mss.errors import ConfigError, CryptoError
 from mss.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # SQLAlchemy does not reflect an index on an expression (the directory's index in name
 # order): _schema reads those from the database's catalogue instead.
@@ -38,6 +46,8 @@ def test_defaults_and_overrides(tmp_path):
         ("MSS_DSN_ON_SUCCESS", "maybe", "true or false"),
         ("MSS_USER_KEY_BITS", "1024", "at least 2048"),
         ("MSS_OPERATOR_KEY", "ed25519", "ec-p256 or rsa"),
+        ("MSS_SMTP_PROCESSES", "0", "MSS_SMTP_PROCESSES must be 1 to 32"),
+        ("MSS_SMTP_PROCESSES", "33", "MSS_SMTP_PROCESSES must be 1 to 32"),
     ],
 )
 def test_bad_settings_are_named(tmp_path, name, value, words):
@@ -56,6 +66,46 @@ def test_migrated_schema_matches_the_models(engine):
     assert relevant == []
     tables = set(inspect(engine).get_table_names())
     assert {"directory_entry", "certificate", "account", "audit_event", "message", "mailbox_item", "receipt"} <= tables
+
+
+_HOLD_THE_TURN = """
+import sys, time
+from pathlib import Path
+from mss.db import WriteTurns
+WriteTurns(Path(sys.argv[1])).__enter__()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.sqlite_only
+def test_stores_of_messages_take_turns_across_processes(rt):
+    """Processes on one SQLite database queue for its write lock in the kernel (an flock
+    beside the database), not in SQLite's busy handler: while another process holds the
+    turn, ours waits; once that process dies, however it dies, ours goes."""
+    database = sqlite_file(rt.engine)
+    assert database is not None
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_THE_TURN, str(database)], stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        taken = threading.Event()
+
+        def store() -> None:
+            with rt.message_writes():
+                taken.set()
+
+        waiter = threading.Thread(target=store)
+        waiter.start()
+        assert not taken.wait(1.0)  # the other process holds the turn
+        holder.kill()
+        assert taken.wait(30)
+        waiter.join()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert stat.S_IMODE((database.parent / (database.name + "-writes")).stat().st_mode) == 0o600
 
 
 @pytest.mark.sqlite_only
