@@ -111,9 +111,24 @@ class WorkerPool:
         future.add_done_callback(lambda _done: call.clear())
         return future
 
-    def start(self) -> None:
+    @property
+    def workers(self) -> int:
+        """The workers the pool runs, or will run once started."""
+        return self._workers
+
+    def start(self, workers: int | None = None) -> None:
         """Start the fork server and the workers now rather than at the first task (a
-        server's start-up; blocking): one trivial task goes through."""
+        server's start-up; blocking): one trivial task goes through. ``workers``: run that
+        many from now on (a pool already running with another number is replaced)."""
+        replaced = None
+        if workers is not None:
+            with self._lock:
+                if workers != self._workers:
+                    self._workers = workers
+                    replaced, self._pool = self._pool, None
+        if replaced is not None:
+            replaced.stop()
+            replaced.join()
         self.running().schedule(os.getpid).result()
 
     def stop(self) -> None:

@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 from mss import accounts, audit
 from mss.crypto import keys, smime
 from mss.db import session_scope
+from mss.documents import workers as document_workers
 from mss.models import AuditEvent, Delivery, MailboxItem, Message
 
 from relay_support import RECIPIENTS, SENDER, Stack, build_stack, message
@@ -244,6 +245,13 @@ def test_processes_of_one_submission_port_share_it_and_a_killed_one_is_replaced(
     try:
         first = _submission_processes(server, port, 2)
         (replica,) = [pid for pid in first if pid != server.pid]
+        # Each has its own document workers (started before it listens): its share of them.
+        running = processes()
+        for pid in first:
+            fork_servers = [
+                p for p in children(pid, running) if b"forkserver" in (running[p][1] / "cmdline").read_bytes()
+            ]
+            assert [len(children(f, running)) for f in fork_servers] == [max(2, document_workers.WORKERS // 2)], pid
         # The kernel hands each connection to one of them: 24 connections all to one
         # process would happen once in eight million runs.
         connections = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(24)]

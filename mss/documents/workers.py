@@ -39,19 +39,32 @@ log = logging.getLogger("mss.documents")
 
 T = TypeVar("T")
 
-# Twice the cores: a check waiting on a slow hostile document leaves others free to run.
+# Twice the cores, for a process alone on the machine: a check waiting on a slow hostile
+# document leaves others free to run.
 WORKERS: Final = min(8, max(2, 2 * (os.cpu_count() or 1)))
-# Checks one account may have running at once: an account that sends costly documents from
-# many sessions waits for its own turn and leaves workers to everybody else.
-ACCOUNT_SHARE: Final = max(1, WORKERS // 2)
 
 _lock = threading.Lock()
-_shares: collections.defaultdict[str, threading.BoundedSemaphore] = collections.defaultdict(
-    lambda: threading.BoundedSemaphore(ACCOUNT_SHARE)
-)
 _workers = WorkerPool("mss.documents", WORKERS)
-start = _workers.start
 stop = _workers.stop
+
+
+def account_share() -> int:
+    """Checks one account may have running at once, half of the workers: an account that
+    sends costly documents from many sessions waits for its own turn and leaves workers to
+    everybody else."""
+    return max(1, _workers.workers // 2)
+
+
+_shares: collections.defaultdict[str, threading.BoundedSemaphore] = collections.defaultdict(
+    lambda: threading.BoundedSemaphore(account_share())
+)
+
+
+def start(processes: int = 1) -> None:
+    """Start the workers now (a server's start-up; blocking): WORKERS, or, when
+    ``processes`` processes of the service each have a pool (``MSS_SMTP_PROCESSES``),
+    this one's share of them, at least two."""
+    _workers.start(max(2, WORKERS // processes))
 
 
 def _in_worker(
@@ -63,7 +76,7 @@ def _in_worker(
     owner: str | None = None,
 ) -> T:
     """``check(*args, **kwargs)`` in a worker process, within ``owner``'s share of the
-    workers (see ACCOUNT_SHARE); its DocumentError is raised here."""
+    workers (``account_share``); its DocumentError is raised here."""
     with _lock:
         share = _shares[owner] if owner else None
     if share is None:

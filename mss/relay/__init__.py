@@ -7,6 +7,7 @@
 - ``protocol``: the aiosmtpd SMTP session with our limits (size, lines, headers, timeout);
 - ``handler``: the calls into ``mss.pipeline`` and the reply for each verdict;
 - ``server``: ``serve_relay`` for a relay process, ``RelayServer`` for tests;
+- ``replicas``: the other processes of the submission port (``MSS_SMTP_PROCESSES``);
 - ``mx``: the MX door for other operators (mutual TLS, no AUTH), over ``mss.inbound``.
 """
 

@@ -130,8 +130,9 @@ async def start_listener(rt: Runtime, *, host: str, port: int) -> Listener:
     # pipeline waiting on a document check). asyncio's default pool has cpu_count + 4 threads:
     # a few sessions waiting on large documents would hold up everybody else's AUTH and RCPT.
     loop.set_default_executor(ThreadPoolExecutor(max_workers=sessions + 4, thread_name_prefix="mss-relay"))
-    # The document checks' worker processes, ready before the first message needs them.
-    await asyncio.to_thread(workers.start)
+    # The document checks' worker processes, ready before the first message needs them (with
+    # several processes on the port, this one's share of them).
+    await asyncio.to_thread(workers.start, rt.settings.relay.processes)
     listener = await Listener.bind(
         smtp_factory(rt, registry), registry, host=host, port=port, shared=rt.settings.relay.processes > 1
     )

@@ -80,7 +80,7 @@ async def serve_web(rt: Runtime, *, sock: socket.socket | None = None, started: 
     config = uvicorn_config(rt)
     config.load()
     # The document checks' worker processes, ready before the first page needs them.
-    await asyncio.to_thread(workers.start)
+    await asyncio.to_thread(workers.start, rt.settings.relay.processes)
     if config.ssl is not None:
         config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
     scheme = "http" if rt.settings.web.behind_tls_proxy else "https"
