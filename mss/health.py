@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from mss import accounts
+from mss import accounts, metrics
 from mss.crypto import pki
 from mss.crypto.pki import PkiPaths
 from mss.db import session_scope, utcnow
@@ -106,7 +106,8 @@ def readiness(settings: Settings, engine: Engine) -> list[Check]:
 
 def startup_warnings(rt: Runtime) -> list[str]:
     """What an operator must hear about when the service starts (no secret in any line):
-    the recovery private key still on this machine, certificates about to end."""
+    the recovery private key still on this machine, metrics that would miss processes,
+    certificates about to end."""
     found: list[str] = []
     paths = PkiPaths.from_settings(rt.settings)
     for place in dict.fromkeys((rt.settings.storage.data_dir / "recovery.key", paths.recovery_private_key)):
@@ -120,6 +121,12 @@ def startup_warnings(rt: Runtime) -> list[str]:
                 f"the recovery private key {place} is {where}: move it offline (see README, Keys),"
                 " it opens every account's key"
             )
+    processes = rt.settings.relay.processes
+    if processes > 1 and rt.settings.operator.metrics_enabled and not metrics.counts_every_process():
+        found.append(
+            f"MSS_SMTP_PROCESSES is {processes} but PROMETHEUS_MULTIPROC_DIR is not set: the metrics count"
+            " only the first process's messages (see README, Metrics)"
+        )
     with session_scope(rt.engine, readonly=True) as session:
         expiring = accounts.expiring_certificates(session, rt.settings)
     if expiring:

@@ -181,11 +181,23 @@ class _Process(Collector):
         yield from REGISTRY.collect()
 
 
+def counts_every_process() -> bool:
+    """Whether this process counts in the shared folder of multiprocess mode."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def process_ended(pid: int) -> None:
+    """Process ``pid``, one of this service's, has ended: in multiprocess mode its live
+    gauges (open sessions) no longer count; its counters still do."""
+    if counts_every_process():
+        multiprocess.mark_process_dead(pid)
+
+
 def exposition_registry(engine: Engine) -> CollectorRegistry:
     """The registry a scrape reads: every process's values (multiprocess mode) or this
     process's, and the database gauges."""
     registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if counts_every_process():
         multiprocess.MultiProcessCollector(registry)
     else:
         registry.register(_Process())

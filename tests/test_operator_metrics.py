@@ -7,6 +7,7 @@ import pytest
 
 from mss import metrics
 from mss.errors import ConfigError
+from mss.health import startup_warnings
 from mss.runtime import Runtime
 from mss.settings import Settings
 
@@ -28,3 +29,23 @@ def test_metrics_off_counts_nothing(rt, env, doctor, gp):
     assert counter._value.get() == before + 1
     with pytest.raises(ConfigError, match="MSS_METRICS must be true or false"):
         Settings.from_env({**env, "MSS_METRICS": "sometimes"})
+
+
+def test_several_submission_processes_without_a_shared_metrics_folder_are_warned_of(rt, env, monkeypatch):
+    """With MSS_SMTP_PROCESSES above one, only the first process serves /metrics: without
+    multiprocess mode it would count only its own messages, and the operator hears so."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+
+    def warned(more: dict[str, str]) -> bool:
+        settings = Settings.from_env({**env, **more})
+        other = Runtime(settings=settings, engine=rt.engine, master_key=rt.master_key)
+        return any("PROMETHEUS_MULTIPROC_DIR" in warning for warning in startup_warnings(other))
+
+    assert not warned({})
+    assert warned({"MSS_SMTP_PROCESSES": "2"})
+    try:
+        assert not warned({"MSS_SMTP_PROCESSES": "2", "MSS_METRICS": "false"})
+    finally:
+        metrics.set_enabled(True)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent-not-read-here")
+    assert not warned({"MSS_SMTP_PROCESSES": "2"})

@@ -238,7 +238,9 @@ def test_processes_of_one_submission_port_share_it_and_a_killed_one_is_replaced(
         "MSS_MAX_SESSIONS_PER_CLIENT": "64",
         "MSS_MX_PORT": "0",
         "MSS_METRICS_PORT": "0",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
     }
+    (tmp_path / "metrics").mkdir()
     server = start_server(
         [str(Path(sys.executable).with_name("mss")), "serve", "relay"], env, tmp_path / "serve.log", port
     )
@@ -270,8 +272,12 @@ def test_processes_of_one_submission_port_share_it_and_a_killed_one_is_replaced(
             thread.start()
         with load.lock:
             assert load.acked_count.wait_for(lambda: len(load.acked) >= 30, timeout=120)
+        # Its open sessions counted in the metrics every process shares, until it died.
+        live = tmp_path / "metrics" / f"gauge_livesum_{replica}.db"
+        assert live.exists()
         os.kill(replica, signal.SIGKILL)
         _submission_processes(server, port, 2, not_=replica)
+        assert not live.exists()
         for thread in threads:
             thread.join(timeout=300)
             assert not thread.is_alive()

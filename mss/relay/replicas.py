@@ -27,6 +27,7 @@ import sys
 import time
 from typing import Final
 
+from mss import metrics
 from mss.relay.server import SHUTDOWN_GRACE
 
 log = logging.getLogger("mss.relay")
@@ -74,6 +75,7 @@ class _Replica:
             )
             log.info("submission process %d started (pid %d)", self.number, self.process.pid)
             status = await self.process.wait()
+            metrics.process_ended(self.process.pid)
             pause = FIRST_PAUSE if time.monotonic() - started >= STEADY else min(pause * 2, LONGEST_PAUSE)
             log.warning(
                 "submission process %d (pid %d) ended with status %d; starting it again in %.0f s",
