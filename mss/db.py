@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -77,6 +78,10 @@ def _private_database_file(path: Path) -> None:
                 name.chmod(0o600)
 
 
+# The longest a store of a message waits for its turn: SQLite's own busy timeout.
+TURN_TIMEOUT = 30.0
+
+
 class WriteTurns:
     """Turns at SQLite's one write lock for the transactions that store a message.
 
@@ -84,9 +89,11 @@ class WriteTurns:
     to 100 ms (its busy handler) rather than queue: with a dozen sessions storing at once,
     the lock then sits idle while they sleep. So they queue here instead: this process's
     threads on a thread lock, and processes (several on the submission port, the CLI) on
-    an ``flock`` of a file beside the database (``<name>-writes``): the kernel wakes the
-    next one as soon as the lock is let go, and lets go of a process's lock when it ends,
-    however it ends. Other writes (login failures, housekeeping) still meet the busy
+    an ``flock`` of a file beside the database (``<name>-writes``), looked at again every
+    2 ms at most while another process holds it, and let go of by the kernel when its
+    holder ends, however it ends. A turn not had within TURN_TIMEOUT (a holder stopped,
+    not ended) is a StorageError: the message is refused for now (``451``), not kept
+    waiting for ever. Other writes (login failures, housekeeping) still meet the busy
     handler. ``database`` None (a database in memory): the thread lock alone.
     """
 
@@ -96,18 +103,35 @@ class WriteTurns:
         self._fd: int | None = None
 
     def __enter__(self) -> None:
-        self._threads.acquire()
+        deadline = time.monotonic() + TURN_TIMEOUT
+        if not self._threads.acquire(timeout=TURN_TIMEOUT):
+            raise StorageError(f"no turn to write to the database within {TURN_TIMEOUT:g} s")
         try:
             if self._path is not None:
                 if self._fd is None:
                     self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                self._take(self._fd, deadline)
         except OSError as exc:
             self._threads.release()
             raise StorageError(f"cannot take the write turn on {self._path}: {exc.strerror}") from exc
         except BaseException:
             self._threads.release()
             raise
+
+    @staticmethod
+    def _take(fd: int, deadline: float) -> None:
+        pause = 0.0002
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StorageError(
+                        f"another process has held the database's write turn for {TURN_TIMEOUT:g} s"
+                    ) from None
+            time.sleep(pause)
+            pause = min(2 * pause, 0.002)
 
     def __exit__(self, *_exc: object) -> None:
         try:

@@ -11,6 +11,7 @@ import binascii
 import ipaddress
 import os
 import socket
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -196,9 +197,11 @@ class RelaySettings:
 
     def session_share(self) -> tuple[int, int]:
         """The sessions one process of the submission port may hold, in all and from one
-        client address: the limits divided among the processes (at least one each), so
-        that together they never hold more than the limits say."""
-        return max(1, self.max_sessions // self.processes), max(1, self.max_sessions_per_client // self.processes)
+        client address: the limits divided among the processes, so that together they
+        never hold more than the limits say (``from_env`` refuses limits below the number
+        of processes). The kernel spreads connections by a hash of their addresses, so one
+        client may meet its share in one process before its limit in all."""
+        return self.max_sessions // self.processes, self.max_sessions_per_client // self.processes
 
 
 @dataclass(frozen=True)
@@ -467,6 +470,18 @@ class Settings:
         )
         if not 1 <= relay.processes <= MAX_SMTP_PROCESSES:
             raise ConfigError(f"MSS_SMTP_PROCESSES must be 1 to {MAX_SMTP_PROCESSES}, not {relay.processes}")
+        if relay.processes > 1:
+            if not sys.platform.startswith("linux"):
+                raise ConfigError("MSS_SMTP_PROCESSES above 1 needs Linux (SO_REUSEPORT, PR_SET_PDEATHSIG)")
+            for name, limit in (
+                ("MSS_MAX_SESSIONS", relay.max_sessions),
+                ("MSS_MAX_SESSIONS_PER_CLIENT", relay.max_sessions_per_client),
+            ):
+                if limit < relay.processes:
+                    raise ConfigError(
+                        f"{name} ({limit}) must be at least MSS_SMTP_PROCESSES ({relay.processes}):"
+                        " each process takes an equal share of it"
+                    )
         web = WebSettings(
             host=get("MSS_WEB_HOST", "127.0.0.1"),
             port=integer("MSS_WEB_PORT", 8443),

@@ -283,7 +283,8 @@ def test_processes_of_one_submission_port_share_it_and_a_killed_one_is_replaced(
             assert not thread.is_alive()
         assert len(load.acked) + len(load.unacked) == 120 and len(load.acked) >= 30
         check_store(stack, load.acked)
-        assert b"ended with status -9; starting it again" in (tmp_path / "serve.log").read_bytes()
+        said = (tmp_path / "serve.log").read_bytes()
+        assert f"(pid {replica}) ended with status -9".encode() in said and b"starting it again" in said
 
         last = children(server.pid, processes())
         server.send_signal(signal.SIGTERM)

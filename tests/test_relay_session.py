@@ -10,6 +10,7 @@ import asyncio
 import base64
 import dataclasses
 import json
+import os
 import smtplib
 import socket
 import ssl
@@ -27,6 +28,7 @@ from mss.crypto import keys
 from mss.db import session_scope
 from mss.models import AuditEvent, Delivery, Message
 from mss.relay import RelayServer, protocol, replies
+from mss.relay.server import PARENT_VARIABLE
 from mss.runtime import MessageThreads, Runtime
 
 from relay_support import (
@@ -477,7 +479,7 @@ def wait_for_close(sock: socket.socket, keepalive: bytes | None = None, *, patie
     raise AssertionError(f"the server never closed the connection; it said {received[-3:]!r}")
 
 
-def test_processes_of_one_port_each_take_their_share_of_the_session_limits(relay_stack: Stack) -> None:
+def test_processes_of_one_port_each_take_their_share_of_the_session_limits(relay_stack: Stack, monkeypatch) -> None:
     """MSS_SMTP_PROCESSES=2: two listeners share one port (SO_REUSEPORT) and each lets in
     half of the sessions one address may hold, so that together they let in no more than
     MSS_MAX_SESSIONS_PER_CLIENT. 40 connections: each listener gets at least 5 of them but
@@ -486,19 +488,29 @@ def test_processes_of_one_port_each_take_their_share_of_the_session_limits(relay
     rt = relay_stack.runtime(processes=2)
     assert rt.settings.relay.session_share() == (relay_stack.settings.relay.max_sessions // 2, per_client // 2)
     port = free_port()
+    with RelayServer(rt, port=port):
+        # The first looked that nothing listened there; one more of the service's own
+        # processes joins (a second service would be refused: below).
+        with pytest.raises(OSError, match="in use"), RelayServer(rt, port=port):
+            pass
+        monkeypatch.setenv(PARENT_VARIABLE, str(os.getpid()))
+        with RelayServer(rt, port=port):
+            _two_listeners_share(port, per_client)
+
+
+def _two_listeners_share(port: int, per_client: int) -> None:
     idle: list[socket.socket] = []
-    with RelayServer(rt, port=port), RelayServer(rt, port=port):
-        try:
-            greetings = []
-            for _ in range(40):
-                sock, greeting = greeted(port)
-                idle.append(sock)
-                greetings.append(greeting.decode())
-            assert sum(g.startswith("220 ") for g in greetings) == per_client
-            assert greetings.count(replies.CLIENT_BUSY + "\r\n") == 40 - per_client
-        finally:
-            for sock in idle:
-                sock.close()
+    try:
+        greetings = []
+        for _ in range(40):
+            sock, greeting = greeted(port)
+            idle.append(sock)
+            greetings.append(greeting.decode())
+        assert sum(g.startswith("220 ") for g in greetings) == per_client
+        assert greetings.count(replies.CLIENT_BUSY + "\r\n") == 40 - per_client
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 def test_one_address_cannot_take_every_session(relay_stack: Stack) -> None:

@@ -17,9 +17,10 @@ from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
 import mss.models  # noqa: F401  (registers every table on SQLModel.metadata)
+from mss import db
 from mss.crypto.master import MasterKey
 from mss.db import alembic_config, make_engine, migrate, sqlite_file
-from mss.errors import ConfigError, CryptoError
+from mss.errors import ConfigError, CryptoError, StorageError
 from mss.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +49,7 @@ def test_defaults_and_overrides(tmp_path):
         ("MSS_OPERATOR_KEY", "ed25519", "ec-p256 or rsa"),
         ("MSS_SMTP_PROCESSES", "0", "MSS_SMTP_PROCESSES must be 1 to 32"),
         ("MSS_SMTP_PROCESSES", "33", "MSS_SMTP_PROCESSES must be 1 to 32"),
+        ("MSS_SMTP_PROCESSES", "11", "MSS_MAX_SESSIONS_PER_CLIENT (10) must be at least MSS_SMTP_PROCESSES (11)"),
     ],
 )
 def test_bad_settings_are_named(tmp_path, name, value, words):
@@ -79,7 +81,7 @@ time.sleep(600)
 
 
 @pytest.mark.sqlite_only
-def test_stores_of_messages_take_turns_across_processes(rt):
+def test_stores_of_messages_take_turns_across_processes(rt, monkeypatch):
     """Processes on one SQLite database queue for its write lock in the kernel (an flock
     beside the database), not in SQLite's busy handler: while another process holds the
     turn, ours waits; once that process dies, however it dies, ours goes."""
@@ -96,6 +98,11 @@ def test_stores_of_messages_take_turns_across_processes(rt):
             with rt.message_writes():
                 taken.set()
 
+        # Not had within the timeout (a holder stopped, not ended): refused for now.
+        monkeypatch.setattr(db, "TURN_TIMEOUT", 0.5)
+        with pytest.raises(StorageError, match="held the database's write turn"), rt.message_writes():
+            pass
+        monkeypatch.undo()
         waiter = threading.Thread(target=store)
         waiter.start()
         assert not taken.wait(1.0)  # the other process holds the turn

@@ -9,10 +9,13 @@ chain, the messages and their receipts); what each keeps for itself is its share
 session limits (``RelaySettings.session_share``), its message threads and its document
 workers. The MX door, the outbound deliveries and housekeeping stay in the first process.
 
-This process watches the others: one that ends without being asked is started again after
-a pause (longer each time it ends soon after its start); at shutdown each is asked to
-stop (SIGTERM: it drains as this one does) and killed if it has not within ``STOP_GRACE``.
-Each also stops when this process dies, however it dies (``PARENT_VARIABLE``).
+This process watches the others: one that ends without being asked, or could not be
+started, is started again after a pause (longer each time it ends soon after its start);
+at shutdown each is asked to stop, once (SIGTERM: it drains as this one does), and killed
+if it has not within ``STOP_GRACE``. Each runs in a session of its own (a Ctrl-C reaches
+this process only) and stops when this process dies, however it dies (``follow_parent``).
+Only they join the port with SO_REUSEPORT without looking: this process first makes sure
+nothing else listens there (``mss.relay.server.start_listener``).
 """
 
 from __future__ import annotations
@@ -22,18 +25,17 @@ import contextlib
 import ctypes
 import logging
 import os
+import random
 import signal
 import sys
 import time
 from typing import Final
 
 from mss import metrics
-from mss.relay.server import SHUTDOWN_GRACE
+from mss.relay.server import PARENT_VARIABLE, SHUTDOWN_GRACE
 
 log = logging.getLogger("mss.relay")
 
-# Set in a replica's environment: the process id of the one that started it.
-PARENT_VARIABLE: Final = "MSS_SMTP_PARENT_PID"
 # Seconds a replica has, once asked to stop, to drain before it is killed.
 STOP_GRACE: Final = SHUTDOWN_GRACE + 10.0
 # Pauses before a replica that ended is started again: doubled while it keeps ending
@@ -52,7 +54,8 @@ def follow_parent() -> None:
     if not parent:
         return
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+    zero = ctypes.c_ulong(0)
+    if libc.prctl(ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGTERM), zero, zero, zero) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != int(parent):
         sys.exit("the process that started this one has ended")
@@ -66,25 +69,33 @@ class _Replica:
         self.process: asyncio.subprocess.Process | None = None
 
     async def keep_running(self) -> None:
-        pause = FIRST_PAUSE
         environment = {**os.environ, PARENT_VARIABLE: str(os.getpid())}
+        pause = FIRST_PAUSE
         while True:
             started = time.monotonic()
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mss.relay", env=environment, stdin=asyncio.subprocess.DEVNULL
-            )
-            log.info("submission process %d started (pid %d)", self.number, self.process.pid)
-            status = await self.process.wait()
-            metrics.process_ended(self.process.pid)
-            pause = FIRST_PAUSE if time.monotonic() - started >= STEADY else min(pause * 2, LONGEST_PAUSE)
-            log.warning(
-                "submission process %d (pid %d) ended with status %d; starting it again in %.0f s",
-                self.number,
-                self.process.pid,
-                status,
-                pause,
-            )
-            await asyncio.sleep(pause)
+            try:
+                await self._run_once(environment)
+            except Exception as exc:  # a fork refused (EAGAIN, ENOMEM, EMFILE): try again later
+                log.error("submission process %d could not be started: %s", self.number, exc)
+            # A replica that ran steadily is started again at once (after the first pause);
+            # one that keeps ending soon after its start waits longer each time, with a
+            # little jitter so that many do not start in step.
+            pause = FIRST_PAUSE if time.monotonic() - started >= STEADY else pause
+            wait = pause * random.uniform(1.0, 1.25)
+            log.warning("submission process %d: starting it again in %.1f s", self.number, wait)
+            await asyncio.sleep(wait)
+            pause = min(pause * 2, LONGEST_PAUSE)
+
+    async def _run_once(self, environment: dict[str, str]) -> None:
+        # Its own session: a Ctrl-C in the terminal reaches this process alone, which then
+        # asks each replica to stop once (a second signal would cut its drain short).
+        self.process = process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mss.relay", env=environment, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+        )
+        log.info("submission process %d started (pid %d)", self.number, process.pid)
+        status = await process.wait()
+        metrics.process_ended(process.pid)
+        log.warning("submission process %d (pid %d) ended with status %d", self.number, process.pid, status)
 
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL after ``STOP_GRACE`` seconds; returns once it has ended."""
@@ -100,6 +111,7 @@ class _Replica:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
+        metrics.process_ended(process.pid)
 
 
 async def serve_replicas(count: int, *, after: asyncio.Event | None = None) -> None:

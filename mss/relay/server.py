@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,9 @@ log = logging.getLogger("mss.relay")
 
 # How long a stopping relay lets sessions that are storing a message finish and reply.
 SHUTDOWN_GRACE: Final = 30.0
+# Set in the environment of a process that another started to share its submission port
+# (``mss.relay.replicas``): the process id of the one that started it.
+PARENT_VARIABLE: Final = "MSS_SMTP_PARENT_PID"
 # The greeting names no software or version.
 IDENT: Final = "ESMTP"
 
@@ -133,9 +137,15 @@ async def start_listener(rt: Runtime, *, host: str, port: int) -> Listener:
     # The document checks' worker processes, ready before the first message needs them (with
     # several processes on the port, this one's share of them).
     await asyncio.to_thread(workers.start, rt.settings.relay.processes)
-    listener = await Listener.bind(
-        smtp_factory(rt, registry), registry, host=host, port=port, shared=rt.settings.relay.processes > 1
-    )
+    shared = rt.settings.relay.processes > 1
+    if shared and port and not os.environ.get(PARENT_VARIABLE):
+        # The port is shared with this service's own processes only: first make sure that
+        # nothing listens there yet (a socket without SO_REUSEPORT cannot bind beside one),
+        # so that a second service started by mistake fails instead of taking a part.
+        probe = await loop.create_server(asyncio.Protocol, host=host, port=port, reuse_address=True)
+        probe.close()
+        await probe.wait_closed()
+    listener = await Listener.bind(smtp_factory(rt, registry), registry, host=host, port=port, shared=shared)
     log.info("relay listening on %s:%d", *listener.address)
     return listener
 
@@ -160,7 +170,9 @@ def run_relay(rt: Runtime) -> None:
         assert task is not None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
+            # Once: a second signal (a supervisor that signals every process of the service,
+            # then the one that started this one) would cut short the drain the first began.
+            loop.add_signal_handler(sig, lambda: task.cancelling() or task.cancel())
         listening = asyncio.Event()
         settled = asyncio.ensure_future(settle_once_listening([listening]))
         try:
