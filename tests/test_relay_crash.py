@@ -29,7 +29,7 @@ from mss.db import session_scope
 from mss.documents import workers as document_workers
 from mss.models import AuditEvent, Delivery, MailboxItem, Message
 
-from relay_support import RECIPIENTS, SENDER, Stack, build_stack, message
+from relay_support import RECIPIENTS, SENDER, Stack, build_stack, message, pdf_bytes
 from server_process import children, processes, sockets_of, start_server, tcp_sockets
 
 CLIENTS = 20
@@ -162,6 +162,52 @@ def test_sigkill_mid_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
         assert killed_at < MESSAGES and len(load.acked) + len(load.unacked) == MESSAGES
         assert load.unacked, "the kill interrupted no transaction"
         check_store(stack, load.acked)
+    finally:
+        stack.close()
+
+
+def test_a_second_stop_signal_does_not_cut_short_the_storing_of_a_message(tmp_path: Path) -> None:
+    """A supervisor may signal every process of the service, and the process that started
+    a submission process signals it too: the second SIGTERM must not end the drain the
+    first began. The message is held in its document check (the relay's document workers
+    stopped) while both signals arrive; once they go on, it is stored and answered 250."""
+    stack = build_stack(tmp_path)
+    try:
+        relay = RelayProcess(stack, free_port(), tmp_path / "relay.log")
+        relay.start()
+        assert relay.process is not None
+        running = processes()
+        fork_servers = [
+            p for p in children(relay.process.pid, running) if b"forkserver" in (running[p][1] / "cmdline").read_bytes()
+        ]
+        document_workers_of_relay = [w for f in fork_servers for w in children(f, running)]
+        assert document_workers_of_relay
+        client = smtplib.SMTP("127.0.0.1", relay.port, timeout=60)
+        client.starttls(context=stack.client_context())
+        client.login(SENDER, stack.passwords[SENDER])
+        client.mail(SENDER)
+        client.rcpt(RECIPIENTS[0])
+        client.rcpt(RECIPIENTS[1])
+        raw = message(SENDER, RECIPIENTS, [("lettre.pdf", "application/pdf", pdf_bytes())])
+        answer: list[tuple[int, bytes]] = []
+        for worker in document_workers_of_relay:
+            os.kill(worker, signal.SIGSTOP)
+        try:
+            sending = threading.Thread(target=lambda: answer.append(client.data(raw)))
+            sending.start()
+            time.sleep(1.0)  # the message is in, waiting for its document check
+            relay.process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            relay.process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+        finally:
+            for worker in document_workers_of_relay:
+                os.kill(worker, signal.SIGCONT)
+        sending.join(timeout=60)
+        client.close()
+        assert answer and answer[0][0] == 250, (answer, relay.log.read_text()[-2000:])
+        assert relay.process.wait(timeout=60) == 0
+        check_store(stack, {answer[0][1].decode().rsplit(" ", 1)[1]: str(message_from_bytes(raw)["Message-ID"])})
     finally:
         stack.close()
 
