@@ -63,8 +63,13 @@ _shares: collections.defaultdict[str, threading.BoundedSemaphore] = collections.
 def start(processes: int = 1) -> None:
     """Start the workers now (a server's start-up; blocking): WORKERS, or, when
     ``processes`` processes of the service each have a pool (``MSS_SMTP_PROCESSES``),
-    this one's share of them, at least two."""
-    _workers.start(max(2, WORKERS // processes))
+    this one's share of them, at least two. A pool of another size is replaced, and the
+    accounts' shares follow it."""
+    size = max(2, WORKERS // processes)
+    if size != _workers.workers:
+        with _lock:
+            _shares.clear()
+    _workers.start(size)
 
 
 def _in_worker(
