@@ -1255,8 +1255,14 @@ def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: [task.cancel() for task in tasks])
         # Each part drains on its own (the relay lets sessions that are storing reply);
-        # waiting for all of them keeps one from being cut off by the other's exit.
+        # waiting for all of them keeps one from being cut off by the other's exit. A part
+        # that fails (a door that cannot listen) stops the others: the process then ends
+        # with its error rather than run on without that door.
         try:
+            done, _running = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            if any(not task.cancelled() and task.exception() is not None for task in done):
+                for task in tasks:
+                    task.cancel()
             for result in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                     raise result

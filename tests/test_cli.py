@@ -386,24 +386,31 @@ def test_message_export_is_in_the_audit_trail(mss, rt, tmp_path):
     assert "intact" in mss("audit", "verify").stdout
 
 
-def test_serve_ends_with_the_error_of_a_door_that_cannot_listen(env, dev_pki):
-    # The IMAP door's port is taken: `mss serve imap` must end with that error rather than
-    # stay up with nothing listening (a supervisor then sees it and says why).
+@pytest.mark.parametrize(
+    ("part", "taken_port", "more"),
+    [
+        ("imap", "MSS_IMAP_PORT", {"MSS_IMAP_HOST": "127.0.0.1", "MSS_IMAPS_PORT": "0"}),
+        # Beside the submission door run the outbound deliveries and housekeeping, which
+        # never end on their own: the door's failure must stop them.
+        ("relay", "MSS_SMTP_PORT", {"MSS_SMTP_HOST": "127.0.0.1", "MSS_MX_PORT": "0", "MSS_METRICS_PORT": "0"}),
+        (
+            "relay",
+            "MSS_SMTP_PORT",
+            {"MSS_SMTP_HOST": "127.0.0.1", "MSS_MX_PORT": "0", "MSS_METRICS_PORT": "0", "MSS_SMTP_PROCESSES": "2"},
+        ),
+    ],
+)
+def test_serve_ends_with_the_error_of_a_door_that_cannot_listen(env, dev_pki, part, taken_port, more):
+    # The door's port is taken: `mss serve` must end with that error rather than stay up
+    # without it (a supervisor then sees it and says why). With several processes on the
+    # submission port, it must not join one that another program holds.
     mss_bin = Path(sys.executable).with_name("mss")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        full_env = {
-            **os.environ,
-            **env,
-            "MSS_IMAP_HOST": "127.0.0.1",
-            "MSS_IMAP_PORT": str(port),
-            "MSS_IMAPS_PORT": "0",
-        }
-        ended = subprocess.run(
-            [str(mss_bin), "serve", "imap"], env=full_env, capture_output=True, text=True, timeout=120
-        )
+        full_env = {**os.environ, **env, **more, taken_port: str(port)}
+        ended = subprocess.run([str(mss_bin), "serve", part], env=full_env, capture_output=True, text=True, timeout=120)
     assert ended.returncode != 0
     assert "in use" in ended.stderr, ended.stderr[-2000:]
 
