@@ -1168,10 +1168,6 @@ def serve(
 
     settings = Settings.from_env()
     logs.configure(settings.operator.log_format)
-    # aiosmtpd logs every command at INFO and pyHanko a traceback for every signature that
-    # does not hold; our own lines say what matters.
-    for noisy in ("mail.log", "alembic", "pyhanko", "pyhanko_certvalidator"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if noisy != "pyhanko" else logging.ERROR)
     rt = open_runtime(settings)
 
     from mss.health import startup_warnings

@@ -40,8 +40,19 @@ class JsonFormatter(logging.Formatter):
         return "".join(traceback.format_tb(ei[2])).rstrip()
 
 
+# aiosmtpd logs every command at INFO, Alembic each migration step and pyHanko a traceback
+# for every signature that does not hold; our own lines say what matters.
+QUIETED = {
+    "mail.log": logging.WARNING,
+    "alembic": logging.WARNING,
+    "pyhanko": logging.ERROR,
+    "pyhanko_certvalidator": logging.WARNING,
+}
+
+
 def configure(log_format: str, level: int = logging.INFO) -> None:
-    """Send the root logger's records to stderr in ``log_format`` (``text`` or ``json``)."""
+    """Send the root logger's records to stderr in ``log_format`` (``text`` or ``json``),
+    the libraries of ``QUIETED`` only from the level given there."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
@@ -49,3 +60,5 @@ def configure(log_format: str, level: int = logging.INFO) -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
+    for name, quieted in QUIETED.items():
+        logging.getLogger(name).setLevel(quieted)

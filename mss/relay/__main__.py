@@ -7,7 +7,6 @@ submission port's other processes (``mss.relay.replicas``).
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from mss import logs
@@ -27,10 +26,6 @@ def main() -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
     logs.configure(settings.operator.log_format)
-    # aiosmtpd logs every command line at INFO, Alembic each migration step; our session
-    # lines say what matters.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         rt = open_runtime(settings)
     except MssError as exc:
