@@ -337,7 +337,7 @@ def receive(rt: Runtime, arrival: Arrival) -> Received:
     back = _receipts_for_sender(rt, arrival, meta, deliverable, failed) if arrival.mail_from and not is_report else []
     queue_id = pipeline.new_queue_id()
     try:
-        with session_scope(rt.engine) as session:
+        with rt.message_writes(), session_scope(rt.engine) as session:
             row = store.store_inbound(
                 session,
                 rt.master_key,

@@ -149,8 +149,9 @@ class Runtime:
             object.__setattr__(self, "_message_writes", WriteTurns(sqlite_file(self.engine)))
 
     def message_writes(self) -> contextlib.AbstractContextManager[object]:
-        """Held around the transaction that stores a message: on SQLite, a turn at its one
-        write lock, in this process and among processes (``mss.db.WriteTurns``)."""
+        """Held around the transaction that stores a message (a submission, an arrival from
+        another operator): on SQLite, a turn at its one write lock, in this process and
+        among processes (``mss.db.WriteTurns``)."""
         return self._message_writes
 
     def close(self) -> None:

@@ -30,18 +30,12 @@ from mss.documents import workers as document_workers
 from mss.models import AuditEvent, Delivery, MailboxItem, Message
 
 from relay_support import RECIPIENTS, SENDER, Stack, build_stack, message, pdf_bytes
-from server_process import children, processes, sockets_of, start_server, tcp_sockets
+from server_process import children, free_port, processes, sockets_of, start_server, tcp_sockets
 
 CLIENTS = 20
 MESSAGES = 500
 KILL_AFTER = 200  # acknowledged messages before the SIGKILL
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RelayProcess:

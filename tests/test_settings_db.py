@@ -13,15 +13,18 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import func, inspect, select, text
 from sqlmodel import SQLModel
 
 import mss.models  # noqa: F401  (registers every table on SQLModel.metadata)
 from mss import db
 from mss.crypto.master import MasterKey
-from mss.db import alembic_config, make_engine, migrate, sqlite_file
+from mss.db import alembic_config, make_engine, migrate, session_scope, sqlite_file
 from mss.errors import ConfigError, CryptoError, StorageError
+from mss.models import Message
 from mss.settings import Settings
+
+from web_support import GP, doctor, gp, submit  # noqa: F401  (fixtures)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,10 +84,11 @@ time.sleep(600)
 
 
 @pytest.mark.sqlite_only
-def test_stores_of_messages_take_turns_across_processes(rt, monkeypatch):
+def test_stores_of_messages_take_turns_across_processes(rt, doctor, gp, monkeypatch):
     """Processes on one SQLite database queue for its write lock in the kernel (an flock
     beside the database), not in SQLite's busy handler: while another process holds the
-    turn, ours waits; once that process dies, however it dies, ours goes."""
+    turn, a message submitted here waits; once that process dies, however it dies, it is
+    stored."""
     database = sqlite_file(rt.engine)
     assert database is not None
     holder = subprocess.Popen(
@@ -92,22 +96,20 @@ def test_stores_of_messages_take_turns_across_processes(rt, monkeypatch):
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        taken = threading.Event()
-
-        def store() -> None:
-            with rt.message_writes():
-                taken.set()
-
-        # Not had within the timeout (a holder stopped, not ended): refused for now.
+        # Not had within the timeout (a holder stopped, not ended): refused for now, and
+        # nothing of the message stored.
         monkeypatch.setattr(db, "TURN_TIMEOUT", 0.5)
-        with pytest.raises(StorageError, match="held the database's write turn"), rt.message_writes():
-            pass
+        with pytest.raises(StorageError, match="held the database's write turn"):
+            submit(rt, doctor, [GP], "Suivi", "Bonjour")
         monkeypatch.undo()
-        waiter = threading.Thread(target=store)
+        with session_scope(rt.engine) as session:
+            assert session.execute(select(func.count()).select_from(Message)).scalar_one() == 0
+        stored = threading.Event()
+        waiter = threading.Thread(target=lambda: (submit(rt, doctor, [GP], "Suivi", "Bonjour"), stored.set()))
         waiter.start()
-        assert not taken.wait(1.0)  # the other process holds the turn
+        assert not stored.wait(1.0)  # the other process holds the turn
         holder.kill()
-        assert taken.wait(30)
+        assert stored.wait(30)
         waiter.join()
     finally:
         holder.kill()
