@@ -237,6 +237,10 @@ def test_spoofed_envelope_sender_is_refused(relay_stack: Stack) -> None:
     assert client.mail("<>") == code_of(replies.SENDER_NOT_AUTHENTICATED_ACCOUNT)
     assert client.docmd("MAIL", "FROM:<not an address>") == code_of(replies.SENDER_SYNTAX)
     assert client.docmd("MAIL", "FROM:<no-domain>") == code_of(replies.SENDER_SYNTAX)
+    # Paths on which the email package's address parser fails (IndexError, AttributeError,
+    # UnboundLocalError) instead of rejecting them.
+    for path in ("<", "!@", "\\.@[)(", "#@[ "):
+        assert client.docmd("MAIL", f"FROM:{path}") == code_of(replies.SENDER_SYNTAX), path
     assert client.mail(SENDER.upper()) == code_of(replies.SENDER_OK)
     assert client.mail(SENDER) == code_of(replies.NESTED_MAIL)
     client.quit()
@@ -244,6 +248,39 @@ def test_spoofed_envelope_sender_is_refused(relay_stack: Stack) -> None:
     assert events and events[-1].actor == SENDER and events[-1].outcome == "denied"
     assert json.loads(events[-1].detail) == {"reason": "sender-mismatch", "stage": "mail"}
     still_serving(relay_stack, before)
+
+
+def test_paths_read_without_the_general_parser_read_as_with_it() -> None:
+    """MAIL and RCPT paths of the usual shape skip aiosmtpd's RFC 5322 parser: on every
+    path, usual or not, the relay reads the address and parameters that parser reads."""
+    import random
+
+    from aiosmtpd.smtp import SMTP
+
+    reader = protocol.RelaySMTP.__new__(protocol.RelaySMTP)
+    reader.local_part_limit = 0
+    paths = [
+        f"<{SENDER}> SIZE=10240 BODY=8BITMIME",
+        "<a.b+c@d-e.f>\tNOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a.b+c@d-e.f ",
+        "<a@b.c> (comment) SIZE=1", "<a@b.c>SIZE=1", "<a@b.c> \x0bX", "<a..b@c.d>", "<.a@b.c>", "<a@b..c>",
+        '<"a b"@c.d>', "<@route:a@b.c>", "<a@[192.0.2.1]>", "<é@b.c>", "<>", "<", "a@b.c",
+    ]  # fmt: skip
+    rng = random.Random(5321)
+    for _ in range(20_000):
+        paths.append("".join(rng.choice('ab.@<>() \t"\\-!#:;[]é\x0b=X') for _ in range(rng.randint(1, 14))))
+        local, domain = ("".join(rng.choice("ab.-+!{~ ") for _ in range(rng.randint(1, 6))) for _ in "ld")
+        tail = "".join(rng.choice(" \tX=()\x0b.") for _ in range(rng.randint(0, 5)))
+        lead = rng.choice(["", " ", "\t"])
+        paths.append(f"{lead}<{local}@{domain}>{tail}")
+
+    def general(path: str) -> tuple[str | None, str | None]:
+        try:
+            return SMTP._getaddr(reader, path)
+        except (IndexError, AttributeError, UnboundLocalError):
+            return None, None
+
+    assert [reader._getaddr(p) for p in paths] == [general(p) for p in paths]
+    assert sum(protocol._PLAIN_PATH.match(p) is not None for p in paths) > 1000
 
 
 def test_size_parameter_over_the_limit(relay_stack: Stack) -> None:
@@ -271,6 +308,7 @@ def test_recipient_refusals(relay_stack: Stack) -> None:
     for address, reply in expected.items():
         assert client.rcpt(address) == code_of(reply), address
     assert client.rcpt("<>") == code_of(replies.RECIPIENT_SYNTAX)
+    assert client.docmd("RCPT", "TO:<") == code_of(replies.RECIPIENT_SYNTAX)
     assert client.rcpt(RECIPIENTS[0], ["NOTIFY=SOMETIMES"]) == code_of(replies.PARAMETER_SYNTAX)
     assert client.rcpt(RECIPIENTS[0], ["FOO=BAR"]) == code_of(replies.PARAMETER_NOT_RECOGNIZED)
     assert client.docmd("DATA") == code_of(replies.NEED_RCPT)
