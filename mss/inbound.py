@@ -60,7 +60,7 @@ from mss.errors import (
     SenderNotTrusted,
     SignatureError,
 )
-from mss.mime import decoded_payload, subparts
+from mss.mime import PARSE_FAILURES, decoded_payload, subparts
 from mss.models import Account, InboundDelivery, Message, Receipt
 from mss.pipeline import RecipientRequest
 from mss.receipts import federation as notices
@@ -221,7 +221,7 @@ def _header(message: EmailPart | None, name: str) -> str:
         return ""
     try:
         value = message.get(name)
-    except (ValueError, IndexError, TypeError):
+    except PARSE_FAILURES:
         return ""
     return " ".join(str(value).split()) if value is not None else ""
 

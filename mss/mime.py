@@ -17,6 +17,12 @@ from email.policy import Policy
 
 import pybase64
 
+# What the email package's parsers raise on some malformed values instead of noting a
+# defect: "Message-ID: <a@" (IndexError), "Reply-To: , .<:/" (TypeError), "From: .<-"
+# (AttributeError), "Cc: \\@[" followed by a tab (UnboundLocalError), a path "<" in SMTP.
+# Whoever reads a field or an address of a message from outside catches all of them.
+PARSE_FAILURES = (ValueError, LookupError, TypeError, AttributeError, UnboundLocalError)
+
 # The header fields that say what a message is and where it belongs: who wrote it to whom,
 # its subject and date, its place in a thread, and whether a read receipt is asked for. The
 # reader sees them; a message to another operator carries them outside its S/MIME body.

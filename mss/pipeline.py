@@ -47,7 +47,7 @@ from mss.errors import (
     UnopenableEnvelope,
     UnsupportedCms,
 )
-from mss.mime import SUMMARY_HEADERS, decoded_payload, has_bare_cr, parse_bytes, subparts
+from mss.mime import PARSE_FAILURES, SUMMARY_HEADERS, decoded_payload, has_bare_cr, parse_bytes, subparts
 from mss.outbound import queue
 from mss.receipts import DEFAULT_NOTIFY, Notify, issuer
 from mss.runtime import Runtime
@@ -232,7 +232,7 @@ def _parse(raw: bytes) -> EmailMessage:
         message = cast(EmailMessage, parse_bytes(raw, policy))
     except RecursionError as exc:
         raise MimeTooComplex(f"its MIME parts nest deeper than {MAX_MIME_DEPTH} levels") from exc
-    except (ValueError, TypeError, LookupError, IndexError) as exc:
+    except PARSE_FAILURES as exc:
         raise MalformedMessage(f"the message is not parseable MIME ({exc.__class__.__name__})") from exc
     parts = 0
     stack: list[tuple[EmailMessage, int]] = [(message, 1)]
@@ -264,12 +264,12 @@ def _check_defects(part: EmailMessage) -> None:
 
 def _check_header_values(part: EmailMessage) -> None:
     """Every header field of ``part`` parsed once, here: the email package's structured
-    parsers fail on some malformed values (``Message-ID: <a@``, ``To: "``) with IndexError,
-    which every later read would meet. Raises MalformedMessage naming the field."""
+    parsers fail on some malformed values (``Message-ID: <a@``, ``To: "``) with IndexError and
+    others (``mime.PARSE_FAILURES``), which every later read would meet. Raises MalformedMessage naming the field."""
     for name in part.keys():
         try:
             part.get_all(name)
-        except (ValueError, IndexError, TypeError, AttributeError, LookupError) as exc:
+        except PARSE_FAILURES as exc:
             raise MalformedMessage(f"the {name[:40]}: header field is malformed") from exc
 
 
@@ -279,7 +279,7 @@ def _one_mailbox(message: EmailMessage, name: str) -> str:
         header = message[name]
         addresses: tuple[Any, ...] = getattr(header, "addresses", ()) if header is not None else ()
         defects = getattr(header, "defects", ()) if header is not None else ()
-    except (ValueError, IndexError, TypeError, AttributeError) as exc:
+    except PARSE_FAILURES as exc:
         raise MalformedOriginator(f"the {name}: header is not a valid address") from exc
     if header is None:
         raise MalformedOriginator(f"the message has no {name}: header")

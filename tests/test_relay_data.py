@@ -276,6 +276,21 @@ def test_malformed_mime(relay_stack: Stack) -> None:
     assert refused(relay_stack, b"Subject: nothing else\r\n\r\nhi\r\n")[0] == 554
 
 
+@pytest.mark.parametrize(
+    "field",
+    ["Cc: *)>/, :;,(=", "Reply-To: , .<:/", "Cc: \\@[\t", "Message-ID: <a@"],
+    ids=["index-error", "type-error", "unbound-local-error", "unclosed-message-id"],
+)
+def test_header_fields_the_email_package_cannot_read_are_refused_for_good(relay_stack: Stack, field: str) -> None:
+    """Values on which the email package's structured parsers fail (with IndexError,
+    TypeError, UnboundLocalError ... rather than a defect) are a malformed message: a 554
+    naming the field, not the 451 of an unexpected error."""
+    raw = (f"From: {SENDER}\r\nTo: {RECIPIENTS[0]}\r\n{field}\r\nSubject: x\r\n\r\nhello\r\n").encode()
+    code, text = refused(relay_stack, raw)
+    assert (code, text[:5]) == (554, b"5.6.0"), text
+    assert f"the {field.partition(':')[0]}: header field is malformed".encode() in text
+
+
 def test_malformed_base64_attachment_is_named_in_the_reply(relay_stack: Stack) -> None:
     raw = message(SENDER, RECIPIENTS, [("cr.pdf", "application/pdf", pdf_bytes())])
     lines = raw.split(b"\r\n")

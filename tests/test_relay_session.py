@@ -26,6 +26,7 @@ from sqlalchemy import select, text
 from mss import accounts
 from mss.crypto import keys
 from mss.db import session_scope
+from mss.mime import PARSE_FAILURES
 from mss.models import AuditEvent, Delivery, Message
 from mss.relay import RelayServer, protocol, replies
 from mss.relay.server import PARENT_VARIABLE
@@ -276,7 +277,7 @@ def test_paths_read_without_the_general_parser_read_as_with_it() -> None:
     def general(path: str) -> tuple[str | None, str | None]:
         try:
             return SMTP._getaddr(reader, path)
-        except (IndexError, AttributeError, UnboundLocalError):
+        except PARSE_FAILURES:
             return None, None
 
     assert [reader._getaddr(p) for p in paths] == [general(p) for p in paths]

@@ -20,7 +20,7 @@ from mss import mailbox, pipeline
 from mss.crypto import keys, smime
 from mss.db import session_scope
 from mss.documents import DocumentLimits, NarrativeNode, parse_cda
-from mss.mailbox.content import html_to_text
+from mss.mailbox.content import html_to_text, split
 from mss.models import MailboxToken, Message, Receipt
 from mss.pipeline import RecipientRequest, Submission
 from mss.web import cda_view, i18n
@@ -153,6 +153,15 @@ def test_html_becomes_plain_text() -> None:
     text = html_to_text(html)
     assert [line for line in text.splitlines() if line] == ["Bonjour Docteur,", "Résultats normaux.", "Hb 14 g/dL"]
     assert "alert" not in text and "color" not in text and "example" not in text
+
+
+@pytest.mark.parametrize("field", ["Cc: \\@[\t", "Cc: *)>/, :;,(=", "Reply-To: , .<:/", "Message-ID: <a@"])
+def test_a_header_field_the_email_package_cannot_read_is_left_out_of_the_view(field: str) -> None:
+    """A message from elsewhere whose field makes the email package's parser raise (here an
+    UnboundLocalError, an IndexError, a TypeError) is still shown, without that field."""
+    raw = f"From: a@mss.test.example.org\r\nTo: b@mss.test.example.org\r\n{field}\r\nSubject: x\r\n\r\nhello\r\n"
+    shown = split(raw.encode())
+    assert (list(shown.headers), shown.body.strip()) == (["From", "To", "Subject"], "hello")
 
 
 def test_cda_narrative_maps_to_a_short_list_of_escaped_tags() -> None:

@@ -35,7 +35,7 @@ from mss.accounts import UnlockedAccount
 from mss.crypto import keys, smime, verify
 from mss.documents import sniff
 from mss.errors import CryptoError, DecryptionError, DocumentError, SignatureError
-from mss.mime import SUMMARY_HEADERS, decoded_payload
+from mss.mime import PARSE_FAILURES, SUMMARY_HEADERS, decoded_payload
 
 # Statuses beyond mss.crypto.verify's: no signature at all, or one we cannot check; and a
 # signature that held when the message was submitted by a certificate revoked since.
@@ -424,7 +424,7 @@ def split(entity_bytes: bytes, *, receipt: bool = False) -> Split:
     for name in SUMMARY_HEADERS:
         try:
             value = entity.get(name)
-        except (ValueError, IndexError, TypeError):
+        except PARSE_FAILURES:
             value = None
         if value is not None:
             headers[name] = str(value)

@@ -41,7 +41,7 @@ from mss import audit
 from mss.crypto.master import MasterKey
 from mss.db import session_scope, utcnow
 from mss.errors import MssError
-from mss.mime import base64_lines
+from mss.mime import PARSE_FAILURES, base64_lines
 from mss.models import EntityShape, MailClientSetting
 from mss.store import entity_fields, split_entity
 
@@ -144,7 +144,7 @@ def _top_header(meta, signature: str | None) -> bytes:
         head = email.message.EmailMessage(policy=email.policy.SMTP)
         try:
             head[name] = value  # the policy encodes non-ASCII text (RFC 2047) and folds
-        except (ValueError, TypeError, IndexError):
+        except PARSE_FAILURES:
             head[name] = value.encode("ascii", "replace").decode("ascii")
         lines.append(head.as_bytes(policy=email.policy.SMTP)[: -len(b"\r\n")])
     return b"".join(lines) + b"MIME-Version: 1.0\r\n"

@@ -29,6 +29,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 
 from mss import metrics
 from mss.accounts import UnlockedAccount
+from mss.mime import PARSE_FAILURES
 from mss.pipeline import RecipientRequest
 from mss.relay import esmtp, replies
 from mss.relay.auth import PasswordMechanisms
@@ -506,9 +507,7 @@ class RelaySMTP(PasswordMechanisms, SMTP):
         if plain is None:
             try:
                 return super()._getaddr(arg)
-            except (IndexError, AttributeError, UnboundLocalError):
-                # The email package's parser fails so on some broken paths ("<", "!@",
-                # "#@[ "): a path it cannot read is a syntax error, not a failure of ours.
+            except PARSE_FAILURES:  # "<", "!@", "#@[ ": a syntax error, not a failure of ours
                 return None, None
         address = plain[1]
         if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
