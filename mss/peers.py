@@ -36,9 +36,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import httpx
 from asn1crypto import cms as asn1_cms
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
@@ -59,6 +59,9 @@ from mss.db import session_scope, utcnow
 from mss.errors import ConfigError
 from mss.models import PeerCertificate, PeerCrl, PeerLookup
 from mss.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("mss.peers")
 
@@ -81,8 +84,12 @@ _http_lock = threading.Lock()
 
 
 def _client() -> httpx.Client:
-    """One HTTP client per process: building one loads the system CA bundle (about 50 ms)."""
+    """One HTTP client per process: building one loads the system CA bundle (about 50 ms).
+    httpx is imported here, at the first look-up at a peer's publication: a relay that
+    never makes one does not hold it (about 6 MiB)."""
     global _http
+    import httpx
+
     with _http_lock:
         if _http is None:
             _http = httpx.Client(follow_redirects=False, headers={"User-Agent": "mss"})
@@ -94,8 +101,11 @@ def _get(url: str, timeout: float) -> httpx.Response | None:
     failed_at = _unreachable.get(url)
     if failed_at is not None and time.monotonic() - failed_at < RETRY_UNREACHABLE:
         return None
+    client = _client()
+    import httpx
+
     try:
-        response = _client().get(url, timeout=timeout)
+        response = client.get(url, timeout=timeout)
     except httpx.HTTPError as exc:
         log.warning("%s did not answer: %s", url, type(exc).__name__)
         _unreachable[url] = time.monotonic()
