@@ -113,12 +113,19 @@ SLOT_WAIT_LONGEST: Final = 60.0
 
 
 class _Waiter:
-    """A session waiting for a slot, in the order of arrival (``DataSlots``)."""
+    """A session waiting for a slot, in the order of arrival (``DataSlots``), and what
+    wakes it to look again (``woken``: its turn may have come, or its wait ran out)."""
 
-    __slots__ = ("client",)
+    __slots__ = ("client", "woken")
 
-    def __init__(self, client: str) -> None:
+    def __init__(self, client: str, woken: asyncio.Future[None]) -> None:
         self.client = client
+        self.woken = woken
+
+
+def _wake(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)
 
 
 class DataSlots:
@@ -145,7 +152,6 @@ class DataSlots:
         self.longest = longest
         self.per_address: collections.Counter[str] = collections.Counter()
         self._waiting: list[_Waiter] = []
-        self._changed = asyncio.Event()
         self._last_end = float("-inf")
 
     @property
@@ -180,16 +186,21 @@ class DataSlots:
     async def _take(self, client: str) -> bool:
         loop = asyncio.get_running_loop()
         asked = loop.time()
-        waiter = _Waiter(client)
+        waiter = _Waiter(client, loop.create_future())
         self._waiting.append(waiter)
         try:
             while not self._in_turn(waiter):
-                # Each message that ends starts the wait again.
+                # Each message that ends starts the wait again: a waiter woken at the end
+                # it had reckoned finds a later one and waits on.
                 ends = min(max(asked, self._last_end) + self.wait, asked + self.longest)
                 if ends <= loop.time():
                     return False
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), ends - loop.time())
+                waiter.woken = loop.create_future()
+                timer = loop.call_at(ends, _wake, waiter.woken)
+                try:
+                    await waiter.woken
+                finally:
+                    timer.cancel()
             self.per_address[client] += 1
             return True
         finally:
@@ -208,10 +219,13 @@ class DataSlots:
         self._look_again()
 
     def _look_again(self) -> None:
-        """Wake every waiter to look whether it is its turn; those still kept out wait on
-        the next change."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+        """Wake the waiter whose turn it is now, if any: the first that a slot fits. The
+        others sleep on (waking every one at each change cost each message a task and a
+        timer per waiting session); it wakes the next when it has taken its slot."""
+        for waiter in self._waiting:
+            if self._fits(waiter.client):
+                _wake(waiter.woken)
+                return
 
 
 class SessionRegistry:
