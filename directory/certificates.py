@@ -30,7 +30,7 @@ from mss.addresses import normalise_address
 from mss.crypto import keys, pki
 from mss.crypto.keys import PrivateKey
 from mss.crypto.master import MasterKey
-from mss.db import table_of, utcnow
+from mss.db import Reader, connection_of, table_of, utcnow
 from mss.errors import ConfigError, DomainNotServed, PkiError, RevokedAddress, UnknownAddress
 from mss.models import SealedSecret
 from mss.settings import Settings
@@ -221,14 +221,14 @@ _CURRENT_CERTIFICATES = (
 )
 
 
-def _current_rows(session: Session, addresses: list[str], usage: str) -> Iterable[tuple[str, bytes, datetime]]:
+def _current_rows(session: Reader, addresses: list[str], usage: str) -> Iterable[tuple[str, bytes, datetime]]:
     """Address, DER and end of the current certificates of ``addresses`` for ``usage``,
     newest first."""
     now = utcnow()
-    return session.connection().execute(_CURRENT_CERTIFICATES, {"addresses": addresses, "usage": usage, "now": now})
+    return connection_of(session).execute(_CURRENT_CERTIFICATES, {"addresses": addresses, "usage": usage, "now": now})
 
 
-def current_certificate_ders(session: Session, addresses: Iterable[str]) -> dict[str, bytes]:
+def current_certificate_ders(session: Reader, addresses: Iterable[str]) -> dict[str, bytes]:
     """The DER of the current S/MIME certificate of each address that has one, in one query
     of two columns (``current_certificates`` without loading rows or parsing)."""
     wanted = sorted({_normalise(a) for a in addresses})

@@ -21,7 +21,7 @@ from directory.importer import entry_row
 from directory.models import ACTIVE, INACTIVE, INACTIVE_REASON, REVOKED, Certificate, DirectoryEntry
 from mss import audit, standing
 from mss.addresses import normalise_address
-from mss.db import table_of, utcnow
+from mss.db import Reader, connection_of, table_of, utcnow
 from mss.errors import DirectoryError, RevokedAddress, StorageError, UnknownAddress
 
 MAX_REASON_LENGTH = 500
@@ -65,7 +65,7 @@ _ENTRY_STATES = select(
 ).where(table_of(DirectoryEntry).c.address.in_(bindparam("addresses", expanding=True)))
 
 
-def require_active_many(session: Session, addresses: Iterable[str]) -> dict[str, str | DirectoryError]:
+def require_active_many(session: Reader, addresses: Iterable[str]) -> dict[str, str | DirectoryError]:
     """For each of ``addresses`` (as given), in one query: the stored address of its active
     entry, or the UnknownAddress or RevokedAddress that ``require_active`` would raise."""
     wanted = {address: normalise_address(address) for address in addresses}
@@ -74,7 +74,7 @@ def require_active_many(session: Session, addresses: Iterable[str]) -> dict[str,
     found: dict[str, tuple[str, str]] = {}
     if printable:
         try:
-            rows = session.connection().execute(_ENTRY_STATES, {"addresses": printable}).all()
+            rows = connection_of(session).execute(_ENTRY_STATES, {"addresses": printable}).all()
         except SQLAlchemyError as exc:
             raise StorageError(f"directory look-up failed: {exc.__class__.__name__}") from exc
         found = {address: (status, reason) for address, status, reason in rows}

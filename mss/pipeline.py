@@ -18,7 +18,6 @@ from email.message import EmailMessage
 from typing import Any, cast
 
 from cryptography import x509
-from sqlmodel import Session
 
 from directory import certificates, service
 from mss import metrics, peers, receipts, standing, store, trust, webhooks
@@ -26,7 +25,7 @@ from mss.accounts import UnlockedAccount
 from mss.addresses import normalise_address
 from mss.crypto import envelope as cms_envelope
 from mss.crypto import pki, smime
-from mss.db import session_scope, utcnow
+from mss.db import Reader, read_scope, session_scope, utcnow
 from mss.documents import CdaInfo, Document, DocumentLimits, message_header_values, workers
 from mss.errors import (
     BareCarriageReturn,
@@ -102,8 +101,8 @@ def check_sender_standing(rt: Runtime, sender: UnlockedAccount) -> None:
     """The sender still stands, with the certificate its session signs with (a revocation,
     a disable or a rekey since it logged in refuses its next message). Raises a
     StandingError subclass (``mss.standing``)."""
-    with session_scope(rt.engine, readonly=True) as session:
-        standing.check(session, rt.settings, sender.address, certificate_serial=_sender_certificate_serial(sender))
+    with read_scope(rt.engine) as reader:
+        standing.check(reader, rt.settings, sender.address, certificate_serial=_sender_certificate_serial(sender))
 
 
 def check_recipient(rt: Runtime, address: str) -> str:
@@ -115,8 +114,8 @@ def check_recipient(rt: Runtime, address: str) -> str:
     UnknownAddress, RevokedAddress, RecipientHasNoCertificate.
     """
     address = normalise_address(address)
-    with session_scope(rt.engine, readonly=True) as session:
-        verdict = _check_recipients(session, rt, [address])[address]
+    with read_scope(rt.engine) as reader:
+        verdict = _check_recipients(reader, rt, [address])[address]
     if isinstance(verdict, MssError):
         raise verdict
     return verdict.address
@@ -131,7 +130,7 @@ class _Reachable:
     certificate: x509.Certificate | None
 
 
-def _check_recipients(session: Session, rt: Runtime, addresses: list[str]) -> dict[str, _Reachable | MssError]:
+def _check_recipients(session: Reader, rt: Runtime, addresses: list[str]) -> dict[str, _Reachable | MssError]:
     """Each of ``addresses`` checked as ``check_recipient`` says, in one query per kind of
     fact whatever their number: the trust list, the directory entries, the current
     certificates. Every call reads the database: a revocation counts at once."""
@@ -454,12 +453,12 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
     remote: list[RecipientRequest] = []  # at other operators: queued, not stored here
     recipient_certs = []
     check_started = metrics.now()
-    with session_scope(rt.engine, readonly=True) as session:
+    with read_scope(rt.engine) as reader:
         # Nothing is signed with a key whose certificate was revoked, or for an account
         # that may no longer send, whenever that happened.
-        standing.check(session, settings, sender.address, certificate_serial=_sender_certificate_serial(sender))
+        standing.check(reader, settings, sender.address, certificate_serial=_sender_certificate_serial(sender))
         # The same checks as at RCPT, read again (a revocation since counts), for all at once.
-        verdicts = _check_recipients(session, rt, [r.address for r in submission.recipients])
+        verdicts = _check_recipients(reader, rt, [r.address for r in submission.recipients])
     for request in submission.recipients:
         verdict = verdicts[request.address]
         if isinstance(verdict, (DirectoryError, DomainNotServed, RecipientHasNoCertificate)):

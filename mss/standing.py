@@ -22,7 +22,7 @@ from sqlalchemy import Select, bindparam, delete, select
 from sqlmodel import Session, col
 
 from directory.models import ACTIVE, INACTIVE, INACTIVE_REASON, Certificate, DirectoryEntry
-from mss.db import rowcount, utcnow
+from mss.db import Reader, connection_of, rowcount, utcnow
 from mss.errors import (
     AccountDisabled,
     AddressNotServed,
@@ -76,7 +76,7 @@ _BY_SESSION_CERTIFICATE: Final = _standing_of(
 )
 
 
-def check(session: Session, settings: Settings, address: str, *, certificate_serial: str | None = None) -> Standing:
+def check(session: Reader, settings: Settings, address: str, *, certificate_serial: str | None = None) -> Standing:
     """Raise a StandingError subclass unless ``address`` may log in and send now.
 
     ``certificate_serial`` (hex) names the certificate a session signs with (an SMTP
@@ -93,7 +93,7 @@ def check(session: Session, settings: Settings, address: str, *, certificate_ser
     else:
         statement, params = _BY_SESSION_CERTIFICATE, {"address": address, "serial": certificate_serial}
     # A Core statement on the session's connection: the ORM adds nothing to reading columns.
-    row = session.connection().execute(statement, params).first()
+    row = connection_of(session).execute(statement, params).first()
     if row is None:
         raise StandingError(f"there is no account for {address}")
     disabled, status, status_reason, status_changed_at, serial, revoked_at, revocation_reason, not_after = row

@@ -27,7 +27,7 @@ from sqlalchemy import delete, select
 from sqlmodel import Session, col
 
 from mss import audit
-from mss.db import rowcount, utcnow
+from mss.db import Reader, rowcount, utcnow
 from mss.documents import DocumentLimits, parse_xml
 from mss.errors import DocumentError, TrustListError
 from mss.models import PeerRoute, TrustedDomain
@@ -248,7 +248,7 @@ def is_trusted(session: Session, domain: str) -> bool:
     return session.get(TrustedDomain, domain.strip().lower().rstrip(".")) is not None
 
 
-def trusted_among(session: Session, domains: Iterable[str]) -> set[str]:
+def trusted_among(session: Reader, domains: Iterable[str]) -> set[str]:
     """The domains among ``domains`` that are on the trust list."""
     wanted = {d.strip().lower().rstrip(".") for d in domains}
     if not wanted:

@@ -53,7 +53,7 @@ from pysasl.mechanism.plain import PlainMechanism
 
 from mss import accounts, standing
 from mss.background import BackgroundServer, serve_until_cancelled
-from mss.db import session_scope
+from mss.db import read_scope
 from mss.errors import AccountLocked, BadCredentials, StandingError, TooManyAttempts
 from mss.imap import replies, workers
 from mss.imap.backend import MailSession, needs_body
@@ -221,8 +221,8 @@ class MailState(ConnectionState):
             raise replies.Bye(text) from None
 
     def _standing(self, address: str) -> None:
-        with session_scope(self.rt.engine, readonly=True) as session:
-            standing.check(session, self.rt.settings, address)
+        with read_scope(self.rt.engine) as reader:
+            standing.check(reader, self.rt.settings, address)
 
     async def do_command(self, cmd: Any) -> Any:
         if self._session is not None and not isinstance(cmd, LogoutCommand) and not self._was_checked(cmd):
