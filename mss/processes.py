@@ -13,7 +13,7 @@ the worker collects its young objects and gives free memory back (``mss.memory``
 A process has one fork server, whichever pool starts first, and a worker holds on its own
 pages whatever it imports after the fork (about 5 MiB for pebble). So the fork server
 imports, before it forks, this module (every task goes through ``_then_give_back`` here)
-and the module of every pool the process has made (``mss serve`` has two: the document
+and the modules of every pool the process has made (``mss serve`` has two: the document
 checks and the IMAP door's envelopes), not only that of the first one started. (A worker
 of a program started as a script also runs that script again, to set up its
 ``__main__``: the ``mss`` script imports the command line only once it runs a command,
@@ -73,13 +73,15 @@ _PRELOAD: Final[list[str]] = [__name__]
 
 
 class WorkerPool:
-    """Worker processes from a fork server that imported ``module`` and this module first
-    (a worker then starts without importing them again). Started on first use, replaced
-    when it was stopped or broke, stopped at interpreter exit."""
+    """Worker processes from a fork server that imported ``modules`` and this module first
+    (a worker then starts without importing them again): the pool's tasks and what they
+    import only when they run. Started on first use, replaced when it was stopped or
+    broke, stopped at interpreter exit."""
 
-    def __init__(self, module: str, workers: int) -> None:
-        if module not in _PRELOAD:
-            _PRELOAD.append(module)
+    def __init__(self, modules: str | tuple[str, ...], workers: int) -> None:
+        for module in (modules,) if isinstance(modules, str) else modules:
+            if module not in _PRELOAD:
+                _PRELOAD.append(module)
         self._workers = workers
         self._lock = threading.Lock()
         self._pool: ProcessPool | None = None

@@ -420,6 +420,18 @@ def _private_mib(pid: int) -> float:
     return sum(int(line.split()[1]) for line in rollup if line.startswith(("Private_Clean:", "Private_Dirty:"))) / 1024
 
 
+def test_a_relay_process_does_not_import_what_only_its_workers_or_peers_need() -> None:
+    """pypdf is imported where a PDF is read (the document workers), httpx at the first
+    fetch from a peer's publication: a relay process holds neither (7 and 5 MiB)."""
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys, mss.relay.__main__; print(sorted(set(sys.modules) & {'pypdf', 'httpx'}))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert imported.stdout.strip() == "[]", imported.stdout
+
+
 def test_serve_workers_hold_nothing_of_the_doors_or_the_command_line(env, dev_pki, tmp_path):
     # `mss serve` runs as a script, and multiprocessing sets up each worker's __main__ by
     # running that script again: it must not import the command line then. The fork server,
@@ -457,6 +469,7 @@ def test_serve_workers_hold_nothing_of_the_doors_or_the_command_line(env, dev_pk
         # line): both pools' modules, whichever pool started it.
         told = (running[fork_servers[0]][1] / "cmdline").read_bytes()
         assert b"'mss.documents'" in told and b"'mss.imap.workers'" in told, told
+        assert b"'mss.documents.pdf_reading'" in told, told  # pypdf, imported by the workers only
         private = [_private_mib(worker) for worker in workers]
         assert max(private) < 20, private
     finally:

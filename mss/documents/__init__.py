@@ -2,7 +2,8 @@
 
 The relay and the web hand every attachment to ``inspect_attachment`` before anything is
 signed or stored. ``detect`` is that entry point;
-``pdf``, ``cda`` and ``xdm`` check their kind and read its metadata. The services call them
+``pdf``, ``cda`` and ``xdm`` check their kind and read its metadata (``pdf_reading``, the
+part that needs pypdf, is imported only where checks run). The services call them
 through ``workers``, which runs them in worker processes within a deadline. ``base`` holds
 the limits, refusals and result that every module shares, ``xml`` the hardened XML parser,
 ``sniff`` the recognition of a file's kind, ``single`` the check of one file.

@@ -44,7 +44,9 @@ T = TypeVar("T")
 WORKERS: Final = min(8, max(2, 2 * (os.cpu_count() or 1)))
 
 _lock = threading.Lock()
-_workers = WorkerPool("mss.documents", WORKERS)
+# pypdf is imported where a PDF is read (``pdf_reading``): by the fork server, not by the
+# process that hands the checks over.
+_workers = WorkerPool(("mss.documents", "mss.documents.pdf_reading"), WORKERS)
 stop = _workers.stop
 
 
