@@ -50,6 +50,7 @@ bench: install sysdeps
 	$(BIN)/python bench/bench_dsn.py
 	$(BIN)/python bench/bench_mime.py
 	$(BIN)/python bench/bench_data_reader.py
+	$(BIN)/python bench/bench_data_slots.py
 	$(BIN)/python bench/bench_web.py
 	$(BIN)/python bench/bench_hostile.py
 	$(BIN)/python bench/bench_federation.py
