@@ -17,15 +17,30 @@ from typing import Self
 from mss import memory
 
 
+async def to_the_end(closing: Awaitable[object]) -> None:
+    """Await ``closing`` (a drain, bounded by a grace of its own) to its end, however many
+    cancellations arrive meanwhile: a second stop signal (a supervisor that signals every
+    process of the service, then the process that started one signals it too) must not cut
+    short the drain the first began. Raises if ``closing`` itself fails or is cancelled."""
+    closed = asyncio.ensure_future(closing)
+    while True:
+        try:
+            await asyncio.shield(closed)
+            return
+        except asyncio.CancelledError:
+            if closed.done():
+                raise
+
+
 async def serve_until_cancelled(close: Callable[[], Awaitable[None]], ready: asyncio.Event | None = None) -> None:
     """Set ``ready`` (the listeners are bound), wait until cancelled, then ``close`` them:
-    to the end, even though the waiting was cancelled."""
+    to the end, even though the waiting was cancelled (``to_the_end``)."""
     try:
         if ready is not None:
             ready.set()
         await asyncio.Event().wait()
     finally:
-        await asyncio.shield(close())
+        await to_the_end(close())
 
 
 async def settle_once_listening(listening: Iterable[asyncio.Event]) -> None:

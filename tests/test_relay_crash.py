@@ -21,6 +21,7 @@ from collections import Counter
 from email import message_from_bytes, policy
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from mss import accounts, audit
@@ -38,20 +39,31 @@ KILL_AFTER = 200  # acknowledged messages before the SIGKILL
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-class RelayProcess:
-    """``python -m mss.relay`` with the stack's environment on a fixed port."""
+# How a relay process is started: alone, or as ``mss serve relay`` starts it (with its
+# outbound queue and housekeeping; no MX door, no metrics port).
+RELAY_COMMANDS = {
+    "python -m mss.relay": ([sys.executable, "-m", "mss.relay"], {}),
+    "mss serve relay": (
+        [str(Path(sys.executable).with_name("mss")), "serve", "relay"],
+        {"MSS_MX_PORT": "0", "MSS_METRICS_PORT": "0"},
+    ),
+}
 
-    def __init__(self, stack: Stack, port: int, log: Path) -> None:
-        self.env = {**os.environ, **stack.env, "MSS_SMTP_HOST": "127.0.0.1", "MSS_SMTP_PORT": str(port)}
+
+class RelayProcess:
+    """``python -m mss.relay`` (or another of RELAY_COMMANDS) with the stack's environment
+    on a fixed port."""
+
+    def __init__(self, stack: Stack, port: int, log: Path, command: str = "python -m mss.relay") -> None:
+        self.command, extra = RELAY_COMMANDS[command]
+        self.env = {**os.environ, **stack.env, **extra, "MSS_SMTP_HOST": "127.0.0.1", "MSS_SMTP_PORT": str(port)}
         self.port = port
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mss.relay"], env=self.env, cwd=PROJECT_ROOT, stdout=out, stderr=out
-            )
+            self.process = subprocess.Popen(self.command, env=self.env, cwd=PROJECT_ROOT, stdout=out, stderr=out)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log.read_text()[-3000:]
@@ -160,14 +172,15 @@ def test_sigkill_mid_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
         stack.close()
 
 
-def test_a_second_stop_signal_does_not_cut_short_the_storing_of_a_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", list(RELAY_COMMANDS))
+def test_a_second_stop_signal_does_not_cut_short_the_storing_of_a_message(tmp_path: Path, command: str) -> None:
     """A supervisor may signal every process of the service, and the process that started
     a submission process signals it too: the second SIGTERM must not end the drain the
     first began. The message is held in its document check (the relay's document workers
     stopped) while both signals arrive; once they go on, it is stored and answered 250."""
     stack = build_stack(tmp_path)
     try:
-        relay = RelayProcess(stack, free_port(), tmp_path / "relay.log")
+        relay = RelayProcess(stack, free_port(), tmp_path / "relay.log", command)
         relay.start()
         assert relay.process is not None
         running = processes()

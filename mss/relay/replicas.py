@@ -32,6 +32,7 @@ import time
 from typing import Final
 
 from mss import metrics
+from mss.background import to_the_end
 from mss.relay.server import PARENT_VARIABLE, SHUTDOWN_GRACE
 
 log = logging.getLogger("mss.relay")
@@ -127,4 +128,4 @@ async def serve_replicas(count: int, *, after: asyncio.Event | None = None) -> N
     finally:
         for task in running:
             task.cancel()
-        await asyncio.shield(asyncio.gather(*(replica.stop() for replica in replicas)))
+        await to_the_end(asyncio.gather(*(replica.stop() for replica in replicas)))

@@ -170,9 +170,7 @@ def run_relay(rt: Runtime) -> None:
         assert task is not None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            # Once: a second signal (a supervisor that signals every process of the service,
-            # then the one that started this one) would cut short the drain the first began.
-            loop.add_signal_handler(sig, lambda: task.cancelling() or task.cancel())
+            loop.add_signal_handler(sig, task.cancel)  # the drain runs to its end (to_the_end)
         listening = asyncio.Event()
         settled = asyncio.ensure_future(settle_once_listening([listening]))
         try:

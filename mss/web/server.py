@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from mss.background import to_the_end
 from mss.documents import workers
 from mss.errors import ConfigError
 from mss.runtime import Runtime
@@ -122,5 +123,5 @@ async def _serve(
         await asyncio.shield(task)
     except asyncio.CancelledError:
         server.should_exit = True
-        await task
+        await to_the_end(task)
         raise
