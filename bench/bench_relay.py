@@ -78,7 +78,7 @@ def bare_server(reader: str) -> None:
     """
     from aiosmtpd.smtp import SMTP, AuthResult, syntax
 
-    from mss.relay.protocol import _PLAIN_PATH, RelaySMTP
+    from mss.relay.protocol import RelaySMTP
     from mss.relay.tls import server_context
 
     settings = Settings.from_env()
@@ -94,11 +94,8 @@ def bare_server(reader: str) -> None:
         # The relay's reader uses only what aiosmtpd's SMTP has (reader, size limit, timer).
         _receive_data = RelaySMTP._receive_data
 
-        def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-            # As RelaySMTP._getaddr: the usual shape by its regular expression, the rest by
-            # aiosmtpd's (75 us a path, which the relay no longer spends).
-            plain = _PLAIN_PATH.match(arg)
-            return (plain[1], plain[2] or "") if plain else SMTP._getaddr(self, arg)
+        # And its reading of MAIL and RCPT paths (only aiosmtpd's SMTP's too).
+        _getaddr = RelaySMTP._getaddr
 
         @syntax("DATA")
         async def smtp_DATA(self, arg: str) -> None:
