@@ -101,11 +101,10 @@ def _get(url: str, timeout: float) -> httpx.Response | None:
     failed_at = _unreachable.get(url)
     if failed_at is not None and time.monotonic() - failed_at < RETRY_UNREACHABLE:
         return None
-    client = _client()
-    import httpx
+    import httpx  # at the first fetch, as in _client
 
     try:
-        response = client.get(url, timeout=timeout)
+        response = _client().get(url, timeout=timeout)
     except httpx.HTTPError as exc:
         log.warning("%s did not answer: %s", url, type(exc).__name__)
         _unreachable[url] = time.monotonic()
