@@ -14,7 +14,6 @@ verifies.
 
 from __future__ import annotations
 
-import email.policy
 import email.utils
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,6 +25,7 @@ from sqlmodel import Session, col
 from directory import certificates
 from mss import audit, store
 from mss.db import rowcount, session_scope, utcnow
+from mss.mime import SMTP_POLICY
 from mss.models import Account, Delivery, MailboxIndexed, MailboxItem, MailboxToken, Message, Receipt, WebSession
 from mss.receipts import issuer
 from mss.receipts.sealing import listed
@@ -57,7 +57,7 @@ def _notice(session: Session, rt: Runtime, account: Account, now: datetime) -> b
         return False
     settings = rt.settings
     close_on = _inactive_since(account) + timedelta(days=settings.operator.inactive_close_days)
-    message = EmailMessage(policy=email.policy.SMTP)
+    message = EmailMessage(policy=SMTP_POLICY)
     message["From"] = certificates.operator_address(settings)
     message["To"] = account.address
     message["Subject"] = "Boîte aux lettres inactive / Inactive mailbox"

@@ -46,7 +46,15 @@ from mss.errors import (
     UnopenableEnvelope,
     UnsupportedCms,
 )
-from mss.mime import PARSE_FAILURES, SUMMARY_HEADERS, decoded_payload, has_bare_cr, parse_bytes, subparts
+from mss.mime import (
+    HEADER_CLASSES,
+    PARSE_FAILURES,
+    SUMMARY_HEADERS,
+    decoded_payload,
+    has_bare_cr,
+    parse_bytes,
+    subparts,
+)
 from mss.outbound import queue
 from mss.receipts import DEFAULT_NOTIFY, Notify, issuer
 from mss.runtime import Runtime
@@ -196,13 +204,15 @@ _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 
 
 class _ParseOncePolicy(email.policy.EmailPolicy):
-    """``email.policy.default`` whose messages parse each header field once.
+    """``mss.mime.POLICY`` whose messages parse each header field once.
 
     The email package parses a field's value again at every read (``message["To"]``,
     ``get_content_type()`` ...); ``_parse`` reads every field to check it and the pipeline
     reads many again. Each message gets its own instance, whose ``parsed_fields`` keeps the
     header objects (immutable) by their raw field for as long as the message lives.
     Serialising a message still writes the raw fields, as ``email.policy.default`` does.
+    Made with ``header_factory=HEADER_CLASSES``: a policy made without one makes a registry
+    of its own, which makes a class per field again.
     """
 
     parsed_fields: dict[tuple[str, str], object] | None = None
@@ -227,7 +237,7 @@ def _parse(raw: bytes) -> EmailMessage:
     try:
         # A policy takes every attribute its class declares as a keyword (email._policybase);
         # parsed with an EmailPolicy, the message is an EmailMessage.
-        policy = _ParseOncePolicy(parsed_fields={})  # type: ignore[call-overload]
+        policy = _ParseOncePolicy(parsed_fields={}, header_factory=HEADER_CLASSES)  # type: ignore[call-overload]
         message = cast(EmailMessage, parse_bytes(raw, policy))
     except RecursionError as exc:
         raise MimeTooComplex(f"its MIME parts nest deeper than {MAX_MIME_DEPTH} levels") from exc

@@ -193,3 +193,67 @@ def test_base64_lines_are_those_of_the_standard_library_with_crlf():
     for size in (0, 1, 56, 57, 58, 114, 1000, 100_003):
         data = os.urandom(size)
         assert mime.base64_lines(data) == base64.encodebytes(data).replace(b"\n", b"\r\n")
+
+
+def _fields_read(message: Message) -> list[tuple]:
+    """Every header field of every part as a reader sees it: its kind, text, defects and
+    what was parsed from it (addresses, parameters), or the error reading it meets."""
+    seen: list[tuple] = []
+    for part in message.walk():
+        for name in part.keys():
+            try:
+                value = part[name]
+            except mime.PARSE_FAILURES as exc:
+                seen.append((name, type(exc).__name__))
+                continue
+            params = getattr(value, "params", None)
+            seen.append(
+                (
+                    name,
+                    type(value).__mro__[1],
+                    str(value),
+                    [type(defect).__name__ for defect in value.defects],
+                    getattr(value, "addresses", None),
+                    dict(params) if params is not None else None,
+                )
+            )
+    return seen
+
+
+_FIELD_NAMES = ["To", "Cc", "From", "Subject", "Content-Type", "Content-Disposition", "Message-ID", "Date", "X-Note"]
+_FIELD_PIECES = ["a@b.fr", "Dr Ré <c@d.fr>", ", ", '"', "<", ">", "@", "[", "\\", ";", "=", "name=x.pdf", "text/plain"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(_FIELD_NAMES), st.lists(st.sampled_from(_FIELD_PIECES), max_size=6)), max_size=8)
+)
+def test_fields_read_through_the_service_policy_read_as_through_the_default_one(fields):
+    head = "".join(f"{name}: {''.join(pieces)}\r\n" for name, pieces in fields)
+    raw = (head + "\r\nbody\r\n").encode("utf-8")
+    ours = BytesParser(policy=mime.POLICY).parsebytes(raw)
+    theirs = BytesParser(policy=email.policy.default).parsebytes(raw)
+    assert _fields_read(ours) == _fields_read(theirs)
+
+
+def test_a_kind_of_field_has_one_class_and_messages_are_written_as_before():
+    first = BytesParser(policy=mime.POLICY).parsebytes(b"To: a@b.fr\r\nCc: c@d.fr\r\nSubject: x\r\n\r\n")
+    second = BytesParser(policy=mime.POLICY).parsebytes(b"To: e@f.fr\r\n\r\n")
+    assert type(first["To"]) is type(second["To"])
+    assert type(first["Cc"]) is type(first["To"])  # both fields of one address each at most
+    assert type(first["Subject"]).__mro__[1].__name__ == "UniqueUnstructuredHeader"
+    # The email package's own registry makes a class for every field it reads.
+    stock = BytesParser(policy=email.policy.default).parsebytes(b"To: a@b.fr\r\n\r\n")
+    assert type(stock["To"]) is not type(
+        BytesParser(policy=email.policy.default).parsebytes(b"To: a@b.fr\r\n\r\n")["To"]
+    )
+    for policy, stock_policy in ((mime.SMTP_POLICY, email.policy.SMTP), (mime.POLICY, email.policy.default)):
+        written = []
+        for each in (policy, stock_policy):
+            message = EmailMessage(policy=each)
+            message["From"] = "Dr Ré <a@b.fr>"
+            message["To"] = "c@d.fr, e@f.fr"
+            message["Subject"] = "Compte rendu " * 12
+            message.set_content("texte\n")
+            written.append(message.as_bytes())
+        assert written[0] == written[1]

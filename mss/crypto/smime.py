@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from mss.crypto import envelope as cms_envelope
 from mss.errors import CryptoError, DecryptionError, SignatureError
-from mss.mime import base64_lines, decoded_payload, has_bare_cr, subparts
+from mss.mime import POLICY, SMTP_POLICY, base64_lines, decoded_payload, has_bare_cr, subparts
 
 SIGNED_DATA = "signed_data"
 ENVELOPED_DATA = cms_envelope.ENVELOPED_DATA
@@ -274,11 +274,11 @@ def _check_headers(headers: Mapping[str, str]) -> None:
 
 def _pkcs7_mime(der: bytes, content_type_value: str, headers: Mapping[str, str]) -> bytes:
     _check_headers(headers)
-    head = email.message.EmailMessage(policy=email.policy.SMTP)
+    head = email.message.EmailMessage(policy=SMTP_POLICY)
     try:
         for name, value in headers.items():
             head[name] = value  # the policy encodes non-ASCII text (RFC 2047) and folds
-        caller_headers = head.as_bytes(policy=email.policy.SMTP)[: -len(b"\r\n")] if headers else b""
+        caller_headers = head.as_bytes(policy=SMTP_POLICY)[: -len(b"\r\n")] if headers else b""
     except (ValueError, TypeError, IndexError) as exc:
         raise CryptoError(f"a header cannot be encoded: {exc}") from exc
     # The MIME headers are written literally, in the exact form of RFC 8551's examples
@@ -357,7 +357,7 @@ def smime_payload(message: bytes) -> bytes:
     """
     if not isinstance(message, (bytes, bytearray)) or not message:
         raise CryptoError("no message given")
-    parsed = email.message_from_bytes(bytes(message), policy=email.policy.default)
+    parsed = email.message_from_bytes(bytes(message), policy=POLICY)
     if parsed.get_content_type() not in _PKCS7_MIME_TYPES:
         raise CryptoError(f"expected application/pkcs7-mime, got {parsed.get_content_type()}")
     encoding = str(parsed.get("Content-Transfer-Encoding", "7bit")).strip().lower()

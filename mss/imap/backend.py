@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import email.parser
-import email.policy
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -49,6 +48,7 @@ from mss.accounts import UnlockedAccount
 from mss.imap import replies, workers
 from mss.mailbox import served, sync
 from mss.mailbox.sync import FolderState, ItemState
+from mss.mime import POLICY
 from mss.runtime import Runtime
 
 # IMAP names of the folders, and their RFC 6154 special-use attributes.
@@ -766,7 +766,7 @@ class MailSession(SessionInterface):
         uids: list[int] = []
         validity = 0
         for message in messages:
-            headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(message.literal)
+            headers = email.parser.BytesHeaderParser(policy=POLICY).parsebytes(message.literal)
             ident = str(headers.get("Message-ID", "") or "")
             found = await self._call(sync.find_sent, self.rt.engine, self.owner, ident, self._mode)
             if found is None:

@@ -12,7 +12,6 @@ whose signature they carried when they arrived, since the new signature is the s
 
 from __future__ import annotations
 
-import email.policy
 import email.utils
 import re
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from mss.errors import DirectoryError, DocumentError, DomainNotServed, MssError,
 from mss.mailbox.content import Signature
 from mss.mailbox.items import limits_of
 from mss.mailbox.opening import open_attachment, thread_of
+from mss.mime import SMTP_POLICY
 from mss.pipeline import Accepted, RecipientRequest, Submission
 from mss.runtime import Runtime
 
@@ -267,7 +267,7 @@ def build_message(
     if kept:
         body = (body.rstrip("\n") + "\n\n" if body.strip() else "") + note(kept) + "\n"
 
-    message = EmailMessage(policy=email.policy.SMTP)
+    message = EmailMessage(policy=SMTP_POLICY)
     message["From"] = Address(display_name=_display_name(rt, sender.address), addr_spec=sender.address)
     message["To"] = ", ".join(recipients)
     message["Subject"] = subject
@@ -282,7 +282,7 @@ def build_message(
     for upload, _cda in uploads:
         maintype, _slash, subtype = upload.content_type.partition("/")
         message.add_attachment(upload.data, maintype=maintype, subtype=subtype, filename=upload.filename)
-    return message.as_bytes(policy=email.policy.SMTP), tuple(recipients)
+    return message.as_bytes(policy=SMTP_POLICY), tuple(recipients)
 
 
 def _thread_headers(

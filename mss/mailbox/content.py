@@ -17,7 +17,6 @@ AES, digest of the whole message): the web runs it in worker threads.
 
 from __future__ import annotations
 
-import email.policy
 import email.utils
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from mss.accounts import UnlockedAccount
 from mss.crypto import keys, smime, verify
 from mss.documents import sniff
 from mss.errors import CryptoError, DecryptionError, DocumentError, SignatureError
-from mss.mime import PARSE_FAILURES, SUMMARY_HEADERS, decoded_payload
+from mss.mime import PARSE_FAILURES, POLICY, SUMMARY_HEADERS, decoded_payload
 
 # Statuses beyond mss.crypto.verify's: no signature at all, or one we cannot check; and a
 # signature that held when the message was submitted by a certificate revoked since.
@@ -211,7 +210,7 @@ def _checked(
 
 def parse_entity(data: bytes) -> EmailMessage:
     """A MIME entity parsed with the modern email policy."""
-    return BytesParser(policy=email.policy.default).parsebytes(data)
+    return BytesParser(policy=POLICY).parsebytes(data)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ A message's bytes never change under the same UID; the web shows the check of th
 from __future__ import annotations
 
 import email.message
-import email.policy
 import json
 from dataclasses import dataclass
 from typing import Final
@@ -41,7 +40,7 @@ from mss import audit
 from mss.crypto.master import MasterKey
 from mss.db import session_scope, utcnow
 from mss.errors import MssError
-from mss.mime import PARSE_FAILURES, base64_lines
+from mss.mime import PARSE_FAILURES, SMTP_POLICY, base64_lines
 from mss.models import EntityShape, MailClientSetting
 from mss.store import entity_fields, split_entity
 
@@ -141,12 +140,12 @@ def _top_header(meta, signature: str | None) -> bytes:
         if line.isascii() and len(line) <= 78 and "\r" not in line and "\n" not in line:
             lines.append(line.encode("ascii") + b"\r\n")  # as the policy would write it, faster
             continue
-        head = email.message.EmailMessage(policy=email.policy.SMTP)
+        head = email.message.EmailMessage(policy=SMTP_POLICY)
         try:
             head[name] = value  # the policy encodes non-ASCII text (RFC 2047) and folds
         except PARSE_FAILURES:
             head[name] = value.encode("ascii", "replace").decode("ascii")
-        lines.append(head.as_bytes(policy=email.policy.SMTP)[: -len(b"\r\n")])
+        lines.append(head.as_bytes(policy=SMTP_POLICY)[: -len(b"\r\n")])
     return b"".join(lines) + b"MIME-Version: 1.0\r\n"
 
 

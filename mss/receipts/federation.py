@@ -12,7 +12,6 @@ the message it reports on (``mss.inbound``).
 
 from __future__ import annotations
 
-import email.policy
 import logging
 from collections.abc import Sequence
 from email.message import EmailMessage
@@ -22,6 +21,7 @@ from sqlmodel import Session
 from directory import certificates
 from mss import receipts, store, trust
 from mss.crypto import smime
+from mss.mime import SMTP_POLICY
 from mss.models import Message
 from mss.outbound import queue
 from mss.receipts.sealing import notice, reporter, signed
@@ -37,7 +37,7 @@ _RECEIPT_HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "In-Reply-To"
 def original_headers(meta: MessageMeta) -> bytes:
     """The header section a DSN quotes, rebuilt from a stored message's sealed metadata
     (the original header section is not kept)."""
-    head = EmailMessage(policy=email.policy.SMTP)
+    head = EmailMessage(policy=SMTP_POLICY)
     for name, value in (
         ("From", meta.sender),
         ("To", ", ".join(meta.recipients)),
@@ -50,7 +50,7 @@ def original_headers(meta: MessageMeta) -> bytes:
                 head[name] = value
             except (ValueError, TypeError):
                 continue
-    return head.as_bytes(policy=email.policy.SMTP)
+    return head.as_bytes(policy=SMTP_POLICY)
 
 
 def store_for_sender(

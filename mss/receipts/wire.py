@@ -30,9 +30,10 @@ from functools import lru_cache
 from typing import Literal
 
 from mss.errors import DsnParameterError, ReceiptError
+from mss.mime import SMTP_POLICY
 
 # The policy of every message built here: CRLF line ends, as signed and as sent.
-POLICY = email.policy.SMTP
+POLICY = SMTP_POLICY
 
 Action = Literal["delivered", "failed", "relayed", "delayed", "expanded"]
 Disposition = Literal["processed", "displayed"]
