@@ -8,9 +8,11 @@ defects. Each case is compared with the parser itself.
 from __future__ import annotations
 
 import base64
+import email.feedparser
 import email.policy
 import itertools
 import os
+import re
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 
@@ -257,3 +259,43 @@ def test_a_kind_of_field_has_one_class_and_messages_are_written_as_before():
             message.set_content("texte\n")
             written.append(message.as_bytes())
         assert written[0] == written[1]
+
+
+def _stock_parse(raw: bytes) -> Message:
+    """``raw`` parsed by the email package as it comes, with the ``re`` module as its own."""
+    ours = email.feedparser.re
+    email.feedparser.re = re
+    try:
+        return BytesParser(policy=POLICY).parsebytes(raw)
+    finally:
+        email.feedparser.re = ours
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(alphabet="aZ09'()+_,-./:=? *[]\\$^|é", min_size=1, max_size=20),
+    st.lists(
+        st.sampled_from(["--B", "--B--", "--B  ", "--B--\t", "--B-", "--Bx", "-B", "text", "", "--B--x"]), max_size=12
+    ),
+    st.booleans(),
+)
+def test_boundaries_are_found_as_the_email_package_finds_them(boundary, lines, crlf):
+    end = "\r\n" if crlf else "\n"
+    quoted = boundary.replace("\\", "\\\\").replace('"', '\\"')
+    body = "".join(line.replace("B", boundary) + end for line in lines)
+    raw = (f'Content-Type: multipart/mixed; boundary="{quoted}"{end}{end}{body}').encode()
+    ours = BytesParser(policy=POLICY).parsebytes(raw)
+    assert _tree(ours) == _tree(_stock_parse(raw))
+
+
+def test_the_parser_compiles_no_pattern_for_a_boundary(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(re, "compile", lambda pattern, flags=0: compiled.append(pattern) or re._compile(pattern, flags))
+    raw = b'Content-Type: multipart/mixed; boundary="=_a1"\r\n\r\n--=_a1\r\nContent-Type: multipart/alternative; boundary="b2"\r\n\r\n--b2\r\n\r\ntext\r\n--b2--\r\n--=_a1--\r\n'
+    message = BytesParser(policy=mime.POLICY).parsebytes(raw)
+    assert [part.get_content_type() for part in message.walk()] == [
+        "multipart/mixed",
+        "multipart/alternative",
+        "text/plain",
+    ]
+    assert not message.defects and compiled == []
