@@ -21,9 +21,10 @@ from typing import TypedDict
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import bindparam, event, select, text
+from sqlalchemy import and_, bindparam, event, select, text
 from sqlmodel import Session, col
 
+from directory import service
 from directory.models import ACTIVE, Certificate, DirectoryEntry
 from mss import audit, standing
 from mss.addresses import normalise_address
@@ -31,7 +32,7 @@ from mss.crypto import keys, pki
 from mss.crypto.keys import PrivateKey
 from mss.crypto.master import MasterKey
 from mss.db import Reader, connection_of, table_of, utcnow
-from mss.errors import ConfigError, DomainNotServed, PkiError, RevokedAddress, UnknownAddress
+from mss.errors import ConfigError, DirectoryError, DomainNotServed, PkiError, RevokedAddress, UnknownAddress
 from mss.models import SealedSecret
 from mss.settings import Settings
 
@@ -207,17 +208,33 @@ def current_certificates(session: Session, addresses: Iterable[str]) -> dict[str
     return found
 
 
+# The conditions on a certificate row that make it current for the "usage" parameter at
+# "now": issued for it, not revoked, within its validity.
+_CERTIFICATES = table_of(Certificate)
+_IS_CURRENT = and_(
+    _CERTIFICATES.c.usage == bindparam("usage"),
+    _CERTIFICATES.c.revoked_at.is_(None),
+    _CERTIFICATES.c.not_before <= bindparam("now"),
+    _CERTIFICATES.c.not_after > bindparam("now"),
+)
+_NEWEST_FIRST = (_CERTIFICATES.c.not_before.desc(), _CERTIFICATES.c.id.desc())
 # The current certificates of some addresses for one usage, newest first, as columns:
 # built once (statement construction costs more than running it on a look-up per
 # recipient, or per receipt for the operator's own).
 _CURRENT_CERTIFICATES = (
-    select(table_of(Certificate).c.address, table_of(Certificate).c.der, table_of(Certificate).c.not_after)
-    .where(table_of(Certificate).c.address.in_(bindparam("addresses", expanding=True)))
-    .where(table_of(Certificate).c.usage == bindparam("usage"))
-    .where(table_of(Certificate).c.revoked_at.is_(None))
-    .where(table_of(Certificate).c.not_before <= bindparam("now"))
-    .where(table_of(Certificate).c.not_after > bindparam("now"))
-    .order_by(table_of(Certificate).c.not_before.desc(), table_of(Certificate).c.id.desc())
+    select(_CERTIFICATES.c.address, _CERTIFICATES.c.der, _CERTIFICATES.c.not_after)
+    .where(_CERTIFICATES.c.address.in_(bindparam("addresses", expanding=True)))
+    .where(_IS_CURRENT)
+    .order_by(*_NEWEST_FIRST)
+)
+# The directory entries of some addresses, each with the DER of a current certificate if it
+# has one (newest first), as ``service.entry_verdicts`` reads them.
+_ENTRIES = table_of(DirectoryEntry)
+_ENTRIES_WITH_CURRENT = (
+    select(_ENTRIES.c.address, _ENTRIES.c.status, _ENTRIES.c.status_reason, _CERTIFICATES.c.der)
+    .select_from(_ENTRIES.outerjoin(_CERTIFICATES, and_(_CERTIFICATES.c.address == _ENTRIES.c.address, _IS_CURRENT)))
+    .where(_ENTRIES.c.address.in_(bindparam("addresses", expanding=True)))
+    .order_by(*_NEWEST_FIRST)
 )
 
 
@@ -228,15 +245,19 @@ def _current_rows(session: Reader, addresses: list[str], usage: str) -> Iterable
     return connection_of(session).execute(_CURRENT_CERTIFICATES, {"addresses": addresses, "usage": usage, "now": now})
 
 
-def current_certificate_ders(session: Reader, addresses: Iterable[str]) -> dict[str, bytes]:
-    """The DER of the current S/MIME certificate of each address that has one, in one query
-    of two columns (``current_certificates`` without loading rows or parsing)."""
-    wanted = sorted({_normalise(a) for a in addresses})
-    found: dict[str, bytes] = {}
-    if wanted:
-        for address, der, _not_after in _current_rows(session, wanted, SMIME):
-            found.setdefault(address, der)  # rows come newest first
-    return found
+def active_with_certificate_ders(
+    session: Reader, addresses: Iterable[str]
+) -> tuple[dict[str, str | DirectoryError], dict[str, bytes]]:
+    """For each of ``addresses``, what ``service.require_active_many`` says, and the DER of
+    the current S/MIME certificate of each active entry that has one (by stored address):
+    both in one query of four columns, without loading rows or parsing (a recipient check at
+    each RCPT, and again at DATA)."""
+    verdicts, rows = service.entry_verdicts(
+        session, addresses, _ENTRIES_WITH_CURRENT, {"usage": SMIME, "now": utcnow()}
+    )
+    active = {verdict for verdict in verdicts.values() if isinstance(verdict, str)}
+    ders = {address: row[3] for address, row in rows.items() if row[3] is not None and address in active}
+    return verdicts, ders
 
 
 def certificate_by_serial(session: Session, serial: int | str) -> Certificate | None:

@@ -10,9 +10,10 @@ search index follows the table by itself (migration 0002).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col
 
@@ -68,27 +69,39 @@ _ENTRY_STATES = select(
 def require_active_many(session: Reader, addresses: Iterable[str]) -> dict[str, str | DirectoryError]:
     """For each of ``addresses`` (as given), in one query: the stored address of its active
     entry, or the UnknownAddress or RevokedAddress that ``require_active`` would raise."""
+    verdicts, _rows = entry_verdicts(session, addresses, _ENTRY_STATES)
+    return verdicts
+
+
+def entry_verdicts(
+    session: Reader, addresses: Iterable[str], statement: Select[Any], parameters: Mapping[str, object] | None = None
+) -> tuple[dict[str, str | DirectoryError], dict[str, tuple[Any, ...]]]:
+    """``require_active_many``'s verdicts, read with ``statement``: a select of the entries
+    of the ``addresses`` parameter whose first three columns are the address, status and
+    status reason (more columns may follow: the first row of each address is returned too,
+    by stored address)."""
     wanted = {address: normalise_address(address) for address in addresses}
     # A non-printable address is never stored (and PostgreSQL refuses NUL in a parameter).
     printable = sorted({normalised for address, normalised in wanted.items() if address.isprintable()})
-    found: dict[str, tuple[str, str]] = {}
+    found: dict[str, tuple[Any, ...]] = {}
     if printable:
         try:
-            rows = connection_of(session).execute(_ENTRY_STATES, {"addresses": printable}).all()
+            rows = connection_of(session).execute(statement, {"addresses": printable, **(parameters or {})}).all()
         except SQLAlchemyError as exc:
             raise StorageError(f"directory look-up failed: {exc.__class__.__name__}") from exc
-        found = {address: (status, reason) for address, status, reason in rows}
+        for row in rows:
+            found.setdefault(row[0], tuple(row))
     verdicts: dict[str, str | DirectoryError] = {}
     for address, normalised in wanted.items():
         state = found.get(normalised) if address.isprintable() else None
         if state is None:
             verdicts[address] = UnknownAddress(normalised)
-        elif state[0] != ACTIVE:
-            reason = state[1] or (INACTIVE_REASON if state[0] == INACTIVE else "")
+        elif state[1] != ACTIVE:
+            reason = state[2] or (INACTIVE_REASON if state[1] == INACTIVE else "")
             verdicts[address] = RevokedAddress(normalised, reason or None)
         else:
             verdicts[address] = normalised
-    return verdicts
+    return verdicts, found
 
 
 def entry_with_certificates(session: Session, address: str) -> tuple[DirectoryEntry, list[Certificate]]:

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from cryptography import x509
 
-from directory import certificates, service
+from directory import certificates
 from mss import metrics, peers, receipts, standing, store, trust, webhooks
 from mss.accounts import UnlockedAccount
 from mss.addresses import normalise_address
@@ -139,17 +139,16 @@ class _Reachable:
 
 
 def _check_recipients(session: Reader, rt: Runtime, addresses: list[str]) -> dict[str, _Reachable | MssError]:
-    """Each of ``addresses`` checked as ``check_recipient`` says, in one query per kind of
-    fact whatever their number: the trust list, the directory entries, the current
-    certificates. Every call reads the database: a revocation counts at once."""
+    """Each of ``addresses`` checked as ``check_recipient`` says, in two queries at most
+    whatever their number: the trust list (for addresses of other domains), then the
+    directory entries with their current certificates. Every call reads the database: a
+    revocation counts at once."""
     settings = rt.settings
     wanted = {address: normalise_address(address) for address in addresses}
     remote = {trust.domain_of(a) for a in wanted.values() if not settings.serves(a)}
     trusted = trust.trusted_among(session, remote) if remote else set()
     reachable = [a for a in wanted.values() if settings.serves(a) or trust.domain_of(a) in trusted]
-    entries = service.require_active_many(session, reachable) if reachable else {}
-    served = [e for e in entries.values() if isinstance(e, str) and settings.serves(e)]
-    ders = certificates.current_certificate_ders(session, served) if served else {}
+    entries, ders = certificates.active_with_certificate_ders(session, reachable) if reachable else ({}, {})
     verdicts: dict[str, _Reachable | MssError] = {}
     for address, normalised in wanted.items():
         entry = entries.get(normalised)

@@ -19,7 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from directory import certificates
+from directory import certificates, service
 from directory.models import REVOKED, Certificate, DirectoryEntry
 from mss.crypto import keys, pki, smime
 from mss.crypto.master import MasterKey
@@ -274,6 +274,35 @@ def test_issue_for_entry_stores_row_and_audit(engine: Engine, dev_pki: Settings,
     ca_file = str(pki.PkiPaths.from_settings(dev_pki).ca_certificate)
     done = openssl("verify", "-CAfile", ca_file, str(path))
     assert done.returncode == 0, done.stderr
+
+
+def test_a_recipient_check_reads_each_entry_with_its_newest_current_certificate(
+    engine: Engine, dev_pki: Settings
+) -> None:
+    renewed, revoked_certificate, no_certificate = "a.renewed@mss.test", "b.revoked@mss.test", "c.none@mss.test"
+    struck_off = "d.struck@mss.test"
+    for address in (renewed, revoked_certificate, no_certificate, struck_off):
+        _add_entry(engine, address)
+    with session_scope(engine) as session:
+        _, first = certificates.issue_for_entry(session, dev_pki, renewed, actor="admin")
+        _, newest = certificates.issue_for_entry(session, dev_pki, renewed, actor="admin")
+        _, gone = certificates.issue_for_entry(session, dev_pki, revoked_certificate, actor="admin")
+        certificates.issue_for_entry(session, dev_pki, struck_off, actor="admin")
+    with session_scope(engine) as session:
+        certificates.revoke_for_address(session, dev_pki, revoked_certificate, reason="keyCompromise", actor="admin")
+        # An entry struck off after its certificate was issued keeps the row, not the right.
+        entry = session.execute(select(DirectoryEntry).where(DirectoryEntry.address == struck_off)).scalars().one()
+        entry.status, entry.status_reason = REVOKED, "retraite"
+    asked = [renewed.upper(), revoked_certificate, no_certificate, struck_off, "nobody@mss.test", "x\x00@mss.test"]
+    with session_scope(engine, readonly=True) as session:
+        verdicts, ders = certificates.active_with_certificate_ders(session, asked)
+        # The same as the entry check and the certificate look-up made one after the other.
+        assert verdicts.keys() == set(asked)
+        assert {a: str(v) for a, v in verdicts.items()} == {
+            a: str(v) for a, v in service.require_active_many(session, asked).items()
+        }
+    assert ders == {renewed: newest.der}
+    assert newest.der != first.der and gone.der not in ders.values()
 
 
 def test_issue_for_an_organisation_mailbox(engine: Engine, dev_pki: Settings) -> None:
