@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -101,7 +101,12 @@ class MessageMeta:
     origin: dict[str, str] | None = None
 
     def seal(self, master_key: MasterKey) -> bytes:
-        return master_key.seal(json.dumps(asdict(self), ensure_ascii=False).encode("utf-8"))
+        return master_key.seal(self.to_json().encode("utf-8"))
+
+    def to_json(self) -> str:
+        """What is sealed: the fields as JSON, the documents and their CDA summaries as objects
+        of their fields (``dataclasses.asdict``'s text, without its copy of every level)."""
+        return json.dumps(self, default=vars, ensure_ascii=False)
 
     @classmethod
     def open(cls, master_key: MasterKey, sealed: bytes) -> MessageMeta:

@@ -7,8 +7,10 @@ exported .eml with ``openssl cms`` as an independent reader.
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
+import json
 import subprocess
 from email.message import EmailMessage
 from pathlib import Path
@@ -21,6 +23,7 @@ from cli.main import app
 from directory import certificates, service
 from mss import accounts, audit, store
 from mss.crypto import keys, smime
+from mss.crypto.master import MasterKey
 from mss.crypto.verify import verify_signed_data
 from mss.db import session_scope
 from mss.errors import FromHeaderMismatch, MalformedMessage, RevokedAddress, UnknownAddress
@@ -294,3 +297,22 @@ def _pdf() -> bytes:
     out = BytesIO()
     writer.write(out)
     return out.getvalue()
+
+
+def test_the_sealed_metadata_is_the_json_of_its_fields() -> None:
+    meta = store.MessageMeta(
+        sender="a@mss.test",
+        recipients=["b@mss.test", "c@mss.test"],
+        subject="Compte rendu é",
+        date="Tue, 01 Dec 2026 10:00:00 +0100",
+        message_id="<x@mss.test>",
+        headers={"X-MSS-CODECDA": "11490-0"},
+        documents=[
+            store.DocumentSummary("cr.pdf", "pdf", 1234, "ab" * 32),
+            store.DocumentSummary("ihe.zip", "xdm", 99, "", (store.CdaSummary("t", "11490-0", "CR", "1", "2026"),)),
+        ],
+        client={"to": "b@mss.test", "shape": {"parts": [1, 2]}},
+    )
+    assert meta.to_json() == json.dumps(dataclasses.asdict(meta), ensure_ascii=False)
+    key = MasterKey(bytes(range(32)))
+    assert store.MessageMeta.open(key, meta.seal(key)) == meta
