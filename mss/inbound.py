@@ -494,7 +494,13 @@ def _report_entries(report: EmailMessage) -> tuple[str, str | None, list[tuple[s
 
 
 def _link_report(
-    session: Session, rt: Runtime, notification: Message, report: EmailMessage, owners: list[str], *, request_id: str
+    session: Session,
+    rt: Runtime,
+    notification: store.StoredMessage,
+    report: EmailMessage,
+    owners: list[str],
+    *,
+    request_id: str,
 ) -> int:
     """Link a report to the message it is about among those ``owners`` sent; return how
     many receipt rows were written (0 when the original is not found: the report stays in

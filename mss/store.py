@@ -153,7 +153,7 @@ def store_submission(
     checked: list[str],
     queued: Sequence[tuple[str, str, bool, str]] = (),
     notices: Sequence[Notice] = (),
-) -> Message:
+) -> StoredMessage:
     """Add the message, its deliveries and mailbox rows, the receipts its submission
     already calls for (``notices``: DSNs and MDNs to the sender), and the audit events.
 
@@ -191,7 +191,7 @@ def store_inbound(
     message_digest: str,
     peer: str,
     request_id: str,
-) -> Message:
+) -> StoredMessage:
     """Add a message that arrived from another operator: its mailbox rows, deliveries, the
     rows that make a repeated delivery a no-op, and the audit events.
 
@@ -223,23 +223,36 @@ def _arrival(
     )
 
 
-def _add_message(session: Session, master_key: MasterKey, message: NewMessage) -> Message:
-    """Insert the message row (its CMS and sealed metadata); returns it with its id, not
-    attached to the session (a Core INSERT: the unit of work costs more than the insert)."""
-    row = Message(
-        queue_id=message.queue_id,
-        message_id=message.meta.message_id,
-        sender=message.meta.sender,
-        kind=message.kind,
-        size=len(message.cms),
-        cms=message.cms,
-        cms_sha256=hashlib.sha256(message.cms).hexdigest(),
-        meta_sealed=message.meta.seal(master_key),
-    )
-    values = {column.name: getattr(row, column.name) for column in _MESSAGES.columns if column.name != "id"}
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message row just inserted: its id and what the rows and events that go with it read."""
+
+    id: int
+    queue_id: str
+    message_id: str
+    sender: str
+    kind: str
+    cms_sha256: str
+
+
+def _add_message(session: Session, master_key: MasterKey, message: NewMessage) -> StoredMessage:
+    """Insert the message row (its CMS and sealed metadata); returns its id and columns (a
+    Core INSERT, and no model object: building one costs more than the insert)."""
+    digest = hashlib.sha256(message.cms).hexdigest()
+    values = {
+        "queue_id": message.queue_id,
+        "message_id": message.meta.message_id,
+        "sender": message.meta.sender,
+        "kind": message.kind,
+        "size": len(message.cms),
+        "cms": message.cms,
+        "cms_sha256": digest,
+        "meta_sealed": message.meta.seal(master_key),
+        "submitted_at": utcnow(),
+    }
     session.flush()  # what the caller added goes first, as with the unit of work (nothing, usually)
-    row.id = session.connection().execute(_INSERT_MESSAGE, values).scalar_one()
-    return row
+    key = session.connection().execute(_INSERT_MESSAGE, values).scalar_one()
+    return StoredMessage(key, message.queue_id, message.meta.message_id, message.meta.sender, message.kind, digest)
 
 
 _MESSAGES = table_of(Message)
@@ -250,7 +263,7 @@ _INSERT_RECEIPTS = insert(table_of(Receipt))
 
 def _add_deliveries(
     session: Session,
-    message: Message,
+    message: StoredMessage,
     stored: NewMessage,
     *,
     request_id: str,
@@ -317,12 +330,12 @@ def _add_deliveries(
     return events
 
 
-def _reader(message: Message, owner: str, folder: str, at: datetime, *, unread: bool = True) -> dict[str, Any]:
+def _reader(message: StoredMessage, owner: str, folder: str, at: datetime, *, unread: bool = True) -> dict[str, Any]:
     return {"message_id": message.id, "owner": owner, "folder": folder, "unread": unread, "created_at": at}
 
 
 def _delivery(
-    message: Message,
+    message: StoredMessage,
     recipient: str,
     status: str,
     at: datetime,

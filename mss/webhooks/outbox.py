@@ -32,6 +32,7 @@ from mss import audit, leases
 from mss.db import key_of, rowcount, session_scope, utcnow
 from mss.models import Delivery, Message, Receipt, WebhookEvent
 from mss.settings import Settings
+from mss.store import StoredMessage
 
 EVENT_TYPE = "message.final_status"
 # The final statuses, as mss.mailbox.reading's journey and the status API name them.
@@ -47,7 +48,9 @@ def _timestamp(at: datetime) -> str:
     return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _payload(message: Message, recipient: str, status: str, code: str | None, at: datetime, now: datetime) -> str:
+def _payload(
+    message: Message | StoredMessage, recipient: str, status: str, code: str | None, at: datetime, now: datetime
+) -> str:
     # Metadata only: never a subject, a document name or anything of the content.
     return json.dumps(
         {
@@ -79,7 +82,7 @@ def _code(status: str, reason: str, given: str | None) -> str | None:
 
 
 def record_final(
-    session: Session, settings: Settings, message: Message, *, codes: Mapping[str, str] | None = None
+    session: Session, settings: Settings, message: Message | StoredMessage, *, codes: Mapping[str, str] | None = None
 ) -> int:
     """Add an event for each final status of ``message``'s recipients that has none yet, in
     the caller's transaction (call it after writing the statuses). ``codes`` gives the
