@@ -258,6 +258,8 @@ def _add_message(session: Session, master_key: MasterKey, message: NewMessage) -
 _MESSAGES = table_of(Message)
 _INSERT_MESSAGE = insert(_MESSAGES).returning(_MESSAGES.c.id)
 _INSERT_MAILBOX_ITEMS = insert(table_of(MailboxItem))
+_INSERT_DELIVERIES = insert(table_of(Delivery))
+_INSERT_INBOUND_DELIVERIES = insert(table_of(InboundDelivery))
 _INSERT_RECEIPTS = insert(table_of(Receipt))
 
 
@@ -308,14 +310,15 @@ def _add_deliveries(
                 {"recipient": recipient, "reason": reason},
             )
         )
+    connection = session.connection()
     if deliveries:
-        session.execute(insert(table_of(Delivery)), deliveries)
+        connection.execute(_INSERT_DELIVERIES, deliveries)
     if readers:
-        session.execute(_INSERT_MAILBOX_ITEMS, readers)
+        connection.execute(_INSERT_MAILBOX_ITEMS, readers)
     if inbound is not None and stored.delivered:
         sender_key, digest = inbound
-        session.execute(
-            insert(table_of(InboundDelivery)),
+        connection.execute(
+            _INSERT_INBOUND_DELIVERIES,
             [
                 {
                     "sender": sender_key,
