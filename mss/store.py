@@ -21,7 +21,7 @@ from mss import audit
 from mss.addresses import normalise_address
 from mss.crypto import smime
 from mss.crypto.master import MasterKey
-from mss.db import key_of, table_of, utcnow
+from mss.db import table_of, utcnow
 from mss.errors import CryptoError, MessageNotFound
 from mss.models import Delivery, InboundDelivery, MailboxItem, Message, Receipt
 
@@ -442,22 +442,11 @@ def _add_receipts(
 
 def store_notice(
     session: Session, master_key: MasterKey, *, owner: str, kind: str, cms: bytes, meta: MessageMeta
-) -> Message:
+) -> StoredMessage:
     """Store a message from the operator itself (sealed by the caller) in ``owner``'s inbox."""
-    row = Message(
-        queue_id=f"{kind.upper()}-{hashlib.sha256(cms).hexdigest()[:20].upper()}",
-        message_id=meta.message_id,
-        sender=meta.sender,
-        kind=kind,
-        size=len(cms),
-        cms=cms,
-        cms_sha256=hashlib.sha256(cms).hexdigest(),
-        meta_sealed=meta.seal(master_key),
-    )
-    session.add(row)
-    session.flush()
-    session.add(MailboxItem(message_id=key_of(row), owner=owner, folder=INBOX))
-    session.flush()
+    queue_id = f"{kind.upper()}-{hashlib.sha256(cms).hexdigest()[:20].upper()}"
+    row = _add_message(session, master_key, NewMessage(queue_id=queue_id, kind=kind, cms=cms, meta=meta))
+    session.connection().execute(_INSERT_MAILBOX_ITEMS, _reader(row, owner, INBOX, utcnow()))
     return row
 
 
