@@ -78,8 +78,8 @@ class WorkerPool:
     import only when they run. Started on first use, replaced when it was stopped or
     broke, stopped at interpreter exit."""
 
-    def __init__(self, modules: str | tuple[str, ...], workers: int) -> None:
-        for module in (modules,) if isinstance(modules, str) else modules:
+    def __init__(self, modules: tuple[str, ...], workers: int) -> None:
+        for module in modules:
             if module not in _PRELOAD:
                 _PRELOAD.append(module)
         self._workers = workers

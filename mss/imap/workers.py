@@ -47,7 +47,7 @@ WORKERS: Final = max(1, os.cpu_count() or 1)
 # replaced) and the envelope opened in the server's process.
 TASK_SECONDS: Final = 30.0
 
-_workers = WorkerPool(__name__, WORKERS)
+_workers = WorkerPool((__name__,), WORKERS)
 start = _workers.start
 stop = _workers.stop
 
