@@ -488,7 +488,6 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
     client = client_smime(submission.raw, message)
     documents: list[Document] = []
     client_view: dict[str, object] = {"to": str(message.get("To", "")), "cc": str(message.get("Cc", ""))}
-    signed = b""
     if client.envelope is not None:
         # True end to end: the client encrypted; we only check every recipient can open it
         # (at another operator, those whose certificate we know; its door checks the rest).
@@ -500,24 +499,29 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         # Stored as DER (NSS and gpgsm write BER), which every later reader opens.
         kind, cms = "client", client.envelope
         metrics.observe("check", check_started)
+        entries = _outbound_entries(submission, message, added, remote, remote_certs, envelope=client.envelope)
     else:
         if client.entity is not None:
             documents = _inspect_documents(client.entity, settings_limits(settings), sender.address)
         # X-MSS-CODECDA / X-MSS-INS describe every CDA carried, bare or inside IHE_XDM.ZIP.
         # Test INS roots count as qualified only outside production.
         added.update(message_header_values(_cdas(documents), accept_test_ins=not settings.is_production))
-        entity = _with_headers(submission.raw, added)
         metrics.observe("check", check_started)
-        # The client's own signatures, if any, travel inside ours, byte for byte.
+        # The client's own signatures, if any, travel inside ours, byte for byte. The
+        # entity, the SignedData and its MIME form are each as large as the message, and
+        # are let go of as soon as the next form is made (a 1 MB message: 2 MB less held
+        # through encryption, 3.5 MB less through the commit).
         with metrics.stage("sign"):
             # Canonical: _parse refused a bare CR, _with_headers made every line end CRLF.
-            signed = smime.sign(entity, sender.certificate, sender.private_key, known_canonical=True)
+            signed = smime.sign(
+                _with_headers(submission.raw, added), sender.certificate, sender.private_key, known_canonical=True
+            )
+        # Recipients at other operators read their own copy, made from the SignedData.
+        entries = _outbound_entries(submission, message, added, remote, remote_certs, signed=signed)
         # The envelope holds the SignedData as an RFC 8551 signed-data entity: what a mail
         # client expects once it decrypts, and what `openssl cms -verify` reads as S/MIME.
-        # Recipients at other operators read their own copy (``_outbound_entries``).
         signed_entity = smime.signed_entity(signed)
-        with metrics.stage("encrypt"):
-            cms = smime.encrypt(signed_entity, [*recipient_certs, sender.certificate])
+        del signed
         kind = "signed"
         client_view = {
             "to": str(message.get("To", "")),
@@ -526,6 +530,9 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
                 signed_entity, store.submission_signature(sender.address, _sender_certificate_serial(sender), utcnow())
             ),
         }
+        with metrics.stage("encrypt"):
+            cms = smime.encrypt(signed_entity, [*recipient_certs, sender.certificate])
+        del signed_entity
 
     meta = MessageMeta(
         sender=sender.address,
@@ -547,10 +554,6 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         delivered=[(r.address, r.notify) for r in deliverable],
         failed={address: (reason, notify_of[address]) for address, reason in failed.items()},
         original_headers=_header_block(submission.raw),
-    )
-    passed_through = client.envelope if client.envelope is not None and not client.sealed else None
-    entries = _outbound_entries(
-        submission, message, added, remote, remote_certs, signed=signed, envelope=passed_through
     )
     commit_started = metrics.now()
     with rt.message_writes(), session_scope(rt.engine) as session:
@@ -673,11 +676,12 @@ def _outbound_entries(
     remote: list[RecipientRequest],
     certificates: dict[str, object],
     *,
-    signed: bytes,
-    envelope: bytes | None,
+    signed: bytes = b"",
+    envelope: bytes | None = None,
 ) -> list[queue.Entry]:
     """One queue entry per domain and protection: encrypted to the recipients whose
-    certificate is known, signed for the others (a client's own envelope travels as is)."""
+    certificate is known, signed for the others (from ``signed``, our SignedData); or, given
+    the client's own ``envelope``, the message as the client wrote it, to every one."""
     groups: dict[tuple[str, str], list[RecipientRequest]] = {}
     for request in remote:
         known = certificates.get(request.address) is not None
