@@ -215,7 +215,9 @@ def parse_hollowed(raw: bytes, policy: Policy) -> Message | None:
     for number, (start, end) in enumerate(runs):
         mark = b"%s%06d\r\n" % (token, number)
         pieces += [raw[last:start], mark]
-        kept[mark.decode("ascii")] = raw[start:end].decode("ascii")
+        # Decoded from a view: a copy of the run as bytes first would be one more block as
+        # large as the run (and its pages faulted in afresh).
+        kept[mark.decode("ascii")] = str(memoryview(raw)[start:end], "ascii")
         last = end
     pieces.append(raw[last:])
     message = BytesParser(policy=policy).parsebytes(b"".join(pieces))
@@ -263,11 +265,11 @@ def _put_back(message: Message, token: str, kept: dict[str, str]) -> bool:
 def _restore(text: str, token: str, kept: dict[str, str], found: list[str]) -> str:
     """``text`` with its marks replaced by their lines; each mark added to ``found``."""
     pieces = text.split(token)
-    for index in range(1, len(pieces)):
-        piece = pieces[index]
+    restored = [pieces[0]]
+    for piece in pieces[1:]:
         mark = token + piece[:8]  # six digits and CRLF
         found.append(mark)
         if mark not in kept:
             return text  # not a mark made here: ``found`` can no longer match
-        pieces[index] = kept[mark] + piece[8:]
-    return "".join(pieces)
+        restored += [kept[mark], piece[8:]]  # joined once: no run is copied twice
+    return "".join(restored)
