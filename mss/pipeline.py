@@ -499,7 +499,9 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         # Stored as DER (NSS and gpgsm write BER), which every later reader opens.
         kind, cms = "client", client.envelope
         metrics.observe("check", check_started)
-        entries = _outbound_entries(submission, message, added, remote, remote_certs, envelope=client.envelope)
+        entries = _outbound_entries(
+            submission, message, added, remote, remote_certs, signed=b"", envelope=client.envelope
+        )
     else:
         if client.entity is not None:
             documents = _inspect_documents(client.entity, settings_limits(settings), sender.address)
@@ -517,7 +519,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
                 _with_headers(submission.raw, added), sender.certificate, sender.private_key, known_canonical=True
             )
         # Recipients at other operators read their own copy, made from the SignedData.
-        entries = _outbound_entries(submission, message, added, remote, remote_certs, signed=signed)
+        entries = _outbound_entries(submission, message, added, remote, remote_certs, signed=signed, envelope=None)
         # The envelope holds the SignedData as an RFC 8551 signed-data entity: what a mail
         # client expects once it decrypts, and what `openssl cms -verify` reads as S/MIME.
         signed_entity = smime.signed_entity(signed)
@@ -676,8 +678,8 @@ def _outbound_entries(
     remote: list[RecipientRequest],
     certificates: dict[str, object],
     *,
-    signed: bytes = b"",
-    envelope: bytes | None = None,
+    signed: bytes,
+    envelope: bytes | None,
 ) -> list[queue.Entry]:
     """One queue entry per domain and protection: encrypted to the recipients whose
     certificate is known, signed for the others (from ``signed``, our SignedData); or, given

@@ -41,9 +41,9 @@ T = TypeVar("T")
 
 # As many as the cores the process may use (two at least, eight at most). A check is CPU
 # work: more workers than cores run no more checks in a second, and each one holds its own
-# memory (about 8 MiB at start, 11 after a 750 KB PDF). A check waiting on a slow hostile
-# document holds one worker until its deadline, and an account holds at most half of them
-# (``account_share``), so the others stay free for everyone else.
+# memory (about 8 MiB at start, 11 to 13 under a load of 1 MB PDFs). A check waiting on a
+# slow hostile document holds one worker until its deadline, and an account holds at most
+# half of them (``account_share``), so the others stay free for everyone else.
 WORKERS: Final = min(8, max(2, len(os.sched_getaffinity(0))))
 
 _lock = threading.Lock()
