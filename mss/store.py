@@ -235,10 +235,13 @@ class StoredMessage:
     cms_sha256: str
 
 
-def _add_message(session: Session, master_key: MasterKey, message: NewMessage) -> StoredMessage:
+def _add_message(
+    session: Session, master_key: MasterKey, message: NewMessage, *, digest: str | None = None
+) -> StoredMessage:
     """Insert the message row (its CMS and sealed metadata); returns its id and columns (a
-    Core INSERT, and no model object: building one costs more than the insert)."""
-    digest = hashlib.sha256(message.cms).hexdigest()
+    Core INSERT, and no model object: building one costs more than the insert). ``digest``:
+    the CMS's SHA-256 (hex), when the caller has already computed it."""
+    digest = digest or hashlib.sha256(message.cms).hexdigest()
     values = {
         "queue_id": message.queue_id,
         "message_id": message.meta.message_id,
@@ -444,8 +447,9 @@ def store_notice(
     session: Session, master_key: MasterKey, *, owner: str, kind: str, cms: bytes, meta: MessageMeta
 ) -> StoredMessage:
     """Store a message from the operator itself (sealed by the caller) in ``owner``'s inbox."""
-    queue_id = f"{kind.upper()}-{hashlib.sha256(cms).hexdigest()[:20].upper()}"
-    row = _add_message(session, master_key, NewMessage(queue_id=queue_id, kind=kind, cms=cms, meta=meta))
+    digest = hashlib.sha256(cms).hexdigest()
+    queue_id = f"{kind.upper()}-{digest[:20].upper()}"
+    row = _add_message(session, master_key, NewMessage(queue_id, kind, cms, meta), digest=digest)
     session.connection().execute(_INSERT_MAILBOX_ITEMS, _reader(row, owner, INBOX, utcnow()))
     return row
 

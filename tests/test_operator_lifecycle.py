@@ -4,6 +4,7 @@ and the audit chain still verifies; the audit retention purge leaves a checkpoin
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 
 import pytest
@@ -50,6 +51,12 @@ def test_an_inactive_mailbox_is_noticed_then_closed(rt, doctor, gp, mss, env):
     assert f"noticed {NURSE}" in result.stdout and "mailboxes closed: 0" in result.stdout
     assert doctor.address not in result.stdout and GP not in result.stdout
     assert ("inbox", "notice") in _items(rt, NURSE)
+    with session_scope(rt.engine) as session:
+        notice = session.execute(select(Message).where(Message.kind == "notice")).scalar_one()
+        digest = hashlib.sha256(notice.cms).hexdigest()
+        # The row names its CMS by the digest of the bytes stored, and so does its queue id.
+        assert (notice.cms_sha256, notice.size) == (digest, len(notice.cms))
+        assert notice.queue_id == f"NOTICE-{digest[:20].upper()}"
     # Once.
     assert "inactivity notices sent: 0" in mss("lifecycle", "run").stdout
 
