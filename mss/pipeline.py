@@ -20,6 +20,7 @@ from typing import Any, cast
 from cryptography import x509
 
 from directory import certificates
+from directory import revision as directory_revision
 from mss import metrics, peers, receipts, standing, store, trust, webhooks
 from mss.accounts import UnlockedAccount
 from mss.addresses import normalise_address
@@ -105,12 +106,24 @@ def _sender_certificate_serial(sender: UnlockedAccount) -> str:
     return pki.serial_hex(sender.certificate.serial_number)
 
 
-def check_sender_standing(rt: Runtime, sender: UnlockedAccount) -> None:
+def check_sender_standing(rt: Runtime, sender: UnlockedAccount) -> int:
     """The sender still stands, with the certificate its session signs with (a revocation,
-    a disable or a rekey since it logged in refuses its next message). Raises a
-    StandingError subclass (``mss.standing``)."""
+    a disable or a rekey since it logged in refuses its next message). Returns the
+    directory's revision, read just before: the transaction's recipients may be looked up
+    at it (``known_recipient``). Raises a StandingError subclass (``mss.standing``)."""
     with read_scope(rt.engine) as reader:
+        revision = directory_revision.current(reader)
         standing.check(reader, rt.settings, sender.address, certificate_serial=_sender_certificate_serial(sender))
+    return revision
+
+
+def known_recipient(rt: Runtime, address: str, revision: int) -> str | None:
+    """The normalised address of a recipient found reachable at ``revision`` of the
+    directory, or None: then only ``check_recipient`` can tell. Reads no database (an SMTP
+    transaction asks it at RCPT with the revision read at its MAIL; ``submit`` reads the
+    revision again, and everything again if it moved)."""
+    verdict = _kept_verdict(rt, normalise_address(address), revision)
+    return verdict.address if verdict is not None else None
 
 
 def check_recipient(rt: Runtime, address: str) -> str:
@@ -118,12 +131,13 @@ def check_recipient(rt: Runtime, address: str) -> str:
 
     An address of another operator's domain may receive when that domain is on the trust
     list; nothing needs to be known of its certificate yet (``submit`` looks for one).
+    A recipient found reachable at the directory's current revision is not read again.
     Raises DomainNotServed (neither served nor trusted: never an open relay),
     UnknownAddress, RevokedAddress, RecipientHasNoCertificate.
     """
     address = normalise_address(address)
     with read_scope(rt.engine) as reader:
-        verdict = _check_recipients(reader, rt, [address])[address]
+        verdict = _recipient_verdicts(reader, rt, [address])[address]
     if isinstance(verdict, MssError):
         raise verdict
     return verdict.address
@@ -136,6 +150,39 @@ class _Reachable:
 
     address: str
     certificate: x509.Certificate | None
+
+
+def _kept_verdict(rt: Runtime, address: str, revision: int) -> _Reachable | None:
+    """What ``_recipient_verdicts`` found of ``address`` at ``revision``, while its
+    certificate is within its validity (time alone ends it, with no write to the directory)."""
+    verdict = rt.recipients.get(address, revision)
+    if verdict is None:
+        return None
+    certificate = verdict.certificate
+    if certificate is not None and not certificate.not_valid_before_utc <= utcnow() < certificate.not_valid_after_utc:
+        return None
+    return cast(_Reachable, verdict)
+
+
+def _recipient_verdicts(reader: Reader, rt: Runtime, addresses: list[str]) -> dict[str, _Reachable | MssError]:
+    """``_check_recipients``' verdicts, without reading again those found reachable at the
+    directory's current revision: a write to the directory's entries, certificates or trust
+    list since (a revocation, a rekey) moves the revision, and they are read again. Refusals
+    are always read again."""
+    revision = directory_revision.current(reader)  # before what it vouches for
+    verdicts: dict[str, _Reachable | MssError] = {}
+    unread: list[str] = []
+    for address in addresses:
+        kept = _kept_verdict(rt, normalise_address(address), revision)
+        if kept is None:
+            unread.append(address)
+        else:
+            verdicts[address] = kept
+    if unread:
+        read = _check_recipients(reader, rt, unread)
+        rt.recipients.keep(revision, {v.address: v for v in read.values() if isinstance(v, _Reachable)})
+        verdicts.update(read)
+    return verdicts
 
 
 def _check_recipients(session: Reader, rt: Runtime, addresses: list[str]) -> dict[str, _Reachable | MssError]:
@@ -466,8 +513,9 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         # Nothing is signed with a key whose certificate was revoked, or for an account
         # that may no longer send, whenever that happened.
         standing.check(reader, settings, sender.address, certificate_serial=_sender_certificate_serial(sender))
-        # The same checks as at RCPT, read again (a revocation since counts), for all at once.
-        verdicts = _check_recipients(reader, rt, [r.address for r in submission.recipients])
+        # The same checks as at RCPT, for all at once: read again unless the directory is
+        # still at the revision they were read at (a revocation since counts).
+        verdicts = _recipient_verdicts(reader, rt, [r.address for r in submission.recipients])
     for request in submission.recipients:
         verdict = verdicts[request.address]
         if isinstance(verdict, (DirectoryError, DomainNotServed, RecipientHasNoCertificate)):

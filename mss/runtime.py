@@ -1,6 +1,7 @@
 """What a running process holds: its settings, the database engine, the master key, the
-certificates it parsed (by their bytes), the threads that take messages through the
-pipeline and, on SQLite, the lock its message stores queue on.
+certificates it parsed (by their bytes), the recipients it found reachable (by the
+directory's revision), the threads that take messages through the pipeline and, on SQLite,
+the lock its message stores queue on.
 
 Built once by the CLI, the SMTP server and the web app, and passed to the services.
 """
@@ -12,10 +13,11 @@ import contextlib
 import functools
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Final, ParamSpec, TypeVar
+from typing import Any, Final, Generic, ParamSpec, TypeVar
 
 from cryptography import x509
 from sqlalchemy.engine import Engine
@@ -52,6 +54,47 @@ class ParsedCertificates:
 
 P = ParamSpec("P")
 T = TypeVar("T")
+V = TypeVar("V")
+
+
+# How long a kept verdict is given back at most, whatever the revision: what time alone
+# changes, with no write to bump the revision (a certificate whose start comes), counts
+# within this. A certificate's end is checked exactly by the caller.
+VERDICT_SECONDS: Final = 60.0
+
+
+class KeptVerdicts(Generic[V]):
+    """Verdicts on addresses, each kept with the directory's revision it was read at
+    (``directory.revision``).
+
+    ``get`` gives a verdict back only at that same revision, and for ``max_age`` seconds at
+    most: any write to the directory since, in any process, and the verdict is read again.
+    Full at ``limit`` addresses, it starts again empty.
+    """
+
+    def __init__(self, limit: int = 4096, max_age: float = VERDICT_SECONDS) -> None:
+        self._limit = limit
+        self._max_age = max_age
+        self._kept: dict[str, tuple[int, float, V]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, address: str, revision: int) -> V | None:
+        """The verdict on ``address`` read at ``revision``, if kept and young enough."""
+        kept = self._kept.get(address)
+        if kept is None or kept[0] != revision or time.monotonic() - kept[1] > self._max_age:
+            return None
+        return kept[2]
+
+    def keep(self, revision: int, verdicts: Mapping[str, V]) -> None:
+        """Keep ``verdicts`` (by address), read at ``revision``."""
+        if not verdicts:
+            return
+        read_at = time.monotonic()
+        with self._lock:
+            if len(self._kept) + len(verdicts) > self._limit:
+                self._kept.clear()
+            for address, verdict in verdicts.items():
+                self._kept[address] = (revision, read_at, verdict)
 
 
 # How long no message must have been under way before the memory the last ones left free
@@ -133,6 +176,8 @@ class Runtime:
     engine: Engine
     master_key: MasterKey
     certificates: ParsedCertificates = field(default_factory=ParsedCertificates, compare=False, repr=False)
+    # mss.pipeline's recipients found reachable, by the directory's revision.
+    recipients: KeptVerdicts[Any] = field(default_factory=KeptVerdicts, compare=False, repr=False)
     messages: MessageThreads = field(default_factory=MessageThreads, compare=False, repr=False)
     # WriteTurns on SQLite (set by __post_init__), typed by what it offers for the web
     # framework's inspection of the runtime's fields.

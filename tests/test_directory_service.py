@@ -6,15 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
-from directory import service
+from directory import certificates, service
+from directory import revision as directory_revision
 from directory.importer import import_extract
 from directory.models import ACTIVE, INACTIVE, REVOKED, DirectoryEntry
 from directory.search import search
-from mss import audit
-from mss.db import session_scope
+from mss import audit, trust
+from mss.db import read_scope, session_scope
 from mss.errors import DirectoryError, RevokedAddress, UnknownAddress
 from mss.models import AuditEvent
 
@@ -228,3 +229,54 @@ def test_events_are_on_the_audit_chain(directory: Engine) -> None:
     assert [e.action for e in chain] == ["directory.import", "directory.revoke", "directory.reactivate"]
     assert all(e.outcome == audit.SUCCESS for e in chain)
     assert [e.prev_hash for e in chain[1:]] == [e.hash for e in chain[:-1]]
+
+
+def test_every_write_to_who_may_receive_moves_the_directory_revision(rt, directory_loaded) -> None:
+    # The revision vouches for recipients' verdicts kept between look-ups (mss.pipeline):
+    # each write to the entries, their certificates or the trust list moves it, whoever
+    # writes and however; other writes leave it.
+    engine, settings = rt.engine, rt.settings
+
+    def revision() -> int:
+        with read_scope(engine) as reader:
+            return directory_revision.current(reader)
+
+    def moves(write) -> None:
+        before = revision()
+        with session_scope(engine) as session:
+            write(session)
+        assert revision() > before, write
+
+    assert revision() > 0  # the import wrote entries
+    moves(
+        lambda s: service.add_entry(
+            s,
+            actor=ADMIN,
+            kind="PER",
+            address="helene.noel@medecin.mss.test",
+            rpps="10009999999",
+            last_name="NOËL",
+            first_name="Hélène",
+            profession_code="10",
+            postal_code="27000",
+            city="Évreux",
+        )
+    )
+    moves(lambda s: service.revoke_entry(s, DOCTOR, reason="struck off", actor=ADMIN))
+    moves(lambda s: service.reactivate_entry(s, DOCTOR, actor=ADMIN))
+    moves(lambda s: certificates.issue_for_entry(s, settings, DOCTOR, actor=ADMIN))
+    moves(lambda s: certificates.revoke_for_address(s, settings, DOCTOR, reason="keyCompromise", actor=ADMIN))
+    moves(lambda s: s.execute(text("DELETE FROM certificate WHERE address = :a"), {"a": DOCTOR}))
+    moves(
+        lambda s: s.execute(
+            text("UPDATE directory_entry SET status_reason = 'by hand' WHERE address = :a"), {"a": DOCTOR}
+        )
+    )
+    moves(lambda s: trust.add(s, settings, "hopital-voisin.example", actor=ADMIN))
+    moves(lambda s: trust.remove(s, "hopital-voisin.example", actor=ADMIN))
+    # Not who may receive: the audit trail, an account's login time.
+    before = revision()
+    with session_scope(engine) as session:
+        audit.record(session, actor=ADMIN, action="directory.test", object=DOCTOR)
+        session.execute(text("UPDATE account SET last_login_at = NULL"))
+    assert revision() == before

@@ -16,11 +16,11 @@ import pyotp
 import pytest
 from cryptography import x509
 from litestar.testing import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from directory import certificates, service
 from directory.models import Certificate
-from mss import accounts, audit, mailbox
+from mss import accounts, audit, mailbox, trust
 from mss.crypto.pki import serial_hex
 from mss.db import session_scope, utcnow
 from mss.errors import (
@@ -37,6 +37,7 @@ from mss.relay import RelayServer, replies
 from mss.web import create_app
 
 from relay_support import (
+    NO_ACCOUNT,
     RECIPIENTS,
     SENDER,
     Stack,
@@ -53,6 +54,8 @@ from web_support import BASE_URL, Person, client_maker, csrf, totp_page
 from web_support import login as web_login
 
 READER = RECIPIENTS[0]
+# An entry no test sends to: changing it changes the directory, not the recipients.
+REVOKED_ELSEWHERE = NO_ACCOUNT
 
 
 @pytest.fixture
@@ -193,6 +196,106 @@ def test_recipient_revoked_between_rcpt_and_data_is_refused_at_data(stack) -> No
     # The session goes on; the next transaction is refused at RCPT already.
     assert client.mail(SENDER)[0] == 250
     assert client.rcpt(READER) == code_of(replies.REVOKED_RECIPIENT)
+    client.close()
+    assert stack.counts() == before
+
+
+REMOTE_DOMAIN = "hopital-voisin.example"
+REMOTE_RECIPIENT = f"helene.noel@{REMOTE_DOMAIN}"
+
+
+def _refuse_reader_entry(session, stack: Stack) -> None:
+    service.revoke_entry(session, READER, reason="struck off", actor="test")
+
+
+def _refuse_reader_certificate(session, stack: Stack) -> None:
+    certificates.revoke_for_address(session, stack.settings, READER, reason="keyCompromise", actor="test")
+
+
+def _refuse_remote_domain(session, stack: Stack) -> None:
+    trust.remove(session, REMOTE_DOMAIN, actor="test")
+
+
+@pytest.mark.parametrize(
+    ("recipient", "write", "refusal"),
+    [
+        (READER, _refuse_reader_entry, replies.REVOKED_RECIPIENT),
+        (READER, _refuse_reader_certificate, replies.RECIPIENT_NO_CERTIFICATE),
+        (REMOTE_RECIPIENT, _refuse_remote_domain, replies.RELAY_DENIED),
+    ],
+    ids=["entry-revoked", "certificate-revoked", "domain-off-the-trust-list"],
+)
+def test_a_recipient_accepted_before_is_refused_at_the_next_rcpt_after_a_directory_change(
+    stack, recipient, write, refusal
+) -> None:
+    # A recipient found reachable is not read again while the directory stays at the same
+    # revision; a write to its entry, its certificate or the trust list moves the revision,
+    # and the next transaction's RCPT reads it again.
+    with session_scope(stack.rt.engine) as session:
+        # A doctor at another operator: in the national directory, reachable while the
+        # domain is on the trust list.
+        service.add_entry(
+            session,
+            actor="test",
+            kind="PER",
+            address=REMOTE_RECIPIENT,
+            rpps="10009999999",
+            last_name="NOËL",
+            first_name="Hélène",
+            profession_code="10",
+            postal_code="27000",
+            city="Évreux",
+        )
+        trust.add(session, stack.settings, REMOTE_DOMAIN, actor="test")
+    client = login(stack, SENDER)
+    for _ in range(2):
+        assert client.mail(SENDER)[0] == 250
+        assert client.rcpt(recipient)[0] == 250
+        assert client.rset()[0] == 250
+    with session_scope(stack.rt.engine) as session:
+        write(session, stack)
+    assert client.mail(SENDER)[0] == 250
+    assert client.rcpt(recipient) == code_of(refusal)
+    client.quit()
+
+
+def test_recipients_found_reachable_are_read_again_only_once_the_directory_changed(stack) -> None:
+    # What DATA and the next transactions' RCPT read of the recipients (their entries with
+    # their current certificates), seen on the database connection.
+    looked_up: list[str] = []
+
+    def seen(_conn, _cursor, statement, _parameters, _context, _executemany) -> None:
+        if "certificate.der" in statement and "directory_entry.status_reason" in statement:
+            looked_up.append(statement)
+
+    event.listen(stack.rt.engine, "before_cursor_execute", seen)
+    try:
+        client = login(stack, SENDER)
+        queue_id(transaction(client, SENDER, RECIPIENTS, letter(recipients=RECIPIENTS))[-1])
+        assert looked_up  # read at RCPT
+        looked_up.clear()
+        queue_id(transaction(client, SENDER, RECIPIENTS, letter(recipients=RECIPIENTS))[-1])
+        assert looked_up == []  # neither at RCPT nor at DATA: the directory did not change
+        with session_scope(stack.rt.engine) as session:
+            service.revoke_entry(session, REVOKED_ELSEWHERE, reason="retired", actor="test")
+        queue_id(transaction(client, SENDER, RECIPIENTS, letter(recipients=RECIPIENTS))[-1])
+        assert looked_up  # another entry changed: the revision moved, everything is read again
+        client.quit()
+    finally:
+        event.remove(stack.rt.engine, "before_cursor_execute", seen)
+
+
+def test_a_recipient_revoked_between_mail_and_rcpt_is_refused_by_data_at_the_latest(stack) -> None:
+    # RCPT may answer from the revision MAIL read; DATA reads the revision again and, once it
+    # moved, every recipient.
+    client = login(stack, SENDER)
+    queue_id(transaction(client, SENDER, (READER,), letter())[-1])
+    before = stack.counts()
+    assert client.mail(SENDER)[0] == 250
+    with session_scope(stack.rt.engine) as session:
+        service.revoke_entry(session, READER, reason="struck off", actor="test")
+    if client.rcpt(READER)[0] == 250:
+        assert client.data(letter()) == code_of(replies.REVOKED_RECIPIENT)
     client.close()
     assert stack.counts() == before
 

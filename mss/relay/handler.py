@@ -135,12 +135,17 @@ class DoorHandler(abc.ABC):
         """Who a refusal is recorded against."""
 
     @abc.abstractmethod
-    async def sender_refusal(self, session: RelaySession, address: str) -> Refusal | None:
+    async def sender_refusal(self, session: RelaySession, envelope: RelayEnvelope, address: str) -> Refusal | None:
         """Why the sender ``address`` of MAIL is refused, or None to accept it."""
 
     @abc.abstractmethod
     def check_recipient(self, address: str) -> str:
         """The normalised recipient (in a worker thread); raises an error of ``RECIPIENT_REFUSALS``."""
+
+    def known_recipient(self, envelope: RelayEnvelope, address: str) -> str | None:
+        """The normalised recipient if the service already knows it may receive, without
+        reading the database (in the event loop); None to ask ``check_recipient``."""
+        return None
 
     def count_refusal(self, server: RelaySMTP, reply: str) -> None:
         """Count a refusal on the session's server."""
@@ -192,7 +197,7 @@ class DoorHandler(abc.ABC):
         parameters: MailParameters,
     ) -> str:
         """Accept the sender unless the door refuses it (``sender_refusal``)."""
-        refusal = await self.sender_refusal(session, address)
+        refusal = await self.sender_refusal(session, envelope, address)
         if refusal is not None:
             reason, reply = refusal
             return await self.refuse(server, session, envelope, address, stage="mail", reason=reason, reply=reply)
@@ -213,7 +218,9 @@ class DoorHandler(abc.ABC):
             self.count_refusal(server, replies.TOO_MANY_RECIPIENTS)
             return replies.TOO_MANY_RECIPIENTS
         try:
-            normalised = await asyncio.to_thread(self.check_recipient, address)
+            normalised = self.known_recipient(envelope, address)
+            if normalised is None:
+                normalised = await asyncio.to_thread(self.check_recipient, address)
         except errors.MssError as error:
             for cls, reply, reason in RECIPIENT_REFUSALS:
                 if isinstance(error, cls):
@@ -243,9 +250,10 @@ class RelayHandler(DoorHandler):
         super().count_refusal(server, reply)
         metrics.refused("smtp", reply)
 
-    async def sender_refusal(self, session: RelaySession, address: str) -> Refusal | None:
+    async def sender_refusal(self, session: RelaySession, envelope: RelayEnvelope, address: str) -> Refusal | None:
         """The sender must be the authenticated account (``553 5.7.1`` otherwise) and the
-        account must still stand (``550 5.7.1`` naming why, otherwise)."""
+        account must still stand (``550 5.7.1`` naming why, otherwise). Notes on the
+        envelope the directory's revision read with the standing (``known_recipient``)."""
         account = session.account
         assert account is not None  # RelaySMTP refuses MAIL before AUTH
         try:
@@ -253,12 +261,18 @@ class RelayHandler(DoorHandler):
         except errors.SenderMismatch:
             return "sender-mismatch", replies.SENDER_NOT_AUTHENTICATED_ACCOUNT
         try:
-            await asyncio.to_thread(pipeline.check_sender_standing, self.rt, account)
+            envelope.directory_revision = await asyncio.to_thread(pipeline.check_sender_standing, self.rt, account)
         except errors.StandingError as error:
             reply = _refusal_reply(error)
             assert reply is not None  # StandingError itself has a row
             return error.code, reply
         return None
+
+    def known_recipient(self, envelope: RelayEnvelope, address: str) -> str | None:
+        """A recipient found reachable at the revision of the directory read at this
+        transaction's MAIL: DATA checks every recipient again at the revision then."""
+        revision = envelope.directory_revision
+        return None if revision is None else pipeline.known_recipient(self.rt, address, revision)
 
     def check_recipient(self, address: str) -> str:
         """A recipient the directory lets receive (here or at a trusted operator)."""

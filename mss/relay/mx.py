@@ -115,7 +115,7 @@ class MxHandler(DoorHandler):
         """aiosmtpd's EHLO lines without AUTH."""
         return [line for line in lines if not line[4:].upper().startswith("AUTH")]
 
-    async def sender_refusal(self, session: RelaySession, address: str) -> Refusal | None:
+    async def sender_refusal(self, session: RelaySession, envelope: RelayEnvelope, address: str) -> Refusal | None:
         """The peer must have presented a trusted certificate, and the sender's domain must
         be on the trust list (a null sender is judged at DATA by its From: domain)."""
         try:

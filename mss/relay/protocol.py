@@ -103,6 +103,8 @@ class RelayEnvelope(Envelope):
         self.parameters = esmtp.MailParameters()
         self.recipients: list[RecipientRequest] = []
         self.request_id = ""
+        # The directory's revision read with the sender's standing at MAIL (submission only).
+        self.directory_revision: int | None = None
 
 
 # A DATA that waits for a slot (DataSlots) goes ahead without one once no message has ended
