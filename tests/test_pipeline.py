@@ -13,20 +13,26 @@ import email.policy
 import json
 import subprocess
 import tracemalloc
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from cli.main import app
 from directory import certificates, service
-from mss import accounts, audit, store
+from directory import revision as directory_revision
+from mss import accounts, audit, pipeline, store
 from mss.crypto import keys, smime
 from mss.crypto.master import MasterKey
 from mss.crypto.verify import verify_signed_data
-from mss.db import session_scope
+from mss.db import read_scope, session_scope
 from mss.errors import FromHeaderMismatch, MalformedMessage, RevokedAddress, UnknownAddress
 from mss.models import Delivery, MailboxItem, Message, Receipt
 from mss.pipeline import RecipientRequest, Submission, submit
@@ -334,3 +340,42 @@ def test_a_long_message_is_not_held_in_every_form_at_once(rt, people):
     finally:
         tracemalloc.stop()
     assert peak < 6 * len(raw), (peak, len(raw))
+
+
+def _ended_certificate() -> x509.Certificate:
+    """A certificate whose validity ended ten days ago (only its dates matter here)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Ended")])
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=40))
+        .not_valid_after(now - timedelta(days=10))
+        .sign(key, hashes.SHA256())
+    )
+
+
+def test_a_kept_recipient_counts_only_at_its_revision_and_within_its_certificate(rt, people):
+    # Found reachable once, a recipient is known at that revision of the directory, and only
+    # at it; a kept verdict whose certificate has ended (time alone, no write) is not used.
+    with read_scope(rt.engine) as reader:
+        revision = directory_revision.current(reader)
+    assert pipeline.known_recipient(rt, GP, revision) is None  # nothing found yet
+    assert pipeline.check_recipient(rt, GP.upper()) == GP
+    assert pipeline.known_recipient(rt, f" {GP.upper()} ", revision) == GP
+    assert pipeline.known_recipient(rt, GP, revision + 1) is None
+    kept = rt.recipients.get(GP, revision)
+    rt.recipients.keep(revision, {GP: dataclasses.replace(kept, certificate=_ended_certificate())})
+    assert pipeline.known_recipient(rt, GP, revision) is None
+    # At DATA the ended verdict is not used either: the directory is read again, and its
+    # current certificate is the one the message is encrypted to.
+    accepted = send(rt, people[DOCTOR], [GP], letter(DOCTOR, [GP], []))
+    with session_scope(rt.engine) as session:
+        row = session.execute(select(Message).where(Message.queue_id == accepted.queue_id)).scalar_one()
+    status, _opened = open_as(rt, people[GP], row.cms)
+    assert status == "valid"
+    assert pipeline.known_recipient(rt, GP, revision) == GP

@@ -1,7 +1,8 @@
 """The runtime's message threads: as many messages go through the pipeline at once as there
 are threads, the others wait their turn with nothing but their bytes, and none is lost; the
 memory a burst of messages leaves free goes back to the system once they are all done; what
-start-up made is set aside from the cyclic collector once every door listens."""
+start-up made is set aside from the cyclic collector once every door listens; verdicts kept
+by the directory's revision."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import asyncio
 import gc
 import os
 import threading
+import time
 import weakref
 
 from mss import memory
 from mss.background import settle_once_listening
-from mss.runtime import MessageThreads
+from mss.runtime import KeptVerdicts, MessageThreads
 
 
 def test_message_threads_take_as_many_messages_at_once_as_they_have_threads() -> None:
@@ -126,3 +128,19 @@ def test_memory_start_up_is_set_aside_once_every_door_listens_and_later_cycles_s
     assert one_listening == 0  # not while a door is still starting
     assert frozen > 10_000, frozen  # this process's modules and objects
     assert tracked < frozen / 10, (tracked, frozen)  # full passes walk only what came after
+
+
+def test_kept_verdicts_hold_only_at_their_revision_for_a_while_and_within_their_limit() -> None:
+    verdicts: KeptVerdicts[str] = KeptVerdicts(limit=3, max_age=0.2)
+    verdicts.keep(7, {"a@mss.test": "A", "b@mss.test": "B"})
+    assert verdicts.get("a@mss.test", 7) == "A"
+    assert verdicts.get("a@mss.test", 8) is None  # the directory changed since
+    assert verdicts.get("c@mss.test", 7) is None
+    verdicts.keep(8, {"a@mss.test": "A2"})  # read again at a newer revision
+    assert (verdicts.get("a@mss.test", 8), verdicts.get("a@mss.test", 7)) == ("A2", None)
+    # Full: it starts again empty rather than growing.
+    verdicts.keep(8, {"c@mss.test": "C", "d@mss.test": "D"})
+    assert verdicts.get("b@mss.test", 7) is None and verdicts.get("d@mss.test", 8) == "D"
+    # Past its age, a verdict is read again whatever the revision.
+    time.sleep(0.25)
+    assert verdicts.get("d@mss.test", 8) is None
