@@ -25,6 +25,7 @@ Usage::
     .venv/bin/python bench/bench_relay.py --relays 2   # two relay processes on one database
     .venv/bin/python bench/bench_relay.py --only 4MBx48  # a burst: 48 sessions of 4 MB at once
     .venv/bin/python bench/bench_relay.py --serve      # the relay as `mss serve relay` runs it
+    .venv/bin/python bench/bench_relay.py --serve --phases  # and where a message's time goes
     .venv/bin/python bench/bench_relay.py --serve --smtp-processes 2   # two processes on one port
 
 Prints, per case, messages/s, CPU ms per message and latency p50/p95 for each server
@@ -51,14 +52,17 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiosmtplib
+from prometheus_client.parser import text_string_to_metric_families
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "tests")]
 
+from mss import metrics
 from mss.demo import DemoAccount
 from mss.settings import Settings
 
@@ -136,6 +140,7 @@ class Result:
     cpu_seconds: float
     latencies: list[float]
     peak: Memory
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -249,15 +254,46 @@ class Load:
         return [self.message(first + n) for n in range(self.sessions * self.per_session)]
 
 
+# What --phases reads of the relay's metrics: the DATA phases of the submission door, then
+# the pipeline's stages, in the order a message meets them.
+PHASES = [
+    *(("mss_smtp_data_seconds", {"door": "smtp", "phase": p}, p) for p in metrics.DATA_PHASES),
+    *(("mss_pipeline_stage_seconds", {"stage": s}, s) for s in metrics.STAGES),
+]
+
+
+def timings(url: str) -> dict[str, tuple[float, float]]:
+    """Each of ``PHASES`` as the relay's metrics at ``url`` count it now: (seconds, times)."""
+    with urllib.request.urlopen(url, timeout=30) as response:
+        text = response.read().decode("utf-8")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+    def sample(name: str, labels: dict[str, str]) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    return {label: (sample(f"{name}_sum", labels), sample(f"{name}_count", labels)) for name, labels, label in PHASES}
+
+
 class Sessions:
     """Logged-in client sessions to one server (spread over its processes), reused across
     repetitions."""
 
     def __init__(
-        self, ports: list[int], pids: list[int], context: ssl.SSLContext, load: Load, rcpt_options: list[str]
+        self,
+        ports: list[int],
+        pids: list[int],
+        context: ssl.SSLContext,
+        load: Load,
+        rcpt_options: list[str],
+        metrics_url: str | None = None,
     ) -> None:
         self.ports, self.pids, self.context = ports, pids, context
         self.load, self.rcpt_options = load, rcpt_options
+        self.metrics_url = metrics_url
         self.clients: list[aiosmtplib.SMTP] = []
 
     async def open(self, *, warm_up: bool) -> None:
@@ -290,12 +326,21 @@ class Sessions:
             for raw in messages[index * per_session : (index + 1) * per_session]:
                 latencies.append(await self._send(client, raw))
 
+        before = timings(self.metrics_url) if self.metrics_url else {}
         cpu = sum(map(tree_cpu, self.pids))
         started = time.perf_counter()
         with PeakMemory(self.pids) as memory:
             await asyncio.gather(*(one(i, c) for i, c in enumerate(self.clients)))
         elapsed = time.perf_counter() - started
-        return Result(len(latencies), elapsed, sum(map(tree_cpu, self.pids)) - cpu, latencies, memory.peak)
+        cpu = sum(map(tree_cpu, self.pids)) - cpu
+        phases = {}
+        if self.metrics_url:
+            after = timings(self.metrics_url)
+            phases = {
+                name: (seconds - before[name][0]) / max(times - before[name][1], 1)
+                for name, (seconds, times) in after.items()
+            }
+        return Result(len(latencies), elapsed, cpu, latencies, memory.peak, phases)
 
     async def close(self) -> None:
         for client in self.clients:
@@ -303,7 +348,13 @@ class Sessions:
 
 
 async def run_case(
-    servers: dict[str, tuple[list[int], list[int]]], ca_file: Path, load: Load, *, repeats: int, dsn: bool
+    servers: dict[str, tuple[list[int], list[int]]],
+    ca_file: Path,
+    load: Load,
+    *,
+    repeats: int,
+    dsn: bool,
+    metrics_url: str | None = None,
 ) -> dict[str, list[Result]]:
     """Every server, ``repeats`` times, in a rotating order; the results by server name."""
     context = ssl.create_default_context(cafile=str(ca_file))
@@ -311,7 +362,7 @@ async def run_case(
     for name, (ports, pids) in servers.items():
         # Only the relay speaks DSN (aiosmtpd refuses RCPT parameters it does not know).
         options = ["NOTIFY=SUCCESS,FAILURE"] if dsn and name == "relay" else []
-        opened[name] = Sessions(ports, pids, context, load, options)
+        opened[name] = Sessions(ports, pids, context, load, options, metrics_url if name == "relay" else None)
         await opened[name].open(warm_up=True)
     results: dict[str, list[Result]] = {name: [] for name in servers}
     names = list(servers)
@@ -364,12 +415,20 @@ def main() -> None:
         help="with --serve: N processes share the submission port (MSS_SMTP_PROCESSES; default 1)",
     )
     parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="with --serve: read the relay's metrics around each run and print where a message's time goes "
+        "(mean ms per message of each DATA phase and pipeline stage)",
+    )
+    parser.add_argument(
         "--py-spy",
         metavar="FILE",
         type=Path,
         help="run the relay under py-spy: a flame graph (SVG), or collapsed stacks for *.txt",
     )
     args = parser.parse_args()
+    if args.phases and not args.serve:
+        parser.error("--phases needs --serve (python -m mss.relay serves no metrics)")
     if args.bare_server:
         bare_server(args.bare_server)
         return
@@ -398,6 +457,17 @@ def main() -> None:
         if args.serve:
             relay_command = [str(Path(sys.executable).with_name("mss")), "serve", "relay"]
             env.update(MSS_MX_PORT="0", MSS_METRICS_PORT="0", MSS_SMTP_PROCESSES=str(args.smtp_processes))
+        metrics_url = None
+        if args.phases:
+            # Every process of the port counts into one folder, read at each scrape.
+            (root / "prometheus").mkdir()
+            metrics_port = free_port()
+            env.update(
+                MSS_METRICS_HOST="127.0.0.1",
+                MSS_METRICS_PORT=str(metrics_port),
+                PROMETHEUS_MULTIPROC_DIR=str(root / "prometheus"),
+            )
+            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         elif args.smtp_processes != 1:
             parser.error("--smtp-processes needs --serve")
         if args.py_spy:
@@ -442,7 +512,9 @@ def main() -> None:
         try:
             for (label, sessions), per_session in counts.items():
                 load = Load(sender, recipients, SIZES[label], sessions, per_session)
-                results = asyncio.run(run_case(servers, ca_file, load, repeats=repeats, dsn=args.dsn))
+                results = asyncio.run(
+                    run_case(servers, ca_file, load, repeats=repeats, dsn=args.dsn, metrics_url=metrics_url)
+                )
                 case = f"{label} x{sessions}"
                 print(f"{case} ({sessions * per_session} messages per run)")
                 # What each server keeps once its sessions are gone and it has been idle a while.
@@ -458,6 +530,12 @@ def main() -> None:
                         f"  {name:<11}{rate:>8.1f} msg/s  cpu {cpu:>6.2f} ms/msg  p50 {p50:>7.1f}  p95 {p95:>7.1f} ms"
                         f"  peak {peak}, {SETTLE_SECONDS:.0f} s after {settled[name]}"
                     )
+                if metrics_url:
+                    phases = [
+                        f"{label} {statistics.median(r.phases[label] for r in results['relay']) * 1000:.1f}"
+                        for _name, _labels, label in PHASES
+                    ]
+                    print(f"  relay, ms per message (medians): {', '.join(phases)}")
                 for base in (n for n in results if n != "relay"):
                     pairs = list(zip(results["relay"], results[base], strict=True))
                     ratios = [r.rate / b.rate for r, b in pairs]

@@ -40,8 +40,13 @@ from directory.models import DirectoryEntry
 from mss.db import session_scope, utcnow
 from mss.models import WebSession
 
-# Pipeline stages timed by STAGE_SECONDS, in the order a message meets them.
-STAGES = ("parse", "check", "sign", "encrypt", "commit")
+# Pipeline stages timed by STAGE_SECONDS, in the order a message meets them. "queue" is the
+# wait for a message thread (``Runtime.messages``), which every message has, whatever its door.
+STAGES = ("queue", "parse", "check", "sign", "encrypt", "commit")
+# What a message's DATA is made of at an SMTP door, timed by DATA_SECONDS, in order: the wait
+# for a place before the 354 (``DataSlots``), the message's arrival after it, and its handling
+# from the end of data to the reply (the "queue" stage and the pipeline, or the refusal).
+DATA_PHASES = ("slot", "receive", "handle")
 
 SUBMITTED = Counter("mss_messages_submitted", "Messages accepted and stored, by door.", ["door"])
 REFUSED = Counter(
@@ -57,6 +62,12 @@ STAGE_SECONDS = Histogram(
     "Time spent in each pipeline stage.",
     ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+DATA_SECONDS = Histogram(
+    "mss_smtp_data_seconds",
+    "Time a message spends at an SMTP door from DATA to the reply, by door and phase.",
+    ["door", "phase"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
 )
 SMTP_SESSIONS = Gauge("mss_smtp_sessions_open", "SMTP sessions open now.", multiprocess_mode="livesum")
 LOGIN_FAILURES = Counter(
@@ -74,6 +85,7 @@ _INSTRUMENTS = (
     "FAILED",
     "DOCUMENTS",
     "STAGE_SECONDS",
+    "DATA_SECONDS",
     "SMTP_SESSIONS",
     "LOGIN_FAILURES",
     "LOCKOUTS",
@@ -123,6 +135,11 @@ def now() -> float:
 def observe(name: str, started: float) -> None:
     """Record the time of stage ``name`` since ``started`` (from :func:`now`)."""
     STAGE_SECONDS.labels(stage=name).observe(time.perf_counter() - started)
+
+
+def data_phase(door: str, phase: str, seconds: float) -> None:
+    """Record ``seconds`` of phase ``phase`` (of ``DATA_PHASES``) of a DATA at SMTP door ``door``."""
+    DATA_SECONDS.labels(door=door, phase=phase).observe(seconds)
 
 
 def accepted(door: str, *, delivered: int, failed: int, kinds: list[str]) -> None:

@@ -135,13 +135,19 @@ class MessageThreads:
             self._started += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                executor, functools.partial(function, *args, **kwargs)
+                executor, functools.partial(self._taken, metrics.now(), function, *args, **kwargs)
             )
         finally:
             with self._lock:
                 self._under_way -= 1
                 if not self._under_way and self._idle_timer is None:
                     self._wait_for_idleness()
+
+    @staticmethod
+    def _taken(queued: float, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``function(*args, **kwargs)``, once a thread took it ``queued`` (``metrics.now()``)."""
+        metrics.observe("queue", queued)
+        return function(*args, **kwargs)
 
     def _wait_for_idleness(self) -> None:
         # Called with the lock held.

@@ -34,9 +34,10 @@ from federation_support import (
     wait_for,
 )
 from litestar.testing import TestClient
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from mss import accounts, audit, trust
+from mss import accounts, audit, metrics, trust
 from mss.crypto import keys, pki
 from mss.db import session_scope
 from mss.models import AuditEvent, Delivery, Message, Outbound, PeerCertificate, Receipt
@@ -109,8 +110,17 @@ def page_of(operator: Operator, person_address: str, queue_id: str, folder: str 
         return page.text
 
 
+def mx_data_counts() -> dict[str, float]:
+    """How many DATA phases the MX doors of this process have timed, by phase."""
+    return {
+        phase: REGISTRY.get_sample_value("mss_smtp_data_seconds_count", {"door": "mx", "phase": phase}) or 0.0
+        for phase in metrics.DATA_PHASES
+    }
+
+
 def test_encrypted_both_ways_with_receipts_back(pair: tuple[Operator, Operator]) -> None:
     a, b = pair
+    timed = mx_data_counts()
     # A to B: B publishes Joël's certificate, so A encrypts to it.
     raw = letter(MARC, JOEL, "Lettre de liaison", "Bonjour,\nci-joint la lettre.\n", "courrier.pdf")
     queue_id = a.submit(MARC, [JOEL], raw, rcpt_options=("NOTIFY=SUCCESS,FAILURE",))
@@ -149,6 +159,8 @@ def test_encrypted_both_ways_with_receipts_back(pair: tuple[Operator, Operator])
     assert MessageMeta.open(a.rt.master_key, back.meta_sealed).origin["protection"] == "encrypted"
     assert "encrypted" in wait_for(lambda: relayed(b, reply_id, MARC), what="the reply relayed").reason
     assert "valid signature" in page_of(a, MARC, back.queue_id)
+    # The MX doors timed each DATA they took in (the letter and the receipts at least).
+    assert all(count >= timed[phase] + 2 for phase, count in mx_data_counts().items())
 
 
 def test_signed_inside_mutual_tls_when_no_certificate_is_known(pair: tuple[Operator, Operator]) -> None:

@@ -99,6 +99,16 @@ def test_metrics_count_real_smtp_traffic(relay_stack: Stack, metrics_url: str) -
             before, "mss_pipeline_stage_seconds_count", stage=stage
         )
         assert grown == 1, stage
+    # One DATA (the refused transaction ended at RCPT): each phase timed once, on this door.
+    for phase in metrics.DATA_PHASES:
+        count, total = (
+            value(after, f"mss_smtp_data_seconds_{kind}", door="smtp", phase=phase)
+            - value(before, f"mss_smtp_data_seconds_{kind}", door="smtp", phase=phase)
+            for kind in ("count", "sum")
+        )
+        assert count == 1, phase
+        assert total > 0 or phase == "slot", phase  # a place was free at once
+    assert not any(name.startswith("mss_smtp_data_seconds") and ("door", "mx") in labels for name, labels in after)
     assert (
         value(after, "mss_login_failures_total", action="smtp.login", reason="bad-password")
         - value(before, "mss_login_failures_total", action="smtp.login", reason="bad-password")

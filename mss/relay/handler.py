@@ -126,6 +126,8 @@ class DoorHandler(abc.ABC):
 
     # The audit action of this door's refusals.
     refusal_action: str
+    # The door's name in the metrics (``mss_smtp_data_seconds``).
+    door: str
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -240,6 +242,7 @@ class RelayHandler(DoorHandler):
     """aiosmtpd handler hooks of the submission relay: the authenticated account sends."""
 
     refusal_action = "smtp.refused"
+    door = "smtp"
 
     def actor(self, session: RelaySession) -> str:
         account = session.account

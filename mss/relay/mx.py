@@ -106,6 +106,7 @@ class MxHandler(DoorHandler):
     """aiosmtpd hooks of the MX door: another operator's server, known by its certificate."""
 
     refusal_action = "mx.refused"
+    door = "mx"
 
     def actor(self, session: RelaySession) -> str:
         peer = _peer(session)

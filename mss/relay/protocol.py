@@ -605,6 +605,7 @@ class RelaySMTP(PasswordMechanisms, SMTP):
         self._timeout_handle.cancel()
         asked = self.loop.time()
         async with self.registry.slots.slot(self._client) as had_slot:
+            metrics.data_phase(self.event_handler.door, "slot", self.loop.time() - asked)
             if not had_slot:
                 log.info(
                     "session %s takes a message in without a slot after %.0f s",
@@ -616,12 +617,17 @@ class RelaySMTP(PasswordMechanisms, SMTP):
 
     async def _take_message(self, envelope: RelayEnvelope) -> None:
         """DATA once the message may be taken in: read it, hand it on, reply."""
+        door = self.event_handler.door
         await self.push(replies.START_MAIL_INPUT)
+        invited = self.loop.time()
         refusal, content = await self._receive_data()
+        received = self.loop.time()
+        metrics.data_phase(door, "receive", received - invited)
         if refusal is not None:
             self.refused += 1
             self._set_post_data_state()
             await self.push(refusal)
+            metrics.data_phase(door, "handle", self.loop.time() - received)
             return
         envelope.content = envelope.original_content = content
         # The client waits for our answer while the pipeline works: no idle timeout then.
@@ -635,6 +641,7 @@ class RelaySMTP(PasswordMechanisms, SMTP):
             self._set_post_data_state()
             self._reset_timeout()
         await self.push(status)
+        metrics.data_phase(door, "handle", self.loop.time() - received)
         if self.registry.draining:
             self.close_with(replies.SHUTTING_DOWN, outcome="shutdown")
 
