@@ -52,12 +52,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiosmtplib
-from prometheus_client.parser import text_string_to_metric_families
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "tests")]
@@ -67,6 +65,7 @@ from mss.demo import DemoAccount
 from mss.settings import Settings
 
 from _support import bench_env, demo_installation, percentile, referral, serve_bare_smtp, spread
+from metrics_support import scrape, value
 from server_process import free_port, process_tree, processes, start_server
 
 SIZES = {"10KB": 10_000, "1MB": 1_000_000, "4MB": 4_000_000}
@@ -264,18 +263,11 @@ PHASES = [
 
 def timings(url: str) -> dict[str, tuple[float, float]]:
     """Each of ``PHASES`` as the relay's metrics at ``url`` count it now: (seconds, times)."""
-    with urllib.request.urlopen(url, timeout=30) as response:
-        text = response.read().decode("utf-8")
-    samples = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
+    samples = scrape(url)
+    return {
+        label: (value(samples, f"{name}_sum", **labels), value(samples, f"{name}_count", **labels))
+        for name, labels, label in PHASES
     }
-
-    def sample(name: str, labels: dict[str, str]) -> float:
-        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-    return {label: (sample(f"{name}_sum", labels), sample(f"{name}_count", labels)) for name, labels, label in PHASES}
 
 
 class Sessions:

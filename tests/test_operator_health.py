@@ -19,7 +19,6 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from directory.models import DirectoryEntry
@@ -28,6 +27,7 @@ from mss.crypto.pki import PkiPaths
 from mss.db import session_scope
 from mss.logs import JsonFormatter
 
+from metrics_support import scrape, value
 from relay_support import RECIPIENTS, SENDER, UNKNOWN, Stack, connect, login, referral, running_stack, transaction
 from web_support import WebServer
 
@@ -44,22 +44,6 @@ def metrics_url(relay_stack: Stack) -> Iterator[str]:
         yield f"http://127.0.0.1:{server.port}/metrics"
     finally:
         server.close()
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the endpoint: (name, sorted labels) -> value."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        assert response.status == 200
-        text = response.read().decode("utf-8")
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_metrics_count_real_smtp_traffic(relay_stack: Stack, metrics_url: str) -> None:

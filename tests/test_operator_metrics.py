@@ -3,7 +3,10 @@ costs the relay is measured by ``bench/bench_metrics.py``)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from prometheus_client import REGISTRY
 
 from mss import metrics
 from mss.errors import ConfigError
@@ -23,7 +26,17 @@ def test_metrics_off_counts_nothing(rt, env, doctor, gp):
     try:
         submit(off, doctor, [GP], "Suivi", "Bonjour")
         assert counter._value.get() == before
+        # Nor the door's DATA phases, nor the wait for a message thread.
+        timed = [
+            ("mss_smtp_data_seconds_count", {"door": "smtp", "phase": "receive"}),
+            ("mss_pipeline_stage_seconds_count", {"stage": "queue"}),
+        ]
+        counts = [REGISTRY.get_sample_value(name, labels) or 0.0 for name, labels in timed]
+        metrics.data_phase("smtp", "receive", 0.5)
+        asyncio.run(off.messages.run(int))
+        assert [REGISTRY.get_sample_value(name, labels) or 0.0 for name, labels in timed] == counts
     finally:
+        off.messages.close()
         metrics.set_enabled(True)
     submit(rt, doctor, [GP], "Suivi", "Bonjour")
     assert counter._value.get() == before + 1
