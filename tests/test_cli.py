@@ -432,6 +432,33 @@ def test_a_relay_process_does_not_import_what_only_its_workers_or_peers_need() -
     assert imported.stdout.strip() == "[]", imported.stdout
 
 
+def test_serve_relay_imports_neither_the_web_nor_the_imap_door(env, dev_pki, tmp_path):
+    # `mss serve relay` imports the code of the parts it runs, not that of the web inbox or
+    # the IMAP server (about 17 MiB), nor the MX door's when that door is off (11 MiB).
+    # Python names every module it imports, in every process of the tree, when
+    # PYTHONPROFILEIMPORTTIME is set.
+    smtp = free_port()
+    full_env = {
+        **os.environ,
+        **env,
+        "MSS_SMTP_HOST": "127.0.0.1",
+        "MSS_SMTP_PORT": str(smtp),
+        "MSS_MX_PORT": "0",
+        "MSS_METRICS_PORT": "0",
+        "PYTHONPROFILEIMPORTTIME": "1",
+    }
+    log = tmp_path / "serve.log"
+    server = start_server([str(Path(sys.executable).with_name("mss")), "serve", "relay"], full_env, log, smtp)
+    server.terminate()
+    server.wait(timeout=60)
+    imported = {
+        line.rpartition("|")[2].strip() for line in log.read_text().splitlines() if line.startswith("import time:")
+    }
+    assert {"mss.relay", "mss.pipeline", "mss.outbound.worker"} <= imported
+    held = imported & {"mss.web.server", "litestar", "mss.imap.server", "mss.relay.mx"}
+    assert not held, held
+
+
 def test_serve_workers_hold_nothing_of_the_doors_or_the_command_line(env, dev_pki, tmp_path):
     # `mss serve` runs as a script, and multiprocessing sets up each worker's __main__ by
     # running that script again: it must not import the command line then. The fork server,
