@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +21,7 @@ from typing import Any, Final, Generic, ParamSpec, TypeVar
 from cryptography import x509
 from sqlalchemy.engine import Engine
 
-from mss import audit, memory, metrics
+from mss import audit, cores, memory, metrics
 from mss.crypto.master import MasterKey
 from mss.db import WriteTurns, make_engine, make_private_dir, migrate, sqlite_file
 from mss.settings import Settings
@@ -117,7 +116,7 @@ class MessageThreads:
     """
 
     def __init__(self, size: int | None = None, *, idle_seconds: float = IDLE_SECONDS) -> None:
-        self.size = size or max(2, len(os.sched_getaffinity(0)))
+        self.size = size or max(2, cores.usable())
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._idle_seconds = idle_seconds

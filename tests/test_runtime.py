@@ -2,13 +2,15 @@
 are threads, the others wait their turn with nothing but their bytes, and none is lost; the
 memory a burst of messages leaves free goes back to the system once they are all done; what
 start-up made is set aside from the cyclic collector once every door listens; verdicts kept
-by the directory's revision."""
+by the directory's revision; every pool and turn sized to the cores the process may use."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import os
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -58,6 +60,28 @@ def test_message_threads_take_as_many_messages_at_once_as_they_have_threads() ->
 
 def test_message_threads_default_to_the_cores_the_process_may_use() -> None:
     assert MessageThreads().size == max(2, len(os.sched_getaffinity(0)))
+
+
+def test_pools_and_turns_count_the_cores_the_process_may_use_not_the_machine() -> None:
+    # A container's CPU set, or taskset, gives a process fewer cores than the machine has:
+    # here one. Each pool and turn is sized to that one, with its own floor.
+    pinned = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from mss import cores; from mss.crypto import keys; from mss.runtime import MessageThreads; "
+            "from mss.documents import workers as documents; from mss.imap import workers as imap; "
+            "print(os.cpu_count(), cores.usable(), MessageThreads().size, keys.ARGON2_AT_ONCE, "
+            "documents.WORKERS, imap.WORKERS)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    machine, usable, message_threads, argon2, document_workers, imap_workers = map(int, pinned.stdout.split())
+    assert machine == os.cpu_count()
+    assert (usable, message_threads, argon2, document_workers, imap_workers) == (1, 2, 1, 2, 1)
 
 
 def _resident_mib() -> float:

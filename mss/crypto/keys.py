@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import threading
 import unicodedata
 from collections.abc import Sequence
@@ -47,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509 import Certificate
 
+from mss import cores
 from mss.errors import ConfigError, CryptoError, KeyUnwrapError
 from mss.files import write_file
 
@@ -66,7 +66,7 @@ PKCS12_COMPATIBLE_MAX_PASSWORD = 31
 PKCS12_COMPATIBLE_ATTEMPTS = 16
 _ARGON2ID_PREFIX = "$argon2id$"
 # argon2id computations that run at once in this process (see the module's docstring).
-ARGON2_AT_ONCE = max(1, len(os.sched_getaffinity(0)))
+ARGON2_AT_ONCE = cores.usable()
 _argon2_turns = threading.BoundedSemaphore(ARGON2_AT_ONCE)
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import TimeoutError as CheckTimedOut
@@ -29,6 +28,7 @@ from typing import Any, Final, TypeVar
 
 from pebble import ProcessExpired
 
+from mss import cores
 from mss.documents import cda, detect, xdm
 from mss.documents.base import Document, DocumentLimits, DocumentTooComplex, display_name
 from mss.documents.cda import CdaInfo
@@ -44,7 +44,7 @@ T = TypeVar("T")
 # memory (about 8 MiB at start, 11 to 13 under a load of 1 MB PDFs). A check waiting on a
 # slow hostile document holds one worker until its deadline, and an account holds at most
 # half of them (``account_share``), so the others stay free for everyone else.
-WORKERS: Final = min(8, max(2, len(os.sched_getaffinity(0))))
+WORKERS: Final = min(8, max(2, cores.usable()))
 
 _lock = threading.Lock()
 # pypdf is imported where a PDF is read (``pdf_reading``): by the fork server, not by the

@@ -26,7 +26,6 @@ guard.
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Final
 
@@ -34,6 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from pebble import ProcessExpired
 
+from mss import cores
 from mss.crypto import keys, smime
 from mss.processes import WorkerPool
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # the workers import this module alone, not the account servi
 
 log = logging.getLogger("mss.imap")
 
-WORKERS: Final = max(1, os.cpu_count() or 1)
+WORKERS: Final = cores.usable()
 # An opening takes milliseconds; a task still running after this is given up (the worker is
 # replaced) and the envelope opened in the server's process.
 TASK_SECONDS: Final = 30.0
