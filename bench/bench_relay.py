@@ -14,7 +14,9 @@ servers (STARTTLS, any AUTH accepted, a DATA handler that only answers 250):
 The same aiosmtplib client drives all three: each session does STARTTLS and AUTH once and
 one warm-up message; then, for each repetition, the servers take turns (in a rotating
 order) and each session sends its messages one after the other. A run's window starts
-when every session is ready. The CPU of a server is its process tree's user + system
+when every session is ready (with ``--connect-each``, each message has a session of its own
+instead, connected, logged in and closed around it, as a mail client that connects to send
+does). The CPU of a server is its process tree's user + system
 time over the window (the relay's document workers included).
 
 Usage::
@@ -22,6 +24,7 @@ Usage::
     .venv/bin/python bench/bench_relay.py            # 10 KB and 1 MB, 1, 4 and 16 sessions
     .venv/bin/python bench/bench_relay.py --quick    # fewer messages and repetitions
     .venv/bin/python bench/bench_relay.py --only 10KBx16 --dsn   # one case, success DSNs asked
+    .venv/bin/python bench/bench_relay.py --only 10KBx16 --connect-each   # a session per message
     .venv/bin/python bench/bench_relay.py --relays 2   # two relay processes on one database
     .venv/bin/python bench/bench_relay.py --only 4MBx48  # a burst: 48 sessions of 4 MB at once
     .venv/bin/python bench/bench_relay.py --serve      # the relay as `mss serve relay` runs it
@@ -282,22 +285,25 @@ class Sessions:
         load: Load,
         rcpt_options: list[str],
         metrics_url: str | None = None,
+        *,
+        connect_each: bool = False,
     ) -> None:
         self.ports, self.pids, self.context = ports, pids, context
         self.load, self.rcpt_options = load, rcpt_options
         self.metrics_url = metrics_url
+        self.connect_each = connect_each
         self.clients: list[aiosmtplib.SMTP] = []
+
+    async def _logged_in(self, port: int) -> aiosmtplib.SMTP:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=self.context, timeout=600)
+        await client.connect()
+        await client.login(self.load.sender.address, self.load.sender.password)
+        return client
 
     async def open(self, *, warm_up: bool) -> None:
         """Log the load's sessions in; with ``warm_up``, each sends one message."""
         for number in range(self.load.sessions):
-            port = self.ports[number % len(self.ports)]
-            client = aiosmtplib.SMTP(
-                hostname="127.0.0.1", port=port, start_tls=True, tls_context=self.context, timeout=600
-            )
-            await client.connect()
-            await client.login(self.load.sender.address, self.load.sender.password)
-            self.clients.append(client)
+            self.clients.append(await self._logged_in(self.ports[number % len(self.ports)]))
         if warm_up:
             raw = self.load.message(0)
             await asyncio.gather(*(self._send(c, raw) for c in self.clients))
@@ -316,7 +322,15 @@ class Sessions:
 
         async def one(index: int, client: aiosmtplib.SMTP) -> None:
             for raw in messages[index * per_session : (index + 1) * per_session]:
-                latencies.append(await self._send(client, raw))
+                if self.connect_each:
+                    # From connecting to the end of QUIT: a client that connects to send.
+                    started = time.perf_counter()
+                    own = await self._logged_in(self.ports[index % len(self.ports)])
+                    await self._send(own, raw)
+                    await own.quit()
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    latencies.append(await self._send(client, raw))
 
         before = timings(self.metrics_url) if self.metrics_url else {}
         cpu = sum(map(tree_cpu, self.pids))
@@ -347,6 +361,7 @@ async def run_case(
     repeats: int,
     dsn: bool,
     metrics_url: str | None = None,
+    connect_each: bool = False,
 ) -> dict[str, list[Result]]:
     """Every server, ``repeats`` times, in a rotating order; the results by server name."""
     context = ssl.create_default_context(cafile=str(ca_file))
@@ -354,7 +369,9 @@ async def run_case(
     for name, (ports, pids) in servers.items():
         # Only the relay speaks DSN (aiosmtpd refuses RCPT parameters it does not know).
         options = ["NOTIFY=SUCCESS,FAILURE"] if dsn and name == "relay" else []
-        opened[name] = Sessions(ports, pids, context, load, options, metrics_url if name == "relay" else None)
+        opened[name] = Sessions(
+            ports, pids, context, load, options, metrics_url if name == "relay" else None, connect_each=connect_each
+        )
         await opened[name].open(warm_up=True)
     results: dict[str, list[Result]] = {name: [] for name in servers}
     names = list(servers)
@@ -394,6 +411,12 @@ def main() -> None:
     parser.add_argument("--no-lines", action="store_true", help="leave out the bare server with aiosmtpd's reader")
     parser.add_argument("--relays", type=int, default=1, help="relay processes on the same database (default 1)")
     parser.add_argument("--dsn", action="store_true", help="ask the relay for success DSNs (NOTIFY=SUCCESS,FAILURE)")
+    parser.add_argument(
+        "--connect-each",
+        action="store_true",
+        help="each message in a session of its own: connect, STARTTLS, AUTH, the message, QUIT "
+        "(as a mail client that connects to send)",
+    )
     parser.add_argument(
         "--serve",
         action="store_true",
@@ -499,13 +522,22 @@ def main() -> None:
             f"{args.relays} relay process(es)"
             f"{f' of {args.smtp_processes} processes on one port' if args.smtp_processes > 1 else ''}, "
             f"{repeats} repetitions"
-            f"{', success DSNs asked' if args.dsn else ''}; medians, ratios min / median / max"
+            f"{', success DSNs asked' if args.dsn else ''}"
+            f"{', a session for each message' if args.connect_each else ''}; medians, ratios min / median / max"
         )
         try:
             for (label, sessions), per_session in counts.items():
                 load = Load(sender, recipients, SIZES[label], sessions, per_session)
                 results = asyncio.run(
-                    run_case(servers, ca_file, load, repeats=repeats, dsn=args.dsn, metrics_url=metrics_url)
+                    run_case(
+                        servers,
+                        ca_file,
+                        load,
+                        repeats=repeats,
+                        dsn=args.dsn,
+                        metrics_url=metrics_url,
+                        connect_each=args.connect_each,
+                    )
                 )
                 case = f"{label} x{sessions}"
                 print(f"{case} ({sessions * per_session} messages per run)")
