@@ -444,6 +444,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.phases and not args.serve:
         parser.error("--phases needs --serve (python -m mss.relay serves no metrics)")
+    if args.smtp_processes != 1 and not args.serve:
+        parser.error("--smtp-processes needs --serve")
     if args.bare_server:
         bare_server(args.bare_server)
         return
@@ -483,8 +485,6 @@ def main() -> None:
                 PROMETHEUS_MULTIPROC_DIR=str(root / "prometheus"),
             )
             metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        elif args.smtp_processes != 1:
-            parser.error("--smtp-processes needs --serve")
         if args.py_spy:
             style = "raw" if args.py_spy.suffix == ".txt" else "flamegraph"
             py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
