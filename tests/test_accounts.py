@@ -8,6 +8,7 @@ import subprocess
 import time
 from urllib.parse import parse_qs, urlparse
 
+import nacl.pwhash.argon2id
 import pyotp
 import pytest
 from sqlalchemy import select
@@ -104,6 +105,44 @@ def test_unknown_address_costs_as_much_as_a_wrong_password(rt, directory_loaded)
 
     known, unknown = cost(DOCTOR), cost("ghost@chu-demo.mss.test")
     assert unknown > known / 3
+
+
+def test_a_login_costs_one_argon2id_computation(rt, directory_loaded, monkeypatch):
+    # Each computation holds its memory cost and is most of a login's CPU, and a mail client
+    # that connects to send logs in for every message. Opening the private keys is the
+    # password's check: a login, a wrong password and an unknown address cost one each.
+    _create(rt)
+    counted: list[str] = []
+    for name in ("kdf", "verify", "str"):
+        original = getattr(nacl.pwhash.argon2id, name)
+
+        def counting(*args, _original=original, _name=name, **kwargs):
+            counted.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(nacl.pwhash.argon2id, name, counting)
+
+    def computations(address: str, password: str) -> list[str]:
+        counted.clear()
+        try:
+            accounts.authenticate(rt.engine, rt.settings, address, password, accounts.Origin("smtp"))
+        except BadCredentials:
+            pass
+        return list(counted)
+
+    computations("ghost@chu-demo.mss.test", "wrong password!!")  # makes the dummy hash once
+    assert computations(DOCTOR, PASSWORD) == ["kdf"]
+    assert computations(DOCTOR, "wrong password!!") == ["kdf"]
+    assert computations("ghost@chu-demo.mss.test", "wrong password!!") == ["verify"]
+    # A wrapped key altered in the database is refused like a wrong password, and counted so.
+    with session_scope(rt.engine) as session:
+        account = session.execute(select(Account)).scalars().one()
+        account.wrapped_key = account.wrapped_key[:-1] + bytes([account.wrapped_key[-1] ^ 1])
+    with pytest.raises(BadCredentials):
+        accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, accounts.Origin("smtp"))
+    with session_scope(rt.engine) as session:
+        last = session.execute(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1)).scalars().one()
+    assert last.action == "smtp.login" and "bad-password" in last.detail
 
 
 def test_credentials_no_account_can_have_are_refused_before_any_lookup(rt, directory_loaded):

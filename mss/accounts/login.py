@@ -2,7 +2,8 @@
 
 :func:`authenticate` checks the client address's throttle, the password (argon2id, with the
 same cost for an unknown address), the account's standing (``mss.standing``) and opens the
-private keys in memory. Credentials no account can have (an implausible address, an empty
+private keys in memory. Opening the keys is the password's check: one argon2id computation
+a login. Credentials no account can have (an implausible address, an empty
 password or one longer than ``MAX_PASSWORD``) are refused first, at every door alike, with
 nothing looked up, hashed or counted. Where a second factor follows (web, API), the login
 completes with ``mss.accounts.twofactor.check_second_factor``; :func:`login_with_code` does
@@ -27,7 +28,7 @@ from mss.addresses import normalise_address, plausible_address
 from mss.crypto import keys
 from mss.crypto.master import MasterKey
 from mss.db import session_scope, utcnow
-from mss.errors import AccountLocked, BadCredentials, EnrolmentRequired, StandingError, TooManyAttempts
+from mss.errors import AccountLocked, BadCredentials, EnrolmentRequired, KeyUnwrapError, StandingError, TooManyAttempts
 from mss.settings import Settings
 
 # Longer than any sensible password: refused before any argon2id work.
@@ -69,7 +70,7 @@ def authenticate(
         account = get_account(session, address)
         snapshot = None
         if account is not None:
-            snapshot = (account.password_hash, account.locked_until, account.certificate_id, wrapped_keys_of(account))
+            snapshot = (account.locked_until, account.certificate_id, wrapped_keys_of(account))
     if verdict.retry_after:
         raise TooManyAttempts(verdict.retry_after)
     if verdict.locked_until is not None and snapshot is not None:
@@ -79,20 +80,25 @@ def authenticate(
         keys.verify_password(_dummy_hash(ops, mem), password)
         failed("unknown-account")
         raise BadCredentials()
-    password_hash, locked_until, certificate_id, wrapped = snapshot
+    locked_until, certificate_id, wrapped = snapshot
     if locked_until is not None and locked_until > now:
         failed("locked")
         raise AccountLocked(locked_until)
-    if not keys.verify_password(password_hash, password):
+    # Opening the private keys is the password's check: one argon2id computation, where a
+    # check of the password's hash first would be a second of the same cost. A wrong
+    # password fails SecretBox's authentication (Poly1305) as a wrong hash would, and a
+    # wrapped key altered in the database is then refused like a wrong password.
+    try:
+        key_der, past = keys.unwrap_private_keys(wrapped, password)
+    except KeyUnwrapError:
         failed("bad-password")
-        raise BadCredentials()
+        raise BadCredentials() from None
     try:
         with session_scope(engine, readonly=True) as session:
             standing.check(session, settings, address)
     except StandingError as exc:
         failed(exc.code)
         raise
-    key_der, past = keys.unwrap_private_keys(wrapped, password)
     with session_scope(engine) as session:
         if completes_login:
             throttle.clear_pair(session, address, client)

@@ -13,8 +13,9 @@ Recovery key files hold the raw 32-byte X25519 key as one line of standard base6
 Passwords are normalised to Unicode NFKC before use (NIST SP 800-63B 5.1.1.2), so the same
 password typed on two systems that compose accents differently opens the same key.
 
-Each argon2id computation holds its memory cost (64 MiB by default) while it runs, and a
-login makes two (the password's hash, then the key's derivation). However many logins
+Each argon2id computation holds its memory cost (64 MiB by default) while it runs. A login
+makes one: opening the wrapped key is the password's check (``mss.accounts.login``); a
+password change and a rekey check the password's hash first. However many logins
 arrive at once, from any door, at most as many computations run together as the process has
 cores (``ARGON2_AT_ONCE``); the others wait their turn. More at once would finish no sooner,
 the work being CPU-bound, and would hold that memory each: sixteen mail clients logging in
