@@ -143,6 +143,16 @@ def test_a_login_costs_one_argon2id_computation(rt, directory_loaded, monkeypatc
     with session_scope(rt.engine) as session:
         last = session.execute(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1)).scalars().one()
     assert last.action == "smtp.login" and "bad-password" in last.detail
+    # A closed mailbox has no keys left (mss.lifecycle erases them): the password's hash is
+    # its check, so that its owner is told it is closed, not that the password is wrong.
+    with session_scope(rt.engine) as session:
+        account = session.execute(select(Account)).scalars().one()
+        account.wrapped_key, account.disabled = b"", True
+    counted.clear()
+    with pytest.raises(AccountDisabled):
+        accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, accounts.Origin("smtp"))
+    assert counted == ["verify"]
+    assert computations(DOCTOR, "wrong password!!") == ["verify"]
 
 
 def test_credentials_no_account_can_have_are_refused_before_any_lookup(rt, directory_loaded):

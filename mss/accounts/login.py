@@ -70,7 +70,7 @@ def authenticate(
         account = get_account(session, address)
         snapshot = None
         if account is not None:
-            snapshot = (account.locked_until, account.certificate_id, wrapped_keys_of(account))
+            snapshot = (account.password_hash, account.locked_until, account.certificate_id, wrapped_keys_of(account))
     if verdict.retry_after:
         raise TooManyAttempts(verdict.retry_after)
     if verdict.locked_until is not None and snapshot is not None:
@@ -80,25 +80,38 @@ def authenticate(
         keys.verify_password(_dummy_hash(ops, mem), password)
         failed("unknown-account")
         raise BadCredentials()
-    locked_until, certificate_id, wrapped = snapshot
+    password_hash, locked_until, certificate_id, wrapped = snapshot
     if locked_until is not None and locked_until > now:
         failed("locked")
         raise AccountLocked(locked_until)
     # Opening the private keys is the password's check: one argon2id computation, where a
     # check of the password's hash first would be a second of the same cost. A wrong
     # password fails SecretBox's authentication (Poly1305) as a wrong hash would, and a
-    # wrapped key altered in the database is then refused like a wrong password.
-    try:
-        key_der, past = keys.unwrap_private_keys(wrapped, password)
-    except KeyUnwrapError:
+    # wrapped key altered in the database is then refused like a wrong password. A closed
+    # mailbox has no keys left (mss.lifecycle erases them): its password's hash is checked
+    # instead, so that its owner is told it is closed, not that the password is wrong.
+    opened: tuple[bytes, tuple[bytes, ...]] | None = None
+    if wrapped.ciphertext:
+        try:
+            opened = keys.unwrap_private_keys(wrapped, password)
+        except KeyUnwrapError:
+            pass
+    elif keys.verify_password(password_hash, password):
+        opened = (b"", ())
+    if opened is None:
         failed("bad-password")
-        raise BadCredentials() from None
+        raise BadCredentials()
+    key_der, past = opened
     try:
         with session_scope(engine, readonly=True) as session:
             standing.check(session, settings, address)
     except StandingError as exc:
         failed(exc.code)
         raise
+    if not key_der:
+        # Keys erased, and yet in good standing: there is nothing to log in with.
+        failed("no-keys")
+        raise BadCredentials()
     with session_scope(engine) as session:
         if completes_login:
             throttle.clear_pair(session, address, client)
