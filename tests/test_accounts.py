@@ -155,6 +155,30 @@ def test_a_login_costs_one_argon2id_computation(rt, directory_loaded, monkeypatc
     assert computations(DOCTOR, "wrong password!!") == ["verify"]
 
 
+def test_a_password_change_checks_the_old_password_by_opening_the_keys(rt, directory_loaded, monkeypatch):
+    # The same check as a login's (accounts._common.open_keys): the keys opened with the
+    # old password, then wrapped again and the new password's hash made; no hash checked.
+    _create(rt)
+    counted: list[str] = []
+    for name in ("kdf", "verify", "str"):
+        original = getattr(nacl.pwhash.argon2id, name)
+
+        def counting(*args, _original=original, _name=name, **kwargs):
+            counted.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(nacl.pwhash.argon2id, name, counting)
+    with pytest.raises(BadCredentials), session_scope(rt.engine) as session:
+        accounts.change_password(session, rt.settings, DOCTOR, "wrong password!!", "another long password", actor="t")
+    assert counted == ["kdf"]
+    counted.clear()
+    with session_scope(rt.engine) as session:
+        accounts.change_password(session, rt.settings, DOCTOR, PASSWORD, "another long password", actor="t")
+    assert counted == ["kdf", "kdf", "str"]
+    unlocked = accounts.authenticate(rt.engine, rt.settings, DOCTOR, "another long password", accounts.Origin("cli"))
+    assert unlocked.address == DOCTOR
+
+
 def test_credentials_no_account_can_have_are_refused_before_any_lookup(rt, directory_loaded):
     # One rule for every door: nothing is looked up, hashed, audited or counted for them, so
     # they neither lock the account nor slow its owner down.

@@ -16,7 +16,7 @@ from mss import audit
 from mss.addresses import normalise_address
 from mss.crypto import keys
 from mss.db import utcnow
-from mss.errors import NoSuchAccount, PasswordPolicyError
+from mss.errors import KeyUnwrapError, NoSuchAccount, PasswordPolicyError
 from mss.models import Account
 from mss.settings import Settings
 
@@ -104,6 +104,24 @@ def wrapped_keys_of(account: Account) -> keys.WrappedKey:
     return keys.WrappedKey(
         account.key_salt, account.wrapped_key, account.key_opslimit, account.key_memlimit, account.past_keys_wrapped
     )
+
+
+def open_keys(password_hash: str, wrapped: keys.WrappedKey, password: str) -> tuple[bytes, tuple[bytes, ...]] | None:
+    """The account's private keys (the current one, the past ones) opened with ``password``,
+    or None when it is not the account's password: one argon2id computation.
+
+    Opening the wrapped keys is the password's check: SecretBox's authentication (Poly1305)
+    fails for a wrong password after the same work a check of the password's hash costs,
+    and for keys altered in the database. A closed mailbox has no keys left
+    (``mss.lifecycle`` erases them): its password's hash is checked instead, and its keys
+    come back empty.
+    """
+    if not wrapped.ciphertext:
+        return (b"", ()) if keys.verify_password(password_hash, password) else None
+    try:
+        return keys.unwrap_private_keys(wrapped, password)
+    except KeyUnwrapError:
+        return None
 
 
 def hash_password(settings: Settings, password: str) -> str:

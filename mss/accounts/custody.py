@@ -27,6 +27,7 @@ from mss.accounts._common import (
     check_password_policy,
     get_account,
     hash_password,
+    open_keys,
     record_change,
     require_account,
     wrap_keys,
@@ -44,6 +45,7 @@ from mss.errors import (
     BadCredentials,
     CertificateExpired,
     DomainNotServed,
+    KeyUnwrapError,
     PasswordPolicyError,
     StandingError,
 )
@@ -101,12 +103,22 @@ def change_password(
     Raises BadCredentials, PasswordPolicyError.
     """
     account = require_account(session, address)
-    if not keys.verify_password(account.password_hash, old_password):
-        raise BadCredentials()
+    key_der, past = _keys_opened(account, old_password)
     check_password_policy(account.address, new_password)
-    key_der, past = keys.unwrap_private_keys(wrapped_keys_of(account), old_password)
     _set_password(session, settings, account, key_der, new_password, past)
     audit.record(session, actor=actor, action="account.passwd", object=account.address)
+
+
+def _keys_opened(account: Account, password: str) -> tuple[bytes, tuple[bytes, ...]]:
+    """The account's keys opened with its ``password`` (``open_keys``: one argon2id
+    computation). Raises BadCredentials for a wrong password, KeyUnwrapError for a closed
+    mailbox (its keys erased)."""
+    opened = open_keys(account.password_hash, wrapped_keys_of(account), password)
+    if opened is None:
+        raise BadCredentials()
+    if not opened[0]:
+        raise KeyUnwrapError("the account has no keys left: its mailbox was closed")
+    return opened
 
 
 def _set_password(
@@ -201,9 +213,7 @@ def rekey(
     flag = pki.revocation_reason(reason)
     account = require_account(session, address)
     if password is not None:
-        if not keys.verify_password(account.password_hash, password):
-            raise BadCredentials()
-        key_der, past = keys.unwrap_private_keys(wrapped_keys_of(account), password)
+        key_der, past = _keys_opened(account, password)
         wrap_password = password
     else:
         if recovery_private_key_file is None or new_password is None:

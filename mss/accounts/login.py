@@ -21,14 +21,14 @@ from sqlalchemy.engine import Engine
 
 from directory.models import Certificate
 from mss import audit, standing, throttle
-from mss.accounts._common import UnlockedAccount, get_account, wrapped_keys_of
+from mss.accounts._common import UnlockedAccount, get_account, open_keys, wrapped_keys_of
 from mss.accounts.lockout import Origin, record_failure
 from mss.accounts.twofactor import check_second_factor, totp_confirmed
 from mss.addresses import normalise_address, plausible_address
 from mss.crypto import keys
 from mss.crypto.master import MasterKey
 from mss.db import session_scope, utcnow
-from mss.errors import AccountLocked, BadCredentials, EnrolmentRequired, KeyUnwrapError, StandingError, TooManyAttempts
+from mss.errors import AccountLocked, BadCredentials, EnrolmentRequired, StandingError, TooManyAttempts
 from mss.settings import Settings
 
 # Longer than any sensible password: refused before any argon2id work.
@@ -84,20 +84,10 @@ def authenticate(
     if locked_until is not None and locked_until > now:
         failed("locked")
         raise AccountLocked(locked_until)
-    # Opening the private keys is the password's check: one argon2id computation, where a
-    # check of the password's hash first would be a second of the same cost. A wrong
-    # password fails SecretBox's authentication (Poly1305) as a wrong hash would, and a
-    # wrapped key altered in the database is then refused like a wrong password. A closed
-    # mailbox has no keys left (mss.lifecycle erases them): its password's hash is checked
-    # instead, so that its owner is told it is closed, not that the password is wrong.
-    opened: tuple[bytes, tuple[bytes, ...]] | None = None
-    if wrapped.ciphertext:
-        try:
-            opened = keys.unwrap_private_keys(wrapped, password)
-        except KeyUnwrapError:
-            pass
-    elif keys.verify_password(password_hash, password):
-        opened = (b"", ())
+    # One argon2id computation: opening the keys is the password's check. A closed mailbox,
+    # its keys erased, is checked against its password's hash, so that its owner is told
+    # it is closed (below), not that the password is wrong.
+    opened = open_keys(password_hash, wrapped, password)
     if opened is None:
         failed("bad-password")
         raise BadCredentials()

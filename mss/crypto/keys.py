@@ -14,9 +14,9 @@ Passwords are normalised to Unicode NFKC before use (NIST SP 800-63B 5.1.1.2), s
 password typed on two systems that compose accents differently opens the same key.
 
 Each argon2id computation holds its memory cost (64 MiB by default) while it runs. A login
-makes one: opening the wrapped key is the password's check (``mss.accounts.login``; a
-closed mailbox, whose keys are erased, is checked against the password's hash); a password
-change and a rekey check the hash first. However many logins
+makes one: opening the wrapped key is the password's check (``mss.accounts._common.open_keys``,
+for a login, a password change and a rekey alike; a closed mailbox, whose keys are erased,
+is checked against the password's hash). However many logins
 arrive at once, from any door, at most as many computations run together as the process has
 cores (``ARGON2_AT_ONCE``); the others wait their turn. More at once would finish no sooner,
 the work being CPU-bound, and would hold that memory each: sixteen mail clients logging in
