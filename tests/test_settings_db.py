@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
@@ -71,6 +72,37 @@ def test_migrated_schema_matches_the_models(engine):
     assert relevant == []
     tables = set(inspect(engine).get_table_names())
     assert {"directory_entry", "certificate", "account", "audit_event", "message", "mailbox_item", "receipt"} <= tables
+
+
+def test_the_code_s_schema_revision_is_the_migrations_head(engine):
+    assert ScriptDirectory.from_config(alembic_config(engine)).get_current_head() == db.SCHEMA_REVISION
+    assert db.stamped_revision(engine) == db.SCHEMA_REVISION
+
+
+_MIGRATE = """
+import sys
+from mss.db import make_engine, migrate, stamped_revision
+from mss.settings import Settings
+engine = make_engine(Settings.from_env())
+before = stamped_revision(engine)
+migrate(engine)
+print(before, stamped_revision(engine), "alembic" in sys.modules)
+"""
+
+
+def test_a_database_at_the_code_s_revision_is_not_handed_to_alembic(env):
+    # A service opens the database through migrate() as it starts: an empty database is
+    # created by Alembic; one already at the code's revision is not, and the process then
+    # holds none of Alembic's modules.
+    def migrate_in_a_process() -> list[str]:
+        run = subprocess.run(
+            [sys.executable, "-c", _MIGRATE], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout.split()
+
+    assert migrate_in_a_process() == ["None", db.SCHEMA_REVISION, "True"]
+    assert migrate_in_a_process() == [db.SCHEMA_REVISION, db.SCHEMA_REVISION, "False"]
 
 
 _HOLD_THE_TURN = """
