@@ -15,9 +15,10 @@ pages whatever it imports after the fork (about 5 MiB for pebble). So the fork s
 imports, before it forks, this module (every task goes through ``_then_give_back`` here)
 and the modules of every pool the process has made (``mss serve`` has two: the document
 checks and the IMAP door's envelopes), not only that of the first one started. (A worker
-of a program started as a script also runs that script again, to set up its
-``__main__``: the ``mss`` script imports the command line only once it runs a command,
-``cli.main``.)
+also sets up its ``__main__`` from the program's: ``mss serve`` runs as ``python -m
+mss.serve``, whose top imports nothing of the service but its errors; a program started as a
+script runs that script again, and the ``mss`` script imports the command line only once it
+runs a command, ``cli.main``.)
 """
 
 from __future__ import annotations

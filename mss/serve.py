@@ -7,7 +7,7 @@ runs for months: it then holds none of the command line's modules (Typer, rich a
 command, about 6 MiB), and a part's modules are imported only when that part runs.
 
 Imported by each of the service's worker processes too (multiprocessing sets up their
-``__main__`` from it): the imports here stay with the standard library.
+``__main__`` from it): at its top it imports the standard library and ``mss.errors`` only.
 """
 
 from __future__ import annotations
