@@ -224,13 +224,26 @@ def stamped_revision(engine: Engine) -> str | None:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the latest revision (creates it on an empty database)."""
+    """Bring the schema to the latest revision (creates it on an empty database); refuse a
+    database at a revision this code does not know (StorageError)."""
     try:
-        if stamped_revision(engine) == SCHEMA_REVISION:
+        stamped = stamped_revision(engine)
+        if stamped == SCHEMA_REVISION:
             return
         from alembic import command
+        from alembic.script import ScriptDirectory
 
-        command.upgrade(alembic_config(engine), "head")
+        config = alembic_config(engine)
+        if stamped is not None and stamped not in {
+            r.revision for r in ScriptDirectory.from_config(config).walk_revisions()
+        }:
+            # Written by a newer mss (a rollback after an upgrade), or the stamp was edited.
+            raise StorageError(
+                f"the database's schema is at revision {stamped}, which this version of mss does not know"
+                f" (its latest is {SCHEMA_REVISION}): run the version that wrote it, or restore a backup"
+                " made with this one"
+            )
+        command.upgrade(config, "head")
     except SQLAlchemyError as exc:
         raise StorageError(f"database migration failed: {exc.__class__.__name__}") from exc
 

@@ -105,6 +105,18 @@ def test_a_database_at_the_code_s_revision_is_not_handed_to_alembic(env):
     assert migrate_in_a_process() == [db.SCHEMA_REVISION, db.SCHEMA_REVISION, "False"]
 
 
+def test_a_database_from_a_newer_version_is_refused_with_its_revision(engine):
+    # A rollback after an upgrade: the schema is at a revision this code does not know.
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9001'"))
+    with pytest.raises(StorageError) as refused:
+        migrate(engine)
+    assert "revision 9001, which this version of mss does not know" in refused.value.message
+    assert f"its latest is {db.SCHEMA_REVISION}" in refused.value.message
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "9001"
+
+
 _HOLD_THE_TURN = """
 import sys, time
 from pathlib import Path
