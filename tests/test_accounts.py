@@ -153,6 +153,14 @@ def test_a_login_costs_one_argon2id_computation(rt, directory_loaded, monkeypatc
         accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, accounts.Origin("smtp"))
     assert counted == ["verify"]
     assert computations(DOCTOR, "wrong password!!") == ["verify"]
+    # Keys erased on an account in good standing: there is nothing to log in with; refused,
+    # and audited as such, after the same one computation.
+    with session_scope(rt.engine) as session:
+        session.execute(select(Account)).scalars().one().disabled = False
+    assert computations(DOCTOR, PASSWORD) == ["verify"]
+    with session_scope(rt.engine) as session:
+        last = session.execute(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1)).scalars().one()
+    assert last.action == "smtp.login" and "no-keys" in last.detail
 
 
 def test_a_password_change_checks_the_old_password_by_opening_the_keys(rt, directory_loaded, monkeypatch):
