@@ -12,8 +12,16 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
+from typing import Final
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# The settings with which `mss serve relay` opens its submission port only, on loopback: no
+# MX door, no metrics port. The caller adds the port (MSS_SMTP_PORT).
+RELAY_ALONE: Final[Mapping[str, str]] = MappingProxyType(
+    {"MSS_SMTP_HOST": "127.0.0.1", "MSS_MX_PORT": "0", "MSS_METRICS_PORT": "0"}
+)
 
 
 def free_port() -> int:

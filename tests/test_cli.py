@@ -17,7 +17,7 @@ import pytest
 from mss.documents import workers as document_workers
 from mss.imap import workers as imap_workers
 
-from server_process import children, free_port, processes, start_server
+from server_process import RELAY_ALONE, children, free_port, processes, start_server
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 SAMPLE_EXTRACT = SAMPLES / "annuaire" / "Extraction_Correspondance_MSSante_sample.txt"
@@ -392,12 +392,8 @@ def test_message_export_is_in_the_audit_trail(mss, rt, tmp_path):
         ("imap", "MSS_IMAP_PORT", {"MSS_IMAP_HOST": "127.0.0.1", "MSS_IMAPS_PORT": "0"}),
         # Beside the submission door run the outbound deliveries and housekeeping, which
         # never end on their own: the door's failure must stop them.
-        ("relay", "MSS_SMTP_PORT", {"MSS_SMTP_HOST": "127.0.0.1", "MSS_MX_PORT": "0", "MSS_METRICS_PORT": "0"}),
-        (
-            "relay",
-            "MSS_SMTP_PORT",
-            {"MSS_SMTP_HOST": "127.0.0.1", "MSS_MX_PORT": "0", "MSS_METRICS_PORT": "0", "MSS_SMTP_PROCESSES": "2"},
-        ),
+        ("relay", "MSS_SMTP_PORT", RELAY_ALONE),
+        ("relay", "MSS_SMTP_PORT", {**RELAY_ALONE, "MSS_SMTP_PROCESSES": "2"}),
     ],
 )
 def test_serve_ends_with_the_error_of_a_door_that_cannot_listen(env, dev_pki, part, taken_port, more):
@@ -439,15 +435,7 @@ def test_serve_relay_imports_neither_the_web_nor_the_imap_door(env, dev_pki, tmp
     # PYTHONPROFILEIMPORTTIME is set. The command line's own modules (about 6 MiB) are gone
     # once it serves: the process has become `python -m mss.serve relay` (os.execv).
     smtp = free_port()
-    full_env = {
-        **os.environ,
-        **env,
-        "MSS_SMTP_HOST": "127.0.0.1",
-        "MSS_SMTP_PORT": str(smtp),
-        "MSS_MX_PORT": "0",
-        "MSS_METRICS_PORT": "0",
-        "PYTHONPROFILEIMPORTTIME": "1",
-    }
+    full_env = {**os.environ, **env, **RELAY_ALONE, "MSS_SMTP_PORT": str(smtp), "PYTHONPROFILEIMPORTTIME": "1"}
     log = tmp_path / "serve.log"
     server = start_server([str(Path(sys.executable).with_name("mss")), "serve", "relay"], full_env, log, smtp)
     serving = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")[:-1]

@@ -31,7 +31,7 @@ from mss.documents import workers as document_workers
 from mss.models import AuditEvent, Delivery, MailboxItem, Message
 
 from relay_support import RECIPIENTS, SENDER, Stack, build_stack, message, pdf_bytes
-from server_process import children, free_port, processes, sockets_of, start_server, tcp_sockets
+from server_process import RELAY_ALONE, children, free_port, processes, sockets_of, start_server, tcp_sockets
 
 CLIENTS = 20
 MESSAGES = 500
@@ -43,10 +43,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # outbound queue and housekeeping; no MX door, no metrics port).
 RELAY_COMMANDS = {
     "python -m mss.relay": ([sys.executable, "-m", "mss.relay"], {}),
-    "mss serve relay": (
-        [str(Path(sys.executable).with_name("mss")), "serve", "relay"],
-        {"MSS_MX_PORT": "0", "MSS_METRICS_PORT": "0"},
-    ),
+    "mss serve relay": ([str(Path(sys.executable).with_name("mss")), "serve", "relay"], RELAY_ALONE),
 }
 
 
@@ -285,12 +282,10 @@ def test_processes_of_one_submission_port_share_it_and_a_killed_one_is_replaced(
     env = {
         **os.environ,
         **stack.env,
-        "MSS_SMTP_HOST": "127.0.0.1",
+        **RELAY_ALONE,
         "MSS_SMTP_PORT": str(port),
         "MSS_SMTP_PROCESSES": "2",
         "MSS_MAX_SESSIONS_PER_CLIENT": "64",
-        "MSS_MX_PORT": "0",
-        "MSS_METRICS_PORT": "0",
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
     }
     (tmp_path / "metrics").mkdir()
