@@ -32,7 +32,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # (tests/test_settings_db.py checks that they agree). A database already stamped with it
 # is not handed to Alembic, so a service that starts on it never imports Alembic and its
 # templates (about 10 MiB it would hold for as long as it runs).
-SCHEMA_REVISION: Final = "0012"
+SCHEMA_REVISION: Final = "0013"
 READONLY_OPTION = "mss_readonly"
 
 
