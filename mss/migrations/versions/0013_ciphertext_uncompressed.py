@@ -25,21 +25,16 @@ depends_on = None
 
 _CIPHERTEXT = (("message", "cms"), ("draft", "content_cms"))
 
+
+def _stored(storage: str) -> tuple[str, ...]:
+    return tuple(f"ALTER TABLE {table} ALTER COLUMN {column} SET STORAGE {storage}" for table, column in _CIPHERTEXT)
+
+
 STEPS = (
     ddl.PerDialect(
         "uncompressed storage of ciphertext",
-        upgrade={
-            "sqlite": (),
-            "postgresql": tuple(
-                f"ALTER TABLE {table} ALTER COLUMN {column} SET STORAGE EXTERNAL" for table, column in _CIPHERTEXT
-            ),
-        },
-        downgrade={
-            "sqlite": (),
-            "postgresql": tuple(
-                f"ALTER TABLE {table} ALTER COLUMN {column} SET STORAGE EXTENDED" for table, column in _CIPHERTEXT
-            ),
-        },
+        upgrade={"sqlite": (), "postgresql": _stored("EXTERNAL")},
+        downgrade={"sqlite": (), "postgresql": _stored("EXTENDED")},
     ),
 )
 
