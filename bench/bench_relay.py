@@ -257,10 +257,12 @@ class Load:
 
 
 # What --phases reads of the relay's metrics: the DATA phases of the submission door, then
-# the pipeline's stages, in the order a message meets them.
+# the pipeline's stages, in the order a message meets them, then (SQLite) the commit's turn
+# at the write lock. A phase that counted nothing (the turn on PostgreSQL) is not printed.
 PHASES = [
     *(("mss_smtp_data_seconds", {"door": "smtp", "phase": p}, p) for p in metrics.DATA_PHASES),
     *(("mss_pipeline_stage_seconds", {"stage": s}, s) for s in metrics.STAGES),
+    *(("mss_sqlite_write_turn_seconds", {"phase": p}, f"turn {p}") for p in metrics.WRITE_TURN_PHASES),
 ]
 
 
@@ -433,7 +435,8 @@ def main() -> None:
         "--phases",
         action="store_true",
         help="with --serve: read the relay's metrics around each run and print where a message's time goes "
-        "(mean ms per message of each DATA phase and pipeline stage)",
+        "(mean ms per message of each DATA phase and pipeline stage, and on SQLite of the wait for the write "
+        "lock and its hold)",
     )
     parser.add_argument(
         "--py-spy",
@@ -558,6 +561,7 @@ def main() -> None:
                     phases = [
                         f"{label} {statistics.median(r.phases[label] for r in results['relay']) * 1000:.1f}"
                         for _name, _labels, label in PHASES
+                        if any(r.phases[label] for r in results["relay"])
                     ]
                     print(f"  relay, ms per message (medians): {', '.join(phases)}")
                 for base in (n for n in results if n != "relay"):

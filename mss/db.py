@@ -12,7 +12,7 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,14 +100,20 @@ class WriteTurns:
     not ended) is a StorageError: the message is refused for now (``451``), not kept
     waiting for ever. Other writes (login failures, housekeeping) still meet the busy
     handler. ``database`` None (a database in memory): the thread lock alone.
+
+    ``observe(phase, seconds)``, when given, hears of each turn had: ``wait``, from asking
+    to having it, then ``hold``, from having it to letting it go (``mss.metrics``).
     """
 
-    def __init__(self, database: Path | None) -> None:
+    def __init__(self, database: Path | None, *, observe: Callable[[str, float], None] | None = None) -> None:
         self._threads = threading.Lock()
         self._path = database.with_name(database.name + "-writes") if database is not None else None
         self._fd: int | None = None
+        self._observe = observe
+        self._taken_at = 0.0  # set and read by the thread that holds the turn
 
     def __enter__(self) -> None:
+        asked_at = time.perf_counter()
         deadline = time.monotonic() + TURN_TIMEOUT
         if not self._threads.acquire(timeout=TURN_TIMEOUT):
             raise StorageError(f"no turn to write to the database within {TURN_TIMEOUT:g} s")
@@ -122,6 +128,9 @@ class WriteTurns:
         except BaseException:
             self._threads.release()
             raise
+        self._taken_at = time.perf_counter()
+        if self._observe is not None:
+            self._observe("wait", self._taken_at - asked_at)
 
     @staticmethod
     def _take(fd: int, deadline: float) -> None:
@@ -139,11 +148,14 @@ class WriteTurns:
             pause = min(2 * pause, 0.002)
 
     def __exit__(self, *_exc: object) -> None:
+        held = time.perf_counter() - self._taken_at
         try:
             if self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
+        if self._observe is not None:
+            self._observe("hold", held)
 
     def close(self) -> None:
         with self._threads:

@@ -47,6 +47,10 @@ STAGES = ("queue", "parse", "check", "sign", "encrypt", "commit")
 # for a place before the 354 (``DataSlots``), the message's arrival after it, and its handling
 # from the end of data to the reply (the "queue" stage and the pipeline, or the refusal).
 DATA_PHASES = ("slot", "receive", "handle")
+# On SQLite, a message's store takes a turn at the database's one write lock
+# (``mss.db.WriteTurns``), timed by WRITE_TURN_SECONDS: the wait for it, then how long it
+# is held (the inserts and the commit).
+WRITE_TURN_PHASES = ("wait", "hold")
 
 SUBMITTED = Counter("mss_messages_submitted", "Messages accepted and stored, by door.", ["door"])
 REFUSED = Counter(
@@ -69,6 +73,12 @@ DATA_SECONDS = Histogram(
     ["door", "phase"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
 )
+WRITE_TURN_SECONDS = Histogram(
+    "mss_sqlite_write_turn_seconds",
+    "SQLite: the wait of a message's store for the database's one write lock, and how long it held it.",
+    ["phase"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
 SMTP_SESSIONS = Gauge("mss_smtp_sessions_open", "SMTP sessions open now.", multiprocess_mode="livesum")
 LOGIN_FAILURES = Counter(
     "mss_login_failures", "Failed authentication steps, by action and reason.", ["action", "reason"]
@@ -86,6 +96,7 @@ _INSTRUMENTS = (
     "DOCUMENTS",
     "STAGE_SECONDS",
     "DATA_SECONDS",
+    "WRITE_TURN_SECONDS",
     "SMTP_SESSIONS",
     "LOGIN_FAILURES",
     "LOCKOUTS",
@@ -140,6 +151,12 @@ def observe(name: str, started: float) -> None:
 def data_phase(door: str, phase: str, seconds: float) -> None:
     """Record ``seconds`` of phase ``phase`` (of ``DATA_PHASES``) of a DATA at SMTP door ``door``."""
     DATA_SECONDS.labels(door=door, phase=phase).observe(seconds)
+
+
+def write_turn(phase: str, seconds: float) -> None:
+    """Record ``seconds`` of phase ``phase`` (of ``WRITE_TURN_PHASES``) of a turn at SQLite's
+    write lock."""
+    WRITE_TURN_SECONDS.labels(phase=phase).observe(seconds)
 
 
 def accepted(door: str, *, delivered: int, failed: int, kinds: list[str]) -> None:

@@ -196,7 +196,8 @@ class Runtime:
         audit.bind_master_key(self.engine, self.master_key)
         metrics.set_enabled(self.settings.operator.metrics_enabled)
         if self.engine.dialect.name == "sqlite":
-            object.__setattr__(self, "_message_writes", WriteTurns(sqlite_file(self.engine)))
+            turns = WriteTurns(sqlite_file(self.engine), observe=metrics.write_turn)
+            object.__setattr__(self, "_message_writes", turns)
 
     def message_writes(self) -> contextlib.AbstractContextManager[object]:
         """Held around the transaction that stores a message (a submission, an arrival from

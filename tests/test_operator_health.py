@@ -83,6 +83,17 @@ def test_metrics_count_real_smtp_traffic(relay_stack: Stack, metrics_url: str) -
             before, "mss_pipeline_stage_seconds_count", stage=stage
         )
         assert grown == 1, stage
+    # On SQLite the message's store took one turn at the write lock, held through its commit;
+    # PostgreSQL has no such turn.
+    turns = 1 if relay_stack.rt.engine.dialect.name == "sqlite" else 0
+    turn = {
+        (phase, kind): value(after, f"mss_sqlite_write_turn_seconds_{kind}", phase=phase)
+        - value(before, f"mss_sqlite_write_turn_seconds_{kind}", phase=phase)
+        for phase in metrics.WRITE_TURN_PHASES
+        for kind in ("count", "sum")
+    }
+    assert [turn[phase, "count"] for phase in metrics.WRITE_TURN_PHASES] == [turns, turns]
+    assert (turn["hold", "sum"] > 0) == bool(turns)
     # One DATA (the refused transaction ended at RCPT): each phase timed once, on this door.
     for phase in metrics.DATA_PHASES:
         count, total = (

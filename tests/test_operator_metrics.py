@@ -20,12 +20,16 @@ from web_support import GP, doctor, gp, submit  # noqa: F401  (fixtures)
 def test_metrics_off_counts_nothing(rt, env, doctor, gp):
     counter = metrics.SUBMITTED.labels(door="smtp")
     before = counter._value.get()
+    turns = ("mss_sqlite_write_turn_seconds_count", {"phase": "hold"})
+    turns_before = REGISTRY.get_sample_value(*turns) or 0.0
     off = Runtime(
         settings=Settings.from_env({**env, "MSS_METRICS": "false"}), engine=rt.engine, master_key=rt.master_key
     )
     try:
         submit(off, doctor, [GP], "Suivi", "Bonjour")
         assert counter._value.get() == before
+        # Nor its turn at SQLite's write lock.
+        assert (REGISTRY.get_sample_value(*turns) or 0.0) == turns_before
         # Nor the door's DATA phases, nor the wait for a message thread.
         timed = [
             ("mss_smtp_data_seconds_count", {"door": "smtp", "phase": "receive"}),
@@ -40,6 +44,8 @@ def test_metrics_off_counts_nothing(rt, env, doctor, gp):
         metrics.set_enabled(True)
     submit(rt, doctor, [GP], "Suivi", "Bonjour")
     assert counter._value.get() == before + 1
+    taken = 1 if rt.engine.dialect.name == "sqlite" else 0
+    assert (REGISTRY.get_sample_value(*turns) or 0.0) == turns_before + taken
     with pytest.raises(ConfigError, match="MSS_METRICS must be true or false"):
         Settings.from_env({**env, "MSS_METRICS": "sometimes"})
 
