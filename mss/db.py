@@ -101,8 +101,9 @@ class WriteTurns:
     waiting for ever. Other writes (login failures, housekeeping) still meet the busy
     handler. ``database`` None (a database in memory): the thread lock alone.
 
-    ``observe(phase, seconds)``, when given, hears of each turn had: ``wait``, from asking
-    to having it, then ``hold``, from having it to letting it go (``mss.metrics``).
+    ``observe(phase, seconds)``, when given, hears of each turn once it is let go (nothing
+    it does can keep the turn held): ``wait``, from asking to having it, then ``hold``, from
+    having it to letting it go (``mss.metrics``).
     """
 
     def __init__(self, database: Path | None, *, observe: Callable[[str, float], None] | None = None) -> None:
@@ -110,7 +111,9 @@ class WriteTurns:
         self._path = database.with_name(database.name + "-writes") if database is not None else None
         self._fd: int | None = None
         self._observe = observe
-        self._taken_at = 0.0  # set and read by the thread that holds the turn
+        # Set and read by the thread that holds the turn.
+        self._taken_at = 0.0
+        self._waited = 0.0
 
     def __enter__(self) -> None:
         asked_at = time.perf_counter()
@@ -129,8 +132,7 @@ class WriteTurns:
             self._threads.release()
             raise
         self._taken_at = time.perf_counter()
-        if self._observe is not None:
-            self._observe("wait", self._taken_at - asked_at)
+        self._waited = self._taken_at - asked_at
 
     @staticmethod
     def _take(fd: int, deadline: float) -> None:
@@ -148,13 +150,14 @@ class WriteTurns:
             pause = min(2 * pause, 0.002)
 
     def __exit__(self, *_exc: object) -> None:
-        held = time.perf_counter() - self._taken_at
+        waited, held = self._waited, time.perf_counter() - self._taken_at
         try:
             if self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
         if self._observe is not None:
+            self._observe("wait", waited)
             self._observe("hold", held)
 
     def close(self) -> None:

@@ -183,6 +183,31 @@ def test_stores_of_messages_take_turns_across_processes(rt, doctor, gp, monkeypa
     assert stat.S_IMODE((database.parent / (database.name + "-writes")).stat().st_mode) == 0o600
 
 
+def test_a_failing_observer_of_the_write_turn_never_keeps_it(tmp_path, monkeypatch):
+    """The turn's observer (the metrics) hears of a turn once it is let go: should it fail,
+    the next store, here or in another process, still has its turn at once."""
+    heard: list[str] = []
+
+    def observe(phase: str, seconds: float) -> None:
+        heard.append(phase)
+        assert seconds >= 0
+        raise OSError("no room left for the metrics")
+
+    monkeypatch.setattr(db, "TURN_TIMEOUT", 2.0)  # a turn kept would be a StorageError here
+    database = tmp_path / "mss.db"
+    turns = db.WriteTurns(database, observe=observe)
+    other = db.WriteTurns(database)  # another process's, as far as the flock goes
+    for _ in range(2):
+        with pytest.raises(OSError, match="no room left"), turns:
+            pass
+        assert heard[-1:] == ["wait"]
+        with other:
+            pass
+    # Not in a finally: closing waits for the turn, which a failure above may have kept.
+    turns.close()
+    other.close()
+
+
 @pytest.mark.sqlite_only
 def test_sqlite_is_durable(settings):
     engine = make_engine(settings)
