@@ -14,6 +14,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from prometheus_client import REGISTRY
 from sqlalchemy import func, inspect, select, text
 from sqlmodel import SQLModel
 
@@ -154,7 +155,7 @@ def test_stores_of_messages_take_turns_across_processes(rt, doctor, gp, monkeypa
     """Processes on one SQLite database queue for its write lock in the kernel (an flock
     beside the database), not in SQLite's busy handler: while another process holds the
     turn, a message submitted here waits; once that process dies, however it dies, it is
-    stored."""
+    stored. The metrics count that wait as the turn's ``wait``."""
     database = sqlite_file(rt.engine)
     assert database is not None
     holder = subprocess.Popen(
@@ -170,6 +171,10 @@ def test_stores_of_messages_take_turns_across_processes(rt, doctor, gp, monkeypa
         monkeypatch.undo()
         with session_scope(rt.engine) as session:
             assert session.execute(select(func.count()).select_from(Message)).scalar_one() == 0
+        waited = [
+            REGISTRY.get_sample_value(f"mss_sqlite_write_turn_seconds_{kind}", {"phase": "wait"}) or 0.0
+            for kind in ("count", "sum")
+        ]
         stored = threading.Event()
         waiter = threading.Thread(target=lambda: (submit(rt, doctor, [GP], "Suivi", "Bonjour"), stored.set()))
         waiter.start()
@@ -177,6 +182,13 @@ def test_stores_of_messages_take_turns_across_processes(rt, doctor, gp, monkeypa
         holder.kill()
         assert stored.wait(30)
         waiter.join()
+        count, seconds = (
+            (REGISTRY.get_sample_value(f"mss_sqlite_write_turn_seconds_{kind}", {"phase": "wait"}) or 0.0) - before
+            for kind, before in zip(("count", "sum"), waited, strict=True)
+        )
+        # One turn had (the one refused for now above never was), after most of the second
+        # the other process held it (the message is checked and signed before it asks).
+        assert count == 1 and seconds >= 0.5
     finally:
         holder.kill()
         holder.wait()
