@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# Runs the whole suite twice: on SQLite (the default), then on a PostgreSQL server started
-# here on loopback in a temporary folder and stopped at the end.
+# Runs the whole suite twice: on SQLite (the default) and on a PostgreSQL server started here
+# on loopback in a temporary folder and stopped at the end.
+#
+# The suite is CPU-bound in one process, so with two cores or more the two passes run side by
+# side, each in its own temporary folder: the SQLite pass prints as it goes, the PostgreSQL
+# pass's output follows once both have ended. With one core they run one after the other.
 set -uo pipefail
 python=${1:-.venv/bin/python}
 here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d /tmp/mss-suite.XXXXXX)
 pgdir=$(mktemp -d /tmp/mss-pg.XXXXXX)
-cleanup() { bash "$here/pg.sh" stop "$pgdir" >/dev/null 2>&1; rm -rf "$pgdir"; }
+pg_pass=""
+cleanup() {
+    [ -n "$pg_pass" ] && kill -INT "$pg_pass" 2>/dev/null && wait "$pg_pass" 2>/dev/null
+    bash "$here/pg.sh" stop "$pgdir" >/dev/null 2>&1
+    rm -rf "$pgdir" "$work"
+}
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 if ! MSS_TEST_PG_URL=$(bash "$here/pg.sh" start "$pgdir"); then
     echo "error: could not start PostgreSQL for the tests" >&2
@@ -14,9 +25,32 @@ if ! MSS_TEST_PG_URL=$(bash "$here/pg.sh" start "$pgdir"); then
 fi
 export MSS_TEST_PG_URL
 
+sqlite_pass=("$python" -m pytest -q --basetemp "$work/t-sqlite" "${@:2}")
+postgresql_pass=("$python" -m pytest -q -m "not sqlite_only" --basetemp "$work/t-pg" "${@:2}")
+
 status=0
-echo "== test suite on SQLite"
-"$python" -m pytest -q "${@:2}" || status=$?
-echo "== test suite on PostgreSQL"
-MSS_TEST_BACKEND=postgresql "$python" -m pytest -q -m "not sqlite_only" "${@:2}" || status=$((status ? status : $?))
+if [ "$(nproc)" -ge 2 ]; then
+    echo "== test suite on SQLite and on PostgreSQL, side by side"
+    # In the background, pytest itself ($!, through exec) with Ctrl-C back at its default
+    # (bash ignores it in background commands): an interrupted run ends both passes the
+    # same way, each with its teardown.
+    (
+        trap - INT
+        MSS_TEST_BACKEND=postgresql exec "${postgresql_pass[@]}"
+    ) >"$work/postgresql.log" 2>&1 &
+    pg_pass=$!
+    echo "== test suite on SQLite"
+    "${sqlite_pass[@]}" || status=$?
+    wait "$pg_pass"
+    pg_status=$?
+    pg_pass=""
+    echo "== test suite on PostgreSQL"
+    cat "$work/postgresql.log"
+    status=$((status ? status : pg_status))
+else
+    echo "== test suite on SQLite"
+    "${sqlite_pass[@]}" || status=$?
+    echo "== test suite on PostgreSQL"
+    MSS_TEST_BACKEND=postgresql "${postgresql_pass[@]}" || status=$((status ? status : $?))
+fi
 exit $status
