@@ -30,6 +30,7 @@ Usage::
     .venv/bin/python bench/bench_relay.py --serve      # the relay as `mss serve relay` runs it
     .venv/bin/python bench/bench_relay.py --serve --phases  # and where a message's time goes
     .venv/bin/python bench/bench_relay.py --serve --smtp-processes 2   # two processes on one port
+    .venv/bin/python bench/bench_relay.py --only 10KBx16 --longer 5   # five times the messages
 
 Prints, per case, messages/s, CPU ms per message and latency p50/p95 for each server
 (medians over repetitions), its memory (the process tree's proportional set size, its
@@ -405,6 +406,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer messages and 2 repetitions")
     parser.add_argument("--repeats", type=int, help="repetitions of each case (default 3, 2 with --quick)")
     parser.add_argument(
+        "--longer",
+        type=int,
+        default=1,
+        metavar="K",
+        help="K times the messages of each session, for runs long enough that the machine's "
+        "passing spells weigh less (default 1: a run of 1 to 3 s)",
+    )
+    parser.add_argument(
         "--only",
         choices=sorted({f"{s}x{c}" for s in SIZES for c in SESSIONS} | {f"{s}x{c}" for s, c in BURST}),
         action="append",
@@ -453,7 +462,10 @@ def main() -> None:
         bare_server(args.bare_server)
         return
 
+    if args.longer < 1:
+        parser.error("--longer needs a whole number of at least 1")
     counts = QUICK_PER_SESSION if args.quick else PER_SESSION
+    counts = {key: value * args.longer for key, value in counts.items()}
     if args.only:
         counts = {key: value for key, value in {**counts, **BURST}.items() if f"{key[0]}x{key[1]}" in args.only}
     repeats = args.repeats or (2 if args.quick else 3)
