@@ -74,13 +74,6 @@ def _then_give_back(call: list[tuple[Callable[..., T], tuple[Any, ...], Mapping[
             memory.give_back()
 
 
-def _set_inherited_aside() -> None:
-    """In a new worker: what it inherited from the fork server, set aside for the cyclic
-    collector (``gc.freeze``, which moves lists, not objects), so that the collector's full
-    passes do not write to those objects' pages and make the worker copy them."""
-    gc.freeze()
-
-
 # What the process's fork server imports before it forks (see the module's docstring):
 # each pool adds its own module when it is made.
 _PRELOAD: Final[list[str]] = [__name__]
@@ -107,7 +100,9 @@ class WorkerPool:
             if self._pool is None or not self._pool.active:
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(list(_PRELOAD))
-                self._pool = ProcessPool(max_workers=self._workers, context=context, initializer=_set_inherited_aside)
+                # gc.freeze alone, not memory.settle: its full collection first would
+                # write to every inherited object, the very copying this spares.
+                self._pool = ProcessPool(max_workers=self._workers, context=context, initializer=gc.freeze)
             return self._pool
 
     def schedule(

@@ -26,17 +26,17 @@ fi
 export MSS_TEST_PG_URL
 
 sqlite_pass=("$python" -m pytest -q --basetemp "$work/t-sqlite" "${@:2}")
-postgresql_pass=("$python" -m pytest -q -m "not sqlite_only" --basetemp "$work/t-pg" "${@:2}")
+postgresql_pass=(env MSS_TEST_BACKEND=postgresql "$python" -m pytest -q -m "not sqlite_only" --basetemp "$work/t-pg" "${@:2}")
 
 status=0
 if [ "$(nproc)" -ge 2 ]; then
     echo "== test suite on SQLite and on PostgreSQL, side by side"
-    # In the background, pytest itself ($!, through exec) with Ctrl-C back at its default
-    # (bash ignores it in background commands): an interrupted run ends both passes the
-    # same way, each with its teardown.
+    # In the background, pytest itself ($!, through exec, env exec-ing it in turn) with
+    # Ctrl-C back at its default (bash ignores it in background commands): an interrupted
+    # run ends both passes the same way, each with its teardown.
     (
         trap - INT
-        MSS_TEST_BACKEND=postgresql exec "${postgresql_pass[@]}"
+        exec "${postgresql_pass[@]}"
     ) >"$work/postgresql.log" 2>&1 &
     pg_pass=$!
     echo "== test suite on SQLite"
@@ -51,6 +51,6 @@ else
     echo "== test suite on SQLite"
     "${sqlite_pass[@]}" || status=$?
     echo "== test suite on PostgreSQL"
-    MSS_TEST_BACKEND=postgresql "${postgresql_pass[@]}" || status=$((status ? status : $?))
+    "${postgresql_pass[@]}" || status=$((status ? status : $?))
 fi
 exit $status

@@ -371,12 +371,10 @@ def test_workers_give_back_what_large_documents_took() -> None:
 
 
 def test_workers_set_aside_what_they_inherit_from_their_fork_server() -> None:
-    """A worker's full collections leave alone the objects it inherited from the fork server
-    (the modules it preloaded): they are frozen, so their pages stay shared instead of being
-    copied into each worker as the collector writes to them."""
+    """A worker freezes the objects it inherited from the fork server (the modules it
+    preloaded), so that the cyclic collector's full passes leave their pages shared instead
+    of writing to them and making the worker copy them."""
     workers.start()
-    for _ in range(2 * workers.WORKERS):  # each worker, asked to collect everything
-        workers._in_worker(gc.collect, (), {}, "collect", LIMITS)
     frozen = [workers._in_worker(gc.get_freeze_count, (), {}, "count", LIMITS) for _ in range(workers.WORKERS)]
     # pypdf, the CDA reader and their imports: tens of thousands of objects.
     assert min(frozen) > 10_000, frozen

@@ -171,10 +171,16 @@ def test_stores_of_messages_take_turns_across_processes(rt, doctor, gp, monkeypa
         monkeypatch.undo()
         with session_scope(rt.engine) as session:
             assert session.execute(select(func.count()).select_from(Message)).scalar_one() == 0
-        waited = [
-            REGISTRY.get_sample_value(f"mss_sqlite_write_turn_seconds_{kind}", {"phase": "wait"}) or 0.0
-            for kind in ("count", "sum")
-        ]
+
+        def waits() -> tuple[float, float]:
+            """The turns' waits counted so far in this process: how many, and their seconds."""
+            count, seconds = (
+                REGISTRY.get_sample_value(f"mss_sqlite_write_turn_seconds_{kind}", {"phase": "wait"}) or 0.0
+                for kind in ("count", "sum")
+            )
+            return count, seconds
+
+        waited = waits()
         stored = threading.Event()
         waiter = threading.Thread(target=lambda: (submit(rt, doctor, [GP], "Suivi", "Bonjour"), stored.set()))
         waiter.start()
@@ -182,10 +188,7 @@ def test_stores_of_messages_take_turns_across_processes(rt, doctor, gp, monkeypa
         holder.kill()
         assert stored.wait(30)
         waiter.join()
-        count, seconds = (
-            (REGISTRY.get_sample_value(f"mss_sqlite_write_turn_seconds_{kind}", {"phase": "wait"}) or 0.0) - before
-            for kind, before in zip(("count", "sum"), waited, strict=True)
-        )
+        count, seconds = (after - before for after, before in zip(waits(), waited, strict=True))
         # One turn had (the one refused for now above never was), after most of the second
         # the other process held it (the message is checked and signed before it asks).
         assert count == 1 and seconds >= 0.5
