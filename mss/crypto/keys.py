@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import threading
 import unicodedata
 from collections.abc import Sequence
@@ -41,7 +40,6 @@ import nacl.pwhash
 import nacl.pwhash.argon2id
 import nacl.secret
 import nacl.utils
-from asn1crypto import pkcs12 as asn1_pkcs12
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -49,6 +47,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509 import Certificate
 
 from mss import cores
+from mss.crypto import gnupg22
 from mss.errors import ConfigError, CryptoError, KeyUnwrapError
 from mss.files import write_file
 
@@ -60,11 +59,11 @@ PKCS12_KDF_ROUNDS = 200_000
 PKCS12_STRONG = "strong"
 PKCS12_COMPATIBLE = "compatible"
 PKCS12_PROFILES = (PKCS12_STRONG, PKCS12_COMPATIBLE)
-# GnuPG 2.2's PKCS#12 reader (minip12.c) refuses passwords longer than this, in bytes of
-# UTF-8 or of one single-byte character set it tries (Latin-1 ...).
+# GnuPG 2.2's PKCS#12 reader (minip12.c) refuses passwords longer than this, in bytes; it
+# tries the UTF-8 bytes first, then Latin-1 and other single-byte character sets.
 PKCS12_COMPATIBLE_MAX_PASSWORD = 31
-# How many times a compatible export is made again with new salts (see _gnupg22_misreads);
-# one salt in about 65 is refused, so running out means something else is wrong.
+# How many times a compatible export is made again with new salts (mss.crypto.gnupg22);
+# about one file in 60 is refused, so running out means something else is wrong.
 PKCS12_COMPATIBLE_ATTEMPTS = 16
 _ARGON2ID_PREFIX = "$argon2id$"
 # argon2id computations that run at once in this process (see the module's docstring).
@@ -417,59 +416,18 @@ def key_matches_certificate(private_key: PrivateKey, certificate: Certificate) -
 
 def _compatible_password(password: str) -> None:
     try:
-        size = len(password.encode("latin-1"))
+        password.encode("latin-1")
     except UnicodeEncodeError:
         raise CryptoError(
             "a compatible PKCS#12 export password must be written in Latin-1 characters (gpgsm 2.2 reads no others)"
         ) from None
-    if size > PKCS12_COMPATIBLE_MAX_PASSWORD:
+    # gpgsm 2.2 first tries the password as UTF-8: past 31 bytes it reports "password too
+    # long" and exits with an error, even though its Latin-1 attempt then imports the key.
+    if len(password.encode("utf-8")) > PKCS12_COMPATIBLE_MAX_PASSWORD:
         raise CryptoError(
-            f"a compatible PKCS#12 export password must have at most {PKCS12_COMPATIBLE_MAX_PASSWORD} characters"
-            " (gpgsm 2.2 refuses longer ones)"
+            f"a compatible PKCS#12 export password must have at most {PKCS12_COMPATIBLE_MAX_PASSWORD} characters,"
+            " an accented letter counting as two (gpgsm 2.2 refuses longer ones)"
         )
-
-
-def _gnupg22_misderives(salt: bytes, password: str, iterations: int) -> bool:
-    """True when GnuPG 2.2 derives a wrong 3DES key from ``salt`` (RFC 7292 appendix B).
-
-    The derivation needs two SHA-1 blocks for a 24-byte key; between them each 64-byte
-    block I_j of I = S || P becomes (I_j + B + 1) mod 2^512. minip12.c in GnuPG 2.2 writes
-    that number back without its leading zero byte when it has one (gcry_mpi_print with
-    no padding), so for about one salt in 128 per block it derives another key and reports
-    the file as undecryptable. Only the first block and that step matter here.
-    """
-    v = 64  # SHA-1 block size, bytes
-    diversifier = b"\x01" * v  # ID 1: key material
-    salt_block = (salt * (v // len(salt) + 1))[:v]
-    # BMPString with its two zero bytes, as both sides encode a Latin-1 password.
-    bmp = password.encode("utf-16-be") + b"\x00\x00"
-    password_block = (bmp * (v // len(bmp) + 1))[:v]
-    digest = hashlib.sha1(diversifier + salt_block + password_block).digest()
-    for _ in range(iterations - 1):
-        digest = hashlib.sha1(digest).digest()
-    b_plus_one = int.from_bytes((digest * (v // len(digest) + 1))[:v], "big") + 1
-    return any(
-        ((int.from_bytes(block, "big") + b_plus_one) % (1 << (8 * v))) >> (8 * (v - 1)) == 0
-        for block in (salt_block, password_block)
-    )
-
-
-def _gnupg22_misreads(p12: bytes, password: str) -> bool:
-    """True when one of the PKCS#12 file's encrypted parts (certificate bag, shrouded key
-    bag) has a salt GnuPG 2.2 misreads (_gnupg22_misderives)."""
-    algorithms = []
-    for info in asn1_pkcs12.Pfx.load(p12).authenticated_safe:
-        kind = info["content_type"].native
-        if kind == "encrypted_data":
-            algorithms.append(info["content"]["encrypted_content_info"]["content_encryption_algorithm"])
-        elif kind == "data":
-            for bag in asn1_pkcs12.SafeContents.load(info["content"].native):
-                if bag["bag_id"].native == "pkcs8_shrouded_key_bag":
-                    algorithms.append(bag["bag_value"]["encryption_algorithm"])
-    return any(
-        _gnupg22_misderives(a["parameters"]["salt"].native, password, a["parameters"]["iterations"].native)
-        for a in algorithms
-    )
 
 
 def export_pkcs12(
@@ -488,8 +446,8 @@ def export_pkcs12(
     import it. ``compatible``: the PKCS#12 PBE with SHA-1 and 3DES (RFC 7292 appendix C)
     for key and certificates, same MAC and rounds; for gpgsm 2.2 (GnuPG in Debian 12),
     whose reader knows no PBES2 with HMAC-SHA256, and other importers of its age. It limits
-    the password to what gpgsm 2.2 reads (31 Latin-1 characters) and makes the file again
-    with new salts when gpgsm 2.2 would derive a wrong key from one (_gnupg22_misderives).
+    the password to what gpgsm 2.2 reads (Latin-1 characters, 31 bytes of UTF-8) and makes the file again
+    with new salts when gpgsm 2.2 would misread them (``mss.crypto.gnupg22``).
     The legacy RC2 default is never used: modern OpenSSL refuses it. The password is used as
     typed (not normalised). Raises CryptoError for an empty password, an unknown profile or
     a key that is not the certificate's.
@@ -525,6 +483,6 @@ def export_pkcs12(
             encryption,
         )
         # Each file gets new random salts; a compatible one must be one gpgsm 2.2 reads.
-        if profile != PKCS12_COMPATIBLE or not _gnupg22_misreads(data, password):
+        if profile != PKCS12_COMPATIBLE or not gnupg22.misreads(data, password):
             return data
     raise CryptoError("no compatible PKCS#12 file could be made that GnuPG 2.2 reads")
