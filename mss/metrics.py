@@ -12,6 +12,10 @@ process writes its values to files in that folder and the scrape adds them up
 Labels carry doors, stages, document kinds and enhanced status codes, never an address,
 a subject or anything of a message's content.
 
+Counting never fails its caller: an update that cannot be made (in multiprocess mode, a
+folder removed after the process started) is lost and logged, at most once a minute per
+process, and the message, login or session it counted goes on (``_Guarded``).
+
 ``MSS_METRICS=false`` turns the instruments into no-ops (:func:`set_enabled`, called where a
 process opens its runtime): nothing is counted, so the cost of counting can be measured
 against nothing (``bench/bench_metrics.py``).
@@ -20,12 +24,14 @@ against nothing (``bench/bench_metrics.py``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
@@ -86,6 +92,8 @@ LOGIN_FAILURES = Counter(
 LOCKOUTS = Counter("mss_lockouts", "Locks put on an account, by scope (client or account).", ["scope"])
 DELAYED = Counter("mss_receipts_delayed", "Delayed DSNs sent because no final status came in time.")
 
+log = logging.getLogger(__name__)
+
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 
 _INSTRUMENTS = (
@@ -102,7 +110,75 @@ _INSTRUMENTS = (
     "LOCKOUTS",
     "DELAYED",
 )
-_LIVE = {name: globals()[name] for name in _INSTRUMENTS}
+
+
+class _Guarded:
+    """A live instrument that never fails its caller. Counting must not decide an outcome:
+    the pipeline counts a message after its commit, and an error there would tell the
+    client that a stored message was not (it would send it again). In multiprocess mode a
+    process opens its file for a kind of instrument at that kind's first use; if the
+    folder has gone by then, the update is lost and logged (``_lost``), the service goes on.
+    Children are kept by their label values, which spares prometheus_client's own lookup
+    (a lock and a tuple) at each use; none is ever removed."""
+
+    __slots__ = ("_instrument", "_children")
+
+    def __init__(self, instrument: Any) -> None:
+        self._instrument = instrument
+        self._children: dict[tuple[object, ...], _Guarded] = {}
+
+    def labels(self, *values: object, **named: object) -> _Guarded | _Off:
+        key = (*values, *sorted(named.items()))
+        child = self._children.get(key)
+        if child is None:
+            try:
+                child = self._children[key] = _Guarded(self._instrument.labels(*values, **named))
+            except Exception as exc:  # never fails the caller (class docstring)
+                _lost(self._instrument, exc)
+                return _OFF
+        return child
+
+    def inc(self, amount: float = 1) -> None:
+        try:
+            self._instrument.inc(amount)
+        except Exception as exc:  # never fails the caller (class docstring)
+            _lost(self._instrument, exc)
+
+    def dec(self, amount: float = 1) -> None:
+        try:
+            self._instrument.dec(amount)
+        except Exception as exc:  # never fails the caller (class docstring)
+            _lost(self._instrument, exc)
+
+    def observe(self, amount: float) -> None:
+        try:
+            self._instrument.observe(amount)
+        except Exception as exc:  # never fails the caller (class docstring)
+            _lost(self._instrument, exc)
+
+    @contextlib.contextmanager
+    def time(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.observe(time.perf_counter() - started)
+
+
+# When an update was last lost and logged, by process (monotonic seconds).
+_LOST_LOGGED: dict[int, float] = {}
+_LOST_LOG_EVERY = 60.0
+
+
+def _lost(instrument: object, exc: Exception) -> None:
+    """An update that could not be counted: logged at most once a minute per process."""
+    now = time.monotonic()
+    last = _LOST_LOGGED.get(os.getpid())
+    if last is not None and now - last < _LOST_LOG_EVERY:
+        return
+    _LOST_LOGGED[os.getpid()] = now
+    name = getattr(instrument, "_name", type(instrument).__name__)
+    log.error("metrics: an update of %s was lost (%s: %s); the service goes on", name, type(exc).__name__, exc)
 
 
 class _Off:
@@ -124,12 +200,18 @@ class _Off:
         return contextlib.nullcontext()
 
 
+_OFF = _Off()
+_LIVE = {name: _Guarded(globals()[name]) for name in _INSTRUMENTS}
+
+
 def set_enabled(enabled: bool) -> None:
     """Count (the default) or not: the doors call ``metrics.X`` at each use, so swapping the
     module's instruments for no-ops reaches every caller."""
-    off = _Off()
     for name in _INSTRUMENTS:
-        globals()[name] = _LIVE[name] if enabled else off
+        globals()[name] = _LIVE[name] if enabled else _OFF
+
+
+set_enabled(True)
 
 
 def refused(door: str, reply_or_reason: str) -> None:

@@ -1,25 +1,36 @@
-"""``MSS_METRICS=false``: the instruments do nothing, so nothing is counted (what counting
-costs the relay is measured by ``bench/bench_metrics.py``)."""
+"""Metrics and the service: ``MSS_METRICS=false`` counts nothing (what counting costs the
+relay is measured by ``bench/bench_metrics.py``), and a count that cannot be made loses
+nothing else."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import smtplib
+import sys
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy import select
 
 from mss import metrics
+from mss.db import session_scope
 from mss.errors import ConfigError
 from mss.health import startup_warnings
+from mss.models import Message
 from mss.runtime import Runtime
 from mss.settings import Settings
 
+from relay_support import RECIPIENTS, SENDER, build_stack, message
+from server_process import free_port, start_server
 from web_support import GP, doctor, gp, submit  # noqa: F401  (fixtures)
 
 
 def test_metrics_off_counts_nothing(rt, env, doctor, gp):
-    counter = metrics.SUBMITTED.labels(door="smtp")
-    before = counter._value.get()
+    submitted = ("mss_messages_submitted_total", {"door": "smtp"})
+    before = REGISTRY.get_sample_value(*submitted) or 0.0
     turns = ("mss_sqlite_write_turn_seconds_count", {"phase": "hold"})
     turns_before = REGISTRY.get_sample_value(*turns) or 0.0
     off = Runtime(
@@ -27,7 +38,7 @@ def test_metrics_off_counts_nothing(rt, env, doctor, gp):
     )
     try:
         submit(off, doctor, [GP], "Suivi", "Bonjour")
-        assert counter._value.get() == before
+        assert (REGISTRY.get_sample_value(*submitted) or 0.0) == before
         # Nor its turn at SQLite's write lock.
         assert (REGISTRY.get_sample_value(*turns) or 0.0) == turns_before
         # Nor the door's DATA phases, nor the wait for a message thread.
@@ -43,7 +54,7 @@ def test_metrics_off_counts_nothing(rt, env, doctor, gp):
         off.messages.close()
         metrics.set_enabled(True)
     submit(rt, doctor, [GP], "Suivi", "Bonjour")
-    assert counter._value.get() == before + 1
+    assert (REGISTRY.get_sample_value(*submitted) or 0.0) == before + 1
     taken = 1 if rt.engine.dialect.name == "sqlite" else 0
     assert (REGISTRY.get_sample_value(*turns) or 0.0) == turns_before + taken
     with pytest.raises(ConfigError, match="MSS_METRICS must be true or false"):
@@ -68,3 +79,43 @@ def test_several_submission_processes_without_a_shared_metrics_folder_are_warned
         metrics.set_enabled(True)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent-not-read-here")
     assert not warned({"MSS_SMTP_PROCESSES": "2"})
+
+
+def test_a_metrics_folder_gone_loses_counts_not_messages(tmp_path: Path) -> None:
+    """Counting never decides an outcome. With the multiprocess metrics folder removed
+    after the relay started (a temporary-files cleaner, an operator's mistake), the
+    relay's first timing of a DATA cannot open its file: the updates are lost and logged,
+    once, and each message is still taken, stored and answered 250."""
+    stack = build_stack(tmp_path)
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    port = free_port()
+    env = {
+        **os.environ,
+        **stack.env,
+        "MSS_SMTP_HOST": "127.0.0.1",
+        "MSS_SMTP_PORT": str(port),
+        "PROMETHEUS_MULTIPROC_DIR": str(folder),
+    }
+    log = tmp_path / "relay.log"
+    relay = start_server([sys.executable, "-m", "mss.relay"], env, log, port)
+    try:
+        shutil.rmtree(folder)
+        client = smtplib.SMTP("127.0.0.1", port, timeout=60)
+        client.starttls(context=stack.client_context())
+        client.login(SENDER, stack.passwords[SENDER])
+        answers = []
+        for number in range(2):
+            client.mail(SENDER)
+            client.rcpt(RECIPIENTS[0])
+            answers.append(client.data(message(SENDER, RECIPIENTS[:1], subject=f"message {number}")))
+        client.quit()
+        assert [code for code, _ in answers] == [250, 250], (answers, log.read_text()[-2000:])
+        with session_scope(stack.rt.engine) as session:
+            stored = set(session.scalars(select(Message.queue_id)))
+        assert {text.decode().rsplit(" ", 1)[1] for _, text in answers} <= stored
+        assert log.read_text().count("metrics: an update of") == 1
+    finally:
+        relay.terminate()
+        relay.wait(timeout=60)
+        stack.close()
