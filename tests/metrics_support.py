@@ -1,5 +1,6 @@
 """Prometheus metrics read the way Prometheus reads them: the text of a ``/metrics`` endpoint
-scraped over HTTP and parsed with ``prometheus_client.parser``.
+scraped over HTTP and parsed with ``prometheus_client.parser``; or, for what this process
+counted, from its registry (``counted``).
 
 It imports nothing of the test suite, so that a benchmark can use it too.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import urllib.request
 
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -28,3 +30,8 @@ def scrape(url: str) -> Samples:
 def value(samples: Samples, name: str, **labels: str) -> float:
     """The sample ``name`` with exactly ``labels`` (0 when the endpoint has none)."""
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def counted(name: str, **labels: str) -> float:
+    """This process's sample ``name`` with ``labels`` (0 before its first count)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0

@@ -34,7 +34,6 @@ from federation_support import (
     wait_for,
 )
 from litestar.testing import TestClient
-from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from mss import accounts, audit, metrics, trust
@@ -46,6 +45,7 @@ from mss.runtime import MessageThreads
 from mss.store import MessageMeta
 from mss.web import create_app
 
+from metrics_support import counted
 from relay_support import answered_within
 from web_support import BASE_URL, build_message, login, pdf_bytes
 
@@ -112,10 +112,7 @@ def page_of(operator: Operator, person_address: str, queue_id: str, folder: str 
 
 def mx_data_counts() -> dict[str, float]:
     """How many DATA phases the MX doors of this process have timed, by phase."""
-    return {
-        phase: REGISTRY.get_sample_value("mss_smtp_data_seconds_count", {"door": "mx", "phase": phase}) or 0.0
-        for phase in metrics.DATA_PHASES
-    }
+    return {phase: counted("mss_smtp_data_seconds_count", door="mx", phase=phase) for phase in metrics.DATA_PHASES}
 
 
 def test_encrypted_both_ways_with_receipts_back(pair: tuple[Operator, Operator]) -> None:

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from mss import metrics
@@ -23,40 +22,46 @@ from mss.models import Message
 from mss.runtime import Runtime
 from mss.settings import Settings
 
+from metrics_support import counted
 from relay_support import RECIPIENTS, SENDER, build_stack, message
 from server_process import free_port, start_server
 from web_support import GP, doctor, gp, submit  # noqa: F401  (fixtures)
 
 
 def test_metrics_off_counts_nothing(rt, env, doctor, gp):
-    submitted = ("mss_messages_submitted_total", {"door": "smtp"})
-    before = REGISTRY.get_sample_value(*submitted) or 0.0
-    turns = ("mss_sqlite_write_turn_seconds_count", {"phase": "hold"})
-    turns_before = REGISTRY.get_sample_value(*turns) or 0.0
+    def submitted() -> float:
+        return counted("mss_messages_submitted_total", door="smtp")
+
+    def turns() -> float:
+        return counted("mss_sqlite_write_turn_seconds_count", phase="hold")
+
+    def timed() -> list[float]:
+        return [
+            counted("mss_smtp_data_seconds_count", door="smtp", phase="receive"),
+            counted("mss_pipeline_stage_seconds_count", stage="queue"),
+        ]
+
+    before, turns_before = submitted(), turns()
     off = Runtime(
         settings=Settings.from_env({**env, "MSS_METRICS": "false"}), engine=rt.engine, master_key=rt.master_key
     )
     try:
         submit(off, doctor, [GP], "Suivi", "Bonjour")
-        assert (REGISTRY.get_sample_value(*submitted) or 0.0) == before
+        assert submitted() == before
         # Nor its turn at SQLite's write lock.
-        assert (REGISTRY.get_sample_value(*turns) or 0.0) == turns_before
+        assert turns() == turns_before
         # Nor the door's DATA phases, nor the wait for a message thread.
-        timed = [
-            ("mss_smtp_data_seconds_count", {"door": "smtp", "phase": "receive"}),
-            ("mss_pipeline_stage_seconds_count", {"stage": "queue"}),
-        ]
-        counts = [REGISTRY.get_sample_value(name, labels) or 0.0 for name, labels in timed]
+        counts = timed()
         metrics.data_phase("smtp", "receive", 0.5)
         asyncio.run(off.messages.run(int))
-        assert [REGISTRY.get_sample_value(name, labels) or 0.0 for name, labels in timed] == counts
+        assert timed() == counts
     finally:
         off.messages.close()
         metrics.set_enabled(True)
     submit(rt, doctor, [GP], "Suivi", "Bonjour")
-    assert (REGISTRY.get_sample_value(*submitted) or 0.0) == before + 1
+    assert submitted() == before + 1
     taken = 1 if rt.engine.dialect.name == "sqlite" else 0
-    assert (REGISTRY.get_sample_value(*turns) or 0.0) == turns_before + taken
+    assert turns() == turns_before + taken
     with pytest.raises(ConfigError, match="MSS_METRICS must be true or false"):
         Settings.from_env({**env, "MSS_METRICS": "sometimes"})
 

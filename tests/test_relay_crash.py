@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -47,6 +48,19 @@ RELAY_COMMANDS = {
 }
 
 
+# The relays started by the running test, stopped when it ends however it ends.
+_STARTED: list[RelayProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_relay_outlives_its_test() -> Iterator[None]:
+    """A relay a test started does not outlive it, whether it failed or was interrupted
+    (Ctrl-C): it would go on listening and holding its database."""
+    yield
+    while _STARTED:
+        _STARTED.pop().close()
+
+
 class RelayProcess:
     """``python -m mss.relay`` (or another of RELAY_COMMANDS) with the stack's environment
     on a fixed port."""
@@ -61,6 +75,8 @@ class RelayProcess:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(self.command, env=self.env, cwd=PROJECT_ROOT, stdout=out, stderr=out)
+        if self not in _STARTED:
+            _STARTED.append(self)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log.read_text()[-3000:]
@@ -82,9 +98,16 @@ class RelayProcess:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=60)
 
+    def close(self) -> None:
+        """Killed if still running (``stop`` is the clean way a test checks)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
 
 class Load:
-    """Client threads sending numbered messages; what was acknowledged, under which id."""
+    """Client threads sending numbered messages; what was acknowledged, under which id.
+    They run as daemons: a run interrupted by Ctrl-C ends without waiting for them."""
 
     def __init__(self, stack: Stack, port: int, total: int = MESSAGES, first: int = 1) -> None:
         self.stack = stack
@@ -149,7 +172,7 @@ def test_sigkill_mid_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
         relay = RelayProcess(stack, free_port(), tmp_path / "relay.log")
         relay.start()
         load = Load(stack, relay.port)
-        threads = [threading.Thread(target=load.run, name=f"client-{i}") for i in range(CLIENTS)]
+        threads = [threading.Thread(target=load.run, name=f"client-{i}", daemon=True) for i in range(CLIENTS)]
         for thread in threads:
             thread.start()
         with load.lock:
@@ -197,7 +220,7 @@ def test_a_second_stop_signal_does_not_cut_short_the_storing_of_a_message(tmp_pa
         for worker in document_workers_of_relay:
             os.kill(worker, signal.SIGSTOP)
         try:
-            sending = threading.Thread(target=lambda: answer.append(client.data(raw)))
+            sending = threading.Thread(target=lambda: answer.append(client.data(raw)), daemon=True)
             sending.start()
             time.sleep(1.0)  # the message is in, waiting for its document check
             relay.process.send_signal(signal.SIGTERM)
@@ -315,7 +338,7 @@ def test_processes_of_one_submission_port_share_it_and_a_killed_one_is_replaced(
                 connection.close()
 
         load = Load(stack, port, total=120)
-        threads = [threading.Thread(target=load.run, name=f"client-{i}") for i in range(8)]
+        threads = [threading.Thread(target=load.run, name=f"client-{i}", daemon=True) for i in range(8)]
         for thread in threads:
             thread.start()
         with load.lock:
@@ -353,7 +376,7 @@ def _two_relays_under_load(
     for relay in relays:
         relay.start()
     loads = [Load(stack, relay.port, total=per_relay, first=1 + 1000 * n) for n, relay in enumerate(relays)]
-    threads = [threading.Thread(target=load.run) for load in loads for _ in range(sessions)]
+    threads = [threading.Thread(target=load.run, daemon=True) for load in loads for _ in range(sessions)]
     for thread in threads:
         thread.start()
     return relays, loads, threads

@@ -14,7 +14,6 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from prometheus_client import REGISTRY
 from sqlalchemy import func, inspect, select, text
 from sqlmodel import SQLModel
 
@@ -27,6 +26,7 @@ from mss.models import Message
 from mss.settings import Settings
 
 from conftest import drop_pg_database, new_pg_database
+from metrics_support import counted
 from web_support import GP, doctor, gp, submit  # noqa: F401  (fixtures)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -174,11 +174,10 @@ def test_stores_of_messages_take_turns_across_processes(rt, doctor, gp, monkeypa
 
         def waits() -> tuple[float, float]:
             """The turns' waits counted so far in this process: how many, and their seconds."""
-            count, seconds = (
-                REGISTRY.get_sample_value(f"mss_sqlite_write_turn_seconds_{kind}", {"phase": "wait"}) or 0.0
-                for kind in ("count", "sum")
+            return (
+                counted("mss_sqlite_write_turn_seconds_count", phase="wait"),
+                counted("mss_sqlite_write_turn_seconds_sum", phase="wait"),
             )
-            return count, seconds
 
         waited = waits()
         stored = threading.Event()
