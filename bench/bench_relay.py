@@ -453,11 +453,19 @@ def main() -> None:
         type=Path,
         help="run the relay under py-spy: a flame graph (SVG), or collapsed stacks for *.txt",
     )
+    parser.add_argument(
+        "--py-spy-gil",
+        action="store_true",
+        help="with --py-spy: sample only the thread that holds the GIL (py-spy --gil), at 250 Hz: where the "
+        "relay's Python time goes, without the threads that wait",
+    )
     args = parser.parse_args()
     if args.phases and not args.serve:
         parser.error("--phases needs --serve (python -m mss.relay serves no metrics)")
     if args.smtp_processes != 1 and not args.serve:
         parser.error("--smtp-processes needs --serve")
+    if args.py_spy_gil and not args.py_spy:
+        parser.error("--py-spy-gil needs --py-spy")
     if args.bare_server:
         bare_server(args.bare_server)
         return
@@ -506,6 +514,7 @@ def main() -> None:
             relay_command = [
                 py_spy,
                 "record",
+                *(["--gil", "--rate", "250"] if args.py_spy_gil else []),
                 "--threads",
                 "--format",
                 style,
