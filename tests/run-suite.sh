@@ -4,7 +4,8 @@
 #
 # The suite is CPU-bound in one process, so with two cores or more the two passes run side by
 # side, each in its own temporary folder: the SQLite pass prints as it goes, the PostgreSQL
-# pass's output follows once both have ended. With one core they run one after the other.
+# pass's output follows once both have ended (its log, named at the start, can be followed
+# meanwhile). With one core they run one after the other.
 set -uo pipefail
 python=${1:-.venv/bin/python}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -39,8 +40,10 @@ if [ "$(nproc)" -ge 2 ]; then
         exec "${postgresql_pass[@]}"
     ) >"$work/postgresql.log" 2>&1 &
     pg_pass=$!
+    echo "   (the PostgreSQL pass writes $work/postgresql.log as it goes: tail -f to follow it)"
     echo "== test suite on SQLite"
     "${sqlite_pass[@]}" || status=$?
+    kill -0 "$pg_pass" 2>/dev/null && echo "== waiting for the PostgreSQL pass to end"
     wait "$pg_pass"
     pg_status=$?
     pg_pass=""
