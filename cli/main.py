@@ -109,7 +109,7 @@ Compatible = Annotated[
         "--compatible",
         help=(
             "PKCS#12 with SHA-1/3DES password encryption, for gpgsm 2.2 (Debian 12);"
-            " export password in Latin-1, at most 31 characters, an accented letter counting as two."
+            " export password in Latin-1, at most 31 characters, each one outside ASCII counting as two."
         ),
     ),
 ]

@@ -5,15 +5,18 @@ key bag with the PKCS#12 PBE of SHA-1 and 3DES (RFC 7292 appendix B and C). GnuP
 reader, ``sm/minip12.c``, refuses some such files made to the standard, depending only on
 their random salts, for two reasons:
 
-- it derives a wrong 3DES key for about one salt in 65 (``misderives``);
+- it derives a wrong 3DES key for about one salt in 128 (``misderives``); a file has two
+  salts, so about one file in 64;
 - it tries the passphrase first as its UTF-8 bytes, then converted to ISO-8859-1 and other
   charsets, and keeps the first decryption that its check accepts. That check reads one or
-  two DER tags, so with a password outside ASCII about one file in 400 has garbage from the
+  two DER tags, so with a password outside ASCII about one file in 500 has garbage from the
   UTF-8 attempt pass it, and the import fails further on (``first_attempt_misleads``).
 
 ``misreads`` says whether a file has either fault; the export makes such a file again with
-new salts. This module reproduces that reader's steps exactly, quirks included: the key
-derivation, the 3DES-CBC decryption and the tag checks.
+new salts. This module reproduces that reader's steps, quirks included: the key derivation,
+the 3DES-CBC decryption and the tag checks (``tests/test_gnupg22.py`` holds vectors computed
+by GnuPG 2.2.40's own functions). One case is left out: libgcrypt refuses a 3DES key with a
+weak DES third, about one derivation in 10^14.
 """
 
 from __future__ import annotations
@@ -86,8 +89,8 @@ def _string_to_key(diversifier: int, salt: bytes, passphrase: bytes, iterations:
 def misderives(salt: bytes, passphrase: bytes, iterations: int) -> bool:
     """True when GnuPG 2.2 derives another 3DES key from ``salt`` and ``passphrase`` than
     RFC 7292 B.2 does. A 24-byte key takes two SHA-1 blocks; the two differ only when
-    the step between them shortens a block (_next_input), about one salt in 65. The IV,
-    one block, is always right."""
+    the step between them shortens a block (_next_input): each of its two blocks one time in
+    256, so about one salt in 128. The IV, one block, is always right."""
     data = _first_input(salt, passphrase)
     return _next_input(data, _hash(_KEY_ID, bytes(data), iterations))
 
@@ -200,8 +203,12 @@ def _encrypted_parts(p12: bytes) -> Iterator[_Part]:
 def misreads(p12: bytes, password: str) -> bool:
     """True when gpgsm 2.2 would fail to read one of the file's encrypted parts with
     ``password`` (a Latin-1 one): the right attempt derives a wrong key, or the first one
-    misleads it."""
+    misleads it. Also true for a password of more than 31 bytes in UTF-8: the first attempt
+    then logs an error ("password too long") and gpgsm exits with an error status, even
+    when its Latin-1 attempt imports the key."""
     latin1 = password.encode("latin-1")
+    if len(password.encode("utf-8")) > _MAX_PASSPHRASE_BYTES:
+        return True
     return any(
         misderives(salt, latin1, iterations) or first_attempt_misleads(salt, iterations, ciphertext, password, check)
         for salt, iterations, ciphertext, check in _encrypted_parts(p12)

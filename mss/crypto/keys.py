@@ -421,12 +421,15 @@ def _compatible_password(password: str) -> None:
         raise CryptoError(
             "a compatible PKCS#12 export password must be written in Latin-1 characters (gpgsm 2.2 reads no others)"
         ) from None
+    # gpgsm reads a passphrase up to its line's end, and minip12.c up to a NUL.
+    if any(ord(character) < 0x20 or 0x7F <= ord(character) < 0xA0 for character in password):
+        raise CryptoError("a compatible PKCS#12 export password must not hold control characters")
     # gpgsm 2.2 first tries the password as UTF-8: past 31 bytes it reports "password too
     # long" and exits with an error, even though its Latin-1 attempt then imports the key.
     if len(password.encode("utf-8")) > PKCS12_COMPATIBLE_MAX_PASSWORD:
         raise CryptoError(
             f"a compatible PKCS#12 export password must have at most {PKCS12_COMPATIBLE_MAX_PASSWORD} characters,"
-            " an accented letter counting as two (gpgsm 2.2 refuses longer ones)"
+            " each one outside ASCII (é, ß, £...) counting as two (gpgsm 2.2 refuses longer ones)"
         )
 
 
@@ -446,7 +449,8 @@ def export_pkcs12(
     import it. ``compatible``: the PKCS#12 PBE with SHA-1 and 3DES (RFC 7292 appendix C)
     for key and certificates, same MAC and rounds; for gpgsm 2.2 (GnuPG in Debian 12),
     whose reader knows no PBES2 with HMAC-SHA256, and other importers of its age. It limits
-    the password to what gpgsm 2.2 reads (Latin-1 characters, 31 bytes of UTF-8) and makes the file again
+    the password to what gpgsm 2.2 reads (Latin-1 characters, no control character, 31 bytes
+    of UTF-8) and makes the file again
     with new salts when gpgsm 2.2 would misread them (``mss.crypto.gnupg22``).
     The legacy RC2 default is never used: modern OpenSSL refuses it. The password is used as
     typed (not normalised). Raises CryptoError for an empty password, an unknown profile or
