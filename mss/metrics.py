@@ -113,11 +113,13 @@ _INSTRUMENTS = (
 
 
 class _Guarded:
-    """A live instrument that never fails its caller. Counting must not decide an outcome:
-    the pipeline counts a message after its commit, and an error there would tell the
-    client that a stored message was not (it would send it again). In multiprocess mode a
-    process opens its file for a kind of instrument at that kind's first use; if the
-    folder has gone by then, the update is lost and logged (``_lost``), the service goes on.
+    """A live instrument whose values that cannot be written do not fail its caller.
+    Counting must not decide an outcome: the pipeline counts a message after its commit,
+    and an error there would tell the client that a stored message was not (it would send
+    it again). In multiprocess mode a process opens its file for a kind of instrument at
+    that kind's first use; if the folder has gone by then (an OSError), the update is lost
+    and counted (``_lost``), and the service goes on. A wrong use (a label missing, a
+    counter decremented) still raises, as prometheus_client raises it.
     Children are kept by their label values, which spares prometheus_client's own lookup
     (a lock and a tuple) at each use; none is ever removed."""
 
@@ -133,7 +135,7 @@ class _Guarded:
         if child is None:
             try:
                 child = self._children[key] = _Guarded(self._instrument.labels(*values, **named))
-            except Exception as exc:  # never fails the caller (class docstring)
+            except OSError as exc:  # the file could not be written (class docstring)
                 _lost(self._instrument, exc)
                 return _OFF
         return child
@@ -141,19 +143,19 @@ class _Guarded:
     def inc(self, amount: float = 1) -> None:
         try:
             self._instrument.inc(amount)
-        except Exception as exc:  # never fails the caller (class docstring)
+        except OSError as exc:  # the file could not be written (class docstring)
             _lost(self._instrument, exc)
 
     def dec(self, amount: float = 1) -> None:
         try:
             self._instrument.dec(amount)
-        except Exception as exc:  # never fails the caller (class docstring)
+        except OSError as exc:  # the file could not be written (class docstring)
             _lost(self._instrument, exc)
 
     def observe(self, amount: float) -> None:
         try:
             self._instrument.observe(amount)
-        except Exception as exc:  # never fails the caller (class docstring)
+        except OSError as exc:  # the file could not be written (class docstring)
             _lost(self._instrument, exc)
 
     @contextlib.contextmanager
@@ -165,20 +167,26 @@ class _Guarded:
             self.observe(time.perf_counter() - started)
 
 
-# When an update was last lost and logged, by process (monotonic seconds).
-_LOST_LOGGED: dict[int, float] = {}
+# Updates lost since the last report, and when that report was made (monotonic seconds),
+# by process (a forked process starts its own count).
+_LOST: dict[int, tuple[int, float]] = {}
 _LOST_LOG_EVERY = 60.0
 
 
-def _lost(instrument: object, exc: Exception) -> None:
-    """An update that could not be counted: logged at most once a minute per process."""
+def _lost(instrument: object, exc: OSError) -> None:
+    """An update that could not be written: counted, and reported at most once a minute per
+    process with how many were lost since the last report."""
     now = time.monotonic()
-    last = _LOST_LOGGED.get(os.getpid())
-    if last is not None and now - last < _LOST_LOG_EVERY:
+    count, reported = _LOST.get(os.getpid(), (0, -_LOST_LOG_EVERY))
+    count += 1
+    if now - reported < _LOST_LOG_EVERY:
+        _LOST[os.getpid()] = (count, reported)
         return
-    _LOST_LOGGED[os.getpid()] = now
+    _LOST[os.getpid()] = (0, now)
     name = getattr(instrument, "_name", type(instrument).__name__)
-    log.error("metrics: an update of %s was lost (%s: %s); the service goes on", name, type(exc).__name__, exc)
+    log.warning(
+        "metrics: %d update(s) lost, the last of %s (%s: %s); the service goes on", count, name, type(exc).__name__, exc
+    )
 
 
 class _Off:

@@ -119,8 +119,18 @@ def test_a_metrics_folder_gone_loses_counts_not_messages(tmp_path: Path) -> None
         with session_scope(stack.rt.engine) as session:
             stored = set(session.scalars(select(Message.queue_id)))
         assert {text.decode().rsplit(" ", 1)[1] for _, text in answers} <= stored
-        assert log.read_text().count("metrics: an update of") == 1
+        # Reported once a minute at most, with how many were lost.
+        said = log.read_text()
+        assert said.count("update(s) lost") == 1 and "metrics: 1 update(s) lost" in said
     finally:
         relay.terminate()
         relay.wait(timeout=60)
         stack.close()
+
+
+def test_a_wrong_use_of_an_instrument_still_raises() -> None:
+    """Only values that cannot be written are let go: a mistake in the code still fails."""
+    with pytest.raises(ValueError):
+        metrics.SUBMITTED.labels(door="smtp").inc(-1)
+    with pytest.raises(ValueError):
+        metrics.REFUSED.labels(door="smtp")
