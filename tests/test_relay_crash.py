@@ -48,17 +48,27 @@ RELAY_COMMANDS = {
 }
 
 
-# The relays started by the running test, stopped when it ends however it ends.
+# The relays and client loads of the running test (the ``stack`` fixture ends them).
 _STARTED: list[RelayProcess] = []
+_LOADS: list[Load] = []
 
 
-@pytest.fixture(autouse=True)
-def _no_relay_outlives_its_test() -> Iterator[None]:
-    """A relay a test started does not outlive it, whether it failed or was interrupted
-    (Ctrl-C): it would go on listening and holding its database."""
-    yield
-    while _STARTED:
-        _STARTED.pop().close()
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """The test's installation. However the test ends (a failure, Ctrl-C), its client loads
+    stop, then the relays it started are killed, and only then is the installation closed:
+    a relay would otherwise go on listening and holding its database, and a client retrying
+    its port would fail in a later test."""
+    built = build_stack(tmp_path)
+    try:
+        yield built
+    finally:
+        for load in _LOADS:
+            load.stop()
+        _LOADS.clear()
+        while _STARTED:
+            _STARTED.pop().close()
+        built.close()
 
 
 class RelayProcess:
@@ -107,9 +117,11 @@ class RelayProcess:
 
 class Load:
     """Client threads sending numbered messages; what was acknowledged, under which id.
-    They run as daemons: a run interrupted by Ctrl-C ends without waiting for them."""
+    They run as daemons, and end at their next step once stopped (``stop``)."""
 
     def __init__(self, stack: Stack, port: int, total: int = MESSAGES, first: int = 1) -> None:
+        _LOADS.append(self)
+        self.stopped = False
         self.stack = stack
         self.port = port
         self.total = total
@@ -120,16 +132,21 @@ class Load:
         self.unacked: list[str] = []
         self.acked_count = threading.Condition(self.lock)
 
+    def stop(self) -> None:
+        """No more messages, nor connections."""
+        self.stopped = True
+
     def take(self) -> int | None:
         with self.lock:
-            if self.next >= self.total:
+            if self.stopped or self.next >= self.total:
                 return None
             self.next += 1
             return self.first + self.next - 1
 
-    def _session(self) -> smtplib.SMTP:
+    def _session(self) -> smtplib.SMTP | None:
+        """A session logged in, or None once stopped."""
         deadline = time.monotonic() + 60
-        while True:
+        while not self.stopped:
             try:
                 client = smtplib.SMTP("127.0.0.1", self.port, timeout=30)
                 client.starttls(context=self.stack.client_context())
@@ -139,10 +156,11 @@ class Load:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+        return None
 
     def run(self) -> None:
         client = self._session()
-        while (number := self.take()) is not None:
+        while client is not None and (number := self.take()) is not None:
             message_id = f"<crash-{number}@client.test>"
             raw = message(SENDER, RECIPIENTS, subject=f"message {number}", message_id=message_id)
             try:
@@ -163,119 +181,106 @@ class Load:
                     client.close()
                 finally:
                     client = self._session()
-        client.quit()
+        if client is not None:
+            client.quit()
 
 
-def test_sigkill_mid_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    stack = build_stack(tmp_path)
-    try:
-        relay = RelayProcess(stack, free_port(), tmp_path / "relay.log")
-        relay.start()
-        load = Load(stack, relay.port)
-        threads = [threading.Thread(target=load.run, name=f"client-{i}", daemon=True) for i in range(CLIENTS)]
-        for thread in threads:
-            thread.start()
-        with load.lock:
-            assert load.acked_count.wait_for(lambda: len(load.acked) >= KILL_AFTER, timeout=120)
-        relay.kill()
-        killed_at = len(load.acked)
-        relay.start()
-        for thread in threads:
-            thread.join(timeout=300)
-            assert not thread.is_alive()
-        assert relay.stop() == 0
+def test_sigkill_mid_load_loses_nothing_acknowledged(stack: Stack, tmp_path: Path) -> None:
+    relay = RelayProcess(stack, free_port(), tmp_path / "relay.log")
+    relay.start()
+    load = Load(stack, relay.port)
+    threads = [threading.Thread(target=load.run, name=f"client-{i}", daemon=True) for i in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    with load.lock:
+        assert load.acked_count.wait_for(lambda: len(load.acked) >= KILL_AFTER, timeout=120)
+    relay.kill()
+    killed_at = len(load.acked)
+    relay.start()
+    for thread in threads:
+        thread.join(timeout=300)
+        assert not thread.is_alive()
+    assert relay.stop() == 0
 
-        assert killed_at < MESSAGES and len(load.acked) + len(load.unacked) == MESSAGES
-        assert load.unacked, "the kill interrupted no transaction"
-        check_store(stack, load.acked)
-    finally:
-        stack.close()
+    assert killed_at < MESSAGES and len(load.acked) + len(load.unacked) == MESSAGES
+    assert load.unacked, "the kill interrupted no transaction"
+    check_store(stack, load.acked)
 
 
 @pytest.mark.parametrize("command", list(RELAY_COMMANDS))
-def test_a_second_stop_signal_does_not_cut_short_the_storing_of_a_message(tmp_path: Path, command: str) -> None:
+def test_a_second_stop_signal_does_not_cut_short_the_storing_of_a_message(
+    stack: Stack, tmp_path: Path, command: str
+) -> None:
     """A supervisor may signal every process of the service, and the process that started
     a submission process signals it too: the second SIGTERM must not end the drain the
     first began. The message is held in its document check (the relay's document workers
     stopped) while both signals arrive; once they go on, it is stored and answered 250."""
-    stack = build_stack(tmp_path)
+    relay = RelayProcess(stack, free_port(), tmp_path / "relay.log", command)
+    relay.start()
+    assert relay.process is not None
+    running = processes()
+    fork_servers = [
+        p for p in children(relay.process.pid, running) if b"forkserver" in (running[p][1] / "cmdline").read_bytes()
+    ]
+    document_workers_of_relay = [w for f in fork_servers for w in children(f, running)]
+    assert document_workers_of_relay
+    client = smtplib.SMTP("127.0.0.1", relay.port, timeout=60)
+    client.starttls(context=stack.client_context())
+    client.login(SENDER, stack.passwords[SENDER])
+    client.mail(SENDER)
+    client.rcpt(RECIPIENTS[0])
+    client.rcpt(RECIPIENTS[1])
+    raw = message(SENDER, RECIPIENTS, [("lettre.pdf", "application/pdf", pdf_bytes())])
+    answer: list[tuple[int, bytes]] = []
     try:
-        relay = RelayProcess(stack, free_port(), tmp_path / "relay.log", command)
-        relay.start()
-        assert relay.process is not None
-        running = processes()
-        fork_servers = [
-            p for p in children(relay.process.pid, running) if b"forkserver" in (running[p][1] / "cmdline").read_bytes()
-        ]
-        document_workers_of_relay = [w for f in fork_servers for w in children(f, running)]
-        assert document_workers_of_relay
-        client = smtplib.SMTP("127.0.0.1", relay.port, timeout=60)
-        client.starttls(context=stack.client_context())
-        client.login(SENDER, stack.passwords[SENDER])
-        client.mail(SENDER)
-        client.rcpt(RECIPIENTS[0])
-        client.rcpt(RECIPIENTS[1])
-        raw = message(SENDER, RECIPIENTS, [("lettre.pdf", "application/pdf", pdf_bytes())])
-        answer: list[tuple[int, bytes]] = []
         for worker in document_workers_of_relay:
             os.kill(worker, signal.SIGSTOP)
-        try:
-            sending = threading.Thread(target=lambda: answer.append(client.data(raw)), daemon=True)
-            sending.start()
-            time.sleep(1.0)  # the message is in, waiting for its document check
-            relay.process.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
-            relay.process.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
-        finally:
-            for worker in document_workers_of_relay:
-                os.kill(worker, signal.SIGCONT)
-        sending.join(timeout=60)
-        client.close()
-        assert answer and answer[0][0] == 250, (answer, relay.log.read_text()[-2000:])
-        assert relay.process.wait(timeout=60) == 0
-        check_store(stack, {answer[0][1].decode().rsplit(" ", 1)[1]: str(message_from_bytes(raw)["Message-ID"])})
+        sending = threading.Thread(target=lambda: answer.append(client.data(raw)), daemon=True)
+        sending.start()
+        time.sleep(1.0)  # the message is in, waiting for its document check
+        relay.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        relay.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
     finally:
-        stack.close()
+        for worker in document_workers_of_relay:
+            os.kill(worker, signal.SIGCONT)
+    sending.join(timeout=60)
+    client.close()
+    assert answer and answer[0][0] == 250, (answer, relay.log.read_text()[-2000:])
+    assert relay.process.wait(timeout=60) == 0
+    check_store(stack, {answer[0][1].decode().rsplit(" ", 1)[1]: str(message_from_bytes(raw)["Message-ID"])})
 
 
-def test_two_relay_processes_share_one_database(tmp_path: Path) -> None:
+def test_two_relay_processes_share_one_database(stack: Stack, tmp_path: Path) -> None:
     """Relays hold nothing another needs: two processes, one database, one audit chain."""
-    stack = build_stack(tmp_path)
-    try:
-        relays, loads, threads = _two_relays_under_load(stack, tmp_path, per_relay=20, sessions=4)
-        for thread in threads:
-            thread.join(timeout=300)
-        for relay in relays:
-            assert relay.stop() == 0
-        acked = _acked_by_any(loads)
-        assert len(acked) == 40 and not any(load.unacked for load in loads)
-        check_store(stack, acked)
-    finally:
-        stack.close()
+    relays, loads, threads = _two_relays_under_load(stack, tmp_path, per_relay=20, sessions=4)
+    for thread in threads:
+        thread.join(timeout=300)
+    for relay in relays:
+        assert relay.stop() == 0
+    acked = _acked_by_any(loads)
+    assert len(acked) == 40 and not any(load.unacked for load in loads)
+    check_store(stack, acked)
 
 
-def test_sigkill_of_one_of_two_relays_loses_nothing_acknowledged(tmp_path: Path) -> None:
+def test_sigkill_of_one_of_two_relays_loses_nothing_acknowledged(stack: Stack, tmp_path: Path) -> None:
     """One of two relays on one database killed mid-load while the other keeps writing:
     what either acknowledged is stored, the rest whole or not at all, one chain that verifies."""
-    stack = build_stack(tmp_path)
-    try:
-        relays, loads, threads = _two_relays_under_load(stack, tmp_path, per_relay=80, sessions=8)
-        killed = loads[0]
-        with killed.lock:
-            assert killed.acked_count.wait_for(lambda: len(killed.acked) >= 20, timeout=120)
-        relays[0].kill()
-        relays[0].start()
-        for thread in threads:
-            thread.join(timeout=300)
-            assert not thread.is_alive()
-        for relay in relays:
-            assert relay.stop() == 0
-        assert killed.unacked, "the kill interrupted no transaction"
-        assert all(len(load.acked) + len(load.unacked) == 80 for load in loads)
-        check_store(stack, _acked_by_any(loads))
-    finally:
-        stack.close()
+    relays, loads, threads = _two_relays_under_load(stack, tmp_path, per_relay=80, sessions=8)
+    killed = loads[0]
+    with killed.lock:
+        assert killed.acked_count.wait_for(lambda: len(killed.acked) >= 20, timeout=120)
+    relays[0].kill()
+    relays[0].start()
+    for thread in threads:
+        thread.join(timeout=300)
+        assert not thread.is_alive()
+    for relay in relays:
+        assert relay.stop() == 0
+    assert killed.unacked, "the kill interrupted no transaction"
+    assert all(len(load.acked) + len(load.unacked) == 80 for load in loads)
+    check_store(stack, _acked_by_any(loads))
 
 
 def _listening(pids: list[int], port: int) -> list[int]:
@@ -296,11 +301,10 @@ def _submission_processes(server: subprocess.Popen[bytes], port: int, count: int
     raise AssertionError(f"listening on {port}: {found}")
 
 
-def test_processes_of_one_submission_port_share_it_and_a_killed_one_is_replaced(tmp_path: Path) -> None:
+def test_processes_of_one_submission_port_share_it_and_a_killed_one_is_replaced(stack: Stack, tmp_path: Path) -> None:
     """`mss serve relay` with MSS_SMTP_PROCESSES=2: two processes listen on the one port and
     each takes connections; one killed under load is started again while the other serves,
     and nothing acknowledged is lost; SIGTERM stops both."""
-    stack = build_stack(tmp_path)
     port = free_port()
     env = {
         **os.environ,
@@ -364,7 +368,6 @@ def test_processes_of_one_submission_port_share_it_and_a_killed_one_is_replaced(
     finally:
         if server.poll() is None:
             server.kill()
-        stack.close()
 
 
 def _two_relays_under_load(
