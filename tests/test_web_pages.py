@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import time
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from directory import certificates
 from mss import accounts, mailbox
@@ -652,6 +653,48 @@ def test_a_refused_send_keeps_the_draft_and_its_attachments(rt, clients, doctor,
     ]
     assert actions.count(("draft.discard", "sent")) == 1 and actions.count(("draft.discard", "discarded")) == 1
     assert all("Durand" not in e.detail for e in _actions(rt, "draft.save"))
+
+
+def test_a_sent_message_is_shown_sent_though_its_draft_could_not_be_discarded(rt, clients, doctor, gp, caplog):
+    """Nothing after the message is stored decides what the writer is told: when its draft
+    cannot be deleted (here the database refuses, by a trigger), the message is still
+    shown as sent, not as an error that would have it sent twice; the draft stays."""
+    from mss.models import Draft as StoredDraft
+
+    client = clients()
+    page = compose_page(client, doctor)
+    saved = post_compose(client, page, {"to": GP, "body": "Suivi.", "action": "save"}, follow_redirects=False)
+    assert saved.status_code == 303
+    form = client.get(saved.headers["location"])
+    draft_id = re.search(r'name="draft_id" value="([0-9A-F]{24})"', form.text).group(1)
+    with session_scope(rt.engine) as session:
+        if rt.engine.dialect.name == "sqlite":
+            session.execute(
+                text("CREATE TRIGGER keep_drafts BEFORE DELETE ON draft BEGIN SELECT RAISE(ABORT, 'kept'); END")
+            )
+        else:
+            session.execute(
+                text(
+                    "CREATE FUNCTION keep_drafts() RETURNS trigger LANGUAGE plpgsql"
+                    " AS $$ BEGIN RAISE EXCEPTION 'kept'; END $$"
+                )
+            )
+            session.execute(
+                text("CREATE TRIGGER keep_drafts BEFORE DELETE ON draft FOR EACH ROW EXECUTE FUNCTION keep_drafts()")
+            )
+    with caplog.at_level(logging.ERROR, logger="mss.mailbox"):
+        sent = post_compose(
+            client,
+            form,
+            {"to": GP, "subject": "Suivi", "body": "Suivi.", "draft_id": draft_id, "action": "send"},
+            follow_redirects=False,
+        )
+    assert sent.status_code == 303, sent.text
+    queue_id = sent_queue_id(sent)
+    assert "Suivi" in client.get(f"/messages/{queue_id}?folder=sent").text
+    with session_scope(rt.engine) as session:
+        assert session.execute(select(StoredDraft.draft_id)).scalars().all() == [draft_id]
+    assert any("could not be discarded" in record.getMessage() for record in caplog.records)
 
 
 def test_replies_and_forwards_keep_the_thread(rt, clients, doctor, gp):

@@ -23,7 +23,16 @@ from mss.mailbox.compose import (
     split_addresses,
 )
 from mss.mailbox.content import Attachment, Signature
-from mss.mailbox.drafts import DraftSummary, KeptDraft, discard_draft, draft_count, list_drafts, open_draft, save_draft
+from mss.mailbox.drafts import (
+    DraftSummary,
+    KeptDraft,
+    discard_draft,
+    draft_count,
+    list_drafts,
+    open_draft,
+    save_draft,
+    send_from_draft,
+)
 from mss.mailbox.items import ARCHIVE, FOLDERS, INBOX, SENT, Correspondent
 from mss.mailbox.journey import RecipientJourney, Step, journey
 from mss.mailbox.listing import Filters, Page, Summary, list_folder
@@ -85,6 +94,7 @@ __all__ = [
     "open_message",
     "save_draft",
     "send",
+    "send_from_draft",
     "split_addresses",
     "unread_count",
     "xdm_document",

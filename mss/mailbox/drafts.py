@@ -16,12 +16,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 
 from mss import audit
@@ -29,10 +32,13 @@ from mss.accounts import UnlockedAccount
 from mss.crypto import smime
 from mss.db import rowcount, session_scope, utcnow
 from mss.errors import CryptoError, DraftNotFound, DraftTooLarge
-from mss.mailbox.compose import Draft, Upload
+from mss.mailbox.compose import Draft, KeptAttachment, Upload, english_note, send
 from mss.mailbox.content import open_envelope
 from mss.models import Draft as StoredDraftRow
+from mss.pipeline import Accepted
 from mss.runtime import Runtime
+
+log = logging.getLogger("mss.mailbox")
 
 MAX_DRAFTS = 100
 """Drafts one writer may keep."""
@@ -247,3 +253,32 @@ def discard_draft(rt: Runtime, owner: str, draft_id: str, *, reason: str = "disc
         audit.record(
             session, actor=owner, action="draft.discard", object=wanted or "", request_id=request_id, reason=reason
         )
+
+
+def send_from_draft(
+    rt: Runtime,
+    sender: UnlockedAccount,
+    draft: Draft,
+    *,
+    draft_id: str,
+    request_id: str = "",
+    note: Callable[[list[KeptAttachment]], str] = english_note,
+) -> Accepted:
+    """``compose.send``, then the stored draft ``draft_id`` it was written from discarded
+    (reason ``sent``). Once the message is stored, that discard decides nothing: a draft
+    gone meanwhile (another tab) or one the database would not delete stays as it is,
+    logged, and the message is reported sent, not refused (the writer would send it
+    again). Raises what ``compose.send`` raises."""
+    accepted = send(rt, sender, draft, request_id=request_id, note=note)
+    try:
+        discard_draft(rt, sender.address, draft_id, reason="sent", request_id=request_id)
+    except DraftNotFound:
+        pass
+    except SQLAlchemyError as exc:
+        log.error(
+            "request %s: the draft of sent message %s could not be discarded (%s); it stays in Drafts",
+            request_id,
+            accepted.queue_id,
+            type(exc).__name__,
+        )
+    return accepted

@@ -241,7 +241,18 @@ class ComposeController(Controller):
         errors: dict[str, list[str]] = {}
         general = None
         try:
-            accepted = await rt.messages.run(mailbox.send, rt, account, draft, request_id=rid, note=note_for(lang))
+            if state.draft_id:
+                accepted = await rt.messages.run(
+                    mailbox.send_from_draft,
+                    rt,
+                    account,
+                    draft,
+                    draft_id=state.draft_id,
+                    request_id=rid,
+                    note=note_for(lang),
+                )
+            else:
+                accepted = await rt.messages.run(mailbox.send, rt, account, draft, request_id=rid, note=note_for(lang))
         except DraftInvalid as exc:
             metrics.refused("web", "draft-invalid")
             errors = {name: [problem_text(lang, p) for p in problems] for name, problems in exc.errors.items()}
@@ -249,11 +260,6 @@ class ComposeController(Controller):
             metrics.refused("web", type(exc).__name__)
             general = error_text(lang, exc)
         else:
-            if state.draft_id:
-                try:
-                    await run(mailbox.discard_draft, rt, live.address, state.draft_id, reason="sent", request_id=rid)
-                except DraftNotFound:
-                    pass  # discarded meanwhile: the message is sent all the same
             return redirect(f"/messages/{accepted.queue_id}?folder=sent")
 
         # Refused: keep everything the writer gave, files included, as a draft.
