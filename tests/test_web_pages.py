@@ -10,7 +10,8 @@ import logging
 import re
 import time
 
-from sqlalchemy import select, text
+from db_faults import refused
+from sqlalchemy import select
 
 from directory import certificates
 from mss import accounts, mailbox
@@ -667,22 +668,7 @@ def test_a_sent_message_is_shown_sent_though_its_draft_could_not_be_discarded(rt
     assert saved.status_code == 303
     form = client.get(saved.headers["location"])
     draft_id = re.search(r'name="draft_id" value="([0-9A-F]{24})"', form.text).group(1)
-    with session_scope(rt.engine) as session:
-        if rt.engine.dialect.name == "sqlite":
-            session.execute(
-                text("CREATE TRIGGER keep_drafts BEFORE DELETE ON draft BEGIN SELECT RAISE(ABORT, 'kept'); END")
-            )
-        else:
-            session.execute(
-                text(
-                    "CREATE FUNCTION keep_drafts() RETURNS trigger LANGUAGE plpgsql"
-                    " AS $$ BEGIN RAISE EXCEPTION 'kept'; END $$"
-                )
-            )
-            session.execute(
-                text("CREATE TRIGGER keep_drafts BEFORE DELETE ON draft FOR EACH ROW EXECUTE FUNCTION keep_drafts()")
-            )
-    with caplog.at_level(logging.ERROR, logger="mss.mailbox"):
+    with caplog.at_level(logging.ERROR, logger="mss.mailbox"), refused(rt.engine, "draft", "DELETE"):
         sent = post_compose(
             client,
             form,
