@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import smtplib
 import ssl
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from email.utils import make_msgid
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
+from db_faults import refused
 from federation_support import (
     A_DOMAIN,
     A_USERS,
@@ -413,3 +415,33 @@ def test_the_mx_door_takes_in_a_bounded_number_of_messages_at_once(
     finally:
         b.services.stop()
         b.services = Services(b).start()
+
+
+def test_a_signer_certificate_not_kept_does_not_refuse_the_message(
+    pair: tuple[Operator, Operator], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once A has stored a message, keeping its signer's certificate decides nothing: A's
+    database refusing it (a trigger here) leaves the message taken at the first attempt,
+    with a 250, not a 451 that would have B send it again. B knows no certificate of
+    Cédric's (A publishes none), so it sends signed, and A verifies on arrival."""
+    a, b = pair
+    if a.rt.engine.dialect.name == "sqlite":
+        # A trigger's refusal is a constraint error there, which peers.remember rightly
+        # takes for another session's insert of the same certificate.
+        pytest.skip("on PostgreSQL only: SQLite's trigger refusals read as an insert race")
+    with session_scope(a.rt.engine) as session:
+        assert not session.execute(select(PeerCertificate).where(PeerCertificate.address == ELOISE)).first()
+    raw = build_message(ELOISE, [CEDRIC], "Avis de passage", "Bonjour.\n")
+    with caplog.at_level(logging.ERROR, logger="mss.inbound"), refused(a.rt.engine, "peer_certificate", "INSERT"):
+        queue_id = b.submit(ELOISE, [CEDRIC], raw)
+        arrived = wait_for(lambda: newest_from(a, CEDRIC, ELOISE), what="the message at A")
+        assert "signed, not encrypted" in wait_for(lambda: relayed(b, queue_id, CEDRIC), what="the delivery").reason
+    with session_scope(b.rt.engine) as session:
+        outbound = session.execute(
+            select(Outbound).join(Message, Message.id == Outbound.message_id).where(Message.queue_id == queue_id)
+        ).scalar_one()
+    assert outbound.attempts == 1 and "451" not in outbound.last_error, (outbound.attempts, outbound.last_error)
+    assert [m.queue_id for m in a.inbox(CEDRIC)].count(arrived.queue_id) == 1
+    with session_scope(a.rt.engine) as session:
+        assert not session.execute(select(PeerCertificate).where(PeerCertificate.address == ELOISE)).first()
+    assert any("could not be kept" in record.getMessage() for record in caplog.records)
