@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +26,8 @@ from mss import audit, cores, memory, metrics
 from mss.crypto.master import MasterKey
 from mss.db import WriteTurns, make_engine, make_private_dir, migrate, sqlite_file
 from mss.settings import Settings
+
+log = logging.getLogger("mss.runtime")
 
 
 class ParsedCertificates:
@@ -149,10 +152,17 @@ class MessageThreads:
         return function(*args, **kwargs)
 
     def _wait_for_idleness(self) -> None:
-        # Called with the lock held.
-        timer = self._idle_timer = threading.Timer(self._idle_seconds, self._when_idle, (self._started,))
+        # Called with the lock held, when a message's work is over, its commit included: a
+        # timer that cannot start (no thread to be had) only skips giving memory back this
+        # time, and must not turn a message stored into an error for its sender.
+        timer = threading.Timer(self._idle_seconds, self._when_idle, (self._started,))
         timer.daemon = True
-        timer.start()
+        try:
+            timer.start()
+        except RuntimeError as exc:
+            log.warning("memory is not given back this time: the idle timer could not start (%s)", exc)
+            return
+        self._idle_timer = timer
 
     def _when_idle(self, started: int) -> None:
         with self._lock:

@@ -15,6 +15,8 @@ import threading
 import time
 import weakref
 
+import pytest
+
 from mss import memory
 from mss.background import settle_once_listening
 from mss.runtime import KeptVerdicts, MessageThreads
@@ -119,6 +121,26 @@ def test_memory_a_burst_left_free_goes_back_to_the_system_once_idle() -> None:
         threads.close()
     assert after_burst - before > 40, (before, after_burst)  # freed, but still the process's
     assert after_burst - idle > 40, (before, after_burst, idle)  # given back once idle
+
+
+def test_an_idle_timer_that_cannot_start_costs_no_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The idle timer is armed once a message's work is over, its commit included: a
+    process that has no thread left to give it (threading's RuntimeError) still returns the
+    message's result, and the next message arms the timer again."""
+    threads = MessageThreads(size=1, idle_seconds=0.05)
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(threading.Timer, "start", no_thread)
+            assert asyncio.run(threads.run(lambda: "stored")) == "stored"
+            assert threads._idle_timer is None
+        assert asyncio.run(threads.run(lambda: "stored too")) == "stored too"
+        assert threads._idle_timer is not None
+    finally:
+        threads.close()
 
 
 class _Node:
