@@ -1,6 +1,11 @@
 """A database that refuses one kind of write to one table, for as long as a test needs:
 a trigger of the database itself, SQLite's or PostgreSQL's, so that what fails is the real
-statement of the real code, on the real connection."""
+statement of the real code, on the real connection.
+
+The refusal reads as an outage, not as a constraint: on SQLite the trigger computes an
+integer overflow (an OperationalError, as a full disk or a lost file would give), since
+``RAISE()`` there reports a constraint failure (an IntegrityError), which code that
+inserts may rightly take for another session's insert of the same row."""
 
 from __future__ import annotations
 
@@ -21,7 +26,10 @@ def refused(engine: Engine, table: str, operation: str) -> Iterator[None]:
     with session_scope(engine) as session:
         if engine.dialect.name == "sqlite":
             session.execute(
-                text(f"CREATE TRIGGER {name} BEFORE {operation} ON {table} BEGIN SELECT RAISE(ABORT, 'refused'); END")
+                text(
+                    f"CREATE TRIGGER {name} BEFORE {operation} ON {table}"
+                    " BEGIN SELECT abs(-9223372036854775807 - 1); END"
+                )
             )
         else:
             session.execute(
@@ -36,6 +44,10 @@ def refused(engine: Engine, table: str, operation: str) -> Iterator[None]:
         yield
     finally:
         with session_scope(engine) as session:
-            session.execute(text(f"DROP TRIGGER {name}" + ("" if engine.dialect.name == "sqlite" else f" ON {table}")))
-            if engine.dialect.name != "sqlite":
+            if engine.dialect.name == "sqlite":
+                session.execute(text(f"DROP TRIGGER {name}"))
+            else:
+                # The DROP waits for the table's lock: not for ever.
+                session.execute(text("SET LOCAL lock_timeout = '30s'"))
+                session.execute(text(f"DROP TRIGGER {name} ON {table}"))
                 session.execute(text(f"DROP FUNCTION {name}()"))

@@ -425,10 +425,6 @@ def test_a_signer_certificate_not_kept_does_not_refuse_the_message(
     with a 250, not a 451 that would have B send it again. B knows no certificate of
     Cédric's (A publishes none), so it sends signed, and A verifies on arrival."""
     a, b = pair
-    if a.rt.engine.dialect.name == "sqlite":
-        # A trigger's refusal is a constraint error there, which peers.remember rightly
-        # takes for another session's insert of the same certificate.
-        pytest.skip("on PostgreSQL only: SQLite's trigger refusals read as an insert race")
     with session_scope(a.rt.engine) as session:
         assert not session.execute(select(PeerCertificate).where(PeerCertificate.address == ELOISE)).first()
     raw = build_message(ELOISE, [CEDRIC], "Avis de passage", "Bonjour.\n")
