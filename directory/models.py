@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Column, Index, LargeBinary
+from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
-from mss.db import UTCDateTime, utcnow
+from mss.db import PUBLIC, UTCDateTime, binary, utcnow
 
 # The "civilité d'exercice" values that are titles people write before a name: doctors and
 # professors. The others (M, MME ...) say nothing of the profession and, in extracts and by
@@ -129,7 +129,7 @@ class Certificate(SQLModel, table=True):
     subject: str = Field(max_length=500)
     not_before: datetime = Field(sa_type=UTCDateTime)
     not_after: datetime = Field(sa_type=UTCDateTime)
-    der: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    der: bytes = Field(sa_column=binary(PUBLIC))
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     revocation_reason: str = Field(default="", max_length=50)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

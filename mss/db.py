@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, cast
 
-from sqlalchemy import DateTime, Table, event, inspect, text
+from sqlalchemy import Column, DateTime, LargeBinary, Table, event, inspect, text
 from sqlalchemy.engine import Connection, CursorResult, Engine, Result, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
@@ -60,6 +60,22 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
+
+
+# What a binary column holds at rest, in its ``Column.info`` under AT_REST: CIPHERTEXT (CMS
+# encrypted, sealed with the master key, or wrapped under a password, the recovery key or a
+# session's key) or PUBLIC (certificates, CRLs, signatures, salts). Every binary column says
+# which (tests/test_at_rest.py), so "where is ciphertext" is answered by the models.
+AT_REST: Final = "at_rest"
+CIPHERTEXT: Final = "ciphertext"
+PUBLIC: Final = "public"
+
+
+def binary(at_rest: str, **options: Any) -> Column[bytes]:
+    """A NOT NULL binary column marked with what it holds at rest (CIPHERTEXT or PUBLIC)."""
+    if at_rest not in (CIPHERTEXT, PUBLIC):
+        raise ValueError(f"a binary column holds {CIPHERTEXT} or {PUBLIC}, not {at_rest!r}")
+    return Column(LargeBinary, nullable=False, info={AT_REST: at_rest}, **options)
 
 
 def make_private_dir(path: Path) -> None:

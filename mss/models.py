@@ -1,18 +1,19 @@
 """The service's tables (the directory's own live in ``directory.models``).
 
 Nothing here holds a secret or message content in clear: keys are wrapped, TOTP seeds and
-message metadata are sealed with the master key, bodies are CMS ciphertext.
+message metadata are sealed with the master key, bodies are CMS ciphertext. Each binary
+column says which it holds, ciphertext or public material (``mss.db.binary``).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel, col
 
 from directory.models import Certificate, DirectoryEntry  # noqa: F401  (one metadata)
-from mss.db import UTCDateTime, utcnow
+from mss.db import CIPHERTEXT, PUBLIC, UTCDateTime, binary, utcnow
 
 
 class SealedSecret(SQLModel, table=True):
@@ -21,7 +22,7 @@ class SealedSecret(SQLModel, table=True):
     __tablename__ = "sealed_secret"
 
     name: str = Field(primary_key=True, max_length=100)
-    value: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    value: bytes = Field(sa_column=binary(CIPHERTEXT))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
@@ -34,19 +35,19 @@ class Account(SQLModel, table=True):
     address: str = Field(max_length=254, unique=True, index=True)
     password_hash: str = Field(max_length=255)  # argon2id, libsodium's encoded form
     # The S/MIME private key (PKCS#8 DER) in a SecretBox under argon2id(password, key_salt).
-    key_salt: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    key_salt: bytes = Field(sa_column=binary(PUBLIC))
     key_opslimit: int
     key_memlimit: int
-    wrapped_key: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    wrapped_key: bytes = Field(sa_column=binary(CIPHERTEXT))
     # The same private key sealed to the offline recovery public key (X25519 SealedBox).
-    recovery_sealed_key: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    recovery_sealed_key: bytes = Field(sa_column=binary(CIPHERTEXT))
     # Earlier private keys (after a rekey), so mail encrypted to an older certificate stays
     # readable: packed, in a SecretBox under the same argon2id key as ``wrapped_key``, and
     # sealed to the recovery key like the current one. Empty when there is none.
-    past_keys_wrapped: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False, default=b""))
-    past_keys_recovery_sealed: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False, default=b""))
+    past_keys_wrapped: bytes = Field(default=b"", sa_column=binary(CIPHERTEXT, default=b""))
+    past_keys_recovery_sealed: bytes = Field(default=b"", sa_column=binary(CIPHERTEXT, default=b""))
     certificate_id: int | None = Field(default=None, foreign_key="certificate.id")
-    totp_secret_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    totp_secret_sealed: bytes = Field(sa_column=binary(CIPHERTEXT))
     totp_confirmed: bool = False  # becomes true with the first accepted code
     totp_last_step: int = 0  # replay guard: the last accepted 30-second step
     recovery_codes: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
@@ -108,7 +109,7 @@ class AuditCheckpoint(SQLModel, table=True):
     through_seq: int
     head_hash: str = Field(max_length=64)
     at: datetime = Field(sa_type=UTCDateTime)
-    signature: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    signature: bytes = Field(sa_column=binary(PUBLIC))
 
 
 class Message(SQLModel, table=True):
@@ -122,9 +123,9 @@ class Message(SQLModel, table=True):
     sender: str = Field(max_length=254, index=True)
     kind: str = Field(max_length=20)  # "signed" (we signed + encrypted), "client" (passed through), "receipt"
     size: int
-    cms: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # DER EnvelopedData
+    cms: bytes = Field(sa_column=binary(CIPHERTEXT))  # DER EnvelopedData
     cms_sha256: str = Field(max_length=64)
-    meta_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # subject, documents ...
+    meta_sealed: bytes = Field(sa_column=binary(CIPHERTEXT))  # subject, documents ...
     submitted_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
 
 
@@ -197,8 +198,8 @@ class Draft(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     draft_id: str = Field(max_length=40, unique=True, index=True)  # random, shown in URLs
     owner: str = Field(max_length=254, index=True)
-    summary_cms: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # what the folder lists
-    content_cms: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # text, options, files
+    summary_cms: bytes = Field(sa_column=binary(CIPHERTEXT))  # what the folder lists
+    content_cms: bytes = Field(sa_column=binary(CIPHERTEXT))  # text, options, files
     size: int
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -216,9 +217,9 @@ class WebSession(SQLModel, table=True):
     channel: str = Field(max_length=10)  # web | api
     stage: str = Field(max_length=10)  # totp | enrol | active
     # The account's PKCS#8 private key in a SecretBox under the client-held session key.
-    key_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    key_sealed: bytes = Field(sa_column=binary(CIPHERTEXT))
     # Its earlier keys (``Account.past_keys_wrapped``), packed, under the same session key.
-    past_keys_sealed: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False, default=b""))
+    past_keys_sealed: bytes = Field(default=b"", sa_column=binary(CIPHERTEXT, default=b""))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     last_seen_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)  # absolute end
@@ -302,7 +303,7 @@ class EntityShape(SQLModel, table=True):
     __tablename__ = "entity_shape"
 
     message_id: int = Field(primary_key=True, foreign_key="message.id", ondelete="CASCADE")
-    sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    sealed: bytes = Field(sa_column=binary(CIPHERTEXT))
 
 
 # -- other operators: trust list, routes, outbound queue, peers' certificates ---------------
@@ -352,7 +353,7 @@ class Outbound(SQLModel, table=True):
     mail_from: str = Field(default="", max_length=254)  # "" is the null sender <>
     envelope_id: str | None = Field(default=None, max_length=100)  # RFC 3461 ENVID
     ret: str | None = Field(default=None, max_length=4)  # RFC 3461 RET
-    payload_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    payload_sealed: bytes = Field(sa_column=binary(CIPHERTEXT))
     size: int
     state: str = Field(default="queued", max_length=10)  # queued | done | failed | bounced
     attempts: int = 0
@@ -392,7 +393,7 @@ class PeerCertificate(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     address: str = Field(max_length=254, index=True)
     fingerprint: str = Field(max_length=64, unique=True)
-    der: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    der: bytes = Field(sa_column=binary(PUBLIC))
     not_after: datetime = Field(sa_type=UTCDateTime)
     source: str = Field(max_length=10)  # peer | signature
     seen_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -415,7 +416,7 @@ class PeerCrl(SQLModel, table=True):
 
     url: str = Field(primary_key=True, max_length=500)
     issuer: str = Field(max_length=64, index=True)  # SHA-256 of the issuer name (DER), hex
-    der: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    der: bytes = Field(sa_column=binary(PUBLIC))
     next_update: datetime | None = Field(default=None, sa_type=UTCDateTime)
     fetched_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
