@@ -37,7 +37,7 @@ from email.utils import getaddresses
 
 from cryptography import x509
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from directory import certificates, service
@@ -369,22 +369,9 @@ def receive(rt: Runtime, arrival: Arrival) -> Received:
     if report is not None and report.status == verify.VALID and report.signer_address:
         signer = report.signer_address.lower()
         if not settings.serves(signer):
-            _remember_signer(rt, signer, report.signer_certificate, queue_id)
+            # Stored by now: keeping the certificate decides nothing (learn_signer).
+            peers.learn_signer(rt.engine, signer, report.signer_certificate)
     return Received(queue_id=queue_id)
-
-
-def _remember_signer(rt: Runtime, signer: str, certificate: x509.Certificate, queue_id: str) -> None:
-    """Keep the certificate of a remote signer whose signature verified, to encrypt to them
-    later. The message is stored by then: a database that will not keep the certificate is
-    logged, and the peer still gets its 250, not a 451 that would have it send again."""
-    try:
-        peers.remember(rt.engine, signer, certificate, source=peers.SIGNATURE)
-    except SQLAlchemyError as exc:
-        log.error(
-            "message %s: the signer's certificate could not be kept (%s); it is learnt from a later message",
-            queue_id,
-            type(exc).__name__,
-        )
 
 
 def _duplicate(rt: Runtime, arrival: Arrival, sender_key: str, queue_id: str) -> Received:

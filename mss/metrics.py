@@ -140,23 +140,20 @@ class _Guarded:
                 return _OFF
         return child
 
-    def inc(self, amount: float = 1) -> None:
+    def _write(self, method: str, amount: float) -> None:
         try:
-            self._instrument.inc(amount)
+            getattr(self._instrument, method)(amount)
         except OSError as exc:  # the file could not be written (class docstring)
             _lost(self._instrument, exc)
+
+    def inc(self, amount: float = 1) -> None:
+        self._write("inc", amount)
 
     def dec(self, amount: float = 1) -> None:
-        try:
-            self._instrument.dec(amount)
-        except OSError as exc:  # the file could not be written (class docstring)
-            _lost(self._instrument, exc)
+        self._write("dec", amount)
 
     def observe(self, amount: float) -> None:
-        try:
-            self._instrument.observe(amount)
-        except OSError as exc:  # the file could not be written (class docstring)
-            _lost(self._instrument, exc)
+        self._write("observe", amount)
 
     @contextlib.contextmanager
     def time(self) -> Iterator[None]:

@@ -49,7 +49,7 @@ from pyhanko_certvalidator.errors import PathBuildingError, ValidationError
 from pyhanko_certvalidator.policy_decl import REQUIRE_REVINFO, CertRevTrustPolicy
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col
 
 from directory import certificates
@@ -343,12 +343,26 @@ def remember(engine: Engine, address: str, certificate: x509.Certificate, *, sou
         pass  # stored meanwhile by another session
 
 
+def learn_signer(engine: Engine, address: str, certificate: x509.Certificate) -> None:
+    """Keep the certificate of ``address``, a remote signer whose signature verified, to
+    encrypt to them later, as a mail client does. What showed it (an arrival already
+    stored, a message being read) goes on whatever happens here: a database that will not
+    keep it is logged, and the certificate is learnt from a later message."""
+    try:
+        remember(engine, address, certificate, source=SIGNATURE)
+    except SQLAlchemyError as exc:
+        log.error(
+            "a verified signer's certificate could not be kept (%s); it is learnt from a later message",
+            type(exc).__name__,
+        )
+
+
 def remember_signer(engine: Engine, address: str, signed_der: bytes) -> None:
-    """Keep the certificate naming ``address`` among those of a SignedData whose signature
-    verified (the caller checked it)."""
+    """``learn_signer`` with the certificate naming ``address`` among those of a SignedData
+    whose signature verified (the caller checked it)."""
     for certificate in embedded_certificates(signed_der):
         if address.lower() in certificate_addresses(certificate):
-            remember(engine, address, certificate, source=SIGNATURE)
+            learn_signer(engine, address, certificate)
             return
 
 

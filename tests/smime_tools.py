@@ -234,13 +234,19 @@ class GpgSm:
         assert fingerprints, listing
         return fingerprints[-1]
 
-    def import_pkcs12(self, who: str, p12: bytes, password: str) -> None:
-        """Key and certificate of ``who`` from a PKCS#12 file."""
-        run(
+    def try_import_pkcs12(self, p12: bytes, password: str) -> subprocess.CompletedProcess[bytes]:
+        """gpgsm's import of a PKCS#12 file, whatever its outcome."""
+        return run(
             self._args("--passphrase-fd", "0", "--import", str(self._file(p12))),
             input=password.encode() + b"\n",
             env=self.env,
+            ok=False,
         )
+
+    def import_pkcs12(self, who: str, p12: bytes, password: str) -> None:
+        """Key and certificate of ``who`` from a PKCS#12 file."""
+        imported = self.try_import_pkcs12(p12, password)
+        assert imported.returncode == 0, imported.stderr.decode(errors="replace")[-2000:]
         listing = run(["gpgsm", "--list-secret-keys", who], env=self.env, ok=False)
         assert listing.returncode == 0 and who.encode() in listing.stdout, listing.stderr.decode(errors="replace")
         self.passwords[who] = password

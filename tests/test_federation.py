@@ -428,7 +428,7 @@ def test_a_signer_certificate_not_kept_does_not_refuse_the_message(
     with session_scope(a.rt.engine) as session:
         assert not session.execute(select(PeerCertificate).where(PeerCertificate.address == ELOISE)).first()
     raw = build_message(ELOISE, [CEDRIC], "Avis de passage", "Bonjour.\n")
-    with caplog.at_level(logging.ERROR, logger="mss.inbound"), refused(a.rt.engine, "peer_certificate", "INSERT"):
+    with caplog.at_level(logging.ERROR, logger="mss.peers"), refused(a.rt.engine, "peer_certificate", "INSERT"):
         queue_id = b.submit(ELOISE, [CEDRIC], raw)
         arrived = wait_for(lambda: newest_from(a, CEDRIC, ELOISE), what="the message at A")
         assert "signed, not encrypted" in wait_for(lambda: relayed(b, queue_id, CEDRIC), what="the delivery").reason

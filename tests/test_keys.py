@@ -16,7 +16,7 @@ from mss.crypto import gnupg22, keys, pki
 from mss.errors import ConfigError, CryptoError, KeyUnwrapError
 
 from pki_support import issue_doctor_certificate
-from smime_tools import GpgSm, run
+from smime_tools import GpgSm
 
 pytestmark = pytest.mark.sqlite_only  # no database involved
 
@@ -265,15 +265,6 @@ def _misled(password: str) -> Callable[[bytes], bool]:
     return misled
 
 
-def _gpgsm_import(gpgsm: GpgSm, data: bytes, password: str) -> subprocess.CompletedProcess[bytes]:
-    return run(
-        gpgsm._args("--passphrase-fd", "0", "--import", str(gpgsm._file(data))),
-        input=password.encode() + b"\n",
-        env=gpgsm.env,
-        ok=False,
-    )
-
-
 def test_compatible_pkcs12_has_no_salt_gpgsm_misreads(ca, user) -> None:
     """GnuPG 2.2 refuses about one file in 60 made to the standard: for about one salt in
     128 it derives a wrong key, and with a password outside ASCII, for about one file in 500
@@ -288,13 +279,13 @@ def test_compatible_pkcs12_has_no_salt_gpgsm_misreads(ca, user) -> None:
         # A wrong key from the right attempt: gpgsm goes on to the charsets after Latin-1
         # (every import with this password shows it trying Latin-1 after UTF-8).
         for data in _compatible_files(ca, user, password, _misderived(password), count=2):
-            refused = _gpgsm_import(gpgsm, data, password)
+            refused = gpgsm.try_import_pkcs12(data, password)
             assert refused.returncode != 0 and b"trying charset 'ISO-8859-15'" in refused.stderr, refused.stderr
             assert pkcs12.load_pkcs12(data, password.encode()).key is not None
         # Misled by its first attempt: gpgsm never tries another charset, and fails on the
         # garbage it kept.
         for data in _compatible_files(ca, user, password, _misled(password), count=2):
-            refused = _gpgsm_import(gpgsm, data, password)
+            refused = gpgsm.try_import_pkcs12(data, password)
             assert refused.returncode != 0 and b"trying charset" not in refused.stderr, refused.stderr
             assert b'encryptedData error at "' in refused.stderr
             assert pkcs12.load_pkcs12(data, password.encode()).key is not None
@@ -308,7 +299,7 @@ def test_compatible_pkcs12_has_no_salt_gpgsm_misreads(ca, user) -> None:
             )
         made = _compatible_files(ca, user, long_password, lambda data: not _misderived(long_password)(data), count=1)
         assert gnupg22.misreads(made[0], long_password)
-        refused = _gpgsm_import(gpgsm, made[0], long_password)
+        refused = gpgsm.try_import_pkcs12(made[0], long_password)
         assert refused.returncode != 0 and b"password too long" in refused.stderr
         for data in _compatible_files(ca, user, password, lambda data: not gnupg22.misreads(data, password), count=3):
             gpgsm.import_pkcs12("eloise.bernard@medecin.mss.test", data, password)

@@ -260,16 +260,18 @@ def send_from_draft(
     sender: UnlockedAccount,
     draft: Draft,
     *,
-    draft_id: str,
+    draft_id: str | None,
     request_id: str = "",
     note: Callable[[list[KeptAttachment]], str] = english_note,
 ) -> Accepted:
-    """``compose.send``, then the stored draft ``draft_id`` it was written from discarded
-    (reason ``sent``). Once the message is stored, that discard decides nothing: a draft
-    gone meanwhile (another tab) or one the database would not delete stays as it is,
-    logged, and the message is reported sent, not refused (the writer would send it
+    """``compose.send``, then the stored draft ``draft_id`` it was written from, if any,
+    discarded (reason ``sent``). Once the message is stored, that discard decides nothing:
+    a draft gone meanwhile (another tab) or one the database would not delete stays as it
+    is, logged, and the message is reported sent, not refused (the writer would send it
     again). Raises what ``compose.send`` raises."""
     accepted = send(rt, sender, draft, request_id=request_id, note=note)
+    if draft_id is None:
+        return accepted
     try:
         discard_draft(rt, sender.address, draft_id, reason="sent", request_id=request_id)
     except DraftNotFound:

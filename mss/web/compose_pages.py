@@ -241,18 +241,15 @@ class ComposeController(Controller):
         errors: dict[str, list[str]] = {}
         general = None
         try:
-            if state.draft_id:
-                accepted = await rt.messages.run(
-                    mailbox.send_from_draft,
-                    rt,
-                    account,
-                    draft,
-                    draft_id=state.draft_id,
-                    request_id=rid,
-                    note=note_for(lang),
-                )
-            else:
-                accepted = await rt.messages.run(mailbox.send, rt, account, draft, request_id=rid, note=note_for(lang))
+            accepted = await rt.messages.run(
+                mailbox.send_from_draft,
+                rt,
+                account,
+                draft,
+                draft_id=state.draft_id or None,
+                request_id=rid,
+                note=note_for(lang),
+            )
         except DraftInvalid as exc:
             metrics.refused("web", "draft-invalid")
             errors = {name: [problem_text(lang, p) for p in problems] for name, problems in exc.errors.items()}
