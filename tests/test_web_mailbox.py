@@ -5,6 +5,7 @@ Sent journey of a refused recipient, safe rendering helpers, and complete transl
 from __future__ import annotations
 
 import email.policy
+import logging
 import re
 import threading
 from email.message import EmailMessage
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
+from db_faults import refused
 from sqlalchemy import select
 
 from directory import certificates, service
@@ -21,7 +23,8 @@ from mss.crypto import keys, smime
 from mss.db import session_scope
 from mss.documents import DocumentLimits, NarrativeNode, parse_cda
 from mss.mailbox.content import html_to_text, split
-from mss.models import MailboxToken, Message, Receipt
+from mss.mailbox.index import CONTENT
+from mss.models import AuditEvent, MailboxIndexed, MailboxItem, MailboxToken, Message, Receipt
 from mss.pipeline import RecipientRequest, Submission
 from mss.web import cda_view, i18n
 
@@ -84,6 +87,46 @@ def test_client_encrypted_message_is_read_verified_and_searched_by_content(rt, d
     assert opened.body.strip() == "Chiffré par mon logiciel."
     assert [(a.filename, a.kind) for a in opened.attachments] == [(CDA_SAMPLE.name, "cda")]
     assert mailbox.open_attachment(rt, reader, accepted.queue_id, 0).attachment.data == data
+
+
+def test_search_terms_not_kept_do_not_fail_an_opening(rt, doctor, gp, caplog):
+    """A message its client encrypted gets its content's search terms when it is opened,
+    once the opening is committed: a database that will not write them fails nothing, and
+    the next opening writes them."""
+    data = CDA_SAMPLE.read_bytes()
+    info = parse_cda(data, filename=CDA_SAMPLE.name, limits=DocumentLimits())
+    sender = unlocked(rt, gp)
+    raw = _client_encrypted(rt, sender, [DOCTOR, GP], (CDA_SAMPLE.name, "text/xml", data))
+    accepted = pipeline.submit(
+        rt, Submission(sender=sender, recipients=(RecipientRequest(DOCTOR),), raw=raw, channel="smtp")
+    )
+    reader = unlocked(rt, doctor)
+
+    def reader_row() -> tuple[bool, int | None]:
+        with session_scope(rt.engine) as session:
+            item_id, unread = session.execute(
+                select(MailboxItem.id, MailboxItem.unread)
+                .join(Message, Message.id == MailboxItem.message_id)
+                .where(Message.queue_id == accepted.queue_id, MailboxItem.owner == DOCTOR)
+            ).one()
+            level = session.execute(select(MailboxIndexed.level).where(MailboxIndexed.item_id == item_id)).scalar()
+        return unread, level
+
+    with caplog.at_level(logging.ERROR, logger="mss.mailbox"), refused(rt.engine, "mailbox_token", "INSERT"):
+        opened = mailbox.open_message(rt, reader, accepted.queue_id)
+    assert opened.body.strip() == "Chiffré par mon logiciel."
+    assert any("could not be kept" in record.getMessage() for record in caplog.records)
+    unread, level = reader_row()
+    assert not unread and level != CONTENT
+    with session_scope(rt.engine) as session:
+        opens = session.execute(
+            select(AuditEvent.id).where(AuditEvent.action == "message.open", AuditEvent.object == accepted.queue_id)
+        ).all()
+    assert len(opens) == 1
+    mailbox.open_message(rt, reader, accepted.queue_id)
+    assert reader_row() == (False, CONTENT)
+    page = mailbox.list_folder(rt, reader, "inbox", mailbox.Filters(ins=info.ins.value))
+    assert [i.queue_id for i in page.items] == [accepted.queue_id]
 
 
 def test_one_displayed_receipt_for_concurrent_openings(rt, doctor, gp):

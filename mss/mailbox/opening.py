@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import email.message
 import email.policy
+import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.parser import BytesHeaderParser
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col
 
 from mss import audit, peers
@@ -35,6 +36,8 @@ from mss.models import MailboxItem, Message, Receipt
 from mss.receipts import issuer
 from mss.runtime import Runtime
 from mss.store import MessageMeta, MessageNotFound
+
+log = logging.getLogger("mss.mailbox")
 
 
 @dataclass(frozen=True)
@@ -333,11 +336,15 @@ def document_facts(
 def _index_opened(
     rt: Runtime, owner: str, loaded: _Loaded, meta: MessageMeta, attachments: tuple[Attachment, ...]
 ) -> None:
+    """The search terms of a message its client encrypted, which only its opening can read.
+    The opening is committed by then (read, receipt, audit): indexing decides nothing of it.
+    A database that will not write the terms is logged, and the next opening or a search
+    that needs them reads the message again."""
     if not index.needs_content(meta, loaded.message.kind):
         return
     codes, ins, kinds = document_facts(rt, attachments, owner)
-    key = index.index_key(rt.engine, rt.master_key)
     try:
+        key = index.index_key(rt.engine, rt.master_key)
         with session_scope(rt.engine) as session:
             index.index_content(
                 session,
@@ -349,6 +356,12 @@ def _index_opened(
             )
     except IntegrityError:
         pass  # indexed meanwhile by a listing; its content terms come with the next opening
+    except SQLAlchemyError as exc:
+        log.error(
+            "the search terms of opened message %s could not be kept (%s); its next opening writes them",
+            loaded.message.queue_id,
+            type(exc).__name__,
+        )
 
 
 # -- attachments ---------------------------------------------------------------------------
