@@ -31,6 +31,7 @@ Usage::
     .venv/bin/python bench/bench_relay.py --serve --phases  # and where a message's time goes
     .venv/bin/python bench/bench_relay.py --serve --smtp-processes 2   # two processes on one port
     .venv/bin/python bench/bench_relay.py --only 10KBx16 --longer 5   # five times the messages
+    .venv/bin/python bench/bench_relay.py --only 10KBx16 --threads   # the relay's CPU by thread
 
 Prints, per case, messages/s, CPU ms per message and latency p50/p95 for each server
 (medians over repetitions), its memory (the process tree's proportional set size, its
@@ -47,6 +48,7 @@ import argparse
 import asyncio
 import os
 import platform
+import re
 import shutil
 import signal
 import ssl
@@ -56,6 +58,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,6 +147,8 @@ class Result:
     latencies: list[float]
     peak: Memory
     phases: dict[str, float] = field(default_factory=dict)
+    threads: dict[str, float] = field(default_factory=dict)
+    """CPU seconds over the window by kind of thread (``tree_threads``), with ``--threads``."""
 
     @property
     def rate(self) -> float:
@@ -173,6 +178,47 @@ def tree_cpu(pid: int) -> float:
         after = fields[fields.rindex(")") + 2 :].split()
         total += (int(after[11]) + int(after[12])) / _TICKS
     return total
+
+
+_NUMBERED = re.compile(r"_\d+$")
+
+
+def tree_threads(pids: list[int]) -> dict[str, float]:
+    """User + system CPU seconds so far of the trees of ``pids`` by kind of thread: each process's
+    first thread (``main``: the relay's event loop), the threads the service names
+    (``mss.cores.name_thread``) by their name without its number (``mss-message``), the
+    others of those processes (``other threads``: the document pool's own threads), and the
+    processes without a named thread (the document workers and their fork server) as
+    ``worker processes``. A thread that ended takes its count with it: the pools' threads
+    last as long as the relay."""
+    found: defaultdict[str, float] = defaultdict(float)
+    running = processes()
+    for folder in (folder for pid in pids for folder in process_tree(pid, running)):
+        spent: defaultdict[str, float] = defaultdict(float)
+        try:
+            tasks = list((folder / "task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text()
+            except OSError:
+                continue
+            after = fields[fields.rindex(")") + 2 :].split()
+            seconds = (int(after[11]) + int(after[12])) / _TICKS
+            if task.name == folder.name:
+                spent["main"] += seconds
+            elif name.startswith("mss-"):
+                spent[_NUMBERED.sub("", name)] += seconds
+            else:
+                spent["other threads"] += seconds
+        if set(spent) - {"main", "other threads"}:
+            for kind, seconds in spent.items():
+                found[kind] += seconds
+        else:
+            found["worker processes"] += sum(spent.values())
+    return dict(found)
 
 
 @dataclass(frozen=True)
@@ -290,11 +336,13 @@ class Sessions:
         metrics_url: str | None = None,
         *,
         connect_each: bool = False,
+        threads: bool = False,
     ) -> None:
         self.ports, self.pids, self.context = ports, pids, context
         self.load, self.rcpt_options = load, rcpt_options
         self.metrics_url = metrics_url
         self.connect_each = connect_each
+        self.threads = threads
         self.clients: list[aiosmtplib.SMTP] = []
 
     async def _logged_in(self, port: int) -> aiosmtplib.SMTP:
@@ -336,12 +384,16 @@ class Sessions:
                     latencies.append(await self._send(client, raw))
 
         before = timings(self.metrics_url) if self.metrics_url else {}
+        threads_before = tree_threads(self.pids) if self.threads else {}
         cpu = sum(map(tree_cpu, self.pids))
         started = time.perf_counter()
         with PeakMemory(self.pids) as memory:
             await asyncio.gather(*(one(i, c) for i, c in enumerate(self.clients)))
         elapsed = time.perf_counter() - started
         cpu = sum(map(tree_cpu, self.pids)) - cpu
+        threads = {}
+        if self.threads:
+            threads = {k: v - threads_before.get(k, 0.0) for k, v in tree_threads(self.pids).items()}
         phases = {}
         if self.metrics_url:
             after = timings(self.metrics_url)
@@ -349,7 +401,7 @@ class Sessions:
                 name: (seconds - before[name][0]) / max(times - before[name][1], 1)
                 for name, (seconds, times) in after.items()
             }
-        return Result(len(latencies), elapsed, cpu, latencies, memory.peak, phases)
+        return Result(len(latencies), elapsed, cpu, latencies, memory.peak, phases, threads)
 
     async def close(self) -> None:
         for client in self.clients:
@@ -365,6 +417,7 @@ async def run_case(
     dsn: bool,
     metrics_url: str | None = None,
     connect_each: bool = False,
+    threads: bool = False,
 ) -> dict[str, list[Result]]:
     """Every server, ``repeats`` times, in a rotating order; the results by server name."""
     context = ssl.create_default_context(cafile=str(ca_file))
@@ -373,7 +426,14 @@ async def run_case(
         # Only the relay speaks DSN (aiosmtpd refuses RCPT parameters it does not know).
         options = ["NOTIFY=SUCCESS,FAILURE"] if dsn and name == "relay" else []
         opened[name] = Sessions(
-            ports, pids, context, load, options, metrics_url if name == "relay" else None, connect_each=connect_each
+            ports,
+            pids,
+            context,
+            load,
+            options,
+            metrics_url if name == "relay" else None,
+            connect_each=connect_each,
+            threads=threads and name == "relay",
         )
         await opened[name].open(warm_up=True)
     results: dict[str, list[Result]] = {name: [] for name in servers}
@@ -448,6 +508,12 @@ def main() -> None:
         "lock and its hold)",
     )
     parser.add_argument(
+        "--threads",
+        action="store_true",
+        help="print the relay's CPU per message by thread, as the kernel counts it: its event loop (main), "
+        "message threads, the threads of its MAIL and RCPT checks, the others, and its worker processes",
+    )
+    parser.add_argument(
         "--py-spy",
         metavar="FILE",
         type=Path,
@@ -466,6 +532,8 @@ def main() -> None:
         parser.error("--smtp-processes needs --serve")
     if args.py_spy_gil and not args.py_spy:
         parser.error("--py-spy-gil needs --py-spy")
+    if args.threads and args.py_spy:
+        parser.error("--threads reads the relay's own threads: not under py-spy")
     if args.bare_server:
         bare_server(args.bare_server)
         return
@@ -561,6 +629,7 @@ def main() -> None:
                         dsn=args.dsn,
                         metrics_url=metrics_url,
                         connect_each=args.connect_each,
+                        threads=args.threads,
                     )
                 )
                 case = f"{label} x{sessions}"
@@ -585,6 +654,17 @@ def main() -> None:
                         if any(r.phases[label] for r in results["relay"])
                     ]
                     print(f"  relay, ms per message (medians): {', '.join(phases)}")
+                if args.threads:
+                    relay_runs = results["relay"]
+                    kinds = sorted(
+                        {k for r in relay_runs for k in r.threads}, key=lambda k: -relay_runs[0].threads.get(k, 0.0)
+                    )
+                    per_message = {
+                        kind: statistics.median(r.threads.get(kind, 0.0) / r.messages for r in relay_runs) * 1000
+                        for kind in kinds
+                    }
+                    spent = [f"{kind} {ms:.2f}" for kind, ms in per_message.items()]
+                    print(f"  relay, CPU ms per message by thread (medians): {', '.join(spent)}")
                 for base in (n for n in results if n != "relay"):
                     pairs = list(zip(results["relay"], results[base], strict=True))
                     ratios = [r.rate / b.rate for r, b in pairs]

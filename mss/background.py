@@ -14,7 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Self
 
-from mss import memory
+from mss import cores, memory
 
 
 async def to_the_end(closing: Awaitable[object]) -> None:
@@ -77,6 +77,7 @@ class BackgroundServer(abc.ABC):
         return self
 
     def _run(self) -> None:
+        cores.name_thread()
         try:
             asyncio.run(self._main())
         except BaseException as exc:  # handed to the starting thread

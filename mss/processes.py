@@ -39,7 +39,7 @@ from typing import Any, Final, TypeVar
 
 from pebble import ProcessFuture, ProcessPool
 
-from mss import memory
+from mss import cores, memory
 
 T = TypeVar("T")
 
@@ -85,11 +85,12 @@ class WorkerPool:
     import only when they run. Started on first use, replaced when it was stopped or
     broke, stopped at interpreter exit."""
 
-    def __init__(self, modules: tuple[str, ...], workers: int) -> None:
+    def __init__(self, modules: tuple[str, ...], workers: int, *, name: str) -> None:
         for module in modules:
             if module not in _PRELOAD:
                 _PRELOAD.append(module)
         self._workers = workers
+        self._name = name
         self._lock = threading.Lock()
         self._pool: ProcessPool | None = None
         atexit.register(self.stop)
@@ -103,6 +104,10 @@ class WorkerPool:
                 # gc.freeze alone, not memory.settle: its full collection first would
                 # write to every inherited object, the very copying this spares.
                 self._pool = ProcessPool(max_workers=self._workers, context=context, initializer=gc.freeze)
+                # The pool's own threads (scheduling, watching its workers, reading their
+                # results) start now, with the pool's name (``top -H``).
+                with cores.threads_started_as(self._name):
+                    _ = self._pool.active
             return self._pool
 
     def schedule(

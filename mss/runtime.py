@@ -131,7 +131,9 @@ class MessageThreads:
         """``function(*args, **kwargs)`` in one of the threads, awaited."""
         with self._lock:
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="mss-message")
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self.size, thread_name_prefix="mss-message", initializer=cores.name_thread
+                )
             executor = self._executor
             self._under_way += 1
             self._started += 1

@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -137,6 +138,22 @@ def _get(url: str) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def test_the_relay_threads_show_their_names_to_the_system(relay_stack: Stack) -> None:
+    """``top -H``, ``ps -L`` and ``pidstat -t`` tell which of the relay's threads spends the
+    CPU: its event loop, its message threads, the threads of its checks and those around its
+    document workers are named (Linux)."""
+    client = login(relay_stack)
+    assert transaction(client, SENDER, RECIPIENTS, referral())[-1][0] == 250
+    client.quit()
+    names = set()
+    for comm in Path("/proc/self/task").glob("*/comm"):
+        try:
+            names.add(comm.read_text().strip())
+        except OSError:
+            continue  # a thread that ended meanwhile
+    assert {"mss-relay", "mss-relay_0", "mss-message_0", "mss-documents"} <= names, names
 
 
 def test_healthz_and_readyz_over_https(rt, directory_loaded) -> None:

@@ -49,7 +49,7 @@ WORKERS: Final = min(8, max(2, cores.usable()))
 _lock = threading.Lock()
 # pypdf is imported where a PDF is read (``pdf_reading``): by the fork server, not by the
 # process that hands the checks over.
-_workers = WorkerPool(("mss.documents", "mss.documents.pdf_reading"), WORKERS)
+_workers = WorkerPool(("mss.documents", "mss.documents.pdf_reading"), WORKERS, name="mss-documents")
 stop = _workers.stop
 
 

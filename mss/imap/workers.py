@@ -47,7 +47,7 @@ WORKERS: Final = cores.usable()
 # replaced) and the envelope opened in the server's process.
 TASK_SECONDS: Final = 30.0
 
-_workers = WorkerPool((__name__,), WORKERS)
+_workers = WorkerPool((__name__,), WORKERS, name="mss-envelopes")
 start = _workers.start
 stop = _workers.stop
 

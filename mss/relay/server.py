@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
+from mss import cores
 from mss.background import BackgroundServer, serve_until_cancelled, settle_once_listening
 from mss.documents import workers
 from mss.relay.handler import DoorHandler, RelayHandler
@@ -133,7 +134,9 @@ async def start_listener(rt: Runtime, *, host: str, port: int) -> Listener:
     # Every session may have one blocking call in flight (argon2id, a directory lookup, the
     # pipeline waiting on a document check). asyncio's default pool has cpu_count + 4 threads:
     # a few sessions waiting on large documents would hold up everybody else's AUTH and RCPT.
-    loop.set_default_executor(ThreadPoolExecutor(max_workers=sessions + 4, thread_name_prefix="mss-relay"))
+    loop.set_default_executor(
+        ThreadPoolExecutor(max_workers=sessions + 4, thread_name_prefix="mss-relay", initializer=cores.name_thread)
+    )
     # The document checks' worker processes, ready before the first message needs them (with
     # several processes on the port, this one's share of them).
     await asyncio.to_thread(workers.start, rt.settings.relay.processes)
