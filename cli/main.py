@@ -253,11 +253,23 @@ def pki_issue(
 
     rt = runtime()
     export_password, profile = export_protection(SecretReader(password_stdin), compatible)
-    with session_scope(rt.engine) as session:
-        row, blob = accounts.issue_external_certificate(
-            session, rt.settings, address, export_password, actor=actor(), profile=profile
-        )
-    write_file(out_file, blob, private=True)
+    written = False
+    try:
+        with session_scope(rt.engine) as session:
+            row, blob = accounts.issue_external_certificate(
+                session, rt.settings, address, export_password, actor=actor(), profile=profile
+            )
+            # The file holds the key's only copy: written before the certificate is
+            # committed, so that a file that cannot be written issues nothing.
+            write_file(out_file, blob, private=True)
+            written = True
+    except BaseException as exc:
+        if written:
+            out_file.unlink(missing_ok=True)  # the certificate was not committed: its key goes too
+        elif isinstance(exc, OSError):
+            err.print(f"error: cannot write {out_file}: {exc.strerror or type(exc).__name__}; nothing was issued")
+            raise typer.Exit(1) from None
+        raise
     out.print(
         f"issued certificate {row.serial} for {row.address}, valid until {row.not_after:%Y-%m-%d}; key in {out_file}"
     )
@@ -279,6 +291,34 @@ def pki_revoke(address: str, reason: RevocationReason = "unspecified") -> None:
         )
     else:
         out.print(f"{address.strip().lower()} has no certificate left to revoke")
+    crl_not_published(session)
+
+
+@pki_app.command("crl")
+def pki_crl() -> None:
+    """Publish the CRL again from the directory's revocations (after one could not be written)."""
+    from directory import certificates
+
+    with transaction() as (rt, session):
+        crl = certificates.refresh_crl(session, rt.settings)
+    out.print(
+        f"published the CRL: {len(crl)} revoked certificate(s), next update {crl.next_update_utc:%Y-%m-%d %H:%M} UTC",
+        highlight=False,
+    )
+
+
+def crl_not_published(session: Session) -> None:
+    """After a revocation that committed: exit 1 saying so when its CRL could not be written."""
+    from directory import certificates
+
+    reason = certificates.crl_not_written(session)
+    if reason is not None:
+        err.print(
+            f"error: the revocation is done (no door accepts the certificate any more), but the CRL that"
+            f" publishes it could not be written: {reason}. Publish it with `mss pki crl` once that is mended.",
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
 
 @pki_app.command("renew")
@@ -688,6 +728,7 @@ def account_rekey(
     for serial in done.revoked_serials:
         out.print(f"revoked certificate {serial} ({reason})")
     out.print(f"new certificate {done.serial} for {done.address}, valid until {done.not_after:%Y-%m-%d}")
+    crl_not_published(session)
 
 
 @account_app.command("imap-mode")

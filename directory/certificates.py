@@ -13,6 +13,7 @@ wraps a user's key; the operator's key is sealed with the master key in ``sealed
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -49,6 +50,9 @@ _CRL_LOCK = 74582
 _OPERATOR_LOCK = 74583
 _PENDING_CRL = "mss.pending_crl"
 _CRL_HOOKED = "mss.crl_hooked"
+_CRL_NOT_WRITTEN = "mss.crl_not_written"
+
+log = logging.getLogger("mss.pki")
 
 
 @dataclass(frozen=True)
@@ -289,10 +293,25 @@ def _build_crl_from_rows(session: Session, ca: pki.CertificateAuthority) -> x509
 
 
 def _write_pending_crl(session: Session) -> None:
+    """After the commit of a revocation: the CRL that lists it. The revocation holds by then
+    (no door lets the certificate log in, send or be encrypted to): a CRL file that cannot
+    be written is logged and noted for the caller (``crl_not_written``), not raised, which
+    would report the committed revocation as failed; ``refresh_crl`` (`mss pki crl`) writes it
+    later."""
     pending = session.info.pop(_PENDING_CRL, None)
     if pending is not None:
         settings, crl = pending
-        pki.write_crl(settings, crl)
+        try:
+            pki.write_crl(settings, crl)
+        except (OSError, PkiError) as exc:
+            reason = exc.message if isinstance(exc, PkiError) else (exc.strerror or type(exc).__name__)
+            session.info[_CRL_NOT_WRITTEN] = reason
+            log.error("a revocation is committed but the CRL could not be written (%s): run `mss pki crl`", reason)
+
+
+def crl_not_written(session: Session) -> str | None:
+    """Why the CRL of a revocation this session committed could not be written, or None."""
+    return session.info.get(_CRL_NOT_WRITTEN)
 
 
 def _drop_pending_crl(session: Session, previous_transaction: object = None) -> None:
@@ -360,12 +379,16 @@ def revoke_for_address(
 def refresh_crl(session: Session, settings: Settings) -> x509.CertificateRevocationList:
     """Rebuild the CRL from the committed revocations and install it now.
 
-    Raises PkiError when the CA key is unavailable.
+    Raises PkiError when the CA key is unavailable or the CRL file cannot be written.
     """
     ca = pki.load_ca(settings)
     _lock(session, _CRL_LOCK)
     crl = _build_crl_from_rows(session, ca)
-    pki.write_crl(settings, crl)
+    try:
+        pki.write_crl(settings, crl)
+    except OSError as exc:
+        path = pki.PkiPaths.from_settings(settings).crl
+        raise PkiError(f"the CRL could not be written to {path}: {exc.strerror or type(exc).__name__}") from exc
     return crl
 
 

@@ -76,9 +76,7 @@ def check_crl(settings: Settings) -> Check:
         return Check("crl", False, "the CRL is not signed by the CA")
     next_update = crl.next_update_utc
     if next_update is None or next_update <= utcnow():
-        return Check(
-            "crl", False, "the CRL is out of date: run `mss pki revoke` or `mss pki init` to publish a new one"
-        )
+        return Check("crl", False, "the CRL is out of date: run `mss pki crl` to publish a new one")
     if next_update - utcnow() < CRL_MARGIN:
         return Check("crl", True, f"fresh, but ends at {next_update:%Y-%m-%d %H:%M} UTC")
     return Check("crl", True, f"fresh until {next_update:%Y-%m-%d %H:%M} UTC")

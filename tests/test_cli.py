@@ -187,6 +187,50 @@ def test_pki_issue_and_revoke(mss, settings):
     assert crl.returncode == 0 and "Serial Number" in crl.stdout
 
 
+def test_a_revocation_whose_crl_cannot_be_written_holds_and_says_so(mss, settings):
+    """The revocation is committed before its CRL is written: a CRL file that cannot be
+    written does not undo it nor report it failed as if nothing was done. The command says
+    what is done and what is not (exit 1), and `mss pki crl` publishes the list later."""
+    mss("directory", "import", str(SAMPLE_EXTRACT))
+    p12 = settings.storage.data_dir / "gp.p12"
+    issued = mss("pki", "issue", GP, "--out", str(p12), "--password-stdin", input="export passphrase\n").stdout
+    serial = re.search(r"issued certificate ([0-9A-Fa-f]+)", issued).group(1).upper()
+    crl_file = settings.pki.certs_dir / "ca.crl.pem"
+    published = crl_file.read_bytes()
+    crl_file.unlink()
+    crl_file.mkdir()  # a CRL that cannot be written (even by root): a folder in its place
+    try:
+        revoked = mss("pki", "revoke", GP, "--reason", "keyCompromise", ok=False)
+    finally:
+        crl_file.rmdir()
+        crl_file.write_bytes(published)
+    assert revoked.exit_code == 1
+    assert f"revoked certificate {serial.lower()}" in revoked.stdout
+    assert "the revocation is done" in revoked.stderr and "mss pki crl" in revoked.stderr
+    assert "revoked" in mss("directory", "show", GP).stdout
+    listed = subprocess.run(
+        ["openssl", "crl", "-in", str(crl_file), "-noout", "-text"], capture_output=True, text=True, check=True
+    )
+    assert serial not in listed.stdout.replace(":", "").upper()
+    # Run again, nothing is left to revoke; `mss pki crl` publishes what the directory holds.
+    assert "no certificate left to revoke" in mss("pki", "revoke", GP).stdout
+    assert "1 revoked certificate(s)" in mss("pki", "crl").stdout
+    listed = subprocess.run(
+        ["openssl", "crl", "-in", str(crl_file), "-noout", "-text"], capture_output=True, text=True, check=True
+    )
+    assert serial in listed.stdout.replace(":", "").upper()
+
+
+def test_an_issued_key_that_cannot_be_written_issues_nothing(mss, settings, tmp_path):
+    mss("directory", "import", str(SAMPLE_EXTRACT))
+    folder = tmp_path / "gp.p12"
+    folder.mkdir()  # the key's file cannot be made there
+    refused = mss("pki", "issue", GP, "--out", str(folder), "--password-stdin", input="export passphrase\n", ok=False)
+    assert refused.exit_code == 1
+    assert f"cannot write {folder}" in refused.stderr and "nothing was issued" in refused.stderr
+    assert "certificate" not in mss("directory", "show", GP).stdout
+
+
 def test_demo_creates_three_accounts_once(mss):
     first = mss("demo", "--if-empty")
     assert first.stdout.count("otpauth://totp/") == 3
