@@ -342,8 +342,10 @@ def _index_opened(
     that needs them reads the message again."""
     if not index.needs_content(meta, loaded.message.kind):
         return
-    codes, ins, kinds = document_facts(rt, attachments, owner)
     try:
+        # The documents are read in worker processes: a pool that broke meanwhile (a
+        # RuntimeError) or could not start one (OSError) leaves the terms for later too.
+        codes, ins, kinds = document_facts(rt, attachments, owner)
         key = index.index_key(rt.engine, rt.master_key)
         with session_scope(rt.engine) as session:
             index.index_content(
@@ -356,7 +358,7 @@ def _index_opened(
             )
     except IntegrityError:
         pass  # indexed meanwhile by a listing; its content terms come with the next opening
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, RuntimeError, OSError) as exc:
         log.error(
             "the search terms of opened message %s could not be kept (%s); its next opening writes them",
             loaded.message.queue_id,
