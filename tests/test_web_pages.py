@@ -407,6 +407,46 @@ def test_password_change_rewraps_the_key_and_ends_other_sessions(rt, clients, do
     assert unlocked.private_key_der
 
 
+def test_a_password_change_and_the_end_of_other_sessions_are_one(rt, clients, doctor):
+    """Changing the password ends the sessions the old one opened: both in one transaction.
+    When the sessions cannot be ended, the password is not changed either, and the page
+    says the request failed; the same request then succeeds."""
+    first, second = clients(), clients()
+    login(first, doctor)
+    login(second, doctor)
+    page = first.get("/account")
+    new = "another long passphrase 2026"
+    form = {"current": doctor.password, "new": new, "confirm": new, "csrf_token": csrf(page.text)}
+    with refused(rt.engine, "web_session", "DELETE"):
+        failed = first.post("/account/password", data=form)
+    assert failed.status_code >= 500
+    assert second.get("/inbox").status_code == 200
+    accounts.authenticate(rt.engine, rt.settings, DOCTOR, doctor.password, accounts.Origin("cli"))  # unchanged
+    done = first.post("/account/password", data=form)
+    assert done.status_code == 200 and "Votre mot de passe a été changé." in done.text
+    assert second.get("/inbox", follow_redirects=False).headers["location"] == "/login"
+
+
+def test_a_second_factor_reset_is_one_change_or_none(rt, clients, doctor):
+    """A new TOTP secret, the other sessions ended and this one sent to enrol: one
+    transaction. When a session cannot be ended, the secret stays and so do the sessions."""
+    first, second = clients(), clients()
+    login(first, doctor)
+    login(second, doctor)
+    page = first.get("/account")
+    with refused(rt.engine, "web_session", "DELETE"):
+        failed = first.post(
+            "/account/second-factor",
+            data={"password": doctor.password, "csrf_token": csrf(page.text)},
+            follow_redirects=False,
+        )
+    assert failed.status_code >= 500
+    assert first.get("/inbox").status_code == 200 and second.get("/inbox").status_code == 200
+    third = clients()
+    login(third, doctor)  # the code of the secret as it was
+    assert third.get("/inbox").status_code == 200
+
+
 def test_second_factor_reset_asks_the_password_then_enrols_again(rt, clients, doctor):
     client = clients()
     login(client, doctor)

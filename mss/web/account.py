@@ -30,7 +30,7 @@ from mss.web.context import (
     set_language_cookie,
     set_session_cookie,
 )
-from mss.web.sessions import ENROL, Live, advance, end_other_sessions
+from mss.web.sessions import ENROL, Live, LiveSession, SessionPolicy, SessionToken, advance_in, end_other_sessions
 
 
 @dataclass
@@ -64,9 +64,12 @@ class LanguageChoice:
     next: str = "/"
 
 
-def _change_password(rt: Runtime, address: str, old: str, new: str) -> None:
+def _change_password(rt: Runtime, live: LiveSession, old: str, new: str) -> None:
+    """The new password, and the end of the sessions the old one opened elsewhere: one
+    transaction, so that neither happens without the other."""
     with session_scope(rt.engine) as session:
-        accounts.change_password(session, rt.settings, address, old, new, actor=address)
+        accounts.change_password(session, rt.settings, live.address, old, new, actor=live.address)
+        end_other_sessions(session, live.address, live.token)
 
 
 def _read_receipts(rt: Runtime, address: str) -> str:
@@ -79,9 +82,13 @@ def _set_read_receipts(rt: Runtime, address: str, choice: str, request_id: str) 
         accounts.set_read_receipt_choice(session, address, choice, actor=address, request_id=request_id)
 
 
-def _reset_2fa(rt: Runtime, address: str) -> None:
+def _reset_2fa(rt: Runtime, live: LiveSession, policy: SessionPolicy) -> SessionToken:
+    """A new TOTP secret, the account's other sessions ended and this one sent to enrol
+    again: one transaction. Returns the enrolling session's token."""
     with session_scope(rt.engine) as session:
-        accounts.reset_2fa(session, rt.settings, rt.master_key, address, actor=address, end_sessions=False)
+        accounts.reset_2fa(session, rt.settings, rt.master_key, live.address, actor=live.address, end_sessions=False)
+        end_other_sessions(session, live.address, live.token)
+        return advance_in(session, live, stage=ENROL, policy=policy)
 
 
 class AccountController(Controller):
@@ -129,7 +136,7 @@ class AccountController(Controller):
                 request, live.address, status_code=422, errors={"new": t("The two new passwords differ.")}
             )
         try:
-            await run(_change_password, rt, live.address, data.current, data.new)
+            await run(_change_password, rt, live, data.current, data.new)
         except BadCredentials:
             return await self._page(
                 request, live.address, status_code=422, errors={"current": t("The current password is wrong.")}
@@ -146,8 +153,7 @@ class AccountController(Controller):
                     )
                 },
             )
-        # Other browsers logged in with the old password are logged out.
-        await run(end_other_sessions, rt.engine, live.address, live.token)
+        # Other browsers logged in with the old password were logged out with the change.
         return await self._page(request, live.address, notice=t("Your password has been changed."))
 
     @post("/account/read-receipts")
@@ -175,9 +181,7 @@ class AccountController(Controller):
             return await self._page(
                 request, live.address, status_code=422, errors={"password": t("The password is wrong.")}
             )
-        await run(_reset_2fa, rt, live.address)
-        await run(end_other_sessions, rt.engine, live.address, live.token)
-        token = await run(advance, rt.engine, live, stage=ENROL, policy=web.policy)
+        token = await run(_reset_2fa, rt, live, web.policy)
         response = redirect("/login/enrol")
         set_session_cookie(response, token)
         return response

@@ -33,7 +33,7 @@ from cryptography import x509
 from litestar.di import NamedDependency
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from directory.models import Certificate
 from mss import standing
@@ -281,12 +281,18 @@ def advance(engine: Engine, live: LiveSession, *, stage: str, policy: SessionPol
 
     The old row is deleted in the same transaction: the old cookie is dead at once.
     """
-    token, row = _new_row(live.address, live.channel, stage, live.private_key_der, live.past_keys_der, policy)
     with session_scope(engine) as session:
-        gone = rowcount(session.execute(delete(WebSession).where(col(WebSession.token_hash) == live.token.token_hash)))
-        if not gone:
-            raise SessionInvalid("session ended meanwhile")
-        session.add(row)
+        return advance_in(session, live, stage=stage, policy=policy)
+
+
+def advance_in(session: Session, live: LiveSession, *, stage: str, policy: SessionPolicy) -> SessionToken:
+    """``advance`` in the caller's transaction (with the change that calls for it). Raises
+    SessionInvalid when the session ended meanwhile."""
+    token, row = _new_row(live.address, live.channel, stage, live.private_key_der, live.past_keys_der, policy)
+    gone = rowcount(session.execute(delete(WebSession).where(col(WebSession.token_hash) == live.token.token_hash)))
+    if not gone:
+        raise SessionInvalid("session ended meanwhile")
+    session.add(row)
     return token
 
 
@@ -298,13 +304,13 @@ def end_session(engine: Engine, token: SessionToken | None) -> bool:
         return bool(rowcount(session.execute(delete(WebSession).where(col(WebSession.token_hash) == token.token_hash))))
 
 
-def end_other_sessions(engine: Engine, address: str, keep: SessionToken | None = None) -> int:
-    """Delete every session of ``address`` except ``keep``'s; return how many ended."""
-    with session_scope(engine) as session:
-        query = delete(WebSession).where(col(WebSession.address) == address)
-        if keep is not None:
-            query = query.where(col(WebSession.token_hash) != keep.token_hash)
-        return rowcount(session.execute(query))
+def end_other_sessions(session: Session, address: str, keep: SessionToken | None = None) -> int:
+    """Delete every session of ``address`` except ``keep``'s, in the caller's transaction
+    (with the change of password or second factor that ends them); return how many ended."""
+    query = delete(WebSession).where(col(WebSession.address) == address)
+    if keep is not None:
+        query = query.where(col(WebSession.token_hash) != keep.token_hash)
+    return rowcount(session.execute(query))
 
 
 def purge_expired(engine: Engine, *, policy: SessionPolicy) -> int:
