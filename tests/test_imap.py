@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import imaplib
+import logging
 import re
 import socket
 import ssl
@@ -17,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from db_faults import refused
 from imap_support import ca_file, client_context, clinical_mail, connect, documents_of, login, with_imap
 from imapclient import IMAPClient
 from sqlalchemy import func, select
@@ -642,6 +644,41 @@ def test_a_message_stored_before_gets_its_shape_at_the_first_opening_then_kept(r
     assert re.search(rb"RFC822.SIZE (\d+)", _fetch(again, "1", "(RFC822.SIZE)")[0]).group(1) == str(size).encode()
     again.logout()
     assert len(_events(rt, "message.open")) == 1
+
+
+def test_a_shape_the_database_will_not_keep_still_serves_the_message(rt, imap, doctor, gp, caplog):
+    """What a first opening showed of a message is kept so that later listings need no
+    decryption. The opening is committed by then: a database that will not keep its shape
+    fails nothing; the message is served from the opening, and a later one keeps it."""
+    from mss.models import EntityShape, Message
+    from mss.store import MessageMeta
+
+    queue_id = submit(rt, doctor, [gp.address], "Ancien", "x\n").queue_id
+    with session_scope(rt.engine) as session:
+        row = session.execute(select(Message).where(Message.queue_id == queue_id)).scalars().one()
+        meta = MessageMeta.open(rt.master_key, row.meta_sealed)
+        meta.client = None  # as stored before mail clients' shapes were kept
+        row.meta_sealed = meta.seal(rt.master_key)
+        session.add(row)
+
+    def shapes() -> int:
+        with session_scope(rt.engine) as session:
+            return session.execute(select(func.count()).select_from(EntityShape)).scalar_one()
+
+    client = login(rt, imap.port, gp)
+    client.select("INBOX")
+    with caplog.at_level(logging.ERROR, logger="mss.mailbox"), refused(rt.engine, "entity_shape", "INSERT"):
+        size = int(re.search(rb"RFC822.SIZE (\d+)", _fetch(client, "1", "(RFC822.SIZE)")[0]).group(1))
+        body = _fetch(client, "1", "(BODY.PEEK[])")[0][1]
+    assert len(body) == size and b"Ancien" in body
+    assert any("could not be kept" in record.getMessage() for record in caplog.records)
+    assert shapes() == 0
+    client.logout()
+    again = login(rt, imap.port, gp)
+    again.select("INBOX")
+    assert re.search(rb"RFC822.SIZE (\d+)", _fetch(again, "1", "(RFC822.SIZE)")[0]).group(1) == str(size).encode()
+    again.logout()
+    assert shapes() == 1
 
 
 def test_uids_given_out_by_several_processes_never_collide(rt, doctor, gp):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import email.parser
+import logging
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -43,6 +44,7 @@ from pymap.parsing.specials import FetchAttribute, FetchRequirement, ObjectId, S
 from pymap.parsing.specials.flag import Answered, Deleted, Flag, Flagged, Seen
 from pymap.search import SearchCriteriaSet, SearchParams
 from pymap.selected import SelectedMailbox
+from sqlalchemy.exc import SQLAlchemyError
 
 from mss.accounts import UnlockedAccount
 from mss.imap import replies, workers
@@ -62,6 +64,8 @@ PREFETCH = 4  # bodies decrypted ahead of the one being written (held in memory 
 OPEN_TOGETHER = 4  # ... their envelopes opened a few in one task of a worker process
 ROWS_AHEAD = 16  # stored messages read at once for the bodies to write next ...
 ROWS_BYTES = 1 << 20  # ... as long as their envelopes fit in this many bytes
+
+log = logging.getLogger("mss.imap")
 
 
 def folder_of(name: str) -> str:
@@ -371,6 +375,24 @@ class MailSession(SessionInterface):
         self._version += 1
         return selected
 
+    async def _refreshed_after_change(self, selected: SelectedMailbox) -> SelectedMailbox:
+        """The selected folder read again after a change this command committed (flags,
+        an expunge, a move, the \\Seen of a fetch). The change holds whatever happens here: a
+        database that cannot be read now is logged and the folder is read whole at the
+        client's next command (its news come then), rather than an error for a change that
+        was made, which the client would make again."""
+        try:
+            refreshed = await self._refresh(selected, force=True)
+        except SQLAlchemyError as exc:
+            log.error(
+                "a folder could not be read again after a committed change (%s); its next command reads it",
+                type(exc).__name__,
+            )
+            self._states.pop(selected.lookup, None)
+            return selected
+        assert refreshed is not None
+        return refreshed
+
     async def _appended(self, selected: SelectedMailbox, known: FolderState, current: tuple[int, ...]) -> bool:
         """New mail only (the common change, what IDLE waits for): read the new rows alone."""
         newest = max((item.item_id for item in known.items), default=0)
@@ -493,11 +515,15 @@ class MailSession(SessionInterface):
             # Decrypted mode, a message whose shape nobody knows yet: open it once.
             result = await self._call(sync.render, self.rt, self.account, item.item_id, self._mode)
             structure = _multipart_structure(message, requirement, result.data)
+            kept = None
             if result.facts is not None:
-                await self._call(sync.remember, self.rt, result.facts, structure)
+                kept = await self._call(sync.remember, self.rt, result.facts, structure)
             self._details.pop(item.item_id, None)
             details = await self._detail(item)
-            shape = served.shape(details.meta, self._mode, details.cms_size, details.facts)
+            # What was kept, or, when the database would not keep it, what this opening showed.
+            shape = served.shape(
+                details.meta, self._mode, details.cms_size, details.facts if details.facts is not None else kept
+            )
             assert shape is not None
         meta = details.meta
         searchable = " ".join([meta.subject, meta.sender, *meta.recipients, *(d.filename for d in meta.documents)])
@@ -666,7 +692,7 @@ class MailSession(SessionInterface):
                     self._decrypt_ahead(m.item.item_id for _s, m in chosen)
                 await self._record_openings(selected, missing, missing if set_seen else ())
         if set_seen:
-            await self._refresh(selected, force=True)
+            await self._refreshed_after_change(selected)
             chosen = [(seq, cast(MailMessage, selected.messages.get(msg.uid) or msg)) for seq, msg in chosen]
         elif sequence_set.uid:
             # Nothing changed in the folder: no need for pymap to compare it (a copy of the
@@ -696,9 +722,7 @@ class MailSession(SessionInterface):
             raise MailboxReadOnly()
         uids = None if uid_set is None else self._uids(selected, uid_set)
         await self._call(sync.expunge, self.rt.engine, self.owner, selected.lookup, uids, request_id=self.request_id)
-        refreshed = await self._refresh(selected, force=True)
-        assert refreshed is not None
-        return refreshed
+        return await self._refreshed_after_change(selected)
 
     async def copy_messages(
         self, selected: SelectedMailbox, sequence_set: SequenceSet, mailbox: str
@@ -711,8 +735,7 @@ class MailSession(SessionInterface):
         if selected.readonly:
             raise MailboxReadOnly()
         copy_uid = await self._transfer(sync.move, selected, sequence_set, mailbox)
-        await self._refresh(selected, force=True)
-        return copy_uid, selected
+        return copy_uid, await self._refreshed_after_change(selected)
 
     async def _transfer(
         self,
@@ -730,7 +753,13 @@ class MailSession(SessionInterface):
         )
         if not pairs:
             return None
-        state = await self._state(to)
+        try:
+            state = await self._state(to)
+        except SQLAlchemyError as exc:
+            # Copied or moved by now: an error would have the client do it again. RFC 4315
+            # lets a server that cannot tell leave the COPYUID out of its OK.
+            log.error("a folder could not be read after a committed copy (%s): no COPYUID", type(exc).__name__)
+            return None
         return CopyUid(state.uid_validity, pairs)
 
     async def update_flags(
@@ -751,7 +780,7 @@ class MailSession(SessionInterface):
             await self._call(
                 sync.set_flags, self.rt, self.owner, selected.lookup, uids, flags, request_id=self.request_id
             )
-        await self._refresh(selected, force=True)
+        await self._refreshed_after_change(selected)
         wanted = set(uids)
         return [
             (seq, msg) for seq, msg in _ours(selected.messages.get_all(sequence_set)) if msg.uid in wanted

@@ -22,6 +22,7 @@ event; a message that becomes ``\\Seen`` through a client counts as displayed, a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from datetime import datetime
 
 from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col
 
 from directory import certificates
@@ -48,6 +49,8 @@ FOLDERS = (INBOX, SENT, ARCHIVE)
 FLAGGED, ANSWERED, DELETED = "flagged", "answered", "deleted"
 CLIENT_FLAGS = (FLAGGED, ANSWERED, DELETED)
 _BATCH = 500
+
+log = logging.getLogger("mss.mailbox")
 
 
 class SyncError(MssError):
@@ -667,14 +670,27 @@ def render(
     return Served(served.render_decrypted(meta, entity, str(facts["signature"])), facts)
 
 
-def remember(rt: Runtime, facts: dict[str, object], structure: str | None) -> None:
+def remember(rt: Runtime, facts: dict[str, object], structure: str | None) -> dict[str, object]:
     """Keep what a first opening learnt (with the body structure a client layer computed
-    for a multipart entity), so later listings need no decryption."""
+    for a multipart entity), so later listings need no decryption; return it.
+
+    The opening is committed by then (on record, marked read): keeping its facts decides
+    nothing of it. A database that will not keep them is logged, the caller serves the
+    message from what is returned, and a later opening learns them again."""
     kept = {k: v for k, v in facts.items() if k != "message_id"}
     if structure:
         kept["structure"] = structure
     # the opening put the message's integer id in the facts
-    served.remember_facts(rt.engine, rt.master_key, int(facts["message_id"]), kept)  # type: ignore[call-overload]
+    message_id = int(facts["message_id"])  # type: ignore[call-overload]
+    try:
+        served.remember_facts(rt.engine, rt.master_key, message_id, kept)
+    except SQLAlchemyError as exc:
+        log.error(
+            "what the opening of message %s showed could not be kept (%s); a later opening reads it again",
+            message_id,
+            type(exc).__name__,
+        )
+    return kept
 
 
 def record_openings(
