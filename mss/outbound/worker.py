@@ -337,9 +337,14 @@ class DeliveryWorker:
         self.delivered = 0
 
     def _waker(self) -> None:
+        # Called after the commit of an entry, in the committing thread: nothing here may
+        # fail that commit's caller (a stored message would be reported as not taken).
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._wake.set)
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:
+                pass  # closed meanwhile (the worker stopped): the entry waits for the next one
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
         """Deliver until cancelled; on cancellation let deliveries in flight end first
