@@ -34,6 +34,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # templates (about 10 MiB it would hold for as long as it runs).
 SCHEMA_REVISION: Final = "0013"
 READONLY_OPTION = "mss_readonly"
+# A database error's text names its statement's values (addresses, password hashes, audit
+# details) unless the engine hides them: a logged error then shows the statement alone.
+HIDE_PARAMETERS = True
 
 
 def utcnow() -> datetime:
@@ -203,7 +206,9 @@ def make_engine(settings: Settings) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             _private_database_file(Path(parsed.database))
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=HIDE_PARAMETERS
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):
@@ -234,7 +239,7 @@ def make_engine(settings: Settings) -> Engine:
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         # psycopg 3 is the driver we ship; SQLAlchemy's bare "postgresql" means psycopg2.
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=HIDE_PARAMETERS)
 
 
 def alembic_config(engine: Engine):

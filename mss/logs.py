@@ -40,13 +40,17 @@ class JsonFormatter(logging.Formatter):
         return "".join(traceback.format_tb(ei[2])).rstrip()
 
 
-# aiosmtpd logs every command at INFO, Alembic each migration step and pyHanko a traceback
-# for every signature that does not hold; our own lines say what matters.
+# aiosmtpd logs every command at INFO, Alembic each migration step, pyHanko a traceback
+# for every signature that does not hold, and httpx every request's whole URL (a webhook's
+# may hold its receiver's token, a peer lookup names the recipient); our own lines say what
+# matters.
 QUIETED = {
     "mail.log": logging.WARNING,
     "alembic": logging.WARNING,
     "pyhanko": logging.ERROR,
     "pyhanko_certvalidator": logging.WARNING,
+    "httpx": logging.WARNING,
+    "httpcore": logging.WARNING,
 }
 
 

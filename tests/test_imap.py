@@ -410,6 +410,11 @@ def test_append_to_sent_of_a_message_sent_through_the_relay_does_not_duplicate_i
     assert typ == "NO" and b"CANNOT" in data[0]
     typ, data = client.append("INBOX", None, None, raw)
     assert typ == "NO" and b"relay" in data[0]
+    # A Message-ID the email package cannot read (it raises on these) is not one of ours.
+    for broken in (b"<", b"<a@", b"<a@["):
+        typ, data = client.append("Sent", None, None, b"Message-ID: " + broken + b"\r\nSubject: x\r\n\r\nx\r\n")
+        assert typ == "NO" and b"CANNOT" in data[0], (broken, data)
+    client.noop()  # still served
     client.logout()
 
 

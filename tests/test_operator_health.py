@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from directory.models import DirectoryEntry
 from mss import metrics
@@ -215,3 +216,52 @@ def test_json_log_lines_carry_the_request_id() -> None:
     assert first["request_id"] == "ab12" and first["level"] == "warning" and first["message"] == "request ab12 refused"
     assert second["request_id"] == "cd34" and second["error"] == "ValueError"
     assert "secret input" not in stream.getvalue()
+
+
+def test_a_database_error_does_not_name_its_values(rt) -> None:
+    """A logged database error shows its statement, not the values bound to it (addresses,
+    password hashes, audit details): the engine hides them."""
+    with pytest.raises(SQLAlchemyError) as raised:
+        with session_scope(rt.engine, readonly=True) as session:
+            session.execute(text("SELECT nosuchcolumn FROM account WHERE address = :a"), {"a": "hidden@mss.test"})
+    assert "nosuchcolumn" in str(raised.value) and "hidden@mss.test" not in str(raised.value)
+
+
+def test_the_service_logs_name_no_url_a_library_requests(capfd) -> None:
+    """httpx writes each request's whole URL at INFO: a webhook's may hold its receiver's
+    token. With the service's logging, a request to such a URL leaves no trace of it."""
+    import http.server
+    import threading
+
+    import httpx
+
+    from mss import logs
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {name: logging.getLogger(name).level for name in logs.QUIETED}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        logs.configure("text")
+        assert httpx.get(f"http://127.0.0.1:{server.server_port}/hook?token=receiver-secret").status_code == 204
+        logging.getLogger("mss.test").info("a line of the service's own")
+    finally:
+        server.shutdown()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        for name, old in levels.items():
+            logging.getLogger(name).setLevel(old)
+    written = capfd.readouterr().err
+    assert "a line of the service's own" in written and "receiver-secret" not in written

@@ -4,6 +4,7 @@ attachments, sending, receipts, logout, and the OpenAPI schema. Same rights as t
 from __future__ import annotations
 
 import base64
+import logging
 
 from web_support import CDA_SAMPLE, DOCTOR, GP, app, clients, create_person, doctor, gp, login, pdf_bytes, submit  # noqa: F401  (fixtures)
 
@@ -185,6 +186,24 @@ def test_malformed_input_is_refused_not_crashed(rt, clients, doctor):
     assert client.get("/api/v1/messages", params={"folder": "trash"}, headers=_auth(token)).status_code == 400
     assert client.get("/api/v1/messages", params={"date_from": "yesterday"}, headers=_auth(token)).status_code == 400
     assert client.get("/api/v1/messages", params={"per_page": 1000}, headers=_auth(token)).status_code == 400
+
+
+def test_a_refused_query_is_logged_without_its_words(rt, clients, doctor, caplog):
+    """The log says which request was refused and in what kind, not what it searched for: a
+    validation error's own text quotes the query string (a subject's words, a patient's INS)."""
+    login(clients(), doctor)
+    client = clients()
+    token = _token(client, doctor)
+    with caplog.at_level(logging.INFO, logger="mss.web"):
+        refused = client.get(
+            "/api/v1/messages",
+            params={"subject": "Thyroide", "ins": "255069999999934", "page": "abc"},
+            headers=_auth(token),
+        )
+    assert refused.status_code == 400
+    lines = [record.getMessage() for record in caplog.records if record.name == "mss.web"]
+    assert any("/api/v1/messages -> 400" in line for line in lines), lines
+    assert not any("255069999999934" in line or "Thyroide" in line for line in lines), lines
 
 
 def _raw_text_message(sender: str, to: str, subject: str, content_type: str, body: bytes) -> bytes:

@@ -30,7 +30,7 @@ from pebble import ProcessExpired
 
 from mss import cores
 from mss.documents import cda, detect, xdm
-from mss.documents.base import Document, DocumentLimits, DocumentTooComplex, display_name
+from mss.documents.base import Document, DocumentLimits, DocumentTooComplex
 from mss.documents.cda import CdaInfo
 from mss.documents.xdm import XdmInfo
 from mss.processes import WorkerPool
@@ -95,6 +95,11 @@ def _in_worker(
         return _wait(check, args, kwargs, filename, limits)
 
 
+def _size(args: tuple[Any, ...]) -> int:
+    """The bytes of the document a check was given (its first bytes argument)."""
+    return next((len(a) for a in args if isinstance(a, (bytes, bytearray))), 0)
+
+
 def _wait(
     check: Callable[..., T], args: tuple[Any, ...], kwargs: Mapping[str, Any], filename: str, limits: DocumentLimits
 ) -> T:
@@ -103,12 +108,13 @@ def _wait(
     try:
         return future.result()
     except CheckTimedOut as exc:
-        log.warning("document check of %s stopped after %g s", display_name(filename), limits.max_check_seconds)
+        # Not the file's name: a sender's, which may name the patient.
+        log.warning("a document check stopped after %g s (%d bytes)", limits.max_check_seconds, _size(args))
         raise DocumentTooComplex(
             filename, f"takes longer than {limits.max_check_seconds:g} seconds to check, which is not allowed"
         ) from exc
     except ProcessExpired as exc:
-        log.warning("document check of %s: the worker died (exit code %s)", display_name(filename), exc.exitcode)
+        log.warning("a document check's worker died (exit code %s, %d bytes)", exc.exitcode, _size(args))
         raise DocumentTooComplex(filename, "stopped the program that checks it, which is not allowed") from exc
 
 

@@ -50,7 +50,7 @@ from mss.accounts import UnlockedAccount
 from mss.imap import replies, workers
 from mss.mailbox import served, sync
 from mss.mailbox.sync import FolderState, ItemState
-from mss.mime import POLICY
+from mss.mime import PARSE_FAILURES, POLICY
 from mss.runtime import Runtime
 
 # IMAP names of the folders, and their RFC 6154 special-use attributes.
@@ -796,7 +796,11 @@ class MailSession(SessionInterface):
         validity = 0
         for message in messages:
             headers = email.parser.BytesHeaderParser(policy=POLICY).parsebytes(message.literal)
-            ident = str(headers.get("Message-ID", "") or "")
+            try:
+                ident = str(headers.get("Message-ID", "") or "")
+            except PARSE_FAILURES:
+                # ``Message-ID: <a@`` and the like: no message sent from here has one.
+                raise replies.Cannot(replies.APPEND_NOT_SENT) from None
             found = await self._call(sync.find_sent, self.rt.engine, self.owner, ident, self._mode)
             if found is None:
                 raise replies.Cannot(replies.APPEND_NOT_SENT)

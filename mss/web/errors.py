@@ -96,7 +96,16 @@ def http_error(request: Request, exc: HTTPException) -> Response:
         return _api_error(request, status, exc.code, exc.detail, exc.fields, exc.headers)
     if status >= 500:
         return internal_error(request, exc)
-    log.info("request %s: %s %s -> %s (%s)", request_id(request), request.method, request.url.path, status, exc.detail)
+    # The class, not the detail: a validation error's detail quotes the whole query string
+    # (search words, a patient's INS).
+    log.info(
+        "request %s: %s %s -> %s (%s)",
+        request_id(request),
+        request.method,
+        request.url.path,
+        status,
+        type(exc).__name__,
+    )
     if _is_api(request):
         message = exc.detail if status in {400, 405, 413} else CODES.get(status, "error").replace("-", " ")
         if status == 401:
