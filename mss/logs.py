@@ -40,6 +40,39 @@ class JsonFormatter(logging.Formatter):
         return "".join(traceback.format_tb(ei[2])).rstrip()
 
 
+def _without_text(error: BaseException) -> str:
+    """An exception's stack and class, then those of its causes, never their text."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        parts.append("".join(traceback.format_tb(current.__traceback__)) + type(current).__qualname__)
+        if current.__cause__ is not None:
+            parts.append("caused by:")
+            current = current.__cause__
+        elif current.__context__ is not None and not current.__suppress_context__:
+            parts.append("while handling:")
+            current = current.__context__
+        else:
+            current = None
+    return "\n".join(parts)
+
+
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT`` lines; an exception by its class and stack (and its causes'), never
+    its text, as in JSON: a parser's or a driver's message may quote the input."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatException(self, ei) -> str:
+        error = ei[1]
+        if error is None:
+            return ""
+        return "Traceback (without the exceptions' text):\n" + _without_text(error)
+
+
 # aiosmtpd logs every command at INFO, Alembic each migration step, pyHanko a traceback
 # for every signature that does not hold, and httpx every request's whole URL (a webhook's
 # may hold its receiver's token, a peer lookup names the recipient); our own lines say what
@@ -58,7 +91,7 @@ def configure(log_format: str, level: int = logging.INFO) -> None:
     """Send the root logger's records to stderr in ``log_format`` (``text`` or ``json``),
     the libraries of ``QUIETED`` only from the level given there."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

@@ -27,7 +27,7 @@ from directory.models import DirectoryEntry
 from mss import metrics
 from mss.crypto.pki import PkiPaths
 from mss.db import session_scope
-from mss.logs import JsonFormatter
+from mss.logs import JsonFormatter, TextFormatter
 
 from metrics_support import scrape, value
 from relay_support import RECIPIENTS, SENDER, UNKNOWN, Stack, connect, login, referral, running_stack, transaction
@@ -216,6 +216,31 @@ def test_json_log_lines_carry_the_request_id() -> None:
     assert first["request_id"] == "ab12" and first["level"] == "warning" and first["message"] == "request ab12 refused"
     assert second["request_id"] == "cd34" and second["error"] == "ValueError"
     assert "secret input" not in stream.getvalue()
+
+
+def test_text_log_lines_give_an_exception_by_class_and_stack_not_text() -> None:
+    """As in JSON: a parser's or a driver's message may quote the input."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter())
+    log = logging.getLogger("mss.test-text")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        try:
+            try:
+                raise ValueError(" ".join(("secret", "input")))
+            except ValueError as exc:
+                raise RuntimeError(" ".join(("secret", "wrapper"))) from exc
+        except RuntimeError:
+            log.exception("request %s failed", "ab12")
+    finally:
+        log.removeHandler(handler)
+    written = stream.getvalue()
+    assert "ERROR mss.test-text request ab12 failed" in written
+    assert "RuntimeError" in written and "caused by:" in written and "ValueError" in written
+    assert "test_operator_health.py" in written  # the stack
+    assert "secret input" not in written and "secret wrapper" not in written  # the texts, not the source lines
 
 
 def test_a_database_error_does_not_name_its_values(rt) -> None:
