@@ -347,7 +347,7 @@ def parse_days(text: str) -> int:
     value = text.strip().lower()
     unit = 7 if value.endswith("w") else 1
     number = value.rstrip("dw")
-    if not number.isdigit() or not 0 < int(number) * unit <= 3650:
+    if not (number.isascii() and number.isdigit()) or not 0 < int(number) * unit <= 3650:
         raise typer.BadParameter(
             f"{text!r} is not a duration such as 30d or 8w (at most 10 years)", param_hint="--within"
         )

@@ -114,12 +114,12 @@ def list_entries(session: Session, filters: ListFilters, *, page: int = 1, per_p
         )
     checks: list[tuple[list[str], tuple[str, ...]]] = []
     profession = filters.profession
-    if profession.isdigit():
+    if profession.isascii() and profession.isdigit():
         conditions.append(col(DirectoryEntry.profession_code) == profession)
     elif profession:
         checks.append((query_words(profession), ("profession_label", "skill_label", "profession_category_label")))
     city = filters.city
-    if city.isdigit() or city.upper() in {"2A", "2B"}:
+    if (city.isascii() and city.isdigit()) or city.upper() in {"2A", "2B"}:
         conditions.append(col(DirectoryEntry.postal_code).like(f"{city.upper()}%"))
     elif city:
         checks.append((query_words(city), ("city",)))

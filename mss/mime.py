@@ -26,9 +26,10 @@ import pybase64
 
 # What the email package's parsers raise on some malformed values instead of noting a
 # defect: "Message-ID: <a@" (IndexError), "Reply-To: , .<:/" (TypeError), "From: .<-"
-# (AttributeError), "Cc: \\@[" followed by a tab (UnboundLocalError), a path "<" in SMTP.
+# (AttributeError), "Cc: \\@[" followed by a tab (UnboundLocalError), a path "<" in SMTP,
+# "Date: Mon, 1 Jan 99999999999 00:00:00 +0000" (OverflowError).
 # Whoever reads a field or an address of a message from outside catches all of them.
-PARSE_FAILURES = (ValueError, LookupError, TypeError, AttributeError, UnboundLocalError)
+PARSE_FAILURES = (ValueError, LookupError, TypeError, AttributeError, UnboundLocalError, OverflowError)
 
 # The header fields that say what a message is and where it belongs: who wrote it to whom,
 # its subject and date, its place in a thread, and whether a read receipt is asked for. The

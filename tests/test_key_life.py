@@ -271,3 +271,5 @@ def test_cli_rekey_renew_and_revoke(mss, env) -> None:
     assert "renewed dr.a@mss.test" in renewal and "1 renewed" in renewal
     bad = mss("pki", "renew", "--within", "soon", ok=False)
     assert bad.exit_code != 0 and "30d" in (bad.stdout + bad.stderr)
+    bad = mss("pki", "renew", "--within", "²d", ok=False)  # a digit to str.isdigit, not to int
+    assert bad.exit_code != 0 and "30d" in (bad.stdout + bad.stderr)

@@ -278,8 +278,15 @@ def test_malformed_mime(relay_stack: Stack) -> None:
 
 @pytest.mark.parametrize(
     "field",
-    ["Cc: *)>/, :;,(=", "Reply-To: , .<:/", "Cc: \\@[\t", "Message-ID: <a@"],
-    ids=["index-error", "type-error", "unbound-local-error", "unclosed-message-id"],
+    [
+        "Cc: *)>/, :;,(=",
+        "Reply-To: , .<:/",
+        "Cc: \\@[\t",
+        "Message-ID: <a@",
+        "Date: Mon, 1 Jan 99999999999 00:00:00 +0000",
+        "Resent-Date: Mon, 1 Jan 2026 00:00:00 +99999999999999999999",
+    ],
+    ids=["index-error", "type-error", "unbound-local-error", "unclosed-message-id", "year-overflow", "zone-overflow"],
 )
 def test_header_fields_the_email_package_cannot_read_are_refused_for_good(relay_stack: Stack, field: str) -> None:
     """Values on which the email package's structured parsers fail (with IndexError,

@@ -186,6 +186,10 @@ def test_malformed_input_is_refused_not_crashed(rt, clients, doctor):
     assert client.get("/api/v1/messages", params={"folder": "trash"}, headers=_auth(token)).status_code == 400
     assert client.get("/api/v1/messages", params={"date_from": "yesterday"}, headers=_auth(token)).status_code == 400
     assert client.get("/api/v1/messages", params={"per_page": 1000}, headers=_auth(token)).status_code == 400
+    # A page number past what a database integer holds: refused, not a server error.
+    huge = str(10**20)
+    assert client.get("/api/v1/messages", params={"page": huge}, headers=_auth(token)).status_code == 400
+    assert client.get("/api/v1/directory", params={"q": "ab", "page": huge}, headers=_auth(token)).status_code == 400
 
 
 def test_a_refused_query_is_logged_without_its_words(rt, clients, doctor, caplog):

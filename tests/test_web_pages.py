@@ -819,6 +819,9 @@ def test_directory_pages(rt, clients, doctor, gp):
     assert empty.status_code == 200 and 'role="search"' in empty.text and 'id="directory-results"' in empty.text
     found = client.get("/directory", params={"q": "eloise fournier"})
     assert found.status_code == 200
+    # A page number of digits that are not ASCII ("²" is a digit to str.isdigit, not to int).
+    odd_page = client.get("/directory", params={"q": "eloise fournier", "page": "²"})
+    assert odd_page.status_code == 200 and "Éloïse FOURNIER" in odd_page.text  # read as the first page
     assert "2 entrées" in found.text and "Éloïse FOURNIER" in found.text
     assert f'href="/directory/{GP.replace("@", "%40")}"' in found.text
     assert f'href="/compose?to={GP.replace("@", "%40")}"' in found.text

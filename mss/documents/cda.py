@@ -436,7 +436,7 @@ def _rpps(ident: Identifier | None) -> str | None:
     if ident is None or ident.root != RPPS_ROOT or not ident.extension:
         return None
     ext = ident.extension
-    return ext[1:] if len(ext) == 12 and ext.startswith("8") and ext.isdigit() else None
+    return ext[1:] if len(ext) == 12 and ext.startswith("8") and ext.isascii() and ext.isdigit() else None
 
 
 def _assigned(entity: etree._Element | None, time: str | None) -> Author | None:

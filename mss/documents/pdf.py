@@ -86,7 +86,9 @@ def check_pdf(filename: str, data: bytes, *, limits: DocumentLimits) -> PdfInfo:
     if start < 0:
         raise InvalidPdf(filename, "is not a valid PDF: no %PDF header")
     version = data[start + len(_HEADER) : start + len(_HEADER) + 3].decode("ascii", "replace")
-    if not (len(version) == 3 and version[0].isdigit() and version[1] == "." and version[2].isdigit()):
+    if not (
+        len(version) == 3 and version.isascii() and version[0].isdigit() and version[1] == "." and version[2].isdigit()
+    ):
         raise InvalidPdf(filename, "is not a valid PDF: malformed %PDF header")
     end = data.rfind(_EOF, start)
     if end < 0:

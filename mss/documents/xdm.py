@@ -414,7 +414,7 @@ def _uri(values: list[str]) -> str | None:
     parts = []
     for value in values:
         index, sep, text = value.partition("|")
-        if not sep or not index.isdigit():
+        if not sep or not (index.isascii() and index.isdigit()):
             return None
         parts.append((int(index), text))
     return "".join(text for _, text in sorted(parts))

@@ -83,7 +83,7 @@ def parse_mail(text: str, *, size_limit: int | None) -> MailParameters:
     size: int | None = None
     for keyword, value in params.items():
         if keyword == "SIZE":
-            if value is None or not value.isdigit() or len(value) > MAX_SIZE_DIGITS:
+            if value is None or not (value.isascii() and value.isdigit()) or len(value) > MAX_SIZE_DIGITS:
                 raise ParameterRefused(replies.PARAMETER_SYNTAX)
             size = int(value)
             if size_limit and size > size_limit:

@@ -33,7 +33,7 @@ from mss.mailbox.listing import Progress
 from mss.mailbox.opening import ReceiptAbout
 from mss.web.certificate_pages import published
 from mss.web.context import Rt, config, origin, request_id, run
-from mss.web.pages import file_response
+from mss.web.pages import MAX_PAGE, file_response
 from mss.web.sessions import (
     ACTIVE,
     API,
@@ -423,7 +423,7 @@ class MessagesController(BearerController):
         live: Live,
         rt: Rt,
         folder: Annotated[str, QueryParameter(description="inbox, sent or archive")] = "inbox",
-        page: Annotated[int, QueryParameter(ge=1)] = 1,
+        page: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 1,
         per_page: Annotated[int, QueryParameter(ge=1, le=100)] = 25,
         sender: Annotated[str, QueryParameter(description="words (or beginnings) of the sender address or names")] = "",
         subject: Annotated[str, QueryParameter(description="words (or their beginnings) of the subject")] = "",
@@ -598,7 +598,7 @@ class DirectoryController(BearerController):
         live: Live,
         rt: Rt,
         q: Annotated[str, QueryParameter(min_length=2, max_length=100)],
-        page: Annotated[int, QueryParameter(ge=1)] = 1,
+        page: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 1,
     ) -> DirectoryOut:
         """Search the directory."""
         found = await run(find_recipients, rt.engine, q, page=page, per_page=20)

@@ -246,7 +246,7 @@ class AuthController(Controller):
         t = language(request).gettext
         code = "".join(data.code.split())
         try:
-            if not code.isdigit() or len(code) != 6:
+            if not (code.isascii() and code.isdigit()) or len(code) != 6:
                 raise BadTotp("a TOTP code has six digits")
             await run(accounts.verify_totp, rt.engine, rt.settings, rt.master_key, live.address, code, origin(request))
         except BadTotp:

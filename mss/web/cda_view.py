@@ -55,7 +55,7 @@ def _classes(node: NarrativeNode) -> str:
 
 def _span(node: NarrativeNode, name: str) -> str:
     value = node.attribute(name) or ""
-    return f' {name}="{int(value)}"' if value.isdigit() and 0 < int(value) < 100 else ""
+    return f' {name}="{int(value)}"' if value.isascii() and value.isdigit() and 0 < int(value) < 100 else ""
 
 
 def narrative_html(

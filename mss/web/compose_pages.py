@@ -141,7 +141,7 @@ class ComposeController(Controller):
         if len(query) < 2:
             return NO_MATCHES
         size = request.query_params.get("per_page") or "10"
-        per_page = min(int(size), 20) if size.isdigit() and int(size) > 0 else 10
+        per_page = min(int(size), 20) if size.isascii() and size.isdigit() and int(size) > 0 else 10
         try:
             return await run(find_recipients, rt.engine, query, per_page=per_page)
         except DirectoryError:
@@ -206,7 +206,7 @@ class ComposeController(Controller):
                 )
 
         def numbers(name: str) -> list[int]:
-            return [int(v) for v in form.getall(name, []) if isinstance(v, str) and v.isdigit()]
+            return [int(v) for v in form.getall(name, []) if isinstance(v, str) and v.isascii() and v.isdigit()]
 
         state = FormState(
             to=to,

@@ -34,7 +34,7 @@ def _card(rt: Runtime, address: str) -> EntryCard:
 
 
 def _page_number(value: str | None) -> int:
-    return int(value) if value and value.isdigit() and 0 < int(value) <= 10_000 else 1
+    return int(value) if value and value.isascii() and value.isdigit() and 0 < int(value) <= 10_000 else 1
 
 
 class DirectoryController(Controller):

@@ -83,12 +83,17 @@ def filters_from(params: dict[str, str]) -> Filters:
     ).check()
 
 
+# The last page a listing may ask for: past it, a number no database takes (SQLite's
+# integers end at 2**63) would be a server error rather than an empty page.
+MAX_PAGE = 100_000
+
+
 def _page_number(value: str | None) -> int:
     try:
         number = int(value or "1")
     except ValueError:
         return 1
-    return min(max(number, 1), 100_000)
+    return min(max(number, 1), MAX_PAGE)
 
 
 def certificate_ending(rt, live) -> datetime | None:

@@ -47,7 +47,7 @@ def where(url: str) -> str:
 
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after", "").strip()
-    return float(value) if value.isdigit() else None
+    return float(value) if value.isascii() and value.isdigit() else None
 
 
 def outcome_of(response: httpx.Response) -> outbox.Outcome:
