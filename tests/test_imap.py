@@ -147,6 +147,20 @@ def test_wrong_passwords_count_toward_the_lockout_and_are_audited(rt, imap, gp):
     assert any(e.object == gp.address for e in _events(rt, "account.lock"))
 
 
+def test_a_password_that_is_not_utf8_is_a_wrong_password(rt, imap, gp):
+    """Bytes that are not UTF-8 are no password an account has: refused and counted as
+    any wrong password is, whether the address has an account or not."""
+    for address in (gp.address, "nobody@medecin.mss.test"):
+        client = connect(rt, imap.port)
+        client.send(b'X1 LOGIN "' + address.encode() + b'" "\xff\xfe"\r\n')
+        answer = client.readline()
+        assert answer.startswith(b"X1 NO") and b"AUTHENTICATIONFAILED" in answer, answer
+        client.logout()
+    failures = [e for e in _events(rt, "imap.login") if e.outcome != "success" and e.object == gp.address]
+    assert len(failures) == 1 and '"reason":"bad-password"' in failures[0].detail.replace(" ", "")
+    login(rt, imap.port, gp).logout()
+
+
 def test_revocation_ends_an_open_session_and_refuses_the_next_login(rt, imap, doctor, gp):
     submit(rt, doctor, [gp.address], "Avant", "x\n")
     client = login(rt, imap.port, gp)
