@@ -534,6 +534,13 @@ def test_malformed_commands_huge_literals_and_long_lines_get_clear_answers(rt, i
     # The server keeps serving others.
     client = login(rt, imap.port, gp)
     assert client.noop()[0] == "OK"
+    # Text its charset cannot decode (8-bit without CHARSET, or not UTF-8 with it): BAD.
+    client.select("INBOX")
+    for number, search in enumerate((b'SUBJECT "\xff"', b'CHARSET UTF-8 BODY "\xff"', b'HEADER "X-\xe9" "a"')):
+        client.send(b"S%d SEARCH " % number + search + b"\r\n")
+        answer = client.readline()
+        assert answer.startswith(b"S%d BAD" % number), (search, answer)
+    assert client.noop()[0] == "OK"
     client.logout()
 
 

@@ -42,11 +42,14 @@ from pymap.config import BackendCapability, IMAPConfig
 from pymap.context import connection_exit
 from pymap.imap import IMAPConnection
 from pymap.imap.state import ConnectionState
+from pymap.parsing import Params
 from pymap.parsing.command import Command, CommandAuth, CommandNoArgs
 from pymap.parsing.command.any import LogoutCommand
 from pymap.parsing.command.select import FetchCommand
-from pymap.parsing.commands import Commands
+from pymap.parsing.commands import Commands, InvalidCommand
+from pymap.parsing.exceptions import NotParseable
 from pymap.parsing.response import Response, ResponseBye, ResponseNo, ResponseOk, UntaggedResponse
+from pymap.parsing.specials.tag import Tag
 from pymap.parsing.state import ParsingInterrupt, ParsingState
 from pysasl import SASLAuth
 from pysasl.mechanism.plain import PlainMechanism
@@ -73,6 +76,22 @@ class NamespaceCommand(CommandNoArgs, CommandAuth):
     """RFC 2342 ``NAMESPACE``: one personal namespace, no prefix, ``/`` as delimiter."""
 
     command = b"NAMESPACE"
+
+
+class _Commands(Commands):
+    """pymap's commands, where an argument its charset cannot decode (8-bit text in a
+    SEARCH, without CHARSET or with one it does not fit) is a BAD command like any other
+    that does not parse, not a server error that ends the connection."""
+
+    def parse(self, buf: memoryview, params: Params) -> tuple[Command, memoryview]:
+        try:
+            return super().parse(buf, params)
+        except UnicodeError:
+            try:
+                tag, _after = Tag.parse(buf, params)
+            except NotParseable:
+                return InvalidCommand(params, NotParseable(buf)), buf[0:0]
+            return InvalidCommand(params.copy(tag=tag.value), NotParseable(buf)), buf[0:0]
 
 
 class MailConfig(IMAPConfig):
@@ -111,7 +130,7 @@ class MailConfig(IMAPConfig):
 
     @property
     def commands(self) -> Commands:
-        commands = Commands()
+        commands = _Commands()
         commands.register(NamespaceCommand)
         return commands
 
