@@ -172,6 +172,37 @@ def subparts(part: Message) -> list[Message]:
     return [p for p in payload if isinstance(p, Message)] if isinstance(payload, list) else []
 
 
+# How deep MIME parts may nest, and how many a message may have: a submission is refused
+# past them (``mss.pipeline``), and every later walk of a message's tree stays short.
+MAX_MIME_DEPTH = 32
+MAX_MIME_PARTS = 256
+# Every part that holds others says so in a field with one of these words.
+_NESTING = re.compile(rb"(?i)multipart|message/")
+
+
+def nests_deeper_than(entity: bytes, limit: int = MAX_MIME_DEPTH) -> bool:
+    """Whether the MIME parts of ``entity`` nest more than ``limit`` levels deep. An entity
+    without that many words that open a level (the usual case) is not parsed at all."""
+    found = 0
+    for _ in _NESTING.finditer(entity):
+        found += 1
+        if found >= limit:  # that many levels that hold others, and the leaf: one too many
+            break
+    else:
+        return False
+    try:
+        message = parse_bytes(entity, email.policy.compat32)
+    except RecursionError:
+        return True
+    stack = [(message, 1)]
+    while stack:
+        part, depth = stack.pop()
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in subparts(part))
+    return False
+
+
 # -- parsing -----------------------------------------------------------------------------
 #
 # The email package's parser reads a message line by line in Python: about 25 ms for a 1 MB

@@ -49,6 +49,8 @@ from mss.errors import (
 )
 from mss.mime import (
     HEADER_CLASSES,
+    MAX_MIME_DEPTH,
+    MAX_MIME_PARTS,
     PARSE_FAILURES,
     SUMMARY_HEADERS,
     decoded_payload,
@@ -236,10 +238,8 @@ FATAL_DEFECTS = (
     # RFC 5322 reader sees another From: field (obs-from, section 4.5.2).
     email.errors.MisplacedEnvelopeHeaderDefect,
 )
-# What a message may hold: a referral nests a few levels (mixed, alternative, related, a
-# forwarded message); these bounds keep every later walk of the tree short.
-MAX_MIME_DEPTH = 32
-MAX_MIME_PARTS = 256
+# A referral nests a few levels (mixed, alternative, related, a forwarded message):
+# mime.MAX_MIME_DEPTH and MAX_MIME_PARTS bound what a message may hold.
 # RFC 5322 3.6: fields a message holds at most once. Two From: (or two To:, two Date: ...)
 # are read as one or the other depending on the reader; the signed message must mean one thing.
 ONCE_FIELDS = (

@@ -23,9 +23,9 @@ from imap_support import ca_file, client_context, clinical_mail, connect, docume
 from imapclient import IMAPClient
 from sqlalchemy import func, select
 
-from directory import service
+from directory import certificates, service
 from mss import accounts, audit
-from mss.crypto import keys
+from mss.crypto import keys, smime
 from mss.db import session_scope
 from mss.imap.server import ImapServer
 from mss.mailbox import served
@@ -705,6 +705,50 @@ def test_a_shape_the_database_will_not_keep_still_serves_the_message(rt, imap, d
     assert re.search(rb"RFC822.SIZE (\d+)", _fetch(again, "1", "(RFC822.SIZE)")[0]).group(1) == str(size).encode()
     again.logout()
     assert shapes() == 1
+
+
+def _nested_entity(depth: int) -> bytes:
+    """A MIME entity whose multiparts nest ``depth`` levels deep."""
+    entity = b"Content-Type: text/plain; charset=utf-8\r\n\r\nAu fond.\r\n"
+    for level in range(depth):
+        boundary = b"b%d" % level
+        entity = (
+            b"Content-Type: multipart/mixed; boundary=" + boundary + b"\r\n\r\n--" + boundary + b"\r\n"
+            + entity + b"\r\n--" + boundary + b"--\r\n"
+        )  # fmt: skip
+    return entity
+
+
+def test_a_client_encrypted_message_nested_too_deep_is_served_as_a_notice(rt, imap, clients, doctor, gp):
+    """Nobody sees inside what a client encrypted until it is opened, so nothing bounded its
+    depth at submission. Nested deeper than a submission may, a mail client is served a
+    notice in its place (size, structure and body alike), the connection and the other
+    messages go on; the web inbox reads it whole."""
+    from mss import mailbox, pipeline
+    from mss.models import Message
+    from mss.pipeline import RecipientRequest, Submission
+
+    sender = accounts.authenticate(rt.engine, rt.settings, doctor.address, doctor.password, accounts.Origin("cli"))
+    with session_scope(rt.engine) as session:
+        readers = [certificates.current_certificate(session, a) for a in (gp.address, doctor.address)]
+    envelope = smime.encrypt(_nested_entity(200), readers)
+    raw = smime.to_smime_message(envelope, {"From": doctor.address, "To": gp.address, "Subject": "Profond"})
+    pipeline.submit(rt, Submission(sender=sender, recipients=(RecipientRequest(gp.address),), raw=raw, channel="smtp"))
+    submit(rt, doctor, [gp.address], "Ordinaire", "x\n")
+    client = login(rt, imap.port, gp)
+    client.select("INBOX")
+    structure = _fetch(client, "1", "(BODYSTRUCTURE)")[0]
+    assert b'("text" "plain"' in structure.lower(), structure
+    body = _fetch(client, "1", "(BODY.PEEK[])")[0][1]
+    size = int(re.search(rb"RFC822.SIZE (\d+)", _fetch(client, "1", "(RFC822.SIZE)")[0]).group(1))
+    assert b"Profond" in body and b"open it in the web inbox" in body and len(body) == size
+    assert b"Ordinaire" in _fetch(client, "2", "(BODY.PEEK[])")[0][1]
+    client.logout()
+    # The web reads it whole.
+    with session_scope(rt.engine) as session:
+        deep = session.execute(select(Message.queue_id).where(Message.kind == "client")).scalar_one()
+    reader = accounts.authenticate(rt.engine, rt.settings, gp.address, gp.password, accounts.Origin("cli"))
+    assert mailbox.open_message(rt, reader, deep).body.strip() == "Au fond."
 
 
 def test_uids_given_out_by_several_processes_never_collide(rt, doctor, gp):

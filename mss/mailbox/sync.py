@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final
 
 from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.engine import Engine
@@ -40,6 +41,7 @@ from mss.db import key_of, session_scope, utcnow
 from mss.errors import MssError
 from mss.mailbox import served
 from mss.mailbox.content import decrypt_and_verify, open_envelope
+from mss.mime import nests_deeper_than
 from mss.models import ClientFolder, ClientItem, MailboxIndexed, MailboxItem, MailboxToken, Message
 from mss.receipts import issuer
 from mss.runtime import Runtime
@@ -629,6 +631,26 @@ def stored(engine: Engine, owner: str, item_ids: Sequence[int], *, budget: int =
     return {item_id: Stored(*rest) for item_id, *rest in rows}
 
 
+# Served to a mail client in place of a message its client encrypted whose parts nest
+# deeper than a submission may (``mime.MAX_MIME_DEPTH``): nobody could read it before it was
+# opened, and a mail client's reader of MIME (the IMAP door's among them) gives up long
+# before such depths, where the web inbox reads it.
+TOO_DEEP_NOTICE: Final = (
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    + (
+        "Ce message imbrique ses parties trop profondément pour un logiciel de messagerie :"
+        " ouvrez-le dans la messagerie web.\r\n"
+        "This message nests its parts too deep for a mail client: open it in the web inbox.\r\n"
+    ).encode()
+)
+
+
+def _servable(entity: bytes, kind: str) -> bytes:
+    """``entity``, or ``TOO_DEEP_NOTICE`` for a message its client encrypted (``kind``
+    "client": unread at submission) whose parts nest too deep."""
+    return TOO_DEEP_NOTICE if kind == "client" and nests_deeper_than(entity) else entity
+
+
 def render(
     rt: Runtime,
     reader: UnlockedAccount,
@@ -652,19 +674,20 @@ def render(
     if facts is not None and opener is not None:
         entity = opener(row.cms, reader)
         if entity is not None:
+            entity = _servable(entity, row.kind)
             return Served(served.render_decrypted(meta, entity, str(facts["signature"])), None)
     with session_scope(rt.engine, readonly=True) as session:
         if facts is None:
             cached = served.cached_facts(session, rt.master_key, [row.message_id]).get(row.message_id)
             facts = served.facts_of(meta, cached)
         if facts is not None:
-            entity = open_envelope(session, row.cms, reader)
+            entity = _servable(open_envelope(session, row.cms, reader), row.kind)
             return Served(served.render_decrypted(meta, entity, str(facts["signature"])), None)
         trust = certificates.trust_material(session, rt.settings)
         signature, _content = decrypt_and_verify(
             session, row.cms, row.kind, reader, trust.roots, trust.crls, submitted_at=row.submitted_at
         )
-        entity = open_envelope(session, row.cms, reader)
+        entity = _servable(open_envelope(session, row.cms, reader), row.kind)
     facts = entity_facts(entity, checked_signature(signature.status, signature.signer_address, utcnow()))
     facts["message_id"] = row.message_id
     return Served(served.render_decrypted(meta, entity, str(facts["signature"])), facts)
