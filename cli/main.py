@@ -803,7 +803,10 @@ def audit_export(
         raise MssError(f"unknown format {fmt!r}: use jsonl or csv")
     start = parse_date(since) if since else None
     rt = runtime()
-    handle = out_file.open("w", encoding="utf-8", newline="") if out_file else sys.stdout
+    try:
+        handle = out_file.open("w", encoding="utf-8", newline="") if out_file else sys.stdout
+    except OSError as exc:
+        raise MssError(f"cannot write {out_file}: {exc.strerror or type(exc).__name__}") from None
     try:
         with session_scope(rt.engine) as session:
             for line in audit.export(session, since=start, fmt=fmt):  # type: ignore[arg-type]  # checked above

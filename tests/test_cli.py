@@ -148,7 +148,7 @@ def test_audit_verify_detects_tampering(mss, env, settings):
     assert result.exit_code == 2 and "1" in result.stderr
 
 
-def test_audit_export_formats(mss):
+def test_audit_export_formats(mss, settings):
     mss("directory", "import", str(SAMPLE_EXTRACT))
     lines = mss("audit", "export", "--format", "jsonl", "--since", "2000-01-01").stdout.strip().splitlines()
     assert json.loads(lines[0])["action"] == "directory.import"
@@ -158,6 +158,9 @@ def test_audit_export_formats(mss):
     assert "unknown format" in bad.stderr
     bad_date = mss("audit", "export", "--since", "yesterday", ok=False)
     assert "not a date" in bad_date.stderr
+    folder = settings.storage.data_dir  # a folder, not a file it can write
+    bad_out = mss("audit", "export", "--out", str(folder), ok=False)
+    assert bad_out.exit_code == 1 and f"cannot write {folder}" in bad_out.stderr
 
 
 def test_pki_issue_and_revoke(mss, settings):

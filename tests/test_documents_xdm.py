@@ -414,3 +414,20 @@ def test_corrupt_zip_is_refused() -> None:
         inspect_attachment("IHE_XDM.ZIP", "application/zip", package[: len(package) // 2], limits=LIMITS)
     with pytest.raises(InvalidArchive):
         inspect_attachment("IHE_XDM.ZIP", "application/zip", b"not a zip at all", limits=LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("20261130101500+0100", "20261130091500"),
+        ("20261130101500+9900", "20261130101500"),  # no time zone: the time as written
+        ("99991231235900-1000", "99991231235900"),  # past the calendar once in UTC
+        ("2026113010", "2026113010"),
+    ],
+)
+def test_a_cda_time_becomes_the_utc_time_xds_metadata_requires(written: str, expected: str) -> None:
+    from datetime import UTC, datetime
+
+    from mss.documents.xdm import _utc_ts
+
+    assert _utc_ts(written, datetime(2026, 1, 1, tzinfo=UTC)) == expected

@@ -675,7 +675,12 @@ def _utc_ts(value: str | None, fallback: datetime) -> str:
             except ValueError:
                 return digits
             offset = timedelta(hours=int(hours), minutes=int(minutes)) * (1 if sign == "+" else -1)
-            moment = local.replace(tzinfo=timezone(offset)).astimezone(UTC)
+            if abs(offset) >= timedelta(hours=24):
+                return digits  # "+9900" is no time zone: the time as written, as without one
+            try:
+                moment = local.replace(tzinfo=timezone(offset)).astimezone(UTC)
+            except OverflowError:
+                return digits  # at the edge of the calendar (year 1 or 9999)
             return moment.strftime("%Y%m%d%H%M%S")[: len(digits)]
     return fallback.astimezone(UTC).strftime("%Y%m%d%H%M%S")
 
