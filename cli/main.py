@@ -22,6 +22,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from mss.db import session_scope
@@ -37,7 +38,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handles_errors(fn: F) -> F:
-    """Turn an MssError into one line on stderr and exit status 1."""
+    """Turn an MssError into one line on stderr and exit status 1; a database failure too,
+    by its kind (its text names the statement, not something an operator acts on)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -45,6 +47,11 @@ def handles_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except MssError as exc:
             err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+            raise typer.Exit(1) from None
+        except SQLAlchemyError as exc:
+            err.print(
+                f"[red]error:[/red] the database failed ({type(exc).__name__}); `mss doctor` checks it", highlight=False
+            )
             raise typer.Exit(1) from None
 
     # functools.wraps keeps the signature Typer reads; mypy sees only the wrapper

@@ -234,6 +234,18 @@ def test_an_issued_key_that_cannot_be_written_issues_nothing(mss, settings, tmp_
     assert "certificate" not in mss("directory", "show", GP).stdout
 
 
+def test_a_database_failure_is_one_line_not_a_traceback(mss, rt):
+    """The statement's values (a password's hash) never reach the terminal."""
+    from db_faults import refused
+
+    mss("directory", "import", str(SAMPLE_EXTRACT))
+    with refused(rt.engine, "account", "INSERT"):
+        failed = mss("account", "create", DOCTOR, "--password-stdin", input="first passphrase ok\n", ok=False)
+    assert failed.exit_code == 1 and "error: the database failed (" in failed.stderr
+    assert "argon2id" not in failed.stdout + failed.stderr and "Traceback" not in failed.stdout + failed.stderr
+    assert "otpauth://" in mss("account", "create", DOCTOR, "--password-stdin", input="first passphrase ok\n").stdout
+
+
 def test_demo_creates_three_accounts_once(mss):
     first = mss("demo", "--if-empty")
     assert first.stdout.count("otpauth://totp/") == 3
