@@ -95,3 +95,17 @@ def pdf_opening_with(open_action: DictionaryObject, *, width: int = 595, height:
     writer.add_blank_page(width=width, height=height)
     writer._root_object[NameObject("/OpenAction")] = open_action
     return written(writer)
+
+
+def nested_multiparts(depth: int) -> bytes:
+    """A MIME entity whose multiparts nest ``depth`` levels deep around one text part (each
+    Content-Type folded, in capitals: what a reader that matches the field on one line, or
+    in lower case, would miss)."""
+    entity = b"Content-Type: text/plain; charset=utf-8\r\n\r\nAu fond.\r\n"
+    for level in range(depth):
+        boundary = b"b%d" % level
+        entity = (
+            b"Content-Type:\r\n MULTIPART/mixed; boundary=" + boundary + b"\r\n\r\n--" + boundary + b"\r\n"
+            + entity + b"\r\n--" + boundary + b"--\r\n"
+        )  # fmt: skip
+    return entity

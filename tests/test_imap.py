@@ -32,6 +32,7 @@ from mss.mailbox import served
 from mss.models import AuditEvent, MailboxItem, Receipt
 from mss.runtime import Runtime
 
+from document_samples import nested_multiparts
 from smime_tools import cms_verified
 from web_support import CDA_SAMPLE, GP, NURSE, build_message, create_person, submit
 from web_support import login as web_login
@@ -707,18 +708,6 @@ def test_a_shape_the_database_will_not_keep_still_serves_the_message(rt, imap, d
     assert shapes() == 1
 
 
-def _nested_entity(depth: int) -> bytes:
-    """A MIME entity whose multiparts nest ``depth`` levels deep."""
-    entity = b"Content-Type: text/plain; charset=utf-8\r\n\r\nAu fond.\r\n"
-    for level in range(depth):
-        boundary = b"b%d" % level
-        entity = (
-            b"Content-Type: multipart/mixed; boundary=" + boundary + b"\r\n\r\n--" + boundary + b"\r\n"
-            + entity + b"\r\n--" + boundary + b"--\r\n"
-        )  # fmt: skip
-    return entity
-
-
 def test_a_client_encrypted_message_nested_too_deep_is_served_as_a_notice(rt, imap, clients, doctor, gp):
     """Nobody sees inside what a client encrypted until it is opened, so nothing bounded its
     depth at submission. Nested deeper than a submission may, a mail client is served a
@@ -731,7 +720,7 @@ def test_a_client_encrypted_message_nested_too_deep_is_served_as_a_notice(rt, im
     sender = accounts.authenticate(rt.engine, rt.settings, doctor.address, doctor.password, accounts.Origin("cli"))
     with session_scope(rt.engine) as session:
         readers = [certificates.current_certificate(session, a) for a in (gp.address, doctor.address)]
-    envelope = smime.encrypt(_nested_entity(200), readers)
+    envelope = smime.encrypt(nested_multiparts(200), readers)
     raw = smime.to_smime_message(envelope, {"From": doctor.address, "To": gp.address, "Subject": "Profond"})
     pipeline.submit(rt, Submission(sender=sender, recipients=(RecipientRequest(gp.address),), raw=raw, channel="smtp"))
     submit(rt, doctor, [gp.address], "Ordinaire", "x\n")

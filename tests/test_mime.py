@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 from mss import mime
 from mss.mime import MAX_MIME_DEPTH, nests_deeper_than
 
+from document_samples import nested_multiparts
+
 POLICY = email.policy.default
 
 
@@ -303,18 +305,8 @@ def test_the_parser_compiles_no_pattern_for_a_boundary(monkeypatch):
 
 
 def test_nesting_deeper_than_a_submission_may_is_told_without_parsing_the_usual_message() -> None:
-    def nested(depth: int) -> bytes:
-        entity = b"Content-Type: text/plain\r\n\r\nfond\r\n"
-        for level in range(depth):
-            boundary = b"b%d" % level
-            entity = (
-                b"Content-Type:\r\n MULTIPART/mixed; boundary=" + boundary + b"\r\n\r\n--" + boundary + b"\r\n"
-                + entity + b"\r\n--" + boundary + b"--\r\n"
-            )  # fmt: skip
-        return entity
-
-    assert not nests_deeper_than(nested(MAX_MIME_DEPTH - 1))  # the leaf is a level too
-    assert nests_deeper_than(nested(MAX_MIME_DEPTH))
-    assert nests_deeper_than(nested(400))  # deeper than the email package's parser goes
+    assert not nests_deeper_than(nested_multiparts(MAX_MIME_DEPTH - 1))  # the leaf is a level too
+    assert nests_deeper_than(nested_multiparts(MAX_MIME_DEPTH))
+    assert nests_deeper_than(nested_multiparts(400))  # deeper than the email package's parser goes
     chatty = b"Content-Type: text/plain\r\n\r\n" + b"multipart message/ " * 100 + b"\r\n"
     assert not nests_deeper_than(chatty)

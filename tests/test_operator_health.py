@@ -8,6 +8,7 @@ process, so every assertion compares a scrape after the traffic with one before 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -197,21 +198,28 @@ def test_doctor_gives_a_verdict_per_item(rt, mss) -> None:
     assert any(line.split()[:2] == ["FAIL", "crl"] for line in result.stdout.splitlines()), result.stdout
 
 
-def test_json_log_lines_carry_the_request_id() -> None:
+@contextlib.contextmanager
+def _written_with(formatter: logging.Formatter, name: str) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger of its own whose lines ``formatter`` writes to the stream it yields with it."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    log = logging.getLogger("mss.test-json")
+    handler.setFormatter(formatter)
+    log = logging.getLogger(name)
     log.addHandler(handler)
     log.propagate = False
     try:
+        yield log, stream
+    finally:
+        log.removeHandler(handler)
+
+
+def test_json_log_lines_carry_the_request_id() -> None:
+    with _written_with(JsonFormatter(), "mss.test-json") as (log, stream):
         log.warning("request %s refused", "ab12", extra={"request_id": "ab12"})
         try:
             raise ValueError(" ".join(("secret", "input")))  # the text, not the source line
         except ValueError:
             log.exception("failed", extra={"request_id": "cd34"})
-    finally:
-        log.removeHandler(handler)
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     assert first["request_id"] == "ab12" and first["level"] == "warning" and first["message"] == "request ab12 refused"
     assert second["request_id"] == "cd34" and second["error"] == "ValueError"
@@ -220,13 +228,7 @@ def test_json_log_lines_carry_the_request_id() -> None:
 
 def test_text_log_lines_give_an_exception_by_class_and_stack_not_text() -> None:
     """As in JSON: a parser's or a driver's message may quote the input."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(TextFormatter())
-    log = logging.getLogger("mss.test-text")
-    log.addHandler(handler)
-    log.propagate = False
-    try:
+    with _written_with(TextFormatter(), "mss.test-text") as (log, stream):
         try:
             try:
                 raise ValueError(" ".join(("secret", "input")))
@@ -234,8 +236,6 @@ def test_text_log_lines_give_an_exception_by_class_and_stack_not_text() -> None:
                 raise RuntimeError(" ".join(("secret", "wrapper"))) from exc
         except RuntimeError:
             log.exception("request %s failed", "ab12")
-    finally:
-        log.removeHandler(handler)
     written = stream.getvalue()
     assert "ERROR mss.test-text request ab12 failed" in written
     assert "RuntimeError" in written and "caused by:" in written and "ValueError" in written

@@ -21,7 +21,7 @@ from directory import certificates, service
 from mss import mailbox, pipeline
 from mss.crypto import keys, smime
 from mss.db import session_scope
-from mss.documents import DocumentLimits, NarrativeNode, parse_cda
+from mss.documents import CdaInfo, DocumentLimits, NarrativeNode, parse_cda
 from mss.mailbox.content import html_to_text, split
 from mss.mailbox.index import CONTENT
 from mss.models import AuditEvent, MailboxIndexed, MailboxItem, MailboxToken, Message, Receipt
@@ -69,7 +69,9 @@ def _client_encrypted(rt, sender, readers: list[str], attachment: tuple[str, str
     )
 
 
-def test_client_encrypted_message_is_read_verified_and_searched_by_content(rt, doctor, gp):
+def _client_encrypted_cda(rt, doctor, gp) -> tuple[bytes, CdaInfo, pipeline.Accepted]:
+    """The CDA sample sent by GP to DOCTOR in a message GP's client signed and encrypted:
+    the document, what it says, and the submission."""
     data = CDA_SAMPLE.read_bytes()
     info = parse_cda(data, filename=CDA_SAMPLE.name, limits=DocumentLimits())
     sender = unlocked(rt, gp)
@@ -77,6 +79,11 @@ def test_client_encrypted_message_is_read_verified_and_searched_by_content(rt, d
     accepted = pipeline.submit(
         rt, Submission(sender=sender, recipients=(RecipientRequest(DOCTOR),), raw=raw, channel="smtp")
     )
+    return data, info, accepted
+
+
+def test_client_encrypted_message_is_read_verified_and_searched_by_content(rt, doctor, gp):
+    data, info, accepted = _client_encrypted_cda(rt, doctor, gp)
     reader = unlocked(rt, doctor)
     # Nobody inspected its documents at submission: the INS is found by reading the content
     # with the reader's key when a filter needs it.
@@ -93,13 +100,7 @@ def test_search_terms_not_kept_do_not_fail_an_opening(rt, doctor, gp, caplog):
     """A message its client encrypted gets its content's search terms when it is opened,
     once the opening is committed: a database that will not write them fails nothing, and
     the next opening writes them."""
-    data = CDA_SAMPLE.read_bytes()
-    info = parse_cda(data, filename=CDA_SAMPLE.name, limits=DocumentLimits())
-    sender = unlocked(rt, gp)
-    raw = _client_encrypted(rt, sender, [DOCTOR, GP], (CDA_SAMPLE.name, "text/xml", data))
-    accepted = pipeline.submit(
-        rt, Submission(sender=sender, recipients=(RecipientRequest(DOCTOR),), raw=raw, channel="smtp")
-    )
+    _data, info, accepted = _client_encrypted_cda(rt, doctor, gp)
     reader = unlocked(rt, doctor)
 
     def reader_row() -> tuple[bool, int | None]:
