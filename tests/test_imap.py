@@ -540,7 +540,10 @@ def test_malformed_commands_huge_literals_and_long_lines_get_clear_answers(rt, i
     for number, search in enumerate((b'SUBJECT "\xff"', b'CHARSET UTF-8 BODY "\xff"', b'HEADER "X-\xe9" "a"')):
         client.send(b"S%d SEARCH " % number + search + b"\r\n")
         answer = client.readline()
-        assert answer.startswith(b"S%d BAD" % number), (search, answer)
+        assert answer.startswith(b"S%d BAD SEARCH: Invalid arguments." % number), (search, answer)
+    client.send(b'U1 UID SEARCH SUBJECT "\xff"\r\n')
+    answer = client.readline()
+    assert answer.startswith(b"U1 BAD UID SEARCH: Invalid arguments."), answer
     assert client.noop()[0] == "OK"
     client.logout()
 

@@ -97,7 +97,7 @@ def _in_worker(
 
 def _size(args: tuple[Any, ...]) -> int:
     """The bytes of the document a check was given (its first bytes argument)."""
-    return next((len(a) for a in args if isinstance(a, (bytes, bytearray))), 0)
+    return next((len(a) for a in args if isinstance(a, (bytes, bytearray, memoryview))), 0)
 
 
 def _wait(

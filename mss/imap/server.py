@@ -42,12 +42,13 @@ from pymap.config import BackendCapability, IMAPConfig
 from pymap.context import connection_exit
 from pymap.imap import IMAPConnection
 from pymap.imap.state import ConnectionState
-from pymap.parsing import Params
+from pymap.parsing import Params, Space
 from pymap.parsing.command import Command, CommandAuth, CommandNoArgs
 from pymap.parsing.command.any import LogoutCommand
 from pymap.parsing.command.select import FetchCommand
 from pymap.parsing.commands import Commands, InvalidCommand
 from pymap.parsing.exceptions import NotParseable
+from pymap.parsing.primitives import Atom
 from pymap.parsing.response import Response, ResponseBye, ResponseNo, ResponseOk, UntaggedResponse
 from pymap.parsing.specials.tag import Tag
 from pymap.parsing.state import ParsingInterrupt, ParsingState
@@ -87,11 +88,30 @@ class _Commands(Commands):
         try:
             return super().parse(buf, params)
         except UnicodeError:
+            return self._undecodable(buf, params), buf[0:0]
+
+    def _undecodable(self, buf: memoryview, params: Params) -> InvalidCommand:
+        """The BAD of a command with an argument that cannot be decoded, tagged and naming
+        the command (``SEARCH: Invalid arguments.``), as pymap's own for a parse failure."""
+        try:
+            tag, rest = Tag.parse(buf, params)
+        except NotParseable:
+            return InvalidCommand(params, NotParseable(buf))
+        params = params.copy(tag=tag.value)
+        words: list[bytes] = []
+        found: type[Command] | None = None
+        while True:  # a compound name (UID SEARCH) as pymap reads it
             try:
-                tag, _after = Tag.parse(buf, params)
+                _space, rest = Space.parse(rest, params)
+                atom, rest = Atom.parse(rest, params)
             except NotParseable:
-                return InvalidCommand(params, NotParseable(buf)), buf[0:0]
-            return InvalidCommand(params.copy(tag=tag.value), NotParseable(buf)), buf[0:0]
+                break
+            words.append(atom.value.upper())
+            found = self.commands.get(b" ".join(words))
+            if found is None or not found.compound:
+                break
+        command = b" ".join(words)
+        return InvalidCommand(params, NotParseable(buf), command or None, found)
 
 
 class MailConfig(IMAPConfig):
