@@ -13,6 +13,7 @@ import enum
 import functools
 import getpass
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -260,23 +261,36 @@ def pki_issue(
 
     rt = runtime()
     export_password, profile = export_protection(SecretReader(password_stdin), compatible)
-    written = False
+    if out_file.is_dir():
+        raise MssError(f"cannot write {out_file}: it is a folder; nothing was issued")
+    # The file holds the key's only copy: written beside its place before the certificate is
+    # committed (a place that cannot be written issues nothing), and put in its place once it
+    # is (a commit that fails leaves whatever was there as it was).
+    pending = out_file.with_name(f".{out_file.name}.{os.getpid()}.pending")
+    committed = False
     try:
         with session_scope(rt.engine) as session:
             row, blob = accounts.issue_external_certificate(
                 session, rt.settings, address, export_password, actor=actor(), profile=profile
             )
-            # The file holds the key's only copy: written before the certificate is
-            # committed, so that a file that cannot be written issues nothing.
-            write_file(out_file, blob, private=True)
-            written = True
-    except BaseException as exc:
-        if written:
-            out_file.unlink(missing_ok=True)  # the certificate was not committed: its key goes too
-        elif isinstance(exc, OSError):
-            err.print(f"error: cannot write {out_file}: {exc.strerror or type(exc).__name__}; nothing was issued")
-            raise typer.Exit(1) from None
-        raise
+            try:
+                write_file(pending, blob, private=True)
+            except OSError as exc:
+                raise MssError(
+                    f"cannot write {out_file}: {exc.strerror or type(exc).__name__}; nothing was issued"
+                ) from None
+        committed = True
+        os.replace(pending, out_file)
+    except OSError as exc:
+        if not committed:
+            raise
+        raise MssError(
+            f"certificate {row.serial} is issued, but {out_file} cannot be written"
+            f" ({exc.strerror or type(exc).__name__}): its key is in {pending}"
+        ) from None
+    finally:
+        if not committed:
+            pending.unlink(missing_ok=True)
     out.print(
         f"issued certificate {row.serial} for {row.address}, valid until {row.not_after:%Y-%m-%d}; key in {out_file}"
     )

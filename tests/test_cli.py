@@ -224,14 +224,31 @@ def test_a_revocation_whose_crl_cannot_be_written_holds_and_says_so(mss, setting
     assert serial in listed.stdout.replace(":", "").upper()
 
 
-def test_an_issued_key_that_cannot_be_written_issues_nothing(mss, settings, tmp_path):
+def test_an_issued_key_that_cannot_be_written_issues_nothing(mss, rt, tmp_path):
+    """The key's only copy is on disk before its certificate is committed; a certificate
+    that is not committed leaves the file that was there as it was."""
+    from db_faults import refused
+
     mss("directory", "import", str(SAMPLE_EXTRACT))
-    folder = tmp_path / "gp.p12"
-    folder.mkdir()  # the key's file cannot be made there
-    refused = mss("pki", "issue", GP, "--out", str(folder), "--password-stdin", input="export passphrase\n", ok=False)
-    assert refused.exit_code == 1
-    assert f"cannot write {folder}" in refused.stderr and "nothing was issued" in refused.stderr
+    keys = tmp_path / "keys"
+    folder = keys / "gp.p12"
+    folder.mkdir(parents=True)
+    unwritable = Path("/proc/mss-test/gp.p12")  # not even root makes a folder there
+    for place in (folder, unwritable):
+        failed = mss("pki", "issue", GP, "--out", str(place), "--password-stdin", input="export passphrase\n", ok=False)
+        assert failed.exit_code == 1
+        assert f"cannot write {place}" in failed.stderr and "nothing was issued" in failed.stderr, failed.stderr
     assert "certificate" not in mss("directory", "show", GP).stdout
+    earlier = keys / "earlier.p12"
+    earlier.write_bytes(b"an earlier key")
+    with refused(rt.engine, "certificate", "INSERT"):
+        failed = mss(
+            "pki", "issue", GP, "--out", str(earlier), "--password-stdin", input="export passphrase\n", ok=False
+        )
+    assert failed.exit_code == 1 and earlier.read_bytes() == b"an earlier key"
+    assert sorted(p.name for p in keys.iterdir()) == ["earlier.p12", "gp.p12"]  # nothing left pending
+    mss("pki", "issue", GP, "--out", str(earlier), "--password-stdin", input="export passphrase\n")
+    assert earlier.read_bytes() != b"an earlier key" and oct(earlier.stat().st_mode & 0o777) == "0o600"
 
 
 def test_a_database_failure_is_one_line_not_a_traceback(mss, rt):
