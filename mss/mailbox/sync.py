@@ -645,10 +645,11 @@ TOO_DEEP_NOTICE: Final = (
 )
 
 
-def _servable(entity: bytes, kind: str) -> bytes:
-    """``entity``, or ``TOO_DEEP_NOTICE`` for a message its client encrypted (``kind``
-    "client": unread at submission) whose parts nest too deep."""
-    return TOO_DEEP_NOTICE if kind == "client" and nests_deeper_than(entity) else entity
+def _as_kept(entity: bytes, facts: dict[str, object]) -> bytes:
+    """The entity that a message's kept facts describe: ``TOO_DEEP_NOTICE`` when its first
+    opening served that (``render``), else the entity itself. Decided once, at that
+    opening, so that its size, structure and body always agree."""
+    return TOO_DEEP_NOTICE if facts.get("notice") else entity
 
 
 def render(
@@ -674,21 +675,27 @@ def render(
     if facts is not None and opener is not None:
         entity = opener(row.cms, reader)
         if entity is not None:
-            entity = _servable(entity, row.kind)
-            return Served(served.render_decrypted(meta, entity, str(facts["signature"])), None)
+            return Served(served.render_decrypted(meta, _as_kept(entity, facts), str(facts["signature"])), None)
     with session_scope(rt.engine, readonly=True) as session:
         if facts is None:
             cached = served.cached_facts(session, rt.master_key, [row.message_id]).get(row.message_id)
             facts = served.facts_of(meta, cached)
         if facts is not None:
-            entity = _servable(open_envelope(session, row.cms, reader), row.kind)
+            entity = _as_kept(open_envelope(session, row.cms, reader), facts)
             return Served(served.render_decrypted(meta, entity, str(facts["signature"])), None)
         trust = certificates.trust_material(session, rt.settings)
         signature, _content = decrypt_and_verify(
             session, row.cms, row.kind, reader, trust.roots, trust.crls, submitted_at=row.submitted_at
         )
-        entity = _servable(open_envelope(session, row.cms, reader), row.kind)
+        entity = open_envelope(session, row.cms, reader)
+    # A message its client encrypted was read by nobody at submission: nested deeper than a
+    # submission may, the notice is served in its place, from now on (``_as_kept``).
+    notice = row.kind == "client" and nests_deeper_than(entity)
+    if notice:
+        entity = TOO_DEEP_NOTICE
     facts = entity_facts(entity, checked_signature(signature.status, signature.signer_address, utcnow()))
+    if notice:
+        facts["notice"] = True
     facts["message_id"] = row.message_id
     return Served(served.render_decrypted(meta, entity, str(facts["signature"])), facts)
 
