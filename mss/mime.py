@@ -176,17 +176,20 @@ def subparts(part: Message) -> list[Message]:
 # past them (``mss.pipeline``), and every later walk of a message's tree stays short.
 MAX_MIME_DEPTH = 32
 MAX_MIME_PARTS = 256
-# Every part that holds others says so in a field with one of these words.
+# A part that holds others says so with one of these words in a field, or is a part of a
+# multipart/digest, whose parts are message/rfc822 without saying so: each word opens at
+# most two levels.
 _NESTING = re.compile(rb"(?i)multipart|message/")
 
 
 def nests_deeper_than(entity: bytes, limit: int = MAX_MIME_DEPTH) -> bool:
     """Whether the MIME parts of ``entity`` nest more than ``limit`` levels deep. An entity
-    without that many words that open a level (the usual case) is not parsed at all."""
+    with too few of the words that open levels to reach that depth (the usual case) is not
+    parsed at all."""
     found = 0
     for _ in _NESTING.finditer(entity):
         found += 1
-        if found >= limit:  # that many levels that hold others, and the leaf: one too many
+        if 2 * found + 1 > limit:  # two levels a word at most, and the leaf
             break
     else:
         return False

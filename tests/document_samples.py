@@ -97,15 +97,17 @@ def pdf_opening_with(open_action: DictionaryObject, *, width: int = 595, height:
     return written(writer)
 
 
-def nested_multiparts(depth: int) -> bytes:
+def nested_multiparts(depth: int, *, subtype: bytes = b"mixed") -> bytes:
     """A MIME entity whose multiparts nest ``depth`` levels deep around one text part (each
     Content-Type folded, in capitals: what a reader that matches the field on one line, or
-    in lower case, would miss)."""
+    in lower case, would miss). A ``digest`` nests two levels a multipart: each of its parts
+    is a message/rfc822 without a field that says so."""
     entity = b"Content-Type: text/plain; charset=utf-8\r\n\r\nAu fond.\r\n"
     for level in range(depth):
         boundary = b"b%d" % level
+        inner = b"\r\n" + entity if subtype == b"digest" else entity  # a digest's part: a message
         entity = (
-            b"Content-Type:\r\n MULTIPART/mixed; boundary=" + boundary + b"\r\n\r\n--" + boundary + b"\r\n"
-            + entity + b"\r\n--" + boundary + b"--\r\n"
+            b"Content-Type:\r\n MULTIPART/" + subtype + b"; boundary=" + boundary + b"\r\n\r\n--" + boundary
+            + b"\r\n" + inner + b"\r\n--" + boundary + b"--\r\n"
         )  # fmt: skip
     return entity

@@ -304,9 +304,12 @@ def test_the_parser_compiles_no_pattern_for_a_boundary(monkeypatch):
     assert not message.defects and compiled == []
 
 
-def test_nesting_deeper_than_a_submission_may_is_told_without_parsing_the_usual_message() -> None:
+def test_nesting_deeper_than_a_submission_may_is_told_digests_included() -> None:
     assert not nests_deeper_than(nested_multiparts(MAX_MIME_DEPTH - 1))  # the leaf is a level too
     assert nests_deeper_than(nested_multiparts(MAX_MIME_DEPTH))
     assert nests_deeper_than(nested_multiparts(400))  # deeper than the email package's parser goes
+    # A digest's parts are messages without saying so: 16 digests nest 33 levels.
+    assert not nests_deeper_than(nested_multiparts(15, subtype=b"digest"))
+    assert nests_deeper_than(nested_multiparts(16, subtype=b"digest"))
     chatty = b"Content-Type: text/plain\r\n\r\n" + b"multipart message/ " * 100 + b"\r\n"
     assert not nests_deeper_than(chatty)
