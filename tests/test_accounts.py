@@ -71,6 +71,10 @@ def test_create_refuses_unknown_revoked_duplicate_and_weak(rt, directory_loaded)
         _create(rt, "joel.petit@chu-demo.mss.test")
     with pytest.raises(PasswordPolicyError):
         _create(rt, password="short")
+    # Bytes that are not UTF-8, as a terminal hands them on (surrogateescape): no door but
+    # IMAP would read them alike.
+    with pytest.raises(PasswordPolicyError, match="UTF-8"):
+        _create(rt, password=b"long enough but \xe9t\xe9".decode("utf-8", "surrogateescape"))
     _create(rt)
     with pytest.raises(AccountExists):
         _create(rt)

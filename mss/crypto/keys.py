@@ -91,8 +91,8 @@ def _password_bytes(password: str) -> bytes:
         raise CryptoError("a password must be text")
     if not password:
         raise CryptoError("a password must not be empty")
-    # Text with lone surrogates (bytes a client sent that are not UTF-8, read with
-    # surrogateescape; a JSON "\\ud800") is no password that was ever set: it is encoded all
+    # Text with lone surrogates (bytes a client sent that are not UTF-8, which the IMAP door
+    # reads with surrogateescape) is no password the policy lets be set: it is encoded all
     # the same (surrogatepass), and costs the same argon2id work as any wrong password.
     encoded = unicodedata.normalize("NFKC", password).encode("utf-8", "surrogatepass")
     if len(encoded) > nacl.pwhash.argon2id.PASSWD_MAX:
