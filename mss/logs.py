@@ -66,6 +66,15 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
+    def format(self, record: logging.LogRecord) -> str:
+        # logging keeps the first handler's rendering of the exception on the record
+        # (exc_text): another handler's, with the text, is not reused here, nor ours left.
+        cached, record.exc_text = record.exc_text, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
     def formatException(self, ei) -> str:
         error = ei[1]
         if error is None:

@@ -423,6 +423,7 @@ def test_corrupt_zip_is_refused() -> None:
         ("20261130101500+9900", "20261130101500"),  # no time zone: the time as written
         ("99991231235900-1000", "99991231235900"),  # past the calendar once in UTC
         ("2026113010", "2026113010"),
+        ("٢٠٢٦١١٣٠", "20260101000000"),  # digits, but not HL7's: the package's own time
     ],
 )
 def test_a_cda_time_becomes_the_utc_time_xds_metadata_requires(written: str, expected: str) -> None:

@@ -664,7 +664,7 @@ def patient_cx(patient: Patient) -> str | None:
 def _utc_ts(value: str | None, fallback: datetime) -> str:
     """An HL7 TS as the UTC ``YYYYMMDDhhmmss`` that XDS metadata requires."""
     if value:
-        match = re.fullmatch(r"(\d{4,14})(?:\.\d+)?(?:([+-])(\d{2})(\d{2}))?", value.strip())
+        match = re.fullmatch(r"([0-9]{4,14})(?:\.[0-9]+)?(?:([+-])([0-9]{2})([0-9]{2}))?", value.strip())
         if match:
             digits, sign, hours, minutes = match.groups()
             if sign is None:

@@ -363,6 +363,7 @@ def _index_opened(
             "the search terms of opened message %s could not be kept (%s); its next opening writes them",
             loaded.message.queue_id,
             type(exc).__name__,
+            exc_info=True,  # the stack (a log line holds no exception's text)
         )
 
 

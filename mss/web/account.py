@@ -16,7 +16,7 @@ from mss.errors import AuthError, BadCredentials, PasswordPolicyError
 from mss.mailbox import sync
 from mss.runtime import Runtime
 from mss.web import i18n
-from mss.web.auth import active_session
+from mss.web.auth import LoginRequired, active_session
 from mss.web.context import (
     Rt,
     Web,
@@ -30,7 +30,16 @@ from mss.web.context import (
     set_language_cookie,
     set_session_cookie,
 )
-from mss.web.sessions import ENROL, Live, LiveSession, SessionPolicy, SessionToken, advance_in, end_other_sessions
+from mss.web.sessions import (
+    ENROL,
+    Live,
+    LiveSession,
+    SessionInvalid,
+    SessionPolicy,
+    SessionToken,
+    advance_in,
+    end_other_sessions,
+)
 
 
 @dataclass
@@ -181,7 +190,10 @@ class AccountController(Controller):
             return await self._page(
                 request, live.address, status_code=422, errors={"password": t("The password is wrong.")}
             )
-        token = await run(_reset_2fa, rt, live, web.policy)
+        try:
+            token = await run(_reset_2fa, rt, live, web.policy)
+        except SessionInvalid as exc:  # ended meanwhile (another tab logged out): nothing reset
+            raise LoginRequired("session ended meanwhile") from exc
         response = redirect("/login/enrol")
         set_session_cookie(response, token)
         return response
