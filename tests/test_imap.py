@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from db_faults import refused
@@ -127,6 +128,17 @@ def test_the_envelope_workers_module_imports_neither_the_door_nor_the_services()
     script = f"import sys, mss.imap.workers; print([m for m in {heavy!r} if m in sys.modules])"
     imported = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert imported.stdout.strip() == "[]"
+
+
+def test_the_envelope_threads_show_their_name_to_the_system(rt, imap):
+    """``top -H`` tells the threads around the IMAP door's envelope workers (Linux)."""
+    names = set()
+    for comm in Path("/proc/self/task").glob("*/comm"):
+        try:
+            names.add(comm.read_text().strip())
+        except OSError:
+            continue  # a thread that ended meanwhile
+    assert "mss-envelopes" in names, names
 
 
 def test_wrong_passwords_count_toward_the_lockout_and_are_audited(rt, imap, gp):
