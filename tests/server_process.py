@@ -119,3 +119,14 @@ def sockets_of(pid: int) -> set[int]:
     except OSError:
         pass
     return found
+
+
+def thread_names(pid: int | str = "self") -> set[str]:
+    """The names the threads of process ``pid`` show to the system (Linux)."""
+    names = set()
+    for comm in Path(f"/proc/{pid}/task").glob("*/comm"):
+        try:
+            names.add(comm.read_text().strip())
+        except OSError:
+            continue  # a thread that ended meanwhile
+    return names

@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from db_faults import refused
@@ -34,6 +33,7 @@ from mss.models import AuditEvent, MailboxItem, Receipt
 from mss.runtime import Runtime
 
 from document_samples import nested_multiparts
+from server_process import thread_names
 from smime_tools import cms_verified
 from web_support import CDA_SAMPLE, GP, NURSE, build_message, create_person, submit
 from web_support import login as web_login
@@ -132,12 +132,7 @@ def test_the_envelope_workers_module_imports_neither_the_door_nor_the_services()
 
 def test_the_envelope_threads_show_their_name_to_the_system(rt, imap):
     """``top -H`` tells the threads around the IMAP door's envelope workers (Linux)."""
-    names = set()
-    for comm in Path("/proc/self/task").glob("*/comm"):
-        try:
-            names.add(comm.read_text().strip())
-        except OSError:
-            continue  # a thread that ended meanwhile
+    names = thread_names()
     assert "mss-envelopes" in names, names
 
 

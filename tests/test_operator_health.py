@@ -18,7 +18,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
@@ -32,6 +31,7 @@ from mss.logs import JsonFormatter, TextFormatter
 
 from metrics_support import scrape, value
 from relay_support import RECIPIENTS, SENDER, UNKNOWN, Stack, connect, login, referral, running_stack, transaction
+from server_process import thread_names
 from web_support import WebServer
 
 
@@ -149,12 +149,7 @@ def test_the_relay_threads_show_their_names_to_the_system(relay_stack: Stack) ->
     client = login(relay_stack)
     assert transaction(client, SENDER, RECIPIENTS, referral())[-1][0] == 250
     client.quit()
-    names = set()
-    for comm in Path("/proc/self/task").glob("*/comm"):
-        try:
-            names.add(comm.read_text().strip())
-        except OSError:
-            continue  # a thread that ended meanwhile
+    names = thread_names()
     assert {"mss-relay", "mss-relay_0", "mss-message_0", "mss-documents"} <= names, names
 
 
