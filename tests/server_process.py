@@ -7,6 +7,7 @@ It imports nothing of the test suite, so that a benchmark can use it too.
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import time
@@ -24,8 +25,30 @@ RELAY_ALONE: Final[Mapping[str, str]] = MappingProxyType(
 )
 
 
+def _ephemeral_ports() -> range:
+    """The ports the kernel gives outgoing connections (Linux; its default elsewhere)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    """A loopback port that nothing listens on now."""
+    """A loopback port that nothing listens on now, outside the range the kernel gives
+    outgoing connections: a port chosen now is often bound seconds later (after a PKI and
+    a directory are made), and meanwhile any connection of the suite (the PostgreSQL pass
+    beside this one opens hundreds) could be given it as its own end."""
+    ephemeral = _ephemeral_ports()
+    chosen = [port for port in range(10_000, 32_768) if port not in ephemeral]
+    for _ in range(50):
+        port = random.choice(chosen) if chosen else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken: another
+            return sock.getsockname()[1]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
