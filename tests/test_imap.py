@@ -551,6 +551,9 @@ def test_malformed_commands_huge_literals_and_long_lines_get_clear_answers(rt, i
     client.send(b'U1 UID SEARCH SUBJECT "\xff"\r\n')
     answer = client.readline()
     assert answer.startswith(b"U1 BAD UID SEARCH: Invalid arguments."), answer
+    # A CHARSET no reader here knows: NO [BADCHARSET] (RFC 3501 6.4.4), not a BAD.
+    typ, data = client.search("X-NOPE", "SUBJECT", "x")
+    assert typ == "NO" and data[0].startswith(b"[BADCHARSET]"), data
     assert client.noop()[0] == "OK"
     client.logout()
 

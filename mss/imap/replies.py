@@ -20,6 +20,9 @@ LOGIN_FAILED: Final = b"[AUTHENTICATIONFAILED] Wrong address or password"
 TOO_MANY_ATTEMPTS: Final = b"[UNAVAILABLE] Too many failed logins from this address: try again later"
 ACCOUNT_LOCKED: Final = b"[UNAVAILABLE] This account is locked for a while after failed logins"
 
+# NO [BADCHARSET] to a SEARCH whose CHARSET no reader here knows (RFC 3501 6.4.4).
+BAD_CHARSET: Final = b"Search with CHARSET UTF-8 or US-ASCII"
+
 # NO [CANNOT]: what the mailbox rules do not allow (``Cannot``).
 FOLDERS_FIXED: Final = "The folders are INBOX, Sent and Archive: they cannot be created, renamed or deleted"
 APPEND_ONLY_SENT: Final = "Messages arrive through the relay only: send it by SMTP submission"

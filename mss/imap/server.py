@@ -49,7 +49,7 @@ from pymap.parsing.command.select import FetchCommand
 from pymap.parsing.commands import Commands, InvalidCommand
 from pymap.parsing.exceptions import NotParseable
 from pymap.parsing.primitives import Atom
-from pymap.parsing.response import Response, ResponseBye, ResponseNo, ResponseOk, UntaggedResponse
+from pymap.parsing.response import Response, ResponseBye, ResponseCode, ResponseNo, ResponseOk, UntaggedResponse
 from pymap.parsing.specials.tag import Tag
 from pymap.parsing.state import ParsingInterrupt, ParsingState
 from pysasl import SASLAuth
@@ -68,6 +68,7 @@ log = logging.getLogger("mss.imap")
 
 LINE_LIMIT: Final = 64 * 1024  # one command line (literals apart)
 SSL_SHUTDOWN_TIMEOUT: Final = 1.0
+_BAD_CHARSET: Final = b"[BADCHARSET]"  # the code pymap gives a CHARSET it cannot decode with
 READ_AHEAD: Final = 64  # pipelined FETCH commands whose openings are committed at once
 STANDING_REUSE_SECONDS: Final = 1.0  # a standing check covers the commands read ahead for so long
 _LITERAL: Final = re.compile(rb"\{(\d{1,12})(\+?)\}\r?\n$")
@@ -266,6 +267,11 @@ class MailState(ConnectionState):
     async def do_command(self, cmd: Any) -> Any:
         if self._session is not None and not isinstance(cmd, LogoutCommand) and not self._was_checked(cmd):
             await self.check_standing()
+        exc = cmd.parse_exc if isinstance(cmd, InvalidCommand) else None
+        if exc is not None and exc.code is not None and bytes(exc.code) == _BAD_CHARSET:
+            # RFC 3501 6.4.4: a SEARCH whose CHARSET no reader here knows is a NO with
+            # [BADCHARSET], not the BAD of every command that does not parse.
+            return ResponseNo(cmd.tag, replies.BAD_CHARSET, ResponseCode.of(b"BADCHARSET"))
         return await super().do_command(cmd)
 
     def _was_checked(self, cmd: Command) -> bool:
