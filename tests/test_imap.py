@@ -531,7 +531,12 @@ def test_malformed_commands_huge_literals_and_long_lines_get_clear_answers(rt, i
     assert b"a2 BAD" in _exchange(sock, b"a2 FETCH (((\r\n")
     assert b"a3 BAD" in _exchange(sock, b"a3 SELECT INBOX\r\n")  # before any login
     assert b"a4 OK" in _exchange(sock, b"a4 NOOP\r\n")
-    # A literal larger than the limit is refused before a byte of it is read.
+    # A literal larger than the limit is refused before a byte of it is read: a synchronising
+    # one (the client waits for "+") with a tagged NO, the connection going on ...
+    answer = _exchange(sock, b"a7 LOGIN {999999999}\r\n")
+    assert answer.startswith(b"a7 NO [TOOBIG]"), answer
+    assert b"a8 OK" in _exchange(sock, b"a8 NOOP\r\n")
+    # ... a non-synchronising one, already on its way, with the end of the connection.
     answer = _exchange(sock, b"a5 LOGIN {999999999999+}\r\n")
     assert b"* BYE" in answer and b"TOOBIG" in answer
     sock.close()

@@ -72,6 +72,7 @@ _BAD_CHARSET: Final = b"[BADCHARSET]"  # the code pymap gives a CHARSET it canno
 READ_AHEAD: Final = 64  # pipelined FETCH commands whose openings are committed at once
 STANDING_REUSE_SECONDS: Final = 1.0  # a standing check covers the commands read ahead for so long
 _LITERAL: Final = re.compile(rb"\{(\d{1,12})(\+?)\}\r?\n$")
+_TAG: Final = re.compile(rb"([A-Za-z0-9.\-_]{1,64}) ")  # a command's tag, as clients write it
 
 
 class NamespaceCommand(CommandNoArgs, CommandAuth):
@@ -420,8 +421,16 @@ class MailConnection(IMAPConnection):
                     match = _LITERAL.search(buf)
                     # our MailConfig always sets max_filter_len (pymap's may leave it None)
                     if match is not None and len(buf) < LINE_LIMIT and int(match.group(1)) > self.config.max_filter_len:  # type: ignore[operator]
-                        # Refused before a byte of it is read (RFC 7888: a non-synchronising
-                        # literal cannot be refused politely; the connection ends).
+                        # Refused before a byte of it is read. A synchronising literal waits
+                        # for our go-ahead: its command gets a tagged NO and the connection
+                        # goes on (RFC 7888 4); a non-synchronising one is on its way, and
+                        # cannot be refused politely: the connection ends.
+                        tag = _TAG.match(buf)
+                        if match.group(2) != b"+" and tag is not None:
+                            self.writer.write(tag.group(1) + b" NO " + replies.LITERAL_TOO_BIG + b"\r\n")
+                            await self._drain()
+                            buf = bytearray(await self.reader.readuntil(b"\n"))
+                            continue
                         await self.kick(replies.LITERAL_TOO_BIG)
                         raise EOFError()
                     if match is not None and match.group(2) == b"+":
