@@ -26,6 +26,7 @@ from mss.errors import (
     CryptoError,
     PasswordPolicyError,
     RevokedAddress,
+    TooManyAttempts,
     UnknownAddress,
 )
 from mss.models import Account, AuditEvent
@@ -230,6 +231,35 @@ def test_lockout_after_repeated_failures(rt, directory_loaded):
         assert ("account.lock", "success") in actions
         assert ("smtp.login", "failure") in actions
         assert audit.verify(session, rt.master_key).ok
+
+
+def test_tries_at_a_locked_account_count_toward_their_client_limit(rt, directory_loaded):
+    """A try at a locked account costs no argon2id work: it counts toward its client
+    address's limit, past which that client waits and its tries write no more audit rows."""
+    _create(rt)
+    guesser = accounts.Origin("api", "192.0.2.66")
+    for _ in range(rt.settings.security.max_login_failures):  # locked for this client
+        with pytest.raises(BadCredentials):
+            accounts.authenticate(rt.engine, rt.settings, DOCTOR, "wrong password!!", guesser)
+
+    def rows() -> int:
+        with session_scope(rt.engine) as session:
+            return len(session.execute(select(AuditEvent.id)).all())
+
+    refusals: list[type[Exception]] = []
+    for _ in range(rt.settings.security.client_max_failures + 1):
+        try:
+            accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, guesser)
+        except (AccountLocked, TooManyAttempts) as exc:
+            refusals.append(type(exc))
+            if isinstance(exc, TooManyAttempts):
+                break
+    assert refusals[0] is AccountLocked and refusals[-1] is TooManyAttempts, refusals
+    before = rows()
+    for _ in range(20):
+        with pytest.raises(TooManyAttempts):
+            accounts.authenticate(rt.engine, rt.settings, DOCTOR, PASSWORD, guesser)
+    assert rows() == before
 
 
 def test_disabled_account_cannot_log_in(rt, directory_loaded):

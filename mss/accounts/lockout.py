@@ -25,6 +25,10 @@ from mss.settings import Settings
 # wrong passwords by client address and account (mss.throttle), wrong second factors on
 # the account alone (only someone who knows the password gets that far).
 PASSWORD_FAILURES = frozenset({"bad-password", "unknown-account"})
+# A try at an account that is locked costs no argon2id work, so nothing slowed it down: it
+# counts toward its client address's limit too (``MSS_CLIENT_MAX_FAILURES``), past which
+# the client waits and its tries are no longer written to the audit trail one by one.
+LOCKED = "locked"
 FACTOR_FAILURES = frozenset({"bad-totp", "bad-recovery-code"})
 COUNTED_FAILURES = PASSWORD_FAILURES | FACTOR_FAILURES
 
@@ -59,8 +63,10 @@ def record_failure(
     locks: list[dict[str, object]] = []
     with session_scope(engine) as session:
         account = get_account(session, address)
-        if reason in PASSWORD_FAILURES:
-            counted = throttle.record_failure(session, settings, address, origin.client, now, pair=account is not None)
+        if reason in PASSWORD_FAILURES or reason == LOCKED:
+            # A locked account's pair needs no count of its own: it is locked already.
+            pair = account is not None and reason != LOCKED
+            counted = throttle.record_failure(session, settings, address, origin.client, now, pair=pair)
             if counted.pair_locked_until is not None:
                 locks.append({"scope": "client", "client": origin.client or "local"})
             if counted.client_blocked_until is not None:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from directory.models import Certificate
 from mss import audit, standing, throttle
 from mss.accounts._common import UnlockedAccount, get_account, open_keys, wrapped_keys_of
-from mss.accounts.lockout import Origin, record_failure
+from mss.accounts.lockout import LOCKED, Origin, record_failure
 from mss.accounts.twofactor import check_second_factor, totp_confirmed
 from mss.addresses import normalise_address, plausible_address
 from mss.crypto import keys
@@ -74,7 +74,7 @@ def authenticate(
     if verdict.retry_after:
         raise TooManyAttempts(verdict.retry_after)
     if verdict.locked_until is not None and snapshot is not None:
-        failed("locked")
+        failed(LOCKED)
         raise AccountLocked(verdict.locked_until)
     if snapshot is None:
         keys.verify_password(_dummy_hash(ops, mem), password)
@@ -82,7 +82,7 @@ def authenticate(
         raise BadCredentials()
     password_hash, locked_until, certificate_id, wrapped = snapshot
     if locked_until is not None and locked_until > now:
-        failed("locked")
+        failed(LOCKED)
         raise AccountLocked(locked_until)
     # One argon2id computation: opening the keys is the password's check. A closed mailbox,
     # its keys erased, is checked against its password's hash, so that its owner is told
