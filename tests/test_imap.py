@@ -544,6 +544,12 @@ def test_malformed_commands_huge_literals_and_long_lines_get_clear_answers(rt, i
     answer = _exchange(sock, b"a6 NOOP " + b"x" * 100_000 + b"\r\n")
     assert b"* BYE" in answer and b"TOOBIG" in answer
     sock.close()
+    # A line at the limit announcing a huge literal: refused before a byte of it is read.
+    sock = _raw(imap.port)
+    end = b"{999999999999+}\r\n"
+    answer = _exchange(sock, b"a9 NOOP " + b"x" * (64 * 1024 - 8 - len(end)) + end)
+    assert b"* BYE" in answer and b"TOOBIG" in answer, answer
+    sock.close()
     # The server keeps serving others.
     client = login(rt, imap.port, gp)
     assert client.noop()[0] == "OK"

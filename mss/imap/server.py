@@ -420,7 +420,12 @@ class MailConnection(IMAPConnection):
                 while True:
                     match = _LITERAL.search(buf)
                     # our MailConfig always sets max_filter_len (pymap's may leave it None)
-                    if match is not None and len(buf) < LINE_LIMIT and int(match.group(1)) > self.config.max_filter_len:  # type: ignore[operator]
+                    limit: int = self.config.max_filter_len  # type: ignore[assignment]
+                    # A literal over the limit, or one that would take the whole command past
+                    # a line and a literal (several literals in one command add up).
+                    if match is not None and (
+                        int(match.group(1)) > limit or len(buf) + int(match.group(1)) > LINE_LIMIT + limit
+                    ):
                         # Refused before a byte of it is read. A synchronising literal waits
                         # for our go-ahead: its command gets a tagged NO and the connection
                         # goes on (RFC 7888 4); a non-synchronising one is on its way, and
@@ -436,8 +441,7 @@ class MailConnection(IMAPConnection):
                     if match is not None and match.group(2) == b"+":
                         buf += await self.reader.readexactly(int(match.group(1)))
                         buf += await self.reader.readuntil(b"\n")
-                        # our MailConfig always sets max_filter_len (pymap's may leave it None)
-                        if len(buf) > LINE_LIMIT + self.config.max_filter_len:  # type: ignore[operator]
+                        if len(buf) > LINE_LIMIT + limit:
                             await self.kick(replies.LINE_TOO_LONG)
                             raise EOFError()
                         continue
