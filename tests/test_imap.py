@@ -198,6 +198,20 @@ def test_revocation_ends_an_open_session_and_refuses_the_next_login(rt, imap, do
     assert b"* BYE [AUTHORIZATIONFAILED]" in said and b"disabled" in said
 
 
+def test_a_rekey_ends_an_open_session_that_holds_the_old_key(rt, imap, doctor, gp):
+    """As an SMTP session's, an IMAP session checks the certificate it logged in with: a
+    rekey revokes it (whoever made the rekey, after a key was lost or stolen)."""
+    client = login(rt, imap.port, gp)
+    assert client.select("INBOX")[0] == "OK"
+    with session_scope(rt.engine) as session:
+        accounts.rekey(session, rt.settings, gp.address, actor="test", reason="keyCompromise", password=gp.password)
+    with pytest.raises(imaplib.IMAP4.abort, match="revoked"):
+        client.noop()
+    again = login(rt, imap.port, gp)  # the new key opens a new session
+    assert again.select("INBOX")[0] == "OK"
+    again.logout()
+
+
 # -- folders, messages, flags ------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, Final
 
+from cryptography import x509
 from proxyprotocol.sock import SocketInfo
 from pymap.concurrent import Subsystem
 from pymap.config import BackendCapability, IMAPConfig
@@ -57,6 +58,7 @@ from pysasl.mechanism.plain import PlainMechanism
 
 from mss import accounts, standing
 from mss.background import BackgroundServer, serve_until_cancelled
+from mss.crypto import pki
 from mss.db import read_scope
 from mss.errors import AccountLocked, BadCredentials, StandingError, TooManyAttempts
 from mss.imap import replies, workers
@@ -254,16 +256,20 @@ class MailState(ConnectionState):
             await self._kick(replies.SESSION_EXPIRED)
             raise replies.Bye(replies.SESSION_EXPIRED)
         try:
-            await asyncio.to_thread(self._standing, session.owner)
+            await asyncio.to_thread(self._standing, session.owner, session.account.certificate)
         except StandingError as exc:
             text = replies.standing_text(exc.message)
             log.info("imap session of %s ended: %s [%s]", session.owner, exc.code, self.request_id)
             await self._kick(text)
             raise replies.Bye(text) from None
 
-    def _standing(self, address: str) -> None:
+    def _standing(self, address: str, certificate: x509.Certificate) -> None:
+        # The certificate the session logged in with, as an SMTP session's: a rekey (which
+        # revokes it) ends the session, which would otherwise read on with the old key.
         with read_scope(self.rt.engine) as reader:
-            standing.check(reader, self.rt.settings, address)
+            standing.check(
+                reader, self.rt.settings, address, certificate_serial=pki.serial_hex(certificate.serial_number)
+            )
 
     async def do_command(self, cmd: Any) -> Any:
         if self._session is not None and not isinstance(cmd, LogoutCommand) and not self._was_checked(cmd):
