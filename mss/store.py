@@ -7,6 +7,7 @@ transaction commits the message, its mailbox rows, receipts and audit events tog
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import json
 from collections.abc import Sequence
@@ -99,6 +100,21 @@ class MessageMeta:
     # For a message from another operator: who delivered it and what its signature check
     # found on arrival (operator, domain, protection, signature, signer).
     origin: dict[str, str] | None = None
+
+    def recipients_seen_by(self, reader: str) -> list[str]:
+        """The recipients ``reader`` is shown: every one to the sender (its Bcc included);
+        to a recipient, those the To and Cc fields name, as a mail client shows them (a
+        Bcc recipient stays unknown to the others, RFC 5322 3.6.3). A message stored before
+        its fields were kept (``client`` None) names its recipients as it always did."""
+        if reader == self.sender or not self.client or ("to" not in self.client and "cc" not in self.client):
+            return list(self.recipients)
+        fields = [str(self.client.get("to") or ""), str(self.client.get("cc") or "")]
+        named: list[str] = []
+        for _name, address in email.utils.getaddresses(fields):
+            address = normalise_address(address) if "@" in address else ""
+            if address and address not in named:
+                named.append(address)
+        return named
 
     def seal(self, master_key: MasterKey) -> bytes:
         return master_key.seal(self.to_json().encode("utf-8"))

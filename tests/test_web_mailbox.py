@@ -28,7 +28,7 @@ from mss.models import AuditEvent, MailboxIndexed, MailboxItem, MailboxToken, Me
 from mss.pipeline import RecipientRequest, Submission
 from mss.web import cda_view, i18n
 
-from web_support import CDA_SAMPLE, DOCTOR, GP, NURSE, create_person, login, pdf_bytes, submit, unlocked
+from web_support import CDA_SAMPLE, DOCTOR, GP, NURSE, build_message, create_person, login, pdf_bytes, submit, unlocked
 
 
 def test_search_tokens_hide_what_they_index(rt, doctor, gp):
@@ -128,6 +128,28 @@ def test_search_terms_not_kept_do_not_fail_an_opening(rt, doctor, gp, caplog):
     assert reader_row() == (False, CONTENT)
     page = mailbox.list_folder(rt, reader, "inbox", mailbox.Filters(ins=info.ins.value))
     assert [i.queue_id for i in page.items] == [accepted.queue_id]
+
+
+def test_a_bcc_recipient_is_shown_to_the_sender_only(rt, doctor, gp):
+    """RFC 5322 3.6.3: the recipients of a message see those its To and Cc name, not the
+    ones its sender gave only on the envelope (a Bcc); the sender sees them all."""
+    nurse = create_person(rt, NURSE)
+    raw = build_message(GP, [DOCTOR], "Copie cachée", "Texte.")
+    sender = unlocked(rt, gp)
+    accepted = pipeline.submit(
+        rt,
+        Submission(
+            sender=sender, recipients=(RecipientRequest(DOCTOR), RecipientRequest(NURSE)), raw=raw, channel="smtp"
+        ),
+    )
+    for person in (doctor, nurse):
+        reader = unlocked(rt, person)
+        opened = mailbox.open_message(rt, reader, accepted.queue_id)
+        assert [address for address, _card in opened.recipients] == [DOCTOR], person.address
+        listed = mailbox.list_folder(rt, reader, "inbox", mailbox.Filters()).items
+        assert [item.recipients for item in listed] == [(DOCTOR,)], person.address
+    own = mailbox.open_message(rt, sender, accepted.queue_id, folder="sent")
+    assert sorted(address for address, _card in own.recipients) == sorted([DOCTOR, NURSE])
 
 
 def test_one_displayed_receipt_for_concurrent_openings(rt, doctor, gp):

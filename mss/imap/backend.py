@@ -526,7 +526,9 @@ class MailSession(SessionInterface):
             )
             assert shape is not None
         meta = details.meta
-        searchable = " ".join([meta.subject, meta.sender, *meta.recipients, *(d.filename for d in meta.documents)])
+        searchable = " ".join(
+            [meta.subject, meta.sender, *meta.recipients_seen_by(self.owner), *(d.filename for d in meta.documents)]
+        )
         return HeaderOnly(message, requirement, shape, searchable)
 
     async def _detail(self, item: ItemState) -> sync.Details:

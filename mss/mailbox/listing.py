@@ -226,7 +226,7 @@ def list_folder(
             at=item.created_at,
             sender=message.sender,
             sender_name=names[message.sender].display_name if message.sender in names else "",
-            recipients=tuple(metas[message.id].recipients),
+            recipients=tuple(metas[message.id].recipients_seen_by(reader.address)),
             subject=metas[message.id].subject,
             documents=tuple(metas[message.id].documents),
             read_receipt_asked=metas[message.id].mdn_to is not None,

@@ -219,7 +219,8 @@ def open_message(
             signature=signature.status,
         )
         about = _receipt_about(session, message) if message.kind == "receipt" else None
-        people = entries_of(session, {message.sender, *meta.recipients})
+        shown = meta.recipients_seen_by(reader.address)
+        people = entries_of(session, {message.sender, *shown})
     _index_opened(rt, reader.address, loaded, meta, attachments)
     return Opened(
         queue_id=message.queue_id,
@@ -228,7 +229,7 @@ def open_message(
         at=loaded.item.created_at,
         meta=meta,
         sender=Correspondent.of(people[message.sender]) if message.sender in people else None,
-        recipients=tuple((a, Correspondent.of(people[a]) if a in people else None) for a in meta.recipients),
+        recipients=tuple((a, Correspondent.of(people[a]) if a in people else None) for a in shown),
         signature=signature,
         body=body,
         body_was_html=was_html,

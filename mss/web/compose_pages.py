@@ -63,7 +63,7 @@ def _forwarded(lang: Language, opened: mailbox.Opened) -> str:
         lang.gettext("Subject:") + " " + opened.meta.subject,
         lang.gettext("Date:") + " " + opened.meta.date,
         lang.gettext("From:") + " " + sender,
-        lang.gettext("To:") + " " + ", ".join(opened.meta.recipients),
+        lang.gettext("To:") + " " + ", ".join(address for address, _card in opened.recipients),
         "",
         opened.body,
     ]
