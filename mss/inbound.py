@@ -522,7 +522,18 @@ def _link_report(
     if original is None:
         log.info("report %s is about %s, which none of its addressees sent", notification.queue_id, original_id[:80])
         return 0
-    for recipient, status, reason in entries:
+    # Another operator speaks for the recipients it was sent to, never for one served here
+    # (their receipts are ours to write) nor for an address the original did not name.
+    sent_to = set(MessageMeta.open(rt.master_key, original.meta_sealed).recipients)
+    kept = [e for e in entries if normalise_address(e[0]) in sent_to and not rt.settings.serves(e[0])]
+    if len(kept) < len(entries):
+        log.warning(
+            "report %s names %d recipient(s) of %s it cannot speak for: left out",
+            notification.queue_id,
+            len(entries) - len(kept),
+            original.queue_id,
+        )
+    for recipient, status, reason in kept:
         session.add(
             Receipt(
                 message_id=original.id,
@@ -545,4 +556,4 @@ def _link_report(
         )
     session.flush()
     webhooks.record_final(session, rt.settings, original)
-    return len(entries)
+    return len(kept)

@@ -441,3 +441,33 @@ def test_a_signer_certificate_not_kept_does_not_refuse_the_message(
     with session_scope(a.rt.engine) as session:
         assert not session.execute(select(PeerCertificate).where(PeerCertificate.address == ELOISE)).first()
     assert any("could not be kept" in record.getMessage() for record in caplog.records)
+
+
+def _report_from_peer(about: str, recipients: list[str]) -> bytes:
+    """A DSN as another operator's MTA writes one: each recipient delivered."""
+    blocks = "".join(f"\r\nFinal-Recipient: rfc822;{r}\r\nAction: delivered\r\nStatus: 2.0.0\r\n" for r in recipients)
+    return (
+        f"From: mailer-daemon@{B_DOMAIN}\r\nTo: {MARC}\r\nSubject: Delivered\r\n"
+        f"Date: Mon, 30 Nov 2026 10:00:00 +0100\r\nMessage-ID: {make_msgid(domain=B_DOMAIN)}\r\n"
+        'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary="r"\r\n\r\n'
+        "--r\r\nContent-Type: text/plain\r\n\r\nDelivered.\r\n"
+        f"--r\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.{B_DOMAIN}\r\n{blocks}"
+        f"--r\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: {about}\r\n\r\n--r--\r\n"
+    ).encode()
+
+
+def test_a_peer_report_speaks_only_for_the_recipients_it_was_sent_to(pair: tuple[Operator, Operator]) -> None:
+    """Another operator's receipt is linked for the original's recipients at other
+    operators only: one that names a recipient served here (whose receipts are this
+    operator's to write) or an address the original did not name leaves them out."""
+    a, b = pair
+    queue_id = a.submit(MARC, [JOEL, CEDRIC], build_message(MARC, [JOEL, CEDRIC], "Deux", "Texte.\n"))
+    wait_for(lambda: relayed(a, queue_id, JOEL), what="the relayed delivery at A")
+    about = message_row(a, queue_id).message_id
+    before = receipts_of(a, queue_id)
+    client = mx(a, b.peer_context())
+    client.sendmail("", [MARC], _report_from_peer(about, [CEDRIC, B_NO_ACCOUNT, JOEL]))
+    client.quit()
+    wait_for(lambda: has_receipt(a, queue_id, "dsn", "delivered", JOEL), what="the DSN for Joël at A")
+    added = [r[:3] for r in receipts_of(a, queue_id) if r not in before]
+    assert added == [("dsn", "delivered", JOEL)], added
