@@ -230,6 +230,9 @@ class ImapSettings:
     """``MSS_IMAP_MAX_SESSIONS``: concurrent IMAP connections per process. Default 500."""
     idle_timeout: float
     """``MSS_IMAP_TIMEOUT``: seconds a client may stay silent (RFC 3501 asks at least 30 minutes). Default 1860."""
+    login_timeout: float
+    """``MSS_IMAP_LOGIN_TIMEOUT``: seconds from connection to a successful login, not extended
+    by any command (a connection that never logs in holds no place for long). Default 60."""
     session_seconds: int
     """``MSS_IMAP_SESSION_SECONDS``: the longest an IMAP login lasts before it must log in
     again. Default 43200 (12 h)."""
@@ -494,12 +497,13 @@ class Settings:
             tls_port=integer("MSS_IMAPS_PORT", 993 if production else 2993),
             max_sessions=integer("MSS_IMAP_MAX_SESSIONS", 500),
             idle_timeout=number("MSS_IMAP_TIMEOUT", 1860.0),
+            login_timeout=number("MSS_IMAP_LOGIN_TIMEOUT", 60.0),
             session_seconds=integer("MSS_IMAP_SESSION_SECONDS", 12 * 3600),
             poll_seconds=number("MSS_IMAP_POLL_SECONDS", 1.0),
             max_literal=integer("MSS_IMAP_MAX_LITERAL", relay.max_message_size + 1_000_000),
         )
-        if imap.poll_seconds <= 0 or imap.idle_timeout <= 0:
-            raise ConfigError("MSS_IMAP_POLL_SECONDS and MSS_IMAP_TIMEOUT must be positive")
+        if imap.poll_seconds <= 0 or imap.idle_timeout <= 0 or imap.login_timeout <= 0:
+            raise ConfigError("MSS_IMAP_POLL_SECONDS, MSS_IMAP_TIMEOUT and MSS_IMAP_LOGIN_TIMEOUT must be positive")
         certs_dir = pki.certs_dir
         federation = FederationSettings(
             mx_host=get("MSS_MX_HOST", "127.0.0.1"),

@@ -583,6 +583,25 @@ def test_malformed_commands_huge_literals_and_long_lines_get_clear_answers(rt, i
     client.logout()
 
 
+def test_a_connection_that_does_not_log_in_in_time_gives_its_place_back(rt, gp):
+    """A NOOP does not extend the time to log in: a client logs in at once, and a
+    connection that only holds a place holds it for ``MSS_IMAP_LOGIN_TIMEOUT``."""
+    short = with_imap(rt, login_timeout=1.0)
+    with ImapServer(short) as server:
+        sock = _raw(server.port)
+        assert b"n1 OK" in _exchange(sock, b"n1 NOOP\r\n")
+        sock.settimeout(10)
+        said = b""
+        while chunk := sock.recv(1000):
+            said += chunk
+        assert b"* BYE [UNAVAILABLE] Not logged in in time" in said
+        sock.close()
+        client = login(short, server.port, gp)  # one that logs in stays
+        time.sleep(1.5)
+        assert client.noop()[0] == "OK"
+        client.logout()
+
+
 def test_silent_and_non_reading_clients_are_cut_and_others_served(rt, doctor, gp):
     short = with_imap(rt, idle_timeout=2.0)
     for number in range(3):

@@ -32,6 +32,7 @@ EXPUNGED: Final = "The message was removed meanwhile"
 # BYE: the connection ends (``Bye``, or written before the connection closes).
 TOO_MANY_SESSIONS: Final = b"[UNAVAILABLE] Too many connections: try again later"
 IDLE_TIMEOUT: Final = b"[UNAVAILABLE] Autologout: idle for too long"
+LOGIN_TIMEOUT: Final = b"[UNAVAILABLE] Not logged in in time"
 SESSION_EXPIRED: Final = b"[EXPIRED] This login is too old: log in again"
 LINE_TOO_LONG: Final = b"[TOOBIG] Command line too long"
 LITERAL_TOO_BIG: Final = b"[TOOBIG] Literal larger than the server accepts"

@@ -327,7 +327,7 @@ class MailConnection(IMAPConnection):
     """pymap's connection loop with our timeouts and size limits, and a look at the
     commands a client pipelined (``pipelined``)."""
 
-    __slots__ = ["rt", "_closing", "_queued", "_held", "_next_line"]
+    __slots__ = ["rt", "_closing", "_queued", "_held", "_next_line", "_kicks"]
 
     def __init__(
         self,
@@ -343,6 +343,7 @@ class MailConnection(IMAPConnection):
         self._queued: deque[Command] = deque()  # read ahead, run next in this order
         self._held: memoryview | None = None  # a line read ahead that needs a continuation
         self._next_line: asyncio.Future[memoryview] | None = None  # a read started ahead
+        self._kicks: set[asyncio.Future[None]] = set()  # BYEs under way from timers
 
     async def read_command(self, state: Any) -> Command:
         if self._queued:
@@ -401,6 +402,12 @@ class MailConnection(IMAPConnection):
                 await super().write_response(ResponseBye(text))
         except (TimeoutError, ConnectionError, OSError):
             pass
+
+    def kick_soon(self, text: bytes) -> None:
+        """``kick`` from a callback of the loop (a timer)."""
+        task = asyncio.ensure_future(self.kick(text))
+        self._kicks.add(task)
+        task.add_done_callback(self._kicks.discard)
 
     async def kick(self, text: bytes) -> None:
         """Say BYE and close the connection (a read waiting for the client then ends)."""
@@ -555,6 +562,14 @@ def connection_handler(rt: Runtime, config: MailConfig, registry: Registry) -> A
         conn = MailConnection(rt, config, reader, writer, SocketInfo.get(writer, None))
         state = MailState(rt, config, client, request_id, conn.kick, conn.pipelined)
         registry.connections.add(conn)
+
+        # A connection that has not logged in by then gives its place back (a client logs
+        # in at once; one that only holds a place would otherwise hold it for hours).
+        def give_back_if_not_logged_in() -> None:
+            if state.mail_session is None:
+                conn.kick_soon(replies.LOGIN_TIMEOUT)
+
+        late = asyncio.get_running_loop().call_later(rt.settings.imap.login_timeout, give_back_if_not_logged_in)
         try:
             async with AsyncExitStack() as stack:
                 connection_exit.set(stack)
@@ -564,6 +579,7 @@ def connection_handler(rt: Runtime, config: MailConfig, registry: Registry) -> A
         except Exception:  # logged with its reference; the client sees a BYE, never the error
             log.exception("imap connection failed [%s]", request_id)
         finally:
+            late.cancel()
             conn.stop_reading()
             registry.connections.discard(conn)
             if state.mail_session is not None:
