@@ -134,6 +134,13 @@ class AddressNotServed(StandingError):
     code = "domain-not-served"
 
 
+class CredentialsChanged(StandingError):
+    """The account's password changed (a change, a recovery) since this session logged in
+    with the one before: a session opened with a password its owner replaced ends."""
+
+    code = "password-changed"
+
+
 class CertificateRevoked(StandingError):
     """The account's signing certificate is revoked (or was replaced by a rekey)."""
 

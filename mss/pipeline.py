@@ -115,7 +115,13 @@ def check_sender_standing(rt: Runtime, sender: UnlockedAccount) -> int:
     at it (``known_recipient``). Raises a StandingError subclass (``mss.standing``)."""
     with read_scope(rt.engine) as reader:
         revision = directory_revision.current(reader)
-        standing.check(reader, rt.settings, sender.address, certificate_serial=_sender_certificate_serial(sender))
+        standing.check(
+            reader,
+            rt.settings,
+            sender.address,
+            certificate_serial=_sender_certificate_serial(sender),
+            credential=sender.credential,
+        )
     return revision
 
 
@@ -512,7 +518,13 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
     with read_scope(rt.engine) as reader:
         # Nothing is signed with a key whose certificate was revoked, or for an account
         # that may no longer send, whenever that happened.
-        standing.check(reader, settings, sender.address, certificate_serial=_sender_certificate_serial(sender))
+        standing.check(
+            reader,
+            settings,
+            sender.address,
+            certificate_serial=_sender_certificate_serial(sender),
+            credential=sender.credential,
+        )
         # The same checks as at RCPT, for all at once: read again unless the directory is
         # still at the revision they were read at (a revocation since counts).
         verdicts = _recipient_verdicts(reader, rt, [r.address for r in submission.recipients])

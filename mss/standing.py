@@ -14,6 +14,7 @@ same transaction, so a session ends at the moment of the change.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -28,6 +29,7 @@ from mss.errors import (
     AddressNotServed,
     CertificateExpired,
     CertificateRevoked,
+    CredentialsChanged,
     EntryRevoked,
     StandingError,
 )
@@ -52,6 +54,7 @@ def _standing_of(certificate_join) -> Select:
     """Everything ``check`` reads of the account at ``:address``, joined to a certificate."""
     return (
         select(
+            col(Account.password_hash),
             col(Account.disabled),
             col(DirectoryEntry.status),
             col(DirectoryEntry.status_reason),
@@ -76,12 +79,27 @@ _BY_SESSION_CERTIFICATE: Final = _standing_of(
 )
 
 
-def check(session: Reader, settings: Settings, address: str, *, certificate_serial: str | None = None) -> Standing:
+def credential_stamp(password_hash: str) -> str:
+    """What a session keeps of the password it logged in with (``check``'s ``credential``):
+    a digest of its argon2id hash, which every change of the password replaces."""
+    return hashlib.sha256(password_hash.encode("utf-8")).hexdigest()[:32]
+
+
+def check(
+    session: Reader,
+    settings: Settings,
+    address: str,
+    *,
+    certificate_serial: str | None = None,
+    credential: str | None = None,
+) -> Standing:
     """Raise a StandingError subclass unless ``address`` may log in and send now.
 
     ``certificate_serial`` (hex) names the certificate a session signs with (an SMTP
     session keeps the one it opened at AUTH); without it the account's current certificate
-    is checked. Raises AddressNotServed, AccountDisabled, EntryRevoked, CertificateRevoked
+    is checked. ``credential`` (``credential_stamp``) is what a mail client's session kept
+    of the password it logged in with: a password changed since ends the session. Raises
+    AddressNotServed, AccountDisabled, CredentialsChanged, EntryRevoked, CertificateRevoked
     (also for a certificate replaced by a rekey, or none at all), CertificateExpired, and
     StandingError when there is no account.
     """
@@ -96,7 +114,7 @@ def check(session: Reader, settings: Settings, address: str, *, certificate_seri
     row = connection_of(session).execute(statement, params).first()
     if row is None:
         raise StandingError(f"there is no account for {address}")
-    disabled, status, status_reason, status_changed_at, serial, revoked_at, revocation_reason, not_after = row
+    password_hash, disabled, status, status_reason, status_changed_at, serial, revoked_at, revoked_why, not_after = row
     if disabled:
         raise AccountDisabled()
     if status != ACTIVE:
@@ -111,8 +129,7 @@ def check(session: Reader, settings: Settings, address: str, *, certificate_seri
         raise CertificateRevoked(f"{address} has no signing certificate: it must be rekeyed")
     if revoked_at is not None:
         raise CertificateRevoked(
-            f"the signing certificate {serial} was revoked on {_day(revoked_at)}"
-            f" ({revocation_reason or 'unspecified'})",
+            f"the signing certificate {serial} was revoked on {_day(revoked_at)} ({revoked_why or 'unspecified'})",
             serial=serial,
             revoked_at=revoked_at,
         )
@@ -120,6 +137,9 @@ def check(session: Reader, settings: Settings, address: str, *, certificate_seri
         raise CertificateExpired(
             f"the signing certificate {serial} expired on {_day(not_after)}: it must be renewed", serial=serial
         )
+    # Last: a rekey also stores the password anew, and says more (the certificate).
+    if credential is not None and credential_stamp(password_hash) != credential:
+        raise CredentialsChanged("the password was changed since this session logged in: log in again")
     return Standing(address=address, certificate_serial=serial, certificate_not_after=not_after)
 
 

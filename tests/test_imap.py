@@ -198,6 +198,21 @@ def test_revocation_ends_an_open_session_and_refuses_the_next_login(rt, imap, do
     assert b"* BYE [AUTHORIZATIONFAILED]" in said and b"disabled" in said
 
 
+def test_a_new_password_ends_a_session_the_old_one_opened(rt, imap, gp):
+    """Whoever logged in with a password its owner has since replaced reads no further."""
+    client = login(rt, imap.port, gp)
+    assert client.select("INBOX")[0] == "OK"
+    new = "a brand new passphrase 2026"
+    with session_scope(rt.engine) as session:
+        accounts.change_password(session, rt.settings, gp.address, gp.password, new, actor=gp.address)
+    with pytest.raises(imaplib.IMAP4.abort, match="password was changed"):
+        client.noop()
+    gp.password = new
+    again = login(rt, imap.port, gp)
+    assert again.select("INBOX")[0] == "OK"
+    again.logout()
+
+
 def test_a_rekey_ends_an_open_session_that_holds_the_old_key(rt, imap, doctor, gp):
     """As an SMTP session's, an IMAP session checks the certificate it logged in with: a
     rekey revokes it (whoever made the rekey, after a key was lost or stolen)."""

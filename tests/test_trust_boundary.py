@@ -363,6 +363,22 @@ def _serial(stack: Stack, address: str) -> str:
         return row.serial
 
 
+def test_a_new_password_ends_the_mail_client_sessions_the_old_one_opened(stack) -> None:
+    """The web's and the API's sessions end with a password change; an SMTP session (and
+    an IMAP one, tests/test_imap.py) opened with the old password is refused at its next
+    command, with what a client answers by logging in again."""
+    stale = login(stack, READER)
+    new = "a brand new passphrase 2026"
+    with session_scope(stack.rt.engine) as session:
+        accounts.change_password(session, stack.settings, READER, stack.passwords[READER], new, actor=READER)
+    assert stale.mail(READER) == code_of(replies.SENDER_PASSWORD_CHANGED)
+    stale.close()
+    stack.passwords[READER] = new
+    fresh = login(stack, READER)
+    assert fresh.mail(READER)[0] == 250
+    fresh.quit()
+
+
 def test_rekey_keeps_older_mail_readable_and_revokes_the_old_certificate(stack, web) -> None:
     old_mail = send(stack)  # encrypted to the reader's first certificate
     old_serial = _serial(stack, READER)

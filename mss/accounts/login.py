@@ -124,7 +124,13 @@ def authenticate(
                 session.add(row)
     if cert is None:
         raise BadCredentials()
-    return UnlockedAccount(address=address, private_key_der=key_der, certificate=cert, past_keys_der=past)
+    return UnlockedAccount(
+        address=address,
+        private_key_der=key_der,
+        certificate=cert,
+        past_keys_der=past,
+        credential=standing.credential_stamp(password_hash),
+    )
 
 
 def login_with_code(

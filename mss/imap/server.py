@@ -36,7 +36,6 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, Final
 
-from cryptography import x509
 from proxyprotocol.sock import SocketInfo
 from pymap.concurrent import Subsystem
 from pymap.config import BackendCapability, IMAPConfig
@@ -256,19 +255,21 @@ class MailState(ConnectionState):
             await self._kick(replies.SESSION_EXPIRED)
             raise replies.Bye(replies.SESSION_EXPIRED)
         try:
-            await asyncio.to_thread(self._standing, session.owner, session.account.certificate)
+            await asyncio.to_thread(self._standing, session.account)
         except StandingError as exc:
             text = replies.standing_text(exc.message)
             log.info("imap session of %s ended: %s [%s]", session.owner, exc.code, self.request_id)
             await self._kick(text)
             raise replies.Bye(text) from None
 
-    def _standing(self, address: str, certificate: x509.Certificate) -> None:
-        # The certificate the session logged in with, as an SMTP session's: a rekey (which
-        # revokes it) ends the session, which would otherwise read on with the old key.
+    def _standing(self, account: accounts.UnlockedAccount) -> None:
+        # The certificate and the password the session logged in with, as an SMTP session's:
+        # a rekey (which revokes the certificate) or a new password ends the session, which
+        # would otherwise read on with what its login opened.
+        serial = pki.serial_hex(account.certificate.serial_number)
         with read_scope(self.rt.engine) as reader:
             standing.check(
-                reader, self.rt.settings, address, certificate_serial=pki.serial_hex(certificate.serial_number)
+                reader, self.rt.settings, account.address, certificate_serial=serial, credential=account.credential
             )
 
     async def do_command(self, cmd: Any) -> Any:

@@ -52,6 +52,7 @@ _SUBMISSION_REFUSALS: Final[tuple[tuple[type[errors.MssError], str], ...]] = (
     (errors.UnopenableEnvelope, replies.ENVELOPE_NOT_SUPPORTED),
     # The sender stopped standing since AUTH (at MAIL or at DATA; on record by its code).
     (errors.AccountDisabled, replies.SENDER_DISABLED),
+    (errors.CredentialsChanged, replies.SENDER_PASSWORD_CHANGED),
     (errors.EntryRevoked, replies.SENDER_REVOKED),
     (errors.CertificateRevoked, replies.SENDER_CERTIFICATE_REVOKED),
     (errors.CertificateExpired, replies.SENDER_CERTIFICATE_EXPIRED),

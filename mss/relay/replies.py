@@ -103,6 +103,8 @@ SENDER_NOT_AUTHENTICATED_ACCOUNT: Final = "553 5.7.1 Sender address is not the a
 SENDER_DISABLED: Final = "550 5.7.1 Account disabled since login: message refused"
 SENDER_REVOKED: Final = "550 5.7.1 Directory entry revoked since login: message refused"
 SENDER_CERTIFICATE_REVOKED: Final = "550 5.7.1 Signing certificate revoked or replaced since login: message refused"
+# RFC 4954 4: what a command answers when the server wants an authentication first.
+SENDER_PASSWORD_CHANGED: Final = "530 5.7.0 Password changed since login: log in again"
 SENDER_CERTIFICATE_EXPIRED: Final = "550 5.7.1 Signing certificate expired: message refused"
 SENDER_NOT_SERVED: Final = "550 5.7.1 Sender address not in a domain served here"
 # X.3.4 "Message too big for system" (RFC 1870 SIZE, and the DATA that overruns it).
