@@ -7,6 +7,8 @@ use it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from email.utils import getaddresses
 from typing import Final
 
 # RFC 5321 4.5.3.1.3: a path holds at most 256 octets, the angle brackets included.
@@ -27,3 +29,14 @@ def plausible_address(address: str) -> bool:
 def domain_of(address: str) -> str:
     """The domain part of a normalised address (empty when there is no ``@``)."""
     return address.rpartition("@")[2]
+
+
+def listed_addresses(fields: Iterable[str]) -> list[str]:
+    """The addresses that header field values (To, Cc ...) name, normalised, each once,
+    in their order; names and groups left out."""
+    found: list[str] = []
+    for _name, address in getaddresses(list(fields)):
+        address = normalise_address(address) if "@" in address else ""
+        if address and address not in found:
+            found.append(address)
+    return found

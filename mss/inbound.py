@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.message import Message as EmailPart
 from email.parser import BytesHeaderParser
-from email.utils import getaddresses
 
 from cryptography import x509
 from sqlalchemy import select
@@ -43,7 +42,7 @@ from sqlmodel import Session, col
 from directory import certificates, service
 from directory.models import Certificate
 from mss import audit, peers, pipeline, receipts, store, trust, webhooks
-from mss.addresses import normalise_address
+from mss.addresses import listed_addresses, normalise_address
 from mss.crypto import smime, verify
 from mss.db import session_scope, utcnow
 from mss.errors import (
@@ -210,10 +209,7 @@ def _verify(rt: Runtime, signed_der: bytes) -> verify.SignatureReport:
 
 
 def _addresses(message: EmailPart, names: tuple[str, ...]) -> list[str]:
-    values = []
-    for name in names:
-        values += [str(v) for v in message.get_all(name) or []]
-    return [addr.lower() for _n, addr in getaddresses(values) if "@" in addr]
+    return listed_addresses(str(value) for name in names for value in message.get_all(name) or [])
 
 
 def _header(message: EmailPart | None, name: str) -> str:

@@ -7,7 +7,6 @@ transaction commits the message, its mailbox rows, receipts and audit events tog
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from sqlalchemy import insert, or_, select
 from sqlmodel import Session, col
 
 from mss import audit
-from mss.addresses import normalise_address
+from mss.addresses import listed_addresses, normalise_address
 from mss.crypto import smime
 from mss.crypto.master import MasterKey
 from mss.db import table_of, utcnow
@@ -108,13 +107,7 @@ class MessageMeta:
         its fields were kept (``client`` None) names its recipients as it always did."""
         if reader == self.sender or not self.client or ("to" not in self.client and "cc" not in self.client):
             return list(self.recipients)
-        fields = [str(self.client.get("to") or ""), str(self.client.get("cc") or "")]
-        named: list[str] = []
-        for _name, address in email.utils.getaddresses(fields):
-            address = normalise_address(address) if "@" in address else ""
-            if address and address not in named:
-                named.append(address)
-        return named
+        return listed_addresses([str(self.client.get("to") or ""), str(self.client.get("cc") or "")])
 
     def seal(self, master_key: MasterKey) -> bytes:
         return master_key.seal(self.to_json().encode("utf-8"))
