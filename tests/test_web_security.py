@@ -86,6 +86,11 @@ def test_state_changes_need_the_csrf_token_of_the_session(rt, clients, doctor, g
     # A login form posted without the pre-login token is refused too (login CSRF).
     fresh = clients()
     assert fresh.post("/login", data={"address": DOCTOR, "password": doctor.password}).status_code == 403
+    # Refused before its body is read: a body that could not even be read gets the same 403.
+    unreadable = clients().post(
+        "/login", content=b"\xff" * 64, headers={"content-type": "multipart/form-data; boundary=missing"}
+    )
+    assert unreadable.status_code == 403, unreadable.status_code
 
 
 def test_totp_code_works_once(rt, clients, doctor):
