@@ -812,6 +812,28 @@ def test_a_client_encrypted_message_nested_too_deep_is_served_as_a_notice(rt, im
     assert mailbox.open_message(rt, reader, deep).body.strip() == "Au fond."
 
 
+def test_a_bcc_recipient_is_not_named_to_a_mail_client(rt, imap, doctor, gp):
+    """Its header, its ENVELOPE and a search name who To and Cc name: a message to Cc and
+    Bcc only has no To that would list the envelope's recipients."""
+    from mss import pipeline
+    from mss.pipeline import RecipientRequest, Submission
+
+    nurse = create_person(rt, NURSE)
+    raw = (
+        f"From: {doctor.address}\r\nCc: {gp.address}\r\nSubject: Cc seulement\r\n"
+        "Date: Mon, 30 Nov 2026 10:00:00 +0100\r\nMessage-ID: <cc.only@chu-demo.mss.test>\r\n\r\nTexte.\r\n"
+    ).encode()
+    sender = accounts.authenticate(rt.engine, rt.settings, doctor.address, doctor.password, accounts.Origin("cli"))
+    recipients = (RecipientRequest(gp.address), RecipientRequest(nurse.address))
+    pipeline.submit(rt, Submission(sender=sender, recipients=recipients, raw=raw, channel="smtp"))
+    client = login(rt, imap.port, gp)
+    client.select("INBOX")
+    header = _fetch(client, "1", "(BODY.PEEK[HEADER] ENVELOPE)")
+    assert nurse.address.encode() not in b"".join(p if isinstance(p, bytes) else b"".join(p) for p in header)
+    assert client.search(None, "TEXT", nurse.address.split("@")[0]) == ("OK", [b""])
+    client.logout()
+
+
 def test_uids_given_out_by_several_processes_never_collide(rt, doctor, gp):
     import threading
 

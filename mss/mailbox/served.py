@@ -123,7 +123,9 @@ def _b64_size(der_size: int) -> tuple[int, int]:
 def _top_header(meta, signature: str | None) -> bytes:
     client = meta.client or {}
     fields: list[tuple[str, str]] = [("From", meta.sender)]
-    to = str(client.get("to") or ", ".join(meta.recipients))
+    # The To as written, even empty (a message to Cc and Bcc only): the envelope's recipients
+    # name a Bcc. Only a message stored before its fields were kept falls back on them.
+    to = str(client.get("to") or "") if meta.client else ", ".join(meta.recipients)
     if to:
         fields.append(("To", to))
     if client.get("cc"):
