@@ -73,7 +73,6 @@ _BAD_CHARSET: Final = b"[BADCHARSET]"  # the code pymap gives a CHARSET it canno
 READ_AHEAD: Final = 64  # pipelined FETCH commands whose openings are committed at once
 STANDING_REUSE_SECONDS: Final = 1.0  # a standing check covers the commands read ahead for so long
 _LITERAL: Final = re.compile(rb"\{(\d{1,12})(\+?)\}\r?\n$")
-_TAG: Final = re.compile(rb"([A-Za-z0-9.\-_]{1,64}) ")  # a command's tag, as clients write it
 
 
 class NamespaceCommand(CommandNoArgs, CommandAuth):
@@ -427,6 +426,14 @@ class MailConnection(IMAPConnection):
             return await task
         return await self._read_line()
 
+    def _tag(self, line: bytearray) -> bytes | None:
+        """The tag a command line starts with, read as pymap reads it (None: not one)."""
+        try:
+            tag, _rest = Tag.parse(memoryview(line), self.params)
+        except NotParseable:
+            return None
+        return tag.value
+
     async def _read_line(self) -> memoryview:
         try:
             async with asyncio.timeout(self._timeout):
@@ -444,9 +451,9 @@ class MailConnection(IMAPConnection):
                         # for our go-ahead: its command gets a tagged NO and the connection
                         # goes on (RFC 7888 4); a non-synchronising one is on its way, and
                         # cannot be refused politely: the connection ends.
-                        tag = _TAG.match(buf)
+                        tag = self._tag(buf)
                         if match.group(2) != b"+" and tag is not None:
-                            self.writer.write(tag.group(1) + b" NO " + replies.LITERAL_TOO_BIG + b"\r\n")
+                            self.writer.write(tag + b" NO " + replies.LITERAL_TOO_BIG + b"\r\n")
                             await self._drain()
                             buf = bytearray(await self.reader.readuntil(b"\n"))
                             continue
