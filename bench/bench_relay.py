@@ -168,16 +168,18 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 def tree_cpu(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its descendants still running (Linux /proc)."""
-    total = 0.0
-    for folder in process_tree(pid, processes()):
-        try:
-            fields = (folder / "stat").read_text()
-        except OSError:
-            continue
-        # After the command: state, ppid (field 4) ... utime, stime (fields 14, 15).
-        after = fields[fields.rindex(")") + 2 :].split()
-        total += (int(after[11]) + int(after[12])) / _TICKS
-    return total
+    return sum(_cpu_seconds(folder) or 0.0 for folder in process_tree(pid, processes()))
+
+
+def _cpu_seconds(folder: Path) -> float | None:
+    """User + system CPU seconds of the process or thread of a /proc folder (None: gone)."""
+    try:
+        fields = (folder / "stat").read_text()
+    except OSError:
+        return None
+    # After the command: state, ppid (field 4) ... utime, stime (fields 14, 15).
+    after = fields[fields.rindex(")") + 2 :].split()
+    return (int(after[11]) + int(after[12])) / _TICKS
 
 
 _NUMBERED = re.compile(r"_\d+$")
@@ -202,11 +204,11 @@ def tree_threads(pids: list[int]) -> dict[str, float]:
         for task in tasks:
             try:
                 name = (task / "comm").read_text().strip()
-                fields = (task / "stat").read_text()
             except OSError:
                 continue
-            after = fields[fields.rindex(")") + 2 :].split()
-            seconds = (int(after[11]) + int(after[12])) / _TICKS
+            seconds = _cpu_seconds(task)
+            if seconds is None:
+                continue
             if task.name == folder.name:
                 spent["main"] += seconds
             elif name.startswith("mss-"):
