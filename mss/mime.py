@@ -17,6 +17,7 @@ import email.feedparser
 import email.policy
 import re
 import secrets
+from collections.abc import Iterator
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import Message
 from email.parser import BytesParser
@@ -172,6 +173,16 @@ def subparts(part: Message) -> list[Message]:
     return [p for p in payload if isinstance(p, Message)] if isinstance(payload, list) else []
 
 
+def parts_with_depth(message: Message) -> Iterator[tuple[Message, int]]:
+    """Every part of ``message`` with its depth (the message itself at 1), depth first and
+    without recursion: a consumer that stops at a depth or a count reads no further."""
+    stack = [(message, 1)]
+    while stack:
+        part, depth = stack.pop()
+        yield part, depth
+        stack.extend((child, depth + 1) for child in subparts(part))
+
+
 # How deep MIME parts may nest, and how many a message may have: a submission is refused
 # past them (``mss.pipeline``), and every later walk of a message's tree stays short.
 MAX_MIME_DEPTH = 32
@@ -197,13 +208,7 @@ def nests_deeper_than(entity: bytes, limit: int = MAX_MIME_DEPTH) -> bool:
         message = parse_bytes(entity, email.policy.compat32)
     except RecursionError:
         return True
-    stack = [(message, 1)]
-    while stack:
-        part, depth = stack.pop()
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in subparts(part))
-    return False
+    return any(depth > limit for _part, depth in parts_with_depth(message))
 
 
 # -- parsing -----------------------------------------------------------------------------

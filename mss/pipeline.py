@@ -56,7 +56,7 @@ from mss.mime import (
     decoded_payload,
     has_bare_cr,
     parse_bytes,
-    subparts,
+    parts_with_depth,
 )
 from mss.outbound import queue
 from mss.receipts import DEFAULT_NOTIFY, Notify, issuer
@@ -295,20 +295,14 @@ def _parse(raw: bytes) -> EmailMessage:
         raise MimeTooComplex(f"its MIME parts nest deeper than {MAX_MIME_DEPTH} levels") from exc
     except PARSE_FAILURES as exc:
         raise MalformedMessage(f"the message is not parseable MIME ({exc.__class__.__name__})") from exc
-    parts = 0
-    stack: list[tuple[EmailMessage, int]] = [(message, 1)]
-    while stack:
-        part, depth = stack.pop()
-        parts += 1
+    for parts, (part, depth) in enumerate(parts_with_depth(message), start=1):
         if depth > MAX_MIME_DEPTH:
             raise MimeTooComplex(f"its MIME parts nest deeper than {MAX_MIME_DEPTH} levels")
         if parts > MAX_MIME_PARTS:
             raise MimeTooComplex(f"it has more than {MAX_MIME_PARTS} MIME parts")
-        _check_header_values(part)
-        _check_defects(part)
-        if part.is_multipart():
-            # Parsed with the default policy, every part is an EmailMessage.
-            stack.extend((cast(EmailMessage, child), depth + 1) for child in subparts(part))
+        # Parsed with an EmailPolicy, every part is an EmailMessage.
+        _check_header_values(cast(EmailMessage, part))
+        _check_defects(cast(EmailMessage, part))
     for name in ONCE_FIELDS:
         count = len(message.get_all(name) or ())
         if count > 1:

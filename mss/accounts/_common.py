@@ -41,8 +41,8 @@ class UnlockedAccount:
     # Earlier keys of the account (kept after a rekey) to open mail encrypted to them.
     past_keys_der: tuple[bytes, ...] = field(default=(), repr=False)
     # What a login by password kept of that password (``standing.credential_stamp``): a mail
-    # client's session, which lasts, ends when the password changes. None where the door
-    # ends its sessions itself on a change (the web's and the API's).
+    # client's session, which lasts, ends when the password changes. None in the account a
+    # web or API session rebuilds (``mss.web.sessions``): those sessions end with the change.
     credential: str | None = field(default=None, repr=False)
 
     @cached_property
