@@ -390,12 +390,14 @@ class ClientSmime:
     ``sealed``: the client encrypted, then signed; nothing inside can be inspected, and the
     envelope under the signatures was checked like a whole-message one. Otherwise
     ``entity`` is what the reader will see once the client's signatures (none, detached,
-    opaque, at any depth up to ``smime.MAX_LAYERS``) are removed: its documents are checked.
+    opaque, at any depth up to ``smime.MAX_LAYERS``) are removed: its documents are checked;
+    ``signed`` says the client signed it (those signatures are checked when it is opened).
     """
 
     envelope: bytes | None = None
     sealed: bool = False
     entity: EmailMessage | None = None
+    signed: bool = False
 
 
 def _smime_refused(exc: CryptoError) -> MalformedMessage:
@@ -425,7 +427,7 @@ def client_smime(raw: bytes, message: EmailMessage) -> ClientSmime:
         raise _smime_refused(exc) from exc
     if layer.kind == smime.ENVELOPED:
         return ClientSmime(envelope=layer.cms, sealed=True)
-    return ClientSmime(entity=message if depth == 0 else _parse(content))
+    return ClientSmime(entity=message if depth == 0 else _parse(content), signed=depth > 0)
 
 
 def check_envelope_recipients(envelope: bytes, recipients: list[str], certificates: list) -> None:
@@ -579,13 +581,14 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         signed_entity = smime.signed_entity(signed)
         del signed
         kind = "signed"
-        client_view = {
-            "to": str(message.get("To", "")),
-            "cc": str(message.get("Cc", "")),
-            "entity": store.entity_facts(
+        client_view = {"to": str(message.get("To", "")), "cc": str(message.get("Cc", ""))}
+        if not client.signed:
+            # What a mail client is served needs no opening: ours is the only signature. The
+            # client's own (a document forwarded signed by its author, say) are checked at
+            # the first opening, which names their signer.
+            client_view["entity"] = store.entity_facts(
                 signed_entity, store.submission_signature(sender.address, _sender_certificate_serial(sender), utcnow())
-            ),
-        }
+            )
         with metrics.stage("encrypt"):
             cms = smime.encrypt(signed_entity, [*recipient_certs, sender.certificate])
         del signed_entity

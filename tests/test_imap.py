@@ -35,7 +35,7 @@ from mss.runtime import Runtime
 from document_samples import nested_multiparts
 from server_process import thread_names
 from smime_tools import cms_verified
-from web_support import CDA_SAMPLE, GP, NURSE, build_message, create_person, submit
+from web_support import CDA_SAMPLE, GP, NURSE, build_message, create_person, submit, unlocked
 from web_support import login as web_login
 
 
@@ -810,6 +810,30 @@ def test_a_client_encrypted_message_nested_too_deep_is_served_as_a_notice(rt, im
         deep = session.execute(select(Message.queue_id).where(Message.kind == "client")).scalar_one()
     reader = accounts.authenticate(rt.engine, rt.settings, gp.address, gp.password, accounts.Origin("cli"))
     assert mailbox.open_message(rt, reader, deep).body.strip() == "Au fond."
+
+
+def test_a_forwarded_signature_by_another_is_named_to_a_mail_client(rt, imap, doctor, gp):
+    """A document the nurse signed, forwarded by the doctor as it is: mss signs over it for
+    the doctor, and what a mail client is told of the signatures names the nurse, not the
+    doctor, as the signer who is not the sender."""
+    from mss import pipeline
+    from mss.pipeline import RecipientRequest, Submission
+
+    nurse = unlocked(rt, create_person(rt, NURSE))
+    entity = b"Content-Type: text/plain; charset=utf-8\r\n\r\nCompte rendu signe par l'infirmiere.\r\n"
+    raw = smime.to_signed_smime_message(
+        smime.sign(entity, nurse.certificate, nurse.private_key),
+        {"From": doctor.address, "To": gp.address, "Subject": "Transmis", "Message-ID": "<fwd.1@chu-demo.mss.test>"},
+    )
+    sender = unlocked(rt, doctor)
+    pipeline.submit(rt, Submission(sender=sender, recipients=(RecipientRequest(gp.address),), raw=raw, channel="smtp"))
+    submit(rt, doctor, [gp.address], "Le sien", "x\n")
+    client = login(rt, imap.port, gp)
+    client.select("INBOX")
+    heads = [_fetch(client, n, "(BODY.PEEK[HEADER])")[0][1].replace(b"\r\n ", b" ") for n in ("1", "2")]
+    assert b"X-MSS-Signature: other-signer; signer=" + NURSE.encode() in heads[0], heads[0]
+    assert b"X-MSS-Signature: valid; signer=" + doctor.address.encode() in heads[1], heads[1]
+    client.logout()
 
 
 def test_a_bcc_recipient_is_not_named_to_a_mail_client(rt, imap, doctor, gp):

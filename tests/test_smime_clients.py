@@ -327,6 +327,27 @@ def test_client_message_through_relay_web_and_api(world: World, case: Case, requ
         check_read(world, reader, queue, case.signed, marker, download=number == 0)
 
 
+def test_a_signature_by_someone_other_than_the_sender_is_named_as_such(world: World, openssl: OpenSSL) -> None:
+    """RFC 8550 3: the reader's agent compares the sender with the signer's certificate. A
+    document the first recipient signed, forwarded by the sender as it is (opaque, which mss
+    signs over), or signed detached inside the client's envelope: both hold, and both are
+    shown as signed by that recipient, not by the sender, with the warning."""
+    author, to = RECIPIENTS[0], RECIPIENTS[1:2]
+    opaque = crlf(openssl.sign(content_entity("opaque by another"), author, detached=False))
+    detached = crlf(openssl.sign(content_entity("detached by another"), author, detached=True))
+    enveloped = pkcs7_mime(_envelope(openssl, detached, [*to, SENDER], "-aes256"), "enveloped-data")
+    for marker, entity, kind in (("opaque by another", opaque, "signed"), ("detached by another", enveloped, "client")):
+        queue = queue_id(submit(world, mail(SENDER, to, marker, entity), to))
+        assert stored(world, queue).kind == kind
+        for reader in (*to, SENDER):
+            shown = world.api[reader].get(f"/api/v1/messages/{queue}").json()
+            assert shown["signature"]["status"] == "other-signer", shown["signature"]
+            assert shown["signature"]["signer_address"] == author and marker in shown["body"]
+            page = world.browsers[reader].get(f"/messages/{queue}")
+            assert 'class="badge sig-other-signer"' in page.text and 'role="alert"' in page.text
+            assert f"&lt;{author}&gt;" in page.text
+
+
 # -- hostile envelopes ---------------------------------------------------------------------
 
 

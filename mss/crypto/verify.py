@@ -295,16 +295,22 @@ def _certificate(certificate: asn1_x509.Certificate) -> x509.Certificate:
         raise SignatureError("the signer's certificate cannot be read") from exc
 
 
-def _signer_address(certificate: x509.Certificate) -> str | None:
+def certificate_addresses(certificate: x509.Certificate) -> tuple[str, ...]:
+    """The mail addresses a certificate names: its subjectAltName rfc822Names, else the
+    emailAddress of its subject (RFC 8550 3), in the certificate's order."""
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         addresses = san.get_values_for_type(x509.RFC822Name)
         if addresses:
-            return addresses[0]
+            return tuple(addresses)
     except x509.ExtensionNotFound:
         pass
-    emails = certificate.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)
-    return str(emails[0].value) if emails else None
+    return tuple(str(e.value) for e in certificate.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS))
+
+
+def _signer_address(certificate: x509.Certificate) -> str | None:
+    addresses = certificate_addresses(certificate)
+    return addresses[0] if addresses else None
 
 
 def _common_name(certificate: x509.Certificate) -> str | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import email.utils
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -41,6 +41,10 @@ from mss.mime import PARSE_FAILURES, POLICY, SUMMARY_HEADERS, decoded_payload
 UNSIGNED = "unsigned"
 UNVERIFIABLE = "unverifiable"
 REVOKED_SINCE = "revoked-since"
+# A signature that holds, by a certificate that does not name the message's sender (RFC 8550
+# 3: the receiving agent checks the From address against the signer's certificate).
+OTHER_SIGNER = "other-signer"
+OTHER_SIGNER_REASON = "the message was signed by someone other than its sender"
 SMIME_TYPES = smime.PKCS7_MIME_TYPES
 SIGNATURE_TYPES = smime.PKCS7_SIGNATURE_TYPES
 # With several signatures (ours over a client's, or a client's nested ones), the worst shows.
@@ -48,6 +52,7 @@ _SEVERITY = {
     verify.VALID: 0,
     UNVERIFIABLE: 1,
     REVOKED_SINCE: 1,
+    OTHER_SIGNER: 2,
     verify.UNTRUSTED: 2,
     verify.EXPIRED: 3,
     verify.REVOKED: 4,
@@ -71,8 +76,9 @@ class Signature:
 
     status: str
     """valid, invalid, untrusted, revoked, revoked-since (valid when submitted, the signer's
-    certificate revoked since ``revoked_at``), expired, unsigned or unverifiable. Show the
-    body with a clear warning unless it is valid (CBC encryption is malleable)."""
+    certificate revoked since ``revoked_at``), other-signer (it holds, but the signer is not
+    the sender), expired, unsigned or unverifiable. Show the body with a clear warning unless
+    it is valid (CBC encryption is malleable)."""
     reason: str
     signer_address: str | None = None
     signer_name: str | None = None
@@ -173,20 +179,38 @@ def _report(report: verify.SignatureReport) -> Signature:
 
 
 def _checked(
-    layer: smime.Layer, roots: list[x509.Certificate], crls: list[bytes], submitted_at: datetime | None = None
+    layer: smime.Layer,
+    roots: list[x509.Certificate],
+    crls: list[bytes],
+    submitted_at: datetime | None = None,
+    sender: str | None = None,
 ) -> Signature:
     """The outcome of one signature layer, embedded or detached.
 
     A signature by a certificate revoked today is checked again as of ``submitted_at``
     (when this service received the message, which proves it existed then): if it held
     then, the reader learns both facts, valid when signed and revoked since (with the date).
+    A signature that holds by a certificate that does not name ``sender`` is
+    ``other-signer``: the reader is shown who signed, and that it is not the sender.
     """
+    checked, signer = _checked_alone(layer, roots, crls, submitted_at)
+    if sender is None or signer is None or checked.status not in (verify.VALID, REVOKED_SINCE):
+        return checked
+    if sender.lower() in (a.lower() for a in verify.certificate_addresses(signer)):
+        return checked
+    return replace(checked, status=OTHER_SIGNER, reason=OTHER_SIGNER_REASON, revoked_at=None)
+
+
+def _checked_alone(
+    layer: smime.Layer, roots: list[x509.Certificate], crls: list[bytes], submitted_at: datetime | None
+) -> tuple[Signature, x509.Certificate | None]:
+    """The outcome of one signature layer, with the signer's certificate when it could be read."""
     detached = layer.content if layer.kind == smime.DETACHED else None
     try:
         report = verify.verify_signed_data(layer.cms, trust_roots=roots, crls=crls, detached_content=detached)
     except SignatureError as exc:
         # Not a usable SignedData: nothing from it counts as signed.
-        return Signature(status=verify.INVALID, reason=exc.message)
+        return Signature(status=verify.INVALID, reason=exc.message), None
     if report.status == verify.REVOKED and submitted_at is not None:
         revoked_at = verify.revocation_date(report.signer_certificate, crls)
         if revoked_at is not None and revoked_at > submitted_at:
@@ -204,8 +228,8 @@ def _checked(
                     signer_name=report.signer_common_name,
                     signing_time=report.signing_time,
                     revoked_at=revoked_at,
-                )
-    return _report(report)
+                ), report.signer_certificate
+    return _report(report), report.signer_certificate
 
 
 def parse_entity(data: bytes) -> EmailMessage:
@@ -219,6 +243,7 @@ class _Trust:
     crls: list[bytes]
     submitted_at: datetime | None = None
     more_crls: Callable[[bytes], list[bytes]] | None = None
+    sender: str | None = None
 
     def crls_for(self, signed_der: bytes) -> list[bytes]:
         """The CRLs to check one SignedData with (ours, and its signer's operator's)."""
@@ -248,7 +273,7 @@ def _walk(
             data = _decrypt(session, layer.cms, reader)
             continue
         if trust is not None:
-            signatures.append(_checked(layer, trust.roots, trust.crls_for(layer.cms), trust.submitted_at))
+            signatures.append(_checked(layer, trust.roots, trust.crls_for(layer.cms), trust.submitted_at, trust.sender))
         data = layer.content
     nested = Signature(
         status=UNVERIFIABLE, reason=f"the message is nested more than {smime.MAX_LAYERS} S/MIME layers deep"
@@ -276,6 +301,8 @@ def decrypt_and_verify(
     crls: list[bytes],
     submitted_at: datetime | None = None,
     more_crls: Callable[[bytes], list[bytes]] | None = None,
+    *,
+    sender: str,
 ) -> tuple[Signature, bytes]:
     """The signature outcome and the innermost MIME entity of a stored message.
 
@@ -283,11 +310,15 @@ def decrypt_and_verify(
     wrote: signed (detached or opaque, nested or not), encrypted again, or not signed. The
     entity is returned whatever the outcome; the caller shows it with the status.
     ``more_crls`` gives CRLs for a SignedData's certificates beyond ``crls`` (another
-    operator's CA). Raises DecryptionError when the reader's key cannot open an envelope of
-    the message.
+    operator's CA). ``sender`` is the message's (its From address, which every door checks
+    against the envelope): a signature that holds by anyone else's certificate is
+    ``other-signer``. A notification is signed by its operator, not by its From address
+    (the reporting MTA, or the recipient an MDN speaks for): it is not held to that.
+    Raises DecryptionError when the reader's key cannot open an envelope of the message.
     """
     inner = _decrypt(session, cms, reader)
-    signatures, entity, first = _walk(session, inner, reader, _Trust(roots, crls, submitted_at, more_crls))
+    trust = _Trust(roots, crls, submitted_at, more_crls, sender=None if kind == "receipt" else sender)
+    signatures, entity, first = _walk(session, inner, reader, trust)
     if kind != "client" and first != smime.SIGNED:
         return Signature(status=verify.INVALID, reason="the stored message is not signed as it should be"), b""
     return _combined(signatures), entity

@@ -168,6 +168,7 @@ def _decrypt(rt: Runtime, reader: UnlockedAccount, loaded: _Loaded) -> tuple[Sig
             loaded.crls,
             submitted_at=loaded.message.submitted_at,
             more_crls=more_crls,
+            sender=loaded.message.sender,
         )
     signer = signature.signer_address
     if seen and signature.trusted and signer and not rt.settings.serves(signer):

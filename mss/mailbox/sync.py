@@ -685,7 +685,14 @@ def render(
             return Served(served.render_decrypted(meta, entity, str(facts["signature"])), None)
         trust = certificates.trust_material(session, rt.settings)
         signature, _content = decrypt_and_verify(
-            session, row.cms, row.kind, reader, trust.roots, trust.crls, submitted_at=row.submitted_at
+            session,
+            row.cms,
+            row.kind,
+            reader,
+            trust.roots,
+            trust.crls,
+            submitted_at=row.submitted_at,
+            sender=meta.sender,
         )
         entity = open_envelope(session, row.cms, reader)
     # A message its client encrypted was read by nobody at submission: nested deeper than a

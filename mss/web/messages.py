@@ -53,6 +53,7 @@ SIGNATURE_STATUSES = {
     "untrusted": _("untrusted signature"),
     "revoked": _("signature by a revoked certificate"),
     "revoked-since": _("valid when signed; the signer's certificate has been revoked since"),
+    "other-signer": _("signed by someone other than the sender"),
     "expired": _("signature by an expired certificate"),
     "unsigned": _("not signed"),
     "unverifiable": _("signature not checked"),
@@ -189,6 +190,7 @@ SIGNATURE_REASONS = {
         _("the message holds a nested envelope"),
         _("the sender's software did not sign this message"),
         _("the stored message is not signed as it should be"),
+        _("the message was signed by someone other than its sender"),
     )
 }
 
