@@ -228,6 +228,9 @@ class ImapSettings:
     """``MSS_IMAPS_PORT``: IMAP over implicit TLS (0 turns it off). Default 2993 (993 in production)."""
     max_sessions: int
     """``MSS_IMAP_MAX_SESSIONS``: concurrent IMAP connections per process. Default 500."""
+    max_sessions_per_client: int
+    """``MSS_IMAP_MAX_SESSIONS_PER_CLIENT``: concurrent IMAP connections per process from one
+    client address (a practice behind one address, each mail client holding a few). Default 100."""
     idle_timeout: float
     """``MSS_IMAP_TIMEOUT``: seconds a client may stay silent (RFC 3501 asks at least 30 minutes). Default 1860."""
     login_timeout: float
@@ -251,6 +254,10 @@ class FederationSettings:
     mx_port: int
     """``MSS_MX_PORT``: inbound SMTP from other operators (STARTTLS and a client certificate
     required; 0 turns it off). Default 2525 (25 in production)."""
+    mx_max_sessions_per_client: int
+    """``MSS_MX_MAX_SESSIONS_PER_CLIENT``: concurrent sessions at the MX port from one client
+    address (the next gets ``421 4.7.0``); a peer's MTA opens up to 20 to one destination
+    by default (Postfix). Default 25. The MX port's sessions in all: ``MSS_MAX_SESSIONS``."""
     peer_ca_file: Path
     """``MSS_PEER_CA_FILE``: PEM CA certificates that issue other operators' TLS and S/MIME
     certificates (the health PKI chain in production). Default ``<certs dir>/ca.pem``."""
@@ -496,6 +503,7 @@ class Settings:
             port=integer("MSS_IMAP_PORT", 143 if production else 2143),
             tls_port=integer("MSS_IMAPS_PORT", 993 if production else 2993),
             max_sessions=integer("MSS_IMAP_MAX_SESSIONS", 500),
+            max_sessions_per_client=integer("MSS_IMAP_MAX_SESSIONS_PER_CLIENT", 100),
             idle_timeout=number("MSS_IMAP_TIMEOUT", 1860.0),
             login_timeout=number("MSS_IMAP_LOGIN_TIMEOUT", 60.0),
             session_seconds=integer("MSS_IMAP_SESSION_SECONDS", 12 * 3600),
@@ -504,10 +512,13 @@ class Settings:
         )
         if imap.poll_seconds <= 0 or imap.idle_timeout <= 0 or imap.login_timeout <= 0:
             raise ConfigError("MSS_IMAP_POLL_SECONDS, MSS_IMAP_TIMEOUT and MSS_IMAP_LOGIN_TIMEOUT must be positive")
+        if imap.max_sessions_per_client < 1:
+            raise ConfigError("MSS_IMAP_MAX_SESSIONS_PER_CLIENT must be at least 1")
         certs_dir = pki.certs_dir
         federation = FederationSettings(
             mx_host=get("MSS_MX_HOST", "127.0.0.1"),
             mx_port=integer("MSS_MX_PORT", 25 if environment == "production" else 2525),
+            mx_max_sessions_per_client=integer("MSS_MX_MAX_SESSIONS_PER_CLIENT", 25),
             peer_ca_file=Path(get("MSS_PEER_CA_FILE", str(certs_dir / "ca.pem"))).expanduser().resolve(),
             peer_smtp_port=integer("MSS_PEER_SMTP_PORT", 25),
             delay_warning=duration("MSS_DELAY_WARNING", "4h"),
@@ -521,6 +532,8 @@ class Settings:
             certificate_fetch_timeout=duration("MSS_CERT_FETCH_TIMEOUT", "5s"),
             certificate_cache=duration("MSS_CERT_CACHE", "1d"),
         )
+        if federation.mx_max_sessions_per_client < 1:
+            raise ConfigError("MSS_MX_MAX_SESSIONS_PER_CLIENT must be at least 1")
         if federation.delivery_concurrency < 0:
             raise ConfigError("MSS_DELIVERY_CONCURRENCY must be 0 or more")
         log_format = get("MSS_LOG_FORMAT", "text").lower()

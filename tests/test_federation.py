@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import smtplib
+import socket
 import ssl
 from collections.abc import Iterator
 from email.utils import make_msgid
@@ -201,8 +202,8 @@ def test_a_peer_refusal_fails_at_once_with_its_reply(pair: tuple[Operator, Opera
 # -- the MX door, spoken to directly ------------------------------------------------------------
 
 
-def mx(operator: Operator, context: ssl.SSLContext) -> smtplib.SMTP:
-    client = smtplib.SMTP("127.0.0.1", operator.mx_port, timeout=20)
+def mx(operator: Operator, context: ssl.SSLContext, *, source: str | None = None) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", operator.mx_port, timeout=20, source_address=(source, 0) if source else None)
     client.ehlo("peer.test")
     client.starttls(context=context)
     client.ehlo("peer.test")
@@ -241,6 +242,32 @@ def test_no_client_certificate_no_mail(pair: tuple[Operator, Operator]) -> None:
     assert (code, text[:5]) == (530, b"5.7.0") and b"client certificate" in text
     client.quit()
     assert ("mail", "no-client-certificate") in refusals(b)
+
+
+def test_one_address_cannot_take_every_session_of_the_mx_door(pair: tuple[Operator, Operator]) -> None:
+    """Before any certificate is shown, a client is an address: from one, the MX door lets
+    in MSS_MX_MAX_SESSIONS_PER_CLIENT sessions and tells the next ones 421 4.7.0, and a
+    peer at another address still delivers."""
+    a, b = pair
+    per_client = b.rt.settings.federation.mx_max_sessions_per_client
+    assert per_client < b.rt.settings.relay.max_sessions
+    idle: list[socket.socket] = []
+    try:
+        greetings = []
+        for _ in range(per_client + 5):
+            sock = socket.create_connection(("127.0.0.1", b.mx_port), timeout=10)
+            idle.append(sock)
+            greetings.append(sock.makefile("rb").readline())
+        assert sum(g.startswith(b"220 ") for g in greetings) == per_client
+        assert greetings[per_client:] == [b"421 4.7.0 Too many sessions from your address, try again later\r\n"] * 5
+        before = b.count(Message)
+        client = mx(b, a.peer_context(), source="127.0.0.2")
+        assert client.sendmail(MARC, [JOEL], plain(MARC, JOEL, "Autre adresse")) == {}
+        client.quit()
+        assert b.count(Message) == before + 1
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 def test_a_certificate_from_an_unknown_ca_fails_the_handshake(pair: tuple[Operator, Operator], tmp_path) -> None:

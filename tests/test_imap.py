@@ -617,6 +617,37 @@ def test_a_connection_that_does_not_log_in_in_time_gives_its_place_back(rt, gp):
         client.logout()
 
 
+def test_one_address_cannot_take_every_connection(rt, gp):
+    """MSS_IMAP_MAX_SESSIONS_PER_CLIENT connections from one address (both ports together),
+    the next told BYE at once; a client at another address, and one once a place is given
+    back, are served."""
+    narrow = with_imap(rt, max_sessions_per_client=2)
+    too_many = b"* BYE [UNAVAILABLE] Too many connections from your address: close some, or try again later\r\n"
+    with ImapServer(narrow) as server:
+        held = [_raw(server.port), _tls(narrow, server.tls_port)]
+        plain = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        tls = client_context(narrow).wrap_socket(
+            socket.create_connection(("127.0.0.1", server.tls_port), timeout=10), server_hostname="localhost"
+        )
+        for turned in (plain, tls):
+            said = b""
+            while chunk := turned.recv(1000):
+                said += chunk
+            assert said == too_many
+            turned.close()
+        elsewhere = socket.create_connection(("127.0.0.1", server.port), timeout=10, source_address=("127.0.0.2", 0))
+        assert elsewhere.recv(1000).startswith(b"* OK")
+        elsewhere.close()
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while server.open_connections > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client = login(narrow, server.port, gp)
+        assert client.noop()[0] == "OK"
+        client.logout()
+        held[0].close()
+
+
 def test_silent_and_non_reading_clients_are_cut_and_others_served(rt, doctor, gp):
     short = with_imap(rt, idle_timeout=2.0)
     for number in range(3):

@@ -31,6 +31,7 @@ EXPUNGED: Final = "The message was removed meanwhile"
 
 # BYE: the connection ends (``Bye``, or written before the connection closes).
 TOO_MANY_SESSIONS: Final = b"[UNAVAILABLE] Too many connections: try again later"
+TOO_MANY_FROM_CLIENT: Final = b"[UNAVAILABLE] Too many connections from your address: close some, or try again later"
 IDLE_TIMEOUT: Final = b"[UNAVAILABLE] Autologout: idle for too long"
 LOGIN_TIMEOUT: Final = b"[UNAVAILABLE] Not logged in in time"
 SESSION_EXPIRED: Final = b"[EXPIRED] This login is too old: log in again"

@@ -20,7 +20,8 @@ door and our limits on the wire:
   (a larger one is refused before it is read), FETCH responses written one message at a
   time, a client that stops reading is cut after ``MSS_IMAP_TIMEOUT``; silent clients are
   logged out after ``MSS_IMAP_TIMEOUT`` and every login after ``MSS_IMAP_SESSION_SECONDS``;
-  at most ``MSS_IMAP_MAX_SESSIONS`` connections per process.
+  at most ``MSS_IMAP_MAX_SESSIONS`` connections per process, of which at most
+  ``MSS_IMAP_MAX_SESSIONS_PER_CLIENT`` from one client address.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import re
 import secrets
 import time
 from argparse import Namespace
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, Final
@@ -537,15 +538,33 @@ class _Buffer:
 
 
 class Registry:
-    """Open connections of one process: bounded, and closed with a BYE at shutdown."""
+    """Open connections of one process: bounded in all and from one client address (so one
+    client cannot take every place there is), and closed with a BYE at shutdown."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_client: int) -> None:
         self.limit = limit
+        self.per_client_limit = per_client
         self.connections: set[MailConnection] = set()
+        self.per_client: Counter[str] = Counter()
 
-    @property
-    def full(self) -> bool:
-        return len(self.connections) >= self.limit
+    def refusal(self, client: str) -> bytes | None:
+        """The BYE that turns a new connection from ``client`` away, or None: it may come in."""
+        if len(self.connections) >= self.limit:
+            return replies.TOO_MANY_SESSIONS
+        if self.per_client[client] >= self.per_client_limit:
+            return replies.TOO_MANY_FROM_CLIENT
+        return None
+
+    def add(self, conn: MailConnection, client: str) -> None:
+        self.connections.add(conn)
+        self.per_client[client] += 1
+
+    def discard(self, conn: MailConnection, client: str) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.per_client[client] -= 1
+            if self.per_client[client] <= 0:
+                del self.per_client[client]
 
     async def close_all(self) -> None:
         await asyncio.gather(*(conn.kick(replies.SHUTDOWN) for conn in list(self.connections)), return_exceptions=True)
@@ -555,8 +574,11 @@ def connection_handler(rt: Runtime, config: MailConfig, registry: Registry) -> A
     """The ``asyncio.start_server`` callback of one listener."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if registry.full:
-            writer.write(b"* BYE " + replies.TOO_MANY_SESSIONS + b"\r\n")
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        refusal = registry.refusal(client)
+        if refusal is not None:
+            writer.write(b"* BYE " + refusal + b"\r\n")
             try:
                 async with asyncio.timeout(5):
                     await writer.drain()
@@ -564,12 +586,10 @@ def connection_handler(rt: Runtime, config: MailConfig, registry: Registry) -> A
                 pass
             writer.close()
             return
-        peer = writer.get_extra_info("peername")
-        client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         request_id = secrets.token_hex(8)
         conn = MailConnection(rt, config, reader, writer, SocketInfo.get(writer, None))
         state = MailState(rt, config, client, request_id, conn.kick, conn.pipelined)
-        registry.connections.add(conn)
+        registry.add(conn, client)
 
         # A connection that has not logged in by then gives its place back (a client logs
         # in at once; one that only holds a place would otherwise hold it for hours).
@@ -589,7 +609,7 @@ def connection_handler(rt: Runtime, config: MailConfig, registry: Registry) -> A
         finally:
             late.cancel()
             conn.stop_reading()
-            registry.connections.discard(conn)
+            registry.discard(conn, client)
             if state.mail_session is not None:
                 state.mail_session.close()
             writer.close()
@@ -624,7 +644,7 @@ async def start_listeners(rt: Runtime, *, host: str, port: int, tls_port: int | 
     """
     context = server_context(rt.settings)
     await asyncio.to_thread(workers.start)
-    registry = Registry(rt.settings.imap.max_sessions)
+    registry = Registry(rt.settings.imap.max_sessions, rt.settings.imap.max_sessions_per_client)
 
     async def bind(listen_port: int, *, implicit_tls: bool) -> asyncio.Server:
         config = MailConfig(rt, implicit_tls=implicit_tls, ssl_context=context)

@@ -203,7 +203,11 @@ async def start_mx_listener(rt: Runtime, *, host: str, port: int, handler: MxHan
 
     Raises ConfigError (TLS material, peer CAs) and OSError (the address cannot be bound).
     """
-    registry = SessionRegistry(rt.settings.relay.max_sessions, messages_per_client=messages_per_client(rt))
+    registry = SessionRegistry(
+        rt.settings.relay.max_sessions,
+        rt.settings.federation.mx_max_sessions_per_client,
+        messages_per_client=messages_per_client(rt),
+    )
     listener = await Listener.bind(mx_factory(rt, registry, handler), registry, host=host, port=port)
     log.info("MX listening on %s:%d (mutual TLS)", *listener.address)
     return listener

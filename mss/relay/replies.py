@@ -18,7 +18,8 @@ from typing import Final
 
 # RFC 3463 X.3.2 "System not accepting network messages": the cap on sessions is reached.
 SERVICE_BUSY: Final = "421 4.3.2 Too many sessions, try again later"
-# X.7.0: one client address holds its share of the sessions already (MSS_MAX_SESSIONS_PER_CLIENT).
+# X.7.0: one client address holds its share of the sessions already (MSS_MAX_SESSIONS_PER_CLIENT,
+# MSS_MX_MAX_SESSIONS_PER_CLIENT at the MX port).
 CLIENT_BUSY: Final = "421 4.7.0 Too many sessions from your address, try again later"
 # RFC 5321 4.5.3.2: a server that times a client out should say so (X.4.2 "Bad connection").
 IDLE_TIMEOUT: Final = "421 4.4.2 Idle too long, closing connection"
