@@ -210,6 +210,11 @@ class FromHeaderMismatch(PolicyError):
     """The From: header is not the authenticated account (spoofing)."""
 
 
+class SenderHeaderMismatch(FromHeaderMismatch):
+    """A Sender: header names someone other than the authenticated account: nobody sends
+    on another's behalf here, and a mail client shows that field as who sent it."""
+
+
 class DomainNotServed(PolicyError):
     """The address's domain is not one this operator serves (no open relay, no account or
     certificate for another operator's address)."""

@@ -256,6 +256,18 @@ def test_spoofed_from_header(relay_stack: Stack) -> None:
     assert refused(relay_stack, raw) == code_of(replies.FROM_HEADER_MISMATCH)
 
 
+def test_a_sender_field_names_the_account_or_is_left_out(relay_stack: Stack) -> None:
+    """A mail client shows Sender: as who sent the message ("on behalf of"): naming anyone
+    but the authenticated account is refused for good, as a forged From: is."""
+    raw = message(SENDER, RECIPIENTS)
+    forged = f"Sender: Dr Petit <{RECIPIENTS[0]}>\r\n".encode() + raw
+    assert refused(relay_stack, forged) == code_of(replies.SENDER_HEADER_MISMATCH)
+    own = f"Sender: {SENDER.upper()}\r\n".encode() + raw
+    client = login(relay_stack)
+    assert transaction(client, SENDER, RECIPIENTS, own)[-1][0] == 250
+    client.quit()
+
+
 def test_forbidden_attachment(relay_stack: Stack) -> None:
     exe = b"MZ\x90\x00" + b"\x00" * 60 + b"This program cannot be run in DOS mode." + b"\x00" * 200
     code, text = refused(relay_stack, message(SENDER, RECIPIENTS, [("bilan.exe", "application/octet-stream", exe)]))

@@ -48,6 +48,7 @@ def test_the_required_replies_have_the_required_codes() -> None:
         "PARAMETER_SYNTAX": "501 5.5.4",
         "LINE_TOO_LONG": "500 5.5.2",
         "FROM_HEADER_MISMATCH": "550 5.7.1",
+        "SENDER_HEADER_MISMATCH": "550 5.7.1",
         "MALFORMED_MESSAGE": "554 5.6.0",
         "LOCAL_ERROR": "451 4.3.0",
         "SERVICE_BUSY": "421 4.3.2",

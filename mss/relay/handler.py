@@ -58,6 +58,7 @@ _SUBMISSION_REFUSALS: Final[tuple[tuple[type[errors.MssError], str], ...]] = (
     (errors.CertificateExpired, replies.SENDER_CERTIFICATE_EXPIRED),
     (errors.AddressNotServed, replies.SENDER_NOT_SERVED),
     (errors.StandingError, replies.SENDER_REVOKED),
+    (errors.SenderHeaderMismatch, replies.SENDER_HEADER_MISMATCH),
     (errors.FromHeaderMismatch, replies.FROM_HEADER_MISMATCH),
     (errors.MessageTooLarge, replies.MESSAGE_TOO_LARGE),
     (errors.NotEncryptedForRecipients, replies.NOT_ENCRYPTED_FOR_RECIPIENTS),

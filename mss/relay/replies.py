@@ -146,6 +146,7 @@ HEADER_TOO_LARGE: Final = "552 5.3.4 Message header section too large"
 QUEUED: Final = "250 2.0.0 Ok: queued as {queue_id}"
 # X.7.1: the From: header must be the authenticated account (no spoofing).
 FROM_HEADER_MISMATCH: Final = "550 5.7.1 From: header is not the authenticated account"
+SENDER_HEADER_MISMATCH: Final = "550 5.7.1 Sender: header is not the authenticated account"
 # X.6.0 "Other or undefined media error": not parseable MIME, or RFC 5322 fields missing.
 MALFORMED_MESSAGE: Final = "554 5.6.0 Malformed message"
 # Permanent defects of the message itself, each named: a retry would send the same bytes.
