@@ -10,6 +10,7 @@ import logging
 import re
 import time
 
+import pytest
 from db_faults import refused
 from sqlalchemy import select
 
@@ -445,6 +446,34 @@ def test_a_second_factor_reset_is_one_change_or_none(rt, clients, doctor):
     third = clients()
     login(third, doctor)  # the code of the secret as it was
     assert third.get("/inbox").status_code == 200
+
+
+def test_a_second_factor_reset_for_a_session_that_ended_meanwhile_resets_nothing(rt, doctor):
+    """The session ended (a logout in another tab) after the request found it live: the
+    reset is refused as a whole, the secret, its confirmation and the audit trail as
+    they were (the page then asks for a login)."""
+    from mss.web import account, sessions
+
+    policy = sessions.SessionPolicy()
+    token = sessions.open_session(
+        rt.engine, account=unlocked(rt, doctor), channel=sessions.WEB, stage=sessions.ACTIVE, policy=policy
+    )
+    live = sessions.load_session(rt.engine, token, policy=policy, channel=sessions.WEB, settings=rt.settings)
+    with session_scope(rt.engine) as session:
+        before = session.execute(
+            select(Account.totp_secret_sealed, Account.totp_confirmed).where(Account.address == DOCTOR)
+        ).one()
+    assert sessions.end_session(rt.engine, token)
+    with pytest.raises(sessions.SessionInvalid):
+        account._reset_2fa(rt, live, policy)
+    with session_scope(rt.engine) as session:
+        assert (
+            session.execute(
+                select(Account.totp_secret_sealed, Account.totp_confirmed).where(Account.address == DOCTOR)
+            ).one()
+            == before
+        )
+    assert _actions(rt, "account.reset-2fa") == []
 
 
 def test_second_factor_reset_asks_the_password_then_enrols_again(rt, clients, doctor):
