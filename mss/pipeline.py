@@ -43,6 +43,7 @@ from mss.errors import (
     NotEncryptedForRecipients,
     RecipientHasNoCertificate,
     RepeatedHeaderField,
+    SenderHeaderMismatch,
     SenderMismatch,
     UnopenableEnvelope,
     UnsupportedCms,
@@ -494,6 +495,8 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         message = _parse(submission.raw)
     if _from_address(message) != sender.address:
         raise FromHeaderMismatch(f"the From: header must be {sender.address}")
+    if message.get("Sender") is not None and _one_mailbox(message, "Sender") != sender.address:
+        raise SenderHeaderMismatch(f"the Sender: header must be {sender.address}, or left out")
     recipients = [r.address for r in submission.recipients]
     queue_id = new_queue_id()
     domain = sender.address.rpartition("@")[2]
