@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import logging
 
+from db_faults import refused
+
 from web_support import CDA_SAMPLE, DOCTOR, GP, app, clients, create_person, doctor, gp, login, pdf_bytes, submit  # noqa: F401  (fixtures)
 
 
@@ -46,6 +48,21 @@ def test_login_needs_password_totp_and_an_enrolled_authenticator(rt, clients, do
     assert client.delete("/api/v1/sessions/current", headers=_auth(token)).status_code == 204
     gone = client.get("/api/v1/messages", headers=_auth(token))
     assert gone.status_code == 401 and gone.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_a_token_that_cannot_be_written_leaves_its_recovery_code_unused(rt, clients, doctor):
+    from mss import accounts
+
+    login(clients(), doctor)
+    code = accounts.new_recovery_codes(rt.engine, DOCTOR)[0]
+    client = clients()
+    login_form = {"address": DOCTOR, "password": doctor.password, "code": code}
+    with refused(rt.engine, "web_session", "INSERT"):
+        assert client.post("/api/v1/sessions", json=login_form).status_code >= 500
+    assert accounts.remaining_recovery_codes(rt.engine, DOCTOR) == 10
+    token = client.post("/api/v1/sessions", json=login_form)
+    assert token.status_code == 201 and accounts.remaining_recovery_codes(rt.engine, DOCTOR) == 9
+    assert client.get("/api/v1/messages", headers=_auth(token.json()["token"])).status_code == 200
 
 
 def test_read_filter_download_send_and_receipts(rt, clients, doctor, gp):

@@ -102,6 +102,33 @@ def test_recovery_code_replaces_totp_once(rt, clients, doctor):
     assert accounts.remaining_recovery_codes(rt.engine, DOCTOR) == 9
 
 
+def test_a_login_that_cannot_be_written_leaves_its_code_unused(rt, clients, doctor):
+    """A code accepted and the session it moves on are one transaction. When the session
+    cannot be written, the enrolment's first TOTP code, and later a recovery code, are
+    still unused (no recovery codes were made either), and the same code then logs in."""
+    client = clients()
+    page = client.get("/login")
+    client.post("/login", data={"address": DOCTOR, "password": doctor.password, "csrf_token": csrf(page.text)})
+    enrol = client.get("/login/enrol")
+    code = doctor.code()
+    form = {"code": code, "csrf_token": csrf(enrol.text)}
+    with refused(rt.engine, "web_session", "INSERT"):
+        assert client.post("/login/enrol", data=form, follow_redirects=False).status_code >= 500
+    assert accounts.remaining_recovery_codes(rt.engine, DOCTOR) == 0 and not accounts.totp_confirmed(rt.engine, DOCTOR)
+    done = client.post("/login/enrol", data=form, follow_redirects=False)
+    assert done.status_code == 200 and "recovery-codes" in done.text
+    codes = accounts.new_recovery_codes(rt.engine, DOCTOR)
+    other = clients()
+    page = totp_page(other, doctor)
+    form = {"code": codes[0], "csrf_token": csrf(page.text)}
+    with refused(rt.engine, "web_session", "INSERT"):
+        assert other.post("/login/totp", data=form, follow_redirects=False).status_code >= 500
+    assert accounts.remaining_recovery_codes(rt.engine, DOCTOR) == 10
+    assert other.post("/login/totp", data=form, follow_redirects=False).headers["location"] == "/inbox"
+    assert accounts.remaining_recovery_codes(rt.engine, DOCTOR) == 9
+    assert other.get("/inbox").status_code == 200
+
+
 def test_inbox_and_message_page(rt, clients, doctor, gp):
     pdf = pdf_bytes()
     accepted = submit(

@@ -59,6 +59,7 @@ from mss.accounts.preferences import (
 from mss.accounts.twofactor import (
     check_second_factor,
     new_recovery_codes,
+    new_recovery_codes_in,
     pending_enrolment,
     remaining_recovery_codes,
     reset_2fa,
@@ -98,6 +99,7 @@ __all__ = [
     "login_completed",
     "login_with_code",
     "new_recovery_codes",
+    "new_recovery_codes_in",
     "pending_enrolment",
     "read_receipt_choice",
     "recover_account",

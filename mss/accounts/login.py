@@ -13,11 +13,13 @@ both steps at once for a door that receives them together (the API).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Final
+from typing import Final, TypeVar
 
 from cryptography import x509
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from directory.models import Certificate
 from mss import audit, standing, throttle
@@ -33,6 +35,8 @@ from mss.settings import Settings
 
 # Longer than any sensible password: refused before any argon2id work.
 MAX_PASSWORD: Final = 1024
+
+T = TypeVar("T")
 
 
 @lru_cache(maxsize=4)
@@ -134,15 +138,25 @@ def authenticate(
 
 
 def login_with_code(
-    engine: Engine, settings: Settings, master_key: MasterKey, address: str, password: str, code: str, origin: Origin
-) -> UnlockedAccount:
-    """Both factors at once: the password, then a TOTP or recovery code.
+    engine: Engine,
+    settings: Settings,
+    master_key: MasterKey,
+    address: str,
+    password: str,
+    code: str,
+    origin: Origin,
+    then: Callable[[Session, UnlockedAccount], T],
+) -> T:
+    """Both factors at once: the password, then a TOTP or recovery code; then ``then``
+    (the session it opens) in the transaction that accepts the code, and what it returns.
 
     Raises what :func:`authenticate` raises, EnrolmentRequired when the account has not
-    enrolled an authenticator yet (done in the web inbox), BadTotp, AccountLocked.
+    enrolled an authenticator yet (done in the web inbox), BadTotp, AccountLocked, and what
+    ``then`` raises (the code then stays unused).
     """
     unlocked = authenticate(engine, settings, address, password, origin, completes_login=False)
     if not totp_confirmed(engine, unlocked.address):
         raise EnrolmentRequired("enrol an authenticator in the web inbox first")
-    check_second_factor(engine, settings, master_key, unlocked.address, code, origin)
-    return unlocked
+    return check_second_factor(
+        engine, settings, master_key, unlocked.address, code, origin, then=lambda session: then(session, unlocked)
+    )

@@ -5,6 +5,11 @@ works once (replay guard: the last accepted 30-second step is kept). Recovery co
 random base32 characters (60 bits); only their SHA-256 (salted with the address) is kept,
 in ``Account.recovery_codes`` as JSON; one works once, in place of a TOTP code. Wrong codes
 of either kind count towards the same lockout (``mss.accounts.lockout``).
+
+A code accepted and what it lets in (a session that moves on, new recovery codes) are one
+transaction: the ``then`` of ``verify_totp``, ``use_recovery_code`` and
+``check_second_factor`` runs in it, so that a login that fails there has not used up its
+code.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Callable
+from typing import TypeVar, overload
 
 import pyotp
 from sqlalchemy.engine import Engine
@@ -33,6 +40,10 @@ TOTP_STEP = 30
 RECOVERY_CODES = 10
 _ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: read aloud or copied by hand
 _TOTP_CODE = re.compile(r"^[0-9]{6}$")
+
+T = TypeVar("T")
+Then = Callable[[Session], T]
+"""What an accepted code lets in, written in the transaction that accepts the code."""
 
 
 def new_totp(master_key: MasterKey) -> tuple[str, bytes]:
@@ -67,6 +78,30 @@ def pending_enrolment(engine: Engine, settings: Settings, master_key: MasterKey,
     return enrolment_of(settings, account.address, secret)
 
 
+@overload
+def verify_totp(
+    engine: Engine,
+    settings: Settings,
+    master_key: MasterKey,
+    address: str,
+    code: str,
+    origin: Origin = ...,
+    *,
+    at: float | None = ...,
+    then: None = ...,
+) -> None: ...
+@overload
+def verify_totp(
+    engine: Engine,
+    settings: Settings,
+    master_key: MasterKey,
+    address: str,
+    code: str,
+    origin: Origin = ...,
+    *,
+    at: float | None = ...,
+    then: Then[T],
+) -> T: ...
 def verify_totp(
     engine: Engine,
     settings: Settings,
@@ -76,11 +111,14 @@ def verify_totp(
     origin: Origin = LOCAL,
     *,
     at: float | None = None,
-) -> None:
-    """Accept a TOTP code once (RFC 6238, one step of clock drift either way).
+    then: Then[T] | None = None,
+) -> T | None:
+    """Accept a TOTP code once (RFC 6238, one step of clock drift either way); then
+    ``then`` in the same transaction, and return what it returns.
 
     A code already used, or any earlier one, is refused (replay guard). Failures count
-    towards the lockout whatever the password step did. Raises BadTotp, AccountLocked.
+    towards the lockout whatever the password step did. Raises BadTotp, AccountLocked, and
+    what ``then`` raises (the code is then not used up).
     """
     address = normalise_address(address)
     now = time.time() if at is None else at
@@ -101,7 +139,7 @@ def verify_totp(
             account.totp_confirmed = True
             login_completed(session, account, origin.client)
             audit.record(session, actor=address, action="totp.verify", object=address, request_id=origin.request_id)
-            return
+            return then(session) if then is not None else None
     record_failure(engine, settings, address, origin, action="totp.login", reason="bad-totp")
     raise BadTotp("the code is wrong, expired or already used")
 
@@ -116,13 +154,18 @@ def _compact_code(code: str) -> str:
 
 def new_recovery_codes(engine: Engine, address: str, *, request_id: str = "") -> list[str]:
     """Replace the account's recovery codes with new ones; return them (shown once)."""
-    codes = ["".join(secrets.choice(_ALPHABET) for _ in range(12)) for _ in range(RECOVERY_CODES)]
     with session_scope(engine) as session:
-        account = require_account(session, address)
-        account.recovery_codes = json.dumps([_digest(account.address, code) for code in codes])
-        record_change(
-            session, account, "account.recovery-codes", actor=account.address, request_id=request_id, count=len(codes)
-        )
+        return new_recovery_codes_in(session, address, request_id=request_id)
+
+
+def new_recovery_codes_in(session: Session, address: str, *, request_id: str = "") -> list[str]:
+    """``new_recovery_codes`` in the caller's transaction."""
+    codes = ["".join(secrets.choice(_ALPHABET) for _ in range(12)) for _ in range(RECOVERY_CODES)]
+    account = require_account(session, address)
+    account.recovery_codes = json.dumps([_digest(account.address, code) for code in codes])
+    record_change(
+        session, account, "account.recovery-codes", actor=account.address, request_id=request_id, count=len(codes)
+    )
     return [f"{c[:4]}-{c[4:8]}-{c[8:]}" for c in codes]
 
 
@@ -133,11 +176,14 @@ def remaining_recovery_codes(engine: Engine, address: str) -> int:
         return len(json.loads(account.recovery_codes or "[]")) if account else 0
 
 
-def use_recovery_code(engine: Engine, settings: Settings, address: str, code: str, origin: Origin = LOCAL) -> None:
-    """Accept a recovery code once in place of a TOTP code.
+def use_recovery_code(
+    engine: Engine, settings: Settings, address: str, code: str, origin: Origin, *, then: Then[T]
+) -> T:
+    """Accept a recovery code once in place of a TOTP code; then ``then`` in the same
+    transaction, and return what it returns.
 
     Raises NoSuchAccount, AccountLocked, BadTotp (wrong or used code; counts towards the
-    lockout).
+    lockout), and what ``then`` raises (the code then stays unused).
     """
     presented = _compact_code(code)
     with session_scope(engine) as session:
@@ -159,24 +205,23 @@ def use_recovery_code(engine: Engine, settings: Settings, address: str, code: st
                 request_id=origin.request_id,
                 remaining=len(stored),
             )
-            return
+            return then(session)
     record_failure(engine, settings, address, origin, action="totp.recovery-code", reason="bad-recovery-code")
     raise BadTotp("the code is wrong, expired or already used")
 
 
 def check_second_factor(
-    engine: Engine, settings: Settings, master_key: MasterKey, address: str, code: str, origin: Origin = LOCAL
-) -> str:
-    """Accept a TOTP code or a recovery code; return ``totp`` or ``recovery``.
+    engine: Engine, settings: Settings, master_key: MasterKey, address: str, code: str, origin: Origin, then: Then[T]
+) -> T:
+    """Accept a TOTP code or a recovery code; then ``then`` in the same transaction, and
+    return what it returns.
 
-    Raises BadTotp, AccountLocked.
+    Raises BadTotp, AccountLocked, and what ``then`` raises (the code then stays unused).
     """
     compact = "".join(code.split())
     if _TOTP_CODE.match(compact):
-        verify_totp(engine, settings, master_key, address, compact, origin)
-        return "totp"
-    use_recovery_code(engine, settings, address, compact, origin)
-    return "recovery"
+        return verify_totp(engine, settings, master_key, address, compact, origin, then=then)
+    return use_recovery_code(engine, settings, address, compact, origin, then=then)
 
 
 def reset_2fa(

@@ -43,7 +43,7 @@ from mss.web.sessions import (
     SessionToken,
     end_session,
     load_session,
-    open_session,
+    open_session_in,
 )
 
 SECURITY: list[dict[str, list[str]]] = [{"BearerToken": []}]
@@ -360,10 +360,18 @@ def _login(request: Request, data: LoginRequest) -> SessionOut:
     web = config(request)
     rt = web.rt
     # A refusal (an AuthError) is answered by mss.web.errors, like every service error.
-    unlocked = accounts.login_with_code(
-        rt.engine, rt.settings, rt.master_key, data.address, data.password, data.code, origin(request, "api")
+    token = accounts.login_with_code(
+        rt.engine,
+        rt.settings,
+        rt.master_key,
+        data.address,
+        data.password,
+        data.code,
+        origin(request, "api"),
+        then=lambda session, unlocked: open_session_in(
+            session, account=unlocked, channel=API, stage=ACTIVE, policy=web.policy
+        ),
     )
-    token = open_session(rt.engine, account=unlocked, channel=API, stage=ACTIVE, policy=web.policy)
     return SessionOut(
         token=token.encode(),
         token_type="Bearer",

@@ -46,7 +46,9 @@ from mss.web.sessions import (
     Live,
     LiveSession,
     SessionInvalid,
-    advance,
+    SessionPolicy,
+    SessionToken,
+    advance_in,
     end_session,
     load_session,
     open_session,
@@ -191,7 +193,7 @@ class AuthController(Controller):
         """Check a TOTP or recovery code; the session becomes active (new cookie)."""
         t = language(request).gettext
         try:
-            await run(
+            token = await run(
                 accounts.check_second_factor,
                 rt.engine,
                 rt.settings,
@@ -199,7 +201,10 @@ class AuthController(Controller):
                 live.address,
                 data.code,
                 origin(request),
+                then=lambda session: advance_in(session, live, stage=ACTIVE, policy=web.policy),
             )
+        except SessionInvalid as exc:  # ended meanwhile: the code stays unused
+            raise LoginRequired("session ended meanwhile") from exc
         except BadTotp:
             return render(
                 request,
@@ -210,7 +215,6 @@ class AuthController(Controller):
             )
         except AccountLocked:
             return await _locked_out(request, live)
-        token = await run(advance, rt.engine, live, stage=ACTIVE, policy=web.policy)
         response = redirect("/inbox")
         set_session_cookie(response, token)
         return response
@@ -248,15 +252,15 @@ class AuthController(Controller):
         try:
             if not (code.isascii() and code.isdigit()) or len(code) != 6:
                 raise BadTotp("a TOTP code has six digits")
-            await run(accounts.verify_totp, rt.engine, rt.settings, rt.master_key, live.address, code, origin(request))
+            codes, token = await run(_enrolled, rt, live, code, origin(request), web.policy)
+        except SessionInvalid as exc:  # ended meanwhile: the code stays unused, no codes are made
+            raise LoginRequired("session ended meanwhile") from exc
         except BadTotp:
             return await self._enrol_form(
                 request, live, rt, error=t("The code is wrong, expired or already used."), status_code=401
             )
         except AccountLocked:
             return await _locked_out(request, live)
-        codes = await run(accounts.new_recovery_codes, rt.engine, live.address, request_id=request_id(request))
-        token = await run(advance, rt.engine, live, stage=ACTIVE, policy=web.policy)
         # Rendered directly, not after a redirect: the codes are never stored anywhere in clear.
         response = render(request, "recovery_codes.html", user=live.address, codes=codes, new_session=token)
         set_session_cookie(response, token)
@@ -273,6 +277,26 @@ class AuthController(Controller):
         response = redirect("/login")
         clear_session_cookie(response)
         return response
+
+
+def _enrolled(
+    rt: Runtime, live: LiveSession, code: str, who: accounts.Origin, policy: SessionPolicy
+) -> tuple[list[str], SessionToken]:
+    """The enrolment confirmed by its first code, with the recovery codes shown once and the
+    session moved on: one transaction, or none of it. Raises BadTotp, AccountLocked,
+    SessionInvalid (the session ended meanwhile)."""
+    return accounts.verify_totp(
+        rt.engine,
+        rt.settings,
+        rt.master_key,
+        live.address,
+        code,
+        who,
+        then=lambda session: (
+            accounts.new_recovery_codes_in(session, live.address, request_id=who.request_id),
+            advance_in(session, live, stage=ACTIVE, policy=policy),
+        ),
+    )
 
 
 def _audit_logout(rt, address: str, rid: str) -> None:

@@ -202,11 +202,18 @@ def open_session(
 ) -> SessionToken:
     """Store a new session of ``account`` (its keys sealed under the new token's key) and
     return its token (shown to the client once)."""
+    with session_scope(engine) as session:
+        return open_session_in(session, account=account, channel=channel, stage=stage, policy=policy)
+
+
+def open_session_in(
+    session: Session, *, account: UnlockedAccount, channel: str, stage: str, policy: SessionPolicy
+) -> SessionToken:
+    """``open_session`` in the caller's transaction (the one that accepts a second factor)."""
     if channel not in {WEB, API} or stage not in STAGES:
         raise ValueError(f"bad session channel {channel!r} or stage {stage!r}")
     token, row = _new_row(account.address, channel, stage, account.private_key_der, account.past_keys_der, policy)
-    with session_scope(engine) as session:
-        session.add(row)
+    session.add(row)
     return token
 
 
