@@ -296,16 +296,15 @@ def _certificate(certificate: asn1_x509.Certificate) -> x509.Certificate:
 
 
 def certificate_addresses(certificate: x509.Certificate) -> tuple[str, ...]:
-    """The mail addresses a certificate names: its subjectAltName rfc822Names, else the
-    emailAddress of its subject (RFC 8550 3), in the certificate's order."""
+    """The mail addresses a certificate names, in its subjectAltName's rfc822Names and its
+    subject's emailAddress (RFC 8550 3 has receiving agents recognise both), in that order."""
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        addresses = san.get_values_for_type(x509.RFC822Name)
-        if addresses:
-            return tuple(addresses)
+        named = list(san.get_values_for_type(x509.RFC822Name))
     except x509.ExtensionNotFound:
-        pass
-    return tuple(str(e.value) for e in certificate.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS))
+        named = []
+    named += [str(e.value) for e in certificate.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)]
+    return tuple(dict.fromkeys(named))
 
 
 def _signer_address(certificate: x509.Certificate) -> str | None:

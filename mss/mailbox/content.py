@@ -41,10 +41,14 @@ from mss.mime import PARSE_FAILURES, POLICY, SUMMARY_HEADERS, decoded_payload
 UNSIGNED = "unsigned"
 UNVERIFIABLE = "unverifiable"
 REVOKED_SINCE = "revoked-since"
-# A signature that holds, by a certificate that does not name the message's sender (RFC 8550
-# 3: the receiving agent checks the From address against the signer's certificate).
+# A signature that holds, by a certificate that names mail addresses but not the message's
+# sender's (RFC 8550 3: the receiving agent checks the From address against the signer's
+# certificate, when it names any).
 OTHER_SIGNER = "other-signer"
 OTHER_SIGNER_REASON = "the message was signed by someone other than its sender"
+# The kinds of stored message the operator signs, whatever their From: receipts (DSN, MDN)
+# and the service's notices (``mss.lifecycle``).
+OPERATOR_SIGNED = ("receipt", "notice")
 SMIME_TYPES = smime.PKCS7_MIME_TYPES
 SIGNATURE_TYPES = smime.PKCS7_SIGNATURE_TYPES
 # With several signatures (ours over a client's, or a client's nested ones), the worst shows.
@@ -190,15 +194,22 @@ def _checked(
     A signature by a certificate revoked today is checked again as of ``submitted_at``
     (when this service received the message, which proves it existed then): if it held
     then, the reader learns both facts, valid when signed and revoked since (with the date).
-    A signature that holds by a certificate that does not name ``sender`` is
-    ``other-signer``: the reader is shown who signed, and that it is not the sender.
+    A valid signature by a certificate that names mail addresses, none of them ``sender``,
+    is ``other-signer``: the reader is shown who signed, and that it is not the sender (one
+    valid when signed by a certificate revoked since already comes with its warning and its
+    signer's name, and stays what it is). A certificate that names the sender among others
+    is shown under that address.
     """
     checked, signer = _checked_alone(layer, roots, crls, submitted_at)
-    if sender is None or signer is None or checked.status not in (verify.VALID, REVOKED_SINCE):
+    if sender is None or signer is None or checked.status != verify.VALID:
         return checked
-    if sender.lower() in (a.lower() for a in verify.certificate_addresses(signer)):
-        return checked
-    return replace(checked, status=OTHER_SIGNER, reason=OTHER_SIGNER_REASON, revoked_at=None)
+    named = verify.certificate_addresses(signer)
+    if not named:
+        return checked  # RFC 8550 3: a certificate without an address is accepted as it is
+    same = next((a for a in named if a.lower() == sender.lower()), None)
+    if same is not None:
+        return replace(checked, signer_address=same)
+    return replace(checked, status=OTHER_SIGNER, reason=OTHER_SIGNER_REASON)
 
 
 def _checked_alone(
@@ -312,12 +323,13 @@ def decrypt_and_verify(
     ``more_crls`` gives CRLs for a SignedData's certificates beyond ``crls`` (another
     operator's CA). ``sender`` is the message's (its From address, which every door checks
     against the envelope): a signature that holds by anyone else's certificate is
-    ``other-signer``. A notification is signed by its operator, not by its From address
-    (the reporting MTA, or the recipient an MDN speaks for): it is not held to that.
+    ``other-signer``. A notification or a notice is signed by its operator, not by its
+    From address (the reporting MTA, the recipient an MDN speaks for, the postmaster): it
+    is not held to that.
     Raises DecryptionError when the reader's key cannot open an envelope of the message.
     """
     inner = _decrypt(session, cms, reader)
-    trust = _Trust(roots, crls, submitted_at, more_crls, sender=None if kind == "receipt" else sender)
+    trust = _Trust(roots, crls, submitted_at, more_crls, sender=None if kind in OPERATOR_SIGNED else sender)
     signatures, entity, first = _walk(session, inner, reader, trust)
     if kind != "client" and first != smime.SIGNED:
         return Signature(status=verify.INVALID, reason="the stored message is not signed as it should be"), b""
