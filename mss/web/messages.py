@@ -53,7 +53,7 @@ SIGNATURE_STATUSES = {
     "untrusted": _("untrusted signature"),
     "revoked": _("signature by a revoked certificate"),
     "revoked-since": _("valid when signed; the signer's certificate has been revoked since"),
-    "other-signer": _("signed by someone other than the sender"),
+    "other-signer": _("valid signature, but not by the sender"),
     "expired": _("signature by an expired certificate"),
     "unsigned": _("not signed"),
     "unverifiable": _("signature not checked"),
