@@ -332,7 +332,11 @@ def crl_not_published(session: Session) -> None:
     """After a revocation that committed: exit 1 saying so when its CRL could not be written."""
     from directory import certificates
 
-    reason = certificates.crl_not_written(session)
+    crl_reason_or_exit(certificates.crl_not_written(session))
+
+
+def crl_reason_or_exit(reason: str | None) -> None:
+    """Exit 1 saying so when the CRL of a committed revocation could not be written."""
     if reason is not None:
         err.print(
             f"error: the revocation is done (no door accepts the certificate any more), but the CRL that"
@@ -890,6 +894,7 @@ def lifecycle_run() -> None:
     for address in summary.closed:
         out.print(f"  closed {address}", highlight=False)
     out.print(f"audit events purged: {summary.audit_events_purged}", highlight=False)
+    crl_reason_or_exit(summary.crl_not_written)
 
 
 # -- messages ----------------------------------------------------------------------------

@@ -43,6 +43,9 @@ class LifecycleSummary:
     closed: list[str] = field(default_factory=list)
     messages_deleted: int = 0
     audit_events_purged: int = 0
+    crl_not_written: str | None = None
+    """Why the CRL that lists a closed mailbox's certificate could not be written (the
+    closure holds; ``mss pki crl`` publishes it once that is mended), or None."""
 
 
 def _inactive_since(account: Account) -> datetime:
@@ -187,6 +190,7 @@ def run(rt: Runtime, *, now: datetime | None = None) -> LifecycleSummary:
                 summary.closed.append(account.address)
             elif noticed is None and _notice(session, rt, account, now):
                 summary.noticed.append(account.address)
+        summary.crl_not_written = certificates.crl_not_written(session) or summary.crl_not_written
     # The audit purge never reaches past the real present (a purge refuses the future).
     before = min(now, utcnow()) - timedelta(days=rt.settings.audit_retention_days)
     with session_scope(rt.engine) as session:

@@ -88,3 +88,23 @@ def test_a_login_keeps_a_mailbox_alive(rt, doctor, mss):
     _age(rt, doctor.address, 336)
     accounts.authenticate(rt.engine, rt.settings, doctor.address, doctor.password, accounts.Origin("smtp"))
     assert "inactivity notices sent: 0" in mss("lifecycle", "run").stdout
+
+
+def test_a_closure_whose_crl_cannot_be_written_holds_and_says_so(rt, doctor, mss):
+    """Closing a mailbox revokes its certificate: when the CRL that lists it cannot be
+    written, the closure holds, and the run ends with status 1 saying what to do."""
+    _age(rt, doctor.address, 366, notice_days=31)
+    crl_file = rt.settings.pki.certs_dir / "ca.crl.pem"
+    published = crl_file.read_bytes()
+    crl_file.unlink()
+    crl_file.mkdir()  # a CRL that cannot be written (even by root): a folder in its place
+    try:
+        result = mss("lifecycle", "run", ok=False)
+    finally:
+        crl_file.rmdir()
+        crl_file.write_bytes(published)
+    assert result.exit_code == 1 and f"closed {doctor.address}" in result.stdout
+    assert "the revocation is done" in result.stderr and "mss pki crl" in result.stderr
+    with session_scope(rt.engine) as session:
+        assert session.execute(select(Account.closed_at).where(Account.address == doctor.address)).scalar_one()
+    assert "1 revoked certificate(s)" in mss("pki", "crl").stdout
