@@ -516,7 +516,13 @@ def _link_report(
         .first()
     )
     if original is None:
-        log.info("report %s is about %s, which none of its addressees sent", notification.queue_id, original_id[:80])
+        # The peer's text is not logged (a Message-ID may name a patient or a service, or
+        # carry what a log reader would take for another line): its digest, as stored.
+        log.info(
+            "report %s is about a Message-ID (sha256 %s) none of its addressees sent",
+            notification.queue_id,
+            _digest(original_id)[:16],
+        )
         return 0
     # Another operator speaks for the recipients it was sent to, never for one served here
     # (their receipts are ours to write) nor for an address the original did not name.

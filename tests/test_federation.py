@@ -11,6 +11,7 @@ relay attempt, a peer whose domain was taken off the list.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import smtplib
@@ -498,3 +499,17 @@ def test_a_peer_report_speaks_only_for_the_recipients_it_was_sent_to(pair: tuple
     wait_for(lambda: has_receipt(a, queue_id, "dsn", "delivered", JOEL), what="the DSN for Joël at A")
     added = [r[:3] for r in receipts_of(a, queue_id) if r not in before]
     assert added == [("dsn", "delivered", JOEL)], added
+
+
+def test_a_peer_report_about_no_message_sent_is_logged_without_its_text(
+    pair: tuple[Operator, Operator], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The peer's Message-ID is its text, which may name a patient: the log has its digest."""
+    a, b = pair
+    about = "<dupont.jean.1962-lettre@hopital.example>"
+    caplog.set_level(logging.INFO, logger="mss")
+    client = mx(a, b.peer_context())
+    client.sendmail("", [MARC], _report_from_peer(about, [JOEL]))
+    client.quit()
+    wait_for(lambda: "none of its addressees sent" in caplog.text, what="the report's log line")
+    assert "dupont" not in caplog.text and hashlib.sha256(about.encode()).hexdigest()[:16] in caplog.text
