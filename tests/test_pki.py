@@ -371,6 +371,31 @@ def test_revoke_rewrites_the_crl_that_openssl_checks(engine: Engine, dev_pki: Se
     assert report.status == "revoked"
 
 
+def test_a_reason_that_does_not_revoke_for_good_is_refused_and_never_listed(
+    engine: Engine, dev_pki: Settings, tmp_path: Path
+) -> None:
+    """removeFromCRL in a CRL tells a verifier the certificate is good again (openssl says
+    OK), and certificateHold is meant to be lifted: neither is a reason a revocation here
+    takes. A row that holds one (written before) is listed as revoked all the same."""
+    address = "eloise.bernard@medecin.mss.test"
+    _add_entry(engine, address)
+    with session_scope(engine) as session:
+        _key, issued = certificates.issue_for_entry(session, dev_pki, address, actor="admin")
+    for reason in ("removeFromCRL", "remove_from_crl", "certificateHold"):
+        with pytest.raises(PkiError, match="does not revoke a certificate for good"), session_scope(engine) as session:
+            certificates.revoke_for_address(session, dev_pki, address, reason=reason, actor="admin")
+    with session_scope(engine) as session:
+        assert certificates.current_certificate(session, address) is not None
+    ca = pki.load_ca(dev_pki)
+    at = datetime.now(UTC)
+    assert pki.write_crl(dev_pki, pki.build_crl(ca, [(int(issued.serial, 16), at, "removeFromCRL")]))
+    user = tmp_path / "user.pem"
+    user.write_bytes(x509.load_der_x509_certificate(issued.der).public_bytes(serialization.Encoding.PEM))
+    paths = pki.PkiPaths.from_settings(dev_pki)
+    done = openssl("verify", "-crl_check", "-CAfile", str(paths.ca_certificate), "-CRLfile", str(paths.crl), str(user))
+    assert done.returncode != 0 and "certificate revoked" in done.stdout + done.stderr
+
+
 def test_a_rolled_back_revocation_leaves_the_crl_alone(engine: Engine, dev_pki: Settings) -> None:
     _add_entry(engine, "eloise.bernard@medecin.mss.test")
     with session_scope(engine) as session:

@@ -61,11 +61,21 @@ TLS_USAGES = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
 NAME_MAX = 64
 
 # RFC 5280 5.3.1 reason codes, by their ASN.1 names and the snake_case spelling.
-REVOCATION_REASONS: dict[str, x509.ReasonFlags] = {}
+# RFC 5280 5.3.1's reasons that do not revoke for good: removeFromCRL (a delta CRL's way to
+# lift a hold: a verifier takes a certificate listed with it as good) and certificateHold (a
+# hold is meant to be lifted; a revocation here is final). Neither is accepted, and a row
+# that holds one is listed as unspecified.
+NOT_FINAL_REASONS: frozenset[x509.ReasonFlags] = frozenset(
+    {x509.ReasonFlags.remove_from_crl, x509.ReasonFlags.certificate_hold}
+)
+_ANY_REASON: dict[str, x509.ReasonFlags] = {}
 for _flag in x509.ReasonFlags:
-    REVOCATION_REASONS[_flag.value] = _flag
-    REVOCATION_REASONS[_flag.name] = _flag
+    _ANY_REASON[_flag.value] = _flag
+    _ANY_REASON[_flag.name] = _flag
 del _flag
+REVOCATION_REASONS: dict[str, x509.ReasonFlags] = {
+    name: flag for name, flag in _ANY_REASON.items() if flag not in NOT_FINAL_REASONS
+}
 
 _PRINTABLE = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()+,-./:=?")
 
@@ -459,7 +469,9 @@ def revocation_reason(reason: str) -> x509.ReasonFlags:
     """
     flag = REVOCATION_REASONS.get(reason)
     if flag is None:
-        known = ", ".join(sorted({f.value for f in x509.ReasonFlags}))
+        known = ", ".join(sorted({f.value for f in REVOCATION_REASONS.values()}))
+        if reason in _ANY_REASON:
+            raise PkiError(f"{reason} does not revoke a certificate for good; use one of: {known}")
         raise PkiError(f"unknown revocation reason {reason!r}; use one of: {known}")
     return flag
 
@@ -498,7 +510,11 @@ def build_crl(
         if serial in seen:
             continue
         seen.add(serial)
-        flag = revocation_reason(reason)
+        flag = _ANY_REASON.get(reason)
+        if flag is None:
+            raise PkiError(f"unknown revocation reason {reason!r}")
+        if flag in NOT_FINAL_REASONS:
+            flag = x509.ReasonFlags.unspecified  # revoked here for good, whatever the row says
         entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(revoked_at)
         # RFC 5280 5.3.1: the reasonCode extension is omitted rather than "unspecified".
         if flag is not x509.ReasonFlags.unspecified:
