@@ -28,7 +28,7 @@ from sqlmodel import Session
 
 from mss.db import session_scope
 from mss.errors import MssError, NoSuchAccount
-from mss.files import write_file
+from mss.files import replacing, unfit_output, write_file
 from mss.runtime import Runtime, open_runtime
 from mss.settings import Settings
 
@@ -261,8 +261,7 @@ def pki_issue(
 
     rt = runtime()
     export_password, profile = export_protection(SecretReader(password_stdin), compatible)
-    if out_file.is_dir():
-        raise MssError(f"cannot write {out_file}: it is a folder; nothing was issued")
+    output_file(out_file, then="; nothing was issued")
     # The file holds the key's only copy: written beside its place before the certificate is
     # committed (a place that cannot be written issues nothing), and put in its place once it
     # is (a commit that fails leaves whatever was there as it was).
@@ -326,6 +325,23 @@ def pki_crl() -> None:
         f"published the CRL: {len(crl)} revoked certificate(s), next update {crl.next_update_utc:%Y-%m-%d %H:%M} UTC",
         highlight=False,
     )
+
+
+def output_file(path: Path, *, then: str = "") -> Path:
+    """An ``--out`` checked before any work is done: a regular file, or a new one (what is
+    there is replaced, never written through: no device, link or folder)."""
+    why = unfit_output(path)
+    if why is not None:
+        raise MssError(f"cannot write {path}: {why}{then}")
+    return path
+
+
+def write_output(path: Path, data: bytes, *, private: bool) -> None:
+    """``data`` written to ``path`` whole, or a one-line error and nothing there."""
+    try:
+        write_file(path, data, private=private)
+    except OSError as exc:
+        raise MssError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
 
 
 def crl_not_published(session: Session) -> None:
@@ -779,6 +795,7 @@ def account_export_key(
     """Export the key and certificate as PKCS#12 for a mail client."""
     from mss import accounts
 
+    output_file(out_file)
     rt = runtime()
     reader = SecretReader(password_stdin)
     password = reader.read("Account password")
@@ -786,7 +803,7 @@ def account_export_key(
     blob = accounts.export_key(
         rt.engine, rt.settings, address, password, export_password, actor=actor(), profile=profile
     )
-    write_file(out_file, blob, private=True)
+    write_output(out_file, blob, private=True)
     out.print(f"wrote {out_file}")
 
 
@@ -828,17 +845,19 @@ def audit_export(
         raise MssError(f"unknown format {fmt!r}: use jsonl or csv")
     start = parse_date(since) if since else None
     rt = runtime()
-    try:
-        handle = out_file.open("w", encoding="utf-8", newline="") if out_file else sys.stdout
-    except OSError as exc:
-        raise MssError(f"cannot write {out_file}: {exc.strerror or type(exc).__name__}") from None
-    try:
+    if out_file is None:
         with session_scope(rt.engine) as session:
             for line in audit.export(session, since=start, fmt=fmt):  # type: ignore[arg-type]  # checked above
-                handle.write(line)
-    finally:
-        if out_file:
-            handle.close()
+                sys.stdout.write(line)
+        return
+    output_file(out_file)
+    try:
+        # A file replaced whole once every event is in it: a failure leaves what was there.
+        with replacing(out_file, private=True) as handle, session_scope(rt.engine) as session:
+            for line in audit.export(session, since=start, fmt=fmt):  # type: ignore[arg-type]  # checked above
+                handle.write(line.encode("utf-8"))
+    except OSError as exc:
+        raise MssError(f"cannot write {out_file}: {exc.strerror or type(exc).__name__}") from None
 
 
 @audit_app.command("purge")
@@ -870,10 +889,12 @@ def report_indicators(
     if fmt not in {"csv", "json"}:
         raise MssError(f"unknown format {fmt!r}: use csv or json")
     indicators.month_bounds(month)
+    if out_file:
+        output_file(out_file)
     with transaction(readonly=True) as (rt, session):
         text = indicators.monthly(session, rt.master_key, month).render(fmt)
     if out_file:
-        write_file(out_file, text.encode("utf-8"), private=False)
+        write_output(out_file, text.encode("utf-8"), private=False)
         out.print(f"wrote {out_file}")
     else:
         sys.stdout.write(text)
@@ -970,9 +991,10 @@ def message_export(
     """Write the stored S/MIME message as an .eml a mail client or openssl cms can open."""
     from mss import store
 
+    output_file(out_file)
     with transaction() as (rt, session):
         eml = store.export_for(session, rt.master_key, queue_id, reader, actor=actor())
-    write_file(out_file, eml, private=True)
+    write_output(out_file, eml, private=True)
     out.print(f"wrote {out_file}")
 
 

@@ -163,6 +163,46 @@ def test_audit_export_formats(mss, settings):
     assert bad_out.exit_code == 1 and f"cannot write {folder}" in bad_out.stderr
 
 
+def test_an_out_that_is_not_a_regular_file_is_refused_before_anything_is_done(mss, rt, tmp_path):
+    """What --out names is replaced whole, never written through: a device, a link or a
+    folder is refused before the export is made or put in the audit trail, and so is a
+    path whose folder is a file; a file there is replaced."""
+    from web_support import create_person, submit
+
+    mss("directory", "import", str(SAMPLE_EXTRACT))
+    doctor = create_person(rt, DOCTOR)
+    create_person(rt, GP)
+    accepted = submit(rt, doctor, [GP], "Compte rendu", "Bonjour")
+    (tmp_path / "a-file").write_bytes(b"kept")
+    target = tmp_path / "target.eml"
+    target.write_bytes(b"before")
+    (tmp_path / "link.eml").symlink_to(target)
+    os.mkfifo(tmp_path / "pipe")  # as a device would be: replaced, it would be gone
+    refused = {
+        str(tmp_path / "pipe"): "not a regular file",
+        str(tmp_path / "link.eml"): "symbolic link",
+        str(tmp_path): "is a folder",
+        str(tmp_path / "a-file" / "x.eml"): "Not a directory",
+    }
+    for out, why in refused.items():
+        for command in (
+            ("message", "export", accepted.queue_id, "--for", GP, "--out", out),
+            ("report", "indicators", "--month", "2026-11", "--out", out),
+            ("audit", "export", "--out", out),
+        ):
+            result = mss(*command, ok=False)
+            assert result.exit_code == 1 and f"cannot write {out}: " in result.stderr and why in result.stderr, command
+            assert "Traceback" not in result.stderr + result.stdout
+        result = export_key(mss, Path(out), f"{doctor.password}\nexport passphrase\nexport passphrase\n", ok=False)
+        assert result.exit_code == 1 and why in result.stderr
+    assert target.read_bytes() == b"before" and (tmp_path / "a-file").read_bytes() == b"kept"
+    assert (tmp_path / "pipe").is_fifo()
+    events = [json.loads(line)["action"] for line in mss("audit", "export").stdout.splitlines()]
+    assert "message.export" not in events and "account.export-key" not in events
+    mss("message", "export", accepted.queue_id, "--for", GP, "--out", str(target))
+    assert b"application/pkcs7-mime" in target.read_bytes()
+
+
 def test_pki_issue_and_revoke(mss, settings):
     mss("directory", "import", str(SAMPLE_EXTRACT))
     p12 = settings.storage.data_dir / "gp.p12"
