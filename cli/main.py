@@ -36,6 +36,18 @@ from mss.settings import Settings
 out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 F = TypeVar("F", bound=Callable[..., Any])
+# The last page a listing may ask for (500 entries a page: 50 million entries).
+MAX_PAGE = 100_000
+
+
+def _utf8(value: str) -> bool:
+    """False for a command-line argument that was not UTF-8 (Python keeps its bytes as
+    surrogates, which no address, reason or path of this service may hold)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def handles_errors(fn: F) -> F:
@@ -44,6 +56,10 @@ def handles_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for name, value in kwargs.items():
+            if isinstance(value, str) and not _utf8(value):
+                err.print(f"[red]error:[/red] {name.replace('_', '-')} is not valid UTF-8", highlight=False)
+                raise typer.Exit(2)
         try:
             return fn(*args, **kwargs)
         except MssError as exc:
@@ -438,7 +454,7 @@ def directory_import(
 @directory_app.command("search")
 def directory_search(
     query: str,
-    page: Annotated[int, typer.Option(min=1)] = 1,
+    page: Annotated[int, typer.Option(min=1, max=MAX_PAGE)] = 1,
     per_page: Annotated[int, typer.Option(min=1, max=200)] = 20,
     fmt: FormatOption = Format.table,
 ) -> None:
@@ -478,7 +494,7 @@ def directory_list(
     profession: Annotated[str, typer.Option(help="Profession code (10) or words of the profession or specialty.")] = "",
     city: Annotated[str, typer.Option(help="Words of the town, or the start of a postal code.")] = "",
     organisation: Annotated[str, typer.Option(help="Words of the organisation's name.")] = "",
-    page: Annotated[int, typer.Option(min=1)] = 1,
+    page: Annotated[int, typer.Option(min=1, max=MAX_PAGE)] = 1,
     per_page: Annotated[int, typer.Option(min=1, max=500)] = 50,
     fmt: FormatOption = Format.table,
 ) -> None:

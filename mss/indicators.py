@@ -41,8 +41,11 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
     if not found:
         raise ReportError(f"not a month: {month!r} (use YYYY-MM, e.g. 2026-11)")
     year, number = int(found.group(1)), int(found.group(2))
-    start = datetime(year, number, 1, tzinfo=UTC)
-    end = datetime(year + (number == 12), number % 12 + 1, 1, tzinfo=UTC)
+    try:
+        start = datetime(year, number, 1, tzinfo=UTC)
+        end = datetime(year + (number == 12), number % 12 + 1, 1, tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise ReportError(f"{month!r} is outside the calendar (years 0001 to 9999)") from None
     return start, end
 
 

@@ -164,6 +164,8 @@ class SecuritySettings:
 
 # Processes that may share the submission port: a few per core is already more than helps.
 MAX_SMTP_PROCESSES: Final = 32
+# The longest a setting counted in days may be (a century): dates beyond are not dates.
+MAX_DAYS: Final = 36_500
 
 
 @dataclass(frozen=True)
@@ -548,6 +550,8 @@ class Settings:
             inactive_notice_days=integer("MSS_INACTIVE_NOTICE_DAYS", 335),
             inactive_close_days=integer("MSS_INACTIVE_CLOSE_DAYS", 365),
         )
+        if operator.inactive_close_days > MAX_DAYS:
+            raise ConfigError(f"MSS_INACTIVE_CLOSE_DAYS must be at most {MAX_DAYS}")
         if not 0 < operator.inactive_notice_days < operator.inactive_close_days:
             raise ConfigError("MSS_INACTIVE_NOTICE_DAYS must be positive and less than MSS_INACTIVE_CLOSE_DAYS")
         if operator.receipt_deadline <= 0:
@@ -564,10 +568,13 @@ class Settings:
             timeout=duration("MSS_WEBHOOK_TIMEOUT", "10s"),
             poll=duration("MSS_WEBHOOK_POLL", "1s"),
         )
+        audit_retention_days = integer("MSS_AUDIT_RETENTION_DAYS", 183)
+        if not 0 <= audit_retention_days <= MAX_DAYS:
+            raise ConfigError(f"MSS_AUDIT_RETENTION_DAYS must be 0 to {MAX_DAYS}")
         return cls(
             environment=environment,
             domains=_split(get("MSS_DOMAINS", "mss.test")),
-            audit_retention_days=integer("MSS_AUDIT_RETENTION_DAYS", 183),
+            audit_retention_days=audit_retention_days,
             storage=storage,
             pki=pki,
             security=security,

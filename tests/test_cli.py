@@ -609,3 +609,29 @@ def test_serve_workers_hold_nothing_of_the_doors_or_the_command_line(env, dev_pk
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_arguments_out_of_reach_get_one_line_each(mss, env):
+    """An argument that was not UTF-8 (its bytes kept as surrogates), a page past any
+    listing, a month outside the calendar, a retention past any date: one line, no
+    traceback, nothing done."""
+    for command in (
+        ("account", "disable", "x\udcffy@mss.test"),
+        ("pki", "revoke", "x\udcffy@mss.test"),
+        ("queue", "retry", "\udcff"),
+        ("trace", "\udcff"),
+    ):
+        result = mss(*command, ok=False)
+        assert result.exit_code == 2 and "is not valid UTF-8" in result.stderr, command
+    for command in (
+        ("directory", "search", "robert", "--page", "9223372036854775807"),
+        ("directory", "list", "--page", "100001"),
+    ):
+        result = mss(*command, ok=False)
+        assert result.exit_code == 2 and "--page" in result.stderr and "Traceback" not in result.stderr, command
+    for month in ("0000-01", "9999-12"):
+        result = mss("report", "indicators", "--month", month, ok=False)
+        assert result.exit_code == 1 and "outside the calendar" in result.stderr
+    env["MSS_AUDIT_RETENTION_DAYS"] = "99999999999"
+    result = mss("audit", "purge", ok=False)
+    assert result.exit_code != 0 and "MSS_AUDIT_RETENTION_DAYS must be 0 to 36500" in result.stderr
