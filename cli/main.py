@@ -886,7 +886,9 @@ def audit_purge(
     rt = runtime()
     cut = parse_date(before) if before else datetime.now(UTC) - timedelta(days=rt.settings.audit_retention_days)
     with session_scope(rt.engine) as session:
-        result = audit.purge(session, rt.master_key, before=cut)
+        result = audit.purge(
+            session, rt.master_key, before=cut, actor=actor(), retention_days=rt.settings.audit_retention_days
+        )
     out.print(f"purged {result.deleted} events before {cut:%Y-%m-%d %H:%M} (checkpoint at event {result.through_seq})")
 
 

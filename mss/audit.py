@@ -44,7 +44,7 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import nacl.bindings
@@ -678,7 +678,13 @@ class PurgeResult:
 
 
 def purge(
-    session: Session, master_key: MasterKey, *, before: datetime, actor: str = "mss", request_id: str = ""
+    session: Session,
+    master_key: MasterKey,
+    *,
+    before: datetime,
+    actor: str = "mss",
+    request_id: str = "",
+    retention_days: int | None = None,
 ) -> PurgeResult:
     """Delete the events older than ``before`` and leave a signed checkpoint in their place.
 
@@ -686,13 +692,20 @@ def purge(
     ``AuditCheckpoint`` with that event's seq and hash signed by the audit signing key
     (created on first use), records an ``audit.purge`` event and moves the head anchor, all
     in the caller's transaction. Raises AuditError when ``before`` is naive or in the future,
-    or when the chain does not verify (a purge never signs over a broken chain).
+    or within ``retention_days`` of now (``MSS_AUDIT_RETENTION_DAYS``: what the operator
+    keeps), or when the chain does not verify (a purge never signs over a broken chain).
     """
     if before.tzinfo is None:
         raise AuditError("before must be timezone-aware")
     now = utcnow()
     if before > now:
         raise AuditError("before is in the future: a purge only removes events already past retention")
+    if retention_days is not None and before > now - timedelta(days=retention_days):
+        kept_from = now - timedelta(days=retention_days)
+        raise AuditError(
+            f"events after {kept_from:%Y-%m-%d %H:%M} UTC are kept (MSS_AUDIT_RETENTION_DAYS={retention_days}):"
+            " give an earlier date"
+        )
     _lock_chain(session)
     report = _verify(session, master_key)
     if not report.ok:

@@ -194,5 +194,7 @@ def run(rt: Runtime, *, now: datetime | None = None) -> LifecycleSummary:
     # The audit purge never reaches past the real present (a purge refuses the future).
     before = min(now, utcnow()) - timedelta(days=rt.settings.audit_retention_days)
     with session_scope(rt.engine) as session:
-        summary.audit_events_purged = audit.purge(session, rt.master_key, before=before, actor="system").deleted
+        summary.audit_events_purged = audit.purge(
+            session, rt.master_key, before=before, actor="system", retention_days=rt.settings.audit_retention_days
+        ).deleted
     return summary

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -635,3 +636,15 @@ def test_arguments_out_of_reach_get_one_line_each(mss, env):
     env["MSS_AUDIT_RETENTION_DAYS"] = "99999999999"
     result = mss("audit", "purge", ok=False)
     assert result.exit_code != 0 and "MSS_AUDIT_RETENTION_DAYS must be 0 to 36500" in result.stderr
+
+
+def test_an_audit_purge_keeps_what_the_retention_keeps(mss):
+    """`mss audit purge --before` a date within MSS_AUDIT_RETENTION_DAYS deletes nothing and
+    says which date it may give; the purge that runs is the operator's, in the trail."""
+    mss("directory", "import", str(SAMPLE_EXTRACT))
+    refused = mss("audit", "purge", "--before", f"{datetime.now(UTC):%Y-%m-%d}", ok=False)
+    assert refused.exit_code == 1 and "MSS_AUDIT_RETENTION_DAYS=183" in refused.stderr
+    assert "directory.import" in mss("audit", "export").stdout
+    assert "purged 0 events" in mss("audit", "purge").stdout
+    purge = [json.loads(line) for line in mss("audit", "export").stdout.splitlines()][-1]
+    assert purge["action"] == "audit.purge" and purge["actor"].startswith("cli")
