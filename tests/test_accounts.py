@@ -76,6 +76,10 @@ def test_create_refuses_unknown_revoked_duplicate_and_weak(rt, directory_loaded)
     # IMAP would read them alike.
     with pytest.raises(PasswordPolicyError, match="UTF-8"):
         _create(rt, password=b"long enough but \xe9t\xe9".decode("utf-8", "surrogateescape"))
+    # A NUL ends the password at SMTP AUTH PLAIN; a tab or a line end cannot be typed in a form.
+    for control in ("\x00", "\t", "\n", "\x7f"):
+        with pytest.raises(PasswordPolicyError, match="control characters"):
+            _create(rt, password=f"long enough{control}password")
     _create(rt)
     with pytest.raises(AccountExists):
         _create(rt)

@@ -54,11 +54,14 @@ class UnlockedAccount:
 def check_password_policy(address: str, password: str) -> None:
     """Raise PasswordPolicyError unless the password is long enough, not the address, and
     text every door reads alike (bytes that are not UTF-8, piped to the command line, would
-    open the account over IMAP only)."""
+    open the account over IMAP only; a control character, NUL first, ends the password at
+    SMTP AUTH PLAIN, or cannot be typed in a form)."""
     try:
         password.encode("utf-8")
     except UnicodeEncodeError:
         raise PasswordPolicyError("the password must be text (UTF-8), as every mail client sends it") from None
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in password):
+        raise PasswordPolicyError("the password must not hold control characters (a tab, a NUL, a line end)")
     if len(password) < MIN_PASSWORD_LENGTH:
         raise PasswordPolicyError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
     if password.strip().lower() in {address.lower(), address.split("@")[0].lower()}:
