@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import stat
 import threading
 import unicodedata
 from collections.abc import Sequence
@@ -52,6 +53,8 @@ from mss.errors import ConfigError, CryptoError, KeyUnwrapError
 from mss.files import write_file
 
 RECOVERY_KEY_SIZE = nacl.public.PrivateKey.SIZE  # 32 bytes, X25519
+# A recovery key file is a line of base64 with a comment or two: anything longer is not one.
+RECOVERY_FILE_LIMIT = 4096
 SALT_SIZE = nacl.pwhash.argon2id.SALTBYTES  # 16 bytes
 # PKCS#12 PBKDF2 rounds: above OpenSSL 3's default (2048), cheap next to a human typing it.
 PKCS12_KDF_ROUNDS = 200_000
@@ -313,13 +316,18 @@ def load_recovery_private_key(path: Path) -> bytes:
     path = Path(path)
     try:
         mode = path.stat().st_mode
-        text = path.read_bytes()
+        if not stat.S_ISREG(mode):
+            raise CryptoError(f"recovery private key {path} is not a regular file")
+        if mode & 0o077:
+            raise CryptoError(f"{path} must not be readable by group or others (chmod 600)")
+        with path.open("rb") as handle:
+            text = handle.read(RECOVERY_FILE_LIMIT + 1)
     except FileNotFoundError:
         raise CryptoError(f"recovery private key {path} not found") from None
     except OSError as exc:
         raise CryptoError(f"recovery private key {path} cannot be read: {exc.strerror}") from exc
-    if mode & 0o077:
-        raise CryptoError(f"{path} must not be readable by group or others (chmod 600)")
+    if len(text) > RECOVERY_FILE_LIMIT:
+        raise CryptoError(f"{path} is longer than a recovery key file ({RECOVERY_FILE_LIMIT} bytes at most)")
     try:
         return decode_recovery_key(text)
     except CryptoError as exc:
