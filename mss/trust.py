@@ -298,6 +298,9 @@ def _check_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.netloc or not url.isprintable() or " " in url:
         raise TrustListError(f"{url[:100]!r} is not an http:// or https:// URL")
+    if "@" in parts.netloc:
+        # A publication is public, and the URL reaches the audit trail and the log.
+        raise TrustListError("a certificate publication URL carries no user name or password")
     return url.rstrip("/") + "/"
 
 

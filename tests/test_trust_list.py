@@ -138,6 +138,10 @@ def test_by_hand_and_prune(operator: Operator, tmp_path: Path) -> None:
             operator, "trust", "route", "medecin.mss.test", "h.test:25", "--certificates", "ftp://x", ok=False
         ).stderr
     )
+    with_password = ("--certificates", "https://user:secret@h.test/pki/certificates")
+    said = mss(operator, "trust", "route", "medecin.mss.test", "h.test:25", *with_password, ok=False)
+    assert "no user name or password" in said.stderr and "secret" not in said.stdout + said.stderr
+    assert listed(operator)["medecin.mss.test"]["route"] == "127.0.0.1:2526"  # the route as it was
     # A newer list without pharmacie: --prune drops it, not the domain added by hand.
     newer = (
         (SAMPLES / "liste_blanche_sample.xml")
