@@ -403,7 +403,7 @@ def parse_days(text: str) -> int:
     """Days in ``30d``, ``8w`` or a bare number of days. Raises typer.BadParameter."""
     value = text.strip().lower()
     unit = 7 if value.endswith("w") else 1
-    number = value.rstrip("dw")
+    number = value[:-1] if value[-1:] in ("d", "w") else value  # one unit, once
     if not (number.isascii() and number.isdigit()) or not 0 < int(number) * unit <= 3650:
         raise typer.BadParameter(
             f"{text!r} is not a duration such as 30d or 8w (at most 10 years)", param_hint="--within"

@@ -106,6 +106,23 @@ def test_account_lifecycle(mss, tmp_path, env):
     refused = pkcs12_info(p12, "nope")
     assert refused.returncode != 0
     recovery = Path(env["MSS_RECOVERY_KEY_OUT"])
+    # Not a key file: a device that never ends, or a file far longer than a key; refused
+    # before it is read.
+    long_file = tmp_path / "long.key"
+    long_file.write_bytes(b"A" * 10_000)
+    long_file.chmod(0o600)
+    for wrong, why in (("/dev/zero", "not a regular file"), (str(long_file), "longer than a recovery key file")):
+        refused = mss(
+            "account",
+            "recover",
+            DOCTOR,
+            "--recovery-key",
+            wrong,
+            "--password-stdin",
+            input="x passphrase ok\n",
+            ok=False,
+        )
+        assert refused.exit_code == 1 and why in refused.stderr
     mss(
         "account",
         "recover",

@@ -223,13 +223,15 @@ def refused(mss, says: str, *args: str, input: str | None = None) -> None:
     assert result.exit_code == 1 and says in result.stderr
 
 
-def test_cli_other_operators_and_identifiers(mss) -> None:
+def test_cli_other_operators_and_identifiers(mss, env) -> None:
     mss("directory", "add", "--address", "x@gmail.com", "--rpps", "10009999998", "--last-name", "X")
     shown = mss("directory", "show", "x@gmail.com").stdout
     assert "another operator (gmail.com)" in shown
     refused(mss, "another operator", "account", "create", "x@gmail.com", "--password-stdin", input=PASSPHRASE * 2)
-    issue_abroad = ("pki", "issue", "x@gmail.com", "--out", "/dev/null", "--password-stdin")
+    never = Path(env["MSS_DATA_DIR"]).parent / "never.p12"
+    issue_abroad = ("pki", "issue", "x@gmail.com", "--out", str(never), "--password-stdin")
     refused(mss, "another operator", *issue_abroad, input=EXPORT_PASSWORD * 2)
+    assert not never.exists()
     bad_rpps = ("directory", "add", "--address", "y@mss.test", "--rpps", "123", "--last-name", "Y")
     refused(mss, "neither an RPPS number", *bad_rpps)
     mss(
@@ -258,7 +260,9 @@ def test_cli_rekey_renew_and_revoke(mss, env) -> None:
     revoked = mss("pki", "revoke", "dr.a@mss.test", "--reason", "keyCompromise").stdout
     assert "can no longer log in or send until it is rekeyed" in revoked
     export = ("account", "export-key", "dr.a@mss.test", "--out")
-    refused(mss, "revoked", *export, "/dev/null", "--password-stdin", input=PASSPHRASE + EXPORT_PASSWORD * 2)
+    never = Path(env["MSS_DATA_DIR"]).parent / "never.p12"
+    refused(mss, "revoked", *export, str(never), "--password-stdin", input=PASSPHRASE + EXPORT_PASSWORD * 2)
+    assert not never.exists()
     refused(mss, "invalid", "account", "rekey", "dr.a@mss.test", "--password-stdin", input="not the password\n")
     rekey = ("account", "rekey", "dr.a@mss.test", "--reason", "keyCompromise", "--password-stdin")
     assert "new certificate" in mss(*rekey, input=PASSPHRASE).stdout
@@ -273,3 +277,6 @@ def test_cli_rekey_renew_and_revoke(mss, env) -> None:
     assert bad.exit_code != 0 and "30d" in (bad.stdout + bad.stderr)
     bad = mss("pki", "renew", "--within", "²d", ok=False)  # a digit to str.isdigit, not to int
     assert bad.exit_code != 0 and "30d" in (bad.stdout + bad.stderr)
+    for garbled in ("2wd", "2dd", "3ww"):  # one unit, once
+        bad = mss("pki", "renew", "--within", garbled, ok=False)
+        assert bad.exit_code != 0 and "30d" in (bad.stdout + bad.stderr), garbled
