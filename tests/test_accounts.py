@@ -80,7 +80,7 @@ def test_create_refuses_unknown_revoked_duplicate_and_weak(rt, directory_loaded)
     for control in ("\x00", "\t", "\n", "\x7f"):
         with pytest.raises(PasswordPolicyError, match="control characters"):
             _create(rt, password=f"long enough{control}password")
-    _create(rt)
+    _create(rt, f" {DOCTOR.upper()} ")  # as typed: blanks around, capitals
     with pytest.raises(AccountExists):
         _create(rt)
     with session_scope(rt.engine) as session:

@@ -61,9 +61,10 @@ def create_account(
     Issues a key pair and certificate when the entry has none usable. Raises UnknownAddress,
     RevokedAddress, AccountExists, PasswordPolicyError.
     """
+    address = normalise_address(address)
     if not settings.serves(address):
         raise DomainNotServed(
-            f"{normalise_address(address)} belongs to another operator's domain: accounts are opened only for "
+            f"{address} belongs to another operator's domain: accounts are opened only for "
             f"{', '.join(settings.domains)}"
         )
     entry = service.require_active(session, address)
