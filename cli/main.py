@@ -318,6 +318,8 @@ def pki_revoke(address: str, reason: RevocationReason = "unspecified") -> None:
 
     with transaction() as (rt, session):
         rows = certificates.revoke_for_address(session, rt.settings, address, reason=reason, actor=actor())
+        if not rows and not certificates.ever_issued(session, address):
+            raise MssError(f"{address.strip().lower()} has no certificate here: none was ever issued")
     for row in rows:
         out.print(f"revoked certificate {row.serial} of {row.address}")
     if rows:

@@ -194,6 +194,12 @@ def certificate_row(session: Session, address: str, *, usage: str = SMIME) -> Ce
     return session.execute(_current_query([_normalise(address)], usage).limit(1)).scalars().first()
 
 
+def ever_issued(session: Session, address: str) -> bool:
+    """True when ``address`` has, or had, a certificate here (revoked, expired or current)."""
+    found = session.execute(select(col(Certificate.id)).where(col(Certificate.address) == _normalise(address)).limit(1))
+    return found.first() is not None
+
+
 def current_certificate(session: Session, address: str) -> x509.Certificate | None:
     """The current S/MIME certificate of ``address``, or None when it has none."""
     row = certificate_row(session, address)

@@ -275,6 +275,8 @@ def test_a_revocation_whose_crl_cannot_be_written_holds_and_says_so(mss, setting
     assert serial not in listed.stdout.replace(":", "").upper()
     # Run again, nothing is left to revoke; `mss pki crl` publishes what the directory holds.
     assert "no certificate left to revoke" in mss("pki", "revoke", GP).stdout
+    never = mss("pki", "revoke", "nobody@medecin.mss.test", ok=False)
+    assert never.exit_code == 1 and "none was ever issued" in never.stderr
     assert "1 revoked certificate(s)" in mss("pki", "crl").stdout
     listed = subprocess.run(
         ["openssl", "crl", "-in", str(crl_file), "-noout", "-text"], capture_output=True, text=True, check=True
