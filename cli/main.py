@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from mss.db import session_scope
-from mss.errors import MssError, NoSuchAccount
+from mss.errors import MssError, NoSuchAccount, StorageError
 from mss.files import replacing, unfit_output, write_file
 from mss.runtime import Runtime, open_runtime
 from mss.settings import Settings
@@ -1247,11 +1247,20 @@ def doctor() -> None:
     from mss.db import make_engine
 
     settings = Settings.from_env()
-    engine = make_engine(settings)
     try:
-        checks = health.readiness(settings, engine)
-    finally:
-        engine.dispose()
+        engine = make_engine(settings, create=False)
+    except StorageError as exc:
+        checks = [
+            health.Check("database", False, exc.message),
+            health.check_ca(settings),
+            health.check_crl(settings),
+            health.check_master_key(settings),
+        ]
+    else:
+        try:
+            checks = health.readiness(settings, engine)
+        finally:
+            engine.dispose()
     for check in checks:
         verdict = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
         out.print(f"{verdict} {check.name:<11} {check.detail}", highlight=False)

@@ -196,8 +196,10 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def make_engine(settings: Settings) -> Engine:
-    """An engine for the configured database; creates the SQLite file's folder if needed."""
+def make_engine(settings: Settings, *, create: bool = True) -> Engine:
+    """An engine for the configured database; creates the SQLite file (and its folder) if
+    needed, unless ``create`` is false: then a SQLite file that is not there is a
+    StorageError (a checker creates nothing where a mistyped URL points)."""
     url = settings.storage.database_url
     try:
         parsed = make_url(url)
@@ -205,7 +207,10 @@ def make_engine(settings: Settings) -> Engine:
         raise StorageError(f"MSS_DATABASE_URL is not a database URL: {exc}") from exc
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            _private_database_file(Path(parsed.database))
+            if create:
+                _private_database_file(Path(parsed.database))
+            elif not Path(parsed.database).is_file():
+                raise StorageError(f"no database at {parsed.database} (MSS_DATABASE_URL)")
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=HIDE_PARAMETERS
         )

@@ -10,15 +10,18 @@ import stat
 from dataclasses import dataclass
 from datetime import timedelta
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import col
 
+from directory.models import Certificate
 from mss import accounts, metrics
 from mss.crypto import pki
 from mss.crypto.pki import PkiPaths
-from mss.db import session_scope, utcnow
+from mss.db import SCHEMA_REVISION, session_scope, stamped_revision, utcnow
 from mss.errors import PkiError
 from mss.runtime import Runtime
 from mss.settings import Settings
@@ -37,13 +40,23 @@ class Check:
 
 
 def check_database(engine: Engine) -> Check:
-    """The database answers a query."""
+    """The database answers a query, and holds the schema this code writes (an empty one is
+    most often a mistyped MSS_DATABASE_URL)."""
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
+        stamped = stamped_revision(engine)
     except SQLAlchemyError as exc:
         return Check("database", False, f"unreachable ({exc.__class__.__name__})")
-    return Check("database", True, f"reachable ({engine.dialect.name})")
+    if stamped is None:
+        return Check("database", False, "reachable, but it holds no mss schema: is MSS_DATABASE_URL right?")
+    if stamped != SCHEMA_REVISION:
+        return Check(
+            "database",
+            False,
+            f"its schema is at revision {stamped}, this code's at {SCHEMA_REVISION}: `mss serve` migrates it",
+        )
+    return Check("database", True, f"reachable ({engine.dialect.name}), schema {SCHEMA_REVISION}")
 
 
 def check_ca(settings: Settings) -> Check:
@@ -58,8 +71,10 @@ def check_ca(settings: Settings) -> Check:
     return Check("ca", True, f"loaded, valid until {ca.not_valid_after_utc:%Y-%m-%d}")
 
 
-def check_crl(settings: Settings) -> Check:
-    """The CRL is there, signed by the CA, and its nextUpdate is ahead."""
+def check_crl(settings: Settings, engine: Engine | None = None) -> Check:
+    """The CRL is there, signed by the CA, its nextUpdate is ahead, and it lists every
+    revocation of the database's (``engine``) that has not expired: one committed while
+    its CRL could not be written is not published yet."""
     try:
         crl = pki.load_crl(settings)
         ca = pki.load_ca_certificate(settings)
@@ -77,9 +92,29 @@ def check_crl(settings: Settings) -> Check:
     next_update = crl.next_update_utc
     if next_update is None or next_update <= utcnow():
         return Check("crl", False, "the CRL is out of date: run `mss pki crl` to publish a new one")
+    missing = _unpublished_revocations(engine, crl) if engine is not None else 0
+    if missing:
+        return Check("crl", False, f"{missing} revocation(s) not in the CRL yet: run `mss pki crl` to publish them")
     if next_update - utcnow() < CRL_MARGIN:
         return Check("crl", True, f"fresh, but ends at {next_update:%Y-%m-%d %H:%M} UTC")
     return Check("crl", True, f"fresh until {next_update:%Y-%m-%d %H:%M} UTC")
+
+
+def _unpublished_revocations(engine: Engine, crl: x509.CertificateRevocationList) -> int:
+    """How many revoked certificates that have not expired the CRL does not list (an
+    unreachable database counts none: the database's own check says so)."""
+    try:
+        with session_scope(engine, readonly=True) as session:
+            serials = session.execute(
+                select(col(Certificate.serial))
+                .where(col(Certificate.revoked_at).is_not(None))
+                .where(col(Certificate.not_after) > utcnow())
+            ).scalars()
+            revoked = {int(serial, 16) for serial in serials}
+    except SQLAlchemyError:
+        return 0
+    listed = {entry.serial_number for entry in crl}
+    return len(revoked - listed)
 
 
 def check_master_key(settings: Settings) -> Check:
@@ -99,7 +134,7 @@ def check_master_key(settings: Settings) -> Check:
 
 def readiness(settings: Settings, engine: Engine) -> list[Check]:
     """Every item the service needs to serve, in order: database, CA, CRL, master key."""
-    return [check_database(engine), check_ca(settings), check_crl(settings), check_master_key(settings)]
+    return [check_database(engine), check_ca(settings), check_crl(settings, engine), check_master_key(settings)]
 
 
 def startup_warnings(rt: Runtime) -> list[str]:

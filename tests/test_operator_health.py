@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import smtplib
+import sqlite3
 import ssl
 import time
 import urllib.error
@@ -23,6 +24,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from directory import certificates
 from directory.models import DirectoryEntry
 from mss import metrics
 from mss.crypto.pki import PkiPaths
@@ -32,7 +34,7 @@ from mss.logs import JsonFormatter, TextFormatter
 from metrics_support import scrape, value
 from relay_support import RECIPIENTS, SENDER, UNKNOWN, Stack, connect, login, referral, running_stack, transaction
 from server_process import thread_names
-from web_support import WebServer
+from web_support import NURSE, WebServer, create_person
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +175,7 @@ def test_healthz_and_readyz_over_https(rt, directory_loaded) -> None:
         server.stop()
 
 
-def test_doctor_gives_a_verdict_per_item(rt, mss) -> None:
+def test_doctor_gives_a_verdict_per_item(rt, mss, directory_loaded) -> None:
     result = mss("doctor")
     for name in ("database", "ca", "crl", "master-key"):
         assert any(line.split()[:2] == ["ok", name] for line in result.stdout.splitlines()), result.stdout
@@ -187,10 +189,35 @@ def test_doctor_gives_a_verdict_per_item(rt, mss) -> None:
     assert "not ready: master-key" in result.stderr
     key.chmod(0o600)
 
+    # A revocation committed while its CRL could not be written: not published yet.
     crl = PkiPaths.from_settings(rt.settings).crl
+    published = crl.read_bytes()
+    create_person(rt, NURSE)
+    with session_scope(rt.engine) as session:
+        certificates.revoke_for_address(session, rt.settings, NURSE, reason="superseded", actor="test")
+    crl.write_bytes(published)  # the list as it was before
+    result = mss("doctor", ok=False)
+    assert "1 revocation(s) not in the CRL yet: run `mss pki crl`" in result.stdout, result.stdout
+    mss("pki", "crl")
+    assert mss("doctor").stdout.strip().endswith("ready")
+
     crl.write_text("not a CRL")
     result = mss("doctor", ok=False)
     assert any(line.split()[:2] == ["FAIL", "crl"] for line in result.stdout.splitlines()), result.stdout
+
+
+def test_doctor_creates_no_database_where_a_mistyped_url_points(rt, mss, env, tmp_path) -> None:
+    """Where MSS_DATABASE_URL points at nothing, the doctor says so and creates nothing; an
+    empty database is not ready either."""
+    elsewhere = tmp_path / "typo" / "mss.db"
+    env["MSS_DATABASE_URL"] = f"sqlite:///{elsewhere}"
+    result = mss("doctor", ok=False)
+    assert result.exit_code == 1 and f"FAIL database    no database at {elsewhere}" in result.stdout, result.stdout
+    assert not elsewhere.exists() and not elsewhere.parent.exists()
+    elsewhere.parent.mkdir()
+    sqlite3.connect(elsewhere).close()
+    result = mss("doctor", ok=False)
+    assert "holds no mss schema: is MSS_DATABASE_URL right?" in result.stdout, result.stdout
 
 
 @contextlib.contextmanager

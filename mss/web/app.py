@@ -47,7 +47,8 @@ def healthz() -> dict[str, str]:
 
 @get("/readyz", include_in_schema=False)
 async def readyz(rt: Rt) -> Response[dict[str, object]]:
-    """Readiness: database reachable, CA and CRL loaded and fresh, master key present
+    """Readiness: database reachable with this code's schema, CA and CRL loaded and fresh
+    (the CRL listing every revocation), master key present
     (200), or 503 naming the items that fail. Details (paths, dates) stay in ``mss doctor``:
     this answer is public."""
     checks = await run(health.readiness, rt.settings, rt.engine)
