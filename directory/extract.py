@@ -256,17 +256,22 @@ def check_header(first: bytes) -> None:
         raise ImportFileError("the file is empty: expected the extract's header line")
     if first.startswith(b"\xef\xbb\xbf"):
         first = first[3:]
-    text = _decode(first.rstrip(b"\r\n"))
+    line = first.rstrip(b"\r\n")
+    if b"\r" in line:
+        raise ImportFileError(
+            "line 1: the lines end with a bare CR (an old Mac format): save the file with LF or CRLF line ends"
+        )
+    text = _decode(line)
     if isinstance(text, int):
-        raise ImportFileError(f"the header line is not valid UTF-8 (byte {text + 1})")
+        raise ImportFileError(f"line 1: the header line is not valid UTF-8 (byte {text + 1})")
     columns = [unicodedata.normalize("NFC", c.strip()) for c in text.split(SEPARATOR)]
     if len(columns) != COLUMN_COUNT:
         raise ImportFileError(
-            f"the header has {len(columns)} columns, expected {COLUMN_COUNT}: not an MSSanté directory extract"
+            f"line 1: the header has {len(columns)} columns, expected {COLUMN_COUNT}: not an MSSanté directory extract"
         )
     for index, (found, expected) in enumerate(zip(columns, HEADER, strict=True), start=1):
         if found != expected:
-            raise ImportFileError(f"header column {index} is {echo(found)}, expected {echo(expected)}")
+            raise ImportFileError(f"line 1: header column {index} is {echo(found)}, expected {echo(expected)}")
 
 
 def parse_line(number: int, raw: bytes) -> ParsedLine | LineError:

@@ -192,9 +192,10 @@ def test_bom_and_crlf_are_accepted(engine: Engine, samples: Path, tmp_path: Path
 @pytest.mark.parametrize(
     ("first_line", "message"),
     [
-        (HEADER_LINE.replace("Adresse BAL", "Adresse"), "header column 2 is 'Adresse', expected 'Adresse BAL'"),
-        ("Type de BAL|Adresse BAL", "the header has 2 columns, expected 31"),
+        (HEADER_LINE.replace("Adresse BAL", "Adresse"), "line 1: header column 2 is 'Adresse', expected 'Adresse BAL'"),
+        ("Type de BAL|Adresse BAL", "line 1: the header has 2 columns, expected 31"),
         (None, "the file is empty"),
+        ("\r".join([HEADER_LINE, "x|y"]), "line 1: the lines end with a bare CR"),
     ],
 )
 def test_bad_header_imports_nothing(
@@ -224,7 +225,7 @@ def test_missing_file_is_an_import_file_error(engine: Engine, tmp_path: Path) ->
 def test_header_not_utf8_is_refused(engine: Engine, tmp_path: Path) -> None:
     path = tmp_path / "latin1.txt"
     path.write_bytes(HEADER_LINE.encode("latin-1") + b"\n")
-    with pytest.raises(ImportFileError, match="header line is not valid UTF-8"):
+    with pytest.raises(ImportFileError, match="line 1: the header line is not valid UTF-8"):
         import_extract(engine, path)
 
 
