@@ -45,6 +45,7 @@ class ListFile:
 
     domains: tuple[str, ...]
     rejected: tuple[tuple[int, str], ...]  # (line in the file, why)
+    lines: tuple[int, ...] = ()  # the line of each domain's first Nom, in the order of ``domains``
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def parse_list(data: bytes) -> ListFile:
         raise TrustListError(exc.message) from exc
     if etree.QName(root).namespace != NAMESPACE:
         raise TrustListError(f"the trust list is not in the MSSanté namespace {NAMESPACE}")
-    found: dict[str, None] = {}
+    found: dict[str, int] = {}  # domain -> the line it is first named on
     rejected: list[tuple[int, str]] = []
     entries = root.iter(f"{{{NAMESPACE}}}Domaine")
     for entry in entries:
@@ -128,12 +129,12 @@ def parse_list(data: bytes) -> ListFile:
             rejected.append((line, "a Domaine entry must have exactly one Nom"))
             continue
         try:
-            found[normalise_domain(names[0].text or "")] = None
+            found.setdefault(normalise_domain(names[0].text or ""), names[0].sourceline or line)
         except TrustListError as exc:
             rejected.append((names[0].sourceline or line, exc.message))
     if not found and not rejected:
         raise TrustListError("the trust list names no domain (no Domaine/Nom element)")
-    return ListFile(domains=tuple(found), rejected=tuple(rejected))
+    return ListFile(domains=tuple(found), rejected=tuple(rejected), lines=tuple(found.values()))
 
 
 def import_list(
@@ -157,9 +158,9 @@ def import_list(
     parsed = parse_list(data)
     rejected = list(parsed.rejected)
     wanted = []
-    for domain in parsed.domains:
+    for domain, line in zip(parsed.domains, parsed.lines, strict=True):
         if _served(settings, domain):
-            rejected.append((0, f"{domain} is served here, not by another operator"))
+            rejected.append((line, f"{domain} is served here, not by another operator"))
         else:
             wanted.append(domain)
     existing = {row.domain: row for row in session.execute(select(TrustedDomain)).scalars()}

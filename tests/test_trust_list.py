@@ -70,7 +70,12 @@ def test_import_the_published_list(operator: Operator) -> None:
     result = mss(operator, "trust", "import", str(SAMPLES / "liste_blanche_sample.xml"))
     # Six domains published; ours (written in capitals in the file) is not another operator's.
     assert "added 5, already listed 0, removed 0, rejected 1" in result.stdout
-    assert "chu-demo.mss.test is served here" in result.stderr
+    line = next(
+        n
+        for n, text in enumerate((SAMPLES / "liste_blanche_sample.xml").read_text().splitlines(), 1)
+        if "CHU-Demo" in text
+    )
+    assert f"line {line}: chu-demo.mss.test is served here" in result.stderr
     domains = listed(operator)
     assert set(domains) == {
         "medecin.mss.test",
