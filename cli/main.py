@@ -52,7 +52,8 @@ def _utf8(value: str) -> bool:
 
 def handles_errors(fn: F) -> F:
     """Turn an MssError into one line on stderr and exit status 1; a database failure too,
-    by its kind (its text names the statement, not something an operator acts on)."""
+    by its kind (its text names the statement, not something an operator acts on), and a
+    file the system refuses, by its name and the system's reason."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -69,6 +70,12 @@ def handles_errors(fn: F) -> F:
             err.print(
                 f"[red]error:[/red] the database failed ({type(exc).__name__}); `mss doctor` checks it", highlight=False
             )
+            raise typer.Exit(1) from None
+        except OSError as exc:
+            # A file or folder the command needs (a read-only data folder, a full disk): its
+            # name and the system's word for it, not a traceback.
+            where = f" ({exc.filename})" if exc.filename else ""
+            err.print(f"[red]error:[/red] {exc.strerror or type(exc).__name__}{where}", highlight=False)
             raise typer.Exit(1) from None
 
     # functools.wraps keeps the signature Typer reads; mypy sees only the wrapper

@@ -667,3 +667,13 @@ def test_an_audit_purge_keeps_what_the_retention_keeps(mss):
     assert "purged 0 events" in mss("audit", "purge").stdout
     purge = [json.loads(line) for line in mss("audit", "export").stdout.splitlines()][-1]
     assert purge["action"] == "audit.purge" and purge["actor"].startswith("cli")
+
+
+def test_a_file_the_system_refuses_is_one_line(mss, env, tmp_path):
+    """A data folder the system will not write (here: a file where a folder should be) is
+    named with the system's reason, without a traceback."""
+    (tmp_path / "a-file").write_bytes(b"")
+    env["MSS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'a-file' / 'mss.db'}"
+    result = mss("account", "list", ok=False)
+    assert result.exit_code == 1 and "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and str(tmp_path / "a-file") in result.stderr, result.stderr
