@@ -251,7 +251,9 @@ def print_enrolment(enrolment: Any) -> None:
 
 @pki_app.command("init")
 def pki_init(
-    if_missing: Annotated[bool, typer.Option("--if-missing", help="Do nothing when the PKI exists.")] = False,
+    if_missing: Annotated[
+        bool, typer.Option("--if-missing", help="Make only what is missing; say nothing when nothing is.")
+    ] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Regenerate everything (invalidates issued certificates).")
     ] = False,
@@ -260,10 +262,9 @@ def pki_init(
     from mss.crypto import pki
 
     settings = Settings.from_env()
-    existed = (settings.pki.certs_dir / "ca.pem").exists()
-    if existed and if_missing and not force:
-        return
     dev = pki.init_dev_pki(settings, force=force)
+    if if_missing and not force and not dev.generated:
+        return  # nothing was missing (what an earlier run left half done is completed above)
     out.print(f"development PKI ready in {settings.pki.certs_dir} (for development only)")
     out.print(f"recovery public key: {settings.pki.recovery_public_key}")
     if "recovery" in dev.generated:

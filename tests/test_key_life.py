@@ -183,6 +183,19 @@ def test_tls_certificate_covers_the_loopback_address(tmp_path: Path) -> None:
     listener.close()
 
 
+def test_an_init_stopped_between_the_recovery_files_is_completed_not_redone(mss, env) -> None:
+    """The recovery public key missing beside its private key (an earlier run stopped
+    between the two): `mss pki init --if-missing` writes the public key of that private key,
+    never a new pair over one that may hold escrows; with nothing missing it says nothing."""
+    settings = Settings.from_env(env)
+    public, private = settings.pki.recovery_public_key, settings.pki.recovery_private_key_out
+    kept, escrow_to = private.read_bytes(), public.read_bytes()
+    public.unlink()
+    mss("pki", "init", "--if-missing")
+    assert private.read_bytes() == kept and public.read_bytes() == escrow_to
+    assert mss("pki", "init", "--if-missing").stdout == ""
+
+
 def test_files_at_rest_are_private(tmp_path: Path) -> None:
     env = environment_for(tmp_path, f"sqlite:///{tmp_path / 'data' / 'mss.db'}")
     settings = Settings.from_env(env)

@@ -714,8 +714,15 @@ def init_dev_pki(settings: Settings, *, force: bool = False) -> DevPki:
             generated.append("tls")
 
         if force or not paths.recovery_public_key.exists():
-            keys.generate_recovery_keypair(paths.recovery_private_key, paths.recovery_public_key)
-            generated.append("recovery")
+            if not force and paths.recovery_private_key.exists():
+                # An earlier run stopped between the two files: the public key is the
+                # private one's, never a new pair over a private key that may hold escrows.
+                public = keys.recovery_public_key_of(keys.load_recovery_private_key(paths.recovery_private_key))
+                keys.write_recovery_key(paths.recovery_public_key, public, private=False)
+                generated.append("recovery-public")
+            else:
+                keys.generate_recovery_keypair(paths.recovery_private_key, paths.recovery_public_key)
+                generated.append("recovery")
         recovery_public = keys.load_recovery_public_key(paths.recovery_public_key)
 
     return DevPki(
