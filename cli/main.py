@@ -262,6 +262,8 @@ def pki_init(
     from mss.crypto import pki
 
     settings = Settings.from_env()
+    if if_missing and not force and settings.is_production and (settings.pki.certs_dir / "ca.pem").exists():
+        return  # the operator's PKI is installed: nothing of the development one is made
     dev = pki.init_dev_pki(settings, force=force)
     if if_missing and not force and not dev.generated:
         return  # nothing was missing (what an earlier run left half done is completed above)
