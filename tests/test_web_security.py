@@ -91,6 +91,23 @@ def test_state_changes_need_the_csrf_token_of_the_session(rt, clients, doctor, g
         "/login", content=b"\xff" * 64, headers={"content-type": "multipart/form-data; boundary=missing"}
     )
     assert unreadable.status_code == 403, unreadable.status_code
+    # With a pre-login secret, which anyone can make, a body is read only when it is small.
+    page = fresh.get("/login")
+    token = csrf(page.text)
+    huge = fresh.post("/login", data={"csrf_token": token, "address": DOCTOR, "password": "x" * 100_000})
+    assert huge.status_code == 413, huge.status_code
+    unsized = fresh.post(
+        "/login",
+        content=iter([f"csrf_token={token}&address={DOCTOR}&password=x".encode()]),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert unsized.status_code == 411, unsized.status_code
+    assert (
+        fresh.post(
+            "/login", data={"csrf_token": token, "address": DOCTOR, "password": doctor.password}, follow_redirects=False
+        ).status_code
+        == 303
+    )
 
 
 def test_totp_code_works_once(rt, clients, doctor):

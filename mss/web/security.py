@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 
 from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
-from litestar.exceptions import PermissionDeniedException
+from litestar.exceptions import ClientException, PermissionDeniedException
+from litestar.status_codes import HTTP_411_LENGTH_REQUIRED, HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
-from mss.web.context import CSRF_FIELD, CSRF_HEADER, csrf_secret, ensure_request_id
+from mss.web.context import CSRF_FIELD, CSRF_HEADER, csrf_secret, ensure_request_id, session_token
 from mss.web.sessions import csrf_matches
 
 if TYPE_CHECKING:
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
 
 API_PREFIX = "/api/"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+# The largest body a form may have before a login (an address, a password, a token): anyone
+# can make a pre-login secret, so what is read for one is bounded by this, not by the size a
+# message may have.
+PRE_LOGIN_BODY = 16 * 1024
 
 CSP = "; ".join(
     (
@@ -72,6 +77,16 @@ async def security_headers(message: Message, scope: Scope) -> None:
     headers.add("x-request-id", ensure_request_id(scope))
 
 
+def _small_enough_before_login(length: str | None) -> None:
+    """Refuse, unread, a body of no stated length or past PRE_LOGIN_BODY (411, 413)."""
+    if length is None:
+        raise ClientException("a form before login states its length", status_code=HTTP_411_LENGTH_REQUIRED)
+    if not (length.isascii() and length.isdigit()) or int(length) > PRE_LOGIN_BODY:
+        raise ClientException(
+            f"a form before login is at most {PRE_LOGIN_BODY} bytes", status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE
+        )
+
+
 class CsrfMiddleware:
     """Refuses a state-changing request without the CSRF token of the client's secret."""
 
@@ -88,6 +103,8 @@ class CsrfMiddleware:
             # Refused before its body is read: parsing a form of tens of megabytes for a
             # request that can only be refused would cost its sender nothing, and us seconds.
             raise PermissionDeniedException("CSRF token missing or wrong")
+        if session_token(request) is None:
+            _small_enough_before_login(request.headers.get("content-length"))
         presented = request.headers.get(CSRF_HEADER)
         if not presented:
             content_type, _params = request.content_type
