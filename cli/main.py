@@ -23,6 +23,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
@@ -33,8 +34,17 @@ from mss.runtime import Runtime, open_runtime
 from mss.settings import Settings
 
 # Not on a terminal (a pipe, a log), tables keep their full width instead of wrapping at 80.
-out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+# No markup: what is printed holds the operator's input (paths, addresses, file lines), whose
+# brackets must print as they are; the few coloured words are styled explicitly (``said``).
+out = Console(width=None if sys.stdout.isatty() else 200, markup=False)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200, markup=False)
+
+
+def said(console: Console, label: str, colour: str, rest: str) -> None:
+    """``label`` in ``colour``, then ``rest`` as it is."""
+    console.print(Text.assemble((label, colour), " ", rest), highlight=False)
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 # The last page a listing may ask for (500 entries a page: 50 million entries).
 MAX_PAGE = 100_000
@@ -59,23 +69,21 @@ def handles_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         for name, value in kwargs.items():
             if isinstance(value, str) and not _utf8(value):
-                err.print(f"[red]error:[/red] {name.replace('_', '-')} is not valid UTF-8", highlight=False)
+                said(err, "error:", "red", f"{name.replace('_', '-')} is not valid UTF-8")
                 raise typer.Exit(2)
         try:
             return fn(*args, **kwargs)
         except MssError as exc:
-            err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+            said(err, "error:", "red", exc.message)
             raise typer.Exit(1) from None
         except SQLAlchemyError as exc:
-            err.print(
-                f"[red]error:[/red] the database failed ({type(exc).__name__}); `mss doctor` checks it", highlight=False
-            )
+            said(err, "error:", "red", f"the database failed ({type(exc).__name__}); `mss doctor` checks it")
             raise typer.Exit(1) from None
         except OSError as exc:
             # A file or folder the command needs (a read-only data folder, a full disk): its
             # name and the system's word for it, not a traceback.
             where = f" ({exc.filename})" if exc.filename else ""
-            err.print(f"[red]error:[/red] {exc.strerror or type(exc).__name__}{where}", highlight=False)
+            said(err, "error:", "red", f"{exc.strerror or type(exc).__name__}{where}")
             raise typer.Exit(1) from None
 
     # functools.wraps keeps the signature Typer reads; mypy sees only the wrapper
@@ -848,7 +856,7 @@ def audit_verify() -> None:
     if report.ok:
         out.print(f"audit chain intact: {report.checked} events verified")
         return
-    err.print(f"[red]audit chain broken:[/red] {report.reason}", highlight=False)
+    said(err, "audit chain broken:", "red", report.reason)
     raise typer.Exit(2)
 
 
@@ -1272,13 +1280,12 @@ def doctor() -> None:
         finally:
             engine.dispose()
     for check in checks:
-        verdict = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
-        out.print(f"{verdict} {check.name:<11} {check.detail}", highlight=False)
+        said(out, "ok  " if check.ok else "FAIL", "green" if check.ok else "red", f"{check.name:<11} {check.detail}")
     if all(check.ok for check in checks):
         out.print("ready")
         return
     failing = ", ".join(check.name for check in checks if not check.ok)
-    err.print(f"[red]not ready:[/red] {failing}", highlight=False)
+    said(err, "not ready:", "red", failing)
     raise typer.Exit(1)
 
 

@@ -197,6 +197,7 @@ def test_an_out_that_is_not_a_regular_file_is_refused_before_anything_is_done(ms
     (tmp_path / "link.eml").symlink_to(target)
     os.mkfifo(tmp_path / "pipe")  # as a device would be: replaced, it would be gone
     refused = {
+        str(tmp_path / "a-file" / "[/red]x.eml"): "Not a directory",  # printed as it is, not as markup
         str(tmp_path / "pipe"): "not a regular file",
         str(tmp_path / "link.eml"): "symbolic link",
         str(tmp_path): "is a folder",
