@@ -260,21 +260,35 @@ def print_enrolment(enrolment: Any) -> None:
 @pki_app.command("init")
 def pki_init(
     if_missing: Annotated[
-        bool, typer.Option("--if-missing", help="Make only what is missing; say nothing when nothing is.")
+        bool,
+        typer.Option(
+            "--if-missing",
+            help="Do nothing when the PKI exists (but make a recovery public key left unwritten beside its key).",
+        ),
     ] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Regenerate everything (invalidates issued certificates).")
     ] = False,
 ) -> None:
     """Create the development CA, CRL, TLS certificate and recovery key pair."""
+    from directory import certificates
     from mss.crypto import pki
 
     settings = Settings.from_env()
-    if if_missing and not force and settings.is_production and (settings.pki.certs_dir / "ca.pem").exists():
-        return  # the operator's PKI is installed: nothing of the development one is made
+    if if_missing and not force and (settings.pki.certs_dir / "ca.pem").exists():
+        # The PKI exists: nothing of it is made again (a TLS certificate installed by hand,
+        # the CRL), only a recovery public key an earlier run left unwritten beside its
+        # private key is completed (development only).
+        if not settings.is_production and pki.complete_recovery_public_key(settings):
+            out.print(f"recovery public key made from its private key: {settings.pki.recovery_public_key}")
+        return
     dev = pki.init_dev_pki(settings, force=force)
-    if if_missing and not force and not dev.generated:
-        return  # nothing was missing (what an earlier run left half done is completed above)
+    if "crl" in dev.generated and "ca" not in dev.generated:
+        # A CRL missing or unreadable under a CA that stays: made again from the directory's
+        # revocations, never left empty.
+        with transaction() as (rt, session):
+            crl = certificates.refresh_crl(session, rt.settings)
+        out.print(f"CRL published again: {len(crl)} revoked certificate(s)")
     out.print(f"development PKI ready in {settings.pki.certs_dir} (for development only)")
     out.print(f"recovery public key: {settings.pki.recovery_public_key}")
     if "recovery" in dev.generated:

@@ -5,6 +5,7 @@ fail-closed signature checks, the TLS names, files at rest, and the ``mss`` comm
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
 import stat
@@ -191,9 +192,28 @@ def test_an_init_stopped_between_the_recovery_files_is_completed_not_redone(mss,
     public, private = settings.pki.recovery_public_key, settings.pki.recovery_private_key_out
     kept, escrow_to = private.read_bytes(), public.read_bytes()
     public.unlink()
+    paths = pki.PkiPaths.from_settings(settings)
+    tls, crl = paths.tls_certificate, paths.crl
+    installed = tls.read_bytes()
+    crl.unlink()
     mss("pki", "init", "--if-missing")
     assert private.read_bytes() == kept and public.read_bytes() == escrow_to
     assert mss("pki", "init", "--if-missing").stdout == ""
+    # Nothing else of a PKI that exists is made again; the CRL is the next check's to publish.
+    assert tls.read_bytes() == installed and not crl.exists()
+
+
+def test_a_crl_made_again_under_the_same_ca_lists_the_revocations(mss, env) -> None:
+    """`mss pki init` makes a missing CRL again: from the directory's revocations, not empty."""
+    mss("directory", "add", "--address", "dr.a@mss.test", "--rpps", "10009999998", "--last-name", "A")
+    mss("account", "create", "dr.a@mss.test", "--password-stdin", input=PASSPHRASE * 2)
+    revoked = mss("pki", "revoke", "dr.a@mss.test", "--reason", "keyCompromise").stdout
+    serial = int(re.search(r"revoked certificate ([0-9a-f]+)", revoked).group(1), 16)
+    crl = pki.PkiPaths.from_settings(Settings.from_env(env)).crl
+    crl.unlink()
+    assert "CRL published again: 1 revoked certificate(s)" in mss("pki", "init").stdout
+    listed = x509.load_pem_x509_crl(crl.read_bytes())
+    assert listed.get_revoked_certificate_by_serial_number(serial) is not None
 
 
 def test_files_at_rest_are_private(tmp_path: Path) -> None:

@@ -713,16 +713,11 @@ def init_dev_pki(settings: Settings, *, force: bool = False) -> DevPki:
             write_file(paths.tls_certificate, _pem(tls_certificate) + _pem(ca.certificate), private=False)
             generated.append("tls")
 
-        if force or not paths.recovery_public_key.exists():
-            if not force and paths.recovery_private_key.exists():
-                # An earlier run stopped between the two files: the public key is the
-                # private one's, never a new pair over a private key that may hold escrows.
-                public = keys.recovery_public_key_of(keys.load_recovery_private_key(paths.recovery_private_key))
-                keys.write_recovery_key(paths.recovery_public_key, public, private=False)
-                generated.append("recovery-public")
-            else:
-                keys.generate_recovery_keypair(paths.recovery_private_key, paths.recovery_public_key)
-                generated.append("recovery")
+        if not force and _public_key_of_the_private(paths):
+            generated.append("recovery-public")
+        elif force or not paths.recovery_public_key.exists():
+            keys.generate_recovery_keypair(paths.recovery_private_key, paths.recovery_public_key)
+            generated.append("recovery")
         recovery_public = keys.load_recovery_public_key(paths.recovery_public_key)
 
     return DevPki(
@@ -732,6 +727,26 @@ def init_dev_pki(settings: Settings, *, force: bool = False) -> DevPki:
         recovery_public_key=recovery_public,
         generated=tuple(generated),
     )
+
+
+def _public_key_of_the_private(paths: PkiPaths) -> bool:
+    """Write the recovery public key of the private key beside it when only the private one is
+    there (an earlier run stopped between the two files: never a new pair over a private key
+    that may hold escrows); True when written."""
+    if paths.recovery_public_key.exists() or not paths.recovery_private_key.exists():
+        return False
+    public = keys.recovery_public_key_of(keys.load_recovery_private_key(paths.recovery_private_key))
+    keys.write_recovery_key(paths.recovery_public_key, public, private=False)
+    return True
+
+
+def complete_recovery_public_key(settings: Settings) -> bool:
+    """``init_dev_pki``'s completion of a recovery public key left unwritten, alone (for a PKI
+    that exists, which nothing else of the development one touches); True when written.
+    Raises CryptoError when the private key is unreadable."""
+    paths = PkiPaths.from_settings(settings)
+    with _locked(paths):
+        return _public_key_of_the_private(paths)
 
 
 def _load_crl_file(paths: PkiPaths) -> x509.CertificateRevocationList | None:
