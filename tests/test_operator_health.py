@@ -28,7 +28,7 @@ from directory import certificates
 from directory.models import DirectoryEntry
 from mss import metrics
 from mss.crypto.pki import PkiPaths
-from mss.db import session_scope
+from mss.db import SCHEMA_REVISION, session_scope
 from mss.logs import JsonFormatter, TextFormatter
 
 from metrics_support import scrape, value
@@ -218,6 +218,15 @@ def test_doctor_creates_no_database_where_a_mistyped_url_points(rt, mss, env, tm
     sqlite3.connect(elsewhere).close()
     result = mss("doctor", ok=False)
     assert "holds no mss schema: is MSS_DATABASE_URL right?" in result.stdout, result.stdout
+    # An older schema lacks what this code writes; a newer one is a rolling upgrade under way.
+    with sqlite3.connect(elsewhere) as connection:
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        connection.execute("INSERT INTO alembic_version VALUES ('0001')")
+    assert "its schema is at revision 0001" in mss("doctor", ok=False).stdout
+    with sqlite3.connect(elsewhere) as connection:
+        connection.execute(f"UPDATE alembic_version SET version_num = '{int(SCHEMA_REVISION) + 1:04d}'")
+    newer = [line for line in mss("doctor", ok=False).stdout.splitlines() if line.split()[1:2] == ["database"]]
+    assert newer[0].startswith("ok") and "newer than this code's" in newer[0], newer
 
 
 @contextlib.contextmanager
