@@ -1,7 +1,7 @@
 """Who signed, against who sent (RFC 8550 3): a valid signature by a certificate that names
 mail addresses but not the sender's is shown as ``other-signer``; one that names the sender
 among others, in its subjectAltName or its subject, holds and is shown under the sender's
-address; one that names no address at all is accepted as it is; what the operator signs in
+address; one that names no address at all vouches for no sender; what the operator signs in
 the name of another From (its notices, its receipts) is not held to that.
 
 The certificates are made here with the cryptography package, under the service's own CA, in
@@ -90,7 +90,7 @@ def test_the_signer_is_the_sender_wherever_the_certificate_names_them(rt, doctor
         "someone else, and the sender in the subject": (["autre@mss.test"], DOCTOR, "valid", DOCTOR),
         "someone else, then the sender": (["autre@mss.test", DOCTOR.upper()], None, "valid", DOCTOR.upper()),
         "the sender in the subject alone": ([], DOCTOR, "valid", DOCTOR),
-        "no address at all": ([], None, "valid", None),
+        "no address at all: it vouches for no sender": ([], None, "other-signer", None),
     }
     for case, (alt_names, subject_email, status, signer) in cases.items():
         key, certificate = _certificate(rt, alt_names=alt_names, subject_email=subject_email)

@@ -41,9 +41,9 @@ from mss.mime import PARSE_FAILURES, POLICY, SUMMARY_HEADERS, decoded_payload
 UNSIGNED = "unsigned"
 UNVERIFIABLE = "unverifiable"
 REVOKED_SINCE = "revoked-since"
-# A signature that holds, by a certificate that names mail addresses but not the message's
-# sender's (RFC 8550 3: the receiving agent checks the From address against the signer's
-# certificate, when it names any).
+# A signature that holds, by a certificate that does not name the message's sender (RFC 8550
+# 3: the receiving agent checks the From address against the addresses the signer's
+# certificate names; one that names none cannot vouch for any sender).
 OTHER_SIGNER = "other-signer"
 OTHER_SIGNER_REASON = "the message was signed by someone other than its sender"
 # The kinds of stored message the operator signs, whatever their From: receipts (DSN, MDN)
@@ -194,18 +194,16 @@ def _checked(
     A signature by a certificate revoked today is checked again as of ``submitted_at``
     (when this service received the message, which proves it existed then): if it held
     then, the reader learns both facts, valid when signed and revoked since (with the date).
-    A valid signature by a certificate that names mail addresses, none of them ``sender``,
-    is ``other-signer``: the reader is shown who signed, and that it is not the sender (one
-    valid when signed by a certificate revoked since already comes with its warning and its
-    signer's name, and stays what it is). A certificate that names the sender among others
-    is shown under that address.
+    A valid signature by a certificate that does not name ``sender`` (or names no address
+    at all: it cannot vouch for any sender) is ``other-signer``: the reader is shown who
+    signed, and that it is not the sender (one valid when signed by a certificate revoked
+    since already comes with its warning and its signer's name, and stays what it is). A
+    certificate that names the sender among others is shown under that address.
     """
     checked, signer = _checked_alone(layer, roots, crls, submitted_at)
     if sender is None or signer is None or checked.status != verify.VALID:
         return checked
     named = verify.certificate_addresses(signer)
-    if not named:
-        return checked  # RFC 8550 3: a certificate without an address is accepted as it is
     same = next((a for a in named if a.lower() == sender.lower()), None)
     if same is not None:
         return replace(checked, signer_address=same)
