@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,7 +112,7 @@ def test_account_lifecycle(mss, tmp_path, env):
     long_file = tmp_path / "long.key"
     long_file.write_bytes(b"A" * 10_000)
     long_file.chmod(0o600)
-    for wrong, why in (("/dev/zero", "not a regular file"), (str(long_file), "longer than a recovery key file")):
+    for wrong, why in (("/dev/zero", "not a file or a pipe"), (str(long_file), "longer than a recovery key file")):
         refused = mss(
             "account",
             "recover",
@@ -132,6 +133,13 @@ def test_account_lifecycle(mss, tmp_path, env):
         "--password-stdin",
         input="recovered passphrase\n",
     )
+    # Through a pipe, as `--recovery-key <(gpg -d recovery.key.gpg)` gives it.
+    pipe = tmp_path / "recovery.pipe"
+    os.mkfifo(pipe, 0o600)
+    feeder = threading.Thread(target=pipe.write_bytes, args=(recovery.read_bytes(),), daemon=True)
+    feeder.start()
+    mss("account", "recover", DOCTOR, "--recovery-key", str(pipe), "--password-stdin", input="recovered passphrase\n")
+    feeder.join(timeout=10)
     mss("account", "disable", DOCTOR)
     disabled = export_key(mss, p12, "recovered passphrase\nexport passphrase\n", ok=False)
     assert "disabled" in disabled.stderr

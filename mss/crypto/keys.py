@@ -316,8 +316,8 @@ def load_recovery_private_key(path: Path) -> bytes:
     path = Path(path)
     try:
         mode = path.stat().st_mode
-        if not stat.S_ISREG(mode):
-            raise CryptoError(f"recovery private key {path} is not a regular file")
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # a pipe: `--recovery-key <(gpg -d ...)`
+            raise CryptoError(f"recovery private key {path} is not a file or a pipe")
         if mode & 0o077:
             raise CryptoError(f"{path} must not be readable by group or others (chmod 600)")
         with path.open("rb") as handle:
