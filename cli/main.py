@@ -27,7 +27,7 @@ from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from mss.db import session_scope
+from mss.db import session_scope, sqlite_path
 from mss.errors import MssError, NoSuchAccount, StorageError
 from mss.files import replacing, unfit_output, write_file
 from mss.runtime import Runtime, open_runtime
@@ -210,7 +210,15 @@ def actor() -> str:
 
 
 def runtime() -> Runtime:
-    return open_runtime(Settings.from_env())
+    """The service's runtime for a command. A SQLite database that was not there is made (a
+    first run), and the operator told so: a mistyped MSS_DATABASE_URL shows at once."""
+    settings = Settings.from_env()
+    file = sqlite_path(settings.storage.database_url)
+    new = file is not None and not file.exists()
+    rt = open_runtime(settings)
+    if new:
+        err.print(f"note: there was no database at {file}: a new, empty one is made there (MSS_DATABASE_URL)")
+    return rt
 
 
 @contextlib.contextmanager

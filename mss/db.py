@@ -192,6 +192,18 @@ def sqlite_file(engine: Engine) -> Path | None:
     return Path(database) if database and database != ":memory:" else None
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file a SQLite URL names (None for another database, one in memory, or a URL that
+    is not one: ``make_engine`` says why)."""
+    try:
+        parsed = make_url(url)
+    except SQLAlchemyError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 

@@ -678,6 +678,16 @@ def test_an_audit_purge_keeps_what_the_retention_keeps(mss):
     assert purge["action"] == "audit.purge" and purge["actor"].startswith("cli")
 
 
+def test_a_command_that_makes_a_new_database_says_so(mss, env, tmp_path):
+    """A first run makes the database; a mistyped MSS_DATABASE_URL would make another one
+    silently, and a directory imported into it would be lost to the service: it is said."""
+    elsewhere = tmp_path / "typo" / "mss.db"
+    env["MSS_DATABASE_URL"] = f"sqlite:///{elsewhere}"
+    first = mss("account", "list")
+    assert f"note: there was no database at {elsewhere}" in first.stderr and elsewhere.exists()
+    assert "no database" not in mss("account", "list").stderr
+
+
 def test_a_file_the_system_refuses_is_one_line(mss, env, tmp_path):
     """A data folder the system will not write (here: a file where a folder should be) is
     named with the system's reason, without a traceback."""
