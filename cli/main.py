@@ -331,9 +331,7 @@ def pki_issue(
             try:
                 write_file(pending, blob, private=True)
             except OSError as exc:
-                raise MssError(
-                    f"cannot write {out_file}: {exc.strerror or type(exc).__name__}; nothing was issued"
-                ) from None
+                raise cannot_write(out_file, exc, then="; nothing was issued") from None
         committed = True
         os.replace(pending, out_file)
     except OSError as exc:
@@ -385,12 +383,18 @@ def pki_crl() -> None:
     )
 
 
+def cannot_write(path: Path, why: str | OSError, *, then: str = "") -> MssError:
+    """The one-line error of an ``--out`` that cannot be written, and why."""
+    reason = why if isinstance(why, str) else (why.strerror or type(why).__name__)
+    return MssError(f"cannot write {path}: {reason}{then}")
+
+
 def output_file(path: Path, *, then: str = "") -> Path:
     """An ``--out`` checked before any work is done: a regular file, or a new one (what is
     there is replaced, never written through: no device, link or folder)."""
     why = unfit_output(path)
     if why is not None:
-        raise MssError(f"cannot write {path}: {why}{then}")
+        raise cannot_write(path, why, then=then)
     return path
 
 
@@ -399,7 +403,7 @@ def write_output(path: Path, data: bytes, *, private: bool) -> None:
     try:
         write_file(path, data, private=private)
     except OSError as exc:
-        raise MssError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
+        raise cannot_write(path, exc) from None
 
 
 def crl_not_published(session: Session) -> None:
@@ -915,7 +919,7 @@ def audit_export(
             for line in audit.export(session, since=start, fmt=fmt):  # type: ignore[arg-type]  # checked above
                 handle.write(line.encode("utf-8"))
     except OSError as exc:
-        raise MssError(f"cannot write {out_file}: {exc.strerror or type(exc).__name__}") from None
+        raise cannot_write(out_file, exc) from None
 
 
 @audit_app.command("purge")
@@ -1290,12 +1294,7 @@ def doctor() -> None:
     try:
         engine = make_engine(settings, create=False)
     except StorageError as exc:
-        checks = [
-            health.Check("database", False, exc.message),
-            health.check_ca(settings),
-            health.check_crl(settings),
-            health.check_master_key(settings),
-        ]
+        checks = health.readiness(settings, None, no_engine=exc.message)
     else:
         try:
             checks = health.readiness(settings, engine)

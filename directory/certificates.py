@@ -285,17 +285,29 @@ def certificate_by_serial(session: Session, serial: int | str) -> Certificate | 
 # -- revocation and the CRL --------------------------------------------------------------
 
 
+def listed_revocations(session: Reader) -> list[tuple[int, datetime, str]]:
+    """What the CRL lists: ``(serial, revoked_at, reason)`` of every revoked certificate
+    that has not expired (RFC 5280 3.3: an expired one may leave the list; it is refused
+    anyway), in the order of their revocations."""
+    rows = (
+        connection_of(session)
+        .execute(
+            select(col(Certificate.serial), col(Certificate.revoked_at), col(Certificate.revocation_reason))
+            .where(col(Certificate.revoked_at).is_not(None))
+            .where(col(Certificate.not_after) > utcnow())
+            .order_by(col(Certificate.revoked_at))
+        )
+        .all()
+    )
+    return [
+        (int(serial, 16), revoked_at, reason or "unspecified")
+        for serial, revoked_at, reason in rows
+        if revoked_at is not None  # the query's own condition, for the type
+    ]
+
+
 def _build_crl_from_rows(session: Session, ca: pki.CertificateAuthority) -> x509.CertificateRevocationList:
-    now = utcnow()
-    rows = session.execute(
-        select(col(Certificate.serial), col(Certificate.revoked_at), col(Certificate.revocation_reason))
-        .where(col(Certificate.revoked_at).is_not(None))
-        # RFC 5280 3.3: an expired certificate may leave the list; it is refused anyway.
-        .where(col(Certificate.not_after) > now)
-        .order_by(col(Certificate.revoked_at))
-    ).all()
-    revoked = [(int(serial, 16), revoked_at, reason or "unspecified") for serial, revoked_at, reason in rows]
-    return pki.build_crl(ca, revoked, next_update_days=CRL_NEXT_UPDATE_DAYS)
+    return pki.build_crl(ca, listed_revocations(session), next_update_days=CRL_NEXT_UPDATE_DAYS)
 
 
 def _write_pending_crl(session: Session) -> None:

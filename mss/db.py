@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Final, cast
 
 from sqlalchemy import Column, DateTime, LargeBinary, Table, event, inspect, text
-from sqlalchemy.engine import Connection, CursorResult, Engine, Result, make_url
+from sqlalchemy.engine import URL, Connection, CursorResult, Engine, Result, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, SQLModel, create_engine
@@ -186,22 +186,25 @@ class WriteTurns:
                 self._fd = None
 
 
+def _file_of(url: URL) -> Path | None:
+    """The file a SQLite URL names (None for another database or one in memory)."""
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
 def sqlite_file(engine: Engine) -> Path | None:
     """The file of a SQLite database (None in memory)."""
-    database = engine.url.database
-    return Path(database) if database and database != ":memory:" else None
+    return _file_of(engine.url)
 
 
 def sqlite_path(url: str) -> Path | None:
     """The file a SQLite URL names (None for another database, one in memory, or a URL that
     is not one: ``make_engine`` says why)."""
     try:
-        parsed = make_url(url)
+        return _file_of(make_url(url))
     except SQLAlchemyError:
         return None
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
-        return None
-    return Path(parsed.database)
 
 
 def is_sqlite(url: str) -> bool:
@@ -218,11 +221,12 @@ def make_engine(settings: Settings, *, create: bool = True) -> Engine:
     except SQLAlchemyError as exc:
         raise StorageError(f"MSS_DATABASE_URL is not a database URL: {exc}") from exc
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        file = _file_of(parsed)
+        if file is not None:
             if create:
-                _private_database_file(Path(parsed.database))
-            elif not Path(parsed.database).is_file():
-                raise StorageError(f"no database at {parsed.database} (MSS_DATABASE_URL)")
+                _private_database_file(file)
+            elif not file.is_file():
+                raise StorageError(f"no database at {file} (MSS_DATABASE_URL)")
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=HIDE_PARAMETERS
         )

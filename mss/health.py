@@ -12,16 +12,14 @@ from datetime import timedelta
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import col
 
-from directory.models import Certificate
+from directory import certificates
 from mss import accounts, metrics
 from mss.crypto import pki
 from mss.crypto.pki import PkiPaths
-from mss.db import SCHEMA_REVISION, session_scope, stamped_revision, utcnow
+from mss.db import SCHEMA_REVISION, read_scope, session_scope, stamped_revision, utcnow
 from mss.errors import PkiError
 from mss.runtime import Runtime
 from mss.settings import Settings
@@ -45,9 +43,7 @@ def check_database(engine: Engine) -> Check:
     writes). A newer one is a rolling upgrade under way: the instances not yet replaced keep
     serving, with a word of it."""
     try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        stamped = stamped_revision(engine)
+        stamped = stamped_revision(engine)  # a query: it answers
     except SQLAlchemyError as exc:
         return Check("database", False, f"unreachable ({exc.__class__.__name__})")
     if stamped is None:
@@ -110,13 +106,8 @@ def _unpublished_revocations(engine: Engine, crl: x509.CertificateRevocationList
     """How many revoked certificates that have not expired the CRL does not list (an
     unreachable database counts none: the database's own check says so)."""
     try:
-        with session_scope(engine, readonly=True) as session:
-            serials = session.execute(
-                select(col(Certificate.serial))
-                .where(col(Certificate.revoked_at).is_not(None))
-                .where(col(Certificate.not_after) > utcnow())
-            ).scalars()
-            revoked = {int(serial, 16) for serial in serials}
+        with read_scope(engine) as reader:
+            revoked = {serial for serial, _at, _reason in certificates.listed_revocations(reader)}
     except SQLAlchemyError:
         return 0
     listed = {entry.serial_number for entry in crl}
@@ -138,9 +129,12 @@ def check_master_key(settings: Settings) -> Check:
     return Check("master-key", True, f"present at {path}")
 
 
-def readiness(settings: Settings, engine: Engine) -> list[Check]:
-    """Every item the service needs to serve, in order: database, CA, CRL, master key."""
-    return [check_database(engine), check_ca(settings), check_crl(settings, engine), check_master_key(settings)]
+def readiness(settings: Settings, engine: Engine | None, *, no_engine: str = "") -> list[Check]:
+    """Every item the service needs to serve, in order: database, CA, CRL, master key.
+    ``engine`` None: there is no database to open, for the reason ``no_engine`` (the
+    doctor, which creates none)."""
+    database = check_database(engine) if engine is not None else Check("database", False, no_engine)
+    return [database, check_ca(settings), check_crl(settings, engine), check_master_key(settings)]
 
 
 def startup_warnings(rt: Runtime) -> list[str]:

@@ -116,13 +116,7 @@ def check_sender_standing(rt: Runtime, sender: UnlockedAccount) -> int:
     at it (``known_recipient``). Raises a StandingError subclass (``mss.standing``)."""
     with read_scope(rt.engine) as reader:
         revision = directory_revision.current(reader)
-        standing.check(
-            reader,
-            rt.settings,
-            sender.address,
-            certificate_serial=_sender_certificate_serial(sender),
-            credential=sender.credential,
-        )
+        standing.check_session(reader, rt.settings, sender)
     return revision
 
 
@@ -344,11 +338,16 @@ def _one_mailbox(message: EmailMessage, name: str) -> str:
     return normalise_address(addresses[0].addr_spec)
 
 
+def _originators(message: EmailMessage) -> tuple[str, str | None]:
+    """The ``From:`` address and the ``Sender:`` one (None without that field), each one
+    well-formed mailbox. Raises MalformedOriginator."""
+    sender = _one_mailbox(message, "Sender") if message.get("Sender") is not None else None
+    return _one_mailbox(message, "From"), sender
+
+
 def _from_address(message: EmailMessage) -> str:
     """The originator: one well-formed ``From:`` mailbox, and ``Sender:`` likewise if present."""
-    if message.get("Sender") is not None:
-        _one_mailbox(message, "Sender")
-    return _one_mailbox(message, "From")
+    return _originators(message)[0]
 
 
 def _leaf_parts(message: EmailMessage):
@@ -493,9 +492,10 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
         raise MalformedMessage("the message has no recipient")
     with metrics.stage("parse"):
         message = _parse(submission.raw)
-    if _from_address(message) != sender.address:
+    author, on_behalf = _originators(message)
+    if author != sender.address:
         raise FromHeaderMismatch(f"the From: header must be {sender.address}")
-    if message.get("Sender") is not None and _one_mailbox(message, "Sender") != sender.address:
+    if on_behalf not in (None, sender.address):
         raise SenderHeaderMismatch(f"the Sender: header must be {sender.address}, or left out")
     recipients = [r.address for r in submission.recipients]
     queue_id = new_queue_id()
@@ -517,13 +517,7 @@ def submit(rt: Runtime, submission: Submission) -> Accepted:
     with read_scope(rt.engine) as reader:
         # Nothing is signed with a key whose certificate was revoked, or for an account
         # that may no longer send, whenever that happened.
-        standing.check(
-            reader,
-            settings,
-            sender.address,
-            certificate_serial=_sender_certificate_serial(sender),
-            credential=sender.credential,
-        )
+        standing.check_session(reader, settings, sender)
         # The same checks as at RCPT, for all at once: read again unless the directory is
         # still at the revision they were read at (a revocation since counts).
         verdicts = _recipient_verdicts(reader, rt, [r.address for r in submission.recipients])

@@ -17,12 +17,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, Protocol
 
+from cryptography import x509
 from sqlalchemy import Select, bindparam, delete, select
 from sqlmodel import Session, col
 
 from directory.models import ACTIVE, INACTIVE, INACTIVE_REASON, Certificate, DirectoryEntry
+from mss.crypto.pki import serial_hex
 from mss.db import Reader, connection_of, rowcount, utcnow
 from mss.errors import (
     AccountDisabled,
@@ -83,6 +85,30 @@ def credential_stamp(password_hash: str) -> str:
     """What a session keeps of the password it logged in with (``check``'s ``credential``):
     a digest of its argon2id hash, which every change of the password replaces."""
     return hashlib.sha256(password_hash.encode("utf-8")).hexdigest()[:32]
+
+
+class LoggedIn(Protocol):
+    """What a session that logged in holds of its account (``accounts.UnlockedAccount``)."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def certificate(self) -> x509.Certificate: ...
+    @property
+    def credential(self) -> str | None: ...
+
+
+def check_session(session: Reader, settings: Settings, account: LoggedIn) -> Standing:
+    """``check`` for a session that logged in: the certificate it signs with and the
+    password it logged in with, as they were then (a rekey, a revocation or a new password
+    ends it). Raises what ``check`` raises."""
+    return check(
+        session,
+        settings,
+        account.address,
+        certificate_serial=serial_hex(account.certificate.serial_number),
+        credential=account.credential,
+    )
 
 
 def check(

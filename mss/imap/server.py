@@ -32,7 +32,7 @@ import re
 import secrets
 import time
 from argparse import Namespace
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, Final
@@ -58,11 +58,11 @@ from pysasl.mechanism.plain import PlainMechanism
 
 from mss import accounts, standing
 from mss.background import BackgroundServer, serve_until_cancelled
-from mss.crypto import pki
 from mss.db import read_scope
 from mss.errors import AccountLocked, BadCredentials, StandingError, TooManyAttempts
 from mss.imap import replies, workers
 from mss.imap.backend import MailSession, needs_body
+from mss.places import Places
 from mss.relay.tls import server_context
 from mss.runtime import Runtime
 
@@ -266,11 +266,8 @@ class MailState(ConnectionState):
         # The certificate and the password the session logged in with, as an SMTP session's:
         # a rekey (which revokes the certificate) or a new password ends the session, which
         # would otherwise read on with what its login opened.
-        serial = pki.serial_hex(account.certificate.serial_number)
         with read_scope(self.rt.engine) as reader:
-            standing.check(
-                reader, self.rt.settings, account.address, certificate_serial=serial, credential=account.credential
-            )
+            standing.check_session(reader, self.rt.settings, account)
 
     async def do_command(self, cmd: Any) -> Any:
         if self._session is not None and not isinstance(cmd, LogoutCommand) and not self._was_checked(cmd):
@@ -542,29 +539,16 @@ class Registry:
     client cannot take every place there is), and closed with a BYE at shutdown."""
 
     def __init__(self, limit: int, per_client: int) -> None:
-        self.limit = limit
-        self.per_client_limit = per_client
-        self.connections: set[MailConnection] = set()
-        self.per_client: Counter[str] = Counter()
+        self.places: Places[MailConnection] = Places(limit, per_client)
+        self.connections = self.places.holders
 
     def refusal(self, client: str) -> bytes | None:
         """The BYE that turns a new connection from ``client`` away, or None: it may come in."""
-        if len(self.connections) >= self.limit:
+        if self.places.full():
             return replies.TOO_MANY_SESSIONS
-        if self.per_client[client] >= self.per_client_limit:
+        if self.places.full_for(client):
             return replies.TOO_MANY_FROM_CLIENT
         return None
-
-    def add(self, conn: MailConnection, client: str) -> None:
-        self.connections.add(conn)
-        self.per_client[client] += 1
-
-    def discard(self, conn: MailConnection, client: str) -> None:
-        if conn in self.connections:
-            self.connections.discard(conn)
-            self.per_client[client] -= 1
-            if self.per_client[client] <= 0:
-                del self.per_client[client]
 
     async def close_all(self) -> None:
         await asyncio.gather(*(conn.kick(replies.SHUTDOWN) for conn in list(self.connections)), return_exceptions=True)
@@ -589,7 +573,7 @@ def connection_handler(rt: Runtime, config: MailConfig, registry: Registry) -> A
         request_id = secrets.token_hex(8)
         conn = MailConnection(rt, config, reader, writer, SocketInfo.get(writer, None))
         state = MailState(rt, config, client, request_id, conn.kick, conn.pipelined)
-        registry.add(conn, client)
+        registry.places.take(conn, client)
 
         # A connection that has not logged in by then gives its place back (a client logs
         # in at once; one that only holds a place would otherwise hold it for hours).
@@ -609,7 +593,7 @@ def connection_handler(rt: Runtime, config: MailConfig, registry: Registry) -> A
         finally:
             late.cancel()
             conn.stop_reading()
-            registry.discard(conn, client)
+            registry.places.give_back(conn, client)
             if state.mail_session is not None:
                 state.mail_session.close()
             writer.close()

@@ -31,6 +31,7 @@ from mss import metrics
 from mss.accounts import UnlockedAccount
 from mss.mime import PARSE_FAILURES
 from mss.pipeline import RecipientRequest
+from mss.places import Places
 from mss.relay import esmtp, replies
 from mss.relay.auth import PasswordMechanisms
 from mss.runtime import Runtime
@@ -240,32 +241,27 @@ class SessionRegistry:
     """
 
     def __init__(self, max_sessions: int, max_per_client: int | None = None, *, messages_per_client: int) -> None:
-        self.max_sessions = max_sessions
-        self.max_per_client = max_sessions if max_per_client is None else max_per_client
+        self.places: Places[RelaySMTP] = Places(
+            max_sessions, max_sessions if max_per_client is None else max_per_client
+        )
+        self.active = self.places.holders
         self.slots = DataSlots(messages_per_client, wait=SLOT_WAIT, longest=SLOT_WAIT_LONGEST)
-        self.active: set[RelaySMTP] = set()
-        self.per_client: collections.Counter[str] = collections.Counter()
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
 
     def admit(self, session: RelaySMTP, client: str) -> str | None:
         """Count ``session`` in; or the ``421`` reply that turns it away."""
-        if self.draining or len(self.active) >= self.max_sessions:
+        if self.draining or self.places.full():
             return replies.SERVICE_BUSY
-        if self.per_client[client] >= self.max_per_client:
+        if self.places.full_for(client):
             return replies.CLIENT_BUSY
-        self.active.add(session)
-        self.per_client[client] += 1
+        self.places.take(session, client)
         self._idle.clear()
         return None
 
     def leave(self, session: RelaySMTP, client: str) -> None:
-        if session in self.active:
-            self.active.discard(session)
-            self.per_client[client] -= 1
-            if self.per_client[client] <= 0:
-                del self.per_client[client]
+        self.places.give_back(session, client)
         if not self.active:
             self._idle.set()
 
