@@ -32,7 +32,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
+# The tree this script is in, unless PYTHONPATH names another (to compare two trees).
+sys.path.insert(len(sys.path) if os.environ.get("PYTHONPATH") else 0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import gen_extract
@@ -228,6 +229,15 @@ def run_searches(url: str, queries: list[tuple[str, str]]) -> dict[str, dict[str
     }
 
 
+def print_searches(searches: int, stats: dict[str, dict[str, float]]) -> None:
+    print(f"search, {searches} queries, first page of 20 (ms):")
+    print(f"  {'kind':34} {'n':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}")
+    for kind in ["all", *(k for k, _ in QUERY_MIX)]:
+        if kind in stats:
+            s = stats[kind]
+            print(f"  {kind:34} {s['n']:5d} {s['p50']:7.1f} {s['p95']:7.1f} {s['p99']:7.1f} {s['max']:7.1f}")
+
+
 # -- databases ----------------------------------------------------------------------------
 
 
@@ -273,6 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", help="a PostgreSQL server URL (a fresh database is created on it)")
     parser.add_argument("--searches", type=int, default=1000, help="searches to time (default 1000)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument(
+        "--searches-on",
+        metavar="URL",
+        help="only run the searches, on this database where the extract is already imported "
+        "(to compare two trees on one database: run each with PYTHONPATH set to it, in turn)",
+    )
     args = parser.parse_args(argv)
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -280,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     if not extract.exists():
         print(f"generating {extract} ({args.rows} rows) ...", flush=True)
         gen_extract.generate(args.rows, extract)
+    if args.searches_on:
+        stats = run_searches(args.searches_on, build_queries(extract, args.searches))
+        print_searches(args.searches, stats)
+        if args.json:
+            args.json.write_text(json.dumps({"search": stats}, indent=2))
+        return 0
 
     url, handle = fresh_database(args.database_url)
     try:
@@ -315,12 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         drop_database(handle)
 
-    print(f"search, {args.searches} queries, first page of 20 (ms):")
-    print(f"  {'kind':34} {'n':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}")
-    for kind in ["all", *(k for k, _ in QUERY_MIX)]:
-        if kind in stats:
-            s = stats[kind]
-            print(f"  {kind:34} {s['n']:5d} {s['p50']:7.1f} {s['p95']:7.1f} {s['p99']:7.1f} {s['max']:7.1f}")
+    print_searches(args.searches, stats)
     if args.json:
         results = {"backend": backend, "import": first, "reimport": second, "update": third, "search": stats}
         args.json.write_text(json.dumps(results, indent=2))

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from unidecode import unidecode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if str(Path(__file__).resolve().parent.parent) not in sys.path:  # run alone; bench_directory has placed it
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from directory.extract import HEADER, SEPARATOR
 

@@ -29,9 +29,10 @@ its page needs (migrations 0010 and 0011; figures in bench/README.md):
 
 - the index narrows on the rarest words of the query only (``directory_word`` counts the
   common ones); the others ("pharmacie", "cabinet") are checked on the entries it found;
-- a query that matches thousands of entries ("paris", "jean") is not ranked whole: its
-  first ranks come from an index of the names alone, and the others are read in name
-  order until the page is full (:func:`_walk`);
+- a query that matches thousands of entries ("paris", "jean", "qua" as typed) is not
+  ranked whole: its first ranks come from an index of the names alone, and the others are
+  read in name order until the page is full, from the first name a word starts when many
+  names start with it (:func:`_walk`);
 - on PostgreSQL, a query word is asked of the index as the few whole words it starts
   ("infirmier" | "infirmiere", from ``directory_lexeme``) rather than as a prefix, which
   the index answers by collecting every entry of every word it covers (:func:`_lexemes`).
@@ -44,7 +45,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import TextClause, bindparam, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
@@ -400,6 +401,11 @@ class _Walking:
     some: str
     """... and this terms of which one must."""
     false: str
+    outside: str
+    """The entries the index of names finds, less those whose names start with a word of
+    a block (``{blocks}``: ``outside_block`` for each) ..."""
+    outside_block: str
+    """... from ``:first<i>`` up to ``:after<i>``."""
 
 
 _SQLITE_NAMED = "SELECT rowid FROM directory_names_fts WHERE directory_names_fts MATCH :named"
@@ -421,6 +427,10 @@ _WALKING = {
         every=" AND ",
         some=" OR ",
         false="0",
+        # Both lists read from their indexes alone, the difference taken by SQLite.
+        outside=_SQLITE_NAMED + "{blocks}",
+        outside_block=f" EXCEPT SELECT e.id FROM directory_entry AS e INDEXED BY ix_directory_entry_names "
+        f"WHERE {_SQLITE_KEY} >= :first{{i}} AND {_SQLITE_KEY} < :after{{i}}",
     ),
     "postgresql": _Walking(
         find="strpos",
@@ -440,6 +450,11 @@ _WALKING = {
         every=" & ",
         some=" | ",
         false="false",
+        # The rows the index of names finds are read anyway: each is checked as it comes.
+        outside="SELECT e.id FROM directory_entry AS e "
+        "WHERE to_tsvector('simple', split_part(e.search_text, ' | ', 1)) @@ to_tsquery('simple', :named){blocks}",
+        outside_block=f' AND NOT (({_POSTGRESQL_NAMES}) COLLATE "C" >= :first{{i}} '
+        f'AND ({_POSTGRESQL_NAMES}) COLLATE "C" < :after{{i}})',
     ),
 }
 _NAMED_COUNT = "SELECT count(*) FROM ({named} LIMIT :at_most) AS named"
@@ -459,14 +474,23 @@ SELECT id FROM (
 WHERE {rank} BETWEEN :first AND :last
 ORDER BY {rank}, {names_order}
 """
-# Every entry in name order, ``budget`` at most, each with whether it is a match of the
-# rank (the rank is worked out for matches only).
+# The first :need matches of the rank among the first ``budget`` entries in name order (the
+# rank is worked out for matches only). The database stops reading at the :need-th match.
 _WALK = """
-SELECT e.id, CASE WHEN {filters} THEN {rank} = :rank ELSE {false} END
-FROM {source}
-ORDER BY {key}, {address}
-LIMIT :budget
+SELECT id FROM (
+    SELECT e.id, CASE WHEN {filters} THEN {rank} = :rank ELSE {false} END AS is_match
+    FROM {source}
+    {within}
+    ORDER BY {key}, {address}
+    LIMIT :budget
+) AS walked
+WHERE is_match
+LIMIT :need
 """
+# How many entries a walk that found fewer than :need matches read: the budget, or all.
+_WALKED = "SELECT count(*) FROM (SELECT 1 FROM {source} {within} LIMIT :budget) AS walked"
+# The entries whose names start with one word: a block in name order.
+_WITHIN = "WHERE {key} >= :first AND {key} < :after"
 _AMONG_EXACT = f"e.id IN (SELECT id FROM directory_entry WHERE {_EXACT})"
 _SQLITE_MATCHED = "SELECT count(*) FROM directory_fts WHERE directory_fts MATCH :match"
 _SQLITE_NOT_ACTIVE = "SELECT count(*) FROM directory_entry AS e WHERE e.status IN :not_active AND {anywhere}"
@@ -499,9 +523,11 @@ def _walk(
     Paris) are listed whole: their matches, in name order. A rank with more ("jean" names
     40,000 people), and the last rank (the entries whose names hold none of the words), are
     walked: every entry in name order, keeping the rank's matches, until the page is full.
-    A walk gives up past WALK_SLACK times the entries it expected to read, and is not tried
-    for a rank whose entries come together in name order ("martin": the MARTIN family sits
-    after every name before it).
+    A walk gives up past WALK_SLACK times the entries it expected to read. A rank whose
+    entries come together in name order ("martin": the MARTIN family sits after every name
+    before it; "qua" as typed, QUARTIER and QUATREFAGES) is not walked from the start but
+    read around those blocks (``around_blocks``): each block from its first name on, and the
+    entries outside them listed whole when few (Quang NGUYEN), walked when many.
     """
     say = _WALKING[session.get_bind().dialect.name]
     words = plan.indexed + plan.checked
@@ -511,16 +537,28 @@ def _walk(
     rank = _rank(whole, start)
     filters = "".join(f" AND {m}" for m in matches)
     _, walk_whole, walk_start, _ = _words(say.find, words, say.names)
-    walk = text(
-        _WALK.format(
+
+    def walk_of(within: str) -> tuple[TextClause, TextClause]:
+        """The walk of the entries ``within`` holds, and the count of what it read."""
+        walk = _WALK.format(
             filters=" AND ".join(matches),
             rank=_rank(walk_whole, walk_start),
             false=say.false,
             source=say.source,
+            within=within,
             key=say.key,
             address=say.address,
         )
-    )
+        return text(walk), text(_WALKED.format(source=say.source, within=within))
+
+    def walked(within: str, found: list[int], values: dict[str, object]) -> bool:
+        """Add to ``found`` the first ``values["need"]`` matches of a walk; False if the
+        walk met fewer among the ``values["budget"]`` entries it could read, and did not
+        read them all."""
+        walk, read = walk_of(within)
+        found.extend(session.execute(walk, values).scalars())
+        return len(found) == values["need"] or session.execute(read, values).scalar_one() < values["budget"]
+
     end = offset + limit
     ranked: list[int] = []
 
@@ -531,20 +569,50 @@ def _walk(
     def walk_rank(expected: float) -> bool:
         """Add the rank's matches met in name order until the page is full; False if that
         took more than WALK_SLACK times the entries expected to read."""
-        params["budget"] = budget = int(WALK_SLACK * (end - len(ranked)) * plan.entries / expected) + 1000
-        # Streamed (PostgreSQL: a cursor on the server), so that the walk stops at the page.
-        rows = session.execute(walk, params, execution_options={"stream_results": True, "max_row_buffer": 500})
-        try:
-            read = 0
-            for entry_id, is_match in rows:
-                read += 1
-                if is_match:
-                    ranked.append(entry_id)
-                    if len(ranked) == end:
-                        return True
-        finally:
-            rows.close()
-        return read < budget  # fewer rows than asked for: every entry was read
+        need = end - len(ranked)
+        found: list[int] = []
+        budget = int(WALK_SLACK * need * plan.entries / expected) + 1000
+        if not walked("", found, params | {"need": need, "budget": budget}):
+            return False
+        ranked.extend(found)
+        return True
+
+    def around_blocks(blocks: list[str]) -> bool:
+        """Add the rank's matches in name order when many names start with a word of
+        ``blocks`` ("qua": QUARTIER, QUATREFAGES ... come together), False if that would
+        read too many entries.
+
+        The matches whose names start with such a word are read block by block in name
+        order, as many as the page needs. The others ("Quang NGUYEN") are scattered: few,
+        they are listed whole (the index of names less the blocks' entries); many, they
+        come often enough for a walk in name order to fill the page.
+        """
+        if any(len(word) <= SHORT_WORD for word in blocks) and walk_rank(LISTED_AT_MOST):
+            return True  # a word of one or two letters starts many names besides its block's
+        need = end - len(ranked)
+        ranges: dict[str, object] = {}
+        for i, word in enumerate(blocks):
+            ranges |= {f"first{i}": say.key_start + word, f"after{i}": say.key_start + word + "{"}
+        less = "".join(say.outside_block.format(i=i) for i in range(len(blocks)))
+        outside = text(say.outside.format(blocks=less) + " LIMIT :at_most")
+        candidates = list(session.execute(outside, params | ranges).scalars().all())
+        if len(candidates) >= LISTED_AT_MOST:
+            return walk_rank(LISTED_AT_MOST)
+        within = _WITHIN.format(key=say.key)
+        for i in range(len(blocks)):
+            found: list[int] = []
+            block = {"first": ranges[f"first{i}"], "after": ranges[f"after{i}"]}
+            if not walked(within, found, params | block | {"need": need, "budget": LISTED_AT_MOST + need}):
+                return False  # the block's matches are too far apart in it
+            candidates += found
+        if candidates:
+            statement = _RANK.format(
+                names=say.names, among="e.id IN :ids", filters=filters, rank=rank, names_order=say.names_order
+            )
+            page = text(statement + "LIMIT :need").bindparams(bindparam("ids", expanding=True))
+            values = params | {"ids": candidates, "first": params["rank"], "last": params["rank"], "need": need}
+            ranked.extend(session.execute(page, values).scalars())
+        return True
 
     if exact is not None:
         listed(_AMONG_EXACT, 0, 0)
@@ -555,18 +623,30 @@ def _walk(
     # counting them costs what the index spends gathering them all (16 ms on PostgreSQL):
     # the ranks are then taken one by one, the first ones, few, listed at once.
     short = any(len(word) <= SHORT_WORD for word in words)
-    if not short and session.execute(count_named, params).scalar_one() < LISTED_AT_MOST:
+    named_count = None if short else session.execute(count_named, params).scalar_one()
+    if named_count is not None and named_count < LISTED_AT_MOST // 2:
         listed(say.is_named, 1, len(named_ranks))  # all together, in one reading of the index
     else:
         for n, named in enumerate(named_ranks, 1):
             if len(ranked) >= end:
                 return ranked[offset:end]
             params |= {"rank": n, "named": named}
-            # The last rank's names were counted above, unless a word is short: too many to list.
-            counted = n == len(named_ranks) and not short
-            if not counted and session.execute(count_named, params).scalar_one() < LISTED_AT_MOST:
+            # The last rank's names were counted above, unless a word is short.
+            if n == len(named_ranks) and named_count is not None:
+                count = named_count
+            else:
+                count = session.execute(count_named, params).scalar_one()
+            # A rank of a few hundred entries is listed whole. A larger one whose names come
+            # together in blocks is read around them (ranking 2,000 entries takes 15 ms); the
+            # others are listed whole up to LISTED_AT_MOST entries, and walked past it.
+            if count < LISTED_AT_MOST // 2:
                 listed(say.is_named, n, n)
-            elif _together(session, say, words) or not walk_rank(LISTED_AT_MOST):
+            elif blocks := _together(session, say, words):
+                if not around_blocks(blocks):
+                    return None
+            elif count < LISTED_AT_MOST:
+                listed(say.is_named, n, n)
+            elif not walk_rank(LISTED_AT_MOST):
                 return None
     if len(ranked) < end:
         params["rank"] = len(named_ranks) + 1
@@ -589,15 +669,16 @@ def _count_walked(session: Session, plan: _Plan, include_inactive: bool) -> int:
     return int(matched)
 
 
-def _together(session: Session, say: _Walking, words: list[str]) -> bool:
-    """Whether many entries' names start with one of ``words``."""
+def _together(session: Session, say: _Walking, words: list[str]) -> list[str]:
+    """The words of ``words`` that start the names of many entries."""
     block = text(_BLOCK.format(source=say.source, key=say.key))
+    together = []
     for word in words:
         first = say.key_start + word
         params = {"first": first, "after": first + "{", "at_most": LISTED_AT_MOST // 2}
         if session.execute(block, params).scalar_one() >= LISTED_AT_MOST // 2:
-            return True
-    return False
+            together.append(word)
+    return together
 
 
 def search(
