@@ -459,6 +459,10 @@ def parse_days(text: str) -> int:
 
 # -- directory ---------------------------------------------------------------------------
 
+# The exit status of an import that kept the good lines of its file and rejected others (each
+# reported with its line number): a scheduled import's failure shows, and 1 stays "nothing done".
+LINES_REJECTED = 3
+
 
 @directory_app.command("import")
 def directory_import(
@@ -495,6 +499,8 @@ def directory_import(
         f"added {summary.added}, updated {summary.updated}, unchanged {summary.unchanged}, "
         f"reactivated {summary.reactivated}, rejected {summary.rejected}, deactivated {summary.deactivated}"
     )
+    if summary.rejected:
+        raise typer.Exit(LINES_REJECTED)
 
 
 @directory_app.command("search")
@@ -1077,10 +1083,14 @@ def trust_import(
         result = trust.import_list(session, rt.settings, path, prune=prune, actor=actor())
     for line, reason in result.rejected:
         err.print(f"line {line}: {reason}" if line else reason, highlight=False)
+    for line, domain in result.served:
+        out.print(f"line {line}: {domain} is served here: skipped", highlight=False)
     out.print(
         f"added {len(result.added)}, already listed {result.kept}, removed {len(result.removed)}, "
-        f"rejected {len(result.rejected)}"
+        f"served here {len(result.served)}, rejected {len(result.rejected)}"
     )
+    if result.rejected:
+        raise typer.Exit(LINES_REJECTED)
 
 
 @trust_app.command("list")

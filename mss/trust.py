@@ -56,6 +56,9 @@ class Imported:
     kept: int
     removed: tuple[str, ...]
     rejected: tuple[tuple[int, str], ...] = field(default=())
+    served: tuple[tuple[int, str], ...] = field(default=())
+    """The domains served here the list names (it names every operator's), with their line:
+    skipped, not defects."""
 
 
 @dataclass(frozen=True)
@@ -142,11 +145,12 @@ def import_list(
 ) -> Imported:
     """Put every domain of a published list on the trust list.
 
-    Domains already listed are kept (a manual entry becomes a listed one); with ``prune``,
-    domains that came from an earlier import and are no longer published leave the list
-    (manual entries stay). Domains served here are reported and skipped. Records one
-    ``trust.import`` event and one ``trust.add`` / ``trust.remove`` per change. Raises
-    TrustListError when the file cannot be read at all.
+        Domains already listed are kept (a manual entry becomes a listed one); with ``prune``,
+        domains that came from an earlier import and are no longer published leave the list
+        (manual entries stay). Domains served here (the national list names every operator's,
+    this one's too) are skipped and returned apart from the defects. Records one
+        ``trust.import`` event and one ``trust.add`` / ``trust.remove`` per change. Raises
+        TrustListError when the file cannot be read at all.
     """
     if isinstance(source, Path):
         try:
@@ -157,10 +161,10 @@ def import_list(
         data = source
     parsed = parse_list(data)
     rejected = list(parsed.rejected)
-    wanted = []
+    wanted, served = [], []
     for domain, line in zip(parsed.domains, parsed.lines, strict=True):
         if _served(settings, domain):
-            rejected.append((line, f"{domain} is served here, not by another operator"))
+            served.append((line, domain))
         else:
             wanted.append(domain)
     existing = {row.domain: row for row in session.execute(select(TrustedDomain)).scalars()}
@@ -192,9 +196,16 @@ def import_list(
         added=len(added),
         removed=len(removed),
         rejected=len(rejected),
+        served=len(served),
         listed=len(wanted),
     )
-    return Imported(added=tuple(added), kept=len(wanted) - len(added), removed=tuple(removed), rejected=tuple(rejected))
+    return Imported(
+        added=tuple(added),
+        kept=len(wanted) - len(added),
+        removed=tuple(removed),
+        rejected=tuple(rejected),
+        served=tuple(served),
+    )
 
 
 # -- by hand ---------------------------------------------------------------------------------

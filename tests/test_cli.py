@@ -28,9 +28,13 @@ GP = "eloise.fournier@medecin.mss.test"
 
 
 def test_import_reports_defects_by_line(mss):
-    result = mss("directory", "import", str(SAMPLES / "annuaire" / "Extraction_Correspondance_MSSante_defects.txt"))
+    # The good lines are imported, the others reported by line, and the exit status says so.
+    result = mss(
+        "directory", "import", str(SAMPLES / "annuaire" / "Extraction_Correspondance_MSSante_defects.txt"), ok=False
+    )
+    assert result.exit_code == 3
     assert "line 3:" in result.stderr and "line 4:" in result.stderr
-    assert "rejected" in result.stdout
+    assert "added 2," in result.stdout and "rejected 6," in result.stdout
     again = mss("directory", "import", str(SAMPLE_EXTRACT))
     assert "added" in again.stdout
 
