@@ -96,7 +96,7 @@ _EXACT = "address = :exact OR rpps IN (:exact, :exact_id) OR national_id IN (:ex
 # CROSS JOIN keeps the full-text match as the outer loop: left to itself, SQLite's planner
 # may walk every active entry and run the match once per row.
 _SQLITE = """
-SELECT id FROM (
+SELECT id{total} FROM (
     SELECT e.id, e.address, e.rpps, e.national_id,
            ' ' || substr(e.search_text, 1, instr(e.search_text, ' | ')) AS names
     FROM directory_fts AS f CROSS JOIN directory_entry AS e ON e.id = f.rowid
@@ -111,7 +111,7 @@ WHERE directory_fts MATCH :match {filters}
 """
 
 _POSTGRESQL = """
-SELECT id FROM (
+SELECT id{total} FROM (
     SELECT e.id, e.address, e.rpps, e.national_id,
            ' ' || split_part(e.search_text, ' | ', 1) || ' ' AS names
     FROM directory_entry AS e
@@ -334,9 +334,14 @@ def _statement(
     include_inactive: bool,
     *,
     count: bool = False,
+    total: bool = False,
     lexemes: dict[str, list[str]] | None = None,
 ) -> tuple[str, dict[str, object]]:
+    """The statement that ranks every match and returns a page of their ids (with ``total``,
+    each with the count of every match beside it, from the rows the ranking reads anyway),
+    or with ``count`` the one that counts them."""
     find = "instr" if dialect == "sqlite" else "strpos"
+    total_column = ", count(*) OVER () AS total" if total else ""
     params, whole, start, anywhere = _words(find, indexed + checked)
     params["active"] = ACTIVE
     # "+e.status" keeps SQLite from using the status index to drive the join.
@@ -348,12 +353,15 @@ def _statement(
         params["match"] = " ".join(f'"{w}"*' for w in indexed)
         if count:
             return _SQLITE_COUNT.format(filters=" ".join(filters)), params
-        return _SQLITE.format(filters=" ".join(filters), rank=_rank(whole, start)), params
+        return _SQLITE.format(total=total_column, filters=" ".join(filters), rank=_rank(whole, start)), params
     if dialect == "postgresql":
         tsquery = _postgresql_match(indexed, lexemes or {}, params)
         if count:
             return _POSTGRESQL_COUNT.format(tsquery=tsquery, filters=" ".join(filters)), params
-        return _POSTGRESQL.format(tsquery=tsquery, filters=" ".join(filters), rank=_rank(whole, start)), params
+        ranking = _POSTGRESQL.format(
+            total=total_column, tsquery=tsquery, filters=" ".join(filters), rank=_rank(whole, start)
+        )
+        return ranking, params
     raise DirectoryError(f"directory search does not support the {dialect} database")
 
 
@@ -740,17 +748,23 @@ def search(
 
         if _worth_walking(plan, offset + limit):
             walked = _walk(session, plan, exact, include_inactive, offset=offset, limit=limit)
+        counted = None
         if walked is not None:
             ids = walked
         else:
-            sql, params = _statement(dialect, indexed, checked, include_inactive, lexemes=lexemes())
-            ids = list(session.execute(text(sql), {**params, **exacts, "limit": limit, "offset": offset}).scalars())
+            sql, params = _statement(dialect, indexed, checked, include_inactive, total=with_total, lexemes=lexemes())
+            rows = session.execute(text(sql), {**params, **exacts, "limit": limit, "offset": offset}).all()
+            ids = [row[0] for row in rows]
+            if with_total and rows:
+                counted = int(rows[0][1])  # counted by the ranking (a page past the end has no row)
         has_next = len(ids) > per_page
         ids = ids[:per_page]
         total = None
         if with_total:
             if page == 1 and not has_next:
                 total = len(ids)  # the page holds every match: no need to count them again
+            elif counted is not None:
+                total = counted
             elif walked is not None and not checked and dialect == "sqlite":
                 total = _count_walked(session, plan, include_inactive)
             else:
