@@ -792,25 +792,29 @@ def search(
 
 @dataclass(frozen=True)
 class Matches:
-    """A page of recipients, best first, and how many match in all."""
+    """A page of recipients, best first, and how many match in all (None when not asked)."""
 
     items: list[EntryCard]
     page: int
     has_next: bool
-    total: int
+    total: int | None
 
 
 NO_MATCHES = Matches(items=[], page=1, has_next=False, total=0)
 
 
-def find_recipients(engine: Engine, query: str, *, page: int = 1, per_page: int = 10) -> Matches:
+def find_recipients(
+    engine: Engine, query: str, *, page: int = 1, per_page: int = 10, with_total: bool = True
+) -> Matches:
     """Active entries matching ``query`` (name, RPPS, organisation, city ...), in a read-only
-    transaction; raises DirectoryError for a query :func:`search` refuses."""
+    transaction, and how many match unless ``with_total`` is false (a count can cost as much
+    as the page: a list of recipients to pick from needs none). Raises DirectoryError for a
+    query :func:`search` refuses."""
     with session_scope(engine, readonly=True) as session:
-        found = search(session, query, page=page, per_page=per_page, with_total=True)
+        found = search(session, query, page=page, per_page=per_page, with_total=with_total)
         return Matches(
             items=[EntryCard.of(entry) for entry in found.items],
             page=found.page,
             has_next=found.has_next,
-            total=found.total or 0,
+            total=(found.total or 0) if with_total else None,
         )

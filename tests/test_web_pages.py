@@ -889,6 +889,9 @@ def test_directory_pages(rt, clients, doctor, gp):
     as_json = client.get("/directory.json", params={"q": "eloise fournier"})
     assert as_json.headers["content-type"].startswith("application/json")
     assert as_json.json()["total"] == 2 and {i["address"] for i in as_json.json()["items"]} >= {GP}
+    # The compose page's recipient field lists the entries and asks for no count.
+    uncounted = client.get("/directory.json", params={"q": "eloise fournier", "count": "0"}).json()
+    assert uncounted["total"] is None and uncounted["items"] == as_json.json()["items"]
     assert client.get("/directory.json", params={"q": " ".join(f"mot{i}" for i in range(20))}).json()["items"] == []
 
     card = client.get(f"/directory/{GP}")

@@ -136,14 +136,16 @@ class ComposeController(Controller):
 
     @get("/directory.json")
     async def directory(self, request: Request, live: Live, rt: Rt) -> Matches:
-        """Directory entries for the search-as-you-type fields (JSON)."""
+        """Directory entries for the search-as-you-type fields (JSON), with how many match
+        unless ``count=0`` (the compose page's recipient field lists them and counts none)."""
         query = (request.query_params.get("q") or "").strip()[:MAX_QUERY]
         if len(query) < 2:
             return NO_MATCHES
         size = request.query_params.get("per_page") or "10"
         per_page = min(int(size), 20) if size.isascii() and size.isdigit() and int(size) > 0 else 10
+        counted = request.query_params.get("count") != "0"
         try:
-            return await run(find_recipients, rt.engine, query, per_page=per_page)
+            return await run(find_recipients, rt.engine, query, per_page=per_page, with_total=counted)
         except DirectoryError:
             return NO_MATCHES
 

@@ -104,7 +104,7 @@
       });
     }
 
-    searchAsYouType(input, "/directory.json?q=", {
+    searchAsYouType(input, "/directory.json?count=0&q=", {
       tooShort: function () { results.textContent = ""; },
       waiting: function () { say(input.dataset.searching); },
       answer: function (data) { show(data.items || []); },
