@@ -376,6 +376,9 @@ LISTED_AT_MOST = 3000
 # A walk gives up (and the query is ranked whole) past this many times the entries it
 # expected to read.
 WALK_SLACK = 4
+# A page that ends past this many entries of a rank is not read around its blocks of names
+# (each block gives up to that many, all listed by id): the query is ranked whole.
+AROUND_AT_MOST = 1000
 
 
 @dataclass(frozen=True)
@@ -483,7 +486,10 @@ WHERE {rank} BETWEEN :first AND :last
 ORDER BY {rank}, {names_order}
 """
 # The first :need matches of the rank among the first ``budget`` entries in name order (the
-# rank is worked out for matches only). The database stops reading at the :need-th match.
+# rank is worked out for matches only). The database stops reading at the :need-th match:
+# the LIMITed subquery is read as an ordered stream (SQLite: a co-routine; PostgreSQL: a scan
+# of ix_directory_entry_names), which an ORDER BY outside would turn into a sort of the whole
+# budget. tests/test_directory_search.py compares the pages with the whole ranking's.
 _WALK = """
 SELECT id FROM (
     SELECT e.id, CASE WHEN {filters} THEN {rank} = :rank ELSE {false} END AS is_match
@@ -504,10 +510,13 @@ _SQLITE_MATCHED = "SELECT count(*) FROM directory_fts WHERE directory_fts MATCH 
 _SQLITE_NOT_ACTIVE = "SELECT count(*) FROM directory_entry AS e WHERE e.status IN :not_active AND {anywhere}"
 
 
-def _worth_walking(plan: _Plan, end: int) -> bool:
+def _worth_walking(plan: _Plan, end: int, matches: float | None = None) -> bool:
     """Whether the query is broad enough for :func:`_walk`, and its page near enough: a walk
-    reads about ``end * entries / found`` entries, ranking every match ``found``."""
-    return plan.found >= BROAD and end * plan.entries <= plan.found**2
+    for ``end`` of ``matches`` (the query's: ``found``) reads about ``end * entries /
+    matches`` entries, ranking every match ``found``."""
+    if matches is None:
+        return plan.found >= BROAD and end * plan.entries <= plan.found**2
+    return end * plan.entries <= matches * plan.found
 
 
 def _named(words: list[str], say: _Walking) -> list[str]:
@@ -595,9 +604,13 @@ def _walk(
         they are listed whole (the index of names less the blocks' entries); many, they
         come often enough for a walk in name order to fill the page.
         """
-        if any(len(word) <= SHORT_WORD for word in blocks) and walk_rank(LISTED_AT_MOST):
-            return True  # a word of one or two letters starts many names besides its block's
         need = end - len(ranked)
+        if need > AROUND_AT_MOST:
+            return False  # a page this deep: ranking the query whole costs less
+        # The scattered entries, when walked, are LISTED_AT_MOST or more.
+        worth_walking = _worth_walking(plan, need, LISTED_AT_MOST)
+        if worth_walking and any(len(word) <= SHORT_WORD for word in blocks) and walk_rank(LISTED_AT_MOST):
+            return True  # a word of one or two letters starts many names besides its block's
         ranges: dict[str, object] = {}
         for i, word in enumerate(blocks):
             ranges |= {f"first{i}": say.key_start + word, f"after{i}": say.key_start + word + "{"}
@@ -605,7 +618,7 @@ def _walk(
         outside = text(say.outside.format(blocks=less) + " LIMIT :at_most")
         candidates = list(session.execute(outside, params | ranges).scalars().all())
         if len(candidates) >= LISTED_AT_MOST:
-            return walk_rank(LISTED_AT_MOST)
+            return worth_walking and walk_rank(LISTED_AT_MOST)
         within = _WITHIN.format(key=say.key)
         for i in range(len(blocks)):
             found: list[int] = []
@@ -700,7 +713,8 @@ def search(
 ) -> SearchPage:
     """One page of the entries matching every word of ``query``, best first.
 
-    ``with_total`` also counts every match (one more query, as costly as the page's).
+    ``with_total`` also counts every match: in the ranking's own statement for a query
+    ranked whole, by one more query (as costly as the page's) for a walked one.
     Revoked and inactive entries are left out unless ``include_inactive``. A query with no
     word (empty, punctuation only) gives an empty page. Raises DirectoryError for a query
     longer than 200 characters or of more than 16 words, a page below 1, or ``per_page``

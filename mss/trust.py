@@ -145,12 +145,12 @@ def import_list(
 ) -> Imported:
     """Put every domain of a published list on the trust list.
 
-        Domains already listed are kept (a manual entry becomes a listed one); with ``prune``,
-        domains that came from an earlier import and are no longer published leave the list
-        (manual entries stay). Domains served here (the national list names every operator's,
+    Domains already listed are kept (a manual entry becomes a listed one); with ``prune``,
+    domains that came from an earlier import and are no longer published leave the list
+    (manual entries stay). Domains served here (the national list names every operator's,
     this one's too) are skipped and returned apart from the defects. Records one
-        ``trust.import`` event and one ``trust.add`` / ``trust.remove`` per change. Raises
-        TrustListError when the file cannot be read at all.
+    ``trust.import`` event and one ``trust.add`` / ``trust.remove`` per change. Raises
+    TrustListError when the file cannot be read at all.
     """
     if isinstance(source, Path):
         try:

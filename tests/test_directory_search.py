@@ -279,7 +279,8 @@ def test_a_walk_in_name_order_gives_the_ranking_s_pages(
     queries = ["paris", "jean", "martin", "ch paris", "pharmacien paris", "sage-femme", "la ve", "lyon", "marie"]
     for last, first, city, profession, org, rpps in rng.sample(rows, 8):
         queries += [last, first, city, f"{profession} {city}", f"{last[:3]} {city[:2]}", f"{org} {city}", rpps]
-        queries += [last[:3], last[:2]]
+        # Blocks within blocks ("mar mart"), and a word of one or two letters.
+        queries += [last[:3], last[:2], f"{last[:3]} {last[:4]}", f"{last[:4]} {last[:3]}"]
     queries = [q for q in dict.fromkeys(queries) if q.strip()]
 
     def pages(query: str) -> list[list[str]]:
@@ -301,7 +302,7 @@ def test_a_walk_in_name_order_gives_the_ranking_s_pages(
         walked.append(answer is not None)
         return answer
 
-    monkeypatch.setattr(search_module, "_worth_walking", lambda plan, end: True)
+    monkeypatch.setattr(search_module, "_worth_walking", lambda plan, end, matches=None: True)
     monkeypatch.setattr(search_module, "LISTED_AT_MOST", listed_at_most)
     monkeypatch.setattr(search_module, "_walk", counted_walk)
     for query in queries:

@@ -5,7 +5,7 @@ draft, its attachments included (``mss.mailbox.drafts``), so nothing has to be c
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import UploadFile
@@ -139,11 +139,11 @@ class ComposeController(Controller):
         """Directory entries for the search-as-you-type fields (JSON), with how many match
         unless ``count=0`` (the compose page's recipient field lists them and counts none)."""
         query = (request.query_params.get("q") or "").strip()[:MAX_QUERY]
+        counted = request.query_params.get("count") != "0"
         if len(query) < 2:
-            return NO_MATCHES
+            return NO_MATCHES if counted else replace(NO_MATCHES, total=None)
         size = request.query_params.get("per_page") or "10"
         per_page = min(int(size), 20) if size.isascii() and size.isdigit() and int(size) > 0 else 10
-        counted = request.query_params.get("count") != "0"
         try:
             return await run(find_recipients, rt.engine, query, per_page=per_page, with_total=counted)
         except DirectoryError:
