@@ -45,7 +45,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import TextClause, bindparam, select, text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
@@ -515,7 +515,9 @@ def _worth_walking(plan: _Plan, end: int, matches: float | None = None) -> bool:
     for ``end`` of ``matches`` (the query's: ``found``) reads about ``end * entries /
     matches`` entries, ranking every match ``found``."""
     if matches is None:
-        return plan.found >= BROAD and end * plan.entries <= plan.found**2
+        if plan.found < BROAD:
+            return False
+        matches = plan.found
     return end * plan.entries <= matches * plan.found
 
 
@@ -554,27 +556,26 @@ def _walk(
     rank = _rank(whole, start)
     filters = "".join(f" AND {m}" for m in matches)
     _, walk_whole, walk_start, _ = _words(say.find, words, say.names)
+    walk_rank_of = _rank(walk_whole, walk_start)
 
-    def walk_of(within: str) -> tuple[TextClause, TextClause]:
-        """The walk of the entries ``within`` holds, and the count of what it read."""
+    def walked(within: str, values: dict[str, object]) -> list[int] | None:
+        """The first ``values["need"]`` matches of the walk of the entries ``within`` holds;
+        None if it met fewer among the ``values["budget"]`` entries it could read, and did
+        not read them all."""
         walk = _WALK.format(
             filters=" AND ".join(matches),
-            rank=_rank(walk_whole, walk_start),
+            rank=walk_rank_of,
             false=say.false,
             source=say.source,
             within=within,
             key=say.key,
             address=say.address,
         )
-        return text(walk), text(_WALKED.format(source=say.source, within=within))
-
-    def walked(within: str, found: list[int], values: dict[str, object]) -> bool:
-        """Add to ``found`` the first ``values["need"]`` matches of a walk; False if the
-        walk met fewer among the ``values["budget"]`` entries it could read, and did not
-        read them all."""
-        walk, read = walk_of(within)
-        found.extend(session.execute(walk, values).scalars())
-        return len(found) == values["need"] or session.execute(read, values).scalar_one() < values["budget"]
+        found = list(session.execute(text(walk), values).scalars().all())
+        if len(found) == values["need"]:
+            return found
+        read = session.execute(text(_WALKED.format(source=say.source, within=within)), values).scalar_one()
+        return found if read < values["budget"] else None
 
     end = offset + limit
     ranked: list[int] = []
@@ -587,9 +588,9 @@ def _walk(
         """Add the rank's matches met in name order until the page is full; False if that
         took more than WALK_SLACK times the entries expected to read."""
         need = end - len(ranked)
-        found: list[int] = []
         budget = int(WALK_SLACK * need * plan.entries / expected) + 1000
-        if not walked("", found, params | {"need": need, "budget": budget}):
+        found = walked("", params | {"need": need, "budget": budget})
+        if found is None:
             return False
         ranked.extend(found)
         return True
@@ -611,19 +612,20 @@ def _walk(
         worth_walking = _worth_walking(plan, need, LISTED_AT_MOST)
         if worth_walking and any(len(word) <= SHORT_WORD for word in blocks) and walk_rank(LISTED_AT_MOST):
             return True  # a word of one or two letters starts many names besides its block's
+        bounds = [_bounds(say, word) for word in blocks]
         ranges: dict[str, object] = {}
-        for i, word in enumerate(blocks):
-            ranges |= {f"first{i}": say.key_start + word, f"after{i}": say.key_start + word + "{"}
+        for i, (first, after) in enumerate(bounds):
+            ranges |= {f"first{i}": first, f"after{i}": after}
         less = "".join(say.outside_block.format(i=i) for i in range(len(blocks)))
         outside = text(say.outside.format(blocks=less) + " LIMIT :at_most")
         candidates = list(session.execute(outside, params | ranges).scalars().all())
         if len(candidates) >= LISTED_AT_MOST:
             return worth_walking and walk_rank(LISTED_AT_MOST)
         within = _WITHIN.format(key=say.key)
-        for i in range(len(blocks)):
-            found: list[int] = []
-            block = {"first": ranges[f"first{i}"], "after": ranges[f"after{i}"]}
-            if not walked(within, found, params | block | {"need": need, "budget": LISTED_AT_MOST + need}):
+        for first, after in bounds:
+            block = {"first": first, "after": after, "need": need, "budget": LISTED_AT_MOST + need}
+            found = walked(within, params | block)
+            if found is None:
                 return False  # the block's matches are too far apart in it
             candidates += found
         if candidates:
@@ -644,6 +646,7 @@ def _walk(
     # counting them costs what the index spends gathering them all (16 ms on PostgreSQL):
     # the ranks are then taken one by one, the first ones, few, listed at once.
     short = any(len(word) <= SHORT_WORD for word in words)
+    together = functools.cache(lambda: _together(session, say, words))  # the same for every rank
     named_count = None if short else session.execute(count_named, params).scalar_one()
     if named_count is not None and named_count < LISTED_AT_MOST // 2:
         listed(say.is_named, 1, len(named_ranks))  # all together, in one reading of the index
@@ -662,7 +665,7 @@ def _walk(
             # others are listed whole up to LISTED_AT_MOST entries, and walked past it.
             if count < LISTED_AT_MOST // 2:
                 listed(say.is_named, n, n)
-            elif blocks := _together(session, say, words):
+            elif blocks := together():
                 if not around_blocks(blocks):
                     return None
             elif count < LISTED_AT_MOST:
@@ -690,13 +693,20 @@ def _count_walked(session: Session, plan: _Plan, include_inactive: bool) -> int:
     return int(matched)
 
 
+def _bounds(say: _Walking, word: str) -> tuple[str, str]:
+    """The range of ix_directory_entry_names that the names starting with ``word`` fill
+    ("{" sorts after [a-z0-9])."""
+    first = say.key_start + word
+    return first, first + "{"
+
+
 def _together(session: Session, say: _Walking, words: list[str]) -> list[str]:
     """The words of ``words`` that start the names of many entries."""
     block = text(_BLOCK.format(source=say.source, key=say.key))
     together = []
     for word in words:
-        first = say.key_start + word
-        params = {"first": first, "after": first + "{", "at_most": LISTED_AT_MOST // 2}
+        first, after = _bounds(say, word)
+        params = {"first": first, "after": after, "at_most": LISTED_AT_MOST // 2}
         if session.execute(block, params).scalar_one() >= LISTED_AT_MOST // 2:
             together.append(word)
     return together
