@@ -892,6 +892,8 @@ def test_directory_pages(rt, clients, doctor, gp):
     # The compose page's recipient field lists the entries and asks for no count.
     uncounted = client.get("/directory.json", params={"q": "eloise fournier", "count": "0"}).json()
     assert uncounted["total"] is None and uncounted["items"] == as_json.json()["items"]
+    for unsearchable in ("e", " ".join(f"mot{i}" for i in range(20))):  # too short; too many words
+        assert client.get("/directory.json", params={"q": unsearchable, "count": "0"}).json()["total"] is None
     assert client.get("/directory.json", params={"q": " ".join(f"mot{i}" for i in range(20))}).json()["items"] == []
 
     card = client.get(f"/directory/{GP}")

@@ -140,14 +140,15 @@ class ComposeController(Controller):
         unless ``count=0`` (the compose page's recipient field lists them and counts none)."""
         query = (request.query_params.get("q") or "").strip()[:MAX_QUERY]
         counted = request.query_params.get("count") != "0"
+        nothing = NO_MATCHES if counted else replace(NO_MATCHES, total=None)
         if len(query) < 2:
-            return NO_MATCHES if counted else replace(NO_MATCHES, total=None)
+            return nothing
         size = request.query_params.get("per_page") or "10"
         per_page = min(int(size), 20) if size.isascii() and size.isdigit() and int(size) > 0 else 10
         try:
             return await run(find_recipients, rt.engine, query, per_page=per_page, with_total=counted)
         except DirectoryError:
-            return NO_MATCHES
+            return nothing
 
     async def _source(self, request: Request, live: Live, rt: Rt, state: FormState, queue_id: str) -> mailbox.Opened:
         try:
