@@ -17,7 +17,9 @@ from mss.db import session_scope, utcnow
 from mss.errors import ConfigError
 from mss.models import Message, WebSession
 from mss.runtime import Runtime
+from mss.web.context import SESSION_COOKIE
 from mss.web.server import uvicorn_config
+from mss.web.sessions import SessionToken
 
 from web_support import CDA_SAMPLE, DOCTOR, GP, create_person, csrf, login, pdf_bytes, post_compose, submit, totp_page
 
@@ -102,6 +104,12 @@ def test_state_changes_need_the_csrf_token_of_the_session(rt, clients, doctor, g
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert unsized.status_code == 411, unsized.status_code
+    # A session cookie of the right form that names no session is no login either.
+    forged = SessionToken.new()
+    pretender = clients()
+    pretender.cookies.set(SESSION_COOKIE, forged.encode())
+    posted = {"csrf_token": forged.csrf_token, "address": DOCTOR, "password": "x" * 100_000}
+    assert pretender.post("/login", data=posted).status_code == 413
     assert (
         fresh.post(
             "/login", data={"csrf_token": token, "address": DOCTOR, "password": doctor.password}, follow_redirects=False

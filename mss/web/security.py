@@ -19,8 +19,8 @@ from litestar.enums import ScopeType
 from litestar.exceptions import ClientException, PermissionDeniedException
 from litestar.status_codes import HTTP_411_LENGTH_REQUIRED, HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
-from mss.web.context import CSRF_FIELD, CSRF_HEADER, csrf_secret, ensure_request_id, session_token
-from mss.web.sessions import csrf_matches
+from mss.web.context import CSRF_FIELD, CSRF_HEADER, config, csrf_secret, ensure_request_id, run, session_token
+from mss.web.sessions import csrf_matches, known
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -103,7 +103,8 @@ class CsrfMiddleware:
             # Refused before its body is read: parsing a form of tens of megabytes for a
             # request that can only be refused would cost its sender nothing, and us seconds.
             raise PermissionDeniedException("CSRF token missing or wrong")
-        if session_token(request) is None:
+        token = session_token(request)
+        if token is None or not await run(known, config(request).rt.engine, token):
             _small_enough_before_login(request.headers.get("content-length"))
         presented = request.headers.get(CSRF_HEADER)
         if not presented:

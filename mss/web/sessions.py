@@ -217,6 +217,16 @@ def open_session_in(
     return token
 
 
+def known(engine: Engine, token: SessionToken) -> bool:
+    """Whether the database holds a session of ``token`` (in any state): a cookie of the
+    right form alone proves nothing, anyone can make one."""
+    with session_scope(engine, readonly=True) as session:
+        found = session.execute(
+            select(col(WebSession.token_hash)).where(col(WebSession.token_hash) == token.token_hash)
+        )
+        return found.first() is not None
+
+
 def load_session(
     engine: Engine, token: SessionToken | None, *, policy: SessionPolicy, channel: str, settings: Settings
 ) -> LiveSession:
