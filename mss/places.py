@@ -19,7 +19,8 @@ class Places(Generic[T]):
     def __init__(self, limit: int, per_client: int) -> None:
         self.limit = limit
         self.per_client = per_client
-        self.holders: set[T] = set()
+        self.holders: dict[T, str] = {}
+        """Each holder, with the client address it came from."""
         self._by_client: Counter[str] = Counter()
 
     def full(self) -> bool:
@@ -31,13 +32,13 @@ class Places(Generic[T]):
         return self._by_client[client] >= self.per_client
 
     def take(self, holder: T, client: str) -> None:
-        self.holders.add(holder)
+        self.holders[holder] = client
         self._by_client[client] += 1
 
-    def give_back(self, holder: T, client: str) -> None:
+    def give_back(self, holder: T) -> None:
         """Let go of ``holder``'s place (once: a second call changes nothing)."""
-        if holder in self.holders:
-            self.holders.discard(holder)
+        client = self.holders.pop(holder, None)
+        if client is not None:
             self._by_client[client] -= 1
             if self._by_client[client] <= 0:
                 del self._by_client[client]

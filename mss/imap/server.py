@@ -593,7 +593,7 @@ def connection_handler(rt: Runtime, config: MailConfig, registry: Registry) -> A
         finally:
             late.cancel()
             conn.stop_reading()
-            registry.places.give_back(conn, client)
+            registry.places.give_back(conn)
             if state.mail_session is not None:
                 state.mail_session.close()
             writer.close()

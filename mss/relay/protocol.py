@@ -260,8 +260,8 @@ class SessionRegistry:
         self._idle.clear()
         return None
 
-    def leave(self, session: RelaySMTP, client: str) -> None:
-        self.places.give_back(session, client)
+    def leave(self, session: RelaySMTP) -> None:
+        self.places.give_back(session)
         if not self.active:
             self._idle.set()
 
@@ -384,7 +384,7 @@ class RelaySMTP(PasswordMechanisms, SMTP):
                 if self._login_timer is not None:
                     self._login_timer.cancel()
                 if self._admitted:
-                    self.registry.leave(self, self._client)
+                    self.registry.leave(self)
                     metrics.SMTP_SESSIONS.dec()
                 self._log_outcome()
 
